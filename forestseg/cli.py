@@ -40,19 +40,32 @@ def predict(args: argparse.Namespace) -> int:
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
         raise ForestsegError(f"several inputs would write the same <name>_mask.png: {twice[:5]}; predict them separately")
-    args.out.mkdir(parents=True, exist_ok=True)
-    failed = []
+    if args.out.exists() and not args.out.is_dir():
+        raise ForestsegError(f"-o {args.out}: is a file; give a folder for the masks")
+    input_dirs = {p.resolve() for p in args.inputs if p.is_dir()} | {f.parent.resolve() for f in files}
+    if args.out.resolve() in input_dirs:
+        raise ForestsegError(f"-o {args.out}: is a folder of input images; the masks would land among them "
+                             "(and be read as inputs next time): choose another output folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ForestsegError(f"-o {args.out}: cannot create the folder ({e.strerror or e})") from None
+    failed, transparent = [], 0
     for path in tqdm(files, desc="predict", unit="image", disable=None):
         try:
-            image = read_rgb(path)
+            image, opaque = read_rgb(path)
         except ForestsegError as e:
             failed.append(str(e))
             continue
         mask = predictor.mask(image, args.overlap)
+        if opaque is not None:  # transparent pixels are no photo: never forest
+            mask &= opaque
+            transparent += 1
         write_with(args.out / f"{path.stem}_mask.png", lambda p: Image.fromarray((mask * 255).astype(np.uint8)).save(p))
         if args.overlay:
             write_with(args.out / f"{path.stem}_overlay.png", lambda p: Image.fromarray(overlay(image, mask)).save(p))
-    print(f"predict: wrote {len(files) - len(failed)} mask(s) to {args.out}; {len(failed)} image(s) failed")
+    print(f"predict: wrote {len(files) - len(failed)} mask(s) to {args.out}; {len(failed)} image(s) failed"
+          + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else ""))
     for message in failed:
         print(f"error: {message}", file=sys.stderr)
     return 1 if failed else 0

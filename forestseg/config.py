@@ -10,6 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .errors import ForestsegError
+
 LOSSES = ("mse", "bce", "mse_logits", "dice", "bce_dice")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SPLITS = ("scene", "tile")
@@ -18,10 +20,6 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 INPUTS = ("normalized", "raw")
 ARCHS = ("unet", "study_unet")  # study_unet: the 2022 study's model (ignores width/depth/batch_norm)
-
-
-class ForestsegError(Exception):
-    """An error the user can fix; stages print it as one line and exit 2."""
 
 
 class ConfigError(ForestsegError):
@@ -44,9 +42,29 @@ def _positive(key: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the Kaggle-layout folder is (images/, masks/, meta_data.csv)."""
+    """Where the Kaggle-layout folder is (images/, masks/, meta_data.csv) and how its masks code forest."""
 
     source: str = "data/synthetic"
+    masks: str = "0/255"  # a convention of forestseg.masks.CONVENTIONS
+    forest: tuple = ()  # class ids (masks: classes) or RGB colours (masks: colors) that are forest
+
+    def __post_init__(self) -> None:
+        from .masks import CONVENTIONS
+
+        _choice("data.masks", self.masks, tuple(CONVENTIONS))
+        needs = CONVENTIONS[self.masks].needs_forest
+        if not needs and self.forest:
+            _fail("data.forest", f"must be [] with data.masks {self.masks!r} (forest is its high value); "
+                  "list values with data.masks: classes, colours with data.masks: colors")
+        if needs and not self.forest:
+            _fail("data.forest", f"list the {needs} that are forest, e.g. "
+                  + ("[2]" if needs == "values" else "[[0, 255, 0]] (DeepGlobe)"))
+        for f in self.forest:
+            ok = (isinstance(f, int) and 0 <= f <= 255) if needs == "values" else \
+                (isinstance(f, tuple) and len(f) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in f))
+            if not ok:
+                _fail("data.forest", f"{list(f) if isinstance(f, tuple) else f!r} is not "
+                      + ("a value in 0..255" if needs == "values" else "an RGB colour [r, g, b] with each in 0..255"))
 
 
 @dataclass(frozen=True)
@@ -265,9 +283,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if isinstance(value, str) and value:
             return value
         _fail(key, f"must be a non-empty string, got {value!r}")
-    if kind is tuple:  # grid lists: ints for seeds, strings otherwise
+    if kind is tuple:  # grid lists: ints for seeds, strings otherwise; forest: ints or [r, g, b]
         if not isinstance(value, list):
             _fail(key, f"must be a list, got {value!r}")
+        if key == "data.forest":
+            return tuple(tuple(_coerce(f"{key}[{i}][{j}]", c, int) for j, c in enumerate(v)) if isinstance(v, list)
+                         else _coerce(f"{key}[{i}]", v, int) for i, v in enumerate(value))
         item_kind = int if key.endswith(".seed") else str
         return tuple(_coerce(f"{key}[{i}]", v, item_kind) for i, v in enumerate(value))
     if kind is dict:  # lr overrides

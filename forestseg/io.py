@@ -2,22 +2,48 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .errors import ForestsegError
+
+# Write-side failures that the user fixes outside forestseg: say which path and what to do.
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device ({free} free); free some space and rerun",
+    errno.EDQUOT: "disk quota exceeded; free some space and rerun",
+    errno.EROFS: "the folder is on a read-only file system; make it writable or run elsewhere",
+    errno.EACCES: "permission denied; make the folder writable",
+    errno.EPERM: "permission denied; make the folder writable",
+}
+
+
+def _write_error(path: Path, e: OSError) -> ForestsegError:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB"
+    except OSError:
+        free = "unknown"
+    return ForestsegError(f"{path}: cannot write it: {_WRITE_ERRORS[e.errno].format(free=free)}")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    except OSError as e:
+        if e.errno in _WRITE_ERRORS:
+            raise _write_error(path, e) from None
+        raise
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
@@ -28,6 +54,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _WRITE_ERRORS:  # a full disk or a read-only folder mid-write: one line, no litter
+            raise _write_error(path, e) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -62,7 +92,12 @@ def write_figure(path: str | Path, fig: Any, dpi: int = 110) -> None:
 def write_torch(path: str | Path, obj: Any) -> None:
     import torch
 
-    write_with(path, lambda p: torch.save(obj, p))
+    try:
+        write_with(path, lambda p: torch.save(obj, p))
+    except RuntimeError as e:  # torch's zip writer reports a full disk as "file write failed"
+        if "write" not in str(e):
+            raise
+        raise _write_error(Path(path), OSError(errno.ENOSPC, str(e))) from None
 
 
 def read_json(path: str | Path) -> Any:

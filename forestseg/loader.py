@@ -80,8 +80,11 @@ def to_input(images: torch.Tensor, norm: Normalizer, channels_last: bool = True,
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply one of the 8 flips/rotations of a square tile to each sample (aerial photos have no 'up')."""
-    choice = torch.randint(0, 8, (images.shape[0],), generator=generator).tolist()
+    """Apply one of the 8 flips/rotations of a square tile to each sample (aerial photos have no 'up');
+    a non-square tile gets one of the 4 that keep its shape (no quarter turns)."""
+    square = images.shape[1] == images.shape[2]
+    choice = torch.randint(0, 8 if square else 4, (images.shape[0],), generator=generator)
+    choice = (choice if square else 2 * choice).tolist()  # 0, 2, 4, 6: identity, half turn, flip, flip + half turn
     out_i, out_m = images.clone(), masks.clone()
     for k in range(1, 8):
         sel = [i for i, c in enumerate(choice) if c == k]

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from .config import ConfigError, ForestsegError, ModelConfig
+from .images import ImageError, decode
 from .loader import Normalizer, to_input
 from .losses import threshold
 from .model import build_model
@@ -92,12 +91,21 @@ def overlay(image: np.ndarray, pred: np.ndarray, alpha: float = 0.45) -> np.ndar
     return out.astype(np.uint8)
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) uint8 RGB as a viewer shows the file, and where it is opaque (None: everywhere).
+
+    Read by the same decoder as the index (EXIF orientation applied, palettes expanded); grey,
+    CMYK and >8-bit files are refused with the reason.
+    """
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:
-        raise ForestsegError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
+        picture = decode(path.read_bytes())
+    except ImageError as e:
+        raise ForestsegError(f"{path}: {e}") from None
+    except OSError as e:
+        raise ForestsegError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if picture.pixels.ndim != 3:
+        raise ForestsegError(f"{path}: is a {picture.kind} with one band; forestseg needs RGB images")
+    return picture.pixels, None if picture.alpha is None else picture.alpha > 0
 
 
 def example_panel(predictor: Predictor, images: np.ndarray, masks: np.ndarray, title: str, path: Path) -> None:

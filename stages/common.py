@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
@@ -13,16 +13,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from forestseg.config import ConfigError, ForestsegError, load_sections  # noqa: E402
 
 
-def params(*sections: str, path: str = "params.yaml") -> tuple:
-    """The named sections of params.yaml as validated, frozen dataclasses."""
+_READ: dict[str, Any] = {}  # the params sections this stage read, as parsed, to check at its end
+
+
+def _load(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror}); run from the project root") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    return load_sections(raw, *sections)
+
+
+def params(*sections: str, path: str = "params.yaml") -> tuple:
+    """The named sections of params.yaml as validated, frozen dataclasses."""
+    raw = _load(path)
+    out = load_sections(raw, *sections)
+    _READ.update({(path, s): raw[s] for s in sections})
+    return out
+
+
+def _check_params_unchanged() -> None:
+    """DVC records params.yaml as it is when a stage ends: if it changed while the stage ran (two
+    `dvc exp run` at once in one checkout), the outputs were made with other values than DVC would
+    record, so fail instead of letting a wrong result into dvc.lock and the cache."""
+    for (path, section), before in _READ.items():
+        now = (_load(path) or {}).get(section)
+        if now != before:
+            keys = sorted(k for k in {*(before or {}), *(now or {})}
+                          if (before or {}).get(k) != (now or {}).get(k)) if isinstance(now, dict) else []
+            raise ForestsegError(
+                f"{path} changed while this stage ran ({', '.join(f'{section}.{k}' for k in keys) or section}); "
+                "its outputs were made with the old values and are not recorded. Run one `dvc exp run` at a "
+                "time in a checkout (queue the others with `dvc exp run --queue`), then rerun")
 
 
 def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
@@ -32,6 +56,7 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
     def main() -> None:
         try:
             fn(sys.argv[1:])
+            _check_params_unchanged()
         except ForestsegError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -133,7 +133,34 @@ BAD = [
     ("override-nan", "optimizer.lr_overrides", {"mse-adam": NAN}, r"optimizer\.lr_overrides\.mse-adam: must be finite"),
     ("override-not-mapping", "optimizer.lr_overrides", [0.01], r"optimizer\.lr_overrides: must be a mapping"),
     ("section-not-mapping", "grid", None, r"params\.yaml: grid: must be a mapping"),
+    ("unknown-mask-convention", "data.masks", "0-255",
+     r"data\.masks: unknown value '0-255'; valid choices: 0/255, 0/1, classes, colors"),
+    ("forest-with-binary-masks", "data.forest", [255], r"data\.forest: must be \[\] with data\.masks '0/255'"),
+    ("forest-not-a-list", "data.forest", 255, r"data\.forest: must be a list"),
 ]
+
+
+@pytest.mark.parametrize("masks, forest, match", [
+    ("classes", [], r"data\.forest: list the values that are forest, e\.g\. \[2\]"),
+    ("colors", [], r"data\.forest: list the colors that are forest, e\.g\. \[\[0, 255, 0\]\] \(DeepGlobe\)"),
+    ("classes", [256], r"data\.forest: 256 is not a value in 0\.\.255"),
+    ("classes", [[0, 255, 0]], r"data\.forest: \[0, 255, 0\] is not a value in 0\.\.255"),
+    ("colors", [[0, 255]], r"data\.forest: \[0, 255\] is not an RGB colour \[r, g, b\]"),
+    ("colors", [3], r"data\.forest: 3 is not an RGB colour"),
+    ("colors", [["a", 0, 0]], r"data\.forest\[0\]\[0\]: must be an integer"),
+])
+def test_bad_mask_params_name_the_key(base, masks, forest, match):
+    raw = changed(changed(base, "data.masks", masks), "data.forest", forest)
+    with pytest.raises(ConfigError, match=match):
+        load_sections(raw, "data")
+
+
+@pytest.mark.parametrize("masks, forest, expected", [
+    ("0/1", [], ()), ("classes", [2, 3], (2, 3)), ("colors", [[0, 255, 0]], ((0, 255, 0),)),
+])
+def test_mask_params_load(base, masks, forest, expected):
+    (data,) = load_sections(changed(changed(base, "data.masks", masks), "data.forest", forest), "data")
+    assert (data.masks, data.forest) == (masks, expected)
 
 
 @pytest.mark.parametrize("key, value, match", [c[1:] for c in BAD], ids=[c[0] for c in BAD])

@@ -195,12 +195,14 @@ def test_png_mask_under_jpg_name_is_accepted(tiny_set, tmp_path):
 
 
 def test_mask_is_thresholded_at_128(tiny_set, tmp_path):
+    """JPEG noise near 0 and 255 and a few resampled edge pixels (< 1%) are read by threshold."""
     _, mask = rows_of(tiny_set)[0]
-    levels = np.array([0, 20, 127, 128, 235, 255], dtype=np.uint8)
-    Image.fromarray(np.resize(levels, (32, 32))).save(tiny_set / "masks" / mask, format="PNG")  # lossless
+    levels = np.resize(np.array([0, 20, 235, 255], dtype=np.uint8), (32, 32))
+    levels[0, :5], levels[1, :5] = 127, 128
+    Image.fromarray(levels).save(tiny_set / "masks" / mask, format="PNG")  # lossless
     out = tmp_path / "out"
     build(tiny_set, out)
-    assert np.array_equal(np.load(out / "masks.npy")[0], (np.resize(levels, (32, 32)) >= 128).astype(np.uint8))
+    assert np.array_equal(np.load(out / "masks.npy")[0], (levels >= 128).astype(np.uint8))
 
 
 def test_grayscale_jpeg_mask_is_accepted(tiny_set, tmp_path):
@@ -320,7 +322,7 @@ FATAL = [
     ("ragged-row", ragged_row, r"meta_data\.csv: cannot be read as CSV"),
     ("all-masks-missing", all_masks_missing, rf"0 valid pairs out of {ROWS} rows.*missing file"),
     ("all-images-garbage", all_images_garbage, rf"none of the {ROWS} images listed in meta_data\.csv can be opened"),
-    ("all-names-bad", all_names_bad, rf"lists no usable pair \({ROWS} rows\)"),
+    ("all-names-bad", all_names_bad, rf"lists no usable pair \({ROWS} rows; most common reasons: .*scene is unknown"),
 ]
 
 
@@ -427,8 +429,10 @@ def test_baseline_is_the_test_forest_share(index8):
 def test_summary_counts_tiles_and_scenes(index8):
     split = split_index(index8, SplitConfig(by="scene", test_fraction=0.25, seed=0))
     summary = split_summary(index8, split)
-    assert {k: v for k, v in summary.items() if k != "baseline_all_forest"} == {
-        "train": {"tiles": 24, "scenes": 6}, "test": {"tiles": 8, "scenes": 2}}
+    counts = {k: {c: v[c] for c in ("tiles", "scenes")} for k, v in summary.items() if k != "baseline_all_forest"}
+    assert counts == {"train": {"tiles": 24, "scenes": 6}, "test": {"tiles": 8, "scenes": 2}}
+    test = index8[(split["subset"] == "test").to_numpy()]
+    assert summary["test"]["forest_fraction"] == pytest.approx(test["forest_pixels"].sum() / test["pixels"].sum(), abs=1e-6)
 
 
 # --- the real sample (skipped where absent) ------------------------------------------------------
@@ -486,3 +490,115 @@ def test_image_listed_twice_with_another_mask_is_indexed_once(tiny_set, tmp_path
     index, report = build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy")
     assert len(index) == len(rows) and index["image"].is_unique
     assert report["skipped"] == 1 and report["skipped_pairs"][0]["image"] == rows[0][0]
+
+
+# --- pairs, strictly -----------------------------------------------------------------------------
+
+def set_mask_cell(root: Path, row: int, value: str) -> tuple[str, str]:
+    image, mask = rows_of(root)[row]
+    edit_meta(root, lambda lines: [f"{image},{value}" if line.startswith(image + ",") else line for line in lines])
+    return image, mask
+
+
+@pytest.mark.parametrize("cell, reason", [
+    ("/etc/hostname", r"mask '/etc/hostname' is a path; meta_data.csv must name a file inside masks/"),
+    ("../masks/{mask}", r"is a path"),
+    ("sub/{mask}", r"is a path"),
+    ("{other}", r"mask '\d+_mask_\d+\.jpg' is not this image's mask \(expected \d+_mask_\d+\.<jpg\|png>\)"),
+    ("{scene}_mask_99.jpg", r"is not this image's mask"),
+])
+def test_a_mask_cell_that_is_not_this_images_mask_is_skipped(tiny_set, tmp_path, cell, reason):
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    other = rows_of(tiny_set)[BAD_ROW + 1][1]
+    set_mask_cell(tiny_set, BAD_ROW, cell.format(mask=mask, other=other, scene=image.split("_")[0]))
+    index, report = build(tiny_set, tmp_path / "out")
+    assert report["valid"] == ROWS - 1
+    [skipped] = report["skipped_pairs"]
+    assert skipped["image"] == image and re.search(reason, skipped["reason"]), skipped["reason"]
+    assert_accounted(report, index)
+
+
+def test_a_mask_symlinked_out_of_the_source_is_skipped(tiny_set, tmp_path):
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    outside = tmp_path / "elsewhere.jpg"
+    (tiny_set / "masks" / mask).rename(outside)
+    (tiny_set / "masks" / mask).symlink_to(outside)
+    _, report = build(tiny_set, tmp_path / "out")
+    [skipped] = report["skipped_pairs"]
+    assert skipped["image"] == image and "links outside data.source" in skipped["reason"]
+
+
+def test_exif_rotated_jpeg_is_read_as_a_viewer_shows_it(tiny_set, tmp_path):
+    """A camera-style JPEG whose pixels are stored sideways with EXIF orientation 6 (turn 90 degrees clockwise)."""
+    from PIL import ImageOps
+
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    path = tiny_set / "images" / image
+    shown = decode_image(path)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(shown, 1)).save(path, format="JPEG", quality=100, exif=exif)  # stored turned back
+    with Image.open(path) as im:
+        viewer = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    out = tmp_path / "out"
+    index, report = build(tiny_set, out)
+    row = index["image"].tolist().index(image)
+    assert report["valid"] == ROWS
+    assert np.array_equal(np.load(out / "images.npy")[row], viewer)
+    assert np.abs(viewer.astype(int) - shown).mean() < 8  # the viewer's picture is the original tile again
+
+
+def test_the_kaggle_zip_layout_is_found_below_the_source(tiny_set, tmp_path):
+    """The Kaggle zip unpacks to 'Forest Segmented/Forest Segmented/{images,masks,meta_data.csv}'."""
+    unzipped = tmp_path / "download"
+    (unzipped / "Forest Segmented").mkdir(parents=True)
+    tiny_set.rename(unzipped / "Forest Segmented" / "Forest Segmented")
+    index, report = build(unzipped, tmp_path / "out")
+    assert report["valid"] == ROWS and report["source"].endswith("Forest Segmented/Forest Segmented")
+    assert "as the Kaggle zip unpacks" in report["notes"][0]
+
+
+def test_two_candidate_folders_below_the_source_stop(tiny_set, tmp_path):
+    import shutil
+
+    parent = tmp_path / "two"
+    shutil.copytree(tiny_set, parent / "a")
+    shutil.copytree(tiny_set, parent / "b")
+    with pytest.raises(DataError, match=r"no meta_data.csv, but 2 folders below it have one .*set data.source"):
+        build(parent, tmp_path / "out")
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+def test_a_full_disk_during_index_is_one_line_and_leaves_no_temp_files(tiny_set, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from forestseg.errors import ForestsegError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    out = tmp_path / "out"
+    with pytest.raises(ForestsegError, match=r"images.npy: cannot write it: no space left on the device \(\d+ MiB free\)"):
+        build(tiny_set, out)
+    assert list(out.iterdir()) == []  # no temp arrays left behind
+
+
+def test_untracked_data_inside_the_project_is_refused(tiny_set, tmp_path):
+    import subprocess
+
+    from forestseg.dataset import check_tracked
+
+    project = tmp_path / "project"
+    (project / "data" / "raw").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    inside = project / "data" / "raw" / "kaggle"
+    tiny_set.rename(inside)
+    with pytest.raises(DataError, match=r"data.source data/raw/kaggle is inside the project but not tracked by DVC: "
+                                        r".*run `dvc add data/raw/kaggle`"):
+        check_tracked(inside, project)
+    (project / "data" / "raw" / ".gitignore").write_text("/kaggle\n")  # what `dvc add` writes
+    check_tracked(inside, project)
+    check_tracked(tmp_path / "elsewhere", project)  # outside the project: nothing to commit by mistake

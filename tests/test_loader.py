@@ -217,3 +217,21 @@ def test_load_split_rejects_a_split_that_disagrees_with_the_index(tmp_path: Path
     split.to_csv(tmp_path / "split.csv", index=False)
     with pytest.raises(ForestsegError, match="does not match"):
         load_split(tmp_path, CPU)
+
+
+def test_augment_keeps_the_shape_of_non_square_tiles() -> None:
+    n, h, w = 64, 6, 10
+    g = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 2, (n, h, w), generator=g, dtype=torch.uint8)
+    images = torch.randint(0, 256, (n, h, w, 3), generator=g, dtype=torch.uint8)
+    images[..., 0] = masks * 255
+    out_i, out_m = augment(images, masks, torch.Generator().manual_seed(5))
+    assert out_i.shape == images.shape and out_m.shape == masks.shape
+    assert torch.equal(out_i[..., 0], out_m * 255)  # still aligned
+    used = set()
+    for i in range(n):
+        matches = [k for k in (0, 2, 4, 6) if torch.equal(out_m[i], dihedral(masks[i:i + 1], k)[0])
+                   and torch.equal(out_i[i], dihedral(images[i:i + 1], k)[0])]
+        assert len(matches) == 1, (i, matches)
+        used.add(matches[0])
+    assert used == {0, 2, 4, 6}  # identity, half turn, flip, flip + half turn

@@ -84,7 +84,7 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
     assert mask.shape == (500, 600) and set(np.unique(mask)) <= {0, 255}
     assert (tmp_path / "out/big_overlay.png").is_file()
     err = capsys.readouterr().err
-    assert "broken.jpg: cannot be read as an image" in err
+    assert "broken.jpg: cannot be decoded: not a JPEG nor any image format Pillow reads" in err
 
 
 @pytest.mark.parametrize("change", ["width", "not a checkpoint"])
@@ -110,3 +110,73 @@ def test_cli_rejects_an_overlap_outside_the_tile(checkpoint, tmp_path, overlap, 
     with pytest.raises(SystemExit) as done:
         main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--overlap", overlap])
     assert done.value.code == 2 and "--overlap" in capsys.readouterr().err
+
+
+def run_cli(checkpoint: Path, inputs: list[Path], out: Path) -> int:
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), *map(str, inputs), "-o", str(out)])
+    return done.value.code
+
+
+def read_mask(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path)) > 0
+
+
+def test_palette_png_is_read_as_its_colours(checkpoint, scene, tmp_path) -> None:
+    rgb = Image.fromarray(scene[0][:128, :128]).quantize(64).convert("RGB")
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb.save(src / "rgb.png")
+    rgb.quantize(64).save(src / "palette.png")  # mode P: the same colours through a palette
+    assert Image.open(src / "palette.png").mode == "P"
+    assert run_cli(checkpoint, [src], tmp_path / "out") == 0
+    assert np.array_equal(read_mask(tmp_path / "out/palette_mask.png"), read_mask(tmp_path / "out/rgb_mask.png"))
+
+
+def test_transparent_pixels_are_never_forest(checkpoint, scene, tmp_path) -> None:
+    image = scene[0][:128, :128]
+    alpha = np.full((128, 128), 255, np.uint8)
+    alpha[:, :64] = 0
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.dstack([image, alpha]), "RGBA").save(src / "a.png")
+    Image.fromarray(image).save(src / "b.png")
+    assert run_cli(checkpoint, [src], tmp_path / "out") == 0
+    a, b = read_mask(tmp_path / "out/a_mask.png"), read_mask(tmp_path / "out/b_mask.png")
+    assert not a[:, :64].any() and b[:, :64].any()
+    assert np.array_equal(a[:, 64:], b[:, 64:])  # the opaque half is predicted from the same pixels
+
+
+def test_exif_rotated_jpeg_gives_a_mask_as_the_viewer_shows_it(checkpoint, scene, tmp_path) -> None:
+    shown = np.ascontiguousarray(scene[0][:96, :160])  # 160 wide, 96 high as shown
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: a viewer turns it 90 degrees clockwise
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.rot90(shown, 1)).save(src / "photo.jpg", quality=100, exif=exif)
+    assert run_cli(checkpoint, [src], tmp_path / "out") == 0
+    assert read_mask(tmp_path / "out/photo_mask.png").shape == (96, 160)
+
+
+@pytest.mark.parametrize("kind", ["16-bit grey", "grey"])
+def test_single_band_images_are_refused_with_the_reason(checkpoint, tmp_path, capsys, kind) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    pixels = np.full((64, 64), 40000, np.uint16) if kind == "16-bit grey" else np.full((64, 64), 90, np.uint8)
+    Image.fromarray(pixels).save(src / "x.png")
+    assert run_cli(checkpoint, [src], tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "x.png: " in err and ("values up to 40000" in err if kind == "16-bit grey" else "one band" in err)
+    assert "Traceback" not in err
+
+
+def test_output_that_is_a_file_or_an_input_folder_is_refused(checkpoint, tmp_path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src / "a.png")
+    (tmp_path / "file").write_text("x")
+    assert run_cli(checkpoint, [src], tmp_path / "file") == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert run_cli(checkpoint, [src], src) == 2
+    assert "is a folder of input images" in capsys.readouterr().err
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]  # nothing written among the inputs

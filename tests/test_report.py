@@ -191,3 +191,10 @@ def test_report_markdown(tmp_path: Path) -> None:
     assert "Diverged runs (excluded from the means): bce-sgd-1." in text
     assert "(plots/loss_best.png)" in text
     assert "| all-forest baseline |" in text
+
+
+def test_a_grid_whose_every_run_diverged_stops_naming_the_runs(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path, diverged=tuple(r.name for r in RUNS))
+    with pytest.raises(ForestsegError, match=r"every run of the grid diverged \(.*bce-sgd-1.*\): lower optimizer\.lr"):
+        aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
+    assert not (tmp_path / "metrics" / "summary.json").exists()

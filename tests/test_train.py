@@ -255,3 +255,12 @@ def test_step_decay_every_step_epochs(data, tmp_path: Path, uninterrupted) -> No
     # OPT: lr 1e-2, x 0.1 every 2 epochs.
     assert [r["lr"] for r in uninterrupted[0].history] == pytest.approx([1e-2, 1e-2, 1e-3], rel=1e-9)
     assert uninterrupted[0].metrics["lr"] == 1e-2
+
+
+@pytest.mark.parametrize("height, width", [(32, 48), (27, 33)])
+def test_non_square_and_odd_tiles_train_with_augmentation(tmp_path: Path, height: int, width: int) -> None:
+    """Quarter turns would change a non-square tile's shape: only the 4 shape-keeping flips are used."""
+    tiles = scene_tiles(0, 2, size=48)
+    crop = Tiles(tiles.images[:, :height, :width].contiguous(), tiles.masks[:, :height, :width].contiguous())
+    result, _ = go((crop, crop), tmp_path / "last.pt", train=dataclasses.replace(TRAIN, epochs=1))
+    assert result.metrics["status"] == "ok" and 0 <= result.metrics["test_iou"] <= 1

@@ -1,0 +1,94 @@
+"""Decode picture files the way a viewer shows them; index and predict both read through here.
+
+JPEGs decode with simplejpeg (fast, releases the GIL); anything else with Pillow. EXIF orientation
+is applied on both paths, palette images become their colours, 16-bit files are accepted only
+where their values fit 8 bits, and what cannot be read right is refused with the reason.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import simplejpeg
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+EXIF_ORIENTATION = 0x0112
+
+
+class ImageError(Exception):
+    """A file that cannot be read right; the message says why (without the path)."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """Decoded pixels: (H, W) grey or (H, W, 3) RGB uint8, the alpha band if any, and the source kind."""
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    kind: str  # e.g. "RGB JPEG", "Gray JPEG", "RGBA PNG", "P PNG"
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to (H, W[, C]) pixels, as viewers do."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[orientation](pixels)) if orientation in ops else pixels
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    if b"Exif" not in data[:65536]:  # no EXIF block: the common case, no second parse
+        return 1
+    with Image.open(io.BytesIO(data)) as im:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+
+
+def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    top = int(array.max(initial=0))
+    if array.min(initial=0) < 0 or top > 255:
+        raise ImageError(f"is a {mode} image with values up to {top}; save it with 8 bits per channel")
+    return array.astype(np.uint8)  # 16-bit class ids or 0/1 values that fit 8 bits
+
+
+def decode(data: bytes) -> Picture:
+    """Decode image bytes; raises ImageError for what cannot be read right."""
+    if simplejpeg.is_jpeg(data):
+        try:
+            _, _, space, _ = simplejpeg.decode_jpeg_header(data)
+            if space not in ("YCbCr", "RGB", "Gray"):
+                raise ImageError(f"is a {space} JPEG; convert it to RGB")
+            pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if space == "Gray" else "RGB")
+        except Exception as e:
+            raise ImageError(f"cannot be decoded ({type(e).__name__}: {e})") from None
+        pixels = pixels[..., 0] if space == "Gray" else pixels  # GRAY decodes to (H, W, 1)
+        return Picture(_orient(pixels, _jpeg_orientation(data)), None, f"{space if space == 'Gray' else 'RGB'} JPEG")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format or "image"
+            im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode == "PA":
+                im = im.convert("RGBA")
+            elif mode not in ("1", "L", "LA", "RGB", "RGBA") and not mode.startswith("I"):
+                raise ImageError(f"is a {mode} {fmt}; convert it to RGB")
+            array = np.asarray(im)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("cannot be decoded: not a JPEG nor any image format Pillow reads") from None
+    except Exception as e:  # truncated or corrupt files: refused, never a crash
+        raise ImageError(f"cannot be decoded ({type(e).__name__}: {e})") from None
+    kind = f"{mode} {fmt}"
+    if array.ndim == 3 and array.shape[2] in (2, 4):  # LA / RGBA: colour bands plus alpha
+        colour = array[..., 0] if array.shape[2] == 2 else array[..., :3]
+        return Picture(np.ascontiguousarray(_eight_bit(colour, mode)), array[..., -1].copy(), kind)
+    if array.ndim == 3 and array.shape[2] != 3:
+        raise ImageError(f"is a {kind} with {array.shape[2]} bands; expected RGB")
+    return Picture(_eight_bit(array, mode), None, kind)

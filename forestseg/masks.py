@@ -1,0 +1,165 @@
+"""What a mask's pixel values mean: one registry of mask conventions, each with its facts.
+
+A convention turns a decoded mask into a forest/background map, or says the mask does not fit it
+(with the values it found), so a 0/1 mask is never read as all background and a colour-coded mask
+never binarised by grey level. `data.masks` names the convention, `data.forest` the class ids or
+RGB colours that are forest where the convention needs them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+AMBIGUOUS = (32, 223)  # grey levels that are neither 0- nor 255-ish in a 0/255 mask (JPEG noise stays outside)
+AMBIGUOUS_SHARE = 0.01  # share of ambiguous pixels a 0/255 mask may hold (resampled edges)
+COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
+GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
+MAX_CLASSES = 16  # a class-id mask with more distinct values is not class ids (JPEG-compressed?)
+
+
+class MaskMismatch(Exception):
+    """A mask that does not fit the declared convention; the message lists the values found."""
+
+
+def is_grey(mask: np.ndarray) -> bool:
+    """(H, W) masks and (H, W, 3) masks whose channels agree (up to JPEG noise) are grey."""
+    if mask.ndim == 2:
+        return True
+    spread = mask.max(axis=2).astype(np.int16) - mask.min(axis=2)
+    return float((spread > GREY_SPREAD).mean()) <= AMBIGUOUS_SHARE
+
+
+def grey_of(mask: np.ndarray) -> np.ndarray:
+    return mask if mask.ndim == 2 else mask[..., 0]
+
+
+def _grey_text(counts: np.ndarray, top: int = 4) -> str:
+    order = np.argsort(counts)[::-1][:top]
+    text = ", ".join(f"{v} ({counts[v] / counts.sum():.0%})" for v in order if counts[v])
+    mid = counts[AMBIGUOUS[0]:AMBIGUOUS[1] + 1].sum() / counts.sum()
+    return text + (f"; {mid:.1%} of pixels in {AMBIGUOUS[0]}-{AMBIGUOUS[1]}" if mid else "")
+
+
+def _colour_text(counts: np.ndarray, top: int = 4) -> str:
+    order = np.argsort(counts)[::-1][:top]
+    return ", ".join(f"({', '.join(str(min(255, c * 32)) for c in np.unravel_index(i, (8, 8, 8)))}) "
+                     f"({counts[i] / counts.sum():.0%})" for i in order if counts[i])
+
+
+def _colour_bins(mask: np.ndarray) -> np.ndarray:
+    q = (mask.reshape(-1, 3).astype(np.int32) + 16) // 32  # JPEG noise binned; 0..8
+    q = np.minimum(q, 7)
+    return np.bincount(q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2], minlength=512)
+
+
+def describe(mask: np.ndarray) -> str:
+    """The most common values (grey) or colours (RGB) of a mask with their shares, e.g. '0 (60%), 255 (40%)'."""
+    if is_grey(mask):
+        return _grey_text(np.bincount(grey_of(mask).ravel(), minlength=256))
+    return "colours " + _colour_text(_colour_bins(mask))
+
+
+@dataclass
+class Stats:
+    """Pixel values seen over a whole set of masks, for the set-level verdict and the report."""
+
+    grey: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    colour: np.ndarray = field(default_factory=lambda: np.zeros(512, np.int64))
+    grey_masks: int = 0
+    colour_masks: int = 0
+
+    def add(self, mask: np.ndarray) -> None:
+        if is_grey(mask):
+            self.grey += np.bincount(grey_of(mask).ravel(), minlength=256)
+            self.grey_masks += 1
+        else:
+            self.colour += _colour_bins(mask)
+            self.colour_masks += 1
+
+    def found(self) -> str:
+        parts = []
+        if self.grey_masks:
+            parts.append(f"{self.grey_masks} grey mask(s): {_grey_text(self.grey)}")
+        if self.colour_masks:
+            parts.append(f"{self.colour_masks} colour mask(s): {_colour_text(self.colour)}")
+        return "; ".join(parts) or "no mask decoded"
+
+    def suggest(self) -> str:
+        """Which params would fit these masks."""
+        if self.colour_masks > self.grey_masks:
+            return ("if they are colour-coded classes, set data.masks: colors and data.forest: [[r, g, b]] "
+                    "(DeepGlobe's forest: [[0, 255, 0]])")
+        share = self.grey / max(1, self.grey.sum())
+        if self.grey.nonzero()[0].max(initial=0) <= 1:
+            return "they look like 0/1 masks: set data.masks: '0/1'"
+        mid = share[AMBIGUOUS[0]:AMBIGUOUS[1] + 1].sum()
+        if mid > AMBIGUOUS_SHARE:
+            return "if they are class ids, set data.masks: classes and data.forest: [<forest's value(s)>]"
+        return "they look like 0/255 masks: set data.masks: '0/255'"
+
+
+def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
+    if not is_grey(mask):
+        raise MaskMismatch(f"colour-coded mask, values found: {describe(mask)}")
+    grey = grey_of(mask)
+    mid = float(((grey >= AMBIGUOUS[0]) & (grey <= AMBIGUOUS[1])).mean())
+    if mid > AMBIGUOUS_SHARE:
+        raise MaskMismatch(f"not a 0/255 mask, values found: {describe(mask)}")
+    return grey >= 128
+
+
+def _binary01(mask: np.ndarray, forest: tuple) -> np.ndarray:
+    if not is_grey(mask):
+        raise MaskMismatch(f"colour-coded mask, values found: {describe(mask)}")
+    grey = grey_of(mask)
+    if grey.max() > 1:
+        raise MaskMismatch(f"not a 0/1 mask, values found: {describe(mask)}")
+    return grey == 1
+
+
+def _classes(mask: np.ndarray, forest: tuple) -> np.ndarray:
+    if not is_grey(mask):
+        raise MaskMismatch(f"colour-coded mask, values found: {describe(mask)}")
+    grey = grey_of(mask)
+    if len(np.unique(grey)) > MAX_CLASSES:
+        raise MaskMismatch(f"more than {MAX_CLASSES} distinct values, not class ids (class masks must be "
+                           f"lossless, e.g. PNG, not JPEG); values found: {describe(mask)}")
+    return np.isin(grey, np.array(forest, dtype=grey.dtype))
+
+
+def _colors(mask: np.ndarray, forest: tuple) -> np.ndarray:
+    if mask.ndim == 2:
+        raise MaskMismatch(f"single-band mask, not colour-coded; values found: {describe(mask)}")
+    out = np.zeros(mask.shape[:2], bool)
+    for colour in forest:
+        dist = np.abs(mask.astype(np.int16) - np.array(colour, np.int16)).max(axis=2)
+        out |= dist <= COLOR_TOLERANCE
+    return out
+
+
+@dataclass(frozen=True)
+class Convention:
+    """One way of coding forest in a mask."""
+
+    read: Callable[[np.ndarray, tuple], np.ndarray]  # decoded mask, data.forest -> (H, W) bool forest
+    needs_forest: str  # what data.forest must list: "" (nothing), "values" or "colors"
+    describe: str  # for the index report
+
+
+CONVENTIONS: dict[str, Convention] = {
+    "0/255": Convention(_binary255, "", "grey 0/255, forest >= 128 (JPEG noise tolerated)"),
+    "0/1": Convention(_binary01, "", "grey 0/1, forest = 1"),
+    "classes": Convention(_classes, "values", "grey class ids, forest = {forest}"),
+    "colors": Convention(_colors, "colors", f"RGB colours, forest = {{forest}} (+-{COLOR_TOLERANCE} per channel)"),
+}
+
+
+def forest_of(mask: np.ndarray, convention: str, forest: tuple = ()) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 mask -> (H, W) uint8 in {0, 1}; raises MaskMismatch."""
+    return CONVENTIONS[convention].read(mask, forest).astype(np.uint8)
+
+
+def describe_convention(convention: str, forest: tuple = ()) -> str:
+    return CONVENTIONS[convention].describe.format(forest=[list(f) if isinstance(f, tuple) else f for f in forest])

@@ -1,0 +1,171 @@
+"""forestseg.masks and the index on masks of every convention: read right, or refused clearly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_set
+from forestseg.dataset import DataError, build_index
+from forestseg.masks import MaskMismatch, forest_of
+
+# DeepGlobe land-cover colours; forest is green
+DEEPGLOBE = {"forest": (0, 255, 0), "agriculture": (255, 255, 0), "urban": (0, 255, 255),
+             "rangeland": (255, 0, 255), "water": (0, 0, 255), "barren": (255, 255, 255)}
+
+
+def truths(root: Path) -> dict[str, np.ndarray]:
+    """mask file name -> the forest truth (bool) of the synthetic 0/255 masks."""
+    out = {}
+    for path in sorted((root / "masks").iterdir()):
+        with Image.open(path) as im:
+            out[path.name] = np.asarray(im.convert("L")) >= 128
+    return out
+
+
+def rewrite(root: Path, encode) -> dict[str, np.ndarray]:
+    """Re-save every mask as encode(truth) in a lossless PNG (under the same name); returns the truths."""
+    t = truths(root)
+    for name, truth in t.items():
+        Image.fromarray(encode(truth)).save(root / "masks" / name, format="PNG")
+    return t
+
+
+def other_classes(truth: np.ndarray) -> np.ndarray:
+    """A class id per non-forest pixel, in stripes: 1..5 for agriculture..barren."""
+    cols = np.arange(truth.shape[1])[None, :].repeat(truth.shape[0], 0)
+    return 1 + cols * 5 // truth.shape[1]
+
+
+def as_01(truth):
+    return truth.astype(np.uint8)
+
+
+def as_deepglobe(truth):
+    palette = np.array(list(DEEPGLOBE.values()), np.uint8)
+    return palette[np.where(truth, 0, other_classes(truth))]
+
+
+def as_three_levels(truth):
+    """0/128/255 classes: forest 255, a middle class 128, the rest 0."""
+    return np.where(truth, 255, np.where(other_classes(truth) % 2 == 0, 128, 0)).astype(np.uint8)
+
+
+def index(root: Path, tmp_path: Path, masks: str = "0/255", forest: tuple = ()):
+    out = tmp_path / "packed"
+    idx, report = build_index(root, out / "images.npy", out / "masks.npy", masks, forest, workers=2)
+    return idx, report, np.load(out / "masks.npy")
+
+
+def assert_packed_is_truth(idx, packed, t):
+    for row, name in enumerate(idx["mask"]):
+        assert np.array_equal(packed[row], t[name].astype(np.uint8)), name
+
+
+# --- forest_of on single masks -------------------------------------------------------------------
+
+@pytest.mark.parametrize("convention, forest, mask, expected", [
+    ("0/255", (), np.array([[0, 12, 250, 255]], np.uint8), [[0, 0, 1, 1]]),
+    ("0/1", (), np.array([[0, 1, 1, 0]], np.uint8), [[0, 1, 1, 0]]),
+    ("classes", (3,), np.array([[0, 3, 2, 3]], np.uint8), [[0, 1, 0, 1]]),
+    ("classes", (2, 3), np.array([[0, 3, 2, 1]], np.uint8), [[0, 1, 1, 0]]),
+    ("colors", ((0, 255, 0),), np.array([[[0, 255, 0], [255, 255, 0], [10, 240, 20], [255, 255, 255]]], np.uint8),
+     [[1, 0, 1, 0]]),
+])
+def test_forest_of_reads_each_convention(convention, forest, mask, expected):
+    assert forest_of(mask, convention, forest).tolist() == expected
+
+
+@pytest.mark.parametrize("convention, forest, mask, found", [
+    ("0/255", (), np.resize(np.array([0, 128, 255], np.uint8), (8, 8)), r"not a 0/255 mask.*128"),
+    ("0/1", (), np.resize(np.array([0, 255], np.uint8), (8, 8)), r"not a 0/1 mask, values found: .*255"),
+    ("0/255", (), np.resize(np.array([[0, 255, 0], [255, 255, 0]], np.uint8), (8, 8, 3)), r"colour-coded mask"),
+    ("classes", (1,), np.arange(64, dtype=np.uint8).reshape(8, 8), r"more than 16 distinct values"),
+    ("colors", ((0, 255, 0),), np.zeros((8, 8), np.uint8), r"single-band mask"),
+])
+def test_a_mask_that_fits_no_declared_convention_names_its_values(convention, forest, mask, found):
+    with pytest.raises(MaskMismatch, match=found):
+        forest_of(mask, convention, forest)
+
+
+# --- whole sets ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def kaggle_like(tmp_path: Path) -> Path:
+    return make_set(tmp_path / "set", scenes=4, grid=2, tile_size=32)
+
+
+def test_0_1_masks_train_the_same_targets_as_0_255(kaggle_like, tmp_path):
+    t = truths(kaggle_like)
+    idx255, _, packed255 = index(kaggle_like, tmp_path / "a")
+    rewrite(kaggle_like, as_01)
+    idx01, report, packed01 = index(kaggle_like, tmp_path / "b", "0/1")
+    assert report["masks"] == "grey 0/1, forest = 1" and report["skipped"] == 0
+    assert np.array_equal(packed01, packed255)
+    assert_packed_is_truth(idx01, packed01, t)
+
+
+def test_0_1_masks_under_the_default_stop_and_say_which_param(kaggle_like, tmp_path):
+    rewrite(kaggle_like, as_01)
+    with pytest.raises(DataError, match=r"data\.masks is '0/255', but no pixel of any mask is forest under it "
+                                        r"\(16 grey mask\(s\): [01] \(\d+%\), [01] \(\d+%\)\); they look like 0/1 masks: set data\.masks: '0/1'"):
+        index(kaggle_like, tmp_path)
+
+
+def test_deepglobe_colour_masks_train_with_forest_named_by_colour(kaggle_like, tmp_path):
+    t = rewrite(kaggle_like, as_deepglobe)
+    idx, report, packed = index(kaggle_like, tmp_path, "colors", ((0, 255, 0),))
+    assert report["masks"].startswith("RGB colours, forest = [[0, 255, 0]]")
+    assert_packed_is_truth(idx, packed, t)  # agriculture, urban, barren (bright grey!) are not forest
+
+
+def test_colour_masks_under_the_default_stop(kaggle_like, tmp_path):
+    rewrite(kaggle_like, as_deepglobe)
+    with pytest.raises(DataError, match=r"16 of 16 masks do not fit it \(e\.g\. mask does not fit data\.masks "
+                                        r"'0/255': colour-coded mask.*set data\.masks: colors and data\.forest"):
+        index(kaggle_like, tmp_path)
+
+
+def test_grey_masks_declared_as_colours_stop(kaggle_like, tmp_path):
+    with pytest.raises(DataError, match=r"data\.masks is 'colors' with data\.forest \[\(0, 255, 0\)\], but every "
+                                        r"mask is grey .*set data\.masks: '0/255'"):
+        index(kaggle_like, tmp_path, "colors", ((0, 255, 0),))
+
+
+def test_three_level_masks_stop_instead_of_counting_the_middle_class_as_forest(kaggle_like, tmp_path):
+    rewrite(kaggle_like, as_three_levels)
+    with pytest.raises(DataError, match=r"masks do not fit it .*128.*set data\.masks: classes and data\.forest"):
+        index(kaggle_like, tmp_path)
+
+
+def test_three_level_masks_as_classes(kaggle_like, tmp_path):
+    t = rewrite(kaggle_like, as_three_levels)
+    idx, report, packed = index(kaggle_like, tmp_path, "classes", (255,))
+    assert report["masks"] == "grey class ids, forest = [255]"
+    assert_packed_is_truth(idx, packed, t)
+
+
+def test_one_odd_mask_is_skipped_with_its_values_not_the_set(kaggle_like, tmp_path):
+    name = sorted((kaggle_like / "masks").iterdir())[3].name
+    Image.fromarray(as_three_levels(truths(kaggle_like)[name])).save(kaggle_like / "masks" / name, format="PNG")
+    idx, report, _ = index(kaggle_like, tmp_path)
+    assert report["valid"] == 15 and report["skipped"] == 1
+    [skipped] = report["skipped_pairs"]
+    assert skipped["mask"] == name
+    assert skipped["reason"].startswith("mask does not fit data.masks '0/255': not a 0/255 mask, values found: ")
+    assert "128" in skipped["reason"]
+
+
+def test_report_states_convention_and_values(kaggle_like, tmp_path):
+    _, report, _ = index(kaggle_like, tmp_path)
+    assert report["masks"] == "grey 0/255, forest >= 128 (JPEG noise tolerated)"
+    assert report["mask_values"].startswith("16 grey mask(s): ")
+
+
+def test_sample_masks_fit_the_default_convention(sample_dir, tmp_path):
+    """Every real Kaggle mask is a 0/255 JPEG: none skipped, none misread."""
+    _, report, packed = index(sample_dir, tmp_path)
+    assert report["valid"] == 1035 and report["skipped"] == 0
+    assert set(np.unique(packed)) == {0, 1}

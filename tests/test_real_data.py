@@ -1,0 +1,125 @@
+"""End to end: real data the way users have it, brought in as DVC data, and faults with a message."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import SAMPLE, make_set
+from test_pipeline import BIN, TINY, ran, repo, set_params, sh  # noqa: F401  (repo is a fixture)
+
+pytestmark = pytest.mark.slow
+TINY_REAL = {**TINY, "model": {"width": 4, "depth": 1}, "train": {"epochs": 1, "batch_size": 4, "test_batch_size": 16},
+             "grid": {"loss": ["bce"], "optimizer": ["adam"], "seed": [0]}}
+
+
+def unzipped_download(dst: Path, scenes: int = 4) -> tuple[Path, int]:
+    """A folder laid out as the Kaggle zip unpacks ('Forest Segmented/Forest Segmented/...'), holding
+    the pairs of a few scenes of the real sample (a tiny synthetic set where the sample is absent)."""
+    inner = dst / "Forest Segmented" / "Forest Segmented"
+    if not (SAMPLE / "meta_data.csv").is_file():
+        make_set(inner, scenes=scenes)
+        return dst, scenes * 4
+    meta = pd.read_csv(SAMPLE / "meta_data.csv", dtype=str)
+    keep = meta[meta["image"].str.split("_").str[0].isin(sorted(meta["image"].str.split("_").str[0].unique())[:scenes])]
+    for folder, column in (("images", "image"), ("masks", "mask")):
+        (inner / folder).mkdir(parents=True)
+        for name in keep[column]:
+            shutil.copy2(SAMPLE / folder / name, inner / folder / name)
+    keep.to_csv(inner / "meta_data.csv", index=False)
+    return dst, len(keep)
+
+
+def git_files_ever(repo: Path) -> set[str]:
+    """Every file path in every commit reachable from any ref (branches, tags, DVC experiment refs)."""
+    revs = sh(repo, "git", "rev-list", "--all").stdout.split()
+    files: set[str] = set()
+    for rev in revs:
+        files |= set(sh(repo, "git", "ls-tree", "-r", "--name-only", rev).stdout.splitlines())
+    return files
+
+
+def wait_for_queue(repo: Path, seconds: int = 300) -> str:
+    try:
+        for _ in range(seconds):
+            status = sh(repo, "dvc", "queue", "status").stdout
+            if "Running" not in status and "Queued" not in status:
+                return status
+            time.sleep(1)
+    finally:
+        sh(repo, "dvc", "queue", "stop", check=False)
+    raise AssertionError(f"queue still busy after {seconds} s:\n{status}")
+
+
+def test_the_kaggle_download_as_dvc_data_from_unzip_to_queued_experiment(repo: Path) -> None:
+    """README 'Real data': unzip into data/raw, `dvc add`, `dvc exp run`; no JPEG ever reaches git, and a
+    queued experiment (a temp copy of the repo) trains on the same data."""
+    set_params(repo, TINY_REAL)
+    sh(repo, "git", "commit", "-qam", "tiny params")
+    _, pairs = unzipped_download(repo / "data" / "raw" / "kaggle")
+    sh(repo, "dvc", "add", "data/raw/kaggle")
+    sh(repo, "git", "add", "data/raw/kaggle.dvc", "data/raw/.gitignore")
+    sh(repo, "git", "commit", "-qm", "Kaggle set as DVC data")
+
+    out = sh(repo, "dvc", "exp", "run", "-n", "kaggle", "-S", "data.source=data/raw/kaggle")
+    assert "as the Kaggle zip unpacks" in out.stdout
+    assert {"index", "split", "train@bce-adam-0", "aggregate"} <= ran(out)
+    index = yaml.safe_load((repo / "metrics/index.json").read_text())
+    assert index["valid"] == pairs and index["skipped"] == 0
+    assert index["masks"] == "grey 0/255, forest >= 128 (JPEG noise tolerated)"
+
+    sh(repo, "dvc", "exp", "run", "--queue", "-n", "kaggle-lr", "-S", "data.source=data/raw/kaggle",
+       "-S", "optimizer.lr=0.003")
+    sh(repo, "dvc", "queue", "start")
+    status = wait_for_queue(repo)
+    assert "Success" in status, status + sh(repo, "dvc", "queue", "logs", "kaggle-lr", check=False).stdout
+
+    sh(repo, "dvc", "exp", "apply", "kaggle-lr")
+    assert yaml.safe_load((repo / "metrics/index.json").read_text())["valid"] == pairs  # trained on the same pairs
+    assert yaml.safe_load((repo / "params.yaml").read_text())["optimizer"]["lr"] == 0.003
+
+    jpegs = {f for f in git_files_ever(repo) if f.lower().endswith((".jpg", ".jpeg"))}
+    assert not jpegs, sorted(jpegs)[:5]
+
+
+def test_untracked_data_inside_the_project_is_refused(repo: Path) -> None:
+    unzipped_download(repo / "data" / "raw" / "kaggle", scenes=2)
+    set_params(repo, {"data": {"source": "data/raw/kaggle"}})
+    out = sh(repo, "dvc", "repro", "index", check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "error: data.source data/raw/kaggle is inside the project but not tracked by DVC" in text
+    assert "run `dvc add data/raw/kaggle`" in text and "Traceback" not in text
+
+
+def test_params_changed_during_a_run_are_never_recorded(repo: Path) -> None:
+    """Two `dvc exp run` at once in one checkout: the second rewrites params.yaml while the first trains.
+    The first fails with one line instead of recording outputs under params that did not make them."""
+    set_params(repo, {"grid": {"loss": ["bce"]}, "train": {"epochs": 20}})
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch 1/20" in line:  # 19 epochs left: ample time to change params
+            set_params(repo, {"optimizer": {"lr": 0.05}})
+            break
+    lines += proc.stdout.readlines()
+    proc.stdout.close()
+    code = proc.wait()
+    text = "".join(lines)
+    if code == -signal.SIGKILL:
+        pytest.fail(text)
+    assert code != 0, text
+    assert "error: params.yaml changed while this stage ran (optimizer.lr)" in text
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert "train@bce-adam-0" not in lock["stages"]  # nothing recorded for the run
+    assert {"synth", "index", "split"} <= set(lock["stages"])  # stages that finished before the change are

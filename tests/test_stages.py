@@ -1,0 +1,57 @@
+"""stages/common.py: params read once per stage, and a params.yaml changed mid-stage is refused."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "stages"))
+import common  # noqa: E402
+
+
+@pytest.fixture
+def params_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common, "_READ", {})
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    return tmp_path / "params.yaml"
+
+
+def edit(path, section: str, key: str, value) -> None:
+    params = yaml.safe_load(path.read_text())
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params))
+
+
+def run_stage(fn, argv=()):
+    monkeypatch_argv = sys.argv
+    sys.argv = ["stage.py", *argv]
+    try:
+        common.stage(fn)()
+    finally:
+        sys.argv = monkeypatch_argv
+
+
+def test_params_changed_while_a_stage_runs_fail_it(params_file, capsys) -> None:
+    def body(argv):
+        common.params("optimizer", "train")
+        edit(params_file, "optimizer", "lr", 0.5)  # another `dvc exp run` writes params.yaml meanwhile
+
+    with pytest.raises(SystemExit) as done:
+        run_stage(body)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: params.yaml changed while this stage ran (optimizer.lr); its outputs were made "
+                          "with the old values and are not recorded")
+    assert err.count("\n") == 1
+
+
+def test_a_change_to_a_section_the_stage_did_not_read_is_fine(params_file) -> None:
+    def body(argv):
+        common.params("train")
+        edit(params_file, "optimizer", "lr", 0.5)
+
+    run_stage(body)  # no SystemExit
