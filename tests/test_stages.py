@@ -26,13 +26,13 @@ def edit(path, section: str, key: str, value) -> None:
     path.write_text(yaml.safe_dump(params))
 
 
-def run_stage(fn, argv=()):
-    monkeypatch_argv = sys.argv
-    sys.argv = ["stage.py", *argv]
+def run_stage(fn) -> None:
+    argv = sys.argv
+    sys.argv = ["stage.py"]
     try:
         common.stage(fn)()
     finally:
-        sys.argv = monkeypatch_argv
+        sys.argv = argv
 
 
 def test_params_changed_while_a_stage_runs_fail_it(params_file, capsys) -> None:

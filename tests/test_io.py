@@ -1,0 +1,68 @@
+"""forestseg.io: atomic writes; a full disk or a read-only folder is one line naming the file, no litter."""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forestseg.errors import ForestsegError
+from forestseg.io import atomic_path, write_json, write_npy, write_torch
+
+
+def test_a_write_replaces_the_file_atomically(tmp_path: Path) -> None:
+    write_json(tmp_path / "a.json", {"x": 1})
+    write_json(tmp_path / "a.json", {"x": 2})
+    assert (tmp_path / "a.json").read_text().strip().endswith("}") and '"x": 2' in (tmp_path / "a.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    write_json(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert '"x": 1' in (tmp_path / "a.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.mark.parametrize("code, says", [
+    (errno.ENOSPC, r"cannot write it: no space left on the device \(\d+ MiB free\); free some space and rerun"),
+    (errno.EROFS, r"cannot write it: the folder is on a read-only file system; make it writable or run elsewhere"),
+    (errno.EACCES, r"cannot write it: permission denied; make the folder writable"),
+])
+def test_write_errors_name_the_file_and_what_to_do(tmp_path: Path, monkeypatch, code, says) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # the folder refuses new files
+    with pytest.raises(ForestsegError, match=rf"^{tmp_path}/a\.npy: {says}"):
+        write_npy(tmp_path / "a.npy", np.zeros(3))
+
+
+def test_a_full_disk_mid_write_leaves_no_temp(tmp_path: Path) -> None:
+    def fill(p: Path) -> None:
+        p.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    from forestseg.io import write_with
+
+    with pytest.raises(ForestsegError, match="no space left"):
+        write_with(tmp_path / "big.npy", fill)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_reports_a_full_disk_as_one_line(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    def full(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ForestsegError, match=r"last\.pt: cannot write it: no space left on the device"):
+        write_torch(tmp_path / "last.pt", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
