@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -98,6 +99,15 @@ def write_torch(path: str | Path, obj: Any) -> None:
         if "write" not in str(e):
             raise
         raise _write_error(Path(path), OSError(errno.ENOSPC, str(e))) from None
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 24) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (packed arrays are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path) -> Any:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .checkpoint import read_model
 from .config import ConfigError, ForestsegError, ModelConfig
 from .images import ImageError, decode
 from .loader import Normalizer, to_input
-from .losses import threshold
 from .model import build_model
 
 # Error map colours: true positive, false positive, false negative (true negative stays black).
@@ -27,22 +27,15 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device) -> "Predictor":
-        """A model, its input normalisation and tile size from a checkpoint written by training."""
-        path = Path(path)
+        """A model, its input normalisation, tile size and threshold from a model file written by training."""
+        state = read_model(path)
         try:
-            state = torch.load(path, map_location=device, weights_only=False)
-        except Exception as e:
-            raise ForestsegError(f"{path}: cannot be read as a forestseg checkpoint ({type(e).__name__}: {e})") from None
-        if not isinstance(state, dict) or not {"model", "params", "normalizer"} <= set(state):
-            raise ForestsegError(f"{path}: not a forestseg checkpoint (needs model, params, normalizer)")
-        try:
-            model = build_model(ModelConfig(**state["params"]["model"]))
-            model.load_state_dict(state["model"])
+            model = build_model(ModelConfig(**state["model"]))
+            model.load_state_dict(state["weights"])
         except (ConfigError, TypeError, RuntimeError) as e:
             raise ForestsegError(f"{path}: the weights do not match the model its params describe ({e})") from None
         norm = Normalizer(tuple(state["normalizer"]["mean"]), tuple(state["normalizer"]["std"]))
-        loss = state.get("run", "bce-").split("-")[0]
-        return cls(model.to(device).eval(), norm, int(state.get("tile_size", 256)), threshold(loss), device)
+        return cls(model.to(device).eval(), norm, int(state["tile_size"]), float(state["threshold"]), device)
 
     @torch.no_grad()
     def logits(self, image: np.ndarray, overlap: int | None = None, batch: int = 8) -> np.ndarray:

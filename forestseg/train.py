@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .checkpoint import read_resume, write_model, write_resume
 from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
 from .device import use_bf16
-from .io import write_torch
 from .loader import Normalizer, Tiles, batches, to_input
 from .losses import LOSSES, threshold
 from .metrics import confusion, scores
@@ -80,18 +80,6 @@ def evaluate(model: torch.nn.Module, tiles: Tiles, loss: str, batch_size: int, n
     return {"loss": float(total) / len(tiles), **scores(counts.cpu().numpy())}
 
 
-def read_checkpoint(path: Path, log: Callable[[str], None] = print) -> dict | None:
-    """The checkpoint at `path` on the CPU (RNG states must stay there), or None if absent or unreadable."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated by a full disk, or not ours: start afresh rather than fail forever
-        log(f"{path} cannot be read ({type(e).__name__}: {e}); starting afresh")
-        return None
-    return state if isinstance(state, dict) else None
-
-
 def lr_factor(epoch: int, cfg: OptimizerConfig, epochs: int) -> float:
     """Multiplier of the base lr in 0-based `epoch`: optional linear warmup, then step or cosine."""
     if epoch < cfg.warmup_epochs:
@@ -132,12 +120,13 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Cal
 
 
 def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig,
-              train: Tiles, test: Tiles, checkpoint: Path, fingerprint: str,
+              train: Tiles, test: Tiles, model_dir: Path, resume: Path, fingerprint: str,
               log: Callable[[str], None] = print, val: Tiles | None = None) -> Result:
-    """Train one run to train_cfg.epochs, resuming from `checkpoint` when its fingerprint matches.
+    """Train one run to train_cfg.epochs, resuming from the `resume` file when its fingerprint matches
+    (it is rewritten after every epoch); writes the model file model_dir/model.pt at the end.
 
-    With `val`, the model of the epoch with the best validation mIoU is also kept, as best.pt
-    beside `checkpoint`; the model is never chosen on test. Raises Diverged (carrying the history
+    With `val`, the model of the epoch with the best validation mIoU is also kept, as
+    model_dir/best.pt; the model is never chosen on test. Raises Diverged (carrying the history
     so far) on a non-finite or exploding loss.
     """
     device = train.images.device
@@ -158,8 +147,9 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
     if train_cfg.color_jitter > 0:
         gens["jitter"] = torch.Generator().manual_seed(run.seed + 2_000_003)
     norm = Normalizer.fit(train.images) if model_cfg.input == "normalized" else Normalizer()
-    # what predict needs beside the weights; the same in last.pt and best.pt
-    portable = {"run": run.name, "normalizer": asdict(norm), "tile_size": int(train.images.shape[1])}
+    # what predict needs beside the weights; the same in model.pt and best.pt
+    portable = {"run": run.name, "loss": run.loss, "threshold": threshold(run.loss), "model": asdict(model_cfg),
+                "normalizer": asdict(norm), "tile_size": int(train.images.shape[1])}
 
     model = build_model(model_cfg).to(device)
     if train_cfg.channels_last:
@@ -175,7 +165,7 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
     first_loss: float | None = None
     best: dict = {}
     start, state = 1, {}
-    saved = read_checkpoint(checkpoint, log)
+    saved = read_resume(resume, log)
     if saved is not None:
         if saved.get("fingerprint") == fingerprint:
             model.load_state_dict(saved["model"])
@@ -184,9 +174,9 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
             _set_rng_state(saved["rng"], gens)
             history, first_loss, best, start = saved["history"], saved["first_loss"], saved["best"], saved["epoch"] + 1
             state = saved
-            log(f"{run.name}: resuming after epoch {saved['epoch']} from {checkpoint}")
+            log(f"{run.name}: resuming after epoch {saved['epoch']} from {resume}")
         else:
-            log(f"{run.name}: {checkpoint} was made with other params or data; starting afresh")
+            log(f"{run.name}: {resume} was made with other params, code or data; starting afresh")
 
     for epoch in range(start, train_cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -204,22 +194,23 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
         if val is not None:
             val_scores = evaluate(model, val, *eval_args)
             row["val_miou"] = val_scores["miou"]
-            if val_scores["miou"] > best.get("val_miou", -1.0):
-                best = {"epoch": epoch, "val_miou": val_scores["miou"], "test_scores": test_scores}
-                write_torch(checkpoint.with_name("best.pt"), {
-                    "model": model.state_dict(), "epoch": epoch, "val_miou": val_scores["miou"], **portable,
-                    "params": {"model": asdict(model_cfg)}})
+            if val_scores["miou"] > best.get("val_miou", -1.0):  # weights kept in the resume file until the end
+                best = {"epoch": epoch, "val_miou": val_scores["miou"], "test_scores": test_scores,
+                        "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         row.update(seconds=round(time.perf_counter() - t0, 3), train_seconds=round(train_seconds, 3))
         history.append(row)
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "rng": _rng_state(gens), "epoch": epoch, "history": history, "first_loss": first_loss,
-                 "best": best, "fingerprint": fingerprint, "test_scores": test_scores, **portable,
+                 "best": best, "fingerprint": fingerprint, "test_scores": test_scores,
                  "params": {"model": asdict(model_cfg), "optimizer": asdict(opt_cfg), "train": asdict(train_cfg)}}
-        write_torch(checkpoint, state)  # before the log line: a logged epoch is always resumable
+        write_resume(resume, state)  # before the log line: a logged epoch is always resumable
         log(f"{run.name} epoch {epoch}/{train_cfg.epochs}: train_loss {train_loss:.4f} "
             f"test_loss {test_scores['loss']:.4f} test_iou {test_scores['iou']:.4f}"
             + (f" val_miou {row['val_miou']:.4f}" if val is not None else "") + f" ({row['seconds']:.1f} s)")
 
+    write_model(model_dir / "model.pt", state["model"], portable, epoch=state["epoch"])
+    if best:
+        write_model(model_dir / "best.pt", best["weights"], portable, epoch=best["epoch"], val_miou=best["val_miou"])
     train_seconds = sum(h["train_seconds"] for h in history)
     metrics = {
         "status": "ok",

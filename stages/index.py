@@ -4,7 +4,7 @@ from pathlib import Path
 from common import args, params, stage
 
 from forestseg.dataset import build_index, check_tracked, format_report
-from forestseg.io import write_csv, write_json
+from forestseg.io import sha256_of, write_csv, write_json
 
 
 @stage
@@ -14,6 +14,8 @@ def main(argv: list[str]) -> None:
     check_tracked(source)
     packed = Path(packed_dir)
     index, report = build_index(source, packed / "images.npy", packed / "masks.npy", cfg.masks, cfg.forest)
+    # content digest of the arrays: the train stage's resume fingerprint, without re-reading hundreds of MB per run
+    write_json(packed / "sha256.json", {name: sha256_of(packed / name) for name in ("images.npy", "masks.npy")})
     write_csv(index_csv, index)
     write_json(report_json, report)
     print(format_report(report))

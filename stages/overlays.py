@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
             print(f"overlays: {combo}: every seed diverged, nothing to show")
             continue
         run = f"{combo}-{s['best_seed']}"
-        predictor = Predictor.load(models_dir / run / "last.pt", device)
+        predictor = Predictor.load(models_dir / run / "model.pt", device)
         example_panel(predictor, images, masks, f"{run}: test tiles (seed {cfg.seed})", out_dir / f"{combo}.png")
     print(f"overlays: wrote {out_dir}/<combination>.png for {len(rows)} test tiles")
 

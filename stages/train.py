@@ -1,30 +1,18 @@
-"""Stage train@<loss>-<optimizer>-<seed>: train one grid member, write its history and metrics."""
-import hashlib
-import json
+"""Stage train@<loss>-<optimizer>-<seed>: train one grid member, write its model, history and metrics."""
 from pathlib import Path
 
 import pandas as pd
 from common import args, params, stage
 
 import forestseg
-from forestseg.config import ForestsegError, Run, asdict, load_sections
+from forestseg.checkpoint import fingerprint, write_model
+from forestseg.config import ForestsegError, asdict, load_sections
 from forestseg.device import pick_device, use_bf16
-from forestseg.io import write_csv, write_json, write_torch
+from forestseg.io import write_csv, write_json
 from forestseg.loader import load_split
 from forestseg.train import Diverged, train_run
 
-
-def fingerprint(run: Run, cfgs: tuple, data_dir: Path, bf16: bool = False) -> str:
-    """What a checkpoint must match to be resumed: the run, its params and precision, the code and the data."""
-    h = hashlib.sha256(json.dumps([run.name, *map(asdict, cfgs), bf16], sort_keys=True).encode())
-    for source in [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]:
-        h.update(source.read_bytes())  # a code change retrains, never reuses a finished run
-    for name in ("index.csv", "split.csv"):
-        h.update((data_dir / name).read_bytes())
-    for name in ("images.npy", "masks.npy"):
-        st = (data_dir / "packed" / name).stat()
-        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
+RESUME_DIR = Path(".resume")  # scratch: git- and dvc-ignored, never a DVC output
 
 
 @stage
@@ -35,27 +23,29 @@ def main(argv: list[str]) -> None:
     # grid is not a param of this stage (adding a seed must not retrain the others): check the member here
     (grid,) = load_sections({"grid": {"loss": [loss], "optimizer": [optimizer], "seed": [seed]}}, "grid")
     run = grid.runs()[0]
-    data_dir, out = Path(data_dir), Path(runs_dir) / run.name
+    data_dir, out, model_dir = Path(data_dir), Path(runs_dir) / run.name, Path(models_dir) / run.name
     device = pick_device(train_cfg.device)
     tiles = load_split(data_dir, device)
     if train_cfg.batch_size > len(tiles["train"]):
         raise ForestsegError(f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
                              f"the {len(tiles['train'])} training tiles; lower it")
-    checkpoint = Path(models_dir) / run.name / "last.pt"
+    resume = RESUME_DIR / f"{run.name}.pt"
+    code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
+    data = [data_dir / "index.csv", data_dir / "split.csv", data_dir / "packed" / "sha256.json"]
+    fp = fingerprint(run.name, [asdict(c) for c in cfgs], use_bf16(train_cfg.precision, device), code, data)
     try:
-        result = train_run(run, model_cfg, opt_cfg, train_cfg, tiles["train"], tiles["test"],
-                           checkpoint, fingerprint(run, cfgs, data_dir, use_bf16(train_cfg.precision, device)),
+        result = train_run(run, model_cfg, opt_cfg, train_cfg, tiles["train"], tiles["test"], model_dir, resume, fp,
                            val=tiles.get("val"))
         history, metrics = result.history, result.metrics
     except Diverged as e:
         # Recorded, not raised: one diverged run must not stop the rest of the grid.
         print(f"warning: {e}")
         history, metrics = e.history, {"status": "diverged", "message": str(e), "epochs": len(e.history)}
-        if not e.history:  # no good epoch of these params: never leave an older run's weights as this output
-            write_torch(checkpoint, {"status": "diverged", "message": str(e), "fingerprint": None})
+        write_model(model_dir / "model.pt", None, {"run": run.name, "message": str(e)})  # a declared output
     columns = ["epoch", "train_loss", "test_loss", "test_iou", "test_dice", "lr", "seconds", "train_seconds"]
     write_csv(out / "history.csv", pd.DataFrame(history) if history else pd.DataFrame(columns=columns))
     write_json(out / "metrics.json", metrics)
+    resume.unlink(missing_ok=True)  # the outputs exist: nothing left to resume
 
 
 if __name__ == "__main__":

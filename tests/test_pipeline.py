@@ -77,7 +77,7 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
         history = (repo / "metrics/runs" / run / "history.csv").read_text().splitlines()
         assert history[0].startswith("epoch,train_loss,test_loss,test_iou,test_dice,lr,seconds")
         assert len(history) == 1 + TINY["train"]["epochs"]
-        assert (repo / "models" / run / "last.pt").stat().st_size > 0
+        assert (repo / "models" / run / "model.pt").stat().st_size > 0
     assert (repo / "plots/loss_best.png").stat().st_size > 0
     report = (repo / "REPORT.md").read_text()
     assert "all-forest baseline" in report and "](plots/loss_best.png)" in report

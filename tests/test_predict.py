@@ -35,11 +35,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 images.append(image[y:y + TILE, x:x + TILE])
                 masks.append(mask[y:y + TILE, x:x + TILE])
     tiles = Tiles(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.uint8)))
-    path = tmp_path_factory.mktemp("model") / "last.pt"
+    folder = tmp_path_factory.mktemp("model")
     train_run(Run("bce", "adam", 0), ModelConfig(width=8, depth=2), OptimizerConfig(lr=3e-3),
               TrainConfig(epochs=3, batch_size=8, test_batch_size=16, device="cpu", precision="fp32"),
-              tiles, tiles, path, "test", log=lambda s: None)
-    return path
+              tiles, tiles, folder, folder / "resume.pt", "test", log=lambda s: None)
+    return folder / "model.pt"
 
 
 def test_large_image_gives_a_mask_of_its_size_that_agrees_with_single_tiles(checkpoint, scene) -> None:
@@ -87,13 +87,15 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
     assert "broken.jpg: cannot be decoded: not a JPEG nor any image format Pillow reads" in err
 
 
-@pytest.mark.parametrize("change", ["width", "not a checkpoint"])
+@pytest.mark.parametrize("change", ["width", "not a checkpoint", "resume file"])
 def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, change, capsys) -> None:
     bad = tmp_path / "bad.pt"
     if change == "width":
         state = torch.load(checkpoint, weights_only=False)
-        state["params"]["model"]["width"] = 16
+        state["model"]["width"] = 16
         torch.save(state, bad)
+    elif change == "resume file":
+        torch.save({"format": "forestseg-resume/1", "model": {}}, bad)
     else:
         bad.write_bytes(b"junk")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")

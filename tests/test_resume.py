@@ -75,14 +75,15 @@ def test_sigkill_then_resume_gives_identical_results(project: Path, tmp_path: Pa
     killed = kill(work, kill_after_line)
     assert killed == -signal.SIGKILL
     assert not (work / "metrics/runs/bce-adam-0/metrics.json").exists()
-    checkpoint = work / "models/bce-adam-0/last.pt"
-    if checkpoint.exists():  # written atomically: whole, whenever the kill came
+    resume = work / ".resume/bce-adam-0.pt"
+    if resume.exists():  # written atomically: whole, whenever the kill came
         import torch
 
-        assert torch.load(checkpoint, weights_only=False)["epoch"] >= 1
+        assert torch.load(resume, weights_only=False)["epoch"] >= 1
     out = stage(work, "train", *TRAIN)
     assert "resuming after epoch" in out.stdout
     assert outputs(work) == uninterrupted
+    assert not resume.exists() and (work / "models/bce-adam-0/model.pt").is_file()  # scratch gone once done
 
 
 def kill(work: Path, marker: str) -> int:
@@ -99,7 +100,7 @@ def kill(work: Path, marker: str) -> int:
 
 def test_changed_params_do_not_resume_a_stale_checkpoint(project: Path, tmp_path: Path) -> None:
     work = fresh(project, tmp_path)
-    stage(work, "train", *TRAIN)
+    kill(work, "epoch 2/")  # leaves a resume file of lr 1e-3
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["optimizer"]["lr"] = 0.01
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -120,36 +121,48 @@ def test_a_diverging_run_is_recorded_not_fatal(project: Path, tmp_path: Path) ->
     assert metrics["status"] == "diverged"
     assert "run bce-sgd-0 epoch 1/" in metrics["message"] and "diverged at step" in metrics["message"]
     assert "warning: run bce-sgd-0" in out.stdout
-    assert (work / "models/bce-sgd-0/last.pt").is_file()  # dvc requires every declared output
+    assert (work / "models/bce-sgd-0/model.pt").is_file()  # dvc requires every declared output
 
 
 
 
-def test_the_fingerprint_covers_code_params_and_data(project: Path, tmp_path: Path, monkeypatch) -> None:
-    """A finished checkpoint is reused only if nothing DVC would rerun the stage for has changed."""
-    import importlib.util
-    import types
+def test_the_fingerprint_covers_code_params_and_data(project: Path, tmp_path: Path) -> None:
+    """A resume file is reused only if nothing DVC would rerun the stage for has changed, and a copy
+    of the project elsewhere (another path, new mtimes) fingerprints the same."""
+    from forestseg.checkpoint import fingerprint
+    from forestseg.config import asdict, load_sections
 
-    from forestseg.config import load_sections
-    from forestseg.train import Run
-
-    monkeypatch.syspath_prepend(str(REPO / "stages"))
-    spec = importlib.util.spec_from_file_location("train_stage", REPO / "stages/train.py")
-    train_stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_stage)
+    cfgs = [asdict(c) for c in load_sections(yaml.safe_load((project / "params.yaml").read_text()),
+                                             "model", "optimizer", "train")]
     library = shutil.copytree(REPO / "forestseg", tmp_path / "forestseg")  # edited below, not the checkout
-    monkeypatch.setattr(train_stage, "forestseg", types.SimpleNamespace(__file__=str(library / "__init__.py")))
-    cfgs = load_sections(yaml.safe_load((project / "params.yaml").read_text()), "model", "optimizer", "train")
-    data = project / "data"
+    code = sorted(library.glob("*.py"))
 
-    base = train_stage.fingerprint(Run("bce", "adam", 0), cfgs, data)
-    assert base == train_stage.fingerprint(Run("bce", "adam", 0), cfgs, data)
-    assert base != train_stage.fingerprint(Run("bce", "adam", 1), cfgs, data)
-    other = (cfgs[0], cfgs[1].__class__(**{**cfgs[1].__dict__, "lr": 0.5}), cfgs[2])
-    assert base != train_stage.fingerprint(Run("bce", "adam", 0), other, data)
+    def data(root: Path) -> list[Path]:
+        return [root / "data/index.csv", root / "data/split.csv", root / "data/packed/sha256.json"]
+
+    base = fingerprint("bce-adam-0", cfgs, False, code, data(project))
+    assert base == fingerprint("bce-adam-0", cfgs, False, code, data(project))
+    copy = shutil.copytree(project, tmp_path / "elsewhere" / "copy", copy_function=shutil.copy)  # new mtimes
+    assert base == fingerprint("bce-adam-0", cfgs, False, code, data(copy))
+    assert base != fingerprint("bce-adam-1", cfgs, False, code, data(project))
+    assert base != fingerprint("bce-adam-0", cfgs, True, code, data(project))
+    other = [cfgs[0], {**cfgs[1], "lr": 0.5}, cfgs[2]]
+    assert base != fingerprint("bce-adam-0", other, False, code, data(project))
+    (copy / "data/packed/sha256.json").write_text('{"images.npy": "another set"}')
+    assert base != fingerprint("bce-adam-0", cfgs, False, code, data(copy))
     with open(library / "train.py", "a") as f:
         f.write("\n# any edit of the library is a code change\n")
-    assert base != train_stage.fingerprint(Run("bce", "adam", 0), cfgs, data)
+    assert base != fingerprint("bce-adam-0", cfgs, False, code, data(project))
+
+
+def test_a_copy_of_the_project_resumes_its_own_run(project: Path, tmp_path: Path) -> None:
+    """Killed in one folder, the project is moved (as a queued experiment's temp copy or another
+    machine would have it): the run resumes there instead of starting afresh."""
+    work = fresh(project, tmp_path)
+    kill(work, "epoch 2/")
+    moved = shutil.copytree(work, tmp_path / "moved", copy_function=shutil.copy)  # other path, new mtimes
+    out = stage(moved, "train", *TRAIN)
+    assert "resuming after epoch" in out.stdout
 
 
 def test_a_batch_larger_than_the_training_set_stops_with_one_line(project: Path, tmp_path: Path) -> None:
@@ -177,8 +190,8 @@ def test_a_bad_grid_member_stops_with_one_line(project: Path, member: list[str],
 
 def test_an_unreadable_checkpoint_is_retrained_not_fatal(project: Path, tmp_path: Path) -> None:
     work = fresh(project, tmp_path)
-    (work / "models/bce-adam-0").mkdir(parents=True)
-    (work / "models/bce-adam-0/last.pt").write_bytes(b"half a checkpoint")
+    (work / ".resume").mkdir(parents=True)
+    (work / ".resume/bce-adam-0.pt").write_bytes(b"half a checkpoint")
     out = stage(work, "train", *TRAIN)
     assert "cannot be read" in out.stdout and "starting afresh" in out.stdout
     assert json.loads((work / "metrics/runs/bce-adam-0/metrics.json").read_text())["epochs"] == EPOCHS

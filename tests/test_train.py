@@ -62,8 +62,9 @@ def strip(result) -> tuple[list[dict], dict]:
 def go(data, checkpoint: Path, run: Run = RUN, opt: OptimizerConfig = OPT, train: TrainConfig = TRAIN,
        fingerprint: str = FP, log=None, val: Tiles | None = None):
     lines: list[str] = []
-    result = train_run(run, MODEL, opt, train, data[0], data[1], checkpoint, fingerprint,
-                       log=log or lines.append, val=val)
+    # `checkpoint` is the resume file; the model file goes to a folder named after it
+    result = train_run(run, MODEL, opt, train, data[0], data[1], checkpoint.parent / checkpoint.stem, checkpoint,
+                       fingerprint, log=log or lines.append, val=val)
     return result, lines
 
 
@@ -168,17 +169,25 @@ def test_another_fingerprint_starts_afresh(data, tmp_path: Path, uninterrupted) 
 
 
 def test_checkpoint_contents(data, tmp_path: Path, uninterrupted) -> None:
+    from forestseg.checkpoint import MODEL_FORMAT, RESUME_FORMAT, read_model
+
     checkpoint = tmp_path / "last.pt"
     result, _ = go(data, checkpoint)
     saved = torch.load(checkpoint, weights_only=False)
-    assert {"model", "optimizer", "scheduler", "epoch", "params", "rng", "history", "normalizer"} <= set(saved)
+    assert saved["format"] == RESUME_FORMAT
+    assert {"model", "optimizer", "scheduler", "epoch", "params", "rng", "history", "fingerprint"} <= set(saved)
     assert saved["epoch"] == 3 and saved["history"] == result.history
     assert saved["params"]["model"]["width"] == 4 and saved["params"]["train"]["epochs"] == 3
     assert saved["params"]["optimizer"]["lr"] == OPT.lr
-    assert set(saved["normalizer"]) == {"mean", "std"} and len(saved["normalizer"]["mean"]) == 3
     assert {"python", "numpy", "torch", "shuffle", "augment"} <= set(saved["rng"])
     assert set(saved["model"]) == set(result.state["model"])
-    assert not list(tmp_path.glob(".*tmp*"))  # the atomic write left no temp file
+    model = read_model(tmp_path / "last" / "model.pt")  # what predict needs, and nothing to resume with
+    assert model["format"] == MODEL_FORMAT and model["run"] == "bce-adam-0" and model["epoch"] == 3
+    assert model["loss"] == "bce" and model["threshold"] == 0.0 and model["model"]["width"] == 4
+    assert set(model["normalizer"]) == {"mean", "std"} and len(model["normalizer"]["mean"]) == 3
+    assert model["tile_size"] == 32 and set(model["weights"]) == set(saved["model"])
+    assert "optimizer" not in model and "rng" not in model
+    assert not list(tmp_path.rglob(".*tmp*"))  # the atomic writes left no temp file
 
 
 def test_validation_keeps_the_best_model(data, tmp_path: Path) -> None:
@@ -187,8 +196,8 @@ def test_validation_keeps_the_best_model(data, tmp_path: Path) -> None:
     best = max(result.history, key=lambda r: r["val_miou"])
     assert result.metrics["best_epoch"] == best["epoch"]
     assert result.metrics["best_val_miou"] == best["val_miou"]
-    saved = torch.load(tmp_path / "best.pt", weights_only=False)
-    assert saved["epoch"] == best["epoch"] and saved["run"] == "bce-adam-0"
+    saved = torch.load(tmp_path / "last" / "best.pt", weights_only=False)
+    assert saved["epoch"] == best["epoch"] and saved["run"] == "bce-adam-0" and saved["val_miou"] == best["val_miou"]
 
 
 @pytest.mark.parametrize("lr", [1e6, 1e8])

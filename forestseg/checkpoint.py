@@ -1,0 +1,82 @@
+"""The two checkpoint files, written and read only here.
+
+- the **model file** (`models/<run>/model.pt`, and `best.pt` with a val split): what predict needs,
+  weights, model params, the loss and the threshold that makes a mask, the input normaliser and
+  the tile size. It is a cached DVC output, so the run-cache can restore it anywhere.
+- the **resume file** (`.resume/<run>.pt`): everything to continue a killed run bit-identically
+  (model, optimizer, scheduler, RNG states, history) and the fingerprint of what made it. A
+  scratch file that DVC does not own; the train stage removes it once the run's outputs exist.
+
+Each carries a format tag, so an older or foreign file is refused with one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import ForestsegError
+from .io import write_torch
+
+MODEL_FORMAT = "forestseg-model/1"
+RESUME_FORMAT = "forestseg-resume/1"
+
+
+def _load(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
+
+
+def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any) -> None:
+    """The model file: `meta` = run, loss, threshold, model params, normalizer, tile_size (see train);
+    `weights` None for a run that diverged before its first epoch (predict refuses it)."""
+    write_torch(path, {"format": MODEL_FORMAT, "weights": weights, **meta, **extra})
+
+
+def read_model(path: str | Path) -> dict:
+    """The model file at `path`, checked; one-line ForestsegError for anything else."""
+    path = Path(path)
+    try:
+        state = _load(path)
+    except Exception as e:
+        raise ForestsegError(f"{path}: cannot be read as a forestseg model file ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        found = state.get("format", "no format tag") if isinstance(state, dict) else type(state).__name__
+        raise ForestsegError(f"{path}: not a {MODEL_FORMAT} model file ({found}); retrain it with this version "
+                             "(`dvc repro`), or pass models/<run>/model.pt")
+    if state["weights"] is None:
+        raise ForestsegError(f"{path}: run {state.get('run')} diverged and has no model ({state.get('message', '')}); "
+                             "lower optimizer.lr and retrain")
+    return state
+
+
+def write_resume(path: str | Path, state: dict) -> None:
+    write_torch(path, {"format": RESUME_FORMAT, **state})
+
+
+def read_resume(path: str | Path, log: Callable[[str], None] = print) -> dict | None:
+    """The resume file, or None if absent, unreadable or of another format (the run starts afresh)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = _load(path)
+    except Exception as e:  # truncated by a full disk, or not ours: start afresh rather than fail forever
+        log(f"{path} cannot be read ({type(e).__name__}: {e}); starting afresh")
+        return None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        log(f"{path} is not a {RESUME_FORMAT} file; starting afresh")
+        return None
+    return state
+
+
+def fingerprint(run_name: str, configs: list[dict], bf16: bool, code: list[Path], data: list[Path]) -> str:
+    """What a resume file must match to be resumed: the run, its params and precision, the bytes of the
+    code and of the data files. Content only (no paths or mtimes), so a copy of the project on
+    another path or machine resumes its own runs and never someone else's."""
+    h = hashlib.sha256(json.dumps([run_name, *configs, bf16], sort_keys=True).encode())
+    for path in [*code, *data]:
+        h.update(path.read_bytes())
+    return h.hexdigest()
