@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# A worker: train some grid members here, then push their outputs and run-cache entries to the DVC
+# remote, so any clone can restore them instead of training (`cluster/coordinator.sh`).
+#   cluster/worker.sh bce-adam-0 bce-adam-1     these members
+#   cluster/worker.sh --task K N                task K of N: members K, K+N, ... (a job-array task)
+# Run it in a clone of its own (one `dvc repro` per checkout at a time) with a DVC remote configured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = --task ]; then
+  mapfile -t members < <(python cluster/members.py --task "$2" "$3")
+else
+  members=("$@")
+fi
+[ "${#members[@]}" -gt 0 ] || { echo "error: no members to train (usage: worker.sh MEMBER... | --task K N)" >&2; exit 2; }
+for m in "${members[@]}"; do
+  # --pull: inputs and upstream stages that another machine already pushed are fetched, not recomputed
+  dvc repro --pull "train@$m"
+done
+dvc push --run-cache
+echo "worker: trained and pushed ${members[*]}"

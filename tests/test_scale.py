@@ -1,0 +1,78 @@
+"""Scale-out with DVC's run-cache: members trained anywhere are restored, never trained twice."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_pipeline import TINY, ran, repo, set_params, sh  # noqa: F401  (repo is a fixture)
+from test_real_data import wait_for_queue
+
+pytestmark = pytest.mark.slow
+GRID = {**TINY, "model": {"width": 4, "depth": 1}, "train": {"epochs": 1, "batch_size": 4, "test_batch_size": 8},
+        "grid": {"loss": ["bce"], "optimizer": ["adam"], "seed": [0, 1]}}
+MEMBERS = {"train@bce-adam-0", "train@bce-adam-1"}
+
+
+def restored(out: subprocess.CompletedProcess) -> set[str]:
+    """Stages a dvc command restored from the run-cache instead of running."""
+    return set(re.findall(r"Stage '([^']+)' is cached - skipping run", out.stdout + out.stderr))
+
+
+def commit(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", message)
+
+
+def seeds_in_summary(repo: Path) -> int:
+    return json.loads((repo / "metrics/summary.json").read_text())["combinations"]["bce-adam"]["seeds"]
+
+
+def test_setting_a_param_back_restores_every_train_stage_from_the_run_cache(repo: Path) -> None:
+    set_params(repo, GRID)
+    sh(repo, "dvc", "repro")
+    set_params(repo, {"optimizer": {"lr": 0.01}})
+    assert MEMBERS <= ran(sh(repo, "dvc", "repro"))
+    set_params(repo, {"optimizer": {"lr": 0.001}})
+    back = sh(repo, "dvc", "repro")
+    assert not MEMBERS & ran(back), back.stdout
+    assert restored(back) >= MEMBERS
+    assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())  # no scratch left
+
+
+def test_queued_slices_then_one_grid_run_trains_nothing_twice(repo: Path) -> None:
+    """One queued experiment per seed, two workers; then the whole grid in one `dvc exp run` restores
+    both members from the run-cache and only aggregates: one report with every seed."""
+    set_params(repo, GRID)
+    commit(repo, "tiny grid")
+    for seed in (0, 1):
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", f"seed{seed}", "-S", f"grid.seed=[{seed}]")
+    sh(repo, "dvc", "queue", "start", "-j", "2")
+    status = wait_for_queue(repo)
+    assert status.count("Success") == 2, status
+    full = sh(repo, "dvc", "exp", "run", "-n", "all-seeds")
+    assert not MEMBERS & ran(full), full.stdout
+    assert restored(full) >= MEMBERS
+    assert {"aggregate", "overlays"} <= ran(full)
+    assert seeds_in_summary(repo) == 2
+
+
+def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: Path) -> None:
+    """Machines B and C each train half of the grid (cluster/worker.sh) and push to the remote; A
+    trains nothing (cluster/coordinator.sh) and writes the report over both seeds."""
+    set_params(repo, GRID)
+    sh(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    commit(repo, "tiny grid with a shared remote")
+    a, b, c = (tmp_path / name for name in "abc")
+    for clone in (a, b, c):
+        sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert "worker: trained and pushed bce-adam-0" in sh(b, "bash", "cluster/worker.sh", "bce-adam-0").stdout
+    assert "worker: trained and pushed bce-adam-1" in sh(c, "bash", "cluster/worker.sh", "--task", "1", "2").stdout
+    out = sh(a, "bash", "cluster/coordinator.sh")
+    assert not MEMBERS & ran(out), out.stdout
+    assert restored(out) >= MEMBERS
+    assert "aggregate" in ran(out) and seeds_in_summary(a) == 2
+    assert (a / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
