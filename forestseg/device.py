@@ -1,17 +1,61 @@
 """Which device and precision a run uses; no other module decides it."""
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
 import torch
 
-from .config import ForestsegError
+from .errors import ForestsegError
+
+_CLAIMS: list = []  # open, flock-ed slot files: a claim lasts as long as this process
+
+
+def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
+    """The index of the visible GPU that the fewest forestseg processes on this machine use now, claimed
+    for this process (a flock on a slot file, released when the process ends, even by SIGKILL), so
+    parallel queue workers spread over the GPUs instead of all landing on cuda:0."""
+    lock_dir = lock_dir or Path(os.environ.get("FORESTSEG_GPU_LOCKS", Path(tempfile.gettempdir()) / "forestseg-gpus"))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    # the same physical GPUs can be visible under other indices elsewhere: key the slots by what is visible
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "_") or "all"
+
+    def busy(i: int) -> int:
+        n = 0
+        for slot in lock_dir.glob(f"{visible}.gpu{i}.*"):
+            with open(slot, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    n += 1
+        return n
+
+    gpu = min(range(count), key=lambda i: (busy(i), i))
+    for slot in range(1024):
+        f = open(lock_dir / f"{visible}.gpu{gpu}.{slot}", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        _CLAIMS.append(f)
+        return gpu
+    return gpu
 
 
 def pick_device(pref: str) -> torch.device:
-    """auto: CUDA when torch sees it, else CPU; cuda or cuda:<i> fail clearly where there is none."""
+    """auto: CUDA when torch sees it (of several visible GPUs the least used, see claim_gpu), else CPU;
+    cuda or cuda:<i> fail clearly where there is none. CUDA_VISIBLE_DEVICES limits what is visible."""
     if pref.startswith("cuda") and not torch.cuda.is_available():
         raise ForestsegError(f"params.yaml: train.device: {pref} asked for, but torch sees no CUDA device; use auto or cpu")
     if pref == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        return torch.device("cuda", claim_gpu(count) if count > 1 else 0)
     device = torch.device(pref)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ForestsegError(f"params.yaml: train.device: {pref}, but torch sees {torch.cuda.device_count()} "

@@ -1,0 +1,40 @@
+"""forestseg.device: parallel workers on a multi-GPU machine spread over the GPUs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from forestseg import device
+
+
+def test_claims_spread_over_the_gpus_and_end_with_the_process(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(device, "_CLAIMS", [])
+    picks = [device.claim_gpu(3, tmp_path) for _ in range(4)]  # four workers, three GPUs
+    assert picks == [0, 1, 2, 0]
+    for f in device._CLAIMS:  # the workers end
+        f.close()
+    assert device.claim_gpu(3, tmp_path) == 0  # every GPU is free again
+
+
+def test_a_killed_worker_frees_its_gpu(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(device, "_CLAIMS", [])
+    code = f"from forestseg.device import claim_gpu; from pathlib import Path; print(claim_gpu(2, Path({str(tmp_path)!r})))"
+    other = subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "0"
+    assert device.claim_gpu(2, tmp_path) == 1  # GPU 0 is taken by the other worker
+    other.kill()
+    other.wait()
+    assert device.claim_gpu(2, tmp_path) == 0  # freed by the kill (GPU 1 is still ours)
+
+
+def test_auto_uses_the_claimed_gpu(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(device, "_CLAIMS", [])
+    monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [device.pick_device("auto") for _ in range(2)] == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # e.g. CUDA_VISIBLE_DEVICES=3 under Slurm
+    assert device.pick_device("auto") == torch.device("cuda", 0)
