@@ -1,0 +1,159 @@
+"""GPU acceptance (a script, not a test): on a CUDA machine, in under 10 minutes,
+
+1. train/predict on CUDA: a short run trains on the GPU, resumes there bit-identically after a
+   kill-like stop, and its predictions agree with the same model on the CPU (>= 99.9% of pixels);
+2. the speed bench's utilisation figures (`bench/speed.py`, with its MFU line on CUDA);
+3. a short study-scale grid on Kaggle-scale synthetic data (synth 63 scenes x 9x9 tiles of 256 px
+   = 5103 tiles, the study's UNet, batch 160) run as parallel `dvc queue` workers sharing the GPU
+   (one slice per seed), then one `dvc exp run` that restores every member from the run-cache and
+   aggregates; wall times printed.
+
+On a machine without CUDA it says so and exits 0. `--device cpu --tiny` runs the same steps at a
+tiny scale on the CPU, to check the script itself.
+
+    python bench/gpu.py [--epochs 3] [--seeds 6] [--workers 6] [--skip-speed]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from forestseg.config import ModelConfig, OptimizerConfig, Run, TrainConfig  # noqa: E402
+from forestseg.loader import Tiles  # noqa: E402
+from forestseg.predict import Predictor  # noqa: E402
+from forestseg.synthetic import render_scene  # noqa: E402
+from forestseg.train import train_run  # noqa: E402
+
+
+def tiles(seed: int, scenes: int, size: int, device: torch.device) -> Tiles:
+    images, masks = [], []
+    for stream in np.random.SeedSequence(seed).spawn(scenes):
+        image, mask = render_scene(np.random.default_rng(stream), 2 * size)
+        for r in range(2):
+            for c in range(2):
+                images.append(image[r * size:(r + 1) * size, c * size:(c + 1) * size])
+                masks.append(mask[r * size:(r + 1) * size, c * size:(c + 1) * size])
+    return Tiles(torch.from_numpy(np.stack(images)).to(device),
+                 torch.from_numpy(np.stack(masks).astype(np.uint8)).to(device))
+
+
+def check_train_predict(device: torch.device, tiny: bool) -> None:
+    size, scenes = (32, 2) if tiny else (128, 8)
+    train, test = tiles(0, scenes, size, device), tiles(1, max(1, scenes // 4), size, device)
+    model = ModelConfig(width=4 if tiny else 16, depth=2 if tiny else 3)
+    cfg = TrainConfig(epochs=3, batch_size=4 if tiny else 16, test_batch_size=16, device=str(device))
+    run = Run("bce", "adam", 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        straight = train_run(run, model, OptimizerConfig(), cfg, train, test, tmp / "a", tmp / "a.pt", "fp", log=lambda s: None)
+        seconds = time.perf_counter() - t0
+        # stop after 2 epochs (as a kill would), then resume to 3 from the resume file
+        train_run(run, model, OptimizerConfig(), dataclasses.replace(cfg, epochs=2), train, test, tmp / "b", tmp / "b.pt",
+                  "fp", log=lambda s: None)
+        resumed = train_run(run, model, OptimizerConfig(), cfg, train, test, tmp / "b", tmp / "b.pt", "fp", log=lambda s: None)
+        same = [r["test_loss"] for r in straight.history] == [r["test_loss"] for r in resumed.history]
+        print(f"train on {device}: 3 epochs in {seconds:.1f} s, test IoU {straight.metrics['test_iou']:.4f}, "
+              f"precision {straight.metrics['precision']}; resumed run identical: {same}")
+        image = test.images[0].cpu().numpy()
+        on_device = Predictor.load(tmp / "a/model.pt", device).mask(image)
+        on_cpu = Predictor.load(tmp / "a/model.pt", torch.device("cpu")).mask(image)
+        agree = float((on_device == on_cpu).mean())
+        print(f"predict on {device} vs cpu: {agree:.4%} of pixels agree (goal >= 99.9%)")
+        if not same or agree < 0.999:
+            raise SystemExit("gpu acceptance: FAILED")
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@forestseg",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@forestseg"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout + out.stderr
+
+
+def study_grid(args: argparse.Namespace) -> None:
+    """The study's grid (2 losses x 2 optimizers x seeds) on Kaggle-scale synthetic tiles, one queued
+    experiment per seed, `args.workers` queue workers, then one run of the whole grid."""
+    scenes, grid, tile = (4, 2, 64) if args.tiny else (63, 9, 256)
+    seeds = list(range(args.seeds))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "repo"
+        sh(Path(tmp), "git", "clone", "-q", str(REPO), str(work))
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        for key, value in {
+            "synth.scenes": scenes, "synth.grid": grid, "synth.tile_size": tile,
+            "model.arch": "unet" if args.tiny else "study_unet", "model.input": "raw",
+            "optimizer.lr": 1e-4, "optimizer.lr_overrides": {"mse_logits-adam": 1e-3}, "optimizer.step_epochs": 5,
+            "train.epochs": args.epochs, "train.device": args.device, "train.augment": False, "train.color_jitter": 0.0,
+            "train.batch_size": 8 if args.tiny else 160, "train.test_batch_size": 16 if args.tiny else 100,
+            "grid.loss": ["mse_logits", "bce"], "grid.optimizer": ["sgd", "adam"], "grid.seed": seeds,
+        }.items():
+            section, name = key.split(".")
+            params[section][name] = value
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh(work, "git", "commit", "-qam", "study-scale grid")
+        t0 = time.perf_counter()
+        sh(work, "dvc", "repro", "split")  # data once, shared by every worker through the cache
+        print(f"study grid: data ({scenes * grid * grid} tiles of {tile} px) in {time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
+        for s in seeds:
+            sh(work, "dvc", "exp", "run", "--queue", "-n", f"seed{s}", "-S", f"grid.seed=[{s}]")
+        sh(work, "dvc", "queue", "start", "-j", str(args.workers))
+        while True:
+            status = sh(work, "dvc", "queue", "status")
+            if "Running" not in status and "Queued" not in status:
+                break
+            time.sleep(5)
+        sh(work, "dvc", "queue", "stop")
+        print(f"study grid: {4 * len(seeds)} runs x {args.epochs} epochs on {args.workers} queue workers in "
+              f"{time.perf_counter() - t0:.0f} s ({status.count('Success')}/{len(seeds)} slices succeeded)")
+        t0 = time.perf_counter()
+        out = sh(work, "dvc", "exp", "run", "-n", "all-seeds")
+        trained = out.count("Running stage 'train@")
+        print(f"study grid: whole grid restored and aggregated in {time.perf_counter() - t0:.0f} s, "
+              f"{trained} member(s) trained again (goal 0)")
+        print("\n".join(line for line in out.splitlines() if "test IoU" in line))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes, to check the script on a CPU")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=6)
+    ap.add_argument("--workers", type=int, default=6)
+    ap.add_argument("--skip-speed", action="store_true")
+    args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu acceptance: torch sees no CUDA device on this machine; nothing to check here")
+        return
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(device)}")
+    t0 = time.perf_counter()
+    check_train_predict(device, args.tiny)
+    if not args.skip_speed:
+        print(subprocess.run([sys.executable, str(REPO / "bench/speed.py"), "--batch", "160" if device.type == "cuda" else "16"],
+                             cwd=REPO, capture_output=True, text=True).stdout)
+    study_grid(args)
+    print(f"gpu acceptance: done in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
