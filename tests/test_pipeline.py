@@ -165,10 +165,59 @@ def test_queued_experiments_run_two_at_a_time_without_clobbering(repo: Path) -> 
         sh(repo, "dvc", "queue", "stop", check=False)
     assert status.count("Success") == 2, status
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
-    exps = {x["name"]: x["revs"][0]["data"] for e in shown for x in (e.get("experiments") or [])}
+    exps = {x["name"]: x["revs"][0] for e in shown for x in (e.get("experiments") or [])}
     for name, lr in (("lr0.01", 0.01), ("lr0.003", 0.003)):
-        run = exps[name]["metrics"]["metrics/runs/bce-adam-0/metrics.json"]["data"]
+        data = exps[name]["data"]
+        assert data["params"]["params.yaml"]["data"]["optimizer"]["lr"] == lr
+        assert "iou_bce-adam" in data["metrics"]["metrics/headline.json"]["data"]
+        # per-run metrics are plain outputs now, committed with the experiment: read them from its commit
+        run = json.loads(sh(repo, "git", "show", f"{exps[name]['rev']}:metrics/runs/bce-adam-0/metrics.json").stdout)
         assert run["lr"] == lr and run["status"] == "ok"  # each experiment kept its own outputs
+
+
+HEADLINE = {"best", "best_iou", "iou_mse-adam", "iou_bce-adam", "miou_mse-adam", "miou_bce-adam"}
+
+
+def commit(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+
+def flat(tree: dict) -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}, as dvc exp show makes columns of metrics."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def test_exp_show_and_metrics_diff_show_the_headline(repo: Path) -> None:
+    """Only metrics/headline.json is a metric: a few columns per experiment, no timings, and
+    `dvc metrics diff` starts with the best combination."""
+    sh(repo, "dvc", "repro")
+    commit(repo, "baseline run")
+    for lr in ("0.01", "0.003"):
+        sh(repo, "dvc", "exp", "run", "-n", f"lr{lr}", "-S", f"optimizer.lr={lr}")
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    exps = {x["name"]: x["revs"][0]["data"] for e in shown for x in (e.get("experiments") or [])}
+    assert set(exps) == {"lr0.01", "lr0.003"}
+    for name, data in exps.items():
+        assert list(data["metrics"]) == ["metrics/headline.json"], name
+        values = flat(data["metrics"]["metrics/headline.json"]["data"])
+        assert set(values) == HEADLINE and len(values) < 40, name
+        assert isinstance(values["best"], str) and 0 <= values["iou_bce-adam"] <= 1
+        assert not any("second" in k or "time" in k for k in values)
+    table = sh(repo, "dvc", "exp", "show", "--no-pager", "--only-changed", "--md").stdout
+    assert "iou_bce-adam" in table and "optimizer.lr" in table
+
+    out = sh(repo, "dvc", "metrics", "diff", "--all").stdout.splitlines()
+    assert out[0].split() == ["Path", "Metric", "HEAD", "workspace", "Change"]
+    assert [line.split()[:2] for line in out[1:3]] == [["metrics/headline.json", "best"],
+                                                        ["metrics/headline.json", "best_iou"]]
+    assert len(out) == 1 + len(HEADLINE) and all(line.startswith("metrics/headline.json") for line in out[1:])
 
 
 def test_a_killed_dvc_repro_resumes_its_run(repo: Path) -> None:

@@ -1,4 +1,4 @@
-"""aggregate(): mean/std over seeds, best seed, tables, figures, diverged and missing runs."""
+"""aggregate(): mean/std over seeds, best seed, headline, tables, figures, diverged and missing runs."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from forestseg.config import ForestsegError
-from forestseg.report import FIGURES, SCORES, aggregate
+from forestseg.report import FIGURES, SCORES, aggregate, headline, summarize
 from forestseg.train import Run
 
 RUNS = [Run("mse", "adam", 0), Run("mse", "adam", 1), Run("bce", "sgd", 0), Run("bce", "sgd", 1)]
@@ -191,3 +191,35 @@ def test_report_markdown(tmp_path: Path) -> None:
     assert "Diverged runs (excluded from the means): bce-sgd-1." in text
     assert "(plots/loss_best.png)" in text
     assert "| all-forest baseline |" in text
+
+
+HEADLINE_KEYS = ["best", "best_iou", "iou_mse-adam", "iou_bce-sgd", "miou_mse-adam", "miou_bce-sgd"]
+
+
+def test_headline_is_flat_rounded_and_written(tmp_path: Path) -> None:
+    _, metrics_dir, _ = run_aggregate(tmp_path)
+    saved = json.loads((metrics_dir / "headline.json").read_text())
+    # mse-adam: IoU 0.5, 0.75 and mIoU 0.625, 0.8125; bce-sgd: IoU 0.375, 0.25 and mIoU 0.5625, 0.5.
+    # The means 0.71875 and 0.53125 round half to even at 4 decimals.
+    assert saved == {"best": "mse-adam", "best_iou": 0.625,
+                     "iou_mse-adam": 0.625, "iou_bce-sgd": 0.3125,
+                     "miou_mse-adam": 0.7188, "miou_bce-sgd": 0.5312}
+    assert list(saved) == HEADLINE_KEYS  # best first, then IoU of each combination, then mIoU
+    assert not any(isinstance(v, (dict, list)) for v in saved.values())  # flat: one column per key
+
+
+def test_headline_best_is_by_miou_and_nulls_a_fully_diverged_combination(tmp_path: Path) -> None:
+    table = pd.DataFrame([
+        {"run": "a-adam-0", "combination": "a-adam", "seed": 0, "status": "ok", **{k: 0.5 for k in SCORES},
+         "test_iou": 0.9, "test_miou": 0.6},
+        {"run": "b-adam-0", "combination": "b-adam", "seed": 0, "status": "ok", **{k: 0.5 for k in SCORES},
+         "test_iou": 0.8, "test_miou": 0.7},
+        {"run": "c-adam-0", "combination": "c-adam", "seed": 0, "status": "diverged", **{k: None for k in SCORES}},
+    ])
+    out = headline(summarize(table))
+    # b-adam has the higher mIoU (as REPORT.md ranks), though a-adam has the higher forest IoU
+    assert out["best"] == "b-adam" and out["best_iou"] == 0.8
+    assert out["iou_a-adam"] == 0.9 and out["iou_c-adam"] is None and out["miou_c-adam"] is None
+    every = headline(summarize(table[table["combination"] == "c-adam"]))
+    assert every == {"best": None, "best_iou": None, "iou_c-adam": None, "miou_c-adam": None}
+
