@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -63,6 +64,20 @@ def write_torch(path: str | Path, obj: Any) -> None:
     import torch
 
     write_with(path, lambda p: torch.save(obj, p))
+
+
+REMOVING = ".removing"  # suffix of a folder renamed away by remove_tree, deleted next
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a folder so that a kill leaves it whole or gone from its name: rename it to a hidden
+    `.<name>.removing` beside it, then delete that (a leftover one is deleted by the next call)."""
+    path = Path(path)
+    hidden = path.with_name(f".{path.name}{REMOVING}")
+    if hidden.exists():
+        shutil.rmtree(hidden)
+    os.replace(path, hidden)
+    shutil.rmtree(hidden)
 
 
 def read_json(path: str | Path) -> Any:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -12,13 +14,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import ForestsegError, Run  # noqa: E402
-from .io import read_json, write_csv, write_figure, write_json, write_text  # noqa: E402
+from .io import REMOVING, read_json, remove_tree, write_csv, write_figure, write_json, write_text  # noqa: E402
 
 SCORES = ["train_loss", "test_loss", "test_iou", "test_miou", "test_dice", "test_accuracy",
           "test_precision", "test_recall"]
 BEST_BY = "test_miou"  # descriptive only: which seed's curves to show, never used to pick a model
 HEADLINE = "headline.json"  # the only file dvc.yaml declares as metrics: what `dvc exp show` shows
 HEADLINE_DIGITS = 4
+RUN_FOLDER = re.compile(r"[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9]+")  # <loss>-<optimizer>-<seed>, as Run.name
+
+
+def remove_stale_runs(runs: list[Run], runs_dir: str | Path) -> list[str]:
+    """Delete the run folders under runs_dir of members not in `runs` (left by a grid that has since
+    shrunk, or by git), so no old run passes for a current one; returns their names, sorted.
+    Entries that are not named like a run are left alone."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    members = {run.name for run in runs}
+    removed = []
+    for entry in sorted(runs_dir.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith(".") and entry.name.endswith(REMOVING):  # a removal a kill interrupted
+            shutil.rmtree(entry)
+        elif RUN_FOLDER.fullmatch(entry.name) and entry.name not in members:
+            remove_tree(entry)
+            removed.append(entry.name)
+    return removed
 
 
 def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:

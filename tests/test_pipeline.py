@@ -220,6 +220,36 @@ def test_exp_show_and_metrics_diff_show_the_headline(repo: Path) -> None:
     assert len(out) == 1 + len(HEADLINE) and all(line.startswith("metrics/headline.json") for line in out[1:])
 
 
+def test_a_shrunk_grid_removes_stale_run_folders(repo: Path) -> None:
+    set_params(repo, {"grid": {"seed": [0, 1]}})
+    sh(repo, "dvc", "repro")
+    commit(repo, "two seeds")  # the run folders are committed, as the demo's are
+    runs = repo / "metrics/runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0", "bce-adam-1", "mse-adam-0", "mse-adam-1"]
+
+    set_params(repo, {"grid": {"seed": [0]}})
+    out = sh(repo, "dvc", "repro")
+    assert ran(out) == {"aggregate", "overlays"}  # nothing retrains
+    assert "not in the grid: bce-adam-1, mse-adam-1" in out.stdout
+    assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0", "mse-adam-0"]
+    assert json.loads((repo / "metrics/summary.json").read_text())["combinations"]["bce-adam"]["seeds"] == 1
+    assert ran(sh(repo, "dvc", "repro")) == set()  # removing them left every stage up to date
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+    commit(repo, "one seed")
+
+    # the same through an experiment: its commit holds only the current grid's run folders
+    sh(repo, "dvc", "exp", "run", "-n", "bce-only", "-S", "grid.loss=[bce]")
+    assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0"]
+    assert ran(sh(repo, "dvc", "repro")) == set()
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+    rev = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    rev = next(x["revs"][0]["rev"] for e in rev for x in (e.get("experiments") or []) if x["name"] == "bce-only")
+    tree = sh(repo, "git", "ls-tree", "--name-only", f"{rev}:metrics/runs").stdout.split()
+    assert tree == ["bce-adam-0"]
+    headline = json.loads(sh(repo, "git", "show", f"{rev}:metrics/headline.json").stdout)
+    assert set(headline) == {"best", "best_iou", "iou_bce-adam", "miou_bce-adam"}
+
+
 def test_a_killed_dvc_repro_resumes_its_run(repo: Path) -> None:
     """SIGKILL the whole `dvc repro` mid-training; the next `dvc repro` resumes the run, not restarts it."""
     import signal

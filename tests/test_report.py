@@ -1,4 +1,4 @@
-"""aggregate(): mean/std over seeds, best seed, headline, tables, figures, diverged and missing runs."""
+"""aggregate(): mean/std over seeds, best seed, headline, tables, figures, diverged, missing and stale runs."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from forestseg.config import ForestsegError
-from forestseg.report import FIGURES, SCORES, aggregate, headline, summarize
+from forestseg.report import FIGURES, SCORES, aggregate, headline, remove_stale_runs, summarize
 from forestseg.train import Run
 
 RUNS = [Run("mse", "adam", 0), Run("mse", "adam", 1), Run("bce", "sgd", 0), Run("bce", "sgd", 1)]
@@ -223,3 +223,17 @@ def test_headline_best_is_by_miou_and_nulls_a_fully_diverged_combination(tmp_pat
     every = headline(summarize(table[table["combination"] == "c-adam"]))
     assert every == {"best": None, "best_iou": None, "iou_c-adam": None, "miou_c-adam": None}
 
+
+def test_stale_run_folders_are_removed(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    (runs_dir / "notes").mkdir()  # not named like a run: left alone
+    (runs_dir / "README.txt").write_text("kept")
+    (runs_dir / ".mse-sgd-3.removing").mkdir()  # a removal a kill interrupted
+    (runs_dir / ".mse-sgd-3.removing" / "metrics.json").write_text("{}")
+    current = [r for r in RUNS if r.loss == "mse"]  # the grid shrank to one loss
+    assert remove_stale_runs(current, runs_dir) == ["bce-sgd-0", "bce-sgd-1"]
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["README.txt", "mse-adam-0", "mse-adam-1", "notes"]
+    assert remove_stale_runs(current, runs_dir) == []  # nothing left to remove
+    out = aggregate(current, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
+    assert list(out["combinations"]) == ["mse-adam"]
+    assert remove_stale_runs(current, tmp_path / "missing") == []
