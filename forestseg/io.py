@@ -110,6 +110,20 @@ def sha256_of(path: str | Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+REMOVING = ".removing"  # suffix of a folder renamed away by remove_tree, deleted next
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a folder so that a kill leaves it whole or gone from its name: rename it to a hidden
+    `.<name>.removing` beside it, then delete that (a leftover one is deleted by the next call)."""
+    path = Path(path)
+    hidden = path.with_name(f".{path.name}{REMOVING}")
+    if hidden.exists():
+        shutil.rmtree(hidden)
+    os.replace(path, hidden)
+    shutil.rmtree(hidden)
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -1,8 +1,10 @@
-"""Aggregate per-run metrics into tables (mean/std over seeds, best seed) and loss-curve figures."""
+"""Aggregate per-run metrics into tables (mean/std over seeds, best seed), a headline and loss-curve figures."""
 from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -12,11 +14,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import ForestsegError, Run  # noqa: E402
-from .io import read_json, write_csv, write_figure, write_json, write_text  # noqa: E402
+from .io import REMOVING, read_json, remove_tree, write_csv, write_figure, write_json, write_text  # noqa: E402
 
 SCORES = ["train_loss", "test_loss", "test_iou", "test_miou", "test_dice", "test_accuracy",
           "test_precision", "test_recall"]
 BEST_BY = "test_miou"  # descriptive only: which seed's curves to show, never used to pick a model
+HEADLINE = "headline.json"  # the only file dvc.yaml declares as metrics: what `dvc exp show` shows
+HEADLINE_DIGITS = 4
+RUN_FOLDER = re.compile(r"[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9]+")  # <loss>-<optimizer>-<seed>, as Run.name
+
+
+def remove_stale_runs(runs: list[Run], runs_dir: str | Path) -> list[str]:
+    """Delete the run folders under runs_dir of members not in `runs` (left by a grid that has since
+    shrunk, or by git), so no old run passes for a current one; returns their names, sorted.
+    Entries that are not named like a run are left alone."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    members = {run.name for run in runs}
+    removed = []
+    for entry in sorted(runs_dir.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith(".") and entry.name.endswith(REMOVING):  # a removal a kill interrupted
+            shutil.rmtree(entry)
+        elif RUN_FOLDER.fullmatch(entry.name) and entry.name not in members:
+            remove_tree(entry)
+            removed.append(entry.name)
+    return removed
 
 
 def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -61,6 +86,33 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(out)
     frame["best_seed"] = pd.array(frame["best_seed"], dtype="Int64")  # seeds stay integers beside a missing one
     return frame
+
+
+def best_combination(summary: pd.DataFrame) -> pd.Series | None:
+    """The summary row of highest mean BEST_BY over finished seeds; None when every combination diverged."""
+    ok = summary.dropna(subset=[f"{BEST_BY}_mean"])
+    return ok.loc[ok[f"{BEST_BY}_mean"].idxmax()] if len(ok) else None
+
+
+def _rounded(x) -> float | None:
+    x = _clean(x)
+    return None if x is None else round(float(x), HEADLINE_DIGITS)
+
+
+def headline(summary: pd.DataFrame) -> dict[str, str | float | None]:
+    """A flat dict of the few numbers to read at a glance: `best` (the combination of highest mean
+    mIoU, as in REPORT.md) and `best_iou` (its mean forest IoU), then `iou_<combination>` and
+    `miou_<combination>` (means over finished seeds), rounded; null where every seed diverged.
+    Keys sort with `best` first, as `dvc metrics diff` lists them."""
+    best = best_combination(summary)
+    out: dict[str, str | float | None] = {
+        "best": None if best is None else best["combination"],
+        "best_iou": None if best is None else _rounded(best["test_iou_mean"]),
+    }
+    for name, score in (("iou", "test_iou"), ("miou", "test_miou")):
+        for _, row in summary.iterrows():
+            out[f"{name}_{row['combination']}"] = _rounded(row[f"{score}_mean"])
+    return out
 
 
 def _best_history(summary_row, histories: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
@@ -231,8 +283,9 @@ def write_report(path: Path, out: dict, summary: pd.DataFrame, table: pd.DataFra
 
 def aggregate(runs: list[Run], runs_dir: str | Path, split: dict, metrics_dir: str | Path,
               plots_dir: str | Path, report: str | Path | None = None, setup: dict | None = None) -> dict:
-    """Write metrics/summary.json, metrics/summary.csv, metrics/tables/<combination>[_epochs].csv,
-    the figures and (given `report` and `setup`) REPORT.md; returns the summary dict."""
+    """Write metrics/headline.json, metrics/summary.json, metrics/summary.csv,
+    metrics/tables/<combination>[_epochs].csv, the figures and (given `report` and `setup`) REPORT.md;
+    returns the summary dict."""
     runs_dir, metrics_dir, plots_dir = Path(runs_dir), Path(metrics_dir), Path(plots_dir)
     table, histories = load_runs(runs, runs_dir)
     if (table["status"] != "ok").all():
@@ -250,8 +303,7 @@ def aggregate(runs: list[Run], runs_dir: str | Path, split: dict, metrics_dir: s
     base_row = {"combination": "all-forest baseline", "seeds": 0, "diverged": 0,
                 **{f"test_{k}_mean": v for k, v in baseline.items()}}
     write_csv(metrics_dir / "summary.csv", pd.concat([summary, pd.DataFrame([base_row])], ignore_index=True))
-    ok = summary.dropna(subset=["test_miou_mean"])
-    best = ok.loc[ok["test_miou_mean"].idxmax()] if len(ok) else None
+    best = best_combination(summary)
     out = {
         "split": {k: v for k, v in split.items() if k != "baseline_all_forest"},
         "baseline_all_forest": {f"test_{k}": v for k, v in baseline.items()},
@@ -260,6 +312,7 @@ def aggregate(runs: list[Run], runs_dir: str | Path, split: dict, metrics_dir: s
                          for r in summary.to_dict("records")},
     }
     write_json(metrics_dir / "summary.json", out)
+    write_json(metrics_dir / HEADLINE, headline(summary))
     fig_best_runs(summary, histories, plots_dir / FIGURES[0])
     fig_optimizers(table, histories, plots_dir / FIGURES[1])
     fig_test_iou(table, baseline["iou"], plots_dir / FIGURES[2])

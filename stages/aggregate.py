@@ -1,8 +1,9 @@
-"""Stage aggregate: tables (mean/std over seeds, best seed), summary.json, figures and REPORT.md."""
+"""Stage aggregate: drops run folders of members no longer in the grid, then writes tables (mean/std
+over seeds, best seed), headline.json, summary.json, figures and REPORT.md."""
 from common import args, params, stage
 
 from forestseg.io import read_json
-from forestseg.report import aggregate
+from forestseg.report import aggregate, remove_stale_runs
 
 
 @stage
@@ -21,6 +22,9 @@ def main(argv: list[str]) -> None:
                    + f", momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}, "
                    f"flips/rotations {'on' if train.augment else 'off'}, colour jitter {train.color_jitter:g}"),
     }
+    removed = remove_stale_runs(grid.runs(), runs_dir)
+    if removed:
+        print(f"removed {len(removed)} run folder(s) of {runs_dir} not in the grid: {', '.join(removed)}")
     summary = aggregate(grid.runs(), runs_dir, read_json(split_json), metrics_dir, plots_dir, report, setup)
     base = summary["baseline_all_forest"]["test_iou"]
     for combo, s in summary["combinations"].items():

@@ -4,69 +4,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO
+from conftest import BIN, TINY, ran, set_params, sh
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-TINY = {
-    "synth": {"scenes": 4, "grid": 2, "tile_size": 32},
-    "model": {"width": 4, "depth": 2},
-    "train": {"epochs": 2, "batch_size": 4, "test_batch_size": 8},
-    "grid": {"loss": ["mse", "bce"], "optimizer": ["adam"], "seed": [0]},
-}
-
-
-def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           # dvc exp run commits: give git an identity on machines that have none configured
-           "GIT_AUTHOR_NAME": "forestseg-test", "GIT_AUTHOR_EMAIL": "test@forestseg",
-           "GIT_COMMITTER_NAME": "forestseg-test", "GIT_COMMITTER_EMAIL": "test@forestseg"}
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout}\n{out.stderr}")
-    return out
-
-
-def ran(out: subprocess.CompletedProcess) -> set[str]:
-    """Names of the stages a dvc command actually ran."""
-    return set(re.findall(r"Running stage '([^']+)'", out.stdout + out.stderr))
-
-
-def set_params(repo: Path, changes: dict) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """The project's tracked files copied into a fresh git repo with tiny params."""
-    dst = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if rel.startswith(("metrics/", "plots/")) or rel in ("dvc.lock", "REPORT.md") or not (REPO / rel).is_file():
-            continue  # outputs of the checkout's own runs
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dst / rel)
-    set_params(dst, TINY)
-    sh(dst, "git", "init", "-q")
-    sh(dst, "dvc", "config", "core.analytics", "false")
-    sh(dst, "dvc", "config", "core.check_update", "false")
-    sh(dst, "git", "add", "-A")
-    sh(dst, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    return dst
-
-
 def test_repro_then_cached_reruns(repo: Path) -> None:
     first = sh(repo, "dvc", "repro")
     assert ran(first) == {"synth", "index", "split", "train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"}
@@ -165,10 +110,90 @@ def test_queued_experiments_run_two_at_a_time_without_clobbering(repo: Path) -> 
         sh(repo, "dvc", "queue", "stop", check=False)
     assert status.count("Success") == 2, status
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
-    exps = {x["name"]: x["revs"][0]["data"] for e in shown for x in (e.get("experiments") or [])}
+    exps = {x["name"]: x["revs"][0] for e in shown for x in (e.get("experiments") or [])}
     for name, lr in (("lr0.01", 0.01), ("lr0.003", 0.003)):
-        run = exps[name]["metrics"]["metrics/runs/bce-adam-0/metrics.json"]["data"]
+        data = exps[name]["data"]
+        assert data["params"]["params.yaml"]["data"]["optimizer"]["lr"] == lr
+        assert "iou_bce-adam" in data["metrics"]["metrics/headline.json"]["data"]
+        # per-run metrics are cached DVC outputs: check the experiment's out of the cache
+        sh(repo, "dvc", "exp", "apply", name)
+        run = json.loads((repo / "metrics/runs/bce-adam-0/metrics.json").read_text())
         assert run["lr"] == lr and run["status"] == "ok"  # each experiment kept its own outputs
+
+
+HEADLINE = {"best", "best_iou", "iou_mse-adam", "iou_bce-adam", "miou_mse-adam", "miou_bce-adam"}
+
+
+def commit(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+
+def flat(tree: dict) -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}, as dvc exp show makes columns of metrics."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def test_exp_show_and_metrics_diff_show_the_headline(repo: Path) -> None:
+    """Only metrics/headline.json is a metric: a few columns per experiment, no timings, and
+    `dvc metrics diff` starts with the best combination."""
+    sh(repo, "dvc", "repro")
+    commit(repo, "baseline run")
+    for lr in ("0.01", "0.003"):
+        sh(repo, "dvc", "exp", "run", "-n", f"lr{lr}", "-S", f"optimizer.lr={lr}")
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    exps = {x["name"]: x["revs"][0]["data"] for e in shown for x in (e.get("experiments") or [])}
+    assert set(exps) == {"lr0.01", "lr0.003"}
+    for name, data in exps.items():
+        assert list(data["metrics"]) == ["metrics/headline.json"], name
+        values = flat(data["metrics"]["metrics/headline.json"]["data"])
+        assert set(values) == HEADLINE and len(values) < 40, name
+        assert isinstance(values["best"], str) and 0 <= values["iou_bce-adam"] <= 1
+        assert not any("second" in k or "time" in k for k in values)
+    table = sh(repo, "dvc", "exp", "show", "--no-pager", "--only-changed", "--md").stdout
+    assert "iou_bce-adam" in table and "optimizer.lr" in table
+
+    out = sh(repo, "dvc", "metrics", "diff", "--all").stdout.splitlines()
+    assert out[0].split() == ["Path", "Metric", "HEAD", "workspace", "Change"]
+    assert [line.split()[:2] for line in out[1:3]] == [["metrics/headline.json", "best"],
+                                                        ["metrics/headline.json", "best_iou"]]
+    assert len(out) == 1 + len(HEADLINE) and all(line.startswith("metrics/headline.json") for line in out[1:])
+
+
+def test_a_shrunk_grid_removes_stale_run_folders(repo: Path) -> None:
+    set_params(repo, {"grid": {"seed": [0, 1]}})
+    sh(repo, "dvc", "repro")
+    commit(repo, "two seeds")  # the run folders are committed, as the demo's are
+    runs = repo / "metrics/runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0", "bce-adam-1", "mse-adam-0", "mse-adam-1"]
+
+    set_params(repo, {"grid": {"seed": [0]}})
+    out = sh(repo, "dvc", "repro")
+    assert ran(out) == {"aggregate", "overlays"}  # nothing retrains
+    assert "not in the grid: bce-adam-1, mse-adam-1" in out.stdout
+    assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0", "mse-adam-0"]
+    assert json.loads((repo / "metrics/summary.json").read_text())["combinations"]["bce-adam"]["seeds"] == 1
+    assert ran(sh(repo, "dvc", "repro")) == set()  # removing them left every stage up to date
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+    commit(repo, "one seed")
+
+    # the same through an experiment: its commit holds only the current grid's run folders
+    sh(repo, "dvc", "exp", "run", "-n", "bce-only", "-S", "grid.loss=[bce]")
+    assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0"]
+    assert ran(sh(repo, "dvc", "repro")) == set()
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+    rev = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    rev = next(x["revs"][0]["rev"] for e in rev for x in (e.get("experiments") or []) if x["name"] == "bce-only")
+    tree = sh(repo, "git", "ls-tree", "--name-only", f"{rev}:metrics/runs").stdout.split()
+    assert tree == ["bce-adam-0"]
+    headline = json.loads(sh(repo, "git", "show", f"{rev}:metrics/headline.json").stdout)
+    assert set(headline) == {"best", "best_iou", "iou_bce-adam", "miou_bce-adam"}
 
 
 def test_a_killed_dvc_repro_resumes_its_run(repo: Path) -> None:

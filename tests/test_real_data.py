@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SAMPLE, make_set
-from test_pipeline import BIN, TINY, ran, repo, set_params, sh  # noqa: F401  (repo is a fixture)
+from conftest import BIN, SAMPLE, TINY, make_set, ran, set_params, sh
 
 pytestmark = pytest.mark.slow
 TINY_REAL = {**TINY, "model": {"width": 4, "depth": 1}, "train": {"epochs": 1, "batch_size": 4, "test_batch_size": 16},

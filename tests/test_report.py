@@ -1,4 +1,4 @@
-"""aggregate(): mean/std over seeds, best seed, tables, figures, diverged and missing runs."""
+"""aggregate(): mean/std over seeds, best seed, headline, tables, figures, diverged, missing and stale runs."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from forestseg.config import ForestsegError
-from forestseg.report import FIGURES, SCORES, aggregate
+from forestseg.report import FIGURES, SCORES, aggregate, headline, remove_stale_runs, summarize
 from forestseg.train import Run
 
 RUNS = [Run("mse", "adam", 0), Run("mse", "adam", 1), Run("bce", "sgd", 0), Run("bce", "sgd", 1)]
@@ -198,3 +198,49 @@ def test_a_grid_whose_every_run_diverged_stops_naming_the_runs(tmp_path: Path) -
     with pytest.raises(ForestsegError, match=r"every run of the grid diverged \(.*bce-sgd-1.*\): lower optimizer\.lr"):
         aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
     assert not (tmp_path / "metrics" / "summary.json").exists()
+
+
+HEADLINE_KEYS = ["best", "best_iou", "iou_mse-adam", "iou_bce-sgd", "miou_mse-adam", "miou_bce-sgd"]
+
+
+def test_headline_is_flat_rounded_and_written(tmp_path: Path) -> None:
+    _, metrics_dir, _ = run_aggregate(tmp_path)
+    saved = json.loads((metrics_dir / "headline.json").read_text())
+    # mse-adam: IoU 0.5, 0.75 and mIoU 0.625, 0.8125; bce-sgd: IoU 0.375, 0.25 and mIoU 0.5625, 0.5.
+    # The means 0.71875 and 0.53125 round half to even at 4 decimals.
+    assert saved == {"best": "mse-adam", "best_iou": 0.625,
+                     "iou_mse-adam": 0.625, "iou_bce-sgd": 0.3125,
+                     "miou_mse-adam": 0.7188, "miou_bce-sgd": 0.5312}
+    assert list(saved) == HEADLINE_KEYS  # best first, then IoU of each combination, then mIoU
+    assert not any(isinstance(v, (dict, list)) for v in saved.values())  # flat: one column per key
+
+
+def test_headline_best_is_by_miou_and_nulls_a_fully_diverged_combination(tmp_path: Path) -> None:
+    table = pd.DataFrame([
+        {"run": "a-adam-0", "combination": "a-adam", "seed": 0, "status": "ok", **{k: 0.5 for k in SCORES},
+         "test_iou": 0.9, "test_miou": 0.6},
+        {"run": "b-adam-0", "combination": "b-adam", "seed": 0, "status": "ok", **{k: 0.5 for k in SCORES},
+         "test_iou": 0.8, "test_miou": 0.7},
+        {"run": "c-adam-0", "combination": "c-adam", "seed": 0, "status": "diverged", **{k: None for k in SCORES}},
+    ])
+    out = headline(summarize(table))
+    # b-adam has the higher mIoU (as REPORT.md ranks), though a-adam has the higher forest IoU
+    assert out["best"] == "b-adam" and out["best_iou"] == 0.8
+    assert out["iou_a-adam"] == 0.9 and out["iou_c-adam"] is None and out["miou_c-adam"] is None
+    every = headline(summarize(table[table["combination"] == "c-adam"]))
+    assert every == {"best": None, "best_iou": None, "iou_c-adam": None, "miou_c-adam": None}
+
+
+def test_stale_run_folders_are_removed(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    (runs_dir / "notes").mkdir()  # not named like a run: left alone
+    (runs_dir / "README.txt").write_text("kept")
+    (runs_dir / ".mse-sgd-3.removing").mkdir()  # a removal a kill interrupted
+    (runs_dir / ".mse-sgd-3.removing" / "metrics.json").write_text("{}")
+    current = [r for r in RUNS if r.loss == "mse"]  # the grid shrank to one loss
+    assert remove_stale_runs(current, runs_dir) == ["bce-sgd-0", "bce-sgd-1"]
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["README.txt", "mse-adam-0", "mse-adam-1", "notes"]
+    assert remove_stale_runs(current, runs_dir) == []  # nothing left to remove
+    out = aggregate(current, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
+    assert list(out["combinations"]) == ["mse-adam"]
+    assert remove_stale_runs(current, tmp_path / "missing") == []

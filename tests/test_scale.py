@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import TINY, ran, repo, set_params, sh  # noqa: F401  (repo is a fixture)
+from conftest import TINY, ran, set_params, sh
 from test_real_data import wait_for_queue
 
 pytestmark = pytest.mark.slow
