@@ -12,14 +12,10 @@ from typing import Any, Mapping
 
 from .errors import ForestsegError
 
-LOSSES = ("mse", "bce", "mse_logits", "dice", "bce_dice")
-OPTIMIZERS = ("sgd", "adam", "adamw")
 SPLITS = ("scene", "tile")
-SCHEDULES = ("step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 INPUTS = ("normalized", "raw")
-ARCHS = ("unet", "study_unet")  # study_unet: the 2022 study's model (ignores width/depth/batch_norm)
 
 
 class ConfigError(ForestsegError):
@@ -30,9 +26,25 @@ def _fail(key: str, msg: str) -> typing.NoReturn:
     raise ConfigError(f"params.yaml: {key}: {msg}")
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def _choice(key: str, value: str, choices) -> None:
     if value not in choices:
         _fail(key, f"unknown value {value!r}; valid choices: {', '.join(choices)}")
+
+
+# Names users pick live in registries beside their code (losses.LOSSES, optim.OPTIMIZERS and
+# SCHEDULES, model.ARCHS, masks.CONVENTIONS). They are imported when a section that names one is
+# validated, not with this module, so a stage depends only on the registries of the params it reads
+# (adding a loss never reruns synth, index or split).
+def _losses():
+    from .losses import LOSSES
+
+    return LOSSES
+
+
+def _optimizers():
+    from .optim import OPTIMIZERS
+
+    return OPTIMIZERS
 
 
 def _positive(key: str, value: float) -> None:
@@ -112,6 +124,8 @@ class ModelConfig:
     input: str = "normalized"  # "raw" feeds 0-255 floats, as the 2022 study did
 
     def __post_init__(self) -> None:
+        from .model import ARCHS
+
         _choice("model.arch", self.arch, ARCHS)
         _choice("model.input", self.input, INPUTS)
         _positive("model.width", self.width)
@@ -125,7 +139,7 @@ class OptimizerConfig:
     # Per-run learning rates, keyed "<loss>-<optimizer>" (e.g. "mse-adam": 1e-3); others use lr.
     lr_overrides: dict = field(default_factory=dict)
     schedule: str = "step"  # step: lr x gamma every step_epochs epochs; cosine: to 0 over the run
-    step_epochs: int = 5
+    step_epochs: int = 8
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warmup from lr/10, then the schedule
     momentum: float = 0.0  # sgd only
@@ -133,6 +147,8 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         _positive("optimizer.lr", self.lr)
+        from .optim import SCHEDULES
+
         _choice("optimizer.schedule", self.schedule, SCHEDULES)
         _positive("optimizer.step_epochs", self.step_epochs)
         if self.warmup_epochs < 0:
@@ -144,9 +160,9 @@ class OptimizerConfig:
             _fail("optimizer.weight_decay", f"must be >= 0, got {self.weight_decay}")
         for key, lr in self.lr_overrides.items():
             loss, _, opt = str(key).partition("-")
-            if loss not in LOSSES or opt not in OPTIMIZERS:
+            if loss not in _losses() or opt not in _optimizers():
                 _fail(f"optimizer.lr_overrides.{key}",
-                      f"keys are '<loss>-<optimizer>' with loss in {LOSSES} and optimizer in {OPTIMIZERS}")
+                      f"keys are '<loss>-<optimizer>' with loss in {tuple(_losses())} and optimizer in {tuple(_optimizers())}")
             _positive(f"optimizer.lr_overrides.{key}", lr)
 
     def lr_for(self, loss: str, optimizer: str) -> float:
@@ -191,9 +207,9 @@ class GridConfig:
             if len(set(values)) != len(values):
                 _fail(f"grid.{key}", f"has duplicates: {list(values)}")
         for loss in self.loss:
-            _choice("grid.loss", loss, LOSSES)
+            _choice("grid.loss", loss, _losses())
         for opt in self.optimizer:
-            _choice("grid.optimizer", opt, OPTIMIZERS)
+            _choice("grid.optimizer", opt, _optimizers())
         for seed in self.seed:
             if not isinstance(seed, int) or not 0 <= seed < 2**32 - 2_000_003:
                 _fail("grid.seed", f"seeds must be integers >= 0 and < 2**32 - 2000003, got {seed!r}")

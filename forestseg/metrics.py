@@ -1,6 +1,9 @@
 """Segmentation metrics from confusion counts summed over a whole set, never averaged per batch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -21,17 +24,28 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else 1.0
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A score of the registry: a function of the confusion counts (tp, fp, fn, tn) of a whole set."""
+
+    fn: Callable[[float, float, float, float], float]
+    per_epoch: bool = False  # also in every epoch's history row (the study's curves and tables)
+
+
+# Every score. Adding one: a line here; per-run metrics, tables, summary and report pick it up.
+METRICS: dict[str, Metric] = {
+    "iou": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fp + fn), per_epoch=True),  # forest IoU
+    # mean of forest and background IoU
+    "miou": Metric(lambda tp, fp, fn, tn: (_ratio(tp, tp + fp + fn) + _ratio(tn, tn + fn + fp)) / 2),
+    "dice": Metric(lambda tp, fp, fn, tn: _ratio(2 * tp, 2 * tp + fp + fn), per_epoch=True),
+    "accuracy": Metric(lambda tp, fp, fn, tn: _ratio(tp + tn, tp + fp + fn + tn)),
+    # nothing predicted as forest: perfect only if there was no forest to find
+    "precision": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fp) if tp + fp > 0 else float(fn == 0)),
+    "recall": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fn)),
+}
+
+
 def scores(counts) -> dict[str, float]:
-    """Forest IoU, mIoU (forest and background), Dice/F1, accuracy, precision, recall."""
+    """Every metric of METRICS from confusion counts [tp, fp, fn, tn]."""
     tp, fp, fn, tn = (float(c) for c in np.asarray(counts, dtype=np.float64))
-    iou = _ratio(tp, tp + fp + fn)
-    iou_background = _ratio(tn, tn + fn + fp)
-    return {
-        "iou": iou,
-        "miou": (iou + iou_background) / 2,
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
-        # nothing predicted as forest: perfect only if there was no forest to find
-        "precision": _ratio(tp, tp + fp) if tp + fp > 0 else float(fn == 0),
-        "recall": _ratio(tp, tp + fn),
-    }
+    return {name: metric.fn(tp, fp, fn, tn) for name, metric in METRICS.items()}

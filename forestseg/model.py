@@ -1,11 +1,15 @@
 """UNet for binary segmentation, read top-down: block, down, up, UNet. Outputs one logit map."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class Block(nn.Sequential):
@@ -47,7 +51,7 @@ class Up(nn.Module):
 class UNet(nn.Module):
     """UNet with `depth` downsamplings; level i has width * 2**i channels."""
 
-    def __init__(self, width: int = 64, depth: int = 4, batch_norm: bool = True, in_channels: int = 3):
+    def __init__(self, width: int, depth: int, batch_norm: bool = True, in_channels: int = 3):
         super().__init__()
         widths = [width * 2**i for i in range(depth + 1)]  # e.g. 64, 128, 256, 512, 1024
         self.stem = Block(in_channels, widths[0], batch_norm)
@@ -98,10 +102,26 @@ class StudyUNet(nn.Module):
         return F.interpolate(y.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
 
 
+@dataclass(frozen=True)
+class Arch:
+    """An architecture of the registry: how to build it from the model section, and the smallest tile
+    (px) it can take."""
+
+    build: Callable[[ModelConfig], nn.Module]
+    smallest_tile: Callable[[ModelConfig], int]
+
+
+# Every architecture a user can name in model.arch.
+ARCHS: dict[str, Arch] = {
+    "unet": Arch(lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm),
+                 lambda cfg: 2**cfg.depth),
+    # the 2022 study's model: fixed widths (ignores width/depth/batch_norm); its valid convs eat 40 px
+    "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48),
+}
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
-    if cfg.arch == "study_unet":
-        return StudyUNet()
-    return UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm)
+    return ARCHS[cfg.arch].build(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,10 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import ForestsegError, Run  # noqa: E402
+from .metrics import METRICS  # noqa: E402
 from .io import REMOVING, read_json, remove_tree, write_csv, write_figure, write_json, write_text  # noqa: E402
 
-SCORES = ["train_loss", "test_loss", "test_iou", "test_miou", "test_dice", "test_accuracy",
-          "test_precision", "test_recall"]
+SCORES = ["train_loss", "test_loss", *(f"test_{m}" for m in METRICS)]  # per run, mean/std per combination
+CURVES = ["train_loss", "test_loss", *(f"test_{m}" for m, metric in METRICS.items() if metric.per_epoch), "lr"]
 BEST_BY = "test_miou"  # descriptive only: which seed's curves to show, never used to pick a model
 HEADLINE = "headline.json"  # the only file dvc.yaml declares as metrics: what `dvc exp show` shows
 HEADLINE_DIGITS = 4
@@ -321,7 +322,7 @@ def aggregate(runs: list[Run], runs_dir: str | Path, split: dict, metrics_dir: s
     # One long table of every run's epochs: dvc plots draws it with one line per run (.dvc/plots/runs.json).
     write_csv(metrics_dir / "curves.csv", pd.concat(
         [histories[r].assign(run=r) for r in table["run"]], ignore_index=True)[
-        ["run", "epoch", "train_loss", "test_loss", "test_iou", "test_dice", "lr"]])
+        ["run", "epoch", *CURVES]])
     if report is not None:
         report = Path(report)
         rel = Path(os.path.relpath(plots_dir.resolve(), report.resolve().parent)).as_posix()

@@ -18,9 +18,16 @@ from .checkpoint import read_resume, write_model, write_resume
 from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
 from .device import use_bf16
 from .loader import Normalizer, Tiles, batches, to_input
-from .losses import LOSSES, threshold
-from .metrics import confusion, scores
-from .model import build_model
+from .losses import LOSSES
+from .metrics import METRICS, confusion, scores
+from .model import ARCHS, build_model
+from .optim import lr_factor, make_optimizer
+
+
+EPOCH_METRICS = [name for name, m in METRICS.items() if m.per_epoch]
+# One row per epoch of history.csv (val_miou follows with a val split).
+HISTORY_COLUMNS = ["epoch", "train_loss", "test_loss", *(f"test_{m}" for m in EPOCH_METRICS), "lr", "seconds",
+                   "train_seconds"]
 
 
 class Diverged(ForestsegError):
@@ -36,18 +43,6 @@ class Result:
     history: list[dict]
     metrics: dict
     state: dict = field(repr=False)  # the last checkpoint
-
-
-def make_optimizer(name: str, params, lr: float, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
-    # fused kernels on CUDA, foreach (multi-tensor) on CPU: fewer launches per step
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fast)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, **fast)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **fast)
-    raise ValueError(f"unknown optimizer {name!r}")
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict:
@@ -68,7 +63,7 @@ def evaluate(model: torch.nn.Module, tiles: Tiles, loss: str, batch_size: int, n
              channels_last: bool, bf16: bool) -> dict:
     """Mean loss per tile and scores from confusion counts summed over all of `tiles`."""
     model.eval()
-    loss_fn, cut = LOSSES[loss], threshold(loss)
+    loss_fn, cut = LOSSES[loss], LOSSES[loss].threshold
     device = tiles.images.device
     total, counts = torch.zeros((), dtype=torch.float64, device=device), torch.zeros(4, dtype=torch.int64, device=device)
     for images, masks in batches(tiles, batch_size):
@@ -80,43 +75,73 @@ def evaluate(model: torch.nn.Module, tiles: Tiles, loss: str, batch_size: int, n
     return {"loss": float(total) / len(tiles), **scores(counts.cpu().numpy())}
 
 
-def lr_factor(epoch: int, cfg: OptimizerConfig, epochs: int) -> float:
-    """Multiplier of the base lr in 0-based `epoch`: optional linear warmup, then step or cosine."""
-    if epoch < cfg.warmup_epochs:
-        return 0.1 + 0.9 * epoch / cfg.warmup_epochs
-    if cfg.schedule == "cosine":
-        span = max(1, epochs - cfg.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
-    return cfg.gamma ** ((epoch - cfg.warmup_epochs) // cfg.step_epochs)
+@dataclass
+class RunState:
+    """What changes while a run trains; saved whole in the resume file after every epoch."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gens: dict[str, torch.Generator]  # seeded streams: shuffle, augment, jitter
+    epoch: int = 0  # epochs done
+    history: list[dict] = field(default_factory=list)
+    first_loss: float | None = None  # the run's first training loss: the divergence yardstick
+    best: dict = field(default_factory=dict)  # epoch, val_miou, test_scores and weights of the best val epoch
+    test_scores: dict = field(default_factory=dict)  # of the last epoch
+
+    def to_resume(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": _rng_state(self.gens), "epoch": self.epoch, "history": self.history,
+                "first_loss": self.first_loss, "best": self.best, "test_scores": self.test_scores}
+
+    def load(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"], self.gens)
+        self.epoch, self.history, self.first_loss = saved["epoch"], saved["history"], saved["first_loss"]
+        self.best, self.test_scores = saved["best"], saved["test_scores"]
 
 
-def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, tiles: Tiles,
-                cfg: TrainConfig, norm: Normalizer, bf16: bool, gens: dict[str, torch.Generator],
-                where: str, first_loss: float | None) -> tuple[float, float]:
-    """One pass over `tiles`; returns (mean loss per tile, first loss of the run). Raises Diverged."""
-    model.train()
+def train_epoch(s: RunState, step_model: torch.nn.Module, loss_fn: Callable, tiles: Tiles, cfg: TrainConfig,
+                norm: Normalizer, bf16: bool, where: str) -> float:
+    """One pass over `tiles`; returns the mean loss per tile. Raises Diverged with the run's history."""
+    step_model.train()
     total, seen = 0.0, 0
-    lr = opt.param_groups[0]["lr"]
-    bar = tqdm(batches(tiles, cfg.batch_size, gens["shuffle"], gens.get("augment")),
+    lr = s.opt.param_groups[0]["lr"]
+    bar = tqdm(batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment")),
                total=math.ceil(len(tiles) / cfg.batch_size), desc=where, leave=False, mininterval=1.0,
                disable=None)  # a bar on a terminal, no log noise elsewhere
     for step, (images, masks) in enumerate(bar, 1):
-        x = to_input(images, norm, cfg.channels_last, cfg.color_jitter, gens.get("jitter"))
+        x = to_input(images, norm, cfg.channels_last, cfg.color_jitter, s.gens.get("jitter"))
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(x)
+            out = step_model(x)
         loss = loss_fn(out.float(), masks)  # the loss itself always in fp32
-        opt.zero_grad(set_to_none=True)
+        s.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        s.opt.step()
         value = loss.item()
-        first_loss = value if first_loss is None else first_loss
-        if not math.isfinite(value) or value > cfg.diverge_factor * max(first_loss, 1e-8):
-            raise Diverged(f"{where} diverged at step {step}: loss {value:.4g} (first loss {first_loss:.4g}, "
-                           f"lr {lr:g}); lower optimizer.lr", [])
+        s.first_loss = value if s.first_loss is None else s.first_loss
+        if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
+            raise Diverged(f"{where} diverged at step {step}: loss {value:.4g} (first loss {s.first_loss:.4g}, "
+                           f"lr {lr:g}); lower optimizer.lr", s.history)
         total += value * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-    return total / seen, first_loss
+    return total / seen
+
+
+def _generators(seed: int, cfg: TrainConfig) -> dict[str, torch.Generator]:
+    """Seeded, independent random streams, so turning augmentation on does not change the shuffle."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    gens = {"shuffle": torch.Generator().manual_seed(seed)}
+    if cfg.augment:
+        gens["augment"] = torch.Generator().manual_seed(seed + 1_000_003)
+    if cfg.color_jitter > 0:
+        gens["jitter"] = torch.Generator().manual_seed(seed + 2_000_003)
+    return gens
 
 
 def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig,
@@ -130,25 +155,17 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
     so far) on a non-finite or exploding loss.
     """
     device = train.images.device
-    tile = min(train.images.shape[1:3])
-    smallest = 48 if model_cfg.arch == "study_unet" else 2**model_cfg.depth
+    tile, smallest = min(train.images.shape[1:3]), ARCHS[model_cfg.arch].smallest_tile(model_cfg)
     if tile < smallest:
         raise ForestsegError(f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least "
                              f"{smallest} px, the data's are {tile} px; lower model.depth")
     bf16 = use_bf16(train_cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once
-    torch.manual_seed(run.seed)
-    random.seed(run.seed)
-    np.random.seed(run.seed)
-    gens = {"shuffle": torch.Generator().manual_seed(run.seed)}
-    if train_cfg.augment:
-        gens["augment"] = torch.Generator().manual_seed(run.seed + 1_000_003)
-    if train_cfg.color_jitter > 0:
-        gens["jitter"] = torch.Generator().manual_seed(run.seed + 2_000_003)
+    gens = _generators(run.seed, train_cfg)
     norm = Normalizer.fit(train.images) if model_cfg.input == "normalized" else Normalizer()
     # what predict needs beside the weights; the same in model.pt and best.pt
-    portable = {"run": run.name, "loss": run.loss, "threshold": threshold(run.loss), "model": asdict(model_cfg),
+    portable = {"run": run.name, "loss": run.loss, "threshold": LOSSES[run.loss].threshold, "model": asdict(model_cfg),
                 "normalizer": asdict(norm), "tile_size": int(train.images.shape[1])}
 
     model = build_model(model_cfg).to(device)
@@ -157,73 +174,63 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
     lr = opt_cfg.lr_for(run.loss, run.optimizer)
     opt = make_optimizer(run.optimizer, model.parameters(), lr, opt_cfg, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, cfg=opt_cfg, epochs=train_cfg.epochs))
+    s = RunState(model, opt, sched, gens)
     step_model = torch.compile(model) if train_cfg.compile else model
     loss_fn = LOSSES[run.loss]
     eval_args = (run.loss, train_cfg.test_batch_size, norm, train_cfg.channels_last, bf16)
+    params = {"model": asdict(model_cfg), "optimizer": asdict(opt_cfg), "train": asdict(train_cfg)}
 
-    history: list[dict] = []
-    first_loss: float | None = None
-    best: dict = {}
-    start, state = 1, {}
     saved = read_resume(resume, log)
-    if saved is not None:
-        if saved.get("fingerprint") == fingerprint:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            _set_rng_state(saved["rng"], gens)
-            history, first_loss, best, start = saved["history"], saved["first_loss"], saved["best"], saved["epoch"] + 1
-            state = saved
-            log(f"{run.name}: resuming after epoch {saved['epoch']} from {resume}")
-        else:
-            log(f"{run.name}: {resume} was made with other params, code or data; starting afresh")
+    if saved is not None and saved.get("fingerprint") == fingerprint:
+        s.load(saved)
+        log(f"{run.name}: resuming after epoch {s.epoch} from {resume}")
+    elif saved is not None:
+        log(f"{run.name}: {resume} was made with other params, code or data; starting afresh")
 
-    for epoch in range(start, train_cfg.epochs + 1):
+    while s.epoch < train_cfg.epochs:
         t0 = time.perf_counter()
-        epoch_lr = opt.param_groups[0]["lr"]
-        where = f"run {run.name} epoch {epoch}/{train_cfg.epochs}"
-        try:
-            train_loss, first_loss = train_epoch(step_model, opt, loss_fn, train, train_cfg, norm, bf16, gens, where, first_loss)
-        except Diverged as e:
-            raise Diverged(str(e), history) from None
+        epoch, epoch_lr = s.epoch + 1, opt.param_groups[0]["lr"]
+        train_loss = train_epoch(s, step_model, loss_fn, train, train_cfg, norm, bf16,
+                                 f"run {run.name} epoch {epoch}/{train_cfg.epochs}")
         train_seconds = time.perf_counter() - t0
         sched.step()
-        test_scores = evaluate(model, test, *eval_args)
-        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_scores["loss"],
-               "test_iou": test_scores["iou"], "test_dice": test_scores["dice"], "lr": epoch_lr}
+        s.test_scores = evaluate(model, test, *eval_args)
+        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": s.test_scores["loss"],
+               **{f"test_{m}": s.test_scores[m] for m in EPOCH_METRICS}, "lr": epoch_lr}
         if val is not None:
-            val_scores = evaluate(model, val, *eval_args)
-            row["val_miou"] = val_scores["miou"]
-            if val_scores["miou"] > best.get("val_miou", -1.0):  # weights kept in the resume file until the end
-                best = {"epoch": epoch, "val_miou": val_scores["miou"], "test_scores": test_scores,
-                        "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            row["val_miou"] = evaluate(model, val, *eval_args)["miou"]
+            if row["val_miou"] > s.best.get("val_miou", -1.0):  # weights kept in the resume file until the end
+                s.best = {"epoch": epoch, "val_miou": row["val_miou"], "test_scores": s.test_scores,
+                          "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         row.update(seconds=round(time.perf_counter() - t0, 3), train_seconds=round(train_seconds, 3))
-        history.append(row)
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "rng": _rng_state(gens), "epoch": epoch, "history": history, "first_loss": first_loss,
-                 "best": best, "fingerprint": fingerprint, "test_scores": test_scores,
-                 "params": {"model": asdict(model_cfg), "optimizer": asdict(opt_cfg), "train": asdict(train_cfg)}}
-        write_resume(resume, state)  # before the log line: a logged epoch is always resumable
-        log(f"{run.name} epoch {epoch}/{train_cfg.epochs}: train_loss {train_loss:.4f} "
-            f"test_loss {test_scores['loss']:.4f} test_iou {test_scores['iou']:.4f}"
+        s.history.append(row)
+        s.epoch = epoch
+        write_resume(resume, {**s.to_resume(), "fingerprint": fingerprint, "params": params})  # before the log line:
+        log(f"{run.name} epoch {epoch}/{train_cfg.epochs}: train_loss {train_loss:.4f} "  # a logged epoch resumes
+            f"test_loss {s.test_scores['loss']:.4f} test_iou {s.test_scores['iou']:.4f}"
             + (f" val_miou {row['val_miou']:.4f}" if val is not None else "") + f" ({row['seconds']:.1f} s)")
 
-    write_model(model_dir / "model.pt", state["model"], portable, epoch=state["epoch"])
-    if best:
-        write_model(model_dir / "best.pt", best["weights"], portable, epoch=best["epoch"], val_miou=best["val_miou"])
-    train_seconds = sum(h["train_seconds"] for h in history)
+    write_model(model_dir / "model.pt", model.state_dict(), portable, epoch=s.epoch)
+    if s.best:
+        write_model(model_dir / "best.pt", s.best["weights"], portable, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
+    return Result(s.history, _run_metrics(s, lr, len(train), device, bf16), s.to_resume())
+
+
+def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16: bool) -> dict:
+    """metrics.json of a finished run: the last epoch's evaluation (and the best val epoch's)."""
+    train_seconds = sum(h["train_seconds"] for h in s.history)
     metrics = {
         "status": "ok",
-        "train_loss": history[-1]["train_loss"],
-        **{f"test_{k}": v for k, v in state["test_scores"].items()},  # the last epoch's evaluation
-        "epochs": len(history),
+        "train_loss": s.history[-1]["train_loss"],
+        **{f"test_{k}": v for k, v in s.test_scores.items()},
+        "epochs": len(s.history),
         "lr": lr,
-        "seconds": round(sum(h["seconds"] for h in history), 2),
-        "train_images_per_second": round(len(train) * len(history) / max(train_seconds, 1e-9), 1),
+        "seconds": round(sum(h["seconds"] for h in s.history), 2),
+        "train_images_per_second": round(tiles * len(s.history) / max(train_seconds, 1e-9), 1),
         "device": device.type,
         "precision": "bf16" if bf16 else "fp32",
     }
-    if best:
-        metrics.update({"best_epoch": best["epoch"], "best_val_miou": best["val_miou"],
-                        **{f"best_test_{k}": v for k, v in best["test_scores"].items()}})
-    return Result(history, metrics, state)
+    if s.best:
+        metrics.update({"best_epoch": s.best["epoch"], "best_val_miou": s.best["val_miou"],
+                        **{f"best_test_{k}": v for k, v in s.best["test_scores"].items()}})
+    return metrics

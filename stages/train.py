@@ -10,7 +10,7 @@ from forestseg.config import ForestsegError, asdict, load_sections
 from forestseg.device import pick_device, use_bf16
 from forestseg.io import write_csv, write_json
 from forestseg.loader import load_split
-from forestseg.train import Diverged, train_run
+from forestseg.train import HISTORY_COLUMNS, Diverged, train_run
 
 RESUME_DIR = Path(".resume")  # scratch: git- and dvc-ignored, never a DVC output
 
@@ -42,8 +42,7 @@ def main(argv: list[str]) -> None:
         print(f"warning: {e}")
         history, metrics = e.history, {"status": "diverged", "message": str(e), "epochs": len(e.history)}
         write_model(model_dir / "model.pt", None, {"run": run.name, "message": str(e)})  # a declared output
-    columns = ["epoch", "train_loss", "test_loss", "test_iou", "test_dice", "lr", "seconds", "train_seconds"]
-    write_csv(out / "history.csv", pd.DataFrame(history) if history else pd.DataFrame(columns=columns))
+    write_csv(out / "history.csv", pd.DataFrame(history) if history else pd.DataFrame(columns=HISTORY_COLUMNS))
     write_json(out / "metrics.json", metrics)
     resume.unlink(missing_ok=True)  # the outputs exist: nothing left to resume
 

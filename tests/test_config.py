@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from conftest import REPO
+from forestseg.losses import LOSSES
 from forestseg.config import (
-    LOSSES, SECTIONS, ConfigError, GridConfig, OptimizerConfig, SplitConfig, TrainConfig, load_sections,
+    SECTIONS, ConfigError, GridConfig, SplitConfig, TrainConfig, load_sections,
 )
 
 

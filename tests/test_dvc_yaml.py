@@ -15,15 +15,25 @@ IMPORTED = """
 import json, runpy, sys
 sys.path.insert(0, "stages")
 runpy.run_path(sys.argv[1], run_name="not_main")
+# Registries are imported when a section naming one is validated: validate what the stage reads.
+from common import params
+params(*json.loads(sys.argv[2]))
 print(json.dumps(sorted("forestseg/" + n.split(".")[1] + ".py" for n in sys.modules if n.startswith("forestseg."))))
 """
+
+
+def sections(stage: dict) -> list[str]:
+    """The params sections a stage reads: those it lists, and grid for a matrix stage (its member)."""
+    names = {p.split(".")[0] for p in stage.get("params", [])}
+    return sorted(names | ({"grid"} if "matrix" in stage else set()))
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_deps_are_exactly_the_modules_it_imports(name: str) -> None:
     stage = STAGES[name]
     script = stage["cmd"].split()[1]
-    out = subprocess.run([sys.executable, "-c", IMPORTED, script], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", IMPORTED, script, json.dumps(sections(stage))], cwd=REPO,
+                         capture_output=True, text=True, check=True)
     imported = set(json.loads(out.stdout))
     listed = {d for d in stage["deps"] if d.startswith("forestseg/")}
     assert listed == imported, f"{name}: missing {sorted(imported - listed)}, not imported {sorted(listed - imported)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forestseg.losses import LOSSES, THRESHOLDS, bce, bce_dice, dice, mse, mse_logits, threshold
+from forestseg.losses import LOSSES, bce, bce_dice, dice, mse, mse_logits
 
 
 def target() -> torch.Tensor:
@@ -100,7 +100,6 @@ def test_bce_and_dice_equal_manual_formulas() -> None:
 
 
 def test_thresholds() -> None:
-    assert threshold("mse_logits") == 0.5
-    for name in ("mse", "bce", "dice", "bce_dice"):
-        assert threshold(name) == 0.0
-    assert set(THRESHOLDS) <= set(LOSSES)
+    assert LOSSES["mse_logits"].threshold == 0.5
+    for name in set(LOSSES) - {"mse_logits"}:
+        assert LOSSES[name].threshold == 0.0

@@ -224,7 +224,7 @@ def test_diverged_carries_the_completed_epochs(data, tmp_path: Path, monkeypatch
                 return value * float("nan")
         return value
 
-    monkeypatch.setitem(losses.LOSSES, "bce", flaky)
+    monkeypatch.setitem(losses.LOSSES, "bce", losses.Loss(flaky))
     with pytest.raises(Diverged) as err:
         go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, batch_size=4))
     message = str(err.value)
