@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.speed import SAMPLE  # noqa: E402
 from forestseg.config import SplitConfig, load_sections  # noqa: E402
 from forestseg.dataset import build_index, split_index, split_summary  # noqa: E402
+from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
 from forestseg.config import Run  # noqa: E402
 from forestseg.device import pick_device  # noqa: E402
@@ -45,13 +46,13 @@ def main() -> None:
     device = pick_device(train.device)
     tmp = Path(tempfile.mkdtemp(prefix="forestseg-quality-"))
 
-    index, _ = build_index(SAMPLE, tmp / "images.npy", tmp / "masks.npy")
+    index, _ = build_index(SAMPLE, DataLayout(tmp).images, DataLayout(tmp).masks)
     split = split_index(index, SplitConfig(by="scene", test_fraction=0.25, val_fraction=0.0, seed=args.seed))
     subset = split["subset"].to_numpy()
     train_rows = np.flatnonzero(subset == "train")
     if args.train_tiles:
         train_rows = np.random.default_rng(args.seed).choice(train_rows, args.train_tiles, replace=False)
-    tiles = {"train": load_tiles(tmp, train_rows, device), "test": load_tiles(tmp, np.flatnonzero(subset == "test"), device)}
+    tiles = {"train": load_tiles(DataLayout(tmp), train_rows, device), "test": load_tiles(DataLayout(tmp), np.flatnonzero(subset == "test"), device)}
     base = split_summary(index, split)["baseline_all_forest"]
     print(f"sample: {len(index)} pairs, {len(tiles['train'])} train tiles, {len(tiles['test'])} test tiles "
           f"from {split[subset == 'test']['scene'].nunique()} unseen scenes; {args.epochs} epochs each; device {device}")
@@ -71,7 +72,8 @@ def main() -> None:
     rows = []
     for name, (run, m, o, t) in recipes.items():
         t0 = time.perf_counter()
-        result = train_run(run, m, o, t, tiles["train"], tiles["test"], tmp / f"{run.name}.pt", name, log=lambda s: None)
+        result = train_run(run, m, o, t, tiles["train"], tiles["test"], tmp / run.name, tmp / f"{run.name}.pt", name,
+                           log=lambda s: None)
         r = result.metrics
         rows.append((name, r["test_iou"], r["test_miou"], r["test_dice"], time.perf_counter() - t0))
     rows.append(("all-forest baseline", base["iou"], base["miou"], base["dice"], 0.0))

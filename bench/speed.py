@@ -29,6 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestseg.config import ModelConfig, OptimizerConfig, SynthConfig, TrainConfig  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
+from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import Normalizer, Tiles, batches, load_tiles, to_input  # noqa: E402
 from forestseg.losses import bce  # noqa: E402
 from forestseg.model import build_model  # noqa: E402
@@ -109,17 +110,17 @@ def main() -> None:
         root, what = tmp / "synthetic", "synthetic tiles"
         generate(root, SynthConfig(scenes=16, grid=4, tile_size=256, seed=0))
     t0 = time.perf_counter()
-    index, report = build_index(root, tmp / "images.npy", tmp / "masks.npy")
+    index, report = build_index(root, DataLayout(tmp).images, DataLayout(tmp).masks)
     pack = time.perf_counter() - t0
     n = report["valid"]
     print(f"data: {what}, {n} pairs of {report['tile_size'][0]}x{report['tile_size'][1]}, device {device}, "
           f"{torch.get_num_threads()} CPU threads")
     print(f"pack: {pack:.2f} s for {n} pairs ({n / pack:.0f} pairs/s) -> {5108 * pack / n:.1f} s extrapolated to 5108 pairs; "
-          f"packed size {(tmp / 'images.npy').stat().st_size / 2**20 + (tmp / 'masks.npy').stat().st_size / 2**20:.0f} MiB")
+          f"packed size {DataLayout(tmp).images.stat().st_size / 2**20 + DataLayout(tmp).masks.stat().st_size / 2**20:.0f} MiB")
 
     model_cfg = ModelConfig(arch="unet", width=args.width, depth=args.depth, batch_norm=True, input="normalized")
     rows = np.arange(min(n, args.batch * (args.steps + 1)))
-    tiles = load_tiles(tmp, rows, device)
+    tiles = load_tiles(DataLayout(tmp), rows, device)
     test = Tiles(tiles.images[:args.batch], tiles.masks[:args.batch])
     opt_cfg = OptimizerConfig(lr=1e-4, lr_overrides={}, step_epochs=100, gamma=0.1, momentum=0.0, weight_decay=0.0)
     print(f"model: UNet width {args.width} depth {args.depth}, batch {args.batch}, "
@@ -129,7 +130,8 @@ def main() -> None:
         train_cfg = TrainConfig(epochs=2, batch_size=args.batch, test_batch_size=args.batch, device=device.type,
                                 precision=precision, augment=True, channels_last=True, compile=compile_, diverge_factor=1e9)
         result = train_run(Run("bce", "adam", 0), model_cfg, opt_cfg, train_cfg, tiles, test,
-                           tmp / f"{precision}{compile_}.pt", "bench", log=lambda s: None)
+                           tmp / f"{precision}{compile_}", tmp / f"{precision}{compile_}.pt", "bench",
+                           log=lambda s: None)
         # epoch 1 includes one-off warm-up (kernel selection, allocator, compilation): time epoch 2
         speed = len(tiles) / result.history[-1]["train_seconds"]
         label = result.metrics["precision"] + (", torch.compile" if compile_ else "")

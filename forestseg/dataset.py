@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import ForestsegError, SplitConfig
+from .config import DataConfig, ForestsegError, SplitConfig
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode
-from .io import atomic_path
+from .io import atomic_path, sha256_of, write_csv, write_json
+from .layout import DataLayout
 from .masks import Stats, MaskMismatch, describe_convention, forest_of
 from .metrics import scores
 
@@ -302,6 +303,16 @@ def _check_convention(root: Path, masks: str, forest: tuple, stats: Stats, kept:
         raise DataError(f"{where}, but no pixel of any mask is forest under it ({stats.found()}); {stats.suggest()}")
 
 
+def index_folder(source: str | Path, layout: DataLayout, cfg: DataConfig) -> dict:
+    """Index `source` into the data folder of `layout` (index.csv, packed arrays and their digest);
+    returns the index report."""
+    index, report = build_index(source, layout.images, layout.masks, cfg.masks, cfg.forest)
+    # content digest of the arrays: the train stage's resume fingerprint, without re-reading hundreds of MB per run
+    write_json(layout.digest, {p.name: sha256_of(p) for p in (layout.images, layout.masks)})
+    write_csv(layout.index_csv, index)
+    return report
+
+
 def format_report(report: dict) -> str:
     """The index report as a few human lines."""
     lines = [f"index: {report['valid']} valid pairs from {report['scenes']} scenes in {report['source']} "
@@ -335,6 +346,21 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
         subset_of[unique[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     return pd.DataFrame({"image": index["image"], "scene": index["scene"],
                          "subset": units.map(subset_of).to_numpy()})
+
+
+def split_folder(layout: DataLayout, cfg: SplitConfig) -> dict:
+    """Write split.csv of the indexed data folder; returns its summary (counts, all-forest baseline)."""
+    index = pd.read_csv(layout.index_csv, dtype={"scene": str})
+    split = split_index(index, cfg)
+    write_csv(layout.split_csv, split)
+    return split_summary(index, split)
+
+
+def format_split(summary: dict, cfg: SplitConfig) -> str:
+    """The split summary as one human line."""
+    counts = ", ".join(f"{s} {summary[s]['tiles']} tiles / {summary[s]['scenes']} scenes"
+                       for s in ("train", "val", "test") if s in summary)
+    return f"split by {cfg.by}: {counts}; all-forest baseline test IoU {summary['baseline_all_forest']['iou']:.3f}"
 
 
 def split_summary(index: pd.DataFrame, split: pd.DataFrame) -> dict:

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
+
+from .errors import ForestsegError
+from .layout import DataLayout
 
 
 @dataclass(frozen=True)
@@ -25,11 +29,10 @@ class Tiles:
         return self.images.shape[0]
 
 
-def load_tiles(packed_dir: str | Path, rows: np.ndarray, device: torch.device) -> Tiles:
+def load_tiles(layout: DataLayout, rows: np.ndarray, device: torch.device) -> Tiles:
     """Rows `rows` of the packed arrays, copied once onto `device`."""
-    packed_dir = Path(packed_dir)
-    images = np.load(packed_dir / "images.npy", mmap_mode="r")
-    masks = np.load(packed_dir / "masks.npy", mmap_mode="r")
+    images = np.load(layout.images, mmap_mode="r")
+    masks = np.load(layout.masks, mmap_mode="r")
     rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted rows read the memmap sequentially
     return Tiles(torch.from_numpy(images[rows]).to(device), torch.from_numpy(masks[rows]).to(device))
 
@@ -117,16 +120,11 @@ def batches(tiles: Tiles, batch_size: int, generator: torch.Generator | None = N
         yield images, masks
 
 
-def load_split(data_dir: str | Path, device: torch.device) -> dict[str, Tiles]:
-    """The tiles of each subset in data_dir/split.csv (train, test, maybe val), from data_dir/packed, on `device`."""
-    import pandas as pd
-
-    data_dir = Path(data_dir)
-    split = pd.read_csv(data_dir / "split.csv")
-    index = pd.read_csv(data_dir / "index.csv", usecols=["image"])
+def load_split(layout: DataLayout, device: torch.device) -> dict[str, Tiles]:
+    """The tiles of each subset of the split (train, test, maybe val) from the packed arrays, on `device`."""
+    split = pd.read_csv(layout.split_csv)
+    index = pd.read_csv(layout.index_csv, usecols=["image"])
     if not split["image"].equals(index["image"]):
-        from .config import ForestsegError
-
-        raise ForestsegError(f"{data_dir}/split.csv does not match {data_dir}/index.csv row for row: rerun `dvc repro split`")
-    return {s: load_tiles(data_dir / "packed", np.flatnonzero(split["subset"].to_numpy() == s), device)
+        raise ForestsegError(f"{layout.split_csv} does not match {layout.index_csv} row for row: rerun `dvc repro split`")
+    return {s: load_tiles(layout, np.flatnonzero(split["subset"].to_numpy() == s), device)
             for s in split["subset"].unique()}

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from .checkpoint import read_model
-from .config import ConfigError, ForestsegError, ModelConfig
+from .config import ConfigError, ForestsegError, ModelConfig, ReportConfig
 from .images import ImageError, decode
+from .layout import DataLayout
 from .loader import Normalizer, to_input
 from .model import build_model
 
@@ -128,3 +130,21 @@ def example_panel(predictor: Predictor, images: np.ndarray, masks: np.ndarray, t
     fig.suptitle(title)
     write_figure(path, fig)
     plt.close(fig)
+
+
+def write_overlays(models_dir: Path, layout: DataLayout, combinations: dict, cfg: ReportConfig, out_dir: Path,
+                   device: torch.device) -> int:
+    """plots/overlays/<combination>.png for the best seed of each combination (`combinations` as in
+    summary.json) on the same `cfg.examples` test tiles drawn with `cfg.seed`; returns the tile count."""
+    test = np.flatnonzero(pd.read_csv(layout.split_csv)["subset"].to_numpy() == "test")
+    rows = np.sort(np.random.default_rng(cfg.seed).choice(test, min(cfg.examples, len(test)), replace=False))
+    images = np.load(layout.images, mmap_mode="r")[rows]
+    masks = np.load(layout.masks, mmap_mode="r")[rows]
+    for combo, s in combinations.items():
+        if s["best_seed"] is None:
+            print(f"overlays: {combo}: every seed diverged, nothing to show")
+            continue
+        run = f"{combo}-{s['best_seed']}"
+        predictor = Predictor.load(models_dir / run / "model.pt", device)
+        example_panel(predictor, images, masks, f"{run}: test tiles (seed {cfg.seed})", out_dir / f"{combo}.png")
+    return len(rows)

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import read_resume, write_model, write_resume
+from .checkpoint import fingerprint, read_resume, write_model, write_resume
 from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
-from .device import use_bf16
-from .loader import Normalizer, Tiles, batches, to_input
+from .device import pick_device, use_bf16
+from .layout import DataLayout
+from .loader import Normalizer, Tiles, batches, load_split, to_input
 from .losses import LOSSES
 from .metrics import METRICS, confusion, scores
 from .model import ARCHS, build_model
@@ -234,3 +235,28 @@ def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16:
         metrics.update({"best_epoch": s.best["epoch"], "best_val_miou": s.best["val_miou"],
                         **{f"best_test_{k}": v for k, v in s.best["test_scores"].items()}})
     return metrics
+
+
+def train_member(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig,
+                 layout: DataLayout, model_dir: Path, resume: Path, code: list[Path]) -> tuple[list[dict], dict]:
+    """Train grid member `run` on the split data of `layout` (the train stage): (history, metrics).
+
+    The resume fingerprint covers the run, its params and precision, the bytes of `code` and the
+    data's content. A run that diverges is recorded, not raised, so the rest of the grid goes on:
+    its metrics say `"status": "diverged"` and its model file holds no weights.
+    """
+    device = pick_device(train_cfg.device)
+    tiles = load_split(layout, device)
+    if train_cfg.batch_size > len(tiles["train"]):
+        raise ForestsegError(f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
+                             f"the {len(tiles['train'])} training tiles; lower it")
+    cfgs = [asdict(c) for c in (model_cfg, opt_cfg, train_cfg)]
+    fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, layout.content())
+    try:
+        result = train_run(run, model_cfg, opt_cfg, train_cfg, tiles["train"], tiles["test"], model_dir, resume, fp,
+                           val=tiles.get("val"))
+        return result.history, result.metrics
+    except Diverged as e:
+        print(f"warning: {e}")
+        write_model(model_dir / "model.pt", None, {"run": run.name, "message": str(e)})  # a declared output
+        return e.history, {"status": "diverged", "message": str(e), "epochs": len(e.history)}

@@ -10,6 +10,7 @@ import torch
 
 from forestseg.config import ForestsegError
 
+from forestseg.layout import DataLayout
 from forestseg.loader import Normalizer, Tiles, augment, batches, load_split, load_tiles, to_input
 
 CPU = torch.device("cpu")
@@ -188,7 +189,7 @@ SUBSETS = ["train", "test", "train", "val", "train", "test", "train"]
 
 def test_load_split_returns_the_rows_of_each_subset(tmp_path: Path) -> None:
     images, masks = write_packed(tmp_path, SUBSETS)
-    out = load_split(tmp_path, CPU)
+    out = load_split(DataLayout(tmp_path), CPU)
     assert set(out) == {"train", "test", "val"}
     for subset in out:
         rows = [i for i, s in enumerate(SUBSETS) if s == subset]
@@ -200,7 +201,7 @@ def test_load_split_returns_the_rows_of_each_subset(tmp_path: Path) -> None:
 
 def test_load_tiles_sorts_rows(tmp_path: Path) -> None:
     images, _ = write_packed(tmp_path, SUBSETS)
-    tiles = load_tiles(tmp_path / "packed", np.array([5, 1, 3]), CPU)
+    tiles = load_tiles(DataLayout(tmp_path), np.array([5, 1, 3]), CPU)
     assert tiles.images[:, 0, 0, 0].tolist() == [1, 3, 5]
 
 
@@ -216,7 +217,7 @@ def test_load_split_rejects_a_split_that_disagrees_with_the_index(tmp_path: Path
         split = split.iloc[:-1]
     split.to_csv(tmp_path / "split.csv", index=False)
     with pytest.raises(ForestsegError, match="does not match"):
-        load_split(tmp_path, CPU)
+        load_split(DataLayout(tmp_path), CPU)
 
 
 def test_augment_keeps_the_shape_of_non_square_tiles() -> None:

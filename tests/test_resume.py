@@ -38,8 +38,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     stage(root, "synth", "data/synthetic")
-    stage(root, "index", "data/synthetic", "data/index.csv", "data/packed", "metrics/index.json")
-    stage(root, "split", "data/index.csv", "data/split.csv", "metrics/split.json")
+    stage(root, "index", "data/synthetic", "data", "metrics/index.json")
+    stage(root, "split", "data", "metrics/split.json")
     return root
 
 

@@ -1,0 +1,87 @@
+"""The report's figures: loss curves of the best runs, optimizers compared, test IoU per seed."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .io import write_figure  # noqa: E402
+
+FIGURES = ("loss_best.png", "loss_optimizers.png", "test_iou.png")
+
+
+def _best_history(summary_row, histories: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    seed = summary_row["best_seed"]
+    return None if pd.isna(seed) else histories[f"{summary_row['combination']}-{int(seed)}"]
+
+
+def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], best_by: str, path: Path) -> None:
+    """Train vs test loss of the best seed (by `best_by`) of each combination, with its learning rate."""
+    cols = min(len(summary), 2)
+    rows = math.ceil(len(summary) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.8 * rows), squeeze=False)
+    for ax, (_, s) in zip(axes.flat, summary.iterrows()):
+        h = _best_history(s, histories)
+        if h is None:
+            ax.set_title(f"{s['combination']}: every seed diverged")
+            continue
+        ax.plot(h["epoch"], h["train_loss"], "o-", label="train loss")
+        ax.plot(h["epoch"], h["test_loss"], "s--", label="test loss")
+        ax.set(title=f"{s['combination']}, seed {int(s['best_seed'])}", xlabel="epoch",
+               ylabel=f"{s['combination'].split('-')[0]} loss (per pixel)")
+        ax.grid(alpha=0.3)
+        lr_ax = ax.twinx()  # the step decay, on its own log axis
+        lr_ax.step(h["epoch"], h["lr"], where="post", color="grey", alpha=0.6, label="learning rate")
+        lr_ax.set_yscale("log")
+        lr_ax.set_ylabel("learning rate", color="grey")
+        lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+        ax.legend(lines, [l.get_label() for l in lines], fontsize=8)
+    for ax in list(axes.flat)[len(summary):]:
+        ax.axis("off")
+    fig.suptitle(f"Train and test loss per epoch: best seed of each combination (by {best_by})")
+    fig.tight_layout()
+    write_figure(path, fig)
+    plt.close(fig)
+
+
+def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Per loss: test loss per epoch of each optimizer, mean over seeds with a min-max band."""
+    losses = list(dict.fromkeys(runs["loss"]))
+    fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 3.8), squeeze=False)
+    for ax, loss in zip(axes.flat, losses):
+        for opt, part in runs[(runs["loss"] == loss) & (runs["status"] == "ok")].groupby("optimizer", sort=False):
+            curves = pd.concat([histories[r].set_index("epoch")["test_loss"] for r in part["run"]], axis=1)
+            ax.plot(curves.index, curves.mean(axis=1), "o-", label=f"{opt} (mean of {curves.shape[1]} seeds)")
+            ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), alpha=0.25)
+        ax.set(title=f"{loss}: optimizers compared", xlabel="epoch", ylabel=f"test {loss} loss (per pixel)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:  # nothing to label when every run of this loss diverged
+            ax.legend(fontsize=8)
+    fig.suptitle("Test loss per epoch, mean over seeds, band = min..max over seeds")
+    fig.tight_layout()
+    write_figure(path, fig)
+    plt.close(fig)
+
+
+def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
+    """Final test forest IoU of every seed, per combination, against the all-forest baseline."""
+    combos = list(dict.fromkeys(runs["combination"]))
+    fig, ax = plt.subplots(figsize=(1.6 * len(combos) + 3, 3.8))
+    for i, combo in enumerate(combos):
+        values = runs[(runs["combination"] == combo) & (runs["status"] == "ok")]["test_iou"].astype(float)
+        jitter = (pd.Series(range(len(values))) - (len(values) - 1) / 2) * 0.06
+        ax.scatter(i + jitter.to_numpy(), values, zorder=3)
+        if len(values):
+            ax.hlines(values.mean(), i - 0.3, i + 0.3, color="black", lw=2)
+    ax.axhline(baseline_iou, color="red", ls="--", label=f"all-forest baseline {baseline_iou:.3f}")
+    ax.set_xticks(range(len(combos)), combos)
+    ax.set(ylabel="test forest IoU", title="Final test forest IoU, one dot per seed, bar = mean")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    write_figure(path, fig)
+    plt.close(fig)
