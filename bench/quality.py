@@ -2,8 +2,9 @@
 
 On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE), split by scene, both recipes
 train for the same number of epochs on the same tiles and are scored on the same unseen scenes:
-  (a) study:     study_unet, raw 0-255 input, mse_logits, SGD lr 1e-4, no augmentation
-  (b) forestseg: params.yaml's model/optimizer/train sections with bce + adam (normalised input,
+  (a) study:     recipes/study.yaml's member mse_logits-sgd (study_unet, raw 0-255 input, SGD lr 1e-4,
+                 no augmentation), at params.yaml's batch size and precision
+  (b) forestseg: recipes/demo.yaml (params.yaml's defaults) member bce-adam (normalised input,
                  flips/rotations, colour jitter, batch-norm UNet)
 and the all-forest baseline. Prints test forest IoU, mIoU and Dice for each.
 
@@ -19,11 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.speed import SAMPLE  # noqa: E402
+from recipes import run as recipe  # noqa: E402
 from forestseg.config import SplitConfig, load_sections  # noqa: E402
 from forestseg.dataset import build_index, split_index, split_summary  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
@@ -41,8 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     if not (SAMPLE / "meta_data.csv").is_file():
         sys.exit(f"bench/quality.py needs the real sample: not found at {SAMPLE} (set FORESTSEG_SAMPLE)")
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    model, opt, train = load_sections(raw, "model", "optimizer", "train")
+    study_model, study_opt, study_train = load_sections(recipe.merged("study"), "model", "optimizer", "train")
+    model, opt, train = load_sections(recipe.merged("demo"), "model", "optimizer", "train")
     device = pick_device(train.device)
     tmp = Path(tempfile.mkdtemp(prefix="forestseg-quality-"))
 
@@ -60,11 +60,8 @@ def main() -> None:
     epochs = dict(epochs=args.epochs)
     recipes = {
         "study (study_unet, raw, mse_logits, sgd 1e-4)": (
-            Run("mse_logits", "sgd", args.seed),
-            dataclasses.replace(model, arch="study_unet", input="raw", batch_norm=False),
-            dataclasses.replace(opt, lr=1e-4, lr_overrides={}, schedule="step", step_epochs=5, warmup_epochs=0,
-                                momentum=0.0, weight_decay=0.0),
-            dataclasses.replace(train, augment=False, color_jitter=0.0, **epochs)),
+            Run("mse_logits", "sgd", args.seed), study_model, study_opt,
+            dataclasses.replace(study_train, batch_size=train.batch_size, precision=train.precision, **epochs)),
         f"forestseg (unet w{model.width} d{model.depth}, normalised, bce, adam {opt.lr:g})": (
             Run("bce", "adam", args.seed), model, dataclasses.replace(opt, lr_overrides={}),
             dataclasses.replace(train, **epochs)),

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,9 @@ def test_bad_source_fails_with_a_clear_message(repo: Path, tmp_path: Path) -> No
 
 
 def test_study_command_sets_the_study_protocol(repo: Path) -> None:
-    """study/run.sh, queued instead of run, records the 2022 protocol's params as an experiment."""
-    script = (repo / "study/run.sh").read_text().replace("exec dvc exp run", "exec dvc exp run --queue")
-    (repo / "study/queue.sh").write_text(script)
-    sh(repo, "bash", "study/queue.sh", "data/raw/Forest Segmented", "scene")
+    """The study recipe, queued instead of run, records the 2022 protocol's params as an experiment."""
+    sh(repo, sys.executable, "recipes/run.py", "study", "--queue", "-S", "data.source=data/raw/Forest Segmented",
+       "-S", "split.by=scene")
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     queued = [r for e in shown for x in (e.get("experiments") or []) for r in x["revs"]]
     params = queued[0]["data"]["params"]["params.yaml"]["data"]
