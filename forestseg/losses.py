@@ -34,6 +34,12 @@ def bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce(logits, target) + dice(logits, target)
 
 
+def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017): BCE weighted by (1 - p_t)^gamma, so easy pixels count less."""
+    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    return ((1 - torch.exp(-per_pixel)) ** gamma * per_pixel).mean()  # exp(-bce) is p_t
+
+
 @dataclass(frozen=True)
 class Loss:
     """A loss of the registry with its per-name facts."""
@@ -54,4 +60,5 @@ LOSSES: dict[str, Loss] = {
     "mse_logits": Loss(mse_logits, threshold=0.5),
     "dice": Loss(dice),
     "bce_dice": Loss(bce_dice),
+    "focal": Loss(focal),
 }

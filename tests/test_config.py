@@ -201,7 +201,7 @@ def test_params_that_are_not_a_mapping_are_rejected():
 # --- a stage, end to end -------------------------------------------------------------------------
 
 def run_split_stage(workdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "stages" / "split.py"), "a", "b", "c"],
+    return subprocess.run([sys.executable, str(REPO / "stages" / "split.py"), "a", "b"],
                           cwd=workdir, capture_output=True, text=True, timeout=120)
 
 
@@ -233,3 +233,8 @@ def test_stage_with_invalid_yaml_prints_one_line(tmp_path):
 
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_params_yaml_spells_out_the_dataclass_defaults(base):
+    """One source of defaults: the dataclasses; params.yaml (the demo recipe) is exactly them."""
+    assert load_sections(base, *SECTIONS) == tuple(cls() for cls in SECTIONS.values())

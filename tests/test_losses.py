@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forestseg.losses import LOSSES, bce, bce_dice, dice, mse, mse_logits
+from forestseg.losses import LOSSES, bce, bce_dice, dice, focal, mse, mse_logits
 
 
 def target() -> torch.Tensor:
@@ -29,7 +29,7 @@ def wrong(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def test_every_loss_is_listed() -> None:
-    assert set(LOSSES) == {"mse", "mse_logits", "bce", "dice", "bce_dice"}
+    assert set(LOSSES) == {"mse", "mse_logits", "bce", "dice", "bce_dice", "focal"}
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -103,3 +103,11 @@ def test_thresholds() -> None:
     assert LOSSES["mse_logits"].threshold == 0.5
     for name in set(LOSSES) - {"mse_logits"}:
         assert LOSSES[name].threshold == 0.0
+
+def test_focal_is_bce_scaled_down_on_easy_pixels() -> None:
+    t = target()
+    logits = torch.randn(t.shape, generator=torch.Generator().manual_seed(4)) * 3
+    assert focal(logits, t, gamma=0.0).item() == pytest.approx(bce(logits, t).item(), rel=1e-6)
+    assert focal(logits, t).item() < bce(logits, t).item()
+    easy, hard = torch.where(t > 0, 4.0, -4.0), torch.where(t > 0, -0.5, 0.5)
+    assert focal(easy, t) / bce(easy, t) < focal(hard, t) / bce(hard, t)  # easy pixels are down-weighted more
