@@ -292,7 +292,8 @@ def build_index(root: str | Path, images_out: str | Path, masks_out: str | Path,
 def _check_convention(root: Path, masks: str, forest: tuple, stats: Stats, kept: int, misfits: int,
                       skipped: list[dict], forest_pixels: int) -> None:
     """Stop when the set as a whole looks like another mask convention than data.masks."""
-    where = f"{root}/masks: data.masks is {masks!r}" + (f" with data.forest {list(forest)}" if forest else "")
+    shown = [list(f) if isinstance(f, tuple) else f for f in forest]
+    where = f"{root}/masks: data.masks is {masks!r}" + (f" with data.forest {shown}" if forest else "")
     if misfits > MISFIT_STOP * (kept + misfits):
         example = next(s["reason"] for s in skipped if "does not fit data.masks" in s["reason"])
         raise DataError(f"{where}, but {misfits} of {kept + misfits} masks do not fit it (e.g. {example}); "

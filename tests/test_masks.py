@@ -129,7 +129,7 @@ def test_colour_masks_under_the_default_stop(kaggle_like, tmp_path):
 
 
 def test_grey_masks_declared_as_colours_stop(kaggle_like, tmp_path):
-    with pytest.raises(DataError, match=r"data\.masks is 'colors' with data\.forest \[\(0, 255, 0\)\], but every "
+    with pytest.raises(DataError, match=r"data\.masks is 'colors' with data\.forest \[\[0, 255, 0\]\], but every "
                                         r"mask is grey .*set data\.masks: '0/255'"):
         index(kaggle_like, tmp_path, "colors", ((0, 255, 0),))
 
