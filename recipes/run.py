@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import re
 import shlex
 import subprocess
 import sys
@@ -49,14 +49,23 @@ def merged(name: str, base: dict | None = None) -> dict:
     return params
 
 
+def hydra(value) -> str:
+    """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(hydra(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {hydra(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and not re.fullmatch(r"[\w./-]+", value):
+        return "'" + value.replace("'", "\\'") + "'"
+    return str(value)
+
+
 def set_args(recipe: dict) -> list[str]:
     """`dvc exp run -S` arguments for a recipe's keys (mappings replaced whole with hydra's ++)."""
-    out = []
-    for section, values in recipe.items():
-        for key, value in values.items():
-            text = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
-            out += ["-S", f"{'++' if isinstance(value, dict) else ''}{section}.{key}={text}"]
-    return out
+    return [a for section, values in recipe.items() for key, value in values.items()
+            for a in ("-S", f"{'++' if isinstance(value, dict) else ''}{section}.{key}={hydra(value)}")]
 
 
 def main(argv: list[str]) -> int:
