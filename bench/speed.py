@@ -6,11 +6,16 @@ Prints, for one model on this machine:
     supported, foreach/fused optimizer) vs the study-style loop written below (PIL decode of each
     batch's JPEGs every step, raw 0-255 fp32 NCHW), and their ratio;
   - batch assembly (gather + cast + normalise) as a share of a training step;
-  - on CUDA, model FLOPs utilisation (achieved FLOP/s over the GPU's bf16 dense peak);
+  - the device's own limit, measured in the same run: the best bf16 and fp32 FLOP/s of a large
+    matmul, and model FLOPs utilisation (FLOPs counted by torch's FlopCounterMode, not estimated)
+    of training and of predict (forward only, batched windows), each over several repeats with
+    their spread (median [min-max]);
+  - predict images/s against training images/s of the same model;
   - peak RSS of the process.
 Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles otherwise.
 
-    python bench/speed.py [--width 16] [--depth 4] [--batch 16] [--steps 12]
+    python bench/speed.py [--width 16] [--depth 4] [--batch 16] [--steps 12] [--repeats 3]
+    python bench/speed.py --study --batch 160      # the study's UNet (on CUDA: the goal's setting)
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from forestseg.losses import bce  # noqa: E402
 from forestseg.model import build_model  # noqa: E402
 from forestseg.synthetic import generate  # noqa: E402
 from forestseg.config import Run  # noqa: E402
-from forestseg.device import pick_device  # noqa: E402
+from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
 
 SAMPLE = Path(os.environ.get("FORESTSEG_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "forest-sample"))
@@ -82,15 +87,58 @@ def assembly_seconds(tiles: Tiles, batch: int, steps: int, norm: Normalizer) -> 
     return (time.perf_counter() - t0) / steps
 
 
-def flops_per_image(model_cfg: ModelConfig, size: int, device: torch.device) -> float:
-    """Forward + backward FLOPs of one image, counted by torch's FlopCounterMode."""
+def flops(model_cfg: ModelConfig, size: int, device: torch.device, backward: bool) -> float:
+    """FLOPs of one image, forward (+ backward), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build_model(model_cfg).to(device)
     x = torch.randn(2, 3, size, size, device=device)
     with FlopCounterMode(display=False) as counter:
-        model(x).sum().backward()
+        out = model(x)
+        if backward:
+            out.sum().backward()
     return counter.get_total_flops() / 2
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """The best FLOP/s of an n x n matmul in `dtype`: the practical dense peak of this device."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    for _ in range(2):  # warm-up: kernel choice, thread pool, caches
+        a @ b
+    best = 0.0
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def spread(values: list[float]) -> str:
+    v = sorted(values)
+    return f"{v[len(v) // 2]:.1f} [{v[0]:.1f}-{v[-1]:.1f}]"
+
+
+def predict_speeds(model_path: Path, images: np.ndarray, device: torch.device, repeats: int) -> list[float]:
+    """Images/s of forestseg's predict path (windows of several images batched) over `repeats` passes."""
+    from forestseg.predict import Predictor
+
+    predictor = Predictor.load(model_path, device)
+    predictor.masks(list(images[:2]))  # warm-up
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        predictor.masks(list(images))
+        sync(device)
+        out.append(len(images) / (time.perf_counter() - t0))
+    return out
 
 
 def main() -> None:
@@ -98,9 +146,14 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=12, help="timed training steps per loop")
+    ap.add_argument("--steps", type=int, default=12, help="training steps per epoch (and study-style steps)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed epochs (after one warm-up epoch) and predict passes")
+    ap.add_argument("--study", action="store_true", help="the study's UNet instead of UNet width/depth")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (the train stage keeps freed memory: device.keep_freed_memory)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = ap.parse_args()
+    kept = False if args.default_malloc else keep_freed_memory()
     device = pick_device("auto")
     tmp = Path(tempfile.mkdtemp(prefix="forestseg-bench-"))
 
@@ -118,26 +171,48 @@ def main() -> None:
     print(f"pack: {pack:.2f} s for {n} pairs ({n / pack:.0f} pairs/s) -> {5108 * pack / n:.1f} s extrapolated to 5108 pairs; "
           f"packed size {DataLayout(tmp).images.stat().st_size / 2**20 + DataLayout(tmp).masks.stat().st_size / 2**20:.0f} MiB")
 
-    model_cfg = ModelConfig(arch="unet", width=args.width, depth=args.depth, batch_norm=True, input="normalized")
-    rows = np.arange(min(n, args.batch * (args.steps + 1)))
+    model_cfg = ModelConfig(arch="study_unet" if args.study else "unet", width=args.width, depth=args.depth,
+                            batch_norm=True, input="normalized")
+    rows = np.arange(min(n, args.batch * args.steps))
     tiles = load_tiles(DataLayout(tmp), rows, device)
     test = Tiles(tiles.images[:args.batch], tiles.masks[:args.batch])
     opt_cfg = OptimizerConfig(lr=1e-4, lr_overrides={}, step_epochs=100, gamma=0.1, momentum=0.0, weight_decay=0.0)
-    print(f"model: UNet width {args.width} depth {args.depth}, batch {args.batch}, "
-          f"{sum(p.numel() for p in build_model(model_cfg).parameters()) / 1e6:.2f} M params, {len(tiles)} tiles per epoch")
-    speeds = {}
+    size = report["tile_size"][0]
+    train_flops, fwd_flops = flops(model_cfg, size, device, backward=True), flops(model_cfg, size, device, backward=False)
+    name = "the study's UNet" if args.study else f"UNet width {args.width} depth {args.depth}"
+    print(f"model: {name}, batch {args.batch}, {sum(p.numel() for p in build_model(model_cfg).parameters()) / 1e6:.2f} M "
+          f"params, {len(tiles)} tiles per epoch; {train_flops / 1e9:.1f} GFLOP per training image (forward + backward), "
+          f"{fwd_flops / 1e9:.1f} GFLOP per predicted image (counted)")
+    peaks = {dtype: matmul_peak(device, dtype) for dtype in (torch.bfloat16, torch.float32)}
+    print(f"device limit: {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s bf16, {peaks[torch.float32] / 1e9:.0f} GFLOP/s fp32 "
+          f"(best 2048x2048 matmul, measured now)")
+
+    speeds, best_model = {}, None
     for precision, compile_ in [("auto", False), ("fp32", False)] + ([("auto", True)] if args.compile else []):
-        train_cfg = TrainConfig(epochs=2, batch_size=args.batch, test_batch_size=args.batch, device=device.type,
-                                precision=precision, augment=True, channels_last=True, compile=compile_, diverge_factor=1e9)
-        result = train_run(Run("bce", "adam", 0), model_cfg, opt_cfg, train_cfg, tiles, test,
-                           tmp / f"{precision}{compile_}", tmp / f"{precision}{compile_}.pt", "bench",
-                           log=lambda s: None)
-        # epoch 1 includes one-off warm-up (kernel selection, allocator, compilation): time epoch 2
-        speed = len(tiles) / result.history[-1]["train_seconds"]
+        train_cfg = TrainConfig(epochs=1 + args.repeats, batch_size=args.batch, test_batch_size=args.batch,
+                                device=device.type, precision=precision, augment=True, channels_last=True,
+                                compile=compile_, diverge_factor=1e9)
+        folder = tmp / f"{precision}{compile_}"
+        result = train_run(Run("bce", "adam", 0), model_cfg, opt_cfg, train_cfg, tiles, test, folder,
+                           folder / "resume.pt", "bench", log=lambda s: None)
+        # epoch 1 includes one-off warm-up (kernel selection, allocator, compilation): time the others
+        per_epoch = [len(tiles) / h["train_seconds"] for h in result.history[1:]]
         label = result.metrics["precision"] + (", torch.compile" if compile_ else "")
-        speeds[label] = speed
-        print(f"forestseg:   {speed:8.1f} images/s  ({label}, channels_last, packed uint8 tiles)")
+        peak = peaks[torch.bfloat16 if result.metrics["precision"] == "bf16" else torch.float32]
+        mfu = [v * train_flops / peak for v in per_epoch]
+        speeds[label] = float(np.median(per_epoch))
+        best_model = best_model or folder / "model.pt"
+        print(f"forestseg train: {spread(per_epoch)} images/s ({label}); MFU {spread([100 * m for m in mfu])} % "
+              f"of the {'bf16' if 'bf16' in label else 'fp32'} peak")
     ours = max(speeds.values())
+
+    images = tiles.images[:min(len(tiles), 4 * args.batch)].cpu().numpy()
+    predicted = predict_speeds(best_model, images, device, args.repeats)
+    bf16_predict = device.type == "cuda" or use_bf16("auto", device)
+    peak = peaks[torch.bfloat16 if bf16_predict else torch.float32]
+    print(f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, windows of "
+          f"{len(images)} images batched); MFU {spread([100 * v * fwd_flops / peak for v in predicted])} %; "
+          f"{np.median(predicted) / ours:.2f}x the training images/s (goal >= 3x)")
 
     names = list(zip(index["image"], index["mask"]))
     theirs = study_style_steps(root, names, model_cfg, args.batch, args.steps, device)
@@ -149,11 +224,11 @@ def main() -> None:
     print(f"batch assembly: {share:.1%} of a training step")
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        achieved = flops_per_image(model_cfg, report["tile_size"][0], device) * ours
-        mfu = f"{achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak else "peak unknown for this GPU"
-        print(f"MFU: {achieved / 1e12:.1f} TFLOP/s achieved on {name}: {mfu}")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+        table = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        print(f"{name}: datasheet bf16 dense peak {table / 1e12:.0f} TFLOP/s" if table else f"{name}: no datasheet peak")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"peak RSS: {usage.ru_maxrss / 2**10:.0f} MiB; CPU time {usage.ru_utime:.1f} s user, {usage.ru_stime:.1f} s "
+          f"system; malloc {'keeps freed memory' if kept else 'glibc default'}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Which device and precision a run uses; no other module decides it."""
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import tempfile
@@ -80,3 +81,23 @@ def _cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory in the process instead of returning it to the kernel.
+
+    A training step frees and reallocates the same activation buffers every step; by default glibc
+    serves buffers above 32 MiB with mmap/munmap and trims the heap, so every step pays page faults
+    and zeroing in the kernel. Serving everything from the heap and never trimming removes that
+    churn (the process keeps its peak, which a training process reaches anyway). Returns False
+    where the C library is not glibc (nothing changes).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .checkpoint import fingerprint, read_resume, write_model, write_resume
 from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
-from .device import pick_device, use_bf16
+from .device import keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
 from .loader import Normalizer, Tiles, batches, load_split, to_input
 from .losses import LOSSES
@@ -246,6 +246,8 @@ def train_member(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, tra
     its metrics say `"status": "diverged"` and its model file holds no weights.
     """
     device = pick_device(train_cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no allocator churn between steps (see bench/speed.py --default-malloc)
     tiles = load_split(layout, device)
     if train_cfg.batch_size > len(tiles["train"]):
         raise ForestsegError(f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
