@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
+from .config import PIXEL_SIZE_M, ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
 from .device import use_bf16
 from .io import write_torch
 from .loader import Normalizer, Tiles, batches, to_input
@@ -133,12 +133,14 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Cal
 
 def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig,
               train: Tiles, test: Tiles, checkpoint: Path, fingerprint: str,
-              log: Callable[[str], None] = print, val: Tiles | None = None) -> Result:
+              log: Callable[[str], None] = print, val: Tiles | None = None,
+              pixel_size_m: float = PIXEL_SIZE_M) -> Result:
     """Train one run to train_cfg.epochs, resuming from `checkpoint` when its fingerprint matches.
 
     With `val`, the model of the epoch with the best validation mIoU is also kept, as best.pt
     beside `checkpoint`; the model is never chosen on test. Raises Diverged (carrying the history
-    so far) on a non-finite or exploding loss.
+    so far) on a non-finite or exploding loss. `pixel_size_m`, the ground size of a tile's pixel,
+    is stored for predict, which resamples other imagery to it.
     """
     device = train.images.device
     tile = min(train.images.shape[1:3])
@@ -159,7 +161,8 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
         gens["jitter"] = torch.Generator().manual_seed(run.seed + 2_000_003)
     norm = Normalizer.fit(train.images) if model_cfg.input == "normalized" else Normalizer()
     # what predict needs beside the weights; the same in last.pt and best.pt
-    portable = {"run": run.name, "normalizer": asdict(norm), "tile_size": int(train.images.shape[1])}
+    portable = {"run": run.name, "normalizer": asdict(norm), "tile_size": int(train.images.shape[1]),
+                "pixel_size_m": float(pixel_size_m)}
 
     model = build_model(model_cfg).to(device)
     if train_cfg.channels_last:
