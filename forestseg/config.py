@@ -16,6 +16,7 @@ SPLITS = ("scene", "tile")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 INPUTS = ("normalized", "raw")
+PIXEL_SIZE_M = 0.5  # ground size of a pixel of the Kaggle/DeepGlobe tiles (and of the synthetic ones)
 
 
 class ConfigError(ForestsegError):
@@ -59,9 +60,14 @@ class DataConfig:
     source: str = "data/synthetic"
     masks: str = "0/255"  # a convention of forestseg.masks.CONVENTIONS
     forest: tuple = ()  # class ids (masks: classes) or RGB colours (masks: colors) that are forest
+    # Metres on the ground per pixel of the tiles; stored in checkpoints so predict can resample
+    # other imagery to the resolution the model learned.
+    pixel_size_m: float = PIXEL_SIZE_M
 
     def __post_init__(self) -> None:
         from .masks import CONVENTIONS
+
+        _positive("data.pixel_size_m", self.pixel_size_m)
 
         _choice("data.masks", self.masks, tuple(CONVENTIONS))
         needs = CONVENTIONS[self.masks].needs_forest

@@ -309,7 +309,8 @@ def index_folder(source: str | Path, layout: DataLayout, cfg: DataConfig) -> dic
     returns the index report."""
     index, report = build_index(source, layout.images, layout.masks, cfg.masks, cfg.forest)
     # content digest of the arrays: the train stage's resume fingerprint, without re-reading hundreds of MB per run
-    write_json(layout.digest, {p.name: sha256_of(p) for p in (layout.images, layout.masks)})
+    write_json(layout.digest, {**{p.name: sha256_of(p) for p in (layout.images, layout.masks)},
+                               "pixel_size_m": cfg.pixel_size_m})
     write_csv(layout.index_csv, index)
     return report
 

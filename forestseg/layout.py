@@ -1,6 +1,7 @@
 """The data folder's files, named once (dvc.yaml names the same paths as stage outputs)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,12 @@ class DataLayout:
 
     @property
     def digest(self) -> Path:
-        """SHA-256 of the packed arrays: their content in a few bytes, for resume fingerprints."""
+        """Facts of the packed arrays: their SHA-256 (their content in a few bytes, for resume
+        fingerprints) and the ground size of a pixel (data.pixel_size_m, for the model file)."""
         return self.packed / "sha256.json"
+
+    def pixel_size_m(self) -> float:
+        return float(json.loads(self.digest.read_text())["pixel_size_m"])
 
     def content(self) -> list[Path]:
         """Small files that together pin the data's content: the index, the split and the arrays' digest."""

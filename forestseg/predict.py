@@ -1,15 +1,23 @@
 """Segment images with a trained checkpoint; images larger than a training tile are cut into
-overlapping windows whose probabilities are blended with a smooth weight, so no seams show."""
+overlapping windows whose probabilities are blended with a smooth weight, so no seams show.
+
+One piece of code, `Predictor.stream`, does the tiling for in-memory arrays and for rasters read
+window by window: it walks the image in vertical panels `block` pixels wide and, inside a panel,
+in groups of window rows, and hands each finished strip of logits to a sink. Its memory depends
+on the tile, the batch and the block, never on the image size.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
+
 from .checkpoint import read_model
-from .config import ConfigError, ForestsegError, ModelConfig, ReportConfig
+from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig
 from .images import ImageError, decode
 from .layout import DataLayout
 from .loader import Normalizer, to_input
@@ -17,6 +25,19 @@ from .model import build_model
 
 # Error map colours: true positive, false positive, false negative (true negative stays black).
 TP, FP, FN = (34, 139, 34), (230, 159, 0), (204, 0, 204)
+# Checkpoints written before training recorded the pixel size are assumed to be at the Kaggle/DeepGlobe 0.5 m.
+DEFAULT_PIXEL_SIZE_M = PIXEL_SIZE_M
+BLOCK = 2048  # panel width of Predictor.stream, in pixels
+
+# (row0, row1, col0, col1) -> (row1 - row0, col1 - col0, 3) uint8 pixels of the image
+Reader = Callable[[int, int, int, int], np.ndarray]
+# (row0, col0, logits): a finished (h, w) float32 strip of raw outputs whose top-left pixel is (row0, col0)
+Sink = Callable[[int, int, np.ndarray], None]
+
+
+def window_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of windows of `tile` px every `stride` px along `size` >= tile px; the last one flush with the end."""
+    return sorted({*range(0, size - tile, stride), size - tile})
 
 
 @dataclass(frozen=True)
@@ -26,10 +47,13 @@ class Predictor:
     tile: int
     cut: float  # the raw output above which a pixel is forest
     device: torch.device
+    loss: str = "bce"
+    pixel_size_m: float = DEFAULT_PIXEL_SIZE_M  # ground size of a training pixel
+    pixel_size_recorded: bool = True  # False: an older checkpoint, pixel_size_m is the default
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device) -> "Predictor":
-        """A model, its input normalisation, tile size and threshold from a model file written by training."""
+        """A model, its input normalisation, tile size, threshold and pixel size from a model file written by training."""
         state = read_model(path)
         try:
             model = build_model(ModelConfig(**state["model"]))
@@ -37,33 +61,104 @@ class Predictor:
         except (ConfigError, TypeError, RuntimeError) as e:
             raise ForestsegError(f"{path}: the weights do not match the model its params describe ({e})") from None
         norm = Normalizer(tuple(state["normalizer"]["mean"]), tuple(state["normalizer"]["std"]))
-        return cls(model.to(device).eval(), norm, int(state["tile_size"]), float(state["threshold"]), device)
+        pixel = state.get("pixel_size_m")
+        if pixel is not None and not (isinstance(pixel, (int, float)) and pixel > 0):
+            raise ForestsegError(f"{path}: pixel_size_m {pixel!r} is not a positive number of metres")
+        return cls(model.to(device).eval(), norm, int(state["tile_size"]), float(state["threshold"]), device,
+                   state["loss"], float(pixel) if pixel is not None else DEFAULT_PIXEL_SIZE_M, pixel is not None)
+
+    def probability(self, logits: np.ndarray) -> np.ndarray:
+        """Forest probability in [0, 1] of raw outputs: a sigmoid, except for the study's MSE on raw
+        outputs, whose outputs already approximate 0/1."""
+        if self.loss == "mse_logits":
+            return np.clip(logits, 0.0, 1.0).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
+
+    def windows(self, height: int, width: int, overlap: int | None = None, block: int = BLOCK) -> int:
+        """How many model windows `stream` runs on an image of this size (for progress bars)."""
+        t = self.tile
+        if height < t or width < t:
+            return self.windows(max(height, t), max(width, t), overlap, block)
+        stride = max(1, t - (t // 4 if overlap is None else overlap))
+        xs = window_starts(width, t, stride)
+        per_row = sum(sum(1 for x in xs if x < min(width, c0 + block) and x + t > c0) for c0 in range(0, width, block))
+        return per_row * len(window_starts(height, t, stride))
 
     @torch.no_grad()
-    def logits(self, image: np.ndarray, overlap: int | None = None, batch: int = 8) -> np.ndarray:
-        """(H, W, 3) uint8 -> (H, W) float32 raw outputs, tiled with overlapping windows."""
+    def _run(self, tiles: np.ndarray) -> np.ndarray:
+        """(B, t, t, 3) uint8 -> (B, t, t) float32 raw outputs."""
+        x = torch.from_numpy(tiles).to(self.device)
+        return self.model(to_input(x, self.norm)).float().cpu().numpy()
+
+    def stream(self, read: Reader, height: int, width: int, sink: Sink, overlap: int | None = None,
+               block: int = BLOCK, batch: int = 8, progress: Callable[[int], None] | None = None) -> None:
+        """Predict an image of (height, width) read through `read`, handing finished logits to `sink`.
+
+        Windows of one tile every tile - overlap px are blended with weights that fall towards each
+        window's edge. The image is walked in panels `block` px wide (windows crossing a panel's
+        edge run for both panels), each panel top to bottom in groups of `batch` window rows; the
+        sink gets each panel's rows in order, panel after panel. A model batch is always the
+        windows of one column of one group, and every pixel sums its windows in the same order
+        (group by group, column by column, row by row), so the result is the same, bit for bit,
+        whatever `block` is: reading a raster by windows gives exactly the in-memory prediction.
+        Memory: two float32 buffers of ((batch - 1) * stride + tile) x (block + 2 * tile) pixels.
+        """
         t = self.tile
         overlap = t // 4 if overlap is None else overlap
-        h, w = image.shape[:2]
-        H, W = max(h, t), max(w, t)
-        # Reflect-pad small images up to one tile: the model saw whole tiles in training.
-        padded = np.pad(image, ((0, H - h), (0, W - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+        if height < t or width < t:
+            # Reflect-pad small images up to one tile: the model saw whole tiles in training.
+            image = read(0, height, 0, width)
+            H, W = max(height, t), max(width, t)
+            padded = np.pad(image, ((0, H - height), (0, W - width), (0, 0)), mode="reflect" if min(height, width) > 1 else "edge")
+            full = np.empty((H, W), np.float32)
+
+            def keep(r0: int, c0: int, logits: np.ndarray) -> None:
+                full[r0:r0 + logits.shape[0], c0:c0 + logits.shape[1]] = logits
+
+            self.stream(lambda r0, r1, c0, c1: padded[r0:r1, c0:c1], H, W, keep, overlap, block, batch, progress)
+            sink(0, 0, full[:height, :width])
+            return
         stride = max(1, t - overlap)
-        ys = sorted({*range(0, H - t, stride), H - t})
-        xs = sorted({*range(0, W - t, stride), W - t})
+        ys, xs = window_starts(height, t, stride), window_starts(width, t, stride)
         ramp = np.minimum(np.arange(t) + 1, np.arange(t)[::-1] + 1).astype(np.float32)
         weight = np.minimum(ramp[:, None], ramp[None, :])  # highest in a window's centre, low at its edges
-        total = np.zeros((H, W), np.float32)
-        norm = np.zeros((H, W), np.float32)
-        windows = [(y, x) for y in ys for x in xs]
-        for i in range(0, len(windows), batch):
-            chunk = windows[i:i + batch]
-            x = torch.from_numpy(np.stack([padded[y:y + t, x0:x0 + t] for y, x0 in chunk])).to(self.device)
-            out = self.model(to_input(x, self.norm)).float().cpu().numpy()
-            for (y, x0), o in zip(chunk, out):
-                total[y:y + t, x0:x0 + t] += o * weight
-                norm[y:y + t, x0:x0 + t] += weight
-        return (total / norm)[:h, :w]
+        span = min(height, (batch - 1) * stride + t)  # the most rows one group of window rows covers
+        for c0 in range(0, width, block):
+            c1 = min(width, c0 + block)
+            cols = [x for x in xs if x < c1 and x + t > c0]  # every window that reaches into the panel
+            x_lo, x_hi = cols[0], cols[-1] + t
+            # Partial sums of rows top .. top + span; rows above `top` are finished and handed out.
+            total = np.zeros((span, x_hi - x_lo), np.float32)
+            norm = np.zeros_like(total)
+            top = 0
+            for i in range(0, len(ys), batch):
+                rows = ys[i:i + batch]  # rows[0] == top
+                y_hi = rows[-1] + t
+                pixels = read(top, y_hi, x_lo, x_hi)
+                for x in cols:  # one model batch: this column's windows of the group, top to bottom
+                    out = self._run(np.stack([pixels[y - top:y - top + t, x - x_lo:x - x_lo + t] for y in rows]))
+                    for y, o in zip(rows, out):
+                        total[y - top:y - top + t, x - x_lo:x - x_lo + t] += o * weight
+                        norm[y - top:y - top + t, x - x_lo:x - x_lo + t] += weight
+                    if progress is not None:
+                        progress(len(rows))
+                done = ys[i + batch] if i + batch < len(ys) else height  # no later window reaches above this row
+                sink(top, c0, total[:done - top, c0 - x_lo:c1 - x_lo] / norm[:done - top, c0 - x_lo:c1 - x_lo])
+                carry = y_hi - done  # rows the next group adds to: move them to the buffer's top
+                total[:carry], norm[:carry] = total[done - top:y_hi - top], norm[done - top:y_hi - top]
+                total[carry:], norm[carry:] = 0, 0
+                top = done
+
+    def logits(self, image: np.ndarray, overlap: int | None = None, batch: int = 8, block: int = BLOCK) -> np.ndarray:
+        """(H, W, 3) uint8 -> (H, W) float32 raw outputs, tiled with overlapping windows."""
+        h, w = image.shape[:2]
+        out = np.empty((h, w), np.float32)
+
+        def keep(r0: int, c0: int, logits: np.ndarray) -> None:
+            out[r0:r0 + logits.shape[0], c0:c0 + logits.shape[1]] = logits
+
+        self.stream(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], h, w, keep, overlap, block, batch)
+        return out
 
     def mask(self, image: np.ndarray, overlap: int | None = None) -> np.ndarray:
         """(H, W) bool forest mask."""

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import fingerprint, read_resume, write_model, write_resume
-from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
+from .config import PIXEL_SIZE_M, ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
 from .device import keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
 from .loader import Normalizer, Tiles, batches, load_split, to_input
@@ -147,13 +147,15 @@ def _generators(seed: int, cfg: TrainConfig) -> dict[str, torch.Generator]:
 
 def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig,
               train: Tiles, test: Tiles, model_dir: Path, resume: Path, fingerprint: str,
-              log: Callable[[str], None] = print, val: Tiles | None = None) -> Result:
+              log: Callable[[str], None] = print, val: Tiles | None = None,
+              pixel_size_m: float = PIXEL_SIZE_M) -> Result:
     """Train one run to train_cfg.epochs, resuming from the `resume` file when its fingerprint matches
     (it is rewritten after every epoch); writes the model file model_dir/model.pt at the end.
 
     With `val`, the model of the epoch with the best validation mIoU is also kept, as
     model_dir/best.pt; the model is never chosen on test. Raises Diverged (carrying the history
-    so far) on a non-finite or exploding loss.
+    so far) on a non-finite or exploding loss. `pixel_size_m`, the ground size of a tile's pixel,
+    is stored for predict, which resamples other imagery to it.
     """
     device = train.images.device
     tile, smallest = min(train.images.shape[1:3]), ARCHS[model_cfg.arch].smallest_tile(model_cfg)
@@ -167,7 +169,7 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
     norm = Normalizer.fit(train.images) if model_cfg.input == "normalized" else Normalizer()
     # what predict needs beside the weights; the same in model.pt and best.pt
     portable = {"run": run.name, "loss": run.loss, "threshold": LOSSES[run.loss].threshold, "model": asdict(model_cfg),
-                "normalizer": asdict(norm), "tile_size": int(train.images.shape[1])}
+                "normalizer": asdict(norm), "tile_size": int(train.images.shape[1]), "pixel_size_m": float(pixel_size_m)}
 
     model = build_model(model_cfg).to(device)
     if train_cfg.channels_last:
@@ -256,7 +258,7 @@ def train_member(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, tra
     fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, layout.content())
     try:
         result = train_run(run, model_cfg, opt_cfg, train_cfg, tiles["train"], tiles["test"], model_dir, resume, fp,
-                           val=tiles.get("val"))
+                           val=tiles.get("val"), pixel_size_m=layout.pixel_size_m())
         return result.history, result.metrics
     except Diverged as e:
         print(f"warning: {e}")

@@ -1,0 +1,495 @@
+"""Forest maps of georeferenced rasters: a GeoTIFF in, a georeferenced forest mask and its area out.
+
+A raster is read and written by windows, so memory depends on the model's tile and the block
+size, never on the raster's size. The model runs at the ground resolution it was trained at
+(the checkpoint's `pixel_size_m`): a raster of another resolution is resampled to it on the fly
+(a GDAL warped VRT) and the logits are resampled back onto the raster's own grid before they
+are thresholded. Nodata and alpha areas of the input stay nodata in the mask, which is written
+with the input's CRS and transform as a Cloud-Optimised GeoTIFF (0 = not forest, 1 = forest,
+255 = nodata). Areas come from the CRS's linear unit and the pixel size; geographic CRSs
+(degrees) are refused unless a projected CRS to warp to is given.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import calculate_default_transform, transform_geom
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from .errors import ForestsegError
+from .io import atomic_path
+from .predict import BLOCK, Predictor
+
+RASTER_SUFFIXES = {".tif", ".tiff"}
+NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
+TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
+SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are
+LOGIT_SCALE = 256  # resampled logits are stored as int16 (logit - cut) * 256: 1/256 steps, half the disk of float32
+# GDAL keeps written blocks in its cache (5% of RAM by default) until the file closes: bound it, or
+# a large mask would sit in memory. In MB.
+GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_TIFF_INTERNAL_MASK": True}
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How rasters are mapped; the CLI's flags."""
+
+    bands: tuple[int, ...] = (1, 2, 3)  # 1-based band numbers read as red, green, blue
+    resample: bool = True  # resample to the model's pixel size (False: predict at the raster's own)
+    reproject: str | None = None  # a projected CRS to warp to (needed for geographic rasters)
+    probability: str | None = None  # also write the forest probability: "uint8" (0-255) or "float32" (0-1)
+    polygons: bool = False  # also write forest polygons as GeoJSON
+    min_area_m2: float = 0.0  # polygons smaller than this are dropped
+    overlap: int | None = None  # pixels shared by neighbouring model windows (default tile/4)
+    block: int = BLOCK  # panel width in pixels: memory grows with it
+    batch: int = 8
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Raster:
+    """A georeferenced raster checked by `check_raster`: it can be mapped in `crs`."""
+
+    path: Path
+    crs: CRS  # the CRS of the map: the raster's own, or the one to warp to
+    unit_m: float  # metres per unit of `crs`
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForestArea:
+    """One row of forest_area.csv."""
+
+    file: str
+    crs: str
+    pixel_size_m: float  # side of a pixel of the mask (the input's grid), in metres
+    model_pixel_size_m: float  # the ground resolution the model ran at
+    resampled: bool
+    valid_ha: float  # area with data (not nodata / transparent)
+    forest_ha: float
+    forest_share: float | None  # forest_ha / valid_ha; None when nothing is valid
+    mask: str
+    polygons: int | None = None  # forest polygons written (with --polygons)
+
+
+def parse_crs(text: str) -> CRS:
+    """A projected CRS from user input such as 'EPSG:32633'; refuses unknown and geographic ones."""
+    try:
+        crs = CRS.from_user_input(text)
+    except CRSError as e:
+        raise ForestsegError(f"--reproject {text}: not a CRS GDAL knows ({e}); give e.g. EPSG:32633") from None
+    if not crs.is_projected:
+        raise ForestsegError(f"--reproject {text}: is not a projected CRS (areas need metres or feet); "
+                             "give a projected one, e.g. the UTM zone of the area (EPSG:326<zone> north, 327<zone> south)")
+    return crs
+
+
+def utm_suggestion(lon: float, lat: float) -> str:
+    """The EPSG code of the WGS 84 UTM zone at (lon, lat), e.g. 'EPSG:32633'."""
+    zone = min(60, max(1, int((lon + 180) // 6) + 1))
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def _one_line(e: BaseException) -> str:
+    """GDAL's reason on one line: rasterio's own message often only says 'see previous exception',
+    so the first message of the chain that names the failure is used."""
+    chain = []
+    while e is not None and len(chain) < 5:
+        chain.append(" ".join(str(e).split()) or type(e).__name__)
+        e = e.__cause__ or e.__context__
+    useful = [m for m in chain if "previous exception" not in m]
+    return useful[0] if useful else chain[0]
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster with the bounded GDAL cache; unreadable files become one ForestsegError line."""
+    with rasterio.Env(**GDAL_ENV):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain TIFFs are told apart below
+                src = rasterio.open(path)
+        except (RasterioError, OSError) as e:
+            raise ForestsegError(f"{path}: cannot be read as a GeoTIFF ({_one_line(e)})") from None
+        with src:
+            yield src
+
+
+def check_raster(path: Path, opts: MapOptions) -> Raster | None:
+    """Check, from its header, that `path` can be mapped with `opts`; raises ForestsegError (one line)
+    naming the file and the fix. Returns None for a TIFF with no georeference at all, which is read
+    as a plain picture like a PNG."""
+    target = parse_crs(opts.reproject) if opts.reproject else None
+    with _open(path) as src:
+        gcps, _ = src.gcps
+        if src.transform.is_identity and src.crs is None and not gcps:
+            return None
+        if src.transform.is_identity:
+            raise ForestsegError(f"{path}: is georeferenced by ground control points only, not by a grid; warp it "
+                                 f"onto one first (gdalwarp -t_srs EPSG:<code> {path.name} out.tif)")
+        if src.crs is None:
+            raise ForestsegError(f"{path}: has a pixel grid but no CRS, so its pixels have no size on the ground; "
+                                 f"assign the CRS it was made in (gdal_edit.py -a_srs EPSG:<code> {path.name})")
+        if src.count < 3:
+            palette = " (a palette image: expand it with gdal_translate -expand rgb)" if src.count == 1 and _has_colormap(src) else ""
+            raise ForestsegError(f"{path}: has {src.count} band(s){palette}; forest maps need 3 colour bands "
+                                 "(red, green, blue)")
+        bands = ",".join(map(str, opts.bands))
+        outside = [b for b in opts.bands if not 1 <= b <= src.count]
+        if outside:
+            raise ForestsegError(f"--bands {bands}: {path} has {src.count} bands (1..{src.count}), no band {outside[0]}")
+        alpha = [b for b in opts.bands if src.colorinterp[b - 1] == ColorInterp.alpha]
+        if alpha:
+            raise ForestsegError(f"--bands {bands}: band {alpha[0]} of {path} is its alpha (transparency) band, not a colour")
+        dtypes = {src.dtypes[b - 1] for b in opts.bands}
+        if dtypes != {"uint8"}:
+            raise ForestsegError(f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; the model learned 8-bit colour: "
+                                 f"convert with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif")
+        crs = target or src.crs
+        if crs.is_geographic:
+            lon, lat = (src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2
+            raise ForestsegError(f"{path}: its CRS ({_crs_name(src.crs)}) is geographic (degrees), so pixels have no "
+                                 f"fixed area; rerun with --reproject {utm_suggestion(lon, lat)} (the UTM zone there) "
+                                 "or another projected CRS")
+        try:
+            unit_name, unit_m = crs.linear_units_factor
+        except CRSError:
+            raise ForestsegError(f"{path}: the linear unit of its CRS ({_crs_name(crs)}) is unknown, so areas cannot be "
+                                 "computed; reproject it with --reproject EPSG:<code>") from None
+        notes = []
+        chosen = [src.colorinterp[b - 1] for b in opts.bands]
+        if chosen == [ColorInterp.blue, ColorInterp.green, ColorInterp.red]:
+            order = ",".join(str(opts.bands[i]) for i in (2, 1, 0))
+            notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
+        if crs.to_epsg() == 3857:
+            notes.append(f"{path.name}: Web Mercator areas are inflated by 1/cos(latitude)^2; for true hectares "
+                         "pass --reproject with the local UTM zone")
+        return Raster(path, crs, float(unit_m), tuple(notes))
+
+
+def _has_colormap(src: rasterio.io.DatasetReader) -> bool:
+    try:
+        src.colormap(1)
+        return True
+    except ValueError:
+        return False
+
+
+def _crs_name(crs: CRS) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else (crs.to_string()[:60] or "a custom CRS")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up or rotated raster grid: CRS, transform and size."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    def pixel_sides(self, unit_m: float) -> tuple[float, float]:
+        """(x, y) side of a pixel in metres."""
+        t = self.transform
+        return math.hypot(t.a, t.d) * unit_m, math.hypot(t.b, t.e) * unit_m
+
+    def pixel_area_m2(self, unit_m: float) -> float:
+        t = self.transform
+        return abs(t.a * t.e - t.b * t.d) * unit_m ** 2
+
+
+def _footprint(src: rasterio.io.DatasetReader) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of the raster's corners (right for rotated grids too)."""
+    t = src.transform
+    xs, ys = zip(*(t @ (c, r) for c in (0, src.width) for r in (0, src.height)))
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _regrid(src: rasterio.io.DatasetReader, crs: CRS, resolution: float | None = None) -> Grid:
+    """A north-up grid in `crs` covering the raster: at `resolution` (CRS units), or at GDAL's choice
+    (about the raster's own) when None."""
+    extra = {"resolution": resolution} if resolution else {}
+    transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *_footprint(src), **extra)
+    return Grid(crs, transform, int(width), int(height))
+
+
+def _warp(src: Any, grid: Grid, resampling: Resampling, alpha: bool = False) -> WarpedVRT:
+    """`src` seen on `grid`, warped on the fly. With alpha, areas without data (nodata, the
+    source's alpha or mask, or outside its footprint) read as invalid in dataset_mask()."""
+    extra = {"add_alpha": True} if alpha and ColorInterp.alpha not in src.colorinterp else {}
+    return WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                     resampling=resampling, **extra)
+
+
+def _reader(ds: Any, bands: tuple[int, ...]) -> Callable[[int, int, int, int], np.ndarray]:
+    """Predictor.stream's reader over bands of a dataset: (row0, row1, col0, col1) -> (h, w, 3) uint8."""
+    def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        pixels = ds.read(indexes=list(bands), window=Window(c0, r0, c1 - c0, r1 - r0))
+        return np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
+    return read
+
+
+def _profile(grid: Grid, dtype: str, nodata: float | None) -> dict:
+    return {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": dtype,
+            "crs": grid.crs, "transform": grid.transform, "nodata": nodata, "tiled": True,
+            "blockxsize": TIFF_BLOCK, "blockysize": TIFF_BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+
+
+class _Strips:
+    """Writes the strips Predictor.stream hands out (panel after panel, each top to bottom) into a
+    tiled GTiff in whole blocks: rows are held until a block row is complete, so GDAL never writes
+    a block twice (which would leave dead, compressed copies in the file)."""
+
+    def __init__(self, ds: Any, with_mask: bool = False):
+        self.ds, self.with_mask = ds, with_mask
+        self.c0: int | None = None
+        self.r0 = 0
+        self.parts: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def put(self, r0: int, c0: int, data: np.ndarray, mask: np.ndarray | None = None) -> None:
+        if c0 != self.c0:
+            self.flush()
+            self.c0, self.r0 = c0, r0
+        self.parts.append((data, mask))
+        end = r0 + data.shape[0]
+        whole = end if end == self.ds.height else end // TIFF_BLOCK * TIFF_BLOCK
+        if whole > self.r0:
+            self._write(whole)
+
+    def _write(self, upto: int) -> None:
+        data = np.concatenate([d for d, _ in self.parts]) if len(self.parts) > 1 else self.parts[0][0]
+        mask = (np.concatenate([m for _, m in self.parts]) if len(self.parts) > 1 else self.parts[0][1]) if self.with_mask else None
+        n = upto - self.r0
+        window = Window(self.c0, self.r0, data.shape[1], n)
+        self.ds.write(data[:n], 1, window=window)
+        if mask is not None:
+            self.ds.write_mask(mask[:n], window=window)
+        self.parts = [(data[n:], mask[n:] if mask is not None else None)] if n < len(data) else []
+        self.r0 = upto
+
+    def flush(self) -> None:
+        if self.parts and sum(len(d) for d, _ in self.parts):
+            self._write(self.r0 + sum(len(d) for d, _ in self.parts))
+        self.parts = []
+
+
+class _MapWriter:
+    """Thresholds finished logits into the mask (and probability) GTiffs, counting valid and forest pixels."""
+
+    def __init__(self, predictor: Predictor, grid: Grid, folder: Path, probability: str | None):
+        self.predictor, self.probability = predictor, probability
+        self.valid = self.forest = 0
+        self.files = {"mask": folder / "mask.tif"}
+        self.mask = _Strips(rasterio.open(self.files["mask"], "w", **_profile(grid, "uint8", NODATA)))
+        self.prob: _Strips | None = None
+        if probability:
+            self.files["probability"] = folder / "probability.tif"
+            # uint8 uses all 256 values for probabilities, so its nodata is an internal mask band
+            nodata = None if probability == "uint8" else float("nan")
+            self.prob = _Strips(rasterio.open(self.files["probability"], "w", **_profile(grid, probability, nodata)),
+                                with_mask=probability == "uint8")
+
+    def put(self, r0: int, c0: int, logits: np.ndarray, valid: np.ndarray) -> None:
+        forest = (logits > self.predictor.cut) & valid
+        self.valid += int(np.count_nonzero(valid))
+        self.forest += int(np.count_nonzero(forest))
+        self.mask.put(r0, c0, np.where(valid, forest.astype(np.uint8), np.uint8(NODATA)))
+        if self.prob is not None:
+            p = self.predictor.probability(logits)
+            if self.probability == "uint8":
+                self.prob.put(r0, c0, np.rint(p * 255).astype(np.uint8), valid.astype(np.uint8) * 255)
+            else:
+                self.prob.put(r0, c0, np.where(valid, p, np.float32(np.nan)))
+
+    def close(self) -> None:
+        for strips in (self.mask, self.prob):
+            if strips is not None:
+                strips.flush()
+                strips.ds.close()
+
+
+def _cog(tmp: Path, final: Path, resampling: str) -> None:
+    """Copy a tiled GTiff to `final` (atomically) as a Cloud-Optimised GeoTIFF with overviews;
+    where GDAL lacks the COG driver, as a tiled GTiff with overviews copied in front."""
+    with atomic_path(final) as out:
+        with rasterio.Env(**GDAL_ENV) as env:
+            if "COG" in env.drivers():
+                rasterio.shutil.copy(tmp, out, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
+                                     OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
+                return
+            with rasterio.open(tmp, "r+") as ds:
+                factors = [f for f in (2, 4, 8, 16, 32, 64) if min(ds.width, ds.height) // f >= 256]
+                if factors:
+                    ds.build_overviews(factors, Resampling[resampling.lower()])
+            rasterio.shutil.copy(tmp, out, driver="GTiff", TILED=True, BLOCKXSIZE=512, BLOCKYSIZE=512,
+                                 COMPRESS="DEFLATE", COPY_SRC_OVERVIEWS=True, BIGTIFF="IF_SAFER")
+
+
+def _blocks(grid: Grid, block: int) -> Iterator[Window]:
+    """Windows covering a grid, `block` wide and TIFF_BLOCK * 4 high, aligned to the intermediate GTiffs' blocks."""
+    for c0 in range(0, grid.width, block):
+        for r0 in range(0, grid.height, 4 * TIFF_BLOCK):
+            yield Window(c0, r0, min(block, grid.width - c0), min(4 * TIFF_BLOCK, grid.height - r0))
+
+
+def output_paths(path: Path, out_dir: Path, opts: MapOptions) -> dict[str, Path]:
+    """What map_forest writes for `path`."""
+    paths = {"mask": out_dir / f"{path.stem}_mask.tif"}
+    if opts.probability:
+        paths["probability"] = out_dir / f"{path.stem}_probability.tif"
+    if opts.polygons:
+        paths["polygons"] = out_dir / f"{path.stem}_forest.geojson"
+    return paths
+
+
+def map_forest(predictor: Predictor, raster: Raster, out_dir: Path, opts: MapOptions,
+               log: Callable[[str], None] = print) -> ForestArea:
+    """Predict forest on a raster checked by `check_raster`, window by window; write the mask (and the
+    probability, the polygons) into out_dir and return its areas."""
+    path = raster.path
+    try:
+        with _open(path) as src, contextlib.ExitStack() as stack:
+            reproject = raster.crs != src.crs
+            out = _regrid(src, raster.crs) if reproject else Grid(src.crs, src.transform, src.width, src.height)
+            # where the output has data: the input's nodata, alpha or mask on its own grid (or warped)
+            valid_view = stack.enter_context(_warp(src, out, Resampling.nearest, alpha=True)) if reproject else src
+            sides = out.pixel_sides(raster.unit_m)
+            model_px = predictor.pixel_size_m
+            resample = opts.resample and any(abs(s / model_px - 1) > SAME_RESOLUTION for s in sides)
+            # averaging when the model's pixels are coarser (no aliasing), bilinear when finer
+            pixels = Resampling.average if resample and model_px > min(sides) else Resampling.bilinear
+            model = _regrid(src, raster.crs, model_px / raster.unit_m) if resample else out
+            view = stack.enter_context(_warp(src, model, pixels)) if (resample or reproject) else src
+            # panels of whole intermediate blocks, so every write fills whole blocks
+            opts = dataclasses.replace(opts, block=-(-max(opts.block, 1) // TIFF_BLOCK) * TIFF_BLOCK)
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{path.stem}.")))
+            bar = stack.enter_context(tqdm(total=predictor.windows(model.height, model.width, opts.overlap, opts.block),
+                                           desc=path.name, unit="window", disable=None if opts.progress else True,
+                                           leave=False, mininterval=1.0))
+            writer = _MapWriter(predictor, out, folder, opts.probability)
+            try:
+                if not resample:
+                    def sink(r0: int, c0: int, logits: np.ndarray) -> None:
+                        window = Window(c0, r0, logits.shape[1], logits.shape[0])
+                        writer.put(r0, c0, logits, valid_view.dataset_mask(window=window) > 0)
+
+                    predictor.stream(_reader(view, opts.bands), model.height, model.width, sink, opts.overlap,
+                                     opts.block, opts.batch, bar.update)
+                else:
+                    _resampled(predictor, view, model, out, valid_view, writer, folder, opts, bar.update)
+            finally:
+                writer.close()
+            bar.close()
+            paths = output_paths(path, out_dir, opts)
+            _cog(writer.files["mask"], paths["mask"], "MODE")
+            if opts.probability:
+                _cog(writer.files["probability"], paths["probability"], "AVERAGE")
+    except (RasterioError, OSError) as e:
+        # a corrupt block, a full disk: GDAL's reason on one line, never a traceback
+        raise ForestsegError(f"{path}: failed while mapping ({_one_line(e)})") from None
+    polygons = None
+    if opts.polygons:
+        polygons = write_polygons(paths["mask"], paths["polygons"], opts.min_area_m2, raster.unit_m)
+    pixel_m2 = out.pixel_area_m2(raster.unit_m)
+    return ForestArea(file=str(path), crs=_crs_name(raster.crs), pixel_size_m=round(math.sqrt(pixel_m2), 6),
+                      model_pixel_size_m=model_px if resample else round(math.sqrt(pixel_m2), 6), resampled=resample,
+                      valid_ha=writer.valid * pixel_m2 / 1e4, forest_ha=writer.forest * pixel_m2 / 1e4,
+                      forest_share=writer.forest / writer.valid if writer.valid else None,
+                      mask=str(paths["mask"]), polygons=polygons)
+
+
+def _resampled(predictor: Predictor, view: Any, model: Grid, out: Grid, valid_view: Any, writer: _MapWriter,
+               folder: Path, opts: MapOptions, progress: Callable[[int], None]) -> None:
+    """Predict on the model's grid into a temporary logits raster, then read it warped onto the
+    output grid (bilinear, or average where the output's pixels are coarser) and threshold there,
+    so the mask lies on the input's grid with the input's own nodata."""
+    logits_path = folder / "logits.tif"
+    with rasterio.open(logits_path, "w", **_profile(model, "int16", None)) as ds:
+        strips = _Strips(ds)
+
+        def keep(r0: int, c0: int, logits: np.ndarray) -> None:
+            margin = np.clip(logits - predictor.cut, -127, 127) * LOGIT_SCALE
+            strips.put(r0, c0, np.rint(margin).astype(np.int16))
+
+        predictor.stream(_reader(view, opts.bands), model.height, model.width, keep, opts.overlap, opts.block,
+                         opts.batch, progress)
+        strips.flush()
+    coarser = out.pixel_area_m2(1.0) > model.pixel_area_m2(1.0)
+    with rasterio.open(logits_path) as ds, _warp(ds, out, Resampling.average if coarser else Resampling.bilinear) as back:
+        for window in _blocks(out, opts.block):
+            margin = back.read(1, window=window, out_dtype=np.float32) / LOGIT_SCALE
+            writer.put(int(window.row_off), int(window.col_off), margin + np.float32(predictor.cut),
+                       valid_view.dataset_mask(window=window) > 0)
+
+
+def _ring_area(ring: list) -> float:
+    """Shoelace area of a closed ring of (x, y) points."""
+    xs = np.array([p[0] for p in ring], np.float64)
+    ys = np.array([p[1] for p in ring], np.float64)
+    return abs(float(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1]))) / 2
+
+
+def polygon_area(coordinates: list) -> float:
+    """Area of a GeoJSON polygon's coordinates (outer ring minus holes), in squared CRS units."""
+    return _ring_area(coordinates[0]) - sum(_ring_area(r) for r in coordinates[1:])
+
+
+def _rounded(coordinates: Any, digits: int) -> Any:
+    if isinstance(coordinates, (list, tuple)) and coordinates and isinstance(coordinates[0], (int, float)):
+        return [round(c, digits) for c in coordinates]
+    return [_rounded(c, digits) for c in coordinates]
+
+
+def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float) -> int:
+    """Forest polygons of a mask as GeoJSON, each with its area_m2; those under min_area_m2 dropped.
+
+    GDAL polygonizes the mask file band by scanlines (rasterio.features.shapes on a Band), so the
+    mask is never held in memory. Coordinates stay in the mask's CRS (named by a 'crs' member, as
+    QGIS and GDAL read it); a CRS without an EPSG code is written as WGS 84 lon/lat instead.
+    Returns the number of polygons written.
+    """
+    written = 0
+    with rasterio.Env(**GDAL_ENV), rasterio.open(mask_path) as ds, atomic_path(out) as tmp, \
+            open(tmp, "w", encoding="utf-8") as f:
+        epsg = ds.crs.to_epsg()
+        header: dict = {"type": "FeatureCollection", "name": out.stem}
+        if epsg:
+            header["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
+        f.write(json.dumps(header)[:-1] + ', "features": [\n')
+        band = rasterio.band(ds, 1)
+        # mask=band: only non-zero pixels (forest 1, nodata 255) are traced; nodata shapes are skipped below
+        for geometry, value in rasterio.features.shapes(band, mask=band, transform=ds.transform):
+            if value != FOREST:
+                continue
+            area = polygon_area(geometry["coordinates"]) * unit_m ** 2
+            if area < min_area_m2:
+                continue
+            if epsg:
+                geometry = {"type": "Polygon", "coordinates": _rounded(geometry["coordinates"], 3)}
+            else:
+                geometry = transform_geom(ds.crs, "EPSG:4326", geometry)
+                geometry = {"type": "Polygon", "coordinates": _rounded(geometry["coordinates"], 8)}
+            feature = {"type": "Feature", "properties": {"area_m2": round(area, 2)}, "geometry": geometry}
+            f.write((",\n" if written else "") + json.dumps(feature))
+            written += 1
+        f.write("\n]}\n")
+    return written

@@ -1,0 +1,394 @@
+"""Forest maps of GeoTIFFs: georeference kept, areas from the grid, windowed = in-memory, bounded
+memory, resampling to the model's pixel size, bad rasters refused, evaluation of the area."""
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
+
+from forestseg.cli import main
+from forestseg.checkpoint import write_model
+from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig, asdict
+from forestseg.geo import MapOptions, check_raster, map_forest, polygon_area
+from forestseg.loader import Tiles
+from forestseg.model import build_model
+from forestseg.predict import Predictor
+from forestseg.synthetic import render_scene
+from forestseg.train import Run, train_run
+
+from conftest import make_set
+
+TILE = 64
+UTM = "EPSG:32633"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained for 3 epochs on 64x64 tiles of synthetic scenes, at 0.5 m pixels."""
+    images, masks = [], []
+    for seed in range(2):
+        image, mask = render_scene(np.random.default_rng(seed), 256)
+        for y in range(0, 256, TILE):
+            for x in range(0, 256, TILE):
+                images.append(image[y:y + TILE, x:x + TILE])
+                masks.append(mask[y:y + TILE, x:x + TILE])
+    tiles = Tiles(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.uint8)))
+    folder = tmp_path_factory.mktemp("model")
+    train_run(Run("bce", "adam", 0), ModelConfig(width=8, depth=2), OptimizerConfig(lr=3e-3),
+              TrainConfig(epochs=3, batch_size=8, test_batch_size=16, device="cpu", precision="fp32"),
+              tiles, tiles, folder, folder / "resume.pt", "test", log=lambda s: None, pixel_size_m=0.5)
+    return folder / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint: Path) -> Predictor:
+    return Predictor.load(checkpoint, torch.device("cpu"))
+
+
+def random_checkpoint(path: Path, tile: int = 128, pixel_size_m: float | None = 0.5, width: int = 4, depth: int = 2) -> Path:
+    """Random weights: for tests where only shapes, memory or errors matter."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(width=width, depth=depth)
+    meta = {"run": "bce-adam-0", "loss": "bce", "threshold": 0.0, "model": asdict(cfg),
+            "normalizer": {"mean": [100.0] * 3, "std": [50.0] * 3}, "tile_size": tile}
+    if pixel_size_m is not None:
+        meta["pixel_size_m"] = pixel_size_m
+    write_model(path, build_model(cfg).state_dict(), meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    image, mask = render_scene(np.random.default_rng(7), 400)
+    return image[:300, :400], mask[:300, :400]  # 400 wide, 300 high
+
+
+def write_raster(path: Path, pixels: np.ndarray, crs: str | None = UTM, pixel: float = 0.5, nodata: float | None = 0,
+                 **extra) -> Path:
+    """(H, W, C) pixels as a GeoTIFF with its top-left corner at (500000, 5000000) in `crs`."""
+    h, w = pixels.shape[:2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bands = np.moveaxis(pixels.reshape(h, w, -1), -1, 0)
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": bands.shape[0], "dtype": bands.dtype.name,
+               "crs": crs, "transform": from_origin(500000, 5000000, pixel, pixel), "nodata": nodata, **extra}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(bands)
+    return path
+
+
+def with_nodata_corner(image: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    out[:40, :70] = 0  # a black collar: nodata 0 in every band
+    return out
+
+
+def cli(*argv: str) -> int:
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    return done.value.code
+
+
+def read(path: Path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as ds:
+        return ds.read(1), {"crs": ds.crs, "transform": ds.transform, "nodata": ds.nodata, "shape": ds.shape,
+                            "layout": ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")}
+
+
+def test_checkpoint_records_its_pixel_size(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    assert torch.load(checkpoint, weights_only=False)["pixel_size_m"] == 0.5
+    old = random_checkpoint(tmp_path / "old.pt", pixel_size_m=None)
+    p = Predictor.load(old, torch.device("cpu"))
+    assert (p.pixel_size_m, p.pixel_size_recorded) == (0.5, False)
+    src = write_raster(tmp_path / "in.tif", np.full((64, 64, 3), 90, np.uint8), nodata=None)
+    assert cli("predict", str(old), str(src), "-o", str(tmp_path / "out")) == 0
+    assert "does not record the pixel size it was trained at; assuming 0.5 m" in capsys.readouterr().out
+
+
+def test_mask_keeps_crs_transform_and_nodata_and_is_a_cog(checkpoint: Path, scene, tmp_path: Path) -> None:
+    image = with_nodata_corner(scene[0])
+    src = write_raster(tmp_path / "ortho.tif", image)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 0
+    mask, meta = read(tmp_path / "out/ortho_mask.tif")
+    assert meta["crs"] == rasterio.crs.CRS.from_string(UTM)
+    assert meta["transform"] == from_origin(500000, 5000000, 0.5, 0.5) and meta["shape"] == (300, 400)
+    assert meta["nodata"] == 255 and meta["layout"] == "COG"
+    assert set(np.unique(mask)) == {0, 1, 255}
+    assert np.array_equal(mask == 255, (image == 0).all(axis=2))  # nodata exactly where the input has none
+    assert not list((tmp_path / "out").glob(".*"))  # no temp files left
+
+
+def test_area_is_pixel_count_times_pixel_area(checkpoint: Path, scene, tmp_path: Path) -> None:
+    image = with_nodata_corner(scene[0])
+    write_raster(tmp_path / "in/metres.tif", image, pixel=0.5)
+    # New York Long Island in US survey feet: 2 ft pixels
+    write_raster(tmp_path / "in/feet.tif", image, crs="EPSG:2263", pixel=2.0)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-resample") == 0
+    table = pd.read_csv(tmp_path / "out/forest_area.csv")
+    assert list(table.columns) == ["file", "crs", "pixel_size_m", "model_pixel_size_m", "resampled",
+                                   "valid_ha", "forest_ha", "forest_share", "area_bias_pct", "mask"]
+    table = table.set_index("crs")
+    for crs, side_m in (("EPSG:32633", 0.5), ("EPSG:2263", 2.0 * 1200 / 3937)):
+        row = table.loc[crs]
+        mask, _ = read(Path(row["mask"]))
+        assert row["pixel_size_m"] == pytest.approx(side_m, rel=1e-6)
+        assert row["forest_ha"] == pytest.approx((mask == 1).sum() * side_m ** 2 / 1e4, abs=1e-4)
+        assert row["valid_ha"] == pytest.approx((mask != 255).sum() * side_m ** 2 / 1e4, abs=1e-4)
+        assert row["forest_share"] == pytest.approx((mask == 1).sum() / (mask != 255).sum(), abs=1e-6)
+
+
+def test_windowed_prediction_equals_the_in_memory_one(predictor: Predictor, scene, tmp_path: Path) -> None:
+    image = scene[0]
+    whole = predictor.logits(image)
+    for block in (40, 150, 1000):  # panels narrower than a tile, a few, one
+        assert np.array_equal(predictor.logits(image, block=block), whole), block
+    src = write_raster(tmp_path / "in.tif", image, nodata=None)
+    raster = check_raster(src, MapOptions())
+    area = map_forest(predictor, raster, tmp_path, MapOptions(block=256, progress=False), log=lambda s: None)
+    mask, _ = read(Path(area.mask))
+    assert np.array_equal(mask == 1, whole > predictor.cut)
+    assert (mask != 255).all()
+
+
+def test_small_raster_is_padded_like_a_small_image(predictor: Predictor, scene, tmp_path: Path) -> None:
+    src = write_raster(tmp_path / "in.tif", scene[0][:40, :50], nodata=None)
+    area = map_forest(predictor, check_raster(src, MapOptions()), tmp_path, MapOptions(progress=False))
+    mask, _ = read(Path(area.mask))
+    assert np.array_equal(mask == 1, predictor.mask(scene[0][:40, :50]))
+
+
+def test_peak_memory_depends_on_the_block_not_the_raster(tmp_path: Path) -> None:
+    """A 4096x2048 raster (24 MiB of pixels, 32 MiB of float logits) mapped with 512-px panels:
+    the arrays alive at once (numpy's, traced) stay under half of what its pixels alone take."""
+    h, w = 2048, 4096
+    rng = np.random.default_rng(0)
+    pixels = np.repeat(np.repeat(rng.integers(0, 255, (h // 16, w // 16, 3), dtype=np.uint8), 16, 0), 16, 1)
+    src = write_raster(tmp_path / "big.tif", pixels, nodata=None, tiled=True, compress="deflate")
+    del pixels
+    # a cheap model: this test is about memory, not forest
+    predictor = Predictor.load(random_checkpoint(tmp_path / "r.pt", tile=128, width=2, depth=1), torch.device("cpu"))
+    raster = check_raster(src, MapOptions())
+    tracemalloc.start()
+    try:
+        area = map_forest(predictor, raster, tmp_path, MapOptions(block=512, batch=4, progress=False))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    in_memory = h * w * 3  # the raster's pixels alone, before any float array
+    assert peak < in_memory / 2, f"peak {peak / 2**20:.1f} MiB"
+    assert area.valid_ha == pytest.approx(h * w * 0.25 / 1e4)
+
+
+def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(checkpoint: Path, predictor: Predictor,
+                                                                tmp_path: Path) -> None:
+    """A 1 m raster is predicted at the model's 0.5 m and the mask written on the 1 m grid; it agrees
+    with the prediction of the 0.5 m original better than predicting the 1 m pixels as they are."""
+    image, _ = render_scene(np.random.default_rng(11), 512)
+    coarse = np.asarray(Image.fromarray(image).resize((256, 256), Image.BOX))
+    src = write_raster(tmp_path / "in/coarse.tif", coarse, pixel=1.0, nodata=None)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 0
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    assert (row["pixel_size_m"], row["model_pixel_size_m"], row["resampled"]) == (1.0, 0.5, True)
+    mask, meta = read(tmp_path / "out/coarse_mask.tif")
+    assert meta["shape"] == (256, 256) and meta["transform"] == from_origin(500000, 5000000, 1.0, 1.0)
+    reference = predictor.mask(image).reshape(256, 2, 256, 2).mean(axis=(1, 3)) > 0.5  # the 0.5 m answer, on 1 m
+    resampled = ((mask == 1) == reference).mean()
+    as_is = (predictor.mask(coarse) == reference).mean()
+    assert resampled > 0.85 and resampled > as_is, (resampled, as_is)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "raw"), "--no-resample") == 0
+    row = pd.read_csv(tmp_path / "raw/forest_area.csv").iloc[0]
+    assert (row["model_pixel_size_m"], row["resampled"]) == (1.0, False)
+    assert np.array_equal(read(tmp_path / "raw/coarse_mask.tif")[0] == 1, predictor.mask(coarse))
+
+
+def test_alpha_band_and_internal_mask_are_nodata(checkpoint: Path, scene, tmp_path: Path) -> None:
+    image = scene[0]
+    alpha = np.full(image.shape[:2], 255, np.uint8)
+    alpha[:, :100] = 0
+    rgba = write_raster(tmp_path / "in/rgba.tif", np.dstack([image, alpha]), nodata=None,
+                        photometric="RGB", alpha="YES")
+    with rasterio.open(rgba) as ds:
+        assert ds.colorinterp[3] == ColorInterp.alpha
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            write_raster(tmp_path / "in/masked.tif", image, nodata=None), "r+") as ds:
+        ds.write_mask(alpha)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    plain = Predictor.load(checkpoint, torch.device("cpu")).mask(image)
+    for name in ("rgba", "masked"):
+        mask, _ = read(tmp_path / f"out/{name}_mask.tif")
+        assert (mask[:, :100] == 255).all() and (mask[:, 100:] != 255).all()
+        assert np.array_equal(mask[:, 100:] == 1, plain[:, 100:])
+
+
+def test_band_order_and_extra_bands(checkpoint: Path, scene, tmp_path: Path) -> None:
+    image = scene[0]
+    nir = np.full(image.shape[:2], 200, np.uint8)
+    write_raster(tmp_path / "rgb/x.tif", image, nodata=None)
+    write_raster(tmp_path / "bgr/x.tif", image[..., ::-1], nodata=None)
+    # MINISBLACK: 4 plain bands (GDAL would tag a 4th band of an RGB TIFF as alpha)
+    write_raster(tmp_path / "rgbn/x.tif", np.dstack([image, nir]), nodata=None, photometric="MINISBLACK")
+    write_raster(tmp_path / "nrgb/x.tif", np.dstack([nir, image]), nodata=None, photometric="MINISBLACK")
+    for folder, bands in (("rgb", "1,2,3"), ("bgr", "3,2,1"), ("rgbn", "1,2,3"), ("nrgb", "2,3,4")):
+        assert cli("predict", str(checkpoint), str(tmp_path / folder), "-o", str(tmp_path / f"out-{folder}"),
+                   "--bands", bands) == 0
+    reference = read(tmp_path / "out-rgb/x_mask.tif")[0]
+    for folder in ("bgr", "rgbn", "nrgb"):
+        assert np.array_equal(read(tmp_path / f"out-{folder}/x_mask.tif")[0], reference), folder
+
+
+def test_geographic_raster_is_refused_unless_reprojected(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    image = with_nodata_corner(scene[0])
+    src = tmp_path / "wgs84.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=400, height=300, count=3, dtype="uint8", crs="EPSG:4326",
+                       transform=from_origin(15.0, 50.0, 6e-6, 4e-6), nodata=0) as ds:  # ~0.43 m x 0.44 m at 50 N
+        ds.write(np.moveaxis(image, -1, 0))
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "is geographic (degrees)" in err and "--reproject EPSG:32633" in err
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--reproject", "EPSG:32633") == 0
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    mask, meta = read(tmp_path / "out/wgs84_mask.tif")
+    assert meta["crs"] == rasterio.crs.CRS.from_epsg(32633) and row["crs"] == "EPSG:32633"
+    # the footprint is 400 x 6e-6 deg by 300 x 4e-6 deg: about 172 m x 133 m at 50 N, less the nodata corner
+    lon_m, lat_m = 400 * 6e-6 * 111320 * np.cos(np.radians(50)), 300 * 4e-6 * 111200
+    data_m2 = lon_m * lat_m * (1 - 40 * 70 / (300 * 400))
+    assert row["valid_ha"] == pytest.approx(data_m2 / 1e4, rel=0.03)
+    assert row["forest_ha"] == pytest.approx((mask == 1).sum() * row["pixel_size_m"] ** 2 / 1e4, rel=1e-3)
+    assert (mask == 255).any()  # outside the warped footprint and the collar
+
+
+def no_crs(path: Path) -> Path:
+    return write_raster(path, np.zeros((64, 64, 3), np.uint8), crs=None)
+
+
+@pytest.mark.parametrize("case, flags, message", [
+    ("no crs", [], "has a pixel grid but no CRS"),
+    ("one band", [], "has 1 band(s); forest maps need 3 colour bands"),
+    ("corrupt", [], "cannot be read as a GeoTIFF"),
+    ("truncated", [], "x.tif: "),
+    ("band 4 of 3", ["--bands", "1,2,4"], "--bands 1,2,4: "),
+    ("two bands given", ["--bands", "1,2"], "--bands 1,2: give three band numbers"),
+    ("alpha as colour", ["--bands", "2,3,4"], "is its alpha (transparency) band"),
+    ("16 bit", [], "uint16; the model learned 8-bit colour"),
+    ("geographic target", ["--reproject", "EPSG:4326"], "is not a projected CRS"),
+])
+def test_bad_rasters_stop_with_one_line(checkpoint: Path, scene, tmp_path: Path, capsys, case, flags, message) -> None:
+    src = tmp_path / "in/x.tif"
+    image = scene[0][:96, :128]
+    if case == "no crs":
+        write_raster(src, image, crs=None)
+    elif case == "one band":
+        write_raster(src, image[..., 0])
+    elif case == "corrupt":
+        src.parent.mkdir(parents=True)
+        src.write_bytes(b"II*\x00" + b"\x17" * 500)  # a TIFF signature, then junk
+    elif case == "truncated":
+        write_raster(tmp_path / "whole.tif", scene[0], tiled=True, compress="deflate")
+        src.parent.mkdir(parents=True)
+        data = (tmp_path / "whole.tif").read_bytes()
+        src.write_bytes(data[:len(data) // 2])
+    elif case == "alpha as colour":
+        write_raster(src, np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]), nodata=None, alpha="YES",
+                     photometric="RGB")
+    elif case == "16 bit":
+        write_raster(src, image.astype(np.uint16) * 200)
+    else:
+        write_raster(src, image)
+    code = cli("predict", str(checkpoint), str(src.parent), "-o", str(tmp_path / "out"), *flags)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out/x_mask.tif").exists()
+
+
+def test_tiff_without_any_georeference_is_a_plain_picture(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in/scan.tif"
+    src.parent.mkdir()
+    Image.fromarray(scene[0]).save(src)
+    assert cli("predict", str(checkpoint), str(src.parent), "-o", str(tmp_path / "out")) == 0
+    mask = np.asarray(Image.open(tmp_path / "out/scan_mask.png")) > 0
+    assert np.array_equal(mask, Predictor.load(checkpoint, torch.device("cpu")).mask(scene[0]))
+    assert not (tmp_path / "out/forest_area.csv").exists()
+
+
+def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> None:
+    image = with_nodata_corner(scene[0])
+    src = write_raster(tmp_path / "in/o.tif", image)
+    for kind in ("uint8", "float32"):
+        assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / kind), "--probability", kind,
+                   "--polygons") == 0
+    mask, _ = read(tmp_path / "uint8/o_mask.tif")
+    with rasterio.open(tmp_path / "uint8/o_probability.tif") as ds:
+        p8, valid = ds.read(1), ds.dataset_mask() > 0
+    with rasterio.open(tmp_path / "float32/o_probability.tif") as ds:
+        p32 = ds.read(1)
+    assert np.array_equal(valid, mask != 255) and np.isnan(p32[mask == 255]).all()
+    assert np.abs(p8[valid] / 255 - p32[valid]).max() <= 0.5 / 255 + 1e-6
+    assert ((p32 > 0.5) == (mask == 1))[valid].mean() > 0.999  # p = 0.5 is the cut of a bce model
+
+    collection = json.loads((tmp_path / "uint8/o_forest.geojson").read_text())
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    areas = [f["properties"]["area_m2"] for f in collection["features"]]
+    assert sum(areas) == pytest.approx((mask == 1).sum() * 0.25, abs=0.1)  # 4-connected polygons tile the forest
+    assert all(a == pytest.approx(polygon_area(f["geometry"]["coordinates"]), abs=0.01)
+               for a, f in zip(areas, collection["features"]))
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "big"), "--polygons", "--min-area-m2", "50") == 0
+    kept = [f["properties"]["area_m2"] for f in json.loads((tmp_path / "big/o_forest.geojson").read_text())["features"]]
+    assert kept and min(kept) >= 50 and sorted(kept) == sorted(a for a in areas if a >= 50)
+
+
+def test_polygon_area_subtracts_holes() -> None:
+    square = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
+    hole = [[2, 2], [2, 4], [4, 4], [4, 2], [2, 2]]
+    assert polygon_area([square, hole]) == 96
+
+
+def test_evaluate_tiles_on_a_split_and_its_area_bias_in_the_csv(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    data = make_set(tmp_path / "set", scenes=4, grid=2, tile_size=64)
+    index = pd.read_csv(data / "meta_data.csv")
+    scenes = index["image"].str.split("_").str[0]
+    test = sorted(set(scenes))[:2]
+    split = pd.DataFrame({"image": index["image"], "subset": np.where(scenes.isin(test), "test", "train")})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "--split", str(tmp_path / "split.csv"), "-o", str(out)) == 0
+    result = json.loads(out.read_text())
+    assert (result["tiles"], result["scenes"], result["subset"]) == (8, 2, "test")
+    assert {"iou", "precision", "recall", "true_forest_ha", "predicted_forest_ha", "area_bias_pct"} <= set(result)
+    truth = sum(s["true_forest_ha"] for s in result["per_scene"])
+    assert result["true_forest_ha"] == pytest.approx(truth, abs=1e-4)
+    bias = 100 * (result["predicted_forest_ha"] - result["true_forest_ha"]) / result["true_forest_ha"]
+    assert result["area_bias_pct"] == pytest.approx(bias, abs=0.01)
+    printed = capsys.readouterr().out
+    assert "forest IoU" in printed and "area bias" in printed
+
+    src = write_raster(tmp_path / "in/o.tif", scene[0])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 0
+    assert pd.read_csv(tmp_path / "out/forest_area.csv")["area_bias_pct"].iloc[0] == pytest.approx(result["area_bias_pct"])
+
+
+def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """Scored against its own mask the model is perfect; against an all-forest truth its recall is
+    its forest share and its area bias the share minus 100%."""
+    image = with_nodata_corner(scene[0])
+    write_raster(tmp_path / "data/images/a.tif", image)
+    assert cli("predict", str(checkpoint), str(tmp_path / "data/images/a.tif"), "-o", str(tmp_path / "pred")) == 0
+    mask, _ = read(tmp_path / "pred/a_mask.tif")
+    write_raster(tmp_path / "data/masks/a.tif", mask, nodata=255)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "self.json")) == 0
+    own = json.loads((tmp_path / "self.json").read_text())
+    assert (own["iou"], own["area_bias_pct"], own["rasters"]) == (1.0, 0.0, 1)
+    write_raster(tmp_path / "data/masks/a.tif", np.ones(mask.shape, np.uint8), nodata=None)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "all.json")) == 0
+    forest = json.loads((tmp_path / "all.json").read_text())
+    share = (mask == 1).sum() / (mask != 255).sum()
+    assert forest["recall"] == pytest.approx(share) and forest["area_bias_pct"] == pytest.approx(100 * (share - 1), abs=1e-3)
