@@ -4,6 +4,7 @@ on labelled data."""
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import json
 import math
 import sys
@@ -124,20 +125,7 @@ def predict(args: argparse.Namespace) -> int:
             print("note: --overlay: GeoTIFF inputs get no overlay PNG; open <name>_mask.tif over the image in QGIS")
     elif opts.polygons or opts.probability or area_error is not None:
         print("note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none")
-    failed, transparent = [], 0
-    for path in tqdm(pictures, desc="predict", unit="image", disable=None if pictures else True):
-        try:
-            image, opaque = read_rgb(path)
-        except ForestsegError as e:
-            failed.append(str(e))
-            continue
-        mask = predictor.mask(image, args.overlap)
-        if opaque is not None:  # transparent pixels are no photo: never forest
-            mask &= opaque
-            transparent += 1
-        write_with(args.out / f"{path.stem}_mask.png", lambda p: Image.fromarray((mask * 255).astype(np.uint8)).save(p))
-        if args.overlay:
-            write_with(args.out / f"{path.stem}_overlay.png", lambda p: Image.fromarray(overlay(image, mask)).save(p))
+    failed, transparent = _predict_pictures(predictor, pictures, args)
     if pictures:
         print(f"predict: wrote {len(pictures) - len(failed)} mask(s) to {args.out}; {len(failed)} image(s) failed"
               + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else ""))
@@ -146,6 +134,48 @@ def predict(args: argparse.Namespace) -> int:
     for message in failed:
         print(f"error: {message}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_pictures(predictor: Predictor, pictures: list[Path], args: argparse.Namespace,
+                      chunk: int = 32) -> tuple[list[str], int]:
+    """PNG masks (and overlays) of JPEG/PNG inputs, `chunk` images per step: the next chunk decodes and
+    the last one's files are written in threads while the model runs, and tile-sized images of a
+    chunk share forward passes. Returns (error messages, images that had an alpha band)."""
+    failed, transparent = [], 0
+
+    def read(path: Path):
+        try:
+            return read_rgb(path)
+        except ForestsegError as e:
+            return str(e)
+
+    def write(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
+        write_with(args.out / f"{path.stem}_mask.png", lambda p: Image.fromarray((mask * 255).astype(np.uint8)).save(p))
+        if args.overlay:
+            write_with(args.out / f"{path.stem}_overlay.png", lambda p: Image.fromarray(overlay(image, mask)).save(p))
+
+    groups = [pictures[i:i + chunk] for i in range(0, len(pictures), chunk)]
+    with ThreadPoolExecutor(2) as pool, tqdm(total=len(pictures), desc="predict", unit="image",
+                                              disable=None if pictures else True) as bar:
+        ahead = pool.map(read, groups[0]) if groups else None
+        writes, pending = [], []
+        for k, group in enumerate(groups):
+            decoded = list(ahead)
+            ahead = pool.map(read, groups[k + 1]) if k + 1 < len(groups) else None
+            ok = [(path, d) for path, d in zip(group, decoded) if not isinstance(d, str)]
+            failed += [d for d in decoded if isinstance(d, str)]
+            for (path, (image, opaque)), mask in zip(ok, predictor.masks([d[0] for _, d in ok], args.overlap)):
+                if opaque is not None:  # transparent pixels are no photo: never forest
+                    mask &= opaque
+                    transparent += 1
+                writes.append(pool.submit(write, path, image, mask))
+            for w in pending:  # the previous chunk's files were written while this one ran
+                w.result()
+            pending, writes = writes, []
+            bar.update(len(group))
+        for w in pending:
+            w.result()
+    return failed, transparent
 
 
 def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_error: float | None) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import read_model
 from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig
+from .device import use_bf16
 from .images import ImageError, decode
 from .layout import DataLayout
 from .loader import Normalizer, to_input
@@ -35,6 +36,12 @@ Reader = Callable[[int, int, int, int], np.ndarray]
 Sink = Callable[[int, int, np.ndarray], None]
 
 
+def _window_weight(t: int) -> np.ndarray:
+    """(t, t) blending weight of a window: highest in its centre, low at its edges."""
+    ramp = np.minimum(np.arange(t) + 1, np.arange(t)[::-1] + 1).astype(np.float32)
+    return np.minimum(ramp[:, None], ramp[None, :])
+
+
 def window_starts(size: int, tile: int, stride: int) -> list[int]:
     """Start offsets of windows of `tile` px every `stride` px along `size` >= tile px; the last one flush with the end."""
     return sorted({*range(0, size - tile, stride), size - tile})
@@ -50,10 +57,12 @@ class Predictor:
     loss: str = "bce"
     pixel_size_m: float = DEFAULT_PIXEL_SIZE_M  # ground size of a training pixel
     pixel_size_recorded: bool = True  # False: an older checkpoint, pixel_size_m is the default
+    bf16: bool = False  # autocast the forward pass to bf16 (at most 0.1% of pixels differ from fp32)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device) -> "Predictor":
-        """A model, its input normalisation, tile size, threshold and pixel size from a model file written by training."""
+    def load(cls, path: str | Path, device: torch.device, precision: str = "auto") -> "Predictor":
+        """A model, its input normalisation, tile size, threshold and pixel size from a model file written by
+        training; `precision` auto = bf16 where the device has it natively, else fp32 (as training)."""
         state = read_model(path)
         try:
             model = build_model(ModelConfig(**state["model"]))
@@ -64,8 +73,10 @@ class Predictor:
         pixel = state.get("pixel_size_m")
         if pixel is not None and not (isinstance(pixel, (int, float)) and pixel > 0):
             raise ForestsegError(f"{path}: pixel_size_m {pixel!r} is not a positive number of metres")
-        return cls(model.to(device).eval(), norm, int(state["tile_size"]), float(state["threshold"]), device,
-                   state["loss"], float(pixel) if pixel is not None else DEFAULT_PIXEL_SIZE_M, pixel is not None)
+        model = model.to(device, memory_format=torch.channels_last).eval()
+        return cls(model, norm, int(state["tile_size"]), float(state["threshold"]), device, state["loss"],
+                   float(pixel) if pixel is not None else DEFAULT_PIXEL_SIZE_M, pixel is not None,
+                   use_bf16(precision, device))
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Forest probability in [0, 1] of raw outputs: a sigmoid, except for the study's MSE on raw
@@ -84,11 +95,31 @@ class Predictor:
         per_row = sum(sum(1 for x in xs if x < min(width, c0 + block) and x + t > c0) for c0 in range(0, width, block))
         return per_row * len(window_starts(height, t, stride))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _run(self, tiles: np.ndarray) -> np.ndarray:
-        """(B, t, t, 3) uint8 -> (B, t, t) float32 raw outputs."""
+        """(B, t, t, 3) uint8 -> (B, t, t) float32 raw outputs (bf16 autocast where the device has it natively)."""
         x = torch.from_numpy(tiles).to(self.device)
-        return self.model(to_input(x, self.norm)).float().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(to_input(x, self.norm))  # NHWC uint8 -> channels_last float input
+        return out.float().cpu().numpy()
+
+    def masks(self, images: list[np.ndarray], overlap: int | None = None, batch: int = 32) -> list[np.ndarray]:
+        """(H, W) bool forest masks of several images. Images of exactly one tile run `batch` at a
+        time in one forward pass (the Kaggle case: a window per image); others are tiled one by one.
+        Each mask equals `mask(image)`."""
+        t = self.tile
+        out: list[np.ndarray | None] = [None] * len(images)
+        whole = [i for i, im in enumerate(images) if im.shape[:2] == (t, t)]
+        weight = _window_weight(t)
+        for k in range(0, len(whole), batch):
+            chunk = whole[k:k + batch]
+            logits = self._run(np.stack([images[i] for i in chunk]))
+            for i, o in zip(chunk, logits):
+                out[i] = (o * weight) / weight > self.cut  # the blend of one window, as `stream` computes it
+        for i, image in enumerate(images):
+            if out[i] is None:
+                out[i] = self.mask(image, overlap)
+        return out
 
     def stream(self, read: Reader, height: int, width: int, sink: Sink, overlap: int | None = None,
                block: int = BLOCK, batch: int = 8, progress: Callable[[int], None] | None = None) -> None:
@@ -120,8 +151,7 @@ class Predictor:
             return
         stride = max(1, t - overlap)
         ys, xs = window_starts(height, t, stride), window_starts(width, t, stride)
-        ramp = np.minimum(np.arange(t) + 1, np.arange(t)[::-1] + 1).astype(np.float32)
-        weight = np.minimum(ramp[:, None], ramp[None, :])  # highest in a window's centre, low at its edges
+        weight = _window_weight(t)
         span = min(height, (batch - 1) * stride + t)  # the most rows one group of window rows covers
         for c0 in range(0, width, block):
             c1 = min(width, c0 + block)

@@ -182,3 +182,22 @@ def test_output_that_is_a_file_or_an_input_folder_is_refused(checkpoint, tmp_pat
     assert run_cli(checkpoint, [src], src) == 2
     assert "is a folder of input images" in capsys.readouterr().err
     assert sorted(p.name for p in src.iterdir()) == ["a.png"]  # nothing written among the inputs
+
+
+def test_masks_of_several_images_equal_one_by_one(checkpoint, scene) -> None:
+    predictor = Predictor.load(checkpoint, torch.device("cpu"))
+    image = scene[0]
+    images = [np.ascontiguousarray(image[y:y + TILE, x:x + TILE]) for y, x in [(0, 0), (64, 100), (200, 300)]]
+    images += [np.ascontiguousarray(image[:100, :150]), np.ascontiguousarray(image[:40, :50])]  # tiled, padded
+    together = predictor.masks(images, batch=2)
+    for one, image_ in zip(together, images):
+        assert np.array_equal(one, predictor.mask(image_))
+
+
+def test_bf16_prediction_differs_from_fp32_in_at_most_a_thousandth_of_pixels(checkpoint, scene) -> None:
+    fp32 = Predictor.load(checkpoint, torch.device("cpu"), precision="fp32")
+    bf16 = Predictor.load(checkpoint, torch.device("cpu"), precision="bf16")
+    assert (fp32.bf16, bf16.bf16) == (False, True)
+    a, b = fp32.mask(scene[0]), bf16.mask(scene[0])
+    assert (a != b).mean() <= 0.001
+    assert not np.array_equal(fp32.logits(scene[0]), bf16.logits(scene[0]))  # bf16 really ran
