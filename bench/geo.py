@@ -8,6 +8,7 @@ peak RSS, what an in-memory prediction of the same raster would have to hold, an
 
     python bench/geo.py [--size 20000] [--pixel 0.5] [--block 2048] [--device cpu] [--work /tmp/forestseg-bench-geo]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,27 @@ def write_raster(path: Path, size: int, pixel: float = 0.5, seed: int = 0) -> No
     top-left corner is nodata (0), as the collar of a real orthophoto mosaic."""
     rng = np.random.default_rng(seed)
     pool = [render_scene(rng, SCENE)[0] for _ in range(6)]
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
-               "transform": from_origin(500000, 5_100_000, pixel, pixel), "nodata": 0, "tiled": True,
-               "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "YES"}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": from_origin(500000, 5_100_000, pixel, pixel),
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "BIGTIFF": "YES",
+    }
     with rasterio.open(path, "w", **profile) as ds:
         for r0 in range(0, size, SCENE):
             for c0 in range(0, size, SCENE):
                 h, w = min(SCENE, size - r0), min(SCENE, size - c0)
                 block = np.rot90(pool[int(rng.integers(len(pool)))], int(rng.integers(4)))[:h, :w].copy()
-                rows, cols = np.mgrid[r0:r0 + h, c0:c0 + w]
+                rows, cols = np.mgrid[r0 : r0 + h, c0 : c0 + w]
                 block[rows + cols < size // 8] = 0  # the collar
                 ds.write(np.moveaxis(block, -1, 0), window=Window(c0, r0, w, h))
 
@@ -60,19 +73,32 @@ def train_model(path: Path, width: int, epochs: int) -> None:
         image, mask = render_scene(np.random.default_rng(100 + seed), 512)
         for y in (0, 256):
             for x in (0, 256):
-                images.append(image[y:y + 256, x:x + 256])
-                masks.append(mask[y:y + 256, x:x + 256])
+                images.append(image[y : y + 256, x : x + 256])
+                masks.append(mask[y : y + 256, x : x + 256])
     tiles = Tiles(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.uint8)))
-    train_run(Run("bce", "adam", 0), ModelConfig(width=width, depth=3), OptimizerConfig(lr=3e-3),
-              TrainConfig(epochs=epochs, batch_size=4, test_batch_size=8, device="cpu", precision="fp32"),
-              tiles, tiles, path.parent, path.with_suffix(".resume.pt"), "bench", log=lambda s: None)
+    train_run(
+        Run("bce", "adam", 0),
+        ModelConfig(width=width, depth=3),
+        OptimizerConfig(lr=3e-3),
+        TrainConfig(epochs=epochs, batch_size=4, test_batch_size=8, device="cpu", precision="fp32"),
+        tiles,
+        tiles,
+        path.parent,
+        path.with_suffix(".resume.pt"),
+        "bench",
+        log=lambda s: None,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=20000, help="raster side in pixels")
-    ap.add_argument("--pixel", type=float, default=0.5,
-                    help="the raster's pixel size in metres; not 0.5 makes predict resample to the model's 0.5 m and back")
+    ap.add_argument(
+        "--pixel",
+        type=float,
+        default=0.5,
+        help="the raster's pixel size in metres; not 0.5 makes predict resample to the model's 0.5 m and back",
+    )
     ap.add_argument("--block", type=int, default=2048, help="forestseg predict --block")
     ap.add_argument("--width", type=int, default=4, help="UNet width")
     ap.add_argument("--epochs", type=int, default=8)
@@ -85,14 +111,30 @@ def main() -> None:
     t0 = time.perf_counter()
     if not raster.exists():
         write_raster(raster, args.size, args.pixel)
-    print(f"raster: {raster} ({args.size}x{args.size} at {args.pixel:g} m, {raster.stat().st_size / 2**20:.0f} MiB on disk) "
-          f"in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"raster: {raster} ({args.size}x{args.size} at {args.pixel:g} m, {raster.stat().st_size / 2**20:.0f} MiB on disk) "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
     t0 = time.perf_counter()
     train_model(model, args.width, args.epochs)
-    print(f"model: UNet width {args.width}, depth 3, 256-px tiles, {args.epochs} epochs in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"model: UNet width {args.width}, depth 3, 256-px tiles, {args.epochs} epochs in {time.perf_counter() - t0:.0f} s"
+    )
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "forestseg.cli", "predict", str(model), str(raster), "-o", str(out),
-           "--block", str(args.block), "--device", args.device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "forestseg.cli",
+        "predict",
+        str(model),
+        str(raster),
+        "-o",
+        str(out),
+        "--block",
+        str(args.block),
+        "--device",
+        args.device,
+    ]
     timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     t0 = time.perf_counter()
@@ -105,19 +147,28 @@ def main() -> None:
     else:
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     # the same interpreter with torch and forestseg imported, doing nothing: the fixed part of the peak
-    idle = subprocess.run(timer + [sys.executable, "-c", "import forestseg.cli, forestseg.geo"], capture_output=True,
-                          text=True, env=env)
+    idle = subprocess.run(
+        timer + [sys.executable, "-c", "import forestseg.cli, forestseg.geo"], capture_output=True, text=True, env=env
+    )
     idle_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", idle.stderr).group(1)) if timer else 0
-    pixels = args.size ** 2
     model_pixels = round(args.size * args.pixel / 0.5) ** 2  # predicted at the model's 0.5 m
     # what the in-memory path holds at the model's resolution: the image, its padded copy, then
     # total, weight sum and result in float32
     in_memory = model_pixels * (3 + 3 + 4 + 4 + 4)
     area = (out / "forest_area.csv").read_text().splitlines()
-    result = {"size": args.size, "pixel_m": args.pixel, "block": args.block, "width": args.width, "device": args.device,
-              "wall_s": round(wall, 1), "peak_rss_mib": round(peak_kib / 1024), "idle_rss_mib": round(idle_kib / 1024),
-              "in_memory_estimate_mib": round(in_memory / 2**20), "model_megapixels_per_s": round(model_pixels / 1e6 / wall, 2),
-              "forest_area_csv": area}
+    result = {
+        "size": args.size,
+        "pixel_m": args.pixel,
+        "block": args.block,
+        "width": args.width,
+        "device": args.device,
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": round(peak_kib / 1024),
+        "idle_rss_mib": round(idle_kib / 1024),
+        "in_memory_estimate_mib": round(in_memory / 2**20),
+        "model_megapixels_per_s": round(model_pixels / 1e6 / wall, 2),
+        "forest_area_csv": area,
+    }
     print(done.stdout.strip())
     print(json.dumps(result, indent=2))
     if not args.keep:

@@ -13,6 +13,7 @@ tiny scale on the CPU, to check the script itself.
 
     python bench/gpu.py [--epochs 3] [--seeds 6] [--workers 6] [--skip-speed]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -33,20 +33,13 @@ sys.path.insert(0, str(REPO))
 from forestseg.config import ModelConfig, OptimizerConfig, Run, TrainConfig  # noqa: E402
 from forestseg.loader import Tiles  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
-from forestseg.synthetic import render_scene  # noqa: E402
+from forestseg.synthetic import scene_tiles  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
 
 
 def tiles(seed: int, scenes: int, size: int, device: torch.device) -> Tiles:
-    images, masks = [], []
-    for stream in np.random.SeedSequence(seed).spawn(scenes):
-        image, mask = render_scene(np.random.default_rng(stream), 2 * size)
-        for r in range(2):
-            for c in range(2):
-                images.append(image[r * size:(r + 1) * size, c * size:(c + 1) * size])
-                masks.append(mask[r * size:(r + 1) * size, c * size:(c + 1) * size])
-    return Tiles(torch.from_numpy(np.stack(images)).to(device),
-                 torch.from_numpy(np.stack(masks).astype(np.uint8)).to(device))
+    images, masks = scene_tiles(seed, scenes, size)
+    return Tiles(torch.from_numpy(images).to(device), torch.from_numpy(masks).to(device))
 
 
 def check_train_predict(device: torch.device, tiny: bool) -> None:
@@ -58,15 +51,31 @@ def check_train_predict(device: torch.device, tiny: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        straight = train_run(run, model, OptimizerConfig(), cfg, train, test, tmp / "a", tmp / "a.pt", "fp", log=lambda s: None)
+        straight = train_run(
+            run, model, OptimizerConfig(), cfg, train, test, tmp / "a", tmp / "a.pt", "fp", log=lambda s: None
+        )
         seconds = time.perf_counter() - t0
         # stop after 2 epochs (as a kill would), then resume to 3 from the resume file
-        train_run(run, model, OptimizerConfig(), dataclasses.replace(cfg, epochs=2), train, test, tmp / "b", tmp / "b.pt",
-                  "fp", log=lambda s: None)
-        resumed = train_run(run, model, OptimizerConfig(), cfg, train, test, tmp / "b", tmp / "b.pt", "fp", log=lambda s: None)
+        train_run(
+            run,
+            model,
+            OptimizerConfig(),
+            dataclasses.replace(cfg, epochs=2),
+            train,
+            test,
+            tmp / "b",
+            tmp / "b.pt",
+            "fp",
+            log=lambda s: None,
+        )
+        resumed = train_run(
+            run, model, OptimizerConfig(), cfg, train, test, tmp / "b", tmp / "b.pt", "fp", log=lambda s: None
+        )
         same = [r["test_loss"] for r in straight.history] == [r["test_loss"] for r in resumed.history]
-        print(f"train on {device}: 3 epochs in {seconds:.1f} s, test IoU {straight.metrics['test_iou']:.4f}, "
-              f"precision {straight.metrics['precision']}; resumed run identical: {same}")
+        print(
+            f"train on {device}: 3 epochs in {seconds:.1f} s, test IoU {straight.metrics['test_iou']:.4f}, "
+            f"precision {straight.metrics['precision']}; resumed run identical: {same}"
+        )
         image = test.images[0].cpu().numpy()
         on_device = Predictor.load(tmp / "a/model.pt", device).mask(image)
         on_cpu = Predictor.load(tmp / "a/model.pt", torch.device("cpu")).mask(image)
@@ -77,9 +86,15 @@ def check_train_predict(device: torch.device, tiny: bool) -> None:
 
 
 def sh(cwd: Path, *cmd: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@forestseg",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@forestseg"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@forestseg",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@forestseg",
+    }
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -96,12 +111,23 @@ def study_grid(args: argparse.Namespace) -> None:
         sh(Path(tmp), "git", "clone", "-q", str(REPO), str(work))
         params = yaml.safe_load((work / "params.yaml").read_text())
         for key, value in {
-            "synth.scenes": scenes, "synth.grid": grid, "synth.tile_size": tile,
-            "model.arch": "unet" if args.tiny else "study_unet", "model.input": "raw",
-            "optimizer.lr": 1e-4, "optimizer.lr_overrides": {"mse_logits-adam": 1e-3}, "optimizer.step_epochs": 5,
-            "train.epochs": args.epochs, "train.device": args.device, "train.augment": False, "train.color_jitter": 0.0,
-            "train.batch_size": 8 if args.tiny else 160, "train.test_batch_size": 16 if args.tiny else 100,
-            "grid.loss": ["mse_logits", "bce"], "grid.optimizer": ["sgd", "adam"], "grid.seed": seeds,
+            "synth.scenes": scenes,
+            "synth.grid": grid,
+            "synth.tile_size": tile,
+            "model.arch": "unet" if args.tiny else "study_unet",
+            "model.input": "raw",
+            "optimizer.lr": 1e-4,
+            "optimizer.lr_overrides": {"mse_logits-adam": 1e-3},
+            "optimizer.step_epochs": 5,
+            "train.epochs": args.epochs,
+            "train.device": args.device,
+            "train.augment": False,
+            "train.color_jitter": 0.0,
+            "train.batch_size": 8 if args.tiny else 160,
+            "train.test_batch_size": 16 if args.tiny else 100,
+            "grid.loss": ["mse_logits", "bce"],
+            "grid.optimizer": ["sgd", "adam"],
+            "grid.seed": seeds,
         }.items():
             section, name = key.split(".")
             params[section][name] = value
@@ -120,13 +146,17 @@ def study_grid(args: argparse.Namespace) -> None:
                 break
             time.sleep(5)
         sh(work, "dvc", "queue", "stop")
-        print(f"study grid: {4 * len(seeds)} runs x {args.epochs} epochs on {args.workers} queue workers in "
-              f"{time.perf_counter() - t0:.0f} s ({status.count('Success')}/{len(seeds)} slices succeeded)")
+        print(
+            f"study grid: {4 * len(seeds)} runs x {args.epochs} epochs on {args.workers} queue workers in "
+            f"{time.perf_counter() - t0:.0f} s ({status.count('Success')}/{len(seeds)} slices succeeded)"
+        )
         t0 = time.perf_counter()
         out = sh(work, "dvc", "exp", "run", "-n", "all-seeds")
         trained = out.count("Running stage 'train@")
-        print(f"study grid: whole grid restored and aggregated in {time.perf_counter() - t0:.0f} s, "
-              f"{trained} member(s) trained again (goal 0)")
+        print(
+            f"study grid: whole grid restored and aggregated in {time.perf_counter() - t0:.0f} s, "
+            f"{trained} member(s) trained again (goal 0)"
+        )
         print("\n".join(line for line in out.splitlines() if "test IoU" in line))
 
 
@@ -148,8 +178,14 @@ def main() -> None:
     t0 = time.perf_counter()
     check_train_predict(device, args.tiny)
     if not args.skip_speed:
-        print(subprocess.run([sys.executable, str(REPO / "bench/speed.py"), "--batch", "160" if device.type == "cuda" else "16"],
-                             cwd=REPO, capture_output=True, text=True).stdout)
+        print(
+            subprocess.run(
+                [sys.executable, str(REPO / "bench/speed.py"), "--batch", "160" if device.type == "cuda" else "16"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
     study_grid(args)
     print(f"gpu acceptance: done in {time.perf_counter() - t0:.0f} s")
 

@@ -10,6 +10,7 @@ and the all-forest baseline. Prints test forest IoU, mIoU and Dice for each.
 
     python bench/quality.py [--epochs 4] [--train-tiles 0 (all)] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.speed import SAMPLE  # noqa: E402
-from recipes import run as recipe  # noqa: E402
-from forestseg.config import SplitConfig, load_sections  # noqa: E402
+from forestseg.config import (  # noqa: E402
+    Run,  # noqa: E402
+    SplitConfig,
+    load_sections,
+)
 from forestseg.dataset import build_index, split_index, split_summary  # noqa: E402
+from forestseg.device import pick_device  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
-from forestseg.config import Run  # noqa: E402
-from forestseg.device import pick_device  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
+from recipes import run as recipe  # noqa: E402
 
 
 def main() -> None:
@@ -52,25 +56,46 @@ def main() -> None:
     train_rows = np.flatnonzero(subset == "train")
     if args.train_tiles:
         train_rows = np.random.default_rng(args.seed).choice(train_rows, args.train_tiles, replace=False)
-    tiles = {"train": load_tiles(DataLayout(tmp), train_rows, device), "test": load_tiles(DataLayout(tmp), np.flatnonzero(subset == "test"), device)}
+    tiles = {
+        "train": load_tiles(DataLayout(tmp), train_rows, device),
+        "test": load_tiles(DataLayout(tmp), np.flatnonzero(subset == "test"), device),
+    }
     base = split_summary(index, split)["baseline_all_forest"]
-    print(f"sample: {len(index)} pairs, {len(tiles['train'])} train tiles, {len(tiles['test'])} test tiles "
-          f"from {split[subset == 'test']['scene'].nunique()} unseen scenes; {args.epochs} epochs each; device {device}")
+    print(
+        f"sample: {len(index)} pairs, {len(tiles['train'])} train tiles, {len(tiles['test'])} test tiles "
+        f"from {split[subset == 'test']['scene'].nunique()} unseen scenes; {args.epochs} epochs each; device {device}"
+    )
 
     epochs = dict(epochs=args.epochs)
     recipes = {
         "study (study_unet, raw, mse_logits, sgd 1e-4)": (
-            Run("mse_logits", "sgd", args.seed), study_model, study_opt,
-            dataclasses.replace(study_train, batch_size=train.batch_size, precision=train.precision, **epochs)),
+            Run("mse_logits", "sgd", args.seed),
+            study_model,
+            study_opt,
+            dataclasses.replace(study_train, batch_size=train.batch_size, precision=train.precision, **epochs),
+        ),
         f"forestseg (unet w{model.width} d{model.depth}, normalised, bce, adam {opt.lr:g})": (
-            Run("bce", "adam", args.seed), model, dataclasses.replace(opt, lr_overrides={}),
-            dataclasses.replace(train, **epochs)),
+            Run("bce", "adam", args.seed),
+            model,
+            dataclasses.replace(opt, lr_overrides={}),
+            dataclasses.replace(train, **epochs),
+        ),
     }
     rows = []
     for name, (run, m, o, t) in recipes.items():
         t0 = time.perf_counter()
-        result = train_run(run, m, o, t, tiles["train"], tiles["test"], tmp / run.name, tmp / f"{run.name}.pt", name,
-                           log=lambda s: None)
+        result = train_run(
+            run,
+            m,
+            o,
+            t,
+            tiles["train"],
+            tiles["test"],
+            tmp / run.name,
+            tmp / f"{run.name}.pt",
+            name,
+            log=lambda s: None,
+        )
         r = result.metrics
         rows.append((name, r["test_iou"], r["test_miou"], r["test_dice"], time.perf_counter() - t0))
     rows.append(("all-forest baseline", base["iou"], base["miou"], base["dice"], 0.0))

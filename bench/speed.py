@@ -17,6 +17,7 @@ Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles
     python bench/speed.py [--width 16] [--depth 4] [--batch 16] [--steps 12] [--repeats 3]
     python bench/speed.py --study --batch 160      # the study's UNet (on CUDA: the goal's setting)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,23 +33,29 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from forestseg.config import ModelConfig, OptimizerConfig, SynthConfig, TrainConfig  # noqa: E402
+from forestseg.config import (  # noqa: E402
+    ModelConfig,
+    OptimizerConfig,
+    Run,  # noqa: E402
+    SynthConfig,
+    TrainConfig,
+)
 from forestseg.dataset import build_index  # noqa: E402
+from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import Normalizer, Tiles, batches, load_tiles, to_input  # noqa: E402
 from forestseg.losses import bce  # noqa: E402
 from forestseg.model import build_model  # noqa: E402
 from forestseg.synthetic import generate  # noqa: E402
-from forestseg.config import Run  # noqa: E402
-from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
 
 SAMPLE = Path(os.environ.get("FORESTSEG_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "forest-sample"))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A40": 150e12, "L40": 181e12}  # dense tensor-core FLOP/s
 
 
-def study_style_steps(root: Path, names: list[tuple[str, str]], model_cfg: ModelConfig, batch: int, steps: int,
-                      device: torch.device) -> float:
+def study_style_steps(
+    root: Path, names: list[tuple[str, str]], model_cfg: ModelConfig, batch: int, steps: int, device: torch.device
+) -> float:
     """The 2022 study's loop: decode each batch's JPEGs with PIL every step, fp32, NCHW, raw 0-255."""
     torch.manual_seed(0)
     model = build_model(model_cfg).to(device)
@@ -58,10 +65,23 @@ def study_style_steps(root: Path, names: list[tuple[str, str]], model_cfg: Model
         if step == 1:
             t0 = time.perf_counter()
         chunk = [names[(step * batch + i) % len(names)] for i in range(batch)]
-        x = torch.stack([torch.from_numpy(np.array(Image.open(root / "images" / a).convert("RGB"))).permute(2, 0, 1)
-                         for a, _ in chunk]).float().to(device)
-        y = torch.stack([torch.from_numpy(np.array(Image.open(root / "masks" / b).convert("L")) >= 128)
-                         for _, b in chunk]).float().to(device)
+        x = (
+            torch.stack(
+                [
+                    torch.from_numpy(np.array(Image.open(root / "images" / a).convert("RGB"))).permute(2, 0, 1)
+                    for a, _ in chunk
+                ]
+            )
+            .float()
+            .to(device)
+        )
+        y = (
+            torch.stack(
+                [torch.from_numpy(np.array(Image.open(root / "masks" / b).convert("L")) >= 128) for _, b in chunk]
+            )
+            .float()
+            .to(device)
+        )
         loss = bce(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -77,7 +97,7 @@ def assembly_seconds(tiles: Tiles, batch: int, steps: int, norm: Normalizer) -> 
     t0, n = time.perf_counter(), 0
     while n < steps:
         for images, masks in batches(tiles, batch, gen, torch.Generator().manual_seed(1)):
-            x = to_input(images, norm)
+            to_input(images, norm)
             _ = masks.float()
             n += 1
             if n == steps:
@@ -149,8 +169,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="training steps per epoch (and study-style steps)")
     ap.add_argument("--repeats", type=int, default=3, help="timed epochs (after one warm-up epoch) and predict passes")
     ap.add_argument("--study", action="store_true", help="the study's UNet instead of UNet width/depth")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="leave glibc's malloc as it is (the train stage keeps freed memory: device.keep_freed_memory)")
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (the train stage keeps freed memory: device.keep_freed_memory)",
+    )
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = ap.parse_args()
     kept = False if args.default_malloc else keep_freed_memory()
@@ -166,35 +189,69 @@ def main() -> None:
     index, report = build_index(root, DataLayout(tmp).images, DataLayout(tmp).masks)
     pack = time.perf_counter() - t0
     n = report["valid"]
-    print(f"data: {what}, {n} pairs of {report['tile_size'][0]}x{report['tile_size'][1]}, device {device}, "
-          f"{torch.get_num_threads()} CPU threads")
-    print(f"pack: {pack:.2f} s for {n} pairs ({n / pack:.0f} pairs/s) -> {5108 * pack / n:.1f} s extrapolated to 5108 pairs; "
-          f"packed size {DataLayout(tmp).images.stat().st_size / 2**20 + DataLayout(tmp).masks.stat().st_size / 2**20:.0f} MiB")
+    print(
+        f"data: {what}, {n} pairs of {report['tile_size'][0]}x{report['tile_size'][1]}, device {device}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
+    print(
+        f"pack: {pack:.2f} s for {n} pairs ({n / pack:.0f} pairs/s) -> {5108 * pack / n:.1f} s extrapolated to 5108 pairs; "
+        f"packed size {DataLayout(tmp).images.stat().st_size / 2**20 + DataLayout(tmp).masks.stat().st_size / 2**20:.0f} MiB"
+    )
 
-    model_cfg = ModelConfig(arch="study_unet" if args.study else "unet", width=args.width, depth=args.depth,
-                            batch_norm=True, input="normalized")
+    model_cfg = ModelConfig(
+        arch="study_unet" if args.study else "unet",
+        width=args.width,
+        depth=args.depth,
+        batch_norm=True,
+        input="normalized",
+    )
     rows = np.arange(min(n, args.batch * args.steps))
     tiles = load_tiles(DataLayout(tmp), rows, device)
-    test = Tiles(tiles.images[:args.batch], tiles.masks[:args.batch])
+    test = Tiles(tiles.images[: args.batch], tiles.masks[: args.batch])
     opt_cfg = OptimizerConfig(lr=1e-4, lr_overrides={}, step_epochs=100, gamma=0.1, momentum=0.0, weight_decay=0.0)
     size = report["tile_size"][0]
-    train_flops, fwd_flops = flops(model_cfg, size, device, backward=True), flops(model_cfg, size, device, backward=False)
+    train_flops, fwd_flops = (
+        flops(model_cfg, size, device, backward=True),
+        flops(model_cfg, size, device, backward=False),
+    )
     name = "the study's UNet" if args.study else f"UNet width {args.width} depth {args.depth}"
-    print(f"model: {name}, batch {args.batch}, {sum(p.numel() for p in build_model(model_cfg).parameters()) / 1e6:.2f} M "
-          f"params, {len(tiles)} tiles per epoch; {train_flops / 1e9:.1f} GFLOP per training image (forward + backward), "
-          f"{fwd_flops / 1e9:.1f} GFLOP per predicted image (counted)")
+    print(
+        f"model: {name}, batch {args.batch}, {sum(p.numel() for p in build_model(model_cfg).parameters()) / 1e6:.2f} M "
+        f"params, {len(tiles)} tiles per epoch; {train_flops / 1e9:.1f} GFLOP per training image (forward + backward), "
+        f"{fwd_flops / 1e9:.1f} GFLOP per predicted image (counted)"
+    )
     peaks = {dtype: matmul_peak(device, dtype) for dtype in (torch.bfloat16, torch.float32)}
-    print(f"device limit: {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s bf16, {peaks[torch.float32] / 1e9:.0f} GFLOP/s fp32 "
-          f"(best 2048x2048 matmul, measured now)")
+    print(
+        f"device limit: {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s bf16, {peaks[torch.float32] / 1e9:.0f} GFLOP/s fp32 "
+        f"(best 2048x2048 matmul, measured now)"
+    )
 
     speeds, best_model = {}, None
     for precision, compile_ in [("auto", False), ("fp32", False)] + ([("auto", True)] if args.compile else []):
-        train_cfg = TrainConfig(epochs=1 + args.repeats, batch_size=args.batch, test_batch_size=args.batch,
-                                device=device.type, precision=precision, augment=True, channels_last=True,
-                                compile=compile_, diverge_factor=1e9)
+        train_cfg = TrainConfig(
+            epochs=1 + args.repeats,
+            batch_size=args.batch,
+            test_batch_size=args.batch,
+            device=device.type,
+            precision=precision,
+            augment=True,
+            channels_last=True,
+            compile=compile_,
+            diverge_factor=1e9,
+        )
         folder = tmp / f"{precision}{compile_}"
-        result = train_run(Run("bce", "adam", 0), model_cfg, opt_cfg, train_cfg, tiles, test, folder,
-                           folder / "resume.pt", "bench", log=lambda s: None)
+        result = train_run(
+            Run("bce", "adam", 0),
+            model_cfg,
+            opt_cfg,
+            train_cfg,
+            tiles,
+            test,
+            folder,
+            folder / "resume.pt",
+            "bench",
+            log=lambda s: None,
+        )
         # epoch 1 includes one-off warm-up (kernel selection, allocator, compilation): time the others
         per_epoch = [len(tiles) / h["train_seconds"] for h in result.history[1:]]
         label = result.metrics["precision"] + (", torch.compile" if compile_ else "")
@@ -202,17 +259,21 @@ def main() -> None:
         mfu = [v * train_flops / peak for v in per_epoch]
         speeds[label] = float(np.median(per_epoch))
         best_model = best_model or folder / "model.pt"
-        print(f"forestseg train: {spread(per_epoch)} images/s ({label}); MFU {spread([100 * m for m in mfu])} % "
-              f"of the {'bf16' if 'bf16' in label else 'fp32'} peak")
+        print(
+            f"forestseg train: {spread(per_epoch)} images/s ({label}); MFU {spread([100 * m for m in mfu])} % "
+            f"of the {'bf16' if 'bf16' in label else 'fp32'} peak"
+        )
     ours = max(speeds.values())
 
-    images = tiles.images[:min(len(tiles), 4 * args.batch)].cpu().numpy()
+    images = tiles.images[: min(len(tiles), 4 * args.batch)].cpu().numpy()
     predicted = predict_speeds(best_model, images, device, args.repeats)
     bf16_predict = device.type == "cuda" or use_bf16("auto", device)
     peak = peaks[torch.bfloat16 if bf16_predict else torch.float32]
-    print(f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, windows of "
-          f"{len(images)} images batched); MFU {spread([100 * v * fwd_flops / peak for v in predicted])} %; "
-          f"{np.median(predicted) / ours:.2f}x the training images/s (goal >= 3x)")
+    print(
+        f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, windows of "
+        f"{len(images)} images batched); MFU {spread([100 * v * fwd_flops / peak for v in predicted])} %; "
+        f"{np.median(predicted) / ours:.2f}x the training images/s (goal >= 3x)"
+    )
 
     names = list(zip(index["image"], index["mask"]))
     theirs = study_style_steps(root, names, model_cfg, args.batch, args.steps, device)
@@ -225,10 +286,14 @@ def main() -> None:
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
         table = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        print(f"{name}: datasheet bf16 dense peak {table / 1e12:.0f} TFLOP/s" if table else f"{name}: no datasheet peak")
+        print(
+            f"{name}: datasheet bf16 dense peak {table / 1e12:.0f} TFLOP/s" if table else f"{name}: no datasheet peak"
+        )
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"peak RSS: {usage.ru_maxrss / 2**10:.0f} MiB; CPU time {usage.ru_utime:.1f} s user, {usage.ru_stime:.1f} s "
-          f"system; malloc {'keeps freed memory' if kept else 'glibc default'}")
+    print(
+        f"peak RSS: {usage.ru_maxrss / 2**10:.0f} MiB; CPU time {usage.ru_utime:.1f} s user, {usage.ru_stime:.1f} s "
+        f"system; malloc {'keeps freed memory' if kept else 'glibc default'}"
+    )
 
 
 if __name__ == "__main__":

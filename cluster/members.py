@@ -3,6 +3,7 @@
 usage: python cluster/members.py                 every member, one per line
        python cluster/members.py --task K N      members K, K+N, K+2N, ... (task K of N)
 """
+
 import sys
 from pathlib import Path
 

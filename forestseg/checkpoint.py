@@ -9,6 +9,7 @@
 
 Each carries a format tag, so an older or foreign file is refused with one line.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,11 +45,15 @@ def read_model(path: str | Path) -> dict:
         raise ForestsegError(f"{path}: cannot be read as a forestseg model file ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         found = state.get("format", "no format tag") if isinstance(state, dict) else type(state).__name__
-        raise ForestsegError(f"{path}: not a {MODEL_FORMAT} model file ({found}); retrain it with this version "
-                             "(`dvc repro`), or pass models/<run>/model.pt")
+        raise ForestsegError(
+            f"{path}: not a {MODEL_FORMAT} model file ({found}); retrain it with this version "
+            "(`dvc repro`), or pass models/<run>/model.pt"
+        )
     if state["weights"] is None:
-        raise ForestsegError(f"{path}: run {state.get('run')} diverged and has no model ({state.get('message', '')}); "
-                             "lower optimizer.lr and retrain")
+        raise ForestsegError(
+            f"{path}: run {state.get('run')} diverged and has no model ({state.get('message', '')}); "
+            "lower optimizer.lr and retrain"
+        )
     return state
 
 

@@ -1,13 +1,14 @@
 """`forestseg predict`: checkpoint + images or folders -> 0/255 PNG masks (and overlays), or for
 GeoTIFFs georeferenced forest masks and forest_area.csv; `forestseg evaluate`: scores and area bias
 on labelled data."""
+
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 import json
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import ConfigError, DataConfig, ForestsegError
+from .device import pick_device
 from .io import read_json, write_csv, write_json, write_with
 from .predict import BLOCK, Predictor, overlay, read_rgb
-from .device import pick_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
-AREA_COLUMNS = ["file", "crs", "pixel_size_m", "model_pixel_size_m", "resampled", "valid_ha", "forest_ha",
-                "forest_share", "area_bias_pct", "mask"]
+AREA_COLUMNS = [
+    "file",
+    "crs",
+    "pixel_size_m",
+    "model_pixel_size_m",
+    "resampled",
+    "valid_ha",
+    "forest_ha",
+    "forest_share",
+    "area_bias_pct",
+    "mask",
+]
 
 
 def _inputs(paths: list[Path]) -> list[Path]:
@@ -45,7 +56,9 @@ def _bands(text: str) -> tuple[int, ...]:
     except ValueError:
         bands = ()
     if len(bands) != 3 or min(bands) < 1:
-        raise ForestsegError(f"--bands {text}: give three band numbers for red, green and blue, e.g. 1,2,3 (or 3,2,1 for BGR)")
+        raise ForestsegError(
+            f"--bands {text}: give three band numbers for red, green and blue, e.g. 1,2,3 (or 3,2,1 for BGR)"
+        )
     return bands
 
 
@@ -59,8 +72,10 @@ def _area_error(text: str | None) -> float | None:
         try:
             value = read_json(text)["area_bias_pct"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ForestsegError(f"--area-error {text}: neither a percentage nor an evaluate JSON with area_bias_pct "
-                                 f"({type(e).__name__}: {e})") from None
+            raise ForestsegError(
+                f"--area-error {text}: neither a percentage nor an evaluate JSON with area_bias_pct "
+                f"({type(e).__name__}: {e})"
+            ) from None
         if not isinstance(value, (int, float)):
             raise ForestsegError(f"--area-error {text}: its area_bias_pct is {value!r}, not a number")
     if not math.isfinite(value):
@@ -72,22 +87,33 @@ def _map_options(args: argparse.Namespace, predictor: Predictor):
     from .geo import MapOptions, parse_crs
 
     if args.overlap is not None and not 0 <= args.overlap < predictor.tile:
-        raise ForestsegError(f"--overlap {args.overlap}: must be in 0..{predictor.tile - 1} (the model's tile is {predictor.tile} px)")
+        raise ForestsegError(
+            f"--overlap {args.overlap}: must be in 0..{predictor.tile - 1} (the model's tile is {predictor.tile} px)"
+        )
     if args.block < 1:
         raise ForestsegError(f"--block {args.block}: must be a positive number of pixels")
     if args.reproject:
         parse_crs(args.reproject)
     if getattr(args, "min_area_m2", 0) < 0:
         raise ForestsegError(f"--min-area-m2 {args.min_area_m2}: must be >= 0")
-    return MapOptions(bands=_bands(args.bands), resample=not args.no_resample, reproject=args.reproject,
-                      probability=getattr(args, "probability", None), polygons=getattr(args, "polygons", False),
-                      min_area_m2=getattr(args, "min_area_m2", 0.0), overlap=args.overlap, block=args.block)
+    return MapOptions(
+        bands=_bands(args.bands),
+        resample=not args.no_resample,
+        reproject=args.reproject,
+        probability=getattr(args, "probability", None),
+        polygons=getattr(args, "polygons", False),
+        min_area_m2=getattr(args, "min_area_m2", 0.0),
+        overlap=args.overlap,
+        block=args.block,
+    )
 
 
 def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
     if not predictor.pixel_size_recorded:
-        print(f"note: {checkpoint} does not record the pixel size it was trained at; assuming "
-              f"{predictor.pixel_size_m:g} m (the Kaggle/DeepGlobe tiles)")
+        print(
+            f"note: {checkpoint} does not record the pixel size it was trained at; assuming "
+            f"{predictor.pixel_size_m:g} m (the Kaggle/DeepGlobe tiles)"
+        )
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -100,13 +126,17 @@ def predict(args: argparse.Namespace) -> int:
     stems = [f.stem for f in files]
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
-        raise ForestsegError(f"several inputs would write the same <name>_mask.png: {twice[:5]}; predict them separately")
+        raise ForestsegError(
+            f"several inputs would write the same <name>_mask.png: {twice[:5]}; predict them separately"
+        )
     if args.out.exists() and not args.out.is_dir():
         raise ForestsegError(f"-o {args.out}: is a file; give a folder for the masks")
     input_dirs = {p.resolve() for p in args.inputs if p.is_dir()} | {f.parent.resolve() for f in files}
     if args.out.resolve() in input_dirs:
-        raise ForestsegError(f"-o {args.out}: is a folder of input images; the masks would land among them "
-                             "(and be read as inputs next time): choose another output folder")
+        raise ForestsegError(
+            f"-o {args.out}: is a folder of input images; the masks would land among them "
+            "(and be read as inputs next time): choose another output folder"
+        )
     # GeoTIFFs are checked before anything runs: a bad one stops the run (exit 2) rather than
     # leaving a forest-area table with an orthophoto silently missing
     rasters, pictures = [], []
@@ -127,8 +157,10 @@ def predict(args: argparse.Namespace) -> int:
         print("note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none")
     failed, transparent = _predict_pictures(predictor, pictures, args)
     if pictures:
-        print(f"predict: wrote {len(pictures) - len(failed)} mask(s) to {args.out}; {len(failed)} image(s) failed"
-              + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else ""))
+        print(
+            f"predict: wrote {len(pictures) - len(failed)} mask(s) to {args.out}; {len(failed)} image(s) failed"
+            + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else "")
+        )
     if rasters:
         _map_rasters(predictor, rasters, args.out, opts, area_error)
     for message in failed:
@@ -136,8 +168,9 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _predict_pictures(predictor: Predictor, pictures: list[Path], args: argparse.Namespace,
-                      chunk: int = 32) -> tuple[list[str], int]:
+def _predict_pictures(
+    predictor: Predictor, pictures: list[Path], args: argparse.Namespace, chunk: int = 32
+) -> tuple[list[str], int]:
     """PNG masks (and overlays) of JPEG/PNG inputs, `chunk` images per step: the next chunk decodes and
     the last one's files are written in threads while the model runs, and tile-sized images of a
     chunk share forward passes. Returns (error messages, images that had an alpha band)."""
@@ -154,9 +187,11 @@ def _predict_pictures(predictor: Predictor, pictures: list[Path], args: argparse
         if args.overlay:
             write_with(args.out / f"{path.stem}_overlay.png", lambda p: Image.fromarray(overlay(image, mask)).save(p))
 
-    groups = [pictures[i:i + chunk] for i in range(0, len(pictures), chunk)]
-    with ThreadPoolExecutor(2) as pool, tqdm(total=len(pictures), desc="predict", unit="image",
-                                              disable=None if pictures else True) as bar:
+    groups = [pictures[i : i + chunk] for i in range(0, len(pictures), chunk)]
+    with (
+        ThreadPoolExecutor(2) as pool,
+        tqdm(total=len(pictures), desc="predict", unit="image", disable=None if pictures else True) as bar,
+    ):
         ahead = pool.map(read, groups[0]) if groups else None
         writes, pending = [], []
         for k, group in enumerate(groups):
@@ -185,18 +220,37 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
     rows = []
     for raster in rasters:
         a = map_forest(predictor, raster, out, opts)
-        rows.append({"file": a.file, "crs": a.crs, "pixel_size_m": a.pixel_size_m, "model_pixel_size_m": a.model_pixel_size_m,
-                     "resampled": a.resampled, "valid_ha": round(a.valid_ha, 4), "forest_ha": round(a.forest_ha, 4),
-                     "forest_share": None if a.forest_share is None else round(a.forest_share, 6),
-                     "area_bias_pct": area_error, "mask": a.mask})
+        rows.append(
+            {
+                "file": a.file,
+                "crs": a.crs,
+                "pixel_size_m": a.pixel_size_m,
+                "model_pixel_size_m": a.model_pixel_size_m,
+                "resampled": a.resampled,
+                "valid_ha": round(a.valid_ha, 4),
+                "forest_ha": round(a.forest_ha, 4),
+                "forest_share": None if a.forest_share is None else round(a.forest_share, 6),
+                "area_bias_pct": area_error,
+                "mask": a.mask,
+            }
+        )
         write_csv(out / "forest_area.csv", pd.DataFrame(rows, columns=AREA_COLUMNS))
-        share = "no valid pixels" if a.forest_share is None else f"{a.forest_share:.1%} of {a.valid_ha:.2f} ha with data"
-        grid = (f"predicted at {a.model_pixel_size_m:g} m, mask on the input's {a.pixel_size_m:g} m grid" if a.resampled
-                else f"predicted at the input's {a.pixel_size_m:g} m")
-        print(f"{raster.path.name}: forest {a.forest_ha:.2f} ha ({share}; {a.crs}, {grid}) -> {a.mask}"
-              + (f"; {a.polygons} forest polygon(s)" if a.polygons is not None else ""))
-    print(f"predict: mapped {len(rows)} GeoTIFF(s); areas in {out / 'forest_area.csv'}"
-          + (f" (area bias on held-out data: {area_error:+.1f}%)" if area_error is not None else ""))
+        share = (
+            "no valid pixels" if a.forest_share is None else f"{a.forest_share:.1%} of {a.valid_ha:.2f} ha with data"
+        )
+        grid = (
+            f"predicted at {a.model_pixel_size_m:g} m, mask on the input's {a.pixel_size_m:g} m grid"
+            if a.resampled
+            else f"predicted at the input's {a.pixel_size_m:g} m"
+        )
+        print(
+            f"{raster.path.name}: forest {a.forest_ha:.2f} ha ({share}; {a.crs}, {grid}) -> {a.mask}"
+            + (f"; {a.polygons} forest polygon(s)" if a.polygons is not None else "")
+        )
+    print(
+        f"predict: mapped {len(rows)} GeoTIFF(s); areas in {out / 'forest_area.csv'}"
+        + (f" (area bias on held-out data: {area_error:+.1f}%)" if area_error is not None else "")
+    )
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -208,24 +262,42 @@ def evaluate(args: argparse.Namespace) -> int:
     try:
         DataConfig(masks=args.masks, forest=forest)
     except ConfigError as e:  # the params.yaml checks, named by the flags here
-        raise ForestsegError(str(e).replace("params.yaml: data.masks", "--masks").replace("params.yaml: data.forest", "--forest")) from None
+        raise ForestsegError(
+            str(e).replace("params.yaml: data.masks", "--masks").replace("params.yaml: data.forest", "--forest")
+        ) from None
     if not args.data.is_dir():
         raise ForestsegError(f"{args.data}: no such folder")
     _pixel_note(args.checkpoint, predictor)
-    result = score(predictor, args.data, opts, masks=args.masks, forest=forest, split=args.split,
-                   subset=args.subset, overlap=args.overlap)
+    result = score(
+        predictor,
+        args.data,
+        opts,
+        masks=args.masks,
+        forest=forest,
+        split=args.split,
+        subset=args.subset,
+        overlap=args.overlap,
+    )
     result = {"checkpoint": str(args.checkpoint), **result}
     kind = "scene" if "scenes" in result else "raster"
-    what = f"{result['tiles']} tiles of {result['scenes']} scenes" if kind == "scene" else f"{result['rasters']} rasters"
+    what = (
+        f"{result['tiles']} tiles of {result['scenes']} scenes" if kind == "scene" else f"{result['rasters']} rasters"
+    )
     print(f"evaluate: {what} ({result['subset'] if kind == 'scene' else 'all'}) of {args.data}")
-    print(f"  forest IoU {result['iou']:.4f}  precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
-          f"mIoU {result['miou']:.4f}  Dice {result['dice']:.4f}")
+    print(
+        f"  forest IoU {result['iou']:.4f}  precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
+        f"mIoU {result['miou']:.4f}  Dice {result['dice']:.4f}"
+    )
     bias = result["area_bias_pct"]
-    print(f"  forest area: predicted {result['predicted_forest_ha']:.2f} ha, true {result['true_forest_ha']:.2f} ha, "
-          + (f"area bias {bias:+.2f}%" if bias is not None else "no true forest: area bias undefined"))
+    print(
+        f"  forest area: predicted {result['predicted_forest_ha']:.2f} ha, true {result['true_forest_ha']:.2f} ha, "
+        + (f"area bias {bias:+.2f}%" if bias is not None else "no true forest: area bias undefined")
+    )
     share = result[f"{kind}_share_error_pp"]
-    print(f"  per {kind}: forest share off by {share['mean_abs']:.2f} percentage points on average "
-          f"(at most {share['max_abs']:.2f})")
+    print(
+        f"  per {kind}: forest share off by {share['mean_abs']:.2f} percentage points on average "
+        f"(at most {share['max_abs']:.2f})"
+    )
     if args.output:
         write_json(args.output, result)
         print(f"evaluate: wrote {args.output} (pass it to `forestseg predict --area-error`)")
@@ -240,20 +312,36 @@ def _forest(text: str | None) -> tuple:
         value = json.loads(text)
     except ValueError:
         value = None
-    ok = isinstance(value, list) and all(isinstance(v, int) or (isinstance(v, list) and len(v) == 3
-                                                                and all(isinstance(c, int) for c in v)) for v in value)
+    ok = isinstance(value, list) and all(
+        isinstance(v, int) or (isinstance(v, list) and len(v) == 3 and all(isinstance(c, int) for c in v))
+        for v in value
+    )
     if not ok:
-        raise ForestsegError(f"--forest {text}: give a JSON list of class ids, e.g. [2], or of colours, e.g. [[0,255,0]]")
+        raise ForestsegError(
+            f"--forest {text}: give a JSON list of class ids, e.g. [2], or of colours, e.g. [[0,255,0]]"
+        )
     return tuple(tuple(v) if isinstance(v, list) else v for v in value)
 
 
 def _raster_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("GeoTIFF inputs")
-    g.add_argument("--bands", default="1,2,3", help="band numbers read as red,green,blue (default 1,2,3; 3,2,1 for BGR)")
-    g.add_argument("--no-resample", action="store_true",
-                   help="predict at the raster's own pixel size instead of the model's (the checkpoint's pixel_size_m)")
-    g.add_argument("--reproject", metavar="EPSG:CODE", help="warp to this projected CRS first (needed for geographic rasters)")
-    g.add_argument("--block", type=int, default=BLOCK, help=f"width in pixels of the panels read at a time (default {BLOCK}); memory grows with it")
+    g.add_argument(
+        "--bands", default="1,2,3", help="band numbers read as red,green,blue (default 1,2,3; 3,2,1 for BGR)"
+    )
+    g.add_argument(
+        "--no-resample",
+        action="store_true",
+        help="predict at the raster's own pixel size instead of the model's (the checkpoint's pixel_size_m)",
+    )
+    g.add_argument(
+        "--reproject", metavar="EPSG:CODE", help="warp to this projected CRS first (needed for geographic rasters)"
+    )
+    g.add_argument(
+        "--block",
+        type=int,
+        default=BLOCK,
+        help=f"width in pixels of the panels read at a time (default {BLOCK}); memory grows with it",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,18 +356,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
     _raster_flags(p)
     g = p.add_argument_group("GeoTIFF outputs")
-    g.add_argument("--probability", nargs="?", const="uint8", choices=["uint8", "float32"],
-                   help="also write <name>_probability.tif: uint8 0-255 (default) or float32 0-1")
+    g.add_argument(
+        "--probability",
+        nargs="?",
+        const="uint8",
+        choices=["uint8", "float32"],
+        help="also write <name>_probability.tif: uint8 0-255 (default) or float32 0-1",
+    )
     g.add_argument("--polygons", action="store_true", help="also write forest polygons as <name>_forest.geojson")
     g.add_argument("--min-area-m2", type=float, default=0.0, help="drop forest polygons smaller than this (m2)")
-    g.add_argument("--area-error", metavar="PCT|JSON",
-                   help="the model's area bias in %%, or the JSON of `forestseg evaluate -o`; goes into forest_area.csv")
+    g.add_argument(
+        "--area-error",
+        metavar="PCT|JSON",
+        help="the model's area bias in %%, or the JSON of `forestseg evaluate -o`; goes into forest_area.csv",
+    )
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on labelled tiles or rasters: IoU, precision, recall, area bias")
+    e = sub.add_parser(
+        "evaluate", help="score a checkpoint on labelled tiles or rasters: IoU, precision, recall, area bias"
+    )
     e.add_argument("checkpoint", type=Path)
-    e.add_argument("data", type=Path, help="a Kaggle-layout folder (meta_data.csv, images/, masks/) or a folder "
-                                           "with images/<name>.tif and masks/<name>.tif")
-    e.add_argument("--split", type=Path, help="a split.csv (image, subset columns, e.g. data/split.csv): score only its --subset rows")
+    e.add_argument(
+        "data",
+        type=Path,
+        help="a Kaggle-layout folder (meta_data.csv, images/, masks/) or a folder "
+        "with images/<name>.tif and masks/<name>.tif",
+    )
+    e.add_argument(
+        "--split",
+        type=Path,
+        help="a split.csv (image, subset columns, e.g. data/split.csv): score only its --subset rows",
+    )
     e.add_argument("--subset", default="test", help="rows of --split to score (default test)")
     e.add_argument("--masks", default="0/255", help="mask convention of the tiles, as params.yaml's data.masks")
     e.add_argument("--forest", help="forest class ids or colours, as params.yaml's data.forest (JSON)")

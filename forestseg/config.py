@@ -3,6 +3,7 @@
 Only `stages/` reads params.yaml; it builds these once and passes them down. Every value is
 checked when built, so a typo or a bad number stops the stage with one line naming the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,17 +73,29 @@ class DataConfig:
         _choice("data.masks", self.masks, tuple(CONVENTIONS))
         needs = CONVENTIONS[self.masks].needs_forest
         if not needs and self.forest:
-            _fail("data.forest", f"must be [] with data.masks {self.masks!r} (forest is its high value); "
-                  "list values with data.masks: classes, colours with data.masks: colors")
+            _fail(
+                "data.forest",
+                f"must be [] with data.masks {self.masks!r} (forest is its high value); "
+                "list values with data.masks: classes, colours with data.masks: colors",
+            )
         if needs and not self.forest:
-            _fail("data.forest", f"list the {needs} that are forest, e.g. "
-                  + ("[2]" if needs == "values" else "[[0, 255, 0]] (DeepGlobe)"))
+            _fail(
+                "data.forest",
+                f"list the {needs} that are forest, e.g. "
+                + ("[2]" if needs == "values" else "[[0, 255, 0]] (DeepGlobe)"),
+            )
         for f in self.forest:
-            ok = (isinstance(f, int) and 0 <= f <= 255) if needs == "values" else \
-                (isinstance(f, tuple) and len(f) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in f))
+            ok = (
+                (isinstance(f, int) and 0 <= f <= 255)
+                if needs == "values"
+                else (isinstance(f, tuple) and len(f) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in f))
+            )
             if not ok:
-                _fail("data.forest", f"{list(f) if isinstance(f, tuple) else f!r} is not "
-                      + ("a value in 0..255" if needs == "values" else "an RGB colour [r, g, b] with each in 0..255"))
+                _fail(
+                    "data.forest",
+                    f"{list(f) if isinstance(f, tuple) else f!r} is not "
+                    + ("a value in 0..255" if needs == "values" else "an RGB colour [r, g, b] with each in 0..255"),
+                )
 
 
 @dataclass(frozen=True)
@@ -167,8 +180,10 @@ class OptimizerConfig:
         for key, lr in self.lr_overrides.items():
             loss, _, opt = str(key).partition("-")
             if loss not in _losses() or opt not in _optimizers():
-                _fail(f"optimizer.lr_overrides.{key}",
-                      f"keys are '<loss>-<optimizer>' with loss in {tuple(_losses())} and optimizer in {tuple(_optimizers())}")
+                _fail(
+                    f"optimizer.lr_overrides.{key}",
+                    f"keys are '<loss>-<optimizer>' with loss in {tuple(_losses())} and optimizer in {tuple(_optimizers())}",
+                )
             _positive(f"optimizer.lr_overrides.{key}", lr)
 
     def lr_for(self, loss: str, optimizer: str) -> float:
@@ -222,7 +237,7 @@ class GridConfig:
 
     def runs(self) -> list["Run"]:
         """Every loss x optimizer x seed combination, in the order of dvc.yaml's matrix."""
-        return [Run(l, o, s) for l in self.loss for o in self.optimizer for s in self.seed]
+        return [Run(loss, o, s) for loss in self.loss for o in self.optimizer for s in self.seed]
 
 
 @dataclass(frozen=True)
@@ -309,8 +324,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, list):
             _fail(key, f"must be a list, got {value!r}")
         if key == "data.forest":
-            return tuple(tuple(_coerce(f"{key}[{i}][{j}]", c, int) for j, c in enumerate(v)) if isinstance(v, list)
-                         else _coerce(f"{key}[{i}]", v, int) for i, v in enumerate(value))
+            return tuple(
+                tuple(_coerce(f"{key}[{i}][{j}]", c, int) for j, c in enumerate(v))
+                if isinstance(v, list)
+                else _coerce(f"{key}[{i}]", v, int)
+                for i, v in enumerate(value)
+            )
         item_kind = int if key.endswith(".seed") else str
         return tuple(_coerce(f"{key}[{i}]", v, item_kind) for i, v in enumerate(value))
     if kind is dict:  # lr overrides

@@ -5,6 +5,7 @@ The folder holds images/<scene>_sat_<rc>.jpg, masks/<scene>_mask_<rc>.jpg and me
 (images (N, H, W, 3), masks (N, H, W) in {0, 1}) whose row i is row i of the index, so training
 never touches a JPEG. Bad pairs are skipped, counted and listed with their reason.
 """
+
 from __future__ import annotations
 
 import collections
@@ -22,7 +23,7 @@ from .config import DataConfig, ForestsegError, SplitConfig
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode
 from .io import atomic_path, sha256_of, write_csv, write_json
 from .layout import DataLayout
-from .masks import Stats, MaskMismatch, describe_convention, forest_of
+from .masks import MaskMismatch, Stats, describe_convention, forest_of
 from .metrics import scores
 
 GET_DATA = (
@@ -86,9 +87,13 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
     if len(found) == 1:
         return found[0], [f"meta_data.csv found in {found[0]} (below data.source {root}, as the Kaggle zip unpacks)"]
     if len(found) > 1:
-        raise DataError(f"{root}: no meta_data.csv, but {len(found)} folders below it have one "
-                        f"({', '.join(str(f) for f in found[:3])}); set data.source to the one to use")
-    raise DataError(f"{root / 'meta_data.csv'}: missing; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}")
+        raise DataError(
+            f"{root}: no meta_data.csv, but {len(found)} folders below it have one "
+            f"({', '.join(str(f) for f in found[:3])}); set data.source to the one to use"
+        )
+    raise DataError(
+        f"{root / 'meta_data.csv'}: missing; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}"
+    )
 
 
 def check_tracked(source: str | Path, project: str | Path = ".") -> None:
@@ -103,9 +108,11 @@ def check_tracked(source: str | Path, project: str | Path = ".") -> None:
         return
     if out.returncode == 1:  # 0: ignored (a DVC-tracked or generated folder); 128: not a git repo
         rel = source.relative_to(project)
-        raise DataError(f"data.source {rel} is inside the project but not tracked by DVC: every `dvc exp run` "
-                        f"would commit its images to git, and queued experiments cannot see it; run "
-                        f"`dvc add {rel}` and commit {rel}.dvc (README: Real data)")
+        raise DataError(
+            f"data.source {rel} is inside the project but not tracked by DVC: every `dvc exp run` "
+            f"would commit its images to git, and queued experiments cannot see it; run "
+            f"`dvc add {rel}` and commit {rel}.dvc (README: Real data)"
+        )
 
 
 def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -123,8 +130,9 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         raise DataError(f"{meta}: cannot be read as CSV ({reason}). {GET_DATA}") from None
     missing = [c for c in ("image", "mask") if c not in frame.columns]
     if missing:
-        raise DataError(f"{meta}: missing column(s) {missing}; found {list(frame.columns)}; "
-                        "expected a header line 'image,mask'")
+        raise DataError(
+            f"{meta}: missing column(s) {missing}; found {list(frame.columns)}; expected a header line 'image,mask'"
+        )
     extra = [c for c in frame.columns if c not in ("image", "mask")]
     notes = [f"ignored extra column(s) of meta_data.csv: {extra}"] if extra else []
     return frame[["image", "mask"]], notes
@@ -145,18 +153,24 @@ def _read(root: Path, folder: str, name: str) -> Picture:
         raise BadPair(f"{name} {e}") from None
 
 
-def _load_pair(root: Path, image: str, mask: str, size: tuple[int, int], convention: str,
-               forest: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _load_pair(
+    root: Path, image: str, mask: str, size: tuple[int, int], convention: str, forest: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(RGB image, forest map in {0, 1}, the decoded mask) of one pair; raises BadPair."""
     img = _read(root, "images", image)
     if img.pixels.ndim != 3 or img.alpha is not None:
-        raise BadPair(f"{image} is a {img.kind}; convert it to RGB" if img.pixels.ndim != 3
-                      else f"{image} has mode {img.kind.split()[0]}; convert it to RGB")
+        raise BadPair(
+            f"{image} is a {img.kind}; convert it to RGB"
+            if img.pixels.ndim != 3
+            else f"{image} has mode {img.kind.split()[0]}; convert it to RGB"
+        )
     msk = _read(root, "masks", mask).pixels
     if img.pixels.shape[:2] != size:
         raise BadPair(f"image is {img.pixels.shape[1]}x{img.pixels.shape[0]}, the set's tiles are {size[1]}x{size[0]}")
     if msk.shape[:2] != img.pixels.shape[:2]:
-        raise BadPair(f"mask is {msk.shape[1]}x{msk.shape[0]}, its image is {img.pixels.shape[1]}x{img.pixels.shape[0]}")
+        raise BadPair(
+            f"mask is {msk.shape[1]}x{msk.shape[0]}, its image is {img.pixels.shape[1]}x{img.pixels.shape[0]}"
+        )
     try:
         return img.pixels, forest_of(msk, convention, forest), msk
     except MaskMismatch as e:
@@ -195,8 +209,14 @@ def _packed(path: Path, shape: tuple[int, ...]) -> np.memmap:
     return array
 
 
-def build_index(root: str | Path, images_out: str | Path, masks_out: str | Path, masks: str = "0/255",
-                forest: tuple = (), workers: int | None = None) -> tuple[pd.DataFrame, dict]:
+def build_index(
+    root: str | Path,
+    images_out: str | Path,
+    masks_out: str | Path,
+    masks: str = "0/255",
+    forest: tuple = (),
+    workers: int | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """Validate and decode every pair listed in meta_data.csv of the Kaggle-layout folder at (or
     nested inside) `root`; masks are read with convention `masks` (see forestseg.masks).
 
@@ -222,12 +242,18 @@ def build_index(root: str | Path, images_out: str | Path, masks_out: str | Path,
             rows.append((image, mask))
         seen.add(image)
     listed = {image for image, _ in meta.itertuples(index=False)}
-    unlisted = sorted(p.name for p in (root / "images").glob("*") if p.name not in listed) \
-        if (root / "images").is_dir() else []
+    unlisted = (
+        sorted(p.name for p in (root / "images").glob("*") if p.name not in listed)
+        if (root / "images").is_dir()
+        else []
+    )
     if not rows:
         reasons = collections.Counter(s["reason"] for s in skipped).most_common(2)
-        raise DataError(f"{root}/meta_data.csv lists no usable pair ({len(meta)} rows"
-                        + (f"; most common reasons: {reasons}" if reasons else "") + f"). {GET_DATA}")
+        raise DataError(
+            f"{root}/meta_data.csv lists no usable pair ({len(meta)} rows"
+            + (f"; most common reasons: {reasons}" if reasons else "")
+            + f"). {GET_DATA}"
+        )
 
     size = _tile_size(root, [image for image, _ in rows])
     n = len(rows)
@@ -258,14 +284,24 @@ def build_index(root: str | Path, images_out: str | Path, masks_out: str | Path,
                     images[k], packed_masks[k], decoded = result
                     stats.add(decoded)
                     forest_px = int(result[1].sum())
-                    kept.append({"image": image, "mask": mask, "scene": scene_of(image),
-                                 "forest_pixels": forest_px, "pixels": size[0] * size[1],
-                                 "forest_fraction": round(forest_px / (size[0] * size[1]), 6)})
+                    kept.append(
+                        {
+                            "image": image,
+                            "mask": mask,
+                            "scene": scene_of(image),
+                            "forest_pixels": forest_px,
+                            "pixels": size[0] * size[1],
+                            "forest_fraction": round(forest_px / (size[0] * size[1]), 6),
+                        }
+                    )
             if not kept and not misfits:
                 reasons = collections.Counter(s["reason"] for s in skipped).most_common(3)
-                raise DataError(f"{root}: 0 valid pairs out of {len(meta)} rows (most common reasons: {reasons}). {GET_DATA}")
-            _check_convention(root, masks, forest, stats, len(kept), misfits, skipped,
-                              sum(k["forest_pixels"] for k in kept))
+                raise DataError(
+                    f"{root}: 0 valid pairs out of {len(meta)} rows (most common reasons: {reasons}). {GET_DATA}"
+                )
+            _check_convention(
+                root, masks, forest, stats, len(kept), misfits, skipped, sum(k["forest_pixels"] for k in kept)
+            )
             _cut(msk_tmp, packed_masks, len(kept))
         _cut(img_tmp, images, len(kept))
 
@@ -289,15 +325,24 @@ def build_index(root: str | Path, images_out: str | Path, masks_out: str | Path,
     return index, report
 
 
-def _check_convention(root: Path, masks: str, forest: tuple, stats: Stats, kept: int, misfits: int,
-                      skipped: list[dict], forest_pixels: int) -> None:
+def _check_convention(
+    root: Path,
+    masks: str,
+    forest: tuple,
+    stats: Stats,
+    kept: int,
+    misfits: int,
+    skipped: list[dict],
+    forest_pixels: int,
+) -> None:
     """Stop when the set as a whole looks like another mask convention than data.masks."""
     shown = [list(f) if isinstance(f, tuple) else f for f in forest]
     where = f"{root}/masks: data.masks is {masks!r}" + (f" with data.forest {shown}" if forest else "")
     if misfits > MISFIT_STOP * (kept + misfits):
         example = next(s["reason"] for s in skipped if "does not fit data.masks" in s["reason"])
-        raise DataError(f"{where}, but {misfits} of {kept + misfits} masks do not fit it (e.g. {example}); "
-                        f"{stats.suggest()}")
+        raise DataError(
+            f"{where}, but {misfits} of {kept + misfits} masks do not fit it (e.g. {example}); {stats.suggest()}"
+        )
     if masks == "colors" and stats.colour_masks == 0:
         raise DataError(f"{where}, but every mask is grey ({stats.found()}); {stats.suggest()}")
     if forest_pixels == 0:
@@ -309,25 +354,31 @@ def index_folder(source: str | Path, layout: DataLayout, cfg: DataConfig) -> dic
     returns the index report."""
     index, report = build_index(source, layout.images, layout.masks, cfg.masks, cfg.forest)
     # content digest of the arrays: the train stage's resume fingerprint, without re-reading hundreds of MB per run
-    write_json(layout.digest, {**{p.name: sha256_of(p) for p in (layout.images, layout.masks)},
-                               "pixel_size_m": cfg.pixel_size_m})
+    write_json(
+        layout.digest,
+        {**{p.name: sha256_of(p) for p in (layout.images, layout.masks)}, "pixel_size_m": cfg.pixel_size_m},
+    )
     write_csv(layout.index_csv, index)
     return report
 
 
 def format_report(report: dict) -> str:
     """The index report as a few human lines."""
-    lines = [f"index: {report['valid']} valid pairs from {report['scenes']} scenes in {report['source']} "
-             f"({report['rows']} rows in meta_data.csv, {report['skipped']} skipped, "
-             f"forest {report['forest_fraction']:.1%} of pixels)"]
+    lines = [
+        f"index: {report['valid']} valid pairs from {report['scenes']} scenes in {report['source']} "
+        f"({report['rows']} rows in meta_data.csv, {report['skipped']} skipped, "
+        f"forest {report['forest_fraction']:.1%} of pixels)"
+    ]
     lines += [f"  note: {n}" for n in report["notes"]]
     for s in report["skipped_pairs"][:20]:
         lines.append(f"  skipped {s['image']} / {s['mask']}: {s['reason']}")
     if report["skipped"] > 20:
         lines.append(f"  ... and {report['skipped'] - 20} more (see the index report)")
     if report["unlisted_images"]:
-        lines.append(f"  {report['unlisted_images']} image(s) in images/ have no row in meta_data.csv "
-                     f"and were not indexed, e.g. {report['unlisted_image_names'][:3]}")
+        lines.append(
+            f"  {report['unlisted_images']} image(s) in images/ have no row in meta_data.csv "
+            f"and were not indexed, e.g. {report['unlisted_image_names'][:3]}"
+        )
     return "\n".join(lines)
 
 
@@ -342,12 +393,13 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     n_val = round(cfg.val_fraction * len(unique)) if cfg.val_fraction > 0 else 0
     n_val = min(len(unique) - n_test - 1, max(1, n_val)) if cfg.val_fraction > 0 else 0
     if cfg.val_fraction > 0 and n_val < 1:
-        raise DataError(f"split.val_fraction={cfg.val_fraction}: too few {cfg.by}s ({len(unique)}) for train, val and test")
+        raise DataError(
+            f"split.val_fraction={cfg.val_fraction}: too few {cfg.by}s ({len(unique)}) for train, val and test"
+        )
     subset_of = {}
     for rank, i in enumerate(order):
         subset_of[unique[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-    return pd.DataFrame({"image": index["image"], "scene": index["scene"],
-                         "subset": units.map(subset_of).to_numpy()})
+    return pd.DataFrame({"image": index["image"], "scene": index["scene"], "subset": units.map(subset_of).to_numpy()})
 
 
 def split_folder(layout: DataLayout, cfg: SplitConfig) -> dict:
@@ -360,8 +412,11 @@ def split_folder(layout: DataLayout, cfg: SplitConfig) -> dict:
 
 def format_split(summary: dict, cfg: SplitConfig) -> str:
     """The split summary as one human line."""
-    counts = ", ".join(f"{s} {summary[s]['tiles']} tiles / {summary[s]['scenes']} scenes"
-                       for s in ("train", "val", "test") if s in summary)
+    counts = ", ".join(
+        f"{s} {summary[s]['tiles']} tiles / {summary[s]['scenes']} scenes"
+        for s in ("train", "val", "test")
+        if s in summary
+    )
     return f"split by {cfg.by}: {counts}; all-forest baseline test IoU {summary['baseline_all_forest']['iou']:.3f}"
 
 
@@ -370,8 +425,11 @@ def split_summary(index: pd.DataFrame, split: pd.DataFrame) -> dict:
     out: dict = {}
     for subset, part in split.groupby("subset", sort=False):
         rows = index[(split["subset"] == subset).to_numpy()]
-        out[subset] = {"tiles": int(len(part)), "scenes": int(part["scene"].nunique()),
-                       "forest_fraction": round(float(rows["forest_pixels"].sum() / rows["pixels"].sum()), 6)}
+        out[subset] = {
+            "tiles": int(len(part)),
+            "scenes": int(part["scene"].nunique()),
+            "forest_fraction": round(float(rows["forest_pixels"].sum() / rows["pixels"].sum()), 6),
+        }
     test = index[(split["subset"] == "test").to_numpy()]
     forest, pixels = int(test["forest_pixels"].sum()), int(test["pixels"].sum())
     # Predicting forest everywhere: every forest pixel is a TP, every other pixel a FP.

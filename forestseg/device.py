@@ -1,4 +1,5 @@
 """Which device and precision a run uses; no other module decides it."""
+
 from __future__ import annotations
 
 import ctypes
@@ -51,7 +52,9 @@ def pick_device(pref: str) -> torch.device:
     """auto: CUDA when torch sees it (of several visible GPUs the least used, see claim_gpu), else CPU;
     cuda or cuda:<i> fail clearly where there is none. CUDA_VISIBLE_DEVICES limits what is visible."""
     if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise ForestsegError(f"params.yaml: train.device: {pref} asked for, but torch sees no CUDA device; use auto or cpu")
+        raise ForestsegError(
+            f"params.yaml: train.device: {pref} asked for, but torch sees no CUDA device; use auto or cpu"
+        )
     if pref == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
@@ -59,8 +62,10 @@ def pick_device(pref: str) -> torch.device:
         return torch.device("cuda", claim_gpu(count) if count > 1 else 0)
     device = torch.device(pref)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ForestsegError(f"params.yaml: train.device: {pref}, but torch sees {torch.cuda.device_count()} "
-                             "CUDA device(s); use cuda:0 .. cuda:<count-1> or auto")
+        raise ForestsegError(
+            f"params.yaml: train.device: {pref}, but torch sees {torch.cuda.device_count()} "
+            "CUDA device(s); use cuda:0 .. cuda:<count-1> or auto"
+        )
     return device
 
 

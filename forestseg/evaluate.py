@@ -6,6 +6,7 @@ path as `forestseg predict`. IoU, precision and recall come from TP/FP/FN/TN sum
 pixel (weighted by its ground area), and the forest area predicted is set against the true one:
 the area bias in percent, pooled and per scene (or raster).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -45,11 +46,18 @@ def summarize(units: dict[str, tuple[np.ndarray, float]], kind: str) -> dict:
         a = area[name]
         whole = a.sum()
         t, p = a[0] + a[2], a[0] + a[1]
-        rows.append({kind: name, "true_forest_ha": t / 1e4, "predicted_forest_ha": p / 1e4,
-                     "true_share": t / whole, "predicted_share": p / whole,
-                     "share_error_pp": 100 * (p - t) / whole,
-                     "area_bias_pct": 100 * (p - t) / t if t > 0 else None,
-                     "iou": scores(counts)["iou"]})
+        rows.append(
+            {
+                kind: name,
+                "true_forest_ha": t / 1e4,
+                "predicted_forest_ha": p / 1e4,
+                "true_share": t / whole,
+                "predicted_share": p / whole,
+                "share_error_pp": 100 * (p - t) / whole,
+                "area_bias_pct": 100 * (p - t) / t if t > 0 else None,
+                "iou": scores(counts)["iou"],
+            }
+        )
     share_errors = np.abs([r["share_error_pp"] for r in rows])
     biases = np.abs([r["area_bias_pct"] for r in rows if r["area_bias_pct"] is not None])
     return {
@@ -60,24 +68,37 @@ def summarize(units: dict[str, tuple[np.ndarray, float]], kind: str) -> dict:
         # > 0: the model reports more forest than there is
         "area_bias_pct": round(100 * (pred_m2 - true_m2) / true_m2, 3) if true_m2 > 0 else None,
         f"{kind}s": len(rows),
-        f"{kind}_share_error_pp": {"mean_abs": round(float(share_errors.mean()), 3),
-                                   "max_abs": round(float(share_errors.max()), 3)},
-        f"{kind}_area_bias_pct": {"median_abs": round(float(np.median(biases)), 3) if len(biases) else None,
-                                  "max_abs": round(float(biases.max()), 3) if len(biases) else None},
+        f"{kind}_share_error_pp": {
+            "mean_abs": round(float(share_errors.mean()), 3),
+            "max_abs": round(float(share_errors.max()), 3),
+        },
+        f"{kind}_area_bias_pct": {
+            "median_abs": round(float(np.median(biases)), 3) if len(biases) else None,
+            "max_abs": round(float(biases.max()), 3) if len(biases) else None,
+        },
         f"per_{kind}": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
     }
 
 
-def evaluate_tiles(predictor: Predictor, data: Path, masks: str = "0/255", forest: tuple = (),
-                   split: Path | None = None, subset: str = "test", overlap: int | None = None,
-                   log: Callable[[str], None] = print) -> dict:
+def evaluate_tiles(
+    predictor: Predictor,
+    data: Path,
+    masks: str = "0/255",
+    forest: tuple = (),
+    split: Path | None = None,
+    subset: str = "test",
+    overlap: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Score on the tiles of a Kaggle-layout folder (all, or the `subset` rows of a split.csv),
     read as the index reads them; tiles are taken at the model's pixel size."""
     with tempfile.TemporaryDirectory(prefix="forestseg-evaluate-") as tmp:
         index, report = build_index(data, Path(tmp) / "images.npy", Path(tmp) / "masks.npy", masks, forest)
         if report["skipped"]:
-            log(f"evaluate: {report['skipped']} pair(s) of {data} skipped as the index skips them "
-                f"({', '.join(f'{k}: {v}' for k, v in report['skipped_by_reason'].items())})")
+            log(
+                f"evaluate: {report['skipped']} pair(s) of {data} skipped as the index skips them "
+                f"({', '.join(f'{k}: {v}' for k, v in report['skipped_by_reason'].items())})"
+            )
         rows = np.arange(len(index))
         if split is not None:
             try:
@@ -88,15 +109,21 @@ def evaluate_tiles(predictor: Predictor, data: Path, masks: str = "0/255", fores
                 raise ForestsegError(f"--split {split}: needs columns image,subset (data/split.csv of the pipeline)")
             chosen = set(table.loc[table["subset"] == subset, "image"])
             if not chosen:
-                raise ForestsegError(f"--split {split}: no rows with subset {subset!r} "
-                                     f"(subsets: {', '.join(sorted(set(table['subset'])))})")
+                raise ForestsegError(
+                    f"--split {split}: no rows with subset {subset!r} "
+                    f"(subsets: {', '.join(sorted(set(table['subset'])))})"
+                )
             rows = np.flatnonzero(index["image"].isin(chosen).to_numpy())
             missing = len(chosen) - len(rows)
             if not len(rows):
-                raise ForestsegError(f"--split {split}: none of its {subset} images are valid pairs of {data}; "
-                                     "is it the split of this data set?")
+                raise ForestsegError(
+                    f"--split {split}: none of its {subset} images are valid pairs of {data}; "
+                    "is it the split of this data set?"
+                )
             if missing:
-                log(f"evaluate: {missing} {subset} image(s) of {split} are not valid pairs of {data}; scored the other {len(rows)}")
+                log(
+                    f"evaluate: {missing} {subset} image(s) of {split} are not valid pairs of {data}; scored the other {len(rows)}"
+                )
         images = np.load(Path(tmp) / "images.npy", mmap_mode="r")
         truths = np.load(Path(tmp) / "masks.npy", mmap_mode="r")
         per_scene: dict[str, np.ndarray] = {}
@@ -104,10 +131,16 @@ def evaluate_tiles(predictor: Predictor, data: Path, masks: str = "0/255", fores
             pred = predictor.logits(np.ascontiguousarray(images[i]), overlap) > predictor.cut
             scene = str(index["scene"].iat[i])
             per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
-    m2 = predictor.pixel_size_m ** 2
+    m2 = predictor.pixel_size_m**2
     out = summarize({s: (c, m2) for s, c in sorted(per_scene.items())}, "scene")
-    return {"data": str(data), "split": str(split) if split else None, "subset": subset if split else "all",
-            "tiles": int(len(rows)), "pixel_size_m": predictor.pixel_size_m, **out}
+    return {
+        "data": str(data),
+        "split": str(split) if split else None,
+        "subset": subset if split else "all",
+        "tiles": int(len(rows)),
+        "pixel_size_m": predictor.pixel_size_m,
+        **out,
+    }
 
 
 def raster_pairs(data: Path) -> list[tuple[Path, Path]]:
@@ -120,19 +153,23 @@ def raster_pairs(data: Path) -> list[tuple[Path, Path]]:
         truth = data / "masks" / image.name
         (pairs.append((image, truth)) if truth.is_file() else alone.append(image.name))
     if alone:
-        raise ForestsegError(f"{data}/masks: no mask of the same name for {', '.join(alone[:3])}"
-                             + (f" and {len(alone) - 3} more" if len(alone) > 3 else ""))
+        raise ForestsegError(
+            f"{data}/masks: no mask of the same name for {', '.join(alone[:3])}"
+            + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
+        )
     return pairs
 
 
-def evaluate_rasters(predictor: Predictor, pairs: list[tuple[Path, Path]], opts, log: Callable[[str], None] = print) -> dict:
+def evaluate_rasters(
+    predictor: Predictor, pairs: list[tuple[Path, Path]], opts, log: Callable[[str], None] = print
+) -> dict:
     """Score on labelled rasters: each image is mapped as `forestseg predict` maps it, and its mask
     compared with the truth raster (0 = not forest, other values = forest; the truth's nodata and
     the image's nodata are left out), read on the mask's grid (nearest neighbour if it differs)."""
     import rasterio
     from rasterio.enums import Resampling
 
-    from .geo import GDAL_ENV, NODATA, FOREST, Grid, _blocks, _warp, check_raster, map_forest
+    from .geo import FOREST, GDAL_ENV, NODATA, Grid, _blocks, _warp, check_raster, map_forest
 
     units: dict[str, tuple[np.ndarray, float]] = {}
     with tempfile.TemporaryDirectory(prefix="forestseg-evaluate-") as tmp:
@@ -146,13 +183,20 @@ def evaluate_rasters(predictor: Predictor, pairs: list[tuple[Path, Path]], opts,
                 try:
                     truth_ds = rasterio.open(truth_path)
                 except rasterio.errors.RasterioError as e:
-                    raise ForestsegError(f"{truth_path}: cannot be read as a GeoTIFF ({' '.join(str(e).split())})") from None
+                    raise ForestsegError(
+                        f"{truth_path}: cannot be read as a GeoTIFF ({' '.join(str(e).split())})"
+                    ) from None
                 with truth_ds:
                     if truth_ds.crs is None:
-                        raise ForestsegError(f"{truth_path}: has no CRS; the truth must be georeferenced like its image")
+                        raise ForestsegError(
+                            f"{truth_path}: has no CRS; the truth must be georeferenced like its image"
+                        )
                     grid = Grid(pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
-                    same = (truth_ds.crs == grid.crs and truth_ds.transform.almost_equals(grid.transform)
-                            and truth_ds.shape == pred_ds.shape)
+                    same = (
+                        truth_ds.crs == grid.crs
+                        and truth_ds.transform.almost_equals(grid.transform)
+                        and truth_ds.shape == pred_ds.shape
+                    )
                     view = truth_ds if same else _warp(truth_ds, grid, Resampling.nearest, alpha=True)
                     try:
                         for window in _blocks(grid, 2048):
@@ -178,6 +222,8 @@ def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], N
                 from .geo import MapOptions
 
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log)
-        raise ForestsegError(f"{data}: neither a Kaggle-layout folder (meta_data.csv, images/, masks/) nor a folder "
-                             "of labelled GeoTIFFs (images/<name>.tif with masks/<name>.tif)") from None
+        raise ForestsegError(
+            f"{data}: neither a Kaggle-layout folder (meta_data.csv, images/, masks/) nor a folder "
+            "of labelled GeoTIFFs (images/<name>.tif with masks/<name>.tif)"
+        ) from None
     return evaluate_tiles(predictor, data, log=log, **tile_args)

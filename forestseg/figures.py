@@ -1,4 +1,5 @@
 """The report's figures: loss curves of the best runs, optimizers compared, test IoU per seed."""
+
 from __future__ import annotations
 
 import math
@@ -32,16 +33,19 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
             continue
         ax.plot(h["epoch"], h["train_loss"], "o-", label="train loss")
         ax.plot(h["epoch"], h["test_loss"], "s--", label="test loss")
-        ax.set(title=f"{s['combination']}, seed {int(s['best_seed'])}", xlabel="epoch",
-               ylabel=f"{s['combination'].split('-')[0]} loss (per pixel)")
+        ax.set(
+            title=f"{s['combination']}, seed {int(s['best_seed'])}",
+            xlabel="epoch",
+            ylabel=f"{s['combination'].split('-')[0]} loss (per pixel)",
+        )
         ax.grid(alpha=0.3)
         lr_ax = ax.twinx()  # the step decay, on its own log axis
         lr_ax.step(h["epoch"], h["lr"], where="post", color="grey", alpha=0.6, label="learning rate")
         lr_ax.set_yscale("log")
         lr_ax.set_ylabel("learning rate", color="grey")
         lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
-        ax.legend(lines, [l.get_label() for l in lines], fontsize=8)
-    for ax in list(axes.flat)[len(summary):]:
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=8)
+    for ax in list(axes.flat)[len(summary) :]:
         ax.axis("off")
     fig.suptitle(f"Train and test loss per epoch: best seed of each combination (by {best_by})")
     fig.tight_layout()

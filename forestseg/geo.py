@@ -9,6 +9,7 @@ with the input's CRS and transform as a Cloud-Optimised GeoTIFF (0 = not forest,
 255 = nodata). Areas come from the CRS's linear unit and the pixel size; geographic CRSs
 (degrees) are refused unless a projected CRS to warp to is given.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,8 +98,10 @@ def parse_crs(text: str) -> CRS:
     except CRSError as e:
         raise ForestsegError(f"--reproject {text}: not a CRS GDAL knows ({e}); give e.g. EPSG:32633") from None
     if not crs.is_projected:
-        raise ForestsegError(f"--reproject {text}: is not a projected CRS (areas need metres or feet); "
-                             "give a projected one, e.g. the UTM zone of the area (EPSG:326<zone> north, 327<zone> south)")
+        raise ForestsegError(
+            f"--reproject {text}: is not a projected CRS (areas need metres or feet); "
+            "give a projected one, e.g. the UTM zone of the area (EPSG:326<zone> north, 327<zone> south)"
+        )
     return crs
 
 
@@ -143,45 +146,66 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
         if src.transform.is_identity and src.crs is None and not gcps:
             return None
         if src.transform.is_identity:
-            raise ForestsegError(f"{path}: is georeferenced by ground control points only, not by a grid; warp it "
-                                 f"onto one first (gdalwarp -t_srs EPSG:<code> {path.name} out.tif)")
+            raise ForestsegError(
+                f"{path}: is georeferenced by ground control points only, not by a grid; warp it "
+                f"onto one first (gdalwarp -t_srs EPSG:<code> {path.name} out.tif)"
+            )
         if src.crs is None:
-            raise ForestsegError(f"{path}: has a pixel grid but no CRS, so its pixels have no size on the ground; "
-                                 f"assign the CRS it was made in (gdal_edit.py -a_srs EPSG:<code> {path.name})")
+            raise ForestsegError(
+                f"{path}: has a pixel grid but no CRS, so its pixels have no size on the ground; "
+                f"assign the CRS it was made in (gdal_edit.py -a_srs EPSG:<code> {path.name})"
+            )
         if src.count < 3:
-            palette = " (a palette image: expand it with gdal_translate -expand rgb)" if src.count == 1 and _has_colormap(src) else ""
-            raise ForestsegError(f"{path}: has {src.count} band(s){palette}; forest maps need 3 colour bands "
-                                 "(red, green, blue)")
+            palette = (
+                " (a palette image: expand it with gdal_translate -expand rgb)"
+                if src.count == 1 and _has_colormap(src)
+                else ""
+            )
+            raise ForestsegError(
+                f"{path}: has {src.count} band(s){palette}; forest maps need 3 colour bands (red, green, blue)"
+            )
         bands = ",".join(map(str, opts.bands))
         outside = [b for b in opts.bands if not 1 <= b <= src.count]
         if outside:
-            raise ForestsegError(f"--bands {bands}: {path} has {src.count} bands (1..{src.count}), no band {outside[0]}")
+            raise ForestsegError(
+                f"--bands {bands}: {path} has {src.count} bands (1..{src.count}), no band {outside[0]}"
+            )
         alpha = [b for b in opts.bands if src.colorinterp[b - 1] == ColorInterp.alpha]
         if alpha:
-            raise ForestsegError(f"--bands {bands}: band {alpha[0]} of {path} is its alpha (transparency) band, not a colour")
+            raise ForestsegError(
+                f"--bands {bands}: band {alpha[0]} of {path} is its alpha (transparency) band, not a colour"
+            )
         dtypes = {src.dtypes[b - 1] for b in opts.bands}
         if dtypes != {"uint8"}:
-            raise ForestsegError(f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; the model learned 8-bit colour: "
-                                 f"convert with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif")
+            raise ForestsegError(
+                f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; the model learned 8-bit colour: "
+                f"convert with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
+            )
         crs = target or src.crs
         if crs.is_geographic:
             lon, lat = (src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2
-            raise ForestsegError(f"{path}: its CRS ({_crs_name(src.crs)}) is geographic (degrees), so pixels have no "
-                                 f"fixed area; rerun with --reproject {utm_suggestion(lon, lat)} (the UTM zone there) "
-                                 "or another projected CRS")
+            raise ForestsegError(
+                f"{path}: its CRS ({_crs_name(src.crs)}) is geographic (degrees), so pixels have no "
+                f"fixed area; rerun with --reproject {utm_suggestion(lon, lat)} (the UTM zone there) "
+                "or another projected CRS"
+            )
         try:
             unit_name, unit_m = crs.linear_units_factor
         except CRSError:
-            raise ForestsegError(f"{path}: the linear unit of its CRS ({_crs_name(crs)}) is unknown, so areas cannot be "
-                                 "computed; reproject it with --reproject EPSG:<code>") from None
+            raise ForestsegError(
+                f"{path}: the linear unit of its CRS ({_crs_name(crs)}) is unknown, so areas cannot be "
+                "computed; reproject it with --reproject EPSG:<code>"
+            ) from None
         notes = []
         chosen = [src.colorinterp[b - 1] for b in opts.bands]
         if chosen == [ColorInterp.blue, ColorInterp.green, ColorInterp.red]:
             order = ",".join(str(opts.bands[i]) for i in (2, 1, 0))
             notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
         if crs.to_epsg() == 3857:
-            notes.append(f"{path.name}: Web Mercator areas are inflated by 1/cos(latitude)^2; for true hectares "
-                         "pass --reproject with the local UTM zone")
+            notes.append(
+                f"{path.name}: Web Mercator areas are inflated by 1/cos(latitude)^2; for true hectares "
+                "pass --reproject with the local UTM zone"
+            )
         return Raster(path, crs, float(unit_m), tuple(notes))
 
 
@@ -214,7 +238,7 @@ class Grid:
 
     def pixel_area_m2(self, unit_m: float) -> float:
         t = self.transform
-        return abs(t.a * t.e - t.b * t.d) * unit_m ** 2
+        return abs(t.a * t.e - t.b * t.d) * unit_m**2
 
 
 def _footprint(src: rasterio.io.DatasetReader) -> tuple[float, float, float, float]:
@@ -228,7 +252,9 @@ def _regrid(src: rasterio.io.DatasetReader, crs: CRS, resolution: float | None =
     """A north-up grid in `crs` covering the raster: at `resolution` (CRS units), or at GDAL's choice
     (about the raster's own) when None."""
     extra = {"resolution": resolution} if resolution else {}
-    transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *_footprint(src), **extra)
+    transform, width, height = calculate_default_transform(
+        src.crs, crs, src.width, src.height, *_footprint(src), **extra
+    )
     return Grid(crs, transform, int(width), int(height))
 
 
@@ -236,22 +262,43 @@ def _warp(src: Any, grid: Grid, resampling: Resampling, alpha: bool = False) -> 
     """`src` seen on `grid`, warped on the fly. With alpha, areas without data (nodata, the
     source's alpha or mask, or outside its footprint) read as invalid in dataset_mask()."""
     extra = {"add_alpha": True} if alpha and ColorInterp.alpha not in src.colorinterp else {}
-    return WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                     resampling=resampling, **extra)
+    return WarpedVRT(
+        src,
+        crs=grid.crs,
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=resampling,
+        **extra,
+    )
 
 
 def _reader(ds: Any, bands: tuple[int, ...]) -> Callable[[int, int, int, int], np.ndarray]:
     """Predictor.stream's reader over bands of a dataset: (row0, row1, col0, col1) -> (h, w, 3) uint8."""
+
     def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         pixels = ds.read(indexes=list(bands), window=Window(c0, r0, c1 - c0, r1 - r0))
         return np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
+
     return read
 
 
 def _profile(grid: Grid, dtype: str, nodata: float | None) -> dict:
-    return {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": dtype,
-            "crs": grid.crs, "transform": grid.transform, "nodata": nodata, "tiled": True,
-            "blockxsize": TIFF_BLOCK, "blockysize": TIFF_BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    return {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": 1,
+        "dtype": dtype,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": TIFF_BLOCK,
+        "blockysize": TIFF_BLOCK,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
 
 
 class _Strips:
@@ -277,7 +324,11 @@ class _Strips:
 
     def _write(self, upto: int) -> None:
         data = np.concatenate([d for d, _ in self.parts]) if len(self.parts) > 1 else self.parts[0][0]
-        mask = (np.concatenate([m for _, m in self.parts]) if len(self.parts) > 1 else self.parts[0][1]) if self.with_mask else None
+        mask = (
+            (np.concatenate([m for _, m in self.parts]) if len(self.parts) > 1 else self.parts[0][1])
+            if self.with_mask
+            else None
+        )
         n = upto - self.r0
         window = Window(self.c0, self.r0, data.shape[1], n)
         self.ds.write(data[:n], 1, window=window)
@@ -305,8 +356,10 @@ class _MapWriter:
             self.files["probability"] = folder / "probability.tif"
             # uint8 uses all 256 values for probabilities, so its nodata is an internal mask band
             nodata = None if probability == "uint8" else float("nan")
-            self.prob = _Strips(rasterio.open(self.files["probability"], "w", **_profile(grid, probability, nodata)),
-                                with_mask=probability == "uint8")
+            self.prob = _Strips(
+                rasterio.open(self.files["probability"], "w", **_profile(grid, probability, nodata)),
+                with_mask=probability == "uint8",
+            )
 
     def put(self, r0: int, c0: int, logits: np.ndarray, valid: np.ndarray) -> None:
         forest = (logits > self.predictor.cut) & valid
@@ -333,15 +386,31 @@ def _cog(tmp: Path, final: Path, resampling: str) -> None:
     with atomic_path(final) as out:
         with rasterio.Env(**GDAL_ENV) as env:
             if "COG" in env.drivers():
-                rasterio.shutil.copy(tmp, out, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
-                                     OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
+                rasterio.shutil.copy(
+                    tmp,
+                    out,
+                    driver="COG",
+                    COMPRESS="DEFLATE",
+                    BLOCKSIZE=512,
+                    OVERVIEW_RESAMPLING=resampling,
+                    BIGTIFF="IF_SAFER",
+                )
                 return
             with rasterio.open(tmp, "r+") as ds:
                 factors = [f for f in (2, 4, 8, 16, 32, 64) if min(ds.width, ds.height) // f >= 256]
                 if factors:
                     ds.build_overviews(factors, Resampling[resampling.lower()])
-            rasterio.shutil.copy(tmp, out, driver="GTiff", TILED=True, BLOCKXSIZE=512, BLOCKYSIZE=512,
-                                 COMPRESS="DEFLATE", COPY_SRC_OVERVIEWS=True, BIGTIFF="IF_SAFER")
+            rasterio.shutil.copy(
+                tmp,
+                out,
+                driver="GTiff",
+                TILED=True,
+                BLOCKXSIZE=512,
+                BLOCKYSIZE=512,
+                COMPRESS="DEFLATE",
+                COPY_SRC_OVERVIEWS=True,
+                BIGTIFF="IF_SAFER",
+            )
 
 
 def _blocks(grid: Grid, block: int) -> Iterator[Window]:
@@ -361,8 +430,9 @@ def output_paths(path: Path, out_dir: Path, opts: MapOptions) -> dict[str, Path]
     return paths
 
 
-def map_forest(predictor: Predictor, raster: Raster, out_dir: Path, opts: MapOptions,
-               log: Callable[[str], None] = print) -> ForestArea:
+def map_forest(
+    predictor: Predictor, raster: Raster, out_dir: Path, opts: MapOptions, log: Callable[[str], None] = print
+) -> ForestArea:
     """Predict forest on a raster checked by `check_raster`, window by window; write the mask (and the
     probability, the polygons) into out_dir and return its areas."""
     path = raster.path
@@ -382,18 +452,34 @@ def map_forest(predictor: Predictor, raster: Raster, out_dir: Path, opts: MapOpt
             # panels of whole intermediate blocks, so every write fills whole blocks
             opts = dataclasses.replace(opts, block=-(-max(opts.block, 1) // TIFF_BLOCK) * TIFF_BLOCK)
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{path.stem}.")))
-            bar = stack.enter_context(tqdm(total=predictor.windows(model.height, model.width, opts.overlap, opts.block),
-                                           desc=path.name, unit="window", disable=None if opts.progress else True,
-                                           leave=False, mininterval=1.0))
+            bar = stack.enter_context(
+                tqdm(
+                    total=predictor.windows(model.height, model.width, opts.overlap, opts.block),
+                    desc=path.name,
+                    unit="window",
+                    disable=None if opts.progress else True,
+                    leave=False,
+                    mininterval=1.0,
+                )
+            )
             writer = _MapWriter(predictor, out, folder, opts.probability)
             try:
                 if not resample:
+
                     def sink(r0: int, c0: int, logits: np.ndarray) -> None:
                         window = Window(c0, r0, logits.shape[1], logits.shape[0])
                         writer.put(r0, c0, logits, valid_view.dataset_mask(window=window) > 0)
 
-                    predictor.stream(_reader(view, opts.bands), model.height, model.width, sink, opts.overlap,
-                                     opts.block, opts.batch, bar.update)
+                    predictor.stream(
+                        _reader(view, opts.bands),
+                        model.height,
+                        model.width,
+                        sink,
+                        opts.overlap,
+                        opts.block,
+                        opts.batch,
+                        bar.update,
+                    )
                 else:
                     _resampled(predictor, view, model, out, valid_view, writer, folder, opts, bar.update)
             finally:
@@ -410,15 +496,31 @@ def map_forest(predictor: Predictor, raster: Raster, out_dir: Path, opts: MapOpt
     if opts.polygons:
         polygons = write_polygons(paths["mask"], paths["polygons"], opts.min_area_m2, raster.unit_m)
     pixel_m2 = out.pixel_area_m2(raster.unit_m)
-    return ForestArea(file=str(path), crs=_crs_name(raster.crs), pixel_size_m=round(math.sqrt(pixel_m2), 6),
-                      model_pixel_size_m=model_px if resample else round(math.sqrt(pixel_m2), 6), resampled=resample,
-                      valid_ha=writer.valid * pixel_m2 / 1e4, forest_ha=writer.forest * pixel_m2 / 1e4,
-                      forest_share=writer.forest / writer.valid if writer.valid else None,
-                      mask=str(paths["mask"]), polygons=polygons)
+    return ForestArea(
+        file=str(path),
+        crs=_crs_name(raster.crs),
+        pixel_size_m=round(math.sqrt(pixel_m2), 6),
+        model_pixel_size_m=model_px if resample else round(math.sqrt(pixel_m2), 6),
+        resampled=resample,
+        valid_ha=writer.valid * pixel_m2 / 1e4,
+        forest_ha=writer.forest * pixel_m2 / 1e4,
+        forest_share=writer.forest / writer.valid if writer.valid else None,
+        mask=str(paths["mask"]),
+        polygons=polygons,
+    )
 
 
-def _resampled(predictor: Predictor, view: Any, model: Grid, out: Grid, valid_view: Any, writer: _MapWriter,
-               folder: Path, opts: MapOptions, progress: Callable[[int], None]) -> None:
+def _resampled(
+    predictor: Predictor,
+    view: Any,
+    model: Grid,
+    out: Grid,
+    valid_view: Any,
+    writer: _MapWriter,
+    folder: Path,
+    opts: MapOptions,
+    progress: Callable[[int], None],
+) -> None:
     """Predict on the model's grid into a temporary logits raster, then read it warped onto the
     output grid (bilinear, or average where the output's pixels are coarser) and threshold there,
     so the mask lies on the input's grid with the input's own nodata."""
@@ -430,15 +532,23 @@ def _resampled(predictor: Predictor, view: Any, model: Grid, out: Grid, valid_vi
             margin = np.clip(logits - predictor.cut, -127, 127) * LOGIT_SCALE
             strips.put(r0, c0, np.rint(margin).astype(np.int16))
 
-        predictor.stream(_reader(view, opts.bands), model.height, model.width, keep, opts.overlap, opts.block,
-                         opts.batch, progress)
+        predictor.stream(
+            _reader(view, opts.bands), model.height, model.width, keep, opts.overlap, opts.block, opts.batch, progress
+        )
         strips.flush()
     coarser = out.pixel_area_m2(1.0) > model.pixel_area_m2(1.0)
-    with rasterio.open(logits_path) as ds, _warp(ds, out, Resampling.average if coarser else Resampling.bilinear) as back:
+    with (
+        rasterio.open(logits_path) as ds,
+        _warp(ds, out, Resampling.average if coarser else Resampling.bilinear) as back,
+    ):
         for window in _blocks(out, opts.block):
             margin = back.read(1, window=window, out_dtype=np.float32) / LOGIT_SCALE
-            writer.put(int(window.row_off), int(window.col_off), margin + np.float32(predictor.cut),
-                       valid_view.dataset_mask(window=window) > 0)
+            writer.put(
+                int(window.row_off),
+                int(window.col_off),
+                margin + np.float32(predictor.cut),
+                valid_view.dataset_mask(window=window) > 0,
+            )
 
 
 def _ring_area(ring: list) -> float:
@@ -468,8 +578,12 @@ def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float
     Returns the number of polygons written.
     """
     written = 0
-    with rasterio.Env(**GDAL_ENV), rasterio.open(mask_path) as ds, atomic_path(out) as tmp, \
-            open(tmp, "w", encoding="utf-8") as f:
+    with (
+        rasterio.Env(**GDAL_ENV),
+        rasterio.open(mask_path) as ds,
+        atomic_path(out) as tmp,
+        open(tmp, "w", encoding="utf-8") as f,
+    ):
         epsg = ds.crs.to_epsg()
         header: dict = {"type": "FeatureCollection", "name": out.stem}
         if epsg:
@@ -480,7 +594,7 @@ def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float
         for geometry, value in rasterio.features.shapes(band, mask=band, transform=ds.transform):
             if value != FOREST:
                 continue
-            area = polygon_area(geometry["coordinates"]) * unit_m ** 2
+            area = polygon_area(geometry["coordinates"]) * unit_m**2
             if area < min_area_m2:
                 continue
             if epsg:

@@ -4,6 +4,7 @@ JPEGs decode with simplejpeg (fast, releases the GIL); anything else with Pillow
 is applied on both paths, palette images become their colours, 16-bit files are accepted only
 where their values fit 8 bits, and what cannot be read right is refused with the reason.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,9 +32,15 @@ class Picture:
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1-8) to (H, W[, C]) pixels, as viewers do."""
-    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
-           8: lambda a: np.rot90(a, 1)}
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 1)[::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
     return np.ascontiguousarray(ops[orientation](pixels)) if orientation in ops else pixels
 
 

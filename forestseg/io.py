@@ -1,4 +1,5 @@
 """Atomic writes: a killed run leaves either the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """The data folder's files, named once (dvc.yaml names the same paths as stage outputs)."""
+
 from __future__ import annotations
 
 import json

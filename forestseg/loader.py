@@ -4,10 +4,10 @@ The tiles of a subset are held as uint8 tensors on the training device (on CUDA 
 fits: ~1.3 GB for the full Kaggle set), so a batch is one index_select plus a cast; the images
 are stored NHWC, so the permuted batch is already channels_last in memory.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -50,7 +50,7 @@ class Normalizer:
         total = torch.zeros(3, dtype=torch.float64)
         squares = torch.zeros(3, dtype=torch.float64)
         for start in range(0, len(images), chunk):
-            x = images[start:start + chunk].reshape(-1, 3).double()
+            x = images[start : start + chunk].reshape(-1, 3).double()
             total += x.sum(0).cpu()
             squares += (x * x).sum(0).cpu()
         n = images.shape[0] * images.shape[1] * images.shape[2]
@@ -65,8 +65,13 @@ class Normalizer:
         return (x - mean) / std
 
 
-def to_input(images: torch.Tensor, norm: Normalizer, channels_last: bool = True, jitter: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def to_input(
+    images: torch.Tensor,
+    norm: Normalizer,
+    channels_last: bool = True,
+    jitter: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 normalised model input.
 
     With jitter > 0 and a generator, each tile's brightness and each channel's gain are scaled by
@@ -102,8 +107,9 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     return out_i, out_m
 
 
-def batches(tiles: Tiles, batch_size: int, generator: torch.Generator | None = None,
-            augment_with: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    tiles: Tiles, batch_size: int, generator: torch.Generator | None = None, augment_with: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images uint8 (B, H, W, 3), masks uint8 (B, H, W)) on the tiles' device.
 
     With a generator the order is a fresh seeded permutation each call (one call per epoch);
@@ -113,7 +119,7 @@ def batches(tiles: Tiles, batch_size: int, generator: torch.Generator | None = N
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order = order.to(tiles.images.device)
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         images, masks = tiles.images.index_select(0, idx), tiles.masks.index_select(0, idx)
         if augment_with is not None:
             images, masks = augment(images, masks, augment_with)
@@ -125,6 +131,9 @@ def load_split(layout: DataLayout, device: torch.device) -> dict[str, Tiles]:
     split = pd.read_csv(layout.split_csv)
     index = pd.read_csv(layout.index_csv, usecols=["image"])
     if not split["image"].equals(index["image"]):
-        raise ForestsegError(f"{layout.split_csv} does not match {layout.index_csv} row for row: rerun `dvc repro split`")
-    return {s: load_tiles(layout, np.flatnonzero(split["subset"].to_numpy() == s), device)
-            for s in split["subset"].unique()}
+        raise ForestsegError(
+            f"{layout.split_csv} does not match {layout.index_csv} row for row: rerun `dvc repro split`"
+        )
+    return {
+        s: load_tiles(layout, np.flatnonzero(split["subset"].to_numpy() == s), device) for s in split["subset"].unique()
+    }

@@ -1,4 +1,5 @@
 """Losses: plain functions of (logits, 0/1 target), computed in fp32 whatever the autocast."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

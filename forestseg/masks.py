@@ -5,6 +5,7 @@ A convention turns a decoded mask into a forest/background map, or says the mask
 never binarised by grey level. `data.masks` names the convention, `data.forest` the class ids or
 RGB colours that are forest where the convention needs them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,14 +39,17 @@ def grey_of(mask: np.ndarray) -> np.ndarray:
 def _grey_text(counts: np.ndarray, top: int = 4) -> str:
     order = np.argsort(counts)[::-1][:top]
     text = ", ".join(f"{v} ({counts[v] / counts.sum():.0%})" for v in order if counts[v])
-    mid = counts[AMBIGUOUS[0]:AMBIGUOUS[1] + 1].sum() / counts.sum()
+    mid = counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() / counts.sum()
     return text + (f"; {mid:.1%} of pixels in {AMBIGUOUS[0]}-{AMBIGUOUS[1]}" if mid else "")
 
 
 def _colour_text(counts: np.ndarray, top: int = 4) -> str:
     order = np.argsort(counts)[::-1][:top]
-    return ", ".join(f"({', '.join(str(min(255, c * 32)) for c in np.unravel_index(i, (8, 8, 8)))}) "
-                     f"({counts[i] / counts.sum():.0%})" for i in order if counts[i])
+    return ", ".join(
+        f"({', '.join(str(min(255, c * 32)) for c in np.unravel_index(i, (8, 8, 8)))}) ({counts[i] / counts.sum():.0%})"
+        for i in order
+        if counts[i]
+    )
 
 
 def _colour_bins(mask: np.ndarray) -> np.ndarray:
@@ -89,12 +93,14 @@ class Stats:
     def suggest(self) -> str:
         """Which params would fit these masks."""
         if self.colour_masks > self.grey_masks:
-            return ("if they are colour-coded classes, set data.masks: colors and data.forest: [[r, g, b]] "
-                    "(DeepGlobe's forest: [[0, 255, 0]])")
+            return (
+                "if they are colour-coded classes, set data.masks: colors and data.forest: [[r, g, b]] "
+                "(DeepGlobe's forest: [[0, 255, 0]])"
+            )
         share = self.grey / max(1, self.grey.sum())
         if self.grey.nonzero()[0].max(initial=0) <= 1:
             return "they look like 0/1 masks: set data.masks: '0/1'"
-        mid = share[AMBIGUOUS[0]:AMBIGUOUS[1] + 1].sum()
+        mid = share[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum()
         if mid > AMBIGUOUS_SHARE:
             return "if they are class ids, set data.masks: classes and data.forest: [<forest's value(s)>]"
         return "they look like 0/255 masks: set data.masks: '0/255'"
@@ -124,8 +130,10 @@ def _classes(mask: np.ndarray, forest: tuple) -> np.ndarray:
         raise MaskMismatch(f"colour-coded mask, values found: {describe(mask)}")
     grey = grey_of(mask)
     if len(np.unique(grey)) > MAX_CLASSES:
-        raise MaskMismatch(f"more than {MAX_CLASSES} distinct values, not class ids (class masks must be "
-                           f"lossless, e.g. PNG, not JPEG); values found: {describe(mask)}")
+        raise MaskMismatch(
+            f"more than {MAX_CLASSES} distinct values, not class ids (class masks must be "
+            f"lossless, e.g. PNG, not JPEG); values found: {describe(mask)}"
+        )
     return np.isin(grey, np.array(forest, dtype=grey.dtype))
 
 

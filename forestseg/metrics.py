@@ -1,4 +1,5 @@
 """Segmentation metrics from confusion counts summed over a whole set, never averaged per batch."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

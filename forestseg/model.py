@@ -1,4 +1,5 @@
 """UNet for binary segmentation, read top-down: block, down, up, UNet. Outputs one logit map."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ class StudyUNet(nn.Module):
         a, b, c = widths
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3), nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3), nn.ReLU(inplace=True)
+            )
 
         self.enc1, self.enc2, self.bottom = block(in_channels, a), block(a, b), block(b, c)
         self.up2, self.dec2 = nn.ConvTranspose2d(c, b, 2, stride=2), block(2 * b, b)
@@ -88,7 +91,7 @@ class StudyUNet(nn.Module):
     @staticmethod
     def _crop(skip: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         dh, dw = (skip.shape[-2] - like.shape[-2]) // 2, (skip.shape[-1] - like.shape[-1]) // 2
-        return skip[..., dh:dh + like.shape[-2], dw:dw + like.shape[-1]]
+        return skip[..., dh : dh + like.shape[-2], dw : dw + like.shape[-1]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = self.enc1(x)  # (B, 64, H-4, W-4)
@@ -113,8 +116,9 @@ class Arch:
 
 # Every architecture a user can name in model.arch.
 ARCHS: dict[str, Arch] = {
-    "unet": Arch(lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm),
-                 lambda cfg: 2**cfg.depth),
+    "unet": Arch(
+        lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm), lambda cfg: 2**cfg.depth
+    ),
     # the 2022 study's model: fixed widths (ignores width/depth/batch_norm); its valid convs eat 40 px
     "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48),
 }

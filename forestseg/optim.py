@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules users name in params, each one line of a registry."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ Factory = Callable[[Iterable, float, "OptimizerConfig", torch.device], torch.opt
 
 # Every optimizer a user can name in grid.optimizer: (params, lr, optimizer section, device) -> optimizer.
 OPTIMIZERS: dict[str, Factory] = {
-    "sgd": lambda p, lr, cfg, dev: torch.optim.SGD(p, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                                    **_fast(dev)),
+    "sgd": lambda p, lr, cfg, dev: torch.optim.SGD(
+        p, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **_fast(dev)
+    ),
     "adam": lambda p, lr, cfg, dev: torch.optim.Adam(p, lr=lr, weight_decay=cfg.weight_decay, **_fast(dev)),
     "adamw": lambda p, lr, cfg, dev: torch.optim.AdamW(p, lr=lr, weight_decay=cfg.weight_decay, **_fast(dev)),
 }
@@ -33,7 +35,9 @@ SCHEDULES: dict[str, Callable[[int, "OptimizerConfig", int], float]] = {
 }
 
 
-def make_optimizer(name: str, params: Iterable, lr: float, cfg: "OptimizerConfig", device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: Iterable, lr: float, cfg: "OptimizerConfig", device: torch.device
+) -> torch.optim.Optimizer:
     return OPTIMIZERS[name](params, lr, cfg, device)
 
 

@@ -6,6 +6,7 @@ window by window: it walks the image in vertical panels `block` pixels wide and,
 in groups of window rows, and hands each finished strip of logits to a sink. Its memory depends
 on the tile, the batch and the block, never on the image size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,9 +75,17 @@ class Predictor:
         if pixel is not None and not (isinstance(pixel, (int, float)) and pixel > 0):
             raise ForestsegError(f"{path}: pixel_size_m {pixel!r} is not a positive number of metres")
         model = model.to(device, memory_format=torch.channels_last).eval()
-        return cls(model, norm, int(state["tile_size"]), float(state["threshold"]), device, state["loss"],
-                   float(pixel) if pixel is not None else DEFAULT_PIXEL_SIZE_M, pixel is not None,
-                   use_bf16(precision, device))
+        return cls(
+            model,
+            norm,
+            int(state["tile_size"]),
+            float(state["threshold"]),
+            device,
+            state["loss"],
+            float(pixel) if pixel is not None else DEFAULT_PIXEL_SIZE_M,
+            pixel is not None,
+            use_bf16(precision, device),
+        )
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Forest probability in [0, 1] of raw outputs: a sigmoid, except for the study's MSE on raw
@@ -112,7 +121,7 @@ class Predictor:
         whole = [i for i, im in enumerate(images) if im.shape[:2] == (t, t)]
         weight = _window_weight(t)
         for k in range(0, len(whole), batch):
-            chunk = whole[k:k + batch]
+            chunk = whole[k : k + batch]
             logits = self._run(np.stack([images[i] for i in chunk]))
             for i, o in zip(chunk, logits):
                 out[i] = (o * weight) / weight > self.cut  # the blend of one window, as `stream` computes it
@@ -121,8 +130,17 @@ class Predictor:
                 out[i] = self.mask(image, overlap)
         return out
 
-    def stream(self, read: Reader, height: int, width: int, sink: Sink, overlap: int | None = None,
-               block: int = BLOCK, batch: int = 8, progress: Callable[[int], None] | None = None) -> None:
+    def stream(
+        self,
+        read: Reader,
+        height: int,
+        width: int,
+        sink: Sink,
+        overlap: int | None = None,
+        block: int = BLOCK,
+        batch: int = 8,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Predict an image of (height, width) read through `read`, handing finished logits to `sink`.
 
         Windows of one tile every tile - overlap px are blended with weights that fall towards each
@@ -140,11 +158,13 @@ class Predictor:
             # Reflect-pad small images up to one tile: the model saw whole tiles in training.
             image = read(0, height, 0, width)
             H, W = max(height, t), max(width, t)
-            padded = np.pad(image, ((0, H - height), (0, W - width), (0, 0)), mode="reflect" if min(height, width) > 1 else "edge")
+            padded = np.pad(
+                image, ((0, H - height), (0, W - width), (0, 0)), mode="reflect" if min(height, width) > 1 else "edge"
+            )
             full = np.empty((H, W), np.float32)
 
             def keep(r0: int, c0: int, logits: np.ndarray) -> None:
-                full[r0:r0 + logits.shape[0], c0:c0 + logits.shape[1]] = logits
+                full[r0 : r0 + logits.shape[0], c0 : c0 + logits.shape[1]] = logits
 
             self.stream(lambda r0, r1, c0, c1: padded[r0:r1, c0:c1], H, W, keep, overlap, block, batch, progress)
             sink(0, 0, full[:height, :width])
@@ -162,20 +182,20 @@ class Predictor:
             norm = np.zeros_like(total)
             top = 0
             for i in range(0, len(ys), batch):
-                rows = ys[i:i + batch]  # rows[0] == top
+                rows = ys[i : i + batch]  # rows[0] == top
                 y_hi = rows[-1] + t
                 pixels = read(top, y_hi, x_lo, x_hi)
                 for x in cols:  # one model batch: this column's windows of the group, top to bottom
-                    out = self._run(np.stack([pixels[y - top:y - top + t, x - x_lo:x - x_lo + t] for y in rows]))
+                    out = self._run(np.stack([pixels[y - top : y - top + t, x - x_lo : x - x_lo + t] for y in rows]))
                     for y, o in zip(rows, out):
-                        total[y - top:y - top + t, x - x_lo:x - x_lo + t] += o * weight
-                        norm[y - top:y - top + t, x - x_lo:x - x_lo + t] += weight
+                        total[y - top : y - top + t, x - x_lo : x - x_lo + t] += o * weight
+                        norm[y - top : y - top + t, x - x_lo : x - x_lo + t] += weight
                     if progress is not None:
                         progress(len(rows))
                 done = ys[i + batch] if i + batch < len(ys) else height  # no later window reaches above this row
-                sink(top, c0, total[:done - top, c0 - x_lo:c1 - x_lo] / norm[:done - top, c0 - x_lo:c1 - x_lo])
+                sink(top, c0, total[: done - top, c0 - x_lo : c1 - x_lo] / norm[: done - top, c0 - x_lo : c1 - x_lo])
                 carry = y_hi - done  # rows the next group adds to: move them to the buffer's top
-                total[:carry], norm[:carry] = total[done - top:y_hi - top], norm[done - top:y_hi - top]
+                total[:carry], norm[:carry] = total[done - top : y_hi - top], norm[done - top : y_hi - top]
                 total[carry:], norm[carry:] = 0, 0
                 top = done
 
@@ -185,7 +205,7 @@ class Predictor:
         out = np.empty((h, w), np.float32)
 
         def keep(r0: int, c0: int, logits: np.ndarray) -> None:
-            out[r0:r0 + logits.shape[0], c0:c0 + logits.shape[1]] = logits
+            out[r0 : r0 + logits.shape[0], c0 : c0 + logits.shape[1]] = logits
 
         self.stream(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], h, w, keep, overlap, block, batch)
         return out
@@ -244,21 +264,33 @@ def example_panel(predictor: Predictor, images: np.ndarray, masks: np.ndarray, t
         pred = predictor.mask(image)
         inter, union = (pred & truth).sum(), (pred | truth).sum()
         panels = [image, truth, pred, error_map(truth, pred)]
-        names = ["image", "ground truth (forest white)", f"prediction (IoU {inter / union if union else 1:.2f})", "errors"]
+        names = [
+            "image",
+            "ground truth (forest white)",
+            f"prediction (IoU {inter / union if union else 1:.2f})",
+            "errors",
+        ]
         for ax, panel, name in zip(axes[row], panels, names):
             ax.imshow(panel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(name, fontsize=9)
             ax.axis("off")
-    fig.legend(handles=[Patch(color=np.array(c) / 255, label=l) for c, l in
-                        ((TP, "forest found"), (FP, "false forest"), (FN, "missed forest"))],
-               loc="lower center", ncol=3, fontsize=9)
+    fig.legend(
+        handles=[
+            Patch(color=np.array(c) / 255, label=name)
+            for c, name in ((TP, "forest found"), (FP, "false forest"), (FN, "missed forest"))
+        ],
+        loc="lower center",
+        ncol=3,
+        fontsize=9,
+    )
     fig.suptitle(title)
     write_figure(path, fig)
     plt.close(fig)
 
 
-def write_overlays(models_dir: Path, layout: DataLayout, combinations: dict, cfg: ReportConfig, out_dir: Path,
-                   device: torch.device) -> int:
+def write_overlays(
+    models_dir: Path, layout: DataLayout, combinations: dict, cfg: ReportConfig, out_dir: Path, device: torch.device
+) -> int:
     """plots/overlays/<combination>.png for the best seed of each combination (`combinations` as in
     summary.json) on the same `cfg.examples` test tiles drawn with `cfg.seed`; returns the tile count."""
     test = np.flatnonzero(pd.read_csv(layout.split_csv)["subset"].to_numpy() == "test")

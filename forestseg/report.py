@@ -1,4 +1,5 @@
 """Aggregate per-run metrics into tables (mean/std over seeds, best seed), a headline and loss-curve figures."""
+
 from __future__ import annotations
 
 import math
@@ -51,10 +52,19 @@ def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, 
         if not (folder / "metrics.json").is_file():
             raise ForestsegError(f"{folder}/metrics.json is missing: run `dvc repro train@{run.name}` first")
         m = read_json(folder / "metrics.json")
-        rows.append({"run": run.name, "combination": f"{run.loss}-{run.optimizer}", "loss": run.loss,
-                     "optimizer": run.optimizer, "seed": run.seed, "status": m.get("status", "ok"),
-                     "device": m.get("device"), "precision": m.get("precision"),
-                     **{k: m.get(k) for k in SCORES}})
+        rows.append(
+            {
+                "run": run.name,
+                "combination": f"{run.loss}-{run.optimizer}",
+                "loss": run.loss,
+                "optimizer": run.optimizer,
+                "seed": run.seed,
+                "status": m.get("status", "ok"),
+                "device": m.get("device"),
+                "precision": m.get("precision"),
+                **{k: m.get(k) for k in SCORES},
+            }
+        )
         histories[run.name] = pd.read_csv(folder / "history.csv")
     return pd.DataFrame(rows), histories
 
@@ -129,35 +139,54 @@ def epoch_table(part: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Da
     return pd.DataFrame(cols).reset_index()
 
 
-def aggregate(runs: list[Run], runs_dir: str | Path, split: dict, metrics_dir: str | Path,
-              plots_dir: str | Path, report: str | Path | None = None, setup: dict | None = None) -> dict:
+def aggregate(
+    runs: list[Run],
+    runs_dir: str | Path,
+    split: dict,
+    metrics_dir: str | Path,
+    plots_dir: str | Path,
+    report: str | Path | None = None,
+    setup: dict | None = None,
+) -> dict:
     """Write metrics/headline.json, metrics/summary.json, metrics/summary.csv,
     metrics/tables/<combination>[_epochs].csv, the figures and (given `report` and `setup`) REPORT.md;
     returns the summary dict."""
     runs_dir, metrics_dir, plots_dir = Path(runs_dir), Path(metrics_dir), Path(plots_dir)
     table, histories = load_runs(runs, runs_dir)
     if (table["status"] != "ok").all():
-        raise ForestsegError(f"every run of the grid diverged ({', '.join(table['run'])}; each one's "
-                             f"{runs_dir}/<run>/metrics.json says at which epoch and step): lower optimizer.lr and rerun")
+        raise ForestsegError(
+            f"every run of the grid diverged ({', '.join(table['run'])}; each one's "
+            f"{runs_dir}/<run>/metrics.json says at which epoch and step): lower optimizer.lr and rerun"
+        )
     summary = summarize(table)
     for combo, part in table.groupby("combination", sort=False):
         s = summary[summary["combination"] == combo].iloc[0]
-        stats = pd.DataFrame([{"run": label, "seed": None, "status": None,
-                               **{k: s[f"{k}_{label}"] for k in SCORES}} for label in ("mean", "std")])
+        stats = pd.DataFrame(
+            [
+                {"run": label, "seed": None, "status": None, **{k: s[f"{k}_{label}"] for k in SCORES}}
+                for label in ("mean", "std")
+            ]
+        )
         best = part["seed"] == s["best_seed"] if not pd.isna(s["best_seed"]) else False
         per_seed = part[["run", "seed", "status", *SCORES]].assign(best=best)
         write_csv(metrics_dir / "tables" / f"{combo}.csv", pd.concat([per_seed, stats], ignore_index=True))
     baseline = split["baseline_all_forest"]
-    base_row = {"combination": "all-forest baseline", "seeds": 0, "diverged": 0,
-                **{f"test_{k}_mean": v for k, v in baseline.items()}}
+    base_row = {
+        "combination": "all-forest baseline",
+        "seeds": 0,
+        "diverged": 0,
+        **{f"test_{k}_mean": v for k, v in baseline.items()},
+    }
     write_csv(metrics_dir / "summary.csv", pd.concat([summary, pd.DataFrame([base_row])], ignore_index=True))
     best = best_combination(summary)
     out = {
         "split": {k: v for k, v in split.items() if k != "baseline_all_forest"},
         "baseline_all_forest": {f"test_{k}": v for k, v in baseline.items()},
         "best_combination": None if best is None else best["combination"],
-        "combinations": {r["combination"]: {k: _clean(v) for k, v in r.items() if k != "combination"}
-                         for r in summary.to_dict("records")},
+        "combinations": {
+            r["combination"]: {k: _clean(v) for k, v in r.items() if k != "combination"}
+            for r in summary.to_dict("records")
+        },
     }
     write_json(metrics_dir / "summary.json", out)
     write_json(metrics_dir / HEADLINE, headline(summary))
@@ -168,9 +197,10 @@ def aggregate(runs: list[Run], runs_dir: str | Path, split: dict, metrics_dir: s
     for combo, epochs in epoch_tables.items():
         write_csv(metrics_dir / "tables" / f"{combo}_epochs.csv", epochs)
     # One long table of every run's epochs: dvc plots draws it with one line per run (.dvc/plots/runs.json).
-    write_csv(metrics_dir / "curves.csv", pd.concat(
-        [histories[r].assign(run=r) for r in table["run"]], ignore_index=True)[
-        ["run", "epoch", *CURVES]])
+    write_csv(
+        metrics_dir / "curves.csv",
+        pd.concat([histories[r].assign(run=r) for r in table["run"]], ignore_index=True)[["run", "epoch", *CURVES]],
+    )
     if report is not None:
         report = Path(report)
         rel = Path(os.path.relpath(plots_dir.resolve(), report.resolve().parent)).as_posix()
@@ -178,18 +208,23 @@ def aggregate(runs: list[Run], runs_dir: str | Path, split: dict, metrics_dir: s
     return out
 
 
-def describe_setup(index: dict, split: SplitConfig, model: ModelConfig, opt: OptimizerConfig, train: TrainConfig) -> dict:
+def describe_setup(
+    index: dict, split: SplitConfig, model: ModelConfig, opt: OptimizerConfig, train: TrainConfig
+) -> dict:
     """The setup REPORT.md states: the index report, the split unit and the params in one sentence."""
     lrs = f"lr {opt.lr:g}" + "".join(f", {k} {v:g}" for k, v in opt.lr_overrides.items())
     schedule = f"x{opt.gamma:g} every {opt.step_epochs} epochs" if opt.schedule == "step" else f"{opt.schedule} decay"
     return {
         "index": index,
         "split_by": split.by,
-        "params": (f"{model.arch} width {model.width} depth {model.depth}, batch-norm {'on' if model.batch_norm else 'off'}, "
-                   f"{model.input} input; {train.epochs} epochs, batch {train.batch_size} (test {train.test_batch_size}), "
-                   f"{lrs}, {schedule}" + (f" after {opt.warmup_epochs} warmup epochs" if opt.warmup_epochs else "")
-                   + f", momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}, "
-                   f"flips/rotations {'on' if train.augment else 'off'}, colour jitter {train.color_jitter:g}"),
+        "params": (
+            f"{model.arch} width {model.width} depth {model.depth}, batch-norm {'on' if model.batch_norm else 'off'}, "
+            f"{model.input} input; {train.epochs} epochs, batch {train.batch_size} (test {train.test_batch_size}), "
+            f"{lrs}, {schedule}"
+            + (f" after {opt.warmup_epochs} warmup epochs" if opt.warmup_epochs else "")
+            + f", momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}, "
+            f"flips/rotations {'on' if train.augment else 'off'}, colour jitter {train.color_jitter:g}"
+        ),
     }
 
 
@@ -199,7 +234,9 @@ def format_summary(summary: dict) -> str:
     for combo, s in summary["combinations"].items():
         iou, std = s["test_iou_mean"], s["test_iou_std"]
         iou_txt = "n/a" if iou is None else f"{iou:.4f}" + ("" if std is None else f" ± {std:.4f}")
-        lines.append(f"{combo:>12}: test IoU {iou_txt} over {s['seeds'] - s['diverged']}/{s['seeds']} seeds, "
-                     f"best seed {s['best_seed']}")
+        lines.append(
+            f"{combo:>12}: test IoU {iou_txt} over {s['seeds'] - s['diverged']}/{s['seeds']} seeds, "
+            f"best seed {s['best_seed']}"
+        )
     lines.append(f"{'all-forest':>12}: test IoU {summary['baseline_all_forest']['test_iou']:.4f} (baseline)")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ masks/<scene>_mask_<row><col>.jpg (3-channel JPEG, 255 = forest) plus meta_data.
 parcels share the forest's mean colour, so colour alone cannot separate them: a model must use
 the canopy's texture (crowns and shadow gaps) as well.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,15 @@ from PIL import Image, ImageDraw
 from .config import SynthConfig
 
 # Parcel colours (RGB, 0-1): soil, ripe crop, pale grass, green crop (forest-like mean colour).
-_PARCELS = np.array([
-    [0.45, 0.36, 0.25], [0.70, 0.62, 0.36], [0.55, 0.62, 0.38], [0.20, 0.33, 0.16], [0.30, 0.42, 0.20],
-])
+_PARCELS = np.array(
+    [
+        [0.45, 0.36, 0.25],
+        [0.70, 0.62, 0.36],
+        [0.55, 0.62, 0.38],
+        [0.20, 0.33, 0.16],
+        [0.30, 0.42, 0.20],
+    ]
+)
 
 
 def _noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
@@ -106,7 +113,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
             for r in range(cfg.grid):
                 for c in range(cfg.grid):
                     img_name, mask_name = f"{scene}_sat_{r}{c}.jpg", f"{scene}_mask_{r}{c}.jpg"
-                    tile = np.s_[r * t:(r + 1) * t, c * t:(c + 1) * t]
+                    tile = np.s_[r * t : (r + 1) * t, c * t : (c + 1) * t]
                     Image.fromarray(image[tile]).save(tmp / "images" / img_name, quality=90)
                     m = np.repeat(mask[tile][..., None].astype(np.uint8) * 255, 3, axis=2)
                     Image.fromarray(m).save(tmp / "masks" / mask_name, quality=90)
@@ -121,3 +128,16 @@ def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return len(rows) - 1
+
+
+def scene_tiles(seed: int, scenes: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """2x2 tiles of `size` px cut from each of `scenes` seeded scenes: images (N, size, size, 3) uint8
+    and forest masks (N, size, size) in {0, 1}, for tests and benchmarks that need tiles in memory."""
+    images, masks = [], []
+    for stream in np.random.SeedSequence(seed).spawn(scenes):
+        image, mask = render_scene(np.random.default_rng(stream), 2 * size)
+        for r in range(2):
+            for c in range(2):
+                images.append(image[r * size : (r + 1) * size, c * size : (c + 1) * size])
+                masks.append(mask[r * size : (r + 1) * size, c * size : (c + 1) * size])
+    return np.stack(images), np.stack(masks).astype(np.uint8)

@@ -1,5 +1,6 @@
 """The training loop: epochs of seeded batches, evaluation on summed confusion counts, an atomic
 checkpoint after every epoch, and resume from it. It knows nothing of params.yaml or DVC."""
+
 from __future__ import annotations
 
 import functools
@@ -24,11 +25,17 @@ from .metrics import METRICS, confusion, scores
 from .model import ARCHS, build_model
 from .optim import lr_factor, make_optimizer
 
-
 EPOCH_METRICS = [name for name, m in METRICS.items() if m.per_epoch]
 # One row per epoch of history.csv (val_miou follows with a val split).
-HISTORY_COLUMNS = ["epoch", "train_loss", "test_loss", *(f"test_{m}" for m in EPOCH_METRICS), "lr", "seconds",
-                   "train_seconds"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "test_loss",
+    *(f"test_{m}" for m in EPOCH_METRICS),
+    "lr",
+    "seconds",
+    "train_seconds",
+]
 
 
 class Diverged(ForestsegError):
@@ -47,8 +54,12 @@ class Result:
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            **{name: g.get_state() for name, g in gens.items()}}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        **{name: g.get_state() for name, g in gens.items()},
+    }
 
 
 def _set_rng_state(state: dict, gens: dict[str, torch.Generator]) -> None:
@@ -60,13 +71,17 @@ def _set_rng_state(state: dict, gens: dict[str, torch.Generator]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, tiles: Tiles, loss: str, batch_size: int, norm: Normalizer,
-             channels_last: bool, bf16: bool) -> dict:
+def evaluate(
+    model: torch.nn.Module, tiles: Tiles, loss: str, batch_size: int, norm: Normalizer, channels_last: bool, bf16: bool
+) -> dict:
     """Mean loss per tile and scores from confusion counts summed over all of `tiles`."""
     model.eval()
     loss_fn, cut = LOSSES[loss], LOSSES[loss].threshold
     device = tiles.images.device
-    total, counts = torch.zeros((), dtype=torch.float64, device=device), torch.zeros(4, dtype=torch.int64, device=device)
+    total, counts = (
+        torch.zeros((), dtype=torch.float64, device=device),
+        torch.zeros(4, dtype=torch.int64, device=device),
+    )
     for images, masks in batches(tiles, batch_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(to_input(images, norm, channels_last))
@@ -91,9 +106,17 @@ class RunState:
     test_scores: dict = field(default_factory=dict)  # of the last epoch
 
     def to_resume(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": _rng_state(self.gens), "epoch": self.epoch, "history": self.history,
-                "first_loss": self.first_loss, "best": self.best, "test_scores": self.test_scores}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": _rng_state(self.gens),
+            "epoch": self.epoch,
+            "history": self.history,
+            "first_loss": self.first_loss,
+            "best": self.best,
+            "test_scores": self.test_scores,
+        }
 
     def load(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
@@ -104,15 +127,28 @@ class RunState:
         self.best, self.test_scores = saved["best"], saved["test_scores"]
 
 
-def train_epoch(s: RunState, step_model: torch.nn.Module, loss_fn: Callable, tiles: Tiles, cfg: TrainConfig,
-                norm: Normalizer, bf16: bool, where: str) -> float:
+def train_epoch(
+    s: RunState,
+    step_model: torch.nn.Module,
+    loss_fn: Callable,
+    tiles: Tiles,
+    cfg: TrainConfig,
+    norm: Normalizer,
+    bf16: bool,
+    where: str,
+) -> float:
     """One pass over `tiles`; returns the mean loss per tile. Raises Diverged with the run's history."""
     step_model.train()
     total, seen = 0.0, 0
     lr = s.opt.param_groups[0]["lr"]
-    bar = tqdm(batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment")),
-               total=math.ceil(len(tiles) / cfg.batch_size), desc=where, leave=False, mininterval=1.0,
-               disable=None)  # a bar on a terminal, no log noise elsewhere
+    bar = tqdm(
+        batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment")),
+        total=math.ceil(len(tiles) / cfg.batch_size),
+        desc=where,
+        leave=False,
+        mininterval=1.0,
+        disable=None,
+    )  # a bar on a terminal, no log noise elsewhere
     for step, (images, masks) in enumerate(bar, 1):
         x = to_input(images, norm, cfg.channels_last, cfg.color_jitter, s.gens.get("jitter"))
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -124,8 +160,11 @@ def train_epoch(s: RunState, step_model: torch.nn.Module, loss_fn: Callable, til
         value = loss.item()
         s.first_loss = value if s.first_loss is None else s.first_loss
         if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
-            raise Diverged(f"{where} diverged at step {step}: loss {value:.4g} (first loss {s.first_loss:.4g}, "
-                           f"lr {lr:g}); lower optimizer.lr", s.history)
+            raise Diverged(
+                f"{where} diverged at step {step}: loss {value:.4g} (first loss {s.first_loss:.4g}, "
+                f"lr {lr:g}); lower optimizer.lr",
+                s.history,
+            )
         total += value * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
@@ -145,10 +184,20 @@ def _generators(seed: int, cfg: TrainConfig) -> dict[str, torch.Generator]:
     return gens
 
 
-def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig,
-              train: Tiles, test: Tiles, model_dir: Path, resume: Path, fingerprint: str,
-              log: Callable[[str], None] = print, val: Tiles | None = None,
-              pixel_size_m: float = PIXEL_SIZE_M) -> Result:
+def train_run(
+    run: Run,
+    model_cfg: ModelConfig,
+    opt_cfg: OptimizerConfig,
+    train_cfg: TrainConfig,
+    train: Tiles,
+    test: Tiles,
+    model_dir: Path,
+    resume: Path,
+    fingerprint: str,
+    log: Callable[[str], None] = print,
+    val: Tiles | None = None,
+    pixel_size_m: float = PIXEL_SIZE_M,
+) -> Result:
     """Train one run to train_cfg.epochs, resuming from the `resume` file when its fingerprint matches
     (it is rewritten after every epoch); writes the model file model_dir/model.pt at the end.
 
@@ -160,16 +209,25 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
     device = train.images.device
     tile, smallest = min(train.images.shape[1:3]), ARCHS[model_cfg.arch].smallest_tile(model_cfg)
     if tile < smallest:
-        raise ForestsegError(f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least "
-                             f"{smallest} px, the data's are {tile} px; lower model.depth")
+        raise ForestsegError(
+            f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least "
+            f"{smallest} px, the data's are {tile} px; lower model.depth"
+        )
     bf16 = use_bf16(train_cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once
     gens = _generators(run.seed, train_cfg)
     norm = Normalizer.fit(train.images) if model_cfg.input == "normalized" else Normalizer()
     # what predict needs beside the weights; the same in model.pt and best.pt
-    portable = {"run": run.name, "loss": run.loss, "threshold": LOSSES[run.loss].threshold, "model": asdict(model_cfg),
-                "normalizer": asdict(norm), "tile_size": int(train.images.shape[1]), "pixel_size_m": float(pixel_size_m)}
+    portable = {
+        "run": run.name,
+        "loss": run.loss,
+        "threshold": LOSSES[run.loss].threshold,
+        "model": asdict(model_cfg),
+        "normalizer": asdict(norm),
+        "tile_size": int(train.images.shape[1]),
+        "pixel_size_m": float(pixel_size_m),
+    }
 
     model = build_model(model_cfg).to(device)
     if train_cfg.channels_last:
@@ -193,29 +251,44 @@ def train_run(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_
     while s.epoch < train_cfg.epochs:
         t0 = time.perf_counter()
         epoch, epoch_lr = s.epoch + 1, opt.param_groups[0]["lr"]
-        train_loss = train_epoch(s, step_model, loss_fn, train, train_cfg, norm, bf16,
-                                 f"run {run.name} epoch {epoch}/{train_cfg.epochs}")
+        train_loss = train_epoch(
+            s, step_model, loss_fn, train, train_cfg, norm, bf16, f"run {run.name} epoch {epoch}/{train_cfg.epochs}"
+        )
         train_seconds = time.perf_counter() - t0
         sched.step()
         s.test_scores = evaluate(model, test, *eval_args)
-        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": s.test_scores["loss"],
-               **{f"test_{m}": s.test_scores[m] for m in EPOCH_METRICS}, "lr": epoch_lr}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "test_loss": s.test_scores["loss"],
+            **{f"test_{m}": s.test_scores[m] for m in EPOCH_METRICS},
+            "lr": epoch_lr,
+        }
         if val is not None:
             row["val_miou"] = evaluate(model, val, *eval_args)["miou"]
             if row["val_miou"] > s.best.get("val_miou", -1.0):  # weights kept in the resume file until the end
-                s.best = {"epoch": epoch, "val_miou": row["val_miou"], "test_scores": s.test_scores,
-                          "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                s.best = {
+                    "epoch": epoch,
+                    "val_miou": row["val_miou"],
+                    "test_scores": s.test_scores,
+                    "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                }
         row.update(seconds=round(time.perf_counter() - t0, 3), train_seconds=round(train_seconds, 3))
         s.history.append(row)
         s.epoch = epoch
         write_resume(resume, {**s.to_resume(), "fingerprint": fingerprint, "params": params})  # before the log line:
-        log(f"{run.name} epoch {epoch}/{train_cfg.epochs}: train_loss {train_loss:.4f} "  # a logged epoch resumes
+        log(
+            f"{run.name} epoch {epoch}/{train_cfg.epochs}: train_loss {train_loss:.4f} "  # a logged epoch resumes
             f"test_loss {s.test_scores['loss']:.4f} test_iou {s.test_scores['iou']:.4f}"
-            + (f" val_miou {row['val_miou']:.4f}" if val is not None else "") + f" ({row['seconds']:.1f} s)")
+            + (f" val_miou {row['val_miou']:.4f}" if val is not None else "")
+            + f" ({row['seconds']:.1f} s)"
+        )
 
     write_model(model_dir / "model.pt", model.state_dict(), portable, epoch=s.epoch)
     if s.best:
-        write_model(model_dir / "best.pt", s.best["weights"], portable, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
+        write_model(
+            model_dir / "best.pt", s.best["weights"], portable, epoch=s.best["epoch"], val_miou=s.best["val_miou"]
+        )
     return Result(s.history, _run_metrics(s, lr, len(train), device, bf16), s.to_resume())
 
 
@@ -234,13 +307,26 @@ def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16:
         "precision": "bf16" if bf16 else "fp32",
     }
     if s.best:
-        metrics.update({"best_epoch": s.best["epoch"], "best_val_miou": s.best["val_miou"],
-                        **{f"best_test_{k}": v for k, v in s.best["test_scores"].items()}})
+        metrics.update(
+            {
+                "best_epoch": s.best["epoch"],
+                "best_val_miou": s.best["val_miou"],
+                **{f"best_test_{k}": v for k, v in s.best["test_scores"].items()},
+            }
+        )
     return metrics
 
 
-def train_member(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig,
-                 layout: DataLayout, model_dir: Path, resume: Path, code: list[Path]) -> tuple[list[dict], dict]:
+def train_member(
+    run: Run,
+    model_cfg: ModelConfig,
+    opt_cfg: OptimizerConfig,
+    train_cfg: TrainConfig,
+    layout: DataLayout,
+    model_dir: Path,
+    resume: Path,
+    code: list[Path],
+) -> tuple[list[dict], dict]:
     """Train grid member `run` on the split data of `layout` (the train stage): (history, metrics).
 
     The resume fingerprint covers the run, its params and precision, the bytes of `code` and the
@@ -252,13 +338,26 @@ def train_member(run: Run, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, tra
         keep_freed_memory()  # no allocator churn between steps (see bench/speed.py --default-malloc)
     tiles = load_split(layout, device)
     if train_cfg.batch_size > len(tiles["train"]):
-        raise ForestsegError(f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
-                             f"the {len(tiles['train'])} training tiles; lower it")
+        raise ForestsegError(
+            f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
+            f"the {len(tiles['train'])} training tiles; lower it"
+        )
     cfgs = [asdict(c) for c in (model_cfg, opt_cfg, train_cfg)]
     fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, layout.content())
     try:
-        result = train_run(run, model_cfg, opt_cfg, train_cfg, tiles["train"], tiles["test"], model_dir, resume, fp,
-                           val=tiles.get("val"), pixel_size_m=layout.pixel_size_m())
+        result = train_run(
+            run,
+            model_cfg,
+            opt_cfg,
+            train_cfg,
+            tiles["train"],
+            tiles["test"],
+            model_dir,
+            resume,
+            fp,
+            val=tiles.get("val"),
+            pixel_size_m=layout.pixel_size_m(),
+        )
         return result.history, result.metrics
     except Diverged as e:
         print(f"warning: {e}")

@@ -7,6 +7,7 @@
 A recipe is a partial params.yaml (recipes/<name>.yaml); the experiment is params.yaml with the
 recipe's keys set, then any -S given here. Everything is validated before DVC starts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,12 @@ def hydra(value) -> str:
 
 def set_args(recipe: dict) -> list[str]:
     """`dvc exp run -S` arguments for a recipe's keys (mappings replaced whole with hydra's ++)."""
-    return [a for section, values in recipe.items() for key, value in values.items()
-            for a in ("-S", f"{'++' if isinstance(value, dict) else ''}{section}.{key}={hydra(value)}")]
+    return [
+        a
+        for section, values in recipe.items()
+        for key, value in values.items()
+        for a in ("-S", f"{'++' if isinstance(value, dict) else ''}{section}.{key}={hydra(value)}")
+    ]
 
 
 def main(argv: list[str]) -> int:
@@ -87,8 +92,16 @@ def main(argv: list[str]) -> int:
             raise ForestsegError(f"-S {section}...: unknown params section; valid: {', '.join(SECTIONS)}")
         base[section].update(values)
     load_sections(base, *SECTIONS)  # the recipe plus the -S values, before DVC starts anything
-    cmd = ["dvc", "exp", "run", "-n", args.recipe, *(["--queue"] if args.queue else []),
-           *set_args(recipe), *(a for item in args.set_param for a in ("-S", item))]
+    cmd = [
+        "dvc",
+        "exp",
+        "run",
+        "-n",
+        args.recipe,
+        *(["--queue"] if args.queue else []),
+        *set_args(recipe),
+        *(a for item in args.set_param for a in ("-S", item)),
+    ]
     if args.print:
         print(shlex.join(cmd))
         return 0

@@ -1,5 +1,6 @@
 """Stage aggregate: drops run folders of members no longer in the grid, then writes tables (mean/std
 over seeds, best seed), headline.json, summary.json, figures and REPORT.md."""
+
 from common import args, params, stage
 
 from forestseg.io import read_json
@@ -9,7 +10,8 @@ from forestseg.report import aggregate, describe_setup, format_summary, remove_s
 @stage
 def main(argv: list[str]) -> None:
     runs_dir, index_json, split_json, metrics_dir, plots_dir, report = args(
-        argv, "RUNS_DIR", "INDEX_JSON", "SPLIT_JSON", "METRICS_DIR", "PLOTS_DIR", "REPORT_MD")
+        argv, "RUNS_DIR", "INDEX_JSON", "SPLIT_JSON", "METRICS_DIR", "PLOTS_DIR", "REPORT_MD"
+    )
     split_cfg, model, opt, train, grid = params("split", "model", "optimizer", "train", "grid")
     removed = remove_stale_runs(grid.runs(), runs_dir)
     if removed:

@@ -1,4 +1,5 @@
 """What every stage shares: reading params.yaml into validated sections, one-line errors."""
+
 from __future__ import annotations
 
 import functools
@@ -11,7 +12,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import ConfigError, ForestsegError, load_sections  # noqa: E402
-
 
 _READ: dict[str, Any] = {}  # the params sections this stage read, as parsed, to check at its end
 
@@ -41,12 +41,16 @@ def _check_params_unchanged() -> None:
     for (path, section), before in _READ.items():
         now = (_load(path) or {}).get(section)
         if now != before:
-            keys = sorted(k for k in {*(before or {}), *(now or {})}
-                          if (before or {}).get(k) != (now or {}).get(k)) if isinstance(now, dict) else []
+            keys = (
+                sorted(k for k in {*(before or {}), *(now or {})} if (before or {}).get(k) != (now or {}).get(k))
+                if isinstance(now, dict)
+                else []
+            )
             raise ForestsegError(
                 f"{path} changed while this stage ran ({', '.join(f'{section}.{k}' for k in keys) or section}); "
                 "its outputs were made with the old values and are not recorded. Run one `dvc exp run` at a "
-                "time in a checkout (queue the others with `dvc exp run --queue`), then rerun")
+                "time in a checkout (queue the others with `dvc exp run --queue`), then rerun"
+            )
 
 
 def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:

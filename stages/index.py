@@ -1,4 +1,5 @@
 """Stage index: validate every pair of a Kaggle-layout folder, decode it once into packed arrays."""
+
 from pathlib import Path
 
 from common import args, params, stage

@@ -1,4 +1,5 @@
 """Stage split: assign tiles to train/test (and val) by scene or by tile; the all-forest baseline."""
+
 from pathlib import Path
 
 from common import args, params, stage

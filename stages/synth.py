@@ -1,4 +1,5 @@
 """Stage synth: generate the embedded synthetic dataset in the Kaggle layout."""
+
 from common import args, params, stage
 
 from forestseg.synthetic import generate

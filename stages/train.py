@@ -1,4 +1,5 @@
 """Stage train@<loss>-<optimizer>-<seed>: train one grid member, write its model, history and metrics."""
+
 from pathlib import Path
 
 import pandas as pd
@@ -16,15 +17,17 @@ RESUME_DIR = Path(".resume")  # scratch: git- and dvc-ignored, never a DVC outpu
 @stage
 def main(argv: list[str]) -> None:
     loss, optimizer, seed, data_dir, runs_dir, models_dir = args(
-        argv, "LOSS", "OPTIMIZER", "SEED", "DATA_DIR", "RUNS_DIR", "MODELS_DIR")
+        argv, "LOSS", "OPTIMIZER", "SEED", "DATA_DIR", "RUNS_DIR", "MODELS_DIR"
+    )
     model_cfg, opt_cfg, train_cfg = params("model", "optimizer", "train")
     # grid is not a param of this stage (adding a seed must not retrain the others): check the member here
     (grid,) = load_sections({"grid": {"loss": [loss], "optimizer": [optimizer], "seed": [seed]}}, "grid")
     run = grid.runs()[0]
     code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
     resume = RESUME_DIR / f"{run.name}.pt"
-    history, metrics = train_member(run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)),
-                                    Path(models_dir) / run.name, resume, code)
+    history, metrics = train_member(
+        run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), Path(models_dir) / run.name, resume, code
+    )
     out = Path(runs_dir) / run.name
     write_csv(out / "history.csv", pd.DataFrame(history) if history else pd.DataFrame(columns=HISTORY_COLUMNS))
     write_json(out / "metrics.json", metrics)

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic sets made per test, and the real sample where present."""
+
 from __future__ import annotations
 
 import os
@@ -50,10 +51,16 @@ TINY = {
 
 
 def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           # dvc exp run commits: give git an identity on machines that have none configured
-           "GIT_AUTHOR_NAME": "forestseg-test", "GIT_AUTHOR_EMAIL": "test@forestseg",
-           "GIT_COMMITTER_NAME": "forestseg-test", "GIT_COMMITTER_EMAIL": "test@forestseg"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        # dvc exp run commits: give git an identity on machines that have none configured
+        "GIT_AUTHOR_NAME": "forestseg-test",
+        "GIT_AUTHOR_EMAIL": "test@forestseg",
+        "GIT_COMMITTER_NAME": "forestseg-test",
+        "GIT_COMMITTER_EMAIL": "test@forestseg",
+    }
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout}\n{out.stderr}")
@@ -76,8 +83,9 @@ def set_params(repo: Path, changes: dict) -> None:
 def repo(tmp_path: Path) -> Path:
     """The project's tracked files copied into a fresh git repo with tiny params."""
     dst = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
         if rel.startswith(("metrics/", "plots/")) or rel in ("dvc.lock", "REPORT.md") or not (REPO / rel).is_file():
             continue  # outputs of the checkout's own runs
@@ -90,3 +98,51 @@ def repo(tmp_path: Path) -> Path:
     sh(dst, "git", "add", "-A")
     sh(dst, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     return dst
+
+
+def start_dvc(repo: Path, *args: str) -> subprocess.Popen:
+    """`dvc <args>` in its own process group with line-buffered output, for tests that act mid-run."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        ["dvc", *args],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def train_small_model(folder: Path, tile: int = 64) -> Path:
+    """A small model (UNet width 8, depth 2) trained 3 epochs on `tile`-px tiles of two synthetic scenes;
+    returns its model file."""
+    import numpy as np
+    import torch
+
+    from forestseg.config import ModelConfig, OptimizerConfig, Run, TrainConfig
+    from forestseg.loader import Tiles
+    from forestseg.synthetic import render_scene
+    from forestseg.train import train_run
+
+    images, masks = [], []
+    for seed in range(2):
+        image, mask = render_scene(np.random.default_rng(seed), 256)
+        for y in range(0, 256, tile):
+            for x in range(0, 256, tile):
+                images.append(image[y : y + tile, x : x + tile])
+                masks.append(mask[y : y + tile, x : x + tile])
+    tiles = Tiles(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.uint8)))
+    train_run(
+        Run("bce", "adam", 0),
+        ModelConfig(width=8, depth=2),
+        OptimizerConfig(lr=3e-3),
+        TrainConfig(epochs=3, batch_size=8, test_batch_size=16, device="cpu", precision="fp32"),
+        tiles,
+        tiles,
+        folder,
+        folder / "resume.pt",
+        "test",
+        log=lambda s: None,
+    )
+    return folder / "model.pt"

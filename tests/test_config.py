@@ -1,4 +1,5 @@
 """forestseg.config: params.yaml sections become validated, frozen dataclasses; bad values name their key."""
+
 from __future__ import annotations
 
 import copy
@@ -11,12 +12,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
-from forestseg.losses import LOSSES
+
 from forestseg.config import (
-    SECTIONS, ConfigError, GridConfig, SplitConfig, TrainConfig, load_sections,
+    SECTIONS,
+    ConfigError,
+    GridConfig,
+    SplitConfig,
+    TrainConfig,
+    load_sections,
 )
+from forestseg.losses import LOSSES
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +65,9 @@ def test_sections_are_frozen(base):
 
 def test_grid_lists_become_tuples(base):
     (grid,) = load_sections(base, "grid")
-    assert grid == GridConfig(loss=tuple(base["grid"]["loss"]), optimizer=tuple(base["grid"]["optimizer"]),
-                              seed=tuple(base["grid"]["seed"]))
+    assert grid == GridConfig(
+        loss=tuple(base["grid"]["loss"]), optimizer=tuple(base["grid"]["optimizer"]), seed=tuple(base["grid"]["seed"])
+    )
 
 
 @pytest.mark.parametrize("text", ["1e-3", "0.001", "1.0e-3"])
@@ -134,31 +141,43 @@ BAD = [
     ("override-nan", "optimizer.lr_overrides", {"mse-adam": NAN}, r"optimizer\.lr_overrides\.mse-adam: must be finite"),
     ("override-not-mapping", "optimizer.lr_overrides", [0.01], r"optimizer\.lr_overrides: must be a mapping"),
     ("section-not-mapping", "grid", None, r"params\.yaml: grid: must be a mapping"),
-    ("unknown-mask-convention", "data.masks", "0-255",
-     r"data\.masks: unknown value '0-255'; valid choices: 0/255, 0/1, classes, colors"),
+    (
+        "unknown-mask-convention",
+        "data.masks",
+        "0-255",
+        r"data\.masks: unknown value '0-255'; valid choices: 0/255, 0/1, classes, colors",
+    ),
     ("forest-with-binary-masks", "data.forest", [255], r"data\.forest: must be \[\] with data\.masks '0/255'"),
     ("forest-not-a-list", "data.forest", 255, r"data\.forest: must be a list"),
 ]
 
 
-@pytest.mark.parametrize("masks, forest, match", [
-    ("classes", [], r"data\.forest: list the values that are forest, e\.g\. \[2\]"),
-    ("colors", [], r"data\.forest: list the colors that are forest, e\.g\. \[\[0, 255, 0\]\] \(DeepGlobe\)"),
-    ("classes", [256], r"data\.forest: 256 is not a value in 0\.\.255"),
-    ("classes", [[0, 255, 0]], r"data\.forest: \[0, 255, 0\] is not a value in 0\.\.255"),
-    ("colors", [[0, 255]], r"data\.forest: \[0, 255\] is not an RGB colour \[r, g, b\]"),
-    ("colors", [3], r"data\.forest: 3 is not an RGB colour"),
-    ("colors", [["a", 0, 0]], r"data\.forest\[0\]\[0\]: must be an integer"),
-])
+@pytest.mark.parametrize(
+    "masks, forest, match",
+    [
+        ("classes", [], r"data\.forest: list the values that are forest, e\.g\. \[2\]"),
+        ("colors", [], r"data\.forest: list the colors that are forest, e\.g\. \[\[0, 255, 0\]\] \(DeepGlobe\)"),
+        ("classes", [256], r"data\.forest: 256 is not a value in 0\.\.255"),
+        ("classes", [[0, 255, 0]], r"data\.forest: \[0, 255, 0\] is not a value in 0\.\.255"),
+        ("colors", [[0, 255]], r"data\.forest: \[0, 255\] is not an RGB colour \[r, g, b\]"),
+        ("colors", [3], r"data\.forest: 3 is not an RGB colour"),
+        ("colors", [["a", 0, 0]], r"data\.forest\[0\]\[0\]: must be an integer"),
+    ],
+)
 def test_bad_mask_params_name_the_key(base, masks, forest, match):
     raw = changed(changed(base, "data.masks", masks), "data.forest", forest)
     with pytest.raises(ConfigError, match=match):
         load_sections(raw, "data")
 
 
-@pytest.mark.parametrize("masks, forest, expected", [
-    ("0/1", [], ()), ("classes", [2, 3], (2, 3)), ("colors", [[0, 255, 0]], ((0, 255, 0),)),
-])
+@pytest.mark.parametrize(
+    "masks, forest, expected",
+    [
+        ("0/1", [], ()),
+        ("classes", [2, 3], (2, 3)),
+        ("colors", [[0, 255, 0]], ((0, 255, 0),)),
+    ],
+)
 def test_mask_params_load(base, masks, forest, expected):
     (data,) = load_sections(changed(changed(base, "data.masks", masks), "data.forest", forest), "data")
     assert (data.masks, data.forest) == (masks, expected)
@@ -170,12 +189,24 @@ def test_bad_value_is_rejected_naming_its_key(base, key, value, match):
         load_sections(changed(base, key, value), *SECTIONS)
 
 
-@pytest.mark.parametrize("key, how, match", [
-    ("optimizer", {"rename": "optimiser"}, r"params\.yaml: optimiser: unknown section; valid sections: data, synth"),
-    ("optimizer.lr", {"rename": "lrr"}, r"optimizer\.lrr: unknown key; valid keys of 'optimizer': lr, lr_overrides"),
-    ("train.epochs", {"delete": True}, r"train\.epochs: missing key"),
-    ("grid", {"delete": True}, r"params\.yaml: grid: missing section"),
-], ids=["typo-section", "typo-key", "missing-key", "missing-section"])
+@pytest.mark.parametrize(
+    "key, how, match",
+    [
+        (
+            "optimizer",
+            {"rename": "optimiser"},
+            r"params\.yaml: optimiser: unknown section; valid sections: data, synth",
+        ),
+        (
+            "optimizer.lr",
+            {"rename": "lrr"},
+            r"optimizer\.lrr: unknown key; valid keys of 'optimizer': lr, lr_overrides",
+        ),
+        ("train.epochs", {"delete": True}, r"train\.epochs: missing key"),
+        ("grid", {"delete": True}, r"params\.yaml: grid: missing section"),
+    ],
+    ids=["typo-section", "typo-key", "missing-key", "missing-section"],
+)
 def test_typo_or_missing_key_is_rejected(base, key, how, match):
     with pytest.raises(ConfigError, match=match):
         load_sections(changed(base, key, **how), *SECTIONS)
@@ -200,16 +231,26 @@ def test_params_that_are_not_a_mapping_are_rejected():
 
 # --- a stage, end to end -------------------------------------------------------------------------
 
+
 def run_split_stage(workdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "stages" / "split.py"), "a", "b"],
-                          cwd=workdir, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "split.py"), "a", "b"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("old, new, key", [
-    ("  by: scene", "  bye: scene", "split.bye"),
-    ("  test_fraction: 0.25", "  test_fraction: 1.5", "split.test_fraction"),
-    ("optimizer:", "optimiser:", "optimiser"),
-], ids=["typo-key", "bad-value", "typo-section"])
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ("  by: scene", "  bye: scene", "split.bye"),
+        ("  test_fraction: 0.25", "  test_fraction: 1.5", "split.test_fraction"),
+        ("optimizer:", "optimiser:", "optimiser"),
+    ],
+    ids=["typo-key", "bad-value", "typo-section"],
+)
 def test_stage_with_bad_params_prints_one_line_and_exits_2(tmp_path, old, new, key):
     text = (REPO / "params.yaml").read_text(encoding="utf-8")
     assert re.search(rf"^{re.escape(old)}", text, re.M), f"params.yaml no longer has {old!r}"

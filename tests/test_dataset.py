@@ -1,4 +1,5 @@
 """forestseg.dataset: index a Kaggle-layout folder (validate, decode, pack) and split it."""
+
 from __future__ import annotations
 
 import re
@@ -8,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_set
 from PIL import Image
 
-from conftest import make_set
 from forestseg.config import SplitConfig
 from forestseg.dataset import DataError, build_index, split_index, split_summary
 
@@ -56,6 +57,7 @@ def assert_packed_match_files(root: Path, index: pd.DataFrame, out: Path) -> Non
 
 
 # --- a good folder -------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def built(tiny_set, tmp_path):
@@ -108,6 +110,7 @@ def test_scene_is_the_number_before_sat(built):
 
 
 # --- bad pairs: skipped with a reason, never silently dropped ------------------------------------
+
 
 def missing(path: Path) -> None:
     path.unlink()
@@ -235,8 +238,13 @@ def test_image_name_without_scene_is_skipped(tiny_set, tmp_path):
 
     index, report = build(tiny_set, tmp_path / "out")
 
-    assert report["skipped_pairs"] == [{"image": "forest_tile.jpg", "mask": mask,
-                                        "reason": "image name is not <scene>_sat_<rc>.jpg, so its scene is unknown"}]
+    assert report["skipped_pairs"] == [
+        {
+            "image": "forest_tile.jpg",
+            "mask": mask,
+            "reason": "image name is not <scene>_sat_<rc>.jpg, so its scene is unknown",
+        }
+    ]
     assert_accounted(report, index)
 
 
@@ -274,8 +282,10 @@ def test_empty_mask_cell_is_skipped_not_a_crash(tiny_set, tmp_path):
 
 # --- folders that cannot be indexed at all -------------------------------------------------------
 
+
 def no_folder(root: Path) -> None:
     import shutil
+
     shutil.rmtree(root)
 
 
@@ -350,6 +360,7 @@ def test_csv_error_is_one_line(tiny_set, tmp_path):
 
 
 # --- split -------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def index8(tmp_path) -> pd.DataFrame:
@@ -432,7 +443,9 @@ def test_summary_counts_tiles_and_scenes(index8):
     counts = {k: {c: v[c] for c in ("tiles", "scenes")} for k, v in summary.items() if k != "baseline_all_forest"}
     assert counts == {"train": {"tiles": 24, "scenes": 6}, "test": {"tiles": 8, "scenes": 2}}
     test = index8[(split["subset"] == "test").to_numpy()]
-    assert summary["test"]["forest_fraction"] == pytest.approx(test["forest_pixels"].sum() / test["pixels"].sum(), abs=1e-6)
+    assert summary["test"]["forest_fraction"] == pytest.approx(
+        test["forest_pixels"].sum() / test["pixels"].sum(), abs=1e-6
+    )
 
 
 # --- the real sample (skipped where absent) ------------------------------------------------------
@@ -486,7 +499,8 @@ def test_sample_scene_split_has_no_scene_on_both_sides(sample_index):
 def test_image_listed_twice_with_another_mask_is_indexed_once(tiny_set, tmp_path):
     rows = rows_of(tiny_set)
     (tiny_set / "meta_data.csv").write_text(
-        "image,mask\n" + "".join(f"{i},{m}\n" for i, m in rows) + f"{rows[0][0]},{rows[1][1]}\n")
+        "image,mask\n" + "".join(f"{i},{m}\n" for i, m in rows) + f"{rows[0][0]},{rows[1][1]}\n"
+    )
     index, report = build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy")
     assert len(index) == len(rows) and index["image"].is_unique
     assert report["skipped"] == 1 and report["skipped_pairs"][0]["image"] == rows[0][0]
@@ -494,19 +508,23 @@ def test_image_listed_twice_with_another_mask_is_indexed_once(tiny_set, tmp_path
 
 # --- pairs, strictly -----------------------------------------------------------------------------
 
+
 def set_mask_cell(root: Path, row: int, value: str) -> tuple[str, str]:
     image, mask = rows_of(root)[row]
     edit_meta(root, lambda lines: [f"{image},{value}" if line.startswith(image + ",") else line for line in lines])
     return image, mask
 
 
-@pytest.mark.parametrize("cell, reason", [
-    ("/etc/hostname", r"mask '/etc/hostname' is a path; meta_data.csv must name a file inside masks/"),
-    ("../masks/{mask}", r"is a path"),
-    ("sub/{mask}", r"is a path"),
-    ("{other}", r"mask '\d+_mask_\d+\.jpg' is not this image's mask \(expected \d+_mask_\d+\.<jpg\|png>\)"),
-    ("{scene}_mask_99.jpg", r"is not this image's mask"),
-])
+@pytest.mark.parametrize(
+    "cell, reason",
+    [
+        ("/etc/hostname", r"mask '/etc/hostname' is a path; meta_data.csv must name a file inside masks/"),
+        ("../masks/{mask}", r"is a path"),
+        ("sub/{mask}", r"is a path"),
+        ("{other}", r"mask '\d+_mask_\d+\.jpg' is not this image's mask \(expected \d+_mask_\d+\.<jpg\|png>\)"),
+        ("{scene}_mask_99.jpg", r"is not this image's mask"),
+    ],
+)
 def test_a_mask_cell_that_is_not_this_images_mask_is_skipped(tiny_set, tmp_path, cell, reason):
     image, mask = rows_of(tiny_set)[BAD_ROW]
     other = rows_of(tiny_set)[BAD_ROW + 1][1]
@@ -570,6 +588,7 @@ def test_two_candidate_folders_below_the_source_stop(tiny_set, tmp_path):
 
 # --- faults --------------------------------------------------------------------------------------
 
+
 def test_a_full_disk_during_index_is_one_line_and_leaves_no_temp_files(tiny_set, tmp_path, monkeypatch):
     import errno
     import os
@@ -581,7 +600,9 @@ def test_a_full_disk_during_index_is_one_line_and_leaves_no_temp_files(tiny_set,
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     out = tmp_path / "out"
-    with pytest.raises(ForestsegError, match=r"images.npy: cannot write it: no space left on the device \(\d+ MiB free\)"):
+    with pytest.raises(
+        ForestsegError, match=r"images.npy: cannot write it: no space left on the device \(\d+ MiB free\)"
+    ):
         build(tiny_set, out)
     assert list(out.iterdir()) == []  # no temp arrays left behind
 
@@ -596,8 +617,11 @@ def test_untracked_data_inside_the_project_is_refused(tiny_set, tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     inside = project / "data" / "raw" / "kaggle"
     tiny_set.rename(inside)
-    with pytest.raises(DataError, match=r"data.source data/raw/kaggle is inside the project but not tracked by DVC: "
-                                        r".*run `dvc add data/raw/kaggle`"):
+    with pytest.raises(
+        DataError,
+        match=r"data.source data/raw/kaggle is inside the project but not tracked by DVC: "
+        r".*run `dvc add data/raw/kaggle`",
+    ):
         check_tracked(inside, project)
     (project / "data" / "raw" / ".gitignore").write_text("/kaggle\n")  # what `dvc add` writes
     check_tracked(inside, project)

@@ -1,4 +1,5 @@
 """forestseg.device: parallel workers on a multi-GPU machine spread over the GPUs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -22,7 +23,9 @@ def test_claims_spread_over_the_gpus_and_end_with_the_process(tmp_path: Path, mo
 def test_a_killed_worker_frees_its_gpu(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(device, "_CLAIMS", [])
     code = f"from forestseg.device import claim_gpu; from pathlib import Path; print(claim_gpu(2, Path({str(tmp_path)!r})))"
-    other = subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", code + "; import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True
+    )
     assert other.stdout.readline().strip() == "0"
     assert device.claim_gpu(2, tmp_path) == 1  # GPU 0 is taken by the other worker
     other.kill()

@@ -1,4 +1,5 @@
 """dvc.yaml lists exactly the library files each stage imports, so DVC reruns exactly what changed."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -32,8 +32,13 @@ def sections(stage: dict) -> list[str]:
 def test_stage_deps_are_exactly_the_modules_it_imports(name: str) -> None:
     stage = STAGES[name]
     script = stage["cmd"].split()[1]
-    out = subprocess.run([sys.executable, "-c", IMPORTED, script, json.dumps(sections(stage))], cwd=REPO,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTED, script, json.dumps(sections(stage))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     imported = set(json.loads(out.stdout))
     listed = {d for d in stage["deps"] if d.startswith("forestseg/")}
     assert listed == imported, f"{name}: missing {sorted(imported - listed)}, not imported {sorted(listed - imported)}"

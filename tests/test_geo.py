@@ -1,5 +1,6 @@
 """Forest maps of GeoTIFFs: georeference kept, areas from the grid, windowed = in-memory, bounded
 memory, resampling to the model's pixel size, bad rasters refused, evaluation of the area."""
+
 from __future__ import annotations
 
 import json
@@ -11,21 +12,18 @@ import pandas as pd
 import pytest
 import rasterio
 import torch
+from conftest import make_set, train_small_model
 from PIL import Image
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from forestseg.cli import main
 from forestseg.checkpoint import write_model
-from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig, asdict
+from forestseg.cli import main
+from forestseg.config import ModelConfig, asdict
 from forestseg.geo import MapOptions, check_raster, map_forest, polygon_area
-from forestseg.loader import Tiles
 from forestseg.model import build_model
 from forestseg.predict import Predictor
 from forestseg.synthetic import render_scene
-from forestseg.train import Run, train_run
-
-from conftest import make_set
 
 TILE = 64
 UTM = "EPSG:32633"
@@ -34,19 +32,7 @@ UTM = "EPSG:32633"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained for 3 epochs on 64x64 tiles of synthetic scenes, at 0.5 m pixels."""
-    images, masks = [], []
-    for seed in range(2):
-        image, mask = render_scene(np.random.default_rng(seed), 256)
-        for y in range(0, 256, TILE):
-            for x in range(0, 256, TILE):
-                images.append(image[y:y + TILE, x:x + TILE])
-                masks.append(mask[y:y + TILE, x:x + TILE])
-    tiles = Tiles(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.uint8)))
-    folder = tmp_path_factory.mktemp("model")
-    train_run(Run("bce", "adam", 0), ModelConfig(width=8, depth=2), OptimizerConfig(lr=3e-3),
-              TrainConfig(epochs=3, batch_size=8, test_batch_size=16, device="cpu", precision="fp32"),
-              tiles, tiles, folder, folder / "resume.pt", "test", log=lambda s: None, pixel_size_m=0.5)
-    return folder / "model.pt"
+    return train_small_model(tmp_path_factory.mktemp("model"), TILE)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +40,20 @@ def predictor(checkpoint: Path) -> Predictor:
     return Predictor.load(checkpoint, torch.device("cpu"))
 
 
-def random_checkpoint(path: Path, tile: int = 128, pixel_size_m: float | None = 0.5, width: int = 4, depth: int = 2) -> Path:
+def random_checkpoint(
+    path: Path, tile: int = 128, pixel_size_m: float | None = 0.5, width: int = 4, depth: int = 2
+) -> Path:
     """Random weights: for tests where only shapes, memory or errors matter."""
     torch.manual_seed(0)
     cfg = ModelConfig(width=width, depth=depth)
-    meta = {"run": "bce-adam-0", "loss": "bce", "threshold": 0.0, "model": asdict(cfg),
-            "normalizer": {"mean": [100.0] * 3, "std": [50.0] * 3}, "tile_size": tile}
+    meta = {
+        "run": "bce-adam-0",
+        "loss": "bce",
+        "threshold": 0.0,
+        "model": asdict(cfg),
+        "normalizer": {"mean": [100.0] * 3, "std": [50.0] * 3},
+        "tile_size": tile,
+    }
     if pixel_size_m is not None:
         meta["pixel_size_m"] = pixel_size_m
     write_model(path, build_model(cfg).state_dict(), meta)
@@ -72,14 +66,24 @@ def scene() -> tuple[np.ndarray, np.ndarray]:
     return image[:300, :400], mask[:300, :400]  # 400 wide, 300 high
 
 
-def write_raster(path: Path, pixels: np.ndarray, crs: str | None = UTM, pixel: float = 0.5, nodata: float | None = 0,
-                 **extra) -> Path:
+def write_raster(
+    path: Path, pixels: np.ndarray, crs: str | None = UTM, pixel: float = 0.5, nodata: float | None = 0, **extra
+) -> Path:
     """(H, W, C) pixels as a GeoTIFF with its top-left corner at (500000, 5000000) in `crs`."""
     h, w = pixels.shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     bands = np.moveaxis(pixels.reshape(h, w, -1), -1, 0)
-    profile = {"driver": "GTiff", "width": w, "height": h, "count": bands.shape[0], "dtype": bands.dtype.name,
-               "crs": crs, "transform": from_origin(500000, 5000000, pixel, pixel), "nodata": nodata, **extra}
+    profile = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": bands.shape[0],
+        "dtype": bands.dtype.name,
+        "crs": crs,
+        "transform": from_origin(500000, 5000000, pixel, pixel),
+        "nodata": nodata,
+        **extra,
+    }
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(bands)
     return path
@@ -99,8 +103,13 @@ def cli(*argv: str) -> int:
 
 def read(path: Path) -> tuple[np.ndarray, dict]:
     with rasterio.open(path) as ds:
-        return ds.read(1), {"crs": ds.crs, "transform": ds.transform, "nodata": ds.nodata, "shape": ds.shape,
-                            "layout": ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")}
+        return ds.read(1), {
+            "crs": ds.crs,
+            "transform": ds.transform,
+            "nodata": ds.nodata,
+            "shape": ds.shape,
+            "layout": ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
+        }
 
 
 def test_checkpoint_records_its_pixel_size(checkpoint: Path, tmp_path: Path, capsys) -> None:
@@ -133,15 +142,25 @@ def test_area_is_pixel_count_times_pixel_area(checkpoint: Path, scene, tmp_path:
     write_raster(tmp_path / "in/feet.tif", image, crs="EPSG:2263", pixel=2.0)
     assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-resample") == 0
     table = pd.read_csv(tmp_path / "out/forest_area.csv")
-    assert list(table.columns) == ["file", "crs", "pixel_size_m", "model_pixel_size_m", "resampled",
-                                   "valid_ha", "forest_ha", "forest_share", "area_bias_pct", "mask"]
+    assert list(table.columns) == [
+        "file",
+        "crs",
+        "pixel_size_m",
+        "model_pixel_size_m",
+        "resampled",
+        "valid_ha",
+        "forest_ha",
+        "forest_share",
+        "area_bias_pct",
+        "mask",
+    ]
     table = table.set_index("crs")
     for crs, side_m in (("EPSG:32633", 0.5), ("EPSG:2263", 2.0 * 1200 / 3937)):
         row = table.loc[crs]
         mask, _ = read(Path(row["mask"]))
         assert row["pixel_size_m"] == pytest.approx(side_m, rel=1e-6)
-        assert row["forest_ha"] == pytest.approx((mask == 1).sum() * side_m ** 2 / 1e4, abs=1e-4)
-        assert row["valid_ha"] == pytest.approx((mask != 255).sum() * side_m ** 2 / 1e4, abs=1e-4)
+        assert row["forest_ha"] == pytest.approx((mask == 1).sum() * side_m**2 / 1e4, abs=1e-4)
+        assert row["valid_ha"] == pytest.approx((mask != 255).sum() * side_m**2 / 1e4, abs=1e-4)
         assert row["forest_share"] == pytest.approx((mask == 1).sum() / (mask != 255).sum(), abs=1e-6)
 
 
@@ -187,8 +206,9 @@ def test_peak_memory_depends_on_the_block_not_the_raster(tmp_path: Path) -> None
     assert area.valid_ha == pytest.approx(h * w * 0.25 / 1e4)
 
 
-def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(checkpoint: Path, predictor: Predictor,
-                                                                tmp_path: Path) -> None:
+def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(
+    checkpoint: Path, predictor: Predictor, tmp_path: Path
+) -> None:
     """A 1 m raster is predicted at the model's 0.5 m and the mask written on the 1 m grid; it agrees
     with the prediction of the 0.5 m original better than predicting the 1 m pixels as they are."""
     image, _ = render_scene(np.random.default_rng(11), 512)
@@ -213,12 +233,15 @@ def test_alpha_band_and_internal_mask_are_nodata(checkpoint: Path, scene, tmp_pa
     image = scene[0]
     alpha = np.full(image.shape[:2], 255, np.uint8)
     alpha[:, :100] = 0
-    rgba = write_raster(tmp_path / "in/rgba.tif", np.dstack([image, alpha]), nodata=None,
-                        photometric="RGB", alpha="YES")
+    rgba = write_raster(
+        tmp_path / "in/rgba.tif", np.dstack([image, alpha]), nodata=None, photometric="RGB", alpha="YES"
+    )
     with rasterio.open(rgba) as ds:
         assert ds.colorinterp[3] == ColorInterp.alpha
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
-            write_raster(tmp_path / "in/masked.tif", image, nodata=None), "r+") as ds:
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        rasterio.open(write_raster(tmp_path / "in/masked.tif", image, nodata=None), "r+") as ds,
+    ):
         ds.write_mask(alpha)
     assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
     plain = Predictor.load(checkpoint, torch.device("cpu")).mask(image)
@@ -237,8 +260,18 @@ def test_band_order_and_extra_bands(checkpoint: Path, scene, tmp_path: Path) -> 
     write_raster(tmp_path / "rgbn/x.tif", np.dstack([image, nir]), nodata=None, photometric="MINISBLACK")
     write_raster(tmp_path / "nrgb/x.tif", np.dstack([nir, image]), nodata=None, photometric="MINISBLACK")
     for folder, bands in (("rgb", "1,2,3"), ("bgr", "3,2,1"), ("rgbn", "1,2,3"), ("nrgb", "2,3,4")):
-        assert cli("predict", str(checkpoint), str(tmp_path / folder), "-o", str(tmp_path / f"out-{folder}"),
-                   "--bands", bands) == 0
+        assert (
+            cli(
+                "predict",
+                str(checkpoint),
+                str(tmp_path / folder),
+                "-o",
+                str(tmp_path / f"out-{folder}"),
+                "--bands",
+                bands,
+            )
+            == 0
+        )
     reference = read(tmp_path / "out-rgb/x_mask.tif")[0]
     for folder in ("bgr", "rgbn", "nrgb"):
         assert np.array_equal(read(tmp_path / f"out-{folder}/x_mask.tif")[0], reference), folder
@@ -247,8 +280,18 @@ def test_band_order_and_extra_bands(checkpoint: Path, scene, tmp_path: Path) -> 
 def test_geographic_raster_is_refused_unless_reprojected(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     image = with_nodata_corner(scene[0])
     src = tmp_path / "wgs84.tif"
-    with rasterio.open(src, "w", driver="GTiff", width=400, height=300, count=3, dtype="uint8", crs="EPSG:4326",
-                       transform=from_origin(15.0, 50.0, 6e-6, 4e-6), nodata=0) as ds:  # ~0.43 m x 0.44 m at 50 N
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=400,
+        height=300,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=from_origin(15.0, 50.0, 6e-6, 4e-6),
+        nodata=0,
+    ) as ds:  # ~0.43 m x 0.44 m at 50 N
         ds.write(np.moveaxis(image, -1, 0))
     assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err
@@ -270,17 +313,20 @@ def no_crs(path: Path) -> Path:
     return write_raster(path, np.zeros((64, 64, 3), np.uint8), crs=None)
 
 
-@pytest.mark.parametrize("case, flags, message", [
-    ("no crs", [], "has a pixel grid but no CRS"),
-    ("one band", [], "has 1 band(s); forest maps need 3 colour bands"),
-    ("corrupt", [], "cannot be read as a GeoTIFF"),
-    ("truncated", [], "x.tif: "),
-    ("band 4 of 3", ["--bands", "1,2,4"], "--bands 1,2,4: "),
-    ("two bands given", ["--bands", "1,2"], "--bands 1,2: give three band numbers"),
-    ("alpha as colour", ["--bands", "2,3,4"], "is its alpha (transparency) band"),
-    ("16 bit", [], "uint16; the model learned 8-bit colour"),
-    ("geographic target", ["--reproject", "EPSG:4326"], "is not a projected CRS"),
-])
+@pytest.mark.parametrize(
+    "case, flags, message",
+    [
+        ("no crs", [], "has a pixel grid but no CRS"),
+        ("one band", [], "has 1 band(s); forest maps need 3 colour bands"),
+        ("corrupt", [], "cannot be read as a GeoTIFF"),
+        ("truncated", [], "x.tif: "),
+        ("band 4 of 3", ["--bands", "1,2,4"], "--bands 1,2,4: "),
+        ("two bands given", ["--bands", "1,2"], "--bands 1,2: give three band numbers"),
+        ("alpha as colour", ["--bands", "2,3,4"], "is its alpha (transparency) band"),
+        ("16 bit", [], "uint16; the model learned 8-bit colour"),
+        ("geographic target", ["--reproject", "EPSG:4326"], "is not a projected CRS"),
+    ],
+)
 def test_bad_rasters_stop_with_one_line(checkpoint: Path, scene, tmp_path: Path, capsys, case, flags, message) -> None:
     src = tmp_path / "in/x.tif"
     image = scene[0][:96, :128]
@@ -295,10 +341,15 @@ def test_bad_rasters_stop_with_one_line(checkpoint: Path, scene, tmp_path: Path,
         write_raster(tmp_path / "whole.tif", scene[0], tiled=True, compress="deflate")
         src.parent.mkdir(parents=True)
         data = (tmp_path / "whole.tif").read_bytes()
-        src.write_bytes(data[:len(data) // 2])
+        src.write_bytes(data[: len(data) // 2])
     elif case == "alpha as colour":
-        write_raster(src, np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]), nodata=None, alpha="YES",
-                     photometric="RGB")
+        write_raster(
+            src,
+            np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]),
+            nodata=None,
+            alpha="YES",
+            photometric="RGB",
+        )
     elif case == "16 bit":
         write_raster(src, image.astype(np.uint16) * 200)
     else:
@@ -324,8 +375,10 @@ def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> No
     image = with_nodata_corner(scene[0])
     src = write_raster(tmp_path / "in/o.tif", image)
     for kind in ("uint8", "float32"):
-        assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / kind), "--probability", kind,
-                   "--polygons") == 0
+        assert (
+            cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / kind), "--probability", kind, "--polygons")
+            == 0
+        )
     mask, _ = read(tmp_path / "uint8/o_mask.tif")
     with rasterio.open(tmp_path / "uint8/o_probability.tif") as ds:
         p8, valid = ds.read(1), ds.dataset_mask() > 0
@@ -339,9 +392,13 @@ def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> No
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
     areas = [f["properties"]["area_m2"] for f in collection["features"]]
     assert sum(areas) == pytest.approx((mask == 1).sum() * 0.25, abs=0.1)  # 4-connected polygons tile the forest
-    assert all(a == pytest.approx(polygon_area(f["geometry"]["coordinates"]), abs=0.01)
-               for a, f in zip(areas, collection["features"]))
-    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "big"), "--polygons", "--min-area-m2", "50") == 0
+    assert all(
+        a == pytest.approx(polygon_area(f["geometry"]["coordinates"]), abs=0.01)
+        for a, f in zip(areas, collection["features"])
+    )
+    assert (
+        cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "big"), "--polygons", "--min-area-m2", "50") == 0
+    )
     kept = [f["properties"]["area_m2"] for f in json.loads((tmp_path / "big/o_forest.geojson").read_text())["features"]]
     assert kept and min(kept) >= 50 and sorted(kept) == sorted(a for a in areas if a >= 50)
 
@@ -352,7 +409,9 @@ def test_polygon_area_subtracts_holes() -> None:
     assert polygon_area([square, hole]) == 96
 
 
-def test_evaluate_tiles_on_a_split_and_its_area_bias_in_the_csv(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+def test_evaluate_tiles_on_a_split_and_its_area_bias_in_the_csv(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
     data = make_set(tmp_path / "set", scenes=4, grid=2, tile_size=64)
     index = pd.read_csv(data / "meta_data.csv")
     scenes = index["image"].str.split("_").str[0]
@@ -373,7 +432,9 @@ def test_evaluate_tiles_on_a_split_and_its_area_bias_in_the_csv(checkpoint: Path
 
     src = write_raster(tmp_path / "in/o.tif", scene[0])
     assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 0
-    assert pd.read_csv(tmp_path / "out/forest_area.csv")["area_bias_pct"].iloc[0] == pytest.approx(result["area_bias_pct"])
+    assert pd.read_csv(tmp_path / "out/forest_area.csv")["area_bias_pct"].iloc[0] == pytest.approx(
+        result["area_bias_pct"]
+    )
 
 
 def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> None:
@@ -391,4 +452,6 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> N
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "all.json")) == 0
     forest = json.loads((tmp_path / "all.json").read_text())
     share = (mask == 1).sum() / (mask != 255).sum()
-    assert forest["recall"] == pytest.approx(share) and forest["area_bias_pct"] == pytest.approx(100 * (share - 1), abs=1e-3)
+    assert forest["recall"] == pytest.approx(share) and forest["area_bias_pct"] == pytest.approx(
+        100 * (share - 1), abs=1e-3
+    )

@@ -1,4 +1,5 @@
 """forestseg.io: atomic writes; a full disk or a read-only folder is one line naming the file, no litter."""
+
 from __future__ import annotations
 
 import errno
@@ -30,11 +31,14 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
-@pytest.mark.parametrize("code, says", [
-    (errno.ENOSPC, r"cannot write it: no space left on the device \(\d+ MiB free\); free some space and rerun"),
-    (errno.EROFS, r"cannot write it: the folder is on a read-only file system; make it writable or run elsewhere"),
-    (errno.EACCES, r"cannot write it: permission denied; make the folder writable"),
-])
+@pytest.mark.parametrize(
+    "code, says",
+    [
+        (errno.ENOSPC, r"cannot write it: no space left on the device \(\d+ MiB free\); free some space and rerun"),
+        (errno.EROFS, r"cannot write it: the folder is on a read-only file system; make it writable or run elsewhere"),
+        (errno.EACCES, r"cannot write it: permission denied; make the folder writable"),
+    ],
+)
 def test_write_errors_name_the_file_and_what_to_do(tmp_path: Path, monkeypatch, code, says) -> None:
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))

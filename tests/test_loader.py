@@ -1,4 +1,5 @@
 """Batches, model input, augmentation and loading a packed split."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from forestseg.config import ForestsegError
-
 from forestseg.layout import DataLayout
 from forestseg.loader import Normalizer, Tiles, augment, batches, load_split, load_tiles, to_input
 
@@ -56,7 +56,9 @@ def test_without_a_generator_the_stored_order() -> None:
     assert order(make_tiles(10), 3, None) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
 
 
-@pytest.mark.parametrize(("n", "batch_size", "sizes"), [(10, 4, [4, 4, 2]), (8, 4, [4, 4]), (3, 8, [3]), (5, 1, [1] * 5)])
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"), [(10, 4, [4, 4, 2]), (8, 4, [4, 4]), (3, 8, [3]), (5, 1, [1] * 5)]
+)
 def test_batch_sizes_and_last_partial_batch(n: int, batch_size: int, sizes: list[int]) -> None:
     tiles = make_tiles(n)
     got = list(batches(tiles, batch_size, torch.Generator().manual_seed(1)))
@@ -88,11 +90,14 @@ def test_to_input_shape_dtype_and_memory_format(channels_last: bool) -> None:
 
 def test_normalizer_fit_gives_zero_mean_unit_std() -> None:
     g = torch.Generator().manual_seed(0)
-    images = torch.stack([
-        torch.randint(0, 100, (6, 16, 16), generator=g),
-        torch.randint(50, 250, (6, 16, 16), generator=g),
-        torch.randint(0, 256, (6, 16, 16), generator=g),
-    ], dim=-1).to(torch.uint8)
+    images = torch.stack(
+        [
+            torch.randint(0, 100, (6, 16, 16), generator=g),
+            torch.randint(50, 250, (6, 16, 16), generator=g),
+            torch.randint(0, 256, (6, 16, 16), generator=g),
+        ],
+        dim=-1,
+    ).to(torch.uint8)
     norm = Normalizer.fit(images, chunk=4)  # a chunk that does not divide the set
     ref = images.double().reshape(-1, 3)
     assert norm.mean == pytest.approx(tuple(ref.mean(0).tolist()))
@@ -143,9 +148,12 @@ def test_augment_applies_one_dihedral_transform_to_each_pair() -> None:
     assert torch.equal(out_i[..., 0], out_m * 255)  # mask still aligned with its image
     used = set()
     for i in range(n):
-        matches = [k for k in range(8)
-                   if torch.equal(out_i[i], dihedral(images[i:i + 1], k)[0])
-                   and torch.equal(out_m[i], dihedral(masks[i:i + 1], k)[0])]
+        matches = [
+            k
+            for k in range(8)
+            if torch.equal(out_i[i], dihedral(images[i : i + 1], k)[0])
+            and torch.equal(out_m[i], dihedral(masks[i : i + 1], k)[0])
+        ]
         assert len(matches) == 1, (i, matches)  # random 8x8 tiles have no symmetry of their own
         used.add(matches[0])
     assert used == set(range(8))  # 64 draws: every transform appears
@@ -179,8 +187,12 @@ def write_packed(root: Path, subsets: list[str]) -> tuple[np.ndarray, np.ndarray
     np.save(root / "packed" / "images.npy", images)
     np.save(root / "packed" / "masks.npy", masks)
     names = [f"{100 + i}_sat_{i % 2}{i // 2}.jpg" for i in range(n)]
-    pd.DataFrame({"image": names, "mask": [s.replace("sat", "mask") for s in names]}).to_csv(root / "index.csv", index=False)
-    pd.DataFrame({"image": names, "scene": [100 + i for i in range(n)], "subset": subsets}).to_csv(root / "split.csv", index=False)
+    pd.DataFrame({"image": names, "mask": [s.replace("sat", "mask") for s in names]}).to_csv(
+        root / "index.csv", index=False
+    )
+    pd.DataFrame({"image": names, "scene": [100 + i for i in range(n)], "subset": subsets}).to_csv(
+        root / "split.csv", index=False
+    )
     return images, masks
 
 
@@ -231,8 +243,12 @@ def test_augment_keeps_the_shape_of_non_square_tiles() -> None:
     assert torch.equal(out_i[..., 0], out_m * 255)  # still aligned
     used = set()
     for i in range(n):
-        matches = [k for k in (0, 2, 4, 6) if torch.equal(out_m[i], dihedral(masks[i:i + 1], k)[0])
-                   and torch.equal(out_i[i], dihedral(images[i:i + 1], k)[0])]
+        matches = [
+            k
+            for k in (0, 2, 4, 6)
+            if torch.equal(out_m[i], dihedral(masks[i : i + 1], k)[0])
+            and torch.equal(out_i[i], dihedral(images[i : i + 1], k)[0])
+        ]
         assert len(matches) == 1, (i, matches)
         used.add(matches[0])
     assert used == {0, 2, 4, 6}  # identity, half turn, flip, flip + half turn

@@ -1,4 +1,5 @@
 """The losses: small for right answers, large for wrong ones, always an fp32 scalar."""
+
 from __future__ import annotations
 
 import pytest
@@ -103,6 +104,7 @@ def test_thresholds() -> None:
     assert LOSSES["mse_logits"].threshold == 0.5
     for name in set(LOSSES) - {"mse_logits"}:
         assert LOSSES[name].threshold == 0.0
+
 
 def test_focal_is_bce_scaled_down_on_easy_pixels() -> None:
     t = target()

@@ -1,19 +1,26 @@
 """forestseg.masks and the index on masks of every convention: read right, or refused clearly."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_set
 from PIL import Image
 
-from conftest import make_set
 from forestseg.dataset import DataError, build_index
 from forestseg.masks import MaskMismatch, forest_of
 
 # DeepGlobe land-cover colours; forest is green
-DEEPGLOBE = {"forest": (0, 255, 0), "agriculture": (255, 255, 0), "urban": (0, 255, 255),
-             "rangeland": (255, 0, 255), "water": (0, 0, 255), "barren": (255, 255, 255)}
+DEEPGLOBE = {
+    "forest": (0, 255, 0),
+    "agriculture": (255, 255, 0),
+    "urban": (0, 255, 255),
+    "rangeland": (255, 0, 255),
+    "water": (0, 0, 255),
+    "barren": (255, 255, 255),
+}
 
 
 def truths(root: Path) -> dict[str, np.ndarray]:
@@ -66,31 +73,43 @@ def assert_packed_is_truth(idx, packed, t):
 
 # --- forest_of on single masks -------------------------------------------------------------------
 
-@pytest.mark.parametrize("convention, forest, mask, expected", [
-    ("0/255", (), np.array([[0, 12, 250, 255]], np.uint8), [[0, 0, 1, 1]]),
-    ("0/1", (), np.array([[0, 1, 1, 0]], np.uint8), [[0, 1, 1, 0]]),
-    ("classes", (3,), np.array([[0, 3, 2, 3]], np.uint8), [[0, 1, 0, 1]]),
-    ("classes", (2, 3), np.array([[0, 3, 2, 1]], np.uint8), [[0, 1, 1, 0]]),
-    ("colors", ((0, 255, 0),), np.array([[[0, 255, 0], [255, 255, 0], [10, 240, 20], [255, 255, 255]]], np.uint8),
-     [[1, 0, 1, 0]]),
-])
+
+@pytest.mark.parametrize(
+    "convention, forest, mask, expected",
+    [
+        ("0/255", (), np.array([[0, 12, 250, 255]], np.uint8), [[0, 0, 1, 1]]),
+        ("0/1", (), np.array([[0, 1, 1, 0]], np.uint8), [[0, 1, 1, 0]]),
+        ("classes", (3,), np.array([[0, 3, 2, 3]], np.uint8), [[0, 1, 0, 1]]),
+        ("classes", (2, 3), np.array([[0, 3, 2, 1]], np.uint8), [[0, 1, 1, 0]]),
+        (
+            "colors",
+            ((0, 255, 0),),
+            np.array([[[0, 255, 0], [255, 255, 0], [10, 240, 20], [255, 255, 255]]], np.uint8),
+            [[1, 0, 1, 0]],
+        ),
+    ],
+)
 def test_forest_of_reads_each_convention(convention, forest, mask, expected):
     assert forest_of(mask, convention, forest).tolist() == expected
 
 
-@pytest.mark.parametrize("convention, forest, mask, found", [
-    ("0/255", (), np.resize(np.array([0, 128, 255], np.uint8), (8, 8)), r"not a 0/255 mask.*128"),
-    ("0/1", (), np.resize(np.array([0, 255], np.uint8), (8, 8)), r"not a 0/1 mask, values found: .*255"),
-    ("0/255", (), np.resize(np.array([[0, 255, 0], [255, 255, 0]], np.uint8), (8, 8, 3)), r"colour-coded mask"),
-    ("classes", (1,), np.arange(64, dtype=np.uint8).reshape(8, 8), r"more than 16 distinct values"),
-    ("colors", ((0, 255, 0),), np.zeros((8, 8), np.uint8), r"single-band mask"),
-])
+@pytest.mark.parametrize(
+    "convention, forest, mask, found",
+    [
+        ("0/255", (), np.resize(np.array([0, 128, 255], np.uint8), (8, 8)), r"not a 0/255 mask.*128"),
+        ("0/1", (), np.resize(np.array([0, 255], np.uint8), (8, 8)), r"not a 0/1 mask, values found: .*255"),
+        ("0/255", (), np.resize(np.array([[0, 255, 0], [255, 255, 0]], np.uint8), (8, 8, 3)), r"colour-coded mask"),
+        ("classes", (1,), np.arange(64, dtype=np.uint8).reshape(8, 8), r"more than 16 distinct values"),
+        ("colors", ((0, 255, 0),), np.zeros((8, 8), np.uint8), r"single-band mask"),
+    ],
+)
 def test_a_mask_that_fits_no_declared_convention_names_its_values(convention, forest, mask, found):
     with pytest.raises(MaskMismatch, match=found):
         forest_of(mask, convention, forest)
 
 
 # --- whole sets ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def kaggle_like(tmp_path: Path) -> Path:
@@ -109,8 +128,11 @@ def test_0_1_masks_train_the_same_targets_as_0_255(kaggle_like, tmp_path):
 
 def test_0_1_masks_under_the_default_stop_and_say_which_param(kaggle_like, tmp_path):
     rewrite(kaggle_like, as_01)
-    with pytest.raises(DataError, match=r"data\.masks is '0/255', but no pixel of any mask is forest under it "
-                                        r"\(16 grey mask\(s\): [01] \(\d+%\), [01] \(\d+%\)\); they look like 0/1 masks: set data\.masks: '0/1'"):
+    with pytest.raises(
+        DataError,
+        match=r"data\.masks is '0/255', but no pixel of any mask is forest under it "
+        r"\(16 grey mask\(s\): [01] \(\d+%\), [01] \(\d+%\)\); they look like 0/1 masks: set data\.masks: '0/1'",
+    ):
         index(kaggle_like, tmp_path)
 
 
@@ -123,14 +145,20 @@ def test_deepglobe_colour_masks_train_with_forest_named_by_colour(kaggle_like, t
 
 def test_colour_masks_under_the_default_stop(kaggle_like, tmp_path):
     rewrite(kaggle_like, as_deepglobe)
-    with pytest.raises(DataError, match=r"16 of 16 masks do not fit it \(e\.g\. mask does not fit data\.masks "
-                                        r"'0/255': colour-coded mask.*set data\.masks: colors and data\.forest"):
+    with pytest.raises(
+        DataError,
+        match=r"16 of 16 masks do not fit it \(e\.g\. mask does not fit data\.masks "
+        r"'0/255': colour-coded mask.*set data\.masks: colors and data\.forest",
+    ):
         index(kaggle_like, tmp_path)
 
 
 def test_grey_masks_declared_as_colours_stop(kaggle_like, tmp_path):
-    with pytest.raises(DataError, match=r"data\.masks is 'colors' with data\.forest \[\[0, 255, 0\]\], but every "
-                                        r"mask is grey .*set data\.masks: '0/255'"):
+    with pytest.raises(
+        DataError,
+        match=r"data\.masks is 'colors' with data\.forest \[\[0, 255, 0\]\], but every "
+        r"mask is grey .*set data\.masks: '0/255'",
+    ):
         index(kaggle_like, tmp_path, "colors", ((0, 255, 0),))
 
 

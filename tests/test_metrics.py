@@ -1,4 +1,5 @@
 """Confusion counts and the scores computed from them."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,12 +9,16 @@ from forestseg.metrics import confusion, scores
 
 
 def test_confusion_counts_a_handmade_map() -> None:
-    output = torch.tensor([[[2.0, -1.0, 0.5],
-                            [-3.0, 1.0, 0.0],  # 0.0 is not > 0: background
-                            [4.0, -0.5, -2.0]]])
-    target = torch.tensor([[[1, 1, 0],
-                            [0, 1, 1],
-                            [0, 0, 0]]], dtype=torch.uint8)
+    output = torch.tensor(
+        [
+            [
+                [2.0, -1.0, 0.5],
+                [-3.0, 1.0, 0.0],  # 0.0 is not > 0: background
+                [4.0, -0.5, -2.0],
+            ]
+        ]
+    )
+    target = torch.tensor([[[1, 1, 0], [0, 1, 1], [0, 0, 0]]], dtype=torch.uint8)
     # pred:  1 0 1 / 0 1 0 / 1 0 0
     counts = confusion(output, target)
     assert counts.dtype == torch.int64
@@ -43,8 +48,12 @@ def test_confusion_on_a_batch_sums_every_pixel() -> None:
     target = (torch.rand(5, 7, 9, generator=g) > 0.3).to(torch.uint8)
     tp, fp, fn, tn = confusion(output, target).tolist()
     pred, truth = output > 0, target == 1
-    assert (tp, fp, fn, tn) == (int((pred & truth).sum()), int((pred & ~truth).sum()),
-                                int((~pred & truth).sum()), int((~pred & ~truth).sum()))
+    assert (tp, fp, fn, tn) == (
+        int((pred & truth).sum()),
+        int((pred & ~truth).sum()),
+        int((~pred & truth).sum()),
+        int((~pred & ~truth).sum()),
+    )
 
 
 def test_scores_on_handmade_counts() -> None:
@@ -73,18 +82,21 @@ def test_scores_with_large_counts_are_exact() -> None:
     assert s["precision"] == big / (big + 1)
 
 
-@pytest.mark.parametrize(("counts", "expected"), [
-    # No forest in the truth and none predicted: nothing to get wrong, scored 1.
-    ([0, 0, 0, 10], {"iou": 1.0, "miou": 1.0, "dice": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
-    # All forest, all predicted: background IoU has an empty denominator.
-    ([10, 0, 0, 0], {"iou": 1.0, "miou": 1.0, "dice": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
-    # Nothing predicted, some forest missed: an all-background model must not score precision 1.
-    ([0, 0, 4, 6], {"iou": 0.0, "miou": 0.3, "dice": 0.0, "accuracy": 0.6, "precision": 0.0, "recall": 0.0}),
-    # No forest, some predicted: recall's denominator is empty, precision is 0.
-    ([0, 5, 0, 5], {"iou": 0.0, "miou": 0.25, "dice": 0.0, "accuracy": 0.5, "precision": 0.0, "recall": 1.0}),
-    # Nothing at all.
-    ([0, 0, 0, 0], {"iou": 1.0, "miou": 1.0, "dice": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
-])
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        # No forest in the truth and none predicted: nothing to get wrong, scored 1.
+        ([0, 0, 0, 10], {"iou": 1.0, "miou": 1.0, "dice": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
+        # All forest, all predicted: background IoU has an empty denominator.
+        ([10, 0, 0, 0], {"iou": 1.0, "miou": 1.0, "dice": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
+        # Nothing predicted, some forest missed: an all-background model must not score precision 1.
+        ([0, 0, 4, 6], {"iou": 0.0, "miou": 0.3, "dice": 0.0, "accuracy": 0.6, "precision": 0.0, "recall": 0.0}),
+        # No forest, some predicted: recall's denominator is empty, precision is 0.
+        ([0, 5, 0, 5], {"iou": 0.0, "miou": 0.25, "dice": 0.0, "accuracy": 0.5, "precision": 0.0, "recall": 1.0}),
+        # Nothing at all.
+        ([0, 0, 0, 0], {"iou": 1.0, "miou": 1.0, "dice": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
+    ],
+)
 def test_scores_with_empty_denominators(counts: list[int], expected: dict) -> None:
     assert scores(counts) == pytest.approx(expected)
 

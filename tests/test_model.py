@@ -1,4 +1,5 @@
 """The UNet: output shape for any input size, parameter growth, channels_last equivalence."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,16 +19,21 @@ def one_thread():
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])
-@pytest.mark.parametrize(("width", "depth", "size"), [
-    (4, 1, (32, 32)),
-    (4, 2, (32, 32)),
-    (4, 2, (40, 40)),  # 40 / 4 = 10: divisible, but 40 / 8 is not
-    (4, 3, (40, 40)),  # 40 -> 20 -> 10 -> 5: odd at the bottom
-    (2, 2, (30, 30)),  # 30 -> 15 -> 7: odd half-way, the Up pads
-    (2, 3, (33, 35)),  # odd and non-square
-    (8, 2, (17, 16)),
-])
-def test_output_is_one_logit_map_of_the_input_size(width: int, depth: int, size: tuple[int, int], batch_norm: bool) -> None:
+@pytest.mark.parametrize(
+    ("width", "depth", "size"),
+    [
+        (4, 1, (32, 32)),
+        (4, 2, (32, 32)),
+        (4, 2, (40, 40)),  # 40 / 4 = 10: divisible, but 40 / 8 is not
+        (4, 3, (40, 40)),  # 40 -> 20 -> 10 -> 5: odd at the bottom
+        (2, 2, (30, 30)),  # 30 -> 15 -> 7: odd half-way, the Up pads
+        (2, 3, (33, 35)),  # odd and non-square
+        (8, 2, (17, 16)),
+    ],
+)
+def test_output_is_one_logit_map_of_the_input_size(
+    width: int, depth: int, size: tuple[int, int], batch_norm: bool
+) -> None:
     torch.manual_seed(0)
     model = UNet(width=width, depth=depth, batch_norm=batch_norm).eval()
     x = torch.randn(2, 3, *size)
@@ -69,7 +75,9 @@ def test_channels_last_gives_the_same_output(batch_norm: bool, train_mode: bool)
     model.train(train_mode)
     x = torch.randn(3, 3, 40, 40)
     x_cl = x.to(memory_format=torch.channels_last)
-    assert x_cl.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(memory_format=torch.channels_last)
+    assert x_cl.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(
+        memory_format=torch.channels_last
+    )
     with torch.no_grad():
         ref = model(x)
         model_cl = model.to(memory_format=torch.channels_last)  # in place, as train_run does

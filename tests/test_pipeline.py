@@ -1,18 +1,19 @@
 """End to end: the real `dvc repro` / `dvc exp run` on a tiny synthetic set, in a temp copy of the repo."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import BIN, TINY, ran, set_params, sh
+from conftest import TINY, ran, set_params, sh, start_dvc
 
 pytestmark = pytest.mark.slow
+
+
 def test_repro_then_cached_reruns(repo: Path) -> None:
     first = sh(repo, "dvc", "repro")
     assert ran(first) == {"synth", "index", "split", "train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"}
@@ -29,8 +30,14 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
     assert "all-forest baseline" in report and "](plots/loss_best.png)" in report
     plots = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)
     assert not plots.get("errors")
-    assert {"plots/loss_best.png", "plots/loss_optimizers.png", "plots/test_iou.png", "test_iou_per_epoch",
-            "plots/overlays/bce-adam.png", "metrics/runs/bce-adam-0/history.csv"} <= set(plots["data"])
+    assert {
+        "plots/loss_best.png",
+        "plots/loss_optimizers.png",
+        "plots/test_iou.png",
+        "test_iou_per_epoch",
+        "plots/overlays/bce-adam.png",
+        "metrics/runs/bce-adam-0/history.csv",
+    } <= set(plots["data"])
 
     assert ran(sh(repo, "dvc", "repro")) == set()  # nothing changed, nothing reruns
 
@@ -75,8 +82,17 @@ def test_bad_source_fails_with_a_clear_message(repo: Path, tmp_path: Path) -> No
 
 def test_study_command_sets_the_study_protocol(repo: Path) -> None:
     """The study recipe, queued instead of run, records the 2022 protocol's params as an experiment."""
-    sh(repo, sys.executable, "recipes/run.py", "study", "--queue", "-S", "data.source=data/raw/Forest Segmented",
-       "-S", "split.by=scene")
+    sh(
+        repo,
+        sys.executable,
+        "recipes/run.py",
+        "study",
+        "--queue",
+        "-S",
+        "data.source=data/raw/Forest Segmented",
+        "-S",
+        "split.by=scene",
+    )
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     queued = [r for e in shown for x in (e.get("experiments") or []) for r in x["revs"]]
     params = queued[0]["data"]["params"]["params.yaml"]["data"]
@@ -161,8 +177,10 @@ def test_exp_show_and_metrics_diff_show_the_headline(repo: Path) -> None:
 
     out = sh(repo, "dvc", "metrics", "diff", "--all").stdout.splitlines()
     assert out[0].split() == ["Path", "Metric", "HEAD", "workspace", "Change"]
-    assert [line.split()[:2] for line in out[1:3]] == [["metrics/headline.json", "best"],
-                                                        ["metrics/headline.json", "best_iou"]]
+    assert [line.split()[:2] for line in out[1:3]] == [
+        ["metrics/headline.json", "best"],
+        ["metrics/headline.json", "best_iou"],
+    ]
     assert len(out) == 1 + len(HEADLINE) and all(line.startswith("metrics/headline.json") for line in out[1:])
 
 
@@ -201,9 +219,7 @@ def test_a_killed_dvc_repro_resumes_its_run(repo: Path) -> None:
     import signal
 
     set_params(repo, {"grid": {"loss": ["bce"]}, "train": {"epochs": 30}})
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = start_dvc(repo, "repro")
     for line in proc.stdout:
         if "epoch 3/30" in line:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -1,4 +1,5 @@
 """forestseg predict: tiled prediction of large images, the CLI, and its errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_small_model
 from PIL import Image
 
 from forestseg.cli import main
-from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
-from forestseg.loader import Tiles
 from forestseg.predict import Predictor, error_map
 from forestseg.synthetic import render_scene
-from forestseg.train import Run, train_run
 
 TILE = 64
 
@@ -27,19 +26,7 @@ def scene() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained for 3 epochs on 64x64 tiles of other synthetic scenes."""
-    images, masks = [], []
-    for seed in range(2):
-        image, mask = render_scene(np.random.default_rng(seed), 256)
-        for y in range(0, 256, TILE):
-            for x in range(0, 256, TILE):
-                images.append(image[y:y + TILE, x:x + TILE])
-                masks.append(mask[y:y + TILE, x:x + TILE])
-    tiles = Tiles(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.uint8)))
-    folder = tmp_path_factory.mktemp("model")
-    train_run(Run("bce", "adam", 0), ModelConfig(width=8, depth=2), OptimizerConfig(lr=3e-3),
-              TrainConfig(epochs=3, batch_size=8, test_batch_size=16, device="cpu", precision="fp32"),
-              tiles, tiles, folder, folder / "resume.pt", "test", log=lambda s: None)
-    return folder / "model.pt"
+    return train_small_model(tmp_path_factory.mktemp("model"), TILE)
 
 
 def test_large_image_gives_a_mask_of_its_size_that_agrees_with_single_tiles(checkpoint, scene) -> None:
@@ -49,9 +36,9 @@ def test_large_image_gives_a_mask_of_its_size_that_agrees_with_single_tiles(chec
     full = predictor.mask(image)
     assert full.shape == (500, 600)
     for y, x in [(96, 96), (200, 320), (400, 500)]:
-        single = predictor.mask(np.ascontiguousarray(image[y:y + TILE, x:x + TILE]))
+        single = predictor.mask(np.ascontiguousarray(image[y : y + TILE, x : x + TILE]))
         q = TILE // 4  # away from the window's borders, where its context is cut
-        agree = (full[y + q:y + TILE - q, x + q:x + TILE - q] == single[q:-q, q:-q]).mean()
+        agree = (full[y + q : y + TILE - q, x + q : x + TILE - q] == single[q:-q, q:-q]).mean()
         assert agree >= 0.95, (y, x, agree)
 
 
@@ -187,7 +174,7 @@ def test_output_that_is_a_file_or_an_input_folder_is_refused(checkpoint, tmp_pat
 def test_masks_of_several_images_equal_one_by_one(checkpoint, scene) -> None:
     predictor = Predictor.load(checkpoint, torch.device("cpu"))
     image = scene[0]
-    images = [np.ascontiguousarray(image[y:y + TILE, x:x + TILE]) for y, x in [(0, 0), (64, 100), (200, 300)]]
+    images = [np.ascontiguousarray(image[y : y + TILE, x : x + TILE]) for y, x in [(0, 0), (64, 100), (200, 300)]]
     images += [np.ascontiguousarray(image[:100, :150]), np.ascontiguousarray(image[:40, :50])]  # tiled, padded
     together = predictor.masks(images, batch=2)
     for one, image_ in zip(together, images):

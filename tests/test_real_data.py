@@ -1,22 +1,24 @@
 """End to end: real data the way users have it, brought in as DVC data, and faults with a message."""
+
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
-from conftest import BIN, SAMPLE, TINY, make_set, ran, set_params, sh
+from conftest import SAMPLE, TINY, make_set, ran, set_params, sh, start_dvc
 
 pytestmark = pytest.mark.slow
-TINY_REAL = {**TINY, "model": {"width": 4, "depth": 1}, "train": {"epochs": 1, "batch_size": 4, "test_batch_size": 16},
-             "grid": {"loss": ["bce"], "optimizer": ["adam"], "seed": [0]}}
+TINY_REAL = {
+    **TINY,
+    "model": {"width": 4, "depth": 1},
+    "train": {"epochs": 1, "batch_size": 4, "test_batch_size": 16},
+    "grid": {"loss": ["bce"], "optimizer": ["adam"], "seed": [0]},
+}
 
 
 def unzipped_download(dst: Path, scenes: int = 4) -> tuple[Path, int]:
@@ -74,8 +76,19 @@ def test_the_kaggle_download_as_dvc_data_from_unzip_to_queued_experiment(repo: P
     assert index["valid"] == pairs and index["skipped"] == 0
     assert index["masks"] == "grey 0/255, forest >= 128 (JPEG noise tolerated)"
 
-    sh(repo, "dvc", "exp", "run", "--queue", "-n", "kaggle-lr", "-S", "data.source=data/raw/kaggle",
-       "-S", "optimizer.lr=0.003")
+    sh(
+        repo,
+        "dvc",
+        "exp",
+        "run",
+        "--queue",
+        "-n",
+        "kaggle-lr",
+        "-S",
+        "data.source=data/raw/kaggle",
+        "-S",
+        "optimizer.lr=0.003",
+    )
     sh(repo, "dvc", "queue", "start")
     status = wait_for_queue(repo)
     assert "Success" in status, status + sh(repo, "dvc", "queue", "logs", "kaggle-lr", check=False).stdout
@@ -102,9 +115,7 @@ def test_params_changed_during_a_run_are_never_recorded(repo: Path) -> None:
     """Two `dvc exp run` at once in one checkout: the second rewrites params.yaml while the first trains.
     The first fails with one line instead of recording outputs under params that did not make them."""
     set_params(repo, {"grid": {"loss": ["bce"]}, "train": {"epochs": 20}})
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = start_dvc(repo, "repro")
     lines = []
     for line in proc.stdout:
         lines.append(line)

@@ -1,11 +1,11 @@
 """Each registry owns its names; touching one reruns exactly the stages that use it (real `dvc status`)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import set_params, sh
 
 pytestmark = pytest.mark.slow

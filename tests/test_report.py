@@ -1,4 +1,5 @@
 """aggregate(): mean/std over seeds, best seed, headline, tables, figures, diverged, missing and stale runs."""
+
 from __future__ import annotations
 
 import json
@@ -14,34 +15,71 @@ from forestseg.report import FIGURES, SCORES, aggregate, headline, remove_stale_
 from forestseg.train import Run
 
 RUNS = [Run("mse", "adam", 0), Run("mse", "adam", 1), Run("bce", "sgd", 0), Run("bce", "sgd", 1)]
-SPLIT = {"train": {"tiles": 10, "scenes": 2}, "test": {"tiles": 4, "scenes": 1},
-         "baseline_all_forest": {"iou": 0.6, "miou": 0.3, "dice": 0.75, "accuracy": 0.6, "precision": 0.6, "recall": 1.0}}
+SPLIT = {
+    "train": {"tiles": 10, "scenes": 2},
+    "test": {"tiles": 4, "scenes": 1},
+    "baseline_all_forest": {"iou": 0.6, "miou": 0.3, "dice": 0.75, "accuracy": 0.6, "precision": 0.6, "recall": 1.0},
+}
 
 # Dyadic values (k / 2**n) keep every sum and mean exact, so the expected numbers below are exact
 # too; the std of two values is |a - b| / sqrt(2), a correctly rounded sqrt of an exact number.
 METRICS = {
-    "mse-adam-0": dict(train_loss=0.125, test_loss=0.25, test_iou=0.5, test_miou=0.625, test_dice=0.75,
-                       test_accuracy=0.8125, test_precision=0.875, test_recall=0.5625),
-    "mse-adam-1": dict(train_loss=0.0625, test_loss=0.1875, test_iou=0.75, test_miou=0.8125, test_dice=0.875,
-                       test_accuracy=0.9375, test_precision=0.9375, test_recall=0.8125),
-    "bce-sgd-0": dict(train_loss=0.5, test_loss=0.625, test_iou=0.375, test_miou=0.5625, test_dice=0.5,
-                      test_accuracy=0.75, test_precision=0.625, test_recall=0.4375),
-    "bce-sgd-1": dict(train_loss=0.75, test_loss=0.875, test_iou=0.25, test_miou=0.5, test_dice=0.375,
-                      test_accuracy=0.6875, test_precision=0.5, test_recall=0.25),
+    "mse-adam-0": dict(
+        train_loss=0.125,
+        test_loss=0.25,
+        test_iou=0.5,
+        test_miou=0.625,
+        test_dice=0.75,
+        test_accuracy=0.8125,
+        test_precision=0.875,
+        test_recall=0.5625,
+    ),
+    "mse-adam-1": dict(
+        train_loss=0.0625,
+        test_loss=0.1875,
+        test_iou=0.75,
+        test_miou=0.8125,
+        test_dice=0.875,
+        test_accuracy=0.9375,
+        test_precision=0.9375,
+        test_recall=0.8125,
+    ),
+    "bce-sgd-0": dict(
+        train_loss=0.5,
+        test_loss=0.625,
+        test_iou=0.375,
+        test_miou=0.5625,
+        test_dice=0.5,
+        test_accuracy=0.75,
+        test_precision=0.625,
+        test_recall=0.4375,
+    ),
+    "bce-sgd-1": dict(
+        train_loss=0.75,
+        test_loss=0.875,
+        test_iou=0.25,
+        test_miou=0.5,
+        test_dice=0.375,
+        test_accuracy=0.6875,
+        test_precision=0.5,
+        test_recall=0.25,
+    ),
 }
 
 
 def history(seed_offset: float, rows: int = 3) -> pd.DataFrame:
-    return pd.DataFrame({
-        "epoch": list(range(1, rows + 1)),
-        "train_loss": [0.9 - 0.2 * i + seed_offset for i in range(rows)],
-        "test_loss": [1.0 - 0.2 * i + seed_offset for i in range(rows)],
-        "test_iou": [0.3 + 0.1 * i for i in range(rows)],
-        "test_dice": [0.4 + 0.1 * i for i in range(rows)],
-        "lr": [1e-2, 1e-2, 1e-3][:rows],
-        "seconds": [1.5] * rows,
-        "train_seconds": [1.25] * rows,
-    })
+    return pd.DataFrame(
+        {
+            "epoch": list(range(1, rows + 1)),
+            "train_loss": [0.9 - 0.2 * i + seed_offset for i in range(rows)],
+            "test_loss": [1.0 - 0.2 * i + seed_offset for i in range(rows)],
+            "test_iou": [0.3 + 0.1 * i for i in range(rows)],
+            "test_dice": [0.4 + 0.1 * i for i in range(rows)],
+            "lr": [1e-2, 1e-2, 1e-3][:rows],
+            "seconds": [1.5] * rows,
+            "train_seconds": [1.25] * rows,
+        }
+    )
 
 
 def write_tree(root: Path, diverged: tuple[str, ...] = (), missing: tuple[str, ...] = ()) -> Path:
@@ -52,8 +90,11 @@ def write_tree(root: Path, diverged: tuple[str, ...] = (), missing: tuple[str, .
         folder = runs_dir / run.name
         folder.mkdir(parents=True)
         if run.name in diverged:
-            metrics = {"status": "diverged", "message": f"run {run.name} epoch 2/3 diverged at step 1: loss nan",
-                       "epochs": 1}
+            metrics = {
+                "status": "diverged",
+                "message": f"run {run.name} epoch 2/3 diverged at step 1: loss nan",
+                "epochs": 1,
+            }
             history(0.01 * i, rows=1).to_csv(folder / "history.csv", index=False)
         else:
             metrics = {"status": "ok", **METRICS[run.name], "epochs": 3, "lr": 1e-2}
@@ -182,8 +223,11 @@ def test_a_missing_run_is_named(tmp_path: Path) -> None:
 
 def test_report_markdown(tmp_path: Path) -> None:
     runs_dir = write_tree(tmp_path, diverged=("bce-sgd-1",))
-    setup = {"index": {"valid": 14, "scenes": 3, "source": "data/synthetic", "skipped": 0, "forest_fraction": 0.5},
-             "split_by": "scene", "params": "width 4, depth 2"}
+    setup = {
+        "index": {"valid": 14, "scenes": 3, "source": "data/synthetic", "skipped": 0, "forest_fraction": 0.5},
+        "split_by": "scene",
+        "params": "width 4, depth 2",
+    }
     report = tmp_path / "REPORT.md"
     aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     text = report.read_text()
@@ -208,21 +252,42 @@ def test_headline_is_flat_rounded_and_written(tmp_path: Path) -> None:
     saved = json.loads((metrics_dir / "headline.json").read_text())
     # mse-adam: IoU 0.5, 0.75 and mIoU 0.625, 0.8125; bce-sgd: IoU 0.375, 0.25 and mIoU 0.5625, 0.5.
     # The means 0.71875 and 0.53125 round half to even at 4 decimals.
-    assert saved == {"best": "mse-adam", "best_iou": 0.625,
-                     "iou_mse-adam": 0.625, "iou_bce-sgd": 0.3125,
-                     "miou_mse-adam": 0.7188, "miou_bce-sgd": 0.5312}
+    assert saved == {
+        "best": "mse-adam",
+        "best_iou": 0.625,
+        "iou_mse-adam": 0.625,
+        "iou_bce-sgd": 0.3125,
+        "miou_mse-adam": 0.7188,
+        "miou_bce-sgd": 0.5312,
+    }
     assert list(saved) == HEADLINE_KEYS  # best first, then IoU of each combination, then mIoU
     assert not any(isinstance(v, (dict, list)) for v in saved.values())  # flat: one column per key
 
 
 def test_headline_best_is_by_miou_and_nulls_a_fully_diverged_combination(tmp_path: Path) -> None:
-    table = pd.DataFrame([
-        {"run": "a-adam-0", "combination": "a-adam", "seed": 0, "status": "ok", **{k: 0.5 for k in SCORES},
-         "test_iou": 0.9, "test_miou": 0.6},
-        {"run": "b-adam-0", "combination": "b-adam", "seed": 0, "status": "ok", **{k: 0.5 for k in SCORES},
-         "test_iou": 0.8, "test_miou": 0.7},
-        {"run": "c-adam-0", "combination": "c-adam", "seed": 0, "status": "diverged", **{k: None for k in SCORES}},
-    ])
+    table = pd.DataFrame(
+        [
+            {
+                "run": "a-adam-0",
+                "combination": "a-adam",
+                "seed": 0,
+                "status": "ok",
+                **{k: 0.5 for k in SCORES},
+                "test_iou": 0.9,
+                "test_miou": 0.6,
+            },
+            {
+                "run": "b-adam-0",
+                "combination": "b-adam",
+                "seed": 0,
+                "status": "ok",
+                **{k: 0.5 for k in SCORES},
+                "test_iou": 0.8,
+                "test_miou": 0.7,
+            },
+            {"run": "c-adam-0", "combination": "c-adam", "seed": 0, "status": "diverged", **{k: None for k in SCORES}},
+        ]
+    )
     out = headline(summarize(table))
     # b-adam has the higher mIoU (as REPORT.md ranks), though a-adam has the higher forest IoU
     assert out["best"] == "b-adam" and out["best_iou"] == 0.8

@@ -1,4 +1,5 @@
 """Fault injection: SIGKILL the train stage at several points, rerun it, and get the same numbers."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 EPOCHS = 4
@@ -25,8 +25,14 @@ TRAIN = ["bce", "adam", "0", "data", "metrics/runs", "models"]
 
 
 def stage(cwd: Path, name: str, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *argv], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, check=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{name}.py"), *argv],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,9 @@ def uninterrupted(project: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 @pytest.mark.parametrize("kill_after_line", ["epoch 1/", "epoch 3/", "resuming"])
-def test_sigkill_then_resume_gives_identical_results(project: Path, tmp_path: Path, uninterrupted, kill_after_line: str) -> None:
+def test_sigkill_then_resume_gives_identical_results(
+    project: Path, tmp_path: Path, uninterrupted, kill_after_line: str
+) -> None:
     work = fresh(project, tmp_path)
     if kill_after_line == "resuming":  # a second kill, during an already resumed run
         kill(work, "epoch 1/")
@@ -88,8 +96,14 @@ def test_sigkill_then_resume_gives_identical_results(project: Path, tmp_path: Pa
 
 def kill(work: Path, marker: str) -> int:
     """Start the train stage and SIGKILL it right after it prints a line containing `marker`."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "stages/train.py"), *TRAIN], cwd=work, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
+        cwd=work,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in proc.stdout:
         if marker in line:
             proc.send_signal(signal.SIGKILL)
@@ -114,8 +128,13 @@ def test_a_diverging_run_is_recorded_not_fatal(project: Path, tmp_path: Path) ->
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["optimizer"]["lr"] = 1e9
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    out = subprocess.run([sys.executable, str(REPO / "stages/train.py"), "bce", "sgd", "0", "data", "metrics/runs", "models"],
-                         cwd=work, env=ENV, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), "bce", "sgd", "0", "data", "metrics/runs", "models"],
+        cwd=work,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0  # the rest of the grid goes on
     metrics = json.loads((work / "metrics/runs/bce-sgd-0/metrics.json").read_text())
     assert metrics["status"] == "diverged"
@@ -124,16 +143,16 @@ def test_a_diverging_run_is_recorded_not_fatal(project: Path, tmp_path: Path) ->
     assert (work / "models/bce-sgd-0/model.pt").is_file()  # dvc requires every declared output
 
 
-
-
 def test_the_fingerprint_covers_code_params_and_data(project: Path, tmp_path: Path) -> None:
     """A resume file is reused only if nothing DVC would rerun the stage for has changed, and a copy
     of the project elsewhere (another path, new mtimes) fingerprints the same."""
     from forestseg.checkpoint import fingerprint
     from forestseg.config import asdict, load_sections
 
-    cfgs = [asdict(c) for c in load_sections(yaml.safe_load((project / "params.yaml").read_text()),
-                                             "model", "optimizer", "train")]
+    cfgs = [
+        asdict(c)
+        for c in load_sections(yaml.safe_load((project / "params.yaml").read_text()), "model", "optimizer", "train")
+    ]
     library = shutil.copytree(REPO / "forestseg", tmp_path / "forestseg")  # edited below, not the checkout
     code = sorted(library.glob("*.py"))
 
@@ -170,21 +189,30 @@ def test_a_batch_larger_than_the_training_set_stops_with_one_line(project: Path,
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"]["batch_size"] = 10_000
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    out = subprocess.run([sys.executable, str(REPO / "stages/train.py"), *TRAIN], cwd=work, env=ENV,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), *TRAIN], cwd=work, env=ENV, capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert out.stderr.startswith("error: params.yaml: train.batch_size: 10000 is larger than the 12 training tiles")
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("member", "message"), [
-    (["l1", "adam", "0"], "grid.loss: unknown value 'l1'; valid choices"),
-    (["bce", "rmsprop", "0"], "grid.optimizer: unknown value 'rmsprop'"),
-    (["bce", "adam", "-1"], "grid.seed: seeds must be integers >= 0"),
-])
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (["l1", "adam", "0"], "grid.loss: unknown value 'l1'; valid choices"),
+        (["bce", "rmsprop", "0"], "grid.optimizer: unknown value 'rmsprop'"),
+        (["bce", "adam", "-1"], "grid.seed: seeds must be integers >= 0"),
+    ],
+)
 def test_a_bad_grid_member_stops_with_one_line(project: Path, member: list[str], message: str) -> None:
-    out = subprocess.run([sys.executable, str(REPO / "stages/train.py"), *member, "data", "metrics/runs", "models"],
-                         cwd=project, env=ENV, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), *member, "data", "metrics/runs", "models"],
+        cwd=project,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 

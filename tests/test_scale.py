@@ -1,4 +1,5 @@
 """Scale-out with DVC's run-cache: members trained anywhere are restored, never trained twice."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, ran, set_params, sh
 from test_real_data import wait_for_queue
 
 pytestmark = pytest.mark.slow
-GRID = {**TINY, "model": {"width": 4, "depth": 1}, "train": {"epochs": 1, "batch_size": 4, "test_batch_size": 8},
-        "grid": {"loss": ["bce"], "optimizer": ["adam"], "seed": [0, 1]}}
+GRID = {
+    **TINY,
+    "model": {"width": 4, "depth": 1},
+    "train": {"epochs": 1, "batch_size": 4, "test_batch_size": 8},
+    "grid": {"loss": ["bce"], "optimizer": ["adam"], "seed": [0, 1]},
+}
 MEMBERS = {"train@bce-adam-0", "train@bce-adam-1"}
 
 

@@ -1,11 +1,11 @@
 """stages/common.py: params read once per stage, and a params.yaml changed mid-stage is refused."""
+
 from __future__ import annotations
 
 import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "stages"))
@@ -44,8 +44,10 @@ def test_params_changed_while_a_stage_runs_fail_it(params_file, capsys) -> None:
         run_stage(body)
     assert done.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: params.yaml changed while this stage ran (optimizer.lr); its outputs were made "
-                          "with the old values and are not recorded")
+    assert err.startswith(
+        "error: params.yaml changed while this stage ran (optimizer.lr); its outputs were made "
+        "with the old values and are not recorded"
+    )
     assert err.count("\n") == 1
 
 

@@ -1,4 +1,5 @@
 """forestseg.synthetic.generate: a seeded synthetic set written in the exact Kaggle layout."""
+
 from __future__ import annotations
 
 import collections
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_set
 from PIL import Image
 
-from conftest import make_set
 from forestseg.config import SynthConfig
 from forestseg.synthetic import generate
 

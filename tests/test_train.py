@@ -1,24 +1,32 @@
 """train_run on CPU: determinism, resume, divergence, bf16, learning rates, checkpoint contents."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from forestseg import losses
+from forestseg import losses, synthetic
 from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
 from forestseg.loader import Tiles
-from forestseg.synthetic import render_scene
 from forestseg.train import Diverged, Run, train_run
 
 MODEL = ModelConfig(arch="unet", width=4, depth=2, batch_norm=True, input="normalized")
 OPT = OptimizerConfig(lr=1e-2, lr_overrides={}, step_epochs=2, gamma=0.1, momentum=0.0, weight_decay=0.0)
-TRAIN = TrainConfig(epochs=3, batch_size=4, test_batch_size=8, device="cpu", precision="fp32", augment=True,
-                    channels_last=True, compile=False, diverge_factor=100.0)
+TRAIN = TrainConfig(
+    epochs=3,
+    batch_size=4,
+    test_batch_size=8,
+    device="cpu",
+    precision="fp32",
+    augment=True,
+    channels_last=True,
+    compile=False,
+    diverge_factor=100.0,
+)
 RUN = Run("bce", "adam", 0)
 FP = "fingerprint-a"
 TIMINGS_H = ("seconds", "train_seconds")
@@ -27,14 +35,8 @@ TIMINGS_M = ("seconds", "train_images_per_second")
 
 def scene_tiles(seed: int, scenes: int, size: int = 32) -> Tiles:
     """2x2 tiles of `size` pixels cut from each synthetic scene."""
-    images, masks = [], []
-    for stream in np.random.SeedSequence(seed).spawn(scenes):
-        image, mask = render_scene(np.random.default_rng(stream), 2 * size)
-        for r in range(2):
-            for c in range(2):
-                images.append(image[r * size:(r + 1) * size, c * size:(c + 1) * size])
-                masks.append(mask[r * size:(r + 1) * size, c * size:(c + 1) * size])
-    return Tiles(images=torch.from_numpy(np.stack(images)), masks=torch.from_numpy(np.stack(masks).astype(np.uint8)))
+    images, masks = synthetic.scene_tiles(seed, scenes, size)
+    return Tiles(images=torch.from_numpy(images), masks=torch.from_numpy(masks))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,12 +61,31 @@ def strip(result) -> tuple[list[dict], dict]:
     return history, metrics
 
 
-def go(data, checkpoint: Path, run: Run = RUN, opt: OptimizerConfig = OPT, train: TrainConfig = TRAIN,
-       fingerprint: str = FP, log=None, val: Tiles | None = None):
+def go(
+    data,
+    checkpoint: Path,
+    run: Run = RUN,
+    opt: OptimizerConfig = OPT,
+    train: TrainConfig = TRAIN,
+    fingerprint: str = FP,
+    log=None,
+    val: Tiles | None = None,
+):
     lines: list[str] = []
     # `checkpoint` is the resume file; the model file goes to a folder named after it
-    result = train_run(run, MODEL, opt, train, data[0], data[1], checkpoint.parent / checkpoint.stem, checkpoint,
-                       fingerprint, log=log or lines.append, val=val)
+    result = train_run(
+        run,
+        MODEL,
+        opt,
+        train,
+        data[0],
+        data[1],
+        checkpoint.parent / checkpoint.stem,
+        checkpoint,
+        fingerprint,
+        log=log or lines.append,
+        val=val,
+    )
     return result, lines
 
 
@@ -101,10 +122,12 @@ class Killed(Exception):
 
 def kill_at(marker: str, lines: list[str]):
     """A log that records its lines and raises right after one containing `marker` (a kill there)."""
+
     def log(line: str) -> None:
         lines.append(line)
         if marker in line:
             raise Killed(line)
+
     return log
 
 
@@ -250,8 +273,9 @@ def test_bf16_and_fp32_first_step_losses_agree(data, tmp_path: Path) -> None:
 
 
 def test_lr_override_and_step_decay(data, tmp_path: Path) -> None:
-    opt = OptimizerConfig(lr=1e-3, lr_overrides={"bce-adam": 1e-2}, step_epochs=1, gamma=0.1, momentum=0.0,
-                          weight_decay=0.0)
+    opt = OptimizerConfig(
+        lr=1e-3, lr_overrides={"bce-adam": 1e-2}, step_epochs=1, gamma=0.1, momentum=0.0, weight_decay=0.0
+    )
     adam, _ = go(data, tmp_path / "adam.pt", run=Run("bce", "adam", 0), opt=opt)
     sgd, _ = go(data, tmp_path / "sgd.pt", run=Run("bce", "sgd", 0), opt=opt)
     assert adam.metrics["lr"] == 1e-2
