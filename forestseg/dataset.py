@@ -23,7 +23,7 @@ from .config import DataConfig, ForestsegError, SplitConfig
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode
 from .io import atomic_path, sha256_of, write_csv, write_json
 from .layout import DataLayout
-from .masks import MaskMismatch, Stats, describe_convention, forest_of
+from .masks import MaskMismatch, Stats, describe_convention, forest_of, summarize
 from .metrics import scores
 
 GET_DATA = (
@@ -45,11 +45,11 @@ class BadPair(Exception):
 
 
 class Misfit(BadPair):
-    """A mask whose values do not fit the declared convention; carries the decoded mask."""
+    """A mask whose values do not fit the declared convention; carries its value counts (masks.summarize)."""
 
-    def __init__(self, message: str, mask: np.ndarray):
+    def __init__(self, message: str, summary: tuple[bool, np.ndarray]):
         super().__init__(message)
-        self.mask = mask
+        self.summary = summary
 
 
 def scene_of(image_name: str) -> str | None:
@@ -156,7 +156,7 @@ def _read(root: Path, folder: str, name: str) -> Picture:
 def _load_pair(
     root: Path, image: str, mask: str, size: tuple[int, int], convention: str, forest: tuple
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(RGB image, forest map in {0, 1}, the decoded mask) of one pair; raises BadPair."""
+    """(RGB image, forest map in {0, 1}, the mask's value counts) of one pair; raises BadPair."""
     img = _read(root, "images", image)
     if img.pixels.ndim != 3 or img.alpha is not None:
         raise BadPair(
@@ -172,9 +172,9 @@ def _load_pair(
             f"mask is {msk.shape[1]}x{msk.shape[0]}, its image is {img.pixels.shape[1]}x{img.pixels.shape[0]}"
         )
     try:
-        return img.pixels, forest_of(msk, convention, forest), msk
+        return img.pixels, forest_of(msk, convention, forest), summarize(msk)
     except MaskMismatch as e:
-        raise Misfit(f"mask does not fit data.masks {convention!r}: {e}", msk) from None
+        raise Misfit(f"mask does not fit data.masks {convention!r}: {e}", summarize(msk)) from None
 
 
 def _tile_size(root: Path, names: list[str]) -> tuple[int, int]:
@@ -277,12 +277,12 @@ def build_index(
                     if isinstance(result, BadPair):
                         if isinstance(result, Misfit):
                             misfits += 1
-                            stats.add(result.mask)
+                            stats.add_summary(result.summary)
                         skip(image, mask, str(result))
                         continue
                     k = len(kept)
-                    images[k], packed_masks[k], decoded = result
-                    stats.add(decoded)
+                    images[k], packed_masks[k], summary = result
+                    stats.add_summary(summary)
                     forest_px = int(result[1].sum())
                     kept.append(
                         {

@@ -28,7 +28,11 @@ def is_grey(mask: np.ndarray) -> bool:
     """(H, W) masks and (H, W, 3) masks whose channels agree (up to JPEG noise) are grey."""
     if mask.ndim == 2:
         return True
-    spread = mask.max(axis=2).astype(np.int16) - mask.min(axis=2)
+    r, g, b = mask[..., 0], mask[..., 1], mask[..., 2]
+    if np.array_equal(r, g) and np.array_equal(g, b):  # the common case, and cheap
+        return True
+    # elementwise over the channel planes: a reduction over a last axis of 3 is ~50x slower in numpy
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
     return float((spread > GREY_SPREAD).mean()) <= AMBIGUOUS_SHARE
 
 
@@ -65,6 +69,13 @@ def describe(mask: np.ndarray) -> str:
     return "colours " + _colour_text(_colour_bins(mask))
 
 
+def summarize(mask: np.ndarray) -> tuple[bool, np.ndarray]:
+    """(grey?, value counts): 256 grey-level counts, or 512 binned-colour counts, of one mask."""
+    if is_grey(mask):
+        return True, np.bincount(grey_of(mask).ravel(), minlength=256)
+    return False, _colour_bins(mask)
+
+
 @dataclass
 class Stats:
     """Pixel values seen over a whole set of masks, for the set-level verdict and the report."""
@@ -75,11 +86,15 @@ class Stats:
     colour_masks: int = 0
 
     def add(self, mask: np.ndarray) -> None:
-        if is_grey(mask):
-            self.grey += np.bincount(grey_of(mask).ravel(), minlength=256)
+        self.add_summary(summarize(mask))
+
+    def add_summary(self, summary: tuple[bool, np.ndarray]) -> None:
+        grey, counts = summary
+        if grey:
+            self.grey += counts
             self.grey_masks += 1
         else:
-            self.colour += _colour_bins(mask)
+            self.colour += counts
             self.colour_masks += 1
 
     def found(self) -> str:
