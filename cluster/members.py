@@ -23,7 +23,8 @@ def main(argv: list[str]) -> None:
         names = names[k::n]
     elif argv:
         raise ForestsegError("usage: members.py [--task K N]")
-    print("\n".join(names))
+    if names:  # an array task with no share prints nothing (the worker then has nothing to train)
+        print("\n".join(names))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,18 @@
 # Run it in a clone of its own (one `dvc repro` per checkout at a time) with a DVC remote configured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+usage="usage: worker.sh MEMBER... | --task K N"
 if [ "${1:-}" = --task ]; then
+  [ $# -eq 3 ] || { echo "error: $usage" >&2; exit 2; }
   mapfile -t members < <(python cluster/members.py --task "$2" "$3")
+  if [ "${#members[@]}" -eq 0 ]; then  # more tasks than members: this task's share is empty
+    echo "worker: task $2 of $3 has no member of the grid; nothing to train"
+    exit 0
+  fi
 else
   members=("$@")
 fi
-[ "${#members[@]}" -gt 0 ] || { echo "error: no members to train (usage: worker.sh MEMBER... | --task K N)" >&2; exit 2; }
+[ "${#members[@]}" -gt 0 ] || { echo "error: no members to train ($usage)" >&2; exit 2; }
 for m in "${members[@]}"; do
   # --pull: inputs and upstream stages that another machine already pushed are fetched, not recomputed
   dvc repro --pull "train@$m"

@@ -32,7 +32,7 @@ def _load(path: Path) -> Any:
 
 def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any) -> None:
     """The model file: `meta` = run, loss, threshold, model params, normalizer, tile_size (see train);
-    `weights` None for a run that diverged before its first epoch (predict refuses it)."""
+    `weights` None for a run that diverged (predict refuses it, naming the run)."""
     write_torch(path, {"format": MODEL_FORMAT, "weights": weights, **meta, **extra})
 
 

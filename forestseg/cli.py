@@ -119,7 +119,7 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 def predict(args: argparse.Namespace) -> int:
     from .geo import RASTER_SUFFIXES, check_raster
 
-    predictor = Predictor.load(args.checkpoint, pick_device(args.device))
+    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"))
     opts = _map_options(args, predictor)
     area_error = _area_error(args.area_error)
     files = _inputs(args.inputs)
@@ -258,7 +258,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
 def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate as score
 
-    predictor = Predictor.load(args.checkpoint, pick_device(args.device))
+    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"))
     opts = _map_options(args, predictor)
     forest = _forest(args.forest)
     try:

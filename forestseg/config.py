@@ -201,7 +201,7 @@ class TrainConfig:
     color_jitter: float = 0.1  # per-tile brightness and per-channel gain drawn from 1 +- this; 0 = off
     channels_last: bool = True
     compile: bool = False
-    # A finite loss above this many times the first epoch's mean train loss counts as diverged.
+    # A finite loss above this many times the run's first training step loss counts as diverged.
     diverge_factor: float = 100.0
 
     def __post_init__(self) -> None:

@@ -19,8 +19,19 @@ def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
     """The index of the visible GPU that the fewest forestseg processes on this machine use now, claimed
     for this process (a flock on a slot file, released when the process ends, even by SIGKILL), so
     parallel queue workers spread over the GPUs instead of all landing on cuda:0."""
-    lock_dir = lock_dir or Path(os.environ.get("FORESTSEG_GPU_LOCKS", Path(tempfile.gettempdir()) / "forestseg-gpus"))
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    default = Path(tempfile.gettempdir()) / f"forestseg-gpus-{os.getuid()}"  # per user: no shared, unwritable files
+    lock_dir = lock_dir or Path(os.environ.get("FORESTSEG_GPU_LOCKS", default))
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / ".choose", "a") as choosing:
+            fcntl.flock(choosing, fcntl.LOCK_EX)  # count and claim as one step: two workers never pick the same GPU
+            return _claim(lock_dir, count)
+    except OSError as e:
+        print(f"warning: cannot coordinate GPUs through {lock_dir} ({e.strerror or e}); using cuda:0")
+        return 0
+
+
+def _claim(lock_dir: Path, count: int) -> int:
     # the same physical GPUs can be visible under other indices elsewhere: key the slots by what is visible
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "_") or "all"
 
@@ -48,13 +59,14 @@ def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
     return gpu
 
 
-def pick_device(pref: str) -> torch.device:
+def pick_device(pref: str, key: str = "params.yaml: train.device") -> torch.device:
     """auto: CUDA when torch sees it (of several visible GPUs the least used, see claim_gpu), else CPU;
-    cuda or cuda:<i> fail clearly where there is none. CUDA_VISIBLE_DEVICES limits what is visible."""
+    cuda or cuda:<i> fail clearly where there is none. CUDA_VISIBLE_DEVICES limits what is visible.
+    `key` names the setting in messages (the CLI passes --device)."""
+    if pref not in ("auto", "cpu", "cuda") and not (pref.startswith("cuda:") and pref[5:].isdigit()):
+        raise ForestsegError(f"{key}: unknown value {pref!r}; valid choices: auto, cpu, cuda, cuda:<index>")
     if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise ForestsegError(
-            f"params.yaml: train.device: {pref} asked for, but torch sees no CUDA device; use auto or cpu"
-        )
+        raise ForestsegError(f"{key}: {pref} asked for, but torch sees no CUDA device; use auto or cpu")
     if pref == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
@@ -63,8 +75,7 @@ def pick_device(pref: str) -> torch.device:
     device = torch.device(pref)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ForestsegError(
-            f"params.yaml: train.device: {pref}, but torch sees {torch.cuda.device_count()} "
-            "CUDA device(s); use cuda:0 .. cuda:<count-1> or auto"
+            f"{key}: {pref}, but torch sees {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. cuda:<count-1> or auto"
         )
     return device
 

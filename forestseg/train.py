@@ -342,7 +342,8 @@ def train_member(
             f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
             f"the {len(tiles['train'])} training tiles; lower it"
         )
-    cfgs = [asdict(c) for c in (model_cfg, opt_cfg, train_cfg)]
+    # the device kind and torch's version too: a run killed on the CPU never resumes on a GPU or under another torch
+    cfgs = [asdict(c) for c in (model_cfg, opt_cfg, train_cfg)] + [{"device": device.type, "torch": torch.__version__}]
     fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, layout.content())
     try:
         result = train_run(

@@ -41,3 +41,29 @@ def test_auto_uses_the_claimed_gpu(tmp_path: Path, monkeypatch) -> None:
     assert [device.pick_device("auto") for _ in range(2)] == [torch.device("cuda", 0), torch.device("cuda", 1)]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # e.g. CUDA_VISIBLE_DEVICES=3 under Slurm
     assert device.pick_device("auto") == torch.device("cuda", 0)
+
+
+def test_concurrent_workers_never_pick_the_same_gpu(tmp_path: Path) -> None:
+    """Two processes claim at the same moment: counting and claiming is one locked step."""
+    code = (
+        f"from forestseg.device import claim_gpu; from pathlib import Path; import time; "
+        f"print(claim_gpu(2, Path({str(tmp_path)!r})), flush=True); time.sleep(30)"
+    )
+    workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        assert sorted(int(w.stdout.readline()) for w in workers) == [0, 1]
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+
+
+def test_a_bad_device_name_is_one_line(monkeypatch) -> None:
+    import pytest
+
+    from forestseg.errors import ForestsegError
+
+    with pytest.raises(ForestsegError, match=r"^--device: unknown value 'gpu'; valid choices: auto, cpu, cuda"):
+        device.pick_device("gpu", "--device")
+    with pytest.raises(ForestsegError, match=r"^params.yaml: train.device: unknown value 'cuda:x'"):
+        device.pick_device("cuda:x")
