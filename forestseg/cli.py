@@ -195,20 +195,21 @@ def _predict_pictures(
         tqdm(total=len(pictures), desc="predict", unit="image", disable=None if pictures else True) as bar,
     ):
         ahead = pool.map(read, groups[0]) if groups else None
-        writes, pending = [], []
+        pending = []  # the previous chunk's writes, done while this chunk runs
         for k, group in enumerate(groups):
             decoded = list(ahead)
             ahead = pool.map(read, groups[k + 1]) if k + 1 < len(groups) else None
             ok = [(path, d) for path, d in zip(group, decoded) if not isinstance(d, str)]
             failed += [d for d in decoded if isinstance(d, str)]
+            writes = []
             for (path, (image, opaque)), mask in zip(ok, predictor.masks([d[0] for _, d in ok], args.overlap)):
                 if opaque is not None:  # transparent pixels are no photo: never forest
                     mask &= opaque
                     transparent += 1
                 writes.append(pool.submit(write, path, image, mask))
-            for w in pending:  # the previous chunk's files were written while this one ran
+            for w in pending:
                 w.result()
-            pending, writes = writes, []
+            pending = writes
             bar.update(len(group))
         for w in pending:
             w.result()

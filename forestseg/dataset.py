@@ -142,8 +142,9 @@ def _read(root: Path, folder: str, name: str) -> Picture:
     """Decode root/folder/name, which must stay inside root (no symlink out of data.source)."""
     path = root / folder / name
     try:
-        if not path.resolve().is_relative_to(root.resolve()):
-            raise BadPair(f"{folder}/{name} links outside data.source ({path.resolve()})")
+        real = path.resolve()
+        if not real.is_relative_to(root.resolve()):
+            raise BadPair(f"{folder}/{name} links outside data.source ({real})")
         return decode(path.read_bytes())
     except FileNotFoundError:
         raise BadPair(f"missing file {folder}/{name}") from None

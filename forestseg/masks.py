@@ -62,18 +62,17 @@ def _colour_bins(mask: np.ndarray) -> np.ndarray:
     return np.bincount(q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2], minlength=512)
 
 
-def describe(mask: np.ndarray) -> str:
-    """The most common values (grey) or colours (RGB) of a mask with their shares, e.g. '0 (60%), 255 (40%)'."""
-    if is_grey(mask):
-        return _grey_text(np.bincount(grey_of(mask).ravel(), minlength=256))
-    return "colours " + _colour_text(_colour_bins(mask))
-
-
 def summarize(mask: np.ndarray) -> tuple[bool, np.ndarray]:
     """(grey?, value counts): 256 grey-level counts, or 512 binned-colour counts, of one mask."""
     if is_grey(mask):
         return True, np.bincount(grey_of(mask).ravel(), minlength=256)
     return False, _colour_bins(mask)
+
+
+def describe(mask: np.ndarray) -> str:
+    """The most common values (grey) or colours (RGB) of a mask with their shares, e.g. '0 (60%), 255 (40%)'."""
+    grey, counts = summarize(mask)
+    return _grey_text(counts) if grey else "colours " + _colour_text(counts)
 
 
 @dataclass
@@ -84,9 +83,6 @@ class Stats:
     colour: np.ndarray = field(default_factory=lambda: np.zeros(512, np.int64))
     grey_masks: int = 0
     colour_masks: int = 0
-
-    def add(self, mask: np.ndarray) -> None:
-        self.add_summary(summarize(mask))
 
     def add_summary(self, summary: tuple[bool, np.ndarray]) -> None:
         grey, counts = summary
@@ -121,10 +117,15 @@ class Stats:
         return "they look like 0/255 masks: set data.masks: '0/255'"
 
 
-def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
+def _grey(mask: np.ndarray) -> np.ndarray:
+    """The grey plane of a grey mask; a colour-coded one fits no grey convention."""
     if not is_grey(mask):
         raise MaskMismatch(f"colour-coded mask, values found: {describe(mask)}")
-    grey = grey_of(mask)
+    return grey_of(mask)
+
+
+def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
+    grey = _grey(mask)
     mid = float(((grey >= AMBIGUOUS[0]) & (grey <= AMBIGUOUS[1])).mean())
     if mid > AMBIGUOUS_SHARE:
         raise MaskMismatch(f"not a 0/255 mask, values found: {describe(mask)}")
@@ -132,18 +133,14 @@ def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
 
 
 def _binary01(mask: np.ndarray, forest: tuple) -> np.ndarray:
-    if not is_grey(mask):
-        raise MaskMismatch(f"colour-coded mask, values found: {describe(mask)}")
-    grey = grey_of(mask)
+    grey = _grey(mask)
     if grey.max() > 1:
         raise MaskMismatch(f"not a 0/1 mask, values found: {describe(mask)}")
     return grey == 1
 
 
 def _classes(mask: np.ndarray, forest: tuple) -> np.ndarray:
-    if not is_grey(mask):
-        raise MaskMismatch(f"colour-coded mask, values found: {describe(mask)}")
-    grey = grey_of(mask)
+    grey = _grey(mask)
     if len(np.unique(grey)) > MAX_CLASSES:
         raise MaskMismatch(
             f"more than {MAX_CLASSES} distinct values, not class ids (class masks must be "
@@ -156,9 +153,11 @@ def _colors(mask: np.ndarray, forest: tuple) -> np.ndarray:
     if mask.ndim == 2:
         raise MaskMismatch(f"single-band mask, not colour-coded; values found: {describe(mask)}")
     out = np.zeros(mask.shape[:2], bool)
+    planes = [mask[..., c].astype(np.int16) for c in range(3)]
     for colour in forest:
-        dist = np.abs(mask.astype(np.int16) - np.array(colour, np.int16)).max(axis=2)
-        out |= dist <= COLOR_TOLERANCE
+        # per channel plane, not a reduction over a last axis of 3 (as is_grey; ~50x faster in numpy)
+        near = [np.abs(plane - value) <= COLOR_TOLERANCE for plane, value in zip(planes, colour)]
+        out |= near[0] & near[1] & near[2]
     return out
 
 

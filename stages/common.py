@@ -41,11 +41,8 @@ def _check_params_unchanged() -> None:
     for (path, section), before in _READ.items():
         now = (_load(path) or {}).get(section)
         if now != before:
-            keys = (
-                sorted(k for k in {*(before or {}), *(now or {})} if (before or {}).get(k) != (now or {}).get(k))
-                if isinstance(now, dict)
-                else []
-            )
+            old, new = before or {}, now or {}
+            keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k)) if isinstance(now, dict) else []
             raise ForestsegError(
                 f"{path} changed while this stage ran ({', '.join(f'{section}.{k}' for k in keys) or section}); "
                 "its outputs were made with the old values and are not recorded. Run one `dvc exp run` at a "
