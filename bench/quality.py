@@ -1,108 +1,293 @@
-"""Quality comparison (a script, not a test): the 2022 study's recipe vs forestseg's default recipe.
+"""Quality bench (a script, not a test): recipes scored on scenes they never saw, by scene k-fold CV.
 
-On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE), split by scene, both recipes
-train for the same number of epochs on the same tiles and are scored on the same unseen scenes:
-  (a) study:     recipes/study.yaml's member mse_logits-sgd (study_unet, raw 0-255 input, SGD lr 1e-4,
-                 no augmentation), at params.yaml's batch size and precision
-  (b) forestseg: recipes/demo.yaml (params.yaml's defaults) member bce-adam (normalised input,
-                 flips/rotations, colour jitter, batch-norm UNet)
-and the all-forest baseline. Prints test forest IoU, mIoU and Dice for each.
+On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
+  - 8 scenes are set aside (bench/holdout_scenes.txt). No screening ever trains or scores on them;
+    only `final` does, once a recipe is chosen, for its headline numbers.
+  - `cv`: the other 30 scenes go into k folds balanced by tile count; each fold's scenes are
+    scored by a model trained on the others (with the recipe's split.val_fraction > 0, that share
+    of the training scenes is held out as validation scenes: the threshold is chosen on them).
+    Reports forest IoU, mIoU, Dice, precision, recall as mean +- std over folds (each fold's
+    scores from TP/FP/FN/TN summed over its tiles), the per-scene forest IoU spread (median,
+    worst tenth, worst scene), the all-forest baseline and the wall time.
+  - `final`: trains on all 30 scenes and scores the 8 set-aside ones.
+  - `curve`: the learning curve: scores vs number of training scenes, on the CV folds.
+  - `table`: one Markdown table of every saved result (recipes x metrics), for the README.
+A recipe is recipes/<name>.yaml (the member trained is its grid's first loss, optimizer and seed);
+-S section.key=value changes one of its params, as `dvc exp run -S` does. Every result is saved as
+JSON and Markdown under bench/results/ (the name: --name, else the recipe and its -S values).
 
-    python bench/quality.py [--epochs 4] [--train-tiles 0 (all)] [--seed 0]
+    python bench/quality.py cv cpu --folds 3 -S train.epochs=6       # screening
+    python bench/quality.py cv cpu --folds 5                          # a finalist, full budget
+    python bench/quality.py final cpu
+    python bench/quality.py curve cpu --scenes 4,8,16 --folds 3
+    python bench/quality.py table
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from bench.speed import SAMPLE  # noqa: E402
-from forestseg.config import (  # noqa: E402
-    Run,  # noqa: E402
-    SplitConfig,
-    load_sections,
-)
-from forestseg.dataset import build_index, split_index, split_summary  # noqa: E402
-from forestseg.device import pick_device  # noqa: E402
+from forestseg.config import Run, load_sections  # noqa: E402
+from forestseg.dataset import build_index  # noqa: E402
+from forestseg.device import keep_freed_memory, pick_device  # noqa: E402
+from forestseg.evaluate import _counts  # noqa: E402
+from forestseg.io import write_json, write_text  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
+from forestseg.metrics import scores  # noqa: E402
+from forestseg.predict import Predictor  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
-from recipes import run as recipe  # noqa: E402
+from recipes import run as recipes  # noqa: E402
+
+HOLDOUT = ROOT / "bench" / "holdout_scenes.txt"
+RESULTS = ROOT / "bench" / "results"
+CACHE = Path(tempfile.gettempdir()) / "forestseg-quality-cache"  # the sample decoded once, reused by every run
+FOLD_SEED = 0  # the fold assignment: fixed, so every recipe is scored on the same folds
+SHOWN = ("iou", "miou", "dice", "precision", "recall")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    layout: DataLayout
+    scene: np.ndarray  # scene id of each packed row
+    forest: np.ndarray  # forest pixels of each row
+    pixels: np.ndarray
+
+
+def load_sample() -> Sample:
+    """The sample, decoded once into CACHE (rebuilt when the sample's meta_data.csv changes)."""
+    if not (SAMPLE / "meta_data.csv").is_file():
+        sys.exit(f"bench/quality.py needs the real sample: not found at {SAMPLE} (set FORESTSEG_SAMPLE)")
+    layout = DataLayout(CACHE)
+    stamp = CACHE / "meta_data.csv"
+    if not (stamp.is_file() and stamp.read_bytes() == (SAMPLE / "meta_data.csv").read_bytes()):
+        index, report = build_index(SAMPLE, layout.images, layout.masks)
+        index.to_csv(layout.index_csv, index=False)
+        stamp.write_bytes((SAMPLE / "meta_data.csv").read_bytes())
+        print(f"sample decoded into {CACHE}: {report['valid']} pairs, {report['skipped']} skipped")
+    import pandas as pd
+
+    index = pd.read_csv(layout.index_csv, dtype={"scene": str})
+    return Sample(layout, index["scene"].to_numpy(), index["forest_pixels"].to_numpy(), index["pixels"].to_numpy())
+
+
+def holdout_scenes(sample: Sample) -> list[str]:
+    """The set-aside scenes: chosen once (seed 2026) and kept in bench/holdout_scenes.txt."""
+    if not HOLDOUT.is_file():
+        scenes = sorted(set(sample.scene))
+        chosen = sorted(np.random.default_rng(2026).choice(scenes, 8, replace=False).tolist())
+        write_text(HOLDOUT, "".join(f"{s}\n" for s in chosen))
+    chosen = HOLDOUT.read_text().split()
+    missing = sorted(set(chosen) - set(sample.scene))
+    if missing:
+        sys.exit(f"{HOLDOUT}: scenes {missing} are not in the sample at {SAMPLE}")
+    return chosen
+
+
+def folds(sample: Sample, k: int) -> list[list[str]]:
+    """The non-held-out scenes in k folds of about equal tile count (seeded order, greedy fill)."""
+    held = set(holdout_scenes(sample))
+    scenes, tiles = np.unique(sample.scene, return_counts=True)
+    keep = [i for i, s in enumerate(scenes) if s not in held]
+    order = np.random.default_rng(FOLD_SEED).permutation(keep)
+    order = sorted(order, key=lambda i: -tiles[i])  # largest first, ties in seeded order (stable sort)
+    out: list[list[str]] = [[] for _ in range(k)]
+    load = np.zeros(k)
+    for i in order:
+        f = int(np.argmin(load))
+        out[f].append(str(scenes[i]))
+        load[f] += tiles[i]
+    return [sorted(f) for f in out]
+
+
+def rows_of(sample: Sample, scenes: list[str]) -> np.ndarray:
+    return np.flatnonzero(np.isin(sample.scene, scenes))
+
+
+def recipe_params(name: str, sets: list[str]) -> dict:
+    """recipes/<name>.yaml over params.yaml, then the -S values, validated."""
+    import yaml
+
+    params = recipes.merged(name)
+    for item in sets:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        if section not in params or not field:
+            sys.exit(f"-S {item}: expected section.key=value with a params section")
+        params[section][field] = yaml.safe_load(value)
+    load_sections(params, *params)
+    return params
+
+
+def train_and_score(
+    params: dict, train_scenes: list[str], test_scenes: list[str], sample: Sample, device: torch.device, tta: bool
+) -> dict:
+    """Train the recipe's first grid member on `train_scenes`, score the model file on `test_scenes`."""
+    model_cfg, opt_cfg, train_cfg, split_cfg, grid = load_sections(
+        params, "model", "optimizer", "train", "split", "grid"
+    )
+    run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
+    val_scenes: list[str] = []
+    if split_cfg.val_fraction > 0:
+        n_val = max(1, round(split_cfg.val_fraction * len(train_scenes)))
+        val_scenes = sorted(np.random.default_rng(split_cfg.seed).choice(train_scenes, n_val, replace=False).tolist())
+        train_scenes = [s for s in train_scenes if s not in val_scenes]
+    train = load_tiles(sample.layout, rows_of(sample, train_scenes), device)
+    test_rows = rows_of(sample, test_scenes)
+    test = load_tiles(sample.layout, test_rows, device)
+    val = load_tiles(sample.layout, rows_of(sample, val_scenes), device) if val_scenes else None
+    with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
+        t0 = time.perf_counter()
+        result = train_run(
+            run,
+            model_cfg,
+            opt_cfg,
+            train_cfg,
+            train,
+            test,
+            Path(tmp),
+            Path(tmp) / "resume.pt",
+            "bench",
+            log=print,
+            val=val,
+        )
+        seconds = time.perf_counter() - t0
+        predictor = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
+    if tta:
+        predictor = dataclasses.replace(predictor, tta=True)
+    images = np.load(sample.layout.images, mmap_mode="r")
+    truths = np.load(sample.layout.masks, mmap_mode="r")
+    per_scene: dict[str, np.ndarray] = {}
+    for start in range(0, len(test_rows), 64):
+        chunk = test_rows[start : start + 64]
+        for r, pred in zip(chunk, predictor.masks([np.ascontiguousarray(images[r]) for r in chunk])):
+            per_scene[sample.scene[r]] = per_scene.get(sample.scene[r], 0) + _counts(pred, truths[r] > 0)
+    total = np.sum(list(per_scene.values()), axis=0)
+    forest = int(sample.forest[test_rows].sum())
+    return {
+        "train_scenes": len(train_scenes),
+        "val_scenes": len(val_scenes),
+        "train_tiles": len(train),
+        "test_tiles": len(test_rows),
+        "seconds": round(seconds, 1),
+        "threshold": predictor.cut,
+        "scores": scores(total),
+        "baseline": scores(np.array([forest, int(sample.pixels[test_rows].sum()) - forest, 0, 0])),
+        "scenes": {s: scores(c)["iou"] for s, c in sorted(per_scene.items())},
+        "history": [{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history],
+    }
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def summarize(parts: list[dict]) -> dict:
+    """Mean/std over folds of each score, per-scene IoU spread, baseline and time."""
+    scene_iou = np.array([v for p in parts for v in p["scenes"].values()])
+    return {
+        **{m: [p["scores"][m] for p in parts] for m in SHOWN},
+        "baseline_iou": [p["baseline"]["iou"] for p in parts],
+        "scene_iou_median": float(np.median(scene_iou)),
+        "scene_iou_p10": float(np.percentile(scene_iou, 10)),
+        "worst_scene": min(((v, s) for p in parts for s, v in p["scenes"].items()))[::-1],
+        "train_minutes": [p["seconds"] / 60 for p in parts],
+    }
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: one row per saved result."""
+    head = "| result | mode | folds | forest IoU | mIoU | Dice | precision | recall | scene IoU median / p10 | all-forest IoU | train min/fold |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in results:
+        s = r["summary"]
+        lines.append(
+            f"| {r['name']} | {r['mode']} | {len(r['parts'])} | "
+            + " | ".join(mean_std(s[m]) for m in SHOWN)
+            + f" | {s['scene_iou_median']:.3f} / {s['scene_iou_p10']:.3f} | {mean_std(s['baseline_iou'])}"
+            + f" | {np.mean(s['train_minutes']):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def save(result: dict) -> None:
+    write_json(RESULTS / f"{result['name']}.json", result)
+    write_text(RESULTS / f"{result['name']}.md", table([result]) + "\n")
+    print(table([result]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--train-tiles", type=int, default=0, help="use only this many train tiles (0 = all)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("mode", choices=("cv", "final", "curve", "table"))
+    ap.add_argument("recipe", nargs="?", help="recipes/<name>.yaml")
+    ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--only", default="", help="run only these folds, e.g. 0,1 (screening)")
+    ap.add_argument("--scenes", default="4,8,16", help="curve: training scene counts")
+    ap.add_argument("--tta", action="store_true", help="score with the 8 flips/rotations averaged")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--name", default="", help="result name (default: recipe and -S values)")
     args = ap.parse_args()
-    if not (SAMPLE / "meta_data.csv").is_file():
-        sys.exit(f"bench/quality.py needs the real sample: not found at {SAMPLE} (set FORESTSEG_SAMPLE)")
-    study_model, study_opt, study_train = load_sections(recipe.merged("study"), "model", "optimizer", "train")
-    model, opt, train = load_sections(recipe.merged("demo"), "model", "optimizer", "train")
-    device = pick_device(train.device)
-    tmp = Path(tempfile.mkdtemp(prefix="forestseg-quality-"))
-
-    index, _ = build_index(SAMPLE, DataLayout(tmp).images, DataLayout(tmp).masks)
-    split = split_index(index, SplitConfig(by="scene", test_fraction=0.25, val_fraction=0.0, seed=args.seed))
-    subset = split["subset"].to_numpy()
-    train_rows = np.flatnonzero(subset == "train")
-    if args.train_tiles:
-        train_rows = np.random.default_rng(args.seed).choice(train_rows, args.train_tiles, replace=False)
-    tiles = {
-        "train": load_tiles(DataLayout(tmp), train_rows, device),
-        "test": load_tiles(DataLayout(tmp), np.flatnonzero(subset == "test"), device),
-    }
-    base = split_summary(index, split)["baseline_all_forest"]
-    print(
-        f"sample: {len(index)} pairs, {len(tiles['train'])} train tiles, {len(tiles['test'])} test tiles "
-        f"from {split[subset == 'test']['scene'].nunique()} unseen scenes; {args.epochs} epochs each; device {device}"
-    )
-
-    epochs = dict(epochs=args.epochs)
-    recipes = {
-        "study (study_unet, raw, mse_logits, sgd 1e-4)": (
-            Run("mse_logits", "sgd", args.seed),
-            study_model,
-            study_opt,
-            dataclasses.replace(study_train, batch_size=train.batch_size, precision=train.precision, **epochs),
-        ),
-        f"forestseg (unet w{model.width} d{model.depth}, normalised, bce, adam {opt.lr:g})": (
-            Run("bce", "adam", args.seed),
-            model,
-            dataclasses.replace(opt, lr_overrides={}),
-            dataclasses.replace(train, **epochs),
-        ),
-    }
-    rows = []
-    for name, (run, m, o, t) in recipes.items():
-        t0 = time.perf_counter()
-        result = train_run(
-            run,
-            m,
-            o,
-            t,
-            tiles["train"],
-            tiles["test"],
-            tmp / run.name,
-            tmp / f"{run.name}.pt",
-            name,
-            log=lambda s: None,
-        )
-        r = result.metrics
-        rows.append((name, r["test_iou"], r["test_miou"], r["test_dice"], time.perf_counter() - t0))
-    rows.append(("all-forest baseline", base["iou"], base["miou"], base["dice"], 0.0))
-    print(f"{'recipe':<58} {'forest IoU':>10} {'mIoU':>8} {'Dice':>8} {'seconds':>8}")
-    for name, iou, miou, dice, sec in rows:
-        print(f"{name:<58} {iou:>10.4f} {miou:>8.4f} {dice:>8.4f} {sec:>8.0f}")
-    print(f"mIoU gain of forestseg over the study's recipe: {rows[1][2] - rows[0][2]:+.4f}")
+    if args.mode == "table":
+        results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+        text = table(results)
+        write_text(RESULTS / "README.md", "# Quality bench results (bench/quality.py)\n\n" + text + "\n")
+        print(text)
+        return
+    if not args.recipe:
+        sys.exit(f"give a recipe: one of {', '.join(recipes.names())}")
+    params = recipe_params(args.recipe, args.set_param)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(params["train"]["device"])
+    if device.type == "cpu":
+        keep_freed_memory()
+    sample = load_sample()
+    name = args.name or "_".join([args.mode, args.recipe, *(s.replace("/", "-") for s in args.set_param)])
+    name += "_tta" if args.tta and not args.name else ""
+    result = {"name": name, "mode": args.mode, "recipe": args.recipe, "set": args.set_param, "params": params}
+    result["device"], result["threads"] = device.type, torch.get_num_threads()
+    print(f"{name}: device {device}, {torch.get_num_threads()} threads")
+    if args.mode == "final":
+        held = holdout_scenes(sample)
+        rest = [s for f in folds(sample, args.folds) for s in f]
+        result["parts"] = [train_and_score(params, rest, held, sample, device, args.tta)]
+    elif args.mode == "cv":
+        chosen = [int(i) for i in args.only.split(",")] if args.only else range(args.folds)
+        parts = []
+        all_folds = folds(sample, args.folds)
+        for i in chosen:
+            test = all_folds[i]
+            train = [s for j, f in enumerate(all_folds) if j != i for s in f]
+            parts.append({"fold": i, **train_and_score(params, train, test, sample, device, args.tta)})
+            print(f"fold {i}: forest IoU {parts[-1]['scores']['iou']:.4f} mIoU {parts[-1]['scores']['miou']:.4f}")
+        result["parts"] = parts
+    else:  # curve
+        all_folds = folds(sample, args.folds)
+        result["curve"] = {}
+        for n in [int(x) for x in args.scenes.split(",")]:
+            parts = []
+            for i, test in enumerate(all_folds):
+                pool = sorted(s for j, f in enumerate(all_folds) if j != i for s in f)
+                train = sorted(np.random.default_rng(n).choice(pool, min(n, len(pool)), replace=False).tolist())
+                parts.append({"fold": i, **train_and_score(params, train, test, sample, device, args.tta)})
+            result["curve"][n] = {"parts": parts, "summary": summarize(parts)}
+            print(f"{n} training scenes:", {m: mean_std(result["curve"][n]["summary"][m]) for m in SHOWN})
+        result["parts"] = result["curve"][max(result["curve"])]["parts"]
+    result["summary"] = summarize(result["parts"])
+    save(result)
 
 
 if __name__ == "__main__":
