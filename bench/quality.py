@@ -144,7 +144,7 @@ def train_and_score(
         n_val = max(1, round(split_cfg.val_fraction * len(train_scenes)))
         val_scenes = sorted(np.random.default_rng(split_cfg.seed).choice(train_scenes, n_val, replace=False).tolist())
         train_scenes = [s for s in train_scenes if s not in val_scenes]
-    train = load_tiles(sample.layout, rows_of(sample, train_scenes), device)
+    train = load_tiles(sample.layout, rows_of(sample, train_scenes), device, sample.scene)
     test_rows = rows_of(sample, test_scenes)
     test = load_tiles(sample.layout, test_rows, device)
     val = load_tiles(sample.layout, rows_of(sample, val_scenes), device) if val_scenes else None

@@ -17,6 +17,8 @@ SPLITS = ("scene", "tile")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 INPUTS = ("normalized", "raw")
+SAMPLINGS = ("tile", "scene")
+THRESHOLDS = ("loss", "val")
 PIXEL_SIZE_M = 0.5  # ground size of a pixel of the Kaggle/DeepGlobe tiles (and of the synthetic ones)
 
 
@@ -203,10 +205,23 @@ class TrainConfig:
     compile: bool = False
     # A finite loss above this many times the run's first training step loss counts as diverged.
     diverge_factor: float = 100.0
+    # Label-safe augmentation beyond flips: zoom in by up to 1 + scale, saturation 1 +- saturation,
+    # a Gaussian blur with probability blur. 0 = off.
+    scale: float = 0.0
+    saturation: float = 0.0
+    blur: float = 0.0
+    sampling: str = "tile"  # tile: every tile once per epoch; scene: scenes equally likely
+    ema: float = 0.0  # decay of an exponential moving average of the weights, kept and saved; 0 = off
+    threshold: str = "loss"  # loss: the loss's own cut; val: the cut of best val mIoU (needs a val split)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "test_batch_size", "diverge_factor"):
             _positive(f"train.{key}", getattr(self, key))
+        for key in ("scale", "saturation", "blur", "ema"):
+            if not 0 <= getattr(self, key) < 1 + (key == "scale"):
+                _fail(f"train.{key}", f"must be in [0, {2 if key == 'scale' else 1}), got {getattr(self, key)}")
+        _choice("train.sampling", self.sampling, SAMPLINGS)
+        _choice("train.threshold", self.threshold, THRESHOLDS)
         if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
             _fail("train.device", f"unknown value {self.device!r}; valid choices: {', '.join(DEVICES)}, cuda:<index>")
         if not 0 <= self.color_jitter < 1:

@@ -20,21 +20,25 @@ from .layout import DataLayout
 
 @dataclass(frozen=True)
 class Tiles:
-    """A subset of the packed set: images (N, H, W, 3) and masks (N, H, W), uint8."""
+    """A subset of the packed set: images (N, H, W, 3) and masks (N, H, W), uint8; `scenes`, where
+    known, the scene number of each tile (for scene-balanced sampling and per-scene scores)."""
 
     images: torch.Tensor
     masks: torch.Tensor
+    scenes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
 
-def load_tiles(layout: DataLayout, rows: np.ndarray, device: torch.device) -> Tiles:
-    """Rows `rows` of the packed arrays, copied once onto `device`."""
+def load_tiles(layout: DataLayout, rows: np.ndarray, device: torch.device, scenes: np.ndarray | None = None) -> Tiles:
+    """Rows `rows` of the packed arrays, copied once onto `device`; `scenes` (one label per packed row)
+    gives each tile its scene."""
     images = np.load(layout.images, mmap_mode="r")
     masks = np.load(layout.masks, mmap_mode="r")
     rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted rows read the memmap sequentially
-    return Tiles(torch.from_numpy(images[rows]).to(device), torch.from_numpy(masks[rows]).to(device))
+    ids = None if scenes is None else torch.from_numpy(np.unique(np.asarray(scenes)[rows], return_inverse=True)[1])
+    return Tiles(torch.from_numpy(images[rows]).to(device), torch.from_numpy(masks[rows]).to(device), ids)
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,15 @@ def to_input(
     channels_last: bool = True,
     jitter: float = 0.0,
     generator: torch.Generator | None = None,
+    saturation: float = 0.0,
+    blur: float = 0.0,
+    photo: torch.Generator | None = None,
 ) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 normalised model input.
 
     With jitter > 0 and a generator, each tile's brightness and each channel's gain are scaled by
-    factors drawn from 1 +- jitter (mild colour jitter, seeded, on the tiles' device).
+    factors drawn from 1 +- jitter (mild colour jitter, seeded, on the tiles' device); with a
+    `photo` generator, `photometric` changes saturation and focus.
     """
     x = images.permute(0, 3, 1, 2).float()  # NHWC storage: already channels_last
     if not channels_last:
@@ -84,7 +92,54 @@ def to_input(
         gain = 1 + jitter * (2 * torch.rand(x.shape[0], 1, 1, 1, generator=generator) - 1)
         gain = gain * (1 + jitter / 2 * (2 * torch.rand(x.shape[0], 3, 1, 1, generator=generator) - 1))
         x = (x * gain.to(x.device)).clamp_(0, 255)
+    if photo is not None:
+        x = photometric(x, saturation, blur, photo)
     return norm(x)
+
+
+def _uniform(n: int, spread: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
+    """n draws from 1 +- spread (CPU generator, so a seed gives the same draws on every device)."""
+    return 1 + spread * (2 * torch.rand(n, *shape, generator=generator) - 1)
+
+
+def photometric(x: torch.Tensor, saturation: float, blur: float, generator: torch.Generator) -> torch.Tensor:
+    """Label-safe colour and focus changes of (B, 3, H, W) 0-255 input: saturation scaled by
+    1 +- `saturation` per tile, and with probability `blur` a Gaussian blur (sigma 0.5-1.5 px)."""
+    b = x.shape[0]
+    if saturation > 0:
+        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (grey + (x - grey) * _uniform(b, saturation, generator, 1, 1, 1).to(x.device)).clamp_(0, 255)
+    if blur > 0:
+        chosen = torch.rand(b, generator=generator) < blur
+        sigma = 0.5 + torch.rand((), generator=generator).item()  # one sigma per batch: one conv
+        if chosen.any():
+            r = torch.arange(-2, 3, dtype=x.dtype, device=x.device)
+            k = torch.exp(-(r**2) / (2 * sigma**2))
+            k = k / k.sum()
+            idx = torch.nonzero(chosen)[:, 0].to(x.device)
+            part = torch.nn.functional.pad(x[idx], (2, 2, 2, 2), mode="reflect")
+            part = torch.nn.functional.conv2d(part, k.view(1, 1, 1, 5).expand(3, 1, 1, 5), groups=3)
+            part = torch.nn.functional.conv2d(part, k.view(1, 1, 5, 1).expand(3, 1, 5, 1), groups=3)
+            x = x.index_copy(0, idx, part)
+    return x
+
+
+def zoom(
+    x: torch.Tensor, masks: torch.Tensor, scale: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zoom each tile in by a factor in [1, 1 + scale] about a random centre that keeps the view
+    inside the tile; image bilinear, mask bilinear then cut at 0.5 (so it stays 0/1 and aligned)."""
+    b = x.shape[0]
+    factor = 1 + scale * torch.rand(b, generator=generator)
+    room = 1 - 1 / factor  # how far the centre may move, in [-1, 1] coordinates
+    shift = room[:, None] * (2 * torch.rand(b, 2, generator=generator) - 1)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / factor
+    theta[:, :, 2] = shift
+    grid = torch.nn.functional.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    m = torch.nn.functional.grid_sample(masks[:, None].float(), grid, mode="bilinear", align_corners=False)
+    return x, (m[:, 0] > 0.5).to(masks.dtype)
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,16 +162,33 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     return out_i, out_m
 
 
+def scene_balanced(scenes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """len(scenes) tile indices drawn with replacement so that every scene is equally likely (a
+    scene of 5 tiles weighs as much as one of 60), tiles uniform within their scene."""
+    weight = 1.0 / torch.bincount(scenes).double()[scenes]
+    return torch.multinomial(weight, len(scenes), replacement=True, generator=generator)
+
+
 def batches(
-    tiles: Tiles, batch_size: int, generator: torch.Generator | None = None, augment_with: torch.Generator | None = None
+    tiles: Tiles,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    augment_with: torch.Generator | None = None,
+    by_scene: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images uint8 (B, H, W, 3), masks uint8 (B, H, W)) on the tiles' device.
 
-    With a generator the order is a fresh seeded permutation each call (one call per epoch);
-    without one it is the stored order (evaluation).
+    With a generator the order is a fresh seeded permutation each call (one call per epoch), or
+    with `by_scene` a scene-balanced draw of as many tiles; without one it is the stored order
+    (evaluation).
     """
     n = len(tiles)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if by_scene and generator is not None:
+        if tiles.scenes is None:
+            raise ForestsegError("train.sampling: scene needs the scene of each tile (tiles loaded without scenes)")
+        order = scene_balanced(tiles.scenes, generator)
+    else:
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order = order.to(tiles.images.device)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
@@ -134,6 +206,8 @@ def load_split(layout: DataLayout, device: torch.device) -> dict[str, Tiles]:
         raise ForestsegError(
             f"{layout.split_csv} does not match {layout.index_csv} row for row: rerun `dvc repro split`"
         )
+    scenes = split["scene"].astype(str).to_numpy()
     return {
-        s: load_tiles(layout, np.flatnonzero(split["subset"].to_numpy() == s), device) for s in split["subset"].unique()
+        s: load_tiles(layout, np.flatnonzero(split["subset"].to_numpy() == s), device, scenes)
+        for s in split["subset"].unique()
     }

@@ -3,13 +3,14 @@ checkpoint after every epoch, and resume from it. It knows nothing of params.yam
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from .checkpoint import fingerprint, read_resume, write_model, write_resume
 from .config import PIXEL_SIZE_M, ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
 from .device import keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
-from .loader import Normalizer, Tiles, batches, load_split, to_input
+from .loader import Normalizer, Tiles, batches, load_split, to_input, zoom
 from .losses import LOSSES
 from .metrics import METRICS, confusion, scores
 from .model import ARCHS, build_model
@@ -71,24 +72,69 @@ def _set_rng_state(state: dict, gens: dict[str, torch.Generator]) -> None:
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, tiles: Tiles, loss: str, batch_size: int, norm: Normalizer, channels_last: bool, bf16: bool
-) -> dict:
-    """Mean loss per tile and scores from confusion counts summed over all of `tiles`."""
+def outputs(
+    model: torch.nn.Module, tiles: Tiles, batch_size: int, norm: Normalizer, channels_last: bool, bf16: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(fp32 raw outputs (B, H, W), masks (B, H, W)) of `tiles` in stored order, in eval mode."""
     model.eval()
-    loss_fn, cut = LOSSES[loss], LOSSES[loss].threshold
+    for images, masks in batches(tiles, batch_size):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(to_input(images, norm, channels_last))
+        yield out.float(), masks
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    tiles: Tiles,
+    loss: str,
+    batch_size: int,
+    norm: Normalizer,
+    channels_last: bool,
+    bf16: bool,
+    cut: float | None = None,
+) -> dict:
+    """Mean loss per tile and scores from confusion counts summed over all of `tiles`, forest
+    where the output exceeds `cut` (default: the loss's threshold)."""
+    loss_fn, cut = LOSSES[loss], LOSSES[loss].threshold if cut is None else cut
     device = tiles.images.device
     total, counts = (
         torch.zeros((), dtype=torch.float64, device=device),
         torch.zeros(4, dtype=torch.int64, device=device),
     )
-    for images, masks in batches(tiles, batch_size):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(to_input(images, norm, channels_last))
-        out = out.float()
-        total += loss_fn(out, masks) * len(images)
+    for out, masks in outputs(model, tiles, batch_size, norm, channels_last, bf16):
+        total += loss_fn(out, masks) * len(out)
         counts += confusion(out, masks, cut)
     return {"loss": float(total) / len(tiles), **scores(counts.cpu().numpy())}
+
+
+def choose_threshold(
+    model: torch.nn.Module,
+    val: Tiles,
+    batch_size: int,
+    norm: Normalizer,
+    channels_last: bool,
+    bf16: bool,
+    default: float,
+) -> float:
+    """The output cut of highest mIoU on the validation tiles, among the loss's own cut and the
+    1st..99th percentiles of the outputs (never chosen on test). Counts for every candidate come
+    from one sort of the outputs of each class."""
+    out, truth = zip(
+        *(
+            (o.flatten().cpu(), (m > 0).flatten().cpu())
+            for o, m in outputs(model, val, batch_size, norm, channels_last, bf16)
+        )
+    )
+    out, truth = torch.cat(out), torch.cat(truth)
+    probe = out[:: max(1, len(out) // 1_000_000)]  # quantile() has an input size limit
+    cands = torch.cat([torch.tensor([default]), torch.quantile(probe, torch.linspace(0.01, 0.99, 99))])
+    pos, neg = out[truth].sort().values, out[~truth].sort().values
+    tp = len(pos) - torch.searchsorted(pos, cands, right=True)  # forest above the cut
+    fp = len(neg) - torch.searchsorted(neg, cands, right=True)
+    fn, tn = len(pos) - tp, len(neg) - fp
+    miou = [METRICS["miou"].fn(*map(float, c)) for c in zip(tp, fp, fn, tn)]
+    return float(cands[int(np.argmax(miou))])  # ties: the first, the loss's own cut
 
 
 @dataclass
@@ -104,6 +150,27 @@ class RunState:
     first_loss: float | None = None  # the run's first training loss: the divergence yardstick
     best: dict = field(default_factory=dict)  # epoch, val_miou, test_scores and weights of the best val epoch
     test_scores: dict = field(default_factory=dict)  # of the last epoch
+    ema: torch.nn.Module | None = None  # the weights' moving average: what is evaluated and saved
+    ema_steps: int = 0
+    threshold: float | None = None  # the written model's output cut
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The model that is scored and written: the moving average where there is one."""
+        return self.model if self.ema is None else self.ema
+
+    def update_ema(self, decay: float) -> None:
+        """ema <- d ema + (1 - d) model over every float tensor (weights and batch-norm statistics);
+        d ramps up from 0.1 so the average does not remember the random init."""
+        d = min(decay, (1 + self.ema_steps) / (10 + self.ema_steps))
+        pairs = [(e, m) for e, m in zip(self.ema.state_dict().values(), self.model.state_dict().values())]
+        with torch.no_grad():
+            floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+            torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1 - d)
+            for e, m in pairs:
+                if not e.is_floating_point():
+                    e.copy_(m)
+        self.ema_steps += 1
 
     def to_resume(self) -> dict:
         return {
@@ -116,6 +183,8 @@ class RunState:
             "first_loss": self.first_loss,
             "best": self.best,
             "test_scores": self.test_scores,
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "ema_steps": self.ema_steps,
         }
 
     def load(self, saved: dict) -> None:
@@ -125,6 +194,9 @@ class RunState:
         _set_rng_state(saved["rng"], self.gens)
         self.epoch, self.history, self.first_loss = saved["epoch"], saved["history"], saved["first_loss"]
         self.best, self.test_scores = saved["best"], saved["test_scores"]
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+            self.ema_steps = saved["ema_steps"]
 
 
 def train_epoch(
@@ -142,7 +214,7 @@ def train_epoch(
     total, seen = 0.0, 0
     lr = s.opt.param_groups[0]["lr"]
     bar = tqdm(
-        batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment")),
+        batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment"), by_scene=cfg.sampling == "scene"),
         total=math.ceil(len(tiles) / cfg.batch_size),
         desc=where,
         leave=False,
@@ -150,13 +222,27 @@ def train_epoch(
         disable=None,
     )  # a bar on a terminal, no log noise elsewhere
     for step, (images, masks) in enumerate(bar, 1):
-        x = to_input(images, norm, cfg.channels_last, cfg.color_jitter, s.gens.get("jitter"))
+        x = to_input(
+            images,
+            norm,
+            cfg.channels_last,
+            cfg.color_jitter,
+            s.gens.get("jitter"),
+            cfg.saturation,
+            cfg.blur,
+            s.gens.get("photo"),
+        )
+        if cfg.scale > 0:
+            x, masks = zoom(x, masks, cfg.scale, s.gens["zoom"])
+            x = x.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = step_model(x)
         loss = loss_fn(out.float(), masks)  # the loss itself always in fp32
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         s.opt.step()
+        if s.ema is not None:
+            s.update_ema(cfg.ema)
         value = loss.item()
         s.first_loss = value if s.first_loss is None else s.first_loss
         if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
@@ -181,6 +267,10 @@ def _generators(seed: int, cfg: TrainConfig) -> dict[str, torch.Generator]:
         gens["augment"] = torch.Generator().manual_seed(seed + 1_000_003)
     if cfg.color_jitter > 0:
         gens["jitter"] = torch.Generator().manual_seed(seed + 2_000_003)
+    if cfg.saturation > 0 or cfg.blur > 0:
+        gens["photo"] = torch.Generator().manual_seed(seed + 3_000_017)
+    if cfg.scale > 0:
+        gens["zoom"] = torch.Generator().manual_seed(seed + 4_000_037)
     return gens
 
 
@@ -213,6 +303,11 @@ def train_run(
             f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least "
             f"{smallest} px, the data's are {tile} px; lower model.depth"
         )
+    if train_cfg.threshold == "val" and val is None:
+        raise ForestsegError(
+            "params.yaml: train.threshold: val chooses the cut on validation scenes, and this split has none: "
+            "set split.val_fraction > 0 (e.g. 0.15) or train.threshold: loss"
+        )
     bf16 = use_bf16(train_cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once
@@ -235,7 +330,7 @@ def train_run(
     lr = opt_cfg.lr_for(run.loss, run.optimizer)
     opt = make_optimizer(run.optimizer, model.parameters(), lr, opt_cfg, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, cfg=opt_cfg, epochs=train_cfg.epochs))
-    s = RunState(model, opt, sched, gens)
+    s = RunState(model, opt, sched, gens, ema=copy.deepcopy(model) if train_cfg.ema > 0 else None)
     step_model = torch.compile(model) if train_cfg.compile else model
     loss_fn = LOSSES[run.loss]
     eval_args = (run.loss, train_cfg.test_batch_size, norm, train_cfg.channels_last, bf16)
@@ -256,7 +351,7 @@ def train_run(
         )
         train_seconds = time.perf_counter() - t0
         sched.step()
-        s.test_scores = evaluate(model, test, *eval_args)
+        s.test_scores = evaluate(s.evaluated, test, *eval_args)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -265,13 +360,13 @@ def train_run(
             "lr": epoch_lr,
         }
         if val is not None:
-            row["val_miou"] = evaluate(model, val, *eval_args)["miou"]
+            row["val_miou"] = evaluate(s.evaluated, val, *eval_args)["miou"]
             if row["val_miou"] > s.best.get("val_miou", -1.0):  # weights kept in the resume file until the end
                 s.best = {
                     "epoch": epoch,
                     "val_miou": row["val_miou"],
                     "test_scores": s.test_scores,
-                    "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "weights": {k: v.detach().clone() for k, v in s.evaluated.state_dict().items()},
                 }
         row.update(seconds=round(time.perf_counter() - t0, 3), train_seconds=round(train_seconds, 3))
         s.history.append(row)
@@ -284,11 +379,20 @@ def train_run(
             + f" ({row['seconds']:.1f} s)"
         )
 
-    write_model(model_dir / "model.pt", model.state_dict(), portable, epoch=s.epoch)
+    final = s.evaluated
+    if train_cfg.threshold == "val":  # chosen for each written model, on val, and test rescored at it
+        portable["threshold"] = choose_threshold(final, val, *eval_args[1:], portable["threshold"])
+        s.test_scores = evaluate(final, test, *eval_args, cut=portable["threshold"])
+    write_model(model_dir / "model.pt", final.state_dict(), portable, epoch=s.epoch)
     if s.best:
-        write_model(
-            model_dir / "best.pt", s.best["weights"], portable, epoch=s.best["epoch"], val_miou=s.best["val_miou"]
-        )
+        best = {**portable}
+        if train_cfg.threshold == "val":
+            chosen = copy.deepcopy(final)
+            chosen.load_state_dict(s.best["weights"])
+            best["threshold"] = choose_threshold(chosen, val, *eval_args[1:], LOSSES[run.loss].threshold)
+            s.best["test_scores"] = evaluate(chosen, test, *eval_args, cut=best["threshold"])
+        write_model(model_dir / "best.pt", s.best["weights"], best, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
+    s.threshold = portable["threshold"]
     return Result(s.history, _run_metrics(s, lr, len(train), device, bf16), s.to_resume())
 
 
@@ -305,6 +409,7 @@ def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16:
         "train_images_per_second": round(tiles * len(s.history) / max(train_seconds, 1e-9), 1),
         "device": device.type,
         "precision": "bf16" if bf16 else "fp32",
+        "threshold": s.threshold,
     }
     if s.best:
         metrics.update(

@@ -149,6 +149,16 @@ BAD = [
     ),
     ("forest-with-binary-masks", "data.forest", [255], r"data\.forest: must be \[\] with data\.masks '0/255'"),
     ("forest-not-a-list", "data.forest", 255, r"data\.forest: must be a list"),
+    ("ema-one", "train.ema", 1.0, r"train\.ema: must be in \[0, 1\)"),
+    ("scale-negative", "train.scale", -0.1, r"train\.scale: must be in \[0, 2\)"),
+    ("blur-prob", "train.blur", 1.5, r"train\.blur: must be in \[0, 1\)"),
+    (
+        "sampling",
+        "train.sampling",
+        "balanced",
+        r"train\.sampling: unknown value 'balanced'; valid choices: tile, scene",
+    ),
+    ("threshold", "train.threshold", "best", r"train\.threshold: unknown value 'best'; valid choices: loss, val"),
 ]
 
 

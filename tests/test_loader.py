@@ -11,7 +11,7 @@ import torch
 
 from forestseg.config import ForestsegError
 from forestseg.layout import DataLayout
-from forestseg.loader import Normalizer, Tiles, augment, batches, load_split, load_tiles, to_input
+from forestseg.loader import Normalizer, Tiles, augment, batches, load_split, load_tiles, photometric, to_input, zoom
 
 CPU = torch.device("cpu")
 
@@ -252,3 +252,65 @@ def test_augment_keeps_the_shape_of_non_square_tiles() -> None:
         assert len(matches) == 1, (i, matches)
         used.add(matches[0])
     assert used == {0, 2, 4, 6}  # identity, half turn, flip, flip + half turn
+
+
+def test_scene_balanced_sampling_weighs_every_scene_alike() -> None:
+    # scene 0 has 90 tiles, scene 1 has 10: a uniform draw would give scene 1 a tenth
+    tiles = make_tiles(100)
+    tiles = Tiles(tiles.images, tiles.masks, torch.tensor([0] * 90 + [1] * 10))
+    drawn = torch.cat(
+        [
+            imgs[:, 0, 0, 0]
+            for _ in range(20)
+            for imgs, _ in batches(tiles, 25, torch.Generator().manual_seed(_), by_scene=True)
+        ]
+    )
+    share = (drawn >= 90).double().mean().item()
+    assert 0.45 < share < 0.55
+    again = [imgs[:, 0, 0, 0] for imgs, _ in batches(tiles, 25, torch.Generator().manual_seed(3), by_scene=True)]
+    assert torch.equal(
+        torch.cat(again),
+        torch.cat([i[:, 0, 0, 0] for i, _ in batches(tiles, 25, torch.Generator().manual_seed(3), by_scene=True)]),
+    )
+
+
+def test_scene_balanced_sampling_needs_scenes() -> None:
+    with pytest.raises(ForestsegError, match="train.sampling"):
+        next(batches(make_tiles(), 4, torch.Generator(), by_scene=True))
+
+
+def test_load_split_gives_tiles_their_scenes(tmp_path: Path) -> None:
+    write_packed(tmp_path, SUBSETS)
+    split = pd.read_csv(tmp_path / "split.csv")
+    split["scene"] = [7, 7, 8, 8, 9, 9, 9]  # train rows 0, 2, 4, 6: scenes 7, 8, 9, 9
+    split.to_csv(tmp_path / "split.csv", index=False)
+    tiles = load_split(DataLayout(tmp_path), CPU)
+    assert tiles["train"].scenes.tolist() == [0, 1, 2, 2] and tiles["test"].scenes.tolist() == [0, 1]
+
+
+def test_zoom_keeps_the_mask_on_the_image_and_0_1() -> None:
+    blocks = (torch.rand(6, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8)
+    masks = blocks.repeat_interleave(4, 1).repeat_interleave(4, 2)  # 32x32 masks of 4x4 blocks
+    x = masks[:, None].float().repeat(1, 3, 1, 1) * 255  # the image shows the mask
+    zx, zm = zoom(x, masks, 0.5, torch.Generator().manual_seed(1))
+    assert zm.dtype == torch.uint8 and set(zm.unique().tolist()) <= {0, 1}
+    agree = ((zx[:, 0] > 127.5) == zm.bool()).double().mean().item()
+    assert agree > 0.99
+    assert not torch.equal(zm, masks)  # it did zoom
+
+
+def test_zoom_by_one_is_the_identity() -> None:
+    x = torch.rand(2, 3, 16, 16) * 255
+    masks = (torch.rand(2, 16, 16) > 0.5).to(torch.uint8)
+    zx, zm = zoom(x, masks, 0.0, torch.Generator())
+    assert torch.allclose(zx, x, atol=1e-3) and torch.equal(zm, masks)
+
+
+def test_photometric_is_label_safe_and_seeded() -> None:
+    grey = torch.full((4, 3, 16, 16), 90.0)
+    out = photometric(grey.clone(), 0.5, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, grey, atol=1e-3)  # no saturation to change, nothing to blur
+    x = torch.rand(4, 3, 16, 16) * 255
+    a = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0))
+    b = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and not torch.equal(a, x) and a.min() >= 0 and a.max() <= 255

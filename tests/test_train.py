@@ -11,8 +11,9 @@ import torch
 
 from forestseg import losses, synthetic
 from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
-from forestseg.loader import Tiles
-from forestseg.train import Diverged, Run, train_run
+from forestseg.errors import ForestsegError
+from forestseg.loader import Normalizer, Tiles
+from forestseg.train import Diverged, Run, choose_threshold, train_run
 
 MODEL = ModelConfig(arch="unet", width=4, depth=2, batch_norm=True, input="normalized")
 OPT = OptimizerConfig(lr=1e-2, lr_overrides={}, step_epochs=2, gamma=0.1, momentum=0.0, weight_decay=0.0)
@@ -297,3 +298,60 @@ def test_non_square_and_odd_tiles_train_with_augmentation(tmp_path: Path, height
     crop = Tiles(tiles.images[:, :height, :width].contiguous(), tiles.masks[:, :height, :width].contiguous())
     result, _ = go((crop, crop), tmp_path / "last.pt", train=dataclasses.replace(TRAIN, epochs=1))
     assert result.metrics["status"] == "ok" and 0 <= result.metrics["test_iou"] <= 1
+
+
+# Every knob of the quality work at once: EMA, scene-balanced sampling, zoom, saturation, blur.
+KNOBS = dataclasses.replace(TRAIN, ema=0.9, sampling="scene", scale=0.3, saturation=0.3, blur=0.5)
+
+
+def with_scenes(tiles: Tiles) -> Tiles:
+    return Tiles(tiles.images, tiles.masks, torch.arange(len(tiles)) // 4)  # 4 tiles per scene
+
+
+def test_every_knob_resumes_bit_identically(data, tmp_path: Path) -> None:
+    knob_data = (with_scenes(data[0]), data[1])
+    straight, _ = go(knob_data, tmp_path / "a.pt", train=KNOBS)
+    with pytest.raises(Killed):
+        go(knob_data, tmp_path / "b.pt", train=KNOBS, log=kill_at("epoch 2/3", []))
+    resumed, _ = go(knob_data, tmp_path / "b.pt", train=KNOBS)
+    assert strip(resumed) == strip(straight)
+    plain, _ = go(knob_data, tmp_path / "c.pt")
+    assert strip(plain) != strip(straight)
+
+
+def test_ema_weights_are_evaluated_and_saved(data, tmp_path: Path) -> None:
+    result, _ = go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, ema=0.5))
+    saved = torch.load(tmp_path / "last" / "model.pt", weights_only=False)["weights"]
+    live = result.state["model"]
+    assert saved.keys() == live.keys()
+    assert any(not torch.equal(saved[k], live[k]) for k in saved)  # the average, not the last step
+    assert all(torch.equal(saved[k], v) for k, v in result.state["ema"].items())
+
+
+def test_threshold_val_is_chosen_on_val_and_stored(data, tmp_path: Path) -> None:
+    result, _ = go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, threshold="val"), val=data[1])
+    saved = torch.load(tmp_path / "last" / "model.pt", weights_only=False)
+    assert saved["threshold"] == result.metrics["threshold"]
+    assert math.isfinite(saved["threshold"])
+    assert torch.load(tmp_path / "last" / "best.pt", weights_only=False)["threshold"] is not None
+
+
+def test_threshold_val_without_val_stops_with_one_line(data, tmp_path: Path) -> None:
+    with pytest.raises(ForestsegError, match="train.threshold: val .*split.val_fraction"):
+        go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, threshold="val"))
+
+
+class ChannelModel(torch.nn.Module):
+    """Outputs the first input channel: a model whose scores a test can predict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+def test_choose_threshold_finds_the_cut_that_separates_the_classes() -> None:
+    values = torch.tensor([50, 100, 200], dtype=torch.uint8)
+    images = values[torch.randint(0, 3, (6, 8, 8), generator=torch.Generator().manual_seed(0))]
+    images = images[..., None].repeat(1, 1, 1, 3)
+    masks = (images[..., 0] == 200).to(torch.uint8)  # forest: value 200 only
+    cut = choose_threshold(ChannelModel(), Tiles(images, masks), 4, Normalizer(), True, False, 0.0)
+    assert 100 <= cut < 200  # the loss's own cut (0) would call everything forest
