@@ -10,7 +10,8 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
     scores from TP/FP/FN/TN summed over its tiles), the per-scene forest IoU spread (median,
     worst tenth, worst scene), the all-forest baseline and the wall time.
   - `final`: trains on all 30 scenes and scores the 8 set-aside ones.
-  - `curve`: the learning curve: scores vs number of training scenes, on the CV folds.
+  - `curve`: the learning curve: scores vs number of training scenes, on the CV folds, at equal
+    compute (a smaller set trains for more epochs: as many tiles seen as the recipe over all).
   - `table`: one Markdown table of every saved result (recipes x metrics), for the README.
 A recipe is recipes/<name>.yaml (the member trained is its grid's first loss, optimizer and seed);
 -S section.key=value changes one of its params, as `dvc exp run -S` does. Every result is saved as
@@ -276,13 +277,18 @@ def main() -> None:
         result["parts"] = parts
     else:  # curve
         all_folds = folds(sample, args.folds)
+        chosen = [int(i) for i in args.only.split(",")] if args.only else range(args.folds)
         result["curve"] = {}
         for n in [int(x) for x in args.scenes.split(",")]:
             parts = []
-            for i, test in enumerate(all_folds):
+            for i in chosen:
+                test = all_folds[i]
                 pool = sorted(s for j, f in enumerate(all_folds) if j != i for s in f)
                 train = sorted(np.random.default_rng(n).choice(pool, min(n, len(pool)), replace=False).tolist())
-                parts.append({"fold": i, **train_and_score(params, train, test, sample, device, args.tta)})
+                # the same compute at every size: as many tiles seen as the recipe's epochs over the whole pool
+                epochs = round(params["train"]["epochs"] * len(rows_of(sample, pool)) / len(rows_of(sample, train)))
+                sized = {**params, "train": {**params["train"], "epochs": max(1, epochs)}}
+                parts.append({"fold": i, **train_and_score(sized, train, test, sample, device, args.tta)})
             result["curve"][n] = {"parts": parts, "summary": summarize(parts)}
             print(f"{n} training scenes:", {m: mean_std(result["curve"][n]["summary"][m]) for m in SHOWN})
         result["parts"] = result["curve"][max(result["curve"])]["parts"]

@@ -25,7 +25,8 @@ class Tiles:
 
     images: torch.Tensor
     masks: torch.Tensor
-    scenes: torch.Tensor | None = None
+    scenes: torch.Tensor | None = None  # (N,) int64 on the CPU: the tile's index into scene_names
+    scene_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -37,8 +38,13 @@ def load_tiles(layout: DataLayout, rows: np.ndarray, device: torch.device, scene
     images = np.load(layout.images, mmap_mode="r")
     masks = np.load(layout.masks, mmap_mode="r")
     rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted rows read the memmap sequentially
-    ids = None if scenes is None else torch.from_numpy(np.unique(np.asarray(scenes)[rows], return_inverse=True)[1])
-    return Tiles(torch.from_numpy(images[rows]).to(device), torch.from_numpy(masks[rows]).to(device), ids)
+    names, ids = np.unique(np.asarray(scenes)[rows], return_inverse=True) if scenes is not None else ((), None)
+    return Tiles(
+        torch.from_numpy(images[rows]).to(device),
+        torch.from_numpy(masks[rows]).to(device),
+        None if ids is None else torch.from_numpy(ids.astype(np.int64)),
+        tuple(str(n) for n in names),
+    )
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are scored, not by the stages that only use scores()
+    import torch
 
 
 def confusion(output: torch.Tensor, target: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """Counts [tp, fp, fn, tn] (int64) of forest predictions (output > threshold) against 0/1 targets."""
+    import torch
+
     pred = output.detach() > threshold
     truth = target.detach() > 0.5
     tp = (pred & truth).sum()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -26,6 +27,8 @@ from .metrics import METRICS, confusion, scores
 from .model import ARCHS, build_model
 from .optim import lr_factor, make_optimizer
 
+# scenes.csv of a run: the written model's confusion counts on each test scene (forest positive)
+SCENE_COLUMNS = ["scene", "tiles", "tp", "fp", "fn", "tn"]
 EPOCH_METRICS = [name for name, m in METRICS.items() if m.per_epoch]
 # One row per epoch of history.csv (val_miou follows with a val split).
 HISTORY_COLUMNS = [
@@ -52,6 +55,7 @@ class Result:
     history: list[dict]
     metrics: dict
     state: dict = field(repr=False)  # the last checkpoint
+    scenes: dict = field(default_factory=dict)  # {test scene: [tp, fp, fn, tn]} of the written model
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict:
@@ -93,10 +97,14 @@ def evaluate(
     channels_last: bool,
     bf16: bool,
     cut: float | None = None,
+    per_scene: bool = False,
 ) -> dict:
     """Mean loss per tile and scores from confusion counts summed over all of `tiles`, forest
-    where the output exceeds `cut` (default: the loss's threshold)."""
+    where the output exceeds `cut` (default: the loss's threshold). With `per_scene` (tiles with
+    scenes), also "scenes": {scene: [tp, fp, fn, tn]}."""
     loss_fn, cut = LOSSES[loss], LOSSES[loss].threshold if cut is None else cut
+    by_scene = torch.zeros(len(tiles.scene_names), 4, dtype=torch.int64) if per_scene else None
+    start = 0
     device = tiles.images.device
     total, counts = (
         torch.zeros((), dtype=torch.float64, device=device),
@@ -105,7 +113,23 @@ def evaluate(
     for out, masks in outputs(model, tiles, batch_size, norm, channels_last, bf16):
         total += loss_fn(out, masks) * len(out)
         counts += confusion(out, masks, cut)
-    return {"loss": float(total) / len(tiles), **scores(counts.cpu().numpy())}
+        if by_scene is not None:
+            pred, truth = out > cut, masks > 0
+            tile_counts = torch.stack(
+                [
+                    (pred & truth).sum((1, 2)),
+                    (pred & ~truth).sum((1, 2)),
+                    (~pred & truth).sum((1, 2)),
+                    (~pred & ~truth).sum((1, 2)),
+                ],
+                1,
+            )
+            by_scene.index_add_(0, tiles.scenes[start : start + len(out)], tile_counts.cpu())
+            start += len(out)
+    result = {"loss": float(total) / len(tiles), **scores(counts.cpu().numpy())}
+    if by_scene is not None:
+        result["scenes"] = {name: c.tolist() for name, c in zip(tiles.scene_names, by_scene)}
+    return result
 
 
 def choose_threshold(
@@ -393,7 +417,8 @@ def train_run(
             s.best["test_scores"] = evaluate(chosen, test, *eval_args, cut=best["threshold"])
         write_model(model_dir / "best.pt", s.best["weights"], best, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
     s.threshold = portable["threshold"]
-    return Result(s.history, _run_metrics(s, lr, len(train), device, bf16), s.to_resume())
+    scenes = evaluate(final, test, *eval_args, cut=s.threshold, per_scene=True)["scenes"] if test.scene_names else {}
+    return Result(s.history, _run_metrics(s, lr, len(train), device, bf16), s.to_resume(), scenes)
 
 
 def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16: bool) -> dict:
@@ -431,8 +456,9 @@ def train_member(
     model_dir: Path,
     resume: Path,
     code: list[Path],
-) -> tuple[list[dict], dict]:
-    """Train grid member `run` on the split data of `layout` (the train stage): (history, metrics).
+) -> tuple[list[dict], dict, pd.DataFrame]:
+    """Train grid member `run` on the split data of `layout` (the train stage): (history, metrics,
+    per-scene confusion counts of the written model on the test scenes, SCENE_COLUMNS).
 
     The resume fingerprint covers the run, its params and precision, the bytes of `code` and the
     data's content. A run that diverges is recorded, not raised, so the rest of the grid goes on:
@@ -464,8 +490,17 @@ def train_member(
             val=tiles.get("val"),
             pixel_size_m=layout.pixel_size_m(),
         )
-        return result.history, result.metrics
     except Diverged as e:
         print(f"warning: {e}")
         write_model(model_dir / "model.pt", None, {"run": run.name, "message": str(e)})  # a declared output
-        return e.history, {"status": "diverged", "message": str(e), "epochs": len(e.history)}
+        return (
+            e.history,
+            {"status": "diverged", "message": str(e), "epochs": len(e.history)},
+            pd.DataFrame(columns=SCENE_COLUMNS),
+        )
+    test = tiles["test"]
+    per_tile = torch.bincount(test.scenes, minlength=len(test.scene_names)).tolist()
+    scenes = pd.DataFrame(
+        [[name, n, *result.scenes[name]] for name, n in zip(test.scene_names, per_tile)], columns=SCENE_COLUMNS
+    )
+    return result.history, result.metrics, scenes

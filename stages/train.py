@@ -25,12 +25,13 @@ def main(argv: list[str]) -> None:
     run = grid.runs()[0]
     code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
     resume = RESUME_DIR / f"{run.name}.pt"
-    history, metrics = train_member(
+    history, metrics, scenes = train_member(
         run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), Path(models_dir) / run.name, resume, code
     )
     out = Path(runs_dir) / run.name
     write_csv(out / "history.csv", pd.DataFrame(history) if history else pd.DataFrame(columns=HISTORY_COLUMNS))
     write_json(out / "metrics.json", metrics)
+    write_csv(out / "scenes.csv", scenes)
     resume.unlink(missing_ok=True)  # the outputs exist: nothing left to resume
 
 

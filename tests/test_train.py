@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from forestseg import losses, synthetic
+from forestseg import losses, metrics, synthetic
 from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
 from forestseg.errors import ForestsegError
 from forestseg.loader import Normalizer, Tiles
@@ -355,3 +355,12 @@ def test_choose_threshold_finds_the_cut_that_separates_the_classes() -> None:
     masks = (images[..., 0] == 200).to(torch.uint8)  # forest: value 200 only
     cut = choose_threshold(ChannelModel(), Tiles(images, masks), 4, Normalizer(), True, False, 0.0)
     assert 100 <= cut < 200  # the loss's own cut (0) would call everything forest
+
+
+def test_per_scene_counts_add_up_to_the_test_scores(data, tmp_path: Path) -> None:
+    test = Tiles(data[1].images, data[1].masks, torch.tensor([0, 1, 1, 0]), ("a", "b"))
+    result, _ = go((data[0], test), tmp_path / "last.pt")
+    assert set(result.scenes) == {"a", "b"}
+    total = torch.tensor(list(result.scenes.values())).sum(0)
+    assert int(total.sum()) == test.masks.numel()
+    assert metrics.scores(total.numpy())["iou"] == pytest.approx(result.metrics["test_iou"])
