@@ -289,3 +289,15 @@ def test_stage_with_invalid_yaml_prints_one_line(tmp_path):
 def test_params_yaml_spells_out_the_dataclass_defaults(base):
     """One source of defaults: the dataclasses; params.yaml (the demo recipe) is exactly them."""
     assert load_sections(base, *SECTIONS) == tuple(cls() for cls in SECTIONS.values())
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "recipes").glob("*.yaml")))
+def test_every_recipe_is_valid_params(name):
+    """A recipe names only real sections and keys, with good values (recipes/run.py merges them)."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    params = run.merged(name)
+    assert load_sections(params, *SECTIONS)
