@@ -105,8 +105,7 @@ def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
         )
     keys = sorted({k for e in exps for k in e.params})
     differ = [k for k in keys if len({json.dumps(e.params.get(k), sort_keys=True) for e in exps}) > 1]
-    others = ["best"] if metric != "best" else []
-    others += sorted(k for k in numeric if k.startswith("iou_") and k != metric)
+    others = ["best", *sorted(k for k in numeric if k.startswith("iou_") and k != metric)]  # `best` is never numeric
     rows = []
     for e in exps:
         value = e.headline.get(metric)
