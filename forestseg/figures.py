@@ -89,3 +89,17 @@ def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
     ax.legend(fontsize=8)
     write_figure(path, fig)
     plt.close(fig)
+
+
+def fig_ranking(names: list[str], values: list[float], metric: str, path: Path) -> None:
+    """Horizontal bars of `metric` per experiment, in the order given (best first, drawn on top)."""
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.4))
+    bars = ax.barh(range(len(names)), values, color="tab:green")
+    ax.bar_label(bars, labels=[f"{v:.4f}" for v in values], padding=3, fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()  # rank 1 at the top
+    ax.set_xlim(0, max(1.0, max(values) * 1.12))  # headline scores are IoUs in 0..1; room for the labels
+    ax.set(xlabel=metric, title=f"Experiments ranked by {metric}")
+    ax.grid(alpha=0.3, axis="x")
+    write_figure(path, fig)
+    plt.close(fig)

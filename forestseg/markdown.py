@@ -30,6 +30,58 @@ def _pm(mean, std) -> str:
     return f"{mean:.4f}" if std is None or not math.isfinite(std) else f"{mean:.4f} ± {std:.4f}"
 
 
+WORST_SCENES_SHOWN = 10  # rows of the per-scene table in REPORT.md (metrics/scenes.csv has every scene)
+
+
+def scene_section(per_scene: dict, plots_rel: str) -> list[str]:
+    """REPORT.md's "Per-scene results": forest IoU over the test scenes, the worst ones, their overlays."""
+    scenes, runs, missing = per_scene["scenes"], per_scene["runs"], per_scene["missing"]
+    lines = ["## Per-scene results", ""]
+    if missing:
+        lines += [
+            f"Per-scene results are absent for {', '.join(missing)}: no `scenes.csv` in "
+            f"{'its' if len(missing) == 1 else 'their'} `metrics/runs/<run>/` folder"
+            + (" (the counts below leave them out)." if len(scenes) else "."),
+            "",
+        ]
+    if not len(scenes):
+        return lines
+    iou = scenes["iou"].astype(float)
+    worst = scenes.iloc[0]
+    seeds = ", ".join(r.rsplit("-", 1)[1] for r in runs)
+    shown = scenes.head(WORST_SCENES_SHOWN)
+    lines += [
+        f"Forest IoU, precision and recall of **{per_scene['combination']}** on each test scene, from the "
+        f"confusion counts of seed{'s' if len(runs) > 1 else ''} {seeds} summed per scene; forest share is "
+        "the share of the scene's test pixels that are forest. Every scene is in `metrics/scenes.csv`.",
+        "",
+        f"- {len(scenes)} test scene{'s' if len(scenes) > 1 else ''}; forest IoU per scene: median {iou.median():.4f}, 10th percentile "
+        f"{iou.quantile(0.1, interpolation='lower'):.4f} (the worst tenth of the scenes score at most this), "
+        f"worst {worst['iou']:.4f} (scene {worst['scene']}).",
+        "",
+        ("Every scene, worst first:" if len(shown) == len(scenes) else f"The {len(shown)} worst scenes:"),
+        "",
+        markdown_table(
+            pd.DataFrame(
+                {
+                    "scene": shown["scene"],
+                    "tiles": shown["tiles"],
+                    "forest share": [f"{v:.1%}" for v in shown["forest_share"]],
+                    "forest IoU": shown["iou"].astype(float),
+                    "precision": shown["precision"].astype(float),
+                    "recall": shown["recall"].astype(float),
+                }
+            )
+        ),
+        "",
+        f"Test tiles of the worst scenes, predicted by the best seed of {per_scene['combination']} (the "
+        "`overlays` stage; colours as above):",
+        "",
+        f"![test tiles of the worst scenes]({plots_rel}/overlays/worst_scenes.png)",
+    ]
+    return lines
+
+
 def write_report(
     path: Path,
     out: dict,
@@ -39,9 +91,11 @@ def write_report(
     epoch_tables: dict[str, pd.DataFrame],
     setup: dict,
     plots_rel: str,
+    per_scene: dict | None = None,
 ) -> None:
     """REPORT.md: setup, the winner and by how much (`ranked`: the combinations best first, as
-    report.rank gives them), tables and figures, for a reader who opens no CSV."""
+    report.rank gives them), tables and figures, for a reader who opens no CSV. `per_scene`: the
+    best combination's scores per test scene, as report.aggregate passes them."""
     idx, split, base = setup["index"], out["split"], out["baseline_all_forest"]
     lines = [
         "# forestseg report",
@@ -142,6 +196,8 @@ def write_report(
         "",
     ]
     lines += [f"![{c} predictions]({plots_rel}/overlays/{c}.png)" for c in summary["combination"]]
+    if per_scene is not None:
+        lines += ["", *scene_section(per_scene, plots_rel)]
     lines += ["", "## Per-epoch losses of every seed (the study's tables)", ""]
     for combo, epochs in epoch_tables.items():
         lines += [f"### {combo}", "", markdown_table(epochs), ""]

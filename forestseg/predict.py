@@ -30,6 +30,7 @@ TP, FP, FN = (34, 139, 34), (230, 159, 0), (204, 0, 204)
 # Checkpoints written before training recorded the pixel size are assumed to be at the Kaggle/DeepGlobe 0.5 m.
 DEFAULT_PIXEL_SIZE_M = PIXEL_SIZE_M
 BLOCK = 2048  # panel width of Predictor.stream, in pixels
+WORST_SCENES, SCENE_TILES = 3, 3  # plots/overlays/worst_scenes.png: this many scenes, tiles of each
 
 # (row0, row1, col0, col1) -> (row1 - row0, col1 - col0, 3) uint8 pixels of the image
 Reader = Callable[[int, int, int, int], np.ndarray]
@@ -248,8 +249,16 @@ def read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return picture.pixels, None if picture.alpha is None else picture.alpha > 0
 
 
-def example_panel(predictor: Predictor, images: np.ndarray, masks: np.ndarray, title: str, path: Path) -> None:
-    """A figure with one row per tile: image | ground truth | prediction | error map."""
+def example_panel(
+    predictor: Predictor,
+    images: np.ndarray,
+    masks: np.ndarray,
+    title: str,
+    path: Path,
+    labels: list[str] | None = None,
+) -> None:
+    """A figure with one row per tile: image | ground truth | prediction | error map; `labels` name
+    each row's tile (e.g. its scene) above its image."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,7 +274,7 @@ def example_panel(predictor: Predictor, images: np.ndarray, masks: np.ndarray, t
         inter, union = (pred & truth).sum(), (pred | truth).sum()
         panels = [image, truth, pred, error_map(truth, pred)]
         names = [
-            "image",
+            "image" if labels is None else f"{labels[row]}: image",
             "ground truth (forest white)",
             f"prediction (IoU {inter / union if union else 1:.2f})",
             "errors",
@@ -288,6 +297,11 @@ def example_panel(predictor: Predictor, images: np.ndarray, masks: np.ndarray, t
     plt.close(fig)
 
 
+def _tiles(layout: DataLayout, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images and masks of the packed tiles at `rows` (row i of split.csv is tile i)."""
+    return np.load(layout.images, mmap_mode="r")[rows], np.load(layout.masks, mmap_mode="r")[rows]
+
+
 def write_overlays(
     models_dir: Path, layout: DataLayout, combinations: dict, cfg: ReportConfig, out_dir: Path, device: torch.device
 ) -> int:
@@ -295,8 +309,7 @@ def write_overlays(
     summary.json) on the same `cfg.examples` test tiles drawn with `cfg.seed`; returns the tile count."""
     test = np.flatnonzero(pd.read_csv(layout.split_csv)["subset"].to_numpy() == "test")
     rows = np.sort(np.random.default_rng(cfg.seed).choice(test, min(cfg.examples, len(test)), replace=False))
-    images = np.load(layout.images, mmap_mode="r")[rows]
-    masks = np.load(layout.masks, mmap_mode="r")[rows]
+    images, masks = _tiles(layout, rows)
     for combo, s in combinations.items():
         if s["best_seed"] is None:
             print(f"overlays: {combo}: every seed diverged, nothing to show")
@@ -305,3 +318,43 @@ def write_overlays(
         predictor = Predictor.load(models_dir / run / "model.pt", device)
         example_panel(predictor, images, masks, f"{run}: test tiles (seed {cfg.seed})", out_dir / f"{combo}.png")
     return len(rows)
+
+
+def write_worst_scenes(
+    models_dir: Path,
+    layout: DataLayout,
+    summary: dict,
+    scenes_csv: Path,
+    cfg: ReportConfig,
+    path: Path,
+    device: torch.device,
+) -> list[str]:
+    """`path`: image | truth | prediction | errors of SCENE_TILES test tiles (drawn with cfg.seed) of
+    each of the WORST_SCENES first scenes of `scenes_csv` (metrics/scenes.csv, worst forest IoU first),
+    by the best seed of the best combination (`summary` as summary.json); returns those scenes, none
+    (and no file) when scenes_csv has no row."""
+    try:
+        worst = pd.read_csv(scenes_csv, dtype={"scene": str})["scene"].head(WORST_SCENES).tolist()
+    except (OSError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise ForestsegError(f"{scenes_csv}: missing or not a per-scene table; run `dvc repro aggregate`") from None
+    combo = summary["best_combination"]
+    if not worst or combo is None:
+        return []
+    split = pd.read_csv(layout.split_csv, dtype={"scene": str})
+    rng = np.random.default_rng(cfg.seed)
+    rows, labels = [], []
+    for scene in worst:
+        test = np.flatnonzero(((split["subset"] == "test") & (split["scene"] == scene)).to_numpy())
+        if not len(test):
+            raise ForestsegError(
+                f"{scenes_csv}: scene {scene} has no test tile in {layout.split_csv}; run `dvc repro aggregate`"
+            )
+        picked = np.sort(rng.choice(test, min(SCENE_TILES, len(test)), replace=False))
+        rows += picked.tolist()
+        labels += [f"scene {scene}"] * len(picked)
+    images, masks = _tiles(layout, np.array(rows))
+    run = f"{combo}-{summary['combinations'][combo]['best_seed']}"
+    worst_txt = f"{len(worst)} worst scenes" if len(worst) > 1 else "worst scene"
+    title = f"{run}: test tiles of the {worst_txt} by forest IoU (tiles drawn with seed {cfg.seed})"
+    example_panel(Predictor.load(models_dir / run / "model.pt", device), images, masks, title, path, labels)
+    return worst

@@ -14,7 +14,7 @@ from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, SplitConf
 from .figures import FIGURES, fig_best_runs, fig_optimizers, fig_test_iou
 from .io import REMOVING, read_json, remove_tree, write_csv, write_json
 from .markdown import write_report
-from .metrics import METRICS
+from .metrics import METRICS, scores
 
 SCORES = ["train_loss", "test_loss", *(f"test_{m}" for m in METRICS)]  # per run, mean/std per combination
 CURVES = ["train_loss", "test_loss", *(f"test_{m}" for m, metric in METRICS.items() if metric.per_epoch), "lr"]
@@ -22,6 +22,9 @@ BEST_BY = "test_miou"  # descriptive only: which seed's curves to show, never us
 HEADLINE = "headline.json"  # the only file dvc.yaml declares as metrics: what `dvc exp show` shows
 HEADLINE_DIGITS = 4
 RUN_FOLDER = re.compile(r"[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9]+")  # <loss>-<optimizer>-<seed>, as Run.name
+SCENES = "scenes.csv"  # per run (train: confusion counts per test scene) and per grid (aggregate: scores)
+SCENE_COUNTS = ["tp", "fp", "fn", "tn"]
+SCENE_COLUMNS = ["scene", "tiles", "forest_share", "iou", "precision", "recall"]
 
 
 def remove_stale_runs(runs: list[Run], runs_dir: str | Path) -> list[str]:
@@ -67,6 +70,48 @@ def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, 
         )
         histories[run.name] = pd.read_csv(folder / "history.csv")
     return pd.DataFrame(rows), histories
+
+
+def load_scene_counts(run_names: list[str], runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """(the rows of each named run's scenes.csv, with a `run` column; the names of the runs that have
+    none). Scene ids stay strings, as the split reads them."""
+    parts, missing = [], []
+    for name in run_names:
+        path = runs_dir / name / SCENES
+        if not path.is_file():
+            missing.append(name)
+            continue
+        part = pd.read_csv(path, dtype={"scene": str})
+        lacking = [c for c in ["scene", "tiles", *SCENE_COUNTS] if c not in part.columns]
+        if lacking:
+            raise ForestsegError(
+                f"{path}: no column {', '.join(lacking)} (expected scene,tiles,{','.join(SCENE_COUNTS)}); "
+                f"run `dvc repro train@{name}` to rewrite it"
+            )
+        parts.append(part.assign(run=name))
+    columns = ["run", "scene", "tiles", *SCENE_COUNTS]
+    return (pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)), missing
+
+
+def scene_scores(counts: pd.DataFrame) -> pd.DataFrame:
+    """One row per scene of `counts` (load_scene_counts' rows of one combination's seeds): its tiles,
+    forest share and forest IoU, precision, recall from the confusion counts summed over the seeds
+    (never a mean of per-seed ratios); worst IoU first."""
+    if counts.empty:
+        return pd.DataFrame(columns=SCENE_COLUMNS)
+    rows = []
+    for scene, part in counts.groupby("scene", sort=True):
+        summed = part[SCENE_COUNTS].to_numpy(dtype="int64").sum(axis=0)
+        s = scores(summed)
+        rows.append(
+            {
+                "scene": scene,
+                "tiles": int(part["tiles"].iloc[0]),  # every seed is scored on the same test tiles
+                "forest_share": (summed[0] + summed[2]) / summed.sum(),  # (tp + fn) / pixels
+                **{k: s[k] for k in ("iou", "precision", "recall")},
+            }
+        )
+    return pd.DataFrame(rows).sort_values(["iou", "scene"], kind="stable", ignore_index=True)
 
 
 def _clean(x):
@@ -189,6 +234,11 @@ def aggregate(
         },
     }
     write_json(metrics_dir / "summary.json", out)
+    # Per scene: the best combination's finished seeds, counts summed (as the headline's best_iou is its mean)
+    best_runs = table[(table["status"] == "ok") & (table["combination"] == out["best_combination"])]["run"].tolist()
+    counts, no_scenes = load_scene_counts(best_runs, runs_dir)
+    scenes = scene_scores(counts)
+    write_csv(metrics_dir / SCENES, scenes)
     write_json(metrics_dir / HEADLINE, headline(summary))
     fig_best_runs(summary, histories, BEST_BY, plots_dir / FIGURES[0])
     fig_optimizers(table, histories, plots_dir / FIGURES[1])
@@ -204,7 +254,13 @@ def aggregate(
     if report is not None:
         report = Path(report)
         rel = Path(os.path.relpath(plots_dir.resolve(), report.resolve().parent)).as_posix()
-        write_report(report, out, summary, rank(summary), table, epoch_tables, setup or {}, rel)
+        per_scene = {
+            "combination": out["best_combination"],
+            "runs": [r for r in best_runs if r not in no_scenes],
+            "missing": no_scenes,
+            "scenes": scenes,
+        }
+        write_report(report, out, summary, rank(summary), table, epoch_tables, setup or {}, rel, per_scene)
     return out
 
 

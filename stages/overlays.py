@@ -1,4 +1,5 @@
-"""Stage overlays: image | truth | prediction | error map on seeded test tiles, best run per combination."""
+"""Stage overlays: image | truth | prediction | error map on seeded test tiles, best run per combination,
+and on tiles of the worst test scenes (metrics/scenes.csv) by the best run."""
 
 from pathlib import Path
 
@@ -7,18 +8,23 @@ from common import args, params, stage
 from forestseg.device import pick_device
 from forestseg.io import read_json
 from forestseg.layout import DataLayout
-from forestseg.predict import write_overlays
+from forestseg.predict import write_overlays, write_worst_scenes
 
 
 @stage
 def main(argv: list[str]) -> None:
-    models_dir, data_dir, summary_json, out_dir = map(
-        Path, args(argv, "MODELS_DIR", "DATA_DIR", "SUMMARY_JSON", "OUT_DIR")
+    models_dir, data_dir, summary_json, scenes_csv, out_dir = map(
+        Path, args(argv, "MODELS_DIR", "DATA_DIR", "SUMMARY_JSON", "SCENES_CSV", "OUT_DIR")
     )
     (cfg,) = params("report")
-    combinations = read_json(summary_json)["combinations"]
-    n = write_overlays(models_dir, DataLayout(data_dir), combinations, cfg, out_dir, pick_device("auto"))
+    summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device("auto")
+    n = write_overlays(models_dir, layout, summary["combinations"], cfg, out_dir, device)
     print(f"overlays: wrote {out_dir}/<combination>.png for {n} test tiles")
+    worst = write_worst_scenes(models_dir, layout, summary, scenes_csv, cfg, out_dir / "worst_scenes.png", device)
+    if worst:
+        print(f"overlays: wrote {out_dir}/worst_scenes.png for scenes {', '.join(worst)}")
+    else:
+        print(f"overlays: {scenes_csv} has no scene (no per-scene counts of the best runs): no worst_scenes.png")
 
 
 if __name__ == "__main__":

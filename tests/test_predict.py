@@ -5,13 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import train_small_model
 from PIL import Image
 
+import forestseg.predict
 from forestseg.cli import main
-from forestseg.predict import Predictor, error_map
+from forestseg.config import ForestsegError, ReportConfig
+from forestseg.layout import DataLayout
+from forestseg.predict import Predictor, error_map, write_worst_scenes
 from forestseg.synthetic import render_scene
 
 TILE = 64
@@ -188,3 +192,67 @@ def test_bf16_prediction_differs_from_fp32_in_at_most_a_thousandth_of_pixels(che
     a, b = fp32.mask(scene[0]), bf16.mask(scene[0])
     assert (a != b).mean() <= 0.001
     assert not np.array_equal(fp32.logits(scene[0]), bf16.logits(scene[0]))  # bf16 really ran
+
+
+def worst_scenes_setup(checkpoint: Path, root: Path) -> tuple[Path, DataLayout, dict]:
+    """A models folder with the checkpoint as bce-adam-0, packed tiles of scenes 1, 2, 5, 9 (scene 2 has
+    only 2 test tiles, scene 1 none), and summary.json's best combination."""
+    (root / "models" / "bce-adam-0").mkdir(parents=True)
+    (root / "models" / "bce-adam-0" / "model.pt").symlink_to(checkpoint)
+    layout = DataLayout(root / "data")
+    layout.packed.mkdir(parents=True)
+    scenes, subsets = [], []
+    for scene, test in (("5", 4), ("1", 0), ("2", 2), ("9", 5)):
+        scenes += [scene] * (test + 2)
+        subsets += ["test"] * test + ["train"] * 2
+    n = len(scenes)
+    images = np.stack([render_scene(np.random.default_rng(i), TILE)[0] for i in range(n)])
+    images[:, 0, 0, 0] = np.arange(n)  # tile i marked in its first pixel
+    np.save(layout.images, images)
+    np.save(layout.masks, (images[..., 1] > 100).astype(np.uint8))
+    names = [f"{s}_sat_{i:02d}.jpg" for i, s in enumerate(scenes)]
+    pd.DataFrame({"image": names, "scene": scenes, "subset": subsets}).to_csv(layout.split_csv, index=False)
+    summary = {"best_combination": "bce-adam", "combinations": {"bce-adam": {"best_seed": 0}}}
+    return root / "models", layout, summary
+
+
+def test_worst_scenes_panel_shows_seeded_test_tiles_of_the_three_worst(checkpoint, tmp_path, monkeypatch) -> None:
+    models, layout, summary = worst_scenes_setup(checkpoint, tmp_path)
+    scenes_csv = tmp_path / "scenes.csv"
+    scenes_csv.write_text(
+        "scene,tiles,forest_share,iou,precision,recall\n9,5,.5,.1,.5,.5\n2,2,.5,.2,.5,.5\n"
+        "5,4,.5,.3,.5,.5\n1,9,.5,.9,.5,.5\n"
+    )
+    drawn = []
+    monkeypatch.setattr(forestseg.predict, "example_panel", lambda *a: drawn.append(a))
+    cfg = ReportConfig(seed=3)
+    path = tmp_path / "worst_scenes.png"
+    device = torch.device("cpu")
+    assert write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, device) == ["9", "2", "5"]
+    _, images, masks, title, _, labels = drawn[0]
+    assert labels == ["scene 9"] * 3 + ["scene 2"] * 2 + ["scene 5"] * 3  # 3 tiles each, or all a scene has
+    split = pd.read_csv(layout.split_csv, dtype={"scene": str})
+    rows = images[:, 0, 0, 0].tolist()
+    assert all(
+        split.loc[r, "subset"] == "test" and f"scene {split.loc[r, 'scene']}" == lab for r, lab in zip(rows, labels)
+    )
+    assert title.startswith("bce-adam-0: test tiles of the 3 worst scenes")
+    write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, device)
+    assert drawn[1][1][:, 0, 0, 0].tolist() == rows  # seeded: the same tiles again
+    monkeypatch.undo()
+    write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, device)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.height > im.width  # 8 rows of 4 panels
+
+
+def test_worst_scenes_without_scenes_or_with_a_stale_table(checkpoint, tmp_path) -> None:
+    models, layout, summary = worst_scenes_setup(checkpoint, tmp_path)
+    scenes_csv, path, cfg = tmp_path / "scenes.csv", tmp_path / "worst_scenes.png", ReportConfig()
+    scenes_csv.write_text("scene,tiles,forest_share,iou,precision,recall\n")
+    assert write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, torch.device("cpu")) == []
+    assert not path.exists()
+    scenes_csv.write_text("scene,tiles,forest_share,iou,precision,recall\n1,2,.5,.1,.5,.5\n")
+    with pytest.raises(ForestsegError, match="scene 1 has no test tile in .*split.csv; run `dvc repro aggregate`"):
+        write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, torch.device("cpu"))
+    with pytest.raises(ForestsegError, match="missing.csv: missing or not a per-scene table"):
+        write_worst_scenes(models, layout, summary, tmp_path / "missing.csv", cfg, path, torch.device("cpu"))

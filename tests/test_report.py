@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from forestseg.config import ForestsegError
+from forestseg.markdown import scene_section
 from forestseg.report import FIGURES, SCORES, aggregate, headline, remove_stale_runs, summarize
 from forestseg.train import Run
 
@@ -82,7 +83,20 @@ def history(seed_offset: float, rows: int = 3) -> pd.DataFrame:
     )
 
 
-def write_tree(root: Path, diverged: tuple[str, ...] = (), missing: tuple[str, ...] = ()) -> Path:
+# scenes.csv of a run as train writes it: confusion counts of the run's model per test scene. Scene
+# "007" keeps its leading zero; every seed sees the same truth (tp + fn and the pixels agree).
+SCENE_COUNTS = {
+    "mse-adam-0": [("007", 2, 10, 2, 4, 16), ("12", 1, 0, 4, 12, 0), ("3", 1, 8, 0, 0, 8)],
+    "mse-adam-1": [("007", 2, 12, 6, 2, 12), ("12", 1, 4, 0, 8, 4), ("3", 1, 6, 2, 2, 6)],
+    "bce-sgd-0": [("007", 2, 14, 0, 0, 18), ("12", 1, 12, 0, 0, 4), ("3", 1, 8, 0, 0, 8)],
+    "bce-sgd-1": [("007", 2, 14, 0, 0, 18), ("12", 1, 12, 0, 0, 4), ("3", 1, 8, 0, 0, 8)],
+}
+
+
+def write_tree(
+    root: Path, diverged: tuple[str, ...] = (), missing: tuple[str, ...] = (), scenes: tuple[str, ...] = ()
+) -> Path:
+    """Run folders of RUNS (those in `scenes` with a scenes.csv) under root/metrics/runs."""
     runs_dir = root / "metrics" / "runs"
     for i, run in enumerate(RUNS):
         if run.name in missing:
@@ -100,6 +114,9 @@ def write_tree(root: Path, diverged: tuple[str, ...] = (), missing: tuple[str, .
             metrics = {"status": "ok", **METRICS[run.name], "epochs": 3, "lr": 1e-2}
             history(0.01 * i).to_csv(folder / "history.csv", index=False)
         (folder / "metrics.json").write_text(json.dumps(metrics))
+        if run.name in scenes:
+            rows = pd.DataFrame(SCENE_COUNTS[run.name], columns=["scene", "tiles", "tp", "fp", "fn", "tn"])
+            rows.to_csv(folder / "scenes.csv", index=False)
     return runs_dir
 
 
@@ -309,3 +326,107 @@ def test_stale_run_folders_are_removed(tmp_path: Path) -> None:
     out = aggregate(current, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
     assert list(out["combinations"]) == ["mse-adam"]
     assert remove_stale_runs(current, tmp_path / "missing") == []
+
+
+def read_scenes(metrics_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(metrics_dir / "scenes.csv", dtype={"scene": str})
+
+
+def test_per_scene_scores_sum_the_best_combinations_counts_over_seeds_worst_first(tmp_path: Path) -> None:
+    _, metrics_dir, _ = run_aggregate(tmp_path, scenes=tuple(SCENE_COUNTS))
+    scenes = read_scenes(metrics_dir)
+    assert list(scenes.columns) == ["scene", "tiles", "forest_share", "iou", "precision", "recall"]
+    assert scenes["scene"].tolist() == ["12", "007", "3"]  # worst forest IoU first
+    assert scenes["tiles"].tolist() == [1, 2, 1]  # a scene's tiles, not summed over seeds
+    # mse-adam (the best combination; bce-sgd's perfect counts are not read), seeds 0 and 1 summed:
+    # 12: tp 4, fp 4, fn 20, tn 4; 007: tp 22, fp 8, fn 6, tn 28; 3: tp 14, fp 2, fn 2, tn 14.
+    expected = {
+        "12": (24 / 32, 4 / 28, 4 / 8, 4 / 24),
+        "007": (28 / 64, 22 / 36, 22 / 30, 22 / 28),  # a mean of the seeds' IoUs would be 0.6125
+        "3": (16 / 32, 14 / 18, 14 / 16, 14 / 16),
+    }
+    for row in scenes.itertuples():
+        assert (row.forest_share, row.iou, row.precision, row.recall) == pytest.approx(expected[row.scene], abs=1e-12)
+
+
+def test_per_scene_scores_leave_out_diverged_seeds(tmp_path: Path) -> None:
+    _, metrics_dir, _ = run_aggregate(tmp_path, diverged=("mse-adam-1",), scenes=tuple(SCENE_COUNTS))
+    scenes = read_scenes(metrics_dir).set_index("scene")
+    assert scenes.index.tolist() == ["12", "007", "3"]
+    assert scenes.loc["12", "iou"] == 0 and scenes.loc["3", "iou"] == 1  # seed 0's counts alone
+    assert scenes.loc["007", "iou"] == pytest.approx(10 / 16, abs=1e-12)
+
+
+def setup_dict() -> dict:
+    return {
+        "index": {"valid": 14, "scenes": 3, "source": "data/synthetic", "skipped": 0, "forest_fraction": 0.5},
+        "split_by": "scene",
+        "params": "width 4, depth 2",
+    }
+
+
+def test_report_per_scene_section(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path, scenes=tuple(SCENE_COUNTS))
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup_dict())
+    text = report.read_text()
+    section = text[text.index("## Per-scene results") : text.index("## Per-epoch losses")]
+    assert "**mse-adam** on each test scene, from the confusion counts of seeds 0, 1 summed per scene" in section
+    # IoUs 4/28, 22/36, 14/18: median 0.6111; the 10th percentile of 3 scenes is the worst one
+    assert "- 3 test scenes; forest IoU per scene: median 0.6111, 10th percentile 0.1429" in section
+    assert "worst 0.1429 (scene 12)" in section
+    assert "Every scene, worst first:" in section
+    assert "| 12 | 1 | 75.0% | 0.1429 | 0.5000 | 0.1667 |" in section
+    assert section.index("| 12 |") < section.index("| 007 |") < section.index("| 3 |")
+    assert "(plots/overlays/worst_scenes.png)" in section
+    assert "absent" not in section
+
+
+def test_missing_scene_counts_are_named_and_left_out(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path, scenes=("mse-adam-0",))
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup_dict())
+    assert read_scenes(tmp_path / "metrics").set_index("scene").loc["007", "iou"] == pytest.approx(10 / 16)
+    text = report.read_text()
+    assert "Per-scene results are absent for mse-adam-1: no `scenes.csv` in its `metrics/runs/<run>/` folder" in text
+    assert "confusion counts of seed 0 summed per scene" in text
+
+
+def test_no_scene_counts_at_all_give_an_empty_table_and_a_line(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup_dict())
+    scenes = read_scenes(tmp_path / "metrics")
+    assert scenes.empty and list(scenes.columns) == ["scene", "tiles", "forest_share", "iou", "precision", "recall"]
+    text = report.read_text()
+    assert "Per-scene results are absent for mse-adam-0, mse-adam-1: no `scenes.csv` in their" in text
+    assert "worst_scenes.png" not in text
+
+
+def test_a_scenes_csv_without_the_counts_is_named(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path, scenes=tuple(SCENE_COUNTS))
+    (runs_dir / "mse-adam-1" / "scenes.csv").write_text("scene,tiles,tp\n1,1,1\n")
+    with pytest.raises(
+        ForestsegError, match=r"mse-adam-1/scenes\.csv: no column fp, fn, tn .*dvc repro train@mse-adam-1"
+    ):
+        aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
+
+
+def test_the_report_shows_the_ten_worst_of_more_scenes() -> None:
+    scenes = pd.DataFrame(
+        {
+            "scene": [str(i) for i in range(12)],
+            "tiles": 4,
+            "forest_share": 0.5,
+            "iou": [i / 16 for i in range(12)],
+            "precision": 1.0,
+            "recall": 1.0,
+        }
+    )
+    section = scene_section({"combination": "a-b", "runs": ["a-b-0"], "missing": [], "scenes": scenes}, "plots")
+    lines = "\n".join(section).splitlines()
+    assert "The 10 worst scenes:" in lines
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| scene")]
+    assert [r.split(" | ")[0] for r in rows] == [f"| {i}" for i in range(10)]
+    # 12 scenes: the lower 10th percentile is the 2nd worst (index floor(0.1 * 11) = 1)
+    assert any("median 0.3438, 10th percentile 0.0625" in line for line in lines)

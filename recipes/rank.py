@@ -1,0 +1,195 @@
+"""Rank DVC experiments by a headline metric: a Markdown table and a bar chart.
+
+    python recipes/rank.py                          # `dvc exp show --json` of this project, by best_iou, into sweeps/
+    python recipes/rank.py --metric iou_bce-adam -o sweeps/lr
+    python recipes/rank.py --json exps.json         # a saved `dvc exp show --json`
+
+Values come from metrics/headline.json of each experiment (README: Experiments at a glance). The table
+has the rank, the experiment, the metric, the best combination and each combination's forest IoU,
+then the params that differ between the experiments. Experiments that failed, are queued or running,
+or have no value of the metric are listed last, marked, and left out of the chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from forestseg.errors import ForestsegError  # noqa: E402
+from forestseg.figures import fig_ranking  # noqa: E402
+from forestseg.io import write_text  # noqa: E402
+from forestseg.markdown import markdown_table  # noqa: E402
+from forestseg.report import HEADLINE  # noqa: E402
+
+HEADLINE_FILE = f"metrics/{HEADLINE}"  # as dvc.yaml declares it
+TABLE, FIGURE = "ranking.md", "ranking.png"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    state: str  # "ok", or why it is not ranked: failed, queued, running, no metrics
+    params: dict[str, Any]  # flat: "model.width" (params.yaml) or "<file>:<key>" (another params file)
+    headline: dict[str, Any]  # empty unless state is ok
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def experiments(shown: list) -> list[Experiment]:
+    """The experiments of `dvc exp show --json` output (every baseline commit's), in its order."""
+    out = []
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            rev = exp["revs"][0]
+            data = rev.get("data") or {}
+            state = (exp.get("executor") or {}).get("state")  # None for a plain `dvc exp run`
+            # A failed experiment shows the metrics of the commit it started from: never rank those.
+            headline = ((data.get("metrics") or {}).get(HEADLINE_FILE) or {}).get("data") or {}
+            if rev.get("error") or state == "failed":
+                status = "failed"
+            elif state not in (None, "success"):
+                status = state
+            else:
+                status = "ok" if headline else "no metrics"
+            params = {}
+            for file, content in (data.get("params") or {}).items():
+                prefix = "" if file == "params.yaml" else f"{file}:"
+                params.update(_flat((content or {}).get("data") or {}, prefix))
+            name = exp.get("name") or rev.get("name") or rev["rev"][:7]
+            out.append(Experiment(name, status, params, headline if status == "ok" else {}))
+    return out
+
+
+def _text(value: Any) -> str:
+    """A param value as a table cell: numbers in short form, lists and mappings as JSON."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
+    """The table: rank, experiment, `metric`, best combination, forest IoU per combination, the params
+    that differ between the experiments; ranked best first, ties sharing a rank, unranked ones last."""
+    numeric = {
+        k for e in exps for k, v in e.headline.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    if not numeric:
+        states = sorted(Counter(e.state for e in exps).items())
+        raise ForestsegError(
+            f"no finished experiment has {HEADLINE_FILE} ({', '.join(f'{n} {s}' for s, n in states)}); "
+            "see `dvc queue status` and `dvc queue logs <name>`"
+        )
+    if metric not in numeric:
+        raise ForestsegError(
+            f"--metric {metric}: not a numeric headline value; choose one of {', '.join(sorted(numeric))}"
+        )
+    keys = sorted({k for e in exps for k in e.params})
+    differ = [k for k in keys if len({json.dumps(e.params.get(k), sort_keys=True) for e in exps}) > 1]
+    others = ["best", *sorted(k for k in numeric if k.startswith("iou_") and k != metric)]  # `best` is never numeric
+    rows = []
+    for e in exps:
+        value = e.headline.get(metric)
+        rows.append(
+            {
+                "experiment": e.name,
+                metric: value if e.state == "ok" and value is not None else None,
+                "_mark": e.state if e.state != "ok" else ("" if value is not None else f"no {metric}"),
+                **{k: e.headline.get(k) for k in others},
+                **{k: _text(e.params[k]) if k in e.params else "" for k in differ},
+            }
+        )
+    table = pd.DataFrame(rows)
+    ranked = table[table[metric].notna()].sort_values([metric, "experiment"], ascending=[False, True], kind="stable")
+    ranked.insert(0, "rank", ranked[metric].rank(method="min", ascending=False).astype(int).astype(str))
+    rest = table[table[metric].isna()].sort_values(["_mark", "experiment"], kind="stable")
+    rest.insert(0, "rank", "-")
+    rest[metric] = rest["_mark"]
+    return pd.concat([ranked, rest], ignore_index=True).drop(columns="_mark")
+
+
+def exp_show(json_file: Path | None) -> tuple[list, str]:
+    """The parsed `dvc exp show --json` (from `json_file`, else run in the project) and where it came from."""
+    if json_file is not None:
+        try:
+            text, source = json_file.read_text(encoding="utf-8"), str(json_file)
+        except OSError as e:
+            raise ForestsegError(f"--json {json_file}: cannot be read ({e.strerror})") from None
+    else:
+        try:
+            done = subprocess.run(["dvc", "exp", "show", "--json"], cwd=ROOT, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise ForestsegError(
+                "dvc is not on PATH: activate the project's venv, or pass a saved --json FILE"
+            ) from None
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise ForestsegError(f"`dvc exp show --json` failed in {ROOT}: {last}")
+        text, source = done.stdout, f"`dvc exp show --json` in {ROOT}"
+    try:
+        shown = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ForestsegError(f"{source}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(shown, list) or not all(isinstance(b, dict) for b in shown):
+        raise ForestsegError(f"{source}: not the output of `dvc exp show --json` (a list of commits)")
+    return shown, source
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description="rank DVC experiments by a headline metric")
+    ap.add_argument("--metric", default="best_iou", help="a key of metrics/headline.json (default best_iou)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="a saved `dvc exp show --json` instead of running it")
+    ap.add_argument("-o", "--out", type=Path, default=Path("sweeps"), help="output folder (default sweeps/)")
+    args = ap.parse_args(argv)
+    shown, source = exp_show(args.json)
+    try:
+        exps = experiments(shown)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ForestsegError(
+            f"{source}: not the output of `dvc exp show --json` (an experiment without revs)"
+        ) from None
+    if not exps:
+        raise ForestsegError(f"{source}: no experiments; queue some with `dvc exp run --queue -S ...`")
+    table = ranking(exps, args.metric)
+    ranked = table[table["rank"] != "-"]
+    text = markdown_table(table)
+    write_text(
+        args.out / TABLE,
+        f"# Experiments ranked by {args.metric}\n\nFrom {source}: {len(ranked)} ranked, higher is better; "
+        "`best` is the best combination of each, `iou_*` the mean forest IoU of each combination, then the "
+        "params that differ between the experiments. Failed, queued or running experiments and those without "
+        f"a value are listed last.\n\n{text}\n\n![{args.metric} per experiment]({FIGURE})\n",
+    )
+    fig_ranking(
+        ranked["experiment"].tolist(), ranked[args.metric].astype(float).tolist(), args.metric, args.out / FIGURE
+    )
+    print(text)
+    print(f"wrote {args.out / TABLE} and {args.out / FIGURE}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ForestsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

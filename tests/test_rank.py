@@ -1,0 +1,153 @@
+"""recipes/rank.py: experiments of `dvc exp show --json` ranked by a headline value, table and figure.
+
+tests/fixtures/exp_show.json is the output of `dvc exp show --json` (DVC 3.67.1; only the deps and
+outs entries dropped) in a copy of this repo with the TINY params and one grid member (bce-adam-0):
+`dvc repro`, a commit, `dvc exp run --queue -S 'model.width=4,8' -S 'optimizer.lr=0.001,0.01'`,
+`dvc exp run --queue -n diverged -S optimizer.lr=1e9` (every run diverges, so aggregate fails),
+`dvc queue start -j 1` until done, then `dvc exp run --queue -n waiting -S model.width=6` left queued.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY, set_params, sh
+from PIL import Image
+
+from forestseg.config import ForestsegError
+
+spec = importlib.util.spec_from_file_location("recipes_rank", REPO / "recipes" / "rank.py")
+rank = sys.modules["recipes_rank"] = importlib.util.module_from_spec(spec)  # a script, not a package module
+spec.loader.exec_module(rank)
+
+SHOWN = json.loads((REPO / "tests" / "fixtures" / "exp_show.json").read_text())
+
+
+def test_experiments_are_ranked_best_first_with_the_params_that_differ() -> None:
+    table = rank.ranking(rank.experiments(SHOWN), "best_iou")
+    assert list(table.columns) == [
+        "rank",
+        "experiment",
+        "best_iou",
+        "best",
+        "iou_bce-adam",
+        "model.width",
+        "optimizer.lr",
+    ]
+    assert table["experiment"].tolist() == [
+        "lucky-knap",
+        "dried-sink",
+        "loony-grub",
+        "rummy-ruin",
+        "diverged",
+        "waiting",
+    ]
+    assert table["rank"].tolist() == ["1", "2", "3", "4", "-", "-"]
+    assert table["best_iou"].tolist()[:4] == [0.6523, 0.5402, 0.4385, 0.4351]
+    assert table.set_index("experiment").loc["lucky-knap", ["model.width", "optimizer.lr"]].tolist() == ["8", "0.01"]
+
+
+def test_failed_and_queued_experiments_are_last_and_marked() -> None:
+    exps = {e.name: e for e in rank.experiments(SHOWN)}
+    assert (exps["diverged"].state, exps["waiting"].state) == ("failed", "queued")
+    # DVC shows the failed experiment with its baseline's headline: it must not be ranked by it
+    failed = next(x for b in SHOWN for x in b["experiments"] or [] if x["name"] == "diverged")
+    assert failed["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["best_iou"] == 0.4351
+    assert exps["diverged"].headline == {}
+    rows = rank.ranking(list(exps.values()), "best_iou").set_index("experiment")
+    assert rows.loc["diverged", "best_iou"] == "failed" and rows.loc["waiting", "best_iou"] == "queued"
+    assert rows.loc["diverged", "optimizer.lr"] == "1e+09" and rows.loc["waiting", "model.width"] == "6"
+
+
+def test_ties_share_a_rank() -> None:
+    shown = copy.deepcopy(SHOWN)
+    for x in shown[1]["experiments"]:
+        if x["name"] == "dried-sink":  # the same value as loony-grub
+            x["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["best_iou"] = 0.4385
+    table = rank.ranking(rank.experiments(shown), "best_iou")
+    assert table["experiment"].tolist()[:4] == ["lucky-knap", "dried-sink", "loony-grub", "rummy-ruin"]
+    assert table["rank"].tolist()[:4] == ["1", "2", "2", "4"]
+
+
+def test_bad_metric_names_the_valid_ones() -> None:
+    exps = rank.experiments(SHOWN)
+    with pytest.raises(ForestsegError, match=r"--metric best: not a numeric headline value; choose one of best_iou, "):
+        rank.ranking(exps, "best")
+    with pytest.raises(ForestsegError, match=r"--metric iou_mse-adam: .* best_iou, iou_bce-adam, miou_bce-adam$"):
+        rank.ranking(exps, "iou_mse-adam")
+    unfinished = [e for e in exps if e.state != "ok"]
+    with pytest.raises(
+        ForestsegError, match=r"no finished experiment has metrics/headline.json \(1 failed, 1 queued\)"
+    ):
+        rank.ranking(unfinished, "best_iou")
+
+
+def test_main_writes_the_table_and_figure_and_prints_the_table(tmp_path: Path, capsys) -> None:
+    assert rank.main(["--json", str(REPO / "tests/fixtures/exp_show.json"), "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[2] == "| 1 | lucky-knap | 0.6523 | bce-adam | 0.6523 | 8 | 0.01 |"
+    assert "| - | diverged | failed |  |  | 4 | 1e+09 |" in printed
+    text = (tmp_path / "out/ranking.md").read_text()
+    assert text.startswith("# Experiments ranked by best_iou") and "(ranking.png)" in text
+    assert "| 4 | rummy-ruin | 0.4351 |" in text
+    with Image.open(tmp_path / "out/ranking.png") as im:
+        assert im.format == "PNG" and im.width > 300
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--json", "nowhere.json"], "error: --json nowhere.json: cannot be read (No such file or directory)"),
+        (["--json", "README.md"], f"error: {REPO}/README.md: not JSON (Expecting value at line 1)"),
+        (["--json", "dvc.yaml", "--metric", "x"], f"error: {REPO}/dvc.yaml: not JSON"),
+        (
+            ["--json", "bad.json"],
+            "error: bad.json: not the output of `dvc exp show --json` (an experiment without revs)",
+        ),
+        (["--json", "tests/fixtures/exp_show.json", "--metric", "best"], "error: --metric best: not a numeric"),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text('[{"rev": "workspace", "experiments": [{"revs": []}]}]')
+    args = [str(REPO / a) if (REPO / a).is_file() else a for a in args]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "recipes/rank.py"), *args, "-o", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1, out.stderr
+
+
+@pytest.mark.slow
+def test_a_queued_sweep_is_ranked(repo: Path) -> None:
+    """README Sweeps: a two-value sweep queued, run by one worker, ranked."""
+    set_params(repo, {"grid": {**TINY["grid"], "loss": ["bce"]}})
+    sh(repo, "dvc", "repro")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run")
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "model.width=4,8")
+    sh(repo, "dvc", "queue", "start", "-j", "1")
+    try:
+        for _ in range(300):
+            status = sh(repo, "dvc", "queue", "status").stdout
+            if "Running" not in status and "Queued" not in status:
+                break
+            time.sleep(1)
+    finally:
+        sh(repo, "dvc", "queue", "stop", check=False)
+    assert status.count("Success") == 2, status
+    out = sh(repo, sys.executable, "recipes/rank.py").stdout.splitlines()
+    assert out[0] == "| rank | experiment | best_iou | best | iou_bce-adam | model.width |"
+    rows = [line.split(" | ") for line in out[2:4]]
+    assert [r[0] for r in rows] == ["| 1", "| 2"] or [r[0] for r in rows] == ["| 1", "| 1"]
+    assert float(rows[0][2]) >= float(rows[1][2]) and {r[5] for r in rows} == {"4 |", "8 |"}
+    assert out[4] == "wrote sweeps/ranking.md and sweeps/ranking.png"
+    assert (repo / "sweeps/ranking.png").stat().st_size > 0
