@@ -119,7 +119,7 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 def predict(args: argparse.Namespace) -> int:
     from .geo import RASTER_SUFFIXES, check_raster
 
-    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"))
+    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), tta=args.tta)
     opts = _map_options(args, predictor)
     area_error = _area_error(args.area_error)
     files = _inputs(args.inputs)
@@ -259,7 +259,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
 def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate as score
 
-    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"))
+    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), tta=args.tta)
     opts = _map_options(args, predictor)
     forest = _forest(args.forest)
     try:
@@ -281,12 +281,15 @@ def evaluate(args: argparse.Namespace) -> int:
         subset=args.subset,
         overlap=args.overlap,
     )
-    result = {"checkpoint": str(args.checkpoint), **result}
+    result = {"checkpoint": str(args.checkpoint), "tta": args.tta, **result}
     kind = "scene" if "scenes" in result else "raster"
     what = (
         f"{result['tiles']} tiles of {result['scenes']} scenes" if kind == "scene" else f"{result['rasters']} rasters"
     )
-    print(f"evaluate: {what} ({result['subset'] if kind == 'scene' else 'all'}) of {args.data}")
+    print(
+        f"evaluate: {what} ({result['subset'] if kind == 'scene' else 'all'}) of {args.data}"
+        + (" with test-time augmentation (mean of 8 flips/rotations)" if args.tta else "")
+    )
     print(
         f"  forest IoU {result['iou']:.4f}  precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
         f"mIoU {result['miou']:.4f}  Dice {result['dice']:.4f}"
@@ -326,6 +329,18 @@ def _forest(text: str | None) -> tuple:
     return tuple(tuple(v) if isinstance(v, list) else v for v in value)
 
 
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """How the model runs, the same for predict and evaluate (evaluate scores what predict makes)."""
+    p.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring windows (default tile/4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average each window's outputs over its 8 flips/rotations "
+        "(costs 8x the compute; off by default)",
+    )
+
+
 def _raster_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("GeoTIFF inputs")
     g.add_argument(
@@ -355,8 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("inputs", type=Path, nargs="+", help="image files or folders of images")
     p.add_argument("-o", "--out", type=Path, required=True, help="folder for <name>_mask.png (0/255)")
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
-    p.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring windows (default tile/4)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    _model_flags(p)
     _raster_flags(p)
     g = p.add_argument_group("GeoTIFF outputs")
     g.add_argument(
@@ -393,8 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--masks", default="0/255", help="mask convention of the tiles, as params.yaml's data.masks")
     e.add_argument("--forest", help="forest class ids or colours, as params.yaml's data.forest (JSON)")
     e.add_argument("-o", "--output", type=Path, help="write the scores as JSON here")
-    e.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring windows (default tile/4)")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    _model_flags(e)
     _raster_flags(e)
     args = ap.parse_args(argv)
     try:

@@ -1,6 +1,9 @@
 """Segment images with a trained checkpoint; images larger than a training tile are cut into
 overlapping windows whose probabilities are blended with a smooth weight, so no seams show.
 
+With test-time augmentation (`tta`), every window's raw output is the mean over the 8
+flips/rotations of the window, each mapped back: 8 forward passes per window instead of one.
+
 One piece of code, `Predictor.stream`, does the tiling for in-memory arrays and for rasters read
 window by window: it walks the image in vertical panels `block` pixels wide and, inside a panel,
 in groups of window rows, and hands each finished strip of logits to a sink. Its memory depends
@@ -32,6 +35,10 @@ DEFAULT_PIXEL_SIZE_M = PIXEL_SIZE_M
 BLOCK = 2048  # panel width of Predictor.stream, in pixels
 WORST_SCENES, SCENE_TILES = 3, 3  # plots/overlays/worst_scenes.png: this many scenes, tiles of each
 
+# The 8 flips/rotations of a square window (the dihedral group) as (quarter turns, mirrored first).
+# Aerial photos have no "up" and training sees all 8 (train.augment), so each is a fair view.
+VIEWS = [(k, mirror) for mirror in (False, True) for k in range(4)]
+
 # (row0, row1, col0, col1) -> (row1 - row0, col1 - col0, 3) uint8 pixels of the image
 Reader = Callable[[int, int, int, int], np.ndarray]
 # (row0, col0, logits): a finished (h, w) float32 strip of raw outputs whose top-left pixel is (row0, col0)
@@ -42,6 +49,17 @@ def _window_weight(t: int) -> np.ndarray:
     """(t, t) blending weight of a window: highest in its centre, low at its edges."""
     ramp = np.minimum(np.arange(t) + 1, np.arange(t)[::-1] + 1).astype(np.float32)
     return np.minimum(ramp[:, None], ramp[None, :])
+
+
+def _view(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """Batch `x` (B, H, W[, C]) mirrored left-right if `mirror`, then turned k quarter turns."""
+    return torch.rot90(x.flip(2) if mirror else x, k, (1, 2))
+
+
+def _unview(y: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """The inverse of `_view`: a view's output (B, H, W) back on the window's own pixels."""
+    y = torch.rot90(y, -k, (1, 2))
+    return y.flip(2) if mirror else y
 
 
 def window_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -60,11 +78,13 @@ class Predictor:
     pixel_size_m: float = DEFAULT_PIXEL_SIZE_M  # ground size of a training pixel
     pixel_size_recorded: bool = True  # False: an older checkpoint, pixel_size_m is the default
     bf16: bool = False  # autocast the forward pass to bf16 (at most 0.1% of pixels differ from fp32)
+    tta: bool = False  # test-time augmentation: mean raw output over the 8 flips/rotations (8x the compute)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device, precision: str = "auto") -> "Predictor":
+    def load(cls, path: str | Path, device: torch.device, precision: str = "auto", tta: bool = False) -> "Predictor":
         """A model, its input normalisation, tile size, threshold and pixel size from a model file written by
-        training; `precision` auto = bf16 where the device has it natively, else fp32 (as training)."""
+        training; `precision` auto = bf16 where the device has it natively, else fp32 (as training);
+        `tta` averages each window's outputs over its 8 flips/rotations."""
         state = read_model(path)
         try:
             model = build_model(ModelConfig(**state["model"]))
@@ -86,6 +106,7 @@ class Predictor:
             float(pixel) if pixel is not None else DEFAULT_PIXEL_SIZE_M,
             pixel is not None,
             use_bf16(precision, device),
+            tta,
         )
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
@@ -107,11 +128,21 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, tiles: np.ndarray) -> np.ndarray:
-        """(B, t, t, 3) uint8 -> (B, t, t) float32 raw outputs (bf16 autocast where the device has it natively)."""
+        """(B, t, t, 3) uint8 -> (B, t, t) float32 raw outputs (bf16 autocast where the device has it
+        natively); with `tta` the mean of the outputs of the 8 views, each mapped back."""
         x = torch.from_numpy(tiles).to(self.device)
+        if not self.tta:
+            return self._forward(x).cpu().numpy()
+        total = torch.zeros(x.shape[:3], dtype=torch.float32, device=self.device)
+        for k, mirror in VIEWS:  # one view at a time: the memory of a plain forward, 8 forwards
+            total += _unview(self._forward(_view(x, k, mirror).contiguous()), k, mirror)
+        return (total / len(VIEWS)).cpu().numpy()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, t, t, 3) uint8 contiguous NHWC on the device -> (B, t, t) float32 raw outputs."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(to_input(x, self.norm))  # NHWC uint8 -> channels_last float input
-        return out.float().cpu().numpy()
+        return out.float()
 
     def masks(self, images: list[np.ndarray], overlap: int | None = None, batch: int = 32) -> list[np.ndarray]:
         """(H, W) bool forest masks of several images. Images of exactly one tile run `batch` at a

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import train_small_model
+from conftest import make_set, train_small_model
 from PIL import Image
 
 import forestseg.predict
 from forestseg.cli import main
-from forestseg.config import ForestsegError, ReportConfig
+from forestseg.config import ForestsegError, ModelConfig, ReportConfig
+from forestseg.evaluate import evaluate
 from forestseg.layout import DataLayout
+from forestseg.loader import Normalizer
+from forestseg.model import build_model
 from forestseg.predict import Predictor, error_map, write_worst_scenes
 from forestseg.synthetic import render_scene
 
@@ -256,3 +261,67 @@ def test_worst_scenes_without_scenes_or_with_a_stale_table(checkpoint, tmp_path)
         write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, torch.device("cpu"))
     with pytest.raises(ForestsegError, match="missing.csv: missing or not a per-scene table"):
         write_worst_scenes(models, layout, summary, tmp_path / "missing.csv", cfg, path, torch.device("cpu"))
+
+
+# --- test-time augmentation -----------------------------------------------------------------------
+
+
+def random_predictor(tta: bool) -> Predictor:
+    """An untrained UNet (width 4, depth 2) on 32-px windows: random weights, so no view equals another."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=4, depth=2)).eval()
+    return Predictor(
+        model, Normalizer((110.0, 120.0, 100.0), (50.0, 45.0, 40.0)), 32, 0.0, torch.device("cpu"), tta=tta
+    )
+
+
+def test_tta_is_the_mean_of_the_8_views_each_mapped_back() -> None:
+    plain, tta = random_predictor(False), random_predictor(True)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = []
+    for image in images:  # the dihedral group by hand, in numpy: 4 turns of the image and of its mirror
+        backs = []
+        for mirror in (False, True):
+            for k in range(4):
+                view = np.rot90(image[:, ::-1] if mirror else image, k)
+                out = plain._run(np.ascontiguousarray(view)[None])[0]
+                back = np.rot90(out, -k)
+                backs.append(back[:, ::-1] if mirror else back)
+        expected.append(np.mean(backs, axis=0))
+    expected = np.stack(expected)
+    assert np.allclose(tta._run(images), expected, rtol=1e-5, atol=1e-5)
+    assert np.allclose(tta.logits(images[0]), expected[0], rtol=1e-5, atol=1e-5)  # through the tiler
+    assert [m.tolist() for m in tta.masks(list(images))] == [(e > 0).tolist() for e in expected]
+    assert np.abs(plain._run(images) - expected).max() > 1e-2  # the views really differ: TTA changed the output
+
+
+def test_tta_windowed_prediction_equals_the_in_memory_one(checkpoint, scene) -> None:
+    predictor = Predictor.load(checkpoint, torch.device("cpu"), tta=True)
+    image = np.ascontiguousarray(scene[0][:200, :260])
+    whole = predictor.logits(image)
+    for block in (40, 150):  # panels narrower than a tile, a few
+        assert np.array_equal(predictor.logits(image, block=block), whole), block
+    assert not np.array_equal(Predictor.load(checkpoint, torch.device("cpu")).logits(image), whole)
+    tiles = [np.ascontiguousarray(image[y : y + TILE, x : x + TILE]) for y, x in [(0, 0), (64, 100)]]
+    for one, tile in zip(predictor.masks(tiles + [image], batch=2), tiles + [image]):
+        assert np.array_equal(one, predictor.mask(tile))
+
+
+def test_cli_predict_and_evaluate_with_tta(checkpoint, scene, tmp_path, capsys) -> None:
+    image = np.ascontiguousarray(scene[0][:100, :150])
+    Image.fromarray(image).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--tta"])
+    assert done.value.code == 0
+    tta = Predictor.load(checkpoint, torch.device("cpu"), tta=True)
+    assert np.array_equal(read_mask(tmp_path / "out/a_mask.png"), tta.mask(image))
+
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=TILE)
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data), "--tta", "--device", "cpu", "-o", str(tmp_path / "eval.json")])
+    assert done.value.code == 0
+    assert "with test-time augmentation" in capsys.readouterr().out
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["tta"] is True and result["tiles"] == 8
+    assert result["iou"] == round(evaluate(tta, data, log=lambda s: None)["iou"], 6)  # the TTA predictor's scores
+    assert result["iou"] != round(evaluate(dataclasses.replace(tta, tta=False), data, log=lambda s: None)["iou"], 6)
