@@ -3,6 +3,8 @@
 - the **model file** (`models/<run>/model.pt`, and `best.pt` with a val split): what predict needs,
   weights, model params, the loss and the threshold that makes a mask, the input normaliser and
   the tile size. It is a cached DVC output, so the run-cache can restore it anywhere.
+- a model file named by `train.init_from` (in init/) is read here too: its weights and normaliser
+  start a fine-tuning run.
 - the **resume file** (`.resume/<run>.pt`): everything to continue a killed run bit-identically
   (model, optimizer, scheduler, RNG states, history) and the fingerprint of what made it. A
   scratch file that DVC does not own; the train stage removes it once the run's outputs exist.
@@ -53,6 +55,37 @@ def read_model(path: str | Path) -> dict:
         raise ForestsegError(
             f"{path}: run {state.get('run')} diverged and has no model ({state.get('message', '')}); "
             "lower optimizer.lr and retrain"
+        )
+    return state
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """The weights of model file `state` (read from `path`) into `model`, built from its model params;
+    one line if they do not fit."""
+    try:
+        model.load_state_dict(state["weights"])
+    except (RuntimeError, TypeError, KeyError, AttributeError) as e:
+        raise ForestsegError(
+            f"{path}: the weights do not match the model its params describe ({' '.join(str(e).split())})"
+        ) from None
+
+
+def read_init(path: str | Path, model: dict) -> dict:
+    """train.init_from: the model file at `path`, whose model params must equal `model` (the run's:
+    arch, width, depth, batch_norm, input), since its weights start the run."""
+    try:
+        state = read_model(path)
+    except ForestsegError as e:
+        raise ForestsegError(f"params.yaml: train.init_from: {e}") from None
+    theirs = state.get("model") if isinstance(state.get("model"), dict) else {}
+    differ = [k for k in model if theirs.get(k) != model[k]]
+    if differ:
+        raise ForestsegError(
+            f"params.yaml: train.init_from: {path} holds a model with "
+            + ", ".join(f"{k} {theirs.get(k, 'unset')}" for k in differ)
+            + "; this run's params say "
+            + ", ".join(f"model.{k} {model[k]}" for k in differ)
+            + ": set those model params to the file's, or start from a model file trained with these"
         )
     return state
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from .errors import ForestsegError
@@ -20,6 +21,7 @@ INPUTS = ("normalized", "raw")
 SAMPLINGS = ("tile", "scene")
 THRESHOLDS = ("loss", "val")
 PIXEL_SIZE_M = 0.5  # ground size of a pixel of the Kaggle/DeepGlobe tiles (and of the synthetic ones)
+INIT_DIR = "init"  # the project folder of model files that train.init_from may name (a dep of the train stage)
 
 
 class ConfigError(ForestsegError):
@@ -213,6 +215,9 @@ class TrainConfig:
     sampling: str = "tile"  # tile: every tile once per epoch; scene: scenes equally likely
     ema: float = 0.0  # decay of an exponential moving average of the weights, kept and saved; 0 = off
     threshold: str = "loss"  # loss: the loss's own cut; val: the cut of best val mIoU (needs a val split)
+    # A forestseg model file whose weights start every run (fine-tuning), or none (random init). It
+    # must lie in init/, a dep of the train stage, so a new file there reruns train.
+    init_from: str = "none"
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "test_batch_size", "diverge_factor"):
@@ -222,6 +227,20 @@ class TrainConfig:
                 _fail(f"train.{key}", f"must be in [0, {2 if key == 'scale' else 1}), got {getattr(self, key)}")
         _choice("train.sampling", self.sampling, SAMPLINGS)
         _choice("train.threshold", self.threshold, THRESHOLDS)
+        if self.init_from != "none":
+            parts = PurePosixPath(self.init_from).parts
+            if self.init_from.startswith("/") or ".." in parts or len(parts) < 2 or parts[0] != INIT_DIR:
+                _fail(
+                    "train.init_from",
+                    f"{self.init_from!r}: give none or the path of a model file inside the project's {INIT_DIR}/ "
+                    f"folder, e.g. {INIT_DIR}/source.pt (see {INIT_DIR}/README.md)",
+                )
+            if not Path(self.init_from).is_file():  # relative to the project root, where stages run
+                _fail(
+                    "train.init_from",
+                    f"{self.init_from}: no such file; copy a model file (models/<run>/model.pt) there and "
+                    f"`dvc add {self.init_from}` (see {INIT_DIR}/README.md)",
+                )
         if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
             _fail("train.device", f"unknown value {self.device!r}; valid choices: {', '.join(DEVICES)}, cuda:<index>")
         if not 0 <= self.color_jitter < 1:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import os
 import re
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from PIL import Image
 
 from .config import DataConfig, ForestsegError, SplitConfig
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode
-from .io import atomic_path, sha256_of, write_csv, write_json
+from .io import atomic_path, sha256_of, untracked_in_project, write_csv, write_json
 from .layout import DataLayout
 from .masks import MaskMismatch, Stats, describe_convention, forest_of, summarize
 from .metrics import scores
@@ -99,15 +98,8 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
 def check_tracked(source: str | Path, project: str | Path = ".") -> None:
     """Refuse a data folder inside the project that neither DVC nor .gitignore keeps out of git:
     `dvc exp run` would commit its images to git, and queued experiments would not see it."""
-    source, project = Path(source).resolve(), Path(project).resolve()
-    if not source.is_relative_to(project) or source == project:
-        return
-    try:
-        out = subprocess.run(["git", "check-ignore", "-q", str(source)], cwd=project, capture_output=True)
-    except OSError:  # no git: nothing would commit the folder
-        return
-    if out.returncode == 1:  # 0: ignored (a DVC-tracked or generated folder); 128: not a git repo
-        rel = source.relative_to(project)
+    rel = untracked_in_project(source, project)
+    if rel is not None:
         raise DataError(
             f"data.source {rel} is inside the project but not tracked by DVC: every `dvc exp run` "
             f"would commit its images to git, and queued experiments cannot see it; run "

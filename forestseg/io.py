@@ -1,4 +1,5 @@
-"""Atomic writes: a killed run leaves either the old file or the new one, never half of one."""
+"""Atomic writes (a killed run leaves either the old file or the new one, never half of one), digests,
+folder removal, and whether git would commit a path of the project."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -128,3 +130,18 @@ def remove_tree(path: str | Path) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def untracked_in_project(path: str | Path, project: str | Path = ".") -> Path | None:
+    """`path` relative to `project` if it lies inside the project and git would commit it (neither
+    DVC-tracked nor ignored: `dvc exp run` would put it in git, and queued experiments would not see
+    it); None otherwise (outside the project, ignored, or no git repo)."""
+    path, project = Path(path).resolve(), Path(project).resolve()
+    if not path.is_relative_to(project) or path == project:
+        return None
+    try:
+        out = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=project, capture_output=True)
+    except OSError:  # no git: nothing would commit it
+        return None
+    # 0: ignored (DVC-tracked or generated); 128: not a git repo
+    return path.relative_to(project) if out.returncode == 1 else None

@@ -55,6 +55,11 @@ class Normalizer:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     @classmethod
+    def of(cls, saved: dict) -> "Normalizer":
+        """The normaliser stored in a model file: {"mean": [r, g, b], "std": [r, g, b]}."""
+        return cls(tuple(saved["mean"]), tuple(saved["std"]))
+
+    @classmethod
     def fit(cls, images: torch.Tensor, chunk: int = 256) -> "Normalizer":
         """Mean and std of each channel over every pixel of (N, H, W, 3) uint8 images."""
         total = torch.zeros(3, dtype=torch.float64)

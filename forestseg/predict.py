@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import read_model
+from .checkpoint import load_weights, read_model
 from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig
 from .device import use_bf16
 from .images import ImageError, decode
@@ -88,10 +88,10 @@ class Predictor:
         state = read_model(path)
         try:
             model = build_model(ModelConfig(**state["model"]))
-            model.load_state_dict(state["weights"])
-        except (ConfigError, TypeError, RuntimeError) as e:
+        except (ConfigError, TypeError) as e:
             raise ForestsegError(f"{path}: the weights do not match the model its params describe ({e})") from None
-        norm = Normalizer(tuple(state["normalizer"]["mean"]), tuple(state["normalizer"]["std"]))
+        load_weights(model, state, path)
+        norm = Normalizer.of(state["normalizer"])
         pixel = state.get("pixel_size_m")
         if pixel is not None and not (isinstance(pixel, (int, float)) and pixel > 0):
             raise ForestsegError(f"{path}: pixel_size_m {pixel!r} is not a positive number of metres")

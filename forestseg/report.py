@@ -280,6 +280,7 @@ def describe_setup(
             + (f" after {opt.warmup_epochs} warmup epochs" if opt.warmup_epochs else "")
             + f", momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}, "
             f"flips/rotations {'on' if train.augment else 'off'}, colour jitter {train.color_jitter:g}"
+            + (f"; fine-tuned from {train.init_from}" if train.init_from != "none" else "")
         ),
     }
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .checkpoint import fingerprint, read_resume, write_model, write_resume
+from .checkpoint import fingerprint, load_weights, read_init, read_resume, write_model, write_resume
 from .config import PIXEL_SIZE_M, ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
 from .device import keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
@@ -311,6 +311,7 @@ def train_run(
     log: Callable[[str], None] = print,
     val: Tiles | None = None,
     pixel_size_m: float = PIXEL_SIZE_M,
+    init: Path | None = None,
 ) -> Result:
     """Train one run to train_cfg.epochs, resuming from the `resume` file when its fingerprint matches
     (it is rewritten after every epoch); writes the model file model_dir/model.pt at the end.
@@ -318,7 +319,8 @@ def train_run(
     With `val`, the model of the epoch with the best validation mIoU is also kept, as
     model_dir/best.pt; the model is never chosen on test. Raises Diverged (carrying the history
     so far) on a non-finite or exploding loss. `pixel_size_m`, the ground size of a tile's pixel,
-    is stored for predict, which resamples other imagery to it.
+    is stored for predict, which resamples other imagery to it. `init`, a model file of the same
+    model params, gives the starting weights and the input normaliser (fine-tuning).
     """
     device = train.images.device
     tile, smallest = min(train.images.shape[1:3]), ARCHS[model_cfg.arch].smallest_tile(model_cfg)
@@ -336,7 +338,11 @@ def train_run(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once
     gens = _generators(run.seed, train_cfg)
-    norm = Normalizer.fit(train.images) if model_cfg.input == "normalized" else Normalizer()
+    source = read_init(init, asdict(model_cfg)) if init is not None else None
+    if source is not None:  # the source model's normaliser: its weights expect inputs scaled as it learned them
+        norm = Normalizer.of(source["normalizer"])
+    else:
+        norm = Normalizer.fit(train.images) if model_cfg.input == "normalized" else Normalizer()
     # what predict needs beside the weights; the same in model.pt and best.pt
     portable = {
         "run": run.name,
@@ -349,6 +355,8 @@ def train_run(
     }
 
     model = build_model(model_cfg).to(device)
+    if source is not None:  # before the optimizer is built; a resume file below still takes precedence
+        load_weights(model, source, init)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     lr = opt_cfg.lr_for(run.loss, run.optimizer)
@@ -475,7 +483,11 @@ def train_member(
         )
     # the device kind and torch's version too: a run killed on the CPU never resumes on a GPU or under another torch
     cfgs = [asdict(c) for c in (model_cfg, opt_cfg, train_cfg)] + [{"device": device.type, "torch": torch.__version__}]
-    fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, layout.content())
+    init = None if train_cfg.init_from == "none" else Path(train_cfg.init_from)
+    if init is not None:
+        print(f"{run.name}: fine-tuning from {init} (its weights and input normaliser)")
+    data = layout.content() + ([init] if init is not None else [])  # a new init file never resumes an old run
+    fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, data)
     try:
         result = train_run(
             run,
@@ -489,6 +501,7 @@ def train_member(
             fp,
             val=tiles.get("val"),
             pixel_size_m=layout.pixel_size_m(),
+            init=init,
         )
     except Diverged as e:
         print(f"warning: {e}")

@@ -6,8 +6,8 @@ import pandas as pd
 from common import args, params, stage
 
 import forestseg
-from forestseg.config import load_sections
-from forestseg.io import write_csv, write_json
+from forestseg.config import INIT_DIR, ForestsegError, load_sections
+from forestseg.io import untracked_in_project, write_csv, write_json
 from forestseg.layout import DataLayout
 from forestseg.train import HISTORY_COLUMNS, train_member
 
@@ -23,6 +23,12 @@ def main(argv: list[str]) -> None:
     # grid is not a param of this stage (adding a seed must not retrain the others): check the member here
     (grid,) = load_sections({"grid": {"loss": [loss], "optimizer": [optimizer], "seed": [seed]}}, "grid")
     run = grid.runs()[0]
+    if train_cfg.init_from != "none" and untracked_in_project(train_cfg.init_from) is not None:
+        raise ForestsegError(
+            f"params.yaml: train.init_from: {train_cfg.init_from} is not tracked by DVC: every `dvc exp run` would "
+            f"commit the model file to git, and queued experiments cannot see it; run `dvc add {train_cfg.init_from}` "
+            f"and commit {train_cfg.init_from}.dvc ({INIT_DIR}/README.md)"
+        )
     code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
     resume = RESUME_DIR / f"{run.name}.pt"
     history, metrics, scenes = train_member(

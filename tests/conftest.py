@@ -114,8 +114,8 @@ def start_dvc(repo: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def train_small_model(folder: Path, tile: int = 64) -> Path:
-    """A small model (UNet width 8, depth 2) trained 3 epochs on `tile`-px tiles of two synthetic scenes;
+def train_small_model(folder: Path, tile: int = 64, width: int = 8) -> Path:
+    """A small model (UNet `width`, depth 2) trained 3 epochs on `tile`-px tiles of two synthetic scenes;
     returns its model file."""
     import numpy as np
     import torch
@@ -135,7 +135,7 @@ def train_small_model(folder: Path, tile: int = 64) -> Path:
     tiles = Tiles(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.uint8)))
     train_run(
         Run("bce", "adam", 0),
-        ModelConfig(width=8, depth=2),
+        ModelConfig(width=width, depth=2),
         OptimizerConfig(lr=3e-3),
         TrainConfig(epochs=3, batch_size=8, test_batch_size=16, device="cpu", precision="fp32"),
         tiles,

@@ -159,6 +159,12 @@ BAD = [
         r"train\.sampling: unknown value 'balanced'; valid choices: tile, scene",
     ),
     ("threshold", "train.threshold", "best", r"train\.threshold: unknown value 'best'; valid choices: loss, val"),
+    ("init-from-outside-init", "train.init_from", "models/bce-adam-0/model.pt", r"train\.init_from: 'models/bce"),
+    ("init-from-absolute", "train.init_from", "/tmp/init/a.pt", r"train\.init_from: '/tmp/init/a\.pt': give none or"),
+    ("init-from-up-and-out", "train.init_from", "init/../a.pt", r"train\.init_from: 'init/\.\./a\.pt': give none"),
+    ("init-from-the-folder", "train.init_from", "init", r"train\.init_from: 'init': give none or the path of a model"),
+    ("init-from-missing", "train.init_from", "init/absent.pt", r"train\.init_from: init/absent\.pt: no such file; "),
+    ("init-from-empty", "train.init_from", "", r"train\.init_from: must be a non-empty string"),
 ]
 
 
@@ -301,3 +307,15 @@ def test_every_recipe_is_valid_params(name):
 
     params = run.merged(name)
     assert load_sections(params, *SECTIONS)
+
+
+@pytest.mark.parametrize("value", ["none", "init/source.pt", "init/region/source.pt"])
+def test_init_from_is_none_or_a_file_inside_init(base, tmp_path, monkeypatch, value):
+    """Paths are taken from the project root, where DVC runs the stages."""
+    monkeypatch.chdir(tmp_path)
+    if value != "none":
+        (tmp_path / value).parent.mkdir(parents=True)
+        (tmp_path / value).write_bytes(b"a model file")
+    (train,) = load_sections(changed(base, "train.init_from", value), "train")
+    assert train.init_from == value
+    assert TrainConfig().init_from == "none"  # the default: a random init

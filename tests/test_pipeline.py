@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, ran, set_params, sh, start_dvc
+from conftest import TINY, ran, set_params, sh, start_dvc, train_small_model
 
 pytestmark = pytest.mark.slow
 
@@ -239,3 +239,29 @@ def test_a_killed_dvc_repro_resumes_its_run(repo: Path) -> None:
     assert "train@bce-adam-0" in ran(again) and "index" not in ran(again)
     history = (repo / "metrics/runs/bce-adam-0/history.csv").read_text().splitlines()
     assert len(history) == 31 and history[1].startswith("1,")  # the epochs before the kill are kept
+
+
+def test_train_from_an_init_file_tracked_by_dvc_reruns_when_it_changes(repo: Path, tmp_path: Path) -> None:
+    """train.init_from names a model file in init/, a dep folder of train whose file has its own .dvc file."""
+    import shutil
+
+    source = train_small_model(tmp_path / "source", tile=32, width=TINY["model"]["width"])  # TINY's model params
+    shutil.copy(source, repo / "init/source.pt")
+    set_params(repo, {"train": {"init_from": "init/source.pt"}})
+    untracked = sh(repo, "dvc", "repro", check=False)  # git would commit the model file: refused
+    assert untracked.returncode != 0
+    assert "error: params.yaml: train.init_from: init/source.pt is not tracked by DVC" in untracked.stderr
+    assert "Traceback" not in untracked.stderr
+
+    sh(repo, "dvc", "add", "init/source.pt")
+    first = sh(repo, "dvc", "repro")
+    assert {"train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"} <= ran(first)
+    assert "bce-adam-0: fine-tuning from init/source.pt" in first.stdout
+    assert "fine-tuned from init/source.pt" in (repo / "REPORT.md").read_text()
+    assert ran(sh(repo, "dvc", "repro")) == set()
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+    shutil.copy(repo / "models/bce-adam-0/model.pt", repo / "init/source.pt")  # another model file, same name
+    sh(repo, "dvc", "add", "init/source.pt")
+    assert ran(sh(repo, "dvc", "repro")) == {"train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"}
+    assert "up to date" in sh(repo, "dvc", "status").stdout

@@ -223,3 +223,24 @@ def test_an_unreadable_checkpoint_is_retrained_not_fatal(project: Path, tmp_path
     out = stage(work, "train", *TRAIN)
     assert "cannot be read" in out.stdout and "starting afresh" in out.stdout
     assert json.loads((work / "metrics/runs/bce-adam-0/metrics.json").read_text())["epochs"] == EPOCHS
+
+
+def test_a_fine_tuning_run_resumes_only_with_the_same_init_file(project: Path, tmp_path: Path) -> None:
+    """train.init_from's bytes are in the fingerprint: a replaced model file starts the run afresh."""
+    import torch
+
+    work = fresh(project, tmp_path)
+    stage(work, "train", *TRAIN)  # a model of these params to start from
+    (work / "init").mkdir()
+    shutil.copy(work / "models/bce-adam-0/model.pt", work / "init/source.pt")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["init_from"] = "init/source.pt"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    kill(work, "epoch 1/")
+    state = torch.load(work / "init/source.pt", weights_only=False)
+    torch.save({**state, "note": "the same weights, other bytes"}, work / "init/source.pt")
+    out = stage(work, "train", *TRAIN)
+    assert "bce-adam-0: fine-tuning from init/source.pt" in out.stdout
+    assert "starting afresh" in out.stdout and "resuming" not in out.stdout
+    kill(work, "epoch 1/")
+    assert "resuming after epoch 1" in stage(work, "train", *TRAIN).stdout  # the same file: resumed

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from forestseg import losses, metrics, synthetic
+from forestseg.checkpoint import read_model
 from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
 from forestseg.errors import ForestsegError
 from forestseg.loader import Normalizer, Tiles
@@ -71,12 +72,14 @@ def go(
     fingerprint: str = FP,
     log=None,
     val: Tiles | None = None,
+    init: Path | None = None,
+    model: ModelConfig = MODEL,
 ):
     lines: list[str] = []
     # `checkpoint` is the resume file; the model file goes to a folder named after it
     result = train_run(
         run,
-        MODEL,
+        model,
         opt,
         train,
         data[0],
@@ -86,6 +89,7 @@ def go(
         fingerprint,
         log=log or lines.append,
         val=val,
+        init=init,
     )
     return result, lines
 
@@ -364,3 +368,70 @@ def test_per_scene_counts_add_up_to_the_test_scores(data, tmp_path: Path) -> Non
     total = torch.tensor(list(result.scenes.values())).sum(0)
     assert int(total.sum()) == test.masks.numel()
     assert metrics.scores(total.numpy())["iou"] == pytest.approx(result.metrics["test_iou"])
+
+
+# --- starting from a model file (train.init_from) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source(data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model file of a 3-epoch run on data[0]: the model to fine-tune."""
+    folder = tmp_path_factory.mktemp("source")
+    go(data, folder / "last.pt")
+    return folder / "last" / "model.pt"
+
+
+def weights(state: dict) -> dict:
+    """The learned parameters of a state dict (batch-norm running statistics move without any step)."""
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_fine_tuning_starts_from_the_file_s_weights_and_normaliser(data, source, tmp_path: Path) -> None:
+    # Other tiles than the source saw (their fitted normaliser would differ) and an lr so small that
+    # two Adam steps move no weight by more than 1e-8: what is saved is where training started.
+    still = dataclasses.replace(OPT, lr=1e-9)
+    one = dataclasses.replace(TRAIN, epochs=1)
+    go((data[1], data[1]), tmp_path / "ft.pt", opt=still, train=one, init=source)
+    go((data[1], data[1]), tmp_path / "scratch.pt", opt=still, train=one)
+    src, ft, scratch = (
+        read_model(source),
+        read_model(tmp_path / "ft/model.pt"),
+        read_model(tmp_path / "scratch/model.pt"),
+    )
+    for k, v in weights(src["weights"]).items():
+        assert torch.allclose(ft["weights"][k], v, atol=1e-6), k
+    assert any(not torch.allclose(scratch["weights"][k], v, atol=1e-3) for k, v in weights(src["weights"]).items())
+    assert ft["normalizer"] == src["normalizer"] != scratch["normalizer"]
+
+
+def test_fine_tuning_starts_with_a_far_lower_loss_than_scratch(data, source, tmp_path: Path) -> None:
+    one = dataclasses.replace(TRAIN, epochs=1)
+    ft, _ = go(data, tmp_path / "ft.pt", train=one, init=source)
+    scratch, _ = go(data, tmp_path / "scratch.pt", train=one)
+    # measured: 0.52 from the 3-epoch source (whose last epoch was 0.53) against 0.67 from scratch
+    assert ft.history[0]["train_loss"] < 0.85 * scratch.history[0]["train_loss"]
+
+
+def test_a_killed_fine_tuning_run_resumes_from_its_resume_file(data, source, tmp_path: Path) -> None:
+    """The resume file takes precedence over the init file: the resumed run ends as an uninterrupted one."""
+    straight, _ = go(data, tmp_path / "a" / "last.pt", init=source)
+    checkpoint = tmp_path / "b" / "last.pt"
+    with pytest.raises(Killed):
+        go(data, checkpoint, init=source, log=kill_at("epoch 2/3", []))
+    resumed, lines = go(data, checkpoint, init=source)
+    assert "resuming after epoch 2" in lines[0]
+    assert strip(resumed) == strip(straight)
+
+
+def test_a_model_file_of_other_model_params_is_refused_in_one_line(data, source, tmp_path: Path) -> None:
+    with pytest.raises(ForestsegError) as err:
+        go(data, tmp_path / "last.pt", init=source, model=dataclasses.replace(MODEL, width=8, batch_norm=False))
+    message = str(err.value)
+    assert message == (
+        f"params.yaml: train.init_from: {source} holds a model with width 4, batch_norm True; this run's params "
+        "say model.width 8, model.batch_norm False: set those model params to the file's, or start from a model "
+        "file trained with these"
+    )
+    resume = source.parent.parent / "last.pt"  # the source run's resume file: not a model file
+    with pytest.raises(ForestsegError, match=r"^params\.yaml: train\.init_from: .*last\.pt: not a forestseg-model/1"):
+        go(data, tmp_path / "other.pt", init=resume)
