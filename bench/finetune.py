@@ -1,20 +1,24 @@
-"""Fine-tuning benchmark (a script, not a test): start from a trained model (train.init_from) or from scratch?
+"""Fine-tuning bench (a script, not a test): start from a trained model (train.init_from) or from scratch?
 
 On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE), as a user with a model trained
-elsewhere and a few labelled tiles of their own region would have it:
-  1. a source model trains on every scene but `--scenes` held-out ones (`--source-epochs`);
-  2. of each held-out scene, its first `--tiles` tiles in name order (its top rows: a corner a user
-     would label) are the labelled tiles; its other tiles are scored;
-  3. scored on them, with the same predictor `forestseg evaluate` uses:
+elsewhere and a few labelled tiles of their own region would have it. The 8 scenes that
+bench/quality.py sets aside (bench/holdout_scenes.txt) are neither trained nor scored here. Of the
+other scenes:
+  1. `--scenes` of them, drawn with `--seed`, are the user's region; a source model trains on the
+     rest for `--source-epochs`;
+  2. of each region scene, its first `--tiles` tiles in name order (<scene>_sat_<row><col>: its top
+     rows, a corner a user would label) are the labelled tiles; the scene's other tiles are scored;
+  3. scored on them, each tile predicted as `forestseg predict` does (bench/quality.py's scoring):
        (a) the source model as it is,
        (b) the source model fine-tuned on the labelled tiles for `--epochs` (its weights and its
            input normaliser, as train.init_from does),
        (c) the same model trained from scratch on the labelled tiles for the same `--epochs`,
      and the all-forest baseline.
-Prints forest IoU, mIoU, precision, recall and the training seconds of each. The model, optimizer
-and train params are params.yaml's (recipes/demo.yaml), with --width, --depth and --lr to change them.
+Prints forest IoU, mIoU, precision, recall and the training seconds of each. Model, optimizer and
+train params are the recipe's (recipes/<name>.yaml over params.yaml, -S as bench/quality.py takes
+it), with the loss's own threshold (the few labelled tiles leave no validation scenes to choose one).
 
-    python bench/finetune.py [--scenes 4] [--tiles 8] [--epochs 10] [--source-epochs 4] [--source-tiles 0 (all)]
+    python bench/finetune.py [cpu] [-S key=value] [--scenes 4] [--tiles 8] [--epochs 10] [--source-epochs 10]
 """
 
 from __future__ import annotations
@@ -27,132 +31,115 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.speed import SAMPLE  # noqa: E402
+from bench.quality import holdout_scenes, load_sample, recipe_params, rows_of, score_rows  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
-from forestseg.dataset import build_index  # noqa: E402
-from forestseg.device import pick_device  # noqa: E402
-from forestseg.layout import DataLayout  # noqa: E402
-from forestseg.loader import Tiles, load_tiles  # noqa: E402
-from forestseg.metrics import confusion, scores  # noqa: E402
+from forestseg.device import keep_freed_memory, pick_device  # noqa: E402
+from forestseg.loader import load_tiles  # noqa: E402
+from forestseg.metrics import scores  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
-from recipes import run as recipe  # noqa: E402
-
-
-def score(model_file: Path, tiles: Tiles, device: torch.device, batch: int = 32) -> dict:
-    """Scores of a model file on `tiles` from TP/FP/FN/TN summed over every pixel, predicted as
-    `forestseg evaluate` predicts them (Predictor, the model file's threshold)."""
-    predictor = Predictor.load(model_file, device)
-    counts = torch.zeros(4, dtype=torch.int64)
-    for start in range(0, len(tiles), batch):
-        images = list(tiles.images[start : start + batch].cpu().numpy())
-        pred = torch.from_numpy(np.stack(predictor.masks(images)))
-        counts += confusion(pred, tiles.masks[start : start + batch].cpu(), 0.5)
-    return scores(counts.numpy())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenes", type=int, default=4, help="held-out scenes: the user's region (default 4)")
-    ap.add_argument("--tiles", type=int, default=8, help="labelled tiles of each held-out scene (default 8)")
-    ap.add_argument("--epochs", type=int, default=10, help="epochs of fine-tuning and of training from scratch")
-    ap.add_argument("--source-epochs", type=int, default=4, help="epochs of the source model (default 4)")
-    ap.add_argument("--source-tiles", type=int, default=0, help="train the source on this many tiles (0 = all)")
-    ap.add_argument("--width", type=int, help="model.width (default params.yaml's)")
-    ap.add_argument("--depth", type=int, help="model.depth (default params.yaml's)")
-    ap.add_argument("--lr", type=float, help="optimizer.lr of (b) and (c) (default params.yaml's)")
-    ap.add_argument("--seed", type=int, default=0, help="picks the held-out scenes and seeds the runs")
-    args = ap.parse_args()
-    if min(args.scenes, args.tiles, args.epochs, args.source_epochs) < 1 or args.source_tiles < 0:
-        sys.exit("bench/finetune.py: --scenes, --tiles, --epochs and --source-epochs must be >= 1, --source-tiles >= 0")
-    if not (SAMPLE / "meta_data.csv").is_file():
-        sys.exit(f"bench/finetune.py needs the real sample: not found at {SAMPLE} (set FORESTSEG_SAMPLE)")
-    model, opt, train = load_sections(recipe.merged("demo"), "model", "optimizer", "train")
-    model = dataclasses.replace(
-        model, **{k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
+    ap.add_argument("recipe", nargs="?", default="cpu", help="recipes/<name>.yaml (default cpu)")
+    ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--scenes", type=int, default=4, help="scenes of the user's region (default 4)")
+    ap.add_argument("--tiles", type=int, default=8, help="labelled tiles of each region scene (default 8)")
+    ap.add_argument(
+        "--epochs", type=int, default=10, help="epochs of (b) fine-tuning and (c) from scratch (default 10)"
     )
-    opt = dataclasses.replace(opt, lr_overrides={})
-    device = pick_device(train.device)
-    run = Run("bce", "adam", args.seed)
+    ap.add_argument("--source-epochs", type=int, help="epochs of the source model (default: the recipe's)")
+    ap.add_argument("--lr", type=float, help="optimizer.lr of (b) and (c) (default: the recipe's)")
+    ap.add_argument("--tta", action="store_true", help="score with the 8 flips/rotations averaged")
+    ap.add_argument("--seed", type=int, default=0, help="draws the region scenes")
+    args = ap.parse_args()
+    params = recipe_params(args.recipe, args.set_param)
+    model_cfg, opt_cfg, train_cfg, grid = load_sections(params, "model", "optimizer", "train", "grid")
+    train_cfg = dataclasses.replace(train_cfg, threshold="loss")
+    source_epochs = args.source_epochs or train_cfg.epochs
+    lr = opt_cfg.lr_for(grid.loss[0], grid.optimizer[0]) if args.lr is None else args.lr
+    if min(args.scenes, args.tiles, args.epochs, source_epochs) < 1 or lr <= 0:
+        sys.exit("bench/finetune.py: --scenes, --tiles, --epochs and --source-epochs must be >= 1, --lr > 0")
+    run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
+    device = pick_device(train_cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
 
-    with tempfile.TemporaryDirectory(prefix="forestseg-finetune-") as folder:
-        tmp = Path(folder)
-        layout = DataLayout(tmp)
-        index, _ = build_index(SAMPLE, layout.images, layout.masks)
-        scenes = np.array(sorted(index["scene"].unique()))
-        if args.scenes >= len(scenes):
-            sys.exit(f"bench/finetune.py: --scenes {args.scenes}: the sample has only {len(scenes)} scenes")
-        held = set(np.random.default_rng(args.seed).choice(scenes, args.scenes, replace=False))
-        source_rows = np.flatnonzero(~index["scene"].isin(held).to_numpy())
-        if args.source_tiles:
-            source_rows = np.random.default_rng(args.seed).choice(
-                source_rows, min(args.source_tiles, len(source_rows)), replace=False
-            )
-        labelled, scored = [], []
-        for scene in sorted(held):
-            rows = np.flatnonzero(index["scene"].to_numpy() == scene)
-            rows = rows[np.argsort(index["image"].to_numpy()[rows], kind="stable")]  # name order: <scene>_sat_<rc>
-            if len(rows) <= args.tiles:
-                sys.exit(f"bench/finetune.py: --tiles {args.tiles}: scene {scene} has only {len(rows)} tiles")
-            labelled += list(rows[: args.tiles])
-            scored += list(rows[args.tiles :])
-        tiles = {
-            "source": load_tiles(layout, source_rows, device),
-            "labelled": load_tiles(layout, np.array(labelled), device),
-            "scored": load_tiles(layout, np.array(scored), device),
-        }
-        print(
-            f"sample: {len(index)} tiles of {len(scenes)} scenes; source trains on {len(tiles['source'])} tiles of "
-            f"{index['scene'].iloc[source_rows].nunique()} scenes for {args.source_epochs} epochs; held out {len(held)} scenes "
-            f"({', '.join(sorted(held))}): {len(tiles['labelled'])} labelled tiles ({args.tiles} per scene), "
-            f"{len(tiles['scored'])} scored; unet width {model.width} depth {model.depth}, bce, adam; device {device}"
+    sample = load_sample()
+    held = set(holdout_scenes(sample))
+    pool = sorted(set(sample.scene) - held)
+    if args.scenes >= len(pool):
+        sys.exit(f"bench/finetune.py: --scenes {args.scenes}: only {len(pool)} scenes outside {sorted(held)}")
+    region = sorted(np.random.default_rng(args.seed).choice(pool, args.scenes, replace=False).tolist())
+    names = pd.read_csv(sample.layout.index_csv, usecols=["image"])["image"].to_numpy()
+    labelled, scored = [], []
+    for scene in region:
+        rows = rows_of(sample, [scene])
+        rows = rows[np.argsort(names[rows], kind="stable")]
+        if len(rows) <= args.tiles:
+            sys.exit(f"bench/finetune.py: --tiles {args.tiles}: scene {scene} has only {len(rows)} tiles")
+        labelled += rows[: args.tiles].tolist()
+        scored += rows[args.tiles :].tolist()
+    scored = np.array(sorted(scored))
+    source_rows = rows_of(sample, [s for s in pool if s not in region])
+    test = load_tiles(sample.layout, scored, device)  # reported each epoch, never used to choose anything
+    print(
+        f"{args.recipe} {' '.join(args.set_param)}: unet width {model_cfg.width} depth {model_cfg.depth}, "
+        f"{run.loss}, {run.optimizer}; device {device}, {torch.get_num_threads()} threads\n"
+        f"source: {len(source_rows)} tiles of {len(pool) - len(region)} scenes, {source_epochs} epochs; "
+        f"region: scenes {', '.join(region)}, {len(labelled)} labelled tiles ({args.tiles} per scene), "
+        f"{len(scored)} scored; {len(held)} set-aside scenes unused"
+    )
+
+    def fit(name: str, rows: np.ndarray, epochs: int, lr: float, init: Path | None = None) -> tuple[Path, float]:
+        """The model file of a run on the sample's `rows`, and its training seconds."""
+        t0 = time.perf_counter()
+        train_run(
+            run,
+            model_cfg,
+            dataclasses.replace(opt_cfg, lr=lr, lr_overrides={}),
+            dataclasses.replace(train_cfg, epochs=epochs),
+            load_tiles(sample.layout, rows, device, sample.scene),
+            test,
+            folder / name,
+            folder / f"{name}.resume.pt",
+            name,
+            log=lambda s: None,
+            init=init,
         )
+        return folder / name / "model.pt", time.perf_counter() - t0
 
-        def fit(name: str, data: Tiles, epochs: int, lr: float, init: Path | None = None) -> tuple[Path, float]:
-            """Train `name` on `data` (tested each epoch on the scored tiles, never selected on them)."""
-            t0 = time.perf_counter()
-            train_run(
-                run,
-                model,
-                dataclasses.replace(opt, lr=lr),
-                dataclasses.replace(train, epochs=epochs),
-                data,
-                tiles["scored"],
-                tmp / name,
-                tmp / f"{name}.resume.pt",
-                name,
-                log=lambda s: None,
-                init=init,
-            )
-            return tmp / name / "model.pt", time.perf_counter() - t0
+    def score(model_file: Path) -> dict:
+        predictor = Predictor.load(model_file, device, train_cfg.precision, tta=args.tta)
+        return scores(np.sum(list(score_rows(predictor, sample, scored).values()), axis=0))
 
-        source, source_seconds = fit("source", tiles["source"], args.source_epochs, opt.lr)
+    with tempfile.TemporaryDirectory(prefix="forestseg-finetune-") as tmp:
+        folder = Path(tmp)
+        source, source_seconds = fit("source", source_rows, source_epochs, opt_cfg.lr_for(run.loss, run.optimizer))
         print(f"source model trained in {source_seconds:.0f} s")
-        lr = args.lr if args.lr is not None else opt.lr
-        tuned, tuned_seconds = fit("finetuned", tiles["labelled"], args.epochs, lr, init=source)
-        scratch, scratch_seconds = fit("scratch", tiles["labelled"], args.epochs, lr)
-
-        truth = tiles["scored"].masks.cpu()
-        forest = int((truth > 0).sum())
+        tuned, tuned_seconds = fit("finetuned", np.array(labelled), args.epochs, lr, init=source)
+        scratch, scratch_seconds = fit("scratch", np.array(labelled), args.epochs, lr)
+        forest = int(sample.forest[scored].sum())
         rows = [
-            ("(a) source model as is", score(source, tiles["scored"], device), 0.0),
-            (f"(b) fine-tuned, {args.epochs} epochs, lr {lr:g}", score(tuned, tiles["scored"], device), tuned_seconds),
-            (
-                f"(c) from scratch, {args.epochs} epochs, lr {lr:g}",
-                score(scratch, tiles["scored"], device),
-                scratch_seconds,
-            ),
-            ("all-forest baseline", scores([forest, truth.numel() - forest, 0, 0]), 0.0),
+            ("(a) source model as is", score(source), 0.0),
+            (f"(b) fine-tuned, {args.epochs} epochs, lr {lr:g}", score(tuned), tuned_seconds),
+            (f"(c) from scratch, {args.epochs} epochs, lr {lr:g}", score(scratch), scratch_seconds),
+            ("all-forest baseline", scores([forest, int(sample.pixels[scored].sum()) - forest, 0, 0]), 0.0),
         ]
-    print(f"{'model':<40} {'forest IoU':>10} {'mIoU':>8} {'precision':>9} {'recall':>8} {'seconds':>8}")
+    print(
+        f"{'model' + (' (scored with TTA)' if args.tta else ''):<40} {'forest IoU':>10} {'mIoU':>8} "
+        f"{'precision':>9} {'recall':>8} {'seconds':>8}"
+    )
     for name, s, seconds in rows:
         print(
             f"{name:<40} {s['iou']:>10.4f} {s['miou']:>8.4f} {s['precision']:>9.4f} {s['recall']:>8.4f} {seconds:>8.1f}"
         )
-    print("seconds: training time on the labelled tiles (the source's own training is above)")
+    print("seconds: training on the labelled tiles (the source's own training time is above)")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,18 @@ def recipe_params(name: str, sets: list[str]) -> dict:
     return params
 
 
+def score_rows(predictor: Predictor, sample: Sample, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """[tp, fp, fn, tn] per scene of the sample's `rows`, each tile predicted as `forestseg predict` does."""
+    images = np.load(sample.layout.images, mmap_mode="r")
+    truths = np.load(sample.layout.masks, mmap_mode="r")
+    per_scene: dict[str, np.ndarray] = {}
+    for start in range(0, len(rows), 64):
+        chunk = rows[start : start + 64]
+        for r, pred in zip(chunk, predictor.masks([np.ascontiguousarray(images[r]) for r in chunk])):
+            per_scene[sample.scene[r]] = per_scene.get(sample.scene[r], 0) + _counts(pred, truths[r] > 0)
+    return per_scene
+
+
 def train_and_score(
     params: dict, train_scenes: list[str], test_scenes: list[str], sample: Sample, device: torch.device, tta: bool
 ) -> dict:
@@ -168,13 +180,7 @@ def train_and_score(
         predictor = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
     if tta:
         predictor = dataclasses.replace(predictor, tta=True)
-    images = np.load(sample.layout.images, mmap_mode="r")
-    truths = np.load(sample.layout.masks, mmap_mode="r")
-    per_scene: dict[str, np.ndarray] = {}
-    for start in range(0, len(test_rows), 64):
-        chunk = test_rows[start : start + 64]
-        for r, pred in zip(chunk, predictor.masks([np.ascontiguousarray(images[r]) for r in chunk])):
-            per_scene[sample.scene[r]] = per_scene.get(sample.scene[r], 0) + _counts(pred, truths[r] > 0)
+    per_scene = score_rows(predictor, sample, test_rows)
     total = np.sum(list(per_scene.values()), axis=0)
     forest = int(sample.forest[test_rows].sum())
     return {
