@@ -57,6 +57,7 @@ RESULTS = ROOT / "bench" / "results"
 CACHE = Path(tempfile.gettempdir()) / "forestseg-quality-cache"  # the sample decoded once, reused by every run
 FOLD_SEED = 0  # the fold assignment: fixed, so every recipe is scored on the same folds
 SHOWN = ("iou", "miou", "dice", "precision", "recall")
+CUTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # forest probability cuts of the precision/recall trade-off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,15 +133,24 @@ def recipe_params(name: str, sets: list[str]) -> dict:
     return params
 
 
-def score_rows(predictor: Predictor, sample: Sample, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """[tp, fp, fn, tn] per scene of the sample's `rows`, each tile predicted as `forestseg predict` does."""
+def score_rows(
+    predictor: Predictor, sample: Sample, rows: np.ndarray, trade_off: dict | None = None
+) -> dict[str, np.ndarray]:
+    """[tp, fp, fn, tn] per scene of the sample's `rows` (whole tiles: one window each, as `forestseg
+    predict` runs them), forest above the model file's threshold. With a `trade_off` dict, also the
+    counts over all rows at each forest probability cut of CUTS, added into it."""
     images = np.load(sample.layout.images, mmap_mode="r")
     truths = np.load(sample.layout.masks, mmap_mode="r")
     per_scene: dict[str, np.ndarray] = {}
-    for start in range(0, len(rows), 64):
-        chunk = rows[start : start + 64]
-        for r, pred in zip(chunk, predictor.masks([np.ascontiguousarray(images[r]) for r in chunk])):
-            per_scene[sample.scene[r]] = per_scene.get(sample.scene[r], 0) + _counts(pred, truths[r] > 0)
+    for start in range(0, len(rows), 32):
+        chunk = rows[start : start + 32]
+        logits = predictor.windows_logits(np.stack([images[r] for r in chunk]))
+        prob = predictor.probability(logits) if trade_off is not None else None
+        for i, r in enumerate(chunk):
+            truth = truths[r] > 0
+            per_scene[sample.scene[r]] = per_scene.get(sample.scene[r], 0) + _counts(logits[i] > predictor.cut, truth)
+            for cut in CUTS if trade_off is not None else ():
+                trade_off[cut] = trade_off.get(cut, 0) + _counts(prob[i] > cut, truth)
     return per_scene
 
 
@@ -180,7 +190,8 @@ def train_and_score(
         predictor = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
     if tta:
         predictor = dataclasses.replace(predictor, tta=True)
-    per_scene = score_rows(predictor, sample, test_rows)
+    trade_off: dict[float, np.ndarray] = {}
+    per_scene = score_rows(predictor, sample, test_rows, trade_off)
     total = np.sum(list(per_scene.values()), axis=0)
     forest = int(sample.forest[test_rows].sum())
     return {
@@ -194,6 +205,7 @@ def train_and_score(
         "baseline": scores(np.array([forest, int(sample.pixels[test_rows].sum()) - forest, 0, 0])),
         "scenes": {s: scores(c)["iou"] for s, c in sorted(per_scene.items())},
         "history": [{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history],
+        "trade_off": {str(c): scores(n) for c, n in trade_off.items()},
     }
 
 
@@ -211,6 +223,11 @@ def summarize(parts: list[dict]) -> dict:
         "scene_iou_p10": float(np.percentile(scene_iou, 10)),
         "worst_scene": min(((v, s) for p in parts for s, v in p["scenes"].items()))[::-1],
         "train_minutes": [p["seconds"] / 60 for p in parts],
+        # the folds' scores at each probability cut (the model's own threshold aside)
+        "trade_off": {
+            c: {m: [p["trade_off"][c][m] for p in parts] for m in ("iou", "miou", "precision", "recall")}
+            for c in parts[0].get("trade_off", {})
+        },
     }
 
 
@@ -229,10 +246,23 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def trade_off_table(result: dict) -> str:
+    """Markdown: forest IoU, mIoU, precision and recall (mean over folds) at each probability cut."""
+    lines = ["| forest probability cut | forest IoU | mIoU | precision | recall |", "| --- | --- | --- | --- | --- |"]
+    for cut, s in result["summary"]["trade_off"].items():
+        lines.append(f"| {cut} | " + " | ".join(mean_std(s[m]) for m in ("iou", "miou", "precision", "recall")) + " |")
+    return "\n".join(lines)
+
+
 def save(result: dict) -> None:
+    text = (
+        table([result])
+        + "\n\nPrecision/recall trade-off over the model's probability cut:\n\n"
+        + trade_off_table(result)
+    )
     write_json(RESULTS / f"{result['name']}.json", result)
-    write_text(RESULTS / f"{result['name']}.md", table([result]) + "\n")
-    print(table([result]))
+    write_text(RESULTS / f"{result['name']}.md", text + "\n")
+    print(text)
 
 
 def main() -> None:

@@ -127,7 +127,7 @@ class Predictor:
         return per_row * len(window_starts(height, t, stride))
 
     @torch.inference_mode()
-    def _run(self, tiles: np.ndarray) -> np.ndarray:
+    def windows_logits(self, tiles: np.ndarray) -> np.ndarray:
         """(B, t, t, 3) uint8 -> (B, t, t) float32 raw outputs (bf16 autocast where the device has it
         natively); with `tta` the mean of the outputs of the 8 views, each mapped back."""
         x = torch.from_numpy(tiles).to(self.device)
@@ -154,7 +154,7 @@ class Predictor:
         weight = _window_weight(t)
         for k in range(0, len(whole), batch):
             chunk = whole[k : k + batch]
-            logits = self._run(np.stack([images[i] for i in chunk]))
+            logits = self.windows_logits(np.stack([images[i] for i in chunk]))
             for i, o in zip(chunk, logits):
                 out[i] = (o * weight) / weight > self.cut  # the blend of one window, as `stream` computes it
         for i, image in enumerate(images):
@@ -218,7 +218,9 @@ class Predictor:
                 y_hi = rows[-1] + t
                 pixels = read(top, y_hi, x_lo, x_hi)
                 for x in cols:  # one model batch: this column's windows of the group, top to bottom
-                    out = self._run(np.stack([pixels[y - top : y - top + t, x - x_lo : x - x_lo + t] for y in rows]))
+                    out = self.windows_logits(
+                        np.stack([pixels[y - top : y - top + t, x - x_lo : x - x_lo + t] for y in rows])
+                    )
                     for y, o in zip(rows, out):
                         total[y - top : y - top + t, x - x_lo : x - x_lo + t] += o * weight
                         norm[y - top : y - top + t, x - x_lo : x - x_lo + t] += weight

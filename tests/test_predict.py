@@ -284,15 +284,17 @@ def test_tta_is_the_mean_of_the_8_views_each_mapped_back() -> None:
         for mirror in (False, True):
             for k in range(4):
                 view = np.rot90(image[:, ::-1] if mirror else image, k)
-                out = plain._run(np.ascontiguousarray(view)[None])[0]
+                out = plain.windows_logits(np.ascontiguousarray(view)[None])[0]
                 back = np.rot90(out, -k)
                 backs.append(back[:, ::-1] if mirror else back)
         expected.append(np.mean(backs, axis=0))
     expected = np.stack(expected)
-    assert np.allclose(tta._run(images), expected, rtol=1e-5, atol=1e-5)
+    assert np.allclose(tta.windows_logits(images), expected, rtol=1e-5, atol=1e-5)
     assert np.allclose(tta.logits(images[0]), expected[0], rtol=1e-5, atol=1e-5)  # through the tiler
     assert [m.tolist() for m in tta.masks(list(images))] == [(e > 0).tolist() for e in expected]
-    assert np.abs(plain._run(images) - expected).max() > 1e-2  # the views really differ: TTA changed the output
+    assert (
+        np.abs(plain.windows_logits(images) - expected).max() > 1e-2
+    )  # the views really differ: TTA changed the output
 
 
 def test_tta_windowed_prediction_equals_the_in_memory_one(checkpoint, scene) -> None:
