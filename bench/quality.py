@@ -12,7 +12,8 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
   - `final`: trains on all 30 scenes and scores the 8 set-aside ones.
   - `curve`: the learning curve: scores vs number of training scenes, on the CV folds, at equal
     compute (a smaller set trains for more epochs: as many tiles seen as the recipe over all).
-  - `table`: one Markdown table of every saved result (recipes x metrics), for the README.
+  - `table`: one Markdown table of every saved result (recipes x metrics), for the README; with
+    `--ref NAME`, also each one's change against that result on the same folds (paired).
 A recipe is recipes/<name>.yaml (the member trained is its grid's first loss, optimizer and seed);
 -S section.key=value changes one of its params, as `dvc exp run -S` does. Every result is saved as
 JSON and Markdown under bench/results/ (the name: --name, else the recipe and its -S values).
@@ -231,9 +232,18 @@ def summarize(parts: list[dict]) -> dict:
     }
 
 
-def table(results: list[dict]) -> str:
-    """Markdown: one row per saved result."""
+def paired(result: dict, ref: dict, metric: str) -> str:
+    """The change of `metric` against `ref` on the folds both were scored on (same test scenes), mean ± std:
+    the fold-to-fold spread of the scores themselves is mostly how hard each fold's scenes are."""
+    theirs = {p.get("fold"): p["scores"][metric] for p in ref["parts"]}
+    deltas = [p["scores"][metric] - theirs[p.get("fold")] for p in result["parts"] if p.get("fold") in theirs]
+    return f"{np.mean(deltas):+.3f} ± {np.std(deltas):.3f}" if deltas else "-"
+
+
+def table(results: list[dict], ref: dict | None = None) -> str:
+    """Markdown: one row per saved result (with `ref`, also each one's paired change of forest IoU and mIoU)."""
     head = "| result | mode | folds | forest IoU | mIoU | Dice | precision | recall | scene IoU median / p10 | all-forest IoU | train min/fold |"
+    head += f" Δ forest IoU vs {ref['name']} | Δ mIoU |" if ref else ""
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in results:
         s = r["summary"]
@@ -242,6 +252,7 @@ def table(results: list[dict]) -> str:
             + " | ".join(mean_std(s[m]) for m in SHOWN)
             + f" | {s['scene_iou_median']:.3f} / {s['scene_iou_p10']:.3f} | {mean_std(s['baseline_iou'])}"
             + f" | {np.mean(s['train_minutes']):.1f} |"
+            + (f" {paired(r, ref, 'iou')} | {paired(r, ref, 'miou')} |" if ref else "")
         )
     return "\n".join(lines)
 
@@ -276,10 +287,14 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="score with the 8 flips/rotations averaged")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--name", default="", help="result name (default: recipe and -S values)")
+    ap.add_argument("--ref", default="", help="table: also each result's paired change against this result")
     args = ap.parse_args()
     if args.mode == "table":
         results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-        text = table(results)
+        ref = next((r for r in results if r["name"] == args.ref), None)
+        if args.ref and ref is None:
+            sys.exit(f"--ref {args.ref}: no bench/results/{args.ref}.json")
+        text = table(results, ref)
         write_text(RESULTS / "README.md", "# Quality bench results (bench/quality.py)\n\n" + text + "\n")
         print(text)
         return
