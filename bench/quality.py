@@ -189,7 +189,9 @@ def train_and_score(
         )
         seconds = time.perf_counter() - t0
         predictor = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
-    if tta:
+    plain = None
+    if tta:  # the same model scored both ways: TTA's own gain, paired
+        plain = scores(np.sum(list(score_rows(predictor, sample, test_rows).values()), axis=0))
         predictor = dataclasses.replace(predictor, tta=True)
     trade_off: dict[float, np.ndarray] = {}
     per_scene = score_rows(predictor, sample, test_rows, trade_off)
@@ -207,6 +209,7 @@ def train_and_score(
         "scenes": {s: scores(c)["iou"] for s, c in sorted(per_scene.items())},
         "history": [{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history],
         "trade_off": {str(c): scores(n) for c, n in trade_off.items()},
+        **({"without_tta": plain} if plain else {}),
     }
 
 
@@ -271,6 +274,11 @@ def save(result: dict) -> None:
         + "\n\nPrecision/recall trade-off over the model's probability cut:\n\n"
         + trade_off_table(result)
     )
+    if "without_tta" in result["parts"][0]:
+        gain = {m: [p["scores"][m] - p["without_tta"][m] for p in result["parts"]] for m in SHOWN}
+        text += "\n\nTTA's change, paired (the same models scored without it): " + ", ".join(
+            f"{m} {np.mean(v):+.4f} ± {np.std(v):.4f}" for m, v in gain.items()
+        )
     write_json(RESULTS / f"{result['name']}.json", result)
     write_text(RESULTS / f"{result['name']}.md", text + "\n")
     print(text)
@@ -284,7 +292,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", default="", help="run only these folds, e.g. 0,1 (screening)")
     ap.add_argument("--scenes", default="4,8,16", help="curve: training scene counts")
-    ap.add_argument("--tta", action="store_true", help="score with the 8 flips/rotations averaged")
+    ap.add_argument(
+        "--tta", action="store_true", help="score with the 8 flips/rotations averaged (and without, in without_tta)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--name", default="", help="result name (default: recipe and -S values)")
     ap.add_argument("--ref", default="", help="table: also each result's paired change against this result")
