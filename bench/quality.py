@@ -12,6 +12,7 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
   - `final`: trains on all 30 scenes and scores the 8 set-aside ones.
   - `curve`: the learning curve: scores vs number of training scenes, on the CV folds, at equal
     compute (a smaller set trains for more epochs: as many tiles seen as the recipe over all).
+  - `merge`: one result of the folds of several runs of a recipe (`--parts a,b --name c`).
   - `table`: one Markdown table of every saved result (recipes x metrics), for the README; with
     `--ref NAME`, also each one's change against that result on the same folds (paired).
 A recipe is recipes/<name>.yaml (the member trained is its grid's first loss, optimizer and seed);
@@ -286,7 +287,7 @@ def save(result: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("cv", "final", "curve", "table"))
+    ap.add_argument("mode", choices=("cv", "final", "curve", "table", "merge"))
     ap.add_argument("recipe", nargs="?", help="recipes/<name>.yaml")
     ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--folds", type=int, default=5)
@@ -298,6 +299,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--name", default="", help="result name (default: recipe and -S values)")
     ap.add_argument("--ref", default="", help="table: also each result's paired change against this result")
+    ap.add_argument("--parts", default="", help="merge: results of one recipe on different folds, e.g. a,b")
     args = ap.parse_args()
     if args.mode == "table":
         results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
@@ -307,6 +309,15 @@ def main() -> None:
         text = table(results, ref)
         write_text(RESULTS / "README.md", "# Quality bench results (bench/quality.py)\n\n" + text + "\n")
         print(text)
+        return
+    if args.mode == "merge":  # folds run in separate processes (e.g. two 1-thread runs side by side)
+        parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.parts.split(",")]
+        if any(p["params"] != parts[0]["params"] or p["mode"] != "cv" for p in parts) or not args.name:
+            sys.exit("merge: give --name and --parts of cv results with the same params")
+        folds_run = [f for p in parts for f in p["parts"]]
+        if len({f["fold"] for f in folds_run}) != len(folds_run):
+            sys.exit("merge: the parts share a fold")
+        save({**parts[0], "name": args.name, "parts": folds_run, "summary": summarize(folds_run)})
         return
     if not args.recipe:
         sys.exit(f"give a recipe: one of {', '.join(recipes.names())}")

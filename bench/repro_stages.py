@@ -1,0 +1,39 @@
+"""Wall time of `dvc repro` stage by stage (a script, not a test): runs it and stamps every line.
+
+    python bench/repro_stages.py [-- dvc repro args]     # e.g. -- --force
+
+Prints each stage's seconds (from its "Running stage" line to the next stage's) and the total, so
+the pipeline's own overhead (start-up, imports, DVC's bookkeeping) shows beside the training.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    cmd = ["dvc", "repro", *(argv[1:] if argv[:1] == ["--"] else argv)]
+    t0 = time.perf_counter()
+    stages: list[tuple[str, float]] = []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    for line in proc.stdout:
+        now = time.perf_counter() - t0
+        found = re.search(r"Running stage '([^']+)'", line)
+        if found:
+            stages.append((found.group(1), now))
+    rc = proc.wait()
+    total = time.perf_counter() - t0
+    print(f"{'stage':<24} {'seconds':>8}")
+    ends = [t for _, t in stages[1:]] + [total]
+    for (name, start), end in zip(stages, ends):
+        print(f"{name:<24} {end - start:>8.1f}")
+    print(f"{'before the first stage':<24} {stages[0][1] if stages else total:>8.1f}")
+    print(f"{'total (' + ' '.join(cmd) + ')':<24} {total:>8.1f}  exit {rc}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
