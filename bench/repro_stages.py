@@ -8,6 +8,7 @@ the pipeline's own overhead (start-up, imports, DVC's bookkeeping) shows beside 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,9 @@ def main(argv: list[str]) -> int:
     cmd = ["dvc", "repro", *(argv[1:] if argv[:1] == ["--"] else argv)]
     t0 = time.perf_counter()
     stages: list[tuple[str, float]] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    # the interpreter's folder first: dvc, and the `python` of the stages' commands, of this environment
+    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     for line in proc.stdout:
         now = time.perf_counter() - t0
         found = re.search(r"Running stage '([^']+)'", line)
