@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.speed import SAMPLE  # noqa: E402
-from forestseg.config import Run, load_sections  # noqa: E402
+from forestseg.config import ForestsegError, Run, load_sections  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
@@ -121,18 +121,11 @@ def rows_of(sample: Sample, scenes: list[str]) -> np.ndarray:
 
 
 def recipe_params(name: str, sets: list[str]) -> dict:
-    """recipes/<name>.yaml over params.yaml, then the -S values, validated."""
-    import yaml
-
-    params = recipes.merged(name)
-    for item in sets:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
-        if section not in params or not field:
-            sys.exit(f"-S {item}: expected section.key=value with a params section")
-        params[section][field] = yaml.safe_load(value)
-    load_sections(params, *params)
-    return params
+    """recipes/<name>.yaml over params.yaml, then the -S values, validated (as recipes/run.py takes them)."""
+    try:
+        return recipes.with_sets(name, sets)
+    except ForestsegError as e:
+        sys.exit(f"error: {e}")
 
 
 def score_rows(

@@ -50,6 +50,19 @@ def merged(name: str, base: dict | None = None) -> dict:
     return params
 
 
+def with_sets(name: str, sets: list[str]) -> dict:
+    """The recipe merged over params.yaml, then `-S section.key=value` items (YAML values), validated."""
+    params = merged(name)
+    for item in sets:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        if section not in params:
+            raise ForestsegError(f"-S {section}...: unknown params section; valid: {', '.join(SECTIONS)}")
+        params[section][field] = yaml.safe_load(value)
+    load_sections(params, *SECTIONS)
+    return params
+
+
 def hydra(value) -> str:
     """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings."""
     if isinstance(value, bool):
@@ -81,17 +94,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--print", action="store_true", help="print the dvc command instead of running it")
     args = ap.parse_args(argv)
     recipe = load(args.recipe)
-    extra = {}
-    for item in args.set_param:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        extra.setdefault(section, {})[name] = yaml.safe_load(value)
-    base = merged(args.recipe)
-    for section, values in extra.items():
-        if section not in base:
-            raise ForestsegError(f"-S {section}...: unknown params section; valid: {', '.join(SECTIONS)}")
-        base[section].update(values)
-    load_sections(base, *SECTIONS)  # the recipe plus the -S values, before DVC starts anything
+    with_sets(args.recipe, args.set_param)  # the recipe plus the -S values, validated before DVC starts anything
     cmd = [
         "dvc",
         "exp",
