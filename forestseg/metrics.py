@@ -11,17 +11,21 @@ if TYPE_CHECKING:  # torch is imported where tensors are scored, not by the stag
     import torch
 
 
-def confusion(output: torch.Tensor, target: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-    """Counts [tp, fp, fn, tn] (int64) of forest predictions (output > threshold) against 0/1 targets."""
+def confusion(
+    output: torch.Tensor, target: torch.Tensor, threshold: float = 0.0, per_item: bool = False
+) -> torch.Tensor:
+    """Counts [tp, fp, fn, tn] (int64) of forest predictions (output > threshold) against 0/1 targets;
+    with `per_item`, one row of counts per item of the first dimension (B, 4)."""
     import torch
 
     pred = output.detach() > threshold
     truth = target.detach() > 0.5
-    tp = (pred & truth).sum()
-    fp = (pred & ~truth).sum()
-    fn = (~pred & truth).sum()
-    tn = pred.numel() - tp - fp - fn
-    return torch.stack([tp, fp, fn, tn]).to(torch.int64)
+    dims = tuple(range(1, pred.dim())) if per_item else tuple(range(pred.dim()))
+    tp = (pred & truth).sum(dims)
+    fp = (pred & ~truth).sum(dims)
+    fn = (~pred & truth).sum(dims)
+    tn = (pred[0].numel() if per_item else pred.numel()) - tp - fp - fn
+    return torch.stack([tp, fp, fn, tn], -1).to(torch.int64)
 
 
 def _ratio(num: float, den: float) -> float:

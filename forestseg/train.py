@@ -112,18 +112,11 @@ def evaluate(
     )
     for out, masks in outputs(model, tiles, batch_size, norm, channels_last, bf16):
         total += loss_fn(out, masks) * len(out)
-        counts += confusion(out, masks, cut)
-        if by_scene is not None:
-            pred, truth = out > cut, masks > 0
-            tile_counts = torch.stack(
-                [
-                    (pred & truth).sum((1, 2)),
-                    (pred & ~truth).sum((1, 2)),
-                    (~pred & truth).sum((1, 2)),
-                    (~pred & ~truth).sum((1, 2)),
-                ],
-                1,
-            )
+        if by_scene is None:
+            counts += confusion(out, masks, cut)
+        else:
+            tile_counts = confusion(out, masks, cut, per_item=True)
+            counts += tile_counts.sum(0)
             by_scene.index_add_(0, tiles.scenes[start : start + len(out)], tile_counts.cpu())
             start += len(out)
     result = {"loss": float(total) / len(tiles), **scores(counts.cpu().numpy())}
@@ -176,7 +169,6 @@ class RunState:
     test_scores: dict = field(default_factory=dict)  # of the last epoch
     ema: torch.nn.Module | None = None  # the weights' moving average: what is evaluated and saved
     ema_steps: int = 0
-    threshold: float | None = None  # the written model's output cut
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -412,9 +404,12 @@ def train_run(
         )
 
     final = s.evaluated
-    if train_cfg.threshold == "val":  # chosen for each written model, on val, and test rescored at it
+    scenes: dict = {}
+    if train_cfg.threshold == "val":  # chosen for each written model, on val
         portable["threshold"] = choose_threshold(final, val, *eval_args[1:], portable["threshold"])
-        s.test_scores = evaluate(final, test, *eval_args, cut=portable["threshold"])
+    if train_cfg.threshold == "val" or test.scene_names:  # test (re)scored at the written cut, once
+        s.test_scores = evaluate(final, test, *eval_args, cut=portable["threshold"], per_scene=bool(test.scene_names))
+        scenes = s.test_scores.pop("scenes", {})
     write_model(model_dir / "model.pt", final.state_dict(), portable, epoch=s.epoch)
     if s.best:
         best = {**portable}
@@ -424,12 +419,11 @@ def train_run(
             best["threshold"] = choose_threshold(chosen, val, *eval_args[1:], LOSSES[run.loss].threshold)
             s.best["test_scores"] = evaluate(chosen, test, *eval_args, cut=best["threshold"])
         write_model(model_dir / "best.pt", s.best["weights"], best, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
-    s.threshold = portable["threshold"]
-    scenes = evaluate(final, test, *eval_args, cut=s.threshold, per_scene=True)["scenes"] if test.scene_names else {}
-    return Result(s.history, _run_metrics(s, lr, len(train), device, bf16), s.to_resume(), scenes)
+    metrics = _run_metrics(s, lr, len(train), device, bf16, portable["threshold"])
+    return Result(s.history, metrics, s.to_resume(), scenes)
 
 
-def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16: bool) -> dict:
+def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16: bool, threshold: float) -> dict:
     """metrics.json of a finished run: the last epoch's evaluation (and the best val epoch's)."""
     train_seconds = sum(h["train_seconds"] for h in s.history)
     metrics = {
@@ -442,7 +436,7 @@ def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16:
         "train_images_per_second": round(tiles * len(s.history) / max(train_seconds, 1e-9), 1),
         "device": device.type,
         "precision": "bf16" if bf16 else "fp32",
-        "threshold": s.threshold,
+        "threshold": threshold,
     }
     if s.best:
         metrics.update(

@@ -125,3 +125,12 @@ def test_summed_counts_differ_from_averaged_batch_iou() -> None:
     # The summed score equals the score of the whole set evaluated at once, however it is batched.
     whole = scores(confusion(torch.cat([out_a, out_b]), torch.cat([tgt_a, tgt_b])))["iou"]
     assert summed == whole
+
+
+def test_confusion_per_item_rows_add_up_to_the_whole() -> None:
+    g = torch.Generator().manual_seed(0)
+    output, target = torch.randn(5, 6, 7, generator=g), (torch.rand(5, 6, 7, generator=g) > 0.5).to(torch.uint8)
+    rows = confusion(output, target, 0.2, per_item=True)
+    assert rows.shape == (5, 4) and rows.sum(1).tolist() == [42] * 5
+    assert rows[2].tolist() == confusion(output[2], target[2], 0.2).tolist()
+    assert rows.sum(0).tolist() == confusion(output, target, 0.2).tolist()
