@@ -2,14 +2,15 @@
 
 Prints, for one model on this machine:
   - pack time of the real sample (decode every JPEG once), extrapolated to the 5108-pair Kaggle set;
-  - training images/s of forestseg (packed uint8 tiles, channels_last, bf16 autocast where
-    supported, foreach/fused optimizer) vs the study-style loop written below (PIL decode of each
+  - training images/s of forestseg (packed uint8 tiles, channels_last, foreach/fused optimizer)
+    in bf16 autocast and in fp32, and which of the two precision auto picks on this device vs the study-style loop written below (PIL decode of each
     batch's JPEGs every step, raw 0-255 fp32 NCHW), and their ratio;
   - batch assembly (gather + cast + normalise) as a share of a training step;
   - the device's own limit, measured in the same run: the best bf16 and fp32 FLOP/s of a large
     matmul, and model FLOPs utilisation (FLOPs counted by torch's FlopCounterMode, not estimated)
-    of training and of predict (forward only, batched windows), each over several repeats with
-    their spread (median [min-max]);
+    of training and of predict (forward only, batched windows), against the peak of the precision
+    used and against the device's best peak, each over several repeats with their spread
+    (median [min-max]);
   - predict images/s against training images/s of the same model;
   - peak RSS of the process.
 Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles otherwise.
@@ -226,8 +227,11 @@ def main() -> None:
         f"(best 2048x2048 matmul, measured now)"
     )
 
-    speeds, best_model = {}, None
-    for precision, compile_ in [("auto", False), ("fp32", False)] + ([("auto", True)] if args.compile else []):
+    best_peak = max(peaks.values())
+    auto = "bf16" if use_bf16("auto", device) else "fp32"
+    print(f"precision auto on this device: {auto}")
+    speeds, models = {}, {}
+    for precision, compile_ in [("bf16", False), ("fp32", False)] + ([(auto, True)] if args.compile else []):
         train_cfg = TrainConfig(
             epochs=1 + args.repeats,
             batch_size=args.batch,
@@ -254,25 +258,27 @@ def main() -> None:
         )
         # epoch 1 includes one-off warm-up (kernel selection, allocator, compilation): time the others
         per_epoch = [len(tiles) / h["train_seconds"] for h in result.history[1:]]
-        label = result.metrics["precision"] + (", torch.compile" if compile_ else "")
-        peak = peaks[torch.bfloat16 if result.metrics["precision"] == "bf16" else torch.float32]
-        mfu = [v * train_flops / peak for v in per_epoch]
+        label = precision + (", torch.compile" if compile_ else "")
+        peak = peaks[torch.bfloat16 if precision == "bf16" else torch.float32]
         speeds[label] = float(np.median(per_epoch))
-        best_model = best_model or folder / "model.pt"
+        models.setdefault(precision, folder / "model.pt")
         print(
-            f"forestseg train: {spread(per_epoch)} images/s ({label}); MFU {spread([100 * m for m in mfu])} % "
-            f"of the {'bf16' if 'bf16' in label else 'fp32'} peak"
+            f"forestseg train: {spread(per_epoch)} images/s ({label}); MFU "
+            f"{spread([100 * v * train_flops / peak for v in per_epoch])} % of the {precision} peak, "
+            f"{spread([100 * v * train_flops / best_peak for v in per_epoch])} % of the device's best peak"
         )
     ours = max(speeds.values())
 
     images = tiles.images[: min(len(tiles), 4 * args.batch)].cpu().numpy()
-    predicted = predict_speeds(best_model, images, device, args.repeats)
-    bf16_predict = device.type == "cuda" or use_bf16("auto", device)
+    predicted = predict_speeds(models[auto], images, device, args.repeats)  # predict's precision: as auto chooses
+    bf16_predict = device.type == "cuda" or auto == "bf16"
     peak = peaks[torch.bfloat16 if bf16_predict else torch.float32]
+    trained = speeds[auto]
     print(
         f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, windows of "
-        f"{len(images)} images batched); MFU {spread([100 * v * fwd_flops / peak for v in predicted])} %; "
-        f"{np.median(predicted) / ours:.2f}x the training images/s (goal >= 3x)"
+        f"{len(images)} images batched); MFU {spread([100 * v * fwd_flops / peak for v in predicted])} % of that "
+        f"peak, {spread([100 * v * fwd_flops / best_peak for v in predicted])} % of the best; "
+        f"{np.median(predicted) / trained:.2f}x the training images/s at precision auto (goal >= 3x)"
     )
 
     names = list(zip(index["image"], index["mask"]))

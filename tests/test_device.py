@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from forestseg import device
@@ -67,3 +68,32 @@ def test_a_bad_device_name_is_one_line(monkeypatch) -> None:
         device.pick_device("gpu", "--device")
     with pytest.raises(ForestsegError, match=r"^params.yaml: train.device: unknown value 'cuda:x'"):
         device.pick_device("cuda:x")
+
+
+@pytest.mark.parametrize(
+    "flags, amx",
+    [
+        ("fpu avx2 avx512f avx512_bf16 avx512_vnni", False),  # bf16 dot products only: slower than fp32
+        ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True),
+        ("fpu avx2", False),
+    ],
+)
+def test_cpu_bf16_needs_amx_matrix_units(tmp_path: Path, flags: str, amx: bool) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert device.cpu_has_amx_bf16(info) is amx
+
+
+def test_no_cpuinfo_means_fp32(tmp_path: Path) -> None:
+    assert device.cpu_has_amx_bf16(tmp_path / "absent") is False
+
+
+@pytest.mark.parametrize("precision, bf16", [("fp32", False), ("bf16", True)])
+def test_an_explicit_precision_is_used_as_is(precision: str, bf16: bool) -> None:
+    assert device.use_bf16(precision, torch.device("cpu")) is bf16
+
+
+def test_auto_on_cpu_follows_the_matrix_units(monkeypatch) -> None:
+    for amx in (False, True):
+        monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda amx=amx: amx)
+        assert device.use_bf16("auto", torch.device("cpu")) is (amx and torch.backends.mkldnn.is_available())
