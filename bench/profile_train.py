@@ -1,8 +1,9 @@
 """Profile training steps (a script, not a test): the top ops by self CPU time, with torch.profiler.
 
-    python bench/profile_train.py [--default-malloc] [--width 16] [--depth 4] [--batch 16] [--size 256] [--steps 6]
+    python bench/profile_train.py [--default-malloc] [--precision auto|bf16|fp32] [--width 16] [--depth 4]
+                                  [--batch 16] [--size 256] [--steps 6]
 
-Runs the training step of forestseg's loop (bf16 autocast where native, channels_last, foreach
+Runs the training step of forestseg's loop (the precision as train.precision picks it, channels_last, foreach
 Adam) on synthetic 256-px tiles, after two warm-up steps, and prints the 12 ops with the most self
 CPU time and the process's user/system CPU time, so the effect of an allocator or kernel change
 shows op by op (run it with and without --default-malloc).
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="as train.precision")
     args = ap.parse_args()
     kept = False if args.default_malloc else keep_freed_memory()
     device = torch.device("cpu")
@@ -42,7 +44,7 @@ def main() -> None:
     x_u8, y = torch.from_numpy(images[: args.batch]), torch.from_numpy(masks[: args.batch])
     model = build_model(ModelConfig(width=args.width, depth=args.depth)).to(memory_format=torch.channels_last)
     opt = make_optimizer("adam", model.parameters(), 1e-3, OptimizerConfig(), device)
-    norm, bf16 = Normalizer.fit(x_u8), use_bf16("auto", device)
+    norm, bf16 = Normalizer.fit(x_u8), use_bf16(args.precision, device)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -41,6 +41,26 @@ def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> tor
     return ((1 - torch.exp(-per_pixel)) ** gamma * per_pixel).mean()  # exp(-bce) is p_t
 
 
+def lovasz(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lovasz hinge (Berman et al. 2018): a convex surrogate of 1 - forest IoU, per image, averaged.
+
+    Hinge errors 1 - logit * sign, sorted from worst; each weighs by how much it changes the Jaccard
+    loss of the pixels up to it, so the loss targets IoU itself rather than per-pixel accuracy.
+    """
+    x, t = logits.float().flatten(1), target.float().flatten(1)  # (B, H*W)
+    errors, order = (1 - x * (2 * t - 1)).sort(dim=1, descending=True)
+    t = t.gather(1, order)
+    forest = t.sum(1, keepdim=True)
+    jaccard = 1 - (forest - t.cumsum(1)) / (forest + (1 - t).cumsum(1))  # Jaccard loss of the first k errors
+    grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    return (F.relu(errors) * grad).sum(1).mean()
+
+
+def bce_lovasz(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE plus the Lovasz hinge: calibrated probabilities and an IoU-shaped objective."""
+    return bce(logits, target) + lovasz(logits, target)
+
+
 @dataclass(frozen=True)
 class Loss:
     """A loss of the registry with its per-name facts."""
@@ -62,4 +82,6 @@ LOSSES: dict[str, Loss] = {
     "dice": Loss(dice),
     "bce_dice": Loss(bce_dice),
     "focal": Loss(focal),
+    "lovasz": Loss(lovasz),
+    "bce_lovasz": Loss(bce_lovasz),
 }

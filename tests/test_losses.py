@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forestseg.losses import LOSSES, bce, bce_dice, dice, focal, mse, mse_logits
+from forestseg.losses import LOSSES, bce, bce_dice, bce_lovasz, dice, focal, lovasz, mse, mse_logits
 
 
 def target() -> torch.Tensor:
@@ -30,7 +30,7 @@ def wrong(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def test_every_loss_is_listed() -> None:
-    assert set(LOSSES) == {"mse", "mse_logits", "bce", "dice", "bce_dice", "focal"}
+    assert set(LOSSES) == {"mse", "mse_logits", "bce", "dice", "bce_dice", "focal", "lovasz", "bce_lovasz"}
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -113,3 +113,26 @@ def test_focal_is_bce_scaled_down_on_easy_pixels() -> None:
     assert focal(logits, t).item() < bce(logits, t).item()
     easy, hard = torch.where(t > 0, 4.0, -4.0), torch.where(t > 0, -0.5, 0.5)
     assert focal(easy, t) / bce(easy, t) < focal(hard, t) / bce(hard, t)  # easy pixels are down-weighted more
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lovasz_equals_the_jaccard_loss_where_hinge_errors_are_0_or_1(seed: int) -> None:
+    # The Lovasz extension agrees with the set function on the cube's corners: outputs right with
+    # margin 1 (error 0) or exactly 0 (error 1, counted as a mistake) give 1 - IoU of each image.
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.rand(3, 8, 8, generator=g) > 0.5).float()
+    mistake = torch.rand(3, 8, 8, generator=g) < 0.3
+    logits = torch.where(mistake, 0.0, 2 * t - 1)
+    tp = ((t > 0) & ~mistake).flatten(1).sum(1)
+    fn = ((t > 0) & mistake).flatten(1).sum(1)
+    fp = ((t == 0) & mistake).flatten(1).sum(1)
+    expected = (1 - tp / (tp + fn + fp).clamp_min(1)).mean()
+    assert lovasz(logits, t).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_lovasz_is_per_image_and_bce_lovasz_adds_bce() -> None:
+    t = target()
+    logits = torch.randn(t.shape, generator=torch.Generator().manual_seed(1))
+    each = torch.stack([lovasz(logits[i : i + 1], t[i : i + 1]) for i in range(len(t))])
+    assert lovasz(logits, t).item() == pytest.approx(each.mean().item(), rel=1e-6)
+    assert bce_lovasz(logits, t).item() == pytest.approx((bce(logits, t) + lovasz(logits, t)).item(), rel=1e-6)
