@@ -8,7 +8,9 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
     of the training scenes is held out as validation scenes: the threshold is chosen on them).
     Reports forest IoU, mIoU, Dice, precision, recall as mean +- std over folds (each fold's
     scores from TP/FP/FN/TN summed over its tiles), the per-scene forest IoU spread (median,
-    worst tenth, worst scene), the all-forest baseline and the wall time.
+    worst tenth, worst scene), the all-forest baseline and the wall time. After each fold the
+    result so far is saved, marked unfinished: a bench killed later (a session's end) and rerun
+    with the same command trains only the folds left.
   - `final`: trains on all 30 scenes and scores the 8 set-aside ones.
   - `curve`: the learning curve: scores vs number of training scenes, on the CV folds, at equal
     compute (a smaller set trains for more epochs: as many tiles seen as the recipe over all).
@@ -245,7 +247,7 @@ def table(results: list[dict], ref: dict | None = None) -> str:
     for r in results:
         s = r["summary"]
         lines.append(
-            f"| {r['name']} | {r['mode']} | {len(r['parts'])} | "
+            f"| {r['name']}{' (unfinished)' if r.get('unfinished') else ''} | {r['mode']} | {len(r['parts'])} | "
             + " | ".join(mean_std(s[m]) for m in SHOWN)
             + f" | {s['scene_iou_median']:.3f} / {s['scene_iou_p10']:.3f} | {mean_std(s['baseline_iou'])}"
             + f" | {np.mean(s['train_minutes']):.1f} |"
@@ -262,7 +264,20 @@ def trade_off_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def save(result: dict) -> None:
+def unfinished_folds(result: dict) -> dict[int, dict]:
+    """{fold: part} of an unfinished cv run saved under the same name with the same recipe, params and
+    scoring (nothing when there is none), so rerunning its command trains only the folds left."""
+    path = RESULTS / f"{result['name']}.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    same = all(saved.get(k) == result[k] for k in ("mode", "recipe", "params", "device", "threads"))
+    if not (saved.get("unfinished") and same):
+        return {}
+    return {p["fold"]: p for p in saved["parts"]}
+
+
+def save(result: dict, quiet: bool = False) -> None:
     text = (
         table([result])
         + "\n\nPrecision/recall trade-off over the model's probability cut:\n\n"
@@ -275,7 +290,8 @@ def save(result: dict) -> None:
         )
     write_json(RESULTS / f"{result['name']}.json", result)
     write_text(RESULTS / f"{result['name']}.md", text + "\n")
-    print(text)
+    if not quiet:
+        print(text)
 
 
 def main() -> None:
@@ -331,14 +347,21 @@ def main() -> None:
         rest = [s for f in folds(sample, args.folds) for s in f]
         result["parts"] = [train_and_score(params, rest, held, sample, device, args.tta)]
     elif args.mode == "cv":
-        chosen = [int(i) for i in args.only.split(",")] if args.only else range(args.folds)
-        parts = []
+        chosen = [int(i) for i in args.only.split(",")] if args.only else list(range(args.folds))
+        done, parts = unfinished_folds(result), []
         all_folds = folds(sample, args.folds)
         for i in chosen:
+            if i in done:
+                parts.append(done[i])
+                print(f"fold {i}: kept from the unfinished run saved in bench/results/{name}.json")
+                continue
             test = all_folds[i]
             train = [s for j, f in enumerate(all_folds) if j != i for s in f]
             parts.append({"fold": i, **train_and_score(params, train, test, sample, device, args.tta)})
             print(f"fold {i}: forest IoU {parts[-1]['scores']['iou']:.4f} mIoU {parts[-1]['scores']['miou']:.4f}")
+            left = chosen[len(parts) :]
+            if left:  # a killed bench (e.g. a session's end) keeps its finished folds; the same command resumes
+                save({**result, "parts": parts, "summary": summarize(parts), "unfinished": left}, quiet=True)
         result["parts"] = parts
     else:  # curve
         all_folds = folds(sample, args.folds)
