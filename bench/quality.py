@@ -265,13 +265,14 @@ def trade_off_table(result: dict) -> str:
 
 
 def unfinished_folds(result: dict) -> dict[int, dict]:
-    """{fold: part} of an unfinished cv run saved under the same name with the same recipe, params and
-    scoring (nothing when there is none), so rerunning its command trains only the folds left."""
+    """{fold: part} of an unfinished cv run saved under the same name with the same recipe, params, fold
+    count (fold i's scenes depend on it) and scoring (nothing when there is none), so rerunning its command
+    trains only the folds left."""
     path = RESULTS / f"{result['name']}.json"
     if not path.is_file():
         return {}
     saved = json.loads(path.read_text())
-    same = all(saved.get(k) == result[k] for k in ("mode", "recipe", "params", "device", "threads"))
+    same = all(saved.get(k) == result[k] for k in ("mode", "recipe", "params", "device", "threads", "folds", "tta"))
     if not (saved.get("unfinished") and same):
         return {}
     return {p["fold"]: p for p in saved["parts"]}
@@ -341,6 +342,7 @@ def main() -> None:
     name += "_tta" if args.tta and not args.name else ""
     result = {"name": name, "mode": args.mode, "recipe": args.recipe, "set": args.set_param, "params": params}
     result["device"], result["threads"] = device.type, torch.get_num_threads()
+    result["folds"], result["tta"] = args.folds, args.tta  # which scenes a fold holds, and how it is scored
     print(f"{name}: device {device}, {torch.get_num_threads()} threads")
     if args.mode == "final":
         held = holdout_scenes(sample)

@@ -2,9 +2,10 @@
 
 Prints, for one model on this machine:
   - pack time of the real sample (decode every JPEG once), extrapolated to the 5108-pair Kaggle set;
-  - training images/s of forestseg (packed uint8 tiles, channels_last, foreach/fused optimizer)
-    in bf16 autocast and in fp32, and which of the two precision auto picks on this device vs the study-style loop written below (PIL decode of each
-    batch's JPEGs every step, raw 0-255 fp32 NCHW), and their ratio;
+  - training images/s of forestseg (packed uint8 tiles, channels_last, foreach/fused optimizer) in
+    bf16 autocast and in fp32, and which of the two precision auto picks on this device;
+  - the same against the study-style loop written below (PIL decode of each batch's JPEGs every
+    step, raw 0-255 fp32 NCHW), and their ratio;
   - batch assembly (gather + cast + normalise) as a share of a training step;
   - the device's own limit, measured in the same run: the best bf16 and fp32 FLOP/s of a large
     matmul, and model FLOPs utilisation (FLOPs counted by torch's FlopCounterMode, not estimated)

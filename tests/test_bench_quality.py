@@ -24,7 +24,7 @@ def part(fold: int) -> dict:
 
 def result(name: str = "r", **changes) -> dict:
     base = {"name": name, "mode": "cv", "recipe": "cpu", "set": [], "params": {"train": {"epochs": 3}}}
-    return {**base, "device": "cpu", "threads": 1, **changes}
+    return {**base, "device": "cpu", "threads": 1, "folds": 5, "tta": False, **changes}
 
 
 @pytest.fixture
@@ -47,6 +47,8 @@ def test_a_saved_unfinished_run_gives_back_its_folds(results_dir: Path) -> None:
         result(params={"train": {"epochs": 4}}, unfinished=[1]),  # other params
         result(threads=2, unfinished=[1]),
         result(recipe="gpu", unfinished=[1]),
+        result(folds=3, unfinished=[1]),  # other folds: fold 0 held other scenes
+        result(tta=True, unfinished=[1]),  # scored otherwise
     ],
 )
 def test_other_runs_are_not_resumed(results_dir: Path, saved: dict) -> None:
