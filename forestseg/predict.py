@@ -301,7 +301,8 @@ def example_panel(
     from .io import write_figure
 
     n = len(images)
-    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+    # constrained layout: the title and legend keep a fixed margin however many rows there are
+    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False, layout="constrained")
     preds = predictor.masks(list(images))  # tile-sized images share forward passes; each equals mask(image)
     for row, (image, truth, pred) in enumerate(zip(images, masks.astype(bool), preds)):
         inter, union = (pred & truth).sum(), (pred | truth).sum()
@@ -321,7 +322,7 @@ def example_panel(
             Patch(color=np.array(c) / 255, label=name)
             for c, name in ((TP, "forest found"), (FP, "false forest"), (FN, "missed forest"))
         ],
-        loc="lower center",
+        loc="outside lower center",
         ncol=3,
         fontsize=9,
     )

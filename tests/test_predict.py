@@ -250,6 +250,20 @@ def test_worst_scenes_panel_shows_seeded_test_tiles_of_the_three_worst(checkpoin
         assert im.format == "PNG" and im.height > im.width  # 8 rows of 4 panels
 
 
+@pytest.mark.parametrize("rows", [2, 9])
+def test_panel_title_and_legend_keep_a_small_margin_at_any_row_count(checkpoint, scene, tmp_path, rows) -> None:
+    predictor = Predictor.load(checkpoint, torch.device("cpu"))
+    images = np.stack([scene[0][:TILE, i * 8 : i * 8 + TILE] for i in range(rows)])
+    masks = np.stack([scene[1][:TILE, i * 8 : i * 8 + TILE] for i in range(rows)])
+    path = tmp_path / "panel.png"
+    forestseg.predict.example_panel(predictor, images, masks, "title", path)
+    with Image.open(path) as im:
+        grey = np.asarray(im.convert("L"))
+    blank = (grey > 250).all(axis=1)  # rows of pixels with nothing drawn
+    longest = max(len(run) for run in "".join("1" if b else "0" for b in blank).split("0"))
+    assert longest < 0.05 * len(grey), (longest, len(grey))  # no band of empty figure, e.g. under the title
+
+
 def test_worst_scenes_without_scenes_or_with_a_stale_table(checkpoint, tmp_path) -> None:
     models, layout, summary = worst_scenes_setup(checkpoint, tmp_path)
     scenes_csv, path, cfg = tmp_path / "scenes.csv", tmp_path / "worst_scenes.png", ReportConfig()
