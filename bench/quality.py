@@ -264,6 +264,11 @@ def trade_off_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# What two cv results must share for their folds to be one CV: the training, which scenes fold i
+# holds (it depends on the fold count), and how a fold is scored.
+ALIKE = ("mode", "params", "folds", "tta")
+
+
 def unfinished_folds(result: dict) -> dict[int, dict]:
     """{fold: part} of an unfinished cv run saved under the same name with the same recipe, params, fold
     count (fold i's scenes depend on it) and scoring (nothing when there is none), so rerunning its command
@@ -272,7 +277,7 @@ def unfinished_folds(result: dict) -> dict[int, dict]:
     if not path.is_file():
         return {}
     saved = json.loads(path.read_text())
-    same = all(saved.get(k) == result[k] for k in ("mode", "recipe", "params", "device", "threads", "folds", "tta"))
+    same = all(saved.get(k) == result[k] for k in (*ALIKE, "recipe", "device", "threads"))
     if not (saved.get("unfinished") and same):
         return {}
     return {p["fold"]: p for p in saved["parts"]}
@@ -322,8 +327,8 @@ def main() -> None:
         return
     if args.mode == "merge":  # folds run in separate processes (e.g. two 1-thread runs side by side)
         parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.parts.split(",")]
-        if any(p["params"] != parts[0]["params"] or p["mode"] != "cv" for p in parts) or not args.name:
-            sys.exit("merge: give --name and --parts of cv results with the same params")
+        if any(p.get(k) != parts[0].get(k) for p in parts for k in ALIKE) or parts[0]["mode"] != "cv" or not args.name:
+            sys.exit("merge: give --name and --parts of cv results with the same params, --folds and --tta")
         folds_run = [f for p in parts for f in p["parts"]]
         if len({f["fold"] for f in folds_run}) != len(folds_run):
             sys.exit("merge: the parts share a fold")

@@ -58,3 +58,26 @@ def test_other_runs_are_not_resumed(results_dir: Path, saved: dict) -> None:
 
 def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
     assert quality.unfinished_folds(result()) == {}
+
+
+@pytest.mark.parametrize(
+    "other, merged",
+    [
+        ({}, True),
+        ({"threads": 2}, True),  # threads change the minutes, not the folds
+        ({"folds": 3}, False),  # fold 1 of 3 holds other scenes than fold 1 of 5
+        ({"tta": True}, False),
+        ({"params": {"train": {"epochs": 4}}}, False),
+    ],
+)
+def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other: dict, merged: bool) -> None:
+    quality.save({**result("a"), "parts": [part(0)], "summary": quality.summarize([part(0)])}, quiet=True)
+    quality.save({**result("b", **other), "parts": [part(1)], "summary": quality.summarize([part(1)])}, quiet=True)
+    monkeypatch.setattr("sys.argv", ["quality.py", "merge", "--name", "ab", "--parts", "a,b"])
+    if merged:
+        quality.main()
+        assert [p["fold"] for p in json.loads((results_dir / "ab.json").read_text())["parts"]] == [0, 1]
+    else:
+        with pytest.raises(SystemExit, match="same params, --folds and --tta"):
+            quality.main()
+        assert not (results_dir / "ab.json").exists()
