@@ -316,7 +316,11 @@ def example_panel(
         for ax, panel, name in zip(axes[row], panels, names):
             ax.imshow(panel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(name, fontsize=9)
-            ax.axis("off")
+            # a frame, no ticks: an all-forest mask is white and would vanish into the white figure
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("0.5")
     fig.legend(
         handles=[
             Patch(color=np.array(c) / 255, label=name)

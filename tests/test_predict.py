@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_set, train_small_model
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+import forestseg.io
 import forestseg.predict
 from forestseg.cli import main
 from forestseg.config import ForestsegError, ModelConfig, ReportConfig
@@ -262,6 +264,22 @@ def test_panel_title_and_legend_keep_a_small_margin_at_any_row_count(checkpoint,
     blank = (grey > 250).all(axis=1)  # rows of pixels with nothing drawn
     longest = max(len(run) for run in "".join("1" if b else "0" for b in blank).split("0"))
     assert longest < 0.05 * len(grey), (longest, len(grey))  # no band of empty figure, e.g. under the title
+
+
+def test_an_all_forest_mask_panel_is_framed_not_white_on_white(checkpoint, scene, tmp_path, monkeypatch) -> None:
+    predictor = Predictor.load(checkpoint, torch.device("cpu"))
+    images = scene[0][None, :TILE, :TILE]
+    figures = []
+    monkeypatch.setattr(forestseg.io, "write_figure", lambda path, fig: figures.append(fig))
+    forestseg.predict.example_panel(predictor, images, np.ones((1, TILE, TILE), np.uint8), "t", tmp_path / "p.png")
+    canvas = FigureCanvasAgg(figures[0])  # the figure was closed: draw it again on its own canvas
+    canvas.draw()
+    fig, pixels = figures[0], np.asarray(canvas.buffer_rgba())[..., :3].mean(-1)
+    truth = fig.axes[1].get_window_extent()  # the ground-truth panel: all white
+    x0, x1 = int(truth.x0) + 3, int(truth.x1) - 3
+    top, bottom = len(pixels) - int(round(truth.y1)), len(pixels) - int(round(truth.y0))
+    edges = [pixels[max(r, 0) : r + 2, x0:x1].min(0) for r in (top - 1, bottom - 1)]  # rows along the frame
+    assert all((edge < 200).mean() > 0.9 for edge in edges)  # a grey line, not white page
 
 
 def test_worst_scenes_without_scenes_or_with_a_stale_table(checkpoint, tmp_path) -> None:
