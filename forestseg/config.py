@@ -17,7 +17,7 @@ from .errors import ForestsegError
 SPLITS = ("scene", "tile")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-INPUTS = ("normalized", "raw")
+INPUTS = ("normalized", "per_tile", "raw")
 SAMPLINGS = ("tile", "scene")
 THRESHOLDS = ("loss", "val")
 PIXEL_SIZE_M = 0.5  # ground size of a pixel of the Kaggle/DeepGlobe tiles (and of the synthetic ones)
@@ -144,7 +144,9 @@ class ModelConfig:
     width: int = 16  # channels of the first level; doubles at each level down
     depth: int = 3  # number of 2x downsamplings
     batch_norm: bool = True
-    input: str = "normalized"  # "raw" feeds 0-255 floats, as the 2022 study did
+    # "normalized": the train split's channel mean/std; "per_tile": each tile's own (scene colour and
+    # brightness shifts removed); "raw": 0-255 floats, as the 2022 study did
+    input: str = "normalized"
 
     def __post_init__(self) -> None:
         from .model import ARCHS

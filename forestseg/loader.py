@@ -49,15 +49,17 @@ def load_tiles(layout: DataLayout, rows: np.ndarray, device: torch.device, scene
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Per-channel mean/std on the 0-255 scale; stored in checkpoints so predict uses the same."""
+    """Per-channel mean/std on the 0-255 scale; stored in checkpoints so predict uses the same.
+    With `per_tile`, each tile is standardised by its own channels' mean and std instead."""
 
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    per_tile: bool = False
 
     @classmethod
     def of(cls, saved: dict) -> "Normalizer":
         """The normaliser stored in a model file: {"mean": [r, g, b], "std": [r, g, b]}."""
-        return cls(tuple(saved["mean"]), tuple(saved["std"]))
+        return cls(tuple(saved["mean"]), tuple(saved["std"]), bool(saved.get("per_tile", False)))
 
     @classmethod
     def fit(cls, images: torch.Tensor, chunk: int = 256) -> "Normalizer":
@@ -75,6 +77,11 @@ class Normalizer:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float on the 0-255 scale -> normalised, same memory format."""
+        if self.per_tile:
+            mean = x.mean((2, 3), keepdim=True)
+            # a floor of 1 grey level: a flat tile (all water, all nodata) is not blown up into noise
+            std = x.std((2, 3), keepdim=True).clamp_min(1.0)
+            return (x - mean) / std
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std

@@ -333,8 +333,10 @@ def train_run(
     source = read_init(init, asdict(model_cfg)) if init is not None else None
     if source is not None:  # the source model's normaliser: its weights expect inputs scaled as it learned them
         norm = Normalizer.of(source["normalizer"])
+    elif model_cfg.input == "normalized":
+        norm = Normalizer.fit(train.images)
     else:
-        norm = Normalizer.fit(train.images) if model_cfg.input == "normalized" else Normalizer()
+        norm = Normalizer(per_tile=model_cfg.input == "per_tile")
     # what predict needs beside the weights; the same in model.pt and best.pt
     portable = {
         "run": run.name,

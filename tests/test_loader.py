@@ -117,6 +117,20 @@ def test_normalizer_of_a_constant_channel_is_finite() -> None:
     assert torch.isfinite(to_input(images, norm)).all()
 
 
+def test_per_tile_input_standardises_each_tile_and_ignores_a_colour_cast() -> None:
+    norm = Normalizer(per_tile=True)
+    x = to_input(make_tiles(4, size=16).images, norm).double()
+    assert x.mean((2, 3)).abs().max() < 1e-5 and (x.std((2, 3)) - 1).abs().max() < 1e-5  # each tile, each channel
+    images = make_tiles(4, size=16).images.permute(0, 3, 1, 2).float() * 0.7 + 20  # 20-199: no clipping below
+    cast = images * torch.tensor([0.8, 1.1, 1.2]).view(1, 3, 1, 1) + torch.tensor([15.0, -5.0, 30.0]).view(1, 3, 1, 1)
+    assert torch.allclose(norm(cast), norm(images), atol=1e-4)  # a scene's brightness or tint: the same input
+    assert not torch.allclose(Normalizer()(cast), Normalizer()(images))
+    flat = to_input(torch.full((1, 8, 8, 3), 90, dtype=torch.uint8), norm)
+    assert torch.equal(flat, torch.zeros_like(flat))  # no noise blown up from a flat tile
+    assert Normalizer.of({"per_tile": True, "mean": [0] * 3, "std": [1] * 3}) == norm
+    assert not Normalizer.of({"mean": [1, 2, 3], "std": [4, 5, 6]}).per_tile  # a model file from before
+
+
 def test_jitter_is_seeded_and_bounded() -> None:
     tiles = make_tiles(4)
     plain = to_input(tiles.images, Normalizer())

@@ -212,7 +212,8 @@ def test_checkpoint_contents(data, tmp_path: Path, uninterrupted) -> None:
     model = read_model(tmp_path / "last" / "model.pt")  # what predict needs, and nothing to resume with
     assert model["format"] == MODEL_FORMAT and model["run"] == "bce-adam-0" and model["epoch"] == 3
     assert model["loss"] == "bce" and model["threshold"] == 0.0 and model["model"]["width"] == 4
-    assert set(model["normalizer"]) == {"mean", "std"} and len(model["normalizer"]["mean"]) == 3
+    assert set(model["normalizer"]) == {"mean", "std", "per_tile"} and len(model["normalizer"]["mean"]) == 3
+    assert model["normalizer"]["per_tile"] is False
     assert model["tile_size"] == 32 and set(model["weights"]) == set(saved["model"])
     assert "optimizer" not in model and "rng" not in model
     assert not list(tmp_path.rglob(".*tmp*"))  # the atomic writes left no temp file
@@ -435,3 +436,14 @@ def test_a_model_file_of_other_model_params_is_refused_in_one_line(data, source,
     resume = source.parent.parent / "last.pt"  # the source run's resume file: not a model file
     with pytest.raises(ForestsegError, match=r"^params\.yaml: train\.init_from: .*last\.pt: not a forestseg-model/1"):
         go(data, tmp_path / "other.pt", init=resume)
+
+
+@pytest.mark.parametrize("input", ["normalized", "per_tile", "raw"])
+def test_the_model_file_keeps_the_input_normalisation_that_predict_applies(data, tmp_path: Path, input) -> None:
+    from forestseg.predict import Predictor
+
+    go(data, tmp_path / "last.pt", model=dataclasses.replace(MODEL, input=input))
+    norm = Predictor.load(tmp_path / "last" / "model.pt", torch.device("cpu")).norm
+    # the train split's channel statistics; per_tile's come from each tile as it is predicted
+    expected = Normalizer.fit(data[0].images) if input == "normalized" else Normalizer(per_tile=input == "per_tile")
+    assert norm == expected
