@@ -58,7 +58,8 @@ class Normalizer:
 
     @classmethod
     def of(cls, saved: dict) -> "Normalizer":
-        """The normaliser stored in a model file: {"mean": [r, g, b], "std": [r, g, b]}."""
+        """The normaliser stored in a model file: {"mean": [r, g, b], "std": [r, g, b], "per_tile": bool}
+        (files written before per_tile have no such key: fitted or identity statistics)."""
         return cls(tuple(saved["mean"]), tuple(saved["std"]), bool(saved.get("per_tile", False)))
 
     @classmethod
@@ -81,9 +82,9 @@ class Normalizer:
             mean = x.mean((2, 3), keepdim=True)
             # a floor of 1 grey level: a flat tile (all water, all nodata) is not blown up into noise
             std = x.std((2, 3), keepdim=True).clamp_min(1.0)
-            return (x - mean) / std
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        else:
+            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
 
 
