@@ -48,15 +48,23 @@ def test_setting_a_param_back_restores_every_train_stage_from_the_run_cache(repo
 
 
 def test_queued_slices_then_one_grid_run_trains_nothing_twice(repo: Path) -> None:
-    """One queued experiment per seed, two workers; then the whole grid in one `dvc exp run` restores
-    both members from the run-cache and only aggregates: one report with every seed."""
+    """README Scale-out: the data stages once, one queued experiment per seed that trains only, two
+    workers; then the whole grid in one `dvc exp run` restores both members from the run-cache and
+    only aggregates: one report with every seed. Without the first `dvc repro split`, both workers
+    write the same index outputs into the shared cache at once, and DVC failed one of them in CI and in
+    1 run of 4 here ("unable to remove 'data/index.csv' without a confirmation")."""
     set_params(repo, GRID)
     commit(repo, "tiny grid")
+    sh(repo, "dvc", "repro", "split")
     for seed in (0, 1):
-        sh(repo, "dvc", "exp", "run", "--queue", "-n", f"seed{seed}", "-S", f"grid.seed=[{seed}]")
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", f"seed{seed}", "-S", f"grid.seed=[{seed}]", "train")
     sh(repo, "dvc", "queue", "start", "-j", "2")
     status = wait_for_queue(repo)
-    assert status.count("Success") == 2, status
+    assert status.count("Success") == 2, status + "".join(
+        sh(repo, "dvc", "queue", "logs", f"seed{seed}", check=False).stdout
+        for seed in (0, 1)
+        if f"seed{seed}" in status
+    )
     full = sh(repo, "dvc", "exp", "run", "-n", "all-seeds")
     assert not MEMBERS & ran(full), full.stdout
     assert restored(full) >= MEMBERS
