@@ -138,7 +138,7 @@ def study_grid(args: argparse.Namespace) -> None:
         print(f"study grid: data ({scenes * grid * grid} tiles of {tile} px) in {time.perf_counter() - t0:.0f} s")
         t0 = time.perf_counter()
         for s in seeds:
-            sh(work, "dvc", "exp", "run", "--queue", "-n", f"seed{s}", "-S", f"grid.seed=[{s}]")
+            sh(work, "dvc", "exp", "run", "--queue", "-n", f"seed{s}", "-S", f"grid.seed=[{s}]", "train")
         sh(work, "dvc", "queue", "start", "-j", str(args.workers))
         while True:
             status = sh(work, "dvc", "queue", "status")
