@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,25 @@ def start_dvc(repo: Path, *args: str) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
+
+
+def wait_for_queue(repo: Path, seconds: int = 300) -> str:
+    """`dvc queue status` once nothing is queued or running; the workers are stopped either way."""
+    try:
+        for _ in range(seconds):
+            status = sh(repo, "dvc", "queue", "status").stdout
+            if "Running" not in status and "Queued" not in status:
+                return status
+            time.sleep(1)
+    finally:
+        sh(repo, "dvc", "queue", "stop", check=False)
+    raise AssertionError(f"queue still busy after {seconds} s:\n{status}")
+
+
+def failed_logs(repo: Path, status: str) -> str:
+    """`dvc queue status` followed by the logs of each task it lists as Failed (for assert messages)."""
+    failed = [line.split()[0] for line in status.splitlines() if line.endswith(" Failed")]
+    return status + "".join(sh(repo, "dvc", "queue", "logs", task, check=False).stdout for task in failed)
 
 
 def train_small_model(folder: Path, tile: int = 64, width: int = 8) -> Path:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, ran, set_params, sh, start_dvc, train_small_model
+from conftest import TINY, failed_logs, ran, set_params, sh, start_dvc, train_small_model, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -115,8 +115,6 @@ def test_study_command_sets_the_study_protocol(repo: Path) -> None:
 
 
 def test_queued_experiments_run_two_at_a_time_without_clobbering(repo: Path) -> None:
-    import time
-
     set_params(repo, {"grid": {"loss": ["bce"]}})
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
@@ -124,15 +122,8 @@ def test_queued_experiments_run_two_at_a_time_without_clobbering(repo: Path) -> 
     for lr in ("0.01", "0.003"):
         sh(repo, "dvc", "exp", "run", "--queue", "-n", f"lr{lr}", "-S", f"optimizer.lr={lr}")
     sh(repo, "dvc", "queue", "start", "-j", "2")
-    try:
-        for _ in range(300):
-            status = sh(repo, "dvc", "queue", "status").stdout
-            if not re.search(r"Running|Queued", status):
-                break
-            time.sleep(1)
-    finally:
-        sh(repo, "dvc", "queue", "stop", check=False)
-    assert status.count("Success") == 2, status
+    status = wait_for_queue(repo)
+    assert status.count("Success") == 2, failed_logs(repo, status)
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     exps = {x["name"]: x["revs"][0] for e in shown for x in (e.get("experiments") or [])}
     for name, lr in (("lr0.01", 0.01), ("lr0.003", 0.003)):

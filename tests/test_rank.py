@@ -14,11 +14,10 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, set_params, sh
+from conftest import REPO, TINY, failed_logs, set_params, sh, wait_for_queue
 from PIL import Image
 
 from forestseg.config import ForestsegError
@@ -135,15 +134,8 @@ def test_a_queued_sweep_is_ranked(repo: Path) -> None:
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run")
     sh(repo, "dvc", "exp", "run", "--queue", "-S", "model.width=4,8")
     sh(repo, "dvc", "queue", "start", "-j", "1")
-    try:
-        for _ in range(300):
-            status = sh(repo, "dvc", "queue", "status").stdout
-            if "Running" not in status and "Queued" not in status:
-                break
-            time.sleep(1)
-    finally:
-        sh(repo, "dvc", "queue", "stop", check=False)
-    assert status.count("Success") == 2, status
+    status = wait_for_queue(repo)
+    assert status.count("Success") == 2, failed_logs(repo, status)
     out = sh(repo, sys.executable, "recipes/rank.py").stdout.splitlines()
     assert out[0] == "| rank | experiment | best_iou | best | iou_bce-adam | model.width |"
     rows = [line.split(" | ") for line in out[2:4]]

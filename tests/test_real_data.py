@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import SAMPLE, TINY, make_set, ran, set_params, sh, start_dvc
+from conftest import SAMPLE, TINY, failed_logs, make_set, ran, set_params, sh, start_dvc, wait_for_queue
 
 pytestmark = pytest.mark.slow
 TINY_REAL = {
@@ -47,18 +46,6 @@ def git_files_ever(repo: Path) -> set[str]:
     return files
 
 
-def wait_for_queue(repo: Path, seconds: int = 300) -> str:
-    try:
-        for _ in range(seconds):
-            status = sh(repo, "dvc", "queue", "status").stdout
-            if "Running" not in status and "Queued" not in status:
-                return status
-            time.sleep(1)
-    finally:
-        sh(repo, "dvc", "queue", "stop", check=False)
-    raise AssertionError(f"queue still busy after {seconds} s:\n{status}")
-
-
 def test_the_kaggle_download_as_dvc_data_from_unzip_to_queued_experiment(repo: Path) -> None:
     """README 'Real data': unzip into data/raw, `dvc add`, `dvc exp run`; no JPEG ever reaches git, and a
     queued experiment (a temp copy of the repo) trains on the same data."""
@@ -91,7 +78,7 @@ def test_the_kaggle_download_as_dvc_data_from_unzip_to_queued_experiment(repo: P
     )
     sh(repo, "dvc", "queue", "start")
     status = wait_for_queue(repo)
-    assert "Success" in status, status + sh(repo, "dvc", "queue", "logs", "kaggle-lr", check=False).stdout
+    assert "Success" in status, failed_logs(repo, status)
 
     sh(repo, "dvc", "exp", "apply", "kaggle-lr")
     assert yaml.safe_load((repo / "metrics/index.json").read_text())["valid"] == pairs  # trained on the same pairs

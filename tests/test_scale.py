@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY, ran, set_params, sh
-from test_real_data import wait_for_queue
+from conftest import TINY, failed_logs, ran, set_params, sh, wait_for_queue
 
 pytestmark = pytest.mark.slow
 GRID = {
@@ -60,11 +59,7 @@ def test_queued_slices_then_one_grid_run_trains_nothing_twice(repo: Path) -> Non
         sh(repo, "dvc", "exp", "run", "--queue", "-n", f"seed{seed}", "-S", f"grid.seed=[{seed}]", "train")
     sh(repo, "dvc", "queue", "start", "-j", "2")
     status = wait_for_queue(repo)
-    assert status.count("Success") == 2, status + "".join(
-        sh(repo, "dvc", "queue", "logs", f"seed{seed}", check=False).stdout
-        for seed in (0, 1)
-        if f"seed{seed}" in status
-    )
+    assert status.count("Success") == 2, failed_logs(repo, status)
     full = sh(repo, "dvc", "exp", "run", "-n", "all-seeds")
     assert not MEMBERS & ran(full), full.stdout
     assert restored(full) >= MEMBERS
