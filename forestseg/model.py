@@ -1,4 +1,5 @@
-"""UNet for binary segmentation, read top-down: block, down, up, UNet. Outputs one logit map."""
+"""UNet for binary segmentation, read top-down: block, down, up, global context, UNet. Outputs one
+logit map."""
 
 from __future__ import annotations
 
@@ -49,14 +50,31 @@ class Up(nn.Module):
         return self.block(torch.cat([skip, x], dim=1))  # (B, cout, 2h, 2w)
 
 
-class UNet(nn.Module):
-    """UNet with `depth` downsamplings; level i has width * 2**i channels."""
+class GlobalContext(nn.Module):
+    """Add a linear map of the whole input's mean features to every position, so each pixel also sees
+    what the tile is as a whole (a forest, a field with trees), beyond the convolutions' reach.
+    Zero-initialised: training starts from the plain UNet."""
 
-    def __init__(self, width: int, depth: int, batch_norm: bool = True, in_channels: int = 3):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(x.mean(dim=(2, 3), keepdim=True))  # (B, c, h, w) + (B, c, 1, 1)
+
+
+class UNet(nn.Module):
+    """UNet with `depth` downsamplings; level i has width * 2**i channels. `context` adds a
+    GlobalContext at the bottom level."""
+
+    def __init__(self, width: int, depth: int, batch_norm: bool = True, in_channels: int = 3, context: bool = False):
         super().__init__()
         widths = [width * 2**i for i in range(depth + 1)]  # e.g. 64, 128, 256, 512, 1024
         self.stem = Block(in_channels, widths[0], batch_norm)
         self.downs = nn.ModuleList(Down(a, b, batch_norm) for a, b in zip(widths, widths[1:]))
+        self.context = GlobalContext(widths[-1]) if context else nn.Identity()
         self.ups = nn.ModuleList(Up(b, a, batch_norm) for a, b in zip(widths[::-1][1:], widths[::-1]))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
@@ -64,7 +82,7 @@ class UNet(nn.Module):
         skips = [self.stem(x)]  # (B, w, H, W)
         for down in self.downs:
             skips.append(down(skips[-1]))  # (B, w*2**i, H/2**i, W/2**i)
-        x = skips.pop()  # (B, w*2**depth, H/2**depth, W/2**depth)
+        x = self.context(skips.pop())  # (B, w*2**depth, H/2**depth, W/2**depth)
         for up in self.ups:
             x = up(x, skips.pop())  # back up one level per step
         return self.head(x)[:, 0]  # (B, H, W) logits
@@ -118,6 +136,11 @@ class Arch:
 ARCHS: dict[str, Arch] = {
     "unet": Arch(
         lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm), lambda cfg: 2**cfg.depth
+    ),
+    # the same with a GlobalContext at the bottom: each output also depends on the whole window
+    "unet_context": Arch(
+        lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm, context=True),
+        lambda cfg: 2**cfg.depth,
     ),
     # the 2022 study's model: fixed widths (ignores width/depth/batch_norm); its valid convs eat 40 px
     "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48),

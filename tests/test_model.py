@@ -98,3 +98,18 @@ def test_output_depends_on_input() -> None:
     with torch.no_grad():
         single = model(x[:1])
     torch.testing.assert_close(single, a[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_global_context_starts_as_the_plain_unet_and_then_sees_the_whole_tile() -> None:
+    torch.manual_seed(3)
+    plain = build_model(ModelConfig(arch="unet", width=4, depth=1)).eval()
+    context = build_model(ModelConfig(arch="unet_context", width=4, depth=1)).eval()
+    context.load_state_dict(plain.state_dict(), strict=False)  # only the context's projection is new
+    x = torch.randn(2, 3, 64, 64)
+    far = x.clone()
+    far[:, :, :16, :16] += 5.0  # a corner change, far beyond depth 1's receptive field from (63, 63)
+    with torch.no_grad():
+        torch.testing.assert_close(context(x), plain(x))  # zero-initialised: the plain UNet at first
+        assert torch.equal(plain(x)[:, -1, -1], plain(far)[:, -1, -1])
+        torch.nn.init.normal_(context.context.proj.weight)
+        assert not torch.allclose(context(x)[:, -1, -1], context(far)[:, -1, -1])
