@@ -116,7 +116,7 @@ def main() -> None:
 
     def score(model_file: Path) -> dict:
         predictor = Predictor.load(model_file, device, train_cfg.precision, tta=args.tta)
-        return scores(np.sum(list(score_rows(predictor, sample, scored).values()), axis=0))
+        return scores(np.sum(list(score_rows([predictor], sample, scored).values()), axis=0))
 
     with tempfile.TemporaryDirectory(prefix="forestseg-finetune-") as tmp:
         folder = Path(tmp)

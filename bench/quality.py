@@ -131,34 +131,48 @@ def recipe_params(name: str, sets: list[str]) -> dict:
 
 
 def score_rows(
-    predictor: Predictor, sample: Sample, rows: np.ndarray, trade_off: dict | None = None
+    predictors: list[Predictor], sample: Sample, rows: np.ndarray, trade_off: dict | None = None
 ) -> dict[str, np.ndarray]:
     """[tp, fp, fn, tn] per scene of the sample's `rows` (whole tiles: one window each, as `forestseg
-    predict` runs them), forest above the model file's threshold. With a `trade_off` dict, also the
-    counts over all rows at each forest probability cut of CUTS, added into it."""
+    predict` runs them), forest above the model file's threshold; with several model files (a seed
+    ensemble, all with the same threshold) the mean of their raw outputs. With a `trade_off` dict, also
+    the counts over all rows at each forest probability cut of CUTS, added into it."""
     images = np.load(sample.layout.images, mmap_mode="r")
     truths = np.load(sample.layout.masks, mmap_mode="r")
+    first = predictors[0]
     per_scene: dict[str, np.ndarray] = {}
     for start in range(0, len(rows), 32):
         chunk = rows[start : start + 32]
-        logits = predictor.windows_logits(np.stack([images[r] for r in chunk]))
-        prob = predictor.probability(logits) if trade_off is not None else None
+        tiles = np.stack([images[r] for r in chunk])
+        logits = np.mean([p.windows_logits(tiles) for p in predictors], axis=0)
+        prob = first.probability(logits) if trade_off is not None else None
         for i, r in enumerate(chunk):
             truth = truths[r] > 0
-            per_scene[sample.scene[r]] = per_scene.get(sample.scene[r], 0) + _counts(logits[i] > predictor.cut, truth)
+            per_scene[sample.scene[r]] = per_scene.get(sample.scene[r], 0) + _counts(logits[i] > first.cut, truth)
             for cut in CUTS if trade_off is not None else ():
                 trade_off[cut] = trade_off.get(cut, 0) + _counts(prob[i] > cut, truth)
     return per_scene
 
 
+def _total(per_scene: dict[str, np.ndarray]) -> dict:
+    return scores(np.sum(list(per_scene.values()), axis=0))
+
+
 def train_and_score(
-    params: dict, train_scenes: list[str], test_scenes: list[str], sample: Sample, device: torch.device, tta: bool
+    params: dict,
+    train_scenes: list[str],
+    test_scenes: list[str],
+    sample: Sample,
+    device: torch.device,
+    tta: bool,
+    ensemble: bool = False,
 ) -> dict:
-    """Train the recipe's first grid member on `train_scenes`, score the model file on `test_scenes`."""
+    """Train the recipe's first grid member on `train_scenes` (with `ensemble`, one model per seed of
+    its grid, scored as the mean of their raw outputs, and each alone in `members`), score the model
+    file on `test_scenes`."""
     model_cfg, opt_cfg, train_cfg, split_cfg, grid = load_sections(
         params, "model", "optimizer", "train", "split", "grid"
     )
-    run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
     val_scenes: list[str] = []
     if split_cfg.val_fraction > 0:
         n_val = max(1, round(split_cfg.val_fraction * len(train_scenes)))
@@ -168,30 +182,37 @@ def train_and_score(
     test_rows = rows_of(sample, test_scenes)
     test = load_tiles(sample.layout, test_rows, device)
     val = load_tiles(sample.layout, rows_of(sample, val_scenes), device) if val_scenes else None
-    with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
-        t0 = time.perf_counter()
-        result = train_run(
-            run,
-            model_cfg,
-            opt_cfg,
-            train_cfg,
-            train,
-            test,
-            Path(tmp),
-            Path(tmp) / "resume.pt",
-            "bench",
-            log=print,
-            val=val,
-        )
-        seconds = time.perf_counter() - t0
-        predictor = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
+    predictors, histories, seconds = [], [], 0.0
+    for seed in grid.seed if ensemble else grid.seed[:1]:
+        with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
+            t0 = time.perf_counter()
+            run = Run(grid.loss[0], grid.optimizer[0], seed)
+            result = train_run(
+                run,
+                model_cfg,
+                opt_cfg,
+                train_cfg,
+                train,
+                test,
+                Path(tmp),
+                Path(tmp) / "resume.pt",
+                "bench",
+                log=print,
+                val=val,
+            )
+            seconds += time.perf_counter() - t0
+            predictors.append(Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision))
+            histories.append([{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history])
+    members = []
+    if ensemble:  # each member alone on the same tiles: the ensemble's own gain, paired
+        for seed, p, history in zip(grid.seed, predictors, histories):
+            members.append({"seed": seed, "scores": _total(score_rows([p], sample, test_rows)), "history": history})
     plain = None
     if tta:  # the same model scored both ways: TTA's own gain, paired
-        plain = scores(np.sum(list(score_rows(predictor, sample, test_rows).values()), axis=0))
-        predictor = dataclasses.replace(predictor, tta=True)
+        plain = _total(score_rows(predictors, sample, test_rows))
+        predictors = [dataclasses.replace(p, tta=True) for p in predictors]
     trade_off: dict[float, np.ndarray] = {}
-    per_scene = score_rows(predictor, sample, test_rows, trade_off)
-    total = np.sum(list(per_scene.values()), axis=0)
+    per_scene = score_rows(predictors, sample, test_rows, trade_off)
     forest = int(sample.forest[test_rows].sum())
     return {
         "train_scenes": len(train_scenes),
@@ -199,13 +220,14 @@ def train_and_score(
         "train_tiles": len(train),
         "test_tiles": len(test_rows),
         "seconds": round(seconds, 1),
-        "threshold": predictor.cut,
-        "scores": scores(total),
+        "threshold": predictors[0].cut,
+        "scores": _total(per_scene),
         "baseline": scores(np.array([forest, int(sample.pixels[test_rows].sum()) - forest, 0, 0])),
         "scenes": {s: scores(c)["iou"] for s, c in sorted(per_scene.items())},
-        "history": [{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history],
+        "history": histories[0],
         "trade_off": {str(c): scores(n) for c, n in trade_off.items()},
         **({"without_tta": plain} if plain else {}),
+        **({"members": members} if members else {}),
     }
 
 
@@ -266,7 +288,7 @@ def trade_off_table(result: dict) -> str:
 
 # What two cv results must share for their folds to be one CV: the training, which scenes fold i
 # holds (it depends on the fold count), and how a fold is scored.
-ALIKE = ("mode", "params", "folds", "tta")
+ALIKE = ("mode", "params", "folds", "tta", "ensemble")
 
 
 def unfinished_folds(result: dict) -> dict[int, dict]:
@@ -311,6 +333,11 @@ def main() -> None:
     ap.add_argument(
         "--tta", action="store_true", help="score with the 8 flips/rotations averaged (and without, in without_tta)"
     )
+    ap.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="train one model per seed of the recipe's grid and score the mean of their outputs (and each alone)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--name", default="", help="result name (default: recipe and -S values)")
     ap.add_argument("--ref", default="", help="table: also each result's paired change against this result")
@@ -345,14 +372,17 @@ def main() -> None:
     sample = load_sample()
     name = args.name or "_".join([args.mode, args.recipe, *(s.replace("/", "-") for s in args.set_param)])
     name += "_tta" if args.tta and not args.name else ""
+    if args.ensemble and (len(params["grid"]["seed"]) < 2 or params["train"]["threshold"] != "loss"):
+        sys.exit("--ensemble: give grid.seed two or more seeds (e.g. -S grid.seed=[0,1]) and train.threshold loss")
     result = {"name": name, "mode": args.mode, "recipe": args.recipe, "set": args.set_param, "params": params}
     result["device"], result["threads"] = device.type, torch.get_num_threads()
     result["folds"], result["tta"] = args.folds, args.tta  # which scenes a fold holds, and how it is scored
+    result["ensemble"] = args.ensemble
     print(f"{name}: device {device}, {torch.get_num_threads()} threads")
     if args.mode == "final":
         held = holdout_scenes(sample)
         rest = [s for f in folds(sample, args.folds) for s in f]
-        result["parts"] = [train_and_score(params, rest, held, sample, device, args.tta)]
+        result["parts"] = [train_and_score(params, rest, held, sample, device, args.tta, args.ensemble)]
     elif args.mode == "cv":
         chosen = [int(i) for i in args.only.split(",")] if args.only else list(range(args.folds))
         done, parts = unfinished_folds(result), []
@@ -364,7 +394,7 @@ def main() -> None:
                 continue
             test = all_folds[i]
             train = [s for j, f in enumerate(all_folds) if j != i for s in f]
-            parts.append({"fold": i, **train_and_score(params, train, test, sample, device, args.tta)})
+            parts.append({"fold": i, **train_and_score(params, train, test, sample, device, args.tta, args.ensemble)})
             print(f"fold {i}: forest IoU {parts[-1]['scores']['iou']:.4f} mIoU {parts[-1]['scores']['miou']:.4f}")
             left = chosen[len(parts) :]
             if left:  # a killed bench (e.g. a session's end) keeps its finished folds; the same command resumes
@@ -383,7 +413,9 @@ def main() -> None:
                 # the same compute at every size: as many tiles seen as the recipe's epochs over the whole pool
                 epochs = round(params["train"]["epochs"] * len(rows_of(sample, pool)) / len(rows_of(sample, train)))
                 sized = {**params, "train": {**params["train"], "epochs": max(1, epochs)}}
-                parts.append({"fold": i, **train_and_score(sized, train, test, sample, device, args.tta)})
+                parts.append(
+                    {"fold": i, **train_and_score(sized, train, test, sample, device, args.tta, args.ensemble)}
+                )
             result["curve"][n] = {"parts": parts, "summary": summarize(parts)}
             print(f"{n} training scenes:", {m: mean_std(result["curve"][n]["summary"][m]) for m in SHOWN})
         result["parts"] = result["curve"][max(result["curve"])]["parts"]

@@ -1,11 +1,21 @@
-"""bench/quality.py: an unfinished cv run resumes from the folds it saved."""
+"""bench/quality.py: an unfinished cv run resumes from the folds it saved; a seed ensemble is scored as
+the mean of its members' raw outputs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from forestseg.config import ModelConfig
+from forestseg.evaluate import _counts
+from forestseg.layout import DataLayout
+from forestseg.loader import Normalizer
+from forestseg.model import build_model
+from forestseg.predict import Predictor
 
 quality = pytest.importorskip("bench.quality")
 
@@ -24,7 +34,7 @@ def part(fold: int) -> dict:
 
 def result(name: str = "r", **changes) -> dict:
     base = {"name": name, "mode": "cv", "recipe": "cpu", "set": [], "params": {"train": {"epochs": 3}}}
-    return {**base, "device": "cpu", "threads": 1, "folds": 5, "tta": False, **changes}
+    return {**base, "device": "cpu", "threads": 1, "folds": 5, "tta": False, "ensemble": False, **changes}
 
 
 @pytest.fixture
@@ -49,6 +59,7 @@ def test_a_saved_unfinished_run_gives_back_its_folds(results_dir: Path) -> None:
         result(recipe="gpu", unfinished=[1]),
         result(folds=3, unfinished=[1]),  # other folds: fold 0 held other scenes
         result(tta=True, unfinished=[1]),  # scored otherwise
+        result(ensemble=True, unfinished=[1]),
     ],
 )
 def test_other_runs_are_not_resumed(results_dir: Path, saved: dict) -> None:
@@ -67,6 +78,7 @@ def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
         ({"threads": 2}, True),  # threads change the minutes, not the folds
         ({"folds": 3}, False),  # fold 1 of 3 holds other scenes than fold 1 of 5
         ({"tta": True}, False),
+        ({"ensemble": True}, False),
         ({"params": {"train": {"epochs": 4}}}, False),
     ],
 )
@@ -81,3 +93,36 @@ def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other:
         with pytest.raises(SystemExit, match="same params, --folds and --tta"):
             quality.main()
         assert not (results_dir / "ab.json").exists()
+
+
+def predictor(seed: int, images: np.ndarray) -> Predictor:
+    """An untrained UNet (width 4, depth 1) on 32-px windows, its weights drawn from `seed`, its output
+    bias set so that about half of the pixels of `images` are forest."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(width=4, depth=1)).eval()
+    p = Predictor(model, Normalizer((110.0, 120.0, 100.0), (50.0, 45.0, 40.0)), 32, 0.0, torch.device("cpu"))
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        head.bias -= float(np.median(p.windows_logits(images)))
+    return p
+
+
+def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    layout = DataLayout(tmp_path)
+    layout.packed.mkdir()
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    masks = rng.integers(0, 2, (5, 32, 32), dtype=np.uint8)
+    np.save(layout.images, images)
+    np.save(layout.masks, masks)
+    scene = np.array(["a", "a", "b", "b", "b"])
+    sample = quality.Sample(layout, scene, masks.sum(axis=(1, 2)), np.full(5, 32 * 32))
+    members = [predictor(0, images), predictor(1, images)]
+    mean = np.mean([p.windows_logits(images) for p in members], axis=0)
+    expected = {s: sum(_counts(mean[i] > 0, masks[i] > 0) for i in np.flatnonzero(scene == s)) for s in "ab"}
+    trade_off: dict = {}
+    got = quality.score_rows(members, sample, np.arange(5), trade_off)
+    assert {s: c.tolist() for s, c in got.items()} == {s: c.tolist() for s, c in expected.items()}
+    assert trade_off[0.5].tolist() == sum(expected.values()).tolist()  # p 0.5 is the cut at logit 0
+    alone = quality.score_rows(members[:1], sample, np.arange(5))
+    assert alone["a"].tolist() != got["a"].tolist() or alone["b"].tolist() != got["b"].tolist()  # the mean differs
