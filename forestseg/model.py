@@ -132,16 +132,18 @@ class Arch:
     smallest_tile: Callable[[ModelConfig], int]
 
 
+def _unet(context: bool) -> Arch:
+    return Arch(
+        lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm, context=context),
+        lambda cfg: 2**cfg.depth,
+    )
+
+
 # Every architecture a user can name in model.arch.
 ARCHS: dict[str, Arch] = {
-    "unet": Arch(
-        lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm), lambda cfg: 2**cfg.depth
-    ),
+    "unet": _unet(context=False),
     # the same with a GlobalContext at the bottom: each output also depends on the whole window
-    "unet_context": Arch(
-        lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm, context=True),
-        lambda cfg: 2**cfg.depth,
-    ),
+    "unet_context": _unet(context=True),
     # the 2022 study's model: fixed widths (ignores width/depth/batch_norm); its valid convs eat 40 px
     "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48),
 }
