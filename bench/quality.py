@@ -17,7 +17,8 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
   - `merge`: one result of the folds of several runs of a recipe (`--parts a,b --name c`).
   - `table`: one Markdown table of every saved result (recipes x metrics), for the README; with
     `--ref NAME`, also each one's change against that result on the same folds (paired).
-A recipe is recipes/<name>.yaml (the member trained is its grid's first loss, optimizer and seed);
+A recipe is recipes/<name>.yaml (the member trained is its grid's first loss, optimizer and seed;
+with --ensemble, one per seed of its grid, scored as the mean of their raw outputs and each alone);
 -S section.key=value changes one of its params, as `dvc exp run -S` does. Every result is saved as
 JSON and Markdown under bench/results/ (the name: --name, else the recipe and its -S values).
 
