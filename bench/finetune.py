@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.quality import holdout_scenes, load_sample, recipe_params, rows_of, score_rows  # noqa: E402
+from bench.quality import holdout_scenes, load_sample, recipe_params, rows_of, score_rows, total_scores  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> None:
 
     def score(model_file: Path) -> dict:
         predictor = Predictor.load(model_file, device, train_cfg.precision, tta=args.tta)
-        return scores(np.sum(list(score_rows([predictor], sample, scored).values()), axis=0))
+        return total_scores(score_rows([predictor], sample, scored))
 
     with tempfile.TemporaryDirectory(prefix="forestseg-finetune-") as tmp:
         folder = Path(tmp)

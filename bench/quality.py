@@ -155,7 +155,8 @@ def score_rows(
     return per_scene
 
 
-def _total(per_scene: dict[str, np.ndarray]) -> dict:
+def total_scores(per_scene: dict[str, np.ndarray]) -> dict:
+    """Scores of the counts of `score_rows` summed over its scenes."""
     return scores(np.sum(list(per_scene.values()), axis=0))
 
 
@@ -207,10 +208,12 @@ def train_and_score(
     members = []
     if ensemble:  # each member alone on the same tiles: the ensemble's own gain, paired
         for seed, p, history in zip(grid.seed, predictors, histories):
-            members.append({"seed": seed, "scores": _total(score_rows([p], sample, test_rows)), "history": history})
+            members.append(
+                {"seed": seed, "scores": total_scores(score_rows([p], sample, test_rows)), "history": history}
+            )
     plain = None
     if tta:  # the same model scored both ways: TTA's own gain, paired
-        plain = _total(score_rows(predictors, sample, test_rows))
+        plain = total_scores(score_rows(predictors, sample, test_rows))
         predictors = [dataclasses.replace(p, tta=True) for p in predictors]
     trade_off: dict[float, np.ndarray] = {}
     per_scene = score_rows(predictors, sample, test_rows, trade_off)
@@ -222,7 +225,7 @@ def train_and_score(
         "test_tiles": len(test_rows),
         "seconds": round(seconds, 1),
         "threshold": predictors[0].cut,
-        "scores": _total(per_scene),
+        "scores": total_scores(per_scene),
         "baseline": scores(np.array([forest, int(sample.pixels[test_rows].sum()) - forest, 0, 0])),
         "scenes": {s: scores(c)["iou"] for s, c in sorted(per_scene.items())},
         "history": histories[0],
