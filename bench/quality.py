@@ -132,26 +132,37 @@ def recipe_params(name: str, sets: list[str]) -> dict:
 
 
 def score_rows(
-    predictors: list[Predictor], sample: Sample, rows: np.ndarray, trade_off: dict | None = None
+    predictors: list[Predictor],
+    sample: Sample,
+    rows: np.ndarray,
+    trade_off: dict | None = None,
+    alone: list | None = None,
 ) -> dict[str, np.ndarray]:
     """[tp, fp, fn, tn] per scene of the sample's `rows` (whole tiles: one window each, as `forestseg
     predict` runs them), forest above the model file's threshold; with several model files (a seed
     ensemble, all with the same threshold) the mean of their raw outputs. With a `trade_off` dict, also
-    the counts over all rows at each forest probability cut of CUTS, added into it."""
+    the counts over all rows at each forest probability cut of CUTS, added into it; with an `alone`
+    list, each model's own counts per scene, appended to it (from the same forward passes)."""
     images = np.load(sample.layout.images, mmap_mode="r")
     truths = np.load(sample.layout.masks, mmap_mode="r")
     first = predictors[0]
     per_scene: dict[str, np.ndarray] = {}
+    each_alone: list[dict[str, np.ndarray]] = [{} for _ in predictors] if alone is not None else []
     for start in range(0, len(rows), 32):
         chunk = rows[start : start + 32]
         tiles = np.stack([images[r] for r in chunk])
-        logits = np.mean([p.windows_logits(tiles) for p in predictors], axis=0)
+        each = [p.windows_logits(tiles) for p in predictors]
+        logits = np.mean(each, axis=0)
         prob = first.probability(logits) if trade_off is not None else None
         for i, r in enumerate(chunk):
-            truth = truths[r] > 0
-            per_scene[sample.scene[r]] = per_scene.get(sample.scene[r], 0) + _counts(logits[i] > first.cut, truth)
+            truth, scene = truths[r] > 0, sample.scene[r]
+            per_scene[scene] = per_scene.get(scene, 0) + _counts(logits[i] > first.cut, truth)
+            for own, member in zip(each_alone, each):
+                own[scene] = own.get(scene, 0) + _counts(member[i] > first.cut, truth)
             for cut in CUTS if trade_off is not None else ():
                 trade_off[cut] = trade_off.get(cut, 0) + _counts(prob[i] > cut, truth)
+    if alone is not None:
+        alone.extend(each_alone)
     return per_scene
 
 
@@ -205,18 +216,22 @@ def train_and_score(
             seconds += time.perf_counter() - t0
             predictors.append(Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision))
             histories.append([{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history])
-    members = []
-    if ensemble:  # each member alone on the same tiles: the ensemble's own gain, paired
-        for seed, p, history in zip(grid.seed, predictors, histories):
-            members.append(
-                {"seed": seed, "scores": total_scores(score_rows([p], sample, test_rows)), "history": history}
-            )
     plain = None
     if tta:  # the same model scored both ways: TTA's own gain, paired
         plain = total_scores(score_rows(predictors, sample, test_rows))
         predictors = [dataclasses.replace(p, tta=True) for p in predictors]
     trade_off: dict[float, np.ndarray] = {}
-    per_scene = score_rows(predictors, sample, test_rows, trade_off)
+    alone: list[dict[str, np.ndarray]] = []
+    per_scene = score_rows(predictors, sample, test_rows, trade_off, alone)
+    # With an ensemble, each member alone on the same tiles (and views): the ensemble's own gain, paired.
+    members = (
+        [
+            {"seed": seed, "scores": total_scores(own), "history": history}
+            for seed, own, history in zip(grid.seed, alone, histories)
+        ]
+        if ensemble
+        else []
+    )
     forest = int(sample.forest[test_rows].sum())
     return {
         "train_scenes": len(train_scenes),

@@ -214,6 +214,9 @@ class TrainConfig:
     scale: float = 0.0
     saturation: float = 0.0
     blur: float = 0.0
+    # Probability that a training tile gets a box (each side 25-75 % of the tile's) of the batch's next
+    # tile pasted in, mask with it: tiles that mix two scenes, labels exact (CutMix). 0 = off.
+    cutmix: float = 0.0
     sampling: str = "tile"  # tile: every tile once per epoch; scene: scenes equally likely
     ema: float = 0.0  # decay of an exponential moving average of the weights, kept and saved; 0 = off
     threshold: str = "loss"  # loss: the loss's own cut; val: the cut of best val mIoU (needs a val split)
@@ -224,7 +227,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "test_batch_size", "diverge_factor"):
             _positive(f"train.{key}", getattr(self, key))
-        for key in ("scale", "saturation", "blur", "ema"):
+        for key in ("scale", "saturation", "blur", "cutmix", "ema"):
             if not 0 <= getattr(self, key) < 1 + (key == "scale"):
                 _fail(f"train.{key}", f"must be in [0, {2 if key == 'scale' else 1}), got {getattr(self, key)}")
         _choice("train.sampling", self.sampling, SAMPLINGS)

@@ -161,6 +161,25 @@ def zoom(
     return x, (m[:, 0] > 0.5).to(masks.dtype)
 
 
+def cutmix(
+    x: torch.Tensor, masks: torch.Tensor, p: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """With probability `p` per tile, paste a box (each side 25-75 % of the tile's, anywhere inside it)
+    of the batch's next tile into it, image (B, C, H, W) and mask (B, H, W) alike: tiles that mix two
+    scenes' look, with exact labels. Draws the same random numbers whatever `p`."""
+    b, _, h, w = x.shape
+    chosen = torch.rand(b, generator=generator) < p
+    size = (0.25 + 0.5 * torch.rand(b, 2, generator=generator)) * torch.tensor([h, w])
+    corner = torch.rand(b, 2, generator=generator) * (torch.tensor([h, w]) - size)
+    lo, hi = corner.long(), (corner + size).long()
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside_rows = (rows >= lo[:, :1]) & (rows < hi[:, :1])  # (B, H)
+    inside_cols = (cols >= lo[:, 1:]) & (cols < hi[:, 1:])  # (B, W)
+    box = (inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]).to(x.device)  # (B, H, W)
+    partner = torch.roll(torch.arange(b, device=x.device), -1)  # tile i takes from tile i + 1
+    return torch.where(box[:, None], x[partner], x), torch.where(box, masks[partner], masks)
+
+
 def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply one of the 8 flips/rotations of a square tile to each sample (aerial photos have no 'up');
     a non-square tile gets one of the 4 that keep its shape (no quarter turns)."""

@@ -1,5 +1,5 @@
-"""UNet for binary segmentation, read top-down: block, down, up, global context, UNet. Outputs one
-logit map."""
+"""UNet for binary segmentation, read top-down: block, down, up, global context, UNet, half
+resolution. Outputs one logit map."""
 
 from __future__ import annotations
 
@@ -88,6 +88,20 @@ class UNet(nn.Module):
         return self.head(x)[:, 0]  # (B, H, W) logits
 
 
+class HalfResolution(nn.Module):
+    """Run a model on the input averaged over 2x2 pixels and resize its logits back: a quarter of the
+    FLOPs, and each convolution covers twice the ground (forest masks are drawn coarser than the
+    photo's 0.5 m pixels)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(F.avg_pool2d(x, 2, ceil_mode=True))  # (B, ceil(H/2), ceil(W/2))
+        return F.interpolate(y[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
 class StudyUNet(nn.Module):
     """The 2022 study's UNet: valid (unpadded) 3x3 convs, levels 64/128/256, no batch-norm,
     skips centre-cropped, and the smaller output map resized back to the input (~1.9 M params)."""
@@ -132,18 +146,21 @@ class Arch:
     smallest_tile: Callable[[ModelConfig], int]
 
 
-def _unet(context: bool) -> Arch:
-    return Arch(
-        lambda cfg: UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm, context=context),
-        lambda cfg: 2**cfg.depth,
-    )
+def _unet(context: bool = False, half: bool = False) -> Arch:
+    def build(cfg: ModelConfig) -> nn.Module:
+        unet = UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm, context=context)
+        return HalfResolution(unet) if half else unet
+
+    return Arch(build, lambda cfg: 2 ** (cfg.depth + half))
 
 
 # Every architecture a user can name in model.arch.
 ARCHS: dict[str, Arch] = {
-    "unet": _unet(context=False),
+    "unet": _unet(),
     # the same with a GlobalContext at the bottom: each output also depends on the whole window
     "unet_context": _unet(context=True),
+    # the plain UNet on the input at half resolution, logits resized back: 1/4 of the FLOPs
+    "unet_half": _unet(half=True),
     # the 2022 study's model: fixed widths (ignores width/depth/batch_norm); its valid convs eat 40 px
     "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48),
 }

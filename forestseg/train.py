@@ -21,7 +21,7 @@ from .checkpoint import fingerprint, load_weights, read_init, read_resume, write
 from .config import PIXEL_SIZE_M, ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
 from .device import keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
-from .loader import Normalizer, Tiles, batches, load_split, to_input, zoom
+from .loader import Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
 from .metrics import METRICS, confusion, scores
 from .model import ARCHS, build_model
@@ -250,6 +250,9 @@ def train_epoch(
         )
         if cfg.scale > 0:
             x, masks = zoom(x, masks, cfg.scale, s.gens["zoom"])
+        if cfg.cutmix > 0:
+            x, masks = cutmix(x, masks, cfg.cutmix, s.gens["cutmix"])
+        if cfg.scale > 0 or cfg.cutmix > 0:
             x = x.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = step_model(x)
@@ -287,6 +290,8 @@ def _generators(seed: int, cfg: TrainConfig) -> dict[str, torch.Generator]:
         gens["photo"] = torch.Generator().manual_seed(seed + 3_000_017)
     if cfg.scale > 0:
         gens["zoom"] = torch.Generator().manual_seed(seed + 4_000_037)
+    if cfg.cutmix > 0:
+        gens["cutmix"] = torch.Generator().manual_seed(seed + 5_000_011)
     return gens
 
 

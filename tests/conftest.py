@@ -166,3 +166,25 @@ def train_small_model(folder: Path, tile: int = 64, width: int = 8) -> Path:
         log=lambda s: None,
     )
     return folder / "model.pt"
+
+
+def random_predictor(seed: int = 0, depth: int = 2, tta: bool = False, centre_on=None):
+    """A Predictor of an untrained UNet (width 4, `depth`) on 32-px windows, its weights drawn from
+    `seed`, so no view or seed gives another's output. With `centre_on` (images), its output bias is
+    shifted so that about half of their pixels are forest."""
+    import numpy as np
+    import torch
+
+    from forestseg.config import ModelConfig
+    from forestseg.loader import Normalizer
+    from forestseg.model import build_model
+    from forestseg.predict import Predictor
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(width=4, depth=depth)).eval()
+    p = Predictor(model, Normalizer((110.0, 120.0, 100.0), (50.0, 45.0, 40.0)), 32, 0.0, torch.device("cpu"), tta=tta)
+    if centre_on is not None:
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            head.bias -= float(np.median(p.windows_logits(centre_on)))
+    return p

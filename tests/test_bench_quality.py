@@ -8,14 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import random_predictor
 
-from forestseg.config import ModelConfig
 from forestseg.evaluate import _counts
 from forestseg.layout import DataLayout
-from forestseg.loader import Normalizer
-from forestseg.model import build_model
-from forestseg.predict import Predictor
 
 quality = pytest.importorskip("bench.quality")
 
@@ -95,18 +91,6 @@ def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other:
         assert not (results_dir / "ab.json").exists()
 
 
-def predictor(seed: int, images: np.ndarray) -> Predictor:
-    """An untrained UNet (width 4, depth 1) on 32-px windows, its weights drawn from `seed`, its output
-    bias set so that about half of the pixels of `images` are forest."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(width=4, depth=1)).eval()
-    p = Predictor(model, Normalizer((110.0, 120.0, 100.0), (50.0, 45.0, 40.0)), 32, 0.0, torch.device("cpu"))
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    with torch.no_grad():
-        head.bias -= float(np.median(p.windows_logits(images)))
-    return p
-
-
 def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     layout = DataLayout(tmp_path)
@@ -117,12 +101,19 @@ def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path
     np.save(layout.masks, masks)
     scene = np.array(["a", "a", "b", "b", "b"])
     sample = quality.Sample(layout, scene, masks.sum(axis=(1, 2)), np.full(5, 32 * 32))
-    members = [predictor(0, images), predictor(1, images)]
+    members = [random_predictor(seed, depth=1, centre_on=images) for seed in (0, 1)]
     mean = np.mean([p.windows_logits(images) for p in members], axis=0)
     expected = {s: sum(_counts(mean[i] > 0, masks[i] > 0) for i in np.flatnonzero(scene == s)) for s in "ab"}
     trade_off: dict = {}
-    got = quality.score_rows(members, sample, np.arange(5), trade_off)
+    alone: list = []
+    got = quality.score_rows(members, sample, np.arange(5), trade_off, alone)
     assert {s: c.tolist() for s, c in got.items()} == {s: c.tolist() for s, c in expected.items()}
     assert trade_off[0.5].tolist() == sum(expected.values()).tolist()  # p 0.5 is the cut at logit 0
-    alone = quality.score_rows(members[:1], sample, np.arange(5))
-    assert alone["a"].tolist() != got["a"].tolist() or alone["b"].tolist() != got["b"].tolist()  # the mean differs
+    # Each member alone, counted from the same forward pass, as if it were scored by itself.
+    assert len(alone) == 2
+    for member, counts in zip(members, alone):
+        by_itself = quality.score_rows([member], sample, np.arange(5))
+        assert {s: c.tolist() for s, c in counts.items()} == {s: c.tolist() for s, c in by_itself.items()}
+    assert (
+        alone[0]["a"].tolist() != got["a"].tolist() or alone[0]["b"].tolist() != got["b"].tolist()
+    )  # the mean differs

@@ -152,6 +152,7 @@ BAD = [
     ("ema-one", "train.ema", 1.0, r"train\.ema: must be in \[0, 1\)"),
     ("scale-negative", "train.scale", -0.1, r"train\.scale: must be in \[0, 2\)"),
     ("blur-prob", "train.blur", 1.5, r"train\.blur: must be in \[0, 1\)"),
+    ("cutmix-prob", "train.cutmix", 1.0, r"train\.cutmix: must be in \[0, 1\)"),
     (
         "sampling",
         "train.sampling",

@@ -11,7 +11,18 @@ import torch
 
 from forestseg.config import ForestsegError
 from forestseg.layout import DataLayout
-from forestseg.loader import Normalizer, Tiles, augment, batches, load_split, load_tiles, photometric, to_input, zoom
+from forestseg.loader import (
+    Normalizer,
+    Tiles,
+    augment,
+    batches,
+    cutmix,
+    load_split,
+    load_tiles,
+    photometric,
+    to_input,
+    zoom,
+)
 
 CPU = torch.device("cpu")
 
@@ -328,3 +339,31 @@ def test_photometric_is_label_safe_and_seeded() -> None:
     a = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0))
     b = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and not torch.equal(a, x) and a.min() >= 0 and a.max() <= 255
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_cutmix_pastes_a_box_of_the_next_tile_with_its_mask(p: float) -> None:
+    n, size = 8, 32
+    masks = (torch.rand(n, size, size, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8)
+    # Each tile's image tells its index and its mask: channel 0 = 10 x index, channel 1 = 100 x mask.
+    x = torch.stack([torch.full((size, size), 10.0 * i) for i in range(n)])[:, None].repeat(1, 3, 1, 1)
+    x[:, 1] = 100.0 * masks
+    mx, mm = cutmix(x, masks, p, torch.Generator().manual_seed(1))
+    source = (mx[:, 0] / 10).round().long()  # which tile each pixel now comes from
+    own = torch.arange(n)[:, None, None]
+    assert ((source == own) | (source == (own + 1) % n)).all()  # itself or the next tile, nothing else
+    assert torch.equal(mm, (mx[:, 1] > 50).to(torch.uint8))  # the mask travelled with its pixels
+    pasted = (source != own).flatten(1)
+    if p == 0.0:
+        assert torch.equal(mx, x) and torch.equal(mm, masks)
+    elif p == 1.0:
+        share = pasted.double().mean(1)
+        assert ((share >= 0.25**2 - 0.01) & (share <= 0.75**2 + 0.01)).all()  # a box of 25-75 % sides
+        for i in range(n):  # a box: the pasted pixels fill their bounding rectangle
+            rows, cols = torch.nonzero(source[i] != i, as_tuple=True)
+            assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    else:
+        assert 0 < pasted.any(1).sum() < n
+    # Seeded: the same generator state gives the same result.
+    again = cutmix(x, masks, p, torch.Generator().manual_seed(1))
+    assert torch.equal(again[0], mx) and torch.equal(again[1], mm)

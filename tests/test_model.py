@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from forestseg.config import ModelConfig
 from forestseg.model import UNet, build_model, count_parameters
@@ -113,3 +114,23 @@ def test_global_context_starts_as_the_plain_unet_and_then_sees_the_whole_tile() 
         assert torch.equal(plain(x)[:, -1, -1], plain(far)[:, -1, -1])
         torch.nn.init.normal_(context.context.proj.weight)
         assert not torch.allclose(context(x)[:, -1, -1], context(far)[:, -1, -1])
+
+
+@pytest.mark.parametrize("size", [(32, 32), (34, 30), (33, 31)])
+def test_half_resolution_unet_is_the_plain_unet_on_the_pooled_input(size: tuple[int, int]) -> None:
+    torch.manual_seed(4)
+    half = build_model(ModelConfig(arch="unet_half", width=4, depth=1)).eval()
+    plain = build_model(ModelConfig(arch="unet", width=4, depth=1)).eval()
+    plain.load_state_dict(half.inner.state_dict())
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        coarse = plain(F.avg_pool2d(x, 2, ceil_mode=True))  # odd sizes: the last row/column pools alone
+        out = half(x)
+    assert coarse.shape == (2, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    assert out.shape == (2, *size)
+    torch.testing.assert_close(out, F.interpolate(coarse[:, None], size=size, mode="bilinear")[:, 0])
+    # A change inside one 2x2 cell that keeps its mean is invisible to it.
+    swapped = x.clone()
+    swapped[:, :, 0, 0], swapped[:, :, 0, 1] = x[:, :, 0, 1], x[:, :, 0, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(half(swapped), out)

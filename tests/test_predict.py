@@ -10,18 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_set, train_small_model
+from conftest import make_set, random_predictor, train_small_model
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 import forestseg.io
 import forestseg.predict
 from forestseg.cli import main
-from forestseg.config import ForestsegError, ModelConfig, ReportConfig
+from forestseg.config import ForestsegError, ReportConfig
 from forestseg.evaluate import evaluate
 from forestseg.layout import DataLayout
-from forestseg.loader import Normalizer
-from forestseg.model import build_model
 from forestseg.predict import Predictor, error_map, write_worst_scenes
 from forestseg.synthetic import render_scene
 
@@ -298,17 +296,8 @@ def test_worst_scenes_without_scenes_or_with_a_stale_table(checkpoint, tmp_path)
 # --- test-time augmentation -----------------------------------------------------------------------
 
 
-def random_predictor(tta: bool) -> Predictor:
-    """An untrained UNet (width 4, depth 2) on 32-px windows: random weights, so no view equals another."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(width=4, depth=2)).eval()
-    return Predictor(
-        model, Normalizer((110.0, 120.0, 100.0), (50.0, 45.0, 40.0)), 32, 0.0, torch.device("cpu"), tta=tta
-    )
-
-
 def test_tta_is_the_mean_of_the_8_views_each_mapped_back() -> None:
-    plain, tta = random_predictor(False), random_predictor(True)
+    plain, tta = random_predictor(tta=False), random_predictor(tta=True)
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     expected = []
     for image in images:  # the dihedral group by hand, in numpy: 4 turns of the image and of its mirror

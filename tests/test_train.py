@@ -305,8 +305,8 @@ def test_non_square_and_odd_tiles_train_with_augmentation(tmp_path: Path, height
     assert result.metrics["status"] == "ok" and 0 <= result.metrics["test_iou"] <= 1
 
 
-# Every knob of the quality work at once: EMA, scene-balanced sampling, zoom, saturation, blur.
-KNOBS = dataclasses.replace(TRAIN, ema=0.9, sampling="scene", scale=0.3, saturation=0.3, blur=0.5)
+# Every knob of the quality work at once: EMA, scene-balanced sampling, zoom, saturation, blur, CutMix.
+KNOBS = dataclasses.replace(TRAIN, ema=0.9, sampling="scene", scale=0.3, saturation=0.3, blur=0.5, cutmix=0.5)
 
 
 def with_scenes(tiles: Tiles) -> Tiles:
