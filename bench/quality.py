@@ -221,17 +221,13 @@ def train_and_score(
         plain = total_scores(score_rows(predictors, sample, test_rows))
         predictors = [dataclasses.replace(p, tta=True) for p in predictors]
     trade_off: dict[float, np.ndarray] = {}
-    alone: list[dict[str, np.ndarray]] = []
-    per_scene = score_rows(predictors, sample, test_rows, trade_off, alone)
     # With an ensemble, each member alone on the same tiles (and views): the ensemble's own gain, paired.
-    members = (
-        [
-            {"seed": seed, "scores": total_scores(own), "history": history}
-            for seed, own, history in zip(grid.seed, alone, histories)
-        ]
-        if ensemble
-        else []
-    )
+    alone: list[dict[str, np.ndarray]] = []
+    per_scene = score_rows(predictors, sample, test_rows, trade_off, alone if ensemble else None)
+    members = [
+        {"seed": seed, "scores": total_scores(own), "history": history}
+        for seed, own, history in zip(grid.seed, alone, histories)
+    ]
     forest = int(sample.forest[test_rows].sum())
     return {
         "train_scenes": len(train_scenes),

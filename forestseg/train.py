@@ -252,8 +252,8 @@ def train_epoch(
             x, masks = zoom(x, masks, cfg.scale, s.gens["zoom"])
         if cfg.cutmix > 0:
             x, masks = cutmix(x, masks, cfg.cutmix, s.gens["cutmix"])
-        if cfg.scale > 0 or cfg.cutmix > 0:
-            x = x.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        # zoom and cutmix may return another layout; a no-op where x already has the one asked for
+        x = x.contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = step_model(x)
         loss = loss_fn(out.float(), masks)  # the loss itself always in fp32

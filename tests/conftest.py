@@ -9,12 +9,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 
 from forestseg.config import SynthConfig
 from forestseg.synthetic import generate
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from forestseg.predict import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = Path(os.environ.get("FORESTSEG_SAMPLE", REPO.parent / "shared" / "forest-sample"))
@@ -168,7 +174,9 @@ def train_small_model(folder: Path, tile: int = 64, width: int = 8) -> Path:
     return folder / "model.pt"
 
 
-def random_predictor(seed: int = 0, depth: int = 2, tta: bool = False, centre_on=None):
+def random_predictor(
+    seed: int = 0, depth: int = 2, tta: bool = False, centre_on: np.ndarray | None = None
+) -> Predictor:
     """A Predictor of an untrained UNet (width 4, `depth`) on 32-px windows, its weights drawn from
     `seed`, so no view or seed gives another's output. With `centre_on` (images), its output bias is
     shifted so that about half of their pixels are forest."""
