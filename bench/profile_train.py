@@ -43,7 +43,7 @@ def main() -> None:
     images, masks = scene_tiles(0, (args.batch + 3) // 4, args.size // 2 * 2)
     x_u8, y = torch.from_numpy(images[: args.batch]), torch.from_numpy(masks[: args.batch])
     model = build_model(ModelConfig(width=args.width, depth=args.depth)).to(memory_format=torch.channels_last)
-    opt = make_optimizer("adam", model.parameters(), 1e-3, OptimizerConfig(), device)
+    opt = make_optimizer("adam", model.parameters(), 1e-3, OptimizerConfig())
     norm, bf16 = Normalizer.fit(x_u8), use_bf16(args.precision, device)
 
     def step() -> None:

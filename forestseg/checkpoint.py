@@ -25,7 +25,7 @@ from .errors import ForestsegError
 from .io import write_torch
 
 MODEL_FORMAT = "forestseg-model/1"
-RESUME_FORMAT = "forestseg-resume/1"
+RESUME_FORMAT = "forestseg-resume/2"  # 2: forestseg.optim's optimizer state, no scheduler state
 
 
 def _load(path: Path) -> Any:

@@ -140,7 +140,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "unet"
+    arch: str = "unet_half"
     width: int = 16  # channels of the first level; doubles at each level down
     depth: int = 3  # number of 2x downsamplings
     batch_norm: bool = True
@@ -164,7 +164,7 @@ class OptimizerConfig:
     # Per-run learning rates, keyed "<loss>-<optimizer>" (e.g. "mse-adam": 1e-3); others use lr.
     lr_overrides: dict = field(default_factory=dict)
     schedule: str = "step"  # step: lr x gamma every step_epochs epochs; cosine: to 0 over the run
-    step_epochs: int = 8
+    step_epochs: int = 4
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warmup from lr/10, then the schedule
     momentum: float = 0.0  # sgd only
@@ -198,7 +198,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 16
     test_batch_size: int = 64
     device: str = "auto"  # auto = cuda when available, else cpu

@@ -25,7 +25,7 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
     """Train vs test loss of the best seed (by `best_by`) of each combination, with its learning rate."""
     cols = min(len(summary), 2)
     rows = math.ceil(len(summary) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.8 * rows), squeeze=False, layout="constrained")
     for ax, (_, s) in zip(axes.flat, summary.iterrows()):
         h = _best_history(s, histories)
         if h is None:
@@ -48,7 +48,6 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
     for ax in list(axes.flat)[len(summary) :]:
         ax.axis("off")
     fig.suptitle(f"Train and test loss per epoch: best seed of each combination (by {best_by})")
-    fig.tight_layout()
     write_figure(path, fig)
     plt.close(fig)
 
@@ -56,7 +55,7 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
 def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path: Path) -> None:
     """Per loss: test loss per epoch of each optimizer, mean over seeds with a min-max band."""
     losses = list(dict.fromkeys(runs["loss"]))
-    fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 3.8), squeeze=False, layout="constrained")
     for ax, loss in zip(axes.flat, losses):
         for opt, part in runs[(runs["loss"] == loss) & (runs["status"] == "ok")].groupby("optimizer", sort=False):
             curves = pd.concat([histories[r].set_index("epoch")["test_loss"] for r in part["run"]], axis=1)
@@ -67,7 +66,6 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
         if ax.get_legend_handles_labels()[0]:  # nothing to label when every run of this loss diverged
             ax.legend(fontsize=8)
     fig.suptitle("Test loss per epoch, mean over seeds, band = min..max over seeds")
-    fig.tight_layout()
     write_figure(path, fig)
     plt.close(fig)
 
@@ -75,7 +73,7 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
 def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
     """Final test forest IoU of every seed, per combination, against the all-forest baseline."""
     combos = list(dict.fromkeys(runs["combination"]))
-    fig, ax = plt.subplots(figsize=(1.6 * len(combos) + 3, 3.8))
+    fig, ax = plt.subplots(figsize=(1.6 * len(combos) + 3, 3.8), layout="constrained")
     for i, combo in enumerate(combos):
         values = runs[(runs["combination"] == combo) & (runs["status"] == "ok")]["test_iou"].astype(float)
         jitter = (pd.Series(range(len(values))) - (len(values) - 1) / 2) * 0.06
@@ -93,7 +91,7 @@ def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
 
 def fig_ranking(names: list[str], values: list[float], metric: str, path: Path) -> None:
     """Horizontal bars of `metric` per experiment, in the order given (best first, drawn on top)."""
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.4))
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.4), layout="constrained")
     bars = ax.barh(range(len(names)), values, color="tab:green")
     ax.bar_label(bars, labels=[f"{v:.4f}" for v in values], padding=3, fontsize=8)
     ax.set_yticks(range(len(names)), names)

@@ -90,7 +90,9 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def write_figure(path: str | Path, fig: Any, dpi: int = 110) -> None:
-    write_with(path, lambda p: fig.savefig(p, dpi=dpi, bbox_inches="tight"))
+    """A matplotlib figure as a PNG; the figures lay themselves out (layout="constrained"), so no
+    bbox_inches="tight", which draws every figure twice."""
+    write_with(path, lambda p: fig.savefig(p, dpi=dpi))
 
 
 def write_torch(path: str | Path, obj: Any) -> None:

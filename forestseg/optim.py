@@ -1,4 +1,10 @@
-"""Optimizers and learning-rate schedules users name in params, each one line of a registry."""
+"""Optimizers and learning-rate schedules users name in params, each one line of a registry.
+
+The optimizers are this module's own, not torch.optim's: in torch 2.13 every torch.optim optimizer
+imports torch._dynamo when it is built (~1 s per process), which a grid of short train stages pays
+once per member. The updates are torch's multi-tensor (foreach) ones, op for op, so a run's numbers
+equal torch.optim's (tests/test_optim.py checks it bit for bit); foreach ops run on CPU and CUDA.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +17,99 @@ if TYPE_CHECKING:
     from .config import OptimizerConfig
 
 
-def _fast(device: torch.device) -> dict:
-    # fused kernels on CUDA, foreach (multi-tensor) on CPU: fewer launches per step
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+class Optimizer:
+    """Updates `params` from their gradients at `self.lr` (the train loop sets it every epoch)."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.weight_decay = lr, weight_decay
+        self.steps = 0
+        self.buffers: dict[str, list[torch.Tensor]] = {}  # per-parameter state, made on the first step
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if any(p.grad is None for p in self.params):  # every parameter of these models gets one
+            raise RuntimeError("a parameter has no gradient: call backward() before step()")
+        self.steps += 1
+        self._update(self.params, [p.grad for p in self.params])
+
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _buffer(self, name: str, like: list[torch.Tensor]) -> list[torch.Tensor]:
+        if name not in self.buffers:
+            self.buffers[name] = [torch.zeros_like(t, memory_format=torch.preserve_format) for t in like]
+        return self.buffers[name]
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "steps": self.steps, "buffers": self.buffers}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.lr, self.steps = saved["lr"], saved["steps"]
+        self.buffers = {
+            name: [b.to(p.device) for b, p in zip(bufs, self.params, strict=True)]
+            for name, bufs in saved["buffers"].items()
+        }
 
 
-Factory = Callable[[Iterable, float, "OptimizerConfig", torch.device], torch.optim.Optimizer]
+class SGD(Optimizer):
+    """torch.optim.SGD with momentum (no dampening, not Nesterov) and L2 weight decay."""
 
-# Every optimizer a user can name in grid.optimizer: (params, lr, optimizer section, device) -> optimizer.
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr, weight_decay)
+        self.momentum = momentum
+
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        if self.momentum:
+            if "momentum" in self.buffers:
+                torch._foreach_mul_(self.buffers["momentum"], self.momentum)
+                torch._foreach_add_(self.buffers["momentum"], grads, alpha=1.0)
+            else:  # the first step's buffer is the gradient itself, as torch's
+                self.buffers["momentum"] = [g.detach().clone() for g in grads]
+            grads = self.buffers["momentum"]
+        torch._foreach_add_(params, grads, alpha=-self.lr)
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (betas 0.9/0.999, eps 1e-8); `decoupled` makes it AdamW (weight decay applied
+    to the weights, not added to the gradient)."""
+
+    betas, eps = (0.9, 0.999), 1e-8
+
+    def __init__(self, params: Iterable, lr: float, weight_decay: float = 0.0, decoupled: bool = False) -> None:
+        super().__init__(params, lr, weight_decay)
+        self.decoupled = decoupled
+
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        (beta1, beta2), lr = self.betas, self.lr
+        if self.weight_decay and self.decoupled:
+            torch._foreach_mul_(params, 1 - lr * self.weight_decay)
+        elif self.weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        avg, avg_sq = self._buffer("exp_avg", params), self._buffer("exp_avg_sq", params)
+        torch._foreach_lerp_(avg, grads, 1 - beta1)
+        torch._foreach_mul_(avg_sq, beta2)
+        torch._foreach_addcmul_(avg_sq, grads, grads, 1 - beta2)
+        step = float(self.steps)  # torch keeps it as a float tensor
+        denom = torch._foreach_sqrt(avg_sq)
+        torch._foreach_div_(denom, (1 - beta2**step) ** 0.5)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(params, avg, denom, (lr / (1 - beta1**step)) * -1)
+
+
+Factory = Callable[[Iterable, float, "OptimizerConfig"], Optimizer]
+
+# Every optimizer a user can name in grid.optimizer: (params, lr, optimizer section) -> optimizer.
 OPTIMIZERS: dict[str, Factory] = {
-    "sgd": lambda p, lr, cfg, dev: torch.optim.SGD(
-        p, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **_fast(dev)
-    ),
-    "adam": lambda p, lr, cfg, dev: torch.optim.Adam(p, lr=lr, weight_decay=cfg.weight_decay, **_fast(dev)),
-    "adamw": lambda p, lr, cfg, dev: torch.optim.AdamW(p, lr=lr, weight_decay=cfg.weight_decay, **_fast(dev)),
+    "sgd": lambda p, lr, cfg: SGD(p, lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+    "adam": lambda p, lr, cfg: Adam(p, lr, weight_decay=cfg.weight_decay),
+    "adamw": lambda p, lr, cfg: Adam(p, lr, weight_decay=cfg.weight_decay, decoupled=True),
 }
 
 # Every schedule of optimizer.schedule: (0-based epoch after warmup, optimizer section, epochs after
@@ -35,10 +120,8 @@ SCHEDULES: dict[str, Callable[[int, "OptimizerConfig", int], float]] = {
 }
 
 
-def make_optimizer(
-    name: str, params: Iterable, lr: float, cfg: "OptimizerConfig", device: torch.device
-) -> torch.optim.Optimizer:
-    return OPTIMIZERS[name](params, lr, cfg, device)
+def make_optimizer(name: str, params: Iterable, lr: float, cfg: "OptimizerConfig") -> Optimizer:
+    return OPTIMIZERS[name](params, lr, cfg)
 
 
 def lr_factor(epoch: int, cfg: "OptimizerConfig", epochs: int) -> float:

@@ -4,7 +4,6 @@ checkpoint after every epoch, and resume from it. It knows nothing of params.yam
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import random
 import time
@@ -25,7 +24,7 @@ from .loader import Normalizer, Tiles, batches, cutmix, load_split, to_input, zo
 from .losses import LOSSES
 from .metrics import METRICS, confusion, scores
 from .model import ARCHS, build_model
-from .optim import lr_factor, make_optimizer
+from .optim import Optimizer, lr_factor, make_optimizer
 
 # scenes.csv of a run: the written model's confusion counts on each test scene (forest positive)
 SCENE_COLUMNS = ["scene", "tiles", "tp", "fp", "fn", "tn"]
@@ -159,8 +158,7 @@ class RunState:
     """What changes while a run trains; saved whole in the resume file after every epoch."""
 
     model: torch.nn.Module
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
+    opt: Optimizer  # its lr is set at the start of every epoch, from the epoch alone
     gens: dict[str, torch.Generator]  # seeded streams: shuffle, augment, jitter
     epoch: int = 0  # epochs done
     history: list[dict] = field(default_factory=list)
@@ -192,7 +190,6 @@ class RunState:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
             "rng": _rng_state(self.gens),
             "epoch": self.epoch,
             "history": self.history,
@@ -206,7 +203,6 @@ class RunState:
     def load(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.opt.load_state_dict(saved["optimizer"])
-        self.sched.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], self.gens)
         self.epoch, self.history, self.first_loss = saved["epoch"], saved["history"], saved["first_loss"]
         self.best, self.test_scores = saved["best"], saved["test_scores"]
@@ -228,7 +224,7 @@ def train_epoch(
     """One pass over `tiles`; returns the mean loss per tile. Raises Diverged with the run's history."""
     step_model.train()
     total, seen = 0.0, 0
-    lr = s.opt.param_groups[0]["lr"]
+    lr = s.opt.lr
     bar = tqdm(
         batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment"), by_scene=cfg.sampling == "scene"),
         total=math.ceil(len(tiles) / cfg.batch_size),
@@ -257,7 +253,7 @@ def train_epoch(
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = step_model(x)
         loss = loss_fn(out.float(), masks)  # the loss itself always in fp32
-        s.opt.zero_grad(set_to_none=True)
+        s.opt.zero_grad()
         loss.backward()
         s.opt.step()
         if s.ema is not None:
@@ -359,9 +355,8 @@ def train_run(
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     lr = opt_cfg.lr_for(run.loss, run.optimizer)
-    opt = make_optimizer(run.optimizer, model.parameters(), lr, opt_cfg, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, cfg=opt_cfg, epochs=train_cfg.epochs))
-    s = RunState(model, opt, sched, gens, ema=copy.deepcopy(model) if train_cfg.ema > 0 else None)
+    opt = make_optimizer(run.optimizer, model.parameters(), lr, opt_cfg)
+    s = RunState(model, opt, gens, ema=copy.deepcopy(model) if train_cfg.ema > 0 else None)
     step_model = torch.compile(model) if train_cfg.compile else model
     loss_fn = LOSSES[run.loss]
     eval_args = (run.loss, train_cfg.test_batch_size, norm, train_cfg.channels_last, bf16)
@@ -376,12 +371,12 @@ def train_run(
 
     while s.epoch < train_cfg.epochs:
         t0 = time.perf_counter()
-        epoch, epoch_lr = s.epoch + 1, opt.param_groups[0]["lr"]
+        opt.lr = lr * lr_factor(s.epoch, opt_cfg, train_cfg.epochs)
+        epoch, epoch_lr = s.epoch + 1, opt.lr
         train_loss = train_epoch(
             s, step_model, loss_fn, train, train_cfg, norm, bf16, f"run {run.name} epoch {epoch}/{train_cfg.epochs}"
         )
         train_seconds = time.perf_counter() - t0
-        sched.step()
         s.test_scores = evaluate(s.evaluated, test, *eval_args)
         row = {
             "epoch": epoch,

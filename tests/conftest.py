@@ -189,7 +189,7 @@ def random_predictor(
     from forestseg.predict import Predictor
 
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(width=4, depth=depth)).eval()
+    model = build_model(ModelConfig(arch="unet", width=4, depth=depth)).eval()
     p = Predictor(model, Normalizer((110.0, 120.0, 100.0), (50.0, 45.0, 40.0)), 32, 0.0, torch.device("cpu"), tta=tta)
     if centre_on is not None:
         head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_set, random_predictor, train_small_model
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 import forestseg.io
 import forestseg.predict
+from forestseg.checkpoint import RESUME_FORMAT
 from forestseg.cli import main
 from forestseg.config import ForestsegError, ReportConfig
 from forestseg.evaluate import evaluate
@@ -91,7 +91,7 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         state["model"]["width"] = 16
         torch.save(state, bad)
     elif change == "resume file":
-        torch.save({"format": "forestseg-resume/1", "model": {}}, bad)
+        torch.save({"format": RESUME_FORMAT, "model": {}}, bad)
     else:
         bad.write_bytes(b"junk")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
@@ -264,20 +264,22 @@ def test_panel_title_and_legend_keep_a_small_margin_at_any_row_count(checkpoint,
     assert longest < 0.05 * len(grey), (longest, len(grey))  # no band of empty figure, e.g. under the title
 
 
-def test_an_all_forest_mask_panel_is_framed_not_white_on_white(checkpoint, scene, tmp_path, monkeypatch) -> None:
-    predictor = Predictor.load(checkpoint, torch.device("cpu"))
-    images = scene[0][None, :TILE, :TILE]
-    figures = []
-    monkeypatch.setattr(forestseg.io, "write_figure", lambda path, fig: figures.append(fig))
-    forestseg.predict.example_panel(predictor, images, np.ones((1, TILE, TILE), np.uint8), "t", tmp_path / "p.png")
-    canvas = FigureCanvasAgg(figures[0])  # the figure was closed: draw it again on its own canvas
-    canvas.draw()
-    fig, pixels = figures[0], np.asarray(canvas.buffer_rgba())[..., :3].mean(-1)
-    truth = fig.axes[1].get_window_extent()  # the ground-truth panel: all white
-    x0, x1 = int(truth.x0) + 3, int(truth.x1) - 3
-    top, bottom = len(pixels) - int(round(truth.y1)), len(pixels) - int(round(truth.y0))
-    edges = [pixels[max(r, 0) : r + 2, x0:x1].min(0) for r in (top - 1, bottom - 1)]  # rows along the frame
-    assert all((edge < 200).mean() > 0.9 for edge in edges)  # a grey line, not white page
+@pytest.mark.parametrize("size", [32, 64, 256])
+def test_each_panel_is_framed_so_an_all_forest_mask_is_not_white_on_white(size: int) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    masks = np.ones((2, size, size), np.uint8)  # all forest: white panels
+    preds = [np.zeros((size, size), bool), np.ones((size, size), bool)]
+    picture, titles = forestseg.predict.panel_picture(images, masks, preds, ["scene 7", "scene 8"])
+    assert len(titles) == 8 and titles[0][2] == "scene 7: image" and titles[6][2] == "prediction (IoU 1.00)"
+    for x, y, _ in titles:  # each title sits just above its panel, whose frame is grey all round
+        x0, y0 = int(x - size / 2), int(y + 1.5)
+        panel = picture[y0 - 1 : y0 + size + 1, x0 - 1 : x0 + size + 1]
+        ring = np.concatenate([panel[0], panel[-1], panel[:, 0], panel[:, -1]])
+        assert (ring == 128).all()
+    truth = picture[int(titles[1][1] + 1.5) :][:size, int(titles[1][0] - size / 2) :][:, :size]
+    assert (truth == 255).all()  # the all-forest truth, inside its frame
+    assert (picture[0] == 255).all()  # the first row's titles have white above them
 
 
 def test_worst_scenes_without_scenes_or_with_a_stale_table(checkpoint, tmp_path) -> None:

@@ -203,7 +203,7 @@ def test_checkpoint_contents(data, tmp_path: Path, uninterrupted) -> None:
     result, _ = go(data, checkpoint)
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["format"] == RESUME_FORMAT
-    assert {"model", "optimizer", "scheduler", "epoch", "params", "rng", "history", "fingerprint"} <= set(saved)
+    assert {"model", "optimizer", "epoch", "params", "rng", "history", "fingerprint"} <= set(saved)
     assert saved["epoch"] == 3 and saved["history"] == result.history
     assert saved["params"]["model"]["width"] == 4 and saved["params"]["train"]["epochs"] == 3
     assert saved["params"]["optimizer"]["lr"] == OPT.lr
