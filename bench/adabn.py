@@ -3,17 +3,17 @@
 test scene's own tiles (no label is used), all from the same trained model, so the change is paired.
 
     python bench/adabn.py [--only 0,1,2,3,4] [-S grid.seed=[1]] [--mix 0.25,0.5,1]
+    python bench/adabn.py --final --mix 0.25     # the 8 set-aside scenes, trained on the other 30: once
 
 Each batch-norm layer's mean and variance become (1 - mix) x the training statistics + mix x the
-scene's (mix 1: AdaBN, the scene's alone). Prints forest IoU and mIoU per fold and mix, then the
+scene's (mix 1: AdaBN, the scene's alone): `Predictor.adapted`, what `forestseg predict --adapt-bn`
+does. Prints forest IoU and mIoU per fold and mix, then the
 mean paired change per mix.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import sys
 import tempfile
 import time
@@ -26,21 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import quality as q  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
-from forestseg.loader import load_tiles, to_input  # noqa: E402
-from forestseg.predict import Predictor  # noqa: E402
+from forestseg.loader import load_tiles  # noqa: E402
+from forestseg.predict import ADAPT_WINDOWS, Predictor  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
-
-
-def adapted(p: Predictor, tiles: np.ndarray, mix: float) -> Predictor:
-    """A copy of `p` whose batch-norm statistics are (1 - mix) x its own + mix x those of `tiles`
-    (one batch, uint8 (B, t, t, 3)); the weights are unchanged."""
-    model = copy.deepcopy(p.model)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.momentum = mix  # one training-mode forward: running = (1 - mix) x running + mix x the batch's
-    with torch.no_grad():
-        model.train()(to_input(torch.from_numpy(np.ascontiguousarray(tiles)).to(p.device), p.norm))
-    return dataclasses.replace(p, model=model.eval())
 
 
 def main() -> None:
@@ -48,6 +36,7 @@ def main() -> None:
     ap.add_argument("--only", default="0,1,2,3,4", help="folds of the 5-fold CV")
     ap.add_argument("--mix", default="0.25,0.5,1", help="weights of the scene's statistics")
     ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the cpu recipe")
+    ap.add_argument("--final", action="store_true", help="the set-aside scenes instead of the CV folds")
     args = ap.parse_args()
     torch.set_num_threads(2)
     sample, device = q.load_sample(), torch.device("cpu")
@@ -57,10 +46,15 @@ def main() -> None:
     folds, mixes = q.folds(sample, 5), [0.0] + [float(m) for m in args.mix.split(",")]
     images = np.load(sample.layout.images, mmap_mode="r")
     deltas: dict[float, list[tuple[float, float]]] = {m: [] for m in mixes[1:]}
-    for f in [int(x) for x in args.only.split(",")]:
-        train_scenes = [s for i, scenes in enumerate(folds) if i != f for s in scenes]
+    parts = [
+        (f"fold {f}", [s for i, x in enumerate(folds) if i != f for s in x], folds[f])
+        for f in map(int, args.only.split(","))
+    ]
+    if args.final:
+        parts = [("set-aside", [s for x in folds for s in x], q.holdout_scenes(sample))]
+    for part, train_scenes, test_scenes in parts:
         train = load_tiles(sample.layout, q.rows_of(sample, train_scenes), device, sample.scene)
-        test = load_tiles(sample.layout, q.rows_of(sample, folds[f]), device)
+        test = load_tiles(sample.layout, q.rows_of(sample, test_scenes), device)
         with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
             t0, run = time.perf_counter(), Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
             train_run(
@@ -68,14 +62,17 @@ def main() -> None:
             )
             p = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
         counts: dict[float, dict] = {m: {} for m in mixes}
-        for scene in folds[f]:
+        for scene in test_scenes:
             rows = q.rows_of(sample, [scene])
-            for m in mixes:
-                counts[m].update(q.score_rows([adapted(p, images[rows], m) if m else p], sample, rows))
+            for m in mixes:  # the scene's first ADAPT_WINDOWS tiles, as `forestseg evaluate --adapt-bn` takes them
+                counts[m].update(q.score_rows([p.adapted(images[rows[:ADAPT_WINDOWS]], m)], sample, rows))
         got = {m: q.total_scores(c) for m, c in counts.items()}
         print(
-            f"fold {f}, seed {run.seed} ({time.perf_counter() - t0:.0f} s): "
-            + "; ".join(f"mix {m:g}: IoU {s['iou']:.4f} mIoU {s['miou']:.4f}" for m, s in got.items()),
+            f"{part}, seed {run.seed} ({time.perf_counter() - t0:.0f} s): "
+            + "; ".join(
+                f"mix {m:g}: IoU {s['iou']:.4f} mIoU {s['miou']:.4f} precision {s['precision']:.4f} recall {s['recall']:.4f}"
+                for m, s in got.items()
+            ),
             flush=True,
         )
         for m in mixes[1:]:

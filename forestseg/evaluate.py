@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .dataset import DataError, build_index, find_source
 from .errors import ForestsegError
 from .metrics import scores
-from .predict import Predictor
+from .predict import ADAPT_WINDOWS, Predictor
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -89,9 +89,11 @@ def evaluate_tiles(
     subset: str = "test",
     overlap: int | None = None,
     log: Callable[[str], None] = print,
+    adapt_bn: float = 0.0,
 ) -> dict:
     """Score on the tiles of a Kaggle-layout folder (all, or the `subset` rows of a split.csv),
-    read as the index reads them; tiles are taken at the model's pixel size."""
+    read as the index reads them; tiles are taken at the model's pixel size. With `adapt_bn`,
+    each scene is scored by the model adapted to its own tiles (`Predictor.adapted`)."""
     with tempfile.TemporaryDirectory(prefix="forestseg-evaluate-") as tmp:
         index, report = build_index(data, Path(tmp) / "images.npy", Path(tmp) / "masks.npy", masks, forest)
         if report["skipped"]:
@@ -127,9 +129,15 @@ def evaluate_tiles(
         images = np.load(Path(tmp) / "images.npy", mmap_mode="r")
         truths = np.load(Path(tmp) / "masks.npy", mmap_mode="r")
         per_scene: dict[str, np.ndarray] = {}
+        scenes = index["scene"].astype(str).to_numpy()
+        adapted = {}
         for i in tqdm(rows, desc="evaluate", unit="tile", disable=None, leave=False):
-            pred = predictor.logits(np.ascontiguousarray(images[i]), overlap) > predictor.cut
-            scene = str(index["scene"].iat[i])
+            scene = scenes[i]
+            if scene not in adapted:  # the scene's own statistics, from its first tiles of the model's size
+                own = [images[j] for j in rows[scenes[rows] == scene] if images[j].shape[:2] == (predictor.tile,) * 2]
+                own = own[:ADAPT_WINDOWS] if adapt_bn else []
+                adapted[scene] = predictor.adapted(np.stack(own), adapt_bn) if own else predictor
+            pred = adapted[scene].logits(np.ascontiguousarray(images[i]), overlap) > predictor.cut
             per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
     m2 = predictor.pixel_size_m**2
     out = summarize({s: (c, m2) for s, c in sorted(per_scene.items())}, "scene")

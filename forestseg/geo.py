@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .errors import ForestsegError
 from .io import atomic_path
-from .predict import BLOCK, Predictor
+from .predict import BLOCK, Predictor, sample_windows
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
@@ -63,6 +63,7 @@ class MapOptions:
     block: int = BLOCK  # panel width in pixels: memory grows with it
     batch: int = 8
     progress: bool = True
+    adapt_bn: float = 0.0  # batch-norm statistics moved this far towards the raster's own (Predictor.adapted)
 
 
 @dataclass(frozen=True)
@@ -449,6 +450,14 @@ def map_forest(
             pixels = Resampling.average if resample and model_px > min(sides) else Resampling.bilinear
             model = _regrid(src, raster.crs, model_px / raster.unit_m) if resample else out
             view = stack.enter_context(_warp(src, model, pixels)) if (resample or reproject) else src
+            if opts.adapt_bn:  # the raster is one scene: windows with data only, on the model's grid
+                t = predictor.tile
+
+                def full(y: int, x: int) -> bool:
+                    return bool((view.dataset_mask(window=Window(x, y, t, t)) > 0).all())
+
+                windows = sample_windows(_reader(view, opts.bands), model.height, model.width, t, usable=full)
+                predictor = predictor.adapted(windows, opts.adapt_bn)
             # panels of whole intermediate blocks, so every write fills whole blocks
             opts = dataclasses.replace(opts, block=-(-max(opts.block, 1) // TIFF_BLOCK) * TIFF_BLOCK)
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{path.stem}.")))

@@ -12,6 +12,8 @@ on the tile, the batch and the block, never on the image size.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +35,7 @@ TP, FP, FN = (34, 139, 34), (230, 159, 0), (204, 0, 204)
 # Checkpoints written before training recorded the pixel size are assumed to be at the Kaggle/DeepGlobe 0.5 m.
 DEFAULT_PIXEL_SIZE_M = PIXEL_SIZE_M
 BLOCK = 2048  # panel width of Predictor.stream, in pixels
+ADAPT_WINDOWS = 64  # windows of a scene whose statistics adapt the model (`Predictor.adapted`), at most
 WORST_SCENES, SCENE_TILES = 3, 3  # plots/overlays/worst_scenes.png: this many scenes, tiles of each
 
 # The 8 flips/rotations of a square window (the dihedral group) as (quarter turns, mirrored first).
@@ -60,6 +63,29 @@ def _unview(y: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
     """The inverse of `_view`: a view's output (B, H, W) back on the window's own pixels."""
     y = torch.rot90(y, -k, (1, 2))
     return y.flip(2) if mirror else y
+
+
+def sample_windows(
+    read: Reader,
+    height: int,
+    width: int,
+    tile: int,
+    n: int = ADAPT_WINDOWS,
+    usable: Callable[[int, int], bool] | None = None,
+) -> np.ndarray:
+    """(k <= n, tile, tile, 3) uint8: a seeded sample of the non-overlapping windows of an image read
+    through `read`, keeping those where `usable(row, col)` (e.g. no nodata); none for a smaller image."""
+    if height < tile or width < tile:
+        return np.zeros((0, tile, tile, 3), np.uint8)
+    starts = [(y, x) for y in window_starts(height, tile, tile) for x in window_starts(width, tile, tile)]
+    rng, chosen = np.random.default_rng(0), []
+    for i in rng.permutation(len(starts)):
+        y, x = starts[i]
+        if usable is None or usable(y, x):
+            chosen.append(read(y, y + tile, x, x + tile))
+            if len(chosen) == n:
+                break
+    return np.stack(chosen) if chosen else np.zeros((0, tile, tile, 3), np.uint8)
 
 
 def window_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -108,6 +134,21 @@ class Predictor:
             use_bf16(precision, device),
             tta,
         )
+
+    def adapted(self, tiles: np.ndarray, mix: float) -> "Predictor":
+        """A copy whose batch-norm statistics are (1 - mix) x the training set's + mix x those of
+        `tiles`, (B, t, t, 3) uint8 windows of one scene to predict (no label is used): a scene's
+        light and colour move the features away from the training statistics. The weights stay;
+        `mix` 0, no tiles or a model without batch-norm give this predictor. README "Round 8"."""
+        is_norm = lambda m: isinstance(m, torch.nn.modules.batchnorm._BatchNorm)  # noqa: E731
+        if not (mix and len(tiles) and any(map(is_norm, self.model.modules()))):
+            return self
+        model = copy.deepcopy(self.model)
+        for m in filter(is_norm, model.modules()):
+            m.momentum = mix  # one training-mode forward: running = (1 - mix) x running + mix x the batch's
+        with torch.no_grad():
+            model.train()(to_input(torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device), self.norm))
+        return dataclasses.replace(self, model=model.eval())
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Forest probability in [0, 1] of raw outputs: a sigmoid, except for the study's MSE on raw

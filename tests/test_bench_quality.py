@@ -117,23 +117,3 @@ def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path
     assert (
         alone[0]["a"].tolist() != got["a"].tolist() or alone[0]["b"].tolist() != got["b"].tolist()
     )  # the mean differs
-
-
-@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
-def test_adabn_moves_batch_norm_statistics_towards_the_scene_by_mix(mix: float) -> None:
-    import torch
-
-    adabn = pytest.importorskip("bench.adabn")
-    p = random_predictor(seed=1, depth=1)
-    tiles = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    first = next(m for m in p.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    before = first.running_mean.clone()
-    adapted = adabn.adapted(p, tiles, mix)
-    conv = next(m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d))  # the conv before that norm
-    with torch.no_grad():
-        scene = conv(adabn.to_input(torch.from_numpy(tiles), p.norm)).mean(dim=(0, 2, 3))
-    got = next(m for m in adapted.model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
-    assert torch.allclose(got, (1 - mix) * before + mix * scene, atol=1e-5)
-    assert torch.equal(first.running_mean, before) and not p.model.training  # the original is untouched
-    same = np.allclose(adapted.windows_logits(tiles), p.windows_logits(tiles))
-    assert same == (mix == 0.0)

@@ -22,7 +22,7 @@ from forestseg.cli import main
 from forestseg.config import ModelConfig, asdict
 from forestseg.geo import MapOptions, check_raster, map_forest, polygon_area
 from forestseg.model import build_model
-from forestseg.predict import Predictor
+from forestseg.predict import Predictor, sample_windows
 from forestseg.synthetic import render_scene
 
 TILE = 64
@@ -175,6 +175,23 @@ def test_windowed_prediction_equals_the_in_memory_one(predictor: Predictor, scen
     mask, _ = read(Path(area.mask))
     assert np.array_equal(mask == 1, whole > predictor.cut)
     assert (mask != 255).all()
+
+
+def test_adapt_bn_adapts_to_the_raster_windows_with_data(predictor: Predictor, scene, tmp_path: Path) -> None:
+    image = with_nodata_corner(scene[0] // 2)  # darker than training: something to adapt to
+    src = write_raster(tmp_path / "in.tif", image)
+    raster = check_raster(src, MapOptions())
+    opts = MapOptions(progress=False, adapt_bn=0.5)
+    area = map_forest(predictor, raster, tmp_path, opts, log=lambda s: None)
+    mask, _ = read(Path(area.mask))
+    t = predictor.tile
+    has_data = lambda y, x: bool(image[y : y + t, x : x + t].any(axis=2).all())  # noqa: E731
+    windows = sample_windows(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], 300, 400, t, usable=has_data)
+    assert len(windows) == 5 * 7 - 2 and all(w.any(axis=2).all() for w in windows)  # the 2 on the collar left out
+    adapted = predictor.adapted(windows, 0.5)
+    valid = image.any(axis=2)
+    assert np.array_equal(mask[valid] == 1, (adapted.logits(image) > adapted.cut)[valid])
+    assert not np.array_equal(mask[valid] == 1, (predictor.logits(image) > predictor.cut)[valid])
 
 
 def test_small_raster_is_padded_like_a_small_image(predictor: Predictor, scene, tmp_path: Path) -> None:

@@ -350,3 +350,66 @@ def test_cli_predict_and_evaluate_with_tta(checkpoint, scene, tmp_path, capsys) 
     assert result["tta"] is True and result["tiles"] == 8
     assert result["iou"] == round(evaluate(tta, data, log=lambda s: None)["iou"], 6)  # the TTA predictor's scores
     assert result["iou"] != round(evaluate(dataclasses.replace(tta, tta=False), data, log=lambda s: None)["iou"], 6)
+
+
+# --- batch-norm statistics adapted to the imagery (--adapt-bn) ------------------------------------
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
+def test_adapted_moves_batch_norm_statistics_towards_the_tiles_by_mix(mix: float) -> None:
+    p = random_predictor(seed=1, depth=1)
+    tiles = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    first = next(m for m in p.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = first.running_mean.clone()
+    adapted = p.adapted(tiles, mix)
+    conv = next(m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d))  # the conv before that norm
+    with torch.no_grad():
+        scene = conv(forestseg.predict.to_input(torch.from_numpy(tiles), p.norm)).mean(dim=(0, 2, 3))
+    got = next(m for m in adapted.model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+    assert torch.allclose(got, (1 - mix) * before + mix * scene, atol=1e-5)
+    assert torch.equal(first.running_mean, before) and not p.model.training  # the original is untouched
+    assert not adapted.model.training
+    assert np.allclose(adapted.windows_logits(tiles), p.windows_logits(tiles)) == (mix == 0.0)
+    assert p.adapted(tiles[:0], mix) is p  # no tiles: nothing to adapt to
+
+
+def test_sample_windows_is_a_seeded_sample_of_the_grid_keeping_usable_windows() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    read = lambda r0, r1, c0, c1: image[r0:r1, c0:c1]  # noqa: E731
+    every = forestseg.predict.sample_windows(read, 100, 150, 32, n=100)
+    grid = [(y, x) for y in (0, 32, 64, 68) for x in (0, 32, 64, 96, 118)]  # the last windows flush with the edge
+    assert sorted(w.tobytes() for w in every) == sorted(read(y, y + 32, x, x + 32).tobytes() for y, x in grid)
+    some = forestseg.predict.sample_windows(read, 100, 150, 32, n=5, usable=lambda y, x: x > 0)
+    assert len(some) == 5 and not any(np.array_equal(w, image[y : y + 32, :32]) for w in some for y in (0, 32, 64, 68))
+    assert np.array_equal(some, forestseg.predict.sample_windows(read, 100, 150, 32, n=5, usable=lambda y, x: x > 0))
+    assert forestseg.predict.sample_windows(read, 100, 150, 128).shape == (0, 128, 128, 3)  # smaller than a window
+
+
+def test_cli_predict_and_evaluate_with_adapt_bn(checkpoint, scene, tmp_path, capsys) -> None:
+    tiles = [np.ascontiguousarray(scene[0][y : y + TILE, x : x + TILE]) for y, x in [(0, 0), (64, 100), (200, 300)]]
+    for i, tile in enumerate(tiles):
+        Image.fromarray(tile // 2).save(tmp_path / f"t{i}.png")  # darker than training: something to adapt to
+    out = tmp_path / "out"
+    argv = ["predict", str(checkpoint), *(str(tmp_path / f"t{i}.png") for i in range(3)), "-o", str(out)]
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--adapt-bn", "0.5"])
+    assert done.value.code == 0
+    plain = Predictor.load(checkpoint, torch.device("cpu"))
+    adapted = plain.adapted(np.stack([t // 2 for t in tiles]), 0.5)  # the pictures of one call: one scene
+    for i, tile in enumerate(tiles):
+        assert np.array_equal(read_mask(out / f"t{i}_mask.png"), adapted.mask(tile // 2))
+    assert any(not np.array_equal(adapted.mask(t // 2), plain.mask(t // 2)) for t in tiles)  # it changed something
+
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=TILE)
+    for mix in ("0", "1"):
+        with pytest.raises(SystemExit) as done:
+            main(["evaluate", str(checkpoint), str(data), "--adapt-bn", mix, "-o", str(tmp_path / f"e{mix}.json")])
+        assert done.value.code == 0
+    capsys.readouterr()
+    unadapted, adapted_scores = (json.loads((tmp_path / f"e{m}.json").read_text()) for m in ("0", "1"))
+    assert unadapted["iou"] == round(evaluate(plain, data, log=lambda s: None)["iou"], 6)
+    assert adapted_scores["iou"] != unadapted["iou"]  # each scene scored by the model adapted to it
+
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--adapt-bn", "2"])
+    assert done.value.code == 2 and "--adapt-bn 2.0: must be in 0..1" in capsys.readouterr().err
