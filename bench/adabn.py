@@ -64,7 +64,7 @@ def main() -> None:
         counts: dict[float, dict] = {m: {} for m in mixes}
         for scene in test_scenes:
             rows = q.rows_of(sample, [scene])
-            for m in mixes:  # the scene's first ADAPT_WINDOWS tiles, as `forestseg evaluate --adapt-bn` takes them
+            for m in mixes:  # the scene's tiles (at most 61 in the sample): what evaluate's scene_windows takes
                 counts[m].update(q.score_rows([p.adapted(images[rows[:ADAPT_WINDOWS]], m)], sample, rows))
         got = {m: q.total_scores(c) for m, c in counts.items()}
         print(

@@ -6,7 +6,7 @@
 - a model file named by `train.init_from` (in init/) is read here too: its weights and normaliser
   start a fine-tuning run.
 - the **resume file** (`.resume/<run>.pt`): everything to continue a killed run bit-identically
-  (model, optimizer, scheduler, RNG states, history) and the fingerprint of what made it. A
+  (model, optimizer state, RNG states, history) and the fingerprint of what made it. A
   scratch file that DVC does not own; the train stage removes it once the run's outputs exist.
 
 Each carries a format tag, so an older or foreign file is refused with one line.

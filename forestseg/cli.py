@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .config import ConfigError, DataConfig, ForestsegError
 from .device import keep_freed_memory, pick_device
 from .io import read_json, write_csv, write_json, write_with
-from .predict import ADAPT_WINDOWS, BLOCK, Predictor, overlay, read_rgb, sample_windows
+from .predict import ADAPT_WINDOWS, BLOCK, Predictor, overlay, read_rgb, scene_windows
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 AREA_COLUMNS = [
@@ -158,9 +158,9 @@ def predict(args: argparse.Namespace) -> int:
             print("note: --overlay: GeoTIFF inputs get no overlay PNG; open <name>_mask.tif over the image in QGIS")
     elif opts.polygons or opts.probability or area_error is not None:
         print("note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none")
-    if pictures and args.adapt_bn:  # the pictures of one call are one scene
-        predictor = predictor.adapted(_windows_of(pictures, predictor.tile), args.adapt_bn)
-    failed, transparent = _predict_pictures(predictor, pictures, args)
+    # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
+    scene = predictor.adapted(_windows_of(pictures, predictor.tile), args.adapt_bn) if pictures else predictor
+    failed, transparent = _predict_pictures(scene, pictures, args)
     if pictures:
         print(
             f"predict: wrote {len(pictures) - len(failed)} mask(s) to {args.out}; {len(failed)} image(s) failed"
@@ -174,20 +174,17 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def _windows_of(pictures: list[Path], tile: int, n: int = ADAPT_WINDOWS) -> np.ndarray:
-    """Up to `n` tile-sized windows of a seeded sample of `pictures` (those that cannot be read are
-    left to predict, which reports them)."""
-    windows: list[np.ndarray] = []
-    chosen = np.random.default_rng(0).permutation(len(pictures))[:n]
-    each = -(-n // len(chosen))  # windows per picture: a large image does not crowd out the others
-    for i in chosen:
+    """`scene_windows` of a seeded sample of up to `n` of `pictures`; those that cannot be read (left
+    to predict, which reports them) or have transparent pixels (no photo there) are left out."""
+    images = []
+    for i in sorted(np.random.default_rng(0).permutation(len(pictures))[:n]):
         try:
-            image = read_rgb(pictures[i])[0]
+            image, opaque = read_rgb(pictures[i])
         except ForestsegError:
             continue
-        h, w = image.shape[:2]
-        windows += list(sample_windows(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], h, w, tile, each))
-    windows = windows[:n]
-    return np.stack(windows) if windows else np.zeros((0, tile, tile, 3), np.uint8)
+        if opaque is None or opaque.all():
+            images.append(image)
+    return scene_windows(images, tile, n)
 
 
 def _predict_pictures(

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .dataset import DataError, build_index, find_source
 from .errors import ForestsegError
 from .metrics import scores
-from .predict import ADAPT_WINDOWS, Predictor
+from .predict import Predictor, scene_windows
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -133,10 +133,9 @@ def evaluate_tiles(
         adapted = {}
         for i in tqdm(rows, desc="evaluate", unit="tile", disable=None, leave=False):
             scene = scenes[i]
-            if scene not in adapted:  # the scene's own statistics, from its first tiles of the model's size
-                own = [images[j] for j in rows[scenes[rows] == scene] if images[j].shape[:2] == (predictor.tile,) * 2]
-                own = own[:ADAPT_WINDOWS] if adapt_bn else []
-                adapted[scene] = predictor.adapted(np.stack(own), adapt_bn) if own else predictor
+            if scene not in adapted:  # the scene's own statistics, from windows of its tiles
+                own = [images[j] for j in rows[scenes[rows] == scene]] if adapt_bn else []
+                adapted[scene] = predictor.adapted(scene_windows(own, predictor.tile), adapt_bn) if own else predictor
             pred = adapted[scene].logits(np.ascontiguousarray(images[i]), overlap) > predictor.cut
             per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
     m2 = predictor.pixel_size_m**2

@@ -452,9 +452,13 @@ def map_forest(
             view = stack.enter_context(_warp(src, model, pixels)) if (resample or reproject) else src
             if opts.adapt_bn:  # the raster is one scene: windows with data only, on the model's grid
                 t = predictor.tile
+                # a warped view's own mask misses internal masks: the source's mask warped with an alpha band
+                has_data = (
+                    view if view is src else stack.enter_context(_warp(src, model, Resampling.nearest, alpha=True))
+                )
 
                 def full(y: int, x: int) -> bool:
-                    return bool((view.dataset_mask(window=Window(x, y, t, t)) > 0).all())
+                    return bool((has_data.dataset_mask(window=Window(x, y, t, t)) > 0).all())
 
                 windows = sample_windows(_reader(view, opts.bands), model.height, model.width, t, usable=full)
                 predictor = predictor.adapted(windows, opts.adapt_bn)

@@ -73,19 +73,30 @@ def sample_windows(
     n: int = ADAPT_WINDOWS,
     usable: Callable[[int, int], bool] | None = None,
 ) -> np.ndarray:
-    """(k <= n, tile, tile, 3) uint8: a seeded sample of the non-overlapping windows of an image read
-    through `read`, keeping those where `usable(row, col)` (e.g. no nodata); none for a smaller image."""
-    if height < tile or width < tile:
-        return np.zeros((0, tile, tile, 3), np.uint8)
-    starts = [(y, x) for y in window_starts(height, tile, tile) for x in window_starts(width, tile, tile)]
-    rng, chosen = np.random.default_rng(0), []
-    for i in rng.permutation(len(starts)):
-        y, x = starts[i]
-        if usable is None or usable(y, x):
-            chosen.append(read(y, y + tile, x, x + tile))
-            if len(chosen) == n:
-                break
+    """(k <= n, tile, tile, 3) uint8: a seeded sample of the windows of an image read through `read`,
+    on a grid of one tile's stride (the last flush with the edge), keeping those where
+    `usable(row, col)` (e.g. no nodata); none for an image smaller than a window."""
+    chosen = []
+    if height >= tile and width >= tile:
+        starts = [(y, x) for y in window_starts(height, tile, tile) for x in window_starts(width, tile, tile)]
+        for i in np.random.default_rng(0).permutation(len(starts)):
+            y, x = starts[i]
+            if len(chosen) < n and (usable is None or usable(y, x)):
+                chosen.append(read(y, y + tile, x, x + tile))
     return np.stack(chosen) if chosen else np.zeros((0, tile, tile, 3), np.uint8)
+
+
+def scene_windows(images: list[np.ndarray], tile: int, n: int = ADAPT_WINDOWS) -> np.ndarray:
+    """Up to `n` windows of the images of one scene for `Predictor.adapted`: a seeded sample of up
+    to n images in their own order, ceil(n / that many) windows of each (`sample_windows`)."""
+    chosen = sorted(np.random.default_rng(0).permutation(len(images))[:n])
+    each = -(-n // max(1, len(chosen)))
+    windows = [
+        w
+        for i in chosen
+        for w in sample_windows(lambda r0, r1, c0, c1, im=images[i]: im[r0:r1, c0:c1], *images[i].shape[:2], tile, each)
+    ]
+    return np.stack(windows[:n]) if windows else np.zeros((0, tile, tile, 3), np.uint8)
 
 
 def window_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -136,10 +147,14 @@ class Predictor:
         )
 
     def adapted(self, tiles: np.ndarray, mix: float) -> "Predictor":
-        """A copy whose batch-norm statistics are (1 - mix) x the training set's + mix x those of
-        `tiles`, (B, t, t, 3) uint8 windows of one scene to predict (no label is used): a scene's
-        light and colour move the features away from the training statistics. The weights stay;
-        `mix` 0, no tiles or a model without batch-norm give this predictor. README "Round 8"."""
+        """A copy whose batch-norm statistics move towards those of `tiles`, (B, t, t, 3) uint8
+        windows of one scene to predict (no label is used): a scene's light and colour shift the
+        features away from the training statistics. One training-mode forward pass of the tiles as
+        one batch updates every batch-norm layer's running mean and variance to (1 - mix) x its
+        own + mix x the batch's (the first layer's batch is the scene's features; deeper layers see
+        them through batch-normalised layers). The weights stay; `mix` 0, no tiles or a model
+        without batch-norm give this predictor. Memory: one forward pass of B windows at once.
+        README "Round 8"."""
         is_norm = lambda m: isinstance(m, torch.nn.modules.batchnorm._BatchNorm)  # noqa: E731
         if not (mix and len(tiles) and any(map(is_norm, self.model.modules()))):
             return self

@@ -194,6 +194,38 @@ def test_adapt_bn_adapts_to_the_raster_windows_with_data(predictor: Predictor, s
     assert not np.array_equal(mask[valid] == 1, (predictor.logits(image) > predictor.cut)[valid])
 
 
+@pytest.mark.parametrize("pixel", [0.5, 1.0])  # the model's grid is the raster's, or a warped (resampled) one
+def test_adapt_bn_leaves_out_windows_under_an_internal_mask(
+    predictor: Predictor, scene, tmp_path: Path, monkeypatch, pixel: float
+) -> None:
+    image = scene[0].copy()
+    image[:, :150] = 0  # masked out below: black, which must not reach the statistics
+    keep = np.full(image.shape[:2], 255, np.uint8)
+    keep[:, :150] = 0
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        rasterio.open(write_raster(tmp_path / "masked.tif", image, nodata=None, pixel=pixel), "r+") as ds,
+    ):
+        ds.write_mask(keep)
+    seen = []
+    monkeypatch.setattr(Predictor, "adapted", lambda self, tiles, mix: seen.append(tiles) or self)
+    raster = check_raster(tmp_path / "masked.tif", MapOptions())
+    map_forest(predictor, raster, tmp_path, MapOptions(progress=False, adapt_bn=0.25), log=lambda s: None)
+    assert len(seen) == 1 and len(seen[0]) > 0
+    assert all(w.any(axis=2).all() for w in seen[0])  # no window reaches into the masked, black part
+
+
+def test_adapt_bn_adapts_each_geotiff_on_its_own_beside_pictures(checkpoint: Path, scene, tmp_path: Path) -> None:
+    image = scene[0] // 2
+    write_raster(tmp_path / "in/ortho.tif", image, nodata=None)
+    Image.fromarray(np.ascontiguousarray(scene[0][:TILE, :TILE])).save(tmp_path / "in/photo.png")  # another scene
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--adapt-bn", "0.5") == 0
+    alone = Predictor.load(checkpoint, torch.device("cpu"))
+    windows = sample_windows(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], 300, 400, alone.tile)
+    mask, _ = read(tmp_path / "out/ortho_mask.tif")
+    assert np.array_equal(mask == 1, alone.adapted(windows, 0.5).mask(image))  # not also adapted to the photo
+
+
 def test_small_raster_is_padded_like_a_small_image(predictor: Predictor, scene, tmp_path: Path) -> None:
     src = write_raster(tmp_path / "in.tif", scene[0][:40, :50], nodata=None)
     area = map_forest(predictor, check_raster(src, MapOptions()), tmp_path, MapOptions(progress=False))
