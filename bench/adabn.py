@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import quality as q  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
-from forestseg.predict import ADAPT_WINDOWS, Predictor  # noqa: E402
+from forestseg.predict import Predictor, scene_windows  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
 
 
@@ -64,8 +64,9 @@ def main() -> None:
         counts: dict[float, dict] = {m: {} for m in mixes}
         for scene in test_scenes:
             rows = q.rows_of(sample, [scene])
-            for m in mixes:  # the scene's tiles (at most 61 in the sample): what evaluate's scene_windows takes
-                counts[m].update(q.score_rows([p.adapted(images[rows[:ADAPT_WINDOWS]], m)], sample, rows))
+            windows = scene_windows(list(images[rows]), p.tile)  # as `forestseg evaluate --adapt-bn` takes them
+            for m in mixes:
+                counts[m].update(q.score_rows([p.adapted(windows, m)], sample, rows))
         got = {m: q.total_scores(c) for m, c in counts.items()}
         print(
             f"{part}, seed {run.seed} ({time.perf_counter() - t0:.0f} s): "

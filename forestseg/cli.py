@@ -159,7 +159,8 @@ def predict(args: argparse.Namespace) -> int:
     elif opts.polygons or opts.probability or area_error is not None:
         print("note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none")
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
-    scene = predictor.adapted(_windows_of(pictures, predictor.tile), args.adapt_bn) if pictures else predictor
+    adapt = pictures and args.adapt_bn  # decoding the sample costs time: only when asked for
+    scene = predictor.adapted(_windows_of(pictures, predictor.tile), args.adapt_bn) if adapt else predictor
     failed, transparent = _predict_pictures(scene, pictures, args)
     if pictures:
         print(

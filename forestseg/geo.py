@@ -452,9 +452,10 @@ def map_forest(
             view = stack.enter_context(_warp(src, model, pixels)) if (resample or reproject) else src
             if opts.adapt_bn:  # the raster is one scene: windows with data only, on the model's grid
                 t = predictor.tile
-                # a warped view's own mask misses internal masks: the source's mask warped with an alpha band
+                # where the model's grid is the output's, its validity view; else the source's mask warped
+                # with an alpha band (a warped view's own mask misses internal masks)
                 has_data = (
-                    view if view is src else stack.enter_context(_warp(src, model, Resampling.nearest, alpha=True))
+                    stack.enter_context(_warp(src, model, Resampling.nearest, alpha=True)) if resample else valid_view
                 )
 
                 def full(y: int, x: int) -> bool:

@@ -46,10 +46,10 @@ class Optimizer:
         return self.buffers[name]
 
     def state_dict(self) -> dict:
-        return {"lr": self.lr, "steps": self.steps, "buffers": self.buffers}
+        return {"steps": self.steps, "buffers": self.buffers}  # no lr: the train loop derives it from the epoch
 
     def load_state_dict(self, saved: dict) -> None:
-        self.lr, self.steps = saved["lr"], saved["steps"]
+        self.steps = saved["steps"]
         self.buffers = {
             name: [b.to(p.device) for b, p in zip(bufs, self.params, strict=True)]
             for name, bufs in saved["buffers"].items()
