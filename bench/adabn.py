@@ -1,87 +1,168 @@
-"""Test-time batch-norm adaptation on unseen scenes (README "Round 8"): each CV fold's model of the
-`cpu` recipe is scored as trained and with its batch-norm statistics moved towards those of each
-test scene's own tiles (no label is used), all from the same trained model, so the change is paired.
+"""Test-time adaptation on unseen scenes (README "Round 8", "Round 9"): each CV fold's model of the
+`cpu` recipe is scored as trained and adapted to each test scene's own tiles (no label is used),
+all from the same trained model, so every change is paired.
 
     python bench/adabn.py [--only 0,1,2,3,4] [-S grid.seed=[1]] [--mix 0.25,0.5,1]
     python bench/adabn.py --final --mix 0.25     # the 8 set-aside scenes, trained on the other 30: once
+    python bench/adabn.py --mix 0.25 --tent 3,10 --otsu --keep /tmp/models   # Round 9; models kept for reruns
 
-Each batch-norm layer's mean and variance become (1 - mix) x the training statistics + mix x the
-scene's (mix 1: AdaBN, the scene's alone): `Predictor.adapted`, what `forestseg predict --adapt-bn`
-does. Prints forest IoU and mIoU per fold and mix, then the
-mean paired change per mix.
+- mix m: each batch-norm layer's mean and variance become (1 - m) x the training statistics + m x
+  the scene's (m 1: AdaBN, the scene's alone): `Predictor.adapted`, what `forestseg predict
+  --adapt-bn` and the recipe's `train.adapt_bn` do.
+- tent n (on top of the first mix): n Adam steps (lr 1e-3) on the batch-norm layers' scale and shift
+  that lower the mean binary entropy of the model's outputs on the scene's windows (TENT, Wang et
+  al. 2021), statistics frozen at the adapted ones.
+- otsu (on top of the first mix): the scene's own cut, Otsu's between-class split of the logits of
+  its windows, clipped to logits -1..1.
+
+Prints forest IoU and mIoU per fold and method, then the mean paired change per method. With
+`--keep DIR`, each fold's model is saved there (named by fold, seed and -S) and reused next time.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import quality as q  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
-from forestseg.loader import load_tiles  # noqa: E402
-from forestseg.predict import Predictor, scene_windows  # noqa: E402
+from forestseg.loader import load_tiles, to_input  # noqa: E402
+from forestseg.predict import Predictor  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
+from forestseg.windows import scene_windows  # noqa: E402
+
+
+def tent(p: Predictor, windows: np.ndarray, steps: int, lr: float = 1e-3) -> Predictor:
+    """`p` with its batch-norm scale and shift moved by `steps` Adam steps down the mean binary
+    entropy of its outputs on `windows` (one batch); statistics as they are (eval mode)."""
+    model = copy.deepcopy(p.model).eval()
+    params = [x for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for x in (m.weight, m.bias)]
+    opt = torch.optim.Adam(params, lr=lr)
+    x = to_input(torch.from_numpy(np.ascontiguousarray(windows)).to(p.device), p.norm)
+    for _ in range(steps):
+        z = model(x)
+        entropy = -(torch.sigmoid(z) * F.logsigmoid(z) + torch.sigmoid(-z) * F.logsigmoid(-z)).mean()
+        opt.zero_grad()
+        entropy.backward()
+        opt.step()
+    return dataclasses.replace(p, model=model.eval())
+
+
+def otsu_cut(p: Predictor, windows: np.ndarray) -> float:
+    """Otsu's cut of the logits of `windows` (64 bins over logits -8..8), clipped to -1..1."""
+    z = np.clip(p.windows_logits(np.ascontiguousarray(windows)).ravel(), -8, 8)
+    hist, edges = np.histogram(z, 64)
+    centre = (edges[:-1] + edges[1:]) / 2
+    below, total = np.cumsum(hist), hist.sum()
+    mean_below = np.cumsum(hist * centre) / np.maximum(below, 1)
+    mean_above = ((hist * centre).sum() - np.cumsum(hist * centre)) / np.maximum(total - below, 1)
+    return float(np.clip(centre[np.argmax(below * (total - below) * (mean_below - mean_above) ** 2)], -1.0, 1.0))
+
+
+def methods(
+    mixes: list[float], tents: list[int], otsu: bool
+) -> dict[str, Callable[[Predictor, np.ndarray], Predictor]]:
+    """name -> (plain predictor, the scene's windows) -> the predictor that scores the scene."""
+    out: dict[str, Callable[[Predictor, np.ndarray], Predictor]] = {
+        f"mix {m:g}": lambda p, w, m=m: p.adapted(w, m) for m in [0.0, *mixes]
+    }
+    base = mixes[0] if mixes else 0.0
+    for n in tents:
+        out[f"mix {base:g} + tent {n}"] = lambda p, w, n=n: tent(p.adapted(w, base), w, n)
+    if otsu:
+        out[f"mix {base:g} + otsu"] = lambda p, w: (lambda a: dataclasses.replace(a, cut=otsu_cut(a, w)))(
+            p.adapted(w, base)
+        )
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="0,1,2,3,4", help="folds of the 5-fold CV")
     ap.add_argument("--mix", default="0.25,0.5,1", help="weights of the scene's statistics")
+    ap.add_argument("--tent", default="", help="TENT step counts on top of the first mix, e.g. 3,10")
+    ap.add_argument("--otsu", action="store_true", help="also the scene's own Otsu cut on top of the first mix")
     ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the cpu recipe")
     ap.add_argument("--final", action="store_true", help="the set-aside scenes instead of the CV folds")
+    ap.add_argument("--keep", type=Path, default=None, help="a folder to keep each fold's model in and reuse")
     args = ap.parse_args()
     torch.set_num_threads(2)
     sample, device = q.load_sample(), torch.device("cpu")
     model_cfg, opt_cfg, train_cfg, grid = load_sections(
         q.recipe_params("cpu", args.sets), "model", "optimizer", "train", "grid"
     )
-    folds, mixes = q.folds(sample, 5), [0.0] + [float(m) for m in args.mix.split(",")]
+    mixes = [float(m) for m in args.mix.split(",") if m]
+    scorers = methods(mixes, [int(n) for n in args.tent.split(",") if n], args.otsu)
     images = np.load(sample.layout.images, mmap_mode="r")
-    deltas: dict[float, list[tuple[float, float]]] = {m: [] for m in mixes[1:]}
+    folds = q.folds(sample, 5)
+    deltas: dict[str, list[tuple[float, float]]] = {name: [] for name in list(scorers)[1:]}
     parts = [
         (f"fold {f}", [s for i, x in enumerate(folds) if i != f for s in x], folds[f])
         for f in map(int, args.only.split(","))
     ]
     if args.final:
         parts = [("set-aside", [s for x in folds for s in x], q.holdout_scenes(sample))]
+    tag = "_".join(s.replace("=", "-").replace("/", "") for s in args.sets) or "recipe"
     for part, train_scenes, test_scenes in parts:
-        train = load_tiles(sample.layout, q.rows_of(sample, train_scenes), device, sample.scene)
-        test = load_tiles(sample.layout, q.rows_of(sample, test_scenes), device)
-        with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
-            t0, run = time.perf_counter(), Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
-            train_run(
-                run, model_cfg, opt_cfg, train_cfg, train, test, Path(tmp), Path(tmp) / "r.pt", "bench", lambda s: None
-            )
-            p = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
-        counts: dict[float, dict] = {m: {} for m in mixes}
+        t0, run = time.perf_counter(), Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
+        kept = args.keep / f"{part.replace(' ', '')}_s{run.seed}_{tag}.pt" if args.keep else None
+        if kept is None or not kept.is_file():
+            train = load_tiles(sample.layout, q.rows_of(sample, train_scenes), device, sample.scene)
+            test = load_tiles(sample.layout, q.rows_of(sample, test_scenes), device)
+            with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
+                train_run(
+                    run,
+                    model_cfg,
+                    opt_cfg,
+                    train_cfg,
+                    train,
+                    test,
+                    Path(tmp),
+                    Path(tmp) / "r.pt",
+                    "bench",
+                    lambda s: None,
+                )
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(Path(tmp) / "model.pt", kept)
+                p = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
+        else:
+            p = Predictor.load(kept, device, train_cfg.precision)
+        p = dataclasses.replace(p, adapt_bn=0.0)  # the methods adapt; score_rows scores as given
+        counts: dict[str, dict] = {name: {} for name in scorers}
         for scene in test_scenes:
             rows = q.rows_of(sample, [scene])
             windows = scene_windows(list(images[rows]), p.tile)  # as `forestseg evaluate --adapt-bn` takes them
-            for m in mixes:
-                counts[m].update(q.score_rows([p.adapted(windows, m)], sample, rows))
-        got = {m: q.total_scores(c) for m, c in counts.items()}
+            for name, scorer in scorers.items():
+                counts[name].update(q.score_rows([scorer(p, windows)], sample, rows))
+        got = {name: q.total_scores(c) for name, c in counts.items()}
         print(
             f"{part}, seed {run.seed} ({time.perf_counter() - t0:.0f} s): "
             + "; ".join(
-                f"mix {m:g}: IoU {s['iou']:.4f} mIoU {s['miou']:.4f} precision {s['precision']:.4f} recall {s['recall']:.4f}"
-                for m, s in got.items()
+                f"{name}: IoU {s['iou']:.4f} mIoU {s['miou']:.4f} precision {s['precision']:.4f} recall {s['recall']:.4f}"
+                for name, s in got.items()
             ),
             flush=True,
         )
-        for m in mixes[1:]:
-            deltas[m].append((got[m]["iou"] - got[0.0]["iou"], got[m]["miou"] - got[0.0]["miou"]))
-    for m, d in deltas.items():
+        for name in deltas:
+            deltas[name].append((got[name]["iou"] - got["mix 0"]["iou"], got[name]["miou"] - got["mix 0"]["miou"]))
+    for name, d in deltas.items():
         iou, miou = np.array(d).T
         print(
-            f"mix {m:g}: forest IoU {iou.mean():+.4f} (per fold {', '.join(f'{x:+.3f}' for x in iou)}), mIoU {miou.mean():+.4f}"
+            f"{name}: forest IoU {iou.mean():+.4f} (per fold {', '.join(f'{x:+.3f}' for x in iou)}), mIoU {miou.mean():+.4f}"
         )
 
 

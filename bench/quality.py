@@ -55,6 +55,7 @@ from forestseg.loader import load_tiles  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
+from forestseg.windows import scene_windows  # noqa: E402
 from recipes import run as recipes  # noqa: E402
 
 HOLDOUT = ROOT / "bench" / "holdout_scenes.txt"
@@ -140,27 +141,35 @@ def score_rows(
 ) -> dict[str, np.ndarray]:
     """[tp, fp, fn, tn] per scene of the sample's `rows` (whole tiles: one window each, as `forestseg
     predict` runs them), forest above the model file's threshold; with several model files (a seed
-    ensemble, all with the same threshold) the mean of their raw outputs. With a `trade_off` dict, also
-    the counts over all rows at each forest probability cut of CUTS, added into it; with an `alone`
-    list, each model's own counts per scene, appended to it (from the same forward passes)."""
+    ensemble, all with the same threshold) the mean of their raw outputs. A predictor with `adapt_bn`
+    (the model file's, or set) scores each scene adapted to windows of that scene's tiles, as
+    `forestseg evaluate` does. With a `trade_off` dict, also the counts over all rows at each forest
+    probability cut of CUTS, added into it; with an `alone` list, each model's own counts per scene,
+    appended to it (from the same forward passes)."""
     images = np.load(sample.layout.images, mmap_mode="r")
     truths = np.load(sample.layout.masks, mmap_mode="r")
     first = predictors[0]
     per_scene: dict[str, np.ndarray] = {}
     each_alone: list[dict[str, np.ndarray]] = [{} for _ in predictors] if alone is not None else []
-    for start in range(0, len(rows), 32):
-        chunk = rows[start : start + 32]
-        tiles = np.stack([images[r] for r in chunk])
-        each = [p.windows_logits(tiles) for p in predictors]
-        logits = np.mean(each, axis=0)
-        prob = first.probability(logits) if trade_off is not None else None
-        for i, r in enumerate(chunk):
-            truth, scene = truths[r] > 0, sample.scene[r]
-            per_scene[scene] = per_scene.get(scene, 0) + _counts(logits[i] > first.cut, truth)
-            for own, member in zip(each_alone, each):
-                own[scene] = own.get(scene, 0) + _counts(member[i] > first.cut, truth)
-            for cut in CUTS if trade_off is not None else ():
-                trade_off[cut] = trade_off.get(cut, 0) + _counts(prob[i] > cut, truth)
+    groups = [rows]  # batches as before where nothing adapts: the same forward passes, the same numbers
+    if any(p.adapt_bn for p in predictors):
+        groups = [rows[sample.scene[rows] == s] for s in dict.fromkeys(sample.scene[rows])]
+    for group in groups:
+        windows = scene_windows(list(images[group]), first.tile) if len(groups) > 1 else None
+        scored = [p.adapted(windows, p.adapt_bn) if windows is not None else p for p in predictors]
+        for start in range(0, len(group), 32):
+            chunk = group[start : start + 32]
+            tiles = np.stack([images[r] for r in chunk])
+            each = [p.windows_logits(tiles) for p in scored]
+            logits = np.mean(each, axis=0)
+            prob = first.probability(logits) if trade_off is not None else None
+            for i, r in enumerate(chunk):
+                truth, scene = truths[r] > 0, sample.scene[r]
+                per_scene[scene] = per_scene.get(scene, 0) + _counts(logits[i] > first.cut, truth)
+                for own, member in zip(each_alone, each):
+                    own[scene] = own.get(scene, 0) + _counts(member[i] > first.cut, truth)
+                for cut in CUTS if trade_off is not None else ():
+                    trade_off[cut] = trade_off.get(cut, 0) + _counts(prob[i] > cut, truth)
     if alone is not None:
         alone.extend(each_alone)
     return per_scene
@@ -216,7 +225,11 @@ def train_and_score(
             seconds += time.perf_counter() - t0
             predictors.append(Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision))
             histories.append([{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history])
-    plain = None
+    plain = unadapted = None
+    if predictors[0].adapt_bn:  # the same model scored both ways: the adaptation's own gain, paired
+        unadapted = total_scores(
+            score_rows([dataclasses.replace(p, adapt_bn=0.0) for p in predictors], sample, test_rows)
+        )
     if tta:  # the same model scored both ways: TTA's own gain, paired
         plain = total_scores(score_rows(predictors, sample, test_rows))
         predictors = [dataclasses.replace(p, tta=True) for p in predictors]
@@ -242,6 +255,7 @@ def train_and_score(
         "history": histories[0],
         "trade_off": {str(c): scores(n) for c, n in trade_off.items()},
         **({"without_tta": plain} if plain else {}),
+        **({"without_adapt_bn": unadapted} if unadapted else {}),
         **({"members": members} if members else {}),
     }
 
@@ -326,11 +340,12 @@ def save(result: dict, quiet: bool = False) -> None:
         + "\n\nPrecision/recall trade-off over the model's probability cut:\n\n"
         + trade_off_table(result)
     )
-    if "without_tta" in result["parts"][0]:
-        gain = {m: [p["scores"][m] - p["without_tta"][m] for p in result["parts"]] for m in SHOWN}
-        text += "\n\nTTA's change, paired (the same models scored without it): " + ", ".join(
-            f"{m} {np.mean(v):+.4f} ± {np.std(v):.4f}" for m, v in gain.items()
-        )
+    for key, what in (("without_tta", "TTA's"), ("without_adapt_bn", "Batch-norm adaptation's (train.adapt_bn)")):
+        if key in result["parts"][0]:
+            gain = {m: [p["scores"][m] - p[key][m] for p in result["parts"]] for m in SHOWN}
+            text += f"\n\n{what} change, paired (the same models scored without it): " + ", ".join(
+                f"{m} {np.mean(v):+.4f} ± {np.std(v):.4f}" for m, v in gain.items()
+            )
     write_json(RESULTS / f"{result['name']}.json", result)
     write_text(RESULTS / f"{result['name']}.md", text + "\n")
     if not quiet:

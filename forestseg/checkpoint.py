@@ -1,8 +1,8 @@
 """The two checkpoint files, written and read only here.
 
 - the **model file** (`models/<run>/model.pt`, and `best.pt` with a val split): what predict needs,
-  weights, model params, the loss and the threshold that makes a mask, the input normaliser and
-  the tile size. It is a cached DVC output, so the run-cache can restore it anywhere.
+  weights, model params, the loss and the threshold that makes a mask, how far to adapt batch-norm
+  to each scene (`adapt_bn`), the input normaliser and the tile size. It is a cached DVC output, so the run-cache can restore it anywhere.
 - a model file named by `train.init_from` (in init/) is read here too: its weights and normaliser
   start a fine-tuning run.
 - the **resume file** (`.resume/<run>.pt`): everything to continue a killed run bit-identically
@@ -33,7 +33,7 @@ def _load(path: Path) -> Any:
 
 
 def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any) -> None:
-    """The model file: `meta` = run, loss, threshold, model params, normalizer, tile_size (see train);
+    """The model file: `meta` = run, loss, threshold, adapt_bn, model params, normalizer, tile_size (see train);
     `weights` None for a run that diverged (predict refuses it, naming the run)."""
     write_torch(path, {"format": MODEL_FORMAT, "weights": weights, **meta, **extra})
 

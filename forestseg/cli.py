@@ -19,7 +19,8 @@ from tqdm import tqdm
 from .config import ConfigError, DataConfig, ForestsegError
 from .device import keep_freed_memory, pick_device
 from .io import read_json, write_csv, write_json, write_with
-from .predict import ADAPT_WINDOWS, BLOCK, Predictor, overlay, read_rgb, scene_windows
+from .predict import BLOCK, Predictor, overlay, read_rgb
+from .windows import ADAPT_WINDOWS, scene_windows
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 AREA_COLUMNS = [
@@ -96,8 +97,9 @@ def _map_options(args: argparse.Namespace, predictor: Predictor):
         parse_crs(args.reproject)
     if getattr(args, "min_area_m2", 0) < 0:
         raise ForestsegError(f"--min-area-m2 {args.min_area_m2}: must be >= 0")
-    if not 0 <= args.adapt_bn <= 1:
-        raise ForestsegError(f"--adapt-bn {args.adapt_bn}: must be in 0..1 (0.25 measured best, 0 = off)")
+    adapt_bn = predictor.adapt_bn if args.adapt_bn is None else args.adapt_bn  # default: the model file's
+    if not 0 <= adapt_bn <= 1:
+        raise ForestsegError(f"--adapt-bn {adapt_bn}: must be in 0..1 (0.25 measured best, 0 = off)")
     return MapOptions(
         bands=_bands(args.bands),
         resample=not args.no_resample,
@@ -107,7 +109,7 @@ def _map_options(args: argparse.Namespace, predictor: Predictor):
         min_area_m2=getattr(args, "min_area_m2", 0.0),
         overlap=args.overlap,
         block=args.block,
-        adapt_bn=args.adapt_bn,
+        adapt_bn=adapt_bn,
     )
 
 
@@ -158,9 +160,13 @@ def predict(args: argparse.Namespace) -> int:
             print("note: --overlay: GeoTIFF inputs get no overlay PNG; open <name>_mask.tif over the image in QGIS")
     elif opts.polygons or opts.probability or area_error is not None:
         print("note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none")
+    if opts.adapt_bn and args.adapt_bn is None:
+        print(
+            f"note: batch-norm adapted to the inputs' scene by {opts.adapt_bn:g}, the model file's (--adapt-bn 0: off)"
+        )
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
-    adapt = pictures and args.adapt_bn  # decoding the sample costs time: only when asked for
-    scene = predictor.adapted(_windows_of(pictures, predictor.tile), args.adapt_bn) if adapt else predictor
+    adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
+    scene = predictor.adapted(_windows_of(pictures, predictor.tile), opts.adapt_bn) if adapt else predictor
     failed, transparent = _predict_pictures(scene, pictures, args)
     if pictures:
         print(
@@ -300,9 +306,9 @@ def evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         subset=args.subset,
         overlap=args.overlap,
-        adapt_bn=args.adapt_bn,
+        adapt_bn=opts.adapt_bn,
     )
-    result = {"checkpoint": str(args.checkpoint), "tta": args.tta, **result}
+    result = {"checkpoint": str(args.checkpoint), "tta": args.tta, "adapt_bn": opts.adapt_bn, **result}
     kind = "scene" if "scenes" in result else "raster"
     what = (
         f"{result['tiles']} tiles of {result['scenes']} scenes" if kind == "scene" else f"{result['rasters']} rasters"
@@ -363,11 +369,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adapt-bn",
         type=float,
-        default=0.0,
+        default=None,
         metavar="MIX",
         help="move the model's batch-norm statistics this far (0-1) towards those of the imagery: of all "
         "JPEG/PNG inputs together, of each GeoTIFF, of each scene of evaluated tiles (0.25 measured best; "
-        "default 0: off)",
+        "0: off; default: the model file's, train.adapt_bn)",
     )
 
 

@@ -18,7 +18,7 @@ SPLITS = ("scene", "tile")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 INPUTS = ("normalized", "per_tile", "raw")
-SAMPLINGS = ("tile", "scene")
+SAMPLINGS = ("tile", "scene", "scene_batch")
 THRESHOLDS = ("loss", "val")
 PIXEL_SIZE_M = 0.5  # ground size of a pixel of the Kaggle/DeepGlobe tiles (and of the synthetic ones)
 INIT_DIR = "init"  # the project folder of model files that train.init_from may name (a dep of the train stage)
@@ -217,9 +217,14 @@ class TrainConfig:
     # Probability that a training tile gets a box (each side 25-75 % of the tile's) of the batch's next
     # tile pasted in, mask with it: tiles that mix two scenes, labels exact (CutMix). 0 = off.
     cutmix: float = 0.0
-    sampling: str = "tile"  # tile: every tile once per epoch; scene: scenes equally likely
+    # tile: every tile once per epoch; scene: scenes equally likely; scene_batch: every tile once per
+    # epoch, each batch from one scene (batch-norm learns per-scene statistics: predict with --adapt-bn 1)
+    sampling: str = "tile"
     ema: float = 0.0  # decay of an exponential moving average of the weights, kept and saved; 0 = off
     threshold: str = "loss"  # loss: the loss's own cut; val: the cut of best val mIoU (needs a val split)
+    # Each test scene is scored with the model's batch-norm statistics moved this far (0-1) towards
+    # the scene's own; stored in the model file as predict's default --adapt-bn. 0 = off.
+    adapt_bn: float = 0.0
     # A forestseg model file whose weights start every run (fine-tuning), or none (random init). It
     # must lie in init/, a dep of the train stage, so a new file there reruns train.
     init_from: str = "none"
@@ -230,6 +235,8 @@ class TrainConfig:
         for key in ("scale", "saturation", "blur", "cutmix", "ema"):
             if not 0 <= getattr(self, key) < 1 + (key == "scale"):
                 _fail(f"train.{key}", f"must be in [0, {2 if key == 'scale' else 1}), got {getattr(self, key)}")
+        if not 0 <= self.adapt_bn <= 1:
+            _fail("train.adapt_bn", f"must be in [0, 1] (0 = off, 0.25 measured best), got {self.adapt_bn}")
         _choice("train.sampling", self.sampling, SAMPLINGS)
         _choice("train.threshold", self.threshold, THRESHOLDS)
         if self.init_from != "none":

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from .dataset import DataError, build_index, find_source
 from .errors import ForestsegError
 from .metrics import scores
-from .predict import Predictor, scene_windows
+from .predict import Predictor
+from .windows import scene_windows
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from .errors import ForestsegError
 from .io import atomic_path
-from .predict import BLOCK, Predictor, sample_windows
+from .predict import BLOCK, Predictor
+from .windows import sample_windows
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask

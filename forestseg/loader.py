@@ -207,29 +207,42 @@ def scene_balanced(scenes: torch.Tensor, generator: torch.Generator) -> torch.Te
     return torch.multinomial(weight, len(scenes), replacement=True, generator=generator)
 
 
+def scene_batches(scenes: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Every tile once, in batches that each hold tiles of one scene only (a scene's tiles shuffled,
+    cut into batches of at most batch_size, the batches shuffled): batch-norm then normalises with
+    one scene's statistics, as `--adapt-bn 1` does on an unseen scene."""
+    order = torch.randperm(len(scenes), generator=generator)
+    order = order[torch.sort(scenes[order], stable=True).indices]  # grouped by scene, shuffled within
+    cuts = [c for part in torch.split(order, torch.bincount(scenes).tolist()) for c in part.split(batch_size)]
+    return [cuts[i] for i in torch.randperm(len(cuts), generator=generator).tolist() if len(cuts[i])]
+
+
 def batches(
     tiles: Tiles,
     batch_size: int,
     generator: torch.Generator | None = None,
     augment_with: torch.Generator | None = None,
-    by_scene: bool = False,
+    sampling: str = "tile",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images uint8 (B, H, W, 3), masks uint8 (B, H, W)) on the tiles' device.
 
     With a generator the order is a fresh seeded permutation each call (one call per epoch), or
-    with `by_scene` a scene-balanced draw of as many tiles; without one it is the stored order
-    (evaluation).
+    by `sampling` (config.SAMPLINGS) a scene-balanced draw of as many tiles (scene) or batches of
+    one scene each (scene_batch); without one it is the stored order (evaluation).
     """
     n = len(tiles)
-    if by_scene and generator is not None:
-        if tiles.scenes is None:
-            raise ForestsegError("train.sampling: scene needs the scene of each tile (tiles loaded without scenes)")
-        order = scene_balanced(tiles.scenes, generator)
+    if sampling != "tile" and generator is not None and tiles.scenes is None:
+        raise ForestsegError(f"train.sampling: {sampling} needs the scene of each tile (tiles loaded without scenes)")
+    if sampling == "scene_batch" and generator is not None:
+        cuts = scene_batches(tiles.scenes, batch_size, generator)
     else:
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    order = order.to(tiles.images.device)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
+        if sampling == "scene" and generator is not None:
+            order = scene_balanced(tiles.scenes, generator)
+        else:
+            order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        cuts = list(order.split(batch_size))
+    for idx in cuts:
+        idx = idx.to(tiles.images.device)
         images, masks = tiles.images.index_select(0, idx), tiles.masks.index_select(0, idx)
         if augment_with is not None:
             images, masks = augment(images, masks, augment_with)

@@ -12,7 +12,6 @@ on the tile, the batch and the block, never on the image size.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,14 @@ from .device import use_bf16
 from .images import ImageError, decode
 from .layout import DataLayout
 from .loader import Normalizer, to_input
-from .model import build_model
+from .model import adapt_batchnorm, build_model
+from .windows import window_starts
 
 # Error map colours: true positive, false positive, false negative (true negative stays black).
 TP, FP, FN = (34, 139, 34), (230, 159, 0), (204, 0, 204)
 # Checkpoints written before training recorded the pixel size are assumed to be at the Kaggle/DeepGlobe 0.5 m.
 DEFAULT_PIXEL_SIZE_M = PIXEL_SIZE_M
 BLOCK = 2048  # panel width of Predictor.stream, in pixels
-ADAPT_WINDOWS = 64  # windows of a scene whose statistics adapt the model (`Predictor.adapted`), at most
 WORST_SCENES, SCENE_TILES = 3, 3  # plots/overlays/worst_scenes.png: this many scenes, tiles of each
 
 # The 8 flips/rotations of a square window (the dihedral group) as (quarter turns, mirrored first).
@@ -65,45 +64,6 @@ def _unview(y: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
     return y.flip(2) if mirror else y
 
 
-def sample_windows(
-    read: Reader,
-    height: int,
-    width: int,
-    tile: int,
-    n: int = ADAPT_WINDOWS,
-    usable: Callable[[int, int], bool] | None = None,
-) -> np.ndarray:
-    """(k <= n, tile, tile, 3) uint8: a seeded sample of the windows of an image read through `read`,
-    on a grid of one tile's stride (the last flush with the edge), keeping those where
-    `usable(row, col)` (e.g. no nodata); none for an image smaller than a window."""
-    chosen = []
-    if height >= tile and width >= tile:
-        starts = [(y, x) for y in window_starts(height, tile, tile) for x in window_starts(width, tile, tile)]
-        for i in np.random.default_rng(0).permutation(len(starts)):
-            y, x = starts[i]
-            if len(chosen) < n and (usable is None or usable(y, x)):
-                chosen.append(read(y, y + tile, x, x + tile))
-    return np.stack(chosen) if chosen else np.zeros((0, tile, tile, 3), np.uint8)
-
-
-def scene_windows(images: list[np.ndarray], tile: int, n: int = ADAPT_WINDOWS) -> np.ndarray:
-    """Up to `n` windows of the images of one scene for `Predictor.adapted`: a seeded sample of up
-    to n images in their own order, ceil(n / that many) windows of each (`sample_windows`)."""
-    chosen = sorted(np.random.default_rng(0).permutation(len(images))[:n])
-    each = -(-n // max(1, len(chosen)))
-    windows = [
-        w
-        for i in chosen
-        for w in sample_windows(lambda r0, r1, c0, c1, im=images[i]: im[r0:r1, c0:c1], *images[i].shape[:2], tile, each)
-    ]
-    return np.stack(windows[:n]) if windows else np.zeros((0, tile, tile, 3), np.uint8)
-
-
-def window_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of windows of `tile` px every `stride` px along `size` >= tile px; the last one flush with the end."""
-    return sorted({*range(0, size - tile, stride), size - tile})
-
-
 @dataclass(frozen=True)
 class Predictor:
     model: torch.nn.Module
@@ -116,6 +76,7 @@ class Predictor:
     pixel_size_recorded: bool = True  # False: an older checkpoint, pixel_size_m is the default
     bf16: bool = False  # autocast the forward pass to bf16 (at most 0.1% of pixels differ from fp32)
     tta: bool = False  # test-time augmentation: mean raw output over the 8 flips/rotations (8x the compute)
+    adapt_bn: float = 0.0  # the model file's batch-norm adaptation to each scene (train.adapt_bn), the CLI's default
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device, precision: str = "auto", tta: bool = False) -> "Predictor":
@@ -144,26 +105,17 @@ class Predictor:
             pixel is not None,
             use_bf16(precision, device),
             tta,
+            float(state.get("adapt_bn", 0.0)),  # older model files: none
         )
 
     def adapted(self, tiles: np.ndarray, mix: float) -> "Predictor":
-        """A copy whose batch-norm statistics move towards those of `tiles`, (B, t, t, 3) uint8
-        windows of one scene to predict (no label is used): a scene's light and colour shift the
-        features away from the training statistics. One training-mode forward pass of the tiles as
-        one batch updates every batch-norm layer's running mean and variance to (1 - mix) x its
-        own + mix x the batch's (the first layer's batch is the scene's features; deeper layers see
-        them through batch-normalised layers). The weights stay; `mix` 0, no tiles or a model
-        without batch-norm give this predictor. Memory: one forward pass of B windows at once.
-        README "Round 8"."""
-        is_norm = lambda m: isinstance(m, torch.nn.modules.batchnorm._BatchNorm)  # noqa: E731
-        if not (mix and len(tiles) and any(map(is_norm, self.model.modules()))):
+        """A copy whose batch-norm statistics move `mix` of the way towards those of `tiles`,
+        (B, t, t, 3) uint8 windows of one scene to predict (`model.adapt_batchnorm`); `mix` 0 or no
+        tiles give this predictor. Memory: one forward pass of B windows at once."""
+        if not (mix and len(tiles)):
             return self
-        model = copy.deepcopy(self.model)
-        for m in filter(is_norm, model.modules()):
-            m.momentum = mix  # one training-mode forward: running = (1 - mix) x running + mix x the batch's
-        with torch.no_grad():
-            model.train()(to_input(torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device), self.norm))
-        return dataclasses.replace(self, model=model.eval())
+        x = to_input(torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device), self.norm)
+        return dataclasses.replace(self, model=adapt_batchnorm(self.model, x, mix))
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Forest probability in [0, 1] of raw outputs: a sigmoid, except for the study's MSE on raw

@@ -23,8 +23,9 @@ from .layout import DataLayout
 from .loader import Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
 from .metrics import METRICS, confusion, scores
-from .model import ARCHS, build_model
+from .model import ARCHS, adapt_batchnorm, build_model
 from .optim import Optimizer, lr_factor, make_optimizer
+from .windows import scene_windows
 
 # scenes.csv of a run: the written model's confusion counts on each test scene (forest positive)
 SCENE_COLUMNS = ["scene", "tiles", "tp", "fp", "fn", "tn"]
@@ -86,6 +87,15 @@ def outputs(
         yield out.float(), masks
 
 
+def by_scene(tiles: Tiles) -> Iterator[Tiles]:
+    """The tiles of each scene of `tiles` (with scenes), in stored order."""
+    for k in range(len(tiles.scene_names)):
+        idx = torch.nonzero(tiles.scenes == k).flatten()
+        if len(idx):
+            i = idx.to(tiles.images.device)
+            yield Tiles(tiles.images[i], tiles.masks[i], tiles.scenes[idx], tiles.scene_names)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -97,30 +107,43 @@ def evaluate(
     bf16: bool,
     cut: float | None = None,
     per_scene: bool = False,
+    adapt_bn: float = 0.0,
 ) -> dict:
     """Mean loss per tile and scores from confusion counts summed over all of `tiles`, forest
     where the output exceeds `cut` (default: the loss's threshold). With `per_scene` (tiles with
-    scenes), also "scenes": {scene: [tp, fp, fn, tn]}."""
+    scenes), also "scenes": {scene: [tp, fp, fn, tn]}. With `adapt_bn` (tiles with scenes), each
+    scene is scored by the model adapted to windows of its own tiles, as `forestseg evaluate
+    --adapt-bn` scores it (`model.adapt_batchnorm`, `windows.scene_windows`)."""
     loss_fn, cut = LOSSES[loss], LOSSES[loss].threshold if cut is None else cut
-    by_scene = torch.zeros(len(tiles.scene_names), 4, dtype=torch.int64) if per_scene else None
-    start = 0
+    counts_by_scene = torch.zeros(len(tiles.scene_names), 4, dtype=torch.int64) if per_scene else None
     device = tiles.images.device
     total, counts = (
         torch.zeros((), dtype=torch.float64, device=device),
         torch.zeros(4, dtype=torch.int64, device=device),
     )
-    for out, masks in outputs(model, tiles, batch_size, norm, channels_last, bf16):
-        total += loss_fn(out, masks) * len(out)
-        if by_scene is None:
-            counts += confusion(out, masks, cut)
-        else:
-            tile_counts = confusion(out, masks, cut, per_item=True)
-            counts += tile_counts.sum(0)
-            by_scene.index_add_(0, tiles.scenes[start : start + len(out)], tile_counts.cpu())
-            start += len(out)
+    parts: Iterator[tuple[torch.nn.Module, Tiles]] = iter([(model, tiles)])
+    if adapt_bn and tiles.scenes is not None:
+
+        def windows(t: Tiles) -> torch.Tensor:
+            win = scene_windows(list(t.images.cpu().numpy()), min(t.images.shape[1:3]))
+            return to_input(torch.from_numpy(win).to(device), norm)
+
+        model.eval()
+        parts = ((adapt_batchnorm(model, windows(t), adapt_bn), t) for t in by_scene(tiles))
+    for part_model, part in parts:
+        start = 0
+        for out, masks in outputs(part_model, part, batch_size, norm, channels_last, bf16):
+            total += loss_fn(out, masks) * len(out)
+            if counts_by_scene is None:
+                counts += confusion(out, masks, cut)
+            else:
+                tile_counts = confusion(out, masks, cut, per_item=True)
+                counts += tile_counts.sum(0)
+                counts_by_scene.index_add_(0, part.scenes[start : start + len(out)], tile_counts.cpu())
+                start += len(out)
     result = {"loss": float(total) / len(tiles), **scores(counts.cpu().numpy())}
-    if by_scene is not None:
-        result["scenes"] = {name: c.tolist() for name, c in zip(tiles.scene_names, by_scene)}
+    if counts_by_scene is not None:
+        result["scenes"] = {name: c.tolist() for name, c in zip(tiles.scene_names, counts_by_scene)}
     return result
 
 
@@ -226,8 +249,8 @@ def train_epoch(
     total, seen = 0.0, 0
     lr = s.opt.lr
     bar = tqdm(
-        batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment"), by_scene=cfg.sampling == "scene"),
-        total=math.ceil(len(tiles) / cfg.batch_size),
+        batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment"), sampling=cfg.sampling),
+        total=math.ceil(len(tiles) / cfg.batch_size) if cfg.sampling != "scene_batch" else None,
         desc=where,
         leave=False,
         mininterval=1.0,
@@ -343,6 +366,7 @@ def train_run(
         "run": run.name,
         "loss": run.loss,
         "threshold": LOSSES[run.loss].threshold,
+        "adapt_bn": train_cfg.adapt_bn,  # predict's default --adapt-bn
         "model": asdict(model_cfg),
         "normalizer": asdict(norm),
         "tile_size": int(train.images.shape[1]),
@@ -409,17 +433,27 @@ def train_run(
     scenes: dict = {}
     if train_cfg.threshold == "val":  # chosen for each written model, on val
         portable["threshold"] = choose_threshold(final, val, *eval_args[1:], portable["threshold"])
-    if train_cfg.threshold == "val" or test.scene_names:  # test (re)scored at the written cut, once
-        s.test_scores = evaluate(final, test, *eval_args, cut=portable["threshold"], per_scene=bool(test.scene_names))
+    if train_cfg.threshold == "val" or test.scene_names:  # test (re)scored as predict scores it, once
+        s.test_scores = evaluate(
+            final,
+            test,
+            *eval_args,
+            cut=portable["threshold"],
+            per_scene=bool(test.scene_names),
+            adapt_bn=train_cfg.adapt_bn,
+        )
         scenes = s.test_scores.pop("scenes", {})
     write_model(model_dir / "model.pt", final.state_dict(), portable, epoch=s.epoch)
     if s.best:
         best = {**portable}
-        if train_cfg.threshold == "val":
+        if train_cfg.threshold == "val" or train_cfg.adapt_bn:
             chosen = copy.deepcopy(final)
             chosen.load_state_dict(s.best["weights"])
-            best["threshold"] = choose_threshold(chosen, val, *eval_args[1:], LOSSES[run.loss].threshold)
-            s.best["test_scores"] = evaluate(chosen, test, *eval_args, cut=best["threshold"])
+            if train_cfg.threshold == "val":
+                best["threshold"] = choose_threshold(chosen, val, *eval_args[1:], LOSSES[run.loss].threshold)
+            s.best["test_scores"] = evaluate(
+                chosen, test, *eval_args, cut=best["threshold"], adapt_bn=train_cfg.adapt_bn
+            )
         write_model(model_dir / "best.pt", s.best["weights"], best, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
     metrics = _run_metrics(s, lr, len(train), device, bf16, portable["threshold"])
     return Result(s.history, metrics, s.to_resume(), scenes)

@@ -3,6 +3,7 @@ the mean of its members' raw outputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -117,3 +118,26 @@ def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path
     assert (
         alone[0]["a"].tolist() != got["a"].tolist() or alone[0]["b"].tolist() != got["b"].tolist()
     )  # the mean differs
+
+
+def test_a_predictor_with_adapt_bn_scores_each_scene_adapted_to_its_own_tiles(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    layout = DataLayout(tmp_path)
+    layout.packed.mkdir()
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    images[2:] //= 3  # scene b darker: something to adapt to
+    masks = rng.integers(0, 2, (5, 32, 32), dtype=np.uint8)
+    np.save(layout.images, images)
+    np.save(layout.masks, masks)
+    scene = np.array(["a", "a", "b", "b", "b"])
+    sample = quality.Sample(layout, scene, masks.sum(axis=(1, 2)), np.full(5, 32 * 32))
+    plain = random_predictor(0, depth=1, centre_on=images)
+    mixed = dataclasses.replace(plain, adapt_bn=0.5)
+    expected = {}
+    for s in "ab":
+        rows = np.flatnonzero(scene == s)
+        logits = plain.adapted(images[rows], 0.5).windows_logits(images[rows])  # one window per 32-px tile
+        expected[s] = sum(_counts(logits[i] > 0, masks[r] > 0) for i, r in enumerate(rows)).tolist()
+    got = quality.score_rows([mixed], sample, np.arange(5))
+    assert {s: c.tolist() for s, c in got.items()} == expected
+    assert {s: c.tolist() for s, c in quality.score_rows([plain], sample, np.arange(5)).items()} != expected

@@ -157,7 +157,7 @@ BAD = [
         "sampling",
         "train.sampling",
         "balanced",
-        r"train\.sampling: unknown value 'balanced'; valid choices: tile, scene",
+        r"train\.sampling: unknown value 'balanced'; valid choices: tile, scene, scene_batch",
     ),
     ("threshold", "train.threshold", "best", r"train\.threshold: unknown value 'best'; valid choices: loss, val"),
     ("init-from-outside-init", "train.init_from", "models/bce-adam-0/model.pt", r"train\.init_from: 'models/bce"),

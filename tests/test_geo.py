@@ -22,8 +22,9 @@ from forestseg.cli import main
 from forestseg.config import ModelConfig, asdict
 from forestseg.geo import MapOptions, check_raster, map_forest, polygon_area
 from forestseg.model import build_model
-from forestseg.predict import Predictor, sample_windows
+from forestseg.predict import Predictor
 from forestseg.synthetic import render_scene
+from forestseg.windows import sample_windows
 
 TILE = 64
 UTM = "EPSG:32633"

@@ -287,21 +287,47 @@ def test_scene_balanced_sampling_weighs_every_scene_alike() -> None:
         [
             imgs[:, 0, 0, 0]
             for _ in range(20)
-            for imgs, _ in batches(tiles, 25, torch.Generator().manual_seed(_), by_scene=True)
+            for imgs, _ in batches(tiles, 25, torch.Generator().manual_seed(_), sampling="scene")
         ]
     )
     share = (drawn >= 90).double().mean().item()
     assert 0.45 < share < 0.55
-    again = [imgs[:, 0, 0, 0] for imgs, _ in batches(tiles, 25, torch.Generator().manual_seed(3), by_scene=True)]
+    again = [imgs[:, 0, 0, 0] for imgs, _ in batches(tiles, 25, torch.Generator().manual_seed(3), sampling="scene")]
     assert torch.equal(
         torch.cat(again),
-        torch.cat([i[:, 0, 0, 0] for i, _ in batches(tiles, 25, torch.Generator().manual_seed(3), by_scene=True)]),
+        torch.cat([i[:, 0, 0, 0] for i, _ in batches(tiles, 25, torch.Generator().manual_seed(3), sampling="scene")]),
     )
 
 
-def test_scene_balanced_sampling_needs_scenes() -> None:
-    with pytest.raises(ForestsegError, match="train.sampling"):
-        next(batches(make_tiles(), 4, torch.Generator(), by_scene=True))
+@pytest.mark.parametrize("sampling", ["scene", "scene_batch"])
+def test_scene_sampling_needs_scenes(sampling: str) -> None:
+    with pytest.raises(ForestsegError, match=f"train.sampling: {sampling} needs"):
+        next(batches(make_tiles(), 4, torch.Generator(), sampling=sampling))
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_scene_batches_hold_one_scene_each_and_every_tile_once(batch_size: int) -> None:
+    scenes = torch.tensor([3, 0, 0, 1, 3, 3, 0, 3, 3, 3, 1, 0, 3, 3, 0, 0, 3, 3, 3, 1])  # no scene 2
+    tiles = make_tiles(len(scenes))
+    tiles = Tiles(tiles.images, tiles.masks, scenes)
+    got = [
+        imgs[:, 0, 0, 0].long()
+        for imgs, _ in batches(tiles, batch_size, torch.Generator().manual_seed(5), sampling="scene_batch")
+    ]
+    assert sorted(torch.cat(got).tolist()) == list(range(len(scenes)))
+    assert all(0 < len(b) <= batch_size and len(set(scenes[b].tolist())) == 1 for b in got)
+    # a scene of n tiles fills ceil(n / batch_size) batches, no more
+    assert len(got) == sum(-(-int(n) // batch_size) for n in torch.bincount(scenes) if n)
+    again = [
+        i[:, 0, 0, 0].long()
+        for i, _ in batches(tiles, batch_size, torch.Generator().manual_seed(5), sampling="scene_batch")
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(got, again, strict=True))
+    other = [
+        i[:, 0, 0, 0].long()
+        for i, _ in batches(tiles, batch_size, torch.Generator().manual_seed(6), sampling="scene_batch")
+    ]
+    assert [b.tolist() for b in got] != [b.tolist() for b in other]  # the order is the seed's
 
 
 def test_load_split_gives_tiles_their_scenes(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY, failed_logs, ran, set_params, sh, start_dvc, train_small_model, wait_for_queue
 
+from forestseg.checkpoint import read_model
+
 pytestmark = pytest.mark.slow
 
 
@@ -51,9 +53,10 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
 
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run")
-    exp = sh(repo, "dvc", "exp", "run", "-S", "optimizer.lr=1e-2")
+    exp = sh(repo, "dvc", "exp", "run", "-S", "optimizer.lr=1e-2", "-S", "train.adapt_bn=0.5")
     assert ran(exp) == {"train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"}
     assert json.loads((repo / "metrics/runs/bce-adam-0/metrics.json").read_text())["lr"] == 1e-2
+    assert read_model(repo / "models/bce-adam-0/model.pt")["adapt_bn"] == 0.5  # predict's default from now on
 
     set_params(repo, {"grid": {"seed": [0, 1]}})
     more = sh(repo, "dvc", "repro")

@@ -15,6 +15,7 @@ from PIL import Image
 
 import forestseg.io
 import forestseg.predict
+import forestseg.windows
 from forestseg.checkpoint import RESUME_FORMAT
 from forestseg.cli import main
 from forestseg.config import ForestsegError, ReportConfig
@@ -376,13 +377,13 @@ def test_adapted_moves_batch_norm_statistics_towards_the_tiles_by_mix(mix: float
 def test_sample_windows_is_a_seeded_sample_of_the_grid_keeping_usable_windows() -> None:
     image = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     read = lambda r0, r1, c0, c1: image[r0:r1, c0:c1]  # noqa: E731
-    every = forestseg.predict.sample_windows(read, 100, 150, 32, n=100)
+    every = forestseg.windows.sample_windows(read, 100, 150, 32, n=100)
     grid = [(y, x) for y in (0, 32, 64, 68) for x in (0, 32, 64, 96, 118)]  # the last windows flush with the edge
     assert sorted(w.tobytes() for w in every) == sorted(read(y, y + 32, x, x + 32).tobytes() for y, x in grid)
-    some = forestseg.predict.sample_windows(read, 100, 150, 32, n=5, usable=lambda y, x: x > 0)
+    some = forestseg.windows.sample_windows(read, 100, 150, 32, n=5, usable=lambda y, x: x > 0)
     assert len(some) == 5 and not any(np.array_equal(w, image[y : y + 32, :32]) for w in some for y in (0, 32, 64, 68))
-    assert np.array_equal(some, forestseg.predict.sample_windows(read, 100, 150, 32, n=5, usable=lambda y, x: x > 0))
-    assert forestseg.predict.sample_windows(read, 100, 150, 128).shape == (0, 128, 128, 3)  # smaller than a window
+    assert np.array_equal(some, forestseg.windows.sample_windows(read, 100, 150, 32, n=5, usable=lambda y, x: x > 0))
+    assert forestseg.windows.sample_windows(read, 100, 150, 128).shape == (0, 128, 128, 3)  # smaller than a window
 
 
 def test_cli_predict_and_evaluate_with_adapt_bn(checkpoint, scene, tmp_path, capsys) -> None:
@@ -413,3 +414,28 @@ def test_cli_predict_and_evaluate_with_adapt_bn(checkpoint, scene, tmp_path, cap
     with pytest.raises(SystemExit) as done:
         main([*argv, "--adapt-bn", "2"])
     assert done.value.code == 2 and "--adapt-bn 2.0: must be in 0..1" in capsys.readouterr().err
+
+
+def test_the_model_files_adapt_bn_is_predicts_default(checkpoint, scene, tmp_path, capsys) -> None:
+    state = torch.load(checkpoint, weights_only=False)
+    stored = tmp_path / "adapting.pt"
+    torch.save({**state, "adapt_bn": 0.5}, stored)  # as train.adapt_bn: 0.5 writes it
+    assert Predictor.load(checkpoint, torch.device("cpu")).adapt_bn == 0.0  # trained without
+    tiles = [
+        np.ascontiguousarray(scene[0][y : y + TILE, x : x + TILE]) // 2 for y, x in [(0, 0), (64, 100), (200, 300)]
+    ]
+    for i, tile in enumerate(tiles):
+        Image.fromarray(tile).save(tmp_path / f"t{i}.png")
+    masks = {}
+    for name, flags in {"default": [], "0.5": ["--adapt-bn", "0.5"], "off": ["--adapt-bn", "0"]}.items():
+        out = tmp_path / name
+        with pytest.raises(SystemExit) as done:
+            main(["predict", str(stored), *(str(tmp_path / f"t{i}.png") for i in range(3)), "-o", str(out), *flags])
+        assert done.value.code == 0
+        masks[name] = [read_mask(out / f"t{i}_mask.png") for i in range(3)]
+        assert ("the model file's" in capsys.readouterr().out) == (name == "default")
+    plain = Predictor.load(stored, torch.device("cpu"))
+    assert plain.adapt_bn == 0.5
+    assert all(np.array_equal(a, b) for a, b in zip(masks["default"], masks["0.5"], strict=True))
+    assert all(np.array_equal(m, plain.mask(t)) for m, t in zip(masks["off"], tiles, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(masks["default"], masks["off"], strict=True))

@@ -14,7 +14,9 @@ from forestseg.checkpoint import read_model
 from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
 from forestseg.errors import ForestsegError
 from forestseg.loader import Normalizer, Tiles
+from forestseg.predict import Predictor
 from forestseg.train import Diverged, Run, choose_threshold, train_run
+from forestseg.windows import scene_windows
 
 MODEL = ModelConfig(arch="unet", width=4, depth=2, batch_norm=True, input="normalized")
 OPT = OptimizerConfig(lr=1e-2, lr_overrides={}, step_epochs=2, gamma=0.1, momentum=0.0, weight_decay=0.0)
@@ -331,6 +333,25 @@ def test_ema_weights_are_evaluated_and_saved(data, tmp_path: Path) -> None:
     assert saved.keys() == live.keys()
     assert any(not torch.equal(saved[k], live[k]) for k in saved)  # the average, not the last step
     assert all(torch.equal(saved[k], v) for k, v in result.state["ema"].items())
+
+
+def test_adapt_bn_scores_each_test_scene_as_predict_does_and_is_stored(data, tmp_path: Path) -> None:
+    test = scene_tiles(1, 2)  # 2 scenes of 4 tiles
+    test = Tiles(test.images, test.masks, torch.tensor([0] * 4 + [1] * 4), ("s1", "s2"))
+    plain, _ = go((data[0], test), tmp_path / "plain.pt")
+    adapted, _ = go((data[0], test), tmp_path / "adapted.pt", train=dataclasses.replace(TRAIN, adapt_bn=0.5))
+    assert strip(plain)[0] == strip(adapted)[0]  # the same training; only the written model's scoring differs
+    assert read_model(tmp_path / "adapted" / "model.pt")["adapt_bn"] == 0.5
+    assert read_model(tmp_path / "plain" / "model.pt")["adapt_bn"] == 0.0
+    p = Predictor.load(tmp_path / "adapted" / "model.pt", torch.device("cpu"))
+    for name, rows in (("s1", slice(0, 4)), ("s2", slice(4, 8))):
+        images, truth = test.images[rows].numpy(), test.masks[rows].numpy() > 0
+        pred = p.adapted(scene_windows(list(images), 32), 0.5).windows_logits(images) > p.cut
+        want = [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum(), (~pred & ~truth).sum()]
+        assert adapted.scenes[name] == [int(c) for c in want], name  # as forestseg evaluate --adapt-bn 0.5
+    total = torch.tensor([adapted.scenes["s1"], adapted.scenes["s2"]]).sum(0).numpy()
+    assert adapted.metrics["test_iou"] == metrics.scores(total)["iou"]
+    assert adapted.scenes != plain.scenes
 
 
 def test_threshold_val_is_chosen_on_val_and_stored(data, tmp_path: Path) -> None:

@@ -1,0 +1,50 @@
+"""Where model windows go on an image, and which windows of a scene its batch-norm adapts on
+(`model.adapt_batchnorm`, `--adapt-bn`, `train.adapt_bn`). numpy only, so the train stage can use
+the same sample as predict without importing it."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+ADAPT_WINDOWS = 64  # windows of a scene whose statistics adapt the model, at most
+
+
+def window_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of windows of `tile` px every `stride` px along `size` >= tile px; the last one flush with the end."""
+    return sorted({*range(0, size - tile, stride), size - tile})
+
+
+def sample_windows(
+    read: Callable[[int, int, int, int], np.ndarray],
+    height: int,
+    width: int,
+    tile: int,
+    n: int = ADAPT_WINDOWS,
+    usable: Callable[[int, int], bool] | None = None,
+) -> np.ndarray:
+    """(k <= n, tile, tile, 3) uint8: a seeded sample of the windows of an image read through `read`,
+    on a grid of one tile's stride (the last flush with the edge), keeping those where
+    `usable(row, col)` (e.g. no nodata); none for an image smaller than a window."""
+    chosen = []
+    if height >= tile and width >= tile:
+        starts = [(y, x) for y in window_starts(height, tile, tile) for x in window_starts(width, tile, tile)]
+        for i in np.random.default_rng(0).permutation(len(starts)):
+            y, x = starts[i]
+            if len(chosen) < n and (usable is None or usable(y, x)):
+                chosen.append(read(y, y + tile, x, x + tile))
+    return np.stack(chosen) if chosen else np.zeros((0, tile, tile, 3), np.uint8)
+
+
+def scene_windows(images: list[np.ndarray], tile: int, n: int = ADAPT_WINDOWS) -> np.ndarray:
+    """Up to `n` windows of the images of one scene for `Predictor.adapted`: a seeded sample of up
+    to n images in their own order, ceil(n / that many) windows of each (`sample_windows`)."""
+    chosen = sorted(np.random.default_rng(0).permutation(len(images))[:n])
+    each = -(-n // max(1, len(chosen)))
+    windows = [
+        w
+        for i in chosen
+        for w in sample_windows(lambda r0, r1, c0, c1, im=images[i]: im[r0:r1, c0:c1], *images[i].shape[:2], tile, each)
+    ]
+    return np.stack(windows[:n]) if windows else np.zeros((0, tile, tile, 3), np.uint8)
