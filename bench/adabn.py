@@ -123,18 +123,8 @@ def main() -> None:
             train = load_tiles(sample.layout, q.rows_of(sample, train_scenes), device, sample.scene)
             test = load_tiles(sample.layout, q.rows_of(sample, test_scenes), device)
             with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
-                train_run(
-                    run,
-                    model_cfg,
-                    opt_cfg,
-                    train_cfg,
-                    train,
-                    test,
-                    Path(tmp),
-                    Path(tmp) / "r.pt",
-                    "bench",
-                    lambda s: None,
-                )
+                out = Path(tmp)
+                train_run(run, model_cfg, opt_cfg, train_cfg, train, test, out, out / "r.pt", "bench", lambda s: None)
                 if kept is not None:
                     kept.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(Path(tmp) / "model.pt", kept)
