@@ -281,6 +281,12 @@ def describe_setup(
             + f", momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}, "
             f"flips/rotations {'on' if train.augment else 'off'}, colour jitter {train.color_jitter:g}"
             + (f"; fine-tuned from {train.init_from}" if train.init_from != "none" else "")
+            + (
+                f"; each test scene scored with batch-norm statistics moved {train.adapt_bn:g} towards its own "
+                "(train.adapt_bn; the per-epoch curves without)"
+                if train.adapt_bn
+                else ""
+            )
         ),
     }
 

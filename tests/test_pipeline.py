@@ -57,6 +57,7 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
     assert ran(exp) == {"train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"}
     assert json.loads((repo / "metrics/runs/bce-adam-0/metrics.json").read_text())["lr"] == 1e-2
     assert read_model(repo / "models/bce-adam-0/model.pt")["adapt_bn"] == 0.5  # predict's default from now on
+    assert "batch-norm statistics moved 0.5 towards its own" in (repo / "REPORT.md").read_text()
 
     set_params(repo, {"grid": {"seed": [0, 1]}})
     more = sh(repo, "dvc", "repro")
