@@ -151,12 +151,13 @@ def score_rows(
     first = predictors[0]
     per_scene: dict[str, np.ndarray] = {}
     each_alone: list[dict[str, np.ndarray]] = [{} for _ in predictors] if alone is not None else []
+    adapting = any(p.adapt_bn for p in predictors)
     groups = [rows]  # batches as before where nothing adapts: the same forward passes, the same numbers
-    if any(p.adapt_bn for p in predictors):
+    if adapting:
         groups = [rows[sample.scene[rows] == s] for s in dict.fromkeys(sample.scene[rows])]
     for group in groups:
-        windows = scene_windows(list(images[group]), first.tile) if len(groups) > 1 else None
-        scored = [p.adapted(windows, p.adapt_bn) if windows is not None else p for p in predictors]
+        windows = scene_windows(list(images[group]), first.tile) if adapting else None
+        scored = [p.adapted(windows, p.adapt_bn) if adapting else p for p in predictors]
         for start in range(0, len(group), 32):
             chunk = group[start : start + 32]
             tiles = np.stack([images[r] for r in chunk])
@@ -226,13 +227,13 @@ def train_and_score(
             predictors.append(Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision))
             histories.append([{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history])
     plain = unadapted = None
-    if predictors[0].adapt_bn:  # the same model scored both ways: the adaptation's own gain, paired
-        unadapted = total_scores(
-            score_rows([dataclasses.replace(p, adapt_bn=0.0) for p in predictors], sample, test_rows)
-        )
     if tta:  # the same model scored both ways: TTA's own gain, paired
         plain = total_scores(score_rows(predictors, sample, test_rows))
         predictors = [dataclasses.replace(p, tta=True) for p in predictors]
+    if predictors[0].adapt_bn:  # the same model (and views) scored both ways: the adaptation's own gain, paired
+        unadapted = total_scores(
+            score_rows([dataclasses.replace(p, adapt_bn=0.0) for p in predictors], sample, test_rows)
+        )
     trade_off: dict[float, np.ndarray] = {}
     # With an ensemble, each member alone on the same tiles (and views): the ensemble's own gain, paired.
     alone: list[dict[str, np.ndarray]] = []

@@ -99,7 +99,8 @@ def _map_options(args: argparse.Namespace, predictor: Predictor):
         raise ForestsegError(f"--min-area-m2 {args.min_area_m2}: must be >= 0")
     adapt_bn = predictor.adapt_bn if args.adapt_bn is None else args.adapt_bn  # default: the model file's
     if not 0 <= adapt_bn <= 1:
-        raise ForestsegError(f"--adapt-bn {adapt_bn}: must be in 0..1 (0.25 measured best, 0 = off)")
+        what = f"--adapt-bn {adapt_bn}" if args.adapt_bn is not None else f"the model file's adapt_bn {adapt_bn}"
+        raise ForestsegError(f"{what}: must be in 0..1 (0.25 measured best, 0 = off)")
     return MapOptions(
         bands=_bands(args.bands),
         resample=not args.no_resample,

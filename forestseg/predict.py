@@ -28,7 +28,7 @@ from .images import ImageError, decode
 from .layout import DataLayout
 from .loader import Normalizer, to_input
 from .model import adapt_batchnorm, build_model
-from .windows import window_starts
+from .windows import scene_windows, window_starts
 
 # Error map colours: true positive, false positive, false negative (true negative stays black).
 TP, FP, FN = (34, 139, 34), (230, 159, 0), (204, 0, 204)
@@ -319,15 +319,15 @@ def panel_picture(
 
 
 def example_panel(
-    predictor: Predictor,
     images: np.ndarray,
     masks: np.ndarray,
+    preds: list[np.ndarray],
     title: str,
     path: Path,
     labels: list[str] | None = None,
 ) -> None:
-    """A figure with one row per tile: image | ground truth | prediction | error map; `labels` name
-    each row's tile (e.g. its scene) above its image.
+    """A figure with one row per tile: image | ground truth | prediction (`preds`) | error map;
+    `labels` name each row's tile (e.g. its scene) above its image.
 
     The panels are one picture in one axes: matplotlib spends ~40 ms laying out and drawing each
     axes, and 4 axes per row cost seconds per figure in every `dvc repro`."""
@@ -339,7 +339,6 @@ def example_panel(
 
     from .io import write_figure
 
-    preds = predictor.masks(list(images))  # tile-sized images share forward passes; each equals mask(image)
     picture, titles = panel_picture(images, masks, preds, labels)
     # inches: the picture fills the width; fixed bands above it for the title, below for the legend
     width, top, bottom = 10.0, 0.32, 0.4
@@ -369,6 +368,23 @@ def _tiles(layout: DataLayout, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.load(layout.images, mmap_mode="r")[rows], np.load(layout.masks, mmap_mode="r")[rows]
 
 
+def scored_masks(predictor: Predictor, layout: DataLayout, rows: np.ndarray) -> list[np.ndarray]:
+    """Masks of the test tiles at `rows` as the run scored them: with the model file's `adapt_bn`,
+    each by the model adapted to windows of its scene's test tiles (as train.evaluate adapts), else
+    all by the model itself (tile-sized images share forward passes)."""
+    images = np.load(layout.images, mmap_mode="r")
+    if not predictor.adapt_bn:
+        return predictor.masks([images[r] for r in rows])
+    split = pd.read_csv(layout.split_csv, dtype={"scene": str})
+    scenes, test = split["scene"].to_numpy(), split["subset"].to_numpy() == "test"
+    out: dict[int, np.ndarray] = {}
+    for scene in dict.fromkeys(scenes[rows]):
+        own = [images[r] for r in np.flatnonzero(test & (scenes == scene))]
+        adapted = predictor.adapted(scene_windows(own, predictor.tile), predictor.adapt_bn)
+        out.update({r: adapted.mask(np.ascontiguousarray(images[r])) for r in rows[scenes[rows] == scene]})
+    return [out[r] for r in rows]
+
+
 def write_overlays(
     models_dir: Path, layout: DataLayout, combinations: dict, cfg: ReportConfig, out_dir: Path, device: torch.device
 ) -> int:
@@ -383,7 +399,8 @@ def write_overlays(
             continue
         run = f"{combo}-{s['best_seed']}"
         predictor = Predictor.load(models_dir / run / "model.pt", device)
-        example_panel(predictor, images, masks, f"{run}: test tiles (seed {cfg.seed})", out_dir / f"{combo}.png")
+        preds = scored_masks(predictor, layout, rows)
+        example_panel(images, masks, preds, f"{run}: test tiles (seed {cfg.seed})", out_dir / f"{combo}.png")
     return len(rows)
 
 
@@ -423,5 +440,6 @@ def write_worst_scenes(
     run = f"{combo}-{summary['combinations'][combo]['best_seed']}"
     worst_txt = f"{len(worst)} worst scenes" if len(worst) > 1 else "worst scene"
     title = f"{run}: test tiles of the {worst_txt} by forest IoU (tiles drawn with seed {cfg.seed})"
-    example_panel(Predictor.load(models_dir / run / "model.pt", device), images, masks, title, path, labels)
+    preds = scored_masks(Predictor.load(models_dir / run / "model.pt", device), layout, np.array(rows))
+    example_panel(images, masks, preds, title, path, labels)
     return worst

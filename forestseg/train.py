@@ -87,13 +87,24 @@ def outputs(
         yield out.float(), masks
 
 
-def by_scene(tiles: Tiles) -> Iterator[Tiles]:
-    """The tiles of each scene of `tiles` (with scenes), in stored order."""
+def scored_parts(
+    model: torch.nn.Module, tiles: Tiles, norm: Normalizer, adapt_bn: float
+) -> Iterator[tuple[torch.nn.Module, Tiles]]:
+    """(model, tiles) pairs that score `tiles`: all of them by `model`, or with `adapt_bn` (tiles with
+    scenes) each scene's tiles, in stored order, by the model adapted to windows of them, as
+    `forestseg evaluate --adapt-bn` takes them (`model.adapt_batchnorm`, `windows.scene_windows`)."""
+    if not (adapt_bn and tiles.scenes is not None):
+        yield model, tiles
+        return
+    model.eval()
     for k in range(len(tiles.scene_names)):
         idx = torch.nonzero(tiles.scenes == k).flatten()
         if len(idx):
             i = idx.to(tiles.images.device)
-            yield Tiles(tiles.images[i], tiles.masks[i], tiles.scenes[idx], tiles.scene_names)
+            part = Tiles(tiles.images[i], tiles.masks[i], tiles.scenes[idx], tiles.scene_names)
+            windows = scene_windows(list(part.images.cpu().numpy()), min(part.images.shape[1:3]))
+            x = to_input(torch.from_numpy(windows).to(tiles.images.device), norm)
+            yield adapt_batchnorm(model, x, adapt_bn), part
 
 
 @torch.no_grad()
@@ -112,8 +123,7 @@ def evaluate(
     """Mean loss per tile and scores from confusion counts summed over all of `tiles`, forest
     where the output exceeds `cut` (default: the loss's threshold). With `per_scene` (tiles with
     scenes), also "scenes": {scene: [tp, fp, fn, tn]}. With `adapt_bn` (tiles with scenes), each
-    scene is scored by the model adapted to windows of its own tiles, as `forestseg evaluate
-    --adapt-bn` scores it (`model.adapt_batchnorm`, `windows.scene_windows`)."""
+    scene is scored by the model adapted to it (`scored_parts`)."""
     loss_fn, cut = LOSSES[loss], LOSSES[loss].threshold if cut is None else cut
     counts_by_scene = torch.zeros(len(tiles.scene_names), 4, dtype=torch.int64) if per_scene else None
     device = tiles.images.device
@@ -121,16 +131,7 @@ def evaluate(
         torch.zeros((), dtype=torch.float64, device=device),
         torch.zeros(4, dtype=torch.int64, device=device),
     )
-    parts: Iterator[tuple[torch.nn.Module, Tiles]] = iter([(model, tiles)])
-    if adapt_bn and tiles.scenes is not None:
-
-        def windows(t: Tiles) -> torch.Tensor:
-            win = scene_windows(list(t.images.cpu().numpy()), min(t.images.shape[1:3]))
-            return to_input(torch.from_numpy(win).to(device), norm)
-
-        model.eval()
-        parts = ((adapt_batchnorm(model, windows(t), adapt_bn), t) for t in by_scene(tiles))
-    for part_model, part in parts:
+    for part_model, part in scored_parts(model, tiles, norm, adapt_bn):
         start = 0
         for out, masks in outputs(part_model, part, batch_size, norm, channels_last, bf16):
             total += loss_fn(out, masks) * len(out)
@@ -155,14 +156,17 @@ def choose_threshold(
     channels_last: bool,
     bf16: bool,
     default: float,
+    adapt_bn: float = 0.0,
 ) -> float:
     """The output cut of highest mIoU on the validation tiles, among the loss's own cut and the
-    1st..99th percentiles of the outputs (never chosen on test). Counts for every candidate come
-    from one sort of the outputs of each class."""
+    1st..99th percentiles of the outputs (never chosen on test); with `adapt_bn`, of the outputs
+    of each val scene by the model adapted to it, as test is scored. Counts for every candidate
+    come from one sort of the outputs of each class."""
     out, truth = zip(
         *(
             (o.flatten().cpu(), (m > 0).flatten().cpu())
-            for o, m in outputs(model, val, batch_size, norm, channels_last, bf16)
+            for part_model, part in scored_parts(model, val, norm, adapt_bn)
+            for o, m in outputs(part_model, part, batch_size, norm, channels_last, bf16)
         )
     )
     out, truth = torch.cat(out), torch.cat(truth)
@@ -432,7 +436,9 @@ def train_run(
     final = s.evaluated
     scenes: dict = {}
     if train_cfg.threshold == "val":  # chosen for each written model, on val
-        portable["threshold"] = choose_threshold(final, val, *eval_args[1:], portable["threshold"])
+        portable["threshold"] = choose_threshold(
+            final, val, *eval_args[1:], portable["threshold"], adapt_bn=train_cfg.adapt_bn
+        )
     if train_cfg.threshold == "val" or test.scene_names:  # test (re)scored as predict scores it, once
         s.test_scores = evaluate(
             final,
@@ -450,7 +456,9 @@ def train_run(
             chosen = copy.deepcopy(final)
             chosen.load_state_dict(s.best["weights"])
             if train_cfg.threshold == "val":
-                best["threshold"] = choose_threshold(chosen, val, *eval_args[1:], LOSSES[run.loss].threshold)
+                best["threshold"] = choose_threshold(
+                    chosen, val, *eval_args[1:], LOSSES[run.loss].threshold, adapt_bn=train_cfg.adapt_bn
+                )
             s.best["test_scores"] = evaluate(
                 chosen, test, *eval_args, cut=best["threshold"], adapt_bn=train_cfg.adapt_bn
             )

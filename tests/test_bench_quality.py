@@ -140,4 +140,6 @@ def test_a_predictor_with_adapt_bn_scores_each_scene_adapted_to_its_own_tiles(tm
         expected[s] = sum(_counts(logits[i] > 0, masks[r] > 0) for i, r in enumerate(rows)).tolist()
     got = quality.score_rows([mixed], sample, np.arange(5))
     assert {s: c.tolist() for s, c in got.items()} == expected
+    alone = quality.score_rows([mixed], sample, np.arange(2, 5))  # rows of one scene: adapted all the same
+    assert {s: c.tolist() for s, c in alone.items()} == {"b": expected["b"]}
     assert {s: c.tolist() for s, c in quality.score_rows([plain], sample, np.arange(5)).items()} != expected

@@ -21,7 +21,7 @@ from forestseg.cli import main
 from forestseg.config import ForestsegError, ReportConfig
 from forestseg.evaluate import evaluate
 from forestseg.layout import DataLayout
-from forestseg.predict import Predictor, error_map, write_worst_scenes
+from forestseg.predict import Predictor, error_map, scored_masks, write_worst_scenes
 from forestseg.synthetic import render_scene
 
 TILE = 64
@@ -235,7 +235,7 @@ def test_worst_scenes_panel_shows_seeded_test_tiles_of_the_three_worst(checkpoin
     path = tmp_path / "worst_scenes.png"
     device = torch.device("cpu")
     assert write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, device) == ["9", "2", "5"]
-    _, images, masks, title, _, labels = drawn[0]
+    images, masks, _, title, _, labels = drawn[0]
     assert labels == ["scene 9"] * 3 + ["scene 2"] * 2 + ["scene 5"] * 3  # 3 tiles each, or all a scene has
     split = pd.read_csv(layout.split_csv, dtype={"scene": str})
     rows = images[:, 0, 0, 0].tolist()
@@ -244,11 +244,26 @@ def test_worst_scenes_panel_shows_seeded_test_tiles_of_the_three_worst(checkpoin
     )
     assert title.startswith("bce-adam-0: test tiles of the 3 worst scenes")
     write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, device)
-    assert drawn[1][1][:, 0, 0, 0].tolist() == rows  # seeded: the same tiles again
+    assert drawn[1][0][:, 0, 0, 0].tolist() == rows  # seeded: the same tiles again
     monkeypatch.undo()
     write_worst_scenes(models, layout, summary, scenes_csv, cfg, path, device)
     with Image.open(path) as im:
         assert im.format == "PNG" and im.height > im.width  # 8 rows of 4 panels
+
+
+def test_overlays_draw_test_tiles_as_the_run_scored_them(checkpoint, tmp_path) -> None:
+    _, layout, _ = worst_scenes_setup(checkpoint, tmp_path)
+    plain = Predictor.load(checkpoint, torch.device("cpu"))
+    images = np.load(layout.images)
+    rows = np.array([0, 3, 8, 9])  # test tiles of scenes 5 and 2
+    assert all(np.array_equal(a, plain.mask(images[r])) for a, r in zip(scored_masks(plain, layout, rows), rows))
+    adapting = dataclasses.replace(plain, adapt_bn=0.5)  # a model file of train.adapt_bn 0.5
+    got = scored_masks(adapting, layout, rows)
+    for scene, own in (("5", [0, 1, 2, 3]), ("2", [8, 9])):  # each scene's test tiles, not its train tiles
+        adapted = plain.adapted(images[own], 0.5)
+        for r in rows[np.isin(rows, own)]:
+            assert np.array_equal(got[list(rows).index(r)], adapted.mask(images[r])), (scene, r)
+    assert any(not np.array_equal(a, plain.mask(images[r])) for a, r in zip(got, rows))
 
 
 @pytest.mark.parametrize("rows", [2, 9])
@@ -257,7 +272,7 @@ def test_panel_title_and_legend_keep_a_small_margin_at_any_row_count(checkpoint,
     images = np.stack([scene[0][:TILE, i * 8 : i * 8 + TILE] for i in range(rows)])
     masks = np.stack([scene[1][:TILE, i * 8 : i * 8 + TILE] for i in range(rows)])
     path = tmp_path / "panel.png"
-    forestseg.predict.example_panel(predictor, images, masks, "title", path)
+    forestseg.predict.example_panel(images, masks, predictor.masks(list(images)), "title", path)
     with Image.open(path) as im:
         grey = np.asarray(im.convert("L"))
     blank = (grey > 250).all(axis=1)  # rows of pixels with nothing drawn

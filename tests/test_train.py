@@ -13,7 +13,8 @@ from forestseg import losses, metrics, synthetic
 from forestseg.checkpoint import read_model
 from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
 from forestseg.errors import ForestsegError
-from forestseg.loader import Normalizer, Tiles
+from forestseg.loader import Normalizer, Tiles, to_input
+from forestseg.model import adapt_batchnorm, build_model
 from forestseg.predict import Predictor
 from forestseg.train import Diverged, Run, choose_threshold, train_run
 from forestseg.windows import scene_windows
@@ -381,6 +382,19 @@ def test_choose_threshold_finds_the_cut_that_separates_the_classes() -> None:
     masks = (images[..., 0] == 200).to(torch.uint8)  # forest: value 200 only
     cut = choose_threshold(ChannelModel(), Tiles(images, masks), 4, Normalizer(), True, False, 0.0)
     assert 100 <= cut < 200  # the loss's own cut (0) would call everything forest
+
+
+def test_choose_threshold_with_adapt_bn_cuts_the_outputs_of_the_adapted_model() -> None:
+    torch.manual_seed(0)
+    model = build_model(MODEL).eval()
+    val = scene_tiles(2, 1)  # one scene of 4 tiles
+    val = Tiles(val.images // 3, val.masks, torch.zeros(4, dtype=torch.int64), ("s",))  # darker than the norm
+    norm = Normalizer((110.0, 120.0, 100.0), (50.0, 45.0, 40.0))
+    windows = to_input(torch.from_numpy(scene_windows(list(val.images.numpy()), 32)), norm)
+    adapted = adapt_batchnorm(model, windows, 0.5)
+    got = choose_threshold(model, val, 4, norm, True, False, 0.0, adapt_bn=0.5)
+    assert got == choose_threshold(adapted, val, 4, norm, True, False, 0.0)
+    assert got != choose_threshold(model, val, 4, norm, True, False, 0.0)
 
 
 def test_per_scene_counts_add_up_to_the_test_scores(data, tmp_path: Path) -> None:
