@@ -1,6 +1,6 @@
 """Test-time adaptation on unseen scenes (README "Round 8", "Round 9"): each CV fold's model of the
-`cpu` recipe is scored as trained and adapted to each test scene's own tiles (no label is used),
-all from the same trained model, so every change is paired.
+`cpu` recipe (or `--recipe`) is scored as trained and adapted to each test scene's own tiles (no
+label is used), all from the same trained model, so every change is paired.
 
     python bench/adabn.py [--only 0,1,2,3,4] [-S grid.seed=[1]] [--mix 0.25,0.5,1]
     python bench/adabn.py --final --mix 0.25     # the 8 set-aside scenes, trained on the other 30: once
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import quality as q  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
+from forestseg.device import pick_device  # noqa: E402
 from forestseg.loader import load_tiles, to_input  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
@@ -95,15 +96,16 @@ def main() -> None:
     ap.add_argument("--mix", default="0.25,0.5,1", help="weights of the scene's statistics")
     ap.add_argument("--tent", default="", help="TENT step counts on top of the first mix, e.g. 3,10")
     ap.add_argument("--otsu", action="store_true", help="also the scene's own Otsu cut on top of the first mix")
-    ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the cpu recipe")
+    ap.add_argument("--recipe", default="cpu", help="recipes/<name>.yaml (cpu; gpu where there is one)")
+    ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the recipe")
     ap.add_argument("--final", action="store_true", help="the set-aside scenes instead of the CV folds")
     ap.add_argument("--keep", type=Path, default=None, help="a folder to keep each fold's model in and reuse")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    sample, device = q.load_sample(), torch.device("cpu")
     model_cfg, opt_cfg, train_cfg, grid = load_sections(
-        q.recipe_params("cpu", args.sets), "model", "optimizer", "train", "grid"
+        q.recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
     )
+    sample, device = q.load_sample(), pick_device(train_cfg.device)
     mixes = [float(m) for m in args.mix.split(",") if m]
     scorers = methods(mixes, [int(n) for n in args.tent.split(",") if n], args.otsu)
     images = np.load(sample.layout.images, mmap_mode="r")
@@ -115,7 +117,7 @@ def main() -> None:
     ]
     if args.final:
         parts = [("set-aside", [s for x in folds for s in x], q.holdout_scenes(sample))]
-    tag = "_".join(s.replace("=", "-").replace("/", "") for s in args.sets) or "recipe"
+    tag = "_".join([args.recipe] + [s.replace("=", "-").replace("/", "") for s in args.sets])
     for part, train_scenes, test_scenes in parts:
         t0, run = time.perf_counter(), Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
         kept = args.keep / f"{part.replace(' ', '')}_s{run.seed}_{tag}.pt" if args.keep else None
