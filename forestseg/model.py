@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import ForestsegError
+
 if TYPE_CHECKING:
     from .config import ModelConfig
 
@@ -188,5 +190,11 @@ def adapt_batchnorm(model: nn.Module, x: torch.Tensor, mix: float) -> nn.Module:
     adapted = copy.deepcopy(model)
     for m in filter(is_norm, adapted.modules()):
         m.momentum = mix  # one training-mode forward: running = (1 - mix) x running + mix x the batch's
-    adapted.train()(x)
+    try:
+        adapted.train()(x)
+    except ValueError as e:  # a batch-norm layer that would see one value per channel
+        raise ForestsegError(
+            f"cannot adapt batch-norm to {len(x)} window(s) of {x.shape[-2]}x{x.shape[-1]} px: the deepest "
+            f"level sees one value per channel ({e}); give more or larger images, or --adapt-bn 0"
+        ) from None
     return adapted.eval()

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from forestseg.config import ModelConfig
-from forestseg.model import UNet, build_model, count_parameters
+from forestseg.errors import ForestsegError
+from forestseg.model import UNet, adapt_batchnorm, build_model, count_parameters
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -134,3 +135,10 @@ def test_half_resolution_unet_is_the_plain_unet_on_the_pooled_input(size: tuple[
     swapped[:, :, 0, 0], swapped[:, :, 0, 1] = x[:, :, 0, 1], x[:, :, 0, 0]
     with torch.no_grad():
         torch.testing.assert_close(half(swapped), out)
+
+
+def test_adapt_batchnorm_on_too_small_windows_stops_with_one_line() -> None:
+    model = build_model(ModelConfig(arch="unet", width=4, depth=2)).eval()
+    with pytest.raises(ForestsegError, match=r"cannot adapt batch-norm to 1 window\(s\) of 4x4 px"):
+        adapt_batchnorm(model, torch.randn(1, 3, 4, 4), 0.5)  # the deepest level: 1x1, one value per channel
+    assert adapt_batchnorm(model, torch.randn(2, 3, 4, 4), 0.5) is not model  # two windows: two values each
