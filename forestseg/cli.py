@@ -20,7 +20,7 @@ from .config import ConfigError, DataConfig, ForestsegError
 from .device import keep_freed_memory, pick_device
 from .io import read_json, write_csv, write_json, write_with
 from .predict import BLOCK, Predictor, overlay, read_rgb
-from .windows import ADAPT_WINDOWS, scene_windows
+from .windows import sample_of
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 AREA_COLUMNS = [
@@ -167,7 +167,7 @@ def predict(args: argparse.Namespace) -> int:
         )
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
     adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
-    scene = predictor.adapted(_windows_of(pictures, predictor.tile), opts.adapt_bn) if adapt else predictor
+    scene = predictor.for_scene(_scene_images(pictures), opts.adapt_bn) if adapt else predictor
     failed, transparent = _predict_pictures(scene, pictures, args)
     if pictures:
         print(
@@ -181,18 +181,19 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _windows_of(pictures: list[Path], tile: int, n: int = ADAPT_WINDOWS) -> np.ndarray:
-    """`scene_windows` of a seeded sample of up to `n` of `pictures`; those that cannot be read (left
-    to predict, which reports them) or have transparent pixels (no photo there) are left out."""
+def _scene_images(pictures: list[Path]) -> list[np.ndarray]:
+    """The images of `sample_of` the pictures (what `scene_windows` samples from, decoded only for it);
+    those that cannot be read (left to predict, which reports them) or have transparent pixels (no
+    photo there) are left out."""
     images = []
-    for i in sorted(np.random.default_rng(0).permutation(len(pictures))[:n]):
+    for i in sample_of(len(pictures)):
         try:
             image, opaque = read_rgb(pictures[i])
         except ForestsegError:
             continue
         if opaque is None or opaque.all():
             images.append(image)
-    return scene_windows(images, tile, n)
+    return images
 
 
 def _predict_pictures(

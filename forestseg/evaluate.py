@@ -21,7 +21,6 @@ from .dataset import DataError, build_index, find_source
 from .errors import ForestsegError
 from .metrics import scores
 from .predict import Predictor
-from .windows import scene_windows
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -136,7 +135,7 @@ def evaluate_tiles(
             scene = scenes[i]
             if scene not in adapted:  # the scene's own statistics, from windows of its tiles
                 own = [images[j] for j in rows[scenes[rows] == scene]] if adapt_bn else []
-                adapted[scene] = predictor.adapted(scene_windows(own, predictor.tile), adapt_bn) if own else predictor
+                adapted[scene] = predictor.for_scene(own, adapt_bn) if own else predictor
             pred = adapted[scene].logits(np.ascontiguousarray(images[i]), overlap) > predictor.cut
             per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
     m2 = predictor.pixel_size_m**2

@@ -117,6 +117,10 @@ class Predictor:
         x = to_input(torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device), self.norm)
         return dataclasses.replace(self, model=adapt_batchnorm(self.model, x, mix))
 
+    def for_scene(self, images: list[np.ndarray], mix: float) -> "Predictor":
+        """`adapted` by `mix` to the `scene_windows` of `images`, the images of one scene."""
+        return self.adapted(scene_windows(images, self.tile), mix)
+
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Forest probability in [0, 1] of raw outputs: a sigmoid, except for the study's MSE on raw
         outputs, whose outputs already approximate 0/1."""
@@ -380,7 +384,7 @@ def scored_masks(predictor: Predictor, layout: DataLayout, rows: np.ndarray) -> 
     out: dict[int, np.ndarray] = {}
     for scene in dict.fromkeys(scenes[rows]):
         own = [images[r] for r in np.flatnonzero(test & (scenes == scene))]
-        adapted = predictor.adapted(scene_windows(own, predictor.tile), predictor.adapt_bn)
+        adapted = predictor.for_scene(own, predictor.adapt_bn)
         out.update({r: adapted.mask(np.ascontiguousarray(images[r])) for r in rows[scenes[rows] == scene]})
     return [out[r] for r in rows]
 

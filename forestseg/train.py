@@ -96,7 +96,6 @@ def scored_parts(
     if not (adapt_bn and tiles.scenes is not None):
         yield model, tiles
         return
-    model.eval()
     for k in range(len(tiles.scene_names)):
         idx = torch.nonzero(tiles.scenes == k).flatten()
         if len(idx):

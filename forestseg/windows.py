@@ -37,10 +37,15 @@ def sample_windows(
     return np.stack(chosen) if chosen else np.zeros((0, tile, tile, 3), np.uint8)
 
 
+def sample_of(count: int, n: int = ADAPT_WINDOWS) -> list[int]:
+    """A seeded sample of up to `n` of `count` items' indices, in their own order."""
+    return sorted(np.random.default_rng(0).permutation(count)[:n].tolist())
+
+
 def scene_windows(images: list[np.ndarray], tile: int, n: int = ADAPT_WINDOWS) -> np.ndarray:
-    """Up to `n` windows of the images of one scene for `Predictor.adapted`: a seeded sample of up
-    to n images in their own order, ceil(n / that many) windows of each (`sample_windows`)."""
-    chosen = sorted(np.random.default_rng(0).permutation(len(images))[:n])
+    """Up to `n` windows of the images of one scene for `Predictor.adapted`: `sample_of` up to n
+    of the images, ceil(n / that many) windows of each (`sample_windows`)."""
+    chosen = sample_of(len(images), n)
     each = -(-n // max(1, len(chosen)))
     windows = [
         w
