@@ -42,7 +42,8 @@ def main() -> None:
     device = torch.device("cpu")
     images, masks = scene_tiles(0, (args.batch + 3) // 4, args.size // 2 * 2)
     x_u8, y = torch.from_numpy(images[: args.batch]), torch.from_numpy(masks[: args.batch])
-    model = build_model(ModelConfig(width=args.width, depth=args.depth)).to(memory_format=torch.channels_last)
+    model_cfg = ModelConfig(arch="unet", width=args.width, depth=args.depth)  # the bench model: full resolution
+    model = build_model(model_cfg).to(memory_format=torch.channels_last)
     opt = make_optimizer("adam", model.parameters(), 1e-3, OptimizerConfig())
     norm, bf16 = Normalizer.fit(x_u8), use_bf16(args.precision, device)
 
@@ -50,7 +51,7 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(to_input(x_u8, norm))
         loss = bce(out.float(), y)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
 

@@ -147,6 +147,9 @@ class ModelConfig:
     # "normalized": the train split's channel mean/std; "per_tile": each tile's own (scene colour and
     # brightness shifts removed); "raw": 0-255 floats, as the 2022 study did
     input: str = "normalized"
+    # probability per training batch of MixStyle (tiles' shallow feature statistics mixed across the
+    # batch, model.MixStyle); 0 = off
+    mixstyle: float = 0.0
 
     def __post_init__(self) -> None:
         from .model import ARCHS
@@ -156,6 +159,8 @@ class ModelConfig:
         _positive("model.width", self.width)
         if not 1 <= self.depth <= 6:
             _fail("model.depth", f"must be in 1..6, got {self.depth}")
+        if not 0 <= self.mixstyle <= 1:
+            _fail("model.mixstyle", f"must be in [0, 1], got {self.mixstyle}")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""UNet for binary segmentation, read top-down: block, down, up, global context, UNet, half
-resolution. Outputs one logit map."""
+"""UNet for binary segmentation, read top-down: block, down, up, global context, MixStyle, UNet,
+half resolution. Outputs one logit map."""
 
 from __future__ import annotations
 
@@ -68,23 +68,59 @@ class GlobalContext(nn.Module):
         return x + self.proj(x.mean(dim=(2, 3), keepdim=True))  # (B, c, h, w) + (B, c, 1, 1)
 
 
+class MixStyle(nn.Module):
+    """While training, with probability `p` per batch: each tile's per-channel feature mean and std
+    replaced by a random mix of its own and another tile's of the batch (MixStyle, Zhou et al. 2021),
+    so the model learns features that hold across scenes' light and colour rather than one scene's
+    statistics. The identity in eval mode and without gradients (so batch-norm adaptation, which
+    runs a training-mode forward under no_grad, sees the scene as it is). Random draws come from
+    torch's global generator, which training seeds and the resume file keeps."""
+
+    def __init__(self, p: float, alpha: float = 0.1, eps: float = 1e-6):
+        super().__init__()
+        self.p, self.alpha, self.eps = p, alpha, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled() and len(x) > 1 and torch.rand(()) < self.p):
+            return x
+        mu = x.mean(dim=(2, 3), keepdim=True).detach()  # (B, c, 1, 1)
+        sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((len(x), 1, 1, 1)).to(x)  # (B, 1, 1, 1)
+        other = torch.randperm(len(x), device=x.device)
+        mu_mix, sig_mix = lam * mu + (1 - lam) * mu[other], lam * sig + (1 - lam) * sig[other]
+        return (x - mu) / sig * sig_mix + mu_mix
+
+
 class UNet(nn.Module):
     """UNet with `depth` downsamplings; level i has width * 2**i channels. `context` adds a
-    GlobalContext at the bottom level."""
+    GlobalContext at the bottom level; `mixstyle` > 0 a MixStyle on the features of the first two
+    levels, skips included (the shallow features carry a scene's style)."""
 
-    def __init__(self, width: int, depth: int, batch_norm: bool = True, in_channels: int = 3, context: bool = False):
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        batch_norm: bool = True,
+        in_channels: int = 3,
+        context: bool = False,
+        mixstyle: float = 0.0,
+    ):
         super().__init__()
         widths = [width * 2**i for i in range(depth + 1)]  # e.g. 64, 128, 256, 512, 1024
         self.stem = Block(in_channels, widths[0], batch_norm)
         self.downs = nn.ModuleList(Down(a, b, batch_norm) for a, b in zip(widths, widths[1:]))
+        # no parameters: model files with and without it hold the same weights
+        self.styles = nn.ModuleList(
+            MixStyle(mixstyle) if mixstyle and i < 2 else nn.Identity() for i in range(depth + 1)
+        )
         self.context = GlobalContext(widths[-1]) if context else nn.Identity()
         self.ups = nn.ModuleList(Up(b, a, batch_norm) for a, b in zip(widths[::-1][1:], widths[::-1]))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = [self.stem(x)]  # (B, w, H, W)
-        for down in self.downs:
-            skips.append(down(skips[-1]))  # (B, w*2**i, H/2**i, W/2**i)
+        skips = [self.styles[0](self.stem(x))]  # (B, w, H, W)
+        for style, down in zip(self.styles[1:], self.downs):
+            skips.append(style(down(skips[-1])))  # (B, w*2**i, H/2**i, W/2**i)
         x = self.context(skips.pop())  # (B, w*2**depth, H/2**depth, W/2**depth)
         for up in self.ups:
             x = up(x, skips.pop())  # back up one level per step
@@ -151,7 +187,7 @@ class Arch:
 
 def _unet(context: bool = False, half: bool = False) -> Arch:
     def build(cfg: ModelConfig) -> nn.Module:
-        unet = UNet(width=cfg.width, depth=cfg.depth, batch_norm=cfg.batch_norm, context=context)
+        unet = UNet(cfg.width, cfg.depth, cfg.batch_norm, context=context, mixstyle=cfg.mixstyle)
         return HalfResolution(unet) if half else unet
 
     return Arch(build, lambda cfg: 2 ** (cfg.depth + half))

@@ -117,6 +117,7 @@ BAD = [
     ("batch-size-zero", "train.batch_size", 0, r"train\.batch_size: must be > 0"),
     ("width-zero", "model.width", 0, r"model\.width: must be > 0"),
     ("depth-too-deep", "model.depth", 7, r"model\.depth: must be in 1\.\.6"),
+    ("mixstyle-prob", "model.mixstyle", 1.5, r"model\.mixstyle: must be in \[0, 1\]"),
     ("seeds-empty", "grid.seed", [], r"grid\.seed: must list at least one value"),
     ("seeds-duplicate", "grid.seed", [0, 1, 0], r"grid\.seed: has duplicates"),
     ("seed-negative", "grid.seed", [-1], r"grid\.seed: seeds must be integers >= 0"),

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from forestseg.config import ModelConfig
 from forestseg.errors import ForestsegError
-from forestseg.model import UNet, adapt_batchnorm, build_model, count_parameters
+from forestseg.model import MixStyle, UNet, adapt_batchnorm, build_model, count_parameters
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -142,3 +142,33 @@ def test_adapt_batchnorm_on_too_small_windows_stops_with_one_line() -> None:
     with pytest.raises(ForestsegError, match=r"cannot adapt batch-norm to 1 window\(s\) of 4x4 px"):
         adapt_batchnorm(model, torch.randn(1, 3, 4, 4), 0.5)  # the deepest level: 1x1, one value per channel
     assert adapt_batchnorm(model, torch.randn(2, 3, 4, 4), 0.5) is not model  # two windows: two values each
+
+
+def test_mixstyle_mixes_feature_statistics_across_the_batch_only_while_training() -> None:
+    mix = MixStyle(p=1.0)
+    x = torch.randn(4, 3, 8, 8) * torch.tensor([1.0, 2.0, 3.0, 4.0])[:, None, None, None]
+    torch.manual_seed(0)
+    y = mix.train()(x)
+    # Each tile keeps its normalised pattern; only its per-channel mean and std move, towards others'.
+    standard = lambda t: (t - t.mean((2, 3), keepdim=True)) / t.std((2, 3), keepdim=True)  # noqa: E731
+    torch.testing.assert_close(standard(y), standard(x), rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(y.std((2, 3)), x.std((2, 3)))
+    torch.manual_seed(0)
+    torch.testing.assert_close(mix(x), y)  # torch's seeded generator: the same draw again
+    assert mix.eval()(x) is x
+    with torch.no_grad():
+        assert mix.train()(x) is x  # batch-norm adaptation's training-mode forward sees the scene as it is
+    assert MixStyle(p=0.0).train()(x) is x
+    one = x[:1]
+    assert MixStyle(p=1.0).train()(one) is one  # a batch of one has no other tile to mix with
+
+
+def test_mixstyle_adds_no_weights_and_leaves_eval_outputs_alone() -> None:
+    torch.manual_seed(5)
+    plain = build_model(ModelConfig(width=4, depth=2)).eval()
+    mixed = build_model(ModelConfig(width=4, depth=2, mixstyle=0.5)).eval()
+    mixed.load_state_dict(plain.state_dict())  # strict: the same keys, so either loads the other's model file
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x), plain(x))
+    assert sum(isinstance(m, MixStyle) for m in mixed.modules()) == 2
