@@ -18,6 +18,7 @@ Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles
 
     python bench/speed.py [--width 16] [--depth 4] [--batch 16] [--steps 12] [--repeats 3]
     python bench/speed.py --study --batch 160      # the study's UNet (on CUDA: the goal's setting)
+    python bench/speed.py --nchw                   # also training without channels_last
 """
 
 from __future__ import annotations
@@ -189,6 +190,9 @@ def main() -> None:
         help="leave glibc's malloc as it is (the train stage keeps freed memory: device.keep_freed_memory)",
     )
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument(
+        "--nchw", action="store_true", help="also time training without channels_last (train.channels_last)"
+    )
     args = ap.parse_args()
     kept = False if args.default_malloc else keep_freed_memory()
     device = pick_device("auto")
@@ -253,7 +257,9 @@ def main() -> None:
         precisions = ["fp32"]
         print("bf16 is emulated on this device (no native bf16 matmul): training timed in fp32 only")
     speeds, models = {}, {}
-    for precision, compile_ in [(p, False) for p in precisions] + ([(auto, True)] if args.compile else []):
+    settings = [(p, False, True) for p in precisions] + ([(auto, True, True)] if args.compile else [])
+    settings += [(auto, False, False)] if args.nchw else []
+    for precision, compile_, channels_last in settings:
         train_cfg = TrainConfig(
             epochs=1 + args.repeats,
             batch_size=args.batch,
@@ -261,11 +267,11 @@ def main() -> None:
             device=device.type,
             precision=precision,
             augment=True,
-            channels_last=True,
+            channels_last=channels_last,
             compile=compile_,
             diverge_factor=1e9,
         )
-        folder = tmp / f"{precision}{compile_}"
+        folder = tmp / f"{precision}{compile_}{channels_last}"
         result = train_run(
             Run("bce", "adam", 0),
             model_cfg,
@@ -280,7 +286,7 @@ def main() -> None:
         )
         # epoch 1 includes one-off warm-up (kernel selection, allocator, compilation): time the others
         per_epoch = [len(tiles) / h["train_seconds"] for h in result.history[1:]]
-        label = precision + (", torch.compile" if compile_ else "")
+        label = precision + (", torch.compile" if compile_ else "") + ("" if channels_last else ", NCHW")
         peak = peaks[torch.bfloat16 if precision == "bf16" else torch.float32]
         speeds[label] = float(np.median(per_epoch))
         models.setdefault(precision, folder / "model.pt")
