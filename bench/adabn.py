@@ -5,6 +5,7 @@ label is used), all from the same trained model, so every change is paired.
     python bench/adabn.py [--only 0,1,2,3,4] [-S grid.seed=[1]] [--mix 0.25,0.5,1]
     python bench/adabn.py --final --mix 0.25     # the 8 set-aside scenes, trained on the other 30: once
     python bench/adabn.py --mix 0.25 --tent 3,10 --otsu --keep /tmp/models   # Round 9; models kept for reruns
+    python bench/adabn.py --mix 0.25 --smooth 2,4,8 --keep /tmp/models       # Round 10: the logits blurred
 
 - mix m: each batch-norm layer's mean and variance become (1 - m) x the training statistics + m x
   the scene's (m 1: AdaBN, the scene's alone): `Predictor.adapted`, what `forestseg predict
@@ -14,6 +15,8 @@ label is used), all from the same trained model, so every change is paired.
   al. 2021), statistics frozen at the adapted ones.
 - otsu (on top of the first mix): the scene's own cut, Otsu's between-class split of the logits of
   its windows, clipped to logits -1..1.
+- smooth s (on top of the first mix): the logits blurred by a Gaussian of s px before the cut (the
+  Kaggle masks are drawn coarser than the photos).
 
 Prints forest IoU and mIoU per fold and method, then the mean paired change per method. With
 `--keep DIR`, each fold's model is saved there (named by fold, seed and -S) and reused next time.
@@ -73,8 +76,25 @@ def otsu_cut(p: Predictor, windows: np.ndarray) -> float:
     return float(np.clip(centre[np.argmax(below * (total - below) * (mean_below - mean_above) ** 2)], -1.0, 1.0))
 
 
+class Smoothed(torch.nn.Module):
+    """`model` with its logits blurred by a Gaussian of `sigma` px (reflected at the window's edges)."""
+
+    def __init__(self, model: torch.nn.Module, sigma: float):
+        super().__init__()
+        self.model, radius = model, int(3 * sigma + 0.5)
+        k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+        self.register_buffer("kernel", k / k.sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)[:, None].float()  # (B, 1, H, W)
+        r = len(self.kernel) // 2
+        z = F.conv2d(F.pad(z, (r, r, 0, 0), mode="reflect"), self.kernel.view(1, 1, 1, -1))
+        z = F.conv2d(F.pad(z, (0, 0, r, r), mode="reflect"), self.kernel.view(1, 1, -1, 1))
+        return z[:, 0]
+
+
 def methods(
-    mixes: list[float], tents: list[int], otsu: bool
+    mixes: list[float], tents: list[int], otsu: bool, sigmas: tuple[float, ...] = ()
 ) -> dict[str, Callable[[Predictor, np.ndarray], Predictor]]:
     """name -> (plain predictor, the scene's windows) -> the predictor that scores the scene."""
     out: dict[str, Callable[[Predictor, np.ndarray], Predictor]] = {
@@ -87,6 +107,10 @@ def methods(
         out[f"mix {base:g} + otsu"] = lambda p, w: (lambda a: dataclasses.replace(a, cut=otsu_cut(a, w)))(
             p.adapted(w, base)
         )
+    for sigma in sigmas:
+        out[f"mix {base:g} + smooth {sigma:g}"] = lambda p, w, sigma=sigma: (
+            lambda a: dataclasses.replace(a, model=Smoothed(a.model, sigma).eval())
+        )(p.adapted(w, base))
     return out
 
 
@@ -96,6 +120,7 @@ def main() -> None:
     ap.add_argument("--mix", default="0.25,0.5,1", help="weights of the scene's statistics")
     ap.add_argument("--tent", default="", help="TENT step counts on top of the first mix, e.g. 3,10")
     ap.add_argument("--otsu", action="store_true", help="also the scene's own Otsu cut on top of the first mix")
+    ap.add_argument("--smooth", default="", help="Gaussian blur sigmas (px) of the logits on top of the first mix")
     ap.add_argument("--recipe", default="cpu", help="recipes/<name>.yaml (cpu; gpu where there is one)")
     ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the recipe")
     ap.add_argument("--final", action="store_true", help="the set-aside scenes instead of the CV folds")
@@ -107,7 +132,8 @@ def main() -> None:
     )
     sample, device = q.load_sample(), pick_device(train_cfg.device)
     mixes = [float(m) for m in args.mix.split(",") if m]
-    scorers = methods(mixes, [int(n) for n in args.tent.split(",") if n], args.otsu)
+    sigmas = tuple(float(x) for x in args.smooth.split(",") if x)
+    scorers = methods(mixes, [int(n) for n in args.tent.split(",") if n], args.otsu, sigmas)
     images = np.load(sample.layout.images, mmap_mode="r")
     folds = q.folds(sample, 5)
     deltas: dict[str, list[tuple[float, float]]] = {name: [] for name in list(scorers)[1:]}

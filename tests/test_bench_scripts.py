@@ -31,3 +31,18 @@ def test_profile_train_prints_the_top_ops() -> None:
     assert out.returncode == 0, out.stderr
     assert "UNet w4 d1, fp32" in out.stdout
     assert "aten::convolution_backward" in out.stdout
+
+
+def test_smoothed_logits_keep_a_constant_and_blur_an_edge() -> None:
+    adabn = pytest.importorskip("bench.adabn")
+
+    class Edge(torch.nn.Module):  # logits -4 on the left half, +4 on the right
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = torch.full(x.shape[:1] + x.shape[-2:], 4.0)
+            z[..., : x.shape[-1] // 2] = -4.0
+            return z
+
+    z = adabn.Smoothed(Edge(), 2.0)(torch.zeros(1, 3, 32, 32))
+    assert z.shape == (1, 32, 32)
+    torch.testing.assert_close(z[..., :4], torch.full((1, 32, 4), -4.0))  # far from the edge: as it was
+    assert -4.0 < z[0, 0, 15] < 0.0 < z[0, 0, 16] < 4.0  # at the edge: blurred, the cut in the same place
