@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import quality as q  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
 from forestseg.device import pick_device  # noqa: E402
-from forestseg.loader import load_tiles, to_input  # noqa: E402
+from forestseg.loader import gaussian_blur, load_tiles, to_input  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
 from forestseg.windows import scene_windows  # noqa: E402
@@ -81,16 +81,11 @@ class Smoothed(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, sigma: float):
         super().__init__()
-        self.model, radius = model, int(3 * sigma + 0.5)
-        k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
-        self.register_buffer("kernel", k / k.sum())
+        self.model, self.sigma = model, sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.model(x)[:, None].float()  # (B, 1, H, W)
-        r = len(self.kernel) // 2
-        z = F.conv2d(F.pad(z, (r, r, 0, 0), mode="reflect"), self.kernel.view(1, 1, 1, -1))
-        z = F.conv2d(F.pad(z, (0, 0, r, r), mode="reflect"), self.kernel.view(1, 1, -1, 1))
-        return z[:, 0]
+        return gaussian_blur(z, self.sigma, radius=int(3 * self.sigma + 0.5))[:, 0]
 
 
 def methods(

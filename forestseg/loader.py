@@ -121,6 +121,17 @@ def _uniform(n: int, spread: float, generator: torch.Generator, *shape: int) -> 
     return 1 + spread * (2 * torch.rand(n, *shape, generator=generator) - 1)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """(B, C, H, W) blurred channel by channel by a Gaussian of `sigma` px cut at `radius` px,
+    reflected at the edges; separable (a row pass, then a column pass)."""
+    r = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(r**2) / (2 * sigma**2))
+    k, c, n = k / k.sum(), x.shape[1], 2 * radius + 1
+    x = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, n).expand(c, 1, 1, n), groups=c)
+    return torch.nn.functional.conv2d(x, k.view(1, 1, n, 1).expand(c, 1, n, 1), groups=c)
+
+
 def photometric(x: torch.Tensor, saturation: float, blur: float, generator: torch.Generator) -> torch.Tensor:
     """Label-safe colour and focus changes of (B, 3, H, W) 0-255 input: saturation scaled by
     1 +- `saturation` per tile, and with probability `blur` a Gaussian blur (sigma 0.5-1.5 px)."""
@@ -132,14 +143,8 @@ def photometric(x: torch.Tensor, saturation: float, blur: float, generator: torc
         chosen = torch.rand(b, generator=generator) < blur
         sigma = 0.5 + torch.rand((), generator=generator).item()  # one sigma per batch: one conv
         if chosen.any():
-            r = torch.arange(-2, 3, dtype=x.dtype, device=x.device)
-            k = torch.exp(-(r**2) / (2 * sigma**2))
-            k = k / k.sum()
             idx = torch.nonzero(chosen)[:, 0].to(x.device)
-            part = torch.nn.functional.pad(x[idx], (2, 2, 2, 2), mode="reflect")
-            part = torch.nn.functional.conv2d(part, k.view(1, 1, 1, 5).expand(3, 1, 1, 5), groups=3)
-            part = torch.nn.functional.conv2d(part, k.view(1, 1, 5, 1).expand(3, 1, 5, 1), groups=3)
-            x = x.index_copy(0, idx, part)
+            x = x.index_copy(0, idx, gaussian_blur(x[idx], sigma, radius=2))
     return x
 
 
