@@ -1,5 +1,5 @@
 """UNet for binary segmentation, read top-down: block, down, up, global context, MixStyle, UNet,
-half resolution. Outputs one logit map."""
+low resolution. Outputs one logit map."""
 
 from __future__ import annotations
 
@@ -127,17 +127,17 @@ class UNet(nn.Module):
         return self.head(x)[:, 0]  # (B, H, W) logits
 
 
-class HalfResolution(nn.Module):
-    """Run a model on the input averaged over 2x2 pixels and resize its logits back: a quarter of the
-    FLOPs, and each convolution covers twice the ground (forest masks are drawn coarser than the
-    photo's 0.5 m pixels)."""
+class LowResolution(nn.Module):
+    """Run a model on the input averaged over `factor` x `factor` pixels and resize its logits back:
+    1/factor**2 of the FLOPs, and each convolution covers `factor` times the ground (forest masks are
+    drawn coarser than the photo's 0.5 m pixels)."""
 
-    def __init__(self, inner: nn.Module):
+    def __init__(self, inner: nn.Module, factor: int = 2):
         super().__init__()
-        self.inner = inner
+        self.inner, self.factor = inner, factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner(F.avg_pool2d(x, 2, ceil_mode=True))  # (B, ceil(H/2), ceil(W/2))
+        y = self.inner(F.avg_pool2d(x, self.factor, ceil_mode=True))  # (B, ceil(H/f), ceil(W/f))
         return F.interpolate(y[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -185,12 +185,12 @@ class Arch:
     smallest_tile: Callable[[ModelConfig], int]
 
 
-def _unet(context: bool = False, half: bool = False) -> Arch:
+def _unet(context: bool = False, factor: int = 1) -> Arch:
     def build(cfg: ModelConfig) -> nn.Module:
         unet = UNet(cfg.width, cfg.depth, cfg.batch_norm, context=context, mixstyle=cfg.mixstyle)
-        return HalfResolution(unet) if half else unet
+        return LowResolution(unet, factor) if factor > 1 else unet
 
-    return Arch(build, lambda cfg: 2 ** (cfg.depth + half))
+    return Arch(build, lambda cfg: 2**cfg.depth * factor)
 
 
 # Every architecture a user can name in model.arch.
@@ -199,7 +199,9 @@ ARCHS: dict[str, Arch] = {
     # the same with a GlobalContext at the bottom: each output also depends on the whole window
     "unet_context": _unet(context=True),
     # the plain UNet on the input at half resolution, logits resized back: 1/4 of the FLOPs
-    "unet_half": _unet(half=True),
+    "unet_half": _unet(factor=2),
+    # the same at a quarter of the resolution: 1/16 of the FLOPs, 4x the ground per convolution
+    "unet_quarter": _unet(factor=4),
     # the 2022 study's model: fixed widths (ignores width/depth/batch_norm); its valid convs eat 40 px
     "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48),
 }

@@ -118,23 +118,29 @@ def test_global_context_starts_as_the_plain_unet_and_then_sees_the_whole_tile() 
 
 
 @pytest.mark.parametrize("size", [(32, 32), (34, 30), (33, 31)])
-def test_half_resolution_unet_is_the_plain_unet_on_the_pooled_input(size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(("arch", "factor"), [("unet_half", 2), ("unet_quarter", 4)])
+def test_low_resolution_unet_is_the_plain_unet_on_the_pooled_input(
+    size: tuple[int, int], arch: str, factor: int
+) -> None:
     torch.manual_seed(4)
-    half = build_model(ModelConfig(arch="unet_half", width=4, depth=1)).eval()
+    low = build_model(ModelConfig(arch=arch, width=4, depth=1)).eval()
     plain = build_model(ModelConfig(arch="unet", width=4, depth=1)).eval()
-    plain.load_state_dict(half.inner.state_dict())
+    plain.load_state_dict(low.inner.state_dict())
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
-        coarse = plain(F.avg_pool2d(x, 2, ceil_mode=True))  # odd sizes: the last row/column pools alone
-        out = half(x)
-    assert coarse.shape == (2, (size[0] + 1) // 2, (size[1] + 1) // 2)
+        coarse = plain(F.avg_pool2d(x, factor, ceil_mode=True))  # odd sizes: the last cells pool what is left
+        out = low(x)
+    assert coarse.shape == (2, -(-size[0] // factor), -(-size[1] // factor))
     assert out.shape == (2, *size)
     torch.testing.assert_close(out, F.interpolate(coarse[:, None], size=size, mode="bilinear")[:, 0])
-    # A change inside one 2x2 cell that keeps its mean is invisible to it.
+    # A change inside one cell that keeps its mean is invisible to it; one across cells is not.
     swapped = x.clone()
-    swapped[:, :, 0, 0], swapped[:, :, 0, 1] = x[:, :, 0, 1], x[:, :, 0, 0]
+    swapped[:, :, 0, 0], swapped[:, :, 0, factor - 1] = x[:, :, 0, factor - 1], x[:, :, 0, 0]
+    across = x.clone()
+    across[:, :, 0, 0], across[:, :, 0, factor] = x[:, :, 0, factor], x[:, :, 0, 0]
     with torch.no_grad():
-        torch.testing.assert_close(half(swapped), out)
+        torch.testing.assert_close(low(swapped), out)
+        assert not torch.allclose(low(across), out)
 
 
 def test_adapt_batchnorm_on_too_small_windows_stops_with_one_line() -> None:
