@@ -71,8 +71,8 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
 
 
 def read_init(path: str | Path, model: dict) -> dict:
-    """train.init_from: the model file at `path`, whose model params must equal `model` (the run's:
-    arch, width, depth, batch_norm, input), since its weights start the run."""
+    """train.init_from: the model file at `path`, whose model params must equal `model` (the run's
+    `ModelConfig.weights()`: arch, width, depth, batch_norm, input), since its weights start the run."""
     try:
         state = read_model(path)
     except ForestsegError as e:

@@ -151,6 +151,11 @@ class ModelConfig:
     # batch, model.MixStyle); 0 = off
     mixstyle: float = 0.0
 
+    def weights(self) -> dict:
+        """The params that shape the weights and what they compute in eval: all but MixStyle, which acts
+        only while training (a model file fine-tunes with or without it)."""
+        return {k: v for k, v in asdict(self).items() if k != "mixstyle"}
+
     def __post_init__(self) -> None:
         from .model import ARCHS
 

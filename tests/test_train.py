@@ -473,6 +473,11 @@ def test_a_model_file_of_other_model_params_is_refused_in_one_line(data, source,
         go(data, tmp_path / "other.pt", init=resume)
 
 
+def test_a_model_file_fine_tunes_with_mixstyle_which_only_acts_while_training(data, source, tmp_path: Path) -> None:
+    ft, _ = go(data, tmp_path / "last.pt", init=source, model=dataclasses.replace(MODEL, mixstyle=0.5))
+    assert ft.history  # trained: mixstyle changes neither the weights nor what they compute in eval
+
+
 @pytest.mark.parametrize("input", ["normalized", "per_tile", "raw"])
 def test_the_model_file_keeps_the_input_normalisation_that_predict_applies(data, tmp_path: Path, input) -> None:
     from forestseg.predict import Predictor
