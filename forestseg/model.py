@@ -132,7 +132,7 @@ class LowResolution(nn.Module):
     1/factor**2 of the FLOPs, and each convolution covers `factor` times the ground (forest masks are
     drawn coarser than the photo's 0.5 m pixels)."""
 
-    def __init__(self, inner: nn.Module, factor: int = 2):
+    def __init__(self, inner: nn.Module, factor: int):
         super().__init__()
         self.inner, self.factor = inner, factor
 
