@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,9 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import quality as q  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
 from forestseg.device import pick_device  # noqa: E402
-from forestseg.loader import gaussian_blur, load_tiles, to_input  # noqa: E402
+from forestseg.loader import gaussian_blur, to_input  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
-from forestseg.train import train_run  # noqa: E402
 from forestseg.windows import scene_windows  # noqa: E402
 
 
@@ -138,22 +135,11 @@ def main() -> None:
     ]
     if args.final:
         parts = [("set-aside", [s for x in folds for s in x], q.holdout_scenes(sample))]
-    tag = "_".join([args.recipe] + [s.replace("=", "-").replace("/", "") for s in args.sets])
     for part, train_scenes, test_scenes in parts:
         t0, run = time.perf_counter(), Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
-        kept = args.keep / f"{part.replace(' ', '')}_s{run.seed}_{tag}.pt" if args.keep else None
-        if kept is None or not kept.is_file():
-            train = load_tiles(sample.layout, q.rows_of(sample, train_scenes), device, sample.scene)
-            test = load_tiles(sample.layout, q.rows_of(sample, test_scenes), device)
-            with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
-                out = Path(tmp)
-                train_run(run, model_cfg, opt_cfg, train_cfg, train, test, out, out / "r.pt", "bench", lambda s: None)
-                if kept is not None:
-                    kept.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(Path(tmp) / "model.pt", kept)
-                p = Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision)
-        else:
-            p = Predictor.load(kept, device, train_cfg.precision)
+        kept = args.keep / q.kept_name(part, run.seed, args.recipe, args.sets) if args.keep else None
+        cfgs = (model_cfg, opt_cfg, train_cfg)
+        p = q.kept_predictor(sample, run, cfgs, train_scenes, test_scenes, device, kept)
         p = dataclasses.replace(p, adapt_bn=0.0)  # the methods adapt; score_rows scores as given
         counts: dict[str, dict] = {name: {} for name in scorers}
         for scene in test_scenes:

@@ -1,12 +1,17 @@
 """Profile training steps (a script, not a test): the top ops by self CPU time, with torch.profiler.
 
     python bench/profile_train.py [--default-malloc] [--precision auto|bf16|fp32] [--width 16] [--depth 4]
-                                  [--batch 16] [--size 256] [--steps 6]
+                                  [--batch 16] [--size 256] [--steps 6] [--kernels] [--nchw]
 
 Runs the training step of forestseg's loop (the precision as train.precision picks it, channels_last, foreach
 Adam) on synthetic 256-px tiles, after two warm-up steps, and prints the 12 ops with the most self
 CPU time and the process's user/system CPU time, so the effect of an allocator or kernel change
 shows op by op (run it with and without --default-malloc).
+
+With --kernels it also times each of the model's convolutions alone in its three kernels (forward,
+backward to the input, backward to the weights: `aten.convolution_backward` with one output each),
+in fp32 and the model's layout (--nchw: without channels_last), and prints their GFLOP/s against
+the fp32 matmul peak measured in the same run: which kernels hold the training MFU down.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestseg.config import ModelConfig, OptimizerConfig  # noqa: E402
@@ -28,6 +35,70 @@ from forestseg.optim import make_optimizer  # noqa: E402
 from forestseg.synthetic import scene_tiles  # noqa: E402
 
 
+def best_seconds(fn, repeats: int = 3) -> float:
+    """The fastest of `repeats` timed calls of `fn`, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def conv_kernels(model: torch.nn.Module, x: torch.Tensor, peak: float) -> tuple[float, float, float, float]:
+    """Print each distinct convolution of `model` (met on a forward pass of `x`) timed alone in fp32:
+    forward, backward to the input, backward to the weights, GFLOP/s and % of `peak` FLOP/s, and
+    the totals over every convolution of one training step; returns those totals: the forward
+    FLOPs (each backward kernel does as many) and the seconds of the three kernels."""
+    shapes: list[tuple] = []
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: shapes.append((m, tuple(i[0].shape), tuple(o.shape))))
+        for m in model.modules()
+        if isinstance(m, convs)
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    seen: dict[tuple, list] = {}
+    for m, i, o in shapes:
+        key = (i, o, tuple(m.weight.shape), m.stride, m.padding, isinstance(m, torch.nn.ConvTranspose2d))
+        seen.setdefault(key, [m, 0])[1] += 1
+    totals = [0.0, 0.0, 0.0, 0.0]  # FLOPs, forward s, backward-input s, backward-weight s
+    print(
+        f"{'convolution (input -> output, kernel)':48} {'count':>5} {'forward':>16} {'back, input':>16} {'back, weights':>16}"
+    )
+    for (i, o, wshape, stride, pad, transposed), (m, count) in seen.items():
+        xin = torch.randn(i).contiguous(memory_format=layout)
+        w = (torch.randn(wshape) * 0.1).contiguous(memory_format=layout)
+        g = torch.randn(o).contiguous(memory_format=layout)
+        args = (list(stride), list(pad), [1, 1], transposed, [0, 0], 1)
+        fwd = best_seconds(lambda: torch.ops.aten.convolution(xin, w, None, *args))
+        bin_ = best_seconds(lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [True, False, False]))
+        bw = best_seconds(lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [False, True, False]))
+        flop = conv_flop_count(
+            list(i), list(wshape), list(o), transposed
+        )  # as FlopCounterMode counts; each backward kernel as many
+        cells = " ".join(f"{flop / t / 1e9:7.1f} ({flop / t / peak:4.0%})" for t in (fwd, bin_, bw))
+        name = f"{i[1]}x{i[2]}x{i[3]} -> {o[1]}x{o[2]}x{o[3]}, {wshape[2]}x{wshape[3]}{' transposed' if transposed else ''}"
+        print(f"{name:48} {count:>5} {cells}")
+        for j, t in enumerate((flop, fwd, bin_, bw)):
+            totals[j] += count * t
+    flop, fwd, bin_, bw = totals
+    print(
+        f"every convolution of a step, GFLOP/s (% of the fp32 peak): forward {flop / fwd / 1e9:.1f} "
+        f"({flop / fwd / peak:.0%}), backward to the input {flop / bin_ / 1e9:.1f} ({flop / bin_ / peak:.0%}), "
+        f"backward to the weights {flop / bw / 1e9:.1f} ({flop / bw / peak:.0%}); the three together "
+        f"{3 * flop / (fwd + bin_ + bw) / 1e9:.1f} ({3 * flop / (fwd + bin_ + bw) / peak:.0%}), "
+        f"{fwd + bin_ + bw:.2f} s per step (forward {fwd / (fwd + bin_ + bw):.0%}, backward to the input "
+        f"{bin_ / (fwd + bin_ + bw):.0%}, to the weights {bw / (fwd + bin_ + bw):.0%})"
+    )
+    return flop, fwd, bin_, bw
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--default-malloc", action="store_true")
@@ -37,19 +108,22 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="as train.precision")
+    ap.add_argument("--kernels", action="store_true", help="also each convolution's three kernels timed alone")
+    ap.add_argument("--nchw", action="store_true", help="without channels_last (train.channels_last: false)")
     args = ap.parse_args()
     kept = False if args.default_malloc else keep_freed_memory()
     device = torch.device("cpu")
     images, masks = scene_tiles(0, (args.batch + 3) // 4, args.size // 2 * 2)
     x_u8, y = torch.from_numpy(images[: args.batch]), torch.from_numpy(masks[: args.batch])
     model_cfg = ModelConfig(arch="unet", width=args.width, depth=args.depth)  # the bench model: full resolution
-    model = build_model(model_cfg).to(memory_format=torch.channels_last)
+    layout = torch.contiguous_format if args.nchw else torch.channels_last
+    model = build_model(model_cfg).to(memory_format=layout)
     opt = make_optimizer("adam", model.parameters(), 1e-3, OptimizerConfig())
     norm, bf16 = Normalizer.fit(x_u8), use_bf16(args.precision, device)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(to_input(x_u8, norm))
+            out = model(to_input(x_u8, norm, channels_last=not args.nchw))
         loss = bce(out.float(), y)
         opt.zero_grad()
         loss.backward()
@@ -68,6 +142,12 @@ def main() -> None:
         f"{after.ru_utime - before.ru_utime:.1f} s user, {after.ru_stime - before.ru_stime:.1f} s system CPU"
     )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    if args.kernels:
+        from bench.speed import matmul_peak
+
+        peak, n = matmul_peak(device, torch.float32)
+        print(f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (n = {n}), measured now")
+        conv_kernels(model, to_input(x_u8, norm, channels_last=not args.nchw), peak)
 
 
 if __name__ == "__main__":

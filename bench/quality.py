@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -174,6 +175,38 @@ def score_rows(
     if alone is not None:
         alone.extend(each_alone)
     return per_scene
+
+
+def kept_predictor(
+    sample: Sample,
+    run: Run,
+    cfgs: tuple,
+    train_scenes: list[str],
+    test_scenes: list[str],
+    device: torch.device,
+    keep: Path | None,
+) -> Predictor:
+    """The model file of `run` trained by `cfgs` (model, optimizer, train sections) on `train_scenes`
+    (`test_scenes` scored per epoch, as training does), loaded; with `keep` (a file path), the model
+    file is saved there, and reused when it is already there (bench/adabn.py, bench/errors.py)."""
+    model_cfg, opt_cfg, train_cfg = cfgs
+    if keep is not None and keep.is_file():
+        return Predictor.load(keep, device, train_cfg.precision)
+    train = load_tiles(sample.layout, rows_of(sample, train_scenes), device, sample.scene)
+    test = load_tiles(sample.layout, rows_of(sample, test_scenes), device)
+    with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
+        out = Path(tmp)
+        train_run(run, model_cfg, opt_cfg, train_cfg, train, test, out, out / "r.pt", "bench", lambda s: None)
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(out / "model.pt", keep)
+        return Predictor.load(out / "model.pt", device, train_cfg.precision)
+
+
+def kept_name(part: str, seed: int, recipe: str, sets: list[str]) -> str:
+    """The file name a `--keep` folder stores a fold's model under: part, seed, recipe and -S values."""
+    tag = "_".join([recipe] + [s.replace("=", "-").replace("/", "") for s in sets])
+    return f"{part.replace(' ', '')}_s{seed}_{tag}.pt"
 
 
 def total_scores(per_scene: dict[str, np.ndarray]) -> dict:

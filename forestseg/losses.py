@@ -24,6 +24,14 @@ def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
+def bce_bootstrap(logits: torch.Tensor, target: torch.Tensor, beta: float = 0.8) -> torch.Tensor:
+    """Hard bootstrapping (Reed et al. 2015): BCE against beta x the mask + (1 - beta) x the model's own
+    0/1 call, so a region the mask labels against what the model confidently sees (the masks' drawn
+    outlines, a scene labelled by another convention) pulls on it with beta of bce's force."""
+    own = (logits.detach() > 0).float()
+    return F.binary_cross_entropy_with_logits(logits.float(), beta * target.float() + (1 - beta) * own)
+
+
 def dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft Dice loss over the whole batch (1 - soft Dice of forest)."""
     p, t = torch.sigmoid(logits.float()), target.float()
@@ -78,6 +86,7 @@ class Loss:
 LOSSES: dict[str, Loss] = {
     "mse": Loss(mse),
     "bce": Loss(bce),
+    "bce_bootstrap": Loss(bce_bootstrap),
     "mse_logits": Loss(mse_logits, threshold=0.5),
     "dice": Loss(dice),
     "bce_dice": Loss(bce_dice),

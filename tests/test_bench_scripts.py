@@ -19,6 +19,26 @@ def test_matmul_peak_is_the_best_size_measured() -> None:
     assert 1e6 < rate < 1e15  # FLOP/s: positive and finite
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_conv_kernels_count_the_flops_of_the_models_convolutions(channels_last: bool, capsys) -> None:
+    profile = pytest.importorskip("bench.profile_train")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from forestseg.config import ModelConfig
+    from forestseg.model import build_model
+
+    model = build_model(ModelConfig(arch="unet", width=4, depth=2))
+    x = torch.randn(2, 3, 32, 32)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    flop, *seconds = profile.conv_kernels(model, x, peak=1e9)
+    assert flop == counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    assert all(t > 0 for t in seconds)
+    assert "backward to the weights" in capsys.readouterr().out
+
+
 def test_profile_train_prints_the_top_ops() -> None:
     out = subprocess.run(
         [sys.executable, "bench/profile_train.py", "--width", "4", "--depth", "1", "--size", "32", "--batch", "2"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forestseg.losses import LOSSES, bce, bce_dice, bce_lovasz, dice, focal, lovasz, mse, mse_logits
+from forestseg.losses import LOSSES, bce, bce_bootstrap, bce_dice, bce_lovasz, dice, focal, lovasz, mse, mse_logits
 
 
 def target() -> torch.Tensor:
@@ -30,7 +30,17 @@ def wrong(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def test_every_loss_is_listed() -> None:
-    assert set(LOSSES) == {"mse", "mse_logits", "bce", "dice", "bce_dice", "focal", "lovasz", "bce_lovasz"}
+    assert set(LOSSES) == {
+        "mse",
+        "mse_logits",
+        "bce",
+        "bce_bootstrap",
+        "dice",
+        "bce_dice",
+        "focal",
+        "lovasz",
+        "bce_lovasz",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -113,6 +123,19 @@ def test_focal_is_bce_scaled_down_on_easy_pixels() -> None:
     assert focal(logits, t).item() < bce(logits, t).item()
     easy, hard = torch.where(t > 0, 4.0, -4.0), torch.where(t > 0, -0.5, 0.5)
     assert focal(easy, t) / bce(easy, t) < focal(hard, t) / bce(hard, t)  # easy pixels are down-weighted more
+
+
+def test_bce_bootstrap_is_bce_where_the_model_agrees_and_pulls_less_where_it_confidently_disagrees() -> None:
+    t = target()
+    assert bce_bootstrap(perfect("bce", t), t).item() == pytest.approx(bce(perfect("bce", t), t).item(), abs=1e-6)
+    assert bce_bootstrap(wrong("bce", t), t).item() == pytest.approx(0.8 * 20.0, rel=1e-4)  # 0.8 of bce's 20
+    assert bce_bootstrap(wrong("bce", t), t, beta=1.0).item() == pytest.approx(bce(wrong("bce", t), t).item())
+    logits = torch.where(t > 0, -3.0, 3.0).requires_grad_()  # confidently wrong everywhere
+    bce(logits, t).backward()
+    full = logits.grad.abs().sum().item()
+    logits.grad = None
+    bce_bootstrap(logits, t).backward()
+    assert logits.grad.abs().sum().item() < full  # the mask pulls with less force
 
 
 @pytest.mark.parametrize("seed", range(4))
