@@ -66,3 +66,25 @@ def test_smoothed_logits_keep_a_constant_and_blur_an_edge() -> None:
     assert z.shape == (1, 32, 32)
     torch.testing.assert_close(z[..., :4], torch.full((1, 32, 4), -4.0))  # far from the edge: as it was
     assert -4.0 < z[0, 0, 15] < 0.0 < z[0, 0, 16] < 4.0  # at the edge: blurred, the cut in the same place
+
+
+def test_error_bands_are_the_pixels_within_d_px_of_the_mask_edge() -> None:
+    errors = pytest.importorskip("bench.errors")
+    import numpy as np
+
+    truth = np.zeros((40, 40), bool)
+    truth[10:25, 5:20] = True
+    edge, within3 = errors.near_edge(truth, (0, 3))
+    ys, xs = np.nonzero(edge)
+    for y in range(40):
+        for x in range(40):
+            window = truth[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+            assert edge[y, x] == (window.any() and not window.all())  # where forest meets non-forest
+            assert within3[y, x] == bool(np.any((abs(ys - y) <= 3) & (abs(xs - x) <= 3)))
+    assert not errors.near_edge(np.ones((8, 8), bool), (2,))[0].any()  # one class: no edge
+    pred = np.zeros_like(truth)
+    pred[10:25, 7:22] = True  # the outline shifted by 2 px: every error within 4 px of the edge
+    counts = errors.anatomy(truth, pred)
+    tp, fp, fn, tn = counts[:4]
+    assert (tp, fp, fn, tn) == (15 * 13, 15 * 2, 15 * 2, 40 * 40 - 15 * 17)
+    assert counts[4:6].tolist() == [fp, fn]  # within 4 px: all of them
