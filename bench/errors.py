@@ -7,9 +7,10 @@ two ways:
     coarser or shifted outline explains, with the forest IoU if those pixels were forgiven;
   - by tile: tiles more than 30 % wrong (a whole region called the other class) and their share of
     all wrong pixels.
-Per scene: forest IoU, false-forest and missed-forest pixels, worst scene first. The worst tiles
-(image | mask | prediction | errors) are drawn into bench/results/<name>.png, the tables written to
-bench/results/<name>.md.
+Per scene: forest IoU, false-forest and missed-forest pixels, worst scene first. The tables go to
+bench/results/<name>.md; the worst tiles (image | mask | prediction | errors) are drawn into
+<name>.png beside the decoded sample (bench/quality.py's CACHE, outside the repository: the
+figure shows the sample's photos, which are never committed).
 
     python bench/errors.py [--only 0,1,2,3,4] [--keep DIR] [-S section.key=value] [--name errors_cpu]
 """
@@ -69,7 +70,7 @@ def report(per_tile: dict[int, np.ndarray], sample: q.Sample, folds_of: dict[int
         "| --- " * (4 + len(BANDS)) + "|",
     ]
     groups = {f"fold {f}": [r for r, g in folds_of.items() if g == f] for f in sorted(set(folds_of.values()))}
-    groups["all"] = list(per_tile)
+    groups["all (pooled)"] = list(per_tile)
     for name, rows in groups.items():
         c = np.sum([per_tile[r] for r in rows], axis=0)
         tp, fp, fn = c[0], c[1], c[2]
@@ -109,7 +110,9 @@ def main() -> None:
     ap.add_argument("--recipe", default="cpu", help="recipes/<name>.yaml")
     ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the recipe")
     ap.add_argument("--keep", type=Path, default=None, help="a folder to keep each fold's model in and reuse")
-    ap.add_argument("--name", default="errors_cpu", help="bench/results/<name>.md and .png")
+    ap.add_argument(
+        "--name", default="errors_cpu", help="bench/results/<name>.md, and <name>.png beside the decoded sample"
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     model_cfg, opt_cfg, train_cfg, grid = load_sections(
@@ -153,10 +156,10 @@ def main() -> None:
         np.stack([truths[r] > 0 for r in worst]),
         [preds[r] for r in worst],
         f"{args.recipe} recipe, seed {run.seed}: the {WORST} most wrong test tiles of the CV folds",
-        q.RESULTS / f"{args.name}.png",
+        q.CACHE / f"{args.name}.png",
         labels,
     )
-    print(f"wrote {q.RESULTS / args.name}.md and .png")
+    print(f"wrote {q.RESULTS / args.name}.md and {q.CACHE / args.name}.png")
 
 
 if __name__ == "__main__":
