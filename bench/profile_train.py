@@ -21,6 +21,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import conv_flop_count
@@ -35,7 +36,7 @@ from forestseg.optim import make_optimizer  # noqa: E402
 from forestseg.synthetic import scene_tiles  # noqa: E402
 
 
-def best_seconds(fn, repeats: int = 3) -> float:
+def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     """The fastest of `repeats` timed calls of `fn`, after one untimed call."""
     fn()
     times = []
@@ -63,15 +64,15 @@ def conv_kernels(model: torch.nn.Module, x: torch.Tensor, peak: float) -> tuple[
     for h in hooks:
         h.remove()
     layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    seen: dict[tuple, list] = {}
+    seen: dict[tuple, int] = {}  # each distinct convolution: how many times a step runs it
     for m, i, o in shapes:
         key = (i, o, tuple(m.weight.shape), m.stride, m.padding, isinstance(m, torch.nn.ConvTranspose2d))
-        seen.setdefault(key, [m, 0])[1] += 1
+        seen[key] = seen.get(key, 0) + 1
     totals = [0.0, 0.0, 0.0, 0.0]  # FLOPs, forward s, backward-input s, backward-weight s
     print(
         f"{'convolution (input -> output, kernel)':48} {'count':>5} {'forward':>16} {'back, input':>16} {'back, weights':>16}"
     )
-    for (i, o, wshape, stride, pad, transposed), (m, count) in seen.items():
+    for (i, o, wshape, stride, pad, transposed), count in seen.items():
         xin = torch.randn(i).contiguous(memory_format=layout)
         w = (torch.randn(wshape) * 0.1).contiguous(memory_format=layout)
         g = torch.randn(o).contiguous(memory_format=layout)
@@ -79,9 +80,8 @@ def conv_kernels(model: torch.nn.Module, x: torch.Tensor, peak: float) -> tuple[
         fwd = best_seconds(lambda: torch.ops.aten.convolution(xin, w, None, *args))
         bin_ = best_seconds(lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [True, False, False]))
         bw = best_seconds(lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [False, True, False]))
-        flop = conv_flop_count(
-            list(i), list(wshape), list(o), transposed
-        )  # as FlopCounterMode counts; each backward kernel as many
+        # as FlopCounterMode counts the forward; each backward kernel does as many
+        flop = conv_flop_count(list(i), list(wshape), list(o), transposed)
         cells = " ".join(f"{flop / t / 1e9:7.1f} ({flop / t / peak:4.0%})" for t in (fwd, bin_, bw))
         name = f"{i[1]}x{i[2]}x{i[3]} -> {o[1]}x{o[2]}x{o[3]}, {wshape[2]}x{wshape[3]}{' transposed' if transposed else ''}"
         print(f"{name:48} {count:>5} {cells}")

@@ -128,17 +128,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 4096)) -> tuple[float, int]:
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 4096), emulated_below: float = 10e9
+) -> tuple[float, int]:
     """The best FLOP/s of an n x n matmul in `dtype` over `sizes` (the practical dense peak of this
     device: the larger size is the faster on some CPUs, so taking the best keeps MFU from being
-    flattered), and the n that gave it. A dtype the device only emulates (bf16 on a CPU without
-    AVX512-BF16 or AMX: ~1 GFLOP/s) is timed at n = 512 instead, so that it takes seconds, not hours."""
+    flattered), and the n that gave it. A dtype the device only emulates (a warm 512 matmul slower
+    than `emulated_below` FLOP/s: bf16 on a CPU without AVX512-BF16 or AMX runs at ~1 GFLOP/s) is
+    timed at n = 512 instead, so that it takes seconds, not hours."""
     probe = torch.randn(512, 512, device=device).to(dtype)
+    probe @ probe  # the first call pays for the library's start-up, not the dtype's speed
     sync(device)
     t0 = time.perf_counter()
     probe @ probe
     sync(device)
-    if 2 * 512**3 / (time.perf_counter() - t0) < 10e9:
+    if 2 * 512**3 / (time.perf_counter() - t0) < emulated_below:
         sizes = (512,)
     best, best_n = 0.0, sizes[0]
     for n in sizes:
