@@ -10,8 +10,9 @@ shows op by op (run it with and without --default-malloc).
 
 With --kernels it also times each of the model's convolutions alone in its three kernels (forward,
 backward to the input, backward to the weights: `aten.convolution_backward` with one output each),
-in fp32 and the model's layout (--nchw: without channels_last), and prints their GFLOP/s against
-the fp32 matmul peak measured in the same run: which kernels hold the training MFU down.
+in the step's precision (bf16 where autocast runs them in bf16) and the model's layout (--nchw: without
+channels_last), and prints their GFLOP/s against that precision's dense peak measured in the same run
+(`bench.speed.dense_peak`): which kernels hold the training MFU down.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     return min(times)
 
 
-def conv_kernels(model: torch.nn.Module, x: torch.Tensor, peak: float) -> tuple[float, float, float, float]:
-    """Print each distinct convolution of `model` (met on a forward pass of `x`) timed alone in fp32:
+def conv_kernels(
+    model: torch.nn.Module, x: torch.Tensor, peak: float, dtype: torch.dtype = torch.float32
+) -> tuple[float, float, float, float]:
+    """Print each distinct convolution of `model` (met on a forward pass of `x`) timed alone in `dtype`:
     forward, backward to the input, backward to the weights, GFLOP/s and % of `peak` FLOP/s, and
     the totals over every convolution of one training step; returns those totals: the forward
     FLOPs (each backward kernel does as many) and the seconds of the three kernels."""
@@ -73,9 +76,9 @@ def conv_kernels(model: torch.nn.Module, x: torch.Tensor, peak: float) -> tuple[
         f"{'convolution (input -> output, kernel)':48} {'count':>5} {'forward':>16} {'back, input':>16} {'back, weights':>16}"
     )
     for (i, o, wshape, stride, pad, transposed), count in seen.items():
-        xin = torch.randn(i).contiguous(memory_format=layout)
-        w = (torch.randn(wshape) * 0.1).contiguous(memory_format=layout)
-        g = torch.randn(o).contiguous(memory_format=layout)
+        xin = torch.randn(i).to(dtype).contiguous(memory_format=layout)
+        w = (torch.randn(wshape) * 0.1).to(dtype).contiguous(memory_format=layout)
+        g = torch.randn(o).to(dtype).contiguous(memory_format=layout)
         args = (list(stride), list(pad), [1, 1], transposed, [0, 0], 1)
         fwd = best_seconds(lambda: torch.ops.aten.convolution(xin, w, None, *args))
         bin_ = best_seconds(lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [True, False, False]))
@@ -89,7 +92,7 @@ def conv_kernels(model: torch.nn.Module, x: torch.Tensor, peak: float) -> tuple[
             totals[j] += count * t
     flop, fwd, bin_, bw = totals
     print(
-        f"every convolution of a step, GFLOP/s (% of the fp32 peak): forward {flop / fwd / 1e9:.1f} "
+        f"every convolution of a step, GFLOP/s (% of the {str(dtype)[6:]} peak): forward {flop / fwd / 1e9:.1f} "
         f"({flop / fwd / peak:.0%}), backward to the input {flop / bin_ / 1e9:.1f} ({flop / bin_ / peak:.0%}), "
         f"backward to the weights {flop / bw / 1e9:.1f} ({flop / bw / peak:.0%}); the three together "
         f"{3 * flop / (fwd + bin_ + bw) / 1e9:.1f} ({3 * flop / (fwd + bin_ + bw) / peak:.0%}), "
@@ -143,11 +146,12 @@ def main() -> None:
     )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
     if args.kernels:
-        from bench.speed import matmul_peak
+        from bench.speed import dense_peak
 
-        peak, n = matmul_peak(device, torch.float32)
-        print(f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (n = {n}), measured now")
-        conv_kernels(model, to_input(x_u8, norm, channels_last=not args.nchw), peak)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        peak, what = dense_peak(device, dtype)
+        print(f"{str(dtype)[6:]} dense peak {peak / 1e9:.0f} GFLOP/s ({what}), measured now")
+        conv_kernels(model, to_input(x_u8, norm, channels_last=not args.nchw), peak, dtype)
 
 
 if __name__ == "__main__":

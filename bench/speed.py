@@ -8,7 +8,8 @@ Prints, for one model on this machine:
     step, raw 0-255 fp32 NCHW), and their ratio;
   - batch assembly (gather + cast + normalise) as a share of a training step;
   - the device's own limit, measured in the same run: the best bf16 and fp32 FLOP/s of a large
-    matmul, and model FLOPs utilisation (FLOPs counted by torch's FlopCounterMode, not estimated)
+    matmul or 1x1 convolution (dense_peak), and model FLOPs utilisation (FLOPs counted by torch's
+    FlopCounterMode, not estimated)
     of training and of predict (forward only, batched windows), against the peak of the precision
     used and against the device's best peak, each over several repeats with their spread
     (median [min-max]);
@@ -30,9 +31,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -128,35 +131,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(
+def dense_peak(
     device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 4096), emulated_below: float = 10e9
-) -> tuple[float, int]:
-    """The best FLOP/s of an n x n matmul in `dtype` over `sizes` (the practical dense peak of this
-    device: the larger size is the faster on some CPUs, so taking the best keeps MFU from being
-    flattered), and the n that gave it. A dtype the device only emulates (a warm 512 matmul slower
-    than `emulated_below` FLOP/s: bf16 on a CPU without AVX512-BF16 or AMX runs at ~1 GFLOP/s) is
-    timed at n = 512 instead, so that it takes seconds, not hours."""
+) -> tuple[float, str]:
+    """The best FLOP/s of a dense product in `dtype` (the practical peak of this device) and what gave
+    it: an n x n matmul over `sizes` (BLAS: MKL on x86 CPUs, cuBLAS) and the same kind of product as a
+    1x1 convolution of 256 and 512 channels over 16 x 64 x 64 pixels (oneDNN on CPUs, cuDNN), the best of
+    all. Both libraries count because either can be the faster: MKL's fp32 matmul takes its AVX2 path on
+    AMD CPUs, at half the rate oneDNN's AVX-512 kernels reach there, and taking the best keeps MFU from
+    being flattered. A dtype the device only emulates (a warm 512 matmul slower than `emulated_below`
+    FLOP/s: bf16 on a CPU without AVX512-BF16 or AMX runs at ~1 GFLOP/s) is timed at n = 512 only,
+    so that it takes seconds, not hours."""
     probe = torch.randn(512, 512, device=device).to(dtype)
     probe @ probe  # the first call pays for the library's start-up, not the dtype's speed
     sync(device)
     t0 = time.perf_counter()
     probe @ probe
     sync(device)
-    if 2 * 512**3 / (time.perf_counter() - t0) < emulated_below:
-        sizes = (512,)
-    best, best_n = 0.0, sizes[0]
-    for n in sizes:
+    emulated = 2 * 512**3 / (time.perf_counter() - t0) < emulated_below
+    products: list[tuple[str, Callable[[], object], float]] = []
+    for n in (512,) if emulated else sizes:
         a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        products.append((f"{n}x{n} matmul", lambda a=a, b=b: a @ b, 2 * n**3))
+    for c in () if emulated else tuple(s // 8 for s in sizes):
+        x = torch.randn(16, c, 64, 64, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c, c, 1, 1, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+        products.append((f"{c}-channel 1x1 convolution", lambda x=x, w=w: F.conv2d(x, w), 2 * 16 * 64 * 64 * c * c))
+    best, best_what = 0.0, products[0][0]
+    for what, fn, flop in products:
         for _ in range(2):  # warm-up: kernel choice, thread pool, caches
-            a @ b
+            fn()
         for _ in range(5):
             sync(device)
             t0 = time.perf_counter()
-            a @ b
+            fn()
             sync(device)
-            rate = 2 * n**3 / (time.perf_counter() - t0)
-            best, best_n = max((best, best_n), (rate, n))
-    return best, best_n
+            best, best_what = max((best, best_what), (flop / (time.perf_counter() - t0), what))
+    return best, best_what
 
 
 def spread(values: list[float]) -> str:
@@ -242,13 +253,13 @@ def main() -> None:
         f"params, {len(tiles)} tiles per epoch; {train_flops / 1e9:.1f} GFLOP per training image (forward + backward), "
         f"{fwd_flops / 1e9:.1f} GFLOP per predicted image (counted)"
     )
-    timed = {dtype: matmul_peak(device, dtype) for dtype in (torch.bfloat16, torch.float32)}
+    timed = {dtype: dense_peak(device, dtype) for dtype in (torch.bfloat16, torch.float32)}
     peaks = {dtype: flops for dtype, (flops, _) in timed.items()}
     print(
         "device limit: "
         + ", ".join(
-            f"{flops / 1e9:.0f} GFLOP/s {'bf16' if dtype == torch.bfloat16 else 'fp32'} (best {n}x{n} matmul)"
-            for dtype, (flops, n) in timed.items()
+            f"{flops / 1e9:.0f} GFLOP/s {'bf16' if dtype == torch.bfloat16 else 'fp32'} (best: {what})"
+            for dtype, (flops, what) in timed.items()
         )
         + ", measured now"
     )

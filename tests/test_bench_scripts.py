@@ -13,15 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 speed = pytest.importorskip("bench.speed")
 
 
-def test_matmul_peak_is_the_best_size_measured() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_peak_is_the_best_product_measured(dtype: torch.dtype) -> None:
     # emulated_below 0: the sizes asked for whatever the load on the machine (the probe decides nothing)
-    rate, n = speed.matmul_peak(torch.device("cpu"), torch.float32, sizes=(64, 128), emulated_below=0.0)
-    assert n in (64, 128)
+    rate, what = speed.dense_peak(torch.device("cpu"), dtype, sizes=(64, 128), emulated_below=0.0)
+    assert what in ("64x64 matmul", "128x128 matmul", "8-channel 1x1 convolution", "16-channel 1x1 convolution")
     assert 1e6 < rate < 1e15  # FLOP/s: positive and finite
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_conv_kernels_count_the_flops_of_the_models_convolutions(channels_last: bool, capsys) -> None:
+@pytest.mark.parametrize(
+    "channels_last, dtype", [(True, torch.float32), (False, torch.float32), (True, torch.bfloat16)]
+)
+def test_conv_kernels_count_the_flops_of_the_models_convolutions(
+    channels_last: bool, dtype: torch.dtype, capsys
+) -> None:
     profile = pytest.importorskip("bench.profile_train")
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -34,7 +39,7 @@ def test_conv_kernels_count_the_flops_of_the_models_convolutions(channels_last: 
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
-    flop, *seconds = profile.conv_kernels(model, x, peak=1e9)
+    flop, *seconds = profile.conv_kernels(model, x, peak=1e9, dtype=dtype)
     assert flop == counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
     assert all(t > 0 for t in seconds)
     assert "backward to the weights" in capsys.readouterr().out

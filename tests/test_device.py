@@ -71,21 +71,25 @@ def test_a_bad_device_name_is_one_line(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "flags, amx",
+    "vendor, flags, fast",
     [
-        ("fpu avx2 avx512f avx512_bf16 avx512_vnni", False),  # bf16 dot products only: slower than fp32
-        ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True),
-        ("fpu avx2", False),
+        ("GenuineIntel", "fpu avx2 avx512f avx512_bf16 avx512_vnni", False),  # bf16 dot products on one port
+        ("GenuineIntel", "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True),
+        ("GenuineIntel", "fpu avx2", False),
+        ("AuthenticAMD", "fpu avx2 avx512f avx512_bf16 avx512_vnni", True),  # full-width bf16 dot products
+        ("AuthenticAMD", "fpu avx2 fma", False),
     ],
 )
-def test_cpu_bf16_needs_amx_matrix_units(tmp_path: Path, flags: str, amx: bool) -> None:
+def test_cpu_bf16_needs_matrix_units_or_full_width_dot_products(
+    tmp_path: Path, vendor: str, flags: str, fast: bool
+) -> None:
     info = tmp_path / "cpuinfo"
-    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    assert device.cpu_has_amx_bf16(info) is amx
+    info.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n")
+    assert device.cpu_has_fast_bf16(info) is fast
 
 
 def test_no_cpuinfo_means_fp32(tmp_path: Path) -> None:
-    assert device.cpu_has_amx_bf16(tmp_path / "absent") is False
+    assert device.cpu_has_fast_bf16(tmp_path / "absent") is False
 
 
 @pytest.mark.parametrize("precision, bf16", [("fp32", False), ("bf16", True)])
@@ -93,7 +97,7 @@ def test_an_explicit_precision_is_used_as_is(precision: str, bf16: bool) -> None
     assert device.use_bf16(precision, torch.device("cpu")) is bf16
 
 
-def test_auto_on_cpu_follows_the_matrix_units(monkeypatch) -> None:
-    for amx in (False, True):
-        monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda amx=amx: amx)
-        assert device.use_bf16("auto", torch.device("cpu")) is (amx and torch.backends.mkldnn.is_available())
+def test_auto_on_cpu_follows_the_bf16_speed(monkeypatch) -> None:
+    for fast in (False, True):
+        monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert device.use_bf16("auto", torch.device("cpu")) is (fast and torch.backends.mkldnn.is_available())
