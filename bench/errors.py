@@ -131,15 +131,12 @@ def main() -> None:
         train_scenes = [s for i, x in enumerate(folds) if i != f for s in x]
         kept = args.keep / q.kept_name(f"fold {f}", run.seed, args.recipe, args.sets) if args.keep else None
         p = q.kept_predictor(sample, run, (model_cfg, opt_cfg, train_cfg), train_scenes, folds[f], device, kept)
-        for scene in folds[f]:
-            rows = q.rows_of(sample, [scene])
-            scored = p.for_scene(list(images[rows]), p.adapt_bn)  # as `forestseg evaluate` scores a scene
-            for start in range(0, len(rows), 32):
-                chunk = rows[start : start + 32]
-                for r, z in zip(chunk, scored.windows_logits(np.stack([images[r] for r in chunk]))):
-                    preds[r] = z > p.cut
-                    per_tile[r] = anatomy(truths[r] > 0, preds[r])
-                    folds_of[r] = f
+
+        def keep(r: int, pred: np.ndarray, f: int = f) -> None:
+            preds[r], per_tile[r], folds_of[r] = pred, anatomy(truths[r] > 0, pred), f
+
+        # as `forestseg evaluate` scores each scene: the model adapted to it, whole tiles
+        q.score_rows([p], sample, q.rows_of(sample, folds[f]), on_tile=keep)
         print(f"fold {f} scored ({time.perf_counter() - t0:.0f} s)", flush=True)
     text = report(per_tile, sample, folds_of)
     print(text)

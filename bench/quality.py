@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -139,6 +140,7 @@ def score_rows(
     rows: np.ndarray,
     trade_off: dict | None = None,
     alone: list | None = None,
+    on_tile: Callable[[int, np.ndarray], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """[tp, fp, fn, tn] per scene of the sample's `rows` (whole tiles: one window each, as `forestseg
     predict` runs them), forest above the model file's threshold; with several model files (a seed
@@ -146,7 +148,8 @@ def score_rows(
     (the model file's, or set) scores each scene adapted to windows of that scene's tiles, as
     `forestseg evaluate` does. With a `trade_off` dict, also the counts over all rows at each forest
     probability cut of CUTS, added into it; with an `alone` list, each model's own counts per scene,
-    appended to it (from the same forward passes)."""
+    appended to it (from the same forward passes); with `on_tile`, each row and its (t, t) forest
+    call are passed to it."""
     images = np.load(sample.layout.images, mmap_mode="r")
     truths = np.load(sample.layout.masks, mmap_mode="r")
     first = predictors[0]
@@ -167,7 +170,10 @@ def score_rows(
             prob = first.probability(logits) if trade_off is not None else None
             for i, r in enumerate(chunk):
                 truth, scene = truths[r] > 0, sample.scene[r]
-                per_scene[scene] = per_scene.get(scene, 0) + _counts(logits[i] > first.cut, truth)
+                pred = logits[i] > first.cut
+                per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truth)
+                if on_tile is not None:
+                    on_tile(int(r), pred)
                 for own, member in zip(each_alone, each):
                     own[scene] = own.get(scene, 0) + _counts(member[i] > first.cut, truth)
                 for cut in CUTS if trade_off is not None else ():

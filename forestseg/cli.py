@@ -125,7 +125,7 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 def predict(args: argparse.Namespace) -> int:
     from .geo import RASTER_SUFFIXES, check_raster
 
-    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), tta=args.tta)
+    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
     area_error = _area_error(args.area_error)
     files = _inputs(args.inputs)
@@ -287,7 +287,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
 def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate as score
 
-    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), tta=args.tta)
+    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
     forest = _forest(args.forest)
     try:
@@ -362,6 +362,13 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     """How the model runs, the same for predict and evaluate (evaluate scores what predict makes)."""
     p.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring windows (default tile/4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where the device multiplies it faster than fp32, as training picks it (CUDA from "
+        "Ampere, CPUs with AMX or AMD's AVX512-BF16); fp32 for outputs that do not depend on the CPU",
+    )
     p.add_argument(
         "--tta",
         action="store_true",

@@ -81,7 +81,7 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: torch.device, precision: str = "auto", tta: bool = False) -> "Predictor":
         """A model, its input normalisation, tile size, threshold and pixel size from a model file written by
-        training; `precision` auto = bf16 where the device has it natively, else fp32 (as training);
+        training; `precision` auto = bf16 where it outruns fp32 on the device, else fp32 (as training);
         `tta` averages each window's outputs over its 8 flips/rotations."""
         state = read_model(path)
         try:

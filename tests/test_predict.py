@@ -348,6 +348,21 @@ def test_tta_windowed_prediction_equals_the_in_memory_one(checkpoint, scene) -> 
         assert np.array_equal(one, predictor.mask(tile))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cli_predict_runs_in_the_precision_asked_for(checkpoint, scene, tmp_path, monkeypatch, precision: str) -> None:
+    image = np.ascontiguousarray(scene[0][:100, :150])
+    Image.fromarray(image).save(tmp_path / "a.png")
+    loaded, load = [], Predictor.load
+    monkeypatch.setattr(Predictor, "load", lambda *a: loaded.append(load(*a)) or loaded[-1])
+    with pytest.raises(SystemExit) as done:
+        main(
+            ["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--precision", precision]
+        )
+    assert done.value.code == 0
+    assert [p.bf16 for p in loaded] == [precision == "bf16"]
+    assert np.array_equal(read_mask(tmp_path / "out/a_mask.png"), loaded[0].mask(image))
+
+
 def test_cli_predict_and_evaluate_with_tta(checkpoint, scene, tmp_path, capsys) -> None:
     image = np.ascontiguousarray(scene[0][:100, :150])
     Image.fromarray(image).save(tmp_path / "a.png")
