@@ -310,7 +310,13 @@ def evaluate(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         adapt_bn=opts.adapt_bn,
     )
-    result = {"checkpoint": str(args.checkpoint), "tta": args.tta, "adapt_bn": opts.adapt_bn, **result}
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "dtype": "bf16" if predictor.bf16 else "fp32",  # "precision" is a score here
+        "tta": args.tta,
+        "adapt_bn": opts.adapt_bn,
+        **result,
+    }
     kind = "scene" if "scenes" in result else "raster"
     what = (
         f"{result['tiles']} tiles of {result['scenes']} scenes" if kind == "scene" else f"{result['rasters']} rasters"

@@ -379,6 +379,7 @@ def test_cli_predict_and_evaluate_with_tta(checkpoint, scene, tmp_path, capsys) 
     assert "with test-time augmentation" in capsys.readouterr().out
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["tta"] is True and result["tiles"] == 8
+    assert result["dtype"] == ("bf16" if tta.bf16 else "fp32")  # what auto picked on this machine
     assert result["iou"] == round(evaluate(tta, data, log=lambda s: None)["iou"], 6)  # the TTA predictor's scores
     assert result["iou"] != round(evaluate(dataclasses.replace(tta, tta=False), data, log=lambda s: None)["iou"], 6)
 
