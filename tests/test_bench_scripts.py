@@ -21,6 +21,12 @@ def test_dense_peak_is_the_best_product_measured(dtype: torch.dtype) -> None:
     assert 1e6 < rate < 1e15  # FLOP/s: positive and finite
 
 
+def test_dense_peak_times_an_emulated_dtype_at_512_only() -> None:
+    # a threshold no device reaches: the probe calls the dtype emulated, so only a 512 matmul is timed
+    rate, what = speed.dense_peak(torch.device("cpu"), torch.float32, sizes=(64, 128), emulated_below=1e18)
+    assert what == "512x512 matmul" and rate > 0
+
+
 @pytest.mark.parametrize(
     "channels_last, dtype", [(True, torch.float32), (False, torch.float32), (True, torch.bfloat16)]
 )
