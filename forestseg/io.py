@@ -98,8 +98,14 @@ def write_figure(path: str | Path, fig: Any, dpi: int = 110) -> None:
 def write_torch(path: str | Path, obj: Any) -> None:
     import torch
 
+    def save(tmp: Path) -> None:
+        # Through a file object: torch then names the archive's folder "archive", not after the temp
+        # file's random name, so the same object gives the same bytes (and DVC the same hash).
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
     try:
-        write_with(path, lambda p: torch.save(obj, p))
+        write_with(path, save)
     except RuntimeError as e:  # torch's zip writer reports a full disk as "file write failed"
         if "write" not in str(e):
             raise

@@ -70,3 +70,13 @@ def test_torch_reports_a_full_disk_as_one_line(tmp_path: Path, monkeypatch) -> N
     with pytest.raises(ForestsegError, match=r"last\.pt: cannot write it: no space left on the device"):
         write_torch(tmp_path / "last.pt", {"a": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_object_is_written_as_the_same_bytes(tmp_path: Path) -> None:
+    import torch
+
+    obj = {"weights": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
+    write_torch(tmp_path / "a.pt", obj)
+    write_torch(tmp_path / "b.pt", obj)  # another temp file name: the bytes must not carry it
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.pt")["weights"]["w"], obj["weights"]["w"])
