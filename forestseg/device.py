@@ -102,8 +102,8 @@ def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         info = cpuinfo.read_text(encoding="utf-8")
     except OSError:
         return False
-    flags = set(info.split())
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and "AuthenticAMD" in flags)
+    words = set(info.split())  # the flags, and the vendor_id's value among them
+    return "amx_bf16" in words or ("avx512_bf16" in words and "AuthenticAMD" in words)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
