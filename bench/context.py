@@ -1,0 +1,183 @@
+"""Context across tile borders (README "Round 13"): does a model that sees a tile's neighbours score
+better on unseen scenes? The Kaggle tiles of a scene lie edge to edge on a 9x9 grid (`<scene>_sat_<rc>`:
+row r, column c; a tile's edge pixels match its neighbour's as closely as two columns of one tile), so
+each scene's tiles stitch into a mosaic; a missing tile is zero input and no loss. One training of the
+`cpu` recipe's model (UNet w16 d3 at half resolution, bce, Adam 1e-3, cosine with 1 warmup epoch, 15
+epochs, flips/rotations) per fold and arm:
+
+  tile    the tiles alone, 16 per step (as forestseg trains: the arm that checks this loop)
+  mosaic  random crops of --crop px from the training scenes' mosaics, each holding a tile drawn as
+          `tile` draws them, as many pixels per step as 16 tiles (4 crops of 512)
+  centre  each tile with (crop - 256) / 2 px of its scene around it, 16 per step, loss on the tile only
+
+Each model scores every test tile twice, as the recipe scores (batch-norm statistics a quarter of the
+way to the scene's, bf16): the tile alone (as `forestseg predict`), and cut from one forward pass over
+its whole scene's mosaic. A scratch loop, not forestseg's: its `tile` arm must match the recipe's CV.
+
+    python bench/context.py tile 256 0,1,2,3,4 0      # arm, crop, folds, seed
+    python bench/context.py mosaic 512 0,1,2,3,4 0
+    python bench/context.py centre 384 0,1,2,3,4 0
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import quality as q  # noqa: E402
+from forestseg.config import ModelConfig, OptimizerConfig  # noqa: E402
+from forestseg.evaluate import _counts  # noqa: E402
+from forestseg.loader import Normalizer, to_input  # noqa: E402
+from forestseg.metrics import scores  # noqa: E402
+from forestseg.model import adapt_batchnorm, build_model  # noqa: E402
+from forestseg.optim import Adam, lr_factor  # noqa: E402
+from forestseg.windows import scene_windows  # noqa: E402
+
+EPOCHS, T, BATCH, MIX = 15, 256, 16, 0.25  # the cpu recipe's epochs, tile, batch and adapt_bn
+
+
+def mosaic(s: str, margin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, tuple[int, int]]]:
+    """Scene `s` stitched: image (H, W, 3), mask and has-a-tile (H, W) uint8, each row's top-left;
+    `margin` px of nothing around it."""
+    rows = np.flatnonzero(SAMPLE.scene == s)
+    r0, r1, c0, c1 = R[rows].min(), R[rows].max() + 1, C[rows].min(), C[rows].max() + 1
+    H, W = (r1 - r0) * T + 2 * margin, (c1 - c0) * T + 2 * margin
+    im, ms, va = np.zeros((H, W, 3), np.uint8), np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    pos = {}
+    for r in rows:
+        y, x = (R[r] - r0) * T + margin, (C[r] - c0) * T + margin
+        im[y : y + T, x : x + T], ms[y : y + T, x : x + T], va[y : y + T, x : x + T] = IMAGES[r], TRUTHS[r] > 0, 1
+        pos[r] = (y, x)
+    return im, ms, va, pos
+
+
+def model_input(u8: torch.Tensor, valid: torch.Tensor, norm: Normalizer) -> torch.Tensor:
+    """(B, H, W, 3) uint8 and (B, H, W) has-a-tile -> normalised input, 0 where there is no tile."""
+    x = to_input(u8, norm)
+    return x * valid[:, None].to(x.dtype)
+
+
+def flip_rotate(parts: list[torch.Tensor], g: torch.Generator) -> list[torch.Tensor]:
+    """One of the 8 flips/rotations, the same for every (H, W, ...) part."""
+    k = int(torch.randint(0, 8, (), generator=g))
+    return [torch.rot90(t.flip(1) if k >= 4 else t, k % 4, (0, 1)) for t in parts]
+
+
+def batch(arm: str, pick: np.ndarray, mos: dict, crop: int, g: torch.Generator) -> tuple:
+    """uint8 images, float masks, loss weights and has-a-tile maps of one step."""
+    xs, ys, ws, vs = [], [], [], []
+    for r in pick:
+        if arm == "tile":
+            mask = torch.from_numpy((TRUTHS[r] > 0).astype(np.uint8))
+            a, b = flip_rotate([torch.from_numpy(IMAGES[r].copy()), mask], g)
+            c = torch.ones(T, T, dtype=torch.uint8)
+            parts = [a, b, c, c]
+        else:
+            im, ms, va, pos = mos[SAMPLE.scene[r]]
+            margin = crop - T
+            if arm == "mosaic":  # anywhere that keeps tile r inside the crop
+                dy, dx = (int(v) for v in torch.randint(0, margin + 1, (2,), generator=g))
+                weight = None
+            else:  # centre: tile r in the middle, the loss on it alone
+                dy = dx = margin // 2
+                weight = np.zeros((crop, crop), np.uint8)
+                weight[dy : dy + T, dx : dx + T] = 1
+            y, x = pos[r][0] - dy, pos[r][1] - dx
+            has = va[y : y + crop, x : x + crop].copy()
+            parts = [im[y : y + crop, x : x + crop].copy(), ms[y : y + crop, x : x + crop].copy(), has]
+            parts = [torch.from_numpy(p) for p in parts + [has if weight is None else weight]]
+            parts = flip_rotate(parts, g)
+            parts = [parts[0], parts[1], parts[3], parts[2]]
+        xs.append(parts[0]), ys.append(parts[1]), ws.append(parts[2]), vs.append(parts[3])
+    return torch.stack(xs), torch.stack(ys).float(), torch.stack(ws).float(), torch.stack(vs)
+
+
+def run_fold(arm: str, crop: int, f: int, seed: int, folds: list[list[str]]) -> dict:
+    train_scenes = [s for i, x in enumerate(folds) if i != f for s in x]
+    rows = q.rows_of(SAMPLE, train_scenes)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    norm = Normalizer.fit(torch.from_numpy(IMAGES[np.sort(rows)]))
+    model = build_model(ModelConfig(arch="unet_half", width=16, depth=3)).to(memory_format=torch.channels_last)
+    ocfg = OptimizerConfig(lr=1e-3, schedule="cosine", warmup_epochs=1)
+    opt = Adam(model.parameters(), 1e-3)
+    mos = {s: mosaic(s, crop - T) for s in train_scenes} if arm != "tile" else {}
+    per = BATCH * T * T // (crop * crop) if arm == "mosaic" else BATCH
+    steps = math.ceil(len(rows) / BATCH)  # as many steps as the tile arm: the same pixels per epoch
+    t0 = time.perf_counter()
+    for epoch in range(EPOCHS):
+        opt.lr = 1e-3 * lr_factor(epoch, ocfg, EPOCHS)
+        model.train()
+        order = rows[torch.randperm(len(rows), generator=g).numpy()]
+        for step in range(steps):
+            pick = order[step * per : (step + 1) * per] if step * per < len(order) else order[:per]
+            u8, y, w, has = batch(arm, pick, mos, crop, g)
+            x = model_input(u8, has, norm).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+            loss = F.binary_cross_entropy_with_logits(out.float(), y, weight=w, reduction="sum") / w.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    minutes = (time.perf_counter() - t0) / 60
+    counts = {"tile": 0, "mosaic": 0}
+    model.eval()
+    for s in folds[f]:
+        rows = np.flatnonzero(SAMPLE.scene == s)
+        adapted = adapt_batchnorm(model, to_input(torch.from_numpy(scene_windows(list(IMAGES[rows]), T)), norm), MIX)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            alone = torch.cat(
+                [
+                    adapted(to_input(torch.from_numpy(IMAGES[rows[i : i + 32]].copy()), norm)).float()
+                    for i in range(0, len(rows), 32)
+                ]
+            ).numpy()
+            im, _, va, pos = mosaic(s, 0)
+            pad = ((0, -im.shape[0] % 16), (0, -im.shape[1] % 16))  # unet_half d3: sides divisible by 16
+            im, va = np.pad(im, pad + ((0, 0),)), np.pad(va, pad)
+            x = model_input(torch.from_numpy(im)[None], torch.from_numpy(va)[None], norm)
+            whole = adapted(x.contiguous(memory_format=torch.channels_last)).float()[0].numpy()
+        for i, r in enumerate(rows):
+            truth, (y0, x0) = TRUTHS[r] > 0, pos[r]
+            counts["tile"] = counts["tile"] + _counts(alone[i] > 0, truth)
+            counts["mosaic"] = counts["mosaic"] + _counts(whole[y0 : y0 + T, x0 : x0 + T] > 0, truth)
+    out = {k: scores(v) for k, v in counts.items()}
+    print(
+        f"{arm} crop {crop} seed {seed} fold {f}: trained {minutes:.1f} min; scored alone: forest IoU "
+        f"{out['tile']['iou']:.4f} mIoU {out['tile']['miou']:.4f}; in its mosaic: forest IoU "
+        f"{out['mosaic']['iou']:.4f} mIoU {out['mosaic']['miou']:.4f}",
+        flush=True,
+    )
+    return out
+
+
+def main() -> None:
+    arm, crop, only, seed = sys.argv[1], int(sys.argv[2]), [int(f) for f in sys.argv[3].split(",")], int(sys.argv[4])
+    if arm not in ("tile", "mosaic", "centre") or (arm == "tile") != (crop == T):
+        sys.exit(f"usage: {__doc__.splitlines()[-3].strip()} (arm tile, mosaic or centre; crop 256 for tile only)")
+    torch.set_num_threads(2)
+    folds = q.folds(SAMPLE, 5)
+    outs = [run_fold(arm, crop, f, seed, folds) for f in only]
+    for k, how in (("tile", "alone"), ("mosaic", "in its mosaic")):
+        iou, miou = (np.mean([o[k][m] for o in outs]) for m in ("iou", "miou"))
+        print(
+            f"mean over folds {only}, {arm} crop {crop} seed {seed}, scored {how}: forest IoU {iou:.4f} mIoU {miou:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    SAMPLE = q.load_sample()
+    IMAGES = np.load(SAMPLE.layout.images, mmap_mode="r")
+    TRUTHS = np.load(SAMPLE.layout.masks, mmap_mode="r")
+    _rc = pd.read_csv(SAMPLE.layout.index_csv, dtype={"scene": str})["image"].str.extract(r"_sat_(\d)(\d)\.")
+    R, C = _rc[0].astype(int).to_numpy(), _rc[1].astype(int).to_numpy()  # each row's place on its scene's grid
+    main()
