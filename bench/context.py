@@ -161,9 +161,18 @@ def run_fold(arm: str, crop: int, f: int, seed: int, folds: list[list[str]]) -> 
 
 
 def main() -> None:
-    arm, crop, only, seed = sys.argv[1], int(sys.argv[2]), [int(f) for f in sys.argv[3].split(",")], int(sys.argv[4])
-    if arm not in ("tile", "mosaic", "centre") or (arm == "tile") != (crop == T):
-        sys.exit(f"usage: {__doc__.splitlines()[-3].strip()} (arm tile, mosaic or centre; crop 256 for tile only)")
+    usage = f"usage: {__doc__.splitlines()[-3].strip()} (arm tile, mosaic or centre; crop 256 for tile only)"
+    try:
+        arm, crop, only, seed = (
+            sys.argv[1],
+            int(sys.argv[2]),
+            [int(f) for f in sys.argv[3].split(",")],
+            int(sys.argv[4]),
+        )
+    except (IndexError, ValueError):
+        sys.exit(usage)
+    if len(sys.argv) != 5 or arm not in ("tile", "mosaic", "centre") or (arm == "tile") != (crop == T):
+        sys.exit(usage)
     torch.set_num_threads(2)
     folds = q.folds(SAMPLE, 5)
     outs = [run_fold(arm, crop, f, seed, folds) for f in only]
