@@ -17,6 +17,7 @@ its whole scene's mosaic. A scratch loop, not forestseg's: its `tile` arm must m
     python bench/context.py tile 256 0,1,2,3,4 0      # arm, crop, folds, seed
     python bench/context.py mosaic 512 0,1,2,3,4 0
     python bench/context.py centre 384 0,1,2,3,4 0
+    python bench/context.py kept DIR                  # score the recipe's fold models kept by bench/errors.py --keep DIR
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from forestseg.loader import Normalizer, to_input  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
 from forestseg.model import adapt_batchnorm, build_model  # noqa: E402
 from forestseg.optim import Adam, lr_factor  # noqa: E402
+from forestseg.predict import Predictor  # noqa: E402
 from forestseg.windows import scene_windows  # noqa: E402
 
 EPOCHS, T, BATCH, MIX = 15, 256, 16, 0.25  # the cpu recipe's epochs, tile, batch and adapt_bn
@@ -129,11 +131,19 @@ def run_fold(arm: str, crop: int, f: int, seed: int, folds: list[list[str]]) -> 
             loss.backward()
             opt.step()
     minutes = (time.perf_counter() - t0) / 60
-    counts = {"tile": 0, "mosaic": 0}
-    model.eval()
-    for s in folds[f]:
+    out = score(model.eval(), norm, folds[f])
+    print(f"{arm} crop {crop} seed {seed} fold {f}: trained {minutes:.1f} min; {line(out)}", flush=True)
+    return out
+
+
+def score(model: torch.nn.Module, norm: Normalizer, scenes: list[str], mix: float = MIX) -> dict:
+    """Scores of `scenes`' tiles, each scene with batch-norm statistics `mix` of the way to its own:
+    each tile alone, and cut from one pass over its scene's mosaic; the same for the tiles whose 8
+    neighbours all exist (no hole within a tile of them)."""
+    counts = {"tile": 0, "mosaic": 0, "tile inner": 0, "mosaic inner": 0}
+    for s in scenes:
         rows = np.flatnonzero(SAMPLE.scene == s)
-        adapted = adapt_batchnorm(model, to_input(torch.from_numpy(scene_windows(list(IMAGES[rows]), T)), norm), MIX)
+        adapted = adapt_batchnorm(model, to_input(torch.from_numpy(scene_windows(list(IMAGES[rows]), T)), norm), mix)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             alone = torch.cat(
                 [
@@ -146,22 +156,50 @@ def run_fold(arm: str, crop: int, f: int, seed: int, folds: list[list[str]]) -> 
             im, va = np.pad(im, pad + ((0, 0),)), np.pad(va, pad)
             x = model_input(torch.from_numpy(im)[None], torch.from_numpy(va)[None], norm)
             whole = adapted(x.contiguous(memory_format=torch.channels_last)).float()[0].numpy()
+        have = {(R[r], C[r]) for r in rows}
         for i, r in enumerate(rows):
             truth, (y0, x0) = TRUTHS[r] > 0, pos[r]
-            counts["tile"] = counts["tile"] + _counts(alone[i] > 0, truth)
-            counts["mosaic"] = counts["mosaic"] + _counts(whole[y0 : y0 + T, x0 : x0 + T] > 0, truth)
-    out = {k: scores(v) for k, v in counts.items()}
-    print(
-        f"{arm} crop {crop} seed {seed} fold {f}: trained {minutes:.1f} min; scored alone: forest IoU "
-        f"{out['tile']['iou']:.4f} mIoU {out['tile']['miou']:.4f}; in its mosaic: forest IoU "
-        f"{out['mosaic']['iou']:.4f} mIoU {out['mosaic']['miou']:.4f}",
-        flush=True,
-    )
-    return out
+            inner = all((R[r] + dr, C[r] + dc) in have for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+            for key, logits in (("tile", alone[i]), ("mosaic", whole[y0 : y0 + T, x0 : x0 + T])):
+                c = _counts(logits > 0, truth)
+                counts[key] = counts[key] + c
+                if inner:
+                    counts[f"{key} inner"] = counts[f"{key} inner"] + c
+    return {k: scores(v) if not isinstance(v, int) else None for k, v in counts.items()}
+
+
+HOW = {"tile": "alone", "mosaic": "in its mosaic"}
+
+
+def line(out: dict) -> str:
+    """One fold's scores: alone and in the mosaic, over all tiles and over those with all 8 neighbours."""
+    parts = []
+    for key, how in HOW.items():
+        inner = out[f"{key} inner"]
+        parts.append(
+            f"scored {how}: forest IoU {out[key]['iou']:.4f} mIoU {out[key]['miou']:.4f}"
+            + (f" (with 8 neighbours: {inner['iou']:.4f} / {inner['miou']:.4f})" if inner else "")
+        )
+    return "; ".join(parts)
 
 
 def main() -> None:
-    usage = f"usage: {__doc__.splitlines()[-3].strip()} (arm tile, mosaic or centre; crop 256 for tile only)"
+    usage = f"usage: {__doc__.splitlines()[-4].strip()} (arm tile, mosaic or centre; crop 256 for tile only)"
+    torch.set_num_threads(2)
+    folds = q.folds(SAMPLE, 5)
+    if sys.argv[1:2] == ["kept"] and len(sys.argv) == 3:  # the recipe's fold models that bench/errors.py kept
+        outs = []
+        for f in range(5):
+            kept = Path(sys.argv[2]) / q.kept_name(f"fold {f}", 0, "cpu", [])
+            if not kept.is_file():
+                sys.exit(
+                    f"{kept}: no such model file; `python bench/errors.py --keep {sys.argv[2]}` trains and keeps them"
+                )
+            p = Predictor.load(kept, torch.device("cpu"), "bf16")
+            outs.append(score(p.model, p.norm, folds[f], p.adapt_bn))
+            print(f"{kept.name} fold {f}: {line(outs[-1])}", flush=True)
+        summary(outs, f"the kept models of {sys.argv[2]}")
+        return
     try:
         arm, crop, only, seed = (
             sys.argv[1],
@@ -173,14 +211,16 @@ def main() -> None:
         sys.exit(usage)
     if len(sys.argv) != 5 or arm not in ("tile", "mosaic", "centre") or (arm == "tile") != (crop == T):
         sys.exit(usage)
-    torch.set_num_threads(2)
-    folds = q.folds(SAMPLE, 5)
     outs = [run_fold(arm, crop, f, seed, folds) for f in only]
-    for k, how in (("tile", "alone"), ("mosaic", "in its mosaic")):
-        iou, miou = (np.mean([o[k][m] for o in outs]) for m in ("iou", "miou"))
-        print(
-            f"mean over folds {only}, {arm} crop {crop} seed {seed}, scored {how}: forest IoU {iou:.4f} mIoU {miou:.4f}"
-        )
+    summary(outs, f"folds {only}, {arm} crop {crop} seed {seed}")
+
+
+def summary(outs: list[dict], what: str) -> None:
+    for key, how in HOW.items():
+        for k, which in ((key, "all tiles"), (f"{key} inner", "tiles with 8 neighbours")):
+            if all(o[k] for o in outs):
+                iou, miou = (np.mean([o[k][m] for o in outs]) for m in ("iou", "miou"))
+                print(f"mean over {what}, scored {how}, {which}: forest IoU {iou:.4f} mIoU {miou:.4f}")
 
 
 if __name__ == "__main__":
