@@ -1,20 +1,23 @@
 """Context across tile borders (README "Round 13"): does a model that sees a tile's neighbours score
 better on unseen scenes? The Kaggle tiles of a scene lie edge to edge on a 9x9 grid (`<scene>_sat_<rc>`:
 row r, column c; a tile's edge pixels match its neighbour's as closely as two columns of one tile), so
-each scene's tiles stitch into a mosaic; a missing tile is zero input and no loss. One training of the
+each scene's tiles stitch into a mosaic; where a tile is missing, the input is 0 (the training mean
+colour once normalised) and there is no loss. One training of the
 `cpu` recipe's model (UNet w16 d3 at half resolution, bce, Adam 1e-3, cosine with 1 warmup epoch, 15
 epochs, flips/rotations) per fold and arm:
 
   tile    the tiles alone, 16 per step (as forestseg trains: the arm that checks this loop)
-  mosaic  random crops of --crop px from the training scenes' mosaics, each holding a tile drawn as
+  mosaic  random crops of CROP px from the training scenes' mosaics, each holding a tile drawn as
           `tile` draws them, as many pixels per step as 16 tiles (4 crops of 512)
   centre  each tile with (crop - 256) / 2 px of its scene around it, 16 per step, loss on the tile only
 
 Each model scores every test tile twice, as the recipe scores (batch-norm statistics a quarter of the
 way to the scene's, bf16): the tile alone (as `forestseg predict`), and cut from one forward pass over
-its whole scene's mosaic. A scratch loop, not forestseg's: its `tile` arm must match the recipe's CV.
+its whole scene's mosaic; both also over the tiles whose 8 neighbours all exist (no hole within a
+tile of them). `kept` scores the recipe's own fold models that way. A scratch loop, not forestseg's:
+its `tile` arm must match the recipe's CV.
 
-    python bench/context.py tile 256 0,1,2,3,4 0      # arm, crop, folds, seed
+    python bench/context.py tile 256 0,1,2,3,4 0      # ARM CROP FOLDS SEED
     python bench/context.py mosaic 512 0,1,2,3,4 0
     python bench/context.py centre 384 0,1,2,3,4 0
     python bench/context.py kept DIR                  # score the recipe's fold models kept by bench/errors.py --keep DIR
@@ -184,7 +187,10 @@ def line(out: dict) -> str:
 
 
 def main() -> None:
-    usage = f"usage: {__doc__.splitlines()[-4].strip()} (arm tile, mosaic or centre; crop 256 for tile only)"
+    usage = (
+        f"usage: {__doc__.splitlines()[-4].strip()} (ARM tile, mosaic or centre; CROP 256 for tile only),"
+        " or: python bench/context.py kept DIR"
+    )
     torch.set_num_threads(2)
     folds = q.folds(SAMPLE, 5)
     if sys.argv[1:2] == ["kept"] and len(sys.argv) == 3:  # the recipe's fold models that bench/errors.py kept
