@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import quality as q  # noqa: E402
 from forestseg.config import ModelConfig, OptimizerConfig  # noqa: E402
+from forestseg.dataset import NAME  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
 from forestseg.loader import Normalizer, to_input  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
@@ -83,9 +84,9 @@ def batch(arm: str, pick: np.ndarray, mos: dict, crop: int, g: torch.Generator) 
     for r in pick:
         if arm == "tile":
             mask = torch.from_numpy((TRUTHS[r] > 0).astype(np.uint8))
-            a, b = flip_rotate([torch.from_numpy(IMAGES[r].copy()), mask], g)
-            c = torch.ones(T, T, dtype=torch.uint8)
-            parts = [a, b, c, c]
+            image, mask = flip_rotate([torch.from_numpy(IMAGES[r].copy()), mask], g)
+            whole = torch.ones(T, T, dtype=torch.uint8)
+            parts = [image, mask, whole, whole]
         else:
             im, ms, va, pos = mos[SAMPLE.scene[r]]
             margin = crop - T
@@ -98,10 +99,8 @@ def batch(arm: str, pick: np.ndarray, mos: dict, crop: int, g: torch.Generator) 
                 weight[dy : dy + T, dx : dx + T] = 1
             y, x = pos[r][0] - dy, pos[r][1] - dx
             has = va[y : y + crop, x : x + crop].copy()
-            parts = [im[y : y + crop, x : x + crop].copy(), ms[y : y + crop, x : x + crop].copy(), has]
-            parts = [torch.from_numpy(p) for p in parts + [has if weight is None else weight]]
-            parts = flip_rotate(parts, g)
-            parts = [parts[0], parts[1], parts[3], parts[2]]
+            parts = [im[y : y + crop, x : x + crop].copy(), ms[y : y + crop, x : x + crop].copy()]
+            parts = flip_rotate([torch.from_numpy(p) for p in parts + [has if weight is None else weight, has]], g)
         xs.append(parts[0]), ys.append(parts[1]), ws.append(parts[2]), vs.append(parts[3])
     return torch.stack(xs), torch.stack(ys).float(), torch.stack(ws).float(), torch.stack(vs)
 
@@ -124,7 +123,7 @@ def run_fold(arm: str, crop: int, f: int, seed: int, folds: list[list[str]]) -> 
         model.train()
         order = rows[torch.randperm(len(rows), generator=g).numpy()]
         for step in range(steps):
-            pick = order[step * per : (step + 1) * per] if step * per < len(order) else order[:per]
+            pick = order[step * per : (step + 1) * per]  # per <= BATCH: no step runs past the tiles
             u8, y, w, has = batch(arm, pick, mos, crop, g)
             x = model_input(u8, has, norm).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -233,6 +232,6 @@ if __name__ == "__main__":
     SAMPLE = q.load_sample()
     IMAGES = np.load(SAMPLE.layout.images, mmap_mode="r")
     TRUTHS = np.load(SAMPLE.layout.masks, mmap_mode="r")
-    _rc = pd.read_csv(SAMPLE.layout.index_csv, dtype={"scene": str})["image"].str.extract(r"_sat_(\d)(\d)\.")
-    R, C = _rc[0].astype(int).to_numpy(), _rc[1].astype(int).to_numpy()  # each row's place on its scene's grid
+    _rc = [NAME.match(name)["rc"] for name in pd.read_csv(SAMPLE.layout.index_csv)["image"]]
+    R, C = np.array([int(rc[0]) for rc in _rc]), np.array([int(rc[1]) for rc in _rc])  # place on the scene's grid
     main()
