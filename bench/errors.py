@@ -132,7 +132,8 @@ def main() -> None:
         kept = args.keep / q.kept_name(f"fold {f}", run.seed, args.recipe, args.sets) if args.keep else None
         p = q.kept_predictor(sample, run, (model_cfg, opt_cfg, train_cfg), train_scenes, folds[f], device, kept)
 
-        def keep(r: int, pred: np.ndarray, f: int = f) -> None:
+        def keep(r: int, logits: np.ndarray, f: int = f, cut: float = p.cut) -> None:
+            pred = logits > cut
             preds[r], per_tile[r], folds_of[r] = pred, anatomy(truths[r] > 0, pred), f
 
         # as `forestseg evaluate` scores each scene: the model adapted to it, whole tiles

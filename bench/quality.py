@@ -148,8 +148,8 @@ def score_rows(
     (the model file's, or set) scores each scene adapted to windows of that scene's tiles, as
     `forestseg evaluate` does. With a `trade_off` dict, also the counts over all rows at each forest
     probability cut of CUTS, added into it; with an `alone` list, each model's own counts per scene,
-    appended to it (from the same forward passes); with `on_tile`, each row and its (t, t) forest
-    call are passed to it."""
+    appended to it (from the same forward passes); with `on_tile`, each row and its (t, t) logits
+    (the models' mean, forest above the model file's threshold) are passed to it."""
     images = np.load(sample.layout.images, mmap_mode="r")
     truths = np.load(sample.layout.masks, mmap_mode="r")
     first = predictors[0]
@@ -173,7 +173,7 @@ def score_rows(
                 pred = logits[i] > first.cut
                 per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truth)
                 if on_tile is not None:
-                    on_tile(int(r), pred)
+                    on_tile(int(r), logits[i])
                 for own, member in zip(each_alone, each):
                     own[scene] = own.get(scene, 0) + _counts(member[i] > first.cut, truth)
                 for cut in CUTS if trade_off is not None else ():

@@ -139,9 +139,9 @@ def test_a_predictor_with_adapt_bn_scores_each_scene_adapted_to_its_own_tiles(tm
         logits = plain.adapted(images[rows], 0.5).windows_logits(images[rows])  # one window per 32-px tile
         expected[s] = sum(_counts(logits[i] > 0, masks[r] > 0) for i, r in enumerate(rows)).tolist()
     calls: dict[int, np.ndarray] = {}
-    got = quality.score_rows([mixed], sample, np.arange(5), on_tile=lambda r, pred: calls.setdefault(r, pred))
+    got = quality.score_rows([mixed], sample, np.arange(5), on_tile=lambda r, logits: calls.setdefault(r, logits > 0))
     assert {s: c.tolist() for s, c in got.items()} == expected
-    assert sorted(calls) == [0, 1, 2, 3, 4]  # every row's forest call, once, as counted (bench/errors.py)
+    assert sorted(calls) == [0, 1, 2, 3, 4]  # every row's logits, once, as counted (bench/errors.py)
     for s in "ab":
         assert sum(_counts(calls[r], masks[r] > 0) for r in np.flatnonzero(scene == s)).tolist() == expected[s]
     alone = quality.score_rows([mixed], sample, np.arange(2, 5))  # rows of one scene: adapted all the same

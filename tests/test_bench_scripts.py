@@ -100,3 +100,26 @@ def test_error_bands_are_the_pixels_within_d_px_of_the_mask_edge() -> None:
     tp, fp, fn, tn = counts[:4]
     assert (tp, fp, fn, tn) == (15 * 13, 15 * 2, 15 * 2, 40 * 40 - 15 * 17)
     assert counts[4:6].tolist() == [fp, fn]  # within 4 px: all of them
+
+
+def test_post_processing_calls_blur_sieve_and_snap_as_documented() -> None:
+    post = pytest.importorskip("bench.postprocess")
+    import numpy as np
+
+    logits = np.full((3, 64, 64), -2.0, np.float32)
+    logits[0, 10:40, 10:40] = 2.0  # a 900 px forest block
+    logits[0, 50, 50] = 2.0  # a 1 px speck: below any sieve size
+    logits[1] = 2.0
+    logits[1, 20:23, 20:23] = -2.0  # a 9 px clearing in forest
+    logits[2, :, :4] = 2.0  # forest on 1/16 of the tile
+    plain = post.CALLS["plain"](logits, 0.0)
+    assert plain.sum() == 900 + 1 + (64 * 64 - 9) + 64 * 4
+    sieved = post.sieved(16)(logits, 0.0)
+    assert not sieved[0, 50, 50] and sieved[0, 10:40, 10:40].all() and sieved[1].all()  # both classes sieved
+    assert (sieved[2] == plain[2]).all()  # 256 px: kept
+    assert (post.sieved(1024)(logits, 0.0)[0] == 0).all()  # 901 px of forest in all: under 1024, merged away
+    snap = post.snapped(0.1, 0.9)(logits, 0.0)
+    assert snap[1].all() and not snap[2].any() and (snap[0] == plain[0]).all()  # 22 % forest: left as called
+    blur = post.blurred(2.0)(logits, 0.0)
+    assert not blur[0, 50, 50] and blur[0, 25, 25] and blur[1, 21, 21]  # a speck and a 3 px clearing smoothed over
+    assert (post.blurred(0.5)(np.zeros((1, 8, 8), np.float32) + 1.0, 0.0)).all()  # flat logits stay flat
