@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .config import ConfigError, DataConfig, ForestsegError
 from .device import keep_freed_memory, pick_device
-from .io import read_json, write_csv, write_json, write_with
+from .io import read_json, remove_stale_temps, write_csv, write_json, write_with
 from .predict import BLOCK, Predictor, overlay, read_rgb
 from .windows import sample_of
 
@@ -95,8 +95,8 @@ def _map_options(args: argparse.Namespace, predictor: Predictor):
         raise ForestsegError(f"--block {args.block}: must be a positive number of pixels")
     if args.reproject:
         parse_crs(args.reproject)
-    if getattr(args, "min_area_m2", 0) < 0:
-        raise ForestsegError(f"--min-area-m2 {args.min_area_m2}: must be >= 0")
+    if not 0 <= getattr(args, "min_area_m2", 0) < math.inf:  # nan too
+        raise ForestsegError(f"--min-area-m2 {args.min_area_m2}: must be a finite number >= 0")
     adapt_bn = predictor.adapt_bn if args.adapt_bn is None else args.adapt_bn  # default: the model file's
     if not 0 <= adapt_bn <= 1:
         what = f"--adapt-bn {adapt_bn}" if args.adapt_bn is not None else f"the model file's adapt_bn {adapt_bn}"
@@ -153,6 +153,9 @@ def predict(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ForestsegError(f"-o {args.out}: cannot create the folder ({e.strerror or e})") from None
+    stale = remove_stale_temps(args.out)
+    if stale:
+        print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {args.out}")
     if rasters:
         _pixel_note(args.checkpoint, predictor)
         for note in (n for r in rasters for n in r.notes):
@@ -298,6 +301,8 @@ def evaluate(args: argparse.Namespace) -> int:
         ) from None
     if not args.data.is_dir():
         raise ForestsegError(f"{args.data}: no such folder")
+    if args.output is not None:  # checked before the scoring, which may take long, not after
+        _check_output_file(args.output)
     _pixel_note(args.checkpoint, predictor)
     result = score(
         predictor,
@@ -343,6 +348,15 @@ def evaluate(args: argparse.Namespace) -> int:
         write_json(args.output, result)
         print(f"evaluate: wrote {args.output} (pass it to `forestseg predict --area-error`)")
     return 0
+
+
+def _check_output_file(path: Path) -> None:
+    """-o must be a file path that can be written: not a folder, and no file where a folder should be."""
+    if path.is_dir():
+        raise ForestsegError(f"-o {path}: is a folder; give a file name, e.g. {path / 'eval.json'}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ForestsegError(f"-o {path}: {blocking} is a file, not a folder; choose another path")
 
 
 def _forest(text: str | None) -> tuple:

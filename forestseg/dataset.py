@@ -130,12 +130,20 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     return frame[["image", "mask"]], notes
 
 
+def _in_dvc_cache(path: Path) -> bool:
+    """Whether `path` is a DVC cache object (<cache>/files/md5/ab/<30 hex>; DVC 2: <cache>/ab/<30 hex>),
+    where `dvc add` with cache.type symlink links a tracked folder's files: content-addressed, read-only."""
+    digest = path.parent.name + path.name
+    return len(path.parent.name) == 2 and len(digest) == 32 and all(c in "0123456789abcdef" for c in digest)
+
+
 def _read(root: Path, folder: str, name: str) -> Picture:
-    """Decode root/folder/name, which must stay inside root (no symlink out of data.source)."""
+    """Decode root/folder/name, which must stay inside root (no symlink out of data.source, but into
+    the DVC cache that DVC links tracked data to)."""
     path = root / folder / name
     try:
         real = path.resolve()
-        if not real.is_relative_to(root.resolve()):
+        if not real.is_relative_to(root.resolve()) and not _in_dvc_cache(real):
             raise BadPair(f"{folder}/{name} links outside data.source ({real})")
         return decode(path.read_bytes())
     except FileNotFoundError:
@@ -241,7 +249,7 @@ def build_index(
         else []
     )
     if not rows:
-        reasons = collections.Counter(s["reason"] for s in skipped).most_common(2)
+        reasons = _reasons(skipped).most_common(2)
         raise DataError(
             f"{root}/meta_data.csv lists no usable pair ({len(meta)} rows"
             + (f"; most common reasons: {reasons}" if reasons else "")
@@ -288,7 +296,7 @@ def build_index(
                         }
                     )
             if not kept and not misfits:
-                reasons = collections.Counter(s["reason"] for s in skipped).most_common(3)
+                reasons = _reasons(skipped).most_common(3)
                 raise DataError(
                     f"{root}: 0 valid pairs out of {len(meta)} rows (most common reasons: {reasons}). {GET_DATA}"
                 )
@@ -311,11 +319,23 @@ def build_index(
         "forest_fraction": round(float(index["forest_pixels"].sum() / index["pixels"].sum()), 6),
         "unlisted_images": len(unlisted),
         "notes": notes,
-        "skipped_by_reason": dict(collections.Counter(s["reason"].split(" (")[0].split(":")[0] for s in skipped)),
+        "skipped_by_reason": dict(_reasons(skipped)),
         "skipped_pairs": skipped,
         "unlisted_image_names": unlisted[:100],
     }
     return index, report
+
+
+def _reasons(skipped: list[dict]) -> collections.Counter:
+    """Skipped pairs counted by kind of reason: without the pair's file names and the details."""
+
+    def kind(s: dict) -> str:
+        text = s["reason"]
+        for name, shown in ((s["image"], "<image>"), (s["mask"], "<mask>")):
+            text = text.replace(name, shown) if name else text
+        return text.split(" (")[0].split(":")[0]
+
+    return collections.Counter(kind(s) for s in skipped)
 
 
 def _check_convention(
@@ -334,12 +354,14 @@ def _check_convention(
     if misfits > MISFIT_STOP * (kept + misfits):
         example = next(s["reason"] for s in skipped if "does not fit data.masks" in s["reason"])
         raise DataError(
-            f"{where}, but {misfits} of {kept + misfits} masks do not fit it (e.g. {example}); {stats.suggest()}"
+            f"{where}, but {misfits} of {kept + misfits} masks do not fit it (e.g. {example}); {stats.suggest(masks)}"
         )
     if masks == "colors" and stats.colour_masks == 0:
-        raise DataError(f"{where}, but every mask is grey ({stats.found()}); {stats.suggest()}")
+        raise DataError(f"{where}, but every mask is grey ({stats.found()}); {stats.suggest(masks)}")
     if forest_pixels == 0:
-        raise DataError(f"{where}, but no pixel of any mask is forest under it ({stats.found()}); {stats.suggest()}")
+        raise DataError(
+            f"{where}, but no pixel of any mask is forest under it ({stats.found()}); {stats.suggest(masks)}"
+        )
 
 
 def index_folder(source: str | Path, layout: DataLayout, cfg: DataConfig) -> dict:

@@ -194,6 +194,12 @@ def evaluate_rasters(
                         f"{truth_path}: cannot be read as a GeoTIFF ({' '.join(str(e).split())})"
                     ) from None
                 with truth_ds:
+                    if truth_ds.nodata in (0, 1):  # a class value: its pixels would silently leave the score
+                        raise ForestsegError(
+                            f"{truth_path}: declares nodata {truth_ds.nodata:g}, a class value of the truth "
+                            "(0 = not forest, other values forest), so those pixels would not be scored; "
+                            f"set another nodata (e.g. 255) or none: gdal_edit.py -unsetnodata {truth_path}"
+                        )
                     if truth_ds.crs is None:
                         raise ForestsegError(
                             f"{truth_path}: has no CRS; the truth must be georeferenced like its image"
@@ -227,6 +233,13 @@ def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], N
             pairs = raster_pairs(data)
             if pairs:
                 from .geo import MapOptions
+
+                ignored = [k for k in ("masks", "forest", "split") if tile_args.get(k) not in (None, (), "0/255")]
+                if ignored:  # options of tile sets: say so rather than score as if they applied
+                    raise ForestsegError(
+                        f"{data}: labelled GeoTIFFs (0 = not forest, other values forest, no split); "
+                        f"{', '.join('--' + k for k in ignored)} apply to Kaggle-layout tiles only: leave them out"
+                    )
 
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log)
         raise ForestsegError(

@@ -36,7 +36,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from .errors import ForestsegError
-from .io import atomic_path
+from .io import atomic_path, temp_prefix
 from .predict import BLOCK, Predictor
 from .windows import sample_windows
 
@@ -466,7 +466,7 @@ def map_forest(
                 predictor = predictor.adapted(windows, opts.adapt_bn)
             # panels of whole intermediate blocks, so every write fills whole blocks
             opts = dataclasses.replace(opts, block=-(-max(opts.block, 1) // TIFF_BLOCK) * TIFF_BLOCK)
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{path.stem}.")))
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=temp_prefix(path.stem))))
             bar = stack.enter_context(
                 tqdm(
                     total=predictor.windows(model.height, model.width, opts.overlap, opts.block),

@@ -8,7 +8,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -29,11 +31,47 @@ _WRITE_ERRORS = {
 
 
 def _write_error(path: Path, e: OSError) -> ForestsegError:
+    if e.errno not in _WRITE_ERRORS:  # a folder in the way, a file where a folder should be, ...
+        return ForestsegError(f"{path}: cannot write it: {e.strerror or e}; choose another path")
     try:
         free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB"
     except OSError:
         free = "unknown"
     return ForestsegError(f"{path}: cannot write it: {_WRITE_ERRORS[e.errno].format(free=free)}")
+
+
+_TEMP = re.compile(r"^\..*\.~(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.")  # what temp_prefix makes
+
+
+def temp_prefix(stem: str) -> str:
+    """The name start of a temp file or folder beside an output: hidden, and naming its machine and
+    process, so a later run can tell a killed run's leftovers (`remove_stale_temps`) from a live one's."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+    return f".{stem}.~{host}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temp files and folders (`temp_prefix`) that killed runs on this machine left in
+    `folder`; those of running processes, and of other machines sharing the folder, stay. Returns
+    how many were removed."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+    removed = 0
+    for entry in folder.glob(".*"):
+        m = _TEMP.match(entry.name)
+        if m and m["host"] == host and not _alive(int(m["pid"])):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @contextlib.contextmanager
@@ -43,11 +81,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.stem), suffix=f".tmp{path.suffix}")
     except OSError as e:
-        if e.errno in _WRITE_ERRORS:
-            raise _write_error(path, e) from None
-        raise
+        raise _write_error(path, e) from None
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
@@ -57,7 +93,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # a folder of that name: any reason, the writer's own errors are not these
+            raise _write_error(path, e) from None
     except OSError as e:
         if e.errno in _WRITE_ERRORS:  # a full disk or a read-only folder mid-write: one line, no litter
             raise _write_error(path, e) from None

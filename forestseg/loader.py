@@ -256,13 +256,13 @@ def batches(
 
 def load_split(layout: DataLayout, device: torch.device) -> dict[str, Tiles]:
     """The tiles of each subset of the split (train, test, maybe val) from the packed arrays, on `device`."""
-    split = pd.read_csv(layout.split_csv)
+    split = pd.read_csv(layout.split_csv, dtype={"scene": str})  # scene "0102" stays "0102"
     index = pd.read_csv(layout.index_csv, usecols=["image"])
     if not split["image"].equals(index["image"]):
         raise ForestsegError(
             f"{layout.split_csv} does not match {layout.index_csv} row for row: rerun `dvc repro split`"
         )
-    scenes = split["scene"].astype(str).to_numpy()
+    scenes = split["scene"].to_numpy()
     return {
         s: load_tiles(layout, np.flatnonzero(split["subset"].to_numpy() == s), device, scenes)
         for s in split["subset"].unique()

@@ -15,6 +15,10 @@ import numpy as np
 
 AMBIGUOUS = (32, 223)  # grey levels that are neither 0- nor 255-ish in a 0/255 mask (JPEG noise stays outside)
 AMBIGUOUS_SHARE = 0.01  # share of ambiguous pixels a 0/255 mask may hold (resampled edges)
+LOW = (1, 31)  # grey levels that are JPEG noise near 0 in a 0/255 mask, but class ids (forest = 1?) in others
+JPEG_BLOCK = 16  # px: JPEG codes 16x16 blocks (8x8 without chroma subsampling); an all-0 block decodes to 0
+FAR_LOW_SHARE = 0.01  # share of LOW pixels in blocks without any >= 128 a 0/255 mask may hold (the sample's: 0)
+LOW_TO_HIGH = 1.0  # over a set, more LOW pixels than pixels at 224-255: class ids, not 0/255 (the sample: 0.01)
 COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
 GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
 MAX_CLASSES = 16  # a class-id mask with more distinct values is not class ids (JPEG-compressed?)
@@ -44,13 +48,19 @@ def _grey_text(counts: np.ndarray, top: int = 4) -> str:
     order = np.argsort(counts)[::-1][:top]
     text = ", ".join(f"{v} ({counts[v] / counts.sum():.0%})" for v in order if counts[v])
     mid = counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() / counts.sum()
-    return text + (f"; {mid:.1%} of pixels in {AMBIGUOUS[0]}-{AMBIGUOUS[1]}" if mid else "")
+    low = counts[LOW[0] : LOW[1] + 1].sum() / counts.sum()
+    return (
+        text
+        + (f"; {mid:.1%} of pixels in {AMBIGUOUS[0]}-{AMBIGUOUS[1]}" if mid else "")
+        + (f"; {low:.1%} in {LOW[0]}-{LOW[1]}" if low >= 0.001 else "")
+    )
 
 
 def _colour_text(counts: np.ndarray, top: int = 4) -> str:
     order = np.argsort(counts)[::-1][:top]
     return ", ".join(
-        f"({', '.join(str(min(255, c * 32)) for c in np.unravel_index(i, (8, 8, 8)))}) ({counts[i] / counts.sum():.0%})"
+        f"({', '.join(str(255 if c == 7 else c * 32) for c in np.unravel_index(i, (8, 8, 8)))}) "
+        f"({counts[i] / counts.sum():.0%})"
         for i in order
         if counts[i]
     )
@@ -58,7 +68,7 @@ def _colour_text(counts: np.ndarray, top: int = 4) -> str:
 
 def _colour_bins(mask: np.ndarray) -> np.ndarray:
     q = (mask.reshape(-1, 3).astype(np.int32) + 16) // 32  # JPEG noise binned; 0..8
-    q = np.minimum(q, 7)
+    q = np.minimum(q, 7)  # the top bin, 208-255, is shown as 255
     return np.bincount(q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2], minlength=512)
 
 
@@ -101,20 +111,32 @@ class Stats:
             parts.append(f"{self.colour_masks} colour mask(s): {_colour_text(self.colour)}")
         return "; ".join(parts) or "no mask decoded"
 
-    def suggest(self) -> str:
-        """Which params would fit these masks."""
+    def low_to_high(self) -> float:
+        """Grey pixels at LOW levels per pixel at 224-255: ~0.01 for JPEG 0/255 masks, large for class ids."""
+        return float(self.grey[LOW[0] : LOW[1] + 1].sum() / max(1, self.grey[224:].sum()))
+
+    def suggest(self, current: str) -> str:
+        """Which params would fit these masks (never `current`, the convention they did not fit)."""
+        values = self.grey.nonzero()[0]
         if self.colour_masks > self.grey_masks:
-            return (
-                "if they are colour-coded classes, set data.masks: colors and data.forest: [[r, g, b]] "
-                "(DeepGlobe's forest: [[0, 255, 0]])"
-            )
-        share = self.grey / max(1, self.grey.sum())
-        if self.grey.nonzero()[0].max(initial=0) <= 1:
-            return "they look like 0/1 masks: set data.masks: '0/1'"
-        mid = share[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum()
-        if mid > AMBIGUOUS_SHARE:
-            return "if they are class ids, set data.masks: classes and data.forest: [<forest's value(s)>]"
-        return "they look like 0/255 masks: set data.masks: '0/255'"
+            guess = "colors"
+        elif values.max(initial=0) <= 1:
+            guess = "0/1"
+        elif len(values) <= MAX_CLASSES and self.low_to_high() > LOW_TO_HIGH:
+            guess = "classes"  # a few low values (0/1 with 255 for "no label", LandCover.ai's 0-4, ...)
+        elif self.grey[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() > AMBIGUOUS_SHARE * self.grey.sum():
+            guess = "classes"
+        else:
+            guess = "0/255"
+        if guess == current:
+            return "check data.masks and data.forest against the values found"
+        return {
+            "colors": "if they are colour-coded classes, set data.masks: colors and data.forest: [[r, g, b]] "
+            "(DeepGlobe's forest: [[0, 255, 0]])",
+            "0/1": "they look like 0/1 masks: set data.masks: '0/1'",
+            "classes": "if they are class ids, set data.masks: classes and data.forest: [<forest's value(s)>]",
+            "0/255": "they look like 0/255 masks: set data.masks: '0/255'",
+        }[guess]
 
 
 def _grey(mask: np.ndarray) -> np.ndarray:
@@ -124,10 +146,23 @@ def _grey(mask: np.ndarray) -> np.ndarray:
     return grey_of(mask)
 
 
+def far_low_share(grey: np.ndarray, block: int = JPEG_BLOCK) -> float:
+    """Share of pixels at LOW levels in `block`-px blocks (from the top left, as JPEG's) that hold no
+    pixel >= 128: a 0/255 mask's JPEG noise lies in the blocks its edges cross, a 0/1 mask's 1s anywhere."""
+    low = (grey >= LOW[0]) & (grey <= LOW[1])
+    if not low.any():
+        return 0.0
+    h, w = grey.shape
+    high = np.pad(grey >= 128, ((0, -h % block), (0, -w % block)))
+    edged = high.reshape(high.shape[0] // block, block, high.shape[1] // block, block).any(axis=(1, 3))
+    edged = np.repeat(np.repeat(edged, block, 0), block, 1)[:h, :w]
+    return float((low & ~edged).mean())
+
+
 def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
     grey = _grey(mask)
     mid = float(((grey >= AMBIGUOUS[0]) & (grey <= AMBIGUOUS[1])).mean())
-    if mid > AMBIGUOUS_SHARE:
+    if mid > AMBIGUOUS_SHARE or far_low_share(grey) > FAR_LOW_SHARE:  # 0/1 or class ids would read as background
         raise MaskMismatch(f"not a 0/255 mask, values found: {describe(mask)}")
     return grey >= 128
 

@@ -372,7 +372,7 @@ def train_run(
         "adapt_bn": train_cfg.adapt_bn,  # predict's default --adapt-bn
         "model": asdict(model_cfg),
         "normalizer": asdict(norm),
-        "tile_size": int(train.images.shape[1]),
+        "tile_size": int(tile),  # the square window side predict takes, as the adaptation's windows here
         "pixel_size_m": float(pixel_size_m),
     }
 

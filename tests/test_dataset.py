@@ -546,6 +546,21 @@ def test_a_mask_symlinked_out_of_the_source_is_skipped(tiny_set, tmp_path):
     assert skipped["image"] == image and "links outside data.source" in skipped["reason"]
 
 
+def test_files_linked_into_a_dvc_cache_are_read(tiny_set, tmp_path):
+    """`dvc add` with cache.type symlink leaves links into <cache>/files/md5/ab/<30 hex>."""
+    import hashlib
+
+    for folder in ("images", "masks"):
+        for path in sorted((tiny_set / folder).iterdir()):
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+            obj = tmp_path / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(obj)
+            path.symlink_to(obj)
+    index, report = build(tiny_set, tmp_path / "out")
+    assert report["valid"] == ROWS and report["skipped"] == 0
+
+
 def test_exif_rotated_jpeg_is_read_as_a_viewer_shows_it(tiny_set, tmp_path):
     """A camera-style JPEG whose pixels are stored sideways with EXIF orientation 6 (turn 90 degrees clockwise)."""
     from PIL import ImageOps
@@ -626,3 +641,14 @@ def test_untracked_data_inside_the_project_is_refused(tiny_set, tmp_path):
     (project / "data" / "raw" / ".gitignore").write_text("/kaggle\n")  # what `dvc add` writes
     check_tracked(inside, project)
     check_tracked(tmp_path / "elsewhere", project)  # outside the project: nothing to commit by mistake
+
+
+def test_skipped_pairs_are_counted_by_kind_of_reason(tiny_set, tmp_path):
+    rows = rows_of(tiny_set)
+    for image, _ in rows[:3]:
+        (tiny_set / "images" / image).unlink()
+    (tiny_set / "masks" / rows[3][1]).write_bytes(b"not a picture")
+    _, report = build(tiny_set, tmp_path / "out")
+    assert report["skipped"] == 4
+    assert report["skipped_by_reason"]["missing file images/<image>"] == 3  # one count for the kind, not one per file
+    assert sum(report["skipped_by_reason"].values()) == 4 and len(report["skipped_by_reason"]) == 2

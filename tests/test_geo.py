@@ -4,6 +4,7 @@ memory, resampling to the model's pixel size, bad rasters refused, evaluation of
 from __future__ import annotations
 
 import json
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -505,3 +506,38 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> N
     assert forest["recall"] == pytest.approx(share) and forest["area_bias_pct"] == pytest.approx(
         100 * (share - 1), abs=1e-3
     )
+
+
+@pytest.mark.parametrize(
+    "nodata, args, says",
+    [
+        (0, [], r"masks/a\.tif: declares nodata 0, a class value of the truth .* gdal_edit\.py -unsetnodata"),
+        (255, ["--masks", "0/1"], r"labelled GeoTIFFs .*; --masks apply to Kaggle-layout tiles only"),
+        (255, ["--masks", "classes", "--forest", "[2]"], r"; --masks, --forest apply to Kaggle-layout tiles only"),
+    ],
+)
+def test_evaluate_refuses_what_it_would_score_wrong_on_rasters(
+    checkpoint: Path, scene, tmp_path: Path, capsys, nodata, args, says
+) -> None:
+    write_raster(tmp_path / "data/images/a.tif", scene[0])
+    write_raster(tmp_path / "data/masks/a.tif", (scene[1] > 0).astype(np.uint8), nodata=nodata)
+    out = tmp_path / "e.json"
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(out), *args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(says, err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_evaluate_checks_its_output_path_before_scoring(checkpoint: Path, tmp_path: Path, capsys, where) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    out = tmp_path / "out"
+    if where == "a folder":
+        out.mkdir()
+    else:
+        out.write_text("x")
+        out = out / "eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "-o", str(out)) == 2
+    captured = capsys.readouterr()
+    assert "forest IoU" not in captured.out  # refused before the scores were computed, not after
+    assert captured.err.startswith(f"error: -o {out}: ") and len(captured.err.strip().splitlines()) == 1

@@ -80,3 +80,33 @@ def test_the_same_object_is_written_as_the_same_bytes(tmp_path: Path) -> None:
     write_torch(tmp_path / "b.pt", obj)  # another temp file name: the bytes must not carry it
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a.pt")["weights"]["w"], obj["weights"]["w"])
+
+
+def test_a_folder_where_the_file_goes_is_one_line_and_no_temp(tmp_path: Path) -> None:
+    (tmp_path / "a.json").mkdir()
+    with pytest.raises(ForestsegError, match=rf"^{tmp_path}/a\.json: cannot write it: .*; choose another path$"):
+        write_json(tmp_path / "a.json", {"x": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ForestsegError, match=rf"^{tmp_path}/f/b\.json: cannot write it: "):
+        write_json(tmp_path / "f" / "b.json", {"x": 1})  # a file where a folder should be
+
+
+def test_a_killed_runs_temps_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from forestseg.io import remove_stale_temps, temp_prefix
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = temp_prefix("a_mask").replace(f"-{os.getpid()}.", f"-{int(done.stdout)}.")  # that process is gone
+    (tmp_path / f"{dead}x1.tmp.tif").write_text("half a mask")
+    (tmp_path / f"{dead}x2").mkdir()  # a map's folder of logits
+    (tmp_path / f"{dead}x2" / "logits.tif").write_text("...")
+    live = tmp_path / f"{temp_prefix('b_mask')}x3.tmp.tif"  # this process: running
+    live.write_text("being written")
+    other = tmp_path / ".c_mask.~another-host-1.x4.tmp.tif"  # another machine's, on a shared folder
+    other.write_text("?")
+    (tmp_path / ".hidden").write_text("the user's")
+    assert remove_stale_temps(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, ".hidden"])

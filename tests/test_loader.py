@@ -333,10 +333,11 @@ def test_scene_batches_hold_one_scene_each_and_every_tile_once(batch_size: int) 
 def test_load_split_gives_tiles_their_scenes(tmp_path: Path) -> None:
     write_packed(tmp_path, SUBSETS)
     split = pd.read_csv(tmp_path / "split.csv")
-    split["scene"] = [7, 7, 8, 8, 9, 9, 9]  # train rows 0, 2, 4, 6: scenes 7, 8, 9, 9
+    split["scene"] = ["07", "07", "8", "8", "9", "9", "9"]  # train rows 0, 2, 4, 6: scenes 07, 8, 9, 9
     split.to_csv(tmp_path / "split.csv", index=False)
     tiles = load_split(DataLayout(tmp_path), CPU)
     assert tiles["train"].scenes.tolist() == [0, 1, 2, 2] and tiles["test"].scenes.tolist() == [0, 1]
+    assert tiles["test"].scene_names == ("07", "9")  # ids as written, leading zero kept (the report's names)
 
 
 def test_zoom_keeps_the_mask_on_the_image_and_0_1() -> None:

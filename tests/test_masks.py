@@ -10,7 +10,7 @@ from conftest import make_set
 from PIL import Image
 
 from forestseg.dataset import DataError, build_index
-from forestseg.masks import MaskMismatch, forest_of
+from forestseg.masks import MaskMismatch, Stats, far_low_share, forest_of
 
 # DeepGlobe land-cover colours; forest is green
 DEEPGLOBE = {
@@ -98,6 +98,7 @@ def test_forest_of_reads_each_convention(convention, forest, mask, expected):
     [
         ("0/255", (), np.resize(np.array([0, 128, 255], np.uint8), (8, 8)), r"not a 0/255 mask.*128"),
         ("0/1", (), np.resize(np.array([0, 255], np.uint8), (8, 8)), r"not a 0/1 mask, values found: .*255"),
+        ("0/255", (), np.resize(np.array([0, 1], np.uint8), (8, 8)), r"not a 0/255 mask.*1 \(50%\); 50\.0% in 1-31"),
         ("0/255", (), np.resize(np.array([[0, 255, 0], [255, 255, 0]], np.uint8), (8, 8, 3)), r"colour-coded mask"),
         ("classes", (1,), np.arange(64, dtype=np.uint8).reshape(8, 8), r"more than 16 distinct values"),
         ("colors", ((0, 255, 0),), np.zeros((8, 8), np.uint8), r"single-band mask"),
@@ -130,10 +131,70 @@ def test_0_1_masks_under_the_default_stop_and_say_which_param(kaggle_like, tmp_p
     rewrite(kaggle_like, as_01)
     with pytest.raises(
         DataError,
-        match=r"data\.masks is '0/255', but no pixel of any mask is forest under it "
-        r"\(16 grey mask\(s\): [01] \(\d+%\), [01] \(\d+%\)\); they look like 0/1 masks: set data\.masks: '0/1'",
+        match=r"data\.masks is '0/255', but 16 of 16 masks do not fit it \(e\.g\. .*not a 0/255 mask, values found: "
+        r"[01] \(\d+%\), [01] \(\d+%\); .* in 1-31\); they look like 0/1 masks: set data\.masks: '0/1'",
     ):
         index(kaggle_like, tmp_path)
+
+
+def with_unlabelled_corner(truth):
+    """0/1 masks with a 255 "no label" corner: forest is 1, not 255."""
+    out = truth.astype(np.uint8)
+    out[:5, :5] = 255
+    return out
+
+
+def test_0_1_masks_with_255_for_no_label_stop_under_the_default_and_read_as_classes(kaggle_like, tmp_path):
+    t = rewrite(kaggle_like, with_unlabelled_corner)
+    with pytest.raises(DataError, match=r"masks do not fit it .*set data\.masks: classes and data\.forest"):
+        index(kaggle_like, tmp_path / "a")
+    idx, _, packed = index(kaggle_like, tmp_path / "b", "classes", (1,))
+    for truth in t.values():
+        truth[:5, :5] = False  # the unlabelled corner is not forest
+    assert_packed_is_truth(idx, packed, t)
+
+
+def test_sparse_forest_coded_1_beside_a_little_255_stops_under_the_default(kaggle_like, tmp_path):
+    """4 % of each mask at 1, scattered, not beside the 255s as a JPEG's noise would be: not 0/255."""
+    rng = np.random.default_rng(0)
+
+    def few_low(truth):
+        out = np.zeros(truth.shape, np.uint8)
+        out.flat[rng.choice(out.size, out.size // 25, replace=False)] = 1  # 4 %: forest, coded 1
+        out[0, :4] = 255  # in one 16-px block of the 4
+        return out
+
+    rewrite(kaggle_like, few_low)
+    with pytest.raises(DataError, match=r"16 of 16 masks do not fit it .*not a 0/255 mask.* in 1-31"):
+        index(kaggle_like, tmp_path)
+
+
+def test_far_low_share_counts_low_values_away_from_any_high_one():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:8, :8] = 255
+    mask[8:12, :8] = 3  # JPEG-like noise in the block the edge crosses: not counted
+    mask[60:, 60:] = 1  # 16 px of 1 in a block without 255
+    mask[16, 16] = 2  # the next block
+    assert far_low_share(mask) == 17 / 64**2
+    assert far_low_share(np.zeros((5, 7), np.uint8)) == 0.0 and far_low_share(np.ones((5, 7), np.uint8)) == 1.0
+
+
+@pytest.mark.parametrize(
+    "values, current, advice",
+    [
+        ({0: 900, 255: 100, 3: 5}, "0/255", "check data.masks and data.forest"),  # never the convention they misfit
+        ({0: 900, 255: 100}, "0/1", "set data.masks: '0/255'"),
+        ({0: 500, 1: 500}, "0/255", "set data.masks: '0/1'"),
+        ({0: 250, 1: 250, 2: 250, 4: 250}, "0/255", "set data.masks: classes"),  # LandCover.ai's ids, not 0/255
+        ({0: 500, 128: 300, 255: 200}, "0/255", "set data.masks: classes"),
+    ],
+)
+def test_the_advice_names_a_convention_the_values_fit(values, current, advice):
+    stats = Stats()
+    counts = np.zeros(256, np.int64)
+    counts[list(values)] = list(values.values())
+    stats.add_summary((True, counts))
+    assert advice in stats.suggest(current)
 
 
 def test_deepglobe_colour_masks_train_with_forest_named_by_colour(kaggle_like, tmp_path):

@@ -470,3 +470,33 @@ def test_the_model_files_adapt_bn_is_predicts_default(checkpoint, scene, tmp_pat
     assert all(np.array_equal(a, b) for a, b in zip(masks["default"], masks["0.5"], strict=True))
     assert all(np.array_equal(m, plain.mask(t)) for m, t in zip(masks["off"], tiles, strict=True))
     assert any(not np.array_equal(a, b) for a, b in zip(masks["default"], masks["off"], strict=True))
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_min_area_must_be_a_finite_area(checkpoint, tmp_path, capsys, value) -> None:
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(image), "-o", str(tmp_path / "out"), "--min-area-m2", value])
+    assert done.value.code == 2
+    assert f"--min-area-m2 {float(value)}: must be a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_removes_what_a_killed_run_left_in_its_folder(checkpoint, tmp_path, capsys) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from forestseg.io import temp_prefix
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "out"
+    (out / (temp_prefix("a").replace(f"-{os.getpid()}.", f"-{int(done.stdout)}.") + "x")).mkdir(parents=True)
+    image = tmp_path / "b.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", str(checkpoint), str(image), "-o", str(out)])
+    assert exited.value.code == 0
+    assert "removed 1 temp file(s) or folder(s) that a killed earlier run left" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["b_mask.png"]

@@ -306,6 +306,8 @@ def test_non_square_and_odd_tiles_train_with_augmentation(tmp_path: Path, height
     crop = Tiles(tiles.images[:, :height, :width].contiguous(), tiles.masks[:, :height, :width].contiguous())
     result, _ = go((crop, crop), tmp_path / "last.pt", train=dataclasses.replace(TRAIN, epochs=1))
     assert result.metrics["status"] == "ok" and 0 <= result.metrics["test_iou"] <= 1
+    # predict's windows (and their batch-norm adaptation) are squares of the shorter side, as here
+    assert read_model(tmp_path / "last" / "model.pt")["tile_size"] == min(height, width)
 
 
 # Every knob of the quality work at once: EMA, scene-balanced sampling, zoom, saturation, blur, CutMix.
