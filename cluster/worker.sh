@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 usage="usage: worker.sh MEMBER... | --task K N"
 if [ "${1:-}" = --task ]; then
   [ $# -eq 3 ] || { echo "error: $usage" >&2; exit 2; }
-  mapfile -t members < <(python cluster/members.py --task "$2" "$3")
+  share=$(python cluster/members.py --task "$2" "$3") || exit 2  # its error line is printed; never "nothing to train"
+  mapfile -t members <<< "$share"
+  [ -n "$share" ] || members=()
   if [ "${#members[@]}" -eq 0 ]; then  # more tasks than members: this task's share is empty
     echo "worker: task $2 of $3 has no member of the grid; nothing to train"
     exit 0

@@ -386,8 +386,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
                 else _coerce(f"{key}[{i}]", v, int)
                 for i, v in enumerate(value)
             )
-        item_kind = int if key.endswith(".seed") else str
-        return tuple(_coerce(f"{key}[{i}]", v, item_kind) for i, v in enumerate(value))
+        if key.endswith(".seed"):  # DVC names the train stages after the values as written: 1.0 or '01' would not match
+            for i, v in enumerate(value):
+                if not isinstance(v, int) or isinstance(v, bool):
+                    _fail(f"{key}[{i}]", f"must be a whole number written as one (e.g. 1, not 1.0 or '01'), got {v!r}")
+            return tuple(value)
+        return tuple(_coerce(f"{key}[{i}]", v, str) for i, v in enumerate(value))
     if kind is dict:  # lr overrides
         if value is None:
             return {}

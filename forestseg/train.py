@@ -348,6 +348,11 @@ def train_run(
             f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least "
             f"{smallest} px, the data's are {tile} px; lower model.depth"
         )
+    if opt_cfg.warmup_epochs and opt_cfg.warmup_epochs >= train_cfg.epochs:
+        raise ForestsegError(
+            f"params.yaml: optimizer.warmup_epochs {opt_cfg.warmup_epochs}: must be below train.epochs "
+            f"{train_cfg.epochs}, else the learning rate never reaches optimizer.lr"
+        )
     if train_cfg.threshold == "val" and val is None:
         raise ForestsegError(
             "params.yaml: train.threshold: val chooses the cut on validation scenes, and this split has none: "

@@ -7,7 +7,9 @@
 Values come from metrics/headline.json of each experiment (README: Experiments at a glance). The table
 has the rank, the experiment, the metric, the best combination and each combination's forest IoU,
 then the params that differ between the experiments. Experiments that failed, are queued or running,
-or have no value of the metric are listed last, marked, and left out of the chart.
+have no value of the metric, or are stale (other training params than their baseline commit but its
+very headline: only `train` ran, e.g. a scale-out slice) are listed last, marked, and left out of
+the chart.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ TABLE, FIGURE = "ranking.md", "ranking.png"
 @dataclass(frozen=True)
 class Experiment:
     name: str
-    state: str  # "ok", or why it is not ranked: failed, queued, running, no metrics
+    state: str  # "ok", or why it is not ranked: failed, queued, running, no metrics, stale
     params: dict[str, Any]  # flat: "model.width" (params.yaml) or "<file>:<key>" (another params file)
     headline: dict[str, Any]  # empty unless state is ok
 
@@ -53,26 +55,48 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+TRAINING = ("data.", "split.", "model.", "optimizer.", "train.", "grid.", "synth.")  # params the scores follow
+
+
+def _headline(data: dict) -> dict:
+    return ((data.get("metrics") or {}).get(HEADLINE_FILE) or {}).get("data") or {}
+
+
+def _params(data: dict) -> dict[str, Any]:
+    params = {}
+    for file, content in (data.get("params") or {}).items():
+        prefix = "" if file == "params.yaml" else f"{file}:"
+        params.update(_flat((content or {}).get("data") or {}, prefix))
+    return params
+
+
 def experiments(shown: list) -> list[Experiment]:
     """The experiments of `dvc exp show --json` output (every baseline commit's), in its order."""
     out = []
     for baseline in shown:
+        base = baseline.get("data") or {}
+        base_params = _params(base)
         for exp in baseline.get("experiments") or []:
             rev = exp["revs"][0]
             data = rev.get("data") or {}
             state = (exp.get("executor") or {}).get("state")  # None for a plain `dvc exp run`
             # A failed experiment shows the metrics of the commit it started from: never rank those.
-            headline = ((data.get("metrics") or {}).get(HEADLINE_FILE) or {}).get("data") or {}
+            headline = _headline(data)
+            params = _params(data)
             if rev.get("error") or state == "failed":
                 status = "failed"
             elif state not in (None, "success"):
                 status = state
+            elif not headline:
+                status = "no metrics"
+            elif headline == _headline(base) and any(
+                params.get(k) != base_params.get(k) for k in set(params) | set(base_params) if k.startswith(TRAINING)
+            ):
+                # other training params, the very same scores: aggregate did not run (a `train`-only
+                # experiment, e.g. a scale-out slice), so these are its baseline's numbers
+                status = "stale"
             else:
-                status = "ok" if headline else "no metrics"
-            params = {}
-            for file, content in (data.get("params") or {}).items():
-                prefix = "" if file == "params.yaml" else f"{file}:"
-                params.update(_flat((content or {}).get("data") or {}, prefix))
+                status = "ok"
             name = exp.get("name") or rev.get("name") or rev["rev"][:7]
             out.append(Experiment(name, status, params, headline if status == "ok" else {}))
     return out

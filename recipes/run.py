@@ -5,13 +5,16 @@
     python recipes/run.py study --print      # the `dvc exp run` command, without running it
 
 A recipe is a partial params.yaml (recipes/<name>.yaml); the experiment is params.yaml with the
-recipe's keys set, then any -S given here. Everything is validated before DVC starts.
+recipe's keys set, then any -S given here. Everything is validated before DVC starts. The
+experiment is named after the recipe, plus a short hash of the -S items when there are any (so the
+same recipe with other -S values is another experiment), or --name.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import re
 import shlex
 import subprocess
@@ -22,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from forestseg.config import SECTIONS, ForestsegError, load_sections  # noqa: E402
+from forestseg.config import SECTIONS, ConfigError, ForestsegError, load_sections  # noqa: E402
 
 
 def names() -> list[str]:
@@ -41,26 +44,38 @@ def load(name: str) -> dict:
     return recipe
 
 
+def _validated(params: dict, what: str) -> dict:
+    """`params` checked as the stages check params.yaml, errors named after `what` made them."""
+    try:
+        load_sections(params, *SECTIONS)
+    except ConfigError as e:
+        raise ForestsegError(str(e).replace("params.yaml: ", f"{what}: ", 1)) from None
+    return params
+
+
 def merged(name: str, base: dict | None = None) -> dict:
-    """params.yaml (or `base`) with the recipe applied, validated as a whole."""
+    """params.yaml (or `base`) with the recipe applied (a key's value replaced whole), validated."""
     params = copy.deepcopy(base if base is not None else yaml.safe_load((ROOT / "params.yaml").read_text()))
     for section, values in load(name).items():
         params[section].update(values)
-    load_sections(params, *SECTIONS)
-    return params
+    return _validated(params, f"recipes/{name}.yaml over params.yaml")
 
 
 def with_sets(name: str, sets: list[str]) -> dict:
     """The recipe merged over params.yaml, then `-S section.key=value` items (YAML values), validated."""
     params = merged(name)
     for item in sets:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
+        section, field, value = _item(item)
         if section not in params:
             raise ForestsegError(f"-S {section}...: unknown params section; valid: {', '.join(SECTIONS)}")
-        params[section][field] = yaml.safe_load(value)
-    load_sections(params, *SECTIONS)
-    return params
+        params[section][field] = value
+    return _validated(params, f"recipes/{name}.yaml with the -S values")
+
+
+def _item(item: str) -> tuple[str, str, object]:
+    key, _, value = item.partition("=")
+    section, _, field = key.partition(".")
+    return section, field, yaml.safe_load(value)
 
 
 def hydra(value) -> str:
@@ -76,14 +91,42 @@ def hydra(value) -> str:
     return str(value)
 
 
-def set_args(recipe: dict) -> list[str]:
-    """`dvc exp run -S` arguments for a recipe's keys (mappings replaced whole with hydra's ++)."""
-    return [
-        a
-        for section, values in recipe.items()
-        for key, value in values.items()
-        for a in ("-S", f"{'++' if isinstance(value, dict) else ''}{section}.{key}={hydra(value)}")
+def set_args(recipe: dict, held: set[str]) -> list[str]:
+    """`dvc exp run -S` arguments for a recipe's keys. DVC merges a mapping into the one params.yaml
+    holds (`key={...}` and `++key={...}` alike), so a mapping is deleted first (`~key`, where `held`,
+    the keys present, has it) and added anew (`+key=`): the experiment gets the recipe's mapping,
+    not a mix with what params.yaml held."""
+    out = []
+    for section, values in recipe.items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if isinstance(value, dict):
+                out += [*(["-S", f"~{name}"] if name in held else []), "-S", f"+{name}={hydra(value)}"]
+                held.add(name)
+            else:
+                out += ["-S", f"{name}={hydra(value)}"]
+    return out
+
+
+def _note_edits(workspace: dict) -> None:
+    """Say which params.yaml values differ from the last commit's: the recipe runs over them (a
+    `dvc exp run` leaves its values in the workspace)."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    if shown.returncode != 0:
+        return
+    committed = yaml.safe_load(shown.stdout) or {}
+    edits = [
+        f"{section}.{key}"
+        for section in sorted(set(workspace) | set(committed))
+        for key in sorted(set(workspace.get(section) or {}) | set(committed.get(section) or {}))
+        if (workspace.get(section) or {}).get(key) != (committed.get(section) or {}).get(key)
     ]
+    if edits:
+        print(
+            f"note: params.yaml differs from the last commit in {', '.join(edits)}; the recipe runs over those "
+            "values (`git checkout params.yaml` for the committed ones)",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -92,19 +135,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE", help="as dvc exp run -S")
     ap.add_argument("--queue", action="store_true", help="queue the experiment instead of running it")
     ap.add_argument("--print", action="store_true", help="print the dvc command instead of running it")
+    ap.add_argument("-n", "--name", help="the experiment's name (default: the recipe's, + a hash of the -S items)")
     args = ap.parse_args(argv)
     recipe = load(args.recipe)
     with_sets(args.recipe, args.set_param)  # the recipe plus the -S values, validated before DVC starts anything
-    cmd = [
-        "dvc",
-        "exp",
-        "run",
-        "-n",
-        args.recipe,
-        *(["--queue"] if args.queue else []),
-        *set_args(recipe),
-        *(a for item in args.set_param for a in ("-S", item)),
-    ]
+    workspace = yaml.safe_load((ROOT / "params.yaml").read_text())
+    name = args.name or args.recipe
+    if args.set_param and not args.name:
+        name += "-" + hashlib.sha1("\n".join(args.set_param).encode()).hexdigest()[:6]
+    _note_edits(workspace)
+    held = {f"{section}.{key}" for section, values in workspace.items() for key in values or {}}
+    cmd = ["dvc", "exp", "run", "-n", name, *(["--queue"] if args.queue else []), *set_args(recipe, held)]
+    for item in args.set_param:  # as given, but a mapping replaced whole, as the recipe's
+        section, field, value = _item(item)
+        cmd += set_args({section: {field: value}}, held) if isinstance(value, dict) else ["-S", item]
     if args.print:
         print(shlex.join(cmd))
         return 0

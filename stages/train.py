@@ -21,7 +21,9 @@ def main(argv: list[str]) -> None:
     )
     model_cfg, opt_cfg, train_cfg = params("model", "optimizer", "train")
     # grid is not a param of this stage (adding a seed must not retrain the others): check the member here
-    (grid,) = load_sections({"grid": {"loss": [loss], "optimizer": [optimizer], "seed": [seed]}}, "grid")
+    # the seed as params.yaml wrote it (DVC's ${item.seed}): a whole number is an int, anything else refused there
+    member = {"loss": [loss], "optimizer": [optimizer], "seed": [int(seed) if seed.isdigit() else seed]}
+    (grid,) = load_sections({"grid": member}, "grid")
     run = grid.runs()[0]
     if train_cfg.init_from != "none" and untracked_in_project(train_cfg.init_from) is not None:
         raise ForestsegError(

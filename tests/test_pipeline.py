@@ -93,7 +93,9 @@ def test_bad_source_fails_with_a_clear_message(repo: Path, tmp_path: Path) -> No
 
 
 def test_study_command_sets_the_study_protocol(repo: Path) -> None:
-    """The study recipe, queued instead of run, records the 2022 protocol's params as an experiment."""
+    """The study recipe, queued instead of run, records the 2022 protocol's params as an experiment;
+    its lr_overrides replace (not merge into) the ones params.yaml holds."""
+    set_params(repo, {"optimizer": {"lr_overrides": {"bce-adam": 0.01}}})
     sh(
         repo,
         sys.executable,
@@ -113,6 +115,7 @@ def test_study_command_sets_the_study_protocol(repo: Path) -> None:
     assert params["optimizer"]["lr"] == 1e-4 and params["optimizer"]["lr_overrides"] == {"mse_logits-adam": 1e-3}
     assert params["train"]["batch_size"] == 160 and params["train"]["epochs"] == 15
     assert params["grid"]["seed"] == [0, 1, 2, 3, 4, 5] and params["split"]["by"] == "scene"
+    assert [x["name"] for e in shown for x in (e.get("experiments") or [])][0].startswith("study-")
     from forestseg.config import load_sections
 
     load_sections(params, "data", "split", "model", "optimizer", "train", "grid")  # valid as a whole

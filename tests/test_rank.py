@@ -143,3 +143,19 @@ def test_a_queued_sweep_is_ranked(repo: Path) -> None:
     assert float(rows[0][2]) >= float(rows[1][2]) and {r[5] for r in rows} == {"4 |", "8 |"}
     assert out[4] == "wrote sweeps/ranking.md and sweeps/ranking.png"
     assert (repo / "sweeps/ranking.png").stat().st_size > 0
+
+
+def test_a_train_only_experiment_showing_its_baselines_headline_is_not_ranked() -> None:
+    """`dvc exp run -S 'grid.seed=[0]' train` (a scale-out slice) never runs aggregate: DVC shows the
+    baseline's headline beside its own params. An experiment with the baseline's own params and scores
+    (rummy-ruin: width 4, lr 0.001, as the commit) stays ranked."""
+    shown = copy.deepcopy(SHOWN)
+    base = shown[1]["data"]["metrics"]["metrics/headline.json"]["data"]
+    slice_ = next(x for x in shown[1]["experiments"] if x["name"] == "dried-sink")  # lr 0.01
+    slice_["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"] = dict(base)
+    exps = {e.name: e for e in rank.experiments(shown)}
+    assert exps["dried-sink"].state == "stale" and exps["dried-sink"].headline == {}
+    assert exps["rummy-ruin"].state == "ok"
+    rows = rank.ranking(list(exps.values()), "best_iou").set_index("experiment")
+    assert rows.loc["dried-sink", "best_iou"] == "stale" and rows.loc["dried-sink", "rank"] == "-"
+    assert rows.loc["rummy-ruin", "rank"] == "3"

@@ -83,3 +83,18 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     assert restored(out) >= MEMBERS
     assert "aggregate" in ran(out) and seeds_in_summary(a) == 2
     assert (a / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
+
+
+@pytest.mark.parametrize(
+    "task, rc, says",
+    [
+        (["2", "2"], 2, "error: usage: members.py --task K N (0 <= K < N)"),  # the error, not "nothing to train"
+        (["3", "4"], 0, "worker: task 3 of 4 has no member of the grid; nothing to train"),  # 2 members, 4 tasks
+    ],
+)
+def test_a_worker_task_says_what_it_trains_or_why_not(repo: Path, task: list[str], rc: int, says: str) -> None:
+    set_params(repo, GRID)
+    out = sh(repo, "bash", "cluster/worker.sh", "--task", *task, check=False)
+    assert out.returncode == rc and says in out.stdout + out.stderr, out.stdout + out.stderr
+    if rc:
+        assert "nothing to train" not in out.stdout

@@ -370,6 +370,16 @@ def test_threshold_val_without_val_stops_with_one_line(data, tmp_path: Path) -> 
         go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, threshold="val"))
 
 
+@pytest.mark.parametrize("warmup, fails", [(2, False), (3, True), (5, True)])
+def test_warmup_must_end_before_the_last_epoch(data, tmp_path: Path, warmup: int, fails: bool) -> None:
+    opt = dataclasses.replace(OPT, schedule="cosine", warmup_epochs=warmup)  # TRAIN: 3 epochs
+    if fails:
+        with pytest.raises(ForestsegError, match=rf"optimizer\.warmup_epochs {warmup}: must be below train\.epochs 3"):
+            go(data, tmp_path / "last.pt", opt=opt)
+    else:
+        assert go(data, tmp_path / "last.pt", opt=opt)[0].metrics["status"] == "ok"
+
+
 class ChannelModel(torch.nn.Module):
     """Outputs the first input channel: a model whose scores a test can predict."""
 
