@@ -21,6 +21,7 @@ its `tile` arm must match the recipe's CV.
     python bench/context.py mosaic 512 0,1,2,3,4 0
     python bench/context.py centre 384 0,1,2,3,4 0
     python bench/context.py kept DIR                  # score the recipe's fold models kept by bench/errors.py --keep DIR
+    python bench/context.py grid                      # the grid facts: border pixel gaps, tiles with 8 neighbours
 """
 
 from __future__ import annotations
@@ -185,13 +186,50 @@ def line(out: dict) -> str:
     return "; ".join(parts)
 
 
+def grid_facts(folds: list[list[str]]) -> None:
+    """Print what the mosaics rest on: the mean absolute difference (0-255, over R, G, B) between the
+    touching edge pixels of tiles that are neighbours on the grid, between two adjacent columns
+    inside a tile, and between a tile's edge and that of a random other tile of its scene; and how
+    many CV tiles have all 8 neighbours."""
+    at = {(SAMPLE.scene[r], R[r], C[r]): r for r in range(len(R))}
+    rng = np.random.default_rng(0)
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+    for name, (dr, dc) in (("left-right", (0, 1)), ("top-bottom", (1, 0))):
+        pairs = [(r, at[k]) for (s, y, x), r in at.items() if (k := (s, y + dr, x + dc)) in at]
+        edge = (lambda t: t[:, -1], lambda t: t[:, 0]) if dc else (lambda t: t[-1], lambda t: t[0])
+        touching = np.mean([gap(edge[0](IMAGES[a]), edge[1](IMAGES[b])) for a, b in pairs])
+        random = np.mean(
+            [
+                gap(edge[0](IMAGES[a]), edge[1](IMAGES[rng.choice(np.flatnonzero(SAMPLE.scene == SAMPLE.scene[a]))]))
+                for a, _ in pairs
+            ]
+        )
+        print(
+            f"{name} neighbours: {len(pairs)} pairs, touching edges differ by {touching:.1f}, "
+            f"a random tile of the same scene by {random:.1f}"
+        )
+    inside = np.mean([gap(IMAGES[r][:, T // 2 - 1], IMAGES[r][:, T // 2]) for r in range(len(R))])
+    print(f"two adjacent columns inside a tile differ by {inside:.1f}")
+    cv = q.rows_of(SAMPLE, [s for f in folds for s in f])
+    whole = sum(
+        all((SAMPLE.scene[r], R[r] + dy, C[r] + dx) in at for dy in (-1, 0, 1) for dx in (-1, 0, 1)) for r in cv
+    )
+    print(f"{whole} of the {len(cv)} CV tiles have all 8 neighbours")
+
+
 def main() -> None:
     usage = (
-        f"usage: {__doc__.splitlines()[-4].strip()} (ARM tile, mosaic or centre; CROP 256 for tile only),"
-        " or: python bench/context.py kept DIR"
+        "usage: python bench/context.py ARM CROP FOLDS SEED (ARM tile, mosaic or centre; CROP 256 for tile only),"
+        " or: python bench/context.py kept DIR, or: python bench/context.py grid"
     )
     torch.set_num_threads(2)
     folds = q.folds(SAMPLE, 5)
+    if sys.argv[1:] == ["grid"]:
+        grid_facts(folds)
+        return
     if sys.argv[1:2] == ["kept"] and len(sys.argv) == 3:  # the recipe's fold models that bench/errors.py kept
         outs = []
         for f in range(5):

@@ -24,7 +24,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rasterio.features import sieve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,22 +33,19 @@ from forestseg.config import Run, load_sections  # noqa: E402
 from forestseg.device import pick_device  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
 from forestseg.io import write_text  # noqa: E402
+from forestseg.loader import gaussian_blur  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
 
 Call = Callable[[np.ndarray, float], np.ndarray]  # (N, t, t) logits, the cut -> (N, t, t) forest
 
 
 def blurred(sigma: float) -> Call:
-    """The call on logits blurred by a Gaussian of `sigma` px (reflected at the tile's edge)."""
+    """The call on logits blurred by a Gaussian of `sigma` px (reflected at the tile's edge), as
+    bench/adabn.py --smooth blurs them."""
 
     def call(logits: np.ndarray, cut: float) -> np.ndarray:
-        r = int(3 * sigma)
-        k = torch.exp(-(torch.arange(-r, r + 1.0) ** 2) / (2 * sigma**2))
-        k /= k.sum()
         x = torch.from_numpy(logits.astype(np.float32))[:, None]
-        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))  # separable: rows, then columns
-        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-        return x[:, 0].numpy() > cut
+        return gaussian_blur(x, sigma, radius=int(3 * sigma + 0.5))[:, 0].numpy() > cut
 
     return call
 

@@ -77,6 +77,9 @@ class Loss:
     # The raw output above which a pixel is forest: logit 0 (p = 0.5) for losses on logits; 0.5 for
     # the study's MSE on raw outputs, which approximate the 0/1 target directly.
     threshold: float = 0.0
+    # One value over the whole batch (soft Dice), not a mean over its pixels or tiles: the test loss
+    # takes it tile by tile, so it does not depend on train.test_batch_size.
+    per_batch: bool = False
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.fn(logits, target)
@@ -88,8 +91,8 @@ LOSSES: dict[str, Loss] = {
     "bce": Loss(bce),
     "bce_bootstrap": Loss(bce_bootstrap),
     "mse_logits": Loss(mse_logits, threshold=0.5),
-    "dice": Loss(dice),
-    "bce_dice": Loss(bce_dice),
+    "dice": Loss(dice, per_batch=True),
+    "bce_dice": Loss(bce_dice, per_batch=True),
     "focal": Loss(focal),
     "lovasz": Loss(lovasz),
     "bce_lovasz": Loss(bce_lovasz),

@@ -81,9 +81,12 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: torch.device, precision: str = "auto", tta: bool = False) -> "Predictor":
         """A model, its input normalisation, tile size, threshold and pixel size from a model file written by
-        training; `precision` auto = bf16 where it outruns fp32 on the device, else fp32 (as training);
-        `tta` averages each window's outputs over its 8 flips/rotations."""
+        training; `precision` auto = bf16 where it outruns fp32 on the device, else fp32 (as training),
+        or "trained": the precision the run itself scored in; `tta` averages each window's outputs over
+        its 8 flips/rotations."""
         state = read_model(path)
+        if precision == "trained":
+            precision = state.get("precision", "auto")  # older model files: auto
         try:
             model = build_model(ModelConfig(**state["model"]))
         except (ConfigError, TypeError) as e:
@@ -402,7 +405,7 @@ def write_overlays(
             print(f"overlays: {combo}: every seed diverged, nothing to show")
             continue
         run = f"{combo}-{s['best_seed']}"
-        predictor = Predictor.load(models_dir / run / "model.pt", device)
+        predictor = Predictor.load(models_dir / run / "model.pt", device, "trained")
         preds = scored_masks(predictor, layout, rows)
         example_panel(images, masks, preds, f"{run}: test tiles (seed {cfg.seed})", out_dir / f"{combo}.png")
     return len(rows)
@@ -444,6 +447,6 @@ def write_worst_scenes(
     run = f"{combo}-{summary['combinations'][combo]['best_seed']}"
     worst_txt = f"{len(worst)} worst scenes" if len(worst) > 1 else "worst scene"
     title = f"{run}: test tiles of the {worst_txt} by forest IoU (tiles drawn with seed {cfg.seed})"
-    preds = scored_masks(Predictor.load(models_dir / run / "model.pt", device), layout, np.array(rows))
+    preds = scored_masks(Predictor.load(models_dir / run / "model.pt", device, "trained"), layout, np.array(rows))
     example_panel(images, masks, preds, title, path, labels)
     return worst

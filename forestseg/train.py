@@ -133,7 +133,10 @@ def evaluate(
     for part_model, part in scored_parts(model, tiles, norm, adapt_bn):
         start = 0
         for out, masks in outputs(part_model, part, batch_size, norm, channels_last, bf16):
-            total += loss_fn(out, masks) * len(out)
+            if loss_fn.per_batch:  # the mean over tiles of each tile's own loss
+                total += sum(loss_fn(out[i : i + 1], masks[i : i + 1]) for i in range(len(out)))
+            else:
+                total += loss_fn(out, masks) * len(out)
             if counts_by_scene is None:
                 counts += confusion(out, masks, cut)
             else:
@@ -343,10 +346,12 @@ def train_run(
     """
     device = train.images.device
     tile, smallest = min(train.images.shape[1:3]), ARCHS[model_cfg.arch].smallest_tile(model_cfg)
-    if tile < smallest:
+    if tile < smallest or (model_cfg.batch_norm and tile == smallest):
+        # at `smallest` the deepest level is 1x1 px, which batch-norm cannot train on a batch of one tile
         raise ForestsegError(
-            f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least "
-            f"{smallest} px, the data's are {tile} px; lower model.depth"
+            f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of "
+            + (f"more than {smallest} px with batch norm" if model_cfg.batch_norm else f"at least {smallest} px")
+            + f", the data's are {tile} px; lower model.depth"
         )
     if opt_cfg.warmup_epochs and opt_cfg.warmup_epochs >= train_cfg.epochs:
         raise ForestsegError(
@@ -378,6 +383,7 @@ def train_run(
         "model": asdict(model_cfg),
         "normalizer": asdict(norm),
         "tile_size": int(tile),  # the square window side predict takes, as the adaptation's windows here
+        "precision": "bf16" if bf16 else "fp32",  # what the run scored in (the overlays draw its calls)
         "pixel_size_m": float(pixel_size_m),
     }
 

@@ -1,5 +1,6 @@
 """Stage train@<loss>-<optimizer>-<seed>: train one grid member, write its model, history and metrics."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> None:
     model_cfg, opt_cfg, train_cfg = params("model", "optimizer", "train")
     # grid is not a param of this stage (adding a seed must not retrain the others): check the member here
     # the seed as params.yaml wrote it (DVC's ${item.seed}): a whole number is an int, anything else refused there
-    member = {"loss": [loss], "optimizer": [optimizer], "seed": [int(seed) if seed.isdigit() else seed]}
+    member = {"loss": [loss], "optimizer": [optimizer], "seed": [int(seed) if re.fullmatch(r"-?\d+", seed) else seed]}
     (grid,) = load_sections({"grid": member}, "grid")
     run = grid.runs()[0]
     if train_cfg.init_from != "none" and untracked_in_project(train_cfg.init_from) is not None:

@@ -16,7 +16,7 @@ from forestseg.errors import ForestsegError
 from forestseg.loader import Normalizer, Tiles, to_input
 from forestseg.model import adapt_batchnorm, build_model
 from forestseg.predict import Predictor
-from forestseg.train import Diverged, Run, choose_threshold, train_run
+from forestseg.train import Diverged, Run, choose_threshold, evaluate, train_run
 from forestseg.windows import scene_windows
 
 MODEL = ModelConfig(arch="unet", width=4, depth=2, batch_norm=True, input="normalized")
@@ -499,3 +499,31 @@ def test_the_model_file_keeps_the_input_normalisation_that_predict_applies(data,
     # the train split's channel statistics; per_tile's come from each tile as it is predicted
     expected = Normalizer.fit(data[0].images) if input == "normalized" else Normalizer(per_tile=input == "per_tile")
     assert norm == expected
+
+
+@pytest.mark.parametrize("loss", ["dice", "bce_dice", "bce", "lovasz"])
+def test_the_test_loss_does_not_depend_on_the_test_batch_size(data, loss: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(MODEL).eval()
+    norm = Normalizer.fit(data[0].images)
+    tiles = Tiles(torch.cat([data[0].images, data[1].images]), torch.cat([data[0].masks, data[1].masks]))
+    got = [evaluate(model, tiles, loss, b, norm, True, False)["loss"] for b in (12, 5, 1)]  # 12 tiles
+    assert got == pytest.approx([got[0]] * 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("depth, fails", [(4, False), (5, True)])
+def test_a_tile_whose_deepest_level_is_1_px_stops_with_one_line(data, tmp_path: Path, depth: int, fails: bool):
+    model = dataclasses.replace(MODEL, depth=depth)  # 32-px tiles: 2x2 at depth 4, 1x1 at depth 5
+    if fails:
+        with pytest.raises(ForestsegError, match=r"depth 5 needs tiles of more than 32 px with batch norm"):
+            go(data, tmp_path / "last.pt", model=model)
+    else:
+        assert go(data, tmp_path / "last.pt", model=model)[0].metrics["status"] == "ok"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_model_file_loads_in_the_precision_it_was_scored_in(data, tmp_path: Path, precision: str) -> None:
+    go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, epochs=1, precision=precision))
+    path = tmp_path / "last" / "model.pt"
+    assert read_model(path)["precision"] == precision
+    assert Predictor.load(path, torch.device("cpu"), "trained").bf16 == (precision == "bf16")
