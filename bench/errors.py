@@ -17,7 +17,6 @@ figure shows the sample's photos, which are never committed).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import quality as q  # noqa: E402
-from forestseg.config import Run, load_sections  # noqa: E402
-from forestseg.device import pick_device  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
 from forestseg.io import write_text  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
@@ -105,32 +102,19 @@ def report(per_tile: dict[int, np.ndarray], sample: q.Sample, folds_of: dict[int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="0,1,2,3,4", help="folds of the 5-fold CV")
-    ap.add_argument("--recipe", default="cpu", help="recipes/<name>.yaml")
-    ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the recipe")
-    ap.add_argument("--keep", type=Path, default=None, help="a folder to keep each fold's model in and reuse")
-    ap.add_argument(
-        "--name", default="errors_cpu", help="bench/results/<name>.md, and <name>.png beside the decoded sample"
+    args = q.kept_fold_options(
+        __doc__, "errors_cpu", "bench/results/<name>.md, and <name>.png beside the decoded sample"
     )
-    args = ap.parse_args()
     torch.set_num_threads(2)
-    model_cfg, opt_cfg, train_cfg, grid = load_sections(
-        q.recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
-    )
-    sample, device = q.load_sample(), pick_device(train_cfg.device)
+    sample = q.load_sample()
     images = np.load(sample.layout.images, mmap_mode="r")
     truths = np.load(sample.layout.masks, mmap_mode="r")
     folds = q.folds(sample, 5)
-    run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
     per_tile: dict[int, np.ndarray] = {}
     folds_of: dict[int, int] = {}
     preds: dict[int, np.ndarray] = {}
     t0 = time.perf_counter()
-    for f in map(int, args.only.split(",")):
-        train_scenes = [s for i, x in enumerate(folds) if i != f for s in x]
-        kept = args.keep / q.kept_name(f"fold {f}", run.seed, args.recipe, args.sets) if args.keep else None
-        p = q.kept_predictor(sample, run, (model_cfg, opt_cfg, train_cfg), train_scenes, folds[f], device, kept)
+    for f, p in q.kept_fold_predictors(args, sample):
 
         def keep(r: int, logits: np.ndarray, f: int = f, cut: float = p.cut) -> None:
             pred = logits > cut
@@ -141,19 +125,14 @@ def main() -> None:
         print(f"fold {f} scored ({time.perf_counter() - t0:.0f} s)", flush=True)
     text = report(per_tile, sample, folds_of)
     print(text)
-    head = (
-        f"# {args.name}\n\n`python bench/errors.py --only {args.only} --recipe {args.recipe}"
-        + "".join(f" -S {s}" for s in args.sets)
-        + f"` (seed {run.seed}; each fold's test scenes scored by a model trained on the other folds)\n\n"
-    )
-    write_text(q.RESULTS / f"{args.name}.md", head + text)
+    write_text(q.RESULTS / f"{args.name}.md", q.kept_fold_header("errors.py", args) + text)
     worst = sorted(per_tile, key=lambda r: -(per_tile[r][1] + per_tile[r][2]))[:WORST]
     labels = [f"fold {folds_of[r]}, scene {sample.scene[r]}" for r in worst]
     example_panel(
         np.stack([images[r] for r in worst]),
         np.stack([truths[r] > 0 for r in worst]),
         [preds[r] for r in worst],
-        f"{args.recipe} recipe, seed {run.seed}: the {WORST} most wrong test tiles of the CV folds",
+        f"{args.recipe} recipe, seed {q.kept_fold_seed(args)}: the {WORST} most wrong test tiles of the CV folds",
         q.CACHE / f"{args.name}.png",
         labels,
     )

@@ -16,7 +16,6 @@ against the plain call, fold by fold, go to bench/results/<name>.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,6 @@ from rasterio.features import sieve
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import quality as q  # noqa: E402
-from forestseg.config import Run, load_sections  # noqa: E402
-from forestseg.device import pick_device  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
 from forestseg.io import write_text  # noqa: E402
 from forestseg.loader import gaussian_blur  # noqa: E402
@@ -106,27 +103,14 @@ def report(per_fold: dict[int, dict[str, dict[str, float]]]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="0,1,2,3,4", help="folds of the 5-fold CV")
-    ap.add_argument("--recipe", default="cpu", help="recipes/<name>.yaml")
-    ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the recipe")
-    ap.add_argument("--keep", type=Path, default=None, help="a folder to keep each fold's model in and reuse")
-    ap.add_argument("--name", default="postprocess_cpu", help="bench/results/<name>.md")
-    args = ap.parse_args()
+    args = q.kept_fold_options(__doc__, "postprocess_cpu")
     torch.set_num_threads(2)
-    model_cfg, opt_cfg, train_cfg, grid = load_sections(
-        q.recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
-    )
-    sample, device = q.load_sample(), pick_device(train_cfg.device)
+    sample = q.load_sample()
     truths = np.load(sample.layout.masks, mmap_mode="r")
     folds = q.folds(sample, 5)
-    run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
     per_fold: dict[int, dict[str, dict[str, float]]] = {}
     t0 = time.perf_counter()
-    for f in map(int, args.only.split(",")):
-        train_scenes = [s for i, x in enumerate(folds) if i != f for s in x]
-        kept = args.keep / q.kept_name(f"fold {f}", run.seed, args.recipe, args.sets) if args.keep else None
-        p = q.kept_predictor(sample, run, (model_cfg, opt_cfg, train_cfg), train_scenes, folds[f], device, kept)
+    for f, p in q.kept_fold_predictors(args, sample):
         logits: dict[int, np.ndarray] = {}
         q.score_rows([p], sample, q.rows_of(sample, folds[f]), on_tile=logits.__setitem__)
         rows = sorted(logits)
@@ -134,12 +118,7 @@ def main() -> None:
         print(f"fold {f} scored ({time.perf_counter() - t0:.0f} s)", flush=True)
     text = report(per_fold)
     print(text)
-    head = (
-        f"# {args.name}\n\n`python bench/postprocess.py --only {args.only} --recipe {args.recipe}"
-        + "".join(f" -S {s}" for s in args.sets)
-        + f"` (seed {run.seed}; each fold's test scenes scored by a model trained on the other folds)\n\n"
-    )
-    write_text(q.RESULTS / f"{args.name}.md", head + text)
+    write_text(q.RESULTS / f"{args.name}.md", q.kept_fold_header("postprocess.py", args) + text)
     print(f"wrote {q.RESULTS / args.name}.md")
 
 

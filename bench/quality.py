@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -207,6 +207,50 @@ def kept_predictor(
             keep.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(out / "model.pt", keep)
         return Predictor.load(out / "model.pt", device, train_cfg.precision)
+
+
+def kept_fold_options(doc: str, name: str, name_help: str = "bench/results/<name>.md") -> argparse.Namespace:
+    """The command line of the scripts that score each CV fold's model of a recipe, kept in --keep
+    (bench/errors.py, bench/postprocess.py)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--only", default="0,1,2,3,4", help="folds of the 5-fold CV")
+    ap.add_argument("--recipe", default="cpu", help="recipes/<name>.yaml")
+    ap.add_argument("-S", dest="sets", action="append", default=[], help="params over the recipe")
+    ap.add_argument("--keep", type=Path, default=None, help="a folder to keep each fold's model in and reuse")
+    ap.add_argument("--name", default=name, help=name_help)
+    args = ap.parse_args()
+    if not all(f in ("0", "1", "2", "3", "4") for f in args.only.split(",")):
+        ap.error(f"--only {args.only}: folds of the 5-fold CV, comma-separated, from 0,1,2,3,4")
+    return args
+
+
+def kept_fold_predictors(args: argparse.Namespace, sample: Sample) -> Iterator[tuple[int, Predictor]]:
+    """Each fold of `args.only` with its model of the recipe (`kept_predictor`: trained on the other
+    folds unless `args.keep` holds it), in order."""
+    model_cfg, opt_cfg, train_cfg, grid = load_sections(
+        recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
+    )
+    device, all_folds = pick_device(train_cfg.device), folds(sample, 5)
+    run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
+    for f in map(int, args.only.split(",")):
+        train_scenes = [s for i, x in enumerate(all_folds) if i != f for s in x]
+        kept = args.keep / kept_name(f"fold {f}", run.seed, args.recipe, args.sets) if args.keep else None
+        yield f, kept_predictor(sample, run, (model_cfg, opt_cfg, train_cfg), train_scenes, all_folds[f], device, kept)
+
+
+def kept_fold_seed(args: argparse.Namespace) -> int:
+    """The seed the fold models of `kept_fold_options` train with: the recipe's first."""
+    return recipe_params(args.recipe, args.sets)["grid"]["seed"][0]
+
+
+def kept_fold_header(script: str, args: argparse.Namespace) -> str:
+    """The results file's title and command line, for the scripts of `kept_fold_options`."""
+    seed = kept_fold_seed(args)
+    return (
+        f"# {args.name}\n\n`python bench/{script} --only {args.only} --recipe {args.recipe}"
+        + "".join(f" -S {s}" for s in args.sets)
+        + f"` (seed {seed}; each fold's test scenes scored by a model trained on the other folds)\n\n"
+    )
 
 
 def kept_name(part: str, seed: int, recipe: str, sets: list[str]) -> str:
