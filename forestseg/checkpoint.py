@@ -51,6 +51,12 @@ def read_model(path: str | Path) -> dict:
             f"{path}: not a {MODEL_FORMAT} model file ({found}); retrain it with this version "
             "(`dvc repro`), or pass models/<run>/model.pt"
         )
+    missing = [k for k in ("weights", "model", "normalizer", "tile_size", "threshold", "loss") if k not in state]
+    if missing:
+        raise ForestsegError(
+            f"{path}: a {MODEL_FORMAT} file without {', '.join(missing)}; it was not written by forestseg's "
+            "training: pass models/<run>/model.pt, or retrain (`dvc repro`)"
+        )
     if state["weights"] is None:
         raise ForestsegError(
             f"{path}: run {state.get('run')} diverged and has no model ({state.get('message', '')}); "
@@ -65,8 +71,11 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
     try:
         model.load_state_dict(state["weights"])
     except (RuntimeError, TypeError, KeyError, AttributeError) as e:
+        # torch lists every layer that does not fit, one per line: the first and how many more
+        problems = [" ".join(line.split()) for line in str(e).split("\n\t")[1:]] or [" ".join(str(e).split())]
+        more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
         raise ForestsegError(
-            f"{path}: the weights do not match the model its params describe ({' '.join(str(e).split())})"
+            f"{path}: the weights do not match the model its params describe ({problems[0][:300]}{more})"
         ) from None
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import ConfigError, DataConfig, ForestsegError
+from .dataset import DataError
 from .device import keep_freed_memory, pick_device
 from .io import read_json, remove_stale_temps, write_csv, write_json, write_with
 from .predict import BLOCK, Predictor, overlay, read_rgb
@@ -71,12 +72,18 @@ def _area_error(text: str | None) -> float | None:
         value = float(text)
     except ValueError:
         try:
-            value = read_json(text)["area_bias_pct"]
+            scored = read_json(text)
+            value = scored["area_bias_pct"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ForestsegError(
                 f"--area-error {text}: neither a percentage nor an evaluate JSON with area_bias_pct "
                 f"({type(e).__name__}: {e})"
             ) from None
+        if "split" in scored and scored["split"] is None:  # tiles scored without --split
+            print(
+                f"note: --area-error {text}: scored on every tile of {scored.get('data')}, training tiles "
+                "included (no --split), so its area bias is not one of unseen data"
+            )
         if not isinstance(value, (int, float)):
             raise ForestsegError(f"--area-error {text}: its area_bias_pct is {value!r}, not a number")
     if not math.isfinite(value):
@@ -283,7 +290,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
         )
     print(
         f"predict: mapped {len(rows)} GeoTIFF(s); areas in {out / 'forest_area.csv'}"
-        + (f" (area bias on held-out data: {area_error:+.1f}%)" if area_error is not None else "")
+        + (f" (area bias from --area-error: {area_error:+.1f}%)" if area_error is not None else "")
     )
 
 
@@ -304,17 +311,20 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.output is not None:  # checked before the scoring, which may take long, not after
         _check_output_file(args.output)
     _pixel_note(args.checkpoint, predictor)
-    result = score(
-        predictor,
-        args.data,
-        opts,
-        masks=args.masks,
-        forest=forest,
-        split=args.split,
-        subset=args.subset,
-        overlap=args.overlap,
-        adapt_bn=opts.adapt_bn,
-    )
+    try:
+        result = score(
+            predictor,
+            args.data,
+            opts,
+            masks=args.masks,
+            forest=forest,
+            split=args.split,
+            subset=args.subset,
+            overlap=args.overlap,
+            adapt_bn=opts.adapt_bn,
+        )
+    except DataError as e:  # the index's advice names params.yaml's keys; here they are flags
+        raise ForestsegError(str(e).replace("data.masks", "--masks").replace("data.forest", "--forest")) from None
     result = {
         "checkpoint": str(args.checkpoint),
         "dtype": "bf16" if predictor.bf16 else "fp32",  # "precision" is a score here

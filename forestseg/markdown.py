@@ -82,6 +82,11 @@ def scene_section(per_scene: dict, plots_rel: str) -> list[str]:
     return lines
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 run', '8 runs'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def write_report(
     path: Path,
     out: dict,
@@ -116,7 +121,7 @@ def write_report(
         + ".",
         f"- Model and training: {setup['params']}.",
         f"- Grid: {', '.join(dict.fromkeys(table['loss']))} x {', '.join(dict.fromkeys(table['optimizer']))} "
-        f"x seeds {', '.join(map(str, dict.fromkeys(table['seed'])))} ({len(table)} runs).",
+        f"x seeds {', '.join(map(str, dict.fromkeys(table['seed'])))} ({plural(len(table), 'run')}).",
         f"- Trained on {', '.join(sorted(set(table['device'].dropna())))} in "
         f"{', '.join(sorted(set(table['precision'].dropna())))}.",
         "- Metrics come from confusion counts summed over the whole test set; mIoU averages forest and "
@@ -139,9 +144,10 @@ def write_report(
             text += f", {gap:+.4f} mIoU over {runner['combination']}"
             if gap <= spread:
                 text += " (within the spread over seeds: no clear winner between these two)"
+        lead = top["test_iou_mean"] - base["test_iou"]
         text += (
             f"; the all-forest baseline scores forest IoU {base['test_iou']:.4f} and mIoU {base['test_miou']:.4f}, "
-            f"so the winner is {top['test_iou_mean'] - base['test_iou']:+.4f} forest IoU above it."
+            f"so the winner is {abs(lead):.4f} forest IoU {'above' if lead >= 0 else 'below'} it."
         )
         lines += [text, ""]
     diverged = table[table["status"] != "ok"]["run"].tolist()

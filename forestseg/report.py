@@ -13,7 +13,7 @@ import pandas as pd
 from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, SplitConfig, TrainConfig
 from .figures import FIGURES, fig_best_runs, fig_optimizers, fig_test_iou
 from .io import REMOVING, read_json, remove_tree, write_csv, write_json
-from .markdown import write_report
+from .markdown import plural, write_report
 from .metrics import METRICS, scores
 
 SCORES = ["train_loss", "test_loss", *(f"test_{m}" for m in METRICS)]  # per run, mean/std per combination
@@ -269,15 +269,19 @@ def describe_setup(
 ) -> dict:
     """The setup REPORT.md states: the index report, the split unit and the params in one sentence."""
     lrs = f"lr {opt.lr:g}" + "".join(f", {k} {v:g}" for k, v in opt.lr_overrides.items())
-    schedule = f"x{opt.gamma:g} every {opt.step_epochs} epochs" if opt.schedule == "step" else f"{opt.schedule} decay"
+    schedule = (
+        f"x{opt.gamma:g} every {plural(opt.step_epochs, 'epoch')}"
+        if opt.schedule == "step"
+        else f"{opt.schedule} decay"
+    )
     return {
         "index": index,
         "split_by": split.by,
         "params": (
             f"{model.arch} width {model.width} depth {model.depth}, batch-norm {'on' if model.batch_norm else 'off'}, "
-            f"{model.input} input; {train.epochs} epochs, batch {train.batch_size} (test {train.test_batch_size}), "
+            f"{model.input} input; {plural(train.epochs, 'epoch')}, batch {train.batch_size} (test {train.test_batch_size}), "
             f"{lrs}, {schedule}"
-            + (f" after {opt.warmup_epochs} warmup epochs" if opt.warmup_epochs else "")
+            + (f" after {plural(opt.warmup_epochs, 'warmup epoch')}" if opt.warmup_epochs else "")
             + f", momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}, "
             f"flips/rotations {'on' if train.augment else 'off'}, colour jitter {train.color_jitter:g}"
             + (f"; fine-tuned from {train.init_from}" if train.init_from != "none" else "")

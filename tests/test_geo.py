@@ -541,3 +541,15 @@ def test_evaluate_checks_its_output_path_before_scoring(checkpoint: Path, tmp_pa
     captured = capsys.readouterr()
     assert "forest IoU" not in captured.out  # refused before the scores were computed, not after
     assert captured.err.startswith(f"error: -o {out}: ") and len(captured.err.strip().splitlines()) == 1
+
+
+def test_an_area_bias_scored_on_training_tiles_is_named_so(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "-o", str(out)) == 0  # every tile: no --split
+    capsys.readouterr()
+    src = write_raster(tmp_path / "in/o.tif", scene[0])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "training tiles included (no --split), so its area bias is not one of unseen data" in printed
+    assert "area bias from --area-error:" in printed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -500,3 +501,29 @@ def test_predict_removes_what_a_killed_run_left_in_its_folder(checkpoint, tmp_pa
     assert exited.value.code == 0
     assert "removed 1 temp file(s) or folder(s) that a killed earlier run left" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["b_mask.png"]
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda s: {k: v for k, v in s.items() if k != "weights"}, r"a forestseg-model/1 file without weights; "),
+        (lambda s: {**s, "model": {**s["model"], "width": s["model"]["width"] * 2}}, r"do not match the model its"),
+    ],
+)
+def test_a_damaged_model_file_is_one_short_line(checkpoint, tmp_path, capsys, damage, says) -> None:
+    bad = tmp_path / "bad.pt"
+    torch.save(damage(torch.load(checkpoint, weights_only=False)), bad)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(bad), str(image), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and re.search(says, err) and len(err) < 500 and err.count("\n") == 1, err
+
+
+def test_evaluates_mask_advice_names_its_flags(checkpoint, tmp_path, capsys) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)  # 0/255 masks
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data), "--masks", "0/1"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "set --masks: '0/255'" in err and "data.masks" not in err, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -249,6 +250,8 @@ def test_report_markdown(tmp_path: Path) -> None:
     aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     text = report.read_text()
     assert "**mse-adam** has the highest mean test mIoU, 0.7188 ± 0.1326" in text
+    assert re.search(r"so the winner is 0\.\d{4} forest IoU (above|below) it\.", text)  # no "-0.05 above"
+    assert "(4 runs)." in text
     assert "Diverged runs (excluded from the means): bce-sgd-1." in text
     assert "(plots/loss_best.png)" in text
     assert "| all-forest baseline |" in text
@@ -430,3 +433,10 @@ def test_the_report_shows_the_ten_worst_of_more_scenes() -> None:
     assert [r.split(" | ")[0] for r in rows] == [f"| {i}" for i in range(10)]
     # 12 scenes: the lower 10th percentile is the 2nd worst (index floor(0.1 * 11) = 1)
     assert any("median 0.3438, 10th percentile 0.0625" in line for line in lines)
+
+
+@pytest.mark.parametrize("n, noun, text", [(1, "run", "1 run"), (8, "run", "8 runs"), (0, "epoch", "0 epochs")])
+def test_counts_read_as_english(n: int, noun: str, text: str) -> None:
+    from forestseg.markdown import plural
+
+    assert plural(n, noun) == text
