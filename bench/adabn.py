@@ -118,14 +118,22 @@ def main() -> None:
     ap.add_argument("--final", action="store_true", help="the set-aside scenes instead of the CV folds")
     ap.add_argument("--keep", type=Path, default=None, help="a folder to keep each fold's model in and reuse")
     args = ap.parse_args()
+    try:  # the lists, checked before anything loads
+        mixes = [float(m) for m in args.mix.split(",") if m]
+        sigmas = tuple(float(x) for x in args.smooth.split(",") if x)
+        tents = [int(n) for n in args.tent.split(",") if n]
+    except ValueError as e:
+        ap.error(f"--mix, --smooth and --tent take comma-separated numbers ({e})")
+    if not mixes or not all(0 <= m <= 1 for m in mixes) or any(x <= 0 for x in sigmas) or any(n < 1 for n in tents):
+        ap.error("--mix: numbers in 0..1; --smooth: sigmas > 0; --tent: step counts >= 1")
+    if not all(f in ("0", "1", "2", "3", "4") for f in args.only.split(",")):
+        ap.error(f"--only {args.only}: folds of the 5-fold CV, comma-separated, from 0,1,2,3,4")
     torch.set_num_threads(2)
     model_cfg, opt_cfg, train_cfg, grid = load_sections(
         q.recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
     )
     sample, device = q.load_sample(), pick_device(train_cfg.device)
-    mixes = [float(m) for m in args.mix.split(",") if m]
-    sigmas = tuple(float(x) for x in args.smooth.split(",") if x)
-    scorers = methods(mixes, [int(n) for n in args.tent.split(",") if n], args.otsu, sigmas)
+    scorers = methods(mixes, tents, args.otsu, sigmas)
     images = np.load(sample.layout.images, mmap_mode="r")
     folds = q.folds(sample, 5)
     deltas: dict[str, list[tuple[float, float]]] = {name: [] for name in list(scorers)[1:]}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import tempfile
 import time
@@ -61,9 +62,9 @@ def main() -> None:
     params = recipe_params(args.recipe, args.set_param)
     model_cfg, opt_cfg, train_cfg, grid = load_sections(params, "model", "optimizer", "train", "grid")
     train_cfg = dataclasses.replace(train_cfg, threshold="loss")
-    source_epochs = args.source_epochs or train_cfg.epochs
+    source_epochs = train_cfg.epochs if args.source_epochs is None else args.source_epochs
     lr = opt_cfg.lr_for(grid.loss[0], grid.optimizer[0]) if args.lr is None else args.lr
-    if min(args.scenes, args.tiles, args.epochs, source_epochs) < 1 or lr <= 0:
+    if min(args.scenes, args.tiles, args.epochs, source_epochs) < 1 or not 0 < lr < math.inf:
         sys.exit("bench/finetune.py: --scenes, --tiles, --epochs and --source-epochs must be >= 1, --lr > 0")
     run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
     device = pick_device(train_cfg.device)

@@ -103,9 +103,14 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=4, help="UNet width")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/forestseg-bench-geo"))
-    ap.add_argument("--keep", action="store_true", help="keep the raster and outputs")
+    ap.add_argument(
+        "--work", type=Path, default=Path("/tmp/forestseg-bench-geo"), help="a folder for the raster, model and maps"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the raster and outputs (else only they are removed)")
     args = ap.parse_args()
+    if args.work.exists() and not args.work.is_dir():
+        ap.error(f"--work {args.work}: is a file; give a folder")
+    made = not args.work.exists()
     args.work.mkdir(parents=True, exist_ok=True)
     raster, model, out = args.work / f"ortho_{args.size}_{args.pixel:g}m.tif", args.work / "model.pt", args.work / "out"
     t0 = time.perf_counter()
@@ -171,8 +176,12 @@ def main() -> None:
     }
     print(done.stdout.strip())
     print(json.dumps(result, indent=2))
-    if not args.keep:
-        shutil.rmtree(args.work)
+    if not args.keep:  # only what this script wrote: --work may be a folder of the user's
+        raster.unlink(missing_ok=True)
+        model.unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        if made:
+            args.work.rmdir()
 
 
 if __name__ == "__main__":

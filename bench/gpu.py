@@ -165,27 +165,29 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes, to check the script on a CPU")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--seeds", type=int, default=6)
-    ap.add_argument("--workers", type=int, default=6)
+    ap.add_argument("--seeds", type=int, default=None, help="seeds of the study grid (6; 1 with --tiny)")
+    ap.add_argument("--workers", type=int, default=None, help="queue workers (6; 1 with --tiny)")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    args.seeds = args.seeds or (1 if args.tiny else 6)
+    args.workers = args.workers or (1 if args.tiny else 6)
+    if min(args.seeds, args.workers, args.epochs) < 1:
+        ap.error("--seeds, --workers and --epochs must be at least 1")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        ap.error(f"--device {args.device}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu acceptance: torch sees no CUDA device on this machine; nothing to check here")
         return
-    device = torch.device(args.device)
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}")
     t0 = time.perf_counter()
     check_train_predict(device, args.tiny)
     if not args.skip_speed:
-        print(
-            subprocess.run(
-                [sys.executable, str(REPO / "bench/speed.py"), "--batch", "160" if device.type == "cuda" else "16"],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-            ).stdout
-        )
+        tiny = ["--width", "4", "--depth", "2", "--batch", "4", "--steps", "2", "--repeats", "1"] if args.tiny else []
+        batch = ["--batch", "160" if device.type == "cuda" else "16"] if not args.tiny else []
+        print(sh(REPO, sys.executable, str(REPO / "bench/speed.py"), *batch, *tiny))  # stops with its error
     study_grid(args)
     print(f"gpu acceptance: done in {time.perf_counter() - t0:.0f} s")
 

@@ -436,6 +436,21 @@ def save(result: dict, quiet: bool = False) -> None:
         print(text)
 
 
+def _check_numbers(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The numeric options, checked before anything loads: one line each, not a traceback later."""
+    if args.folds < 2 or args.threads < 0:
+        ap.error("--folds must be at least 2 and --threads at least 0")
+    for option, text, low in (("--only", args.only, 0), ("--scenes", args.scenes, 1)):
+        values = text.split(",") if text else []
+        if not all(v.isdigit() and low <= int(v) for v in values) or (
+            option == "--only" and any(int(v) >= args.folds for v in values)
+        ):
+            ap.error(
+                f"{option} {text}: comma-separated whole numbers"
+                + (f", folds 0-{args.folds - 1}" if option == "--only" else ", each at least 1")
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=("cv", "final", "curve", "table", "merge"))
@@ -457,6 +472,7 @@ def main() -> None:
     ap.add_argument("--ref", default="", help="table: also each result's paired change against this result")
     ap.add_argument("--parts", default="", help="merge: results of one recipe on different folds, e.g. a,b")
     args = ap.parse_args()
+    _check_numbers(ap, args)
     if args.mode == "table":
         results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
         ref = next((r for r in results if r["name"] == args.ref), None)
@@ -467,6 +483,9 @@ def main() -> None:
         print(text)
         return
     if args.mode == "merge":  # folds run in separate processes (e.g. two 1-thread runs side by side)
+        missing = [n for n in args.parts.split(",") if not (RESULTS / f"{n}.json").is_file()]
+        if missing:
+            sys.exit(f"merge: --parts {args.parts}: no bench/results/{missing[0]}.json")
         parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.parts.split(",")]
         if any(p.get(k) != parts[0].get(k) for p in parts for k in ALIKE) or parts[0]["mode"] != "cv" or not args.name:
             sys.exit("merge: give --name and --parts of cv results with the same params, --folds and --tta")

@@ -16,19 +16,26 @@ import time
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     cmd = ["dvc", "repro", *(argv[1:] if argv[:1] == ["--"] else argv)]
     t0 = time.perf_counter()
     stages: list[tuple[str, float]] = []
     # the interpreter's folder first: dvc, and the `python` of the stages' commands, of this environment
     env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+    lines = []
     for line in proc.stdout:
         now = time.perf_counter() - t0
+        lines.append(line)
         found = re.search(r"Running stage '([^']+)'", line)
         if found:
             stages.append((found.group(1), now))
     rc = proc.wait()
     total = time.perf_counter() - t0
+    if rc:  # the timings alone would hide why: DVC's own output
+        sys.stdout.write("".join(lines[-40:]))
     print(f"{'stage':<24} {'seconds':>8}")
     ends = [t for _, t in stages[1:]] + [total]
     for (name, start), end in zip(stages, ends):

@@ -209,6 +209,8 @@ def main() -> None:
         "--nchw", action="store_true", help="also time training without channels_last (train.channels_last)"
     )
     args = ap.parse_args()
+    if min(args.width, args.depth, args.batch, args.steps, args.repeats) < 1:
+        ap.error("--width, --depth, --batch, --steps and --repeats must be at least 1")
     kept = False if args.default_malloc else keep_freed_memory()
     device = pick_device("auto")
     tmp = Path(tempfile.mkdtemp(prefix="forestseg-bench-"))

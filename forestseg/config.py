@@ -112,13 +112,19 @@ class SynthConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _positive("synth.scenes", self.scenes)
+        if not 1 <= self.scenes <= 10000:
+            _fail("synth.scenes", f"must be in 1..10000, got {self.scenes}")
         if not 1 <= self.grid <= 10:
             _fail("synth.grid", f"must be in 1..10 (tile names use one digit per row/col), got {self.grid}")
         if self.seed < 0:
             _fail("synth.seed", f"must be >= 0, got {self.seed}")
         if self.tile_size < 16 or self.tile_size % 16:
             _fail("synth.tile_size", f"must be a multiple of 16 and >= 16, got {self.tile_size}")
+        if self.grid * self.tile_size > 4096:  # a scene is rendered whole: ~20 float planes of its side squared
+            _fail(
+                "synth.tile_size",
+                f"x synth.grid must be <= 4096 px (one scene's side), got {self.grid * self.tile_size}",
+            )
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def pair_problem(image: str, mask: str) -> str | None:
             return f"{column} {name!r} is a path; meta_data.csv must name a file inside {column}s/ of data.source"
     m = NAME.match(image)
     if m is None:
-        return "image name is not <scene>_sat_<rc>.jpg, so its scene is unknown"
+        return f"image name {image!r} is not <scene>_sat_<rc>.jpg, so its scene is unknown"
     k = MASK_NAME.match(mask)
     if k is None or (k["scene"], k["rc"]) != (m["scene"], m["rc"]):
         return f"mask {mask!r} is not this image's mask (expected {m['scene']}_mask_{m['rc']}.<jpg|png>)"
@@ -78,6 +78,13 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
     """The Kaggle-layout folder at or inside `root` (the Kaggle zip nests 'Forest Segmented/Forest
     Segmented/'), with a note when it was found below `root`."""
     root = Path(root)
+    if root.is_file():
+        what = (
+            "a zip: unzip it and set data.source to the folder"
+            if root.suffix.lower() == ".zip"
+            else (f"set data.source to its folder, {root.parent}" if root.name == "meta_data.csv" else "set a folder")
+        )
+        raise DataError(f"data.source {str(root)!r} is a file, not a folder; {what}. {GET_DATA}")
     if not root.is_dir():
         raise DataError(f"data folder {str(root)!r} does not exist. {GET_DATA}")
     if (root / "meta_data.csv").exists():
@@ -114,7 +121,8 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if not meta.is_file():
         raise DataError(f"{meta}: missing; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}")
     try:
-        frame = pd.read_csv(meta, dtype=str, keep_default_na=False, encoding="utf-8")
+        # index_col=False: a trailing comma on the rows must not turn the image column into the index
+        frame = pd.read_csv(meta, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)
     except UnicodeDecodeError as e:
         raise DataError(f"{meta}: not UTF-8 text ({e}); re-save it as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
@@ -403,14 +411,15 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     unique = np.array(sorted(units.unique()))
     if len(unique) < 2:
         raise DataError(f"split.by={cfg.by}: need at least 2 {cfg.by}s to split, the index has {len(unique)}")
-    order = np.random.default_rng(cfg.seed).permutation(len(unique))
-    n_test = min(len(unique) - 1, max(1, round(cfg.test_fraction * len(unique))))
-    n_val = round(cfg.val_fraction * len(unique)) if cfg.val_fraction > 0 else 0
-    n_val = min(len(unique) - n_test - 1, max(1, n_val)) if cfg.val_fraction > 0 else 0
-    if cfg.val_fraction > 0 and n_val < 1:
+    if cfg.val_fraction > 0 and len(unique) < 3:
         raise DataError(
             f"split.val_fraction={cfg.val_fraction}: too few {cfg.by}s ({len(unique)}) for train, val and test"
         )
+    order = np.random.default_rng(cfg.seed).permutation(len(unique))
+    others = 2 if cfg.val_fraction > 0 else 1  # train, and val if asked, keep at least one each
+    n_test = min(len(unique) - others, max(1, round(cfg.test_fraction * len(unique))))
+    n_val = round(cfg.val_fraction * len(unique)) if cfg.val_fraction > 0 else 0
+    n_val = min(len(unique) - n_test - 1, max(1, n_val)) if cfg.val_fraction > 0 else 0
     subset_of = {}
     for rank, i in enumerate(order):
         subset_of[unique[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"

@@ -133,6 +133,8 @@ BAD = [
     ("tile-size-not-x16", "synth.tile_size", 40, r"synth\.tile_size: must be a multiple of 16"),
     ("tile-size-too-small", "synth.tile_size", 0, r"synth\.tile_size: must be a multiple of 16"),
     ("grid-too-large", "synth.grid", 11, r"synth\.grid: must be in 1\.\.10"),
+    ("synth-scenes-too-many", "synth.scenes", 999000, r"synth\.scenes: must be in 1\.\.10000"),
+    ("synth-scene-too-large", "synth.tile_size", 8192, r"synth\.tile_size: x synth\.grid must be <= 4096 px"),
     ("test-fraction-above-1", "split.test_fraction", 1.5, r"split\.test_fraction: must be in \(0, 1\)"),
     ("test-fraction-zero", "split.test_fraction", 0, r"split\.test_fraction: must be in \(0, 1\)"),
     ("val-leaves-no-train", "split.val_fraction", 0.75, r"split\.val_fraction: must be in \[0, 1 - test_fraction\)"),

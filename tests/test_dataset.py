@@ -242,7 +242,7 @@ def test_image_name_without_scene_is_skipped(tiny_set, tmp_path):
         {
             "image": "forest_tile.jpg",
             "mask": mask,
-            "reason": "image name is not <scene>_sat_<rc>.jpg, so its scene is unknown",
+            "reason": "image name 'forest_tile.jpg' is not <scene>_sat_<rc>.jpg, so its scene is unknown",
         }
     ]
     assert_accounted(report, index)
@@ -421,6 +421,19 @@ def test_val_subset_has_its_own_scenes(index8):
     assert val and train and test
     assert not val & train and not val & test and not train & test
     assert len(train | val | test) == 8
+
+
+@pytest.mark.parametrize("scenes, fails", [(2, True), (3, False)])
+def test_three_scenes_give_train_val_and_test_whatever_the_test_share(scenes: int, fails: bool):
+    index = pd.DataFrame(
+        {"image": [f"{s}_sat_00.jpg" for s in range(scenes)], "scene": [str(s) for s in range(scenes)]}
+    )
+    cfg = SplitConfig(by="scene", test_fraction=0.5, val_fraction=0.4)  # 2 test scenes of 3 would leave no val
+    if fails:
+        with pytest.raises(DataError, match=r"too few scenes \(2\) for train, val and test"):
+            split_index(index, cfg)
+    else:
+        assert sorted(split_index(index, cfg)["subset"]) == ["test", "train", "val"]
 
 
 def test_one_scene_cannot_be_split():
@@ -652,3 +665,20 @@ def test_skipped_pairs_are_counted_by_kind_of_reason(tiny_set, tmp_path):
     assert report["skipped"] == 4
     assert report["skipped_by_reason"]["missing file images/<image>"] == 3  # one count for the kind, not one per file
     assert sum(report["skipped_by_reason"].values()) == 4 and len(report["skipped_by_reason"]) == 2
+
+
+def test_a_trailing_comma_on_the_rows_keeps_the_columns(tiny_set, tmp_path):
+    edit_meta(tiny_set, lambda lines: [lines[0]] + [line + "," for line in lines[1:]])  # rows end with a comma
+    _, report = build(tiny_set, tmp_path / "out")
+    assert report["valid"] == ROWS and report["skipped"] == 0
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [("set.zip", "is a file, not a folder; a zip: unzip it"), ("meta_data.csv", "set data.source to its folder")],
+)
+def test_a_file_as_data_source_says_so(tmp_path, name, says):
+    path = tmp_path / name
+    path.write_text("x")
+    with pytest.raises(DataError, match=says):
+        build(path, tmp_path / "out")
