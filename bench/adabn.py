@@ -126,8 +126,7 @@ def main() -> None:
         ap.error(f"--mix, --smooth and --tent take comma-separated numbers ({e})")
     if not mixes or not all(0 <= m <= 1 for m in mixes) or any(x <= 0 for x in sigmas) or any(n < 1 for n in tents):
         ap.error("--mix: numbers in 0..1; --smooth: sigmas > 0; --tent: step counts >= 1")
-    if not all(f in ("0", "1", "2", "3", "4") for f in args.only.split(",")):
-        ap.error(f"--only {args.only}: folds of the 5-fold CV, comma-separated, from 0,1,2,3,4")
+    q.check_five_folds(ap, args.only)
     torch.set_num_threads(2)
     model_cfg, opt_cfg, train_cfg, grid = load_sections(
         q.recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"

@@ -219,9 +219,14 @@ def kept_fold_options(doc: str, name: str, name_help: str = "bench/results/<name
     ap.add_argument("--keep", type=Path, default=None, help="a folder to keep each fold's model in and reuse")
     ap.add_argument("--name", default=name, help=name_help)
     args = ap.parse_args()
-    if not all(f in ("0", "1", "2", "3", "4") for f in args.only.split(",")):
-        ap.error(f"--only {args.only}: folds of the 5-fold CV, comma-separated, from 0,1,2,3,4")
+    check_five_folds(ap, args.only)
     return args
+
+
+def check_five_folds(ap: argparse.ArgumentParser, only: str) -> None:
+    """--only of the scripts that score the 5-fold CV's folds: one line for anything but folds 0-4."""
+    if not all(f in ("0", "1", "2", "3", "4") for f in only.split(",")):
+        ap.error(f"--only {only}: folds of the 5-fold CV, comma-separated, from 0,1,2,3,4")
 
 
 def kept_fold_predictors(args: argparse.Namespace, sample: Sample) -> Iterator[tuple[int, Predictor]]:

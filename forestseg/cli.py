@@ -303,9 +303,7 @@ def evaluate(args: argparse.Namespace) -> int:
     try:
         DataConfig(masks=args.masks, forest=forest)
     except ConfigError as e:  # the params.yaml checks, named by the flags here
-        raise ForestsegError(
-            str(e).replace("params.yaml: data.masks", "--masks").replace("params.yaml: data.forest", "--forest")
-        ) from None
+        raise ForestsegError(_as_flags(str(e))) from None
     if not args.data.is_dir():
         raise ForestsegError(f"{args.data}: no such folder")
     if args.output is not None:  # checked before the scoring, which may take long, not after
@@ -324,7 +322,7 @@ def evaluate(args: argparse.Namespace) -> int:
             adapt_bn=opts.adapt_bn,
         )
     except DataError as e:  # the index's advice names params.yaml's keys; here they are flags
-        raise ForestsegError(str(e).replace("data.masks", "--masks").replace("data.forest", "--forest")) from None
+        raise ForestsegError(_as_flags(str(e))) from None
     result = {
         "checkpoint": str(args.checkpoint),
         "dtype": "bf16" if predictor.bf16 else "fp32",  # "precision" is a score here
@@ -358,6 +356,14 @@ def evaluate(args: argparse.Namespace) -> int:
         write_json(args.output, result)
         print(f"evaluate: wrote {args.output} (pass it to `forestseg predict --area-error`)")
     return 0
+
+
+def _as_flags(text: str) -> str:
+    """A message of the params checks or the index, naming evaluate's --masks / --forest instead of
+    params.yaml's data.masks / data.forest."""
+    for key, flag in (("data.masks", "--masks"), ("data.forest", "--forest")):
+        text = text.replace(f"params.yaml: {key}", flag).replace(key, flag)
+    return text
 
 
 def _check_output_file(path: Path) -> None:

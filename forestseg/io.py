@@ -43,11 +43,15 @@ def _write_error(path: Path, e: OSError) -> ForestsegError:
 _TEMP = re.compile(r"^\..*\.~(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.")  # what temp_prefix makes
 
 
+def _host() -> str:
+    """This machine's name as temp names carry it (`_TEMP`'s host group)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+
+
 def temp_prefix(stem: str) -> str:
     """The name start of a temp file or folder beside an output: hidden, and naming its machine and
     process, so a later run can tell a killed run's leftovers (`remove_stale_temps`) from a live one's."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
-    return f".{stem}.~{host}-{os.getpid()}."
+    return f".{stem}.~{_host()}-{os.getpid()}."
 
 
 def _alive(pid: int) -> bool:
@@ -64,7 +68,7 @@ def remove_stale_temps(folder: Path) -> int:
     """Remove the temp files and folders (`temp_prefix`) that killed runs on this machine left in
     `folder`; those of running processes, and of other machines sharing the folder, stay. Returns
     how many were removed."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+    host = _host()
     removed = 0
     for entry in folder.glob(".*"):
         m = _TEMP.match(entry.name)

@@ -75,7 +75,7 @@ def experiments(shown: list) -> list[Experiment]:
     out = []
     for baseline in shown:
         base = baseline.get("data") or {}
-        base_params = _params(base)
+        base_params, base_headline = _params(base), _headline(base)
         for exp in baseline.get("experiments") or []:
             rev = exp["revs"][0]
             data = rev.get("data") or {}
@@ -89,7 +89,7 @@ def experiments(shown: list) -> list[Experiment]:
                 status = state
             elif not headline:
                 status = "no metrics"
-            elif headline == _headline(base) and any(
+            elif headline == base_headline and any(
                 params.get(k) != base_params.get(k) for k in set(params) | set(base_params) if k.startswith(TRAINING)
             ):
                 # other training params, the very same scores: aggregate did not run (a `train`-only

@@ -79,6 +79,14 @@ def ran(out: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out.stdout + out.stderr))
 
 
+def dead_temp_prefix(stem: str) -> str:
+    """`io.temp_prefix(stem)` as a process of this machine that has ended would have made it."""
+    from forestseg.io import temp_prefix
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return temp_prefix(stem).replace(f"-{os.getpid()}.", f"-{int(done.stdout)}.")
+
+
 def set_params(repo: Path, changes: dict) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in changes.items():

@@ -93,13 +93,11 @@ def test_a_folder_where_the_file_goes_is_one_line_and_no_temp(tmp_path: Path) ->
 
 
 def test_a_killed_runs_temps_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+    from conftest import dead_temp_prefix
 
     from forestseg.io import remove_stale_temps, temp_prefix
 
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = temp_prefix("a_mask").replace(f"-{os.getpid()}.", f"-{int(done.stdout)}.")  # that process is gone
+    dead = dead_temp_prefix("a_mask")
     (tmp_path / f"{dead}x1.tmp.tif").write_text("half a mask")
     (tmp_path / f"{dead}x2").mkdir()  # a map's folder of logits
     (tmp_path / f"{dead}x2" / "logits.tif").write_text("...")

@@ -485,15 +485,10 @@ def test_min_area_must_be_a_finite_area(checkpoint, tmp_path, capsys, value) -> 
 
 
 def test_predict_removes_what_a_killed_run_left_in_its_folder(checkpoint, tmp_path, capsys) -> None:
-    import os
-    import subprocess
-    import sys
+    from conftest import dead_temp_prefix
 
-    from forestseg.io import temp_prefix
-
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     out = tmp_path / "out"
-    (out / (temp_prefix("a").replace(f"-{os.getpid()}.", f"-{int(done.stdout)}.") + "x")).mkdir(parents=True)
+    (out / (dead_temp_prefix("a") + "x")).mkdir(parents=True)
     image = tmp_path / "b.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
     with pytest.raises(SystemExit) as exited:
