@@ -179,6 +179,7 @@ def main() -> None:
     if not args.keep:  # only what this script wrote: --work may be a folder of the user's
         raster.unlink(missing_ok=True)
         model.unlink(missing_ok=True)
+        model.with_suffix(".resume.pt").unlink(missing_ok=True)  # train_run's, beside the model file
         shutil.rmtree(out, ignore_errors=True)
         if made:
             args.work.rmdir()
