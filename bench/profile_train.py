@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,6 +49,29 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     return min(times)
 
 
+class _RecordConvolutions(TorchDispatchMode):
+    """Count each distinct aten.convolution a forward runs (modules and functional calls alike: Up
+    runs its transposed conv as a 1x1 conv): input, output and weight shapes, stride, padding, transposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[tuple, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.convolution.default:
+            x, w, _, stride, pad, _, transposed = args[:7]
+            key = (tuple(x.shape), tuple(out.shape), tuple(w.shape), tuple(stride), tuple(pad), transposed)
+            self.seen[key] = self.seen.get(key, 0) + 1
+        return out
+
+
+def _convolutions(model: torch.nn.Module, x: torch.Tensor) -> dict[tuple, int]:
+    with _RecordConvolutions() as record, torch.no_grad():
+        model(x)
+    return record.seen
+
+
 def conv_kernels(
     model: torch.nn.Module, x: torch.Tensor, peak: float, dtype: torch.dtype = torch.float32
 ) -> tuple[float, float, float, float]:
@@ -55,22 +79,8 @@ def conv_kernels(
     forward, backward to the input, backward to the weights, GFLOP/s and % of `peak` FLOP/s, and
     the totals over every convolution of one training step; returns those totals: the forward
     FLOPs (each backward kernel does as many) and the seconds of the three kernels."""
-    shapes: list[tuple] = []
-    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-    hooks = [
-        m.register_forward_hook(lambda m, i, o: shapes.append((m, tuple(i[0].shape), tuple(o.shape))))
-        for m in model.modules()
-        if isinstance(m, convs)
-    ]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
+    seen = _convolutions(model, x)  # each distinct convolution: how many times a forward runs it
     layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    seen: dict[tuple, int] = {}  # each distinct convolution: how many times a step runs it
-    for m, i, o in shapes:
-        key = (i, o, tuple(m.weight.shape), m.stride, m.padding, isinstance(m, torch.nn.ConvTranspose2d))
-        seen[key] = seen.get(key, 0) + 1
     totals = [0.0, 0.0, 0.0, 0.0]  # FLOPs, forward s, backward-input s, backward-weight s
     print(
         f"{'convolution (input -> output, kernel)':48} {'count':>5} {'forward':>16} {'back, input':>16} {'back, weights':>16}"

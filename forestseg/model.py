@@ -38,8 +38,48 @@ class Down(nn.Sequential):
         super().__init__(nn.MaxPool2d(2), Block(cin, cout, batch_norm))
 
 
+class _CatUpsampled(torch.autograd.Function):
+    """cat([skip, depth-to-space(y)], dim=1) with one copy per input, forward and backward: y (B, 4c, h, w)
+    holds each output pixel (2h+i, 2w+j)'s c channels at channels (i, j, :). Separate pixel_shuffle and
+    cat copies the upsampled map twice each way; at 16-64 channels those copies cost more than the
+    convolution (README: Benchmarks)."""
+
+    @staticmethod
+    def forward(ctx, skip: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, c4, h, w = y.shape
+        c, cs = c4 // 4, skip.shape[1]
+        layout = (
+            torch.channels_last if skip.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        )
+        dtype = torch.promote_types(skip.dtype, y.dtype)
+        out = torch.empty((b, cs + c, 2 * h, 2 * w), dtype=dtype, device=y.device, memory_format=layout)
+        out[:, :cs].copy_(skip)
+        _pixels(out[:, cs:], h, w).copy_(_pixels(y, h, w, packed=True))
+        ctx.sizes = (cs, c, h, w)
+        return out  # (B, cs + c, 2h, 2w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cs, c, h, w = ctx.sizes
+        layout = (
+            torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        )
+        grad_y = torch.empty((len(grad), 4 * c, h, w), dtype=grad.dtype, device=grad.device, memory_format=layout)
+        _pixels(grad_y, h, w, packed=True).copy_(_pixels(grad[:, cs:], h, w))
+        return grad[:, :cs], grad_y
+
+
+def _pixels(t: torch.Tensor, h: int, w: int, packed: bool = False) -> torch.Tensor:
+    """A view (B, h, 2, w, 2, c) of an upsampled map t (B, c, 2h, 2w), or with `packed` of its
+    channels-packed form t (B, 4c, h, w) (channels ordered i, j, c), whatever t's memory layout."""
+    t = t.permute(0, 2, 3, 1)  # (B, rows, cols, channels)
+    if packed:
+        return t.unflatten(3, (2, 2, -1)).permute(0, 1, 3, 2, 4, 5)  # (B, h, w, 2, 2, c) -> (B, h, 2, w, 2, c)
+    return t.unflatten(1, (h, 2)).unflatten(3, (w, 2))  # (B, 2h, 2w, c) -> (B, h, 2, w, 2, c)
+
+
 class Up(nn.Module):
-    """Double the resolution with a transposed conv, concatenate the skip, then a Block."""
+    """Double the resolution with a transposed 2x2 conv, concatenate the skip, then a Block."""
 
     def __init__(self, cin: int, cout: int, batch_norm: bool = True):
         super().__init__()
@@ -47,10 +87,17 @@ class Up(nn.Module):
         self.block = Block(2 * cout, cout, batch_norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up(x)  # (B, cout, 2h, 2w)
-        if x.shape[-2:] != skip.shape[-2:]:  # odd input sizes: pad to the skip's size
+        if skip.shape[-2:] != (2 * x.shape[-2], 2 * x.shape[-1]):  # odd input sizes: pad to the skip's size
+            x = self.up(x)  # (B, cout, 2h, 2w)
             x = F.pad(x, (0, skip.shape[-1] - x.shape[-1], 0, skip.shape[-2] - x.shape[-2]))
-        return self.block(torch.cat([skip, x], dim=1))  # (B, cout, 2h, 2w)
+            return self.block(torch.cat([skip, x], dim=1))
+        # The same transposed conv as a 1x1 conv to the 2x2 output pixels' channels: oneDNN runs a 1x1
+        # conv near the peak, its 2x2 stride-2 transposed conv (weight gradient) at 17-50 % of it.
+        cin, cout = self.up.weight.shape[:2]
+        weight = self.up.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin, 1, 1)  # (i, j, cout, cin)
+        bias = None if self.up.bias is None else self.up.bias.repeat(4)
+        y = F.conv2d(x, weight, bias)  # (B, 4 cout, h, w)
+        return self.block(_CatUpsampled.apply(skip, y))  # (B, 2 cout, 2h, 2w) -> (B, cout, 2h, 2w)
 
 
 class GlobalContext(nn.Module):

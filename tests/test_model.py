@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from forestseg.config import ModelConfig
 from forestseg.errors import ForestsegError
-from forestseg.model import MixStyle, UNet, adapt_batchnorm, build_model, count_parameters
+from forestseg.model import MixStyle, UNet, Up, adapt_batchnorm, build_model, count_parameters
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,6 +86,34 @@ def test_channels_last_gives_the_same_output(batch_norm: bool, train_mode: bool)
         out = model_cl(x_cl)
     assert out.shape == ref.shape == (3, 40, 40)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_up_runs_its_transposed_conv_as_a_1x1_conv_with_the_same_values_and_gradients(
+    channels_last: bool, dtype: torch.dtype
+) -> None:
+    """Up's fast path (1x1 conv, then one copy into the concatenation) against ConvTranspose2d + cat."""
+    torch.manual_seed(3)
+    up = Up(6, 3).to(dtype)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 6, 5, 7, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+    skip = torch.randn(2, 3, 10, 14, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+    grad = torch.randn(2, 3, 10, 14, dtype=dtype)
+
+    def run(forward) -> list[torch.Tensor]:  # noqa: ANN001
+        up.zero_grad()
+        x.grad = skip.grad = None
+        out = forward(x, skip)
+        (out * grad).sum().backward()
+        return [out, x.grad, skip.grad] + [p.grad for p in up.parameters()]
+
+    fast = run(up)
+    slow = run(lambda x, skip: up.block(torch.cat([skip, up.up(x)], dim=1)))
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 0.02, "atol": 0.02}
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, **tol)
+    assert fast[0].is_contiguous(memory_format=layout)
 
 
 def test_output_depends_on_input() -> None:
