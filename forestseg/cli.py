@@ -130,7 +130,7 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .geo import RASTER_SUFFIXES, check_raster
+    from .geo import PICTURE_SUFFIXES, RASTER_SUFFIXES, check_raster, is_georeferenced
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
@@ -154,7 +154,9 @@ def predict(args: argparse.Namespace) -> int:
     # leaving a forest-area table with an orthophoto silently missing
     rasters, pictures = [], []
     for f in files:
-        raster = check_raster(f, opts) if f.suffix.lower() in RASTER_SUFFIXES else None
+        suffix = f.suffix.lower()
+        geo = suffix in RASTER_SUFFIXES or (suffix not in PICTURE_SUFFIXES and is_georeferenced(f))
+        raster = check_raster(f, opts) if geo else None
         (rasters if raster else pictures).append(raster or f)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +180,8 @@ def predict(args: argparse.Namespace) -> int:
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
     adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
     scene = predictor.for_scene(_scene_images(pictures), opts.adapt_bn) if adapt else predictor
+    if adapt and scene is predictor:
+        print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
     failed, transparent = _predict_pictures(scene, pictures, args)
     if pictures:
         print(

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .dataset import DataError, build_index, find_source
 from .errors import ForestsegError
+from .io import remove_stale_temps, temp_prefix
 from .metrics import scores
 from .predict import Predictor
 
@@ -94,7 +95,7 @@ def evaluate_tiles(
     """Score on the tiles of a Kaggle-layout folder (all, or the `subset` rows of a split.csv),
     read as the index reads them; tiles are taken at the model's pixel size. With `adapt_bn`,
     each scene is scored by the model adapted to its own tiles (`Predictor.adapted`)."""
-    with tempfile.TemporaryDirectory(prefix="forestseg-evaluate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
         index, report = build_index(data, Path(tmp) / "images.npy", Path(tmp) / "masks.npy", masks, forest)
         if report["skipped"]:
             log(
@@ -167,58 +168,76 @@ def raster_pairs(data: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _check_truth(truth_path: Path) -> None:
+    """Refuse, from its header, a truth raster that would be scored wrong."""
+    from .geo import _open
+
+    with _open(truth_path) as truth:
+        if truth.count != 1:
+            raise ForestsegError(
+                f"{truth_path}: has {truth.count} bands; a truth is one band (0 = not forest, other values "
+                f"forest): write the forest class as one band (gdal_calc.py or QGIS's raster calculator)"
+            )
+        if truth.nodata in (0, 1):  # a class value: its pixels would silently leave the score
+            raise ForestsegError(
+                f"{truth_path}: declares nodata {truth.nodata:g}, a class value of the truth "
+                "(0 = not forest, other values forest), so those pixels would not be scored; "
+                f"set another nodata (e.g. 255) or none: gdal_edit.py -unsetnodata {truth_path}"
+            )
+        if truth.crs is None:
+            raise ForestsegError(f"{truth_path}: has no CRS; the truth must be georeferenced like its image")
+
+
 def evaluate_rasters(
     predictor: Predictor, pairs: list[tuple[Path, Path]], opts, log: Callable[[str], None] = print
 ) -> dict:
     """Score on labelled rasters: each image is mapped as `forestseg predict` maps it, and its mask
     compared with the truth raster (0 = not forest, other values = forest; the truth's nodata and
-    the image's nodata are left out), read on the mask's grid (nearest neighbour if it differs)."""
+    the image's nodata are left out), read on the mask's grid (nearest neighbour if it differs).
+    Every pair is checked from its headers before the first is mapped."""
     import rasterio
     from rasterio.enums import Resampling
 
-    from .geo import FOREST, GDAL_ENV, NODATA, Grid, _blocks, _warp, check_raster, map_forest
+    from .geo import FOREST, GDAL_ENV, NODATA, CPLE_BaseError, Grid, _blocks, _one_line, _warp, check_raster, map_forest
 
+    rasters = []
+    for image, truth_path in pairs:
+        raster = check_raster(image, opts)
+        if raster is None:
+            raise ForestsegError(f"{image}: has no georeference; labelled rasters must be GeoTIFFs")
+        _check_truth(truth_path)
+        rasters.append(raster)
     units: dict[str, tuple[np.ndarray, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="forestseg-evaluate-") as tmp:
-        for image, truth_path in pairs:
-            raster = check_raster(image, opts)
-            if raster is None:
-                raise ForestsegError(f"{image}: has no georeference; labelled rasters must be GeoTIFFs")
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
+        for raster, (image, truth_path) in zip(rasters, pairs):
             area = map_forest(predictor, raster, Path(tmp), opts, log)
             counts = np.zeros(4, np.int64)
             with rasterio.Env(**GDAL_ENV), rasterio.open(area.mask) as pred_ds:
+                grid = Grid(pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
                 try:
-                    truth_ds = rasterio.open(truth_path)
-                except rasterio.errors.RasterioError as e:
-                    raise ForestsegError(
-                        f"{truth_path}: cannot be read as a GeoTIFF ({' '.join(str(e).split())})"
-                    ) from None
-                with truth_ds:
-                    if truth_ds.nodata in (0, 1):  # a class value: its pixels would silently leave the score
-                        raise ForestsegError(
-                            f"{truth_path}: declares nodata {truth_ds.nodata:g}, a class value of the truth "
-                            "(0 = not forest, other values forest), so those pixels would not be scored; "
-                            f"set another nodata (e.g. 255) or none: gdal_edit.py -unsetnodata {truth_path}"
+                    with rasterio.open(truth_path) as truth_ds:
+                        same = (
+                            truth_ds.crs == grid.crs
+                            and truth_ds.transform.almost_equals(grid.transform)
+                            and truth_ds.shape == pred_ds.shape
                         )
-                    if truth_ds.crs is None:
-                        raise ForestsegError(
-                            f"{truth_path}: has no CRS; the truth must be georeferenced like its image"
-                        )
-                    grid = Grid(pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
-                    same = (
-                        truth_ds.crs == grid.crs
-                        and truth_ds.transform.almost_equals(grid.transform)
-                        and truth_ds.shape == pred_ds.shape
-                    )
-                    view = truth_ds if same else _warp(truth_ds, grid, Resampling.nearest, alpha=True)
-                    try:
-                        for window in _blocks(grid, 2048):
-                            pred = pred_ds.read(1, window=window)
-                            valid = (pred != NODATA) & (view.dataset_mask(window=window) > 0)
-                            counts += _counts((pred == FOREST)[valid], (view.read(1, window=window) > 0)[valid])
-                    finally:
-                        if view is not truth_ds:
-                            view.close()
+                        view = truth_ds if same else _warp(truth_ds, grid, Resampling.nearest, alpha=True)
+                        try:
+                            for window in _blocks(grid, 2048):
+                                pred = pred_ds.read(1, window=window)
+                                valid = (pred != NODATA) & (view.dataset_mask(window=window) > 0)
+                                truth = view.read(1, window=window) > 0
+                                counts += _counts((pred == FOREST)[valid], truth[valid])
+                        finally:
+                            if view is not truth_ds:
+                                view.close()
+                except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as e:
+                    raise ForestsegError(f"{truth_path}: failed while reading ({_one_line(e)})") from None
+            if not counts.sum():
+                raise ForestsegError(
+                    f"{truth_path}: no pixel of it with data lies on a pixel of {image.name} with data; "
+                    "is it the mask of that image (same place, CRS set right)?"
+                )
             units[image.name] = (counts, grid.pixel_area_m2(raster.unit_m))
             Path(area.mask).unlink()
     return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **summarize(units, "raster")}
@@ -226,6 +245,9 @@ def evaluate_rasters(
 
 def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], None] = print, **tile_args) -> dict:
     """Score on `data`: a Kaggle-layout folder of tiles, or a folder of labelled GeoTIFFs."""
+    stale = remove_stale_temps(Path(tempfile.gettempdir()))  # what killed evaluations left there
+    if stale:
+        log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")
     try:
         find_source(data)
     except DataError:
@@ -246,4 +268,14 @@ def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], N
             f"{data}: neither a Kaggle-layout folder (meta_data.csv, images/, masks/) nor a folder "
             "of labelled GeoTIFFs (images/<name>.tif with masks/<name>.tif)"
         ) from None
+    from .geo import MapOptions
+
+    given = opts or MapOptions()
+    raster_only = {"bands": "--bands", "resample": "--no-resample", "reproject": "--reproject", "block": "--block"}
+    ignored = [flag for key, flag in raster_only.items() if getattr(given, key) != getattr(MapOptions(), key)]
+    if ignored:
+        raise ForestsegError(
+            f"{data}: Kaggle-layout tiles (taken at the model's pixel size); {', '.join(ignored)} apply to "
+            "labelled GeoTIFFs only: leave them out"
+        )
     return evaluate_tiles(predictor, data, log=log, **tile_args)

@@ -27,11 +27,13 @@ import rasterio
 import rasterio.features
 import rasterio.shutil
 from affine import Affine
+from rasterio._err import CPLE_BaseError  # GDAL errors rasterio raises as they are (e.g. a failed transform)
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_geom
+from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from tqdm import tqdm
 
@@ -41,9 +43,16 @@ from .predict import BLOCK, Predictor
 from .windows import sample_windows
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
+PICTURE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+}  # read as pictures; any other file GDAL finds a georeference in is a raster
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
 SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are
+AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than 1% on the raster is refused
+WGS84_A, WGS84_F = 6378137.0, 1 / 298.257223563
 LOGIT_SCALE = 256  # resampled logits are stored as int16 (logit - cut) * 256: 1/256 steps, half the disk of float32
 # GDAL keeps written blocks in its cache (5% of RAM by default) until the file closes: bound it, or
 # a large mask would sit in memory. In MB.
@@ -145,8 +154,24 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
     target = parse_crs(opts.reproject) if opts.reproject else None
     with _open(path) as src:
         gcps, _ = src.gcps
-        if src.transform.is_identity and src.crs is None and not gcps:
+        if src.transform.is_identity and src.crs is None and not gcps and src.rpcs is None:
+            bands = sorted(set(src.dtypes))
+            if bands != ["uint8"]:  # Pillow would only say it cannot decode it
+                raise ForestsegError(
+                    f"{path}: its bands are {'/'.join(bands)}; the model learned 8-bit colour: convert "
+                    f"with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
+                )
             return None
+        if src.transform.is_identity and src.rpcs is not None and not gcps:
+            raise ForestsegError(
+                f"{path}: is georeferenced by RPCs (a raw satellite scene), not by a grid; orthorectify it "
+                f"first (gdalwarp -rpc -t_srs EPSG:<code> {path.name} out.tif)"
+            )
+        if src.transform.is_identity and not gcps:
+            raise ForestsegError(
+                f"{path}: has a CRS but no pixel grid (geotransform); set one "
+                f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
+            )
         if src.transform.is_identity:
             raise ForestsegError(
                 f"{path}: is georeferenced by ground control points only, not by a grid; warp it "
@@ -203,12 +228,66 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
         if chosen == [ColorInterp.blue, ColorInterp.green, ColorInterp.red]:
             order = ",".join(str(opts.bands[i]) for i in (2, 1, 0))
             notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
-        if crs.to_epsg() == 3857:
-            notes.append(
-                f"{path.name}: Web Mercator areas are inflated by 1/cos(latitude)^2; for true hectares "
-                "pass --reproject with the local UTM zone"
-            )
+        _check_scale(path, src, crs, float(unit_m))
         return Raster(path, crs, float(unit_m), tuple(notes))
+
+
+def is_georeferenced(path: Path) -> bool:
+    """Whether GDAL reads `path` with a CRS, a pixel grid, ground control points or RPCs (a JPEG 2000
+    or VRT orthophoto, say); False for files it cannot open."""
+    try:
+        with _open(path) as src:
+            return not src.transform.is_identity or src.crs is not None or bool(src.gcps[0]) or src.rpcs is not None
+    except ForestsegError:
+        return False
+
+
+def _check_scale(path: Path, src: rasterio.io.DatasetReader, crs: CRS, unit_m: float) -> None:
+    """Refuse a map CRS that `crs` and `unit_m` would give wrong areas on the raster: its footprint must
+    transform into `crs`, and a ground square's area there must be within AREA_SCALE of its map
+    area at the footprint's corners and centre (Web Mercator away from the equator, the wrong UTM
+    zone). A CRS that cannot be related to longitude and latitude (a local engineering grid) is
+    taken at its unit."""
+    left, bottom, right, top = _footprint(src)
+    xs, ys = [left, right, left, right, (left + right) / 2], [bottom, bottom, top, top, (bottom + top) / 2]
+    if crs != src.crs:
+        try:
+            xs, ys = transform_points(src.crs, crs, xs, ys)
+            calculate_default_transform(src.crs, crs, src.width, src.height, left, bottom, right, top)
+        except (CPLE_BaseError, RasterioError, ValueError) as e:
+            raise ForestsegError(
+                f"--reproject {_crs_name(crs)}: {path} cannot be transformed into it ({_one_line(e)})"
+            ) from None
+        if not np.isfinite(np.r_[xs, ys]).all():
+            raise ForestsegError(f"--reproject {_crs_name(crs)}: {path} lies outside the part of the earth it covers")
+    step = 10 / unit_m  # a 10 m square in CRS units
+    try:
+        lon, lat = transform_points(
+            crs, "EPSG:4326", [x + dx for x in xs for dx in (0, step, 0)], [y + dy for y in ys for dy in (0, 0, step)]
+        )
+    except (CPLE_BaseError, RasterioError, ValueError):
+        return
+    ratios = []  # map area / ground area of the square at each point
+    for i in range(0, len(lon), 3):
+        if not np.isfinite(lon[i : i + 3] + lat[i : i + 3]).all():
+            return
+        phi = math.radians(lat[i])
+        e2 = WGS84_F * (2 - WGS84_F)
+        w = 1 - e2 * math.sin(phi) ** 2
+        east = math.radians(1) * WGS84_A * math.cos(phi) / math.sqrt(w)  # metres per degree of longitude
+        north = math.radians(1) * WGS84_A * (1 - e2) / w**1.5  # per degree of latitude
+        (ax, ay), (bx, by) = (
+            (((lon[j] - lon[i] + 180) % 360 - 180) * east, (lat[j] - lat[i]) * north) for j in (i + 1, i + 2)
+        )
+        ratios.append(100 / abs(ax * by - ay * bx))
+    worst = max(ratios, key=lambda r: abs(r - 1))
+    if abs(worst - 1) > AREA_SCALE:
+        lon_c, lat_c = transform_points(crs, "EPSG:4326", xs[-1:], ys[-1:])
+        raise ForestsegError(
+            f"{path}: its map CRS ({_crs_name(crs)}) makes areas {worst:.3g}x the ground's there (1% allowed); "
+            f"rerun with --reproject {utm_suggestion(lon_c[0], lat_c[0])} (the UTM zone there) or "
+            "another projected CRS made for the area"
+        )
 
 
 def _has_colormap(src: rasterio.io.DatasetReader) -> bool:
@@ -221,7 +300,7 @@ def _has_colormap(src: rasterio.io.DatasetReader) -> bool:
 
 def _crs_name(crs: CRS) -> str:
     epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else (crs.to_string()[:60] or "a custom CRS")
+    return f"EPSG:{epsg}" if epsg else (crs.to_proj4() or crs.to_wkt() or "a custom CRS")
 
 
 @dataclass(frozen=True)
@@ -463,6 +542,10 @@ def map_forest(
                     return bool((has_data.dataset_mask(window=Window(x, y, t, t)) > 0).all())
 
                 windows = sample_windows(_reader(view, opts.bands), model.height, model.width, t, usable=full)
+                if not len(windows):
+                    log(
+                        f"note: {path.name}: no whole {t}-px window with data to adapt batch-norm to; mapped as trained"
+                    )
                 predictor = predictor.adapted(windows, opts.adapt_bn)
             # panels of whole intermediate blocks, so every write fills whole blocks
             opts = dataclasses.replace(opts, block=-(-max(opts.block, 1) // TIFF_BLOCK) * TIFF_BLOCK)
@@ -504,8 +587,8 @@ def map_forest(
             _cog(writer.files["mask"], paths["mask"], "MODE")
             if opts.probability:
                 _cog(writer.files["probability"], paths["probability"], "AVERAGE")
-    except (RasterioError, OSError) as e:
-        # a corrupt block, a full disk: GDAL's reason on one line, never a traceback
+    except (RasterioError, CPLE_BaseError, OSError) as e:
+        # a corrupt block, a full disk, a failed transform: GDAL's reason on one line, never a traceback
         raise ForestsegError(f"{path}: failed while mapping ({_one_line(e)})") from None
     polygons = None
     if opts.polygons:

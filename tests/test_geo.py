@@ -69,9 +69,15 @@ def scene() -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_raster(
-    path: Path, pixels: np.ndarray, crs: str | None = UTM, pixel: float = 0.5, nodata: float | None = 0, **extra
+    path: Path,
+    pixels: np.ndarray,
+    crs: str | None = UTM,
+    pixel: float = 0.5,
+    nodata: float | None = 0,
+    origin: tuple[float, float] = (500000, 5000000),
+    **extra,
 ) -> Path:
-    """(H, W, C) pixels as a GeoTIFF with its top-left corner at (500000, 5000000) in `crs`."""
+    """(H, W, C) pixels as a GeoTIFF with its top-left corner at `origin` in `crs`."""
     h, w = pixels.shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     bands = np.moveaxis(pixels.reshape(h, w, -1), -1, 0)
@@ -82,7 +88,7 @@ def write_raster(
         "count": bands.shape[0],
         "dtype": bands.dtype.name,
         "crs": crs,
-        "transform": from_origin(500000, 5000000, pixel, pixel),
+        "transform": from_origin(*origin, pixel, pixel),
         "nodata": nodata,
         **extra,
     }
@@ -140,8 +146,8 @@ def test_mask_keeps_crs_transform_and_nodata_and_is_a_cog(checkpoint: Path, scen
 def test_area_is_pixel_count_times_pixel_area(checkpoint: Path, scene, tmp_path: Path) -> None:
     image = with_nodata_corner(scene[0])
     write_raster(tmp_path / "in/metres.tif", image, pixel=0.5)
-    # New York Long Island in US survey feet: 2 ft pixels
-    write_raster(tmp_path / "in/feet.tif", image, crs="EPSG:2263", pixel=2.0)
+    # New York Long Island in US survey feet: 2 ft pixels, in Manhattan
+    write_raster(tmp_path / "in/feet.tif", image, crs="EPSG:2263", pixel=2.0, origin=(988000, 213000))
     assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-resample") == 0
     table = pd.read_csv(tmp_path / "out/forest_area.csv")
     assert list(table.columns) == [
@@ -412,6 +418,98 @@ def test_bad_rasters_stop_with_one_line(checkpoint: Path, scene, tmp_path: Path,
     assert not (tmp_path / "out/x_mask.tif").exists()
 
 
+@pytest.mark.parametrize(
+    "crs, origin, flags, says",
+    [
+        # World Mercator at 60 N: map areas 4x the ground's
+        ("EPSG:3395", (1_000_000, 8_362_000), [], r"map CRS \(EPSG:3395\) makes areas (3\.9\d|4\.0\d)x the ground's"),
+        ("EPSG:3857", (1_000_000, 8_400_000), [], r"map CRS \(EPSG:3857\) makes areas (3\.9\d|4\.0\d)x the ground's"),
+        # Colorado in UTM 13N, warped to zone 33N by a typo: far outside that zone
+        (
+            "EPSG:32613",
+            (500_000, 4_400_000),
+            ["--reproject", "EPSG:32633"],
+            r"EPSG:32633\) makes areas \d\.\d+x the ground's .* EPSG:32613",
+        ),
+        # the far side of the earth from an orthographic view's centre
+        ("EPSG:32613", (500_000, 4_400_000), ["--reproject", "+proj=ortho +lat_0=60 +lon_0=100"], r"--reproject .*"),
+    ],
+)
+def test_a_crs_whose_areas_are_not_the_grounds_is_refused(
+    checkpoint: Path, scene, tmp_path: Path, capsys, crs, origin, flags, says
+) -> None:
+    write_raster(tmp_path / "in/x.tif", scene[0][:96, :128], crs=crs, origin=origin)
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/a.png")  # nothing may be written before the check
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(says, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_utm_in_its_zone_and_a_local_foot_grid_pass_the_area_check(scene, tmp_path: Path) -> None:
+    for crs, origin in (("EPSG:32613", (300_000, 4_400_000)), ("EPSG:2263", (988_000, 213_000))):
+        path = write_raster(tmp_path / f"{crs[5:]}.tif", scene[0][:64, :64], crs=crs, origin=origin)
+        assert check_raster(path, MapOptions()) is not None
+
+
+@pytest.mark.parametrize("case", ["rpc", "crs, no grid"])
+def test_headers_without_a_grid_are_refused_for_what_they_are(
+    checkpoint: Path, scene, tmp_path: Path, capsys, case
+) -> None:
+    src = tmp_path / "in/x.tif"
+    src.parent.mkdir()
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 3, "dtype": "uint8"}
+    if case == "rpc":
+        rpcs = rasterio.rpc.RPC(
+            height_off=100, height_scale=100, lat_off=40, lat_scale=0.01, line_den_coeff=[1] + [0] * 19,
+            line_num_coeff=[0, 0, -1] + [0] * 17, line_off=32, line_scale=32, long_off=-105, long_scale=0.01,
+            samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_off=32, samp_scale=32,
+        )  # fmt: skip
+        profile["rpcs"] = rpcs
+    else:
+        profile["crs"] = UTM
+    with rasterio.open(src, "w", **profile) as ds:
+        ds.write(np.moveaxis(scene[0][:64, :64], -1, 0))
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    says = "georeferenced by RPCs (a raw satellite scene)" if case == "rpc" else "has a CRS but no pixel grid"
+    assert err.count("\n") == 1 and says in err, err
+
+
+def test_georeferenced_files_of_other_formats_are_mapped(checkpoint: Path, scene, tmp_path: Path) -> None:
+    tif = write_raster(tmp_path / "src/ortho.tif", scene[0][:128, :128])
+    vrt = tmp_path / "in/ortho.vrt"
+    vrt.parent.mkdir()
+    rasterio.shutil.copy(tif, vrt, driver="VRT")
+    assert cli("predict", str(checkpoint), str(vrt), "-o", str(tmp_path / "out")) == 0
+    mask, meta = read(tmp_path / "out/ortho_mask.tif")
+    assert meta["crs"] == rasterio.crs.CRS.from_string(UTM) and mask.shape == (128, 128)
+
+
+def test_a_plain_16_bit_tiff_is_refused_with_the_conversion(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    write_raster(tmp_path / "in/scan.tif", scene[0][:64, :64].astype(np.uint16), crs=None, nodata=None, transform=None)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "uint16; the model learned 8-bit colour: convert with gdal_translate" in err, err
+
+
+def test_a_custom_crs_is_named_in_full(checkpoint: Path, scene, tmp_path: Path) -> None:
+    custom = "+proj=tmerc +lat_0=45 +lon_0=15.5 +k=1 +x_0=0 +y_0=0 +ellps=GRS80 +units=m +no_defs"
+    write_raster(tmp_path / "in/x.tif", scene[0][:64, :64], crs=custom, origin=(0, 0))
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    crs = pd.read_csv(tmp_path / "out/forest_area.csv")["crs"][0]
+    assert rasterio.crs.CRS.from_string(crs) == rasterio.crs.CRS.from_string(custom), crs
+
+
+def test_adapt_bn_with_no_whole_window_says_so(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    write_raster(tmp_path / "in/x.tif", scene[0][:40, :50])
+    Image.fromarray(scene[0][:40, :50]).save(tmp_path / "in/a.png")
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--adapt-bn", "1") == 0
+    out = capsys.readouterr().out
+    assert "x.tif: no whole 64-px window with data to adapt batch-norm to" in out
+    assert "no picture holds a whole 64-px window" in out
+
+
 def test_tiff_without_any_georeference_is_a_plain_picture(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     src = tmp_path / "in/scan.tif"
     src.parent.mkdir()
@@ -526,6 +624,66 @@ def test_evaluate_refuses_what_it_would_score_wrong_on_rasters(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(says, err), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["elsewhere", "three bands", "truncated", "second image geographic"])
+def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
+    checkpoint: Path, scene, tmp_path: Path, capsys, monkeypatch, case
+) -> None:
+    truth = (scene[1] > 0).astype(np.uint8)
+    write_raster(tmp_path / "data/images/a.tif", scene[0])
+    write_raster(
+        tmp_path / "data/masks/a.tif",
+        truth,
+        nodata=255,
+        origin=(600000, 5000000) if case == "elsewhere" else (500000, 5000000),
+    )
+    if case == "three bands":
+        write_raster(tmp_path / "data/masks/a.tif", np.dstack([truth] * 3), nodata=None)
+    elif case == "truncated":
+        write_raster(tmp_path / "whole.tif", truth * 255, nodata=None, tiled=True, compress="deflate")
+        data = (tmp_path / "whole.tif").read_bytes()
+        (tmp_path / "data/masks/a.tif").write_bytes(data[: len(data) // 2])
+    elif case == "second image geographic":
+        write_raster(tmp_path / "data/images/b.tif", scene[0], crs="EPSG:4326", pixel=4e-6, origin=(15, 50))
+        write_raster(tmp_path / "data/masks/b.tif", truth, crs="EPSG:4326", pixel=4e-6, origin=(15, 50), nodata=255)
+    mapped = []
+    monkeypatch.setattr("forestseg.geo.map_forest", lambda *a, **k: mapped.append(a) or pytest.fail("mapped"))
+    if case in ("elsewhere", "truncated"):  # their headers are fine: only mapping and reading tell
+        monkeypatch.undo()
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "e.json")) == 2
+    err = capsys.readouterr().err
+    says = {
+        "elsewhere": "masks/a.tif: no pixel of it with data lies on a pixel of a.tif with data",
+        "three bands": "masks/a.tif: has 3 bands; a truth is one band",
+        "truncated": "masks/a.tif: failed while reading",
+        "second image geographic": "images/b.tif: its CRS (EPSG:4326) is geographic",
+    }[case]
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
+    assert not mapped and not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flag", [["--bands", "3,2,1"], ["--reproject", "EPSG:32633"], ["--no-resample"], ["--block", "512"]]
+)
+def test_evaluate_on_tiles_refuses_raster_flags(checkpoint: Path, tmp_path: Path, capsys, flag) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    assert cli("evaluate", str(checkpoint), str(data), *flag) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag[0]} apply to labelled GeoTIFFs only" in err, err
+
+
+def test_evaluate_removes_what_killed_evaluations_left_in_the_temp_folder(
+    checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from conftest import dead_temp_prefix
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    stale = tmp_path / "tmp" / (dead_temp_prefix("forestseg-evaluate") + "abc")
+    (stale / "x").mkdir(parents=True)
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    assert cli("evaluate", str(checkpoint), str(data)) == 0
+    assert not list((tmp_path / "tmp").iterdir())
 
 
 @pytest.mark.parametrize("where", ["a folder", "under a file"])
