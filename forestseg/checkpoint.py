@@ -51,16 +51,16 @@ def read_model(path: str | Path) -> dict:
             f"{path}: not a {MODEL_FORMAT} model file ({found}); retrain it with this version "
             "(`dvc repro`), or pass models/<run>/model.pt"
         )
-    missing = [k for k in ("weights", "model", "normalizer", "tile_size", "threshold", "loss") if k not in state]
-    if missing:
+    if "weights" in state and state["weights"] is None and "message" in state:  # what train_member writes
         raise ForestsegError(
-            f"{path}: a {MODEL_FORMAT} file without {', '.join(missing)}; it was not written by forestseg's "
-            "training: pass models/<run>/model.pt, or retrain (`dvc repro`)"
-        )
-    if state["weights"] is None:
-        raise ForestsegError(
-            f"{path}: run {state.get('run')} diverged and has no model ({state.get('message', '')}); "
+            f"{path}: run {state.get('run')} diverged and has no model ({state['message']}); "
             "lower optimizer.lr and retrain"
+        )
+    missing = [k for k in ("weights", "model", "normalizer", "tile_size", "threshold", "loss") if k not in state]
+    if missing or state["weights"] is None:
+        raise ForestsegError(
+            f"{path}: a {MODEL_FORMAT} file without {', '.join(missing or ['weights'])}; it was not written by "
+            "forestseg's training: pass models/<run>/model.pt, or retrain (`dvc repro`)"
         )
     return state
 

@@ -223,6 +223,9 @@ class TrainConfig:
     color_jitter: float = 0.1  # per-tile brightness and per-channel gain drawn from 1 +- this; 0 = off
     channels_last: bool = True
     compile: bool = False
+    # torch's CPU threads: reductions split by thread, so the numbers depend on it; a param, so that the
+    # same params give the same numbers whichever process (repro, queue worker, cluster task) trains
+    threads: int = 2
     # A finite loss above this many times the run's first training step loss counts as diverged.
     diverge_factor: float = 100.0
     # Label-safe augmentation beyond flips: zoom in by up to 1 + scale, saturation 1 +- saturation,
@@ -246,7 +249,7 @@ class TrainConfig:
     init_from: str = "none"
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "test_batch_size", "diverge_factor"):
+        for key in ("epochs", "batch_size", "test_batch_size", "diverge_factor", "threads"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("scale", "saturation", "blur", "cutmix", "ema"):
             if not 0 <= getattr(self, key) < 1 + (key == "scale"):

@@ -120,7 +120,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """JSON as the standard has it: a NaN or infinity raises rather than writing a file other readers refuse."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | Path, frame: Any) -> None:

@@ -201,7 +201,13 @@ def write_report(
         "missed forest).",
         "",
     ]
-    lines += [f"![{c} predictions]({plots_rel}/overlays/{c}.png)" for c in summary["combination"]]
+    for c, seeds, diverged in zip(summary["combination"], summary["seeds"], summary["diverged"]):
+        # the overlays stage draws no figure for a combination with no finished seed
+        lines.append(
+            f"{c}: every seed diverged, no predictions."
+            if diverged == seeds
+            else f"![{c} predictions]({plots_rel}/overlays/{c}.png)"
+        )
     if per_scene is not None:
         lines += ["", *scene_section(per_scene, plots_rel)]
     lines += ["", "## Per-epoch losses of every seed (the study's tables)", ""]

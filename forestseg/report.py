@@ -54,7 +54,14 @@ def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, 
         folder = runs_dir / run.name
         if not (folder / "metrics.json").is_file():
             raise ForestsegError(f"{folder}/metrics.json is missing: run `dvc repro train@{run.name}` first")
-        m = read_json(folder / "metrics.json")
+        try:
+            m = read_json(folder / "metrics.json")
+            history = pd.read_csv(folder / "history.csv")
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:  # JSON errors too
+            raise ForestsegError(
+                f"{folder}: its metrics.json or history.csv cannot be read ({' '.join(str(e).split())}); "
+                f"run `dvc repro --force train@{run.name}`"
+            ) from None
         rows.append(
             {
                 "run": run.name,
@@ -68,7 +75,7 @@ def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, 
                 **{k: m.get(k) for k in SCORES},
             }
         )
-        histories[run.name] = pd.read_csv(folder / "history.csv")
+        histories[run.name] = history
     return pd.DataFrame(rows), histories
 
 

@@ -3,6 +3,7 @@ checkpoint after every epoch, and resume from it. It knows nothing of params.yam
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -416,6 +417,13 @@ def train_run(
         )
         train_seconds = time.perf_counter() - t0
         s.test_scores = evaluate(s.evaluated, test, *eval_args)
+        if not (math.isfinite(s.test_scores["loss"]) and all(p.isfinite().all() for p in s.evaluated.parameters())):
+            # the epoch's last steps can blow up after their loss was checked
+            raise Diverged(
+                f"run {run.name} epoch {epoch}/{train_cfg.epochs} diverged: test loss {s.test_scores['loss']:.4g} "
+                f"after the epoch's last step (lr {epoch_lr:g}); lower optimizer.lr",
+                s.history,
+            )
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -518,8 +526,33 @@ def train_member(
 
     The resume fingerprint covers the run, its params and precision, the bytes of `code` and the
     data's content. A run that diverges is recorded, not raised, so the rest of the grid goes on:
-    its metrics say `"status": "diverged"` and its model file holds no weights.
+    its metrics say `"status": "diverged"` and its model file holds no weights. torch runs on
+    train_cfg.threads CPU threads, restored after.
     """
+    with _threads(train_cfg.threads):
+        return _train_member(run, model_cfg, opt_cfg, train_cfg, layout, model_dir, resume, code)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_member(
+    run: Run,
+    model_cfg: ModelConfig,
+    opt_cfg: OptimizerConfig,
+    train_cfg: TrainConfig,
+    layout: DataLayout,
+    model_dir: Path,
+    resume: Path,
+    code: list[Path],
+) -> tuple[list[dict], dict, pd.DataFrame]:
     device = pick_device(train_cfg.device)
     if device.type == "cpu":
         keep_freed_memory()  # no allocator churn between steps (see bench/speed.py --default-malloc)

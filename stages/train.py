@@ -8,7 +8,7 @@ from common import args, params, stage
 
 import forestseg
 from forestseg.config import INIT_DIR, ForestsegError, load_sections
-from forestseg.io import untracked_in_project, write_csv, write_json
+from forestseg.io import remove_stale_temps, untracked_in_project, write_csv, write_json
 from forestseg.layout import DataLayout
 from forestseg.train import HISTORY_COLUMNS, train_member
 
@@ -23,7 +23,11 @@ def main(argv: list[str]) -> None:
     model_cfg, opt_cfg, train_cfg = params("model", "optimizer", "train")
     # grid is not a param of this stage (adding a seed must not retrain the others): check the member here
     # the seed as params.yaml wrote it (DVC's ${item.seed}): a whole number is an int, anything else refused there
-    member = {"loss": [loss], "optimizer": [optimizer], "seed": [int(seed) if re.fullmatch(r"-?\d+", seed) else seed]}
+    member = {
+        "loss": [loss],
+        "optimizer": [optimizer],
+        "seed": [int(seed) if re.fullmatch(r"-?(0|[1-9]\d*)", seed) else seed],
+    }
     (grid,) = load_sections({"grid": member}, "grid")
     run = grid.runs()[0]
     if train_cfg.init_from != "none" and untracked_in_project(train_cfg.init_from) is not None:
@@ -34,10 +38,13 @@ def main(argv: list[str]) -> None:
         )
     code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
     resume = RESUME_DIR / f"{run.name}.pt"
+    out = Path(runs_dir) / run.name
+    for folder in (out, Path(models_dir) / run.name, RESUME_DIR):  # a killed run's temp files
+        if folder.is_dir():
+            remove_stale_temps(folder)
     history, metrics, scenes = train_member(
         run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), Path(models_dir) / run.name, resume, code
     )
-    out = Path(runs_dir) / run.name
     write_csv(out / "history.csv", pd.DataFrame(history) if history else pd.DataFrame(columns=HISTORY_COLUMNS))
     write_json(out / "metrics.json", metrics)
     write_csv(out / "scenes.csv", scenes)

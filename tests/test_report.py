@@ -232,6 +232,37 @@ def test_best_seed_stays_an_integer_when_another_combination_fully_diverged(tmp_
     assert best == 1 and isinstance(best, int)
 
 
+@pytest.mark.parametrize("damage", ["empty metrics.json", "no history.csv", "empty history.csv"])
+def test_a_damaged_run_file_is_named_with_one_line(tmp_path: Path, damage: str) -> None:
+    runs_dir = write_tree(tmp_path)
+    folder = runs_dir / "bce-sgd-1"
+    if damage == "empty metrics.json":
+        (folder / "metrics.json").write_text("")
+    elif damage == "no history.csv":
+        (folder / "history.csv").unlink()
+    else:
+        (folder / "history.csv").write_text("")
+    with pytest.raises(
+        ForestsegError,
+        match=r"bce-sgd-1: its metrics.json or history.csv cannot be read .*dvc repro --force train@bce-sgd-1",
+    ):
+        aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
+
+
+def test_the_report_links_no_overlay_of_a_combination_whose_every_seed_diverged(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path, diverged=("bce-sgd-0", "bce-sgd-1"))
+    report = tmp_path / "REPORT.md"
+    setup = {
+        "index": {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5},
+        "split_by": "scene",
+        "params": "p",
+    }
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    text = report.read_text()
+    assert "overlays/bce-sgd.png" not in text and "bce-sgd: every seed diverged, no predictions." in text
+    assert "overlays/mse-adam.png" in text
+
+
 def test_a_missing_run_is_named(tmp_path: Path) -> None:
     runs_dir = write_tree(tmp_path, missing=("bce-sgd-1",))
     with pytest.raises(ForestsegError, match="bce-sgd-1"):

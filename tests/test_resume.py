@@ -143,6 +143,74 @@ def test_a_diverging_run_is_recorded_not_fatal(project: Path, tmp_path: Path) ->
     assert (work / "models/bce-sgd-0/model.pt").is_file()  # dvc requires every declared output
 
 
+def test_a_blow_up_after_the_last_checked_step_is_a_divergence(project: Path, tmp_path: Path) -> None:
+    """One step per epoch at a huge lr: the step's loss is checked before the update that blows the
+    weights up, so only the test loss tells; the run is diverged, its model file holds no weights."""
+    work = fresh(project, tmp_path)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["optimizer"]["lr"] = 1e6
+    import pandas as pd
+
+    train_tiles = int((pd.read_csv(work / "data/split.csv")["subset"] == "train").sum())
+    params["train"].update(epochs=1, batch_size=train_tiles)  # one step
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), "mse_logits", "sgd", "0", "data", "metrics/runs", "models"],
+        cwd=work,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((work / "metrics/runs/mse_logits-sgd-0/metrics.json").read_text())  # strict JSON
+    assert metrics["status"] == "diverged" and "after the epoch's last step" in metrics["message"], metrics
+    predict = subprocess.run(
+        [sys.executable, "-m", "forestseg.cli", "predict", "models/mse_logits-sgd-0/model.pt", "data", "-o", "p"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert predict.returncode == 2 and "run mse_logits-sgd-0 diverged and has no model" in predict.stderr
+
+
+def test_the_numbers_follow_train_threads_whatever_the_environment_says(
+    project: Path, tmp_path: Path, uninterrupted
+) -> None:
+    """train.threads, not OMP_NUM_THREADS, sets torch's threads: a queue worker started with one thread
+    gives the numbers of a plain run; and a resume file made at other threads starts afresh."""
+    work = fresh(project, tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
+        cwd=work,
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert outputs(work) == uninterrupted, out.stdout
+    kill(work, "epoch 2/")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["threads"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "starting afresh" in stage(work, "train", *TRAIN).stdout
+
+
+def test_a_killed_runs_temp_files_are_removed_by_the_next_run(project: Path, tmp_path: Path) -> None:
+    from conftest import dead_temp_prefix
+
+    work = fresh(project, tmp_path)
+    litter = [
+        work / "metrics/runs/bce-adam-0" / (dead_temp_prefix("metrics") + "x.tmp.json"),
+        work / "models/bce-adam-0" / (dead_temp_prefix("model") + "x.tmp.pt"),
+        work / ".resume" / (dead_temp_prefix("bce-adam-0") + "x.tmp.pt"),
+    ]
+    for path in litter:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    stage(work, "train", *TRAIN)
+    assert not any(path.exists() for path in litter)
+
+
 def test_the_fingerprint_covers_code_params_and_data(project: Path, tmp_path: Path) -> None:
     """A resume file is reused only if nothing DVC would rerun the stage for has changed, and a copy
     of the project elsewhere (another path, new mtimes) fingerprints the same."""
@@ -203,6 +271,7 @@ def test_a_batch_larger_than_the_training_set_stops_with_one_line(project: Path,
         (["l1", "adam", "0"], "grid.loss: unknown value 'l1'; valid choices"),
         (["bce", "rmsprop", "0"], "grid.optimizer: unknown value 'rmsprop'"),
         (["bce", "adam", "-1"], "grid.seed: seeds must be integers >= 0"),
+        (["bce", "adam", "01"], "grid.seed[0]: must be a whole number written as one (e.g. 1, not 1.0 or '01')"),
     ],
 )
 def test_a_bad_grid_member_stops_with_one_line(project: Path, member: list[str], message: str) -> None:
