@@ -23,7 +23,7 @@ from .io import read_json, remove_stale_temps, write_csv, write_json, write_with
 from .predict import BLOCK, Predictor, overlay, read_rgb
 from .windows import sample_of
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".vrt"}  # what a folder input takes
 AREA_COLUMNS = [
     "file",
     "crs",

@@ -170,13 +170,16 @@ def raster_pairs(data: Path) -> list[tuple[Path, Path]]:
 
 def _check_truth(truth_path: Path) -> None:
     """Refuse, from its header, a truth raster that would be scored wrong."""
+    from rasterio.enums import ColorInterp
+
     from .geo import _open
 
     with _open(truth_path) as truth:
-        if truth.count != 1:
+        classes = [b for b, c in enumerate(truth.colorinterp, 1) if c != ColorInterp.alpha]  # alpha: nodata
+        if classes != [1]:
             raise ForestsegError(
-                f"{truth_path}: has {truth.count} bands; a truth is one band (0 = not forest, other values "
-                f"forest): write the forest class as one band (gdal_calc.py or QGIS's raster calculator)"
+                f"{truth_path}: has {len(classes)} bands besides an alpha band; a truth is band 1 (0 = not forest, "
+                f"other values forest): write the forest class as one band (gdal_calc.py or QGIS's raster calculator)"
             )
         if truth.nodata in (0, 1):  # a class value: its pixels would silently leave the score
             raise ForestsegError(

@@ -43,11 +43,8 @@ from .predict import BLOCK, Predictor
 from .windows import sample_windows
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
-PICTURE_SUFFIXES = {
-    ".jpg",
-    ".jpeg",
-    ".png",
-}  # read as pictures; any other file GDAL finds a georeference in is a raster
+# read as pictures (world files or not); any other file GDAL finds a georeference in is a raster
+PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
 SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are
@@ -246,8 +243,7 @@ def _check_scale(path: Path, src: rasterio.io.DatasetReader, crs: CRS, unit_m: f
     """Refuse a map CRS that `crs` and `unit_m` would give wrong areas on the raster: its footprint must
     transform into `crs`, and a ground square's area there must be within AREA_SCALE of its map
     area at the footprint's corners and centre (Web Mercator away from the equator, the wrong UTM
-    zone). A CRS that cannot be related to longitude and latitude (a local engineering grid) is
-    taken at its unit."""
+    zone). A CRS that GDAL cannot transform to longitude and latitude is taken at its unit."""
     left, bottom, right, top = _footprint(src)
     xs, ys = [left, right, left, right, (left + right) / 2], [bottom, bottom, top, top, (bottom + top) / 2]
     if crs != src.crs:
@@ -271,6 +267,8 @@ def _check_scale(path: Path, src: rasterio.io.DatasetReader, crs: CRS, unit_m: f
     for i in range(0, len(lon), 3):
         if not np.isfinite(lon[i : i + 3] + lat[i : i + 3]).all():
             return
+        if abs(lat[i]) > 89.9:  # longitude degenerates at a pole
+            continue
         phi = math.radians(lat[i])
         e2 = WGS84_F * (2 - WGS84_F)
         w = 1 - e2 * math.sin(phi) ** 2
@@ -280,7 +278,7 @@ def _check_scale(path: Path, src: rasterio.io.DatasetReader, crs: CRS, unit_m: f
             (((lon[j] - lon[i] + 180) % 360 - 180) * east, (lat[j] - lat[i]) * north) for j in (i + 1, i + 2)
         )
         ratios.append(100 / abs(ax * by - ay * bx))
-    worst = max(ratios, key=lambda r: abs(r - 1))
+    worst = max(ratios, key=lambda r: abs(r - 1), default=1.0)
     if abs(worst - 1) > AREA_SCALE:
         lon_c, lat_c = transform_points(crs, "EPSG:4326", xs[-1:], ys[-1:])
         raise ForestsegError(
@@ -300,7 +298,7 @@ def _has_colormap(src: rasterio.io.DatasetReader) -> bool:
 
 def _crs_name(crs: CRS) -> str:
     epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else (crs.to_proj4() or crs.to_wkt() or "a custom CRS")
+    return f"EPSG:{epsg}" if epsg else (crs.to_proj4().replace("=True", "") or crs.to_wkt() or "a custom CRS")
 
 
 @dataclass(frozen=True)

@@ -66,15 +66,21 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temps(folder: Path) -> int:
     """Remove the temp files and folders (`temp_prefix`) that killed runs on this machine left in
-    `folder`; those of running processes, and of other machines sharing the folder, stay. Returns
-    how many were removed."""
-    host = _host()
+    `folder`; those of running processes, of other machines sharing the folder and of other users
+    (a shared temp folder) stay. Returns how many were removed."""
+    host, uid = _host(), os.getuid()
     removed = 0
     for entry in folder.glob(".*"):
         m = _TEMP.match(entry.name)
-        if m and m["host"] == host and not _alive(int(m["pid"])):
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-            removed += 1
+        if not (m and m["host"] == host and not _alive(int(m["pid"]))):
+            continue
+        try:
+            if entry.lstat().st_uid != uid:  # another user's (a shared temp folder): theirs to remove
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove: left as it is
+            continue
+        removed += 1
     return removed
 
 

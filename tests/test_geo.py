@@ -476,14 +476,29 @@ def test_headers_without_a_grid_are_refused_for_what_they_are(
     assert err.count("\n") == 1 and says in err, err
 
 
-def test_georeferenced_files_of_other_formats_are_mapped(checkpoint: Path, scene, tmp_path: Path) -> None:
+@pytest.mark.parametrize("driver, suffix", [("VRT", ".vrt"), ("JP2OpenJPEG", ".jp2")])
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_georeferenced_files_of_other_formats_are_mapped(
+    checkpoint: Path, scene, tmp_path: Path, driver: str, suffix: str, given: str
+) -> None:
     tif = write_raster(tmp_path / "src/ortho.tif", scene[0][:128, :128])
-    vrt = tmp_path / "in/ortho.vrt"
-    vrt.parent.mkdir()
-    rasterio.shutil.copy(tif, vrt, driver="VRT")
-    assert cli("predict", str(checkpoint), str(vrt), "-o", str(tmp_path / "out")) == 0
+    other = tmp_path / f"in/ortho{suffix}"
+    other.parent.mkdir()
+    rasterio.shutil.copy(tif, other, driver=driver)
+    assert (
+        cli("predict", str(checkpoint), str(other if given == "file" else other.parent), "-o", str(tmp_path / "out"))
+        == 0
+    )
     mask, meta = read(tmp_path / "out/ortho_mask.tif")
     assert meta["crs"] == rasterio.crs.CRS.from_string(UTM) and mask.shape == (128, 128)
+
+
+def test_a_bmp_with_a_world_file_is_a_picture_as_a_jpeg_is(checkpoint: Path, scene, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/a.bmp")
+    (tmp_path / "in/a.bpw").write_text("0.5\n0\n0\n-0.5\n500000\n6600000\n")  # a grid, no CRS
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    assert (tmp_path / "out/a_mask.png").is_file()
 
 
 def test_a_plain_16_bit_tiff_is_refused_with_the_conversion(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
@@ -626,6 +641,23 @@ def test_evaluate_refuses_what_it_would_score_wrong_on_rasters(
     assert not out.exists()
 
 
+def test_evaluate_scores_a_grey_truth_with_an_alpha_band_leaving_transparent_pixels_out(
+    checkpoint: Path, scene, tmp_path: Path
+) -> None:
+    write_raster(tmp_path / "data/images/a.tif", scene[0])
+    assert cli("predict", str(checkpoint), str(tmp_path / "data/images/a.tif"), "-o", str(tmp_path / "pred")) == 0
+    mask, _ = read(tmp_path / "pred/a_mask.tif")
+    alpha = np.full(mask.shape, 255, np.uint8)
+    alpha[:, :100] = 0  # transparent: not scored
+    truth = np.where(np.arange(mask.shape[1]) < 100, 1 - mask, mask).astype(np.uint8)  # wrong only there
+    write_raster(
+        tmp_path / "data/masks/a.tif", np.dstack([truth, alpha]), nodata=None, photometric="MINISBLACK", alpha="YES"
+    )
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "e.json")) == 0
+    scored = json.loads((tmp_path / "e.json").read_text())
+    assert scored["iou"] == 1.0 and scored["valid_ha"] == pytest.approx((mask[:, 100:] != 255).sum() * 0.25 / 1e4)
+
+
 @pytest.mark.parametrize("case", ["elsewhere", "three bands", "truncated", "second image geographic"])
 def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
     checkpoint: Path, scene, tmp_path: Path, capsys, monkeypatch, case
@@ -655,7 +687,7 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
     err = capsys.readouterr().err
     says = {
         "elsewhere": "masks/a.tif: no pixel of it with data lies on a pixel of a.tif with data",
-        "three bands": "masks/a.tif: has 3 bands; a truth is one band",
+        "three bands": "masks/a.tif: has 3 bands besides an alpha band; a truth is band 1",
         "truncated": "masks/a.tif: failed while reading",
         "second image geographic": "images/b.tif: its CRS (EPSG:4326) is geographic",
     }[case]

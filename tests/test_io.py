@@ -108,3 +108,18 @@ def test_a_killed_runs_temps_are_removed_and_a_live_ones_kept(tmp_path: Path) ->
     (tmp_path / ".hidden").write_text("the user's")
     assert remove_stale_temps(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, ".hidden"])
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_stale_temps_of_another_user_stay_and_are_not_counted(tmp_path: Path) -> None:
+    from conftest import dead_temp_prefix
+
+    from forestseg.io import remove_stale_temps
+
+    theirs = [tmp_path / f"{dead_temp_prefix('eval')}x.tmp.json", tmp_path / f"{dead_temp_prefix('e')}d"]
+    theirs[0].write_text("{")
+    theirs[1].mkdir()
+    for path in theirs:
+        os.chown(path, 65534, 65534)  # nobody's, in a shared temp folder
+    assert remove_stale_temps(tmp_path) == 0
+    assert all(path.exists() for path in theirs)
