@@ -511,6 +511,16 @@ def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16:
     return metrics
 
 
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_member(
     run: Run,
     model_cfg: ModelConfig,
@@ -530,71 +540,50 @@ def train_member(
     train_cfg.threads CPU threads, restored after.
     """
     with _threads(train_cfg.threads):
-        return _train_member(run, model_cfg, opt_cfg, train_cfg, layout, model_dir, resume, code)
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _train_member(
-    run: Run,
-    model_cfg: ModelConfig,
-    opt_cfg: OptimizerConfig,
-    train_cfg: TrainConfig,
-    layout: DataLayout,
-    model_dir: Path,
-    resume: Path,
-    code: list[Path],
-) -> tuple[list[dict], dict, pd.DataFrame]:
-    device = pick_device(train_cfg.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # no allocator churn between steps (see bench/speed.py --default-malloc)
-    tiles = load_split(layout, device)
-    if train_cfg.batch_size > len(tiles["train"]):
-        raise ForestsegError(
-            f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
-            f"the {len(tiles['train'])} training tiles; lower it"
+        device = pick_device(train_cfg.device)
+        if device.type == "cpu":
+            keep_freed_memory()  # no allocator churn between steps (see bench/speed.py --default-malloc)
+        tiles = load_split(layout, device)
+        if train_cfg.batch_size > len(tiles["train"]):
+            raise ForestsegError(
+                f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
+                f"the {len(tiles['train'])} training tiles; lower it"
+            )
+        # the device kind and torch's version too: a run killed on the CPU never resumes on a GPU or under another torch
+        cfgs = [asdict(c) for c in (model_cfg, opt_cfg, train_cfg)] + [
+            {"device": device.type, "torch": torch.__version__}
+        ]
+        init = None if train_cfg.init_from == "none" else Path(train_cfg.init_from)
+        if init is not None:
+            print(f"{run.name}: fine-tuning from {init} (its weights and input normaliser)")
+        data = layout.content() + ([init] if init is not None else [])  # a new init file never resumes an old run
+        fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, data)
+        try:
+            result = train_run(
+                run,
+                model_cfg,
+                opt_cfg,
+                train_cfg,
+                tiles["train"],
+                tiles["test"],
+                model_dir,
+                resume,
+                fp,
+                val=tiles.get("val"),
+                pixel_size_m=layout.pixel_size_m(),
+                init=init,
+            )
+        except Diverged as e:
+            print(f"warning: {e}")
+            write_model(model_dir / "model.pt", None, {"run": run.name, "message": str(e)})  # a declared output
+            return (
+                e.history,
+                {"status": "diverged", "message": str(e), "epochs": len(e.history)},
+                pd.DataFrame(columns=SCENE_COLUMNS),
+            )
+        test = tiles["test"]
+        per_tile = torch.bincount(test.scenes, minlength=len(test.scene_names)).tolist()
+        scenes = pd.DataFrame(
+            [[name, n, *result.scenes[name]] for name, n in zip(test.scene_names, per_tile)], columns=SCENE_COLUMNS
         )
-    # the device kind and torch's version too: a run killed on the CPU never resumes on a GPU or under another torch
-    cfgs = [asdict(c) for c in (model_cfg, opt_cfg, train_cfg)] + [{"device": device.type, "torch": torch.__version__}]
-    init = None if train_cfg.init_from == "none" else Path(train_cfg.init_from)
-    if init is not None:
-        print(f"{run.name}: fine-tuning from {init} (its weights and input normaliser)")
-    data = layout.content() + ([init] if init is not None else [])  # a new init file never resumes an old run
-    fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, data)
-    try:
-        result = train_run(
-            run,
-            model_cfg,
-            opt_cfg,
-            train_cfg,
-            tiles["train"],
-            tiles["test"],
-            model_dir,
-            resume,
-            fp,
-            val=tiles.get("val"),
-            pixel_size_m=layout.pixel_size_m(),
-            init=init,
-        )
-    except Diverged as e:
-        print(f"warning: {e}")
-        write_model(model_dir / "model.pt", None, {"run": run.name, "message": str(e)})  # a declared output
-        return (
-            e.history,
-            {"status": "diverged", "message": str(e), "epochs": len(e.history)},
-            pd.DataFrame(columns=SCENE_COLUMNS),
-        )
-    test = tiles["test"]
-    per_tile = torch.bincount(test.scenes, minlength=len(test.scene_names)).tolist()
-    scenes = pd.DataFrame(
-        [[name, n, *result.scenes[name]] for name, n in zip(test.scene_names, per_tile)], columns=SCENE_COLUMNS
-    )
-    return result.history, result.metrics, scenes
+        return result.history, result.metrics, scenes

@@ -123,18 +123,20 @@ def test_changed_params_do_not_resume_a_stale_checkpoint(project: Path, tmp_path
     assert json.loads((work / "metrics/runs/bce-adam-0/metrics.json").read_text())["lr"] == 0.01
 
 
+def train_with(work: Path, loss: str, optimizer: str, changes: dict) -> subprocess.CompletedProcess:
+    """The train stage of member <loss>-<optimizer>-0 after `changes` ({section: {key: value}}) to
+    the params; not checked."""
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = [sys.executable, str(REPO / "stages/train.py"), loss, optimizer, "0", "data", "metrics/runs", "models"]
+    return subprocess.run(argv, cwd=work, env=ENV, capture_output=True, text=True)
+
+
 def test_a_diverging_run_is_recorded_not_fatal(project: Path, tmp_path: Path) -> None:
     work = fresh(project, tmp_path)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["optimizer"]["lr"] = 1e9
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    out = subprocess.run(
-        [sys.executable, str(REPO / "stages/train.py"), "bce", "sgd", "0", "data", "metrics/runs", "models"],
-        cwd=work,
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
+    out = train_with(work, "bce", "sgd", {"optimizer": {"lr": 1e9}})
     assert out.returncode == 0  # the rest of the grid goes on
     metrics = json.loads((work / "metrics/runs/bce-sgd-0/metrics.json").read_text())
     assert metrics["status"] == "diverged"
@@ -146,21 +148,12 @@ def test_a_diverging_run_is_recorded_not_fatal(project: Path, tmp_path: Path) ->
 def test_a_blow_up_after_the_last_checked_step_is_a_divergence(project: Path, tmp_path: Path) -> None:
     """One step per epoch at a huge lr: the step's loss is checked before the update that blows the
     weights up, so only the test loss tells; the run is diverged, its model file holds no weights."""
-    work = fresh(project, tmp_path)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["optimizer"]["lr"] = 1e6
     import pandas as pd
 
+    work = fresh(project, tmp_path)
     train_tiles = int((pd.read_csv(work / "data/split.csv")["subset"] == "train").sum())
-    params["train"].update(epochs=1, batch_size=train_tiles)  # one step
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    out = subprocess.run(
-        [sys.executable, str(REPO / "stages/train.py"), "mse_logits", "sgd", "0", "data", "metrics/runs", "models"],
-        cwd=work,
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
+    one_step = {"optimizer": {"lr": 1e6}, "train": {"epochs": 1, "batch_size": train_tiles}}
+    out = train_with(work, "mse_logits", "sgd", one_step)
     assert out.returncode == 0, out.stderr
     metrics = json.loads((work / "metrics/runs/mse_logits-sgd-0/metrics.json").read_text())  # strict JSON
     assert metrics["status"] == "diverged" and "after the epoch's last step" in metrics["message"], metrics
