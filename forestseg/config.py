@@ -220,7 +220,7 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     precision: str = "auto"  # auto = bf16 autocast where the device supports it, else fp32
     augment: bool = True  # a random flip/rotation of each training tile (8 choices), seeded
-    color_jitter: float = 0.1  # per-tile brightness and per-channel gain drawn from 1 +- this; 0 = off
+    color_jitter: float = 0.1  # per-tile brightness drawn from 1 +- this, per-channel gain from 1 +- this / 2; 0 = off
     channels_last: bool = True
     compile: bool = False
     # torch's CPU threads: reductions split by thread, so the numbers depend on it; a param, so that the

@@ -100,8 +100,8 @@ def to_input(
 ) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 normalised model input.
 
-    With jitter > 0 and a generator, each tile's brightness and each channel's gain are scaled by
-    factors drawn from 1 +- jitter (mild colour jitter, seeded, on the tiles' device); with a
+    With jitter > 0 and a generator, each tile's brightness is scaled by a factor drawn from 1 +- jitter
+    and each channel's gain by one from 1 +- jitter / 2 (mild colour jitter, seeded); with a
     `photo` generator, `photometric` changes saturation and focus.
     """
     x = images.permute(0, 3, 1, 2).float()  # NHWC storage: already channels_last
@@ -152,7 +152,9 @@ def zoom(
     x: torch.Tensor, masks: torch.Tensor, scale: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Zoom each tile in by a factor in [1, 1 + scale] about a random centre that keeps the view
-    inside the tile; image bilinear, mask bilinear then cut at 0.5 (so it stays 0/1 and aligned)."""
+    inside the tile; image bilinear, mask bilinear then cut at 0.5 (so it stays 0/1 and aligned). The
+    edge samples may fall up to half a pixel outside the tile's pixel centres: they take the edge
+    pixel's value, never zero."""
     b = x.shape[0]
     factor = 1 + scale * torch.rand(b, generator=generator)
     room = 1 - 1 / factor  # how far the centre may move, in [-1, 1] coordinates
@@ -161,8 +163,10 @@ def zoom(
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / factor
     theta[:, :, 2] = shift
     grid = torch.nn.functional.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", align_corners=False)
-    m = torch.nn.functional.grid_sample(masks[:, None].float(), grid, mode="bilinear", align_corners=False)
+    x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    m = torch.nn.functional.grid_sample(
+        masks[:, None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     return x, (m[:, 0] > 0.5).to(masks.dtype)
 
 

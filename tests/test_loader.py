@@ -351,6 +351,13 @@ def test_zoom_keeps_the_mask_on_the_image_and_0_1() -> None:
     assert not torch.equal(zm, masks)  # it did zoom
 
 
+def test_zoom_never_pulls_zeros_in_at_the_tile_edges() -> None:
+    x = torch.full((64, 3, 16, 16), 100.0)  # a constant tile: any view of it is 100 everywhere
+    masks = torch.ones(64, 16, 16, dtype=torch.uint8)
+    zx, zm = zoom(x, masks, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(zx, x) and torch.equal(zm, masks)
+
+
 def test_zoom_by_one_is_the_identity() -> None:
     x = torch.rand(2, 3, 16, 16) * 255
     masks = (torch.rand(2, 16, 16) > 0.5).to(torch.uint8)
