@@ -188,10 +188,10 @@ def predict(args: argparse.Namespace) -> int:
             f"predict: wrote {len(pictures) - len(failed)} mask(s) to {args.out}; {len(failed)} image(s) failed"
             + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else "")
         )
+    for message in failed:  # before the rasters: a raster that fails stops the run
+        print(f"error: {message}", file=sys.stderr)
     if rasters:
         _map_rasters(predictor, rasters, args.out, opts, area_error)
-    for message in failed:
-        print(f"error: {message}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -15,6 +15,7 @@ import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # then IHDR: bit depth at byte 24, colour type at 25
 
 
 class ImageError(Exception):
@@ -38,17 +39,22 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
         4: lambda a: a[::-1],
         5: lambda a: np.swapaxes(a, 0, 1),
         6: lambda a: np.rot90(a, -1),
-        7: lambda a: np.rot90(a, 1)[::-1],
+        7: lambda a: np.rot90(a, -1)[::-1],  # transverse: the anti-diagonal mirror
         8: lambda a: np.rot90(a, 1),
     }
     return np.ascontiguousarray(ops[orientation](pixels)) if orientation in ops else pixels
 
 
 def _jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8); 1 where there is none or it is not one of them, as viewers show it."""
     if b"Exif" not in data[:65536]:  # no EXIF block: the common case, no second parse
         return 1
-    with Image.open(io.BytesIO(data)) as im:
-        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the pixels decode without it
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
@@ -70,10 +76,15 @@ def decode(data: bytes) -> Picture:
             if space not in ("YCbCr", "RGB", "Gray"):
                 raise ImageError(f"is a {space} JPEG; convert it to RGB")
             pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if space == "Gray" else "RGB")
+        except ImageError:
+            raise
         except Exception as e:
             raise ImageError(f"cannot be decoded ({type(e).__name__}: {e})") from None
         pixels = pixels[..., 0] if space == "Gray" else pixels  # GRAY decodes to (H, W, 1)
         return Picture(_orient(pixels, _jpeg_orientation(data)), None, f"{space if space == 'Gray' else 'RGB'} JPEG")
+    if data[:8] == PNG_SIGNATURE and len(data) > 25 and data[24] == 16 and data[25] in (2, 6):
+        # Pillow reads 16-bit colour PNGs as 8-bit, keeping each value's high byte: silently wrong
+        raise ImageError("is a 16-bit colour PNG; save it with 8 bits per channel")
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "image"
@@ -90,6 +101,11 @@ def decode(data: bytes) -> Picture:
         raise
     except UnidentifiedImageError:
         raise ImageError("cannot be decoded: not a JPEG nor any image format Pillow reads") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(
+            f"is too large to read whole ({' '.join(str(e).split())}); cut it into tiles, or make it a "
+            "GeoTIFF (gdal_translate) to map it window by window"
+        ) from None
     except Exception as e:  # truncated or corrupt files: refused, never a crash
         raise ImageError(f"cannot be decoded ({type(e).__name__}: {e})") from None
     kind = f"{mode} {fmt}"

@@ -74,7 +74,7 @@ class Predictor:
     loss: str = "bce"
     pixel_size_m: float = DEFAULT_PIXEL_SIZE_M  # ground size of a training pixel
     pixel_size_recorded: bool = True  # False: an older checkpoint, pixel_size_m is the default
-    bf16: bool = False  # autocast the forward pass to bf16 (at most 0.1% of pixels differ from fp32)
+    bf16: bool = False  # autocast the forward pass to bf16 (calls near the cut can flip: README, --precision)
     tta: bool = False  # test-time augmentation: mean raw output over the 8 flips/rotations (8x the compute)
     adapt_bn: float = 0.0  # the model file's batch-norm adaptation to each scene (train.adapt_bn), the CLI's default
 

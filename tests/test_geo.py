@@ -525,6 +525,21 @@ def test_adapt_bn_with_no_whole_window_says_so(checkpoint: Path, scene, tmp_path
     assert "no picture holds a whole 64-px window" in out
 
 
+def test_failed_pictures_are_listed_before_a_raster_that_fails_stops_the_run(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    write_raster(tmp_path / "whole.tif", scene[0], tiled=True, compress="deflate")
+    (tmp_path / "in").mkdir()
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "in/x.tif").write_bytes(data[: len(data) // 2])  # its header reads; its blocks do not
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/good.jpg")
+    (tmp_path / "in/bad.jpg").write_bytes(b"\xff\xd8")
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "bad.jpg" in err and "x.tif: failed while mapping" in err, err
+    assert err.index("bad.jpg") < err.index("x.tif: failed")
+
+
 def test_tiff_without_any_georeference_is_a_plain_picture(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     src = tmp_path / "in/scan.tif"
     src.parent.mkdir()

@@ -192,7 +192,7 @@ def test_masks_of_several_images_equal_one_by_one(checkpoint, scene) -> None:
         assert np.array_equal(one, predictor.mask(image_))
 
 
-def test_bf16_prediction_differs_from_fp32_in_at_most_a_thousandth_of_pixels(checkpoint, scene) -> None:
+def test_bf16_prediction_of_a_confident_model_differs_from_fp32_in_few_pixels(checkpoint, scene) -> None:
     fp32 = Predictor.load(checkpoint, torch.device("cpu"), precision="fp32")
     bf16 = Predictor.load(checkpoint, torch.device("cpu"), precision="bf16")
     assert (fp32.bf16, bf16.bf16) == (False, True)

@@ -1,0 +1,77 @@
+"""Pictures decoded as a viewer shows them, or refused with the reason."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from forestseg.images import EXIF_ORIENTATION, ImageError, decode
+
+
+def picture() -> np.ndarray:
+    """A 24x40 RGB picture with no symmetry: every orientation of it looks different."""
+    y, x = np.mgrid[0:24, 0:40]
+    return np.stack([x * 6, y * 10, (x * y) % 256], -1).astype(np.uint8)
+
+
+def jpeg(pixels: np.ndarray, orientation=None) -> bytes:
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[EXIF_ORIENTATION] = orientation
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=100, exif=exif)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_shown_as_pillow_shows_it(orientation: int) -> None:
+    data = jpeg(picture(), orientation)
+    with Image.open(io.BytesIO(data)) as im:
+        viewer = np.asarray(ImageOps.exif_transpose(im).convert("RGB")).astype(int)
+    ours = decode(data).pixels.astype(int)
+    assert ours.shape == viewer.shape and np.abs(ours - viewer).mean() < 2
+
+
+def ascii_orientation_exif(text: bytes) -> bytes:
+    """An EXIF block whose orientation tag is ASCII text (type 2), as a broken camera writes it."""
+    entry = (0x0112).to_bytes(2, "little") + (2).to_bytes(2, "little") + len(text).to_bytes(4, "little") + text
+    return b"Exif\x00\x00" + b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + entry + bytes(4)
+
+
+@pytest.mark.parametrize("orientation", [0, 9, "ascii"])
+def test_a_malformed_orientation_is_ignored_as_viewers_ignore_it(orientation) -> None:
+    if orientation == "ascii":
+        out = io.BytesIO()
+        Image.fromarray(picture()).save(out, format="JPEG", quality=100, exif=ascii_orientation_exif(b"abc\x00"))
+        data = out.getvalue()
+    else:
+        data = jpeg(picture(), orientation)
+    plain = decode(jpeg(picture())).pixels
+    assert np.array_equal(decode(data).pixels, plain)
+
+
+def test_a_16_bit_colour_png_is_refused_not_read_by_its_high_bytes() -> None:
+    import zlib
+
+    h, w = 4, 5
+    rows = b"".join(b"\x00" + np.full((w, 3), 200, ">u2").tobytes() for _ in range(h))  # values that fit 8 bits
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    assert Image.open(io.BytesIO(png)).mode == "RGB"  # what Pillow makes of it: 8 bits, the high bytes (0)
+    with pytest.raises(ImageError, match="is a 16-bit colour PNG; save it with 8 bits per channel"):
+        decode(png)
+
+
+def test_a_cmyk_jpeg_is_refused_with_its_own_reason() -> None:
+    out = io.BytesIO()
+    Image.fromarray(picture()).convert("CMYK").save(out, format="JPEG")
+    with pytest.raises(ImageError) as refused:
+        decode(out.getvalue())
+    assert str(refused.value) == "is a CMYK JPEG; convert it to RGB"
