@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .io import write_figure  # noqa: E402
 
@@ -39,6 +40,7 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
             ylabel=f"{s['combination'].split('-')[0]} loss (per pixel)",
         )
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         lr_ax = ax.twinx()  # the step decay, on its own log axis
         lr_ax.step(h["epoch"], h["lr"], where="post", color="grey", alpha=0.6, label="learning rate")
         lr_ax.set_yscale("log")
@@ -55,13 +57,18 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
 def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path: Path) -> None:
     """Per loss: test loss per epoch of each optimizer, mean over seeds with a min-max band."""
     losses = list(dict.fromkeys(runs["loss"]))
+    optimizers = list(dict.fromkeys(runs["optimizer"]))
+    colour = {opt: f"C{i}" for i, opt in enumerate(optimizers)}  # the same in every panel
     fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 3.8), squeeze=False, layout="constrained")
     for ax, loss in zip(axes.flat, losses):
         for opt, part in runs[(runs["loss"] == loss) & (runs["status"] == "ok")].groupby("optimizer", sort=False):
             curves = pd.concat([histories[r].set_index("epoch")["test_loss"] for r in part["run"]], axis=1)
-            ax.plot(curves.index, curves.mean(axis=1), "o-", label=f"{opt} (mean of {curves.shape[1]} seeds)")
-            ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), alpha=0.25)
-        ax.set(title=f"{loss}: optimizers compared", xlabel="epoch", ylabel=f"test {loss} loss (per pixel)")
+            seeds = f"{curves.shape[1]} seed{'s' if curves.shape[1] > 1 else ''}"
+            ax.plot(curves.index, curves.mean(axis=1), "o-", color=colour[opt], label=f"{opt} (mean of {seeds})")
+            ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), color=colour[opt], alpha=0.25)
+        what = "optimizers compared" if len(optimizers) > 1 else optimizers[0]
+        ax.set(title=f"{loss}: {what}", xlabel="epoch", ylabel=f"test {loss} loss (per pixel)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # nothing to label when every run of this loss diverged
             ax.legend(fontsize=8)
@@ -80,6 +87,8 @@ def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
         ax.scatter(i + jitter.to_numpy(), values, zorder=3)
         if len(values):
             ax.hlines(values.mean(), i - 0.3, i + 0.3, color="black", lw=2)
+        else:  # an empty column would read as a missing run
+            ax.text(i, baseline_iou, "every seed\ndiverged", ha="center", va="bottom", fontsize=8)
     ax.axhline(baseline_iou, color="red", ls="--", label=f"all-forest baseline {baseline_iou:.3f}")
     ax.set_xticks(range(len(combos)), combos)
     ax.set(ylabel="test forest IoU", title="Final test forest IoU, one dot per seed, bar = mean")

@@ -121,7 +121,8 @@ def write_report(
         + ".",
         f"- Model and training: {setup['params']}.",
         f"- Grid: {', '.join(dict.fromkeys(table['loss']))} x {', '.join(dict.fromkeys(table['optimizer']))} "
-        f"x seeds {', '.join(map(str, dict.fromkeys(table['seed'])))} ({plural(len(table), 'run')}).",
+        f"x {'seed' if table['seed'].nunique() == 1 else 'seeds'} {', '.join(map(str, dict.fromkeys(table['seed'])))} "
+        f"({plural(len(table), 'run')}).",
         f"- Trained on {', '.join(sorted(set(table['device'].dropna())))} in "
         f"{', '.join(sorted(set(table['precision'].dropna())))}.",
         "- Metrics come from confusion counts summed over the whole test set; mIoU averages forest and "
@@ -140,16 +141,25 @@ def write_report(
         if len(ranked) > 1:
             runner = ranked.iloc[1]
             gap = top["test_miou_mean"] - runner["test_miou_mean"]
-            spread = max(v for v in (top["test_miou_std"], runner["test_miou_std"], 0.0) if pd.notna(v))
             text += f", {gap:+.4f} mIoU over {runner['combination']}"
-            if gap <= spread:
+            if pd.isna(top["test_miou_std"]) or pd.isna(runner["test_miou_std"]):
+                text += " (one finished seed: no spread over seeds to weigh the gap against)"
+            elif gap <= max(top["test_miou_std"], runner["test_miou_std"]):
                 text += " (within the spread over seeds: no clear winner between these two)"
         lead = top["test_iou_mean"] - base["test_iou"]
         text += (
             f"; the all-forest baseline scores forest IoU {base['test_iou']:.4f} and mIoU {base['test_miou']:.4f}, "
-            f"so the winner is {abs(lead):.4f} forest IoU {'above' if lead >= 0 else 'below'} it."
+            f"so {top['combination']} is {abs(lead):.4f} forest IoU {'above' if lead >= 0 else 'below'} it."
         )
-        lines += [text, ""]
+        lines += [
+            text,
+            "",
+            "The ranking, each combination's best seed and the predictions shown below are chosen on these "
+            "test scores, as the study's tables rank them: the top score is optimistic. To choose a model, use "
+            "validation scenes (`split.val_fraction`: `models/<run>/best.pt` is the epoch of best val mIoU); no "
+            "file of this pipeline is chosen on test.",
+            "",
+        ]
     diverged = table[table["status"] != "ok"]["run"].tolist()
     if diverged:
         lines += [f"Diverged runs (excluded from the means): {', '.join(diverged)}.", ""]

@@ -18,7 +18,8 @@ from .metrics import METRICS, scores
 
 SCORES = ["train_loss", "test_loss", *(f"test_{m}" for m in METRICS)]  # per run, mean/std per combination
 CURVES = ["train_loss", "test_loss", *(f"test_{m}" for m, metric in METRICS.items() if metric.per_epoch), "lr"]
-BEST_BY = "test_miou"  # descriptive only: which seed's curves to show, never used to pick a model
+BEST_BY = "test_miou"  # ranks the combinations and picks the seed shown, on test as a study's table does;
+# no model file is chosen on it (best.pt is chosen on val), and REPORT.md says the ranking is optimistic
 HEADLINE = "headline.json"  # the only file dvc.yaml declares as metrics: what `dvc exp show` shows
 HEADLINE_DIGITS = 4
 RUN_FOLDER = re.compile(r"[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9]+")  # <loss>-<optimizer>-<seed>, as Run.name
@@ -309,7 +310,7 @@ def format_summary(summary: dict) -> str:
         iou, std = s["test_iou_mean"], s["test_iou_std"]
         iou_txt = "n/a" if iou is None else f"{iou:.4f}" + ("" if std is None else f" ± {std:.4f}")
         lines.append(
-            f"{combo:>12}: test IoU {iou_txt} over {s['seeds'] - s['diverged']}/{s['seeds']} seeds, "
+            f"{combo:>12}: test IoU {iou_txt} over {s['seeds'] - s['diverged']}/{plural(s['seeds'], 'seed')}, "
             f"best seed {s['best_seed']}"
         )
     lines.append(f"{'all-forest':>12}: test IoU {summary['baseline_all_forest']['test_iou']:.4f} (baseline)")

@@ -281,11 +281,56 @@ def test_report_markdown(tmp_path: Path) -> None:
     aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     text = report.read_text()
     assert "**mse-adam** has the highest mean test mIoU, 0.7188 ± 0.1326" in text
-    assert re.search(r"so the winner is 0\.\d{4} forest IoU (above|below) it\.", text)  # no "-0.05 above"
+    assert re.search(r"so mse-adam is 0\.\d{4} forest IoU (above|below) it\.", text)  # no "-0.05 above"
     assert "(4 runs)." in text
     assert "Diverged runs (excluded from the means): bce-sgd-1." in text
     assert "(plots/loss_best.png)" in text
     assert "| all-forest baseline |" in text
+
+
+def test_the_report_says_its_ranking_is_chosen_on_test_and_a_single_seed_has_no_spread(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    setup = {
+        "index": {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5},
+        "split_by": "scene",
+        "params": "p",
+    }
+    one_seed = [r for r in RUNS if r.seed == 0]
+    report = tmp_path / "REPORT.md"
+    aggregate(one_seed, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    text = report.read_text()
+    assert "x seed 0 (2 runs)." in text
+    assert "(one finished seed: no spread over seeds to weigh the gap against)" in text
+    assert "chosen on these test scores" in text and "the top score is optimistic" in text
+    assert "the winner" not in text
+
+
+def test_the_optimizers_figure_keeps_each_optimizers_colour_in_every_panel(tmp_path: Path, monkeypatch) -> None:
+    import forestseg.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.setdefault("fig", fig))
+    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    runs = pd.DataFrame(
+        [
+            {
+                "run": f"{loss}-{opt}-0",
+                "loss": loss,
+                "optimizer": opt,
+                "status": "diverged" if (loss, opt) == ("bce", "sgd") else "ok",
+            }
+            for loss in ("mse", "bce")
+            for opt in ("sgd", "adam")
+        ]
+    )
+    histories = {r: history(0.0) for r in runs["run"]}
+    figures.fig_optimizers(runs, histories, tmp_path / "f.png")
+    colours = {}
+    for ax in drawn["fig"].axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label().split()[0], set()).add(line.get_color())
+    assert colours.keys() == {"sgd", "adam"} and all(len(c) == 1 for c in colours.values()), colours
+    assert "mean of 1 seed)" in " ".join(line.get_label() for ax in drawn["fig"].axes for line in ax.get_lines())
 
 
 def test_a_grid_whose_every_run_diverged_stops_naming_the_runs(tmp_path: Path) -> None:
