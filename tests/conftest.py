@@ -104,6 +104,8 @@ def repo(tmp_path: Path) -> Path:
     for rel in files:
         if rel.startswith(("metrics/", "plots/")) or rel in ("dvc.lock", "REPORT.md") or not (REPO / rel).is_file():
             continue  # outputs of the checkout's own runs
+        if rel.endswith(".dvc") or (rel.startswith(("data/", "init/")) and rel.endswith(".gitignore")):
+            continue  # a user's own DVC-tracked data (README: Real data): its cache is not copied
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dst / rel)
     set_params(dst, TINY)
