@@ -273,9 +273,9 @@ def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], N
         ) from None
     from .geo import MapOptions
 
-    given = opts or MapOptions()
+    given, default = opts or MapOptions(), MapOptions()
     raster_only = {"bands": "--bands", "resample": "--no-resample", "reproject": "--reproject", "block": "--block"}
-    ignored = [flag for key, flag in raster_only.items() if getattr(given, key) != getattr(MapOptions(), key)]
+    ignored = [flag for key, flag in raster_only.items() if getattr(given, key) != getattr(default, key)]
     if ignored:
         raise ForestsegError(
             f"{data}: Kaggle-layout tiles (taken at the model's pixel size); {', '.join(ignored)} apply to "

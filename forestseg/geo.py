@@ -49,7 +49,7 @@ NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
 SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are
 AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than 1% on the raster is refused
-WGS84_A, WGS84_F = 6378137.0, 1 / 298.257223563
+WGS84_A, WGS84_E2 = 6378137.0, (2 - 1 / 298.257223563) / 298.257223563  # semi-major axis, eccentricity squared
 LOGIT_SCALE = 256  # resampled logits are stored as int16 (logit - cut) * 256: 1/256 steps, half the disk of float32
 # GDAL keeps written blocks in its cache (5% of RAM by default) until the file closes: bound it, or
 # a large mask would sit in memory. In MB.
@@ -270,20 +270,19 @@ def _check_scale(path: Path, src: rasterio.io.DatasetReader, crs: CRS, unit_m: f
         if abs(lat[i]) > 89.9:  # longitude degenerates at a pole
             continue
         phi = math.radians(lat[i])
-        e2 = WGS84_F * (2 - WGS84_F)
-        w = 1 - e2 * math.sin(phi) ** 2
+        w = 1 - WGS84_E2 * math.sin(phi) ** 2
         east = math.radians(1) * WGS84_A * math.cos(phi) / math.sqrt(w)  # metres per degree of longitude
-        north = math.radians(1) * WGS84_A * (1 - e2) / w**1.5  # per degree of latitude
+        north = math.radians(1) * WGS84_A * (1 - WGS84_E2) / w**1.5  # per degree of latitude
         (ax, ay), (bx, by) = (
             (((lon[j] - lon[i] + 180) % 360 - 180) * east, (lat[j] - lat[i]) * north) for j in (i + 1, i + 2)
         )
         ratios.append(100 / abs(ax * by - ay * bx))
     worst = max(ratios, key=lambda r: abs(r - 1), default=1.0)
     if abs(worst - 1) > AREA_SCALE:
-        lon_c, lat_c = transform_points(crs, "EPSG:4326", xs[-1:], ys[-1:])
+        centre = len(lon) - 3  # the footprint's centre is the last point
         raise ForestsegError(
             f"{path}: its map CRS ({_crs_name(crs)}) makes areas {worst:.3g}x the ground's there (1% allowed); "
-            f"rerun with --reproject {utm_suggestion(lon_c[0], lat_c[0])} (the UTM zone there) or "
+            f"rerun with --reproject {utm_suggestion(lon[centre], lat[centre])} (the UTM zone there) or "
             "another projected CRS made for the area"
         )
 

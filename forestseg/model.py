@@ -48,11 +48,8 @@ class _CatUpsampled(torch.autograd.Function):
     def forward(ctx, skip: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, c4, h, w = y.shape
         c, cs = c4 // 4, skip.shape[1]
-        layout = (
-            torch.channels_last if skip.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        )
         dtype = torch.promote_types(skip.dtype, y.dtype)
-        out = torch.empty((b, cs + c, 2 * h, 2 * w), dtype=dtype, device=y.device, memory_format=layout)
+        out = torch.empty((b, cs + c, 2 * h, 2 * w), dtype=dtype, device=y.device, memory_format=_layout(skip))
         out[:, :cs].copy_(skip)
         _pixels(out[:, cs:], h, w).copy_(_pixels(y, h, w, packed=True))
         ctx.sizes = (cs, c, h, w)
@@ -61,14 +58,16 @@ class _CatUpsampled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cs, c, h, w = ctx.sizes
-        layout = (
-            torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        )
+        layout = _layout(grad)
         grad_y = torch.empty((len(grad), 4 * c, h, w), dtype=grad.dtype, device=grad.device, memory_format=layout)
         _pixels(grad_y, h, w, packed=True).copy_(_pixels(grad[:, cs:], h, w))
         # a dense copy, not a view: autograd adds the skip's other gradient (the max-pool's) into it in
         # place, where a sum with a strided view ran 4.8x slower than one of dense tensors
         return grad[:, :cs].contiguous(memory_format=layout), grad_y
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _pixels(t: torch.Tensor, h: int, w: int, packed: bool = False) -> torch.Tensor:

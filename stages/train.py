@@ -38,12 +38,12 @@ def main(argv: list[str]) -> None:
         )
     code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
     resume = RESUME_DIR / f"{run.name}.pt"
-    out = Path(runs_dir) / run.name
-    for folder in (out, Path(models_dir) / run.name, RESUME_DIR):  # a killed run's temp files
+    out, model_dir = Path(runs_dir) / run.name, Path(models_dir) / run.name
+    for folder in (out, model_dir, RESUME_DIR):  # a killed run's temp files
         if folder.is_dir():
             remove_stale_temps(folder)
     history, metrics, scenes = train_member(
-        run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), Path(models_dir) / run.name, resume, code
+        run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), model_dir, resume, code
     )
     write_csv(out / "history.csv", pd.DataFrame(history) if history else pd.DataFrame(columns=HISTORY_COLUMNS))
     write_json(out / "metrics.json", metrics)
