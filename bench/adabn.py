@@ -1,4 +1,4 @@
-"""Test-time adaptation on unseen scenes (README "Round 8", "Round 9"): each CV fold's model of the
+"""Test-time adaptation on unseen scenes (bench/QUALITY.md, "Round 8", "Round 9"): each CV fold's model of the
 `cpu` recipe (or `--recipe`) is scored as trained and adapted to each test scene's own tiles (no
 label is used), all from the same trained model, so every change is paired.
 

@@ -1,4 +1,4 @@
-"""Context across tile borders (README "Round 13"): does a model that sees a tile's neighbours score
+"""Context across tile borders (bench/QUALITY.md, "Round 13"): does a model that sees a tile's neighbours score
 better on unseen scenes? The Kaggle tiles of a scene lie edge to edge on a 9x9 grid (`<scene>_sat_<rc>`:
 row r, column c; a tile's edge pixels match its neighbour's as closely as two columns of one tile), so
 each scene's tiles stitch into a mosaic; where a tile is missing, the input is 0 (the training mean

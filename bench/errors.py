@@ -1,4 +1,4 @@
-"""Where a recipe is wrong on unseen scenes (a script, not a test; README "Where the errors are").
+"""Where a recipe is wrong on unseen scenes (a script, not a test; bench/QUALITY.md, "Where the errors are").
 
 Each CV fold's model of the `cpu` recipe (or `--recipe`, `-S`) scores its test scenes as the recipe
 scores them (the model file's threshold and batch-norm adaptation), and its wrong pixels are split

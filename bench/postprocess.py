@@ -1,4 +1,4 @@
-"""What post-processing the forest call buys on unseen scenes (a script, not a test; README Round 14).
+"""What post-processing the forest call buys on unseen scenes (a script, not a test; bench/QUALITY.md, Round 14).
 
 Each CV fold's model of the `cpu` recipe (or `--recipe`, `-S`; kept in `--keep DIR` and reused, as
 bench/errors.py keeps them) scores its test scenes as the recipe scores them (the model file's

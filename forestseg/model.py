@@ -269,7 +269,7 @@ def adapt_batchnorm(model: nn.Module, x: torch.Tensor, mix: float) -> nn.Module:
     those of `x` (N, 3, H, W), model input of one scene (no label is used): a scene's light and
     colour shift the features away from the training statistics. One training-mode forward pass of
     `x` as one batch updates every layer (deeper layers see the scene through already-normalised
-    ones). The weights stay; `mix` 0, no input or no batch-norm give `model` itself. README "Round 8"."""
+    ones). The weights stay; `mix` 0, no input or no batch-norm give `model` itself. bench/QUALITY.md, "Round 8"."""
     is_norm = lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm)  # noqa: E731
     if not (mix and len(x) and any(map(is_norm, model.modules()))):
         return model
