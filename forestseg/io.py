@@ -190,6 +190,18 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+def load_yaml(text: str, what: str) -> Any:
+    """YAML as DVC reads params.yaml (YAML 1.2, ruamel's safe loader), so a stage runs on the values
+    that dvc.lock records: PyYAML's YAML 1.1 reads `010` as 8 and `yes` as true, where DVC has 10 and
+    'yes'. A duplicate key is an error, not a silent last-one-wins. `what` names the text in errors."""
+    from ruamel.yaml import YAML, YAMLError
+
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as e:
+        raise ForestsegError(f"{what}: not valid YAML ({' '.join(str(e).split())})") from None
+
+
 def untracked_in_project(path: str | Path, project: str | Path = ".") -> Path | None:
     """`path` relative to `project` if it lies inside the project and git would commit it (neither
     DVC-tracked nor ignored: `dvc exp run` would put it in git, and queued experiments would not see

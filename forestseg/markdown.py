@@ -17,9 +17,9 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
             return ""
         if isinstance(v, float):
             return "" if not math.isfinite(v) else f"{v:.{digits}f}"
-        return "" if v is None else str(v)
+        return str(v).replace("|", "\\|")  # a name with a pipe (DVC allows it) stays one cell
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines = ["| " + " | ".join(map(cell, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 

@@ -7,15 +7,17 @@
 Values come from metrics/headline.json of each experiment (README: Experiments at a glance). The table
 has the rank, the experiment, the metric, the best combination and each combination's forest IoU,
 then the params that differ between the experiments. Experiments that failed, are queued or running,
-have no value of the metric, or are stale (other training params than their baseline commit but its
-very headline: only `train` ran, e.g. a scale-out slice) are listed last, marked, and left out of
-the chart.
+have no finite value of the metric, or are stale (their commit's dvc.lock says `aggregate` last ran
+with other params, or wrote another headline than the one committed: only `train` ran, e.g. a
+scale-out slice) are listed last, marked, and left out of the chart.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,6 +46,7 @@ class Experiment:
     state: str  # "ok", or why it is not ranked: failed, queued, running, no metrics, stale
     params: dict[str, Any]  # flat: "model.width" (params.yaml) or "<file>:<key>" (another params file)
     headline: dict[str, Any]  # empty unless state is ok
+    checked: bool = True  # False: its commit is not here, so whether aggregate ran for it is unknown
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -55,11 +59,32 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-TRAINING = ("data.", "split.", "model.", "optimizer.", "train.", "grid.", "synth.")  # params the scores follow
-
-
 def _headline(data: dict) -> dict:
-    return ((data.get("metrics") or {}).get(HEADLINE_FILE) or {}).get("data") or {}
+    headline = ((data.get("metrics") or {}).get(HEADLINE_FILE) or {}).get("data")
+    return headline if isinstance(headline, dict) else {}
+
+
+def _git_show(rev: str, path: str) -> bytes | None:
+    done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def aggregated(rev: str, params: dict[str, Any]) -> bool | None:
+    """Whether experiment commit `rev`'s headline is its own: its dvc.lock's `aggregate` entry has the
+    experiment's params and the committed headline's md5. None where `rev` is not in this repository
+    (a --json from elsewhere) or has no such entry. A `train`-only experiment keeps its baseline's
+    entry, and commits whatever headline the workspace held (another experiment's, say), so
+    neither the scores nor a comparison with the baseline's can tell."""
+    lock, headline = _git_show(rev, "dvc.lock"), _git_show(rev, HEADLINE_FILE)
+    if lock is None or headline is None:
+        return None
+    try:
+        entry = yaml.safe_load(lock)["stages"]["aggregate"]
+        ran_with = _flat(entry["params"]["params.yaml"])
+        written = next(o["md5"] for o in entry["outs"] if o["path"] == HEADLINE_FILE)
+    except (TypeError, KeyError, StopIteration, yaml.YAMLError):
+        return None
+    return all(params.get(k) == v for k, v in ran_with.items()) and hashlib.md5(headline).hexdigest() == written
 
 
 def _params(data: dict) -> dict[str, Any]:
@@ -74,8 +99,6 @@ def experiments(shown: list) -> list[Experiment]:
     """The experiments of `dvc exp show --json` output (every baseline commit's), in its order."""
     out = []
     for baseline in shown:
-        base = baseline.get("data") or {}
-        base_params, base_headline = _params(base), _headline(base)
         for exp in baseline.get("experiments") or []:
             rev = exp["revs"][0]
             data = rev.get("data") or {}
@@ -83,22 +106,20 @@ def experiments(shown: list) -> list[Experiment]:
             # A failed experiment shows the metrics of the commit it started from: never rank those.
             headline = _headline(data)
             params = _params(data)
+            own = None  # whether aggregate ran for it, where its commit can tell
             if rev.get("error") or state == "failed":
                 status = "failed"
             elif state not in (None, "success"):
                 status = state
             elif not headline:
                 status = "no metrics"
-            elif headline == base_headline and any(
-                params.get(k) != base_params.get(k) for k in set(params) | set(base_params) if k.startswith(TRAINING)
-            ):
-                # other training params, the very same scores: aggregate did not run (a `train`-only
-                # experiment, e.g. a scale-out slice), so these are its baseline's numbers
-                status = "stale"
             else:
-                status = "ok"
+                own = aggregated(rev["rev"], params)
+                status = "stale" if own is False else "ok"  # stale: aggregate did not run for it
             name = exp.get("name") or rev.get("name") or rev["rev"][:7]
-            out.append(Experiment(name, status, params, headline if status == "ok" else {}))
+            out.append(
+                Experiment(name, status, params, headline if status == "ok" else {}, status != "ok" or own is not None)
+            )
     return out
 
 
@@ -111,12 +132,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return _number(v) and math.isfinite(v)
+
+
 def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
     """The table: rank, experiment, `metric`, best combination, forest IoU per combination, the params
     that differ between the experiments; ranked best first, ties sharing a rank, unranked ones last."""
-    numeric = {
-        k for e in exps for k, v in e.headline.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    numeric = {k for e in exps for k, v in e.headline.items() if _number(v)}
     if not numeric:
         states = sorted(Counter(e.state for e in exps).items())
         raise ForestsegError(
@@ -133,11 +160,14 @@ def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
     rows = []
     for e in exps:
         value = e.headline.get(metric)
+        mark = (
+            e.state if e.state != "ok" else "" if _finite(value) else "not finite" if _number(value) else f"no {metric}"
+        )
         rows.append(
             {
                 "experiment": e.name,
-                metric: value if e.state == "ok" and value is not None else None,
-                "_mark": e.state if e.state != "ok" else ("" if value is not None else f"no {metric}"),
+                metric: value if not mark else None,
+                "_mark": mark,
                 **{k: e.headline.get(k) for k in others},
                 **{k: _text(e.params[k]) if k in e.params else "" for k in differ},
             }
@@ -195,6 +225,15 @@ def main(argv: list[str]) -> int:
         raise ForestsegError(f"{source}: no experiments; queue some with `dvc exp run --queue -S ...`")
     table = ranking(exps, args.metric)
     ranked = table[table["rank"] != "-"]
+    if ranked.empty:
+        raise ForestsegError(f"no experiment has a finite {args.metric}: nothing to rank")
+    unchecked = [e.name for e in exps if not e.checked]
+    if unchecked:
+        print(
+            f"note: the commits of {', '.join(unchecked)} are not in this repository (`dvc exp pull`), so "
+            "whether their headline is their own (aggregate ran with their params) was not checked",
+            file=sys.stderr,
+        )
     text = markdown_table(table)
     write_text(
         args.out / TABLE,

@@ -21,11 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from forestseg.config import SECTIONS, ConfigError, ForestsegError, load_sections  # noqa: E402
+from forestseg.io import load_yaml  # noqa: E402
 
 
 def names() -> list[str]:
@@ -37,7 +36,11 @@ def load(name: str) -> dict:
     path = ROOT / "recipes" / f"{name}.yaml"
     if not path.is_file():
         raise ForestsegError(f"recipe {name!r}: no {path.relative_to(ROOT)}; recipes: {', '.join(names())}")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    recipe = load_yaml(path.read_text(), str(path.relative_to(ROOT)))
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise ForestsegError(f"{path.relative_to(ROOT)}: not a mapping of params sections (as params.yaml)")
     for section, values in recipe.items():
         if section not in SECTIONS or not isinstance(values, dict):
             raise ForestsegError(f"{path.relative_to(ROOT)}: {section}: not a params section with keys")
@@ -55,7 +58,7 @@ def _validated(params: dict, what: str) -> dict:
 
 def merged(name: str, base: dict | None = None) -> dict:
     """params.yaml (or `base`) with the recipe applied (a key's value replaced whole), validated."""
-    params = copy.deepcopy(base if base is not None else yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params = copy.deepcopy(base if base is not None else load_yaml((ROOT / "params.yaml").read_text(), "params.yaml"))
     for section, values in load(name).items():
         params[section].update(values)
     return _validated(params, f"recipes/{name}.yaml over params.yaml")
@@ -75,18 +78,21 @@ def with_sets(name: str, sets: list[str]) -> dict:
 def _item(item: str) -> tuple[str, str, object]:
     key, _, value = item.partition("=")
     section, _, field = key.partition(".")
-    return section, field, yaml.safe_load(value)
+    return section, field, load_yaml(value, f"-S {item}")
 
 
 def hydra(value) -> str:
-    """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings."""
+    """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings
+    (and strings a bare word would make another type: 'null', 'true', '1e-3')."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
         return "[" + ", ".join(hydra(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {hydra(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str) and not re.fullmatch(r"[\w./-]+", value):
+    if isinstance(value, str) and (not re.fullmatch(r"[\w./-]+", value) or load_yaml(value, "a value") != value):
         return "'" + value.replace("'", "\\'") + "'"
     return str(value)
 
@@ -114,7 +120,7 @@ def _note_edits(workspace: dict) -> None:
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
     if shown.returncode != 0:
         return
-    committed = yaml.safe_load(shown.stdout) or {}
+    committed = load_yaml(shown.stdout, "params.yaml of the last commit") or {}
     edits = [
         f"{section}.{key}"
         for section in sorted(set(workspace) | set(committed))
@@ -139,7 +145,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     recipe = load(args.recipe)
     with_sets(args.recipe, args.set_param)  # the recipe plus the -S values, validated before DVC starts anything
-    workspace = yaml.safe_load((ROOT / "params.yaml").read_text())
+    workspace = load_yaml((ROOT / "params.yaml").read_text(), "params.yaml")
     name = args.name or args.recipe
     if args.set_param and not args.name:
         name += "-" + hashlib.sha1("\n".join(args.set_param).encode()).hexdigest()[:6]

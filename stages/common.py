@@ -7,23 +7,20 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import ConfigError, ForestsegError, load_sections  # noqa: E402
+from forestseg.io import load_yaml  # noqa: E402
 
 _READ: dict[str, Any] = {}  # the params sections this stage read, as parsed, to check at its end
 
 
 def _load(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror}); run from the project root") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    return load_yaml(text, path)
 
 
 def params(*sections: str, path: str = "params.yaml") -> tuple:

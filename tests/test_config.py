@@ -17,6 +17,7 @@ from conftest import REPO
 from forestseg.config import (
     SECTIONS,
     ConfigError,
+    ForestsegError,
     GridConfig,
     SplitConfig,
     TrainConfig,
@@ -299,6 +300,33 @@ def test_stage_with_invalid_yaml_prints_one_line(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+@pytest.mark.parametrize(
+    "old, new, key, value",
+    [
+        ("  width: 16\n", "  width: 010\n", "width", 10),  # YAML 1.1 (PyYAML): 8; DVC: 10
+        ("  lr: 0.001\n", "  lr: 1e-3\n", "lr", 0.001),  # YAML 1.1: the string '1e-3'
+    ],
+)
+def test_stages_read_params_yaml_as_dvc_does(tmp_path, monkeypatch, old, new, key, value):
+    """dvc.lock records params.yaml as DVC (YAML 1.2) reads it; the stages must run on the same values."""
+    text = (REPO / "params.yaml").read_text()
+    assert old in text
+    (tmp_path / "params.yaml").write_text(text.replace(old, new, 1))
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, str(REPO / "stages"))
+    from common import params
+
+    model, optimizer = params("model", "optimizer")
+    assert getattr(model if key == "width" else optimizer, key) == value
+
+
+def test_a_duplicate_key_in_params_yaml_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text() + "split:\n  seed: 1\n")
+    out = run_split_stage(tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: params.yaml: not valid YAML (") and "duplicate key" in out.stderr
+
+
 def test_params_yaml_spells_out_the_dataclass_defaults(base):
     """One source of defaults: the dataclasses; params.yaml (the demo recipe) is exactly them."""
     assert load_sections(base, *SECTIONS) == tuple(cls() for cls in SECTIONS.values())
@@ -314,6 +342,55 @@ def test_every_recipe_is_valid_params(name):
 
     params = run.merged(name)
     assert load_sections(params, *SECTIONS)
+
+
+@pytest.mark.parametrize(
+    "value, override",
+    [
+        (None, "null"),  # Hydra reads a bare None as the string 'None'
+        ("None", "None"),  # a string in both grammars
+        ("null", "'null'"),
+        ("true", "'true'"),
+        ("data/raw/kaggle", "data/raw/kaggle"),
+        ("Forest Segmented", "'Forest Segmented'"),
+        (True, "true"),
+        (1e-4, "0.0001"),
+        ({"bce-adam": None}, "{bce-adam: null}"),
+    ],
+)
+def test_recipe_values_reach_dvc_as_the_same_yaml_values(value, override):
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    assert run.hydra(value) == override
+    assert yaml.safe_load(override) == value  # Hydra's grammar agrees with YAML on these
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: {width: 8\n", r"^recipes/bad.yaml: not valid YAML \(while parsing a flow mapping"),
+        ("- model\n", r"^recipes/bad.yaml: not a mapping of params sections"),
+        ("model: 8\n", r"^recipes/bad.yaml: model: not a params section with keys"),
+    ],
+)
+def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes/bad.yaml").write_text(text)
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    with pytest.raises(ForestsegError, match=message):
+        run.load("bad")
+
+
+def test_a_bad_yaml_value_of_s_is_one_line():
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    with pytest.raises(ForestsegError, match=r"^-S model.width=\[8: not valid YAML \("):
+        run.with_sets("cpu", ["model.width=[8"])
 
 
 @pytest.mark.parametrize("value", ["none", "init/source.pt", "init/region/source.pt"])

@@ -145,17 +145,66 @@ def test_a_queued_sweep_is_ranked(repo: Path) -> None:
     assert (repo / "sweeps/ranking.png").stat().st_size > 0
 
 
-def test_a_train_only_experiment_showing_its_baselines_headline_is_not_ranked() -> None:
-    """`dvc exp run -S 'grid.seed=[0]' train` (a scale-out slice) never runs aggregate: DVC shows the
-    baseline's headline beside its own params. An experiment with the baseline's own params and scores
-    (rummy-ruin: width 4, lr 0.001, as the commit) stays ranked."""
+@pytest.mark.parametrize(
+    "value, mark", [(float("nan"), "not finite"), (float("inf"), "not finite"), ("high", "no best_iou")]
+)
+def test_a_value_that_is_not_a_finite_number_is_not_ranked(value, mark, tmp_path: Path) -> None:
     shown = copy.deepcopy(SHOWN)
-    base = shown[1]["data"]["metrics"]["metrics/headline.json"]["data"]
-    slice_ = next(x for x in shown[1]["experiments"] if x["name"] == "dried-sink")  # lr 0.01
-    slice_["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"] = dict(base)
-    exps = {e.name: e for e in rank.experiments(shown)}
-    assert exps["dried-sink"].state == "stale" and exps["dried-sink"].headline == {}
-    assert exps["rummy-ruin"].state == "ok"
-    rows = rank.ranking(list(exps.values()), "best_iou").set_index("experiment")
-    assert rows.loc["dried-sink", "best_iou"] == "stale" and rows.loc["dried-sink", "rank"] == "-"
-    assert rows.loc["rummy-ruin", "rank"] == "3"
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["best_iou"] = value
+    rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
+    assert rows.loc["lucky-knap", "best_iou"] == mark and rows.loc["lucky-knap", "rank"] == "-"
+    assert rows.loc["dried-sink", "rank"] == "1"
+    # the only experiment with a value, and it is NaN: one line, no table or figure written
+    only = copy.deepcopy(shown)
+    only[1]["experiments"] = [exp]
+    (tmp_path / "nan.json").write_text(json.dumps(only))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "recipes/rank.py"), "--json", "nan.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    if isinstance(value, float):
+        assert out.returncode == 2 and out.stderr == "error: no experiment has a finite best_iou: nothing to rank\n"
+    else:
+        assert out.returncode == 2 and out.stderr.startswith("error: --metric best_iou: not a numeric headline value")
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_headline_that_is_not_a_mapping_counts_as_no_metrics() -> None:
+    shown = copy.deepcopy(SHOWN)
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"] = [0.9]
+    assert {e.name: e.state for e in rank.experiments(shown)}["lucky-knap"] == "no metrics"
+
+
+def test_experiments_from_elsewhere_are_ranked_with_a_note(capsys, tmp_path: Path) -> None:
+    """The fixture's experiment commits are not in this repository: their dvc.lock cannot say whether
+    aggregate ran for them, so they are ranked as shown, and the output says which were not checked."""
+    exps = {e.name: e for e in rank.experiments(SHOWN)}
+    assert exps["lucky-knap"].state == "ok" and not exps["lucky-knap"].checked
+    assert exps["diverged"].checked  # failed: nothing to check
+    assert rank.main(["--json", str(REPO / "tests/fixtures/exp_show.json"), "-o", str(tmp_path)]) == 0
+    assert (
+        "note: the commits of lucky-knap, loony-grub, dried-sink, rummy-ruin are not in this" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_only_experiments_whose_aggregate_ran_for_them_are_ranked(repo: Path) -> None:
+    """A `train`-only experiment (a scale-out slice) commits whatever headline the workspace holds, here
+    the previous experiment's: it is stale, however its scores compare. An experiment whose scores
+    equal its baseline's (a setting that changes no number) ran aggregate: it is ranked."""
+    set_params(repo, {"grid": {**TINY["grid"], "loss": ["bce"], "seed": [0]}})
+    sh(repo, "dvc", "repro")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run")
+    sh(repo, "dvc", "exp", "run", "-n", "same-scores", "-S", "train.test_batch_size=4")
+    sh(repo, "dvc", "exp", "run", "-n", "full", "-S", "optimizer.lr=0.01")
+    sh(repo, "dvc", "exp", "run", "-n", "slice", "-S", "optimizer.lr=0.003", "train")
+    out = sh(repo, sys.executable, "recipes/rank.py")
+    rows = {r.split(" | ")[1]: r.split(" | ") for r in out.stdout.splitlines()[2:5]}
+    assert rows["slice"][:3] == ["| -", "slice", "stale"], out.stdout
+    assert rows["full"][0] != "| -" and rows["same-scores"][0] != "| -", out.stdout
+    assert "note:" not in out.stderr

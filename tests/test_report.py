@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from forestseg.config import ForestsegError
-from forestseg.markdown import scene_section
+from forestseg.markdown import markdown_table, scene_section
 from forestseg.report import FIGURES, SCORES, aggregate, headline, remove_stale_runs, summarize
 from forestseg.train import Run
 
@@ -516,3 +516,13 @@ def test_counts_read_as_english(n: int, noun: str, text: str) -> None:
     from forestseg.markdown import plural
 
     assert plural(n, noun) == text
+
+
+def test_a_pipe_in_a_cell_or_header_stays_in_its_cell() -> None:
+    text = markdown_table(pd.DataFrame({"experiment": ["q|x", "plain"], "a|b": [0.5, float("nan")]}))
+    assert text.splitlines() == [
+        "| experiment | a\\|b |",
+        "|---|---|",
+        "| q\\|x | 0.5000 |",
+        "| plain |  |",
+    ]
