@@ -6,6 +6,8 @@
 # Run it in a clone of its own (one `dvc repro` per checkout at a time) with a DVC remote configured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. cluster/committed.sh
+require_committed worker
 usage="usage: worker.sh MEMBER... | --task K N"
 if [ "${1:-}" = --task ]; then
   [ $# -eq 3 ] || { echo "error: $usage" >&2; exit 2; }
@@ -20,9 +22,17 @@ else
   members=("$@")
 fi
 [ "${#members[@]}" -gt 0 ] || { echo "error: no members to train ($usage)" >&2; exit 2; }
+grid=$(python cluster/members.py) || exit 2
+for m in "${members[@]}"; do  # every name checked before hours of training, not when its turn comes
+  grep -qxF -- "$m" <<< "$grid" || {
+    echo "error: worker: $m is not a member of the grid in params.yaml; \`python cluster/members.py\` lists them" >&2
+    exit 2
+  }
+done
 for m in "${members[@]}"; do
   # --pull: inputs and upstream stages that another machine already pushed are fetched, not recomputed
   dvc repro --pull "train@$m"
+  # pushed at once, so a later member's failure (or a job's time limit) loses no finished training
+  dvc push --run-cache --with-deps "train@$m"  # its data stages too, as dvc repro --pull fetches them
+  echo "worker: $m trained (or restored: dvc repro says which) and pushed"
 done
-dvc push --run-cache
-echo "worker: trained and pushed ${members[*]}"

@@ -76,8 +76,8 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     a, b, c = (tmp_path / name for name in "abc")
     for clone in (a, b, c):
         sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
-    assert "worker: trained and pushed bce-adam-0" in sh(b, "bash", "cluster/worker.sh", "bce-adam-0").stdout
-    assert "worker: trained and pushed bce-adam-1" in sh(c, "bash", "cluster/worker.sh", "--task", "1", "2").stdout
+    assert "worker: bce-adam-0 trained (or restored" in sh(b, "bash", "cluster/worker.sh", "bce-adam-0").stdout
+    assert "worker: bce-adam-1 trained (or restored" in sh(c, "bash", "cluster/worker.sh", "--task", "1", "2").stdout
     out = sh(a, "bash", "cluster/coordinator.sh")
     assert not MEMBERS & ran(out), out.stdout
     assert restored(out) >= MEMBERS
@@ -94,7 +94,43 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
 )
 def test_a_worker_task_says_what_it_trains_or_why_not(repo: Path, task: list[str], rc: int, says: str) -> None:
     set_params(repo, GRID)
+    commit(repo, "tiny grid")
     out = sh(repo, "bash", "cluster/worker.sh", "--task", *task, check=False)
     assert out.returncode == rc and says in out.stdout + out.stderr, out.stdout + out.stderr
     if rc:
         assert "nothing to train" not in out.stdout
+
+
+def test_a_worker_checks_every_member_name_before_training(repo: Path) -> None:
+    set_params(repo, GRID)
+    commit(repo, "tiny grid")
+    out = sh(repo, "bash", "cluster/worker.sh", "bce-adam-0", "bce-adam-2", check=False)
+    assert out.returncode == 2 and not ran(out), out.stdout
+    assert out.stderr == (
+        "error: worker: bce-adam-2 is not a member of the grid in params.yaml; `python cluster/members.py` lists them\n"
+    )
+
+
+@pytest.mark.parametrize("script", ["worker.sh bce-adam-0", "coordinator.sh"])
+def test_worker_and_coordinator_refuse_params_the_commit_does_not_have(repo: Path, script: str) -> None:
+    """The other machines train the commit: uncommitted params would match none of their members."""
+    set_params(repo, GRID)
+    commit(repo, "tiny grid")
+    set_params(repo, {"model": {"width": 8}})
+    out = sh(repo, "bash", *f"cluster/{script}".split(), check=False)
+    who = script.split(".")[0]
+    assert out.returncode == 2 and not ran(out), out.stdout
+    assert out.stderr.startswith(f"error: {who}: params.yaml differ from the last commit, which the workers train")
+
+
+def test_the_coordinator_refuses_another_revision_than_the_workers_cloned(repo: Path, monkeypatch) -> None:
+    set_params(repo, GRID)
+    commit(repo, "tiny grid")
+    first = sh(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    (repo / "notes.txt").write_text("later")
+    commit(repo, "a later commit")
+    monkeypatch.setenv("FORESTSEG_REV", first)
+    out = sh(repo, "bash", "cluster/coordinator.sh", check=False)
+    assert out.returncode == 2 and out.stderr.startswith(
+        f"error: coordinator: the workers trained FORESTSEG_REV={first}, not this checkout's HEAD"
+    ), out.stderr
