@@ -44,7 +44,15 @@ def read_model(path: str | Path) -> dict:
     try:
         state = _load(path)
     except Exception as e:
-        raise ForestsegError(f"{path}: cannot be read as a forestseg model file ({type(e).__name__}: {e})") from None
+        raise ForestsegError(
+            f"{path}: cannot be read as a forestseg model file ({type(e).__name__}: {' '.join(str(e).split())}): "
+            "damaged, cut short, or not a model file; copy it again, or pass models/<run>/model.pt"
+        ) from None
+    if isinstance(state, dict) and state.get("format") == RESUME_FORMAT:
+        raise ForestsegError(
+            f"{path}: a resume file of a training run ({RESUME_FORMAT}), not a model file; "
+            "pass the run's model file, models/<run>/model.pt"
+        )
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         found = state.get("format", "no format tag") if isinstance(state, dict) else type(state).__name__
         raise ForestsegError(

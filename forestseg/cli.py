@@ -38,15 +38,33 @@ AREA_COLUMNS = [
 ]
 
 
+# a raster's companions (world files, projections, overviews, GDAL's .aux.xml): never reported as skipped
+SIDECAR_SUFFIXES = {".tfw", ".tifw", ".jgw", ".jpgw", ".pgw", ".pngw", ".bpw", ".j2w", ".wld", ".prj", ".ovr", ".xml"}
+
+
 def _inputs(paths: list[Path]) -> list[Path]:
-    files = []
+    """The images to predict: files named, and a folder's files of IMAGE_SUFFIXES; a folder's other
+    files (but hidden ones and sidecars) are listed as skipped, so no image vanishes unreported."""
+    files, skipped = [], []
     for p in paths:
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            for f in sorted(p.iterdir()):
+                suffix = f.suffix.lower()
+                if suffix in IMAGE_SUFFIXES:
+                    files.append(f)
+                elif f.is_file() and not f.name.startswith(".") and suffix not in SIDECAR_SUFFIXES:
+                    skipped.append(f)
         elif p.exists():
             files.append(p)
         else:
             raise ForestsegError(f"{p}: no such file or folder")
+    if skipped:
+        print(
+            f"predict: skipped {len(skipped)} file(s) of other types in the input folder(s): "
+            f"{', '.join(f.name for f in skipped[:5])}{', ...' if len(skipped) > 5 else ''} (a folder takes "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))}; name another image on the command line to try it)",
+            file=sys.stderr,
+        )
     if not files:
         raise ForestsegError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
     return files
@@ -310,6 +328,8 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ForestsegError(_as_flags(str(e))) from None
     if not args.data.is_dir():
         raise ForestsegError(f"{args.data}: no such folder")
+    if args.subset is not None and args.split is None:
+        raise ForestsegError(f"--subset {args.subset}: picks rows of a --split file; give one (e.g. data/split.csv)")
     if args.output is not None:  # checked before the scoring, which may take long, not after
         _check_output_file(args.output)
     _pixel_note(args.checkpoint, predictor)
@@ -321,7 +341,7 @@ def evaluate(args: argparse.Namespace) -> int:
             masks=args.masks,
             forest=forest,
             split=args.split,
-            subset=args.subset,
+            subset=args.subset or "test",
             overlap=args.overlap,
             adapt_bn=opts.adapt_bn,
         )
@@ -488,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help="a split.csv (image, subset columns, e.g. data/split.csv): score only its --subset rows",
     )
-    e.add_argument("--subset", default="test", help="rows of --split to score (default test)")
+    e.add_argument("--subset", help="rows of --split to score (default test)")
     e.add_argument("--masks", default="0/255", help="mask convention of the tiles, as params.yaml's data.masks")
     e.add_argument("--forest", help="forest class ids or colours, as params.yaml's data.forest (JSON)")
     e.add_argument("-o", "--output", type=Path, help="write the scores as JSON here")

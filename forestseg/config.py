@@ -22,6 +22,7 @@ SAMPLINGS = ("tile", "scene", "scene_batch")
 THRESHOLDS = ("loss", "val")
 PIXEL_SIZE_M = 0.5  # ground size of a pixel of the Kaggle/DeepGlobe tiles (and of the synthetic ones)
 INIT_DIR = "init"  # the project folder of model files that train.init_from may name (a dep of the train stage)
+MAX_WIDTH = 256  # model.width: w256 d6 is a 16384-channel bottom level, past any memory this targets
 
 
 class ConfigError(ForestsegError):
@@ -167,7 +168,8 @@ class ModelConfig:
 
         _choice("model.arch", self.arch, ARCHS)
         _choice("model.input", self.input, INPUTS)
-        _positive("model.width", self.width)
+        if not 1 <= self.width <= MAX_WIDTH:  # the deepest level has width * 2**depth channels
+            _fail("model.width", f"must be in 1..{MAX_WIDTH}, got {self.width}")
         if not 1 <= self.depth <= 6:
             _fail("model.depth", f"must be in 1..6, got {self.depth}")
         if not 0 <= self.mixstyle <= 1:
@@ -194,7 +196,8 @@ class OptimizerConfig:
         _positive("optimizer.step_epochs", self.step_epochs)
         if self.warmup_epochs < 0:
             _fail("optimizer.warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
-        _positive("optimizer.gamma", self.gamma)
+        if not 0 < self.gamma <= 1:
+            _fail("optimizer.gamma", f"must be in (0, 1]: the step schedule multiplies the lr by it, got {self.gamma}")
         if not 0 <= self.momentum < 1:
             _fail("optimizer.momentum", f"must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
@@ -249,8 +252,10 @@ class TrainConfig:
     init_from: str = "none"
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "test_batch_size", "diverge_factor", "threads"):
+        for key in ("epochs", "batch_size", "test_batch_size", "threads"):
             _positive(f"train.{key}", getattr(self, key))
+        if not self.diverge_factor > 1:  # a loss above this multiple of the first one is divergence
+            _fail("train.diverge_factor", f"must be > 1 (a multiple of the first loss), got {self.diverge_factor}")
         for key in ("scale", "saturation", "blur", "cutmix", "ema"):
             if not 0 <= getattr(self, key) < 1 + (key == "scale"):
                 _fail(f"train.{key}", f"must be in [0, {2 if key == 'scale' else 1}), got {getattr(self, key)}")

@@ -227,7 +227,7 @@ class StudyUNet(nn.Module):
 @dataclass(frozen=True)
 class Arch:
     """An architecture of the registry: how to build it from the model section, and the smallest tile
-    (px) it can take."""
+    (px) it trains on, a batch of one tile included."""
 
     build: Callable[[ModelConfig], nn.Module]
     smallest_tile: Callable[[ModelConfig], int]
@@ -238,7 +238,13 @@ def _unet(context: bool = False, factor: int = 1) -> Arch:
         unet = UNet(cfg.width, cfg.depth, cfg.batch_norm, context=context, mixstyle=cfg.mixstyle)
         return LowResolution(unet, factor) if factor > 1 else unet
 
-    return Arch(build, lambda cfg: 2**cfg.depth * factor)
+    def smallest_tile(cfg: ModelConfig) -> int:
+        # the deepest level has floor(ceil(tile / factor) / 2**depth) px a side; batch-norm needs more
+        # than one value per channel, so 2x2 there for a batch of one tile (a last batch, scene batches)
+        deepest = 2 if cfg.batch_norm else 1
+        return factor * (deepest * 2**cfg.depth - 1) + 1
+
+    return Arch(build, smallest_tile)
 
 
 # Every architecture a user can name in model.arch.

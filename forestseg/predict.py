@@ -293,7 +293,7 @@ def read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     except OSError as e:
         raise ForestsegError(f"{path}: cannot be read ({e.strerror or e})") from None
     if picture.pixels.ndim != 3:
-        raise ForestsegError(f"{path}: is a {picture.kind} with one band; forestseg needs RGB images")
+        raise ForestsegError(f"{path}: is a {picture.kind} with one colour band; forestseg needs RGB images")
     return picture.pixels, None if picture.alpha is None else picture.alpha > 0
 
 

@@ -347,11 +347,10 @@ def train_run(
     """
     device = train.images.device
     tile, smallest = min(train.images.shape[1:3]), ARCHS[model_cfg.arch].smallest_tile(model_cfg)
-    if tile < smallest or (model_cfg.batch_norm and tile == smallest):
-        # at `smallest` the deepest level is 1x1 px, which batch-norm cannot train on a batch of one tile
+    if tile < smallest:
         raise ForestsegError(
-            f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of "
-            + (f"more than {smallest} px with batch norm" if model_cfg.batch_norm else f"at least {smallest} px")
+            f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least {smallest} px"
+            + (" (batch norm needs 2x2 px at the deepest level)" if model_cfg.batch_norm else "")
             + f", the data's are {tile} px; lower model.depth"
         )
     if opt_cfg.warmup_epochs and opt_cfg.warmup_epochs >= train_cfg.epochs:
@@ -521,6 +520,20 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def out_of_memory_as_one_line(what: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Iterator[None]:
+    """CUDA's out-of-memory error, and the CPU allocator's (a RuntimeError), as one line saying what to lower."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not isinstance(e, torch.OutOfMemoryError) and "can't allocate" not in str(e):
+            raise
+        raise ForestsegError(
+            f"{what}: out of memory with train.batch_size {train_cfg.batch_size} and {model_cfg.arch} of width "
+            f"{model_cfg.width}, depth {model_cfg.depth}; lower train.batch_size (or model.width), or free the device"
+        ) from None
+
+
 def train_member(
     run: Run,
     model_cfg: ModelConfig,
@@ -559,20 +572,21 @@ def train_member(
         data = layout.content() + ([init] if init is not None else [])  # a new init file never resumes an old run
         fp = fingerprint(run.name, cfgs, use_bf16(train_cfg.precision, device), code, data)
         try:
-            result = train_run(
-                run,
-                model_cfg,
-                opt_cfg,
-                train_cfg,
-                tiles["train"],
-                tiles["test"],
-                model_dir,
-                resume,
-                fp,
-                val=tiles.get("val"),
-                pixel_size_m=layout.pixel_size_m(),
-                init=init,
-            )
+            with out_of_memory_as_one_line(f"run {run.name}", model_cfg, train_cfg):
+                result = train_run(
+                    run,
+                    model_cfg,
+                    opt_cfg,
+                    train_cfg,
+                    tiles["train"],
+                    tiles["test"],
+                    model_dir,
+                    resume,
+                    fp,
+                    val=tiles.get("val"),
+                    pixel_size_m=layout.pixel_size_m(),
+                    init=init,
+                )
         except Diverged as e:
             print(f"warning: {e}")
             write_model(model_dir / "model.pt", None, {"run": run.name, "message": str(e)})  # a declared output

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import os
 import re
 import shlex
 import subprocess
@@ -143,6 +144,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--print", action="store_true", help="print the dvc command instead of running it")
     ap.add_argument("-n", "--name", help="the experiment's name (default: the recipe's, + a hash of the -S items)")
     args = ap.parse_args(argv)
+    os.chdir(ROOT)  # params name paths from the project root (train.init_from), where DVC runs the stages
     recipe = load(args.recipe)
     with_sets(args.recipe, args.set_param)  # the recipe plus the -S values, validated before DVC starts anything
     workspace = load_yaml((ROOT / "params.yaml").read_text(), "params.yaml")

@@ -7,6 +7,7 @@ import pandas as pd
 from common import args, params, stage
 
 import forestseg
+from forestseg.checkpoint import read_init
 from forestseg.config import INIT_DIR, ForestsegError, load_sections
 from forestseg.io import remove_stale_temps, untracked_in_project, write_csv, write_json
 from forestseg.layout import DataLayout
@@ -30,6 +31,8 @@ def main(argv: list[str]) -> None:
     }
     (grid,) = load_sections({"grid": member}, "grid")
     run = grid.runs()[0]
+    if train_cfg.init_from != "none":  # a model file first: `dvc add` is no advice for a README
+        read_init(train_cfg.init_from, model_cfg.weights())
     if train_cfg.init_from != "none" and untracked_in_project(train_cfg.init_from) is not None:
         raise ForestsegError(
             f"params.yaml: train.init_from: {train_cfg.init_from} is not tracked by DVC: every `dvc exp run` would "

@@ -116,7 +116,11 @@ BAD = [
     ("lr-minus-inf", "optimizer.lr", -INF, r"optimizer\.lr: must be finite"),
     ("batch-size-negative", "train.batch_size", -4, r"train\.batch_size: must be > 0"),
     ("batch-size-zero", "train.batch_size", 0, r"train\.batch_size: must be > 0"),
-    ("width-zero", "model.width", 0, r"model\.width: must be > 0"),
+    ("width-zero", "model.width", 0, r"model\.width: must be in 1\.\.256, got 0"),
+    ("width-huge", "model.width", 100000000, r"model\.width: must be in 1\.\.256, got 100000000"),
+    ("gamma-above-1", "optimizer.gamma", 5, r"optimizer\.gamma: must be in \(0, 1\]"),
+    ("diverge-factor-1", "train.diverge_factor", 1, r"train\.diverge_factor: must be > 1"),
+    ("diverge-factor-half", "train.diverge_factor", 0.5, r"train\.diverge_factor: must be > 1"),
     ("depth-too-deep", "model.depth", 7, r"model\.depth: must be in 1\.\.6"),
     ("mixstyle-prob", "model.mixstyle", 1.5, r"model\.mixstyle: must be in \[0, 1\]"),
     ("seeds-empty", "grid.seed", [], r"grid\.seed: must list at least one value"),
@@ -403,3 +407,15 @@ def test_init_from_is_none_or_a_file_inside_init(base, tmp_path, monkeypatch, va
     (train,) = load_sections(changed(base, "train.init_from", value), "train")
     assert train.init_from == value
     assert TrainConfig().init_from == "none"  # the default: a random init
+
+
+def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
+    (repo / "init/source.pt").write_bytes(b"a model file")
+    out = subprocess.run(
+        [sys.executable, "run.py", "demo", "--print", "-S", "train.init_from=init/source.pt"],
+        cwd=repo / "recipes",
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("dvc exp run -n demo-") and "train.init_from=init/source.pt" in out.stdout

@@ -758,3 +758,12 @@ def test_an_area_bias_scored_on_training_tiles_is_named_so(checkpoint: Path, sce
     printed = capsys.readouterr().out
     assert "training tiles included (no --split), so its area bias is not one of unseen data" in printed
     assert "area bias from --area-error:" in printed
+
+
+def test_evaluate_refuses_subset_without_split(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """--subset picks rows of a --split file; alone it would score every tile, training tiles included."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    assert cli("evaluate", str(checkpoint), str(data), "--subset", "test") == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: --subset test: picks rows of a --split file; give one (e.g. data/split.csv)\n"
+    assert "forest IoU" not in captured.out

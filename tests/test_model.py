@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from forestseg.config import ModelConfig
 from forestseg.errors import ForestsegError
-from forestseg.model import MixStyle, UNet, Up, adapt_batchnorm, build_model, count_parameters
+from forestseg.model import ARCHS, MixStyle, UNet, Up, adapt_batchnorm, build_model, count_parameters
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -209,3 +209,18 @@ def test_mixstyle_adds_no_weights_and_leaves_eval_outputs_alone() -> None:
     with torch.no_grad():
         torch.testing.assert_close(mixed(x), plain(x))
     assert sum(isinstance(m, MixStyle) for m in mixed.modules()) == 2
+
+
+@pytest.mark.parametrize("arch", ["unet", "unet_half", "unet_quarter"])
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_smallest_tile_is_the_smallest_a_batch_of_one_trains_on(arch: str, depth: int, batch_norm: bool) -> None:
+    """Non-square sizes round down level by level: a 48-px tile at depth 5 ends at 1x1 px, where
+    batch-norm fails on a batch of one tile; the registry's bound says so before training starts."""
+    cfg = ModelConfig(arch=arch, width=2, depth=depth, batch_norm=batch_norm)
+    smallest = ARCHS[arch].smallest_tile(cfg)
+    model = build_model(cfg).train()
+    assert model(torch.rand(1, 3, smallest, smallest)).shape == (1, smallest, smallest)
+    if batch_norm:
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            model(torch.rand(1, 3, smallest - 1, smallest - 1))

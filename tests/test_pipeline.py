@@ -253,6 +253,12 @@ def test_train_from_an_init_file_tracked_by_dvc_reruns_when_it_changes(repo: Pat
 
     source = train_small_model(tmp_path / "source", tile=32, width=TINY["model"]["width"])  # TINY's model params
     shutil.copy(source, repo / "init/source.pt")
+    set_params(repo, {"train": {"init_from": "init/README.md"}})  # git-tracked, and no model file
+    readme = sh(repo, "dvc", "repro", check=False)
+    assert "error: params.yaml: train.init_from: init/README.md: cannot be read as a forestseg model file" in (
+        readme.stderr
+    )
+    assert "dvc add" not in readme.stderr
     set_params(repo, {"train": {"init_from": "init/source.pt"}})
     untracked = sh(repo, "dvc", "repro", check=False)  # git would commit the model file: refused
     assert untracked.returncode != 0

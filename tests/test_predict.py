@@ -85,8 +85,16 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
     assert "broken.jpg: cannot be decoded: not a JPEG nor any image format Pillow reads" in err
 
 
-@pytest.mark.parametrize("change", ["width", "not a checkpoint", "resume file"])
-def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, change, capsys) -> None:
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ("width", "size mismatch"),
+        ("not a checkpoint", "damaged, cut short, or not a model file; copy it again"),
+        ("cut short", "damaged, cut short, or not a model file; copy it again"),
+        ("resume file", "a resume file of a training run (forestseg-resume/2), not a model file"),
+    ],
+)
+def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, change, says, capsys) -> None:
     bad = tmp_path / "bad.pt"
     if change == "width":
         state = torch.load(checkpoint, weights_only=False)
@@ -94,6 +102,9 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         torch.save(state, bad)
     elif change == "resume file":
         torch.save({"format": RESUME_FORMAT, "model": {}}, bad)
+    elif change == "cut short":
+        data = checkpoint.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
     else:
         bad.write_bytes(b"junk")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
@@ -101,7 +112,8 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         main(["predict", str(bad), str(tmp_path / "a.png"), "-o", str(tmp_path / "out")])
     assert done.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {bad}") and "Traceback" not in err
+    assert err.startswith(f"error: {bad}") and says in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("overlap", ["-1", str(TILE)])
@@ -522,3 +534,20 @@ def test_evaluates_mask_advice_names_its_flags(checkpoint, tmp_path, capsys) -> 
         main(["evaluate", str(checkpoint), str(data), "--masks", "0/1"])
     err = capsys.readouterr().err
     assert done.value.code == 2 and "set --masks: '0/255'" in err and "data.masks" not in err, err
+
+
+def test_a_folders_files_of_other_types_are_listed_as_skipped(checkpoint, tmp_path, capsys) -> None:
+    """A folder's .webp or .gif is not predicted (the folder takes IMAGE_SUFFIXES) but never vanishes
+    unreported; world files, hidden files and GDAL's .aux.xml are a raster's companions, not skipped."""
+    src = tmp_path / "in"
+    src.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    for name in ("a.png", "b.webp", "c.gif"):
+        Image.fromarray(pixels).save(src / name)
+    for name in ("a.pgw", ".DS_Store", "a.png.aux.xml"):
+        (src / name).write_text("x")
+    assert run_cli(checkpoint, [src], tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    assert "predict: skipped 2 file(s) of other types in the input folder(s): b.webp, c.gif (a folder takes" in err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_mask.png"]
+    assert run_cli(checkpoint, [src / "b.webp"], tmp_path / "out2") == 0  # named, it is decoded

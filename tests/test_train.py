@@ -16,7 +16,7 @@ from forestseg.errors import ForestsegError
 from forestseg.loader import Normalizer, Tiles, to_input
 from forestseg.model import adapt_batchnorm, build_model
 from forestseg.predict import Predictor
-from forestseg.train import Diverged, Run, choose_threshold, evaluate, train_run
+from forestseg.train import Diverged, Run, choose_threshold, evaluate, out_of_memory_as_one_line, train_run
 from forestseg.windows import scene_windows
 
 MODEL = ModelConfig(arch="unet", width=4, depth=2, batch_norm=True, input="normalized")
@@ -481,7 +481,9 @@ def test_a_model_file_of_other_model_params_is_refused_in_one_line(data, source,
         "file trained with these"
     )
     resume = source.parent.parent / "last.pt"  # the source run's resume file: not a model file
-    with pytest.raises(ForestsegError, match=r"^params\.yaml: train\.init_from: .*last\.pt: not a forestseg-model/1"):
+    with pytest.raises(
+        ForestsegError, match=r"^params\.yaml: train\.init_from: .*last\.pt: a resume file of a training"
+    ):
         go(data, tmp_path / "other.pt", init=resume)
 
 
@@ -515,7 +517,7 @@ def test_the_test_loss_does_not_depend_on_the_test_batch_size(data, loss: str) -
 def test_a_tile_whose_deepest_level_is_1_px_stops_with_one_line(data, tmp_path: Path, depth: int, fails: bool):
     model = dataclasses.replace(MODEL, depth=depth)  # 32-px tiles: 2x2 at depth 4, 1x1 at depth 5
     if fails:
-        with pytest.raises(ForestsegError, match=r"depth 5 needs tiles of more than 32 px with batch norm"):
+        with pytest.raises(ForestsegError, match=r"depth 5 needs tiles of at least 64 px \(batch norm needs 2x2"):
             go(data, tmp_path / "last.pt", model=model)
     else:
         assert go(data, tmp_path / "last.pt", model=model)[0].metrics["status"] == "ok"
@@ -527,3 +529,27 @@ def test_a_model_file_loads_in_the_precision_it_was_scored_in(data, tmp_path: Pa
     path = tmp_path / "last" / "model.pt"
     assert read_model(path)["precision"] == precision
     assert Predictor.load(path, torch.device("cpu"), "trained").bf16 == (precision == "bf16")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried"),
+        MemoryError(),
+    ],
+)
+def test_out_of_memory_is_one_line_saying_what_to_lower(error: Exception) -> None:
+    with pytest.raises(ForestsegError) as raised:
+        with out_of_memory_as_one_line("run bce-adam-0", MODEL, TRAIN):
+            raise error
+    assert str(raised.value) == (
+        f"run bce-adam-0: out of memory with train.batch_size {TRAIN.batch_size} and unet of width 4, depth 2; "
+        "lower train.batch_size (or model.width), or free the device"
+    )
+
+
+def test_other_runtime_errors_pass_through() -> None:
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        with out_of_memory_as_one_line("run bce-adam-0", MODEL, TRAIN):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
