@@ -43,3 +43,27 @@ def test_stage_deps_are_exactly_the_modules_it_imports(name: str) -> None:
     listed = {d for d in stage["deps"] if d.startswith("forestseg/")}
     assert listed == imported, f"{name}: missing {sorted(imported - listed)}, not imported {sorted(listed - imported)}"
     assert {script, "stages/common.py"} <= set(stage["deps"])
+
+
+def _sections_read(script: str) -> set[str]:
+    """The params sections a stage script reads: the string arguments of its `params(...)` calls."""
+    import ast
+
+    tree = ast.parse((REPO / script).read_text())
+    return {
+        arg.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "params"
+        for arg in node.args
+        if isinstance(arg, ast.Constant)
+    }
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_params_are_exactly_the_sections_it_reads(name: str) -> None:
+    """A section the stage reads but dvc.yaml does not list would not rerun it when changed; one listed
+    but not read would rerun it for nothing. A matrix stage's grid is its member (`${item}`), not a param."""
+    stage = STAGES[name]
+    read = _sections_read(stage["cmd"].split()[1])
+    listed = {p.split(".")[0] for p in stage.get("params", [])}
+    assert read and listed == read, f"{name}: reads {sorted(read)}, dvc.yaml lists {sorted(listed)}"

@@ -21,7 +21,7 @@ from rasterio.transform import from_origin
 from forestseg.checkpoint import write_model
 from forestseg.cli import main
 from forestseg.config import ModelConfig, asdict
-from forestseg.geo import MapOptions, check_raster, map_forest, polygon_area
+from forestseg.geo import Grid, MapOptions, check_raster, map_forest, polygon_area
 from forestseg.model import build_model
 from forestseg.predict import Predictor
 from forestseg.synthetic import render_scene
@@ -767,3 +767,17 @@ def test_evaluate_refuses_subset_without_split(checkpoint: Path, tmp_path: Path,
     captured = capsys.readouterr()
     assert captured.err == "error: --subset test: picks rows of a --split file; give one (e.g. data/split.csv)\n"
     assert "forest IoU" not in captured.out
+
+
+@pytest.mark.parametrize("angle, shear", [(0, 0), (30, 0), (-75, 0), (30, 10)])
+def test_a_pixels_area_is_the_transforms_determinant_on_rotated_and_sheared_grids(angle, shear) -> None:
+    """|det| of the affine, not a * e: a rotated or sheared 0.5 m grid still has 0.25 m2 pixels (both
+    keep the determinant), where a * e would give 0.25 cos(angle)**2."""
+    from affine import Affine
+
+    t = Affine.translation(500000, 5000000) * Affine.rotation(angle) * Affine.shear(0, shear) * Affine.scale(0.5, -0.5)
+    grid = Grid(rasterio.crs.CRS.from_string(UTM), t, 10, 10)
+    assert grid.pixel_area_m2(1.0) == pytest.approx(0.25, rel=1e-9)
+    assert grid.pixel_area_m2(0.3048) == pytest.approx(0.25 * 0.3048**2, rel=1e-9)
+    if shear == 0:
+        assert grid.pixel_sides(1.0) == pytest.approx((0.5, 0.5), rel=1e-9)

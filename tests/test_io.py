@@ -21,6 +21,33 @@ def test_a_write_replaces_the_file_atomically(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+@pytest.mark.parametrize("writer", ["text", "json", "csv"])
+def test_a_writer_writes_through_a_temp_renamed_onto_the_file(tmp_path: Path, monkeypatch, writer: str) -> None:
+    """The file is never open for writing under its own name: a kill leaves the old one or the new."""
+    import pandas as pd
+
+    import forestseg.io
+
+    target = tmp_path / "a.out"
+    target.write_text("old")
+    renames = []
+
+    def replace(src, dst):  # the rename is the only way the target may change; here it fails
+        renames.append((Path(src).name, Path(dst)))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(forestseg.io.os, "replace", replace)
+    write = {
+        "text": lambda: forestseg.io.write_text(target, "new"),
+        "json": lambda: forestseg.io.write_json(target, {"x": 1}),
+        "csv": lambda: forestseg.io.write_csv(target, pd.DataFrame({"x": [1]})),
+    }[writer]
+    with pytest.raises(Exception):
+        write()
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.out"]
+    assert len(renames) == 1 and renames[0][1] == target and renames[0][0].startswith(".a.~")
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
     write_json(tmp_path / "a.json", {"x": 1})
     with pytest.raises(RuntimeError):

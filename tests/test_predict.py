@@ -60,7 +60,15 @@ def test_tiling_beats_chance_on_an_unseen_scene(checkpoint, scene) -> None:
 
 
 def test_small_image_is_padded_to_a_tile(checkpoint, scene) -> None:
-    assert Predictor.load(checkpoint, torch.device("cpu")).mask(scene[0][:40, :50]).shape == (40, 50)
+    """Reflect-padded to one tile, as the model saw whole tiles in training; zeros would be black ground."""
+    predictor = Predictor.load(checkpoint, torch.device("cpu"), precision="fp32")
+    small = np.ascontiguousarray(scene[0][:40, :50])
+    logits = predictor.logits(small)
+    assert logits.shape == (40, 50)
+    padded = np.pad(small, ((0, TILE - 40), (0, TILE - 50), (0, 0)), mode="reflect")
+    assert np.allclose(logits, predictor.windows_logits(padded[None])[0][:40, :50], atol=1e-5)
+    zeros = np.pad(small, ((0, TILE - 40), (0, TILE - 50), (0, 0)))
+    assert not np.allclose(logits, predictor.windows_logits(zeros[None])[0][:40, :50], atol=1e-5)
 
 
 def test_error_map_colours_each_outcome() -> None:
@@ -178,7 +186,7 @@ def test_single_band_images_are_refused_with_the_reason(checkpoint, tmp_path, ca
     Image.fromarray(pixels).save(src / "x.png")
     assert run_cli(checkpoint, [src], tmp_path / "out") == 1
     err = capsys.readouterr().err
-    assert "x.png: " in err and ("values up to 40000" in err if kind == "16-bit grey" else "one band" in err)
+    assert "x.png: " in err and ("values up to 40000" in err if kind == "16-bit grey" else "one colour band" in err)
     assert "Traceback" not in err
 
 
@@ -551,3 +559,22 @@ def test_a_folders_files_of_other_types_are_listed_as_skipped(checkpoint, tmp_pa
     assert "predict: skipped 2 file(s) of other types in the input folder(s): b.webp, c.gif (a folder takes" in err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_mask.png"]
     assert run_cli(checkpoint, [src / "b.webp"], tmp_path / "out2") == 0  # named, it is decoded
+
+
+@pytest.mark.parametrize("cut", [-1.0, 1.5])
+def test_the_model_files_threshold_is_the_cut_predict_uses(checkpoint, scene, tmp_path, cut) -> None:
+    """train.threshold: val (or a loss's own cut) is stored in the model file; predict cuts the logits
+    there, not at 0, in the library and in the CLI's written mask."""
+    state = torch.load(checkpoint, weights_only=False)
+    state["threshold"] = cut
+    path = tmp_path / "cut.pt"
+    torch.save(state, path)
+    predictor = Predictor.load(path, torch.device("cpu"), precision="fp32")
+    image = np.ascontiguousarray(scene[0][:128, :160])
+    logits = predictor.logits(image)
+    assert predictor.cut == cut and np.array_equal(predictor.mask(image), logits > cut)
+    assert (logits > cut).sum() != (logits > 0).sum()  # the cut matters on this image
+    Image.fromarray(image).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit):
+        main(["predict", str(path), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--precision", "fp32"])
+    assert np.array_equal(read_mask(tmp_path / "out/a_mask.png"), logits > cut)

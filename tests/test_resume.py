@@ -123,6 +123,21 @@ def test_changed_params_do_not_resume_a_stale_checkpoint(project: Path, tmp_path
     assert json.loads((work / "metrics/runs/bce-adam-0/metrics.json").read_text())["lr"] == 0.01
 
 
+def test_changed_data_does_not_resume_a_stale_checkpoint(project: Path, tmp_path: Path) -> None:
+    """The train stage's fingerprint pins the data it trains on (index, split, arrays' digest): a run
+    killed on one split never resumes on another."""
+    work = fresh(project, tmp_path)
+    kill(work, "epoch 2/")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["split"]["seed"] += 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    before = (work / "data/split.csv").read_text()
+    stage(work, "split", "data", "metrics/split.json")
+    assert (work / "data/split.csv").read_text() != before
+    out = stage(work, "train", *TRAIN)
+    assert "starting afresh" in out.stdout and "resuming" not in out.stdout
+
+
 def train_with(work: Path, loss: str, optimizer: str, changes: dict) -> subprocess.CompletedProcess:
     """The train stage of member <loss>-<optimizer>-0 after `changes` ({section: {key: value}}) to
     the params; not checked."""

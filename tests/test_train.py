@@ -16,7 +16,15 @@ from forestseg.errors import ForestsegError
 from forestseg.loader import Normalizer, Tiles, to_input
 from forestseg.model import adapt_batchnorm, build_model
 from forestseg.predict import Predictor
-from forestseg.train import Diverged, Run, choose_threshold, evaluate, out_of_memory_as_one_line, train_run
+from forestseg.train import (
+    Diverged,
+    Run,
+    _generators,
+    choose_threshold,
+    evaluate,
+    out_of_memory_as_one_line,
+    train_run,
+)
 from forestseg.windows import scene_windows
 
 MODEL = ModelConfig(arch="unet", width=4, depth=2, batch_norm=True, input="normalized")
@@ -509,8 +517,11 @@ def test_the_test_loss_does_not_depend_on_the_test_batch_size(data, loss: str) -
     model = build_model(MODEL).eval()
     norm = Normalizer.fit(data[0].images)
     tiles = Tiles(torch.cat([data[0].images, data[1].images]), torch.cat([data[0].masks, data[1].masks]))
-    got = [evaluate(model, tiles, loss, b, norm, True, False)["loss"] for b in (12, 5, 1)]  # 12 tiles
-    assert got == pytest.approx([got[0]] * 3, rel=1e-6)
+    got = [evaluate(model, tiles, loss, b, norm, True, False) for b in (12, 5, 1)]  # 12 tiles
+    assert [g["loss"] for g in got] == pytest.approx([got[0]["loss"]] * 3, rel=1e-6)
+    # the scores come from counts summed over every batch, not a mean of per-batch scores
+    for key in ("iou", "miou", "dice", "precision", "recall", "accuracy"):
+        assert [g[key] for g in got] == pytest.approx([got[0][key]] * 3, rel=1e-6), key
 
 
 @pytest.mark.parametrize("depth, fails", [(4, False), (5, True)])
@@ -553,3 +564,18 @@ def test_other_runtime_errors_pass_through() -> None:
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         with out_of_memory_as_one_line("run bce-adam-0", MODEL, TRAIN):
             raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+def test_every_random_stream_follows_the_seed() -> None:
+    """Shuffle and each augmentation draw from their own generator seeded by the run's seed: another
+    seed is another order and other augmentations, not only other initial weights."""
+    cfg = dataclasses.replace(TRAIN, augment=True, color_jitter=0.1, saturation=0.1, scale=0.5, cutmix=0.5)
+
+    def draws(seed: int) -> dict[str, list[int]]:
+        return {name: torch.randperm(50, generator=g).tolist() for name, g in _generators(seed, cfg).items()}
+
+    zero, one = draws(0), draws(1)
+    assert set(zero) == {"shuffle", "augment", "jitter", "photo", "zoom", "cutmix"}
+    assert zero == draws(0)  # same seed, same streams
+    assert all(zero[k] != one[k] for k in zero)  # another seed moves every stream
+    assert len({tuple(v) for v in zero.values()}) == len(zero)  # and the streams are independent
