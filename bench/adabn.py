@@ -127,10 +127,10 @@ def main() -> None:
     if not mixes or not all(0 <= m <= 1 for m in mixes) or any(x <= 0 for x in sigmas) or any(n < 1 for n in tents):
         ap.error("--mix: numbers in 0..1; --smooth: sigmas > 0; --tent: step counts >= 1")
     q.check_five_folds(ap, args.only)
-    torch.set_num_threads(2)
     model_cfg, opt_cfg, train_cfg, grid = load_sections(
         q.recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
     )
+    torch.set_num_threads(train_cfg.threads)  # as the recipe trains (the numbers depend on it)
     sample, device = q.load_sample(), pick_device(train_cfg.device)
     scorers = methods(mixes, tents, args.otsu, sigmas)
     images = np.load(sample.layout.images, mmap_mode="r")
@@ -144,7 +144,7 @@ def main() -> None:
         parts = [("set-aside", [s for x in folds for s in x], q.holdout_scenes(sample))]
     for part, train_scenes, test_scenes in parts:
         t0, run = time.perf_counter(), Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
-        kept = args.keep / q.kept_name(part, run.seed, args.recipe, args.sets) if args.keep else None
+        kept = args.keep / q.kept_name(part, run.seed, args.recipe, args.sets, sample) if args.keep else None
         cfgs = (model_cfg, opt_cfg, train_cfg)
         p = q.kept_predictor(sample, run, cfgs, train_scenes, test_scenes, device, kept)
         p = dataclasses.replace(p, adapt_bn=0.0)  # the methods adapt; score_rows scores as given

@@ -233,7 +233,7 @@ def main() -> None:
     if sys.argv[1:2] == ["kept"] and len(sys.argv) == 3:  # the recipe's fold models that bench/errors.py kept
         outs = []
         for f in range(5):
-            kept = Path(sys.argv[2]) / q.kept_name(f"fold {f}", 0, "cpu", [])
+            kept = Path(sys.argv[2]) / q.kept_name(f"fold {f}", 0, "cpu", [], SAMPLE)
             if not kept.is_file():
                 sys.exit(
                     f"{kept}: no such model file; `python bench/errors.py --keep {sys.argv[2]}` trains and keeps them"

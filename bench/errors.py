@@ -105,7 +105,6 @@ def main() -> None:
     args = q.kept_fold_options(
         __doc__, "errors_cpu", "bench/results/<name>.md, and <name>.png beside the decoded sample"
     )
-    torch.set_num_threads(2)
     sample = q.load_sample()
     images = np.load(sample.layout.images, mmap_mode="r")
     truths = np.load(sample.layout.masks, mmap_mode="r")

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.quality import holdout_scenes, load_sample, recipe_params, rows_of, score_rows, total_scores  # noqa: E402
-from forestseg.config import Run, load_sections  # noqa: E402
+from forestseg.config import ForestsegError, Run, load_sections  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
@@ -66,6 +66,12 @@ def main() -> None:
     lr = opt_cfg.lr_for(grid.loss[0], grid.optimizer[0]) if args.lr is None else args.lr
     if min(args.scenes, args.tiles, args.epochs, source_epochs) < 1 or not 0 < lr < math.inf:
         sys.exit("bench/finetune.py: --scenes, --tiles, --epochs and --source-epochs must be >= 1, --lr > 0")
+    for option, epochs in (("--epochs", args.epochs), ("--source-epochs", source_epochs)):
+        if opt_cfg.warmup_epochs >= epochs:  # checked now, not after the source model has trained
+            sys.exit(
+                f"bench/finetune.py: {option} {epochs}: must be above the recipe's optimizer.warmup_epochs "
+                f"{opt_cfg.warmup_epochs} (or set -S optimizer.warmup_epochs=0)"
+            )
     run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
     device = pick_device(train_cfg.device)
     if device.type == "cpu":
@@ -144,4 +150,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ForestsegError as e:
+        sys.exit(f"error: {e}")

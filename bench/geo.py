@@ -108,10 +108,15 @@ def main() -> None:
     )
     ap.add_argument("--keep", action="store_true", help="keep the raster and outputs (else only they are removed)")
     args = ap.parse_args()
+    if args.size < 256 or args.block < 1 or args.width < 1 or args.epochs < 1 or not args.pixel > 0:
+        ap.error("--size must be at least 256 (one model tile), --block, --width and --epochs at least 1, --pixel > 0")
     if args.work.exists() and not args.work.is_dir():
         ap.error(f"--work {args.work}: is a file; give a folder")
     made = not args.work.exists()
-    args.work.mkdir(parents=True, exist_ok=True)
+    try:
+        args.work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--work {args.work}: cannot be made ({e.strerror})")
     raster, model, out = args.work / f"ortho_{args.size}_{args.pixel:g}m.tif", args.work / "model.pt", args.work / "out"
     t0 = time.perf_counter()
     if not raster.exists():

@@ -104,7 +104,6 @@ def report(per_fold: dict[int, dict[str, dict[str, float]]]) -> str:
 
 def main() -> None:
     args = q.kept_fold_options(__doc__, "postprocess_cpu")
-    torch.set_num_threads(2)
     sample = q.load_sample()
     truths = np.load(sample.layout.masks, mmap_mode="r")
     folds = q.folds(sample, 5)

@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--kernels", action="store_true", help="also each convolution's three kernels timed alone")
     ap.add_argument("--nchw", action="store_true", help="without channels_last (train.channels_last: false)")
     args = ap.parse_args()
+    if min(args.width, args.depth, args.batch, args.steps) < 1 or args.size < 2**args.depth * 2:
+        ap.error("--width, --depth, --batch and --steps must be at least 1, --size at least 2 * 2**depth")
     kept = False if args.default_malloc else keep_freed_memory()
     device = torch.device("cpu")
     images, masks = scene_tiles(0, (args.batch + 3) // 4, args.size // 2 * 2)

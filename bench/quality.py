@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -62,7 +63,8 @@ from recipes import run as recipes  # noqa: E402
 
 HOLDOUT = ROOT / "bench" / "holdout_scenes.txt"
 RESULTS = ROOT / "bench" / "results"
-CACHE = Path(tempfile.gettempdir()) / "forestseg-quality-cache"  # the sample decoded once, reused by every run
+# the sample decoded once per content (a folder per digest: another sample never replaces one in use)
+CACHE = Path(tempfile.gettempdir()) / "forestseg-quality-cache"
 FOLD_SEED = 0  # the fold assignment: fixed, so every recipe is scored on the same folds
 SHOWN = ("iou", "miou", "dice", "precision", "recall")
 CUTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # forest probability cuts of the precision/recall trade-off
@@ -74,23 +76,57 @@ class Sample:
     scene: np.ndarray  # scene id of each packed row
     forest: np.ndarray  # forest pixels of each row
     pixels: np.ndarray
+    digest: str = ""  # of the sample's files (names, sizes, mtimes) and meta_data.csv: what was decoded
+
+
+def sample_digest(folder: Path) -> str:
+    """meta_data.csv's bytes and every image and mask file's name, size and mtime: a changed, added or
+    removed file (an inverted mask with the same meta_data.csv) is another digest."""
+    h = hashlib.sha256((folder / "meta_data.csv").read_bytes())
+    for sub in ("images", "masks"):
+        for f in sorted((folder / sub).iterdir()) if (folder / sub).is_dir() else []:
+            st = f.stat()
+            h.update(f"{sub}/{f.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def load_sample() -> Sample:
-    """The sample, decoded once into CACHE (rebuilt when the sample's meta_data.csv changes)."""
+    """The sample, decoded once into CACHE/<digest> (a new folder when any of its files changes,
+    written under a temp name and renamed, so runs on other samples or at the same time never mix)."""
     if not (SAMPLE / "meta_data.csv").is_file():
         sys.exit(f"bench/quality.py needs the real sample: not found at {SAMPLE} (set FORESTSEG_SAMPLE)")
-    layout = DataLayout(CACHE)
-    stamp = CACHE / "meta_data.csv"
-    if not (stamp.is_file() and stamp.read_bytes() == (SAMPLE / "meta_data.csv").read_bytes()):
-        index, report = build_index(SAMPLE, layout.images, layout.masks)
+    digest = sample_digest(SAMPLE)
+    folder = CACHE / digest
+    if not (folder / "index.csv").is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=f".{digest}.~"))
+        layout = DataLayout(tmp)
+        try:
+            index, report = build_index(SAMPLE, layout.images, layout.masks)
+        except ForestsegError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            sys.exit(f"error: {e}")
         index.to_csv(layout.index_csv, index=False)
-        stamp.write_bytes((SAMPLE / "meta_data.csv").read_bytes())
-        print(f"sample decoded into {CACHE}: {report['valid']} pairs, {report['skipped']} skipped")
+        try:
+            tmp.rename(folder)
+            print(f"sample decoded into {folder}: {report['valid']} pairs, {report['skipped']} skipped")
+        except OSError:  # another run decoded the same sample meanwhile: use its folder
+            shutil.rmtree(tmp, ignore_errors=True)
     import pandas as pd
 
+    layout = DataLayout(folder)
     index = pd.read_csv(layout.index_csv, dtype={"scene": str})
-    return Sample(layout, index["scene"].to_numpy(), index["forest_pixels"].to_numpy(), index["pixels"].to_numpy())
+    return Sample(
+        layout, index["scene"].to_numpy(), index["forest_pixels"].to_numpy(), index["pixels"].to_numpy(), digest
+    )
+
+
+def code_digest() -> str:
+    """forestseg's library code, whose changes can change what a training or a score gives."""
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "forestseg").glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def holdout_scenes(sample: Sample) -> list[str]:
@@ -235,11 +271,12 @@ def kept_fold_predictors(args: argparse.Namespace, sample: Sample) -> Iterator[t
     model_cfg, opt_cfg, train_cfg, grid = load_sections(
         recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
     )
+    torch.set_num_threads(train_cfg.threads)  # as the recipe trains (the numbers depend on it)
     device, all_folds = pick_device(train_cfg.device), folds(sample, 5)
     run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
     for f in map(int, args.only.split(",")):
         train_scenes = [s for i, x in enumerate(all_folds) if i != f for s in x]
-        kept = args.keep / kept_name(f"fold {f}", run.seed, args.recipe, args.sets) if args.keep else None
+        kept = args.keep / kept_name(f"fold {f}", run.seed, args.recipe, args.sets, sample) if args.keep else None
         yield f, kept_predictor(sample, run, (model_cfg, opt_cfg, train_cfg), train_scenes, all_folds[f], device, kept)
 
 
@@ -258,10 +295,14 @@ def kept_fold_header(script: str, args: argparse.Namespace) -> str:
     )
 
 
-def kept_name(part: str, seed: int, recipe: str, sets: list[str]) -> str:
-    """The file name a `--keep` folder stores a fold's model under: part, seed, recipe and -S values."""
+def kept_name(part: str, seed: int, recipe: str, sets: list[str], sample: Sample) -> str:
+    """The file name a `--keep` folder stores a fold's model under: part, seed, recipe and -S values,
+    and a digest of the params they make, the sample and the code, so an edited recipe, another sample
+    (whose folds hold other scenes) or new code never reuses a model trained otherwise."""
     tag = "_".join([recipe] + [s.replace("=", "-").replace("/", "") for s in sets])
-    return f"{part.replace(' ', '')}_s{seed}_{tag}.pt"
+    params = json.dumps(recipe_params(recipe, sets), sort_keys=True)
+    stamp = hashlib.sha256(f"{params}\0{sample.digest}\0{code_digest()}".encode()).hexdigest()[:8]
+    return f"{part.replace(' ', '')}_s{seed}_{tag}_{stamp}.pt"
 
 
 def total_scores(per_scene: dict[str, np.ndarray]) -> dict:
@@ -372,10 +413,12 @@ def summarize(parts: list[dict]) -> dict:
 
 
 def paired(result: dict, ref: dict, metric: str) -> str:
-    """The change of `metric` against `ref` on the folds both were scored on (same test scenes), mean ± std:
-    the fold-to-fold spread of the scores themselves is mostly how hard each fold's scenes are."""
-    theirs = {p.get("fold"): p["scores"][metric] for p in ref["parts"]}
-    deltas = [p["scores"][metric] - theirs[p.get("fold")] for p in result["parts"] if p.get("fold") in theirs]
+    """The change of `metric` against `ref` on the folds both scored on the same test scenes, mean ± std
+    (the fold-to-fold spread of the scores themselves is mostly how hard each fold's scenes are); "-"
+    where no fold holds the same scenes in both (another --folds, or another sample)."""
+    theirs = {(p.get("fold"), tuple(sorted(p["scenes"]))): p["scores"][metric] for p in ref["parts"]}
+    keys = [(p.get("fold"), tuple(sorted(p["scenes"]))) for p in result["parts"]]
+    deltas = [p["scores"][metric] - theirs[k] for p, k in zip(result["parts"], keys) if k in theirs]
     return f"{np.mean(deltas):+.3f} ± {np.std(deltas):.3f}" if deltas else "-"
 
 
@@ -405,8 +448,9 @@ def trade_off_table(result: dict) -> str:
 
 
 # What two cv results must share for their folds to be one CV: the training, which scenes fold i
-# holds (it depends on the fold count), and how a fold is scored.
-ALIKE = ("mode", "params", "folds", "tta", "ensemble")
+# holds (it depends on the fold count and the sample), the code that trained and scored, and how a
+# fold is scored.
+ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code")
 
 
 def unfinished_folds(result: dict) -> dict[int, dict]:
@@ -419,6 +463,8 @@ def unfinished_folds(result: dict) -> dict[int, dict]:
     saved = json.loads(path.read_text())
     same = all(saved.get(k) == result[k] for k in (*ALIKE, "recipe", "device", "threads"))
     if not (saved.get("unfinished") and same):
+        if saved.get("unfinished"):
+            print(f"{path.name}: an unfinished run of other params, code or sample: its folds are trained again")
         return {}
     return {p["fold"]: p for p in saved["parts"]}
 
@@ -448,11 +494,11 @@ def _check_numbers(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for option, text, low in (("--only", args.only, 0), ("--scenes", args.scenes, 1)):
         values = text.split(",") if text else []
         if not all(v.isdigit() and low <= int(v) for v in values) or (
-            option == "--only" and any(int(v) >= args.folds for v in values)
+            option == "--only" and (any(int(v) >= args.folds for v in values) or len(set(values)) < len(values))
         ):
             ap.error(
                 f"{option} {text}: comma-separated whole numbers"
-                + (f", folds 0-{args.folds - 1}" if option == "--only" else ", each at least 1")
+                + (f", folds 0-{args.folds - 1}, each once" if option == "--only" else ", each at least 1")
             )
 
 
@@ -472,7 +518,7 @@ def main() -> None:
         action="store_true",
         help="train one model per seed of the recipe's grid and score the mean of their outputs (and each alone)",
     )
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the recipe's train.threads)")
     ap.add_argument("--name", default="", help="result name (default: recipe and -S values)")
     ap.add_argument("--ref", default="", help="table: also each result's paired change against this result")
     ap.add_argument("--parts", default="", help="merge: results of one recipe on different folds, e.g. a,b")
@@ -493,7 +539,10 @@ def main() -> None:
             sys.exit(f"merge: --parts {args.parts}: no bench/results/{missing[0]}.json")
         parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.parts.split(",")]
         if any(p.get(k) != parts[0].get(k) for p in parts for k in ALIKE) or parts[0]["mode"] != "cv" or not args.name:
-            sys.exit("merge: give --name and --parts of cv results with the same params, --folds and --tta")
+            sys.exit(
+                "merge: give --name and --parts of cv results with the same params, --folds and --tta, "
+                "run on the same sample by the same code"
+            )
         folds_run = [f for p in parts for f in p["parts"]]
         if len({f["fold"] for f in folds_run}) != len(folds_run):
             sys.exit("merge: the parts share a fold")
@@ -502,20 +551,29 @@ def main() -> None:
     if not args.recipe:
         sys.exit(f"give a recipe: one of {', '.join(recipes.names())}")
     params = recipe_params(args.recipe, args.set_param)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # torch's threads as training runs them (train.threads), or --threads; the params record what ran
+    params["train"]["threads"] = args.threads or params["train"]["threads"]
+    torch.set_num_threads(params["train"]["threads"])
     device = pick_device(params["train"]["device"])
     if device.type == "cpu":
         keep_freed_memory()
     sample = load_sample()
+    outside = len(set(sample.scene) - set(holdout_scenes(sample)))
+    if args.folds > outside:
+        sys.exit(f"--folds {args.folds}: the sample has {outside} scenes outside the set-aside ones; give at most that")
     name = args.name or "_".join([args.mode, args.recipe, *(s.replace("/", "-") for s in args.set_param)])
-    name += "_tta" if args.tta and not args.name else ""
+    if not args.name:  # another fold choice or scoring is another result, never an overwrite of this one
+        name += f"_k{args.folds}" if args.folds != 5 and args.mode != "final" else ""
+        name += f"_only{args.only.replace(',', '-')}" if args.only else ""
+        name += "_tta" if args.tta else ""
+        name += "_ensemble" if args.ensemble else ""
     if args.ensemble and (len(params["grid"]["seed"]) < 2 or params["train"]["threshold"] != "loss"):
         sys.exit("--ensemble: give grid.seed two or more seeds (e.g. -S grid.seed=[0,1]) and train.threshold loss")
     result = {"name": name, "mode": args.mode, "recipe": args.recipe, "set": args.set_param, "params": params}
     result["device"], result["threads"] = device.type, torch.get_num_threads()
     result["folds"], result["tta"] = args.folds, args.tta  # which scenes a fold holds, and how it is scored
     result["ensemble"] = args.ensemble
+    result["sample"], result["code"] = sample.digest, code_digest()  # what was trained on, and by what
     print(f"{name}: device {device}, {torch.get_num_threads()} threads")
     if args.mode == "final":
         held = holdout_scenes(sample)
@@ -526,7 +584,7 @@ def main() -> None:
         done, parts = unfinished_folds(result), []
         all_folds = folds(sample, args.folds)
         for i in chosen:
-            if i in done:
+            if i in done and sorted(done[i]["scenes"]) == sorted(all_folds[i]):
                 parts.append(done[i])
                 print(f"fold {i}: kept from the unfinished run saved in bench/results/{name}.json")
                 continue
@@ -562,4 +620,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ForestsegError as e:
+        sys.exit(f"error: {e}")

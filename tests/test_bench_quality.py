@@ -31,6 +31,7 @@ def part(fold: int) -> dict:
 
 def result(name: str = "r", **changes) -> dict:
     base = {"name": name, "mode": "cv", "recipe": "cpu", "set": [], "params": {"train": {"epochs": 3}}}
+    base |= {"sample": "s", "code": "c"}
     return {**base, "device": "cpu", "threads": 1, "folds": 5, "tta": False, "ensemble": False, **changes}
 
 
@@ -57,6 +58,8 @@ def test_a_saved_unfinished_run_gives_back_its_folds(results_dir: Path) -> None:
         result(folds=3, unfinished=[1]),  # other folds: fold 0 held other scenes
         result(tta=True, unfinished=[1]),  # scored otherwise
         result(ensemble=True, unfinished=[1]),
+        result(sample="another", unfinished=[1]),  # folds of another sample hold other scenes
+        result(code="older", unfinished=[1]),  # trained by other code
     ],
 )
 def test_other_runs_are_not_resumed(results_dir: Path, saved: dict) -> None:
@@ -77,6 +80,8 @@ def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
         ({"tta": True}, False),
         ({"ensemble": True}, False),
         ({"params": {"train": {"epochs": 4}}}, False),
+        ({"sample": "another"}, False),
+        ({"code": "older"}, False),
     ],
 )
 def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other: dict, merged: bool) -> None:
@@ -87,9 +92,38 @@ def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other:
         quality.main()
         assert [p["fold"] for p in json.loads((results_dir / "ab.json").read_text())["parts"]] == [0, 1]
     else:
-        with pytest.raises(SystemExit, match="same params, --folds and --tta"):
+        with pytest.raises(SystemExit, match="same params, --folds and --tta, run on the same sample by the same code"):
             quality.main()
         assert not (results_dir / "ab.json").exists()
+
+
+def test_paired_deltas_pair_only_folds_that_hold_the_same_scenes() -> None:
+    ref = {**result("ref"), "parts": [part(0), part(1)]}
+    same = {**result("same"), "parts": [{**part(0), "scores": {**part(0)["scores"], "iou": 0.75}}]}
+    assert quality.paired(same, ref, "iou") == "+0.050 ± 0.000"
+    other = {**result("other"), "parts": [{**part(0), "scenes": {"s0": 0.7, "s9": 0.6}}]}  # fold 0 of another k
+    assert quality.paired(other, ref, "iou") == "-"
+
+
+def test_a_kept_model_is_named_by_what_trained_it(tmp_path: Path) -> None:
+    """--keep reuses a fold model only for the same params, sample and code: an edited recipe (another
+    -S here) or another sample gets another file name."""
+    sample = quality.Sample(DataLayout(tmp_path), np.array(["a"]), np.array([1]), np.array([4]), "d1")
+    name = quality.kept_name("fold 0", 0, "cpu", [], sample)
+    assert name.startswith("fold0_s0_cpu_") and name.endswith(".pt")
+    assert name == quality.kept_name("fold 0", 0, "cpu", [], sample)
+    assert name != quality.kept_name("fold 0", 0, "cpu", ["optimizer.lr=0.01"], sample)
+    assert name != quality.kept_name("fold 0", 0, "cpu", [], dataclasses.replace(sample, digest="d2"))
+
+
+def test_the_sample_digest_follows_its_files_not_only_meta_data(tmp_path: Path) -> None:
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "1_x.png").write_bytes(b"12345")
+    (tmp_path / "meta_data.csv").write_text("image,mask\n1_x.png,1_x.png\n")
+    before = quality.sample_digest(tmp_path)
+    (tmp_path / "masks/1_x.png").write_bytes(b"inverted")  # the same meta_data.csv, another mask
+    assert quality.sample_digest(tmp_path) != before
 
 
 def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path) -> None:
