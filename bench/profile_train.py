@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from forestseg.config import ModelConfig, OptimizerConfig  # noqa: E402
+from forestseg.config import ForestsegError, ModelConfig, OptimizerConfig  # noqa: E402
 from forestseg.device import keep_freed_memory, use_bf16  # noqa: E402
 from forestseg.loader import Normalizer, to_input  # noqa: E402
 from forestseg.losses import bce  # noqa: E402
@@ -167,4 +167,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ForestsegError as e:  # a model the registry refuses (--width 300)
+        sys.exit(f"profile_train.py: error: {e}".replace("params.yaml: model.", "--"))

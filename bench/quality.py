@@ -80,13 +80,12 @@ class Sample:
 
 
 def sample_digest(folder: Path) -> str:
-    """meta_data.csv's bytes and every image and mask file's name, size and mtime: a changed, added or
-    removed file (an inverted mask with the same meta_data.csv) is another digest."""
+    """meta_data.csv and every image and mask file, name and bytes: a changed, added or removed file
+    (an inverted mask with the same meta_data.csv) is another digest, a byte-identical copy the same."""
     h = hashlib.sha256((folder / "meta_data.csv").read_bytes())
     for sub in ("images", "masks"):
         for f in sorted((folder / sub).iterdir()) if (folder / sub).is_dir() else []:
-            st = f.stat()
-            h.update(f"{sub}/{f.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+            h.update(f"{sub}/{f.name}\0".encode() + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
 
 
@@ -121,11 +120,16 @@ def load_sample() -> Sample:
     )
 
 
+# The code a result depends on: decoding, training, predicting and scoring (not the CLI, report or figures).
+RESULT_MODULES = "checkpoint config dataset device evaluate images layout loader losses masks metrics model optim"
+RESULT_CODE = [f"forestseg/{m}.py" for m in f"{RESULT_MODULES} predict train windows".split()] + ["bench/quality.py"]
+
+
 def code_digest() -> str:
-    """forestseg's library code, whose changes can change what a training or a score gives."""
+    """The RESULT_CODE files' bytes: a change there can change what a training or a score gives."""
     h = hashlib.sha256()
-    for f in sorted((ROOT / "forestseg").glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for name in RESULT_CODE:
+        h.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -7,10 +7,15 @@ cd "$(dirname "$0")/.."
 . cluster/committed.sh
 require_committed coordinator
 # a Slurm grid's tasks cloned FORESTSEG_REV (cluster/slurm.sbatch): restore that revision's members
-if [ -n "${FORESTSEG_REV:-}" ] && rev=$(git rev-parse -q --verify "$FORESTSEG_REV^{commit}") \
-  && [ "$rev" != "$(git rev-parse HEAD)" ]; then
-  echo "error: coordinator: the workers trained FORESTSEG_REV=$FORESTSEG_REV, not this checkout's HEAD; git checkout $FORESTSEG_REV first" >&2
-  exit 2
+if [ -n "${FORESTSEG_REV:-}" ]; then
+  rev=$(git rev-parse -q --verify "$FORESTSEG_REV^{commit}") || {
+    echo "error: coordinator: FORESTSEG_REV=$FORESTSEG_REV is no commit of this checkout; git fetch it (or fix the name)" >&2
+    exit 2
+  }
+  if [ "$rev" != "$(git rev-parse HEAD)" ]; then
+    echo "error: coordinator: the workers trained FORESTSEG_REV=$FORESTSEG_REV, not this checkout's HEAD; git checkout $FORESTSEG_REV first" >&2
+    exit 2
+  fi
 fi
 dvc fetch --run-cache
 dvc repro --pull "$@"

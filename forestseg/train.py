@@ -529,8 +529,9 @@ def out_of_memory_as_one_line(what: str, model_cfg: ModelConfig, train_cfg: Trai
         if isinstance(e, RuntimeError) and not isinstance(e, torch.OutOfMemoryError) and "can't allocate" not in str(e):
             raise
         raise ForestsegError(
-            f"{what}: out of memory with train.batch_size {train_cfg.batch_size} and {model_cfg.arch} of width "
-            f"{model_cfg.width}, depth {model_cfg.depth}; lower train.batch_size (or model.width), or free the device"
+            f"{what}: out of memory with train.batch_size {train_cfg.batch_size} (test_batch_size "
+            f"{train_cfg.test_batch_size}) and {model_cfg.arch} of width {model_cfg.width}, depth {model_cfg.depth}; "
+            "lower train.batch_size or train.test_batch_size (or model.width), or free the device"
         ) from None
 
 

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from forestseg.errors import ForestsegError  # noqa: E402
 from forestseg.figures import fig_ranking  # noqa: E402
-from forestseg.io import write_text  # noqa: E402
+from forestseg.io import load_yaml, write_text  # noqa: E402
 from forestseg.markdown import markdown_table  # noqa: E402
 from forestseg.report import HEADLINE  # noqa: E402
 
@@ -65,24 +64,31 @@ def _headline(data: dict) -> dict:
 
 
 def _git_show(rev: str, path: str) -> bytes | None:
-    done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True)
+    """`path` of the project (ROOT, which may be a subfolder of its git repository) at commit `rev`."""
+    done = subprocess.run(["git", "show", f"{rev}:./{path}"], cwd=ROOT, capture_output=True)
     return done.stdout if done.returncode == 0 else None
+
+
+# Params that change what the train stages train on but that aggregate does not read (dvc.yaml):
+# a train-only experiment changing one keeps its baseline's aggregate entry and headline unchanged.
+UPSTREAM = ("data.", "split.", "synth.")
 
 
 def aggregated(rev: str, params: dict[str, Any]) -> bool | None:
     """Whether experiment commit `rev`'s headline is its own: its dvc.lock's `aggregate` entry has the
     experiment's params and the committed headline's md5. None where `rev` is not in this repository
     (a --json from elsewhere) or has no such entry. A `train`-only experiment keeps its baseline's
-    entry, and commits whatever headline the workspace held (another experiment's, say), so
-    neither the scores nor a comparison with the baseline's can tell."""
+    entry, and commits whatever headline the workspace held (another experiment's, say), so the
+    scores alone cannot tell. Its split, data or synth params aggregate does not read: `experiments`
+    checks those against the baseline's."""
     lock, headline = _git_show(rev, "dvc.lock"), _git_show(rev, HEADLINE_FILE)
     if lock is None or headline is None:
         return None
     try:
-        entry = yaml.safe_load(lock)["stages"]["aggregate"]
+        entry = load_yaml(lock.decode(), "dvc.lock")["stages"]["aggregate"]  # as DVC wrote it: YAML 1.2
         ran_with = _flat(entry["params"]["params.yaml"])
         written = next(o["md5"] for o in entry["outs"] if o["path"] == HEADLINE_FILE)
-    except (TypeError, KeyError, StopIteration, yaml.YAMLError):
+    except (TypeError, KeyError, StopIteration, UnicodeDecodeError, ForestsegError):
         return None
     return all(params.get(k) == v for k, v in ran_with.items()) and hashlib.md5(headline).hexdigest() == written
 
@@ -99,6 +105,8 @@ def experiments(shown: list) -> list[Experiment]:
     """The experiments of `dvc exp show --json` output (every baseline commit's), in its order."""
     out = []
     for baseline in shown:
+        base = baseline.get("data") or {}
+        base_params, base_headline = _params(base), _headline(base)
         for exp in baseline.get("experiments") or []:
             rev = exp["revs"][0]
             data = rev.get("data") or {}
@@ -115,7 +123,13 @@ def experiments(shown: list) -> list[Experiment]:
                 status = "no metrics"
             else:
                 own = aggregated(rev["rev"], params)
-                status = "stale" if own is False else "ok"  # stale: aggregate did not run for it
+                # the data it trained on differs from its baseline's, the headline does not: only train ran
+                upstream = any(
+                    params.get(k) != base_params.get(k)
+                    for k in set(params) | set(base_params)
+                    if k.startswith(UPSTREAM) and k != "split.by"
+                )
+                status = "stale" if own is False or (upstream and headline == base_headline) else "ok"
             name = exp.get("name") or rev.get("name") or rev["rev"][:7]
             out.append(
                 Experiment(name, status, params, headline if status == "ok" else {}, status != "ok" or own is not None)

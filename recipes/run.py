@@ -84,7 +84,7 @@ def _item(item: str) -> tuple[str, str, object]:
 
 def hydra(value) -> str:
     """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings
-    (and strings a bare word would make another type: 'null', 'true', '1e-3')."""
+    (and strings Hydra would read as another type: 'null', 'TrUe', 'inf', '1e-3', '010')."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -93,7 +93,9 @@ def hydra(value) -> str:
         return "[" + ", ".join(hydra(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {hydra(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str) and (not re.fullmatch(r"[\w./-]+", value) or load_yaml(value, "a value") != value):
+    if isinstance(value, str) and (
+        not re.fullmatch(r"[A-Za-z_./][\w./-]*", value) or value.lower() in ("true", "false", "null", "inf", "nan")
+    ):
         return "'" + value.replace("'", "\\'") + "'"
     return str(value)
 

@@ -355,6 +355,9 @@ def test_every_recipe_is_valid_params(name):
         ("None", "None"),  # a string in both grammars
         ("null", "'null'"),
         ("true", "'true'"),
+        ("TrUe", "'TrUe'"),  # Hydra's booleans ignore case
+        ("inf", "'inf'"),  # a float to Hydra
+        ("010", "'010'"),
         ("data/raw/kaggle", "data/raw/kaggle"),
         ("Forest Segmented", "'Forest Segmented'"),
         (True, "true"),

@@ -10,6 +10,7 @@ outs entries dropped) in a copy of this repo with the TINY params and one grid m
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -208,3 +209,35 @@ def test_only_experiments_whose_aggregate_ran_for_them_are_ranked(repo: Path) ->
     assert rows["slice"][:3] == ["| -", "slice", "stale"], out.stdout
     assert rows["full"][0] != "| -" and rows["same-scores"][0] != "| -", out.stdout
     assert "note:" not in out.stderr
+
+
+def test_a_train_only_slice_of_other_data_showing_its_baselines_headline_is_stale() -> None:
+    """`dvc exp run -S split.seed=1 train`: aggregate does not read split.seed, so its entry and the
+    headline stay the baseline's; the headline unchanged beside other training data gives it away."""
+    shown = copy.deepcopy(SHOWN)
+    base = shown[1]["data"]
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "rummy-ruin")  # the baseline's own params
+    data = exp["revs"][0]["data"]
+    data["metrics"]["metrics/headline.json"]["data"] = dict(base["metrics"]["metrics/headline.json"]["data"])
+    assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "ok"
+    data["params"]["params.yaml"]["data"]["split"]["seed"] += 1
+    assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "stale"
+
+
+def test_the_lock_is_read_as_dvc_writes_it_in_a_project_below_the_git_root(tmp_path: Path, monkeypatch) -> None:
+    """dvc.lock is YAML 1.2 (`lr: 1e-05` a float, PyYAML's string); the project may be a subfolder."""
+    project = tmp_path / "repo" / "project"
+    (project / "metrics").mkdir(parents=True)
+    (project / "metrics/headline.json").write_text('{"best_iou": 0.5}\n')
+    md5 = hashlib.md5((project / "metrics/headline.json").read_bytes()).hexdigest()
+    (project / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  aggregate:\n    params:\n      params.yaml:\n        optimizer:\n"
+        f"          lr: 1e-05\n    outs:\n    - path: metrics/headline.json\n      md5: {md5}\n"
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    subprocess.run([*git, "-C", str(tmp_path / "repo"), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path / "repo"), "commit", "-qm", "x"], check=True)
+    monkeypatch.setattr(rank, "ROOT", project)
+    assert rank.aggregated("HEAD", {"optimizer.lr": 1e-05}) is True
+    assert rank.aggregated("HEAD", {"optimizer.lr": 1e-04}) is False

@@ -134,3 +134,9 @@ def test_the_coordinator_refuses_another_revision_than_the_workers_cloned(repo: 
     assert out.returncode == 2 and out.stderr.startswith(
         f"error: coordinator: the workers trained FORESTSEG_REV={first}, not this checkout's HEAD"
     ), out.stderr
+    monkeypatch.setenv("FORESTSEG_REV", "origin/never-fetched")
+    out = sh(repo, "bash", "cluster/coordinator.sh", check=False)
+    assert out.returncode == 2 and out.stderr == (
+        "error: coordinator: FORESTSEG_REV=origin/never-fetched is no commit of this checkout; "
+        "git fetch it (or fix the name)\n"
+    )

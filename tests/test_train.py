@@ -555,8 +555,9 @@ def test_out_of_memory_is_one_line_saying_what_to_lower(error: Exception) -> Non
         with out_of_memory_as_one_line("run bce-adam-0", MODEL, TRAIN):
             raise error
     assert str(raised.value) == (
-        f"run bce-adam-0: out of memory with train.batch_size {TRAIN.batch_size} and unet of width 4, depth 2; "
-        "lower train.batch_size (or model.width), or free the device"
+        f"run bce-adam-0: out of memory with train.batch_size {TRAIN.batch_size} (test_batch_size "
+        f"{TRAIN.test_batch_size}) and unet of width 4, depth 2; lower train.batch_size or train.test_batch_size "
+        "(or model.width), or free the device"
     )
 
 
