@@ -221,7 +221,7 @@ class TrainConfig:
     batch_size: int = 16
     test_batch_size: int = 64
     device: str = "auto"  # auto = cuda when available, else cpu
-    precision: str = "auto"  # auto = bf16 autocast where the device supports it, else fp32
+    precision: str = "auto"  # auto = bf16 autocast where the device multiplies bf16 faster than fp32, else fp32
     augment: bool = True  # a random flip/rotation of each training tile (8 choices), seeded
     color_jitter: float = 0.1  # per-tile brightness drawn from 1 +- this, per-channel gain from 1 +- this / 2; 0 = off
     channels_last: bool = True
