@@ -76,7 +76,7 @@ class Sample:
     scene: np.ndarray  # scene id of each packed row
     forest: np.ndarray  # forest pixels of each row
     pixels: np.ndarray
-    digest: str = ""  # of the sample's files (names, sizes, mtimes) and meta_data.csv: what was decoded
+    digest: str = ""  # sample_digest: of meta_data.csv and the image and mask files, what was decoded
 
 
 def sample_digest(folder: Path) -> str:
@@ -121,8 +121,12 @@ def load_sample() -> Sample:
 
 
 # The code a result depends on: decoding, training, predicting and scoring (not the CLI, report or figures).
-RESULT_MODULES = "checkpoint config dataset device evaluate images layout loader losses masks metrics model optim"
-RESULT_CODE = [f"forestseg/{m}.py" for m in f"{RESULT_MODULES} predict train windows".split()] + ["bench/quality.py"]
+RESULT_CODE = [
+    *(f"forestseg/{m}.py" for m in ("checkpoint", "config", "dataset", "device", "evaluate", "images", "layout")),
+    *(f"forestseg/{m}.py" for m in ("loader", "losses", "masks", "metrics", "model", "optim", "predict", "train")),
+    "forestseg/windows.py",
+    "bench/quality.py",
+]
 
 
 def code_digest() -> str:

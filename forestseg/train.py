@@ -526,8 +526,8 @@ def out_of_memory_as_one_line(what: str, model_cfg: ModelConfig, train_cfg: Trai
     try:
         yield
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and not isinstance(e, torch.OutOfMemoryError) and "can't allocate" not in str(e):
-            raise
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "can't allocate" not in str(e):
+            raise  # another RuntimeError: not a memory error
         raise ForestsegError(
             f"{what}: out of memory with train.batch_size {train_cfg.batch_size} (test_batch_size "
             f"{train_cfg.test_batch_size}) and {model_cfg.arch} of width {model_cfg.width}, depth {model_cfg.depth}; "

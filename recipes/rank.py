@@ -154,6 +154,15 @@ def _finite(v: Any) -> bool:
     return _number(v) and math.isfinite(v)
 
 
+def _mark(state: str, value: Any, metric: str) -> str:
+    """Why an experiment is not ranked by `metric` ("" where it is)."""
+    if state != "ok":
+        return state
+    if _finite(value):
+        return ""
+    return "not finite" if _number(value) else f"no {metric}"
+
+
 def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
     """The table: rank, experiment, `metric`, best combination, forest IoU per combination, the params
     that differ between the experiments; ranked best first, ties sharing a rank, unranked ones last."""
@@ -174,9 +183,7 @@ def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
     rows = []
     for e in exps:
         value = e.headline.get(metric)
-        mark = (
-            e.state if e.state != "ok" else "" if _finite(value) else "not finite" if _number(value) else f"no {metric}"
-        )
+        mark = _mark(e.state, value, metric)
         rows.append(
             {
                 "experiment": e.name,

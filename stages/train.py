@@ -31,14 +31,14 @@ def main(argv: list[str]) -> None:
     }
     (grid,) = load_sections({"grid": member}, "grid")
     run = grid.runs()[0]
-    if train_cfg.init_from != "none":  # a model file first: `dvc add` is no advice for a README
-        read_init(train_cfg.init_from, model_cfg.weights())
-    if train_cfg.init_from != "none" and untracked_in_project(train_cfg.init_from) is not None:
-        raise ForestsegError(
-            f"params.yaml: train.init_from: {train_cfg.init_from} is not tracked by DVC: every `dvc exp run` would "
-            f"commit the model file to git, and queued experiments cannot see it; run `dvc add {train_cfg.init_from}` "
-            f"and commit {train_cfg.init_from}.dvc ({INIT_DIR}/README.md)"
-        )
+    if train_cfg.init_from != "none":
+        read_init(train_cfg.init_from, model_cfg.weights())  # a model file first: `dvc add` is no advice for a README
+        if untracked_in_project(train_cfg.init_from) is not None:
+            raise ForestsegError(
+                f"params.yaml: train.init_from: {train_cfg.init_from} is not tracked by DVC: every `dvc exp run` "
+                f"would commit the model file to git, and queued experiments cannot see it; run `dvc add "
+                f"{train_cfg.init_from}` and commit {train_cfg.init_from}.dvc ({INIT_DIR}/README.md)"
+            )
     code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
     resume = RESUME_DIR / f"{run.name}.pt"
     out, model_dir = Path(runs_dir) / run.name, Path(models_dir) / run.name
