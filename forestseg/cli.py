@@ -44,15 +44,20 @@ SIDECAR_SUFFIXES = {".tfw", ".tifw", ".jgw", ".jpgw", ".pgw", ".pngw", ".bpw", "
 
 def _inputs(paths: list[Path]) -> list[Path]:
     """The images to predict: files named, and a folder's files of IMAGE_SUFFIXES; a folder's other
-    files (but hidden ones and sidecars) are listed as skipped, so no image vanishes unreported."""
-    files, skipped = [], []
+    files and its subfolders (but hidden ones and sidecars) are listed as skipped, so no image
+    vanishes unreported."""
+    files, skipped, folders = [], [], []
     for p in paths:
         if p.is_dir():
             for f in sorted(p.iterdir()):
                 suffix = f.suffix.lower()
-                if suffix in IMAGE_SUFFIXES:
+                if f.name.startswith("."):
+                    continue
+                if f.is_dir():
+                    folders.append(f)
+                elif suffix in IMAGE_SUFFIXES:
                     files.append(f)
-                elif f.is_file() and not f.name.startswith(".") and suffix not in SIDECAR_SUFFIXES:
+                elif f.is_file() and suffix not in SIDECAR_SUFFIXES:
                     skipped.append(f)
         elif p.exists():
             files.append(p)
@@ -63,6 +68,13 @@ def _inputs(paths: list[Path]) -> list[Path]:
             f"predict: skipped {len(skipped)} file(s) of other types in the input folder(s): "
             f"{', '.join(f.name for f in skipped[:5])}{', ...' if len(skipped) > 5 else ''} (a folder takes "
             f"{', '.join(sorted(IMAGE_SUFFIXES))}; name another image on the command line to try it)",
+            file=sys.stderr,
+        )
+    if folders:
+        print(
+            f"predict: did not look into {len(folders)} subfolder(s) of the input folder(s): "
+            f"{', '.join(f.name for f in folders[:5])}{', ...' if len(folders) > 5 else ''} (name a subfolder "
+            "on the command line to predict its images)",
             file=sys.stderr,
         )
     if not files:
@@ -148,7 +160,7 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .geo import PICTURE_SUFFIXES, RASTER_SUFFIXES, check_raster, is_georeferenced
+    from .geo import MapOptions, check_raster, is_map
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
@@ -172,9 +184,7 @@ def predict(args: argparse.Namespace) -> int:
     # leaving a forest-area table with an orthophoto silently missing
     rasters, pictures = [], []
     for f in files:
-        suffix = f.suffix.lower()
-        geo = suffix in RASTER_SUFFIXES or (suffix not in PICTURE_SUFFIXES and is_georeferenced(f))
-        raster = check_raster(f, opts) if geo else None
+        raster = check_raster(f, opts) if is_map(f) else None
         (rasters if raster else pictures).append(raster or f)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +201,11 @@ def predict(args: argparse.Namespace) -> int:
             print("note: --overlay: GeoTIFF inputs get no overlay PNG; open <name>_mask.tif over the image in QGIS")
     elif opts.polygons or opts.probability or area_error is not None:
         print("note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none")
+    if pictures and opts.bands != MapOptions().bands:
+        print(
+            f"note: --bands applies to georeferenced inputs only; the {len(pictures)} picture(s) are read "
+            "as red, green, blue"
+        )
     if opts.adapt_bn and args.adapt_bn is None:
         print(
             f"note: batch-norm adapted to the inputs' scene by {opts.adapt_bn:g}, the model file's (--adapt-bn 0: off)"

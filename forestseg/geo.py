@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -43,14 +45,18 @@ from .predict import BLOCK, Predictor
 from .windows import sample_windows
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
-# read as pictures (world files or not); any other file GDAL finds a georeference in is a raster
+# read as pictures unless their sidecars (world file, .aux.xml) give them a CRS and a grid; any other
+# file GDAL reads is a raster when it has a georeference
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+# files beside a picture that can georeference it for GDAL: its world file or GDAL's .aux.xml
+PICTURE_SIDECARS = (".jgw", ".jpgw", ".jpegw", ".pgw", ".pngw", ".bpw", ".bmpw", ".wld", ".aux.xml")
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
 SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are
 AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than 1% on the raster is refused
 WGS84_A, WGS84_E2 = 6378137.0, (2 - 1 / 298.257223563) / 298.257223563  # semi-major axis, eccentricity squared
 LOGIT_SCALE = 256  # resampled logits are stored as int16 (logit - cut) * 256: 1/256 steps, half the disk of float32
+LOGIT_NODATA = -32768  # where the model's grid has no data; stored logits stay within +-127 * 256
 # GDAL keeps written blocks in its cache (5% of RAM by default) until the file closes: bound it, or
 # a large mask would sit in memory. In MB.
 GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_TIFF_INTERNAL_MASK": True}
@@ -102,7 +108,8 @@ class ForestArea:
 def parse_crs(text: str) -> CRS:
     """A projected CRS from user input such as 'EPSG:32633'; refuses unknown and geographic ones."""
     try:
-        crs = CRS.from_user_input(text)
+        with rasterio.Env(CPL_LOG=os.devnull):  # PROJ's own 'ERROR 1:' line besides the exception's
+            crs = CRS.from_user_input(text)
     except CRSError as e:
         raise ForestsegError(f"--reproject {text}: not a CRS GDAL knows ({e}); give e.g. EPSG:32633") from None
     if not crs.is_projected:
@@ -229,14 +236,28 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
         return Raster(path, crs, float(unit_m), tuple(notes))
 
 
-def is_georeferenced(path: Path) -> bool:
-    """Whether GDAL reads `path` with a CRS, a pixel grid, ground control points or RPCs (a JPEG 2000
-    or VRT orthophoto, say); False for files it cannot open."""
+@functools.lru_cache(maxsize=16)
+def _names(folder: Path) -> frozenset[str]:
+    """The lower-cased names in a folder, listed once per folder of a run."""
+    return frozenset(f.name.lower() for f in folder.iterdir()) if folder.is_dir() else frozenset()
+
+
+def is_map(path: Path) -> bool:
+    """Whether `path` is mapped as a raster rather than predicted as a picture: a JPEG, PNG or BMP only
+    when its sidecars give GDAL both a CRS and a pixel grid (a world file alone gives no CRS, so no
+    area); any other file (a GeoTIFF, JPEG 2000, VRT) always, so `check_raster` reads it with GDAL
+    and says why it cannot, or returns None when it has no georeference at all."""
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
+        return True
+    names = _names(path.parent)
+    stem, name = path.stem.lower(), path.name.lower()
+    if not any(stem + s in names or name + s in names for s in PICTURE_SIDECARS):
+        return False  # no GDAL open per picture of a plain folder of photos
     try:
         with _open(path) as src:
-            return not src.transform.is_identity or src.crs is not None or bool(src.gcps[0]) or src.rpcs is not None
+            return not src.transform.is_identity and src.crs is not None
     except ForestsegError:
-        return False
+        return False  # left to the picture reader, which says why it cannot decode it
 
 
 def _check_scale(path: Path, src: rasterio.io.DatasetReader, crs: CRS, unit_m: float) -> None:
@@ -527,13 +548,11 @@ def map_forest(
             pixels = Resampling.average if resample and model_px > min(sides) else Resampling.bilinear
             model = _regrid(src, raster.crs, model_px / raster.unit_m) if resample else out
             view = stack.enter_context(_warp(src, model, pixels)) if (resample or reproject) else src
+            # where the model's grid has data: where it is the output's, the validity view; else what the
+            # warper wrote of `view`, as an alpha band (a warped view's own mask misses internal masks)
+            has_data = stack.enter_context(_warp(src, model, pixels, alpha=True)) if resample else valid_view
             if opts.adapt_bn:  # the raster is one scene: windows with data only, on the model's grid
                 t = predictor.tile
-                # where the model's grid is the output's, its validity view; else the source's mask warped
-                # with an alpha band (a warped view's own mask misses internal masks)
-                has_data = (
-                    stack.enter_context(_warp(src, model, Resampling.nearest, alpha=True)) if resample else valid_view
-                )
 
                 def full(y: int, x: int) -> bool:
                     return bool((has_data.dataset_mask(window=Window(x, y, t, t)) > 0).all())
@@ -576,7 +595,7 @@ def map_forest(
                         bar.update,
                     )
                 else:
-                    _resampled(predictor, view, model, out, valid_view, writer, folder, opts, bar.update)
+                    _resampled(predictor, view, has_data, model, out, valid_view, writer, folder, opts, bar.update)
             finally:
                 writer.close()
             bar.close()
@@ -608,6 +627,7 @@ def map_forest(
 def _resampled(
     predictor: Predictor,
     view: Any,
+    has_data: Any,
     model: Grid,
     out: Grid,
     valid_view: Any,
@@ -618,14 +638,17 @@ def _resampled(
 ) -> None:
     """Predict on the model's grid into a temporary logits raster, then read it warped onto the
     output grid (bilinear, or average where the output's pixels are coarser) and threshold there,
-    so the mask lies on the input's grid with the input's own nodata."""
+    so the mask lies on the input's grid with the input's own nodata. The model's grid reaches up
+    to a pixel past the raster, and the input may have nodata inside: logits there (of black input)
+    are stored as nodata, so the warp back leaves them out of the pixels beside them."""
     logits_path = folder / "logits.tif"
-    with rasterio.open(logits_path, "w", **_profile(model, "int16", None)) as ds:
+    with rasterio.open(logits_path, "w", **_profile(model, "int16", LOGIT_NODATA)) as ds:
         strips = _Strips(ds)
 
         def keep(r0: int, c0: int, logits: np.ndarray) -> None:
-            margin = np.clip(logits - predictor.cut, -127, 127) * LOGIT_SCALE
-            strips.put(r0, c0, np.rint(margin).astype(np.int16))
+            margin = np.rint(np.clip(logits - predictor.cut, -127, 127) * LOGIT_SCALE).astype(np.int16)
+            window = Window(c0, r0, logits.shape[1], logits.shape[0])
+            strips.put(r0, c0, np.where(has_data.dataset_mask(window=window) > 0, margin, np.int16(LOGIT_NODATA)))
 
         predictor.stream(
             _reader(view, opts.bands), model.height, model.width, keep, opts.overlap, opts.block, opts.batch, progress
@@ -637,13 +660,11 @@ def _resampled(
         _warp(ds, out, Resampling.average if coarser else Resampling.bilinear) as back,
     ):
         for window in _blocks(out, opts.block):
-            margin = back.read(1, window=window, out_dtype=np.float32) / LOGIT_SCALE
-            writer.put(
-                int(window.row_off),
-                int(window.col_off),
-                margin + np.float32(predictor.cut),
-                valid_view.dataset_mask(window=window) > 0,
-            )
+            margin = back.read(1, window=window, masked=True)
+            # a pixel with data that no model pixel with data reaches has no prediction: nodata
+            valid = (valid_view.dataset_mask(window=window) > 0) & ~np.ma.getmaskarray(margin)
+            logits = margin.filled(0).astype(np.float32) / LOGIT_SCALE + np.float32(predictor.cut)
+            writer.put(int(window.row_off), int(window.col_off), logits, valid)
 
 
 def _ring_area(ring: list) -> float:

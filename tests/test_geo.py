@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import rasterio
 import torch
+from affine import Affine
 from conftest import make_set, train_small_model
 from PIL import Image
 from rasterio.enums import ColorInterp
@@ -286,6 +287,34 @@ def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(
     assert np.array_equal(read(tmp_path / "raw/coarse_mask.tif")[0] == 1, predictor.mask(coarse))
 
 
+@pytest.mark.parametrize(
+    "pixel, rotation, hole",
+    [(0.7, 0, False), (0.7, 0, True), (0.33, 17, False), (1.3, 0, True)],
+    ids=["0.7m", "0.7m-nodata-hole", "0.33m-rotated", "1.3m-nodata-hole"],
+)
+def test_resampled_edges_and_nodata_borders_keep_their_prediction(
+    tmp_path: Path, monkeypatch, pixel: float, rotation: float, hole: bool
+) -> None:
+    """Resampled to the model's pixels and back, a raster of pixels the model calls forest is forest to
+    its last row and column and around a nodata hole: the model's grid reaches past the raster and into
+    the hole, and the black it sees there must not be averaged into the pixels beside them."""
+    monkeypatch.setattr(Predictor, "windows_logits", lambda self, tiles: (tiles[..., 0] - np.float32(128)) / 8)
+    image = np.full((151, 201, 3), 60, np.uint8)
+    image[..., 0] = 220  # forest at logit 11.5 everywhere
+    if hole:
+        image[60:90, 80:120] = 0  # nodata 0 in every band
+    transform = Affine.translation(500000, 5000000) * Affine.rotation(rotation) * Affine.scale(pixel, -pixel)
+    src = write_raster(tmp_path / "in/r.tif", image, nodata=0 if hole else None, transform=transform)
+    ck = random_checkpoint(tmp_path / "m.pt", tile=64, depth=1)
+    assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out"), "--probability", "float32") == 0
+    mask, meta = read(tmp_path / "out/r_mask.tif")
+    assert meta["transform"].almost_equals(transform) and mask.shape == image.shape[:2]
+    has_data = image.any(axis=-1)
+    assert (mask[~has_data] == 255).all() and (mask[has_data] == 1).all(), np.argwhere((mask != 1) & has_data)[:5]
+    probability, _ = read(tmp_path / "out/r_probability.tif")
+    assert probability[has_data].min() > 0.99
+
+
 def test_alpha_band_and_internal_mask_are_nodata(checkpoint: Path, scene, tmp_path: Path) -> None:
     image = scene[0]
     alpha = np.full(image.shape[:2], 255, np.uint8)
@@ -382,10 +411,13 @@ def no_crs(path: Path) -> Path:
         ("alpha as colour", ["--bands", "2,3,4"], "is its alpha (transparency) band"),
         ("16 bit", [], "uint16; the model learned 8-bit colour"),
         ("geographic target", ["--reproject", "EPSG:4326"], "is not a projected CRS"),
+        ("unknown target", ["--reproject", "EPSG:999999"], "not a CRS GDAL knows"),
+        ("malformed vrt", [], "x.vrt: cannot be read"),
     ],
 )
-def test_bad_rasters_stop_with_one_line(checkpoint: Path, scene, tmp_path: Path, capsys, case, flags, message) -> None:
-    src = tmp_path / "in/x.tif"
+def test_bad_rasters_stop_with_one_line(checkpoint: Path, scene, tmp_path: Path, capfd, case, flags, message) -> None:
+    """GDAL's and PROJ's own messages (written by the C libraries) are checked too: capfd, not capsys."""
+    src = tmp_path / ("in/x.vrt" if case == "malformed vrt" else "in/x.tif")
     image = scene[0][:96, :128]
     if case == "no crs":
         write_raster(src, image, crs=None)
@@ -409,11 +441,14 @@ def test_bad_rasters_stop_with_one_line(checkpoint: Path, scene, tmp_path: Path,
         )
     elif case == "16 bit":
         write_raster(src, image.astype(np.uint16) * 200)
+    elif case == "malformed vrt":
+        src.parent.mkdir(parents=True)
+        src.write_text('<VRTDataset rasterXSize="64"><VRTRasterBand band="1">')  # cut short
     else:
         write_raster(src, image)
     code = cli("predict", str(checkpoint), str(src.parent), "-o", str(tmp_path / "out"), *flags)
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    err = capfd.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out/x_mask.tif").exists()
 
@@ -476,15 +511,19 @@ def test_headers_without_a_grid_are_refused_for_what_they_are(
     assert err.count("\n") == 1 and says in err, err
 
 
-@pytest.mark.parametrize("driver, suffix", [("VRT", ".vrt"), ("JP2OpenJPEG", ".jp2")])
+@pytest.mark.parametrize(
+    "driver, suffix", [("VRT", ".vrt"), ("JP2OpenJPEG", ".jp2"), ("JPEG", ".jpg"), ("PNG", ".png")]
+)
 @pytest.mark.parametrize("given", ["file", "folder"])
 def test_georeferenced_files_of_other_formats_are_mapped(
     checkpoint: Path, scene, tmp_path: Path, driver: str, suffix: str, given: str
 ) -> None:
+    """A VRT or JPEG 2000 with a georeference, and a JPEG or PNG whose world file and .aux.xml give it
+    a CRS and a grid (as QGIS and gdal_translate -co WORLDFILE=YES export them), are mapped."""
     tif = write_raster(tmp_path / "src/ortho.tif", scene[0][:128, :128])
     other = tmp_path / f"in/ortho{suffix}"
     other.parent.mkdir()
-    rasterio.shutil.copy(tif, other, driver=driver)
+    rasterio.shutil.copy(tif, other, driver=driver, **({"WORLDFILE": "YES"} if driver in ("JPEG", "PNG") else {}))
     assert (
         cli("predict", str(checkpoint), str(other if given == "file" else other.parent), "-o", str(tmp_path / "out"))
         == 0

@@ -554,9 +554,13 @@ def test_a_folders_files_of_other_types_are_listed_as_skipped(checkpoint, tmp_pa
         Image.fromarray(pixels).save(src / name)
     for name in ("a.pgw", ".DS_Store", "a.png.aux.xml"):
         (src / name).write_text("x")
+    for name in ("sheet_2", ".git"):
+        (src / name).mkdir()
+    Image.fromarray(pixels).save(src / "sheet_2/d.png")
     assert run_cli(checkpoint, [src], tmp_path / "out") == 0
     err = capsys.readouterr().err
     assert "predict: skipped 2 file(s) of other types in the input folder(s): b.webp, c.gif (a folder takes" in err
+    assert "predict: did not look into 1 subfolder(s) of the input folder(s): sheet_2 (name a subfolder" in err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_mask.png"]
     assert run_cli(checkpoint, [src / "b.webp"], tmp_path / "out2") == 0  # named, it is decoded
 
