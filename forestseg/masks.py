@@ -118,6 +118,8 @@ class Stats:
     def suggest(self, current: str) -> str:
         """Which params would fit these masks (never `current`, the convention they did not fit)."""
         values = self.grey.nonzero()[0]
+        if not self.colour_masks and values.tolist() == [0]:
+            return "every mask is 0 everywhere (empty): check that masks/ holds this set's forest masks"
         if self.colour_masks > self.grey_masks:
             guess = "colors"
         elif values.max(initial=0) <= 1:

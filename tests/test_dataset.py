@@ -145,6 +145,13 @@ def rgba_png(path: Path) -> None:
     Image.new("RGBA", (32, 32), (30, 80, 30, 255)).save(path, format="PNG")  # keeps the .jpg name
 
 
+def transparent_mask(path: Path) -> None:
+    """White where forest, transparent elsewhere: the forest is in the alpha band, not in the values."""
+    alpha = np.zeros((32, 32), np.uint8)
+    alpha[:, :16] = 255
+    Image.fromarray(np.dstack([np.full((32, 32, 3), 255, np.uint8), alpha])).save(path, format="PNG")
+
+
 BAD_PAIRS = [
     ("missing-mask", "masks", missing, r"^missing file masks/\d+_mask_\d\d\.jpg$"),
     ("missing-image", "images", missing, r"^missing file images/\d+_sat_\d\d\.jpg$"),
@@ -157,6 +164,7 @@ BAD_PAIRS = [
     ("grayscale-image", "images", grayscale, r"is a Gray JPEG; convert it to RGB"),
     ("cmyk-image", "images", cmyk, r"is a CMYK JPEG; convert it to RGB"),
     ("rgba-png-image", "images", rgba_png, r"has mode RGBA; convert it to RGB"),
+    ("transparent-mask", "masks", transparent_mask, r"has transparent pixels \(RGBA PNG\); forest must be in"),
 ]
 
 
@@ -231,6 +239,41 @@ def test_duplicate_row_is_skipped_once(tiny_set, tmp_path):
     assert_accounted(report, index)
 
 
+def test_a_rejected_row_does_not_make_a_later_good_row_a_duplicate(tiny_set, tmp_path):
+    image, _ = rows_of(tiny_set)[BAD_ROW]
+    edit_meta(tiny_set, lambda lines: [lines[0], f"{image},"] + lines[1:])  # an empty mask cell, then the real row
+    index, report = build(tiny_set, tmp_path / "out")
+    assert (report["valid"], report["skipped"]) == (ROWS, 1) and image in set(index["image"])
+    assert report["skipped_pairs"][0]["reason"] == "empty mask cell"
+
+
+def test_a_cell_with_a_trailing_space_says_so(tiny_set, tmp_path):
+    image, _ = rows_of(tiny_set)[BAD_ROW]
+    edit_meta(tiny_set, lambda lines: [line.replace(f"{image},", f"{image} ,") for line in lines])
+    index, report = build(tiny_set, tmp_path / "out")
+    [skipped] = report["skipped_pairs"]
+    assert skipped["reason"] == f"image name '{image} ' has leading or trailing spaces in meta_data.csv; remove them"
+    assert_accounted(report, index)
+
+
+def test_tif_tiles_are_indexed(tiny_set, tmp_path):
+    """The decoder reads TIFF, so tiles named <scene>_sat_<rc>.tif (and .tif masks) are a layout too."""
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    tif_image, tif_mask = image.replace(".jpg", ".tif"), mask.replace(".jpg", ".tif")
+    Image.open(tiny_set / "images" / image).save(tiny_set / "images" / tif_image)
+    Image.open(tiny_set / "masks" / mask).save(tiny_set / "masks" / tif_mask)
+    edit_meta(tiny_set, lambda lines: [line.replace(image, tif_image).replace(mask, tif_mask) for line in lines])
+    index, report = build(tiny_set, tmp_path / "out")
+    assert report["valid"] == ROWS and tif_image in set(index["image"])
+
+
+def test_hidden_files_in_images_are_not_unlisted_images(tiny_set, tmp_path):
+    for name in (".DS_Store", "._1_sat_00.jpg"):
+        (tiny_set / "images" / name).write_bytes(b"\x00\x05\x16\x07")
+    _, report = build(tiny_set, tmp_path / "out")
+    assert report["unlisted_images"] == 0
+
+
 def test_image_name_without_scene_is_skipped(tiny_set, tmp_path):
     image, mask = rows_of(tiny_set)[BAD_ROW]
     (tiny_set / "images" / image).rename(tiny_set / "images" / "forest_tile.jpg")
@@ -242,7 +285,7 @@ def test_image_name_without_scene_is_skipped(tiny_set, tmp_path):
         {
             "image": "forest_tile.jpg",
             "mask": mask,
-            "reason": "image name 'forest_tile.jpg' is not <scene>_sat_<rc>.jpg, so its scene is unknown",
+            "reason": "image name 'forest_tile.jpg' is not <scene>_sat_<rc>.<jpg|png|tif>, so its scene is unknown",
         }
     ]
     assert_accounted(report, index)
@@ -319,6 +362,24 @@ def all_images_garbage(root: Path) -> None:
         garbage(p)
 
 
+def images_folder_renamed(root: Path) -> None:
+    (root / "images").rename(root / "Images")
+
+
+def names_upper_case(root: Path) -> None:
+    edit_meta(root, lambda lines: [lines[0]] + [line.upper() for line in lines[1:]])
+
+
+def all_masks_empty(root: Path) -> None:
+    for p in (root / "masks").iterdir():
+        Image.new("L", (32, 32), 0).save(p, format="PNG")
+
+
+def all_masks_forest(root: Path) -> None:
+    for p in (root / "masks").iterdir():
+        Image.new("L", (32, 32), 255).save(p, format="PNG")
+
+
 def all_names_bad(root: Path) -> None:
     edit_meta(root, lambda lines: [lines[0]] + [line.replace("_sat_", "_img_") for line in lines[1:]])
 
@@ -333,6 +394,22 @@ FATAL = [
     ("all-masks-missing", all_masks_missing, rf"0 valid pairs out of {ROWS} rows.*missing file"),
     ("all-images-garbage", all_images_garbage, rf"none of the {ROWS} images listed in meta_data\.csv can be opened"),
     ("all-names-bad", all_names_bad, rf"lists no usable pair \({ROWS} rows; most common reasons: .*scene is unknown"),
+    (
+        "images-folder-renamed",
+        images_folder_renamed,
+        r"can be opened \(e\.g\. images/\d+_sat_\d+\.jpg: missing \(no images/ folder; found Images/\)\)",
+    ),
+    (
+        "names-upper-case",
+        names_upper_case,
+        r"e\.g\. images/\d+_SAT_\d+\.JPG: missing \(images/ has \d+_sat_\d+\.jpg; names are case-sensitive\)",
+    ),
+    (
+        "all-masks-empty",
+        all_masks_empty,
+        r"no pixel of any mask is forest under it .*every mask is 0 everywhere \(empty\)",
+    ),
+    ("all-masks-forest", all_masks_forest, r"every pixel of every mask is forest under it .*inverted masks"),
 ]
 
 
@@ -530,7 +607,7 @@ def set_mask_cell(root: Path, row: int, value: str) -> tuple[str, str]:
         ("/etc/hostname", r"mask '/etc/hostname' is a path; meta_data.csv must name a file inside masks/"),
         ("../masks/{mask}", r"is a path"),
         ("sub/{mask}", r"is a path"),
-        ("{other}", r"mask '\d+_mask_\d+\.jpg' is not this image's mask \(expected \d+_mask_\d+\.<jpg\|png>\)"),
+        ("{other}", r"mask '\d+_mask_\d+\.jpg' is not this image's mask \(expected \d+_mask_\d+\.<jpg\|png\|tif>\)"),
         ("{scene}_mask_99.jpg", r"is not this image's mask"),
     ],
 )
@@ -590,12 +667,15 @@ def test_exif_rotated_jpeg_is_read_as_a_viewer_shows_it(tiny_set, tmp_path):
     assert np.abs(viewer.astype(int) - shown).mean() < 8  # the viewer's picture is the original tile again
 
 
-def test_the_kaggle_zip_layout_is_found_below_the_source(tiny_set, tmp_path):
-    """The Kaggle zip unpacks to 'Forest Segmented/Forest Segmented/{images,masks,meta_data.csv}'."""
+@pytest.mark.parametrize("above", [1, 2])
+def test_the_kaggle_zip_layout_is_found_below_the_source(tiny_set, tmp_path, above):
+    """The Kaggle zip unpacks to 'Forest Segmented/Forest Segmented/{images,masks,meta_data.csv}'; the
+    source may also be the folder the zip was unpacked in."""
     unzipped = tmp_path / "download"
     (unzipped / "Forest Segmented").mkdir(parents=True)
     tiny_set.rename(unzipped / "Forest Segmented" / "Forest Segmented")
-    index, report = build(unzipped, tmp_path / "out")
+    source = unzipped if above == 1 else tmp_path
+    index, report = build(source, tmp_path / "out")
     assert report["valid"] == ROWS and report["source"].endswith("Forest Segmented/Forest Segmented")
     assert "as the Kaggle zip unpacks" in report["notes"][0]
 
