@@ -316,10 +316,11 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
         share = (
             "no valid pixels" if a.forest_share is None else f"{a.forest_share:.1%} of {a.valid_ha:.2f} ha with data"
         )
+        own = "the reprojected" if opts.reproject else "the input's"  # a reprojected raster has a new grid
         grid = (
-            f"predicted at {a.model_pixel_size_m:g} m, mask on the input's {a.pixel_size_m:g} m grid"
+            f"predicted at {a.model_pixel_size_m:g} m, mask on {own} {a.pixel_size_m:g} m grid"
             if a.resampled
-            else f"predicted at the input's {a.pixel_size_m:g} m"
+            else f"predicted at {own} {a.pixel_size_m:g} m"
         )
         print(
             f"{raster.path.name}: forest {a.forest_ha:.2f} ha ({share}; {a.crs}, {grid}) -> {a.mask}"

@@ -53,6 +53,7 @@ PICTURE_SIDECARS = (".jgw", ".jpgw", ".jpegw", ".pgw", ".pngw", ".bpw", ".bmpw",
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
 SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are
+COARSE = 4  # a raster this many times coarser than the model's pixels gets a note: little detail to predict from
 AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than 1% on the raster is refused
 WGS84_A, WGS84_E2 = 6378137.0, (2 - 1 / 298.257223563) / 298.257223563  # semi-major axis, eccentricity squared
 LOGIT_SCALE = 256  # resampled logits are stored as int16 (logit - cut) * 256: 1/256 steps, half the disk of float32
@@ -547,6 +548,12 @@ def map_forest(
             # averaging when the model's pixels are coarser (no aliasing), bilinear when finer
             pixels = Resampling.average if resample and model_px > min(sides) else Resampling.bilinear
             model = _regrid(src, raster.crs, model_px / raster.unit_m) if resample else out
+            if resample and min(sides) > COARSE * model_px:
+                log(
+                    f"note: {path.name}: its {min(sides):g} m pixels are {min(sides) / model_px:.0f}x the model's "
+                    f"{model_px:g} m: each is predicted as {model.width * model.height / (out.width * out.height):.0f} "
+                    "model pixels, from detail the photo does not have; expect coarse, uncertain forest edges"
+                )
             view = stack.enter_context(_warp(src, model, pixels)) if (resample or reproject) else src
             # where the model's grid has data: where it is the output's, the validity view; else what the
             # warper wrote of `view`, as an alpha band (a warped view's own mask misses internal masks)

@@ -315,6 +315,14 @@ def test_resampled_edges_and_nodata_borders_keep_their_prediction(
     assert probability[has_data].min() > 0.99
 
 
+def test_a_much_coarser_raster_gets_a_note(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    src = write_raster(tmp_path / "in/s2.tif", scene[0][:40, :60], pixel=2.5, nodata=None)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 0
+    out = capsys.readouterr().out
+    assert "note: s2.tif: its 2.5 m pixels are 5x the model's 0.5 m: each is predicted as 25 model pixels" in out
+    assert "mask on the input's 2.5 m grid" in out
+
+
 def test_alpha_band_and_internal_mask_are_nodata(checkpoint: Path, scene, tmp_path: Path) -> None:
     image = scene[0]
     alpha = np.full(image.shape[:2], 255, np.uint8)
@@ -384,6 +392,7 @@ def test_geographic_raster_is_refused_unless_reprojected(checkpoint: Path, scene
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "is geographic (degrees)" in err and "--reproject EPSG:32633" in err
     assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--reproject", "EPSG:32633") == 0
+    assert "m, mask on the reprojected 0.4" in capsys.readouterr().out
     row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
     mask, meta = read(tmp_path / "out/wgs84_mask.tif")
     assert meta["crs"] == rasterio.crs.CRS.from_epsg(32633) and row["crs"] == "EPSG:32633"
