@@ -37,7 +37,7 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
         ax.set(
             title=f"{s['combination']}, seed {int(s['best_seed'])}",
             xlabel="epoch",
-            ylabel=f"{s['combination'].split('-')[0]} loss (per pixel)",
+            ylabel=f"{s['combination'].split('-')[0]} loss",
         )
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
@@ -67,7 +67,7 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
             ax.plot(curves.index, curves.mean(axis=1), "o-", color=colour[opt], label=f"{opt} (mean of {seeds})")
             ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), color=colour[opt], alpha=0.25)
         what = "optimizers compared" if len(optimizers) > 1 else optimizers[0]
-        ax.set(title=f"{loss}: {what}", xlabel="epoch", ylabel=f"test {loss} loss (per pixel)")
+        ax.set(title=f"{loss}: {what}", xlabel="epoch", ylabel=f"test {loss} loss")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # nothing to label when every run of this loss diverged
@@ -82,13 +82,16 @@ def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
     combos = list(dict.fromkeys(runs["combination"]))
     fig, ax = plt.subplots(figsize=(1.6 * len(combos) + 3, 3.8), layout="constrained")
     for i, combo in enumerate(combos):
-        values = runs[(runs["combination"] == combo) & (runs["status"] == "ok")]["test_iou"].astype(float)
+        part = runs[runs["combination"] == combo]
+        values = part[part["status"] == "ok"]["test_iou"].astype(float)
         jitter = (pd.Series(range(len(values))) - (len(values) - 1) / 2) * 0.06
         ax.scatter(i + jitter.to_numpy(), values, zorder=3)
         if len(values):
             ax.hlines(values.mean(), i - 0.3, i + 0.3, color="black", lw=2)
-        else:  # an empty column would read as a missing run
-            ax.text(i, baseline_iou, "every seed\ndiverged", ha="center", va="bottom", fontsize=8)
+        diverged = len(part) - len(values)
+        if diverged:  # a missing dot would read as a seed that was never run
+            label = "every seed\ndiverged" if not len(values) else f"{diverged} of {len(part)}\nseeds diverged"
+            ax.text(i, baseline_iou, label, ha="center", va="bottom", fontsize=8)
     ax.axhline(baseline_iou, color="red", ls="--", label=f"all-forest baseline {baseline_iou:.3f}")
     ax.set_xticks(range(len(combos)), combos)
     ax.set(ylabel="test forest IoU", title="Final test forest IoU, one dot per seed, bar = mean")

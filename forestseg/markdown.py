@@ -9,6 +9,7 @@ import pandas as pd
 
 from .figures import FIGURES
 from .io import write_text
+from .losses import LOSSES
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -102,6 +103,7 @@ def write_report(
     report.rank gives them), tables and figures, for a reader who opens no CSV. `per_scene`: the
     best combination's scores per test scene, as report.aggregate passes them."""
     idx, split, base = setup["index"], out["split"], out["baseline_all_forest"]
+    per_batch = [x for x in dict.fromkeys(table["loss"]) if x in LOSSES and LOSSES[x].per_batch]
     lines = [
         "# forestseg report",
         "",
@@ -127,16 +129,27 @@ def write_report(
         f"{', '.join(sorted(set(table['precision'].dropna())))}.",
         "- Metrics come from confusion counts summed over the whole test set; mIoU averages forest and "
         "background IoU; ± is the standard deviation over seeds. Train and test losses are each run's own "
-        "loss, so compare them only between runs of the same loss.",
+        "loss, so compare them only between runs of the same loss"
+        + (
+            f"; for {', '.join(per_batch)} (a loss of the whole batch) the train loss is a mean over batches and "
+            "the test loss a mean over tiles, so the two are not the same measure either."
+            if per_batch
+            else "."
+        ),
         "",
         "## Result",
         "",
     ]
     if len(ranked):
         top = ranked.iloc[0]
+        failed = (
+            ""
+            if not top["diverged"]
+            else f", over the {plural(top['seeds'] - top['diverged'], 'seed')} of {top['seeds']} that did not diverge"
+        )
         text = (
             f"**{top['combination']}** has the highest mean test mIoU, {_pm(top['test_miou_mean'], top['test_miou_std'])} "
-            f"(forest IoU {_pm(top['test_iou_mean'], top['test_iou_std'])})"
+            f"(forest IoU {_pm(top['test_iou_mean'], top['test_iou_std'])}{failed})"
         )
         if len(ranked) > 1:
             runner = ranked.iloc[1]

@@ -55,14 +55,23 @@ def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, 
         folder = runs_dir / run.name
         if not (folder / "metrics.json").is_file():
             raise ForestsegError(f"{folder}/metrics.json is missing: run `dvc repro train@{run.name}` first")
+        redo = f"run `dvc repro --force train@{run.name}`"
         try:
             m = read_json(folder / "metrics.json")
             history = pd.read_csv(folder / "history.csv")
         except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:  # JSON errors too
             raise ForestsegError(
-                f"{folder}: its metrics.json or history.csv cannot be read ({' '.join(str(e).split())}); "
-                f"run `dvc repro --force train@{run.name}`"
+                f"{folder}: its metrics.json or history.csv cannot be read ({' '.join(str(e).split())}); {redo}"
             ) from None
+        if not isinstance(m, dict):
+            raise ForestsegError(f"{folder}/metrics.json: holds a {type(m).__name__}, not a run's metrics; {redo}")
+        lacking = [c for c in ("epoch", *CURVES) if c not in history.columns]
+        if lacking:
+            raise ForestsegError(f"{folder}/history.csv: no column {', '.join(lacking)}; {redo}")
+        if m.get("status", "ok") == "ok":  # a finished run has every score: a mean must not quietly skip one
+            bad = [k for k in SCORES if not (isinstance(m.get(k), (int, float)) and math.isfinite(m[k]))]
+            if bad:
+                raise ForestsegError(f"{folder}/metrics.json: no finite {', '.join(bad)} in a finished run; {redo}")
         rows.append(
             {
                 "run": run.name,
@@ -89,13 +98,22 @@ def load_scene_counts(run_names: list[str], runs_dir: Path) -> tuple[pd.DataFram
         if not path.is_file():
             missing.append(name)
             continue
-        part = pd.read_csv(path, dtype={"scene": str})
+        redo = f"run `dvc repro --force train@{name}` to rewrite it"
+        try:
+            part = pd.read_csv(path, dtype={"scene": str})
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise ForestsegError(f"{path}: cannot be read ({' '.join(str(e).split())}); {redo}") from None
         lacking = [c for c in ["scene", "tiles", *SCENE_COUNTS] if c not in part.columns]
         if lacking:
             raise ForestsegError(
-                f"{path}: no column {', '.join(lacking)} (expected scene,tiles,{','.join(SCENE_COUNTS)}); "
-                f"run `dvc repro train@{name}` to rewrite it"
+                f"{path}: no column {', '.join(lacking)} (expected scene,tiles,{','.join(SCENE_COUNTS)}); {redo}"
             )
+        try:  # counts are whole numbers of pixels, summed over seeds
+            part[["tiles", *SCENE_COUNTS]] = part[["tiles", *SCENE_COUNTS]].astype("int64")
+        except (ValueError, TypeError) as e:
+            raise ForestsegError(
+                f"{path}: counts that are not whole numbers ({' '.join(str(e).split())}); {redo}"
+            ) from None
         parts.append(part.assign(run=name))
     columns = ["run", "scene", "tiles", *SCENE_COUNTS]
     return (pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)), missing
@@ -151,8 +169,12 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def rank(summary: pd.DataFrame) -> pd.DataFrame:
-    """The combinations with a finished seed, by mean BEST_BY, best first (the one place a winner is chosen)."""
-    return summary.dropna(subset=[f"{BEST_BY}_mean"]).sort_values(f"{BEST_BY}_mean", ascending=False, kind="stable")
+    """The combinations with a finished seed, best first (the one place a winner is chosen): those
+    with no diverged seed before those with one (a mean over the surviving seeds flatters a
+    combination that fails), then by mean BEST_BY."""
+    finished = summary.dropna(subset=[f"{BEST_BY}_mean"])
+    order = finished.assign(_failed=finished["diverged"] > 0, _score=-finished[f"{BEST_BY}_mean"])
+    return finished.loc[order.sort_values(["_failed", "_score"], kind="stable").index]
 
 
 def best_combination(summary: pd.DataFrame) -> pd.Series | None:
@@ -212,6 +234,13 @@ def aggregate(
             f"{runs_dir}/<run>/metrics.json says at which epoch and step): lower optimizer.lr and rerun"
         )
     summary = summarize(table)
+    best = best_combination(summary)
+    # Per scene: the best combination's finished seeds, counts summed (as the headline's best_iou is its
+    # mean); read before anything is written, so a malformed file leaves the old outputs whole
+    best_name = None if best is None else best["combination"]
+    best_runs = table[(table["status"] == "ok") & (table["combination"] == best_name)]["run"].tolist()
+    counts, no_scenes = load_scene_counts(best_runs, runs_dir)
+    scenes = scene_scores(counts)
     for combo, part in table.groupby("combination", sort=False):
         s = summary[summary["combination"] == combo].iloc[0]
         stats = pd.DataFrame(
@@ -231,21 +260,16 @@ def aggregate(
         **{f"test_{k}_mean": v for k, v in baseline.items()},
     }
     write_csv(metrics_dir / "summary.csv", pd.concat([summary, pd.DataFrame([base_row])], ignore_index=True))
-    best = best_combination(summary)
     out = {
         "split": {k: v for k, v in split.items() if k != "baseline_all_forest"},
         "baseline_all_forest": {f"test_{k}": v for k, v in baseline.items()},
-        "best_combination": None if best is None else best["combination"],
+        "best_combination": best_name,
         "combinations": {
             r["combination"]: {k: _clean(v) for k, v in r.items() if k != "combination"}
             for r in summary.to_dict("records")
         },
     }
     write_json(metrics_dir / "summary.json", out)
-    # Per scene: the best combination's finished seeds, counts summed (as the headline's best_iou is its mean)
-    best_runs = table[(table["status"] == "ok") & (table["combination"] == out["best_combination"])]["run"].tolist()
-    counts, no_scenes = load_scene_counts(best_runs, runs_dir)
-    scenes = scene_scores(counts)
     write_csv(metrics_dir / SCENES, scenes)
     write_json(metrics_dir / HEADLINE, headline(summary))
     fig_best_runs(summary, histories, BEST_BY, plots_dir / FIGURES[0])

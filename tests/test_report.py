@@ -429,7 +429,11 @@ def test_per_scene_scores_sum_the_best_combinations_counts_over_seeds_worst_firs
 
 
 def test_per_scene_scores_leave_out_diverged_seeds(tmp_path: Path) -> None:
-    _, metrics_dir, _ = run_aggregate(tmp_path, diverged=("mse-adam-1",), scenes=tuple(SCENE_COUNTS))
+    # a seed of each combination diverged, so mse-adam stays the best (report.rank puts combinations
+    # with a diverged seed after those without)
+    diverged = ("mse-adam-1", "bce-sgd-1")
+    out, metrics_dir, _ = run_aggregate(tmp_path, diverged=diverged, scenes=tuple(SCENE_COUNTS))
+    assert out["best_combination"] == "mse-adam"
     scenes = read_scenes(metrics_dir).set_index("scene")
     assert scenes.index.tolist() == ["12", "007", "3"]
     assert scenes.loc["12", "iou"] == 0 and scenes.loc["3", "iou"] == 1  # seed 0's counts alone
@@ -486,9 +490,60 @@ def test_a_scenes_csv_without_the_counts_is_named(tmp_path: Path) -> None:
     runs_dir = write_tree(tmp_path, scenes=tuple(SCENE_COUNTS))
     (runs_dir / "mse-adam-1" / "scenes.csv").write_text("scene,tiles,tp\n1,1,1\n")
     with pytest.raises(
-        ForestsegError, match=r"mse-adam-1/scenes\.csv: no column fp, fn, tn .*dvc repro train@mse-adam-1"
+        ForestsegError, match=r"mse-adam-1/scenes\.csv: no column fp, fn, tn .*dvc repro --force train@mse-adam-1"
     ):
         aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
+    assert not (tmp_path / "metrics" / "summary.json").exists()  # checked before anything is written
+
+
+def test_a_combination_with_a_diverged_seed_ranks_after_those_without(tmp_path: Path) -> None:
+    """bce-sgd's surviving seed scores above mse-adam's mean, but half its seeds diverged: a mean over
+    the survivors must not make it the winner, and the report says what it is a mean of."""
+    runs_dir = write_tree(tmp_path, diverged=("bce-sgd-1",))
+    good = json.loads((runs_dir / "bce-sgd-0" / "metrics.json").read_text())
+    (runs_dir / "bce-sgd-0" / "metrics.json").write_text(json.dumps({**good, "test_miou": 0.9375}))
+    out = aggregate(
+        RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", tmp_path / "REPORT.md", setup_dict()
+    )
+    assert out["best_combination"] == "mse-adam"
+    assert json.loads((tmp_path / "metrics" / "headline.json").read_text())["best"] == "mse-adam"
+    assert "**mse-adam** has the highest mean test mIoU" in (tmp_path / "REPORT.md").read_text()
+    # every combination with a diverged seed: the winner's line says over how many seeds
+    (runs_dir / "mse-adam-1" / "metrics.json").write_text(json.dumps({"status": "diverged", "epochs": 1}))
+    out = aggregate(
+        RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", tmp_path / "REPORT.md", setup_dict()
+    )
+    assert out["best_combination"] == "bce-sgd"
+    assert "over the 1 seed of 2 that did not diverge)" in (tmp_path / "REPORT.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "file, content, says",
+    [
+        ("metrics.json", '["oops"]', "metrics.json: holds a list, not a run's metrics"),
+        ("metrics.json", "null", "metrics.json: holds a NoneType, not a run's metrics"),
+        ("metrics.json", "drop test_dice", "metrics.json: no finite test_dice in a finished run"),
+        ("metrics.json", "nan test_miou", "metrics.json: no finite test_miou in a finished run"),
+        ("history.csv", "step,train_loss\n1,0.5\n", "history.csv: no column epoch, test_loss"),
+        ("scenes.csv", "", "scenes.csv: cannot be read"),
+        ("scenes.csv", "scene,tiles,tp,fp,fn,tn\n1,1,x,1,1,1\n", "scenes.csv: counts that are not whole numbers"),
+    ],
+)
+def test_a_malformed_run_file_is_one_line_and_writes_nothing(
+    tmp_path: Path, file: str, content: str, says: str
+) -> None:
+    runs_dir = write_tree(tmp_path, scenes=tuple(SCENE_COUNTS))
+    path = runs_dir / "mse-adam-1" / file
+    if content.startswith(("drop ", "nan ")):
+        metrics = json.loads(path.read_text())
+        key = content.split()[1]
+        metrics.pop(key) if content.startswith("drop") else metrics.update({key: float("nan")})
+        content = json.dumps(metrics)
+    path.write_text(content)
+    with pytest.raises(ForestsegError, match=re.escape(says)) as error:
+        aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
+    assert "\n" not in str(error.value) and "mse-adam-1" in str(error.value)
+    assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == ["runs"]  # nothing written
 
 
 def test_the_report_shows_the_ten_worst_of_more_scenes() -> None:
