@@ -323,6 +323,12 @@ def describe_setup(
                 if train.adapt_bn
                 else ""
             )
+            + (
+                "; the final scores use the probability cut chosen on the validation scenes (train.threshold: val; "
+                "the per-epoch curves use the loss's own cut, so their last point can differ from the tables)"
+                if train.threshold == "val"
+                else ""
+            )
         ),
     }
 

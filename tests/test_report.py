@@ -581,3 +581,12 @@ def test_a_pipe_in_a_cell_or_header_stays_in_its_cell() -> None:
         "| q\\|x | 0.5000 |",
         "| plain |  |",
     ]
+
+
+@pytest.mark.parametrize("threshold, says", [("val", True), ("loss", False)])
+def test_the_setup_says_when_the_final_cut_is_not_the_curves(threshold: str, says: bool) -> None:
+    from forestseg.config import ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
+    from forestseg.report import describe_setup
+
+    setup = describe_setup({}, SplitConfig(), ModelConfig(), OptimizerConfig(), TrainConfig(threshold=threshold))
+    assert ("chosen on the validation scenes (train.threshold: val" in setup["params"]) == says
