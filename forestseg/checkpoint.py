@@ -34,7 +34,10 @@ def _load(path: Path) -> Any:
 
 def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any) -> None:
     """The model file: `meta` = run, loss, threshold, adapt_bn, model params, normalizer, tile_size (see train);
-    `weights` None for a run that diverged (predict refuses it, naming the run)."""
+    `weights` None for a run that diverged (predict refuses it, naming the run). Weights are written
+    from the CPU, so a run's file has the same bytes (and DVC hash) whichever device trained it last."""
+    if weights is not None:
+        weights = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in weights.items()}
     write_torch(path, {"format": MODEL_FORMAT, "weights": weights, **meta, **extra})
 
 

@@ -214,6 +214,11 @@ class OptimizerConfig:
     def lr_for(self, loss: str, optimizer: str) -> float:
         return self.lr_overrides.get(f"{loss}-{optimizer}", self.lr)
 
+    def lr_param(self, loss: str, optimizer: str) -> str:
+        """The params key that sets `lr_for(loss, optimizer)`, for advice such as 'lower optimizer.lr'."""
+        key = f"{loss}-{optimizer}"
+        return f"optimizer.lr_overrides.{key}" if key in self.lr_overrides else "optimizer.lr"
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -90,6 +90,15 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return cpu_has_fast_bf16() and torch.backends.mkldnn.is_available()
 
 
+def exact_fp32(device: torch.device) -> None:
+    """fp32 convolutions and matmuls in full fp32 on CUDA, for a run or prediction recorded as fp32:
+    cuDNN's default from Ampere on is TF32 (10 mantissa bits). torch's newer per-backend flags only:
+    mixed with the legacy allow_tf32 ones, torch refuses to read them. No effect on the CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+
+
 def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU multiplies bf16 faster than fp32: AMX bf16 tiles, or AVX512_BF16 on an AMD CPU.
 

@@ -134,7 +134,7 @@ class MixStyle(nn.Module):
         mu = x.mean(dim=(2, 3), keepdim=True).detach()  # (B, c, 1, 1)
         sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
         lam = torch.distributions.Beta(self.alpha, self.alpha).sample((len(x), 1, 1, 1)).to(x)  # (B, 1, 1, 1)
-        other = torch.randperm(len(x), device=x.device)
+        other = torch.randperm(len(x)).to(x.device)  # the CPU generator, which the resume file keeps
         mu_mix, sig_mix = lam * mu + (1 - lam) * mu[other], lam * sig + (1 - lam) * sig[other]
         return (x - mu) / sig * sig_mix + mu_mix
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .checkpoint import fingerprint, load_weights, read_init, read_resume, write_model, write_resume
 from .config import PIXEL_SIZE_M, ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
-from .device import keep_freed_memory, pick_device, use_bf16
+from .device import exact_fp32, keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
 from .loader import Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
@@ -192,7 +192,7 @@ class RunState:
     gens: dict[str, torch.Generator]  # seeded streams: shuffle, augment, jitter
     epoch: int = 0  # epochs done
     history: list[dict] = field(default_factory=list)
-    first_loss: float | None = None  # the run's first training loss: the divergence yardstick
+    first_loss: float | None = None  # the divergence yardstick (divergence_reference of the first batch)
     best: dict = field(default_factory=dict)  # epoch, val_miou, test_scores and weights of the best val epoch
     test_scores: dict = field(default_factory=dict)  # of the last epoch
     ema: torch.nn.Module | None = None  # the weights' moving average: what is evaluated and saved
@@ -241,6 +241,15 @@ class RunState:
             self.ema_steps = saved["ema_steps"]
 
 
+def divergence_reference(loss_fn: Callable, out: torch.Tensor, masks: torch.Tensor, first: float) -> float:
+    """The loss later batches are held against (train.diverge_factor x it): the first batch's loss
+    `first`, or that of an all-zero output on it (chance level) where higher. A model fine-tuned from
+    init_from can score near 0 on its first batch, and a harder batch after it would read as a blow-up."""
+    with torch.no_grad():
+        chance = loss_fn(torch.zeros_like(out, dtype=torch.float32), masks).item()
+    return max(first, chance) if math.isfinite(first) else first
+
+
 def train_epoch(
     s: RunState,
     step_model: torch.nn.Module,
@@ -250,8 +259,10 @@ def train_epoch(
     norm: Normalizer,
     bf16: bool,
     where: str,
+    lr_param: str = "optimizer.lr",
 ) -> float:
-    """One pass over `tiles`; returns the mean loss per tile. Raises Diverged with the run's history."""
+    """One pass over `tiles`; returns the mean loss per tile. Raises Diverged with the run's history,
+    advising to lower `lr_param`."""
     step_model.train()
     total, seen = 0.0, 0
     lr = s.opt.lr
@@ -289,11 +300,12 @@ def train_epoch(
         if s.ema is not None:
             s.update_ema(cfg.ema)
         value = loss.item()
-        s.first_loss = value if s.first_loss is None else s.first_loss
+        if s.first_loss is None:
+            s.first_loss = divergence_reference(loss_fn, out, masks, value)
         if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
             raise Diverged(
-                f"{where} diverged at step {step}: loss {value:.4g} (first loss {s.first_loss:.4g}, "
-                f"lr {lr:g}); lower optimizer.lr",
+                f"{where} diverged at step {step}: loss {value:.4g} (reference {s.first_loss:.4g}: the first "
+                f"batch's loss, or an all-zero output's where higher; lr {lr:g}); lower {lr_param}",
                 s.history,
             )
         total += value * len(images)
@@ -364,6 +376,8 @@ def train_run(
             "set split.val_fraction > 0 (e.g. 0.15) or train.threshold: loss"
         )
     bf16 = use_bf16(train_cfg.precision, device)
+    if not bf16:
+        exact_fp32(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once
     gens = _generators(run.seed, train_cfg)
@@ -412,7 +426,15 @@ def train_run(
         opt.lr = lr * lr_factor(s.epoch, opt_cfg, train_cfg.epochs)
         epoch, epoch_lr = s.epoch + 1, opt.lr
         train_loss = train_epoch(
-            s, step_model, loss_fn, train, train_cfg, norm, bf16, f"run {run.name} epoch {epoch}/{train_cfg.epochs}"
+            s,
+            step_model,
+            loss_fn,
+            train,
+            train_cfg,
+            norm,
+            bf16,
+            f"run {run.name} epoch {epoch}/{train_cfg.epochs}",
+            opt_cfg.lr_param(run.loss, run.optimizer),
         )
         train_seconds = time.perf_counter() - t0
         s.test_scores = evaluate(s.evaluated, test, *eval_args)
@@ -420,7 +442,7 @@ def train_run(
             # the epoch's last steps can blow up after their loss was checked
             raise Diverged(
                 f"run {run.name} epoch {epoch}/{train_cfg.epochs} diverged: test loss {s.test_scores['loss']:.4g} "
-                f"after the epoch's last step (lr {epoch_lr:g}); lower optimizer.lr",
+                f"after the epoch's last step (lr {epoch_lr:g}); lower {opt_cfg.lr_param(run.loss, run.optimizer)}",
                 s.history,
             )
         row = {
@@ -557,7 +579,13 @@ def train_member(
         device = pick_device(train_cfg.device)
         if device.type == "cpu":
             keep_freed_memory()  # no allocator churn between steps (see bench/speed.py --default-malloc)
-        tiles = load_split(layout, device)
+        try:  # every tile lives on the device (GPU: the uint8 arrays, a few GB for the full Kaggle set)
+            tiles = load_split(layout, device)
+        except torch.OutOfMemoryError:
+            raise ForestsegError(
+                f"run {run.name}: the split's tiles do not fit in the memory of {device} (they are kept there "
+                "as uint8 for the whole run); free the device, or set train.device: cpu"
+            ) from None
         if train_cfg.batch_size > len(tiles["train"]):
             raise ForestsegError(
                 f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "

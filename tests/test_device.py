@@ -101,3 +101,19 @@ def test_auto_on_cpu_follows_the_bf16_speed(monkeypatch) -> None:
     for fast in (False, True):
         monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert device.use_bf16("auto", torch.device("cpu")) is (fast and torch.backends.mkldnn.is_available())
+
+
+@pytest.mark.parametrize("kind, expected", [("cuda", "ieee"), ("cpu", None)])
+def test_exact_fp32_turns_tf32_off_on_cuda_only(kind: str, expected: str | None) -> None:
+    """A run or prediction recorded as fp32 must not run cuDNN's TF32 default (set without a GPU here:
+    the flags are torch's, read back through the same per-backend API)."""
+    from forestseg.device import exact_fp32
+
+    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    before = [f.fp32_precision for f in flags]
+    try:
+        exact_fp32(torch.device(kind))
+        assert [f.fp32_precision for f in flags] == ([expected] * 2 if expected else before)
+    finally:
+        for f, value in zip(flags, before):
+            f.fp32_precision = value

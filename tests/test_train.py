@@ -21,6 +21,7 @@ from forestseg.train import (
     Run,
     _generators,
     choose_threshold,
+    divergence_reference,
     evaluate,
     out_of_memory_as_one_line,
     train_run,
@@ -240,15 +241,33 @@ def test_validation_keeps_the_best_model(data, tmp_path: Path) -> None:
     assert saved["epoch"] == best["epoch"] and saved["run"] == "bce-adam-0" and saved["val_miou"] == best["val_miou"]
 
 
-@pytest.mark.parametrize("lr", [1e6, 1e8])
-def test_a_huge_learning_rate_diverges(data, tmp_path: Path, lr: float) -> None:
+@pytest.mark.parametrize("lr, override", [(1e6, False), (1e8, False), (1e6, True)])
+def test_a_huge_learning_rate_diverges(data, tmp_path: Path, lr: float, override: bool) -> None:
+    """The advice names the param that set the run's lr: optimizer.lr, or its override."""
     run = Run("bce", "sgd", 0)
-    opt = dataclasses.replace(OPT, lr=lr)
+    opt = dataclasses.replace(OPT, lr_overrides={"bce-sgd": lr}) if override else dataclasses.replace(OPT, lr=lr)
     with pytest.raises(Diverged) as err:
         go(data, tmp_path / "last.pt", run=run, opt=opt)
     message = str(err.value)
     assert run.name in message and "epoch" in message and "step" in message
+    advice = "lower optimizer.lr_overrides.bce-sgd" if override else "lower optimizer.lr"
+    assert message.endswith(advice), message
     assert isinstance(err.value.history, list)
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse", "mse_logits", "dice", "lovasz"])
+def test_the_divergence_reference_is_at_least_chance_level(loss: str) -> None:
+    """A fine-tuned model can score near 0 on its first batch; a harder batch after it must not read
+    as a blow-up, so the yardstick is at least the loss of an all-zero output."""
+    torch.manual_seed(0)
+    masks = (torch.rand(2, 16, 16) > 0.5).float()
+    loss_fn = losses.LOSSES[loss]
+    perfect = (masks * 2 - 1) * 20 if loss != "mse_logits" else masks.clone()  # logits, or mse_logits' raw 0/1
+    first = loss_fn(perfect, masks).item()
+    chance = loss_fn(torch.zeros_like(perfect), masks).item()
+    assert first < chance / 10
+    assert divergence_reference(loss_fn, perfect, masks, first) == chance
+    assert divergence_reference(loss_fn, perfect, masks, 10 * chance) == 10 * chance  # a high first loss stays
 
 
 def test_diverged_carries_the_completed_epochs(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
