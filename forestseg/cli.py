@@ -114,6 +114,11 @@ def _area_error(text: str | None) -> float | None:
                 f"note: --area-error {text}: scored on every tile of {scored.get('data')}, training tiles "
                 "included (no --split), so its area bias is not one of unseen data"
             )
+        elif scored.get("subset", "test") != "test":  # a split's other rows (rasters record no subset)
+            print(
+                f"note: --area-error {text}: scored on the {scored['subset']!r} rows of {scored.get('split')}, "
+                "not its test rows, so its area bias is not one of unseen data"
+            )
         if not isinstance(value, (int, float)):
             raise ForestsegError(f"--area-error {text}: its area_bias_pct is {value!r}, not a number")
     if not math.isfinite(value):
@@ -347,7 +352,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.subset is not None and args.split is None:
         raise ForestsegError(f"--subset {args.subset}: picks rows of a --split file; give one (e.g. data/split.csv)")
     if args.output is not None:  # checked before the scoring, which may take long, not after
-        _check_output_file(args.output)
+        _check_output_file(args.output, inputs=[args.checkpoint, args.data, *([args.split] if args.split else [])])
     _pixel_note(args.checkpoint, predictor)
     try:
         result = score(
@@ -406,8 +411,12 @@ def _as_flags(text: str) -> str:
     return text
 
 
-def _check_output_file(path: Path) -> None:
-    """-o must be a file path that can be written: not a folder, and no file where a folder should be."""
+def _check_output_file(path: Path, inputs: list[Path] = ()) -> None:
+    """-o must be a file path that can be written: not a folder, no file where a folder should be, and
+    none of the `inputs` (files, or folders it would land in)."""
+    for given in inputs:
+        if path.resolve() == given.resolve() or (given.is_dir() and path.resolve().is_relative_to(given.resolve())):
+            raise ForestsegError(f"-o {path}: would overwrite an input ({given}); choose another path")
     if path.is_dir():
         raise ForestsegError(f"-o {path}: is a folder; give a file name, e.g. {path / 'eval.json'}")
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)

@@ -106,8 +106,11 @@ def evaluate_tiles(
         if split is not None:
             try:
                 table = pd.read_csv(split, dtype=str, keep_default_na=False)
-            except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-                raise ForestsegError(f"--split {split}: cannot be read ({' '.join(str(e).split())})") from None
+            except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+                raise ForestsegError(
+                    f"--split {split}: cannot be read as a UTF-8 CSV ({' '.join(str(e).split())}); "
+                    "give the pipeline's data/split.csv"
+                ) from None
             if not {"image", "subset"} <= set(table.columns):
                 raise ForestsegError(f"--split {split}: needs columns image,subset (data/split.csv of the pipeline)")
             chosen = set(table.loc[table["subset"] == subset, "image"])
@@ -132,11 +135,17 @@ def evaluate_tiles(
         per_scene: dict[str, np.ndarray] = {}
         scenes = index["scene"].astype(str).to_numpy()
         adapted = {}
+        for scene in dict.fromkeys(scenes[rows]):  # each scene's own statistics, from windows of its tiles
+            own = [images[j] for j in rows[scenes[rows] == scene]] if adapt_bn else []
+            adapted[scene] = predictor.for_scene(own, adapt_bn) if own else predictor
+        unadapted = sorted(s for s, p in adapted.items() if p is predictor) if adapt_bn else []
+        if unadapted:
+            log(
+                f"note: --adapt-bn {adapt_bn:g}: {len(unadapted)} of {len(adapted)} scene(s) hold no whole "
+                f"{predictor.tile}-px window to adapt batch-norm to, and are scored as trained"
+            )
         for i in tqdm(rows, desc="evaluate", unit="tile", disable=None, leave=False):
             scene = scenes[i]
-            if scene not in adapted:  # the scene's own statistics, from windows of its tiles
-                own = [images[j] for j in rows[scenes[rows] == scene]] if adapt_bn else []
-                adapted[scene] = predictor.for_scene(own, adapt_bn) if own else predictor
             pred = adapted[scene].logits(np.ascontiguousarray(images[i]), overlap) > predictor.cut
             per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
     m2 = predictor.pixel_size_m**2
@@ -146,6 +155,7 @@ def evaluate_tiles(
         "split": str(split) if split else None,
         "subset": subset if split else "all",
         "tiles": int(len(rows)),
+        "adapted_scenes": len(adapted) - len(unadapted) if adapt_bn else 0,
         "pixel_size_m": predictor.pixel_size_m,
         **out,
     }

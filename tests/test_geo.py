@@ -781,16 +781,32 @@ def test_evaluate_removes_what_killed_evaluations_left_in_the_temp_folder(
     assert not list((tmp_path / "tmp").iterdir())
 
 
-@pytest.mark.parametrize("where", ["a folder", "under a file"])
+@pytest.mark.parametrize("where", ["a folder", "under a file", "the model file", "the split", "inside the data"])
 def test_evaluate_checks_its_output_path_before_scoring(checkpoint: Path, tmp_path: Path, capsys, where) -> None:
     data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
-    out = tmp_path / "out"
+    split = tmp_path / "split.csv"
+    split.write_text("image,scene,subset\n")
+    model = tmp_path / "model.pt"
+    model.write_bytes(checkpoint.read_bytes())
+    out = {"a folder": tmp_path / "out", "the model file": model, "the split": split}.get(where)
     if where == "a folder":
         out.mkdir()
-    else:
-        out.write_text("x")
-        out = out / "eval.json"
-    assert cli("evaluate", str(checkpoint), str(data), "-o", str(out)) == 2
+    elif where == "under a file":
+        (tmp_path / "out").write_text("x")
+        out = tmp_path / "out" / "eval.json"
+    elif where == "inside the data":
+        out = data / "meta_data.csv"
+    before = out.read_bytes() if out.is_file() else None
+    argv = [
+        "evaluate",
+        str(model),
+        str(data),
+        "-o",
+        str(out),
+        *(["--split", str(split)] if where == "the split" else []),
+    ]
+    assert cli(*argv) == 2
+    assert before is None or out.read_bytes() == before  # an input is never overwritten
     captured = capsys.readouterr()
     assert "forest IoU" not in captured.out  # refused before the scores were computed, not after
     assert captured.err.startswith(f"error: -o {out}: ") and len(captured.err.strip().splitlines()) == 1
@@ -806,6 +822,41 @@ def test_an_area_bias_scored_on_training_tiles_is_named_so(checkpoint: Path, sce
     printed = capsys.readouterr().out
     assert "training tiles included (no --split), so its area bias is not one of unseen data" in printed
     assert "area bias from --area-error:" in printed
+
+
+def test_an_area_bias_scored_on_a_splits_training_rows_is_named_so(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    split = tmp_path / "split.csv"
+    pd.read_csv(data / "meta_data.csv").assign(scene="0", subset="train")[["image", "scene", "subset"]].to_csv(
+        split, index=False
+    )
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "--split", str(split), "--subset", "train", "-o", str(out)) == 0
+    capsys.readouterr()
+    src = write_raster(tmp_path / "in/o.tif", scene[0])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 0
+    assert "scored on the 'train' rows of" in capsys.readouterr().out
+
+
+def test_a_split_that_is_not_utf8_text_is_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    split = tmp_path / "split.csv"
+    split.write_bytes(b"image,subset\n\xff\xfe\x00junk,test\n")
+    assert cli("evaluate", str(checkpoint), str(data), "--split", str(split)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --split {split}: cannot be read as a UTF-8 CSV") and err.count("\n") == 1
+
+
+def test_evaluate_says_when_adapt_bn_finds_no_window(tmp_path: Path, capsys) -> None:
+    """Tiles smaller than the model's window cannot adapt it: a note, and the JSON counts 0 adapted scenes."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    model = random_checkpoint(tmp_path / "m.pt", tile=128)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(model), str(data), "--adapt-bn", "0.5", "-o", str(out)) == 0
+    assert "note: --adapt-bn 0.5: 2 of 2 scene(s) hold no whole 128-px window" in capsys.readouterr().out
+    assert json.loads(out.read_text())["adapted_scenes"] == 0
 
 
 def test_evaluate_refuses_subset_without_split(checkpoint: Path, tmp_path: Path, capsys) -> None:
