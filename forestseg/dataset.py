@@ -181,6 +181,11 @@ def _load_pair(
             f"{mask} has transparent pixels ({msk_picture.kind}); forest must be in a mask's values, not its "
             "transparency: flatten it onto the background colour"
         )
+    if convention in ("0/1", "classes") and "JPEG" in msk_picture.kind:
+        raise BadPair(
+            f"{mask} is a JPEG: its lossy compression moves class values (a forest 255 read as 251-254), and "
+            f"data.masks {convention!r} reads values exactly; save the masks lossless (PNG)"
+        )
     msk = msk_picture.pixels
     if img.pixels.shape[:2] != size:
         raise BadPair(f"image is {img.pixels.shape[1]}x{img.pixels.shape[0]}, the set's tiles are {size[1]}x{size[0]}")

@@ -256,6 +256,20 @@ def test_a_cell_with_a_trailing_space_says_so(tiny_set, tmp_path):
     assert_accounted(report, index)
 
 
+@pytest.mark.parametrize("convention, forest", [("classes", (255,)), ("0/1", ())])
+def test_jpeg_masks_are_refused_where_values_are_read_exactly(tiny_set, tmp_path, convention, forest):
+    """JPEG noise moves a class id (255 read as 251-254): 0/1 and class masks must be lossless."""
+    _, mask = rows_of(tiny_set)[BAD_ROW]
+    for _, m in rows_of(tiny_set):  # lossless masks of the convention, but one JPEG
+        truth = decode_mask(tiny_set / "masks" / m)
+        values = truth * (255 if convention == "classes" else 1)
+        Image.fromarray(values.astype(np.uint8)).save(tiny_set / "masks" / m, format="JPEG" if m == mask else "PNG")
+    index, report = build_index(tiny_set, tmp_path / "images.npy", tmp_path / "masks.npy", convention, forest)
+    [skipped] = report["skipped_pairs"]
+    assert skipped["mask"] == mask and "is a JPEG: its lossy compression moves class values" in skipped["reason"]
+    assert report["valid"] == ROWS - 1
+
+
 def test_tif_tiles_are_indexed(tiny_set, tmp_path):
     """The decoder reads TIFF, so tiles named <scene>_sat_<rc>.tif (and .tif masks) are a layout too."""
     image, mask = rows_of(tiny_set)[BAD_ROW]

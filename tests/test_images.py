@@ -75,3 +75,13 @@ def test_a_cmyk_jpeg_is_refused_with_its_own_reason() -> None:
     with pytest.raises(ImageError) as refused:
         decode(out.getvalue())
     assert str(refused.value) == "is a CMYK JPEG; convert it to RGB"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_picture_over_pillows_pixel_limit_is_refused_in_every_format(fmt: str, monkeypatch) -> None:
+    """Pillow refuses a PNG over 2 x MAX_IMAGE_PIXELS; a JPEG, decoded by simplejpeg, is held to the same."""
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 90, 20)).save(buf, format=fmt)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1200 px > 2 x 500
+    with pytest.raises(ImageError, match="is too large to read whole"):
+        decode(buf.getvalue())
