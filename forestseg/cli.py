@@ -248,6 +248,30 @@ def _scene_images(pictures: list[Path]) -> list[np.ndarray]:
     return images
 
 
+CHUNK_PIXELS = 32 * 1024 * 1024  # pixels of the pictures decoded in one step (two steps are held: read-ahead)
+
+
+def _groups(pictures: list[Path], chunk: int, budget: int = CHUNK_PIXELS) -> list[list[Path]]:
+    """The pictures in steps of at most `chunk` images and `budget` pixels (one image at least), sized
+    from their headers: 32 Kaggle tiles share a step, but 32 drone photos of 8000x8000 px would hold
+    12 GB decoded with the next step read ahead."""
+    groups: list[list[Path]] = []
+    group: list[Path] = []
+    pixels = 0
+    for path in pictures:
+        try:
+            with Image.open(path) as im:
+                n = im.width * im.height
+        except Exception:  # unreadable: the decode reports it
+            n = 0
+        if group and (len(group) == chunk or pixels + n > budget):
+            groups.append(group)
+            group, pixels = [], 0
+        group.append(path)
+        pixels += n
+    return groups + [group] if group else groups
+
+
 def _predict_pictures(
     predictor: Predictor, pictures: list[Path], args: argparse.Namespace, chunk: int = 32
 ) -> tuple[list[str], int]:
@@ -269,7 +293,7 @@ def _predict_pictures(
         if args.overlay:
             write_with(args.out / f"{path.stem}_overlay.png", lambda p: Image.fromarray(overlay(image, mask)).save(p))
 
-    groups = [pictures[i : i + chunk] for i in range(0, len(pictures), chunk)]
+    groups = _groups(pictures, chunk)
     with (
         ThreadPoolExecutor(2) as pool,
         tqdm(total=len(pictures), desc="predict", unit="image", disable=None if pictures else True) as bar,

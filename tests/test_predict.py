@@ -582,3 +582,22 @@ def test_the_model_files_threshold_is_the_cut_predict_uses(checkpoint, scene, tm
     with pytest.raises(SystemExit):
         main(["predict", str(path), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--precision", "fp32"])
     assert np.array_equal(read_mask(tmp_path / "out/a_mask.png"), logits > cut)
+
+
+def test_pictures_are_decoded_in_steps_bounded_by_pixels_not_only_count(tmp_path) -> None:
+    """Steps of at most `chunk` images and CHUNK_PIXELS pixels, from the headers: tiles share a step,
+    a large photo takes one alone (the next step is read ahead, so two steps are held at once)."""
+    from forestseg.cli import _groups
+
+    names = []
+    for i, side in enumerate([64, 64, 64, 300, 64, 64, 64, 64, 64]):
+        names.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (side, side)).save(names[-1])
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # counted as 0 px: its decode reports it
+    groups = _groups([*names, tmp_path / "broken.png"], chunk=4, budget=4 * 64 * 64)
+    assert [[p.name for p in g] for g in groups] == [
+        ["0.png", "1.png", "2.png"],
+        ["3.png"],  # 300x300 px alone: over the budget, but a step holds one image at least
+        ["4.png", "5.png", "6.png", "7.png"],  # four tiles: the count limit
+        ["8.png", "broken.png"],
+    ]
