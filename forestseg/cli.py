@@ -39,7 +39,10 @@ AREA_COLUMNS = [
 
 
 # a raster's companions (world files, projections, overviews, GDAL's .aux.xml): never reported as skipped
-SIDECAR_SUFFIXES = {".tfw", ".tifw", ".jgw", ".jpgw", ".pgw", ".pngw", ".bpw", ".j2w", ".wld", ".prj", ".ovr", ".xml"}
+SIDECAR_SUFFIXES = {
+    *(".tfw", ".tifw", ".tiffw", ".jgw", ".jpgw", ".jpegw", ".pgw", ".pngw", ".bpw", ".bmpw", ".j2w", ".wld"),
+    *(".prj", ".ovr", ".xml"),
+}
 
 
 def _inputs(paths: list[Path]) -> list[Path]:
@@ -345,7 +348,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
         share = (
             "no valid pixels" if a.forest_share is None else f"{a.forest_share:.1%} of {a.valid_ha:.2f} ha with data"
         )
-        own = "the reprojected" if opts.reproject else "the input's"  # a reprojected raster has a new grid
+        own = "the reprojected" if a.reprojected else "the input's"  # a reprojected raster has a new grid
         grid = (
             f"predicted at {a.model_pixel_size_m:g} m, mask on {own} {a.pixel_size_m:g} m grid"
             if a.resampled

@@ -181,11 +181,6 @@ def _load_pair(
             f"{mask} has transparent pixels ({msk_picture.kind}); forest must be in a mask's values, not its "
             "transparency: flatten it onto the background colour"
         )
-    if convention in ("0/1", "classes") and "JPEG" in msk_picture.kind:
-        raise BadPair(
-            f"{mask} is a JPEG: its lossy compression moves class values (a forest 255 read as 251-254), and "
-            f"data.masks {convention!r} reads values exactly; save the masks lossless (PNG)"
-        )
     msk = msk_picture.pixels
     if img.pixels.shape[:2] != size:
         raise BadPair(f"image is {img.pixels.shape[1]}x{img.pixels.shape[0]}, the set's tiles are {size[1]}x{size[0]}")
@@ -194,9 +189,15 @@ def _load_pair(
             f"mask is {msk.shape[1]}x{msk.shape[0]}, its image is {img.pixels.shape[1]}x{img.pixels.shape[0]}"
         )
     try:
-        return img.pixels, forest_of(msk, convention, forest), summarize(msk)
-    except MaskMismatch as e:
+        forest_map = forest_of(msk, convention, forest)
+    except MaskMismatch as e:  # checked first: a set of misfits says which convention it looks like
         raise Misfit(f"mask does not fit data.masks {convention!r}: {e}", summarize(msk)) from None
+    if convention in ("0/1", "classes") and "JPEG" in msk_picture.kind:
+        raise BadPair(
+            f"{mask} is a JPEG: its lossy compression moves class values (a forest 255 read as 251-254), and "
+            f"data.masks {convention!r} reads values exactly; save the masks lossless (PNG)"
+        )
+    return img.pixels, forest_map, summarize(msk)
 
 
 def _tile_size(root: Path, names: list[str]) -> tuple[int, int]:
@@ -252,9 +253,11 @@ def build_index(
     masks: str = "0/255",
     forest: tuple = (),
     workers: int | None = None,
+    training: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """Validate and decode every pair listed in meta_data.csv of the Kaggle-layout folder at (or
-    nested inside) `root`; masks are read with convention `masks` (see forestseg.masks).
+    nested inside) `root`; masks are read with convention `masks` (see forestseg.masks). `training`:
+    a set whose masks are all forest stops (nothing to learn); scoring one (evaluate) is fine.
 
     Writes the packed arrays (atomically) and returns (index, report). Index columns: image, mask,
     scene, forest_pixels, pixels, forest_fraction; row i is row i of the packed arrays.
@@ -346,6 +349,7 @@ def build_index(
                 skipped,
                 sum(k["forest_pixels"] for k in kept),
                 len(kept) * size[0] * size[1],
+                training,
             )
             _cut(msk_tmp, packed_masks, len(kept))
         _cut(img_tmp, images, len(kept))
@@ -392,6 +396,7 @@ def _check_convention(
     skipped: list[dict],
     forest_pixels: int,
     pixels: int,
+    training: bool = True,
 ) -> None:
     """Stop when the set as a whole looks like another mask convention than data.masks."""
     shown = [list(f) if isinstance(f, tuple) else f for f in forest]
@@ -407,10 +412,11 @@ def _check_convention(
         raise DataError(
             f"{where}, but no pixel of any mask is forest under it ({stats.found()}); {stats.suggest(masks)}"
         )
-    if kept and forest_pixels == pixels:  # nothing to learn, and an all-forest baseline of IoU 1
+    if training and kept and forest_pixels == pixels:  # nothing to learn, and an all-forest baseline of IoU 1
+        others = f"; {len(skipped)} other pair(s) skipped, see the index report" if skipped else ""
         raise DataError(
-            f"{where}, but every pixel of every mask is forest under it ({stats.found()}): inverted masks, or "
-            "data.forest naming the background? check data.masks and data.forest against the values found"
+            f"{where}, but every pixel of the {kept} kept masks is forest under it ({stats.found()}{others}): "
+            "inverted masks, or data.forest naming the background? check data.masks and data.forest"
         )
 
 

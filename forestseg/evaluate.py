@@ -96,7 +96,9 @@ def evaluate_tiles(
     read as the index reads them; tiles are taken at the model's pixel size. With `adapt_bn`,
     each scene is scored by the model adapted to its own tiles (`Predictor.adapted`)."""
     with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
-        index, report = build_index(data, Path(tmp) / "images.npy", Path(tmp) / "masks.npy", masks, forest)
+        index, report = build_index(
+            data, Path(tmp) / "images.npy", Path(tmp) / "masks.npy", masks, forest, training=False
+        )
         if report["skipped"]:
             log(
                 f"evaluate: {report['skipped']} pair(s) of {data} skipped as the index skips them "

@@ -45,6 +45,7 @@ from .predict import BLOCK, Predictor
 from .windows import sample_windows
 
 RASTER_SUFFIXES = {".tif", ".tiff"}
+MAP_SUFFIXES = RASTER_SUFFIXES | {".jp2", ".vrt"}  # read by GDAL: one it cannot read stops the run
 # read as pictures unless their sidecars (world file, .aux.xml) give them a CRS and a grid; any other
 # file GDAL reads is a raster when it has a georeference
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -104,6 +105,7 @@ class ForestArea:
     forest_share: float | None  # forest_ha / valid_ha; None when nothing is valid
     mask: str
     polygons: int | None = None  # forest polygons written (with --polygons)
+    reprojected: bool = False  # the mask is on a grid warped to another CRS (--reproject to another one)
 
 
 def parse_crs(text: str) -> CRS:
@@ -238,21 +240,40 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _names(folder: Path) -> frozenset[str]:
-    """The lower-cased names in a folder, listed once per folder of a run."""
-    return frozenset(f.name.lower() for f in folder.iterdir()) if folder.is_dir() else frozenset()
+def _listing(folder: Path, mtime_ns: int) -> frozenset[str]:
+    """The lower-cased names in a folder: listed once per folder and version of it (its mtime)."""
+    return frozenset(f.name.lower() for f in folder.iterdir())
+
+
+def _has_sidecar(path: Path) -> bool:
+    """Whether a world file or GDAL's .aux.xml lies beside `path` (any letter case)."""
+    stem, name = path.stem.lower(), path.name.lower()
+    wanted = [n for s in PICTURE_SIDECARS for n in (stem + s, name + s)]
+    try:
+        folder = path.parent.resolve()
+        names = _listing(folder, folder.stat().st_mtime_ns)
+    except OSError:  # a folder that cannot be listed: look for each name as written and in upper case
+        return any(_exists(path.parent / n) or _exists(path.parent / n.upper()) for n in wanted)
+    return any(n in names for n in wanted)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def is_map(path: Path) -> bool:
-    """Whether `path` is mapped as a raster rather than predicted as a picture: a JPEG, PNG or BMP only
-    when its sidecars give GDAL both a CRS and a pixel grid (a world file alone gives no CRS, so no
-    area); any other file (a GeoTIFF, JPEG 2000, VRT) always, so `check_raster` reads it with GDAL
-    and says why it cannot, or returns None when it has no georeference at all."""
-    if path.suffix.lower() not in PICTURE_SUFFIXES:
+    """Whether `path` is mapped as a raster rather than predicted as a picture: a GeoTIFF, JPEG 2000 or
+    VRT always (`check_raster` reads it with GDAL and says why it cannot, or returns None when it has
+    no georeference at all); a JPEG, PNG or BMP only when its sidecars give GDAL both a CRS and a
+    pixel grid (a world file alone gives no CRS, so no area); a file of another type named on the
+    command line when GDAL finds a CRS and a grid in it (else Pillow reads it, or says why not)."""
+    suffix = path.suffix.lower()
+    if suffix in MAP_SUFFIXES:
         return True
-    names = _names(path.parent)
-    stem, name = path.stem.lower(), path.name.lower()
-    if not any(stem + s in names or name + s in names for s in PICTURE_SIDECARS):
+    if suffix in PICTURE_SUFFIXES and not _has_sidecar(path):
         return False  # no GDAL open per picture of a plain folder of photos
     try:
         with _open(path) as src:
@@ -634,6 +655,7 @@ def map_forest(
         forest_share=writer.forest / writer.valid if writer.valid else None,
         mask=str(paths["mask"]),
         polygons=polygons,
+        reprojected=reproject,
     )
 
 

@@ -75,10 +75,11 @@ def decode(data: bytes) -> Picture:
             height, width, space, _ = simplejpeg.decode_jpeg_header(data)
             if space not in ("YCbCr", "RGB", "Gray"):
                 raise ImageError(f"is a {space} JPEG; convert it to RGB")
-            if height * width > 2 * Image.MAX_IMAGE_PIXELS:  # the limit Pillow puts on every other format
+            limit = Image.MAX_IMAGE_PIXELS  # the limit Pillow puts on every other format (None: lifted)
+            if limit is not None and height * width > 2 * limit:
                 raise ImageError(
                     f"is too large to read whole ({width}x{height} px, over Pillow's limit of "
-                    f"{2 * Image.MAX_IMAGE_PIXELS} px); cut it into tiles, or make it a GeoTIFF (gdal_translate) to "
+                    f"{2 * limit} px); cut it into tiles, or make it a GeoTIFF (gdal_translate) to "
                     "map it window by window"
                 )
             pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if space == "Gray" else "RGB")

@@ -147,11 +147,24 @@ def write_report(
             if not top["diverged"]
             else f", over the {plural(top['seeds'] - top['diverged'], 'seed')} of {top['seeds']} that did not diverge"
         )
-        text = (
-            f"**{top['combination']}** has the highest mean test mIoU, {_pm(top['test_miou_mean'], top['test_miou_std'])} "
+        scores = (
+            f"{_pm(top['test_miou_mean'], top['test_miou_std'])} "
             f"(forest IoU {_pm(top['test_iou_mean'], top['test_iou_std'])}{failed})"
         )
-        if len(ranked) > 1:
+        # report.rank puts combinations with a diverged seed last: the top one may not have the highest mean
+        higher = ranked[(ranked["diverged"] > 0) & (ranked["test_miou_mean"] > top["test_miou_mean"])]
+        if len(higher):
+            text = (
+                f"**{top['combination']}** ranks first, with test mIoU {scores}: no seed of it diverged, while "
+                + ", ".join(
+                    f"{r['combination']} ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged) has a higher mean "
+                    f"over the rest, {r['test_miou_mean']:.4f}"
+                    for _, r in higher.iterrows()
+                )
+            )
+        else:
+            text = f"**{top['combination']}** has the highest mean test mIoU, {scores}"
+        if len(ranked) > 1 and not len(higher):
             runner = ranked.iloc[1]
             gap = top["test_miou_mean"] - runner["test_miou_mean"]
             text += f", {gap:+.4f} mIoU over {runner['combination']}"

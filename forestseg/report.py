@@ -108,12 +108,16 @@ def load_scene_counts(run_names: list[str], runs_dir: Path) -> tuple[pd.DataFram
             raise ForestsegError(
                 f"{path}: no column {', '.join(lacking)} (expected scene,tiles,{','.join(SCENE_COUNTS)}); {redo}"
             )
-        try:  # counts are whole numbers of pixels, summed over seeds
-            part[["tiles", *SCENE_COUNTS]] = part[["tiles", *SCENE_COUNTS]].astype("int64")
-        except (ValueError, TypeError) as e:
+        counts = part[["tiles", *SCENE_COUNTS]].apply(pd.to_numeric, errors="coerce")
+        whole = (counts.notna() & (counts % 1 == 0) & (counts >= 0)).to_numpy()
+        if not whole.all():  # pixel counts, summed over seeds: a cast would round 3.5 to 3
+            row, column = (int(i[0]) for i in (~whole).nonzero())
+            name_ = counts.columns[column]
             raise ForestsegError(
-                f"{path}: counts that are not whole numbers ({' '.join(str(e).split())}); {redo}"
-            ) from None
+                f"{path}: counts that are not whole numbers >= 0 (row {row + 1}, {name_}: "
+                f"{part[name_].iloc[row]}); {redo}"
+            )
+        part[["tiles", *SCENE_COUNTS]] = counts.astype("int64")
         parts.append(part.assign(run=name))
     columns = ["run", "scene", "tiles", *SCENE_COUNTS]
     return (pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)), missing

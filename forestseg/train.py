@@ -243,10 +243,13 @@ class RunState:
 
 def divergence_reference(loss_fn: Callable, out: torch.Tensor, masks: torch.Tensor, first: float) -> float:
     """The loss later batches are held against (train.diverge_factor x it): the first batch's loss
-    `first`, or that of an all-zero output on it (chance level) where higher. A model fine-tuned from
-    init_from can score near 0 on its first batch, and a harder batch after it would read as a blow-up."""
+    `first`, or that of an output at the loss's cut everywhere (no answer either way) where higher.
+    A model fine-tuned from init_from can score near 0 on its first batch, and a harder batch after
+    it would read as a blow-up. (An all-zero output is no yardstick for mse_logits: it is the right
+    answer on a batch without forest.)"""
+    cut = getattr(loss_fn, "threshold", 0.0)
     with torch.no_grad():
-        chance = loss_fn(torch.zeros_like(out, dtype=torch.float32), masks).item()
+        chance = loss_fn(torch.full_like(out, cut, dtype=torch.float32), masks).item()
     return max(first, chance) if math.isfinite(first) else first
 
 

@@ -541,6 +541,39 @@ def test_georeferenced_files_of_other_formats_are_mapped(
     assert meta["crs"] == rasterio.crs.CRS.from_string(UTM) and mask.shape == (128, 128)
 
 
+def test_a_picture_of_another_type_named_on_the_command_line_is_predicted(checkpoint: Path, tmp_path: Path) -> None:
+    """GDAL cannot read an .ico: it is a picture for Pillow, not a raster that stops the run."""
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (64, 64), (30, 90, 30)).save(tmp_path / "in/a.ico")
+    assert cli("predict", str(checkpoint), str(tmp_path / "in/a.ico"), "-o", str(tmp_path / "out")) == 0
+    assert (tmp_path / "out/a_mask.png").is_file()
+
+
+def test_sidecars_are_found_when_added_later_and_in_a_folder_that_cannot_be_listed(
+    scene, tmp_path: Path, monkeypatch
+) -> None:
+    from forestseg import geo
+
+    tif = write_raster(tmp_path / "src/ortho.tif", scene[0][:64, :64])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    jpg = folder / "ortho.jpg"
+    Image.fromarray(scene[0][:64, :64]).save(jpg)
+    assert not geo.is_map(jpg)  # no sidecar yet: a plain picture
+    rasterio.shutil.copy(tif, tmp_path / "src/ortho.jpg", driver="JPEG", WORLDFILE="YES")
+    for name in ("ortho.wld", "ortho.jpg.aux.xml"):
+        (folder / name).write_bytes((tmp_path / "src" / name).read_bytes())
+    assert geo.is_map(jpg)  # the folder changed: listed again
+    monkeypatch.setattr(geo, "_listing", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    assert geo.is_map(jpg)  # each sidecar looked up by name instead
+
+
+def test_reproject_to_the_rasters_own_crs_says_the_inputs_grid(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    src = write_raster(tmp_path / "in/o.tif", scene[0][:128, :128])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--reproject", UTM) == 0
+    assert "predicted at the input's 0.5 m" in capsys.readouterr().out
+
+
 def test_a_bmp_with_a_world_file_is_a_picture_as_a_jpeg_is(checkpoint: Path, scene, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/a.bmp")

@@ -507,7 +507,9 @@ def test_a_combination_with_a_diverged_seed_ranks_after_those_without(tmp_path: 
     )
     assert out["best_combination"] == "mse-adam"
     assert json.loads((tmp_path / "metrics" / "headline.json").read_text())["best"] == "mse-adam"
-    assert "**mse-adam** has the highest mean test mIoU" in (tmp_path / "REPORT.md").read_text()
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "**mse-adam** ranks first, with test mIoU" in text and "no seed of it diverged, while bce-sgd" in text
+    assert "mIoU over bce-sgd" not in text  # no negative 'lead' over the one it was placed above
     # every combination with a diverged seed: the winner's line says over how many seeds
     (runs_dir / "mse-adam-1" / "metrics.json").write_text(json.dumps({"status": "diverged", "epochs": 1}))
     out = aggregate(
@@ -527,6 +529,8 @@ def test_a_combination_with_a_diverged_seed_ranks_after_those_without(tmp_path: 
         ("history.csv", "step,train_loss\n1,0.5\n", "history.csv: no column epoch, test_loss"),
         ("scenes.csv", "", "scenes.csv: cannot be read"),
         ("scenes.csv", "scene,tiles,tp,fp,fn,tn\n1,1,x,1,1,1\n", "scenes.csv: counts that are not whole numbers"),
+        ("scenes.csv", "scene,tiles,tp,fp,fn,tn\n1,1,3.5,1,1,1\n", "not whole numbers >= 0 (row 1, tp: 3.5)"),
+        ("scenes.csv", "scene,tiles,tp,fp,fn,tn\n1,1,3,-4,1,1\n", "not whole numbers >= 0 (row 1, fp: -4)"),
     ],
 )
 def test_a_malformed_run_file_is_one_line_and_writes_nothing(

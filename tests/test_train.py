@@ -264,10 +264,13 @@ def test_the_divergence_reference_is_at_least_chance_level(loss: str) -> None:
     loss_fn = losses.LOSSES[loss]
     perfect = (masks * 2 - 1) * 20 if loss != "mse_logits" else masks.clone()  # logits, or mse_logits' raw 0/1
     first = loss_fn(perfect, masks).item()
-    chance = loss_fn(torch.zeros_like(perfect), masks).item()
+    chance = loss_fn(torch.full_like(perfect, loss_fn.threshold), masks).item()  # no answer either way
     assert first < chance / 10
     assert divergence_reference(loss_fn, perfect, masks, first) == chance
     assert divergence_reference(loss_fn, perfect, masks, 10 * chance) == 10 * chance  # a high first loss stays
+    # a first batch without forest: an all-zero output is mse_logits' right answer, no yardstick
+    empty = torch.zeros_like(masks)
+    assert divergence_reference(loss_fn, torch.zeros_like(perfect) - 20 * (loss != "mse_logits"), empty, 0.0) > 0.1
 
 
 def test_diverged_carries_the_completed_epochs(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
