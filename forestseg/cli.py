@@ -117,6 +117,11 @@ def _area_error(text: str | None) -> float | None:
                 f"note: --area-error {text}: scored on every tile of {scored.get('data')}, training tiles "
                 "included (no --split), so its area bias is not one of unseen data"
             )
+        elif scored.get("seen_scenes"):
+            print(
+                f"note: --area-error {text}: {scored['seen_scenes']} of its scored scenes are scenes the model "
+                "trained on, so its area bias is not one of unseen data"
+            )
         elif scored.get("subset", "test") != "test":  # a split's other rows (rasters record no subset)
             print(
                 f"note: --area-error {text}: scored on the {scored['subset']!r} rows of {scored.get('split')}, "

@@ -132,6 +132,14 @@ def evaluate_tiles(
                 log(
                     f"evaluate: {missing} {subset} image(s) of {split} are not valid pairs of {data}; scored the other {len(rows)}"
                 )
+        scored = sorted(set(index["scene"].astype(str).to_numpy()[rows]))
+        seen = [s for s in scored if s in predictor.train_scenes]
+        if seen:
+            log(
+                f"note: {len(seen)} of the {len(scored)} scored scene(s) ({', '.join(seen[:5])}"
+                f"{', ...' if len(seen) > 5 else ''}) are scenes this model trained on (its model file's "
+                "train_scenes): their scores are not of unseen data"
+            )
         images = np.load(Path(tmp) / "images.npy", mmap_mode="r")
         truths = np.load(Path(tmp) / "masks.npy", mmap_mode="r")
         per_scene: dict[str, np.ndarray] = {}
@@ -158,6 +166,7 @@ def evaluate_tiles(
         "subset": subset if split else "all",
         "tiles": int(len(rows)),
         "adapted_scenes": len(adapted) - len(unadapted) if adapt_bn else 0,
+        "seen_scenes": len(seen),  # scored scenes the model trained on
         "pixel_size_m": predictor.pixel_size_m,
         **out,
     }

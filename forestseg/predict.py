@@ -77,6 +77,7 @@ class Predictor:
     bf16: bool = False  # autocast the forward pass to bf16 (calls near the cut can flip: README, --precision)
     tta: bool = False  # test-time augmentation: mean raw output over the 8 flips/rotations (8x the compute)
     adapt_bn: float = 0.0  # the model file's batch-norm adaptation to each scene (train.adapt_bn), the CLI's default
+    train_scenes: frozenset[str] = frozenset()  # scenes the model saw in training (older model files: unknown)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device, precision: str = "auto", tta: bool = False) -> "Predictor":
@@ -112,6 +113,7 @@ class Predictor:
             bf16,
             tta,
             float(state.get("adapt_bn", 0.0)),  # older model files: none
+            frozenset(map(str, state.get("train_scenes", ()))),
         )
 
     def adapted(self, tiles: np.ndarray, mix: float) -> "Predictor":

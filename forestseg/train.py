@@ -402,6 +402,11 @@ def train_run(
         "tile_size": int(tile),  # the square window side predict takes, as the adaptation's windows here
         "precision": "bf16" if bf16 else "fp32",  # what the run scored in (the overlays draw its calls)
         "pixel_size_m": float(pixel_size_m),
+        # the scenes this model has seen (trained on, chose its epoch or cut on, or its init_from did):
+        # evaluate notes any it is asked to score as unseen
+        "train_scenes": sorted(
+            {*train.scene_names, *(val.scene_names if val is not None else ()), *(source or {}).get("train_scenes", ())}
+        ),
     }
 
     model = build_model(model_cfg).to(device)

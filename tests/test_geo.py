@@ -882,6 +882,20 @@ def test_a_split_that_is_not_utf8_text_is_one_line(checkpoint: Path, tmp_path: P
     assert err.startswith(f"error: --split {split}: cannot be read as a UTF-8 CSV") and err.count("\n") == 1
 
 
+def test_evaluate_notes_scenes_the_model_trained_on(tmp_path: Path, capsys) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    scenes = sorted({name.split("_")[0] for name in pd.read_csv(data / "meta_data.csv")["image"]})
+    model = random_checkpoint(tmp_path / "m.pt", tile=64)
+    state = torch.load(model, weights_only=False)
+    write_model(
+        model, state.pop("weights"), {**{k: v for k, v in state.items() if k != "format"}, "train_scenes": scenes[:1]}
+    )
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(model), str(data), "-o", str(out)) == 0
+    assert f"note: 1 of the 2 scored scene(s) ({scenes[0]}) are scenes this model trained on" in capsys.readouterr().out
+    assert json.loads(out.read_text())["seen_scenes"] == 1
+
+
 def test_evaluate_says_when_adapt_bn_finds_no_window(tmp_path: Path, capsys) -> None:
     """Tiles smaller than the model's window cannot adapt it: a note, and the JSON counts 0 adapted scenes."""
     data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)

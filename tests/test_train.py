@@ -228,7 +228,26 @@ def test_checkpoint_contents(data, tmp_path: Path, uninterrupted) -> None:
     assert model["normalizer"]["per_tile"] is False
     assert model["tile_size"] == 32 and set(model["weights"]) == set(saved["model"])
     assert "optimizer" not in model and "rng" not in model
+    assert model["train_scenes"] == []  # these tiles carry no scene names
     assert not list(tmp_path.rglob(".*tmp*"))  # the atomic writes left no temp file
+
+
+def test_the_model_file_lists_the_scenes_it_trained_and_chose_on(tmp_path: Path) -> None:
+    """Train and val scenes, and those of an init_from model: evaluate notes them as not unseen."""
+
+    def named(tiles: Tiles, names: tuple[str, ...]) -> Tiles:
+        ids = torch.arange(len(tiles)) % len(names)
+        return dataclasses.replace(tiles, scenes=ids, scene_names=names)
+
+    train, test, val = (
+        named(scene_tiles(0, 2), ("11", "12")),
+        named(scene_tiles(1, 1), ("20",)),
+        named(scene_tiles(2, 1), ("30",)),
+    )
+    go((train, test), tmp_path / "a.pt", val=val)
+    assert read_model(tmp_path / "a" / "model.pt")["train_scenes"] == ["11", "12", "30"]
+    go((named(scene_tiles(3, 1), ("40",)), test), tmp_path / "b.pt", init=tmp_path / "a" / "model.pt")
+    assert read_model(tmp_path / "b" / "model.pt")["train_scenes"] == ["11", "12", "30", "40"]
 
 
 def test_validation_keeps_the_best_model(data, tmp_path: Path) -> None:
