@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .config import ConfigError, DataConfig, ForestsegError
 from .dataset import DataError
 from .device import keep_freed_memory, pick_device
+from .images import WORLD_FILE_SUFFIXES
 from .io import read_json, remove_stale_temps, write_csv, write_json, write_with
 from .predict import BLOCK, Predictor, overlay, read_rgb
 from .windows import sample_of
@@ -39,10 +40,7 @@ AREA_COLUMNS = [
 
 
 # a raster's companions (world files, projections, overviews, GDAL's .aux.xml): never reported as skipped
-SIDECAR_SUFFIXES = {
-    *(".tfw", ".tifw", ".tiffw", ".jgw", ".jpgw", ".jpegw", ".pgw", ".pngw", ".bpw", ".bmpw", ".j2w", ".wld"),
-    *(".prj", ".ovr", ".xml"),
-}
+SIDECAR_SUFFIXES = {*WORLD_FILE_SUFFIXES, ".prj", ".ovr", ".xml"}
 
 
 def _inputs(paths: list[Path]) -> list[Path]:

@@ -132,7 +132,8 @@ def evaluate_tiles(
                 log(
                     f"evaluate: {missing} {subset} image(s) of {split} are not valid pairs of {data}; scored the other {len(rows)}"
                 )
-        scored = sorted(set(index["scene"].astype(str).to_numpy()[rows]))
+        scenes = index["scene"].astype(str).to_numpy()
+        scored = sorted(set(scenes[rows]))
         seen = [s for s in scored if s in predictor.train_scenes]
         if seen:
             log(
@@ -143,7 +144,6 @@ def evaluate_tiles(
         images = np.load(Path(tmp) / "images.npy", mmap_mode="r")
         truths = np.load(Path(tmp) / "masks.npy", mmap_mode="r")
         per_scene: dict[str, np.ndarray] = {}
-        scenes = index["scene"].astype(str).to_numpy()
         adapted = {}
         for scene in dict.fromkeys(scenes[rows]):  # each scene's own statistics, from windows of its tiles
             own = [images[j] for j in rows[scenes[rows] == scene]] if adapt_bn else []

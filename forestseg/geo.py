@@ -40,6 +40,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from .errors import ForestsegError
+from .images import WORLD_FILE_SUFFIXES
 from .io import atomic_path, temp_prefix
 from .predict import BLOCK, Predictor
 from .windows import sample_windows
@@ -49,8 +50,8 @@ MAP_SUFFIXES = RASTER_SUFFIXES | {".jp2", ".vrt"}  # read by GDAL: one it cannot
 # read as pictures unless their sidecars (world file, .aux.xml) give them a CRS and a grid; any other
 # file GDAL reads is a raster when it has a georeference
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
-# files beside a picture that can georeference it for GDAL: its world file or GDAL's .aux.xml
-PICTURE_SIDECARS = (".jgw", ".jpgw", ".jpegw", ".pgw", ".pngw", ".bpw", ".bmpw", ".wld", ".aux.xml")
+# files beside a picture that can georeference it for GDAL: a world file or GDAL's .aux.xml
+PICTURE_SIDECARS = (*WORLD_FILE_SUFFIXES, ".aux.xml")
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
 SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are

@@ -68,6 +68,23 @@ def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
     return array.astype(np.uint8)  # 16-bit class ids or 0/1 values that fit 8 bits
 
 
+# world files: a picture's or raster's pixel grid, beside it (GDAL reads them; a CRS comes from .aux.xml or .prj)
+WORLD_FILE_SUFFIXES = (
+    ".tfw",
+    ".tifw",
+    ".tiffw",
+    ".jgw",
+    ".jpgw",
+    ".jpegw",
+    ".pgw",
+    ".pngw",
+    ".bpw",
+    ".bmpw",
+    ".j2w",
+    ".wld",
+)
+
+
 def decode(data: bytes) -> Picture:
     """Decode image bytes; raises ImageError for what cannot be read right."""
     if simplejpeg.is_jpeg(data):

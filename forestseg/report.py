@@ -177,8 +177,10 @@ def rank(summary: pd.DataFrame) -> pd.DataFrame:
     with no diverged seed before those with one (a mean over the surviving seeds flatters a
     combination that fails), then by mean BEST_BY."""
     finished = summary.dropna(subset=[f"{BEST_BY}_mean"])
-    order = finished.assign(_failed=finished["diverged"] > 0, _score=-finished[f"{BEST_BY}_mean"])
-    return finished.loc[order.sort_values(["_failed", "_score"], kind="stable").index]
+    order = finished.assign(_failed=finished["diverged"] > 0).sort_values(
+        ["_failed", f"{BEST_BY}_mean"], ascending=[True, False], kind="stable"
+    )
+    return finished.loc[order.index]
 
 
 def best_combination(summary: pd.DataFrame) -> pd.Series | None:

@@ -308,7 +308,7 @@ def train_epoch(
         if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
             raise Diverged(
                 f"{where} diverged at step {step}: loss {value:.4g} (reference {s.first_loss:.4g}: the first "
-                f"batch's loss, or an all-zero output's where higher; lr {lr:g}); lower {lr_param}",
+                f"batch's loss, or an output's at the loss's cut where higher; lr {lr:g}); lower {lr_param}",
                 s.history,
             )
         total += value * len(images)
@@ -414,7 +414,7 @@ def train_run(
         load_weights(model, source, init)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    lr = opt_cfg.lr_for(run.loss, run.optimizer)
+    lr, lr_param = opt_cfg.lr_for(run.loss, run.optimizer), opt_cfg.lr_param(run.loss, run.optimizer)
     opt = make_optimizer(run.optimizer, model.parameters(), lr, opt_cfg)
     s = RunState(model, opt, gens, ema=copy.deepcopy(model) if train_cfg.ema > 0 else None)
     step_model = torch.compile(model) if train_cfg.compile else model
@@ -442,7 +442,7 @@ def train_run(
             norm,
             bf16,
             f"run {run.name} epoch {epoch}/{train_cfg.epochs}",
-            opt_cfg.lr_param(run.loss, run.optimizer),
+            lr_param,
         )
         train_seconds = time.perf_counter() - t0
         s.test_scores = evaluate(s.evaluated, test, *eval_args)
@@ -450,7 +450,7 @@ def train_run(
             # the epoch's last steps can blow up after their loss was checked
             raise Diverged(
                 f"run {run.name} epoch {epoch}/{train_cfg.epochs} diverged: test loss {s.test_scores['loss']:.4g} "
-                f"after the epoch's last step (lr {epoch_lr:g}); lower {opt_cfg.lr_param(run.loss, run.optimizer)}",
+                f"after the epoch's last step (lr {epoch_lr:g}); lower {lr_param}",
                 s.history,
             )
         row = {

@@ -277,7 +277,7 @@ def test_a_huge_learning_rate_diverges(data, tmp_path: Path, lr: float, override
 @pytest.mark.parametrize("loss", ["bce", "mse", "mse_logits", "dice", "lovasz"])
 def test_the_divergence_reference_is_at_least_chance_level(loss: str) -> None:
     """A fine-tuned model can score near 0 on its first batch; a harder batch after it must not read
-    as a blow-up, so the yardstick is at least the loss of an all-zero output."""
+    as a blow-up, so the yardstick is at least the loss of an output at the loss's cut."""
     torch.manual_seed(0)
     masks = (torch.rand(2, 16, 16) > 0.5).float()
     loss_fn = losses.LOSSES[loss]
