@@ -270,16 +270,18 @@ def build_index(
     def skip(image: str, mask: str, reason: str) -> None:
         skipped.append({"image": image, "mask": mask, "reason": reason})
 
-    rows, seen = [], set()
+    # The same image listed twice, with the same mask or another: the first row that loads is kept,
+    # so a row that fails (say, its mask is missing) does not make a later good one a duplicate.
+    rows, later = [], {}
     for image, mask in meta.itertuples(index=False):
         problem = pair_problem(image, mask)
-        if image in seen:  # the same image twice, with the same mask or another: keep the first usable row
-            skip(image, mask, "duplicate row of meta_data.csv (image listed before)")
-        elif problem:
+        if problem:
             skip(image, mask, problem)
+        elif image in later:
+            later[image].append((image, mask))
         else:
             rows.append((image, mask))
-            seen.add(image)
+            later[image] = []
     listed = {image for image, _ in meta.itertuples(index=False)}
     unlisted = (
         sorted(p.name for p in (root / "images").glob("*") if p.name not in listed and not p.name.startswith("."))
@@ -313,11 +315,19 @@ def build_index(
             # simplejpeg releases the GIL, so threads decode on every core.
             with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
                 for (image, mask), result in zip(rows, pool.map(load, rows)):
-                    if isinstance(result, BadPair):
+                    others = later[image]
+                    while isinstance(result, BadPair):
                         if isinstance(result, Misfit):
                             misfits += 1
                             stats.add_summary(result.summary)
                         skip(image, mask, str(result))
+                        if not others:
+                            break
+                        (image, mask), others = others[0], others[1:]
+                        result = load((image, mask))
+                    for _, other in others:
+                        skip(image, other, "duplicate row of meta_data.csv (image listed before)")
+                    if isinstance(result, BadPair):
                         continue
                     k = len(kept)
                     images[k], packed_masks[k], summary = result

@@ -90,6 +90,14 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return cpu_has_fast_bf16() and torch.backends.mkldnn.is_available()
 
 
+def apply_precision(precision: str, device: torch.device) -> bool:
+    """use_bf16, for a run or prediction about to start: where it is fp32, also exact_fp32."""
+    bf16 = use_bf16(precision, device)
+    if not bf16:
+        exact_fp32(device)
+    return bf16
+
+
 def exact_fp32(device: torch.device) -> None:
     """fp32 convolutions and matmuls in full fp32 on CUDA, for a run or prediction recorded as fp32:
     cuDNN's default from Ampere on is TF32 (10 mantissa bits). torch's newer per-backend flags only:

@@ -23,7 +23,7 @@ import torch
 
 from .checkpoint import load_weights, read_model
 from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig
-from .device import exact_fp32, use_bf16
+from .device import apply_precision
 from .images import ImageError, decode
 from .layout import DataLayout
 from .loader import Normalizer, to_input
@@ -98,9 +98,7 @@ class Predictor:
         if pixel is not None and not (isinstance(pixel, (int, float)) and pixel > 0):
             raise ForestsegError(f"{path}: pixel_size_m {pixel!r} is not a positive number of metres")
         model = model.to(device, memory_format=torch.channels_last).eval()
-        bf16 = use_bf16(precision, device)
-        if not bf16:
-            exact_fp32(device)
+        bf16 = apply_precision(precision, device)
         return cls(
             model,
             norm,

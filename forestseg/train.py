@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .checkpoint import fingerprint, load_weights, read_init, read_resume, write_model, write_resume
 from .config import PIXEL_SIZE_M, ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
-from .device import exact_fp32, keep_freed_memory, pick_device, use_bf16
+from .device import apply_precision, keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
 from .loader import Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
@@ -378,9 +378,7 @@ def train_run(
             "params.yaml: train.threshold: val chooses the cut on validation scenes, and this split has none: "
             "set split.val_fraction > 0 (e.g. 0.15) or train.threshold: loss"
         )
-    bf16 = use_bf16(train_cfg.precision, device)
-    if not bf16:
-        exact_fp32(device)
+    bf16 = apply_precision(train_cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once
     gens = _generators(run.seed, train_cfg)

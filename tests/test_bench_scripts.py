@@ -123,3 +123,21 @@ def test_post_processing_calls_blur_sieve_and_snap_as_documented() -> None:
     blur = post.blurred(2.0)(logits, 0.0)
     assert not blur[0, 50, 50] and blur[0, 25, 25] and blur[1, 21, 21]  # a speck and a 3 px clearing smoothed over
     assert (post.blurred(0.5)(np.zeros((1, 8, 8), np.float32) + 1.0, 0.0)).all()  # flat logits stay flat
+
+
+def test_fused_bnrelu_checks_its_kernel_and_times_both_steps() -> None:
+    import shutil
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler (cc or gcc) to build bench/fused_bnrelu.py's kernel")
+    tiny = ["--width", "16", "--depth", "1", "--batch", "2", "--size", "32", "--steps", "1", "--repeats", "1"]
+    for precision in ("bf16", "fp32"):
+        out = subprocess.run(
+            [sys.executable, "bench/fused_bnrelu.py", "--precision", precision, *tiny],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "training fused:" in out.stdout and "fused / torch:" in out.stdout

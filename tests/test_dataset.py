@@ -247,6 +247,19 @@ def test_a_rejected_row_does_not_make_a_later_good_row_a_duplicate(tiny_set, tmp
     assert report["skipped_pairs"][0]["reason"] == "empty mask cell"
 
 
+def test_a_row_that_fails_to_load_does_not_make_a_later_good_row_a_duplicate(tiny_set, tmp_path):
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    gone = Path(mask).stem + (".tif" if mask.endswith(".png") else ".png")  # a right name, no such file
+    # a row whose mask file is not there, then the real row, then the real row again
+    edit_meta(tiny_set, lambda lines: [lines[0], f"{image},{gone}"] + lines[1:] + [f"{image},{mask}"])
+    index, report = build(tiny_set, tmp_path / "out")
+    assert (report["rows"], report["valid"], report["skipped"]) == (ROWS + 2, ROWS, 2)
+    assert index.set_index("image").loc[image, "mask"] == mask
+    reasons = {s["mask"]: s["reason"] for s in report["skipped_pairs"]}
+    assert "duplicate" not in reasons[gone] and reasons[mask].startswith("duplicate row of meta_data.csv")
+    assert_accounted(report, index)
+
+
 def test_a_cell_with_a_trailing_space_says_so(tiny_set, tmp_path):
     image, _ = rows_of(tiny_set)[BAD_ROW]
     edit_meta(tiny_set, lambda lines: [line.replace(f"{image},", f"{image} ,") for line in lines])

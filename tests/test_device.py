@@ -117,3 +117,11 @@ def test_exact_fp32_turns_tf32_off_on_cuda_only(kind: str, expected: str | None)
     finally:
         for f, value in zip(flags, before):
             f.fp32_precision = value
+
+
+@pytest.mark.parametrize("precision, exact", [("fp32", True), ("bf16", False)])
+def test_apply_precision_makes_fp32_exact_only_where_it_is_fp32(monkeypatch, precision: str, exact: bool) -> None:
+    calls = []
+    monkeypatch.setattr(device, "exact_fp32", calls.append)
+    assert device.apply_precision(precision, torch.device("cuda")) is (precision == "bf16")
+    assert calls == ([torch.device("cuda")] if exact else [])
