@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.profile_train import best_seconds  # noqa: E402
 from forestseg.config import ModelConfig  # noqa: E402
 from forestseg.device import keep_freed_memory  # noqa: E402
 from forestseg.model import Block, build_model  # noqa: E402
@@ -322,16 +323,6 @@ def max_errors(x0: torch.Tensor, fn, weight: torch.Tensor, bias: torch.Tensor) -
     return max(e.item() for e in errs)
 
 
-def time_call(fn, repeats: int = 7) -> float:  # noqa: ANN001
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return median(ts)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
@@ -369,7 +360,7 @@ def main() -> None:
         def step(f):  # noqa: ANN001, ANN202
             return lambda: f(x0.detach().requires_grad_(True)).backward(g)
 
-        ms = [1e3 * time_call(step(f)) for f in (ref, fused)]
+        ms = [1e3 * best_seconds(step(f), repeats=7) for f in (ref, fused)]
         print(f"  {c:4d} x {side:3d}: {errs[0]:.1e} / {errs[1]:.1e}; {ms[0]:6.2f} / {ms[1]:6.2f} ms")
         if errs[1] > max(2 * errs[0], 1e-5):
             sys.exit(f"fused_bnrelu: the kernel is wrong at {c} channels x {side} px: error {errs[1]:.1e}")
