@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,13 +25,22 @@ import torch
 
 from .errors import ForestsegError
 from .io import write_torch
+from .losses import LOSSES
 
 MODEL_FORMAT = "forestseg-model/1"
-RESUME_FORMAT = "forestseg-resume/2"  # 2: forestseg.optim's optimizer state, no scheduler state
+RESUME_FORMAT = "forestseg-resume/3"  # 3: numpy's RNG state as numbers (weights_only); 2: forestseg.optim's state
 
 
 def _load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
+    """torch.load of a file of ours, intact and safe: torch's reader skips the zip's checksums (a
+    flipped bit would load as other weights), so they are checked first; weights_only, since a model
+    file may come from anyone and a full pickle runs code when it is opened (ours hold only tensors,
+    containers, numbers and strings). On the CPU: RNG states must stay there."""
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"its part {bad} fails its checksum")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any) -> None:
@@ -44,6 +55,9 @@ def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any
 def read_model(path: str | Path) -> dict:
     """The model file at `path`, checked; one-line ForestsegError for anything else."""
     path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise ForestsegError(f"{path}: {what}; pass a model file, models/<run>/model.pt")
     try:
         state = _load(path)
     except Exception as e:
@@ -65,7 +79,7 @@ def read_model(path: str | Path) -> dict:
     if "weights" in state and state["weights"] is None and "message" in state:  # what train_member writes
         raise ForestsegError(
             f"{path}: run {state.get('run')} diverged and has no model ({state['message']}); "
-            "lower optimizer.lr and retrain"
+            "retrain it with the lr lowered as that says"
         )
     missing = [k for k in ("weights", "model", "normalizer", "tile_size", "threshold", "loss") if k not in state]
     if missing or state["weights"] is None:
@@ -73,7 +87,39 @@ def read_model(path: str | Path) -> dict:
             f"{path}: a {MODEL_FORMAT} file without {', '.join(missing or ['weights'])}; it was not written by "
             "forestseg's training: pass models/<run>/model.pt, or retrain (`dvc repro`)"
         )
+    problem = _field_problem(state)
+    if problem:
+        raise ForestsegError(f"{path}: {problem}; damaged or edited: copy it again, or retrain (`dvc repro`)")
     return state
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _field_problem(state: dict) -> str | None:
+    """What makes a tagged model file's contents unusable (hand-edited, damaged or foreign), or None."""
+    weights = state["weights"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "its weights are not a mapping of tensors"
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"{len(bad)} weight tensor(s) hold NaN or inf ({bad[0]})"
+    if state["loss"] not in LOSSES:
+        return f"loss {state['loss']!r} is none of {', '.join(LOSSES)}"
+    if not _number(state["threshold"]):
+        return f"threshold {state['threshold']!r} is not a finite number"
+    if not (_number(state.get("adapt_bn", 0.0)) and 0 <= state.get("adapt_bn", 0.0) <= 1):
+        return f"adapt_bn {state.get('adapt_bn')!r} is not a number from 0 to 1"
+    if not (isinstance(state["tile_size"], int) and state["tile_size"] > 0):
+        return f"tile_size {state['tile_size']!r} is not a positive whole number"
+    norm = state["normalizer"]
+    stats = [norm.get(k) for k in ("mean", "std")] if isinstance(norm, dict) else [None]
+    if not all(isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_number, v)) for v in stats):
+        return f"normalizer {norm!r} is not a mean and std of 3 finite numbers each"
+    if not all(v > 0 for v in norm["std"]):
+        return "normalizer std holds a value <= 0"
+    return None
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
@@ -119,6 +165,8 @@ def read_resume(path: str | Path, log: Callable[[str], None] = print) -> dict | 
     path = Path(path)
     if not path.exists():
         return None
+    if not path.is_file():  # the run could never write its resume file there
+        raise ForestsegError(f"{path}: is a folder where this run's resume file goes; remove it and rerun")
     try:
         state = _load(path)
     except Exception as e:  # truncated by a full disk, or not ours: start afresh rather than fail forever

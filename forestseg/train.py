@@ -62,7 +62,8 @@ class Result:
 def _rng_state(gens: dict[str, torch.Generator]) -> dict:
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # as plain numbers: resume files load with weights_only, which refuses numpy arrays
+        "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
         "torch": torch.get_rng_state(),
         **{name: g.get_state() for name, g in gens.items()},
     }
@@ -70,7 +71,8 @@ def _rng_state(gens: dict[str, torch.Generator]) -> dict:
 
 def _set_rng_state(state: dict, gens: dict[str, torch.Generator]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     for name, g in gens.items():
         g.set_state(state[name])

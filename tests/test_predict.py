@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -99,15 +101,49 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
         ("width", "size mismatch"),
         ("not a checkpoint", "damaged, cut short, or not a model file; copy it again"),
         ("cut short", "damaged, cut short, or not a model file; copy it again"),
-        ("resume file", "a resume file of a training run (forestseg-resume/2), not a model file"),
+        ("resume file", "a resume file of a training run (forestseg-resume/3), not a model file"),
+        ("runs code", "damaged, cut short, or not a model file; copy it again"),
+        ("a flipped bit", "fails its checksum"),
+        ("nan weights", "weight tensor(s) hold NaN or inf"),
+        ("threshold nan", "threshold nan is not a finite number"),
+        ("loss unknown", "loss 'nosuch' is none of"),
+        ("adapt_bn text", "adapt_bn 'x' is not a number from 0 to 1"),
+        ("tile_size 0", "tile_size 0 is not a positive whole number"),
+        ("normalizer junk", "normalizer {'junk': 1} is not a mean and std of 3 finite numbers each"),
+        ("no such file", "no such file; pass a model file"),
+        ("a folder", "is a folder; pass a model file"),
     ],
 )
 def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, change, says, capsys) -> None:
     bad = tmp_path / "bad.pt"
-    if change == "width":
+    edits = {
+        "nan weights": lambda st: next(v for v in st["weights"].values() if v.is_floating_point()).fill_(float("nan")),
+        "threshold nan": lambda st: st.update(threshold=float("nan")),
+        "loss unknown": lambda st: st.update(loss="nosuch"),
+        "adapt_bn text": lambda st: st.update(adapt_bn="x"),
+        "tile_size 0": lambda st: st.update(tile_size=0),
+        "normalizer junk": lambda st: st.update(normalizer={"junk": 1}),
+        "runs code": lambda st: st.update(note=_RunsCode(tmp_path / "ran")),
+    }
+    if change in edits:
+        state = torch.load(checkpoint, weights_only=True)
+        edits[change](state)
+        torch.save(state, bad)
+    elif change == "width":
         state = torch.load(checkpoint, weights_only=False)
         state["model"]["width"] = 16
         torch.save(state, bad)
+    elif change == "a flipped bit":  # inside a weight tensor's bytes: torch's reader would not notice
+        data = bytearray(checkpoint.read_bytes())
+        with zipfile.ZipFile(checkpoint) as z:
+            part = max(z.infolist(), key=lambda i: i.file_size if "/data/" in i.filename else 0)
+        name_len, extra_len = struct.unpack("<HH", data[part.header_offset + 26 : part.header_offset + 30])
+        data[part.header_offset + 30 + name_len + extra_len + part.file_size // 2] ^= 1
+        bad.write_bytes(bytes(data))
+    elif change == "no such file":
+        pass
+    elif change == "a folder":
+        bad.mkdir()
     elif change == "resume file":
         torch.save({"format": RESUME_FORMAT, "model": {}}, bad)
     elif change == "cut short":
@@ -122,6 +158,17 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}") and says in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ran").exists()
+
+
+class _RunsCode:
+    """Pickled as a call that touches `path` when loaded: what a malicious model file holds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.path,))
 
 
 @pytest.mark.parametrize("overlap", ["-1", str(TILE)])

@@ -318,3 +318,40 @@ def test_a_fine_tuning_run_resumes_only_with_the_same_init_file(project: Path, t
     assert "starting afresh" in out.stdout and "resuming" not in out.stdout
     kill(work, "epoch 1/")
     assert "resuming after epoch 1" in stage(work, "train", *TRAIN).stdout  # the same file: resumed
+
+
+def _flip_a_bit_in_the_largest_tensor(path: Path) -> None:
+    import struct
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        part = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[part.header_offset + 26 : part.header_offset + 30])
+    data[part.header_offset + 30 + name_len + extra_len + part.file_size // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_a_resume_file_with_a_flipped_bit_starts_afresh(tmp_path: Path) -> None:
+    """torch's reader skips the zip checksums: without the check, the run would resume from other weights."""
+    import torch
+
+    from forestseg.checkpoint import read_resume, write_resume
+
+    state = {"model": {"w": torch.arange(4096, dtype=torch.float32)}}
+    path = tmp_path / "run.pt"
+    write_resume(path, state)
+    assert torch.equal(read_resume(path)["model"]["w"], state["model"]["w"])
+    _flip_a_bit_in_the_largest_tensor(path)
+    said: list[str] = []
+    assert read_resume(path, log=said.append) is None
+    assert "fails its checksum" in said[0] and said[0].endswith("starting afresh")
+
+
+def test_a_folder_where_the_resume_file_goes_is_one_line(tmp_path: Path) -> None:
+    from forestseg.checkpoint import read_resume
+    from forestseg.config import ForestsegError
+
+    (tmp_path / "run.pt").mkdir()
+    with pytest.raises(ForestsegError, match="is a folder where this run's resume file goes; remove it and rerun"):
+        read_resume(tmp_path / "run.pt")
