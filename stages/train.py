@@ -33,11 +33,14 @@ def main(argv: list[str]) -> None:
     run = grid.runs()[0]
     if train_cfg.init_from != "none":
         read_init(train_cfg.init_from, model_cfg.weights())  # a model file first: `dvc add` is no advice for a README
-        if untracked_in_project(train_cfg.init_from) is not None:
+        init = Path(train_cfg.init_from)
+        # tracked: a .dvc file for it or a folder above it in init/ (`dvc add`); git-ignored is not enough
+        dvc_files = [p.with_name(p.name + ".dvc") for p in (init, *init.parents) if p.is_relative_to(INIT_DIR)]
+        if untracked_in_project(init) is not None or not any(f.is_file() for f in dvc_files):
             raise ForestsegError(
-                f"params.yaml: train.init_from: {train_cfg.init_from} is not tracked by DVC: every `dvc exp run` "
-                f"would commit the model file to git, and queued experiments cannot see it; run `dvc add "
-                f"{train_cfg.init_from}` and commit {train_cfg.init_from}.dvc ({INIT_DIR}/README.md)"
+                f"params.yaml: train.init_from: {init} is not tracked by DVC (no {init}.dvc): every `dvc exp run` "
+                f"would commit the model file to git or leave it out, and queued experiments and other machines "
+                f"cannot see it; run `dvc add {init}` and commit {init}.dvc ({INIT_DIR}/README.md)"
             )
     code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
     resume = RESUME_DIR / f"{run.name}.pt"

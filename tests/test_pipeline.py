@@ -264,6 +264,9 @@ def test_train_from_an_init_file_tracked_by_dvc_reruns_when_it_changes(repo: Pat
     assert untracked.returncode != 0
     assert "error: params.yaml: train.init_from: init/source.pt is not tracked by DVC" in untracked.stderr
     assert "Traceback" not in untracked.stderr
+    (repo / "init/.gitignore").write_text("/source.pt\n")  # ignored by git, still not DVC's: refused too
+    ignored = sh(repo, "dvc", "repro", check=False)
+    assert "error: params.yaml: train.init_from: init/source.pt is not tracked by DVC" in ignored.stderr
 
     sh(repo, "dvc", "add", "init/source.pt")
     first = sh(repo, "dvc", "repro")
