@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -437,6 +438,9 @@ def _as_flags(text: str) -> str:
     """A message of the params checks or the index, naming evaluate's --masks / --forest instead of
     params.yaml's data.masks / data.forest."""
     for key, flag in (("data.masks", "--masks"), ("data.forest", "--forest")):
+        # "set data.masks: '0/1'" (a params.yaml line) becomes "pass --masks '0/1'" (a command line)
+        text = re.sub(rf"\bset {re.escape(key)}: ", f"pass {flag} ", text)
+        text = re.sub(rf"\band {re.escape(key)}: ", f"and {flag} ", text)
         text = text.replace(f"params.yaml: {key}", flag).replace(key, flag)
     return text
 

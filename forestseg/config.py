@@ -447,7 +447,31 @@ def load_sections(params: Mapping, *names: str) -> tuple:
         if name not in params:
             _fail(name, "missing section (see the default params.yaml)")
         out.append(build(SECTIONS[name], name, params[name]))
+    built = dict(zip(names, out))
+    if "optimizer" in built and "train" in built:
+        check_warmup(built["optimizer"], built["train"])
+    if "train" in built and "split" in built:
+        check_threshold(built["train"], has_val=built["split"].val_fraction > 0)
     return tuple(out)
+
+
+def check_warmup(opt: "OptimizerConfig", train: "TrainConfig") -> None:
+    """Rules across the optimizer and train sections: the warmup ends before the last epoch."""
+    if opt.warmup_epochs and opt.warmup_epochs >= train.epochs:
+        _fail(
+            f"optimizer.warmup_epochs {opt.warmup_epochs}",
+            f"must be below train.epochs {train.epochs}, else the learning rate never reaches optimizer.lr",
+        )
+
+
+def check_threshold(train: "TrainConfig", has_val: bool) -> None:
+    """train.threshold: val needs validation scenes (split.val_fraction > 0, and a split that made some)."""
+    if train.threshold == "val" and not has_val:
+        _fail(
+            "train.threshold",
+            "val chooses the cut on validation scenes, and this split has none: "
+            "set split.val_fraction > 0 (e.g. 0.15) or train.threshold: loss",
+        )
 
 
 def asdict(cfg: Any) -> dict:

@@ -413,8 +413,11 @@ def _check_convention(
     where = f"{root}/masks: data.masks is {masks!r}" + (f" with data.forest {shown}" if forest else "")
     if misfits > MISFIT_STOP * (kept + misfits):
         example = next(s["reason"] for s in skipped if "does not fit data.masks" in s["reason"])
+        others = len(skipped) - misfits  # skipped for another reason: not in the count, said so
         raise DataError(
-            f"{where}, but {misfits} of {kept + misfits} masks do not fit it (e.g. {example}); {stats.suggest(masks)}"
+            f"{where}, but {misfits} of {kept + misfits} masks do not fit it (e.g. {example}"
+            + (f"; {others} other pair(s) skipped for other reasons" if others else "")
+            + f"); {stats.suggest(masks)}"
         )
     if masks == "colors" and stats.colour_masks == 0:
         raise DataError(f"{where}, but every mask is grey ({stats.found()}); {stats.suggest(masks)}")

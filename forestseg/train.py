@@ -18,7 +18,17 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import fingerprint, load_weights, read_init, read_resume, write_model, write_resume
-from .config import PIXEL_SIZE_M, ForestsegError, ModelConfig, OptimizerConfig, Run, TrainConfig, asdict
+from .config import (
+    PIXEL_SIZE_M,
+    ForestsegError,
+    ModelConfig,
+    OptimizerConfig,
+    Run,
+    TrainConfig,
+    asdict,
+    check_threshold,
+    check_warmup,
+)
 from .device import apply_precision, keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
 from .loader import Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
@@ -370,16 +380,8 @@ def train_run(
             + (" (batch norm needs 2x2 px at the deepest level)" if model_cfg.batch_norm else "")
             + f", the data's are {tile} px; lower model.depth"
         )
-    if opt_cfg.warmup_epochs and opt_cfg.warmup_epochs >= train_cfg.epochs:
-        raise ForestsegError(
-            f"params.yaml: optimizer.warmup_epochs {opt_cfg.warmup_epochs}: must be below train.epochs "
-            f"{train_cfg.epochs}, else the learning rate never reaches optimizer.lr"
-        )
-    if train_cfg.threshold == "val" and val is None:
-        raise ForestsegError(
-            "params.yaml: train.threshold: val chooses the cut on validation scenes, and this split has none: "
-            "set split.val_fraction > 0 (e.g. 0.15) or train.threshold: loss"
-        )
+    check_warmup(opt_cfg, train_cfg)
+    check_threshold(train_cfg, has_val=val is not None)
     bf16 = apply_precision(train_cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once

@@ -244,6 +244,8 @@ def main(argv: list[str]) -> int:
         ) from None
     if not exps:
         raise ForestsegError(f"{source}: no experiments; queue some with `dvc exp run --queue -S ...`")
+    if args.out.exists() and not args.out.is_dir():
+        raise ForestsegError(f"-o {args.out}: a file; -o takes a folder (it writes {TABLE} and {FIGURE} there)")
     table = ranking(exps, args.metric)
     ranked = table[table["rank"] != "-"]
     if ranked.empty:

@@ -33,7 +33,28 @@ def names() -> list[str]:
 
 
 def load(name: str) -> dict:
-    """The recipe's overrides, {section: {key: value}}."""
+    """The recipe's overrides, {section: {key: value}}, completed with the defaults (config.py's, which
+    the committed params.yaml equals) for every key another recipe sets: running one recipe after
+    another (`dvc exp run` leaves its values in params.yaml) never keeps the first one's values."""
+    recipe = _read(name)
+    for other in names():
+        for section, values in _read(other).items():
+            for key in values:
+                recipe.setdefault(section, {}).setdefault(key, _plain(getattr(SECTIONS[section](), key)))
+    return recipe
+
+
+def _plain(value):  # noqa: ANN001, ANN202
+    """A default as params.yaml writes it: lists, not tuples."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _read(name: str) -> dict:
+    """The recipe file's own overrides, {section: {key: value}}."""
     path = ROOT / "recipes" / f"{name}.yaml"
     if not path.is_file():
         raise ForestsegError(f"recipe {name!r}: no {path.relative_to(ROOT)}; recipes: {', '.join(names())}")
@@ -117,9 +138,9 @@ def set_args(recipe: dict, held: set[str]) -> list[str]:
     return out
 
 
-def _note_edits(workspace: dict) -> None:
-    """Say which params.yaml values differ from the last commit's: the recipe runs over them (a
-    `dvc exp run` leaves its values in the workspace)."""
+def _note_edits(workspace: dict, set_here: set[str]) -> None:
+    """Say which params.yaml values differ from the last commit's where neither the recipe nor -S
+    sets them (`set_here`): the experiment keeps them (a `dvc exp run` leaves its values in the workspace)."""
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
     if shown.returncode != 0:
         return
@@ -129,11 +150,12 @@ def _note_edits(workspace: dict) -> None:
         for section in sorted(set(workspace) | set(committed))
         for key in sorted(set(workspace.get(section) or {}) | set(committed.get(section) or {}))
         if (workspace.get(section) or {}).get(key) != (committed.get(section) or {}).get(key)
+        and f"{section}.{key}" not in set_here
     ]
     if edits:
         print(
-            f"note: params.yaml differs from the last commit in {', '.join(edits)}; the recipe runs over those "
-            "values (`git checkout params.yaml` for the committed ones)",
+            f"note: params.yaml differs from the last commit in {', '.join(edits)}, which this recipe does not "
+            "set: the experiment keeps the workspace's values (`git checkout params.yaml` for the committed ones)",
             file=sys.stderr,
         )
 
@@ -153,7 +175,8 @@ def main(argv: list[str]) -> int:
     name = args.name or args.recipe
     if args.set_param and not args.name:
         name += "-" + hashlib.sha1("\n".join(args.set_param).encode()).hexdigest()[:6]
-    _note_edits(workspace)
+    set_here = {f"{section}.{key}" for section, values in recipe.items() for key in values}
+    _note_edits(workspace, set_here | {".".join(_item(item)[:2]) for item in args.set_param})
     held = {f"{section}.{key}" for section, values in workspace.items() for key in values or {}}
     cmd = ["dvc", "exp", "run", "-n", name, *(["--queue"] if args.queue else []), *set_args(recipe, held)]
     for item in args.set_param:  # as given, but a mapping replaced whole, as the recipe's

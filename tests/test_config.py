@@ -199,6 +199,32 @@ def test_bad_mask_params_name_the_key(base, masks, forest, match):
 
 
 @pytest.mark.parametrize(
+    "edits, sections, match",
+    [
+        (
+            {"optimizer.warmup_epochs": 2, "train.epochs": 2},
+            ("optimizer", "train"),
+            r"^params\.yaml: optimizer\.warmup_epochs 2: must be below train\.epochs 2, else",
+        ),
+        (
+            {"train.threshold": "val", "split.val_fraction": 0.0},
+            ("split", "train"),
+            r"^params\.yaml: train\.threshold: val chooses the cut on validation scenes, and this split has none",
+        ),
+    ],
+)
+def test_rules_across_sections_are_checked_where_both_sections_load(base, edits, sections, match):
+    """So recipes/run.py, which loads every section, refuses them before DVC runs index and split."""
+    raw = base
+    for key, value in edits.items():
+        raw = changed(raw, key, value)
+    with pytest.raises(ConfigError, match=match):
+        load_sections(raw, *sections)
+    for section in sections:  # each section alone is valid
+        load_sections(raw, section)
+
+
+@pytest.mark.parametrize(
     "masks, forest, expected",
     [
         ("0/1", [], ()),
@@ -346,6 +372,16 @@ def test_every_recipe_is_valid_params(name):
 
     params = run.merged(name)
     assert load_sections(params, *SECTIONS)
+
+
+@pytest.mark.parametrize("first", sorted(p.stem for p in (REPO / "recipes").glob("*.yaml")))
+def test_a_recipe_after_another_keeps_none_of_its_values(first):
+    """`dvc exp run` leaves an experiment's values in params.yaml: each recipe must still be itself after it."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    for then in run.names():
+        assert run.merged(then, base=run.merged(first)) == run.merged(then), (first, then)
 
 
 @pytest.mark.parametrize(

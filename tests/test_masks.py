@@ -137,6 +137,16 @@ def test_0_1_masks_under_the_default_stop_and_say_which_param(kaggle_like, tmp_p
         index(kaggle_like, tmp_path)
 
 
+def test_the_misfit_count_says_how_many_pairs_were_skipped_for_other_reasons(kaggle_like, tmp_path):
+    rewrite(kaggle_like, as_01)
+    meta = kaggle_like / "meta_data.csv"
+    lines = meta.read_text().splitlines()
+    mask = lines[1].split(",")[1]
+    (kaggle_like / "masks" / mask).unlink()  # one pair skipped as missing: not among the 16 counted
+    with pytest.raises(DataError, match=r"but 15 of 15 masks do not fit it \(e\.g\. .*; 1 other pair\(s\) skipped for"):
+        index(kaggle_like, tmp_path)
+
+
 def with_unlabelled_corner(truth):
     """0/1 masks with a 255 "no label" corner: forest is 1, not 255."""
     out = truth.astype(np.uint8)

@@ -588,7 +588,7 @@ def test_evaluates_mask_advice_names_its_flags(checkpoint, tmp_path, capsys) -> 
     with pytest.raises(SystemExit) as done:
         main(["evaluate", str(checkpoint), str(data), "--masks", "0/1"])
     err = capsys.readouterr().err
-    assert done.value.code == 2 and "set --masks: '0/255'" in err and "data.masks" not in err, err
+    assert done.value.code == 2 and "pass --masks '0/255'" in err and "data.masks" not in err, err
 
 
 def test_a_folders_files_of_other_types_are_listed_as_skipped(checkpoint, tmp_path, capsys) -> None:

@@ -112,13 +112,18 @@ def test_main_writes_the_table_and_figure_and_prints_the_table(tmp_path: Path, c
             "error: bad.json: not the output of `dvc exp show --json` (an experiment without revs)",
         ),
         (["--json", "tests/fixtures/exp_show.json", "--metric", "best"], "error: --metric best: not a numeric"),
+        (
+            ["--json", "tests/fixtures/exp_show.json", "-o", "a-file.md"],
+            "error: -o a-file.md: a file; -o takes a folder",
+        ),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('[{"rev": "workspace", "experiments": [{"revs": []}]}]')
+    (tmp_path / "a-file.md").write_text("mine\n")
     args = [str(REPO / a) if (REPO / a).is_file() else a for a in args]
     out = subprocess.run(
-        [sys.executable, str(REPO / "recipes/rank.py"), *args, "-o", "out"],
+        [sys.executable, str(REPO / "recipes/rank.py"), *(args if "-o" in args else [*args, "-o", "out"])],
         cwd=tmp_path,
         capture_output=True,
         text=True,

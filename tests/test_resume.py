@@ -307,6 +307,7 @@ def test_a_fine_tuning_run_resumes_only_with_the_same_init_file(project: Path, t
     stage(work, "train", *TRAIN)  # a model of these params to start from
     (work / "init").mkdir()
     shutil.copy(work / "models/bce-adam-0/model.pt", work / "init/source.pt")
+    (work / "init/source.pt.dvc").write_text("outs:\n- path: source.pt\n")  # as `dvc add` leaves it
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"]["init_from"] = "init/source.pt"
     (work / "params.yaml").write_text(yaml.safe_dump(params))
