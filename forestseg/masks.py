@@ -44,9 +44,14 @@ def grey_of(mask: np.ndarray) -> np.ndarray:
     return mask if mask.ndim == 2 else mask[..., 0]
 
 
+def _share(x: float) -> str:
+    """A share of pixels in whole percent, or finer below 1 % (not '0%' for a value that is there)."""
+    return f"{x:.0%}" if x >= 0.01 else (f"{x:.1%}" if x >= 0.001 else "<0.1%")
+
+
 def _grey_text(counts: np.ndarray, top: int = 4) -> str:
     order = np.argsort(counts)[::-1][:top]
-    text = ", ".join(f"{v} ({counts[v] / counts.sum():.0%})" for v in order if counts[v])
+    text = ", ".join(f"{v} ({_share(counts[v] / counts.sum())})" for v in order if counts[v])
     mid = counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() / counts.sum()
     low = counts[LOW[0] : LOW[1] + 1].sum() / counts.sum()
     return (
@@ -60,7 +65,7 @@ def _colour_text(counts: np.ndarray, top: int = 4) -> str:
     order = np.argsort(counts)[::-1][:top]
     return ", ".join(
         f"({', '.join(str(255 if c == 7 else c * 32) for c in np.unravel_index(i, (8, 8, 8)))}) "
-        f"({counts[i] / counts.sum():.0%})"
+        f"({_share(counts[i] / counts.sum())})"
         for i in order
         if counts[i]
     )

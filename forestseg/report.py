@@ -330,7 +330,8 @@ def describe_setup(
                 else ""
             )
             + (
-                "; the final scores use the probability cut chosen on the validation scenes (train.threshold: val; "
+                "; the final scores use the cut chosen on the validation scenes (train.threshold: val; a cut on the "
+                "model's raw output, a logit for the logit losses: each run's `threshold` in its metrics.json; "
                 "the per-epoch curves use the loss's own cut, so their last point can differ from the tables)"
                 if train.threshold == "val"
                 else ""

@@ -268,3 +268,12 @@ def test_sample_masks_fit_the_default_convention(sample_dir, tmp_path):
     _, report, packed = index(sample_dir, tmp_path)
     assert report["valid"] == 1035 and report["skipped"] == 0
     assert set(np.unique(packed)) == {0, 1}
+
+
+def test_small_shares_of_mask_values_are_not_shown_as_zero_percent():
+    from forestseg.masks import _grey_text
+
+    counts = np.zeros(256)
+    counts[[255, 0, 254, 1]] = [6100, 3700, 33, 2]
+    text = _grey_text(counts)
+    assert text.startswith("255 (62%), 0 (38%), 254 (0.3%), 1 (<0.1%)") and "(0%)" not in text
