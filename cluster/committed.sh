@@ -4,10 +4,37 @@
 # differs restores nothing and trains the whole grid itself, silently.
 require_committed() {  # $1: who is asking, for the error line
   local changed
-  changed=$(git status --porcelain --untracked-files=no -- params.yaml dvc.yaml forestseg stages init \
-    ':(glob)**/*.dvc' | cut -c4- | tr '\n' ' ')
+  # init/ is a dep of train: a file added there (even one git would not commit yet) changes every member
+  changed=$( {
+    git status --porcelain --untracked-files=no -- params.yaml dvc.yaml forestseg stages .dvc/config ':(glob)**/*.dvc'
+    git status --porcelain --untracked-files=all -- init
+  } | cut -c4- | sort -u | tr '\n' ' ')
   if [ -n "$changed" ]; then
     echo "error: $1: ${changed}differ from the last commit, which the workers train; commit (and push) them first, or git stash them" >&2
+    exit 2
+  fi
+}
+
+# The default DVC remote, checked before anything trains. DVC reads a local remote folder that is not
+# there as an empty remote (a coordinator would train the whole grid again) and creates it on a push
+# (a worker's members would land where nobody looks): a shared folder not mounted on this machine.
+require_remote() {  # $1: who is asking; $2: read or write
+  local name url
+  name=$(dvc remote default 2>/dev/null || true)
+  if [ -z "$name" ]; then
+    echo "error: $1: no default DVC remote: \`dvc remote add -d store <url>\` and commit .dvc/config (README: Scale-out)" >&2
+    exit 2
+  fi
+  url=$(dvc config "remote.$name.url")
+  url=${url#file://}
+  case "$url" in *://*) return 0 ;; esac  # s3://, ssh://, ...: DVC reports their errors itself
+  [[ "$url" = /* ]] || url=".dvc/$url"  # DVC reads a relative remote path from the config's folder
+  if [ ! -d "$url" ]; then
+    echo "error: $1: DVC remote '$name' is the folder $url, which is not there on this machine (not mounted?); DVC would read it as empty" >&2
+    exit 2
+  fi
+  if [ "$2" = write ] && [ ! -w "$url" ]; then
+    echo "error: $1: DVC remote '$name' ($url) cannot be written from here; the members would train and not be pushed" >&2
     exit 2
   fi
 }

@@ -17,5 +17,11 @@ if [ -n "${FORESTSEG_REV:-}" ]; then
     exit 2
   fi
 fi
+require_remote coordinator read
 dvc fetch --run-cache
-dvc repro --pull "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+dvc repro --pull "$@" 2>&1 | tee "$log"
+restored=$(grep -c "Stage 'train@[^']*' is cached - skipping run" "$log" || true)
+trained=$(grep -c "Running stage 'train@" "$log" || true)
+echo "coordinator: commit $(git rev-parse HEAD): $restored member(s) restored from the run-cache, $trained trained here"

@@ -29,6 +29,8 @@ for m in "${members[@]}"; do  # every name checked before hours of training, not
     exit 2
   }
 done
+require_remote worker write  # before hours of training that could not be pushed
+echo "worker: commit $(git rev-parse HEAD): ${members[*]}"
 for m in "${members[@]}"; do
   # --pull: inputs and upstream stages that another machine already pushed are fetched, not recomputed
   dvc repro --pull "train@$m"

@@ -71,6 +71,7 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     """Machines B and C each train half of the grid (cluster/worker.sh) and push to the remote; A
     trains nothing (cluster/coordinator.sh) and writes the report over both seeds."""
     set_params(repo, GRID)
+    (tmp_path / "remote").mkdir()  # a shared folder is there before the first push (require_remote)
     sh(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
     commit(repo, "tiny grid with a shared remote")
     a, b, c = (tmp_path / name for name in "abc")
@@ -81,6 +82,9 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     out = sh(a, "bash", "cluster/coordinator.sh")
     assert not MEMBERS & ran(out), out.stdout
     assert restored(out) >= MEMBERS
+    assert re.search(
+        r"coordinator: commit [0-9a-f]{40}: 2 member\(s\) restored from the run-cache, 0 trained here", out.stdout
+    )
     assert "aggregate" in ran(out) and seeds_in_summary(a) == 2
     assert (a / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
 
@@ -140,3 +144,70 @@ def test_the_coordinator_refuses_another_revision_than_the_workers_cloned(repo: 
         "error: coordinator: FORESTSEG_REV=origin/never-fetched is no commit of this checkout; "
         "git fetch it (or fix the name)\n"
     )
+
+
+@pytest.mark.parametrize("script", ["worker.sh bce-adam-0", "coordinator.sh"])
+def test_a_remote_folder_that_is_not_there_stops_before_anything_trains(
+    repo: Path, tmp_path: Path, script: str
+) -> None:
+    """DVC reads a missing local remote as empty (the coordinator would retrain the grid) and creates it on
+    a push (the worker's members would land where nobody looks): a shared folder not mounted here."""
+    set_params(repo, GRID)
+    sh(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "not-mounted/remote"))
+    commit(repo, "a remote on a shared folder")
+    out = sh(repo, "bash", *f"cluster/{script}".split(), check=False)
+    who = script.split(".")[0]
+    assert out.returncode == 2 and not ran(out), out.stdout
+    assert out.stderr == (
+        f"error: {who}: DVC remote 'store' is the folder {tmp_path}/not-mounted/remote, which is not there on this "
+        "machine (not mounted?); DVC would read it as empty\n"
+    )
+    assert not (tmp_path / "not-mounted").exists()
+
+
+@pytest.mark.parametrize("change", ["a file added to init/", ".dvc/config edited"])
+def test_a_worker_refuses_an_init_file_or_dvc_config_the_commit_does_not_have(repo: Path, change: str) -> None:
+    set_params(repo, GRID)
+    commit(repo, "tiny grid")
+    if change == "a file added to init/":
+        (repo / "init/notes.txt").write_text("mine")  # init/ is a dep of train: every member would differ
+        named = "init/notes.txt"
+    else:
+        sh(repo, "dvc", "remote", "add", "-d", "other", "/elsewhere")
+        named = ".dvc/config"
+    out = sh(repo, "bash", "cluster/worker.sh", "bce-adam-0", check=False)
+    assert out.returncode == 2 and not ran(out), out.stdout
+    assert out.stderr.startswith(f"error: worker: {named} differ from the last commit"), out.stderr
+
+
+@pytest.mark.parametrize(
+    "rev, task, says",
+    [
+        (None, ("0", "0", "1"), "error: FORESTSEG_REV=: export the commit's full hash before sbatch"),
+        ("main", ("0", "0", "1"), "error: FORESTSEG_REV=main: export the commit's full hash before sbatch"),
+        ("HEAD", ("3", "0", "2"), "error: task 3 is not on the array's step 2 from 0; submit a range"),
+    ],
+)
+def test_a_slurm_task_needs_one_commit_and_its_place_on_the_array(
+    repo: Path, tmp_path: Path, rev: str | None, task: tuple[str, str, str], says: str
+) -> None:
+    """Run as Slurm runs it (its variables set by hand): a branch name would resolve when each task starts."""
+    import os
+
+    task_id, first, step = task
+    env = {
+        **os.environ,
+        "SLURM_ARRAY_TASK_COUNT": "4",
+        "SLURM_ARRAY_TASK_ID": task_id,
+        "SLURM_ARRAY_TASK_MIN": first,
+        "SLURM_ARRAY_TASK_STEP": step,
+        "SLURM_ARRAY_JOB_ID": "7",
+        "SLURM_SUBMIT_DIR": str(repo),
+        "TMPDIR": str(tmp_path),
+    }
+    env.pop("FORESTSEG_REV", None)
+    if rev is not None:
+        env["FORESTSEG_REV"] = sh(repo, "git", "rev-parse", "HEAD").stdout.strip() if rev == "HEAD" else rev
+    out = subprocess.run(["bash", "cluster/slurm.sbatch"], cwd=repo, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith(says), out.stderr
+    assert not list(tmp_path.glob("forestseg-7-*"))  # the task's clone is removed, failed or not
