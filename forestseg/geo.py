@@ -208,7 +208,8 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
         alpha = [b for b in opts.bands if src.colorinterp[b - 1] == ColorInterp.alpha]
         if alpha:
             raise ForestsegError(
-                f"--bands {bands}: band {alpha[0]} of {path} is its alpha (transparency) band, not a colour"
+                f"--bands {bands}: band {alpha[0]} of {path} is its alpha (transparency) band, not a colour; if it "
+                f"is a colour or near-infrared band, untag it: gdal_edit.py -colorinterp_{alpha[0]} undefined {path.name}"
             )
         dtypes = {src.dtypes[b - 1] for b in opts.bands}
         if dtypes != {"uint8"}:
@@ -226,18 +227,43 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
             )
         try:
             unit_name, unit_m = crs.linear_units_factor
-        except CRSError:
+        except CRSError:  # an engineering (local) CRS has no projection, but has its unit
+            unit_name, unit_m = _local_unit(crs)
+        if unit_m is None:
             raise ForestsegError(
                 f"{path}: the linear unit of its CRS ({_crs_name(crs)}) is unknown, so areas cannot be "
                 "computed; reproject it with --reproject EPSG:<code>"
             ) from None
         notes = []
+        for b in range(1, src.count + 1):
+            if b not in opts.bands and src.colorinterp[b - 1] == ColorInterp.alpha and _not_an_alpha(src, b):
+                notes.append(
+                    f"{path.name}: band {b} is tagged alpha (transparency) but holds values other than 0 and 255; "
+                    f"if it is a near-infrared band, its 0 pixels were left out as nodata: untag it with "
+                    f"gdal_edit.py -colorinterp_{b} undefined {path.name}"
+                )
         chosen = [src.colorinterp[b - 1] for b in opts.bands]
         if chosen == [ColorInterp.blue, ColorInterp.green, ColorInterp.red]:
             order = ",".join(str(opts.bands[i]) for i in (2, 1, 0))
             notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
         _check_scale(path, src, crs, float(unit_m))
         return Raster(path, crs, float(unit_m), tuple(notes))
+
+
+def _local_unit(crs: Any) -> tuple[str, float | None]:
+    """The unit of an engineering (LOCAL_CS) CRS in metres, or (name, None) where it has none."""
+    try:
+        name, factor = crs.units_factor
+    except CRSError:
+        return "unknown", None
+    return name, float(factor) if factor else None
+
+
+def _not_an_alpha(src: Any, band: int, side: int = 256) -> bool:
+    """Whether an alpha-tagged band holds values other than 0 and 255 (read decimated): a 4th colour
+    band, such as near-infrared, that GDAL tags alpha by default would, and a real alpha rarely does."""
+    values = src.read(band, out_shape=(min(side, src.height), min(side, src.width)))
+    return bool(((values != 0) & (values != 255)).mean() > 0.01)
 
 
 @functools.lru_cache(maxsize=16)
@@ -741,6 +767,17 @@ def _ring_area(ring: list) -> float:
     return abs(float(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1]))) / 2
 
 
+def _right_hand(coordinates: list) -> list:
+    """A polygon's rings as RFC 7946 orders them: the outer ring counterclockwise, holes clockwise
+    (GDAL traces a south-up raster's rings the other way round)."""
+
+    def signed(ring: list) -> float:
+        xs, ys = np.array([p[0] for p in ring]), np.array([p[1] for p in ring])
+        return float(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1]))
+
+    return [list(r) if (signed(r) > 0) == (i == 0) else list(r)[::-1] for i, r in enumerate(coordinates)]
+
+
 def polygon_area(coordinates: list) -> float:
     """Area of a GeoJSON polygon's coordinates (outer ring minus holes), in squared CRS units."""
     return _ring_area(coordinates[0]) - sum(_ring_area(r) for r in coordinates[1:])
@@ -781,10 +818,10 @@ def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float
             if area < min_area_m2:
                 continue
             if epsg:
-                geometry = {"type": "Polygon", "coordinates": _rounded(geometry["coordinates"], 3)}
+                geometry = {"type": "Polygon", "coordinates": _rounded(_right_hand(geometry["coordinates"]), 3)}
             else:
                 geometry = transform_geom(ds.crs, "EPSG:4326", geometry)
-                geometry = {"type": "Polygon", "coordinates": _rounded(geometry["coordinates"], 8)}
+                geometry = {"type": "Polygon", "coordinates": _rounded(_right_hand(geometry["coordinates"]), 8)}
             feature = {"type": "Feature", "properties": {"area_m2": round(area, 2)}, "geometry": geometry}
             f.write((",\n" if written else "") + json.dumps(feature))
             written += 1

@@ -371,6 +371,35 @@ def test_band_order_and_extra_bands(checkpoint: Path, scene, tmp_path: Path) -> 
         assert np.array_equal(read(tmp_path / f"out-{folder}/x_mask.tif")[0], reference), folder
 
 
+def test_a_near_infrared_band_tagged_alpha_gets_a_note(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """GDAL tags a 4th band of an RGB TIFF as alpha by default: an RGBN file's NIR then hides pixels."""
+    image = scene[0]
+    nir = np.full(image.shape[:2], 120, np.uint8)
+    nir[:50, :50] = 0  # dark water in near-infrared: read as transparent
+    write_raster(tmp_path / "in/rgbn.tif", np.dstack([image, nir]), nodata=None)  # band 4 tagged alpha
+    with rasterio.open(tmp_path / "in/rgbn.tif") as ds:
+        assert ds.colorinterp[3] == rasterio.enums.ColorInterp.alpha
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    out = capsys.readouterr().out
+    assert "rgbn.tif: band 4 is tagged alpha (transparency) but holds values other than 0 and 255" in out
+    assert "gdal_edit.py -colorinterp_4 undefined rgbn.tif" in out
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--bands", "2,3,4") == 2
+    assert "untag it: gdal_edit.py -colorinterp_4 undefined rgbn.tif" in capsys.readouterr().err
+
+
+def test_an_engineering_crs_in_metres_is_mapped_at_its_unit(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """A site grid (LOCAL_CS) has no projection, so no lon/lat, but its unit gives the pixels' size."""
+    local = (
+        'LOCAL_CS["site grid",LOCAL_DATUM["arbitrary",0],UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    )
+    image = scene[0]
+    write_raster(tmp_path / "in/site.tif", image, crs=rasterio.crs.CRS.from_wkt(local), nodata=None)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    assert row["pixel_size_m"] == 0.5 and not row["resampled"]
+    assert row["valid_ha"] == pytest.approx(image.shape[0] * image.shape[1] * 0.25 / 1e4)
+
+
 def test_geographic_raster_is_refused_unless_reprojected(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     image = with_nodata_corner(scene[0])
     src = tmp_path / "wgs84.tif"
@@ -661,6 +690,27 @@ def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> No
     )
     kept = [f["properties"]["area_m2"] for f in json.loads((tmp_path / "big/o_forest.geojson").read_text())["features"]]
     assert kept and min(kept) >= 50 and sorted(kept) == sorted(a for a in areas if a >= 50)
+
+
+@pytest.mark.parametrize("south_up", [False, True])
+def test_polygon_rings_follow_the_right_hand_rule(checkpoint: Path, scene, tmp_path: Path, south_up: bool) -> None:
+    """RFC 7946: outer rings counterclockwise, holes clockwise, whichever way the raster's rows run."""
+    image = scene[0]
+    src = tmp_path / "in/o.tif"
+    write_raster(src, image, nodata=None)
+    if south_up:  # the same pixels with rows running north
+        with rasterio.open(src, "r+") as ds:
+            ds.transform = rasterio.Affine(0.5, 0, 500000, 0, 0.5, 5000000 - 0.5 * image.shape[0])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--polygons") == 0
+    features = json.loads((tmp_path / "out/o_forest.geojson").read_text())["features"]
+
+    def signed(ring: list) -> float:
+        xs, ys = np.array(ring).T
+        return float(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1]))
+
+    rings = [(i, signed(r)) for f in features for i, r in enumerate(f["geometry"]["coordinates"])]
+    assert rings and any(i for i, _ in rings)  # some holes too
+    assert all((area > 0) == (i == 0) for i, area in rings)
 
 
 def test_polygon_area_subtracts_holes() -> None:
