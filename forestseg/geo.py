@@ -384,6 +384,11 @@ class Grid:
         t = self.transform
         return math.hypot(t.a, t.d) * unit_m, math.hypot(t.b, t.e) * unit_m
 
+    def skew(self) -> float:
+        """|cos| of the angle between the pixel's sides: 0 for square (or rotated) pixels, > 0 for sheared ones."""
+        t = self.transform
+        return abs(t.a * t.b + t.d * t.e) / (math.hypot(t.a, t.d) * math.hypot(t.b, t.e))
+
     def pixel_area_m2(self, unit_m: float) -> float:
         t = self.transform
         return abs(t.a * t.e - t.b * t.d) * unit_m**2
@@ -592,7 +597,10 @@ def map_forest(
             valid_view = stack.enter_context(_warp(src, out, Resampling.nearest, alpha=True)) if reproject else src
             sides = out.pixel_sides(raster.unit_m)
             model_px = predictor.pixel_size_m
-            resample = opts.resample and any(abs(s / model_px - 1) > SAME_RESOLUTION for s in sides)
+            # sheared pixels are not the model's squares even where their sides are its size
+            resample = opts.resample and (
+                any(abs(s / model_px - 1) > SAME_RESOLUTION for s in sides) or out.skew() > SAME_RESOLUTION
+            )
             # averaging when the model's pixels are coarser (no aliasing), bilinear when finer
             pixels = Resampling.average if resample and model_px > min(sides) else Resampling.bilinear
             model = _regrid(src, raster.crs, model_px / raster.unit_m) if resample else out

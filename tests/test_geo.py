@@ -4,6 +4,7 @@ memory, resampling to the model's pixel size, bad rasters refused, evaluation of
 from __future__ import annotations
 
 import json
+import math
 import re
 import tracemalloc
 from pathlib import Path
@@ -385,6 +386,20 @@ def test_a_near_infrared_band_tagged_alpha_gets_a_note(checkpoint: Path, scene, 
     assert "gdal_edit.py -colorinterp_4 undefined rgbn.tif" in out
     assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--bands", "2,3,4") == 2
     assert "untag it: gdal_edit.py -colorinterp_4 undefined rgbn.tif" in capsys.readouterr().err
+
+
+def test_a_sheared_grid_with_the_models_side_is_resampled(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """Sides of 0.5 m meeting at 60 degrees are not the model's 0.5 m squares: predicted on a square grid."""
+    image = scene[0]
+    src = write_raster(tmp_path / "in/sheared.tif", image, nodata=None)
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    with rasterio.open(src, "r+") as ds:
+        ds.transform = rasterio.Affine(0.5 * c, -0.5 * s, 500000, 0.5 * s, -0.5 * c, 5000000)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    assert row["resampled"] and row["model_pixel_size_m"] == 0.5
+    # |det| = 0.125 m2; a resampled sheared (or rotated) grid loses part of its edge pixels (warped alpha)
+    assert row["valid_ha"] == pytest.approx(image.shape[0] * image.shape[1] * 0.125 / 1e4, rel=0.01)
 
 
 def test_an_engineering_crs_in_metres_is_mapped_at_its_unit(checkpoint: Path, scene, tmp_path: Path) -> None:
