@@ -475,5 +475,12 @@ def check_threshold(train: "TrainConfig", has_val: bool) -> None:
 
 
 def asdict(cfg: Any) -> dict:
-    """Plain dict of a config, for checkpoints and fingerprints."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+    """Plain dict of a config, for checkpoints, fingerprints and params files: tuples as lists at any
+    depth (data.forest's colours too), as YAML and JSON write them."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}

@@ -768,22 +768,21 @@ def _resampled(
             writer.put(int(window.row_off), int(window.col_off), logits, valid)
 
 
-def _ring_area(ring: list) -> float:
-    """Shoelace area of a closed ring of (x, y) points."""
+def _signed_area(ring: list) -> float:
+    """Shoelace area of a closed ring of (x, y) points: positive when it runs counterclockwise."""
     xs = np.array([p[0] for p in ring], np.float64)
     ys = np.array([p[1] for p in ring], np.float64)
-    return abs(float(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1]))) / 2
+    return float(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1])) / 2
+
+
+def _ring_area(ring: list) -> float:
+    return abs(_signed_area(ring))
 
 
 def _right_hand(coordinates: list) -> list:
     """A polygon's rings as RFC 7946 orders them: the outer ring counterclockwise, holes clockwise
     (GDAL traces a south-up raster's rings the other way round)."""
-
-    def signed(ring: list) -> float:
-        xs, ys = np.array([p[0] for p in ring]), np.array([p[1] for p in ring])
-        return float(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1]))
-
-    return [list(r) if (signed(r) > 0) == (i == 0) else list(r)[::-1] for i, r in enumerate(coordinates)]
+    return [list(r) if (_signed_area(r) > 0) == (i == 0) else list(r)[::-1] for i, r in enumerate(coordinates)]
 
 
 def polygon_area(coordinates: list) -> float:

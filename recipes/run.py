@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from forestseg.config import SECTIONS, ConfigError, ForestsegError, load_sections  # noqa: E402
+from forestseg.config import SECTIONS, ConfigError, ForestsegError, asdict, load_sections  # noqa: E402
 from forestseg.io import load_yaml  # noqa: E402
 
 
@@ -40,17 +40,8 @@ def load(name: str) -> dict:
     for other in names():
         for section, values in _read(other).items():
             for key in values:
-                recipe.setdefault(section, {}).setdefault(key, _plain(getattr(SECTIONS[section](), key)))
+                recipe.setdefault(section, {}).setdefault(key, asdict(SECTIONS[section]())[key])
     return recipe
-
-
-def _plain(value):  # noqa: ANN001, ANN202
-    """A default as params.yaml writes it: lists, not tuples."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def _read(name: str) -> dict:
