@@ -8,7 +8,10 @@ torch runs them as separate passes over the activations: statistics, normalise, 
 of the activation's size. The C kernel below does the same in 8: statistics, normalise + ReLU
 (forward); both sums with the ReLU mask recomputed from x, the input gradient (backward), in fp32
 or bf16 over channels-last tensors whose channels are a multiple of 16 (GCC vector extensions,
-compiled here with the system's C compiler: `cc -O3 -march=native`), in `--threads` pthreads.
+compiled here with the system's C compiler: `cc -O3 -march=native -fopenmp`). `--pool omp` (the
+default) runs it on OpenMP threads: the kernel's libgomp is the one torch loaded (the same soname),
+so it works in torch's own thread pool, whose workers are already awake; `--pool pthreads` starts
+`--threads` threads of its own per call, which then compete with torch's spinning workers.
 
 It prints, for the bench model (UNet w16 d4, batch 16, 256 px, channels_last):
   - the kernel's largest error against a float64 reference of torch's own ops, and torch's;
@@ -16,7 +19,8 @@ It prints, for the bench model (UNet w16 d4, batch 16, 256 px, channels_last):
   - training images/s of whole steps, torch's and with the kernel patched into the model's
     Blocks, alternating in one process (median [min-max] over --repeats rounds).
 
-    python bench/fused_bnrelu.py [--precision bf16|fp32] [--threads 1] [--steps 8] [--repeats 3]
+    python bench/fused_bnrelu.py [--precision bf16|fp32] [--pool omp|pthreads] [--threads N]
+                                 [--steps 8] [--repeats 3]
                                  [--width 16] [--depth 4] [--batch 16] [--size 256]
 """
 
@@ -55,6 +59,8 @@ typedef uint16_t vh __attribute__((vector_size(32)));
 #define W 16
 #define BLOCK 64
 #define MAXT 64
+static int use_omp = 1;
+void fs_set_pool(int omp) { use_omp = omp; }
 
 static inline vf ld(const void *p, int bf16) {
     if (bf16) { vh h; memcpy(&h, p, sizeof h); vu u = __builtin_convertvector(h, vu) << 16; vf f; memcpy(&f, &u, sizeof f); return f; }
@@ -143,11 +149,16 @@ static void run(int kind, int bf16, const void *x, const void *dy, void *out, co
         job_t *j = &jobs[t];
         *j = (job_t){kind, bf16, x, dy, out, a, b, m, k, P * t / nt, P * (t + 1) / nt, C, acc ? acc + 2 * C * t : NULL, acc ? acc + 2 * C * t + C : NULL};
     }
-    int started = 1;
-    for (; started < nt; started++) if (pthread_create(&th[started], NULL, work, &jobs[started])) break;
-    for (int t = started; t < nt; t++) work(&jobs[t]);  /* no thread: run its part here */
-    work(&jobs[0]);
-    for (int t = 1; t < started; t++) pthread_join(th[t], NULL);
+    if (use_omp) {
+        #pragma omp parallel for num_threads(nt) schedule(static, 1)
+        for (int t = 0; t < nt; t++) work(&jobs[t]);
+    } else {
+        int started = 1;
+        for (; started < nt; started++) if (pthread_create(&th[started], NULL, work, &jobs[started])) break;
+        for (int t = started; t < nt; t++) work(&jobs[t]);  /* no thread: run its part here */
+        work(&jobs[0]);
+        for (int t = 1; t < started; t++) pthread_join(th[t], NULL);
+    }
     if (acc) {
         for (int64_t c = 0; c < C; c++) s1[c] = s2[c] = 0;
         for (int t = 0; t < nt; t++)
@@ -184,6 +195,7 @@ def compile_kernel(tmp: Path) -> ctypes.CDLL:
             cc,
             "-O3",
             "-march=native",
+            "-fopenmp",
             "-shared",
             "-fPIC",
             "-o",
@@ -199,7 +211,18 @@ def compile_kernel(tmp: Path) -> ctypes.CDLL:
     lib.fs_fwd.argtypes = [i, p, p, p, p, i64, i64, i]
     lib.fs_bwd_sums.argtypes = [i, p, p, p, p, p, i64, i64, i, p, p]
     lib.fs_bwd.argtypes = [i, p, p, p, p, p, p, p, i64, i64, i]
+    lib.fs_set_pool.argtypes = [i]
     return lib
+
+
+def openmp_runtimes() -> list[str]:
+    """The OpenMP runtime files mapped into this process (one: the kernel shares torch's pool)."""
+    maps = Path("/proc/self/maps")
+    return (
+        sorted({line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line})
+        if maps.exists()
+        else []
+    )
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
@@ -326,7 +349,8 @@ def max_errors(x0: torch.Tensor, fn, weight: torch.Tensor, bias: torch.Tensor) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    ap.add_argument("--threads", type=int, default=1, help="the kernel's own threads (torch keeps its own)")
+    ap.add_argument("--pool", choices=["omp", "pthreads"], default="omp", help="the kernel's threads (module doc)")
+    ap.add_argument("--threads", type=int, default=0, help="the kernel's threads (0: torch's, torch.get_num_threads())")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
@@ -339,11 +363,14 @@ def main() -> None:
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         FusedBNReLU.lib = compile_kernel(Path(tmp))
-    FusedBNReLU.threads = args.threads
+    FusedBNReLU.lib.fs_set_pool(int(args.pool == "omp"))
+    FusedBNReLU.threads = args.threads or torch.get_num_threads()
     print(
         f"{args.precision}, UNet w{args.width} d{args.depth}, batch {args.batch}, {args.size} px, channels_last; "
-        f"torch threads {torch.get_num_threads()}, kernel threads {args.threads}"
+        f"torch threads {torch.get_num_threads()}, kernel threads {FusedBNReLU.threads} ({args.pool})"
     )
+    if args.pool == "omp":
+        print("OpenMP runtimes in this process:", ", ".join(openmp_runtimes()) or "none")
 
     print("layer (channels x px): error vs float64 torch / fused; forward + backward ms torch / fused")
     for level in range(args.depth + 1):

@@ -11,6 +11,9 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
     worst tenth, worst scene), the all-forest baseline and the wall time. After each fold the
     result so far is saved, marked unfinished: a bench killed later (a session's end) and rerun
     with the same command trains only the folds left.
+    With `--split tile` the folds are of tiles drawn at random from the 30 scenes instead, as public
+    notebooks on this set split it: tiles of every test scene are trained on. A diagnostic of how
+    much of the error is scenes never seen, never a headline number.
   - `final`: trains on all 30 scenes and scores the 8 set-aside ones.
   - `curve`: the learning curve: scores vs number of training scenes, on the CV folds, at equal
     compute (a smaller set trains for more epochs: as many tiles seen as the recipe over all).
@@ -170,6 +173,12 @@ def rows_of(sample: Sample, scenes: list[str]) -> np.ndarray:
     return np.flatnonzero(np.isin(sample.scene, scenes))
 
 
+def tile_folds(sample: Sample, k: int) -> list[np.ndarray]:
+    """The non-held-out scenes' tiles in k folds at random (seeded): the leaky split, a diagnostic."""
+    rows = np.random.default_rng(FOLD_SEED).permutation(rows_of(sample, [s for f in folds(sample, k) for s in f]))
+    return [np.sort(f) for f in np.array_split(rows, k)]
+
+
 def recipe_params(name: str, sets: list[str]) -> dict:
     """recipes/<name>.yaml over params.yaml, then the -S values, validated (as recipes/run.py takes them)."""
     try:
@@ -326,10 +335,11 @@ def train_and_score(
     device: torch.device,
     tta: bool,
     ensemble: bool = False,
+    tile_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Train the recipe's first grid member on `train_scenes` (with `ensemble`, one model per seed of
     its grid, scored as the mean of their raw outputs, and each alone in `members`), score the model
-    file on `test_scenes`."""
+    file on `test_scenes`; with `tile_rows`, on these training and test tiles instead (`--split tile`)."""
     model_cfg, opt_cfg, train_cfg, split_cfg, grid = load_sections(
         params, "model", "optimizer", "train", "split", "grid"
     )
@@ -338,8 +348,10 @@ def train_and_score(
         n_val = max(1, round(split_cfg.val_fraction * len(train_scenes)))
         val_scenes = sorted(np.random.default_rng(split_cfg.seed).choice(train_scenes, n_val, replace=False).tolist())
         train_scenes = [s for s in train_scenes if s not in val_scenes]
-    train = load_tiles(sample.layout, rows_of(sample, train_scenes), device, sample.scene)
-    test_rows = rows_of(sample, test_scenes)
+    train_rows, test_rows = tile_rows or (rows_of(sample, train_scenes), rows_of(sample, test_scenes))
+    if tile_rows is not None:
+        train_scenes = sorted(set(sample.scene[train_rows]))
+    train = load_tiles(sample.layout, train_rows, device, sample.scene)
     test = load_tiles(sample.layout, test_rows, device)
     val = load_tiles(sample.layout, rows_of(sample, val_scenes), device) if val_scenes else None
     predictors, histories, seconds = [], [], 0.0
@@ -458,7 +470,7 @@ def trade_off_table(result: dict) -> str:
 # What two cv results must share for their folds to be one CV: the training, which scenes fold i
 # holds (it depends on the fold count and the sample), the code that trained and scored, and how a
 # fold is scored.
-ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code")
+ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code", "split")
 
 
 def unfinished_folds(result: dict) -> dict[int, dict]:
@@ -469,7 +481,7 @@ def unfinished_folds(result: dict) -> dict[int, dict]:
     if not path.is_file():
         return {}
     saved = json.loads(path.read_text())
-    same = all(saved.get(k) == result[k] for k in (*ALIKE, "recipe", "device", "threads"))
+    same = all(saved.get(k) == result.get(k) for k in (*ALIKE, "recipe", "device", "threads"))
     if not (saved.get("unfinished") and same):
         if saved.get("unfinished"):
             print(f"{path.name}: an unfinished run of other params, code or sample: its folds are trained again")
@@ -517,6 +529,12 @@ def main() -> None:
     ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", default="", help="run only these folds, e.g. 0,1 (screening)")
+    ap.add_argument(
+        "--split",
+        choices=("scene", "tile"),
+        default="scene",
+        help="cv: folds of scenes, or of random tiles (the leaky split of public notebooks: a diagnostic)",
+    )
     ap.add_argument("--scenes", default="4,8,16", help="curve: training scene counts")
     ap.add_argument(
         "--tta", action="store_true", help="score with the 8 flips/rotations averaged (and without, in without_tta)"
@@ -575,12 +593,17 @@ def main() -> None:
         name += f"_only{args.only.replace(',', '-')}" if args.only else ""
         name += "_tta" if args.tta else ""
         name += "_ensemble" if args.ensemble else ""
+        name += "_tilesplit" if args.split == "tile" else ""
+    if args.split == "tile" and (args.mode != "cv" or params["split"]["val_fraction"] > 0):
+        sys.exit("--split tile: cv mode only, with split.val_fraction 0")
     if args.ensemble and (len(params["grid"]["seed"]) < 2 or params["train"]["threshold"] != "loss"):
         sys.exit("--ensemble: give grid.seed two or more seeds (e.g. -S grid.seed=[0,1]) and train.threshold loss")
     result = {"name": name, "mode": args.mode, "recipe": args.recipe, "set": args.set_param, "params": params}
     result["device"], result["threads"] = device.type, torch.get_num_threads()
     result["folds"], result["tta"] = args.folds, args.tta  # which scenes a fold holds, and how it is scored
     result["ensemble"] = args.ensemble
+    if args.split == "tile":  # absent for the scene split, as in every result saved before the option
+        result["split"] = "tile"
     result["sample"], result["code"] = sample.digest, code_digest()  # what was trained on, and by what
     print(f"{name}: device {device}, {torch.get_num_threads()} threads")
     if args.mode == "final":
@@ -591,6 +614,9 @@ def main() -> None:
         chosen = [int(i) for i in args.only.split(",")] if args.only else list(range(args.folds))
         done, parts = unfinished_folds(result), []
         all_folds = folds(sample, args.folds)
+        by_tile = tile_folds(sample, args.folds) if args.split == "tile" else None
+        if by_tile is not None:  # every fold holds tiles of (nearly) every scene
+            all_folds = [sorted(set(sample.scene[rows])) for rows in by_tile]
         for i in chosen:
             if i in done and sorted(done[i]["scenes"]) == sorted(all_folds[i]):
                 parts.append(done[i])
@@ -598,7 +624,12 @@ def main() -> None:
                 continue
             test = all_folds[i]
             train = [s for j, f in enumerate(all_folds) if j != i for s in f]
-            parts.append({"fold": i, **train_and_score(params, train, test, sample, device, args.tta, args.ensemble)})
+            rows = None
+            if by_tile is not None:
+                rows = (np.sort(np.concatenate([f for j, f in enumerate(by_tile) if j != i])), by_tile[i])
+            parts.append(
+                {"fold": i, **train_and_score(params, train, test, sample, device, args.tta, args.ensemble, rows)}
+            )
             print(f"fold {i}: forest IoU {parts[-1]['scores']['iou']:.4f} mIoU {parts[-1]['scores']['miou']:.4f}")
             left = chosen[len(parts) :]
             if left:  # a killed bench (e.g. a session's end) keeps its finished folds; the same command resumes

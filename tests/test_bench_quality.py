@@ -60,11 +60,23 @@ def test_a_saved_unfinished_run_gives_back_its_folds(results_dir: Path) -> None:
         result(ensemble=True, unfinished=[1]),
         result(sample="another", unfinished=[1]),  # folds of another sample hold other scenes
         result(code="older", unfinished=[1]),  # trained by other code
+        result(split="tile", unfinished=[1]),  # folds of random tiles, not of scenes
     ],
 )
 def test_other_runs_are_not_resumed(results_dir: Path, saved: dict) -> None:
     (results_dir / "r.json").write_text(json.dumps({**saved, "parts": [part(0)]}))
     assert quality.unfinished_folds(result()) == {}
+
+
+def test_the_tile_split_covers_the_cv_scenes_tiles_once_with_every_scene_on_both_sides(monkeypatch) -> None:
+    scene = np.repeat([f"s{i}" for i in range(8)], 10)  # 8 scenes of 10 tiles; s0 and s1 set aside
+    sample = quality.Sample(DataLayout(Path("unused")), scene, np.zeros(80), np.ones(80))
+    monkeypatch.setattr(quality, "holdout_scenes", lambda _: ["s0", "s1"])
+    folds = quality.tile_folds(sample, 3)
+    rows = np.concatenate(folds)
+    assert sorted(rows) == list(range(20, 80))  # every tile outside the set-aside scenes, once
+    assert all(len(set(scene[f])) >= 4 for f in folds)  # test tiles of most scenes: what the scene split avoids
+    assert [f.tolist() for f in quality.tile_folds(sample, 3)] == [f.tolist() for f in folds]  # seeded
 
 
 def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:

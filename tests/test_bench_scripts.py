@@ -131,9 +131,9 @@ def test_fused_bnrelu_checks_its_kernel_and_times_both_steps() -> None:
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler (cc or gcc) to build bench/fused_bnrelu.py's kernel")
     tiny = ["--width", "16", "--depth", "1", "--batch", "2", "--size", "32", "--steps", "1", "--repeats", "1"]
-    for precision in ("bf16", "fp32"):
+    for precision, pool in (("bf16", "omp"), ("fp32", "pthreads")):
         out = subprocess.run(
-            [sys.executable, "bench/fused_bnrelu.py", "--precision", precision, *tiny],
+            [sys.executable, "bench/fused_bnrelu.py", "--precision", precision, "--pool", pool, *tiny],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -141,3 +141,6 @@ def test_fused_bnrelu_checks_its_kernel_and_times_both_steps() -> None:
         )
         assert out.returncode == 0, out.stderr
         assert "training fused:" in out.stdout and "fused / torch:" in out.stdout
+        if pool == "omp":  # the kernel runs in torch's own OpenMP runtime, not a second one
+            runtimes = out.stdout.split("OpenMP runtimes in this process: ")[1].splitlines()[0]
+            assert runtimes.count("libgomp") == 1, runtimes
