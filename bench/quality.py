@@ -577,6 +577,8 @@ def main() -> None:
     if not args.recipe:
         sys.exit(f"give a recipe: one of {', '.join(recipes.names())}")
     params = recipe_params(args.recipe, args.set_param)
+    if args.split == "tile" and (args.mode != "cv" or params["split"]["val_fraction"] > 0):
+        sys.exit("--split tile: cv mode only, with split.val_fraction 0")
     # torch's threads as training runs them (train.threads), or --threads; the params record what ran
     params["train"]["threads"] = args.threads or params["train"]["threads"]
     torch.set_num_threads(params["train"]["threads"])
@@ -594,8 +596,6 @@ def main() -> None:
         name += "_tta" if args.tta else ""
         name += "_ensemble" if args.ensemble else ""
         name += "_tilesplit" if args.split == "tile" else ""
-    if args.split == "tile" and (args.mode != "cv" or params["split"]["val_fraction"] > 0):
-        sys.exit("--split tile: cv mode only, with split.val_fraction 0")
     if args.ensemble and (len(params["grid"]["seed"]) < 2 or params["train"]["threshold"] != "loss"):
         sys.exit("--ensemble: give grid.seed two or more seeds (e.g. -S grid.seed=[0,1]) and train.threshold loss")
     result = {"name": name, "mode": args.mode, "recipe": args.recipe, "set": args.set_param, "params": params}

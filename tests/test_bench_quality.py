@@ -94,6 +94,7 @@ def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
         ({"params": {"train": {"epochs": 4}}}, False),
         ({"sample": "another"}, False),
         ({"code": "older"}, False),
+        ({"split": "tile"}, False),  # fold 1 of random tiles is no fold of scenes
     ],
 )
 def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other: dict, merged: bool) -> None:
