@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import quality as q  # noqa: E402
 from forestseg.config import Run, load_sections  # noqa: E402
 from forestseg.device import pick_device  # noqa: E402
+from forestseg.evaluate import _counts  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
 
 
@@ -71,8 +72,7 @@ def main() -> None:
             for r in rows:
                 with rasterio.open(out / f"t{r}_mask.tif") as ds:
                     pred = ds.read(1) == 1
-                truth = np.asarray(masks[r]) > 0
-                counts += [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum(), (~pred & ~truth).sum()]
+                counts += _counts(pred, np.asarray(masks[r]) > 0)
             resampled = pd.read_csv(out / "forest_area.csv")["resampled"].all()
         s = scores(counts)
         print(

@@ -39,8 +39,9 @@ def load(name: str) -> dict:
     recipe = _read(name)
     for other in names():
         for section, values in _read(other).items():
+            defaults = asdict(SECTIONS[section]())
             for key in values:
-                recipe.setdefault(section, {}).setdefault(key, asdict(SECTIONS[section]())[key])
+                recipe.setdefault(section, {}).setdefault(key, defaults[key])
     return recipe
 
 

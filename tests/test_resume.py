@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, flip_a_bit_in_the_largest_tensor
 
 EPOCHS = 4
 TINY = {
@@ -321,18 +321,6 @@ def test_a_fine_tuning_run_resumes_only_with_the_same_init_file(project: Path, t
     assert "resuming after epoch 1" in stage(work, "train", *TRAIN).stdout  # the same file: resumed
 
 
-def _flip_a_bit_in_the_largest_tensor(path: Path) -> None:
-    import struct
-    import zipfile
-
-    data = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as z:
-        part = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    name_len, extra_len = struct.unpack("<HH", data[part.header_offset + 26 : part.header_offset + 30])
-    data[part.header_offset + 30 + name_len + extra_len + part.file_size // 2] ^= 1
-    path.write_bytes(bytes(data))
-
-
 def test_a_resume_file_with_a_flipped_bit_starts_afresh(tmp_path: Path) -> None:
     """torch's reader skips the zip checksums: without the check, the run would resume from other weights."""
     import torch
@@ -343,7 +331,7 @@ def test_a_resume_file_with_a_flipped_bit_starts_afresh(tmp_path: Path) -> None:
     path = tmp_path / "run.pt"
     write_resume(path, state)
     assert torch.equal(read_resume(path)["model"]["w"], state["model"]["w"])
-    _flip_a_bit_in_the_largest_tensor(path)
+    flip_a_bit_in_the_largest_tensor(path)
     said: list[str] = []
     assert read_resume(path, log=said.append) is None
     assert "fails its checksum" in said[0] and said[0].endswith("starting afresh")
