@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The coordinator: fetch what the workers pushed and reproduce the whole pipeline; every train
 # member that a worker ran is restored from the run-cache ("Stage 'train@...' is cached - skipping
-# run"), so only what nobody trained is trained here, then aggregate writes one report.
+# run"), so only what nobody trained is trained here (and pushed, as a worker pushes its members),
+# then aggregate writes one report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cluster/committed.sh
@@ -23,5 +24,16 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 dvc repro --pull "$@" 2>&1 | tee "$log"
 restored=$(grep -c "Stage 'train@[^']*' is cached - skipping run" "$log" || true)
-trained=$(grep -c "Running stage 'train@" "$log" || true)
-echo "coordinator: commit $(git rev-parse HEAD): $restored member(s) restored from the run-cache, $trained trained here"
+mapfile -t here < <(grep -o "Running stage 'train@[^']*'" "$log" | sed "s/^Running stage '//; s/'\$//" | sort -u)
+pushed=""
+if [ "${#here[@]}" -gt 0 ]; then
+  # pushed like a worker's members, so a later coordinator (or a worker given the same member)
+  # restores them instead of training them again; the report is written either way
+  if dvc push --run-cache --with-deps "${here[@]}"; then
+    pushed=" and pushed"
+  else
+    echo "warning: coordinator: the ${#here[@]} member(s) trained here were not pushed (dvc push failed above): another machine would train them again; run \`dvc push --run-cache --with-deps ${here[*]}\` when the remote takes writes" >&2
+    pushed=", not pushed"
+  fi
+fi
+echo "coordinator: commit $(git rev-parse HEAD): $restored member(s) restored from the run-cache, ${#here[@]} trained here$pushed"

@@ -68,25 +68,35 @@ def test_queued_slices_then_one_grid_run_trains_nothing_twice(repo: Path) -> Non
 
 
 def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: Path) -> None:
-    """Machines B and C each train half of the grid (cluster/worker.sh) and push to the remote; A
-    trains nothing (cluster/coordinator.sh) and writes the report over both seeds."""
+    """Machine B trains one member (cluster/worker.sh) and pushes it; A's coordinator restores it,
+    trains the other and pushes that too; C's worker task is then restored from A's push, and D's
+    coordinator trains nothing and writes the report over both seeds."""
     set_params(repo, GRID)
     (tmp_path / "remote").mkdir()  # a shared folder is there before the first push (require_remote)
     sh(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
     commit(repo, "tiny grid with a shared remote")
-    a, b, c = (tmp_path / name for name in "abc")
-    for clone in (a, b, c):
+    a, b, c, d = (tmp_path / name for name in "abcd")
+    for clone in (a, b, c, d):
         sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
     assert "worker: bce-adam-0 trained (or restored" in sh(b, "bash", "cluster/worker.sh", "bce-adam-0").stdout
-    assert "worker: bce-adam-1 trained (or restored" in sh(c, "bash", "cluster/worker.sh", "--task", "1", "2").stdout
     out = sh(a, "bash", "cluster/coordinator.sh")
+    assert ran(out) & MEMBERS == {"train@bce-adam-1"} and "train@bce-adam-0" in restored(out), out.stdout
+    assert re.search(
+        r"coordinator: commit [0-9a-f]{40}: 1 member\(s\) restored from the run-cache, 1 trained here and pushed",
+        out.stdout,
+    ), out.stdout
+    task = sh(c, "bash", "cluster/worker.sh", "--task", "1", "2")
+    assert "train@bce-adam-1" in restored(task) and not MEMBERS & ran(task), task.stdout
+    out = sh(d, "bash", "cluster/coordinator.sh")
     assert not MEMBERS & ran(out), out.stdout
     assert restored(out) >= MEMBERS
     assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: 2 member\(s\) restored from the run-cache, 0 trained here", out.stdout
-    )
-    assert "aggregate" in ran(out) and seeds_in_summary(a) == 2
-    assert (a / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
+        r"coordinator: commit [0-9a-f]{40}: 2 member\(s\) restored from the run-cache, 0 trained here$",
+        out.stdout,
+        re.M,
+    ), out.stdout
+    assert "aggregate" in ran(out) and seeds_in_summary(d) == 2
+    assert (d / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
 
 
 @pytest.mark.parametrize(
