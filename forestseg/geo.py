@@ -756,16 +756,40 @@ def _resampled(
         )
         strips.flush()
     coarser = out.pixel_area_m2(1.0) > model.pixel_area_m2(1.0)
+    # how many output pixels a model pixel spans: the farthest an edge pixel can be from a warped-back value
+    reach = math.ceil(math.sqrt(model.pixel_area_m2(1.0) / out.pixel_area_m2(1.0))) + 1
     with (
         rasterio.open(logits_path) as ds,
         _warp(ds, out, Resampling.average if coarser else Resampling.bilinear) as back,
     ):
         for window in _blocks(out, opts.block):
             margin = back.read(1, window=window, masked=True)
+            has = valid_view.dataset_mask(window=window) > 0
+            known = ~np.ma.getmaskarray(margin)
+            # at a rotated or sheared footprint's edge the warper may give a pixel with data no value
+            # (the model pixels under it lie mostly outside): it takes its neighbours' margin
+            values, known = _grow(margin.filled(0).astype(np.float32), known, has, reach)
+            logits = values / LOGIT_SCALE + np.float32(predictor.cut)
             # a pixel with data that no model pixel with data reaches has no prediction: nodata
-            valid = (valid_view.dataset_mask(window=window) > 0) & ~np.ma.getmaskarray(margin)
-            logits = margin.filled(0).astype(np.float32) / LOGIT_SCALE + np.float32(predictor.cut)
-            writer.put(int(window.row_off), int(window.col_off), logits, valid)
+            writer.put(int(window.row_off), int(window.col_off), logits, has & known)
+
+
+def _grow(values: np.ndarray, known: np.ndarray, wanted: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Wanted pixels without a value take the mean of their 8 neighbours that have one, a ring at a
+    time for up to `steps` rings; those still out of reach stay unknown."""
+    for _ in range(steps):
+        todo = wanted & ~known
+        if not todo.any():
+            break
+        v, k = np.pad(np.where(known, values, 0), 1), np.pad(known, 1).astype(np.float32)
+        h, w = known.shape
+        shifts = [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
+        total = sum(v[dy : dy + h, dx : dx + w] for dy, dx in shifts)
+        count = sum(k[dy : dy + h, dx : dx + w] for dy, dx in shifts)
+        take = todo & (count > 0)
+        values = np.where(take, total / np.maximum(count, 1), values)
+        known = known | take
+    return values, known
 
 
 def _signed_area(ring: list) -> float:
