@@ -182,9 +182,15 @@ def tile_folds(sample: Sample, k: int) -> list[np.ndarray]:
 def recipe_params(name: str, sets: list[str]) -> dict:
     """recipes/<name>.yaml over params.yaml, then the -S values, validated (as recipes/run.py takes them)."""
     try:
-        return recipes.with_sets(name, sets)
+        params = recipes.with_sets(name, sets)
     except ForestsegError as e:
         sys.exit(f"error: {e}")
+    if params["train"]["init_from"] != "none":  # the benches train each fold's model from scratch
+        sys.exit(
+            f"error: train.init_from {params['train']['init_from']!r}: the benches train every fold from scratch "
+            "(a model file may have seen the fold's test scenes); bench/finetune.py measures starting from one"
+        )
+    return params
 
 
 def score_rows(
@@ -353,7 +359,8 @@ def train_and_score(
         train_scenes = sorted(set(sample.scene[train_rows]))
     train = load_tiles(sample.layout, train_rows, device, sample.scene)
     test = load_tiles(sample.layout, test_rows, device)
-    val = load_tiles(sample.layout, rows_of(sample, val_scenes), device) if val_scenes else None
+    # with its scenes, so the val-chosen cut is chosen on val scenes adapted alike (train.adapt_bn), as in the pipeline
+    val = load_tiles(sample.layout, rows_of(sample, val_scenes), device, sample.scene) if val_scenes else None
     predictors, histories, seconds = [], [], 0.0
     for seed in grid.seed if ensemble else grid.seed[:1]:
         with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
@@ -435,7 +442,10 @@ def summarize(parts: list[dict]) -> dict:
 def paired(result: dict, ref: dict, metric: str) -> str:
     """The change of `metric` against `ref` on the folds both scored on the same test scenes, mean ± std
     (the fold-to-fold spread of the scores themselves is mostly how hard each fold's scenes are); "-"
-    where no fold holds the same scenes in both (another --folds, or another sample)."""
+    where no fold holds the same scenes in both (another --folds, or another sample), or where one
+    split tiles and the other scenes (tile folds of another --folds hold the same scenes, not the same tiles)."""
+    if (result.get("split"), result.get("folds")) != (ref.get("split"), ref.get("folds")):
+        return "-"
     theirs = {(p.get("fold"), tuple(sorted(p["scenes"]))): p["scores"][metric] for p in ref["parts"]}
     keys = [(p.get("fold"), tuple(sorted(p["scenes"]))) for p in result["parts"]]
     deltas = [p["scores"][metric] - theirs[k] for p, k in zip(result["parts"], keys) if k in theirs]
@@ -450,7 +460,9 @@ def table(results: list[dict], ref: dict | None = None) -> str:
     for r in results:
         s = r["summary"]
         lines.append(
-            f"| {r['name']}{' (unfinished)' if r.get('unfinished') else ''} | {r['mode']} | {len(r['parts'])} | "
+            f"| {r['name']}{' (unfinished)' if r.get('unfinished') else ''} | {r['mode']}"
+            + (" (tile split: leaky)" if r.get("split") == "tile" else "")
+            + f" | {len(r['parts'])} | "
             + " | ".join(mean_std(s[m]) for m in SHOWN)
             + f" | {s['scene_iou_median']:.3f} / {s['scene_iou_p10']:.3f} | {mean_std(s['baseline_iou'])}"
             + f" | {np.mean(s['train_minutes']):.1f} |"
@@ -470,7 +482,7 @@ def trade_off_table(result: dict) -> str:
 # What two cv results must share for their folds to be one CV: the training, which scenes fold i
 # holds (it depends on the fold count and the sample), the code that trained and scored, and how a
 # fold is scored.
-ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code", "split")
+ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code", "split", "device")
 
 
 def unfinished_folds(result: dict) -> dict[int, dict]:
@@ -567,12 +579,13 @@ def main() -> None:
         if any(p.get(k) != parts[0].get(k) for p in parts for k in ALIKE) or parts[0]["mode"] != "cv" or not args.name:
             sys.exit(
                 "merge: give --name and --parts of cv results with the same params, --folds and --tta, "
-                "run on the same sample by the same code"
+                "run on the same device and sample by the same code"
             )
         folds_run = [f for p in parts for f in p["parts"]]
         if len({f["fold"] for f in folds_run}) != len(folds_run):
             sys.exit("merge: the parts share a fold")
-        save({**parts[0], "name": args.name, "parts": folds_run, "summary": summarize(folds_run)})
+        merged = {k: v for k, v in parts[0].items() if k != "unfinished"}  # the folds left are in the other parts
+        save({**merged, "name": args.name, "parts": folds_run, "summary": summarize(folds_run)})
         return
     if not args.recipe:
         sys.exit(f"give a recipe: one of {', '.join(recipes.names())}")

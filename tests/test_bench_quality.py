@@ -95,17 +95,21 @@ def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
         ({"sample": "another"}, False),
         ({"code": "older"}, False),
         ({"split": "tile"}, False),  # fold 1 of random tiles is no fold of scenes
+        ({"device": "cuda"}, False),  # another device trains other numbers from the same params
+        ({"unfinished": [2]}, True),  # part b's fold left to run is not the merged result's
     ],
 )
 def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other: dict, merged: bool) -> None:
-    quality.save({**result("a"), "parts": [part(0)], "summary": quality.summarize([part(0)])}, quiet=True)
+    a_left = {"unfinished": [1]} if "unfinished" in other else {}  # a killed run's fold 1 ran as part b
+    quality.save({**result("a", **a_left), "parts": [part(0)], "summary": quality.summarize([part(0)])}, quiet=True)
     quality.save({**result("b", **other), "parts": [part(1)], "summary": quality.summarize([part(1)])}, quiet=True)
     monkeypatch.setattr("sys.argv", ["quality.py", "merge", "--name", "ab", "--parts", "a,b"])
     if merged:
         quality.main()
-        assert [p["fold"] for p in json.loads((results_dir / "ab.json").read_text())["parts"]] == [0, 1]
+        saved = json.loads((results_dir / "ab.json").read_text())
+        assert [p["fold"] for p in saved["parts"]] == [0, 1] and "unfinished" not in saved
     else:
-        with pytest.raises(SystemExit, match="same params, --folds and --tta, run on the same sample by the same code"):
+        with pytest.raises(SystemExit, match="same params, --folds and --tta, run on the same device and sample"):
             quality.main()
         assert not (results_dir / "ab.json").exists()
 
@@ -116,6 +120,35 @@ def test_paired_deltas_pair_only_folds_that_hold_the_same_scenes() -> None:
     assert quality.paired(same, ref, "iou") == "+0.050 ± 0.000"
     other = {**result("other"), "parts": [{**part(0), "scenes": {"s0": 0.7, "s9": 0.6}}]}  # fold 0 of another k
     assert quality.paired(other, ref, "iou") == "-"
+
+
+def test_tile_split_folds_pair_only_with_tile_folds_of_the_same_k() -> None:
+    """Tile folds hold nearly every scene, so fold 1 of 4 and of 5 have the same scenes and other tiles."""
+    tiles = [{**part(i), "scenes": {"s0": 0.7, "s1": 0.7}} for i in range(2)]
+    ref = {**result("ref", split="tile"), "parts": tiles}
+    assert quality.paired({**result("same", split="tile"), "parts": tiles}, ref, "iou") == "+0.000 ± 0.000"
+    assert quality.paired({**result("k4", split="tile", folds=4), "parts": tiles}, ref, "iou") == "-"
+    assert quality.paired({**result("scenes"), "parts": tiles}, ref, "iou") == "-"
+
+
+def test_the_table_marks_a_tile_split_result_as_leaky() -> None:
+    """A --name replaces the _tilesplit suffix, so the row itself says which split made it."""
+    rows = [
+        {**result(n, **x), "parts": [part(0)], "summary": quality.summarize([part(0)])}
+        for n, x in (("scene", {}), ("mine", {"split": "tile"}))
+    ]
+    lines = quality.table(rows).splitlines()
+    assert "| scene | cv | 1 |" in lines[2] and "| mine | cv (tile split: leaky) | 1 |" in lines[3]
+
+
+def test_train_init_from_is_refused_by_the_benches(tmp_path: Path, monkeypatch) -> None:
+    """The benches train each fold from scratch and never passed the model file on: it was recorded in the
+    result's params and ignored, and a model that saw the fold's test scenes would leak if it were not."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init/m.pt").write_bytes(b"x")
+    with pytest.raises(SystemExit, match=r"train.init_from 'init/m.pt': the benches train every fold from scratch"):
+        quality.recipe_params("cpu", ["train.init_from=init/m.pt"])
 
 
 def test_a_kept_model_is_named_by_what_trained_it(tmp_path: Path) -> None:
