@@ -112,12 +112,20 @@ def decode(data: bytes) -> Picture:
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "image"
+            bits = getattr(im, "tag_v2", {}).get(258, 8)  # a TIFF's bits per sample
+            if im.mode in ("RGB", "RGBA") and max(bits if isinstance(bits, tuple) else (bits,)) > 8:
+                # as for PNGs: Pillow keeps each value's high byte (12-bit camera data reads near black)
+                raise ImageError(f"is a {max(bits)}-bit colour {fmt}; save it with 8 bits per channel")
             im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif mode == "PA":
                 im = im.convert("RGBA")
+            elif mode in ("RGB", "L") and "transparency" in im.info:  # a colour key (PNG tRNS): its pixels are alpha 0
+                im = im.convert("RGBA" if mode == "RGB" else "LA")
+            elif mode == "F":
+                raise ImageError(f"is a 32-bit float {fmt}; save it with 8-bit integers (a mask as 0/255 or 0/1 grey)")
             elif mode not in ("1", "L", "LA", "RGB", "RGBA") and not mode.startswith("I"):
                 raise ImageError(f"is a {mode} {fmt}; convert it to RGB")
             array = np.asarray(im)

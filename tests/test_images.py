@@ -69,6 +69,45 @@ def test_a_16_bit_colour_png_is_refused_not_read_by_its_high_bytes() -> None:
         decode(png)
 
 
+@pytest.mark.parametrize("bands", [3, 4])
+def test_a_16_bit_colour_tiff_is_refused_not_read_by_its_high_bytes(tmp_path, bands: int) -> None:
+    """Pillow reads a 16-bit RGB(A) TIFF as 8-bit RGB of the high bytes: 12-bit camera data near black."""
+    rasterio = pytest.importorskip("rasterio")
+    values = np.repeat(picture().astype(np.uint16)[..., :1] * 16, bands, axis=-1)
+    path = tmp_path / "t.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=40, height=24, count=bands, dtype="uint16", photometric="RGB"
+    ) as ds:
+        ds.write(values.transpose(2, 0, 1))
+    assert Image.open(path).mode == "RGB"  # what Pillow makes of it
+    with pytest.raises(ImageError, match="is a 16-bit colour TIFF; save it with 8 bits per channel"):
+        decode(path.read_bytes())
+    eight = io.BytesIO()
+    Image.fromarray(picture()).save(eight, format="TIFF")
+    assert np.array_equal(decode(eight.getvalue()).pixels, picture())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_colour_key_is_transparency_as_viewers_show_it(mode: str) -> None:
+    """A PNG tRNS colour key (GDAL writes one for nodata): its pixels are alpha 0, never photo."""
+    image = Image.fromarray(picture()).convert(mode)
+    key = image.getpixel((0, 0))
+    out = io.BytesIO()
+    image.save(out, format="PNG", transparency=key)
+    decoded = decode(out.getvalue())
+    assert decoded.alpha is not None and decoded.pixels.shape == np.asarray(image).shape
+    assert np.array_equal(
+        decoded.alpha == 0, np.asarray(image) == key if mode == "L" else (np.asarray(image) == key).all(-1)
+    )
+
+
+def test_a_float_image_is_refused_with_8_bit_advice() -> None:
+    out = io.BytesIO()
+    Image.fromarray(np.ones((4, 5), np.float32)).save(out, format="TIFF")
+    with pytest.raises(ImageError, match=r"^is a 32-bit float TIFF; save it with 8-bit integers \(a mask as 0/255"):
+        decode(out.getvalue())
+
+
 def test_a_cmyk_jpeg_is_refused_with_its_own_reason() -> None:
     out = io.BytesIO()
     Image.fromarray(picture()).convert("CMYK").save(out, format="JPEG")
