@@ -45,9 +45,25 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](pixels)) if orientation in ops else pixels
 
 
+def _has_app1(data: bytes) -> bool:
+    """Whether a JPEG has an APP1 segment (EXIF or XMP, where an orientation lives) before its scan."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan, end of image: no header segment after them
+            return False
+        if marker == 0xE1:
+            return True
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return False
+
+
 def _jpeg_orientation(data: bytes) -> int:
-    """The EXIF orientation (1-8); 1 where there is none or it is not one of them, as viewers show it."""
-    if b"Exif" not in data[:65536]:  # no EXIF block: the common case, no second parse
+    """The EXIF (or XMP) orientation (1-8), as Pillow reads it; 1 where there is none or it is not one of them."""
+    if not _has_app1(data):  # no EXIF or XMP block: the common case, no second parse
         return 1
     try:
         with Image.open(io.BytesIO(data)) as im:

@@ -128,7 +128,7 @@ def write_report(
         f"- Trained on {', '.join(sorted(set(table['device'].dropna())))} in "
         f"{', '.join(sorted(set(table['precision'].dropna())))}.",
         "- Metrics come from confusion counts summed over the whole test set; mIoU averages forest and "
-        "background IoU; ± is the standard deviation over seeds. Train and test losses are each run's own "
+        "background IoU; ± is the sample standard deviation over seeds (n - 1). Train and test losses are each run's own "
         "loss, so compare them only between runs of the same loss"
         + (
             f"; for {', '.join(per_batch)} (a loss of the whole batch) the train loss is a mean over batches and "
@@ -162,13 +162,21 @@ def write_report(
                     for _, r in higher.iterrows()
                 )
             )
+        elif (
+            len(ranked) > 1
+            and ranked.iloc[1]["test_miou_mean"] == top["test_miou_mean"]
+            and not ranked.iloc[1]["diverged"]
+        ):
+            text = f"**{top['combination']}** (first in the grid's order) ties for the highest mean test mIoU, {scores}"
         else:
             text = f"**{top['combination']}** has the highest mean test mIoU, {scores}"
         if len(ranked) > 1 and not len(higher):
             runner = ranked.iloc[1]
             gap = top["test_miou_mean"] - runner["test_miou_mean"]
-            text += f", {gap:+.4f} mIoU over {runner['combination']}"
-            if pd.isna(top["test_miou_std"]) or pd.isna(runner["test_miou_std"]):
+            text += f", {gap:+.4f} mIoU over {runner['combination']}" if gap else f", with {runner['combination']}"
+            if not gap:
+                pass
+            elif pd.isna(top["test_miou_std"]) or pd.isna(runner["test_miou_std"]):
                 text += " (one finished seed: no spread over seeds to weigh the gap against)"
             elif gap <= max(top["test_miou_std"], runner["test_miou_std"]):
                 text += " (within the spread over seeds: no clear winner between these two)"

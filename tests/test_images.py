@@ -35,6 +35,27 @@ def test_every_exif_orientation_is_shown_as_pillow_shows_it(orientation: int) ->
     assert ours.shape == viewer.shape and np.abs(ours - viewer).mean() < 2
 
 
+@pytest.mark.parametrize("where", ["after-other-segments", "xmp-only"])
+def test_an_orientation_pillow_finds_is_found_wherever_it_is(where: str) -> None:
+    """Past 64 KiB of other header segments, or only in XMP: Pillow (and so the index's tile size) applies it."""
+    if where == "xmp-only":
+        xmp = (
+            b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+        )
+        out = io.BytesIO()
+        Image.fromarray(picture()).save(out, format="JPEG", quality=100, xmp=xmp)
+        data = out.getvalue()
+    else:
+        app2 = b"\xff\xe2" + (65533).to_bytes(2, "big") + bytes(65531)  # e.g. an ICC profile's segments
+        data = jpeg(picture(), 6)
+        data = data[:2] + app2 * 2 + data[2:]
+    with Image.open(io.BytesIO(data)) as im:
+        viewer = np.asarray(ImageOps.exif_transpose(im).convert("RGB")).astype(int)
+    ours = decode(data).pixels.astype(int)
+    assert ours.shape == viewer.shape == (40, 24, 3) and np.abs(ours - viewer).mean() < 2
+
+
 def ascii_orientation_exif(text: bytes) -> bytes:
     """An EXIF block whose orientation tag is ASCII text (type 2), as a broken camera writes it."""
     entry = (0x0112).to_bytes(2, "little") + (2).to_bytes(2, "little") + len(text).to_bytes(4, "little") + text

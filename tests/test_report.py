@@ -288,6 +288,22 @@ def test_report_markdown(tmp_path: Path) -> None:
     assert "| all-forest baseline |" in text
 
 
+def test_an_exact_tie_is_called_a_tie_not_a_lead_of_zero(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    for seed in (0, 1):  # bce-sgd scores as mse-adam
+        (runs_dir / f"bce-sgd-{seed}/metrics.json").write_text(
+            json.dumps({"status": "ok", **METRICS[f"mse-adam-{seed}"], "epochs": 3, "lr": 1e-2})
+        )
+    index = {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5}
+    setup = {"index": index, "split_by": "scene", "params": "p"}
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    text = report.read_text()
+    assert "**mse-adam** (first in the grid's order) ties for the highest mean test mIoU, 0.7188 ± 0.1326" in text
+    assert ", with bce-sgd; the all-forest baseline" in text and "+0.0000" not in text
+    assert "± is the sample standard deviation over seeds (n - 1)" in text
+
+
 def test_the_report_says_its_ranking_is_chosen_on_test_and_a_single_seed_has_no_spread(tmp_path: Path) -> None:
     runs_dir = write_tree(tmp_path)
     setup = {
