@@ -104,7 +104,7 @@ def evaluate_tiles(
                 f"evaluate: {report['skipped']} pair(s) of {data} skipped as the index skips them "
                 f"({', '.join(f'{k}: {v}' for k, v in report['skipped_by_reason'].items())})"
             )
-        rows = np.arange(len(index))
+        rows, missing = np.arange(len(index)), 0
         if split is not None:
             try:
                 table = pd.read_csv(split, dtype=str, keep_default_na=False)
@@ -165,6 +165,8 @@ def evaluate_tiles(
         "split": str(split) if split else None,
         "subset": subset if split else "all",
         "tiles": int(len(rows)),
+        # pairs the index skipped (by reason) and split rows that are no valid pair: not in the scores
+        "skipped": {"pairs": report["skipped"], "by_reason": report["skipped_by_reason"], "split_rows": missing},
         "adapted_scenes": len(adapted) - len(unadapted) if adapt_bn else 0,
         "seen_scenes": len(seen),  # scored scenes the model trained on
         "pixel_size_m": predictor.pixel_size_m,

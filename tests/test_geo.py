@@ -778,6 +778,21 @@ def test_evaluate_tiles_on_a_split_and_its_area_bias_in_the_csv(
     )
 
 
+def test_evaluate_records_what_it_left_out_in_its_json(checkpoint: Path, tmp_path: Path) -> None:
+    """Pairs the index skipped and split rows that are no pair are in eval.json, not only on stdout."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    index = pd.read_csv(data / "meta_data.csv")
+    (data / "masks" / index["mask"][0]).unlink()
+    split = pd.DataFrame({"image": [*index["image"], "9_sat_1.jpg"], "subset": "test"})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "--split", str(tmp_path / "split.csv"), "-o", str(out)) == 0
+    result = json.loads(out.read_text())
+    assert result["tiles"] == len(index) - 1
+    assert result["skipped"]["pairs"] == 1 and sum(result["skipped"]["by_reason"].values()) == 1
+    assert result["skipped"]["split_rows"] == 2  # the pair without its mask, and an image not in the set
+
+
 def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> None:
     """Scored against its own mask the model is perfect; against an all-forest truth its recall is
     its forest share and its area bias the share minus 100%."""
