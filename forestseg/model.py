@@ -231,6 +231,7 @@ class Arch:
 
     build: Callable[[ModelConfig], nn.Module]
     smallest_tile: Callable[[ModelConfig], int]
+    sized_by_depth: bool = True  # model.depth sets its smallest tile (not for fixed layers)
 
 
 def _unet(context: bool = False, factor: int = 1) -> Arch:
@@ -257,7 +258,7 @@ ARCHS: dict[str, Arch] = {
     # the same at a quarter of the resolution: 1/16 of the FLOPs, 4x the ground per convolution
     "unet_quarter": _unet(factor=4),
     # the 2022 study's model: fixed widths (ignores width/depth/batch_norm); its valid convs eat 40 px
-    "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48),
+    "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48, sized_by_depth=False),
 }
 
 

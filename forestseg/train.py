@@ -373,7 +373,13 @@ def train_run(
     model params, gives the starting weights and the input normaliser (fine-tuning).
     """
     device = train.images.device
-    tile, smallest = min(train.images.shape[1:3]), ARCHS[model_cfg.arch].smallest_tile(model_cfg)
+    arch = ARCHS[model_cfg.arch]
+    tile, smallest = min(train.images.shape[1:3]), arch.smallest_tile(model_cfg)
+    if tile < smallest and not arch.sized_by_depth:
+        raise ForestsegError(
+            f"params.yaml: model: {model_cfg.arch} needs tiles of at least {smallest} px (its layers are fixed), "
+            f"the data's are {tile} px; give larger tiles or another model.arch"
+        )
     if tile < smallest:
         raise ForestsegError(
             f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least {smallest} px"

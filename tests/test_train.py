@@ -575,6 +575,16 @@ def test_a_tile_whose_deepest_level_is_1_px_stops_with_one_line(data, tmp_path: 
         assert go(data, tmp_path / "last.pt", model=model)[0].metrics["status"] == "ok"
 
 
+def test_the_study_model_on_small_tiles_is_not_told_to_lower_a_depth_it_ignores(data, tmp_path: Path) -> None:
+    model = dataclasses.replace(MODEL, arch="study_unet", depth=1)  # 32-px tiles; its valid convs need 48
+    with pytest.raises(ForestsegError) as refused:
+        go(data, tmp_path / "last.pt", model=model)
+    assert str(refused.value) == (
+        "params.yaml: model: study_unet needs tiles of at least 48 px (its layers are fixed), the data's are 32 px; "
+        "give larger tiles or another model.arch"
+    )
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_model_file_loads_in_the_precision_it_was_scored_in(data, tmp_path: Path, precision: str) -> None:
     go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, epochs=1, precision=precision))
