@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -183,6 +183,29 @@ def remove_tree(path: str | Path) -> None:
         shutil.rmtree(hidden)
     os.replace(path, hidden)
     shutil.rmtree(hidden)
+
+
+RUN_FOLDER = re.compile(r"[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9]+")  # <loss>-<optimizer>-<seed>, as Run.name
+
+
+def remove_stale_runs(members: Iterable[str], folder: str | Path) -> list[str]:
+    """Delete the run folders under `folder` (metrics/runs, models) of runs not named in `members`
+    (left by a grid that has since shrunk, or by git), so no old run passes for a current one and no
+    stage's folder dependency holds them; returns their names, sorted. Entries that are not named
+    like a run are left alone."""
+    folder, members = Path(folder), set(members)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith(".") and entry.name.endswith(REMOVING):  # a removal a kill interrupted
+            shutil.rmtree(entry)
+        elif RUN_FOLDER.fullmatch(entry.name) and entry.name not in members:
+            remove_tree(entry)
+            removed.append(entry.name)
+    return removed
 
 
 def read_json(path: str | Path) -> Any:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, SplitConfig, TrainConfig
 from .figures import FIGURES, fig_best_runs, fig_optimizers, fig_test_iou
-from .io import REMOVING, read_json, remove_tree, write_csv, write_json
+from .io import read_json, write_csv, write_json
 from .markdown import plural, write_report
 from .metrics import METRICS, scores
 
@@ -22,30 +20,9 @@ BEST_BY = "test_miou"  # ranks the combinations and picks the seed shown, on tes
 # no model file is chosen on it (best.pt is chosen on val), and REPORT.md says the ranking is optimistic
 HEADLINE = "headline.json"  # the only file dvc.yaml declares as metrics: what `dvc exp show` shows
 HEADLINE_DIGITS = 4
-RUN_FOLDER = re.compile(r"[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9]+")  # <loss>-<optimizer>-<seed>, as Run.name
 SCENES = "scenes.csv"  # per run (train: confusion counts per test scene) and per grid (aggregate: scores)
 SCENE_COUNTS = ["tp", "fp", "fn", "tn"]
 SCENE_COLUMNS = ["scene", "tiles", "forest_share", "iou", "precision", "recall"]
-
-
-def remove_stale_runs(runs: list[Run], runs_dir: str | Path) -> list[str]:
-    """Delete the run folders under runs_dir of members not in `runs` (left by a grid that has since
-    shrunk, or by git), so no old run passes for a current one; returns their names, sorted.
-    Entries that are not named like a run are left alone."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return []
-    members = {run.name for run in runs}
-    removed = []
-    for entry in sorted(runs_dir.iterdir()):
-        if not entry.is_dir():
-            continue
-        if entry.name.startswith(".") and entry.name.endswith(REMOVING):  # a removal a kill interrupted
-            shutil.rmtree(entry)
-        elif RUN_FOLDER.fullmatch(entry.name) and entry.name not in members:
-            remove_tree(entry)
-            removed.append(entry.name)
-    return removed
 
 
 def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:

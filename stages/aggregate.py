@@ -3,8 +3,8 @@ over seeds, best seed), headline.json, summary.json, figures and REPORT.md."""
 
 from common import args, params, stage
 
-from forestseg.io import read_json
-from forestseg.report import aggregate, describe_setup, format_summary, remove_stale_runs
+from forestseg.io import read_json, remove_stale_runs
+from forestseg.report import aggregate, describe_setup, format_summary
 
 
 @stage
@@ -13,7 +13,7 @@ def main(argv: list[str]) -> None:
         argv, "RUNS_DIR", "INDEX_JSON", "SPLIT_JSON", "METRICS_DIR", "PLOTS_DIR", "REPORT_MD"
     )
     split_cfg, model, opt, train, grid = params("split", "model", "optimizer", "train", "grid")
-    removed = remove_stale_runs(grid.runs(), runs_dir)
+    removed = remove_stale_runs((run.name for run in grid.runs()), runs_dir)
     if removed:
         print(f"removed {len(removed)} run folder(s) of {runs_dir} not in the grid: {', '.join(removed)}")
     setup = describe_setup(read_json(index_json), split_cfg, model, opt, train)

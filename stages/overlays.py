@@ -1,12 +1,14 @@
-"""Stage overlays: image | truth | prediction | error map on seeded test tiles, best run per combination,
-and on tiles of the worst test scenes (metrics/scenes.csv) by the best run."""
+"""Stage overlays: drops model folders of members no longer in the grid (its `models` dependency then
+holds the grid's alone, as in any clone), then draws image | truth | prediction | error map on seeded
+test tiles, best run per combination, and on tiles of the worst test scenes (metrics/scenes.csv) by
+the best run."""
 
 from pathlib import Path
 
 from common import args, params, stage
 
 from forestseg.device import pick_device
-from forestseg.io import read_json
+from forestseg.io import read_json, remove_stale_runs
 from forestseg.layout import DataLayout
 from forestseg.predict import write_overlays, write_worst_scenes
 
@@ -16,7 +18,10 @@ def main(argv: list[str]) -> None:
     models_dir, data_dir, summary_json, scenes_csv, out_dir = map(
         Path, args(argv, "MODELS_DIR", "DATA_DIR", "SUMMARY_JSON", "SCENES_CSV", "OUT_DIR")
     )
-    (cfg,) = params("report")
+    cfg, grid = params("report", "grid")
+    removed = remove_stale_runs((run.name for run in grid.runs()), models_dir)
+    if removed:
+        print(f"removed {len(removed)} model folder(s) of {models_dir} not in the grid: {', '.join(removed)}")
     summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device("auto")
     n = write_overlays(models_dir, layout, summary["combinations"], cfg, out_dir, device)
     print(f"overlays: wrote {out_dir}/<combination>.png for {n} test tiles")

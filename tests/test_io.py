@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from forestseg.errors import ForestsegError
-from forestseg.io import atomic_path, write_json, write_npy, write_torch
+from forestseg.io import atomic_path, remove_stale_runs, write_json, write_npy, write_torch
 
 
 def test_a_write_replaces_the_file_atomically(tmp_path: Path) -> None:
@@ -150,3 +150,19 @@ def test_stale_temps_of_another_user_stay_and_are_not_counted(tmp_path: Path) ->
         os.chown(path, 65534, 65534)  # nobody's, in a shared temp folder
     assert remove_stale_temps(tmp_path) == 0
     assert all(path.exists() for path in theirs)
+
+
+@pytest.mark.parametrize("folder", ["metrics/runs", "models"])
+def test_run_folders_of_members_no_longer_in_the_grid_are_removed(tmp_path: Path, folder: str) -> None:
+    root = tmp_path / folder
+    for name in ("mse-adam-0", "mse-adam-1", "bce-sgd-0", "bce-sgd-1", "notes"):  # notes: not named like a run
+        (root / name).mkdir(parents=True)
+        (root / name / "x").write_text("x")
+    (root / "README.txt").write_text("kept")
+    (root / ".mse-sgd-3.removing").mkdir()  # a removal a kill interrupted
+    (root / ".mse-sgd-3.removing" / "metrics.json").write_text("{}")
+    members = ["mse-adam-0", "mse-adam-1"]  # the grid shrank to one loss
+    assert remove_stale_runs(members, root) == ["bce-sgd-0", "bce-sgd-1"]
+    assert sorted(p.name for p in root.iterdir()) == ["README.txt", "mse-adam-0", "mse-adam-1", "notes"]
+    assert remove_stale_runs(iter(members), root) == []  # nothing left to remove; any iterable of names
+    assert remove_stale_runs(members, tmp_path / "missing") == []

@@ -198,22 +198,30 @@ def test_exp_show_and_metrics_diff_show_the_headline(repo: Path) -> None:
     assert len(out) == 1 + len(HEADLINE) and all(line.startswith("metrics/headline.json") for line in out[1:])
 
 
-def test_a_shrunk_grid_removes_stale_run_folders(repo: Path) -> None:
+def test_a_shrunk_grid_removes_stale_run_folders(repo: Path, tmp_path: Path) -> None:
     set_params(repo, {"grid": {"seed": [0, 1]}})
     sh(repo, "dvc", "repro")
     commit(repo, "two seeds")  # the run folders are committed, as the demo's are
-    runs = repo / "metrics/runs"
+    runs, models = repo / "metrics/runs", repo / "models"
     assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0", "bce-adam-1", "mse-adam-0", "mse-adam-1"]
 
     set_params(repo, {"grid": {"seed": [0]}})
     out = sh(repo, "dvc", "repro")
     assert ran(out) == {"aggregate", "overlays"}  # nothing retrains
-    assert "not in the grid: bce-adam-1, mse-adam-1" in out.stdout
+    assert "run folder(s) of metrics/runs not in the grid: bce-adam-1, mse-adam-1" in out.stdout
+    assert "model folder(s) of models not in the grid: bce-adam-1, mse-adam-1" in out.stdout
     assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0", "mse-adam-0"]
+    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == ["bce-adam-0", "mse-adam-0"]
     assert json.loads((repo / "metrics/summary.json").read_text())["combinations"]["bce-adam"]["seeds"] == 1
     assert ran(sh(repo, "dvc", "repro")) == set()  # removing them left every stage up to date
     assert "up to date" in sh(repo, "dvc", "status").stdout
     commit(repo, "one seed")
+    # a clone has only the grid's models: overlays' `models` dependency in dvc.lock must be that
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    sh(clone, "dvc", "cache", "dir", str(repo / ".dvc/cache"))
+    sh(clone, "dvc", "checkout")
+    assert "up to date" in sh(clone, "dvc", "status").stdout
 
     # the same through an experiment: its commit holds only the current grid's run folders
     sh(repo, "dvc", "exp", "run", "-n", "bce-only", "-S", "grid.loss=[bce]")

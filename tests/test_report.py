@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from forestseg.config import ForestsegError
+from forestseg.io import remove_stale_runs
 from forestseg.markdown import markdown_table, scene_section
-from forestseg.report import FIGURES, SCORES, aggregate, headline, remove_stale_runs, summarize
+from forestseg.report import FIGURES, SCORES, aggregate, headline, summarize
 from forestseg.train import Run
 
 RUNS = [Run("mse", "adam", 0), Run("mse", "adam", 1), Run("bce", "sgd", 0), Run("bce", "sgd", 1)]
@@ -304,6 +305,14 @@ def test_an_exact_tie_is_called_a_tie_not_a_lead_of_zero(tmp_path: Path) -> None
     assert "± is the sample standard deviation over seeds (n - 1)" in text
 
 
+def test_aggregate_scores_the_grid_after_its_stale_run_folders_are_removed(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    current = [r for r in RUNS if r.loss == "mse"]  # the grid shrank to one loss
+    assert remove_stale_runs((r.name for r in current), runs_dir) == ["bce-sgd-0", "bce-sgd-1"]
+    out = aggregate(current, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
+    assert list(out["combinations"]) == ["mse-adam"]
+
+
 def test_the_report_says_its_ranking_is_chosen_on_test_and_a_single_seed_has_no_spread(tmp_path: Path) -> None:
     runs_dir = write_tree(tmp_path)
     setup = {
@@ -406,21 +415,6 @@ def test_headline_best_is_by_miou_and_nulls_a_fully_diverged_combination(tmp_pat
     assert out["iou_a-adam"] == 0.9 and out["iou_c-adam"] is None and out["miou_c-adam"] is None
     every = headline(summarize(table[table["combination"] == "c-adam"]))
     assert every == {"best": None, "best_iou": None, "iou_c-adam": None, "miou_c-adam": None}
-
-
-def test_stale_run_folders_are_removed(tmp_path: Path) -> None:
-    runs_dir = write_tree(tmp_path)
-    (runs_dir / "notes").mkdir()  # not named like a run: left alone
-    (runs_dir / "README.txt").write_text("kept")
-    (runs_dir / ".mse-sgd-3.removing").mkdir()  # a removal a kill interrupted
-    (runs_dir / ".mse-sgd-3.removing" / "metrics.json").write_text("{}")
-    current = [r for r in RUNS if r.loss == "mse"]  # the grid shrank to one loss
-    assert remove_stale_runs(current, runs_dir) == ["bce-sgd-0", "bce-sgd-1"]
-    assert sorted(p.name for p in runs_dir.iterdir()) == ["README.txt", "mse-adam-0", "mse-adam-1", "notes"]
-    assert remove_stale_runs(current, runs_dir) == []  # nothing left to remove
-    out = aggregate(current, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots")
-    assert list(out["combinations"]) == ["mse-adam"]
-    assert remove_stale_runs(current, tmp_path / "missing") == []
 
 
 def read_scenes(metrics_dir: Path) -> pd.DataFrame:
