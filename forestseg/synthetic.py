@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .config import SynthConfig
+from .io import remove_stale_temps, temp_prefix
 
 # Parcel colours (RGB, 0-1): soil, ripe crop, pale grass, green crop (forest-like mean colour).
 _PARCELS = np.array(
@@ -100,7 +101,8 @@ def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
     """Write the synthetic set to `out_dir` (replaced atomically as a whole); returns #pairs."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    remove_stale_temps(out_dir.parent)  # what a killed generate left (named by host and pid, git-ignored)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temp_prefix(out_dir.name)))
     try:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
@@ -119,8 +121,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
                     Image.fromarray(m).save(tmp / "masks" / mask_name, quality=90)
                     rows.append(f"{img_name},{mask_name}")
         (tmp / "meta_data.csv").write_text("\n".join(rows) + "\n")
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = out_dir.with_name(f"{temp_prefix(out_dir.name)}old")
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)

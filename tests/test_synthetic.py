@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import collections
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_set
+from conftest import REPO, dead_temp_prefix, make_set
 from PIL import Image
 
 from forestseg.config import SynthConfig
@@ -115,4 +116,14 @@ def test_regenerating_replaces_the_folder(tmp_path):
 def test_regenerating_leaves_no_temp_folders_beside_it(tmp_path):
     make_set(tmp_path / "set", seed=0)
     make_set(tmp_path / "set", seed=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+@pytest.mark.parametrize("left", ["tmpabc123", "old"])  # killed while writing, or while swapping the folders
+def test_what_a_killed_generate_left_is_git_ignored_and_removed_next_time(tmp_path, left):
+    leftover = tmp_path / f"{dead_temp_prefix('set')}{left}"
+    (leftover / "images").mkdir(parents=True)
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"data/{leftover.name}"], cwd=REPO)
+    assert ignored.returncode == 0  # never shown by git status, never committed by dvc exp run
+    make_set(tmp_path / "set", seed=0)
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
