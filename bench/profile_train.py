@@ -158,10 +158,10 @@ def main() -> None:
     )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
     if args.kernels:
-        from bench.speed import dense_peak
+        from bench.speed import device_peaks
 
         dtype = torch.bfloat16 if bf16 else torch.float32
-        peak, what = dense_peak(device, dtype)
+        peak, what = device_peaks(device)[dtype]  # whatever this process's malloc setting
         print(f"{str(dtype)[6:]} dense peak {peak / 1e9:.0f} GFLOP/s ({what}), measured now")
         conv_kernels(model, to_input(x_u8, norm, channels_last=not args.nchw), peak, dtype)
 

@@ -2,7 +2,8 @@
 
     python bench/repro_stages.py [-- dvc repro args]     # e.g. -- --force
 
-Prints each stage's seconds (from its "Running stage" line to the next stage's) and the total, so
+Prints each stage's seconds (from its "Running stage" line, or the line saying it was restored from
+the run-cache or unchanged, to the next stage's) and the total, so
 the pipeline's own overhead (start-up, imports, DVC's bookkeeping) shows beside the training.
 """
 
@@ -29,9 +30,16 @@ def main(argv: list[str]) -> int:
     for line in proc.stdout:
         now = time.perf_counter() - t0
         lines.append(line)
+        # every stage DVC reaches starts a row: run, restored from the run-cache, or unchanged
         found = re.search(r"Running stage '([^']+)'", line)
+        cached = re.search(r"Stage '([^']+)' is cached - skipping run", line)
+        unchanged = re.search(r"Stage '([^']+)' didn't change, skipping", line)
         if found:
             stages.append((found.group(1), now))
+        elif cached:
+            stages.append((f"{cached.group(1)} (restored)", now))
+        elif unchanged:
+            stages.append((f"{unchanged.group(1)} (unchanged)", now))
     rc = proc.wait()
     total = time.perf_counter() - t0
     if rc:  # the timings alone would hide why: DVC's own output

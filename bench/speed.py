@@ -25,9 +25,11 @@ Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -171,13 +173,47 @@ def dense_peak(
     return best, best_what
 
 
+_PEAKS_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from bench.speed import dense_peak
+from forestseg.device import exact_fp32, keep_freed_memory
+keep_freed_memory()
+torch.set_num_threads(int(sys.argv[3]))
+device = torch.device(sys.argv[2])
+exact_fp32(device)
+print(json.dumps({str(d): dense_peak(device, d) for d in (torch.bfloat16, torch.float32)}))
+"""
+
+
+def device_peaks(device: torch.device) -> dict[torch.dtype, tuple[float, str]]:
+    """dense_peak in bf16 and fp32 on this process's threads, measured in a child process where glibc
+    keeps freed memory and fp32 is full fp32 on CUDA (not TF32): the device's limit, whatever this
+    process's allocator (with glibc's default malloc every 32-64 MiB output of the probe is a fresh mmap,
+    and the fp32 peak read 35 % low) or its TF32 flags."""
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAKS_CHILD, root, str(device), str(torch.get_num_threads())],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    return {d: (found[str(d)][0], found[str(d)][1]) for d in (torch.bfloat16, torch.float32)}
+
+
 def spread(values: list[float]) -> str:
+    """median [min-max]; the median of an even count is the mean of the middle two, as np.median."""
     v = sorted(values)
-    return f"{v[len(v) // 2]:.1f} [{v[0]:.1f}-{v[-1]:.1f}]"
+    return f"{float(np.median(v)):.1f} [{v[0]:.1f}-{v[-1]:.1f}]"
 
 
-def predict_speeds(model_path: Path, images: np.ndarray, device: torch.device, repeats: int) -> list[float]:
-    """Images/s of forestseg's predict path (windows of several images batched) over `repeats` passes."""
+def predict_speeds(
+    model_path: Path, images: np.ndarray, device: torch.device, repeats: int
+) -> tuple[list[float], bool]:
+    """Images/s of forestseg's predict path (windows of several images batched) over `repeats` passes,
+    and whether it ran in bf16 (as Predictor.load picks for this device)."""
     from forestseg.predict import Predictor
 
     predictor = Predictor.load(model_path, device)
@@ -189,7 +225,7 @@ def predict_speeds(model_path: Path, images: np.ndarray, device: torch.device, r
         predictor.masks(list(images))
         sync(device)
         out.append(len(images) / (time.perf_counter() - t0))
-    return out
+    return out, predictor.bf16
 
 
 def main() -> None:
@@ -263,25 +299,21 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"params, {len(tiles)} tiles per epoch; {train_flops / 1e9:.1f} GFLOP per training image (forward + backward), "
         f"{fwd_flops / 1e9:.1f} GFLOP per predicted image (counted)"
     )
-    timed = {dtype: dense_peak(device, dtype) for dtype in (torch.bfloat16, torch.float32)}
-    peaks = {dtype: flops for dtype, (flops, _) in timed.items()}
+    # the device's limit, probed before training and again after predict (a probe of ~1 s can hit a
+    # slow moment that minutes of training average out): the faster of the two counts
+    first = device_peaks(device)
+    peaks = {dtype: flops for dtype, (flops, _) in first.items()}
     print(
-        "device limit: "
-        + ", ".join(
-            f"{flops / 1e9:.0f} GFLOP/s {'bf16' if dtype == torch.bfloat16 else 'fp32'} (best: {what})"
-            for dtype, (flops, what) in timed.items()
-        )
-        + ", measured now"
+        "device limit (first probe): "
+        + ", ".join(f"{f / 1e9:.0f} GFLOP/s {str(d)[6:]} ({what})" for d, (f, what) in first.items())
     )
-
-    best_peak = max(peaks.values())
     auto = "bf16" if use_bf16("auto", device) else "fp32"
     print(f"precision auto on this device: {auto}")
     precisions = ["bf16", "fp32"]
     if peaks[torch.bfloat16] < peaks[torch.float32] / 4:  # emulated: hours per epoch, and auto never picks it
         precisions = ["fp32"]
         print("bf16 is emulated on this device (no native bf16 matmul): training timed in fp32 only")
-    speeds, models = {}, {}
+    speeds, models, trained_rates = {}, {}, {}
     settings = [(p, False, True) for p in precisions] + ([(auto, True, True)] if args.compile else [])
     settings += [(auto, False, False)] if args.nchw else []
     for precision, compile_, channels_last in settings:
@@ -312,27 +344,53 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         # epoch 1 includes one-off warm-up (kernel selection, allocator, compilation): time the others
         per_epoch = [len(tiles) / h["train_seconds"] for h in result.history[1:]]
         label = precision + (", torch.compile" if compile_ else "") + ("" if channels_last else ", NCHW")
-        peak = peaks[torch.bfloat16 if precision == "bf16" else torch.float32]
         speeds[label] = float(np.median(per_epoch))
+        trained_rates[label] = (precision, per_epoch)
         models.setdefault(precision, folder / "model.pt")
-        print(
-            f"forestseg train: {spread(per_epoch)} images/s ({label}); MFU "
-            f"{spread([100 * v * train_flops / peak for v in per_epoch])} % of the {precision} peak, "
-            f"{spread([100 * v * train_flops / best_peak for v in per_epoch])} % of the device's best peak"
-        )
+        print(f"forestseg train: {spread(per_epoch)} images/s ({label})")
     ours = max(speeds.values())
 
     images = tiles.images[: min(len(tiles), 4 * args.batch)].cpu().numpy()
-    predicted = predict_speeds(models[auto], images, device, args.repeats)  # predict's precision: as auto chooses
-    bf16_predict = device.type == "cuda" or auto == "bf16"
+    # predict's precision: as Predictor.load picks it for this device (what `forestseg predict` runs)
+    predicted, bf16_predict = predict_speeds(models[auto], images, device, args.repeats)
+    print(
+        f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, {len(images)} images)"
+    )
+
+    second = device_peaks(device)
+    peaks = {d: max(peaks[d], second[d][0]) for d in peaks}
+    print(
+        "device limit: "
+        + ", ".join(
+            f"{peaks[d] / 1e9:.0f} GFLOP/s {str(d)[6:]} (the faster of two probes, before training and after "
+            f"predict: {first[d][0] / 1e9:.0f} / {second[d][0] / 1e9:.0f}; {max(first[d], second[d])[1]})"
+            for d in peaks
+        )
+    )
+    best_peak = max(peaks.values())
+    utilisations = []
+    for label, (precision, per_epoch) in trained_rates.items():
+        peak = peaks[torch.bfloat16 if precision == "bf16" else torch.float32]
+        mfu = [100 * v * train_flops / peak for v in per_epoch]
+        utilisations += mfu
+        print(
+            f"forestseg train: MFU {spread(mfu)} % of the {precision} peak, "
+            f"{spread([100 * v * train_flops / best_peak for v in per_epoch])} % of the device's best peak ({label})"
+        )
     peak = peaks[torch.bfloat16 if bf16_predict else torch.float32]
+    mfu = [100 * v * fwd_flops / peak for v in predicted]
+    utilisations += mfu
     trained = speeds[auto]
     print(
-        f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, windows of "
-        f"{len(images)} images batched); MFU {spread([100 * v * fwd_flops / peak for v in predicted])} % of that "
-        f"peak, {spread([100 * v * fwd_flops / best_peak for v in predicted])} % of the best; "
+        f"forestseg predict: MFU {spread(mfu)} % of the {'bf16' if bf16_predict else 'fp32'} peak, "
+        f"{spread([100 * v * fwd_flops / best_peak for v in predicted])} % of the best; "
         f"{np.median(predicted) / trained:.2f}x the training images/s at precision auto (goal >= 3x)"
     )
+    if max(utilisations) > 100:
+        print(
+            "warning: an MFU above 100 % means both probes of the peak ran slower than the device can: "
+            "the machine was busy; these utilisations do not count, rerun on a quiet machine"
+        )
 
     names = list(zip(index["image"], index["mask"]))
     theirs = study_style_steps(root, names, model_cfg, args.batch, args.steps, device)

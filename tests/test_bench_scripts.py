@@ -144,3 +144,34 @@ def test_fused_bnrelu_checks_its_kernel_and_times_both_steps() -> None:
         if pool == "omp":  # the kernel runs in torch's own OpenMP runtime, not a second one
             runtimes = out.stdout.split("OpenMP runtimes in this process: ")[1].splitlines()[0]
             assert runtimes.count("libgomp") == 1, runtimes
+
+
+def test_device_peaks_probe_both_precisions_in_a_child_process() -> None:
+    peaks = speed.device_peaks(torch.device("cpu"))
+    assert set(peaks) == {torch.bfloat16, torch.float32}
+    assert all(1e6 < rate < 1e15 and ("matmul" in what or "convolution" in what) for rate, what in peaks.values())
+
+
+@pytest.mark.parametrize("values, says", [([3.0, 1.0, 2.0], "2.0 [1.0-3.0]"), ([4.0, 1.0, 2.0, 3.0], "2.5 [1.0-4.0]")])
+def test_spread_is_the_median_and_the_range(values: list[float], says: str) -> None:
+    assert speed.spread(values) == says  # an even count: the mean of the middle two, as the ratios use
+
+
+def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(tmp_path: Path) -> None:
+    """A stage DVC skips or restores ends the previous stage's row; its time was charged to that one."""
+    fake = tmp_path / "dvc"
+    fake.write_text(
+        "#!/bin/sh\necho \"Running stage 'synth':\"; sleep 1\n"
+        "echo \"Stage 'index' didn't change, skipping\"; sleep 2\n"
+        "echo \"Stage 'train@a' is cached - skipping run, checking out outputs\"; sleep 2\n"
+        "echo \"Running stage 'aggregate':\"; sleep 1\n"
+    )
+    fake.chmod(0o755)
+    python = tmp_path / "python"  # the script puts its interpreter's folder first on PATH: the fake dvc's
+    python.symlink_to(sys.executable)
+    out = subprocess.run([str(python), "bench/repro_stages.py"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    rows = {
+        line.rsplit(maxsplit=1)[0].strip(): float(line.rsplit(maxsplit=1)[1]) for line in out.stdout.splitlines()[1:5]
+    }
+    assert list(rows) == ["synth", "index (unchanged)", "train@a (restored)", "aggregate"], out.stdout
+    assert rows["synth"] < 1.8 and rows["index (unchanged)"] > 1.5 and rows["train@a (restored)"] > 1.5
