@@ -13,7 +13,7 @@ TRAIN = {"train@mse-adam-0", "train@bce-adam-0"}
 # registry file -> the stages whose code it is (directly or through config validation)
 USERS = {
     "forestseg/losses.py": TRAIN | {"aggregate", "overlays"},  # overlays: checkpoint checks the loss
-    "forestseg/optim.py": TRAIN | {"aggregate"},
+    "forestseg/optim.py": TRAIN | {"aggregate", "overlays"},  # overlays: the grid names the models it keeps
     "forestseg/model.py": TRAIN | {"aggregate", "overlays"},
     "forestseg/metrics.py": TRAIN | {"index", "split", "aggregate"},
     "forestseg/masks.py": {"index", "split"},
