@@ -444,7 +444,8 @@ def paired(result: dict, ref: dict, metric: str) -> str:
     (the fold-to-fold spread of the scores themselves is mostly how hard each fold's scenes are); "-"
     where no fold holds the same scenes in both (another --folds, or another sample), or where one
     split tiles and the other scenes (tile folds of another --folds hold the same scenes, not the same tiles)."""
-    if (result.get("split"), result.get("folds")) != (ref.get("split"), ref.get("folds")):
+    tiles = "tile" in (result.get("split"), ref.get("split"))  # results saved before "folds" was recorded lack it
+    if tiles and (result.get("split"), result.get("folds")) != (ref.get("split"), ref.get("folds")):
         return "-"
     theirs = {(p.get("fold"), tuple(sorted(p["scenes"]))): p["scores"][metric] for p in ref["parts"]}
     keys = [(p.get("fold"), tuple(sorted(p["scenes"]))) for p in result["parts"]]

@@ -197,8 +197,10 @@ def device_peaks(device: torch.device) -> dict[torch.dtype, tuple[float, str]]:
         [sys.executable, "-c", _PEAKS_CHILD, root, str(device), str(torch.get_num_threads())],
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode:  # e.g. CUDA out of memory: the child's own last line, not a traceback of this one
+        reason = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        sys.exit(f"error: the device's peak could not be probed on {device}: {reason}")
     found = json.loads(out.stdout.strip().splitlines()[-1])
     return {d: (found[str(d)][0], found[str(d)][1]) for d in (torch.bfloat16, torch.float32)}
 

@@ -22,18 +22,24 @@ require_remote coordinator read
 dvc fetch --run-cache
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-dvc repro --pull "$@" 2>&1 | tee "$log"
+# a failure after some members trained (another member, aggregate) still pushes those, as a worker
+# pushes each member when it is done; the script then ends with repro's status
+status=0
+dvc repro --pull "$@" 2>&1 | tee "$log" || status=$?
 restored=$(grep -c "Stage 'train@[^']*' is cached - skipping run" "$log" || true)
 mapfile -t here < <(grep -o "Running stage 'train@[^']*'" "$log" | sed "s/^Running stage '//; s/'\$//" | sort -u)
-pushed=""
-if [ "${#here[@]}" -gt 0 ]; then
-  # pushed like a worker's members, so a later coordinator (or a worker given the same member)
-  # restores them instead of training them again; the report is written either way
-  if dvc push --run-cache --with-deps "${here[@]}"; then
-    pushed=" and pushed"
-  else
-    echo "warning: coordinator: the ${#here[@]} member(s) trained here were not pushed (dvc push failed above): another machine would train them again; run \`dvc push --run-cache --with-deps ${here[*]}\` when the remote takes writes" >&2
-    pushed=", not pushed"
-  fi
+# pushed like a worker's members, each on its own (one that failed to train does not stop the others),
+# so a later coordinator (or a worker given the same member) restores them instead of training them again
+unpushed=()
+for m in "${here[@]}"; do
+  dvc push --run-cache --with-deps "$m" || unpushed+=("$m")
+done
+pushed=$((${#here[@]} - ${#unpushed[@]}))
+if [ "${#unpushed[@]}" -gt 0 ]; then
+  echo "warning: coordinator: not pushed (dvc push failed above): ${unpushed[*]}; another machine would train them again: \`dvc push --run-cache --with-deps ${unpushed[*]}\` once they are trained and the remote takes writes" >&2
 fi
-echo "coordinator: commit $(git rev-parse HEAD): $restored member(s) restored from the run-cache, ${#here[@]} trained here$pushed"
+if [ "$status" -ne 0 ]; then
+  echo "error: coordinator: dvc repro failed (its error is above); ${#here[@]} member(s) ran here, $pushed pushed" >&2
+  exit "$status"
+fi
+echo "coordinator: commit $(git rev-parse HEAD): $restored member(s) restored from the run-cache, ${#here[@]} trained here, $pushed pushed"

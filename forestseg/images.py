@@ -138,13 +138,14 @@ def decode(data: bytes) -> Picture:
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif mode == "PA":
                 im = im.convert("RGBA")
-            elif mode in ("RGB", "L") and "transparency" in im.info:  # a colour key (PNG tRNS): its pixels are alpha 0
+            elif mode in ("RGB", "L", "1") and "transparency" in im.info:  # a colour key (PNG tRNS): alpha 0 there
                 im = im.convert("RGBA" if mode == "RGB" else "LA")
             elif mode == "F":
                 raise ImageError(f"is a 32-bit float {fmt}; save it with 8-bit integers (a mask as 0/255 or 0/1 grey)")
             elif mode not in ("1", "L", "LA", "RGB", "RGBA") and not mode.startswith("I"):
                 raise ImageError(f"is a {mode} {fmt}; convert it to RGB")
             array = np.asarray(im)
+            key = im.info.get("transparency") if mode.startswith("I") else None  # 16-bit grey: Pillow keeps the key
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -162,4 +163,5 @@ def decode(data: bytes) -> Picture:
         return Picture(np.ascontiguousarray(_eight_bit(colour, mode)), array[..., -1].copy(), kind)
     if array.ndim == 3 and array.shape[2] != 3:
         raise ImageError(f"is a {kind} with {array.shape[2]} bands; expected RGB")
-    return Picture(_eight_bit(array, mode), None, kind)
+    alpha = np.where(array == key, 0, 255).astype(np.uint8) if isinstance(key, int) else None
+    return Picture(_eight_bit(array, mode), alpha, kind)

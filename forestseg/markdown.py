@@ -173,7 +173,15 @@ def write_report(
         if len(ranked) > 1 and not len(higher):
             runner = ranked.iloc[1]
             gap = top["test_miou_mean"] - runner["test_miou_mean"]
-            text += f", {gap:+.4f} mIoU over {runner['combination']}" if gap else f", with {runner['combination']}"
+            if gap:
+                text += f", {gap:+.4f} mIoU over {runner['combination']}"
+            elif runner["diverged"]:  # the same mean over fewer seeds: ranked after (report.rank)
+                text += (
+                    f", as high as {runner['combination']} over its seeds that did not diverge "
+                    f"({runner['diverged']} of {plural(runner['seeds'], 'seed')} diverged: ranked after)"
+                )
+            else:
+                text += f", with {runner['combination']}"
             if not gap:
                 pass
             elif pd.isna(top["test_miou_std"]) or pd.isna(runner["test_miou_std"]):

@@ -122,6 +122,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
                     rows.append(f"{img_name},{mask_name}")
         (tmp / "meta_data.csv").write_text("\n".join(rows) + "\n")
         old = out_dir.with_name(f"{temp_prefix(out_dir.name)}old")
+        shutil.rmtree(old, ignore_errors=True)  # a killed run's of the same pid (reused in a container)
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)

@@ -131,6 +131,15 @@ def test_tile_split_folds_pair_only_with_tile_folds_of_the_same_k() -> None:
     assert quality.paired({**result("scenes"), "parts": tiles}, ref, "iou") == "-"
 
 
+def test_scene_folds_saved_before_folds_was_recorded_still_pair() -> None:
+    """Results saved before "folds" was recorded lack the key: their scene folds pair by their scenes."""
+    ref = {**result("ref"), "parts": [part(0)]}
+    old = {k: v for k, v in result("old").items() if k != "folds"}
+    better = {**old, "parts": [{**part(0), "scores": {**part(0)["scores"], "iou": 0.75}}]}
+    assert quality.paired(better, ref, "iou") == "+0.050 ± 0.000"
+    assert quality.paired(ref, better, "iou") == "-0.050 ± 0.000"
+
+
 def test_the_table_marks_a_tile_split_result_as_leaky() -> None:
     """A --name replaces the _tilesplit suffix, so the row itself says which split made it."""
     rows = [

@@ -152,6 +152,15 @@ def test_device_peaks_probe_both_precisions_in_a_child_process() -> None:
     assert all(1e6 < rate < 1e15 and ("matmul" in what or "convolution" in what) for rate, what in peaks.values())
 
 
+def test_a_peak_probe_that_fails_says_why_in_one_line() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the probe would run")
+    with pytest.raises(SystemExit) as stopped:
+        speed.device_peaks(torch.device("cuda"))
+    said = str(stopped.value)
+    assert said.startswith("error: the device's peak could not be probed on cuda: ") and "\n" not in said
+
+
 @pytest.mark.parametrize("values, says", [([3.0, 1.0, 2.0], "2.0 [1.0-3.0]"), ([4.0, 1.0, 2.0, 3.0], "2.5 [1.0-4.0]")])
 def test_spread_is_the_median_and_the_range(values: list[float], says: str) -> None:
     assert speed.spread(values) == says  # an even count: the mean of the middle two, as the ratios use

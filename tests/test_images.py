@@ -108,18 +108,24 @@ def test_a_16_bit_colour_tiff_is_refused_not_read_by_its_high_bytes(tmp_path, ba
     assert np.array_equal(decode(eight.getvalue()).pixels, picture())
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "I;16"])
 def test_a_colour_key_is_transparency_as_viewers_show_it(mode: str) -> None:
     """A PNG tRNS colour key (GDAL writes one for nodata): its pixels are alpha 0, never photo."""
-    image = Image.fromarray(picture()).convert(mode)
+    grey = picture()[..., 0]
+    if mode == "I;16":  # 16-bit grey whose values fit 8 bits (accepted)
+        image = Image.fromarray(grey.astype(np.uint16))
+    elif mode == "1":
+        image = Image.fromarray(grey > 100)
+    else:
+        image = Image.fromarray(picture()).convert(mode)
     key = image.getpixel((0, 0))
     out = io.BytesIO()
     image.save(out, format="PNG", transparency=key)
     decoded = decode(out.getvalue())
     assert decoded.alpha is not None and decoded.pixels.shape == np.asarray(image).shape
-    assert np.array_equal(
-        decoded.alpha == 0, np.asarray(image) == key if mode == "L" else (np.asarray(image) == key).all(-1)
-    )
+    values = np.asarray(image.convert("L") if mode == "1" else image)  # 1-bit: getpixel gives 0 / 255
+    keyed = (values == key).all(-1) if mode == "RGB" else values == key
+    assert keyed.any() and not keyed.all() and np.array_equal(decoded.alpha == 0, keyed)
 
 
 def test_a_float_image_is_refused_with_8_bit_advice() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     out = sh(a, "bash", "cluster/coordinator.sh")
     assert ran(out) & MEMBERS == {"train@bce-adam-1"} and "train@bce-adam-0" in restored(out), out.stdout
     assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: 1 member\(s\) restored from the run-cache, 1 trained here and pushed",
+        r"coordinator: commit [0-9a-f]{40}: 1 member\(s\) restored from the run-cache, 1 trained here, 1 pushed",
         out.stdout,
     ), out.stdout
     task = sh(c, "bash", "cluster/worker.sh", "--task", "1", "2")
@@ -91,12 +92,49 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     assert not MEMBERS & ran(out), out.stdout
     assert restored(out) >= MEMBERS
     assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: 2 member\(s\) restored from the run-cache, 0 trained here$",
+        r"coordinator: commit [0-9a-f]{40}: 2 member\(s\) restored from the run-cache, 0 trained here, 0 pushed$",
         out.stdout,
         re.M,
     ), out.stdout
     assert "aggregate" in ran(out) and seeds_in_summary(d) == 2
     assert (d / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
+
+
+FAKE_DVC = """#!/bin/bash
+case "$1" in
+  remote) echo store ;;
+  config) echo "$REMOTE" ;;
+  repro) echo "Running stage 'train@bce-adam-0':"; echo "Running stage 'train@bce-adam-1':"
+         echo "ERROR: failed to reproduce 'train@bce-adam-1'"; exit 1 ;;
+  push) echo "push ${@: -1}" >> "$PUSHED"; [ "${@: -1}" = train@bce-adam-0 ] || exit 1 ;;
+esac
+"""
+
+
+def test_a_coordinator_whose_repro_fails_still_pushes_what_it_trained(tmp_path: Path) -> None:
+    """A member trained before a later failure (another member, aggregate) is pushed, as a worker pushes
+    each member when done; the failed one is named, and the script ends with repro's status."""
+    from conftest import REPO
+
+    project = tmp_path / "p"
+    (project / "cluster").mkdir(parents=True)
+    for name in ("coordinator.sh", "committed.sh"):
+        (project / "cluster" / name).write_text((REPO / "cluster" / name).read_text())
+    sh(project, "git", "init", "-q")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/dvc").write_text(FAKE_DVC)
+    (tmp_path / "bin/dvc").chmod(0o755)
+    (tmp_path / "remote").mkdir()
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "REMOTE": str(tmp_path / "remote")}
+    env["PUSHED"] = str(tmp_path / "pushed.txt")
+    env.pop("FORESTSEG_REV", None)
+    out = subprocess.run(["bash", "cluster/coordinator.sh"], cwd=project, env=env, capture_output=True, text=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert (tmp_path / "pushed.txt").read_text().split("\n")[:2] == ["push train@bce-adam-0", "push train@bce-adam-1"]
+    assert "warning: coordinator: not pushed (dvc push failed above): train@bce-adam-1;" in out.stderr
+    assert out.stderr.strip().endswith(
+        "error: coordinator: dvc repro failed (its error is above); 2 member(s) ran here, 1 pushed"
+    )
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,18 @@ def test_regenerating_leaves_no_temp_folders_beside_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
 
 
+def test_an_old_set_left_under_this_processs_own_pid_does_not_stop_generate(tmp_path):
+    """A killed run's swapped-out set, named by a pid this process now has (pids recur in containers)."""
+    from forestseg.io import temp_prefix
+
+    make_set(tmp_path / "set", seed=0)
+    left = tmp_path / f"{temp_prefix('set')}old"
+    (left / "images").mkdir(parents=True)
+    (left / "images" / "a.jpg").write_bytes(b"x")
+    make_set(tmp_path / "set", seed=1)  # the set is swapped out to where the leftover is
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
 @pytest.mark.parametrize("left", ["tmpabc123", "old"])  # killed while writing, or while swapping the folders
 def test_what_a_killed_generate_left_is_git_ignored_and_removed_next_time(tmp_path, left):
     leftover = tmp_path / f"{dead_temp_prefix('set')}{left}"
