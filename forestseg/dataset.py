@@ -46,9 +46,9 @@ class BadPair(Exception):
 class Misfit(BadPair):
     """A mask whose values do not fit the declared convention; carries its value counts (masks.summarize)."""
 
-    def __init__(self, message: str, summary: tuple[bool, np.ndarray]):
+    def __init__(self, message: str, summary: tuple[bool, np.ndarray], jpeg: bool):
         super().__init__(message)
-        self.summary = summary
+        self.summary, self.jpeg = summary, jpeg
 
 
 def scene_of(image_name: str) -> str | None:
@@ -166,14 +166,16 @@ def _read(root: Path, folder: str, name: str) -> Picture:
 
 def _load_pair(
     root: Path, image: str, mask: str, size: tuple[int, int], convention: str, forest: tuple
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(RGB image, forest map in {0, 1}, the mask's value counts) of one pair; raises BadPair."""
+) -> tuple[np.ndarray, np.ndarray, tuple[bool, np.ndarray], bool]:
+    """(RGB image, forest map in {0, 1}, the mask's value counts, whether the mask is a JPEG) of one
+    pair; raises BadPair."""
     img = _read(root, "images", image)
-    if img.pixels.ndim != 3 or img.alpha is not None:
+    if img.pixels.ndim != 3:
+        raise BadPair(f"{image} is a {img.kind}; convert it to RGB")
+    if img.alpha is not None and (img.alpha < 255).any():  # an opaque alpha band (or colour key) is no loss
         raise BadPair(
-            f"{image} is a {img.kind}; convert it to RGB"
-            if img.pixels.ndim != 3
-            else f"{image} has mode {img.kind.split()[0]}; convert it to RGB"
+            f"{image} has transparent pixels ({img.kind}): a training tile is a whole photo; flatten it to RGB "
+            "or leave the pair out"
         )
     msk_picture = _read(root, "masks", mask)
     if msk_picture.alpha is not None and (msk_picture.alpha < 255).any():
@@ -188,16 +190,17 @@ def _load_pair(
         raise BadPair(
             f"mask is {msk.shape[1]}x{msk.shape[0]}, its image is {img.pixels.shape[1]}x{img.pixels.shape[0]}"
         )
+    jpeg = "JPEG" in msk_picture.kind
     try:
         forest_map = forest_of(msk, convention, forest)
     except MaskMismatch as e:  # checked first: a set of misfits says which convention it looks like
-        raise Misfit(f"mask does not fit data.masks {convention!r}: {e}", summarize(msk)) from None
-    if convention in ("0/1", "classes") and "JPEG" in msk_picture.kind:
+        raise Misfit(f"mask does not fit data.masks {convention!r}: {e}", summarize(msk), jpeg) from None
+    if convention in ("0/1", "classes") and jpeg:
         raise BadPair(
             f"{mask} is a JPEG: its lossy compression moves class values (a forest 255 read as 251-254), and "
             f"data.masks {convention!r} reads values exactly; save the masks lossless (PNG)"
         )
-    return img.pixels, forest_map, summarize(msk)
+    return img.pixels, forest_map, summarize(msk), jpeg
 
 
 def _tile_size(root: Path, names: list[str]) -> tuple[int, int]:
@@ -319,7 +322,7 @@ def build_index(
                     while isinstance(result, BadPair):
                         if isinstance(result, Misfit):
                             misfits += 1
-                            stats.add_summary(result.summary)
+                            stats.add_summary(result.summary, result.jpeg)
                         skip(image, mask, str(result))
                         if not others:
                             break
@@ -330,8 +333,8 @@ def build_index(
                     if isinstance(result, BadPair):
                         continue
                     k = len(kept)
-                    images[k], packed_masks[k], summary = result
-                    stats.add_summary(summary)
+                    images[k], packed_masks[k], summary, jpeg = result
+                    stats.add_summary(summary, jpeg)
                     forest_px = int(result[1].sum())
                     kept.append(
                         {
@@ -429,7 +432,8 @@ def _check_convention(
         others = f"; {len(skipped)} other pair(s) skipped, see the index report" if skipped else ""
         raise DataError(
             f"{where}, but every pixel of the {kept} kept masks is forest under it ({stats.found()}{others}): "
-            "inverted masks, or data.forest naming the background? check data.masks and data.forest"
+            "inverted masks (forest 0)? lossless ones read with data.masks: classes and data.forest: [0], JPEG "
+            "ones must be inverted first (forest 255); or data.forest naming the background? check data.forest"
         )
 
 

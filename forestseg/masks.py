@@ -98,9 +98,11 @@ class Stats:
     colour: np.ndarray = field(default_factory=lambda: np.zeros(512, np.int64))
     grey_masks: int = 0
     colour_masks: int = 0
+    jpeg_masks: int = 0
 
-    def add_summary(self, summary: tuple[bool, np.ndarray]) -> None:
+    def add_summary(self, summary: tuple[bool, np.ndarray], jpeg: bool = False) -> None:
         grey, counts = summary
+        self.jpeg_masks += jpeg
         if grey:
             self.grey += counts
             self.grey_masks += 1
@@ -135,6 +137,12 @@ class Stats:
             guess = "classes"
         else:
             guess = "0/255"
+        if guess in ("0/1", "classes") and 2 * self.jpeg_masks > self.grey_masks + self.colour_masks:
+            # JPEG noise spreads 0/1 over 0-3: no convention reads class values exactly from a lossy file
+            return (
+                "they look like class ids (0/1 or a few classes) stored as JPEG, whose lossy compression moves "
+                "values: save the masks lossless (PNG), then set data.masks: '0/1' or classes"
+            )
         if guess == current:
             return "check data.masks and data.forest against the values found"
         return {

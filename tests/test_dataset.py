@@ -142,7 +142,9 @@ def cmyk(path: Path) -> None:
 
 
 def rgba_png(path: Path) -> None:
-    Image.new("RGBA", (32, 32), (30, 80, 30, 255)).save(path, format="PNG")  # keeps the .jpg name
+    rgba = np.full((32, 32, 4), (30, 80, 30, 255), np.uint8)
+    rgba[0, 0, 3] = 0  # one transparent pixel: not a whole photo
+    Image.fromarray(rgba).save(path, format="PNG")  # keeps the .jpg name
 
 
 def transparent_mask(path: Path) -> None:
@@ -163,7 +165,7 @@ BAD_PAIRS = [
     ("mask-other-size", "masks", mask_16px, r"^mask is 16x16, its image is 32x32$"),
     ("grayscale-image", "images", grayscale, r"is a Gray JPEG; convert it to RGB"),
     ("cmyk-image", "images", cmyk, r"is a CMYK JPEG; convert it to RGB"),
-    ("rgba-png-image", "images", rgba_png, r"has mode RGBA; convert it to RGB"),
+    ("rgba-png-image", "images", rgba_png, r"has transparent pixels \(RGBA PNG\): a training tile is a whole photo"),
     ("transparent-mask", "masks", transparent_mask, r"has transparent pixels \(RGBA PNG\); forest must be in"),
 ]
 
@@ -448,9 +450,43 @@ FATAL = [
     (
         "all-masks-forest",
         all_masks_forest,
-        rf"every pixel of the {ROWS} kept masks is forest under it .*inverted masks",
+        rf"every pixel of the {ROWS} kept masks is forest under it .*inverted masks \(forest 0\)\? lossless ones "
+        r"read with data.masks: classes and data.forest: \[0\], JPEG ones must be inverted first",
     ),
 ]
+
+
+@pytest.mark.parametrize("opaque", ["rgba", "colour-key"])
+def test_an_opaque_image_with_an_alpha_band_or_colour_key_is_indexed(tiny_set, tmp_path, opaque):
+    """GDAL writes a colour key (tRNS) for nodata: no pixel of this image has it, so nothing is lost."""
+    image, _ = rows_of(tiny_set)[BAD_ROW]
+    path = tiny_set / "images" / image
+    rgb = np.asarray(Image.open(path).convert("RGB")).copy()
+    rgb[rgb.sum(-1) == 0] = 1  # no pixel black: the key below marks nothing
+    if opaque == "rgba":
+        Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(path, format="PNG")
+    else:
+        Image.fromarray(rgb).save(path, format="PNG", transparency=(0, 0, 0))
+    index, report = build(tiny_set, tmp_path / "out")
+    assert report["skipped"] == 0 and image in set(index["image"])
+    assert np.array_equal(np.load(tmp_path / "out/images.npy")[list(index["image"]).index(image)], rgb)
+
+
+def jpeg_0_1_masks(root: Path) -> None:
+    for image, mask in rows_of(root):
+        path = root / "masks" / mask
+        values = (np.asarray(Image.open(path).convert("L")) >= 128).astype(np.uint8)
+        Image.fromarray(values).save(path, format="JPEG", quality=75)
+
+
+@pytest.mark.parametrize("convention", ["0/255", "0/1"])
+def test_0_1_masks_saved_as_jpeg_are_told_to_be_saved_lossless(tiny_set, tmp_path, convention):
+    """JPEG noise spreads 0/1 over 0-3: the advice was data.masks classes, which refuses JPEGs next."""
+    jpeg_0_1_masks(tiny_set)
+    with pytest.raises(
+        DataError, match=r"stored as JPEG, whose lossy compression moves values: save the masks lossless"
+    ):
+        build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", convention, ())
 
 
 @pytest.mark.parametrize("damage, match", [c[1:] for c in FATAL], ids=[c[0] for c in FATAL])
