@@ -196,7 +196,7 @@ def predict(args: argparse.Namespace) -> int:
     # leaving a forest-area table with an orthophoto silently missing
     rasters, pictures = [], []
     for f in files:
-        raster = check_raster(f, opts) if is_map(f) else None
+        raster = check_raster(f, opts, predictor.pixel_size_m) if is_map(f) else None
         (rasters if raster else pictures).append(raster or f)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -579,6 +579,12 @@ def main(argv: list[str] | None = None) -> None:
     except ForestsegError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so the finished ones stand
+        print(
+            f"forestseg {args.command}: interrupted; outputs written before it stand, temp files go next run",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ def evaluate_rasters(
 
     rasters = []
     for image, truth_path in pairs:
-        raster = check_raster(image, opts)
+        raster = check_raster(image, opts, predictor.pixel_size_m)
         if raster is None:
             raise ForestsegError(f"{image}: has no georeference; labelled rasters must be GeoTIFFs")
         _check_truth(truth_path)

@@ -55,6 +55,7 @@ PICTURE_SIDECARS = (*WORLD_FILE_SUFFIXES, ".aux.xml")
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
 SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are
+PLAUSIBLE_PIXEL_M = (1e-3, 1e4)  # pixel sides outside these are a geotransform or CRS gone wrong, not imagery
 COARSE = 4  # a raster this many times coarser than the model's pixels gets a note: little detail to predict from
 AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than 1% on the raster is refused
 WGS84_A, WGS84_E2 = 6378137.0, (2 - 1 / 298.257223563) / 298.257223563  # semi-major axis, eccentricity squared
@@ -155,10 +156,10 @@ def _open(path: Path) -> Iterator[rasterio.io.DatasetReader]:
             yield src
 
 
-def check_raster(path: Path, opts: MapOptions) -> Raster | None:
-    """Check, from its header, that `path` can be mapped with `opts`; raises ForestsegError (one line)
-    naming the file and the fix. Returns None for a TIFF with no georeference at all, which is read
-    as a plain picture like a PNG."""
+def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None:
+    """Check, from its header, that `path` can be mapped with `opts` by a model of `model_px` m pixels;
+    raises ForestsegError (one line) naming the file and the fix. Returns None for a TIFF with no
+    georeference at all, which is read as a plain picture like a PNG."""
     target = parse_crs(opts.reproject) if opts.reproject else None
     with _open(path) as src:
         gcps, _ = src.gcps
@@ -234,6 +235,12 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
                 f"{path}: the linear unit of its CRS ({_crs_name(crs)}) is unknown, so areas cannot be "
                 "computed; reproject it with --reproject EPSG:<code>"
             ) from None
+        t = src.transform
+        if t.a * t.e - t.b * t.d == 0:
+            raise ForestsegError(
+                f"{path}: its geotransform {tuple(t)[:6]} is degenerate (pixels of no area); fix it "
+                f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
+            )
         notes = []
         for b in range(1, src.count + 1):
             if b not in opts.bands and src.colorinterp[b - 1] == ColorInterp.alpha and _not_an_alpha(src, b):
@@ -247,7 +254,29 @@ def check_raster(path: Path, opts: MapOptions) -> Raster | None:
             order = ",".join(str(opts.bands[i]) for i in (2, 1, 0))
             notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
         _check_scale(path, src, crs, float(unit_m))
+        _check_pixels(path, src, crs, float(unit_m), model_px if opts.resample else None)
         return Raster(path, crs, float(unit_m), tuple(notes))
+
+
+def _check_pixels(path: Path, src: Any, crs: CRS, unit_m: float, model_px: float | None) -> None:
+    """Refuse pixels no aerial or satellite image has (a geotransform in degrees under a metre CRS gives
+    micrometres), and, with `model_px` (resampling on), a raster smaller than one model pixel: its data
+    would fall between the model grid's pixel centres and map as all nodata."""
+    out = _regrid(src, crs) if crs != src.crs else Grid(crs, src.transform, src.width, src.height)
+    sides = out.pixel_sides(unit_m)
+    if not (PLAUSIBLE_PIXEL_M[0] <= min(sides) and max(sides) <= PLAUSIBLE_PIXEL_M[1]):
+        raise ForestsegError(
+            f"{path}: its pixels are {sides[0]:.3g} x {sides[1]:.3g} m under {_crs_name(crs)}, no aerial or "
+            "satellite image's; check its CRS and geotransform (degrees under a metre CRS?) and fix them with "
+            "gdal_edit.py -a_srs / -a_ullr"
+        )
+    extent = (out.width * sides[0], out.height * sides[1])
+    if model_px is not None and min(extent) < model_px:
+        raise ForestsegError(
+            f"{path}: covers {extent[0]:.3g} x {extent[1]:.3g} m, less than one of the model's {model_px:g} m "
+            "pixels: nothing to predict at the model's resolution; check its geotransform, or map its pixels "
+            "as they are with --no-resample"
+        )
 
 
 def _local_unit(crs: Any) -> tuple[str, float | None]:
@@ -603,6 +632,7 @@ def map_forest(
             )
             # averaging when the model's pixels are coarser (no aliasing), bilinear when finer
             pixels = Resampling.average if resample and model_px > min(sides) else Resampling.bilinear
+
             model = _regrid(src, raster.crs, model_px / raster.unit_m) if resample else out
             if resample and min(sides) > COARSE * model_px:
                 log(
@@ -672,7 +702,7 @@ def map_forest(
             _cog(writer.files["mask"], paths["mask"], "MODE")
             if opts.probability:
                 _cog(writer.files["probability"], paths["probability"], "AVERAGE")
-    except (RasterioError, CPLE_BaseError, OSError) as e:
+    except (RasterioError, CPLE_BaseError, OSError, OverflowError) as e:
         # a corrupt block, a full disk, a failed transform: GDAL's reason on one line, never a traceback
         raise ForestsegError(f"{path}: failed while mapping ({_one_line(e)})") from None
     polygons = None

@@ -180,7 +180,7 @@ def test_windowed_prediction_equals_the_in_memory_one(predictor: Predictor, scen
     for block in (40, 150, 1000):  # panels narrower than a tile, a few, one
         assert np.array_equal(predictor.logits(image, block=block), whole), block
     src = write_raster(tmp_path / "in.tif", image, nodata=None)
-    raster = check_raster(src, MapOptions())
+    raster = check_raster(src, MapOptions(), 0.5)
     area = map_forest(predictor, raster, tmp_path, MapOptions(block=256, progress=False), log=lambda s: None)
     mask, _ = read(Path(area.mask))
     assert np.array_equal(mask == 1, whole > predictor.cut)
@@ -190,7 +190,7 @@ def test_windowed_prediction_equals_the_in_memory_one(predictor: Predictor, scen
 def test_adapt_bn_adapts_to_the_raster_windows_with_data(predictor: Predictor, scene, tmp_path: Path) -> None:
     image = with_nodata_corner(scene[0] // 2)  # darker than training: something to adapt to
     src = write_raster(tmp_path / "in.tif", image)
-    raster = check_raster(src, MapOptions())
+    raster = check_raster(src, MapOptions(), 0.5)
     opts = MapOptions(progress=False, adapt_bn=0.5)
     area = map_forest(predictor, raster, tmp_path, opts, log=lambda s: None)
     mask, _ = read(Path(area.mask))
@@ -219,7 +219,7 @@ def test_adapt_bn_leaves_out_windows_under_an_internal_mask(
         ds.write_mask(keep)
     seen = []
     monkeypatch.setattr(Predictor, "adapted", lambda self, tiles, mix: seen.append(tiles) or self)
-    raster = check_raster(tmp_path / "masked.tif", MapOptions())
+    raster = check_raster(tmp_path / "masked.tif", MapOptions(), 0.5)
     map_forest(predictor, raster, tmp_path, MapOptions(progress=False, adapt_bn=0.25), log=lambda s: None)
     assert len(seen) == 1 and len(seen[0]) > 0
     assert all(w.any(axis=2).all() for w in seen[0])  # no window reaches into the masked, black part
@@ -238,7 +238,7 @@ def test_adapt_bn_adapts_each_geotiff_on_its_own_beside_pictures(checkpoint: Pat
 
 def test_small_raster_is_padded_like_a_small_image(predictor: Predictor, scene, tmp_path: Path) -> None:
     src = write_raster(tmp_path / "in.tif", scene[0][:40, :50], nodata=None)
-    area = map_forest(predictor, check_raster(src, MapOptions()), tmp_path, MapOptions(progress=False))
+    area = map_forest(predictor, check_raster(src, MapOptions(), 0.5), tmp_path, MapOptions(progress=False))
     mask, _ = read(Path(area.mask))
     assert np.array_equal(mask == 1, predictor.mask(scene[0][:40, :50]))
 
@@ -253,7 +253,7 @@ def test_peak_memory_depends_on_the_block_not_the_raster(tmp_path: Path) -> None
     del pixels
     # a cheap model: this test is about memory, not forest
     predictor = Predictor.load(random_checkpoint(tmp_path / "r.pt", tile=128, width=2, depth=1), torch.device("cpu"))
-    raster = check_raster(src, MapOptions())
+    raster = check_raster(src, MapOptions(), 0.5)
     tracemalloc.start()
     try:
         area = map_forest(predictor, raster, tmp_path, MapOptions(block=512, batch=4, progress=False))
@@ -330,6 +330,39 @@ def test_resampled_edges_and_nodata_borders_keep_their_prediction(
     assert probability[has_data].min() > 0.99
     row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
     assert row["valid_ha"] == pytest.approx(has_data.sum() * abs(transform.determinant) / 1e4, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "pixel, origin, says",
+    [
+        (6.99e-6, (15.0, 50.0), r"its pixels are 6.99e-06 x 6.99e-06 m under EPSG:32633, no aerial or satellite"),
+        (1e7, (500000, 5000000), r"its pixels are 1e\+07 x 1e\+07 m under EPSG:32633, no aerial or satellite"),
+        (0.05, (500000, 5000000), r"covers 0.15 x 0.1 m, less than one of the model's 0.5 m pixels"),
+    ],
+    ids=["degrees-under-utm", "absurdly-coarse", "smaller-than-a-model-pixel"],
+)
+def test_pixels_no_image_has_are_refused_before_mapping(
+    checkpoint: Path, scene, tmp_path: Path, capsys, pixel: float, origin: tuple, says: str
+) -> None:
+    """A degree geotransform tagged UTM mapped 117,200 pixels with data as nodata (exit 0); 1e7 m pixels
+    crashed the warper (OverflowError); a raster under one model pixel mapped as all nodata."""
+    size = (2, 3) if pixel == 0.05 else (40, 30)
+    write_raster(tmp_path / "in/x.tif", scene[0][: size[0], : size[1]], pixel=pixel, origin=origin)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(says, err), err
+    assert not (tmp_path / "out/x_mask.tif").exists()
+    if pixel == 0.05:  # its own pixels can still be predicted
+        assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-resample") == 0
+
+
+def test_a_degenerate_geotransform_is_refused_before_mapping(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    src = write_raster(tmp_path / "in/x.tif", scene[0][:40, :40])
+    with rasterio.open(src, "r+") as ds:
+        ds.transform = rasterio.Affine(0.5, 0.0, 500000, 0.0, 0.0, 5000000)  # every row on one line
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is degenerate (pixels of no area)" in err, err
 
 
 def test_a_much_coarser_raster_gets_a_note(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
@@ -553,7 +586,7 @@ def test_a_crs_whose_areas_are_not_the_grounds_is_refused(
 def test_utm_in_its_zone_and_a_local_foot_grid_pass_the_area_check(scene, tmp_path: Path) -> None:
     for crs, origin in (("EPSG:32613", (300_000, 4_400_000)), ("EPSG:2263", (988_000, 213_000))):
         path = write_raster(tmp_path / f"{crs[5:]}.tif", scene[0][:64, :64], crs=crs, origin=origin)
-        assert check_raster(path, MapOptions()) is not None
+        assert check_raster(path, MapOptions(), 0.5) is not None
 
 
 @pytest.mark.parametrize("case", ["rpc", "crs, no grid"])

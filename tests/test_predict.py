@@ -642,3 +642,17 @@ def test_pictures_are_decoded_in_steps_bounded_by_pixels_not_only_count(tmp_path
         ["4.png", "5.png", "6.png", "7.png"],  # four tiles: the count limit
         ["8.png", "broken.png"],
     ]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(checkpoint, tmp_path, monkeypatch, capsys) -> None:
+    import forestseg.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(forestseg.cli, "predict", interrupted)
+    with pytest.raises(SystemExit) as done:
+        forestseg.cli.main(["predict", str(checkpoint), str(tmp_path), "-o", str(tmp_path / "out")])
+    assert done.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("forestseg predict: interrupted;"), err
