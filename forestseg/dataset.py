@@ -285,12 +285,8 @@ def build_index(
         else:
             rows.append((image, mask))
             later[image] = []
-    listed = {image for image, _ in meta.itertuples(index=False)}
-    unlisted = (
-        sorted(p.name for p in (root / "images").glob("*") if p.name not in listed and not p.name.startswith("."))
-        if (root / "images").is_dir()
-        else []
-    )
+    unlisted = _unlisted(root / "images", {image for image, _ in meta.itertuples(index=False)})
+    unlisted_masks = _unlisted(root / "masks", {mask for _, mask in meta.itertuples(index=False)})
     if not rows:
         reasons = _reasons(skipped).most_common(2)
         raise DataError(
@@ -379,12 +375,21 @@ def build_index(
         "mask_values": stats.found(),
         "forest_fraction": round(float(index["forest_pixels"].sum() / index["pixels"].sum()), 6),
         "unlisted_images": len(unlisted),
+        "unlisted_masks": len(unlisted_masks),
         "notes": notes,
         "skipped_by_reason": dict(_reasons(skipped)),
         "skipped_pairs": skipped,
         "unlisted_image_names": unlisted[:100],
+        "unlisted_mask_names": unlisted_masks[:100],
     }
     return index, report
+
+
+def _unlisted(folder: Path, listed: set[str]) -> list[str]:
+    """Files of `folder` that no row of meta_data.csv names (hidden files aside), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.glob("*") if p.name not in listed and not p.name.startswith("."))
 
 
 def _reasons(skipped: list[dict]) -> collections.Counter:
@@ -462,11 +467,12 @@ def format_report(report: dict) -> str:
         lines.append(f"  skipped {s['image']} / {s['mask']}: {s['reason']}")
     if report["skipped"] > 20:
         lines.append(f"  ... and {report['skipped'] - 20} more (see the index report)")
-    if report["unlisted_images"]:
-        lines.append(
-            f"  {report['unlisted_images']} image(s) in images/ have no row in meta_data.csv "
-            f"and were not indexed, e.g. {report['unlisted_image_names'][:3]}"
-        )
+    for kind, folder in (("image", "images"), ("mask", "masks")):
+        if report.get(f"unlisted_{kind}s"):
+            lines.append(
+                f"  {report[f'unlisted_{kind}s']} {kind}(s) in {folder}/ have no row in meta_data.csv "
+                f"and were not indexed, e.g. {report[f'unlisted_{kind}_names'][:3]}"
+            )
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ from conftest import make_set
 from PIL import Image
 
 from forestseg.config import SplitConfig
-from forestseg.dataset import DataError, build_index, split_index, split_summary
+from forestseg.dataset import DataError, build_index, format_report, split_index, split_summary
 
 ROWS = 16  # tiny_set: 4 scenes x 2x2 tiles of 32x32
 BAD_ROW = 5  # the pair a bad-input test damages: mid-list, so later rows must shift up in the arrays
@@ -329,13 +329,17 @@ def test_image_name_without_scene_is_skipped(tiny_set, tmp_path):
     assert_accounted(report, index)
 
 
-def test_image_without_row_is_counted_as_unlisted(tiny_set, tmp_path):
-    image, _ = rows_of(tiny_set)[0]
-    (tiny_set / "images" / "999_sat_00.jpg").write_bytes((tiny_set / "images" / image).read_bytes())
+@pytest.mark.parametrize(
+    "kind, folder, name", [("image", "images", "999_sat_00.jpg"), ("mask", "masks", "999_mask_00.jpg")]
+)
+def test_a_file_without_row_is_counted_as_unlisted(tiny_set, tmp_path, kind, folder, name):
+    image, mask = rows_of(tiny_set)[0]
+    (tiny_set / folder / name).write_bytes((tiny_set / folder / (image if kind == "image" else mask)).read_bytes())
     index, report = build(tiny_set, tmp_path / "out")
-    assert report["unlisted_images"] == 1
-    assert report["unlisted_image_names"] == ["999_sat_00.jpg"]
-    assert report["valid"] == ROWS and "999_sat_00.jpg" not in set(index["image"])
+    assert report[f"unlisted_{kind}s"] == 1 and report[f"unlisted_{kind}_names"] == [name]
+    assert report[f"unlisted_{'mask' if kind == 'image' else 'image'}s"] == 0
+    assert report["valid"] == ROWS and name not in set(index[kind])
+    assert f"1 {kind}(s) in {folder}/ have no row in meta_data.csv" in format_report(report)
 
 
 def test_extra_column_is_accepted_with_a_note(tiny_set, tmp_path):
