@@ -494,7 +494,7 @@ def unfinished_folds(result: dict) -> dict[int, dict]:
     if not path.is_file():
         return {}
     saved = json.loads(path.read_text())
-    same = all(saved.get(k) == result.get(k) for k in (*ALIKE, "recipe", "device", "threads"))
+    same = all(saved.get(k) == result.get(k) for k in (*ALIKE, "recipe", "threads"))
     if not (saved.get("unfinished") and same):
         if saved.get("unfinished"):
             print(f"{path.name}: an unfinished run of other params, code or sample: its folds are trained again")

@@ -632,7 +632,6 @@ def map_forest(
             )
             # averaging when the model's pixels are coarser (no aliasing), bilinear when finer
             pixels = Resampling.average if resample and model_px > min(sides) else Resampling.bilinear
-
             model = _regrid(src, raster.crs, model_px / raster.unit_m) if resample else out
             if resample and min(sides) > COARSE * model_px:
                 log(
@@ -807,13 +806,13 @@ def _resampled(
 def _grow(values: np.ndarray, known: np.ndarray, wanted: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Wanted pixels without a value take the mean of their 8 neighbours that have one, a ring at a
     time for up to `steps` rings; those still out of reach stay unknown."""
+    h, w = known.shape
+    shifts = [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
     for _ in range(steps):
         todo = wanted & ~known
         if not todo.any():
             break
         v, k = np.pad(np.where(known, values, 0), 1), np.pad(known, 1).astype(np.float32)
-        h, w = known.shape
-        shifts = [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
         total = sum(v[dy : dy + h, dx : dx + w] for dy, dx in shifts)
         count = sum(k[dy : dy + h, dx : dx + w] for dy, dx in shifts)
         take = todo & (count > 0)

@@ -128,10 +128,11 @@ def decode(data: bytes) -> Picture:
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "image"
-            bits = getattr(im, "tag_v2", {}).get(258, 8)  # a TIFF's bits per sample
-            if im.mode in ("RGB", "RGBA") and max(bits if isinstance(bits, tuple) else (bits,)) > 8:
+            bits = getattr(im, "tag_v2", {}).get(258, 8)  # a TIFF's bits per sample: one value or one per band
+            depth = max(bits) if isinstance(bits, tuple) else bits
+            if im.mode in ("RGB", "RGBA") and depth > 8:
                 # as for PNGs: Pillow keeps each value's high byte (12-bit camera data reads near black)
-                raise ImageError(f"is a {max(bits)}-bit colour {fmt}; save it with 8 bits per channel")
+                raise ImageError(f"is a {depth}-bit colour {fmt}; save it with 8 bits per channel")
             im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode == "P":

@@ -173,21 +173,19 @@ def write_report(
         if len(ranked) > 1 and not len(higher):
             runner = ranked.iloc[1]
             gap = top["test_miou_mean"] - runner["test_miou_mean"]
-            if gap:
-                text += f", {gap:+.4f} mIoU over {runner['combination']}"
-            elif runner["diverged"]:  # the same mean over fewer seeds: ranked after (report.rank)
+            if not gap:
                 text += (
                     f", as high as {runner['combination']} over its seeds that did not diverge "
                     f"({runner['diverged']} of {plural(runner['seeds'], 'seed')} diverged: ranked after)"
+                    if runner["diverged"]  # the same mean over fewer seeds: ranked after (report.rank)
+                    else f", with {runner['combination']}"
                 )
             else:
-                text += f", with {runner['combination']}"
-            if not gap:
-                pass
-            elif pd.isna(top["test_miou_std"]) or pd.isna(runner["test_miou_std"]):
-                text += " (one finished seed: no spread over seeds to weigh the gap against)"
-            elif gap <= max(top["test_miou_std"], runner["test_miou_std"]):
-                text += " (within the spread over seeds: no clear winner between these two)"
+                text += f", {gap:+.4f} mIoU over {runner['combination']}"
+                if pd.isna(top["test_miou_std"]) or pd.isna(runner["test_miou_std"]):
+                    text += " (one finished seed: no spread over seeds to weigh the gap against)"
+                elif gap <= max(top["test_miou_std"], runner["test_miou_std"]):
+                    text += " (within the spread over seeds: no clear winner between these two)"
         lead = top["test_iou_mean"] - base["test_iou"]
         text += (
             f"; the all-forest baseline scores forest IoU {base['test_iou']:.4f} and mIoU {base['test_miou']:.4f}, "

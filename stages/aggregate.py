@@ -1,9 +1,9 @@
 """Stage aggregate: drops run folders of members no longer in the grid, then writes tables (mean/std
 over seeds, best seed), headline.json, summary.json, figures and REPORT.md."""
 
-from common import args, params, stage
+from common import args, drop_runs_not_in, params, stage
 
-from forestseg.io import read_json, remove_stale_runs
+from forestseg.io import read_json
 from forestseg.report import aggregate, describe_setup, format_summary
 
 
@@ -13,9 +13,7 @@ def main(argv: list[str]) -> None:
         argv, "RUNS_DIR", "INDEX_JSON", "SPLIT_JSON", "METRICS_DIR", "PLOTS_DIR", "REPORT_MD"
     )
     split_cfg, model, opt, train, grid = params("split", "model", "optimizer", "train", "grid")
-    removed = remove_stale_runs((run.name for run in grid.runs()), runs_dir)
-    if removed:
-        print(f"removed {len(removed)} run folder(s) of {runs_dir} not in the grid: {', '.join(removed)}")
+    drop_runs_not_in(grid, runs_dir, "run")
     setup = describe_setup(read_json(index_json), split_cfg, model, opt, train)
     summary = aggregate(grid.runs(), runs_dir, read_json(split_json), metrics_dir, plots_dir, report, setup)
     print(format_summary(summary) + f"; report in {report}")

@@ -10,7 +10,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import ConfigError, ForestsegError, load_sections  # noqa: E402
-from forestseg.io import load_yaml  # noqa: E402
+from forestseg.io import load_yaml, remove_stale_runs  # noqa: E402
 
 _READ: dict[str, Any] = {}  # the params sections this stage read, as parsed, to check at its end
 
@@ -29,6 +29,13 @@ def params(*sections: str, path: str = "params.yaml") -> tuple:
     out = load_sections(raw, *sections)
     _READ.update({(path, s): raw[s] for s in sections})
     return out
+
+
+def drop_runs_not_in(grid: Any, folder: str | Path, what: str) -> None:
+    """Remove the run folders under `folder` of members no longer in `grid` (io.remove_stale_runs), saying which."""
+    removed = remove_stale_runs((run.name for run in grid.runs()), folder)
+    if removed:
+        print(f"removed {len(removed)} {what} folder(s) of {folder} not in the grid: {', '.join(removed)}")
 
 
 def _check_params_unchanged() -> None:

@@ -5,10 +5,10 @@ the best run."""
 
 from pathlib import Path
 
-from common import args, params, stage
+from common import args, drop_runs_not_in, params, stage
 
 from forestseg.device import pick_device
-from forestseg.io import read_json, remove_stale_runs
+from forestseg.io import read_json
 from forestseg.layout import DataLayout
 from forestseg.predict import write_overlays, write_worst_scenes
 
@@ -19,9 +19,7 @@ def main(argv: list[str]) -> None:
         Path, args(argv, "MODELS_DIR", "DATA_DIR", "SUMMARY_JSON", "SCENES_CSV", "OUT_DIR")
     )
     cfg, grid = params("report", "grid")
-    removed = remove_stale_runs((run.name for run in grid.runs()), models_dir)
-    if removed:
-        print(f"removed {len(removed)} model folder(s) of {models_dir} not in the grid: {', '.join(removed)}")
+    drop_runs_not_in(grid, models_dir, "model")
     summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device("auto")
     n = write_overlays(models_dir, layout, summary["combinations"], cfg, out_dir, device)
     print(f"overlays: wrote {out_dir}/<combination>.png for {n} test tiles")
