@@ -299,6 +299,7 @@ def build_index(
     n = len(rows)
     kept: list[dict] = []
     stats, misfits = Stats(), 0
+    misfit_stats = Stats()  # the masks that did not fit alone: what they look like, for the report's advice
     # One context per array, so a full disk is reported against the array being written.
     with atomic_path(images_out) as img_tmp:
         images = _packed(img_tmp, (n, *size, 3))
@@ -319,6 +320,7 @@ def build_index(
                         if isinstance(result, Misfit):
                             misfits += 1
                             stats.add_summary(result.summary, result.jpeg)
+                            misfit_stats.add_summary(result.summary, result.jpeg)
                         skip(image, mask, str(result))
                         if not others:
                             break
@@ -374,6 +376,9 @@ def build_index(
         "masks": describe_convention(masks, forest),
         "mask_values": stats.found(),
         "forest_fraction": round(float(index["forest_pixels"].sum() / index["pixels"].sum()), 6),
+        "misfits": misfits,
+        # what the masks that did not fit look like: a resized set loses its edge-rich tiles otherwise
+        "misfit_advice": misfit_stats.suggest(masks) if misfits else None,
         "unlisted_images": len(unlisted),
         "unlisted_masks": len(unlisted_masks),
         "notes": notes,
@@ -463,6 +468,11 @@ def format_report(report: dict) -> str:
         f"forest {report['forest_fraction']:.1%} of pixels)"
     ]
     lines += [f"  note: {n}" for n in report["notes"]]
+    if report.get("misfits"):
+        lines.append(
+            f"  {report['misfits']} mask(s) did not fit the masks' convention ({report['masks']}) and were "
+            f"skipped; {report['misfit_advice']}"
+        )
     for s in report["skipped_pairs"][:20]:
         lines.append(f"  skipped {s['image']} / {s['mask']}: {s['reason']}")
     if report["skipped"] > 20:

@@ -22,6 +22,11 @@ LOW_TO_HIGH = 1.0  # over a set, more LOW pixels than pixels at 224-255: class i
 COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
 GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
 MAX_CLASSES = 16  # a class-id mask with more distinct values is not class ids (JPEG-compressed?)
+FLAT = 4  # grey levels: a 3x3 patch within this of its centre pixel is flat (JPEG noise included)
+# share of pixels at mid-grey in flat 3x3 patches a resampled mask may hold: interpolation only ramps
+# through mid-greys along edges (the sample resized 5 ways: at most 0.03 %), a class id fills regions
+FLAT_MID_SHARE = 0.001
+_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
 class MaskMismatch(Exception):
@@ -77,17 +82,22 @@ def _colour_bins(mask: np.ndarray) -> np.ndarray:
     return np.bincount(q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2], minlength=512)
 
 
-def summarize(mask: np.ndarray) -> tuple[bool, np.ndarray]:
-    """(grey?, value counts): 256 grey-level counts, or 512 binned-colour counts, of one mask."""
+def summarize(mask: np.ndarray) -> tuple[bool, np.ndarray, bool]:
+    """(grey?, value counts, resampled?) of one mask: 256 grey-level counts, or 512 binned-colour counts;
+    resampled: more mid-greys than a 0/255 mask holds, all of them ramps along edges."""
     if is_grey(mask):
-        return True, np.bincount(grey_of(mask).ravel(), minlength=256)
-    return False, _colour_bins(mask)
+        grey = grey_of(mask)
+        counts = np.bincount(grey.ravel(), minlength=256)
+        mid = counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() > AMBIGUOUS_SHARE * grey.size
+        return True, counts, bool(mid and _ramps(grey))
+    return False, _colour_bins(mask), False
 
 
 def describe(mask: np.ndarray) -> str:
     """The most common values (grey) or colours (RGB) of a mask with their shares, e.g. '0 (60%), 255 (40%)'."""
-    grey, counts = summarize(mask)
-    return _grey_text(counts) if grey else "colours " + _colour_text(counts)
+    if is_grey(mask):
+        return _grey_text(np.bincount(grey_of(mask).ravel(), minlength=256))
+    return "colours " + _colour_text(_colour_bins(mask))
 
 
 @dataclass
@@ -99,13 +109,17 @@ class Stats:
     grey_masks: int = 0
     colour_masks: int = 0
     jpeg_masks: int = 0
+    midtone_masks: int = 0  # grey masks with more mid-greys than a 0/255 mask holds
+    resampled_masks: int = 0  # of those, the ones whose mid-greys are all ramps along edges
 
-    def add_summary(self, summary: tuple[bool, np.ndarray], jpeg: bool = False) -> None:
-        grey, counts = summary
+    def add_summary(self, summary: tuple[bool, np.ndarray, bool], jpeg: bool = False) -> None:
+        grey, counts, resampled = summary
         self.jpeg_masks += jpeg
         if grey:
             self.grey += counts
             self.grey_masks += 1
+            self.midtone_masks += bool(counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() > AMBIGUOUS_SHARE * counts.sum())
+            self.resampled_masks += resampled
         else:
             self.colour += counts
             self.colour_masks += 1
@@ -134,7 +148,7 @@ class Stats:
         elif len(values) <= MAX_CLASSES and self.low_to_high() > LOW_TO_HIGH:
             guess = "classes"  # a few low values (0/1 with 255 for "no label", LandCover.ai's 0-4, ...)
         elif self.grey[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() > AMBIGUOUS_SHARE * self.grey.sum():
-            guess = "classes"
+            guess = "resampled" if 2 * self.resampled_masks > self.midtone_masks else "classes"
         else:
             guess = "0/255"
         if guess in ("0/1", "classes") and 2 * self.jpeg_masks > self.grey_masks + self.colour_masks:
@@ -151,6 +165,8 @@ class Stats:
             "0/1": "they look like 0/1 masks: set data.masks: '0/1'",
             "classes": "if they are class ids, set data.masks: classes and data.forest: [<forest's value(s)>]",
             "0/255": "they look like 0/255 masks: set data.masks: '0/255'",
+            "resampled": "their mid-greys ramp along edges, as in 0/255 masks resized with interpolation: "
+            "set data.masks: resampled (forest >= 128)",
         }[guess]
 
 
@@ -161,24 +177,60 @@ def _grey(mask: np.ndarray) -> np.ndarray:
     return grey_of(mask)
 
 
-def far_low_share(grey: np.ndarray, block: int = JPEG_BLOCK) -> float:
+def far_low_share(grey: np.ndarray, block: int = JPEG_BLOCK, edge: int = 128) -> float:
     """Share of pixels at LOW levels in `block`-px blocks (from the top left, as JPEG's) that hold no
-    pixel >= 128: a 0/255 mask's JPEG noise lies in the blocks its edges cross, a 0/1 mask's 1s anywhere."""
+    pixel >= `edge`: a 0/255 mask's JPEG noise lies in the blocks its edges cross, a 0/1 mask's 1s anywhere."""
     low = (grey >= LOW[0]) & (grey <= LOW[1])
     if not low.any():
         return 0.0
     h, w = grey.shape
-    high = np.pad(grey >= 128, ((0, -h % block), (0, -w % block)))
+    high = np.pad(grey >= edge, ((0, -h % block), (0, -w % block)))
     edged = high.reshape(high.shape[0] // block, block, high.shape[1] // block, block).any(axis=(1, 3))
     edged = np.repeat(np.repeat(edged, block, 0), block, 1)[:h, :w]
     return float((low & ~edged).mean())
+
+
+def flat_mid_share(grey: np.ndarray) -> float:
+    """Share of pixels at mid-grey whose 3x3 neighbourhood is flat (within FLAT levels of them): a class
+    id fills regions at its level, interpolation only ramps through mid-greys between 0 and 255."""
+    ys, xs = np.nonzero((grey >= AMBIGUOUS[0]) & (grey <= AMBIGUOUS[1]))  # few pixels: index them, not the plane
+    if not len(ys):
+        return 0.0
+    h, w = grey.shape
+    centre = grey[ys, xs].astype(np.int16)
+    flat = np.ones(len(ys), bool)
+    for dy, dx in _NEIGHBOURS:
+        flat &= np.abs(grey[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] - centre) <= FLAT
+    return float(flat.sum() / grey.size)
+
+
+def _ramps(grey: np.ndarray) -> bool:
+    """Whether the mask's grey levels between 0 and 255 are interpolation's ramps along edges: no flat
+    mid-grey regions (class ids), no low values away from any edge (0/1 masks, class ids)."""
+    # an edge here is any pixel >= 32: a wide ramp's low end can lie a block away from its >= 128 side
+    return flat_mid_share(grey) <= FLAT_MID_SHARE and far_low_share(grey, edge=AMBIGUOUS[0]) <= FAR_LOW_SHARE
 
 
 def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
     grey = _grey(mask)
     mid = float(((grey >= AMBIGUOUS[0]) & (grey <= AMBIGUOUS[1])).mean())
     if mid > AMBIGUOUS_SHARE or far_low_share(grey) > FAR_LOW_SHARE:  # 0/1 or class ids would read as background
-        raise MaskMismatch(f"not a 0/255 mask, values found: {describe(mask)}")
+        hint = (
+            ", its mid-greys ramp along edges as a resized mask's do (data.masks: resampled)"
+            if (mid > AMBIGUOUS_SHARE and _ramps(grey))
+            else ""
+        )
+        raise MaskMismatch(f"not a 0/255 mask{hint}, values found: {describe(mask)}")
+    return grey >= 128
+
+
+def _resampled(mask: np.ndarray, forest: tuple) -> np.ndarray:
+    grey = _grey(mask)
+    if not _ramps(grey):
+        raise MaskMismatch(
+            "not a resampled 0/255 mask (mid-greys fill flat regions, or low values lie away from any edge: "
+            f"class ids or 0/1?), values found: {describe(mask)}"
+        )
     return grey >= 128
 
 
@@ -222,6 +274,7 @@ class Convention:
 
 CONVENTIONS: dict[str, Convention] = {
     "0/255": Convention(_binary255, "", "grey 0/255, forest >= 128 (JPEG noise tolerated)"),
+    "resampled": Convention(_resampled, "", "grey 0/255 resized with interpolation (mid-grey edges), forest >= 128"),
     "0/1": Convention(_binary01, "", "grey 0/1, forest = 1"),
     "classes": Convention(_classes, "values", "grey class ids, forest = {forest}"),
     "colors": Convention(_colors, "colors", f"RGB colours, forest = {{forest}} (+-{COLOR_TOLERANCE} per channel)"),

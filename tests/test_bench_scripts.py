@@ -184,3 +184,29 @@ def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(tmp_pa
     }
     assert list(rows) == ["synth", "index (unchanged)", "train@a (restored)", "aggregate"], out.stdout
     assert rows["synth"] < 1.8 and rows["index (unchanged)"] > 1.5 and rows["train@a (restored)"] > 1.5
+
+
+@pytest.mark.parametrize("way", ["native", "shifted", "unfolded"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_each_weight_gradient_way_equals_onednns(way: str, layout: torch.memory_format) -> None:
+    wgrad = pytest.importorskip("bench.wgrad")
+    torch.manual_seed(0)
+    x, g, w = torch.randn(3, 4, 9, 7), torch.randn(3, 5, 9, 7), torch.randn(5, 4, 3, 3)
+    x, g = x.contiguous(memory_format=layout), g.contiguous(memory_format=layout)
+    expected = torch.nn.grad.conv2d_weight(x.double(), w.shape, g.double(), padding=1)
+    assert torch.allclose(getattr(wgrad, way)(x, g, w).double(), expected, atol=1e-4)
+    assert torch.allclose(wgrad.onednn(x, g, w).double(), expected, atol=1e-4)
+
+
+def test_wgrad_prints_every_way_per_layer() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/wgrad.py", "--batch", "1", "--reps", "1", "--max-size", "16"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    [line] = [ln for ln in out.stdout.splitlines() if "256 ch,  16 px" in ln]
+    ways = ["oneDNN channels_last", "oneDNN NCHW", "native (im2col + GEMM)", "9 shifted GEMMs", "unfold + GEMM"]
+    assert all(f"{way} " in line for way in ways) and line.count("e-0") + line.count("0e+00") == 5

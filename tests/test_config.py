@@ -156,7 +156,7 @@ BAD = [
         "unknown-mask-convention",
         "data.masks",
         "0-255",
-        r"data\.masks: unknown value '0-255'; valid choices: 0/255, 0/1, classes, colors",
+        r"data\.masks: unknown value '0-255'; valid choices: 0/255, resampled, 0/1, classes, colors",
     ),
     ("forest-with-binary-masks", "data.forest", [255], r"data\.forest: must be \[\] with data\.masks '0/255'"),
     ("forest-not-a-list", "data.forest", 255, r"data\.forest: must be a list"),

@@ -55,6 +55,13 @@ def as_deepglobe(truth):
     return palette[np.where(truth, 0, other_classes(truth))]
 
 
+def as_resampled(truth):
+    """0/255 masks as a bilinear resize leaves them: each pixel the mean of its 2x2 neighbourhood, so
+    edges ramp through 64, 128 and 191."""
+    t = np.pad(truth.astype(np.float64) * 255, ((0, 1), (0, 1)), mode="edge")
+    return np.round((t[:-1, :-1] + t[1:, :-1] + t[:-1, 1:] + t[1:, 1:]) / 4).astype(np.uint8)
+
+
 def as_three_levels(truth):
     """0/128/255 classes: forest 255, a middle class 128, the rest 0."""
     return np.where(truth, 255, np.where(other_classes(truth) % 2 == 0, 128, 0)).astype(np.uint8)
@@ -78,6 +85,8 @@ def assert_packed_is_truth(idx, packed, t):
     "convention, forest, mask, expected",
     [
         ("0/255", (), np.array([[0, 12, 250, 255]], np.uint8), [[0, 0, 1, 1]]),
+        ("resampled", (), np.array([[0, 3, 64, 127, 128, 191, 250, 255]], np.uint8), [[0, 0, 0, 0, 1, 1, 1, 1]]),
+        ("resampled", (), np.array([[0, 12, 250, 255]], np.uint8), [[0, 0, 1, 1]]),  # a 0/255 mask fits it too
         ("0/1", (), np.array([[0, 1, 1, 0]], np.uint8), [[0, 1, 1, 0]]),
         ("classes", (3,), np.array([[0, 3, 2, 3]], np.uint8), [[0, 1, 0, 1]]),
         ("classes", (2, 3), np.array([[0, 3, 2, 1]], np.uint8), [[0, 1, 1, 0]]),
@@ -98,6 +107,13 @@ def test_forest_of_reads_each_convention(convention, forest, mask, expected):
     [
         ("0/255", (), np.resize(np.array([0, 128, 255], np.uint8), (8, 8)), r"not a 0/255 mask.*128"),
         ("0/1", (), np.resize(np.array([0, 255], np.uint8), (8, 8)), r"not a 0/1 mask, values found: .*255"),
+        (
+            "resampled",
+            (),
+            np.repeat([[0, 0, 128, 128, 128, 255, 255, 255]], 8, 0).astype(np.uint8),
+            r"not a resampled.*128",
+        ),
+        ("resampled", (), np.resize(np.array([0, 1], np.uint8), (8, 8)), r"not a resampled.*1 \(50%\)"),
         ("0/255", (), np.resize(np.array([0, 1], np.uint8), (8, 8)), r"not a 0/255 mask.*1 \(50%\); 50\.0% in 1-31"),
         ("0/255", (), np.resize(np.array([[0, 255, 0], [255, 255, 0]], np.uint8), (8, 8, 3)), r"colour-coded mask"),
         ("classes", (1,), np.arange(64, dtype=np.uint8).reshape(8, 8), r"more than 16 distinct values"),
@@ -197,14 +213,52 @@ def test_far_low_share_counts_low_values_away_from_any_high_one():
         ({0: 500, 1: 500}, "0/255", "set data.masks: '0/1'"),
         ({0: 250, 1: 250, 2: 250, 4: 250}, "0/255", "set data.masks: classes"),  # LandCover.ai's ids, not 0/255
         ({0: 500, 128: 300, 255: 200}, "0/255", "set data.masks: classes"),
+        ({0: 500, 128: 300, 255: 200}, "resampled", "set data.masks: classes"),
     ],
 )
 def test_the_advice_names_a_convention_the_values_fit(values, current, advice):
     stats = Stats()
     counts = np.zeros(256, np.int64)
     counts[list(values)] = list(values.values())
-    stats.add_summary((True, counts))
+    stats.add_summary((True, counts, False))
     assert advice in stats.suggest(current)
+
+
+def test_resampled_masks_stop_under_the_default_and_train_as_resampled(kaggle_like, tmp_path):
+    t = truths(kaggle_like)
+    rewrite(kaggle_like, as_resampled)
+    with pytest.raises(
+        DataError,
+        match=r"masks do not fit it \(e\.g\. .*its mid-greys ramp along edges.*\); their mid-greys ramp along "
+        r"edges, as in 0/255 masks resized with interpolation: set data\.masks: resampled",
+    ):
+        index(kaggle_like, tmp_path / "a")
+    idx, report, packed = index(kaggle_like, tmp_path / "b", "resampled")
+    assert report["skipped"] == 0 and report["masks"].startswith("grey 0/255 resized with interpolation")
+    assert_packed_is_truth(idx, packed, {name: as_resampled(truth) >= 128 for name, truth in t.items()})
+
+
+def test_a_few_resampled_masks_are_skipped_and_the_report_says_what_reads_them(kaggle_like, tmp_path):
+    """A set partly resized (here 4 of 16 masks) goes on without those, and says which param keeps them."""
+    from forestseg.dataset import format_report
+
+    names = sorted(truths(kaggle_like))[:4]
+    for name, truth in truths(kaggle_like).items():
+        if name in names:
+            Image.fromarray(as_resampled(truth)).save(kaggle_like / "masks" / name, format="PNG")
+    _, report, _ = index(kaggle_like, tmp_path)
+    assert report["misfits"] == report["skipped"] == 4
+    assert "set data.masks: resampled" in report["misfit_advice"]
+    assert "4 mask(s) did not fit the masks' convention" in format_report(report)
+
+
+def test_three_level_masks_are_not_resampled_ones(kaggle_like, tmp_path):
+    """Mid-grey regions are a class, not interpolated edges: refused, and the advice stays classes."""
+    rewrite(kaggle_like, as_three_levels)
+    with pytest.raises(
+        DataError, match=r"not a resampled 0/255 mask \(mid-greys fill flat regions.*set data\.masks: classes"
+    ):
+        index(kaggle_like, tmp_path, "resampled")
 
 
 def test_deepglobe_colour_masks_train_with_forest_named_by_colour(kaggle_like, tmp_path):
@@ -268,6 +322,24 @@ def test_sample_masks_fit_the_default_convention(sample_dir, tmp_path):
     _, report, packed = index(sample_dir, tmp_path)
     assert report["valid"] == 1035 and report["skipped"] == 0
     assert set(np.unique(packed)) == {0, 1}
+
+
+def test_the_sample_resized_to_128_px_reads_as_resampled(sample_dir, tmp_path):
+    """The real masks resized as a user would (bilinear, saved as JPEG): under the default a third
+    are skipped, with the advice; as resampled none are."""
+    import shutil
+
+    root = tmp_path / "small"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+        for path in (sample_dir / folder).iterdir():
+            with Image.open(path) as im:
+                im.resize((128, 128), Image.BILINEAR).save(root / folder / path.name, format="JPEG", quality=95)
+    shutil.copy(sample_dir / "meta_data.csv", root)
+    _, report, _ = index(root, tmp_path / "a")
+    assert 0.2 < report["misfits"] / 1035 < 0.5 and "set data.masks: resampled" in report["misfit_advice"]
+    _, report, packed = index(root, tmp_path / "b", "resampled")
+    assert report["valid"] == 1035 and report["skipped"] == 0 and set(np.unique(packed)) == {0, 1}
 
 
 def test_small_shares_of_mask_values_are_not_shown_as_zero_percent():

@@ -113,9 +113,11 @@ def test_up_runs_its_transposed_conv_as_a_1x1_conv_with_the_same_values_and_grad
     fast = run(up)
     up.up.forward = transposed
     slow = run(lambda x, skip: up.block(torch.cat([skip, up.up(x)], dim=1)))
-    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 0.02, "atol": 0.02}
     for a, b in zip(fast, slow):
-        torch.testing.assert_close(a, b, **tol)
+        # bf16: 2 % of the tensor's scale, since a gradient summed over 280 products rounds by more than 0.02
+        # where the CPU emulates bf16 (AVX2: 0.055 in gradients of up to 64)
+        tol = 1e-10 if dtype == torch.float64 else 0.02
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, float(b.abs().max())))
     assert fast[0].is_contiguous(memory_format=layout)
 
 
