@@ -7,18 +7,24 @@ oneDNN's weight gradient of the small-channel layers (29-54 % of the fp32 peak).
 torch's own ops compute it faster, layer shape by layer shape of the bench model (UNet w16 d4 at
 256 px), fp32, best of `--reps`: oneDNN in channels_last and in NCHW (`aten.convolution_backward`
 with the weight output only), torch's native kernel (oneDNN disabled: im2col + GEMM per image), nine
-GEMMs over the shifted windows of the channels_last input, and `F.unfold` + one GEMM per 2 images.
+GEMMs over the shifted windows of the channels_last input, and `F.unfold` + one GEMM per 2 images,
+with glibc keeping freed memory as the train stage has it.
 Each way's result is checked against oneDNN's (largest difference over the largest value).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from forestseg.device import keep_freed_memory  # noqa: E402
 
 # (input channels, output channels, size) of the bench model's 3x3 convolutions, one per kind
 SHAPES = [(16, 16, 256), (32, 16, 256), (32, 32, 128), (64, 32, 128), (64, 64, 64), (128, 128, 32), (256, 256, 16)]
@@ -77,6 +83,7 @@ def main() -> None:
     ap.add_argument("--max-size", type=int, default=256, help="skip layers larger than this many px")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the train stage does: no fresh mmap per large buffer
     torch.manual_seed(0)
     cl, nchw = torch.channels_last, torch.contiguous_format
     ways = {  # name: (function, the inputs' layout; converted before timing, as the step has them so)
