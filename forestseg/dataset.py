@@ -22,7 +22,7 @@ from .config import DataConfig, ForestsegError, SplitConfig
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode
 from .io import atomic_path, sha256_of, untracked_in_project, write_csv, write_json
 from .layout import DataLayout
-from .masks import MaskMismatch, Stats, describe_convention, forest_of, summarize
+from .masks import MaskMismatch, Stats, describe_convention, forest_of, misfit_reads_as_resampled, summarize
 from .metrics import scores
 
 GET_DATA = (
@@ -44,11 +44,12 @@ class BadPair(Exception):
 
 
 class Misfit(BadPair):
-    """A mask whose values do not fit the declared convention; carries its value counts (masks.summarize)."""
+    """A mask whose values do not fit the declared convention; carries its value counts (masks.summarize)
+    and whether it would read as a resampled 0/255 mask."""
 
-    def __init__(self, message: str, summary: tuple[bool, np.ndarray], jpeg: bool):
+    def __init__(self, message: str, summary: tuple[bool, np.ndarray], jpeg: bool, resampled: bool):
         super().__init__(message)
-        self.summary, self.jpeg = summary, jpeg
+        self.summary, self.jpeg, self.resampled = summary, jpeg, resampled
 
 
 def scene_of(image_name: str) -> str | None:
@@ -194,7 +195,9 @@ def _load_pair(
     try:
         forest_map = forest_of(msk, convention, forest)
     except MaskMismatch as e:  # checked first: a set of misfits says which convention it looks like
-        raise Misfit(f"mask does not fit data.masks {convention!r}: {e}", summarize(msk), jpeg) from None
+        summary = summarize(msk)
+        resampled = convention != "resampled" and misfit_reads_as_resampled(msk, summary)
+        raise Misfit(f"mask does not fit data.masks {convention!r}: {e}", summary, jpeg, resampled) from None
     if convention in ("0/1", "classes") and jpeg:
         raise BadPair(
             f"{mask} is a JPEG: its lossy compression moves class values (a forest 255 read as 251-254), and "
@@ -319,8 +322,8 @@ def build_index(
                     while isinstance(result, BadPair):
                         if isinstance(result, Misfit):
                             misfits += 1
-                            stats.add_summary(result.summary, result.jpeg)
-                            misfit_stats.add_summary(result.summary, result.jpeg)
+                            stats.add_summary(result.summary, result.jpeg, result.resampled)
+                            misfit_stats.add_summary(result.summary, result.jpeg, result.resampled)
                         skip(image, mask, str(result))
                         if not others:
                             break

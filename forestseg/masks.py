@@ -22,11 +22,16 @@ LOW_TO_HIGH = 1.0  # over a set, more LOW pixels than pixels at 224-255: class i
 COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
 GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
 MAX_CLASSES = 16  # a class-id mask with more distinct values is not class ids (JPEG-compressed?)
-FLAT = 4  # grey levels: a 3x3 patch within this of its centre pixel is flat (JPEG noise included)
-# share of pixels at mid-grey in flat 3x3 patches a resampled mask may hold: interpolation only ramps
-# through mid-greys along edges (the sample resized 5 ways: at most 0.03 %), a class id fills regions
+LEVEL = 4  # grey levels: neighbours within this of a pixel are level with it (JPEG noise included)
+# Shares of pixels a resampled mask may hold at mid-grey in flat 3x3 patches, and on 1-2 px lines
+# level along and lower (or higher) on both sides across: interpolation ramps through mid-greys
+# between 0 and 255, a class fills regions or draws lines at its level. The sample's masks resized
+# 189 ways: flat at most 0.003 %, lines at most 0.17 % (a thin forest strip halved); a class line
+# of 1-2 px every 32 px scores 5-11 %.
 FLAT_MID_SHARE = 0.001
+LINE_MID_SHARE = 0.005
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+_LINES = [((0, 1), (1, 0)), ((1, 0), (0, 1)), ((1, 1), (1, -1)), ((1, -1), (1, 1))]  # (along, across)
 
 
 class MaskMismatch(Exception):
@@ -82,22 +87,22 @@ def _colour_bins(mask: np.ndarray) -> np.ndarray:
     return np.bincount(q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2], minlength=512)
 
 
-def summarize(mask: np.ndarray) -> tuple[bool, np.ndarray, bool]:
-    """(grey?, value counts, resampled?) of one mask: 256 grey-level counts, or 512 binned-colour counts;
-    resampled: more mid-greys than a 0/255 mask holds, all of them ramps along edges."""
+def summarize(mask: np.ndarray) -> tuple[bool, np.ndarray]:
+    """(grey?, value counts): 256 grey-level counts, or 512 binned-colour counts, of one mask."""
     if is_grey(mask):
-        grey = grey_of(mask)
-        counts = np.bincount(grey.ravel(), minlength=256)
-        mid = counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() > AMBIGUOUS_SHARE * grey.size
-        return True, counts, bool(mid and _ramps(grey))
-    return False, _colour_bins(mask), False
+        return True, np.bincount(grey_of(mask).ravel(), minlength=256)
+    return False, _colour_bins(mask)
+
+
+def mid_share(counts: np.ndarray) -> float:
+    """Share of a mask's pixels (grey-level counts) at mid-grey, neither 0- nor 255-ish."""
+    return float(counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() / max(1, counts.sum()))
 
 
 def describe(mask: np.ndarray) -> str:
     """The most common values (grey) or colours (RGB) of a mask with their shares, e.g. '0 (60%), 255 (40%)'."""
-    if is_grey(mask):
-        return _grey_text(np.bincount(grey_of(mask).ravel(), minlength=256))
-    return "colours " + _colour_text(_colour_bins(mask))
+    grey, counts = summarize(mask)
+    return _grey_text(counts) if grey else "colours " + _colour_text(counts)
 
 
 @dataclass
@@ -110,16 +115,16 @@ class Stats:
     colour_masks: int = 0
     jpeg_masks: int = 0
     midtone_masks: int = 0  # grey masks with more mid-greys than a 0/255 mask holds
-    resampled_masks: int = 0  # of those, the ones whose mid-greys are all ramps along edges
+    resampled_masks: int = 0  # masks that did not fit but would as resampled ones
 
-    def add_summary(self, summary: tuple[bool, np.ndarray, bool], jpeg: bool = False) -> None:
-        grey, counts, resampled = summary
+    def add_summary(self, summary: tuple[bool, np.ndarray], jpeg: bool = False, resampled: bool = False) -> None:
+        grey, counts = summary
         self.jpeg_masks += jpeg
+        self.resampled_masks += resampled
         if grey:
             self.grey += counts
             self.grey_masks += 1
-            self.midtone_masks += bool(counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() > AMBIGUOUS_SHARE * counts.sum())
-            self.resampled_masks += resampled
+            self.midtone_masks += mid_share(counts) > AMBIGUOUS_SHARE
         else:
             self.colour += counts
             self.colour_masks += 1
@@ -147,8 +152,13 @@ class Stats:
             guess = "0/1"
         elif len(values) <= MAX_CLASSES and self.low_to_high() > LOW_TO_HIGH:
             guess = "classes"  # a few low values (0/1 with 255 for "no label", LandCover.ai's 0-4, ...)
-        elif self.grey[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() > AMBIGUOUS_SHARE * self.grey.sum():
-            guess = "resampled" if 2 * self.resampled_masks > self.midtone_masks else "classes"
+        elif mid_share(self.grey) > AMBIGUOUS_SHARE:
+            if 2 * self.resampled_masks > self.midtone_masks:
+                guess = "resampled"
+            elif len(values) <= MAX_CLASSES or 2 * self.jpeg_masks > self.grey_masks + self.colour_masks:
+                guess = "classes"  # a few levels, or JPEG noise around a few levels (told to save lossless below)
+            else:
+                guess = "blurred"
         else:
             guess = "0/255"
         if guess in ("0/1", "classes") and 2 * self.jpeg_masks > self.grey_masks + self.colour_masks:
@@ -167,6 +177,8 @@ class Stats:
             "0/255": "they look like 0/255 masks: set data.masks: '0/255'",
             "resampled": "their mid-greys ramp along edges, as in 0/255 masks resized with interpolation: "
             "set data.masks: resampled (forest >= 128)",
+            "blurred": "their grey levels spread over many values, not only along edges (blurred masks, or "
+            "probabilities?): no convention reads them; make them 0/255 first (forest >= 128), saved lossless",
         }[guess]
 
 
@@ -177,47 +189,88 @@ def _grey(mask: np.ndarray) -> np.ndarray:
     return grey_of(mask)
 
 
-def far_low_share(grey: np.ndarray, block: int = JPEG_BLOCK, edge: int = 128) -> float:
+def far_low_share(grey: np.ndarray, block: int = JPEG_BLOCK, high: int = 128, reach: int = 0) -> float:
     """Share of pixels at LOW levels in `block`-px blocks (from the top left, as JPEG's) that hold no
-    pixel >= `edge`: a 0/255 mask's JPEG noise lies in the blocks its edges cross, a 0/1 mask's 1s anywhere."""
+    pixel >= `high`, nor do the blocks within `reach` blocks of them: a 0/255 mask's JPEG noise lies in
+    the blocks its edges cross, a 0/1 mask's 1s anywhere."""
     low = (grey >= LOW[0]) & (grey <= LOW[1])
     if not low.any():
         return 0.0
     h, w = grey.shape
-    high = np.pad(grey >= edge, ((0, -h % block), (0, -w % block)))
-    edged = high.reshape(high.shape[0] // block, block, high.shape[1] // block, block).any(axis=(1, 3))
+    above = np.pad(grey >= high, ((0, -h % block), (0, -w % block)))
+    edged = above.reshape(above.shape[0] // block, block, above.shape[1] // block, block).any(axis=(1, 3))
+    for _ in range(reach):  # a block next to an edged one counts as edged
+        grown = edged.copy()
+        grown[1:] |= edged[:-1]
+        grown[:-1] |= edged[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        edged = grown
     edged = np.repeat(np.repeat(edged, block, 0), block, 1)[:h, :w]
     return float((low & ~edged).mean())
 
 
-def flat_mid_share(grey: np.ndarray) -> float:
-    """Share of pixels at mid-grey whose 3x3 neighbourhood is flat (within FLAT levels of them): a class
-    id fills regions at its level, interpolation only ramps through mid-greys between 0 and 255."""
-    ys, xs = np.nonzero((grey >= AMBIGUOUS[0]) & (grey <= AMBIGUOUS[1]))  # few pixels: index them, not the plane
+def class_like_shares(grey: np.ndarray) -> tuple[float, float]:
+    """(flat, line): shares of the mask's pixels at mid-grey in a flat 3x3 patch, and on a 1-2 px line
+    (level along it, lower on both sides across it or higher on both). Interpolation only ramps
+    through mid-greys between 0 and 255; a class fills regions or draws lines at its level."""
+    ys, xs = np.nonzero((grey >= AMBIGUOUS[0]) & (grey <= AMBIGUOUS[1]))  # a few % of pixels: index them
     if not len(ys):
-        return 0.0
+        return 0.0, 0.0
     h, w = grey.shape
     centre = grey[ys, xs].astype(np.int16)
+
+    def diff(dy: int, dx: int) -> np.ndarray:  # neighbour minus centre; the border repeats its pixels
+        return grey[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] - centre
+
     flat = np.ones(len(ys), bool)
     for dy, dx in _NEIGHBOURS:
-        flat &= np.abs(grey[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] - centre) <= FLAT
-    return float(flat.sum() / grey.size)
+        flat &= np.abs(diff(dy, dx)) <= LEVEL
+    line = np.zeros(len(ys), bool)
+    for (ay, ax), (cy, cx) in _LINES:
+        along = (np.abs(diff(ay, ax)) <= LEVEL) & (np.abs(diff(-ay, -ax)) <= LEVEL)
+        a, b, a2, b2 = diff(cy, cx), diff(-cy, -cx), diff(2 * cy, 2 * cx), diff(-2 * cy, -2 * cx)
+
+        def bounded(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # both above, or both below, the line
+            return ((x > LEVEL) & (y > LEVEL)) | ((x < -LEVEL) & (y < -LEVEL))
+
+        wide = (np.abs(a) <= LEVEL) & bounded(a2, b) | (np.abs(b) <= LEVEL) & bounded(b2, a)  # 2 px wide
+        line |= along & (bounded(a, b) | wide)
+    return float(flat.sum() / grey.size), float(line.sum() / grey.size)
 
 
-def _ramps(grey: np.ndarray) -> bool:
-    """Whether the mask's grey levels between 0 and 255 are interpolation's ramps along edges: no flat
-    mid-grey regions (class ids), no low values away from any edge (0/1 masks, class ids)."""
-    # an edge here is any pixel >= 32: a wide ramp's low end can lie a block away from its >= 128 side
-    return flat_mid_share(grey) <= FLAT_MID_SHARE and far_low_share(grey, edge=AMBIGUOUS[0]) <= FAR_LOW_SHARE
+def resampled_problem(grey: np.ndarray) -> str | None:
+    """Why a grey mask is not a 0/255 mask resized with interpolation, or None where it reads as one."""
+    flat, line = class_like_shares(grey)
+    if flat > FLAT_MID_SHARE:
+        return f"mid-greys fill flat regions ({_share(flat)} of pixels): class ids?"
+    if line > LINE_MID_SHARE:
+        return f"mid-greys draw 1-2 px lines ({_share(line)} of pixels): a thin class?"
+    # any pixel >= 32 is an edge here, and a block next to one counts: a ramp's low tail or a
+    # resampling filter's ringing can lie a block away from the 255 side
+    far = far_low_share(grey, high=AMBIGUOUS[0], reach=1)
+    if far > FAR_LOW_SHARE:
+        return f"values 1-31 lie away from any edge ({_share(far)} of pixels): 0/1 masks or class ids?"
+    return None
+
+
+def looks_resampled(grey: np.ndarray) -> bool:
+    return resampled_problem(grey) is None
+
+
+def misfit_reads_as_resampled(mask: np.ndarray, summary: tuple[bool, np.ndarray]) -> bool:
+    """Whether a mask that did not fit its convention has a resized 0/255 mask's mid-grey edges (advice)."""
+    grey, counts = summary
+    return grey and mid_share(counts) > AMBIGUOUS_SHARE and looks_resampled(grey_of(mask))
 
 
 def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
     grey = _grey(mask)
-    mid = float(((grey >= AMBIGUOUS[0]) & (grey <= AMBIGUOUS[1])).mean())
-    if mid > AMBIGUOUS_SHARE or far_low_share(grey) > FAR_LOW_SHARE:  # 0/1 or class ids would read as background
+    mid = mid_share(np.bincount(grey.ravel(), minlength=256)) > AMBIGUOUS_SHARE
+    if mid or far_low_share(grey) > FAR_LOW_SHARE:  # 0/1 or class ids would read as background
         hint = (
             ", its mid-greys ramp along edges as a resized mask's do (data.masks: resampled)"
-            if (mid > AMBIGUOUS_SHARE and _ramps(grey))
+            if (mid and looks_resampled(grey))
             else ""
         )
         raise MaskMismatch(f"not a 0/255 mask{hint}, values found: {describe(mask)}")
@@ -226,11 +279,9 @@ def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
 
 def _resampled(mask: np.ndarray, forest: tuple) -> np.ndarray:
     grey = _grey(mask)
-    if not _ramps(grey):
-        raise MaskMismatch(
-            "not a resampled 0/255 mask (mid-greys fill flat regions, or low values lie away from any edge: "
-            f"class ids or 0/1?), values found: {describe(mask)}"
-        )
+    problem = resampled_problem(grey)
+    if problem:
+        raise MaskMismatch(f"not a resampled 0/255 mask ({problem}), values found: {describe(mask)}")
     return grey >= 128
 
 
