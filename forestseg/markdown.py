@@ -9,7 +9,6 @@ import pandas as pd
 
 from .figures import FIGURES
 from .io import write_text
-from .losses import LOSSES
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -103,6 +102,8 @@ def write_report(
     report.rank gives them), tables and figures, for a reader who opens no CSV. `per_scene`: the
     best combination's scores per test scene, as report.aggregate passes them."""
     idx, split, base = setup["index"], out["split"], out["baseline_all_forest"]
+    from .losses import LOSSES  # here, not at the top: `recipes/rank.py` tables need no torch (2 s to import)
+
     per_batch = [x for x in dict.fromkeys(table["loss"]) if x in LOSSES and LOSSES[x].per_batch]
     lines = [
         "# forestseg report",
