@@ -47,9 +47,9 @@ def make_set(root: Path, scenes: int = 4, grid: int = 2, tile_size: int = 32, se
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The end-to-end (slow) tests first: `pytest -n 2` then runs the long ones side by side at the
-    start and fills the end with short ones, instead of one worker idling while the other finishes
-    a 2-minute dvc run."""
+    """The end-to-end (slow) tests first: `pytest -n 2 --dist worksteal` then runs the long ones side
+    by side at the start and fills the end with short ones (an idle worker takes tests queued for the
+    other), instead of one worker idling while the other finishes a 2-minute dvc run."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
 
 
