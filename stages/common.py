@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -54,17 +55,37 @@ def _check_params_unchanged() -> None:
             )
 
 
+def _end_process(code: int) -> NoReturn:
+    """Exit without Python's finalization. With torch loaded, tearing the interpreter and torch's
+    libraries down takes about a second (`import torch` then exit: 3.46 s; with os._exit: 2.48 s, best
+    of 5 on an AVX2 EPYC), paid by every train, aggregate and overlays stage of every run. Nothing is
+    lost: a stage's outputs are complete when fn returns (io writes them atomically, files closed),
+    and no forestseg code registers exit handlers; only the stdio buffers are left to flush."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
-    """Run fn(argv); a ForestsegError becomes one clear line on stderr and exit status 2."""
+    """Run fn(argv); a ForestsegError becomes one clear line on stderr and exit status 2. When fn is
+    the script this process runs (its __main__), the process then ends at once (_end_process)."""
 
     @functools.wraps(fn)
     def main() -> None:
+        code = 0
         try:
             fn(sys.argv[1:])
             _check_params_unchanged()
         except ForestsegError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            code = 2
+        if fn.__module__ == "__main__":
+            _end_process(code)
+        if code:
+            sys.exit(code)
 
     return main
 

@@ -57,3 +57,36 @@ def test_a_change_to_a_section_the_stage_did_not_read_is_fine(params_file) -> No
         edit(params_file, "optimizer", "lr", 0.5)
 
     run_stage(body)  # no SystemExit
+
+
+SCRIPT = """
+import atexit, sys
+sys.path.insert(0, {stages!r})
+from common import stage
+from forestseg.errors import ForestsegError
+
+
+@stage
+def main(argv):
+    atexit.register(print, "finalized")
+    print("wrote", argv[0])  # block-buffered on a pipe: must still arrive
+    if argv[0] == "bad":
+        raise ForestsegError("bad input")
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize(("arg", "rc", "err"), [("out.csv", 0, ""), ("bad", 2, "error: bad input\n")])
+def test_a_stage_process_ends_without_finalization_and_loses_no_output(tmp_path, arg, rc, err) -> None:
+    """Python's finalization (about 1 s with torch loaded) is skipped; stdout on a pipe still arrives."""
+    import os
+    import subprocess
+
+    script = tmp_path / "stage.py"
+    script.write_text(SCRIPT.format(stages=str(REPO / "stages")))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out = subprocess.run([sys.executable, str(script), arg], capture_output=True, text=True, env=env, cwd=REPO)
+    assert (out.returncode, out.stdout, out.stderr) == (rc, f"wrote {arg}\n", err)
