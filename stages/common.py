@@ -13,22 +13,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from forestseg.config import ConfigError, ForestsegError, load_sections  # noqa: E402
 from forestseg.io import load_yaml, remove_stale_runs  # noqa: E402
 
-_READ: dict[str, Any] = {}  # the params sections this stage read, as parsed, to check at its end
+# per params file this stage read: its text then, and the sections it read, as parsed (checked at its end)
+_READ: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
-def _load(path: str) -> Any:
+def _read(path: str) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror}); run from the project root") from None
-    return load_yaml(text, path)
 
 
 def params(*sections: str, path: str = "params.yaml") -> tuple:
     """The named sections of params.yaml as validated, frozen dataclasses."""
-    raw = _load(path)
+    text = _read(path)
+    raw = load_yaml(text, path)
     out = load_sections(raw, *sections)
-    _READ.update({(path, s): raw[s] for s in sections})
+    _READ.setdefault(path, (text, {}))[1].update({s: raw[s] for s in sections})
     return out
 
 
@@ -43,9 +44,15 @@ def _check_params_unchanged() -> None:
     """DVC records params.yaml as it is when a stage ends: if it changed while the stage ran (two
     `dvc exp run` at once in one checkout), the outputs were made with other values than DVC would
     record, so fail instead of letting a wrong result into dvc.lock and the cache."""
-    for (path, section), before in _READ.items():
-        now = (_load(path) or {}).get(section)
-        if now != before:
+    for path, (text, sections) in _READ.items():
+        now_text = _read(path)
+        if now_text == text:  # the common case, without parsing again (ruamel's pure loader: ~70 ms a read)
+            continue
+        now_all = load_yaml(now_text, path) or {}
+        for section, before in sections.items():
+            now = now_all.get(section)
+            if now == before:
+                continue
             old, new = before or {}, now or {}
             keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k)) if isinstance(now, dict) else []
             raise ForestsegError(
@@ -71,7 +78,8 @@ def _end_process(code: int) -> NoReturn:
 
 def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
     """Run fn(argv); a ForestsegError becomes one clear line on stderr and exit status 2. When fn is
-    the script this process runs (its __main__), the process then ends at once (_end_process)."""
+    the script this process runs (its __main__), the process then ends at once (_end_process), unless
+    a profiler or tracer (`python -m cProfile`, coverage) needs its exit handlers."""
 
     @functools.wraps(fn)
     def main() -> None:
@@ -82,7 +90,8 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
         except ForestsegError as e:
             print(f"error: {e}", file=sys.stderr)
             code = 2
-        if fn.__module__ == "__main__":
+        # the script this process runs, and no profiler, coverage or debugger waiting to write at exit
+        if fn.__module__ == "__main__" and sys.getprofile() is None and sys.gettrace() is None:
             _end_process(code)
         if code:
             sys.exit(code)
