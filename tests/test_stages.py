@@ -90,3 +90,14 @@ def test_a_stage_process_ends_without_finalization_and_loses_no_output(tmp_path,
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     out = subprocess.run([sys.executable, str(script), arg], capture_output=True, text=True, env=env, cwd=REPO)
     assert (out.returncode, out.stdout, out.stderr) == (rc, f"wrote {arg}\n", err)
+
+
+def test_a_stage_under_a_profiler_exits_normally_so_the_profile_is_written(tmp_path) -> None:
+    import subprocess
+
+    script, profile = tmp_path / "stage.py", tmp_path / "stage.prof"
+    script.write_text(SCRIPT.format(stages=str(REPO / "stages")))
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), "out.csv"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert (out.returncode, out.stdout) == (0, "wrote out.csv\nfinalized\n")
+    assert profile.stat().st_size > 0
