@@ -18,6 +18,10 @@ AMBIGUOUS_SHARE = 0.01  # share of ambiguous pixels a 0/255 mask may hold (resam
 LOW = (1, 31)  # grey levels that are JPEG noise near 0 in a 0/255 mask, but class ids (forest = 1?) in others
 JPEG_BLOCK = 16  # px: JPEG codes 16x16 blocks (8x8 without chroma subsampling); an all-0 block decodes to 0
 FAR_LOW_SHARE = 0.01  # share of LOW pixels in blocks without any >= 128 a 0/255 mask may hold (the sample's: 0)
+# share of pixels in flat 3x3 patches at 1-31 (all nine there, level) a 0/255 mask may hold: a class's
+# region, e.g. 0/1's 1s beside 255 for "no label". JPEG noise near 0 touches 0s: none in the sample; its
+# masks upsampled 4-8x (noise smoothed into plateaus) reach 1.9 %
+FLAT_LOW_SHARE = 0.05
 LOW_TO_HIGH = 1.0  # over a set, more LOW pixels than pixels at 224-255: class ids, not 0/255 (the sample: 0.01)
 COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
 GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
@@ -210,6 +214,21 @@ def far_low_share(grey: np.ndarray, block: int = JPEG_BLOCK, high: int = 128, re
     return float((low & ~edged).mean())
 
 
+def flat_low_share(grey: np.ndarray) -> float:
+    """Share of the mask's pixels whose 3x3 patch lies wholly at 1-31 and level with them: a class
+    filling a region (forest coded 1), where a 0/255 mask's JPEG noise and a resize's ramps touch 0s."""
+    ys, xs = np.nonzero((grey >= LOW[0]) & (grey <= LOW[1]))
+    if not len(ys):
+        return 0.0
+    h, w = grey.shape
+    centre = grey[ys, xs].astype(np.int16)
+    flat = np.ones(len(ys), bool)
+    for dy, dx in _NEIGHBOURS:  # the border repeats its pixels
+        n = grey[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)].astype(np.int16)
+        flat &= (n >= LOW[0]) & (np.abs(n - centre) <= LEVEL)
+    return float(flat.sum() / grey.size)
+
+
 def class_like_shares(grey: np.ndarray) -> tuple[float, float]:
     """(flat, line): shares of the mask's pixels at mid-grey in a flat 3x3 patch, and on a 1-2 px line
     (level along it, lower on both sides across it or higher on both). Interpolation only ramps
@@ -251,7 +270,15 @@ def resampled_problem(grey: np.ndarray) -> str | None:
     far = far_low_share(grey, high=AMBIGUOUS[0], reach=1)
     if far > FAR_LOW_SHARE:
         return f"values 1-31 lie away from any edge ({_share(far)} of pixels): 0/1 masks or class ids?"
+    low = ((grey >= LOW[0]) & (grey <= LOW[1])).mean()
+    flat_low = flat_low_share(grey) if low > FLAT_LOW_SHARE else 0.0  # 1s beside 255s: far_low_share misses them
+    if flat_low > FLAT_LOW_SHARE:
+        return _flat_low_text(flat_low)
     return None
+
+
+def _flat_low_text(share: float) -> str:
+    return f"values 1-31 fill flat regions ({_share(share)} of pixels): class ids, e.g. 0/1 with 255 for no label?"
 
 
 def looks_resampled(grey: np.ndarray) -> bool:
@@ -266,13 +293,20 @@ def misfit_reads_as_resampled(mask: np.ndarray, summary: tuple[bool, np.ndarray]
 
 def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
     grey = _grey(mask)
-    mid = mid_share(np.bincount(grey.ravel(), minlength=256)) > AMBIGUOUS_SHARE
-    if mid or far_low_share(grey) > FAR_LOW_SHARE:  # 0/1 or class ids would read as background
-        hint = (
-            ", its mid-greys ramp along edges as a resized mask's do (data.masks: resampled)"
-            if (mid and looks_resampled(grey))
-            else ""
-        )
+    counts = np.bincount(grey.ravel(), minlength=256)
+    mid = mid_share(counts) > AMBIGUOUS_SHARE
+    far = far_low_share(grey) > FAR_LOW_SHARE
+    # 0/1 or class ids would read as background; the 1s beside 255s for "no label" too, only flat
+    # (their patches, a part of the pixels at 1-31: counted only where those are enough)
+    low = counts[LOW[0] : LOW[1] + 1].sum() / grey.size
+    flat_low = flat_low_share(grey) if not (mid or far) and low > FLAT_LOW_SHARE else 0.0
+    if mid or far or flat_low > FLAT_LOW_SHARE:
+        if flat_low > FLAT_LOW_SHARE:
+            hint = f" ({_flat_low_text(flat_low)})"
+        elif mid and looks_resampled(grey):
+            hint = ", its mid-greys ramp along edges as a resized mask's do (data.masks: resampled)"
+        else:
+            hint = ""
         raise MaskMismatch(f"not a 0/255 mask{hint}, values found: {describe(mask)}")
     return grey >= 128
 

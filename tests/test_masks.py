@@ -10,7 +10,7 @@ from conftest import make_set
 from PIL import Image
 
 from forestseg.dataset import DataError, build_index
-from forestseg.masks import MaskMismatch, Stats, far_low_share, forest_of
+from forestseg.masks import MaskMismatch, Stats, far_low_share, flat_low_share, forest_of
 
 # DeepGlobe land-cover colours; forest is green
 DEEPGLOBE = {
@@ -193,6 +193,35 @@ def test_sparse_forest_coded_1_beside_a_little_255_stops_under_the_default(kaggl
     rewrite(kaggle_like, few_low)
     with pytest.raises(DataError, match=r"16 of 16 masks do not fit it .*not a 0/255 mask.* in 1-31"):
         index(kaggle_like, tmp_path)
+
+
+def with_unlabelled_lines(truth):
+    """0/1 masks crossed by 255 "no label" lines every 8 px: every JPEG block holds a 255, so the 1s
+    lie beside high values as a 0/255 mask's JPEG noise does; forest is 1, the lines no label."""
+    out = truth.astype(np.uint8)
+    out[::8, :] = 255
+    out[:, ::8] = 255
+    return out
+
+
+@pytest.mark.parametrize("masks", ["0/255", "resampled"])
+def test_forest_coded_1_in_regions_beside_255_for_no_label_stops(kaggle_like, tmp_path, masks):
+    """The 1s fill regions (flat at one level 1-31): class ids, whatever 255s lie near them."""
+    t = rewrite(kaggle_like, with_unlabelled_lines)
+    with pytest.raises(DataError, match=r"values 1-31 fill flat regions \(\d+% of pixels\): class ids, e\.g\. 0/1"):
+        index(kaggle_like, tmp_path / "a", masks)
+    idx, _, packed = index(kaggle_like, tmp_path / "b", "classes", (1,))
+    for truth in t.values():
+        truth[::8, :] = truth[:, ::8] = False  # the unlabelled lines are not forest
+    assert_packed_is_truth(idx, packed, t)
+
+
+def test_flat_low_share_counts_whole_patches_at_1_31_only():
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:8, 4:8] = 1  # a 4x4 region of class 1: its inner 2x2 have all 8 neighbours at 1
+    mask[20, 20:30] = 2  # a 1 px line: no pixel has a flat 3x3 patch
+    mask[24:28, 4:8] = 200  # flat, but not at 1-31
+    assert flat_low_share(mask) == 4 / mask.size
 
 
 def test_far_low_share_counts_low_values_away_from_any_high_one():
