@@ -18,10 +18,12 @@ AMBIGUOUS_SHARE = 0.01  # share of ambiguous pixels a 0/255 mask may hold (resam
 LOW = (1, 31)  # grey levels that are JPEG noise near 0 in a 0/255 mask, but class ids (forest = 1?) in others
 JPEG_BLOCK = 16  # px: JPEG codes 16x16 blocks (8x8 without chroma subsampling); an all-0 block decodes to 0
 FAR_LOW_SHARE = 0.01  # share of LOW pixels in blocks without any >= 128 a 0/255 mask may hold (the sample's: 0)
-# share of pixels in flat 3x3 patches at 1-31 (all nine there, level) a 0/255 mask may hold: a class's
-# region, e.g. 0/1's 1s beside 255 for "no label". JPEG noise near 0 touches 0s: none in the sample; its
-# masks upsampled 4-8x (noise smoothed into plateaus) reach 1.9 %
-FLAT_LOW_SHARE = 0.05
+# shares of pixels in flat 3x3 patches of one value 1-31 a 0/255 mask may hold, and a resized one: a
+# class's region, e.g. 0/1's 1s beside 255 for "no label" (lossless: JPEG noise breaks such patches
+# up). None in the sample, nor saved at JPEG quality 20-95; upsampled 4-8x (JPEG noise smoothed into
+# plateaus) up to 0.9 %, 1.2 % in a review's blob masks
+FLAT_LOW_SHARE = 0.005
+FLAT_LOW_SHARE_RESAMPLED = 0.02
 LOW_TO_HIGH = 1.0  # over a set, more LOW pixels than pixels at 224-255: class ids, not 0/255 (the sample: 0.01)
 COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
 GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
@@ -215,17 +217,16 @@ def far_low_share(grey: np.ndarray, block: int = JPEG_BLOCK, high: int = 128, re
 
 
 def flat_low_share(grey: np.ndarray) -> float:
-    """Share of the mask's pixels whose 3x3 patch lies wholly at 1-31 and level with them: a class
-    filling a region (forest coded 1), where a 0/255 mask's JPEG noise and a resize's ramps touch 0s."""
+    """Share of the mask's pixels whose whole 3x3 patch holds one value 1-31: a class filling a region
+    (forest coded 1), where a 0/255 mask's JPEG noise and a resize's ramps vary or touch 0s."""
     ys, xs = np.nonzero((grey >= LOW[0]) & (grey <= LOW[1]))
     if not len(ys):
         return 0.0
     h, w = grey.shape
-    centre = grey[ys, xs].astype(np.int16)
+    centre = grey[ys, xs]
     flat = np.ones(len(ys), bool)
     for dy, dx in _NEIGHBOURS:  # the border repeats its pixels
-        n = grey[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)].astype(np.int16)
-        flat &= (n >= LOW[0]) & (np.abs(n - centre) <= LEVEL)
+        flat &= grey[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] == centre
     return float(flat.sum() / grey.size)
 
 
@@ -271,8 +272,9 @@ def resampled_problem(grey: np.ndarray) -> str | None:
     if far > FAR_LOW_SHARE:
         return f"values 1-31 lie away from any edge ({_share(far)} of pixels): 0/1 masks or class ids?"
     low = ((grey >= LOW[0]) & (grey <= LOW[1])).mean()
-    flat_low = flat_low_share(grey) if low > FLAT_LOW_SHARE else 0.0  # 1s beside 255s: far_low_share misses them
-    if flat_low > FLAT_LOW_SHARE:
+    # 1s beside 255s, which far_low_share misses (flat pixels are some of those at 1-31: count where enough)
+    flat_low = flat_low_share(grey) if low > FLAT_LOW_SHARE_RESAMPLED else 0.0
+    if flat_low > FLAT_LOW_SHARE_RESAMPLED:
         return _flat_low_text(flat_low)
     return None
 

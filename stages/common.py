@@ -27,9 +27,12 @@ def _read(path: str) -> str:
 def params(*sections: str, path: str = "params.yaml") -> tuple:
     """The named sections of params.yaml as validated, frozen dataclasses."""
     text = _read(path)
+    if path in _READ:  # read before in this stage: what it read then must not have changed since
+        _check_unchanged(path, text)
     raw = load_yaml(text, path)
     out = load_sections(raw, *sections)
-    _READ.setdefault(path, (text, {}))[1].update({s: raw[s] for s in sections})
+    earlier = _READ[path][1] if path in _READ else {}
+    _READ[path] = (text, {**earlier, **{s: raw[s] for s in sections}})
     return out
 
 
@@ -40,26 +43,40 @@ def drop_runs_not_in(grid: Any, folder: str | Path, what: str) -> None:
         print(f"removed {len(removed)} {what} folder(s) of {folder} not in the grid: {', '.join(removed)}")
 
 
+def _check_unchanged(path: str, now_text: str) -> None:
+    """Fail if a section this stage read from `path` differs in `now_text`, the file's text now."""
+    text, sections = _READ[path]
+    if now_text == text:  # the common case, without parsing again (ruamel's pure loader: ~70 ms a read)
+        return
+    now_all = load_yaml(now_text, path) or {}
+    for section, before in sections.items():
+        now = now_all.get(section)
+        if now == before:
+            continue
+        old, new = before or {}, now or {}
+        keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k)) if isinstance(now, dict) else []
+        raise ForestsegError(
+            f"{path} changed while this stage ran ({', '.join(f'{section}.{k}' for k in keys) or section}); "
+            "its outputs were made with the old values and are not recorded. Run one `dvc exp run` at a "
+            "time in a checkout (queue the others with `dvc exp run --queue`), then rerun"
+        )
+
+
 def _check_params_unchanged() -> None:
     """DVC records params.yaml as it is when a stage ends: if it changed while the stage ran (two
     `dvc exp run` at once in one checkout), the outputs were made with other values than DVC would
     record, so fail instead of letting a wrong result into dvc.lock and the cache."""
-    for path, (text, sections) in _READ.items():
-        now_text = _read(path)
-        if now_text == text:  # the common case, without parsing again (ruamel's pure loader: ~70 ms a read)
-            continue
-        now_all = load_yaml(now_text, path) or {}
-        for section, before in sections.items():
-            now = now_all.get(section)
-            if now == before:
-                continue
-            old, new = before or {}, now or {}
-            keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k)) if isinstance(now, dict) else []
-            raise ForestsegError(
-                f"{path} changed while this stage ran ({', '.join(f'{section}.{k}' for k in keys) or section}); "
-                "its outputs were made with the old values and are not recorded. Run one `dvc exp run` at a "
-                "time in a checkout (queue the others with `dvc exp run --queue`), then rerun"
-            )
+    for path in _READ:
+        _check_unchanged(path, _read(path))
+
+
+def _watched() -> bool:
+    """A profiler, coverage or a debugger watches this process (and writes at exit): sys.setprofile or
+    sys.settrace, or from Python 3.12 sys.monitoring, which cProfile and coverage use there."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    return monitoring is not None and any(monitoring.get_tool(i) is not None for i in range(6))
 
 
 def _end_process(code: int) -> NoReturn:
@@ -71,8 +88,8 @@ def _end_process(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
-            pass
+        except (OSError, ValueError):  # output lost (a closed pipe, a full disk): as Python says it, 120
+            code = code or 120
     os._exit(code)
 
 
@@ -90,8 +107,7 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
         except ForestsegError as e:
             print(f"error: {e}", file=sys.stderr)
             code = 2
-        # the script this process runs, and no profiler, coverage or debugger waiting to write at exit
-        if fn.__module__ == "__main__" and sys.getprofile() is None and sys.gettrace() is None:
+        if fn.__module__ == "__main__" and not _watched():  # the script this process runs
             _end_process(code)
         if code:
             sys.exit(code)

@@ -216,12 +216,42 @@ def test_forest_coded_1_in_regions_beside_255_for_no_label_stops(kaggle_like, tm
     assert_packed_is_truth(idx, packed, t)
 
 
-def test_flat_low_share_counts_whole_patches_at_1_31_only():
+def test_flat_low_share_counts_whole_patches_of_one_value_1_31_only():
     mask = np.zeros((32, 32), np.uint8)
     mask[4:8, 4:8] = 1  # a 4x4 region of class 1: its inner 2x2 have all 8 neighbours at 1
     mask[20, 20:30] = 2  # a 1 px line: no pixel has a flat 3x3 patch
     mask[24:28, 4:8] = 200  # flat, but not at 1-31
+    mask[12:20, 12:20] = 2 + np.indices((8, 8)).sum(0) % 2  # a gentle plateau of 2s and 3s: not one value
     assert flat_low_share(mask) == 4 / mask.size
+
+
+def test_sparse_forest_coded_1_in_regions_beside_255_stops_under_the_default():
+    """Forest coded 1 on 2.7 % of a tile crossed by 255 no-label lines: read as 0/255, the lines would be
+    forest and the forest background."""
+    mask = np.zeros((256, 256), np.uint8)
+    mask[::8, :] = mask[:, ::8] = 255
+    mask[96:144, 96:144][mask[96:144, 96:144] == 0] = 1  # 36 cells of 7x7: 1.4 % of pixels flat
+    with pytest.raises(MaskMismatch, match=r"values 1-31 fill flat regions \(1% of pixels\)"):
+        forest_of(mask, "0/255")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_jpeg_mask_upsampled_4x_reads_as_resampled(seed):
+    """Upsampling smooths JPEG noise near 0 into gentle slopes (3-5 % of pixels level within 4, refused
+    by a tolerant count): never flat at one value."""
+    import io
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:128, :128]
+    blob = np.zeros((128, 128), bool)
+    for _ in range(6):
+        cy, cx, r = rng.integers(0, 128, 3)
+        blob |= (yy - cy) ** 2 + (xx - cx) ** 2 < (r // 3 + 8) ** 2
+    buffer = io.BytesIO()
+    Image.fromarray((blob * 255).astype(np.uint8)).save(buffer, "JPEG", quality=75)
+    with Image.open(buffer) as im:
+        up = np.asarray(im.resize((512, 512), Image.BILINEAR))
+    assert forest_of(up, "resampled").mean() == pytest.approx(blob.mean(), abs=0.01)
 
 
 def test_far_low_share_counts_low_values_away_from_any_high_one():

@@ -132,25 +132,36 @@ def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_a_queued_sweep_is_ranked(repo: Path) -> None:
-    """README Sweeps: a two-value sweep queued, run by one worker, ranked."""
+def test_a_queued_sweep_runs_two_at_a_time_without_clobbering_and_is_ranked(repo: Path) -> None:
+    """README Sweeps and Scale-out: a two-value sweep queued, run by two workers at once (each keeps its
+    own outputs), ranked."""
     set_params(repo, {"grid": {**TINY["grid"], "loss": ["bce"]}})
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run")
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", "model.width=4,8")
-    sh(repo, "dvc", "queue", "start", "-j", "1")
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "optimizer.lr=0.01,0.003")
+    sh(repo, "dvc", "queue", "start", "-j", "2")
     status = wait_for_queue(repo)
     assert status.count("Success") == 2, failed_logs(repo, status)
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    exps = {x["name"]: x["revs"][0]["data"] for e in shown for x in (e.get("experiments") or [])}
+    lrs = {name: data["params"]["params.yaml"]["data"]["optimizer"]["lr"] for name, data in exps.items()}
+    assert sorted(lrs.values()) == [0.003, 0.01]
+    for name, lr in lrs.items():
+        assert "iou_bce-adam" in exps[name]["metrics"]["metrics/headline.json"]["data"]
+        # per-run metrics are cached DVC outputs: check the experiment's out of the cache
+        sh(repo, "dvc", "exp", "apply", name)
+        run = json.loads((repo / "metrics/runs/bce-adam-0/metrics.json").read_text())
+        assert run["lr"] == lr and run["status"] == "ok"  # each experiment kept its own outputs
     out = sh(repo, sys.executable, "recipes/rank.py").stdout.splitlines()
-    assert out[0] == "| rank | experiment | best_iou | best | iou_bce-adam | model.width |"
+    assert out[0] == "| rank | experiment | best_iou | best | iou_bce-adam | optimizer.lr |"
     rows = [line.split(" | ") for line in out[2:4]]
     assert [r[0] for r in rows] == ["| 1", "| 2"] or [r[0] for r in rows] == ["| 1", "| 1"]
-    assert float(rows[0][2]) >= float(rows[1][2]) and {r[5] for r in rows} == {"4 |", "8 |"}
+    assert float(rows[0][2]) >= float(rows[1][2]) and {r[5] for r in rows} == {"0.01 |", "0.003 |"}
     assert out[4] == "wrote sweeps/ranking.md and sweeps/ranking.png"
     assert (repo / "sweeps/ranking.png").stat().st_size > 0
     # A train-only slice (scale-out) commits whatever headline the workspace holds: stale, by its dvc.lock.
-    sh(repo, "dvc", "exp", "run", "-n", "slice", "-S", "optimizer.lr=0.003", "train")
+    sh(repo, "dvc", "exp", "run", "-n", "slice", "-S", "model.width=8", "train")
     out = sh(repo, sys.executable, "recipes/rank.py")
     rows = {r.split(" | ")[1]: r.split(" | ") for r in out.stdout.splitlines()[2:5]}
     assert rows["slice"][:3] == ["| -", "slice", "stale"], out.stdout

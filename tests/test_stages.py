@@ -51,6 +51,22 @@ def test_params_changed_while_a_stage_runs_fail_it(params_file, capsys) -> None:
     assert err.count("\n") == 1
 
 
+def test_a_params_file_changed_and_changed_back_between_two_reads_fails(params_file, capsys) -> None:
+    """The second read saw other values than the file holds at the end, though its text is as at first."""
+    original = params_file.read_text()
+
+    def body(argv):
+        common.params("train")
+        edit(params_file, "optimizer", "lr", 0.5)
+        common.params("optimizer")  # reads lr 0.5
+        params_file.write_text(original)  # lr back, byte for byte
+
+    with pytest.raises(SystemExit) as done:
+        run_stage(body)
+    assert done.value.code == 2
+    assert "params.yaml changed while this stage ran (optimizer.lr)" in capsys.readouterr().err
+
+
 def test_a_change_to_a_section_the_stage_did_not_read_is_fine(params_file) -> None:
     def body(argv):
         common.params("train")
