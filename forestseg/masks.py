@@ -216,11 +216,12 @@ def far_low_share(grey: np.ndarray, block: int = JPEG_BLOCK, high: int = 128, re
     return float((low & ~edged).mean())
 
 
-def flat_low_share(grey: np.ndarray) -> float:
+def flat_low_share(grey: np.ndarray, above: float = 0.0) -> float:
     """Share of the mask's pixels whose whole 3x3 patch holds one value 1-31: a class filling a region
-    (forest coded 1), where a 0/255 mask's JPEG noise and a resize's ramps vary or touch 0s."""
+    (forest coded 1), where a 0/255 mask's JPEG noise and a resize's ramps vary or touch 0s. 0.0 without
+    looking at patches where no more than `above` of the pixels lie at 1-31 (the flat ones are some of them)."""
     ys, xs = np.nonzero((grey >= LOW[0]) & (grey <= LOW[1]))
-    if not len(ys):
+    if len(ys) <= above * grey.size or not len(ys):
         return 0.0
     h, w = grey.shape
     centre = grey[ys, xs]
@@ -271,9 +272,7 @@ def resampled_problem(grey: np.ndarray) -> str | None:
     far = far_low_share(grey, high=AMBIGUOUS[0], reach=1)
     if far > FAR_LOW_SHARE:
         return f"values 1-31 lie away from any edge ({_share(far)} of pixels): 0/1 masks or class ids?"
-    low = ((grey >= LOW[0]) & (grey <= LOW[1])).mean()
-    # 1s beside 255s, which far_low_share misses (flat pixels are some of those at 1-31: count where enough)
-    flat_low = flat_low_share(grey) if low > FLAT_LOW_SHARE_RESAMPLED else 0.0
+    flat_low = flat_low_share(grey, above=FLAT_LOW_SHARE_RESAMPLED)  # 1s beside 255s: far_low_share misses them
     if flat_low > FLAT_LOW_SHARE_RESAMPLED:
         return _flat_low_text(flat_low)
     return None
@@ -295,13 +294,10 @@ def misfit_reads_as_resampled(mask: np.ndarray, summary: tuple[bool, np.ndarray]
 
 def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
     grey = _grey(mask)
-    counts = np.bincount(grey.ravel(), minlength=256)
-    mid = mid_share(counts) > AMBIGUOUS_SHARE
+    mid = mid_share(np.bincount(grey.ravel(), minlength=256)) > AMBIGUOUS_SHARE
     far = far_low_share(grey) > FAR_LOW_SHARE
     # 0/1 or class ids would read as background; the 1s beside 255s for "no label" too, only flat
-    # (their patches, a part of the pixels at 1-31: counted only where those are enough)
-    low = counts[LOW[0] : LOW[1] + 1].sum() / grey.size
-    flat_low = flat_low_share(grey) if not (mid or far) and low > FLAT_LOW_SHARE else 0.0
+    flat_low = 0.0 if (mid or far) else flat_low_share(grey, above=FLAT_LOW_SHARE)
     if mid or far or flat_low > FLAT_LOW_SHARE:
         if flat_low > FLAT_LOW_SHARE:
             hint = f" ({_flat_low_text(flat_low)})"
