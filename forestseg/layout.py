@@ -6,6 +6,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .io import read_columns
+
+
+@dataclass(frozen=True)
+class Split:
+    """split.csv's columns, row i of each for tile i: file name, scene id as written, and subset."""
+
+    image: np.ndarray  # str
+    scene: np.ndarray  # str ("0102" stays "0102")
+    subset: np.ndarray  # "train", "test" or "val"
+
 
 @dataclass(frozen=True)
 class DataLayout:
@@ -38,6 +51,11 @@ class DataLayout:
         """Facts of the packed arrays: their SHA-256 (their content in a few bytes, for resume
         fingerprints) and the ground size of a pixel (data.pixel_size_m, for the model file)."""
         return self.packed / "sha256.json"
+
+    def split(self) -> Split:
+        """split.csv, read without pandas (the train and overlays stages do not import it)."""
+        columns = read_columns(self.split_csv, "image", "scene", "subset")
+        return Split(*(np.array(columns[c], dtype=str) for c in ("image", "scene", "subset")))
 
     def pixel_size_m(self) -> float:
         return float(json.loads(self.digest.read_text())["pixel_size_m"])

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .errors import ForestsegError
+from .io import read_columns
 from .layout import DataLayout
 
 
@@ -260,14 +260,12 @@ def batches(
 
 def load_split(layout: DataLayout, device: torch.device) -> dict[str, Tiles]:
     """The tiles of each subset of the split (train, test, maybe val) from the packed arrays, on `device`."""
-    split = pd.read_csv(layout.split_csv, dtype={"scene": str})  # scene "0102" stays "0102"
-    index = pd.read_csv(layout.index_csv, usecols=["image"])
-    if not split["image"].equals(index["image"]):
+    split = layout.split()
+    if split.image.tolist() != read_columns(layout.index_csv, "image")["image"]:
         raise ForestsegError(
             f"{layout.split_csv} does not match {layout.index_csv} row for row: rerun `dvc repro split`"
         )
-    scenes = split["scene"].to_numpy()
     return {
-        s: load_tiles(layout, np.flatnonzero(split["subset"].to_numpy() == s), device, scenes)
-        for s in split["subset"].unique()
+        s: load_tiles(layout, np.flatnonzero(split.subset == s), device, split.scene)
+        for s in dict.fromkeys(split.subset)
     }

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .checkpoint import load_weights, read_model
 from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig
 from .device import apply_precision
 from .images import ImageError, decode
+from .io import read_columns
 from .layout import DataLayout
 from .loader import Normalizer, to_input
 from .model import adapt_batchnorm, build_model
@@ -385,8 +385,8 @@ def scored_masks(predictor: Predictor, layout: DataLayout, rows: np.ndarray) -> 
     images = np.load(layout.images, mmap_mode="r")
     if not predictor.adapt_bn:
         return predictor.masks([images[r] for r in rows])
-    split = pd.read_csv(layout.split_csv, dtype={"scene": str})
-    scenes, test = split["scene"].to_numpy(), split["subset"].to_numpy() == "test"
+    split = layout.split()
+    scenes, test = split.scene, split.subset == "test"
     out: dict[int, np.ndarray] = {}
     for scene in dict.fromkeys(scenes[rows]):
         own = [images[r] for r in np.flatnonzero(test & (scenes == scene))]
@@ -400,7 +400,7 @@ def write_overlays(
 ) -> int:
     """plots/overlays/<combination>.png for the best seed of each combination (`combinations` as in
     summary.json) on the same `cfg.examples` test tiles drawn with `cfg.seed`; returns the tile count."""
-    test = np.flatnonzero(pd.read_csv(layout.split_csv)["subset"].to_numpy() == "test")
+    test = np.flatnonzero(layout.split().subset == "test")
     rows = np.sort(np.random.default_rng(cfg.seed).choice(test, min(cfg.examples, len(test)), replace=False))
     images, masks = _tiles(layout, rows)
     for combo, s in combinations.items():
@@ -428,17 +428,17 @@ def write_worst_scenes(
     by the best seed of the best combination (`summary` as summary.json); returns those scenes, none
     (and no file) when scenes_csv has no row."""
     try:
-        worst = pd.read_csv(scenes_csv, dtype={"scene": str})["scene"].head(WORST_SCENES).tolist()
-    except (OSError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        worst = read_columns(scenes_csv, "scene")["scene"][:WORST_SCENES]
+    except ForestsegError:
         raise ForestsegError(f"{scenes_csv}: missing or not a per-scene table; run `dvc repro aggregate`") from None
     combo = summary["best_combination"]
     if not worst or combo is None:
         return []
-    split = pd.read_csv(layout.split_csv, dtype={"scene": str})
+    split = layout.split()
     rng = np.random.default_rng(cfg.seed)
     rows, labels = [], []
     for scene in worst:
-        test = np.flatnonzero(((split["subset"] == "test") & (split["scene"] == scene)).to_numpy())
+        test = np.flatnonzero((split.subset == "test") & (split.scene == scene))
         if not len(test):
             raise ForestsegError(
                 f"{scenes_csv}: scene {scene} has no test tile in {layout.split_csv}; run `dvc repro aggregate`"

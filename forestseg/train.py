@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -582,9 +581,9 @@ def train_member(
     model_dir: Path,
     resume: Path,
     code: list[Path],
-) -> tuple[list[dict], dict, pd.DataFrame]:
+) -> tuple[list[dict], dict, list[list]]:
     """Train grid member `run` on the split data of `layout` (the train stage): (history, metrics,
-    per-scene confusion counts of the written model on the test scenes, SCENE_COLUMNS).
+    per-scene confusion counts of the written model on the test scenes: rows of SCENE_COLUMNS).
 
     The resume fingerprint covers the run, its params and precision, the bytes of `code` and the
     data's content. A run that diverges is recorded, not raised, so the rest of the grid goes on:
@@ -635,14 +634,8 @@ def train_member(
         except Diverged as e:
             print(f"warning: {e}")
             write_model(model_dir / "model.pt", None, {"run": run.name, "message": str(e)})  # a declared output
-            return (
-                e.history,
-                {"status": "diverged", "message": str(e), "epochs": len(e.history)},
-                pd.DataFrame(columns=SCENE_COLUMNS),
-            )
+            return e.history, {"status": "diverged", "message": str(e), "epochs": len(e.history)}, []
         test = tiles["test"]
         per_tile = torch.bincount(test.scenes, minlength=len(test.scene_names)).tolist()
-        scenes = pd.DataFrame(
-            [[name, n, *result.scenes[name]] for name, n in zip(test.scene_names, per_tile)], columns=SCENE_COLUMNS
-        )
+        scenes = [[name, n, *result.scenes[name]] for name, n in zip(test.scene_names, per_tile)]
         return result.history, result.metrics, scenes

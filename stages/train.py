@@ -3,15 +3,14 @@
 import re
 from pathlib import Path
 
-import pandas as pd
 from common import args, params, stage
 
 import forestseg
 from forestseg.checkpoint import read_init
 from forestseg.config import INIT_DIR, ForestsegError, load_sections
-from forestseg.io import remove_stale_temps, untracked_in_project, write_csv, write_json
+from forestseg.io import remove_stale_temps, untracked_in_project, write_json, write_rows
 from forestseg.layout import DataLayout
-from forestseg.train import HISTORY_COLUMNS, train_member
+from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, train_member
 
 RESUME_DIR = Path(".resume")  # scratch: git- and dvc-ignored, never a DVC output
 
@@ -51,9 +50,10 @@ def main(argv: list[str]) -> None:
     history, metrics, scenes = train_member(
         run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), model_dir, resume, code
     )
-    write_csv(out / "history.csv", pd.DataFrame(history) if history else pd.DataFrame(columns=HISTORY_COLUMNS))
+    columns = list(history[0]) if history else HISTORY_COLUMNS  # val_miou too, with a val split
+    write_rows(out / "history.csv", columns, ([row[c] for c in columns] for row in history))
     write_json(out / "metrics.json", metrics)
-    write_csv(out / "scenes.csv", scenes)
+    write_rows(out / "scenes.csv", SCENE_COLUMNS, scenes)
     resume.unlink(missing_ok=True)  # the outputs exist: nothing left to resume
 
 

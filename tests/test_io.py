@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from forestseg.errors import ForestsegError
-from forestseg.io import atomic_path, remove_stale_runs, write_json, write_npy, write_torch
+from forestseg.io import (
+    atomic_path,
+    read_columns,
+    remove_stale_runs,
+    write_csv,
+    write_json,
+    write_npy,
+    write_rows,
+    write_torch,
+)
 
 
 def test_a_write_replaces_the_file_atomically(tmp_path: Path) -> None:
@@ -21,7 +30,7 @@ def test_a_write_replaces_the_file_atomically(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
-@pytest.mark.parametrize("writer", ["text", "json", "csv"])
+@pytest.mark.parametrize("writer", ["text", "json", "csv", "rows"])
 def test_a_writer_writes_through_a_temp_renamed_onto_the_file(tmp_path: Path, monkeypatch, writer: str) -> None:
     """The file is never open for writing under its own name: a kill leaves the old one or the new."""
     import pandas as pd
@@ -41,6 +50,7 @@ def test_a_writer_writes_through_a_temp_renamed_onto_the_file(tmp_path: Path, mo
         "text": lambda: forestseg.io.write_text(target, "new"),
         "json": lambda: forestseg.io.write_json(target, {"x": 1}),
         "csv": lambda: forestseg.io.write_csv(target, pd.DataFrame({"x": [1]})),
+        "rows": lambda: forestseg.io.write_rows(target, ["x"], [[1]]),
     }[writer]
     with pytest.raises(Exception):
         write()
@@ -166,3 +176,45 @@ def test_run_folders_of_members_no_longer_in_the_grid_are_removed(tmp_path: Path
     assert sorted(p.name for p in root.iterdir()) == ["README.txt", "mse-adam-0", "mse-adam-1", "notes"]
     assert remove_stale_runs(iter(members), root) == []  # nothing left to remove; any iterable of names
     assert remove_stale_runs(members, tmp_path / "missing") == []
+
+
+ROWS = [["0102", 16, 0.1, float("nan"), "a, b"], ["7", 0, 1e-05, 2.5, 'say "x"']]
+
+
+def test_write_rows_writes_what_write_csv_writes_of_the_same_rows(tmp_path: Path) -> None:
+    """The train stage writes its tables without pandas; aggregate reads them with it, as before."""
+    import pandas as pd
+
+    columns = ["scene", "tiles", "lr", "iou", "note"]
+    write_rows(tmp_path / "rows.csv", columns, ROWS)
+    write_csv(tmp_path / "frame.csv", pd.DataFrame(ROWS, columns=columns))
+    assert (tmp_path / "rows.csv").read_bytes() == (tmp_path / "frame.csv").read_bytes()
+    write_rows(tmp_path / "empty.csv", columns, [])
+    assert (tmp_path / "empty.csv").read_text() == "scene,tiles,lr,iou,note\n"
+
+
+def test_read_columns_reads_strings_as_written(tmp_path: Path) -> None:
+    write_rows(tmp_path / "t.csv", ["scene", "tiles", "note"], [[r[0], r[1], r[4]] for r in ROWS])
+    assert read_columns(tmp_path / "t.csv", "note", "scene") == {"note": ["a, b", 'say "x"'], "scene": ["0102", "7"]}
+    assert read_columns(tmp_path / "t.csv", "scene") == {"scene": ["0102", "7"]}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "t.csv: cannot be read as a CSV table (No such file or directory)"),
+        ("", "t.csv: no column scene (columns: none)"),
+        ("image,subset\na.jpg,test\n", "t.csv: no column scene (columns: image, subset)"),
+        ("image,scene\na.jpg\n", "t.csv: cannot be read as a CSV table (a row is shorter than the header)"),
+        (b"scene\n\xff\n", "t.csv: cannot be read as a CSV table ("),
+    ],
+)
+def test_read_columns_names_the_file_and_what_is_wrong(tmp_path: Path, text, message: str) -> None:
+    path = tmp_path / "t.csv"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text)
+    with pytest.raises(ForestsegError) as e:
+        read_columns(path, "scene")
+    assert str(e.value).startswith(f"{tmp_path}/{message}") and "\n" not in str(e.value)

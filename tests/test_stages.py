@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -117,3 +118,11 @@ def test_a_stage_under_a_profiler_exits_normally_so_the_profile_is_written(tmp_p
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert (out.returncode, out.stdout) == (0, "wrote out.csv\nfinalized\n")
     assert profile.stat().st_size > 0
+
+
+@pytest.mark.parametrize("stage", ["train", "overlays"])
+def test_the_stages_that_run_per_member_or_load_torch_do_not_import_pandas(stage: str) -> None:
+    """Importing pandas takes ~0.5 s; each of the grid's train stages would pay it for two small tables."""
+    code = f"import sys; sys.path.insert(0, 'stages'); import {stage}; print('pandas' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
