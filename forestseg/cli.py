@@ -13,15 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
 from .config import ConfigError, DataConfig, ForestsegError
-from .dataset import DataError
 from .device import keep_freed_memory, pick_device
 from .images import WORLD_FILE_SUFFIXES
-from .io import read_json, remove_stale_temps, write_csv, write_json, write_with
+from .io import read_json, remove_stale_temps, write_json, write_rows, write_with
 from .predict import BLOCK, Predictor, overlay, read_rgb
 from .windows import sample_of
 
@@ -348,7 +346,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
                 "mask": a.mask,
             }
         )
-        write_csv(out / "forest_area.csv", pd.DataFrame(rows, columns=AREA_COLUMNS))
+        write_rows(out / "forest_area.csv", AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in rows))
         share = (
             "no valid pixels" if a.forest_share is None else f"{a.forest_share:.1%} of {a.valid_ha:.2f} ha with data"
         )
@@ -369,6 +367,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from .dataset import DataError  # with pandas (~0.5 s): evaluate's alone, not predict's
     from .evaluate import evaluate as score
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)

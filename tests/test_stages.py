@@ -120,9 +120,10 @@ def test_a_stage_under_a_profiler_exits_normally_so_the_profile_is_written(tmp_p
     assert profile.stat().st_size > 0
 
 
-@pytest.mark.parametrize("stage", ["train", "overlays"])
-def test_the_stages_that_run_per_member_or_load_torch_do_not_import_pandas(stage: str) -> None:
-    """Importing pandas takes ~0.5 s; each of the grid's train stages would pay it for two small tables."""
-    code = f"import sys; sys.path.insert(0, 'stages'); import {stage}; print('pandas' in sys.modules)"
+@pytest.mark.parametrize("module", ["train", "overlays", "forestseg.cli"])
+def test_the_train_and_overlays_stages_and_the_cli_do_not_import_pandas(module: str) -> None:
+    """Importing pandas takes ~0.5 s: each of the grid's train stages would pay it for two small tables,
+    and `forestseg predict` for forest_area.csv (evaluate imports it, to index a folder)."""
+    code = f"import sys; sys.path.insert(0, 'stages'); import {module}; print('pandas' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
