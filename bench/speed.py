@@ -183,18 +183,27 @@ keep_freed_memory()
 torch.set_num_threads(int(sys.argv[3]))
 device = torch.device(sys.argv[2])
 exact_fp32(device)
-print(json.dumps({str(d): dense_peak(device, d) for d in (torch.bfloat16, torch.float32)}))
+sizes = tuple(int(n) for n in sys.argv[4].split(","))
+print(json.dumps({str(d): dense_peak(device, d, sizes) for d in (torch.bfloat16, torch.float32)}))
 """
 
 
-def device_peaks(device: torch.device) -> dict[torch.dtype, tuple[float, str]]:
-    """dense_peak in bf16 and fp32 on this process's threads, measured in a child process where glibc
+def device_peaks(device: torch.device, sizes: tuple[int, ...] = (2048, 4096)) -> dict[torch.dtype, tuple[float, str]]:
+    """dense_peak (over `sizes`) in bf16 and fp32 on this process's threads, measured in a child process where glibc
     keeps freed memory and fp32 is full fp32 on CUDA (not TF32): the device's limit, whatever this
     process's allocator (with glibc's default malloc every 32-64 MiB output of the probe is a fresh mmap,
     and the fp32 peak read 35 % low) or its TF32 flags."""
     root = str(Path(__file__).resolve().parents[1])
     out = subprocess.run(
-        [sys.executable, "-c", _PEAKS_CHILD, root, str(device), str(torch.get_num_threads())],
+        [
+            sys.executable,
+            "-c",
+            _PEAKS_CHILD,
+            root,
+            str(device),
+            str(torch.get_num_threads()),
+            ",".join(map(str, sizes)),
+        ],
         capture_output=True,
         text=True,
     )
