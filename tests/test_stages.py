@@ -100,7 +100,6 @@ if __name__ == "__main__":
 def test_a_stage_process_ends_without_finalization_and_loses_no_output(tmp_path, arg, rc, err) -> None:
     """Python's finalization (about 1 s with torch loaded) is skipped; stdout on a pipe still arrives."""
     import os
-    import subprocess
 
     script = tmp_path / "stage.py"
     script.write_text(SCRIPT.format(stages=str(REPO / "stages")))
@@ -110,8 +109,6 @@ def test_a_stage_process_ends_without_finalization_and_loses_no_output(tmp_path,
 
 
 def test_a_stage_under_a_profiler_exits_normally_so_the_profile_is_written(tmp_path) -> None:
-    import subprocess
-
     script, profile = tmp_path / "stage.py", tmp_path / "stage.prof"
     script.write_text(SCRIPT.format(stages=str(REPO / "stages")))
     cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), "out.csv"]
