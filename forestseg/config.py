@@ -222,7 +222,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 16
     test_batch_size: int = 64
     device: str = "auto"  # auto = cuda when available, else cpu
