@@ -41,8 +41,8 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
         )
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
-        lr_ax = ax.twinx()  # the step decay, on its own log axis
-        lr_ax.step(h["epoch"], h["lr"], where="post", color="grey", alpha=0.6, label="learning rate")
+        lr_ax = ax.twinx()  # the step decay, on its own log axis; epoch k's lr spans k-1..k, where it trained
+        lr_ax.step(h["epoch"], h["lr"], where="pre", color="grey", alpha=0.6, label="learning rate")
         lr_ax.set_yscale("log")
         lr_ax.set_ylabel("learning rate", color="grey")
         lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
