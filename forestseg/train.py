@@ -429,6 +429,11 @@ def train_run(
     eval_args = (run.loss, train_cfg.test_batch_size, norm, train_cfg.channels_last, bf16)
     params = {"model": asdict(model_cfg), "optimizer": asdict(opt_cfg), "train": asdict(train_cfg)}
 
+    # the final test scores are scored as predict scores them; with the loss's own cut and no
+    # adaptation that is the last epoch's evaluation, which then also counts per scene (no extra pass)
+    rescore = train_cfg.threshold == "val" or bool(train_cfg.adapt_bn and test.scene_names)
+    scenes: dict | None = None
+
     saved = read_resume(resume, log)
     if saved is not None and saved.get("fingerprint") == fingerprint:
         s.load(saved)
@@ -452,7 +457,10 @@ def train_run(
             lr_param,
         )
         train_seconds = time.perf_counter() - t0
-        s.test_scores = evaluate(s.evaluated, test, *eval_args)
+        last = epoch == train_cfg.epochs and not rescore and bool(test.scene_names)
+        s.test_scores = evaluate(s.evaluated, test, *eval_args, per_scene=last)
+        if last:
+            scenes = s.test_scores.pop("scenes")
         if not (math.isfinite(s.test_scores["loss"]) and all(p.isfinite().all() for p in s.evaluated.parameters())):
             # the epoch's last steps can blow up after their loss was checked
             raise Diverged(
@@ -488,12 +496,11 @@ def train_run(
         )
 
     final = s.evaluated
-    scenes: dict = {}
     if train_cfg.threshold == "val":  # chosen for each written model, on val
         portable["threshold"] = choose_threshold(
             final, val, *eval_args[1:], portable["threshold"], adapt_bn=train_cfg.adapt_bn
         )
-    if train_cfg.threshold == "val" or test.scene_names:  # test (re)scored as predict scores it, once
+    if rescore or (test.scene_names and scenes is None):  # test (re)scored as predict scores it, once
         s.test_scores = evaluate(
             final,
             test,
@@ -503,6 +510,7 @@ def train_run(
             adapt_bn=train_cfg.adapt_bn,
         )
         scenes = s.test_scores.pop("scenes", {})
+    scenes = scenes or {}
     write_model(model_dir / "model.pt", final.state_dict(), portable, epoch=s.epoch)
     if s.best:
         best = {**portable}

@@ -467,6 +467,34 @@ def test_per_scene_counts_add_up_to_the_test_scores(data, tmp_path: Path) -> Non
     assert metrics.scores(total.numpy())["iou"] == pytest.approx(result.metrics["test_iou"])
 
 
+@pytest.mark.parametrize("adapt_bn, passes", [(0.0, 3), (0.5, 4)])
+def test_the_last_epoch_s_evaluation_also_counts_per_scene(
+    data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapt_bn: float, passes: int
+) -> None:
+    """With the loss's own cut and no adaptation the final scores are the last epoch's: one pass over
+    test per epoch, no extra one; with adaptation test is scored again, adapted per scene. A run
+    resumed after its last epoch scores the scenes itself, to the same counts."""
+    import forestseg.train as train_module
+
+    test = Tiles(data[1].images, data[1].masks, torch.tensor([0, 1, 1, 0]), ("a", "b"))
+    calls: list[dict] = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", counted)
+    train = dataclasses.replace(TRAIN, adapt_bn=adapt_bn)
+    result, _ = go((data[0], test), tmp_path / "last.pt", train=train)
+    assert len(calls) == passes  # TRAIN trains 3 epochs
+    total = torch.tensor(list(result.scenes.values())).sum(0)
+    assert metrics.scores(total.numpy())["iou"] == pytest.approx(result.metrics["test_iou"])
+    calls.clear()
+    again, lines = go((data[0], test), tmp_path / "last.pt", train=train)
+    assert lines == [f"bce-adam-0: resuming after epoch 3 from {tmp_path / 'last.pt'}"] and len(calls) == 1
+    assert again.scenes == result.scenes and strip(again) == strip(result)
+
+
 # --- starting from a model file (train.init_from) -------------------------------------------------
 
 
