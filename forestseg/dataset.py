@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,6 +33,8 @@ GET_DATA = (
 )
 NAME = re.compile(r"^(?P<scene>\d+)_sat_(?P<rc>\d+)\.(?:jpe?g|png|tiff?)$", re.IGNORECASE)
 MASK_NAME = re.compile(r"^(?P<scene>\d+)_mask_(?P<rc>\d+)\.(?:jpe?g|png|tiff?)$", re.IGNORECASE)
+MISSING = "missing file "  # then <folder>/<name>: a reason that _hint_missing completes
+DUPLICATE = "duplicate row of meta_data.csv (image listed before)"
 MISFIT_STOP = 0.5  # more masks than this share not fitting data.masks: the set uses another convention
 
 
@@ -70,11 +73,23 @@ def pair_problem(image: str, mask: str) -> str | None:
             return f"{column} name {name!r} has leading or trailing spaces in meta_data.csv; remove them"
     m = NAME.match(image)
     if m is None:
-        return f"image name {image!r} is not <scene>_sat_<rc>.<jpg|png|tif>, so its scene is unknown"
+        if _other_suffix(NAME, image):
+            return f"image {image!r} has extension {Path(image).suffix}; images must be .jpg, .png or .tif"
+        return (
+            f"image name {image!r} is not <scene>_sat_<rc>.<jpg|png|tif> with <scene> and <rc> whole numbers "
+            "(e.g. 10452_sat_08.jpg), so its scene is unknown"
+        )
     k = MASK_NAME.match(mask)
+    if k is None and _other_suffix(MASK_NAME, mask):
+        return f"mask {mask!r} has extension {Path(mask).suffix}; masks must be .jpg, .png or .tif"
     if k is None or (k["scene"], k["rc"]) != (m["scene"], m["rc"]):
         return f"mask {mask!r} is not this image's mask (expected {m['scene']}_mask_{m['rc']}.<jpg|png|tif>)"
     return None
+
+
+def _other_suffix(pattern: re.Pattern, name: str) -> bool:
+    """Whether `name` would match `pattern` but for its extension."""
+    return bool(pattern.match(str(Path(name).with_suffix(".png")))) if Path(name).suffix else False
 
 
 def find_source(root: str | Path) -> tuple[Path, list[str]]:
@@ -100,6 +115,11 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
             f"{root}: no meta_data.csv, but {len(found)} folders below it have one "
             f"({', '.join(str(f) for f in found[:3])}); set data.source to the one to use"
         )
+    if (root.parent / "meta_data.csv").exists():
+        raise DataError(
+            f"{root / 'meta_data.csv'}: missing, but {root.parent} has one: data.source names a folder inside a "
+            f"Kaggle-layout folder; set it to {root.parent}"
+        )
     raise DataError(
         f"{root / 'meta_data.csv'}: missing; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}"
     )
@@ -109,12 +129,31 @@ def check_tracked(source: str | Path, project: str | Path = ".") -> None:
     """Refuse a data folder inside the project that neither DVC nor .gitignore keeps out of git:
     `dvc exp run` would commit its images to git, and queued experiments would not see it."""
     rel = untracked_in_project(source, project)
-    if rel is not None:
+    if rel is None:
+        return
+    tracked = sorted(rel / p.with_suffix("").name for p in (Path(project) / rel).glob("*.dvc"))
+    if tracked:  # `dvc add` of this folder would overlap them
         raise DataError(
-            f"data.source {rel} is inside the project but not tracked by DVC: every `dvc exp run` "
-            f"would commit its images to git, and queued experiments cannot see it; run "
-            f"`dvc add {rel}` and commit {rel}.dvc (README: Real data)"
+            f"data.source {rel} is inside the project and not tracked by DVC, but holds DVC-tracked "
+            f"{', '.join(t.name for t in tracked)}: set data.source to the one with meta_data.csv "
+            f"(`dvc exp run {set_source(tracked[0])}`)"
         )
+    raise DataError(
+        f"data.source {rel} is inside the project but not tracked by DVC: every `dvc exp run` "
+        f"would commit its images to git, and queued experiments cannot see it; run "
+        f"`dvc add {shlex.quote(str(rel))}` and commit {shlex.quote(str(rel) + '.dvc')} (README: Real data)"
+    )
+
+
+def set_source(path: str | Path) -> str:
+    """The `-S` option that sets data.source to `path`, quoted for the shell and for DVC's override
+    parser (which takes a space or a non-ASCII letter only inside quotes)."""
+    text = str(path)
+    if re.fullmatch(r"[A-Za-z0-9_./-]+", text):
+        return f"-S data.source={text}"
+    if not set(text) & set("'\"$`\\!"):
+        return f"-S \"data.source='{text}'\""  # the form the README shows
+    return "-S " + shlex.quote(f"data.source='{text}'" if "'" not in text else f'data.source="{text}"')
 
 
 def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -155,10 +194,13 @@ def _read(root: Path, folder: str, name: str) -> Picture:
     try:
         real = path.resolve()
         if not real.is_relative_to(root.resolve()) and not _in_dvc_cache(real):
-            raise BadPair(f"{folder}/{name} links outside data.source ({real})")
+            raise BadPair(
+                f"{folder}/{name} links outside data.source ({real}); copy the files in (`cp -rL`) or set "
+                "data.source to a folder that holds them"
+            )
         return decode(path.read_bytes())
     except FileNotFoundError:
-        raise BadPair(f"missing file {folder}/{name}") from None
+        raise BadPair(f"{MISSING}{folder}/{name}") from None
     except OSError as e:  # a folder, no permission, an I/O error: skip the pair, never crash the index
         raise BadPair(f"{folder}/{name} cannot be read ({e.strerror or e})") from None
     except ImageError as e:
@@ -180,9 +222,22 @@ def _load_pair(
         )
     msk_picture = _read(root, "masks", mask)
     if msk_picture.alpha is not None and (msk_picture.alpha < 255).any():
+        if "colour key" in msk_picture.kind:  # a value marked transparent, as GDAL writes nodata
+            raise BadPair(
+                f"{mask} marks pixels transparent by a colour key ({msk_picture.kind}; GDAL writes a nodata value "
+                "so): which of them are background is unknown; if none is nodata, save the masks without it "
+                "(`gdal_translate -a_nodata none`)"
+            )
         raise BadPair(
             f"{mask} has transparent pixels ({msk_picture.kind}); forest must be in a mask's values, not its "
             "transparency: flatten it onto the background colour"
+        )
+    if img.orientation != msk_picture.orientation:
+        # a viewer turns each by its own tag: the two grids differ, and nothing says which one the mask was drawn on
+        raise BadPair(
+            f"EXIF orientation differs: {image} {_turn(img.orientation)}, {mask} {_turn(msk_picture.orientation)}; "
+            "turned as a viewer shows them they do not lie on one pixel grid; give both the same orientation "
+            "(`exiftool -n -Orientation=1 FILE` keeps a file's stored pixels as they are)"
         )
     msk = msk_picture.pixels
     if img.pixels.shape[:2] != size:
@@ -204,6 +259,20 @@ def _load_pair(
             f"data.masks {convention!r} reads values exactly; save the masks lossless (PNG)"
         )
     return img.pixels, forest_map, summarize(msk), jpeg
+
+
+def _turn(orientation: int) -> str:
+    """An EXIF orientation as a viewer applies it, e.g. '6 (turned 90° clockwise)'."""
+    return {
+        1: "none",
+        2: "2 (mirrored)",
+        3: "3 (turned 180°)",
+        4: "4 (flipped upside down)",
+        5: "5 (mirrored and turned)",
+        6: "6 (turned 90° clockwise)",
+        7: "7 (mirrored and turned)",
+        8: "8 (turned 90° anticlockwise)",
+    }[orientation]
 
 
 def _tile_size(root: Path, names: list[str]) -> tuple[int, int]:
@@ -233,6 +302,29 @@ def _other_case(path: Path, name: str) -> str:
         return f" (no {path.name}/ folder" + (f"; found {other[0]}/)" if other else ")")
     other = [p.name for p in path.iterdir() if p.name.lower() == name.lower()]
     return f" ({path.name}/ has {other[0]}; names are case-sensitive)" if other else ""
+
+
+def _hint_missing(root: Path, skipped: list[dict]) -> None:
+    """Add to each 'missing file <folder>/<name>' reason what the folder holds instead (the name in
+    other letter case or with another extension, or no such folder), from one listing per folder."""
+    listings: dict[str, tuple[dict, dict] | None] = {}
+    for s in skipped:
+        if not s["reason"].startswith(MISSING):
+            continue
+        folder, _, name = s["reason"][len(MISSING) :].partition("/")
+        if folder not in listings:
+            path = root / folder
+            names = sorted(p.name for p in path.iterdir()) if path.is_dir() else None
+            listings[folder] = (
+                None if names is None else ({n.lower(): n for n in names}, {Path(n).stem.lower(): n for n in names})
+            )
+        listing = listings[folder]
+        if listing is None:
+            s["reason"] += _other_case(root / folder, name)
+        elif name.lower() in listing[0]:
+            s["reason"] += f" ({folder}/ has {listing[0][name.lower()]}; names are case-sensitive)"
+        elif Path(name).stem.lower() in listing[1]:
+            s["reason"] += f" ({folder}/ has {listing[1][Path(name).stem.lower()]}; meta_data.csv names {name})"
 
 
 def _cut(path: Path, array: np.memmap, rows: int) -> None:
@@ -276,18 +368,22 @@ def build_index(
     def skip(image: str, mask: str, reason: str) -> None:
         skipped.append({"image": image, "mask": mask, "reason": reason})
 
-    # The same image listed twice, with the same mask or another: the first row that loads is kept,
-    # so a row that fails (say, its mask is missing) does not make a later good one a duplicate.
-    rows, later = [], {}
+    # The same image listed twice with another mask: the first row that loads is kept, so a row that
+    # fails (say, its mask is missing) does not make a later good one a duplicate. A repeat of a whole
+    # row is the same pair again: never decoded (nor counted as a misfit) twice.
+    rows, later, seen = [], {}, set()
     for image, mask in meta.itertuples(index=False):
         problem = pair_problem(image, mask)
         if problem:
             skip(image, mask, problem)
+        elif (image, mask) in seen:
+            skip(image, mask, DUPLICATE)
         elif image in later:
             later[image].append((image, mask))
         else:
             rows.append((image, mask))
             later[image] = []
+        seen.add((image, mask))
     unlisted = _unlisted(root / "images", {image for image, _ in meta.itertuples(index=False)})
     unlisted_masks = _unlisted(root / "masks", {mask for _, mask in meta.itertuples(index=False)})
     if not rows:
@@ -330,7 +426,7 @@ def build_index(
                         (image, mask), others = others[0], others[1:]
                         result = load((image, mask))
                     for _, other in others:
-                        skip(image, other, "duplicate row of meta_data.csv (image listed before)")
+                        skip(image, other, DUPLICATE)
                     if isinstance(result, BadPair):
                         continue
                     k = len(kept)
@@ -347,6 +443,7 @@ def build_index(
                             "forest_fraction": round(forest_px / (size[0] * size[1]), 6),
                         }
                     )
+            _hint_missing(root, skipped)
             if not kept and not misfits:
                 reasons = _reasons(skipped).most_common(3)
                 raise DataError(

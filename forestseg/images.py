@@ -24,11 +24,13 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class Picture:
-    """Decoded pixels: (H, W) grey or (H, W, 3) RGB uint8, the alpha band if any, and the source kind."""
+    """Decoded pixels: (H, W) grey or (H, W, 3) RGB uint8, the alpha band if any, the source kind and
+    the EXIF orientation that was applied (1: none)."""
 
     pixels: np.ndarray
     alpha: np.ndarray | None
     kind: str  # e.g. "RGB JPEG", "Gray JPEG", "RGBA PNG", "P PNG"
+    orientation: int = 1
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -121,7 +123,8 @@ def decode(data: bytes) -> Picture:
         except Exception as e:
             raise ImageError(f"cannot be decoded ({type(e).__name__}: {e})") from None
         pixels = pixels[..., 0] if space == "Gray" else pixels  # GRAY decodes to (H, W, 1)
-        return Picture(_orient(pixels, _jpeg_orientation(data)), None, f"{space if space == 'Gray' else 'RGB'} JPEG")
+        orientation = _jpeg_orientation(data)
+        return Picture(_orient(pixels, orientation), None, f"{space if space == 'Gray' else 'RGB'} JPEG", orientation)
     if data[:8] == PNG_SIGNATURE and len(data) > 25 and data[24] == 16 and data[25] in (2, 6):
         # Pillow reads 16-bit colour PNGs as 8-bit, keeping each value's high byte: silently wrong
         raise ImageError("is a 16-bit colour PNG; save it with 8 bits per channel")
@@ -133,6 +136,9 @@ def decode(data: bytes) -> Picture:
             if im.mode in ("RGB", "RGBA") and depth > 8:
                 # as for PNGs: Pillow keeps each value's high byte (12-bit camera data reads near black)
                 raise ImageError(f"is a {depth}-bit colour {fmt}; save it with 8 bits per channel")
+            keyed = ""  # a PNG tRNS colour key, named in the kind: GDAL writes a nodata value as one
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
             im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode == "P":
@@ -140,6 +146,7 @@ def decode(data: bytes) -> Picture:
             elif mode == "PA":
                 im = im.convert("RGBA")
             elif mode in ("RGB", "L", "1") and "transparency" in im.info:  # a colour key (PNG tRNS): alpha 0 there
+                keyed = f" with colour key {im.info['transparency']}"
                 im = im.convert("RGBA" if mode == "RGB" else "LA")
             elif mode == "F":
                 raise ImageError(f"is a 32-bit float {fmt}; save it with 8-bit integers (a mask as 0/255 or 0/1 grey)")
@@ -158,11 +165,11 @@ def decode(data: bytes) -> Picture:
         ) from None
     except Exception as e:  # truncated or corrupt files: refused, never a crash
         raise ImageError(f"cannot be decoded ({type(e).__name__}: {e})") from None
-    kind = f"{mode} {fmt}"
+    kind = f"{mode} {fmt}{keyed}"
     if array.ndim == 3 and array.shape[2] in (2, 4):  # LA / RGBA: colour bands plus alpha
         colour = array[..., 0] if array.shape[2] == 2 else array[..., :3]
-        return Picture(np.ascontiguousarray(_eight_bit(colour, mode)), array[..., -1].copy(), kind)
+        return Picture(np.ascontiguousarray(_eight_bit(colour, mode)), array[..., -1].copy(), kind, orientation)
     if array.ndim == 3 and array.shape[2] != 3:
         raise ImageError(f"is a {kind} with {array.shape[2]} bands; expected RGB")
     alpha = np.where(array == key, 0, 255).astype(np.uint8) if isinstance(key, int) else None
-    return Picture(_eight_bit(array, mode), alpha, kind)
+    return Picture(_eight_bit(array, mode), alpha, kind, orientation)

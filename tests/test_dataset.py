@@ -154,6 +154,11 @@ def transparent_mask(path: Path) -> None:
     Image.fromarray(np.dstack([np.full((32, 32, 3), 255, np.uint8), alpha])).save(path, format="PNG")
 
 
+def nodata_keyed_mask(path: Path) -> None:
+    """0/255 grey with 0 as its PNG colour key, as GDAL writes a mask whose nodata is 0."""
+    Image.fromarray(decode_mask(path) * 255).save(path, format="PNG", transparency=0)
+
+
 BAD_PAIRS = [
     ("missing-mask", "masks", missing, r"^missing file masks/\d+_mask_\d\d\.jpg$"),
     ("missing-image", "images", missing, r"^missing file images/\d+_sat_\d\d\.jpg$"),
@@ -167,6 +172,12 @@ BAD_PAIRS = [
     ("cmyk-image", "images", cmyk, r"is a CMYK JPEG; convert it to RGB"),
     ("rgba-png-image", "images", rgba_png, r"has transparent pixels \(RGBA PNG\): a training tile is a whole photo"),
     ("transparent-mask", "masks", transparent_mask, r"has transparent pixels \(RGBA PNG\); forest must be in"),
+    (
+        "nodata-keyed-mask",
+        "masks",
+        nodata_keyed_mask,
+        r"marks pixels transparent by a colour key \(L PNG with colour key 0;",
+    ),
 ]
 
 
@@ -323,7 +334,8 @@ def test_image_name_without_scene_is_skipped(tiny_set, tmp_path):
         {
             "image": "forest_tile.jpg",
             "mask": mask,
-            "reason": "image name 'forest_tile.jpg' is not <scene>_sat_<rc>.<jpg|png|tif>, so its scene is unknown",
+            "reason": "image name 'forest_tile.jpg' is not <scene>_sat_<rc>.<jpg|png|tif> with <scene> and <rc> "
+            "whole numbers (e.g. 10452_sat_08.jpg), so its scene is unknown",
         }
     ]
     assert_accounted(report, index)
@@ -728,15 +740,17 @@ def test_files_linked_into_a_dvc_cache_are_read(tiny_set, tmp_path):
 
 
 def test_exif_rotated_jpeg_is_read_as_a_viewer_shows_it(tiny_set, tmp_path):
-    """A camera-style JPEG whose pixels are stored sideways with EXIF orientation 6 (turn 90 degrees clockwise)."""
+    """A camera-style JPEG pair whose pixels are stored sideways with EXIF orientation 6 (turn 90 degrees
+    clockwise), the mask (lossless) too."""
     from PIL import ImageOps
 
     image, mask = rows_of(tiny_set)[BAD_ROW]
     path = tiny_set / "images" / image
-    shown = decode_image(path)
+    shown, truth = decode_image(path), decode_mask(tiny_set / "masks" / mask)
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(np.rot90(shown, 1)).save(path, format="JPEG", quality=100, exif=exif)  # stored turned back
+    Image.fromarray(np.rot90(truth * 255, 1)).save(tiny_set / "masks" / mask, format="PNG", exif=exif)
     with Image.open(path) as im:
         viewer = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     out = tmp_path / "out"
@@ -744,7 +758,109 @@ def test_exif_rotated_jpeg_is_read_as_a_viewer_shows_it(tiny_set, tmp_path):
     row = index["image"].tolist().index(image)
     assert report["valid"] == ROWS
     assert np.array_equal(np.load(out / "images.npy")[row], viewer)
+    assert np.array_equal(np.load(out / "masks.npy")[row], truth)
     assert np.abs(viewer.astype(int) - shown).mean() < 8  # the viewer's picture is the original tile again
+
+
+@pytest.mark.parametrize("turned", ["image", "mask"])
+def test_a_pair_whose_exif_orientations_differ_is_skipped(tiny_set, tmp_path, turned):
+    """Turned by one file's tag and not the other's, image and mask would train misaligned, silently."""
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    path = tiny_set / ("images" if turned == "image" else "masks") / (image if turned == "image" else mask)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with Image.open(path) as im:
+        im.save(path, format="JPEG", quality=100, exif=exif)  # the stored pixels as they were, now tagged
+    index, report = build(tiny_set, tmp_path / "out")
+    [skipped] = report["skipped_pairs"]
+    assert (skipped["image"], skipped["mask"]) == (image, mask)
+    first, second = ("6 (turned 90° clockwise)", "none") if turned == "image" else ("none", "6 (turned 90° clockwise)")
+    assert skipped["reason"].startswith(f"EXIF orientation differs: {image} {first}, {mask} {second}; ")
+    assert report["valid"] == ROWS - 1 and image not in set(index["image"])
+
+
+def test_a_pair_tagged_alike_is_turned_alike(tiny_set, tmp_path):
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    truth = decode_mask(tiny_set / "masks" / mask)
+    for path in (tiny_set / "images" / image, tiny_set / "masks" / mask):
+        with Image.open(path) as im:
+            im.save(path, format="PNG", exif=exif)  # lossless, so the mask is exact
+    out = tmp_path / "out"
+    index, report = build(tiny_set, out)
+    assert report["valid"] == ROWS
+    row = index["image"].tolist().index(image)
+    assert np.array_equal(np.load(out / "masks.npy")[row], np.rot90(truth, 1))
+
+
+def test_a_whole_row_listed_twice_is_decoded_and_counted_once(tiny_set, tmp_path):
+    """Each misfit's repeat must not count as a second misfit: that would tip the set-level verdict."""
+    rows = rows_of(tiny_set)
+    for _, mask in rows[:7]:  # 7 of 16 masks stored 0/1: fewer than half misfit, so the rest trains
+        path = tiny_set / "masks" / mask
+        Image.fromarray(decode_mask(path)).save(path, format="PNG")
+    edit_meta(tiny_set, lambda lines: lines + lines[1:])  # every row twice
+    index, report = build(tiny_set, tmp_path / "out")
+    assert (report["valid"], report["misfits"], report["skipped"]) == (ROWS - 7, 7, 7 + ROWS)
+    assert report["skipped_by_reason"]["duplicate row of meta_data.csv"] == ROWS
+    assert_accounted(report, index)
+
+
+@pytest.mark.parametrize(
+    "rename, hint",
+    [
+        (lambda p: p.with_suffix(".png"), r" \(masks/ has {stem}\.png; meta_data.csv names {stem}\.jpg\)$"),
+        (lambda p: p.with_name(p.name.upper()), r" \(masks/ has {upper}; names are case-sensitive\)$"),
+    ],
+    ids=["other-extension", "other-case"],
+)
+def test_a_missing_mask_says_what_the_folder_holds_instead(tiny_set, tmp_path, rename, hint):
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    path = tiny_set / "masks" / mask
+    path.rename(rename(path))
+    _, report = build(tiny_set, tmp_path / "out")
+    reasons = {s["mask"]: s["reason"] for s in report["skipped_pairs"]}
+    pattern = re.escape(f"missing file masks/{mask}") + hint.format(
+        stem=re.escape(Path(mask).stem), upper=re.escape(mask.upper())
+    )
+    assert re.fullmatch(pattern, reasons[mask]), reasons[mask]
+    assert report["skipped_by_reason"]["missing file masks/<mask>"] == len(reasons)
+
+
+def test_a_masks_folder_in_other_letter_case_is_named(tiny_set, tmp_path):
+    (tiny_set / "masks").rename(tiny_set / "Masks")
+    with pytest.raises(DataError, match=r"e.g. missing file masks/\S+ \(no masks/ folder; found Masks/\)\)"):
+        build(tiny_set, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("area10452_sat_08.jpg", r"is not <scene>_sat_<rc>.<jpg\|png\|tif> with <scene> and <rc> whole numbers"),
+        ("12_sat_3_4.jpg", r"whole numbers \(e.g. 10452_sat_08.jpg\), so its scene is unknown"),
+        ("12_sat_34.bmp", r"^image '12_sat_34.bmp' has extension .bmp; images must be .jpg, .png or .tif$"),
+    ],
+)
+def test_an_image_name_that_is_not_the_kaggle_form_says_why(name, says):
+    from forestseg.dataset import pair_problem
+
+    assert re.search(says, pair_problem(name, "12_mask_34.png"))
+
+
+def test_a_mask_with_an_unread_extension_says_so():
+    from forestseg.dataset import pair_problem
+
+    assert pair_problem("12_sat_34.jpg", "12_mask_34.bmp") == (
+        "mask '12_mask_34.bmp' has extension .bmp; masks must be .jpg, .png or .tif"
+    )
+
+
+def test_a_source_inside_a_kaggle_layout_folder_names_its_parent(tiny_set, tmp_path):
+    with pytest.raises(
+        DataError, match=rf"has one: data.source names a folder inside .* set it to {re.escape(str(tiny_set))}$"
+    ):
+        build(tiny_set / "images", tmp_path / "out")
 
 
 @pytest.mark.parametrize("above", [1, 2])
@@ -810,6 +926,33 @@ def test_untracked_data_inside_the_project_is_refused(tiny_set, tmp_path):
     (project / "data" / "raw" / ".gitignore").write_text("/kaggle\n")  # what `dvc add` writes
     check_tracked(inside, project)
     check_tracked(tmp_path / "elsewhere", project)  # outside the project: nothing to commit by mistake
+
+
+@pytest.mark.parametrize(
+    "name, option", [("kaggle", "-S data.source=data/raw/kaggle"), ("mé data", "-S \"data.source='data/raw/mé data'\"")]
+)
+def test_the_parent_of_a_tracked_folder_is_told_to_name_the_folder(tmp_path, name, option):
+    """`dvc add data/raw` would overlap the tracked data/raw/<name>: the advice must be the folder itself."""
+    import shlex
+    import subprocess
+
+    from forestseg.dataset import check_tracked
+
+    project = tmp_path / "project"
+    (project / "data" / "raw" / name).mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    (project / "data" / "raw" / f"{name}.dvc").write_text("outs:\n- path: x\n")
+    (project / "data" / "raw" / ".gitignore").write_text(f"/{name}\n")
+    (project / "data" / "raw" / "notes.txt").write_text("not ignored: git would commit the folder\n")
+    with pytest.raises(DataError) as e:
+        check_tracked(project / "data" / "raw", project)
+    assert f"holds DVC-tracked {name}: set data.source to the one with meta_data.csv (`dvc exp run {option}`)" in str(
+        e.value
+    )
+    # the option as a shell passes it is one that DVC's override parser reads as the folder
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert OverridesParser.create().parse_override(shlex.split(option)[1]).value() == f"data/raw/{name}"
 
 
 def test_skipped_pairs_are_counted_by_kind_of_reason(tiny_set, tmp_path):
