@@ -38,3 +38,28 @@ require_remote() {  # $1: who is asking; $2: read or write
     exit 2
   fi
 }
+
+# The committed dvc.lock names each train member's outputs as the machine that ran `dvc repro` wrote
+# them (history.csv and metrics.json hold its timings), which no other machine reproduces and which are
+# seldom pushed. Where a stage matches its lock entry, DVC restores the lock's outputs and never looks in
+# the run-cache (StageCache.restore in dvc/stage/cache.py): every member would train again. Without
+# those entries DVC restores each member from the run-cache that workers push, and trains the rest.
+forget_locked_members() {
+  python - <<'PY'
+import os
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+lock, yaml = Path("dvc.lock"), YAML()
+if lock.is_file():
+    data = yaml.load(lock)
+    stages = data.get("stages") or {}
+    for name in [n for n in stages if n.startswith("train@")]:
+        del stages[name]
+    tmp = lock.with_name(".dvc.lock.tmp")  # a killed write leaves the old lock, never half of one
+    with open(tmp, "w") as f:
+        yaml.dump(data, f)
+    os.replace(tmp, lock)
+PY
+}

@@ -2,7 +2,8 @@
 # The coordinator: fetch what the workers pushed and reproduce the whole pipeline; every train
 # member that a worker ran is restored from the run-cache ("Stage 'train@...' is cached - skipping
 # run"), so only what nobody trained is trained here (and pushed, as a worker pushes its members),
-# then aggregate writes one report.
+# then aggregate writes one report. The committed dvc.lock's train entries are set aside first
+# (forget_locked_members, cluster/committed.sh): DVC would restore those or train, never the run-cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cluster/committed.sh
@@ -19,6 +20,7 @@ if [ -n "${FORESTSEG_REV:-}" ]; then
   fi
 fi
 require_remote coordinator read
+forget_locked_members
 dvc fetch --run-cache
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

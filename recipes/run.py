@@ -90,7 +90,9 @@ def with_sets(name: str, sets: list[str]) -> dict:
 
 
 def _item(item: str) -> tuple[str, str, object]:
-    key, _, value = item.partition("=")
+    key, eq, value = item.partition("=")
+    if not eq:
+        raise ForestsegError(f"-S {item}: give KEY=VALUE, e.g. -S model.width=16")
     section, _, field = key.partition(".")
     return section, field, load_yaml(value, f"-S {item}")
 

@@ -429,12 +429,19 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
         run.load("bad")
 
 
-def test_a_bad_yaml_value_of_s_is_one_line():
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("model.width=[8", r"^-S model.width=\[8: not valid YAML \("),
+        ("model.width", r"^-S model.width: give KEY=VALUE"),
+    ],
+)
+def test_a_bad_s_item_is_one_line(item, message):
     sys.path.insert(0, str(REPO))
     from recipes import run
 
-    with pytest.raises(ForestsegError, match=r"^-S model.width=\[8: not valid YAML \("):
-        run.with_sets("cpu", ["model.width=[8"])
+    with pytest.raises(ForestsegError, match=message):
+        run.with_sets("cpu", [item])
 
 
 @pytest.mark.parametrize("value", ["none", "init/source.pt", "init/region/source.pt"])

@@ -71,17 +71,22 @@ def test_queued_slices_then_one_grid_run_trains_nothing_twice(repo: Path) -> Non
 def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: Path) -> None:
     """Machine B trains one member (cluster/worker.sh) and pushes it; A's coordinator restores it,
     trains the other and pushes that too; C's worker task is then restored from A's push, and D's
-    coordinator trains nothing and writes the report over both seeds."""
+    coordinator trains nothing and writes the report over both seeds. The commit's dvc.lock covers
+    both members (the repo's own `dvc repro`, never pushed), as main's does: DVC would pull the lock's
+    outputs, fail and train, never looking in the run-cache, but for forget_locked_members."""
     set_params(repo, GRID)
     (tmp_path / "remote").mkdir()  # a shared folder is there before the first push (require_remote)
     sh(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
-    commit(repo, "tiny grid with a shared remote")
+    sh(repo, "dvc", "repro")
+    commit(repo, "tiny grid with a shared remote, and its dvc.lock")
+    assert MEMBERS <= set(re.findall(r"^\s+(train@\S+):$", (repo / "dvc.lock").read_text(), re.M))
     a, b, c, d = (tmp_path / name for name in "abcd")
     for clone in (a, b, c, d):
         sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
     assert "worker: bce-adam-0 trained (or restored" in sh(b, "bash", "cluster/worker.sh", "bce-adam-0").stdout
     out = sh(a, "bash", "cluster/coordinator.sh")
     assert ran(out) & MEMBERS == {"train@bce-adam-1"} and "train@bce-adam-0" in restored(out), out.stdout
+    assert "Unable to pull" not in out.stdout + out.stderr
     assert re.search(
         r"coordinator: commit [0-9a-f]{40}: 1 member\(s\) restored from the run-cache, 1 trained here, 1 pushed",
         out.stdout,
