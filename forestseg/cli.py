@@ -5,8 +5,10 @@ on labelled data."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -170,17 +172,17 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .geo import MapOptions, check_raster, is_map
+    from .geo import MapOptions, check_raster, has_world_file, is_map
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
     area_error = _area_error(args.area_error)
-    files = _inputs(args.inputs)
+    files = list({f.resolve(): f for f in reversed(_inputs(args.inputs))}.values())[::-1]  # a file named twice: once
     stems = [f.stem for f in files]
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
         raise ForestsegError(
-            f"several inputs would write the same <name>_mask.png: {twice[:5]}; predict them separately"
+            f"several inputs would write the same <name>_mask output: {twice[:5]}; predict them separately"
         )
     if args.out.exists() and not args.out.is_dir():
         raise ForestsegError(f"-o {args.out}: is a file; give a folder for the masks")
@@ -192,10 +194,13 @@ def predict(args: argparse.Namespace) -> int:
         )
     # GeoTIFFs are checked before anything runs: a bad one stops the run (exit 2) rather than
     # leaving a forest-area table with an orthophoto silently missing
-    rasters, pictures = [], []
+    rasters, pictures, unplaced = [], [], []
     for f in files:
-        raster = check_raster(f, opts, predictor.pixel_size_m) if is_map(f) else None
+        mapped = is_map(f)
+        raster = check_raster(f, opts, predictor.pixel_size_m) if mapped else None
         (rasters if raster else pictures).append(raster or f)
+        if not mapped and has_world_file(f):
+            unplaced.append(f)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -211,6 +216,13 @@ def predict(args: argparse.Namespace) -> int:
             print("note: --overlay: GeoTIFF inputs get no overlay PNG; open <name>_mask.tif over the image in QGIS")
     elif opts.polygons or opts.probability or area_error is not None:
         print("note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none")
+    if unplaced:
+        print(
+            f"note: {unplaced[0].name}{f' and {len(unplaced) - 1} other(s)' if len(unplaced) > 1 else ''}: a world "
+            "file gives the pixel grid but no CRS (GDAL reads one from <name>.aux.xml, not from a .prj beside a "
+            "picture), so it is predicted as a plain picture, without area; to map it: gdal_translate -a_srs "
+            f"EPSG:<code> {unplaced[0].name} {unplaced[0].stem}.tif"
+        )
     if pictures and opts.bands != MapOptions().bands:
         print(
             f"note: --bands applies to georeferenced inputs only; the {len(pictures)} picture(s) are read "
@@ -525,6 +537,18 @@ def _raster_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _bundled_proj_data() -> None:
+    """Name rasterio's bundled PROJ data in PROJ_DATA before rasterio loads: rasterio points GDAL at
+    it, but not the PROJ context that looks up a CRS's unit, which printed 'internal_proj_uom_get_info_
+    from_database: Cannot find proj.db' on stderr for a CRS in kilometres (the area was right)."""
+    if "rasterio" in sys.modules or "PROJ_DATA" in os.environ or "PROJ_LIB" in os.environ:
+        return
+    spec = importlib.util.find_spec("rasterio")
+    folder = Path(spec.origin).parent / "proj_data" if spec and spec.origin else None
+    if folder and (folder / "proj.db").is_file():
+        os.environ["PROJ_DATA"] = str(folder)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="forestseg")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -573,6 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     _model_flags(e)
     _raster_flags(e)
     args = ap.parse_args(argv)
+    _bundled_proj_data()
     try:
         sys.exit(predict(args) if args.command == "predict" else evaluate(args))
     except ForestsegError as e:

@@ -218,7 +218,17 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; the model learned 8-bit colour: "
                 f"convert with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
             )
+        b = src.bounds
+        if src.crs.is_geographic and not (-361 <= b.left <= b.right <= 361 and -91 <= b.bottom <= b.top <= 91):
+            # metres tagged EPSG:4326, a common slip: no UTM zone or --reproject can place them
+            raise ForestsegError(
+                f"{path}: its CRS ({_crs_name(src.crs)}) is geographic (degrees), but its bounds "
+                f"({b.left:.6g}, {b.bottom:.6g}, {b.right:.6g}, {b.top:.6g}) are no longitudes and latitudes: "
+                f"the CRS tag is wrong; assign the CRS its coordinates are in (gdal_edit.py -a_srs EPSG:<code> "
+                f"{path.name})"
+            )
         crs = target or src.crs
+        notes = []
         if crs.is_geographic:
             lon, lat = (src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2
             raise ForestsegError(
@@ -230,6 +240,12 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
             unit_name, unit_m = crs.linear_units_factor
         except CRSError:  # an engineering (local) CRS has no projection, but has its unit
             unit_name, unit_m = _local_unit(crs)
+            if opts.polygons and unit_m is not None:
+                notes.append(
+                    f"{path.name}: its CRS is a local grid ({_crs_name(crs)}), which no transformation links to "
+                    "longitude and latitude: its forest polygons are written in the grid's own coordinates, and "
+                    "the GeoJSON names no CRS"
+                )
         if unit_m is None:
             raise ForestsegError(
                 f"{path}: the linear unit of its CRS ({_crs_name(crs)}) is unknown, so areas cannot be "
@@ -241,7 +257,6 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 f"{path}: its geotransform {tuple(t)[:6]} is degenerate (pixels of no area); fix it "
                 f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
             )
-        notes = []
         for b in range(1, src.count + 1):
             if b not in opts.bands and src.colorinterp[b - 1] == ColorInterp.alpha and _not_an_alpha(src, b):
                 notes.append(
@@ -301,10 +316,15 @@ def _listing(folder: Path, mtime_ns: int) -> frozenset[str]:
     return frozenset(f.name.lower() for f in folder.iterdir())
 
 
-def _has_sidecar(path: Path) -> bool:
-    """Whether a world file or GDAL's .aux.xml lies beside `path` (any letter case)."""
+def has_world_file(path: Path) -> bool:
+    """Whether a world file lies beside a picture (JPEG, PNG, BMP) at `path` (any letter case)."""
+    return path.suffix.lower() in PICTURE_SUFFIXES and _has_sidecar(path, WORLD_FILE_SUFFIXES)
+
+
+def _has_sidecar(path: Path, suffixes: tuple[str, ...] = PICTURE_SIDECARS) -> bool:
+    """Whether a world file or GDAL's .aux.xml (or one of `suffixes`) lies beside `path` (any letter case)."""
     stem, name = path.stem.lower(), path.name.lower()
-    wanted = [n for s in PICTURE_SIDECARS for n in (stem + s, name + s)]
+    wanted = [n for s in suffixes for n in (stem + s, name + s)]
     try:
         folder = path.parent.resolve()
         names = _listing(folder, folder.stat().st_mtime_ns)
@@ -854,8 +874,9 @@ def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float
 
     GDAL polygonizes the mask file band by scanlines (rasterio.features.shapes on a Band), so the
     mask is never held in memory. Coordinates stay in the mask's CRS (named by a 'crs' member, as
-    QGIS and GDAL read it); a CRS without an EPSG code is written as WGS 84 lon/lat instead.
-    Returns the number of polygons written.
+    QGIS and GDAL read it); a CRS without an EPSG code is written as WGS 84 lon/lat instead, but a
+    local (engineering) grid, which no transformation links to lon/lat, in its own coordinates with
+    no CRS named. Returns the number of polygons written.
     """
     written = 0
     with (
@@ -877,7 +898,7 @@ def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float
             area = polygon_area(geometry["coordinates"]) * unit_m**2
             if area < min_area_m2:
                 continue
-            if epsg:
+            if epsg or not (ds.crs.is_projected or ds.crs.is_geographic):
                 geometry = {"type": "Polygon", "coordinates": _rounded(_right_hand(geometry["coordinates"]), 3)}
             else:
                 geometry = transform_geom(ds.crs, "EPSG:4326", geometry)

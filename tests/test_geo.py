@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tracemalloc
 from pathlib import Path
@@ -464,6 +465,35 @@ def test_an_engineering_crs_in_metres_is_mapped_at_its_unit(checkpoint: Path, sc
     assert row["valid_ha"] == pytest.approx(image.shape[0] * image.shape[1] * 0.25 / 1e4)
 
 
+def test_a_local_grid_s_polygons_stay_in_its_own_coordinates(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """No transformation links a site grid to lon/lat: the polygons keep the grid's coordinates (it raised)."""
+    local = (
+        'LOCAL_CS["site grid",LOCAL_DATUM["arbitrary",0],UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    )
+    write_raster(
+        tmp_path / "in/site.tif", scene[0], crs=rasterio.crs.CRS.from_wkt(local), nodata=None, origin=(1000, 2000)
+    )
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--polygons") == 0
+    assert "site.tif: its CRS is a local grid (" in capsys.readouterr().out
+    collection = json.loads((tmp_path / "out/site_forest.geojson").read_text())
+    assert "crs" not in collection and collection["features"]
+    xs = [x for f in collection["features"] for x, _ in f["geometry"]["coordinates"][0]]
+    ys = [y for f in collection["features"] for _, y in f["geometry"]["coordinates"][0]]
+    assert 1000 <= min(xs) <= max(xs) <= 1000 + 400 * 0.5 and 2000 - 300 * 0.5 <= min(ys) <= max(ys) <= 2000
+    mask, _ = read(tmp_path / "out/site_mask.tif")
+    areas = [f["properties"]["area_m2"] for f in collection["features"]]
+    assert sum(areas) == pytest.approx((mask == 1).sum() * 0.25, abs=0.1)
+
+
+def test_metres_tagged_as_degrees_are_told_the_tag_is_wrong(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    src = write_raster(tmp_path / "in/slip.tif", scene[0][:64, :64], crs="EPSG:4326")  # UTM metres, tagged 4326
+    for extra in ([], ["--reproject", UTM]):
+        assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), *extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "are no longitudes and latitudes: the CRS tag is wrong" in err, err
+        assert "gdal_edit.py -a_srs EPSG:<code> slip.tif" in err and "UTM zone" not in err
+
+
 def test_geographic_raster_is_refused_unless_reprojected(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     image = with_nodata_corner(scene[0])
     src = tmp_path / "wgs84.tif"
@@ -675,11 +705,54 @@ def test_a_bmp_with_a_world_file_is_a_picture_as_a_jpeg_is(checkpoint: Path, sce
     assert (tmp_path / "out/a_mask.png").is_file()
 
 
+def test_a_picture_with_a_world_file_but_no_crs_says_why_it_gets_no_area(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "in").mkdir()
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/a.png")
+    (tmp_path / "in/a.pgw").write_text("0.5\n0\n0\n-0.5\n500000\n6600000\n")
+    (tmp_path / "in/a.prj").write_text(
+        rasterio.crs.CRS.from_epsg(32633).to_wkt(version="WKT1_ESRI")
+    )  # GDAL reads no .prj
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/b.png")  # no world file: no note about it
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    out = capsys.readouterr().out
+    assert "note: a.png: a world file gives the pixel grid but no CRS" in out and "b.png" not in out
+    assert "gdal_translate -a_srs EPSG:<code> a.png a.tif" in out
+    assert (tmp_path / "out/a_mask.png").is_file() and not (tmp_path / "out/forest_area.csv").exists()
+
+
+def test_a_file_named_twice_is_predicted_once(checkpoint: Path, scene, tmp_path: Path, monkeypatch) -> None:
+    src = write_raster(tmp_path / "in/o.tif", scene[0][:64, :64])
+    monkeypatch.chdir(tmp_path)
+    assert cli("predict", str(checkpoint), str(src), "in/o.tif", "./in/o.tif", "-o", str(tmp_path / "out")) == 0
+    assert len(pd.read_csv(tmp_path / "out/forest_area.csv")) == 1
+
+
 def test_a_plain_16_bit_tiff_is_refused_with_the_conversion(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     write_raster(tmp_path / "in/scan.tif", scene[0][:64, :64].astype(np.uint16), crs=None, nodata=None, transform=None)
     assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "uint16; the model learned 8-bit colour: convert with gdal_translate" in err, err
+
+
+def test_a_crs_in_kilometres_maps_without_proj_s_stray_lines(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """rasterio's wheel left the PROJ context of unit lookups without its proj.db: 'Cannot find proj.db' x4."""
+    import subprocess
+    import sys
+
+    km = "+proj=tmerc +lat_0=0 +lon_0=15 +k=0.9996 +x_0=500 +y_0=0 +ellps=WGS84 +units=km +no_defs"
+    src = write_raster(tmp_path / "in/km.tif", scene[0][:64, :64], crs=km, pixel=0.0005, origin=(500, 5000))
+    env = {k: v for k, v in os.environ.items() if k not in ("PROJ_DATA", "PROJ_LIB")}
+    out = subprocess.run(
+        [sys.executable, "-m", "forestseg.cli", "predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0 and "proj.db" not in out.stderr, out.stderr
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    assert row["pixel_size_m"] == pytest.approx(0.5) and row["valid_ha"] == pytest.approx(64 * 64 * 0.25 / 1e4)
 
 
 def test_a_custom_crs_is_named_in_full(checkpoint: Path, scene, tmp_path: Path) -> None:
