@@ -113,7 +113,13 @@ def write_report(
         "## Setup",
         "",
         f"- Data: {idx['valid']} image/mask pairs from {idx['scenes']} scenes in `{idx['source']}` "
-        f"({idx['skipped']} skipped, see `metrics/index.json`); forest is {idx['forest_fraction']:.1%} of pixels"
+        f"({idx['skipped']} skipped"
+        + "".join(
+            f", {idx[f'unlisted_{kind}s']} {kind}(s) without a row in meta_data.csv"
+            for kind in ("image", "mask")
+            if idx.get(f"unlisted_{kind}s")
+        )
+        + f", see `metrics/index.json`); forest is {idx['forest_fraction']:.1%} of pixels"
         + (f"; masks read as {idx['masks']}." if "masks" in idx else "."),
         f"- Split by {setup['split_by']}: "
         + ", ".join(

@@ -966,6 +966,14 @@ def test_skipped_pairs_are_counted_by_kind_of_reason(tiny_set, tmp_path):
     assert sum(report["skipped_by_reason"].values()) == 4 and len(report["skipped_by_reason"]) == 2
 
 
+def test_skipped_pairs_of_one_kind_with_other_numbers_count_as_one_kind(tiny_set, tmp_path):
+    rows = rows_of(tiny_set)
+    for (image, _), side in zip(rows[:2], (48, 40)):  # two sizes, one reason
+        save_jpeg(tiny_set / "images" / image, "RGB", side, (30, 80, 30))
+    _, report = build(tiny_set, tmp_path / "out")
+    assert report["skipped_by_reason"] == {"image is <n>x<n>, the set's tiles are <n>x<n>": 2}
+
+
 def test_a_trailing_comma_on_the_rows_keeps_the_columns(tiny_set, tmp_path):
     edit_meta(tiny_set, lambda lines: [lines[0]] + [line + "," for line in lines[1:]])  # rows end with a comma
     _, report = build(tiny_set, tmp_path / "out")

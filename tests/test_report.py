@@ -287,6 +287,16 @@ def test_report_markdown(tmp_path: Path) -> None:
     assert "Diverged runs (excluded from the means): bce-sgd-1." in text
     assert "(plots/loss_best.png)" in text
     assert "| all-forest baseline |" in text
+    assert "(0 skipped, see `metrics/index.json`)" in text
+
+
+def test_the_setup_counts_files_without_a_row_of_meta_data_csv(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    index = {"valid": 14, "scenes": 3, "source": "s", "skipped": 2, "forest_fraction": 0.5, "unlisted_images": 5}
+    report = tmp_path / "REPORT.md"
+    setup = {"index": index, "split_by": "scene", "params": "width 4"}
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    assert "(2 skipped, 5 image(s) without a row in meta_data.csv, see `metrics/index.json`)" in report.read_text()
 
 
 @pytest.mark.parametrize("diverged", [False, True])
