@@ -1,7 +1,8 @@
 """GPU acceptance (a script, not a test): on a CUDA machine, in under 10 minutes,
 
-1. train/predict on CUDA: a short run trains on the GPU, resumes there bit-identically after a
-   kill-like stop, and its predictions agree with the same model on the CPU (>= 99.9% of pixels);
+1. train/predict on CUDA: a short run trains on the GPU, resumes there after a kill-like stop to the
+   same test losses (within 1e-3 relative: CUDA kernels are not bit-reproducible; on the CPU exactly),
+   and its fp32 predictions agree with the same model's on the CPU (>= 99.9% of pixels);
 2. the speed bench's utilisation figures (`bench/speed.py`, with its MFU line on CUDA);
 3. a short study-scale grid on Kaggle-scale synthetic data (synth 63 scenes x 9x9 tiles of 256 px
    = 5103 tiles, the study's UNet, batch 160) run as parallel `dvc queue` workers sharing the GPU
@@ -11,7 +12,7 @@
 On a machine without CUDA it says so and exits 0. `--device cpu --tiny` runs the same steps at a
 tiny scale on the CPU, to check the script itself.
 
-    python bench/gpu.py [--epochs 3] [--seeds 6] [--workers 6] [--skip-speed]
+    python bench/gpu.py [--epochs 3] [--seeds 6] [--workers N] [--skip-speed]   (N: as many as GPU memory holds, <= 6)
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from forestseg.loader import Tiles  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
 from forestseg.synthetic import scene_tiles  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
+
+RESUME_TOLERANCE = 1e-3  # relative test-loss drift allowed a resumed CUDA run (rounding, not lost state)
+STUDY_GIB = 20  # GPU memory of one study_unet worker at batch 160, 256 px, bf16: ~12.6 GiB saved activations + slack
 
 
 def tiles(seed: int, scenes: int, size: int, device: torch.device) -> Tiles:
@@ -71,16 +75,24 @@ def check_train_predict(device: torch.device, tiny: bool) -> None:
         resumed = train_run(
             run, model, OptimizerConfig(), cfg, train, test, tmp / "b", tmp / "b.pt", "fp", log=lambda s: None
         )
-        same = [r["test_loss"] for r in straight.history] == [r["test_loss"] for r in resumed.history]
+        a, b = [r["test_loss"] for r in straight.history], [r["test_loss"] for r in resumed.history]
+        # bit-identical on the CPU; on CUDA cuDNN's chosen kernels and the bilinear upsampling's backward
+        # (atomic adds) vary in the last bits, so a resume that restored its state is within rounding and
+        # one that lost its optimizer state or RNG is not
+        drift = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)) if len(a) == len(b) else float("inf")
+        same = drift == 0 if device.type == "cpu" else drift < RESUME_TOLERANCE
         print(
             f"train on {device}: 3 epochs in {seconds:.1f} s, test IoU {straight.metrics['test_iou']:.4f}, "
-            f"precision {straight.metrics['precision']}; resumed run identical: {same}"
+            f"precision {straight.metrics['precision']}; resumed run: test losses within {drift:.1e} relative "
+            f"({'bit-identical' if drift == 0 else 'not bit-identical'}; goal "
+            f"{'0 on the CPU' if device.type == 'cpu' else f'< {RESUME_TOLERANCE:g} on CUDA'})"
         )
         image = test.images[0].cpu().numpy()
-        on_device = Predictor.load(tmp / "a/model.pt", device).mask(image)
-        on_cpu = Predictor.load(tmp / "a/model.pt", torch.device("cpu")).mask(image)
+        # both in full fp32: bf16 on one side and not the other differs by more than the device does
+        on_device = Predictor.load(tmp / "a/model.pt", device, "fp32").mask(image)
+        on_cpu = Predictor.load(tmp / "a/model.pt", torch.device("cpu"), "fp32").mask(image)
         agree = float((on_device == on_cpu).mean())
-        print(f"predict on {device} vs cpu: {agree:.4%} of pixels agree (goal >= 99.9%)")
+        print(f"predict in fp32 on {device} vs cpu: {agree:.4%} of pixels agree (goal >= 99.9%)")
         if not same or agree < 0.999:
             raise SystemExit("gpu acceptance: FAILED")
 
@@ -166,10 +178,19 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny sizes, to check the script on a CPU")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=None, help="seeds of the study grid (6; 1 with --tiny)")
-    ap.add_argument("--workers", type=int, default=None, help="queue workers (6; 1 with --tiny)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="queue workers (as many as GPU memory holds, <= 6; 1 with --tiny)"
+    )
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
     args.seeds = args.seeds or (1 if args.tiny else 6)
+    if args.workers is None and not args.tiny and torch.cuda.is_available() and args.device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(args.device))
+        # six workers of ~20 GiB each fit an H200 (139 GiB), not an 80 GB card: as many as fit, at most 6
+        args.workers = max(1, min(6, args.seeds or 6, int(free / 2**30 // STUDY_GIB)))
+        print(
+            f"study grid: {args.workers} queue worker(s), as many as {free / 2**30:.0f} GiB free hold at ~{STUDY_GIB} GiB"
+        )
     args.workers = args.workers or (1 if args.tiny else 6)
     if min(args.seeds, args.workers, args.epochs) < 1:
         ap.error("--seeds, --workers and --epochs must be at least 1")

@@ -72,6 +72,7 @@ def study_style_steps(
     t0 = None
     for step in range(steps + 1):  # step 0 warms up
         if step == 1:
+            sync(device)  # step 0's queued GPU work is not the timed steps'
             t0 = time.perf_counter()
         chunk = [names[(step * batch + i) % len(names)] for i in range(batch)]
         x = (
@@ -95,8 +96,7 @@ def study_style_steps(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return steps * batch / (time.perf_counter() - t0)
 
 
@@ -111,8 +111,7 @@ def assembly_seconds(tiles: Tiles, batch: int, steps: int, norm: Normalizer) -> 
             n += 1
             if n == steps:
                 break
-    if tiles.images.is_cuda:
-        torch.cuda.synchronize()
+    sync(tiles.images.device)
     return (time.perf_counter() - t0) / steps
 
 
@@ -130,8 +129,9 @@ def flops(model_cfg: ModelConfig, size: int, device: torch.device, backward: boo
 
 
 def sync(device: torch.device) -> None:
+    """Wait for `device`'s queued work (the GPU the run uses, not the current one: cuda:1 on a 2-GPU box)."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def dense_peak(
@@ -228,7 +228,7 @@ def predict_speeds(
     from forestseg.predict import Predictor
 
     predictor = Predictor.load(model_path, device)
-    predictor.masks(list(images[:2]))  # warm-up
+    predictor.masks(list(images))  # warm-up at the timed batch sizes (cuDNN tunes per shape)
     out = []
     for _ in range(repeats):
         sync(device)
@@ -412,7 +412,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     share = assembly_seconds(tiles, args.batch, args.steps, norm) / (args.batch / ours)
     print(f"batch assembly: {share:.1%} of a training step")
     if device.type == "cuda":
-        name = torch.cuda.get_device_name()
+        name = torch.cuda.get_device_name(device)
         table = next((v for k, v in PEAK_BF16.items() if k in name), None)
         print(
             f"{name}: datasheet bf16 dense peak {table / 1e12:.0f} TFLOP/s" if table else f"{name}: no datasheet peak"

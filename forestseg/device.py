@@ -100,10 +100,12 @@ def apply_precision(precision: str, device: torch.device) -> bool:
 
 def exact_fp32(device: torch.device) -> None:
     """fp32 convolutions and matmuls in full fp32 on CUDA, for a run or prediction recorded as fp32:
-    cuDNN's default from Ampere on is TF32 (10 mantissa bits). torch's newer per-backend flags only:
-    mixed with the legacy allow_tf32 ones, torch refuses to read them. No effect on the CPU."""
+    cuDNN's default from Ampere on is TF32 (10 mantissa bits). The legacy flag is set too and cuDNN's
+    as a whole (conv and rnn): with conv's alone set, torch refused to read `cudnn.allow_tf32`, which
+    its own `torch.backends.cudnn.flags()` reads. No effect on the CPU."""
     if device.type == "cuda":
-        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.fp32_precision = "ieee"
         torch.backends.cuda.matmul.fp32_precision = "ieee"
 
 

@@ -109,12 +109,16 @@ def test_exact_fp32_turns_tf32_off_on_cuda_only(kind: str, expected: str | None)
     the flags are torch's, read back through the same per-backend API)."""
     from forestseg.device import exact_fp32
 
-    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
-    before = [f.fp32_precision for f in flags]
+    flags = (torch.backends.cudnn, torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul)
+    before, legacy = [f.fp32_precision for f in flags], torch.backends.cudnn.allow_tf32
     try:
         exact_fp32(torch.device(kind))
-        assert [f.fp32_precision for f in flags] == ([expected] * 2 if expected else before)
+        assert [f.fp32_precision for f in flags] == ([expected] * 4 if expected else before)
+        assert torch.backends.cudnn.allow_tf32 is (False if expected else legacy)  # readable (it raised), and off
+        with torch.backends.cudnn.flags(enabled=True):  # torch's own context manager reads it
+            pass
     finally:
+        torch.backends.cudnn.allow_tf32 = legacy
         for f, value in zip(flags, before):
             f.fp32_precision = value
 
