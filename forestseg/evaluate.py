@@ -100,10 +100,18 @@ def evaluate_tiles(
             data, Path(tmp) / "images.npy", Path(tmp) / "masks.npy", masks, forest, training=False
         )
         if report["skipped"]:
+            first = report["skipped_pairs"][0]
             log(
                 f"evaluate: {report['skipped']} pair(s) of {data} skipped as the index skips them "
-                f"({', '.join(f'{k}: {v}' for k, v in report['skipped_by_reason'].items())})"
+                f"({', '.join(f'{k}: {v}' for k, v in report['skipped_by_reason'].items())}; "
+                f"e.g. {first['image']}: {first['reason']})"
             )
+        for kind in ("image", "mask"):
+            if report[f"unlisted_{kind}s"]:
+                log(
+                    f"note: {report[f'unlisted_{kind}s']} {kind}(s) in {kind}s/ have no row in meta_data.csv and are "
+                    f"not scored, e.g. {', '.join(report[f'unlisted_{kind}_names'][:3])}"
+                )
         rows, missing = np.arange(len(index)), 0
         if split is not None:
             try:
@@ -166,7 +174,14 @@ def evaluate_tiles(
         "subset": subset if split else "all",
         "tiles": int(len(rows)),
         # pairs the index skipped (by reason) and split rows that are no valid pair: not in the scores
-        "skipped": {"pairs": report["skipped"], "by_reason": report["skipped_by_reason"], "split_rows": missing},
+        "skipped": {
+            "pairs": report["skipped"],
+            "by_reason": report["skipped_by_reason"],
+            "split_rows": missing,
+            "unlisted_images": report["unlisted_images"],  # files without a row of meta_data.csv
+            "unlisted_masks": report["unlisted_masks"],
+            "skipped_pairs": report["skipped_pairs"],  # each with its image, mask and reason
+        },
         "adapted_scenes": len(adapted) - len(unadapted) if adapt_bn else 0,
         "seen_scenes": len(seen),  # scored scenes the model trained on
         "pixel_size_m": predictor.pixel_size_m,
@@ -202,12 +217,12 @@ def _check_truth(truth_path: Path) -> None:
         if classes != [1]:
             raise ForestsegError(
                 f"{truth_path}: has {len(classes)} bands besides an alpha band; a truth is band 1 (0 = not forest, "
-                f"other values forest): write the forest class as one band (gdal_calc.py or QGIS's raster calculator)"
+                f"one other value forest): write the forest class as one band (gdal_calc.py or QGIS's raster calculator)"
             )
         if truth.nodata in (0, 1):  # a class value: its pixels would silently leave the score
             raise ForestsegError(
                 f"{truth_path}: declares nodata {truth.nodata:g}, a class value of the truth "
-                "(0 = not forest, other values forest), so those pixels would not be scored; "
+                "(0 = not forest, one other value forest), so those pixels would not be scored; "
                 f"set another nodata (e.g. 255) or none: gdal_edit.py -unsetnodata {truth_path}"
             )
         if truth.crs is None:
@@ -218,7 +233,7 @@ def evaluate_rasters(
     predictor: Predictor, pairs: list[tuple[Path, Path]], opts, log: Callable[[str], None] = print
 ) -> dict:
     """Score on labelled rasters: each image is mapped as `forestseg predict` maps it, and its mask
-    compared with the truth raster (0 = not forest, other values = forest; the truth's nodata and
+    compared with the truth raster (0 = not forest, one other value = forest; the truth's nodata and
     the image's nodata are left out), read on the mask's grid (nearest neighbour if it differs).
     Every pair is checked from its headers before the first is mapped."""
     import rasterio
@@ -234,10 +249,11 @@ def evaluate_rasters(
         _check_truth(truth_path)
         rasters.append(raster)
     units: dict[str, tuple[np.ndarray, float]] = {}
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
         for raster, (image, truth_path) in zip(rasters, pairs):
             area = map_forest(predictor, raster, Path(tmp), opts, log)
-            counts = np.zeros(4, np.int64)
+            counts, seen, nodata_px, truth_nodata = np.zeros(4, np.int64), _Values(), 0, None
             with rasterio.Env(**GDAL_ENV), rasterio.open(area.mask) as pred_ds:
                 grid = Grid(pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
                 try:
@@ -247,13 +263,17 @@ def evaluate_rasters(
                             and truth_ds.transform.almost_equals(grid.transform)
                             and truth_ds.shape == pred_ds.shape
                         )
+                        truth_nodata = truth_ds.nodata
                         view = truth_ds if same else _warp(truth_ds, grid, Resampling.nearest, alpha=True)
                         try:
                             for window in _blocks(grid, 2048):
                                 pred = pred_ds.read(1, window=window)
-                                valid = (pred != NODATA) & (view.dataset_mask(window=window) > 0)
-                                truth = view.read(1, window=window) > 0
-                                counts += _counts((pred == FOREST)[valid], truth[valid])
+                                has_data = view.dataset_mask(window=window) > 0
+                                values = view.read(1, window=window)
+                                seen.add(values[has_data])
+                                valid = (pred != NODATA) & has_data
+                                counts += _counts((pred == FOREST)[valid], values[valid] > 0)
+                                nodata_px += int((~has_data).sum()) if truth_ds.nodata else 0
                         finally:
                             if view is not truth_ds:
                                 view.close()
@@ -264,9 +284,51 @@ def evaluate_rasters(
                     f"{truth_path}: no pixel of it with data lies on a pixel of {image.name} with data; "
                     "is it the mask of that image (same place, CRS set right)?"
                 )
+            forest_values = [v for v in seen.counts if v != 0]
+            if len(forest_values) > 1:  # JPEG noise around 0/255, or class ids: "other values = forest" misreads both
+                raise ForestsegError(
+                    f"{truth_path}: holds {len(forest_values)} values besides 0 ({seen.text()}); a truth raster is "
+                    "0 = not forest and one forest value: binarise it first (gdal_calc.py -A truth.tif "
+                    "--outfile=out.tif --calc='A>=128' for a 0/255 mask with JPEG noise, 'A==<forest id>' for classes)"
+                )
+            if not forest_values and truth_nodata and nodata_px:
+                notes.append(
+                    f"{truth_path}: no forest pixel with data (values {seen.text()}), but its nodata value "
+                    f"{truth_nodata:g} covers {nodata_px} pixel(s): if {truth_nodata:g} is its forest, unset the "
+                    f"nodata (gdal_edit.py -unsetnodata {truth_path})"
+                )
             units[image.name] = (counts, grid.pixel_area_m2(raster.unit_m))
             Path(area.mask).unlink()
+    if notes and not sum(int(c[0] + c[2]) for c, _ in units.values()):  # tp + fn: no true forest anywhere
+        raise ForestsegError(notes[0] + (f" ({len(notes) - 1} more truth raster(s) alike)" if len(notes) > 1 else ""))
+    for note in notes:  # a raster of no forest among others with forest can be right (an open field)
+        log(f"note: {note}")
     return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **summarize(units, "raster")}
+
+
+class _Values:
+    """Value counts of a truth raster's pixels with data, window by window (a few distinct values)."""
+
+    KEEP = 64  # distinct values kept; a float truth (probabilities?) has millions, and is refused anyway
+
+    def __init__(self) -> None:
+        self.counts: dict = {}
+        self.others = 0  # pixels of values past the first KEEP
+
+    def add(self, values: np.ndarray) -> None:
+        for v, n in zip(*np.unique(values, return_counts=True)):
+            if v.item() in self.counts or len(self.counts) < self.KEEP:
+                self.counts[v.item()] = self.counts.get(v.item(), 0) + int(n)
+            else:
+                self.others += int(n)
+
+    def text(self, top: int = 4) -> str:
+        total = sum(self.counts.values()) + self.others or 1
+        shown = sorted(self.counts.items(), key=lambda kv: -kv[1])[:top]
+        more = len(self.counts) - len(shown)
+        return ", ".join(f"{v:g} ({n / total:.1%})" for v, n in shown) + (
+            f" and {more}{'+' if self.others else ''} more" if more else ""
+        )
 
 
 def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], None] = print, **tile_args) -> dict:
@@ -285,7 +347,7 @@ def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], N
                 ignored = [k for k in ("masks", "forest", "split") if tile_args.get(k) not in (None, (), "0/255")]
                 if ignored:  # options of tile sets: say so rather than score as if they applied
                     raise ForestsegError(
-                        f"{data}: labelled GeoTIFFs (0 = not forest, other values forest, no split); "
+                        f"{data}: labelled GeoTIFFs (0 = not forest, one other value forest, no split); "
                         f"{', '.join('--' + k for k in ignored)} apply to Kaggle-layout tiles only: leave them out"
                     )
 

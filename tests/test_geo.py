@@ -897,6 +897,19 @@ def test_evaluate_records_what_it_left_out_in_its_json(checkpoint: Path, tmp_pat
     assert result["tiles"] == len(index) - 1
     assert result["skipped"]["pairs"] == 1 and sum(result["skipped"]["by_reason"].values()) == 1
     assert result["skipped"]["split_rows"] == 2  # the pair without its mask, and an image not in the set
+    [pair] = result["skipped"]["skipped_pairs"]
+    assert pair["mask"] == index["mask"][0] and pair["reason"].startswith("missing file masks/")
+
+
+def test_evaluate_notes_files_without_a_row_of_meta_data(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    meta = (data / "meta_data.csv").read_text().splitlines()
+    (data / "meta_data.csv").write_text("\n".join(meta[:3]) + "\n")  # 2 of the 8 pairs listed
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "-o", str(out)) == 0
+    assert "note: 6 image(s) in images/ have no row in meta_data.csv and are not scored" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert (result["tiles"], result["skipped"]["unlisted_images"], result["skipped"]["unlisted_masks"]) == (2, 6, 6)
 
 
 def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> None:
@@ -937,6 +950,35 @@ def test_evaluate_refuses_what_it_would_score_wrong_on_rasters(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(says, err), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["jpeg noise", "classes", "forest as nodata"])
+def test_evaluate_refuses_a_truth_whose_values_it_would_misread(
+    checkpoint: Path, scene, tmp_path: Path, capsys, case
+) -> None:
+    """'Every non-zero value is forest' counted JPEG noise as forest (area bias -4.8 against -2.7 %), and a
+    0/255 truth tagged nodata 255 scored as no forest at all, exit 0."""
+    forest = scene[1] > 0
+    truth = {
+        "jpeg noise": np.where(forest, 255, 0).astype(np.uint8),
+        "classes": np.where(forest, 1, 2).astype(np.uint8),  # 2: water, say
+        "forest as nodata": np.where(forest, 255, 0).astype(np.uint8),
+    }[case]
+    if case == "jpeg noise":
+        truth[::7, ::5] = np.where(truth[::7, ::5] == 0, 3, 252)  # what a JPEG round trip leaves near 0 and 255
+    write_raster(tmp_path / "data/images/a.tif", scene[0])
+    write_raster(tmp_path / "data/masks/a.tif", truth, nodata=255 if case == "forest as nodata" else None)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "e.json")) == 2
+    err = capsys.readouterr().err
+    says = {
+        "jpeg noise": r"masks/a\.tif: holds 3 values besides 0 \(.*\); a truth raster is 0 = not forest and one forest "
+        r"value: binarise it first \(gdal_calc\.py",
+        "classes": r"masks/a\.tif: holds 2 values besides 0 \(",
+        "forest as nodata": r"masks/a\.tif: no forest pixel with data \(values 0 \(100\.0%\)\), but its nodata value 255 "
+        r"covers \d+ pixel\(s\): if 255 is its forest, unset the nodata \(gdal_edit\.py -unsetnodata",
+    }[case]
+    assert err.count("\n") == 1 and re.search(says, err), err
+    assert not (tmp_path / "e.json").exists()
 
 
 def test_evaluate_scores_a_grey_truth_with_an_alpha_band_leaving_transparent_pixels_out(
