@@ -181,13 +181,15 @@ def tile_folds(sample: Sample, k: int) -> list[np.ndarray]:
 
 def recipe_params(name: str, sets: list[str]) -> dict:
     """recipes/<name>.yaml over params.yaml, then the -S values, validated (as recipes/run.py takes them)."""
-    try:
-        params = recipes.with_sets(name, sets)
+    given = [v for k, _, v in (item.partition("=") for item in sets) if k == "train.init_from"]
+    try:  # a -S init_from is refused before the recipe would check the file against its model
+        params = recipes.with_sets(name, sets) if not given or given[-1] == "none" else {"train": {}}
     except ForestsegError as e:
         sys.exit(f"error: {e}")
-    if params["train"]["init_from"] != "none":  # the benches train each fold's model from scratch
+    init = given[-1] if given else params["train"]["init_from"]
+    if init != "none":  # the benches train each fold's model from scratch
         sys.exit(
-            f"error: train.init_from {params['train']['init_from']!r}: the benches train every fold from scratch "
+            f"error: train.init_from {init!r}: the benches train every fold from scratch "
             "(a model file may have seen the fold's test scenes); bench/finetune.py measures starting from one"
         )
     return params

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +61,11 @@ def read_model(path: str | Path) -> dict:
         raise ForestsegError(f"{path}: {what}; pass a model file, models/<run>/model.pt")
     try:
         state = _load(path)
+    except pickle.UnpicklingError:  # torch's own text is a page of advice on unsafe loading, in ANSI bold
+        raise ForestsegError(
+            f"{path}: holds pickled Python objects beyond weights (a whole model saved with torch.save(model)?), "
+            "not a forestseg model file; it is not opened, as unpickling runs code: pass models/<run>/model.pt"
+        ) from None
     except Exception as e:
         raise ForestsegError(
             f"{path}: cannot be read as a forestseg model file ({type(e).__name__}: {' '.join(str(e).split())}): "

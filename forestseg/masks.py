@@ -147,6 +147,12 @@ class Stats:
         """Grey pixels at LOW levels per pixel at 224-255: ~0.01 for JPEG 0/255 masks, large for class ids."""
         return float(self.grey[LOW[0] : LOW[1] + 1].sum() / max(1, self.grey[224:].sum()))
 
+    def lossless_low(self) -> bool:
+        """Values 1-31 on more than 1 % of the pixels of lossless masks, where a 0/255 mask holds none
+        (no JPEG noise): class ids beside a 255, e.g. 0/1 with 255 for "no label"."""
+        low = self.grey[LOW[0] : LOW[1] + 1].sum()
+        return not self.jpeg_masks and low > 0.01 * max(1, self.grey.sum())
+
     def suggest(self, current: str) -> str:
         """Which params would fit these masks (never `current`, the convention they did not fit)."""
         values = self.grey.nonzero()[0]
@@ -156,7 +162,7 @@ class Stats:
             guess = "colors"
         elif values.max(initial=0) <= 1:
             guess = "0/1"
-        elif len(values) <= MAX_CLASSES and self.low_to_high() > LOW_TO_HIGH:
+        elif len(values) <= MAX_CLASSES and (self.low_to_high() > LOW_TO_HIGH or self.lossless_low()):
             guess = "classes"  # a few low values (0/1 with 255 for "no label", LandCover.ai's 0-4, ...)
         elif mid_share(self.grey) > AMBIGUOUS_SHARE:
             if 2 * self.resampled_masks > self.midtone_masks:
@@ -179,7 +185,12 @@ class Stats:
             "colors": "if they are colour-coded classes, set data.masks: colors and data.forest: [[r, g, b]] "
             "(DeepGlobe's forest: [[0, 255, 0]])",
             "0/1": "they look like 0/1 masks: set data.masks: '0/1'",
-            "classes": "if they are class ids, set data.masks: classes and data.forest: [<forest's value(s)>]",
+            "classes": "if they are class ids, set data.masks: classes and data.forest: [<forest's value(s)>]"
+            + (
+                " (the other values, 255 among them, are read as not forest: no value means 'no label')"
+                if self.grey[255]
+                else ""
+            ),
             "0/255": "they look like 0/255 masks: set data.masks: '0/255'",
             "resampled": "their mid-greys ramp along edges, as in 0/255 masks resized with interpolation: "
             "set data.masks: resampled (forest >= 128)",

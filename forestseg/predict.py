@@ -90,8 +90,9 @@ class Predictor:
             precision = state.get("precision", "auto")  # older model files: auto
         try:
             model = build_model(ModelConfig(**state["model"]))
-        except (ConfigError, TypeError) as e:
-            raise ForestsegError(f"{path}: the weights do not match the model its params describe ({e})") from None
+        except (ConfigError, TypeError) as e:  # its own model params, not params.yaml's
+            reason = str(e).replace("params.yaml: ", "", 1)
+            raise ForestsegError(f"{path}: its model params are not a model of this version ({reason})") from None
         load_weights(model, state, path)
         norm = Normalizer.of(state["normalizer"])
         pixel = state.get("pixel_size_m")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from forestseg.config import SECTIONS, ConfigError, ForestsegError, asdict, load_sections  # noqa: E402
+from forestseg.checkpoint import read_init  # noqa: E402
+from forestseg.config import SECTIONS, ForestsegError, asdict, load_sections  # noqa: E402
 from forestseg.io import load_yaml  # noqa: E402
 
 
@@ -64,8 +65,10 @@ def _read(name: str) -> dict:
 def _validated(params: dict, what: str) -> dict:
     """`params` checked as the stages check params.yaml, errors named after `what` made them."""
     try:
-        load_sections(params, *SECTIONS)
-    except ConfigError as e:
+        built = dict(zip(SECTIONS, load_sections(params, *SECTIONS)))
+        if built["train"].init_from != "none":  # the file against this model, before DVC indexes the data
+            read_init(built["train"].init_from, built["model"].weights())
+    except ForestsegError as e:  # ConfigError among them
         raise ForestsegError(str(e).replace("params.yaml: ", f"{what}: ", 1)) from None
     return params
 
@@ -94,6 +97,11 @@ def _item(item: str) -> tuple[str, str, object]:
     if not eq:
         raise ForestsegError(f"-S {item}: give KEY=VALUE, e.g. -S model.width=16")
     section, _, field = key.partition(".")
+    if "," in value and value.strip()[:1] not in "[{'\"":  # DVC's sweep syntax: many experiments, not one
+        raise ForestsegError(
+            f"-S {item}: recipes/run.py runs one experiment; a sweep over values is "
+            f"`dvc exp run --queue -S {item}` (README: Sweeps)"
+        )
     return section, field, load_yaml(value, f"-S {item}")
 
 

@@ -434,6 +434,7 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
     [
         ("model.width=[8", r"^-S model.width=\[8: not valid YAML \("),
         ("model.width", r"^-S model.width: give KEY=VALUE"),
+        ("model.width=8,16", r"^-S model.width=8,16: recipes/run.py runs one experiment; .*`dvc exp run --queue -S"),
     ],
 )
 def test_a_bad_s_item_is_one_line(item, message):
@@ -457,12 +458,34 @@ def test_init_from_is_none_or_a_file_inside_init(base, tmp_path, monkeypatch, va
 
 
 def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
-    (repo / "init/source.pt").write_bytes(b"a model file")
-    out = subprocess.run(
-        [sys.executable, "run.py", "demo", "--print", "-S", "train.init_from=init/source.pt"],
-        cwd=repo / "recipes",
-        capture_output=True,
-        text=True,
-    )
+    """And checks the file against the recipe's model before DVC indexes anything (the train stage did)."""
+    from forestseg.checkpoint import write_model
+    from forestseg.config import asdict
+    from forestseg.model import build_model
+
+    sys.path.insert(0, str(REPO))
+    from recipes import run as recipes_run
+
+    demo = recipes_run.merged("demo", base=yaml.safe_load((repo / "params.yaml").read_text()))
+    (model,) = load_sections(demo, "model")  # the demo recipe's model over the repo's tiny params
+    meta = {"run": "bce-adam-0", "loss": "bce", "threshold": 0.0, "model": asdict(model), "tile_size": 64}
+    norm = {"mean": [1.0] * 3, "std": [1.0] * 3}
+    write_model(repo / "init/source.pt", build_model(model).state_dict(), {**meta, "normalizer": norm})
+
+    def run(*sets: str) -> subprocess.CompletedProcess:
+        args = [a for s in sets for a in ("-S", s)]
+        return subprocess.run(
+            [sys.executable, "run.py", "demo", "--print", *args], cwd=repo / "recipes", capture_output=True, text=True
+        )
+
+    out = run("train.init_from=init/source.pt")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("dvc exp run -n demo-") and "train.init_from=init/source.pt" in out.stdout
+    out = run("train.init_from=init/source.pt", f"model.width={model.width * 2}")
+    assert out.returncode == 2 and out.stderr.startswith(
+        f"error: recipes/demo.yaml with the -S values: train.init_from: init/source.pt holds a model with width "
+        f"{model.width}; this run's params say model.width {model.width * 2}"
+    ), out.stderr
+    (repo / "init/notes.pt").write_text("not a model")
+    out = run("train.init_from=init/notes.pt")
+    assert out.returncode == 2 and "train.init_from: init/notes.pt: cannot be read as a forestseg model" in out.stderr

@@ -273,6 +273,13 @@ def test_far_low_share_counts_low_values_away_from_any_high_one():
         ({0: 250, 1: 250, 2: 250, 4: 250}, "0/255", "set data.masks: classes"),  # LandCover.ai's ids, not 0/255
         ({0: 500, 128: 300, 255: 200}, "0/255", "set data.masks: classes"),
         ({0: 500, 128: 300, 255: 200}, "resampled", "set data.masks: classes"),
+        # 0/1 with 255 for "no label", lossless: not '0/255', which they misfit too (the advice went in a circle)
+        (
+            {0: 550, 1: 200, 255: 250},
+            "0/1",
+            "set data.masks: classes and data.forest: [<forest's value(s)>] (the other "
+            "values, 255 among them, are read as not forest: no value means 'no label')",
+        ),
     ],
 )
 def test_the_advice_names_a_convention_the_values_fit(values, current, advice):

@@ -100,7 +100,8 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
         ("not a checkpoint", "damaged, cut short, or not a model file; copy it again"),
         ("cut short", "damaged, cut short, or not a model file; copy it again"),
         ("resume file", "a resume file of a training run (forestseg-resume/3), not a model file"),
-        ("runs code", "damaged, cut short, or not a model file; copy it again"),
+        ("runs code", "holds pickled Python objects beyond weights (a whole model saved with torch.save(model)?)"),
+        ("arch unknown", "its model params are not a model of this version (model.arch: unknown value 'resnet'"),
         ("a flipped bit", "fails its checksum"),
         ("nan weights", "weight tensor(s) hold NaN or inf"),
         ("threshold nan", "threshold nan is not a finite number"),
@@ -122,6 +123,7 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         "tile_size 0": lambda st: st.update(tile_size=0),
         "normalizer junk": lambda st: st.update(normalizer={"junk": 1}),
         "runs code": lambda st: st.update(note=_RunsCode(tmp_path / "ran")),
+        "arch unknown": lambda st: st["model"].update(arch="resnet"),
     }
     if change in edits:
         state = torch.load(checkpoint, weights_only=True)
