@@ -40,26 +40,38 @@ require_remote() {  # $1: who is asking; $2: read or write
 }
 
 # The committed dvc.lock names each train member's outputs as the machine that ran `dvc repro` wrote
-# them (history.csv and metrics.json hold its timings), which no other machine reproduces and which are
-# seldom pushed. Where a stage matches its lock entry, DVC restores the lock's outputs and never looks in
-# the run-cache (StageCache.restore in dvc/stage/cache.py): every member would train again. Without
-# those entries DVC restores each member from the run-cache that workers push, and trains the rest.
+# them (history.csv and metrics.json hold its timings), which no other machine reproduces. Where a
+# stage matches its lock entry, DVC restores that entry's outputs or trains; it never looks in the
+# run-cache (StageCache.restore in dvc/stage/cache.py). So the entries whose outputs are neither here
+# nor on the remote (nobody ran `dvc push` after that repro) are set aside: DVC then restores those
+# members from the run-cache that workers push, and trains the rest. $@: the train@<member> stages to
+# look at (none: every one in dvc.lock).
 forget_locked_members() {
-  python - <<'PY'
+  dvc fetch -q "$@" 2>/dev/null || true  # the lock's outputs someone pushed; the missing ones are the point
+  python - "$@" <<'PY'
 import os
+import sys
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
 lock, yaml = Path("dvc.lock"), YAML()
-if lock.is_file():
-    data = yaml.load(lock)
-    stages = data.get("stages") or {}
-    for name in [n for n in stages if n.startswith("train@")]:
+data = yaml.load(lock) if lock.is_file() else None
+stages = data.get("stages") if isinstance(data, dict) else None
+wanted = set(sys.argv[1:])
+members = [n for n in stages or {} if n.startswith("train@") and (not wanted or n in wanted)]
+if members:
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        here = {s.addressing for s in repo.index.stages if s.addressing in members and s.outs_cached()}
+    gone = [n for n in members if n not in here]
+    for name in gone:
         del stages[name]
-    tmp = lock.with_name(".dvc.lock.tmp")  # a killed write leaves the old lock, never half of one
-    with open(tmp, "w") as f:
-        yaml.dump(data, f)
-    os.replace(tmp, lock)
+    if gone:
+        tmp = lock.with_name(".dvc.lock.tmp")  # a killed write leaves the old lock, never half of one
+        with open(tmp, "w") as f:
+            yaml.dump(data, f)
+        os.replace(tmp, lock)
 PY
 }

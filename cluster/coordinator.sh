@@ -2,8 +2,9 @@
 # The coordinator: fetch what the workers pushed and reproduce the whole pipeline; every train
 # member that a worker ran is restored from the run-cache ("Stage 'train@...' is cached - skipping
 # run"), so only what nobody trained is trained here (and pushed, as a worker pushes its members),
-# then aggregate writes one report. The committed dvc.lock's train entries are set aside first
-# (forget_locked_members, cluster/committed.sh): DVC would restore those or train, never the run-cache.
+# then aggregate writes one report. The committed dvc.lock's train entries whose outputs nobody pushed
+# are set aside first (forget_locked_members, cluster/committed.sh): DVC would train those members,
+# never looking in the run-cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cluster/committed.sh
@@ -30,6 +31,9 @@ status=0
 dvc repro --pull "$@" 2>&1 | tee "$log" || status=$?
 restored=$(grep -c "Stage 'train@[^']*' is cached - skipping run" "$log" || true)
 mapfile -t here < <(grep -o "Running stage 'train@[^']*'" "$log" | sed "s/^Running stage '//; s/'\$//" | sort -u)
+# pulled as the commit's dvc.lock names them (someone ran `dvc push` after that repro): neither run nor restored
+pulled=$(comm -23 <(grep -o "Pulling data for stage: 'train@[^']*'" "$log" | sed "s/.*: '//; s/'\$//" | sort -u) \
+  <( (printf '%s\n' "${here[@]}"; grep -o "Stage 'train@[^']*' is cached" "$log" | sed "s/^Stage '//; s/' is cached\$//") | sort -u) | grep -c . || true)
 # pushed like a worker's members, each on its own (one that failed to train does not stop the others),
 # so a later coordinator (or a worker given the same member) restores them instead of training them again
 unpushed=()
@@ -44,4 +48,4 @@ if [ "$status" -ne 0 ]; then
   echo "error: coordinator: dvc repro failed (its error is above); ${#here[@]} member(s) ran here, $pushed pushed" >&2
   exit "$status"
 fi
-echo "coordinator: commit $(git rev-parse HEAD): $restored member(s) restored from the run-cache, ${#here[@]} trained here, $pushed pushed"
+echo "coordinator: commit $(git rev-parse HEAD): $restored member(s) restored from the run-cache, $pulled pulled as dvc.lock names them, ${#here[@]} trained here, $pushed pushed"

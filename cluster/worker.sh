@@ -30,7 +30,7 @@ for m in "${members[@]}"; do  # every name checked before hours of training, not
   }
 done
 require_remote worker write  # before hours of training that could not be pushed
-forget_locked_members  # so a member another machine pushed is restored, not trained again
+forget_locked_members "${members[@]/#/train@}"  # a member another machine pushed is restored, not trained again
 echo "worker: commit $(git rev-parse HEAD): ${members[*]}"
 for m in "${members[@]}"; do
   # --pull: inputs and upstream stages that another machine already pushed are fetched, not recomputed

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -177,7 +178,10 @@ def predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
     area_error = _area_error(args.area_error)
-    files = list({f.resolve(): f for f in reversed(_inputs(args.inputs))}.values())[::-1]  # a file named twice: once
+    unique: dict[Path, Path] = {}
+    for f in _inputs(args.inputs):  # a file named twice is predicted once, where it first came
+        unique.setdefault(f.resolve(), f)
+    files = list(unique.values())
     stems = [f.stem for f in files]
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
@@ -221,7 +225,7 @@ def predict(args: argparse.Namespace) -> int:
             f"note: {unplaced[0].name}{f' and {len(unplaced) - 1} other(s)' if len(unplaced) > 1 else ''}: a world "
             "file gives the pixel grid but no CRS (GDAL reads one from <name>.aux.xml, not from a .prj beside a "
             "picture), so it is predicted as a plain picture, without area; to map it: gdal_translate -a_srs "
-            f"EPSG:<code> {unplaced[0].name} {unplaced[0].stem}.tif"
+            f"EPSG:<code> {shlex.quote(str(unplaced[0]))} {shlex.quote(str(unplaced[0].with_suffix('.tif')))}"
         )
     if pictures and opts.bands != MapOptions().bands:
         print(
@@ -407,6 +411,7 @@ def evaluate(args: argparse.Namespace) -> int:
             subset=args.subset or "test",
             overlap=args.overlap,
             adapt_bn=opts.adapt_bn,
+            allow_no_forest=args.allow_no_forest,
         )
     except DataError as e:  # the index's advice names params.yaml's keys; here they are flags
         raise ForestsegError(_as_flags(str(e))) from None
@@ -594,6 +599,12 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--masks", default="0/255", help="mask convention of the tiles, as params.yaml's data.masks")
     e.add_argument("--forest", help="forest class ids or colours, as params.yaml's data.forest (JSON)")
     e.add_argument("-o", "--output", type=Path, help="write the scores as JSON here")
+    e.add_argument(
+        "--allow-no-forest",
+        action="store_true",
+        help="score truth rasters that hold no forest though a nodata value covers some of their pixels "
+        "(stopped by default: 0/255 masks tagged nodata 255 read so)",
+    )
     _model_flags(e)
     _raster_flags(e)
     args = ap.parse_args(argv)

@@ -232,12 +232,13 @@ def _load_pair(
             f"{mask} has transparent pixels ({msk_picture.kind}); forest must be in a mask's values, not its "
             "transparency: flatten it onto the background colour"
         )
-    if img.orientation != msk_picture.orientation:
+    if img.orientation != msk_picture.orientation and not _drawn_as_shown(img, msk_picture):
         # a viewer turns each by its own tag: the two grids differ, and nothing says which one the mask was drawn on
         raise BadPair(
             f"EXIF orientation differs: {image} {_turn(img.orientation)}, {mask} {_turn(msk_picture.orientation)}; "
-            "turned as a viewer shows them they do not lie on one pixel grid; give both the same orientation "
-            "(`exiftool -n -Orientation=1 FILE` keeps a file's stored pixels as they are)"
+            "turned as a viewer shows them they do not lie on one pixel grid: if the mask was drawn on the "
+            "picture as shown, turn the tagged file's pixels by its tag (`magick FILE -auto-orient FILE`); if "
+            "on its stored pixels, drop the tag (`exiftool -n -Orientation=1 FILE`)"
         )
     msk = msk_picture.pixels
     if img.pixels.shape[:2] != size:
@@ -259,6 +260,16 @@ def _load_pair(
             f"data.masks {convention!r} reads values exactly; save the masks lossless (PNG)"
         )
     return img.pixels, forest_map, summarize(msk), jpeg
+
+
+def _drawn_as_shown(img: Picture, msk: Picture) -> bool:
+    """Whether an untagged file of a pair can only lie on the other's grid as shown: the tagged one turned
+    by 90° (orientation 5-8) and not square, so its shape as shown is not its shape as stored."""
+    tagged, plain = (img, msk) if msk.orientation == 1 else (msk, img)
+    shown = tagged.pixels.shape[:2]
+    return (
+        plain.orientation == 1 and tagged.orientation >= 5 and shown[0] != shown[1] and plain.pixels.shape[:2] == shown
+    )
 
 
 def _turn(orientation: int) -> str:
@@ -321,6 +332,8 @@ def _hint_missing(root: Path, skipped: list[dict]) -> None:
         listing = listings[folder]
         if listing is None:
             s["reason"] += _other_case(root / folder, name)
+        elif listing[0].get(name.lower()) == name:  # listed, yet not there: a link to a file that is gone
+            s["reason"] += " (a link to a file that is gone: after `dvc gc`, `dvc checkout` restores a tracked one)"
         elif name.lower() in listing[0]:
             s["reason"] += f" ({folder}/ has {listing[0][name.lower()]}; names are case-sensitive)"
         elif Path(name).stem.lower() in listing[1]:

@@ -230,7 +230,11 @@ def _check_truth(truth_path: Path) -> None:
 
 
 def evaluate_rasters(
-    predictor: Predictor, pairs: list[tuple[Path, Path]], opts, log: Callable[[str], None] = print
+    predictor: Predictor,
+    pairs: list[tuple[Path, Path]],
+    opts,
+    log: Callable[[str], None] = print,
+    allow_no_forest: bool = False,
 ) -> dict:
     """Score on labelled rasters: each image is mapped as `forestseg predict` maps it, and its mask
     compared with the truth raster (0 = not forest, one other value = forest; the truth's nodata and
@@ -299,8 +303,12 @@ def evaluate_rasters(
                 )
             units[image.name] = (counts, grid.pixel_area_m2(raster.unit_m))
             Path(area.mask).unlink()
-    if notes and not sum(int(c[0] + c[2]) for c, _ in units.values()):  # tp + fn: no true forest anywhere
-        raise ForestsegError(notes[0] + (f" ({len(notes) - 1} more truth raster(s) alike)" if len(notes) > 1 else ""))
+    if notes and not allow_no_forest and not sum(int(c[0] + c[2]) for c, _ in units.values()):  # tp + fn: none
+        raise ForestsegError(
+            notes[0]
+            + (f" ({len(notes) - 1} more truth raster(s) alike)" if len(notes) > 1 else "")
+            + "; if they hold no forest indeed (false forest on farmland, say), pass --allow-no-forest"
+        )
     for note in notes:  # a raster of no forest among others with forest can be right (an open field)
         log(f"note: {note}")
     return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **summarize(units, "raster")}
@@ -331,8 +339,16 @@ class _Values:
         )
 
 
-def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], None] = print, **tile_args) -> dict:
-    """Score on `data`: a Kaggle-layout folder of tiles, or a folder of labelled GeoTIFFs."""
+def evaluate(
+    predictor: Predictor,
+    data: Path,
+    opts=None,
+    log: Callable[[str], None] = print,
+    allow_no_forest: bool = False,
+    **tile_args,
+) -> dict:
+    """Score on `data`: a Kaggle-layout folder of tiles, or a folder of labelled GeoTIFFs (with
+    `allow_no_forest`, also truths of no forest beside a nodata value: false forest on farmland)."""
     stale = remove_stale_temps(Path(tempfile.gettempdir()))  # what killed evaluations left there
     if stale:
         log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")
@@ -351,7 +367,7 @@ def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], N
                         f"{', '.join('--' + k for k in ignored)} apply to Kaggle-layout tiles only: leave them out"
                     )
 
-                return evaluate_rasters(predictor, pairs, opts or MapOptions(), log)
+                return evaluate_rasters(predictor, pairs, opts or MapOptions(), log, allow_no_forest)
         raise ForestsegError(
             f"{data}: neither a Kaggle-layout folder (meta_data.csv, images/, masks/) nor a folder "
             "of labelled GeoTIFFs (images/<name>.tif with masks/<name>.tif)"
@@ -361,6 +377,7 @@ def evaluate(predictor: Predictor, data: Path, opts=None, log: Callable[[str], N
     given, default = opts or MapOptions(), MapOptions()
     raster_only = {"bands": "--bands", "resample": "--no-resample", "reproject": "--reproject", "block": "--block"}
     ignored = [flag for key, flag in raster_only.items() if getattr(given, key) != getattr(default, key)]
+    ignored += ["--allow-no-forest"] if allow_no_forest else []
     if ignored:
         raise ForestsegError(
             f"{data}: Kaggle-layout tiles (taken at the model's pixel size); {', '.join(ignored)} apply to "

@@ -62,11 +62,13 @@ def _read(name: str) -> dict:
     return recipe
 
 
-def _validated(params: dict, what: str) -> dict:
-    """`params` checked as the stages check params.yaml, errors named after `what` made them."""
+def _validated(params: dict, what: str, init: bool = False) -> dict:
+    """`params` checked as the stages check params.yaml, errors named after `what` made them; with
+    `init`, the train.init_from model file against the model params too (the final params only: an
+    -S may change either)."""
     try:
         built = dict(zip(SECTIONS, load_sections(params, *SECTIONS)))
-        if built["train"].init_from != "none":  # the file against this model, before DVC indexes the data
+        if init and built["train"].init_from != "none":  # the file against this model, before DVC indexes the data
             read_init(built["train"].init_from, built["model"].weights())
     except ForestsegError as e:  # ConfigError among them
         raise ForestsegError(str(e).replace("params.yaml: ", f"{what}: ", 1)) from None
@@ -89,7 +91,7 @@ def with_sets(name: str, sets: list[str]) -> dict:
         if section not in params:
             raise ForestsegError(f"-S {section}...: unknown params section; valid: {', '.join(SECTIONS)}")
         params[section][field] = value
-    return _validated(params, f"recipes/{name}.yaml with the -S values")
+    return _validated(params, f"recipes/{name}.yaml with the -S values", init=True)
 
 
 def _item(item: str) -> tuple[str, str, object]:

@@ -472,10 +472,10 @@ def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
     norm = {"mean": [1.0] * 3, "std": [1.0] * 3}
     write_model(repo / "init/source.pt", build_model(model).state_dict(), {**meta, "normalizer": norm})
 
-    def run(*sets: str) -> subprocess.CompletedProcess:
+    def run(*sets: str, recipe: str = "demo") -> subprocess.CompletedProcess:
         args = [a for s in sets for a in ("-S", s)]
         return subprocess.run(
-            [sys.executable, "run.py", "demo", "--print", *args], cwd=repo / "recipes", capture_output=True, text=True
+            [sys.executable, "run.py", recipe, "--print", *args], cwd=repo / "recipes", capture_output=True, text=True
         )
 
     out = run("train.init_from=init/source.pt")
@@ -489,3 +489,10 @@ def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
     (repo / "init/notes.pt").write_text("not a model")
     out = run("train.init_from=init/notes.pt")
     assert out.returncode == 2 and "train.init_from: init/notes.pt: cannot be read as a forestseg model" in out.stderr
+    # params.yaml starts the gpu recipe's model (another) from it: the -S that undoes that is what counts
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["init_from"] = "init/source.pt"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert run(recipe="gpu").returncode == 2
+    out = run("train.init_from=none", recipe="gpu")
+    assert out.returncode == 0 and "train.init_from=none" in out.stdout, out.stderr

@@ -779,6 +779,26 @@ def test_a_pair_whose_exif_orientations_differ_is_skipped(tiny_set, tmp_path, tu
     assert report["valid"] == ROWS - 1 and image not in set(index["image"])
 
 
+def test_an_untagged_mask_that_fits_only_the_turned_image_is_read_with_it(tiny_set, tmp_path):
+    """Non-square tiles: a camera image stored sideways (tag 6) and a mask drawn on it as shown, untagged
+    (as labelling tools export): only the shown grid fits the mask, so the pair is not ambiguous."""
+    for image, mask in rows_of(tiny_set):  # every tile 32 high, 16 wide
+        for path in (tiny_set / "images" / image, tiny_set / "masks" / mask):
+            with Image.open(path) as im:
+                im.crop((0, 0, 16, 32)).save(path, format="PNG")
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    shown = decode_image(tiny_set / "images" / image)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: stored turned back
+    Image.fromarray(np.rot90(shown, 1)).save(tiny_set / "images" / image, format="PNG", exif=exif)
+    out = tmp_path / "out"
+    index, report = build(tiny_set, out)
+    assert report["valid"] == ROWS and report["skipped"] == 0
+    row = index["image"].tolist().index(image)
+    assert np.array_equal(np.load(out / "images.npy")[row], shown)
+    assert np.array_equal(np.load(out / "masks.npy")[row], decode_mask(tiny_set / "masks" / mask))
+
+
 def test_a_pair_tagged_alike_is_turned_alike(tiny_set, tmp_path):
     image, mask = rows_of(tiny_set)[BAD_ROW]
     exif = Image.Exif()
@@ -826,6 +846,18 @@ def test_a_missing_mask_says_what_the_folder_holds_instead(tiny_set, tmp_path, r
     )
     assert re.fullmatch(pattern, reasons[mask]), reasons[mask]
     assert report["skipped_by_reason"]["missing file masks/<mask>"] == len(reasons)
+
+
+def test_a_link_whose_target_is_gone_is_named_so(tiny_set, tmp_path):
+    """A DVC cache link after `dvc gc`: the name is listed, its file is not there."""
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    (tiny_set / "masks" / mask).unlink()
+    (tiny_set / "masks" / mask).symlink_to(tmp_path / "cache/files/md5/ab" / ("c" * 30))  # its object, removed
+    _, report = build(tiny_set, tmp_path / "out")
+    [skipped] = report["skipped_pairs"]
+    assert skipped["reason"] == (
+        f"missing file masks/{mask} (a link to a file that is gone: after `dvc gc`, `dvc checkout` restores a tracked one)"
+    )
 
 
 def test_a_masks_folder_in_other_letter_case_is_named(tiny_set, tmp_path):

@@ -718,15 +718,38 @@ def test_a_picture_with_a_world_file_but_no_crs_says_why_it_gets_no_area(
     assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
     out = capsys.readouterr().out
     assert "note: a.png: a world file gives the pixel grid but no CRS" in out and "b.png" not in out
-    assert "gdal_translate -a_srs EPSG:<code> a.png a.tif" in out
+    assert f"gdal_translate -a_srs EPSG:<code> {tmp_path}/in/a.png {tmp_path}/in/a.tif" in out
     assert (tmp_path / "out/a_mask.png").is_file() and not (tmp_path / "out/forest_area.csv").exists()
 
 
-def test_a_file_named_twice_is_predicted_once(checkpoint: Path, scene, tmp_path: Path, monkeypatch) -> None:
+def test_a_file_named_twice_is_predicted_once_where_it_first_came(
+    checkpoint: Path, scene, tmp_path: Path, monkeypatch
+) -> None:
     src = write_raster(tmp_path / "in/o.tif", scene[0][:64, :64])
+    write_raster(tmp_path / "in/p.tif", scene[0][64:128, :64])
     monkeypatch.chdir(tmp_path)
-    assert cli("predict", str(checkpoint), str(src), "in/o.tif", "./in/o.tif", "-o", str(tmp_path / "out")) == 0
-    assert len(pd.read_csv(tmp_path / "out/forest_area.csv")) == 1
+    argv = [str(src), "in/p.tif", "in/o.tif", "./in/o.tif"]
+    assert cli("predict", str(checkpoint), *argv, "-o", str(tmp_path / "out")) == 0
+    assert [Path(f).name for f in pd.read_csv(tmp_path / "out/forest_area.csv")["file"]] == ["o.tif", "p.tif"]
+
+
+def test_geographic_rows_running_south_to_north_are_degrees_too(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """A positive y step (xarray, NetCDF exports) puts rasterio's bottom above its top: still degrees."""
+    src = tmp_path / "up.tif"
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=128,
+        height=128,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=Affine(5e-6, 0, 15, 0, 5e-6, 50),
+    ) as ds:
+        ds.write(np.moveaxis(scene[0][:128, :128], -1, 0))
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--reproject", UTM) == 0
+    assert pd.read_csv(tmp_path / "out/forest_area.csv")["valid_ha"][0] > 0
 
 
 def test_a_plain_16_bit_tiff_is_refused_with_the_conversion(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
@@ -979,6 +1002,26 @@ def test_evaluate_refuses_a_truth_whose_values_it_would_misread(
     }[case]
     assert err.count("\n") == 1 and re.search(says, err), err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_evaluate_scores_truths_of_no_forest_beside_a_nodata_when_told_to(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    """Farmland labelled all 0 with nodata 255 outside the parcel: stopped by default, scored when asked."""
+    truth = np.zeros(scene[1].shape, np.uint8)
+    truth[:, :50] = 255  # outside the parcel
+    write_raster(tmp_path / "data/images/a.tif", scene[0])
+    write_raster(tmp_path / "data/masks/a.tif", truth, nodata=255)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 2
+    assert "; if they hold no forest indeed (false forest on farmland, say), pass --allow-no-forest" in (
+        capsys.readouterr().err
+    )
+    out = tmp_path / "e.json"
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "--allow-no-forest", "-o", str(out)) == 0
+    assert "note: " in capsys.readouterr().out
+    scored = json.loads(out.read_text())
+    assert scored["valid_ha"] == pytest.approx((truth != 255).sum() * 0.25 / 1e4, abs=1e-4)
+    assert scored["true_forest_ha"] == 0 and scored["area_bias_pct"] is None
 
 
 def test_evaluate_scores_a_grey_truth_with_an_alpha_band_leaving_transparent_pixels_out(

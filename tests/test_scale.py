@@ -88,7 +88,8 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     assert ran(out) & MEMBERS == {"train@bce-adam-1"} and "train@bce-adam-0" in restored(out), out.stdout
     assert "Unable to pull" not in out.stdout + out.stderr
     assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: 1 member\(s\) restored from the run-cache, 1 trained here, 1 pushed",
+        r"coordinator: commit [0-9a-f]{40}: 1 member\(s\) restored from the run-cache, 0 pulled as dvc.lock names "
+        r"them, 1 trained here, 1 pushed",
         out.stdout,
     ), out.stdout
     task = sh(c, "bash", "cluster/worker.sh", "--task", "1", "2")
@@ -97,12 +98,34 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     assert not MEMBERS & ran(out), out.stdout
     assert restored(out) >= MEMBERS
     assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: 2 member\(s\) restored from the run-cache, 0 trained here, 0 pushed$",
+        r"coordinator: commit [0-9a-f]{40}: 2 member\(s\) restored from the run-cache, 0 pulled as dvc.lock names "
+        r"them, 0 trained here, 0 pushed$",
         out.stdout,
         re.M,
     ), out.stdout
     assert "aggregate" in ran(out) and seeds_in_summary(d) == 2
     assert (d / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
+
+
+def test_a_coordinator_restores_members_whose_lock_outputs_were_pushed(repo: Path, tmp_path: Path) -> None:
+    """`dvc repro`, a plain `dvc push` (README: Real data) and a commit: the lock's own outputs are on the
+    remote, with no run-cache entries; the coordinator restores them from there and trains nothing."""
+    set_params(repo, GRID)
+    (tmp_path / "remote").mkdir()
+    sh(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    sh(repo, "dvc", "repro")
+    sh(repo, "dvc", "push")
+    commit(repo, "tiny grid, its dvc.lock and its outputs pushed")
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(tmp_path / "a"))
+    out = sh(tmp_path / "a", "bash", "cluster/coordinator.sh")
+    assert not MEMBERS & ran(out) and "Unable to pull" not in out.stdout + out.stderr, out.stdout
+    assert re.search(
+        r"coordinator: commit [0-9a-f]{40}: 0 member\(s\) restored from the run-cache, 2 pulled as dvc.lock names "
+        r"them, 0 trained here, 0 pushed$",
+        out.stdout,
+        re.M,
+    ), out.stdout
+    assert seeds_in_summary(tmp_path / "a") == 2
 
 
 FAKE_DVC = """#!/bin/bash
