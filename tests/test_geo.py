@@ -735,19 +735,8 @@ def test_a_file_named_twice_is_predicted_once_where_it_first_came(
 
 def test_geographic_rows_running_south_to_north_are_degrees_too(checkpoint: Path, scene, tmp_path: Path) -> None:
     """A positive y step (xarray, NetCDF exports) puts rasterio's bottom above its top: still degrees."""
-    src = tmp_path / "up.tif"
-    with rasterio.open(
-        src,
-        "w",
-        driver="GTiff",
-        width=128,
-        height=128,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:4326",
-        transform=Affine(5e-6, 0, 15, 0, 5e-6, 50),
-    ) as ds:
-        ds.write(np.moveaxis(scene[0][:128, :128], -1, 0))
+    up = Affine(5e-6, 0, 15, 0, 5e-6, 50)
+    src = write_raster(tmp_path / "up.tif", scene[0][:128, :128], crs="EPSG:4326", nodata=None, transform=up)
     assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--reproject", UTM) == 0
     assert pd.read_csv(tmp_path / "out/forest_area.csv")["valid_ha"][0] > 0
 
