@@ -224,7 +224,7 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
             # metres tagged EPSG:4326, a common slip: no UTM zone or --reproject can place them
             raise ForestsegError(
                 f"{path}: its CRS ({_crs_name(src.crs)}) is geographic (degrees), but its bounds "
-                f"({b.left:.6g}, {b.bottom:.6g}, {b.right:.6g}, {b.top:.6g}) are no longitudes and latitudes: "
+                f"({xs[0]:.6g}, {ys[0]:.6g}, {xs[1]:.6g}, {ys[1]:.6g}) are no longitudes and latitudes: "
                 f"the CRS tag is wrong; assign the CRS its coordinates are in (gdal_edit.py -a_srs EPSG:<code> "
                 f"{path.name})"
             )

@@ -91,7 +91,8 @@ def with_sets(name: str, sets: list[str]) -> dict:
         if section not in params:
             raise ForestsegError(f"-S {section}...: unknown params section; valid: {', '.join(SECTIONS)}")
         params[section][field] = value
-    return _validated(params, f"recipes/{name}.yaml with the -S values", init=True)
+    what = f"recipes/{name}.yaml " + ("with the -S values" if sets else "over params.yaml")
+    return _validated(params, what, init=True)
 
 
 def _item(item: str) -> tuple[str, str, object]:

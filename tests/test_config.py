@@ -493,6 +493,7 @@ def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["init_from"] = "init/source.pt"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert run(recipe="gpu").returncode == 2
+    out = run(recipe="gpu")
+    assert out.returncode == 2 and out.stderr.startswith("error: recipes/gpu.yaml over params.yaml: train.init_from:")
     out = run("train.init_from=none", recipe="gpu")
     assert out.returncode == 0 and "train.init_from=none" in out.stdout, out.stderr
