@@ -277,10 +277,17 @@ class TrainConfig:
                     f"folder, e.g. {INIT_DIR}/source.pt (see {INIT_DIR}/README.md)",
                 )
             if not Path(self.init_from).is_file():  # relative to the project root, where stages run
+                tracked = Path(self.init_from + ".dvc").is_file()  # tracked, its file not here (a fresh clone)
                 _fail(
                     "train.init_from",
-                    f"{self.init_from}: no such file; copy a model file (models/<run>/model.pt) there and "
-                    f"`dvc add {self.init_from}` (see {INIT_DIR}/README.md)",
+                    f"{self.init_from}: no such file; "
+                    + (
+                        f"{self.init_from}.dvc tracks it: `dvc pull {self.init_from}` (or `dvc checkout` where "
+                        "the cache has it)"
+                        if tracked
+                        else f"copy a model file (models/<run>/model.pt) there and `dvc add {self.init_from}`"
+                    )
+                    + f" (see {INIT_DIR}/README.md)",
                 )
         if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
             _fail("train.device", f"unknown value {self.device!r}; valid choices: {', '.join(DEVICES)}, cuda:<index>")

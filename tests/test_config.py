@@ -457,6 +457,19 @@ def test_init_from_is_none_or_a_file_inside_init(base, tmp_path, monkeypatch, va
     assert TrainConfig().init_from == "none"  # the default: a random init
 
 
+@pytest.mark.parametrize("tracked", [False, True])
+def test_a_missing_init_from_file_is_told_how_to_get_it(base, tmp_path, monkeypatch, tracked):
+    """Tracked by DVC but not here (a fresh clone): `dvc pull`, not `dvc add` of a file that is not there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "init").mkdir()
+    if tracked:
+        (tmp_path / "init/source.pt.dvc").write_text("outs:\n- path: source.pt\n")
+    with pytest.raises(ConfigError) as e:
+        load_sections(changed(base, "train.init_from", "init/source.pt"), "train")
+    advice = "init/source.pt.dvc tracks it: `dvc pull init/source.pt`" if tracked else "`dvc add init/source.pt`"
+    assert "train.init_from: init/source.pt: no such file; " in str(e.value) and advice in str(e.value)
+
+
 def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
     """And checks the file against the recipe's model before DVC indexes anything (the train stage did)."""
     from forestseg.checkpoint import write_model
