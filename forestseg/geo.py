@@ -218,8 +218,8 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; the model learned 8-bit colour: "
                 f"convert with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
             )
-        b = src.bounds  # bottom > top where rows run south to north (a positive y step)
-        xs, ys = sorted((b.left, b.right)), sorted((b.bottom, b.top))
+        bounds = src.bounds  # bottom > top where rows run south to north (a positive y step)
+        xs, ys = sorted((bounds.left, bounds.right)), sorted((bounds.bottom, bounds.top))
         if src.crs.is_geographic and not (-361 <= xs[0] and xs[1] <= 361 and -91 <= ys[0] and ys[1] <= 91):
             # metres tagged EPSG:4326, a common slip: no UTM zone or --reproject can place them
             raise ForestsegError(
@@ -231,7 +231,7 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
         crs = target or src.crs
         notes = []
         if crs.is_geographic:
-            lon, lat = (src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2
+            lon, lat = sum(xs) / 2, sum(ys) / 2
             raise ForestsegError(
                 f"{path}: its CRS ({_crs_name(src.crs)}) is geographic (degrees), so pixels have no "
                 f"fixed area; rerun with --reproject {utm_suggestion(lon, lat)} (the UTM zone there) "
