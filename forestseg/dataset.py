@@ -306,13 +306,16 @@ def _tile_size(root: Path, names: list[str]) -> tuple[int, int]:
     return sizes.most_common(1)[0][0]
 
 
-def _other_case(path: Path, name: str) -> str:
-    """' (images/ has x.jpg)' when `path` holds `name` in other letter case, or what stands for the folder."""
+def _other_case(path: Path, name: str, lowered: dict[str, str] | None = None) -> str:
+    """' (images/ has x.jpg)' when `path` holds `name` in other letter case, or what stands for the folder;
+    `lowered` (lower-cased name -> name) is the folder's listing where the caller already has it."""
     if not path.is_dir():
         other = [p.name for p in path.parent.iterdir() if p.name.lower() == path.name.lower() and p.is_dir()]
         return f" (no {path.name}/ folder" + (f"; found {other[0]}/)" if other else ")")
-    other = [p.name for p in path.iterdir() if p.name.lower() == name.lower()]
-    return f" ({path.name}/ has {other[0]}; names are case-sensitive)" if other else ""
+    if lowered is None:
+        lowered = {p.name.lower(): p.name for p in path.iterdir()}
+    other = lowered.get(name.lower())
+    return f" ({path.name}/ has {other}; names are case-sensitive)" if other and other != name else ""
 
 
 def _hint_missing(root: Path, skipped: list[dict]) -> None:
@@ -330,14 +333,13 @@ def _hint_missing(root: Path, skipped: list[dict]) -> None:
                 None if names is None else ({n.lower(): n for n in names}, {Path(n).stem.lower(): n for n in names})
             )
         listing = listings[folder]
-        if listing is None:
-            s["reason"] += _other_case(root / folder, name)
-        elif listing[0].get(name.lower()) == name:  # listed, yet not there: a link to a file that is gone
+        if listing is not None and listing[0].get(name.lower()) == name:  # listed, yet not there: a dangling link
             s["reason"] += " (a link to a file that is gone: after `dvc gc`, `dvc checkout` restores a tracked one)"
-        elif name.lower() in listing[0]:
-            s["reason"] += f" ({folder}/ has {listing[0][name.lower()]}; names are case-sensitive)"
-        elif Path(name).stem.lower() in listing[1]:
-            s["reason"] += f" ({folder}/ has {listing[1][Path(name).stem.lower()]}; meta_data.csv names {name})"
+            continue
+        hint = _other_case(root / folder, name, listing and listing[0])
+        if not hint and listing is not None and Path(name).stem.lower() in listing[1]:
+            hint = f" ({folder}/ has {listing[1][Path(name).stem.lower()]}; meta_data.csv names {name})"
+        s["reason"] += hint
 
 
 def _cut(path: Path, array: np.memmap, rows: int) -> None:
