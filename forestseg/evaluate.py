@@ -21,7 +21,7 @@ from .dataset import DataError, build_index, find_source
 from .errors import ForestsegError
 from .io import remove_stale_temps, temp_prefix
 from .metrics import scores
-from .predict import Predictor
+from .predict import TILE_BATCH, Predictor
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -162,10 +162,15 @@ def evaluate_tiles(
                 f"note: --adapt-bn {adapt_bn:g}: {len(unadapted)} of {len(adapted)} scene(s) hold no whole "
                 f"{predictor.tile}-px window to adapt batch-norm to, and are scored as trained"
             )
-        for i in tqdm(rows, desc="evaluate", unit="tile", disable=None, leave=False):
-            scene = scenes[i]
-            pred = adapted[scene].logits(np.ascontiguousarray(images[i]), overlap) > predictor.cut
-            per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
+        with tqdm(total=len(rows), desc="evaluate", unit="tile", disable=None, leave=False) as bar:
+            for scene, model in adapted.items():  # tile-sized tiles of one scene share forward passes
+                own = rows[scenes[rows] == scene]
+                for k in range(0, len(own), TILE_BATCH):
+                    chunk = own[k : k + TILE_BATCH]
+                    preds = model.masks([np.ascontiguousarray(images[i]) for i in chunk], overlap)
+                    for i, pred in zip(chunk, preds):
+                        per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
+                    bar.update(len(chunk))
     m2 = predictor.pixel_size_m**2
     out = summarize({s: (c, m2) for s, c in sorted(per_scene.items())}, "scene")
     return {

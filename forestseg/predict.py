@@ -35,6 +35,7 @@ TP, FP, FN = (34, 139, 34), (230, 159, 0), (204, 0, 204)
 # Checkpoints written before training recorded the pixel size are assumed to be at the Kaggle/DeepGlobe 0.5 m.
 DEFAULT_PIXEL_SIZE_M = PIXEL_SIZE_M
 BLOCK = 2048  # panel width of Predictor.stream, in pixels
+TILE_BATCH = 32  # tile-sized images per forward pass (Predictor.masks, evaluate)
 WORST_SCENES, SCENE_TILES = 3, 3  # plots/overlays/worst_scenes.png: this many scenes, tiles of each
 
 # The 8 flips/rotations of a square window (the dihedral group) as (quarter turns, mirrored first).
@@ -163,7 +164,7 @@ class Predictor:
             out = self.model(to_input(x, self.norm))  # NHWC uint8 -> channels_last float input
         return out.float()
 
-    def masks(self, images: list[np.ndarray], overlap: int | None = None, batch: int = 32) -> list[np.ndarray]:
+    def masks(self, images: list[np.ndarray], overlap: int | None = None, batch: int = TILE_BATCH) -> list[np.ndarray]:
         """(H, W) bool forest masks of several images. Images of exactly one tile run `batch` at a
         time in one forward pass (the Kaggle case: a window per image); others are tiled one by one.
         Each mask equals `mask(image)`."""
@@ -392,7 +393,8 @@ def scored_masks(predictor: Predictor, layout: DataLayout, rows: np.ndarray) -> 
     for scene in dict.fromkeys(scenes[rows]):
         own = [images[r] for r in np.flatnonzero(test & (scenes == scene))]
         adapted = predictor.for_scene(own, predictor.adapt_bn)
-        out.update({r: adapted.mask(np.ascontiguousarray(images[r])) for r in rows[scenes[rows] == scene]})
+        own = rows[scenes[rows] == scene]
+        out.update(zip(own, adapted.masks([images[r] for r in own])))
     return [out[r] for r in rows]
 
 

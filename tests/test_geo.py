@@ -896,6 +896,22 @@ def test_evaluate_tiles_on_a_split_and_its_area_bias_in_the_csv(
     )
 
 
+@pytest.mark.parametrize("adapt_bn", [0.0, 1.0])
+def test_evaluate_tiles_scores_the_same_whatever_tiles_share_a_forward_pass(
+    predictor: Predictor, tmp_path: Path, monkeypatch, adapt_bn: float
+) -> None:
+    """Tiles run in batches of a scene's tiles; each scored as one forward pass of its own scores the same."""
+    from forestseg import evaluate as module
+
+    data = make_set(tmp_path / "set", scenes=2, grid=3, tile_size=predictor.tile)  # 9 tiles a scene
+    results = []
+    for batch in (1, 4, 32):  # one by one (as mask() of each tile), chunks across a scene, a scene at once
+        monkeypatch.setattr(module, "TILE_BATCH", batch)
+        results.append(module.evaluate_tiles(predictor, data, log=lambda s: None, adapt_bn=adapt_bn))
+    assert results[0]["tiles"] == 18 and results[0]["scenes"] == 2
+    assert results[1] == results[0] and results[2] == results[0]
+
+
 def test_evaluate_records_what_it_left_out_in_its_json(checkpoint: Path, tmp_path: Path) -> None:
     """Pairs the index skipped and split rows that are no pair are in eval.json, not only on stdout."""
     data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
