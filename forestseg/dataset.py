@@ -222,7 +222,7 @@ def _load_pair(
         )
     msk_picture = _read(root, "masks", mask)
     if msk_picture.alpha is not None and (msk_picture.alpha < 255).any():
-        if "colour key" in msk_picture.kind:  # a value marked transparent, as GDAL writes nodata
+        if msk_picture.colour_key is not None:  # a value marked transparent, as GDAL writes nodata
             raise BadPair(
                 f"{mask} marks pixels transparent by a colour key ({msk_picture.kind}; GDAL writes a nodata value "
                 "so): which of them are background is unknown; if none is nodata, save the masks without it "

@@ -25,12 +25,13 @@ class ImageError(Exception):
 @dataclass(frozen=True)
 class Picture:
     """Decoded pixels: (H, W) grey or (H, W, 3) RGB uint8, the alpha band if any, the source kind and
-    the EXIF orientation that was applied (1: none)."""
+    the EXIF orientation that was applied (1: none) and the colour key that made the alpha, if one did."""
 
     pixels: np.ndarray
     alpha: np.ndarray | None
     kind: str  # e.g. "RGB JPEG", "Gray JPEG", "RGBA PNG", "P PNG"
     orientation: int = 1
+    colour_key: int | tuple | None = None  # the value a PNG tRNS chunk marks transparent (GDAL writes nodata so), if any
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -136,7 +137,7 @@ def decode(data: bytes) -> Picture:
             if im.mode in ("RGB", "RGBA") and depth > 8:
                 # as for PNGs: Pillow keeps each value's high byte (12-bit camera data reads near black)
                 raise ImageError(f"is a {depth}-bit colour {fmt}; save it with 8 bits per channel")
-            keyed = ""  # a PNG tRNS colour key, named in the kind: GDAL writes a nodata value as one
+            key = None  # a PNG tRNS colour key: GDAL writes a nodata value as one
             orientation = im.getexif().get(EXIF_ORIENTATION, 1)
             orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
             im = ImageOps.exif_transpose(im)
@@ -146,14 +147,15 @@ def decode(data: bytes) -> Picture:
             elif mode == "PA":
                 im = im.convert("RGBA")
             elif mode in ("RGB", "L", "1") and "transparency" in im.info:  # a colour key (PNG tRNS): alpha 0 there
-                keyed = f" with colour key {im.info['transparency']}"
+                key = im.info["transparency"]
                 im = im.convert("RGBA" if mode == "RGB" else "LA")
             elif mode == "F":
                 raise ImageError(f"is a 32-bit float {fmt}; save it with 8-bit integers (a mask as 0/255 or 0/1 grey)")
             elif mode not in ("1", "L", "LA", "RGB", "RGBA") and not mode.startswith("I"):
                 raise ImageError(f"is a {mode} {fmt}; convert it to RGB")
             array = np.asarray(im)
-            key = im.info.get("transparency") if mode.startswith("I") else None  # 16-bit grey: Pillow keeps the key
+            if mode.startswith("I") and isinstance(im.info.get("transparency"), int):
+                key = im.info["transparency"]  # 16-bit grey: Pillow keeps the key, applied below
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -165,11 +167,11 @@ def decode(data: bytes) -> Picture:
         ) from None
     except Exception as e:  # truncated or corrupt files: refused, never a crash
         raise ImageError(f"cannot be decoded ({type(e).__name__}: {e})") from None
-    kind = f"{mode} {fmt}{keyed}"
+    kind = f"{mode} {fmt}" + (f" with colour key {key}" if key is not None else "")
     if array.ndim == 3 and array.shape[2] in (2, 4):  # LA / RGBA: colour bands plus alpha
         colour = array[..., 0] if array.shape[2] == 2 else array[..., :3]
-        return Picture(np.ascontiguousarray(_eight_bit(colour, mode)), array[..., -1].copy(), kind, orientation)
+        return Picture(np.ascontiguousarray(_eight_bit(colour, mode)), array[..., -1].copy(), kind, orientation, key)
     if array.ndim == 3 and array.shape[2] != 3:
         raise ImageError(f"is a {kind} with {array.shape[2]} bands; expected RGB")
-    alpha = np.where(array == key, 0, 255).astype(np.uint8) if isinstance(key, int) else None
-    return Picture(_eight_bit(array, mode), alpha, kind, orientation)
+    alpha = np.where(array == key, 0, 255).astype(np.uint8) if key is not None else None
+    return Picture(_eight_bit(array, mode), alpha, kind, orientation, key)

@@ -126,6 +126,7 @@ def test_a_colour_key_is_transparency_as_viewers_show_it(mode: str) -> None:
     values = np.asarray(image.convert("L") if mode == "1" else image)  # 1-bit: getpixel gives 0 / 255
     keyed = (values == key).all(-1) if mode == "RGB" else values == key
     assert keyed.any() and not keyed.all() and np.array_equal(decoded.alpha == 0, keyed)
+    assert decoded.colour_key == key and f"with colour key {key}" in decoded.kind  # the index names it so
 
 
 def test_a_float_image_is_refused_with_8_bit_advice() -> None:
