@@ -174,6 +174,8 @@ class ModelConfig:
             _fail("model.depth", f"must be in 1..6, got {self.depth}")
         if not 0 <= self.mixstyle <= 1:
             _fail("model.mixstyle", f"must be in [0, 1], got {self.mixstyle}")
+        if self.mixstyle and "mixstyle" not in ARCHS[self.arch].uses:
+            _fail("model.mixstyle", f"{self.arch} has no MixStyle layer (its layers are fixed); set it to 0")
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,9 @@ class Arch:
 
     build: Callable[[ModelConfig], nn.Module]
     smallest_tile: Callable[[ModelConfig], int]
-    sized_by_depth: bool = True  # model.depth sets its smallest tile (not for fixed layers)
+    # the model keys it reads besides arch and input: fixed layers read none, and a MixStyle asked of
+    # an arch without one is refused (config), not silently left out
+    uses: frozenset[str] = frozenset({"width", "depth", "batch_norm", "mixstyle"})
 
 
 def _unet(context: bool = False, factor: int = 1) -> Arch:
@@ -257,8 +259,8 @@ ARCHS: dict[str, Arch] = {
     "unet_half": _unet(factor=2),
     # the same at a quarter of the resolution: 1/16 of the FLOPs, 4x the ground per convolution
     "unet_quarter": _unet(factor=4),
-    # the 2022 study's model: fixed widths (ignores width/depth/batch_norm); its valid convs eat 40 px
-    "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48, sized_by_depth=False),
+    # the 2022 study's model: fixed widths 64/128/256, no batch-norm; its valid convs eat 40 px
+    "study_unet": Arch(lambda cfg: StudyUNet(), lambda cfg: 48, uses=frozenset()),
 }
 
 

@@ -279,6 +279,15 @@ def aggregate(
     return out
 
 
+def _model_text(model: ModelConfig) -> str:
+    """The model params the arch reads: a fixed-layer model's width and depth would be fiction."""
+    from .model import ARCHS
+
+    if "width" not in ARCHS[model.arch].uses:
+        return f"{model.arch} (fixed layers)"
+    return f"{model.arch} width {model.width} depth {model.depth}, batch-norm {'on' if model.batch_norm else 'off'}"
+
+
 def describe_setup(
     index: dict, split: SplitConfig, model: ModelConfig, opt: OptimizerConfig, train: TrainConfig
 ) -> dict:
@@ -293,7 +302,7 @@ def describe_setup(
         "index": index,
         "split_by": split.by,
         "params": (
-            f"{model.arch} width {model.width} depth {model.depth}, batch-norm {'on' if model.batch_norm else 'off'}, "
+            f"{_model_text(model)}, "
             f"{model.input} input; {plural(train.epochs, 'epoch')}, batch {train.batch_size} (test {train.test_batch_size}), "
             f"{lrs}, {schedule}"
             + (f" after {plural(opt.warmup_epochs, 'warmup epoch')}" if opt.warmup_epochs else "")

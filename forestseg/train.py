@@ -374,7 +374,7 @@ def train_run(
     device = train.images.device
     arch = ARCHS[model_cfg.arch]
     tile, smallest = min(train.images.shape[1:3]), arch.smallest_tile(model_cfg)
-    if tile < smallest and not arch.sized_by_depth:
+    if tile < smallest and "depth" not in arch.uses:
         raise ForestsegError(
             f"params.yaml: model: {model_cfg.arch} needs tiles of at least {smallest} px (its layers are fixed), "
             f"the data's are {tile} px; give larger tiles or another model.arch"

@@ -243,6 +243,17 @@ def test_bad_value_is_rejected_naming_its_key(base, key, value, match):
         load_sections(changed(base, key, value), *SECTIONS)
 
 
+@pytest.mark.parametrize("mixstyle, refused", [(0.5, True), (0.0, False)])
+def test_a_mixstyle_asked_of_fixed_layers_is_refused(base, mixstyle: float, refused: bool) -> None:
+    """study_unet has no MixStyle layer: a probability for it would silently do nothing."""
+    params = changed(changed(base, "model.arch", "study_unet"), "model.mixstyle", mixstyle)
+    if refused:
+        with pytest.raises(ConfigError, match=r"model\.mixstyle: study_unet has no MixStyle layer .*; set it to 0"):
+            load_sections(params, "model")
+    else:
+        assert load_sections(params, "model")[0].arch == "study_unet"
+
+
 @pytest.mark.parametrize(
     "key, how, match",
     [

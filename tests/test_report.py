@@ -623,3 +623,16 @@ def test_the_setup_says_when_the_final_cut_is_not_the_curves(threshold: str, say
 
     setup = describe_setup({}, SplitConfig(), ModelConfig(), OptimizerConfig(), TrainConfig(threshold=threshold))
     assert ("chosen on the validation scenes (train.threshold: val" in setup["params"]) == says
+
+
+@pytest.mark.parametrize(
+    "arch, says",
+    [("unet_half", "unet_half width 16 depth 3, batch-norm on"), ("study_unet", "study_unet (fixed layers)")],
+)
+def test_the_setup_names_only_the_model_params_the_arch_reads(arch: str, says: str) -> None:
+    """study_unet's layers are fixed: REPORT.md must not credit it with params.yaml's width and depth."""
+    from forestseg.config import ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
+    from forestseg.report import describe_setup
+
+    setup = describe_setup({}, SplitConfig(), ModelConfig(arch=arch), OptimizerConfig(), TrainConfig())
+    assert setup["params"].startswith(f"{says}, normalized input;")
