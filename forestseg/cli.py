@@ -435,8 +435,10 @@ def evaluate(args: argparse.Namespace) -> int:
         f"mIoU {result['miou']:.4f}  Dice {result['dice']:.4f}"
     )
     bias = result["area_bias_pct"]
+    # tiles carry no pixel size: their hectares are the model's pixels counted (a ratio like the bias is not)
+    at = f" at the model's {result['pixel_size_m']:g} m pixels" if kind == "scene" else ""
     print(
-        f"  forest area: predicted {result['predicted_forest_ha']:.2f} ha, true {result['true_forest_ha']:.2f} ha, "
+        f"  forest area{at}: predicted {result['predicted_forest_ha']:.2f} ha, true {result['true_forest_ha']:.2f} ha, "
         + (f"area bias {bias:+.2f}%" if bias is not None else "no true forest: area bias undefined")
     )
     share = result[f"{kind}_share_error_pp"]

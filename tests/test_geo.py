@@ -888,6 +888,7 @@ def test_evaluate_tiles_on_a_split_and_its_area_bias_in_the_csv(
     assert result["area_bias_pct"] == pytest.approx(bias, abs=0.01)
     printed = capsys.readouterr().out
     assert "forest IoU" in printed and "area bias" in printed
+    assert "forest area at the model's 0.5 m pixels: predicted" in printed  # tiles carry no pixel size
 
     src = write_raster(tmp_path / "in/o.tif", scene[0])
     assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 0
