@@ -80,6 +80,9 @@ class Loss:
     # One value over the whole batch (soft Dice), not a mean over its pixels or tiles: the test loss
     # takes it tile by tile, so it does not depend on train.test_batch_size.
     per_batch: bool = False
+    # Raw outputs that approximate the 0/1 target themselves (the study's MSE on raw outputs): a
+    # forest probability is them clipped to [0, 1], not their sigmoid.
+    raw_is_probability: bool = False
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.fn(logits, target)
@@ -90,7 +93,7 @@ LOSSES: dict[str, Loss] = {
     "mse": Loss(mse),
     "bce": Loss(bce),
     "bce_bootstrap": Loss(bce_bootstrap),
-    "mse_logits": Loss(mse_logits, threshold=0.5),
+    "mse_logits": Loss(mse_logits, threshold=0.5, raw_is_probability=True),
     "dice": Loss(dice, per_batch=True),
     "bce_dice": Loss(bce_dice, per_batch=True),
     "focal": Loss(focal),

@@ -27,6 +27,7 @@ from .images import ImageError, decode
 from .io import read_columns
 from .layout import DataLayout
 from .loader import Normalizer, to_input
+from .losses import LOSSES
 from .model import adapt_batchnorm, build_model
 from .windows import scene_windows, window_starts
 
@@ -130,9 +131,9 @@ class Predictor:
         return self.adapted(scene_windows(images, self.tile), mix)
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
-        """Forest probability in [0, 1] of raw outputs: a sigmoid, except for the study's MSE on raw
-        outputs, whose outputs already approximate 0/1."""
-        if self.loss == "mse_logits":
+        """Forest probability in [0, 1] of raw outputs: their sigmoid, or for a loss whose raw outputs
+        approximate 0/1 themselves (the study's MSE), them clipped."""
+        if LOSSES[self.loss].raw_is_probability:
             return np.clip(logits, 0.0, 1.0).astype(np.float32)
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
 

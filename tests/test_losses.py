@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,16 @@ def test_lovasz_is_per_image_and_bce_lovasz_adds_bce() -> None:
     each = torch.stack([lovasz(logits[i : i + 1], t[i : i + 1]) for i in range(len(t))])
     assert lovasz(logits, t).item() == pytest.approx(each.mean().item(), rel=1e-6)
     assert bce_lovasz(logits, t).item() == pytest.approx((bce(logits, t) + lovasz(logits, t)).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_each_losss_cut_is_the_even_odds_of_its_forest_probability(name: str) -> None:
+    """predict's --probability maps a loss's raw outputs as its registry entry says: its cut reads 0.5."""
+    from types import SimpleNamespace
+
+    from forestseg.predict import Predictor
+
+    cut = LOSSES[name].threshold
+    raw = np.array([cut - 3, cut - 0.1, cut, cut + 0.1, cut + 3], np.float32)
+    p = Predictor.probability(SimpleNamespace(loss=name), raw)
+    assert p[2] == pytest.approx(0.5) and (np.diff(p) > 0).all() and p.min() >= 0 and p.max() <= 1
