@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .config import ConfigError, DataConfig, ForestsegError
+from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
 from .device import keep_freed_memory, pick_device
 from .images import WORLD_FILE_SUFFIXES
 from .io import read_json, remove_stale_temps, write_json, write_rows, write_with
@@ -148,9 +148,8 @@ def _map_options(args: argparse.Namespace, predictor: Predictor):
     if not 0 <= getattr(args, "min_area_m2", 0) < math.inf:  # nan too
         raise ForestsegError(f"--min-area-m2 {args.min_area_m2}: must be a finite number >= 0")
     adapt_bn = predictor.adapt_bn if args.adapt_bn is None else args.adapt_bn  # default: the model file's
-    if not 0 <= adapt_bn <= 1:
-        what = f"--adapt-bn {adapt_bn}" if args.adapt_bn is not None else f"the model file's adapt_bn {adapt_bn}"
-        raise ForestsegError(f"{what}: must be in 0..1 (0.25 measured best, 0 = off)")
+    if not 0 <= adapt_bn <= 1:  # a model file's own is checked when it is read
+        raise ForestsegError(f"--adapt-bn {adapt_bn}: must be in 0..1 (0.25 measured best, 0 = off)")
     return MapOptions(
         bands=_bands(args.bands),
         resample=not args.no_resample,
@@ -501,7 +500,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
         help="auto: bf16 where the device multiplies it faster than fp32, as training picks it (CUDA from "
         "Ampere, CPUs with AMX or AMD's AVX512-BF16); fp32 for outputs that do not depend on the CPU",

@@ -17,6 +17,13 @@ from .errors import ForestsegError
 SPLITS = ("scene", "tile")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def known_device(name: str) -> bool:
+    """Whether `name` is one of DEVICES or cuda:<index> (train.device, the CLI's --device)."""
+    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 INPUTS = ("normalized", "per_tile", "raw")
 SAMPLINGS = ("tile", "scene", "scene_batch")
 THRESHOLDS = ("loss", "val")
@@ -291,7 +298,7 @@ class TrainConfig:
                     )
                     + f" (see {INIT_DIR}/README.md)",
                 )
-        if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
+        if not known_device(self.device):
             _fail("train.device", f"unknown value {self.device!r}; valid choices: {', '.join(DEVICES)}, cuda:<index>")
         if not 0 <= self.color_jitter < 1:
             _fail("train.color_jitter", f"must be in [0, 1), got {self.color_jitter}")
@@ -364,7 +371,8 @@ SECTIONS: dict[str, type] = {
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
-    """Convert a YAML value to the field's type; PyYAML reads 1e-3 as a string, so parse it."""
+    """Convert a YAML value to the field's type; a number in quotes is parsed (YAML 1.1 tools write
+    1e-3 as the string "1e-3"), anything else of the wrong type refused."""
     if kind is bool:
         if isinstance(value, bool):
             return value

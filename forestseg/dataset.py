@@ -120,9 +120,12 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
             f"{root / 'meta_data.csv'}: missing, but {root.parent} has one: data.source names a folder inside a "
             f"Kaggle-layout folder; set it to {root.parent}"
         )
-    raise DataError(
-        f"{root / 'meta_data.csv'}: missing; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}"
-    )
+    raise DataError(_no_meta(root / "meta_data.csv"))
+
+
+def _no_meta(meta: Path) -> str:
+    what = "a folder, not a CSV file" if meta.is_dir() else "missing"
+    return f"{meta}: {what}; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}"
 
 
 def check_tracked(source: str | Path, project: str | Path = ".") -> None:
@@ -161,7 +164,7 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     root = Path(root)
     meta = root / "meta_data.csv"
     if not meta.is_file():
-        raise DataError(f"{meta}: missing; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}")
+        raise DataError(_no_meta(meta))
     try:
         # index_col=False: a trailing comma on the rows must not turn the image column into the index
         frame = pd.read_csv(meta, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)

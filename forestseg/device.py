@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .config import DEVICES, known_device
 from .errors import ForestsegError
 
 _CLAIMS: list = []  # open, flock-ed slot files: a claim lasts as long as this process
@@ -63,8 +64,8 @@ def pick_device(pref: str, key: str = "params.yaml: train.device") -> torch.devi
     """auto: CUDA when torch sees it (of several visible GPUs the least used, see claim_gpu), else CPU;
     cuda or cuda:<i> fail clearly where there is none. CUDA_VISIBLE_DEVICES limits what is visible.
     `key` names the setting in messages (the CLI passes --device)."""
-    if pref not in ("auto", "cpu", "cuda") and not (pref.startswith("cuda:") and pref[5:].isdigit()):
-        raise ForestsegError(f"{key}: unknown value {pref!r}; valid choices: auto, cpu, cuda, cuda:<index>")
+    if not known_device(pref):
+        raise ForestsegError(f"{key}: unknown value {pref!r}; valid choices: {', '.join(DEVICES)}, cuda:<index>")
     if pref.startswith("cuda") and not torch.cuda.is_available():
         raise ForestsegError(f"{key}: {pref} asked for, but torch sees no CUDA device; use auto or cpu")
     if pref == "auto":

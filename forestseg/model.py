@@ -154,7 +154,7 @@ class UNet(nn.Module):
         mixstyle: float = 0.0,
     ):
         super().__init__()
-        widths = [width * 2**i for i in range(depth + 1)]  # e.g. 64, 128, 256, 512, 1024
+        widths = [width * 2**i for i in range(depth + 1)]  # width 16, depth 3: 16, 32, 64, 128
         self.stem = Block(in_channels, widths[0], batch_norm)
         self.downs = nn.ModuleList(Down(a, b, batch_norm) for a, b in zip(widths, widths[1:]))
         # no parameters: model files with and without it hold the same weights

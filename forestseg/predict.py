@@ -33,8 +33,6 @@ from .windows import scene_windows, window_starts
 
 # Error map colours: true positive, false positive, false negative (true negative stays black).
 TP, FP, FN = (34, 139, 34), (230, 159, 0), (204, 0, 204)
-# Checkpoints written before training recorded the pixel size are assumed to be at the Kaggle/DeepGlobe 0.5 m.
-DEFAULT_PIXEL_SIZE_M = PIXEL_SIZE_M
 BLOCK = 2048  # panel width of Predictor.stream, in pixels
 TILE_BATCH = 32  # tile-sized images per forward pass (Predictor.masks, evaluate)
 WORST_SCENES, SCENE_TILES = 3, 3  # plots/overlays/worst_scenes.png: this many scenes, tiles of each
@@ -74,7 +72,8 @@ class Predictor:
     cut: float  # the raw output above which a pixel is forest
     device: torch.device
     loss: str = "bce"
-    pixel_size_m: float = DEFAULT_PIXEL_SIZE_M  # ground size of a training pixel
+    # ground size of a training pixel; model files older than that record are assumed at the Kaggle 0.5 m
+    pixel_size_m: float = PIXEL_SIZE_M
     pixel_size_recorded: bool = True  # False: an older checkpoint, pixel_size_m is the default
     bf16: bool = False  # autocast the forward pass to bf16 (calls near the cut can flip: README, --precision)
     tta: bool = False  # test-time augmentation: mean raw output over the 8 flips/rotations (8x the compute)
@@ -109,7 +108,7 @@ class Predictor:
             float(state["threshold"]),
             device,
             state["loss"],
-            float(pixel) if pixel is not None else DEFAULT_PIXEL_SIZE_M,
+            float(pixel) if pixel is not None else PIXEL_SIZE_M,
             pixel is not None,
             bf16,
             tta,

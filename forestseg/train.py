@@ -40,7 +40,7 @@ from .windows import scene_windows
 # scenes.csv of a run: the written model's confusion counts on each test scene (forest positive)
 SCENE_COLUMNS = ["scene", "tiles", "tp", "fp", "fn", "tn"]
 EPOCH_METRICS = [name for name, m in METRICS.items() if m.per_epoch]
-# One row per epoch of history.csv (val_miou follows with a val split).
+# One row per epoch of history.csv (with a val split, val_miou comes between lr and seconds).
 HISTORY_COLUMNS = [
     "epoch",
     "train_loss",
@@ -64,7 +64,6 @@ class Diverged(ForestsegError):
 class Result:
     history: list[dict]
     metrics: dict
-    state: dict = field(repr=False)  # the last checkpoint
     scenes: dict = field(default_factory=dict)  # {test scene: [tp, fp, fn, tn]} of the written model
 
 
@@ -526,7 +525,7 @@ def train_run(
             )
         write_model(model_dir / "best.pt", s.best["weights"], best, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
     metrics = _run_metrics(s, lr, len(train), device, bf16, portable["threshold"])
-    return Result(s.history, metrics, s.to_resume(), scenes)
+    return Result(s.history, metrics, scenes)
 
 
 def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16: bool, threshold: float) -> dict:
@@ -602,7 +601,7 @@ def train_member(
         device = pick_device(train_cfg.device)
         if device.type == "cpu":
             keep_freed_memory()  # no allocator churn between steps (see bench/speed.py --default-malloc)
-        try:  # every tile lives on the device (GPU: the uint8 arrays, a few GB for the full Kaggle set)
+        try:  # every tile lives on the device (GPU: the uint8 arrays, ~1.3 GB for the full Kaggle set)
             tiles = load_split(layout, device)
         except torch.OutOfMemoryError:
             raise ForestsegError(

@@ -41,7 +41,10 @@ def main(argv: list[str]) -> None:
                 f"would commit the model file to git or leave it out, and queued experiments and other machines "
                 f"cannot see it; run `dvc add {init}` and commit {init}.dvc ({INIT_DIR}/README.md)"
             )
-    code = [Path(__file__), *sorted(Path(forestseg.__file__).parent.glob("*.py"))]  # a code change retrains
+    code = [
+        Path(__file__),
+        *sorted(Path(forestseg.__file__).parent.glob("*.py")),
+    ]  # a code change discards a half-done run's resume file (dvc.yaml's deps decide what retrains)
     resume = RESUME_DIR / f"{run.name}.pt"
     out, model_dir = Path(runs_dir) / run.name, Path(models_dir) / run.name
     for folder in (out, model_dir, RESUME_DIR):  # a killed run's temp files

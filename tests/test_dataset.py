@@ -908,6 +908,13 @@ def test_the_kaggle_zip_layout_is_found_below_the_source(tiny_set, tmp_path, abo
     assert "as the Kaggle zip unpacks" in report["notes"][0]
 
 
+def test_a_folder_named_meta_data_csv_is_called_a_folder_not_missing(tiny_set, tmp_path):
+    (tiny_set / "meta_data.csv").unlink()
+    (tiny_set / "meta_data.csv").mkdir()
+    with pytest.raises(DataError, match=r"meta_data.csv: a folder, not a CSV file; a Kaggle-layout folder has"):
+        build(tiny_set, tmp_path / "out")
+
+
 def test_two_candidate_folders_below_the_source_stop(tiny_set, tmp_path):
     import shutil
 
