@@ -68,7 +68,7 @@ def _share(x: float) -> str:
 def _grey_text(counts: np.ndarray, top: int = 4) -> str:
     order = np.argsort(counts)[::-1][:top]
     text = ", ".join(f"{v} ({_share(counts[v] / counts.sum())})" for v in order if counts[v])
-    mid = counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() / counts.sum()
+    mid = mid_share(counts)
     low = counts[LOW[0] : LOW[1] + 1].sum() / counts.sum()
     return (
         text

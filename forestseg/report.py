@@ -22,7 +22,7 @@ HEADLINE = "headline.json"  # the only file dvc.yaml declares as metrics: what `
 HEADLINE_DIGITS = 4
 SCENES = "scenes.csv"  # per run (train: confusion counts per test scene) and per grid (aggregate: scores)
 SCENE_COUNTS = ["tp", "fp", "fn", "tn"]
-SCENE_COLUMNS = ["scene", "tiles", "forest_share", "iou", "precision", "recall"]
+SCENE_TABLE = ["scene", "tiles", "forest_share", "iou", "precision", "recall"]  # metrics/scenes.csv
 
 
 def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -105,7 +105,7 @@ def scene_scores(counts: pd.DataFrame) -> pd.DataFrame:
     forest share and forest IoU, precision, recall from the confusion counts summed over the seeds
     (never a mean of per-seed ratios); worst IoU first."""
     if counts.empty:
-        return pd.DataFrame(columns=SCENE_COLUMNS)
+        return pd.DataFrame(columns=SCENE_TABLE)
     rows = []
     for scene, part in counts.groupby("scene", sort=True):
         summed = part[SCENE_COUNTS].to_numpy(dtype="int64").sum(axis=0)
