@@ -24,11 +24,15 @@ from typing import Any, Callable
 
 import torch
 
+from .config import PRECISIONS
 from .errors import ForestsegError
 from .io import write_torch
 from .losses import LOSSES
 
 MODEL_FORMAT = "forestseg-model/1"
+# What a model file written before a field existed means by its absence (read_model fills them in):
+# the precision picked on the device, no batch-norm adaptation, unknown seen scenes, an unrecorded pixel size
+OLDER_FILES = {"precision": "auto", "adapt_bn": 0.0, "train_scenes": [], "pixel_size_m": None}
 RESUME_FORMAT = "forestseg-resume/3"  # 3: numpy's RNG state as numbers (weights_only); 2: forestseg.optim's state
 
 
@@ -45,7 +49,8 @@ def _load(path: Path) -> Any:
 
 
 def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any) -> None:
-    """The model file: `meta` = run, loss, threshold, adapt_bn, model params, normalizer, tile_size (see train);
+    """The model file: `meta` = run, loss, threshold, adapt_bn, model params, normalizer, tile_size,
+    precision, pixel_size_m and train_scenes (train.train_run's `portable`; read_model checks them);
     `weights` None for a run that diverged (predict refuses it, naming the run). Weights are written
     from the CPU, so a run's file has the same bytes (and DVC hash) whichever device trained it last."""
     if weights is not None:
@@ -54,7 +59,8 @@ def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any
 
 
 def read_model(path: str | Path) -> dict:
-    """The model file at `path`, checked; one-line ForestsegError for anything else."""
+    """The model file at `path`, checked, with the fields older files lack filled in (OLDER_FILES);
+    one-line ForestsegError for anything else."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "no such file"
@@ -93,6 +99,7 @@ def read_model(path: str | Path) -> dict:
             f"{path}: a {MODEL_FORMAT} file without {', '.join(missing or ['weights'])}; it was not written by "
             "forestseg's training: pass models/<run>/model.pt, or retrain (`dvc repro`)"
         )
+    state = {**OLDER_FILES, **state}
     problem = _field_problem(state)
     if problem:
         raise ForestsegError(f"{path}: {problem}; damaged or edited: copy it again, or retrain (`dvc repro`)")
@@ -115,8 +122,17 @@ def _field_problem(state: dict) -> str | None:
         return f"loss {state['loss']!r} is none of {', '.join(LOSSES)}"
     if not _number(state["threshold"]):
         return f"threshold {state['threshold']!r} is not a finite number"
-    if not (_number(state.get("adapt_bn", 0.0)) and 0 <= state.get("adapt_bn", 0.0) <= 1):
-        return f"adapt_bn {state.get('adapt_bn')!r} is not a number from 0 to 1"
+    if not (_number(state["adapt_bn"]) and 0 <= state["adapt_bn"] <= 1):
+        return f"adapt_bn {state['adapt_bn']!r} is not a number from 0 to 1"
+    if state["precision"] not in PRECISIONS:
+        return f"precision {state['precision']!r} is none of {', '.join(PRECISIONS)}"
+    pixel = state["pixel_size_m"]
+    if pixel is not None and not (_number(pixel) and pixel > 0):
+        return f"pixel_size_m {pixel!r} is not a positive number of metres"
+    if not (
+        isinstance(state["train_scenes"], (list, tuple)) and all(isinstance(x, str) for x in state["train_scenes"])
+    ):
+        return f"train_scenes {state['train_scenes']!r} is not a list of scene names"
     if not (isinstance(state["tile_size"], int) and state["tile_size"] > 0):
         return f"tile_size {state['tile_size']!r} is not a positive whole number"
     norm = state["normalizer"]

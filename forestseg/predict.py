@@ -88,7 +88,7 @@ class Predictor:
         its 8 flips/rotations."""
         state = read_model(path)
         if precision == "trained":
-            precision = state.get("precision", "auto")  # older model files: auto
+            precision = state["precision"]
         try:
             model = build_model(ModelConfig(**state["model"]))
         except (ConfigError, TypeError) as e:  # its own model params, not params.yaml's
@@ -96,9 +96,7 @@ class Predictor:
             raise ForestsegError(f"{path}: its model params are not a model of this version ({reason})") from None
         load_weights(model, state, path)
         norm = Normalizer.of(state["normalizer"])
-        pixel = state.get("pixel_size_m")
-        if pixel is not None and not (isinstance(pixel, (int, float)) and pixel > 0):
-            raise ForestsegError(f"{path}: pixel_size_m {pixel!r} is not a positive number of metres")
+        pixel = state["pixel_size_m"]  # None: a file older than that record
         model = model.to(device, memory_format=torch.channels_last).eval()
         bf16 = apply_precision(precision, device)
         return cls(
@@ -112,8 +110,8 @@ class Predictor:
             pixel is not None,
             bf16,
             tta,
-            float(state.get("adapt_bn", 0.0)),  # older model files: none
-            frozenset(map(str, state.get("train_scenes", ()))),
+            float(state["adapt_bn"]),
+            frozenset(state["train_scenes"]),
         )
 
     def adapted(self, tiles: np.ndarray, mix: float) -> "Predictor":

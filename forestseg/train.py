@@ -411,7 +411,11 @@ def train_run(
         # the scenes this model has seen (trained on, chose its epoch or cut on, or its init_from did):
         # evaluate notes any it is asked to score as unseen
         "train_scenes": sorted(
-            {*train.scene_names, *(val.scene_names if val is not None else ()), *(source or {}).get("train_scenes", ())}
+            {
+                *train.scene_names,
+                *(val.scene_names if val is not None else ()),
+                *(source["train_scenes"] if source else ()),
+            }
         ),
     }
 

@@ -93,6 +93,20 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
     assert "broken.jpg: cannot be decoded: not a JPEG nor any image format Pillow reads" in err
 
 
+def test_a_model_file_older_than_its_fields_reads_as_their_absence_meant(checkpoint, tmp_path) -> None:
+    """Files written before precision, adapt_bn, train_scenes and pixel_size_m were recorded: read_model
+    fills in what their absence meant, in one place, and predict takes it from there."""
+    from forestseg.checkpoint import OLDER_FILES, read_model
+
+    state = torch.load(checkpoint, weights_only=True)
+    old = tmp_path / "old.pt"
+    torch.save({k: v for k, v in state.items() if k not in OLDER_FILES}, old)
+    assert {k: read_model(old)[k] for k in OLDER_FILES} == OLDER_FILES
+    predictor = Predictor.load(old, torch.device("cpu"), "trained")
+    assert (predictor.pixel_size_m, predictor.pixel_size_recorded, predictor.adapt_bn) == (0.5, False, 0.0)
+    assert predictor.train_scenes == frozenset() and not predictor.bf16  # auto on a CPU without AMX: fp32
+
+
 @pytest.mark.parametrize(
     "change, says",
     [
@@ -109,6 +123,9 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
         ("adapt_bn text", "adapt_bn 'x' is not a number from 0 to 1"),
         ("tile_size 0", "tile_size 0 is not a positive whole number"),
         ("normalizer junk", "normalizer {'junk': 1} is not a mean and std of 3 finite numbers each"),
+        ("precision unknown", "precision 'fp8' is none of auto, fp32, bf16"),
+        ("pixel size 0", "pixel_size_m 0 is not a positive number of metres"),
+        ("train_scenes text", "train_scenes 'abc' is not a list of scene names"),
         ("no such file", "no such file; pass a model file"),
         ("a folder", "is a folder; pass a model file"),
     ],
@@ -122,6 +139,9 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         "adapt_bn text": lambda st: st.update(adapt_bn="x"),
         "tile_size 0": lambda st: st.update(tile_size=0),
         "normalizer junk": lambda st: st.update(normalizer={"junk": 1}),
+        "precision unknown": lambda st: st.update(precision="fp8"),
+        "pixel size 0": lambda st: st.update(pixel_size_m=0),
+        "train_scenes text": lambda st: st.update(train_scenes="abc"),
         "runs code": lambda st: st.update(note=_RunsCode(tmp_path / "ran")),
         "arch unknown": lambda st: st["model"].update(arch="resnet"),
     }
