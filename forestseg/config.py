@@ -221,11 +221,11 @@ class OptimizerConfig:
             _positive(f"optimizer.lr_overrides.{key}", lr)
 
     def lr_for(self, loss: str, optimizer: str) -> float:
-        return self.lr_overrides.get(f"{loss}-{optimizer}", self.lr)
+        return self.lr_overrides.get(combination_of(loss, optimizer), self.lr)
 
     def lr_param(self, loss: str, optimizer: str) -> str:
         """The params key that sets `lr_for(loss, optimizer)`, for advice such as 'lower optimizer.lr'."""
-        key = f"{loss}-{optimizer}"
+        key = combination_of(loss, optimizer)
         return f"optimizer.lr_overrides.{key}" if key in self.lr_overrides else "optimizer.lr"
 
 
@@ -355,7 +355,23 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.loss}-{self.optimizer}-{self.seed}"
+        return f"{self.combination}-{self.seed}"
+
+    @property
+    def combination(self) -> str:
+        """<loss>-<optimizer>: the runs of every seed, as tables, figures and lr_overrides name them."""
+        return combination_of(self.loss, self.optimizer)
+
+    @classmethod
+    def of(cls, combination: str, seed: int) -> "Run":
+        """The run of `combination` (<loss>-<optimizer>) with `seed`."""
+        loss, optimizer = combination.split("-")
+        return cls(loss, optimizer, int(seed))
+
+
+def combination_of(loss: str, optimizer: str) -> str:
+    """<loss>-<optimizer>, the name of a grid combination."""
+    return f"{loss}-{optimizer}"
 
 
 SECTIONS: dict[str, type] = {

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .config import Run  # noqa: E402
 from .io import write_figure  # noqa: E402
 
 FIGURES = ("loss_best.png", "loss_optimizers.png", "test_iou.png")
@@ -19,7 +20,7 @@ FIGURES = ("loss_best.png", "loss_optimizers.png", "test_iou.png")
 
 def _best_history(summary_row, histories: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
     seed = summary_row["best_seed"]
-    return None if pd.isna(seed) else histories[f"{summary_row['combination']}-{int(seed)}"]
+    return None if pd.isna(seed) else histories[Run.of(summary_row["combination"], seed).name]
 
 
 def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], best_by: str, path: Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_weights, read_model
-from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig
+from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig, Run
 from .device import apply_precision
 from .images import ImageError, decode
 from .io import read_columns
@@ -408,7 +408,7 @@ def write_overlays(
         if s["best_seed"] is None:
             print(f"overlays: {combo}: every seed diverged, nothing to show")
             continue
-        run = f"{combo}-{s['best_seed']}"
+        run = Run.of(combo, s["best_seed"]).name
         predictor = Predictor.load(models_dir / run / "model.pt", device, "trained")
         preds = scored_masks(predictor, layout, rows)
         example_panel(images, masks, preds, f"{run}: test tiles (seed {cfg.seed})", out_dir / f"{combo}.png")
@@ -448,7 +448,7 @@ def write_worst_scenes(
         rows += picked.tolist()
         labels += [f"scene {scene}"] * len(picked)
     images, masks = _tiles(layout, np.array(rows))
-    run = f"{combo}-{summary['combinations'][combo]['best_seed']}"
+    run = Run.of(combo, summary["combinations"][combo]["best_seed"]).name
     worst_txt = f"{len(worst)} worst scenes" if len(worst) > 1 else "worst scene"
     title = f"{run}: test tiles of the {worst_txt} by forest IoU (tiles drawn with seed {cfg.seed})"
     preds = scored_masks(Predictor.load(models_dir / run / "model.pt", device, "trained"), layout, np.array(rows))

@@ -52,7 +52,7 @@ def load_runs(runs: list[Run], runs_dir: Path) -> tuple[pd.DataFrame, dict[str, 
         rows.append(
             {
                 "run": run.name,
-                "combination": f"{run.loss}-{run.optimizer}",
+                "combination": run.combination,
                 "loss": run.loss,
                 "optimizer": run.optimizer,
                 "seed": run.seed,
