@@ -24,9 +24,9 @@ from typing import Any, Callable
 
 import torch
 
-from .config import PRECISIONS
+from .config import INIT_DIR, PRECISIONS
 from .errors import ForestsegError
-from .io import write_torch
+from .io import untracked_in_project, write_torch
 from .losses import LOSSES
 
 MODEL_FORMAT = "forestseg-model/1"
@@ -176,6 +176,21 @@ def read_init(path: str | Path, model: dict) -> dict:
             + ": set those model params to the file's, or start from a model file trained with these"
         )
     return state
+
+
+def check_init(path: str | Path, model: dict) -> None:
+    """train.init_from as a pipeline run may start from it: a model file of `model`'s params (read_init)
+    that DVC tracks in init/, so every `dvc exp run`, queued experiment and machine sees the same file."""
+    read_init(path, model)  # a model file first: `dvc add` is no advice for a README
+    init = Path(path)
+    # tracked: a .dvc file for it or a folder above it in init/ (`dvc add`); git-ignored is not enough
+    dvc_files = [p.with_name(p.name + ".dvc") for p in (init, *init.parents) if p.is_relative_to(INIT_DIR)]
+    if untracked_in_project(init) is not None or not any(f.is_file() for f in dvc_files):
+        raise ForestsegError(
+            f"params.yaml: train.init_from: {init} is not tracked by DVC (no {init}.dvc): every `dvc exp run` "
+            f"would commit the model file to git or leave it out, and queued experiments and other machines "
+            f"cannot see it; run `dvc add {init}` and commit {init}.dvc ({INIT_DIR}/README.md)"
+        )
 
 
 def write_resume(path: str | Path, state: dict) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 from common import args, params, stage
 
 import forestseg
-from forestseg.checkpoint import read_init
-from forestseg.config import INIT_DIR, ForestsegError, load_sections
-from forestseg.io import remove_stale_temps, untracked_in_project, write_json, write_rows
+from forestseg.checkpoint import check_init
+from forestseg.config import load_sections
+from forestseg.io import remove_stale_temps, write_json, write_rows
 from forestseg.layout import DataLayout
 from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, train_member
 
@@ -31,16 +31,7 @@ def main(argv: list[str]) -> None:
     (grid,) = load_sections({"grid": member}, "grid")
     run = grid.runs()[0]
     if train_cfg.init_from != "none":
-        read_init(train_cfg.init_from, model_cfg.weights())  # a model file first: `dvc add` is no advice for a README
-        init = Path(train_cfg.init_from)
-        # tracked: a .dvc file for it or a folder above it in init/ (`dvc add`); git-ignored is not enough
-        dvc_files = [p.with_name(p.name + ".dvc") for p in (init, *init.parents) if p.is_relative_to(INIT_DIR)]
-        if untracked_in_project(init) is not None or not any(f.is_file() for f in dvc_files):
-            raise ForestsegError(
-                f"params.yaml: train.init_from: {init} is not tracked by DVC (no {init}.dvc): every `dvc exp run` "
-                f"would commit the model file to git or leave it out, and queued experiments and other machines "
-                f"cannot see it; run `dvc add {init}` and commit {init}.dvc ({INIT_DIR}/README.md)"
-            )
+        check_init(train_cfg.init_from, model_cfg.weights())
     code = [
         Path(__file__),
         *sorted(Path(forestseg.__file__).parent.glob("*.py")),
