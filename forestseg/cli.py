@@ -597,7 +597,9 @@ def main(argv: list[str] | None = None) -> None:
         help="a split.csv (image, subset columns, e.g. data/split.csv): score only its --subset rows",
     )
     e.add_argument("--subset", help="rows of --split to score (default test)")
-    e.add_argument("--masks", default="0/255", help="mask convention of the tiles, as params.yaml's data.masks")
+    e.add_argument(
+        "--masks", default=DataConfig.masks, help="mask convention of the tiles, as params.yaml's data.masks"
+    )
     e.add_argument("--forest", help="forest class ids or colours, as params.yaml's data.forest (JSON)")
     e.add_argument("-o", "--output", type=Path, help="write the scores as JSON here")
     e.add_argument(

@@ -366,7 +366,7 @@ def build_index(
     root: str | Path,
     images_out: str | Path,
     masks_out: str | Path,
-    masks: str = "0/255",
+    masks: str = DataConfig.masks,
     forest: tuple = (),
     workers: int | None = None,
     training: bool = True,

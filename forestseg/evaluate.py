@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .config import DataConfig
 from .dataset import DataError, build_index, find_source
 from .errors import ForestsegError
 from .io import remove_stale_temps, temp_prefix
@@ -84,7 +85,7 @@ def summarize(units: dict[str, tuple[np.ndarray, float]], kind: str) -> dict:
 def evaluate_tiles(
     predictor: Predictor,
     data: Path,
-    masks: str = "0/255",
+    masks: str = DataConfig.masks,
     forest: tuple = (),
     split: Path | None = None,
     subset: str = "test",
@@ -371,7 +372,9 @@ def evaluate(
             if pairs:
                 from .geo import MapOptions
 
-                ignored = [k for k in ("masks", "forest", "split") if tile_args.get(k) not in (None, (), "0/255")]
+                ignored = [
+                    k for k in ("masks", "forest", "split") if tile_args.get(k) not in (None, (), DataConfig.masks)
+                ]
                 if ignored:  # options of tile sets: say so rather than score as if they applied
                     raise ForestsegError(
                         f"{data}: labelled GeoTIFFs (0 = not forest, one other value forest, no split); "
