@@ -137,6 +137,8 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
+    """params.yaml split: how tiles are divided into train, test and validation."""
+
     by: str = "scene"
     test_fraction: float = 0.25
     val_fraction: float = 0.0  # carved from the train side, by the same unit (scene or tile)
@@ -154,6 +156,8 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """params.yaml model: the architecture (model.ARCHS) and its size."""
+
     arch: str = "unet_half"
     width: int = 16  # channels of the first level; doubles at each level down
     depth: int = 3  # number of 2x downsamplings
@@ -187,6 +191,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """params.yaml optimizer: learning rate, its schedule and the optimizers' settings."""
+
     lr: float = 1e-3
     # Per-run learning rates, keyed "<loss>-<optimizer>" (e.g. "mse-adam": 1e-3); others use lr.
     lr_overrides: dict = field(default_factory=dict)
@@ -221,6 +227,7 @@ class OptimizerConfig:
             _positive(f"optimizer.lr_overrides.{key}", lr)
 
     def lr_for(self, loss: str, optimizer: str) -> float:
+        """The lr of that combination: its lr_overrides entry, else lr."""
         return self.lr_overrides.get(combination_of(loss, optimizer), self.lr)
 
     def lr_param(self, loss: str, optimizer: str) -> str:
@@ -231,6 +238,8 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """params.yaml train: epochs, batches, augmentation, precision, device and what a run keeps."""
+
     epochs: int = 5
     batch_size: int = 16
     test_batch_size: int = 64
@@ -307,6 +316,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class GridConfig:
+    """params.yaml grid: the losses x optimizers x seeds trained, one DVC matrix member each."""
+
     loss: tuple = ("mse", "bce")
     optimizer: tuple = ("sgd", "adam")
     seed: tuple = (0, 1)

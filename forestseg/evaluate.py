@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ from .errors import ForestsegError
 from .io import remove_stale_temps, temp_prefix
 from .metrics import scores
 from .predict import TILE_BATCH, Predictor
+
+if TYPE_CHECKING:  # geo imports rasterio, which tiles do not need
+    from .geo import MapOptions
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -238,7 +241,7 @@ def _check_truth(truth_path: Path) -> None:
 def evaluate_rasters(
     predictor: Predictor,
     pairs: list[tuple[Path, Path]],
-    opts,
+    opts: MapOptions,
     log: Callable[[str], None] = print,
     allow_no_forest: bool = False,
 ) -> dict:
@@ -354,7 +357,7 @@ class _Values:
 def evaluate(
     predictor: Predictor,
     data: Path,
-    opts=None,
+    opts: MapOptions | None = None,
     log: Callable[[str], None] = print,
     allow_no_forest: bool = False,
     **tile_args,

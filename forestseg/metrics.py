@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def scores(counts) -> dict[str, float]:
+def scores(counts: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Every metric of METRICS from confusion counts [tp, fp, fn, tn]."""
     tp, fp, fn, tn = (float(c) for c in np.asarray(counts, dtype=np.float64))
     return {name: metric.fn(tp, fp, fn, tn) for name, metric in METRICS.items()}

@@ -265,6 +265,7 @@ ARCHS: dict[str, Arch] = {
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model of `cfg.arch` (ARCHS), freshly initialised."""
     return ARCHS[cfg.arch].build(cfg)
 
 

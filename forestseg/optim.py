@@ -121,6 +121,7 @@ SCHEDULES: dict[str, Callable[[int, "OptimizerConfig", int], float]] = {
 
 
 def make_optimizer(name: str, params: Iterable, lr: float, cfg: "OptimizerConfig") -> Optimizer:
+    """The optimizer `name` of the registry over `params`, at `lr`, with the section's settings."""
     return OPTIMIZERS[name](params, lr, cfg)
 
 

@@ -66,6 +66,9 @@ def _unview(y: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Predictor:
+    """A trained model as predict uses it: read from its model file (`load`), it turns uint8 RGB
+    images of any size into raw outputs and forest masks, window by window."""
+
     model: torch.nn.Module
     norm: Normalizer
     tile: int

@@ -62,6 +62,8 @@ class Diverged(ForestsegError):
 
 @dataclass
 class Result:
+    """What a finished run hands its stage: per-epoch history, metrics.json and per-scene counts."""
+
     history: list[dict]
     metrics: dict
     scenes: dict = field(default_factory=dict)  # {test scene: [tp, fp, fn, tn]} of the written model

@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -108,7 +109,7 @@ def _item(item: str) -> tuple[str, str, object]:
     return section, field, load_yaml(value, f"-S {item}")
 
 
-def hydra(value) -> str:
+def hydra(value: Any) -> str:
     """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings
     (and strings Hydra would read as another type: 'null', 'TrUe', 'inf', '1e-3', '010')."""
     if value is None:

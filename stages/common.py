@@ -10,7 +10,7 @@ from typing import Any, Callable, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from forestseg.config import ConfigError, ForestsegError, load_sections  # noqa: E402
+from forestseg.config import ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
 from forestseg.io import load_yaml, remove_stale_runs  # noqa: E402
 
 # per params file this stage read: its text then, and the sections it read, as parsed (checked at its end)
@@ -36,7 +36,7 @@ def params(*sections: str, path: str = "params.yaml") -> tuple:
     return out
 
 
-def drop_runs_not_in(grid: Any, folder: str | Path, what: str) -> None:
+def drop_runs_not_in(grid: GridConfig, folder: str | Path, what: str) -> None:
     """Remove the run folders under `folder` of members no longer in `grid` (io.remove_stale_runs), saying which."""
     removed = remove_stale_runs((run.name for run in grid.runs()), folder)
     if removed:
