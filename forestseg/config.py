@@ -196,7 +196,9 @@ class OptimizerConfig:
     lr: float = 1e-3
     # Per-run learning rates, keyed "<loss>-<optimizer>" (e.g. "mse-adam": 1e-3); others use lr.
     lr_overrides: dict = field(default_factory=dict)
-    schedule: str = "step"  # step: lr x gamma every step_epochs epochs; cosine: to 0 over the run
+    schedule: str = (
+        "step"  # step: lr x gamma every step_epochs epochs; cosine: towards 0 at the run's end, set per epoch
+    )
     step_epochs: int = 4
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warmup from lr/10, then the schedule

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 
@@ -80,6 +81,12 @@ def scene_section(per_scene: dict, plots_rel: str) -> list[str]:
         f"![test tiles of the worst scenes]({plots_rel}/overlays/worst_scenes.png)",
     ]
     return lines
+
+
+def _names(names: Iterable[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def plural(n: int, noun: str) -> str:
@@ -160,6 +167,9 @@ def write_report(
         )
         # report.rank puts combinations with a diverged seed last: the top one may not have the highest mean
         higher = ranked[(ranked["diverged"] > 0) & (ranked["test_miou_mean"] > top["test_miou_mean"])]
+        rest = ranked.iloc[1:]
+        same = rest[rest["test_miou_mean"] == top["test_miou_mean"]]  # every combination tied with the top
+        tied = same[same["diverged"] == 0]
         if len(higher):
             text = (
                 f"**{top['combination']}** ranks first, with test mIoU {scores}: no seed of it diverged, while "
@@ -169,30 +179,27 @@ def write_report(
                     for _, r in higher.iterrows()
                 )
             )
-        elif (
-            len(ranked) > 1
-            and ranked.iloc[1]["test_miou_mean"] == top["test_miou_mean"]
-            and not ranked.iloc[1]["diverged"]
-        ):
+        elif len(tied):
             text = f"**{top['combination']}** (first in the grid's order) ties for the highest mean test mIoU, {scores}"
         else:
             text = f"**{top['combination']}** has the highest mean test mIoU, {scores}"
-        if len(ranked) > 1 and not len(higher):
-            runner = ranked.iloc[1]
-            gap = top["test_miou_mean"] - runner["test_miou_mean"]
-            if not gap:
-                text += (
-                    f", as high as {runner['combination']} over its seeds that did not diverge "
-                    f"({runner['diverged']} of {plural(runner['seeds'], 'seed')} diverged: ranked after)"
-                    if runner["diverged"]  # the same mean over fewer seeds: ranked after (report.rank)
-                    else f", with {runner['combination']}"
+        if len(rest) and not len(higher):
+            if len(same):
+                text += f", with {_names(tied['combination'])}" if len(tied) else ""
+                text += "".join(  # the same mean over fewer seeds: ranked after (report.rank)
+                    f", as high as {r['combination']} over its seeds that did not diverge "
+                    f"({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
+                    for _, r in same[same["diverged"] > 0].iterrows()
                 )
             else:
-                text += f", {gap:+.4f} mIoU over {runner['combination']}"
-                if pd.isna(top["test_miou_std"]) or pd.isna(runner["test_miou_std"]):
+                runners = rest[rest["test_miou_mean"] == rest.iloc[0]["test_miou_mean"]]  # tied for second
+                gap = top["test_miou_mean"] - runners.iloc[0]["test_miou_mean"]
+                text += f", {gap:+.4f} mIoU over {_names(runners['combination'])}"
+                stds = [top["test_miou_std"], *runners["test_miou_std"]]
+                if any(pd.isna(x) for x in stds):
                     text += " (one finished seed: no spread over seeds to weigh the gap against)"
-                elif gap <= max(top["test_miou_std"], runner["test_miou_std"]):
-                    text += " (within the spread over seeds: no clear winner between these two)"
+                elif gap <= max(stds):
+                    text += " (within the spread over seeds: no clear winner)"
         lead = top["test_iou_mean"] - base["test_iou"]
         text += (
             f"; the all-forest baseline scores forest IoU {base['test_iou']:.4f} and mIoU {base['test_miou']:.4f}, "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ForestsegError, ModelConfig, OptimizerConfig, Run, SplitConfig, TrainConfig
+from .config import ForestsegError, GridConfig, ModelConfig, OptimizerConfig, Run, SplitConfig, TrainConfig
 from .figures import FIGURES, fig_best_runs, fig_optimizers, fig_test_iou
 from .io import read_json, write_csv, write_json
 from .markdown import plural, write_report
@@ -288,16 +288,45 @@ def _model_text(model: ModelConfig) -> str:
     return f"{model.arch} width {model.width} depth {model.depth}, batch-norm {'on' if model.batch_norm else 'off'}"
 
 
+def _schedule_text(opt: OptimizerConfig, epochs: int) -> str:
+    """The lr schedule as it acts within `epochs`: a step that never comes, or a factor of 1, is no decay."""
+    if opt.schedule != "step":
+        return f"{opt.schedule} decay, set per epoch"
+    if opt.gamma == 1:
+        return "constant (optimizer.gamma 1)"
+    every = f"x{opt.gamma:g} every {plural(opt.step_epochs, 'epoch')}"
+    steps_from = opt.warmup_epochs + opt.step_epochs  # the first epoch at a lowered lr is the one after this
+    return every if steps_from < epochs else f"{every} (no step within {plural(epochs, 'epoch')})"
+
+
+def _extras_text(model: ModelConfig, train: TrainConfig) -> str:
+    """Training knobs that change what a run learns, named only where they are on."""
+    on = [
+        f"sampling {train.sampling}" if train.sampling != "tile" else "",
+        f"weight EMA {train.ema:g}" if train.ema else "",
+        f"zoom up to {1 + train.scale:g}x" if train.scale else "",
+        f"saturation +-{train.saturation:g}" if train.saturation else "",
+        f"blur probability {train.blur:g}" if train.blur else "",
+        f"CutMix {train.cutmix:g}" if train.cutmix else "",
+        f"MixStyle {model.mixstyle:g}" if model.mixstyle else "",
+    ]
+    return "".join(f", {x}" for x in on if x)
+
+
 def describe_setup(
-    index: dict, split: SplitConfig, model: ModelConfig, opt: OptimizerConfig, train: TrainConfig
+    index: dict,
+    split: SplitConfig,
+    model: ModelConfig,
+    opt: OptimizerConfig,
+    train: TrainConfig,
+    grid: GridConfig | None = None,
 ) -> dict:
-    """The setup REPORT.md states: the index report, the split unit and the params in one sentence."""
-    lrs = f"lr {opt.lr:g}" + "".join(f", {k} {v:g}" for k, v in opt.lr_overrides.items())
-    schedule = (
-        f"x{opt.gamma:g} every {plural(opt.step_epochs, 'epoch')}"
-        if opt.schedule == "step"
-        else f"{opt.schedule} decay"
-    )
+    """The setup REPORT.md states: the index report, the split unit and the params in one sentence
+    (lr overrides only of combinations in `grid`, where given: the others train no run)."""
+    combos = None if grid is None else {run.combination for run in grid.runs()}
+    overrides = {k: v for k, v in opt.lr_overrides.items() if combos is None or k in combos}
+    lrs = f"lr {opt.lr:g}" + "".join(f", {k} {v:g}" for k, v in overrides.items())
+    schedule = _schedule_text(opt, train.epochs)
     return {
         "index": index,
         "split_by": split.by,
@@ -308,6 +337,7 @@ def describe_setup(
             + (f" after {plural(opt.warmup_epochs, 'warmup epoch')}" if opt.warmup_epochs else "")
             + f", momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}, "
             f"flips/rotations {'on' if train.augment else 'off'}, colour jitter {train.color_jitter:g}"
+            + _extras_text(model, train)
             + (f"; fine-tuned from {train.init_from}" if train.init_from != "none" else "")
             + (
                 f"; each test scene scored with batch-norm statistics moved {train.adapt_bn:g} towards its own "

@@ -14,7 +14,7 @@ def main(argv: list[str]) -> None:
     )
     split_cfg, model, opt, train, grid = params("split", "model", "optimizer", "train", "grid")
     drop_runs_not_in(grid, runs_dir, "run")
-    setup = describe_setup(read_json(index_json), split_cfg, model, opt, train)
+    setup = describe_setup(read_json(index_json), split_cfg, model, opt, train, grid)
     summary = aggregate(grid.runs(), runs_dir, read_json(split_json), metrics_dir, plots_dir, report, setup)
     print(format_summary(summary) + f"; report in {report}")
 

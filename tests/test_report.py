@@ -636,3 +636,60 @@ def test_the_setup_names_only_the_model_params_the_arch_reads(arch: str, says: s
 
     setup = describe_setup({}, SplitConfig(), ModelConfig(arch=arch), OptimizerConfig(), TrainConfig())
     assert setup["params"].startswith(f"{says}, normalized input;")
+
+
+@pytest.mark.parametrize("like", ["mse-adam", "bce-sgd"])
+def test_every_combination_tied_at_the_top_or_for_second_is_named(tmp_path: Path, like: str) -> None:
+    """A third combination scoring as the top one is named among the tied; scoring as the runner-up,
+    among those the lead is over."""
+    runs_dir = write_tree(tmp_path)
+    for seed in (0, 1):
+        if like == "mse-adam":  # bce-sgd too: a three-way tie
+            metrics = {"status": "ok", **METRICS[f"mse-adam-{seed}"], "epochs": 3}
+            (runs_dir / f"bce-sgd-{seed}/metrics.json").write_text(json.dumps(metrics))
+        folder = runs_dir / f"mse-sgd-{seed}"
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"status": "ok", **METRICS[f"{like}-{seed}"], "epochs": 3}))
+        history(0.05).to_csv(folder / "history.csv", index=False)
+    runs = [*RUNS, Run("mse", "sgd", 0), Run("mse", "sgd", 1)]
+    index = {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5}
+    setup = {"index": index, "split_by": "scene", "params": "p"}
+    report = tmp_path / "REPORT.md"
+    aggregate(runs, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    text = report.read_text()
+    if like == "mse-adam":
+        assert "**mse-adam** (first in the grid's order) ties for the highest mean test mIoU" in text
+        assert ", with bce-sgd and mse-sgd; the all-forest" in text
+    else:
+        assert "**mse-adam** has the highest mean test mIoU" in text
+        assert " mIoU over bce-sgd and mse-sgd" in text
+
+
+@pytest.mark.parametrize(
+    "opt, train, says, not_says",
+    [
+        ({"gamma": 1.0}, {}, "constant (optimizer.gamma 1)", "x1 every"),
+        ({"step_epochs": 4}, {"epochs": 2}, "x0.1 every 4 epochs (no step within 2 epochs)", None),
+        ({"step_epochs": 4, "warmup_epochs": 1}, {"epochs": 5}, "(no step within 5 epochs)", None),
+        ({"step_epochs": 4}, {"epochs": 5}, "x0.1 every 4 epochs,", "no step"),
+        ({"schedule": "cosine"}, {}, "cosine decay, set per epoch", None),
+        (
+            {},
+            {"sampling": "scene_batch", "ema": 0.99, "cutmix": 0.5},
+            "sampling scene_batch, weight EMA 0.99, CutMix 0.5",
+            None,
+        ),
+        ({}, {}, "colour jitter 0.1", "sampling"),
+        ({"lr_overrides": {"mse-sgd": 0.5, "bce-adam": 0.2}}, {}, "lr 0.001, bce-adam 0.2,", "mse-sgd"),
+    ],
+)
+def test_the_setup_says_what_the_params_do_within_the_run(opt: dict, train: dict, says: str, not_says) -> None:
+    """A schedule that never steps, knobs that are on, and only the lr overrides a grid run uses."""
+    from forestseg.config import GridConfig, ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
+    from forestseg.report import describe_setup
+
+    grid = GridConfig(loss=("bce",), optimizer=("adam",), seed=(0,))
+    text = describe_setup({}, SplitConfig(), ModelConfig(), OptimizerConfig(**opt), TrainConfig(**train), grid)[
+        "params"
+    ]
+    assert says in text and (not_says is None or not_says not in text), text
