@@ -23,15 +23,31 @@ def _best_history(summary_row, histories: dict[str, pd.DataFrame]) -> pd.DataFra
     return None if pd.isna(seed) else histories[Run.of(summary_row["combination"], seed).name]
 
 
+def _whole_epochs(ax, epochs) -> None:
+    """Ticks at whole epochs only; a single epoch gets its own tick, not a fractional range around it."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    first, last = min(epochs), max(epochs)
+    if first == last:
+        ax.set_xlim(first - 1, last + 1)
+
+
+def _runs_epochs(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], loss: str) -> list[int]:
+    """Every epoch of the finished runs of `loss` (at least epoch 1: an axis needs a range)."""
+    ok = runs[(runs["loss"] == loss) & (runs["status"] == "ok")]["run"]
+    return [e for r in ok for e in histories[r]["epoch"]] or [1]
+
+
 def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], best_by: str, path: Path) -> None:
     """Train vs test loss of the best seed (by `best_by`) of each combination, with its learning rate."""
     cols = min(len(summary), 2)
     rows = math.ceil(len(summary) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.8 * rows), squeeze=False, layout="constrained")
+    # 8 inches at least: the suptitle is wider than one 6-inch panel
+    fig, axes = plt.subplots(rows, cols, figsize=(max(8, 6 * cols), 3.8 * rows), squeeze=False, layout="constrained")
     for ax, (_, s) in zip(axes.flat, summary.iterrows()):
         h = _best_history(s, histories)
         if h is None:
             ax.set_title(f"{s['combination']}: every seed diverged")
+            ax.set_xticks([]), ax.set_yticks([])  # a titled empty frame, not a 0..1 plot of nothing
             continue
         ax.plot(h["epoch"], h["train_loss"], "o-", label="train loss")
         ax.plot(h["epoch"], h["test_loss"], "s--", label="test loss")
@@ -41,9 +57,10 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
             ylabel=f"{s['combination'].split('-')[0]} loss",
         )
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        _whole_epochs(ax, h["epoch"])
         lr_ax = ax.twinx()  # the step decay, on its own log axis; epoch k's lr spans k-1..k, where it trained
-        lr_ax.step(h["epoch"], h["lr"], where="pre", color="grey", alpha=0.6, label="learning rate")
+        # a marker too: one epoch's step line has no length
+        lr_ax.step(h["epoch"], h["lr"], where="pre", color="grey", alpha=0.6, label="learning rate", marker=".")
         lr_ax.set_yscale("log")
         lr_ax.set_ylabel("learning rate", color="grey")
         lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
@@ -67,9 +84,13 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
             seeds = f"{curves.shape[1]} seed{'s' if curves.shape[1] > 1 else ''}"
             ax.plot(curves.index, curves.mean(axis=1), "o-", color=colour[opt], label=f"{opt} (mean of {seeds})")
             ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), color=colour[opt], alpha=0.25)
+        for opt in optimizers:  # a line that is not there would read as an optimizer never run
+            part = runs[(runs["loss"] == loss) & (runs["optimizer"] == opt)]
+            if len(part) and not (part["status"] == "ok").any():
+                ax.plot([], [], " ", label=f"{opt}: every seed diverged")
         what = "optimizers compared" if len(optimizers) > 1 else optimizers[0]
         ax.set(title=f"{loss}: {what}", xlabel="epoch", ylabel=f"test {loss} loss")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _whole_epochs(ax, _runs_epochs(runs, histories, loss))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # nothing to label when every run of this loss diverged
             ax.legend(fontsize=8)
@@ -81,7 +102,7 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
 def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
     """Final test forest IoU of every seed, per combination, against the all-forest baseline."""
     combos = list(dict.fromkeys(runs["combination"]))
-    fig, ax = plt.subplots(figsize=(1.6 * len(combos) + 3, 3.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(combos) + 3), 3.8), layout="constrained")
     for i, combo in enumerate(combos):
         part = runs[runs["combination"] == combo]
         values = part[part["status"] == "ok"]["test_iou"].astype(float)
@@ -92,9 +113,12 @@ def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
         diverged = len(part) - len(values)
         if diverged:  # a missing dot would read as a seed that was never run
             label = "every seed\ndiverged" if not len(values) else f"{diverged} of {len(part)}\nseeds diverged"
-            ax.text(i, baseline_iou, label, ha="center", va="bottom", fontsize=8)
+            # at the foot of the axes (x in data, y in axes units): the baseline may be at the top
+            ax.text(i, 0.03, label, ha="center", va="bottom", fontsize=8, transform=ax.get_xaxis_transform())
     ax.axhline(baseline_iou, color="red", ls="--", label=f"all-forest baseline {baseline_iou:.3f}")
     ax.set_xticks(range(len(combos)), combos)
+    ax.set_xlim(-0.7, len(combos) - 0.3)  # room beside the bars (+-0.3) for the legend
+    ax.margins(y=0.15)
     ax.set(ylabel="test forest IoU", title="Final test forest IoU, one dot per seed, bar = mean")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)

@@ -693,3 +693,23 @@ def test_the_setup_says_what_the_params_do_within_the_run(opt: dict, train: dict
         "params"
     ]
     assert says in text and (not_says is None or not_says not in text), text
+
+
+def test_figures_name_an_optimizer_whose_every_seed_diverged_and_tick_a_single_epoch(monkeypatch, tmp_path) -> None:
+    """A missing line would read as an optimizer never run; one epoch gets a whole tick, not 0.95..1.05."""
+    from forestseg import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({Path(path).name: fig}))
+    one = pd.DataFrame({"epoch": [1], "train_loss": [0.5], "test_loss": [0.6], "lr": [1e-3]})
+    runs = pd.DataFrame(
+        [
+            {"run": "bce-adam-0", "combination": "bce-adam", "loss": "bce", "optimizer": "adam", "status": "ok"},
+            {"run": "bce-sgd-0", "combination": "bce-sgd", "loss": "bce", "optimizer": "sgd", "status": "diverged"},
+        ]
+    )
+    figures.fig_optimizers(runs, {"bce-adam-0": one}, tmp_path / "opt.png")
+    ax = drawn["opt.png"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["adam (mean of 1 seed)", "sgd: every seed diverged"]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert 1 in ticks and all(float(t).is_integer() for t in ticks)
