@@ -87,7 +87,7 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
         for opt in optimizers:  # a line that is not there would read as an optimizer never run
             part = runs[(runs["loss"] == loss) & (runs["optimizer"] == opt)]
             if len(part) and not (part["status"] == "ok").any():
-                ax.plot([], [], " ", label=f"{opt}: every seed diverged")
+                ax.plot([], [], " ", color=colour[opt], label=f"{opt} (every seed diverged)")
         what = "optimizers compared" if len(optimizers) > 1 else optimizers[0]
         ax.set(title=f"{loss}: {what}", xlabel="epoch", ylabel=f"test {loss} loss")
         _whole_epochs(ax, _runs_epochs(runs, histories, loss))

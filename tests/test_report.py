@@ -710,6 +710,6 @@ def test_figures_name_an_optimizer_whose_every_seed_diverged_and_tick_a_single_e
     )
     figures.fig_optimizers(runs, {"bce-adam-0": one}, tmp_path / "opt.png")
     ax = drawn["opt.png"].axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["adam (mean of 1 seed)", "sgd: every seed diverged"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["adam (mean of 1 seed)", "sgd (every seed diverged)"]
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert 1 in ticks and all(float(t).is_integer() for t in ticks)
