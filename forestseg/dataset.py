@@ -21,7 +21,7 @@ from PIL import Image
 
 from .config import DataConfig, ForestsegError, SplitConfig
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode
-from .io import atomic_path, sha256_of, untracked_in_project, write_csv, write_json
+from .io import atomic_path, plural, sha256_of, untracked_in_project, write_csv, write_json
 from .layout import DataLayout
 from .masks import MaskMismatch, Stats, describe_convention, forest_of, misfit_reads_as_resampled, summarize
 from .metrics import scores
@@ -610,7 +610,10 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     units = index["scene"] if cfg.by == "scene" else index["image"]
     unique = np.array(sorted(units.unique()))
     if len(unique) < 2:
-        raise DataError(f"split.by={cfg.by}: need at least 2 {cfg.by}s to split, the index has {len(unique)}")
+        more = "scenes (synth.scenes for the synthetic set), or split.by: tile" if cfg.by == "scene" else "tiles"
+        raise DataError(
+            f"split.by={cfg.by}: need at least 2 {cfg.by}s to split, the index has {len(unique)}; give more {more}"
+        )
     if cfg.val_fraction > 0 and len(unique) < 3:
         raise DataError(
             f"split.val_fraction={cfg.val_fraction}: too few {cfg.by}s ({len(unique)}) for train, val and test"
@@ -637,7 +640,7 @@ def split_folder(layout: DataLayout, cfg: SplitConfig) -> dict:
 def format_split(summary: dict, cfg: SplitConfig) -> str:
     """The split summary as one human line."""
     counts = ", ".join(
-        f"{s} {summary[s]['tiles']} tiles / {summary[s]['scenes']} scenes"
+        f"{s} {plural(summary[s]['tiles'], 'tile')} / {plural(summary[s]['scenes'], 'scene')}"
         for s in ("train", "val", "test")
         if s in summary
     )
@@ -647,7 +650,8 @@ def format_split(summary: dict, cfg: SplitConfig) -> str:
 def split_summary(index: pd.DataFrame, split: pd.DataFrame) -> dict:
     """Tile/scene counts per subset and the all-forest baseline's scores on the test set."""
     out: dict = {}
-    for subset, part in split.groupby("subset", sort=False):
+    order = {name: i for i, name in enumerate(("train", "val", "test"))}  # the same order whatever the rows'
+    for subset, part in sorted(split.groupby("subset", sort=False), key=lambda g: order.get(g[0], len(order))):
         rows = index[(split["subset"] == subset).to_numpy()]
         out[subset] = {
             "tiles": int(len(part)),

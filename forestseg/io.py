@@ -174,6 +174,11 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
     write_with(path, lambda p: np.save(p, array))
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 run', '8 runs'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def write_figure(path: str | Path, fig: Any, dpi: int = 110) -> None:
     """A matplotlib figure as a PNG; the figures lay themselves out (layout="constrained"), so no
     bbox_inches="tight", which draws every figure twice."""

@@ -9,7 +9,7 @@ from typing import Iterable
 import pandas as pd
 
 from .figures import FIGURES
-from .io import write_text
+from .io import plural, write_text
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -89,11 +89,6 @@ def _names(names: Iterable[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def plural(n: int, noun: str) -> str:
-    """'1 run', '8 runs'."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
 def write_report(
     path: Path,
     out: dict,
@@ -130,7 +125,7 @@ def write_report(
         + (f"; masks read as {idx['masks']}." if "masks" in idx else "."),
         f"- Split by {setup['split_by']}: "
         + ", ".join(
-            f"{k} {v['tiles']} tiles / {v['scenes']} scenes"
+            f"{k} {plural(v['tiles'], 'tile')} / {plural(v['scenes'], 'scene')}"
             + (f" ({v['forest_fraction']:.1%} forest)" if "forest_fraction" in v else "")
             for k, v in split.items()
         )

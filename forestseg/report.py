@@ -10,8 +10,8 @@ import pandas as pd
 
 from .config import ForestsegError, GridConfig, ModelConfig, OptimizerConfig, Run, SplitConfig, TrainConfig
 from .figures import FIGURES, fig_best_runs, fig_optimizers, fig_test_iou
-from .io import read_json, write_csv, write_json
-from .markdown import plural, write_report
+from .io import plural, read_json, write_csv, write_json
+from .markdown import write_report
 from .metrics import METRICS, scores
 
 SCORES = ["train_loss", "test_loss", *(f"test_{m}" for m in METRICS)]  # per run, mean/std per combination
@@ -346,7 +346,7 @@ def describe_setup(
                 else ""
             )
             + (
-                "; the final scores use the cut chosen on the validation scenes (train.threshold: val; a cut on the "
+                f"; the final scores use the cut chosen on the validation {split.by}s (train.threshold: val; a cut on the "
                 "model's raw output, a logit for the logit losses: each run's `threshold` in its metrics.json; "
                 "the per-epoch curves use the loss's own cut, so their last point can differ from the tables)"
                 if train.threshold == "val"
@@ -364,7 +364,7 @@ def format_summary(summary: dict) -> str:
         iou_txt = "n/a" if iou is None else f"{iou:.4f}" + ("" if std is None else f" ± {std:.4f}")
         lines.append(
             f"{combo:>12}: test IoU {iou_txt} over {s['seeds'] - s['diverged']}/{plural(s['seeds'], 'seed')}, "
-            f"best seed {s['best_seed']}"
+            f"best seed {'n/a' if s['best_seed'] is None else s['best_seed']}"
         )
     lines.append(f"{'all-forest':>12}: test IoU {summary['baseline_all_forest']['test_iou']:.4f} (baseline)")
     return "\n".join(lines)

@@ -378,13 +378,18 @@ def train_run(
     if tile < smallest and "depth" not in arch.uses:
         raise ForestsegError(
             f"params.yaml: model: {model_cfg.arch} needs tiles of at least {smallest} px (its layers are fixed), "
-            f"the data's are {tile} px; give larger tiles or another model.arch"
+            f"the data's are {tile} px; give larger tiles (synth.tile_size for the synthetic set) or another model.arch"
         )
     if tile < smallest:
         raise ForestsegError(
             f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least {smallest} px"
             + (" (batch norm needs 2x2 px at the deepest level)" if model_cfg.batch_norm else "")
-            + f", the data's are {tile} px; lower model.depth"
+            + f", the data's are {tile} px; "
+            + (
+                "lower model.depth"
+                if model_cfg.depth > 1
+                else "give larger tiles (synth.tile_size for the synthetic set)"
+            )
         )
     check_warmup(opt_cfg, train_cfg)
     check_threshold(train_cfg, has_val=val is not None)

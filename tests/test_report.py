@@ -601,7 +601,7 @@ def test_the_report_shows_the_ten_worst_of_more_scenes() -> None:
 
 @pytest.mark.parametrize("n, noun, text", [(1, "run", "1 run"), (8, "run", "8 runs"), (0, "epoch", "0 epochs")])
 def test_counts_read_as_english(n: int, noun: str, text: str) -> None:
-    from forestseg.markdown import plural
+    from forestseg.io import plural
 
     assert plural(n, noun) == text
 

@@ -609,8 +609,15 @@ def test_the_study_model_on_small_tiles_is_not_told_to_lower_a_depth_it_ignores(
         go(data, tmp_path / "last.pt", model=model)
     assert str(refused.value) == (
         "params.yaml: model: study_unet needs tiles of at least 48 px (its layers are fixed), the data's are 32 px; "
-        "give larger tiles or another model.arch"
+        "give larger tiles (synth.tile_size for the synthetic set) or another model.arch"
     )
+
+
+def test_a_depth_1_unet_on_too_small_tiles_is_told_to_give_larger_tiles_not_a_lower_depth(data, tmp_path: Path) -> None:
+    model = dataclasses.replace(MODEL, depth=1)
+    tiny = tuple(Tiles(t.images[:, :2, :2], t.masks[:, :2, :2], t.scenes, t.scene_names) for t in data)
+    with pytest.raises(ForestsegError, match=r"the data's are 2 px; give larger tiles \(synth.tile_size"):
+        go(tiny, tmp_path / "last.pt", model=model)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
