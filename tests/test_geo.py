@@ -1220,3 +1220,136 @@ def test_a_pixels_area_is_the_transforms_determinant_on_rotated_and_sheared_grid
     assert grid.pixel_area_m2(0.3048) == pytest.approx(0.25 * 0.3048**2, rel=1e-9)
     if shear == 0:
         assert grid.pixel_sides(1.0) == pytest.approx((0.5, 0.5), rel=1e-9)
+
+
+# --- areas and cuts with numbers worked by hand ------------------------------------------------------
+
+
+def test_evaluate_summary_rows_by_hand() -> None:
+    """Two units of 100 m2 pixels: a: 30 true, 40 predicted forest of 100 px; b: 20 true, 10 predicted of 50."""
+    from forestseg.evaluate import summarize
+
+    units = {"a": (np.array([25, 15, 5, 55]), 100.0), "b": (np.array([10, 0, 10, 30]), 100.0)}
+    out = summarize(units, "raster")
+    a, b = out["per_raster"]
+    assert (a["true_forest_ha"], a["predicted_forest_ha"]) == (0.3, 0.4)
+    assert (a["true_share"], a["predicted_share"]) == (0.3, 0.4)
+    assert a["share_error_pp"] == pytest.approx(10.0) and b["share_error_pp"] == pytest.approx(-20.0)
+    assert a["area_bias_pct"] == pytest.approx(100 * 10 / 30) and b["area_bias_pct"] == pytest.approx(-50.0)
+    assert (a["iou"], b["iou"]) == (round(25 / 45, 6), 0.5)
+    assert out["raster_share_error_pp"] == {"mean_abs": 15.0, "max_abs": 20.0}
+    biases = [100 * 10 / 30, 50.0, 0.0]  # with a third unit of no error: the median is the middle one
+    units["c"] = (np.array([5, 0, 0, 5]), 100.0)
+    assert summarize(units, "raster")["raster_area_bias_pct"] == {
+        "median_abs": round(float(np.median(biases)), 3),
+        "max_abs": 50.0,
+    }
+    assert (out["true_forest_ha"], out["predicted_forest_ha"], out["valid_ha"]) == (0.5, 0.5, 1.5)
+    assert out["area_bias_pct"] == 0.0
+
+
+@pytest.mark.parametrize("pixel_size_m", [0.5, 2.0])
+@pytest.mark.parametrize("offset, forest", [(1.0, True), (0.0, False), (-1.0, False)])
+def test_evaluate_tiles_areas_at_the_models_pixel_size_and_the_strict_cut(
+    tmp_path: Path, pixel_size_m: float, offset: float, forest: bool
+) -> None:
+    """A model whose output is cut + offset everywhere: all forest above the cut, none at or below it;
+    hectares from the model's pixel size (tiles carry no georeference)."""
+    from forestseg.evaluate import evaluate
+    from forestseg.loader import Normalizer
+
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=32)
+
+    class Constant(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], *x.shape[2:]), 0.5 + offset)
+
+    p = Predictor(Constant(), Normalizer(), 32, 0.5, torch.device("cpu"), pixel_size_m=pixel_size_m)
+    out = evaluate(p, data, log=lambda s: None)
+    pixels = out["tiles"] * 32 * 32
+    assert out["valid_ha"] == pytest.approx(pixels * pixel_size_m**2 / 1e4, abs=1e-4)
+    assert out["predicted_forest_ha"] == pytest.approx(out["valid_ha"] if forest else 0.0, abs=1e-4)
+    masks = [np.asarray(Image.open(p).convert("L")) >= 128 for p in sorted((data / "masks").iterdir())]
+    assert out["true_forest_ha"] == pytest.approx(sum(m.sum() for m in masks) * pixel_size_m**2 / 1e4, abs=1e-4)
+
+
+@pytest.mark.parametrize("pixel", [0.5, 0.7])  # the model's own pixel size, and resampled to it
+@pytest.mark.parametrize("offset, forest", [(0.25, True), (0.0, False), (-0.25, False)])
+def test_a_raster_maps_forest_above_the_cut_only(tmp_path: Path, pixel: float, offset: float, forest: bool) -> None:
+    """cut 0.5 (the study's MSE), output cut + offset everywhere: on the raster's own grid and through the
+    resampled logits (stored as margins over the cut), forest is output > cut."""
+    from forestseg.loader import Normalizer
+
+    class Constant(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], *x.shape[2:]), 0.5 + offset)
+
+    p = Predictor(Constant(), Normalizer(), 32, 0.5, torch.device("cpu"), loss="mse_logits", pixel_size_m=0.5)
+    image = np.full((80, 100, 3), 120, np.uint8)
+    path = write_raster(tmp_path / "in/a.tif", image, pixel=pixel, nodata=None)
+    opts = MapOptions(progress=False)
+    (tmp_path / "out").mkdir()
+    area = map_forest(p, check_raster(path, opts, 0.5), tmp_path / "out", opts, log=lambda s: None)
+    assert area.resampled == (pixel != 0.5)
+    assert area.valid_ha == pytest.approx(80 * 100 * pixel**2 / 1e4)
+    assert area.forest_share == (1.0 if forest else 0.0)
+
+
+@pytest.mark.parametrize("sides", [(0.5, 0.6), (0.6, 0.5)])
+def test_pixels_of_the_models_size_on_one_side_only_are_resampled(tmp_path: Path, sides) -> None:
+    from forestseg.loader import Normalizer
+
+    class Constant(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], *x.shape[2:]), 1.0)
+
+    p = Predictor(Constant(), Normalizer(), 32, 0.0, torch.device("cpu"), pixel_size_m=0.5)
+    path = tmp_path / "in/a.tif"
+    write_raster(
+        path,
+        np.full((60, 70, 3), 120, np.uint8),
+        nodata=None,
+        transform=Affine(sides[0], 0, 500000, 0, -sides[1], 5000000),
+    )
+    opts = MapOptions(progress=False)
+    (tmp_path / "out").mkdir()
+    area = map_forest(p, check_raster(path, opts, 0.5), tmp_path / "out", opts, log=lambda s: None)
+    assert area.resampled and area.model_pixel_size_m == 0.5
+
+
+@pytest.mark.parametrize(
+    "lon, lat, epsg",
+    [
+        (15.0, 45.0, "EPSG:32633"),
+        (15.0, 0.0, "EPSG:32633"),
+        (15.0, -0.001, "EPSG:32733"),
+        (-180.0, 10.0, "EPSG:32601"),
+        (179.99, 10.0, "EPSG:32660"),
+        (-3.0, 40.0, "EPSG:32630"),
+        (0.0, 51.5, "EPSG:32631"),
+    ],
+)
+def test_utm_suggestion_names_the_zone_and_hemisphere(lon: float, lat: float, epsg: str) -> None:
+    """Zones 6 degrees wide from 180 W; the equator itself is in the northern zones (326xx)."""
+    from forestseg.geo import utm_suggestion
+
+    assert utm_suggestion(lon, lat) == epsg
+
+
+@pytest.mark.parametrize("unit_m", [1.0, 1200 / 3937])  # metres, US survey feet
+@pytest.mark.parametrize("min_area_px, kept", [(0, 2), (4, 2), (5, 1), (9, 1), (10, 0)])
+def test_polygons_areas_are_in_square_metres_and_only_smaller_ones_are_dropped(
+    tmp_path: Path, unit_m: float, min_area_px: int, kept: int
+) -> None:
+    """Two forest blobs of 4 and 9 pixels of 2 x 2 CRS units; --min-area keeps polygons of exactly that area."""
+    from forestseg.geo import write_polygons
+
+    mask = np.zeros((10, 10), np.uint8)
+    mask[1:3, 1:3] = 1
+    mask[5:8, 5:8] = 1
+    mask[0, 9] = 255  # nodata is never a polygon
+    path = write_raster(tmp_path / "mask.tif", mask, crs="EPSG:2263" if unit_m != 1.0 else UTM, pixel=2.0, nodata=255)
+    px_m2 = (2.0 * unit_m) ** 2
+    assert write_polygons(path, tmp_path / "f.geojson", min_area_px * px_m2, unit_m) == kept
+    areas = sorted(f["properties"]["area_m2"] for f in json.loads((tmp_path / "f.geojson").read_text())["features"])
+    assert areas == pytest.approx([a * px_m2 for a in (4, 9)][2 - kept :], abs=0.01)

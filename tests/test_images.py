@@ -152,3 +152,45 @@ def test_a_picture_over_pillows_pixel_limit_is_refused_in_every_format(fmt: str,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1200 px > 2 x 500
     with pytest.raises(ImageError, match="is too large to read whole"):
         decode(buf.getvalue())
+
+
+@pytest.mark.parametrize("colour_type, bands", [(2, 3), (6, 4)])
+def test_16_bit_colour_pngs_with_or_without_alpha_are_refused(colour_type: int, bands: int) -> None:
+    """RGB and RGBA alike: Pillow keeps each 16-bit value's high byte (0 here) without a word."""
+    import zlib
+
+    h, w = 4, 5
+    rows = b"".join(b"\x00" + np.full((w, bands), 200, ">u2").tobytes() for _ in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, colour_type, 0, 0, 0])
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageError, match="is a 16-bit colour PNG; save it with 8 bits per channel"):
+        decode(png)
+
+
+def test_a_1_bit_image_decodes_to_0_and_255() -> None:
+    """A 1-bit mask (Pillow's mode '1', read as bools) shows black and white: 0 and 255, not 0 and 1."""
+    bits = picture()[..., 0] > 100
+    out = io.BytesIO()
+    Image.fromarray(bits).convert("1").save(out, format="PNG")
+    got = decode(out.getvalue())
+    assert got.pixels.dtype == np.uint8 and got.alpha is None
+    assert np.array_equal(got.pixels, np.where(bits, 255, 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("top, refused", [(255, False), (256, True), (1000, True)])
+def test_16_bit_grey_is_accepted_only_where_its_values_fit_8_bits(top: int, refused: bool) -> None:
+    """256 would wrap to 0 as uint8: the first value that does not fit is refused, not read as another."""
+    values = np.zeros((6, 7), np.uint16)
+    values[2, 3] = top
+    out = io.BytesIO()
+    Image.fromarray(values).save(out, format="PNG")
+    if refused:
+        with pytest.raises(ImageError, match=f"values up to {top}; save it with 8 bits per channel"):
+            decode(out.getvalue())
+    else:
+        got = decode(out.getvalue()).pixels
+        assert got.dtype == np.uint8 and np.array_equal(got, values.astype(np.uint8))

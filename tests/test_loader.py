@@ -401,3 +401,20 @@ def test_cutmix_pastes_a_box_of_the_next_tile_with_its_mask(p: float) -> None:
     # Seeded: the same generator state gives the same result.
     again = cutmix(x, masks, p, torch.Generator().manual_seed(1))
     assert torch.equal(again[0], mx) and torch.equal(again[1], mm)
+
+
+def test_normalizer_fit_of_non_square_tiles_is_the_mean_and_std_of_every_pixel() -> None:
+    images = torch.randint(0, 256, (5, 6, 10, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalizer.fit(images, chunk=2)
+    x = images.reshape(-1, 3).double()
+    assert norm.mean == pytest.approx(x.mean(0).tolist()) and norm.std == pytest.approx(
+        x.std(0, unbiased=False).tolist()
+    )
+
+
+def test_a_nearly_flat_tile_is_not_blown_up_by_per_tile_normalisation() -> None:
+    """Per-tile std has a floor of 1 grey level: values 100/101 stay within +-0.5, not +-1."""
+    x = torch.full((1, 3, 8, 8), 100.0)
+    x[..., ::2, :] = 101.0
+    out = Normalizer(per_tile=True)(x)
+    assert out.abs().max().item() == pytest.approx(0.5)

@@ -173,3 +173,16 @@ def test_each_losss_cut_is_the_even_odds_of_its_forest_probability(name: str) ->
     raw = np.array([cut - 3, cut - 0.1, cut, cut + 0.1, cut + 3], np.float32)
     p = Predictor.probability(SimpleNamespace(loss=name), raw)
     assert p[2] == pytest.approx(0.5) and (np.diff(p) > 0).all() and p.min() >= 0 and p.max() <= 1
+
+
+@pytest.mark.parametrize("gamma", [None, 0.5, 3.0])
+def test_focal_equals_its_formula(gamma) -> None:
+    """(1 - p_t)^gamma x bce per pixel, averaged; gamma 2 unless given (Lin et al. 2017)."""
+    t = target().double()
+    logits = torch.randn(t.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 3
+    p = torch.sigmoid(logits)
+    p_t = torch.where(t > 0, p, 1 - p)
+    g = 2.0 if gamma is None else gamma
+    expected = ((1 - p_t) ** g * -torch.log(p_t)).mean()
+    got = focal(logits, t) if gamma is None else focal(logits, t, gamma=gamma)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -482,3 +482,24 @@ def test_small_shares_of_mask_values_are_not_shown_as_zero_percent():
     counts[[255, 0, 254, 1]] = [6100, 3700, 33, 2]
     text = _grey_text(counts)
     assert text.startswith("255 (62%), 0 (38%), 254 (0.3%), 1 (<0.1%)") and "(0%)" not in text
+
+
+@pytest.mark.parametrize("off, forest", [(0, True), (40, True), (41, False), (-40, True), (-41, False)])
+@pytest.mark.parametrize("channel", [0, 1, 2])
+def test_a_colour_mask_pixel_is_forest_within_40_of_the_colour_in_every_channel(off, forest, channel) -> None:
+    """COLOR_TOLERANCE is inclusive (+-40 as the index report says) and holds in each channel."""
+    mask = np.zeros((2, 2, 3), np.int16)
+    mask[:] = (100, 150, 200)
+    mask[0, 0, channel] += off
+    got = forest_of(mask.astype(np.uint8), "colors", ((100, 150, 200),))
+    assert got[0, 0] == forest and got[1:].all() and got[0, 1]
+
+
+@pytest.mark.parametrize("values, refused", [(16, False), (17, True)])
+def test_class_masks_hold_at_most_16_values(values: int, refused: bool) -> None:
+    mask = np.arange(values, dtype=np.uint8).repeat(2).reshape(2, values)
+    if refused:
+        with pytest.raises(MaskMismatch, match="more than 16 distinct values"):
+            forest_of(mask, "classes", (3,))
+    else:
+        assert np.array_equal(forest_of(mask, "classes", (3,)), (mask == 3).astype(np.uint8))

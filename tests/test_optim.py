@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 import sys
 
@@ -100,3 +101,21 @@ def test_training_steps_do_not_import_torch_dynamo() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "schedule, warmup, expected",
+    [
+        # linear warmup from lr/10 over 2 epochs, then cosine to 0 over the 4 epochs left
+        ("cosine", 2, [0.1, 0.55, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]),
+        ("cosine", 0, [0.5 * (1 + math.cos(math.pi * e / 6)) for e in range(6)]),
+        # step: x gamma every step_epochs epochs after the warmup
+        ("step", 1, [0.1, 1.0, 1.0, 0.5, 0.5, 0.25]),
+    ],
+)
+def test_lr_factor_warms_up_from_a_tenth_then_follows_the_schedule(schedule, warmup, expected) -> None:
+    """Epoch 0 of a warmup trains at lr/10, the first epoch after it at the full lr; cosine starts at 1."""
+    from forestseg.optim import lr_factor
+
+    cfg = OptimizerConfig(schedule=schedule, warmup_epochs=warmup, gamma=0.5, step_epochs=2)
+    assert [lr_factor(e, cfg, 6) for e in range(6)] == pytest.approx(expected, abs=1e-12)

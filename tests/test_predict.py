@@ -678,3 +678,148 @@ def test_ctrl_c_is_one_line_and_exit_130(checkpoint, tmp_path, monkeypatch, caps
     assert done.value.code == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("forestseg predict: interrupted;"), err
+
+
+# --- the tiler's arithmetic, with models whose outputs are known ------------------------------------
+
+
+class Constant(torch.nn.Module):
+    """A model whose raw output is `value` everywhere."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], *x.shape[2:]), self.value, dtype=torch.float32)
+
+
+class WindowMean(torch.nn.Module):
+    """Each window's output is the mean of its red input, everywhere in it: the blend of overlapping
+    windows then depends on the blending weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0].mean((1, 2), keepdim=True).expand(x.shape[0], *x.shape[2:]).contiguous()
+
+
+def known_predictor(model: torch.nn.Module, tile: int = 32, cut: float = 0.0, **kw) -> Predictor:
+    from forestseg.loader import Normalizer
+
+    return Predictor(model.eval(), Normalizer(), tile, cut, torch.device("cpu"), **kw)
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.5, -1.25])
+@pytest.mark.parametrize("shape", [(32, 32), (70, 90), (20, 24)])
+def test_a_raw_output_exactly_at_the_cut_is_not_forest(cut: float, shape: tuple[int, int]) -> None:
+    """Forest is output > cut, as training scores it (metrics.confusion): for one image, a batch of
+    tile-sized ones, and ones tiled or padded."""
+    image = np.zeros((*shape, 3), np.uint8)
+    at = known_predictor(Constant(cut), cut=cut)
+    assert not at.mask(image).any()
+    assert not any(m.any() for m in at.masks([image, image]))
+    above = known_predictor(Constant(cut + 2**-10), cut=cut)
+    assert above.mask(image).all() and all(m.all() for m in above.masks([image, image]))
+
+
+@pytest.mark.parametrize(
+    "h, w, overlap, block",
+    [(100, 150, None, 2048), (100, 150, 0, 64), (70, 200, 10, 40), (32, 33, None, 16), (20, 50, None, 2048)],
+)
+def test_windows_counts_the_windows_stream_runs(h: int, w: int, overlap, block: int) -> None:
+    """The progress bar's total (`windows`) is what `stream` runs, with the default overlap too."""
+    p = known_predictor(Constant(0.0))
+    ran: list[int] = []
+    p.stream(
+        lambda r0, r1, c0, c1: np.zeros((r1 - r0, c1 - c0, 3), np.uint8),
+        h,
+        w,
+        lambda *a: None,
+        overlap,
+        block,
+        progress=ran.append,
+    )
+    assert sum(ran) == p.windows(h, w, overlap, block)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_mirrored_image_gives_mirrored_logits(axis: int) -> None:
+    """Windows every 24 px (tile 32, default overlap 8) fit 104 x 128 exactly, so the window grid is its
+    own mirror image: with symmetric blending weights the blend of a mirrored image is the mirrored blend."""
+    p = known_predictor(WindowMean())
+    image = np.random.default_rng(0).integers(0, 256, (104, 128, 3), dtype=np.uint8)
+    image[:, :40, 0] //= 4  # windows differ from each other
+    logits = p.logits(image)
+    mirrored = p.logits(np.ascontiguousarray(np.flip(image, axis)))
+    assert np.allclose(mirrored, np.flip(logits, axis), atol=1e-3)
+    assert logits.max() - logits.min() > 10
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse_logits"])
+def test_probability_is_a_sigmoid_except_for_the_studys_mse_on_raw_outputs(loss: str) -> None:
+    p = known_predictor(Constant(0.0), loss=loss)
+    logits = np.array([-100.0, -2.0, 0.0, 0.25, 0.5, 1.0, 3.0], np.float32)
+    expected = np.clip(logits, 0, 1) if loss == "mse_logits" else 1 / (1 + np.exp(-logits.astype(np.float64)))
+    assert np.allclose(p.probability(logits), expected, atol=1e-6)
+
+
+def test_error_map_colours_each_outcome_as_the_legend_names_it() -> None:
+    """TP 'forest found', FP 'false forest' (predicted, not true), FN 'missed forest' (true, not predicted)."""
+    truth = np.array([[1, 1, 0, 0]], bool)
+    pred = np.array([[1, 0, 1, 0]], bool)
+    colours = [tuple(int(v) for v in c) for c in error_map(truth, pred)[0]]
+    assert colours == [forestseg.predict.TP, forestseg.predict.FN, forestseg.predict.FP, (0, 0, 0)]
+
+
+def test_partly_transparent_pixels_are_photo_only_fully_transparent_ones_are_not(tmp_path: Path) -> None:
+    """As a raster's alpha (geo: dataset_mask > 0): alpha 0 is no photo, any other alpha is."""
+    image = np.full((2, 4, 3), 90, np.uint8)
+    alpha = np.array([[0, 1, 128, 255]] * 2, np.uint8)
+    Image.fromarray(np.dstack([image, alpha]), "RGBA").save(tmp_path / "a.png")
+    pixels, opaque = forestseg.predict.read_rgb(tmp_path / "a.png")
+    assert np.array_equal(pixels, image) and opaque.tolist() == [[False, True, True, True]] * 2
+
+
+@pytest.mark.parametrize("pred, says", [(np.zeros((8, 8), bool), "IoU 1.00"), (np.ones((8, 8), bool), "IoU 0.00")])
+def test_a_panels_iou_of_a_tile_without_forest_is_scored_as_the_metrics_score_it(pred, says: str) -> None:
+    """No forest, none predicted: nothing to get wrong, IoU 1 (metrics._ratio); any forest predicted: 0."""
+    _, titles = forestseg.predict.panel_picture(np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.uint8), [pred])
+    assert f"prediction ({says})" in [t for _, _, t in titles]
+
+
+def test_scene_windows_takes_ceil_n_over_images_windows_of_each_up_to_n() -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]  # 4 windows of 32 px each
+    got = forestseg.windows.scene_windows(images, 32, n=5)  # ceil(5 / 3) = 2 of each, cut to 5
+    assert len(got) == 5
+    assert len(forestseg.windows.scene_windows(images, 32, n=64)) == 12  # every window, fewer than n
+
+
+def test_scene_windows_of_the_sampled_images_equal_those_of_all() -> None:
+    """predict --adapt-bn on a folder decodes only `sample_of` its pictures: the windows it adapts to
+    must be those `scene_windows` takes from all of them (as evaluate and train take them)."""
+    images = [np.full((32, 32, 3), i, np.uint8) for i in range(100)]
+    sampled = [images[i] for i in forestseg.windows.sample_of(len(images))]
+    assert np.array_equal(forestseg.windows.scene_windows(sampled, 32), forestseg.windows.scene_windows(images, 32))
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"adapt_bn": 1.5}, r"adapt_bn 1\.5 is not a number from 0 to 1"),
+        ({"adapt_bn": -0.1}, r"adapt_bn -0\.1 is not a number from 0 to 1"),
+        ({"normalizer": {"mean": [0.0] * 3, "std": [1.0, 0.0, 1.0]}}, r"normalizer std holds a value <= 0"),
+    ],
+)
+def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change: dict, says: str) -> None:
+    from forestseg.checkpoint import read_model, write_model
+    from forestseg.config import ModelConfig, asdict
+    from forestseg.model import build_model
+
+    cfg = ModelConfig(width=4, depth=1)
+    meta = {"run": "r", "loss": "bce", "threshold": 0.0, "model": asdict(cfg), "tile_size": 32}
+    meta["normalizer"] = {"mean": [0.0] * 3, "std": [1.0] * 3}
+    write_model(tmp_path / "ok.pt", build_model(cfg).state_dict(), meta)
+    read_model(tmp_path / "ok.pt")
+    write_model(tmp_path / "m.pt", build_model(cfg).state_dict(), {**meta, **change})
+    with pytest.raises(ForestsegError, match=says):
+        read_model(tmp_path / "m.pt")

@@ -666,3 +666,124 @@ def test_every_random_stream_follows_the_seed() -> None:
     assert zero == draws(0)  # same seed, same streams
     assert all(zero[k] != one[k] for k in zero)  # another seed moves every stream
     assert len({tuple(v) for v in zero.values()}) == len(zero)  # and the streams are independent
+
+
+# --- scores, cuts and run state with outputs set by hand -------------------------------------------
+
+
+class RedChannel(torch.nn.Module):
+    """The raw output is the normalised red input: outputs set pixel by pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0].clone()
+
+
+def red_tiles(values: list[int], truth: list[int], scenes: bool = False) -> Tiles:
+    images = torch.zeros(1, 1, len(values), 3, dtype=torch.uint8)
+    images[0, 0, :, 0] = torch.tensor(values, dtype=torch.uint8)
+    masks = torch.tensor(truth, dtype=torch.uint8).view(1, 1, -1)
+    return Tiles(images, masks, torch.zeros(1, dtype=torch.int64), ("a",)) if scenes else Tiles(images, masks)
+
+
+@pytest.mark.parametrize(
+    "background, forest, default, chosen",
+    [
+        ([10] * 51, [20] * 50, 0.0, 10.0),  # 10 separates them; 20 would leave no forest
+        ([10] * 51, [20] * 50, 15.0, 15.0),  # ties go to the loss's own cut
+        ([10], [20] * 100, 0.0, 0.0),  # every percentile is 20, where no forest is left: the own cut is best
+    ],
+)
+def test_choose_threshold_picks_the_cut_that_scores_best_as_forest_is_scored(
+    background: list, forest: list, default: float, chosen: float
+) -> None:
+    """101 outputs, so the 1st..99th percentiles are outputs themselves, none between: the candidates'
+    counts must be those of forest = output > cut, as the run is scored."""
+    val = red_tiles(background + forest, [0] * len(background) + [1] * len(forest))
+    cut = choose_threshold(RedChannel(), val, 8, Normalizer(), False, False, default)
+    assert cut == chosen
+
+    def miou(c: float) -> float:
+        return evaluate(RedChannel(), val, "bce", 8, Normalizer(), False, False, cut=c)["miou"]
+
+    candidates = {default, *sorted(background + forest)[1:100]}  # the loss's own cut, the 1st..99th percentiles
+    assert miou(cut) == max(miou(float(c)) for c in candidates)
+
+
+@pytest.mark.parametrize("per_scene", [False, True])
+@pytest.mark.parametrize("loss, cut, iou", [("bce", None, 2 / 3), ("mse_logits", None, 1 / 3), ("bce", 1.0, 1 / 2)])
+def test_evaluate_scores_at_the_cut_asked_for_or_the_losss_own(per_scene: bool, loss: str, cut, iou: float) -> None:
+    """Outputs 0, 0.3, 0.8, 2.0 against truth 0, 1, 0, 1: cut 0 (bce) finds 2 of 2 with 1 false, 0.5
+    (mse_logits) 1 with 1 false, 1.0 one alone."""
+    tiles = red_tiles([0, 3, 8, 20], [0, 1, 0, 1], scenes=per_scene)
+    norm = Normalizer((0.0, 0.0, 0.0), (10.0, 1.0, 1.0))
+    out = evaluate(RedChannel(), tiles, loss, 8, norm, False, False, cut=cut, per_scene=per_scene)
+    assert out["iou"] == pytest.approx(iou)
+    if per_scene:
+        tp, fp, fn, _ = out["scenes"]["a"]
+        assert tp / (tp + fp + fn) == pytest.approx(iou)
+
+
+def test_the_weights_moving_average_ramps_its_decay_up_from_a_tenth() -> None:
+    """ema <- d ema + (1 - d) model, d = min(decay, (1 + steps) / (10 + steps)): the random init fades fast."""
+    import copy
+
+    from forestseg.train import RunState
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    s = RunState(model, None, {}, ema=copy.deepcopy(model))
+    for step, d in [(0, 0.1), (1, 2 / 11), (1000, 0.99)]:
+        s.ema_steps = step
+        before = s.ema.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        s.update_ema(0.99)
+        assert torch.allclose(s.ema.weight, d * before + (1 - d) * model.weight, atol=1e-6), step
+        assert s.ema_steps == step + 1
+
+
+def test_a_run_state_loads_every_field_it_saved() -> None:
+    """The resume file carries what the next epochs depend on, the divergence yardstick included."""
+    import copy
+
+    from forestseg.optim import make_optimizer
+    from forestseg.train import RunState
+
+    def state(seed: int) -> RunState:
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(3, 2)
+        opt = make_optimizer("adam", model.parameters(), 1e-3, OPT)
+        return RunState(model, opt, {"shuffle": torch.Generator().manual_seed(seed)}, ema=copy.deepcopy(model))
+
+    s = state(0)
+    s.epoch, s.history, s.first_loss, s.ema_steps = 2, [{"epoch": 1}, {"epoch": 2}], 0.7, 7
+    s.best, s.test_scores = {"epoch": 1, "val_miou": 0.5}, {"iou": 0.25}
+    t = state(1)
+    t.load(s.to_resume())
+    fields = ("epoch", "history", "first_loss", "ema_steps", "best", "test_scores")
+    assert [getattr(t, f) for f in fields] == [getattr(s, f) for f in fields]
+    assert torch.equal(t.model.weight, s.model.weight) and torch.equal(t.ema.weight, s.ema.weight)
+
+
+def test_the_train_loss_is_a_mean_per_tile(tmp_path: Path) -> None:
+    """With a learning rate of ~0 and no batch norm or augmentation, the epoch's train loss over batches of
+    4 and 2 tiles is the test loss of the same tiles."""
+    g = torch.Generator().manual_seed(0)
+    tiles = Tiles(
+        torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8, generator=g),
+        torch.randint(0, 2, (6, 32, 32), dtype=torch.uint8, generator=g),
+    )
+    result = train_run(
+        RUN,
+        dataclasses.replace(MODEL, batch_norm=False),
+        dataclasses.replace(OPT, lr=1e-30),
+        dataclasses.replace(TRAIN, epochs=1, augment=False),
+        tiles,
+        tiles,
+        tmp_path,
+        tmp_path / "resume.pt",
+        FP,
+        log=lambda s: None,
+    )
+    [row] = result.history
+    assert row["train_loss"] == pytest.approx(row["test_loss"], rel=1e-5)
