@@ -1028,3 +1028,34 @@ def test_a_file_as_data_source_says_so(tmp_path, name, says):
     path.write_text("x")
     with pytest.raises(DataError, match=says):
         build(path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("orientation", [None, 5, 6])
+def test_non_square_tiles_count_forest_over_height_times_width(tmp_path: Path, orientation) -> None:
+    """Tiles 24 high and 40 wide (as shown: a photo stored 40x24 with EXIF orientation 6 turns to it):
+    each tile's forest fraction is its forest pixels over 24 x 40, not over a square."""
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["image,mask"]
+    rng = np.random.default_rng(0)
+    for scene in (1, 2, 3):
+        name = f"{scene}_sat_0"
+        photo = rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)
+        if orientation is None:
+            Image.fromarray(photo).save(root / "images" / f"{name}.png")
+        else:  # stored turned back, tagged to be shown turned: the shown picture is `photo`
+            from forestseg.images import EXIF_ORIENTATION
+
+            exif = Image.Exif()
+            exif[EXIF_ORIENTATION] = orientation
+            stored = np.swapaxes(photo, 0, 1) if orientation == 5 else np.rot90(photo, 1)  # 5: transpose; 6: turned
+            Image.fromarray(np.ascontiguousarray(stored)).save(root / "images" / f"{name}.jpg", exif=exif)
+        mask = np.zeros((24, 40), np.uint8)
+        mask[:, : 10 * scene] = 255  # 240, 480, 720 forest pixels
+        Image.fromarray(mask).save(root / "masks" / f"{scene}_mask_0.png")
+        rows.append(f"{name}{'.png' if orientation is None else '.jpg'},{scene}_mask_0.png")
+    (root / "meta_data.csv").write_text("\n".join(rows) + "\n")
+    index, report = build(root, tmp_path / "out")
+    assert report["valid"] == 3 and report["tile_size"] == [24, 40]
+    assert index["forest_fraction"].tolist() == [round(10 * s * 24 / (24 * 40), 6) for s in (1, 2, 3)]

@@ -965,6 +965,7 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> N
     "nodata, args, says",
     [
         (0, [], r"masks/a\.tif: declares nodata 0, a class value of the truth .* gdal_edit\.py -unsetnodata"),
+        (1, [], r"masks/a\.tif: declares nodata 1, a class value of the truth .* gdal_edit\.py -unsetnodata"),
         (255, ["--masks", "0/1"], r"labelled GeoTIFFs .*; --masks apply to Kaggle-layout tiles only"),
         (255, ["--masks", "classes", "--forest", "[2]"], r"; --masks, --forest apply to Kaggle-layout tiles only"),
     ],
