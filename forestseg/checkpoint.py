@@ -32,7 +32,7 @@ from .losses import LOSSES
 MODEL_FORMAT = "forestseg-model/1"
 # What a model file written before a field existed means by its absence (read_model fills them in):
 # the precision picked on the device, no batch-norm adaptation, unknown seen scenes, an unrecorded pixel size
-OLDER_FILES = {"precision": "auto", "adapt_bn": 0.0, "train_scenes": [], "pixel_size_m": None}
+OLDER_FILES = {"precision": "auto", "adapt_bn": 0.0, "train_scenes": (), "pixel_size_m": None}
 RESUME_FORMAT = "forestseg-resume/3"  # 3: numpy's RNG state as numbers (weights_only); 2: forestseg.optim's state
 
 

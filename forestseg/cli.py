@@ -435,7 +435,8 @@ def evaluate(args: argparse.Namespace) -> int:
     )
     bias = result["area_bias_pct"]
     # tiles carry no pixel size: their hectares are the model's pixels counted (a ratio like the bias is not)
-    at = f" at the model's {result['pixel_size_m']:g} m pixels" if kind == "scene" else ""
+    assumed = "" if predictor.pixel_size_recorded else "assumed "  # a model file older than that record
+    at = f" at the model's {assumed}{result['pixel_size_m']:g} m pixels" if kind == "scene" else ""
     print(
         f"  forest area{at}: predicted {result['predicted_forest_ha']:.2f} ha, true {result['true_forest_ha']:.2f} ha, "
         + (f"area bias {bias:+.2f}%" if bias is not None else "no true forest: area bias undefined")

@@ -156,25 +156,26 @@ def evaluate_tiles(
         images = np.load(Path(tmp) / "images.npy", mmap_mode="r")
         truths = np.load(Path(tmp) / "masks.npy", mmap_mode="r")
         per_scene: dict[str, np.ndarray] = {}
-        adapted = {}
-        for scene in dict.fromkeys(scenes[rows]):  # each scene's own statistics, from windows of its tiles
-            own = [images[j] for j in rows[scenes[rows] == scene]] if adapt_bn else []
-            adapted[scene] = predictor.for_scene(own, adapt_bn) if own else predictor
-        unadapted = sorted(s for s, p in adapted.items() if p is predictor) if adapt_bn else []
-        if unadapted:
-            log(
-                f"note: --adapt-bn {adapt_bn:g}: {len(unadapted)} of {len(adapted)} scene(s) hold no whole "
-                f"{predictor.tile}-px window to adapt batch-norm to, and are scored as trained"
-            )
+        adapted, unadapted = 0, []
         with tqdm(total=len(rows), desc="evaluate", unit="tile", disable=None, leave=False) as bar:
-            for scene, model in adapted.items():  # tile-sized tiles of one scene share forward passes
+            for scene in dict.fromkeys(scenes[rows]):
                 own = rows[scenes[rows] == scene]
-                for k in range(0, len(own), TILE_BATCH):
+                model = predictor  # or a copy adapted to the scene's own statistics: one copy held at a time
+                if adapt_bn:
+                    model = predictor.for_scene([images[j] for j in own], adapt_bn)
+                    adapted += model is not predictor
+                    unadapted += [scene] if model is predictor else []
+                for k in range(0, len(own), TILE_BATCH):  # tile-sized tiles of one scene share forward passes
                     chunk = own[k : k + TILE_BATCH]
                     preds = model.masks([np.ascontiguousarray(images[i]) for i in chunk], overlap)
                     for i, pred in zip(chunk, preds):
                         per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
                     bar.update(len(chunk))
+        if unadapted:
+            log(
+                f"note: --adapt-bn {adapt_bn:g}: {len(unadapted)} of {len(per_scene)} scene(s) hold no whole "
+                f"{predictor.tile}-px window to adapt batch-norm to, and are scored as trained"
+            )
     m2 = predictor.pixel_size_m**2
     out = summarize({s: (c, m2) for s, c in sorted(per_scene.items())}, "scene")
     return {
@@ -191,7 +192,7 @@ def evaluate_tiles(
             "unlisted_masks": report["unlisted_masks"],
             "skipped_pairs": report["skipped_pairs"],  # each with its image, mask and reason
         },
-        "adapted_scenes": len(adapted) - len(unadapted) if adapt_bn else 0,
+        "adapted_scenes": adapted,
         "seen_scenes": len(seen),  # scored scenes the model trained on
         "pixel_size_m": predictor.pixel_size_m,
         **out,

@@ -93,7 +93,9 @@ class Predictor:
         if precision == "trained":
             precision = state["precision"]
         try:
-            model = build_model(ModelConfig(**state["model"]))
+            # MixStyle has no weights and acts only in training: a file that recorded one for an arch
+            # without the layer (allowed before config refused it) predicts as any other
+            model = build_model(ModelConfig(**{**state["model"], "mixstyle": 0.0}))
         except (ConfigError, TypeError) as e:  # its own model params, not params.yaml's
             reason = str(e).replace("params.yaml: ", "", 1)
             raise ForestsegError(f"{path}: its model params are not a model of this version ({reason})") from None

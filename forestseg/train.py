@@ -8,7 +8,7 @@ import copy
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -387,7 +387,7 @@ def train_run(
             + f", the data's are {tile} px; "
             + (
                 "lower model.depth"
-                if model_cfg.depth > 1
+                if arch.smallest_tile(replace(model_cfg, depth=1)) <= tile
                 else "give larger tiles (synth.tile_size for the synthetic set)"
             )
         )

@@ -913,6 +913,41 @@ def test_evaluate_tiles_scores_the_same_whatever_tiles_share_a_forward_pass(
     assert results[1] == results[0] and results[2] == results[0]
 
 
+def test_evaluate_tiles_scores_each_scene_with_the_model_adapted_to_that_scene(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    """--adapt-bn: each scene's tiles are predicted by the model adapted to that scene's own tiles, as
+    `Predictor.for_scene` adapts it (one scene darkened, so the two adaptations differ)."""
+    from forestseg import evaluate as module
+    from forestseg.images import decode
+
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=predictor.tile)
+    index = pd.read_csv(data / "meta_data.csv")
+    scenes = index["image"].str.split("_").str[0]
+    dark = sorted(set(scenes))[0]
+    for name in index["image"][scenes == dark]:
+        Image.fromarray(decode((data / "images" / name).read_bytes()).pixels // 3).save(
+            data / "images" / name, quality=95
+        )
+    tiles = {
+        s: [decode((data / "images" / n).read_bytes()).pixels for n in index["image"][scenes == s]] for s in set(scenes)
+    }
+    result = module.evaluate_tiles(predictor, data, log=lambda s: None, adapt_bn=1.0)
+    assert result["adapted_scenes"] == 2
+    m2 = predictor.pixel_size_m**2
+    for row in result["per_scene"]:
+        own = predictor.for_scene(tiles[row["scene"]], 1.0)
+        predicted = sum(int(own.mask(t).sum()) for t in tiles[row["scene"]])
+        assert row["predicted_forest_ha"] == pytest.approx(predicted * m2 / 1e4, abs=1e-6), row["scene"]
+    other = {s: predictor.for_scene(tiles[next(iter(set(tiles) - {s}))], 1.0) for s in tiles}  # the wrong scene's
+    assert any(
+        sum(int(other[s].mask(t).sum()) for t in tiles[s]) * m2 / 1e4
+        != pytest.approx(r["predicted_forest_ha"], abs=1e-6)
+        for r in result["per_scene"]
+        for s in [r["scene"]]
+    )  # the check above can tell one scene's adaptation from the other's
+
+
 def test_evaluate_records_what_it_left_out_in_its_json(checkpoint: Path, tmp_path: Path) -> None:
     """Pairs the index skipped and split rows that are no pair are in eval.json, not only on stdout."""
     data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)

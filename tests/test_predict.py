@@ -97,14 +97,34 @@ def test_a_model_file_older_than_its_fields_reads_as_their_absence_meant(checkpo
     """Files written before precision, adapt_bn, train_scenes and pixel_size_m were recorded: read_model
     fills in what their absence meant, in one place, and predict takes it from there."""
     from forestseg.checkpoint import OLDER_FILES, read_model
+    from forestseg.device import use_bf16
 
     state = torch.load(checkpoint, weights_only=True)
     old = tmp_path / "old.pt"
     torch.save({k: v for k, v in state.items() if k not in OLDER_FILES}, old)
-    assert {k: read_model(old)[k] for k in OLDER_FILES} == OLDER_FILES
+    read = read_model(old)
+    assert [read[k] for k in ("precision", "adapt_bn", "train_scenes", "pixel_size_m")] == ["auto", 0.0, (), None]
     predictor = Predictor.load(old, torch.device("cpu"), "trained")
     assert (predictor.pixel_size_m, predictor.pixel_size_recorded, predictor.adapt_bn) == (0.5, False, 0.0)
-    assert predictor.train_scenes == frozenset() and not predictor.bf16  # auto on a CPU without AMX: fp32
+    assert predictor.train_scenes == frozenset() and predictor.bf16 == use_bf16("auto", torch.device("cpu"))
+
+
+def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(checkpoint, tmp_path) -> None:
+    """Before config refused it, model.mixstyle 0.5 with study_unet trained (the layer absent) and its
+    model file recorded it: MixStyle holds no weights and acts only in training, so it predicts."""
+    from forestseg.checkpoint import write_model
+    from forestseg.config import ModelConfig, asdict
+    from forestseg.model import build_model
+
+    cfg = ModelConfig(arch="study_unet", input="raw")
+    state = torch.load(checkpoint, weights_only=True)
+    meta = {k: v for k, v in state.items() if k not in ("format", "weights")}
+    meta.update(model={**asdict(cfg), "mixstyle": 0.5}, tile_size=64)
+    write_model(tmp_path / "study.pt", build_model(cfg).state_dict(), meta)
+    assert Predictor.load(tmp_path / "study.pt", torch.device("cpu")).mask(np.zeros((64, 64, 3), np.uint8)).shape == (
+        64,
+        64,
+    )
 
 
 @pytest.mark.parametrize(

@@ -613,8 +613,9 @@ def test_the_study_model_on_small_tiles_is_not_told_to_lower_a_depth_it_ignores(
     )
 
 
-def test_a_depth_1_unet_on_too_small_tiles_is_told_to_give_larger_tiles_not_a_lower_depth(data, tmp_path: Path) -> None:
-    model = dataclasses.replace(MODEL, depth=1)
+@pytest.mark.parametrize("arch, depth", [("unet", 1), ("unet_quarter", 3)])  # quarter: 13 px even at depth 1
+def test_too_small_tiles_that_no_depth_fits_are_told_to_give_larger_tiles(data, tmp_path: Path, arch, depth) -> None:
+    model = dataclasses.replace(MODEL, arch=arch, depth=depth)
     tiny = tuple(Tiles(t.images[:, :2, :2], t.masks[:, :2, :2], t.scenes, t.scene_names) for t in data)
     with pytest.raises(ForestsegError, match=r"the data's are 2 px; give larger tiles \(synth.tile_size"):
         go(tiny, tmp_path / "last.pt", model=model)
