@@ -188,12 +188,14 @@ def headline(summary: pd.DataFrame) -> dict[str, str | float | None]:
 
 
 def epoch_table(part: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The study's table: one row per epoch, train and test loss of each seed as columns."""
+    """The study's table: one row per epoch, train and test loss of each seed as columns; a seed that
+    diverged says so in its columns' names (its blank cells alone would read as epochs never run)."""
     cols = {}
     for _, r in part.iterrows():
         h = histories[r["run"]].set_index("epoch")
-        cols[f"train_loss seed {r['seed']}"] = h["train_loss"]
-        cols[f"test_loss seed {r['seed']}"] = h["test_loss"]
+        tag = "" if r["status"] == "ok" else " (diverged)"
+        cols[f"train_loss seed {r['seed']}{tag}"] = h["train_loss"]
+        cols[f"test_loss seed {r['seed']}{tag}"] = h["test_loss"]
     return pd.DataFrame(cols).reset_index()
 
 

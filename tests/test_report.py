@@ -213,6 +213,14 @@ def test_a_diverged_run_is_counted_not_averaged(tmp_path: Path) -> None:
     table = pd.read_csv(metrics_dir / "tables" / "bce-sgd.csv").set_index("run")
     assert table.loc["bce-sgd-1", "status"] == "diverged"
     assert table.loc["mean", "test_iou"] == METRICS["bce-sgd-0"]["test_iou"]
+    epochs = pd.read_csv(metrics_dir / "tables" / "bce-sgd_epochs.csv")  # blank cells alone read as epochs never run
+    assert list(epochs.columns) == [
+        "epoch",
+        "train_loss seed 0",
+        "test_loss seed 0",
+        "train_loss seed 1 (diverged)",
+        "test_loss seed 1 (diverged)",
+    ]
     check_figures(plots_dir)
 
 
