@@ -24,6 +24,7 @@ from rasterio.transform import from_origin
 from forestseg.checkpoint import write_model
 from forestseg.cli import main
 from forestseg.config import ModelConfig, asdict
+from forestseg.errors import ForestsegError
 from forestseg.geo import Grid, MapOptions, check_raster, map_forest, polygon_area
 from forestseg.model import build_model
 from forestseg.predict import Predictor
@@ -1389,3 +1390,32 @@ def test_polygons_areas_are_in_square_metres_and_only_smaller_ones_are_dropped(
     assert write_polygons(path, tmp_path / "f.geojson", min_area_px * px_m2, unit_m) == kept
     areas = sorted(f["properties"]["area_m2"] for f in json.loads((tmp_path / "f.geojson").read_text())["features"])
     assert areas == pytest.approx([a * px_m2 for a in (4, 9)][2 - kept :], abs=0.01)
+
+
+@pytest.mark.parametrize("rows, refused", [(3, True), (6, False)])  # 0.3 m or 0.6 m high at 0.1 m pixels
+def test_a_strip_thinner_than_one_model_pixel_is_refused(tmp_path: Path, rows: int, refused: bool) -> None:
+    """Its thinnest side decides: 10 m long but 0.3 m high holds no 0.5 m model pixel centre."""
+    src = write_raster(tmp_path / "strip.tif", np.full((rows, 100, 3), 90, np.uint8), pixel=0.1, nodata=None)
+    if refused:
+        with pytest.raises(
+            ForestsegError, match=r"strip\.tif: covers 10 x 0\.3 m, less than one of the model's 0\.5 m"
+        ):
+            check_raster(src, MapOptions(), 0.5)
+    else:
+        assert check_raster(src, MapOptions(), 0.5).path == src
+
+
+@pytest.mark.parametrize(
+    "tags, noted",
+    [
+        ((ColorInterp.blue, ColorInterp.green, ColorInterp.red), True),
+        ((ColorInterp.red, ColorInterp.green, ColorInterp.blue), False),
+    ],
+)
+def test_bands_tagged_blue_green_red_get_the_bands_that_turn_them(tmp_path: Path, tags, noted: bool) -> None:
+    src = write_raster(tmp_path / "bgr.tif", np.full((64, 64, 3), 90, np.uint8), nodata=None)
+    with rasterio.open(src, "r+") as ds:
+        ds.colorinterp = tags
+    notes = check_raster(src, MapOptions(), 0.5).notes
+    says = "bgr.tif: bands 1,2,3 are tagged blue, green, red; if so, pass --bands 3,2,1"
+    assert (says in notes) == noted, notes
