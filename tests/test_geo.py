@@ -1419,3 +1419,20 @@ def test_bands_tagged_blue_green_red_get_the_bands_that_turn_them(tmp_path: Path
     notes = check_raster(src, MapOptions(), 0.5).notes
     says = "bgr.tif: bands 1,2,3 are tagged blue, green, red; if so, pass --bands 3,2,1"
     assert (says in notes) == noted, notes
+
+
+@pytest.mark.parametrize("lat, refused", [(10, True), (1, False)])
+def test_a_map_crs_whose_areas_are_more_than_1_percent_off_is_refused(tmp_path: Path, lat: int, refused: bool) -> None:
+    """Web Mercator (EPSG:3857) inflates areas by about 1 / cos(lat)^2, and by 0.7 % more near the equator
+    (a sphere's mercator over the ellipsoid's ground): 3.8 % at 10 degrees latitude is refused, with the UTM
+    zone there; 0.7 % at 1 degree is mapped as it is."""
+    y = 6378137 * math.log(math.tan(math.pi / 4 + math.radians(lat) / 2))
+    src = write_raster(tmp_path / "m.tif", np.full((64, 64, 3), 90, np.uint8), crs="EPSG:3857", origin=(0, y))
+    if refused:
+        with pytest.raises(
+            ForestsegError,
+            match=r"makes areas 1\.04x the ground's there \(1% allowed\); rerun with --reproject EPSG:32631",
+        ):
+            check_raster(src, MapOptions(), 0.5)
+    else:
+        assert check_raster(src, MapOptions(), 0.5).path == src
