@@ -1059,3 +1059,22 @@ def test_non_square_tiles_count_forest_over_height_times_width(tmp_path: Path, o
     index, report = build(root, tmp_path / "out")
     assert report["valid"] == 3 and report["tile_size"] == [24, 40]
     assert index["forest_fraction"].tolist() == [round(10 * s * 24 / (24 * 40), 6) for s in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    "scenes, test, val, counts",
+    [
+        (10, 0.28, 0.0, {"test": 3, "train": 7}),  # 2.8 scenes rounds to 3, not down to 2
+        (10, 0.2, 0.15, {"test": 2, "val": 2, "train": 6}),  # 1.5 val scenes round to 2
+        (3, 0.6, 0.3, {"test": 1, "val": 1, "train": 1}),  # each side keeps one
+        (4, 0.05, 0.0, {"test": 1, "train": 3}),  # at least one test scene
+    ],
+)
+def test_the_split_gives_each_subset_its_rounded_share_of_scenes(scenes: int, test: float, val: float, counts) -> None:
+    from forestseg.config import SplitConfig
+
+    index = pd.DataFrame({"image": [f"{s}_sat_{k}.jpg" for s in range(scenes) for k in range(2)]})
+    index["scene"] = index["image"].str.split("_").str[0]
+    split = split_index(index, SplitConfig(by="scene", test_fraction=test, val_fraction=val))
+    per_subset = split.groupby("subset")["scene"].nunique().to_dict()
+    assert per_subset == counts
