@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import INIT_DIR, PRECISIONS
+from .config import INIT_DIR, PRECISIONS, init_dvc_files
 from .errors import ForestsegError
 from .io import untracked_in_project, write_torch
 from .losses import LOSSES
@@ -183,9 +183,8 @@ def check_init(path: str | Path, model: dict) -> None:
     that DVC tracks in init/, so every `dvc exp run`, queued experiment and machine sees the same file."""
     read_init(path, model)  # a model file first: `dvc add` is no advice for a README
     init = Path(path)
-    # tracked: a .dvc file for it or a folder above it in init/ (`dvc add`); git-ignored is not enough
-    dvc_files = [p.with_name(p.name + ".dvc") for p in (init, *init.parents) if p.is_relative_to(INIT_DIR)]
-    if untracked_in_project(init) is not None or not any(f.is_file() for f in dvc_files):
+    # tracked: a .dvc file for it or a folder above it in init/; git-ignored is not enough
+    if untracked_in_project(init) is not None or not any(f.is_file() for f in init_dvc_files(init)):
         raise ForestsegError(
             f"params.yaml: train.init_from: {init} is not tracked by DVC (no {init}.dvc): every `dvc exp run` "
             f"would commit the model file to git or leave it out, and queued experiments and other machines "

@@ -17,13 +17,6 @@ from .errors import ForestsegError
 SPLITS = ("scene", "tile")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def known_device(name: str) -> bool:
-    """Whether `name` is one of DEVICES or cuda:<index> (train.device, the CLI's --device)."""
-    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
-
-
 INPUTS = ("normalized", "per_tile", "raw")
 SAMPLINGS = ("tile", "scene", "scene_batch")
 THRESHOLDS = ("loss", "val")
@@ -64,6 +57,17 @@ def _optimizers():
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         _fail(key, f"must be > 0, got {value!r}")
+
+
+def known_device(name: str) -> bool:
+    """Whether `name` is one of DEVICES or cuda:<index> (train.device, the CLI's --device)."""
+    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
+
+
+def init_dvc_files(path: str | Path) -> list[Path]:
+    """The .dvc files that would track `path` in init/ (`dvc add`): its own, or a folder's above it."""
+    init = Path(path)
+    return [p.with_name(p.name + ".dvc") for p in (init, *init.parents) if p.is_relative_to(INIT_DIR)]
 
 
 @dataclass(frozen=True)
@@ -196,9 +200,8 @@ class OptimizerConfig:
     lr: float = 1e-3
     # Per-run learning rates, keyed "<loss>-<optimizer>" (e.g. "mse-adam": 1e-3); others use lr.
     lr_overrides: dict = field(default_factory=dict)
-    schedule: str = (
-        "step"  # step: lr x gamma every step_epochs epochs; cosine: towards 0 at the run's end, set per epoch
-    )
+    # step: lr x gamma every step_epochs epochs; cosine: towards 0 at the run's end, set per epoch
+    schedule: str = "step"
     step_epochs: int = 4
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warmup from lr/10, then the schedule
@@ -297,13 +300,13 @@ class TrainConfig:
                     f"folder, e.g. {INIT_DIR}/source.pt (see {INIT_DIR}/README.md)",
                 )
             if not Path(self.init_from).is_file():  # relative to the project root, where stages run
-                tracked = Path(self.init_from + ".dvc").is_file()  # tracked, its file not here (a fresh clone)
+                # tracked, its file not here (a fresh clone)
+                tracked = next((f for f in init_dvc_files(self.init_from) if f.is_file()), None)
                 _fail(
                     "train.init_from",
                     f"{self.init_from}: no such file; "
                     + (
-                        f"{self.init_from}.dvc tracks it: `dvc pull {self.init_from}` (or `dvc checkout` where "
-                        "the cache has it)"
+                        f"{tracked} tracks it: `dvc pull {self.init_from}` (or `dvc checkout` where the cache has it)"
                         if tracked
                         else f"copy a model file (models/<run>/model.pt) there and `dvc add {self.init_from}`"
                     )

@@ -156,18 +156,17 @@ def evaluate_tiles(
         images = np.load(Path(tmp) / "images.npy", mmap_mode="r")
         truths = np.load(Path(tmp) / "masks.npy", mmap_mode="r")
         per_scene: dict[str, np.ndarray] = {}
-        adapted, unadapted = 0, []
+        unadapted = []
         with tqdm(total=len(rows), desc="evaluate", unit="tile", disable=None, leave=False) as bar:
             for scene in dict.fromkeys(scenes[rows]):
                 own = rows[scenes[rows] == scene]
                 model = predictor  # or a copy adapted to the scene's own statistics: one copy held at a time
                 if adapt_bn:
                     model = predictor.for_scene([images[j] for j in own], adapt_bn)
-                    adapted += model is not predictor
                     unadapted += [scene] if model is predictor else []
                 for k in range(0, len(own), TILE_BATCH):  # tile-sized tiles of one scene share forward passes
                     chunk = own[k : k + TILE_BATCH]
-                    preds = model.masks([np.ascontiguousarray(images[i]) for i in chunk], overlap)
+                    preds = model.masks([images[i] for i in chunk], overlap)  # masks() copies them out
                     for i, pred in zip(chunk, preds):
                         per_scene[scene] = per_scene.get(scene, 0) + _counts(pred, truths[i] > 0)
                     bar.update(len(chunk))
@@ -192,7 +191,7 @@ def evaluate_tiles(
             "unlisted_masks": report["unlisted_masks"],
             "skipped_pairs": report["skipped_pairs"],  # each with its image, mask and reason
         },
-        "adapted_scenes": adapted,
+        "adapted_scenes": len(per_scene) - len(unadapted) if adapt_bn else 0,
         "seen_scenes": len(seen),  # scored scenes the model trained on
         "pixel_size_m": predictor.pixel_size_m,
         **out,

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .config import Run  # noqa: E402
-from .io import write_figure  # noqa: E402
+from .io import plural, write_figure  # noqa: E402
 
 FIGURES = ("loss_best.png", "loss_optimizers.png", "test_iou.png")
 
@@ -81,7 +81,7 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
     for ax, loss in zip(axes.flat, losses):
         for opt, part in runs[(runs["loss"] == loss) & (runs["status"] == "ok")].groupby("optimizer", sort=False):
             curves = pd.concat([histories[r].set_index("epoch")["test_loss"] for r in part["run"]], axis=1)
-            seeds = f"{curves.shape[1]} seed{'s' if curves.shape[1] > 1 else ''}"
+            seeds = plural(curves.shape[1], "seed")
             ax.plot(curves.index, curves.mean(axis=1), "o-", color=colour[opt], label=f"{opt} (mean of {seeds})")
             ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), color=colour[opt], alpha=0.25)
         for opt in optimizers:  # a line that is not there would read as an optimizer never run

@@ -31,9 +31,8 @@ class Picture:
     alpha: np.ndarray | None
     kind: str  # e.g. "RGB JPEG", "Gray JPEG", "RGBA PNG", "P PNG"
     orientation: int = 1
-    colour_key: int | tuple | None = (
-        None  # the value a PNG tRNS chunk marks transparent (GDAL writes nodata so), if any
-    )
+    # the value a PNG tRNS chunk marks transparent (GDAL writes nodata so), if any
+    colour_key: int | tuple | None = None
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:

@@ -396,8 +396,8 @@ def scored_masks(predictor: Predictor, layout: DataLayout, rows: np.ndarray) -> 
     for scene in dict.fromkeys(scenes[rows]):
         own = [images[r] for r in np.flatnonzero(test & (scenes == scene))]
         adapted = predictor.for_scene(own, predictor.adapt_bn)
-        own = rows[scenes[rows] == scene]
-        out.update(zip(own, adapted.masks([images[r] for r in own])))
+        shown = rows[scenes[rows] == scene]
+        out.update(zip(shown, adapted.masks([images[r] for r in shown])))
     return [out[r] for r in rows]
 
 

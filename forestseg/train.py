@@ -375,21 +375,18 @@ def train_run(
     device = train.images.device
     arch = ARCHS[model_cfg.arch]
     tile, smallest = min(train.images.shape[1:3]), arch.smallest_tile(model_cfg)
+    larger = "give larger tiles (synth.tile_size for the synthetic set)"
     if tile < smallest and "depth" not in arch.uses:
         raise ForestsegError(
             f"params.yaml: model: {model_cfg.arch} needs tiles of at least {smallest} px (its layers are fixed), "
-            f"the data's are {tile} px; give larger tiles (synth.tile_size for the synthetic set) or another model.arch"
+            f"the data's are {tile} px; {larger} or another model.arch"
         )
     if tile < smallest:
         raise ForestsegError(
             f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least {smallest} px"
             + (" (batch norm needs 2x2 px at the deepest level)" if model_cfg.batch_norm else "")
             + f", the data's are {tile} px; "
-            + (
-                "lower model.depth"
-                if arch.smallest_tile(replace(model_cfg, depth=1)) <= tile
-                else "give larger tiles (synth.tile_size for the synthetic set)"
-            )
+            + ("lower model.depth" if arch.smallest_tile(replace(model_cfg, depth=1)) <= tile else larger)
         )
     check_warmup(opt_cfg, train_cfg)
     check_threshold(train_cfg, has_val=val is not None)

@@ -468,17 +468,20 @@ def test_init_from_is_none_or_a_file_inside_init(base, tmp_path, monkeypatch, va
     assert TrainConfig().init_from == "none"  # the default: a random init
 
 
-@pytest.mark.parametrize("tracked", [False, True])
+@pytest.mark.parametrize("tracked", ["no", "file", "folder"])
 def test_a_missing_init_from_file_is_told_how_to_get_it(base, tmp_path, monkeypatch, tracked):
-    """Tracked by DVC but not here (a fresh clone): `dvc pull`, not `dvc add` of a file that is not there."""
+    """Tracked by DVC but not here (a fresh clone), by its own .dvc or its folder's (as the train stage
+    takes either): `dvc pull`, not `dvc add` of a file that is not there."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "init").mkdir()
-    if tracked:
-        (tmp_path / "init/source.pt.dvc").write_text("outs:\n- path: source.pt\n")
+    dvc = {"no": None, "file": "init/models/source.pt.dvc", "folder": "init/models.dvc"}[tracked]
+    if dvc:
+        Path(dvc).parent.mkdir(parents=True, exist_ok=True)
+        Path(dvc).write_text("outs:\n- path: x\n")
     with pytest.raises(ConfigError) as e:
-        load_sections(changed(base, "train.init_from", "init/source.pt"), "train")
-    advice = "init/source.pt.dvc tracks it: `dvc pull init/source.pt`" if tracked else "`dvc add init/source.pt`"
-    assert "train.init_from: init/source.pt: no such file; " in str(e.value) and advice in str(e.value)
+        load_sections(changed(base, "train.init_from", "init/models/source.pt"), "train")
+    advice = f"{dvc} tracks it: `dvc pull init/models/source.pt`" if dvc else "`dvc add init/models/source.pt`"
+    assert "train.init_from: init/models/source.pt: no such file; " in str(e.value) and advice in str(e.value)
 
 
 def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
