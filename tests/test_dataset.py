@@ -814,6 +814,22 @@ def test_a_pair_tagged_alike_is_turned_alike(tiny_set, tmp_path):
     assert np.array_equal(np.load(out / "masks.npy")[row], np.rot90(truth, 1))
 
 
+@pytest.mark.parametrize("misfits", [8, 9])
+def test_the_set_stops_only_when_more_than_half_its_masks_misfit(tiny_set, tmp_path, misfits):
+    """Half the masks stored 0/1 still trains on the other half (each skipped pair counted); one more
+    and the set as a whole reads as another convention: it stops and says so."""
+    for _, mask in rows_of(tiny_set)[:misfits]:
+        path = tiny_set / "masks" / mask
+        Image.fromarray(decode_mask(path)).save(path, format="PNG")
+    if misfits > ROWS // 2:
+        with pytest.raises(DataError, match=f"but {misfits} of {ROWS} masks do not fit it"):
+            build(tiny_set, tmp_path / "out")
+    else:
+        index, report = build(tiny_set, tmp_path / "out")
+        assert (report["valid"], report["misfits"], report["skipped"]) == (ROWS - misfits, misfits, misfits)
+        assert_accounted(report, index)
+
+
 def test_a_whole_row_listed_twice_is_decoded_and_counted_once(tiny_set, tmp_path):
     """Each misfit's repeat must not count as a second misfit: that would tip the set-level verdict."""
     rows = rows_of(tiny_set)

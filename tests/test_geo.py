@@ -1436,3 +1436,32 @@ def test_a_map_crs_whose_areas_are_more_than_1_percent_off_is_refused(tmp_path: 
             check_raster(src, MapOptions(), 0.5)
     else:
         assert check_raster(src, MapOptions(), 0.5).path == src
+
+
+@pytest.mark.parametrize("pixel, coarser", [(0.125, True), (1.0, False)])
+def test_the_model_sees_block_means_where_its_pixels_are_coarser(
+    tmp_path: Path, monkeypatch, pixel: float, coarser: bool
+) -> None:
+    """Downsampled to the model's coarser pixels, each model pixel is the mean of the raster pixels
+    under it (no aliasing: a bilinear warp gave 80-91 for stripes whose mean is 85); upsampled, the
+    model sees values between its neighbours' (bilinear), never a block mean's steps."""
+    seen: list[np.ndarray] = []
+
+    def record(self, tiles: np.ndarray) -> np.ndarray:
+        seen.append(np.array(tiles[..., 0], np.float32))
+        return np.zeros(tiles.shape[:3], np.float32)
+
+    monkeypatch.setattr(Predictor, "windows_logits", record)
+    image = np.full((64, 64, 3), 60, np.uint8)
+    image[:, ::3, 0] = 240  # red stripes of period 3: 240, 60, 60
+    src = write_raster(tmp_path / "in/r.tif", image, pixel=pixel, nodata=None)
+    ck = random_checkpoint(tmp_path / "m.pt", tile=64, depth=1)
+    assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out")) == 0
+    red = np.concatenate([t.ravel() for t in seen])
+    if coarser:  # 4x4 raster pixels per model pixel: 1 or 2 stripes of 4 columns
+        means = image[..., 0].astype(np.float32).reshape(16, 4, 16, 4).mean((1, 3))
+        assert set(np.unique(means)) == {105.0, 150.0}
+        assert set(np.unique(np.rint(red))) <= {105.0, 150.0}, np.unique(red)
+    else:
+        assert ((red >= 60) & (red <= 240)).all()
+        assert len(np.unique(np.rint(red))) > 2

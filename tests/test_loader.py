@@ -375,6 +375,30 @@ def test_photometric_is_label_safe_and_seeded() -> None:
     assert torch.equal(a, b) and not torch.equal(a, x) and a.min() >= 0 and a.max() <= 255
 
 
+def test_saturation_scales_colour_about_each_pixels_luma() -> None:
+    """The grey a pixel keeps is its luma (ITU-R 601 weights), so brightness is left as it was; each
+    tile's colour is scaled by one factor in 1 +- saturation."""
+    x = 80 + torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 80  # far from 0 and 255
+    out = photometric(x.clone(), 0.5, 0.0, torch.Generator().manual_seed(1))
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    luma = (x * weights).sum(1, keepdim=True)
+    assert torch.allclose((out * weights).sum(1, keepdim=True), luma, atol=1e-3)
+    factor = ((out - luma) / (x - luma)).flatten(1)  # one factor per tile
+    assert torch.allclose(factor, factor[:, :1].expand_as(factor), atol=1e-2)
+    assert 0.5 <= factor.min() and factor.max() <= 1.5 and factor.max() - factor.min() > 0.5
+
+
+def test_cutmix_box_sides_span_a_quarter_to_three_quarters_of_the_tiles() -> None:
+    n, h, w = 400, 40, 60
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, h, w).clone()
+    mx, _ = cutmix(x, torch.zeros(n, h, w, dtype=torch.uint8), 1.0, torch.Generator().manual_seed(0))
+    pasted = mx[:, 0] != x[:, 0]
+    rows, cols = pasted.any(2).sum(1) / h, pasted.any(1).sum(1) / w  # each box's sides, as tile shares
+    for side in (rows, cols):
+        assert side.min() >= 0.25 - 1 / 40 and side.max() <= 0.75, (side.min(), side.max())
+        assert side.min() < 0.3 and side.max() > 0.7  # the whole range is drawn
+
+
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
 def test_cutmix_pastes_a_box_of_the_next_tile_with_its_mask(p: float) -> None:
     n, size = 8, 32
