@@ -39,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import quality as q  # noqa: E402
-from forestseg.config import Run, load_sections  # noqa: E402
+from forestseg.config import Run  # noqa: E402
 from forestseg.device import pick_device  # noqa: E402
 from forestseg.loader import gaussian_blur, to_input  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
@@ -127,9 +127,7 @@ def main() -> None:
     if not mixes or not all(0 <= m <= 1 for m in mixes) or any(x <= 0 for x in sigmas) or any(n < 1 for n in tents):
         ap.error("--mix: numbers in 0..1; --smooth: sigmas > 0; --tent: step counts >= 1")
     q.check_five_folds(ap, args.only)
-    model_cfg, opt_cfg, train_cfg, grid = load_sections(
-        q.recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
-    )
+    model_cfg, opt_cfg, train_cfg, grid = q.fold_model_sections(args.recipe, args.sets)
     torch.set_num_threads(train_cfg.threads)  # as the recipe trains (the numbers depend on it)
     sample, device = q.load_sample(), pick_device(train_cfg.device)
     scorers = methods(mixes, tents, args.otsu, sigmas)

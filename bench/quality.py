@@ -2,7 +2,8 @@
 
 On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
   - 8 scenes are set aside (bench/holdout_scenes.txt). No screening ever trains or scores on them;
-    only `final` does, once a recipe is chosen, for its headline numbers.
+    only `final` does (and bench/adabn.py --final), for a chosen recipe's numbers. Over the rounds 8
+    recipe versions were scored there (README), so they are no longer untouched.
   - `cv`: the other 30 scenes go into k folds balanced by tile count; each fold's scenes are
     scored by a model trained on the others (with the recipe's split.val_fraction > 0, that share
     of the training scenes is held out as validation scenes: the threshold is chosen on them).
@@ -195,6 +196,20 @@ def recipe_params(name: str, sets: list[str]) -> dict:
     return params
 
 
+def fold_model_sections(recipe: str, sets: list[str]) -> tuple:
+    """The model, optimizer, train and grid sections of a recipe whose fold models `kept_predictor`
+    trains on every non-test scene: one line for a recipe with validation scenes, which `cv` would
+    hold out of training (bench/adabn.py, bench/errors.py, bench/postprocess.py, bench/resampling.py)."""
+    params = recipe_params(recipe, sets)
+    if params["split"]["val_fraction"] > 0:
+        sys.exit(
+            f"error: split.val_fraction {params['split']['val_fraction']:g} (recipe {recipe}): this script's fold "
+            "models train on every scene but the fold's, not as `cv` holds validation scenes out; "
+            "give -S split.val_fraction=0 or use `bench/quality.py cv`"
+        )
+    return load_sections(params, "model", "optimizer", "train", "grid")
+
+
 def score_rows(
     predictors: list[Predictor],
     sample: Sample,
@@ -293,9 +308,7 @@ def check_five_folds(ap: argparse.ArgumentParser, only: str) -> None:
 def kept_fold_predictors(args: argparse.Namespace, sample: Sample) -> Iterator[tuple[int, Predictor]]:
     """Each fold of `args.only` with its model of the recipe (`kept_predictor`: trained on the other
     folds unless `args.keep` holds it), in order."""
-    model_cfg, opt_cfg, train_cfg, grid = load_sections(
-        recipe_params(args.recipe, args.sets), "model", "optimizer", "train", "grid"
-    )
+    model_cfg, opt_cfg, train_cfg, grid = fold_model_sections(args.recipe, args.sets)
     torch.set_num_threads(train_cfg.threads)  # as the recipe trains (the numbers depend on it)
     device, all_folds = pick_device(train_cfg.device), folds(sample, 5)
     run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])

@@ -25,7 +25,7 @@ from rasterio.transform import Affine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import quality as q  # noqa: E402
-from forestseg.config import Run, load_sections  # noqa: E402
+from forestseg.config import Run  # noqa: E402
 from forestseg.device import pick_device  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
@@ -40,9 +40,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="cpu")
     args = ap.parse_args()
     sample = q.load_sample()
-    model_cfg, opt_cfg, train_cfg, grid = load_sections(
-        q.recipe_params(args.recipe, []), "model", "optimizer", "train", "grid"
-    )
+    model_cfg, opt_cfg, train_cfg, grid = q.fold_model_sections(args.recipe, [])
     folds = q.folds(sample, 5)
     run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
     model = args.keep / q.kept_name(f"fold {args.fold}", run.seed, args.recipe, [], sample)

@@ -160,6 +160,16 @@ def test_train_init_from_is_refused_by_the_benches(tmp_path: Path, monkeypatch) 
         quality.recipe_params("cpu", ["train.init_from=init/m.pt"])
 
 
+def test_fold_model_scripts_refuse_a_recipe_with_validation_scenes() -> None:
+    """bench/adabn.py, errors.py, postprocess.py and resampling.py train each fold's model on every scene
+    but the fold's: with validation scenes the recipe's `cv` would hold them out, so these scripts would
+    score another model than the one `cv` scores (and stop mid-run with `threshold: val`)."""
+    with pytest.raises(SystemExit, match=r"split.val_fraction 0.2 \(recipe cpu\): this script's fold models"):
+        quality.fold_model_sections("cpu", ["split.val_fraction=0.2"])
+    model, _, train, grid = quality.fold_model_sections("cpu", [])
+    assert (model.arch, train.adapt_bn, grid.loss) == ("unet_half", 0.25, ("bce",))
+
+
 def test_a_kept_model_is_named_by_what_trained_it(tmp_path: Path) -> None:
     """--keep reuses a fold model only for the same params, sample and code: an edited recipe (another
     -S here) or another sample gets another file name."""
