@@ -163,7 +163,8 @@ def evaluate_tiles(
                 model = predictor  # or a copy adapted to the scene's own statistics: one copy held at a time
                 if adapt_bn:
                     model = predictor.for_scene([images[j] for j in own], adapt_bn)
-                    unadapted += [scene] if model is predictor else []
+                    if model is predictor:  # no whole window to adapt to
+                        unadapted.append(scene)
                 for k in range(0, len(own), TILE_BATCH):  # tile-sized tiles of one scene share forward passes
                     chunk = own[k : k + TILE_BATCH]
                     preds = model.masks([images[i] for i in chunk], overlap)  # masks() copies them out
