@@ -142,7 +142,7 @@ esac
 def test_a_coordinator_whose_repro_fails_still_pushes_what_it_trained(tmp_path: Path) -> None:
     """A member trained before a later failure (another member, aggregate) is pushed, as a worker pushes
     each member when done; the failed one is named, and the script ends with repro's status."""
-    from conftest import REPO
+    from conftest import BIN, REPO
 
     project = tmp_path / "p"
     (project / "cluster").mkdir(parents=True)
@@ -153,7 +153,7 @@ def test_a_coordinator_whose_repro_fails_still_pushes_what_it_trained(tmp_path: 
     (tmp_path / "bin/dvc").write_text(FAKE_DVC)
     (tmp_path / "bin/dvc").chmod(0o755)
     (tmp_path / "remote").mkdir()
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "REMOTE": str(tmp_path / "remote")}
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{BIN}:{os.environ['PATH']}", "REMOTE": str(tmp_path / "remote")}
     env["PUSHED"] = str(tmp_path / "pushed.txt")
     env.pop("FORESTSEG_REV", None)
     out = subprocess.run(["bash", "cluster/coordinator.sh"], cwd=project, env=env, capture_output=True, text=True)
