@@ -164,7 +164,8 @@ def write_report(
         higher = ranked[(ranked["diverged"] > 0) & (ranked["test_miou_mean"] > top["test_miou_mean"])]
         rest = ranked.iloc[1:]
         same = rest[rest["test_miou_mean"] == top["test_miou_mean"]]  # every combination tied with the top
-        tied = same[same["diverged"] == 0]
+        # a tie under report.rank: the same mean and, like the top, a diverged seed or none
+        tied = same[(same["diverged"] > 0) == (top["diverged"] > 0)]
         if len(higher):
             text = (
                 f"**{top['combination']}** ranks first, with test mIoU {scores}: no seed of it diverged, while "
@@ -184,12 +185,21 @@ def write_report(
                 text += "".join(  # the same mean over fewer seeds: ranked after (report.rank)
                     f", as high as {r['combination']} over its seeds that did not diverge "
                     f"({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
-                    for _, r in same[same["diverged"] > 0].iterrows()
+                    for _, r in same[(same["diverged"] > 0) & (top["diverged"] == 0)].iterrows()
                 )
             else:
-                runners = rest[rest["test_miou_mean"] == rest.iloc[0]["test_miou_mean"]]  # tied for second
+                # the next-highest mean, not the next in rank: one with a diverged seed may score between
+                runners = rest[rest["test_miou_mean"] == rest["test_miou_mean"].max()]  # tied for second
                 gap = top["test_miou_mean"] - runners.iloc[0]["test_miou_mean"]
-                text += f", {gap:+.4f} mIoU over {_names(runners['combination'])}"
+                text += f", {gap:+.4f} mIoU over " + _names(
+                    r["combination"]
+                    + (
+                        f" ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
+                        if r["diverged"] and not top["diverged"]
+                        else ""
+                    )
+                    for _, r in runners.iterrows()
+                )
                 stds = [top["test_miou_std"], *runners["test_miou_std"]]
                 if any(pd.isna(x) for x in stds):
                     text += " (one finished seed: no spread over seeds to weigh the gap against)"

@@ -140,7 +140,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         row = {"combination": combo, "seeds": len(part), "diverged": int((part["status"] != "ok").sum())}
         for k in SCORES:
             values = ok[k].astype(float)
-            row[f"{k}_mean"] = values.mean() if len(values) else float("nan")
+            # math.fsum rounds the sum once: the same seeds' scores in any order give the same mean, so an
+            # exact tie stays a tie (pandas' running sum can differ in the last bit)
+            row[f"{k}_mean"] = math.fsum(values) / len(values) if len(values) else float("nan")
             row[f"{k}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
         row["best_seed"] = int(ok.loc[ok[BEST_BY].idxmax(), "seed"]) if len(ok) else None
         out.append(row)

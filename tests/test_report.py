@@ -721,3 +721,50 @@ def test_figures_name_an_optimizer_whose_every_seed_diverged_and_tick_a_single_e
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["adam (mean of 1 seed)", "sgd (every seed diverged)"]
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert 1 in ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_the_same_seed_scores_in_another_order_are_a_tie(tmp_path: Path) -> None:
+    """0.3 + 0.2 + 0.1 and 0.1 + 0.2 + 0.3 differ in the last bit as running sums: the first combination in
+    the grid's order must win the tie, as the README says, not the one whose sum rounded up."""
+    runs = [Run(loss, "adam", seed) for loss in ("mse", "bce") for seed in range(3)]
+    scores = {"mse": (0.3, 0.2, 0.1), "bce": (0.1, 0.2, 0.3)}
+    for run in runs:
+        folder = tmp_path / "runs" / run.name
+        folder.mkdir(parents=True)
+        value = scores[run.loss][run.seed]
+        metrics = {**METRICS["mse-adam-0"], "test_miou": value, "test_iou": value}
+        (folder / "metrics.json").write_text(json.dumps({"status": "ok", **metrics, "epochs": 3}))
+        history(0.0).to_csv(folder / "history.csv", index=False)
+    report = tmp_path / "REPORT.md"
+    aggregate(runs, tmp_path / "runs", SPLIT, tmp_path / "metrics", tmp_path / "plots", report, setup_dict())
+    assert json.loads((tmp_path / "metrics/headline.json").read_text())["best"] == "mse-adam"
+    assert "**mse-adam** (first in the grid's order) ties for the highest mean test mIoU" in report.read_text()
+
+
+def test_two_combinations_each_with_a_diverged_seed_and_the_same_mean_tie(tmp_path: Path) -> None:
+    """Both rank after any combination without a diverged seed, so between them it is a tie, not
+    'ranked after' for the second (which has diverged exactly as often as the first)."""
+    runs_dir = write_tree(tmp_path, diverged=("mse-adam-1", "bce-sgd-1"))
+    (runs_dir / "bce-sgd-0/metrics.json").write_text((runs_dir / "mse-adam-0/metrics.json").read_text())
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", tmp_path / "REPORT.md", setup_dict())
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "**mse-adam** (first in the grid's order) ties for the highest mean test mIoU" in text
+    assert ", with bce-sgd; the all-forest" in text and "ranked after" not in text
+
+
+def test_the_lead_is_over_the_next_highest_mean_even_one_ranked_after(tmp_path: Path) -> None:
+    """bce-sgd's surviving seed scores just below mse-adam, and mse-sgd far below: the lead is the small
+    one over bce-sgd (said to be ranked after), not the large one over mse-sgd, the next in rank."""
+    runs_dir = write_tree(tmp_path, diverged=("bce-sgd-1",))
+    good = json.loads((runs_dir / "bce-sgd-0/metrics.json").read_text())
+    (runs_dir / "bce-sgd-0/metrics.json").write_text(json.dumps({**good, "test_miou": 0.6875}))
+    for seed in (0, 1):
+        folder = runs_dir / f"mse-sgd-{seed}"
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"status": "ok", **METRICS[f"bce-sgd-{seed}"], "epochs": 3}))
+        history(0.05).to_csv(folder / "history.csv", index=False)
+    runs = [*RUNS, Run("mse", "sgd", 0), Run("mse", "sgd", 1)]
+    aggregate(runs, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", tmp_path / "REPORT.md", setup_dict())
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "**mse-adam** has the highest mean test mIoU, 0.7188 ± 0.1326" in text
+    assert ", +0.0312 mIoU over bce-sgd (1 of 2 seeds diverged: ranked after)" in text and "over mse-sgd" not in text
