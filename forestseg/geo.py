@@ -170,6 +170,21 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                     f"{path}: its bands are {'/'.join(bands)}; the model learned 8-bit colour: convert "
                     f"with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
                 )
+            if src.count >= 3 and src.colorinterp[0] == ColorInterp.gray:  # Pillow reads no 3-band grey TIFF
+                raise ForestsegError(
+                    f"{path}: its {src.count} bands are tagged grey (TIFF photometric MINISBLACK), which the "
+                    f"picture reader cannot read as colour; tag them RGB: gdal_translate -co PHOTOMETRIC=RGB "
+                    f"{path.name} out.tif"
+                )
+            flags = src.mask_flag_enums[0]
+            if src.nodata is not None or (MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags):
+                # the picture reader honours an alpha band, not GDAL's nodata value or internal mask
+                what = "a mask of invalid pixels" if src.nodata is None else f"nodata value {src.nodata:g}"
+                raise ForestsegError(
+                    f"{path}: has {what} but no georeference, so as a plain picture its invalid pixels would "
+                    "be predicted as ground; give it its CRS and pixel grid to map it as a raster "
+                    f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
+                )
             return None
         if src.transform.is_identity and src.rpcs is not None and not gcps:
             raise ForestsegError(

@@ -810,6 +810,27 @@ def test_tiff_without_any_georeference_is_a_plain_picture(checkpoint: Path, scen
     assert not (tmp_path / "out/forest_area.csv").exists()
 
 
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        ({"nodata": 0}, "has nodata value 0 but no georeference, so as a plain picture its invalid pixels"),
+        ({"photometric": "MINISBLACK"}, "its 3 bands are tagged grey (TIFF photometric MINISBLACK)"),
+    ],
+)
+def test_a_plain_tiff_that_the_picture_reader_would_misread_is_refused(
+    checkpoint: Path, scene, tmp_path: Path, capsys, extra: dict, says: str
+) -> None:
+    """Pillow reads neither GDAL's nodata value (its nodata area would be predicted as ground) nor a
+    3-band grey-tagged TIFF (it would say only that it cannot decode it); an alpha band it honours."""
+    write_raster(tmp_path / "in/scan.tif", scene[0][:64, :64], crs=None, transform=None, **{"nodata": None, **extra})
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"scan.tif: {says}" in err, err
+    rgba = np.dstack([scene[0][:64, :64], np.full((64, 64), 255, np.uint8)])
+    write_raster(tmp_path / "ok/scan.tif", rgba, crs=None, transform=None, nodata=None, photometric="RGB", alpha="YES")
+    assert cli("predict", str(checkpoint), str(tmp_path / "ok"), "-o", str(tmp_path / "out")) == 0
+
+
 def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> None:
     image = with_nodata_corner(scene[0])
     src = write_raster(tmp_path / "in/o.tif", image)
