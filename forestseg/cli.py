@@ -411,6 +411,7 @@ def evaluate(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             adapt_bn=opts.adapt_bn,
             allow_no_forest=args.allow_no_forest,
+            log=lambda line: print(_as_flags(line)),  # its notes on skipped pairs quote the index's reasons
         )
     except DataError as e:  # the index's advice names params.yaml's keys; here they are flags
         raise ForestsegError(_as_flags(str(e))) from None
@@ -453,8 +454,11 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _as_flags(text: str) -> str:
-    """A message of the params checks or the index, naming evaluate's --masks / --forest instead of
-    params.yaml's data.masks / data.forest."""
+    """A message of the params checks or the index, naming evaluate's DATA, --masks and --forest instead of
+    params.yaml's data.source, data.masks and data.forest, without the index's advice on getting a data set."""
+    from .dataset import GET_DATA
+
+    text = text.replace(f" {GET_DATA}", "").replace("data.source", "DATA")
     for key, flag in (("data.masks", "--masks"), ("data.forest", "--forest")):
         # "set data.masks: '0/1'" (a params.yaml line) becomes "pass --masks '0/1'" (a command line)
         text = re.sub(rf"\bset {re.escape(key)}: ", f"pass {flag} ", text)
@@ -589,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument(
         "data",
         type=Path,
+        metavar="DATA",  # the index's messages name it (_as_flags)
         help="a Kaggle-layout folder (meta_data.csv, images/, masks/) or a folder "
         "with images/<name>.tif and masks/<name>.tif",
     )

@@ -627,6 +627,26 @@ def test_evaluates_mask_advice_names_its_flags(checkpoint, tmp_path, capsys) -> 
     assert done.value.code == 2 and "pass --masks '0/255'" in err and "data.masks" not in err, err
 
 
+@pytest.mark.parametrize("linked", ["one", "every"])
+def test_evaluates_data_advice_names_its_argument(checkpoint, tmp_path, capsys, linked: str) -> None:
+    """The index's reasons name params.yaml's data.source and say where to get the Kaggle set; evaluate's
+    folder is its DATA argument, whether a skipped pair is noted or no pair is left."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    images = sorted((data / "images").iterdir())
+    for image in images[:1] if linked == "one" else images:
+        outside = tmp_path / "elsewhere" / image.name
+        outside.parent.mkdir(exist_ok=True)
+        image.rename(outside)
+        image.symlink_to(outside)
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data), "--masks", "0/255"])
+    out, err = capsys.readouterr()
+    said = out if linked == "one" else err
+    assert done.value.code == (0 if linked == "one" else 2) and (linked == "one" or err.count("\n") == 1), err
+    assert "links outside DATA (" in said and "or set DATA to a folder" in said, said
+    assert "data.source" not in said and "kaggle datasets download" not in said, said
+
+
 def test_a_folders_files_of_other_types_are_listed_as_skipped(checkpoint, tmp_path, capsys) -> None:
     """A folder's .webp or .gif is not predicted (the folder takes IMAGE_SUFFIXES) but never vanishes
     unreported; world files, hidden files and GDAL's .aux.xml are a raster's companions, not skipped."""
