@@ -26,7 +26,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from forestseg.checkpoint import read_init  # noqa: E402
-from forestseg.config import SECTIONS, ForestsegError, asdict, load_sections  # noqa: E402
+from forestseg.config import (  # noqa: E402
+    SECTIONS,
+    ConfigError,
+    DataConfig,
+    ForestsegError,
+    asdict,
+    build,
+    load_sections,
+)
 from forestseg.io import load_yaml  # noqa: E402
 
 
@@ -60,6 +68,10 @@ def _read(name: str) -> dict:
     for section, values in recipe.items():
         if section not in SECTIONS or not isinstance(values, dict):
             raise ForestsegError(f"{path.relative_to(ROOT)}: {section}: not a params section with keys")
+        try:  # its keys and values as the stages check them, each over the section's defaults
+            build(SECTIONS[section], section, {**asdict(SECTIONS[section]()), **values})
+        except ConfigError as e:
+            raise ForestsegError(str(e).replace("params.yaml: ", f"{path.relative_to(ROOT)}: ", 1)) from None
     return recipe
 
 
@@ -101,6 +113,11 @@ def _item(item: str) -> tuple[str, str, object]:
     if not eq:
         raise ForestsegError(f"-S {item}: give KEY=VALUE, e.g. -S model.width=16")
     section, _, field = key.partition(".")
+    if key[:1] in "+~" or "." in field:  # DVC's grammar for one entry of a mapping (optimizer.lr_overrides)
+        raise ForestsegError(
+            f"-S {item}: recipes/run.py sets a params key whole (a mapping replaces the one params.yaml "
+            f"holds); give all of it, e.g. -S 'optimizer.lr_overrides={{bce-adam: 0.01}}'"
+        )
     if "," in value and value.strip()[:1] not in "[{'\"":  # DVC's sweep syntax: many experiments, not one
         raise ForestsegError(
             f"-S {item}: recipes/run.py runs one experiment; a sweep over values is "
@@ -173,10 +190,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--queue", action="store_true", help="queue the experiment instead of running it")
     ap.add_argument("--print", action="store_true", help="print the dvc command instead of running it")
     ap.add_argument("-n", "--name", help="the experiment's name (default: the recipe's, + a hash of the -S items)")
+    ap.add_argument(
+        "-f", "--force", action="store_true", help="replace an experiment of the same name (dvc exp run -f)"
+    )
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # params name paths from the project root (train.init_from), where DVC runs the stages
     recipe = load(args.recipe)
-    with_sets(args.recipe, args.set_param)  # the recipe plus the -S values, validated before DVC starts anything
+    params = with_sets(args.recipe, args.set_param)  # the recipe plus the -S values, validated before DVC starts
+    source = params["data"]["source"]
+    if source != DataConfig().source and not (ROOT / source).exists():  # the default is the synth stage's output
+        # else DVC fails the index stage (in a queued experiment, naming only its own temp copy of the path)
+        raise ForestsegError(
+            f"data.source {source}: no such folder (a path from the project root, {ROOT}); fix it, or "
+            "`dvc pull` it if DVC tracks it"
+        )
     workspace = load_yaml((ROOT / "params.yaml").read_text(), "params.yaml")
     name = args.name or args.recipe
     if args.set_param and not args.name:
@@ -184,7 +211,8 @@ def main(argv: list[str]) -> int:
     set_here = {f"{section}.{key}" for section, values in recipe.items() for key in values}
     _note_edits(workspace, set_here | {".".join(_item(item)[:2]) for item in args.set_param})
     held = {f"{section}.{key}" for section, values in workspace.items() for key in values or {}}
-    cmd = ["dvc", "exp", "run", "-n", name, *(["--queue"] if args.queue else []), *set_args(recipe, held)]
+    cmd = ["dvc", "exp", "run", "-n", name, *(["--queue"] if args.queue else []), *(["-f"] if args.force else [])]
+    cmd += set_args(recipe, held)
     for item in args.set_param:  # as given, but a mapping replaced whole, as the recipe's
         section, field, value = _item(item)
         cmd += set_args({section: {field: value}}, held) if isinstance(value, dict) else ["-S", item]

@@ -427,6 +427,8 @@ def test_recipe_values_reach_dvc_as_the_same_yaml_values(value, override):
         ("model: {width: 8\n", r"^recipes/bad.yaml: not valid YAML \(while parsing a flow mapping"),
         ("- model\n", r"^recipes/bad.yaml: not a mapping of params sections"),
         ("model: 8\n", r"^recipes/bad.yaml: model: not a params section with keys"),
+        ("model: {widht: 8}\n", r"^recipes/bad.yaml: model.widht: unknown key; valid keys of 'model': arch, width"),
+        ("model: {width: -3}\n", r"^recipes/bad.yaml: model.width: must be in 1\.\.256, got -3$"),
     ],
 )
 def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
@@ -446,6 +448,13 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
         ("model.width=[8", r"^-S model.width=\[8: not valid YAML \("),
         ("model.width", r"^-S model.width: give KEY=VALUE"),
         ("model.width=8,16", r"^-S model.width=8,16: recipes/run.py runs one experiment; .*`dvc exp run --queue -S"),
+        *(
+            (
+                f"{sign}optimizer.lr_overrides.bce-adam=1e-3",
+                r": recipes/run.py sets a params key whole .* give all of it",
+            )
+            for sign in ("", "+")
+        ),
     ],
 )
 def test_a_bad_s_item_is_one_line(item, message):
@@ -524,3 +533,16 @@ def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
     assert out.returncode == 2 and out.stderr.startswith("error: recipes/gpu.yaml over params.yaml: train.init_from:")
     out = run("train.init_from=none", recipe="gpu")
     assert out.returncode == 0 and "train.init_from=none" in out.stdout, out.stderr
+
+
+def test_recipes_run_refuses_a_data_source_that_is_not_there_and_passes_force(monkeypatch, capsys):
+    """DVC would fail the index stage of a queued experiment naming only its temp copy of the path;
+    its advice on a name taken, `dvc exp run -f`, is --force here."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    monkeypatch.chdir(REPO)  # run.main moves to the project root; restored after the test
+    with pytest.raises(ForestsegError, match=r"^data.source data/raw/nope: no such folder \(a path from the project"):
+        run.main(["demo", "-S", "data.source=data/raw/nope", "--print"])
+    assert run.main(["demo", "--force", "--print"]) == 0
+    assert capsys.readouterr().out.startswith("dvc exp run -n demo -f -S ")
