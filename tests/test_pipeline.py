@@ -105,6 +105,7 @@ def test_study_command_sets_the_study_protocol(repo: Path) -> None:
     """The study recipe, queued instead of run, records the 2022 protocol's params as an experiment;
     its lr_overrides replace (not merge into) the ones params.yaml holds."""
     set_params(repo, {"optimizer": {"lr_overrides": {"bce-adam": 0.01}}})
+    (repo / "data/raw/Forest Segmented").mkdir(parents=True)  # run.py checks it is there; queued, none reads it
     sh(
         repo,
         sys.executable,
