@@ -185,7 +185,7 @@ def write_report(
                 text += "".join(  # the same mean over fewer seeds: ranked after (report.rank)
                     f", as high as {r['combination']} over its seeds that did not diverge "
                     f"({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
-                    for _, r in same[(same["diverged"] > 0) & (top["diverged"] == 0)].iterrows()
+                    for _, r in same.drop(tied.index).iterrows()
                 )
             else:
                 # the next-highest mean, not the next in rank: one with a diverged seed may score between

@@ -113,7 +113,7 @@ def _item(item: str) -> tuple[str, str, object]:
     if not eq:
         raise ForestsegError(f"-S {item}: give KEY=VALUE, e.g. -S model.width=16")
     section, _, field = key.partition(".")
-    if key[:1] in "+~" or "." in field:  # DVC's grammar for one entry of a mapping (optimizer.lr_overrides)
+    if key.startswith(("+", "~")) or "." in field:  # DVC's grammar for one entry of a mapping (optimizer.lr_overrides)
         raise ForestsegError(
             f"-S {item}: recipes/run.py sets a params key whole (a mapping replaces the one params.yaml "
             f"holds); give all of it, e.g. -S 'optimizer.lr_overrides={{bce-adam: 0.01}}'"
