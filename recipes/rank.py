@@ -1,6 +1,6 @@
 """Rank DVC experiments by a headline metric: a Markdown table and a bar chart.
 
-    python recipes/rank.py                          # `dvc exp show --json` of this project, by best_iou, into sweeps/
+    python recipes/rank.py                          # `dvc exp show --json` of this project, by best_iou, into its sweeps/
     python recipes/rank.py --metric iou_bce-adam -o sweeps/lr
     python recipes/rank.py --json exps.json         # a saved `dvc exp show --json`
 
@@ -229,12 +229,22 @@ def exp_show(json_file: Path | None) -> tuple[list, str]:
     return shown, source
 
 
+def _shown(path: Path) -> Path:
+    """`path` relative to the working folder where it lies under it (as a user would type it)."""
+    try:
+        return path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description="rank DVC experiments by a headline metric")
     ap.add_argument("--metric", default="best_iou", help="a key of metrics/headline.json (default best_iou)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="a saved `dvc exp show --json` instead of running it")
-    ap.add_argument("-o", "--out", type=Path, default=Path("sweeps"), help="output folder (default sweeps/)")
+    ap.add_argument("-o", "--out", type=Path, help="output folder (default: the project's sweeps/)")
     args = ap.parse_args(argv)
+    # the experiments are the project's wherever rank.py is run from, so their table is too
+    out = args.out if args.out is not None else _shown(ROOT / "sweeps")
     shown, source = exp_show(args.json)
     try:
         exps = experiments(shown)
@@ -244,8 +254,8 @@ def main(argv: list[str]) -> int:
         ) from None
     if not exps:
         raise ForestsegError(f"{source}: no experiments; queue some with `dvc exp run --queue -S ...`")
-    if args.out.exists() and not args.out.is_dir():
-        raise ForestsegError(f"-o {args.out}: a file; -o takes a folder (it writes {TABLE} and {FIGURE} there)")
+    if out.exists() and not out.is_dir():
+        raise ForestsegError(f"-o {out}: a file; -o takes a folder (it writes {TABLE} and {FIGURE} there)")
     table = ranking(exps, args.metric)
     ranked = table[table["rank"] != "-"]
     if ranked.empty:
@@ -259,17 +269,15 @@ def main(argv: list[str]) -> int:
         )
     text = markdown_table(table)
     write_text(
-        args.out / TABLE,
+        out / TABLE,
         f"# Experiments ranked by {args.metric}\n\nFrom {source}: {len(ranked)} ranked, higher is better; "
         "`best` is the best combination of each, `iou_*` the mean forest IoU of each combination, then the "
         "params that differ between the experiments. Failed, queued or running experiments and those without "
         f"a value are listed last.\n\n{text}\n\n![{args.metric} per experiment]({FIGURE})\n",
     )
-    fig_ranking(
-        ranked["experiment"].tolist(), ranked[args.metric].astype(float).tolist(), args.metric, args.out / FIGURE
-    )
+    fig_ranking(ranked["experiment"].tolist(), ranked[args.metric].astype(float).tolist(), args.metric, out / FIGURE)
     print(text)
-    print(f"wrote {args.out / TABLE} and {args.out / FIGURE}")
+    print(f"wrote {out / TABLE} and {out / FIGURE}")
     return 0
 
 

@@ -183,7 +183,7 @@ def test_a_value_that_is_not_a_finite_number_is_not_ranked(value, mark, tmp_path
     only[1]["experiments"] = [exp]
     (tmp_path / "nan.json").write_text(json.dumps(only))
     out = subprocess.run(
-        [sys.executable, str(REPO / "recipes/rank.py"), "--json", "nan.json"],
+        [sys.executable, str(REPO / "recipes/rank.py"), "--json", "nan.json", "-o", "out"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -192,7 +192,27 @@ def test_a_value_that_is_not_a_finite_number_is_not_ranked(value, mark, tmp_path
         assert out.returncode == 2 and out.stderr == "error: no experiment has a finite best_iou: nothing to rank\n"
     else:
         assert out.returncode == 2 and out.stderr.startswith("error: --metric best_iou: not a numeric headline value")
-    assert not (tmp_path / "sweeps").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_table_goes_to_the_projects_sweeps_wherever_rank_is_run_from(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "recipes").mkdir(parents=True)
+    (project / "recipes" / "rank.py").write_bytes((REPO / "recipes" / "rank.py").read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    exps = REPO / "tests" / "fixtures" / "exp_show.json"
+    for cwd, shown in [(elsewhere, f"{project}/sweeps"), (project, "sweeps")]:
+        out = subprocess.run(
+            [sys.executable, str(project / "recipes" / "rank.py"), "--json", str(exps)],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[-1] == f"wrote {shown}/ranking.md and {shown}/ranking.png"
+    assert not any(elsewhere.iterdir())
+    assert (project / "sweeps" / "ranking.md").read_text().startswith("# Experiments ranked by best_iou")
 
 
 def test_a_headline_that_is_not_a_mapping_counts_as_no_metrics() -> None:
