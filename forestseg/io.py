@@ -258,9 +258,14 @@ def load_yaml(text: str, what: str) -> Any:
     that dvc.lock records: PyYAML's YAML 1.1 reads `010` as 8 and `yes` as true, where DVC has 10 and
     'yes'. A duplicate key is an error, not a silent last-one-wins. `what` names the text in errors."""
     from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml.error import MarkedYAMLError
 
     try:
         return YAML(typ="safe", pure=True).load(text)
+    except MarkedYAMLError as e:  # ruamel's own text spans lines, quotes the YAML and links its docs
+        at = e.problem_mark
+        where = f" at line {at.line + 1}, column {at.column + 1}" if at is not None else ""
+        raise ForestsegError(f"{what}: not valid YAML{where}: {' '.join(str(e.problem).split())}") from None
     except YAMLError as e:
         raise ForestsegError(f"{what}: not valid YAML ({' '.join(str(e).split())})") from None
 
