@@ -9,7 +9,9 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
     of the training scenes is held out as validation scenes: the threshold is chosen on them).
     Reports forest IoU, mIoU, Dice, precision, recall as mean +- std over folds (each fold's
     scores from TP/FP/FN/TN summed over its tiles), the per-scene forest IoU spread (median,
-    worst tenth, worst scene), the all-forest baseline and the wall time. After each fold the
+    worst tenth, worst scene: each scene counts once, whatever its tiles, 1-61 on the sample, so
+    the worst tenth of 30 scenes is ~3 scenes, some of one tile), the all-forest baseline and
+    the wall time. After each fold the
     result so far is saved, marked unfinished: a bench killed later (a session's end) and rerun
     with the same command trains only the folds left.
     With `--split tile` the folds are of tiles drawn at random from the 30 scenes instead, as public
@@ -17,7 +19,8 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
     much of the error is scenes never seen, never a headline number.
   - `final`: trains on all 30 scenes and scores the 8 set-aside ones.
   - `curve`: the learning curve: scores vs number of training scenes, on the CV folds, at equal
-    compute (a smaller set trains for more epochs: as many tiles seen as the recipe over all).
+    compute (a smaller set trains for more epochs: as many tiles trained on as the recipe over all;
+    validation scenes do not count, as they are not trained on).
   - `merge`: one result of the folds of several runs of a recipe (`--parts a,b --name c`).
   - `table`: one Markdown table of every saved result (recipes x metrics), for the README; with
     `--ref NAME`, also each one's change against that result on the same folds (paired).
@@ -52,7 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.speed import SAMPLE  # noqa: E402
-from forestseg.config import ForestsegError, Run, load_sections  # noqa: E402
+from forestseg.config import ForestsegError, Run, SplitConfig, load_sections  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
@@ -170,6 +173,15 @@ def folds(sample: Sample, k: int) -> list[list[str]]:
     return [sorted(f) for f in out]
 
 
+def curve_epochs(params: dict, sample: Sample, train: list[str], pool: list[str]) -> int:
+    """The epochs that train on `train` see as many tiles as the recipe's epochs on all of `pool`: the same
+    compute at every learning-curve size. Tiles of validation scenes are never trained on, so only each
+    set's trained scenes count (a 4-scene set that loses one to validation trains 4/3 as long)."""
+    (split_cfg,) = load_sections(params, "split")
+    tiles = [len(rows_of(sample, hold_out_val(scenes, split_cfg)[0])) for scenes in (pool, train)]
+    return max(1, round(params["train"]["epochs"] * tiles[0] / tiles[1]))
+
+
 def rows_of(sample: Sample, scenes: list[str]) -> np.ndarray:
     return np.flatnonzero(np.isin(sample.scene, scenes))
 
@@ -178,6 +190,16 @@ def tile_folds(sample: Sample, k: int) -> list[np.ndarray]:
     """The non-held-out scenes' tiles in k folds at random (seeded): the leaky split, a diagnostic."""
     rows = np.random.default_rng(FOLD_SEED).permutation(rows_of(sample, [s for f in folds(sample, k) for s in f]))
     return [np.sort(f) for f in np.array_split(rows, k)]
+
+
+def hold_out_val(scenes: list[str], split_cfg: SplitConfig) -> tuple[list[str], list[str]]:
+    """`scenes` as (trained on, validation): split.val_fraction of them (at least one when it is > 0),
+    drawn with split.seed, are validation scenes, on which train.threshold=val chooses the cut."""
+    if split_cfg.val_fraction <= 0:
+        return list(scenes), []
+    n_val = max(1, round(split_cfg.val_fraction * len(scenes)))
+    val = sorted(np.random.default_rng(split_cfg.seed).choice(scenes, n_val, replace=False).tolist())
+    return [s for s in scenes if s not in val], val
 
 
 def recipe_params(name: str, sets: list[str]) -> dict:
@@ -364,11 +386,7 @@ def train_and_score(
     model_cfg, opt_cfg, train_cfg, split_cfg, grid = load_sections(
         params, "model", "optimizer", "train", "split", "grid"
     )
-    val_scenes: list[str] = []
-    if split_cfg.val_fraction > 0:
-        n_val = max(1, round(split_cfg.val_fraction * len(train_scenes)))
-        val_scenes = sorted(np.random.default_rng(split_cfg.seed).choice(train_scenes, n_val, replace=False).tolist())
-        train_scenes = [s for s in train_scenes if s not in val_scenes]
+    train_scenes, val_scenes = hold_out_val(train_scenes, split_cfg)
     train_rows, test_rows = tile_rows or (rows_of(sample, train_scenes), rows_of(sample, test_scenes))
     if tile_rows is not None:
         train_scenes = sorted(set(sample.scene[train_rows]))
@@ -456,7 +474,8 @@ def summarize(parts: list[dict]) -> dict:
 
 def paired(result: dict, ref: dict, metric: str) -> str:
     """The change of `metric` against `ref` on the folds both scored on the same test scenes, mean ± std
-    (the fold-to-fold spread of the scores themselves is mostly how hard each fold's scenes are); "-"
+    (the fold-to-fold spread of the scores themselves is mostly how hard each fold's scenes are), with how
+    many of `result`'s folds that is where `ref` has fewer (a 5-fold result against 3 folds); "-"
     where no fold holds the same scenes in both (another --folds, or another sample), or where one
     split tiles and the other scenes (tile folds of another --folds hold the same scenes, not the same tiles)."""
     tiles = "tile" in (result.get("split"), ref.get("split"))  # results saved before "folds" was recorded lack it
@@ -465,7 +484,10 @@ def paired(result: dict, ref: dict, metric: str) -> str:
     theirs = {(p.get("fold"), tuple(sorted(p["scenes"]))): p["scores"][metric] for p in ref["parts"]}
     keys = [(p.get("fold"), tuple(sorted(p["scenes"]))) for p in result["parts"]]
     deltas = [p["scores"][metric] - theirs[k] for p, k in zip(result["parts"], keys) if k in theirs]
-    return f"{np.mean(deltas):+.3f} ± {np.std(deltas):.3f}" if deltas else "-"
+    if not deltas:
+        return "-"
+    some = f" ({len(deltas)} of {len(keys)} folds)" if len(deltas) < len(keys) else ""
+    return f"{np.mean(deltas):+.3f} ± {np.std(deltas):.3f}{some}"
 
 
 def table(results: list[dict], ref: dict | None = None) -> str:
@@ -480,7 +502,12 @@ def table(results: list[dict], ref: dict | None = None) -> str:
             + (" (tile split: leaky)" if r.get("split") == "tile" else "")
             + f" | {len(r['parts'])} | "
             + " | ".join(mean_std(s[m]) for m in SHOWN)
-            + f" | {s['scene_iou_median']:.3f} / {s['scene_iou_p10']:.3f} | {mean_std(s['baseline_iou'])}"
+            + (  # a tile fold holds a few tiles of each scene: its "scenes" are fragments of ~5 tiles
+                " | - (tile folds)"
+                if r.get("split") == "tile"
+                else f" | {s['scene_iou_median']:.3f} / {s['scene_iou_p10']:.3f}"
+            )
+            + f" | {mean_std(s['baseline_iou'])}"
             + f" | {np.mean(s['train_minutes']):.1f} |"
             + (f" {paired(r, ref, 'iou')} | {paired(r, ref, 'miou')} |" if ref else "")
         )
@@ -674,9 +701,8 @@ def main() -> None:
                 test = all_folds[i]
                 pool = sorted(s for j, f in enumerate(all_folds) if j != i for s in f)
                 train = sorted(np.random.default_rng(n).choice(pool, min(n, len(pool)), replace=False).tolist())
-                # the same compute at every size: as many tiles seen as the recipe's epochs over the whole pool
-                epochs = round(params["train"]["epochs"] * len(rows_of(sample, pool)) / len(rows_of(sample, train)))
-                sized = {**params, "train": {**params["train"], "epochs": max(1, epochs)}}
+                epochs = curve_epochs(params, sample, train, pool)
+                sized = {**params, "train": {**params["train"], "epochs": epochs}}
                 parts.append(
                     {"fold": i, **train_and_score(sized, train, test, sample, device, args.tta, args.ensemble)}
                 )

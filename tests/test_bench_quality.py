@@ -79,6 +79,44 @@ def test_the_tile_split_covers_the_cv_scenes_tiles_once_with_every_scene_on_both
     assert [f.tolist() for f in quality.tile_folds(sample, 3)] == [f.tolist() for f in folds]  # seeded
 
 
+def scenes_of(tiles: list[int]) -> quality.Sample:
+    scene = np.repeat([f"s{i:02d}" for i in range(len(tiles))], tiles)
+    return quality.Sample(DataLayout(Path("unused")), scene, np.zeros(len(scene)), np.ones(len(scene)))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_scene_folds_hold_every_cv_scene_once_and_no_set_aside_scene(monkeypatch, k: int) -> None:
+    tiles = [61, 40, 33, 20, 18, 12, 9, 7, 5, 5, 3, 2, 1, 1]
+    sample = scenes_of(tiles)
+    monkeypatch.setattr(quality, "holdout_scenes", lambda _: ["s01", "s10"])
+    folds = quality.folds(sample, k)
+    scenes = [s for f in folds for s in f]
+    assert sorted(scenes) == sorted(set(sample.scene) - {"s01", "s10"}) and len(scenes) == len(set(scenes))
+    load = [len(quality.rows_of(sample, f)) for f in folds]
+    assert max(load) - min(load) <= max(tiles)  # balanced by tile count, as far as whole scenes allow
+    assert quality.folds(sample, k) == folds  # seeded: every recipe is scored on the same folds
+
+
+@pytest.mark.parametrize("fraction, n_val", [(0.0, 0), (0.1, 1), (0.25, 2), (0.5, 5)])
+def test_validation_scenes_are_drawn_from_the_training_scenes_only(fraction: float, n_val: int) -> None:
+    train = [f"s{i}" for i in range(10)]
+    split_cfg = quality.SplitConfig(val_fraction=fraction, seed=3)
+    fit, val = quality.hold_out_val(train, split_cfg)
+    assert len(val) == n_val and not set(fit) & set(val) and sorted(fit + val) == sorted(train)
+    assert quality.hold_out_val(train, split_cfg) == (fit, val)
+
+
+def test_the_learning_curve_trains_as_many_tiles_at_every_size_validation_scenes_left_out() -> None:
+    """10 scenes of 10 tiles, a quarter held out for validation: the pool trains on 8 scenes (80 tiles a
+    epoch), a 4-scene set on 3 (30), so 6 epochs of the pool are 16 of the set (not 6 x 100 / 40 = 15)."""
+    sample = scenes_of([10] * 10)
+    pool, train = [f"s{i:02d}" for i in range(10)], ["s00", "s01", "s02", "s03"]
+    split = {"by": "scene", "test_fraction": 0.25, "seed": 0}
+    params = {"split": {**split, "val_fraction": 0.25}, "train": {"epochs": 6}}
+    assert quality.curve_epochs(params, sample, train, pool) == 16
+    assert quality.curve_epochs({**params, "split": {**split, "val_fraction": 0.0}}, sample, train, pool) == 15
+
+
 def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
     assert quality.unfinished_folds(result()) == {}
 
@@ -118,6 +156,8 @@ def test_paired_deltas_pair_only_folds_that_hold_the_same_scenes() -> None:
     ref = {**result("ref"), "parts": [part(0), part(1)]}
     same = {**result("same"), "parts": [{**part(0), "scores": {**part(0)["scores"], "iou": 0.75}}]}
     assert quality.paired(same, ref, "iou") == "+0.050 ± 0.000"
+    five = {**result("five"), "parts": [part(0), part(1), part(2)]}  # the reference scored 2 of its folds
+    assert quality.paired(five, ref, "iou") == "+0.000 ± 0.000 (2 of 3 folds)"
     other = {**result("other"), "parts": [{**part(0), "scenes": {"s0": 0.7, "s9": 0.6}}]}  # fold 0 of another k
     assert quality.paired(other, ref, "iou") == "-"
 
@@ -148,6 +188,8 @@ def test_the_table_marks_a_tile_split_result_as_leaky() -> None:
     ]
     lines = quality.table(rows).splitlines()
     assert "| scene | cv | 1 |" in lines[2] and "| mine | cv (tile split: leaky) | 1 |" in lines[3]
+    # a tile fold's "scenes" are a few tiles of each: no per-scene spread beside the scene folds' one
+    assert "| 0.700 / 0.700 |" in lines[2] and "| - (tile folds) |" in lines[3]
 
 
 def test_train_init_from_is_refused_by_the_benches(tmp_path: Path, monkeypatch) -> None:
