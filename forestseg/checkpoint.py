@@ -58,51 +58,58 @@ def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any
     write_torch(path, {"format": MODEL_FORMAT, "weights": weights, **meta, **extra})
 
 
-def read_model(path: str | Path) -> dict:
+def read_model(path: str | Path, fix: str | None = None) -> dict:
     """The model file at `path`, checked, with the fields older files lack filled in (OLDER_FILES);
-    one-line ForestsegError for anything else."""
+    one-line ForestsegError for anything else, ending in what to do: `fix` where given (the caller
+    knows better where a model file should come from), else advice for predict and evaluate."""
     path = Path(path)
+
+    def fail(problem: str, advice: str) -> ForestsegError:
+        return ForestsegError(f"{path}: {problem}; {fix or advice}")
+
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "no such file"
-        raise ForestsegError(f"{path}: {what}; pass a model file, models/<run>/model.pt")
+        raise fail("is a folder" if path.is_dir() else "no such file", "pass a model file, models/<run>/model.pt")
     try:
         state = _load(path)
     except pickle.UnpicklingError:  # torch's own text is a page of advice on unsafe loading, in ANSI bold
-        raise ForestsegError(
-            f"{path}: holds pickled Python objects beyond weights (a whole model saved with torch.save(model)?), "
-            "not a forestseg model file; it is not opened, as unpickling runs code: pass models/<run>/model.pt"
+        raise fail(
+            "holds pickled Python objects beyond weights (a whole model saved with torch.save(model)?), "
+            "not a forestseg model file; it is not opened, as unpickling runs code",
+            "pass models/<run>/model.pt",
         ) from None
     except Exception as e:
-        raise ForestsegError(
-            f"{path}: cannot be read as a forestseg model file ({type(e).__name__}: {' '.join(str(e).split())}): "
-            "damaged, cut short, or not a model file; copy it again, or pass models/<run>/model.pt"
+        raise fail(
+            f"cannot be read as a forestseg model file ({type(e).__name__}: {' '.join(str(e).split())}): "
+            "damaged, cut short, or not a model file",
+            "copy it again, or pass models/<run>/model.pt",
         ) from None
     if isinstance(state, dict) and state.get("format") == RESUME_FORMAT:
-        raise ForestsegError(
-            f"{path}: a resume file of a training run ({RESUME_FORMAT}), not a model file; "
-            "pass the run's model file, models/<run>/model.pt"
+        raise fail(
+            f"a resume file of a training run ({RESUME_FORMAT}), not a model file",
+            "pass the run's model file, models/<run>/model.pt",
         )
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         found = state.get("format", "no format tag") if isinstance(state, dict) else type(state).__name__
-        raise ForestsegError(
-            f"{path}: not a {MODEL_FORMAT} model file ({found}); retrain it with this version "
-            "(`dvc repro`), or pass models/<run>/model.pt"
+        raise fail(
+            f"not a {MODEL_FORMAT} model file ({found})",
+            "retrain it with this version (`dvc repro`), or pass models/<run>/model.pt",
         )
     if "weights" in state and state["weights"] is None and "message" in state:  # what train_member writes
-        raise ForestsegError(
-            f"{path}: run {state.get('run')} diverged and has no model ({state['message']}); "
-            "retrain it with the lr lowered as that says"
+        raise fail(
+            f"run {state.get('run')} diverged and has no model ({state['message']})",
+            "retrain it with the lr lowered as that says",
         )
     missing = [k for k in ("weights", "model", "normalizer", "tile_size", "threshold", "loss") if k not in state]
     if missing or state["weights"] is None:
-        raise ForestsegError(
-            f"{path}: a {MODEL_FORMAT} file without {', '.join(missing or ['weights'])}; it was not written by "
-            "forestseg's training: pass models/<run>/model.pt, or retrain (`dvc repro`)"
+        raise fail(
+            f"a {MODEL_FORMAT} file without {', '.join(missing or ['weights'])}; it was not written by "
+            "forestseg's training",
+            "pass models/<run>/model.pt, or retrain (`dvc repro`)",
         )
     state = {**OLDER_FILES, **state}
     problem = _field_problem(state)
     if problem:
-        raise ForestsegError(f"{path}: {problem}; damaged or edited: copy it again, or retrain (`dvc repro`)")
+        raise fail(f"{problem}; damaged or edited", "copy it again, or retrain (`dvc repro`)")
     return state
 
 
@@ -158,11 +165,15 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
         ) from None
 
 
+# what a train.init_from that is no usable model file needs (init/README.md)
+INIT_FIX = f"copy a finished run's model file (models/<run>/model.pt) into {INIT_DIR}/ and `dvc add` it"
+
+
 def read_init(path: str | Path, model: dict) -> dict:
     """train.init_from: the model file at `path`, whose model params must equal `model` (the run's
     `ModelConfig.weights()`: arch, width, depth, batch_norm, input), since its weights start the run."""
     try:
-        state = read_model(path)
+        state = read_model(path, fix=INIT_FIX)
     except ForestsegError as e:
         raise ForestsegError(f"params.yaml: train.init_from: {e}") from None
     theirs = state.get("model") if isinstance(state.get("model"), dict) else {}

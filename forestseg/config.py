@@ -299,7 +299,12 @@ class TrainConfig:
                     f"{self.init_from!r}: give none or the path of a model file inside the project's {INIT_DIR}/ "
                     f"folder, e.g. {INIT_DIR}/source.pt (see {INIT_DIR}/README.md)",
                 )
-            if not Path(self.init_from).is_file():  # relative to the project root, where stages run
+            if Path(self.init_from).is_dir():  # relative to the project root, where stages run
+                _fail(
+                    "train.init_from",
+                    f"{self.init_from}: a folder; name one model file in it (e.g. {INIT_DIR}/source.pt)",
+                )
+            if not Path(self.init_from).is_file():
                 # tracked, its file not here (a fresh clone)
                 tracked = next((f for f in init_dvc_files(self.init_from) if f.is_file()), None)
                 _fail(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import fingerprint, load_weights, read_init, read_resume, write_model, write_resume
+from .checkpoint import INIT_FIX, fingerprint, load_weights, read_init, read_resume, write_model, write_resume
 from .config import (
     PIXEL_SIZE_M,
     ForestsegError,
@@ -425,7 +425,10 @@ def train_run(
 
     model = build_model(model_cfg).to(device)
     if source is not None:  # before the optimizer is built; a resume file below still takes precedence
-        load_weights(model, source, init)
+        try:
+            load_weights(model, source, init)
+        except ForestsegError as e:  # model params that match and weights that do not: edited or foreign
+            raise ForestsegError(f"params.yaml: train.init_from: {e}; {INIT_FIX}") from None
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     lr, lr_param = opt_cfg.lr_for(run.loss, run.optimizer), opt_cfg.lr_param(run.loss, run.optimizer)

@@ -11,7 +11,9 @@ from typing import Any, Callable, NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
-from forestseg.io import load_yaml, remove_stale_runs  # noqa: E402
+from forestseg.io import RUN_FOLDER, load_yaml, remove_stale_runs  # noqa: E402
+
+RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
 
 # per params file this stage read: its text then, and the sections it read, as parsed (checked at its end)
 _READ: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -41,6 +43,26 @@ def drop_runs_not_in(grid: GridConfig, folder: str | Path, what: str) -> None:
     removed = remove_stale_runs((run.name for run in grid.runs()), folder)
     if removed:
         print(f"removed {len(removed)} {what} folder(s) of {folder} not in the grid: {', '.join(removed)}")
+
+
+def drop_resume_files(grid: GridConfig, runs_dir: str | Path) -> None:
+    """Remove RESUME_DIR's files of runs that are done (their metrics.json is there) or no longer in
+    `grid`. The train stage removes its own when it ends; this catches a run killed and later restored
+    by DVC from its cache (the stage does not run, so a half-run's file would stay, and a later
+    `--force` would resume from it). A run in training has no metrics.json: DVC removed its outputs."""
+    if not RESUME_DIR.is_dir():
+        return
+    members = {run.name for run in grid.runs()}
+    removed = []
+    for path in sorted(RESUME_DIR.glob("*.pt")):
+        run = path.stem
+        if RUN_FOLDER.fullmatch(run) and (run not in members or (Path(runs_dir) / run / "metrics.json").is_file()):
+            path.unlink(missing_ok=True)
+            removed.append(run)
+    if removed:
+        print(
+            f"removed the resume files of {len(removed)} finished or dropped run(s) in {RESUME_DIR}: {', '.join(removed)}"
+        )
 
 
 def _check_unchanged(path: str, now_text: str) -> None:
@@ -107,6 +129,13 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
         except ForestsegError as e:
             print(f"error: {e}", file=sys.stderr)
             code = 2
+        except KeyboardInterrupt:  # Ctrl-C: a traceback from inside torch says nothing useful
+            print(
+                f"{Path(sys.argv[0]).name}: interrupted; its outputs are as they were or complete (written "
+                "atomically): rerun to go on (a train run resumes after its last finished epoch)",
+                file=sys.stderr,
+            )
+            code = 130  # as a shell reports a process ended by SIGINT
         if fn.__module__ == "__main__" and not _watched():  # the script this process runs
             _end_process(code)
         if code:

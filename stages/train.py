@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from common import args, params, stage
+from common import RESUME_DIR, args, params, stage
 
 import forestseg
 from forestseg.checkpoint import check_init
@@ -11,8 +11,6 @@ from forestseg.config import load_sections
 from forestseg.io import remove_stale_temps, write_json, write_rows
 from forestseg.layout import DataLayout
 from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, train_member
-
-RESUME_DIR = Path(".resume")  # scratch: git- and dvc-ignored, never a DVC output
 
 
 @stage

@@ -89,6 +89,8 @@ def main(argv):
     print("wrote", argv[0])  # block-buffered on a pipe: must still arrive
     if argv[0] == "bad":
         raise ForestsegError("bad input")
+    if argv[0] == "ctrl-c":
+        raise KeyboardInterrupt  # what SIGINT raises in the main thread
 
 
 if __name__ == "__main__":
@@ -96,7 +98,15 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize(("arg", "rc", "err"), [("out.csv", 0, ""), ("bad", 2, "error: bad input\n")])
+INTERRUPTED = (
+    "stage.py: interrupted; its outputs are as they were or complete (written atomically): rerun to go on "
+    "(a train run resumes after its last finished epoch)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("arg", "rc", "err"), [("out.csv", 0, ""), ("bad", 2, "error: bad input\n"), ("ctrl-c", 130, INTERRUPTED)]
+)
 def test_a_stage_process_ends_without_finalization_and_loses_no_output(tmp_path, arg, rc, err) -> None:
     """Python's finalization (about 1 s with torch loaded) is skipped; stdout on a pipe still arrives."""
     import os
@@ -124,3 +134,22 @@ def test_the_train_and_overlays_stages_and_the_cli_do_not_import_pandas(module: 
     code = f"import sys; sys.path.insert(0, 'stages'); import {module}; print('pandas' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_aggregate_removes_the_resume_files_of_finished_and_dropped_runs(tmp_path, monkeypatch, capsys) -> None:
+    """A run killed, then restored by DVC from its cache, never reaches the train stage's own removal."""
+    from forestseg.config import GridConfig
+
+    monkeypatch.chdir(tmp_path)
+    for run in ("bce-adam-0", "bce-adam-1", "mse-sgd-0", "mse-adam-0"):
+        (tmp_path / ".resume").mkdir(exist_ok=True)
+        (tmp_path / ".resume" / f"{run}.pt").write_bytes(b"resume")
+    (tmp_path / ".resume" / "notes.pt").write_bytes(b"not a run's")
+    (tmp_path / "runs/bce-adam-0").mkdir(parents=True)
+    (tmp_path / "runs/bce-adam-0/metrics.json").write_text("{}")  # done; bce-adam-1 is still training
+    grid = GridConfig(loss=("bce",), optimizer=("adam",), seed=(0, 1))
+    common.drop_resume_files(grid, "runs")
+    assert sorted(p.name for p in (tmp_path / ".resume").iterdir()) == ["bce-adam-1.pt", "notes.pt"]
+    assert capsys.readouterr().out == (
+        "removed the resume files of 3 finished or dropped run(s) in .resume: bce-adam-0, mse-adam-0, mse-sgd-0\n"
+    )

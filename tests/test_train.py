@@ -564,6 +564,23 @@ def test_a_model_file_of_other_model_params_is_refused_in_one_line(data, source,
         go(data, tmp_path / "other.pt", init=resume)
 
 
+def test_a_bad_init_file_says_how_to_make_one_not_to_pass_another_path(data, source, tmp_path: Path) -> None:
+    """predict's advice (`pass models/<run>/model.pt`) is a path train.init_from refuses (outside init/)."""
+    from forestseg.checkpoint import INIT_FIX
+
+    text, resume = tmp_path / "notes.pt", source.parent.parent / "last.pt"
+    text.write_text("not a model\n")
+    bad_weights = tmp_path / "foreign.pt"  # its model params are the run's; its weights lack a layer
+    state = read_model(source)
+    torch.save({**state, "weights": dict(list(state["weights"].items())[1:])}, bad_weights)
+    for init in (text, resume, tmp_path, bad_weights):
+        with pytest.raises(ForestsegError) as err:
+            go(data, tmp_path / "other.pt", init=init)
+        message = str(err.value)
+        assert message.startswith(f"params.yaml: train.init_from: {init}: ") and message.endswith(f"; {INIT_FIX}")
+        assert "pass models" not in message and "dvc repro" not in message and "\n" not in message
+
+
 def test_a_model_file_fine_tunes_with_mixstyle_which_only_acts_while_training(data, source, tmp_path: Path) -> None:
     ft, _ = go(data, tmp_path / "last.pt", init=source, model=dataclasses.replace(MODEL, mixstyle=0.5))
     assert ft.history  # trained: mixstyle changes neither the weights nor what they compute in eval
