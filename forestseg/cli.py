@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -618,17 +619,31 @@ def main(argv: list[str] | None = None) -> None:
     _raster_flags(e)
     args = ap.parse_args(argv)
     _bundled_proj_data()
+    # a timeout, `kill`, Slurm or docker stop (SIGTERM) unwinds as Ctrl-C does, so the temp folder
+    # of the raster being mapped goes with it
+    before = signal.signal(signal.SIGTERM, _terminate)
     try:
         sys.exit(predict(args) if args.command == "predict" else evaluate(args))
     except ForestsegError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so the finished ones stand
-        print(
-            f"forestseg {args.command}: interrupted; outputs written before it stand, temp files go next run",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    except (KeyboardInterrupt, _Terminated) as e:  # outputs are written atomically: the finished ones stand
+        how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"forestseg {args.command}: {how}; outputs written before it stand", file=sys.stderr)
+        sys.exit(143 if isinstance(e, _Terminated) else 130)  # as a shell reports the signal
+    except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        sys.exit(141)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt: a BaseException, which no `except Exception` swallows."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from .errors import ForestsegError
 from .images import WORLD_FILE_SUFFIXES
-from .io import atomic_path, temp_prefix
+from .io import atomic_path, replace_together, temp_prefix
 from .predict import BLOCK, Predictor
 from .windows import sample_windows
 
@@ -598,37 +598,37 @@ class _MapWriter:
                 strips.ds.close()
 
 
-def _cog(tmp: Path, final: Path, resampling: str) -> None:
-    """Copy a tiled GTiff to `final` (atomically) as a Cloud-Optimised GeoTIFF with overviews;
-    where GDAL lacks the COG driver, as a tiled GTiff with overviews copied in front."""
-    with atomic_path(final) as out:
-        with rasterio.Env(**GDAL_ENV) as env:
-            if "COG" in env.drivers():
-                rasterio.shutil.copy(
-                    tmp,
-                    out,
-                    driver="COG",
-                    COMPRESS="DEFLATE",
-                    BLOCKSIZE=512,
-                    OVERVIEW_RESAMPLING=resampling,
-                    BIGTIFF="IF_SAFER",
-                )
-                return
-            with rasterio.open(tmp, "r+") as ds:
-                factors = [f for f in (2, 4, 8, 16, 32, 64) if min(ds.width, ds.height) // f >= 256]
-                if factors:
-                    ds.build_overviews(factors, Resampling[resampling.lower()])
+def _cog(tmp: Path, out: Path, resampling: str) -> None:
+    """Copy a tiled GTiff to `out` (in the temp folder: map_forest moves the finished set into place)
+    as a Cloud-Optimised GeoTIFF with overviews; where GDAL lacks the COG driver, as a tiled GTiff with
+    overviews copied in front."""
+    with rasterio.Env(**GDAL_ENV) as env:
+        if "COG" in env.drivers():
             rasterio.shutil.copy(
                 tmp,
                 out,
-                driver="GTiff",
-                TILED=True,
-                BLOCKXSIZE=512,
-                BLOCKYSIZE=512,
+                driver="COG",
                 COMPRESS="DEFLATE",
-                COPY_SRC_OVERVIEWS=True,
+                BLOCKSIZE=512,
+                OVERVIEW_RESAMPLING=resampling,
                 BIGTIFF="IF_SAFER",
             )
+            return
+        with rasterio.open(tmp, "r+") as ds:
+            factors = [f for f in (2, 4, 8, 16, 32, 64) if min(ds.width, ds.height) // f >= 256]
+            if factors:
+                ds.build_overviews(factors, Resampling[resampling.lower()])
+        rasterio.shutil.copy(
+            tmp,
+            out,
+            driver="GTiff",
+            TILED=True,
+            BLOCKXSIZE=512,
+            BLOCKYSIZE=512,
+            COMPRESS="DEFLATE",
+            COPY_SRC_OVERVIEWS=True,
+            BIGTIFF="IF_SAFER",
+        )
 
 
 def _blocks(grid: Grid, block: int) -> Iterator[Window]:
@@ -734,15 +734,19 @@ def map_forest(
                 writer.close()
             bar.close()
             paths = output_paths(path, out_dir, opts)
-            _cog(writer.files["mask"], paths["mask"], "MODE")
+            # every output finished in the temp folder first, then all moved into place: a kill never
+            # leaves a new mask beside an old probability or polygons (the probability's COG takes seconds)
+            built = {name: folder / f"{name}.out{paths[name].suffix}" for name in paths}
+            _cog(writer.files["mask"], built["mask"], "MODE")
             if opts.probability:
-                _cog(writer.files["probability"], paths["probability"], "AVERAGE")
+                _cog(writer.files["probability"], built["probability"], "AVERAGE")
+            polygons = None
+            if opts.polygons:
+                polygons = write_polygons(built["mask"], built["polygons"], opts.min_area_m2, raster.unit_m)
+            replace_together({built[name]: paths[name] for name in paths})
     except (RasterioError, CPLE_BaseError, OSError, OverflowError) as e:
         # a corrupt block, a full disk, a failed transform: GDAL's reason on one line, never a traceback
         raise ForestsegError(f"{path}: failed while mapping ({_one_line(e)})") from None
-    polygons = None
-    if opts.polygons:
-        polygons = write_polygons(paths["mask"], paths["polygons"], opts.min_area_m2, raster.unit_m)
     pixel_m2 = out.pixel_area_m2(raster.unit_m)
     return ForestArea(
         file=str(path),
@@ -832,8 +836,9 @@ def _resampled(
             has = valid_view.dataset_mask(window=window) > 0
             known = ~np.ma.getmaskarray(margin)
             # at a rotated or sheared footprint's edge the warper may give a pixel with data no value
-            # (the model pixels under it lie mostly outside): it takes its neighbours' margin
-            values, known = _grow(margin.filled(0).astype(np.float32), known, has, reach)
+            # (the model pixels under it lie mostly outside): it takes its neighbours' margin. Values
+            # spread through nodata pixels too: a column of data between nodata ones is reached only so
+            values, known = _grow(margin.filled(0).astype(np.float32), known, np.ones_like(has), reach)
             logits = values / LOGIT_SCALE + np.float32(predictor.cut)
             # a pixel with data that no model pixel with data reaches has no prediction: nodata
             writer.put(int(window.row_off), int(window.col_off), logits, has & known)

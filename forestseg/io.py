@@ -117,6 +117,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def replace_together(moves: dict[Path, Path]) -> None:
+    """Move finished files (written in a temp folder on the same file system) onto their paths, each
+    fsynced first, then renamed one right after another: a set of outputs that belong together (a
+    map, its probability, its polygons) changes within milliseconds, never while one is written."""
+    for src in moves:
+        with open(src, "rb") as f:
+            os.fsync(f.fileno())
+    for src, dst in moves.items():
+        try:
+            os.replace(src, dst)
+        except OSError as e:
+            raise _write_error(dst, e) from None
+
+
 def write_with(path: str | Path, writer: Callable[[Path], Any]) -> None:
     """Atomically write `path` with writer(tmp_path)."""
     with atomic_path(path) as tmp:

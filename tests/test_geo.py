@@ -19,8 +19,10 @@ from affine import Affine
 from conftest import make_set, train_small_model
 from PIL import Image
 from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
 from rasterio.transform import from_origin
 
+from forestseg import geo
 from forestseg.checkpoint import write_model
 from forestseg.cli import main
 from forestseg.config import ModelConfig, asdict
@@ -291,37 +293,50 @@ def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(
 
 
 @pytest.mark.parametrize(
-    "pixel, rotation, shear, hole",
+    "pixel, rotation, shear, nodata",
     [
-        (0.7, 0, 0, False),
-        (0.7, 0, 0, True),
-        (0.33, 17, 0, False),
-        (0.4, 30, 0, False),
-        (0.5, 30, -30, False),
-        (1.3, 0, 0, True),
+        (0.7, 0, 0, ""),
+        (0.7, 0, 0, "hole"),
+        (0.33, 17, 0, ""),
+        (0.4, 30, 0, ""),
+        (0.5, 30, -30, ""),
+        (1.3, 0, 0, "hole"),
+        (0.3, 0, 0, "strips"),
     ],
-    ids=["0.7m", "0.7m-nodata-hole", "0.33m-rotated", "0.4m-rotated", "0.5m-sheared", "1.3m-nodata-hole"],
+    ids=[
+        "0.7m",
+        "0.7m-nodata-hole",
+        "0.33m-rotated",
+        "0.4m-rotated",
+        "0.5m-sheared",
+        "1.3m-nodata-hole",
+        "0.3m-data-in-every-third-column",
+    ],
 )
 def test_resampled_edges_and_nodata_borders_keep_their_prediction(
-    tmp_path: Path, monkeypatch, pixel: float, rotation: float, shear: float, hole: bool
+    tmp_path: Path, monkeypatch, pixel: float, rotation: float, shear: float, nodata: str
 ) -> None:
     """Resampled to the model's pixels and back, a raster of pixels the model calls forest is forest to
     its last row and column and around a nodata hole: the model's grid reaches past the raster and into
     the hole, and the black it sees there must not be averaged into the pixels beside them. At a rotated
     or sheared footprint's edge the warper gave some pixels no value (142 of 30351 sheared, 3 rotated
-    by 30 degrees): they were nodata, and valid_ha too small."""
+    by 30 degrees): they were nodata, and valid_ha too small. Columns of data one pixel wide between
+    nodata ones (a 0.3 m raster) have model pixels mostly of nodata: 5200 of 13333 pixels with data
+    were nodata when their neighbours' values could only spread through pixels with data."""
     monkeypatch.setattr(Predictor, "windows_logits", lambda self, tiles: (tiles[..., 0] - np.float32(128)) / 8)
     image = np.full((151, 201, 3), 60, np.uint8)
     image[..., 0] = 220  # forest at logit 11.5 everywhere
-    if hole:
+    if nodata == "hole":
         image[60:90, 80:120] = 0  # nodata 0 in every band
+    if nodata == "strips":
+        image[:, ::3] = image[:, 1::3] = 0
     transform = (
         Affine.translation(500000, 5000000)
         * Affine.rotation(rotation)
         * Affine.shear(shear, 0)
         * Affine.scale(pixel, -pixel)
     )
-    src = write_raster(tmp_path / "in/r.tif", image, nodata=0 if hole else None, transform=transform)
+    src = write_raster(tmp_path / "in/r.tif", image, nodata=0 if nodata else None, transform=transform)
     ck = random_checkpoint(tmp_path / "m.pt", tile=64, depth=1)
     assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out"), "--probability", "float32") == 0
     mask, meta = read(tmp_path / "out/r_mask.tif")
@@ -1486,3 +1501,72 @@ def test_the_model_sees_block_means_where_its_pixels_are_coarser(
     else:
         assert ((red >= 60) & (red <= 240)).all()
         assert len(np.unique(np.rint(red))) > 2
+
+
+def test_a_map_s_outputs_change_together_or_not_at_all(checkpoint: Path, scene, tmp_path: Path, monkeypatch) -> None:
+    """The mask was moved into place before the probability's COG was written (seconds on a large
+    raster): a kill then left a new mask beside the old probability, polygons and area row."""
+    src = write_raster(tmp_path / "in/x.tif", scene[0][:100, :150])
+    out = tmp_path / "out"
+    argv = ["predict", str(checkpoint), str(src), "-o", str(out), "--probability", "--polygons"]
+    assert cli(*argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["forest_area.csv", "x_forest.geojson", "x_mask.tif", "x_probability.tif"]
+    cog = geo._cog
+
+    def killed_at_the_probability(tmp: Path, dest: Path, resampling: str) -> None:
+        if "probability" in dest.name:
+            raise RasterioError("killed")  # what stops the run between the two COGs
+        cog(tmp, dest, resampling)
+
+    monkeypatch.setattr(geo, "_cog", killed_at_the_probability)
+    logits = Predictor.windows_logits
+    monkeypatch.setattr(Predictor, "windows_logits", lambda self, tiles: -logits(self, tiles))  # another mask
+    assert cli(*argv) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # every old file, and no temp file
+
+
+SLOW_COG = """
+import sys, time
+import forestseg.geo as geo
+cog = geo._cog
+def slow(*args):
+    print("writing", flush=True)
+    time.sleep(60)  # a large raster's COG, long enough to be stopped in
+    cog(*args)
+geo._cog = slow
+from forestseg.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_unwinds_as_ctrl_c_leaving_no_temp_files(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """A timeout or Slurm's scancel sends SIGTERM: it left the raster's temp folder (its logits) behind."""
+    import signal
+    import subprocess
+    import sys
+
+    src = write_raster(tmp_path / "in/x.tif", scene[0][:100, :150])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", SLOW_COG, "predict", str(checkpoint), str(src), "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "writing\n"  # inside map_forest, its temp folder there
+    assert any(p.name.startswith(".x.") for p in out.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert (
+        proc.returncode == 143 and err == "forestseg predict: terminated (SIGTERM); outputs written before it stand\n"
+    )
+    assert list(out.iterdir()) == []
+
+
+def test_output_piped_into_a_reader_that_stops_is_no_traceback(checkpoint: Path, scene, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = write_raster(tmp_path / "in/x.tif", scene[0][:100, :150])
+    cmd = [sys.executable, "-m", "forestseg.cli", "predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head -0`: the first line printed meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
