@@ -837,7 +837,7 @@ def _resampled(
             known = ~np.ma.getmaskarray(margin)
             # at a rotated or sheared footprint's edge the warper may give a pixel with data no value
             # (the model pixels under it lie mostly outside): it takes its neighbours' margin. Values
-            # spread through nodata pixels too: a column of data between nodata ones is reached only so
+            # spread through nodata pixels too, or a column of data between nodata ones is never reached
             values, known = _grow(margin.filled(0).astype(np.float32), known, np.ones_like(has), reach)
             logits = values / LOGIT_SCALE + np.float32(predictor.cut)
             # a pixel with data that no model pixel with data reaches has no prediction: nodata
