@@ -26,6 +26,11 @@ FLAT_LOW_SHARE = 0.005
 FLAT_LOW_SHARE_RESAMPLED = 0.02
 LOW_TO_HIGH = 1.0  # over a set, more LOW pixels than pixels at 224-255: class ids, not 0/255 (the sample: 0.01)
 COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
+# A colour mask with more distinct colours than MAX_CLASSES is lossy (JPEG): its forest is within
+# COLOR_TOLERANCE of a declared colour, unless more than this share of it (and 1 % of the mask) lies
+# over half the tolerance away, as a region of another class's colour does (CORINE's shrub, 38 off
+# its forest), where JPEG noise in a flat region stays within a few levels and borders are thin
+COLOR_FAR_SHARE = 0.2
 GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
 MAX_CLASSES = 16  # a class-id mask with more distinct values is not class ids (JPEG-compressed?)
 LEVEL = 4  # grey levels: neighbours within this of a pixel are level with it (JPEG noise included)
@@ -153,8 +158,9 @@ class Stats:
         low = self.grey[LOW[0] : LOW[1] + 1].sum()
         return not self.jpeg_masks and low > 0.01 * max(1, self.grey.sum())
 
-    def suggest(self, current: str) -> str:
-        """Which params would fit these masks (never `current`, the convention they did not fit)."""
+    def suggest(self, current: str, forest: tuple = ()) -> str:
+        """Which params would fit these masks (never `current`, the convention they did not fit, whose
+        data.forest was `forest`)."""
         values = self.grey.nonzero()[0]
         if not self.colour_masks and values.tolist() == [0]:
             return "every mask is 0 everywhere (empty): check that masks/ holds this set's forest masks"
@@ -181,6 +187,12 @@ class Stats:
             )
         if guess == current:
             return "check data.masks and data.forest against the values found"
+        if guess in ("0/255", "resampled") and current == "classes" and forest and max(forest) < 128:
+            # forest declared dark: as 0/255 they would read inverted, forest as not forest
+            return (
+                f"they look like {guess} masks, where forest is >= 128, but data.forest says forest is "
+                f"{list(forest)}: invert them first (255 - value, saved lossless), then set data.masks: '{guess}'"
+            )
         return {
             "colors": "if they are colour-coded classes, set data.masks: colors and data.forest: [[r, g, b]] "
             "(DeepGlobe's forest: [[0, 255, 0]])",
@@ -348,12 +360,25 @@ def _classes(mask: np.ndarray, forest: tuple) -> np.ndarray:
 def _colors(mask: np.ndarray, forest: tuple) -> np.ndarray:
     if mask.ndim == 2:
         raise MaskMismatch(f"single-band mask, not colour-coded; values found: {describe(mask)}")
-    out = np.zeros(mask.shape[:2], bool)
-    planes = [mask[..., c].astype(np.int16) for c in range(3)]
+    planes = [mask[..., c].astype(np.int32) for c in range(3)]
+    packed = planes[0] << 16 | planes[1] << 8 | planes[2]
+    if len(np.unique(packed)) <= MAX_CLASSES:  # lossless (PNG): each pixel is its class's colour exactly
+        return np.isin(packed, [r << 16 | g << 8 | b for r, g, b in forest])
+    # lossy (JPEG): within the tolerance of a declared colour; per channel plane, not a reduction over a
+    # last axis of 3 (as is_grey; ~50x faster in numpy)
+    off = np.full(mask.shape[:2], 256, np.int32)  # per pixel, the max channel distance to the nearest forest colour
     for colour in forest:
-        # per channel plane, not a reduction over a last axis of 3 (as is_grey; ~50x faster in numpy)
-        near = [np.abs(plane - value) <= COLOR_TOLERANCE for plane, value in zip(planes, colour)]
-        out |= near[0] & near[1] & near[2]
+        off = np.minimum(off, np.maximum.reduce([np.abs(plane - value) for plane, value in zip(planes, colour)]))
+    out = off <= COLOR_TOLERANCE
+    far = int((out & (off > COLOR_TOLERANCE // 2)).sum())
+    if far > COLOR_FAR_SHARE * out.sum() and far > 0.01 * out.size:
+        found = np.unique(packed[out & (off > COLOR_TOLERANCE // 2)], return_counts=True)
+        r, g, b = (int(found[0][found[1].argmax()]) >> s & 255 for s in (16, 8, 0))
+        raise MaskMismatch(
+            f"{far / out.sum():.0%} of the pixels within +-{COLOR_TOLERANCE} of a forest colour are over "
+            f"{COLOR_TOLERANCE // 2} off it (most often ({r}, {g}, {b})): another class's colour, which a JPEG "
+            f"mask cannot tell from forest's; save the masks lossless (PNG), where colours match exactly"
+        )
     return out
 
 

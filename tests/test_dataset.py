@@ -252,6 +252,44 @@ def test_duplicate_row_is_skipped_once(tiny_set, tmp_path):
     assert_accounted(report, index)
 
 
+@pytest.mark.parametrize("other", ["png", "zero-padded"])
+def test_a_tile_listed_again_under_another_name_is_skipped_once(tiny_set, tmp_path, other: str) -> None:
+    """10452_sat_18.png beside 10452_sat_18.jpg, or 010452_sat_18.jpg: the same tile, which weighed twice
+    and, as scene 010452, could land on the other side of the scene split than scene 10452."""
+    import shutil
+
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    if other == "png":
+        again = (image.replace(".jpg", ".png"), mask.replace(".jpg", ".png"))
+    else:
+        again = (f"0{image}", f"0{mask}")
+    for folder, old, new in (("images", image, again[0]), ("masks", mask, again[1])):
+        shutil.copy(tiny_set / folder / old, tiny_set / folder / new)
+    edit_meta(tiny_set, lambda lines: [*lines, ",".join(again)])
+    index, report = build(tiny_set, tmp_path / "out")
+    assert (report["rows"], report["valid"], report["skipped"]) == (ROWS + 1, ROWS, 1)
+    scene = image.split("_sat_")[0]
+    reason = report["skipped_pairs"][0]["reason"]
+    assert reason.startswith(f"the same tile as the image listed before under another name: {image} (scene {scene},")
+    assert again[0] not in set(index["image"])
+    assert_accounted(report, index)
+
+
+def test_scene_ids_are_ascii_whole_numbers() -> None:
+    from forestseg.dataset import pair_problem, scene_of
+
+    assert scene_of("0114473_sat_71.jpg") == scene_of("114473_sat_60.jpg") == "114473"
+    full_width = "\uff11\uff11\uff14\uff14\uff17\uff13_sat_60.jpg"  # 114473 in full-width digits
+    assert scene_of(full_width) is None
+    assert "so its scene is unknown" in pair_problem(full_width, "114473_mask_60.jpg")
+
+
+def test_a_trailing_comma_on_every_row_is_read_without_a_warning(tiny_set, tmp_path, recwarn) -> None:
+    edit_meta(tiny_set, lambda lines: [lines[0], *(line + "," for line in lines[1:])])
+    index, report = build(tiny_set, tmp_path / "out")
+    assert report["valid"] == ROWS and not [w for w in recwarn if "ParserWarning" in str(w.category)]
+
+
 def test_a_rejected_row_does_not_make_a_later_good_row_a_duplicate(tiny_set, tmp_path):
     image, _ = rows_of(tiny_set)[BAD_ROW]
     edit_meta(tiny_set, lambda lines: [lines[0], f"{image},"] + lines[1:])  # an empty mask cell, then the real row

@@ -67,3 +67,19 @@ def test_stage_params_are_exactly_the_sections_it_reads(name: str) -> None:
     read = _sections_read(stage["cmd"].split()[1])
     listed = {p.split(".")[0] for p in stage.get("params", [])}
     assert read and listed == read, f"{name}: reads {sorted(read)}, dvc.yaml lists {sorted(listed)}"
+
+
+def test_the_committed_lock_records_every_code_file_as_it_is() -> None:
+    """A `dvc repro` while a library file was being edited locked its first stages with the old file's
+    hash and the rest with the new one: a clone's `dvc status` was not clean and reran 5 stages.
+    Every stage's lock entry for a source file holds that file's md5 now (DVC 3: of its bytes)."""
+    import hashlib
+
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    stale = sorted(
+        f"{stage}: {dep['path']}"
+        for stage, entry in lock["stages"].items()
+        for dep in entry.get("deps", [])
+        if dep["path"].endswith(".py") and dep.get("md5") != hashlib.md5((REPO / dep["path"]).read_bytes()).hexdigest()
+    )
+    assert not stale, f"dvc.lock is not the code's (run `dvc repro` and commit dvc.lock): {stale}"
