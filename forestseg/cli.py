@@ -412,6 +412,7 @@ def evaluate(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             adapt_bn=opts.adapt_bn,
             allow_no_forest=args.allow_no_forest,
+            check_inverted=not args.forest_brighter,
             log=lambda line: print(_as_flags(line)),  # its notes on skipped pairs quote the index's reasons
         )
     except DataError as e:  # the index's advice names params.yaml's keys; here they are flags
@@ -460,6 +461,7 @@ def _as_flags(text: str) -> str:
     from .dataset import GET_DATA
 
     text = text.replace(f" {GET_DATA}", "").replace("data.source", "DATA")
+    text = text.replace("set data.check_inverted: false", "pass --forest-brighter")
     for key, flag in (("data.masks", "--masks"), ("data.forest", "--forest")):
         # "set data.masks: '0/1'" (a params.yaml line) becomes "pass --masks '0/1'" (a command line)
         text = re.sub(rf"\bset {re.escape(key)}: ", f"pass {flag} ", text)
@@ -614,6 +616,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="score truth rasters that hold no forest though a nodata value covers some of their pixels "
         "(stopped by default: 0/255 masks tagged nodata 255 read so)",
+    )
+    e.add_argument(
+        "--forest-brighter",
+        action="store_true",
+        help="tiles whose forest is brighter than the rest (near-infrared false colour): do not stop them "
+        "as inverted masks, as params.yaml's data.check_inverted: false",
     )
     _model_flags(e)
     _raster_flags(e)

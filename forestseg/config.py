@@ -80,6 +80,9 @@ class DataConfig:
     # Metres on the ground per pixel of the tiles; stored in checkpoints so predict can resample
     # other imagery to the resolution the model learned.
     pixel_size_m: float = PIXEL_SIZE_M
+    # stop when forest is brighter than the rest in most scenes (inverted masks); false for imagery
+    # where vegetation is bright (near-infrared false colour)
+    check_inverted: bool = True
 
     def __post_init__(self) -> None:
         from .masks import CONVENTIONS

@@ -95,13 +95,20 @@ def evaluate_tiles(
     overlap: int | None = None,
     log: Callable[[str], None] = print,
     adapt_bn: float = 0.0,
+    check_inverted: bool = True,
 ) -> dict:
     """Score on the tiles of a Kaggle-layout folder (all, or the `subset` rows of a split.csv),
     read as the index reads them; tiles are taken at the model's pixel size. With `adapt_bn`,
     each scene is scored by the model adapted to its own tiles (`Predictor.adapted`)."""
     with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
         index, report = build_index(
-            data, Path(tmp) / "images.npy", Path(tmp) / "masks.npy", masks, forest, training=False
+            data,
+            Path(tmp) / "images.npy",
+            Path(tmp) / "masks.npy",
+            masks,
+            forest,
+            training=False,
+            check_inverted=check_inverted,
         )
         if report["skipped"]:
             first = report["skipped_pairs"][0]
@@ -377,12 +384,14 @@ def evaluate(
                 from .geo import MapOptions
 
                 ignored = [
-                    k for k in ("masks", "forest", "split") if tile_args.get(k) not in (None, (), DataConfig.masks)
-                ]
+                    "--" + k
+                    for k in ("masks", "forest", "split")
+                    if tile_args.get(k) not in (None, (), DataConfig.masks)
+                ] + (["--forest-brighter"] if tile_args.get("check_inverted") is False else [])
                 if ignored:  # options of tile sets: say so rather than score as if they applied
                     raise ForestsegError(
                         f"{data}: labelled GeoTIFFs (0 = not forest, one other value forest, no split); "
-                        f"{', '.join('--' + k for k in ignored)} apply to Kaggle-layout tiles only: leave them out"
+                        f"{', '.join(ignored)} apply to Kaggle-layout tiles only: leave them out"
                     )
 
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log, allow_no_forest)

@@ -133,6 +133,23 @@ def kaggle_like(tmp_path: Path) -> Path:
     return make_set(tmp_path / "set", scenes=4, grid=2, tile_size=32)
 
 
+def test_inverted_masks_that_fit_their_convention_stop(kaggle_like, tmp_path):
+    """Lossless 0/255 masks with forest 0 fit '0/255' as well: every scene's "forest" (the fields and
+    roads) was brighter than the rest, and the set trained on the background, exit 0."""
+    t = rewrite(kaggle_like, lambda truth: np.where(truth, 0, 255).astype(np.uint8))
+    with pytest.raises(
+        DataError,
+        match=r"masks: forest \(read with data\.masks '0/255'\) is brighter than the rest "
+        r"in 4 of 4 scenes \(mean grey \d+ against \d+\).*are the masks inverted\?",
+    ):
+        index(kaggle_like, tmp_path / "a")
+    idx, _, packed = index(kaggle_like, tmp_path / "b", "classes", (0,))  # what the message offers
+    assert_packed_is_truth(idx, packed, t)
+    out = tmp_path / "c"  # imagery where forest is bright (near-infrared): the check is off
+    _, report = build_index(kaggle_like, out / "i.npy", out / "m.npy", check_inverted=False)
+    assert report["valid"] == 16
+
+
 def test_0_1_masks_train_the_same_targets_as_0_255(kaggle_like, tmp_path):
     t = truths(kaggle_like)
     idx255, _, packed255 = index(kaggle_like, tmp_path / "a")

@@ -627,6 +627,21 @@ def test_evaluates_mask_advice_names_its_flags(checkpoint, tmp_path, capsys) -> 
     assert done.value.code == 2 and "pass --masks '0/255'" in err and "data.masks" not in err, err
 
 
+def test_evaluate_names_its_flag_for_bright_forest(checkpoint, tmp_path, capsys) -> None:
+    from PIL import ImageOps
+
+    data = make_set(tmp_path / "set", scenes=3, grid=2, tile_size=64)
+    for mask in (data / "masks").iterdir():  # inverted: forest brighter than the rest in every scene
+        ImageOps.invert(Image.open(mask).convert("L")).save(mask, quality=95)
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "are the masks inverted?" in err and "pass --forest-brighter" in err, err
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data), "--forest-brighter"])
+    assert done.value.code == 0
+
+
 @pytest.mark.parametrize("linked", ["one", "every"])
 def test_evaluates_data_advice_names_its_argument(checkpoint, tmp_path, capsys, linked: str) -> None:
     """The index's reasons name params.yaml's data.source and say where to get the Kaggle set; evaluate's
