@@ -193,11 +193,13 @@ def tile_folds(sample: Sample, k: int) -> list[np.ndarray]:
 
 
 def hold_out_val(scenes: list[str], split_cfg: SplitConfig) -> tuple[list[str], list[str]]:
-    """`scenes` as (trained on, validation): split.val_fraction of them (at least one when it is > 0),
-    drawn with split.seed, are validation scenes, on which train.threshold=val chooses the cut."""
+    """`scenes` as (trained on, validation): split.val_fraction of them (at least one when it is > 0, and
+    never all), drawn with split.seed, are validation scenes, on which train.threshold=val chooses the cut."""
     if split_cfg.val_fraction <= 0:
         return list(scenes), []
-    n_val = max(1, round(split_cfg.val_fraction * len(scenes)))
+    if len(scenes) < 2:  # one scene trains: none is left to validate on
+        return list(scenes), []
+    n_val = min(max(1, round(split_cfg.val_fraction * len(scenes))), len(scenes) - 1)
     val = sorted(np.random.default_rng(split_cfg.seed).choice(scenes, n_val, replace=False).tolist())
     return [s for s in scenes if s not in val], val
 

@@ -115,9 +115,14 @@ def _check_not_inverted(root: Path, masks: str, light: dict[str, np.ndarray]) ->
         f"{root}/masks: forest (read with data.masks {masks!r}) is brighter than the rest in {brighter} of "
         f"{len(sums)} scenes (mean grey {f / nf:.0f} against {o / no:.0f}), where a photo's forest canopy is darker "
         "than fields, roads and roofs: are the masks inverted? invert them (255 - value; lossless ones can be "
-        "read as they are with data.masks: classes and data.forest: [0]); if forest is brighter in this imagery "
+        "read as they are: set data.masks: classes and data.forest: [0]); if forest is brighter in this imagery "
         "(near-infrared false colour), set data.check_inverted: false"
     )
+
+
+def _tile_twice(kept: str) -> str:
+    scene, number = tile_of(kept)
+    return f"{TILE_TWICE} {kept} (scene {scene}, tile {number})"
 
 
 def _example(skipped: dict) -> str:
@@ -296,7 +301,7 @@ def _load_pair(
         )
     jpeg = "JPEG" in msk_picture.kind
     try:
-        forest_map = forest_of(msk, convention, forest)
+        forest_map = forest_of(msk, convention, forest, jpeg)
     except MaskMismatch as e:  # checked first: a set of misfits says which convention it looks like
         summary = summarize(msk)
         resampled = convention != "resampled" and misfit_reads_as_resampled(msk, summary)
@@ -433,8 +438,8 @@ def build_index(
     # The same image listed twice with another mask: the first row that loads is kept, so a row that
     # fails (say, its mask is missing) does not make a later good one a duplicate. A repeat of a whole
     # row is the same pair again: never decoded (nor counted as a misfit) twice.
-    # A tile under another name (10452_sat_18.png beside .jpg, 010452_sat_18.jpg) is the same tile:
-    # kept once, or it would weigh twice and could sit on both sides of a tile split.
+    # A tile under another name (10452_sat_18.png beside .jpg, 010452_sat_18.jpg) is the same tile, kept
+    # once the same way (it would weigh twice, and could sit on both sides of a tile split).
     rows, later, seen, tiles = [], {}, set(), {}
     for image, mask in meta.itertuples(index=False):
         problem = pair_problem(image, mask)
@@ -443,8 +448,7 @@ def build_index(
         elif (image, mask) in seen:
             skip(image, mask, DUPLICATE)
         elif tiles.setdefault(tile_of(image), image) != image:
-            scene, number = tile_of(image)
-            skip(image, mask, f"{TILE_TWICE} {tiles[tile_of(image)]} (scene {scene}, tile {number})")
+            later[tiles[tile_of(image)]].append((image, mask))
         elif image in later:
             later[image].append((image, mask))
         else:
@@ -493,8 +497,8 @@ def build_index(
                             break
                         (image, mask), others = others[0], others[1:]
                         result = load((image, mask))
-                    for _, other in others:
-                        skip(image, other, DUPLICATE)
+                    for other_image, other_mask in others:
+                        skip(other_image, other_mask, DUPLICATE if other_image == image else _tile_twice(image))
                     if isinstance(result, BadPair):
                         continue
                     k = len(kept)

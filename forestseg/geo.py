@@ -742,7 +742,9 @@ def map_forest(
                 _cog(writer.files["probability"], built["probability"], "AVERAGE")
             polygons = None
             if opts.polygons:
-                polygons = write_polygons(built["mask"], built["polygons"], opts.min_area_m2, raster.unit_m)
+                polygons = write_polygons(
+                    built["mask"], built["polygons"], opts.min_area_m2, raster.unit_m, paths["polygons"].stem
+                )
             replace_together({built[name]: paths[name] for name in paths})
     except (RasterioError, CPLE_BaseError, OSError, OverflowError) as e:
         # a corrupt block, a full disk, a failed transform: GDAL's reason on one line, never a traceback
@@ -890,7 +892,7 @@ def _rounded(coordinates: Any, digits: int) -> Any:
     return [_rounded(c, digits) for c in coordinates]
 
 
-def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float) -> int:
+def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float, name: str = "") -> int:
     """Forest polygons of a mask as GeoJSON, each with its area_m2; those under min_area_m2 dropped.
 
     GDAL polygonizes the mask file band by scanlines (rasterio.features.shapes on a Band), so the
@@ -907,7 +909,7 @@ def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float
         open(tmp, "w", encoding="utf-8") as f,
     ):
         epsg = ds.crs.to_epsg()
-        header: dict = {"type": "FeatureCollection", "name": out.stem}
+        header: dict = {"type": "FeatureCollection", "name": name or out.stem}
         if epsg:
             header["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
         f.write(json.dumps(header)[:-1] + ', "features": [\n')

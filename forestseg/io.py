@@ -121,7 +121,9 @@ def replace_together(moves: dict[Path, Path]) -> None:
     """Move finished files (written in a temp folder on the same file system) onto their paths, each
     fsynced first, then renamed one right after another: a set of outputs that belong together (a
     map, its probability, its polygons) changes within milliseconds, never while one is written."""
-    for src in moves:
+    for src, dst in moves.items():
+        if dst.is_dir():  # before the first rename: a folder in the way leaves every old file in place
+            raise _write_error(dst, IsADirectoryError(errno.EISDIR, "a folder is in the way"))
         with open(src, "rb") as f:
             os.fsync(f.fileno())
     for src, dst in moves.items():

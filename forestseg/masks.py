@@ -26,11 +26,11 @@ FLAT_LOW_SHARE = 0.005
 FLAT_LOW_SHARE_RESAMPLED = 0.02
 LOW_TO_HIGH = 1.0  # over a set, more LOW pixels than pixels at 224-255: class ids, not 0/255 (the sample: 0.01)
 COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
-# A colour mask with more distinct colours than MAX_CLASSES is lossy (JPEG): its forest is within
-# COLOR_TOLERANCE of a declared colour, unless more than this share of it (and 1 % of the mask) lies
-# over half the tolerance away, as a region of another class's colour does (CORINE's shrub, 38 off
-# its forest), where JPEG noise in a flat region stays within a few levels and borders are thin
-COLOR_FAR_SHARE = 0.2
+# A JPEG colour mask's forest is within COLOR_TOLERANCE of a declared colour, unless more than this
+# share of it (and 1 % of the mask) lies over half the tolerance away inside a region of such pixels
+# (all 8 neighbours too), as another class's colour does (CORINE's shrub is 38 off its forest): JPEG
+# noise in a flat region stays within a few levels, and blends at class borders are 1-2 px lines
+COLOR_FAR_SHARE = 0.1
 GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
 MAX_CLASSES = 16  # a class-id mask with more distinct values is not class ids (JPEG-compressed?)
 LEVEL = 4  # grey levels: neighbours within this of a pixel are level with it (JPEG noise included)
@@ -315,7 +315,7 @@ def misfit_reads_as_resampled(mask: np.ndarray, summary: tuple[bool, np.ndarray]
     return grey and mid_share(counts) > AMBIGUOUS_SHARE and looks_resampled(grey_of(mask))
 
 
-def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
+def _binary255(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
     grey = _grey(mask)
     mid = mid_share(np.bincount(grey.ravel(), minlength=256)) > AMBIGUOUS_SHARE
     far = far_low_share(grey) > FAR_LOW_SHARE
@@ -332,7 +332,7 @@ def _binary255(mask: np.ndarray, forest: tuple) -> np.ndarray:
     return grey >= 128
 
 
-def _resampled(mask: np.ndarray, forest: tuple) -> np.ndarray:
+def _resampled(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
     grey = _grey(mask)
     problem = resampled_problem(grey)
     if problem:
@@ -340,14 +340,14 @@ def _resampled(mask: np.ndarray, forest: tuple) -> np.ndarray:
     return grey >= 128
 
 
-def _binary01(mask: np.ndarray, forest: tuple) -> np.ndarray:
+def _binary01(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
     grey = _grey(mask)
     if grey.max() > 1:
         raise MaskMismatch(f"not a 0/1 mask, values found: {describe(mask)}")
     return grey == 1
 
 
-def _classes(mask: np.ndarray, forest: tuple) -> np.ndarray:
+def _classes(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
     grey = _grey(mask)
     if len(np.unique(grey)) > MAX_CLASSES:
         raise MaskMismatch(
@@ -357,27 +357,28 @@ def _classes(mask: np.ndarray, forest: tuple) -> np.ndarray:
     return np.isin(grey, np.array(forest, dtype=grey.dtype))
 
 
-def _colors(mask: np.ndarray, forest: tuple) -> np.ndarray:
+def _colors(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
     if mask.ndim == 2:
         raise MaskMismatch(f"single-band mask, not colour-coded; values found: {describe(mask)}")
     planes = [mask[..., c].astype(np.int32) for c in range(3)]
-    packed = planes[0] << 16 | planes[1] << 8 | planes[2]
-    if len(np.unique(packed)) <= MAX_CLASSES:  # lossless (PNG): each pixel is its class's colour exactly
+    if not jpeg:  # lossless: each pixel is its class's colour exactly (CORINE's shrub is 38 off its forest)
+        packed = planes[0] << 16 | planes[1] << 8 | planes[2]
         return np.isin(packed, [r << 16 | g << 8 | b for r, g, b in forest])
-    # lossy (JPEG): within the tolerance of a declared colour; per channel plane, not a reduction over a
-    # last axis of 3 (as is_grey; ~50x faster in numpy)
+    # within the tolerance of a declared colour; per channel plane, not a reduction over a last axis of 3
+    # (as is_grey; ~50x faster in numpy)
     off = np.full(mask.shape[:2], 256, np.int32)  # per pixel, the max channel distance to the nearest forest colour
     for colour in forest:
         off = np.minimum(off, np.maximum.reduce([np.abs(plane - value) for plane, value in zip(planes, colour)]))
     out = off <= COLOR_TOLERANCE
-    far = int((out & (off > COLOR_TOLERANCE // 2)).sum())
-    if far > COLOR_FAR_SHARE * out.sum() and far > 0.01 * out.size:
-        found = np.unique(packed[out & (off > COLOR_TOLERANCE // 2)], return_counts=True)
-        r, g, b = (int(found[0][found[1].argmax()]) >> s & 255 for s in (16, 8, 0))
+    far = np.pad(out & (off > COLOR_TOLERANCE // 2), 1)
+    h, w = out.shape
+    inside = np.logical_and.reduce([far[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)])
+    if inside.sum() > COLOR_FAR_SHARE * out.sum() and inside.sum() > 0.01 * out.size:
+        r, g, b = (int(np.median(mask[..., c][inside])) for c in range(3))
         raise MaskMismatch(
-            f"{far / out.sum():.0%} of the pixels within +-{COLOR_TOLERANCE} of a forest colour are over "
-            f"{COLOR_TOLERANCE // 2} off it (most often ({r}, {g}, {b})): another class's colour, which a JPEG "
-            f"mask cannot tell from forest's; save the masks lossless (PNG), where colours match exactly"
+            f"{inside.sum() / out.sum():.0%} of the pixels within +-{COLOR_TOLERANCE} of a forest colour lie in "
+            f"regions over {COLOR_TOLERANCE // 2} off it (around ({r}, {g}, {b})): another class's colour, which "
+            "a JPEG mask cannot tell from forest's; save the masks lossless (PNG), where colours match exactly"
         )
     return out
 
@@ -386,7 +387,7 @@ def _colors(mask: np.ndarray, forest: tuple) -> np.ndarray:
 class Convention:
     """One way of coding forest in a mask."""
 
-    read: Callable[[np.ndarray, tuple], np.ndarray]  # decoded mask, data.forest -> (H, W) bool forest
+    read: Callable[[np.ndarray, tuple, bool], np.ndarray]  # decoded mask, data.forest, JPEG? -> (H, W) bool forest
     needs_forest: str  # what data.forest must list: "" (nothing), "values" or "colors"
     describe: str  # for the index report
 
@@ -400,9 +401,10 @@ CONVENTIONS: dict[str, Convention] = {
 }
 
 
-def forest_of(mask: np.ndarray, convention: str, forest: tuple = ()) -> np.ndarray:
-    """(H, W) or (H, W, 3) uint8 mask -> (H, W) uint8 in {0, 1}; raises MaskMismatch."""
-    return CONVENTIONS[convention].read(mask, forest).astype(np.uint8)
+def forest_of(mask: np.ndarray, convention: str, forest: tuple = (), jpeg: bool = False) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 mask (`jpeg`: decoded from a JPEG file) -> (H, W) uint8 in {0, 1};
+    raises MaskMismatch."""
+    return CONVENTIONS[convention].read(mask, forest, jpeg).astype(np.uint8)
 
 
 def describe_convention(convention: str, forest: tuple = ()) -> str:

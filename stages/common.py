@@ -11,7 +11,7 @@ from typing import Any, Callable, NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
-from forestseg.io import RUN_FOLDER, load_yaml, remove_stale_runs  # noqa: E402
+from forestseg.io import load_yaml, remove_stale_runs  # noqa: E402
 
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
 
@@ -46,23 +46,22 @@ def drop_runs_not_in(grid: GridConfig, folder: str | Path, what: str) -> None:
 
 
 def drop_resume_files(grid: GridConfig, runs_dir: str | Path) -> None:
-    """Remove RESUME_DIR's files of runs that are done (their metrics.json is there) or no longer in
-    `grid`. The train stage removes its own when it ends; this catches a run killed and later restored
-    by DVC from its cache (the stage does not run, so a half-run's file would stay, and a later
-    `--force` would resume from it). A run in training has no metrics.json: DVC removed its outputs."""
+    """Remove RESUME_DIR's files of the grid's runs that are done (their metrics.json is there). The train
+    stage removes its own when it ends; this catches a run killed and later restored by DVC from its
+    cache (the stage does not run, so a half-run's file would stay, and a later `--force` would resume
+    from it). A run in training has no metrics.json: DVC removed its outputs. Runs not in the grid keep
+    theirs: an experiment on fewer seeds must not throw away a killed run's epochs."""
     if not RESUME_DIR.is_dir():
         return
     members = {run.name for run in grid.runs()}
     removed = []
     for path in sorted(RESUME_DIR.glob("*.pt")):
         run = path.stem
-        if RUN_FOLDER.fullmatch(run) and (run not in members or (Path(runs_dir) / run / "metrics.json").is_file()):
+        if run in members and (Path(runs_dir) / run / "metrics.json").is_file():
             path.unlink(missing_ok=True)
             removed.append(run)
     if removed:
-        print(
-            f"removed the resume files of {len(removed)} finished or dropped run(s) in {RESUME_DIR}: {', '.join(removed)}"
-        )
+        print(f"removed the resume files of {len(removed)} finished run(s) in {RESUME_DIR}: {', '.join(removed)}")
 
 
 def _check_unchanged(path: str, now_text: str) -> None:

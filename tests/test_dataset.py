@@ -275,6 +275,16 @@ def test_a_tile_listed_again_under_another_name_is_skipped_once(tiny_set, tmp_pa
     assert_accounted(report, index)
 
 
+def test_a_tile_whose_first_name_fails_is_kept_under_its_next(tiny_set, tmp_path) -> None:
+    """As for an image listed with two masks: the first row that loads is kept, not the first listed."""
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    png = (image.replace(".jpg", ".png"), mask.replace(".jpg", ".png"))  # listed first, no such files
+    edit_meta(tiny_set, lambda lines: [lines[0], ",".join(png), *lines[1:]])
+    index, report = build(tiny_set, tmp_path / "out")
+    assert (report["valid"], report["skipped"]) == (ROWS, 1) and image in set(index["image"])
+    assert report["skipped_pairs"][0]["image"] == png[0] and "missing" in report["skipped_pairs"][0]["reason"]
+
+
 def test_scene_ids_are_ascii_whole_numbers() -> None:
     from forestseg.dataset import pair_problem, scene_of
 

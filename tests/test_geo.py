@@ -865,6 +865,7 @@ def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> No
 
     collection = json.loads((tmp_path / "uint8/o_forest.geojson").read_text())
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    assert collection["name"] == "o_forest"  # the file's, not the temp file's it was written as
     areas = [f["properties"]["area_m2"] for f in collection["features"]]
     assert sum(areas) == pytest.approx((mask == 1).sum() * 0.25, abs=0.1)  # 4-connected polygons tile the forest
     assert all(
@@ -1570,3 +1571,11 @@ def test_output_piped_into_a_reader_that_stops_is_no_traceback(checkpoint: Path,
     proc.stdout.close()  # `| head -0`: the first line printed meets a closed pipe
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_folder_in_the_way_of_one_output_leaves_every_old_output(checkpoint: Path, scene, tmp_path: Path) -> None:
+    src = write_raster(tmp_path / "in/x.tif", scene[0][:100, :150])
+    out = tmp_path / "out"
+    (out / "x_probability.tif").mkdir(parents=True)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(out), "--probability") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["x_probability.tif"]  # no new mask beside it

@@ -136,8 +136,9 @@ def test_the_train_and_overlays_stages_and_the_cli_do_not_import_pandas(module: 
     assert done.stdout.strip() == "False"
 
 
-def test_aggregate_removes_the_resume_files_of_finished_and_dropped_runs(tmp_path, monkeypatch, capsys) -> None:
-    """A run killed, then restored by DVC from its cache, never reaches the train stage's own removal."""
+def test_aggregate_removes_the_resume_files_of_finished_runs(tmp_path, monkeypatch, capsys) -> None:
+    """A run killed, then restored by DVC from its cache, never reaches the train stage's own removal.
+    Runs not in the grid keep theirs (an experiment on fewer seeds, then the grid back: they resume)."""
     from forestseg.config import GridConfig
 
     monkeypatch.chdir(tmp_path)
@@ -149,7 +150,6 @@ def test_aggregate_removes_the_resume_files_of_finished_and_dropped_runs(tmp_pat
     (tmp_path / "runs/bce-adam-0/metrics.json").write_text("{}")  # done; bce-adam-1 is still training
     grid = GridConfig(loss=("bce",), optimizer=("adam",), seed=(0, 1))
     common.drop_resume_files(grid, "runs")
-    assert sorted(p.name for p in (tmp_path / ".resume").iterdir()) == ["bce-adam-1.pt", "notes.pt"]
-    assert capsys.readouterr().out == (
-        "removed the resume files of 3 finished or dropped run(s) in .resume: bce-adam-0, mse-adam-0, mse-sgd-0\n"
-    )
+    left = ["bce-adam-1.pt", "mse-adam-0.pt", "mse-sgd-0.pt", "notes.pt"]
+    assert sorted(p.name for p in (tmp_path / ".resume").iterdir()) == left
+    assert capsys.readouterr().out == "removed the resume files of 1 finished run(s) in .resume: bce-adam-0\n"
