@@ -133,6 +133,8 @@ def decode(data: bytes) -> Picture:
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "image"
+            if fmt == "TIFF" and im.info.get("compression") in ("jpeg", "tiff_jpeg"):  # lossy: JPEG noise as in a .jpg
+                fmt = "TIFF (JPEG-compressed)"
             bits = getattr(im, "tag_v2", {}).get(258, 8)  # a TIFF's bits per sample: one value or one per band
             depth = max(bits) if isinstance(bits, tuple) else bits
             if im.mode in ("RGB", "RGBA") and depth > 8:

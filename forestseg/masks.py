@@ -397,7 +397,9 @@ CONVENTIONS: dict[str, Convention] = {
     "resampled": Convention(_resampled, "", "grey 0/255 resized with interpolation (mid-grey edges), forest >= 128"),
     "0/1": Convention(_binary01, "", "grey 0/1, forest = 1"),
     "classes": Convention(_classes, "values", "grey class ids, forest = {forest}"),
-    "colors": Convention(_colors, "colors", f"RGB colours, forest = {{forest}} (+-{COLOR_TOLERANCE} per channel)"),
+    "colors": Convention(
+        _colors, "colors", f"RGB colours, forest = {{forest}} (exactly; +-{COLOR_TOLERANCE} per channel in JPEG masks)"
+    ),
 }
 
 

@@ -85,24 +85,26 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
         sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
     assert "worker: bce-adam-0 trained (or restored" in sh(b, "bash", "cluster/worker.sh", "bce-adam-0").stdout
     out = sh(a, "bash", "cluster/coordinator.sh")
-    assert ran(out) & MEMBERS == {"train@bce-adam-1"} and "train@bce-adam-0" in restored(out), out.stdout
+    # B's bce-adam-0 comes from the run-cache, or, where B's outputs are byte for byte the repo's own run's
+    # (its seconds rounded alike: CI saw it once), by pulling them as the commit's dvc.lock names them
+    assert ran(out) & MEMBERS == {"train@bce-adam-1"}, out.stdout
     assert "Unable to pull" not in out.stdout + out.stderr
     assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: 1 member\(s\) restored from the run-cache, 0 pulled as dvc.lock names "
-        r"them, 1 trained here, 1 pushed",
+        r"coordinator: commit [0-9a-f]{40}: (1 member\(s\) restored from the run-cache, 0|0 member\(s\) restored "
+        r"from the run-cache, 1) pulled as dvc.lock names them, 1 trained here, 1 pushed",
         out.stdout,
     ), out.stdout
     task = sh(c, "bash", "cluster/worker.sh", "--task", "1", "2")
     assert "train@bce-adam-1" in restored(task) and not MEMBERS & ran(task), task.stdout
     out = sh(d, "bash", "cluster/coordinator.sh")
     assert not MEMBERS & ran(out), out.stdout
-    assert restored(out) >= MEMBERS
-    assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: 2 member\(s\) restored from the run-cache, 0 pulled as dvc.lock names "
-        r"them, 0 trained here, 0 pushed$",
+    counts = re.search(
+        r"coordinator: commit [0-9a-f]{40}: (\d) member\(s\) restored from the run-cache, (\d) pulled as dvc.lock "
+        r"names them, 0 trained here, 0 pushed$",
         out.stdout,
         re.M,
-    ), out.stdout
+    )
+    assert counts and int(counts[1]) + int(counts[2]) == 2, out.stdout
     assert "aggregate" in ran(out) and seeds_in_summary(d) == 2
     assert (d / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
 
