@@ -68,8 +68,8 @@ class Misfit(BadPair):
 def scene_of(image_name: str) -> str | None:
     """The scene id of '<scene>_sat_<rc>.jpg' as a whole number's digits (0114473 is scene 114473, so one
     scene never lands on both sides of the split under two spellings), or None for another form."""
-    m = NAME.match(image_name)
-    return str(int(m["scene"])) if m else None
+    tile = tile_of(image_name)
+    return tile[0] if tile else None
 
 
 def tile_of(image_name: str) -> tuple[str, int] | None:
@@ -447,8 +447,8 @@ def build_index(
             skip(image, mask, problem)
         elif (image, mask) in seen:
             skip(image, mask, DUPLICATE)
-        elif tiles.setdefault(tile_of(image), image) != image:
-            later[tiles[tile_of(image)]].append((image, mask))
+        elif (first := tiles.setdefault(tile_of(image), image)) != image:
+            later[first].append((image, mask))
         elif image in later:
             later[image].append((image, mask))
         else:

@@ -840,19 +840,19 @@ def _resampled(
             # at a rotated or sheared footprint's edge the warper may give a pixel with data no value
             # (the model pixels under it lie mostly outside): it takes its neighbours' margin. Values
             # spread through nodata pixels too, or a column of data between nodata ones is never reached
-            values, known = _grow(margin.filled(0).astype(np.float32), known, np.ones_like(has), reach)
+            values, known = _grow(margin.filled(0).astype(np.float32), known, reach)
             logits = values / LOGIT_SCALE + np.float32(predictor.cut)
             # a pixel with data that no model pixel with data reaches has no prediction: nodata
             writer.put(int(window.row_off), int(window.col_off), logits, has & known)
 
 
-def _grow(values: np.ndarray, known: np.ndarray, wanted: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Wanted pixels without a value take the mean of their 8 neighbours that have one, a ring at a
-    time for up to `steps` rings; those still out of reach stay unknown."""
+def _grow(values: np.ndarray, known: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels without a value take the mean of their 8 neighbours that have one, a ring at a time for
+    up to `steps` rings; those still out of reach stay unknown."""
     h, w = known.shape
     shifts = [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
     for _ in range(steps):
-        todo = wanted & ~known
+        todo = ~known
         if not todo.any():
             break
         v, k = np.pad(np.where(known, values, 0), 1), np.pad(known, 1).astype(np.float32)

@@ -103,12 +103,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files owner-only; outputs get the usual mode
     try:
         yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        try:
-            os.replace(tmp, path)
-        except OSError as e:  # a folder of that name: any reason, the writer's own errors are not these
-            raise _write_error(path, e) from None
+        replace_together({tmp: path})
     except OSError as e:
         if e.errno in _WRITE_ERRORS:  # a full disk or a read-only folder mid-write: one line, no litter
             raise _write_error(path, e) from None
@@ -118,18 +113,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def replace_together(moves: dict[Path, Path]) -> None:
-    """Move finished files (written in a temp folder on the same file system) onto their paths, each
-    fsynced first, then renamed one right after another: a set of outputs that belong together (a
-    map, its probability, its polygons) changes within milliseconds, never while one is written."""
+    """Move finished files (temp files on the same file system) onto their paths, each fsynced first,
+    then renamed one right after another: one output (atomic_path), or a set that belongs together (a
+    map, its probability, its polygons), which then changes within milliseconds, never while one is written."""
     for src, dst in moves.items():
-        if dst.is_dir():  # before the first rename: a folder in the way leaves every old file in place
-            raise _write_error(dst, IsADirectoryError(errno.EISDIR, "a folder is in the way"))
+        # before the first rename: a folder in the way (which os.replace refuses, but not a link to one,
+        # which it replaces) leaves every old file in place
+        if dst.is_dir() and not dst.is_symlink():
+            raise _write_error(dst, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
         with open(src, "rb") as f:
             os.fsync(f.fileno())
     for src, dst in moves.items():
         try:
             os.replace(src, dst)
-        except OSError as e:
+        except OSError as e:  # any reason: the writers' own errors are not these
             raise _write_error(dst, e) from None
 
 

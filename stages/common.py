@@ -51,15 +51,12 @@ def drop_resume_files(grid: GridConfig, runs_dir: str | Path) -> None:
     cache (the stage does not run, so a half-run's file would stay, and a later `--force` would resume
     from it). A run in training has no metrics.json: DVC removed its outputs. Runs not in the grid keep
     theirs: an experiment on fewer seeds must not throw away a killed run's epochs."""
-    if not RESUME_DIR.is_dir():
-        return
-    members = {run.name for run in grid.runs()}
     removed = []
-    for path in sorted(RESUME_DIR.glob("*.pt")):
-        run = path.stem
-        if run in members and (Path(runs_dir) / run / "metrics.json").is_file():
-            path.unlink(missing_ok=True)
-            removed.append(run)
+    for run in grid.runs():
+        path = RESUME_DIR / f"{run.name}.pt"
+        if path.is_file() and (Path(runs_dir) / run.name / "metrics.json").is_file():
+            path.unlink()
+            removed.append(run.name)
     if removed:
         print(f"removed the resume files of {len(removed)} finished run(s) in {RESUME_DIR}: {', '.join(removed)}")
 
