@@ -142,7 +142,7 @@ def main() -> None:
         parts = [("set-aside", [s for x in folds for s in x], q.holdout_scenes(sample))]
     for part, train_scenes, test_scenes in parts:
         t0, run = time.perf_counter(), Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
-        kept = args.keep / q.kept_name(part, run.seed, args.recipe, args.sets, sample) if args.keep else None
+        kept = args.keep / q.kept_name(part, run.seed, args.recipe, args.sets, sample, device) if args.keep else None
         cfgs = (model_cfg, opt_cfg, train_cfg)
         p = q.kept_predictor(sample, run, cfgs, train_scenes, test_scenes, device, kept)
         p = dataclasses.replace(p, adapt_bn=0.0)  # the methods adapt; score_rows scores as given

@@ -233,12 +233,12 @@ def main() -> None:
     if sys.argv[1:2] == ["kept"] and len(sys.argv) == 3:  # the recipe's fold models that bench/errors.py kept
         outs = []
         for f in range(5):
-            kept = Path(sys.argv[2]) / q.kept_name(f"fold {f}", 0, "cpu", [], SAMPLE)
+            kept = Path(sys.argv[2]) / q.kept_name(f"fold {f}", 0, "cpu", [], SAMPLE, torch.device("cpu"))
             if not kept.is_file():
                 sys.exit(
                     f"{kept}: no such model file; `python bench/errors.py --keep {sys.argv[2]}` trains and keeps them"
                 )
-            p = Predictor.load(kept, torch.device("cpu"), "bf16")
+            p = Predictor.load(kept, torch.device("cpu"), q.fold_model_sections("cpu", [])[2].precision)
             outs.append(score(p.model, p.norm, folds[f], p.adapt_bn))
             print(f"{kept.name} fold {f}: {line(outs[-1])}", flush=True)
         summary(outs, f"the kept models of {sys.argv[2]}")

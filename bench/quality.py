@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 from bench.speed import SAMPLE  # noqa: E402
 from forestseg.config import ForestsegError, Run, SplitConfig, load_sections  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
-from forestseg.device import keep_freed_memory, pick_device  # noqa: E402
+from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
 from forestseg.io import write_json, write_text  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
@@ -296,6 +296,7 @@ def kept_predictor(
     (`test_scenes` scored per epoch, as training does), loaded; with `keep` (a file path), the model
     file is saved there, and reused when it is already there (bench/adabn.py, bench/errors.py)."""
     model_cfg, opt_cfg, train_cfg = cfgs
+    torch.set_num_threads(train_cfg.threads)  # as the recipe trains (the numbers depend on it)
     if keep is not None and keep.is_file():
         return Predictor.load(keep, device, train_cfg.precision)
     train = load_tiles(sample.layout, rows_of(sample, train_scenes), device, sample.scene)
@@ -333,12 +334,13 @@ def kept_fold_predictors(args: argparse.Namespace, sample: Sample) -> Iterator[t
     """Each fold of `args.only` with its model of the recipe (`kept_predictor`: trained on the other
     folds unless `args.keep` holds it), in order."""
     model_cfg, opt_cfg, train_cfg, grid = fold_model_sections(args.recipe, args.sets)
-    torch.set_num_threads(train_cfg.threads)  # as the recipe trains (the numbers depend on it)
     device, all_folds = pick_device(train_cfg.device), folds(sample, 5)
     run = Run(grid.loss[0], grid.optimizer[0], grid.seed[0])
     for f in map(int, args.only.split(",")):
         train_scenes = [s for i, x in enumerate(all_folds) if i != f for s in x]
-        kept = args.keep / kept_name(f"fold {f}", run.seed, args.recipe, args.sets, sample) if args.keep else None
+        kept = (
+            args.keep / kept_name(f"fold {f}", run.seed, args.recipe, args.sets, sample, device) if args.keep else None
+        )
         yield f, kept_predictor(sample, run, (model_cfg, opt_cfg, train_cfg), train_scenes, all_folds[f], device, kept)
 
 
@@ -357,14 +359,15 @@ def kept_fold_header(script: str, args: argparse.Namespace) -> str:
     )
 
 
-def kept_name(part: str, seed: int, recipe: str, sets: list[str], sample: Sample) -> str:
+def kept_name(part: str, seed: int, recipe: str, sets: list[str], sample: Sample, device: torch.device) -> str:
     """The file name a `--keep` folder stores a fold's model under: part, seed, recipe and -S values,
-    and a digest of the params they make, the sample and the code, so an edited recipe, another sample
-    (whose folds hold other scenes) or new code never reuses a model trained otherwise."""
+    and a digest of the params they make, the sample, the code, and the device type and precision
+    it trains with on `device`, so an edited recipe, another sample (whose folds hold other scenes),
+    new code, or a model trained in bf16 or on CUDA is never reused for another setting."""
     tag = "_".join([recipe] + [s.replace("=", "-").replace("/", "") for s in sets])
-    params = json.dumps(recipe_params(recipe, sets), sort_keys=True)
-    stamp = hashlib.sha256(f"{params}\0{sample.digest}\0{code_digest()}".encode()).hexdigest()[:8]
-    return f"{part.replace(' ', '')}_s{seed}_{tag}_{stamp}.pt"
+    bf16 = use_bf16(fold_model_sections(recipe, sets)[2].precision, device)
+    stamp = f"{json.dumps(recipe_params(recipe, sets), sort_keys=True)}\0{sample.digest}\0{code_digest()}\0{device.type}\0{bf16}"
+    return f"{part.replace(' ', '')}_s{seed}_{tag}_{hashlib.sha256(stamp.encode()).hexdigest()[:8]}.pt"
 
 
 def total_scores(per_scene: dict[str, np.ndarray]) -> dict:

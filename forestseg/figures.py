@@ -67,7 +67,8 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
         ax.legend(lines, [line.get_label() for line in lines], fontsize=8)
     for ax in list(axes.flat)[len(summary) :]:
         ax.axis("off")
-    fig.suptitle(f"Train and test loss per epoch: best seed of each combination (by {best_by})")
+    by = {"test_miou": "test mIoU", "test_iou": "test forest IoU"}.get(best_by, best_by)
+    fig.suptitle(f"Train and test loss per epoch: best seed of each combination (by {by})")
     write_figure(path, fig)
     plt.close(fig)
 
@@ -82,7 +83,11 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
         for opt, part in runs[(runs["loss"] == loss) & (runs["status"] == "ok")].groupby("optimizer", sort=False):
             curves = pd.concat([histories[r].set_index("epoch")["test_loss"] for r in part["run"]], axis=1)
             seeds = plural(curves.shape[1], "seed")
-            ax.plot(curves.index, curves.mean(axis=1), "o-", color=colour[opt], label=f"{opt} (mean of {seeds})")
+            ran = ((runs["loss"] == loss) & (runs["optimizer"] == opt)).sum()
+            # as test_iou.png says it: a mean of fewer seeds than ran would read as a smaller grid
+            diverged = f"; {ran - curves.shape[1]} of {ran} diverged" if ran > curves.shape[1] else ""
+            label = f"{opt} (mean of {seeds}{diverged})"
+            ax.plot(curves.index, curves.mean(axis=1), "o-", color=colour[opt], label=label)
             ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), color=colour[opt], alpha=0.25)
         for opt in optimizers:  # a line that is not there would read as an optimizer never run
             part = runs[(runs["loss"] == loss) & (runs["optimizer"] == opt)]

@@ -281,5 +281,7 @@ def write_report(
         lines += ["", *scene_section(per_scene, plots_rel)]
     lines += ["", "## Per-epoch losses of every seed (the study's tables)", ""]
     for combo, epochs in epoch_tables.items():
-        lines += [f"### {combo}", "", markdown_table(epochs), ""]
+        # seeds that all diverged within the first epoch leave a header with no rows
+        body = markdown_table(epochs) if len(epochs) else "Every seed diverged before finishing an epoch: no losses."
+        lines += [f"### {combo}", "", body, ""]
     write_text(path, "\n".join(lines))

@@ -18,9 +18,10 @@ def main(argv: list[str]) -> None:
     models_dir, data_dir, summary_json, scenes_csv, out_dir = map(
         Path, args(argv, "MODELS_DIR", "DATA_DIR", "SUMMARY_JSON", "SCENES_CSV", "OUT_DIR")
     )
-    cfg, grid = params("report", "grid")
+    cfg, grid, train = params("report", "grid", "train")
     drop_runs_not_in(grid, models_dir, "model")
-    summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device("auto")
+    # the device the runs trained and scored their test tiles on, so the overlays show what was scored
+    summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device(train.device)
     n = write_overlays(models_dir, layout, summary["combinations"], cfg, out_dir, device)
     print(f"overlays: wrote {out_dir}/<combination>.png for {n} test tiles")
     worst = write_worst_scenes(models_dir, layout, summary, scenes_csv, cfg, out_dir / "worst_scenes.png", device)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import random_predictor
 
 from forestseg.evaluate import _counts
@@ -212,15 +213,21 @@ def test_fold_model_scripts_refuse_a_recipe_with_validation_scenes() -> None:
     assert (model.arch, train.adapt_bn, grid.loss) == ("unet_half", 0.25, ("bce",))
 
 
-def test_a_kept_model_is_named_by_what_trained_it(tmp_path: Path) -> None:
-    """--keep reuses a fold model only for the same params, sample and code: an edited recipe (another
-    -S here) or another sample gets another file name."""
+def test_a_kept_model_is_named_by_what_trained_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--keep reuses a fold model only for the same params, sample, code, device type and precision:
+    an edited recipe (another -S here), another sample or a bf16 model gets another file name."""
     sample = quality.Sample(DataLayout(tmp_path), np.array(["a"]), np.array([1]), np.array([4]), "d1")
-    name = quality.kept_name("fold 0", 0, "cpu", [], sample)
+    cpu = torch.device("cpu")
+    name = quality.kept_name("fold 0", 0, "cpu", [], sample, cpu)
     assert name.startswith("fold0_s0_cpu_") and name.endswith(".pt")
-    assert name == quality.kept_name("fold 0", 0, "cpu", [], sample)
-    assert name != quality.kept_name("fold 0", 0, "cpu", ["optimizer.lr=0.01"], sample)
-    assert name != quality.kept_name("fold 0", 0, "cpu", [], dataclasses.replace(sample, digest="d2"))
+    assert name == quality.kept_name("fold 0", 0, "cpu", [], sample, cpu)
+    assert name != quality.kept_name("fold 0", 0, "cpu", ["optimizer.lr=0.01"], sample, cpu)
+    assert name != quality.kept_name("fold 0", 0, "cpu", [], dataclasses.replace(sample, digest="d2"), cpu)
+    assert name != quality.kept_name("fold 0", 0, "cpu", ["train.precision=bf16"], sample, cpu)
+    # `auto` on a CPU with fast bf16 (the Zen 5's) trains in bf16: another model than this CPU's fp32
+    fp32_here = quality.use_bf16
+    monkeypatch.setattr(quality, "use_bf16", lambda precision, device: not fp32_here(precision, device))
+    assert name != quality.kept_name("fold 0", 0, "cpu", [], sample, cpu)
 
 
 def test_the_sample_digest_follows_its_files_not_only_meta_data(tmp_path: Path) -> None:

@@ -96,9 +96,14 @@ SCENE_COUNTS = {
 
 
 def write_tree(
-    root: Path, diverged: tuple[str, ...] = (), missing: tuple[str, ...] = (), scenes: tuple[str, ...] = ()
+    root: Path,
+    diverged: tuple[str, ...] = (),
+    missing: tuple[str, ...] = (),
+    scenes: tuple[str, ...] = (),
+    diverged_epochs: int = 1,
 ) -> Path:
-    """Run folders of RUNS (those in `scenes` with a scenes.csv) under root/metrics/runs."""
+    """Run folders of RUNS (those in `scenes` with a scenes.csv; those `diverged` after
+    `diverged_epochs` finished epochs) under root/metrics/runs."""
     runs_dir = root / "metrics" / "runs"
     for i, run in enumerate(RUNS):
         if run.name in missing:
@@ -108,10 +113,10 @@ def write_tree(
         if run.name in diverged:
             metrics = {
                 "status": "diverged",
-                "message": f"run {run.name} epoch 2/3 diverged at step 1: loss nan",
-                "epochs": 1,
+                "message": f"run {run.name} epoch {diverged_epochs + 1}/3 diverged at step 1: loss nan",
+                "epochs": diverged_epochs,
             }
-            history(0.01 * i, rows=1).to_csv(folder / "history.csv", index=False)
+            history(0.01 * i, rows=diverged_epochs).to_csv(folder / "history.csv", index=False)
         else:
             metrics = {"status": "ok", **METRICS[run.name], "epochs": 3, "lr": 1e-2}
             history(0.01 * i).to_csv(folder / "history.csv", index=False)
@@ -272,6 +277,17 @@ def test_the_report_links_no_overlay_of_a_combination_whose_every_seed_diverged(
     assert "overlays/mse-adam.png" in text
 
 
+def test_a_combination_diverged_in_its_first_epoch_says_so_instead_of_an_empty_table(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path, diverged=("bce-sgd-0", "bce-sgd-1"), diverged_epochs=0)
+    report = tmp_path / "REPORT.md"
+    index = {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5}
+    setup = {"index": index, "split_by": "scene", "params": "p"}
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    section = report.read_text().split("### bce-sgd\n")[1].split("###")[0]
+    assert section.strip() == "Every seed diverged before finishing an epoch: no losses."
+    assert "### mse-adam\n\n| epoch |" in report.read_text()
+
+
 def test_a_missing_run_is_named(tmp_path: Path) -> None:
     runs_dir = write_tree(tmp_path, missing=("bce-sgd-1",))
     with pytest.raises(ForestsegError, match="bce-sgd-1"):
@@ -383,6 +399,23 @@ def test_the_optimizers_figure_keeps_each_optimizers_colour_in_every_panel(tmp_p
             colours.setdefault(line.get_label().split()[0], set()).add(line.get_color())
     assert colours.keys() == {"sgd", "adam"} and all(len(c) == 1 for c in colours.values()), colours
     assert "mean of 1 seed)" in " ".join(line.get_label() for ax in drawn["fig"].axes for line in ax.get_lines())
+
+
+def test_the_optimizers_figure_says_how_many_seeds_its_mean_left_out(tmp_path: Path, monkeypatch) -> None:
+    import forestseg.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.setdefault("fig", fig))
+    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    runs = pd.DataFrame(
+        [
+            {"run": f"bce-{opt}-{seed}", "loss": "bce", "optimizer": opt, "status": status}
+            for opt, seed, status in [("adam", 0, "ok"), ("adam", 1, "diverged"), ("sgd", 0, "ok"), ("sgd", 1, "ok")]
+        ]
+    )
+    figures.fig_optimizers(runs, {r: history(0.0) for r in runs["run"]}, tmp_path / "f.png")
+    labels = {line.get_label() for ax in drawn["fig"].axes for line in ax.get_lines()}
+    assert {"adam (mean of 1 seed; 1 of 2 diverged)", "sgd (mean of 2 seeds)"} <= labels, labels
 
 
 def test_a_grid_whose_every_run_diverged_stops_naming_the_runs(tmp_path: Path) -> None:
