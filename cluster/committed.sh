@@ -2,6 +2,14 @@
 # run-cache restores a member only where its command, deps and params are equal, so a worker whose
 # params.yaml or code differ from the commit trains members nobody restores, and a coordinator that
 # differs restores nothing and trains the whole grid itself, silently.
+# The checkout's .venv (README command 1 makes it) where no dvc is on PATH: a Slurm job such as
+# `sbatch --wrap cluster/coordinator.sh` runs without the submitting shell's activated environment.
+use_project_venv() {
+  if ! command -v dvc >/dev/null && [ -f .venv/bin/activate ]; then
+    . .venv/bin/activate
+  fi
+}
+
 require_committed() {  # $1: who is asking, for the error line
   local changed
   # init/ is a dep of train: a file added there (even one git would not commit yet) changes every member
@@ -20,7 +28,12 @@ require_committed() {  # $1: who is asking, for the error line
 # (a worker's members would land where nobody looks): a shared folder not mounted on this machine.
 require_remote() {  # $1: who is asking; $2: read or write
   local name url
-  name=$(dvc remote default 2>/dev/null || true)
+  if ! command -v dvc >/dev/null; then  # else "no default remote" below would be the wrong diagnosis
+    echo "error: $1: no \`dvc\` on PATH: activate the project's environment (. .venv/bin/activate)" >&2
+    exit 2
+  fi
+  # DVC 3.67 prints "No default remote set" on stdout and exits 1 where there is none
+  name=$(dvc remote default 2>/dev/null) || name=""
   if [ -z "$name" ]; then
     echo "error: $1: no default DVC remote: \`dvc remote add -d store <url>\` and commit .dvc/config (README: Scale-out)" >&2
     exit 2

@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cluster/committed.sh
+use_project_venv
 require_committed coordinator
 # a Slurm grid's tasks cloned FORESTSEG_REV (cluster/slurm.sbatch): restore that revision's members
 if [ -n "${FORESTSEG_REV:-}" ]; then
@@ -30,6 +31,7 @@ trap 'rm -f "$log"' EXIT
 status=0
 dvc repro --pull "$@" 2>&1 | tee "$log" || status=$?
 restored=$(grep -c "Stage 'train@[^']*' is cached - skipping run" "$log" || true)
+unchanged=$(grep -c "Stage 'train@[^']*' didn't change, skipping" "$log" || true)  # already in this checkout
 mapfile -t here < <(grep -o "Running stage 'train@[^']*'" "$log" | sed "s/^Running stage '//; s/'\$//" | sort -u)
 # pulled as the commit's dvc.lock names them (someone ran `dvc push` after that repro): neither run nor restored
 pulled=$(comm -23 <(grep -o "Pulling data for stage: 'train@[^']*'" "$log" | sed "s/.*: '//; s/'\$//" | sort -u) \
@@ -48,4 +50,5 @@ if [ "$status" -ne 0 ]; then
   echo "error: coordinator: dvc repro failed (its error is above); ${#here[@]} member(s) ran here, $pushed pushed" >&2
   exit "$status"
 fi
-echo "coordinator: commit $(git rev-parse HEAD): $restored member(s) restored from the run-cache, $pulled pulled as dvc.lock names them, ${#here[@]} trained here, $pushed pushed"
+total=$(python cluster/members.py | grep -c . || true)
+echo "coordinator: commit $(git rev-parse HEAD): the report covers the grid's $total member(s): $restored restored from the run-cache, $pulled pulled as dvc.lock names them, $unchanged already in this checkout, ${#here[@]} trained here ($pushed pushed)"

@@ -10,11 +10,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
 from common import params  # noqa: E402
 
+from forestseg.config import SECTIONS  # noqa: E402
 from forestseg.errors import ForestsegError  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    (grid,) = params("grid")
+    # every section validated, not only grid: a worker or array task with a bad value fails here, at
+    # once, not after its data stages ran (and an afterok coordinator never starts on half a grid)
+    grid = dict(zip(SECTIONS, params(*SECTIONS)))["grid"]
     names = [run.name for run in grid.runs()]
     if argv[:1] == ["--task"]:
         if len(argv) != 3 or not all(a.isdigit() for a in argv[1:]) or not int(argv[1]) < int(argv[2]):

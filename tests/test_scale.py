@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY, failed_logs, ran, set_params, sh, wait_for_queue
+from conftest import BIN, TINY, failed_logs, ran, set_params, sh, wait_for_queue
 
 pytestmark = pytest.mark.slow
 GRID = {
@@ -90,8 +90,9 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     assert ran(out) & MEMBERS == {"train@bce-adam-1"}, out.stdout
     assert "Unable to pull" not in out.stdout + out.stderr
     assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: (1 member\(s\) restored from the run-cache, 0|0 member\(s\) restored "
-        r"from the run-cache, 1) pulled as dvc.lock names them, 1 trained here, 1 pushed",
+        r"coordinator: commit [0-9a-f]{40}: the report covers the grid's 2 member\(s\): (1 restored from the "
+        r"run-cache, 0|0 restored from the run-cache, 1) pulled as dvc.lock names them, 0 already in this checkout, "
+        r"1 trained here \(1 pushed\)",
         out.stdout,
     ), out.stdout
     task = sh(c, "bash", "cluster/worker.sh", "--task", "1", "2")
@@ -99,8 +100,8 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     out = sh(d, "bash", "cluster/coordinator.sh")
     assert not MEMBERS & ran(out), out.stdout
     counts = re.search(
-        r"coordinator: commit [0-9a-f]{40}: (\d) member\(s\) restored from the run-cache, (\d) pulled as dvc.lock "
-        r"names them, 0 trained here, 0 pushed$",
+        r"coordinator: commit [0-9a-f]{40}: the report covers the grid's 2 member\(s\): (\d) restored from the "
+        r"run-cache, (\d) pulled as dvc.lock names them, 0 already in this checkout, 0 trained here \(0 pushed\)$",
         out.stdout,
         re.M,
     )
@@ -122,12 +123,19 @@ def test_a_coordinator_restores_members_whose_lock_outputs_were_pushed(repo: Pat
     out = sh(tmp_path / "a", "bash", "cluster/coordinator.sh")
     assert not MEMBERS & ran(out) and "Unable to pull" not in out.stdout + out.stderr, out.stdout
     assert re.search(
-        r"coordinator: commit [0-9a-f]{40}: 0 member\(s\) restored from the run-cache, 2 pulled as dvc.lock names "
-        r"them, 0 trained here, 0 pushed$",
+        r"coordinator: commit [0-9a-f]{40}: the report covers the grid's 2 member\(s\): 0 restored from the "
+        r"run-cache, 2 pulled as dvc.lock names them, 0 already in this checkout, 0 trained here \(0 pushed\)$",
         out.stdout,
         re.M,
     ), out.stdout
     assert seeds_in_summary(tmp_path / "a") == 2
+    again = sh(tmp_path / "a", "bash", "cluster/coordinator.sh")  # it says the report covers the grid, not "0 restored"
+    assert re.search(
+        r"the report covers the grid's 2 member\(s\): 0 restored from the run-cache, 0 pulled as dvc.lock names "
+        r"them, 2 already in this checkout, 0 trained here \(0 pushed\)$",
+        again.stdout,
+        re.M,
+    ), again.stdout
 
 
 FAKE_DVC = """#!/bin/bash
@@ -243,6 +251,65 @@ def test_a_remote_folder_that_is_not_there_stops_before_anything_trains(
     assert not (tmp_path / "not-mounted").exists()
 
 
+def test_no_default_remote_or_no_dvc_stops_before_anything_trains(repo: Path) -> None:
+    """DVC 3.67 says "No default remote set" on stdout and exits 1, which read as a remote's name; a
+    Slurm job run without the venv has no dvc at all, which read as "no default remote"."""
+    set_params(repo, GRID)
+    commit(repo, "tiny grid")
+    out = sh(repo, "bash", "cluster/worker.sh", "bce-adam-0", check=False)
+    assert out.returncode == 2 and not ran(out), out.stdout
+    assert out.stderr.startswith("error: worker: no default DVC remote: `dvc remote add -d store <url>`"), out.stderr
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # git, and no dvc (the repo has no .venv)
+    out = subprocess.run(["bash", "cluster/coordinator.sh"], cwd=repo, env=env, capture_output=True, text=True)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (
+        out.stderr
+        == "error: coordinator: no `dvc` on PATH: activate the project's environment (. .venv/bin/activate)\n"
+    )
+
+
+def test_a_worker_refuses_a_bad_value_in_any_section_before_anything_runs(repo: Path) -> None:
+    set_params(repo, {**GRID, "train": {**GRID["train"], "batch_size": 0}})
+    commit(repo, "a bad batch size")
+    out = sh(repo, "bash", "cluster/worker.sh", "--task", "0", "1", check=False)
+    assert out.returncode == 2 and not ran(out) and "Running stage" not in out.stdout, out.stdout
+    assert "error: params.yaml: train.batch_size: must be > 0, got 0" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    "slurm, tasks",
+    [
+        (("4", "1", "4", "1", "4"), None),  # --array=1-4: its 4th task, task 3 of 4
+        (("3", "1", "3", "1", "2"), "4"),  # FORESTSEG_TASKS=4 sbatch --array=1,3: the rerun of task 3 of 4
+    ],
+)
+def test_a_slurm_task_trains_its_place_of_the_array(
+    repo: Path, tmp_path: Path, slurm: tuple[str, ...], tasks: str | None
+) -> None:
+    """A grid of 2 members: task 3 of 4 has nothing to train, which the worker says before any remote check."""
+    set_params(repo, GRID)
+    commit(repo, "tiny grid")
+    task_id, first, last, step, count = slurm
+    env = {
+        **os.environ,
+        **dict(zip(["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX"], slurm[:3])),
+        "SLURM_ARRAY_TASK_STEP": step,
+        "SLURM_ARRAY_TASK_COUNT": count,
+        "SLURM_ARRAY_JOB_ID": "7",
+        "SLURM_SUBMIT_DIR": str(repo),
+        "TMPDIR": str(tmp_path),
+        "FORESTSEG_REV": sh(repo, "git", "rev-parse", "HEAD").stdout.strip(),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the worker's python and dvc
+    }
+    env.pop("FORESTSEG_TASKS", None)
+    if tasks:
+        env["FORESTSEG_TASKS"] = tasks
+    out = subprocess.run(["bash", "cluster/slurm.sbatch"], cwd=repo, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "worker: task 3 of 4 has no member of the grid; nothing to train" in out.stdout
+    assert not list(tmp_path.glob("forestseg-7-*"))
+
+
 @pytest.mark.parametrize("change", ["a file added to init/", ".dvc/config edited"])
 def test_a_worker_refuses_an_init_file_or_dvc_config_the_commit_does_not_have(repo: Path, change: str) -> None:
     set_params(repo, GRID)
@@ -261,29 +328,38 @@ def test_a_worker_refuses_an_init_file_or_dvc_config_the_commit_does_not_have(re
 @pytest.mark.parametrize(
     "rev, task, says",
     [
-        (None, ("0", "0", "1"), "error: FORESTSEG_REV=: export the commit's full hash before sbatch"),
-        ("main", ("0", "0", "1"), "error: FORESTSEG_REV=main: export the commit's full hash before sbatch"),
-        ("HEAD", ("3", "0", "2"), "error: task 3 is not on the array's step 2 from 0; submit a range"),
+        (None, ("0", "0", "3", "1", "4"), "error: FORESTSEG_REV=: export the commit's full hash before sbatch"),
+        ("main", ("0", "0", "3", "1", "4"), "error: FORESTSEG_REV=main: export the commit's full hash before sbatch"),
+        ("HEAD", ("3", "0", "6", "2", "4"), "error: task 3: the array (ids 0..6, step 2, 4 task(s)) is a list"),
+        # --array=1,3 (Slurm: step 1) and --array=2, both reruns of tasks of an earlier array
+        ("HEAD", ("3", "1", "3", "1", "2"), "error: task 3: the array (ids 1..3, step 1, 2 task(s)) is a list"),
+        ("HEAD", ("2", "2", "2", "1", "1"), "error: task 2: the array (ids 2..2, step 1, 1 task(s)) is a list"),
+        ("HEAD", ("5", "1", "5", "4", "2", "4"), "error: FORESTSEG_TASKS=4: the task count N of the earlier"),
     ],
 )
 def test_a_slurm_task_needs_one_commit_and_its_place_on_the_array(
-    repo: Path, tmp_path: Path, rev: str | None, task: tuple[str, str, str], says: str
+    repo: Path, tmp_path: Path, rev: str | None, task: tuple[str, ...], says: str
 ) -> None:
-    """Run as Slurm runs it (its variables set by hand): a branch name would resolve when each task starts."""
+    """Run as Slurm runs it (its variables set by hand): a branch name would resolve when each task starts,
+    and a list of ids (a rerun of some tasks) would give each task another's share."""
     import os
 
-    task_id, first, step = task
+    task_id, first, last, step, count, *tasks = task
     env = {
         **os.environ,
-        "SLURM_ARRAY_TASK_COUNT": "4",
+        "SLURM_ARRAY_TASK_COUNT": count,
         "SLURM_ARRAY_TASK_ID": task_id,
         "SLURM_ARRAY_TASK_MIN": first,
+        "SLURM_ARRAY_TASK_MAX": last,
         "SLURM_ARRAY_TASK_STEP": step,
         "SLURM_ARRAY_JOB_ID": "7",
         "SLURM_SUBMIT_DIR": str(repo),
         "TMPDIR": str(tmp_path),
     }
     env.pop("FORESTSEG_REV", None)
+    env.pop("FORESTSEG_TASKS", None)
+    if tasks:
+        env["FORESTSEG_TASKS"] = tasks[0]
     if rev is not None:
         env["FORESTSEG_REV"] = sh(repo, "git", "rev-parse", "HEAD").stdout.strip() if rev == "HEAD" else rev
     out = subprocess.run(["bash", "cluster/slurm.sbatch"], cwd=repo, env=env, capture_output=True, text=True)
