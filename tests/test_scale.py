@@ -304,6 +304,8 @@ def test_a_slurm_task_trains_its_place_of_the_array(
     env.pop("FORESTSEG_TASKS", None)
     if tasks:
         env["FORESTSEG_TASKS"] = tasks
+    (tmp_path / f"forestseg-7-{task_id}").mkdir()  # its clone of a run killed by SIGKILL, then requeued
+    (tmp_path / f"forestseg-7-{task_id}" / "params.yaml").write_text("half a clone")
     out = subprocess.run(["bash", "cluster/slurm.sbatch"], cwd=repo, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "worker: task 3 of 4 has no member of the grid; nothing to train" in out.stdout
