@@ -82,7 +82,7 @@ class Smoothed(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.model(x)[:, None].float()  # (B, 1, H, W)
-        return gaussian_blur(z, self.sigma, radius=int(3 * self.sigma + 0.5))[:, 0]
+        return gaussian_blur(z, self.sigma)[:, 0]
 
 
 def methods(

@@ -42,7 +42,7 @@ def blurred(sigma: float) -> Call:
 
     def call(logits: np.ndarray, cut: float) -> np.ndarray:
         x = torch.from_numpy(logits.astype(np.float32))[:, None]
-        return gaussian_blur(x, sigma, radius=int(3 * sigma + 0.5))[:, 0].numpy() > cut
+        return gaussian_blur(x, sigma)[:, 0].numpy() > cut
 
     return call
 

@@ -72,7 +72,8 @@ def main() -> None:
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"resampling: forestseg predict failed at {size} m: {done.stderr.strip()}")
-                unadapted = done.stderr.count("mapped as trained")  # predict's note for a raster it cannot adapt to
+                # predict's note (on stdout) for a raster with no whole window to adapt batch-norm to
+                unadapted = done.stdout.count("mapped as trained")
                 counts = np.zeros(4, np.int64)
                 for r in rows:
                     with rasterio.open(out / f"t{r}_mask.tif") as ds:

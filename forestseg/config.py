@@ -260,7 +260,7 @@ class TrainConfig:
     # torch's CPU threads: reductions split by thread, so the numbers depend on it; a param, so that the
     # same params give the same numbers whichever process (repro, queue worker, cluster task) trains
     threads: int = 2
-    # A finite loss above this many times the run's first training step loss counts as diverged.
+    # A finite loss above this many times the run's first training step loss (at least 0.25) counts as diverged.
     diverge_factor: float = 100.0
     # Label-safe augmentation beyond flips: zoom in by up to 1 + scale, saturation 1 +- saturation,
     # a Gaussian blur with probability blur. 0 = off.

@@ -121,9 +121,11 @@ def _uniform(n: int, spread: float, generator: torch.Generator, *shape: int) -> 
     return 1 + spread * (2 * torch.rand(n, *shape, generator=generator) - 1)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
-    """(B, C, H, W) blurred channel by channel by a Gaussian of `sigma` px cut at `radius` px,
-    reflected at the edges; separable (a row pass, then a column pass)."""
+def gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
+    """(B, C, H, W) blurred channel by channel by a Gaussian of `sigma` px cut at `radius` px (default
+    3 sigma, rounded: a shorter cut would blur less than `sigma` says), reflected at the edges;
+    separable (a row pass, then a column pass)."""
+    radius = int(3 * sigma + 0.5) if radius is None else radius
     r = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(r**2) / (2 * sigma**2))
     k, c, n = k / k.sum(), x.shape[1], 2 * radius + 1
@@ -144,7 +146,7 @@ def photometric(x: torch.Tensor, saturation: float, blur: float, generator: torc
         sigma = 0.5 + torch.rand((), generator=generator).item()  # one sigma per batch: one conv
         if chosen.any():
             idx = torch.nonzero(chosen)[:, 0].to(x.device)
-            x = x.index_copy(0, idx, gaussian_blur(x[idx], sigma, radius=2))
+            x = x.index_copy(0, idx, gaussian_blur(x[idx], sigma))
     return x
 
 

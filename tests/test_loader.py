@@ -17,6 +17,7 @@ from forestseg.loader import (
     augment,
     batches,
     cutmix,
+    gaussian_blur,
     load_split,
     load_tiles,
     photometric,
@@ -373,6 +374,17 @@ def test_photometric_is_label_safe_and_seeded() -> None:
     a = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0))
     b = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and not torch.equal(a, x) and a.min() >= 0 and a.max() <= 255
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5])  # (at 0.5 px, sampling the Gaussian on pixels narrows it itself)
+def test_the_blur_spreads_a_line_by_the_sigma_it_draws(sigma: float) -> None:
+    """A 1-px line blurred spreads as a Gaussian of `sigma` px: a kernel cut at 2 px blurred at most 1.2 px."""
+    x = torch.zeros(1, 1, 1, 41)
+    x[..., 20] = 1.0
+    profile = gaussian_blur(x.expand(1, 1, 41, 41).contiguous(), sigma)[0, 0, 20]
+    offsets = torch.arange(41, dtype=torch.float32) - 20
+    spread = float((profile * offsets**2).sum() / profile.sum()) ** 0.5
+    assert spread == pytest.approx(sigma, rel=0.03)
 
 
 def test_saturation_scales_colour_about_each_pixels_luma() -> None:

@@ -273,6 +273,28 @@ def test_a_huge_learning_rate_diverges(data, tmp_path: Path, lr: float, override
     assert isinstance(err.value.history, list)
 
 
+def test_the_study_recipe_trains_through_the_spike_its_mse_with_adam_makes(tmp_path: Path) -> None:
+    """The study had no divergence guard: its MSE on raw outputs with Adam jumps to ~120x its first loss
+    on this seed's second step and recovers, which the default factor of 100 called a divergence."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from forestseg.config import load_sections
+    from recipes import run as recipes
+
+    model, opt, train = load_sections(recipes.merged("study"), "model", "optimizer", "train")
+    train = dataclasses.replace(train, epochs=1, batch_size=4, test_batch_size=8, device="cpu")
+    tiles, test = scene_tiles(0, 4, size=48), scene_tiles(1, 1, size=48)
+
+    def go(cfg: TrainConfig, out: Path):
+        return train_run(Run("mse_logits", "adam", 5), model, opt, cfg, tiles, test, out, out / "r.pt", "t")
+
+    with pytest.raises(Diverged, match=r"diverged at step 2: loss 8\d\.\d+ \(reference 0\.7"):
+        go(dataclasses.replace(train, diverge_factor=100.0), tmp_path / "guarded")
+    history = go(train, tmp_path / "study").history
+    assert len(history) == 1 and math.isfinite(history[0]["test_loss"])
+
+
 @pytest.mark.parametrize("loss", ["bce", "mse", "mse_logits", "dice", "lovasz"])
 def test_the_divergence_reference_is_at_least_chance_level(loss: str) -> None:
     """A fine-tuned model can score near 0 on its first batch; a harder batch after it must not read
