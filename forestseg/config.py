@@ -287,9 +287,12 @@ class TrainConfig:
             _positive(f"train.{key}", getattr(self, key))
         if not self.diverge_factor > 1:  # a loss above this multiple of the first one is divergence
             _fail("train.diverge_factor", f"must be > 1 (a multiple of the first loss), got {self.diverge_factor}")
-        for key in ("scale", "saturation", "blur", "cutmix", "ema"):
+        for key in ("scale", "saturation", "ema"):
             if not 0 <= getattr(self, key) < 1 + (key == "scale"):
                 _fail(f"train.{key}", f"must be in [0, {2 if key == 'scale' else 1}), got {getattr(self, key)}")
+        for key in ("blur", "cutmix"):  # probabilities per tile: 1 = every tile
+            if not 0 <= getattr(self, key) <= 1:
+                _fail(f"train.{key}", f"must be a probability in [0, 1], got {getattr(self, key)}")
         if not 0 <= self.adapt_bn <= 1:
             _fail("train.adapt_bn", f"must be in [0, 1] (0 = off, 0.25 measured best), got {self.adapt_bn}")
         _choice("train.sampling", self.sampling, SAMPLINGS)

@@ -186,12 +186,18 @@ class LowResolution(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.inner(F.avg_pool2d(x, self.factor, ceil_mode=True))  # (B, ceil(H/f), ceil(W/f))
-        return F.interpolate(y[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        # up by exactly `factor`, then cut to (H, W): resizing ceil(H/f) cells to H pixels would stretch
+        # them where H is no multiple of f, shifting the map up to f - 1 px across the tile
+        y = F.interpolate(y[:, None].float(), scale_factor=self.factor, mode="bilinear", align_corners=False)
+        return y[:, 0, : x.shape[-2], : x.shape[-1]]  # (B, H, W)
 
 
 class StudyUNet(nn.Module):
     """The 2022 study's UNet: valid (unpadded) 3x3 convs, levels 64/128/256, no batch-norm,
-    skips centre-cropped, and the smaller output map resized back to the input (~1.9 M params)."""
+    skips cropped to the deeper path's pixels, and the smaller output map resized back to the input
+    (~1.9 M params). The resize stretches a map of input pixels 20..H-21 over 0..H-1, so a pixel's
+    call comes from up to 20 px away at the tile's edges (the recipe keeps this design of the study's;
+    the padded `unet` archs keep every pixel in place)."""
 
     def __init__(self, in_channels: int = 3, widths: tuple[int, int, int] = (64, 128, 256)):
         super().__init__()
@@ -208,18 +214,19 @@ class StudyUNet(nn.Module):
         self.head = nn.Conv2d(a, 1, 1)
 
     @staticmethod
-    def _crop(skip: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        dh, dw = (skip.shape[-2] - like.shape[-2]) // 2, (skip.shape[-1] - like.shape[-1]) // 2
-        return skip[..., dh : dh + like.shape[-2], dw : dw + like.shape[-1]]
+    def _crop(skip: torch.Tensor, like: torch.Tensor, offset: int) -> torch.Tensor:
+        """The skip's pixels under `like`'s, which start `offset` px in: a fixed offset, not centring,
+        which is one pixel off where a pooling dropped an odd row (H not a multiple of 4)."""
+        return skip[..., offset : offset + like.shape[-2], offset : offset + like.shape[-1]]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self.enc1(x)  # (B, 64, H-4, W-4)
-        s2 = self.enc2(F.max_pool2d(s1, 2))  # (B, 128, H/2-6, W/2-6)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # sizes for H, W multiples of 4 (else floored)
+        s1 = self.enc1(x)  # (B, 64, H-4, W-4): pixel v is the input's v+2
+        s2 = self.enc2(F.max_pool2d(s1, 2))  # (B, 128, H/2-6, W/2-6): pixel a is s1's 2a+4
         y = self.bottom(F.max_pool2d(s2, 2))  # (B, 256, H/4-7, W/4-7)
-        y = self.up2(y)  # (B, 128, H/2-14, W/2-14)
-        y = self.dec2(torch.cat([self._crop(s2, y), y], 1))  # (B, 128, H/2-18, W/2-18)
-        y = self.up1(y)  # (B, 64, H-36, W-36)
-        y = self.dec1(torch.cat([self._crop(s1, y), y], 1))  # (B, 64, H-40, W-40)
+        y = self.up2(y)  # (B, 128, H/2-14, W/2-14): pixel d is s2's d+4
+        y = self.dec2(torch.cat([self._crop(s2, y, 4), y], 1))  # (B, 128, H/2-18, W/2-18)
+        y = self.up1(y)  # (B, 64, H-36, W-36): pixel f is s1's f+16
+        y = self.dec1(torch.cat([self._crop(s1, y, 16), y], 1))  # (B, 64, H-40, W-40): the input's 20..H-21
         y = self.head(y)  # (B, 1, H-40, W-40)
         return F.interpolate(y.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
 

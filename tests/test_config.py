@@ -162,8 +162,8 @@ BAD = [
     ("forest-not-a-list", "data.forest", 255, r"data\.forest: must be a list"),
     ("ema-one", "train.ema", 1.0, r"train\.ema: must be in \[0, 1\)"),
     ("scale-negative", "train.scale", -0.1, r"train\.scale: must be in \[0, 2\)"),
-    ("blur-prob", "train.blur", 1.5, r"train\.blur: must be in \[0, 1\)"),
-    ("cutmix-prob", "train.cutmix", 1.0, r"train\.cutmix: must be in \[0, 1\)"),
+    ("blur-prob", "train.blur", 1.5, r"train\.blur: must be a probability in \[0, 1\], got 1\.5"),
+    ("cutmix-prob", "train.cutmix", -0.1, r"train\.cutmix: must be a probability in \[0, 1\], got -0\.1"),
     (
         "sampling",
         "train.sampling",
@@ -556,3 +556,11 @@ def test_recipes_run_refuses_a_data_source_that_is_not_there_and_passes_force(mo
         run.main(["demo", "-S", "data.source=data/raw/nope", "--print"])
     assert run.main(["demo", "--force", "--print"]) == 0
     assert capsys.readouterr().out.startswith("dvc exp run -n demo -f -S ")
+
+
+@pytest.mark.parametrize("key", ["blur", "cutmix"])
+def test_a_probability_of_one_is_every_tile(key: str) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"][key] = 1.0
+    (train,) = load_sections(params, "train")
+    assert getattr(train, key) == 1.0

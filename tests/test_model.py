@@ -165,7 +165,8 @@ def test_low_resolution_unet_is_the_plain_unet_on_the_pooled_input(
         out = low(x)
     assert coarse.shape == (2, -(-size[0] // factor), -(-size[1] // factor))
     assert out.shape == (2, *size)
-    torch.testing.assert_close(out, F.interpolate(coarse[:, None], size=size, mode="bilinear")[:, 0])
+    up = F.interpolate(coarse[:, None], scale_factor=factor, mode="bilinear")[:, 0, : size[0], : size[1]]
+    torch.testing.assert_close(out, up)  # up by the factor, then cut: not stretched to the tile
     # A change inside one cell that keeps its mean is invisible to it; one across cells is not.
     swapped = x.clone()
     swapped[:, :, 0, 0], swapped[:, :, 0, factor - 1] = x[:, :, 0, factor - 1], x[:, :, 0, 0]
@@ -174,6 +175,40 @@ def test_low_resolution_unet_is_the_plain_unet_on_the_pooled_input(
     with torch.no_grad():
         torch.testing.assert_close(low(swapped), out)
         assert not torch.allclose(low(across), out)
+
+
+class _Channel0(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+@pytest.mark.parametrize("size", [256, 255, 250, 257])
+@pytest.mark.parametrize("factor", [2, 4])
+def test_low_resolution_keeps_every_pixel_in_place(size: int, factor: int) -> None:
+    """A ramp (value = row) through an identity inner model comes back as the ramp: resizing ceil(H/f)
+    cells to H pixels stretched the map by up to f - 1 px where H is no multiple of f."""
+    from forestseg.model import LowResolution
+
+    ramp = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1).expand(1, 3, size, size)
+    out = LowResolution(_Channel0(), factor)(ramp)
+    inner = slice(factor, size - 2 * factor)  # the edges' cells clamp or pool what is left
+    torch.testing.assert_close(out[0, inner, inner], ramp[0, 0, inner, inner], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("size", [255, 254, 253])
+def test_study_unet_joins_its_skips_at_the_same_pixels_whatever_the_tile_size(size: int, monkeypatch) -> None:
+    """Valid convolutions and two poolings: a tile one to three rows short of 256 maps the same input
+    pixels to its (uncut) output map, so both maps agree away from the missing rows. Centring the
+    first skip's crop joined it one pixel off where a pooling dropped an odd row."""
+    from forestseg.model import StudyUNet
+
+    torch.manual_seed(0)
+    net = StudyUNet(widths=(4, 4, 4)).eval()
+    monkeypatch.setattr(F, "interpolate", lambda y, **kw: y)  # the map before its resize to the tile
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        full, short = net(x)[0], net(x[..., :size, :size])[0]
+    torch.testing.assert_close(short[:150, :150], full[:150, :150])
 
 
 def test_adapt_batchnorm_on_too_small_windows_stops_with_one_line() -> None:

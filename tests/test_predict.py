@@ -146,6 +146,7 @@ def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(c
         ("precision unknown", "precision 'fp8' is none of auto, fp32, bf16"),
         ("pixel size 0", "pixel_size_m 0 is not a positive number of metres"),
         ("train_scenes text", "train_scenes 'abc' is not a list of scene names"),
+        ("newer format", "not a forestseg-model/1 model file (forestseg-model/2); it was written by another forestseg"),
         ("no such file", "no such file; pass a model file"),
         ("a folder", "is a folder; pass a model file"),
     ],
@@ -164,6 +165,7 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         "train_scenes text": lambda st: st.update(train_scenes="abc"),
         "runs code": lambda st: st.update(note=_RunsCode(tmp_path / "ran")),
         "arch unknown": lambda st: st["model"].update(arch="resnet"),
+        "newer format": lambda st: st.update(format="forestseg-model/2"),
     }
     if change in edits:
         state = torch.load(checkpoint, weights_only=True)
