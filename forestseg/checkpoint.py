@@ -90,12 +90,12 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
         )
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         found = state.get("format", "no format tag") if isinstance(state, dict) else type(state).__name__
-        newer = isinstance(found, str) and found.startswith("forestseg-model/") and found != MODEL_FORMAT
+        other_version = isinstance(found, str) and found.startswith("forestseg-model/") and found != MODEL_FORMAT
         raise fail(
             f"not a {MODEL_FORMAT} model file ({found})",
             "it was written by another forestseg version: read it with that version, or retrain it with this one "
             "(`dvc repro`)"
-            if newer
+            if other_version
             else "retrain it with this version (`dvc repro`), or pass models/<run>/model.pt",
         )
     if "weights" in state and state["weights"] is None and "message" in state:  # what train_member writes

@@ -464,6 +464,14 @@ def all_images_garbage(root: Path) -> None:
         garbage(p)
 
 
+def masks_all_grey(root: Path) -> None:
+    """Every pair decodes into the arrays; the mask convention check after them stops the index."""
+    for p in (root / "masks").iterdir():
+        with Image.open(p) as im:
+            size = im.size
+        Image.new("L", size, 128).save(p, format="JPEG")
+
+
 def images_folder_renamed(root: Path) -> None:
     (root / "images").rename(root / "Images")
 
@@ -560,11 +568,19 @@ def test_unusable_folder_stops_with_data_error(tiny_set, tmp_path, damage, match
         build(tiny_set, tmp_path / "out")
 
 
-@pytest.mark.parametrize("damage", [all_masks_missing, all_images_garbage], ids=["masks-missing", "images-garbage"])
-def test_failed_index_leaves_no_arrays(tiny_set, tmp_path, damage):
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (all_masks_missing, "0 valid pairs out of 16 rows"),  # after every pair was tried, arrays open
+        (all_images_garbage, "none of the 16 images listed in meta_data.csv can be opened"),  # before they open
+        (masks_all_grey, "16 of 16 masks do not fit it"),  # after every pair was decoded into the arrays
+    ],
+    ids=["masks-missing", "images-garbage", "masks-grey"],
+)
+def test_failed_index_leaves_no_arrays(tiny_set, tmp_path, damage, match):
     damage(tiny_set)
     out = tmp_path / "out"
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=match):
         build(tiny_set, out)
     assert not out.exists() or list(out.iterdir()) == []
 

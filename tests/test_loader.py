@@ -60,7 +60,7 @@ def test_each_epoch_covers_every_tile_once_in_a_fresh_order() -> None:
     epochs = [sum(order(tiles, 6, g), []) for _ in range(3)]
     for flat in epochs:
         assert sorted(flat) == list(range(20))
-    assert epochs[0] != epochs[1] != epochs[2]
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
     assert epochs[0] != list(range(20))
 
 

@@ -811,6 +811,21 @@ def test_a_mirrored_image_gives_mirrored_logits(axis: int) -> None:
     assert logits.max() - logits.min() > 10
 
 
+def test_overlapping_windows_blend_by_their_weight_at_the_pixel() -> None:
+    """Tile 32, overlap 8: windows at columns 0 and 24 of a 32 x 56 image. A pixel they share is the
+    mean of their outputs weighted by its distance from each window's edge (the weight ramps up from
+    1 at a window's border), so a window's edge pixels, where its context is poorest, count least."""
+    p = known_predictor(WindowMean())
+    image = np.zeros((32, 56, 3), np.uint8)
+    image[:, :28, 0], image[:, 28:, 0] = 40, 200
+    a, b = p.logits(image[:, :32].copy())[0, 0], p.logits(image[:, 24:].copy())[0, 0]  # each window alone
+    logits = p.logits(image)
+    # (16, 28): 4 px from the left window's right edge (weight 4), 4 px into the right one (weight 5)
+    assert logits[16, 28] == pytest.approx((4 * a + 5 * b) / 9, rel=1e-5)
+    assert logits[16, 10] == pytest.approx(a) and logits[16, 45] == pytest.approx(b)  # one window only
+    assert a != b
+
+
 @pytest.mark.parametrize("loss", ["bce", "mse_logits"])
 def test_probability_is_a_sigmoid_except_for_the_studys_mse_on_raw_outputs(loss: str) -> None:
     p = known_predictor(Constant(0.0), loss=loss)

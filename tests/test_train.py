@@ -249,14 +249,25 @@ def test_the_model_file_lists_the_scenes_it_trained_and_chose_on(tmp_path: Path)
     assert read_model(tmp_path / "b" / "model.pt")["train_scenes"] == ["11", "12", "30", "40"]
 
 
+def _val_miou(model_file: Path, tiles: Tiles) -> float:
+    """mIoU of a model file on `tiles`, scored as training scores val (TRAIN: fp32, channels_last)."""
+    p = Predictor.load(model_file, torch.device("cpu"), "fp32")
+    return evaluate(p.model, tiles, "bce", TRAIN.test_batch_size, p.norm, True, False)["miou"]
+
+
 def test_validation_keeps_the_best_model(data, tmp_path: Path) -> None:
-    result, lines = go(data, tmp_path / "last.pt", val=data[1])
+    """Scored on the val tiles, never on test: val here is a scene of its own, so the two differ."""
+    val = scene_tiles(2, 1)
+    result, lines = go(data, tmp_path / "last.pt", val=val)
     assert all("val_miou" in row for row in result.history)
     best = max(result.history, key=lambda r: r["val_miou"])
     assert result.metrics["best_epoch"] == best["epoch"]
     assert result.metrics["best_val_miou"] == best["val_miou"]
     saved = torch.load(tmp_path / "last" / "best.pt", weights_only=False)
     assert saved["epoch"] == best["epoch"] and saved["run"] == "bce-adam-0" and saved["val_miou"] == best["val_miou"]
+    assert _val_miou(tmp_path / "last" / "best.pt", val) == pytest.approx(best["val_miou"], abs=1e-6)
+    assert _val_miou(tmp_path / "last" / "model.pt", val) == pytest.approx(result.history[-1]["val_miou"], abs=1e-6)
+    assert _val_miou(tmp_path / "last" / "model.pt", data[1]) != pytest.approx(result.history[-1]["val_miou"], abs=1e-3)
 
 
 @pytest.mark.parametrize("lr, override", [(1e6, False), (1e8, False), (1e6, True)])
@@ -429,11 +440,20 @@ def test_adapt_bn_scores_each_test_scene_as_predict_does_and_is_stored(data, tmp
 
 
 def test_threshold_val_is_chosen_on_val_and_stored(data, tmp_path: Path) -> None:
-    result, _ = go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, threshold="val"), val=data[1])
+    """The cut stored is the one choose_threshold finds on the val tiles (a scene of their own), not
+    the loss's default nor one chosen on test."""
+    val = scene_tiles(2, 1)
+    result, _ = go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, threshold="val"), val=val)
     saved = torch.load(tmp_path / "last" / "model.pt", weights_only=False)
     assert saved["threshold"] == result.metrics["threshold"]
     assert math.isfinite(saved["threshold"])
-    assert torch.load(tmp_path / "last" / "best.pt", weights_only=False)["threshold"] is not None
+    for name in ("model.pt", "best.pt"):
+        p = Predictor.load(tmp_path / "last" / name, torch.device("cpu"), "fp32")
+        args = (TRAIN.test_batch_size, p.norm, True, False, losses.LOSSES["bce"].threshold)
+        on_val, on_test = choose_threshold(p.model, val, *args), choose_threshold(p.model, data[1], *args)
+        stored = torch.load(tmp_path / "last" / name, weights_only=False)["threshold"]
+        assert stored == pytest.approx(on_val, abs=1e-6) and on_val != on_test, (name, stored, on_val, on_test)
+    assert saved["threshold"] != losses.LOSSES["bce"].threshold
 
 
 def test_threshold_val_without_val_stops_with_one_line(data, tmp_path: Path) -> None:
