@@ -5,6 +5,7 @@ the best run."""
 
 from pathlib import Path
 
+import torch
 from common import args, drop_runs_not_in, params, stage
 
 from forestseg.device import pick_device
@@ -20,8 +21,10 @@ def main(argv: list[str]) -> None:
     )
     cfg, grid, train = params("report", "grid", "train")
     drop_runs_not_in(grid, models_dir, "model")
-    # the device the runs trained and scored their test tiles on, so the overlays show what was scored
-    summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device(train.device)
+    # the device the runs trained and scored their test tiles on, so the overlays show what was scored;
+    # a coordinator without the grid's GPUs draws them on its CPU (calls within rounding of the cut may differ)
+    wanted = train.device if train.device == "cpu" or torch.cuda.is_available() else "auto"
+    summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device(wanted)
     n = write_overlays(models_dir, layout, summary["combinations"], cfg, out_dir, device)
     print(f"overlays: wrote {out_dir}/<combination>.png for {n} test tiles")
     worst = write_worst_scenes(models_dir, layout, summary, scenes_csv, cfg, out_dir / "worst_scenes.png", device)

@@ -223,11 +223,14 @@ def test_a_kept_model_is_named_by_what_trained_it(tmp_path: Path, monkeypatch: p
     assert name == quality.kept_name("fold 0", 0, "cpu", [], sample, cpu)
     assert name != quality.kept_name("fold 0", 0, "cpu", ["optimizer.lr=0.01"], sample, cpu)
     assert name != quality.kept_name("fold 0", 0, "cpu", [], dataclasses.replace(sample, digest="d2"), cpu)
-    assert name != quality.kept_name("fold 0", 0, "cpu", ["train.precision=bf16"], sample, cpu)
     # `auto` on a CPU with fast bf16 (the Zen 5's) trains in bf16: another model than this CPU's fp32
-    fp32_here = quality.use_bf16
-    monkeypatch.setattr(quality, "use_bf16", lambda precision, device: not fp32_here(precision, device))
+    here = quality.use_bf16(quality.fold_model_sections("cpu", [])[2].precision, cpu)
+    monkeypatch.setattr(quality, "use_bf16", lambda precision, device: not here)
     assert name != quality.kept_name("fold 0", 0, "cpu", [], sample, cpu)
+    # and a model trained on CUDA, in the same precision, is another model too
+    monkeypatch.setattr(quality, "use_bf16", lambda precision, device: here)
+    assert name == quality.kept_name("fold 0", 0, "cpu", [], sample, cpu)
+    assert name != quality.kept_name("fold 0", 0, "cpu", [], sample, torch.device("cuda"))
 
 
 def test_the_sample_digest_follows_its_files_not_only_meta_data(tmp_path: Path) -> None:

@@ -268,6 +268,13 @@ def test_no_default_remote_or_no_dvc_stops_before_anything_trains(repo: Path) ->
     )
 
 
+def test_members_checks_every_section_but_the_init_from_file_a_fresh_clone_pulls_later(repo: Path) -> None:
+    """In a fresh clone a fine-tuning grid's init/ model is a .dvc file only, until `dvc repro --pull`."""
+    set_params(repo, {**GRID, "train": {**GRID["train"], "init_from": "init/source.pt"}})
+    out = sh(repo, "python", "cluster/members.py", check=False)
+    assert out.returncode == 0 and out.stdout.split() == ["bce-adam-0", "bce-adam-1"], out.stderr
+
+
 def test_a_worker_refuses_a_bad_value_in_any_section_before_anything_runs(repo: Path) -> None:
     set_params(repo, {**GRID, "train": {**GRID["train"], "batch_size": 0}})
     commit(repo, "a bad batch size")
