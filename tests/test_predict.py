@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import flip_a_bit_in_the_largest_tensor, make_set, random_predictor, train_small_model
+from conftest import BIN, flip_a_bit_in_the_largest_tensor, make_set, random_predictor, train_small_model
 from PIL import Image
 
 import forestseg.io
@@ -895,3 +895,25 @@ def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change
     write_model(tmp_path / "m.pt", build_model(cfg).state_dict(), {**meta, **change})
     with pytest.raises(ForestsegError, match=says):
         read_model(tmp_path / "m.pt")
+
+
+def test_ctrl_c_while_the_command_loads_its_libraries_is_one_line(tmp_path: Path) -> None:
+    """`forestseg` interrupted during `import torch` (seconds on a slow CPU): exit 130 and one line,
+    as Ctrl-C later gives, not a traceback from inside the import."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        [str(BIN / "forestseg"), "predict", "m.pt", "a.png", "-o", str(tmp_path / "out")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:  # torch is being imported
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "forestseg: interrupted while starting; nothing was written\n"
+    assert not (tmp_path / "out").exists()
