@@ -173,6 +173,7 @@ def study_grid(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # a device call killed at its limit keeps what was printed
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes, to check the script on a CPU")

@@ -303,7 +303,11 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         batch_norm=True,
         input="normalized",
     )
-    rows = np.arange(min(n, args.batch * args.steps))
+    # batch x steps rows, the set cycled where it is smaller (the sample's 1035 pairs at the study's
+    # batch 160 and 12 steps): every timed step a full batch, as --steps says
+    rows = np.arange(args.batch * args.steps) % n
+    if len(rows) > n:
+        print(f"note: {n} pairs < batch {args.batch} x {args.steps} steps: an epoch repeats tiles")
     tiles = load_tiles(DataLayout(tmp), rows, device)
     test = Tiles(tiles.images[: args.batch], tiles.masks[: args.batch])
     opt_cfg = OptimizerConfig(lr=1e-4, lr_overrides={}, step_epochs=100, gamma=0.1, momentum=0.0, weight_decay=0.0)
