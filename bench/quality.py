@@ -365,8 +365,9 @@ def kept_name(part: str, seed: int, recipe: str, sets: list[str], sample: Sample
     it trains with on `device`, so an edited recipe, another sample (whose folds hold other scenes),
     new code, or a model trained in bf16 or on CUDA is never reused for another setting."""
     tag = "_".join([recipe] + [s.replace("=", "-").replace("/", "") for s in sets])
-    bf16 = use_bf16(fold_model_sections(recipe, sets)[2].precision, device)
-    stamp = f"{json.dumps(recipe_params(recipe, sets), sort_keys=True)}\0{sample.digest}\0{code_digest()}\0{device.type}\0{bf16}"
+    params = recipe_params(recipe, sets)
+    bf16 = use_bf16(load_sections(params, "train")[0].precision, device)
+    stamp = f"{json.dumps(params, sort_keys=True)}\0{sample.digest}\0{code_digest()}\0{device.type}\0{bf16}"
     return f"{part.replace(' ', '')}_s{seed}_{tag}_{hashlib.sha256(stamp.encode()).hexdigest()[:8]}.pt"
 
 

@@ -506,7 +506,8 @@ def build_index(
                     stats.add_summary(summary, jpeg)
                     forest_px = int(result[1].sum())
                     grey, is_forest = result[0].mean(axis=-1, dtype=np.float32), result[1].astype(bool)
-                    light[scene_of(image)] += (
+                    scene = scene_of(image)
+                    light[scene] += (
                         grey[is_forest].sum(),
                         forest_px,
                         grey[~is_forest].sum(),
@@ -516,7 +517,7 @@ def build_index(
                         {
                             "image": image,
                             "mask": mask,
-                            "scene": scene_of(image),
+                            "scene": scene,
                             "forest_pixels": forest_px,
                             "pixels": size[0] * size[1],
                             "forest_fraction": round(forest_px / (size[0] * size[1]), 6),

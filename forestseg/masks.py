@@ -315,7 +315,7 @@ def misfit_reads_as_resampled(mask: np.ndarray, summary: tuple[bool, np.ndarray]
     return grey and mid_share(counts) > AMBIGUOUS_SHARE and looks_resampled(grey_of(mask))
 
 
-def _binary255(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
+def _binary255(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
     grey = _grey(mask)
     mid = mid_share(np.bincount(grey.ravel(), minlength=256)) > AMBIGUOUS_SHARE
     far = far_low_share(grey) > FAR_LOW_SHARE
@@ -332,7 +332,7 @@ def _binary255(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarra
     return grey >= 128
 
 
-def _resampled(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
+def _resampled(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
     grey = _grey(mask)
     problem = resampled_problem(grey)
     if problem:
@@ -340,14 +340,14 @@ def _resampled(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarra
     return grey >= 128
 
 
-def _binary01(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
+def _binary01(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
     grey = _grey(mask)
     if grey.max() > 1:
         raise MaskMismatch(f"not a 0/1 mask, values found: {describe(mask)}")
     return grey == 1
 
 
-def _classes(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
+def _classes(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
     grey = _grey(mask)
     if len(np.unique(grey)) > MAX_CLASSES:
         raise MaskMismatch(
@@ -357,7 +357,7 @@ def _classes(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
     return np.isin(grey, np.array(forest, dtype=grey.dtype))
 
 
-def _colors(mask: np.ndarray, forest: tuple, jpeg: bool = False) -> np.ndarray:
+def _colors(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
     if mask.ndim == 2:
         raise MaskMismatch(f"single-band mask, not colour-coded; values found: {describe(mask)}")
     planes = [mask[..., c].astype(np.int32) for c in range(3)]
