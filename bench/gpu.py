@@ -12,7 +12,9 @@
 On a machine without CUDA it says so and exits 0. `--device cpu --tiny` runs the same steps at a
 tiny scale on the CPU, to check the script itself.
 
-    python bench/gpu.py [--epochs 3] [--seeds 6] [--workers N] [--skip-speed]   (N: as many as GPU memory holds, <= 6)
+    python bench/gpu.py [--epochs 3] [--seeds 6] [--workers N] [--skip-speed] [--skip-grid]
+    (N: as many as GPU memory holds, <= 6; the grid needs dvc, which a borrowed GPU machine lacks:
+    bench/gpu_session.sh runs this with --skip-grid)
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def main() -> None:
         "--workers", type=int, default=None, help="queue workers (as many as GPU memory holds, <= 6; 1 with --tiny)"
     )
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-grid", action="store_true", help="no queued study grid (it needs dvc on the machine)")
     args = ap.parse_args()
     args.seeds = args.seeds or (1 if args.tiny else 6)
     if args.workers is None and not args.tiny and torch.cuda.is_available() and args.device.startswith("cuda"):
@@ -211,7 +214,10 @@ def main() -> None:
         # on CUDA the goal's setting: the study's UNet at batch 160 (README: Benchmarks)
         batch = (["--study", "--batch", "160"] if device.type == "cuda" else ["--batch", "16"]) if not args.tiny else []
         print(sh(REPO, sys.executable, str(REPO / "bench/speed.py"), *batch, *tiny))  # stops with its error
-    study_grid(args)
+    if args.skip_grid:
+        print("study grid: skipped (--skip-grid)")
+    else:
+        study_grid(args)
     print(f"gpu acceptance: done in {time.perf_counter() - t0:.0f} s")
 
 

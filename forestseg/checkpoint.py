@@ -173,13 +173,25 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
 INIT_FIX = f"copy a finished run's model file (models/<run>/model.pt) into {INIT_DIR}/ and `dvc add` it"
 
 
-def read_init(path: str | Path, model: dict) -> dict:
+SAME_PIXELS = 0.01  # a source model's pixel size within 1% of the data's: the same ground resolution
+
+
+def read_init(path: str | Path, model: dict, pixel_size_m: float | None = None) -> dict:
     """train.init_from: the model file at `path`, whose model params must equal `model` (the run's
-    `ModelConfig.weights()`: arch, width, depth, batch_norm, input), since its weights start the run."""
+    `ModelConfig.weights()`: arch, width, depth, batch_norm, input), since its weights start the run,
+    and whose pixel size (where it records one) must be the data's `pixel_size_m` (where given):
+    its filters learned trees at that size."""
     try:
         state = read_model(path, fix=INIT_FIX)
     except ForestsegError as e:
         raise ForestsegError(f"params.yaml: train.init_from: {e}") from None
+    theirs_px = state["pixel_size_m"]
+    if pixel_size_m is not None and theirs_px is not None and abs(theirs_px / pixel_size_m - 1) > SAME_PIXELS:
+        raise ForestsegError(
+            f"params.yaml: train.init_from: {path} learned from {theirs_px:g} m pixels, and data.pixel_size_m says "
+            f"the tiles' are {pixel_size_m:g} m: cut them at the model's (forestseg tile --pixel-size {theirs_px:g}) "
+            "and set data.pixel_size_m to it, or start from a model of the data's pixel size"
+        )
     theirs = state.get("model") if isinstance(state.get("model"), dict) else {}
     differ = [k for k in model if theirs.get(k) != model[k]]
     if differ:

@@ -1,6 +1,6 @@
 """`forestseg predict`: checkpoint + images or folders -> 0/255 PNG masks (and overlays), or for
 GeoTIFFs georeferenced forest masks and forest_area.csv; `forestseg evaluate`: scores and area bias
-on labelled data."""
+on labelled data; `forestseg tile`: labelled GeoTIFFs cut into a Kaggle-layout training folder."""
 
 from __future__ import annotations
 
@@ -470,6 +470,39 @@ def _as_flags(text: str) -> str:
     return text
 
 
+def tile(args: argparse.Namespace) -> int:
+    from .evaluate import raster_pairs
+    from .tiles import TileOptions, tile_rasters
+
+    opts = TileOptions(
+        size=args.size,
+        pixel_size_m=args.pixel_size,
+        bands=_bands(args.bands),
+        reproject=args.reproject,
+        first_scene=args.first_scene,
+    )
+    if not (args.data / "images").is_dir():
+        raise ForestsegError(
+            f"{args.data}: no images/ folder; give a folder with images/<name>.tif and masks/<name>.tif"
+        )
+    pairs = raster_pairs(args.data)
+    if not pairs:
+        raise ForestsegError(f"{args.data}/images: no GeoTIFF (.tif, .tiff) to cut")
+    if args.out.parent.is_dir():  # a killed run's temp folder
+        remove_stale_temps(args.out.parent)
+    done = tile_rasters(pairs, args.out, opts)
+    px = {round(r["pixel_size_m"], 4) for r in done["rasters"] if r["tiles"]}
+    pixel = f" -S data.pixel_size_m={px.pop():g}" if len(px) == 1 else ""
+    print(
+        f"wrote {done['tiles']} tiles of {len(pairs)} raster(s) to {args.out} (scenes {opts.first_scene}-"
+        f"{opts.first_scene + len(pairs) - 1}); train on them: dvc add {shlex.quote(str(args.out))}, then "
+        f"dvc exp run -S data.source={shlex.quote(str(args.out))}{pixel} (README: Real data)"
+    )
+    if len(px) > 1:
+        print("note: the rasters' pixel sizes differ; pass --pixel-size to cut them all at the model's")
+    return 0
+
+
 def _check_output_file(path: Path, inputs: list[Path] = ()) -> None:
     """-o must be a file path that can be written: not a folder, no file where a folder should be, and
     none of the `inputs` (files, or folders it would land in)."""
@@ -625,13 +658,39 @@ def main(argv: list[str] | None = None) -> None:
     )
     _model_flags(e)
     _raster_flags(e)
+
+    t = sub.add_parser("tile", help="cut labelled GeoTIFFs (photo + forest truth) into a Kaggle-layout training folder")
+    t.add_argument(
+        "data",
+        type=Path,
+        help="a folder with images/<name>.tif and masks/<name>.tif (0 = not forest, one other value forest)",
+    )
+    t.add_argument(
+        "-o", "--out", type=Path, required=True, help="the new training folder (images/, masks/, meta_data.csv)"
+    )
+    t.add_argument("--size", type=int, default=256, help="tile side in pixels (default 256, the Kaggle set's)")
+    t.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="METRES",
+        help="resample to this pixel size: a model's data.pixel_size_m, to fine-tune it (default: the rasters' own)",
+    )
+    t.add_argument(
+        "--first-scene", type=int, default=1, help="scene id of the first raster; one id per raster (default 1)"
+    )
+    t.add_argument(
+        "--bands", default="1,2,3", help="band numbers read as red,green,blue (default 1,2,3; 3,2,1 for BGR)"
+    )
+    t.add_argument(
+        "--reproject", metavar="EPSG:CODE", help="warp to this projected CRS first (needed for geographic rasters)"
+    )
     args = ap.parse_args(argv)
     _bundled_proj_data()
     # a timeout, `kill`, Slurm or docker stop (SIGTERM) unwinds as Ctrl-C does, so the temp folder
     # of the raster being mapped goes with it
     before = signal.signal(signal.SIGTERM, _terminate)
     try:
-        sys.exit(predict(args) if args.command == "predict" else evaluate(args))
+        sys.exit({"predict": predict, "evaluate": evaluate, "tile": tile}[args.command](args))
     except ForestsegError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -223,7 +223,7 @@ def raster_pairs(data: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _check_truth(truth_path: Path) -> None:
+def check_truth(truth_path: Path) -> None:
     """Refuse, from its header, a truth raster that would be scored wrong."""
     from rasterio.enums import ColorInterp
 
@@ -267,14 +267,14 @@ def evaluate_rasters(
         raster = check_raster(image, opts, predictor.pixel_size_m)
         if raster is None:
             raise ForestsegError(f"{image}: has no georeference; labelled rasters must be GeoTIFFs")
-        _check_truth(truth_path)
+        check_truth(truth_path)
         rasters.append(raster)
     units: dict[str, tuple[np.ndarray, float]] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
         for raster, (image, truth_path) in zip(rasters, pairs):
             area = map_forest(predictor, raster, Path(tmp), opts, log)
-            counts, seen, nodata_px, truth_nodata = np.zeros(4, np.int64), _Values(), 0, None
+            counts, seen, nodata_px, truth_nodata = np.zeros(4, np.int64), TruthValues(), 0, None
             with rasterio.Env(**GDAL_ENV), rasterio.open(area.mask) as pred_ds:
                 grid = Grid(pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
                 try:
@@ -305,19 +305,11 @@ def evaluate_rasters(
                     f"{truth_path}: no pixel of it with data lies on a pixel of {image.name} with data; "
                     "is it the mask of that image (same place, CRS set right)?"
                 )
-            forest_values = [v for v in seen.counts if v != 0]
-            if len(forest_values) > 1:  # JPEG noise around 0/255, or class ids: "other values = forest" misreads both
-                raise ForestsegError(
-                    f"{truth_path}: holds {len(forest_values)} values besides 0 ({seen.text()}); a truth raster is "
-                    "0 = not forest and one forest value: binarise it first (gdal_calc.py -A truth.tif "
-                    "--outfile=out.tif --calc='A>=128' for a 0/255 mask with JPEG noise, 'A==<forest id>' for classes)"
-                )
-            if not forest_values and truth_nodata and nodata_px:
-                notes.append(
-                    f"{truth_path}: no forest pixel with data (values {seen.text()}), but its nodata value "
-                    f"{truth_nodata:g} covers {nodata_px} pixel(s): if {truth_nodata:g} is its forest, unset the "
-                    f"nodata (gdal_edit.py -unsetnodata {truth_path})"
-                )
+            problem = seen.problem(truth_path)
+            if problem:
+                raise ForestsegError(problem)
+            if truth_nodata and nodata_px and not seen.forest():
+                notes.append(seen.nodata_note(truth_path, truth_nodata, nodata_px))
             units[image.name] = (counts, grid.pixel_area_m2(raster.unit_m))
             Path(area.mask).unlink()
     if notes and not allow_no_forest and not sum(int(c[0] + c[2]) for c, _ in units.values()):  # tp + fn: none
@@ -331,7 +323,7 @@ def evaluate_rasters(
     return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **summarize(units, "raster")}
 
 
-class _Values:
+class TruthValues:
     """Value counts of a truth raster's pixels with data, window by window (a few distinct values)."""
 
     KEEP = 64  # distinct values kept; a float truth (probabilities?) has millions, and is refused anyway
@@ -352,6 +344,28 @@ class _Values:
                 self.counts[v.item()] = self.counts.get(v.item(), 0) + int(n)
             else:
                 self.others += int(n)
+
+    def forest(self) -> list:
+        """The values besides 0 seen so far: a truth raster has one, its forest."""
+        return [v for v in self.counts if v != 0]
+
+    def problem(self, truth_path: Path) -> str | None:
+        """Why the values seen cannot be read as 0 = not forest, one other value forest; None if they can."""
+        if len(self.forest()) > 1:  # JPEG noise around 0/255, or class ids: "other values = forest" misreads both
+            return (
+                f"{truth_path}: holds {len(self.forest())} values besides 0 ({self.text()}); a truth raster is "
+                "0 = not forest and one forest value: binarise it first (gdal_calc.py -A truth.tif "
+                "--outfile=out.tif --calc='A>=128' for a 0/255 mask with JPEG noise, 'A==<forest id>' for classes)"
+            )
+        return None
+
+    def nodata_note(self, truth_path: Path, nodata: float, pixels: int) -> str:
+        """A truth with no forest seen whose nodata value covered `pixels`: 0/255 masks tagged nodata 255."""
+        return (
+            f"{truth_path}: no forest pixel with data (values {self.text()}), but its nodata value "
+            f"{nodata:g} covers {pixels} pixel(s): if {nodata:g} is its forest, unset the "
+            f"nodata (gdal_edit.py -unsetnodata {truth_path})"
+        )
 
     def text(self, top: int = 4) -> str:
         total = sum(self.counts.values()) + self.others or 1

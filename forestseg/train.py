@@ -394,7 +394,7 @@ def train_run(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once
     gens = _generators(run.seed, train_cfg)
-    source = read_init(init, model_cfg.weights()) if init is not None else None
+    source = read_init(init, model_cfg.weights(), pixel_size_m) if init is not None else None
     if source is not None:  # the source model's normaliser: its weights expect inputs scaled as it learned them
         norm = Normalizer.of(source["normalizer"])
     elif model_cfg.input == "normalized":

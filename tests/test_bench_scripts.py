@@ -210,3 +210,33 @@ def test_wgrad_prints_every_way_per_layer() -> None:
     [line] = [ln for ln in out.stdout.splitlines() if "256 ch,  16 px" in ln]
     ways = ["oneDNN channels_last", "oneDNN NCHW", "native (im2col + GEMM)", "9 shifted GEMMs", "unfold + GEMM"]
     assert all(f"{way} " in line for way in ways) and line.count("e-0") + line.count("0e+00") == 5
+
+
+def test_gpu_acceptance_checks_train_resume_and_predict_without_the_grid() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--skip-speed", "--skip-grid"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "resumed run: test losses within 0.0e+00 relative (bit-identical" in out.stdout
+    assert "study grid: skipped (--skip-grid)" in out.stdout and "dvc" not in out.stdout
+
+
+def test_gpu_session_says_what_to_prepare_before_a_call(tmp_path: Path) -> None:
+    """A device call without the carried sample stops at once with the command that prepares it."""
+    (tmp_path / "bench").mkdir()
+    script = tmp_path / "bench" / "gpu_session.sh"
+    script.write_bytes((ROOT / "bench" / "gpu_session.sh").read_bytes())
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    run = subprocess.run(["bash", str(script), "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "run 'bash bench/gpu_session.sh prepare' here first and carry .gpu" in run.stdout
+    assert (tmp_path / "out" / "session.log").read_text() == run.stdout  # what a call brings back
+    env["FORESTSEG_SAMPLE"] = str(tmp_path / "nowhere")
+    prepare = subprocess.run(["bash", str(script), "prepare"], env=env, capture_output=True, text=True, timeout=60)
+    assert prepare.returncode == 1 and prepare.stderr.startswith("gpu_session: no sample at")
+    usage = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: bash bench/gpu_session.sh prepare | run")

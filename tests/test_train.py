@@ -86,6 +86,7 @@ def go(
     val: Tiles | None = None,
     init: Path | None = None,
     model: ModelConfig = MODEL,
+    pixel_size_m: float = 0.5,
 ):
     lines: list[str] = []
     # `checkpoint` is the resume file; the model file goes to a folder named after it
@@ -102,6 +103,7 @@ def go(
         log=log or lines.append,
         val=val,
         init=init,
+        pixel_size_m=pixel_size_m,
     )
     return result, lines
 
@@ -604,6 +606,19 @@ def test_a_model_file_of_other_model_params_is_refused_in_one_line(data, source,
         ForestsegError, match=r"^params\.yaml: train\.init_from: .*last\.pt: a resume file of a training"
     ):
         go(data, tmp_path / "other.pt", init=resume)
+
+
+def test_a_model_of_other_pixels_is_refused_and_one_within_a_percent_fine_tunes(data, source, tmp_path: Path) -> None:
+    with pytest.raises(ForestsegError) as err:  # the source learned 0.5 m pixels (go's default)
+        go(data, tmp_path / "a.pt", init=source, pixel_size_m=0.3)
+    assert str(err.value) == (
+        f"params.yaml: train.init_from: {source} learned from 0.5 m pixels, and data.pixel_size_m says the tiles' "
+        "are 0.3 m: cut them at the model's (forestseg tile --pixel-size 0.5) and set data.pixel_size_m to it, "
+        "or start from a model of the data's pixel size"
+    )
+    one = dataclasses.replace(TRAIN, epochs=1)
+    ft, _ = go(data, tmp_path / "b.pt", init=source, pixel_size_m=0.504, train=one)
+    assert read_model(tmp_path / "b" / "model.pt")["pixel_size_m"] == 0.504
 
 
 def test_a_bad_init_file_says_how_to_make_one_not_to_pass_another_path(data, source, tmp_path: Path) -> None:

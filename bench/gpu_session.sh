@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The GPU checks of issues #12 and #14 as one call of a borrowed GPU machine (the device tool).
+# Such a machine has its own Python 3.12 and torch but no network, lacks simplejpeg and ruamel.yaml
+# (forestseg imports them) and dvc, and gets only the working tree plus carried ignored paths.
+#
+#   bash bench/gpu_session.sh prepare      here, once: .gpu/sample (the real sample, ~41 MB) and
+#                                          .gpu/whl (wheels for the GPU machine's Python 3.12), ~43 MB
+#   device run: command "bash bench/gpu_session.sh run", carry [".gpu"], timeout_s 600
+#   bash bench/gpu_session.sh run --cpu-check   the same steps at tiny sizes on this CPU (checks the script)
+#
+# `run` writes session.log and the quality result (final_gpu_<device>.md/.json) to $OUT, in this order,
+# each step under its own time limit so the call ends inside its 600 s:
+#   1. bench/gpu.py --skip-grid: train, kill-like stop and resume on CUDA, CPU/CUDA prediction agreement,
+#      then bench/speed.py --study --batch 160 (training and predict MFU against the measured bf16 peak)
+#   2. bench/quality.py final gpu: the gpu recipe trained on the sample's CV scenes, scored on the 8
+#      set-aside scenes, with its wall time (issue #12's GPU goal: forest IoU >= 0.85)
+# The queued study grid (bench/gpu.py without --skip-grid) needs dvc and its dependencies as wheels,
+# which do not fit in one call beside the sample.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+GPU_DIR=.gpu
+WHEELS=(simplejpeg==1.9.0 ruamel.yaml==0.19.1 ruamel.yaml.clib==0.2.15)  # pins as in pyproject.toml
+
+prepare() {
+    local sample=${FORESTSEG_SAMPLE:-$REPO/../shared/forest-sample}
+    [[ -f $sample/meta_data.csv ]] || { echo "gpu_session: no sample at $sample (set FORESTSEG_SAMPLE)" >&2; exit 1; }
+    git check-ignore -q "$GPU_DIR/" || { echo "gpu_session: $GPU_DIR is not ignored by git (.gitignore)" >&2; exit 1; }
+    local tmp="$GPU_DIR.~new"
+    rm -rf "$tmp" && mkdir -p "$tmp/whl"
+    cp -r "$sample" "$tmp/sample"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$tmp/whl" "${WHEELS[@]}"
+    rm -rf "$GPU_DIR" && mv "$tmp" "$GPU_DIR"
+    local mib
+    mib=$(du -sm "$GPU_DIR" | cut -f1)
+    echo "gpu_session: $GPU_DIR holds the sample and $(ls "$GPU_DIR/whl" | wc -l) wheels, $mib MiB (a call carries at most 64 MiB with the tree)"
+}
+
+step() {  # step SECONDS NAME COMMAND...: one step under its own limit; a failed step does not stop the next
+    local limit=$1 name=$2
+    shift 2
+    echo "=== $name (limit ${limit} s): $*"
+    local t0=$SECONDS rc=0
+    timeout -k 10 "$limit" "$@" || rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s$([[ $rc == 124 || $rc == 137 ]] && echo ' (time limit)')"
+}
+
+run() {
+    local cpu_check=${1:-}
+    export OUT=${OUT:-$REPO/.gpu/out} PYTHONUNBUFFERED=1
+    mkdir -p "$OUT"
+    exec > >(tee -a "$OUT/session.log") 2>&1
+    export FORESTSEG_SAMPLE=$REPO/$GPU_DIR/sample
+    [[ -f $FORESTSEG_SAMPLE/meta_data.csv ]] || { echo "gpu_session: no $FORESTSEG_SAMPLE: run 'bash bench/gpu_session.sh prepare' here first and carry $GPU_DIR"; exit 1; }
+    if ! python3 -c "import simplejpeg, ruamel.yaml" 2>/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/forestseg-site "$GPU_DIR"/whl/*.whl
+        export PYTHONPATH=/tmp/forestseg-site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    date -u
+    nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+    local tag
+    if [[ $cpu_check == --cpu-check ]]; then
+        tag=cpu_check
+        step 300 "gpu.py" python3 bench/gpu.py --device cpu --tiny --skip-grid
+        step 300 "quality final gpu" python3 bench/quality.py final gpu --threads 2 --name "final_gpu_$tag" \
+            -S model.width=4 -S model.depth=1 -S train.epochs=1 -S optimizer.warmup_epochs=0
+    elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+        tag=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
+        step 200 "gpu.py" python3 bench/gpu.py --skip-grid
+        step 330 "quality final gpu" python3 bench/quality.py final gpu --name "final_gpu_$tag"
+    else
+        echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
+        exit 1
+    fi
+    # moved, not copied: a --cpu-check leaves the checkout's bench/results as it was
+    mv bench/results/final_gpu_"$tag".* "$OUT"/ 2>/dev/null || echo "gpu_session: no quality result to move to $OUT"
+    echo "gpu_session: done; files in $OUT"
+}
+
+case ${1:-} in
+    prepare) prepare ;;
+    run) run "${2:-}" ;;
+    *) echo "usage: bash bench/gpu_session.sh prepare | run [--cpu-check]" >&2; exit 2 ;;
+esac

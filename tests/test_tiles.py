@@ -1,0 +1,154 @@
+"""`forestseg tile`: labelled GeoTIFFs cut into a Kaggle-layout folder that the index reads as it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.transform import from_origin
+from test_geo import cli, with_nodata_corner, write_raster
+
+from forestseg.dataset import build_index, scene_of
+from forestseg.errors import ForestsegError
+from forestseg.layout import DataLayout
+from forestseg.tiles import TileOptions, tile_rasters
+
+H, W = 520, 600  # 2 x 2 whole 256-px tiles and edge strips
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    return np.random.default_rng(0).integers(1, 256, (H, W, 3), dtype=np.uint8)  # 0 is the nodata value
+
+
+@pytest.fixture
+def truth() -> np.ndarray:
+    values = np.zeros((H, W, 1), np.uint8)
+    values[100:400, 50:500] = 3  # the forest class id
+    return values
+
+
+def pairs(root: Path, photo: np.ndarray, truth: np.ndarray, **truth_kw) -> list[tuple[Path, Path]]:
+    image = write_raster(root / "images" / "a.tif", photo)
+    mask = write_raster(root / "masks" / "a.tif", truth, **{"nodata": None, **truth_kw})
+    return [(image, mask)]
+
+
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_tiles_hold_the_rasters_pixels_and_truth_and_skip_nodata(photo, truth, tmp_path: Path) -> None:
+    out = tmp_path / "tiles"
+    done = tile_rasters(pairs(tmp_path, with_nodata_corner(photo), truth), out, TileOptions(), log=lambda s: None)
+    meta = pd.read_csv(out / "meta_data.csv")
+    # the top-left tile holds the nodata corner: skipped; the others in row-major order
+    assert list(meta["image"]) == ["1_sat_0001.png", "1_sat_0002.png", "1_sat_0003.png"]
+    assert list(meta["mask"]) == ["1_mask_0001.png", "1_mask_0002.png", "1_mask_0003.png"]
+    for k, (r, c) in zip((1, 2, 3), ((0, 1), (1, 0), (1, 1))):
+        rows, cols = slice(r * 256, r * 256 + 256), slice(c * 256, c * 256 + 256)
+        assert np.array_equal(png(out / "images" / f"1_sat_{k:04d}.png"), photo[rows, cols])
+        assert np.array_equal(png(out / "masks" / f"1_mask_{k:04d}.png"), np.where(truth[rows, cols, 0], 255, 0))
+    (r,) = done["rasters"]
+    assert (r["tiles"], r["skipped_nodata"], r["scene"]) == (3, 1, 1)
+    assert r["edge_share"] == pytest.approx(1 - 4 * 256**2 / (H * W))
+    assert r["pixel_size_m"] == pytest.approx(0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks", "tiles"]  # no temp folder left
+
+
+def test_the_index_reads_the_tiles_as_one_scene(photo, truth, tmp_path: Path) -> None:
+    out = tmp_path / "tiles"
+    tile_rasters(pairs(tmp_path, photo, truth), out, TileOptions(first_scene=900), log=lambda s: None)
+    layout = DataLayout(tmp_path / "packed")
+    index, report = build_index(out, layout.images, layout.masks)
+    assert report["valid"] == 4 and not report["skipped_pairs"]
+    assert {scene_of(name) for name in index["image"]} == {"900"}
+    masks = np.load(layout.masks, mmap_mode="r")
+    assert masks.shape == (4, 256, 256) and masks[0].sum() == (truth[:256, :256, 0] > 0).sum()
+
+
+def test_resampled_to_a_pixel_size_by_averaging_and_truth_by_nearest(photo, truth, tmp_path: Path) -> None:
+    out = tmp_path / "tiles"
+    done = tile_rasters(pairs(tmp_path, photo, truth), out, TileOptions(pixel_size_m=1.0), log=lambda s: None)
+    assert done["tiles"] == 1 and done["rasters"][0]["grid"] == [H // 2, W // 2]
+    image = png(out / "images" / "1_sat_0000.png").astype(float)
+    means = photo[:512, :512].reshape(256, 2, 256, 2, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(image - means).max() <= 1  # GDAL's average, rounded
+    assert np.array_equal(png(out / "masks" / "1_mask_0000.png"), np.where(truth[:512:2, :512:2, 0], 255, 0))
+
+
+def test_a_truth_on_a_coarser_grid_is_read_on_the_images(photo, tmp_path: Path) -> None:
+    coarse = np.zeros((H // 2, W // 2, 1), np.uint8)
+    coarse[40:200, 30:250] = 1
+    out = tmp_path / "tiles"
+    tile_rasters(pairs(tmp_path, photo, coarse, pixel=1.0), out, TileOptions(), log=lambda s: None)
+    fine = np.repeat(np.repeat(coarse[..., 0], 2, 0), 2, 1)
+    assert np.array_equal(png(out / "masks" / "1_mask_0003.png"), np.where(fine[256:512, 256:512], 255, 0))
+
+
+def test_a_no_forest_raster_whose_nodata_hides_its_forest_stops(photo, tmp_path: Path) -> None:
+    mask = np.zeros((H, W, 1), np.uint8)
+    mask[:, 300:] = 255  # a 0/255 mask tagged nodata 255: its forest reads as no data
+    with pytest.raises(ForestsegError, match=r"nodata value 255 covers .* unset the nodata"):
+        tile_rasters(pairs(tmp_path, photo, mask, nodata=255), tmp_path / "tiles", TileOptions(), log=lambda s: None)
+    assert not (tmp_path / "tiles").exists()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("classes", r"masks/a.tif: holds 2 values besides 0"),
+        ("exists", r"-o .*tiles: already exists"),
+        ("no crs", r"images/a.tif: has no georeference"),
+        ("oblong", r"pixels are 0.5 x 0.6 m, not square .* --pixel-size"),
+        ("small", r"no whole 256-px tile with data in 1 raster"),
+        ("size", r"--size 8: a tile needs at least 16 pixels"),
+    ],
+)
+def test_bad_input_stops_with_one_line_and_writes_nothing(
+    case: str, message: str, photo, truth, tmp_path: Path
+) -> None:
+    out = tmp_path / "tiles"
+    if case == "classes":
+        truth[0:300, 0:300] = 5
+    if case == "exists":
+        out.mkdir()
+    if case == "small":
+        photo, truth = photo[:200, :200], truth[:200, :200]
+    found = pairs(tmp_path, photo, truth)
+    if case == "no crs":
+        Image.fromarray(photo).save(found[0][0])  # a TIFF with no georeference
+    if case == "oblong":
+        for path in found[0]:
+            with rasterio.open(path, "r+") as ds:
+                ds.transform = from_origin(500000, 5000000, 0.5, 0.6)
+    with pytest.raises(ForestsegError, match=message):
+        tile_rasters(found, out, TileOptions(size=8 if case == "size" else 256), log=lambda s: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks"] + (["tiles"] if case == "exists" else [])
+
+
+def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, capsys) -> None:
+    pairs(tmp_path / "region", photo, truth)
+    assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles"), "--pixel-size", "0.5") == 0
+    said = capsys.readouterr().out
+    assert "wrote 4 tiles of 1 raster(s)" in said and "-S data.pixel_size_m=0.5" in said
+    assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "other"), "--bands", "1,2") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --bands 1,2: give three band numbers") and "\n" not in err
+    assert cli("tile", str(tmp_path), "-o", str(tmp_path / "other")) == 2
+    assert "no images/ folder" in capsys.readouterr().err
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    assert cli("tile", str(tmp_path / "empty"), "-o", str(tmp_path / "other")) == 2
+    assert "images: no GeoTIFF" in capsys.readouterr().err
+
+
+def test_tiles_are_checked_before_any_is_cut(photo, truth, tmp_path: Path) -> None:
+    good = pairs(tmp_path / "a", photo, truth)
+    bad = write_raster(tmp_path / "b" / "images" / "b.tif", photo, crs=None)
+    with pytest.raises(ForestsegError, match="b.tif"):
+        tile_rasters(good + [(bad, good[0][1])], tmp_path / "tiles", TileOptions(), log=lambda s: None)
+    assert not (tmp_path / "tiles").exists()
