@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
 from .device import keep_freed_memory, pick_device
 from .images import WORLD_FILE_SUFFIXES
-from .io import read_json, remove_stale_temps, write_json, write_rows, write_with
+from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
 from .predict import BLOCK, Predictor, overlay, read_rgb
 from .windows import sample_of
 
@@ -471,8 +471,7 @@ def _as_flags(text: str) -> str:
 
 
 def tile(args: argparse.Namespace) -> int:
-    from .evaluate import raster_pairs
-    from .tiles import TileOptions, tile_rasters
+    from .tiles import TileOptions, find_pairs, tile_pairs
 
     opts = TileOptions(
         size=args.size,
@@ -481,24 +480,24 @@ def tile(args: argparse.Namespace) -> int:
         reproject=args.reproject,
         first_scene=args.first_scene,
     )
-    if not (args.data / "images").is_dir():
-        raise ForestsegError(
-            f"{args.data}: no images/ folder; give a folder with images/<name>.tif and masks/<name>.tif"
-        )
-    pairs = raster_pairs(args.data)
-    if not pairs:
-        raise ForestsegError(f"{args.data}/images: no GeoTIFF (.tif, .tiff) to cut")
+    kind, pairs = find_pairs(args.data)
     if args.out.parent.is_dir():  # a killed run's temp folder
         remove_stale_temps(args.out.parent)
-    done = tile_rasters(pairs, args.out, opts)
-    px = {round(r["pixel_size_m"], 4) for r in done["rasters"] if r["tiles"]}
-    pixel = f" -S data.pixel_size_m={px.pop():g}" if len(px) == 1 else ""
+    done = tile_pairs(kind, pairs, args.out, opts)
+    ids = [r["scene"] for r in done["scenes"]]
+    where = shlex.quote(str(args.out))
+    if kind == "raster":
+        px = {round(r["pixel_size_m"], 4) for r in done["scenes"] if r["tiles"]}
+        then = f" -S data.pixel_size_m={px.pop():g}" if len(px) == 1 else ""
+        then += " (masks 0/255: data.masks' default)"
+    else:
+        then = " -S data.masks=<the masks' convention> (masks kept as they are: README: Masks)"
     print(
-        f"wrote {done['tiles']} tiles of {len(pairs)} raster(s) to {args.out} (scenes {opts.first_scene}-"
-        f"{opts.first_scene + len(pairs) - 1}); train on them: dvc add {shlex.quote(str(args.out))}, then "
-        f"dvc exp run -S data.source={shlex.quote(str(args.out))}{pixel} (README: Real data)"
+        f"wrote {done['tiles']} tiles of {plural(len(pairs), 'scene')} to {args.out} (scene ids {ids[0]}"
+        f"{'' if len(ids) == 1 else f'-{ids[-1]}' if ids == list(range(ids[0], ids[-1] + 1)) else f' ... {ids[-1]}'}); "
+        f"train on them: dvc add {where}, then dvc exp run -S data.source={where}{then}"
     )
-    if len(px) > 1:
+    if kind == "raster" and len({round(r["pixel_size_m"], 4) for r in done["scenes"] if r["tiles"]}) > 1:
         print("note: the rasters' pixel sizes differ; pass --pixel-size to cut them all at the model's")
     return 0
 
@@ -659,11 +658,15 @@ def main(argv: list[str] | None = None) -> None:
     _model_flags(e)
     _raster_flags(e)
 
-    t = sub.add_parser("tile", help="cut labelled GeoTIFFs (photo + forest truth) into a Kaggle-layout training folder")
+    t = sub.add_parser(
+        "tile", help="cut large labelled scenes (GeoTIFFs or pictures) into a Kaggle-layout training folder"
+    )
     t.add_argument(
         "data",
         type=Path,
-        help="a folder with images/<name>.tif and masks/<name>.tif (0 = not forest, one other value forest)",
+        help="a folder with images/<name>.tif and masks/<name>.tif (0 = not forest, one other value forest), "
+        "with images/<name>.<jpg|png> and masks/<name>.<...> (any mask convention), or with DeepGlobe's "
+        "<id>_sat.jpg and <id>_mask.png",
     )
     t.add_argument(
         "-o", "--out", type=Path, required=True, help="the new training folder (images/, masks/, meta_data.csv)"
@@ -676,7 +679,10 @@ def main(argv: list[str] | None = None) -> None:
         help="resample to this pixel size: a model's data.pixel_size_m, to fine-tune it (default: the rasters' own)",
     )
     t.add_argument(
-        "--first-scene", type=int, default=1, help="scene id of the first raster; one id per raster (default 1)"
+        "--first-scene",
+        type=int,
+        help="scene id of the first scene, one id per scene (default: each image's own number where all are "
+        "named by one, as DeepGlobe's, else 1, 2, ...)",
     )
     t.add_argument(
         "--bands", default="1,2,3", help="band numbers read as red,green,blue (default 1,2,3; 3,2,1 for BGR)"

@@ -1,18 +1,26 @@
-"""Cut labelled GeoTIFFs (an orthophoto and its forest truth) into a Kaggle-layout training folder.
+"""Cut large labelled scenes into a Kaggle-layout training folder (`forestseg tile`).
 
-A user's own region comes as large rasters, not 256-px tiles: `forestseg tile` reads each image as
-`forestseg predict` does (bands, reprojection, resampling to a pixel size), reads its truth on the
-same grid (nearest neighbour; 0 = not forest, one other value forest, as `forestseg evaluate`
-reads it), and writes whole tiles with data in both as lossless PNGs: images/<scene>_sat_<k>.png,
-masks/<scene>_mask_<k>.png (0/255) and meta_data.csv. Each raster is one scene, so a split by scene
-never puts tiles of one raster on both sides. Tiles with any pixel without data are skipped and
-counted, as is the strip at the right and bottom edge that holds no whole tile.
+A user's own region comes as large scenes, not 256-px tiles, in one of two forms:
+- GeoTIFFs (images/<name>.tif with masks/<name>.tif): each image is read as `forestseg predict`
+  reads it (bands, reprojection, resampling to a pixel size) and its truth on the same grid
+  (nearest neighbour; 0 = not forest, one other value forest, as `forestseg evaluate` reads it);
+  masks are written 0/255.
+- pictures (images/<name>.<jpg|png> with masks/<name>.<any picture suffix>, or DeepGlobe's flat
+  <id>_sat.jpg with <id>_mask.png): image and mask are cut alike and the mask's values kept as
+  they are (a JPEG mask's tiles as JPEGs of the highest quality), so `index` reads them in the
+  convention data.masks names, with all its checks.
+Tiles are images/<scene>_sat_<k>.png and masks/<scene>_mask_<k>.<png|jpg>, k counting row by row,
+listed in meta_data.csv. Each scene is one scene id (its own, where every name is a number), so a
+split by scene never puts tiles of one scene on both sides. Tiles with any pixel without data
+(nodata, transparent) are skipped and counted, as are the strips at the right and bottom edge that
+hold no whole tile. The folder is written whole or not at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,68 +35,134 @@ from .io import plural, temp_prefix
 TILE = 256  # the Kaggle set's tiles
 
 
+PICTURES = (".jpg", ".jpeg", ".png", ".bmp")
+RASTERS = (".tif", ".tiff")
+DEEPGLOBE = re.compile(r"^(?P<id>\d+)_(?P<part>sat|mask)$", re.ASCII)  # <id>_sat.jpg, <id>_mask.png
+
+
 @dataclass(frozen=True)
 class TileOptions:
-    """How rasters are cut; the CLI's flags."""
+    """How scenes are cut; the CLI's flags."""
 
     size: int = TILE  # tile side in pixels
-    pixel_size_m: float | None = None  # resample to this ground size (None: the raster's own pixels)
-    bands: tuple[int, ...] = (1, 2, 3)  # 1-based band numbers read as red, green, blue
-    reproject: str | None = None  # a projected CRS to warp to (needed for geographic rasters)
-    first_scene: int = 1  # scene id of the first raster; the next ones count up
+    pixel_size_m: float | None = None  # GeoTIFFs: resample to this ground size (None: the raster's own pixels)
+    bands: tuple[int, ...] = (1, 2, 3)  # GeoTIFFs: 1-based band numbers read as red, green, blue
+    reproject: str | None = None  # GeoTIFFs: a projected CRS to warp to (needed for geographic rasters)
+    first_scene: int | None = None  # scene id of the first scene, the next ones counting up (None: see scene_ids)
 
     def __post_init__(self) -> None:
         if self.size < 16:
             raise ForestsegError(f"--size {self.size}: a tile needs at least 16 pixels a side")
         if self.pixel_size_m is not None and not self.pixel_size_m > 0:
             raise ForestsegError(f"--pixel-size {self.pixel_size_m:g}: must be a positive number of metres")
-        if self.first_scene < 0:
+        if self.first_scene is not None and self.first_scene < 0:
             raise ForestsegError(f"--first-scene {self.first_scene}: scene ids are numbers >= 0")
 
 
-def tile_rasters(
-    pairs: list[tuple[Path, Path]], out: Path, opts: TileOptions, log: Callable[[str], None] = print
-) -> dict:
-    """Cut each (image, truth) pair into tiles under `out`, a new folder written whole or not at all;
-    returns per-raster counts. Every pair is checked from its headers before the first is cut."""
-    from .evaluate import check_truth
-    from .geo import MapOptions, check_raster
+def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
+    """("raster" or "picture", (image, mask) pairs in name order) of a folder: images/ and masks/
+    holding files of the same stem, or DeepGlobe's flat <id>_sat.* and <id>_mask.*."""
+    if not data.is_dir():
+        raise ForestsegError(f"{data}: no such folder; give a folder with images/ and masks/ (README: Real data)")
+    if (data / "images").is_dir():
+        images = sorted(p for p in (data / "images").iterdir() if p.suffix.lower() in RASTERS + PICTURES)
+        masks = {p.stem: p for p in (data / "masks").glob("*")} if (data / "masks").is_dir() else {}
+        pairs = [(image, masks.get(image.stem)) for image in images]
+        where = f"{data}/masks"
+    else:  # DeepGlobe's layout
+        parts = {}
+        for path in sorted(data.iterdir()):
+            m = DEEPGLOBE.match(path.stem)
+            if m and path.suffix.lower() in RASTERS + PICTURES:
+                parts.setdefault(m["id"], {})[m["part"]] = path
+        pairs = [(p["sat"], p.get("mask")) for _, p in sorted(parts.items(), key=lambda kv: int(kv[0])) if "sat" in p]
+        where = str(data)
+    if not pairs:
+        raise ForestsegError(
+            f"{data}: no scene to cut; give a folder with images/<name>.<tif|jpg|png> and masks/<name>.<...>, "
+            "or DeepGlobe's <id>_sat.jpg and <id>_mask.png"
+        )
+    alone = [image.name for image, mask in pairs if mask is None]
+    if alone:
+        raise ForestsegError(
+            f"{where}: no mask for {', '.join(alone[:3])}" + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
+        )
+    kinds = {"raster" if image.suffix.lower() in RASTERS else "picture" for image, _ in pairs}
+    if len(kinds) > 1:
+        raise ForestsegError(
+            f"{data}: holds both GeoTIFFs and pictures; cut each kind from a folder of its own, into one output "
+            "each (--first-scene keeps their scene ids apart)"
+        )
+    return kinds.pop(), pairs
 
+
+def scene_ids(pairs: list[tuple[Path, Path]], first: int | None) -> list[int]:
+    """A scene id per pair: `first`, `first` + 1, ... if given; else each image's own number where
+    every image is named by one (a DeepGlobe id, `10452.tif`), else 1, 2, ..."""
+    if first is not None:
+        return [first + i for i in range(len(pairs))]
+    own = [DEEPGLOBE.match(image.stem)["id"] if DEEPGLOBE.match(image.stem) else image.stem for image, _ in pairs]
+    if all(o.isascii() and o.isdigit() for o in own) and len({int(o) for o in own}) == len(own):
+        return [int(o) for o in own]
+    return list(range(1, len(pairs) + 1))
+
+
+def tile_pairs(
+    kind: str, pairs: list[tuple[Path, Path]], out: Path, opts: TileOptions, log: Callable[[str], None] = print
+) -> dict:
+    """Cut each (image, mask) pair of `kind` (find_pairs) into tiles under `out`, a new folder written
+    whole or not at all; returns per-scene counts. Every GeoTIFF pair is checked from its headers
+    before the first is cut."""
     if out.exists():
         raise ForestsegError(f"-o {out}: already exists; give a new folder (tiles are never mixed into another set)")
-    map_opts = MapOptions(bands=opts.bands, resample=opts.pixel_size_m is not None, reproject=opts.reproject)
-    rasters = []
-    for image, truth in pairs:
-        raster = check_raster(image, map_opts, opts.pixel_size_m or 1.0)
-        if raster is None:
-            raise ForestsegError(f"{image}: has no georeference; `forestseg tile` cuts GeoTIFFs with a CRS and grid")
-        check_truth(truth)
-        rasters.append(raster)
+    if kind == "picture":
+        given = [f for f, v in (("--pixel-size", opts.pixel_size_m), ("--reproject", opts.reproject)) if v]
+        given += ["--bands"] if opts.bands != (1, 2, 3) else []
+        if given:
+            raise ForestsegError(f"{' and '.join(given)}: for GeoTIFFs; pictures are cut as they are")
+        cut = _cut_picture
+    else:
+        from .evaluate import check_truth
+        from .geo import MapOptions, check_raster
+
+        map_opts = MapOptions(bands=opts.bands, resample=opts.pixel_size_m is not None, reproject=opts.reproject)
+        rasters = {}
+        for image, truth in pairs:
+            raster = check_raster(image, map_opts, opts.pixel_size_m or 1.0)
+            if raster is None:
+                raise ForestsegError(
+                    f"{image}: has no georeference; give it its CRS and grid, or save it as a .png to cut it as a picture"
+                )
+            check_truth(truth)
+            rasters[image] = raster
+
+        def cut(image: Path, mask: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
+            return _cut_raster(rasters[image], mask, scene, dest, opts)
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{temp_prefix(out.name)}tmp"
     try:
         for folder in ("images", "masks"):
             (tmp / folder).mkdir(parents=True)
-        rows, per_raster, notes = [], [], []
-        for i, (raster, (image, truth)) in enumerate(zip(rasters, pairs)):
-            scene = opts.first_scene + i
-            done = _cut(raster, truth, scene, tmp, opts)
+        rows, per_scene, notes = [], [], []
+        for scene, (image, mask) in zip(scene_ids(pairs, opts.first_scene), pairs):
+            done = cut(image, mask, scene, tmp, opts)
             rows += done.pop("rows")
-            note = done.pop("note")
+            note = done.pop("note", None)
             notes += [note] if note else []
-            per_raster.append({"image": str(image), "truth": str(truth), "scene": scene, **done})
+            per_scene.append({"image": str(image), "mask": str(mask), "scene": scene, **done})
+            where = f" at {done['pixel_size_m']:.4g} m ({done['forest_share']:.1%} forest)" if kind == "raster" else ""
             log(
-                f"{image.name}: scene {scene}, {plural(done['tiles'], 'tile')} of {opts.size} px at "
-                f"{done['pixel_size_m']:.4g} m ({done['forest_share']:.1%} forest); skipped "
-                f"{done['skipped_nodata']} with pixels without data; {done['edge_share']:.1%} of the grid "
+                f"{image.name}: scene {scene}, {plural(done['tiles'], 'tile')} of {opts.size} px{where}; skipped "
+                f"{done['skipped_nodata']} with pixels without data; {done['edge_share']:.1%} of the scene "
                 "in edge strips narrower than a tile"
             )
         if not rows:
             raise ForestsegError(
-                f"no whole {opts.size}-px tile with data in {plural(len(pairs), 'raster')}: the rasters are smaller "
-                "than a tile, or their truth and image overlap nowhere with data in both"
+                f"no whole {opts.size}-px tile with data in {plural(len(pairs), 'scene')}: the scenes are smaller "
+                "than a tile, or their mask and image overlap nowhere with data in both"
             )
-        if notes and not any(r["forest_share"] for r in per_raster):
+        if notes and not any(r["forest_share"] for r in per_scene):
             raise ForestsegError(
                 notes[0] + "; tiles holding such pixels were skipped, so none with forest would be written"
             )
@@ -99,10 +173,70 @@ def tile_rasters(
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"out": str(out), "tiles": len(rows), "rasters": per_raster}
+    return {"out": str(out), "kind": kind, "tiles": len(rows), "scenes": per_scene}
 
 
-def _cut(raster, truth_path: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
+def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
+    """Tiles of one picture pair into dest/images and dest/masks, the mask's values as they are."""
+    img, msk = _decoded(image), _decoded(mask)
+    if img.pixels.ndim != 3:
+        raise ForestsegError(f"{image}: is a {img.kind}; convert it to RGB")
+    if msk.alpha is not None and (msk.alpha < 255).any():
+        raise ForestsegError(
+            f"{mask}: has transparent pixels ({msk.kind}); forest must be in a mask's values, not its "
+            "transparency: flatten it onto the background colour"
+        )
+    if img.orientation != msk.orientation:
+        raise ForestsegError(
+            f"{image} and {mask}: EXIF orientations differ ({img.orientation} and {msk.orientation}), so they may "
+            "lie on different pixel grids; turn the tagged file's pixels by its tag (`magick FILE -auto-orient FILE`)"
+        )
+    (h, w), (mh, mw) = img.pixels.shape[:2], msk.pixels.shape[:2]
+    if (h, w) != (mh, mw):
+        raise ForestsegError(f"{mask}: is {mw}x{mh} px, its image {image.name} {w}x{h} px; a mask covers its image")
+    valid = np.ones((h, w), bool) if img.alpha is None else img.alpha == 255
+    # a JPEG mask's tiles stay JPEGs (the index reads their values with JPEG's noise in mind), at the
+    # highest quality and without chroma subsampling, so cutting adds as little noise as it can
+    jpeg = "JPEG" in msk.kind
+    s, rows, skipped = opts.size, [], 0
+    across, down = w // s, h // s
+    for r in range(down):
+        for c in range(across):
+            window = (slice(r * s, r * s + s), slice(c * s, c * s + s))
+            if not valid[window].all():
+                skipped += 1
+                continue
+            name, mask_name = f"{scene}_sat_{r * across + c:04d}.png", f"{scene}_mask_{r * across + c:04d}"
+            Image.fromarray(np.ascontiguousarray(img.pixels[window])).save(dest / "images" / name)
+            tile = Image.fromarray(np.ascontiguousarray(msk.pixels[window]))
+            if jpeg:
+                tile.save(dest / "masks" / f"{mask_name}.jpg", quality=100, subsampling=0)
+            else:
+                tile.save(dest / "masks" / f"{mask_name}.png")
+            rows.append((name, f"{mask_name}.{'jpg' if jpeg else 'png'}"))
+    return {
+        "tiles": len(rows),
+        "skipped_nodata": skipped,
+        "edge_share": 1 - across * down * s * s / (w * h),
+        "pixel_size_m": None,
+        "forest_share": None,  # the mask's convention is the index's to read
+        "grid": [h, w],
+        "rows": rows,
+    }
+
+
+def _decoded(path: Path):
+    from .images import ImageError, decode
+
+    try:
+        return decode(path.read_bytes())
+    except OSError as e:
+        raise ForestsegError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except ImageError as e:
+        raise ForestsegError(f"{path}: {e}") from None
+
+
+def _cut_raster(raster, truth_path: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
     """Tiles of one raster into dest/images and dest/masks: counts and the meta_data rows."""
     import rasterio
     from rasterio.enums import Resampling

@@ -1,4 +1,4 @@
-"""`forestseg tile`: labelled GeoTIFFs cut into a Kaggle-layout folder that the index reads as it is."""
+"""`forestseg tile`: large labelled scenes (GeoTIFFs, pictures) cut into a Kaggle-layout folder that the index reads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from test_geo import cli, with_nodata_corner, write_raster
 from forestseg.dataset import build_index, scene_of
 from forestseg.errors import ForestsegError
 from forestseg.layout import DataLayout
-from forestseg.tiles import TileOptions, tile_rasters
+from forestseg.tiles import TileOptions, find_pairs, scene_ids, tile_pairs
 
 H, W = 520, 600  # 2 x 2 whole 256-px tiles and edge strips
 
@@ -44,7 +44,9 @@ def png(path: Path) -> np.ndarray:
 
 def test_tiles_hold_the_rasters_pixels_and_truth_and_skip_nodata(photo, truth, tmp_path: Path) -> None:
     out = tmp_path / "tiles"
-    done = tile_rasters(pairs(tmp_path, with_nodata_corner(photo), truth), out, TileOptions(), log=lambda s: None)
+    done = tile_pairs(
+        "raster", pairs(tmp_path, with_nodata_corner(photo), truth), out, TileOptions(), log=lambda s: None
+    )
     meta = pd.read_csv(out / "meta_data.csv")
     # the top-left tile holds the nodata corner: skipped; the others in row-major order
     assert list(meta["image"]) == ["1_sat_0001.png", "1_sat_0002.png", "1_sat_0003.png"]
@@ -53,7 +55,7 @@ def test_tiles_hold_the_rasters_pixels_and_truth_and_skip_nodata(photo, truth, t
         rows, cols = slice(r * 256, r * 256 + 256), slice(c * 256, c * 256 + 256)
         assert np.array_equal(png(out / "images" / f"1_sat_{k:04d}.png"), photo[rows, cols])
         assert np.array_equal(png(out / "masks" / f"1_mask_{k:04d}.png"), np.where(truth[rows, cols, 0], 255, 0))
-    (r,) = done["rasters"]
+    (r,) = done["scenes"]
     assert (r["tiles"], r["skipped_nodata"], r["scene"]) == (3, 1, 1)
     assert r["edge_share"] == pytest.approx(1 - 4 * 256**2 / (H * W))
     assert r["pixel_size_m"] == pytest.approx(0.5)
@@ -62,7 +64,7 @@ def test_tiles_hold_the_rasters_pixels_and_truth_and_skip_nodata(photo, truth, t
 
 def test_the_index_reads_the_tiles_as_one_scene(photo, truth, tmp_path: Path) -> None:
     out = tmp_path / "tiles"
-    tile_rasters(pairs(tmp_path, photo, truth), out, TileOptions(first_scene=900), log=lambda s: None)
+    tile_pairs("raster", pairs(tmp_path, photo, truth), out, TileOptions(first_scene=900), log=lambda s: None)
     layout = DataLayout(tmp_path / "packed")
     index, report = build_index(out, layout.images, layout.masks)
     assert report["valid"] == 4 and not report["skipped_pairs"]
@@ -73,8 +75,8 @@ def test_the_index_reads_the_tiles_as_one_scene(photo, truth, tmp_path: Path) ->
 
 def test_resampled_to_a_pixel_size_by_averaging_and_truth_by_nearest(photo, truth, tmp_path: Path) -> None:
     out = tmp_path / "tiles"
-    done = tile_rasters(pairs(tmp_path, photo, truth), out, TileOptions(pixel_size_m=1.0), log=lambda s: None)
-    assert done["tiles"] == 1 and done["rasters"][0]["grid"] == [H // 2, W // 2]
+    done = tile_pairs("raster", pairs(tmp_path, photo, truth), out, TileOptions(pixel_size_m=1.0), log=lambda s: None)
+    assert done["tiles"] == 1 and done["scenes"][0]["grid"] == [H // 2, W // 2]
     image = png(out / "images" / "1_sat_0000.png").astype(float)
     means = photo[:512, :512].reshape(256, 2, 256, 2, 3).astype(float).mean(axis=(1, 3))
     assert np.abs(image - means).max() <= 1  # GDAL's average, rounded
@@ -85,7 +87,7 @@ def test_a_truth_on_a_coarser_grid_is_read_on_the_images(photo, tmp_path: Path) 
     coarse = np.zeros((H // 2, W // 2, 1), np.uint8)
     coarse[40:200, 30:250] = 1
     out = tmp_path / "tiles"
-    tile_rasters(pairs(tmp_path, photo, coarse, pixel=1.0), out, TileOptions(), log=lambda s: None)
+    tile_pairs("raster", pairs(tmp_path, photo, coarse, pixel=1.0), out, TileOptions(), log=lambda s: None)
     fine = np.repeat(np.repeat(coarse[..., 0], 2, 0), 2, 1)
     assert np.array_equal(png(out / "masks" / "1_mask_0003.png"), np.where(fine[256:512, 256:512], 255, 0))
 
@@ -94,7 +96,9 @@ def test_a_no_forest_raster_whose_nodata_hides_its_forest_stops(photo, tmp_path:
     mask = np.zeros((H, W, 1), np.uint8)
     mask[:, 300:] = 255  # a 0/255 mask tagged nodata 255: its forest reads as no data
     with pytest.raises(ForestsegError, match=r"nodata value 255 covers .* unset the nodata"):
-        tile_rasters(pairs(tmp_path, photo, mask, nodata=255), tmp_path / "tiles", TileOptions(), log=lambda s: None)
+        tile_pairs(
+            "raster", pairs(tmp_path, photo, mask, nodata=255), tmp_path / "tiles", TileOptions(), log=lambda s: None
+        )
     assert not (tmp_path / "tiles").exists()
 
 
@@ -105,7 +109,7 @@ def test_a_no_forest_raster_whose_nodata_hides_its_forest_stops(photo, tmp_path:
         ("exists", r"-o .*tiles: already exists"),
         ("no crs", r"images/a.tif: has no georeference"),
         ("oblong", r"pixels are 0.5 x 0.6 m, not square .* --pixel-size"),
-        ("small", r"no whole 256-px tile with data in 1 raster"),
+        ("small", r"no whole 256-px tile with data in 1 scene"),
         ("size", r"--size 8: a tile needs at least 16 pixels"),
     ],
 )
@@ -127,7 +131,7 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(
             with rasterio.open(path, "r+") as ds:
                 ds.transform = from_origin(500000, 5000000, 0.5, 0.6)
     with pytest.raises(ForestsegError, match=message):
-        tile_rasters(found, out, TileOptions(size=8 if case == "size" else 256), log=lambda s: None)
+        tile_pairs("raster", found, out, TileOptions(size=8 if case == "size" else 256), log=lambda s: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks"] + (["tiles"] if case == "exists" else [])
 
 
@@ -135,20 +139,113 @@ def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, 
     pairs(tmp_path / "region", photo, truth)
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles"), "--pixel-size", "0.5") == 0
     said = capsys.readouterr().out
-    assert "wrote 4 tiles of 1 raster(s)" in said and "-S data.pixel_size_m=0.5" in said
+    assert "wrote 4 tiles of 1 scene to" in said and "-S data.pixel_size_m=0.5" in said
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "other"), "--bands", "1,2") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --bands 1,2: give three band numbers") and "\n" not in err
-    assert cli("tile", str(tmp_path), "-o", str(tmp_path / "other")) == 2
-    assert "no images/ folder" in capsys.readouterr().err
     (tmp_path / "empty" / "images").mkdir(parents=True)
     assert cli("tile", str(tmp_path / "empty"), "-o", str(tmp_path / "other")) == 2
-    assert "images: no GeoTIFF" in capsys.readouterr().err
+    assert "empty: no scene to cut" in capsys.readouterr().err
 
 
 def test_tiles_are_checked_before_any_is_cut(photo, truth, tmp_path: Path) -> None:
     good = pairs(tmp_path / "a", photo, truth)
     bad = write_raster(tmp_path / "b" / "images" / "b.tif", photo, crs=None)
     with pytest.raises(ForestsegError, match="b.tif"):
-        tile_rasters(good + [(bad, good[0][1])], tmp_path / "tiles", TileOptions(), log=lambda s: None)
+        tile_pairs("raster", good + [(bad, good[0][1])], tmp_path / "tiles", TileOptions(), log=lambda s: None)
     assert not (tmp_path / "tiles").exists()
+
+
+# --- pictures: cut as they are, the mask's values kept for the index to read -----------------------
+
+
+def test_deepglobe_pictures_keep_their_ids_and_colour_masks_exactly(photo, tmp_path: Path) -> None:
+    colours = np.zeros((H, W, 3), np.uint8)
+    colours[...] = (255, 255, 0)  # agriculture
+    colours[100:400, 50:500] = (0, 255, 0)  # forest
+    for i in (119, 7):
+        Image.fromarray(photo).save(tmp_path / f"{i}_sat.png")
+        Image.fromarray(colours).save(tmp_path / f"{i}_mask.png")
+    kind, found = find_pairs(tmp_path)
+    assert kind == "picture" and [image.name for image, _ in found] == ["7_sat.png", "119_sat.png"]
+    out = tmp_path / "tiles"
+    done = tile_pairs(kind, found, out, TileOptions(), log=lambda s: None)
+    assert [r["scene"] for r in done["scenes"]] == [7, 119] and done["tiles"] == 8
+    assert np.array_equal(png(out / "images" / "119_sat_0003.png"), photo[256:512, 256:512])
+    assert np.array_equal(png(out / "masks" / "119_mask_0003.png"), colours[256:512, 256:512])
+    layout = DataLayout(tmp_path / "packed")
+    index, report = build_index(out, layout.images, layout.masks, masks="colors", forest=((0, 255, 0),))
+    assert report["valid"] == 8 and set(index["scene"]) == {"7", "119"}
+    forest = np.load(layout.masks, mmap_mode="r")[list(index["image"]).index("119_sat_0003.png")]
+    assert np.array_equal(forest, np.all(colours[256:512, 256:512] == (0, 255, 0), axis=-1))
+
+
+def test_a_jpeg_mask_is_cut_into_jpegs_that_the_index_reads_as_the_source(photo, truth, tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(photo).save(tmp_path / "images" / "scene.jpg", quality=90)
+    Image.fromarray(np.where(truth[..., 0], 255, 0).astype(np.uint8)).save(tmp_path / "masks" / "scene.jpg", quality=75)
+    out = tmp_path / "tiles"
+    tile_pairs(*find_pairs(tmp_path), out, TileOptions(first_scene=40), log=lambda s: None)
+    assert pd.read_csv(out / "meta_data.csv")["mask"].tolist() == [f"40_mask_{k:04d}.jpg" for k in range(4)]
+    layout = DataLayout(tmp_path / "packed")
+    index, report = build_index(out, layout.images, layout.masks)  # data.masks' default, 0/255 with JPEG noise
+    assert report["valid"] == 4
+    forest = np.load(layout.masks, mmap_mode="r")
+    source = np.asarray(Image.open(tmp_path / "masks" / "scene.jpg")) >= 128
+    assert (forest[3] != source[256:512, 256:512]).mean() < 0.001  # q100 re-encoding moves almost no pixel
+
+
+def test_transparent_pixels_of_a_picture_skip_their_tiles(photo, tmp_path: Path) -> None:
+    rgba = np.dstack([photo, np.full((H, W), 255, np.uint8)])
+    rgba[300:310, 500:510, 3] = 0  # in the bottom-right tile
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(rgba).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "masks" / "a.png")
+    done = tile_pairs(*find_pairs(tmp_path), tmp_path / "tiles", TileOptions(), log=lambda s: None)
+    assert (done["tiles"], done["scenes"][0]["skipped_nodata"]) == (3, 1)
+    assert not (tmp_path / "tiles" / "images" / "1_sat_0003.png").exists()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("mask size", r"masks/a.png: is 600x500 px, its image a.png 600x520 px"),
+        ("transparent mask", r"masks/a.png: has transparent pixels"),
+        ("pixel size", r"--pixel-size: for GeoTIFFs; pictures are cut as they are"),
+        ("no mask", r"/masks: no mask for a.png"),
+        ("mixed", r"holds both GeoTIFFs and pictures"),
+        ("grey photo", r"images/a.png: is a .*; convert it to RGB"),
+    ],
+)
+def test_bad_pictures_stop_with_one_line(case: str, message: str, photo, tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(photo[..., 0] if case == "grey photo" else photo).save(tmp_path / "images" / "a.png")
+    mask = np.zeros((500 if case == "mask size" else H, W), np.uint8)
+    if case == "transparent mask":
+        mask = np.dstack([mask, mask, mask, np.zeros_like(mask)])
+    if case != "no mask":
+        Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    if case == "mixed":
+        write_raster(tmp_path / "images" / "b.tif", photo)
+        write_raster(tmp_path / "masks" / "b.tif", np.zeros((H, W, 1), np.uint8), nodata=None)
+    with pytest.raises(ForestsegError, match=message):
+        kind, found = find_pairs(tmp_path)
+        tile_pairs(kind, found, tmp_path / "tiles", TileOptions(pixel_size_m=0.5 if case == "pixel size" else None))
+    assert not (tmp_path / "tiles").exists()
+
+
+@pytest.mark.parametrize(
+    "names, first, ids",
+    [
+        (["10452.tif", "855.tif"], None, [10452, 855]),
+        (["119_sat.jpg", "7_sat.jpg"], None, [119, 7]),
+        (["north.tif", "855.tif"], None, [1, 2]),  # not every one a number
+        (["010.tif", "10.tif"], None, [1, 2]),  # one number twice
+        (["10452.tif", "855.tif"], 900, [900, 901]),
+    ],
+)
+def test_scene_ids(names: list[str], first: int | None, ids: list[int]) -> None:
+    assert scene_ids([(Path(n), Path(n)) for n in names], first) == ids
