@@ -47,8 +47,9 @@ def scene_section(per_scene: dict, plots_rel: str) -> list[str]:
         ]
     if not len(scenes):
         return lines
-    iou = scenes["iou"].astype(float)
-    worst = scenes.iloc[0]
+    bare = scenes[scenes["forest_share"].astype(float) == 0]  # no forest: IoU 0 or 1, ranked apart
+    forested = scenes.drop(bare.index)
+    iou = forested["iou"].astype(float)
     seeds = ", ".join(r.rsplit("-", 1)[1] for r in runs)
     shown = scenes.head(WORST_SCENES_SHOWN)
     lines += [
@@ -56,9 +57,23 @@ def scene_section(per_scene: dict, plots_rel: str) -> list[str]:
         f"confusion counts of seed{'s' if len(runs) > 1 else ''} {seeds} summed per scene; forest share is "
         "the share of the scene's test pixels that are forest. Every scene is in `metrics/scenes.csv`.",
         "",
-        f"- {len(scenes)} test scene{'s' if len(scenes) > 1 else ''}; forest IoU per scene: median {iou.median():.4f}, 10th percentile "
-        f"{iou.quantile(0.1, interpolation='lower'):.4f} (the worst tenth of the scenes score at most this), "
-        f"worst {worst['iou']:.4f} (scene {worst['scene']}).",
+        f"- {len(scenes)} test scene{'s' if len(scenes) > 1 else ''}; "
+        + (
+            f"forest IoU per scene{' with forest' if len(bare) else ''}: median {iou.median():.4f}, 10th percentile "
+            f"{iou.quantile(0.1, interpolation='lower'):.4f} (the worst tenth of the scenes score at most this), "
+            f"worst {iou.min():.4f} (scene {forested.loc[iou.idxmin(), 'scene']})."
+            if len(forested)
+            else "none holds forest."
+        ),
+        *(
+            [
+                f"- {len(bare)} scene{'s hold' if len(bare) > 1 else ' holds'} no forest ({', '.join(bare['scene'].head(5))}"
+                f"{', ...' if len(bare) > 5 else ''}): forest IoU is 0 there as soon as one pixel is called forest, "
+                "so such a scene ranks by the share of its pixels called forest, as if it were 1 - IoU."
+            ]
+            if len(bare)
+            else []
+        ),
         "",
         ("Every scene, worst first:" if len(shown) == len(scenes) else f"The {len(shown)} worst scenes:"),
         "",

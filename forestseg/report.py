@@ -103,22 +103,27 @@ def load_scene_counts(run_names: list[str], runs_dir: Path) -> tuple[pd.DataFram
 def scene_scores(counts: pd.DataFrame) -> pd.DataFrame:
     """One row per scene of `counts` (load_scene_counts' rows of one combination's seeds): its tiles,
     forest share and forest IoU, precision, recall from the confusion counts summed over the seeds
-    (never a mean of per-seed ratios); worst IoU first."""
+    (never a mean of per-seed ratios); worst first: by forest IoU, except that a scene without forest,
+    whose forest IoU is 0 as soon as one pixel is called forest, ranks by the share of its pixels
+    called forest (as 1 - that share, its background IoU)."""
     if counts.empty:
         return pd.DataFrame(columns=SCENE_TABLE)
-    rows = []
+    rows, keys = [], []
     for scene, part in counts.groupby("scene", sort=True):
         summed = part[SCENE_COUNTS].to_numpy(dtype="int64").sum(axis=0)
         s = scores(summed)
+        forest_share = (summed[0] + summed[2]) / summed.sum()  # (tp + fn) / pixels
         rows.append(
             {
                 "scene": scene,
                 "tiles": int(part["tiles"].iloc[0]),  # every seed is scored on the same test tiles
-                "forest_share": (summed[0] + summed[2]) / summed.sum(),  # (tp + fn) / pixels
+                "forest_share": forest_share,
                 **{k: s[k] for k in ("iou", "precision", "recall")},
             }
         )
-    return pd.DataFrame(rows).sort_values(["iou", "scene"], kind="stable", ignore_index=True)
+        keys.append(s["iou"] if forest_share else 1 - summed[1] / summed.sum())  # 1 - fp / pixels
+    table = pd.DataFrame(rows).assign(_key=keys)
+    return table.sort_values(["_key", "scene"], kind="stable", ignore_index=True).drop(columns="_key")
 
 
 def _clean(x):

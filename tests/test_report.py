@@ -801,3 +801,26 @@ def test_the_lead_is_over_the_next_highest_mean_even_one_ranked_after(tmp_path: 
     text = (tmp_path / "REPORT.md").read_text()
     assert "**mse-adam** has the highest mean test mIoU, 0.7188 ± 0.1326" in text
     assert ", +0.0312 mIoU over bce-sgd (1 of 2 seeds diverged: ranked after)" in text and "over mse-sgd" not in text
+
+
+def test_a_scene_without_forest_ranks_by_its_false_forest_share_not_its_iou_of_0() -> None:
+    from forestseg.report import scene_scores
+
+    counts = pd.DataFrame(
+        [  # scene, tiles, tp, fp, fn, tn
+            ("fields", 2, 0, 10, 0, 990),  # no forest; 1 % of its pixels called forest: IoU 0
+            ("patchy", 2, 50, 25, 25, 900),  # IoU 0.5
+            ("bare", 2, 0, 600, 0, 400),  # no forest; 60 % called forest
+            ("woods", 2, 900, 10, 0, 90),  # IoU 0.989
+        ],
+        columns=["scene", "tiles", "tp", "fp", "fn", "tn"],
+    )
+    scenes = scene_scores(counts)
+    # ranked by 0.4 (bare: 1 - 0.6), 0.5, 0.989, 0.99 (fields: 1 - 0.01)
+    assert scenes["scene"].tolist() == ["bare", "patchy", "woods", "fields"]
+    assert scenes.set_index("scene").loc[["bare", "fields"], "iou"].tolist() == [0.0, 0.0]  # the IoU as it is
+    section = "\n".join(scene_section({"combination": "a-b", "runs": ["a-b-0"], "missing": [], "scenes": scenes}, "p"))
+    # the spread is over the scenes with forest; the others are named with the rule
+    assert "- 4 test scenes; forest IoU per scene with forest: median 0.7445, 10th percentile 0.5000" in section
+    assert "worst 0.5000 (scene patchy)." in section
+    assert "- 2 scenes hold no forest (bare, fields): forest IoU is 0 there as soon as one pixel" in section
