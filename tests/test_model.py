@@ -227,6 +227,7 @@ def test_mixstyle_mixes_feature_statistics_across_the_batch_only_while_training(
     standard = lambda t: (t - t.mean((2, 3), keepdim=True)) / t.std((2, 3), keepdim=True)  # noqa: E731
     torch.testing.assert_close(standard(y), standard(x), rtol=1e-3, atol=1e-3)
     assert not torch.allclose(y.std((2, 3)), x.std((2, 3)))
+    assert not torch.allclose(y.mean((2, 3)), x.mean((2, 3)), atol=1e-3)  # the mean moves too, not the std only
     torch.manual_seed(0)
     torch.testing.assert_close(mix(x), y)  # torch's seeded generator: the same draw again
     assert mix.eval()(x) is x
@@ -260,4 +261,7 @@ def test_smallest_tile_is_the_smallest_a_batch_of_one_trains_on(arch: str, depth
     assert model(torch.rand(1, 3, smallest, smallest)).shape == (1, smallest, smallest)
     if batch_norm:
         with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            model(torch.rand(1, 3, smallest - 1, smallest - 1))
+    else:  # without batch-norm the bound is 1x1 px at the deepest level: one pixel less pools to nothing
+        with pytest.raises(RuntimeError, match="Output size is too small"):
             model(torch.rand(1, 3, smallest - 1, smallest - 1))

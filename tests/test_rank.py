@@ -64,6 +64,10 @@ def test_failed_and_queued_experiments_are_last_and_marked() -> None:
     rows = rank.ranking(list(exps.values()), "best_iou").set_index("experiment")
     assert rows.loc["diverged", "best_iou"] == "failed" and rows.loc["waiting", "best_iou"] == "queued"
     assert rows.loc["diverged", "optimizer.lr"] == "1e+09" and rows.loc["waiting", "model.width"] == "6"
+    # a plain `dvc exp run` has no executor: the rev's error alone marks it failed
+    shown = copy.deepcopy(SHOWN)
+    next(x for x in shown[1]["experiments"] if x["name"] == "diverged").pop("executor")
+    assert {e.name: e.state for e in rank.experiments(shown)}["diverged"] == "failed"
 
 
 def test_ties_share_a_rank() -> None:
@@ -169,7 +173,8 @@ def test_a_queued_sweep_runs_two_at_a_time_without_clobbering_and_is_ranked(repo
 
 
 @pytest.mark.parametrize(
-    "value, mark", [(float("nan"), "not finite"), (float("inf"), "not finite"), ("high", "no best_iou")]
+    "value, mark",
+    [(float("nan"), "not finite"), (float("inf"), "not finite"), ("high", "no best_iou"), (True, "no best_iou")],
 )
 def test_a_value_that_is_not_a_finite_number_is_not_ranked(value, mark, tmp_path: Path) -> None:
     shown = copy.deepcopy(SHOWN)
@@ -245,6 +250,33 @@ def test_a_train_only_slice_of_other_data_showing_its_baselines_headline_is_stal
     assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "ok"
     data["params"]["params.yaml"]["data"]["split"]["seed"] += 1
     assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "stale"
+    # its own headline beside the other data: aggregate ran for it
+    data["metrics"]["metrics/headline.json"]["data"]["best_iou"] = 0.5
+    assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "ok"
+    # split.by is aggregate's own param (its dvc.lock entry tells): the baseline's headline is no sign there
+    data["metrics"]["metrics/headline.json"]["data"] = dict(base["metrics"]["metrics/headline.json"]["data"])
+    data["params"]["params.yaml"]["data"]["split"]["seed"] -= 1
+    data["params"]["params.yaml"]["data"]["split"]["by"] = "tile"
+    assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "ok"
+
+
+def test_an_experiment_whose_lock_says_aggregate_did_not_write_its_headline_is_stale(monkeypatch) -> None:
+    """Where the experiment's commit is here, its dvc.lock decides (`aggregated`): False is stale, not ranked."""
+    revs = {x["name"]: x["revs"][0]["rev"] for x in SHOWN[1]["experiments"]}
+    seen = {}
+
+    def aggregated(rev, params):
+        seen[rev] = params
+        return rev != revs["lucky-knap"]
+
+    monkeypatch.setattr(rank, "aggregated", aggregated)
+    exps = {e.name: e for e in rank.experiments(SHOWN)}
+    assert exps["lucky-knap"].state == "stale" and exps["lucky-knap"].headline == {}
+    assert exps["dried-sink"].state == "ok" and exps["dried-sink"].checked
+    assert seen[revs["lucky-knap"]]["model.width"] == 8
+    rows = rank.ranking(list(exps.values()), "best_iou").set_index("experiment")
+    assert rows.loc["lucky-knap", ["rank", "best_iou"]].tolist() == ["-", "stale"]
+    assert rows.loc["dried-sink", "rank"] == "1"
 
 
 def test_the_lock_is_read_as_dvc_writes_it_in_a_project_below_the_git_root(tmp_path: Path, monkeypatch) -> None:
@@ -264,3 +296,8 @@ def test_the_lock_is_read_as_dvc_writes_it_in_a_project_below_the_git_root(tmp_p
     monkeypatch.setattr(rank, "ROOT", project)
     assert rank.aggregated("HEAD", {"optimizer.lr": 1e-05}) is True
     assert rank.aggregated("HEAD", {"optimizer.lr": 1e-04}) is False
+    # the params agree, but the committed headline is not the one aggregate wrote (a train-only slice
+    # commits whatever the workspace held)
+    (project / "metrics/headline.json").write_text('{"best_iou": 0.7}\n')
+    subprocess.run([*git, "-C", str(tmp_path / "repo"), "commit", "-qam", "another headline"], check=True)
+    assert rank.aggregated("HEAD", {"optimizer.lr": 1e-05}) is False

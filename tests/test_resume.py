@@ -337,6 +337,19 @@ def test_a_resume_file_with_a_flipped_bit_starts_afresh(tmp_path: Path) -> None:
     assert "fails its checksum" in said[0] and said[0].endswith("starting afresh")
 
 
+@pytest.mark.parametrize("content", [{"format": "forestseg-resume/2", "epoch": 3}, [1, 2]])
+def test_a_resume_file_of_another_format_starts_afresh(tmp_path: Path, content) -> None:
+    """An older version's resume file, or a torch file that is no mapping: read as none, with a line."""
+    import torch
+
+    from forestseg.checkpoint import RESUME_FORMAT, read_resume
+
+    torch.save(content, tmp_path / "run.pt")
+    said: list[str] = []
+    assert read_resume(tmp_path / "run.pt", log=said.append) is None
+    assert said == [f"{tmp_path / 'run.pt'} is not a {RESUME_FORMAT} file; starting afresh"]
+
+
 def test_a_folder_where_the_resume_file_goes_is_one_line(tmp_path: Path) -> None:
     from forestseg.checkpoint import read_resume
     from forestseg.config import ForestsegError
@@ -344,3 +357,46 @@ def test_a_folder_where_the_resume_file_goes_is_one_line(tmp_path: Path) -> None
     (tmp_path / "run.pt").mkdir()
     with pytest.raises(ForestsegError, match="is a folder where this run's resume file goes; remove it and rerun"):
         read_resume(tmp_path / "run.pt")
+
+
+def test_a_weight_gone_non_finite_after_the_last_step_is_a_divergence_though_the_test_loss_is_finite(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The weights are checked too, not the test loss only: a -inf bias before a ReLU (what a blow-up
+    can leave) gives finite outputs and a finite test loss, and the model file would hold -inf."""
+    import math
+
+    import torch
+
+    import forestseg.train as train_module
+    from forestseg import synthetic
+    from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
+    from forestseg.loader import Tiles
+    from forestseg.train import Diverged, Run, train_run
+
+    images, masks = synthetic.scene_tiles(0, 2, 32)
+    tiles = Tiles(torch.from_numpy(images), torch.from_numpy(masks))
+    real = train_module.train_epoch
+
+    def blown_up_after_its_last_step(s, *args, **kwargs):
+        loss = real(s, *args, **kwargs)
+        with torch.no_grad():
+            s.model.stem[0].bias.fill_(-math.inf)  # after every step the epoch checked
+        return loss
+
+    monkeypatch.setattr(train_module, "train_epoch", blown_up_after_its_last_step)
+    model = ModelConfig(arch="unet", width=4, depth=1, batch_norm=False)
+    train = TrainConfig(epochs=1, batch_size=4, test_batch_size=8, device="cpu", precision="fp32")
+    with pytest.raises(Diverged, match=r"diverged: test loss \d[^ ]* after the epoch's last step"):
+        train_run(
+            Run("bce", "adam", 0),
+            model,
+            OptimizerConfig(),
+            train,
+            tiles,
+            tiles,
+            tmp_path / "m",
+            tmp_path / "r.pt",
+            "fp",
+            log=lambda s: None,
+        )

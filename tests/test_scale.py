@@ -275,6 +275,25 @@ def test_members_checks_every_section_but_the_init_from_file_a_fresh_clone_pulls
     assert out.returncode == 0 and out.stdout.split() == ["bce-adam-0", "bce-adam-1"], out.stderr
 
 
+def test_the_tasks_of_an_array_share_the_grid_member_k_then_every_nth(tmp_path: Path) -> None:
+    """members.py --task K N: task K of N trains members K, K + N, ...: together the grid, each member once."""
+    import shutil
+    import sys
+
+    from conftest import REPO
+
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    set_params(tmp_path, {"grid": {"loss": ["mse", "bce"], "optimizer": ["sgd", "adam"], "seed": [0, 1]}})
+
+    def members(*argv: str) -> list[str]:
+        cmd = [sys.executable, str(REPO / "cluster/members.py"), *argv]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+
+    every = members()
+    assert len(every) == len(set(every)) == 8
+    assert [members("--task", str(k), "3") for k in range(3)] == [every[0::3], every[1::3], every[2::3]]
+
+
 def test_a_worker_refuses_a_bad_value_in_any_section_before_anything_runs(repo: Path) -> None:
     set_params(repo, {**GRID, "train": {**GRID["train"], "batch_size": 0}})
     commit(repo, "a bad batch size")
@@ -287,6 +306,7 @@ def test_a_worker_refuses_a_bad_value_in_any_section_before_anything_runs(repo: 
     "slurm, tasks",
     [
         (("4", "1", "4", "1", "4"), None),  # --array=1-4: its 4th task, task 3 of 4
+        (("6", "0", "6", "2", "4"), None),  # --array=0-6:2: its 4th task, task 3 of 4 (not 6)
         (("3", "1", "3", "1", "2"), "4"),  # FORESTSEG_TASKS=4 sbatch --array=1,3: the rerun of task 3 of 4
     ],
 )

@@ -68,6 +68,25 @@ def test_a_params_file_changed_and_changed_back_between_two_reads_fails(params_f
     assert "params.yaml changed while this stage ran (optimizer.lr)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("when", ["before the second read", "after the second read"])
+def test_a_section_read_first_is_still_checked_after_a_read_of_another(params_file, capsys, when) -> None:
+    """Each read adds its sections to those checked: a change to the first read's section fails the
+    stage whether the second read saw it (the file's text then is what the end compares with) or not."""
+
+    def body(argv):
+        common.params("train")
+        if when == "before the second read":
+            edit(params_file, "train", "epochs", 99)
+        common.params("optimizer")
+        if when == "after the second read":
+            edit(params_file, "train", "epochs", 99)
+
+    with pytest.raises(SystemExit) as done:
+        run_stage(body)
+    assert done.value.code == 2
+    assert "params.yaml changed while this stage ran (train.epochs)" in capsys.readouterr().err
+
+
 def test_a_change_to_a_section_the_stage_did_not_read_is_fine(params_file) -> None:
     def body(argv):
         common.params("train")
