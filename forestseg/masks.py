@@ -163,7 +163,14 @@ class Stats:
         data.forest was `forest`)."""
         values = self.grey.nonzero()[0]
         if not self.colour_masks and values.tolist() == [0]:
-            return "every mask is 0 everywhere (empty): check that masks/ holds this set's forest masks"
+            # a 0/1 mask saved as a JPEG can decode to 0 everywhere: its 1s fall below JPEG's quantisation
+            lost = (
+                "; if they are 0/1 masks saved as JPEG, the compression can round every 1 to 0: save them "
+                "lossless (PNG) from their source"
+                if 2 * self.jpeg_masks > self.grey_masks
+                else ""
+            )
+            return f"every mask is 0 everywhere (empty): check that masks/ holds this set's forest masks{lost}"
         if self.colour_masks > self.grey_masks:
             guess = "colors"
         elif values.max(initial=0) <= 1:

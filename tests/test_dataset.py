@@ -544,11 +544,24 @@ def test_an_opaque_image_with_an_alpha_band_or_colour_key_is_indexed(tiny_set, t
     assert np.array_equal(np.load(tmp_path / "out/images.npy")[list(index["image"]).index(image)], rgb)
 
 
-def jpeg_0_1_masks(root: Path) -> None:
+def jpeg_0_1_masks(root: Path, quality: int = 75) -> None:
     for image, mask in rows_of(root):
         path = root / "masks" / mask
         values = (np.asarray(Image.open(path).convert("L")) >= 128).astype(np.uint8)
-        Image.fromarray(values).save(path, format="JPEG", quality=75)
+        Image.fromarray(values).save(path, format="JPEG", quality=quality)
+
+
+@pytest.mark.parametrize("fmt, hint", [("JPEG", True), ("PNG", False)])
+def test_0_1_masks_that_jpeg_rounded_to_0_everywhere_are_named_as_a_possible_cause(tiny_set, tmp_path, fmt, hint):
+    """At quality 50, JPEG rounds a 0/1 mask's 1s to 0: every mask reads empty, under any convention."""
+    jpeg_0_1_masks(tiny_set, quality=50)
+    if fmt == "PNG":
+        all_masks_empty(tiny_set)
+    with pytest.raises(DataError) as err:
+        build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy")
+    message = str(err.value)
+    assert "every mask is 0 everywhere (empty)" in message
+    assert ("0/1 masks saved as JPEG, the compression can round every 1 to 0: save them lossless" in message) == hint
 
 
 @pytest.mark.parametrize("convention", ["0/255", "0/1"])
