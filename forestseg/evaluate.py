@@ -323,6 +323,9 @@ def evaluate_rasters(
     return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **summarize(units, "raster")}
 
 
+_NAN = float("nan")  # the key of NaN pixels in TruthValues.counts
+
+
 class TruthValues:
     """Value counts of a truth raster's pixels with data, window by window (a few distinct values)."""
 
@@ -340,8 +343,9 @@ class TruthValues:
         else:
             pairs = zip(*np.unique(values, return_counts=True))
         for v, n in pairs:
-            if v.item() in self.counts or len(self.counts) < self.KEEP:
-                self.counts[v.item()] = self.counts.get(v.item(), 0) + int(n)
+            key = v.item() if v == v else _NAN  # one key for NaN: each nan object is a key of its own
+            if key in self.counts or len(self.counts) < self.KEEP:
+                self.counts[key] = self.counts.get(key, 0) + int(n)
             else:
                 self.others += int(n)
 
@@ -351,6 +355,11 @@ class TruthValues:
 
     def problem(self, truth_path: Path) -> str | None:
         """Why the values seen cannot be read as 0 = not forest, one other value forest; None if they can."""
+        if _NAN in self.counts:  # a float truth whose NaN (outside its area) is not declared nodata
+            return (
+                f"{truth_path}: holds NaN pixels ({self.text()}) that are not its nodata; declare them nodata: "
+                f"gdal_edit.py -a_nodata nan {truth_path}"
+            )
         if len(self.forest()) > 1:  # JPEG noise around 0/255, or class ids: "other values = forest" misreads both
             return (
                 f"{truth_path}: holds {len(self.forest())} values besides 0 ({self.text()}); a truth raster is "

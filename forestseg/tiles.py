@@ -19,6 +19,7 @@ hold no whole tile. The folder is written whole or not at all.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from .errors import ForestsegError
 from .io import plural, temp_prefix
 
 TILE = 256  # the Kaggle set's tiles
+CHUNK = 16  # tiles read at once along a row (4096 px of 256-px tiles): memory stays a few MB
 
 
 PICTURES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -53,7 +55,7 @@ class TileOptions:
     def __post_init__(self) -> None:
         if self.size < 16:
             raise ForestsegError(f"--size {self.size}: a tile needs at least 16 pixels a side")
-        if self.pixel_size_m is not None and not self.pixel_size_m > 0:
+        if self.pixel_size_m is not None and not 0 < self.pixel_size_m < math.inf:
             raise ForestsegError(f"--pixel-size {self.pixel_size_m:g}: must be a positive number of metres")
         if self.first_scene is not None and self.first_scene < 0:
             raise ForestsegError(f"--first-scene {self.first_scene}: scene ids are numbers >= 0")
@@ -66,8 +68,18 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
         raise ForestsegError(f"{data}: no such folder; give a folder with images/ and masks/ (README: Real data)")
     if (data / "images").is_dir():
         images = sorted(p for p in (data / "images").iterdir() if p.suffix.lower() in RASTERS + PICTURES)
-        masks = {p.stem: p for p in (data / "masks").glob("*")} if (data / "masks").is_dir() else {}
-        pairs = [(image, masks.get(image.stem)) for image in images]
+        masks: dict[str, list[Path]] = {}
+        if (data / "masks").is_dir():  # only rasters and pictures: a.tfw, a.qml or a.aux beside a.tif is no mask
+            for p in sorted((data / "masks").iterdir()):
+                if p.suffix.lower() in RASTERS + PICTURES:
+                    masks.setdefault(p.stem, []).append(p)
+        two = next(((image, masks[image.stem]) for image in images if len(masks.get(image.stem, ())) > 1), None)
+        if two:
+            raise ForestsegError(
+                f"{data}/masks: {' and '.join(m.name for m in two[1])} could each be the mask of {two[0].name}; "
+                "keep one of them"
+            )
+        pairs = [(image, masks.get(image.stem, [None])[0]) for image in images]
         where = f"{data}/masks"
     else:  # DeepGlobe's layout
         parts = {}
@@ -139,14 +151,16 @@ def tile_pairs(
         def cut(image: Path, mask: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
             return _cut_raster(rasters[image], mask, scene, dest, opts)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{temp_prefix(out.name)}tmp"
     try:
-        for folder in ("images", "masks"):
-            (tmp / folder).mkdir(parents=True)
+        with _writing(out, tmp):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            for folder in ("images", "masks"):
+                (tmp / folder).mkdir(parents=True)
         rows, per_scene, notes = [], [], []
         for scene, (image, mask) in zip(scene_ids(pairs, opts.first_scene), pairs):
-            done = cut(image, mask, scene, tmp, opts)
+            with _writing(out, tmp):  # reading errors are ForestsegErrors by now: an OSError is the output's
+                done = cut(image, mask, scene, tmp, opts)
             rows += done.pop("rows")
             note = done.pop("note", None)
             notes += [note] if note else []
@@ -168,12 +182,24 @@ def tile_pairs(
             )
         for note in notes:  # one raster of no forest among others with forest can be right (farmland)
             log(f"note: {note}")
-        with open(tmp / "meta_data.csv", "w", encoding="utf-8", newline="\n") as f:
-            f.write("image,mask\n" + "".join(f"{a},{b}\n" for a, b in rows))
-        os.replace(tmp, out)
+        with _writing(out, tmp):
+            with open(tmp / "meta_data.csv", "w", encoding="utf-8", newline="\n") as f:
+                f.write("image,mask\n" + "".join(f"{a},{b}\n" for a, b in rows))
+            os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"out": str(out), "kind": kind, "tiles": len(rows), "scenes": per_scene}
+
+
+@contextlib.contextmanager
+def _writing(out: Path, tmp: Path):
+    """OSErrors while writing the output (disk full, no permission, a file where a folder goes) as one
+    line naming -o, and the path that failed unless it lies in the temp folder."""
+    try:
+        yield
+    except OSError as e:
+        where = f": {e.filename}" if e.filename and not str(e.filename).startswith(str(tmp)) else ""
+        raise ForestsegError(f"-o {out}: cannot be written ({e.strerror or e}{where})") from None
 
 
 def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
@@ -272,28 +298,48 @@ def _cut_raster(raster, truth_path: Path, scene: int, dest: Path, opts: TileOpti
         truth = truth_ds if same else stack.enter_context(_warp(truth_ds, grid, Resampling.nearest, alpha=True))
         seen, rows = TruthValues(), []
         tiles = skipped = truth_gaps = forest = 0
+        truth_anywhere = False
         across, down = grid.width // s, grid.height // s
-        try:
-            for r in range(down):
-                for c in range(across):
-                    window = Window(c * s, r * s, s, s)
-                    truth_valid = truth.dataset_mask(window=window) > 0
-                    if not ((view.dataset_mask(window=window) > 0).all() and truth_valid.all()):
+        for r in range(down):
+            for c0 in range(0, across, CHUNK):
+                n = min(CHUNK, across - c0)
+                # one read per strip of tiles: a warped view read tile by tile warped each tile on its own
+                strip = Window(c0 * s, r * s, n * s, s)
+                try:
+                    truth_valid = truth.dataset_mask(window=strip) > 0
+                    image_valid = view.dataset_mask(window=strip) > 0
+                    whole = [
+                        image_valid[:, k * s : k * s + s].all() and truth_valid[:, k * s : k * s + s].all()
+                        for k in range(n)
+                    ]
+                    if any(whole):
+                        values_strip = truth.read(1, window=strip)
+                        rgb_strip = np.moveaxis(view.read(indexes=list(opts.bands), window=strip), 0, -1)
+                except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as e:
+                    raise ForestsegError(
+                        f"{raster.path} or {truth_path}: failed while reading ({_one_line(e)})"
+                    ) from None
+                truth_anywhere = truth_anywhere or bool(truth_valid.any())
+                for k in range(n):
+                    cols = slice(k * s, k * s + s)
+                    if not whole[k]:
                         skipped += 1
-                        truth_gaps += int((~truth_valid).sum())
+                        truth_gaps += int((~truth_valid[:, cols]).sum())
                         continue
-                    values = truth.read(1, window=window)
+                    values, rgb = values_strip[:, cols], rgb_strip[:, cols]
                     seen.add(values.ravel())
-                    rgb = np.moveaxis(view.read(indexes=list(opts.bands), window=window), 0, -1)
-                    name = f"{scene}_sat_{r * across + c:04d}.png"
-                    mask_name = f"{scene}_mask_{r * across + c:04d}.png"
+                    number = r * across + c0 + k
+                    name, mask_name = f"{scene}_sat_{number:04d}.png", f"{scene}_mask_{number:04d}.png"
                     Image.fromarray(np.ascontiguousarray(rgb)).save(dest / "images" / name)
                     Image.fromarray(np.where(values != 0, 255, 0).astype(np.uint8)).save(dest / "masks" / mask_name)
                     rows.append((name, mask_name))
                     tiles += 1
                     forest += int((values != 0).sum())
-        except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as e:
-            raise ForestsegError(f"{raster.path} or {truth_path}: failed while reading ({_one_line(e)})") from None
+        if across * down and not truth_anywhere:
+            raise ForestsegError(
+                f"{truth_path}: no pixel of it with data lies on a whole tile of {raster.path.name}; is it the mask "
+                "of that image (same place, CRS set right)?"
+            )
         problem = seen.problem(truth_path)
         if problem:
             raise ForestsegError(problem)

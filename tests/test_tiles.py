@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +252,77 @@ def test_bad_pictures_stop_with_one_line(case: str, message: str, photo, tmp_pat
 )
 def test_scene_ids(names: list[str], first: int | None, ids: list[int]) -> None:
     assert scene_ids([(Path(n), Path(n)) for n in names], first) == ids
+
+
+def test_tiles_across_read_strips_hold_the_rasters_pixels(photo, truth, tmp_path: Path) -> None:
+    # 16-px tiles: 37 across, read in strips of CHUNK tiles; each tile is still its own pixels and truth
+    out = tmp_path / "tiles"
+    for opts in (TileOptions(size=16), TileOptions(size=16, pixel_size_m=0.5, reproject="EPSG:32633")):
+        done = tile_pairs("raster", pairs(tmp_path, with_nodata_corner(photo), truth), out, opts, log=lambda s: None)
+        across = W // 16
+        assert done["tiles"] == (H // 16) * across - 3 * 5  # the 40x70 nodata corner touches 3 x 5 tiles
+        for name in pd.read_csv(out / "meta_data.csv")["image"]:
+            k = int(name.split("_")[2][:4])
+            rows, cols = slice(k // across * 16, k // across * 16 + 16), slice(k % across * 16, k % across * 16 + 16)
+            assert np.array_equal(png(out / "images" / name), photo[rows, cols]), name
+            mask = png(out / "masks" / name.replace("sat", "mask"))
+            assert np.array_equal(mask, np.where(truth[rows, cols, 0], 255, 0)), name
+        shutil.rmtree(out)
+
+
+def test_sidecars_beside_a_mask_are_not_taken_for_it(photo, truth, tmp_path: Path) -> None:
+    pairs(tmp_path, photo, truth)
+    for sidecar in ("a.tfw", "a.qml", "a.aux", "a.prj"):  # world file, QGIS style, ESRI aux, projection
+        (tmp_path / "masks" / sidecar).write_text("x\n")
+    assert find_pairs(tmp_path) == ("raster", [(tmp_path / "images" / "a.tif", tmp_path / "masks" / "a.tif")])
+    write_raster(tmp_path / "masks" / "a.png", truth, nodata=None)
+    with pytest.raises(ForestsegError, match=r"masks: a.png and a.tif could each be the mask of a.tif"):
+        find_pairs(tmp_path)
+
+
+def test_a_truth_that_lies_elsewhere_stops_naming_it(photo, truth, tmp_path: Path) -> None:
+    good = pairs(tmp_path / "a", photo, truth)
+    image = write_raster(tmp_path / "b" / "images" / "b.tif", photo)
+    elsewhere = write_raster(tmp_path / "b" / "masks" / "b.tif", truth, crs="EPSG:32634", nodata=None)  # wrong CRS tag
+    with pytest.raises(ForestsegError, match=r"masks/b.tif: no pixel of it with data lies on a whole tile of b.tif"):
+        tile_pairs("raster", good + [(image, elsewhere)], tmp_path / "tiles", TileOptions(), log=lambda s: None)
+    assert not (tmp_path / "tiles").exists()
+
+
+def test_output_that_cannot_be_written_stops_with_one_line(photo, truth, tmp_path: Path, capsys, monkeypatch) -> None:
+    pairs(tmp_path / "region", photo, truth)
+    (tmp_path / "afile").write_text("")
+    assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "afile" / "tiles")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: -o {tmp_path / 'afile' / 'tiles'}: cannot be written") and "\n" not in err
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", full)  # a disk that fills up: not a failure 'while reading'
+    assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: -o {tmp_path / 'tiles'}: cannot be written (No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "region"]
+
+
+def test_pixel_size_must_be_finite() -> None:
+    with pytest.raises(ForestsegError, match=r"--pixel-size inf: must be a positive number of metres"):
+        TileOptions(pixel_size_m=float("inf"))
+
+
+def test_a_float_truth_with_undeclared_nan_says_to_declare_it_nodata(photo, tmp_path: Path) -> None:
+    values = np.zeros((H, W, 1), np.float32)
+    values[100:400, 50:500] = 1
+    values[:, 400:] = np.nan  # outside the surveyed area, not tagged nodata
+    with pytest.raises(
+        ForestsegError, match=r"holds NaN pixels \(.*nan \(\d.*\) that are not its nodata; .* -a_nodata nan"
+    ):
+        tile_pairs("raster", pairs(tmp_path, photo, values), tmp_path / "tiles", TileOptions(), log=lambda s: None)
+    tile_pairs(
+        "raster",
+        pairs(tmp_path, photo, values, nodata=float("nan")),
+        tmp_path / "ok",
+        TileOptions(),
+        log=lambda s: None,
+    )
