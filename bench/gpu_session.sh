@@ -8,7 +8,8 @@
 #   device run: command "bash bench/gpu_session.sh run", carry [".gpu"], timeout_s 600
 #   bash bench/gpu_session.sh run --cpu-check   the same steps at tiny sizes on this CPU (checks the script)
 #
-# `run` writes session.log and the quality result (final_gpu_<device>.md/.json) to $OUT, in this order,
+# `run` writes session.log and the quality result (final_gpu_<device>.md/.json) to $OUT (here by default
+# /tmp/forestseg-gpu-session), in this order,
 # each step under its own time limit so the call ends inside its 600 s:
 #   1. bench/gpu.py --skip-grid: train, kill-like stop and resume on CUDA, CPU/CUDA prediction agreement,
 #      then bench/speed.py --study --batch 160 (training and predict MFU against the measured bf16 peak)
@@ -49,7 +50,7 @@ step() {  # step SECONDS NAME COMMAND...: one step under its own limit; a failed
 
 run() {
     local cpu_check=${1:-}
-    export OUT=${OUT:-$REPO/.gpu/out} PYTHONUNBUFFERED=1
+    export OUT=${OUT:-/tmp/forestseg-gpu-session} PYTHONUNBUFFERED=1  # not in .gpu, which travels to the device
     mkdir -p "$OUT"
     exec > >(tee -a "$OUT/session.log") 2>&1
     export FORESTSEG_SAMPLE=$REPO/$GPU_DIR/sample
