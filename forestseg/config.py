@@ -7,6 +7,7 @@ checked when built, so a typo or a bad number stops the stage with one line nami
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,6 +24,8 @@ THRESHOLDS = ("loss", "val")
 PIXEL_SIZE_M = 0.5  # ground size of a pixel of the Kaggle/DeepGlobe tiles (and of the synthetic ones)
 INIT_DIR = "init"  # the project folder of model files that train.init_from may name (a dep of the train stage)
 MAX_WIDTH = 256  # model.width: w256 d6 is a 16384-channel bottom level, past any memory this targets
+# train.threads: torch takes a C int (2**31 up raises) and OpenMP starts that many threads per parallel region
+MAX_THREADS = 1024
 
 
 class ConfigError(ForestsegError):
@@ -61,7 +64,8 @@ def _positive(key: str, value: float) -> None:
 
 def known_device(name: str) -> bool:
     """Whether `name` is one of DEVICES or cuda:<index> (train.device, the CLI's --device)."""
-    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
+    # ASCII digits only: str.isdigit() also takes '٣' or '²', which torch.device refuses with a traceback
+    return name in DEVICES or re.fullmatch(r"cuda:[0-9]{1,4}", name) is not None
 
 
 def init_dvc_files(path: str | Path) -> list[Path]:
@@ -285,6 +289,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "test_batch_size", "threads"):
             _positive(f"train.{key}", getattr(self, key))
+        if self.threads > MAX_THREADS:
+            _fail(
+                "train.threads",
+                f"must be in 1..{MAX_THREADS} (torch's CPU threads; the cores a run should use), got {self.threads}",
+            )
         if not self.diverge_factor > 1:  # a loss above this multiple of the first one is divergence
             _fail("train.diverge_factor", f"must be > 1 (a multiple of the first loss), got {self.diverge_factor}")
         for key in ("scale", "saturation", "ema"):
@@ -293,6 +302,12 @@ class TrainConfig:
         for key in ("blur", "cutmix"):  # probabilities per tile: 1 = every tile
             if not 0 <= getattr(self, key) <= 1:
                 _fail(f"train.{key}", f"must be a probability in [0, 1], got {getattr(self, key)}")
+        if self.cutmix and self.batch_size < 2:  # tile i takes its box from tile i + 1 of the batch: itself
+            _fail(
+                "train.cutmix",
+                "pastes a box of the batch's next tile, and train.batch_size 1 has none: it would do nothing; "
+                "set it to 0 or raise train.batch_size",
+            )
         if not 0 <= self.adapt_bn <= 1:
             _fail("train.adapt_bn", f"must be in [0, 1] (0 = off, 0.25 measured best), got {self.adapt_bn}")
         _choice("train.sampling", self.sampling, SAMPLINGS)
@@ -486,7 +501,7 @@ def build(cls: type, name: str, raw: Any) -> Any:
         _fail(name, f"must be a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted(set(raw) - set(names), key=str)  # YAML keys may be numbers or null too
     if unknown:
         _fail(f"{name}.{unknown[0]}", f"unknown key; valid keys of '{name}': {', '.join(names)}")
     missing = [n for n in names if n not in raw]
@@ -499,7 +514,7 @@ def load_sections(params: Mapping, *names: str) -> tuple:
     """The named sections of a parsed params.yaml, validated, in the order asked."""
     if not isinstance(params, Mapping):
         raise ConfigError("params.yaml: must be a mapping of sections")
-    unknown = sorted(set(params) - set(SECTIONS))
+    unknown = sorted(set(params) - set(SECTIONS), key=str)
     if unknown:
         _fail(unknown[0], f"unknown section; valid sections: {', '.join(SECTIONS)}")
     out = []
@@ -510,6 +525,8 @@ def load_sections(params: Mapping, *names: str) -> tuple:
     built = dict(zip(names, out))
     if "optimizer" in built and "train" in built:
         check_warmup(built["optimizer"], built["train"])
+    if "model" in built and "train" in built:
+        check_model_train(built["model"], built["train"])
     if "train" in built and "split" in built:
         check_threshold(built["train"], has_val=built["split"].val_fraction > 0)
     return tuple(out)
@@ -521,6 +538,26 @@ def check_warmup(opt: "OptimizerConfig", train: "TrainConfig") -> None:
         _fail(
             f"optimizer.warmup_epochs {opt.warmup_epochs}",
             f"must be below train.epochs {train.epochs}, else the learning rate never reaches optimizer.lr",
+        )
+
+
+def check_model_train(model: "ModelConfig", train: "TrainConfig") -> None:
+    """Rules across the model and train sections: a train setting the model would silently not act on."""
+    from .model import ARCHS
+
+    if train.adapt_bn and not (model.batch_norm and "batch_norm" in ARCHS[model.arch].uses):
+        fixed = "batch_norm" not in ARCHS[model.arch].uses
+        why = "its layers are fixed" if fixed else "model.batch_norm: false"
+        _fail(
+            "train.adapt_bn",
+            f"{train.adapt_bn} moves batch-norm statistics, and {model.arch} has no batch-norm layers ({why}): it "
+            "would do nothing; set it to 0" + ("" if fixed else " or model.batch_norm: true"),
+        )
+    if model.mixstyle and train.batch_size < 2:
+        _fail(
+            "model.mixstyle",
+            "mixes each tile's feature statistics with another tile's of the batch, and train.batch_size 1 has "
+            "none: it would do nothing; set it to 0 or raise train.batch_size",
         )
 
 

@@ -276,9 +276,17 @@ def load_yaml(text: str, what: str) -> Any:
     try:
         return YAML(typ="safe", pure=True).load(text)
     except MarkedYAMLError as e:  # ruamel's own text spans lines, quotes the YAML and links its docs
-        at = e.problem_mark
+        at, start = e.problem_mark, e.context_mark
         where = f" at line {at.line + 1}, column {at.column + 1}" if at is not None else ""
-        raise ForestsegError(f"{what}: not valid YAML{where}: {' '.join(str(e.problem).split())}") from None
+        # where the broken construct began (an unclosed quote is found only at the end of the file)
+        began = (
+            f" ({' '.join(str(e.context).split())} at line {start.line + 1}, column {start.column + 1})"
+            if start is not None
+            and ("scanning" in str(e.context) or "flow" in str(e.context))
+            and (at is None or start.line != at.line)
+            else ""
+        )
+        raise ForestsegError(f"{what}: not valid YAML{where}: {' '.join(str(e.problem).split())}{began}") from None
     except YAMLError as e:
         raise ForestsegError(f"{what}: not valid YAML ({' '.join(str(e).split())})") from None
 

@@ -25,6 +25,7 @@ from .config import (
     Run,
     TrainConfig,
     asdict,
+    check_model_train,
     check_threshold,
     check_warmup,
 )
@@ -389,6 +390,7 @@ def train_run(
             + ("lower model.depth" if arch.smallest_tile(replace(model_cfg, depth=1)) <= tile else larger)
         )
     check_warmup(opt_cfg, train_cfg)
+    check_model_train(model_cfg, train_cfg)
     check_threshold(train_cfg, has_val=val is not None)
     bf16 = apply_precision(train_cfg.precision, device)
     if device.type == "cuda":

@@ -58,7 +58,7 @@ def load(name: str) -> dict:
 def _read(name: str) -> dict:
     """The recipe file's own overrides, {section: {key: value}}."""
     path = ROOT / "recipes" / f"{name}.yaml"
-    if not path.is_file():
+    if name not in names():  # not a path: '../params' would read params.yaml as a recipe
         raise ForestsegError(f"recipe {name!r}: no {path.relative_to(ROOT)}; recipes: {', '.join(names())}")
     recipe = load_yaml(path.read_text(), str(path.relative_to(ROOT)))
     if recipe is None:
@@ -123,7 +123,30 @@ def _item(item: str) -> tuple[str, str, object]:
             f"-S {item}: recipes/run.py runs one experiment; a sweep over values is "
             f"`dvc exp run --queue -S {item}` (README: Sweeps)"
         )
-    return section, field, load_yaml(value, f"-S {item}")
+    return section, field, dvc_value(item, load_yaml(value, f"-S {item}"))
+
+
+def dvc_value(item: str, value: object) -> object:
+    """The value `dvc exp run -S item` writes into params.yaml: DVC reads -S with Hydra's override grammar,
+    not YAML, and the two differ (`0x10` and `[010]` are 16 and [10] to YAML, strings to Hydra, which
+    the stages then refuse; `TrUe` a string to YAML, true to Hydra). `value`, the item's value as YAML
+    reads it, stands where Hydra's parser is not there (DVC always brings it)."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+    except ImportError:
+        return value
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(item)
+    except HydraException as e:
+        raise ForestsegError(f"-S {item}: DVC cannot read it ({' '.join(str(e).split())[:200]})") from None
+    if override.is_sweep_override():  # choice(a), glob(*): many experiments to DVC, as a comma is
+        raise ForestsegError(
+            f"-S {item}: recipes/run.py runs one experiment; a sweep over values is "
+            f"`dvc exp run --queue -S {item}` (README: Sweeps)"
+        )
+    return override.value()
 
 
 def hydra(value: Any) -> str:

@@ -177,6 +177,11 @@ BAD = [
     ("init-from-the-folder", "train.init_from", "init", r"train\.init_from: 'init': give none or the path of a model"),
     ("init-from-missing", "train.init_from", "init/absent.pt", r"train\.init_from: init/absent\.pt: no such file; "),
     ("init-from-empty", "train.init_from", "", r"train\.init_from: must be a non-empty string"),
+    # torch.set_num_threads raised a ValueError traceback from 2**31 up, in the train stage after index and split
+    ("threads-past-a-c-int", "train.threads", 2**31, r"train\.threads: must be in 1\.\.1024 .*, got 2147483648$"),
+    ("threads-huge", "train.threads", 100000, r"train\.threads: must be in 1\.\.1024"),
+    # str.isdigit() took a non-ASCII digit, which torch.device refuses with a traceback
+    ("device-index-not-ascii", "train.device", "cuda:\u0663", r"train\.device: unknown value 'cuda:\u0663'"),
 ]
 
 
@@ -210,6 +215,23 @@ def test_bad_mask_params_name_the_key(base, masks, forest, match):
             {"train.threshold": "val", "split.val_fraction": 0.0},
             ("split", "train"),
             r"^params\.yaml: train\.threshold: val chooses the cut on validation scenes, and this split has none",
+        ),
+        # values the run took and did nothing with: no batch-norm to adapt, no other tile in a batch of one
+        (
+            {"train.adapt_bn": 0.25, "model.batch_norm": False},
+            ("model", "train"),
+            r"^params\.yaml: train\.adapt_bn: 0\.25 moves batch-norm statistics, and unet_half has no batch-norm "
+            r"layers \(model\.batch_norm: false\): it would do nothing; set it to 0 or model\.batch_norm: true$",
+        ),
+        (
+            {"train.adapt_bn": 0.25, "model.arch": "study_unet"},
+            ("model", "train"),
+            r"^params\.yaml: train\.adapt_bn: .* study_unet has no batch-norm layers \(its layers are fixed\).*set it to 0$",
+        ),
+        (
+            {"model.mixstyle": 0.5, "train.batch_size": 1},
+            ("model", "train"),
+            r"^params\.yaml: model\.mixstyle: mixes .* train\.batch_size 1 has none: it would do nothing",
         ),
     ],
 )
@@ -362,6 +384,21 @@ def test_stages_read_params_yaml_as_dvc_does(tmp_path, monkeypatch, old, new, ke
     assert getattr(model if key == "width" else optimizer, key) == value
 
 
+def test_an_unclosed_quote_is_placed_where_it_opens_not_only_at_the_end_of_the_file() -> None:
+    from forestseg.io import load_yaml
+
+    text = (REPO / "params.yaml").read_text()
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.strip().startswith("lr:"))
+    broken = text.replace("lr: ", 'lr: "', 1)
+    with pytest.raises(ForestsegError) as err:
+        load_yaml(broken, "params.yaml")
+    end = len(text.splitlines()) + 1
+    assert str(err.value) == (
+        f"params.yaml: not valid YAML at line {end}, column 1: found unexpected end of stream "
+        f"(while scanning a quoted scalar at line {line}, column 7)"
+    )
+
+
 def test_a_duplicate_key_in_params_yaml_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text() + "split:\n  seed: 1\n")
     out = run_split_stage(tmp_path)
@@ -430,7 +467,8 @@ def test_recipe_values_reach_dvc_as_the_same_yaml_values(value, override):
     [
         (
             "model: {width: 8\n",
-            r"^recipes/bad.yaml: not valid YAML at line 2, column 1: expected ',' or '}', but got '<stream end>'$",
+            r"^recipes/bad.yaml: not valid YAML at line 2, column 1: expected ',' or '}', but got '<stream end>' "
+            r"\(while parsing a flow mapping at line 1, column 8\)$",
         ),
         ("- model\n", r"^recipes/bad.yaml: not a mapping of params sections"),
         ("model: 8\n", r"^recipes/bad.yaml: model: not a params section with keys"),
@@ -564,3 +602,57 @@ def test_a_probability_of_one_is_every_tile(key: str) -> None:
     params["train"][key] = 1.0
     (train,) = load_sections(params, "train")
     assert getattr(train, key) == 1.0
+
+
+def test_cutmix_in_batches_of_one_is_refused(base) -> None:
+    """Each tile takes its box from the batch's next tile: in a batch of one, itself (a silent no-op)."""
+    raw = changed(changed(base, "train.cutmix", 0.5), "train.batch_size", 1)
+    with pytest.raises(ConfigError, match=r"^params\.yaml: train\.cutmix: pastes .*train\.batch_size 1 has none"):
+        load_sections(raw, "train")
+    assert load_sections(changed(raw, "train.cutmix", 0.0), "train")[0].batch_size == 1
+
+
+@pytest.mark.parametrize("section", [None, "train"])
+def test_unknown_keys_of_mixed_types_are_one_line(base, section) -> None:
+    """YAML keys can be numbers (`1:`) beside strings; sorting them for the message raised a TypeError."""
+    raw = copy.deepcopy(base)
+    node = raw if section is None else raw[section]
+    node[1], node["foo"] = 2, 3
+    with pytest.raises(ConfigError, match=r"^params\.yaml: (train\.)?1: unknown (key|section)"):
+        load_sections(raw, *SECTIONS)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        # YAML 1.2 reads 0x10 as 16 and [010] as [10]; DVC's -S (Hydra's grammar) writes the strings '0x10' and
+        # ['010'] into params.yaml, which the train stage then refused after run.py had passed them
+        ("train.epochs=0x10", r"^recipes/cpu\.yaml with the -S values: train\.epochs: must be an integer, got '0x10'$"),
+        ("grid.seed=[010]", r"grid\.seed\[0\]: must be a whole number written as one .* got '010'$"),
+        ("model.arch=unet #x", r"^-S model\.arch=unet #x: DVC cannot read it"),
+        ("train.epochs=choice(3)", r"^-S train\.epochs=choice\(3\): recipes/run\.py runs one experiment"),
+    ],
+)
+def test_s_values_are_read_as_dvc_reads_them(item, message) -> None:
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    with pytest.raises(ForestsegError, match=message):
+        run.with_sets("cpu", [item])
+
+
+def test_an_s_value_dvc_takes_is_taken() -> None:
+    """Hydra's booleans ignore case: DVC writes `-S train.augment=TrUe` as true (YAML 1.2: the string)."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    assert run.with_sets("cpu", ["train.augment=TrUe"])["train"]["augment"] is True
+
+
+def test_a_recipe_name_is_not_a_path() -> None:
+    """'../params' read params.yaml itself as a recipe."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    with pytest.raises(ForestsegError, match=r"^recipe '\.\./params': no recipes/\.\./params\.yaml; recipes: cpu, "):
+        run.load("../params")
