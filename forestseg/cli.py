@@ -24,6 +24,7 @@ from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
 from .device import keep_freed_memory, pick_device
 from .images import WORLD_FILE_SUFFIXES
 from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
+from .model import has_batchnorm
 from .predict import BLOCK, Predictor, overlay, read_rgb
 from .windows import sample_of
 
@@ -151,6 +152,13 @@ def _map_options(args: argparse.Namespace, predictor: Predictor):
     adapt_bn = predictor.adapt_bn if args.adapt_bn is None else args.adapt_bn  # default: the model file's
     if not 0 <= adapt_bn <= 1:  # a model file's own is checked when it is read
         raise ForestsegError(f"--adapt-bn {adapt_bn}: must be in 0..1 (0.25 measured best, 0 = off)")
+    if adapt_bn and not has_batchnorm(predictor.model):  # it would do nothing
+        if args.adapt_bn:
+            raise ForestsegError(
+                f"--adapt-bn {args.adapt_bn:g}: this model has no batch-norm layers to adapt (study_unet, or "
+                "trained with model.batch_norm: false); leave it out"
+            )
+        adapt_bn = 0.0  # a model file written before train.adapt_bn was refused for such models
     return MapOptions(
         bands=_bands(args.bands),
         resample=not args.no_resample,

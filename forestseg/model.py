@@ -281,6 +281,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether `model` has batch-norm layers, whose statistics adapt_batchnorm moves."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def adapt_batchnorm(model: nn.Module, x: torch.Tensor, mix: float) -> nn.Module:
     """A copy of `model` in eval mode whose batch-norm statistics are (1 - mix) x its own + mix x
     those of `x` (N, 3, H, W), model input of one scene (no label is used): a scene's light and
@@ -288,7 +293,7 @@ def adapt_batchnorm(model: nn.Module, x: torch.Tensor, mix: float) -> nn.Module:
     `x` as one batch updates every layer (deeper layers see the scene through already-normalised
     ones). The weights stay; `mix` 0, no input or no batch-norm give `model` itself. bench/QUALITY.md, "Round 8"."""
     is_norm = lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm)  # noqa: E731
-    if not (mix and len(x) and any(map(is_norm, model.modules()))):
+    if not (mix and len(x) and has_batchnorm(model)):
         return model
     adapted = copy.deepcopy(model)
     for m in filter(is_norm, adapted.modules()):

@@ -1579,3 +1579,31 @@ def test_a_folder_in_the_way_of_one_output_leaves_every_old_output(checkpoint: P
     (out / "x_probability.tif").mkdir(parents=True)
     assert cli("predict", str(checkpoint), str(src), "-o", str(out), "--probability") == 2
     assert sorted(p.name for p in out.iterdir()) == ["x_probability.tif"]  # no new mask beside it
+
+
+def test_adapt_bn_on_a_model_without_batch_norm_is_refused_or_left_out(tmp_path: Path, capsys) -> None:
+    """Nothing to adapt: an explicit --adapt-bn stops; a model file's own (written before train.adapt_bn was
+    refused for such models) is left out, without the note that says it adapted."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(width=4, depth=2, batch_norm=False)
+    meta = {
+        "run": "bce-adam-0",
+        "loss": "bce",
+        "threshold": 0.0,
+        "model": asdict(cfg),
+        "normalizer": {"mean": [100.0] * 3, "std": [50.0] * 3},
+        "tile_size": 64,
+        "adapt_bn": 0.25,
+    }
+    ckpt = tmp_path / "m.pt"
+    write_model(ckpt, build_model(cfg).state_dict(), meta)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert cli("predict", str(ckpt), str(tmp_path / "a.png"), "-o", str(tmp_path / "o1"), "--adapt-bn", "0.25") == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --adapt-bn 0.25: this model has no batch-norm layers to adapt (study_unet, or trained with "
+        "model.batch_norm: false); leave it out\n"
+    )
+    assert cli("predict", str(ckpt), str(tmp_path / "a.png"), "-o", str(tmp_path / "o2")) == 0
+    assert "batch-norm adapted" not in capsys.readouterr().out
+    assert (tmp_path / "o2" / "a_mask.png").is_file()
