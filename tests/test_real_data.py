@@ -120,3 +120,51 @@ def test_params_changed_during_a_run_are_never_recorded(repo: Path) -> None:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert "train@bce-adam-0" not in lock["stages"]  # nothing recorded for the run
     assert {"synth", "index", "split"} <= set(lock["stages"])  # stages that finished before the change are
+
+
+def test_large_rasters_cut_by_forestseg_tile_train_split_by_their_scenes(repo: Path, tmp_path: Path) -> None:
+    """README 'Large scenes': GeoTIFFs -> `forestseg tile` -> `dvc add` -> `dvc exp run`; each raster is a
+    scene of its own id, so the split keeps each raster on one side and the report names them."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from forestseg.synthetic import render_scene
+
+    rasters = tmp_path / "rasters"
+    for k, scene in enumerate((11, 12, 13, 14)):
+        image, mask = render_scene(np.random.default_rng(k), 100)
+        for folder, pixels in (("images", image), ("masks", mask[..., None].astype(np.uint8))):
+            (rasters / folder).mkdir(parents=True, exist_ok=True)
+            bands = np.moveaxis(pixels, -1, 0)
+            profile = {"driver": "GTiff", "width": 100, "height": 100, "count": len(bands), "dtype": "uint8"}
+            origin = from_origin(500000 + 1000 * k, 5000000, 0.5, 0.5)
+            with rasterio.open(
+                rasters / folder / f"{scene}.tif", "w", crs="EPSG:32633", transform=origin, **profile
+            ) as ds:
+                ds.write(bands)
+    set_params(repo, TINY_REAL)
+    sh(repo, "git", "commit", "-qam", "tiny params")
+    cut = subprocess.run(
+        [sys.executable, "-m", "forestseg.cli", "tile", str(rasters), "-o", "data/raw/region", "--size", "32"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert cut.returncode == 0, cut.stderr
+    assert "wrote 36 tiles of 4 scenes to data/raw/region (scene ids 11-14)" in cut.stdout  # 3 x 3 a raster
+    assert "-S data.pixel_size_m=0.5" in cut.stdout
+    sh(repo, "dvc", "add", "data/raw/region")
+    sh(repo, "git", "add", "data/raw/region.dvc", "data/raw/.gitignore")
+    sh(repo, "git", "commit", "-qm", "my region as DVC data")
+    sh(repo, "dvc", "exp", "run", "-n", "region", "-S", "data.source=data/raw/region", "-S", "data.pixel_size_m=0.5")
+    index = yaml.safe_load((repo / "metrics/index.json").read_text())
+    assert index["valid"] == 36 and index["skipped"] == 0 and index["scenes"] == 4
+    split = pd.read_csv(repo / "data/split.csv", dtype=str)
+    sides = split.assign(scene=split["image"].str.split("_").str[0]).groupby("scene")["subset"].nunique()
+    assert sorted(sides.index) == ["11", "12", "13", "14"] and (sides == 1).all()  # no raster on both sides
+    scenes = pd.read_csv(repo / "metrics/scenes.csv", dtype={"scene": str})
+    assert set(scenes["scene"]) <= {"11", "12", "13", "14"} and len(scenes) == 1  # the one test scene
