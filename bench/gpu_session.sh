@@ -21,18 +21,21 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 GPU_DIR=.gpu
-WHEELS=(simplejpeg==1.9.0 ruamel.yaml==0.19.1 ruamel.yaml.clib==0.2.15)  # pins as in pyproject.toml
+LACKED="simplejpeg|ruamel\.yaml|ruamel\.yaml\.clib"  # what forestseg imports and the GPU image lacks
 
 prepare() {
     local sample=${FORESTSEG_SAMPLE:-$REPO/../shared/forest-sample}
     [[ -f $sample/meta_data.csv ]] || { echo "gpu_session: no sample at $sample (set FORESTSEG_SAMPLE)" >&2; exit 1; }
     git check-ignore -q "$GPU_DIR/" || { echo "gpu_session: $GPU_DIR is not ignored by git (.gitignore)" >&2; exit 1; }
+    local wheels  # pinned as pyproject.toml pins them
+    mapfile -t wheels < <(grep -oE "\"($LACKED)==[^\"]+\"" pyproject.toml | tr -d '"')
+    [[ ${#wheels[@]} == 3 ]] || { echo "gpu_session: pyproject.toml pins ${#wheels[@]} of simplejpeg, ruamel.yaml, ruamel.yaml.clib, not 3" >&2; exit 1; }
     local tmp="$GPU_DIR.~new"
     rm -rf "$tmp" && mkdir -p "$tmp/whl"
     cp -r "$sample" "$tmp/sample"
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$tmp/whl" "${WHEELS[@]}"
+        -d "$tmp/whl" "${wheels[@]}"
     rm -rf "$GPU_DIR" && mv "$tmp" "$GPU_DIR"
     local mib
     mib=$(du -sm "$GPU_DIR" | cut -f1)
@@ -69,7 +72,7 @@ run() {
         step 300 "quality final gpu" python3 bench/quality.py final gpu --threads 2 --name "final_gpu_$tag" \
             -S model.width=4 -S model.depth=1 -S train.epochs=1 -S optimizer.warmup_epochs=0
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-        tag=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
+        tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
         step 200 "gpu.py" python3 bench/gpu.py --skip-grid
         step 330 "quality final gpu" python3 bench/quality.py final gpu --name "final_gpu_$tag"
     else

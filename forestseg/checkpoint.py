@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import INIT_DIR, PRECISIONS, init_dvc_files
+from .config import INIT_DIR, PRECISIONS, SAME_PIXEL_SIZE, init_dvc_files
 from .errors import ForestsegError
 from .io import untracked_in_project, write_torch
 from .losses import LOSSES
@@ -173,9 +173,6 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
 INIT_FIX = f"copy a finished run's model file (models/<run>/model.pt) into {INIT_DIR}/ and `dvc add` it"
 
 
-SAME_PIXELS = 0.01  # a source model's pixel size within 1% of the data's: the same ground resolution
-
-
 def read_init(path: str | Path, model: dict, pixel_size_m: float | None = None) -> dict:
     """train.init_from: the model file at `path`, whose model params must equal `model` (the run's
     `ModelConfig.weights()`: arch, width, depth, batch_norm, input), since its weights start the run,
@@ -186,7 +183,7 @@ def read_init(path: str | Path, model: dict, pixel_size_m: float | None = None) 
     except ForestsegError as e:
         raise ForestsegError(f"params.yaml: train.init_from: {e}") from None
     theirs_px = state["pixel_size_m"]
-    if pixel_size_m is not None and theirs_px is not None and abs(theirs_px / pixel_size_m - 1) > SAME_PIXELS:
+    if pixel_size_m is not None and theirs_px is not None and abs(theirs_px / pixel_size_m - 1) > SAME_PIXEL_SIZE:
         raise ForestsegError(
             f"params.yaml: train.init_from: {path} learned from {theirs_px:g} m pixels, and data.pixel_size_m says "
             f"the tiles' are {pixel_size_m:g} m: cut them at the model's (forestseg tile --pixel-size {theirs_px:g}) "

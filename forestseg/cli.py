@@ -1,6 +1,7 @@
 """`forestseg predict`: checkpoint + images or folders -> 0/255 PNG masks (and overlays), or for
 GeoTIFFs georeferenced forest masks and forest_area.csv; `forestseg evaluate`: scores and area bias
-on labelled data; `forestseg tile`: labelled GeoTIFFs cut into a Kaggle-layout training folder."""
+on labelled data; `forestseg tile`: large labelled scenes (GeoTIFFs or pictures) cut into a
+Kaggle-layout training folder."""
 
 from __future__ import annotations
 

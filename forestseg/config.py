@@ -22,6 +22,9 @@ INPUTS = ("normalized", "per_tile", "raw")
 SAMPLINGS = ("tile", "scene", "scene_batch")
 THRESHOLDS = ("loss", "val")
 PIXEL_SIZE_M = 0.5  # ground size of a pixel of the Kaggle/DeepGlobe tiles (and of the synthetic ones)
+# ground sizes within 1 % are one resolution: predict and tile read such pixels as they are, and
+# train.init_from takes a model of such pixels
+SAME_PIXEL_SIZE = 0.01
 INIT_DIR = "init"  # the project folder of model files that train.init_from may name (a dep of the train stage)
 MAX_WIDTH = 256  # model.width: w256 d6 is a 16384-channel bottom level, past any memory this targets
 # train.threads: torch takes a C int (2**31 up raises) and OpenMP starts that many threads per parallel region

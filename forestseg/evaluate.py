@@ -207,20 +207,11 @@ def evaluate_tiles(
 
 
 def raster_pairs(data: Path) -> list[tuple[Path, Path]]:
-    """(image, truth) GeoTIFF pairs of a folder with images/<name>.tif and masks/<name>.tif."""
-    from .geo import RASTER_SUFFIXES
+    """(image, truth) GeoTIFF pairs of a folder with images/<name>.tif and masks/<name>.tif, paired as
+    `forestseg tile` pairs them (tiles.stem_pairs)."""
+    from .tiles import RASTERS, stem_pairs
 
-    images = sorted(p for p in (data / "images").glob("*") if p.suffix.lower() in RASTER_SUFFIXES)
-    pairs, alone = [], []
-    for image in images:
-        truth = data / "masks" / image.name
-        (pairs.append((image, truth)) if truth.is_file() else alone.append(image.name))
-    if alone:
-        raise ForestsegError(
-            f"{data}/masks: no mask of the same name for {', '.join(alone[:3])}"
-            + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
-        )
-    return pairs
+    return stem_pairs(data, RASTERS)
 
 
 def check_truth(truth_path: Path) -> None:

@@ -39,6 +39,7 @@ from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from .config import SAME_PIXEL_SIZE
 from .errors import ForestsegError
 from .images import WORLD_FILE_SUFFIXES
 from .io import atomic_path, replace_together, temp_prefix
@@ -54,7 +55,6 @@ PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 PICTURE_SIDECARS = (*WORLD_FILE_SUFFIXES, ".aux.xml")
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
-SAME_RESOLUTION = 0.01  # pixel sizes within 1% of the model's are used as they are
 PLAUSIBLE_PIXEL_M = (1e-3, 1e4)  # pixel sides outside these are a geotransform or CRS gone wrong, not imagery
 COARSE = 4  # a raster this many times coarser than the model's pixels gets a note: little detail to predict from
 AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than 1% on the raster is refused
@@ -491,6 +491,23 @@ def _warp(src: Any, grid: Grid, resampling: Resampling, alpha: bool = False) -> 
     )
 
 
+def grids(src: Any, raster: Raster, pixel_size_m: float | None) -> tuple[Grid, Grid, bool, Resampling]:
+    """How `raster` (open as `src`) is read at `pixel_size_m` (None: at its own pixels): (its grid, or
+    the grid warped to raster.crs; the grid read, that one at `pixel_size_m` unless its pixels are within
+    1 % of it and not sheared; whether that resamples; the resampling: averaging to coarser pixels, no
+    aliasing, bilinear to finer ones). Shared by forest maps and `forestseg tile`."""
+    reproject = raster.crs != src.crs
+    out = _regrid(src, raster.crs) if reproject else Grid(src.crs, src.transform, src.width, src.height)
+    sides = out.pixel_sides(raster.unit_m)
+    # sheared pixels are not the model's squares even where their sides are its size
+    resample = pixel_size_m is not None and (
+        any(abs(s / pixel_size_m - 1) > SAME_PIXEL_SIZE for s in sides) or out.skew() > SAME_PIXEL_SIZE
+    )
+    pixels = Resampling.average if resample and pixel_size_m > min(sides) else Resampling.bilinear
+    read = _regrid(src, raster.crs, pixel_size_m / raster.unit_m) if resample else out
+    return out, read, resample, pixels
+
+
 def _reader(ds: Any, bands: tuple[int, ...]) -> Callable[[int, int, int, int], np.ndarray]:
     """Predictor.stream's reader over bands of a dataset: (row0, row1, col0, col1) -> (h, w, 3) uint8."""
 
@@ -657,18 +674,11 @@ def map_forest(
     try:
         with _open(path) as src, contextlib.ExitStack() as stack:
             reproject = raster.crs != src.crs
-            out = _regrid(src, raster.crs) if reproject else Grid(src.crs, src.transform, src.width, src.height)
+            model_px = predictor.pixel_size_m
+            out, model, resample, pixels = grids(src, raster, model_px if opts.resample else None)
             # where the output has data: the input's nodata, alpha or mask on its own grid (or warped)
             valid_view = stack.enter_context(_warp(src, out, Resampling.nearest, alpha=True)) if reproject else src
             sides = out.pixel_sides(raster.unit_m)
-            model_px = predictor.pixel_size_m
-            # sheared pixels are not the model's squares even where their sides are its size
-            resample = opts.resample and (
-                any(abs(s / model_px - 1) > SAME_RESOLUTION for s in sides) or out.skew() > SAME_RESOLUTION
-            )
-            # averaging when the model's pixels are coarser (no aliasing), bilinear when finer
-            pixels = Resampling.average if resample and model_px > min(sides) else Resampling.bilinear
-            model = _regrid(src, raster.crs, model_px / raster.unit_m) if resample else out
             if resample and min(sides) > COARSE * model_px:
                 log(
                     f"note: {path.name}: its {min(sides):g} m pixels are {min(sides) / model_px:.0f}x the model's "

@@ -430,7 +430,7 @@ def write_worst_scenes(
     device: torch.device,
 ) -> list[str]:
     """`path`: image | truth | prediction | errors of SCENE_TILES test tiles (drawn with cfg.seed) of
-    each of the WORST_SCENES first scenes of `scenes_csv` (metrics/scenes.csv, worst forest IoU first),
+    each of the WORST_SCENES first scenes of `scenes_csv` (metrics/scenes.csv, worst first: report.scene_scores),
     by the best seed of the best combination (`summary` as summary.json); returns those scenes, none
     (and no file) when scenes_csv has no row."""
     try:

@@ -25,16 +25,21 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
+from .config import SAME_PIXEL_SIZE
 from .errors import ForestsegError
 from .io import plural, temp_prefix
 
+if TYPE_CHECKING:  # geo imports rasterio, which picture tiles do not need
+    from .geo import Raster
+    from .images import Picture
+
 TILE = 256  # the Kaggle set's tiles
-CHUNK = 16  # tiles read at once along a row (4096 px of 256-px tiles): memory stays a few MB
+CHUNK = 16  # tiles read at once along a row: 4096 px of 256-px tiles, a few MB (--size 2048: ~200 MB)
 
 
 PICTURES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -61,43 +66,58 @@ class TileOptions:
             raise ForestsegError(f"--first-scene {self.first_scene}: scene ids are numbers >= 0")
 
 
-def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
-    """("raster" or "picture", (image, mask) pairs in name order) of a folder: images/ and masks/
-    holding files of the same stem, or DeepGlobe's flat <id>_sat.* and <id>_mask.*."""
-    if not data.is_dir():
-        raise ForestsegError(f"{data}: no such folder; give a folder with images/ and masks/ (README: Real data)")
-    if (data / "images").is_dir():
-        images = sorted(p for p in (data / "images").iterdir() if p.suffix.lower() in RASTERS + PICTURES)
-        masks: dict[str, list[Path]] = {}
-        if (data / "masks").is_dir():  # only rasters and pictures: a.tfw, a.qml or a.aux beside a.tif is no mask
-            for p in sorted((data / "masks").iterdir()):
-                if p.suffix.lower() in RASTERS + PICTURES:
-                    masks.setdefault(p.stem, []).append(p)
-        two = next(((image, masks[image.stem]) for image in images if len(masks.get(image.stem, ())) > 1), None)
-        if two:
-            raise ForestsegError(
-                f"{data}/masks: {' and '.join(m.name for m in two[1])} could each be the mask of {two[0].name}; "
-                "keep one of them"
-            )
-        pairs = [(image, masks.get(image.stem, [None])[0]) for image in images]
-        where = f"{data}/masks"
-    else:  # DeepGlobe's layout
-        parts = {}
-        for path in sorted(data.iterdir()):
-            m = DEEPGLOBE.match(path.stem)
-            if m and path.suffix.lower() in RASTERS + PICTURES:
-                parts.setdefault(m["id"], {})[m["part"]] = path
-        pairs = [(p["sat"], p.get("mask")) for _, p in sorted(parts.items(), key=lambda kv: int(kv[0])) if "sat" in p]
-        where = str(data)
-    if not pairs:
-        raise ForestsegError(
-            f"{data}: no scene to cut; give a folder with images/<name>.<tif|jpg|png> and masks/<name>.<...>, "
-            "or DeepGlobe's <id>_sat.jpg and <id>_mask.png"
-        )
+def _one_each(found: dict[str, list[Path]], where: str, what: str) -> dict[str, Path]:
+    """`found` (files by key) with one file per key; two of one key stop: which one is meant is unknown
+    (two images of one photo would become two scenes, which the split can put on both sides)."""
+    two = next((files for files in found.values() if len(files) > 1), None)
+    if two:
+        raise ForestsegError(f"{where}: {' and '.join(f.name for f in two)} are each {what}; keep one of them")
+    return {key: files[0] for key, files in found.items()}
+
+
+def stem_pairs(data: Path, images: tuple[str, ...]) -> list[tuple[Path, Path]]:
+    """(images/<stem>.<one of `images`>, masks/<stem>.<raster or picture>) pairs in name order; files of
+    other suffixes (a.tfw, a.qml or a.aux beside a.tif) are neither. Shared with `forestseg evaluate`."""
+    listed: dict[str, dict[str, list[Path]]] = {"images": {}, "masks": {}}
+    for folder, suffixes in (("images", images), ("masks", RASTERS + PICTURES)):
+        if (data / folder).is_dir():
+            for path in sorted((data / folder).iterdir()):
+                if path.suffix.lower() in suffixes:
+                    listed[folder].setdefault(path.stem, []).append(path)
+    found = _one_each(listed["images"], f"{data}/images", "an image of that name")
+    masks = _one_each(listed["masks"], f"{data}/masks", "a mask of that name")
+    return _paired([(image, masks.get(stem)) for stem, image in sorted(found.items())], f"{data}/masks")
+
+
+def _paired(pairs: list, where: str) -> list[tuple[Path, Path]]:
     alone = [image.name for image, mask in pairs if mask is None]
     if alone:
         raise ForestsegError(
             f"{where}: no mask for {', '.join(alone[:3])}" + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
+        )
+    return pairs
+
+
+def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
+    """("raster" or "picture", (image, mask) pairs in name order) of a folder: images/ and masks/
+    holding files of the same stem (stem_pairs), or DeepGlobe's flat <id>_sat.* and <id>_mask.*."""
+    if not data.is_dir():
+        raise ForestsegError(f"{data}: no such folder; give a folder with images/ and masks/ (README: Real data)")
+    if (data / "images").is_dir():
+        pairs = stem_pairs(data, RASTERS + PICTURES)
+    else:  # DeepGlobe's layout
+        parts: dict[str, dict[str, list[Path]]] = {"sat": {}, "mask": {}}
+        for path in sorted(data.iterdir()):
+            m = DEEPGLOBE.match(path.stem)
+            if m and path.suffix.lower() in RASTERS + PICTURES:
+                parts[m["part"]].setdefault(m["id"], []).append(path)
+        sats = _one_each(parts["sat"], str(data), "the photo of that id")
+        masks = _one_each(parts["mask"], str(data), "the mask of that id")
+        pairs = _paired([(sats[i], masks.get(i)) for i in sorted(sats, key=int)], str(data))
+    if not pairs:
+        raise ForestsegError(
+            f"{data}: no scene to cut; give a folder with images/<name>.<tif|jpg|png> and masks/<name>.<...>, "
+            "or DeepGlobe's <id>_sat.jpg and <id>_mask.png"
         )
     kinds = {"raster" if image.suffix.lower() in RASTERS else "picture" for image, _ in pairs}
     if len(kinds) > 1:
@@ -147,6 +167,8 @@ def tile_pairs(
                 )
             check_truth(truth)
             rasters[image] = raster
+        for note in (n for r in rasters.values() for n in r.notes):  # as predict says them: BGR tags, an alpha NIR
+            log(f"note: {note}")
 
         def cut(image: Path, mask: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
             return _cut_raster(rasters[image], mask, scene, dest, opts)
@@ -192,7 +214,7 @@ def tile_pairs(
 
 
 @contextlib.contextmanager
-def _writing(out: Path, tmp: Path):
+def _writing(out: Path, tmp: Path) -> Iterator[None]:
     """OSErrors while writing the output (disk full, no permission, a file where a folder goes) as one
     line naming -o, and the path that failed unless it lies in the temp folder."""
     try:
@@ -251,7 +273,7 @@ def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOpti
     }
 
 
-def _decoded(path: Path):
+def _decoded(path: Path) -> "Picture":
     from .images import ImageError, decode
 
     try:
@@ -262,31 +284,27 @@ def _decoded(path: Path):
         raise ForestsegError(f"{path}: {e}") from None
 
 
-def _cut_raster(raster, truth_path: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
+def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
     """Tiles of one raster into dest/images and dest/masks: counts and the meta_data rows."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
     from .evaluate import TruthValues
-    from .geo import SAME_RESOLUTION, CPLE_BaseError, Grid, _one_line, _open, _regrid, _warp
+    from .geo import CPLE_BaseError, _one_line, _open, _warp, grids
 
     s = opts.size
     with _open(raster.path) as src, contextlib.ExitStack() as stack:
         reproject = raster.crs != src.crs
-        grid = _regrid(src, raster.crs) if reproject else Grid(src.crs, src.transform, src.width, src.height)
-        resample = opts.pixel_size_m is not None
-        if resample:  # averaging when the target pixels are coarser (no aliasing), bilinear when finer: as predict
-            coarser = opts.pixel_size_m > min(grid.pixel_sides(raster.unit_m))
-            grid = _regrid(src, raster.crs, opts.pixel_size_m / raster.unit_m)
-        else:
-            sides = grid.pixel_sides(raster.unit_m)
-            if abs(sides[0] / sides[1] - 1) > SAME_RESOLUTION or grid.skew() > SAME_RESOLUTION:
-                raise ForestsegError(
-                    f"{raster.path}: its pixels are {sides[0]:.4g} x {sides[1]:.4g} m{' and sheared' if grid.skew() > SAME_RESOLUTION else ''}, "
-                    "not square as the model's: pass --pixel-size <metres> to resample them"
-                )
-        pixels = Resampling.average if resample and coarser else Resampling.bilinear
+        own, grid, resample, pixels = grids(src, raster, opts.pixel_size_m)  # as predict reads it
+        sides = own.pixel_sides(raster.unit_m)
+        if opts.pixel_size_m is None and (
+            abs(sides[0] / sides[1] - 1) > SAME_PIXEL_SIZE or own.skew() > SAME_PIXEL_SIZE
+        ):
+            raise ForestsegError(
+                f"{raster.path}: its pixels are {sides[0]:.4g} x {sides[1]:.4g} m{' and sheared' if own.skew() > SAME_PIXEL_SIZE else ''}, "
+                "not square as the model's: pass --pixel-size <metres> to resample them"
+            )
         # the image on the tile grid; where it has data: its nodata, alpha or mask (warped: an added alpha)
         view = stack.enter_context(_warp(src, grid, pixels, alpha=True)) if (resample or reproject) else src
         truth_ds = stack.enter_context(_open(truth_path))
@@ -344,12 +362,13 @@ def _cut_raster(raster, truth_path: Path, scene: int, dest: Path, opts: TileOpti
         if problem:
             raise ForestsegError(problem)
         gaps = truth_ds.nodata is not None and truth_gaps and not seen.forest()  # its forest read as nodata?
-        side = grid.pixel_sides(raster.unit_m)
+        # within 1 % of --pixel-size the raster's own pixels are read as that size (as predict reads them)
+        px = opts.pixel_size_m if opts.pixel_size_m is not None else min(grid.pixel_sides(raster.unit_m))
         return {
             "tiles": tiles,
             "skipped_nodata": skipped,
             "edge_share": 1 - across * down * s * s / (grid.width * grid.height),
-            "pixel_size_m": float(min(side)),
+            "pixel_size_m": float(px),
             "forest_share": forest / (tiles * s * s) if tiles else 0.0,
             "grid": [grid.height, grid.width],
             "rows": rows,

@@ -59,7 +59,10 @@ def _read(name: str) -> dict:
     """The recipe file's own overrides, {section: {key: value}}."""
     path = ROOT / "recipes" / f"{name}.yaml"
     if name not in names():  # not a path: '../params' would read params.yaml as a recipe
-        raise ForestsegError(f"recipe {name!r}: no {path.relative_to(ROOT)}; recipes: {', '.join(names())}")
+        what = (
+            "not a recipe name" if Path(name).name != name or name.startswith(".") else f"no {path.relative_to(ROOT)}"
+        )
+        raise ForestsegError(f"recipe {name!r}: {what}; recipes: {', '.join(names())}")
     recipe = load_yaml(path.read_text(), str(path.relative_to(ROOT)))
     if recipe is None:
         return {}
@@ -77,12 +80,12 @@ def _read(name: str) -> dict:
 
 def _validated(params: dict, what: str, init: bool = False) -> dict:
     """`params` checked as the stages check params.yaml, errors named after `what` made them; with
-    `init`, the train.init_from model file against the model params too (the final params only: an
-    -S may change either)."""
+    `init`, the train.init_from model file against the model params and data.pixel_size_m too (the
+    final params only: an -S may change either)."""
     try:
         built = dict(zip(SECTIONS, load_sections(params, *SECTIONS)))
         if init and built["train"].init_from != "none":  # the file against this model, before DVC indexes the data
-            read_init(built["train"].init_from, built["model"].weights())
+            read_init(built["train"].init_from, built["model"].weights(), built["data"].pixel_size_m)
     except ForestsegError as e:  # ConfigError among them
         raise ForestsegError(str(e).replace("params.yaml: ", f"{what}: ", 1)) from None
     return params
@@ -123,18 +126,19 @@ def _item(item: str) -> tuple[str, str, object]:
             f"-S {item}: recipes/run.py runs one experiment; a sweep over values is "
             f"`dvc exp run --queue -S {item}` (README: Sweeps)"
         )
-    return section, field, dvc_value(item, load_yaml(value, f"-S {item}"))
+    return section, field, dvc_value(item, value)
 
 
-def dvc_value(item: str, value: object) -> object:
-    """The value `dvc exp run -S item` writes into params.yaml: DVC reads -S with Hydra's override grammar,
-    not YAML, and the two differ (`0x10` and `[010]` are 16 and [10] to YAML, strings to Hydra, which
-    the stages then refuse; `TrUe` a string to YAML, true to Hydra). `value`, the item's value as YAML
-    reads it, stands where Hydra's parser is not there (DVC always brings it)."""
+def dvc_value(item: str, value: str) -> object:
+    """The value `dvc exp run -S item` writes into params.yaml, `value` being the item's text after
+    '=': DVC reads -S with Hydra's override grammar, not YAML, and the two differ (`0x10` and `[010]`
+    are 16 and [10] to YAML, strings to Hydra, which the stages then refuse; `TrUe` a string to YAML,
+    true to Hydra; `@x` an error to YAML, a string to Hydra). YAML reads it only where Hydra's parser
+    is not there (DVC always brings it)."""
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
     except ImportError:
-        return value
+        return load_yaml(value, f"-S {item}")
     from hydra.errors import HydraException
 
     try:

@@ -492,7 +492,7 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
     [
         (
             "model.width=[8",
-            r"^-S model.width=\[8: not valid YAML at line 1, column 3: expected ',' or ']', but got '<stream end>'$",
+            r"^-S model.width=\[8: DVC cannot read it \(no viable alternative at input '\[8'\)$",
         ),
         ("model.width", r"^-S model.width: give KEY=VALUE"),
         ("model.width=8,16", r"^-S model.width=8,16: recipes/run.py runs one experiment; .*`dvc exp run --queue -S"),
@@ -553,6 +553,7 @@ def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
     demo = recipes_run.merged("demo", base=yaml.safe_load((repo / "params.yaml").read_text()))
     (model,) = load_sections(demo, "model")  # the demo recipe's model over the repo's tiny params
     meta = {"run": "bce-adam-0", "loss": "bce", "threshold": 0.0, "model": asdict(model), "tile_size": 64}
+    meta["pixel_size_m"] = 0.5
     norm = {"mean": [1.0] * 3, "std": [1.0] * 3}
     write_model(repo / "init/source.pt", build_model(model).state_dict(), {**meta, "normalizer": norm})
 
@@ -569,6 +570,11 @@ def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):
     assert out.returncode == 2 and out.stderr.startswith(
         f"error: recipes/demo.yaml with the -S values: train.init_from: init/source.pt holds a model with width "
         f"{model.width}; this run's params say model.width {model.width * 2}"
+    ), out.stderr
+    out = run("train.init_from=init/source.pt", "data.pixel_size_m=0.3")  # refused here, not after index and split
+    assert out.returncode == 2 and out.stderr.startswith(
+        "error: recipes/demo.yaml with the -S values: train.init_from: init/source.pt learned from 0.5 m pixels, "
+        "and data.pixel_size_m says the tiles' are 0.3 m"
     ), out.stderr
     (repo / "init/notes.pt").write_text("not a model")
     out = run("train.init_from=init/notes.pt")
@@ -642,11 +648,13 @@ def test_s_values_are_read_as_dvc_reads_them(item, message) -> None:
 
 
 def test_an_s_value_dvc_takes_is_taken() -> None:
-    """Hydra's booleans ignore case: DVC writes `-S train.augment=TrUe` as true (YAML 1.2: the string)."""
+    """Hydra's booleans ignore case: DVC writes `-S train.augment=TrUe` as true (YAML 1.2: the string);
+    `@x` is a string to Hydra, an error to YAML."""
     sys.path.insert(0, str(REPO))
     from recipes import run
 
     assert run.with_sets("cpu", ["train.augment=TrUe"])["train"]["augment"] is True
+    assert run.with_sets("cpu", ["data.source=@x"])["data"]["source"] == "@x"
 
 
 def test_a_recipe_name_is_not_a_path() -> None:
@@ -654,5 +662,5 @@ def test_a_recipe_name_is_not_a_path() -> None:
     sys.path.insert(0, str(REPO))
     from recipes import run
 
-    with pytest.raises(ForestsegError, match=r"^recipe '\.\./params': no recipes/\.\./params\.yaml; recipes: cpu, "):
+    with pytest.raises(ForestsegError, match=r"^recipe '\.\./params': not a recipe name; recipes: cpu, "):
         run.load("../params")

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -275,19 +276,24 @@ def test_members_checks_every_section_but_the_init_from_file_a_fresh_clone_pulls
     assert out.returncode == 0 and out.stdout.split() == ["bce-adam-0", "bce-adam-1"], out.stderr
 
 
-def test_the_tasks_of_an_array_share_the_grid_member_k_then_every_nth(tmp_path: Path) -> None:
+def test_the_tasks_of_an_array_share_the_grid_member_k_then_every_nth(tmp_path: Path, monkeypatch, capsys) -> None:
     """members.py --task K N: task K of N trains members K, K + N, ...: together the grid, each member once."""
+    import importlib.util
     import shutil
-    import sys
 
     from conftest import REPO
 
     shutil.copy(REPO / "params.yaml", tmp_path)
     set_params(tmp_path, {"grid": {"loss": ["mse", "bce"], "optimizer": ["sgd", "adam"], "seed": [0, 1]}})
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("members", REPO / "cluster/members.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # in this process: a subprocess per call imports torch (~3 s each)
+    monkeypatch.setattr(sys.modules["common"], "_READ", {})  # another test's params.yaml reads
 
     def members(*argv: str) -> list[str]:
-        cmd = [sys.executable, str(REPO / "cluster/members.py"), *argv]
-        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+        module.main(list(argv))
+        return capsys.readouterr().out.split()
 
     every = members()
     assert len(every) == len(set(every)) == 8

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import rasterio
 from PIL import Image
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from test_geo import cli, with_nodata_corner, write_raster
 
@@ -86,6 +87,15 @@ def test_resampled_to_a_pixel_size_by_averaging_and_truth_by_nearest(photo, trut
     assert np.array_equal(png(out / "masks" / "1_mask_0000.png"), np.where(truth[:512:2, :512:2, 0], 255, 0))
 
 
+def test_pixels_within_a_percent_of_the_pixel_size_are_kept_as_they_are(photo, truth, tmp_path: Path) -> None:
+    """As predict reads them: a resampling by a fraction of a pixel would only blur the photo."""
+    found = pairs(tmp_path, photo, truth, pixel=0.502)
+    write_raster(found[0][0], photo, pixel=0.502)
+    done = tile_pairs("raster", found, tmp_path / "tiles", TileOptions(pixel_size_m=0.5), log=lambda s: None)
+    assert done["scenes"][0]["grid"] == [H, W] and done["scenes"][0]["pixel_size_m"] == 0.5
+    assert np.array_equal(png(tmp_path / "tiles" / "images" / "1_sat_0003.png"), photo[256:512, 256:512])
+
+
 def test_a_truth_on_a_coarser_grid_is_read_on_the_images(photo, tmp_path: Path) -> None:
     coarse = np.zeros((H // 2, W // 2, 1), np.uint8)
     coarse[40:200, 30:250] = 1
@@ -149,6 +159,15 @@ def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, 
     (tmp_path / "empty" / "images").mkdir(parents=True)
     assert cli("tile", str(tmp_path / "empty"), "-o", str(tmp_path / "other")) == 2
     assert "empty: no scene to cut" in capsys.readouterr().err
+
+
+def test_the_rasters_header_notes_are_said_as_predict_says_them(photo, truth, tmp_path: Path) -> None:
+    found = pairs(tmp_path, photo, truth)
+    with rasterio.open(found[0][0], "r+") as ds:  # a BGR orthophoto: cut as tagged, its colours would swap
+        ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    said: list[str] = []
+    tile_pairs("raster", found, tmp_path / "tiles", TileOptions(), log=said.append)
+    assert "note: a.tif: bands 1,2,3 are tagged blue, green, red; if so, pass --bands 3,2,1" in said
 
 
 def test_tiles_are_checked_before_any_is_cut(photo, truth, tmp_path: Path) -> None:
@@ -276,7 +295,24 @@ def test_sidecars_beside_a_mask_are_not_taken_for_it(photo, truth, tmp_path: Pat
         (tmp_path / "masks" / sidecar).write_text("x\n")
     assert find_pairs(tmp_path) == ("raster", [(tmp_path / "images" / "a.tif", tmp_path / "masks" / "a.tif")])
     write_raster(tmp_path / "masks" / "a.png", truth, nodata=None)
-    with pytest.raises(ForestsegError, match=r"masks: a.png and a.tif could each be the mask of a.tif"):
+    with pytest.raises(ForestsegError, match=r"masks: a.png and a.tif are each a mask of that name; keep one"):
+        find_pairs(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        # one photo twice would be two scenes, which the split can put on both sides
+        (["images/a.jpg", "images/a.png", "masks/a.png"], r"images: a.jpg and a.png are each an image of that name"),
+        (["5_sat.jpg", "5_sat.png", "5_mask.png"], r": 5_sat.jpg and 5_sat.png are each the photo of that id"),
+        (["5_sat.jpg", "5_mask.jpg", "5_mask.png"], r": 5_mask.jpg and 5_mask.png are each the mask of that id"),
+    ],
+)
+def test_two_files_for_one_scene_stop(files: list[str], message: str, tmp_path: Path) -> None:
+    for name in files:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / name)
+    with pytest.raises(ForestsegError, match=message):
         find_pairs(tmp_path)
 
 
