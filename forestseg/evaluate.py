@@ -260,6 +260,8 @@ def evaluate_rasters(
             raise ForestsegError(f"{image}: has no georeference; labelled rasters must be GeoTIFFs")
         check_truth(truth_path)
         rasters.append(raster)
+    for note in (n for r in rasters for n in r.notes):  # as predict says them: BGR tags, an alpha that is NIR
+        log(f"note: {note}")
     units: dict[str, tuple[np.ndarray, float]] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:

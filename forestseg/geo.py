@@ -305,8 +305,8 @@ def _check_pixels(path: Path, src: Any, crs: CRS, unit_m: float, model_px: float
     if model_px is not None and min(extent) < model_px:
         raise ForestsegError(
             f"{path}: covers {extent[0]:.3g} x {extent[1]:.3g} m, less than one of the model's {model_px:g} m "
-            "pixels: nothing to predict at the model's resolution; check its geotransform, or map its pixels "
-            "as they are with --no-resample"
+            "pixels: nothing to read at that resolution; check its geotransform, or take its pixels as they "
+            "are (predict and evaluate: --no-resample; tile: without --pixel-size)"
         )
 
 

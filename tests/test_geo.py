@@ -1034,6 +1034,17 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> N
     )
 
 
+def test_evaluate_says_the_raster_headers_notes_as_predict_does(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    image = write_raster(tmp_path / "data/images/a.tif", scene[0])
+    with rasterio.open(image, "r+") as ds:  # a BGR orthophoto: scored as tagged, its colours would swap
+        ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    write_raster(tmp_path / "data/masks/a.tif", scene[1][..., None].astype(np.uint8), nodata=None)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
+    assert "note: a.tif: bands 1,2,3 are tagged blue, green, red; if so, pass --bands 3,2,1" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "nodata, args, says",
     [
