@@ -51,15 +51,13 @@ def test_conv_kernels_count_the_flops_of_the_models_convolutions(
     assert "backward to the weights" in capsys.readouterr().out
 
 
+def script(*args: str) -> subprocess.CompletedProcess:
+    """python <args> in the project root, as a user runs a bench script."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def test_profile_train_prints_the_top_ops() -> None:
-    out = subprocess.run(
-        [sys.executable, "bench/profile_train.py", "--width", "4", "--depth", "1", "--size", "32", "--batch", "2"]
-        + ["--steps", "1", "--precision", "fp32"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = script(*"bench/profile_train.py --width 4 --depth 1 --size 32 --batch 2 --steps 1 --precision fp32".split())
     assert out.returncode == 0, out.stderr
     assert "UNet w4 d1, fp32" in out.stdout
     assert "aten::convolution_backward" in out.stdout
@@ -213,13 +211,7 @@ def test_wgrad_prints_every_way_per_layer() -> None:
 
 
 def test_gpu_acceptance_checks_train_resume_and_predict_without_the_grid() -> None:
-    out = subprocess.run(
-        [sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--skip-speed", "--skip-grid"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = script("bench/gpu.py", "--device", "cpu", "--tiny", "--skip-speed", "--skip-grid")
     assert out.returncode == 0, out.stderr
     assert "resumed run: test losses within 0.0e+00 relative (bit-identical" in out.stdout
     assert "study grid: skipped (--skip-grid)" in out.stdout and "dvc" not in out.stdout

@@ -49,11 +49,17 @@ def predictor(checkpoint: Path) -> Predictor:
 
 
 def random_checkpoint(
-    path: Path, tile: int = 128, pixel_size_m: float | None = 0.5, width: int = 4, depth: int = 2
+    path: Path,
+    tile: int = 128,
+    pixel_size_m: float | None = 0.5,
+    width: int = 4,
+    depth: int = 2,
+    batch_norm: bool = True,
+    **meta_extra,
 ) -> Path:
     """Random weights: for tests where only shapes, memory or errors matter."""
     torch.manual_seed(0)
-    cfg = ModelConfig(width=width, depth=depth)
+    cfg = ModelConfig(width=width, depth=depth, batch_norm=batch_norm)
     meta = {
         "run": "bce-adam-0",
         "loss": "bce",
@@ -64,7 +70,7 @@ def random_checkpoint(
     }
     if pixel_size_m is not None:
         meta["pixel_size_m"] = pixel_size_m
-    write_model(path, build_model(cfg).state_dict(), meta)
+    write_model(path, build_model(cfg).state_dict(), {**meta, **meta_extra})
     return path
 
 
@@ -1595,19 +1601,7 @@ def test_a_folder_in_the_way_of_one_output_leaves_every_old_output(checkpoint: P
 def test_adapt_bn_on_a_model_without_batch_norm_is_refused_or_left_out(tmp_path: Path, capsys) -> None:
     """Nothing to adapt: an explicit --adapt-bn stops; a model file's own (written before train.adapt_bn was
     refused for such models) is left out, without the note that says it adapted."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(width=4, depth=2, batch_norm=False)
-    meta = {
-        "run": "bce-adam-0",
-        "loss": "bce",
-        "threshold": 0.0,
-        "model": asdict(cfg),
-        "normalizer": {"mean": [100.0] * 3, "std": [50.0] * 3},
-        "tile_size": 64,
-        "adapt_bn": 0.25,
-    }
-    ckpt = tmp_path / "m.pt"
-    write_model(ckpt, build_model(cfg).state_dict(), meta)
+    ckpt = random_checkpoint(tmp_path / "m.pt", tile=64, batch_norm=False, adapt_bn=0.25)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert cli("predict", str(ckpt), str(tmp_path / "a.png"), "-o", str(tmp_path / "o1"), "--adapt-bn", "0.25") == 2
     err = capsys.readouterr().err
