@@ -480,6 +480,7 @@ def _as_flags(text: str) -> str:
 
 
 def tile(args: argparse.Namespace) -> int:
+    from .dataset import set_source
     from .tiles import TileOptions, find_pairs, tile_pairs
 
     opts = TileOptions(
@@ -495,19 +496,29 @@ def tile(args: argparse.Namespace) -> int:
     done = tile_pairs(kind, pairs, args.out, opts)
     ids = [r["scene"] for r in done["scenes"]]
     where = shlex.quote(str(args.out))
+    source = set_source(args.out)  # quoted for the shell and for DVC's -S grammar
+    px = {round(r["pixel_size_m"], 4) for r in done["scenes"] if r["tiles"] and r["pixel_size_m"] is not None}
     if kind == "raster":
-        px = {round(r["pixel_size_m"], 4) for r in done["scenes"] if r["tiles"]}
-        then = f" -S data.pixel_size_m={px.pop():g}" if len(px) == 1 else ""
-        then += " (masks 0/255: data.masks' default)"
+        then = f" -S data.pixel_size_m={next(iter(px)):g}" if len(px) == 1 else ""
+        masks = "masks 0/255: data.masks' default"
+    elif not (args.data / "images").is_dir():  # DeepGlobe's flat layout: its land-cover colours
+        then = " -S data.masks=colors -S 'data.forest=[[0, 255, 0]]'"
+        masks = "masks kept as they are, read as DeepGlobe's colours with forest (0, 255, 0): README: Masks"
     else:
-        then = " -S data.masks=<the masks' convention> (masks kept as they are: README: Masks)"
+        then = ""
+        masks = "masks kept as they are: add -S data.masks=<their convention> unless 0/255; README: Masks"
+    here = Path.cwd().resolve()
+    root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), None)
+    inside = root is not None and args.out.resolve().is_relative_to(root)
+    add = f"dvc add {where} && " if inside else ""
     print(
         f"wrote {done['tiles']} tiles of {plural(len(pairs), 'scene')} to {args.out} (scene ids {ids[0]}"
-        f"{'' if len(ids) == 1 else f'-{ids[-1]}' if ids == list(range(ids[0], ids[-1] + 1)) else f' ... {ids[-1]}'}); "
-        f"train on them: dvc add {where}, then dvc exp run -S data.source={where}{then}"
+        f"{'' if len(ids) == 1 else f'-{ids[-1]}' if ids == list(range(ids[0], ids[-1] + 1)) else f' ... {ids[-1]}'}; "
+        f"{masks}{'' if inside else '; outside the DVC project: used in place, on machines that have it there'})"
     )
-    if kind == "raster" and len({round(r["pixel_size_m"], 4) for r in done["scenes"] if r["tiles"]}) > 1:
+    if len(px) > 1:
         print("note: the rasters' pixel sizes differ; pass --pixel-size to cut them all at the model's")
+    print(f"train on them: {add}dvc exp run {source}{then}")
     return 0
 
 

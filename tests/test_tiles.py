@@ -148,6 +148,21 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks"] + (["tiles"] if case == "exists" else [])
 
 
+def test_cli_says_how_to_train_on_deepglobe_tiles_and_quotes_an_odd_path_for_dvc(
+    photo, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    Image.fromarray(photo).save(tmp_path / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "7_mask.png")
+    (tmp_path / ".dvc").mkdir()  # a DVC project: the last line adds the folder to it
+    monkeypatch.chdir(tmp_path)
+    assert cli("tile", ".", "-o", "data/my é tiles") == 0
+    *_, last = capsys.readouterr().out.splitlines()
+    assert last == (
+        "train on them: dvc add 'data/my é tiles' && dvc exp run -S \"data.source='data/my é tiles'\" "
+        "-S data.masks=colors -S 'data.forest=[[0, 255, 0]]'"
+    )
+
+
 def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, capsys) -> None:
     pairs(tmp_path / "region", photo, truth)
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles"), "--pixel-size", "0.5") == 0
