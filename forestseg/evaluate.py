@@ -209,9 +209,10 @@ def evaluate_tiles(
 def raster_pairs(data: Path) -> list[tuple[Path, Path]]:
     """(image, truth) GeoTIFF pairs of a folder with images/<name>.tif and masks/<name>.tif, paired as
     `forestseg tile` pairs them (tiles.stem_pairs)."""
-    from .tiles import RASTERS, stem_pairs
+    from .images import RASTER_SUFFIXES
+    from .tiles import stem_pairs
 
-    return stem_pairs(data, RASTERS)
+    return stem_pairs(data, RASTER_SUFFIXES)
 
 
 def check_truth(truth_path: Path) -> None:

@@ -41,16 +41,12 @@ from tqdm import tqdm
 
 from .config import SAME_PIXEL_SIZE
 from .errors import ForestsegError
-from .images import WORLD_FILE_SUFFIXES
+from .images import PICTURE_SUFFIXES, RASTER_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import atomic_path, replace_together, temp_prefix
 from .predict import BLOCK, Predictor
 from .windows import sample_windows
 
-RASTER_SUFFIXES = {".tif", ".tiff"}
 MAP_SUFFIXES = RASTER_SUFFIXES | {".jp2", ".vrt"}  # read by GDAL: one it cannot read stops the run
-# read as pictures unless their sidecars (world file, .aux.xml) give them a CRS and a grid; any other
-# file GDAL reads is a raster when it has a georeference
-PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 # files beside a picture that can georeference it for GDAL: a world file or GDAL's .aux.xml
 PICTURE_SIDECARS = (*WORLD_FILE_SUFFIXES, ".aux.xml")
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask

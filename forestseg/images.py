@@ -88,6 +88,10 @@ def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
     return array.astype(np.uint8)  # 16-bit class ids or 0/1 values that fit 8 bits
 
 
+RASTER_SUFFIXES = {".tif", ".tiff"}  # GeoTIFFs: forest maps, labelled rasters, `forestseg tile`
+# read as pictures unless their sidecars (world file, .aux.xml) give them a CRS and a grid; any other
+# file GDAL reads is a raster when it has a georeference
+PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 # world files: a picture's or raster's pixel grid, beside it (GDAL reads them; a CRS comes from .aux.xml or .prj)
 WORLD_FILE_SUFFIXES = (
     ".tfw",

@@ -280,23 +280,26 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether `model` has batch-norm layers, whose statistics adapt_batchnorm moves."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return bool(_batchnorms(model))
 
 
+@torch.no_grad()
 def adapt_batchnorm(model: nn.Module, x: torch.Tensor, mix: float) -> nn.Module:
     """A copy of `model` in eval mode whose batch-norm statistics are (1 - mix) x its own + mix x
     those of `x` (N, 3, H, W), model input of one scene (no label is used): a scene's light and
     colour shift the features away from the training statistics. One training-mode forward pass of
     `x` as one batch updates every layer (deeper layers see the scene through already-normalised
     ones). The weights stay; `mix` 0, no input or no batch-norm give `model` itself. bench/QUALITY.md, "Round 8"."""
-    is_norm = lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm)  # noqa: E731
     if not (mix and len(x) and has_batchnorm(model)):
         return model
     adapted = copy.deepcopy(model)
-    for m in filter(is_norm, adapted.modules()):
+    for m in _batchnorms(adapted):
         m.momentum = mix  # one training-mode forward: running = (1 - mix) x running + mix x the batch's
     try:
         adapted.train()(x)

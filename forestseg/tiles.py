@@ -32,18 +32,16 @@ from PIL import Image
 
 from .config import SAME_PIXEL_SIZE
 from .errors import ForestsegError
+from .images import PICTURE_SUFFIXES, RASTER_SUFFIXES, ImageError, Picture, decode
 from .io import plural, temp_prefix
 
 if TYPE_CHECKING:  # geo imports rasterio, which picture tiles do not need
     from .geo import Raster
-    from .images import Picture
 
 TILE = 256  # the Kaggle set's tiles
 CHUNK = 16  # tiles read at once along a row: 4096 px of 256-px tiles, a few MB (--size 2048: ~200 MB)
 
 
-PICTURES = (".jpg", ".jpeg", ".png", ".bmp")
-RASTERS = (".tif", ".tiff")
 DEEPGLOBE = re.compile(r"^(?P<id>\d+)_(?P<part>sat|mask)$", re.ASCII)  # <id>_sat.jpg, <id>_mask.png
 
 
@@ -75,11 +73,11 @@ def _one_each(found: dict[str, list[Path]], where: str, what: str) -> dict[str, 
     return {key: files[0] for key, files in found.items()}
 
 
-def stem_pairs(data: Path, images: tuple[str, ...]) -> list[tuple[Path, Path]]:
+def stem_pairs(data: Path, images: set[str]) -> list[tuple[Path, Path]]:
     """(images/<stem>.<one of `images`>, masks/<stem>.<raster or picture>) pairs in name order; files of
     other suffixes (a.tfw, a.qml or a.aux beside a.tif) are neither. Shared with `forestseg evaluate`."""
     listed: dict[str, dict[str, list[Path]]] = {"images": {}, "masks": {}}
-    for folder, suffixes in (("images", images), ("masks", RASTERS + PICTURES)):
+    for folder, suffixes in (("images", images), ("masks", RASTER_SUFFIXES | PICTURE_SUFFIXES)):
         if (data / folder).is_dir():
             for path in sorted((data / folder).iterdir()):
                 if path.suffix.lower() in suffixes:
@@ -104,12 +102,12 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
     if not data.is_dir():
         raise ForestsegError(f"{data}: no such folder; give a folder with images/ and masks/ (README: Real data)")
     if (data / "images").is_dir():
-        pairs = stem_pairs(data, RASTERS + PICTURES)
+        pairs = stem_pairs(data, RASTER_SUFFIXES | PICTURE_SUFFIXES)
     else:  # DeepGlobe's layout
         parts: dict[str, dict[str, list[Path]]] = {"sat": {}, "mask": {}}
         for path in sorted(data.iterdir()):
             m = DEEPGLOBE.match(path.stem)
-            if m and path.suffix.lower() in RASTERS + PICTURES:
+            if m and path.suffix.lower() in RASTER_SUFFIXES | PICTURE_SUFFIXES:
                 parts[m["part"]].setdefault(m["id"], []).append(path)
         sats = _one_each(parts["sat"], str(data), "the photo of that id")
         masks = _one_each(parts["mask"], str(data), "the mask of that id")
@@ -119,7 +117,7 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
             f"{data}: no scene to cut; give a folder with images/<name>.<tif|jpg|png> and masks/<name>.<...>, "
             "or DeepGlobe's <id>_sat.jpg and <id>_mask.png"
         )
-    kinds = {"raster" if image.suffix.lower() in RASTERS else "picture" for image, _ in pairs}
+    kinds = {"raster" if image.suffix.lower() in RASTER_SUFFIXES else "picture" for image, _ in pairs}
     if len(kinds) > 1:
         raise ForestsegError(
             f"{data}: holds both GeoTIFFs and pictures; cut each kind from a folder of its own, into one output "
@@ -224,6 +222,11 @@ def _writing(out: Path, tmp: Path) -> Iterator[None]:
         raise ForestsegError(f"-o {out}: cannot be written ({e.strerror or e}{where})") from None
 
 
+def _names(scene: int, k: int, mask_suffix: str = ".png") -> tuple[str, str]:
+    """The k-th tile's image and mask names (k counts row by row), as the index parses them."""
+    return f"{scene}_sat_{k:04d}.png", f"{scene}_mask_{k:04d}{mask_suffix}"
+
+
 def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
     """Tiles of one picture pair into dest/images and dest/masks, the mask's values as they are."""
     img, msk = _decoded(image), _decoded(mask)
@@ -254,14 +257,11 @@ def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOpti
             if not valid[window].all():
                 skipped += 1
                 continue
-            name, mask_name = f"{scene}_sat_{r * across + c:04d}.png", f"{scene}_mask_{r * across + c:04d}"
+            name, mask_name = _names(scene, r * across + c, ".jpg" if jpeg else ".png")
             Image.fromarray(np.ascontiguousarray(img.pixels[window])).save(dest / "images" / name)
             tile = Image.fromarray(np.ascontiguousarray(msk.pixels[window]))
-            if jpeg:
-                tile.save(dest / "masks" / f"{mask_name}.jpg", quality=100, subsampling=0)
-            else:
-                tile.save(dest / "masks" / f"{mask_name}.png")
-            rows.append((name, f"{mask_name}.{'jpg' if jpeg else 'png'}"))
+            tile.save(dest / "masks" / mask_name, **({"quality": 100, "subsampling": 0} if jpeg else {}))
+            rows.append((name, mask_name))
     return {
         "tiles": len(rows),
         "skipped_nodata": skipped,
@@ -273,9 +273,7 @@ def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOpti
     }
 
 
-def _decoded(path: Path) -> "Picture":
-    from .images import ImageError, decode
-
+def _decoded(path: Path) -> Picture:
     try:
         return decode(path.read_bytes())
     except OSError as e:
@@ -346,8 +344,7 @@ def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts
                         continue
                     values, rgb = values_strip[:, cols], rgb_strip[:, cols]
                     seen.add(values.ravel())
-                    number = r * across + c0 + k
-                    name, mask_name = f"{scene}_sat_{number:04d}.png", f"{scene}_mask_{number:04d}.png"
+                    name, mask_name = _names(scene, r * across + c0 + k)
                     Image.fromarray(np.ascontiguousarray(rgb)).save(dest / "images" / name)
                     Image.fromarray(np.where(values != 0, 255, 0).astype(np.uint8)).save(dest / "masks" / mask_name)
                     rows.append((name, mask_name))

@@ -211,6 +211,17 @@ def test_study_unet_joins_its_skips_at_the_same_pixels_whatever_the_tile_size(si
     torch.testing.assert_close(short[:150, :150], full[:150, :150])
 
 
+def test_adapt_batchnorm_runs_its_forward_without_autograd() -> None:
+    """A statistics pass: no graph kept (memory and time of a forward, not a training step)."""
+    model = build_model(ModelConfig(arch="unet", width=4, depth=1))
+    seen: list[bool] = []
+    next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).register_forward_hook(
+        lambda *_: seen.append(torch.is_grad_enabled())
+    )
+    adapt_batchnorm(model, torch.rand(2, 3, 32, 32), 0.5)
+    assert seen == [False]
+
+
 def test_adapt_batchnorm_on_too_small_windows_stops_with_one_line() -> None:
     model = build_model(ModelConfig(arch="unet", width=4, depth=2)).eval()
     with pytest.raises(ForestsegError, match=r"cannot adapt batch-norm to 1 window\(s\) of 4x4 px"):
