@@ -16,18 +16,19 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
-from .device import keep_freed_memory, pick_device
 from .images import WORLD_FILE_SUFFIXES
 from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
-from .model import has_batchnorm
-from .predict import BLOCK, Predictor, overlay, read_rgb
-from .windows import sample_of
+from .windows import BLOCK, sample_of
+
+if TYPE_CHECKING:  # torch is imported by the commands that run a model, not by `tile` or --help (~2 s)
+    from .predict import Predictor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".vrt"}  # what a folder input takes
 AREA_COLUMNS = [
@@ -139,6 +140,7 @@ def _area_error(text: str | None) -> float | None:
 
 def _map_options(args: argparse.Namespace, predictor: Predictor):
     from .geo import MapOptions, parse_crs
+    from .model import has_batchnorm
 
     if args.overlap is not None and not 0 <= args.overlap < predictor.tile:
         raise ForestsegError(
@@ -182,7 +184,9 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
+    from .device import pick_device
     from .geo import MapOptions, check_raster, has_world_file, is_map
+    from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
@@ -267,6 +271,8 @@ def _scene_images(pictures: list[Path]) -> list[np.ndarray]:
     """The images of `sample_of` the pictures (what `scene_windows` samples from, decoded only for it);
     those that cannot be read (left to predict, which reports them) or have transparent pixels (no
     photo there) are left out."""
+    from .predict import read_rgb
+
     images = []
     for i in sample_of(len(pictures)):
         try:
@@ -308,6 +314,9 @@ def _predict_pictures(
     """PNG masks (and overlays) of JPEG/PNG inputs, `chunk` images per step: the next chunk decodes and
     the last one's files are written in threads while the model runs, and tile-sized images of a
     chunk share forward passes. Returns (error messages, images that had an alpha band)."""
+    from .device import keep_freed_memory
+    from .predict import overlay, read_rgb
+
     failed, transparent = [], 0
     if predictor.device.type == "cpu":
         keep_freed_memory()  # ~1.9x images/s here (bench/speed.py); rasters keep glibc's default (bounded RSS)
@@ -393,7 +402,9 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
 
 def evaluate(args: argparse.Namespace) -> int:
     from .dataset import DataError  # with pandas (~0.5 s): evaluate's alone, not predict's
+    from .device import pick_device
     from .evaluate import evaluate as score
+    from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
@@ -495,8 +506,6 @@ def tile(args: argparse.Namespace) -> int:
         remove_stale_temps(args.out.parent)
     done = tile_pairs(kind, pairs, args.out, opts)
     ids = [r["scene"] for r in done["scenes"]]
-    where = shlex.quote(str(args.out))
-    source = set_source(args.out)  # quoted for the shell and for DVC's -S grammar
     px = {round(r["pixel_size_m"], 4) for r in done["scenes"] if r["tiles"] and r["pixel_size_m"] is not None}
     if kind == "raster":
         then = f" -S data.pixel_size_m={next(iter(px)):g}" if len(px) == 1 else ""
@@ -510,7 +519,12 @@ def tile(args: argparse.Namespace) -> int:
     here = Path.cwd().resolve()
     root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), None)
     inside = root is not None and args.out.resolve().is_relative_to(root)
-    add = f"dvc add {where} && " if inside else ""
+    out = args.out  # data.source is read from the project root, where DVC runs the stages: named from there
+    if root is not None and root != here:
+        out = args.out.resolve().relative_to(root) if inside else args.out.resolve()
+    go = f"cd {shlex.quote(os.path.relpath(root, here))} && " if root is not None and root != here else ""
+    add = f"dvc add {shlex.quote(str(out))} && " if inside else ""
+    source = set_source(out)  # quoted for the shell and for DVC's -S grammar
     print(
         f"wrote {done['tiles']} tiles of {plural(len(pairs), 'scene')} to {args.out} (scene ids {ids[0]}"
         f"{'' if len(ids) == 1 else f'-{ids[-1]}' if ids == list(range(ids[0], ids[-1] + 1)) else f' ... {ids[-1]}'}; "
@@ -518,7 +532,7 @@ def tile(args: argparse.Namespace) -> int:
     )
     if len(px) > 1:
         print("note: the rasters' pixel sizes differ; pass --pixel-size to cut them all at the model's")
-    print(f"train on them: {add}dvc exp run {source}{then}")
+    print(f"train on them: {go}{add}dvc exp run {source}{then}")
     return 0
 
 
@@ -712,6 +726,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     _bundled_proj_data()
+    # the command's libraries, seconds on a slow CPU (torch), while console.py's start-up handler
+    # answers Ctrl-C; from here on the command handles it
+    importlib.import_module(".tiles" if args.command == "tile" else ".predict", __package__)
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     # a timeout, `kill`, Slurm or docker stop (SIGTERM) unwinds as Ctrl-C does, so the temp folder
     # of the raster being mapped goes with it
     before = signal.signal(signal.SIGTERM, _terminate)
@@ -729,6 +747,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(141)
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 class _Terminated(BaseException):

@@ -375,6 +375,10 @@ class GridConfig:
         """Every loss x optimizer x seed combination, in the order of dvc.yaml's matrix."""
         return [Run(loss, o, s) for loss in self.loss for o in self.optimizer for s in self.seed]
 
+    def reads(self, key: str) -> bool:
+        """Whether an optimizer of the grid reads optimizer.<key> (its registry entry's `uses`)."""
+        return any(key in _optimizers()[o].uses for o in self.optimizer)
+
 
 @dataclass(frozen=True)
 class ReportConfig:
@@ -431,6 +435,9 @@ SECTIONS: dict[str, type] = {
 }
 
 
+FLOAT_EXACT = 2**53  # whole floats above this are not exact
+
+
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Convert a YAML value to the field's type; a number in quotes is parsed (YAML 1.1 tools write
     1e-3 as the string "1e-3"), anything else of the wrong type refused."""
@@ -443,16 +450,20 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             _fail(key, f"must be an integer, got {value!r}")
         if isinstance(value, int):
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        number = value
         if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
             try:
                 number = float(value)
             except ValueError:
                 pass
-            else:
-                if number.is_integer():
-                    return int(number)
+        if isinstance(number, float) and number.is_integer():
+            if abs(number) > FLOAT_EXACT:  # 1e17 is a float whose neighbours are 16 apart: not the number written
+                _fail(key, f"must be an integer written without a decimal point or exponent above 2**53, got {value!r}")
+            return int(number)
         _fail(key, f"must be an integer, got {value!r}")
     if kind is float:
         if isinstance(value, bool):
@@ -511,6 +522,20 @@ def build(cls: type, name: str, raw: Any) -> Any:
     if missing:
         _fail(f"{name}.{missing[0]}", "missing key (see the default params.yaml)")
     return cls(**{n: _coerce(f"{name}.{n}", raw[n], hints[n]) for n in names})
+
+
+def unused_by_grid(opt: "OptimizerConfig", grid: "GridConfig") -> list[str]:
+    """Optimizer settings that no run of the grid acts on (a momentum without sgd, an lr override of a
+    combination the grid does not train), one sentence each. Said, not refused: a recipe's settings
+    stay valid when a user narrows its grid (`-S 'grid.optimizer=[adam]'`)."""
+    said = []
+    if opt.momentum and not grid.reads("momentum"):
+        said.append(f"optimizer.momentum {opt.momentum:g} has no effect: no optimizer of grid.optimizer uses it")
+    combos = {run.combination for run in grid.runs()}
+    for key in opt.lr_overrides:
+        if key not in combos:
+            said.append(f"optimizer.lr_overrides.{key} has no effect: the grid trains no {key} run")
+    return said
 
 
 def load_sections(params: Mapping, *names: str) -> tuple:

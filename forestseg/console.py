@@ -14,8 +14,7 @@ def _interrupted(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, _interrupted)
-    from forestseg.cli import main as run  # the slow part
+    signal.signal(signal.SIGINT, _interrupted)  # until cli.main has loaded what its command needs
+    from forestseg.cli import main as run
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the CLI handles Ctrl-C from here on
     run()

@@ -22,10 +22,11 @@ from .dataset import DataError, build_index, find_source
 from .errors import ForestsegError
 from .io import remove_stale_temps, temp_prefix
 from .metrics import scores
-from .predict import TILE_BATCH, Predictor
+from .windows import TILE_BATCH
 
-if TYPE_CHECKING:  # geo imports rasterio, which tiles do not need
+if TYPE_CHECKING:  # geo imports rasterio, which tiles do not need; predict torch
     from .geo import MapOptions
+    from .predict import Predictor
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

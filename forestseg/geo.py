@@ -22,7 +22,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import rasterio
@@ -43,8 +43,10 @@ from .config import SAME_PIXEL_SIZE
 from .errors import ForestsegError
 from .images import PICTURE_SUFFIXES, RASTER_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import atomic_path, replace_together, temp_prefix
-from .predict import BLOCK, Predictor
-from .windows import sample_windows
+from .windows import BLOCK, sample_windows
+
+if TYPE_CHECKING:  # `forestseg tile` reads rasters without torch
+    from .predict import Predictor
 
 MAP_SUFFIXES = RASTER_SUFFIXES | {".jp2", ".vrt"}  # read by GDAL: one it cannot read stops the run
 # files beside a picture that can georeference it for GDAL: a world file or GDAL's .aux.xml

@@ -9,6 +9,7 @@ equal torch.optim's (tests/test_optim.py checks it bit for bit); foreach ops run
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
@@ -103,13 +104,23 @@ class Adam(Optimizer):
         torch._foreach_addcdiv_(params, avg, denom, (lr / (1 - beta1**step)) * -1)
 
 
-Factory = Callable[[Iterable, float, "OptimizerConfig"], Optimizer]
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer of the registry: how to build it, and the optimizer-section keys it reads besides
+    lr and the schedule (a setting no optimizer of the grid reads is reported, not silently dropped)."""
 
-# Every optimizer a user can name in grid.optimizer: (params, lr, optimizer section) -> optimizer.
-OPTIMIZERS: dict[str, Factory] = {
-    "sgd": lambda p, lr, cfg: SGD(p, lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
-    "adam": lambda p, lr, cfg: Adam(p, lr, weight_decay=cfg.weight_decay),
-    "adamw": lambda p, lr, cfg: Adam(p, lr, weight_decay=cfg.weight_decay, decoupled=True),
+    build: Callable[[Iterable, float, "OptimizerConfig"], Optimizer]  # (params, lr, optimizer section)
+    uses: frozenset[str] = frozenset({"weight_decay"})
+
+
+# Every optimizer a user can name in grid.optimizer.
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "sgd": OptimizerSpec(
+        lambda p, lr, cfg: SGD(p, lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+        uses=frozenset({"momentum", "weight_decay"}),
+    ),
+    "adam": OptimizerSpec(lambda p, lr, cfg: Adam(p, lr, weight_decay=cfg.weight_decay)),
+    "adamw": OptimizerSpec(lambda p, lr, cfg: Adam(p, lr, weight_decay=cfg.weight_decay, decoupled=True)),
 }
 
 # Every schedule of optimizer.schedule: (0-based epoch after warmup, optimizer section, epochs after
@@ -122,7 +133,7 @@ SCHEDULES: dict[str, Callable[[int, "OptimizerConfig", int], float]] = {
 
 def make_optimizer(name: str, params: Iterable, lr: float, cfg: "OptimizerConfig") -> Optimizer:
     """The optimizer `name` of the registry over `params`, at `lr`, with the section's settings."""
-    return OPTIMIZERS[name](params, lr, cfg)
+    return OPTIMIZERS[name].build(params, lr, cfg)
 
 
 def lr_factor(epoch: int, cfg: "OptimizerConfig", epochs: int) -> float:

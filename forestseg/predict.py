@@ -29,12 +29,10 @@ from .layout import DataLayout
 from .loader import Normalizer, to_input
 from .losses import LOSSES
 from .model import adapt_batchnorm, build_model
-from .windows import scene_windows, window_starts
+from .windows import BLOCK, TILE_BATCH, scene_windows, window_starts
 
 # Error map colours: true positive, false positive, false negative (true negative stays black).
 TP, FP, FN = (34, 139, 34), (230, 159, 0), (204, 0, 204)
-BLOCK = 2048  # panel width of Predictor.stream, in pixels
-TILE_BATCH = 32  # tile-sized images per forward pass (Predictor.masks, evaluate)
 WORST_SCENES, SCENE_TILES = 3, 3  # plots/overlays/worst_scenes.png: this many scenes, tiles of each
 
 # The 8 flips/rotations of a square window (the dihedral group) as (quarter turns, mirrored first).

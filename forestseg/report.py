@@ -331,8 +331,10 @@ def describe_setup(
     grid: GridConfig | None = None,
 ) -> dict:
     """The setup REPORT.md states: the index report, the split unit and the params in one sentence
-    (lr overrides only of combinations in `grid`, where given: the others train no run)."""
+    (lr overrides only of combinations in `grid`, and momentum only where an optimizer of it uses it,
+    where given: the others act on no run)."""
     combos = None if grid is None else {run.combination for run in grid.runs()}
+    momentum = grid is None or grid.reads("momentum")
     overrides = {k: v for k, v in opt.lr_overrides.items() if combos is None or k in combos}
     lrs = f"lr {opt.lr:g}" + "".join(f", {k} {v:g}" for k, v in overrides.items())
     schedule = _schedule_text(opt, train.epochs)
@@ -344,7 +346,8 @@ def describe_setup(
             f"{model.input} input; {plural(train.epochs, 'epoch')}, batch {train.batch_size} (test {train.test_batch_size}), "
             f"{lrs}, {schedule}"
             + (f" after {plural(opt.warmup_epochs, 'warmup epoch')}" if opt.warmup_epochs else "")
-            + f", momentum {opt.momentum:g}, weight decay {opt.weight_decay:g}, "
+            + (f", momentum {opt.momentum:g}" if momentum else "")
+            + f", weight decay {opt.weight_decay:g}, "
             f"flips/rotations {'on' if train.augment else 'off'}, colour jitter {train.color_jitter:g}"
             + _extras_text(model, train)
             + (f"; fine-tuned from {train.init_from}" if train.init_from != "none" else "")

@@ -8,6 +8,9 @@ from typing import Callable
 
 import numpy as np
 
+BLOCK = 2048  # panel width of Predictor.stream, in pixels
+TILE_BATCH = 32  # tile-sized images per forward pass (Predictor.masks, evaluate)
+
 ADAPT_WINDOWS = 64  # windows of a scene whose statistics adapt the model, at most
 
 

@@ -34,6 +34,7 @@ from forestseg.config import (  # noqa: E402
     asdict,
     build,
     load_sections,
+    unused_by_grid,
 )
 from forestseg.io import load_yaml  # noqa: E402
 
@@ -224,6 +225,9 @@ def main(argv: list[str]) -> int:
     os.chdir(ROOT)  # params name paths from the project root (train.init_from), where DVC runs the stages
     recipe = load(args.recipe)
     params = with_sets(args.recipe, args.set_param)  # the recipe plus the -S values, validated before DVC starts
+    opt, grid = load_sections(params, "optimizer", "grid")
+    for line in unused_by_grid(opt, grid):  # stderr: --print's stdout is the command alone
+        print(f"note: {line}", file=sys.stderr)
     source = params["data"]["source"]
     if source != DataConfig().source and not (ROOT / source).exists():  # the default is the synth stage's output
         # else DVC fails the index stage (in a queued experiment, naming only its own temp copy of the path)

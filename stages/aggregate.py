@@ -3,6 +3,7 @@ over seeds, best seed), headline.json, summary.json, figures and REPORT.md."""
 
 from common import args, drop_resume_files, drop_runs_not_in, params, stage
 
+from forestseg.config import unused_by_grid
 from forestseg.io import read_json
 from forestseg.report import aggregate, describe_setup, format_summary
 
@@ -13,6 +14,8 @@ def main(argv: list[str]) -> None:
         argv, "RUNS_DIR", "INDEX_JSON", "SPLIT_JSON", "METRICS_DIR", "PLOTS_DIR", "REPORT_MD"
     )
     split_cfg, model, opt, train, grid = params("split", "model", "optimizer", "train", "grid")
+    for line in unused_by_grid(opt, grid):
+        print(f"note: {line}")
     drop_runs_not_in(grid, runs_dir, "run")
     drop_resume_files(grid, runs_dir)
     setup = describe_setup(read_json(index_json), split_cfg, model, opt, train, grid)

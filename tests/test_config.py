@@ -19,9 +19,11 @@ from forestseg.config import (
     ConfigError,
     ForestsegError,
     GridConfig,
+    OptimizerConfig,
     SplitConfig,
     TrainConfig,
     load_sections,
+    unused_by_grid,
 )
 from forestseg.losses import LOSSES
 
@@ -133,6 +135,12 @@ BAD = [
     ("bool-for-int", "train.epochs", True, r"train\.epochs: must be an integer"),
     ("float-for-int", "model.depth", 2.5, r"model\.depth: must be an integer"),
     ("inf-for-int", "train.epochs", INF, r"train\.epochs: must be an integer"),
+    (
+        "inexact-float-for-int",
+        "split.seed",
+        1e17,
+        r"split\.seed: must be an integer written without a decimal point .* got 1e\+17",
+    ),
     ("string-for-bool", "train.augment", "true", r"train\.augment: must be true or false"),
     ("empty-string", "data.source", "", r"data\.source: must be a non-empty string"),
     ("tile-size-not-x16", "synth.tile_size", 40, r"synth\.tile_size: must be a multiple of 16"),
@@ -664,3 +672,26 @@ def test_a_recipe_name_is_not_a_path() -> None:
 
     with pytest.raises(ForestsegError, match=r"^recipe '\.\./params': not a recipe name; recipes: cpu, "):
         run.load("../params")
+
+
+@pytest.mark.parametrize(
+    "opt, optimizers, said",
+    [
+        (
+            {"momentum": 0.9},
+            ("adam",),
+            ["optimizer.momentum 0.9 has no effect: no optimizer of grid.optimizer uses it"],
+        ),
+        ({"momentum": 0.9}, ("adam", "sgd"), []),
+        ({"momentum": 0.0}, ("adamw",), []),
+        (
+            {"lr_overrides": {"bce-sgd": 0.1, "mse-adam": 0.01}},
+            ("adam",),
+            ["optimizer.lr_overrides.bce-sgd has no effect: the grid trains no bce-sgd run"],
+        ),
+    ],
+)
+def test_optimizer_settings_no_run_of_the_grid_reads_are_said(opt: dict, optimizers: tuple, said: list) -> None:
+    """Said, not refused: a recipe's momentum or override stays valid when a user narrows its grid."""
+    grid = GridConfig(loss=("mse", "bce"), optimizer=optimizers, seed=(0,))
+    assert unused_by_grid(OptimizerConfig(**opt), grid) == said

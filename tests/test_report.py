@@ -722,10 +722,11 @@ def test_every_combination_tied_at_the_top_or_for_second_is_named(tmp_path: Path
         ),
         ({}, {}, "colour jitter 0.1", "sampling"),
         ({"lr_overrides": {"mse-sgd": 0.5, "bce-adam": 0.2}}, {}, "lr 0.001, bce-adam 0.2,", "mse-sgd"),
+        ({"momentum": 0.9}, {}, "every 4 epochs, weight decay 0,", "momentum"),
     ],
 )
 def test_the_setup_says_what_the_params_do_within_the_run(opt: dict, train: dict, says: str, not_says) -> None:
-    """A schedule that never steps, knobs that are on, and only the lr overrides a grid run uses."""
+    """A schedule that never steps, knobs that are on, and only the lr overrides and momentum a grid run uses."""
     from forestseg.config import GridConfig, ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
     from forestseg.report import describe_setup
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +165,29 @@ def test_cli_says_how_to_train_on_deepglobe_tiles_and_quotes_an_odd_path_for_dvc
     )
 
 
+@pytest.mark.parametrize(
+    "out, train",
+    [
+        ("tiles", "cd .. && dvc add raw/tiles && dvc exp run -S data.source=raw/tiles"),
+        ("../data/tiles", "cd .. && dvc add data/tiles && dvc exp run -S data.source=data/tiles"),
+        ("../../elsewhere", "cd .. && dvc exp run -S data.source={tmp}/elsewhere"),
+    ],
+)
+def test_tile_run_from_a_subfolder_names_the_output_from_the_project_root(
+    out: str, train: str, photo, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """DVC runs the index stage from the project root, so data.source must be named from there."""
+    project = tmp_path / "project"
+    Image.fromarray(photo).save((project / "raw").mkdir(parents=True) or project / "raw" / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(project / "raw" / "7_mask.png")
+    (project / ".dvc").mkdir()
+    monkeypatch.chdir(project / "raw")
+    assert cli("tile", ".", "-o", out) == 0
+    *_, last = capsys.readouterr().out.splitlines()
+    deepglobe = " -S data.masks=colors -S 'data.forest=[[0, 255, 0]]'"
+    assert last == "train on them: " + train.format(tmp=tmp_path) + deepglobe
+
+
 def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, capsys) -> None:
     pairs(tmp_path / "region", photo, truth)
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles"), "--pixel-size", "0.5") == 0
@@ -174,6 +199,26 @@ def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, 
     (tmp_path / "empty" / "images").mkdir(parents=True)
     assert cli("tile", str(tmp_path / "empty"), "-o", str(tmp_path / "other")) == 2
     assert "empty: no scene to cut" in capsys.readouterr().err
+
+
+def test_tile_and_help_run_without_importing_torch(photo, truth, tmp_path: Path) -> None:
+    """Cutting tiles needs no model: importing torch would add ~2 s to every `forestseg tile` and --help."""
+    pairs(tmp_path / "region", photo, truth)
+    code = (
+        "import sys\n"
+        "from forestseg.cli import main\n"
+        "try:\n"
+        f"    main(['tile', {str(tmp_path / 'region')!r}, '-o', {str(tmp_path / 'tiles')!r}, '--pixel-size', '0.5'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().endswith("no torch") and len(list((tmp_path / "tiles" / "images").iterdir())) == 4
+    code = "import sys\nfrom forestseg.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code += "print('torch imported' if 'torch' in sys.modules else 'no torch')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().endswith("no torch")
 
 
 def test_the_rasters_header_notes_are_said_as_predict_says_them(photo, truth, tmp_path: Path) -> None:
