@@ -29,6 +29,7 @@ INIT_DIR = "init"  # the project folder of model files that train.init_from may 
 MAX_WIDTH = 256  # model.width: w256 d6 is a 16384-channel bottom level, past any memory this targets
 # train.threads: torch takes a C int (2**31 up raises) and OpenMP starts that many threads per parallel region
 MAX_THREADS = 1024
+MAX_BATCH = 65536  # tiles per batch: 12.9 GB of 256-px uint8 tiles, far beyond any machine here
 
 
 class ConfigError(ForestsegError):
@@ -292,6 +293,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "test_batch_size", "threads"):
             _positive(f"train.{key}", getattr(self, key))
+        for key in ("batch_size", "test_batch_size"):
+            if getattr(self, key) > MAX_BATCH:  # torch's split and index take a 64-bit size
+                _fail(f"train.{key}", f"must be in 1..{MAX_BATCH} tiles, got {getattr(self, key)}")
         if self.threads > MAX_THREADS:
             _fail(
                 "train.threads",
@@ -469,7 +473,10 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if isinstance(value, bool):
             _fail(key, f"must be a number, got {value!r}")
         if isinstance(value, (int, float)):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer of hundreds of digits
+                _fail(key, f"must be finite, got an integer of {value.bit_length()} bits, too large for a float")
         elif isinstance(value, str):
             try:
                 number = float(value)

@@ -96,13 +96,13 @@ def to_input(
     generator: torch.Generator | None = None,
     saturation: float = 0.0,
     blur: float = 0.0,
-    photo: torch.Generator | None = None,
+    photo: tuple[torch.Generator | None, torch.Generator | None] = (None, None),
 ) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 normalised model input.
 
     With jitter > 0 and a generator, each tile's brightness is scaled by a factor drawn from 1 +- jitter
-    and each channel's gain by one from 1 +- jitter / 2 (mild colour jitter, seeded); with a
-    `photo` generator, `photometric` changes saturation and focus.
+    and each channel's gain by one from 1 +- jitter / 2 (mild colour jitter, seeded); `photo`'s
+    generators (saturation's, blur's) drive `photometric`'s changes of saturation and focus.
     """
     x = images.permute(0, 3, 1, 2).float()  # NHWC storage: already channels_last
     if not channels_last:
@@ -111,8 +111,8 @@ def to_input(
         gain = 1 + jitter * (2 * torch.rand(x.shape[0], 1, 1, 1, generator=generator) - 1)
         gain = gain * (1 + jitter / 2 * (2 * torch.rand(x.shape[0], 3, 1, 1, generator=generator) - 1))
         x = (x * gain.to(x.device)).clamp_(0, 255)
-    if photo is not None:
-        x = photometric(x, saturation, blur, photo)
+    if any(g is not None for g in photo):
+        x = photometric(x, saturation, blur, *photo)
     return norm(x)
 
 
@@ -134,16 +134,23 @@ def gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> t
     return torch.nn.functional.conv2d(x, k.view(1, 1, n, 1).expand(c, 1, n, 1), groups=c)
 
 
-def photometric(x: torch.Tensor, saturation: float, blur: float, generator: torch.Generator) -> torch.Tensor:
+def photometric(
+    x: torch.Tensor,
+    saturation: float,
+    blur: float,
+    saturation_gen: torch.Generator | None,
+    blur_gen: torch.Generator | None,
+) -> torch.Tensor:
     """Label-safe colour and focus changes of (B, 3, H, W) 0-255 input: saturation scaled by
-    1 +- `saturation` per tile, and with probability `blur` a Gaussian blur (sigma 0.5-1.5 px)."""
+    1 +- `saturation` per tile, and with probability `blur` a Gaussian blur (sigma 0.5-1.5 px). Each
+    draws from its own generator, so turning one on does not change what the other does."""
     b = x.shape[0]
-    if saturation > 0:
+    if saturation > 0 and saturation_gen is not None:
         grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x = (grey + (x - grey) * _uniform(b, saturation, generator, 1, 1, 1).to(x.device)).clamp_(0, 255)
-    if blur > 0:
-        chosen = torch.rand(b, generator=generator) < blur
-        sigma = 0.5 + torch.rand((), generator=generator).item()  # one sigma per batch: one conv
+        x = (grey + (x - grey) * _uniform(b, saturation, saturation_gen, 1, 1, 1).to(x.device)).clamp_(0, 255)
+    if blur > 0 and blur_gen is not None:
+        chosen = torch.rand(b, generator=blur_gen) < blur
+        sigma = 0.5 + torch.rand((), generator=blur_gen).item()  # one sigma per batch: one conv
         if chosen.any():
             idx = torch.nonzero(chosen)[:, 0].to(x.device)
             x = x.index_copy(0, idx, gaussian_blur(x[idx], sigma))

@@ -299,7 +299,7 @@ def train_epoch(
             s.gens.get("jitter"),
             cfg.saturation,
             cfg.blur,
-            s.gens.get("photo"),
+            (s.gens.get("saturation"), s.gens.get("blur")),
         )
         if cfg.scale > 0:
             x, masks = zoom(x, masks, cfg.scale, s.gens["zoom"])
@@ -340,8 +340,10 @@ def _generators(seed: int, cfg: TrainConfig) -> dict[str, torch.Generator]:
         gens["augment"] = torch.Generator().manual_seed(seed + 1_000_003)
     if cfg.color_jitter > 0:
         gens["jitter"] = torch.Generator().manual_seed(seed + 2_000_003)
-    if cfg.saturation > 0 or cfg.blur > 0:
-        gens["photo"] = torch.Generator().manual_seed(seed + 3_000_017)
+    if cfg.saturation > 0:
+        gens["saturation"] = torch.Generator().manual_seed(seed + 3_000_017)
+    if cfg.blur > 0:
+        gens["blur"] = torch.Generator().manual_seed(seed + 6_000_011)
     if cfg.scale > 0:
         gens["zoom"] = torch.Generator().manual_seed(seed + 4_000_037)
     if cfg.cutmix > 0:

@@ -95,6 +95,7 @@ def _validated(params: dict, what: str, init: bool = False) -> dict:
 def merged(name: str, base: dict | None = None) -> dict:
     """params.yaml (or `base`) with the recipe applied (a key's value replaced whole), validated."""
     params = copy.deepcopy(base if base is not None else load_yaml((ROOT / "params.yaml").read_text(), "params.yaml"))
+    _validated(params, "params.yaml")  # a missing or misspelt section named before the recipe goes over it
     for section, values in load(name).items():
         params[section].update(values)
     return _validated(params, f"recipes/{name}.yaml over params.yaml")
@@ -154,6 +155,14 @@ def dvc_value(item: str, value: str) -> object:
     return override.value()
 
 
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def hydra(value: Any) -> str:
     """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings
     (and strings Hydra would read as another type: 'null', 'TrUe', 'inf', '1e-3', '010')."""
@@ -166,7 +175,10 @@ def hydra(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {hydra(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str) and (
-        not re.fullmatch(r"[A-Za-z_./][\w./-]*", value) or value.lower() in ("true", "false", "null", "inf", "nan")
+        # Hydra's bare strings are ASCII, and '.5' or '1_0' unquoted would be numbers to it
+        not re.fullmatch(r"[A-Za-z_./][\w./-]*", value, re.ASCII)
+        or _number(value)
+        or value.lower() in ("true", "false", "null")
     ):
         return "'" + value.replace("'", "\\'") + "'"
     return str(value)
@@ -192,7 +204,10 @@ def set_args(recipe: dict, held: set[str]) -> list[str]:
 def _note_edits(workspace: dict, set_here: set[str]) -> None:
     """Say which params.yaml values differ from the last commit's where neither the recipe nor -S
     sets them (`set_here`): the experiment keeps them (a `dvc exp run` leaves its values in the workspace)."""
-    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    try:  # ./: params.yaml of ROOT, also where the DVC project is a subfolder of its git repository
+        shown = subprocess.run(["git", "show", "HEAD:./params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    except FileNotFoundError:  # no git: nothing to compare with
+        return
     if shown.returncode != 0:
         return
     committed = load_yaml(shown.stdout, "params.yaml of the last commit") or {}
@@ -250,7 +265,10 @@ def main(argv: list[str]) -> int:
     if args.print:
         print(shlex.join(cmd))
         return 0
-    return subprocess.call(cmd, cwd=ROOT)
+    try:
+        return subprocess.call(cmd, cwd=ROOT)
+    except FileNotFoundError:  # the venv not activated
+        raise ForestsegError("dvc is not on PATH: activate the project's venv (. .venv/bin/activate)") from None
 
 
 if __name__ == "__main__":

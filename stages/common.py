@@ -11,7 +11,7 @@ from typing import Any, Callable, NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
-from forestseg.io import load_yaml, remove_stale_runs  # noqa: E402
+from forestseg.io import load_yaml, remove_stale_runs, remove_stale_temps  # noqa: E402
 
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
 
@@ -43,6 +43,15 @@ def drop_runs_not_in(grid: GridConfig, folder: str | Path, what: str) -> None:
     removed = remove_stale_runs((run.name for run in grid.runs()), folder)
     if removed:
         print(f"removed {len(removed)} {what} folder(s) of {folder} not in the grid: {', '.join(removed)}")
+
+
+def clear_temps(*paths: str | Path) -> None:
+    """Remove the temp files that killed runs left beside each output path (its atomic writes' temps)
+    and, for a folder, in it: hidden and git-ignored, they would stay for good otherwise."""
+    for path in map(Path, paths):
+        for folder in (path.parent, path):
+            if folder.is_dir():
+                remove_stale_temps(folder)
 
 
 def drop_resume_files(grid: GridConfig, runs_dir: str | Path) -> None:

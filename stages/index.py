@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from common import args, params, stage
+from common import args, clear_temps, params, stage
 
 from forestseg.dataset import check_tracked, format_report, index_folder
 from forestseg.io import write_json
@@ -13,6 +13,7 @@ from forestseg.layout import DataLayout
 def main(argv: list[str]) -> None:
     source, data_dir, report_json = args(argv, "SOURCE", "DATA_DIR", "REPORT_JSON")
     (cfg,) = params("data")
+    clear_temps(data_dir, report_json)
     check_tracked(source)
     report = index_folder(source, DataLayout(Path(data_dir)), cfg)
     write_json(report_json, report)

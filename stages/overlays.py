@@ -6,7 +6,7 @@ the best run."""
 from pathlib import Path
 
 import torch
-from common import args, drop_runs_not_in, params, stage
+from common import args, clear_temps, drop_runs_not_in, params, stage
 
 from forestseg.device import pick_device
 from forestseg.io import read_json
@@ -21,6 +21,7 @@ def main(argv: list[str]) -> None:
     )
     cfg, grid, train = params("report", "grid", "train")
     drop_runs_not_in(grid, models_dir, "model")
+    clear_temps(out_dir)
     # the device the runs trained and scored their test tiles on, so the overlays show what was scored;
     # a coordinator without the grid's GPUs draws them on its CPU (calls within rounding of the cut may differ)
     wanted = train.device if train.device == "cpu" or torch.cuda.is_available() else "auto"

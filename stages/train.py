@@ -3,12 +3,12 @@
 import re
 from pathlib import Path
 
-from common import RESUME_DIR, args, params, stage
+from common import RESUME_DIR, args, clear_temps, params, stage
 
 import forestseg
 from forestseg.checkpoint import check_init
 from forestseg.config import load_sections
-from forestseg.io import remove_stale_temps, write_json, write_rows
+from forestseg.io import write_json, write_rows
 from forestseg.layout import DataLayout
 from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, train_member
 
@@ -36,9 +36,7 @@ def main(argv: list[str]) -> None:
     ]  # a code change discards a half-done run's resume file (dvc.yaml's deps decide what retrains)
     resume = RESUME_DIR / f"{run.name}.pt"
     out, model_dir = Path(runs_dir) / run.name, Path(models_dir) / run.name
-    for folder in (out, model_dir, RESUME_DIR):  # a killed run's temp files
-        if folder.is_dir():
-            remove_stale_temps(folder)
+    clear_temps(out, model_dir, RESUME_DIR)
     history, metrics, scenes = train_member(
         run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), model_dir, resume, code
     )

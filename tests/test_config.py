@@ -135,6 +135,8 @@ BAD = [
     ("bool-for-int", "train.epochs", True, r"train\.epochs: must be an integer"),
     ("float-for-int", "model.depth", 2.5, r"model\.depth: must be an integer"),
     ("inf-for-int", "train.epochs", INF, r"train\.epochs: must be an integer"),
+    ("huge-int-for-float", "optimizer.lr", 10**400, r"optimizer\.lr: must be finite, got an integer of 1329 bits"),
+    ("batch-too-large", "train.test_batch_size", 2**63, r"train\.test_batch_size: must be in 1\.\.65536 tiles"),
     (
         "inexact-float-for-int",
         "split.seed",
@@ -460,6 +462,9 @@ def test_a_recipe_after_another_keeps_none_of_its_values(first):
         (True, "true"),
         (1e-4, "0.0001"),
         ({"bce-adam": None}, "{bce-adam: null}"),
+        ("data/forêt", "'data/forêt'"),  # Hydra's bare strings are ASCII: DVC could not read it bare
+        (".5", "'.5'"),  # a float to Hydra
+        ("1_0", "'1_0'"),
     ],
 )
 def test_recipe_values_reach_dvc_as_the_same_yaml_values(value, override):
@@ -468,6 +473,7 @@ def test_recipe_values_reach_dvc_as_the_same_yaml_values(value, override):
 
     assert run.hydra(value) == override
     assert yaml.safe_load(override) == value  # Hydra's grammar agrees with YAML on these
+    assert run.dvc_value(f"data.x={override}", override) == value  # and DVC's parser reads it back so
 
 
 @pytest.mark.parametrize(
@@ -695,3 +701,54 @@ def test_optimizer_settings_no_run_of_the_grid_reads_are_said(opt: dict, optimiz
     """Said, not refused: a recipe's momentum or override stays valid when a user narrows its grid."""
     grid = GridConfig(loss=("mse", "bce"), optimizer=optimizers, seed=(0,))
     assert unused_by_grid(OptimizerConfig(**opt), grid) == said
+
+
+@pytest.mark.parametrize(
+    "params_text, message",
+    [
+        ("", r"^error: params\.yaml: must be a mapping of sections$"),
+        ("RENAME", r"^error: params\.yaml: optimiser: unknown section; valid sections: .*$"),
+    ],
+)
+def test_run_py_names_a_broken_params_yaml_in_one_line(params_text: str, message: str, tmp_path) -> None:
+    """Before the recipe goes over params.yaml: an empty file or a misspelt section, not a traceback."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "recipes", repo / "recipes")
+    shutil.copytree(REPO / "forestseg", repo / "forestseg")
+    text = (REPO / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("\noptimizer:", "\noptimiser:") if params_text else "")
+    run = subprocess.run(
+        [sys.executable, "recipes/run.py", "demo", "--print"], cwd=repo, capture_output=True, text=True
+    )
+    assert run.returncode == 2 and re.match(message, run.stderr.strip()), run.stderr
+
+
+def test_run_py_without_dvc_on_path_says_to_activate_the_venv(tmp_path) -> None:
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # no dvc there
+    run = subprocess.run(
+        [sys.executable, str(REPO / "recipes/run.py"), "demo", "--queue"], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1] == (
+        "error: dvc is not on PATH: activate the project's venv (. .venv/bin/activate)"
+    ), run.stderr
+
+
+def test_run_py_compares_with_the_projects_committed_params_in_a_git_subfolder(tmp_path) -> None:
+    """A DVC project in a subfolder of its git repository (`dvc init --subdir`): the note on uncommitted
+    edits compares with that folder's params.yaml, not the repository root's."""
+    repo, proj = tmp_path / "repo", tmp_path / "repo" / "proj"
+    shutil.copytree(REPO / "recipes", proj / "recipes")
+    shutil.copytree(REPO / "forestseg", proj / "forestseg")
+    text = (REPO / "params.yaml").read_text()
+    (proj / "params.yaml").write_text(text)
+    (repo / "params.yaml").write_text(text.replace("seed: 0", "seed: 7"))  # another project's, at the root
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=repo, check=True)
+    (proj / "params.yaml").write_text(text.replace("  scenes: 24", "  scenes: 12"))
+    run = subprocess.run(
+        [sys.executable, "recipes/run.py", "demo", "--print"], cwd=proj, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "params.yaml differs from the last commit in synth.scenes, which" in run.stderr, run.stderr

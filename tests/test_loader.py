@@ -368,12 +368,28 @@ def test_zoom_by_one_is_the_identity() -> None:
 
 def test_photometric_is_label_safe_and_seeded() -> None:
     grey = torch.full((4, 3, 16, 16), 90.0)
-    out = photometric(grey.clone(), 0.5, 1.0, torch.Generator().manual_seed(0))
+    out = photometric(grey.clone(), 0.5, 1.0, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     assert torch.allclose(out, grey, atol=1e-3)  # no saturation to change, nothing to blur
     x = torch.rand(4, 3, 16, 16) * 255
-    a = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0))
-    b = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0))
+    a = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    b = photometric(x.clone(), 0.5, 0.5, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, x) and a.min() >= 0 and a.max() <= 255
+
+
+def test_saturation_and_blur_draw_from_their_own_streams() -> None:
+    """Turning saturation on leaves which tiles are blurred, and how much, as they were (and back)."""
+    x = 80 + torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 80
+
+    def gens() -> tuple[torch.Generator, torch.Generator]:
+        return torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+
+    blurred = photometric(x.clone(), 0.0, 0.5, *gens())
+    both = photometric(x.clone(), 0.3, 0.5, *gens())
+    changed = (blurred != x).flatten(1).any(1)
+    assert 0 < changed.sum() < 8  # some tiles blurred, not all
+    assert torch.equal(both.sub(x).abs().flatten(1).amax(1) > 0, torch.ones(8, dtype=torch.bool))
+    saturated = photometric(x.clone(), 0.3, 0.0, *gens())
+    assert torch.allclose(photometric(saturated, 0.0, 0.5, *gens()), both, atol=1e-4)  # blur as without saturation
 
 
 @pytest.mark.parametrize("sigma", [1.0, 1.5])  # (at 0.5 px, sampling the Gaussian on pixels narrows it itself)
@@ -391,7 +407,7 @@ def test_saturation_scales_colour_about_each_pixels_luma() -> None:
     """The grey a pixel keeps is its luma (ITU-R 601 weights), so brightness is left as it was; each
     tile's colour is scaled by one factor in 1 +- saturation."""
     x = 80 + torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 80  # far from 0 and 255
-    out = photometric(x.clone(), 0.5, 0.0, torch.Generator().manual_seed(1))
+    out = photometric(x.clone(), 0.5, 0.0, torch.Generator().manual_seed(1), None)
     weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     luma = (x * weights).sum(1, keepdim=True)
     assert torch.allclose((out * weights).sum(1, keepdim=True), luma, atol=1e-3)

@@ -172,3 +172,28 @@ def test_aggregate_removes_the_resume_files_of_finished_runs(tmp_path, monkeypat
     left = ["bce-adam-1.pt", "mse-adam-0.pt", "mse-sgd-0.pt", "notes.pt"]
     assert sorted(p.name for p in (tmp_path / ".resume").iterdir()) == left
     assert capsys.readouterr().out == "removed the resume files of 1 finished run(s) in .resume: bce-adam-0\n"
+
+
+def test_clear_temps_removes_killed_writes_beside_and_in_the_outputs(tmp_path) -> None:
+    """A killed aggregate leaves hidden temps of REPORT.md, metrics/*.json and plots/*.png; the next
+    stage run removes them (its own live ones, and other files, stay)."""
+    from conftest import dead_temp_prefix
+
+    from forestseg.io import temp_prefix
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "plots" / "overlays").mkdir(parents=True)
+    dead = [
+        tmp_path / (dead_temp_prefix("REPORT") + "x1.tmp.md"),
+        tmp_path / "metrics" / (dead_temp_prefix("headline") + "x2.tmp.json"),
+        tmp_path / "plots" / (dead_temp_prefix("test_iou") + "x3.tmp.png"),
+    ]
+    kept = [
+        tmp_path / "plots" / "overlays" / (dead_temp_prefix("a") + "x4.tmp.png"),  # not a folder this stage writes
+        tmp_path / "metrics" / (temp_prefix("summary") + "x5.tmp.json"),  # this process's: being written
+        tmp_path / "metrics" / ".hidden",
+    ]
+    for path in dead + kept:
+        path.write_text("?")
+    common.clear_temps(tmp_path / "metrics", tmp_path / "plots", tmp_path / "REPORT.md")
+    assert [p.exists() for p in dead] == [False] * 3 and all(p.exists() for p in kept)

@@ -731,13 +731,13 @@ def test_other_runtime_errors_pass_through() -> None:
 def test_every_random_stream_follows_the_seed() -> None:
     """Shuffle and each augmentation draw from their own generator seeded by the run's seed: another
     seed is another order and other augmentations, not only other initial weights."""
-    cfg = dataclasses.replace(TRAIN, augment=True, color_jitter=0.1, saturation=0.1, scale=0.5, cutmix=0.5)
+    cfg = dataclasses.replace(TRAIN, augment=True, color_jitter=0.1, saturation=0.1, blur=0.5, scale=0.5, cutmix=0.5)
 
     def draws(seed: int) -> dict[str, list[int]]:
         return {name: torch.randperm(50, generator=g).tolist() for name, g in _generators(seed, cfg).items()}
 
     zero, one = draws(0), draws(1)
-    assert set(zero) == {"shuffle", "augment", "jitter", "photo", "zoom", "cutmix"}
+    assert set(zero) == {"shuffle", "augment", "jitter", "saturation", "blur", "zoom", "cutmix"}
     assert zero == draws(0)  # same seed, same streams
     assert all(zero[k] != one[k] for k in zero)  # another seed moves every stream
     assert len({tuple(v) for v in zero.values()}) == len(zero)  # and the streams are independent
