@@ -23,14 +23,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
-from .images import WORLD_FILE_SUFFIXES
+from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
-from .windows import BLOCK, sample_of
+from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows
 
 if TYPE_CHECKING:  # torch is imported by the commands that run a model, not by `tile` or --help (~2 s)
     from .predict import Predictor
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".jp2", ".vrt"}  # what a folder input takes
+IMAGE_SUFFIXES = PICTURE_SUFFIXES | MAP_SUFFIXES  # what a folder input takes
 AREA_COLUMNS = [
     "file",
     "crs",
@@ -251,7 +251,7 @@ def predict(args: argparse.Namespace) -> int:
         )
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
     adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
-    scene = predictor.for_scene(_scene_images(pictures), opts.adapt_bn) if adapt else predictor
+    scene = predictor.adapted(_scene_windows(pictures, predictor.tile), opts.adapt_bn) if adapt else predictor
     if adapt and scene is predictor:
         print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
     failed, transparent = _predict_pictures(scene, pictures, args)
@@ -267,21 +267,33 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _scene_images(pictures: list[Path]) -> list[np.ndarray]:
-    """The images of `sample_of` the pictures (what `scene_windows` samples from, decoded only for it);
-    those that cannot be read (left to predict, which reports them) or have transparent pixels (no
-    photo there) are left out."""
+def _scene_windows(pictures: list[Path], tile: int) -> np.ndarray:
+    """`scene_windows` of the pictures, one scene: of `sample_of` them, those that can be read (the
+    others are left to predict, which reports them) and have no transparent pixel (no photo there).
+    Each picture is decoded, its windows kept and the picture dropped, so memory holds one picture
+    and the windows, not 64 drone photos; a second pass, only where some were left out, takes the
+    larger share of windows each of the rest then gets."""
     from .predict import read_rgb
 
-    images = []
-    for i in sample_of(len(pictures)):
-        try:
-            image, opaque = read_rgb(pictures[i])
-        except ForestsegError:
-            continue
-        if opaque is None or opaque.all():
-            images.append(image)
-    return images
+    sample = sample_of(len(pictures))
+
+    def windows(each: int) -> tuple[int, list[np.ndarray]]:
+        kept, out = 0, []
+        for i in sample:
+            try:
+                image, opaque = read_rgb(pictures[i])
+            except ForestsegError:
+                continue
+            if opaque is None or opaque.all():
+                kept += 1
+                out += list(sample_windows(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], *image.shape[:2], tile, each))
+        return kept, out
+
+    share = -(-ADAPT_WINDOWS // max(1, len(sample)))
+    kept, out = windows(share)
+    if 0 < kept < len(sample):
+        kept, out = windows(-(-ADAPT_WINDOWS // kept))
+    return np.stack(out[:ADAPT_WINDOWS]) if out else np.zeros((0, tile, tile, 3), np.uint8)
 
 
 CHUNK_PIXELS = 32 * 1024 * 1024  # pixels of the pictures decoded in one step (two steps are held: read-ahead)
@@ -520,9 +532,15 @@ def tile(args: argparse.Namespace) -> int:
     root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), None)
     inside = root is not None and args.out.resolve().is_relative_to(root)
     out = args.out  # data.source is read from the project root, where DVC runs the stages: named from there
-    if root is not None and root != here:
-        out = args.out.resolve().relative_to(root) if inside else args.out.resolve()
-    go = f"cd {shlex.quote(os.path.relpath(root, here))} && " if root is not None and root != here else ""
+    if inside:
+        out = args.out.resolve().relative_to(root)
+    elif root is not None and root != here:
+        out = args.out.resolve()
+    go = ""
+    if root is not None and root != here:  # the shell's cd goes up from the path typed: absolute under a symlink
+        typed = os.environ.get("PWD", "")
+        logical = typed and Path(typed).resolve() == here and Path(typed) != here
+        go = f"cd {shlex.quote(str(root) if logical else os.path.relpath(root, here))} && "
     add = f"dvc add {shlex.quote(str(out))} && " if inside else ""
     source = set_source(out)  # quoted for the shell and for DVC's -S grammar
     print(
@@ -729,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
     # the command's libraries, seconds on a slow CPU (torch), while console.py's start-up handler
     # answers Ctrl-C; from here on the command handles it
     importlib.import_module(".tiles" if args.command == "tile" else ".predict", __package__)
-    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not put back: console's says "while starting"
     # a timeout, `kill`, Slurm or docker stop (SIGTERM) unwinds as Ctrl-C does, so the temp folder
     # of the raster being mapped goes with it
     before = signal.signal(signal.SIGTERM, _terminate)
@@ -747,7 +765,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(141)
     finally:
         signal.signal(signal.SIGTERM, before)
-        signal.signal(signal.SIGINT, interrupt)
 
 
 class _Terminated(BaseException):

@@ -29,6 +29,7 @@ INIT_DIR = "init"  # the project folder of model files that train.init_from may 
 MAX_WIDTH = 256  # model.width: w256 d6 is a 16384-channel bottom level, past any memory this targets
 # train.threads: torch takes a C int (2**31 up raises) and OpenMP starts that many threads per parallel region
 MAX_THREADS = 1024
+PLAUSIBLE_PIXEL_M = (1e-3, 1e4)  # pixel sides outside these are a geotransform or CRS gone wrong, not imagery
 MAX_BATCH = 65536  # tiles per batch: 12.9 GB of 256-px uint8 tiles, far beyond any machine here
 
 

@@ -288,7 +288,9 @@ def evaluate_rasters(
                                 values = view.read(1, window=window)
                                 seen.add(values[has_data])
                                 valid = (pred != NODATA) & has_data
-                                counts += _counts((pred == FOREST)[valid], values[valid] > 0)
+                                counts += _counts(
+                                    (pred == FOREST)[valid], values[valid] != 0
+                                )  # any non-zero value, as tile reads it
                                 nodata_px += int((~has_data).sum()) if truth_nodata else 0
                         finally:
                             if view is not truth_ds:
@@ -412,6 +414,16 @@ def evaluate(
                         f"{', '.join(ignored)} apply to Kaggle-layout tiles only: leave them out"
                     )
 
+                from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, RASTER_SUFFIXES
+
+                unscored = (PICTURE_SUFFIXES | MAP_SUFFIXES) - RASTER_SUFFIXES
+                others = sorted(f.name for f in (data / "images").iterdir() if f.suffix.lower() in unscored)
+                if others:  # beside GeoTIFFs they are not scored: said, not silently left out
+                    log(
+                        f"note: {data / 'images'}: {len(others)} image(s) not GeoTIFF left unscored "
+                        f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); `forestseg tile` them into "
+                        "a tile folder to score them"
+                    )
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log, allow_no_forest)
         raise ForestsegError(
             f"{data}: neither a Kaggle-layout folder (meta_data.csv, images/, masks/) nor a folder "

@@ -39,21 +39,19 @@ from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from .config import SAME_PIXEL_SIZE
+from .config import PLAUSIBLE_PIXEL_M, SAME_PIXEL_SIZE
 from .errors import ForestsegError
-from .images import PICTURE_SUFFIXES, RASTER_SUFFIXES, WORLD_FILE_SUFFIXES
+from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import atomic_path, replace_together, temp_prefix
 from .windows import BLOCK, sample_windows
 
 if TYPE_CHECKING:  # `forestseg tile` reads rasters without torch
     from .predict import Predictor
 
-MAP_SUFFIXES = RASTER_SUFFIXES | {".jp2", ".vrt"}  # read by GDAL: one it cannot read stops the run
 # files beside a picture that can georeference it for GDAL: a world file or GDAL's .aux.xml
 PICTURE_SIDECARS = (*WORLD_FILE_SUFFIXES, ".aux.xml")
 NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
-PLAUSIBLE_PIXEL_M = (1e-3, 1e4)  # pixel sides outside these are a geotransform or CRS gone wrong, not imagery
 COARSE = 4  # a raster this many times coarser than the model's pixels gets a note: little detail to predict from
 AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than 1% on the raster is refused
 WGS84_A, WGS84_E2 = 6378137.0, (2 - 1 / 298.257223563) / 298.257223563  # semi-major axis, eccentricity squared

@@ -89,6 +89,7 @@ def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
 
 
 RASTER_SUFFIXES = {".tif", ".tiff"}  # GeoTIFFs: forest maps, labelled rasters, `forestseg tile`
+MAP_SUFFIXES = RASTER_SUFFIXES | {".jp2", ".vrt"}  # read by GDAL: one it cannot read stops the run
 # read as pictures unless their sidecars (world file, .aux.xml) give them a CRS and a grid; any other
 # file GDAL reads is a raster when it has a georeference
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -131,9 +132,11 @@ def decode(data: bytes) -> Picture:
         pixels = pixels[..., 0] if space == "Gray" else pixels  # GRAY decodes to (H, W, 1)
         orientation = _jpeg_orientation(data)
         return Picture(_orient(pixels, orientation), None, f"{space if space == 'Gray' else 'RGB'} JPEG", orientation)
-    if data[:8] == PNG_SIGNATURE and len(data) > 25 and data[24] == 16 and data[25] in (2, 6):
-        # Pillow reads 16-bit colour PNGs as 8-bit, keeping each value's high byte: silently wrong
-        raise ImageError("is a 16-bit colour PNG; save it with 8 bits per channel")
+    if data[:8] == PNG_SIGNATURE and len(data) > 25 and data[24] == 16 and data[25] in (2, 4, 6):
+        # Pillow reads 16-bit colour and grey+alpha PNGs as 8-bit, keeping each value's high byte: silently wrong
+        raise ImageError(
+            f"is a 16-bit {'grey+alpha' if data[25] == 4 else 'colour'} PNG; save it with 8 bits per channel"
+        )
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "image"

@@ -19,7 +19,6 @@ hold no whole tile. The folder is written whole or not at all.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from .config import SAME_PIXEL_SIZE
+from .config import PLAUSIBLE_PIXEL_M, SAME_PIXEL_SIZE
 from .errors import ForestsegError
 from .images import PICTURE_SUFFIXES, RASTER_SUFFIXES, ImageError, Picture, decode
 from .io import plural, temp_prefix
@@ -58,8 +57,9 @@ class TileOptions:
     def __post_init__(self) -> None:
         if self.size < 16:
             raise ForestsegError(f"--size {self.size}: a tile needs at least 16 pixels a side")
-        if self.pixel_size_m is not None and not 0 < self.pixel_size_m < math.inf:
-            raise ForestsegError(f"--pixel-size {self.pixel_size_m:g}: must be a positive number of metres")
+        low, high = PLAUSIBLE_PIXEL_M
+        if self.pixel_size_m is not None and not low <= self.pixel_size_m <= high:  # 1e-9 m: a gigapixel warp
+            raise ForestsegError(f"--pixel-size {self.pixel_size_m:g}: must be a number of metres in {low:g}..{high:g}")
         if self.first_scene is not None and self.first_scene < 0:
             raise ForestsegError(f"--first-scene {self.first_scene}: scene ids are numbers >= 0")
 

@@ -1020,7 +1020,7 @@ def test_evaluate_notes_files_without_a_row_of_meta_data(checkpoint: Path, tmp_p
     assert (result["tiles"], result["skipped"]["unlisted_images"], result["skipped"]["unlisted_masks"]) == (2, 6, 6)
 
 
-def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> None:
+def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     """Scored against its own mask the model is perfect; against an all-forest truth its recall is
     its forest share and its area bias the share minus 100%."""
     image = with_nodata_corner(scene[0])
@@ -1038,6 +1038,15 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path) -> N
     assert forest["recall"] == pytest.approx(share) and forest["area_bias_pct"] == pytest.approx(
         100 * (share - 1), abs=1e-3
     )
+    # a picture beside the GeoTIFFs is not scored, and said so
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "data/images/b.png")
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
+    assert "1 image(s) not GeoTIFF left unscored (b.png)" in capsys.readouterr().out
+    (tmp_path / "data/images/b.png").unlink()
+    # forest coded by any non-zero value, as `forestseg tile` reads it: -1 in a signed truth too
+    write_raster(tmp_path / "data/masks/a.tif", -np.ones(mask.shape, np.int16), nodata=None)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "neg.json")) == 0
+    assert json.loads((tmp_path / "neg.json").read_text())["recall"] == pytest.approx(share)
 
 
 def test_evaluate_says_the_raster_headers_notes_as_predict_does(

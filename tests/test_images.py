@@ -154,9 +154,9 @@ def test_a_picture_over_pillows_pixel_limit_is_refused_in_every_format(fmt: str,
         decode(buf.getvalue())
 
 
-@pytest.mark.parametrize("colour_type, bands", [(2, 3), (6, 4)])
-def test_16_bit_colour_pngs_with_or_without_alpha_are_refused(colour_type: int, bands: int) -> None:
-    """RGB and RGBA alike: Pillow keeps each 16-bit value's high byte (0 here) without a word."""
+@pytest.mark.parametrize("colour_type, bands, kind", [(2, 3, "colour"), (6, 4, "colour"), (4, 2, "grey\\+alpha")])
+def test_16_bit_colour_pngs_with_or_without_alpha_are_refused(colour_type: int, bands: int, kind: str) -> None:
+    """RGB, RGBA and grey+alpha alike: Pillow keeps each 16-bit value's high byte (0 here) without a word."""
     import zlib
 
     h, w = 4, 5
@@ -167,7 +167,7 @@ def test_16_bit_colour_pngs_with_or_without_alpha_are_refused(colour_type: int, 
 
     ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, colour_type, 0, 0, 0])
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    with pytest.raises(ImageError, match="is a 16-bit colour PNG; save it with 8 bits per channel"):
+    with pytest.raises(ImageError, match=f"is a 16-bit {kind} PNG; save it with 8 bits per channel"):
         decode(png)
 
 

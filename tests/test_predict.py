@@ -917,3 +917,29 @@ def test_ctrl_c_while_the_command_loads_its_libraries_is_one_line(tmp_path: Path
     assert proc.returncode == 130, err
     assert err == "forestseg: interrupted while starting; nothing was written\n"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("count", [3, 70])
+def test_adapt_bn_windows_of_pictures_are_taken_one_picture_at_a_time_as_before(count: int, tmp_path: Path) -> None:
+    """cli._scene_windows decodes one picture at a time (64 drone photos held at once were GBs) and
+    gives the windows `scene_windows` gives over the readable, opaque pictures of the sample."""
+    from forestseg.cli import _scene_windows
+    from forestseg.windows import sample_of, scene_windows
+
+    rng = np.random.default_rng(0)
+    paths, images = [], {}
+    for i in range(count):
+        path = tmp_path / f"p{i:02d}.png"
+        image = rng.integers(0, 256, (40 + 8 * (i % 3), 48, 3), dtype=np.uint8)
+        if i % 4 == 1:  # a transparent corner: left out
+            alpha = np.full(image.shape[:2], 255, np.uint8)
+            alpha[0, 0] = 0
+            Image.fromarray(np.dstack([image, alpha])).save(path)
+        elif i % 4 == 2:  # unreadable: left out
+            path.write_bytes(b"not a png")
+        else:
+            Image.fromarray(image).save(path)
+            images[i] = image
+        paths.append(path)
+    usable = [images[i] for i in sample_of(count) if i in images]
+    assert np.array_equal(_scene_windows(paths, 8), scene_windows(usable, 8))  # 30-42 windows a picture

@@ -402,9 +402,11 @@ def test_output_that_cannot_be_written_stops_with_one_line(photo, truth, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "region"]
 
 
-def test_pixel_size_must_be_finite() -> None:
-    with pytest.raises(ForestsegError, match=r"--pixel-size inf: must be a positive number of metres"):
-        TileOptions(pixel_size_m=float("inf"))
+@pytest.mark.parametrize("size", [float("inf"), float("nan"), 1e-9, 0.0, -1.0, 2e4])
+def test_pixel_size_must_be_a_plausible_number_of_metres(size: float) -> None:
+    """1e-9 m was an OverflowError in the warp, 1e-5 m a gigapixel grid that ran for minutes."""
+    with pytest.raises(ForestsegError, match=r"--pixel-size .*: must be a number of metres in 0\.001\.\.10000"):
+        TileOptions(pixel_size_m=size)
 
 
 def test_a_float_truth_with_undeclared_nan_says_to_declare_it_nodata(photo, tmp_path: Path) -> None:
@@ -422,3 +424,18 @@ def test_a_float_truth_with_undeclared_nan_says_to_declare_it_nodata(photo, tmp_
         TileOptions(),
         log=lambda s: None,
     )
+
+
+def test_tile_run_through_a_symlink_cds_to_the_root_by_its_absolute_path(photo, tmp_path: Path, capsys, monkeypatch):
+    """The shell's `cd ..` goes up from the path typed (a symlink), not the physical folder."""
+    project = tmp_path / "project"
+    (project / "raw").mkdir(parents=True)
+    (project / ".dvc").mkdir()
+    Image.fromarray(photo).save(project / "raw" / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(project / "raw" / "7_mask.png")
+    (tmp_path / "link").symlink_to(project / "raw")
+    monkeypatch.chdir(tmp_path / "link")
+    monkeypatch.setenv("PWD", str(tmp_path / "link"))
+    assert cli("tile", ".", "-o", "tiles") == 0
+    *_, last = capsys.readouterr().out.splitlines()
+    assert last.startswith(f"train on them: cd {project.resolve()} && dvc add raw/tiles && dvc exp run")
