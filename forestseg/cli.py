@@ -25,12 +25,12 @@ from tqdm import tqdm
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
 from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
-from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows
+from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows, share
 
 if TYPE_CHECKING:  # torch is imported by the commands that run a model, not by `tile` or --help (~2 s)
     from .predict import Predictor
 
-IMAGE_SUFFIXES = PICTURE_SUFFIXES | MAP_SUFFIXES  # what a folder input takes
+IMAGE_SUFFIXES = PICTURE_SUFFIXES | MAP_SUFFIXES  # what a folder input takes: all predict reads
 AREA_COLUMNS = [
     "file",
     "crs",
@@ -271,28 +271,26 @@ def _scene_windows(pictures: list[Path], tile: int) -> np.ndarray:
     """`scene_windows` of the pictures, one scene: of `sample_of` them, those that can be read (the
     others are left to predict, which reports them) and have no transparent pixel (no photo there).
     Each picture is decoded, its windows kept and the picture dropped, so memory holds one picture
-    and the windows, not 64 drone photos; a second pass, only where some were left out, takes the
-    larger share of windows each of the rest then gets."""
+    and the windows, not 64 drone photos; a second pass over the pictures kept, only where some were
+    left out, takes the larger `share` each then gets."""
     from .predict import read_rgb
 
-    sample = sample_of(len(pictures))
-
-    def windows(each: int) -> tuple[int, list[np.ndarray]]:
-        kept, out = 0, []
-        for i in sample:
+    def windows(indices: list[int], each: int) -> tuple[list[int], list[np.ndarray]]:
+        kept, out = [], []
+        for i in indices:
             try:
                 image, opaque = read_rgb(pictures[i])
             except ForestsegError:
                 continue
             if opaque is None or opaque.all():
-                kept += 1
+                kept.append(i)
                 out += list(sample_windows(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], *image.shape[:2], tile, each))
         return kept, out
 
-    share = -(-ADAPT_WINDOWS // max(1, len(sample)))
-    kept, out = windows(share)
-    if 0 < kept < len(sample):
-        kept, out = windows(-(-ADAPT_WINDOWS // kept))
+    sample = sample_of(len(pictures))
+    kept, out = windows(sample, share(len(sample)))
+    if kept and len(kept) < len(sample):
+        kept, out = windows(kept, share(len(kept)))
     return np.stack(out[:ADAPT_WINDOWS]) if out else np.zeros((0, tile, tile, 3), np.uint8)
 
 
@@ -747,7 +745,10 @@ def main(argv: list[str] | None = None) -> None:
     # the command's libraries, seconds on a slow CPU (torch), while console.py's start-up handler
     # answers Ctrl-C; from here on the command handles it
     importlib.import_module(".tiles" if args.command == "tile" else ".predict", __package__)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # not put back: console's says "while starting"
+    from .console import while_starting
+
+    if signal.getsignal(signal.SIGINT) is while_starting:  # not put back: a Ctrl-C at exit is not "while starting"
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # a timeout, `kill`, Slurm or docker stop (SIGTERM) unwinds as Ctrl-C does, so the temp folder
     # of the raster being mapped goes with it
     before = signal.signal(signal.SIGTERM, _terminate)

@@ -440,7 +440,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-FLOAT_EXACT = 2**53  # whole floats above this are not exact
+FLOAT_EXACT = 2**53  # from here on a float is not exact: 2**53 + 1 reads as 2**53
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
@@ -466,8 +466,10 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             except ValueError:
                 pass
         if isinstance(number, float) and number.is_integer():
-            if abs(number) > FLOAT_EXACT:  # 1e17 is a float whose neighbours are 16 apart: not the number written
-                _fail(key, f"must be an integer written without a decimal point or exponent above 2**53, got {value!r}")
+            if abs(number) >= FLOAT_EXACT:  # 1e17 is a float whose neighbours are 16 apart: not the number written
+                _fail(
+                    key, f"must be an integer written without a decimal point or exponent from 2**53 up, got {value!r}"
+                )
             return int(number)
         _fail(key, f"must be an integer, got {value!r}")
     if kind is float:

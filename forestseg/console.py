@@ -8,13 +8,13 @@ import signal
 import sys
 
 
-def _interrupted(signum: int, frame: object) -> None:
+def while_starting(signum: int, frame: object) -> None:
     print("forestseg: interrupted while starting; nothing was written", file=sys.stderr)
     os._exit(130)  # as a shell reports Ctrl-C; no import is left half done to unwind
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, _interrupted)  # until cli.main has loaded what its command needs
+    signal.signal(signal.SIGINT, while_starting)  # until cli.main has loaded what its command needs
     from forestseg.cli import main as run
 
     run()

@@ -421,8 +421,8 @@ def evaluate(
                 if others:  # beside GeoTIFFs they are not scored: said, not silently left out
                     log(
                         f"note: {data / 'images'}: {len(others)} image(s) not GeoTIFF left unscored "
-                        f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); `forestseg tile` them into "
-                        "a tile folder to score them"
+                        f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); to score them, convert "
+                        "a .jp2 or .vrt to GeoTIFF (gdal_translate), or `forestseg tile` pictures into a tile folder"
                     )
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log, allow_no_forest)
         raise ForestsegError(

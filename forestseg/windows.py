@@ -45,11 +45,16 @@ def sample_of(count: int, n: int = ADAPT_WINDOWS) -> list[int]:
     return sorted(np.random.default_rng(0).permutation(count)[:n].tolist())
 
 
+def share(count: int, n: int = ADAPT_WINDOWS) -> int:
+    """Windows taken from each of `count` images of a scene so that they give `n` (the last cut)."""
+    return -(-n // max(1, count))
+
+
 def scene_windows(images: list[np.ndarray], tile: int, n: int = ADAPT_WINDOWS) -> np.ndarray:
     """Up to `n` windows of the images of one scene for `Predictor.adapted`: `sample_of` up to n
     of the images, ceil(n / that many) windows of each (`sample_windows`)."""
     chosen = sample_of(len(images), n)
-    each = -(-n // max(1, len(chosen)))
+    each = share(len(chosen), n)
     windows = [
         w
         for i in chosen

@@ -92,10 +92,24 @@ def _validated(params: dict, what: str, init: bool = False) -> dict:
     return params
 
 
+def _check_sections(params: object) -> None:
+    """params.yaml's shape, before a recipe goes over it: a mapping of the known sections, each a
+    mapping (a missing or misspelt one was a KeyError)."""
+    if not isinstance(params, dict):
+        raise ForestsegError("params.yaml: must be a mapping of sections")
+    unknown = sorted(set(params) - set(SECTIONS), key=str)
+    if unknown:
+        raise ForestsegError(f"params.yaml: {unknown[0]}: unknown section; valid sections: {', '.join(SECTIONS)}")
+    for section in SECTIONS:
+        if not isinstance(params.get(section), dict):
+            what = "missing section (see the default params.yaml)" if section not in params else "must be a mapping"
+            raise ForestsegError(f"params.yaml: {section}: {what}")
+
+
 def merged(name: str, base: dict | None = None) -> dict:
     """params.yaml (or `base`) with the recipe applied (a key's value replaced whole), validated."""
     params = copy.deepcopy(base if base is not None else load_yaml((ROOT / "params.yaml").read_text(), "params.yaml"))
-    _validated(params, "params.yaml")  # a missing or misspelt section named before the recipe goes over it
+    _check_sections(params)  # its values are checked after: the recipe may replace a bad one
     for section, values in load(name).items():
         params[section].update(values)
     return _validated(params, f"recipes/{name}.yaml over params.yaml")

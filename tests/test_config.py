@@ -143,6 +143,7 @@ BAD = [
         1e17,
         r"split\.seed: must be an integer written without a decimal point .* got 1e\+17",
     ),
+    ("float-at-2-53-for-int", "split.seed", "9007199254740993.0", r"split\.seed: must be an integer written without"),
     ("string-for-bool", "train.augment", "true", r"train\.augment: must be true or false"),
     ("empty-string", "data.source", "", r"data\.source: must be a non-empty string"),
     ("tile-size-not-x16", "synth.tile_size", 40, r"synth\.tile_size: must be a multiple of 16"),
@@ -464,7 +465,8 @@ def test_a_recipe_after_another_keeps_none_of_its_values(first):
         ({"bce-adam": None}, "{bce-adam: null}"),
         ("data/forêt", "'data/forêt'"),  # Hydra's bare strings are ASCII: DVC could not read it bare
         (".5", "'.5'"),  # a float to Hydra
-        ("1_0", "'1_0'"),
+        ("nan", "'nan'"),
+        (".5e3", "'.5e3'"),
     ],
 )
 def test_recipe_values_reach_dvc_as_the_same_yaml_values(value, override):
@@ -752,3 +754,13 @@ def test_run_py_compares_with_the_projects_committed_params_in_a_git_subfolder(t
     )
     assert run.returncode == 0, run.stderr
     assert "params.yaml differs from the last commit in synth.scenes, which" in run.stderr, run.stderr
+
+
+def test_a_recipe_replaces_a_bad_workspace_value_it_sets(tmp_path) -> None:
+    """A failed `dvc exp run -S train.epochs=0` leaves 0 in params.yaml; the cpu recipe sets epochs itself."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "recipes", repo / "recipes")
+    shutil.copytree(REPO / "forestseg", repo / "forestseg")
+    (repo / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("  epochs: 5", "  epochs: 0"))
+    run = subprocess.run([sys.executable, "recipes/run.py", "cpu", "--print"], cwd=repo, capture_output=True, text=True)
+    assert run.returncode == 0 and "-S train.epochs=15" in run.stdout, run.stderr

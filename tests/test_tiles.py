@@ -439,3 +439,18 @@ def test_tile_run_through_a_symlink_cds_to_the_root_by_its_absolute_path(photo, 
     assert cli("tile", ".", "-o", "tiles") == 0
     *_, last = capsys.readouterr().out.splitlines()
     assert last.startswith(f"train on them: cd {project.resolve()} && dvc add raw/tiles && dvc exp run")
+
+
+def test_the_cli_leaves_a_callers_ctrl_c_handler_as_it_was(tmp_path: Path) -> None:
+    """Only console.py's start-up handler is replaced; a program calling cli.main keeps its own."""
+    import signal
+
+    from forestseg.cli import main
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(SystemExit):
+            main(["tile", str(tmp_path / "none"), "-o", str(tmp_path / "out")])
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
