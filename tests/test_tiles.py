@@ -185,7 +185,7 @@ def test_tile_run_from_a_subfolder_names_the_output_from_the_project_root(
     assert cli("tile", ".", "-o", out) == 0
     *_, last = capsys.readouterr().out.splitlines()
     deepglobe = " -S data.masks=colors -S 'data.forest=[[0, 255, 0]]'"
-    assert last == "train on them: " + train.format(tmp=tmp_path) + deepglobe
+    assert last == "train on them: " + train.format(tmp=tmp_path.resolve()) + deepglobe
 
 
 def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, capsys) -> None:
