@@ -95,11 +95,7 @@ def _validated(params: dict, what: str, init: bool = False) -> dict:
 def _check_sections(params: object) -> None:
     """params.yaml's shape, before a recipe goes over it: a mapping of the known sections, each a
     mapping (a missing or misspelt one was a KeyError)."""
-    if not isinstance(params, dict):
-        raise ForestsegError("params.yaml: must be a mapping of sections")
-    unknown = sorted(set(params) - set(SECTIONS), key=str)
-    if unknown:
-        raise ForestsegError(f"params.yaml: {unknown[0]}: unknown section; valid sections: {', '.join(SECTIONS)}")
+    load_sections(params)  # no section named: the mapping and unknown-section checks alone, no values
     for section in SECTIONS:
         if not isinstance(params.get(section), dict):
             what = "missing section (see the default params.yaml)" if section not in params else "must be a mapping"
