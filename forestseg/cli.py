@@ -23,14 +23,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
-from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, WORLD_FILE_SUFFIXES
+from .images import IMAGE_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
 from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows, share
 
 if TYPE_CHECKING:  # torch is imported by the commands that run a model, not by `tile` or --help (~2 s)
+    from .geo import MapOptions
     from .predict import Predictor
 
-IMAGE_SUFFIXES = PICTURE_SUFFIXES | MAP_SUFFIXES  # what a folder input takes: all predict reads
 AREA_COLUMNS = [
     "file",
     "crs",
@@ -138,7 +138,7 @@ def _area_error(text: str | None) -> float | None:
     return float(value)
 
 
-def _map_options(args: argparse.Namespace, predictor: Predictor):
+def _map_options(args: argparse.Namespace, predictor: Predictor) -> MapOptions:
     from .geo import MapOptions, parse_crs
     from .model import has_batchnorm
 
@@ -185,7 +185,7 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 
 def predict(args: argparse.Namespace) -> int:
     from .device import pick_device
-    from .geo import MapOptions, check_raster, has_world_file, is_map
+    from .geo import check_raster, has_world_file, is_map
     from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
@@ -240,10 +240,11 @@ def predict(args: argparse.Namespace) -> int:
             "picture), so it is predicted as a plain picture, without area; to map it: gdal_translate -a_srs "
             f"EPSG:<code> {shlex.quote(str(unplaced[0]))} {shlex.quote(str(unplaced[0].with_suffix('.tif')))}"
         )
-    if pictures and opts.bands != MapOptions().bands:
+    unused = opts.raster_flags()
+    if pictures and unused:
         print(
-            f"note: --bands applies to georeferenced inputs only; the {len(pictures)} picture(s) are read "
-            "as red, green, blue"
+            f"note: {' and '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to georeferenced inputs only; "
+            f"the {len(pictures)} picture(s) are read as they are (red, green, blue, at their own pixel size)"
         )
     if opts.adapt_bn and args.adapt_bn is None:
         print(
@@ -527,7 +528,8 @@ def tile(args: argparse.Namespace) -> int:
         then = ""
         masks = "masks kept as they are: add -S data.masks=<their convention> unless 0/255; README: Masks"
     here = Path.cwd().resolve()
-    root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), None)
+    # the project to train in: the one run from, else (run from outside any) the one the tiles went into
+    root = _project_of(here) or _project_of(args.out.resolve().parent)
     inside = root is not None and args.out.resolve().is_relative_to(root)
     out = args.out  # data.source is read from the project root, where DVC runs the stages: named from there
     if inside:
@@ -550,6 +552,11 @@ def tile(args: argparse.Namespace) -> int:
         print("note: the rasters' pixel sizes differ; pass --pixel-size to cut them all at the model's")
     print(f"train on them: {go}{add}dvc exp run {source}{then}")
     return 0
+
+
+def _project_of(folder: Path) -> Path | None:
+    """The DVC project folder holds, if any: the nearest folder up from it with a .dvc folder."""
+    return next((d for d in (folder, *folder.parents) if (d / ".dvc").is_dir()), None)
 
 
 def _check_output_file(path: Path, inputs: list[Path] = ()) -> None:

@@ -619,3 +619,34 @@ def asdict(cfg: Any) -> dict:
         return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v
 
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def override_value(value: Any) -> str:
+    """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings
+    (and strings Hydra would read as another type: 'null', 'TrUe', 'inf', '1e-3', '010')."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and (
+        # Hydra's bare strings are ASCII, and '.5' or '1_0' unquoted would be numbers to it
+        not re.fullmatch(r"[A-Za-z_./][\w./-]*", value, re.ASCII)
+        or _is_float(value)
+        or value.lower() in ("true", "false", "null")
+    ):
+        # in quotes Hydra reads a backslash as itself, except a run of them before a quote or at the
+        # end, which escapes: those runs are doubled (a Windows folder's trailing one left it unterminated)
+        return "'" + re.sub(r"(\\*)('|\Z)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
+    return str(value)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -9,6 +9,7 @@ never touches a JPEG. Bad pairs are skipped, counted and listed with their reaso
 from __future__ import annotations
 
 import collections
+import csv
 import os
 import re
 import shlex
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import DataConfig, ForestsegError, SplitConfig
+from .config import DataConfig, ForestsegError, SplitConfig, override_value
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode
 from .io import atomic_path, plural, sha256_of, untracked_in_project, write_csv, write_json
 from .layout import DataLayout
@@ -150,6 +151,8 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
         )
         raise DataError(f"data.source {str(root)!r} is a file, not a folder; {what}. {GET_DATA}")
     if not root.is_dir():
+        if root.is_symlink():  # to itself, round a loop, or to nothing
+            raise DataError(f"data.source {str(root)!r} is a symlink that leads to no folder; point it at one")
         raise DataError(f"data folder {str(root)!r} does not exist. {GET_DATA}")
     if (root / "meta_data.csv").exists():
         return root, []
@@ -197,12 +200,13 @@ def check_tracked(source: str | Path, project: str | Path = ".") -> None:
 def set_source(path: str | Path) -> str:
     """The `-S` option that sets data.source to `path`, quoted for the shell and for DVC's override
     parser (which takes a space or a non-ASCII letter only inside quotes)."""
-    text = str(path)
-    if re.fullmatch(r"[A-Za-z0-9_./-]+", text):
-        return f"-S data.source={text}"
-    if not set(text) & set("'\"$`\\!"):
-        return f"-S \"data.source='{text}'\""  # the form the README shows
-    return "-S " + shlex.quote(f"data.source='{text}'" if "'" not in text else f'data.source="{text}"')
+    value = override_value(str(path))
+    item = f"data.source={value}"
+    if value == str(path):  # a bare word to the shell and to DVC
+        return f"-S {item}"
+    if not set(item) & set('"$`\\!'):
+        return f'-S "{item}"'  # the form the README shows
+    return "-S " + shlex.quote(item)
 
 
 def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -212,6 +216,7 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if not meta.is_file():
         raise DataError(_no_meta(meta))
     try:
+        _check_row_lengths(meta)
         # index_col=False: a trailing comma on the rows must not turn the image column into the index
         # (pandas then warns of "loss of data": the empty last cell, two lines on stderr)
         with warnings.catch_warnings():
@@ -219,9 +224,14 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
             frame = pd.read_csv(meta, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)
     except UnicodeDecodeError as e:
         raise DataError(f"{meta}: not UTF-8 text ({e}); re-save it as UTF-8") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
+    except pd.errors.EmptyDataError:  # a download cut short, or no file yet
+        raise DataError(f"{meta}: is empty. {GET_DATA}") from None
+    except (pd.errors.ParserError, csv.Error, OSError) as e:
         reason = " ".join(str(e).split())  # pandas' messages span lines; ours are one line
-        raise DataError(f"{meta}: cannot be read as CSV ({reason}). {GET_DATA}") from None
+        raise DataError(
+            f"{meta}: cannot be read as CSV ({reason}); fix that line (a name holding a comma or a quote "
+            'goes in double quotes, its quotes doubled: "a ""b"", c.jpg")'
+        ) from None
     missing = [c for c in ("image", "mask") if c not in frame.columns]
     if missing:
         raise DataError(
@@ -230,6 +240,20 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     extra = [c for c in frame.columns if c not in ("image", "mask")]
     notes = [f"ignored extra column(s) of meta_data.csv: {extra}"] if extra else []
     return frame[["image", "mask"]], notes
+
+
+def _check_row_lengths(meta: Path) -> None:
+    """Refuse a row with more non-empty cells than the header: pandas drops them silently on the first
+    row (and refuses them on later ones); a trailing comma's empty cell is no data."""
+    with open(meta, newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        width = len(next(rows, []))
+        for row in rows:
+            if any(cell.strip() for cell in row[width:]):
+                raise DataError(
+                    f"{meta}: line {rows.line_num} has {len(row)} cells where the header has {width}; remove "
+                    "the extra ones, or give their column a name in the header (extra columns are ignored)"
+                )
 
 
 def _in_dvc_cache(path: Path) -> bool:
@@ -244,7 +268,10 @@ def _read(root: Path, folder: str, name: str) -> Picture:
     the DVC cache that DVC links tracked data to)."""
     path = root / folder / name
     try:
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except RuntimeError:  # a symlink loop (an OSError, caught below, from Python 3.13 on)
+            raise BadPair(f"{folder}/{name} is a symlink loop; replace it with the file") from None
         if not real.is_relative_to(root.resolve()) and not _in_dvc_cache(real):
             raise BadPair(
                 f"{folder}/{name} links outside data.source ({real}); copy the files in (`cp -rL`) or set "
@@ -697,7 +724,13 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
 
 def split_folder(layout: DataLayout, cfg: SplitConfig) -> dict:
     """Write split.csv of the indexed data folder; returns its summary (counts, all-forest baseline)."""
-    index = pd.read_csv(layout.index_csv, dtype={"scene": str})
+    try:
+        index = pd.read_csv(layout.index_csv, dtype={"scene": str})
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split())
+        raise DataError(
+            f"{layout.index_csv}: cannot be read ({reason}); the index stage writes it: dvc repro index"
+        ) from None
     split = split_index(index, cfg)
     write_csv(layout.split_csv, split)
     return split_summary(index, split)

@@ -414,9 +414,9 @@ def evaluate(
                         f"{', '.join(ignored)} apply to Kaggle-layout tiles only: leave them out"
                     )
 
-                from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, RASTER_SUFFIXES
+                from .images import IMAGE_SUFFIXES, RASTER_SUFFIXES
 
-                unscored = (PICTURE_SUFFIXES | MAP_SUFFIXES) - RASTER_SUFFIXES
+                unscored = IMAGE_SUFFIXES - RASTER_SUFFIXES
                 others = sorted(f.name for f in (data / "images").iterdir() if f.suffix.lower() in unscored)
                 if others:  # beside GeoTIFFs they are not scored: said, not silently left out
                     log(
@@ -431,9 +431,7 @@ def evaluate(
         ) from None
     from .geo import MapOptions
 
-    given, default = opts or MapOptions(), MapOptions()
-    raster_only = {"bands": "--bands", "resample": "--no-resample", "reproject": "--reproject", "block": "--block"}
-    ignored = [flag for key, flag in raster_only.items() if getattr(given, key) != getattr(default, key)]
+    ignored = (opts or MapOptions()).raster_flags()
     ignored += ["--allow-no-forest"] if allow_no_forest else []
     if ignored:
         raise ForestsegError(

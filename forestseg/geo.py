@@ -78,6 +78,12 @@ class MapOptions:
     progress: bool = True
     adapt_bn: float = 0.0  # batch-norm statistics moved this far towards the raster's own (Predictor.adapted)
 
+    def raster_flags(self) -> list[str]:
+        """The flags of options for reading rasters set other than at their defaults: pictures and
+        tiles are read as they are, so these do nothing for them."""
+        flags = {"bands": "--bands", "resample": "--no-resample", "reproject": "--reproject", "block": "--block"}
+        return [flag for key, flag in flags.items() if getattr(self, key) != getattr(MapOptions, key)]
+
 
 @dataclass(frozen=True)
 class Raster:
@@ -300,8 +306,8 @@ def _check_pixels(path: Path, src: Any, crs: CRS, unit_m: float, model_px: float
     extent = (out.width * sides[0], out.height * sides[1])
     if model_px is not None and min(extent) < model_px:
         raise ForestsegError(
-            f"{path}: covers {extent[0]:.3g} x {extent[1]:.3g} m, less than one of the model's {model_px:g} m "
-            "pixels: nothing to read at that resolution; check its geotransform, or take its pixels as they "
+            f"{path}: covers {extent[0]:.3g} x {extent[1]:.3g} m, less than one {model_px:g} m pixel of the grid "
+            "it is read at: nothing to read at that resolution; check its geotransform, or take its pixels as they "
             "are (predict and evaluate: --no-resample; tile: without --pixel-size)"
         )
 

@@ -93,6 +93,7 @@ MAP_SUFFIXES = RASTER_SUFFIXES | {".jp2", ".vrt"}  # read by GDAL: one it cannot
 # read as pictures unless their sidecars (world file, .aux.xml) give them a CRS and a grid; any other
 # file GDAL reads is a raster when it has a georeference
 PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+IMAGE_SUFFIXES = PICTURE_SUFFIXES | MAP_SUFFIXES  # all that predict reads
 # world files: a picture's or raster's pixel grid, beside it (GDAL reads them; a CRS comes from .aux.xml or .prj)
 WORLD_FILE_SUFFIXES = (
     ".tfw",

@@ -295,7 +295,10 @@ def untracked_in_project(path: str | Path, project: str | Path = ".") -> Path | 
     """`path` relative to `project` if it lies inside the project and git would commit it (neither
     DVC-tracked nor ignored: `dvc exp run` would put it in git, and queued experiments would not see
     it); None otherwise (outside the project, ignored, or no git repo)."""
-    path, project = Path(path).resolve(), Path(project).resolve()
+    try:
+        path, project = Path(path).resolve(), Path(project).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: not a folder git could commit; its reader names it
+        return None
     if not path.is_relative_to(project) or path == project:
         return None
     try:

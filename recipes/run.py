@@ -16,12 +16,10 @@ import argparse
 import copy
 import hashlib
 import os
-import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,6 +32,7 @@ from forestseg.config import (  # noqa: E402
     asdict,
     build,
     load_sections,
+    override_value,
     unused_by_grid,
 )
 from forestseg.io import load_yaml  # noqa: E402
@@ -165,35 +164,6 @@ def dvc_value(item: str, value: str) -> object:
     return override.value()
 
 
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def hydra(value: Any) -> str:
-    """A YAML value in the override grammar of `dvc exp run -S` (Hydra's): bare keys, quoted odd strings
-    (and strings Hydra would read as another type: 'null', 'TrUe', 'inf', '1e-3', '010')."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ", ".join(hydra(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {hydra(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str) and (
-        # Hydra's bare strings are ASCII, and '.5' or '1_0' unquoted would be numbers to it
-        not re.fullmatch(r"[A-Za-z_./][\w./-]*", value, re.ASCII)
-        or _number(value)
-        or value.lower() in ("true", "false", "null")
-    ):
-        return "'" + value.replace("'", "\\'") + "'"
-    return str(value)
-
-
 def set_args(recipe: dict, held: set[str]) -> list[str]:
     """`dvc exp run -S` arguments for a recipe's keys. DVC merges a mapping into the one params.yaml
     holds (`key={...}` and `++key={...}` alike), so a mapping is deleted first (`~key`, where `held`,
@@ -204,10 +174,10 @@ def set_args(recipe: dict, held: set[str]) -> list[str]:
         for key, value in values.items():
             name = f"{section}.{key}"
             if isinstance(value, dict):
-                out += [*(["-S", f"~{name}"] if name in held else []), "-S", f"+{name}={hydra(value)}"]
+                out += [*(["-S", f"~{name}"] if name in held else []), "-S", f"+{name}={override_value(value)}"]
                 held.add(name)
             else:
-                out += ["-S", f"{name}={hydra(value)}"]
+                out += ["-S", f"{name}={override_value(value)}"]
     return out
 
 

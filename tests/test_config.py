@@ -23,6 +23,7 @@ from forestseg.config import (
     SplitConfig,
     TrainConfig,
     load_sections,
+    override_value,
     unused_by_grid,
 )
 from forestseg.losses import LOSSES
@@ -473,9 +474,27 @@ def test_recipe_values_reach_dvc_as_the_same_yaml_values(value, override):
     sys.path.insert(0, str(REPO))
     from recipes import run
 
-    assert run.hydra(value) == override
+    assert override_value(value) == override
     assert yaml.safe_load(override) == value  # Hydra's grammar agrees with YAML on these
     assert run.dvc_value(f"data.x={override}", override) == value  # and DVC's parser reads it back so
+
+
+@pytest.mark.parametrize(
+    "value, override",
+    [
+        ("C:\\data\\", "'C:\\data\\\\'"),  # a trailing backslash would escape the closing quote
+        ("a\\", "'a\\\\'"),
+        ("it's", "'it\\'s'"),
+        ("a\\'b", "'a\\\\\\'b'"),  # the backslash before an escaped quote is doubled too
+        ("a\\b", "'a\\b'"),  # elsewhere a backslash is itself
+    ],
+)
+def test_backslashes_and_quotes_reach_dvc_as_they_are(value, override):
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    assert override_value(value) == override
+    assert run.dvc_value(f"data.x={override}", override) == value
 
 
 @pytest.mark.parametrize(

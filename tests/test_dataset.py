@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -454,6 +455,14 @@ def ragged_row(root: Path) -> None:
     edit_meta(root, lambda lines: lines + ["1_sat_00.jpg,1_mask_00.jpg,extra"])
 
 
+def ragged_first_row(root: Path) -> None:  # pandas dropped the extra cell of the first row silently
+    edit_meta(root, lambda lines: [lines[0], lines[1] + ",extra", *lines[2:]])
+
+
+def unclosed_quote(root: Path) -> None:
+    edit_meta(root, lambda lines: [lines[0], '"' + lines[1], *lines[2:]])
+
+
 def all_masks_missing(root: Path) -> None:
     for p in (root / "masks").iterdir():
         p.unlink()
@@ -498,9 +507,11 @@ FATAL = [
     ("no-folder", no_folder, r"does not exist\. Get the Kaggle set with `kaggle datasets download"),
     ("no-meta", no_meta, r"meta_data\.csv: missing"),
     ("header-only", header_only, r"lists no usable pair \(0 rows\)"),
-    ("empty-file", empty_file, r"meta_data\.csv: cannot be read as CSV"),
+    ("empty-file", empty_file, r"meta_data\.csv: is empty\. Get the Kaggle set"),
     ("not-utf8", latin1, r"meta_data\.csv: not UTF-8 text"),
-    ("ragged-row", ragged_row, r"meta_data\.csv: cannot be read as CSV"),
+    ("ragged-row", ragged_row, rf"meta_data\.csv: line {ROWS + 2} has 3 cells where the header has 2; remove"),
+    ("ragged-first-row", ragged_first_row, r"meta_data\.csv: line 2 has 3 cells where the header has 2; remove"),
+    ("unclosed-quote", unclosed_quote, r"meta_data\.csv: cannot be read as CSV \(.*\); fix that line \(a name"),
     ("all-masks-missing", all_masks_missing, rf"0 valid pairs out of {ROWS} rows.*missing file"),
     ("all-images-garbage", all_images_garbage, rf"none of the {ROWS} images listed in meta_data\.csv can be opened"),
     ("all-names-bad", all_names_bad, rf"lists no usable pair \({ROWS} rows; most common reasons: .*scene is unknown"),
@@ -801,6 +812,28 @@ def test_a_mask_symlinked_out_of_the_source_is_skipped(tiny_set, tmp_path):
     assert skipped["image"] == image and "links outside data.source" in skipped["reason"]
 
 
+@pytest.mark.parametrize("folder", ["images", "masks"])
+def test_a_file_linked_to_itself_is_skipped(tiny_set, tmp_path, folder):
+    image, mask = rows_of(tiny_set)[BAD_ROW]
+    name = image if folder == "images" else mask
+    (tiny_set / folder / name).unlink()
+    (tiny_set / folder / name).symlink_to(name)  # a loop: resolve() raised RuntimeError through the index
+    _, report = build(tiny_set, tmp_path / "out")
+    [skipped] = report["skipped_pairs"]
+    assert skipped["image"] == image and skipped["reason"].startswith(f"{folder}/{name} is a symlink loop")
+
+
+@pytest.mark.parametrize("target", ["set", "nowhere"])
+def test_a_source_linked_to_no_folder_says_so(tmp_path, monkeypatch, target):
+    from forestseg.dataset import check_tracked
+
+    (tmp_path / "set").symlink_to(target)  # "set": a loop, which resolve() raised as RuntimeError
+    monkeypatch.chdir(tmp_path)
+    check_tracked("set")
+    with pytest.raises(DataError, match="data.source 'set' is a symlink that leads to no folder; point it at one"):
+        build(Path("set"), tmp_path / "out")
+
+
 def test_files_linked_into_a_dvc_cache_are_read(tiny_set, tmp_path):
     """`dvc add` with cache.type symlink leaves links into <cache>/files/md5/ab/<30 hex>."""
     import hashlib
@@ -1065,7 +1098,6 @@ def test_untracked_data_inside_the_project_is_refused(tiny_set, tmp_path):
 )
 def test_the_parent_of_a_tracked_folder_is_told_to_name_the_folder(tmp_path, name, option):
     """`dvc add data/raw` would overlap the tracked data/raw/<name>: the advice must be the folder itself."""
-    import shlex
     import subprocess
 
     from forestseg.dataset import check_tracked
@@ -1104,12 +1136,6 @@ def test_skipped_pairs_of_one_kind_with_other_numbers_count_as_one_kind(tiny_set
         save_jpeg(tiny_set / "images" / image, "RGB", side, (30, 80, 30))
     _, report = build(tiny_set, tmp_path / "out")
     assert report["skipped_by_reason"] == {"image is <n>x<n>, the set's tiles are <n>x<n>": 2}
-
-
-def test_a_trailing_comma_on_the_rows_keeps_the_columns(tiny_set, tmp_path):
-    edit_meta(tiny_set, lambda lines: [lines[0]] + [line + "," for line in lines[1:]])  # rows end with a comma
-    _, report = build(tiny_set, tmp_path / "out")
-    assert report["valid"] == ROWS and report["skipped"] == 0
 
 
 @pytest.mark.parametrize(
@@ -1171,3 +1197,29 @@ def test_the_split_gives_each_subset_its_rounded_share_of_scenes(scenes: int, te
     split = split_index(index, SplitConfig(by="scene", test_fraction=test, val_fraction=val))
     per_subset = split.groupby("subset")["scene"].nunique().to_dict()
     assert per_subset == counts
+
+
+@pytest.mark.parametrize(
+    "path", ["data/raw/kaggle", "Forest Segmented", "data/mé", "it's", 'say "hi"', "C:\\tiles\\", "a$b!", "2024/x"]
+)
+def test_the_source_option_reaches_dvc_as_the_path(path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from forestseg.dataset import set_source
+
+    flag, item = shlex.split(set_source(path))  # as the shell passes it
+    assert flag == "-S" and OverridesParser.create().parse_override(item).value() == path
+
+
+@pytest.mark.parametrize("index", [None, "", 'image,scene\n"x,1\n'])
+def test_split_without_a_readable_index_names_the_stage_that_writes_it(tmp_path, index):
+    from forestseg.dataset import split_folder
+    from forestseg.layout import DataLayout
+
+    layout = DataLayout(tmp_path)
+    if index is not None:
+        layout.index_csv.write_text(index)
+    with pytest.raises(
+        DataError, match=r"index\.csv: cannot be read \(.+\); the index stage writes it: dvc repro index"
+    ):
+        split_folder(layout, SplitConfig())

@@ -360,7 +360,7 @@ def test_resampled_edges_and_nodata_borders_keep_their_prediction(
     [
         (6.99e-6, (15.0, 50.0), r"its pixels are 6.99e-06 x 6.99e-06 m under EPSG:32633, no aerial or satellite"),
         (1e7, (500000, 5000000), r"its pixels are 1e\+07 x 1e\+07 m under EPSG:32633, no aerial or satellite"),
-        (0.05, (500000, 5000000), r"covers 0.15 x 0.1 m, less than one of the model's 0.5 m pixels"),
+        (0.05, (500000, 5000000), r"covers 0.15 x 0.1 m, less than one 0.5 m pixel of the grid"),
     ],
     ids=["degrees-under-utm", "absurdly-coarse", "smaller-than-a-model-pixel"],
 )
@@ -1194,6 +1194,22 @@ def test_evaluate_on_tiles_refuses_raster_flags(checkpoint: Path, tmp_path: Path
     assert err.count("\n") == 1 and f"{flag[0]} apply to labelled GeoTIFFs only" in err, err
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [["--bands", "3,2,1"], ["--reproject", "EPSG:32633"], ["--no-resample"], ["--no-resample", "--block", "512"]],
+)
+def test_predict_notes_raster_flags_its_pictures_leave_unused(checkpoint: Path, tmp_path: Path, capsys, flags) -> None:
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    assert cli("predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *flags) == 0
+    named = [f for f in flags if f.startswith("--")]
+    verb = "applies" if len(named) == 1 else "apply"
+    assert (
+        f"note: {' and '.join(named)} {verb} to georeferenced inputs only; the 1 picture(s)" in capsys.readouterr().out
+    )
+    assert cli("predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "o2")) == 0
+    assert "georeferenced inputs only" not in capsys.readouterr().out
+
+
 def test_evaluate_removes_what_killed_evaluations_left_in_the_temp_folder(
     checkpoint: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -1461,7 +1477,7 @@ def test_a_strip_thinner_than_one_model_pixel_is_refused(tmp_path: Path, rows: i
     src = write_raster(tmp_path / "strip.tif", np.full((rows, 100, 3), 90, np.uint8), pixel=0.1, nodata=None)
     if refused:
         with pytest.raises(
-            ForestsegError, match=r"strip\.tif: covers 10 x 0\.3 m, less than one of the model's 0\.5 m"
+            ForestsegError, match=r"strip\.tif: covers 10 x 0\.3 m, less than one 0\.5 m pixel of the grid"
         ):
             check_raster(src, MapOptions(), 0.5)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -897,7 +898,8 @@ def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change
         read_model(tmp_path / "m.pt")
 
 
-def test_ctrl_c_while_the_command_loads_its_libraries_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [[str(BIN / "forestseg")], [sys.executable, "-m", "forestseg"]])
+def test_ctrl_c_while_the_command_loads_its_libraries_is_one_line(tmp_path: Path, command: list[str]) -> None:
     """`forestseg` interrupted during `import torch` (seconds on a slow CPU): exit 130 and one line,
     as Ctrl-C later gives, not a traceback from inside the import."""
     import signal
@@ -905,7 +907,7 @@ def test_ctrl_c_while_the_command_loads_its_libraries_is_one_line(tmp_path: Path
     import time
 
     proc = subprocess.Popen(
-        [str(BIN / "forestseg"), "predict", "m.pt", "a.png", "-o", str(tmp_path / "out")],
+        [*command, "predict", "m.pt", "a.png", "-o", str(tmp_path / "out")],
         stderr=subprocess.PIPE,
         text=True,
     )

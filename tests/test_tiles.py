@@ -188,6 +188,20 @@ def test_tile_run_from_a_subfolder_names_the_output_from_the_project_root(
     assert last == "train on them: " + train.format(tmp=tmp_path.resolve()) + deepglobe
 
 
+def test_tile_run_from_outside_any_project_into_one_names_it_from_that_root(
+    photo, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    (tmp_path / "project" / ".dvc").mkdir(parents=True)
+    Image.fromarray(photo).save((tmp_path / "raw").mkdir() or tmp_path / "raw" / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "raw" / "7_mask.png")
+    monkeypatch.chdir(tmp_path / "raw")
+    assert cli("tile", ".", "-o", "../project/data/tiles") == 0
+    *_, last = capsys.readouterr().out.splitlines()
+    assert last.startswith(
+        "train on them: cd ../project && dvc add data/tiles && dvc exp run -S data.source=data/tiles"
+    )
+
+
 def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, capsys) -> None:
     pairs(tmp_path / "region", photo, truth)
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles"), "--pixel-size", "0.5") == 0
