@@ -10,6 +10,17 @@ use_project_venv() {
   fi
 }
 
+require_tools() {  # $1: who is asking; checked before any other step, each of which runs one of them
+  if ! command -v dvc >/dev/null; then
+    echo "error: $1: no \`dvc\` on PATH: activate the project's environment (. .venv/bin/activate)" >&2
+    exit 2
+  fi
+  if ! python -c "import forestseg" 2>/dev/null; then  # a dvc of its own (pipx), no python of the project
+    echo "error: $1: no \`python\` on PATH that imports forestseg: activate the project's environment (. .venv/bin/activate)" >&2
+    exit 2
+  fi
+}
+
 require_committed() {  # $1: who is asking, for the error line
   local changed
   # init/ is a dep of train: a file added there (even one git would not commit yet) changes every member
@@ -28,10 +39,6 @@ require_committed() {  # $1: who is asking, for the error line
 # (a worker's members would land where nobody looks): a shared folder not mounted on this machine.
 require_remote() {  # $1: who is asking; $2: read or write
   local name url
-  if ! command -v dvc >/dev/null; then  # else "no default remote" below would be the wrong diagnosis
-    echo "error: $1: no \`dvc\` on PATH: activate the project's environment (. .venv/bin/activate)" >&2
-    exit 2
-  fi
   # DVC 3.67 prints "No default remote set" on stdout and exits 1 where there is none
   name=$(dvc remote default 2>/dev/null) || name=""
   if [ -z "$name" ]; then

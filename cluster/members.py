@@ -4,6 +4,7 @@ usage: python cluster/members.py                 every member, one per line
        python cluster/members.py --task K N      members K, K+N, K+2N, ... (task K of N)
 """
 
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> None:
     load_sections(raw, *SECTIONS)
     names = [run.name for run in grid.runs()]
     if argv[:1] == ["--task"]:
-        if len(argv) != 3 or not all(a.isdigit() for a in argv[1:]) or not int(argv[1]) < int(argv[2]):
+        if len(argv) != 3 or not all(re.fullmatch("[0-9]+", a) for a in argv[1:]) or not int(argv[1]) < int(argv[2]):
             raise ForestsegError("usage: members.py --task K N (0 <= K < N)")
         k, n = int(argv[1]), int(argv[2])
         names = names[k::n]

@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . cluster/committed.sh
 use_project_venv
+require_tools worker
 require_committed worker
 usage="usage: worker.sh MEMBER... | --task K N"
 if [ "${1:-}" = --task ]; then

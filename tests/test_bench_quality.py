@@ -12,10 +12,9 @@ import pytest
 import torch
 from conftest import random_predictor
 
+from bench import quality
 from forestseg.evaluate import _counts
 from forestseg.layout import DataLayout
-
-quality = pytest.importorskip("bench.quality")
 
 
 def part(fold: int) -> dict:

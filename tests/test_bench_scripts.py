@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import adabn, errors, speed, wgrad
+from bench import postprocess as post
+from bench import profile_train as profile
+
 ROOT = Path(__file__).resolve().parents[1]
-speed = pytest.importorskip("bench.speed")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -33,7 +36,6 @@ def test_dense_peak_times_an_emulated_dtype_at_512_only() -> None:
 def test_conv_kernels_count_the_flops_of_the_models_convolutions(
     channels_last: bool, dtype: torch.dtype, capsys
 ) -> None:
-    profile = pytest.importorskip("bench.profile_train")
     from torch.utils.flop_counter import FlopCounterMode
 
     from forestseg.config import ModelConfig
@@ -64,7 +66,6 @@ def test_profile_train_prints_the_top_ops() -> None:
 
 
 def test_smoothed_logits_keep_a_constant_and_blur_an_edge() -> None:
-    adabn = pytest.importorskip("bench.adabn")
 
     class Edge(torch.nn.Module):  # logits -4 on the left half, +4 on the right
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,6 @@ def test_smoothed_logits_keep_a_constant_and_blur_an_edge() -> None:
 
 
 def test_error_bands_are_the_pixels_within_d_px_of_the_mask_edge() -> None:
-    errors = pytest.importorskip("bench.errors")
     import numpy as np
 
     truth = np.zeros((40, 40), bool)
@@ -101,7 +101,6 @@ def test_error_bands_are_the_pixels_within_d_px_of_the_mask_edge() -> None:
 
 
 def test_post_processing_calls_blur_sieve_and_snap_as_documented() -> None:
-    post = pytest.importorskip("bench.postprocess")
     import numpy as np
 
     logits = np.full((3, 64, 64), -2.0, np.float32)
@@ -187,7 +186,6 @@ def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(tmp_pa
 @pytest.mark.parametrize("way", ["native", "shifted", "unfolded"])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_each_weight_gradient_way_equals_onednns(way: str, layout: torch.memory_format) -> None:
-    wgrad = pytest.importorskip("bench.wgrad")
     torch.manual_seed(0)
     x, g, w = torch.randn(3, 4, 9, 7), torch.randn(3, 5, 9, 7), torch.randn(5, 4, 3, 3)
     x, g = x.contiguous(memory_format=layout), g.contiguous(memory_format=layout)

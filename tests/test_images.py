@@ -93,7 +93,8 @@ def test_a_16_bit_colour_png_is_refused_not_read_by_its_high_bytes() -> None:
 @pytest.mark.parametrize("bands", [3, 4])
 def test_a_16_bit_colour_tiff_is_refused_not_read_by_its_high_bytes(tmp_path, bands: int) -> None:
     """Pillow reads a 16-bit RGB(A) TIFF as 8-bit RGB of the high bytes: 12-bit camera data near black."""
-    rasterio = pytest.importorskip("rasterio")
+    import rasterio
+
     values = np.repeat(picture().astype(np.uint16)[..., :1] * 16, bands, axis=-1)
     path = tmp_path / "t.tif"
     with rasterio.open(

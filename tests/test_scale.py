@@ -93,7 +93,7 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     assert re.search(
         r"coordinator: commit [0-9a-f]{40}: the report covers the grid's 2 member\(s\): (1 restored from the "
         r"run-cache, 0|0 restored from the run-cache, 1) pulled as dvc.lock names them, 0 already in this checkout, "
-        r"1 trained here \(1 pushed\)",
+        r"1 trained here; 1 pushed",
         out.stdout,
     ), out.stdout
     task = sh(c, "bash", "cluster/worker.sh", "--task", "1", "2")
@@ -102,7 +102,7 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
     assert not MEMBERS & ran(out), out.stdout
     counts = re.search(
         r"coordinator: commit [0-9a-f]{40}: the report covers the grid's 2 member\(s\): (\d) restored from the "
-        r"run-cache, (\d) pulled as dvc.lock names them, 0 already in this checkout, 0 trained here \(0 pushed\)$",
+        r"run-cache, (\d) pulled as dvc.lock names them, 0 already in this checkout, 0 trained here; 0 pushed$",
         out.stdout,
         re.M,
     )
@@ -125,7 +125,7 @@ def test_a_coordinator_restores_members_whose_lock_outputs_were_pushed(repo: Pat
     assert not MEMBERS & ran(out) and "Unable to pull" not in out.stdout + out.stderr, out.stdout
     assert re.search(
         r"coordinator: commit [0-9a-f]{40}: the report covers the grid's 2 member\(s\): 0 restored from the "
-        r"run-cache, 2 pulled as dvc.lock names them, 0 already in this checkout, 0 trained here \(0 pushed\)$",
+        r"run-cache, 2 pulled as dvc.lock names them, 0 already in this checkout, 0 trained here; 0 pushed$",
         out.stdout,
         re.M,
     ), out.stdout
@@ -133,7 +133,7 @@ def test_a_coordinator_restores_members_whose_lock_outputs_were_pushed(repo: Pat
     again = sh(tmp_path / "a", "bash", "cluster/coordinator.sh")  # it says the report covers the grid, not "0 restored"
     assert re.search(
         r"the report covers the grid's 2 member\(s\): 0 restored from the run-cache, 0 pulled as dvc.lock names "
-        r"them, 2 already in this checkout, 0 trained here \(0 pushed\)$",
+        r"them, 2 already in this checkout, 0 trained here; 2 pushed$",
         again.stdout,
         re.M,
     ), again.stdout
@@ -143,8 +143,10 @@ FAKE_DVC = """#!/bin/bash
 case "$1" in
   remote) echo store ;;
   config) echo "$REMOTE" ;;
-  repro) echo "Running stage 'train@bce-adam-0':"; echo "Running stage 'train@bce-adam-1':"
+  repro) echo "Stage 'train@bce-adam-2' didn't change, skipping"
+         echo "Running stage 'train@bce-adam-0':"; echo "Running stage 'train@bce-adam-1':"
          echo "ERROR: failed to reproduce 'train@bce-adam-1'"; exit 1 ;;
+  status) echo "$*" >> "$PUSHED"; echo '{"train@bce-adam-1": [{"changed outs": {"models/bce-adam-1": "deleted"}}]}' ;;
   push) echo "push ${@: -1}" >> "$PUSHED"; [ "${@: -1}" = train@bce-adam-0 ] || exit 1 ;;
 esac
 """
@@ -152,7 +154,9 @@ esac
 
 def test_a_coordinator_whose_repro_fails_still_pushes_what_it_trained(tmp_path: Path) -> None:
     """A member trained before a later failure (another member, aggregate) is pushed, as a worker pushes
-    each member when done; the failed one is named, and the script ends with repro's status."""
+    each member when done, and so is one already in the checkout (an earlier coordinator stopped before
+    its pushes may have trained it); the unfinished one is not (real DVC would push it without outputs
+    and exit 0); a failed push is named, and the script ends with repro's status."""
     from conftest import BIN, REPO
 
     project = tmp_path / "p"
@@ -169,10 +173,15 @@ def test_a_coordinator_whose_repro_fails_still_pushes_what_it_trained(tmp_path: 
     env.pop("FORESTSEG_REV", None)
     out = subprocess.run(["bash", "cluster/coordinator.sh"], cwd=project, env=env, capture_output=True, text=True)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert (tmp_path / "pushed.txt").read_text().split("\n")[:2] == ["push train@bce-adam-0", "push train@bce-adam-1"]
-    assert "warning: coordinator: not pushed (dvc push failed above): train@bce-adam-1;" in out.stderr
+    assert (tmp_path / "pushed.txt").read_text().splitlines() == [
+        "status --json train@bce-adam-0 train@bce-adam-1 train@bce-adam-2",
+        "push train@bce-adam-0",
+        "push train@bce-adam-2",
+    ]
+    assert "warning: coordinator: not pushed (dvc push failed above): train@bce-adam-2;" in out.stderr
     assert out.stderr.strip().endswith(
-        "error: coordinator: dvc repro failed (its error is above); 2 member(s) ran here, 1 pushed"
+        "error: coordinator: dvc repro failed (its error is above); 2 member(s) ran here, 1 of them unfinished; "
+        "1 member(s) pushed"
     )
 
 
@@ -181,6 +190,8 @@ def test_a_coordinator_whose_repro_fails_still_pushes_what_it_trained(tmp_path: 
     [
         (["2", "2"], 2, "error: usage: members.py --task K N (0 <= K < N)"),  # the error, not "nothing to train"
         (["3", "4"], 0, "worker: task 3 of 4 has no member of the grid; nothing to train"),  # 2 members, 4 tasks
+        (["0", "²"], 2, "error: usage: members.py --task K N (0 <= K < N)"),  # a digit to isdigit(), not to int()
+        (["١", "2"], 2, "error: usage: members.py --task K N (0 <= K < N)"),  # an Arabic-Indic 1, taken as task 1
     ],
 )
 def test_a_worker_task_says_what_it_trains_or_why_not(repo: Path, task: list[str], rc: int, says: str) -> None:
@@ -261,11 +272,20 @@ def test_no_default_remote_or_no_dvc_stops_before_anything_trains(repo: Path) ->
     assert out.returncode == 2 and not ran(out), out.stdout
     assert out.stderr.startswith("error: worker: no default DVC remote: `dvc remote add -d store <url>`"), out.stderr
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # git, and no dvc (the repo has no .venv)
-    out = subprocess.run(["bash", "cluster/coordinator.sh"], cwd=repo, env=env, capture_output=True, text=True)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert (
+    for script, who in (["coordinator.sh"], "coordinator"), (["worker.sh", "bce-adam-0"], "worker"):
+        out = subprocess.run(
+            ["bash", f"cluster/{script[0]}", *script[1:]], cwd=repo, env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert (
+            out.stderr == f"error: {who}: no `dvc` on PATH: activate the project's environment (. .venv/bin/activate)\n"
+        )
+    (repo.parent / "pipx").mkdir()  # a dvc of its own, and no python that imports forestseg
+    (repo.parent / "pipx" / "dvc").symlink_to(BIN / "dvc")
+    env["PATH"] = f"{repo.parent / 'pipx'}:/usr/bin:/bin"
+    out = subprocess.run(["bash", "cluster/worker.sh", "bce-adam-0"], cwd=repo, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error: worker: no `python` on PATH that imports forestseg"), (
         out.stderr
-        == "error: coordinator: no `dvc` on PATH: activate the project's environment (. .venv/bin/activate)\n"
     )
 
 

@@ -257,10 +257,12 @@ def _val_miou(model_file: Path, tiles: Tiles) -> float:
     return evaluate(p.model, tiles, "bce", TRAIN.test_batch_size, p.norm, True, False)["miou"]
 
 
-def test_validation_keeps_the_best_model(data, tmp_path: Path) -> None:
-    """Scored on the val tiles, never on test: val here is a scene of its own, so the two differ."""
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_validation_keeps_the_best_model(data, tmp_path: Path, ema: float) -> None:
+    """Scored on the val tiles, never on test: val here is a scene of its own, so the two differ. With
+    train.ema, best.pt holds the averaged weights that were scored, not the last step's."""
     val = scene_tiles(2, 1)
-    result, lines = go(data, tmp_path / "last.pt", val=val)
+    result, lines = go(data, tmp_path / "last.pt", val=val, train=dataclasses.replace(TRAIN, ema=ema))
     assert all("val_miou" in row for row in result.history)
     best = max(result.history, key=lambda r: r["val_miou"])
     assert result.metrics["best_epoch"] == best["epoch"]
