@@ -328,7 +328,7 @@ def _predict_pictures(
     from .device import keep_freed_memory
     from .predict import overlay, read_rgb
 
-    failed, transparent = [], 0
+    failed, transparent, removed = [], 0, []
     if predictor.device.type == "cpu":
         keep_freed_memory()  # ~1.9x images/s here (bench/speed.py); rasters keep glibc's default (bounded RSS)
 
@@ -340,8 +340,12 @@ def _predict_pictures(
 
     def write(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
         write_with(args.out / f"{path.stem}_mask.png", lambda p: Image.fromarray((mask * 255).astype(np.uint8)).save(p))
+        old = args.out / f"{path.stem}_overlay.png"
         if args.overlay:
-            write_with(args.out / f"{path.stem}_overlay.png", lambda p: Image.fromarray(overlay(image, mask)).save(p))
+            write_with(old, lambda p: Image.fromarray(overlay(image, mask)).save(p))
+        elif old.exists():  # an earlier run's, of another mask: never left beside this one
+            old.unlink(missing_ok=True)
+            removed.append(old)
 
     groups = _groups(pictures, chunk)
     with (
@@ -367,6 +371,10 @@ def _predict_pictures(
             bar.update(len(group))
         for w in pending:
             w.result()
+    if removed:
+        print(
+            f"note: removed {plural(len(removed), 'overlay')} of an earlier run from {args.out} (this one has no --overlay)"
+        )
     return failed, transparent
 
 

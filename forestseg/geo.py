@@ -129,7 +129,7 @@ def parse_crs(text: str) -> CRS:
 
 def utm_suggestion(lon: float, lat: float) -> str:
     """The EPSG code of the WGS 84 UTM zone at (lon, lat), e.g. 'EPSG:32633'."""
-    zone = min(60, max(1, int((lon + 180) // 6) + 1))
+    zone = min(60, max(1, int(((lon + 180) % 360) // 6) + 1))  # 0-360 longitudes too
     return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
 
 
@@ -235,6 +235,12 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; the model learned 8-bit colour: "
                 f"convert with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
             )
+        t = src.transform
+        if not all(math.isfinite(v) for v in tuple(t)[:6]):
+            raise ForestsegError(
+                f"{path}: its geotransform {tuple(t)[:6]} is not numbers throughout; fix it "
+                f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
+            )
         bounds = src.bounds  # bottom > top where rows run south to north (a positive y step)
         xs, ys = sorted((bounds.left, bounds.right)), sorted((bounds.bottom, bounds.top))
         if src.crs.is_geographic and not (-361 <= xs[0] and xs[1] <= 361 and -91 <= ys[0] and ys[1] <= 91):
@@ -244,6 +250,13 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 f"({xs[0]:.6g}, {ys[0]:.6g}, {xs[1]:.6g}, {ys[1]:.6g}) are no longitudes and latitudes: "
                 f"the CRS tag is wrong; assign the CRS its coordinates are in (gdal_edit.py -a_srs EPSG:<code> "
                 f"{path.name})"
+            )
+        if src.crs.is_geographic and not (-180 - 1e-9 <= xs[0] and xs[1] <= 180 + 1e-9):
+            # GDAL's warp places only the part within -180..180: the rest would map as nodata
+            raise ForestsegError(
+                f"{path}: its longitudes run from {xs[0]:.7g} to {xs[1]:.7g}, past ±180 (0-360 degrees, or "
+                "across the antimeridian), which the warp cannot place whole; warp it to its UTM zone first "
+                f"(gdalwarp -t_srs {utm_suggestion(sum(xs) / 2, sum(ys) / 2)} {path.name} utm.tif) and map that"
             )
         crs = target or src.crs
         notes = []
@@ -269,7 +282,6 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 f"{path}: the linear unit of its CRS ({_crs_name(crs)}) is unknown, so areas cannot be "
                 "computed; reproject it with --reproject EPSG:<code>"
             ) from None
-        t = src.transform
         if t.a * t.e - t.b * t.d == 0:
             raise ForestsegError(
                 f"{path}: its geotransform {tuple(t)[:6]} is degenerate (pixels of no area); fix it "
@@ -757,6 +769,11 @@ def map_forest(
                 polygons = write_polygons(
                     built["mask"], built["polygons"], opts.min_area_m2, raster.unit_m, paths["polygons"].stem
                 )
+            every = output_paths(path, out_dir, dataclasses.replace(opts, probability="uint8", polygons=True))
+            for name, old in every.items():  # an earlier run's, of another mask: never left beside this one
+                if name not in paths and old.exists():
+                    old.unlink()
+                    log(f"note: removed {old}: an earlier run's {name}, which this run does not write")
             replace_together({built[name]: paths[name] for name in paths})
     except (RasterioError, CPLE_BaseError, OSError, OverflowError) as e:
         # a corrupt block, a full disk, a failed transform: GDAL's reason on one line, never a traceback

@@ -388,6 +388,46 @@ def test_a_degenerate_geotransform_is_refused_before_mapping(checkpoint: Path, s
     assert err.count("\n") == 1 and "is degenerate (pixels of no area)" in err, err
 
 
+@pytest.mark.parametrize(
+    "transform, says",
+    [
+        (rasterio.Affine(0.5, 0.0, math.nan, 0.0, -0.5, 5000000), "is not numbers throughout"),  # NaN GeoJSON
+        (rasterio.Affine(6e-6, 0.0, 359.0, 0.0, -4.5e-6, 60.0), "run from 359 to 359.0007, past ±180"),  # 0-360
+        (rasterio.Affine(6e-6, 0.0, 179.9995, 0.0, -4.5e-6, 60.0), "past ±180"),  # its east part mapped nodata
+    ],
+    ids=["nan", "0-360", "antimeridian"],
+)
+def test_a_geotransform_the_warp_cannot_place_is_refused(
+    checkpoint: Path, scene, tmp_path: Path, capsys, transform, says: str
+) -> None:
+    src = write_raster(tmp_path / "in/x.tif", scene[0][:100, :120], crs="EPSG:4326" if transform.a < 1e-3 else UTM)
+    with rasterio.open(src, "r+") as ds:
+        ds.transform = transform
+    out = str(tmp_path / "out")
+    assert cli("predict", str(checkpoint), str(src), "-o", out, "--reproject", "EPSG:32630", "--polygons") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    if transform.a < 1e-3:  # the advice: the zone of the longitudes wrapped into -180..180
+        assert f"gdalwarp -t_srs {'EPSG:32630' if transform.c > 300 else 'EPSG:32660'} x.tif utm.tif" in err, err
+
+
+def test_a_rerun_removes_the_outputs_of_an_earlier_one_that_it_does_not_write(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    src = write_raster(tmp_path / "in/x.tif", scene[0][:80, :80])
+    out = tmp_path / "out"
+    assert cli("predict", str(checkpoint), str(src), "-o", str(out), "--probability", "uint8", "--polygons") == 0
+    assert {p.name for p in out.iterdir()} >= {"x_mask.tif", "x_probability.tif", "x_forest.geojson"}
+    capsys.readouterr()
+    assert cli("predict", str(checkpoint), str(src), "-o", str(out), "--polygons") == 0  # another model, say
+    said = capsys.readouterr().out
+    assert not (out / "x_probability.tif").exists() and (out / "x_forest.geojson").exists()
+    assert (
+        f"note: removed {out / 'x_probability.tif'}: an earlier run's probability, which this run does not write"
+        in said
+    )
+
+
 def test_a_much_coarser_raster_gets_a_note(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     src = write_raster(tmp_path / "in/s2.tif", scene[0][:40, :60], pixel=2.5, nodata=None)
     assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 0
@@ -1443,6 +1483,8 @@ def test_pixels_of_the_models_size_on_one_side_only_are_resampled(tmp_path: Path
         (179.99, 10.0, "EPSG:32660"),
         (-3.0, 40.0, "EPSG:32630"),
         (0.0, 51.5, "EPSG:32631"),
+        (359.0, 60.0, "EPSG:32630"),  # 0-360 degrees: -1
+        (181.0, 60.0, "EPSG:32601"),  # past the antimeridian: -179
     ],
 )
 def test_utm_suggestion_names_the_zone_and_hemisphere(lon: float, lat: float, epsg: str) -> None:

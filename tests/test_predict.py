@@ -94,6 +94,21 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
     assert "broken.jpg: cannot be decoded: not a JPEG nor any image format Pillow reads" in err
 
 
+def test_a_rerun_without_overlay_removes_the_earlier_runs_overlays(checkpoint, scene, tmp_path, capsys) -> None:
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(out), "--overlay"])
+    assert done.value.code == 0 and (out / "a_overlay.png").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:  # another model, say: the old overlay shows another mask
+        main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(out)])
+    assert done.value.code == 0 and sorted(p.name for p in out.iterdir()) == ["a_mask.png"]
+    assert (
+        f"note: removed 1 overlay of an earlier run from {out} (this one has no --overlay)" in capsys.readouterr().out
+    )
+
+
 def test_a_model_file_older_than_its_fields_reads_as_their_absence_meant(checkpoint, tmp_path) -> None:
     """Files written before precision, adapt_bn, train_scenes and pixel_size_m were recorded: read_model
     fills in what their absence meant, in one place, and predict takes it from there."""
