@@ -104,6 +104,19 @@ def _names(names: Iterable[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+def _seed_ties(table: pd.DataFrame) -> str:
+    """A sentence naming the combinations whose best seed ties with another (the first is shown)."""
+    from .report import BEST_BY  # report imports this module
+
+    ok = table[table["status"] == "ok"]
+    ties = [
+        f"{combo} (seeds {', '.join(str(s) for s in top['seed'])})"
+        for combo, part in ok.groupby("combination", sort=False)
+        if len(top := part[part[BEST_BY] == part[BEST_BY].max()]) > 1
+    ]
+    return f" Best seeds that tie, the first in the grid's order shown: {'; '.join(ties)}." if ties else ""
+
+
 def write_report(
     path: Path,
     out: dict,
@@ -194,9 +207,12 @@ def write_report(
             text = f"**{top['combination']}** (first in the grid's order) ties for the highest mean test mIoU, {scores}"
         else:
             text = f"**{top['combination']}** has the highest mean test mIoU, {scores}"
-        if len(rest) and not len(higher):
+        others = rest.drop(higher.index)  # those scoring at most the top's mean: the gap to weigh
+        # after the sentence on higher means, the comparison names the top again
+        then = f"; {top['combination']} " if len(higher) else ", "
+        if len(others):
             if len(same):
-                text += f", with {_names(tied['combination'])}" if len(tied) else ""
+                text += f"{then}{'ties ' if len(higher) else ''}with {_names(tied['combination'])}" if len(tied) else ""
                 text += "".join(  # the same mean over fewer seeds: ranked after (report.rank)
                     f", as high as {r['combination']} over its seeds that did not diverge "
                     f"({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
@@ -204,9 +220,9 @@ def write_report(
                 )
             else:
                 # the next-highest mean, not the next in rank: one with a diverged seed may score between
-                runners = rest[rest["test_miou_mean"] == rest["test_miou_mean"].max()]  # tied for second
+                runners = others[others["test_miou_mean"] == others["test_miou_mean"].max()]  # tied for second
                 gap = top["test_miou_mean"] - runners.iloc[0]["test_miou_mean"]
-                text += f", {gap:+.4f} mIoU over " + _names(
+                text += f"{then}{'scores ' if len(higher) else ''}{gap:+.4f} mIoU over " + _names(
                     r["combination"]
                     + (
                         f" ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
@@ -231,7 +247,7 @@ def write_report(
             "The ranking, each combination's best seed and the predictions shown below are chosen on these "
             "test scores, as the study's tables rank them: the top score is optimistic. To choose a model, use "
             "validation scenes (`split.val_fraction`: `models/<run>/best.pt` is the epoch of best val mIoU); no "
-            "file of this pipeline is chosen on test.",
+            "file of this pipeline is chosen on test." + _seed_ties(table),
             "",
         ]
     diverged = table[table["status"] != "ok"]["run"].tolist()

@@ -226,6 +226,8 @@ def test_a_diverged_run_is_counted_not_averaged(tmp_path: Path) -> None:
         "train_loss seed 1 (diverged)",
         "test_loss seed 1 (diverged)",
     ]
+    curves = pd.read_csv(metrics_dir / "curves.csv")  # dvc plots' runs: the diverged one named so
+    assert sorted(set(curves["run"])) == ["bce-sgd-0", "bce-sgd-1 (diverged)", "mse-adam-0", "mse-adam-1"]
     check_figures(plots_dir)
 
 
@@ -704,6 +706,44 @@ def test_every_combination_tied_at_the_top_or_for_second_is_named(tmp_path: Path
     else:
         assert "**mse-adam** has the highest mean test mIoU" in text
         assert " mIoU over bce-sgd and mse-sgd" in text
+
+
+INDEX = {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5}
+
+
+def test_a_top_ranked_before_a_higher_mean_is_still_weighed_against_the_next(tmp_path: Path) -> None:
+    """bce-sgd, one seed diverged, has a higher mean than the top-ranked mse-adam; mse-sgd, all seeds
+    finished, scores just below it: that gap is still given and weighed against the seeds' spread."""
+    runs_dir = write_tree(tmp_path, diverged=("bce-sgd-1",))
+    (runs_dir / "bce-sgd-0/metrics.json").write_text(
+        json.dumps({"status": "ok", **{**METRICS["mse-adam-0"], "test_miou": 0.99}, "epochs": 3})
+    )
+    for seed in (0, 1):
+        folder = runs_dir / f"mse-sgd-{seed}"
+        folder.mkdir()
+        below = {**METRICS[f"mse-adam-{seed}"], "test_miou": METRICS[f"mse-adam-{seed}"]["test_miou"] - 0.001}
+        (folder / "metrics.json").write_text(json.dumps({"status": "ok", **below, "epochs": 3}))
+        history(0.05).to_csv(folder / "history.csv", index=False)
+    runs = [*RUNS, Run("mse", "sgd", 0), Run("mse", "sgd", 1)]
+    setup = {"index": INDEX, "split_by": "scene", "params": "p"}
+    report = tmp_path / "REPORT.md"
+    aggregate(runs, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    text = report.read_text()
+    assert (
+        "while bce-sgd (1 of 2 seeds diverged) has a higher mean over the rest, 0.9900; mse-adam scores +0.0010 "
+        in text
+    )
+    assert "mIoU over mse-sgd (within the spread over seeds: no clear winner); the all-forest" in text
+
+
+def test_best_seeds_that_tie_are_named(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    tied = {**METRICS["mse-adam-1"], "test_miou": METRICS["mse-adam-0"]["test_miou"]}
+    (runs_dir / "mse-adam-1/metrics.json").write_text(json.dumps({"status": "ok", **tied, "epochs": 3}))
+    setup = {"index": INDEX, "split_by": "scene", "params": "p"}
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    assert "Best seeds that tie, the first in the grid's order shown: mse-adam (seeds 0, 1)." in report.read_text()
 
 
 @pytest.mark.parametrize(
