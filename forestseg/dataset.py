@@ -167,7 +167,7 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
     if (root.parent / "meta_data.csv").exists():
         raise DataError(
             f"{root / 'meta_data.csv'}: missing, but {root.parent} has one: data.source names a folder inside a "
-            f"Kaggle-layout folder; set it to {root.parent}"
+            f"Kaggle-layout folder; set it to that one: dvc exp run {set_source(root.parent)}"
         )
     raise DataError(_no_meta(root / "meta_data.csv"))
 

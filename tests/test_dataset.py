@@ -1014,11 +1014,17 @@ def test_a_mask_with_an_unread_extension_says_so():
     )
 
 
-def test_a_source_inside_a_kaggle_layout_folder_names_its_parent(tiny_set, tmp_path):
-    with pytest.raises(
-        DataError, match=rf"has one: data.source names a folder inside .* set it to {re.escape(str(tiny_set))}$"
-    ):
-        build(tiny_set / "images", tmp_path / "out")
+@pytest.mark.parametrize("name", ["set", "Forest Segmented"])
+def test_a_source_inside_a_kaggle_layout_folder_names_its_parent(tiny_set, tmp_path, name):
+    """The advice is a command that pastes, the folder quoted for the shell and DVC where it needs it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    folder = tiny_set.rename(tiny_set.parent / name)
+    with pytest.raises(DataError, match="has one: data.source names a folder inside .* set it to that one: ") as e:
+        build(folder / "images", tmp_path / "out")
+    dvc, exp, run, flag, item = shlex.split(str(e.value).rsplit(": ", 1)[1])
+    assert (dvc, exp, run, flag) == ("dvc", "exp", "run", "-S")
+    assert OverridesParser.create().parse_override(item).value() == str(folder)
 
 
 @pytest.mark.parametrize("above", [1, 2])

@@ -411,6 +411,19 @@ def test_a_geotransform_the_warp_cannot_place_is_refused(
         assert f"gdalwarp -t_srs {'EPSG:32630' if transform.c > 300 else 'EPSG:32660'} x.tif utm.tif" in err, err
 
 
+@pytest.mark.parametrize("inputs", [["x.tif"], ["x.tif", "a.png"]])
+def test_the_model_files_adapt_bn_note_says_what_each_input_is_adapted_to(
+    scene, tmp_path: Path, capsys, inputs: list[str]
+) -> None:
+    ckpt = random_checkpoint(tmp_path / "m.pt", tile=64, adapt_bn=0.25)
+    write_raster(tmp_path / "x.tif", scene[0][:80, :80])
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
+    assert cli("predict", str(ckpt), *(str(tmp_path / f) for f in inputs), "-o", str(tmp_path / "out")) == 0
+    to = "the 1 picture(s) taken as one scene (give each scene a call of its own) and " if len(inputs) > 1 else ""
+    said = f"note: batch-norm adapted by 0.25, the model file's, to {to}each GeoTIFF to itself (--adapt-bn 0: off)"
+    assert said in capsys.readouterr().out
+
+
 def test_a_rerun_removes_the_outputs_of_an_earlier_one_that_it_does_not_write(
     checkpoint: Path, scene, tmp_path: Path, capsys
 ) -> None:
