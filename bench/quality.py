@@ -9,8 +9,9 @@ On the real sample (../shared/forest-sample or FORESTSEG_SAMPLE, 38 scenes):
     of the training scenes is held out as validation scenes: the threshold is chosen on them).
     Reports forest IoU, mIoU, Dice, precision, recall as mean +- std over folds (each fold's
     scores from TP/FP/FN/TN summed over its tiles), the per-scene forest IoU spread (median,
-    worst tenth, worst scene: each scene counts once, whatever its tiles, 1-61 on the sample, so
-    the worst tenth of 30 scenes is ~3 scenes, some of one tile), the all-forest baseline and
+    10th percentile, worst scene: each scene counts once, whatever its tiles, 1-61 on the sample;
+    the percentile interpolates, so for 30 scenes it lies between the 3rd and 4th worst, 0.9 of the
+    way to the 4th, and for 18 between the 2nd and 3rd), the all-forest baseline and
     the wall time. After each fold the
     result so far is saved, marked unfinished: a bench killed later (a session's end) and rerun
     with the same command trains only the folds left.
@@ -29,10 +30,10 @@ with --ensemble, one per seed of its grid, scored as the mean of their raw outpu
 -S section.key=value changes one of its params, as `dvc exp run -S` does. Every result is saved as
 JSON and Markdown under bench/results/ (the name: --name, else the recipe and its -S values).
 
-    python bench/quality.py cv cpu --folds 3 -S train.epochs=6       # screening
+    python bench/quality.py cv cpu --only 0,1,2 -S train.epochs=6   # screening: 3 of the 5 folds
     python bench/quality.py cv cpu --folds 5                          # a finalist, full budget
     python bench/quality.py final cpu
-    python bench/quality.py curve cpu --scenes 4,8,16 --folds 3
+    python bench/quality.py curve cpu --scenes 4,8,16 --only 0,1,2
     python bench/quality.py table
 """
 
@@ -420,7 +421,9 @@ def train_and_score(
             )
             seconds += time.perf_counter() - t0
             predictors.append(Predictor.load(Path(tmp) / "model.pt", device, train_cfg.precision))
-            histories.append([{k: h[k] for k in ("epoch", "train_loss", "test_iou")} for h in result.history])
+            histories.append(
+                [{k: h[k] for k in ("epoch", "train_loss", "test_iou", "seconds")} for h in result.history]
+            )
     plain = unadapted = None
     if tta:  # the same model scored both ways: TTA's own gain, paired
         plain = total_scores(score_rows(predictors, sample, test_rows))
@@ -528,10 +531,10 @@ def trade_off_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-# What two cv results must share for their folds to be one CV: the training, which scenes fold i
-# holds (it depends on the fold count and the sample), the code that trained and scored, and how a
-# fold is scored.
-ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code", "split", "device")
+# What two cv results must share for their folds to be one CV: the training (on which device, in
+# which precision: train.precision auto is bf16 on some CPUs), which scenes fold i holds (it depends
+# on the fold count and the sample), the code that trained and scored, and how a fold is scored.
+ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code", "split", "device", "dtype")
 
 
 def unfinished_folds(result: dict) -> dict[int, dict]:
@@ -662,6 +665,8 @@ def main() -> None:
         sys.exit("--ensemble: give grid.seed two or more seeds (e.g. -S grid.seed=[0,1]) and train.threshold loss")
     result = {"name": name, "mode": args.mode, "recipe": args.recipe, "set": args.set_param, "params": params}
     result["device"], result["threads"] = device.type, torch.get_num_threads()
+    # the precision trained in, which train.precision auto picks per CPU (absent from results before it)
+    result["dtype"] = "bf16" if use_bf16(load_sections(params, "train")[0].precision, device) else "fp32"
     result["folds"], result["tta"] = args.folds, args.tta  # which scenes a fold holds, and how it is scored
     result["ensemble"] = args.ensemble
     if args.split == "tile":  # absent for the scene split, as in every result saved before the option

@@ -61,6 +61,7 @@ def test_a_saved_unfinished_run_gives_back_its_folds(results_dir: Path) -> None:
         result(sample="another", unfinished=[1]),  # folds of another sample hold other scenes
         result(code="older", unfinished=[1]),  # trained by other code
         result(split="tile", unfinished=[1]),  # folds of random tiles, not of scenes
+        result(dtype="bf16", unfinished=[1]),  # train.precision auto on another CPU: other numbers
     ],
 )
 def test_other_runs_are_not_resumed(results_dir: Path, saved: dict) -> None:
@@ -134,6 +135,7 @@ def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
         ({"code": "older"}, False),
         ({"split": "tile"}, False),  # fold 1 of random tiles is no fold of scenes
         ({"device": "cuda"}, False),  # another device trains other numbers from the same params
+        ({"dtype": "bf16"}, False),  # and so does another precision
         ({"unfinished": [2]}, True),  # part b's fold left to run is not the merged result's
     ],
 )
