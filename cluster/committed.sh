@@ -15,7 +15,8 @@ require_tools() {  # $1: who is asking; checked before any other step, each of w
     echo "error: $1: no \`dvc\` on PATH: activate the project's environment (. .venv/bin/activate)" >&2
     exit 2
   fi
-  if ! python -c "import forestseg" 2>/dev/null; then  # a dvc of its own (pipx), no python of the project
+  # what members.py and forget_locked_members import (forestseg alone imports from the checkout with any python)
+  if ! python -c "import numpy, dvc.repo, forestseg.config" 2>/dev/null; then  # a dvc of its own (pipx)
     echo "error: $1: no \`python\` on PATH that imports forestseg: activate the project's environment (. .venv/bin/activate)" >&2
     exit 2
   fi

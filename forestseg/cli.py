@@ -247,10 +247,10 @@ def predict(args: argparse.Namespace) -> int:
             f"the {len(pictures)} picture(s) are read as they are (red, green, blue, at their own pixel size)"
         )
     if opts.adapt_bn and args.adapt_bn is None:
-        to = [f"the {len(pictures)} picture(s) taken as one scene (give each scene a call of its own)"] * bool(pictures)
-        to += ["each GeoTIFF to itself"] * bool(rasters)
+        to = [f"the {len(pictures)} picture(s) to all of them, as one scene (give each scene a call of its own)"]
+        to = to * bool(pictures) + ["each GeoTIFF to itself"] * bool(rasters)
         print(
-            f"note: batch-norm adapted by {opts.adapt_bn:g}, the model file's, to {' and '.join(to)} (--adapt-bn 0: off)"
+            f"note: batch-norm adapted by {opts.adapt_bn:g}, the model file's: {' and '.join(to)} (--adapt-bn 0: off)"
         )
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
     adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for

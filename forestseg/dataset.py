@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import errno
 import os
 import re
 import shlex
@@ -180,6 +181,8 @@ def _no_meta(meta: Path) -> str:
 def check_tracked(source: str | Path, project: str | Path = ".") -> None:
     """Refuse a data folder inside the project that neither DVC nor .gitignore keeps out of git:
     `dvc exp run` would commit its images to git, and queued experiments would not see it."""
+    if not Path(source).is_dir():  # missing, a file, a link to nothing: find_source says which
+        return
     rel = untracked_in_project(source, project)
     if rel is None:
         return
@@ -226,7 +229,9 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         raise DataError(f"{meta}: not UTF-8 text ({e}); re-save it as UTF-8") from None
     except pd.errors.EmptyDataError:  # a download cut short, or no file yet
         raise DataError(f"{meta}: is empty. {GET_DATA}") from None
-    except (pd.errors.ParserError, csv.Error, OSError) as e:
+    except OSError as e:
+        raise DataError(f"{meta}: cannot be read ({e.strerror or e}); check its permissions and the disk") from None
+    except (pd.errors.ParserError, csv.Error) as e:
         reason = " ".join(str(e).split())  # pandas' messages span lines; ours are one line
         raise DataError(
             f"{meta}: cannot be read as CSV ({reason}); fix that line (a name holding a comma or a quote "
@@ -247,7 +252,7 @@ def _check_row_lengths(meta: Path) -> None:
     row (and refuses them on later ones); a trailing comma's empty cell is no data."""
     with open(meta, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
-        width = len(next(rows, []))
+        width = len(next((r for r in rows if r), []))  # pandas skips blank lines, before the header too
         for row in rows:
             if any(cell.strip() for cell in row[width:]):
                 raise DataError(
@@ -270,7 +275,7 @@ def _read(root: Path, folder: str, name: str) -> Picture:
     try:
         try:
             real = path.resolve()
-        except RuntimeError:  # a symlink loop (an OSError, caught below, from Python 3.13 on)
+        except RuntimeError:  # a symlink loop, before Python 3.13 (from 3.13 on, reading it fails: ELOOP below)
             raise BadPair(f"{folder}/{name} is a symlink loop; replace it with the file") from None
         if not real.is_relative_to(root.resolve()) and not _in_dvc_cache(real):
             raise BadPair(
@@ -281,6 +286,8 @@ def _read(root: Path, folder: str, name: str) -> Picture:
     except FileNotFoundError:
         raise BadPair(f"{MISSING}{folder}/{name}") from None
     except OSError as e:  # a folder, no permission, an I/O error: skip the pair, never crash the index
+        if e.errno == errno.ELOOP:
+            raise BadPair(f"{folder}/{name} is a symlink loop; replace it with the file") from None
         raise BadPair(f"{folder}/{name} cannot be read ({e.strerror or e})") from None
     except ImageError as e:
         raise BadPair(f"{name} {e}") from None

@@ -212,12 +212,13 @@ def write_report(
         then = f"; {top['combination']} " if len(higher) else ", "
         if len(others):
             if len(same):
-                text += f"{then}{'ties ' if len(higher) else ''}with {_names(tied['combination'])}" if len(tied) else ""
-                text += "".join(  # the same mean over fewer seeds: ranked after (report.rank)
-                    f", as high as {r['combination']} over its seeds that did not diverge "
-                    f"({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
+                clauses = [f"{'ties ' if len(higher) else ''}with {_names(tied['combination'])}"] if len(tied) else []
+                clauses += [  # the same mean over fewer seeds: ranked after (report.rank)
+                    f"{'scores ' if len(higher) and not clauses else ''}as high as {r['combination']} over its "
+                    f"seeds that did not diverge ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
                     for _, r in same.drop(tied.index).iterrows()
-                )
+                ]
+                text += then + ", ".join(clauses)
             else:
                 # the next-highest mean, not the next in rank: one with a diverged seed may score between
                 runners = others[others["test_miou_mean"] == others["test_miou_mean"].max()]  # tied for second

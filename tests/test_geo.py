@@ -419,8 +419,8 @@ def test_the_model_files_adapt_bn_note_says_what_each_input_is_adapted_to(
     write_raster(tmp_path / "x.tif", scene[0][:80, :80])
     Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
     assert cli("predict", str(ckpt), *(str(tmp_path / f) for f in inputs), "-o", str(tmp_path / "out")) == 0
-    to = "the 1 picture(s) taken as one scene (give each scene a call of its own) and " if len(inputs) > 1 else ""
-    said = f"note: batch-norm adapted by 0.25, the model file's, to {to}each GeoTIFF to itself (--adapt-bn 0: off)"
+    to = "the 1 picture(s) to all of them, as one scene (give each scene a call of its own) and " * (len(inputs) > 1)
+    said = f"note: batch-norm adapted by 0.25, the model file's: {to}each GeoTIFF to itself (--adapt-bn 0: off)"
     assert said in capsys.readouterr().out
 
 

@@ -586,7 +586,7 @@ def test_the_model_files_adapt_bn_is_predicts_default(checkpoint, scene, tmp_pat
             main(["predict", str(stored), *(str(tmp_path / f"t{i}.png") for i in range(3)), "-o", str(out), *flags])
         assert done.value.code == 0
         masks[name] = [read_mask(out / f"t{i}_mask.png") for i in range(3)]
-        said = "note: batch-norm adapted by 0.5, the model file's, to the 3 picture(s) taken as one scene"
+        said = "note: batch-norm adapted by 0.5, the model file's: the 3 picture(s) to all of them, as one scene"
         assert (said in capsys.readouterr().out) == (name == "default")
     plain = Predictor.load(stored, torch.device("cpu"))
     assert plain.adapt_bn == 0.5

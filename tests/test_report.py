@@ -736,6 +736,29 @@ def test_a_top_ranked_before_a_higher_mean_is_still_weighed_against_the_next(tmp
     assert "mIoU over mse-sgd (within the spread over seeds: no clear winner); the all-forest" in text
 
 
+def test_a_same_mean_over_fewer_seeds_after_a_higher_mean_is_said_of_the_top(tmp_path: Path) -> None:
+    """mse-sgd, one seed diverged, scores mse-adam's mean with the other: the clause names mse-adam
+    again, not the bce-sgd of the sentence on higher means before it."""
+    runs_dir = write_tree(tmp_path, diverged=("bce-sgd-1",))
+    (runs_dir / "bce-sgd-0/metrics.json").write_text(
+        json.dumps({"status": "ok", **{**METRICS["mse-adam-0"], "test_miou": 0.99}, "epochs": 3})
+    )
+    mean = {k: (METRICS["mse-adam-0"][k] + METRICS["mse-adam-1"][k]) / 2 for k in METRICS["mse-adam-0"]}
+    for seed, metrics in ((0, {"status": "ok", **mean, "epochs": 3}), (1, {"status": "diverged", "epochs": 1})):
+        folder = runs_dir / f"mse-sgd-{seed}"
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "message": "x"} if seed else metrics))
+        history(0.05, rows=3 if seed == 0 else 1).to_csv(folder / "history.csv", index=False)
+    runs = [*RUNS, Run("mse", "sgd", 0), Run("mse", "sgd", 1)]
+    report = tmp_path / "REPORT.md"
+    setup = {"index": INDEX, "split_by": "scene", "params": "p"}
+    aggregate(runs, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    assert (
+        "has a higher mean over the rest, 0.9900; mse-adam scores as high as mse-sgd over its seeds that did not "
+        "diverge (1 of 2 seeds diverged: ranked after); the all-forest"
+    ) in report.read_text()
+
+
 def test_best_seeds_that_tie_are_named(tmp_path: Path) -> None:
     runs_dir = write_tree(tmp_path)
     tied = {**METRICS["mse-adam-1"], "test_miou": METRICS["mse-adam-0"]["test_miou"]}

@@ -280,8 +280,9 @@ def test_no_default_remote_or_no_dvc_stops_before_anything_trains(repo: Path) ->
         assert (
             out.stderr == f"error: {who}: no `dvc` on PATH: activate the project's environment (. .venv/bin/activate)\n"
         )
-    (repo.parent / "pipx").mkdir()  # a dvc of its own, and no python that imports forestseg
+    (repo.parent / "pipx").mkdir()  # a dvc of its own, and a python without the project's packages
     (repo.parent / "pipx" / "dvc").symlink_to(BIN / "dvc")
+    (repo.parent / "pipx" / "python").symlink_to(Path(sys.base_prefix) / "bin" / "python3")  # the venv's base
     env["PATH"] = f"{repo.parent / 'pipx'}:/usr/bin:/bin"
     out = subprocess.run(["bash", "cluster/worker.sh", "bce-adam-0"], cwd=repo, env=env, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("error: worker: no `python` on PATH that imports forestseg"), (
