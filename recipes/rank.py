@@ -163,6 +163,14 @@ def _mark(state: str, value: Any, metric: str) -> str:
     return "not finite" if _number(value) else f"no {metric}"
 
 
+def _headline_cell(e: Experiment, key: str) -> Any:
+    """A headline value as a cell: aggregate writes null for a combination every seed of which diverged
+    (for `best`: when that holds for all of them), said so; blank stays for one not in the grid."""
+    if e.state == "ok" and key in e.headline and e.headline[key] is None:
+        return "diverged" if key.startswith("iou_") else "all diverged"
+    return e.headline.get(key)
+
+
 def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
     """The table: rank, experiment, `metric`, best combination, forest IoU per combination, the params
     that differ between the experiments; ranked best first, ties sharing a rank, unranked ones last."""
@@ -189,7 +197,7 @@ def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
                 "experiment": e.name,
                 metric: value if not mark else None,
                 "_mark": mark,
-                **{k: e.headline.get(k) for k in others},
+                **{k: _headline_cell(e, k) for k in others},
                 **{k: _text(e.params[k]) if k in e.params else "" for k in differ},
             }
         )
@@ -271,7 +279,8 @@ def main(argv: list[str]) -> int:
     write_text(
         out / TABLE,
         f"# Experiments ranked by {args.metric}\n\nFrom {source}: {len(ranked)} ranked, higher is better; "
-        "`best` is the best combination of each, `iou_*` the mean forest IoU of each combination, then the "
+        "`best` is the best combination of each, `iou_*` the mean forest IoU of each combination (diverged: "
+        "every seed of it diverged; blank: not in that experiment's grid), then the "
         "params that differ between the experiments. Failed, queued or running experiments and those without "
         f"a value are listed last.\n\n{text}\n\n![{args.metric} per experiment]({FIGURE})\n",
     )

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import REPO, TINY, failed_logs, set_params, sh, wait_for_queue
 from PIL import Image
@@ -301,3 +302,16 @@ def test_the_lock_is_read_as_dvc_writes_it_in_a_project_below_the_git_root(tmp_p
     (project / "metrics/headline.json").write_text('{"best_iou": 0.7}\n')
     subprocess.run([*git, "-C", str(tmp_path / "repo"), "commit", "-qam", "another headline"], check=True)
     assert rank.aggregated("HEAD", {"optimizer.lr": 1e-05}) is False
+
+
+def test_a_combination_every_seed_of_which_diverged_is_told_from_one_not_in_the_grid() -> None:
+    shown = copy.deepcopy(SHOWN)
+    exps = {x["name"]: x for x in shown[1]["experiments"]}
+    headline = {
+        n: exps[n]["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"] for n in ("lucky-knap", "dried-sink")
+    }
+    headline["lucky-knap"]["iou_bce-adam"] = None  # aggregate's null: every seed diverged
+    headline["dried-sink"]["iou_mse-sgd"] = 0.5  # a combination only this experiment's grid has
+    rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
+    assert rows.loc["lucky-knap", "iou_bce-adam"] == "diverged" and rows.loc["dried-sink", "iou_mse-sgd"] == 0.5
+    assert pd.isna(rows.loc["lucky-knap", "iou_mse-sgd"])  # not in its grid: blank in the table
