@@ -32,7 +32,8 @@ trap 'rm -f "$log"' EXIT
 status=0
 dvc repro --pull "$@" 2>&1 | tee "$log" || status=$?
 restored=$(grep -c "Stage 'train@[^']*' is cached - skipping run" "$log" || true)
-unchanged=$(grep -c "Stage 'train@[^']*' didn't change, skipping" "$log" || true)  # already in this checkout
+# already in this checkout: counted, and pushed below
+mapfile -t kept < <(grep -o "Stage 'train@[^']*' didn't change, skipping" "$log" | sed "s/^Stage '//; s/' didn't.*//")
 mapfile -t here < <(grep -o "Running stage 'train@[^']*'" "$log" | sed "s/^Running stage '//; s/'\$//" | sort -u)
 # pulled as the commit's dvc.lock names them (someone ran `dvc push` after that repro): neither run nor restored
 pulled=$(comm -23 <(grep -o "Pulling data for stage: 'train@[^']*'" "$log" | sed "s/.*: '//; s/'\$//" | sort -u) \
@@ -41,7 +42,6 @@ pulled=$(comm -23 <(grep -o "Pulling data for stage: 'train@[^']*'" "$log" | sed
 # coordinator (or a worker given the same member) restores them instead of training them again: those
 # trained here that finished, and those already in this checkout, which an earlier coordinator stopped
 # before its pushes (scancel, a time limit) may have trained; DVC pushes a member without outputs too
-mapfile -t kept < <(grep -o "Stage 'train@[^']*' didn't change, skipping" "$log" | sed "s/^Stage '//; s/' didn't.*//")
 mapfile -t candidates < <(printf '%s\n' "${here[@]}" "${kept[@]}" | grep . | sort -u)
 finished=()
 if [ "${#candidates[@]}" -gt 0 ]; then
@@ -65,4 +65,4 @@ if [ "$status" -ne 0 ]; then
   exit "$status"
 fi
 total=$(python cluster/members.py | grep -c . || true)
-echo "coordinator: commit $(git rev-parse HEAD): the report covers the grid's $total member(s): $restored restored from the run-cache, $pulled pulled as dvc.lock names them, $unchanged already in this checkout, ${#here[@]} trained here; $pushed pushed"
+echo "coordinator: commit $(git rev-parse HEAD): the report covers the grid's $total member(s): $restored restored from the run-cache, $pulled pulled as dvc.lock names them, ${#kept[@]} already in this checkout, ${#here[@]} trained here; $pushed pushed"

@@ -247,8 +247,13 @@ def predict(args: argparse.Namespace) -> int:
             f"the {len(pictures)} picture(s) are read as they are (red, green, blue, at their own pixel size)"
         )
     if opts.adapt_bn and args.adapt_bn is None:
-        to = [f"the {len(pictures)} picture(s) to all of them, as one scene (give each scene a call of its own)"]
-        to = to * bool(pictures) + ["each GeoTIFF to itself"] * bool(rasters)
+        to = []
+        if pictures:
+            to.append(
+                f"the {len(pictures)} picture(s) to all of them, as one scene (give each scene a call of its own)"
+            )
+        if rasters:
+            to.append("each GeoTIFF to itself")
         print(
             f"note: batch-norm adapted by {opts.adapt_bn:g}, the model file's: {' and '.join(to)} (--adapt-bn 0: off)"
         )
@@ -342,12 +347,12 @@ def _predict_pictures(
 
     def write(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
         write_with(args.out / f"{path.stem}_mask.png", lambda p: Image.fromarray((mask * 255).astype(np.uint8)).save(p))
-        old = args.out / f"{path.stem}_overlay.png"
+        overlay_png = args.out / f"{path.stem}_overlay.png"
         if args.overlay:
-            write_with(old, lambda p: Image.fromarray(overlay(image, mask)).save(p))
-        elif old.exists():  # an earlier run's, of another mask: never left beside this one
-            old.unlink(missing_ok=True)
-            removed.append(old)
+            write_with(overlay_png, lambda p: Image.fromarray(overlay(image, mask)).save(p))
+        elif overlay_png.exists():  # an earlier run's, of another mask: never left beside this one
+            overlay_png.unlink(missing_ok=True)
+            removed.append(overlay_png)
 
     groups = _groups(pictures, chunk)
     with (

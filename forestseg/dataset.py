@@ -272,11 +272,12 @@ def _read(root: Path, folder: str, name: str) -> Picture:
     """Decode root/folder/name, which must stay inside root (no symlink out of data.source, but into
     the DVC cache that DVC links tracked data to)."""
     path = root / folder / name
+    loop = f"{folder}/{name} is a symlink loop; replace it with the file"
     try:
         try:
             real = path.resolve()
         except RuntimeError:  # a symlink loop, before Python 3.13 (from 3.13 on, reading it fails: ELOOP below)
-            raise BadPair(f"{folder}/{name} is a symlink loop; replace it with the file") from None
+            raise BadPair(loop) from None
         if not real.is_relative_to(root.resolve()) and not _in_dvc_cache(real):
             raise BadPair(
                 f"{folder}/{name} links outside data.source ({real}); copy the files in (`cp -rL`) or set "
@@ -287,7 +288,7 @@ def _read(root: Path, folder: str, name: str) -> Picture:
         raise BadPair(f"{MISSING}{folder}/{name}") from None
     except OSError as e:  # a folder, no permission, an I/O error: skip the pair, never crash the index
         if e.errno == errno.ELOOP:
-            raise BadPair(f"{folder}/{name} is a symlink loop; replace it with the file") from None
+            raise BadPair(loop) from None
         raise BadPair(f"{folder}/{name} cannot be read ({e.strerror or e})") from None
     except ImageError as e:
         raise BadPair(f"{name} {e}") from None
