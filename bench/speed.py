@@ -20,6 +20,7 @@ Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles
     python bench/speed.py [--width 16] [--depth 4] [--batch 16] [--steps 12] [--repeats 3]
     python bench/speed.py --study --batch 160      # the study's UNet (on CUDA: the goal's setting)
     python bench/speed.py --nchw                   # also training without channels_last
+    python bench/speed.py --auto-only              # training timed in auto's precision alone
 """
 
 from __future__ import annotations
@@ -264,6 +265,11 @@ def main() -> None:
     ap.add_argument(
         "--nchw", action="store_true", help="also time training without channels_last (train.channels_last)"
     )
+    ap.add_argument(
+        "--auto-only",
+        action="store_true",
+        help="time training only in the precision auto picks (exact fp32 of the study's UNet takes minutes on a GPU)",
+    )
     args = ap.parse_args()
     if min(args.width, args.depth, args.batch, args.steps, args.repeats) < 1:
         ap.error("--width, --depth, --batch, --steps and --repeats must be at least 1")
@@ -332,8 +338,8 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     )
     auto = "bf16" if use_bf16("auto", device) else "fp32"
     print(f"precision auto on this device: {auto}")
-    precisions = ["bf16", "fp32"]
-    if peaks[torch.bfloat16] < peaks[torch.float32] / 4:  # emulated: hours per epoch, and auto never picks it
+    precisions = [auto] if args.auto_only else ["bf16", "fp32"]
+    if peaks[torch.bfloat16] < peaks[torch.float32] / 4 and not args.auto_only:  # emulated: hours per epoch
         precisions = ["fp32"]
         print("bf16 is emulated on this device (no native bf16 matmul): training timed in fp32 only")
     speeds, models, trained_rates = {}, {}, {}

@@ -230,3 +230,8 @@ def test_gpu_session_says_what_to_prepare_before_a_call(tmp_path: Path) -> None:
     assert prepare.returncode == 1 and prepare.stderr.startswith("gpu_session: no sample at")
     usage = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and usage.stderr.startswith("usage: bash bench/gpu_session.sh prepare | run")
+    bad = subprocess.run(["bash", str(script), "run", "finale"], env=env, capture_output=True, text=True, timeout=60)
+    assert (
+        bad.returncode == 2
+        and bad.stderr == "gpu_session: run takes cv (the default) or final, and --cpu-check; not 'finale'\n"
+    )
