@@ -18,6 +18,8 @@
 #      bench/quality.py final gpu (`run final`): trained on the CV scenes, scored on the 8 set-aside scenes
 #      (issue #12's GPU goal: forest IoU >= 0.85). The final is on record (H200, 2026-12-04:
 #      bench/results/final_gpu_nvidia_h200.*), so a later call measures the CV
+#   3. bench/speed.py --study --batch 160 --auto-only --compile: the same training with torch.compile
+#      (on the H200 eager bf16 reached 26.8 % of the peak; what fusing the memory-bound ops buys)
 # The queued study grid (bench/gpu.py without --skip-grid) needs dvc and its dependencies as wheels,
 # which do not fit in one call beside the sample.
 set -euo pipefail
@@ -83,10 +85,13 @@ run() {
         step 300 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --threads 2 --name "${mode}_gpu_$tag" \
             $([[ $mode == cv ]] && echo --only 0) \
             -S model.width=4 -S model.depth=1 -S train.epochs=1 -S optimizer.warmup_epochs=0
+        step 300 "speed compile" python3 bench/speed.py --width 4 --depth 2 --batch 4 --steps 2 --repeats 1 \
+            --auto-only --compile
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
-        step 200 "gpu.py" python3 bench/gpu.py --skip-grid
-        step 330 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
+        step 160 "gpu.py" python3 bench/gpu.py --skip-grid
+        step 300 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
+        step 110 "speed compile" python3 bench/speed.py --study --batch 160 --auto-only --compile
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1
