@@ -18,7 +18,8 @@
 #      bench/quality.py final gpu (`run final`): trained on the CV scenes, scored on the 8 set-aside scenes
 #      (issue #12's GPU goal: forest IoU >= 0.85). The final is on record (H200, 2026-12-04:
 #      bench/results/final_gpu_nvidia_h200.*), so a later call measures the CV
-#   3. bench/speed.py --study --batch 160 --auto-only --compile: the same training with torch.compile
+#   3. bench/speed.py --study --batch 160 --auto-only --compile: the same training with torch.compile (where
+#      a C compiler and Python.h are there: Inductor and Triton build C at run time)
 #      (on the H200 eager bf16 reached 26.8 % of the peak; what fusing the memory-bound ops buys)
 # The queued study grid (bench/gpu.py without --skip-grid) needs dvc and its dependencies as wheels,
 # which do not fit in one call beside the sample.
@@ -56,6 +57,23 @@ step() {  # step SECONDS NAME COMMAND...: one step under its own limit; a failed
     echo "=== $name: exit $rc after $((SECONDS - t0)) s$([[ $rc == 124 || $rc == 137 ]] && echo ' (time limit)')"
 }
 
+results() {  # moved, not copied: a --cpu-check leaves the checkout's bench/results as it was
+    mv bench/results/"${mode}_gpu_$1".* "$OUT"/ 2>/dev/null || echo "gpu_session: no quality result to move to $OUT"
+}
+
+compile_step() {  # compile_step SECONDS SPEED-ARGS...: training timed with torch.compile, where it can build
+    # Inductor and Triton compile C at run time (Triton's launcher needs Python.h): without them the
+    # step would fail after its imports, so it says why and leaves the time to the others
+    if ! python3 -c "import os, shutil, sys, sysconfig
+sys.exit(not (shutil.which('cc') or shutil.which('gcc')) or not os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"; then
+        echo "=== speed compile: skipped (torch.compile needs a C compiler and Python.h, which this machine lacks)"
+        return
+    fi
+    local limit=$1
+    shift
+    step "$limit" "speed compile" python3 bench/speed.py "$@" --auto-only --compile
+}
+
 run() {
     local cpu_check="" mode=cv arg
     for arg in "$@"; do
@@ -85,19 +103,18 @@ run() {
         step 300 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --threads 2 --name "${mode}_gpu_$tag" \
             $([[ $mode == cv ]] && echo --only 0) \
             -S model.width=4 -S model.depth=1 -S train.epochs=1 -S optimizer.warmup_epochs=0
-        step 300 "speed compile" python3 bench/speed.py --width 4 --depth 2 --batch 4 --steps 2 --repeats 1 \
-            --auto-only --compile
+        results "$tag"
+        compile_step 300 --width 4 --depth 2 --batch 4 --steps 2 --repeats 1
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
-        step 160 "gpu.py" python3 bench/gpu.py --skip-grid
-        step 300 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
-        step 110 "speed compile" python3 bench/speed.py --study --batch 160 --auto-only --compile
+        step 150 "gpu.py" python3 bench/gpu.py --skip-grid
+        step 290 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
+        results "$tag"  # before the last step: a call cut at its limit still brings the quality result back
+        compile_step 100 --study --batch 160
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1
     fi
-    # moved, not copied: a --cpu-check leaves the checkout's bench/results as it was
-    mv bench/results/"${mode}_gpu_$tag".* "$OUT"/ 2>/dev/null || echo "gpu_session: no quality result to move to $OUT"
     echo "gpu_session: done; files in $OUT"
 }
 

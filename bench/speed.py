@@ -51,7 +51,7 @@ from forestseg.config import (  # noqa: E402
     TrainConfig,
 )
 from forestseg.dataset import build_index  # noqa: E402
-from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
+from forestseg.device import exact_fp32, keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import Normalizer, Tiles, batches, load_tiles, to_input  # noqa: E402
 from forestseg.losses import bce  # noqa: E402
@@ -67,6 +67,7 @@ def study_style_steps(
     root: Path, names: list[tuple[str, str]], model_cfg: ModelConfig, batch: int, steps: int, device: torch.device
 ) -> float:
     """The 2022 study's loop: decode each batch's JPEGs with PIL every step, fp32, NCHW, raw 0-255."""
+    exact_fp32(device)  # full fp32 on CUDA as labelled, not TF32, whether or not an fp32 setting ran before
     torch.manual_seed(0)
     model = build_model(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)

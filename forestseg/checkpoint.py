@@ -28,6 +28,7 @@ from .config import INIT_DIR, PRECISIONS, SAME_PIXEL_SIZE, init_dvc_files
 from .errors import ForestsegError
 from .io import untracked_in_project, write_torch
 from .losses import LOSSES
+from .model import ARCHS
 
 MODEL_FORMAT = "forestseg-model/1"
 # What a model file written before a field existed means by its absence (read_model fills them in):
@@ -64,8 +65,9 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
     knows better where a model file should come from), else advice for predict and evaluate."""
     path = Path(path)
 
-    def fail(problem: str, advice: str) -> ForestsegError:
-        return ForestsegError(f"{path}: {problem}; {fix or advice}")
+    def fail(problem: str, advice: str, own: bool = False) -> ForestsegError:
+        """`own`: advice that holds whoever asks (another version's file), not replaced by `fix`."""
+        return ForestsegError(f"{path}: {problem}; {advice if own else fix or advice}")
 
     if not path.is_file():
         raise fail("is a folder" if path.is_dir() else "no such file", "pass a model file, models/<run>/model.pt")
@@ -97,6 +99,7 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
             "(`dvc repro`)"
             if other_version
             else "retrain it with this version (`dvc repro`), or pass models/<run>/model.pt",
+            own=other_version,
         )
     if "weights" in state and state["weights"] is None and "message" in state:  # what train_member writes
         raise fail(
@@ -190,7 +193,10 @@ def read_init(path: str | Path, model: dict, pixel_size_m: float | None = None) 
             "and set data.pixel_size_m to it, or start from a model of the data's pixel size"
         )
     theirs = state.get("model") if isinstance(state.get("model"), dict) else {}
-    differ = [k for k in model if theirs.get(k) != model[k]]
+    # the keys that shape the weights of this arch: study_unet's fixed layers read no width or depth
+    arch = ARCHS.get(model.get("arch"))
+    shaping = {"arch", "input"} | (arch.uses if arch else set(model))
+    differ = [k for k in model if k in shaping and theirs.get(k) != model[k]]
     if differ:
         raise ForestsegError(
             f"params.yaml: train.init_from: {path} holds a model with "

@@ -335,7 +335,7 @@ def _predict_pictures(
     from .device import keep_freed_memory
     from .predict import overlay, read_rgb
 
-    failed, transparent, removed = [], 0, []
+    failed, transparent, removed, of_failed = [], 0, [], []
     if predictor.device.type == "cpu":
         keep_freed_memory()  # ~1.9x images/s here (bench/speed.py); rasters keep glibc's default (bounded RSS)
 
@@ -366,6 +366,11 @@ def _predict_pictures(
             ahead = pool.map(read, groups[k + 1]) if k + 1 < len(groups) else None
             ok = [(path, d) for path, d in zip(group, decoded) if not isinstance(d, str)]
             failed += [d for d in decoded if isinstance(d, str)]
+            for path, d in zip(group, decoded):  # an earlier run's outputs of a now unreadable image: never left
+                for old in (args.out / f"{path.stem}_mask.png", args.out / f"{path.stem}_overlay.png"):
+                    if isinstance(d, str) and old.exists():
+                        old.unlink(missing_ok=True)
+                        of_failed.append(old)
             writes = []
             for (path, (image, opaque)), mask in zip(ok, predictor.masks([d[0] for _, d in ok], args.overlap)):
                 if opaque is not None:  # transparent pixels are no photo: never forest
@@ -381,6 +386,11 @@ def _predict_pictures(
     if removed:
         print(
             f"note: removed {plural(len(removed), 'overlay')} of an earlier run from {args.out} (this one has no --overlay)"
+        )
+    if of_failed:
+        print(
+            f"note: removed {plural(len(of_failed), 'output')} of an earlier run from {args.out} whose images now "
+            f"fail to read: {', '.join(p.name for p in of_failed[:5])}{' ...' if len(of_failed) > 5 else ''}"
         )
     return failed, transparent
 
@@ -443,6 +453,8 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ForestsegError(f"{args.data}: no such folder")
     if args.subset is not None and args.split is None:
         raise ForestsegError(f"--subset {args.subset}: picks rows of a --split file; give one (e.g. data/split.csv)")
+    if args.split is not None and not args.split.is_file():  # before the index, which may take minutes
+        raise ForestsegError(f"--split {args.split}: no such file; give a split.csv (e.g. data/split.csv)")
     if args.output is not None:  # checked before the scoring, which may take long, not after
         _check_output_file(args.output, inputs=[args.checkpoint, args.data, *([args.split] if args.split else [])])
     _pixel_note(args.checkpoint, predictor)
@@ -470,6 +482,8 @@ def evaluate(args: argparse.Namespace) -> int:
         "adapt_bn": opts.adapt_bn,
         **result,
     }
+    if args.output:  # before the summary: a reader that stops early (`| head`) still gets the file
+        write_json(args.output, result)
     kind = "scene" if "scenes" in result else "raster"
     what = (
         f"{result['tiles']} tiles of {result['scenes']} scenes" if kind == "scene" else f"{result['rasters']} rasters"
@@ -496,7 +510,6 @@ def evaluate(args: argparse.Namespace) -> int:
         f"(at most {share['max_abs']:.2f})"
     )
     if args.output:
-        write_json(args.output, result)
         print(f"evaluate: wrote {args.output} (pass it to `forestseg predict --area-error`)")
     return 0
 
@@ -527,9 +540,9 @@ def tile(args: argparse.Namespace) -> int:
         reproject=args.reproject,
         first_scene=args.first_scene,
     )
-    kind, pairs = find_pairs(args.data)
-    if args.out.parent.is_dir():  # a killed run's temp folder
+    if args.out.parent.is_dir():  # a killed run's temp folder, whether or not this run gets further
         remove_stale_temps(args.out.parent)
+    kind, pairs = find_pairs(args.data)
     done = tile_pairs(kind, pairs, args.out, opts)
     ids = [r["scene"] for r in done["scenes"]]
     px = {round(r["pixel_size_m"], 4) for r in done["scenes"] if r["tiles"] and r["pixel_size_m"] is not None}
@@ -549,7 +562,7 @@ def tile(args: argparse.Namespace) -> int:
     out = args.out  # data.source is read from the project root, where DVC runs the stages: named from there
     if inside:
         out = args.out.resolve().relative_to(root)
-    elif root is not None and root != here:
+    elif root != here:  # another project, or none: a path typed relative to here means nothing from its root
         out = args.out.resolve()
     go = ""
     if root is not None and root != here:  # the shell's cd goes up from the path typed: absolute under a symlink
@@ -781,7 +794,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (KeyboardInterrupt, _Terminated) as e:  # outputs are written atomically: the finished ones stand
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
-        print(f"forestseg {args.command}: {how}; outputs written before it stand", file=sys.stderr)
+        stand = (
+            "nothing was written (its folder is written whole)"
+            if args.command == "tile"
+            else "outputs written before it stand"
+        )
+        print(f"forestseg {args.command}: {how}; {stand}", file=sys.stderr)
         sys.exit(143 if isinstance(e, _Terminated) else 130)  # as a shell reports the signal
     except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again

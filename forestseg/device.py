@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,29 +17,40 @@ from .errors import ForestsegError
 _CLAIMS: list = []  # open, flock-ed slot files: a claim lasts as long as this process
 
 
-def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
+def claim_gpu(count: int, lock_dir: Path | None = None, index: int | None = None) -> int:
     """The index of the visible GPU that the fewest forestseg processes on this machine use now, claimed
     for this process (a flock on a slot file, released when the process ends, even by SIGKILL), so
-    parallel queue workers spread over the GPUs instead of all landing on cuda:0."""
+    parallel queue workers spread over the GPUs instead of all landing on cuda:0. With `index` (a
+    run that named cuda:<i>), that GPU is claimed and returned, so the others count it."""
     default = Path(tempfile.gettempdir()) / f"forestseg-gpus-{os.getuid()}"  # per user: no shared, unwritable files
     lock_dir = lock_dir or Path(os.environ.get("FORESTSEG_GPU_LOCKS", default))
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
         with open(lock_dir / ".choose", "a") as choosing:
             fcntl.flock(choosing, fcntl.LOCK_EX)  # count and claim as one step: two workers never pick the same GPU
-            return _claim(lock_dir, count)
+            return _claim(lock_dir, count, index)
     except OSError as e:
-        print(f"warning: cannot coordinate GPUs through {lock_dir} ({e.strerror or e}); using cuda:0")
-        return 0
+        fallback = 0 if index is None else index
+        print(f"warning: cannot coordinate GPUs through {lock_dir} ({e.strerror or e}); using cuda:{fallback}")
+        return fallback
 
 
-def _claim(lock_dir: Path, count: int) -> int:
-    # the same physical GPUs can be visible under other indices elsewhere: key the slots by what is visible
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "_") or "all"
+def _physical(count: int) -> list[str]:
+    """What each visible GPU index is on the machine: CUDA_VISIBLE_DEVICES' entries (an index, a GPU-
+    or MIG- UUID) in order, else the index itself, so that processes seeing the same GPU under other
+    indices ('0,1' and '1,0') share its slots. One process naming a GPU by index and another by UUID
+    are not matched."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries = [e.strip() for e in visible.split(",")] if visible is not None else []
+    return [entries[i] if i < len(entries) and entries[i] else str(i) for i in range(count)]
+
+
+def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
+    names = [re.sub(r"[^A-Za-z0-9_-]", "_", name) for name in _physical(count)]
 
     def busy(i: int) -> int:
         n = 0
-        for slot in lock_dir.glob(f"{visible}.gpu{i}.*"):
+        for slot in lock_dir.glob(f"gpu-{names[i]}.*"):
             with open(slot, "a") as f:
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -47,9 +59,9 @@ def _claim(lock_dir: Path, count: int) -> int:
                     n += 1
         return n
 
-    gpu = min(range(count), key=lambda i: (busy(i), i))
+    gpu = min(range(count), key=lambda i: (busy(i), i)) if index is None else index
     for slot in range(1024):
-        f = open(lock_dir / f"{visible}.gpu{gpu}.{slot}", "a")
+        f = open(lock_dir / f"gpu-{names[gpu]}.{slot}", "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,7 +90,19 @@ def pick_device(pref: str, key: str = "params.yaml: train.device") -> torch.devi
         raise ForestsegError(
             f"{key}: {pref}, but torch sees {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. cuda:<count-1> or auto"
         )
+    if device.type == "cuda" and torch.cuda.device_count() > 1:  # counted by the workers that pick with auto
+        claim_gpu(torch.cuda.device_count(), index=device.index or 0)
     return device
+
+
+def here_or_auto(pref: str) -> str:
+    """`pref` where this machine has that device, else auto: for work that follows a run trained
+    elsewhere (a scale-out coordinator without the grid's GPUs, or with fewer of them)."""
+    if not pref.startswith("cuda"):
+        return pref
+    if torch.cuda.is_available() and (torch.device(pref).index or 0) < torch.cuda.device_count():
+        return pref
+    return "auto"
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

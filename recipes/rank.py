@@ -49,9 +49,12 @@ class Experiment:
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys, one per leaf. An empty mapping has no leaves, so it adds no key: an
+    experiment without `optimizer.lr_overrides` shows a blank cell under another's
+    `optimizer.lr_overrides.mse-adam`, not a `{}` column of its own beside it."""
     out = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -5,10 +5,9 @@ the best run."""
 
 from pathlib import Path
 
-import torch
 from common import args, clear_temps, drop_runs_not_in, params, stage
 
-from forestseg.device import pick_device
+from forestseg.device import here_or_auto, pick_device
 from forestseg.io import read_json
 from forestseg.layout import DataLayout
 from forestseg.predict import write_overlays, write_worst_scenes
@@ -23,9 +22,9 @@ def main(argv: list[str]) -> None:
     drop_runs_not_in(grid, models_dir, "model")
     clear_temps(out_dir)
     # the device the runs trained and scored their test tiles on, so the overlays show what was scored;
-    # a coordinator without the grid's GPUs draws them on its CPU (calls within rounding of the cut may differ)
-    wanted = train.device if train.device == "cpu" or torch.cuda.is_available() else "auto"
-    summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device(wanted)
+    # a coordinator without the grid's GPUs (or with fewer) draws them where it can (calls within rounding
+    # of the cut may differ)
+    summary, layout, device = read_json(summary_json), DataLayout(data_dir), pick_device(here_or_auto(train.device))
     n = write_overlays(models_dir, layout, summary["combinations"], cfg, out_dir, device)
     print(f"overlays: wrote {out_dir}/<combination>.png for {n} test tiles")
     worst = write_worst_scenes(models_dir, layout, summary, scenes_csv, cfg, out_dir / "worst_scenes.png", device)

@@ -44,6 +44,29 @@ def test_auto_uses_the_claimed_gpu(tmp_path: Path, monkeypatch) -> None:
     assert device.pick_device("auto") == torch.device("cuda", 0)
 
 
+def test_a_gpu_visible_under_another_index_is_counted(tmp_path: Path, monkeypatch) -> None:
+    """CUDA_VISIBLE_DEVICES '0,1' and '1,0' show the same two GPUs: a claim through either counts for both."""
+    monkeypatch.setattr(device, "_CLAIMS", [])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert device.claim_gpu(2, tmp_path) == 0  # physical GPU 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert device.claim_gpu(2, tmp_path) == 0  # its cuda:0 is physical GPU 1, free
+    assert device.claim_gpu(2, tmp_path) == 0  # both have one worker: the lowest index
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-3f2a,GPU-77b0")
+    assert device._physical(2) == ["GPU-3f2a", "GPU-77b0"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert device._physical(3) == ["0", "1", "2"]
+
+
+def test_a_gpu_named_in_params_is_counted_by_the_workers_that_pick(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(device, "_CLAIMS", [])
+    monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device.pick_device("cuda:0") == torch.device("cuda", 0)
+    assert device.pick_device("auto") == torch.device("cuda", 1)  # cuda:0 is in use by the run that named it
+
+
 def test_concurrent_workers_never_pick_the_same_gpu(tmp_path: Path) -> None:
     """Two processes claim at the same moment: counting and claiming is one locked step."""
     code = (
@@ -129,3 +152,22 @@ def test_apply_precision_makes_fp32_exact_only_where_it_is_fp32(monkeypatch, pre
     monkeypatch.setattr(device, "exact_fp32", calls.append)
     assert device.apply_precision(precision, torch.device("cuda")) is (precision == "bf16")
     assert calls == ([torch.device("cuda")] if exact else [])
+
+
+@pytest.mark.parametrize(
+    "pref, gpus, drawn_with",
+    [
+        ("cpu", 0, "cpu"),
+        ("auto", 0, "auto"),
+        ("cuda", 0, "auto"),
+        ("cuda:1", 0, "auto"),
+        ("cuda", 1, "cuda"),
+        ("cuda:0", 1, "cuda:0"),
+        ("cuda:1", 1, "auto"),
+        ("cuda:1", 2, "cuda:1"),
+    ],
+)
+def test_work_after_a_run_uses_its_device_where_this_machine_has_it(pref, gpus, drawn_with, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert device.here_or_auto(pref) == drawn_with

@@ -18,7 +18,7 @@ from PIL import Image
 import forestseg.io
 import forestseg.predict
 import forestseg.windows
-from forestseg.checkpoint import RESUME_FORMAT
+from forestseg.checkpoint import RESUME_FORMAT, read_init
 from forestseg.cli import main
 from forestseg.config import ForestsegError, ReportConfig
 from forestseg.evaluate import evaluate
@@ -106,6 +106,27 @@ def test_a_rerun_without_overlay_removes_the_earlier_runs_overlays(checkpoint, s
     assert done.value.code == 0 and sorted(p.name for p in out.iterdir()) == ["a_mask.png"]
     assert (
         f"note: removed 1 overlay of an earlier run from {out} (this one has no --overlay)" in capsys.readouterr().out
+    )
+
+
+def test_an_image_that_no_longer_reads_loses_the_earlier_runs_outputs(checkpoint, scene, tmp_path, capsys) -> None:
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    argv = ["predict", str(checkpoint), str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--overlay"]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0 and len(list(out.iterdir())) == 4
+    (tmp_path / "b.png").write_bytes((tmp_path / "b.png").read_bytes()[:100])  # cut short
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 1  # b named as failed; its old mask would pass for this run's
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png"]
+    said = capsys.readouterr().out
+    assert (
+        f"note: removed 2 outputs of an earlier run from {out} whose images now fail to read: b_mask.png, b_overlay.png"
+        in said
     )
 
 
@@ -483,6 +504,36 @@ def test_cli_predict_runs_in_the_precision_asked_for(checkpoint, scene, tmp_path
     assert done.value.code == 0
     assert [p.bf16 for p in loaded] == [precision == "bf16"]
     assert np.array_equal(read_mask(tmp_path / "out/a_mask.png"), loaded[0].mask(image))
+
+
+def test_evaluate_writes_its_file_before_a_reader_that_stops_early(checkpoint, tmp_path, monkeypatch) -> None:
+    """`forestseg evaluate ... -o e.json | head -1`: the pipe breaks at the summary; the file is there."""
+    import forestseg.cli
+
+    def head_1(*args, **kwargs) -> None:
+        if str(args[0]).startswith("evaluate:"):
+            raise BrokenPipeError
+
+    data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=TILE)
+    monkeypatch.setattr(forestseg.cli, "print", head_1, raising=False)
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data), "--device", "cpu", "-o", str(tmp_path / "e.json")])
+    assert done.value.code == 141 and json.loads((tmp_path / "e.json").read_text())["tiles"] == 4
+
+
+def test_evaluate_refuses_a_missing_split_file_before_reading_the_data(
+    checkpoint, tmp_path, capsys, monkeypatch
+) -> None:
+    import forestseg.evaluate
+
+    monkeypatch.setattr(forestseg.evaluate, "build_index", lambda *a, **k: pytest.fail("read the data first"))
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(tmp_path), "--split", str(tmp_path / "no.csv")])
+    assert done.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --split {tmp_path / 'no.csv'}: no such file; give a split.csv (e.g. data/split.csv)\n"
+    )
 
 
 def test_cli_predict_and_evaluate_with_tta(checkpoint, scene, tmp_path, capsys) -> None:
@@ -961,3 +1012,32 @@ def test_adapt_bn_windows_of_pictures_are_taken_one_picture_at_a_time_as_before(
         paths.append(path)
     usable = [images[i] for i in sample_of(count) if i in images]
     assert np.array_equal(_scene_windows(paths, 8), scene_windows(usable, 8))  # 30-42 windows a picture
+
+
+def test_init_from_keeps_the_advice_for_another_versions_file(checkpoint, tmp_path) -> None:
+    state = torch.load(checkpoint, weights_only=True)
+    state["format"] = "forestseg-model/2"
+    torch.save(state, tmp_path / "v2.pt")
+    with pytest.raises(ForestsegError) as e:
+        read_init(tmp_path / "v2.pt", state["model"])
+    assert "written by another forestseg version: read it with that version" in str(e.value)
+    assert "copy a finished run's model file" not in str(e.value)  # what the user already did
+
+
+def test_init_from_compares_only_what_shapes_the_archs_weights(checkpoint, tmp_path) -> None:
+    """study_unet's fixed layers read no width, depth or batch_norm: a file differing there fine-tunes."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["model"] = {"arch": "study_unet", "width": 16, "depth": 3, "batch_norm": True, "input": "raw"}
+    torch.save(state, tmp_path / "study.pt")
+    run = {"arch": "study_unet", "width": 8, "depth": 2, "batch_norm": False, "input": "raw"}
+    assert read_init(tmp_path / "study.pt", run)["model"]["width"] == 16
+    with pytest.raises(
+        ForestsegError, match=r"holds a model with input raw; this run's params say model.input normalized"
+    ):
+        read_init(tmp_path / "study.pt", {**run, "input": "normalized"})
+    state["model"] = {"arch": "unet", "width": 16, "depth": 3, "batch_norm": True, "input": "raw"}
+    torch.save(state, tmp_path / "unet.pt")
+    with pytest.raises(
+        ForestsegError, match=r"holds a model with width 16, depth 3; this run's params say model.width 8"
+    ):
+        read_init(tmp_path / "unet.pt", {**run, "arch": "unet", "batch_norm": True})

@@ -315,3 +315,14 @@ def test_a_combination_every_seed_of_which_diverged_is_told_from_one_not_in_the_
     rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
     assert rows.loc["lucky-knap", "iou_bce-adam"] == "diverged" and rows.loc["dried-sink", "iou_mse-sgd"] == 0.5
     assert pd.isna(rows.loc["lucky-knap", "iou_mse-sgd"])  # not in its grid: blank in the table
+
+
+def test_an_empty_mapping_adds_no_column_beside_its_keys() -> None:
+    """lr_overrides {} in one experiment and {mse-adam: 0.001} in another: one column, blank for the first."""
+    shown = copy.deepcopy(SHOWN)
+    exps = [e for e in rank.experiments(shown) if e.state == "ok"][:2]
+    exps[0].params["optimizer.lr_overrides.mse-adam"] = 0.001
+    table = rank.ranking(exps, "best_iou").set_index("experiment")
+    assert [c for c in table.columns if "lr_overrides" in c] == ["optimizer.lr_overrides.mse-adam"]
+    assert table["optimizer.lr_overrides.mse-adam"].tolist() == ["0.001", ""]
+    assert rank._flat({"optimizer": {"lr": 0.1, "lr_overrides": {}}}, "") == {"optimizer.lr": 0.1}

@@ -202,6 +202,18 @@ def test_tile_run_from_outside_any_project_into_one_names_it_from_that_root(
     )
 
 
+def test_tile_run_outside_any_project_names_the_output_by_its_absolute_path(
+    photo, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The printed command is pasted in some project: a path relative to here would mean nothing there."""
+    Image.fromarray(photo).save((tmp_path / "raw").mkdir() or tmp_path / "raw" / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "raw" / "7_mask.png")
+    monkeypatch.chdir(tmp_path / "raw")
+    assert cli("tile", ".", "-o", "tiles") == 0
+    *_, last = capsys.readouterr().out.splitlines()
+    assert last.startswith(f"train on them: dvc exp run -S data.source={(tmp_path / 'raw' / 'tiles').resolve()}")
+
+
 def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, capsys) -> None:
     pairs(tmp_path / "region", photo, truth)
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles"), "--pixel-size", "0.5") == 0
