@@ -18,8 +18,8 @@
 #      bench/quality.py final gpu (`run final`): trained on the CV scenes, scored on the 8 set-aside scenes
 #      (issue #12's GPU goal: forest IoU >= 0.85). The final is on record (H200, 2026-12-04:
 #      bench/results/final_gpu_nvidia_h200.*), so a later call measures the CV
-#   3. bench/speed.py --study --batch 160 --auto-only --compile: the same training with torch.compile (where
-#      a C compiler and Python.h are there: Inductor and Triton build C at run time)
+#   3. bench/speed.py --study --batch 160 --auto-only --compile-only: the same training with torch.compile
+#      alone (where C and C++ compilers and Python.h are there: Inductor and Triton build C at run time)
 #      (on the H200 eager bf16 reached 26.8 % of the peak; what fusing the memory-bound ops buys)
 # The queued study grid (bench/gpu.py without --skip-grid) needs dvc and its dependencies as wheels,
 # which do not fit in one call beside the sample.
@@ -53,7 +53,9 @@ step() {  # step SECONDS NAME COMMAND...: one step under its own limit; a failed
     shift 2
     echo "=== $name (limit ${limit} s): $*"
     local t0=$SECONDS rc=0
-    timeout -k 10 "$limit" "$@" || rc=$?
+    # each line stamped with the step's elapsed seconds: the next call's limits are set from them
+    timeout -k 10 "$limit" "$@" 2>&1 | while IFS= read -r line; do printf '[%3d s] %s\n' $((SECONDS - t0)) "$line"; done ||
+        rc=${PIPESTATUS[0]}
     echo "=== $name: exit $rc after $((SECONDS - t0)) s$([[ $rc == 124 || $rc == 137 ]] && echo ' (time limit)')"
 }
 
@@ -65,13 +67,14 @@ compile_step() {  # compile_step SECONDS SPEED-ARGS...: training timed with torc
     # Inductor and Triton compile C at run time (Triton's launcher needs Python.h): without them the
     # step would fail after its imports, so it says why and leaves the time to the others
     if ! python3 -c "import os, shutil, sys, sysconfig
-sys.exit(not (shutil.which('cc') or shutil.which('gcc')) or not os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"; then
-        echo "=== speed compile: skipped (torch.compile needs a C compiler and Python.h, which this machine lacks)"
+cc = any(map(shutil.which, ('cc', 'gcc'))) and any(map(shutil.which, ('c++', 'g++')))
+sys.exit(not cc or not os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"; then
+        echo "=== speed compile: skipped (torch.compile needs C and C++ compilers and Python.h, which this machine lacks)"
         return
     fi
     local limit=$1
     shift
-    step "$limit" "speed compile" python3 bench/speed.py "$@" --auto-only --compile
+    step "$limit" "speed compile" python3 bench/speed.py "$@" --auto-only --compile-only
 }
 
 run() {
@@ -107,10 +110,13 @@ run() {
         compile_step 300 --width 4 --depth 2 --batch 4 --steps 2 --repeats 1
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
-        step 150 "gpu.py" python3 bench/gpu.py --skip-grid
+        # ~20 s before the steps (wheels, three torch imports), 550 s of steps: the call ends inside its 600 s
+        # unless a step is killed (10 s grace each); on the H200 the quality step's final took 62 s, a
+        # CV fold should take 40-50 s
+        step 170 "gpu.py" python3 bench/gpu.py --skip-grid
         step 290 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
         results "$tag"  # before the last step: a call cut at its limit still brings the quality result back
-        compile_step 100 --study --batch 160
+        compile_step 90 --study --batch 160
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1

@@ -21,6 +21,7 @@ Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles
     python bench/speed.py --study --batch 160      # the study's UNet (on CUDA: the goal's setting)
     python bench/speed.py --nchw                   # also training without channels_last
     python bench/speed.py --auto-only              # training timed in auto's precision alone
+    python bench/speed.py --compile-only           # training timed with torch.compile alone
 """
 
 from __future__ import annotations
@@ -264,6 +265,9 @@ def main() -> None:
     )
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     ap.add_argument(
+        "--compile-only", action="store_true", help="time training with torch.compile alone (no eager run before it)"
+    )
+    ap.add_argument(
         "--nchw", action="store_true", help="also time training without channels_last (train.channels_last)"
     )
     ap.add_argument(
@@ -344,7 +348,8 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         precisions = ["fp32"]
         print("bf16 is emulated on this device (no native bf16 matmul): training timed in fp32 only")
     speeds, models, trained_rates = {}, {}, {}
-    settings = [(p, False, True) for p in precisions] + ([(auto, True, True)] if args.compile else [])
+    settings = [] if args.compile_only else [(p, False, True) for p in precisions]
+    settings += [(auto, True, True)] if args.compile or args.compile_only else []
     settings += [(auto, False, False)] if args.nchw else []
     for precision, compile_, channels_last in settings:
         train_cfg = TrainConfig(
@@ -410,7 +415,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     peak = peaks[torch.bfloat16 if bf16_predict else torch.float32]
     mfu = [100 * v * fwd_flops / peak for v in predicted]
     utilisations += mfu
-    trained = speeds[auto]
+    trained = speeds.get(auto, ours)  # with --compile-only, the compiled rate
     print(
         f"forestseg predict: MFU {spread(mfu)} % of the {'bf16' if bf16_predict else 'fp32'} peak, "
         f"{spread([100 * v * fwd_flops / best_peak for v in predicted])} % of the best; "

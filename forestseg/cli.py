@@ -794,11 +794,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (KeyboardInterrupt, _Terminated) as e:  # outputs are written atomically: the finished ones stand
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
-        stand = (
-            "nothing was written (its folder is written whole)"
-            if args.command == "tile"
-            else "outputs written before it stand"
-        )
+        stand = "outputs written before it stand"
+        if args.command == "tile":  # its folder appears whole, at once, or not at all
+            stand = f"{args.out} was written whole" if args.out.exists() else "nothing was written"
         print(f"forestseg {args.command}: {how}; {stand}", file=sys.stderr)
         sys.exit(143 if isinstance(e, _Terminated) else 130)  # as a shell reports the signal
     except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say

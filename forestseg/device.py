@@ -15,6 +15,7 @@ from .config import DEVICES, known_device
 from .errors import ForestsegError
 
 _CLAIMS: list = []  # open, flock-ed slot files: a claim lasts as long as this process
+_HELD: set[str] = set()  # the physical GPUs this process holds a slot on (named ones claim one each)
 
 
 def claim_gpu(count: int, lock_dir: Path | None = None, index: int | None = None) -> int:
@@ -59,6 +60,8 @@ def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
                     n += 1
         return n
 
+    if index is not None and names[index] in _HELD:  # a run naming its GPU again holds one slot, not two
+        return index
     gpu = min(range(count), key=lambda i: (busy(i), i)) if index is None else index
     for slot in range(1024):
         f = open(lock_dir / f"gpu-{names[gpu]}.{slot}", "a")
@@ -68,6 +71,7 @@ def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
             f.close()
             continue
         _CLAIMS.append(f)
+        _HELD.add(names[gpu])
         return gpu
     return gpu
 
@@ -98,7 +102,7 @@ def pick_device(pref: str, key: str = "params.yaml: train.device") -> torch.devi
 def here_or_auto(pref: str) -> str:
     """`pref` where this machine has that device, else auto: for work that follows a run trained
     elsewhere (a scale-out coordinator without the grid's GPUs, or with fewer of them)."""
-    if not pref.startswith("cuda"):
+    if not known_device(pref) or not pref.startswith("cuda"):  # a bad value: pick_device names it
         return pref
     if torch.cuda.is_available() and (torch.device(pref).index or 0) < torch.cuda.device_count():
         return pref

@@ -60,10 +60,13 @@ def test_a_gpu_visible_under_another_index_is_counted(tmp_path: Path, monkeypatc
 
 def test_a_gpu_named_in_params_is_counted_by_the_workers_that_pick(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(device, "_CLAIMS", [])
+    monkeypatch.setattr(device, "_HELD", set())
     monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert device.pick_device("cuda:0") == torch.device("cuda", 0)
+    assert device.pick_device("cuda:0") == torch.device("cuda", 0)  # asked again: still one slot
+    assert len(device._CLAIMS) == 1
     assert device.pick_device("auto") == torch.device("cuda", 1)  # cuda:0 is in use by the run that named it
 
 
@@ -157,6 +160,7 @@ def test_apply_precision_makes_fp32_exact_only_where_it_is_fp32(monkeypatch, pre
 @pytest.mark.parametrize(
     "pref, gpus, drawn_with",
     [
+        ("cuda:abc", 0, "cuda:abc"),  # a bad value stays, for pick_device to name
         ("cpu", 0, "cpu"),
         ("auto", 0, "auto"),
         ("cuda", 0, "auto"),

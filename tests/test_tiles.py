@@ -480,3 +480,26 @@ def test_the_cli_leaves_a_callers_ctrl_c_handler_as_it_was(tmp_path: Path) -> No
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("when", ["while tiling", "after the folder is in place"])
+def test_tile_interrupted_says_whether_its_folder_was_written(when, photo, tmp_path: Path, capsys, monkeypatch) -> None:
+    import forestseg.cli
+    import forestseg.tiles
+
+    Image.fromarray(photo).save((tmp_path / "raw").mkdir() or tmp_path / "raw" / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "raw" / "7_mask.png")
+    real = forestseg.tiles.tile_pairs
+
+    def interrupted(kind, pairs, out, opts):
+        if when == "after the folder is in place":
+            real(kind, pairs, out, opts)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(forestseg.tiles, "tile_pairs", interrupted)
+    with pytest.raises(SystemExit) as done:
+        forestseg.cli.main(["tile", str(tmp_path / "raw"), "-o", str(tmp_path / "tiles")])
+    assert done.value.code == 130
+    said = "nothing was written" if when == "while tiling" else f"{tmp_path / 'tiles'} was written whole"
+    assert capsys.readouterr().err == f"forestseg tile: interrupted; {said}\n"
+    assert (tmp_path / "tiles").exists() == (when != "while tiling")
