@@ -62,6 +62,8 @@ def _read(name: str) -> dict:
         what = (
             "not a recipe name" if Path(name).name != name or name.startswith(".") else f"no {path.relative_to(ROOT)}"
         )
+        if name.endswith(".yaml") and name[: -len(".yaml")] in names():
+            what = f"give the recipe's name, {name[: -len('.yaml')]}"
         raise ForestsegError(f"recipe {name!r}: {what}; recipes: {', '.join(names())}")
     recipe = load_yaml(path.read_text(), str(path.relative_to(ROOT)))
     if recipe is None:
@@ -70,7 +72,9 @@ def _read(name: str) -> dict:
         raise ForestsegError(f"{path.relative_to(ROOT)}: not a mapping of params sections (as params.yaml)")
     for section, values in recipe.items():
         if section not in SECTIONS or not isinstance(values, dict):
-            raise ForestsegError(f"{path.relative_to(ROOT)}: {section}: not a params section with keys")
+            raise ForestsegError(
+                f"{path.relative_to(ROOT)}: {section}: not a params section with keys; sections: {', '.join(SECTIONS)}"
+            )
         try:  # its keys and values as the stages check them, each over the section's defaults
             build(SECTIONS[section], section, {**asdict(SECTIONS[section]()), **values})
         except ConfigError as e:
@@ -91,6 +95,17 @@ def _validated(params: dict, what: str, init: bool = False) -> dict:
     return params
 
 
+def _workspace() -> dict:
+    """The project's params.yaml, parsed; one line where there is none."""
+    try:
+        text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    except OSError as e:
+        raise ForestsegError(
+            f"{ROOT / 'params.yaml'}: cannot be read ({e.strerror}); restore it: git checkout params.yaml"
+        )
+    return load_yaml(text, "params.yaml")
+
+
 def _check_sections(params: object) -> None:
     """params.yaml's shape, before a recipe goes over it: a mapping of the known sections, each a
     mapping (a missing or misspelt one was a KeyError)."""
@@ -103,7 +118,7 @@ def _check_sections(params: object) -> None:
 
 def merged(name: str, base: dict | None = None) -> dict:
     """params.yaml (or `base`) with the recipe applied (a key's value replaced whole), validated."""
-    params = copy.deepcopy(base if base is not None else load_yaml((ROOT / "params.yaml").read_text(), "params.yaml"))
+    params = copy.deepcopy(base if base is not None else _workspace())
     _check_sections(params)  # its values are checked after: the recipe may replace a bad one
     for section, values in load(name).items():
         params[section].update(values)
@@ -127,6 +142,8 @@ def _item(item: str) -> tuple[str, str, object]:
     if not eq:
         raise ForestsegError(f"-S {item}: give KEY=VALUE, e.g. -S model.width=16")
     section, _, field = key.partition(".")
+    if not field and not key.startswith(("+", "~")):
+        raise ForestsegError(f"-S {item}: give SECTION.KEY=VALUE, one key at a time, e.g. -S model.width=16")
     if key.startswith(("+", "~")) or "." in field:  # DVC's grammar for one entry of a mapping (optimizer.lr_overrides)
         raise ForestsegError(
             f"-S {item}: recipes/run.py sets a params key whole (a mapping replaces the one params.yaml "
@@ -176,8 +193,9 @@ def set_args(recipe: dict, held: set[str]) -> list[str]:
             if isinstance(value, dict):
                 out += [*(["-S", f"~{name}"] if name in held else []), "-S", f"+{name}={override_value(value)}"]
                 held.add(name)
-            else:
-                out += ["-S", f"{name}={override_value(value)}"]
+            else:  # a key params.yaml lacks is added (+), which DVC asks for: a plain override of it fails
+                out += ["-S", f"{'' if name in held else '+'}{name}={override_value(value)}"]
+                held.add(name)
     return out
 
 
@@ -230,7 +248,7 @@ def main(argv: list[str]) -> int:
             f"data.source {source}: no such folder (a path from the project root, {ROOT}); fix it, or "
             "`dvc pull` it if DVC tracks it"
         )
-    workspace = load_yaml((ROOT / "params.yaml").read_text(), "params.yaml")
+    workspace = _workspace()
     name = args.name or args.recipe
     if args.set_param and not args.name:
         name += "-" + hashlib.sha1("\n".join(args.set_param).encode()).hexdigest()[:6]

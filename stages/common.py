@@ -10,7 +10,7 @@ from typing import Any, Callable, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from forestseg.config import ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
+from forestseg.config import SECTIONS, ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
 from forestseg.io import load_yaml, remove_stale_runs, remove_stale_temps  # noqa: E402
 
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
@@ -36,6 +36,14 @@ def params(*sections: str, path: str = "params.yaml") -> tuple:
     earlier = _READ[path][1] if path in _READ else {}
     _READ[path] = (text, {**earlier, **{s: raw[s] for s in sections}})
     return out
+
+
+def check_all(path: str = "params.yaml") -> dict[str, Any]:
+    """Every section of params.yaml, validated, by name: for a stage about to train, so that a bad value
+    in a section it does not depend on (report, grid) stops it now, not after the grid trained, when
+    that section's own stage would refuse it. Checked, not read: changing them reruns nothing here."""
+    raw = load_yaml(_read(path), path)
+    return dict(zip(SECTIONS, load_sections(raw, *SECTIONS)))
 
 
 def drop_runs_not_in(grid: GridConfig, folder: str | Path, what: str) -> None:

@@ -3,11 +3,11 @@
 import re
 from pathlib import Path
 
-from common import RESUME_DIR, args, clear_temps, params, stage
+from common import RESUME_DIR, args, check_all, clear_temps, params, stage
 
 import forestseg
 from forestseg.checkpoint import check_init
-from forestseg.config import load_sections
+from forestseg.config import load_sections, unused_by_grid
 from forestseg.io import write_json, write_rows
 from forestseg.layout import DataLayout
 from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, train_member
@@ -19,6 +19,7 @@ def main(argv: list[str]) -> None:
         argv, "LOSS", "OPTIMIZER", "SEED", "DATA_DIR", "RUNS_DIR", "MODELS_DIR"
     )
     model_cfg, opt_cfg, train_cfg = params("model", "optimizer", "train")
+    every = check_all()  # the sections later stages read, before the training they would come after
     # grid is not a param of this stage (adding a seed must not retrain the others): check the member here
     # the seed as params.yaml wrote it (DVC's ${item.seed}): a whole number is an int, anything else refused there
     member = {
@@ -28,6 +29,9 @@ def main(argv: list[str]) -> None:
     }
     (grid,) = load_sections({"grid": member}, "grid")
     run = grid.runs()[0]
+    if run == every["grid"].runs()[0]:  # said once per grid, before it trains (aggregate says it again)
+        for line in unused_by_grid(opt_cfg, every["grid"]):
+            print(f"note: {line}")
     if train_cfg.init_from != "none":
         check_init(train_cfg.init_from, model_cfg.weights())
     code = [

@@ -530,6 +530,7 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
             r"^-S model.width=\[8: DVC cannot read it \(no viable alternative at input '\[8'\)$",
         ),
         ("model.width", r"^-S model.width: give KEY=VALUE"),
+        ("model=3", r"^-S model=3: give SECTION.KEY=VALUE, one key at a time"),
         ("model.width=8,16", r"^-S model.width=8,16: recipes/run.py runs one experiment; .*`dvc exp run --queue -S"),
         *(
             (
@@ -699,6 +700,23 @@ def test_a_recipe_name_is_not_a_path() -> None:
 
     with pytest.raises(ForestsegError, match=r"^recipe '\.\./params': not a recipe name; recipes: cpu, "):
         run.load("../params")
+    with pytest.raises(ForestsegError, match=r"^recipe 'cpu.yaml': give the recipe's name, cpu; recipes: cpu, "):
+        run.load("cpu.yaml")
+
+
+def test_a_recipe_key_that_params_yaml_lacks_is_added_not_overridden() -> None:
+    """DVC refuses `-S train.adapt_bn=...` where params.yaml has no such key: it must be `+train.adapt_bn=...`."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    held = {"train.epochs"}
+    assert run.set_args({"train": {"epochs": 3, "adapt_bn": 0.25}}, held) == [
+        "-S",
+        "train.epochs=3",
+        "-S",
+        "+train.adapt_bn=0.25",
+    ]
+    assert run.set_args({"train": {"adapt_bn": 0.5}}, held) == ["-S", "train.adapt_bn=0.5"]  # added once
 
 
 @pytest.mark.parametrize(

@@ -197,3 +197,19 @@ def test_clear_temps_removes_killed_writes_beside_and_in_the_outputs(tmp_path) -
         path.write_text("?")
     common.clear_temps(tmp_path / "metrics", tmp_path / "plots", tmp_path / "REPORT.md")
     assert [p.exists() for p in dead] == [False] * 3 and all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, says",
+    [
+        ("report", "exampels", 8, "report.exampels: unknown key"),
+        ("grid", "seed", [0, 0], "grid.seed"),
+    ],
+)
+def test_a_training_stage_checks_the_sections_later_stages_read(params_file, section, key, value, says) -> None:
+    """train checks report and grid before it trains: their own stages would refuse them after the grid."""
+    assert set(common.check_all()) == {"data", "synth", "split", "model", "optimizer", "train", "grid", "report"}
+    edit(params_file, section, key, value)
+    with pytest.raises(common.ConfigError, match=says):
+        common.check_all()
+    assert common._READ == {}  # checked, not read: no params of the stage
