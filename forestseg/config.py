@@ -97,6 +97,9 @@ class DataConfig:
         from .masks import CONVENTIONS
 
         _positive("data.pixel_size_m", self.pixel_size_m)
+        low, high = PLAUSIBLE_PIXEL_M
+        if not low <= self.pixel_size_m <= high:
+            _fail("data.pixel_size_m", f"must be from {low:g} to {high:g} m (a pixel side), got {self.pixel_size_m:g}")
 
         _choice("data.masks", self.masks, tuple(CONVENTIONS))
         needs = CONVENTIONS[self.masks].needs_forest
@@ -443,6 +446,12 @@ SECTIONS: dict[str, type] = {
 FLOAT_EXACT = 2**53  # from here on a float is not exact: 2**53 + 1 reads as 2**53
 
 
+# a number as a quoted string may be written (YAML 1.1 tools quote 1e-3): plain ASCII digits only, no
+# spaces, underscores or other scripts' digits, which Python's int() and float() also take
+# (inf and nan pass, to be told they are not finite)
+_NUMBER_TEXT = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
+
+
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Convert a YAML value to the field's type; a number in quotes is parsed (YAML 1.1 tools write
     1e-3 as the string "1e-3"), anything else of the wrong type refused."""
@@ -456,15 +465,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if isinstance(value, int):
             return value
         number = value
-        if isinstance(value, str):
+        if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value):
             try:
                 return int(value)
             except ValueError:
-                pass
-            try:
                 number = float(value)
-            except ValueError:
-                pass
         if isinstance(number, float) and number.is_integer():
             if abs(number) >= FLOAT_EXACT:  # 1e17 is a float whose neighbours are 16 apart: not the number written
                 _fail(
@@ -481,10 +486,9 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             except OverflowError:  # an integer of hundreds of digits
                 _fail(key, f"must be finite, got an integer of {value.bit_length()} bits, too large for a float")
         elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
+            if not _NUMBER_TEXT.fullmatch(value):
                 _fail(key, f"must be a number (e.g. 1e-3), got {value!r}")
+            number = float(value)
         else:
             _fail(key, f"must be a number, got {value!r}")
         if number != number or number in (float("inf"), float("-inf")):
