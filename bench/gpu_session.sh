@@ -59,8 +59,8 @@ step() {  # step SECONDS NAME COMMAND...: one step under its own limit; a failed
     echo "=== $name: exit $rc after $((SECONDS - t0)) s$([[ $rc == 124 || $rc == 137 ]] && echo ' (time limit)')"
 }
 
-results() {  # moved, not copied: a --cpu-check leaves the checkout's bench/results as it was
-    mv bench/results/"${mode}_gpu_$1".* "$OUT"/ 2>/dev/null || echo "gpu_session: no quality result to move to $OUT"
+results() {  # results MODE TAG: moved, not copied: a --cpu-check leaves the checkout's bench/results as it was
+    mv bench/results/"$1_gpu_$2".* "$OUT"/ 2>/dev/null || echo "gpu_session: no quality result to move to $OUT"
 }
 
 compile_step() {  # compile_step SECONDS SPEED-ARGS...: training timed with torch.compile, where it can build
@@ -106,7 +106,7 @@ run() {
         step 300 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --threads 2 --name "${mode}_gpu_$tag" \
             $([[ $mode == cv ]] && echo --only 0) \
             -S model.width=4 -S model.depth=1 -S train.epochs=1 -S optimizer.warmup_epochs=0
-        results "$tag"
+        results "$mode" "$tag"
         compile_step 300 --width 4 --depth 2 --batch 4 --steps 2 --repeats 1
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
@@ -115,7 +115,7 @@ run() {
         # CV fold should take 40-50 s
         step 170 "gpu.py" python3 bench/gpu.py --skip-grid
         step 290 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
-        results "$tag"  # before the last step: a call cut at its limit still brings the quality result back
+        results "$mode" "$tag"  # before the last step: a call cut at its limit still brings the quality result back
         compile_step 90 --study --batch 160
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"

@@ -365,10 +365,11 @@ def _predict_pictures(
             decoded = list(ahead)
             ahead = pool.map(read, groups[k + 1]) if k + 1 < len(groups) else None
             ok = [(path, d) for path, d in zip(group, decoded) if not isinstance(d, str)]
-            failed += [d for d in decoded if isinstance(d, str)]
-            for path, d in zip(group, decoded):  # an earlier run's outputs of a now unreadable image: never left
+            for path, message in ((path, d) for path, d in zip(group, decoded) if isinstance(d, str)):
+                failed.append(message)
+                # an earlier run's outputs of a now unreadable image: never left beside this run's
                 for old in (args.out / f"{path.stem}_mask.png", args.out / f"{path.stem}_overlay.png"):
-                    if isinstance(d, str) and old.exists():
+                    if old.exists():
                         old.unlink(missing_ok=True)
                         of_failed.append(old)
             writes = []
