@@ -20,19 +20,23 @@ tiny scale on the CPU, to check the script itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import forestseg.train  # noqa: E402
 from forestseg.config import ModelConfig, OptimizerConfig, Run, TrainConfig  # noqa: E402
 from forestseg.loader import Tiles  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
@@ -48,6 +52,33 @@ def tiles(seed: int, scenes: int, size: int, device: torch.device) -> Tiles:
     return Tiles(torch.from_numpy(images).to(device), torch.from_numpy(masks).to(device))
 
 
+@contextlib.contextmanager
+def counted_syncs(device: torch.device) -> Iterator[dict[str, int]]:
+    """Count the synchronising CUDA calls (torch's sync debug mode) inside forestseg's training epochs,
+    not its evaluations; on the CPU a count of 0."""
+    found = {"count": 0}
+    if device.type != "cuda":
+        yield found
+        return
+    plain = forestseg.train.train_epoch
+
+    def epoch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return plain(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+                found["count"] += sum("synchroniz" in str(w.message) for w in seen)
+
+    forestseg.train.train_epoch = epoch
+    try:
+        yield found
+    finally:
+        forestseg.train.train_epoch = plain
+
+
 def check_train_predict(device: torch.device, tiny: bool) -> None:
     size, scenes = (32, 2) if tiny else (128, 8)
     train, test = tiles(0, scenes, size, device), tiles(1, max(1, scenes // 4), size, device)
@@ -57,10 +88,17 @@ def check_train_predict(device: torch.device, tiny: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        straight = train_run(
-            run, model, OptimizerConfig(), cfg, train, test, tmp / "a", tmp / "a.pt", "fp", log=lambda s: None
-        )
+        with counted_syncs(device) as syncs:
+            straight = train_run(
+                run, model, OptimizerConfig(), cfg, train, test, tmp / "a", tmp / "a.pt", "fp", log=lambda s: None
+            )
         seconds = time.perf_counter() - t0
+        if device.type == "cuda":
+            steps = cfg.epochs * -(-len(train) // cfg.batch_size)
+            print(
+                f"host-device synchronisations in the training epochs: {syncs['count']} in {steps} steps "
+                "(torch.cuda.set_sync_debug_mode; one per step is the lagged loss read, which waits for nothing)"
+            )
         # stop after 2 epochs (as a kill would), then resume to 3 from the resume file
         train_run(
             run,

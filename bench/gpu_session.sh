@@ -11,16 +11,20 @@
 # `run` writes session.log and the quality result (<mode>_gpu_<device>.md/.json) to $OUT (here by default
 # /tmp/forestseg-gpu-session), in this order,
 # each step under its own time limit so the call ends inside its 600 s:
-#   1. bench/gpu.py --skip-grid: train, kill-like stop and resume on CUDA, CPU/CUDA prediction agreement,
-#      then bench/speed.py --study --batch 160 --auto-only --nchw (training and predict MFU against the
-#      measured bf16 peak)
-#   2. bench/quality.py cv gpu (`run cv`, the default): the gpu recipe by 5-fold scene CV on the sample, or
+#   1. bench/gpu.py --skip-grid: train (counting the host-device synchronisations of its training steps),
+#      kill-like stop and resume on CUDA, CPU/CUDA prediction agreement, then bench/speed.py --study
+#      --batch 160 --auto-only --nchw (training and predict MFU against the measured bf16 peak)
+#   2. bench/profile_train.py --study --batch 160 --kernels: the top kernels by device time, and each
+#      convolution's three kernels timed alone against the peak (what holds the MFU down)
+#   3. bench/quality.py cv gpu (`run cv`, the default): the gpu recipe by 5-fold scene CV on the sample, or
 #      bench/quality.py final gpu (`run final`): trained on the CV scenes, scored on the 8 set-aside scenes
 #      (issue #12's GPU goal: forest IoU >= 0.85). The final is on record (H200, 2026-12-04:
 #      bench/results/final_gpu_nvidia_h200.*), so a later call measures the CV
-#   3. bench/speed.py --study --batch 160 --auto-only --compile-only: the same training with torch.compile
+#   4. bench/speed.py --study --batch 160 --auto-only --compile-only: the same training with torch.compile
 #      alone (where C and C++ compilers and Python.h are there: Inductor and Triton build C at run time)
 #      (on the H200 eager bf16 reached 26.8 % of the peak; what fusing the memory-bound ops buys)
+#   5. bench/profile_train.py --study --batch 160 --cudnn-limit 0: the step's time with cuDNN trying every
+#      convolution algorithm, not torch's 10
 # The queued study grid (bench/gpu.py without --skip-grid) needs dvc and its dependencies as wheels,
 # which do not fit in one call beside the sample.
 set -euo pipefail
@@ -102,21 +106,27 @@ run() {
     if [[ -n $cpu_check ]]; then
         tag=cpu_check
         step 300 "gpu.py" python3 bench/gpu.py --device cpu --tiny --skip-grid
+        step 300 "profile" python3 bench/profile_train.py --study --batch 2 --size 96 --steps 1 --kernels --device cpu
         # a CV's first fold alone: the script's steps, in minutes
         step 300 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --threads 2 --name "${mode}_gpu_$tag" \
             $([[ $mode == cv ]] && echo --only 0) \
             -S model.width=4 -S model.depth=1 -S train.epochs=1 -S optimizer.warmup_epochs=0
         results "$mode" "$tag"
         compile_step 300 --width 4 --depth 2 --batch 4 --steps 2 --repeats 1
+        step 300 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 2 --size 96 --steps 1 \
+            --cudnn-limit 0 --device cpu
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
-        # ~20 s before the steps (wheels, three torch imports), 550 s of steps: the call ends inside its 600 s
+        # ~20 s before the steps (wheels, torch imports), 550 s of steps: the call ends inside its 600 s
         # unless a step is killed (10 s grace each); on the H200 the quality step's final took 62 s, a
         # CV fold should take 40-50 s
-        step 170 "gpu.py" python3 bench/gpu.py --skip-grid
-        step 290 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
-        results "$mode" "$tag"  # before the last step: a call cut at its limit still brings the quality result back
-        compile_step 90 --study --batch 160
+        step 130 "gpu.py" python3 bench/gpu.py --skip-grid
+        step 50 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
+        step 260 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
+        results "$mode" "$tag"  # before the last steps: a call cut at its limit still brings the quality result back
+        compile_step 75 --study --batch 160
+        # does cuDNN hold faster kernels than the 10 algorithms torch tries per convolution?
+        step 35 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1

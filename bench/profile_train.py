@@ -1,12 +1,16 @@
-"""Profile training steps (a script, not a test): the top ops by self CPU time, with torch.profiler.
+"""Profile training steps (a script, not a test): the top ops by self CPU time (on CUDA by self device
+time), with torch.profiler.
 
     python bench/profile_train.py [--default-malloc] [--precision auto|bf16|fp32] [--width 16] [--depth 4]
                                   [--batch 16] [--size 256] [--steps 6] [--kernels] [--nchw]
+                                  [--study] [--device auto|cpu|cuda] [--cudnn-limit N]
+    python bench/profile_train.py --study --batch 160 --kernels   # on a GPU: issue 14's setting
 
 Runs the training step of forestseg's loop (the precision as train.precision picks it, channels_last, foreach
 Adam) on synthetic 256-px tiles, after two warm-up steps, and prints the 12 ops with the most self
-CPU time and the process's user/system CPU time, so the effect of an allocator or kernel change
-shows op by op (run it with and without --default-malloc).
+time and the process's user/system CPU time, so the effect of an allocator or kernel change
+shows op by op (run it with and without --default-malloc). On CUDA it also prints the step's time
+and the share of it the device spends in the listed ops.
 
 With --kernels it also times each of the model's convolutions alone in its three kernels (forward,
 backward to the input, backward to the weights: `aten.convolution_backward` with one output each),
@@ -30,7 +34,7 @@ from torch.utils.flop_counter import conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestseg.config import ForestsegError, ModelConfig, OptimizerConfig  # noqa: E402
-from forestseg.device import keep_freed_memory, use_bf16  # noqa: E402
+from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.loader import Normalizer, to_input  # noqa: E402
 from forestseg.losses import bce  # noqa: E402
 from forestseg.model import build_model  # noqa: E402
@@ -38,13 +42,21 @@ from forestseg.optim import make_optimizer  # noqa: E402
 from forestseg.synthetic import scene_tiles  # noqa: E402
 
 
-def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    """The fastest of `repeats` timed calls of `fn`, after one untimed call."""
+def sync(device: torch.device) -> None:
+    """Wait for `device`'s queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = 3, device: torch.device = torch.device("cpu")) -> float:
+    """The fastest of `repeats` timed calls of `fn` (with its work on `device` done), after one untimed call."""
     fn()
     times = []
     for _ in range(repeats):
+        sync(device)
         t0 = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -85,14 +97,19 @@ def conv_kernels(
     print(
         f"{'convolution (input -> output, kernel)':48} {'count':>5} {'forward':>16} {'back, input':>16} {'back, weights':>16}"
     )
+    dev = x.device
     for (i, o, wshape, stride, pad, transposed), count in seen.items():
-        xin = torch.randn(i).to(dtype).contiguous(memory_format=layout)
-        w = (torch.randn(wshape) * 0.1).to(dtype).contiguous(memory_format=layout)
-        g = torch.randn(o).to(dtype).contiguous(memory_format=layout)
+        xin = torch.randn(i, device=dev).to(dtype).contiguous(memory_format=layout)
+        w = (torch.randn(wshape, device=dev) * 0.1).to(dtype).contiguous(memory_format=layout)
+        g = torch.randn(o, device=dev).to(dtype).contiguous(memory_format=layout)
         args = (list(stride), list(pad), [1, 1], transposed, [0, 0], 1)
-        fwd = best_seconds(lambda: torch.ops.aten.convolution(xin, w, None, *args))
-        bin_ = best_seconds(lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [True, False, False]))
-        bw = best_seconds(lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [False, True, False]))
+        fwd = best_seconds(lambda: torch.ops.aten.convolution(xin, w, None, *args), device=dev)
+        bin_ = best_seconds(
+            lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [True, False, False]), device=dev
+        )
+        bw = best_seconds(
+            lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [False, True, False]), device=dev
+        )
         # as FlopCounterMode counts the forward; each backward kernel does as many
         flop = conv_flop_count(list(i), list(wshape), list(o), transposed)
         cells = " ".join(f"{flop / t / 1e9:7.1f} ({flop / t / peak:4.0%})" for t in (fwd, bin_, bw))
@@ -123,21 +140,34 @@ def main() -> None:
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="as train.precision")
     ap.add_argument("--kernels", action="store_true", help="also each convolution's three kernels timed alone")
     ap.add_argument("--nchw", action="store_true", help="without channels_last (train.channels_last: false)")
+    ap.add_argument("--study", action="store_true", help="the study's UNet instead of UNet width/depth")
+    ap.add_argument("--device", default="auto", help="auto (CUDA where there is one), cpu, cuda or cuda:<i>")
+    ap.add_argument(
+        "--cudnn-limit",
+        type=int,
+        default=None,
+        help="cuDNN algorithms tried per convolution (torch.backends.cudnn.benchmark_limit: torch's default 10; 0 = all)",
+    )
     args = ap.parse_args()
     if min(args.width, args.depth, args.batch, args.steps) < 1 or args.size < 2**args.depth * 2:
         ap.error("--width, --depth, --batch and --steps must be at least 1, --size at least 2 * 2**depth")
     kept = False if args.default_malloc else keep_freed_memory()
-    device = torch.device("cpu")
+    device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train_run sets it
+        if args.cudnn_limit is not None:
+            torch.backends.cudnn.benchmark_limit = args.cudnn_limit
     images, masks = scene_tiles(0, (args.batch + 3) // 4, args.size // 2 * 2)
-    x_u8, y = torch.from_numpy(images[: args.batch]), torch.from_numpy(masks[: args.batch])
-    model_cfg = ModelConfig(arch="unet", width=args.width, depth=args.depth)  # the bench model: full resolution
+    x_u8, y = torch.from_numpy(images[: args.batch]).to(device), torch.from_numpy(masks[: args.batch]).to(device)
+    # the bench model (full resolution), or the study's
+    model_cfg = ModelConfig(arch="study_unet" if args.study else "unet", width=args.width, depth=args.depth)
     layout = torch.contiguous_format if args.nchw else torch.channels_last
-    model = build_model(model_cfg).to(memory_format=layout)
+    model = build_model(model_cfg).to(device, memory_format=layout)
     opt = make_optimizer("adam", model.parameters(), 1e-3, OptimizerConfig())
     norm, bf16 = Normalizer.fit(x_u8), use_bf16(args.precision, device)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(to_input(x_u8, norm, channels_last=not args.nchw))
         loss = bce(out.float(), y)
         opt.zero_grad()
@@ -146,17 +176,30 @@ def main() -> None:
 
     for _ in range(2):
         step()
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(args.steps):
             step()
-    after = resource.getrusage(resource.RUSAGE_SELF)
+        sync(device)
+    after, seconds = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+    name = "the study's UNet" if args.study else f"UNet w{args.width} d{args.depth}"
     print(
-        f"{args.steps} steps, batch {args.batch} at {args.size} px, UNet w{args.width} d{args.depth}, "
-        f"{'bf16' if bf16 else 'fp32'}, malloc {'keeps freed memory' if kept else 'glibc default'}: "
-        f"{after.ru_utime - before.ru_utime:.1f} s user, {after.ru_stime - before.ru_stime:.1f} s system CPU"
+        f"{args.steps} steps, batch {args.batch} at {args.size} px, {name}, {'bf16' if bf16 else 'fp32'}, "
+        f"{'NCHW' if args.nchw else 'channels_last'}, on {device}"
+        f"{f' (cuDNN benchmark_limit {torch.backends.cudnn.benchmark_limit})' if device.type == 'cuda' else ''}, malloc "
+        f"{'keeps freed memory' if kept else 'glibc default'}: {seconds / args.steps * 1e3:.1f} ms a step under the "
+        f"profiler, {after.ru_utime - before.ru_utime:.1f} s user, {after.ru_stime - before.ru_stime:.1f} s system CPU"
     )
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    events = prof.key_averages()
+    if cuda:  # what the device spends its time on, and how much of the step it is busy at all
+        # the kernels' (and copies') own rows: an op's row repeats its kernels' time
+        busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+        print(f"device busy {busy / seconds:.0%} of the profiled steps' wall time (kernels and copies, summed)")
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=12, max_name_column_width=40))
     if args.kernels:
         from bench.speed import device_peaks
 

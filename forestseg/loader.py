@@ -83,8 +83,10 @@ class Normalizer:
             # a floor of 1 grey level: a flat tile (all water, all nodata) is not blown up into noise
             std = x.std((2, 3), keepdim=True).clamp_min(1.0)
         else:
-            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            # built on the host and sent without a wait (as every small host-to-device copy of a step: on CUDA
+            # a blocking copy stalls the host until the device has drained its queue)
+            mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device, non_blocking=True)
+            std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device, non_blocking=True)
         return (x - mean) / std
 
 
@@ -110,7 +112,7 @@ def to_input(
     if jitter > 0 and generator is not None:
         gain = 1 + jitter * (2 * torch.rand(x.shape[0], 1, 1, 1, generator=generator) - 1)
         gain = gain * (1 + jitter / 2 * (2 * torch.rand(x.shape[0], 3, 1, 1, generator=generator) - 1))
-        x = (x * gain.to(x.device)).clamp_(0, 255)
+        x = (x * gain.to(x.device, non_blocking=True)).clamp_(0, 255)
     if any(g is not None for g in photo):
         x = photometric(x, saturation, blur, *photo)
     return norm(x)
@@ -146,13 +148,16 @@ def photometric(
     draws from its own generator, so turning one on does not change what the other does."""
     b = x.shape[0]
     if saturation > 0 and saturation_gen is not None:
-        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x = (grey + (x - grey) * _uniform(b, saturation, saturation_gen, 1, 1, 1).to(x.device)).clamp_(0, 255)
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1).to(x.device, non_blocking=True)
+        grey = (x * luma).sum(1, keepdim=True)
+        x = (
+            grey + (x - grey) * _uniform(b, saturation, saturation_gen, 1, 1, 1).to(x.device, non_blocking=True)
+        ).clamp_(0, 255)
     if blur > 0 and blur_gen is not None:
         chosen = torch.rand(b, generator=blur_gen) < blur
         sigma = 0.5 + torch.rand((), generator=blur_gen).item()  # one sigma per batch: one conv
         if chosen.any():
-            idx = torch.nonzero(chosen)[:, 0].to(x.device)
+            idx = torch.nonzero(chosen)[:, 0].to(x.device, non_blocking=True)
             x = x.index_copy(0, idx, gaussian_blur(x[idx], sigma))
     return x
 
@@ -171,7 +176,7 @@ def zoom(
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / factor
     theta[:, :, 2] = shift
-    grid = torch.nn.functional.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    grid = torch.nn.functional.affine_grid(theta.to(x.device, non_blocking=True), list(x.shape), align_corners=False)
     x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     m = torch.nn.functional.grid_sample(
         masks[:, None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
@@ -193,7 +198,8 @@ def cutmix(
     rows, cols = torch.arange(h), torch.arange(w)
     inside_rows = (rows >= lo[:, :1]) & (rows < hi[:, :1])  # (B, H)
     inside_cols = (cols >= lo[:, 1:]) & (cols < hi[:, 1:])  # (B, W)
-    box = (inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]).to(x.device)  # (B, H, W)
+    box = inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]  # (B, H, W)
+    box = box.to(x.device, non_blocking=True)
     partner = torch.roll(torch.arange(b, device=x.device), -1)  # tile i takes from tile i + 1
     return torch.where(box[:, None], x[partner], x), torch.where(box, masks[partner], masks)
 
@@ -209,7 +215,7 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
         sel = [i for i, c in enumerate(choice) if c == k]
         if not sel:
             continue
-        idx = torch.tensor(sel, device=images.device)
+        idx = torch.tensor(sel).to(images.device, non_blocking=True)
         im, ma = images[idx], masks[idx]  # (b, H, W, 3), (b, H, W)
         if k >= 4:
             im, ma = im.flip(2), ma.flip(2)
@@ -260,7 +266,7 @@ def batches(
             order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         cuts = list(order.split(batch_size))
     for idx in cuts:
-        idx = idx.to(tiles.images.device)
+        idx = idx.to(tiles.images.device, non_blocking=True)
         images, masks = tiles.images.index_select(0, idx), tiles.masks.index_select(0, idx)
         if augment_with is not None:
             images, masks = augment(images, masks, augment_with)

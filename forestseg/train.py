@@ -280,8 +280,21 @@ def train_epoch(
     """One pass over `tiles`; returns the mean loss per tile. Raises Diverged with the run's history,
     advising to lower `lr_param`."""
     step_model.train()
-    total, seen = 0.0, 0
+    total, seen, pending = 0.0, 0, None
     lr = s.opt.lr
+
+    def add(step: int, loss: torch.Tensor, n: int) -> None:
+        """A step's loss into the epoch's mean; Diverged at a non-finite one or a blow-up."""
+        nonlocal total, seen
+        value = loss.item()
+        if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
+            raise Diverged(
+                f"{where} diverged at step {step}: loss {value:.4g} (reference {s.first_loss:.4g}: the first "
+                f"batch's loss, or an output's at the loss's cut where higher; lr {lr:g}); lower {lr_param}",
+                s.history,
+            )
+        total, seen = total + value * n, seen + n
+
     bar = tqdm(
         batches(tiles, cfg.batch_size, s.gens["shuffle"], s.gens.get("augment"), sampling=cfg.sampling),
         total=math.ceil(len(tiles) / cfg.batch_size) if cfg.sampling != "scene_batch" else None,
@@ -315,18 +328,16 @@ def train_epoch(
         s.opt.step()
         if s.ema is not None:
             s.update_ema(cfg.ema)
-        value = loss.item()
         if s.first_loss is None:
-            s.first_loss = divergence_reference(loss_fn, out, masks, value)
-        if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
-            raise Diverged(
-                f"{where} diverged at step {step}: loss {value:.4g} (reference {s.first_loss:.4g}: the first "
-                f"batch's loss, or an output's at the loss's cut where higher; lr {lr:g}); lower {lr_param}",
-                s.history,
-            )
-        total += value * len(images)
-        seen += len(images)
-        bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+            s.first_loss = divergence_reference(loss_fn, out, masks, loss.item())
+        # the previous step's loss is read once this step is queued: on CUDA .item() waits for its kernels, and
+        # reading this step's would leave the device idle while the host assembles the next batch
+        if pending is not None:
+            add(*pending)
+            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        pending = (step, loss.detach(), len(images))
+    if pending is not None:
+        add(*pending)
     return total / seen
 
 
