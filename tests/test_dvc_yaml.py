@@ -22,10 +22,20 @@ print(json.dumps(sorted("forestseg/" + n.split(".")[1] + ".py" for n in sys.modu
 """
 
 
+WHOLE_FILE = {"params.yaml": None}  # `- params.yaml:` in a stage's params: every key of the file
+
+
+def listed_sections(stage: dict) -> set[str]:
+    """The params sections a stage lists in dvc.yaml; every section where it tracks the whole file."""
+    from forestseg.config import SECTIONS
+
+    entries = stage.get("params", [])
+    return set(SECTIONS) if WHOLE_FILE in entries else {p.split(".")[0] for p in entries}
+
+
 def sections(stage: dict) -> list[str]:
     """The params sections a stage reads: those it lists, and grid for a matrix stage (its member)."""
-    names = {p.split(".")[0] for p in stage.get("params", [])}
-    return sorted(names | ({"grid"} if "matrix" in stage else set()))
+    return sorted(listed_sections(stage) | ({"grid"} if "matrix" in stage else set()))
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -46,17 +56,25 @@ def test_stage_deps_are_exactly_the_modules_it_imports(name: str) -> None:
 
 
 def _sections_read(script: str) -> set[str]:
-    """The params sections a stage script reads: the string arguments of its `params(...)` calls."""
+    """The params sections a stage script reads: the string arguments of its `params(...)` calls, or,
+    where it makes none and calls `check_all()`, every section (train also calls check_all, to refuse
+    a bad value early, but reads only its own sections)."""
     import ast
 
+    from forestseg.config import SECTIONS
+
     tree = ast.parse((REPO / script).read_text())
-    return {
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    read = {
         arg.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "params"
+        for node in calls
+        if getattr(node.func, "id", None) == "params"
         for arg in node.args
         if isinstance(arg, ast.Constant)
     }
+    if not read and any(getattr(node.func, "id", None) == "check_all" for node in calls):
+        return set(SECTIONS)
+    return read
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -65,8 +83,14 @@ def test_stage_params_are_exactly_the_sections_it_reads(name: str) -> None:
     but not read would rerun it for nothing. A matrix stage's grid is its member (`${item}`), not a param."""
     stage = STAGES[name]
     read = _sections_read(stage["cmd"].split()[1])
-    listed = {p.split(".")[0] for p in stage.get("params", [])}
+    listed = listed_sections(stage)
     assert read and listed == read, f"{name}: reads {sorted(read)}, dvc.yaml lists {sorted(listed)}"
+
+
+def test_one_stage_checks_the_whole_params_file() -> None:
+    """An edit that no other stage reads (a misspelt section) must still rerun something, which refuses it."""
+    whole = [name for name, stage in STAGES.items() if WHOLE_FILE in stage.get("params", [])]
+    assert whole == ["check"] and _sections_read(STAGES["check"]["cmd"].split()[1]) == listed_sections(STAGES["check"])
 
 
 def test_the_committed_lock_records_every_code_file_as_it_is() -> None:

@@ -18,7 +18,16 @@ pytestmark = pytest.mark.slow
 
 def test_repro_then_cached_reruns(repo: Path) -> None:
     first = sh(repo, "dvc", "repro")
-    assert ran(first) == {"synth", "index", "split", "train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"}
+    assert ran(first) == {
+        "check",
+        "synth",
+        "index",
+        "split",
+        "train@mse-adam-0",
+        "train@bce-adam-0",
+        "aggregate",
+        "overlays",
+    }
     summary = json.loads((repo / "metrics/summary.json").read_text())
     assert set(summary["combinations"]) == {"mse-adam", "bce-adam"}
     assert 0 < summary["baseline_all_forest"]["test_iou"] < 1
@@ -50,6 +59,14 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
     } <= set(plots["data"])
 
     assert ran(sh(repo, "dvc", "repro")) == set()  # nothing changed, nothing reruns
+    # an edit that no stage but check reads (a misspelt section) stops the pipeline, not "up to date"
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params + "trian:\n  epochs: 3\n")
+    misspelt = sh(repo, "dvc", "repro", check=False)
+    assert misspelt.returncode != 0 and ran(misspelt) == {"check"}
+    assert "error: params.yaml: trian: unknown section; valid sections: data, synth," in misspelt.stderr
+    (repo / "params.yaml").write_text(params)
+    assert ran(sh(repo, "dvc", "repro")) == set()  # check's lock entry still holds the file as it is again
     # a write that a kill interrupted leaves a temp file in an output folder: not part of its hash, nor of git
     from conftest import dead_temp_prefix
 
@@ -71,7 +88,7 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run")
     exp = sh(repo, "dvc", "exp", "run", "-n", "lr0.01", "-S", "optimizer.lr=1e-2", "-S", "train.adapt_bn=0.5")
-    assert ran(exp) == {"train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"}
+    assert ran(exp) == {"check", "train@mse-adam-0", "train@bce-adam-0", "aggregate", "overlays"}
     assert json.loads((repo / "metrics/runs/bce-adam-0/metrics.json").read_text())["lr"] == 1e-2
     assert read_model(repo / "models/bce-adam-0/model.pt")["adapt_bn"] == 0.5  # predict's default from now on
     assert "batch-norm statistics moved 0.5 towards its own" in (repo / "REPORT.md").read_text()
@@ -79,7 +96,7 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
 
     set_params(repo, {"grid": {"loss": ["bce"], "seed": [0, 1]}})  # a new seed, one loss dropped
     more = sh(repo, "dvc", "repro")
-    assert ran(more) == {"train@bce-adam-1", "aggregate", "overlays"}
+    assert ran(more) == {"check", "train@bce-adam-1", "aggregate", "overlays"}
     summary = json.loads((repo / "metrics/summary.json").read_text())
     assert summary["combinations"]["bce-adam"]["seeds"] == 2
 
@@ -192,7 +209,7 @@ def test_a_shrunk_grid_removes_stale_run_folders(repo: Path, tmp_path: Path) -> 
 
     set_params(repo, {"grid": {"seed": [0]}})
     out = sh(repo, "dvc", "repro")
-    assert ran(out) == {"aggregate", "overlays"}  # nothing retrains
+    assert ran(out) == {"check", "aggregate", "overlays"}  # nothing retrains
     assert "run folder(s) of metrics/runs not in the grid: bce-adam-1" in out.stdout
     assert "model folder(s) of models not in the grid: bce-adam-1" in out.stdout
     assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0"]

@@ -11,12 +11,13 @@ from conftest import set_params, sh
 pytestmark = pytest.mark.slow
 TRAIN = {"train@mse-adam-0", "train@bce-adam-0"}
 # registry file -> the stages whose code it is (directly or through config validation)
+# (check validates every section, so every registry a section names)
 USERS = {
-    "forestseg/losses.py": TRAIN | {"aggregate", "overlays"},  # overlays: checkpoint checks the loss
-    "forestseg/optim.py": TRAIN | {"aggregate", "overlays"},  # overlays: the grid names the models it keeps
-    "forestseg/model.py": TRAIN | {"aggregate", "overlays"},
+    "forestseg/losses.py": TRAIN | {"aggregate", "overlays", "check"},  # overlays: checkpoint checks the loss
+    "forestseg/optim.py": TRAIN | {"aggregate", "overlays", "check"},  # overlays: the grid names the models it keeps
+    "forestseg/model.py": TRAIN | {"aggregate", "overlays", "check"},
     "forestseg/metrics.py": TRAIN | {"index", "split", "aggregate"},
-    "forestseg/masks.py": {"index", "split"},
+    "forestseg/masks.py": {"index", "split", "check"},
 }
 
 
