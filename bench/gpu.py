@@ -97,7 +97,8 @@ def check_train_predict(device: torch.device, tiny: bool) -> None:
             steps = cfg.epochs * -(-len(train) // cfg.batch_size)
             print(
                 f"host-device synchronisations in the training epochs: {syncs['count']} in {steps} steps "
-                "(torch.cuda.set_sync_debug_mode; one per step is the lagged loss read, which waits for nothing)"
+                "(torch.cuda.set_sync_debug_mode: calls that wait for the whole queue; the first step reads its loss "
+                "twice for the divergence reference, the others read theirs a step later behind an event)"
             )
         # stop after 2 epochs (as a kill would), then resume to 3 from the resume file
         train_run(

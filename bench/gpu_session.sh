@@ -117,16 +117,17 @@ run() {
             --cudnn-limit 0 --device cpu
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
-        # ~20 s before the steps (wheels, torch imports), 550 s of steps: the call ends inside its 600 s
-        # unless a step is killed (10 s grace each); on the H200 the quality step's final took 62 s, a
-        # CV fold should take 40-50 s
-        step 130 "gpu.py" python3 bench/gpu.py --skip-grid
-        step 50 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
-        step 260 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
+        # ~20 s before the steps (wheels, torch imports), 530 s of steps: with the 10 s grace of each of the
+        # 5 steps at worst 600 s, the call's limit; on the H200 the quality step's final took 62 s, a CV
+        # fold (24 of its 30 scenes) should take 40-50 s
+        step 120 "gpu.py" python3 bench/gpu.py --skip-grid
+        step 45 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
+        # a CV saves its result after every fold: a step cut at its limit still leaves the folds it finished
+        step 265 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
         results "$mode" "$tag"  # before the last steps: a call cut at its limit still brings the quality result back
-        compile_step 75 --study --batch 160
+        compile_step 70 --study --batch 160
         # does cuDNN hold faster kernels than the 10 algorithms torch tries per convolution?
-        step 35 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
+        step 30 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestseg.config import ForestsegError, ModelConfig, OptimizerConfig  # noqa: E402
-from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
+from forestseg.device import apply_precision, keep_freed_memory, pick_device  # noqa: E402
 from forestseg.loader import Normalizer, to_input  # noqa: E402
 from forestseg.losses import bce  # noqa: E402
 from forestseg.model import build_model  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> None:
     if min(args.width, args.depth, args.batch, args.steps) < 1 or args.size < 2**args.depth * 2:
         ap.error("--width, --depth, --batch and --steps must be at least 1, --size at least 2 * 2**depth")
     kept = False if args.default_malloc else keep_freed_memory()
-    device = pick_device(args.device)
+    device = pick_device(args.device, key="--device")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as train_run sets it
         if args.cudnn_limit is not None:
@@ -164,7 +164,7 @@ def main() -> None:
     layout = torch.contiguous_format if args.nchw else torch.channels_last
     model = build_model(model_cfg).to(device, memory_format=layout)
     opt = make_optimizer("adam", model.parameters(), 1e-3, OptimizerConfig())
-    norm, bf16 = Normalizer.fit(x_u8), use_bf16(args.precision, device)
+    norm, bf16 = Normalizer.fit(x_u8), apply_precision(args.precision, device)  # fp32 is exact fp32, as in training
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -178,13 +178,13 @@ def main() -> None:
         step()
     cuda = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    sync(device)
-    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     with torch.profiler.profile(activities=activities) as prof:
+        sync(device)  # the clock inside the profiler: its start-up (~1 s the first time) is not a step's
+        before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for _ in range(args.steps):
             step()
         sync(device)
-    after, seconds = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+        after, seconds = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
     name = "the study's UNet" if args.study else f"UNet w{args.width} d{args.depth}"
     print(
         f"{args.steps} steps, batch {args.batch} at {args.size} px, {name}, {'bf16' if bf16 else 'fp32'}, "
@@ -196,7 +196,14 @@ def main() -> None:
     events = prof.key_averages()
     if cuda:  # what the device spends its time on, and how much of the step it is busy at all
         # the kernels' (and copies') own rows: an op's row repeats its kernels' time
-        busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+        busy = (
+            sum(
+                e.self_device_time_total
+                for e in events
+                if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation
+            )
+            / 1e6
+        )
         print(f"device busy {busy / seconds:.0%} of the profiled steps' wall time (kernels and copies, summed)")
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(events.table(sort_by=key, row_limit=12, max_name_column_width=40))

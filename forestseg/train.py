@@ -266,6 +266,16 @@ def divergence_reference(loss_fn: Callable, out: torch.Tensor, masks: torch.Tens
     return max(first, chance) if math.isfinite(first) else first
 
 
+def queued(loss: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A 0-dim loss as a host tensor to read later, and on CUDA the event after which it holds the value:
+    copied into pinned memory without waiting (`train_epoch` reads it a step later). On the CPU, itself."""
+    if loss.device.type != "cuda":
+        return loss, None
+    host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+    host.copy_(loss, non_blocking=True)
+    return host, torch.cuda.current_stream(loss.device).record_event()
+
+
 def train_epoch(
     s: RunState,
     step_model: torch.nn.Module,
@@ -283,9 +293,11 @@ def train_epoch(
     total, seen, pending = 0.0, 0, None
     lr = s.opt.lr
 
-    def add(step: int, loss: torch.Tensor, n: int) -> None:
-        """A step's loss into the epoch's mean; Diverged at a non-finite one or a blow-up."""
+    def add(step: int, loss: torch.Tensor, done: torch.cuda.Event | None, n: int) -> None:
+        """A step's loss (from `queued`) into the epoch's mean; Diverged at a non-finite one or a blow-up."""
         nonlocal total, seen
+        if done is not None:
+            done.synchronize()  # that step's kernels alone, not the next step's queued behind them
         value = loss.item()
         if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
             raise Diverged(
@@ -330,12 +342,13 @@ def train_epoch(
             s.update_ema(cfg.ema)
         if s.first_loss is None:
             s.first_loss = divergence_reference(loss_fn, out, masks, loss.item())
-        # the previous step's loss is read once this step is queued: on CUDA .item() waits for its kernels, and
-        # reading this step's would leave the device idle while the host assembles the next batch
+        # the previous step's loss is read once this step is queued, so the device is never idle while the
+        # host assembles a batch (on CUDA through pinned memory and an event: .item() on the device tensor
+        # would wait for every kernel queued, this step's too)
         if pending is not None:
             add(*pending)
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-        pending = (step, loss.detach(), len(images))
+        pending = (step, *queued(loss.detach()), len(images))
     if pending is not None:
         add(*pending)
     return total / seen

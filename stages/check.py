@@ -9,7 +9,7 @@ from common import args, check_all, stage
 def main(argv: list[str]) -> None:
     args(argv)
     sections = check_all()
-    print(f"check: params.yaml holds {len(sections)} valid sections ({', '.join(sections)})")
+    print(f"check: every section of params.yaml is valid ({', '.join(sections)})")
 
 
 if __name__ == "__main__":
