@@ -864,3 +864,20 @@ def test_the_train_loss_is_a_mean_per_tile(tmp_path: Path) -> None:
     )
     [row] = result.history
     assert row["train_loss"] == pytest.approx(row["test_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+)
+def test_a_queued_loss_reads_as_the_loss(device: str) -> None:
+    """train_epoch reads each step's loss a step later: on CUDA from pinned memory once its event has passed."""
+    from forestseg.train import queued
+
+    loss = (torch.arange(4.0, device=device) / 3).sum()
+    held, done = queued(loss)
+    assert (done is None) == (device == "cpu") and held.device.type == "cpu"
+    if done is not None:
+        done.synchronize()
+        assert held.is_pinned()
+    assert held.item() == loss.item()
