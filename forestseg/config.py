@@ -7,6 +7,7 @@ checked when built, so a typo or a bad number stops the stage with one line nami
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -96,6 +97,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         from .masks import CONVENTIONS
 
+        if self.source.startswith("~"):  # DVC takes the path as written: it would look for a folder named ~
+            _fail(
+                "data.source",
+                f"{self.source!r}: ~ is not expanded here; write the full path, e.g. {os.path.expanduser(self.source)!r}",
+            )
         _positive("data.pixel_size_m", self.pixel_size_m)
         low, high = PLAUSIBLE_PIXEL_M
         if not low <= self.pixel_size_m <= high:

@@ -84,7 +84,8 @@ def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
         return array.astype(np.uint8) * 255
     top = int(array.max(initial=0))
     if array.min(initial=0) < 0 or top > 255:
-        raise ImageError(f"is a {mode} image with values up to {top}; save it with 8 bits per channel")
+        bits = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit"}.get(mode, mode)
+        raise ImageError(f"is a {bits} grey image with values up to {top}; save it with 8 bits per channel")
     return array.astype(np.uint8)  # 16-bit class ids or 0/1 values that fit 8 bits
 
 
@@ -111,8 +112,15 @@ WORLD_FILE_SUFFIXES = (
 )
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"  # what a Git LFS file is before `git lfs pull`
+
+
 def decode(data: bytes) -> Picture:
     """Decode image bytes; raises ImageError for what cannot be read right."""
+    if not data:
+        raise ImageError("is empty (0 bytes): copy or download it again")
+    if data.startswith(LFS_POINTER):
+        raise ImageError("is a Git LFS pointer, not the image: fetch the files with `git lfs pull`")
     if simplejpeg.is_jpeg(data):
         try:
             height, width, space, _ = simplejpeg.decode_jpeg_header(data)

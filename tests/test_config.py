@@ -152,6 +152,12 @@ BAD = [
     ("float-at-2-53-for-int", "split.seed", "9007199254740993.0", r"split\.seed: must be an integer written without"),
     ("string-for-bool", "train.augment", "true", r"train\.augment: must be true or false"),
     ("empty-string", "data.source", "", r"data\.source: must be a non-empty string"),
+    (
+        "home-tilde",
+        "data.source",
+        "~/forest",
+        r"data\.source: '~/forest': ~ is not expanded here; write the full path, e\.g\. '/",
+    ),
     ("tile-size-not-x16", "synth.tile_size", 40, r"synth\.tile_size: must be a multiple of 16"),
     ("tile-size-too-small", "synth.tile_size", 0, r"synth\.tile_size: must be a multiple of 16"),
     ("grid-too-large", "synth.grid", 11, r"synth\.grid: must be in 1\.\.10"),

@@ -190,8 +190,23 @@ def test_16_bit_grey_is_accepted_only_where_its_values_fit_8_bits(top: int, refu
     out = io.BytesIO()
     Image.fromarray(values).save(out, format="PNG")
     if refused:
-        with pytest.raises(ImageError, match=f"values up to {top}; save it with 8 bits per channel"):
+        with pytest.raises(ImageError, match=f"is a 16-bit grey image with values up to {top}; save it with 8 bits"):
             decode(out.getvalue())
     else:
         got = decode(out.getvalue()).pixels
         assert got.dtype == np.uint8 and np.array_equal(got, values.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        (b"", r"^is empty \(0 bytes\): copy or download it again$"),
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 12345\n",
+            r"^is a Git LFS pointer, not the image: fetch the files with `git lfs pull`$",
+        ),
+    ],
+)
+def test_an_empty_file_and_a_git_lfs_pointer_say_what_they_are(data: bytes, says: str) -> None:
+    with pytest.raises(ImageError, match=says):
+        decode(data)

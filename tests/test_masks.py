@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -321,18 +322,24 @@ def test_resampled_masks_stop_under_the_default_and_train_as_resampled(kaggle_li
     assert_packed_is_truth(idx, packed, {name: as_resampled(truth) >= 128 for name, truth in t.items()})
 
 
-def test_a_few_resampled_masks_are_skipped_and_the_report_says_what_reads_them(kaggle_like, tmp_path):
-    """A set partly resized (here 4 of 16 masks) goes on without those, and says which param keeps them."""
+@pytest.mark.parametrize("resized", [1, 4])
+def test_resampled_masks_among_0_255_ones_are_skipped_or_stop_the_set(kaggle_like, tmp_path, resized: int):
+    """One resized mask in 16 is skipped and the report says which param keeps it; 4 in 16 (a quarter,
+    the edge-rich part of the set) stop the set with that param named, rather than train without them."""
     from forestseg.dataset import format_report
 
-    names = sorted(truths(kaggle_like))[:4]
+    names = sorted(truths(kaggle_like))[:resized]
     for name, truth in truths(kaggle_like).items():
         if name in names:
             Image.fromarray(as_resampled(truth)).save(kaggle_like / "masks" / name, format="PNG")
+    if resized > 1:
+        with pytest.raises(DataError, match=rf"but {resized} of 16 masks do not fit it .*set data\.masks: resampled"):
+            index(kaggle_like, tmp_path)
+        return
     _, report, _ = index(kaggle_like, tmp_path)
-    assert report["misfits"] == report["skipped"] == 4
+    assert report["misfits"] == report["skipped"] == 1
     assert "set data.masks: resampled" in report["misfit_advice"]
-    assert "4 mask(s) did not fit the masks' convention" in format_report(report)
+    assert "1 mask(s) did not fit the masks' convention" in format_report(report)
 
 
 def test_three_level_masks_are_not_resampled_ones(kaggle_like, tmp_path):
@@ -487,7 +494,7 @@ def test_sample_masks_fit_the_default_convention(sample_dir, tmp_path):
 
 def test_the_sample_resized_to_128_px_reads_as_resampled(sample_dir, tmp_path):
     """The real masks resized as a user would (bilinear, saved as JPEG; every 8th pair): under the
-    default about a third are skipped, with the advice; as resampled none are."""
+    default about a third do not fit, and the set stops with the advice; as resampled none are skipped."""
     rows = (sample_dir / "meta_data.csv").read_text().splitlines()
     rows = rows[:1] + rows[1::8]
     root = tmp_path / "small"
@@ -498,8 +505,10 @@ def test_the_sample_resized_to_128_px_reads_as_resampled(sample_dir, tmp_path):
             with Image.open(sample_dir / folder / name) as im:
                 im.resize((128, 128), Image.BILINEAR).save(root / folder / name, format="JPEG", quality=95)
     (root / "meta_data.csv").write_text("\n".join(rows) + "\n")
-    _, report, _ = index(root, tmp_path / "a")
-    assert 0.2 < report["misfits"] / (len(rows) - 1) < 0.5 and "set data.masks: resampled" in report["misfit_advice"]
+    with pytest.raises(DataError, match=r"masks do not fit it .*set data\.masks: resampled") as stop:
+        index(root, tmp_path / "a")
+    misfits, total = map(int, re.search(r"but (\d+) of (\d+) masks", str(stop.value)).groups())
+    assert total == len(rows) - 1 and 0.2 < misfits / total < 0.5
     _, report, packed = index(root, tmp_path / "b", "resampled")
     assert report["valid"] == len(rows) - 1 and report["skipped"] == 0 and set(np.unique(packed)) == {0, 1}
 
