@@ -102,7 +102,15 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
     if not data.is_dir():
         raise ForestsegError(f"{data}: no such folder; give a folder with images/ and masks/ (README: Real data)")
     if (data / "images").is_dir():
-        pairs = stem_pairs(data, RASTER_SUFFIXES | PICTURE_SUFFIXES)
+        try:
+            pairs = stem_pairs(data, RASTER_SUFFIXES | PICTURE_SUFFIXES)
+        except ForestsegError as e:
+            if (data / "meta_data.csv").is_file():  # Kaggle's <scene>_sat_<n>.jpg beside <scene>_mask_<n>.jpg
+                raise ForestsegError(
+                    f"{data}: already tiles in the Kaggle layout (meta_data.csv, images/, masks/): set data.source "
+                    "to this folder, no cutting needed (`forestseg tile` cuts large scenes into such a folder)"
+                ) from None
+            raise e
     else:  # DeepGlobe's layout
         parts: dict[str, dict[str, list[Path]]] = {"sat": {}, "mask": {}}
         for path in sorted(data.iterdir()):
@@ -113,9 +121,21 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
         masks = _one_each(parts["mask"], str(data), "the mask of that id")
         pairs = _paired([(sats[i], masks.get(i)) for i in sorted(sats, key=int)], str(data))
     if not pairs:
+        # an unzipped download's top folder (DeepGlobe's train/, valid/, test/): the folders below that hold scenes
+        below = sorted(
+            f"{sub.name}/"
+            for sub in data.iterdir()
+            if sub.is_dir()
+            and ((sub / "images").is_dir() or any(DEEPGLOBE.match(f.stem) for f in sub.glob("*_mask.*")))
+        )
         raise ForestsegError(
             f"{data}: no scene to cut; give a folder with images/<name>.<tif|jpg|png> and masks/<name>.<...>, "
             "or DeepGlobe's <id>_sat.jpg and <id>_mask.png"
+            + (
+                f" ({', '.join(below)} below it {'holds' if len(below) == 1 else 'hold'} scenes: give that folder)"
+                if below
+                else ""
+            )
         )
     kinds = {"raster" if image.suffix.lower() in RASTER_SUFFIXES else "picture" for image, _ in pairs}
     if len(kinds) > 1:

@@ -503,3 +503,28 @@ def test_tile_interrupted_says_whether_its_folder_was_written(when, photo, tmp_p
     said = "nothing was written" if when == "while tiling" else f"{tmp_path / 'tiles'} was written whole"
     assert capsys.readouterr().err == f"forestseg tile: interrupted; {said}\n"
     assert (tmp_path / "tiles").exists() == (when != "while tiling")
+
+
+def test_a_kaggle_tile_folder_is_named_as_one_and_not_cut(tmp_path: Path) -> None:
+    """Kaggle's own layout pairs <scene>_sat_<n>.jpg with <scene>_mask_<n>.jpg: already tiles for data.source."""
+    data = tmp_path / "Forest Segmented"
+    for folder, name in (("images", "10452_sat_08.jpg"), ("masks", "10452_mask_08.jpg")):
+        (data / folder).mkdir(parents=True)
+        Image.new("RGB" if folder == "images" else "L", (8, 8)).save(data / folder / name)
+    (data / "meta_data.csv").write_text("image,mask\n10452_sat_08.jpg,10452_mask_08.jpg\n")
+    with pytest.raises(ForestsegError, match=r"already tiles in the Kaggle layout .*set data\.source to this folder"):
+        find_pairs(data)
+
+
+def test_an_unzipped_top_folder_names_the_folder_below_that_holds_scenes(tmp_path: Path) -> None:
+    """DeepGlobe unzips to train/ (scenes with masks), valid/ and test/ (photos only) beside metadata.csv."""
+    top = tmp_path / "deepglobe"
+    for sub, names in (("train", ("1_sat.jpg", "1_mask.png")), ("valid", ("2_sat.jpg",))):
+        (top / sub).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB", (8, 8)).save(top / sub / name)
+    (top / "metadata.csv").write_text("image_id\n1\n")
+    with pytest.raises(
+        ForestsegError, match=r"no scene to cut; .* \(train/ below it holds scenes: give that folder\)$"
+    ):
+        find_pairs(top)
