@@ -732,8 +732,9 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument(
         "--allow-no-forest",
         action="store_true",
-        help="score truth rasters that hold no forest though a nodata value covers some of their pixels "
-        "(stopped by default: 0/255 masks tagged nodata 255 read so)",
+        help="score truths that hold no forest at all: tiles whose masks are all background, or truth rasters "
+        "though a nodata value covers some of their pixels (stopped by default: masks of another convention, "
+        "inverted ones, or 0/255 masks tagged nodata 255, read so)",
     )
     e.add_argument(
         "--forest-brighter",

@@ -457,10 +457,13 @@ def build_index(
     workers: int | None = None,
     training: bool = True,
     check_inverted: bool = True,
+    allow_no_forest: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
     """Validate and decode every pair listed in meta_data.csv of the Kaggle-layout folder at (or
     nested inside) `root`; masks are read with convention `masks` (see forestseg.masks). `training`:
     a set whose masks are all forest stops (nothing to learn); scoring one (evaluate) is fine.
+    `allow_no_forest`: a set whose masks hold no forest at all is read (evaluate scoring false forest on
+    land without any); else it stops, as masks of another convention or inverted ones read so.
     `check_inverted`: a set whose forest is brighter than the rest in most scenes stops (inverted masks).
 
     Writes the packed arrays (atomically) and returns (index, report). Index columns: image, mask,
@@ -579,6 +582,7 @@ def build_index(
                 sum(k["forest_pixels"] for k in kept),
                 len(kept) * size[0] * size[1],
                 training,
+                allow_no_forest,
             )
             if check_inverted:
                 _check_not_inverted(root, masks, light)
@@ -652,6 +656,7 @@ def _check_convention(
     forest_pixels: int,
     pixels: int,
     training: bool = True,
+    allow_no_forest: bool = False,
 ) -> None:
     """Stop when the set as a whole, or more than MISFIT_STOP of its masks (`misfit_stats`: what those look
     like), looks like another mask convention than data.masks."""
@@ -667,9 +672,14 @@ def _check_convention(
         )
     if masks == "colors" and stats.colour_masks == 0:
         raise DataError(f"{where}, but every mask is grey ({stats.found()}); {stats.suggest(masks, forest)}")
-    if forest_pixels == 0:
+    if forest_pixels == 0 and not allow_no_forest:
         raise DataError(
             f"{where}, but no pixel of any mask is forest under it ({stats.found()}); {stats.suggest(masks, forest)}"
+            + (
+                ""
+                if training
+                else "; if the tiles hold no forest indeed (false forest on farmland, say), pass --allow-no-forest"
+            )
         )
     if training and kept and forest_pixels == pixels:  # nothing to learn, and an all-forest baseline of IoU 1
         others = f"; {len(skipped)} other pair(s) skipped, see the index report" if skipped else ""

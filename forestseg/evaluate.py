@@ -97,10 +97,12 @@ def evaluate_tiles(
     log: Callable[[str], None] = print,
     adapt_bn: float = 0.0,
     check_inverted: bool = True,
+    allow_no_forest: bool = False,
 ) -> dict:
     """Score on the tiles of a Kaggle-layout folder (all, or the `subset` rows of a split.csv),
     read as the index reads them; tiles are taken at the model's pixel size. With `adapt_bn`,
-    each scene is scored by the model adapted to its own tiles (`Predictor.adapted`)."""
+    each scene is scored by the model adapted to its own tiles (`Predictor.adapted`); with
+    `allow_no_forest`, also tiles whose masks hold no forest at all."""
     with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
         index, report = build_index(
             data,
@@ -110,6 +112,7 @@ def evaluate_tiles(
             forest,
             training=False,
             check_inverted=check_inverted,
+            allow_no_forest=allow_no_forest,
         )
         if report["skipped"]:
             first = report["skipped_pairs"][0]
@@ -391,7 +394,7 @@ def evaluate(
     **tile_args,
 ) -> dict:
     """Score on `data`: a Kaggle-layout folder of tiles, or a folder of labelled GeoTIFFs (with
-    `allow_no_forest`, also truths of no forest beside a nodata value: false forest on farmland)."""
+    `allow_no_forest`, also tiles or truths that hold no forest at all: false forest on farmland)."""
     stale = remove_stale_temps(Path(tempfile.gettempdir()))  # what killed evaluations left there
     if stale:
         log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")
@@ -432,10 +435,9 @@ def evaluate(
     from .geo import MapOptions
 
     ignored = (opts or MapOptions()).raster_flags()
-    ignored += ["--allow-no-forest"] if allow_no_forest else []
     if ignored:
         raise ForestsegError(
             f"{data}: Kaggle-layout tiles (taken at the model's pixel size); {', '.join(ignored)} apply to "
             "labelled GeoTIFFs only: leave them out"
         )
-    return evaluate_tiles(predictor, data, log=log, **tile_args)
+    return evaluate_tiles(predictor, data, log=log, allow_no_forest=allow_no_forest, **tile_args)

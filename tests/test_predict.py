@@ -697,6 +697,25 @@ def test_evaluates_mask_advice_names_its_flags(checkpoint, tmp_path, capsys) -> 
     assert done.value.code == 2 and "pass --masks '0/255'" in err and "data.masks" not in err, err
 
 
+def test_evaluate_scores_tiles_of_no_forest_only_when_told(checkpoint, tmp_path, capsys) -> None:
+    """All-background masks read as masks of another convention would: stopped, naming the flag; with it,
+    scored (forest IoU 0 wherever the model calls any forest: false forest on farmland)."""
+    import json
+
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    for mask in (data / "masks").iterdir():
+        Image.new("L", Image.open(mask).size).save(mask, quality=95)
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "no pixel of any mask is forest" in err and "pass --allow-no-forest" in err, err
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data), "--allow-no-forest", "-o", str(tmp_path / "e.json")])
+    assert done.value.code == 0, capsys.readouterr().err
+    scores = json.loads((tmp_path / "e.json").read_text())
+    assert scores["tiles"] == 8 and scores["true_forest_ha"] == 0 and scores["area_bias_pct"] is None, scores
+
+
 def test_evaluate_names_its_flag_for_bright_forest(checkpoint, tmp_path, capsys) -> None:
     from PIL import ImageOps
 
