@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from .config import DataConfig, ForestsegError, SplitConfig, override_value
-from .images import EXIF_ORIENTATION, ImageError, Picture, decode
+from .images import EXIF_ORIENTATION, ImageError, Picture, decode, drawn_as_shown
 from .io import atomic_path, plural, sha256_of, untracked_in_project, write_csv, write_json
 from .layout import DataLayout
 from .masks import MaskMismatch, Stats, describe_convention, forest_of, misfit_reads_as_resampled, summarize
@@ -323,7 +323,7 @@ def _load_pair(
             f"{mask} has transparent pixels ({msk_picture.kind}); forest must be in a mask's values, not its "
             "transparency: flatten it onto the background colour"
         )
-    if img.orientation != msk_picture.orientation and not _drawn_as_shown(img, msk_picture):
+    if img.orientation != msk_picture.orientation and not drawn_as_shown(img, msk_picture):
         # a viewer turns each by its own tag: the two grids differ, and nothing says which one the mask was drawn on
         raise BadPair(
             f"EXIF orientation differs: {image} {_turn(img.orientation)}, {mask} {_turn(msk_picture.orientation)}; "
@@ -351,16 +351,6 @@ def _load_pair(
             f"data.masks {convention!r} reads values exactly; save the masks lossless (PNG)"
         )
     return img.pixels, forest_map, summarize(msk), jpeg
-
-
-def _drawn_as_shown(img: Picture, msk: Picture) -> bool:
-    """Whether an untagged file of a pair can only lie on the other's grid as shown: the tagged one turned
-    by 90° (orientation 5-8) and not square, so its shape as shown is not its shape as stored."""
-    tagged, plain = (img, msk) if msk.orientation == 1 else (msk, img)
-    shown = tagged.pixels.shape[:2]
-    return (
-        plain.orientation == 1 and tagged.orientation >= 5 and shown[0] != shown[1] and plain.pixels.shape[:2] == shown
-    )
 
 
 def _turn(orientation: int) -> str:

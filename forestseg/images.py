@@ -115,6 +115,16 @@ WORLD_FILE_SUFFIXES = (
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"  # what a Git LFS file is before `git lfs pull`
 
 
+def drawn_as_shown(img: Picture, msk: Picture) -> bool:
+    """Whether an untagged file of a pair can only lie on the other's grid as shown: the tagged one turned
+    by 90° (orientation 5-8) and not square, so its shape as shown is not its shape as stored."""
+    tagged, plain = (img, msk) if msk.orientation == 1 else (msk, img)
+    shown = tagged.pixels.shape[:2]
+    return (
+        plain.orientation == 1 and tagged.orientation >= 5 and shown[0] != shown[1] and plain.pixels.shape[:2] == shown
+    )
+
+
 def decode(data: bytes) -> Picture:
     """Decode image bytes; raises ImageError for what cannot be read right."""
     if not data:

@@ -31,7 +31,7 @@ from PIL import Image
 
 from .config import PLAUSIBLE_PIXEL_M, SAME_PIXEL_SIZE
 from .errors import ForestsegError
-from .images import PICTURE_SUFFIXES, RASTER_SUFFIXES, ImageError, Picture, decode
+from .images import PICTURE_SUFFIXES, RASTER_SUFFIXES, ImageError, Picture, decode, drawn_as_shown
 from .io import plural, temp_prefix
 
 if TYPE_CHECKING:  # geo imports rasterio, which picture tiles do not need
@@ -257,7 +257,7 @@ def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOpti
             f"{mask}: has transparent pixels ({msk.kind}); forest must be in a mask's values, not its "
             "transparency: flatten it onto the background colour"
         )
-    if img.orientation != msk.orientation:
+    if img.orientation != msk.orientation and not drawn_as_shown(img, msk):  # the index's rule: the shape decides
         raise ForestsegError(
             f"{image} and {mask}: EXIF orientations differ ({img.orientation} and {msk.orientation}), so they may "
             "lie on different pixel grids; turn the tagged file's pixels by its tag (`magick FILE -auto-orient FILE`)"

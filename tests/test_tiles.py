@@ -528,3 +528,22 @@ def test_an_unzipped_top_folder_names_the_folder_below_that_holds_scenes(tmp_pat
         ForestsegError, match=r"no scene to cut; .* \(train/ below it holds scenes: give that folder\)$"
     ):
         find_pairs(top)
+
+
+def test_a_turned_picture_with_an_untagged_mask_of_its_shown_shape_is_cut_as_the_index_reads_it(
+    tmp_path: Path, capsys
+) -> None:
+    """A photo stored turned and tagged EXIF 6 with an untagged mask drawn on it as shown: the mask can only lie
+    on the photo as shown (the shapes say so), which is how the index reads such a pair."""
+    rng = np.random.default_rng(0)
+    shown = rng.integers(0, 255, (256, 512, 3), dtype=np.uint8)
+    truth = np.zeros((256, 512), np.uint8)
+    truth[:, :256] = 255  # forest on the left half as shown
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a viewer turns the stored pixels 90° clockwise
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.rot90(shown, 1)).save(tmp_path / "in/7_sat.jpg", quality=100, exif=exif)
+    Image.fromarray(truth).save(tmp_path / "in/7_mask.png")
+    assert cli("tile", str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0, capsys.readouterr().err
+    masks = sorted((tmp_path / "out/masks").iterdir())
+    assert len(masks) == 2 and [np.asarray(Image.open(m)).mean() > 127 for m in masks] == [True, False]
