@@ -48,7 +48,14 @@ def load(name: str) -> dict:
     another (`dvc exp run` leaves its values in params.yaml) never keeps the first one's values."""
     recipe = _read(name)
     for other in names():
-        for section, values in _read(other).items():
+        try:
+            theirs = _read(other)
+        except ForestsegError as e:  # another recipe's file: say why this one reads it
+            raise ForestsegError(
+                f"{e} (read for recipe {name!r} too: a recipe resets to their defaults the keys every other recipe "
+                f"sets; fix recipes/{other}.yaml or move it out of recipes/)"
+            ) from None
+        for section, values in theirs.items():
             defaults = asdict(SECTIONS[section]())
             for key in values:
                 recipe.setdefault(section, {}).setdefault(key, defaults[key])

@@ -533,6 +533,22 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
         run.load("bad")
 
 
+def test_a_broken_recipe_file_loading_another_recipe_says_why_it_is_read(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes/bad.yaml").write_text("model: {width: -3}\n")
+    (tmp_path / "recipes/good.yaml").write_text("model: {width: 8}\n")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    with pytest.raises(
+        ForestsegError,
+        match=r"^recipes/bad.yaml: model.width: must be in 1\.\.256, got -3 \(read for recipe 'good' too: a recipe "
+        r"resets to their defaults the keys every other recipe sets; fix recipes/bad.yaml or move it out of recipes/\)$",
+    ):
+        run.load("good")
+
+
 @pytest.mark.parametrize(
     "item, message",
     [
