@@ -15,7 +15,6 @@ from .config import DEVICES, known_device
 from .errors import ForestsegError
 
 _CLAIMS: list = []  # open, flock-ed slot files: a claim lasts as long as this process
-_HELD: set[str] = set()  # the physical GPUs this process holds a slot on (named ones claim one each)
 
 
 def claim_gpu(count: int, lock_dir: Path | None = None, index: int | None = None) -> int:
@@ -60,7 +59,10 @@ def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
                     n += 1
         return n
 
-    if index is not None and names[index] in _HELD:  # a run naming its GPU again holds one slot, not two
+    # a run naming its GPU again holds one slot, not two: this process's own slot files say which it holds
+    if index is not None and any(
+        Path(f.name).parent == lock_dir and Path(f.name).stem == f"gpu-{names[index]}" for f in _CLAIMS
+    ):
         return index
     gpu = min(range(count), key=lambda i: (busy(i), i)) if index is None else index
     for slot in range(1024):
@@ -71,7 +73,6 @@ def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
             f.close()
             continue
         _CLAIMS.append(f)
-        _HELD.add(names[gpu])
         return gpu
     return gpu
 

@@ -60,7 +60,6 @@ def test_a_gpu_visible_under_another_index_is_counted(tmp_path: Path, monkeypatc
 
 def test_a_gpu_named_in_params_is_counted_by_the_workers_that_pick(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(device, "_CLAIMS", [])
-    monkeypatch.setattr(device, "_HELD", set())
     monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
