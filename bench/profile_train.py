@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.speed import device_peaks, sync  # noqa: E402
 from forestseg.config import ForestsegError, ModelConfig, OptimizerConfig  # noqa: E402
 from forestseg.device import apply_precision, keep_freed_memory, pick_device  # noqa: E402
 from forestseg.loader import Normalizer, to_input  # noqa: E402
@@ -40,12 +41,6 @@ from forestseg.losses import bce  # noqa: E402
 from forestseg.model import build_model  # noqa: E402
 from forestseg.optim import make_optimizer  # noqa: E402
 from forestseg.synthetic import scene_tiles  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    """Wait for `device`'s queued work (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def best_seconds(fn: Callable[[], object], repeats: int = 3, device: torch.device = torch.device("cpu")) -> float:
@@ -208,8 +203,6 @@ def main() -> None:
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(events.table(sort_by=key, row_limit=12, max_name_column_width=40))
     if args.kernels:
-        from bench.speed import device_peaks
-
         dtype = torch.bfloat16 if bf16 else torch.float32
         peak, what = device_peaks(device)[dtype]  # whatever this process's malloc setting
         print(f"{str(dtype)[6:]} dense peak {peak / 1e9:.0f} GFLOP/s ({what}), measured now")

@@ -104,13 +104,13 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
     if (data / "images").is_dir():
         try:
             pairs = stem_pairs(data, RASTER_SUFFIXES | PICTURE_SUFFIXES)
-        except ForestsegError as e:
+        except ForestsegError:
             if (data / "meta_data.csv").is_file():  # Kaggle's <scene>_sat_<n>.jpg beside <scene>_mask_<n>.jpg
                 raise ForestsegError(
                     f"{data}: already tiles in the Kaggle layout (meta_data.csv, images/, masks/): set data.source "
                     "to this folder, no cutting needed (`forestseg tile` cuts large scenes into such a folder)"
                 ) from None
-            raise e
+            raise
     else:  # DeepGlobe's layout
         parts: dict[str, dict[str, list[Path]]] = {"sat": {}, "mask": {}}
         for path in sorted(data.iterdir()):
