@@ -17,6 +17,14 @@ RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a D
 
 # per params file this stage read: its text then, and the sections it read, as parsed (checked at its end)
 _READ: dict[str, tuple[str, dict[str, Any]]] = {}
+_PARSED: dict[str, tuple[str, Any]] = {}  # per params file, its last text and that text parsed
+
+
+def _parse(path: str, text: str) -> Any:
+    """`text` (of `path`) parsed, once per text: ruamel's pure loader takes ~70 ms a read."""
+    if path not in _PARSED or _PARSED[path][0] != text:
+        _PARSED[path] = (text, load_yaml(text, path))
+    return _PARSED[path][1]
 
 
 def _read(path: str) -> str:
@@ -31,7 +39,7 @@ def params(*sections: str, path: str = "params.yaml") -> tuple:
     text = _read(path)
     if path in _READ:  # read before in this stage: what it read then must not have changed since
         _check_unchanged(path, text)
-    raw = load_yaml(text, path)
+    raw = _parse(path, text)
     out = load_sections(raw, *sections)
     earlier = _READ[path][1] if path in _READ else {}
     _READ[path] = (text, {**earlier, **{s: raw[s] for s in sections}})
@@ -42,7 +50,7 @@ def check_all(path: str = "params.yaml") -> dict[str, Any]:
     """Every section of params.yaml, validated, by name: for a stage about to train, so that a bad value
     in a section it does not depend on (report, grid) stops it now, not after the grid trained, when
     that section's own stage would refuse it. Checked, not read: changing them reruns nothing here."""
-    raw = load_yaml(_read(path), path)
+    raw = _parse(path, _read(path))
     return dict(zip(SECTIONS, load_sections(raw, *SECTIONS)))
 
 
@@ -83,7 +91,7 @@ def _check_unchanged(path: str, now_text: str) -> None:
     text, sections = _READ[path]
     if now_text == text:  # the common case, without parsing again (ruamel's pure loader: ~70 ms a read)
         return
-    now_all = load_yaml(now_text, path) or {}
+    now_all = _parse(path, now_text) or {}
     for section, before in sections.items():
         now = now_all.get(section)
         if now == before:
