@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 # `pytest -n 2` runs two workers, each running torch (and its stages, through dvc) on 2 threads, on a
 # 2-core machine: OpenMP's threads spin-wait between parallel regions and, oversubscribed, burn the
@@ -51,6 +51,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     by side at the start and fills the end with short ones (an idle worker takes tests queued for the
     other), instead of one worker idling while the other finishes a 2-minute dvc run."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dvc_site_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """DVC's per-repo site cache (/var/tmp/dvc/repo/<hash> by default) under pytest's temp folder, so the
+    temp repos' caches do not pile up outside it; inherited by every dvc process a test starts."""
+    before = os.environ.get("DVC_SITE_CACHE_DIR")
+    os.environ["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dvc-site-cache"))
+    yield
+    if before is None:
+        os.environ.pop("DVC_SITE_CACHE_DIR")
+    else:
+        os.environ["DVC_SITE_CACHE_DIR"] = before
 
 
 @pytest.fixture
@@ -124,7 +137,8 @@ def repo(tmp_path: Path) -> Path:
     set_params(dst, TINY)
     sh(dst, "git", "init", "-q")
     # DVC stays offline: the copied .dvc/config sets core.analytics and core.check_update false
-    assert "analytics = false" in (dst / ".dvc/config").read_text()
+    config = (dst / ".dvc/config").read_text()
+    assert "analytics = false" in config and "check_update = false" in config
     sh(dst, "git", "add", "-A")
     sh(dst, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     return dst
@@ -132,7 +146,12 @@ def repo(tmp_path: Path) -> Path:
 
 def start_dvc(repo: Path, *args: str) -> subprocess.Popen:
     """`dvc <args>` in its own process group with line-buffered output, for tests that act mid-run."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
     return subprocess.Popen(
         ["dvc", *args],
         cwd=repo,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import adabn, errors, speed, wgrad
+from bench import adabn, errors, repro_stages, speed, wgrad
 from bench import postprocess as post
 from bench import profile_train as profile
 
@@ -163,24 +163,38 @@ def test_spread_is_the_median_and_the_range(values: list[float], says: str) -> N
     assert speed.spread(values) == says  # an even count: the mean of the middle two, as the ratios use
 
 
-def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(tmp_path: Path) -> None:
+def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """A stage DVC skips or restores ends the previous stage's row; its time was charged to that one."""
-    fake = tmp_path / "dvc"
-    fake.write_text(
-        "#!/bin/sh\necho \"Running stage 'synth':\"; sleep 1\n"
-        "echo \"Stage 'index' didn't change, skipping\"; sleep 2\n"
-        "echo \"Stage 'train@a' is cached - skipping run, checking out outputs\"; sleep 2\n"
-        "echo \"Running stage 'aggregate':\"; sleep 1\n"
-    )
-    fake.chmod(0o755)
-    python = tmp_path / "python"  # the script puts its interpreter's folder first on PATH: the fake dvc's
-    python.symlink_to(sys.executable)
-    out = subprocess.run([str(python), "bench/repro_stages.py"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    rows = {
-        line.rsplit(maxsplit=1)[0].strip(): float(line.rsplit(maxsplit=1)[1]) for line in out.stdout.splitlines()[1:5]
-    }
-    assert list(rows) == ["synth", "index (unchanged)", "train@a (restored)", "aggregate"], out.stdout
-    assert rows["synth"] < 1.8 and rows["index (unchanged)"] > 1.5 and rows["train@a (restored)"] > 1.5
+    lines = [
+        "Running stage 'synth':\n",
+        "Stage 'index' didn't change, skipping\n",
+        "Stage 'train@a' is cached - skipping run, checking out outputs\n",
+        "Running stage 'aggregate':\n",
+    ]
+
+    class FakeDvc:
+        def __init__(self, cmd: list[str], **kwargs: object) -> None:
+            assert cmd == ["dvc", "repro", "--force"]
+            self.stdout = iter(lines)
+
+        def wait(self) -> int:
+            return 0
+
+    clock = iter([0.0, 0.5, 1.5, 4.0, 6.5, 7.0])  # the start, each line as it arrives, the end
+    monkeypatch.setattr(repro_stages.subprocess, "Popen", FakeDvc)
+    monkeypatch.setattr(repro_stages.time, "perf_counter", lambda: next(clock))
+    assert repro_stages.main(["--", "--force"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.rsplit(maxsplit=1)[0].strip(): float(line.rsplit(maxsplit=1)[1]) for line in out[1:6]}
+    assert rows == {
+        "synth": 1.0,
+        "index (unchanged)": 2.5,
+        "train@a (restored)": 2.5,
+        "aggregate": 0.5,
+        "before the first stage": 0.5,
+    }, out
 
 
 @pytest.mark.parametrize("way", ["native", "shifted", "unfolded"])

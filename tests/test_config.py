@@ -790,7 +790,8 @@ def test_run_py_names_a_broken_params_yaml_in_one_line(params_text: str, message
 
 
 def test_run_py_without_dvc_on_path_says_to_activate_the_venv(tmp_path) -> None:
-    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # no dvc there
+    # no dvc there; no bytecode written into the checkout's recipes/ and forestseg/ either
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
     run = subprocess.run(
         [sys.executable, str(REPO / "recipes/run.py"), "demo", "--queue"], capture_output=True, text=True, env=env
     )

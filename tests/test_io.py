@@ -52,7 +52,7 @@ def test_a_writer_writes_through_a_temp_renamed_onto_the_file(tmp_path: Path, mo
         "csv": lambda: forestseg.io.write_csv(target, pd.DataFrame({"x": [1]})),
         "rows": lambda: forestseg.io.write_rows(target, ["x"], [[1]]),
     }[writer]
-    with pytest.raises(Exception):
+    with pytest.raises(ForestsegError, match=r"a\.out: cannot write it: no space left on the device"):
         write()
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.out"]
     assert len(renames) == 1 and renames[0][1] == target and renames[0][0].startswith(".a.~")

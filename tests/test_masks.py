@@ -151,6 +151,25 @@ def test_inverted_masks_that_fit_their_convention_stop(kaggle_like, tmp_path):
     assert report["valid"] == 16
 
 
+@pytest.mark.parametrize(
+    "scenes, inverted, stops",
+    [(3, 2, False), (7, 2, False), (4, 3, True), (5, 3, False), (6, 4, True)],  # at least 3 scenes, 2 in 3 of them
+)
+def test_some_scenes_inverted_stop_only_past_the_share(tmp_path, scenes, inverted, stops):
+    """A few scenes brighter under forest (bright crowns, dark fields) are imagery, not inverted masks."""
+    root = make_set(tmp_path / "set", scenes=scenes, grid=2, tile_size=32)
+    t = truths(root)
+    flipped = sorted({name.split("_")[0] for name in t})[:inverted]
+    for name, truth in t.items():
+        inverted_here = name.split("_")[0] in flipped
+        Image.fromarray(np.where(truth != inverted_here, 255, 0).astype(np.uint8)).save(root / "masks" / name, "PNG")
+    if stops:
+        with pytest.raises(DataError, match=rf"brighter than the rest in {inverted} of {scenes} scenes"):
+            index(root, tmp_path / "a")
+    else:
+        assert index(root, tmp_path / "a")[1]["valid"] == 4 * scenes
+
+
 def test_0_1_masks_train_the_same_targets_as_0_255(kaggle_like, tmp_path):
     t = truths(kaggle_like)
     idx255, _, packed255 = index(kaggle_like, tmp_path / "a")
@@ -298,6 +317,13 @@ def test_far_low_share_counts_low_values_away_from_any_high_one():
             "set data.masks: classes and data.forest: [<forest's value(s)>] (the other "
             "values, 255 among them, are read as not forest: no value means 'no label')",
         ),
+        # 0/255 masks declared as classes with dark forest: as 0/255 they would read inverted
+        (
+            {0: 600, 255: 400},
+            ("classes", (0,)),
+            "invert them first (255 - value, saved lossless), then set data.masks: '0/255'",
+        ),
+        ({0: 600, 255: 400}, ("classes", (255,)), "they look like 0/255 masks: set data.masks: '0/255'"),
     ],
 )
 def test_the_advice_names_a_convention_the_values_fit(values, current, advice):
@@ -305,7 +331,8 @@ def test_the_advice_names_a_convention_the_values_fit(values, current, advice):
     counts = np.zeros(256, np.int64)
     counts[list(values)] = list(values.values())
     stats.add_summary((True, counts))
-    assert advice in stats.suggest(current)
+    current, forest = current if isinstance(current, tuple) else (current, ())
+    assert advice in stats.suggest(current, forest)
 
 
 def test_resampled_masks_stop_under_the_default_and_train_as_resampled(kaggle_like, tmp_path):

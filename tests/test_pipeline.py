@@ -41,12 +41,9 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
     assert "all-forest baseline" in report and "](plots/loss_best.png)" in report
     scenes = (repo / "metrics/scenes.csv").read_text().splitlines()
     assert scenes[0] == "scene,tiles,forest_share,iou,precision,recall" and "## Per-scene results" in report
-    if (repo / "metrics/runs/bce-adam-0/scenes.csv").is_file():  # train writes per-scene counts (issue 12)
-        assert len(scenes) == 1 + summary["split"]["test"]["scenes"]
-        assert (repo / "plots/overlays/worst_scenes.png").stat().st_size > 0
-    else:  # a train stage that predates per-scene counts: the report says so, overlays draw no scene
-        assert "Per-scene results are absent for" in report
-        assert not (repo / "plots/overlays/worst_scenes.png").exists()
+    assert (repo / "metrics/runs/bce-adam-0/scenes.csv").is_file()  # train writes per-scene counts (issue 12)
+    assert len(scenes) == 1 + summary["split"]["test"]["scenes"]
+    assert (repo / "plots/overlays/worst_scenes.png").stat().st_size > 0
     plots = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)
     assert not plots.get("errors")
     assert {

@@ -959,6 +959,12 @@ def test_scene_windows_of_the_sampled_images_equal_those_of_all() -> None:
     images = [np.full((32, 32, 3), i, np.uint8) for i in range(100)]
     sampled = [images[i] for i in forestseg.windows.sample_of(len(images))]
     assert np.array_equal(forestseg.windows.scene_windows(sampled, 32), forestseg.windows.scene_windows(images, 32))
+    # n windows from n distinct images, sampled, in the images' own order
+    n = forestseg.windows.ADAPT_WINDOWS
+    indices = forestseg.windows.sample_of(len(images))
+    assert len(indices) == n and indices == sorted(set(indices)) and indices != list(range(n))
+    assert sorted({int(w[0, 0, 0]) for w in forestseg.windows.scene_windows(images, 32)}) == indices
+    assert forestseg.windows.sample_of(10) == list(range(10))  # fewer than n: every one
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,12 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 TRAIN = ["bce", "adam", "0", "data", "metrics/runs", "models"]
 
 
-def stage(cwd: Path, name: str, *argv: str) -> subprocess.CompletedProcess:
+def stage(cwd: Path, name: str, *argv: str, code: Path = REPO) -> subprocess.CompletedProcess:
+    """Stage `name` of the project at `code` (its stages/ and forestseg/) run in `cwd`."""
     return subprocess.run(
-        [sys.executable, str(REPO / "stages" / f"{name}.py"), *argv],
+        [sys.executable, str(code / "stages" / f"{name}.py"), *argv],
         cwd=cwd,
-        env=ENV,
+        env={**ENV, "PYTHONPATH": str(code)},
         capture_output=True,
         text=True,
         check=True,
@@ -94,12 +95,13 @@ def test_sigkill_then_resume_gives_identical_results(
     assert not resume.exists() and (work / "models/bce-adam-0/model.pt").is_file()  # scratch gone once done
 
 
-def kill(work: Path, marker: str) -> int:
-    """Start the train stage and SIGKILL it right after it prints a line containing `marker`."""
+def kill(work: Path, marker: str, code: Path = REPO) -> int:
+    """Start the train stage (of the project at `code`) and SIGKILL it right after it prints a line
+    containing `marker`."""
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
+        [sys.executable, str(code / "stages/train.py"), *TRAIN],
         cwd=work,
-        env=ENV,
+        env={**ENV, "PYTHONPATH": str(code)},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -135,6 +137,35 @@ def test_changed_data_does_not_resume_a_stale_checkpoint(project: Path, tmp_path
     stage(work, "split", "data", "metrics/split.json")
     assert (work / "data/split.csv").read_text() != before
     out = stage(work, "train", *TRAIN)
+    assert "starting afresh" in out.stdout and "resuming" not in out.stdout
+
+
+def test_changed_arrays_do_not_resume_a_stale_checkpoint(project: Path, tmp_path: Path) -> None:
+    """Other pixels under the same file names (a re-export of the set, then `dvc repro index`) change the
+    arrays' digest alone: the run killed on the old ones starts afresh."""
+    work = fresh(project, tmp_path)
+    kill(work, "epoch 2/")
+    digest = work / "data/packed/sha256.json"
+    content = json.loads(digest.read_text())
+    digest.write_text(json.dumps({**content, "images.npy": "0" * 64}))
+    out = stage(work, "train", *TRAIN)
+    assert "starting afresh" in out.stdout and "resuming" not in out.stdout
+
+
+def test_a_library_edit_does_not_resume_a_stale_checkpoint(project: Path, tmp_path: Path) -> None:
+    """The train stage fingerprints the whole library: a run killed before an edit of any forestseg
+    module starts afresh after it."""
+    code = tmp_path / "code"
+    for folder in ("stages", "forestseg"):
+        shutil.copytree(REPO / folder, code / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    work = fresh(project, tmp_path)
+    kill(work, "epoch 2/", code)
+    assert "resuming after epoch" in stage(work, "train", *TRAIN, code=code).stdout  # unedited: it resumes
+    work = fresh(project, tmp_path / "again")
+    kill(work, "epoch 2/", code)
+    with open(code / "forestseg/metrics.py", "a") as f:
+        f.write("\n# an edit\n")
+    out = stage(work, "train", *TRAIN, code=code)
     assert "starting afresh" in out.stdout and "resuming" not in out.stdout
 
 

@@ -274,6 +274,21 @@ def test_validation_keeps_the_best_model(data, tmp_path: Path, ema: float) -> No
     assert _val_miou(tmp_path / "last" / "model.pt", data[1]) != pytest.approx(result.history[-1]["val_miou"], abs=1e-3)
 
 
+def test_a_tie_in_val_miou_keeps_the_earlier_epoch(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt changes only for a better score: equal later epochs do not replace it."""
+    import forestseg.train
+
+    real = forestseg.train.evaluate
+
+    def level(*args, **kwargs) -> dict:
+        return {**real(*args, **kwargs), "miou": 0.5}
+
+    monkeypatch.setattr(forestseg.train, "evaluate", level)
+    result, _ = go(data, tmp_path / "last.pt", val=scene_tiles(2, 1))
+    assert [row["val_miou"] for row in result.history] == [0.5] * len(result.history) and len(result.history) > 1
+    assert result.metrics["best_epoch"] == 1
+
+
 @pytest.mark.parametrize("lr, override", [(1e6, False), (1e8, False), (1e6, True)])
 def test_a_huge_learning_rate_diverges(data, tmp_path: Path, lr: float, override: bool) -> None:
     """The advice names the param that set the run's lr: optimizer.lr, or its override."""
@@ -285,7 +300,8 @@ def test_a_huge_learning_rate_diverges(data, tmp_path: Path, lr: float, override
     assert run.name in message and "epoch" in message and "step" in message
     advice = "lower optimizer.lr_overrides.bce-sgd" if override else "lower optimizer.lr"
     assert message.endswith(advice), message
-    assert isinstance(err.value.history, list)
+    done = [row["epoch"] for row in err.value.history]  # the epochs finished before the one that diverged
+    assert done == list(range(1, len(done) + 1)) and f"epoch {len(done) + 1}/" in message
 
 
 def test_the_study_recipe_trains_through_the_spike_its_mse_with_adam_makes(tmp_path: Path) -> None:
