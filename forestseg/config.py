@@ -382,8 +382,10 @@ class GridConfig:
         for opt in self.optimizer:
             _choice("grid.optimizer", opt, _optimizers())
         for seed in self.seed:
-            if not isinstance(seed, int) or not 0 <= seed < 2**32 - 2_000_003:
-                _fail("grid.seed", f"seeds must be integers >= 0 and < 2**32 - 2000003, got {seed!r}")
+            # numpy's global seed takes < 2**32; torch's generators, seeded with the seed plus a stream
+            # offset (train._generators), take up to 2**64
+            if not isinstance(seed, int) or not 0 <= seed < 2**32:
+                _fail("grid.seed", f"seeds must be integers >= 0 and < 2**32, got {seed!r}")
 
     def runs(self) -> list["Run"]:
         """Every loss x optimizer x seed combination, in the order of dvc.yaml's matrix."""

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .config import DataConfig, ForestsegError, SplitConfig, override_value
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode, drawn_as_shown
-from .io import atomic_path, plural, sha256_of, untracked_in_project, write_csv, write_json
+from .io import atomic_path, plural, sha256_of, untracked_in_project, write_csv, write_json, write_npy
 from .layout import DataLayout
 from .masks import MaskMismatch, Stats, describe_convention, forest_of, misfit_reads_as_resampled, summarize
 from .metrics import scores
@@ -425,8 +425,7 @@ def _cut(path: Path, array: np.memmap, rows: int) -> None:
     """Keep the first `rows` rows of the packed array at `path` (pairs were skipped)."""
     array.flush()
     if rows < len(array):
-        with atomic_path(path) as tmp:
-            np.save(tmp, array[:rows])
+        write_npy(path, array[:rows])
 
 
 def _packed(path: Path, shape: tuple[int, ...]) -> np.memmap:

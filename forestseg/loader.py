@@ -110,8 +110,7 @@ def to_input(
     if not channels_last:
         x = x.contiguous()
     if jitter > 0 and generator is not None:
-        gain = 1 + jitter * (2 * torch.rand(x.shape[0], 1, 1, 1, generator=generator) - 1)
-        gain = gain * (1 + jitter / 2 * (2 * torch.rand(x.shape[0], 3, 1, 1, generator=generator) - 1))
+        gain = _uniform(x.shape[0], jitter, generator, 1, 1, 1) * _uniform(x.shape[0], jitter / 2, generator, 3, 1, 1)
         x = (x * gain.to(x.device, non_blocking=True)).clamp_(0, 255)
     if any(g is not None for g in photo):
         x = photometric(x, saturation, blur, *photo)

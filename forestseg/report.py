@@ -168,7 +168,8 @@ def rank(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_combination(summary: pd.DataFrame) -> pd.Series | None:
-    """The summary row of highest mean BEST_BY over finished seeds; None when every combination diverged."""
+    """The first row of `rank`: combinations with no diverged seed first, then the highest mean BEST_BY
+    over finished seeds; None when every combination diverged."""
     ranked = rank(summary)
     return ranked.iloc[0] if len(ranked) else None
 
@@ -179,8 +180,8 @@ def _rounded(x) -> float | None:
 
 
 def headline(summary: pd.DataFrame) -> dict[str, str | float | None]:
-    """A flat dict of the few numbers to read at a glance: `best` (the combination of highest mean
-    mIoU, as in REPORT.md) and `best_iou` (its mean forest IoU), then `iou_<combination>` and
+    """A flat dict of the few numbers to read at a glance: `best` (`best_combination`: highest mean
+    mIoU among those with no diverged seed, as in REPORT.md) and `best_iou` (its mean forest IoU), then `iou_<combination>` and
     `miou_<combination>` (means over finished seeds), rounded; null where every seed diverged.
     Keys sort with `best` first, as `dvc metrics diff` lists them."""
     best = best_combination(summary)

@@ -1,5 +1,6 @@
 """The training loop: epochs of seeded batches, evaluation on summed confusion counts, an atomic
-checkpoint after every epoch, and resume from it. It knows nothing of params.yaml or DVC."""
+checkpoint after every epoch, and resume from it. It takes params as dataclasses and never reads
+params.yaml or runs DVC (its messages name the params and commands a user would change or run)."""
 
 from __future__ import annotations
 

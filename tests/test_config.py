@@ -829,3 +829,17 @@ def test_a_recipe_replaces_a_bad_workspace_value_it_sets(tmp_path) -> None:
     (repo / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("  epochs: 5", "  epochs: 0"))
     run = subprocess.run([sys.executable, "recipes/run.py", "cpu", "--print"], cwd=repo, capture_output=True, text=True)
     assert run.returncode == 0 and "-S train.epochs=15" in run.stdout, run.stderr
+
+
+def test_every_loss_and_optimizer_name_fits_the_run_name_format() -> None:
+    """A registry name with a '-' (or a character outside [A-Za-z0-9_]) would be split wrongly by
+    Run.of and the lr_overrides check, and its run folders never pruned (io.RUN_FOLDER)."""
+    from forestseg.config import Run
+    from forestseg.io import RUN_FOLDER
+    from forestseg.losses import LOSSES
+    from forestseg.optim import OPTIMIZERS
+
+    for loss in LOSSES:
+        for optimizer in OPTIMIZERS:
+            run = Run(loss, optimizer, 7)
+            assert RUN_FOLDER.fullmatch(run.name) and Run.of(run.combination, 7) == run, run.name
