@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # geo imports rasterio, which tiles do not need; predict torc
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """[tp, fp, fn, tn] of bool maps, as int64."""
+    """[tp, fp, fn, tn] of bool maps, as int64: metrics.confusion's counts for the numpy maps of raster
+    blocks, where numpy's count_nonzero takes 0.7 ms a 2048x2048 block and confusion's torch sums ~100."""
     tp = int(np.count_nonzero(pred & truth))
     fp = int(np.count_nonzero(pred & ~truth))
     fn = int(np.count_nonzero(~pred & truth))

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .config import SynthConfig
+from .errors import ForestsegError
 from .io import remove_stale_temps, temp_prefix
 
 # Parcel colours (RGB, 0-1): soil, ripe crop, pale grass, green crop (forest-like mean colour).
@@ -100,6 +101,15 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
 def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
     """Write the synthetic set to `out_dir` (replaced atomically as a whole); returns #pairs."""
     out_dir = Path(out_dir)
+    try:
+        return _generate(out_dir, cfg)
+    except OSError as e:  # disk full, no permission, a file where a folder goes: one line, not a traceback
+        why = "a file is where a folder goes" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        where = f" ({e.filename})" if e.filename else ""
+        raise ForestsegError(f"{out_dir}: cannot write the synthetic set: {why or e}{where}") from None
+
+
+def _generate(out_dir: Path, cfg: SynthConfig) -> int:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir.parent)  # what a killed generate left (named by host and pid, git-ignored)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temp_prefix(out_dir.name)))

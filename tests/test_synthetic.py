@@ -13,6 +13,7 @@ from conftest import REPO, dead_temp_prefix, make_set
 from PIL import Image
 
 from forestseg.config import SynthConfig
+from forestseg.errors import ForestsegError
 from forestseg.synthetic import generate
 
 IMAGE = re.compile(r"^(\d+)_sat_(\d\d)\.jpg$")
@@ -139,3 +140,13 @@ def test_what_a_killed_generate_left_is_git_ignored_and_removed_next_time(tmp_pa
     assert ignored.returncode == 0  # never shown by git status, never committed by dvc exp run
     make_set(tmp_path / "set", seed=0)
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    """A file where the output's folder goes (or a full disk) is a ForestsegError naming the path."""
+    (tmp_path / "data").write_text("a file, not a folder")
+    with pytest.raises(
+        ForestsegError,
+        match=r"data/synthetic: cannot write the synthetic set: a file is where a folder goes \(.*data\)",
+    ):
+        generate(tmp_path / "data" / "synthetic", SynthConfig(scenes=1, grid=1, tile_size=16))
