@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
+from .errors import Terminated, terminate
 from .images import IMAGE_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
 from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows, share
@@ -788,32 +789,24 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # a timeout, `kill`, Slurm or docker stop (SIGTERM) unwinds as Ctrl-C does, so the temp folder
     # of the raster being mapped goes with it
-    before = signal.signal(signal.SIGTERM, _terminate)
+    before = signal.signal(signal.SIGTERM, terminate)
     try:
         sys.exit({"predict": predict, "evaluate": evaluate, "tile": tile}[args.command](args))
     except ForestsegError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (KeyboardInterrupt, _Terminated) as e:  # outputs are written atomically: the finished ones stand
-        how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+    except (KeyboardInterrupt, Terminated) as e:  # outputs are written atomically: the finished ones stand
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         stand = "outputs written before it stand"
         if args.command == "tile":  # its folder appears whole, at once, or not at all
             stand = f"{args.out} was written whole" if args.out.exists() else "nothing was written"
         print(f"forestseg {args.command}: {how}; {stand}", file=sys.stderr)
-        sys.exit(143 if isinstance(e, _Terminated) else 130)  # as a shell reports the signal
+        sys.exit(143 if isinstance(e, Terminated) else 130)  # as a shell reports the signal
     except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
         sys.exit(141)
     finally:
         signal.signal(signal.SIGTERM, before)
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt: a BaseException, which no `except Exception` swallows."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
 
 
 if __name__ == "__main__":

@@ -758,8 +758,9 @@ def map_forest(
                 writer.close()
             bar.close()
             paths = output_paths(path, out_dir, opts)
-            # every output finished in the temp folder first, then all moved into place: a kill never
-            # leaves a new mask beside an old probability or polygons (the probability's COG takes seconds)
+            # every output finished in the temp folder first, then all moved into place one right after
+            # another (replace_together): a new mask beside an old probability or polygons only for a
+            # kill within the milliseconds of the renames, never for the seconds the probability's COG takes
             built = {name: folder / f"{name}.out{paths[name].suffix}" for name in paths}
             _cog(writer.files["mask"], built["mask"], "MODE")
             if opts.probability:

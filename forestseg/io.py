@@ -50,10 +50,23 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
 
 
+TEMP_STEM = 100  # bytes of an output's stem a temp name keeps: with the host (<= 64), the pid, mkstemp's 8
+# random characters and forestseg's short suffixes it stays within a file system's 255 bytes
+
+
+def usual_mode(bits: int) -> int:
+    """`bits` (0o666 for a file, 0o777 for a folder) less the process's umask: the mode open() and
+    mkdir() give, for the temp files and folders that mkstemp and mkdtemp make owner-only."""
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return bits & ~umask
+
+
 def temp_prefix(stem: str) -> str:
     """The name start of a temp file or folder beside an output: hidden, and naming its machine and
     process, so a later run can tell a killed run's leftovers (`remove_stale_temps`) from a live one's."""
-    return f".{stem}.~{_host()}-{os.getpid()}."
+    kept = stem.encode()[:TEMP_STEM].decode(errors="ignore")  # never half a UTF-8 character
+    return f".{kept}.~{_host()}-{os.getpid()}."
 
 
 def _alive(pid: int) -> bool:
@@ -98,9 +111,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise _write_error(path, e) from None
     os.close(fd)
     tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files owner-only; outputs get the usual mode
+    os.chmod(tmp, usual_mode(0o666))  # mkstemp makes files owner-only; outputs get the usual mode
     try:
         yield tmp
         replace_together({tmp: path})

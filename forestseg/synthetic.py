@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from .config import SynthConfig
 from .errors import ForestsegError
-from .io import remove_stale_temps, temp_prefix
+from .io import remove_stale_temps, temp_prefix, usual_mode
 
 # Parcel colours (RGB, 0-1): soil, ripe crop, pale grass, green crop (forest-like mean colour).
 _PARCELS = np.array(
@@ -113,6 +113,7 @@ def _generate(out_dir: Path, cfg: SynthConfig) -> int:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir.parent)  # what a killed generate left (named by host and pid, git-ignored)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temp_prefix(out_dir.name)))
+    tmp.chmod(usual_mode(0o777))  # mkdtemp's 0700 would stay on the set
     try:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -11,6 +12,7 @@ from typing import Any, Callable, NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import SECTIONS, ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
+from forestseg.errors import Terminated, terminate  # noqa: E402
 from forestseg.io import load_yaml, remove_stale_runs, remove_stale_temps  # noqa: E402
 
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
@@ -144,19 +146,25 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
     @functools.wraps(fn)
     def main() -> None:
         code = 0
+        # a timeout, `kill` or Slurm's time limit (SIGTERM) unwinds as Ctrl-C does: temp files go with it
+        signal.signal(signal.SIGTERM, terminate)
         try:
             fn(sys.argv[1:])
             _check_params_unchanged()
         except ForestsegError as e:
             print(f"error: {e}", file=sys.stderr)
             code = 2
-        except KeyboardInterrupt:  # Ctrl-C: a traceback from inside torch says nothing useful
+        except (KeyboardInterrupt, Terminated) as e:  # a traceback from inside torch says nothing useful
+            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
             print(
-                f"{Path(sys.argv[0]).name}: interrupted; its outputs are as they were or complete (written "
-                "atomically): rerun to go on (a train run resumes after its last finished epoch)",
+                f"{Path(sys.argv[0]).name}: {how}; no output is half-written (each is written atomically): "
+                "rerun to go on (a train run resumes after its last finished epoch)",
                 file=sys.stderr,
             )
-            code = 130  # as a shell reports a process ended by SIGINT
+            code = 143 if isinstance(e, Terminated) else 130  # as a shell reports the signal
+        except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 141
         if fn.__module__ == "__main__" and not _watched():  # the script this process runs
             _end_process(code)
         if code:

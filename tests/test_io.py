@@ -19,6 +19,7 @@ from forestseg.io import (
     write_json,
     write_npy,
     write_rows,
+    write_text,
     write_torch,
 )
 
@@ -56,6 +57,13 @@ def test_a_writer_writes_through_a_temp_renamed_onto_the_file(tmp_path: Path, mo
         write()
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.out"]
     assert len(renames) == 1 and renames[0][1] == target and renames[0][0].startswith(".a.~")
+
+
+@pytest.mark.parametrize("stem", ["x" * 230, "é" * 115])  # 230 bytes either way: a legal name of 234
+def test_an_output_with_a_long_name_is_written(tmp_path: Path, stem: str) -> None:
+    """Its temp name (the stem, host, pid, random part and suffixes) must stay within 255 bytes too."""
+    write_text(tmp_path / f"{stem}.png", "x")
+    assert [p.name for p in tmp_path.iterdir()] == [f"{stem}.png"]
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:

@@ -140,6 +140,31 @@ def test_changed_data_does_not_resume_a_stale_checkpoint(project: Path, tmp_path
     assert "starting afresh" in out.stdout and "resuming" not in out.stdout
 
 
+def test_sigterm_ends_the_stage_with_one_line_and_no_temp_files(project: Path, tmp_path: Path) -> None:
+    """A timeout, `kill` or Slurm's time limit: as Ctrl-C, one line, exit 143, and a resumable run."""
+    work = fresh(project, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
+        cwd=work,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if "epoch 2/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate()
+    assert proc.returncode == 143 and err.strip().splitlines() == [
+        "train.py: terminated (SIGTERM); no output is half-written (each is written atomically): rerun to go on "
+        "(a train run resumes after its last finished epoch)"
+    ], err
+    hidden = [p for p in work.rglob(".*") if p.is_file() and p.parent.name != ".resume"]
+    assert hidden == [], hidden
+    assert "resuming after epoch" in stage(work, "train", *TRAIN).stdout
+
+
 def test_changed_arrays_do_not_resume_a_stale_checkpoint(project: Path, tmp_path: Path) -> None:
     """Other pixels under the same file names (a re-export of the set, then `dvc repro index`) change the
     arrays' digest alone: the run killed on the old ones starts afresh."""

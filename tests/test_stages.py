@@ -118,7 +118,7 @@ if __name__ == "__main__":
 
 
 INTERRUPTED = (
-    "stage.py: interrupted; its outputs are as they were or complete (written atomically): rerun to go on "
+    "stage.py: interrupted; no output is half-written (each is written atomically): rerun to go on "
     "(a train run resumes after its last finished epoch)\n"
 )
 
