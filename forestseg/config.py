@@ -50,7 +50,9 @@ def _choice(key: str, value: str, choices) -> None:
 # Names users pick live in registries beside their code (losses.LOSSES, optim.OPTIMIZERS and
 # SCHEDULES, model.ARCHS, masks.CONVENTIONS). They are imported when a section that names one is
 # validated, not with this module, so a stage depends only on the registries of the params it reads
-# (adding a loss never reruns synth, index or split).
+# (adding a loss never reruns synth, index or split). loader.SAMPLINGS and loader.INPUTS are checked
+# against the name lists above instead (aggregate reads train and model but not the loader; a test
+# keeps each list equal to its registry); the other lists above are two-way switches or devices.
 def _losses():
     from .losses import LOSSES
 

@@ -8,7 +8,7 @@ are stored NHWC, so the permuted batch is already channels_last in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -240,6 +240,34 @@ def scene_batches(scenes: torch.Tensor, batch_size: int, generator: torch.Genera
     return [cuts[i] for i in torch.randperm(len(cuts), generator=generator).tolist() if len(cuts[i])]
 
 
+def _tile_order(scenes: torch.Tensor | None, n: int, batch_size: int, generator: torch.Generator) -> list:
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+def _scene_order(scenes: torch.Tensor, n: int, batch_size: int, generator: torch.Generator) -> list:
+    return list(scene_balanced(scenes, generator).split(batch_size))
+
+
+def _scene_batch_order(scenes: torch.Tensor, n: int, batch_size: int, generator: torch.Generator) -> list:
+    return scene_batches(scenes, batch_size, generator)
+
+
+# train.sampling: name -> one epoch's batches of tile indices, from (scenes, n tiles, batch size, generator);
+# config.SAMPLINGS lists the names it validates (a test keeps the two equal)
+SAMPLINGS: dict[str, Callable[..., list[torch.Tensor]]] = {
+    "tile": _tile_order,  # a fresh seeded permutation
+    "scene": _scene_order,  # as many tiles, drawn so that every scene is equally likely
+    "scene_batch": _scene_batch_order,  # every tile once, each batch one scene's
+}
+# model.input: name -> the input normaliser of a run trained from scratch, from its training images;
+# config.INPUTS lists the names it validates (a test keeps the two equal)
+INPUTS: dict[str, Callable[[torch.Tensor], Normalizer]] = {
+    "normalized": Normalizer.fit,  # the training set's channel mean and std
+    "per_tile": lambda images: Normalizer(per_tile=True),  # each tile by its own
+    "raw": lambda images: Normalizer(),  # 0-255 as it is (the 2022 study's)
+}
+
+
 def batches(
     tiles: Tiles,
     batch_size: int,
@@ -256,14 +284,10 @@ def batches(
     n = len(tiles)
     if sampling != "tile" and generator is not None and tiles.scenes is None:
         raise ForestsegError(f"train.sampling: {sampling} needs the scene of each tile (tiles loaded without scenes)")
-    if sampling == "scene_batch" and generator is not None:
-        cuts = scene_batches(tiles.scenes, batch_size, generator)
+    if generator is None:
+        cuts = list(torch.arange(n).split(batch_size))
     else:
-        if sampling == "scene" and generator is not None:
-            order = scene_balanced(tiles.scenes, generator)
-        else:
-            order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        cuts = list(order.split(batch_size))
+        cuts = SAMPLINGS[sampling](tiles.scenes, n, batch_size, generator)
     for idx in cuts:
         idx = idx.to(tiles.images.device, non_blocking=True)
         images, masks = tiles.images.index_select(0, idx), tiles.masks.index_select(0, idx)

@@ -32,7 +32,7 @@ from .config import (
 )
 from .device import apply_precision, keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
-from .loader import Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
+from .loader import INPUTS, Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
 from .metrics import METRICS, confusion, scores
 from .model import ARCHS, adapt_batchnorm, build_model
@@ -426,10 +426,8 @@ def train_run(
     source = read_init(init, model_cfg.weights(), pixel_size_m) if init is not None else None
     if source is not None:  # the source model's normaliser: its weights expect inputs scaled as it learned them
         norm = Normalizer.of(source["normalizer"])
-    elif model_cfg.input == "normalized":
-        norm = Normalizer.fit(train.images)
     else:
-        norm = Normalizer(per_tile=model_cfg.input == "per_tile")
+        norm = INPUTS[model_cfg.input](train.images)
     # what predict needs beside the weights; the same in model.pt and best.pt
     portable = {
         "run": run.name,

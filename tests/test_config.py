@@ -843,3 +843,13 @@ def test_every_loss_and_optimizer_name_fits_the_run_name_format() -> None:
         for optimizer in OPTIMIZERS:
             run = Run(loss, optimizer, 7)
             assert RUN_FOLDER.fullmatch(run.name) and Run.of(run.combination, 7) == run, run.name
+
+
+def test_the_names_config_validates_have_their_code() -> None:
+    """train.sampling and model.input are validated against config's lists (so that aggregate, which
+    reads those sections, does not depend on loader.py); each name must have its code in the loader's
+    registry, or a new name would validate and then train as another."""
+    from forestseg import config, loader
+
+    assert tuple(loader.SAMPLINGS) == config.SAMPLINGS
+    assert tuple(loader.INPUTS) == config.INPUTS
