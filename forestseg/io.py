@@ -65,7 +65,7 @@ def usual_mode(bits: int) -> int:
 def temp_prefix(stem: str) -> str:
     """The name start of a temp file or folder beside an output: hidden, and naming its machine and
     process, so a later run can tell a killed run's leftovers (`remove_stale_temps`) from a live one's."""
-    kept = stem.encode()[:TEMP_STEM].decode(errors="ignore")  # never half a UTF-8 character
+    kept = os.fsdecode(os.fsencode(stem)[:TEMP_STEM])  # the name's own bytes (any, not only UTF-8), cut
     return f".{kept}.~{_host()}-{os.getpid()}."
 
 

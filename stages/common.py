@@ -15,6 +15,7 @@ from forestseg.config import SECTIONS, ConfigError, ForestsegError, GridConfig, 
 from forestseg.errors import Terminated, terminate  # noqa: E402
 from forestseg.io import load_yaml, remove_stale_runs, remove_stale_temps  # noqa: E402
 
+BROKEN_PIPE = 141  # the exit status a shell gives a process that SIGPIPE ended
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
 
 # per params file this stage read: its text then, and the sections it read, as parsed (checked at its end)
@@ -133,7 +134,9 @@ def _end_process(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # output lost (a closed pipe, a full disk): as Python says it, 120
+        except BrokenPipeError:  # a reader that stopped (`| head`), met here when the output was small
+            code = code or BROKEN_PIPE
+        except (OSError, ValueError):  # output lost (a full disk): as Python says it, 120
             code = code or 120
     os._exit(code)
 
@@ -147,7 +150,7 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
     def main() -> None:
         code = 0
         # a timeout, `kill` or Slurm's time limit (SIGTERM) unwinds as Ctrl-C does: temp files go with it
-        signal.signal(signal.SIGTERM, terminate)
+        before = signal.signal(signal.SIGTERM, terminate)
         try:
             fn(sys.argv[1:])
             _check_params_unchanged()
@@ -164,7 +167,9 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
             code = 143 if isinstance(e, Terminated) else 130  # as a shell reports the signal
         except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            code = 141
+            code = BROKEN_PIPE
+        finally:
+            signal.signal(signal.SIGTERM, before)  # a stage called in-process leaves its caller's handler
         if fn.__module__ == "__main__" and not _watched():  # the script this process runs
             _end_process(code)
         if code:

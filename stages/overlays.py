@@ -20,7 +20,9 @@ def main(argv: list[str]) -> None:
     )
     cfg, grid, train = params("report", "grid", "train")
     drop_runs_not_in(grid, models_dir, "model")
-    clear_temps(out_dir)
+    # and each model's folder: a train stage killed while writing a model file, then restored by DVC
+    # from its run-cache, never runs again to clear its temp file
+    clear_temps(out_dir, *(p for p in models_dir.glob("*") if p.is_dir()))
     # the device the runs trained and scored their test tiles on, so the overlays show what was scored;
     # a coordinator without the grid's GPUs (or with fewer) draws them where it can (calls within rounding
     # of the cut may differ)

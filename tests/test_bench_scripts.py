@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -175,8 +176,10 @@ def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(
     ]
 
     class FakeDvc:
-        def __init__(self, cmd: list[str], **kwargs: object) -> None:
+        def __init__(self, cmd: list[str], env: dict, **kwargs: object) -> None:
             assert cmd == ["dvc", "repro", "--force"]
+            # dvc, and the `python` of the stages' commands, of this interpreter's environment
+            assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
             self.stdout = iter(lines)
 
         def wait(self) -> int:

@@ -134,6 +134,7 @@ BAD = [
     ("seeds-empty", "grid.seed", [], r"grid\.seed: must list at least one value"),
     ("seeds-duplicate", "grid.seed", [0, 1, 0], r"grid\.seed: has duplicates"),
     ("seed-negative", "grid.seed", [-1], r"grid\.seed: seeds must be integers >= 0"),
+    ("seed-past-numpy", "grid.seed", [2**32], r"grid\.seed: seeds must be integers >= 0 and < 2\*\*32, got 4294967296"),
     ("seed-float", "grid.seed", [0, 1.0], r"grid\.seed\[1\]: must be a whole number written as one .* got 1\.0"),
     ("seed-string", "grid.seed", ["02"], r"grid\.seed\[0\]: must be a whole number written as one .* got '02'"),
     ("seed-bool", "grid.seed", [True], r"grid\.seed\[0\]: must be a whole number"),
@@ -853,3 +854,9 @@ def test_the_names_config_validates_have_their_code() -> None:
 
     assert tuple(loader.SAMPLINGS) == config.SAMPLINGS
     assert tuple(loader.INPUTS) == config.INPUTS
+
+
+def test_the_largest_seed_numpy_takes_is_valid() -> None:
+    from forestseg.config import GridConfig
+
+    assert GridConfig(seed=(2**32 - 1,)).seed == (2**32 - 1,)

@@ -96,10 +96,17 @@ def test_a_change_to_a_section_the_stage_did_not_read_is_fine(params_file) -> No
 
 
 SCRIPT = """
-import atexit, sys
+import atexit, os, signal, sys
+from pathlib import Path
 sys.path.insert(0, {stages!r})
 from common import stage
 from forestseg.errors import ForestsegError
+from forestseg.io import write_with
+
+
+def killed_mid_write(tmp):
+    tmp.write_text("half")
+    os.kill(os.getpid(), signal.SIGTERM)  # a timeout or Slurm's time limit, while the file is written
 
 
 @stage
@@ -110,6 +117,10 @@ def main(argv):
         raise ForestsegError("bad input")
     if argv[0] == "ctrl-c":
         raise KeyboardInterrupt  # what SIGINT raises in the main thread
+    if argv[0] == "sigterm":
+        write_with(Path(argv[1]) / "out.txt", killed_mid_write)
+    if argv[0] == "pipe-big":
+        print("x" * 1_000_000)  # past the pipe's buffer: the closed pipe is met inside the stage
 
 
 if __name__ == "__main__":
@@ -135,6 +146,40 @@ def test_a_stage_process_ends_without_finalization_and_loses_no_output(tmp_path,
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     out = subprocess.run([sys.executable, str(script), arg], capture_output=True, text=True, env=env, cwd=REPO)
     assert (out.returncode, out.stdout, out.stderr) == (rc, f"wrote {arg}\n", err)
+
+
+def test_a_sigterm_mid_write_ends_a_stage_with_one_line_and_no_temp_file(tmp_path) -> None:
+    script, out = tmp_path / "stage.py", tmp_path / "out"
+    script.write_text(SCRIPT.format(stages=str(REPO / "stages")))
+    out.mkdir()
+    done = subprocess.run([sys.executable, str(script), "sigterm", str(out)], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (143, INTERRUPTED.replace("interrupted", "terminated (SIGTERM)"))
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("arg", ["pipe-small", "pipe-big"])
+def test_a_stage_piped_into_a_reader_that_stopped_exits_141_quietly(tmp_path, arg) -> None:
+    """`python stages/x.py ... | head`: as a shell reports SIGPIPE, whether the closed pipe is met at
+    the end (a small output, flushed on exit) or while the stage prints."""
+    import os
+
+    script = tmp_path / "stage.py"
+    script.write_text(SCRIPT.format(stages=str(REPO / "stages")))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, str(script), arg], stdout=write, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_stage_called_in_process_leaves_the_callers_sigterm_handler(tmp_path) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    run_stage(lambda argv: None)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_stage_under_a_profiler_exits_normally_so_the_profile_is_written(tmp_path) -> None:

@@ -144,10 +144,14 @@ def test_what_a_killed_generate_left_is_git_ignored_and_removed_next_time(tmp_pa
 
 def test_the_set_gets_the_usual_folder_mode(tmp_path: Path) -> None:
     """Not mkdtemp's owner-only 0700: other users of a shared machine read the set."""
-    from forestseg.io import usual_mode
+    import os
 
-    generate(tmp_path / "synthetic", SynthConfig(scenes=1, grid=1, tile_size=16))
-    assert (tmp_path / "synthetic").stat().st_mode & 0o777 == usual_mode(0o777)
+    umask = os.umask(0o022)  # the usual one, whatever this process was given: 0755, not 0700
+    try:
+        generate(tmp_path / "synthetic", SynthConfig(scenes=1, grid=1, tile_size=16))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "synthetic").stat().st_mode & 0o777 == 0o755
 
 
 def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
