@@ -16,7 +16,7 @@ from conftest import REPO, flip_a_bit_in_the_largest_tensor
 
 from forestseg.io import write_json
 
-EPOCHS = 4
+EPOCHS = 10  # a kill after "epoch 3/" lands while it trains, however late a loaded machine sends it
 TINY = {
     "synth": {"scenes": 4, "grid": 2, "tile_size": 32},
     "model": {"width": 4, "depth": 2},
