@@ -181,8 +181,9 @@ def _rounded(x) -> float | None:
 
 def headline(summary: pd.DataFrame) -> dict[str, str | float | None]:
     """A flat dict of the few numbers to read at a glance: `best` (`best_combination`: highest mean
-    mIoU, those with a diverged seed ranked after the others, as in REPORT.md) and `best_iou` (its mean forest IoU), then `iou_<combination>` and
-    `miou_<combination>` (means over finished seeds), rounded; null where every seed diverged.
+    mIoU, those with a diverged seed ranked after the others, as in REPORT.md) and `best_iou` (its
+    mean forest IoU), then `iou_<combination>` and `miou_<combination>` (means over finished seeds),
+    rounded; null where every seed diverged.
     Keys sort with `best` first, as `dvc metrics diff` lists them."""
     best = best_combination(summary)
     out: dict[str, str | float | None] = {
