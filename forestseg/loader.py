@@ -203,6 +203,18 @@ def cutmix(
     return torch.where(box[:, None], x[partner], x), torch.where(box, masks[partner], masks)
 
 
+def flip_turn(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """Batch `x` (B, H, W[, C]) mirrored left-right if `mirror`, then turned k quarter turns: one of the 8
+    flips/rotations of a square tile (training's augmentation, predict's test-time augmentation)."""
+    return torch.rot90(x.flip(2) if mirror else x, k, (1, 2))
+
+
+def unflip_turn(y: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """The inverse of `flip_turn`: an output (B, H, W) of a flipped/turned batch back on its own pixels."""
+    y = torch.rot90(y, -k, (1, 2))
+    return y.flip(2) if mirror else y
+
+
 def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply one of the 8 flips/rotations of a square tile to each sample (aerial photos have no 'up');
     a non-square tile gets one of the 4 that keep its shape (no quarter turns)."""
@@ -216,10 +228,7 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
             continue
         idx = torch.tensor(sel).to(images.device, non_blocking=True)
         im, ma = images[idx], masks[idx]  # (b, H, W, 3), (b, H, W)
-        if k >= 4:
-            im, ma = im.flip(2), ma.flip(2)
-        im, ma = torch.rot90(im, k % 4, (1, 2)), torch.rot90(ma, k % 4, (1, 2))
-        out_i[idx], out_m[idx] = im, ma
+        out_i[idx], out_m[idx] = flip_turn(im, k % 4, k >= 4), flip_turn(ma, k % 4, k >= 4)
     return out_i, out_m
 
 

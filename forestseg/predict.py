@@ -26,7 +26,7 @@ from .device import apply_precision
 from .images import ImageError, decode
 from .io import read_columns
 from .layout import DataLayout
-from .loader import Normalizer, to_input
+from .loader import Normalizer, flip_turn, to_input, unflip_turn
 from .losses import LOSSES
 from .model import adapt_batchnorm, build_model
 from .windows import BLOCK, TILE_BATCH, scene_windows, window_starts
@@ -49,17 +49,6 @@ def _window_weight(t: int) -> np.ndarray:
     """(t, t) blending weight of a window: highest in its centre, low at its edges."""
     ramp = np.minimum(np.arange(t) + 1, np.arange(t)[::-1] + 1).astype(np.float32)
     return np.minimum(ramp[:, None], ramp[None, :])
-
-
-def _view(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
-    """Batch `x` (B, H, W[, C]) mirrored left-right if `mirror`, then turned k quarter turns."""
-    return torch.rot90(x.flip(2) if mirror else x, k, (1, 2))
-
-
-def _unview(y: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
-    """The inverse of `_view`: a view's output (B, H, W) back on the window's own pixels."""
-    y = torch.rot90(y, -k, (1, 2))
-    return y.flip(2) if mirror else y
 
 
 @dataclass(frozen=True)
@@ -156,7 +145,7 @@ class Predictor:
             return self._forward(x).cpu().numpy()
         total = torch.zeros(x.shape[:3], dtype=torch.float32, device=self.device)
         for k, mirror in VIEWS:  # one view at a time: the memory of a plain forward, 8 forwards
-            total += _unview(self._forward(_view(x, k, mirror).contiguous()), k, mirror)
+            total += unflip_turn(self._forward(flip_turn(x, k, mirror).contiguous()), k, mirror)
         return (total / len(VIEWS)).cpu().numpy()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
