@@ -14,6 +14,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .config import Run  # noqa: E402
 from .io import plural, write_figure  # noqa: E402
+from .metrics import METRICS  # noqa: E402
 
 FIGURES = ("loss_best.png", "loss_optimizers.png", "test_iou.png")
 
@@ -67,7 +68,8 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
         ax.legend(lines, [line.get_label() for line in lines], fontsize=8)
     for ax in list(axes.flat)[len(summary) :]:
         ax.axis("off")
-    by = {"test_miou": "test mIoU", "test_iou": "test forest IoU"}.get(best_by, best_by)
+    metric = METRICS.get(best_by.removeprefix("test_"))
+    by = f"test {metric.label}" if metric is not None and best_by.startswith("test_") else best_by
     fig.suptitle(f"Train and test loss per epoch: best seed of each combination (by {by})")
     write_figure(path, fig)
     plt.close(fig)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .figures import FIGURES
 from .io import plural, write_text
+from .metrics import METRICS
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -260,15 +261,9 @@ def write_report(
             "seeds ok": f"{r['seeds'] - r['diverged']}/{r['seeds']}",
             **{
                 name: _pm(r[f"{k}_mean"], r[f"{k}_std"])
-                for name, k in (
-                    ("train loss", "train_loss"),
-                    ("test loss", "test_loss"),
-                    ("forest IoU", "test_iou"),
-                    ("mIoU", "test_miou"),
-                    ("Dice", "test_dice"),
-                    ("accuracy", "test_accuracy"),
-                )
+                for name, k in (("train loss", "train_loss"), ("test loss", "test_loss"))
             },
+            **{m.label: _pm(r[f"test_{key}_mean"], r[f"test_{key}_std"]) for key, m in METRICS.items()},
             "best seed": r["best_seed"],
         }
         for _, r in summary.iterrows()
@@ -279,10 +274,7 @@ def write_report(
             "seeds ok": "",
             "train loss": "",
             "test loss": "",
-            "forest IoU": f"{base['test_iou']:.4f}",
-            "mIoU": f"{base['test_miou']:.4f}",
-            "Dice": f"{base['test_dice']:.4f}",
-            "accuracy": f"{base['test_accuracy']:.4f}",
+            **{m.label: f"{base[f'test_{key}']:.4f}" for key, m in METRICS.items()},
             "best seed": "",
         }
     )

@@ -38,19 +38,20 @@ class Metric:
     """A score of the registry: a function of the confusion counts (tp, fp, fn, tn) of a whole set."""
 
     fn: Callable[[float, float, float, float], float]
+    label: str  # as tables and figures name it
     per_epoch: bool = False  # also in every epoch's history row (the study's curves and tables)
 
 
-# Every score. Adding one: a line here; per-run metrics, tables, summary and report pick it up.
+# Every score. Adding one: a line here; per-run metrics, tables, summary and REPORT.md's table pick it up.
 METRICS: dict[str, Metric] = {
-    "iou": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fp + fn), per_epoch=True),  # forest IoU
+    "iou": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fp + fn), "forest IoU", per_epoch=True),
     # mean of forest and background IoU
-    "miou": Metric(lambda tp, fp, fn, tn: (_ratio(tp, tp + fp + fn) + _ratio(tn, tn + fn + fp)) / 2),
-    "dice": Metric(lambda tp, fp, fn, tn: _ratio(2 * tp, 2 * tp + fp + fn), per_epoch=True),
-    "accuracy": Metric(lambda tp, fp, fn, tn: _ratio(tp + tn, tp + fp + fn + tn)),
+    "miou": Metric(lambda tp, fp, fn, tn: (_ratio(tp, tp + fp + fn) + _ratio(tn, tn + fn + fp)) / 2, "mIoU"),
+    "dice": Metric(lambda tp, fp, fn, tn: _ratio(2 * tp, 2 * tp + fp + fn), "Dice", per_epoch=True),
+    "accuracy": Metric(lambda tp, fp, fn, tn: _ratio(tp + tn, tp + fp + fn + tn), "accuracy"),
     # nothing predicted as forest: perfect only if there was no forest to find
-    "precision": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fp) if tp + fp > 0 else float(fn == 0)),
-    "recall": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fn)),
+    "precision": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fp) if tp + fp > 0 else float(fn == 0), "precision"),
+    "recall": Metric(lambda tp, fp, fn, tn: _ratio(tp, tp + fn), "recall"),
 }
 
 

@@ -373,6 +373,14 @@ def test_the_report_says_its_ranking_is_chosen_on_test_and_a_single_seed_has_no_
     assert "(one finished seed: no spread over seeds to weigh the gap against)" in text
     assert "chosen on these test scores" in text and "the top score is optimistic" in text
     assert "the winner" not in text
+    # the results table has a column per metric of the registry, precision and recall among them
+    header = next(line for line in text.splitlines() if line.startswith("| combination |"))
+    assert header == (
+        "| combination | seeds ok | train loss | test loss | forest IoU | mIoU | Dice | accuracy | precision | recall "
+        "| best seed |"
+    )
+    baseline = next(line for line in text.splitlines() if line.startswith("| all-forest baseline |"))
+    assert baseline.endswith("| 1.0000 |  |")  # the all-forest mask finds every forest pixel: recall 1
 
 
 def test_the_optimizers_figure_keeps_each_optimizers_colour_in_every_panel(tmp_path: Path, monkeypatch) -> None:
