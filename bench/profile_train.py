@@ -184,7 +184,7 @@ def main() -> None:
     print(
         f"{args.steps} steps, batch {args.batch} at {args.size} px, {name}, {'bf16' if bf16 else 'fp32'}, "
         f"{'NCHW' if args.nchw else 'channels_last'}, on {device}"
-        f"{f' (cuDNN benchmark_limit {torch.backends.cudnn.benchmark_limit})' if device.type == 'cuda' else ''}, malloc "
+        f"{f' (cuDNN benchmark_limit {torch.backends.cudnn.benchmark_limit})' if cuda else ''}, malloc "
         f"{'keeps freed memory' if kept else 'glibc default'}: {seconds / args.steps * 1e3:.1f} ms a step under the "
         f"profiler, {after.ru_utime - before.ru_utime:.1f} s user, {after.ru_stime - before.ru_stime:.1f} s system CPU"
     )

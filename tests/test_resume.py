@@ -83,8 +83,7 @@ def test_sigkill_then_resume_gives_identical_results(
     work = fresh(project, tmp_path)
     if kill_after_line == "resuming":  # a second kill, during an already resumed run
         kill(work, "epoch 1/")
-    killed = kill(work, kill_after_line)
-    assert killed == -signal.SIGKILL
+    assert kill(work, kill_after_line).returncode == -signal.SIGKILL
     assert not (work / "metrics/runs/bce-adam-0/metrics.json").exists()
     resume = work / ".resume/bce-adam-0.pt"
     if resume.exists():  # written atomically: whole, whenever the kill came
@@ -97,23 +96,23 @@ def test_sigkill_then_resume_gives_identical_results(
     assert not resume.exists() and (work / "models/bce-adam-0/model.pt").is_file()  # scratch gone once done
 
 
-def kill(work: Path, marker: str, code: Path = REPO) -> int:
-    """Start the train stage (of the project at `code`) and SIGKILL it right after it prints a line
-    containing `marker`."""
+def kill(work: Path, marker: str, code: Path = REPO, sig: int = signal.SIGKILL) -> subprocess.CompletedProcess:
+    """Start the train stage (of the project at `code`) and send it `sig` right after it prints a line
+    containing `marker`; its exit status and what it wrote to stderr."""
     proc = subprocess.Popen(
         [sys.executable, str(code / "stages/train.py"), *TRAIN],
         cwd=work,
         env={**ENV, "PYTHONPATH": str(code)},
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
     for line in proc.stdout:
         if marker in line:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             break
-    proc.stdout.close()
-    return proc.wait()
+    _, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, None, err)
 
 
 def test_changed_params_do_not_resume_a_stale_checkpoint(project: Path, tmp_path: Path) -> None:
@@ -142,45 +141,23 @@ def test_changed_data_does_not_resume_a_stale_checkpoint(project: Path, tmp_path
     assert "starting afresh" in out.stdout and "resuming" not in out.stdout
 
 
-def longer(project: Path, tmp_path: Path) -> Path:
-    """A fresh copy whose run trains 40 epochs (~16 ms each here): a signal sent after epoch 2's line
-    lands while it trains, however late the test gets to send it on a loaded machine."""
-    work = fresh(project, tmp_path)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["train"]["epochs"] = 40
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    return work
-
-
 def test_sigterm_ends_the_stage_with_one_line_and_resumes(project: Path, tmp_path: Path) -> None:
     """A timeout, `kill` or Slurm's time limit: as Ctrl-C, one line, exit 143, and a resumable run
     (tests/test_stages.py: a SIGTERM mid-write leaves no temp file)."""
-    work = longer(project, tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
-        cwd=work,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in proc.stdout:
-        if "epoch 2/" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, err = proc.communicate()
-    assert proc.returncode == 143 and err.strip().splitlines() == [
+    work = fresh(project, tmp_path)
+    done = kill(work, "epoch 2/", sig=signal.SIGTERM)
+    assert done.returncode == 143 and done.stderr.strip().splitlines() == [
         "train.py: terminated (SIGTERM); no output is half-written (each is written atomically): rerun to go on "
         "(a train run resumes after its last finished epoch)"
-    ], err
+    ], done.stderr
     assert "resuming after epoch" in stage(work, "train", *TRAIN).stdout
 
 
 def test_changed_arrays_do_not_resume_a_stale_checkpoint(project: Path, tmp_path: Path) -> None:
     """Other pixels under the same file names (a re-export of the set, then `dvc repro index`) change the
     arrays' digest alone: the run killed on the old ones starts afresh."""
-    work = longer(project, tmp_path)
-    assert kill(work, "epoch 2/") == -signal.SIGKILL
+    work = fresh(project, tmp_path)
+    assert kill(work, "epoch 2/").returncode == -signal.SIGKILL
     digest = work / "data/packed/sha256.json"
     content = json.loads(digest.read_text())
     write_json(digest, {**content, "images.npy": "0" * 64})  # as the index writes it, one value changed
@@ -194,11 +171,11 @@ def test_a_library_edit_does_not_resume_a_stale_checkpoint(project: Path, tmp_pa
     code = tmp_path / "code"
     for folder in ("stages", "forestseg"):
         shutil.copytree(REPO / folder, code / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    work = longer(project, tmp_path)
-    assert kill(work, "epoch 2/", code) == -signal.SIGKILL
+    work = fresh(project, tmp_path)
+    assert kill(work, "epoch 2/", code).returncode == -signal.SIGKILL
     assert "resuming after epoch" in stage(work, "train", *TRAIN, code=code).stdout  # unedited: it resumes
-    work = longer(project, tmp_path / "again")
-    assert kill(work, "epoch 2/", code) == -signal.SIGKILL
+    work = fresh(project, tmp_path / "again")
+    assert kill(work, "epoch 2/", code).returncode == -signal.SIGKILL
     with open(code / "forestseg/metrics.py", "a") as f:
         f.write("\n# an edit\n")
     out = stage(work, "train", *TRAIN, code=code)
