@@ -20,7 +20,7 @@ import math
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -49,9 +49,40 @@ def _load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def model_meta(
+    run: str,
+    loss: str,
+    threshold: float,
+    *,
+    adapt_bn: float,
+    model: dict,
+    normalizer: dict,
+    tile_size: int,
+    bf16: bool,
+    pixel_size_m: float,
+    seen: Iterable[str],
+) -> dict:
+    """A model file's fields beside its weights, what predict needs (read_model checks them):
+    `threshold` the raw output above which a pixel is forest, `adapt_bn` predict's default
+    --adapt-bn, `tile_size` the square window side predict takes, the precision the run scored in
+    (the overlays draw its calls), and the scenes the model has seen (evaluate notes any it is asked
+    to score as unseen)."""
+    return {
+        "run": run,
+        "loss": loss,
+        "threshold": threshold,
+        "adapt_bn": adapt_bn,
+        "model": model,
+        "normalizer": normalizer,
+        "tile_size": int(tile_size),
+        "precision": "bf16" if bf16 else "fp32",
+        "pixel_size_m": float(pixel_size_m),
+        "train_scenes": sorted(set(seen)),
+    }
+
+
 def write_model(path: str | Path, weights: dict | None, meta: dict, **extra: Any) -> None:
-    """The model file: `meta` = run, loss, threshold, adapt_bn, model params, normalizer, tile_size,
-    precision, pixel_size_m and train_scenes (train.train_run's `portable`; read_model checks them);
+    """The model file: `meta` from model_meta (a diverged run's: its run and message only);
     `weights` None for a run that diverged (predict refuses it, naming the run). Weights are written
     from the CPU, so a run's file has the same bytes (and DVC hash) whichever device trained it last."""
     if weights is not None:

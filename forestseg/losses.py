@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +31,14 @@ def bce_bootstrap(logits: torch.Tensor, target: torch.Tensor, beta: float = 0.8)
     outlines, a scene labelled by another convention) pulls on it with beta of bce's force."""
     own = (logits.detach() > 0).float()
     return F.binary_cross_entropy_with_logits(logits.float(), beta * target.float() + (1 - beta) * own)
+
+
+def bce_trimmed(logits: torch.Tensor, target: torch.Tensor, keep: float = 0.8) -> torch.Tensor:
+    """BCE over the batch's easiest `keep` of tiles (loss truncation, the small-loss trick of
+    co-teaching): a tile whose mask is drawn by another convention than its scene's neighbours is
+    among the hardest, so it stops pulling on the model; a batch of one tile is plain bce."""
+    per_tile = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return per_tile.topk(math.ceil(keep * len(per_tile)), largest=False).values.mean()
 
 
 def dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -93,6 +102,8 @@ LOSSES: dict[str, Loss] = {
     "mse": Loss(mse),
     "bce": Loss(bce),
     "bce_bootstrap": Loss(bce_bootstrap),
+    # Its value depends on the batch's other tiles, so the test loss takes it tile by tile.
+    "bce_trimmed": Loss(bce_trimmed, per_batch=True),
     "mse_logits": Loss(mse_logits, threshold=0.5, raw_is_probability=True),
     "dice": Loss(dice, per_batch=True),
     "bce_dice": Loss(bce_dice, per_batch=True),

@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import INIT_FIX, fingerprint, load_weights, read_init, read_resume, write_model, write_resume
+from .checkpoint import (
+    INIT_FIX,
+    fingerprint,
+    load_weights,
+    model_meta,
+    read_init,
+    read_resume,
+    write_model,
+    write_resume,
+)
 from .config import (
     PIXEL_SIZE_M,
     ForestsegError,
@@ -429,26 +438,23 @@ def train_run(
     else:
         norm = INPUTS[model_cfg.input](train.images)
     # what predict needs beside the weights; the same in model.pt and best.pt
-    portable = {
-        "run": run.name,
-        "loss": run.loss,
-        "threshold": LOSSES[run.loss].threshold,
-        "adapt_bn": train_cfg.adapt_bn,  # predict's default --adapt-bn
-        "model": asdict(model_cfg),
-        "normalizer": asdict(norm),
-        "tile_size": int(tile),  # the square window side predict takes, as the adaptation's windows here
-        "precision": "bf16" if bf16 else "fp32",  # what the run scored in (the overlays draw its calls)
-        "pixel_size_m": float(pixel_size_m),
-        # the scenes this model has seen (trained on, chose its epoch or cut on, or its init_from did):
-        # evaluate notes any it is asked to score as unseen
-        "train_scenes": sorted(
-            {
-                *train.scene_names,
-                *(val.scene_names if val is not None else ()),
-                *(source["train_scenes"] if source else ()),
-            }
-        ),
-    }
+    portable = model_meta(
+        run.name,
+        run.loss,
+        LOSSES[run.loss].threshold,
+        adapt_bn=train_cfg.adapt_bn,
+        model=asdict(model_cfg),
+        normalizer=asdict(norm),
+        tile_size=tile,
+        bf16=bf16,
+        pixel_size_m=pixel_size_m,
+        # the scenes this model has seen (trained on, chose its epoch or cut on, or its init_from did)
+        seen=[
+            *train.scene_names,
+            *(val.scene_names if val is not None else ()),
+            *(source["train_scenes"] if source else ()),
+        ],
+    )
 
     model = build_model(model_cfg).to(device)
     if source is not None:  # before the optimizer is built; a resume file below still takes precedence
@@ -521,7 +527,8 @@ def train_run(
                     "test_scores": s.test_scores,
                     "weights": {k: v.detach().clone() for k, v in s.evaluated.state_dict().items()},
                 }
-        row.update(seconds=round(time.perf_counter() - t0, 3), train_seconds=round(train_seconds, 3))
+        # to 0.1 ms: a GPU epoch of ~1 s timed to the ms would step bench/speed.py's rates by 0.1 %
+        row.update(seconds=round(time.perf_counter() - t0, 4), train_seconds=round(train_seconds, 4))
         s.history.append(row)
         s.epoch = epoch
         write_resume(resume, {**s.to_resume(), "fingerprint": fingerprint, "params": params})  # before the log line:

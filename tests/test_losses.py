@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from forestseg.losses import LOSSES, bce, bce_bootstrap, bce_dice, bce_lovasz, dice, focal, lovasz, mse, mse_logits
+from forestseg.losses import (
+    LOSSES,
+    bce,
+    bce_bootstrap,
+    bce_dice,
+    bce_lovasz,
+    bce_trimmed,
+    dice,
+    focal,
+    lovasz,
+    mse,
+    mse_logits,
+)
 
 
 def target() -> torch.Tensor:
@@ -36,6 +48,7 @@ def test_every_loss_is_listed() -> None:
         "mse_logits",
         "bce",
         "bce_bootstrap",
+        "bce_trimmed",
         "dice",
         "bce_dice",
         "focal",
@@ -137,6 +150,19 @@ def test_bce_bootstrap_is_bce_where_the_model_agrees_and_pulls_less_where_it_con
     logits.grad = None
     bce_bootstrap(logits, t).backward()
     assert logits.grad.abs().sum().item() < full  # the mask pulls with less force
+
+
+@pytest.mark.parametrize("keep, kept", [(0.8, 4), (0.5, 3), (0.3, 2), (0.01, 1), (1.0, 5)])
+def test_bce_trimmed_is_bce_over_the_easiest_tiles(keep: float, kept: int) -> None:
+    t = torch.ones(5, 8, 8, dtype=torch.uint8)
+    logits = torch.tensor([3.0, -1.0, 0.5, 2.0, -4.0]).view(5, 1, 1).expand(5, 8, 8)  # tile 4 the hardest
+    easiest = torch.tensor([3.0, 2.0, 0.5, -1.0, -4.0])[:kept]  # ceil(keep x 5) tiles, easiest first
+    expected = bce(easiest.view(-1, 1, 1).expand(kept, 8, 8), t[:kept])
+    assert bce_trimmed(logits, t, keep=keep).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert bce_trimmed(logits[:1], t[:1]).item() == pytest.approx(bce(logits[:1], t[:1]).item(), rel=1e-6)
+    logits = logits.clone().requires_grad_()
+    bce_trimmed(logits, t, keep=keep).backward()
+    assert (logits.grad.flatten(1).abs().sum(1) > 0).sum().item() == kept  # dropped tiles pull on nothing
 
 
 @pytest.mark.parametrize("seed", range(4))
