@@ -26,6 +26,7 @@ from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
 from .errors import Terminated, terminate
 from .images import IMAGE_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
+from .metrics import METRICS
 from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows, share
 
 if TYPE_CHECKING:  # torch is imported by the commands that run a model, not by `tile` or --help (~2 s)
@@ -494,10 +495,7 @@ def evaluate(args: argparse.Namespace) -> int:
         f"evaluate: {what} ({result['subset'] if kind == 'scene' else 'all'}) of {args.data}"
         + (" with test-time augmentation (mean of 8 flips/rotations)" if args.tta else "")
     )
-    print(
-        f"  forest IoU {result['iou']:.4f}  precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
-        f"mIoU {result['miou']:.4f}  Dice {result['dice']:.4f}"
-    )
+    print("  " + "  ".join(f"{metric.label} {result[name]:.4f}" for name, metric in METRICS.items()))
     bias = result["area_bias_pct"]
     # tiles carry no pixel size: their hectares are the model's pixels counted (a ratio like the bias is not)
     assumed = "" if predictor.pixel_size_recorded else "assumed "  # a model file older than that record

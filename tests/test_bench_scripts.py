@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +159,26 @@ def test_a_peak_probe_that_fails_says_why_in_one_line() -> None:
         speed.device_peaks(torch.device("cuda"))
     said = str(stopped.value)
     assert said.startswith("error: the device's peak could not be probed on cuda: ") and "\n" not in said
+
+
+def test_speed_prints_every_figure_from_one_run(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path) -> None:
+    """The whole bench at tiny settings, on synthetic tiles (the sample hidden), its peak probed on small
+    products: every rate, utilisation and ratio it promises, and its spreads over the repeats."""
+    monkeypatch.setattr(speed, "SAMPLE", tmp_path / "absent")
+    monkeypatch.setattr(speed, "device_peaks", functools.partial(speed.device_peaks, sizes=(256,)))
+    argv = ["speed.py", "--width", "4", "--depth", "1", "--batch", "4", "--steps", "2", "--repeats", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--default-malloc", "--auto-only"])
+    speed.main()
+    out = capsys.readouterr().out
+    said = {line.split(":")[0] for line in out.splitlines()}
+    for what in ("data", "pack", "model", "forestseg train", "forestseg predict", "study-style", "speed-up"):
+        assert what in said, out
+    rate = r"\d+\.\d \[\d+\.\d-\d+\.\d\]"  # median [min-max]
+    assert re.search(rf"forestseg train: {rate} images/s \((bf16|fp32)\)", out), out
+    assert re.search(rf"forestseg predict: {rate} images/s .*its forward passes alone .*: {rate}", out), out
+    assert re.search(rf"forestseg train: MFU {rate} % of the (bf16|fp32) peak", out), out
+    assert re.search(rf"study-style: {rate} images/s \(fp32, NCHW", out), out
+    assert re.search(r"x the training images/s at precision auto \(goal >= 3x\); its forward passes alone: MFU", out)
 
 
 @pytest.mark.parametrize("values, says", [([3.0, 1.0, 2.0], "2.0 [1.0-3.0]"), ([4.0, 1.0, 2.0, 3.0], "2.5 [1.0-4.0]")])

@@ -28,6 +28,7 @@ from forestseg.cli import main
 from forestseg.config import ModelConfig, asdict
 from forestseg.errors import ForestsegError
 from forestseg.geo import Grid, MapOptions, check_raster, map_forest, polygon_area
+from forestseg.metrics import METRICS
 from forestseg.model import build_model
 from forestseg.predict import Predictor
 from forestseg.synthetic import render_scene
@@ -1084,6 +1085,8 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, caps
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "self.json")) == 0
     own = json.loads((tmp_path / "self.json").read_text())
     assert (own["iou"], own["area_bias_pct"], own["rasters"]) == (1.0, 0.0, 1)
+    summary = capsys.readouterr().out.splitlines()[-4]  # every metric of the registry, as the JSON has it
+    assert summary == "  " + "  ".join(f"{m.label} {own[name]:.4f}" for name, m in METRICS.items()), summary
     write_raster(tmp_path / "data/masks/a.tif", np.ones(mask.shape, np.uint8), nodata=None)
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "all.json")) == 0
     forest = json.loads((tmp_path / "all.json").read_text())
