@@ -403,7 +403,7 @@ def write_overlays(
         run = Run.of(combo, s["best_seed"]).name
         predictor = Predictor.load(models_dir / run / "model.pt", device, "trained")
         preds = scored_masks(predictor, layout, rows)
-        example_panel(images, masks, preds, f"{run}: test tiles (seed {cfg.seed})", out_dir / f"{combo}.png")
+        example_panel(images, masks, preds, f"{run}: test tiles drawn with seed {cfg.seed}", out_dir / f"{combo}.png")
     return len(rows)
 
 

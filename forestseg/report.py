@@ -272,14 +272,17 @@ def aggregate(
     epoch_tables = {combo: epoch_table(part, histories) for combo, part in table.groupby("combination", sort=False)}
     for combo, epochs in epoch_tables.items():
         write_csv(metrics_dir / "tables" / f"{combo}_epochs.csv", epochs)
-    # One long table of every run's epochs: dvc plots draws it with one line per run (.dvc/plots/runs.json);
-    # a diverged run's epochs before it diverged are named so, not drawn as a run that ended early
+    # One long table of every run's epochs: dvc plots draws it with one line per run, coloured by
+    # combination (.dvc/plots/runs.json: a grid of 12 or 24 runs outruns any palette, its 2-4
+    # combinations do not); a diverged run's epochs before it diverged are named so, not drawn as a
+    # run that ended early
     label = {r: r if status == "ok" else f"{r} (diverged)" for r, status in zip(table["run"], table["status"])}
     write_csv(
         metrics_dir / "curves.csv",
-        pd.concat([histories[r].assign(run=label[r]) for r in table["run"]], ignore_index=True)[
-            ["run", "epoch", *CURVES]
-        ],
+        pd.concat(
+            [histories[r].assign(run=label[r], combination=c) for r, c in zip(table["run"], table["combination"])],
+            ignore_index=True,
+        )[["run", "combination", "epoch", *CURVES]],
     )
     if report is not None:
         report = Path(report)

@@ -228,6 +228,8 @@ def test_a_diverged_run_is_counted_not_averaged(tmp_path: Path) -> None:
     ]
     curves = pd.read_csv(metrics_dir / "curves.csv")  # dvc plots' runs: the diverged one named so
     assert sorted(set(curves["run"])) == ["bce-sgd-0", "bce-sgd-1 (diverged)", "mse-adam-0", "mse-adam-1"]
+    # coloured by combination (seeds share its colour), one line per run
+    assert (curves["combination"] == curves["run"].str.split("-").str[:2].str.join("-")).all()
     check_figures(plots_dir)
 
 
