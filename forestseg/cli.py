@@ -572,7 +572,7 @@ def tile(args: argparse.Namespace) -> int:
     add = f"dvc add {shlex.quote(str(out))} && " if inside else ""
     source = set_source(out)  # quoted for the shell and for DVC's -S grammar
     print(
-        f"wrote {done['tiles']} tiles of {plural(len(pairs), 'scene')} to {args.out} (scene ids {ids[0]}"
+        f"wrote {plural(done['tiles'], 'tile')} of {plural(len(pairs), 'scene')} to {args.out} (scene ids {ids[0]}"
         f"{'' if len(ids) == 1 else f'-{ids[-1]}' if ids == list(range(ids[0], ids[-1] + 1)) else f' ... {ids[-1]}'}; "
         f"{masks}{'' if inside else '; outside the DVC project: used in place, on machines that have it there'})"
     )

@@ -240,7 +240,11 @@ def check_truth(truth_path: Path) -> None:
                 f"set another nodata (e.g. 255) or none: gdal_edit.py -unsetnodata {truth_path}"
             )
         if truth.crs is None:
-            raise ForestsegError(f"{truth_path}: has no CRS; the truth must be georeferenced like its image")
+            raise ForestsegError(
+                f"{truth_path}: has no CRS; the truth must be georeferenced like its image: give it the image's "
+                "(gdal_edit.py -a_srs and -a_ullr, or a world file and .prj beside it), or, where both are "
+                "pictures of one grid, save both as .png (`forestseg tile` cuts them as pictures)"
+            )
 
 
 def evaluate_rasters(

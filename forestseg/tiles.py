@@ -31,7 +31,7 @@ from PIL import Image
 
 from .config import PLAUSIBLE_PIXEL_M, SAME_PIXEL_SIZE
 from .errors import ForestsegError
-from .images import PICTURE_SUFFIXES, RASTER_SUFFIXES, ImageError, Picture, decode, drawn_as_shown
+from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, RASTER_SUFFIXES, ImageError, Picture, decode, drawn_as_shown
 from .io import plural, temp_prefix
 
 if TYPE_CHECKING:  # geo imports rasterio, which picture tiles do not need
@@ -87,6 +87,24 @@ def stem_pairs(data: Path, images: set[str]) -> list[tuple[Path, Path]]:
     return _paired([(image, masks.get(stem)) for stem, image in sorted(found.items())], f"{data}/masks")
 
 
+def _unpaired(data: Path, pairs: list[tuple[Path, Path]], masks: list[Path]) -> None:
+    """Stop where a scene would be left out without a word: an image `tile` does not read (GDAL's
+    .jp2 or .vrt, which predict maps) or a mask without an image of its name."""
+    other = sorted(p.name for p in (data / "images").glob("*") if p.suffix.lower() in MAP_SUFFIXES - RASTER_SUFFIXES)
+    if other:
+        raise ForestsegError(
+            f"{data}/images: {', '.join(other[:3])}{f' and {len(other) - 3} more' if len(other) > 3 else ''}: "
+            "`forestseg tile` cuts GeoTIFFs and pictures; convert it (gdal_translate -of GTiff IN OUT.tif)"
+        )
+    used = {mask for _, mask in pairs}
+    alone = [m.name for m in masks if m not in used]
+    if alone:
+        raise ForestsegError(
+            f"{alone[0]}{f' and {len(alone) - 1} more mask(s)' if len(alone) > 1 else ''}: no image of that name "
+            f"in {data}; give each mask its image (or move the mask out)"
+        )
+
+
 def _paired(pairs: list, where: str) -> list[tuple[Path, Path]]:
     alone = [image.name for image, mask in pairs if mask is None]
     if alone:
@@ -111,6 +129,9 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
                     "to this folder, no cutting needed (`forestseg tile` cuts large scenes into such a folder)"
                 ) from None
             raise
+        masks_dir = data / "masks"
+        suffixes = RASTER_SUFFIXES | PICTURE_SUFFIXES
+        _unpaired(data, pairs, [m for m in sorted(masks_dir.glob("*")) if m.suffix.lower() in suffixes])
     else:  # DeepGlobe's layout
         parts: dict[str, dict[str, list[Path]]] = {"sat": {}, "mask": {}}
         for path in sorted(data.iterdir()):
@@ -120,6 +141,12 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
         sats = _one_each(parts["sat"], str(data), "the photo of that id")
         masks = _one_each(parts["mask"], str(data), "the mask of that id")
         pairs = _paired([(sats[i], masks.get(i)) for i in sorted(sats, key=int)], str(data))
+        alone = sorted(masks[i].name for i in masks if i not in sats)
+        if alone:
+            raise ForestsegError(
+                f"{alone[0]}{f' and {len(alone) - 1} more mask(s)' if len(alone) > 1 else ''}: no <id>_sat photo of "
+                f"that id in {data}; give each mask its photo (or move the mask out)"
+            )
     if not pairs:
         # an unzipped download's top folder (DeepGlobe's train/, valid/, test/): the folders below that hold scenes
         below = sorted(
@@ -184,6 +211,7 @@ def tile_pairs(
                     f"{image}: has no georeference; give it its CRS and grid, or save it as a .png to cut it as a picture"
                 )
             check_truth(truth)
+            _check_square(raster, opts)
             rasters[image] = raster
         for note in (n for r in rasters.values() for n in r.notes):  # as predict says them: BGR tags, an alpha NIR
             log(f"note: {note}")
@@ -192,6 +220,8 @@ def tile_pairs(
             return _cut_raster(rasters[image], mask, scene, dest, opts)
 
     tmp = out.parent / f"{temp_prefix(out.name)}tmp"
+    made = [p for p in out.parents if not p.exists()]  # folders above -o this run creates: gone again if it fails
+    done_ok = False
     try:
         with _writing(out, tmp):
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +235,8 @@ def tile_pairs(
             note = done.pop("note", None)
             notes += [note] if note else []
             per_scene.append({"image": str(image), "mask": str(mask), "scene": scene, **done})
-            where = f" at {done['pixel_size_m']:.4g} m ({done['forest_share']:.1%} forest)" if kind == "raster" else ""
+            share = f" ({done['forest_share']:.1%} forest)" if done["tiles"] and kind == "raster" else ""
+            where = f" at {done['pixel_size_m']:.4g} m{share}" if kind == "raster" else ""
             log(
                 f"{image.name}: scene {scene}, {plural(done['tiles'], 'tile')} of {opts.size} px{where}; skipped "
                 f"{done['skipped_nodata']} with pixels without data; {done['edge_share']:.1%} of the scene "
@@ -225,9 +256,14 @@ def tile_pairs(
         with _writing(out, tmp):
             with open(tmp / "meta_data.csv", "w", encoding="utf-8", newline="\n") as f:
                 f.write("image,mask\n" + "".join(f"{a},{b}\n" for a, b in rows))
+            os.sync()  # the tiles on disk before the folder gets its name: a power cut leaves no empty tile
             os.replace(tmp, out)
+        done_ok = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in [] if done_ok else made:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return {"out": str(out), "kind": kind, "tiles": len(rows), "scenes": per_scene}
 
 
@@ -294,12 +330,34 @@ def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOpti
 
 
 def _decoded(path: Path) -> Picture:
+    """A picture of the user's own scene, read whole to be cut: Pillow's pixel limit (~179 Mpx, a
+    13400 px square orthophoto) guards against decompression bombs from elsewhere, and is lifted here."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         return decode(path.read_bytes())
     except OSError as e:
         raise ForestsegError(f"{path}: cannot be read ({e.strerror or e})") from None
     except ImageError as e:
         raise ForestsegError(f"{path}: {e}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _check_square(raster: "Raster", opts: TileOptions) -> None:
+    """A raster cut at its own pixels must have square, unsheared ones, as the model's (from its header
+    alone, so every pair is checked before the first is cut)."""
+    from .geo import _open, grids
+
+    if opts.pixel_size_m is not None:
+        return
+    with _open(raster.path) as src:
+        own = grids(src, raster, None)[0]
+    sides, sheared = own.pixel_sides(raster.unit_m), own.skew() > SAME_PIXEL_SIZE
+    if abs(sides[0] / sides[1] - 1) > SAME_PIXEL_SIZE or sheared:
+        raise ForestsegError(
+            f"{raster.path}: its pixels are {sides[0]:.4g} x {sides[1]:.4g} m{' and sheared' if sheared else ''}, "
+            "not square as the model's: pass --pixel-size <metres> to resample them"
+        )
 
 
 def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
@@ -314,15 +372,7 @@ def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts
     s = opts.size
     with _open(raster.path) as src, contextlib.ExitStack() as stack:
         reproject = raster.crs != src.crs
-        own, grid, resample, pixels = grids(src, raster, opts.pixel_size_m)  # as predict reads it
-        sides = own.pixel_sides(raster.unit_m)
-        if opts.pixel_size_m is None and (
-            abs(sides[0] / sides[1] - 1) > SAME_PIXEL_SIZE or own.skew() > SAME_PIXEL_SIZE
-        ):
-            raise ForestsegError(
-                f"{raster.path}: its pixels are {sides[0]:.4g} x {sides[1]:.4g} m{' and sheared' if own.skew() > SAME_PIXEL_SIZE else ''}, "
-                "not square as the model's: pass --pixel-size <metres> to resample them"
-            )
+        _, grid, resample, pixels = grids(src, raster, opts.pixel_size_m)  # as predict reads it
         # the image on the tile grid; where it has data: its nodata, alpha or mask (warped: an added alpha)
         view = stack.enter_context(_warp(src, grid, pixels, alpha=True)) if (resample or reproject) else src
         truth_ds = stack.enter_context(_open(truth_path))

@@ -264,7 +264,57 @@ def test_tiles_are_checked_before_any_is_cut(photo, truth, tmp_path: Path) -> No
     assert not (tmp_path / "tiles").exists()
 
 
+def test_a_rasters_pixels_are_checked_square_before_any_is_cut(photo, truth, tmp_path: Path) -> None:
+    good = pairs(tmp_path / "a", photo, truth)
+    image = write_raster(tmp_path / "b" / "images" / "b.tif", photo, transform=from_origin(500000, 5000000, 0.5, 0.6))
+    said: list[str] = []
+    with pytest.raises(ForestsegError, match=r"b.tif: its pixels are 0.5 x 0.6 m"):
+        tile_pairs("raster", good + [(image, good[0][1])], tmp_path / "tiles", TileOptions(), log=said.append)
+    assert said == [] and not (tmp_path / "tiles").exists()  # the first scene was not cut before the stop
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (
+            ["images/a.png", "masks/a.png", "images/b.jp2", "masks/b.tif"],
+            r"images: b.jp2: `forestseg tile` cuts GeoTIFFs",
+        ),
+        (["images/a.png", "masks/a.png", "masks/b.png"], r"^b.png: no image of that name in "),
+        (
+            ["1_sat.png", "1_mask.png", "2_mask.png", "3_mask.png"],
+            r"^2_mask.png and 1 more mask\(s\): no <id>_sat photo",
+        ),
+    ],
+)
+def test_a_scene_that_would_be_left_out_stops(files: list[str], message: str, tmp_path: Path) -> None:
+    for name in files:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / name, format="PNG")  # a .jp2's bytes do not matter here
+    with pytest.raises(ForestsegError, match=message):
+        find_pairs(tmp_path)
+
+
+def test_a_failed_cut_removes_the_folders_it_made_above_its_output(photo, tmp_path: Path) -> None:
+    image = write_raster(tmp_path / "region" / "images" / "a.tif", photo)
+    truth = write_raster(tmp_path / "region" / "masks" / "a.tif", np.zeros((H, W, 1), np.uint8), crs="EPSG:32634")
+    with pytest.raises(ForestsegError):
+        tile_pairs("raster", [(image, truth)], tmp_path / "new" / "sub" / "tiles", TileOptions(), log=lambda s: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["region"]
+
+
 # --- pictures: cut as they are, the mask's values kept for the index to read -----------------------
+
+
+def test_a_picture_over_pillows_pixel_limit_is_cut_and_the_limit_kept(photo, truth, tmp_path: Path, monkeypatch):
+    """Pillow's guard against decompression bombs (~179 Mpx) would stop an ordinary orthophoto of
+    one's own: `tile` reads the user's scenes whole whatever their size (here the limit made tiny)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for folder, pixels in (("images", photo), ("masks", np.where(truth[..., 0], 255, 0).astype(np.uint8))):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(pixels).save(tmp_path / folder / "scene.png")
+    done = tile_pairs(*find_pairs(tmp_path), tmp_path / "tiles", TileOptions(), log=lambda s: None)
+    assert done["tiles"] == 4 and Image.MAX_IMAGE_PIXELS == 1000
 
 
 def test_deepglobe_pictures_keep_their_ids_and_colour_masks_exactly(photo, tmp_path: Path) -> None:
