@@ -257,16 +257,16 @@ def spread(values: list[float]) -> str:
 
 
 def predict_speeds(
-    model_path: Path, images: np.ndarray, device: torch.device, repeats: int
+    model_path: Path, images: np.ndarray, device: torch.device, repeats: int, precision: str = "auto"
 ) -> tuple[list[float], list[float], bool]:
     """Images/s of forestseg's predict path (windows of several images batched, from host images to
     host masks) over `repeats` passes; of its forward passes alone on the same batches already on
     the device (on a GPU the host's copies and blending are of the order of a forward); and whether
-    it ran in bf16 (as Predictor.load picks for this device)."""
+    it ran in bf16 (`precision` as Predictor.load takes it: auto picks for this device)."""
     from forestseg.predict import Predictor
     from forestseg.windows import TILE_BATCH
 
-    predictor = Predictor.load(model_path, device)
+    predictor = Predictor.load(model_path, device, precision)
     predictor.masks(list(images))  # warm-up at the timed batch sizes (cuDNN tunes per shape)
     resident = [torch.from_numpy(images[k : k + TILE_BATCH]).to(device) for k in range(0, len(images), TILE_BATCH)]
     whole, forward = [], []
@@ -276,7 +276,7 @@ def predict_speeds(
         predictor.masks(list(images))
         sync(device)
         whole.append(len(images) / (time.perf_counter() - t0))
-        with torch.no_grad():
+        with torch.inference_mode():  # as windows_logits runs them
             t0 = time.perf_counter()
             for x in resident:
                 predictor._forward(x)
@@ -422,9 +422,10 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
 
     images = tiles.images[: min(len(tiles), 4 * args.batch)].cpu().numpy()
     # predict's precision: as Predictor.load picks it for this device (what `forestseg predict` runs)
-    # (auto's model, or fp32's where bf16 proved emulated and was not timed)
+    # (auto's model; where bf16 proved emulated and was not timed, fp32's, predicting in fp32 as it trained)
+    timed = auto in models
     predicted, forwards, bf16_predict = predict_speeds(
-        models.get(auto, next(iter(models.values()))), images, device, args.repeats
+        models[auto] if timed else models["fp32"], images, device, args.repeats, "auto" if timed else "fp32"
     )
     print(
         f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, {len(images)} images); "
@@ -476,7 +477,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     print(f"speed-up:    {ours / theirs:.2f}x ({fastest}, forestseg's fastest setting, over the study-style loop)")
     if "fp32" in speeds and fastest != "fp32":  # the same arithmetic on both sides: what the loop itself buys
         print(f"speed-up:    {speeds['fp32'] / theirs:.2f}x (fp32{exact}, forestseg's, at the study loop's precision)")
-    rounds = [*(per_epoch for _, per_epoch in trained_rates.values()), predicted, study]
+    rounds = [*(per_epoch for _, per_epoch in trained_rates.values()), predicted, forwards, study]
     if any(max(v) > 1.3 * min(v) for v in rounds):
         print(
             "warning: a rate's repeats differ by more than 30 % (the spreads above): the machine was busy; "

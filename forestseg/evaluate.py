@@ -242,8 +242,8 @@ def check_truth(truth_path: Path) -> None:
         if truth.crs is None:
             raise ForestsegError(
                 f"{truth_path}: has no CRS; the truth must be georeferenced like its image: give it the image's "
-                "(gdal_edit.py -a_srs and -a_ullr, or a world file and .prj beside it), or, where both are "
-                "pictures of one grid, save both as .png (`forestseg tile` cuts them as pictures)"
+                "(gdal_edit.py -a_srs and -a_ullr, or a world file and .prj beside it); to cut pictures of one "
+                "grid for training, `forestseg tile` takes both as .png"
             )
 
 
@@ -431,6 +431,15 @@ def evaluate(
                         f"note: {data / 'images'}: {len(others)} image(s) not GeoTIFF left unscored "
                         f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); to score them, convert "
                         "a .jp2 or .vrt to GeoTIFF (gdal_translate), or `forestseg tile` pictures into a tile folder"
+                    )
+                from .tiles import masks_alone
+
+                named = {f.stem for f in (data / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES}
+                alone = [m.name for m in masks_alone(data, pairs) if m.stem not in named]  # others: noted above
+                if alone:  # a truth without an image is not scored: said, not silently left out
+                    log(
+                        f"note: {data / 'masks'}: {len(alone)} truth(s) without an image of their name left unscored "
+                        f"({', '.join(alone[:3])}{' ...' if len(alone) > 3 else ''})"
                     )
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log, allow_no_forest)
         raise ForestsegError(

@@ -38,7 +38,9 @@ def bce_trimmed(logits: torch.Tensor, target: torch.Tensor, keep: float = 0.8) -
     co-teaching): a tile whose mask is drawn by another convention than its scene's neighbours is
     among the hardest, so it stops pulling on the model; a batch of one tile is plain bce."""
     per_tile = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)
-    return per_tile.topk(math.ceil(keep * len(per_tile)), largest=False).values.mean()
+    kept = per_tile.topk(math.ceil(keep * len(per_tile)), largest=False).values.mean()
+    # topk ranks NaN largest, so it would drop a diverged tile: 0 x the sum passes a NaN or inf on, adding no gradient
+    return kept + 0 * per_tile.sum()
 
 
 def dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

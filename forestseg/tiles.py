@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -31,8 +32,17 @@ from PIL import Image
 
 from .config import PLAUSIBLE_PIXEL_M, SAME_PIXEL_SIZE
 from .errors import ForestsegError
-from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, RASTER_SUFFIXES, ImageError, Picture, decode, drawn_as_shown
-from .io import plural, temp_prefix
+from .images import (
+    MAP_SUFFIXES,
+    PICTURE_SUFFIXES,
+    RASTER_SUFFIXES,
+    WORLD_FILE_SUFFIXES,
+    ImageError,
+    Picture,
+    decode,
+    drawn_as_shown,
+)
+from .io import fsync_dir, fsync_tree, plural, temp_prefix
 
 if TYPE_CHECKING:  # geo imports rasterio, which picture tiles do not need
     from .geo import Raster
@@ -41,6 +51,7 @@ TILE = 256  # the Kaggle set's tiles
 CHUNK = 16  # tiles read at once along a row: 4096 px of 256-px tiles, a few MB (--size 2048: ~200 MB)
 
 
+_PIXEL_LIMIT = threading.Lock()
 DEEPGLOBE = re.compile(r"^(?P<id>\d+)_(?P<part>sat|mask)$", re.ASCII)  # <id>_sat.jpg, <id>_mask.png
 
 
@@ -73,36 +84,54 @@ def _one_each(found: dict[str, list[Path]], where: str, what: str) -> dict[str, 
     return {key: files[0] for key, files in found.items()}
 
 
+def _files(folder: Path) -> list[Path]:
+    """A folder's files in name order, hidden ones left out (.DS_Store, macOS's ._a.png beside a.png)."""
+    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")] if folder.is_dir() else []
+
+
 def stem_pairs(data: Path, images: set[str]) -> list[tuple[Path, Path]]:
     """(images/<stem>.<one of `images`>, masks/<stem>.<raster or picture>) pairs in name order; files of
     other suffixes (a.tfw, a.qml or a.aux beside a.tif) are neither. Shared with `forestseg evaluate`."""
     listed: dict[str, dict[str, list[Path]]] = {"images": {}, "masks": {}}
     for folder, suffixes in (("images", images), ("masks", RASTER_SUFFIXES | PICTURE_SUFFIXES)):
-        if (data / folder).is_dir():
-            for path in sorted((data / folder).iterdir()):
-                if path.suffix.lower() in suffixes:
-                    listed[folder].setdefault(path.stem, []).append(path)
+        for path in _files(data / folder):
+            if path.suffix.lower() in suffixes:
+                listed[folder].setdefault(path.stem, []).append(path)
     found = _one_each(listed["images"], f"{data}/images", "an image of that name")
     masks = _one_each(listed["masks"], f"{data}/masks", "a mask of that name")
     return _paired([(image, masks.get(stem)) for stem, image in sorted(found.items())], f"{data}/masks")
 
 
-def _unpaired(data: Path, pairs: list[tuple[Path, Path]], masks: list[Path]) -> None:
-    """Stop where a scene would be left out without a word: an image `tile` does not read (GDAL's
-    .jp2 or .vrt, which predict maps) or a mask without an image of its name."""
-    other = sorted(p.name for p in (data / "images").glob("*") if p.suffix.lower() in MAP_SUFFIXES - RASTER_SUFFIXES)
-    if other:
-        raise ForestsegError(
-            f"{data}/images: {', '.join(other[:3])}{f' and {len(other) - 3} more' if len(other) > 3 else ''}: "
-            "`forestseg tile` cuts GeoTIFFs and pictures; convert it (gdal_translate -of GTiff IN OUT.tif)"
-        )
+def masks_alone(data: Path, pairs: list[tuple[Path, Path]]) -> list[Path]:
+    """The masks/ files of a mask's suffix that no pair of stem_pairs took: masks without an image."""
     used = {mask for _, mask in pairs}
-    alone = [m.name for m in masks if m not in used]
+    return [
+        m for m in _files(data / "masks") if m.suffix.lower() in RASTER_SUFFIXES | PICTURE_SUFFIXES and m not in used
+    ]
+
+
+# files beside an image that are not one: world files, GDAL's .aux.xml and overviews, QGIS styles, projections
+SIDECAR_SUFFIXES = {*WORLD_FILE_SUFFIXES, ".xml", ".aux", ".ovr", ".qml", ".prj"}
+UNREAD = "`forestseg tile` cuts GeoTIFFs (.tif) and pictures (.jpg, .png, .bmp); convert it (gdal_translate -of GTiff)"
+
+
+def _left_out(unread: list[Path], alone: list[Path], images: list[Path]) -> None:
+    """Stop where a scene would be left out without a word: an image of a format `tile` does not read
+    (`unread`: GDAL's .jp2 or .vrt, which predict maps) or a mask (`alone`) without an image among
+    `images` that tile reads, named with the file of its name that tile cannot read, if any."""
+    if unread:
+        more = f" and {len(unread) - 1} more" if len(unread) > 1 else ""
+        raise ForestsegError(f"{unread[0]}{more}: {UNREAD}")
+    for mask in alone:
+        stem = mask.stem.removesuffix("_mask") if DEEPGLOBE.match(mask.stem) else mask.stem
+        theirs = [f for f in images if f.stem in (stem, f"{stem}_sat") and f.suffix.lower() not in SIDECAR_SUFFIXES]
+        if theirs:
+            raise ForestsegError(
+                f"{theirs[0]}: the image of {mask.name}: {UNREAD.replace('it (', 'it, as .tif or .png (')}"
+            )
     if alone:
-        raise ForestsegError(
-            f"{alone[0]}{f' and {len(alone) - 1} more mask(s)' if len(alone) > 1 else ''}: no image of that name "
-            f"in {data}; give each mask its image (or move the mask out)"
-        )
+        more = f" and {len(alone) - 1} more mask(s)" if len(alone) > 1 else ""
+        raise ForestsegError(f"{alone[0]}{more}: no image of its name; give each mask its image (or move the mask out)")
 
 
 def _paired(pairs: list, where: str) -> list[tuple[Path, Path]]:
@@ -129,24 +158,27 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
                     "to this folder, no cutting needed (`forestseg tile` cuts large scenes into such a folder)"
                 ) from None
             raise
-        masks_dir = data / "masks"
-        suffixes = RASTER_SUFFIXES | PICTURE_SUFFIXES
-        _unpaired(data, pairs, [m for m in sorted(masks_dir.glob("*")) if m.suffix.lower() in suffixes])
+        images = _files(data / "images")
+        unread = [f for f in images if f.suffix.lower() in MAP_SUFFIXES - RASTER_SUFFIXES]
+        _left_out(unread, masks_alone(data, pairs), images)
     else:  # DeepGlobe's layout
         parts: dict[str, dict[str, list[Path]]] = {"sat": {}, "mask": {}}
-        for path in sorted(data.iterdir()):
+        files = _files(data)
+        for path in files:
             m = DEEPGLOBE.match(path.stem)
             if m and path.suffix.lower() in RASTER_SUFFIXES | PICTURE_SUFFIXES:
                 parts[m["part"]].setdefault(m["id"], []).append(path)
         sats = _one_each(parts["sat"], str(data), "the photo of that id")
         masks = _one_each(parts["mask"], str(data), "the mask of that id")
         pairs = _paired([(sats[i], masks.get(i)) for i in sorted(sats, key=int)], str(data))
-        alone = sorted(masks[i].name for i in masks if i not in sats)
-        if alone:
-            raise ForestsegError(
-                f"{alone[0]}{f' and {len(alone) - 1} more mask(s)' if len(alone) > 1 else ''}: no <id>_sat photo of "
-                f"that id in {data}; give each mask its photo (or move the mask out)"
-            )
+        unread = [
+            f
+            for f in files
+            if DEEPGLOBE.match(f.stem)
+            and DEEPGLOBE.match(f.stem)["part"] == "sat"
+            and f.suffix.lower() in MAP_SUFFIXES - RASTER_SUFFIXES
+        ]
+        _left_out(unread, [masks[i] for i in sorted(masks, key=int) if i not in sats], files)
     if not pairs:
         # an unzipped download's top folder (DeepGlobe's train/, valid/, test/): the folders below that hold scenes
         below = sorted(
@@ -256,8 +288,9 @@ def tile_pairs(
         with _writing(out, tmp):
             with open(tmp / "meta_data.csv", "w", encoding="utf-8", newline="\n") as f:
                 f.write("image,mask\n" + "".join(f"{a},{b}\n" for a, b in rows))
-            os.sync()  # the tiles on disk before the folder gets its name: a power cut leaves no empty tile
+            fsync_tree(tmp)  # the tiles on disk before the folder gets its name: a power cut leaves no empty tile
             os.replace(tmp, out)
+            fsync_dir(out.parent)
         done_ok = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -332,15 +365,16 @@ def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOpti
 def _decoded(path: Path) -> Picture:
     """A picture of the user's own scene, read whole to be cut: Pillow's pixel limit (~179 Mpx, a
     13400 px square orthophoto) guards against decompression bombs from elsewhere, and is lifted here."""
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        return decode(path.read_bytes())
-    except OSError as e:
-        raise ForestsegError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except ImageError as e:
-        raise ForestsegError(f"{path}: {e}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+    with _PIXEL_LIMIT:  # Pillow's limit is a global: two threads' swaps must not interleave
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return decode(path.read_bytes())
+        except OSError as e:
+            raise ForestsegError(f"{path}: cannot be read ({e.strerror or e})") from None
+        except ImageError as e:
+            raise ForestsegError(f"{path}: {e}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def _check_square(raster: "Raster", opts: TileOptions) -> None:

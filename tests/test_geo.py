@@ -1099,6 +1099,10 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, caps
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
     assert "1 image(s) not GeoTIFF left unscored (b.png)" in capsys.readouterr().out
     (tmp_path / "data/images/b.png").unlink()
+    write_raster(tmp_path / "data/masks/c.tif", mask, nodata=255)  # a truth without its image: not scored, said so
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
+    assert "1 truth(s) without an image of their name left unscored (c.tif)" in capsys.readouterr().out
+    (tmp_path / "data/masks/c.tif").unlink()
     # forest coded by any non-zero value, as `forestseg tile` reads it: -1 in a signed truth too
     write_raster(tmp_path / "data/masks/a.tif", -np.ones(mask.shape, np.int16), nodata=None)
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "neg.json")) == 0

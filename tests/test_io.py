@@ -13,6 +13,7 @@ import pytest
 from forestseg.errors import ForestsegError
 from forestseg.io import (
     atomic_path,
+    fsync_tree,
     read_columns,
     remove_stale_runs,
     write_csv,
@@ -227,3 +228,17 @@ def test_read_columns_names_the_file_and_what_is_wrong(tmp_path: Path, text, mes
     with pytest.raises(ForestsegError) as e:
         read_columns(path, "scene")
     assert str(e.value).startswith(f"{tmp_path}/{message}") and "\n" not in str(e.value)
+
+
+def test_fsync_tree_flushes_every_file_and_folder(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "out" / "images").mkdir(parents=True)
+    for name in ("images/a.png", "images/b.png", "meta_data.csv"):
+        (tmp_path / "out" / name).write_text("x")
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    fsync_tree(tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(synced) == sorted(
+        map(str, [out, out / "images", *(out / n for n in ("images/a.png", "images/b.png", "meta_data.csv"))])
+    )

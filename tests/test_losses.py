@@ -163,6 +163,9 @@ def test_bce_trimmed_is_bce_over_the_easiest_tiles(keep: float, kept: int) -> No
     logits = logits.clone().requires_grad_()
     bce_trimmed(logits, t, keep=keep).backward()
     assert (logits.grad.flatten(1).abs().sum(1) > 0).sum().item() == kept  # dropped tiles pull on nothing
+    diverged = logits.detach().clone()
+    diverged[4] = float("nan")  # the hardest tile, which topk would drop: the loss must say it diverged
+    assert torch.isnan(bce_trimmed(diverged, t, keep=keep))
 
 
 @pytest.mark.parametrize("seed", range(4))

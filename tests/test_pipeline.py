@@ -56,6 +56,8 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
     } <= set(plots["data"])
     runs = plots["data"]["test_iou_per_epoch"][0]["content"]  # .dvc/plots/runs.json: every field it draws is there
     assert all(e["field"] in runs["data"]["values"][0] for e in runs["encoding"].values()), runs["encoding"]
+    # a revision's curves.csv from before the combination column gets it from the run's name (<loss>-<optimizer>-<seed>)
+    assert [t["as"] for t in runs["transform"]] == ["combination"]
 
     assert ran(sh(repo, "dvc", "repro")) == set()  # nothing changed, nothing reruns
     # an edit that no stage but check reads (a misspelt section) stops the pipeline, not "up to date"

@@ -278,13 +278,13 @@ def test_a_rasters_pixels_are_checked_square_before_any_is_cut(photo, truth, tmp
     [
         (
             ["images/a.png", "masks/a.png", "images/b.jp2", "masks/b.tif"],
-            r"images: b.jp2: `forestseg tile` cuts GeoTIFFs",
+            r"images/b.jp2: `forestseg tile` cuts GeoTIFFs",
         ),
-        (["images/a.png", "masks/a.png", "masks/b.png"], r"^b.png: no image of that name in "),
-        (
-            ["1_sat.png", "1_mask.png", "2_mask.png", "3_mask.png"],
-            r"^2_mask.png and 1 more mask\(s\): no <id>_sat photo",
-        ),
+        (["images/a.png", "masks/a.png", "images/b.jp2"], r"images/b.jp2: `forestseg tile` cuts GeoTIFFs"),
+        (["images/a.png", "masks/a.png", "masks/b.png"], r"masks/b.png: no image of its name; "),
+        (["images/a.png", "masks/a.png", "images/b.webp", "masks/b.png"], r"images/b.webp: the image of b.png: "),
+        (["1_sat.png", "1_mask.png", "10_mask.png", "2_mask.png"], r"/2_mask.png and 1 more mask\(s\): no image of"),
+        (["1_sat.png", "1_mask.png", "2_sat.jp2", "2_mask.png"], r"/2_sat.jp2: `forestseg tile` cuts GeoTIFFs"),
     ],
 )
 def test_a_scene_that_would_be_left_out_stops(files: list[str], message: str, tmp_path: Path) -> None:
@@ -295,12 +295,24 @@ def test_a_scene_that_would_be_left_out_stops(files: list[str], message: str, tm
         find_pairs(tmp_path)
 
 
-def test_a_failed_cut_removes_the_folders_it_made_above_its_output(photo, tmp_path: Path) -> None:
-    image = write_raster(tmp_path / "region" / "images" / "a.tif", photo)
-    truth = write_raster(tmp_path / "region" / "masks" / "a.tif", np.zeros((H, W, 1), np.uint8), crs="EPSG:32634")
-    with pytest.raises(ForestsegError):
-        tile_pairs("raster", [(image, truth)], tmp_path / "new" / "sub" / "tiles", TileOptions(), log=lambda s: None)
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_failed_cut_removes_the_folders_it_made_above_its_output(
+    truth, tmp_path: Path, monkeypatch, relative: bool
+) -> None:
+    image = write_raster(tmp_path / "region" / "images" / "a.tif", np.zeros((H, W, 3), np.uint8))  # nodata only
+    mask = write_raster(tmp_path / "region" / "masks" / "a.tif", truth, nodata=None)
+    monkeypatch.chdir(tmp_path)
+    out = Path("new/sub/tiles") if relative else tmp_path / "new" / "sub" / "tiles"
+    with pytest.raises(ForestsegError, match="no whole 256-px tile with data"):  # found after the folders were made
+        tile_pairs("raster", [(image, mask)], out, TileOptions(), log=lambda s: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["region"]
+
+
+def test_hidden_files_are_neither_images_nor_masks(tmp_path: Path) -> None:
+    for name in ("images/a.png", "masks/a.png", "masks/._a.png", "images/.b.png", ".DS_Store"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / name, format="PNG")
+    assert [(i.name, m.name) for i, m in find_pairs(tmp_path)[1]] == [("a.png", "a.png")]
 
 
 # --- pictures: cut as they are, the mask's values kept for the index to read -----------------------
