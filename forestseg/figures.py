@@ -109,12 +109,17 @@ def fig_optimizers(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
 def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
     """Final test forest IoU of every seed, per combination, against the all-forest baseline."""
     combos = list(dict.fromkeys(runs["combination"]))
+    # coloured by optimizer as loss_optimizers.png colours it, each dot named by its seed
+    colour = {opt: f"C{i}" for i, opt in enumerate(dict.fromkeys(runs["optimizer"]))}
     fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(combos) + 3), 3.8), layout="constrained")
     for i, combo in enumerate(combos):
         part = runs[runs["combination"] == combo]
-        values = part[part["status"] == "ok"]["test_iou"].astype(float)
+        ok = part[part["status"] == "ok"]
+        values = ok["test_iou"].astype(float)
         jitter = (pd.Series(range(len(values))) - (len(values) - 1) / 2) * 0.06
-        ax.scatter(i + jitter.to_numpy(), values, zorder=3)
+        ax.scatter(i + jitter.to_numpy(), values, color=colour[part["optimizer"].iloc[0]], zorder=3)
+        for x, y, seed in zip(i + jitter.to_numpy(), values, ok["seed"]):
+            ax.annotate(str(seed), (x, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
         if len(values):
             ax.hlines(values.mean(), i - 0.3, i + 0.3, color="black", lw=2)
         diverged = len(part) - len(values)
@@ -126,7 +131,7 @@ def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
     ax.set_xticks(range(len(combos)), combos)
     ax.set_xlim(-0.7, len(combos) - 0.3)  # room beside the bars (+-0.3) for the legend
     ax.margins(y=0.15)
-    ax.set(ylabel="test forest IoU", title="Final test forest IoU, one dot per seed, bar = mean")
+    ax.set(ylabel="test forest IoU", title="Final test forest IoU, one dot per seed (named), bar = mean")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     write_figure(path, fig)
