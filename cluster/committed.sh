@@ -61,7 +61,7 @@ require_remote() {  # $1: who is asking; $2: read or write
 }
 
 # The committed dvc.lock names each train member's outputs as the machine that ran `dvc repro` wrote
-# them (history.csv and metrics.json hold its timings), which no other machine reproduces. Where a
+# them (metrics.json holds its timings), which no other machine reproduces. Where a
 # stage matches its lock entry, DVC restores that entry's outputs or trains; it never looks in the
 # run-cache (StageCache.restore in dvc/stage/cache.py). So the entries whose outputs are neither here
 # nor on the remote (nobody ran `dvc push` after that repro) are set aside: DVC then restores those

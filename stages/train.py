@@ -10,7 +10,7 @@ from forestseg.checkpoint import check_init
 from forestseg.config import load_sections, unused_by_grid
 from forestseg.io import write_json, write_rows
 from forestseg.layout import DataLayout
-from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, train_member
+from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, TIMING_COLUMNS, train_member
 
 
 @stage
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
     history, metrics, scenes = train_member(
         run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), model_dir, resume, code
     )
-    columns = list(history[0]) if history else HISTORY_COLUMNS  # val_miou too, with a val split
+    columns = [c for c in history[0] if c not in TIMING_COLUMNS] if history else HISTORY_COLUMNS  # val_miou too
     write_rows(out / "history.csv", columns, ([row[c] for c in columns] for row in history))
     write_json(out / "metrics.json", metrics)
     write_rows(out / "scenes.csv", SCENE_COLUMNS, scenes)

@@ -59,7 +59,7 @@ def outputs(root: Path) -> tuple[dict, list[dict]]:
         metrics.pop(key)
     import pandas as pd
 
-    history = pd.read_csv(root / "metrics/runs/bce-adam-0/history.csv").drop(columns=["seconds", "train_seconds"])
+    history = pd.read_csv(root / "metrics/runs/bce-adam-0/history.csv")
     return metrics, history.to_dict("records")
 
 
