@@ -122,9 +122,10 @@ def _left_out(unread: list[Path], alone: list[Path], images: list[Path]) -> None
     if unread:
         more = f" and {len(unread) - 1} more" if len(unread) > 1 else ""
         raise ForestsegError(f"{unread[0]}{more}: {UNREAD}")
+    readable = RASTER_SUFFIXES | PICTURE_SUFFIXES | SIDECAR_SUFFIXES  # read, or not images at all
     for mask in alone:
-        stem = mask.stem.removesuffix("_mask") if DEEPGLOBE.match(mask.stem) else mask.stem
-        theirs = [f for f in images if f.stem in (stem, f"{stem}_sat") and f.suffix.lower() not in SIDECAR_SUFFIXES]
+        stem = DEEPGLOBE.sub(r"\g<id>_sat", mask.stem)  # DeepGlobe's <id>_mask: its photo is <id>_sat
+        theirs = [f for f in images if f.stem == stem and f.suffix.lower() not in readable]
         if theirs:
             raise ForestsegError(
                 f"{theirs[0]}: the image of {mask.name}: {UNREAD.replace('it (', 'it, as .tif or .png (')}"
