@@ -425,7 +425,8 @@ def evaluate(
                 from .images import IMAGE_SUFFIXES, RASTER_SUFFIXES
 
                 unscored = IMAGE_SUFFIXES - RASTER_SUFFIXES
-                others = sorted(f.name for f in (data / "images").iterdir() if f.suffix.lower() in unscored)
+                listed = list((data / "images").iterdir())
+                others = sorted(f.name for f in listed if f.suffix.lower() in unscored)
                 if others:  # beside GeoTIFFs they are not scored: said, not silently left out
                     log(
                         f"note: {data / 'images'}: {len(others)} image(s) not GeoTIFF left unscored "
@@ -434,7 +435,7 @@ def evaluate(
                     )
                 from .tiles import masks_alone
 
-                named = {f.stem for f in (data / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES}
+                named = {f.stem for f in listed if f.suffix.lower() in IMAGE_SUFFIXES}
                 alone = [m.name for m in masks_alone(data, pairs) if m.stem not in named]  # others: noted above
                 if alone:  # a truth without an image is not scored: said, not silently left out
                     log(

@@ -52,6 +52,7 @@ CHUNK = 16  # tiles read at once along a row: 4096 px of 256-px tiles, a few MB 
 
 
 _PIXEL_LIMIT = threading.Lock()
+CUT_SUFFIXES = RASTER_SUFFIXES | PICTURE_SUFFIXES  # images and masks tile reads: GeoTIFFs and pictures
 DEEPGLOBE = re.compile(r"^(?P<id>\d+)_(?P<part>sat|mask)$", re.ASCII)  # <id>_sat.jpg, <id>_mask.png
 
 
@@ -93,7 +94,7 @@ def stem_pairs(data: Path, images: set[str]) -> list[tuple[Path, Path]]:
     """(images/<stem>.<one of `images`>, masks/<stem>.<raster or picture>) pairs in name order; files of
     other suffixes (a.tfw, a.qml or a.aux beside a.tif) are neither. Shared with `forestseg evaluate`."""
     listed: dict[str, dict[str, list[Path]]] = {"images": {}, "masks": {}}
-    for folder, suffixes in (("images", images), ("masks", RASTER_SUFFIXES | PICTURE_SUFFIXES)):
+    for folder, suffixes in (("images", images), ("masks", CUT_SUFFIXES)):
         for path in _files(data / folder):
             if path.suffix.lower() in suffixes:
                 listed[folder].setdefault(path.stem, []).append(path)
@@ -105,9 +106,7 @@ def stem_pairs(data: Path, images: set[str]) -> list[tuple[Path, Path]]:
 def masks_alone(data: Path, pairs: list[tuple[Path, Path]]) -> list[Path]:
     """The masks/ files of a mask's suffix that no pair of stem_pairs took: masks without an image."""
     used = {mask for _, mask in pairs}
-    return [
-        m for m in _files(data / "masks") if m.suffix.lower() in RASTER_SUFFIXES | PICTURE_SUFFIXES and m not in used
-    ]
+    return [m for m in _files(data / "masks") if m.suffix.lower() in CUT_SUFFIXES and m not in used]
 
 
 # files beside an image that are not one: world files, GDAL's .aux.xml and overviews, QGIS styles, projections
@@ -115,14 +114,15 @@ SIDECAR_SUFFIXES = {*WORLD_FILE_SUFFIXES, ".xml", ".aux", ".ovr", ".qml", ".prj"
 UNREAD = "`forestseg tile` cuts GeoTIFFs (.tif) and pictures (.jpg, .png, .bmp); convert it (gdal_translate -of GTiff)"
 
 
-def _left_out(unread: list[Path], alone: list[Path], images: list[Path]) -> None:
-    """Stop where a scene would be left out without a word: an image of a format `tile` does not read
-    (`unread`: GDAL's .jp2 or .vrt, which predict maps) or a mask (`alone`) without an image among
-    `images` that tile reads, named with the file of its name that tile cannot read, if any."""
+def _left_out(images: list[Path], alone: list[Path]) -> None:
+    """Stop where a scene would be left out without a word: among the files where images lie, one of a
+    format `tile` does not read (GDAL's .jp2 or .vrt, which predict maps), or a mask (`alone`) without
+    an image that tile reads, named with the file of its name that tile cannot read, if any."""
+    unread = [f for f in images if f.suffix.lower() in MAP_SUFFIXES - RASTER_SUFFIXES]
     if unread:
         more = f" and {len(unread) - 1} more" if len(unread) > 1 else ""
         raise ForestsegError(f"{unread[0]}{more}: {UNREAD}")
-    readable = RASTER_SUFFIXES | PICTURE_SUFFIXES | SIDECAR_SUFFIXES  # read, or not images at all
+    readable = CUT_SUFFIXES | SIDECAR_SUFFIXES  # read, or not images at all
     for mask in alone:
         stem = DEEPGLOBE.sub(r"\g<id>_sat", mask.stem)  # DeepGlobe's <id>_mask: its photo is <id>_sat
         theirs = [f for f in images if f.stem == stem and f.suffix.lower() not in readable]
@@ -151,7 +151,7 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
         raise ForestsegError(f"{data}: no such folder; give a folder with images/ and masks/ (README: Real data)")
     if (data / "images").is_dir():
         try:
-            pairs = stem_pairs(data, RASTER_SUFFIXES | PICTURE_SUFFIXES)
+            pairs = stem_pairs(data, CUT_SUFFIXES)
         except ForestsegError:
             if (data / "meta_data.csv").is_file():  # Kaggle's <scene>_sat_<n>.jpg beside <scene>_mask_<n>.jpg
                 raise ForestsegError(
@@ -159,27 +159,19 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
                     "to this folder, no cutting needed (`forestseg tile` cuts large scenes into such a folder)"
                 ) from None
             raise
-        images = _files(data / "images")
-        unread = [f for f in images if f.suffix.lower() in MAP_SUFFIXES - RASTER_SUFFIXES]
-        _left_out(unread, masks_alone(data, pairs), images)
+        _left_out(_files(data / "images"), masks_alone(data, pairs))
     else:  # DeepGlobe's layout
         parts: dict[str, dict[str, list[Path]]] = {"sat": {}, "mask": {}}
-        files = _files(data)
-        for path in files:
+        photos = []  # every <id>_sat file, of any suffix
+        for path in _files(data):
             m = DEEPGLOBE.match(path.stem)
-            if m and path.suffix.lower() in RASTER_SUFFIXES | PICTURE_SUFFIXES:
+            photos += [path] if m and m["part"] == "sat" else []
+            if m and path.suffix.lower() in CUT_SUFFIXES:
                 parts[m["part"]].setdefault(m["id"], []).append(path)
         sats = _one_each(parts["sat"], str(data), "the photo of that id")
         masks = _one_each(parts["mask"], str(data), "the mask of that id")
         pairs = _paired([(sats[i], masks.get(i)) for i in sorted(sats, key=int)], str(data))
-        unread = [
-            f
-            for f in files
-            if DEEPGLOBE.match(f.stem)
-            and DEEPGLOBE.match(f.stem)["part"] == "sat"
-            and f.suffix.lower() in MAP_SUFFIXES - RASTER_SUFFIXES
-        ]
-        _left_out(unread, [masks[i] for i in sorted(masks, key=int) if i not in sats], files)
+        _left_out(photos, [masks[i] for i in sorted(masks, key=int) if i not in sats])
     if not pairs:
         # an unzipped download's top folder (DeepGlobe's train/, valid/, test/): the folders below that hold scenes
         below = sorted(
@@ -254,7 +246,6 @@ def tile_pairs(
 
     tmp = out.parent / f"{temp_prefix(out.name)}tmp"
     made = [p for p in out.parents if not p.exists()]  # folders above -o this run creates: gone again if it fails
-    done_ok = False
     try:
         with _writing(out, tmp):
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,12 +283,12 @@ def tile_pairs(
             fsync_tree(tmp)  # the tiles on disk before the folder gets its name: a power cut leaves no empty tile
             os.replace(tmp, out)
             fsync_dir(out.parent)
-        done_ok = True
-    finally:
+    except BaseException:  # Ctrl-C and SIGTERM too
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in [] if done_ok else made:  # innermost first
+        for folder in made:  # innermost first
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        raise
     return {"out": str(out), "kind": kind, "tiles": len(rows), "scenes": per_scene}
 
 
