@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
-from .errors import Terminated, terminate
+from .errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, WORLD_FILE_SUFFIXES
 from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
 from .metrics import METRICS
@@ -794,15 +794,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, Terminated) as e:  # outputs are written atomically: the finished ones stand
-        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        how, code = stopped(e)
         stand = "outputs written before it stand"
         if args.command == "tile":  # its folder appears whole, at once, or not at all
             stand = f"{args.out} was written whole" if args.out.exists() else "nothing was written"
         print(f"forestseg {args.command}: {how}; {stand}", file=sys.stderr)
-        sys.exit(143 if isinstance(e, Terminated) else 130)  # as a shell reports the signal
+        sys.exit(code)
     except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
-        sys.exit(141)
+        quiet_stdout()
+        sys.exit(BROKEN_PIPE)
     finally:
         signal.signal(signal.SIGTERM, before)
 

@@ -1,4 +1,10 @@
-"""The one error type users see: stages and the CLI print it as one line and exit 2."""
+"""The one error type users see: stages and the CLI print it as one line and exit 2; and how both
+end on Ctrl-C, SIGTERM or a reader that stopped."""
+
+import os
+import sys
+
+BROKEN_PIPE = 141  # the exit status a shell gives a process that SIGPIPE ended
 
 
 class ForestsegError(Exception):
@@ -13,3 +19,14 @@ class Terminated(BaseException):
 def terminate(signum: int, frame: object) -> None:
     """A SIGTERM handler (signal.signal(signal.SIGTERM, terminate)) that raises Terminated."""
     raise Terminated
+
+
+def stopped(e: BaseException) -> tuple[str, int]:
+    """What stopped the process (KeyboardInterrupt or Terminated) in the one line said, and the exit
+    status a shell reports for that signal."""
+    return ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+
+
+def quiet_stdout() -> None:
+    """stdout to /dev/null once its reader stopped (`| head`): Python's flush at exit would fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -12,10 +12,9 @@ from typing import Any, Callable, NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import SECTIONS, ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
-from forestseg.errors import Terminated, terminate  # noqa: E402
+from forestseg.errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate  # noqa: E402
 from forestseg.io import load_yaml, remove_stale_runs, remove_stale_temps  # noqa: E402
 
-BROKEN_PIPE = 141  # the exit status a shell gives a process that SIGPIPE ended
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
 
 # per params file this stage read: its text then, and the sections it read, as parsed (checked at its end)
@@ -158,15 +157,14 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
             print(f"error: {e}", file=sys.stderr)
             code = 2
         except (KeyboardInterrupt, Terminated) as e:  # a traceback from inside torch says nothing useful
-            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            how, code = stopped(e)
             print(
                 f"{Path(sys.argv[0]).name}: {how}; no output is half-written (each is written atomically): "
                 "rerun to go on (a train run resumes after its last finished epoch)",
                 file=sys.stderr,
             )
-            code = 143 if isinstance(e, Terminated) else 130  # as a shell reports the signal
         except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            quiet_stdout()
             code = BROKEN_PIPE
         finally:
             signal.signal(signal.SIGTERM, before)  # a stage called in-process leaves its caller's handler
