@@ -418,7 +418,8 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         trained_rates[label] = (precision, per_epoch)
         models.setdefault(precision, folder / "model.pt")
         print(f"forestseg train: {spread(per_epoch)} images/s ({label})")
-    ours = max(speeds.values())
+    fastest = max(speeds, key=speeds.get)
+    ours = speeds[fastest]
 
     images = tiles.images[: min(len(tiles), 4 * args.batch)].cpu().numpy()
     # predict's precision: as Predictor.load picks it for this device (what `forestseg predict` runs)
@@ -454,13 +455,14 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         )
     peak = peaks[torch.bfloat16 if bf16_predict else torch.float32]
     mfu = [100 * v * fwd_flops / peak for v in predicted]
-    utilisations += mfu + [100 * v * fwd_flops / peak for v in forwards]
+    forward_mfu = [100 * v * fwd_flops / peak for v in forwards]
+    utilisations += mfu + forward_mfu
     trained = speeds.get(auto, ours)  # with --compile-only, the compiled rate
     print(
         f"forestseg predict: MFU {spread(mfu)} % of the {'bf16' if bf16_predict else 'fp32'} peak, "
         f"{spread([100 * v * fwd_flops / best_peak for v in predicted])} % of the best; "
         f"{np.median(predicted) / trained:.2f}x the training images/s at precision auto (goal >= 3x); "
-        f"its forward passes alone: MFU {spread([100 * v * fwd_flops / peak for v in forwards])} %"
+        f"its forward passes alone: MFU {spread(forward_mfu)} %"
     )
     if max(utilisations) > 100:
         print(
@@ -473,7 +475,6 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     theirs = float(np.median(study))
     exact = " with TF32 off" if device.type == "cuda" else ""
     print(f"study-style: {spread(study)} images/s (fp32{exact}, NCHW, PIL decode every batch)")
-    fastest = max(speeds, key=speeds.get)
     print(f"speed-up:    {ours / theirs:.2f}x ({fastest}, forestseg's fastest setting, over the study-style loop)")
     if "fp32" in speeds and fastest != "fp32":  # the same arithmetic on both sides: what the loop itself buys
         print(f"speed-up:    {speeds['fp32'] / theirs:.2f}x (fp32{exact}, forestseg's, at the study loop's precision)")
