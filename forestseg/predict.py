@@ -136,17 +136,40 @@ class Predictor:
         per_row = sum(sum(1 for x in xs if x < min(width, c0 + block) and x + t > c0) for c0 in range(0, width, block))
         return per_row * len(window_starts(height, t, stride))
 
-    @torch.inference_mode()
     def windows_logits(self, tiles: np.ndarray) -> np.ndarray:
         """(B, t, t, 3) uint8 -> (B, t, t) float32 raw outputs (bf16 autocast where the device has it
         natively); with `tta` the mean of the outputs of the 8 views, each mapped back."""
-        x = torch.from_numpy(tiles).to(self.device)
+        return self._launch(tiles)()
+
+    @torch.inference_mode()
+    def _launch(self, tiles: np.ndarray) -> Callable[[], np.ndarray]:
+        """`windows_logits` queued on the device: the call it returns waits for them. On a GPU the
+        host can stack and blend other windows meanwhile (there they cost about a forward pass);
+        on the CPU the work is done before it returns."""
+        x = torch.from_numpy(tiles)
+        if self.device.type == "cuda":  # a copy from pageable memory could wait for the queued work
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
         if not self.tta:
-            return self._forward(x).cpu().numpy()
-        total = torch.zeros(x.shape[:3], dtype=torch.float32, device=self.device)
-        for k, mirror in VIEWS:  # one view at a time: the memory of a plain forward, 8 forwards
-            total += unflip_turn(self._forward(flip_turn(x, k, mirror).contiguous()), k, mirror)
-        return (total / len(VIEWS)).cpu().numpy()
+            y = self._forward(x)
+        else:
+            y = torch.zeros(x.shape[:3], dtype=torch.float32, device=self.device)
+            for k, mirror in VIEWS:  # one view at a time: the memory of a plain forward, 8 forwards
+                y += unflip_turn(self._forward(flip_turn(x, k, mirror).contiguous()), k, mirror)
+            y /= len(VIEWS)
+        if self.device.type != "cuda":
+            out = y.cpu().numpy()
+            return lambda: out
+        host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+        host.copy_(y, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def wait() -> np.ndarray:
+            done.synchronize()
+            return host.numpy()
+
+        return wait
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, t, t, 3) uint8 contiguous NHWC on the device -> (B, t, t) float32 raw outputs."""
@@ -162,11 +185,20 @@ class Predictor:
         out: list[np.ndarray | None] = [None] * len(images)
         whole = [i for i, im in enumerate(images) if im.shape[:2] == (t, t)]
         weight = _window_weight(t)
+
+        def blend(chunk: list[int], logits: Callable[[], np.ndarray]) -> None:
+            for i, o in zip(chunk, logits()):
+                out[i] = (o * weight) / weight > self.cut  # the blend of one window, as `stream` computes it
+
+        pending = None
         for k in range(0, len(whole), batch):
             chunk = whole[k : k + batch]
-            logits = self.windows_logits(np.stack([images[i] for i in chunk]))
-            for i, o in zip(chunk, logits):
-                out[i] = (o * weight) / weight > self.cut  # the blend of one window, as `stream` computes it
+            queued = chunk, self._launch(np.stack([images[i] for i in chunk]))
+            if pending:  # blended after the next chunk is queued: on a GPU the two overlap
+                blend(*pending)
+            pending = queued
+        if pending:
+            blend(*pending)
         for i, image in enumerate(images):
             if out[i] is None:
                 out[i] = self.mask(image, overlap)
