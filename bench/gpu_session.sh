@@ -18,11 +18,11 @@
 #      convolution's three kernels timed alone against the peak (what holds the MFU down)
 #   3. bench/quality.py cv gpu (`run cv`, the default): the gpu recipe by 5-fold scene CV on the sample, or
 #      bench/quality.py final gpu (`run final`): trained on the CV scenes, scored on the 8 set-aside scenes
-#      (issue #12's GPU goal: forest IoU >= 0.85). The final is on record (H200, 2026-12-04:
-#      bench/results/final_gpu_nvidia_h200.*), so a later call measures the CV
+#      (issue #12's GPU goal: forest IoU >= 0.85). Both are on record (H200, 2026-12-04:
+#      bench/results/final_gpu_nvidia_h200.* and cv_gpu_nvidia_h200.*): a later call re-measures a changed recipe
 #   4. bench/speed.py --study --batch 160 --auto-only --compile-only: the same training with torch.compile
 #      alone (where C and C++ compilers and Python.h are there: Inductor and Triton build C at run time)
-#      (on the H200 eager bf16 reached 26.8 % of the peak; what fusing the memory-bound ops buys)
+#      (on the H200 eager bf16 reached 26.8 % of the peak, compiled 43.6 %: what fusing the memory-bound ops buys)
 #   5. bench/profile_train.py --study --batch 160 --cudnn-limit 0: the step's time with cuDNN trying every
 #      convolution algorithm, not torch's 10
 # The queued study grid (bench/gpu.py without --skip-grid) needs dvc and its dependencies as wheels,
@@ -118,16 +118,17 @@ run() {
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
         # ~20 s before the steps (wheels, torch imports), 530 s of steps: with the 10 s grace of each of the
-        # 5 steps at worst 600 s, the call's limit; on the H200 the quality step's final took 62 s, a CV
-        # fold (24 of its 30 scenes) should take 40-50 s
-        step 120 "gpu.py" python3 bench/gpu.py --skip-grid
+        # 5 steps at worst 600 s, the call's limit. On the H200 (2026-12-04 18:31): gpu.py printed its last
+        # MFU line at 83 s (then the study-style loop, which no step's time finishes), the profile took 32 s,
+        # the CV 246 s (a final 62 s), the compiled bench its MFU lines at 55 s; the cuDNN search outlasted 30 s
+        step 100 "gpu.py" python3 bench/gpu.py --skip-grid
         step 45 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
         # a CV saves its result after every fold: a step cut at its limit still leaves the folds it finished
         step 265 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
         results "$mode" "$tag"  # before the last steps: a call cut at its limit still brings the quality result back
         compile_step 70 --study --batch 160
         # does cuDNN hold faster kernels than the 10 algorithms torch tries per convolution?
-        step 30 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
+        step 50 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1
