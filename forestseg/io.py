@@ -32,14 +32,25 @@ _WRITE_ERRORS = {
 }
 
 
-def _write_error(path: Path, e: OSError) -> ForestsegError:
+def write_error(
+    path: str | Path, e: OSError, what: str = "it", name: str | None = None, temp: Path | None = None
+) -> ForestsegError:
+    """One line for an OSError met while writing `path` (`what` of it, e.g. "the synthetic set"; `name`
+    how the user gave it, e.g. "-o tiles"): what to do for a full disk, a quota, a read-only folder
+    or a permission; else the system's reason and "choose another path". The file that failed is
+    named where it is neither `path` nor under `temp` (the writer's temp folder, which is gone by then)."""
+    path = Path(path)
+    failed = str(e.filename) if e.filename else ""
+    where = f" ({failed})" if failed and failed != str(path) and not (temp and failed.startswith(str(temp))) else ""
+    head = f"{name or path}: cannot write {what}"
     if e.errno not in _WRITE_ERRORS:  # a folder in the way, a file where a folder should be, ...
-        return ForestsegError(f"{path}: cannot write it: {e.strerror or e}; choose another path")
+        why = "a file is where a folder goes" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        return ForestsegError(f"{head}: {why or e}{where}; choose another path")
     try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB"
-    except OSError:
+        free = f"{shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 2**20:.0f} MiB"
+    except (OSError, StopIteration):
         free = "unknown"
-    return ForestsegError(f"{path}: cannot write it: {_WRITE_ERRORS[e.errno].format(free=free)}")
+    return ForestsegError(f"{head}: {_WRITE_ERRORS[e.errno].format(free=free)}{where}")
 
 
 _TEMP = re.compile(r"^\..*\.~(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.")  # what temp_prefix makes
@@ -108,7 +119,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.stem), suffix=f".tmp{path.suffix}")
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise write_error(path, e) from None
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, usual_mode(0o666))  # mkstemp makes files owner-only; outputs get the usual mode
@@ -117,7 +128,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         replace_together({tmp: path})
     except OSError as e:
         if e.errno in _WRITE_ERRORS:  # a full disk or a read-only folder mid-write: one line, no litter
-            raise _write_error(path, e) from None
+            raise write_error(path, e) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -131,14 +142,14 @@ def replace_together(moves: dict[Path, Path]) -> None:
         # before the first rename: a folder in the way (which os.replace refuses, but not a link to one,
         # which it replaces) leaves every old file in place
         if dst.is_dir() and not dst.is_symlink():
-            raise _write_error(dst, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+            raise write_error(dst, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
         with open(src, "rb") as f:
             os.fsync(f.fileno())
     for src, dst in moves.items():
         try:
             os.replace(src, dst)
         except OSError as e:  # any reason: the writers' own errors are not these
-            raise _write_error(dst, e) from None
+            raise write_error(dst, e) from None
 
 
 def fsync_tree(folder: Path) -> None:
@@ -247,7 +258,7 @@ def write_torch(path: str | Path, obj: Any) -> None:
     except RuntimeError as e:  # torch's zip writer reports a full disk as "file write failed"
         if "write" not in str(e):
             raise
-        raise _write_error(Path(path), OSError(errno.ENOSPC, str(e))) from None
+        raise write_error(Path(path), OSError(errno.ENOSPC, str(e))) from None
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 24) -> str:

@@ -18,8 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .config import SynthConfig
-from .errors import ForestsegError
-from .io import remove_stale_temps, temp_prefix, usual_mode
+from .io import remove_stale_temps, temp_prefix, usual_mode, write_error
 
 # Parcel colours (RGB, 0-1): soil, ripe crop, pale grass, green crop (forest-like mean colour).
 _PARCELS = np.array(
@@ -104,9 +103,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
     try:
         return _generate(out_dir, cfg)
     except OSError as e:  # disk full, no permission, a file where a folder goes: one line, not a traceback
-        why = "a file is where a folder goes" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
-        where = f" ({e.filename})" if e.filename else ""
-        raise ForestsegError(f"{out_dir}: cannot write the synthetic set: {why or e}{where}") from None
+        raise write_error(out_dir, e, "the synthetic set") from None
 
 
 def _generate(out_dir: Path, cfg: SynthConfig) -> int:

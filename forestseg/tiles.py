@@ -42,7 +42,7 @@ from .images import (
     decode,
     drawn_as_shown,
 )
-from .io import fsync_dir, fsync_tree, plural, temp_prefix
+from .io import fsync_dir, fsync_tree, plural, temp_prefix, write_error
 
 if TYPE_CHECKING:  # geo imports rasterio, which picture tiles do not need
     from .geo import Raster
@@ -295,12 +295,11 @@ def tile_pairs(
 @contextlib.contextmanager
 def _writing(out: Path, tmp: Path) -> Iterator[None]:
     """OSErrors while writing the output (disk full, no permission, a file where a folder goes) as one
-    line naming -o, and the path that failed unless it lies in the temp folder."""
+    line naming -o (`io.write_error`)."""
     try:
         yield
     except OSError as e:
-        where = f": {e.filename}" if e.filename and not str(e.filename).startswith(str(tmp)) else ""
-        raise ForestsegError(f"-o {out}: cannot be written ({e.strerror or e}{where})") from None
+        raise write_error(out, e, name=f"-o {out}", temp=tmp) from None
 
 
 def _names(scene: int, k: int, mask_suffix: str = ".png") -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -478,7 +479,8 @@ def test_output_that_cannot_be_written_stops_with_one_line(photo, truth, tmp_pat
     (tmp_path / "afile").write_text("")
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "afile" / "tiles")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: -o {tmp_path / 'afile' / 'tiles'}: cannot be written") and "\n" not in err
+    assert err.startswith(f"error: -o {tmp_path / 'afile' / 'tiles'}: cannot write it: a file is where a folder goes")
+    assert err.endswith("; choose another path") and "\n" not in err
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -486,7 +488,11 @@ def test_output_that_cannot_be_written_stops_with_one_line(photo, truth, tmp_pat
     monkeypatch.setattr(Image.Image, "save", full)  # a disk that fills up: not a failure 'while reading'
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles")) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: -o {tmp_path / 'tiles'}: cannot be written (No space left on device)"
+    assert re.fullmatch(
+        rf"error: -o {re.escape(str(tmp_path / 'tiles'))}: cannot write it: no space left on the device "
+        r"\(\d+ MiB free\); free some space and rerun",
+        err,
+    ), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "region"]
 
 
