@@ -121,14 +121,14 @@ run() {
         # 5 steps at worst 600 s, the call's limit. On the H200 (2026-12-04 18:31): gpu.py printed its last
         # MFU line at 83 s (then the study-style loop, which no step's time finishes), the profile took 32 s,
         # the CV 246 s (a final 62 s), the compiled bench its MFU lines at 55 s; the cuDNN search outlasted 30 s
-        step 100 "gpu.py" python3 bench/gpu.py --skip-grid
+        step 120 "gpu.py" python3 bench/gpu.py --skip-grid
         step 45 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
         # a CV saves its result after every fold: a step cut at its limit still leaves the folds it finished
         step 265 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
         results "$mode" "$tag"  # before the last steps: a call cut at its limit still brings the quality result back
         compile_step 70 --study --batch 160
         # does cuDNN hold faster kernels than the 10 algorithms torch tries per convolution?
-        step 50 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
+        step 30 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1

@@ -162,8 +162,7 @@ class Predictor:
             return lambda: out
         host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
         host.copy_(y, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
+        done = torch.cuda.current_stream(self.device).record_event()  # the stream of this GPU, not of GPU 0
 
         def wait() -> np.ndarray:
             done.synchronize()
@@ -194,10 +193,10 @@ class Predictor:
         for k in range(0, len(whole), batch):
             chunk = whole[k : k + batch]
             queued = chunk, self._launch(np.stack([images[i] for i in chunk]))
-            if pending:  # blended after the next chunk is queued: on a GPU the two overlap
+            if pending is not None:  # blended after the next chunk is queued: on a GPU the two overlap
                 blend(*pending)
             pending = queued
-        if pending:
+        if pending is not None:
             blend(*pending)
         for i, image in enumerate(images):
             if out[i] is None:
