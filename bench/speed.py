@@ -250,6 +250,15 @@ def device_peaks(device: torch.device, sizes: tuple[int, ...] = (2048, 4096)) ->
     return {d: (found[str(d)][0], found[str(d)][1]) for d in (torch.bfloat16, torch.float32)}
 
 
+def warn_if_busy(rates: list[list[float]]) -> None:
+    """Say so where any rate's repeats differ by more than 30 %: a busy machine, not a speed to quote."""
+    if any(max(v) > 1.3 * min(v) for v in rates):
+        print(
+            "warning: a rate's repeats differ by more than 30 % (the spreads above): the machine was busy; "
+            "rerun on a quiet machine before quoting these numbers"
+        )
+
+
 def spread(values: list[float]) -> str:
     """median [min-max]; the median of an even count is the mean of the middle two, as np.median."""
     v = sorted(values)
@@ -464,6 +473,8 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"{np.median(predicted) / trained:.2f}x the training images/s at precision auto (goal >= 3x); "
         f"its forward passes alone: MFU {spread(forward_mfu)} %"
     )
+    # here, not only at the end: on a GPU the study-style loop can outlast the time a call gives the bench
+    warn_if_busy([*(per_epoch for _, per_epoch in trained_rates.values()), predicted, forwards])
     if max(utilisations) > 100:
         print(
             "warning: an MFU above 100 % means both probes of the peak ran slower than the device can: "
@@ -478,12 +489,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     print(f"speed-up:    {ours / theirs:.2f}x ({fastest}, forestseg's fastest setting, over the study-style loop)")
     if "fp32" in speeds and fastest != "fp32":  # the same arithmetic on both sides: what the loop itself buys
         print(f"speed-up:    {speeds['fp32'] / theirs:.2f}x (fp32{exact}, forestseg's, at the study loop's precision)")
-    rounds = [*(per_epoch for _, per_epoch in trained_rates.values()), predicted, forwards, study]
-    if any(max(v) > 1.3 * min(v) for v in rounds):
-        print(
-            "warning: a rate's repeats differ by more than 30 % (the spreads above): the machine was busy; "
-            "rerun on a quiet machine before quoting these numbers"
-        )
+    warn_if_busy([study])
 
     norm = Normalizer.fit(tiles.images)
     share = assembly_seconds(tiles, args.batch, args.steps, norm) / (args.batch / ours)

@@ -186,6 +186,12 @@ def test_spread_is_the_median_and_the_range(values: list[float], says: str) -> N
     assert speed.spread(values) == says  # an even count: the mean of the middle two, as the ratios use
 
 
+@pytest.mark.parametrize("rates, busy", [([[10.0, 12.9], [5.0, 5.0]], False), ([[10.0, 10.0], [5.0, 6.6]], True)])
+def test_a_rate_whose_repeats_differ_by_over_30_percent_is_flagged(rates, busy: bool, capsys) -> None:
+    speed.warn_if_busy(rates)
+    assert ("differ by more than 30 %" in capsys.readouterr().out) == busy
+
+
 def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
