@@ -267,31 +267,41 @@ def spread(values: list[float]) -> str:
 
 def predict_speeds(
     model_path: Path, images: np.ndarray, device: torch.device, repeats: int, precision: str = "auto"
-) -> tuple[list[float], list[float], bool]:
+) -> tuple[list[float], list[float], list[float], bool]:
     """Images/s of forestseg's predict path (windows of several images batched, from host images to
-    host masks) over `repeats` passes; of its forward passes alone on the same batches already on
-    the device (on a GPU the host's copies and blending are of the order of a forward); and whether
-    it ran in bf16 (`precision` as Predictor.load takes it: auto picks for this device)."""
-    from forestseg.predict import Predictor
+    host masks) over `repeats` passes; of the same work one chunk at a time (each chunk's logits
+    waited for before the next is stacked: `Predictor.masks` before it overlapped them, the A/B of
+    that change in one process); of its forward passes alone on the same batches already on the
+    device (on a GPU the host's copies and blending are of the order of a forward); and whether it
+    ran in bf16 (`precision` as Predictor.load takes it: auto picks for this device)."""
+    from forestseg.predict import Predictor, _window_weight
     from forestseg.windows import TILE_BATCH
 
     predictor = Predictor.load(model_path, device, precision)
     predictor.masks(list(images))  # warm-up at the timed batch sizes (cuDNN tunes per shape)
+    weight = _window_weight(predictor.tile)  # the blend's arithmetic, as masks does it
+
+    def one_at_a_time() -> None:
+        for k in range(0, len(images), TILE_BATCH):
+            logits = predictor.windows_logits(np.stack(list(images[k : k + TILE_BATCH])))
+            [(o * weight) / weight > predictor.cut for o in logits]
+
     resident = [torch.from_numpy(images[k : k + TILE_BATCH]).to(device) for k in range(0, len(images), TILE_BATCH)]
-    whole, forward = [], []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        predictor.masks(list(images))
-        sync(device)
-        whole.append(len(images) / (time.perf_counter() - t0))
+    whole, sequential, forward = [], [], []
+    for _ in range(repeats):  # alternating, so a slow moment of the machine does not favour one of them
+        for rates, work in ((whole, lambda: predictor.masks(list(images))), (sequential, one_at_a_time)):
+            sync(device)
+            t0 = time.perf_counter()
+            work()
+            sync(device)
+            rates.append(len(images) / (time.perf_counter() - t0))
         with torch.inference_mode():  # as windows_logits runs them
             t0 = time.perf_counter()
             for x in resident:
                 predictor._forward(x)
             sync(device)
         forward.append(len(images) / (time.perf_counter() - t0))
-    return whole, forward, predictor.bf16
+    return whole, sequential, forward, predictor.bf16
 
 
 def main() -> None:
@@ -434,11 +444,12 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     # predict's precision: as Predictor.load picks it for this device (what `forestseg predict` runs)
     # (auto's model; where bf16 proved emulated and was not timed, fp32's, predicting in fp32 as it trained)
     timed = auto in models
-    predicted, forwards, bf16_predict = predict_speeds(
+    predicted, sequential, forwards, bf16_predict = predict_speeds(
         models[auto] if timed else models["fp32"], images, device, args.repeats, "auto" if timed else "fp32"
     )
     print(
         f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, {len(images)} images); "
+        f"one chunk at a time (no overlap of host and device): {spread(sequential)}; "
         f"its forward passes alone (batches already on the device): {spread(forwards)}"
     )
 
@@ -474,7 +485,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"its forward passes alone: MFU {spread(forward_mfu)} %"
     )
     # here, not only at the end: on a GPU the study-style loop can outlast the time a call gives the bench
-    warn_if_busy([*(per_epoch for _, per_epoch in trained_rates.values()), predicted, forwards])
+    warn_if_busy([*(per_epoch for _, per_epoch in trained_rates.values()), predicted, sequential, forwards])
     if max(utilisations) > 100:
         print(
             "warning: an MFU above 100 % means both probes of the peak ran slower than the device can: "

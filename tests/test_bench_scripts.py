@@ -175,7 +175,10 @@ def test_speed_prints_every_figure_from_one_run(monkeypatch: pytest.MonkeyPatch,
         assert what in said, out
     rate = r"\d+\.\d \[\d+\.\d-\d+\.\d\]"  # median [min-max]
     assert re.search(rf"forestseg train: {rate} images/s \((bf16|fp32)\)", out), out
-    assert re.search(rf"forestseg predict: {rate} images/s .*its forward passes alone .*: {rate}", out), out
+    assert re.search(
+        rf"forestseg predict: {rate} images/s .*one chunk at a time .*: {rate}; its forward passes alone .*: {rate}",
+        out,
+    ), out
     assert re.search(rf"forestseg train: MFU {rate} % of the (bf16|fp32) peak", out), out
     assert re.search(rf"study-style: {rate} images/s \(fp32, NCHW", out), out
     assert re.search(r"x the training images/s at precision auto \(goal >= 3x\); its forward passes alone: MFU", out)
