@@ -284,7 +284,7 @@ def predict_speeds(
     def one_at_a_time() -> None:
         for k in range(0, len(images), TILE_BATCH):
             logits = predictor.windows_logits(np.stack(list(images[k : k + TILE_BATCH])))
-            [(o * weight) / weight > predictor.cut for o in logits]
+            _ = [(o * weight) / weight > predictor.cut for o in logits]  # the masks, made and dropped
 
     resident = [torch.from_numpy(images[k : k + TILE_BATCH]).to(device) for k in range(0, len(images), TILE_BATCH)]
     whole, sequential, forward = [], [], []
