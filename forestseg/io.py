@@ -33,24 +33,25 @@ _WRITE_ERRORS = {
 
 
 def write_error(
-    path: str | Path, e: OSError, what: str = "it", name: str | None = None, temp: Path | None = None
+    path: str | Path, e: OSError, what: str = "it", name: str | None = None, temp: str | Path | None = None
 ) -> ForestsegError:
     """One line for an OSError met while writing `path` (`what` of it, e.g. "the synthetic set"; `name`
-    how the user gave it, e.g. "-o tiles"): what to do for a full disk, a quota, a read-only folder
-    or a permission; else the system's reason and "choose another path". The file that failed is
-    named where it is neither `path` nor under `temp` (the writer's temp folder, which is gone by then)."""
+    how the user gave it, e.g. "-o tiles"), ending in what to do: for a full disk, a quota, a read-only
+    folder or a permission the fix; else the system's reason and "choose another path". The file that
+    failed is named where it is neither `path` nor a temp file, whose names start with `temp` (the
+    writer's temp folder or file, gone by the time the user reads this)."""
     path = Path(path)
     failed = str(e.filename) if e.filename else ""
-    where = f" ({failed})" if failed and failed != str(path) and not (temp and failed.startswith(str(temp))) else ""
-    head = f"{name or path}: cannot write {what}"
+    shown = failed and failed != str(path) and not (temp and failed.startswith(str(temp)))
+    head = f"{name or path}: cannot write {what}" + (f" ({failed})" if shown else "")
     if e.errno not in _WRITE_ERRORS:  # a folder in the way, a file where a folder should be, ...
         why = "a file is where a folder goes" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
-        return ForestsegError(f"{head}: {why or e}{where}; choose another path")
+        return ForestsegError(f"{head}: {why or e}; choose another path")
     try:
         free = f"{shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 2**20:.0f} MiB"
     except (OSError, StopIteration):
         free = "unknown"
-    return ForestsegError(f"{head}: {_WRITE_ERRORS[e.errno].format(free=free)}{where}")
+    return ForestsegError(f"{head}: {_WRITE_ERRORS[e.errno].format(free=free)}")
 
 
 _TEMP = re.compile(r"^\..*\.~(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.")  # what temp_prefix makes
@@ -114,12 +115,13 @@ def remove_stale_temps(folder: Path) -> int:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
+    temps = path.parent / temp_prefix(path.stem)  # how this write's temp file is named: never the one to blame
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.stem), suffix=f".tmp{path.suffix}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temps.name, suffix=f".tmp{path.suffix}")
     except OSError as e:
-        raise write_error(path, e) from None
+        raise write_error(path, e, temp=temps) from None
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, usual_mode(0o666))  # mkstemp makes files owner-only; outputs get the usual mode
@@ -128,7 +130,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         replace_together({tmp: path})
     except OSError as e:
         if e.errno in _WRITE_ERRORS:  # a full disk or a read-only folder mid-write: one line, no litter
-            raise write_error(path, e) from None
+            raise write_error(path, e, temp=temps) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -149,7 +151,7 @@ def replace_together(moves: dict[Path, Path]) -> None:
         try:
             os.replace(src, dst)
         except OSError as e:  # any reason: the writers' own errors are not these
-            raise write_error(dst, e) from None
+            raise write_error(dst, e, temp=src) from None
 
 
 def fsync_tree(folder: Path) -> None:

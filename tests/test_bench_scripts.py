@@ -7,14 +7,19 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import random_predictor
 
+import forestseg.windows
 from bench import adabn, errors, repro_stages, speed, wgrad
 from bench import postprocess as post
 from bench import profile_train as profile
+from forestseg.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,8 +173,15 @@ def test_speed_prints_every_figure_from_one_run(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(speed, "device_peaks", functools.partial(speed.device_peaks, sizes=(256,)))
     argv = ["speed.py", "--width", "4", "--depth", "1", "--batch", "4", "--steps", "2", "--repeats", "2"]
     monkeypatch.setattr(sys, "argv", [*argv, "--default-malloc", "--auto-only"])
+    got, predict_speeds, checked = {}, speed.predict_speeds, []
+    monkeypatch.setattr(speed, "predict_speeds", lambda *a, **k: got.setdefault("rates", predict_speeds(*a, **k)))
+    monkeypatch.setattr(speed, "warn_if_busy", lambda rates: checked.append(rates) or print("<busy check>"))
     speed.main()
     out = capsys.readouterr().out
+    # the predict rates checked for a busy machine before the study-style loop, which a GPU call can cut
+    lines = out.splitlines()
+    assert lines.index("<busy check>") < next(i for i, line in enumerate(lines) if line.startswith("study-style"))
+    assert all(any(r is x for r in checked[0]) for x in got["rates"][:3]), checked
     said = {line.split(":")[0] for line in out.splitlines()}
     for what in ("data", "pack", "model", "forestseg train", "forestseg predict", "study-style", "speed-up"):
         assert what in said, out
@@ -189,10 +201,37 @@ def test_spread_is_the_median_and_the_range(values: list[float], says: str) -> N
     assert speed.spread(values) == says  # an even count: the mean of the middle two, as the ratios use
 
 
-@pytest.mark.parametrize("rates, busy", [([[10.0, 12.9], [5.0, 5.0]], False), ([[10.0, 10.0], [5.0, 6.6]], True)])
+@pytest.mark.parametrize(
+    "rates, busy",
+    [
+        ([[10.0, 12.9], [5.0, 5.0]], False),
+        ([[10.0, 10.0], [5.0, 6.6]], True),
+        ([[10.0, 13.0]], False),
+        ([[10.0, 13.1]], True),
+    ],
+)
 def test_a_rate_whose_repeats_differ_by_over_30_percent_is_flagged(rates, busy: bool, capsys) -> None:
     speed.warn_if_busy(rates)
     assert ("differ by more than 30 %" in capsys.readouterr().out) == busy
+
+
+def test_predict_speeds_times_the_chunks_one_at_a_time_on_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sequential rate is its own work (each chunk through windows_logits), not masks' timed twice."""
+    p = random_predictor()
+    monkeypatch.setattr(Predictor, "load", lambda *a, **k: p)
+    monkeypatch.setattr(forestseg.windows, "TILE_BATCH", 2)
+    calls, logits = [], Predictor.windows_logits
+
+    def slow(self, tiles):  # only the one-chunk-at-a-time path calls it: masks goes through _launch
+        calls.append(len(tiles))
+        time.sleep(0.05)
+        return logits(self, tiles)
+
+    monkeypatch.setattr(Predictor, "windows_logits", slow)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    whole, sequential, forward, bf16 = speed.predict_speeds(Path("unused"), images, torch.device("cpu"), 2)
+    assert calls == [2, 2, 1] * 2 and len(whole) == len(sequential) == len(forward) == 2 and not bf16
+    assert max(sequential) < min(whole) and max(sequential) < min(forward)
 
 
 def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(

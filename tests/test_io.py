@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from forestseg.io import (
     read_columns,
     remove_stale_runs,
     write_csv,
+    write_error,
     write_json,
     write_npy,
     write_rows,
@@ -87,8 +90,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) ->
     ],
 )
 def test_write_errors_name_the_file_and_what_to_do(tmp_path: Path, monkeypatch, code, says) -> None:
-    def refuse(*args, **kwargs):
-        raise OSError(code, os.strerror(code))
+    def refuse(*args, **kwargs):  # as a real refusal: naming the temp file it could not make, which is not news
+        raise OSError(code, os.strerror(code), os.path.join(kwargs["dir"], f"{kwargs['prefix']}x1y2{kwargs['suffix']}"))
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)  # the folder refuses new files
     with pytest.raises(ForestsegError, match=rf"^{tmp_path}/a\.npy: {says}"):
@@ -135,8 +138,14 @@ def test_a_folder_where_the_file_goes_is_one_line_and_no_temp(tmp_path: Path) ->
         write_json(tmp_path / "a.json", {"x": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
     (tmp_path / "f").write_text("x")
-    with pytest.raises(ForestsegError, match=rf"^{tmp_path}/f/b\.json: cannot write it: "):
-        write_json(tmp_path / "f" / "b.json", {"x": 1})  # a file where a folder should be
+    # a file where the parent folder goes (FileExistsError) or where one above it goes (NotADirectoryError)
+    for out, blamed in ((tmp_path / "f" / "b.json", tmp_path / "f"), (tmp_path / "f" / "sub" / "b.json", None)):
+        with pytest.raises(ForestsegError) as stop:
+            write_json(out, {"x": 1})
+        said = re.escape(f" ({blamed})") if blamed else r"( \(.*\))?"
+        assert re.fullmatch(
+            rf"{out}: cannot write it{said}: a file is where a folder goes; choose another path", str(stop.value)
+        )
 
 
 def test_a_killed_runs_temps_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
@@ -242,3 +251,30 @@ def test_fsync_tree_flushes_every_file_and_folder(tmp_path: Path, monkeypatch) -
     assert sorted(synced) == sorted(
         map(str, [out, out / "images", *(out / n for n in ("images/a.png", "images/b.png", "meta_data.csv"))])
     )
+
+
+def test_write_error_names_another_file_but_not_the_path_itself_nor_a_temp_one(tmp_path: Path) -> None:
+    out, temp = tmp_path / "out", tmp_path / ".out.~host-1."
+
+    def gone(f: Path | str) -> OSError:
+        return FileNotFoundError(errno.ENOENT, "No such file or directory", str(f))
+
+    plain = f"{out}: cannot write it: No such file or directory; choose another path"
+    assert str(write_error(out, gone(out))) == plain
+    assert str(write_error(out, gone(f"{temp}x1y2.png"), temp=temp)) == plain
+    assert str(write_error(out, gone(out / "a.png"), temp=temp)) == plain.replace("it:", f"it ({out / 'a.png'}):")
+    read_only = OSError(errno.EROFS, "Read-only file system", str(out / "a.png"))
+    assert str(write_error(out, read_only, "the map", name="-o out")) == (
+        f"-o out: cannot write the map ({out / 'a.png'}): the folder is on a read-only file system; "
+        "make it writable or run elsewhere"
+    )
+
+
+def test_a_full_disk_says_the_free_space_of_the_deepest_folder_there(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "out").mkdir()
+    asked, usage = [], shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: asked.append(Path(p)) or usage(p))
+    for path in (tmp_path / "out", tmp_path / "out" / "x.npy", tmp_path / "new" / "deeper" / "x.npy"):
+        said = str(write_error(path, OSError(errno.ENOSPC, "No space left on device")))
+        assert re.search(r"\(\d+ MiB free\); free some space and rerun$", said), said
+    assert asked == [tmp_path / "out", tmp_path / "out", tmp_path]

@@ -159,6 +159,6 @@ def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "data").write_text("a file, not a folder")
     with pytest.raises(
         ForestsegError,
-        match=r"data/synthetic: cannot write the synthetic set: a file is where a folder goes \(.*data\)",
+        match=r"data/synthetic: cannot write the synthetic set \(.*data\): a file is where a folder goes; choose another",
     ):
         generate(tmp_path / "data" / "synthetic", SynthConfig(scenes=1, grid=1, tile_size=16))
