@@ -269,9 +269,9 @@ def predict_speeds(
     model_path: Path, images: np.ndarray, device: torch.device, repeats: int, precision: str = "auto"
 ) -> tuple[list[float], list[float], list[float], bool]:
     """Images/s of forestseg's predict path (windows of several images batched, from host images to
-    host masks) over `repeats` passes; of the same work one chunk at a time (each chunk's logits
-    waited for before the next is stacked: `Predictor.masks` before it overlapped them, the A/B of
-    that change in one process); of its forward passes alone on the same batches already on the
+    host masks) over `repeats` passes; of the same work as `Predictor.masks` did it before 5a61907
+    (each chunk's logits brought back and waited for, then cut on the host, before the next is
+    stacked: the A/B of its overlap and its cutting on the device, in one process); of its forward passes alone on the same batches already on the
     device (on a GPU the host's copies and blending are of the order of a forward); and whether it
     ran in bf16 (`precision` as Predictor.load takes it: auto picks for this device)."""
     from forestseg.predict import Predictor, _window_weight
@@ -449,7 +449,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     )
     print(
         f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, {len(images)} images); "
-        f"one chunk at a time (no overlap of host and device): {spread(sequential)}; "
+        f"one chunk at a time, cut on the host (as before 5a61907): {spread(sequential)}; "
         f"its forward passes alone (batches already on the device): {spread(forwards)}"
     )
 

@@ -13,6 +13,7 @@ on the tile, the batch and the block, never on the image size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -49,6 +50,12 @@ def _window_weight(t: int) -> np.ndarray:
     """(t, t) blending weight of a window: highest in its centre, low at its edges."""
     ramp = np.minimum(np.arange(t) + 1, np.arange(t)[::-1] + 1).astype(np.float32)
     return np.minimum(ramp[:, None], ramp[None, :])
+
+
+@functools.lru_cache(maxsize=8)
+def _weight_on(t: int, device: torch.device) -> torch.Tensor:
+    """`_window_weight` on `device`, sent once per tile size and device."""
+    return torch.from_numpy(_window_weight(t)).to(device)
 
 
 @dataclass(frozen=True)
@@ -142,10 +149,11 @@ class Predictor:
         return self._launch(tiles)()
 
     @torch.inference_mode()
-    def _launch(self, tiles: np.ndarray) -> Callable[[], np.ndarray]:
-        """`windows_logits` queued on the device: the call it returns waits for them. On a GPU the
-        host can stack and blend other windows meanwhile (there they cost about a forward pass);
-        on the CPU the work is done before it returns."""
+    def _launch(self, tiles: np.ndarray, cut: bool = False) -> Callable[[], np.ndarray]:
+        """`windows_logits` queued on the device: the call it returns waits for them. With `cut`,
+        each window's (t, t) bool forest mask instead, blended as `stream` blends one window and cut
+        where the outputs are (on a GPU: a quarter of the bytes back, no work left to the host). On
+        a GPU the host stacks the next windows meanwhile; on the CPU the work is done before it returns."""
         x = torch.from_numpy(tiles)
         if self.device.type == "cuda":  # a copy from pageable memory could wait for the queued work
             x = x.pin_memory()
@@ -157,6 +165,9 @@ class Predictor:
             for k, mirror in VIEWS:  # one view at a time: the memory of a plain forward, 8 forwards
                 y += unflip_turn(self._forward(flip_turn(x, k, mirror).contiguous()), k, mirror)
             y /= len(VIEWS)
+        if cut:
+            weight = _weight_on(self.tile, self.device)
+            y = (y * weight) / weight > self.cut  # float32 throughout, as numpy computes it in `stream`
         if self.device.type != "cuda":
             out = y.cpu().numpy()
             return lambda: out
@@ -166,7 +177,8 @@ class Predictor:
 
         def wait() -> np.ndarray:
             done.synchronize()
-            return host.numpy()
+            # masks are kept (evaluate holds a set's): out of pinned memory, which is scarce; logits are summed at once
+            return host.numpy().copy() if cut else host.numpy()
 
         return wait
 
@@ -183,21 +195,20 @@ class Predictor:
         t = self.tile
         out: list[np.ndarray | None] = [None] * len(images)
         whole = [i for i, im in enumerate(images) if im.shape[:2] == (t, t)]
-        weight = _window_weight(t)
 
-        def blend(chunk: list[int], logits: Callable[[], np.ndarray]) -> None:
-            for i, o in zip(chunk, logits()):
-                out[i] = (o * weight) / weight > self.cut  # the blend of one window, as `stream` computes it
+        def collect(chunk: list[int], made: Callable[[], np.ndarray]) -> None:
+            for i, m in zip(chunk, made()):
+                out[i] = m
 
         pending = None
         for k in range(0, len(whole), batch):
             chunk = whole[k : k + batch]
-            queued = chunk, self._launch(np.stack([images[i] for i in chunk]))
-            if pending is not None:  # blended after the next chunk is queued: on a GPU the two overlap
-                blend(*pending)
+            queued = chunk, self._launch(np.stack([images[i] for i in chunk]), cut=True)
+            if pending is not None:  # collected after the next chunk is queued: on a GPU the host stacks it meanwhile
+                collect(*pending)
             pending = queued
         if pending is not None:
-            blend(*pending)
+            collect(*pending)
         for i, image in enumerate(images):
             if out[i] is None:
                 out[i] = self.mask(image, overlap)

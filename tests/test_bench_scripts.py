@@ -188,7 +188,7 @@ def test_speed_prints_every_figure_from_one_run(monkeypatch: pytest.MonkeyPatch,
     rate = r"\d+\.\d \[\d+\.\d-\d+\.\d\]"  # median [min-max]
     assert re.search(rf"forestseg train: {rate} images/s \((bf16|fp32)\)", out), out
     assert re.search(
-        rf"forestseg predict: {rate} images/s .*one chunk at a time .*: {rate}; its forward passes alone .*: {rate}",
+        rf"forestseg predict: {rate} images/s .*one chunk at a time, cut on the host .*: {rate}; its forward passes alone .*: {rate}",
         out,
     ), out
     assert re.search(rf"forestseg train: MFU {rate} % of the (bf16|fp32) peak", out), out

@@ -324,24 +324,25 @@ def test_output_that_is_a_file_or_an_input_folder_is_refused(checkpoint, tmp_pat
     assert sorted(p.name for p in src.iterdir()) == ["a.png"]  # nothing written among the inputs
 
 
-def test_masks_blend_each_chunk_after_the_next_is_queued_and_every_tile_in_a_chunk(monkeypatch) -> None:
-    """The order that lets a GPU run a chunk's forward while the host blends the last one; no tile-sized
+def test_masks_collect_each_chunk_after_the_next_is_queued_and_every_tile_in_a_chunk(monkeypatch) -> None:
+    """The order that lets a GPU run a chunk's forward while the host stacks the next one; no tile-sized
     image left to the one-by-one path (which would give the same masks, slower)."""
     p = random_predictor()
     images = list(np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
     expected = [p.mask(image) for image in images]
     events, launch = [], Predictor._launch
 
-    def launched(self, tiles):
+    def launched(self, tiles, cut=False):
+        assert cut, "the masks are cut where the outputs are"
         k = sum(e[0] == "queue" for e in events)
         events.append(("queue", k, len(tiles)))
-        wait = launch(self, tiles)
-        return lambda: events.append(("blend", k)) or wait()
+        wait = launch(self, tiles, cut)
+        return lambda: events.append(("collect", k)) or wait()
 
     monkeypatch.setattr(Predictor, "_launch", launched)
     monkeypatch.setattr(Predictor, "mask", lambda *a, **k: pytest.fail("a tile-sized image went one by one"))
     got = p.masks(images, batch=2)
-    assert events == [("queue", 0, 2), ("queue", 1, 2), ("blend", 0), ("queue", 2, 1), ("blend", 1), ("blend", 2)]
+    assert events == [("queue", 0, 2), ("queue", 1, 2), ("collect", 0), ("queue", 2, 1), ("collect", 1), ("collect", 2)]
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
