@@ -16,10 +16,11 @@
 #      --batch 160 --auto-only --nchw (training and predict MFU against the measured bf16 peak)
 #   2. bench/profile_train.py --study --batch 160 --kernels: the top kernels by device time, and each
 #      convolution's three kernels timed alone against the peak (what holds the MFU down)
-#   3. bench/quality.py cv gpu (`run cv`, the default): the gpu recipe by 5-fold scene CV on the sample, or
+#   3. with `run cv` or `run final` only: bench/quality.py cv gpu, the gpu recipe by 5-fold scene CV on the sample, or
 #      bench/quality.py final gpu (`run final`): trained on the CV scenes, scored on the 8 set-aside scenes
 #      (issue #12's GPU goal: forest IoU >= 0.85). Both are on record (H200, 2026-12-04:
-#      bench/results/final_gpu_nvidia_h200.* and cv_gpu_nvidia_h200.*): a later call re-measures a changed recipe
+#      bench/results/final_gpu_nvidia_h200.* and cv_gpu_nvidia_h200.*): a plain `run` leaves this step out and
+#      gives its time to the others (steps 1, 4 and 5 get 170, 110 and 165 s instead of 120, 70 and 30)
 #   4. bench/speed.py --study --batch 160 --auto-only --compile-only: the same training with torch.compile
 #      alone (where C and C++ compilers and Python.h are there: Inductor and Triton build C at run time)
 #      (on the H200 eager bf16 reached 26.8 % of the peak, compiled 43.6 %: what fusing the memory-bound ops buys)
@@ -82,12 +83,12 @@ sys.exit(not cc or not os.path.isfile(os.path.join(sysconfig.get_paths()['includ
 }
 
 run() {
-    local cpu_check="" mode=cv arg
+    local cpu_check="" mode="" arg
     for arg in "$@"; do
         case $arg in
             --cpu-check) cpu_check=1 ;;
             cv | final) mode=$arg ;;
-            *) echo "gpu_session: run takes cv (the default) or final, and --cpu-check; not '$arg'" >&2; exit 2 ;;
+            *) echo "gpu_session: run takes cv or final (the quality step; none: the speed steps alone), and --cpu-check; not '$arg'" >&2; exit 2 ;;
         esac
     done
     export OUT=${OUT:-/tmp/forestseg-gpu-session} PYTHONUNBUFFERED=1  # not in .gpu, which travels to the device
@@ -105,6 +106,7 @@ run() {
     local tag
     if [[ -n $cpu_check ]]; then
         tag=cpu_check
+        mode=${mode:-cv}  # every step is checked, the quality step too
         step 300 "gpu.py" python3 bench/gpu.py --device cpu --tiny --skip-grid
         step 300 "profile" python3 bench/profile_train.py --study --batch 2 --size 96 --steps 1 --kernels --device cpu
         # a CV's first fold alone: the script's steps, in minutes
@@ -117,18 +119,23 @@ run() {
             --cudnn-limit 0 --device cpu
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
-        # ~20 s before the steps (wheels, torch imports), 530 s of steps: with the 10 s grace of each of the
-        # 5 steps at worst 600 s, the call's limit. On the H200 (2026-12-04 18:31): gpu.py printed its last
-        # MFU line at 83 s (then the study-style loop, which no step's time finishes), the profile took 32 s,
-        # the CV 246 s (a final 62 s), the compiled bench its MFU lines at 55 s; the cuDNN search outlasted 30 s
-        step 120 "gpu.py" python3 bench/gpu.py --skip-grid
+        # ~20 s before the steps (wheels, torch imports), at most 530 s of steps: with the 10 s grace of each
+        # step at worst 600 s, the call's limit. On the H200 (2026-12-04 18:31): gpu.py printed its last MFU
+        # line at 83 s (then the study-style loop, which no step's time finished), the profile took 32 s, the
+        # CV 246 s (a final 62 s), the compiled bench its MFU lines at 55 s; the cuDNN search outlasted 30 s.
+        # Both quality results are on record, so without cv or final the quality step's time goes to the others
+        local quality=$([[ -n $mode ]] && echo 1)
+        step "$([[ -n $quality ]] && echo 120 || echo 170)" "gpu.py" python3 bench/gpu.py --skip-grid
         step 45 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
-        # a CV saves its result after every fold: a step cut at its limit still leaves the folds it finished
-        step 265 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
-        results "$mode" "$tag"  # before the last steps: a call cut at its limit still brings the quality result back
-        compile_step 70 --study --batch 160
+        if [[ -n $quality ]]; then
+            # a CV saves its result after every fold: a step cut at its limit still leaves the folds it finished
+            step 265 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
+            results "$mode" "$tag"  # before the last steps: a call cut at its limit still brings the quality result back
+        fi
+        compile_step "$([[ -n $quality ]] && echo 70 || echo 110)" --study --batch 160
         # does cuDNN hold faster kernels than the 10 algorithms torch tries per convolution?
-        step 30 "profile, every cuDNN algorithm" python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
+        step "$([[ -n $quality ]] && echo 30 || echo 165)" "profile, every cuDNN algorithm" \
+            python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1
