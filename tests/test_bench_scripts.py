@@ -321,5 +321,7 @@ def test_gpu_session_says_what_to_prepare_before_a_call(tmp_path: Path) -> None:
     bad = subprocess.run(["bash", str(script), "run", "finale"], env=env, capture_output=True, text=True, timeout=60)
     assert (
         bad.returncode == 2
-        and bad.stderr == "gpu_session: run takes cv (the default) or final, and --cpu-check; not 'finale'\n"
+        and bad.stderr
+        == "gpu_session: run takes cv or final (the quality step; none: the speed steps alone), and --cpu-check; "
+        "not 'finale'\n"
     )
