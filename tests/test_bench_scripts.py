@@ -16,7 +16,7 @@ import torch
 from conftest import random_predictor
 
 import forestseg.windows
-from bench import adabn, errors, repro_stages, speed, wgrad
+from bench import adabn, dropout, errors, repro_stages, speed, wgrad
 from bench import postprocess as post
 from bench import profile_train as profile
 from forestseg.predict import Predictor
@@ -232,6 +232,27 @@ def test_predict_speeds_times_the_chunks_one_at_a_time_on_their_own(monkeypatch:
     whole, sequential, forward, bf16 = speed.predict_speeds(Path("unused"), images, torch.device("cpu"), 2)
     assert calls == [2, 2, 1] * 2 and len(whole) == len(sequential) == len(forward) == 2 and not bf16
     assert max(sequential) < min(whole) and max(sequential) < min(forward)
+
+
+@pytest.mark.parametrize("arch", ["unet", "unet_half"])
+def test_dropout_screen_drops_channels_at_the_bottom_in_training_only(arch: str) -> None:
+    from forestseg.config import ModelConfig
+    from forestseg.model import build_model
+
+    cfg = ModelConfig(arch=arch, width=4, depth=2)
+    torch.manual_seed(0)
+    plain = build_model(cfg)
+    torch.manual_seed(0)
+    dropped = dropout.with_dropout(build_model, 0.5)(cfg)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # no weights: the same model files
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(x), dropped(x))  # scoring as the recipe's model
+    dropped.train(), plain.train()
+    assert not torch.equal(plain(x), dropped(x))
+    with pytest.raises(SystemExit, match="no empty bottom layer"):
+        dropout.with_dropout(build_model, 0.5)(ModelConfig(arch="unet_context", width=4, depth=2))
 
 
 def test_repro_stages_times_skipped_and_restored_stages_on_their_own_rows(
