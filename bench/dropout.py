@@ -1,7 +1,7 @@
 """Dropout at the bottom of the UNet (bench/QUALITY.md, Round 17): does channel dropout on the deepest
 features, where the original UNet (Ronneberger et al. 2015) put its dropout, help a model trained on 24
 scenes score better on unseen ones? The gpu recipe's CV shows a fold's test loss rising through training
-(fold 3: 0.42 at epoch 5, 0.97 at epoch 80) while its training loss falls.
+(fold 3: 0.73 at epoch 5, 0.97 at epoch 80, its log) while its training loss falls (0.45 to 0.33).
 
 A screen, not a param: in the models that bench/quality.py trains, the UNet's bottom layer (an identity in
 the `unet` archs without global context) becomes `nn.Dropout2d(P)`, which acts in training only and has
@@ -50,6 +50,7 @@ def main() -> None:
     if not 0 < p < 1:
         sys.exit(f"dropout: P must be in (0, 1), got {p}")
     forestseg.train.build_model = with_dropout(forestseg.train.build_model, p)
+    quality.SCREEN = f"dropout {p:g} at the UNet's bottom (bench/dropout.py)"
     sys.argv = [sys.argv[0], *sys.argv[2:]]
     quality.main()
 

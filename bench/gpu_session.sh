@@ -8,7 +8,7 @@
 #   device run: command "bash bench/gpu_session.sh run", carry [".gpu"], timeout_s 600
 #   bash bench/gpu_session.sh run --cpu-check   the same steps at tiny sizes on this CPU (checks the script)
 #
-# `run` writes session.log and the quality result (<mode>_gpu_<device>.md/.json) to $OUT (here by default
+# `run` writes session.log, and with cv or final the quality result (<mode>_gpu_<device>.md/.json), to $OUT (here by default
 # /tmp/forestseg-gpu-session), in this order,
 # each step under its own time limit so the call ends inside its 600 s:
 #   1. bench/gpu.py --skip-grid: train (counting the host-device synchronisations of its training steps),

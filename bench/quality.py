@@ -128,6 +128,10 @@ def load_sample() -> Sample:
     )
 
 
+# Set by a bench script that changes training beyond params (bench/dropout.py): kept in the result, and a
+# result without it (or with another) is not resumed or merged with one that has it.
+SCREEN: str | None = None
+
 # The code a result depends on: decoding, training, predicting and scoring (not the CLI, report or figures).
 RESULT_CODE = [
     *(f"forestseg/{m}.py" for m in ("checkpoint", "config", "dataset", "device", "evaluate", "images", "layout")),
@@ -534,7 +538,7 @@ def trade_off_table(result: dict) -> str:
 # What two cv results must share for their folds to be one CV: the training (on which device, in
 # which precision: train.precision auto is bf16 on some CPUs), which scenes fold i holds (it depends
 # on the fold count and the sample), the code that trained and scored, and how a fold is scored.
-ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code", "split", "device", "dtype")
+ALIKE = ("mode", "params", "folds", "tta", "ensemble", "sample", "code", "split", "device", "dtype", "screen")
 
 
 def unfinished_folds(result: dict) -> dict[int, dict]:
@@ -671,6 +675,8 @@ def main() -> None:
     result["ensemble"] = args.ensemble
     if args.split == "tile":  # absent for the scene split, as in every result saved before the option
         result["split"] = "tile"
+    if SCREEN:  # a bench script's change to training that params do not hold (bench/dropout.py)
+        result["screen"] = SCREEN
     result["sample"], result["code"] = sample.digest, code_digest()  # what was trained on, and by what
     print(f"{name}: device {device}, {torch.get_num_threads()} threads")
     if args.mode == "final":

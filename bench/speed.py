@@ -278,18 +278,24 @@ def predict_speeds(
     from forestseg.windows import TILE_BATCH
 
     predictor = Predictor.load(model_path, device, precision)
-    predictor.masks(list(images))  # warm-up at the timed batch sizes (cuDNN tunes per shape)
-    weight = _window_weight(predictor.tile)  # the blend's arithmetic, as masks does it
+    weight = _window_weight(predictor.tile)  # the blend's arithmetic, as masks did it
 
-    def one_at_a_time() -> None:
+    @torch.inference_mode()
+    def one_at_a_time() -> None:  # masks before 5a61907, line for line: plain copies, the cut on the host
         for k in range(0, len(images), TILE_BATCH):
-            logits = predictor.windows_logits(np.stack(list(images[k : k + TILE_BATCH])))
+            x = torch.from_numpy(np.stack(list(images[k : k + TILE_BATCH]))).to(device)
+            logits = predictor._forward(x).cpu().numpy()
             _ = [(o * weight) / weight > predictor.cut for o in logits]  # the masks, made and dropped
 
+    def whole_path() -> None:
+        predictor.masks(list(images))
+
+    whole_path(), one_at_a_time()  # warm-up of both at the timed batch sizes (cuDNN tunes per shape)
     resident = [torch.from_numpy(images[k : k + TILE_BATCH]).to(device) for k in range(0, len(images), TILE_BATCH)]
     whole, sequential, forward = [], [], []
-    for _ in range(repeats):  # alternating, so a slow moment of the machine does not favour one of them
-        for rates, work in ((whole, lambda: predictor.masks(list(images))), (sequential, one_at_a_time)):
+    for r in range(repeats):  # in turn, each first in every other repeat: a slow moment favours neither
+        pair = ((whole, whole_path), (sequential, one_at_a_time))
+        for rates, work in pair if r % 2 == 0 else pair[::-1]:
             sync(device)
             t0 = time.perf_counter()
             work()

@@ -177,8 +177,7 @@ class Predictor:
 
         def wait() -> np.ndarray:
             done.synchronize()
-            # masks are kept (evaluate holds a set's): out of pinned memory, which is scarce; logits are summed at once
-            return host.numpy().copy() if cut else host.numpy()
+            return host.numpy()
 
         return wait
 
@@ -191,14 +190,15 @@ class Predictor:
     def masks(self, images: list[np.ndarray], overlap: int | None = None, batch: int = TILE_BATCH) -> list[np.ndarray]:
         """(H, W) bool forest masks of several images. Images of exactly one tile run `batch` at a
         time in one forward pass (the Kaggle case: a window per image); others are tiled one by one.
-        Each mask equals `mask(image)`."""
+        Each mask equals `mask(image)` (to the last bit of the forward pass, which on some devices
+        moves with the batch's size)."""
         t = self.tile
         out: list[np.ndarray | None] = [None] * len(images)
         whole = [i for i, im in enumerate(images) if im.shape[:2] == (t, t)]
 
         def collect(chunk: list[int], made: Callable[[], np.ndarray]) -> None:
             for i, m in zip(chunk, made()):
-                out[i] = m
+                out[i] = m.copy()  # its own array: a kept mask holds neither its chunk nor pinned memory
 
         pending = None
         for k in range(0, len(whole), batch):

@@ -62,6 +62,7 @@ def test_a_saved_unfinished_run_gives_back_its_folds(results_dir: Path) -> None:
         result(code="older", unfinished=[1]),  # trained by other code
         result(split="tile", unfinished=[1]),  # folds of random tiles, not of scenes
         result(dtype="bf16", unfinished=[1]),  # train.precision auto on another CPU: other numbers
+        result(screen="dropout 0.5", unfinished=[1]),  # trained with a bench script's change (bench/dropout.py)
     ],
 )
 def test_other_runs_are_not_resumed(results_dir: Path, saved: dict) -> None:

@@ -216,22 +216,33 @@ def test_a_rate_whose_repeats_differ_by_over_30_percent_is_flagged(rates, busy: 
 
 
 def test_predict_speeds_times_the_chunks_one_at_a_time_on_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sequential rate is its own work (each chunk through windows_logits), not masks' timed twice."""
+    """The sequential rate is its own work (every chunk's forward outside masks' _launch), not masks'
+    timed twice: slowing masks alone slows the whole-path rate alone."""
     p = random_predictor()
     monkeypatch.setattr(Predictor, "load", lambda *a, **k: p)
     monkeypatch.setattr(forestseg.windows, "TILE_BATCH", 2)
-    calls, logits = [], Predictor.windows_logits
+    calls, inside, launch, forward = [], [], Predictor._launch, Predictor._forward
 
-    def slow(self, tiles):  # only the one-chunk-at-a-time path calls it: masks goes through _launch
-        calls.append(len(tiles))
+    def launched(self, tiles, cut=False):
+        inside.append(1)
         time.sleep(0.05)
-        return logits(self, tiles)
+        try:
+            return launch(self, tiles, cut)
+        finally:
+            inside.pop()
 
-    monkeypatch.setattr(Predictor, "windows_logits", slow)
+    def forwarded(self, x):
+        if not inside:
+            calls.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(Predictor, "_launch", launched)
+    monkeypatch.setattr(Predictor, "_forward", forwarded)
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    whole, sequential, forward, bf16 = speed.predict_speeds(Path("unused"), images, torch.device("cpu"), 2)
-    assert calls == [2, 2, 1] * 2 and len(whole) == len(sequential) == len(forward) == 2 and not bf16
-    assert max(sequential) < min(whole) and max(sequential) < min(forward)
+    whole, sequential, forward_rates, bf16 = speed.predict_speeds(Path("unused"), images, torch.device("cpu"), 2)
+    # the warm-up's sequential pass, then each repeat's sequential pass and forward-alone pass
+    assert calls == [2, 2, 1] * 5 and len(whole) == len(sequential) == len(forward_rates) == 2 and not bf16
+    assert max(whole) < min(sequential) and max(whole) < min(forward_rates)
 
 
 @pytest.mark.parametrize("arch", ["unet", "unet_half"])

@@ -346,6 +346,21 @@ def test_masks_collect_each_chunk_after_the_next_is_queued_and_every_tile_in_a_c
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_masks_cut_on_the_device_equal_the_host_blend_at_float32_boundaries(tta: bool) -> None:
+    """masks cuts in torch where mask() cuts in numpy: the same float32 arithmetic, cut included, also
+    for a cut between two float32 values and one at an output exactly."""
+    p = random_predictor(seed=2, tta=tta)
+    images = list(np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+    z = np.sort(p.windows_logits(np.stack(images)).ravel())
+    at = float(z[len(z) // 2])
+    for cut in (at, (at + float(np.nextafter(np.float32(at), np.float32(np.inf)))) / 2, 0.1):
+        q = dataclasses.replace(p, cut=cut)
+        got = q.masks(images, batch=1)
+        assert all(np.array_equal(a, q.mask(image)) for a, image in zip(got, images, strict=True)), cut
+        assert all(a.base is None for a in got)  # each its own array
+
+
 def test_masks_of_several_images_equal_one_by_one(checkpoint, scene) -> None:
     predictor = Predictor.load(checkpoint, torch.device("cpu"))
     image = scene[0]
