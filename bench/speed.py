@@ -271,9 +271,10 @@ def predict_speeds(
     """Images/s of forestseg's predict path (windows of several images batched, from host images to
     host masks) over `repeats` passes; of the same work as `Predictor.masks` did it before 5a61907
     (each chunk's logits brought back and waited for, then cut on the host, before the next is
-    stacked: the A/B of its overlap and its cutting on the device, in one process); of its forward passes alone on the same batches already on the
-    device (on a GPU the host's copies and blending are of the order of a forward); and whether it
-    ran in bf16 (`precision` as Predictor.load takes it: auto picks for this device)."""
+    stacked: the A/B of its overlap and its cutting on the device, in one process); of its forward
+    passes alone on the same batches already on the device (on a GPU the host's copies and blending
+    are of the order of a forward); and whether it ran in bf16 (`precision` as Predictor.load takes
+    it: auto picks for this device)."""
     from forestseg.predict import Predictor, _window_weight
     from forestseg.windows import TILE_BATCH
 
