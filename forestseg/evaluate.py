@@ -423,9 +423,10 @@ def evaluate(
                     )
 
                 from .images import IMAGE_SUFFIXES, RASTER_SUFFIXES
+                from .tiles import masks_alone, visible_files
 
                 unscored = IMAGE_SUFFIXES - RASTER_SUFFIXES
-                listed = list((data / "images").iterdir())
+                listed = visible_files(data / "images")  # as the pairs are found: macOS's ._a.jp2 is no image
                 others = sorted(f.name for f in listed if f.suffix.lower() in unscored)
                 if others:  # beside GeoTIFFs they are not scored: said, not silently left out
                     log(
@@ -433,8 +434,6 @@ def evaluate(
                         f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); to score them, convert "
                         "a .jp2 or .vrt to GeoTIFF (gdal_translate), or `forestseg tile` pictures into a tile folder"
                     )
-                from .tiles import masks_alone
-
                 named = {f.stem for f in listed if f.suffix.lower() in IMAGE_SUFFIXES}
                 alone = [m.name for m in masks_alone(data, pairs) if m.stem not in named]  # others: noted above
                 if alone:  # a truth without an image is not scored: said, not silently left out

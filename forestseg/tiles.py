@@ -85,7 +85,7 @@ def _one_each(found: dict[str, list[Path]], where: str, what: str) -> dict[str, 
     return {key: files[0] for key, files in found.items()}
 
 
-def _files(folder: Path) -> list[Path]:
+def visible_files(folder: Path) -> list[Path]:
     """A folder's files in name order, hidden ones left out (.DS_Store, macOS's ._a.png beside a.png)."""
     return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")] if folder.is_dir() else []
 
@@ -95,7 +95,7 @@ def stem_pairs(data: Path, images: set[str]) -> list[tuple[Path, Path]]:
     other suffixes (a.tfw, a.qml or a.aux beside a.tif) are neither. Shared with `forestseg evaluate`."""
     listed: dict[str, dict[str, list[Path]]] = {"images": {}, "masks": {}}
     for folder, suffixes in (("images", images), ("masks", CUT_SUFFIXES)):
-        for path in _files(data / folder):
+        for path in visible_files(data / folder):
             if path.suffix.lower() in suffixes:
                 listed[folder].setdefault(path.stem, []).append(path)
     found = _one_each(listed["images"], f"{data}/images", "an image of that name")
@@ -106,7 +106,7 @@ def stem_pairs(data: Path, images: set[str]) -> list[tuple[Path, Path]]:
 def masks_alone(data: Path, pairs: list[tuple[Path, Path]]) -> list[Path]:
     """The masks/ files of a mask's suffix that no pair of stem_pairs took: masks without an image."""
     used = {mask for _, mask in pairs}
-    return [m for m in _files(data / "masks") if m.suffix.lower() in CUT_SUFFIXES and m not in used]
+    return [m for m in visible_files(data / "masks") if m.suffix.lower() in CUT_SUFFIXES and m not in used]
 
 
 # files beside an image that are not one: world files, GDAL's .aux.xml and overviews, QGIS styles, projections
@@ -159,11 +159,11 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
                     "to this folder, no cutting needed (`forestseg tile` cuts large scenes into such a folder)"
                 ) from None
             raise
-        _left_out(_files(data / "images"), masks_alone(data, pairs))
+        _left_out(visible_files(data / "images"), masks_alone(data, pairs))
     else:  # DeepGlobe's layout
         parts: dict[str, dict[str, list[Path]]] = {"sat": {}, "mask": {}}
         photos = []  # every <id>_sat file, of any suffix
-        for path in _files(data):
+        for path in visible_files(data):
             m = DEEPGLOBE.match(path.stem)
             photos += [path] if m and m["part"] == "sat" else []
             if m and path.suffix.lower() in CUT_SUFFIXES:

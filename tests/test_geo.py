@@ -1096,9 +1096,11 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, caps
     )
     # a picture beside the GeoTIFFs is not scored, and said so
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "data/images/b.png")
+    (tmp_path / "data/images/._b.png").write_bytes(b"\x00\x05\x16\x07")  # macOS's resource fork: no image
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
     assert "1 image(s) not GeoTIFF left unscored (b.png)" in capsys.readouterr().out
     (tmp_path / "data/images/b.png").unlink()
+    (tmp_path / "data/images/._b.png").unlink()
     write_raster(tmp_path / "data/masks/c.tif", mask, nodata=255)  # a truth without its image: not scored, said so
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
     assert "1 truth(s) without an image of their name left unscored (c.tif)" in capsys.readouterr().out
