@@ -9,22 +9,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
-from common import params  # noqa: E402
+from common import check_all, params  # noqa: E402
 
-from forestseg.config import SECTIONS, load_sections  # noqa: E402
 from forestseg.errors import ForestsegError  # noqa: E402
-from forestseg.io import load_yaml  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
     (grid,) = params("grid")
     # Every other section validated too: a worker or array task with a bad value fails here, at once,
-    # not after its data stages ran (and an afterok coordinator never starts on half a grid). All but
-    # train.init_from's file, which a fresh clone gets from the remote only in `dvc repro --pull`.
-    raw = load_yaml(Path("params.yaml").read_text(encoding="utf-8"), "params.yaml")
-    if isinstance(raw.get("train"), dict) and "init_from" in raw["train"]:
-        raw = {**raw, "train": {**raw["train"], "init_from": "none"}}
-    load_sections(raw, *SECTIONS)
+    # not after its data stages ran (and an afterok coordinator never starts on half a grid).
+    check_all()
     names = [run.name for run in grid.runs()]
     if argv[:1] == ["--task"]:
         if len(argv) != 3 or not all(re.fullmatch("[0-9]+", a) for a in argv[1:]) or not int(argv[1]) < int(argv[2]):

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .config import INIT_DIR, PRECISIONS, SAME_PIXEL_SIZE, init_dvc_files
+from .config import INIT_DIR, PRECISIONS, SAME_PIXEL_SIZE
 from .errors import ForestsegError
 from .io import untracked_in_project, write_torch
 from .losses import LOSSES
@@ -203,6 +203,12 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
         ) from None
 
 
+def init_dvc_files(path: str | Path) -> list[Path]:
+    """The .dvc files that would track `path` in init/ (`dvc add`): its own, or a folder's above it."""
+    init = Path(path)
+    return [p.with_name(p.name + ".dvc") for p in (init, *init.parents) if p.is_relative_to(INIT_DIR)]
+
+
 # what a train.init_from that is no usable model file needs (init/README.md)
 INIT_FIX = f"copy a finished run's model file (models/<run>/model.pt) into {INIT_DIR}/ and `dvc add` it"
 
@@ -212,6 +218,22 @@ def read_init(path: str | Path, model: dict, pixel_size_m: float | None = None) 
     `ModelConfig.weights()`: arch, width, depth, batch_norm, input), since its weights start the run,
     and whose pixel size (where it records one) must be the data's `pixel_size_m` (where given):
     its filters learned trees at that size."""
+    init = Path(path)  # relative to the project root, where stages run
+    if init.is_dir():
+        raise ForestsegError(
+            f"params.yaml: train.init_from: {init}: a folder; name one model file in it (e.g. {INIT_DIR}/source.pt)"
+        )
+    if not init.is_file():
+        tracked = next((f for f in init_dvc_files(init) if f.is_file()), None)  # tracked, not here: a fresh clone
+        raise ForestsegError(
+            f"params.yaml: train.init_from: {init}: no such file; "
+            + (
+                f"{tracked} tracks it: `dvc pull {init}` (or `dvc checkout` where the cache has it)"
+                if tracked
+                else f"copy a model file (models/<run>/model.pt) there and `dvc add {init}`"
+            )
+            + f" (see {INIT_DIR}/README.md)"
+        )
     try:
         state = read_model(path, fix=INIT_FIX)
     except ForestsegError as e:

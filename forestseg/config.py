@@ -11,7 +11,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Mapping
 
 from .errors import ForestsegError
@@ -74,12 +74,6 @@ def known_device(name: str) -> bool:
     """Whether `name` is one of DEVICES or cuda:<index> (train.device, the CLI's --device)."""
     # ASCII digits only: str.isdigit() also takes '٣' or '²', which torch.device refuses with a traceback
     return name in DEVICES or re.fullmatch(r"cuda:[0-9]{1,4}", name) is not None
-
-
-def init_dvc_files(path: str | Path) -> list[Path]:
-    """The .dvc files that would track `path` in init/ (`dvc add`): its own, or a folder's above it."""
-    init = Path(path)
-    return [p.with_name(p.name + ".dvc") for p in (init, *init.parents) if p.is_relative_to(INIT_DIR)]
 
 
 @dataclass(frozen=True)
@@ -299,7 +293,9 @@ class TrainConfig:
     # the scene's own; stored in the model file as predict's default --adapt-bn. 0 = off.
     adapt_bn: float = 0.0
     # A forestseg model file whose weights start every run (fine-tuning), or none (random init). It
-    # must lie in init/, a dep of the train stage, so a new file there reruns train.
+    # must lie in init/, a dep of the train stage, so a new file there reruns train. The file itself is
+    # checked where it is read (checkpoint.read_init): a fresh clone has only its .dvc file until
+    # `dvc repro --pull` reaches the train stage, and the stages before it must not need it.
     init_from: str = "none"
 
     def __post_init__(self) -> None:
@@ -338,24 +334,6 @@ class TrainConfig:
                     "train.init_from",
                     f"{self.init_from!r}: give none or the path of a model file inside the project's {INIT_DIR}/ "
                     f"folder, e.g. {INIT_DIR}/source.pt (see {INIT_DIR}/README.md)",
-                )
-            if Path(self.init_from).is_dir():  # relative to the project root, where stages run
-                _fail(
-                    "train.init_from",
-                    f"{self.init_from}: a folder; name one model file in it (e.g. {INIT_DIR}/source.pt)",
-                )
-            if not Path(self.init_from).is_file():
-                # tracked, its file not here (a fresh clone)
-                tracked = next((f for f in init_dvc_files(self.init_from) if f.is_file()), None)
-                _fail(
-                    "train.init_from",
-                    f"{self.init_from}: no such file; "
-                    + (
-                        f"{tracked} tracks it: `dvc pull {self.init_from}` (or `dvc checkout` where the cache has it)"
-                        if tracked
-                        else f"copy a model file (models/<run>/model.pt) there and `dvc add {self.init_from}`"
-                    )
-                    + f" (see {INIT_DIR}/README.md)",
                 )
         if not known_device(self.device):
             _fail("train.device", f"unknown value {self.device!r}; valid choices: {', '.join(DEVICES)}, cuda:<index>")

@@ -199,7 +199,6 @@ BAD = [
     ("init-from-absolute", "train.init_from", "/tmp/init/a.pt", r"train\.init_from: '/tmp/init/a\.pt': give none or"),
     ("init-from-up-and-out", "train.init_from", "init/../a.pt", r"train\.init_from: 'init/\.\./a\.pt': give none"),
     ("init-from-the-folder", "train.init_from", "init", r"train\.init_from: 'init': give none or the path of a model"),
-    ("init-from-missing", "train.init_from", "init/absent.pt", r"train\.init_from: init/absent\.pt: no such file; "),
     ("init-from-empty", "train.init_from", "", r"train\.init_from: must be a non-empty string"),
     # torch.set_num_threads raised a ValueError traceback from 2**31 up, in the train stage after index and split
     ("threads-past-a-c-int", "train.threads", 2**31, r"train\.threads: must be in 1\.\.1024 .*, got 2147483648$"),
@@ -578,31 +577,41 @@ def test_a_bad_s_item_is_one_line(item, message):
 
 
 @pytest.mark.parametrize("value", ["none", "init/source.pt", "init/region/source.pt"])
-def test_init_from_is_none_or_a_file_inside_init(base, tmp_path, monkeypatch, value):
-    """Paths are taken from the project root, where DVC runs the stages."""
+def test_init_from_is_none_or_a_path_inside_init_whether_or_not_its_file_is_here(base, tmp_path, monkeypatch, value):
+    """Paths are taken from the project root, where DVC runs the stages. The file is not looked at here:
+    a fresh clone has only its .dvc file until `dvc repro --pull` reaches the train stage, and the check
+    stage and cluster/members.py, which validate every section, run before that."""
     monkeypatch.chdir(tmp_path)
-    if value != "none":
-        (tmp_path / value).parent.mkdir(parents=True)
-        (tmp_path / value).write_bytes(b"a model file")
     (train,) = load_sections(changed(base, "train.init_from", value), "train")
     assert train.init_from == value
     assert TrainConfig().init_from == "none"  # the default: a random init
 
 
-@pytest.mark.parametrize("tracked", ["no", "file", "folder"])
-def test_a_missing_init_from_file_is_told_how_to_get_it(base, tmp_path, monkeypatch, tracked):
-    """Tracked by DVC but not here (a fresh clone), by its own .dvc or its folder's (as the train stage
-    takes either): `dvc pull`, not `dvc add` of a file that is not there."""
+@pytest.mark.parametrize("tracked", ["no", "file", "folder", "a-folder-named"])
+def test_a_missing_init_from_file_is_told_how_to_get_it(tmp_path, monkeypatch, tracked):
+    """Where the file is read (the train stage, recipes/run.py): tracked by DVC but not here (a fresh
+    clone), by its own .dvc or its folder's (as the train stage takes either): `dvc pull`, not `dvc add`
+    of a file that is not there."""
+    from forestseg.checkpoint import read_init
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "init").mkdir()
+    if tracked == "a-folder-named":
+        (tmp_path / "init/models/source.pt").mkdir(parents=True)
+        with pytest.raises(
+            ForestsegError, match=r"^params\.yaml: train\.init_from: init/models/source\.pt: a folder; "
+        ):
+            read_init("init/models/source.pt", {})
+        return
     dvc = {"no": None, "file": "init/models/source.pt.dvc", "folder": "init/models.dvc"}[tracked]
     if dvc:
         Path(dvc).parent.mkdir(parents=True, exist_ok=True)
         Path(dvc).write_text("outs:\n- path: x\n")
-    with pytest.raises(ConfigError) as e:
-        load_sections(changed(base, "train.init_from", "init/models/source.pt"), "train")
+    with pytest.raises(ForestsegError) as e:
+        read_init("init/models/source.pt", {})
     advice = f"{dvc} tracks it: `dvc pull init/models/source.pt`" if dvc else "`dvc add init/models/source.pt`"
-    assert "train.init_from: init/models/source.pt: no such file; " in str(e.value) and advice in str(e.value)
+    assert str(e.value).startswith("params.yaml: train.init_from: init/models/source.pt: no such file; "), e.value
+    assert advice in str(e.value)
 
 
 def test_recipes_run_checks_init_from_in_the_project_root_from_any_folder(repo):

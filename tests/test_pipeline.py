@@ -295,3 +295,19 @@ def test_train_from_an_init_file_tracked_by_dvc_reruns_when_it_changes(repo: Pat
     sh(repo, "dvc", "add", "init/source.pt")
     assert ran(sh(repo, "dvc", "repro")) == {"train@bce-adam-0", "aggregate", "overlays"}
     assert "up to date" in sh(repo, "dvc", "status").stdout
+
+    # a collaborator's fresh clone has init/source.pt.dvc only; a params change reruns the check stage,
+    # which must not need the file that `dvc repro --pull` brings only for the train stage
+    sh(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "store"))
+    sh(repo, "dvc", "push", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "fine-tuning, pushed")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "init/source.pt").exists() and (clone / "init/source.pt.dvc").is_file()
+    set_params(clone, {"train": {"epochs": TINY["train"]["epochs"] + 1}})
+    pulled = sh(clone, "dvc", "repro", "--pull", check=False)
+    assert pulled.returncode == 0, pulled.stderr
+    assert {"check", "train@bce-adam-0"} <= ran(pulled) and "bce-adam-0: fine-tuning from init/source.pt" in (
+        pulled.stdout
+    )
