@@ -219,11 +219,7 @@ def read_init(path: str | Path, model: dict, pixel_size_m: float | None = None) 
     and whose pixel size (where it records one) must be the data's `pixel_size_m` (where given):
     its filters learned trees at that size."""
     init = Path(path)  # relative to the project root, where stages run
-    if init.is_dir():
-        raise ForestsegError(
-            f"params.yaml: train.init_from: {init}: a folder; name one model file in it (e.g. {INIT_DIR}/source.pt)"
-        )
-    if not init.is_file():
+    if not init.exists():
         tracked = next((f for f in init_dvc_files(init) if f.is_file()), None)  # tracked, not here: a fresh clone
         raise ForestsegError(
             f"params.yaml: train.init_from: {init}: no such file; "

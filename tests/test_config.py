@@ -596,10 +596,10 @@ def test_a_missing_init_from_file_is_told_how_to_get_it(tmp_path, monkeypatch, t
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "init").mkdir()
-    if tracked == "a-folder-named":
+    if tracked == "a-folder-named":  # read_model's own line, as for any file that is no model file
         (tmp_path / "init/models/source.pt").mkdir(parents=True)
         with pytest.raises(
-            ForestsegError, match=r"^params\.yaml: train\.init_from: init/models/source\.pt: a folder; "
+            ForestsegError, match=r"^params\.yaml: train\.init_from: init/models/source\.pt: is a folder; copy"
         ):
             read_init("init/models/source.pt", {})
         return
