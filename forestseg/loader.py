@@ -7,6 +7,7 @@ are stored NHWC, so the permuted batch is already channels_last in memory.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -83,11 +84,16 @@ class Normalizer:
             # a floor of 1 grey level: a flat tile (all water, all nodata) is not blown up into noise
             std = x.std((2, 3), keepdim=True).clamp_min(1.0)
         else:
-            # built on the host and sent without a wait (as every small host-to-device copy of a step: on CUDA
-            # a blocking copy stalls the host until the device has drained its queue)
-            mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device, non_blocking=True)
-            std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device, non_blocking=True)
+            mean, std = _channels(self.mean, x.dtype, x.device), _channels(self.std, x.dtype, x.device)
         return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _channels(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`values` as a (1, 3, 1, 1) tensor on `device`, made once: on CUDA a copy per forward pass from
+    pageable host memory would wait for the host's staging of it."""
+    with torch.inference_mode(False):  # made under predict's inference mode, it may serve training later
+        return torch.tensor(values, dtype=dtype).view(1, 3, 1, 1).to(device)
 
 
 def to_input(

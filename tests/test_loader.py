@@ -121,6 +121,19 @@ def test_normalizer_fit_gives_zero_mean_unit_std() -> None:
     assert per_channel.std(1, unbiased=False).tolist() == pytest.approx([1, 1, 1], abs=1e-5)
 
 
+def test_normalizer_first_used_in_inference_mode_serves_training_after() -> None:
+    """Its per-channel tensors are made once per device and dtype: one made under predict's inference
+    mode could not be saved for a backward pass later in the same process."""
+    norm = Normalizer((1.0, 2.0, 3.0), (2.0, 4.0, 8.0))
+    with torch.inference_mode():
+        norm(torch.zeros(1, 3, 2, 2))
+    x = torch.zeros(1, 3, 2, 2, requires_grad=True)
+    out = norm(x)
+    out.sum().backward()
+    assert out[0, :, 0, 0].tolist() == [-0.5, -0.5, -0.375]
+    assert x.grad[0, :, 0, 0].tolist() == [0.5, 0.25, 0.125]
+
+
 def test_normalizer_of_a_constant_channel_is_finite() -> None:
     images = torch.full((2, 4, 4, 3), 7, dtype=torch.uint8)
     norm = Normalizer.fit(images)
