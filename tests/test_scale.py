@@ -97,7 +97,10 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
         out.stdout,
     ), out.stdout
     task = sh(c, "bash", "cluster/worker.sh", "--task", "1", "2")
-    assert "train@bce-adam-1" in restored(task) and not MEMBERS & ran(task), task.stdout
+    # the same two ways: A's bce-adam-1 may round its seconds as the repo's own run did (then its lock
+    # entry's outputs are on the remote, and DVC pulls them)
+    pulled = "Pulling data for stage: 'train@bce-adam-1'" in task.stdout
+    assert ("train@bce-adam-1" in restored(task) or pulled) and not MEMBERS & ran(task), task.stdout
     out = sh(d, "bash", "cluster/coordinator.sh")
     assert not MEMBERS & ran(out), out.stdout
     counts = re.search(
@@ -107,7 +110,8 @@ def test_three_clones_share_one_grid_through_a_dvc_remote(repo: Path, tmp_path: 
         re.M,
     )
     assert counts and int(counts[1]) + int(counts[2]) == 2, out.stdout
-    assert "aggregate" in ran(out) and seeds_in_summary(d) == 2
+    # where both members' outputs are the lock's own, so are aggregate's: then it is pulled, not run
+    assert ("aggregate" in ran(out) or counts[2] == "2") and seeds_in_summary(d) == 2, out.stdout
     assert (d / "models/bce-adam-1/model.pt").is_file()  # outputs checked out from the remote
 
 
