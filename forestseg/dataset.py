@@ -615,8 +615,9 @@ def _kind(s: dict) -> str:
     text = s["reason"]
     for name, shown in ((s["image"], "<image>"), (s["mask"], "<mask>")):
         text = text.replace(name, shown) if name else text
-    # one kind whatever the sizes or values: "values up to 46003" and "up to 25186" are one reason
-    return re.sub(r"\d+", "<n>", text.split(" (")[0].split(":")[0])
+    # one kind whatever the sizes or values: "values up to 46003" and "up to 25186" are one reason;
+    # a quoted name stays as it is ('0/255', a mask convention)
+    return re.sub(r"'[^']*'|\d+", lambda m: m[0] if m[0][0] == "'" else "<n>", text.split(" (")[0].split(":")[0])
 
 
 def _reasons(skipped: list[dict]) -> collections.Counter:

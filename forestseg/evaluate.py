@@ -115,6 +115,8 @@ def evaluate_tiles(
             check_inverted=check_inverted,
             allow_no_forest=allow_no_forest,
         )
+        for note in report["notes"]:  # as the index says them: meta_data.csv found below `data`, extra columns
+            log(f"note: {note}")
         if report["skipped"]:
             first = report["skipped_pairs"][0]
             log(
@@ -404,10 +406,17 @@ def evaluate(
     if stale:
         log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")
     try:
-        find_source(data)
+        source, _ = find_source(data)
     except DataError:
+        source = None
+    if source != data:  # no meta_data.csv in `data` itself: labelled GeoTIFFs, or tiles found below it
         if (data / "images").is_dir() and (data / "masks").is_dir():
             pairs = raster_pairs(data)
+            if pairs and source is not None:  # `forestseg tile data -o data/tiles`: which one is meant?
+                raise ForestsegError(
+                    f"{data}: labelled GeoTIFFs (images/, masks/) and, below them, Kaggle-layout tiles in {source}: "
+                    f"give {source} to score the tiles, or move the tiles out of {data} to score the GeoTIFFs"
+                )
             if pairs:
                 from .geo import MapOptions
 
@@ -442,6 +451,7 @@ def evaluate(
                         f"({', '.join(alone[:3])}{' ...' if len(alone) > 3 else ''})"
                     )
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log, allow_no_forest)
+    if source is None:
         raise ForestsegError(
             f"{data}: neither a Kaggle-layout folder (meta_data.csv, images/, masks/) nor a folder "
             "of labelled GeoTIFFs (images/<name>.tif with masks/<name>.tif)"

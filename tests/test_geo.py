@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -1070,6 +1071,15 @@ def test_evaluate_notes_files_without_a_row_of_meta_data(checkpoint: Path, tmp_p
     out = tmp_path / "eval.json"
     assert cli("evaluate", str(checkpoint), str(data), "-o", str(out)) == 0
     assert "note: 6 image(s) in images/ have no row in meta_data.csv and are not scored" in capsys.readouterr().out
+    # the Kaggle zip's nesting: found below the folder given, and said, as the index says it
+    (tmp_path / "zip").mkdir()
+    data.rename(tmp_path / "zip/Forest Segmented")
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "zip"), "-o", str(out)) == 0
+    said = capsys.readouterr().out
+    assert (
+        f"note: meta_data.csv found in {tmp_path / 'zip/Forest Segmented'} (below DATA {tmp_path / 'zip'}, as the Kaggle zip unpacks)"
+        in said
+    ), said
     result = json.loads(out.read_text())
     assert (result["tiles"], result["skipped"]["unlisted_images"], result["skipped"]["unlisted_masks"]) == (2, 6, 6)
 
@@ -1105,6 +1115,15 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, caps
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
     assert "1 truth(s) without an image of their name left unscored (c.tif)" in capsys.readouterr().out
     (tmp_path / "data/masks/c.tif").unlink()
+    # tiles cut from these GeoTIFFs into a folder inside them: not scored in their place without a word
+    make_set(tmp_path / "data/tiles", scenes=1, grid=2, tile_size=64)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: {tmp_path / 'data'}: labelled GeoTIFFs (images/, masks/) and, below them, Kaggle-layout tiles in "
+        f"{tmp_path / 'data/tiles'}: give {tmp_path / 'data/tiles'} to score the tiles"
+    ), err
+    shutil.rmtree(tmp_path / "data/tiles")
     # forest coded by any non-zero value, as `forestseg tile` reads it: -1 in a signed truth too
     write_raster(tmp_path / "data/masks/a.tif", -np.ones(mask.shape, np.int16), nodata=None)
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "neg.json")) == 0

@@ -504,6 +504,8 @@ def test_one_odd_mask_is_skipped_with_its_values_not_the_set(kaggle_like, tmp_pa
     assert skipped["mask"] == name
     assert skipped["reason"].startswith("mask does not fit data.masks '0/255': not a 0/255 mask, values found: ")
     assert "128" in skipped["reason"]
+    # its kind keeps the convention's name: the numbers of a quoted name are not sizes or values
+    assert report["skipped_by_reason"] == {"mask does not fit data.masks '0/255'": 1}
 
 
 def test_report_states_convention_and_values(kaggle_like, tmp_path):
