@@ -110,19 +110,37 @@ def pair_problem(image: str, mask: str) -> str | None:
     return None
 
 
-def _check_not_inverted(root: Path, masks: str, light: dict[str, np.ndarray]) -> None:
-    """Stop when forest is brighter than the rest in most scenes: masks that code the background as forest."""
-    sums = [v for v in light.values() if min(v[1], v[3]) >= INVERTED_COVER * (v[1] + v[3])]
-    brighter = sum(f / nf > o / no + INVERTED_MARGIN for f, nf, o, no in sums)
-    if brighter < 3 or brighter < INVERTED_SHARE * len(sums):
-        return
-    f, nf, o, no = np.sum(sums, axis=0)
+def _check_not_inverted(root: Path, masks: str, forest: tuple, light: dict[str, np.ndarray]) -> list[str]:
+    """Stop when forest is brighter than the rest in most scenes: masks that code the background as forest.
+    Fewer such scenes may be imagery (bright crowns, dark fields) or a few inverted masks: a note names them."""
+    sums = {scene: v for scene, v in light.items() if min(v[1], v[3]) >= INVERTED_COVER * (v[1] + v[3])}
+    brighter = sorted(scene for scene, (f, nf, o, no) in sums.items() if f / nf > o / no + INVERTED_MARGIN)
+    if brighter and (len(brighter) < 3 or len(brighter) < INVERTED_SHARE * len(sums)):
+        return [
+            f"forest (read with data.masks {masks!r}) is brighter than the rest in {len(brighter)} of {len(sums)} "
+            f"scenes ({', '.join(brighter[:5])}{' ...' if len(brighter) > 5 else ''}), where a photo's forest "
+            "canopy is darker than fields, roads and roofs: look at their masks (inverted ones train the "
+            "background as forest); bright crowns over dark fields are imagery, and can stay"
+        ]
+    if not brighter:
+        return []
+    f, nf, o, no = np.sum(list(sums.values()), axis=0)
     raise DataError(
-        f"{root}/masks: forest (read with data.masks {masks!r}) is brighter than the rest in {brighter} of "
+        f"{root}/masks: forest (read with data.masks {masks!r}) is brighter than the rest in {len(brighter)} of "
         f"{len(sums)} scenes (mean grey {f / nf:.0f} against {o / no:.0f}), where a photo's forest canopy is darker "
-        "than fields, roads and roofs: are the masks inverted? invert them (255 - value; lossless ones can be "
-        "read as they are: set data.masks: classes and data.forest: [0]); if forest is brighter in this imagery "
+        f"than fields, roads and roofs: {_inverted_fix(masks, forest)}; if forest is brighter in this imagery "
         "(near-infrared false colour), set data.check_inverted: false"
+    )
+
+
+def _inverted_fix(masks: str, forest: tuple) -> str:
+    """What to do where forest, as `masks` and `forest` read the masks, looks like the background."""
+    if masks in ("classes", "colors"):  # the masks name their classes: data.forest picked the wrong one
+        return f"does data.forest ({list(forest)}) name the background? set it to the forest's value(s)"
+    top = 1 if masks == "0/1" else 255
+    return (
+        f"are the masks inverted? invert them ({top} - value; lossless ones can be read as they are: "
+        "set data.masks: classes and data.forest: [0])"
     )
 
 
@@ -574,7 +592,7 @@ def build_index(
                 allow_no_forest,
             )
             if check_inverted:
-                _check_not_inverted(root, masks, light)
+                notes += _check_not_inverted(root, masks, forest, light)
             _cut(msk_tmp, packed_masks, len(kept))
         _cut(img_tmp, images, len(kept))
 

@@ -8,8 +8,9 @@ RGB colours that are forest where the convention needs them.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -25,6 +26,7 @@ FAR_LOW_SHARE = 0.01  # share of LOW pixels in blocks without any >= 128 a 0/255
 FLAT_LOW_SHARE = 0.005
 FLAT_LOW_SHARE_RESAMPLED = 0.02
 LOW_TO_HIGH = 1.0  # over a set, more LOW pixels than pixels at 224-255: class ids, not 0/255 (the sample: 0.01)
+EXACT_COLOURS = 8  # a colour mask's commonest exact colours kept for messages (a class's colour among them)
 COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel to a declared colour
 # A JPEG colour mask's forest is within COLOR_TOLERANCE of a declared colour, unless more than this
 # share of it (and 1 % of the mask) lies over half the tolerance away inside a region of such pixels
@@ -82,27 +84,40 @@ def _grey_text(counts: np.ndarray, top: int = 4) -> str:
     )
 
 
-def _colour_text(counts: np.ndarray, top: int = 4) -> str:
+def _colour_text(counts: np.ndarray, exact: collections.Counter | None = None, top: int = 4) -> str:
+    """The `top` colour bins by pixels, each as the exact colour seen most in it (what data.forest
+    takes), or as the bin's rounded colour with a '~' where none was kept."""
     order = np.argsort(counts)[::-1][:top]
-    return ", ".join(
-        f"({', '.join(str(255 if c == 7 else c * 32) for c in np.unravel_index(i, (8, 8, 8)))}) "
-        f"({_share(counts[i] / counts.sum())})"
-        for i in order
-        if counts[i]
-    )
+    return ", ".join(f"{_bin_colour(i, exact or {})} ({_share(counts[i] / counts.sum())})" for i in order if counts[i])
 
 
-def _colour_bins(mask: np.ndarray) -> np.ndarray:
-    q = (mask.reshape(-1, 3).astype(np.int32) + 16) // 32  # JPEG noise binned; 0..8
-    q = np.minimum(q, 7)  # the top bin, 208-255, is shown as 255
-    return np.bincount(q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2], minlength=512)
+def _bin_colour(i: int, exact: Mapping[int, int]) -> str:
+    inside = [(n, c) for c, n in exact.items() if _bin_of(c >> 16, (c >> 8) & 255, c & 255) == i]
+    if inside:
+        c = max(inside)[1]
+        return f"({c >> 16}, {(c >> 8) & 255}, {c & 255})"
+    return "~(" + ", ".join(str(255 if c == 7 else c * 32) for c in np.unravel_index(i, (8, 8, 8))) + ")"
 
 
-def summarize(mask: np.ndarray) -> tuple[bool, np.ndarray]:
-    """(grey?, value counts): 256 grey-level counts, or 512 binned-colour counts, of one mask."""
+def _bin_of(r, g, b):
+    """The colour bin (of 8 x 8 x 8) of a colour; arrays of colours alike."""
+    r, g, b = (np.minimum((np.asarray(v, np.int32) + 16) // 32, 7) for v in (r, g, b))  # JPEG noise binned
+    return r * 64 + g * 8 + b  # the top bin, 208-255, is shown as 255
+
+
+def summarize(mask: np.ndarray) -> tuple:
+    """(grey?, value counts[, exact colours]): 256 grey-level counts; or 512 binned-colour counts and the
+    mask's most common exact colours (packed 0xRRGGBB: count), to show colours data.forest can take."""
     if is_grey(mask):
         return True, np.bincount(grey_of(mask).ravel(), minlength=256)
-    return False, _colour_bins(mask)
+    rgb = mask.reshape(-1, 3).astype(np.int32)
+    values, n = np.unique(rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2], return_counts=True)
+    top = np.argsort(n)[::-1][:EXACT_COLOURS]
+    return (
+        False,
+        np.bincount(_bin_of(rgb[:, 0], rgb[:, 1], rgb[:, 2]), minlength=512),
+        dict(zip(values[top].tolist(), n[top].tolist())),
+    )
 
 
 def mid_share(counts: np.ndarray) -> float:
@@ -112,8 +127,8 @@ def mid_share(counts: np.ndarray) -> float:
 
 def describe(mask: np.ndarray) -> str:
     """The most common values (grey) or colours (RGB) of a mask with their shares, e.g. '0 (60%), 255 (40%)'."""
-    grey, counts = summarize(mask)
-    return _grey_text(counts) if grey else "colours " + _colour_text(counts)
+    grey, counts, *exact = summarize(mask)
+    return _grey_text(counts) if grey else "colours " + _colour_text(counts, collections.Counter(*exact))
 
 
 @dataclass
@@ -122,14 +137,15 @@ class Stats:
 
     grey: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     colour: np.ndarray = field(default_factory=lambda: np.zeros(512, np.int64))
+    exact: collections.Counter = field(default_factory=collections.Counter)  # each colour mask's commonest colours
     grey_masks: int = 0
     colour_masks: int = 0
     jpeg_masks: int = 0
     midtone_masks: int = 0  # grey masks with more mid-greys than a 0/255 mask holds
     resampled_masks: int = 0  # masks that did not fit but would as resampled ones
 
-    def add_summary(self, summary: tuple[bool, np.ndarray], jpeg: bool = False, resampled: bool = False) -> None:
-        grey, counts = summary
+    def add_summary(self, summary: tuple, jpeg: bool = False, resampled: bool = False) -> None:
+        grey, counts, *exact = summary
         self.jpeg_masks += jpeg
         self.resampled_masks += resampled
         if grey:
@@ -139,13 +155,14 @@ class Stats:
         else:
             self.colour += counts
             self.colour_masks += 1
+            self.exact.update(*exact)
 
     def found(self) -> str:
         parts = []
         if self.grey_masks:
             parts.append(f"{self.grey_masks} grey mask(s): {_grey_text(self.grey)}")
         if self.colour_masks:
-            parts.append(f"{self.colour_masks} colour mask(s): {_colour_text(self.colour)}")
+            parts.append(f"{self.colour_masks} colour mask(s): {_colour_text(self.colour, self.exact)}")
         return "; ".join(parts) or "no mask decoded"
 
     def low_to_high(self) -> float:
@@ -194,11 +211,13 @@ class Stats:
             )
         if guess == current:
             return "check data.masks and data.forest against the values found"
-        if guess in ("0/255", "resampled") and current == "classes" and forest and max(forest) < 128:
-            # forest declared dark: as 0/255 they would read inverted, forest as not forest
+        found = [v for v in forest if isinstance(v, int) and 0 <= v < 256 and self.grey[v]]
+        if guess in ("0/255", "resampled") and current == "classes" and found and max(found) < 128:
+            # forest declared dark, and dark values there: as 0/255 they would read inverted, forest as not forest
             return (
                 f"they look like {guess} masks, where forest is >= 128, but data.forest says forest is "
-                f"{list(forest)}: invert them first (255 - value, saved lossless), then set data.masks: '{guess}'"
+                f"{list(forest)}: if forest is white in them, set data.masks: '{guess}'; if it is black (inverted "
+                f"masks), invert them first (255 - value, saved lossless), then set data.masks: '{guess}'"
             )
         return {
             "colors": "if they are colour-coded classes, set data.masks: colors and data.forest: [[r, g, b]] "
@@ -316,9 +335,9 @@ def looks_resampled(grey: np.ndarray) -> bool:
     return resampled_problem(grey) is None
 
 
-def misfit_reads_as_resampled(mask: np.ndarray, summary: tuple[bool, np.ndarray]) -> bool:
+def misfit_reads_as_resampled(mask: np.ndarray, summary: tuple) -> bool:
     """Whether a mask that did not fit its convention has a resized 0/255 mask's mid-grey edges (advice)."""
-    grey, counts = summary
+    grey, counts, *_ = summary
     return grey and mid_share(counts) > AMBIGUOUS_SHARE and looks_resampled(grey_of(mask))
 
 

@@ -137,6 +137,11 @@ def kaggle_like(tmp_path: Path) -> Path:
 def test_inverted_masks_that_fit_their_convention_stop(kaggle_like, tmp_path):
     """Lossless 0/255 masks with forest 0 fit '0/255' as well: every scene's "forest" (the fields and
     roads) was brighter than the rest, and the set trained on the background, exit 0."""
+    # lossless masks as they are, with data.forest naming their background: not "invert them", nor a
+    # circle back to the setting given
+    rewrite(kaggle_like, lambda truth: np.where(truth, 255, 0).astype(np.uint8))
+    with pytest.raises(DataError, match=r"does data\.forest \(\[0\]\) name the background\? set it to the forest"):
+        index(kaggle_like, tmp_path / "x", "classes", (0,))
     t = rewrite(kaggle_like, lambda truth: np.where(truth, 0, 255).astype(np.uint8))
     with pytest.raises(
         DataError,
@@ -166,8 +171,16 @@ def test_some_scenes_inverted_stop_only_past_the_share(tmp_path, scenes, inverte
     if stops:
         with pytest.raises(DataError, match=rf"brighter than the rest in {inverted} of {scenes} scenes"):
             index(root, tmp_path / "a")
-    else:
-        assert index(root, tmp_path / "a")[1]["valid"] == 4 * scenes
+    else:  # not silently: the scenes are named
+        report = index(root, tmp_path / "a")[1]
+        assert report["valid"] == 4 * scenes
+        assert any(
+            n.startswith(
+                f"forest (read with data.masks '0/255') is brighter than the rest in {inverted} of {scenes} "
+                f"scenes ({', '.join(flipped)}), where"
+            )
+            for n in report["notes"]
+        ), report["notes"]
 
 
 def test_0_1_masks_train_the_same_targets_as_0_255(kaggle_like, tmp_path):
@@ -321,9 +334,12 @@ def test_far_low_share_counts_low_values_away_from_any_high_one():
         (
             {0: 600, 255: 400},
             ("classes", (0,)),
-            "invert them first (255 - value, saved lossless), then set data.masks: '0/255'",
+            "if forest is white in them, set data.masks: '0/255'; if it is black (inverted masks), invert them "
+            "first (255 - value, saved lossless), then set data.masks: '0/255'",
         ),
         ({0: 600, 255: 400}, ("classes", (255,)), "they look like 0/255 masks: set data.masks: '0/255'"),
+        # forest declared 1, a value these masks do not hold: not inverted, only another convention
+        ({0: 600, 255: 400}, ("classes", (1,)), "they look like 0/255 masks: set data.masks: '0/255'"),
     ],
 )
 def test_the_advice_names_a_convention_the_values_fit(values, current, advice):
@@ -471,6 +487,18 @@ def test_colour_masks_under_the_default_stop(kaggle_like, tmp_path):
         r"'0/255': colour-coded mask.*set data\.masks: colors and data\.forest",
     ):
         index(kaggle_like, tmp_path)
+
+
+def test_colours_are_named_as_the_masks_hold_them_so_data_forest_can_take_them(kaggle_like, tmp_path):
+    """Forest (34, 139, 34), off the 32-level bins the set is summarised in: the messages name it exactly
+    (they named the bin's (32, 128, 32), which data.forest then found nowhere)."""
+    t = rewrite(kaggle_like, lambda truth: np.where(truth[..., None], [34, 139, 34], [250, 250, 20]).astype(np.uint8))
+    with pytest.raises(DataError, match=r"colours \(34, 139, 34\) \(\d+%\)") as e:
+        index(kaggle_like, tmp_path / "a")
+    assert "(250, 250, 20)" in str(e.value) and "(32, 128, 32)" not in str(e.value)
+    idx, report, packed = index(kaggle_like, tmp_path / "b", "colors", ((34, 139, 34),))
+    assert_packed_is_truth(idx, packed, t)
+    assert "(34, 139, 34)" in report["mask_values"] and "(250, 250, 20)" in report["mask_values"]
 
 
 def test_grey_masks_declared_as_colours_stop(kaggle_like, tmp_path):
