@@ -24,10 +24,11 @@ require_tools() {  # $1: who is asking; checked before any other step, each of w
 
 require_committed() {  # $1: who is asking, for the error line
   local changed
-  # init/ is a dep of train: a file added there (even one git would not commit yet) changes every member
+  # init/ is a dep of train: a file added there (even one git would not commit yet) changes every member;
+  # a new .dvc file (`dvc add data/<set>`) is data the workers' clones would not have
   changed=$( {
-    git status --porcelain --untracked-files=no -- params.yaml dvc.yaml forestseg stages .dvc/config ':(glob)**/*.dvc'
-    git status --porcelain --untracked-files=all -- init
+    git status --porcelain --untracked-files=no -- params.yaml dvc.yaml forestseg stages .dvc/config
+    git status --porcelain --untracked-files=all -- init ':(glob)**/*.dvc'
   } | cut -c4- | sort -u | tr '\n' ' ')
   if [ -n "$changed" ]; then
     echo "error: $1: ${changed}differ from the last commit, which the workers train; commit (and push) them first, or git stash them" >&2

@@ -370,13 +370,17 @@ def test_a_slurm_task_trains_its_place_of_the_array(
     assert not list(tmp_path.glob("forestseg-7-*"))
 
 
-@pytest.mark.parametrize("change", ["a file added to init/", ".dvc/config edited"])
+@pytest.mark.parametrize("change", ["a file added to init/", "a new .dvc file", ".dvc/config edited"])
 def test_a_worker_refuses_an_init_file_or_dvc_config_the_commit_does_not_have(repo: Path, change: str) -> None:
     set_params(repo, GRID)
     commit(repo, "tiny grid")
     if change == "a file added to init/":
         (repo / "init/notes.txt").write_text("mine")  # init/ is a dep of train: every member would differ
         named = "init/notes.txt"
+    elif change == "a new .dvc file":  # `dvc add data/region`, not committed: the clones lack that data
+        (repo / "data").mkdir(exist_ok=True)
+        (repo / "data/region.dvc").write_text("outs:\n- path: region\n")
+        named = "data/region.dvc"
     else:
         sh(repo, "dvc", "remote", "add", "-d", "other", "/elsewhere")
         named = ".dvc/config"
@@ -390,6 +394,8 @@ def test_a_worker_refuses_an_init_file_or_dvc_config_the_commit_does_not_have(re
     [
         (None, ("0", "0", "3", "1", "4"), "error: FORESTSEG_REV=: export the commit's full hash before sbatch"),
         ("main", ("0", "0", "3", "1", "4"), "error: FORESTSEG_REV=main: export the commit's full hash before sbatch"),
+        # a commit never pushed to FORESTSEG_REPO: one line, not git's "reference is not a tree"
+        ("0123456789abcdef0123456789abcdef01234567", ("0", "0", "3", "1", "4"), "error: FORESTSEG_REV=0123456789"),
         ("HEAD", ("3", "0", "6", "2", "4"), "error: task 3: the array (ids 0..6, step 2, 4 task(s)) is a list"),
         # --array=1,3 (Slurm: step 1) and --array=2, both reruns of tasks of an earlier array
         ("HEAD", ("3", "1", "3", "1", "2"), "error: task 3: the array (ids 1..3, step 1, 2 task(s)) is a list"),
@@ -424,4 +430,5 @@ def test_a_slurm_task_needs_one_commit_and_its_place_on_the_array(
         env["FORESTSEG_REV"] = sh(repo, "git", "rev-parse", "HEAD").stdout.strip() if rev == "HEAD" else rev
     out = subprocess.run(["bash", "cluster/slurm.sbatch"], cwd=repo, env=env, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith(says), out.stderr
+    assert "\n" not in out.stderr.strip(), out.stderr  # one line
     assert not list(tmp_path.glob("forestseg-7-*"))  # the task's clone is removed, failed or not
