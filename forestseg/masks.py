@@ -343,6 +343,8 @@ def misfit_reads_as_resampled(mask: np.ndarray, summary: tuple) -> bool:
 
 def _binary255(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
     grey = _grey(mask)
+    if not jpeg and grey.max() == 1:  # lossless 0s and 1s: a 0/1 mask, however few its 1s (no noise to excuse)
+        raise MaskMismatch(f"not a 0/255 mask (lossless, 0s and 1s only: a 0/1 mask), values found: {describe(mask)}")
     mid = mid_share(np.bincount(grey.ravel(), minlength=256)) > AMBIGUOUS_SHARE
     far = far_low_share(grey) > FAR_LOW_SHARE
     # 0/1 or class ids would read as background; the 1s beside 255s for "no label" too, only flat

@@ -197,8 +197,8 @@ def test_0_1_masks_under_the_default_stop_and_say_which_param(kaggle_like, tmp_p
     rewrite(kaggle_like, as_01)
     with pytest.raises(
         DataError,
-        match=r"data\.masks is '0/255', but 16 of 16 masks do not fit it \(e\.g\. .*not a 0/255 mask, values found: "
-        r"[01] \(\d+%\), [01] \(\d+%\); .* in 1-31\); they look like 0/1 masks: set data\.masks: '0/1'",
+        match=r"data\.masks is '0/255', but 16 of 16 masks do not fit it \(e\.g\. .*not a 0/255 mask \(lossless, 0s and 1s only: "
+        r"a 0/1 mask\), values found: [01] \(\d+%\), [01] \(\d+%\); .* in 1-31\); they look like 0/1 masks: set data\.masks: '0/1'",
     ):
         index(kaggle_like, tmp_path)
 
@@ -302,6 +302,17 @@ def test_a_jpeg_mask_upsampled_4x_reads_as_resampled(seed):
     with Image.open(buffer) as im:
         up = np.asarray(im.resize((512, 512), Image.BILINEAR))
     assert forest_of(up, "resampled").mean() == pytest.approx(blob.mean(), abs=0.01)
+
+
+def test_a_lossless_0_1_mask_with_few_1s_is_no_0_255_mask():
+    """Its 1s fall within 0/255's tolerance for JPEG noise near 0 (under 1 % away from any 255): read as
+    all background, a mixed set's sparse 0/1 mask lost its forest without being counted."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:5, :5] = 1  # 0.6 % forest
+    with pytest.raises(MaskMismatch, match=r"not a 0/255 mask \(lossless, 0s and 1s only: a 0/1 mask\)"):
+        forest_of(mask, "0/255")
+    assert forest_of(mask, "0/1").sum() == 25
+    assert not forest_of(np.zeros((64, 64), np.uint8), "0/255").any()  # all background: either convention
 
 
 def test_far_low_share_counts_low_values_away_from_any_high_one():
