@@ -197,6 +197,16 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
 
 def _no_meta(meta: Path) -> str:
     what = "a folder, not a CSV file" if meta.is_dir() else "missing"
+    root = meta.parent
+    # what `forestseg tile` cuts: images/ + masks/ of large scenes, or DeepGlobe's flat <id>_sat.jpg
+    if not meta.exists() and (
+        ((root / "images").is_dir() and (root / "masks").is_dir()) or any(root.glob("[0-9]*_sat.*"))
+    ):
+        return (
+            f"{meta}: missing, and {root} holds scenes to cut into tiles (images/ with masks/, or DeepGlobe's "
+            f"<id>_sat.jpg): cut them with `forestseg tile {root} -o <new folder>` (README: Real data, Large "
+            "scenes), then set data.source to that folder"
+        )
     return f"{meta}: {what}; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}"
 
 
@@ -622,10 +632,12 @@ def build_index(
 
 
 def _unlisted(folder: Path, listed: set[str]) -> list[str]:
-    """Files of `folder` that no row of meta_data.csv names (hidden files aside), sorted."""
+    """Files of `folder` that no row of meta_data.csv names (hidden files and subfolders aside), sorted."""
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.glob("*") if p.name not in listed and not p.name.startswith("."))
+    return sorted(
+        p.name for p in folder.glob("*") if p.name not in listed and not p.name.startswith(".") and not p.is_dir()
+    )
 
 
 def _kind(s: dict) -> str:

@@ -366,9 +366,10 @@ def test_tif_tiles_are_indexed(tiny_set, tmp_path):
     assert report["valid"] == ROWS and tif_image in set(index["image"])
 
 
-def test_hidden_files_in_images_are_not_unlisted_images(tiny_set, tmp_path):
+def test_hidden_files_and_subfolders_in_images_are_not_unlisted_images(tiny_set, tmp_path):
     for name in (".DS_Store", "._1_sat_00.jpg"):
         (tiny_set / "images" / name).write_bytes(b"\x00\x05\x16\x07")
+    (tiny_set / "images" / "thumbnails").mkdir()
     _, report = build(tiny_set, tmp_path / "out")
     assert report["unlisted_images"] == 0
 
@@ -1086,6 +1087,25 @@ def test_two_candidate_folders_below_the_source_stop(tiny_set, tmp_path):
     shutil.copytree(tiny_set, parent / "b")
     with pytest.raises(DataError, match=r"no meta_data.csv, but 2 folders below it have one .*set data.source"):
         build(parent, tmp_path / "out")
+
+
+@pytest.mark.parametrize("layout", ["images-and-masks", "deepglobe"])
+def test_scenes_to_cut_as_data_source_are_told_to_tile_not_to_download_kaggle(tiny_set, tmp_path, layout):
+    """Large scenes (images/ + masks/ without meta_data.csv, or DeepGlobe's flat <id>_sat.jpg) are what
+    `forestseg tile` cuts: that is the advice, not the Kaggle download."""
+    import shutil
+
+    root = tmp_path / "scenes"
+    if layout == "images-and-masks":
+        shutil.copytree(tiny_set, root)
+        (root / "meta_data.csv").unlink()
+    else:
+        root.mkdir()
+        (root / "100_sat.jpg").write_bytes((tiny_set / "images" / rows_of(tiny_set)[0][0]).read_bytes())
+    with pytest.raises(DataError) as e:
+        build(root, tmp_path / "out")
+    assert str(e.value).startswith(f"{root / 'meta_data.csv'}: missing, and {root} holds scenes to cut into tiles")
+    assert f"forestseg tile {root} -o <new folder>" in str(e.value) and "kaggle" not in str(e.value).lower()
 
 
 # --- faults --------------------------------------------------------------------------------------
