@@ -136,7 +136,10 @@ def _check_not_inverted(root: Path, masks: str, forest: tuple, light: dict[str, 
 def _inverted_fix(masks: str, forest: tuple) -> str:
     """What to do where forest, as `masks` and `forest` read the masks, looks like the background."""
     if masks in ("classes", "colors"):  # the masks name their classes: data.forest picked the wrong one
-        return f"does data.forest ({list(forest)}) name the background? set it to the forest's value(s)"
+        named = [list(v) if isinstance(v, tuple) else v for v in forest]  # as params.yaml writes it: [[r, g, b]]
+        return f"does data.forest ({named}) name the background? set it to the forest's value(s)"
+    if masks == "resampled":  # hundreds of grey levels: no class ids to name
+        return "are the masks inverted? invert them (255 - value, saved lossless)"
     top = 1 if masks == "0/1" else 255
     return (
         f"are the masks inverted? invert them ({top} - value; lossless ones can be read as they are: "
@@ -179,7 +182,7 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
         raise DataError(f"data folder {str(root)!r} does not exist. {GET_DATA}")
     if (root / "meta_data.csv").exists():
         return root, []
-    found = sorted({p.parent for depth in (1, 2, 3) for p in root.glob("*/" * depth + "meta_data.csv")})
+    found = kaggle_folders_below(root)
     if len(found) == 1:
         return found[0], [f"meta_data.csv found in {found[0]} (below data.source {root}, as the Kaggle zip unpacks)"]
     if len(found) > 1:
@@ -195,13 +198,27 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
     raise DataError(_no_meta(root / "meta_data.csv"))
 
 
+def kaggle_folders_below(root: Path) -> list[Path]:
+    """The folders 1-3 levels below `root` that hold a meta_data.csv (the Kaggle zip nests two)."""
+    return sorted({p.parent for depth in (1, 2, 3) for p in root.glob("*/" * depth + "meta_data.csv")})
+
+
 def _no_meta(meta: Path) -> str:
     what = "a folder, not a CSV file" if meta.is_dir() else "missing"
     root = meta.parent
+    if meta.is_symlink() and not meta.exists():  # DVC's symlink cache after `dvc gc`, say
+        return f"{meta}: a symlink to no file ({os.readlink(meta)}); restore it (dvc checkout, or dvc pull)"
+    tiles = (root / "images").is_dir() and any(tile_of(p.name) for p in (root / "images").iterdir())
+    if not meta.exists() and tiles and (root / "masks").is_dir():
+        return (
+            f"{meta}: missing from a folder of Kaggle-named tiles ({root / 'images'}): restore it, or write it "
+            "with the columns image,mask, one row per pair (README: Real data)"
+        )
     # what `forestseg tile` cuts: images/ + masks/ of large scenes, or DeepGlobe's flat <id>_sat.jpg
-    if not meta.exists() and (
-        ((root / "images").is_dir() and (root / "masks").is_dir()) or any(root.glob("[0-9]*_sat.*"))
-    ):
+    from .tiles import DEEPGLOBE  # an error's advice only: the index itself never reads DeepGlobe's layout
+
+    deepglobe = any((m := DEEPGLOBE.match(p.stem)) and m["part"] == "sat" for p in root.iterdir())
+    if not meta.exists() and (((root / "images").is_dir() and (root / "masks").is_dir()) or deepglobe):
         return (
             f"{meta}: missing, and {root} holds scenes to cut into tiles (images/ with masks/, or DeepGlobe's "
             f"<id>_sat.jpg): cut them with `forestseg tile {root} -o <new folder>` (README: Real data, Large "

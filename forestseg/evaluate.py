@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import DataConfig
-from .dataset import DataError, build_index, find_source
+from .dataset import DataError, build_index, find_source, kaggle_folders_below
 from .errors import ForestsegError
 from .io import remove_stale_temps, temp_prefix
 from .metrics import scores
@@ -412,10 +412,12 @@ def evaluate(
     if source != data:  # no meta_data.csv in `data` itself: labelled GeoTIFFs, or tiles found below it
         if (data / "images").is_dir() and (data / "masks").is_dir():
             pairs = raster_pairs(data)
-            if pairs and source is not None:  # `forestseg tile data -o data/tiles`: which one is meant?
+            below = [source] if source is not None else kaggle_folders_below(data)  # two: find_source refused
+            if pairs and below:  # `forestseg tile data -o data/tiles`: which one is meant?
+                where = ", ".join(str(b) for b in below[:3]) + (" ..." if len(below) > 3 else "")
                 raise ForestsegError(
-                    f"{data}: labelled GeoTIFFs (images/, masks/) and, below them, Kaggle-layout tiles in {source}: "
-                    f"give {source} to score the tiles, or move the tiles out of {data} to score the GeoTIFFs"
+                    f"{data}: labelled GeoTIFFs (images/, masks/) and, below them, Kaggle-layout tiles in {where}: "
+                    f"give {below[0]} to score the tiles, or move the tiles out of {data} to score the GeoTIFFs"
                 )
             if pairs:
                 from .geo import MapOptions

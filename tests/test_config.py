@@ -587,7 +587,7 @@ def test_init_from_is_none_or_a_path_inside_init_whether_or_not_its_file_is_here
     assert TrainConfig().init_from == "none"  # the default: a random init
 
 
-@pytest.mark.parametrize("tracked", ["no", "file", "folder", "a-folder-named"])
+@pytest.mark.parametrize("tracked", ["no", "file", "folder", "grandparent", "a-folder-named"])
 def test_a_missing_init_from_file_is_told_how_to_get_it(tmp_path, monkeypatch, tracked):
     """Where the file is read (the train stage, recipes/run.py): tracked by DVC but not here (a fresh
     clone), by its own .dvc or its folder's (as the train stage takes either): `dvc pull`, not `dvc add`
@@ -602,6 +602,14 @@ def test_a_missing_init_from_file_is_told_how_to_get_it(tmp_path, monkeypatch, t
             ForestsegError, match=r"^params\.yaml: train\.init_from: init/models/source\.pt: is a folder; copy"
         ):
             read_init("init/models/source.pt", {})
+        return
+    if tracked == "grandparent":  # a folder two levels above the file, inside init/
+        Path("init/models/a/b").mkdir(parents=True)
+        Path("init/models/a.dvc").write_text("outs:\n- path: a\n")
+        with pytest.raises(
+            ForestsegError, match=r"init/models/a\.dvc tracks it: `dvc pull init/models/a/b/source\.pt`"
+        ):
+            read_init("init/models/a/b/source.pt", {})
         return
     dvc = {"no": None, "file": "init/models/source.pt.dvc", "folder": "init/models.dvc"}[tracked]
     if dvc:

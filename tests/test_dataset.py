@@ -1093,19 +1093,47 @@ def test_two_candidate_folders_below_the_source_stop(tiny_set, tmp_path):
 def test_scenes_to_cut_as_data_source_are_told_to_tile_not_to_download_kaggle(tiny_set, tmp_path, layout):
     """Large scenes (images/ + masks/ without meta_data.csv, or DeepGlobe's flat <id>_sat.jpg) are what
     `forestseg tile` cuts: that is the advice, not the Kaggle download."""
-    import shutil
-
     root = tmp_path / "scenes"
+    photo = (tiny_set / "images" / rows_of(tiny_set)[0][0]).read_bytes()
     if layout == "images-and-masks":
-        shutil.copytree(tiny_set, root)
-        (root / "meta_data.csv").unlink()
+        for folder in ("images", "masks"):
+            (root / folder).mkdir(parents=True)
+            (root / folder / "region_a.jpg").write_bytes(photo)
     else:
         root.mkdir()
-        (root / "100_sat.jpg").write_bytes((tiny_set / "images" / rows_of(tiny_set)[0][0]).read_bytes())
+        (root / "100_sat.jpg").write_bytes(photo)
     with pytest.raises(DataError) as e:
         build(root, tmp_path / "out")
     assert str(e.value).startswith(f"{root / 'meta_data.csv'}: missing, and {root} holds scenes to cut into tiles")
     assert f"forestseg tile {root} -o <new folder>" in str(e.value) and "kaggle" not in str(e.value).lower()
+
+
+@pytest.mark.parametrize("case", ["tiles-without-csv", "csv-link-to-nothing", "images-only", "region-named-sat"])
+def test_a_missing_meta_data_csv_is_told_what_fits_the_folder(tiny_set, tmp_path, case):
+    """Kaggle-named tiles that lost their CSV are no scenes to cut; a symlink left by DVC's cache is restored;
+    a folder with neither masks nor DeepGlobe's <id>_sat names gets the download advice."""
+    import shutil
+
+    root = tmp_path / "set"
+    shutil.copytree(tiny_set, root)
+    (root / "meta_data.csv").unlink()
+    if case == "csv-link-to-nothing":
+        (root / "meta_data.csv").symlink_to(tmp_path / "gone.csv")
+    elif case == "images-only":
+        shutil.rmtree(root / "masks")
+    elif case == "region-named-sat":  # 2020_region_sat.tif: not DeepGlobe's <id>_sat, which tile cuts
+        shutil.rmtree(root / "masks")
+        shutil.rmtree(root / "images")
+        (root / "2020_region_sat.tif").write_bytes(b"II*\x00")
+    with pytest.raises(DataError) as e:
+        build(root, tmp_path / "out")
+    says = {
+        "tiles-without-csv": f"{root / 'meta_data.csv'}: missing from a folder of Kaggle-named tiles",
+        "csv-link-to-nothing": f"{root / 'meta_data.csv'}: a symlink to no file ({tmp_path / 'gone.csv'}); restore",
+        "images-only": f"{root / 'meta_data.csv'}: missing; a Kaggle-layout folder has meta_data.csv",
+        "region-named-sat": f"{root / 'meta_data.csv'}: missing; a Kaggle-layout folder has meta_data.csv",
+    }[case]
+    assert str(e.value).startswith(says), e.value
 
 
 # --- faults --------------------------------------------------------------------------------------

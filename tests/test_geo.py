@@ -1123,7 +1123,11 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, caps
         f"error: {tmp_path / 'data'}: labelled GeoTIFFs (images/, masks/) and, below them, Kaggle-layout tiles in "
         f"{tmp_path / 'data/tiles'}: give {tmp_path / 'data/tiles'} to score the tiles"
     ), err
+    make_set(tmp_path / "data/tiles2", scenes=1, grid=2, tile_size=64)  # two: find_source refuses, still not scored
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 2
+    assert f"Kaggle-layout tiles in {tmp_path / 'data/tiles'}, {tmp_path / 'data/tiles2'}:" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "data/tiles")
+    shutil.rmtree(tmp_path / "data/tiles2")
     # forest coded by any non-zero value, as `forestseg tile` reads it: -1 in a signed truth too
     write_raster(tmp_path / "data/masks/a.tif", -np.ones(mask.shape, np.int16), nodata=None)
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "neg.json")) == 0

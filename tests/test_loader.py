@@ -134,6 +134,14 @@ def test_normalizer_first_used_in_inference_mode_serves_training_after() -> None
     assert x.grad[0, :, 0, 0].tolist() == [0.5, 0.25, 0.125]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_normalizer_keeps_the_inputs_dtype_and_device(dtype) -> None:
+    """Its cached statistics follow each input ("meta" stands in for a GPU: a tensor on another device fails)."""
+    norm = Normalizer((1.0, 2.0, 3.0), (2.0, 4.0, 8.0))
+    assert norm(torch.zeros(1, 3, 2, 2, dtype=dtype)).dtype == dtype
+    assert norm(torch.zeros(1, 3, 2, 2, dtype=dtype, device="meta")).device.type == "meta"
+
+
 def test_normalizer_of_a_constant_channel_is_finite() -> None:
     images = torch.full((2, 4, 4, 3), 7, dtype=torch.uint8)
     norm = Normalizer.fit(images)

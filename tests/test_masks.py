@@ -11,7 +11,7 @@ from conftest import make_set
 from PIL import Image
 
 from forestseg.dataset import DataError, build_index
-from forestseg.masks import MaskMismatch, Stats, far_low_share, flat_low_share, forest_of
+from forestseg.masks import MaskMismatch, Stats, describe, far_low_share, flat_low_share, forest_of
 
 # DeepGlobe land-cover colours; forest is green
 DEEPGLOBE = {
@@ -498,6 +498,43 @@ def test_colour_masks_under_the_default_stop(kaggle_like, tmp_path):
         r"'0/255': colour-coded mask.*set data\.masks: colors and data\.forest",
     ):
         index(kaggle_like, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "masks, forest, encode, says",
+    [
+        ("0/1", (), lambda t: np.where(t, 0, 1).astype(np.uint8), r"invert them \(1 - value; lossless ones"),
+        ("resampled", (), lambda t: as_resampled(~t), r"invert them \(255 - value, saved lossless\); if forest"),
+        (
+            "colors",
+            ((250, 250, 20),),
+            lambda t: np.where(t[..., None], [34, 139, 34], [250, 250, 20]).astype(np.uint8),
+            r"does data\.forest \(\[\[250, 250, 20\]\]\) name the background\? set it to the forest",
+        ),
+    ],
+)
+def test_an_inverted_set_is_told_the_fix_its_convention_takes(kaggle_like, tmp_path, masks, forest, encode, says):
+    rewrite(kaggle_like, encode)
+    with pytest.raises(DataError, match=says):
+        index(kaggle_like, tmp_path, masks, forest)
+
+
+def test_the_colour_named_is_the_commonest_exact_one_of_its_bin_rounded_to_the_nearest_bin():
+    mask = np.zeros((10, 10, 3), np.uint8)
+    mask[:6] = (34, 139, 34)
+    mask[6:7] = (35, 139, 34)  # the same bin, fewer pixels
+    mask[7:] = (250, 250, 20)
+    assert describe(mask) == "colours (34, 139, 34) (70%), (250, 250, 20) (30%)"
+    half = np.zeros((4, 4, 3), np.uint8)
+    half[:2], half[2:] = (30, 0, 0), (34, 0, 0)  # 30 and 34 round to one bin (32), not two
+    assert describe(half) == "colours (34, 0, 0) (100%)"  # a tie: the larger colour
+
+
+def test_a_jpeg_mask_of_scattered_1s_under_0_255_is_noise_near_0():
+    """JPEG noise excuses values near 0 that a lossless mask cannot hold."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[::16, ::16] = 1
+    assert not forest_of(mask, "0/255", jpeg=True).any()
 
 
 def test_colours_are_named_as_the_masks_hold_them_so_data_forest_can_take_them(kaggle_like, tmp_path):

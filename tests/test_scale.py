@@ -381,6 +381,26 @@ def test_a_slurm_task_trains_its_place_of_the_array(
     assert not list(tmp_path.glob("forestseg-7-*"))
 
 
+@pytest.mark.parametrize("repo_env, says", [("/nonexistent", "fatal: repository '/nonexistent' does not exist")])
+def test_a_slurm_task_that_cannot_clone_says_why_in_one_line(repo: Path, tmp_path: Path, repo_env, says) -> None:
+    env = {
+        **os.environ,
+        **{
+            f"SLURM_ARRAY_TASK_{k}": v
+            for k, v in (("COUNT", "2"), ("ID", "0"), ("MIN", "0"), ("MAX", "1"), ("STEP", "1"))
+        },
+        "SLURM_ARRAY_JOB_ID": "7",
+        "SLURM_SUBMIT_DIR": str(repo),
+        "TMPDIR": str(tmp_path),
+        "FORESTSEG_REPO": repo_env,
+        "FORESTSEG_REV": sh(repo, "git", "rev-parse", "HEAD").stdout.strip(),
+    }
+    env.pop("FORESTSEG_TASKS", None)
+    out = subprocess.run(["bash", "cluster/slurm.sbatch"], cwd=repo, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: git clone of FORESTSEG_REPO={repo_env} into "), out
+    assert says in out.stderr and "\n" not in out.stderr.strip(), out.stderr
+
+
 @pytest.mark.parametrize("change", ["a file added to init/", "a new .dvc file", ".dvc/config edited"])
 def test_a_worker_refuses_an_init_file_or_dvc_config_the_commit_does_not_have(repo: Path, change: str) -> None:
     set_params(repo, GRID)
