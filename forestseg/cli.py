@@ -6,6 +6,7 @@ Kaggle-layout training folder."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -14,6 +15,7 @@ import re
 import shlex
 import signal
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +26,8 @@ from tqdm import tqdm
 
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
 from .errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate
-from .images import IMAGE_SUFFIXES, WORLD_FILE_SUFFIXES
-from .io import plural, read_json, remove_stale_temps, write_json, write_rows, write_with
+from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES
+from .io import plural, read_json, remove_stale_temps, temp_prefix, write_error, write_json, write_rows, write_with
 from .metrics import METRICS
 from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows, share
 
@@ -45,10 +47,6 @@ AREA_COLUMNS = [
     "area_bias_pct",
     "mask",
 ]
-
-
-# a raster's companions (world files, projections, overviews, GDAL's .aux.xml): never reported as skipped
-SIDECAR_SUFFIXES = {*WORLD_FILE_SUFFIXES, ".prj", ".ovr", ".xml"}
 
 
 def _inputs(paths: list[Path]) -> list[Path]:
@@ -598,6 +596,22 @@ def _check_output_file(path: Path, inputs: list[Path] = ()) -> None:
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ForestsegError(f"-o {path}: {blocking} is a file, not a folder; choose another path")
+    # a file written there now, not after minutes of scoring: its folders made, a temp file, both removed
+    made: list[Path] = []
+    try:
+        for folder in reversed([path.parent, *path.parent.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix("forestseg-probe"))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise write_error(path, e, name=f"-o {path}", temp=path.parent / temp_prefix("forestseg-probe")) from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _forest(text: str | None) -> tuple:

@@ -896,8 +896,10 @@ def _grow(values: np.ndarray, known: np.ndarray, steps: int) -> tuple[np.ndarray
 
 def _signed_area(ring: list) -> float:
     """Shoelace area of a closed ring of (x, y) points: positive when it runs counterclockwise."""
-    xs = np.array([p[0] for p in ring], np.float64)
-    ys = np.array([p[1] for p in ring], np.float64)
+    # from the first vertex: products of absolute coordinates (a UTM northing of 9.9e6) lose the area's
+    # last digits, 0.2 % of a 0.25 m2 patch
+    xs = np.array([p[0] for p in ring], np.float64) - ring[0][0]
+    ys = np.array([p[1] for p in ring], np.float64) - ring[0][1]
     return float(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1])) / 2
 
 

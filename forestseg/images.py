@@ -110,6 +110,9 @@ WORLD_FILE_SUFFIXES = (
     ".j2w",
     ".wld",
 )
+# files beside an image that are not one: world files, GDAL's .aux.xml, overviews and external masks
+# (a.tif.msk), QGIS styles, projections; never reported as skipped inputs
+SIDECAR_SUFFIXES = frozenset({*WORLD_FILE_SUFFIXES, ".xml", ".aux", ".ovr", ".msk", ".qml", ".prj"})
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"  # what a Git LFS file is before `git lfs pull`

@@ -36,7 +36,7 @@ from .images import (
     MAP_SUFFIXES,
     PICTURE_SUFFIXES,
     RASTER_SUFFIXES,
-    WORLD_FILE_SUFFIXES,
+    SIDECAR_SUFFIXES,
     ImageError,
     Picture,
     decode,
@@ -109,8 +109,6 @@ def masks_alone(data: Path, pairs: list[tuple[Path, Path]]) -> list[Path]:
     return [m for m in visible_files(data / "masks") if m.suffix.lower() in CUT_SUFFIXES and m not in used]
 
 
-# files beside an image that are not one: world files, GDAL's .aux.xml and overviews, QGIS styles, projections
-SIDECAR_SUFFIXES = {*WORLD_FILE_SUFFIXES, ".xml", ".aux", ".ovr", ".qml", ".prj"}
 UNREAD = "`forestseg tile` cuts GeoTIFFs (.tif) and pictures (.jpg, .png, .bmp); convert it (gdal_translate -of GTiff)"
 
 

@@ -967,6 +967,14 @@ def test_polygon_area_subtracts_holes() -> None:
     assert polygon_area([square, hole]) == 96
 
 
+def test_polygon_area_holds_its_digits_at_large_coordinates() -> None:
+    """A UTM northing near 1e7: the shoelace over absolute coordinates gave 0.248 m2 for a 0.5 m square."""
+    x, y = 799999.1, 9899999.3
+    for side in (0.5, 0.1, 250.0):
+        ring = [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
+        assert polygon_area([ring]) == pytest.approx(side * side, rel=1e-6)
+
+
 def test_evaluate_tiles_on_a_split_and_its_area_bias_in_the_csv(
     checkpoint: Path, scene, tmp_path: Path, capsys
 ) -> None:
@@ -1062,6 +1070,19 @@ def test_evaluate_records_what_it_left_out_in_its_json(checkpoint: Path, tmp_pat
     assert result["skipped"]["split_rows"] == 2  # the pair without its mask, and an image not in the set
     [pair] = result["skipped"]["skipped_pairs"]
     assert pair["mask"] == index["mask"][0] and pair["reason"].startswith("missing file masks/")
+
+
+def test_evaluate_tries_its_output_before_scoring(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """A folder that takes no file (here one under /proc, which refuses root too) is said before any
+    tile is scored, and the folders made to try it are removed."""
+    data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=64)
+    assert cli("evaluate", str(checkpoint), str(data), "-o", "/proc/self/forestseg-test/eval.json") == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: -o /proc/self/forestseg-test/eval.json: cannot write it"), err
+    assert "evaluate:" not in out
+    out_file = tmp_path / "new/deeper/eval.json"  # folders that do not exist yet: made, and the probe gone
+    assert cli("evaluate", str(checkpoint), str(data), "-o", str(out_file)) == 0
+    assert [p.name for p in out_file.parent.iterdir()] == ["eval.json"]
 
 
 def test_evaluate_notes_files_without_a_row_of_meta_data(checkpoint: Path, tmp_path: Path, capsys) -> None:

@@ -796,7 +796,7 @@ def test_a_folders_files_of_other_types_are_listed_as_skipped(checkpoint, tmp_pa
     pixels = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     for name in ("a.png", "b.webp", "c.gif"):
         Image.fromarray(pixels).save(src / name)
-    for name in ("a.pgw", ".DS_Store", "a.png.aux.xml"):
+    for name in ("a.pgw", ".DS_Store", "a.png.aux.xml", "z.tif.msk", "a.qml"):  # .msk: GDAL's external mask
         (src / name).write_text("x")
     for name in ("sheet_2", ".git"):
         (src / name).mkdir()
