@@ -298,9 +298,49 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
         if chosen == [ColorInterp.blue, ColorInterp.green, ColorInterp.red]:
             order = ",".join(str(opts.bands[i]) for i in (2, 1, 0))
             notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
+        notes += _invalid_pixel_notes(path, src, opts.bands)
         _check_scale(path, src, crs, float(unit_m))
         _check_pixels(path, src, crs, float(unit_m), model_px if opts.resample else None)
         return Raster(path, crs, float(unit_m), tuple(notes))
+
+
+COLLAR_SHARE = 0.1  # of a raster's edge pixels exactly 0 (or 255) in every band, with nothing declared invalid
+
+
+def _invalid_pixel_notes(path: Path, src: Any, bands: tuple[int, ...]) -> list[str]:
+    """Where invalid pixels would be mapped as ground, without a word: a frame of pixels 0 (or 255) in
+    every band that no nodata value, alpha band or mask declares (a gdalwarp without -dstnodata; read
+    along the four edges only, a few blocks), or a nodata value under lossy JPEG compression, which
+    moves the pixels along the invalid area's edge off that value."""
+    notes = []
+    if MaskFlags.all_valid in src.mask_flag_enums[bands[0] - 1]:
+        edges = [
+            src.read(list(bands), window=w)
+            for w in (
+                rasterio.windows.Window(0, 0, src.width, 1),
+                rasterio.windows.Window(0, src.height - 1, src.width, 1),
+                rasterio.windows.Window(0, 0, 1, src.height),
+                rasterio.windows.Window(src.width - 1, 0, 1, src.height),
+            )
+        ]
+        for value in (0, 255):
+            share = sum(int((e == value).all(axis=0).sum()) for e in edges) / sum(e[0].size for e in edges)
+            if share > COLLAR_SHARE:
+                notes.append(
+                    f"{path.name}: {share:.0%} of its edge pixels are {value} in every band and it declares no "
+                    f"nodata: a collar left by a warp? it is mapped as ground, forest areas included; to leave it "
+                    f"out, declare it: gdal_edit.py -a_nodata {value} {path.name}"
+                )
+    kind = {"JP2OpenJPEG": "JPEG 2000", "JPEG": "JPEG"}.get(src.driver)
+    kind = "JPEG" if src.compression == rasterio.enums.Compression.jpeg else kind
+    if kind and src.nodata is not None:
+        notes.append(
+            f"{path.name}: nodata value {src.nodata:g} under {kind} compression, lossy as a rule: pixels along the invalid "
+            "area's edge decode to other values and are mapped as ground; an internal mask keeps them out "
+            f"(nearblack -setmask -o masked.tif {path.name}, or from a lossless source: gdal_translate -mask auto "
+            "-co COMPRESS=JPEG --config GDAL_TIFF_INTERNAL_MASK YES)"
+        )
+    return notes
 
 
 def _check_pixels(path: Path, src: Any, crs: CRS, unit_m: float, model_px: float | None) -> None:

@@ -199,6 +199,29 @@ def test_windowed_prediction_equals_the_in_memory_one(predictor: Predictor, scen
     assert (mask != 255).all()
 
 
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("collar, no nodata", "37% of its edge pixels are 0 in every band and it declares no nodata"),
+        ("white collar, no nodata", "37% of its edge pixels are 255 in every band and it declares no nodata"),
+        ("collar, nodata 0", None),
+        ("no collar", None),
+        ("collar, nodata 0, JPEG", "nodata value 0 under JPEG compression, lossy as a rule"),
+    ],
+)
+def test_invalid_pixels_that_would_map_as_ground_are_noted(scene, tmp_path: Path, case: str, says: str | None) -> None:
+    """A gdalwarp without -dstnodata leaves a 0 frame mapped as land; JPEG moves a nodata area's edge."""
+    image = scene[0].copy()
+    if "collar" in case and case != "no collar":
+        image[:60] = 255 if "white" in case else 0  # the top rows: 400 + 2 x 60 of the 1400 edge pixels
+    extra = {"compress": "jpeg", "tiled": True} if "JPEG" in case else {}
+    src = write_raster(tmp_path / "in.tif", image, nodata=0 if "nodata 0" in case else None, **extra)
+    notes = check_raster(src, MapOptions(), 0.5).notes
+    assert [n for n in notes if says and says in n] if says else not notes, notes
+    if says:
+        assert len(notes) == 1 and notes[0].startswith("in.tif: ")
+
+
 def test_adapt_bn_adapts_to_the_raster_windows_with_data(predictor: Predictor, scene, tmp_path: Path) -> None:
     image = with_nodata_corner(scene[0] // 2)  # darker than training: something to adapt to
     src = write_raster(tmp_path / "in.tif", image)
