@@ -27,7 +27,17 @@ from tqdm import tqdm
 from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
 from .errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES
-from .io import plural, read_json, remove_stale_temps, temp_prefix, write_error, write_json, write_rows, write_with
+from .io import (
+    plural,
+    read_columns,
+    read_json,
+    remove_stale_temps,
+    temp_prefix,
+    write_error,
+    write_json,
+    write_rows,
+    write_with,
+)
 from .metrics import METRICS
 from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows, share
 
@@ -400,7 +410,8 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
     """Map every raster; forest_area.csv is rewritten after each, so a later failure keeps the finished rows."""
     from .geo import map_forest
 
-    rows = []
+    kept = _earlier_rows(out / "forest_area.csv", {str(r.path) for r in rasters})
+    rows: list[dict] = []
     for raster in rasters:
         a = map_forest(predictor, raster, out, opts)
         rows.append(
@@ -417,7 +428,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
                 "mask": a.mask,
             }
         )
-        write_rows(out / "forest_area.csv", AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in rows))
+        write_rows(out / "forest_area.csv", AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept + rows))
         share = (
             "no valid pixels" if a.forest_share is None else f"{a.forest_share:.1%} of {a.valid_ha:.2f} ha with data"
         )
@@ -434,7 +445,30 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
     print(
         f"predict: mapped {len(rows)} GeoTIFF(s); areas in {out / 'forest_area.csv'}"
         + (f" (area bias from --area-error: {area_error:+.1f}%)" if area_error is not None else "")
+        + (f", with {plural(len(kept), 'row')} of earlier runs whose masks are still there" if kept else "")
     )
+
+
+def _earlier_rows(csv_path: Path, mapped_now: set[str]) -> list[dict]:
+    """forest_area.csv's rows of inputs not mapped now whose mask files are still there: one call per
+    file in a shell loop sums to the folder's whole area. Rows of masks gone are dropped, and said."""
+    if not csv_path.is_file():
+        return []
+    try:
+        columns = read_columns(csv_path, *AREA_COLUMNS)
+    except ForestsegError as e:  # another program's file, or an older layout: replaced, and said
+        print(f"note: {e}; it is replaced by this run's rows", file=sys.stderr)
+        return []
+    rows = [dict(zip(AREA_COLUMNS, values)) for values in zip(*(columns[c] for c in AREA_COLUMNS))]
+    earlier = [r for r in rows if r["file"] not in mapped_now]
+    gone = [r["file"] for r in earlier if not Path(r["mask"]).is_file()]
+    if gone:
+        print(
+            f"note: {csv_path}: {plural(len(gone), 'row')} dropped, their masks no longer there: "
+            f"{', '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}",
+            file=sys.stderr,
+        )
+    return [r for r in earlier if Path(r["mask"]).is_file()]
 
 
 def evaluate(args: argparse.Namespace) -> int:

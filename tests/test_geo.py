@@ -157,6 +157,27 @@ def test_mask_keeps_crs_transform_and_nodata_and_is_a_cog(checkpoint: Path, scen
     assert not list((tmp_path / "out").glob(".*"))  # no temp files left
 
 
+def test_forest_area_csv_keeps_earlier_runs_rows_while_their_masks_are_there(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    """One call per file (a shell loop) sums to the folder's whole area; a file mapped again has one row,
+    its new one; a row whose mask is gone is dropped, and said."""
+    for name in ("a", "b"):
+        write_raster(tmp_path / f"in/{name}.tif", with_nodata_corner(scene[0]))
+    out = tmp_path / "out"
+    for name in ("a", "b", "b"):
+        assert cli("predict", str(checkpoint), str(tmp_path / f"in/{name}.tif"), "-o", str(out)) == 0
+    assert "with 1 row of earlier runs whose masks are still there" in capsys.readouterr().out
+    table = pd.read_csv(out / "forest_area.csv")
+    assert [Path(f).name for f in table["file"]] == ["a.tif", "b.tif"]
+    (out / "a_mask.tif").unlink()
+    assert cli("predict", str(checkpoint), str(tmp_path / "in/b.tif"), "-o", str(out)) == 0
+    assert f"forest_area.csv: 1 row dropped, their masks no longer there: {tmp_path / 'in/a.tif'}" in (
+        capsys.readouterr().err
+    )
+    assert [Path(f).name for f in pd.read_csv(out / "forest_area.csv")["file"]] == ["b.tif"]
+
+
 def test_area_is_pixel_count_times_pixel_area(checkpoint: Path, scene, tmp_path: Path) -> None:
     image = with_nodata_corner(scene[0])
     write_raster(tmp_path / "in/metres.tif", image, pixel=0.5)
