@@ -292,8 +292,10 @@ RUN_FOLDER = re.compile(r"[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9]+")  # <loss>-<optimi
 def remove_stale_runs(members: Iterable[str], folder: str | Path) -> list[str]:
     """Delete the run folders under `folder` (metrics/runs, models) of runs not named in `members`
     (left by a grid that has since shrunk, or by git), so no old run passes for a current one and no
-    stage's folder dependency holds them; returns their names, sorted. Entries that are not named
-    like a run are left alone."""
+    stage's folder dependency holds their outputs; returns their names, sorted. DVC's .gitignore in
+    such a folder stays: git tracks it, and a grid grown back has its outputs restored from the cache
+    without DVC writing it again (an experiment then committed the outputs to git). Entries that are
+    not named like a run are left alone."""
     folder, members = Path(folder), set(members)
     if not folder.is_dir():
         return []
@@ -304,7 +306,18 @@ def remove_stale_runs(members: Iterable[str], folder: str | Path) -> list[str]:
         if entry.name.startswith(".") and entry.name.endswith(REMOVING):  # a removal a kill interrupted
             shutil.rmtree(entry)
         elif RUN_FOLDER.fullmatch(entry.name) and entry.name not in members:
+            ignore = entry / ".gitignore"
+            contents = list(entry.iterdir())
+            if contents == [ignore]:  # a removed run's: its .gitignore alone
+                continue
+            if not contents:
+                entry.rmdir()
+                continue
+            kept = ignore.read_bytes() if ignore.is_file() else None
             remove_tree(entry)
+            if kept is not None:
+                entry.mkdir()
+                write_with(ignore, lambda tmp, kept=kept: Path(tmp).write_bytes(kept))
             removed.append(entry.name)
     return removed
 

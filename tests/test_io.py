@@ -190,9 +190,12 @@ def test_run_folders_of_members_no_longer_in_the_grid_are_removed(tmp_path: Path
     (root / "README.txt").write_text("kept")
     (root / ".mse-sgd-3.removing").mkdir()  # a removal a kill interrupted
     (root / ".mse-sgd-3.removing" / "metrics.json").write_text("{}")
+    (root / "bce-sgd-1" / ".gitignore").write_text("/x\n")  # DVC's, tracked by git: it stays
     members = ["mse-adam-0", "mse-adam-1"]  # the grid shrank to one loss
     assert remove_stale_runs(members, root) == ["bce-sgd-0", "bce-sgd-1"]
-    assert sorted(p.name for p in root.iterdir()) == ["README.txt", "mse-adam-0", "mse-adam-1", "notes"]
+    assert sorted(p.name for p in root.iterdir()) == ["README.txt", "bce-sgd-1", "mse-adam-0", "mse-adam-1", "notes"]
+    assert [p.name for p in (root / "bce-sgd-1").iterdir()] == [".gitignore"]
+    assert (root / "bce-sgd-1" / ".gitignore").read_text() == "/x\n"
     assert remove_stale_runs(iter(members), root) == []  # nothing left to remove; any iterable of names
     assert remove_stale_runs(members, tmp_path / "missing") == []
 

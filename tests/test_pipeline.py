@@ -66,6 +66,12 @@ def test_repro_then_cached_reruns(repo: Path) -> None:
     misspelt = sh(repo, "dvc", "repro", check=False)
     assert misspelt.returncode != 0 and ran(misspelt) == {"check"}
     assert "error: params.yaml: trian: unknown section; valid sections: data, synth," in misspelt.stderr
+    # a value DVC compares as equal to the old one (1 == True): the file's bytes changed, so check runs
+    (repo / "params.yaml").write_text(params.replace("augment: true", "augment: 1", 1))
+    assert "augment: 1" in (repo / "params.yaml").read_text()
+    one = sh(repo, "dvc", "repro", check=False)
+    assert one.returncode != 0 and ran(one) == {"check"}
+    assert "error: params.yaml: train.augment: must be true or false, got 1" in one.stderr
     (repo / "params.yaml").write_text(params)
     assert ran(sh(repo, "dvc", "repro")) == set()  # check's lock entry still holds the file as it is again
     # a write that a kill interrupted leaves a temp file in an output folder: not part of its hash, nor of git
@@ -214,8 +220,8 @@ def test_a_shrunk_grid_removes_stale_run_folders(repo: Path, tmp_path: Path) -> 
     assert ran(out) == {"check", "aggregate", "overlays"}  # nothing retrains
     assert "run folder(s) of metrics/runs not in the grid: bce-adam-1" in out.stdout
     assert "model folder(s) of models not in the grid: bce-adam-1" in out.stdout
-    assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-0"]
-    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == ["bce-adam-0"]
+    assert holding_outputs(runs) == ["bce-adam-0"] and holding_outputs(models) == ["bce-adam-0"]
+    assert [p.name for p in (runs / "bce-adam-1").iterdir()] == [".gitignore"]  # DVC's, which git tracks
     assert json.loads((repo / "metrics/summary.json").read_text())["combinations"]["bce-adam"]["seeds"] == 1
     assert ran(sh(repo, "dvc", "repro")) == set()  # removing them left every stage up to date
     assert "up to date" in sh(repo, "dvc", "status").stdout
@@ -229,15 +235,28 @@ def test_a_shrunk_grid_removes_stale_run_folders(repo: Path, tmp_path: Path) -> 
 
     # the same through an experiment: its commit holds only the current grid's run folders
     sh(repo, "dvc", "exp", "run", "-n", "seed1", "-S", "grid.seed=[1]")
-    assert sorted(p.name for p in runs.iterdir()) == ["bce-adam-1"]
+    assert holding_outputs(runs) == ["bce-adam-1"]
     assert ran(sh(repo, "dvc", "repro")) == set()
     assert "up to date" in sh(repo, "dvc", "status").stdout
     rev = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     rev = next(x["revs"][0]["rev"] for e in rev for x in (e.get("experiments") or []) if x["name"] == "seed1")
-    tree = sh(repo, "git", "ls-tree", "--name-only", f"{rev}:metrics/runs").stdout.split()
-    assert tree == ["bce-adam-1"]
+    tree = sh(repo, "git", "ls-tree", "-r", "--name-only", f"{rev}:metrics/runs").stdout.split()
+    assert tree == ["bce-adam-0/.gitignore", "bce-adam-1/.gitignore"]  # outputs in DVC's cache, not git
     headline = json.loads(sh(repo, "git", "show", f"{rev}:metrics/headline.json").stdout)
     assert set(headline) == {"best", "best_iou", "iou_bce-adam", "miou_bce-adam"}
+    # grown back through an experiment: its outputs come from the cache, and stay out of git
+    sh(repo, "dvc", "exp", "run", "-n", "both", "-S", "grid.seed=[0,1]")
+    assert holding_outputs(runs) == ["bce-adam-0", "bce-adam-1"]
+    assert sh(repo, "git", "status", "--porcelain", "--untracked-files=all", "metrics/runs", "models").stdout == ""
+    rev = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    rev = next(x["revs"][0]["rev"] for e in rev for x in (e.get("experiments") or []) if x["name"] == "both")
+    tree = sh(repo, "git", "ls-tree", "-r", "--name-only", f"{rev}:metrics/runs").stdout.split()
+    assert tree == ["bce-adam-0/.gitignore", "bce-adam-1/.gitignore"]
+
+
+def holding_outputs(folder: Path) -> list[str]:
+    """The run folders of `folder` that hold more than DVC's .gitignore."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and any(q.name != ".gitignore" for q in p.iterdir()))
 
 
 def test_a_killed_dvc_repro_resumes_its_run(repo: Path) -> None:
