@@ -79,21 +79,31 @@ UPSTREAM = ("data.", "split.", "synth.")
 
 def aggregated(rev: str, params: dict[str, Any]) -> bool | None:
     """Whether experiment commit `rev`'s headline is its own: its dvc.lock's `aggregate` entry has the
-    experiment's params and the committed headline's md5. None where `rev` is not in this repository
-    (a --json from elsewhere) or has no such entry. A `train`-only experiment keeps its baseline's
-    entry, and commits whatever headline the workspace held (another experiment's, say), so the
-    scores alone cannot tell. Its split, data or synth params aggregate does not read: `experiments`
-    checks those against the baseline's."""
+    experiment's params and the committed headline's md5, and the files it read that other stages write
+    (metrics/index.json, split.json) are the ones this lock's index and split stages wrote. None where
+    `rev` is not in this repository (a --json from elsewhere) or has no such entry. A `train`-only
+    experiment keeps its baseline's entry, and commits whatever headline the workspace held (another
+    experiment's, say), so the scores alone cannot tell; one whose data params changed what index or
+    split wrote reads other files than aggregate did. Without the commit, `experiments` checks the data
+    params against the baseline's."""
     lock, headline = _git_show(rev, "dvc.lock"), _git_show(rev, HEADLINE_FILE)
     if lock is None or headline is None:
         return None
     try:
-        entry = load_yaml(lock.decode(), "dvc.lock")["stages"]["aggregate"]  # as DVC wrote it: YAML 1.2
+        stages = load_yaml(lock.decode(), "dvc.lock")["stages"]  # as DVC wrote it: YAML 1.2
+        entry = stages["aggregate"]
         ran_with = _flat(entry["params"]["params.yaml"])
         written = next(o["md5"] for o in entry["outs"] if o["path"] == HEADLINE_FILE)
-    except (TypeError, KeyError, StopIteration, UnicodeDecodeError, ForestsegError):
+        # what the other stages of this lock wrote (index.json, split.json): aggregate read those very files
+        made = {o["path"]: o.get("md5") for s in stages.values() for o in s.get("outs") or []}
+        read = [(d["path"], d.get("md5")) for d in entry.get("deps") or [] if d["path"] in made]
+    except (TypeError, KeyError, StopIteration, UnicodeDecodeError, AttributeError, ForestsegError):
         return None
-    return all(params.get(k) == v for k, v in ran_with.items()) and hashlib.md5(headline).hexdigest() == written
+    return (
+        all(params.get(k) == v for k, v in ran_with.items())
+        and hashlib.md5(headline).hexdigest() == written
+        and all(made[path] == md5 for path, md5 in read)
+    )
 
 
 def _params(data: dict) -> dict[str, Any]:
@@ -132,7 +142,8 @@ def experiments(shown: list) -> list[Experiment]:
                     for k in set(params) | set(base_params)
                     if k.startswith(UPSTREAM) and k != "split.by"
                 )
-                status = "stale" if own is False or (upstream and headline == base_headline) else "ok"
+                # where the lock proves the headline its own (upstream outputs included), an equal score is real
+                status = "stale" if own is False or (own is None and upstream and headline == base_headline) else "ok"
             name = exp.get("name") or rev.get("name") or rev["rev"][:7]
             out.append(
                 Experiment(name, status, params, headline if status == "ok" else {}, status != "ok" or own is not None)

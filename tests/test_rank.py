@@ -71,6 +71,53 @@ def test_failed_and_queued_experiments_are_last_and_marked() -> None:
     assert {e.name: e.state for e in rank.experiments(shown)}["diverged"] == "failed"
 
 
+@pytest.mark.parametrize("own, state", [(True, "ok"), (None, "stale"), (False, "stale")])
+def test_a_data_change_that_leaves_the_scores_equal_is_ranked_where_the_lock_proves_them_its_own(
+    monkeypatch, own, state
+) -> None:
+    """data.check_inverted: false, say: index reran, wrote the same files, and the headline is the
+    baseline's to the digit. Its dvc.lock says so (own); without the commit the equal headline looks like
+    a train-only slice's."""
+    shown = copy.deepcopy(SHOWN)
+    base = shown[1]["data"]
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    data = exp["revs"][0]["data"]
+    data["metrics"]["metrics/headline.json"]["data"] = copy.deepcopy(base["metrics"]["metrics/headline.json"]["data"])
+    data["params"]["params.yaml"]["data"].setdefault("data", {})["check_inverted"] = False
+    monkeypatch.setattr(rank, "aggregated", lambda rev, params: own)
+    assert {e.name: e.state for e in rank.experiments(shown)}["lucky-knap"] == state
+
+
+@pytest.mark.parametrize("index_md5, own", [("aaa", True), ("bbb", False)])
+def test_aggregated_needs_the_files_it_read_to_be_the_ones_this_lock_wrote(monkeypatch, index_md5, own) -> None:
+    """A train-only slice whose data params changed what index wrote: aggregate's entry read another file."""
+    import hashlib
+
+    headline = b'{"best_iou": 0.5}'
+    lock = f"""schema: '2.0'
+stages:
+  index:
+    outs:
+    - path: metrics/index.json
+      md5: {index_md5}
+  aggregate:
+    deps:
+    - path: metrics/index.json
+      md5: aaa
+    - path: metrics/runs
+      md5: ccc.dir
+    params:
+      params.yaml:
+        grid.seed: [0]
+    outs:
+    - path: metrics/headline.json
+      md5: {hashlib.md5(headline).hexdigest()}
+"""
+    files = {"dvc.lock": lock.encode(), "metrics/headline.json": headline}
+    monkeypatch.setattr(rank, "_git_show", lambda rev, path: files.get(path))
+    assert rank.aggregated("abc", {"grid.seed": [0]}) is own
+
+
 def test_ties_share_a_rank() -> None:
     shown = copy.deepcopy(SHOWN)
     for x in shown[1]["experiments"]:
