@@ -209,7 +209,8 @@ def predict(args: argparse.Namespace) -> int:
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
         raise ForestsegError(
-            f"several inputs would write the same <name>_mask output: {twice[:5]}; predict them separately"
+            f"several inputs would write the same <name>_mask output: {twice[:5]}; predict them separately, "
+            "each into its own -o folder (into one, the later run's mask replaces the earlier's)"
         )
     if args.out.exists() and not args.out.is_dir():
         raise ForestsegError(f"-o {args.out}: is a file; give a folder for the masks")

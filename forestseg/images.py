@@ -8,6 +8,7 @@ where their values fit 8 bits, and what cannot be read right is refused with the
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +115,10 @@ WORLD_FILE_SUFFIXES = (
 # (a.tif.msk), QGIS styles, projections; never reported as skipped inputs
 SIDECAR_SUFFIXES = frozenset({*WORLD_FILE_SUFFIXES, ".xml", ".aux", ".ovr", ".msk", ".qml", ".prj"})
 
+
+# Pillow warns of a "decompression bomb" in two lines for a picture between its pixel limit and twice
+# that: a large aerial photo is none (past twice, decode says in one line what to do)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"  # what a Git LFS file is before `git lfs pull`
 

@@ -210,3 +210,18 @@ def test_16_bit_grey_is_accepted_only_where_its_values_fit_8_bits(top: int, refu
 def test_an_empty_file_and_a_git_lfs_pointer_say_what_they_are(data: bytes, says: str) -> None:
     with pytest.raises(ImageError, match=says):
         decode(data)
+
+
+def test_a_picture_past_pillows_pixel_limit_is_read_without_its_two_line_warning(tmp_path) -> None:
+    """Between Pillow's limit and twice it, a large aerial photo: no "decompression bomb" lines."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (9500, 9500)).save(path)  # 90 Mpx: over the limit (89.5), under twice it
+    code = f"from forestseg.images import decode; print(decode(open({str(path)!r}, 'rb').read()).pixels.shape)"
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "(9500, 9500, 3)", out.stderr
+    assert "DecompressionBomb" not in out.stderr, out.stderr

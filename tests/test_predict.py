@@ -179,12 +179,14 @@ def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(c
         ("loss unknown", "loss 'nosuch' is none of"),
         ("adapt_bn text", "adapt_bn 'x' is not a number from 0 to 1"),
         ("tile_size 0", "tile_size 0 is not a positive whole number"),
+        ("tile_size 8", "tile_size 8 is below its unet_half's smallest, 31 px"),
         ("normalizer junk", "normalizer {'junk': 1} is not a mean and std of 3 finite numbers each"),
         ("precision unknown", "precision 'fp8' is none of auto, fp32, bf16"),
         ("pixel size 0", "pixel_size_m 0 is not a positive number of metres"),
         ("train_scenes text", "train_scenes 'abc' is not a list of scene names"),
         ("newer format", "not a forestseg-model/1 model file (forestseg-model/2); it was written by another forestseg"),
         ("no such file", "no such file; pass a model file"),
+        ("a pipeline's, not made yet", "no such file; run `dvc repro` in the project to train it"),
         ("a folder", "is a folder; pass a model file"),
     ],
 )
@@ -196,6 +198,9 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         "loss unknown": lambda st: st.update(loss="nosuch"),
         "adapt_bn text": lambda st: st.update(adapt_bn="x"),
         "tile_size 0": lambda st: st.update(tile_size=0),
+        "tile_size 8": lambda st: (
+            st["model"].update(arch="unet_half", depth=3, batch_norm=True) or st.update(tile_size=8)
+        ),
         "normalizer junk": lambda st: st.update(normalizer={"junk": 1}),
         "precision unknown": lambda st: st.update(precision="fp8"),
         "pixel size 0": lambda st: st.update(pixel_size_m=0),
@@ -217,6 +222,8 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         flip_a_bit_in_the_largest_tensor(bad)
     elif change == "no such file":
         pass
+    elif change == "a pipeline's, not made yet":  # README's command in a fresh clone: models/ comes from DVC
+        bad = tmp_path / "models/bce-adam-0/model.pt"
     elif change == "a folder":
         bad.mkdir()
     elif change == "resume file":
