@@ -4,8 +4,9 @@
     python recipes/rank.py --metric iou_bce-adam -o sweeps/lr
     python recipes/rank.py --json exps.json         # a saved `dvc exp show --json`
 
-Values come from metrics/headline.json of each experiment (README: Experiments at a glance). The table
-has the rank, the experiment, the metric, the best combination and each combination's forest IoU,
+Values come from metrics/headline.json of each experiment (README: Experiments at a glance), with
+best_miou, the best combination's mIoU, beside them. The table has the rank, the experiment, the
+metric, the best combination, its mIoU and each combination's forest IoU,
 then the params that differ between the experiments. Experiments that failed, are queued or running,
 have no finite value of the metric, or are stale (their commit's dvc.lock says `aggregate` last ran
 with other params, or wrote another headline than the one committed: only `train` ran, e.g. a
@@ -62,8 +63,16 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _headline(data: dict) -> dict:
+    """metrics/headline.json's values, with `best_miou`: the best combination's mIoU, the pipeline's own
+    criterion (a model that calls everything forest scores the all-forest mask's forest IoU, and half
+    that mIoU)."""
     headline = ((data.get("metrics") or {}).get(HEADLINE_FILE) or {}).get("data")
-    return headline if isinstance(headline, dict) else {}
+    if not isinstance(headline, dict):
+        return {}
+    best = headline.get("best")
+    if isinstance(best, str) and f"miou_{best}" in headline:
+        return {**headline, "best_miou": headline[f"miou_{best}"]}
+    return headline
 
 
 def _git_show(rev: str, path: str) -> bytes | None:
@@ -201,7 +210,9 @@ def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
         )
     keys = sorted({k for e in exps for k in e.params})
     differ = [k for k in keys if len({json.dumps(e.params.get(k), sort_keys=True) for e in exps}) > 1]
-    others = ["best", *sorted(k for k in numeric if k.startswith("iou_") and k != metric)]  # `best` is never numeric
+    # `best` is never numeric; its mIoU beside any other metric, so an all-forest model shows as one
+    beside = ["best_miou"] if metric != "best_miou" and "best_miou" in numeric else []
+    others = ["best", *beside, *sorted(k for k in numeric if k.startswith("iou_") and k != metric)]
     rows = []
     for e in exps:
         value = e.headline.get(metric)

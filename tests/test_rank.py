@@ -38,6 +38,7 @@ def test_experiments_are_ranked_best_first_with_the_params_that_differ() -> None
         "experiment",
         "best_iou",
         "best",
+        "best_miou",
         "iou_bce-adam",
         "model.width",
         "optimizer.lr",
@@ -52,6 +53,10 @@ def test_experiments_are_ranked_best_first_with_the_params_that_differ() -> None
     ]
     assert table["rank"].tolist() == ["1", "2", "3", "4", "-", "-"]
     assert table["best_iou"].tolist()[:4] == [0.6523, 0.5402, 0.4385, 0.4351]
+    assert table["best_miou"].tolist()[:4] == [0.6482, 0.4517, 0.2262, 0.2175]  # the best combination's mIoU
+    by_miou = rank.ranking(rank.experiments(SHOWN), "best_miou")  # the pipeline's own criterion
+    assert list(by_miou.columns)[2:5] == ["best_miou", "best", "iou_bce-adam"]
+    assert by_miou["experiment"].tolist()[:4] == ["lucky-knap", "dried-sink", "loony-grub", "rummy-ruin"]
     assert table.set_index("experiment").loc["lucky-knap", ["model.width", "optimizer.lr"]].tolist() == ["8", "0.01"]
 
 
@@ -132,7 +137,9 @@ def test_bad_metric_names_the_valid_ones() -> None:
     exps = rank.experiments(SHOWN)
     with pytest.raises(ForestsegError, match=r"--metric best: not a numeric headline value; choose one of best_iou, "):
         rank.ranking(exps, "best")
-    with pytest.raises(ForestsegError, match=r"--metric iou_mse-adam: .* best_iou, iou_bce-adam, miou_bce-adam$"):
+    with pytest.raises(
+        ForestsegError, match=r"--metric iou_mse-adam: .* best_iou, best_miou, iou_bce-adam, miou_bce-adam$"
+    ):
         rank.ranking(exps, "iou_mse-adam")
     unfinished = [e for e in exps if e.state != "ok"]
     with pytest.raises(
@@ -144,8 +151,8 @@ def test_bad_metric_names_the_valid_ones() -> None:
 def test_main_writes_the_table_and_figure_and_prints_the_table(tmp_path: Path, capsys) -> None:
     assert rank.main(["--json", str(REPO / "tests/fixtures/exp_show.json"), "-o", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[2] == "| 1 | lucky-knap | 0.6523 | bce-adam | 0.6523 | 8 | 0.01 |"
-    assert "| - | diverged | failed |  |  | 4 | 1e+09 |" in printed
+    assert printed.splitlines()[2] == "| 1 | lucky-knap | 0.6523 | bce-adam | 0.6482 | 0.6523 | 8 | 0.01 |"
+    assert "| - | diverged | failed |  |  |  | 4 | 1e+09 |" in printed
     text = (tmp_path / "out/ranking.md").read_text()
     assert text.startswith("# Experiments ranked by best_iou") and "(ranking.png)" in text
     assert "| 4 | rummy-ruin | 0.4351 |" in text
@@ -206,10 +213,10 @@ def test_a_queued_sweep_runs_two_at_a_time_without_clobbering_and_is_ranked(repo
         run = json.loads((repo / "metrics/runs/bce-adam-0/metrics.json").read_text())
         assert run["lr"] == lr and run["status"] == "ok"  # each experiment kept its own outputs
     out = sh(repo, sys.executable, "recipes/rank.py").stdout.splitlines()
-    assert out[0] == "| rank | experiment | best_iou | best | iou_bce-adam | optimizer.lr |"
+    assert out[0] == "| rank | experiment | best_iou | best | best_miou | iou_bce-adam | optimizer.lr |"
     rows = [line.split(" | ") for line in out[2:4]]
     assert [r[0] for r in rows] == ["| 1", "| 2"] or [r[0] for r in rows] == ["| 1", "| 1"]
-    assert float(rows[0][2]) >= float(rows[1][2]) and {r[5] for r in rows} == {"0.01 |", "0.003 |"}
+    assert float(rows[0][2]) >= float(rows[1][2]) and {r[6] for r in rows} == {"0.01 |", "0.003 |"}
     assert out[4] == "wrote sweeps/ranking.md and sweeps/ranking.png"
     assert (repo / "sweeps/ranking.png").stat().st_size > 0
     # A train-only slice (scale-out) commits whatever headline the workspace holds: stale, by its dvc.lock.
