@@ -166,6 +166,15 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
     with _open(path) as src:
         gcps, _ = src.gcps
         if src.transform.is_identity and src.crs is None and not gcps and src.rpcs is None:
+            compression = src.compression.name if src.compression else None
+            if src.driver == "VRT" or compression in PICTURE_READER_LACKS:  # GDAL reads it, Pillow cannot
+                what = "a VRT" if src.driver == "VRT" else f"a {compression.upper()}-compressed TIFF"
+                raise ForestsegError(
+                    f"{path}: {what} without a georeference, so it would be read as a plain picture, and the "
+                    f"picture reader cannot decode it; give it its CRS and pixel grid to map it as a raster "
+                    f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {path.name}), or convert "
+                    f"it to a picture (gdal_translate -of PNG {path.name} out.png)"
+                )
             bands = sorted(set(src.dtypes))
             if bands != ["uint8"]:  # Pillow would only say it cannot decode it
                 raise ForestsegError(
@@ -304,6 +313,8 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
         return Raster(path, crs, float(unit_m), tuple(notes))
 
 
+# TIFF compressions GDAL reads and Pillow's libtiff, as its wheels are built, does not
+PICTURE_READER_LACKS = frozenset({"lerc", "lerc_deflate", "lerc_zstd", "webp"})  # measured: lzma and zstd read
 COLLAR_SHARE = 0.1  # of a raster's edge pixels exactly 0 (or 255) in every band, with nothing declared invalid
 
 

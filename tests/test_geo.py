@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import rasterio.shutil
 import torch
 from affine import Affine
 from conftest import make_set, train_small_model
@@ -218,6 +219,30 @@ def test_windowed_prediction_equals_the_in_memory_one(predictor: Predictor, scen
     mask, _ = read(Path(area.mask))
     assert np.array_equal(mask == 1, whole > predictor.cut)
     assert (mask != 255).all()
+
+
+@pytest.mark.parametrize("kind", ["lerc", "webp", "vrt"])
+def test_a_raster_only_gdal_decodes_without_a_georeference_is_told_what_to_do(
+    checkpoint: Path, scene, tmp_path: Path, capsys, kind: str
+) -> None:
+    """Read as a plain picture it failed with Pillow's "cannot be decoded: not ... any image format Pillow reads"."""
+    import warnings
+
+    src = tmp_path / f"a.{'vrt' if kind == 'vrt' else 'tif'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        plain = write_raster(
+            tmp_path / "plain.tif", scene[0][:64, :64], crs=None, nodata=None, transform=Affine.identity()
+        )
+        if kind == "vrt":
+            rasterio.shutil.copy(plain, src, driver="VRT")
+        else:
+            write_raster(src, scene[0][:64, :64], crs=None, nodata=None, transform=Affine.identity(), compress=kind)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    what = "a VRT" if kind == "vrt" else f"a {kind.upper()}-compressed TIFF"
+    assert err.startswith(f"error: {src}: {what} without a georeference"), err
+    assert "gdal_translate -of PNG" in err and "\n" not in err.strip()
 
 
 @pytest.mark.parametrize(
