@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .config import INIT_DIR, PRECISIONS, SAME_PIXEL_SIZE, ModelConfig
+from .config import INIT_DIR, PRECISIONS, SAME_PIXEL_SIZE
 from .errors import ForestsegError
 from .io import untracked_in_project, write_torch
 from .losses import LOSSES
@@ -102,7 +102,7 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
 
     if not path.is_file():
         # a pipeline's model, not made yet (a fresh clone): `dvc repro` makes it, the cache or remote has it
-        made = not path.exists() and len(path.parts) >= 2 and path.parts[-3:-2] == ("models",)
+        made = not path.exists() and path.parts[-3:-2] == ("models",)
         advice = (
             "run `dvc repro` in the project to train it (or `dvc checkout` / `dvc pull` where a cache or remote has it)"
             if made
@@ -187,17 +187,6 @@ def _field_problem(state: dict) -> str | None:
         return f"train_scenes {state['train_scenes']!r} is not a list of scene names"
     if not (isinstance(state["tile_size"], int) and state["tile_size"] > 0):
         return f"tile_size {state['tile_size']!r} is not a positive whole number"
-    model = state["model"]
-    arch = ARCHS.get(model.get("arch")) if isinstance(model, dict) else None
-    if arch is not None:
-        try:  # the smallest tile its architecture takes: a forward pass on less fails deep inside torch
-            smallest = arch.smallest_tile(
-                ModelConfig(**{k: model[k] for k in ("width", "depth", "batch_norm") if k in model})
-            )
-        except (TypeError, ValueError, ForestsegError):
-            smallest = None
-        if smallest is not None and state["tile_size"] < smallest:
-            return f"tile_size {state['tile_size']} is below its {model.get('arch')}'s smallest, {smallest} px"
     norm = state["normalizer"]
     stats = [norm.get(k) for k in ("mean", "std")] if isinstance(norm, dict) else [None]
     if not all(isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_number, v)) for v in stats):

@@ -462,14 +462,15 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str]) -> list[dict]:
         return []
     rows = [dict(zip(AREA_COLUMNS, values)) for values in zip(*(columns[c] for c in AREA_COLUMNS))]
     earlier = [r for r in rows if r["file"] not in mapped_now]
-    gone = [r["file"] for r in earlier if not Path(r["mask"]).is_file()]
+    kept = [r for r in earlier if Path(r["mask"]).is_file()]
+    gone = [r["file"] for r in earlier if r not in kept]
     if gone:
         print(
             f"note: {csv_path}: {plural(len(gone), 'row')} dropped, their masks no longer there: "
             f"{', '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}",
             file=sys.stderr,
         )
-    return [r for r in earlier if Path(r["mask"]).is_file()]
+    return kept
 
 
 def evaluate(args: argparse.Namespace) -> int:

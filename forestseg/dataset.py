@@ -115,15 +115,15 @@ def _check_not_inverted(root: Path, masks: str, forest: tuple, light: dict[str, 
     Fewer such scenes may be imagery (bright crowns, dark fields) or a few inverted masks: a note names them."""
     sums = {scene: v for scene, v in light.items() if min(v[1], v[3]) >= INVERTED_COVER * (v[1] + v[3])}
     brighter = sorted(scene for scene, (f, nf, o, no) in sums.items() if f / nf > o / no + INVERTED_MARGIN)
-    if brighter and (len(brighter) < 3 or len(brighter) < INVERTED_SHARE * len(sums)):
+    if not brighter:
+        return []
+    if len(brighter) < 3 or len(brighter) < INVERTED_SHARE * len(sums):
         return [
             f"forest (read with data.masks {masks!r}) is brighter than the rest in {len(brighter)} of {len(sums)} "
             f"scenes ({', '.join(brighter[:5])}{' ...' if len(brighter) > 5 else ''}), where a photo's forest "
             "canopy is darker than fields, roads and roofs: look at their masks (inverted ones train the "
             "background as forest); bright crowns over dark fields are imagery, and can stay"
         ]
-    if not brighter:
-        return []
     f, nf, o, no = np.sum(list(sums.values()), axis=0)
     raise DataError(
         f"{root}/masks: forest (read with data.masks {masks!r}) is brighter than the rest in {len(brighter)} of "

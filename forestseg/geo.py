@@ -342,8 +342,8 @@ def _invalid_pixel_notes(path: Path, src: Any, bands: tuple[int, ...]) -> list[s
                     f"nodata: a collar left by a warp? it is mapped as ground, forest areas included; to leave it "
                     f"out, declare it: gdal_edit.py -a_nodata {value} {path.name}"
                 )
-    kind = {"JP2OpenJPEG": "JPEG 2000", "JPEG": "JPEG"}.get(src.driver)
-    kind = "JPEG" if src.compression == rasterio.enums.Compression.jpeg else kind
+    jpeg = src.compression == rasterio.enums.Compression.jpeg
+    kind = "JPEG" if jpeg else {"JP2OpenJPEG": "JPEG 2000", "JPEG": "JPEG"}.get(src.driver)
     if kind and src.nodata is not None:
         notes.append(
             f"{path.name}: nodata value {src.nodata:g} under {kind} compression, lossy as a rule: pixels along the invalid "

@@ -29,7 +29,7 @@ from .io import read_columns
 from .layout import DataLayout
 from .loader import Normalizer, flip_turn, to_input, unflip_turn
 from .losses import LOSSES
-from .model import adapt_batchnorm, build_model
+from .model import ARCHS, adapt_batchnorm, build_model
 from .windows import BLOCK, TILE_BATCH, scene_windows, window_starts
 
 # Error map colours: true positive, false positive, false negative (true negative stays black).
@@ -89,10 +89,17 @@ class Predictor:
         try:
             # MixStyle has no weights and acts only in training: a file that recorded one for an arch
             # without the layer (allowed before config refused it) predicts as any other
-            model = build_model(ModelConfig(**{**state["model"], "mixstyle": 0.0}))
+            cfg = ModelConfig(**{**state["model"], "mixstyle": 0.0})
+            model = build_model(cfg)
         except (ConfigError, TypeError) as e:  # its own model params, not params.yaml's
             reason = str(e).replace("params.yaml: ", "", 1)
             raise ForestsegError(f"{path}: its model params are not a model of this version ({reason})") from None
+        smallest = ARCHS[cfg.arch].smallest_tile(cfg)  # a forward pass on less fails deep inside torch
+        if state["tile_size"] < smallest:
+            raise ForestsegError(
+                f"{path}: tile_size {state['tile_size']} is below its {cfg.arch}'s smallest, {smallest} px; "
+                "damaged or edited; copy it again, or retrain (`dvc repro`)"
+            )
         load_weights(model, state, path)
         norm = Normalizer.of(state["normalizer"])
         pixel = state["pixel_size_m"]  # None: a file older than that record
