@@ -268,7 +268,7 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if not meta.is_file():
         raise DataError(_no_meta(meta))
     try:
-        _check_row_lengths(meta)
+        lines = _check_row_lengths(meta)
         # index_col=False: a trailing comma on the rows must not turn the image column into the index
         # (pandas then warns of "loss of data": the empty last cell, two lines on stderr)
         with warnings.catch_warnings():
@@ -293,21 +293,30 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         )
     extra = [c for c in frame.columns if c not in ("image", "mask")]
     notes = [f"ignored extra column(s) of meta_data.csv: {extra}"] if extra else []
+    if len(lines) == len(frame):  # each row's line in the file, to point at a row no name identifies
+        frame.index = pd.Index(lines, name="line")
     return frame[["image", "mask"]], notes
 
 
-def _check_row_lengths(meta: Path) -> None:
+def _check_row_lengths(meta: Path) -> list[int]:
     """Refuse a row with more non-empty cells than the header: pandas drops them silently on the first
-    row (and refuses them on later ones); a trailing comma's empty cell is no data."""
+    row (and refuses them on later ones); a trailing comma's empty cell is no data. Returns the line
+    each data row starts on, as pandas reads the rows (blank and whitespace-only lines skipped)."""
+    lines = []
     with open(meta, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
         width = len(next((r for r in rows if r), []))  # pandas skips blank lines, before the header too
+        start = rows.line_num + 1
         for row in rows:
             if any(cell.strip() for cell in row[width:]):
                 raise DataError(
                     f"{meta}: line {rows.line_num} has {len(row)} cells where the header has {width}; remove "
                     "the extra ones, or give their column a name in the header (extra columns are ignored)"
                 )
+            if len(row) > 1 or (row and row[0].strip()):
+                lines.append(start)
+            start = rows.line_num + 1
+    return lines
 
 
 def _in_dvc_cache(path: Path) -> bool:
@@ -517,10 +526,12 @@ def build_index(
     # A tile under another name (10452_sat_18.png beside .jpg, 010452_sat_18.jpg) is the same tile, kept
     # once the same way (it would weigh twice, and could sit on both sides of a tile split).
     rows, later, seen, tiles = [], {}, set(), {}
-    for image, mask in meta.itertuples(index=False):
+    for line, image, mask in meta.itertuples():
         problem = pair_problem(image, mask)
         if problem:
-            skip(image, mask, problem)
+            # a row of empty cells is found by its line (the index counts rows from 0 where not known)
+            where = f"line {line}" if meta.index.name == "line" else f"row {line + 1}"
+            skip(image, mask, problem + (f" ({where} of meta_data.csv)" if not (image and mask) else ""))
         elif (image, mask) in seen:
             skip(image, mask, DUPLICATE)
         elif (first := tiles.setdefault(tile_of(image), image)) != image:

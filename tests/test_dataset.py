@@ -307,7 +307,16 @@ def test_a_rejected_row_does_not_make_a_later_good_row_a_duplicate(tiny_set, tmp
     edit_meta(tiny_set, lambda lines: [lines[0], f"{image},"] + lines[1:])  # an empty mask cell, then the real row
     index, report = build(tiny_set, tmp_path / "out")
     assert (report["valid"], report["skipped"]) == (ROWS, 1) and image in set(index["image"])
-    assert report["skipped_pairs"][0]["reason"] == "empty mask cell"
+    assert report["skipped_pairs"][0]["reason"] == "empty mask cell (line 2 of meta_data.csv)"
+
+
+def test_a_row_of_empty_cells_is_named_by_its_line(tiny_set, tmp_path):
+    # blank and whitespace-only lines are no rows (pandas skips them), so the line is counted in the file
+    edit_meta(tiny_set, lambda lines: [lines[0], "", "   ", lines[1], ","] + lines[2:])
+    index, report = build(tiny_set, tmp_path / "out")
+    assert (report["valid"], report["skipped"]) == (ROWS, 1)
+    assert report["skipped_pairs"][0]["reason"] == "empty image cell (line 5 of meta_data.csv)"
+    assert report["skipped_by_reason"] == {"empty image cell": 1}
 
 
 def test_a_row_that_fails_to_load_does_not_make_a_later_good_row_a_duplicate(tiny_set, tmp_path):
