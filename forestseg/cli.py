@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .config import PRECISIONS, ConfigError, DataConfig, ForestsegError
+from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError
 from .errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES
 from .io import (
@@ -195,7 +195,7 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
 
 def predict(args: argparse.Namespace) -> int:
     from .device import pick_device
-    from .geo import check_raster, has_world_file, is_map
+    from .geo import PictureError, check_raster, has_world_file, is_map
     from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
@@ -222,10 +222,14 @@ def predict(args: argparse.Namespace) -> int:
         )
     # GeoTIFFs are checked before anything runs: a bad one stops the run (exit 2) rather than
     # leaving a forest-area table with an orthophoto silently missing
-    rasters, pictures, unplaced = [], [], []
+    rasters, pictures, unplaced, refused = [], [], [], []
     for f in files:
         mapped = is_map(f)
-        raster = check_raster(f, opts, predictor.pixel_size_m) if mapped else None
+        try:
+            raster = check_raster(f, opts, predictor.pixel_size_m) if mapped else None
+        except PictureError as e:  # no georeference: a picture, which fails alone
+            refused.append(str(e))
+            continue
         (rasters if raster else pictures).append(raster or f)
         if not mapped and has_world_file(f):
             unplaced.append(f)
@@ -251,6 +255,14 @@ def predict(args: argparse.Namespace) -> int:
             "picture), so it is predicted as a plain picture, without area; to map it: gdal_translate -a_srs "
             f"EPSG:<code> {shlex.quote(str(unplaced[0]))} {shlex.quote(str(unplaced[0].with_suffix('.tif')))}"
         )
+    if pictures and predictor.pixel_size_m != PIXEL_SIZE_M:
+        # a picture has no pixel size: run at the model's, which is not that of the Kaggle tiles
+        px = f"{predictor.pixel_size_m:g} m"
+        print(
+            f"note: the {len(pictures)} picture(s) carry no pixel size and are read as if at the model's {px} "
+            f"pixels (Kaggle/DeepGlobe tiles are {PIXEL_SIZE_M:g} m); resample pictures of another resolution "
+            f"to {px} first, or give GeoTIFFs (resampled to {px} as they are read)"
+        )
     unused = opts.raster_flags()
     if pictures and unused:
         print(
@@ -274,9 +286,10 @@ def predict(args: argparse.Namespace) -> int:
     if adapt and scene is predictor:
         print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
     failed, transparent = _predict_pictures(scene, pictures, args)
-    if pictures:
+    written, failed = len(pictures) - len(failed), refused + failed
+    if pictures or refused:
         print(
-            f"predict: wrote {len(pictures) - len(failed)} mask(s) to {args.out}; {len(failed)} image(s) failed"
+            f"predict: wrote {written} mask(s) to {args.out}; {len(failed)} image(s) failed"
             + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else "")
         )
     for message in failed:  # before the rasters: a raster that fails stops the run

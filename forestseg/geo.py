@@ -158,10 +158,16 @@ def _open(path: Path) -> Iterator[rasterio.io.DatasetReader]:
             yield src
 
 
+class PictureError(ForestsegError):
+    """A TIFF without georeference (a plain picture) that the picture reader cannot use: it fails
+    alone, as a picture does, where a raster that cannot be mapped stops the run."""
+
+
 def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None:
     """Check, from its header, that `path` can be mapped with `opts` by a model of `model_px` m pixels;
-    raises ForestsegError (one line) naming the file and the fix. Returns None for a TIFF with no
-    georeference at all, which is read as a plain picture like a PNG."""
+    raises ForestsegError (one line) naming the file and the fix, PictureError where it has no
+    georeference. Returns None for a TIFF with no georeference at all, which is read as a plain
+    picture like a PNG."""
     target = parse_crs(opts.reproject) if opts.reproject else None
     with _open(path) as src:
         gcps, _ = src.gcps
@@ -169,7 +175,7 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
             compression = src.compression.name if src.compression else None
             if src.driver == "VRT" or compression in PICTURE_READER_LACKS:  # GDAL reads it, Pillow cannot
                 what = "a VRT" if src.driver == "VRT" else f"a {compression.upper()}-compressed TIFF"
-                raise ForestsegError(
+                raise PictureError(
                     f"{path}: {what} without a georeference, so it would be read as a plain picture, and the "
                     f"picture reader cannot decode it; give it its CRS and pixel grid to map it as a raster "
                     f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {path.name}), or convert "
@@ -177,12 +183,12 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 )
             bands = sorted(set(src.dtypes))
             if bands != ["uint8"]:  # Pillow would only say it cannot decode it
-                raise ForestsegError(
+                raise PictureError(
                     f"{path}: its bands are {'/'.join(bands)}; the model learned 8-bit colour: convert "
                     f"with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
                 )
             if src.count >= 3 and src.colorinterp[0] == ColorInterp.gray:  # Pillow reads no 3-band grey TIFF
-                raise ForestsegError(
+                raise PictureError(
                     f"{path}: its {src.count} bands are tagged grey (TIFF photometric MINISBLACK), which the "
                     f"picture reader cannot read as colour; tag them RGB: gdal_translate -co PHOTOMETRIC=RGB "
                     f"{path.name} out.tif"
@@ -191,7 +197,7 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
             if src.nodata is not None or (MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags):
                 # the picture reader honours an alpha band, not GDAL's nodata value or internal mask
                 what = "a mask of invalid pixels" if src.nodata is None else f"nodata value {src.nodata:g}"
-                raise ForestsegError(
+                raise PictureError(
                     f"{path}: has {what} but no georeference, so as a plain picture its invalid pixels would "
                     "be predicted as ground; give it its CRS and pixel grid to map it as a raster "
                     f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"

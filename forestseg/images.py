@@ -23,6 +23,10 @@ class ImageError(Exception):
     """A file that cannot be read right; the message says why (without the path)."""
 
 
+class WideGreyError(ImageError):
+    """A grey image of more than 8 bits: fine to convert as a mask, never usable as a photo."""
+
+
 @dataclass(frozen=True)
 class Picture:
     """Decoded pixels: (H, W) grey or (H, W, 3) RGB uint8, the alpha band if any, the source kind and
@@ -86,7 +90,7 @@ def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
     top = int(array.max(initial=0))
     if array.min(initial=0) < 0 or top > 255:
         bits = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit"}.get(mode, mode)
-        raise ImageError(f"is a {bits} grey image with values up to {top}; save it with 8 bits per channel")
+        raise WideGreyError(f"is a {bits} grey image with values up to {top}; save it with 8 bits per channel")
     return array.astype(np.uint8)  # 16-bit class ids or 0/1 values that fit 8 bits
 
 

@@ -24,7 +24,7 @@ import torch
 from .checkpoint import load_weights, read_model
 from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig, Run
 from .device import apply_precision
-from .images import ImageError, decode
+from .images import ImageError, WideGreyError, decode
 from .io import read_columns
 from .layout import DataLayout
 from .loader import Normalizer, flip_turn, to_input, unflip_turn
@@ -332,6 +332,10 @@ def read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """
     try:
         picture = decode(path.read_bytes())
+    except WideGreyError as e:  # 8 bits would not make it a photo: say what it lacks first
+        raise ForestsegError(
+            f"{path}: {e.args[0].split(';')[0]}, one colour band; forestseg needs RGB images"
+        ) from None
     except ImageError as e:
         raise ForestsegError(f"{path}: {e}") from None
     except OSError as e:

@@ -145,6 +145,15 @@ def test_checkpoint_records_its_pixel_size(checkpoint: Path, tmp_path: Path, cap
     assert "does not record the pixel size it was trained at; assuming 0.5 m" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("pixel_size_m", [0.5, 1.0])
+def test_pictures_for_a_model_of_another_pixel_size_are_noted(pixel_size_m, tmp_path: Path, capsys) -> None:
+    model = random_checkpoint(tmp_path / "m.pt", pixel_size_m=pixel_size_m)
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    assert cli("predict", str(model), str(tmp_path / "a.png"), "-o", str(tmp_path / "out")) == 0
+    said = "carry no pixel size and are read as if at the model's 1 m pixels" in capsys.readouterr().out
+    assert said == (pixel_size_m != 0.5)  # the Kaggle tiles' 0.5 m: no note on every call
+
+
 def test_mask_keeps_crs_transform_and_nodata_and_is_a_cog(checkpoint: Path, scene, tmp_path: Path) -> None:
     image = with_nodata_corner(scene[0])
     src = write_raster(tmp_path / "ortho.tif", image)
@@ -238,7 +247,7 @@ def test_a_raster_only_gdal_decodes_without_a_georeference_is_told_what_to_do(
             rasterio.shutil.copy(plain, src, driver="VRT")
         else:
             write_raster(src, scene[0][:64, :64], crs=None, nodata=None, transform=Affine.identity(), compress=kind)
-    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 2
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 1  # a picture: fails alone
     err = capsys.readouterr().err
     what = "a VRT" if kind == "vrt" else f"a {kind.upper()}-compressed TIFF"
     assert err.startswith(f"error: {src}: {what} without a georeference"), err
@@ -889,9 +898,12 @@ def test_geographic_rows_running_south_to_north_are_degrees_too(checkpoint: Path
 
 def test_a_plain_16_bit_tiff_is_refused_with_the_conversion(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     write_raster(tmp_path / "in/scan.tif", scene[0][:64, :64].astype(np.uint16), crs=None, nodata=None, transform=None)
-    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
-    err = capsys.readouterr().err
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/photo.png")
+    # no georeference: a picture, which fails alone (a raster that cannot be mapped stops the run)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 1
+    out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "uint16; the model learned 8-bit colour: convert with gdal_translate" in err, err
+    assert "wrote 1 mask(s)" in out and "1 image(s) failed" in out and (tmp_path / "out/photo_mask.png").exists()
 
 
 def test_a_crs_in_kilometres_maps_without_proj_s_stray_lines(checkpoint: Path, scene, tmp_path: Path) -> None:
@@ -968,7 +980,7 @@ def test_a_plain_tiff_that_the_picture_reader_would_misread_is_refused(
     """Pillow reads neither GDAL's nodata value (its nodata area would be predicted as ground) nor a
     3-band grey-tagged TIFF (it would say only that it cannot decode it); an alpha band it honours."""
     write_raster(tmp_path / "in/scan.tif", scene[0][:64, :64], crs=None, transform=None, **{"nodata": None, **extra})
-    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"scan.tif: {says}" in err, err
     rgba = np.dstack([scene[0][:64, :64], np.full((64, 64), 255, np.uint8)])
