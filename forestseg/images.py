@@ -143,6 +143,10 @@ def decode(data: bytes) -> Picture:
         raise ImageError("is empty (0 bytes): copy or download it again")
     if data.startswith(LFS_POINTER):
         raise ImageError("is a Git LFS pointer, not the image: fetch the files with `git lfs pull`")
+    if data[:3] == b"\xff\xd8\xff" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        # a JPEG without its end marker (some cameras and copy tools drop it): decoded whole or, where
+        # any scan data is missing too, refused by the strict decoder below ("premature end of data")
+        data += b"\xff\xd9"
     if simplejpeg.is_jpeg(data):
         try:
             height, width, space, _ = simplejpeg.decode_jpeg_header(data)

@@ -225,3 +225,19 @@ def test_a_picture_past_pillows_pixel_limit_is_read_without_its_two_line_warning
     out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "(9500, 9500, 3)", out.stderr
     assert "DecompressionBomb" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("cut", [0, 2, 3, 40])
+def test_a_jpeg_without_its_end_marker_decodes_but_one_missing_data_is_refused(cut: int) -> None:
+    data = jpeg(picture())
+    assert data.endswith(b"\xff\xd9")
+    if cut <= 2:  # whole, or only the end marker dropped: the same pixels
+        assert np.array_equal(decode(data[: len(data) - cut]).pixels, decode(data).pixels)
+    else:
+        with pytest.raises(ImageError, match="cannot be decoded"):
+            decode(data[: len(data) - cut])
+
+
+def test_a_jpeg_padded_after_its_end_marker_still_decodes() -> None:
+    data = jpeg(picture())
+    assert np.array_equal(decode(data + b"\0" * 16).pixels, decode(data).pixels)
