@@ -96,6 +96,11 @@ def pair_problem(image: str, mask: str) -> str | None:
             return f"{column} name {name!r} has leading or trailing spaces in meta_data.csv; remove them"
     m = NAME.match(image)
     if m is None:
+        if re.fullmatch(r"\d+_sat", Path(image).stem, re.ASCII):  # DeepGlobe's 2448-px scenes: no tile number
+            return (
+                f"image {image!r} is named as a DeepGlobe scene (<id>_sat, no tile number): cut such scenes "
+                "into tiles with `forestseg tile <their folder> -o <new folder>` (README: Large scenes)"
+            )
         if _other_suffix(NAME, image):
             return f"image {image!r} has extension {Path(image).suffix}; images must be .jpg, .png or .tif"
         return (

@@ -1318,3 +1318,11 @@ def test_split_without_a_readable_index_names_the_stage_that_writes_it(tmp_path,
         DataError, match=r"index\.csv: cannot be read \(.+\); the index stage writes it: dvc repro index"
     ):
         split_folder(layout, SplitConfig())
+
+
+def test_a_deepglobe_scene_listed_as_a_tile_is_told_to_be_cut(tiny_set, tmp_path):
+    edit_meta(tiny_set, lambda lines: lines + ["104_sat.jpg,104_mask.png"])
+    index, report = build(tiny_set, tmp_path / "out")
+    [skipped] = report["skipped_pairs"]
+    assert "named as a DeepGlobe scene (<id>_sat, no tile number)" in skipped["reason"]
+    assert "forestseg tile" in skipped["reason"]
