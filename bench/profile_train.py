@@ -58,7 +58,8 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3, device: torch.devic
 
 class _RecordConvolutions(TorchDispatchMode):
     """Count each distinct aten.convolution a forward runs (modules and functional calls alike: Up
-    runs its transposed conv as a 1x1 conv): input, output and weight shapes, stride, padding, transposed."""
+    runs its transposed conv as a 1x1 conv): input, output and weight shapes, stride, padding, transposed,
+    and whether its input needs a gradient (not the first layer's: training never runs that kernel)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,12 +70,13 @@ class _RecordConvolutions(TorchDispatchMode):
         if func is torch.ops.aten.convolution.default:
             x, w, _, stride, pad, _, transposed = args[:7]
             key = (tuple(x.shape), tuple(out.shape), tuple(w.shape), tuple(stride), tuple(pad), transposed)
+            key += (x.requires_grad,)
             self.seen[key] = self.seen.get(key, 0) + 1
         return out
 
 
 def _convolutions(model: torch.nn.Module, x: torch.Tensor) -> dict[tuple, int]:
-    with _RecordConvolutions() as record, torch.no_grad():
+    with _RecordConvolutions() as record, torch.enable_grad():  # with grad: which inputs need one
         model(x)
     return record.seen
 
@@ -85,39 +87,52 @@ def conv_kernels(
     """Print each distinct convolution of `model` (met on a forward pass of `x`) timed alone in `dtype`:
     forward, backward to the input, backward to the weights, GFLOP/s and % of `peak` FLOP/s, and
     the totals over every convolution of one training step; returns those totals: the forward
-    FLOPs (each backward kernel does as many) and the seconds of the three kernels."""
+    FLOPs (each backward kernel does as many) and the seconds of the three kernels (the backward to
+    the input summed over the convolutions whose input needs a gradient, as training runs them)."""
     seen = _convolutions(model, x)  # each distinct convolution: how many times a forward runs it
     layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    totals = [0.0, 0.0, 0.0, 0.0]  # FLOPs, forward s, backward-input s, backward-weight s
+    # FLOPs, forward s, backward-input s, backward-weight s; and the FLOPs of the backward to the input
+    totals, in_flop, top = [0.0, 0.0, 0.0, 0.0], 0.0, 0.0
     print(
         f"{'convolution (input -> output, kernel)':48} {'count':>5} {'forward':>16} {'back, input':>16} {'back, weights':>16}"
     )
     dev = x.device
-    for (i, o, wshape, stride, pad, transposed), count in seen.items():
+    for (i, o, wshape, stride, pad, transposed, input_grad), count in seen.items():
         xin = torch.randn(i, device=dev).to(dtype).contiguous(memory_format=layout)
         w = (torch.randn(wshape, device=dev) * 0.1).to(dtype).contiguous(memory_format=layout)
         g = torch.randn(o, device=dev).to(dtype).contiguous(memory_format=layout)
         args = (list(stride), list(pad), [1, 1], transposed, [0, 0], 1)
         fwd = best_seconds(lambda: torch.ops.aten.convolution(xin, w, None, *args), device=dev)
-        bin_ = best_seconds(
-            lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [True, False, False]), device=dev
+        bin_ = (
+            best_seconds(
+                lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [True, False, False]), device=dev
+            )
+            if input_grad
+            else 0.0  # the model's input (the first layer's) needs no gradient: autograd skips this kernel
         )
         bw = best_seconds(
             lambda: torch.ops.aten.convolution_backward(g, xin, w, None, *args, [False, True, False]), device=dev
         )
         # as FlopCounterMode counts the forward; each backward kernel does as many
         flop = conv_flop_count(list(i), list(wshape), list(o), transposed)
-        cells = " ".join(f"{flop / t / 1e9:7.1f} ({flop / t / peak:4.0%})" for t in (fwd, bin_, bw))
+        cells = " ".join(
+            f"{flop / t / 1e9:7.1f} ({flop / t / peak:4.0%})" if t else f"{'not run':>16}" for t in (fwd, bin_, bw)
+        )
         name = f"{i[1]}x{i[2]}x{i[3]} -> {o[1]}x{o[2]}x{o[3]}, {wshape[2]}x{wshape[3]}{' transposed' if transposed else ''}"
         print(f"{name:48} {count:>5} {cells}")
         for j, t in enumerate((flop, fwd, bin_, bw)):
             totals[j] += count * t
+        in_flop += count * flop * input_grad
+        top = max(top, *(flop / t / peak for t in (fwd, bin_, bw) if t))
+    if top > 1:  # a probe slowed by another process reads the peak low, and every share high
+        print(f"warning: a convolution ran at {top:.0%} of the measured peak: the peak probe was slowed; rerun")
     flop, fwd, bin_, bw = totals
+    step = 2 * flop + in_flop  # forward, backward to the weights, and to the inputs that need it
     print(
         f"every convolution of a step, GFLOP/s (% of the {str(dtype)[6:]} peak): forward {flop / fwd / 1e9:.1f} "
-        f"({flop / fwd / peak:.0%}), backward to the input {flop / bin_ / 1e9:.1f} ({flop / bin_ / peak:.0%}), "
+        f"({flop / fwd / peak:.0%}), backward to the input {in_flop / bin_ / 1e9:.1f} ({in_flop / bin_ / peak:.0%}), "
         f"backward to the weights {flop / bw / 1e9:.1f} ({flop / bw / peak:.0%}); the three together "
-        f"{3 * flop / (fwd + bin_ + bw) / 1e9:.1f} ({3 * flop / (fwd + bin_ + bw) / peak:.0%}), "
+        f"{step / (fwd + bin_ + bw) / 1e9:.1f} ({step / (fwd + bin_ + bw) / peak:.0%}), "
         f"{fwd + bin_ + bw:.2f} s per step (forward {fwd / (fwd + bin_ + bw):.0%}, backward to the input "
         f"{bin_ / (fwd + bin_ + bw):.0%}, to the weights {bw / (fwd + bin_ + bw):.0%})"
     )

@@ -97,16 +97,22 @@ def sample_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# the code that decodes the sample into the cache: another decoder is another cache folder
+DECODE_CODE = [f"forestseg/{m}.py" for m in ("dataset", "images", "io", "layout", "masks")]
+
+
 def load_sample() -> Sample:
-    """The sample, decoded once into CACHE/<digest> (a new folder when any of its files changes,
-    written under a temp name and renamed, so runs on other samples or at the same time never mix)."""
+    """The sample, decoded once into CACHE/<digest>-<decoder> (a new folder when any of its files or
+    the decoding code changes, written under a temp name and renamed, so runs on other samples, of
+    other code or at the same time never mix)."""
     if not (SAMPLE / "meta_data.csv").is_file():
         sys.exit(f"bench/quality.py needs the real sample: not found at {SAMPLE} (set FORESTSEG_SAMPLE)")
     digest = sample_digest(SAMPLE)
-    folder = CACHE / digest
+    decoder = hashlib.sha256(b"".join(name.encode() + b"\0" + (ROOT / name).read_bytes() for name in DECODE_CODE))
+    folder = CACHE / f"{digest}-{decoder.hexdigest()[:16]}"
     if not (folder / "index.csv").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=f".{digest}.~"))
+        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=f".{folder.name}.~"))
         layout = DataLayout(tmp)
         try:
             index, report = build_index(SAMPLE, layout.images, layout.masks)
@@ -640,8 +646,21 @@ def main() -> None:
         folds_run = [f for p in parts for f in p["parts"]]
         if len({f["fold"] for f in folds_run}) != len(folds_run):
             sys.exit("merge: the parts share a fold")
-        merged = {k: v for k, v in parts[0].items() if k != "unfinished"}  # the folds left are in the other parts
-        save({**merged, "name": args.name, "parts": folds_run, "summary": summarize(folds_run)})
+        if parts[0].get("split") != "tile":  # each fold's test scenes must be that fold's, as folds() makes them
+            expected = folds(load_sample(), parts[0]["folds"])
+            wrong = [f["fold"] for f in folds_run if sorted(f["scenes"]) != expected[f["fold"]]]
+            if wrong:
+                sys.exit(
+                    f"merge: fold {wrong[0]} of the parts tested other scenes than that fold holds now "
+                    f"({HOLDOUT.name} or the fold count changed since): run it again"
+                )
+        # a part killed before its last folds: those stay unfinished unless another part has them
+        left = sorted({i for p in parts for i in p.get("unfinished", [])} - {f["fold"] for f in folds_run})
+        merged = {k: v for k, v in parts[0].items() if k != "unfinished"}
+        merged = {**merged, "name": args.name, "parts": folds_run, "summary": summarize(folds_run)}
+        if left:
+            print(f"merge: fold(s) {left} of an unfinished part are in no part: the result stays unfinished")
+        save({**merged, "unfinished": left} if left else merged)
         return
     if not args.recipe:
         sys.exit(f"give a recipe: one of {', '.join(recipes.names())}")

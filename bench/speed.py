@@ -182,11 +182,14 @@ def dense_peak(
         sizes = (*sizes, 8192)
     probe = torch.randn(512, 512, device=device).to(dtype)
     probe @ probe  # the first call pays for the library's start-up, not the dtype's speed
-    sync(device)
-    t0 = time.perf_counter()
-    probe @ probe
-    sync(device)
-    emulated = 2 * 512**3 / (time.perf_counter() - t0) < emulated_below
+    fastest = float("inf")
+    for _ in range(3):  # the best of three: one call slowed by another process is no emulation
+        sync(device)
+        t0 = time.perf_counter()
+        probe @ probe
+        sync(device)
+        fastest = min(fastest, time.perf_counter() - t0)
+    emulated = 2 * 512**3 / fastest < emulated_below
     products: list[tuple[str, Callable[[], object], float]] = []
     for n in (512,) if emulated else sizes:
         a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))

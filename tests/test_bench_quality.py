@@ -137,10 +137,12 @@ def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
         ({"split": "tile"}, False),  # fold 1 of random tiles is no fold of scenes
         ({"device": "cuda"}, False),  # another device trains other numbers from the same params
         ({"dtype": "bf16"}, False),  # and so does another precision
-        ({"unfinished": [2]}, True),  # part b's fold left to run is not the merged result's
+        ({"unfinished": [2]}, True),  # part b's fold 2 ran nowhere: the merged result stays unfinished
     ],
 )
 def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other: dict, merged: bool) -> None:
+    monkeypatch.setattr(quality, "load_sample", lambda: None)
+    monkeypatch.setattr(quality, "folds", lambda sample, k: [[f"s{i}"] for i in range(k)])
     a_left = {"unfinished": [1]} if "unfinished" in other else {}  # a killed run's fold 1 ran as part b
     quality.save({**result("a", **a_left), "parts": [part(0)], "summary": quality.summarize([part(0)])}, quiet=True)
     quality.save({**result("b", **other), "parts": [part(1)], "summary": quality.summarize([part(1)])}, quiet=True)
@@ -148,11 +150,51 @@ def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other:
     if merged:
         quality.main()
         saved = json.loads((results_dir / "ab.json").read_text())
-        assert [p["fold"] for p in saved["parts"]] == [0, 1] and "unfinished" not in saved
+        assert [p["fold"] for p in saved["parts"]] == [0, 1]
+        assert saved.get("unfinished") == other.get("unfinished")
+        assert ("(unfinished)" in (results_dir / "ab.md").read_text()) == ("unfinished" in other)
     else:
         with pytest.raises(SystemExit, match="same params, --folds and --tta, run on the same device and sample"):
             quality.main()
         assert not (results_dir / "ab.json").exists()
+
+
+def test_merge_refuses_a_fold_that_tested_other_scenes_than_the_fold_holds(results_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(quality, "load_sample", lambda: None)
+    monkeypatch.setattr(quality, "folds", lambda sample, k: [[f"s{i}"] for i in range(k)])
+    quality.save({**result("a"), "parts": [part(0)], "summary": quality.summarize([part(0)])}, quiet=True)
+    relabelled = {**part(0), "fold": 3}  # fold 0's scenes under another fold's number
+    quality.save({**result("b"), "parts": [relabelled], "summary": quality.summarize([relabelled])}, quiet=True)
+    monkeypatch.setattr("sys.argv", ["quality.py", "merge", "--name", "ab", "--parts", "a,b"])
+    with pytest.raises(SystemExit, match="fold 3 of the parts tested other scenes than that fold holds now"):
+        quality.main()
+    assert not (results_dir / "ab.json").exists()
+
+
+def test_the_decoded_sample_is_cached_per_decoding_code(tmp_path: Path, monkeypatch) -> None:
+    """A change to the code that decodes the sample decodes it again (the results record that code's digest)."""
+    import pandas as pd
+
+    monkeypatch.setattr(quality, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(quality, "SAMPLE", tmp_path / "sample")
+    monkeypatch.setattr(quality, "ROOT", tmp_path / "root")
+    monkeypatch.setattr(quality, "DECODE_CODE", ["forestseg/masks.py"])
+    monkeypatch.setattr(quality, "sample_digest", lambda folder: "d")
+    (tmp_path / "sample").mkdir()
+    (tmp_path / "sample/meta_data.csv").write_text("image,mask\n")
+    (tmp_path / "root/forestseg").mkdir(parents=True)
+    (tmp_path / "root/forestseg/masks.py").write_text("FOREST = 128\n")
+    decoded = []
+
+    def build_index(root, images, masks):
+        decoded.append(images)
+        return pd.DataFrame({"scene": ["1"], "forest_pixels": [1], "pixels": [4]}), {"valid": 1, "skipped": 0}
+
+    monkeypatch.setattr(quality, "build_index", build_index)
+    first = quality.load_sample().layout.root
+    assert quality.load_sample().layout.root == first and len(decoded) == 1  # decoded once
+    (tmp_path / "root/forestseg/masks.py").write_text("FOREST = 250\n")
+    assert quality.load_sample().layout.root != first and len(decoded) == 2
 
 
 def test_paired_deltas_pair_only_folds_that_hold_the_same_scenes() -> None:
