@@ -50,8 +50,9 @@ def fig_best_runs(summary: pd.DataFrame, histories: dict[str, pd.DataFrame], bes
             ax.set_title(f"{s['combination']}: every seed diverged")
             ax.set_xticks([]), ax.set_yticks([])  # a titled empty frame, not a 0..1 plot of nothing
             continue
-        ax.plot(h["epoch"], h["train_loss"], "o-", label="train loss")
-        ax.plot(h["epoch"], h["test_loss"], "s--", label="test loss")
+        # train: the mean over the epoch's steps (augmented tiles, weights still moving); test: the epoch's end
+        ax.plot(h["epoch"], h["train_loss"], "o-", label="train loss (mean over the epoch's steps)")
+        ax.plot(h["epoch"], h["test_loss"], "s--", label="test loss (the model at the epoch's end)")
         ax.set(
             title=f"{s['combination']}, seed {int(s['best_seed'])}",
             xlabel="epoch",
@@ -127,6 +128,8 @@ def fig_test_iou(runs: pd.DataFrame, baseline_iou: float, path: Path) -> None:
             label = "every seed\ndiverged" if not len(values) else f"{diverged} of {len(part)}\nseeds diverged"
             # at the foot of the axes (x in data, y in axes units): the baseline may be at the top
             ax.text(i, 0.03, label, ha="center", va="bottom", fontsize=8, transform=ax.get_xaxis_transform())
+    for opt, c in colour.items():  # the dots' colours, named
+        ax.plot([], [], "o", color=c, label=opt)
     ax.axhline(baseline_iou, color="red", ls="--", label=f"all-forest baseline {baseline_iou:.3f}")
     ax.set_xticks(range(len(combos)), combos)
     ax.set_xlim(-0.7, len(combos) - 0.3)  # room beside the bars (+-0.3) for the legend

@@ -35,10 +35,16 @@ def _pm(mean, std) -> str:
 WORST_SCENES_SHOWN = 10  # rows of the per-scene table in REPORT.md (metrics/scenes.csv has every scene)
 
 
-def scene_section(per_scene: dict, plots_rel: str) -> list[str]:
+def scene_section(per_scene: dict, plots_rel: str, split_by: str = "scene") -> list[str]:
     """REPORT.md's "Per-scene results": forest IoU over the test scenes, the worst ones, their overlays."""
     scenes, runs, missing = per_scene["scenes"], per_scene["runs"], per_scene["missing"]
     lines = ["## Per-scene results", ""]
+    if split_by == "tile":
+        lines += [
+            "Split by tile (`split.by: tile`, the 2022 study's): other tiles of every test scene trained, so these "
+            "are no unseen scenes and score higher than new ones would (`split.by: scene` holds whole scenes out).",
+            "",
+        ]
     if missing:
         lines += [
             f"Per-scene results are absent for {', '.join(missing)}: no `scenes.csv` in "
@@ -166,8 +172,11 @@ def write_report(
         f"- Trained on {', '.join(sorted(set(table['device'].dropna())))} in "
         f"{', '.join(sorted(set(table['precision'].dropna())))}.",
         "- Metrics come from confusion counts summed over the whole test set; mIoU averages forest and "
-        "background IoU; ± is the sample standard deviation over seeds (n - 1). Train and test losses are each run's own "
-        "loss, so compare them only between runs of the same loss"
+        "background IoU; ± is the sample standard deviation over seeds (n - 1). Scores are those of each run's "
+        "final model (`models/<run>/model.pt`, its last epoch). The train loss is the mean over an epoch's "
+        "training steps (augmented tiles, batch-norm in training mode, weights still moving), the test loss "
+        "that of the model at the epoch's end, so the train loss can sit above the test loss. Both are each "
+        "run's own loss, so compare them only between runs of the same loss"
         + (
             f"; for {', '.join(per_batch)} (a loss of the whole batch) the train loss is a mean over batches and "
             "the test loss a mean over tiles, so the two are not the same measure either."
@@ -302,7 +311,7 @@ def write_report(
             else f"![{c} predictions]({plots_rel}/overlays/{c}.png)"
         )
     if per_scene is not None:
-        lines += ["", *scene_section(per_scene, plots_rel)]
+        lines += ["", *scene_section(per_scene, plots_rel, setup["split_by"])]
     lines += ["", "## Per-epoch losses of every seed (the study's tables)", ""]
     for combo, epochs in epoch_tables.items():
         # seeds that all diverged within the first epoch leave a header with no rows

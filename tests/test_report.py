@@ -898,3 +898,37 @@ def test_a_scene_without_forest_ranks_by_its_false_forest_share_not_its_iou_of_0
     assert "- 4 test scenes; forest IoU per scene with forest: median 0.7445, 10th percentile 0.5000" in section
     assert "worst 0.5000 (scene patchy)." in section
     assert "- 2 scenes hold no forest (bare, fields): forest IoU is 0 there as soon as one pixel" in section
+
+
+def test_the_test_iou_figure_names_the_optimizer_of_each_dot_colour(monkeypatch, tmp_path) -> None:
+    from forestseg import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({"fig": fig}))
+    runs = pd.DataFrame(
+        [
+            {"combination": f"bce-{opt}", "optimizer": opt, "status": "ok", "test_iou": 0.7, "seed": 0}
+            for opt in ("sgd", "adam")
+        ]
+    )
+    figures.fig_test_iou(runs, 0.6, tmp_path / "iou.png")
+    legend = drawn["fig"].axes[0].get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["sgd", "adam", "all-forest baseline 0.600"]
+    from matplotlib.colors import to_hex
+
+    named = [to_hex(h.get_color()) for h in legend.legend_handles[:2]]
+    from matplotlib.collections import PathCollection
+
+    dots = [to_hex(c.get_facecolor()[0]) for c in drawn["fig"].axes[0].collections if isinstance(c, PathCollection)]
+    assert named == dots[:2] and named[0] != named[1]  # the dots of bce-sgd, then bce-adam
+
+
+@pytest.mark.parametrize("split_by", ["scene", "tile"])
+def test_per_scene_results_of_a_tile_split_say_the_scenes_also_trained(split_by: str) -> None:
+    scenes = pd.DataFrame(
+        {"scene": ["1"], "tiles": [4], "forest_share": [0.5], "iou": [0.7], "precision": [0.8], "recall": [0.9]}
+    )
+    per_scene = {"combination": "a-b", "runs": ["a-b-0"], "missing": [], "scenes": scenes}
+    text = "\n".join(scene_section(per_scene, "plots", split_by))
+    assert ("are no unseen scenes" in text) == (split_by == "tile")
