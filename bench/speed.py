@@ -13,7 +13,8 @@ Prints, for one model on this machine:
     of training and of predict (forward only, batched windows), against the peak of the precision
     used and against the device's best peak, each over several repeats with their spread
     (median [min-max]);
-  - predict images/s against training images/s of the same model;
+  - predict images/s against training images/s of the same model, and of `forestseg predict` as a
+    user calls it on a folder of JPEG tiles (decoding and PNG writing included);
   - peak RSS of the process.
 Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles otherwise.
 
@@ -27,6 +28,8 @@ Uses ../shared/forest-sample (or FORESTSEG_SAMPLE) when present, synthetic tiles
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -314,6 +317,35 @@ def predict_speeds(
     return whole, sequential, forward, predictor.bf16
 
 
+def files_speeds(
+    model_path: Path, images: np.ndarray, folder: Path, repeats: int, precision: str, copies: int = 4
+) -> list[float]:
+    """Images/s of `forestseg predict` as a user calls it on a folder of JPEG tiles (`copies` x the
+    images, quality 95), in this process: decoding, the batched forward passes, the PNG masks written,
+    the call's own model load and listing; over `repeats` calls."""
+    from forestseg.cli import main as cli
+
+    inputs = folder / "jpeg"
+    inputs.mkdir(parents=True)
+    for k in range(copies):
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(inputs / f"{k}_{i:04d}.jpg", quality=95)
+    n = copies * len(images)
+    argv = ["predict", str(model_path), str(inputs), "-o", str(folder / "masks"), "--precision", precision]
+    rates = []
+    for r in range(repeats + 1):  # the first call warms up (allocator, kernel choice), untimed
+        t0 = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cli(argv)
+        except SystemExit as e:  # the CLI's exit status
+            if e.code:
+                raise RuntimeError(f"forestseg predict exited {e.code}") from None
+        if r:
+            rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=16)
@@ -462,6 +494,9 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"one chunk at a time, cut on the host (as before 5a61907): {spread(sequential)}; "
         f"its forward passes alone (batches already on the device): {spread(forwards)}"
     )
+    on_files = files_speeds(
+        models[auto] if timed else models["fp32"], images, tmp / "files", args.repeats, "auto" if timed else "fp32"
+    )
 
     second = device_peaks(device)
     peaks = {d: max(peaks[d], second[d][0]) for d in peaks}
@@ -494,8 +529,12 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"{np.median(predicted) / trained:.2f}x the training images/s at precision auto (goal >= 3x); "
         f"its forward passes alone: MFU {spread(forward_mfu)} %"
     )
+    print(
+        f"forestseg predict on files (the command on a folder of {4 * len(images)} JPEG tiles, PNG masks written): "
+        f"{spread(on_files)} images/s, {np.median(on_files) / trained:.2f}x the training images/s"
+    )
     # here, not only at the end: on a GPU the study-style loop can outlast the time a call gives the bench
-    warn_if_busy([*(per_epoch for _, per_epoch in trained_rates.values()), predicted, sequential, forwards])
+    warn_if_busy([*(per_epoch for _, per_epoch in trained_rates.values()), predicted, sequential, forwards, on_files])
     if max(utilisations) > 100:
         print(
             "warning: an MFU above 100 % means both probes of the peak ran slower than the device can: "

@@ -198,6 +198,11 @@ def test_speed_prints_every_figure_from_one_run(monkeypatch: pytest.MonkeyPatch,
     assert re.search(rf"forestseg train: MFU {rate} % of the (bf16|fp32) peak", out), out
     assert re.search(rf"study-style: {rate} images/s \(fp32, NCHW", out), out
     assert re.search(r"x the training images/s at precision auto \(goal >= 3x\); its forward passes alone: MFU", out)
+    assert re.search(
+        rf"forestseg predict on files \(the command on a folder of \d+ JPEG tiles, PNG masks written\): {rate} "
+        r"images/s, \d+\.\d\dx the training images/s",
+        out,
+    ), out
 
 
 @pytest.mark.parametrize("values, says", [([3.0, 1.0, 2.0], "2.0 [1.0-3.0]"), ([4.0, 1.0, 2.0, 3.0], "2.5 [1.0-4.0]")])
