@@ -291,8 +291,11 @@ def read_resume(path: str | Path, log: Callable[[str], None] = print) -> dict | 
         raise ForestsegError(f"{path}: is a folder where this run's resume file goes; remove it and rerun")
     try:
         state = _load(path)
+    except pickle.UnpicklingError:  # torch's text is a page of unsafe-loading advice: not for a scratch file
+        log(f"{path} holds objects beyond a {RESUME_FORMAT} file (an older forestseg's resume file?); starting afresh")
+        return None
     except Exception as e:  # truncated by a full disk, or not ours: start afresh rather than fail forever
-        log(f"{path} cannot be read ({type(e).__name__}: {e}); starting afresh")
+        log(f"{path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); starting afresh")
         return None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         log(f"{path} is not a {RESUME_FORMAT} file; starting afresh")

@@ -155,6 +155,24 @@ def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "amx_bf16" in words or ("avx512_bf16" in words and "AuthenticAMD" in words)
 
 
+# the instruction sets that pick oneDNN's and ATen's CPU kernels, and the variables that cap them
+KERNEL_FLAGS = ("fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16")
+KERNEL_FLAGS += ("avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+KERNEL_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def cpu_kernels(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What picks this CPU's kernels: ATen's capability, the KERNEL_FLAGS it has and any KERNEL_CAPS
+    set. Kernels of another instruction set sum in another order, so a run's numbers differ in their
+    last bits from one epoch on: a run killed on one CPU resumes only on a CPU of the same sets."""
+    try:
+        words = set(cpuinfo.read_text(encoding="utf-8").split())
+    except OSError:
+        words = set()
+    caps = [f"{k}={os.environ[k]}" for k in KERNEL_CAPS if k in os.environ]
+    return " ".join([torch.backends.cpu.get_cpu_capability(), *(f for f in KERNEL_FLAGS if f in words), *caps])
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 
 

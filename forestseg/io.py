@@ -29,6 +29,7 @@ _WRITE_ERRORS = {
     errno.EROFS: "the folder is on a read-only file system; make it writable or run elsewhere",
     errno.EACCES: "permission denied; make the folder writable",
     errno.EPERM: "permission denied; make the folder writable",
+    errno.EFBIG: "the file would pass the largest size allowed (`ulimit -f`, or the file system's); raise it",
 }
 
 

@@ -39,7 +39,7 @@ from .config import (
     check_threshold,
     check_warmup,
 )
-from .device import apply_precision, keep_freed_memory, pick_device, use_bf16
+from .device import apply_precision, cpu_kernels, keep_freed_memory, pick_device, use_bf16
 from .layout import DataLayout
 from .loader import INPUTS, Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
@@ -307,9 +307,12 @@ def train_epoch(
             done.synchronize()  # that step's kernels alone, not the next step's queued behind them
         value = loss.item()
         if not math.isfinite(value) or value > cfg.diverge_factor * max(s.first_loss, 1e-8):
+            # a loss just over the bound (not a blow-up by orders) can be a bound too tight for this loss's swings
+            near = math.isfinite(value) and value < 10 * cfg.diverge_factor * max(s.first_loss, 1e-8)
+            tight = f", or raise train.diverge_factor ({cfg.diverge_factor:g})" if near else ""
             raise Diverged(
                 f"{where} diverged at step {step}: loss {value:.4g} (reference {s.first_loss:.4g}: the first "
-                f"batch's loss, or an output's at the loss's cut where higher; lr {lr:g}); lower {lr_param}",
+                f"batch's loss, or an output's at the loss's cut where higher; lr {lr:g}); lower {lr_param}{tight}",
                 s.history,
             )
         total, seen = total + value * n, seen + n
@@ -479,7 +482,7 @@ def train_run(
         s.load(saved)
         log(f"{run.name}: resuming after epoch {s.epoch} from {resume}")
     elif saved is not None:
-        log(f"{run.name}: {resume} was made with other params, code or data; starting afresh")
+        log(f"{run.name}: {resume} was made with other params, code, data or device; starting afresh")
 
     while s.epoch < train_cfg.epochs:
         t0 = time.perf_counter()
@@ -655,9 +658,11 @@ def train_member(
                 f"params.yaml: train.batch_size: {train_cfg.batch_size} is larger than "
                 f"the {len(tiles['train'])} training tiles; lower it"
             )
-        # the device kind and torch's version too: a run killed on the CPU never resumes on a GPU or under another torch
+        # the device kind and torch's version too: a run killed on the CPU never resumes on a GPU or under
+        # another torch, nor on a CPU of other instruction sets (other kernels: other last bits)
         cfgs = [asdict(c) for c in (model_cfg, opt_cfg, train_cfg)] + [
             {"device": device.type, "torch": torch.__version__}
+            | ({"cpu": cpu_kernels()} if device.type == "cpu" else {})
         ]
         init = None if train_cfg.init_from == "none" else Path(train_cfg.init_from)
         if init is not None:

@@ -9,6 +9,33 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+
+def _while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM while a stage script loads torch (~1 s, every stage of every run): one line
+    and the shell's exit status, not a traceback from inside an import; nothing is written yet."""
+    print(f"{Path(sys.argv[0]).name}: stopped while starting; nothing was written", file=sys.stderr)
+    os._exit(130 if signum == signal.SIGINT else 143)
+
+
+def _end_with_dvc() -> None:
+    """Under DVC (which sets DVC_STAGE), ask Linux to send this stage SIGTERM when its parent, the dvc
+    process, ends: DVC passes no SIGTERM (or SIGKILL) on, and a stage left running would go on writing
+    a run's outputs into the workspace under the next experiment. The stage then stops as on any
+    SIGTERM (one line, exit 143, no temp file left)."""
+    if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # linux/prctl.h
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
+# only for a stage script run as a program: a test importing this module keeps its own handlers
+if Path(getattr(sys.modules["__main__"], "__file__", None) or "").resolve().parent == Path(__file__).resolve().parent:
+    signal.signal(signal.SIGINT, _while_starting)
+    signal.signal(signal.SIGTERM, _while_starting)
+    _end_with_dvc()
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import SECTIONS, ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
@@ -150,6 +177,7 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
         code = 0
         # a timeout, `kill` or Slurm's time limit (SIGTERM) unwinds as Ctrl-C does: temp files go with it
         before = signal.signal(signal.SIGTERM, terminate)
+        interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)  # past start-up: KeyboardInterrupt
         try:
             fn(sys.argv[1:])
             _check_params_unchanged()
@@ -167,7 +195,8 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
             quiet_stdout()
             code = BROKEN_PIPE
         finally:
-            signal.signal(signal.SIGTERM, before)  # a stage called in-process leaves its caller's handler
+            signal.signal(signal.SIGTERM, before)  # a stage called in-process leaves its caller's handlers
+            signal.signal(signal.SIGINT, interrupt)
         if fn.__module__ == "__main__" and not _watched():  # the script this process runs
             _end_process(code)
         if code:

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from common import RESUME_DIR, args, check_all, clear_temps, params, stage
+from common import RESUME_DIR, ForestsegError, args, check_all, clear_temps, params, stage
 
 import forestseg
 from forestseg.checkpoint import check_init
@@ -39,6 +39,8 @@ def main(argv: list[str]) -> None:
         *sorted(Path(forestseg.__file__).parent.glob("*.py")),
     ]  # a code change discards a half-done run's resume file (dvc.yaml's deps decide what retrains)
     resume = RESUME_DIR / f"{run.name}.pt"
+    if RESUME_DIR.exists() and not RESUME_DIR.is_dir():  # said before training, not after its first epoch
+        raise ForestsegError(f"{RESUME_DIR}: is a file where the train stage keeps its resume files; remove it")
     out, model_dir = Path(runs_dir) / run.name, Path(models_dir) / run.name
     clear_temps(out, model_dir, RESUME_DIR)
     history, metrics, scenes = train_member(

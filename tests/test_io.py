@@ -87,6 +87,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) ->
         (errno.ENOSPC, r"cannot write it: no space left on the device \(\d+ MiB free\); free some space and rerun"),
         (errno.EROFS, r"cannot write it: the folder is on a read-only file system; make it writable or run elsewhere"),
         (errno.EACCES, r"cannot write it: permission denied; make the folder writable"),
+        (errno.EFBIG, r"cannot write it: the file would pass the largest size allowed \(`ulimit -f`, or the file"),
     ],
 )
 def test_write_errors_name_the_file_and_what_to_do(tmp_path: Path, monkeypatch, code, says) -> None:
@@ -281,3 +282,11 @@ def test_a_full_disk_says_the_free_space_of_the_deepest_folder_there(tmp_path: P
         said = str(write_error(path, OSError(errno.ENOSPC, "No space left on device")))
         assert re.search(r"\(\d+ MiB free\); free some space and rerun$", said), said
     assert asked == [tmp_path / "out", tmp_path / "out", tmp_path]
+
+
+def test_a_file_too_large_met_mid_write_is_one_line_and_no_litter(tmp_path: Path) -> None:
+    """`ulimit -f` or a file system's largest file: Python ignores SIGXFSZ, so the write fails with EFBIG."""
+    with pytest.raises(ForestsegError, match=r"a\.bin: cannot write it: the file would pass the largest size"):
+        with atomic_path(tmp_path / "a.bin"):
+            raise OSError(errno.EFBIG, "File too large")
+    assert list(tmp_path.iterdir()) == []

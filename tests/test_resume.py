@@ -153,6 +153,68 @@ def test_sigterm_ends_the_stage_with_one_line_and_resumes(project: Path, tmp_pat
     assert "resuming after epoch" in stage(work, "train", *TRAIN).stdout
 
 
+def test_a_stage_run_by_dvc_ends_when_dvc_is_killed(project: Path, tmp_path: Path) -> None:
+    """DVC passes no signal on: a stage left running would write a killed run's outputs into the next
+    experiment's workspace. Under DVC (DVC_STAGE set) it gets SIGTERM when its parent ends."""
+    import time
+
+    work = fresh(project, tmp_path)
+    launcher = "import subprocess, sys; subprocess.run(sys.argv[1:])"  # dvc's part: start the stage, wait
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher, sys.executable, str(REPO / "stages/train.py"), *TRAIN],
+        cwd=work,
+        env={**ENV, "PYTHONPATH": str(REPO), "DVC_STAGE": "train@bce-adam-0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if "epoch 2/" in line:
+            proc.kill()  # the parent alone, as `kill -9 <dvc>` does
+            break
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=120)  # the pipes close when the stage, which holds them too, ends
+    assert "train.py: terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert not (work / "metrics/runs/bce-adam-0/metrics.json").exists() and time.monotonic() - t0 < 30
+    assert "resuming after epoch" in stage(work, "train", *TRAIN).stdout
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stage_stopped_while_it_loads_torch_says_one_line(project: Path, tmp_path: Path, sig, code) -> None:
+    import time
+
+    work = fresh(project, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
+        cwd=work,
+        env={**ENV, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # inside `import torch` (~1-2 s): before the stage's own handling
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("train.py: ")
+
+
+def test_a_run_killed_on_one_cpu_kernel_set_does_not_resume_on_another(project: Path, tmp_path: Path) -> None:
+    """Another instruction set (here capped by oneDNN's variable, as an AVX2-only CPU would run) sums in
+    another order: resumed there, the run would match neither machine's uninterrupted numbers."""
+    work = fresh(project, tmp_path)
+    assert kill(work, "epoch 2/").returncode == -signal.SIGKILL
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
+        cwd=work,
+        env={**ENV, "PYTHONPATH": str(REPO), "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "was made with other params, code, data or device; starting afresh" in out.stdout, out.stdout
+
+
 def test_changed_arrays_do_not_resume_a_stale_checkpoint(project: Path, tmp_path: Path) -> None:
     """Other pixels under the same file names (a re-export of the set, then `dvc repro index`) change the
     arrays' digest alone: the run killed on the old ones starts afresh."""
@@ -392,6 +454,37 @@ def test_a_resume_file_of_another_format_starts_afresh(tmp_path: Path, content) 
     said: list[str] = []
     assert read_resume(tmp_path / "run.pt", log=said.append) is None
     assert said == [f"{tmp_path / 'run.pt'} is not a {RESUME_FORMAT} file; starting afresh"]
+
+
+def test_a_file_where_the_resume_folder_goes_stops_before_training(project: Path, tmp_path: Path) -> None:
+    work = fresh(project, tmp_path)
+    (work / ".resume").write_text("")
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
+        cwd=work,
+        env={**ENV, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "epoch" not in out.stdout
+    assert out.stderr == "error: .resume: is a file where the train stage keeps its resume files; remove it\n"
+
+
+def test_a_resume_file_of_the_pickled_format_before_3_is_one_line(tmp_path: Path) -> None:
+    """Format 2 kept numpy's RNG state as arrays, which torch's weights-only loader refuses with a page of
+    advice to load unsafely: one line instead, and the run starts afresh."""
+    import numpy as np
+    import torch
+
+    from forestseg.checkpoint import read_resume
+
+    torch.save({"format": "forestseg-resume/2", "rng": np.random.default_rng(0).random(3)}, tmp_path / "run.pt")
+    said: list[str] = []
+    assert read_resume(tmp_path / "run.pt", log=said.append) is None
+    assert said == [
+        f"{tmp_path / 'run.pt'} holds objects beyond a forestseg-resume/3 file (an older forestseg's resume file?); "
+        "starting afresh"
+    ]
 
 
 def test_a_folder_where_the_resume_file_goes_is_one_line(tmp_path: Path) -> None:

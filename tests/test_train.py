@@ -320,8 +320,9 @@ def test_the_study_recipe_trains_through_the_spike_its_mse_with_adam_makes(tmp_p
     def go(cfg: TrainConfig, out: Path):
         return train_run(Run("mse_logits", "adam", 5), model, opt, cfg, tiles, test, out, out / "r.pt", "t")
 
-    with pytest.raises(Diverged, match=r"diverged at step 2: loss 8\d\.\d+ \(reference 0\.7"):
+    with pytest.raises(Diverged, match=r"diverged at step 2: loss 8\d\.\d+ \(reference 0\.7") as e:
         go(dataclasses.replace(train, diverge_factor=100.0), tmp_path / "guarded")
+    assert str(e.value).endswith(", or raise train.diverge_factor (100)")  # a loss just over the bound
     history = go(train, tmp_path / "study").history
     assert len(history) == 1 and math.isfinite(history[0]["test_loss"])
 
