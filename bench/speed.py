@@ -172,8 +172,9 @@ def dense_peak(
 ) -> tuple[float, str]:
     """The best FLOP/s of a dense product in `dtype` (the practical peak of this device) and what gave
     it: an n x n matmul over `sizes` (BLAS: MKL on x86 CPUs, cuBLAS) and the same kind of product as a
-    1x1 convolution of 256 and 512 channels over 16 x 64 x 64 pixels (oneDNN on CPUs, cuDNN), the best of
-    all. Both libraries count because either can be the faster: MKL's fp32 matmul takes its AVX2 path on
+    1x1 convolution of 256 and 512 channels over 16 x 64 x 64 pixels (oneDNN on CPUs, cuDNN), and 3x3
+    convolutions of 64 and 128 channels there (oneDNN's 3x3 kernels ran at 108 % of the 1x1 peak on a
+    Zen 5, which read MFU high), the best of all. Both libraries count because either can be the faster: MKL's fp32 matmul takes its AVX2 path on
     AMD CPUs, at half the rate oneDNN's AVX-512 kernels reach there, and taking the best keeps MFU from
     being flattered. A dtype the device only emulates (a warm 512 matmul slower than `emulated_below`
     FLOP/s: bf16 on a CPU without AVX512-BF16 or AMX runs at ~1 GFLOP/s) is timed at n = 512 only,
@@ -197,10 +198,13 @@ def dense_peak(
     for n in (512,) if emulated else sizes:
         a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
         products.append((f"{n}x{n} matmul", lambda a=a, b=b: a @ b, 2 * n**3))
-    for c in () if emulated else tuple(s // 8 for s in sizes):
+    for c, k in () if emulated else (*((s // 8, 1) for s in sizes), *((s // 32, 3) for s in sizes)):
         x = torch.randn(16, c, 64, 64, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(c, c, 1, 1, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-        products.append((f"{c}-channel 1x1 convolution", lambda x=x, w=w: F.conv2d(x, w), 2 * 16 * 64 * 64 * c * c))
+        w = torch.randn(c, c, k, k, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+        flop = 2 * 16 * 64 * 64 * c * c * k * k
+        products.append(
+            (f"{c}-channel {k}x{k} convolution", lambda x=x, w=w, k=k: F.conv2d(x, w, padding=k // 2), flop)
+        )
     best, best_what = 0.0, products[0][0]
     for what, fn, flop in products:
         for _ in range(2):  # warm-up: kernel choice, thread pool, caches
