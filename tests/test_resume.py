@@ -26,15 +26,30 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 TRAIN = ["bce", "adam", "0", "data", "metrics/runs", "models"]
 
 
-def stage(cwd: Path, name: str, *argv: str, code: Path = REPO) -> subprocess.CompletedProcess:
-    """Stage `name` of the project at `code` (its stages/ and forestseg/) run in `cwd`."""
+def stage(
+    cwd: Path, name: str, *argv: str, code: Path = REPO, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Stage `name` of the project at `code` (its stages/ and forestseg/) run in `cwd`, with `env` added."""
     return subprocess.run(
         [sys.executable, str(code / "stages" / f"{name}.py"), *argv],
         cwd=cwd,
-        env={**ENV, "PYTHONPATH": str(code)},
+        env={**ENV, "PYTHONPATH": str(code), **(env or {})},
         capture_output=True,
         text=True,
-        check=True,
+        check=check,
+    )
+
+
+def start(work: Path, code: Path = REPO, env: dict | None = None, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+    """The train stage started in `work` (through `launcher`, a program that runs its arguments), its
+    output piped."""
+    return subprocess.Popen(
+        [*launcher, sys.executable, str(code / "stages/train.py"), *TRAIN],
+        cwd=work,
+        env={**ENV, "PYTHONPATH": str(code), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -99,14 +114,7 @@ def test_sigkill_then_resume_gives_identical_results(
 def kill(work: Path, marker: str, code: Path = REPO, sig: int = signal.SIGKILL) -> subprocess.CompletedProcess:
     """Start the train stage (of the project at `code`) and send it `sig` right after it prints a line
     containing `marker`; its exit status and what it wrote to stderr."""
-    proc = subprocess.Popen(
-        [sys.executable, str(code / "stages/train.py"), *TRAIN],
-        cwd=work,
-        env={**ENV, "PYTHONPATH": str(code)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(work, code)
     for line in proc.stdout:
         if marker in line:
             proc.send_signal(sig)
@@ -159,15 +167,8 @@ def test_a_stage_run_by_dvc_ends_when_dvc_is_killed(project: Path, tmp_path: Pat
     import time
 
     work = fresh(project, tmp_path)
-    launcher = "import subprocess, sys; subprocess.run(sys.argv[1:])"  # dvc's part: start the stage, wait
-    proc = subprocess.Popen(
-        [sys.executable, "-c", launcher, sys.executable, str(REPO / "stages/train.py"), *TRAIN],
-        cwd=work,
-        env={**ENV, "PYTHONPATH": str(REPO), "DVC_STAGE": "train@bce-adam-0"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    launcher = (sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])")  # dvc's part
+    proc = start(work, env={"DVC_STAGE": "train@bce-adam-0"}, launcher=launcher)
     for line in proc.stdout:
         if "epoch 2/" in line:
             proc.kill()  # the parent alone, as `kill -9 <dvc>` does
@@ -183,15 +184,7 @@ def test_a_stage_run_by_dvc_ends_when_dvc_is_killed(project: Path, tmp_path: Pat
 def test_a_stage_stopped_while_it_loads_torch_says_one_line(project: Path, tmp_path: Path, sig, code) -> None:
     import time
 
-    work = fresh(project, tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
-        cwd=work,
-        env={**ENV, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(fresh(project, tmp_path))
     time.sleep(0.5)  # inside `import torch` (~1-2 s): before the stage's own handling
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -204,14 +197,7 @@ def test_a_run_killed_on_one_cpu_kernel_set_does_not_resume_on_another(project: 
     another order: resumed there, the run would match neither machine's uninterrupted numbers."""
     work = fresh(project, tmp_path)
     assert kill(work, "epoch 2/").returncode == -signal.SIGKILL
-    out = subprocess.run(
-        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
-        cwd=work,
-        env={**ENV, "PYTHONPATH": str(REPO), "ONEDNN_MAX_CPU_ISA": "AVX2"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = stage(work, "train", *TRAIN, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert "was made with other params, code, data or device; starting afresh" in out.stdout, out.stdout
 
 
@@ -459,13 +445,7 @@ def test_a_resume_file_of_another_format_starts_afresh(tmp_path: Path, content) 
 def test_a_file_where_the_resume_folder_goes_stops_before_training(project: Path, tmp_path: Path) -> None:
     work = fresh(project, tmp_path)
     (work / ".resume").write_text("")
-    out = subprocess.run(
-        [sys.executable, str(REPO / "stages/train.py"), *TRAIN],
-        cwd=work,
-        env={**ENV, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-    )
+    out = stage(work, "train", *TRAIN, check=False)
     assert out.returncode == 2 and "epoch" not in out.stdout
     assert out.stderr == "error: .resume: is a file where the train stage keeps its resume files; remove it\n"
 
