@@ -8,7 +8,7 @@ Prints, for one model on this machine:
     step, raw 0-255 fp32 NCHW), and their ratio;
   - batch assembly (gather + cast + normalise) as a share of a training step;
   - the device's own limit, measured in the same run: the best bf16 and fp32 FLOP/s of a large
-    matmul or 1x1 convolution (dense_peak), and model FLOPs utilisation (FLOPs counted by torch's
+    matmul or a 1x1 or 3x3 convolution (dense_peak), and model FLOPs utilisation (FLOPs counted by torch's
     FlopCounterMode, not estimated)
     of training and of predict (forward only, batched windows), against the peak of the precision
     used and against the device's best peak, each over several repeats with their spread
@@ -171,16 +171,16 @@ def dense_peak(
     device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 4096), emulated_below: float = 10e9
 ) -> tuple[float, str]:
     """The best FLOP/s of a dense product in `dtype` (the practical peak of this device) and what gave
-    it: an n x n matmul over `sizes` (BLAS: MKL on x86 CPUs, cuBLAS) and the same kind of product as a
-    1x1 convolution of 256 and 512 channels over 16 x 64 x 64 pixels (oneDNN on CPUs, cuDNN), and 3x3
-    convolutions of 64 and 128 channels there (oneDNN's 3x3 kernels ran at 108 % of the 1x1 peak on a
-    Zen 5, which read MFU high), the best of all. Both libraries count because either can be the faster: MKL's fp32 matmul takes its AVX2 path on
-    AMD CPUs, at half the rate oneDNN's AVX-512 kernels reach there, and taking the best keeps MFU from
-    being flattered. A dtype the device only emulates (a warm 512 matmul slower than `emulated_below`
-    FLOP/s: bf16 on a CPU without AVX512-BF16 or AMX runs at ~1 GFLOP/s) is timed at n = 512 only,
-    so that it takes seconds, not hours. On CUDA each timing spans 20 calls, and n = 8192 joins the
-    sizes: one 4096 bf16 matmul takes ~0.2 ms on an H200, where launch and sync would read the peak low
-    (and flatter MFU)."""
+    it: an n x n matmul over `sizes` (BLAS: MKL on x86 CPUs, cuBLAS), the same kind of product as 1x1
+    convolutions of n / 8 channels (256 and 512) over 16 x 64 x 64 pixels (oneDNN on CPUs, cuDNN),
+    and 3x3 convolutions of n / 32 channels (64 and 128) there: oneDNN's 3x3 kernels ran at 108 % of
+    the 1x1 peak on a Zen 5, which read MFU high. The best of all counts: MKL's fp32 matmul takes its
+    AVX2 path on AMD CPUs, at half the rate oneDNN's AVX-512 kernels reach there, and taking the best
+    keeps MFU from being flattered. A dtype the device only emulates (a warm 512 matmul slower than
+    `emulated_below` FLOP/s: bf16 on a CPU without AVX512-BF16 or AMX runs at ~1 GFLOP/s) is timed at
+    n = 512 only, so that it takes seconds, not hours. On CUDA each timing spans 20 calls, and n = 8192
+    joins the sizes (so do 1024- and 256-channel convolutions): one 4096 bf16 matmul takes ~0.2 ms on
+    an H200, where launch and sync would read the peak low (and flatter MFU)."""
     reps = 20 if device.type == "cuda" else 1
     if device.type == "cuda":
         sizes = (*sizes, 8192)

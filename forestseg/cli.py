@@ -229,7 +229,7 @@ def predict(args: argparse.Namespace) -> int:
         try:
             raster = check_raster(f, opts, predictor.pixel_size_m) if mapped else None
         except PictureError as e:  # no georeference: a picture, which fails alone
-            refused.append(str(e))
+            refused.append((f, str(e)))
             continue
         (rasters if raster else pictures).append(raster or f)
         if not mapped and has_world_file(f):
@@ -241,6 +241,7 @@ def predict(args: argparse.Namespace) -> int:
     stale = remove_stale_temps(args.out)
     if stale:
         print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {args.out}")
+    _say_dropped(args.out, [old for f, _ in refused for old in _drop_outputs(args.out, f)])
     if rasters:
         _pixel_note(args.checkpoint, predictor)
         for note in (n for r in rasters for n in r.notes):
@@ -287,7 +288,7 @@ def predict(args: argparse.Namespace) -> int:
     if adapt and scene is predictor:
         print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
     failed, transparent = _predict_pictures(scene, pictures, args)
-    written, failed = len(pictures) - len(failed), refused + failed
+    written, failed = len(pictures) - len(failed), [message for _, message in refused] + failed
     if pictures or refused:
         print(
             f"predict: wrote {written} mask(s) to {args.out}; {len(failed)} image(s) failed"
@@ -395,11 +396,7 @@ def _predict_pictures(
             ok = [(path, d) for path, d in zip(group, decoded) if not isinstance(d, str)]
             for path, message in ((path, d) for path, d in zip(group, decoded) if isinstance(d, str)):
                 failed.append(message)
-                # an earlier run's outputs of a now unreadable image: never left beside this run's
-                for old in (args.out / f"{path.stem}_mask.png", args.out / f"{path.stem}_overlay.png"):
-                    if old.exists():
-                        old.unlink(missing_ok=True)
-                        of_failed.append(old)
+                of_failed += _drop_outputs(args.out, path)
             writes = []
             for (path, (image, opaque)), mask in zip(ok, predictor.masks([d[0] for _, d in ok], args.overlap)):
                 if opaque is not None:  # transparent pixels are no photo: never forest
@@ -416,12 +413,30 @@ def _predict_pictures(
         print(
             f"note: removed {plural(len(removed), 'overlay')} of an earlier run from {args.out} (this one has no --overlay)"
         )
-    if of_failed:
-        print(
-            f"note: removed {plural(len(of_failed), 'output')} of an earlier run from {args.out} whose images now "
-            f"fail to read: {', '.join(p.name for p in of_failed[:5])}{' ...' if len(of_failed) > 5 else ''}"
-        )
+    _say_dropped(args.out, of_failed)
     return failed, transparent
+
+
+# what predict writes per input: a picture's mask and overlay, a raster's mask, probability and polygons
+OUTPUTS = ("_mask.png", "_overlay.png", "_mask.tif", "_probability.tif", "_forest.geojson")
+
+
+def _drop_outputs(out: Path, path: Path) -> list[Path]:
+    """Remove an earlier run's outputs in `out` of `path`, an input that failed now: never left beside
+    this run's (nor its forest_area.csv row, which goes with its mask); the files removed."""
+    gone = [out / f"{path.stem}{suffix}" for suffix in OUTPUTS]
+    gone = [old for old in gone if old.is_file()]
+    for old in gone:
+        old.unlink(missing_ok=True)
+    return gone
+
+
+def _say_dropped(out: Path, gone: list[Path]) -> None:
+    if gone:
+        print(
+            f"note: removed {plural(len(gone), 'output')} of an earlier run from {out} whose images now "
+            f"fail to read: {', '.join(p.name for p in gone[:5])}{' ...' if len(gone) > 5 else ''}"
+        )
 
 
 def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_error: float | None) -> None:

@@ -14,7 +14,8 @@ def while_starting(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, while_starting)  # until cli.main has loaded what its command needs
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # an ignored Ctrl-C (`trap '' INT`) stays so
+        signal.signal(signal.SIGINT, while_starting)  # until cli.main has loaded what its command needs
     from forestseg.cli import main as run
 
     run()

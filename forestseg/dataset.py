@@ -310,7 +310,8 @@ def _check_row_lengths(meta: Path) -> list[int]:
     lines = []
     with open(meta, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
-        width = len(next((r for r in rows if r), []))  # pandas skips blank lines, before the header too
+        # pandas skips blank and whitespace-only lines, before the header too
+        width = len(next((r for r in rows if _is_row(r)), []))
         start = rows.line_num + 1
         for row in rows:
             if any(cell.strip() for cell in row[width:]):
@@ -318,10 +319,15 @@ def _check_row_lengths(meta: Path) -> list[int]:
                     f"{meta}: line {rows.line_num} has {len(row)} cells where the header has {width}; remove "
                     "the extra ones, or give their column a name in the header (extra columns are ignored)"
                 )
-            if len(row) > 1 or (row and row[0].strip()):
+            if _is_row(row):
                 lines.append(start)
             start = rows.line_num + 1
     return lines
+
+
+def _is_row(cells: list[str]) -> bool:
+    """Whether a line the csv module read is a row to pandas: not blank, not whitespace alone."""
+    return len(cells) > 1 or bool(cells and cells[0].strip())
 
 
 def _in_dvc_cache(path: Path) -> bool:
@@ -535,7 +541,7 @@ def build_index(
         problem = pair_problem(image, mask)
         if problem:
             # a row of empty cells is found by its line (the index counts rows from 0 where not known)
-            where = f"line {line}" if meta.index.name == "line" else f"row {line + 1}"
+            where = f"line {line}" if meta.index.name == "line" else f"data row {line + 1}, after the header,"
             skip(image, mask, problem + (f" ({where} of meta_data.csv)" if not (image and mask) else ""))
         elif (image, mask) in seen:
             skip(image, mask, DUPLICATE)

@@ -182,6 +182,11 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                     f"it to a picture (gdal_translate -of PNG {path.name} out.png)"
                 )
             bands = sorted(set(src.dtypes))
+            if src.count < 3 and not (src.count == 1 and _has_colormap(src)):  # said first: 8 bits would not help
+                raise PictureError(
+                    f"{path}: is a {'/'.join(bands)} TIFF of {src.count} band(s) without colour; forestseg needs "
+                    "RGB images"
+                )
             if bands != ["uint8"]:  # Pillow would only say it cannot decode it
                 raise PictureError(
                     f"{path}: its bands are {'/'.join(bands)}; the model learned 8-bit colour: convert "

@@ -137,13 +137,34 @@ def drawn_as_shown(img: Picture, msk: Picture) -> bool:
     )
 
 
+SOF_BASELINE = (0xC0, 0xC1)  # sequential Huffman frames; progressive ones (0xC2) come in several scans
+
+
+def _one_scan_jpeg(data: bytes) -> bool:
+    """Whether `data` is a sequential JPEG whose first scan holds every colour component: then its scan
+    runs to the end of the file, and the strict decoder refuses it if any of it is missing. A
+    progressive JPEG (or one scan per component) cut between two scans would decode from the scans it
+    has, without a warning: those keep Pillow's refusal as truncated."""
+    pos, components = 2, None
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            if marker not in SOF_BASELINE:
+                return False
+            components = data[pos + 9] if pos + 9 < len(data) else None
+        elif marker == 0xDA:  # the first scan: its component count
+            return components is not None and pos + 4 < len(data) and data[pos + 4] == components
+        pos += 2 + length
+    return False
+
+
 def decode(data: bytes) -> Picture:
     """Decode image bytes; raises ImageError for what cannot be read right."""
     if not data:
         raise ImageError("is empty (0 bytes): copy or download it again")
     if data.startswith(LFS_POINTER):
         raise ImageError("is a Git LFS pointer, not the image: fetch the files with `git lfs pull`")
-    if data[:3] == b"\xff\xd8\xff" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if data[:3] == b"\xff\xd8\xff" and not data.rstrip(b"\0").endswith(b"\xff\xd9") and _one_scan_jpeg(data):
         # a JPEG without its end marker (some cameras and copy tools drop it): decoded whole or, where
         # any scan data is missing too, refused by the strict decoder below ("premature end of data")
         data += b"\xff\xd9"

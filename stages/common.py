@@ -28,11 +28,18 @@ def _end_with_dvc() -> None:
 
     pr_set_pdeathsig = 1  # linux/prctl.h
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # dvc ended before the request was made: init adopted this stage
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# a Ctrl-C that the caller set to be ignored (`trap '' INT`, a script's `dvc repro &`) stays ignored
+_INTERRUPTS = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 # only for a stage script run as a program: a test importing this module keeps its own handlers
 if Path(getattr(sys.modules["__main__"], "__file__", None) or "").resolve().parent == Path(__file__).resolve().parent:
-    signal.signal(signal.SIGINT, _while_starting)
+    if _INTERRUPTS:
+        signal.signal(signal.SIGINT, _while_starting)
     signal.signal(signal.SIGTERM, _while_starting)
     _end_with_dvc()
 
@@ -177,7 +184,8 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
         code = 0
         # a timeout, `kill` or Slurm's time limit (SIGTERM) unwinds as Ctrl-C does: temp files go with it
         before = signal.signal(signal.SIGTERM, terminate)
-        interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)  # past start-up: KeyboardInterrupt
+        # past start-up a Ctrl-C unwinds as KeyboardInterrupt (temp files go with it), unless it is ignored
+        interrupt = signal.signal(signal.SIGINT, signal.default_int_handler if _INTERRUPTS else signal.SIG_IGN)
         try:
             fn(sys.argv[1:])
             _check_params_unchanged()

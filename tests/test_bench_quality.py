@@ -123,6 +123,25 @@ def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
     assert quality.unfinished_folds(result()) == {}
 
 
+def fake_sample(monkeypatch, folder: Path) -> None:
+    """A sample on disk whose fold i holds scene s<i>."""
+    (folder / "sample").mkdir(exist_ok=True)
+    (folder / "sample/meta_data.csv").write_text("image,mask\n")
+    monkeypatch.setattr(quality, "SAMPLE", folder / "sample")
+    monkeypatch.setattr(quality, "load_sample", lambda: None)
+    monkeypatch.setattr(quality, "folds", lambda sample, k: [[f"s{i}"] for i in range(k)])
+
+
+def test_merge_without_the_sample_says_the_scenes_go_unchecked(results_dir: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(quality, "SAMPLE", results_dir / "absent")
+    for name, fold in (("a", 0), ("b", 1)):
+        quality.save({**result(name), "parts": [part(fold)], "summary": quality.summarize([part(fold)])}, quiet=True)
+    monkeypatch.setattr("sys.argv", ["quality.py", "merge", "--name", "ab", "--parts", "a,b"])
+    quality.main()
+    assert "the folds' test scenes are not checked against holdout_scenes.txt" in capsys.readouterr().out
+    assert [p["fold"] for p in json.loads((results_dir / "ab.json").read_text())["parts"]] == [0, 1]
+
+
 @pytest.mark.parametrize(
     "other, merged",
     [
@@ -141,8 +160,7 @@ def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
     ],
 )
 def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other: dict, merged: bool) -> None:
-    monkeypatch.setattr(quality, "load_sample", lambda: None)
-    monkeypatch.setattr(quality, "folds", lambda sample, k: [[f"s{i}"] for i in range(k)])
+    fake_sample(monkeypatch, results_dir)
     a_left = {"unfinished": [1]} if "unfinished" in other else {}  # a killed run's fold 1 ran as part b
     quality.save({**result("a", **a_left), "parts": [part(0)], "summary": quality.summarize([part(0)])}, quiet=True)
     quality.save({**result("b", **other), "parts": [part(1)], "summary": quality.summarize([part(1)])}, quiet=True)
@@ -160,8 +178,7 @@ def test_merge_joins_only_folds_of_one_cv(results_dir: Path, monkeypatch, other:
 
 
 def test_merge_refuses_a_fold_that_tested_other_scenes_than_the_fold_holds(results_dir: Path, monkeypatch) -> None:
-    monkeypatch.setattr(quality, "load_sample", lambda: None)
-    monkeypatch.setattr(quality, "folds", lambda sample, k: [[f"s{i}"] for i in range(k)])
+    fake_sample(monkeypatch, results_dir)
     quality.save({**result("a"), "parts": [part(0)], "summary": quality.summarize([part(0)])}, quiet=True)
     relabelled = {**part(0), "fold": 3}  # fold 0's scenes under another fold's number
     quality.save({**result("b"), "parts": [relabelled], "summary": quality.summarize([relabelled])}, quiet=True)

@@ -366,3 +366,18 @@ def test_gpu_session_says_what_to_prepare_before_a_call(tmp_path: Path) -> None:
         == "gpu_session: run takes cv or final (the quality step; none: the speed steps alone), and --cpu-check; "
         "not 'finale'\n"
     )
+
+
+def test_the_peak_probe_times_3x3_convolutions_too(monkeypatch) -> None:
+    """oneDNN's 3x3 kernels outran its 1x1 ones (108 % on a Zen 5): a peak without them flatters MFU."""
+    kernels = []
+    conv2d = speed.F.conv2d
+    monkeypatch.setattr(speed.F, "conv2d", lambda x, w, **k: kernels.append(w.shape[-1]) or conv2d(x, w, **k))
+    speed.dense_peak(torch.device("cpu"), torch.float32, sizes=(256,))
+    assert {1, 3} <= set(kernels)
+
+
+def test_predict_on_files_stops_when_the_command_fails(tmp_path: Path) -> None:
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(RuntimeError, match="forestseg predict exited 2"):
+        speed.files_speeds(tmp_path / "no_model.pt", images, tmp_path / "files", repeats=1, precision="fp32")

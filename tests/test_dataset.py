@@ -312,11 +312,14 @@ def test_a_rejected_row_does_not_make_a_later_good_row_a_duplicate(tiny_set, tmp
 
 def test_a_row_of_empty_cells_is_named_by_its_line(tiny_set, tmp_path):
     # blank and whitespace-only lines are no rows (pandas skips them), so the line is counted in the file
-    edit_meta(tiny_set, lambda lines: [lines[0], "", "   ", lines[1], ","] + lines[2:])
+    edit_meta(tiny_set, lambda lines: ["  ", lines[0], "", "   ", lines[1], ",", "", ","] + lines[2:])
     index, report = build(tiny_set, tmp_path / "out")
-    assert (report["valid"], report["skipped"]) == (ROWS, 1)
-    assert report["skipped_pairs"][0]["reason"] == "empty image cell (line 5 of meta_data.csv)"
-    assert report["skipped_by_reason"] == {"empty image cell": 1}
+    assert (report["valid"], report["skipped"]) == (ROWS, 2)
+    assert [s["reason"] for s in report["skipped_pairs"]] == [
+        "empty image cell (line 6 of meta_data.csv)",
+        "empty image cell (line 8 of meta_data.csv)",  # right after a blank line
+    ]
+    assert report["skipped_by_reason"] == {"empty image cell": 2}
 
 
 def test_a_row_that_fails_to_load_does_not_make_a_later_good_row_a_duplicate(tiny_set, tmp_path):

@@ -174,3 +174,18 @@ def test_work_after_a_run_uses_its_device_where_this_machine_has_it(pref, gpus, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     assert device.here_or_auto(pref) == drawn_with
+
+
+def test_the_cpu_kernel_identity_names_the_instruction_sets_and_their_caps(tmp_path: Path, monkeypatch) -> None:
+    """A resume must not cross CPUs whose kernels differ (tests/test_resume.py): the flags that pick them count."""
+    from forestseg import device
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse2 avx2 fma avx512f hypervisor\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    plain = device.cpu_kernels(info)
+    assert plain.split()[1:] == ["fma", "avx2", "avx512f"]  # not fpu, sse2 or hypervisor
+    info.write_text("flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 hypervisor\n")
+    assert device.cpu_kernels(info) != plain
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert device.cpu_kernels(info).endswith("ONEDNN_MAX_CPU_ISA=AVX2")

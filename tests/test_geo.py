@@ -906,6 +906,39 @@ def test_a_plain_16_bit_tiff_is_refused_with_the_conversion(checkpoint: Path, sc
     assert "wrote 1 mask(s)" in out and "1 image(s) failed" in out and (tmp_path / "out/photo_mask.png").exists()
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_plain_grey_tiff_is_told_it_needs_colour_whatever_its_bits(
+    checkpoint: Path, scene, tmp_path: Path, capsys, dtype
+) -> None:
+    """Told to convert 16 bits to 8 first, a grey TIFF would then be refused as grey: colour is said first."""
+    write_raster(tmp_path / "in/scan.tif", scene[0][:64, :64, :1].astype(dtype), crs=None, nodata=None, transform=None)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert "scan.tif: " in err and "forestseg needs RGB images" in err and "8-bit" not in err, err
+
+
+@pytest.mark.parametrize("before", ["picture", "raster"])
+def test_a_tiff_refused_as_a_picture_leaves_no_earlier_output(
+    checkpoint: Path, scene, tmp_path: Path, capsys, before: str
+) -> None:
+    """An earlier run's mask (and forest_area.csv row) of a file that now fails is never left beside this run's."""
+    georef = {} if before == "raster" else {"crs": None, "nodata": None, "transform": None}
+    write_raster(tmp_path / "in/scan.tif", scene[0][:64, :64], **georef)
+    write_raster(tmp_path / "in/other.tif", scene[0][64:128, :64])
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    was = tmp_path / "out" / ("scan_mask.tif" if before == "raster" else "scan_mask.png")
+    assert was.is_file()
+    write_raster(tmp_path / "in/scan.tif", scene[0][:64, :64].astype(np.uint16), crs=None, nodata=None, transform=None)
+    capsys.readouterr()
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 1
+    assert f"removed 1 output of an earlier run from {tmp_path / 'out'} whose images now fail to read: {was.name}" in (
+        capsys.readouterr().out
+    )
+    assert not was.exists() and [Path(f).name for f in pd.read_csv(tmp_path / "out/forest_area.csv")["file"]] == [
+        "other.tif"
+    ]
+
+
 def test_a_crs_in_kilometres_maps_without_proj_s_stray_lines(checkpoint: Path, scene, tmp_path: Path) -> None:
     """rasterio's wheel left the PROJ context of unit lookups without its proj.db: 'Cannot find proj.db' x4."""
     import subprocess

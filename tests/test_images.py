@@ -241,3 +241,14 @@ def test_a_jpeg_without_its_end_marker_decodes_but_one_missing_data_is_refused(c
 def test_a_jpeg_padded_after_its_end_marker_still_decodes() -> None:
     data = jpeg(picture())
     assert np.array_equal(decode(data + b"\0" * 16).pixels, decode(data).pixels)
+
+
+def test_a_progressive_jpeg_cut_between_two_scans_is_refused_not_decoded_from_the_scans_it_has() -> None:
+    out = io.BytesIO()
+    Image.fromarray(picture()).save(out, format="JPEG", quality=90, progressive=True)
+    data = out.getvalue()
+    scans = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    assert len(scans) > 2
+    for cut in scans[1:]:  # libjpeg decodes the scans before the cut without a warning
+        with pytest.raises(ImageError, match="cannot be decoded"):
+            decode(data[:cut])

@@ -544,7 +544,18 @@ def test_report_per_scene_section(tmp_path: Path) -> None:
     assert "| 12 | 1 | 75.0% | 0.1429 | 0.5000 | 0.1667 |" in section
     assert section.index("| 12 |") < section.index("| 007 |") < section.index("| 3 |")
     assert "(plots/overlays/worst_scenes.png)" in section
-    assert "absent" not in section
+    assert "absent" not in section and "are no unseen scenes" not in section
+    # the setup says which model the scores are of, and how its two losses differ
+    assert "Scores are those of each run's final model" in text and "mean over an epoch's training steps" in text
+
+
+def test_a_tile_split_s_report_says_its_test_scenes_also_trained(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path, scenes=tuple(SCENE_COUNTS))
+    report = tmp_path / "REPORT.md"
+    setup = {**setup_dict(), "split_by": "tile"}
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
+    text = report.read_text()
+    assert "are no unseen scenes" in text[text.index("## Per-scene results") :]
 
 
 def test_missing_scene_counts_are_named_and_left_out(tmp_path: Path) -> None:

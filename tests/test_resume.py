@@ -149,13 +149,16 @@ def test_changed_data_does_not_resume_a_stale_checkpoint(project: Path, tmp_path
     assert "starting afresh" in out.stdout and "resuming" not in out.stdout
 
 
-def test_sigterm_ends_the_stage_with_one_line_and_resumes(project: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sig, code, how", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_sigterm_ends_the_stage_with_one_line_and_resumes(project: Path, tmp_path: Path, sig, code, how) -> None:
     """A timeout, `kill` or Slurm's time limit: as Ctrl-C, one line, exit 143, and a resumable run
-    (tests/test_stages.py: a SIGTERM mid-write leaves no temp file)."""
+    (tests/test_stages.py: a SIGTERM mid-write leaves no temp file); past start-up, Ctrl-C says so too."""
     work = fresh(project, tmp_path)
-    done = kill(work, "epoch 2/", sig=signal.SIGTERM)
-    assert done.returncode == 143 and done.stderr.strip().splitlines() == [
-        "train.py: terminated (SIGTERM); no output is half-written (each is written atomically): rerun to go on "
+    done = kill(work, "epoch 2/", sig=sig)
+    assert done.returncode == code and done.stderr.strip().splitlines() == [
+        f"train.py: {how}; no output is half-written (each is written atomically): rerun to go on "
         "(a train run resumes after its last finished epoch)"
     ], done.stderr
     assert "resuming after epoch" in stage(work, "train", *TRAIN).stdout
@@ -178,6 +181,53 @@ def test_a_stage_run_by_dvc_ends_when_dvc_is_killed(project: Path, tmp_path: Pat
     assert "train.py: terminated (SIGTERM)" in err and "Traceback" not in err, err
     assert not (work / "metrics/runs/bce-adam-0/metrics.json").exists() and time.monotonic() - t0 < 30
     assert "resuming after epoch" in stage(work, "train", *TRAIN).stdout
+
+
+def test_a_ctrl_c_its_caller_ignores_leaves_the_stage_running(project: Path, tmp_path: Path) -> None:
+    """`trap '' INT` before `dvc repro`, or a script's `dvc repro &`: DVC ignores the Ctrl-C, and so does the stage."""
+    work = fresh(project, tmp_path)
+    proc = start(work, launcher=("bash", "-c", "trap '' INT; exec \"$@\"", "bash"))
+    for line in proc.stdout:
+        if "epoch 2/" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and (work / "metrics/runs/bce-adam-0/metrics.json").is_file(), err
+
+
+def test_importing_the_stage_helpers_leaves_the_signal_handlers_alone(tmp_path: Path) -> None:
+    """Only a stage script run as a program takes over Ctrl-C and SIGTERM at start-up (a test or a
+    notebook importing stages/common.py keeps its own)."""
+    code = "import signal, common; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, "
+    code += "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**ENV, "PYTHONPATH": f"{REPO / 'stages'}:{REPO}"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["True", "True"]
+
+
+def test_a_stage_called_in_process_gives_back_its_callers_handlers(project: Path, tmp_path: Path, monkeypatch) -> None:
+    sys.path.insert(0, str(REPO / "stages"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(REPO / "stages"))
+
+    def caller(signum, frame) -> None:  # a handler of the code that calls the stage
+        pass
+
+    before = (signal.signal(signal.SIGINT, caller), signal.signal(signal.SIGTERM, caller))
+    try:
+        monkeypatch.setattr(sys, "argv", ["x.py"])
+        common.stage(lambda argv: None)()
+        assert signal.getsignal(signal.SIGINT) is caller and signal.getsignal(signal.SIGTERM) is caller
+    finally:
+        signal.signal(signal.SIGINT, before[0]), signal.signal(signal.SIGTERM, before[1])
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
