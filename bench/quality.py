@@ -106,7 +106,8 @@ def load_sample() -> Sample:
     the decoding code changes, written under a temp name and renamed, so runs on other samples, of
     other code or at the same time never mix)."""
     if not (SAMPLE / "meta_data.csv").is_file():
-        sys.exit(f"bench/quality.py needs the real sample: not found at {SAMPLE} (set FORESTSEG_SAMPLE)")
+        script = Path(sys.argv[0]).name if Path(sys.argv[0]).parent.name == "bench" else "quality.py"  # the one run
+        sys.exit(f"bench/{script} needs the real sample: not found at {SAMPLE} (set FORESTSEG_SAMPLE)")
     digest = sample_digest(SAMPLE)
     decoder = hashlib.sha256(b"".join(name.encode() + b"\0" + (ROOT / name).read_bytes() for name in DECODE_CODE))
     folder = CACHE / f"{digest}-{decoder.hexdigest()[:16]}"
