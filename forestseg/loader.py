@@ -318,6 +318,18 @@ def load_split(layout: DataLayout, device: torch.device) -> dict[str, Tiles]:
         raise ForestsegError(
             f"{layout.split_csv} does not match {layout.index_csv} row for row: rerun `dvc repro split`"
         )
+    for path in (layout.images, layout.masks, layout.digest):  # row i of each is tile i: all of one index run
+        try:
+            rows = np.load(path, mmap_mode="r").shape[0] if path.suffix == ".npy" else path.stat().st_size
+        except (OSError, ValueError) as e:
+            raise ForestsegError(
+                f"{path}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())}); rerun `dvc repro index`"
+            ) from None
+        if path.suffix == ".npy" and rows != len(split.image):
+            raise ForestsegError(
+                f"{path}: holds {rows} tiles where {layout.index_csv} lists {len(split.image)} (an index run "
+                "stopped midway, or files of two runs): rerun `dvc repro index`"
+            )
     return {
         s: load_tiles(layout, np.flatnonzero(split.subset == s), device, split.scene)
         for s in dict.fromkeys(split.subset)

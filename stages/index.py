@@ -13,9 +13,10 @@ from forestseg.layout import DataLayout
 def main(argv: list[str]) -> None:
     source, data_dir, report_json = args(argv, "SOURCE", "DATA_DIR", "REPORT_JSON")
     (cfg,) = params("data")
-    clear_temps(data_dir, report_json)
+    layout = DataLayout(Path(data_dir))
+    clear_temps(data_dir, report_json, layout.packed)  # the arrays' temps of a killed run lie in packed/
     check_tracked(source)
-    report = index_folder(source, DataLayout(Path(data_dir)), cfg)
+    report = index_folder(source, layout, cfg)
     write_json(report_json, report)
     print(format_report(report))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,12 @@ from typing import TYPE_CHECKING, Iterator
 # cores the other worker needs (tests/test_geo.py: 73 s -> 23 s on an AVX2 EPYC). Passive waiting
 # changes no number; set before torch loads, and inherited by every dvc and stage process.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The tests send Ctrl-C to the stages and commands they start, which honour a Ctrl-C their caller
+# ignores (a script's background job: `.ci/run &` starts with SIGINT ignored, and children inherit
+# that). Handled here, the children start with it at its default whoever ran pytest.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402

@@ -233,6 +233,7 @@ def write_packed(root: Path, subsets: list[str]) -> tuple[np.ndarray, np.ndarray
     (root / "packed").mkdir(parents=True)
     np.save(root / "packed" / "images.npy", images)
     np.save(root / "packed" / "masks.npy", masks)
+    (root / "packed" / "sha256.json").write_text('{"pixel_size_m": 0.5}')
     names = [f"{100 + i}_sat_{i % 2}{i // 2}.jpg" for i in range(n)]
     pd.DataFrame({"image": names, "mask": [s.replace("sat", "mask") for s in names]}).to_csv(
         root / "index.csv", index=False
@@ -276,6 +277,28 @@ def test_load_split_rejects_a_split_that_disagrees_with_the_index(tmp_path: Path
         split = split.iloc[:-1]
     split.to_csv(tmp_path / "split.csv", index=False)
     with pytest.raises(ForestsegError, match="does not match"):
+        load_split(DataLayout(tmp_path), CPU)
+
+
+@pytest.mark.parametrize("damage", ["other set's arrays", "masks missing", "images cut short", "digest missing"])
+def test_load_split_refuses_arrays_that_are_not_the_index_s(tmp_path: Path, damage: str) -> None:
+    """An index run killed between putting its arrays in place and writing index.csv leaves one set's
+    arrays beside another's index and split: row i would be another tile, with no error."""
+    write_packed(tmp_path, SUBSETS)
+    images = tmp_path / "packed/images.npy"
+    if damage == "other set's arrays":
+        np.save(images, np.zeros((len(SUBSETS) + 3, 4, 4, 3), np.uint8))
+        says = f"images.npy: holds {len(SUBSETS) + 3} tiles where .*index.csv lists {len(SUBSETS)}"
+    elif damage == "masks missing":
+        (tmp_path / "packed/masks.npy").unlink()
+        says = "masks.npy: cannot be read .*; rerun `dvc repro index`"
+    elif damage == "images cut short":
+        images.write_bytes(images.read_bytes()[:200])
+        says = "images.npy: cannot be read .*; rerun `dvc repro index`"
+    else:
+        (tmp_path / "packed/sha256.json").unlink()
+        says = "sha256.json: cannot be read .*; rerun `dvc repro index`"
+    with pytest.raises(ForestsegError, match=says):
         load_split(DataLayout(tmp_path), CPU)
 
 
