@@ -264,6 +264,7 @@ def evaluate_rasters(
     from rasterio.enums import Resampling
 
     from .geo import FOREST, GDAL_ENV, NODATA, CPLE_BaseError, Grid, _blocks, _one_line, _warp, check_raster, map_forest
+    from .geo import has_data as data_in
 
     rasters = []
     for image, truth_path in pairs:
@@ -294,7 +295,7 @@ def evaluate_rasters(
                         try:
                             for window in _blocks(grid, 2048):
                                 pred = pred_ds.read(1, window=window)
-                                has_data = view.dataset_mask(window=window) > 0
+                                has_data = data_in(view, window)
                                 values = view.read(1, window=window)
                                 seen.add(values[has_data])
                                 valid = (pred != NODATA) & has_data
@@ -317,6 +318,14 @@ def evaluate_rasters(
                 raise ForestsegError(problem)
             if truth_nodata and nodata_px and not seen.forest():
                 notes.append(seen.nodata_note(truth_path, truth_nodata, nodata_px))
+            elif truth_nodata is not None and nodata_px and 0 not in seen.counts:
+                # forest polygons burnt on a nodata background: nothing with data is not forest
+                log(
+                    f"note: {truth_path}: every pixel with data is forest ({seen.text()}) and its nodata covers "
+                    f"{nodata_px} pixel(s): the land without forest is nodata there, so false forest is not "
+                    "counted (precision reads 1); burn it as 0 (gdal_rasterize -init 0) or unset the nodata "
+                    f"(gdal_edit.py -unsetnodata {truth_path})"
+                )
             units[image.name] = (counts, grid.pixel_area_m2(raster.unit_m))
             Path(area.mask).unlink()
     if notes and not allow_no_forest and not sum(int(c[0] + c[2]) for c, _ in units.values()):  # tp + fn: none

@@ -567,6 +567,16 @@ def _warp(src: Any, grid: Grid, resampling: Resampling, alpha: bool = False) -> 
     )
 
 
+def has_data(ds: Any, window: Window) -> np.ndarray:
+    """Where `ds` (a raster or a `_warp` view) has data in `window`. An alpha band decides where there is
+    one: GDAL's dataset mask follows an alpha band of Byte or UInt16 bands only, so a warped Float32 or
+    Int16 truth (QGIS's Rasterize writes Float32) read all valid, its nodata and the land outside it
+    scored as no forest. Else the dataset mask: nodata, an internal mask."""
+    if ColorInterp.alpha in ds.colorinterp:
+        return ds.read(ds.colorinterp.index(ColorInterp.alpha) + 1, window=window) > 0
+    return ds.dataset_mask(window=window) > 0
+
+
 def grids(src: Any, raster: Raster, pixel_size_m: float | None) -> tuple[Grid, Grid, bool, Resampling]:
     """How `raster` (open as `src`) is read at `pixel_size_m` (None: at its own pixels): (its grid, or
     the grid warped to raster.crs; the grid read, that one at `pixel_size_m` unless its pixels are within

@@ -264,10 +264,12 @@ def tile_pairs(
                 f"{done['skipped_nodata']} with pixels without data; {done['edge_share']:.1%} of the scene "
                 "in edge strips narrower than a tile"
             )
-        if not rows:
+        if not rows:  # a truth's nodata hiding its forest is the likelier cause where one was noted
             raise ForestsegError(
-                f"no whole {opts.size}-px tile with data in {plural(len(pairs), 'scene')}: the scenes are smaller "
-                "than a tile, or their mask and image overlap nowhere with data in both"
+                notes[0] + "; tiles holding such pixels were skipped, so none was written"
+                if notes
+                else f"no whole {opts.size}-px tile with data in {plural(len(pairs), 'scene')}: the scenes are "
+                "smaller than a tile, or their mask and image overlap nowhere with data in both"
             )
         if notes and not any(r["forest_share"] for r in per_scene):
             raise ForestsegError(
@@ -390,7 +392,7 @@ def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts
     from rasterio.windows import Window
 
     from .evaluate import TruthValues
-    from .geo import CPLE_BaseError, _one_line, _open, _warp, grids
+    from .geo import CPLE_BaseError, _one_line, _open, _warp, grids, has_data
 
     s = opts.size
     with _open(raster.path) as src, contextlib.ExitStack() as stack:
@@ -415,8 +417,7 @@ def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts
                 # one read per strip of tiles: a warped view read tile by tile warped each tile on its own
                 strip = Window(c0 * s, r * s, n * s, s)
                 try:
-                    truth_valid = truth.dataset_mask(window=strip) > 0
-                    image_valid = view.dataset_mask(window=strip) > 0
+                    truth_valid, image_valid = has_data(truth, strip), has_data(view, strip)
                     whole = [
                         image_valid[:, k * s : k * s + s].all() and truth_valid[:, k * s : k * s + s].all()
                         for k in range(n)

@@ -1269,6 +1269,43 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, caps
     assert json.loads((tmp_path / "neg.json").read_text())["recall"] == pytest.approx(share)
 
 
+def test_a_warped_truth_s_nodata_is_no_data_whatever_its_type(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """A truth on another grid is warped with an alpha band, which GDAL's dataset mask follows for Byte
+    and UInt16 bands only: a Float32 truth (QGIS's Rasterize) or an Int16 one scored its nodata and the
+    land outside it as no forest. Every type scores as the uint8 truth; `tile` cuts the same tiles."""
+    write_raster(tmp_path / "img.tif", scene[0][:256, :256], nodata=None)
+    assert cli("predict", str(checkpoint), str(tmp_path / "img.tif"), "-o", str(tmp_path / "pred")) == 0
+    mask, _ = read(tmp_path / "pred/img_mask.tif")
+    coarse = (mask[::2, ::2] == 1)[:, :100]  # on a 1 m grid, and 28 m short of the image's right edge
+    scores, cut = {}, {}
+    for dtype, nodata in (("uint8", 255), ("float32", float("nan")), ("int16", -1)):
+        truth = coarse.astype(dtype)
+        truth[:, :40] = nodata  # its left part without data
+        data = tmp_path / dtype
+        (data / "images").mkdir(parents=True)
+        shutil.copy(tmp_path / "img.tif", data / "images/a.tif")
+        write_raster(data / "masks/a.tif", truth[..., None], pixel=1.0, nodata=nodata)
+        assert cli("evaluate", str(checkpoint), str(data), "-o", str(tmp_path / f"{dtype}.json")) == 0
+        scores[dtype] = {k: v for k, v in json.loads((tmp_path / f"{dtype}.json").read_text()).items() if k != "data"}
+        assert cli("tile", str(data), "-o", str(tmp_path / f"{dtype}_tiles"), "--size", "32") == 0
+        cut[dtype] = sorted(p.name for p in (tmp_path / f"{dtype}_tiles/images").iterdir())
+    assert scores["uint8"]["iou"] == 1.0  # its own mask, where the truth has data
+    assert scores["float32"] == scores["uint8"] == scores["int16"]
+    assert cut["float32"] == cut["uint8"] == cut["int16"] and 0 < len(cut["uint8"]) < 64
+
+
+def test_a_truth_of_forest_on_nodata_is_said_to_count_no_false_forest(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    """Forest polygons rasterized on a nodata background: no pixel with data is not forest, so false
+    forest is never counted and precision reads 1."""
+    write_raster(tmp_path / "data/images/a.tif", scene[0][:128, :128], nodata=None)
+    truth = np.where(scene[1][:128, :128, None] > 0, 1, 255).astype(np.uint8)
+    write_raster(tmp_path / "data/masks/a.tif", truth, nodata=255)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
+    assert "every pixel with data is forest (1 (100.0%)) and its nodata covers" in capsys.readouterr().out
+
+
 def test_evaluate_says_the_raster_headers_notes_as_predict_does(
     checkpoint: Path, scene, tmp_path: Path, capsys
 ) -> None:

@@ -561,6 +561,10 @@ def test_evaluate_writes_its_file_before_a_reader_that_stops_early(checkpoint, t
 
     data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=TILE)
     monkeypatch.setattr(forestseg.cli, "print", head_1, raising=False)
+    # the CLI then points file descriptor 1 at /dev/null: in a pytest worker, that is pytest's capture file
+    # (closed under it: every later test of the worker failed with EBADF); tests/test_geo.py runs the
+    # command in a process of its own into a closed pipe
+    monkeypatch.setattr(forestseg.cli, "quiet_stdout", lambda: None)
     with pytest.raises(SystemExit) as done:
         main(["evaluate", str(checkpoint), str(data), "--device", "cpu", "-o", str(tmp_path / "e.json")])
     assert done.value.code == 141 and json.loads((tmp_path / "e.json").read_text())["tiles"] == 4

@@ -108,10 +108,13 @@ def test_a_truth_on_a_coarser_grid_is_read_on_the_images(photo, tmp_path: Path) 
     assert np.array_equal(png(out / "masks" / "1_mask_0003.png"), np.where(fine[256:512, 256:512], 255, 0))
 
 
-def test_a_no_forest_raster_whose_nodata_hides_its_forest_stops(photo, tmp_path: Path) -> None:
+@pytest.mark.parametrize("forest_in_every_tile", [False, True])
+def test_a_no_forest_raster_whose_nodata_hides_its_forest_stops(photo, tmp_path: Path, forest_in_every_tile) -> None:
     mask = np.zeros((H, W, 1), np.uint8)
     mask[:, 300:] = 255  # a 0/255 mask tagged nodata 255: its forest reads as no data
-    with pytest.raises(ForestsegError, match=r"nodata value 255 covers .* unset the nodata"):
+    if forest_in_every_tile:  # every tile skipped: the nodata is still the reason given, not the tiles' size
+        mask[::200, ::200] = 255
+    with pytest.raises(ForestsegError, match=r"masks/a.tif: no forest pixel with data .* unset the nodata"):
         tile_pairs(
             "raster", pairs(tmp_path, photo, mask, nodata=255), tmp_path / "tiles", TileOptions(), log=lambda s: None
         )
