@@ -751,16 +751,20 @@ def _check_convention(
 
 def index_folder(source: str | Path, layout: DataLayout, cfg: DataConfig) -> dict:
     """Index `source` into the data folder of `layout` (index.csv, packed arrays and their digest);
-    returns the index report."""
-    index, report = build_index(
-        source, layout.images, layout.masks, cfg.masks, cfg.forest, check_inverted=cfg.check_inverted
-    )
-    # content digest of the arrays: the train stage's resume fingerprint, without re-reading hundreds of MB per run
-    write_json(
-        layout.digest,
-        {**{p.name: sha256_of(p) for p in (layout.images, layout.masks)}, "pixel_size_m": cfg.pixel_size_m},
-    )
-    write_csv(layout.index_csv, index)
+    returns the index report. All four are written under temp names and put in place one right after
+    another: a kill leaves the old set or the new one, never one set's arrays under another's index
+    (hashing the arrays takes seconds, which were a window for that)."""
+    with (
+        atomic_path(layout.images) as images,
+        atomic_path(layout.masks) as masks,
+        atomic_path(layout.digest) as digest,
+        atomic_path(layout.index_csv) as index_csv,
+    ):
+        index, report = build_index(source, images, masks, cfg.masks, cfg.forest, check_inverted=cfg.check_inverted)
+        # content digest of the arrays: the train stage's resume fingerprint, without re-reading hundreds of MB
+        arrays = {final.name: sha256_of(tmp) for final, tmp in ((layout.images, images), (layout.masks, masks))}
+        write_json(digest, {**arrays, "pixel_size_m": cfg.pixel_size_m})
+        write_csv(index_csv, index)
     return report
 
 

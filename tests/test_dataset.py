@@ -1329,3 +1329,25 @@ def test_a_deepglobe_scene_listed_as_a_tile_is_told_to_be_cut(tiny_set, tmp_path
     [skipped] = report["skipped_pairs"]
     assert "named as a DeepGlobe scene (<id>_sat, no tile number)" in skipped["reason"]
     assert "forestseg tile" in skipped["reason"]
+
+
+def test_an_index_run_stopped_before_its_end_leaves_the_old_data_folder_whole(tmp_path, monkeypatch) -> None:
+    """The arrays, their digest and index.csv are put in place together: stopped while it writes index.csv
+    (after hashing the new arrays, which takes seconds on a real set), the old four stay, and no temp."""
+    import forestseg.dataset as dataset
+    from forestseg.config import DataConfig
+    from forestseg.layout import DataLayout
+
+    layout = DataLayout(tmp_path / "data")
+    dataset.index_folder(make_set(tmp_path / "a", scenes=2, grid=2, tile_size=32), layout, DataConfig())
+    files = [layout.images, layout.masks, layout.digest, layout.index_csv]
+    before = {p: p.read_bytes() for p in files}
+
+    def stopped(*args) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dataset, "write_csv", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        dataset.index_folder(make_set(tmp_path / "b", scenes=3, grid=2, tile_size=32), layout, DataConfig())
+    assert {p: p.read_bytes() for p in files} == before
+    assert sorted(p.name for p in layout.root.rglob("*") if p.is_file()) == sorted(p.name for p in files)
