@@ -818,6 +818,23 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     return pd.DataFrame({"image": index["image"], "scene": index["scene"], "subset": units.map(subset_of).to_numpy()})
 
 
+def _index_problem(index: pd.DataFrame) -> str | None:
+    """Why index.csv cannot be split and summed (its columns, an empty cell, pixel counts), or None."""
+    missing = [c for c in ("image", "scene", "forest_pixels", "pixels") if c not in index.columns]
+    if missing:
+        return f"no column {missing[0]} (has {', '.join(map(str, index.columns))})"
+    if index["image"].isna().any() or index["scene"].isna().any():
+        row = int(np.flatnonzero(index["image"].isna() | index["scene"].isna())[0])
+        return f"data row {row + 1} has an empty image or scene cell"
+    counts = index[["forest_pixels", "pixels"]].apply(pd.to_numeric, errors="coerce")
+    bad = counts.isna().any(axis=1) | (counts["pixels"] <= 0) | (counts["forest_pixels"] < 0)
+    bad |= counts["forest_pixels"] > counts["pixels"]
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        return f"data row {row + 1}: forest_pixels and pixels must be counts, 0 <= forest_pixels <= pixels > 0"
+    return None
+
+
 def split_folder(layout: DataLayout, cfg: SplitConfig) -> dict:
     """Write split.csv of the indexed data folder; returns its summary (counts, all-forest baseline)."""
     try:
@@ -827,6 +844,9 @@ def split_folder(layout: DataLayout, cfg: SplitConfig) -> dict:
         raise DataError(
             f"{layout.index_csv}: cannot be read ({reason}); the index stage writes it: dvc repro index"
         ) from None
+    problem = _index_problem(index)
+    if problem:  # edited by hand, or another program's file: its summary would be a traceback or NaN
+        raise DataError(f"{layout.index_csv}: {problem}; the index stage writes it: dvc repro index")
     split = split_index(index, cfg)
     write_csv(layout.split_csv, split)
     return split_summary(index, split)

@@ -318,13 +318,9 @@ def evaluate_rasters(
                 raise ForestsegError(problem)
             if truth_nodata and nodata_px and not seen.forest():
                 notes.append(seen.nodata_note(truth_path, truth_nodata, nodata_px))
-            elif truth_nodata is not None and nodata_px and 0 not in seen.counts:
-                # forest polygons burnt on a nodata background: nothing with data is not forest
+            elif truth_nodata is not None and nodata_px and seen.forest_only():
                 log(
-                    f"note: {truth_path}: every pixel with data is forest ({seen.text()}) and its nodata covers "
-                    f"{nodata_px} pixel(s): the land without forest is nodata there, so false forest is not "
-                    "counted (precision reads 1); burn it as 0 (gdal_rasterize -init 0) or unset the nodata "
-                    f"(gdal_edit.py -unsetnodata {truth_path})"
+                    f"note: {seen.forest_only_note(truth_path, nodata_px)}; false forest is not counted (precision reads 1)"
                 )
             units[image.name] = (counts, grid.pixel_area_m2(raster.unit_m))
             Path(area.mask).unlink()
@@ -390,6 +386,17 @@ class TruthValues:
             f"{truth_path}: no forest pixel with data (values {self.text()}), but its nodata value "
             f"{nodata:g} covers {pixels} pixel(s): if {nodata:g} is its forest, unset the "
             f"nodata (gdal_edit.py -unsetnodata {truth_path})"
+        )
+
+    def forest_only(self) -> bool:
+        """Forest polygons burnt on a nodata background: no pixel with data is not forest."""
+        return bool(self.forest()) and 0 not in self.counts
+
+    def forest_only_note(self, truth_path: Path, pixels: int) -> str:
+        return (
+            f"{truth_path}: every pixel with data is forest ({self.text()}) and its nodata covers {pixels} "
+            "pixel(s): the land without forest is nodata there; burn it as 0 (gdal_rasterize -init 0) or unset "
+            f"the nodata (gdal_edit.py -unsetnodata {truth_path})"
         )
 
     def text(self, top: int = 4) -> str:

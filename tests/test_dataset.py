@@ -1323,6 +1323,32 @@ def test_split_without_a_readable_index_names_the_stage_that_writes_it(tmp_path,
         split_folder(layout, SplitConfig())
 
 
+GOOD_INDEX = "image,mask,scene,forest_pixels,pixels\n1_sat_0.jpg,1_mask_0.jpg,1,3,4\n2_sat_0.jpg,2_mask_0.jpg,2,1,4\n"
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda t: t.replace(",scene", ",place"), r"no column scene \(has image, mask, place, forest_pixels, pixels\)"),
+        (lambda t: t.replace(",pixels", ",px"), r"no column pixels"),
+        (lambda t: t.replace(",2,1,4", ",,1,4"), r"data row 2 has an empty image or scene cell"),
+        (lambda t: t.replace(",1,3,4", ",1,many,4"), r"data row 1: forest_pixels and pixels must be counts"),
+        (lambda t: t.replace(",2,1,4", ",2,1,0"), r"data row 2: forest_pixels and pixels must be counts"),
+        (lambda t: t.replace(",2,1,4", ",2,5,4"), r"data row 2: forest_pixels and pixels must be counts"),
+    ],
+)
+def test_split_of_a_hand_broken_index_is_one_line(tmp_path, edit, says):
+    from forestseg.dataset import split_folder
+    from forestseg.layout import DataLayout
+
+    layout = DataLayout(tmp_path)
+    layout.index_csv.write_text(GOOD_INDEX)
+    assert split_folder(layout, SplitConfig())["test"]["tiles"] == 1  # the file as index writes it
+    layout.index_csv.write_text(edit(GOOD_INDEX))
+    with pytest.raises(DataError, match=rf"index\.csv: {says}.*; the index stage writes it: dvc repro index"):
+        split_folder(layout, SplitConfig())
+
+
 def test_a_deepglobe_scene_listed_as_a_tile_is_told_to_be_cut(tiny_set, tmp_path):
     edit_meta(tiny_set, lambda lines: lines + ["104_sat.jpg,104_mask.png"])
     index, report = build(tiny_set, tmp_path / "out")

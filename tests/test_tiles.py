@@ -108,6 +108,14 @@ def test_a_truth_on_a_coarser_grid_is_read_on_the_images(photo, tmp_path: Path) 
     assert np.array_equal(png(out / "masks" / "1_mask_0003.png"), np.where(fine[256:512, 256:512], 255, 0))
 
 
+def test_a_truth_of_forest_on_nodata_is_noted_as_giving_all_forest_tiles(photo, tmp_path: Path) -> None:
+    mask = np.full((H, W, 1), 255, np.uint8)
+    mask[:, :300] = 1  # forest polygons burnt on a nodata background (255): no pixel with data is not forest
+    said = []
+    tile_pairs("raster", pairs(tmp_path, photo, mask, nodata=255), tmp_path / "tiles", TileOptions(), log=said.append)
+    assert any("every pixel with data is forest" in s and "every tile written is all forest" in s for s in said), said
+
+
 @pytest.mark.parametrize("forest_in_every_tile", [False, True])
 def test_a_no_forest_raster_whose_nodata_hides_its_forest_stops(photo, tmp_path: Path, forest_in_every_tile) -> None:
     mask = np.zeros((H, W, 1), np.uint8)
