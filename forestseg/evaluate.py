@@ -332,7 +332,9 @@ def evaluate_rasters(
         )
     for note in notes:  # a raster of no forest among others with forest can be right (an open field)
         log(f"note: {note}")
-    return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **summarize(units, "raster")}
+    # how the rasters were read: two JSONs scored otherwise must not look alike (predict --area-error reads them)
+    read = {"resampled_to_m": predictor.pixel_size_m if opts.resample else None, "reproject": opts.reproject}
+    return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **read, **summarize(units, "raster")}
 
 
 _NAN = float("nan")  # the key of NaN pixels in TruthValues.counts

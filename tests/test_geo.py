@@ -1230,6 +1230,11 @@ def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, caps
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "self.json")) == 0
     own = json.loads((tmp_path / "self.json").read_text())
     assert (own["iou"], own["area_bias_pct"], own["rasters"]) == (1.0, 0.0, 1)
+    assert (own["resampled_to_m"], own["reproject"]) == (0.5, None)  # how the rasters were read, recorded
+    assert (
+        cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "own.json"), "--no-resample") == 0
+    )
+    assert json.loads((tmp_path / "own.json").read_text())["resampled_to_m"] is None
     summary = capsys.readouterr().out.splitlines()[-4]  # every metric of the registry, as the JSON has it
     assert summary == "  " + "  ".join(f"{m.label} {own[name]:.4f}" for name, m in METRICS.items()), summary
     write_raster(tmp_path / "data/masks/a.tif", np.ones(mask.shape, np.uint8), nodata=None)
