@@ -417,15 +417,14 @@ def _predict_pictures(
     return failed, transparent
 
 
-# what predict writes per input: a picture's mask and overlay, a raster's mask, probability and polygons
-OUTPUTS = ("_mask.png", "_overlay.png", "_mask.tif", "_probability.tif", "_forest.geojson")
-
-
 def _drop_outputs(out: Path, path: Path) -> list[Path]:
     """Remove an earlier run's outputs in `out` of `path`, an input that failed now: never left beside
-    this run's (nor its forest_area.csv row, which goes with its mask); the files removed."""
-    gone = [out / f"{path.stem}{suffix}" for suffix in OUTPUTS]
-    gone = [old for old in gone if old.is_file()]
+    this run's (nor its forest_area.csv row, which goes with its mask); the files removed. Any of them:
+    a picture's mask and overlay, a raster's as map_forest names them with every option on."""
+    from .geo import MapOptions, output_paths
+
+    mapped = output_paths(path, out, MapOptions(probability="uint8", polygons=True)).values()
+    gone = [old for old in (out / f"{path.stem}_mask.png", out / f"{path.stem}_overlay.png", *mapped) if old.is_file()]
     for old in gone:
         old.unlink(missing_ok=True)
     return gone

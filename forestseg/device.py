@@ -147,12 +147,16 @@ def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     and no AMX: matmul 173 vs 330 GFLOP/s, UNet training 7.7 vs 10.9 img/s). AMD's cores (Zen 4 on)
     run them at full width: on a 2-core EPYC of Zen 5 (family 26), bf16 1x1 convolutions 1021 vs
     fp32 526 GFLOP/s, UNet training 30.8 vs 18.2 img/s. With AMX bf16 runs ~6x fp32's peak."""
-    try:
-        info = cpuinfo.read_text(encoding="utf-8")
-    except OSError:
-        return False
-    words = set(info.split())  # the flags, and the vendor_id's value among them
+    words = _cpuinfo_words(cpuinfo)  # the flags, and the vendor_id's value among them
     return "amx_bf16" in words or ("avx512_bf16" in words and "AuthenticAMD" in words)
+
+
+def _cpuinfo_words(cpuinfo: Path) -> set[str]:
+    """The words of /proc/cpuinfo (its flags among them); none where it cannot be read (not Linux)."""
+    try:
+        return set(cpuinfo.read_text(encoding="utf-8").split())
+    except OSError:
+        return set()
 
 
 # the instruction sets that pick oneDNN's and ATen's CPU kernels, and the variables that cap them
@@ -165,10 +169,7 @@ def cpu_kernels(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """What picks this CPU's kernels: ATen's capability, the KERNEL_FLAGS it has and any KERNEL_CAPS
     set. Kernels of another instruction set sum in another order, so a run's numbers differ in their
     last bits from one epoch on: a run killed on one CPU resumes only on a CPU of the same sets."""
-    try:
-        words = set(cpuinfo.read_text(encoding="utf-8").split())
-    except OSError:
-        words = set()
+    words = _cpuinfo_words(cpuinfo)
     caps = [f"{k}={os.environ[k]}" for k in KERNEL_CAPS if k in os.environ]
     return " ".join([torch.backends.cpu.get_cpu_capability(), *(f for f in KERNEL_FLAGS if f in words), *caps])
 

@@ -320,7 +320,7 @@ def evaluate_rasters(
                 notes.append(seen.nodata_note(truth_path, truth_nodata, nodata_px))
             elif truth_nodata is not None and nodata_px and seen.forest_only():
                 log(
-                    f"note: {seen.forest_only_note(truth_path, nodata_px)}; false forest is not counted (precision reads 1)"
+                    f"note: {seen.forest_only_note(truth_path, nodata_px, 'false forest is not counted (precision reads 1)')}"
                 )
             units[image.name] = (counts, grid.pixel_area_m2(raster.unit_m))
             Path(area.mask).unlink()
@@ -394,11 +394,12 @@ class TruthValues:
         """Forest polygons burnt on a nodata background: no pixel with data is not forest."""
         return bool(self.forest()) and 0 not in self.counts
 
-    def forest_only_note(self, truth_path: Path, pixels: int) -> str:
+    def forest_only_note(self, truth_path: Path, pixels: int, so: str) -> str:
+        """A truth whose every pixel with data is forest while nodata covers `pixels`; `so`: what follows."""
         return (
             f"{truth_path}: every pixel with data is forest ({self.text()}) and its nodata covers {pixels} "
-            "pixel(s): the land without forest is nodata there; burn it as 0 (gdal_rasterize -init 0) or unset "
-            f"the nodata (gdal_edit.py -unsetnodata {truth_path})"
+            f"pixel(s): the land without forest is nodata there, so {so}; burn it as 0 (gdal_rasterize -init 0) "
+            f"or unset the nodata (gdal_edit.py -unsetnodata {truth_path})"
         )
 
     def text(self, top: int = 4) -> str:

@@ -26,6 +26,10 @@ class ImageError(Exception):
 class WideGreyError(ImageError):
     """A grey image of more than 8 bits: fine to convert as a mask, never usable as a photo."""
 
+    def __init__(self, what: str) -> None:
+        self.what = what  # "a 16-bit grey image with values up to 3000"
+        super().__init__(f"is {what}; save it with 8 bits per channel")
+
 
 @dataclass(frozen=True)
 class Picture:
@@ -90,7 +94,7 @@ def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
     top = int(array.max(initial=0))
     if array.min(initial=0) < 0 or top > 255:
         bits = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit"}.get(mode, mode)
-        raise WideGreyError(f"is a {bits} grey image with values up to {top}; save it with 8 bits per channel")
+        raise WideGreyError(f"a {bits} grey image with values up to {top}")
     return array.astype(np.uint8)  # 16-bit class ids or 0/1 values that fit 8 bits
 
 

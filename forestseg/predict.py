@@ -333,9 +333,7 @@ def read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         picture = decode(path.read_bytes())
     except WideGreyError as e:  # 8 bits would not make it a photo: say what it lacks first
-        raise ForestsegError(
-            f"{path}: {e.args[0].split(';')[0]}, one colour band; forestseg needs RGB images"
-        ) from None
+        raise ForestsegError(f"{path}: is {e.what}, one colour band; forestseg needs RGB images") from None
     except ImageError as e:
         raise ForestsegError(f"{path}: {e}") from None
     except OSError as e:

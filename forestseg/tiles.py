@@ -456,7 +456,7 @@ def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts
         if truth_ds.nodata is not None and truth_gaps and not seen.forest():  # its forest read as nodata?
             note = seen.nodata_note(truth_path, truth_ds.nodata, truth_gaps)
         elif truth_ds.nodata is not None and truth_gaps and seen.forest_only():  # its non-forest as nodata?
-            note = seen.forest_only_note(truth_path, truth_gaps) + "; so every tile written is all forest"
+            note = seen.forest_only_note(truth_path, truth_gaps, "every tile written is all forest")
         # within 1 % of --pixel-size the raster's own pixels are read as that size (as predict reads them)
         px = opts.pixel_size_m if opts.pixel_size_m is not None else min(grid.pixel_sides(raster.unit_m))
         return {
