@@ -32,6 +32,9 @@ MAX_WIDTH = 256  # model.width: w256 d6 is a 16384-channel bottom level, past an
 MAX_THREADS = 1024
 PLAUSIBLE_PIXEL_M = (1e-3, 1e4)  # pixel sides outside these are a geotransform or CRS gone wrong, not imagery
 MAX_BATCH = 65536  # tiles per batch: 12.9 GB of 256-px uint8 tiles, far beyond any machine here
+# what dvc.yaml's stages write beside the synth stage's data/synthetic (a test checks it): data.source
+# there would be a stage's dependency and another's output, which DVC refuses without naming the param
+PIPELINE_OUTPUTS = ("data/index.csv", "data/packed", "data/split.csv", "metrics", "models", "plots", "REPORT.md")
 
 
 class ConfigError(ForestsegError):
@@ -76,6 +79,25 @@ def known_device(name: str) -> bool:
     return name in DEVICES or re.fullmatch(r"cuda:[0-9]{1,4}", name) is not None
 
 
+def _source_outside_outputs(source: str) -> None:
+    path = PurePosixPath(os.path.normpath(source.replace(os.sep, "/")))
+    if path.is_absolute():  # the project's root is not known here; DVC's own check covers these
+        return
+    outs = [PurePosixPath(o) for o in PIPELINE_OUTPUTS]
+    inside = next((o for o in outs if path == o or o in path.parents), None)
+    if inside is not None or any(path in o.parents for o in outs):
+        what = (
+            f"{'is' if path == inside else 'lies in'} the pipeline's output {inside}"
+            if inside
+            else "holds the pipeline's outputs"
+        )
+        _fail(
+            "data.source",
+            f"{source!r} {what} (DVC refuses a stage input that another stage writes); give the folder of "
+            "the Kaggle layout (images/, masks/, meta_data.csv), e.g. data/raw/kaggle",
+        )
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the Kaggle-layout folder is (images/, masks/, meta_data.csv) and how its masks code forest."""
@@ -98,6 +120,7 @@ class DataConfig:
                 "data.source",
                 f"{self.source!r}: ~ is not expanded here; write the full path, e.g. {os.path.expanduser(self.source)!r}",
             )
+        _source_outside_outputs(self.source)
         _positive("data.pixel_size_m", self.pixel_size_m)
         low, high = PLAUSIBLE_PIXEL_M
         if not low <= self.pixel_size_m <= high:

@@ -323,6 +323,19 @@ def remove_stale_runs(members: Iterable[str], folder: str | Path) -> list[str]:
     return removed
 
 
+def read_utf8(path: str | Path, what: str | None = None) -> str:
+    """The text of `path`; a file that is not UTF-8 (saved as Latin-1 by an editor, say) is one
+    ForestsegError naming it (`what`, else the path) and the first bad byte. OSError is the caller's."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ForestsegError(
+            f"{what or path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -101,15 +101,20 @@ def aggregated(rev: str, params: dict[str, Any]) -> bool | None:
     try:
         stages = load_yaml(lock.decode(), "dvc.lock")["stages"]  # as DVC wrote it: YAML 1.2
         entry = stages["aggregate"]
-        ran_with = _flat(entry["params"]["params.yaml"])
+        listed = entry["params"]["params.yaml"]
+        ran_with = _flat(listed)
         written = next(o["md5"] for o in entry["outs"] if o["path"] == HEADLINE_FILE)
         # what the other stages of this lock wrote (index.json, split.json): aggregate read those very files
         made = {o["path"]: o.get("md5") for s in stages.values() for o in s.get("outs") or []}
         read = [(d["path"], d.get("md5")) for d in entry.get("deps") or [] if d["path"] in made]
     except (TypeError, KeyError, StopIteration, UnicodeDecodeError, AttributeError, ForestsegError):
         return None
+    # both ways: an empty mapping in the lock has no leaves (`_flat`), so a key the experiment set under
+    # it (`+optimizer.lr_overrides.bce-adam=...` over the baseline's {}) is only seen from this side
+    under = tuple(listed)
     return (
         all(params.get(k) == v for k, v in ran_with.items())
+        and all(k in ran_with for k in params if k in under or k.startswith(tuple(f"{t}." for t in under)))
         and hashlib.md5(headline).hexdigest() == written
         and all(made[path] == md5 for path, md5 in read)
     )

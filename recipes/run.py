@@ -35,7 +35,7 @@ from forestseg.config import (  # noqa: E402
     override_value,
     unused_by_grid,
 )
-from forestseg.io import load_yaml  # noqa: E402
+from forestseg.io import load_yaml, read_utf8  # noqa: E402
 
 
 def names() -> list[str]:
@@ -72,7 +72,7 @@ def _read(name: str) -> dict:
         if name.endswith(".yaml") and name[: -len(".yaml")] in names():
             what = f"give the recipe's name, {name[: -len('.yaml')]}"
         raise ForestsegError(f"recipe {name!r}: {what}; recipes: {', '.join(names())}")
-    recipe = load_yaml(path.read_text(), str(path.relative_to(ROOT)))
+    recipe = load_yaml(read_utf8(path, str(path.relative_to(ROOT))), str(path.relative_to(ROOT)))
     if recipe is None:
         return {}
     if not isinstance(recipe, dict):
@@ -105,7 +105,7 @@ def _validated(params: dict, what: str, init: bool = False) -> dict:
 def _workspace() -> dict:
     """The project's params.yaml, parsed; one line where there is none."""
     try:
-        text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+        text = read_utf8(ROOT / "params.yaml", "params.yaml")
     except OSError as e:
         raise ForestsegError(
             f"{ROOT / 'params.yaml'}: cannot be read ({e.strerror}); restore it: git checkout params.yaml"
@@ -185,6 +185,12 @@ def dvc_value(item: str, value: str) -> object:
             f"-S {item}: recipes/run.py runs one experiment; a sweep over values is "
             f"`dvc exp run --queue -S {item}` (README: Sweeps)"
         )
+    if isinstance(override.value(), dict):  # Hydra keeps the last of a key given twice, params.yaml refuses it
+        try:
+            load_yaml(value, f"-S {item}")
+        except ForestsegError as e:
+            if "duplicate key" in str(e):
+                raise
     return override.value()
 
 

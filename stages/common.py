@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from forestseg.config import SECTIONS, ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
 from forestseg.errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate  # noqa: E402
-from forestseg.io import load_yaml, remove_stale_runs, remove_stale_temps  # noqa: E402
+from forestseg.io import load_yaml, read_utf8, remove_stale_runs, remove_stale_temps  # noqa: E402
 
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
 
@@ -65,7 +65,7 @@ def _parse(path: str, text: str) -> Any:
 
 def _read(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return read_utf8(path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror}); run from the project root") from None
 

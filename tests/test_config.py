@@ -159,6 +159,19 @@ BAD = [
         "~/forest",
         r"data\.source: '~/forest': ~ is not expanded here; write the full path, e\.g\. '/",
     ),
+    ("source-an-output", "data.source", "data/packed", r"data\.source: 'data/packed' is the pipeline's output data/pa"),
+    (
+        "source-in-an-output",
+        "data.source",
+        "./metrics/x",
+        r"data\.source: './metrics/x' lies in the pipeline's output me",
+    ),
+    (
+        "source-holds-outputs",
+        "data.source",
+        "data/",
+        r"data\.source: 'data/' holds the pipeline's outputs \(DVC refuses",
+    ),
     ("tile-size-not-x16", "synth.tile_size", 40, r"synth\.tile_size: must be a multiple of 16"),
     ("tile-size-too-small", "synth.tile_size", 0, r"synth\.tile_size: must be a multiple of 16"),
     ("grid-too-large", "synth.grid", 11, r"synth\.grid: must be in 1\.\.10"),
@@ -460,6 +473,27 @@ def test_a_recipe_after_another_keeps_none_of_its_values(first):
         assert run.merged(then, base=run.merged(first)) == run.merged(then), (first, then)
 
 
+def test_recipes_one_after_another_leave_params_yaml_readable_as_dvc_writes_it(tmp_path):
+    """DVC's own round-trip writer on the committed params.yaml (comments kept): a mapping set by -S
+    after a comment on its key's line came out as `{}` at column 0, unreadable YAML (study, then cpu)."""
+    from dvc.utils.hydra import apply_overrides
+
+    from forestseg.io import load_yaml
+
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    for name in ["study", *run.names(), "study", "cpu"]:
+        workspace = load_yaml(params.read_text(), "params.yaml")
+        held = {f"{section}.{key}" for section, values in workspace.items() for key in values or {}}
+        args = run.set_args(run.load(name), held)
+        apply_overrides(str(params), args[1::2])
+        written = load_yaml(params.read_text(), "params.yaml")  # raises where DVC broke it
+        assert written == run.merged(name, base=workspace), name
+
+
 @pytest.mark.parametrize(
     "value, override",
     [
@@ -488,6 +522,16 @@ def test_recipe_values_reach_dvc_as_the_same_yaml_values(value, override):
     assert override_value(value) == override
     assert yaml.safe_load(override) == value  # Hydra's grammar agrees with YAML on these
     assert run.dvc_value(f"data.x={override}", override) == value  # and DVC's parser reads it back so
+
+
+@pytest.mark.parametrize("text", ["{bce-adam: 1e-3, bce-adam: 1e-2}", "{a: {b: 1, b: 2}}"])
+def test_a_key_given_twice_in_a_mapping_override_is_refused(text):
+    """Hydra keeps the last (DVC would write {bce-adam: 0.01}); params.yaml itself refuses a duplicate key."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    with pytest.raises(ForestsegError, match=r"found duplicate key"):
+        run.dvc_value(f"optimizer.lr_overrides={text}", text)
 
 
 @pytest.mark.parametrize(
@@ -520,6 +564,10 @@ def test_backslashes_and_quotes_reach_dvc_as_they_are(value, override):
         ("model: 8\n", r"^recipes/bad.yaml: model: not a params section with keys"),
         ("model: {widht: 8}\n", r"^recipes/bad.yaml: model.widht: unknown key; valid keys of 'model': arch, width"),
         ("model: {width: -3}\n", r"^recipes/bad.yaml: model.width: must be in 1\.\.256, got -3$"),
+        (
+            b"# caf\xe9\nmodel: {width: 8}\n",
+            r"^recipes/bad.yaml: not UTF-8 text \(byte 0xe9 on line 1\); save it as UTF-8$",
+        ),
     ],
 )
 def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
@@ -527,7 +575,7 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, monkeypatch, text, message):
     from recipes import run
 
     (tmp_path / "recipes").mkdir()
-    (tmp_path / "recipes/bad.yaml").write_text(text)
+    (tmp_path / "recipes/bad.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
     monkeypatch.setattr(run, "ROOT", tmp_path)
     with pytest.raises(ForestsegError, match=message):
         run.load("bad")

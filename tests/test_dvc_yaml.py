@@ -107,3 +107,13 @@ def test_the_committed_lock_records_every_code_file_as_it_is() -> None:
         if dep["path"].endswith(".py") and dep.get("md5") != hashlib.md5((REPO / dep["path"]).read_bytes()).hexdigest()
     )
     assert not stale, f"dvc.lock is not the code's (run `dvc repro` and commit dvc.lock): {stale}"
+
+
+def test_data_source_is_refused_where_the_pipeline_writes() -> None:
+    """config.PIPELINE_OUTPUTS holds every stage output but the synth stage's data/synthetic (the default source)."""
+    from forestseg.config import PIPELINE_OUTPUTS
+
+    outs = {next(iter(o)) if isinstance(o, dict) else o for s in STAGES.values() for o in s.get("outs", [])}
+    outs |= {next(iter(m)) for s in STAGES.values() for m in s.get("metrics", [])}
+    for out in outs - {"data/synthetic"}:
+        assert any(out == o or out.startswith(f"{o}/") for o in PIPELINE_OUTPUTS), out

@@ -334,6 +334,35 @@ def test_an_experiment_whose_lock_says_aggregate_did_not_write_its_headline_is_s
     assert rows.loc["dried-sink", "rank"] == "1"
 
 
+@pytest.mark.parametrize(
+    "params, own",
+    [
+        ({"optimizer.lr": 0.001, "split.by": "scene"}, True),
+        # a train-only slice that set a key under the lock's empty mapping: not the run aggregate saw
+        ({"optimizer.lr": 0.001, "optimizer.lr_overrides.bce-adam": 10, "split.by": "scene"}, False),
+        ({"optimizer.lr": 0.001, "split.by": "scene", "split.seed": 3, "data.source": "x"}, True),  # not aggregate's
+    ],
+)
+def test_aggregated_compares_params_both_ways(monkeypatch, params, own) -> None:
+    headline = b'{"best_iou": 0.5}'
+    lock = f"""schema: '2.0'
+stages:
+  aggregate:
+    params:
+      params.yaml:
+        optimizer:
+          lr: 0.001
+          lr_overrides: {{}}
+        split.by: scene
+    outs:
+    - path: metrics/headline.json
+      md5: {hashlib.md5(headline).hexdigest()}
+"""
+    files = {"dvc.lock": lock.encode(), "metrics/headline.json": headline}
+    monkeypatch.setattr(rank, "_git_show", lambda rev, path: files.get(path))
+    assert rank.aggregated("abc", params) is own
+
+
 def test_the_lock_is_read_as_dvc_writes_it_in_a_project_below_the_git_root(tmp_path: Path, monkeypatch) -> None:
     """dvc.lock is YAML 1.2 (`lr: 1e-05` a float, PyYAML's string); the project may be a subfolder."""
     project = tmp_path / "repo" / "project"

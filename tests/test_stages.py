@@ -258,3 +258,12 @@ def test_a_training_stage_checks_the_sections_later_stages_read(params_file, sec
     with pytest.raises(common.ConfigError, match=says):
         common.check_all()
     assert common._READ == {}  # checked, not read: no params of the stage
+
+
+def test_a_params_file_not_in_utf8_is_one_line(params_file, capsys) -> None:
+    """An editor's Latin-1 byte (a comment's 'é'): one line naming the file, its line and the byte."""
+    params_file.write_bytes(b"# caf\xe9\n" + params_file.read_bytes())
+    with pytest.raises(SystemExit) as done:
+        run_stage(lambda argv: common.params("train"))
+    assert done.value.code == 2
+    assert capsys.readouterr().err == "error: params.yaml: not UTF-8 text (byte 0xe9 on line 1); save it as UTF-8\n"
