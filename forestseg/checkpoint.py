@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .config import INIT_DIR, PRECISIONS, SAME_PIXEL_SIZE
+from .config import INIT_DIR, PLAUSIBLE_PIXEL_M, PRECISIONS, SAME_PIXEL_SIZE
 from .errors import ForestsegError
 from .io import untracked_in_project, write_torch
 from .losses import LOSSES
@@ -158,6 +158,10 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
     return state
 
 
+MAX_TILE = 8192  # a model window's side: one such window's input is 0.8 GB in fp32
+MIN_STD = 1e-4  # below the smallest channel std Normalizer.fit gives, 1e-3 (a one-colour training set)
+
+
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -170,7 +174,7 @@ def _field_problem(state: dict) -> str | None:
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         return f"{len(bad)} weight tensor(s) hold NaN or inf ({bad[0]})"
-    if state["loss"] not in LOSSES:
+    if not (isinstance(state["loss"], str) and state["loss"] in LOSSES):
         return f"loss {state['loss']!r} is none of {', '.join(LOSSES)}"
     if not _number(state["threshold"]):
         return f"threshold {state['threshold']!r} is not a finite number"
@@ -179,20 +183,23 @@ def _field_problem(state: dict) -> str | None:
     if state["precision"] not in PRECISIONS:
         return f"precision {state['precision']!r} is none of {', '.join(PRECISIONS)}"
     pixel = state["pixel_size_m"]
-    if pixel is not None and not (_number(pixel) and pixel > 0):
-        return f"pixel_size_m {pixel!r} is not a positive number of metres"
+    low, high = PLAUSIBLE_PIXEL_M
+    if pixel is not None and not (_number(pixel) and low <= pixel <= high):
+        return f"pixel_size_m {pixel!r} is not a pixel side from {low:g} to {high:g} m"
     if not (
         isinstance(state["train_scenes"], (list, tuple)) and all(isinstance(x, str) for x in state["train_scenes"])
     ):
         return f"train_scenes {state['train_scenes']!r} is not a list of scene names"
-    if not (isinstance(state["tile_size"], int) and state["tile_size"] > 0):
-        return f"tile_size {state['tile_size']!r} is not a positive whole number"
+    if not (isinstance(state["tile_size"], int) and 0 < state["tile_size"] <= MAX_TILE):
+        return f"tile_size {state['tile_size']!r} is not a whole number of pixels from 1 to {MAX_TILE}"
     norm = state["normalizer"]
     stats = [norm.get(k) for k in ("mean", "std")] if isinstance(norm, dict) else [None]
     if not all(isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_number, v)) for v in stats):
         return f"normalizer {norm!r} is not a mean and std of 3 finite numbers each"
-    if not all(v > 0 for v in norm["std"]):
-        return "normalizer std holds a value <= 0"
+    if not all(v >= MIN_STD for v in norm["std"]):
+        return f"normalizer std holds a value below {MIN_STD:g}"
+    if not isinstance(norm.get("per_tile", False), bool):
+        return f"normalizer per_tile {norm['per_tile']!r} is not true or false"
     return None
 
 

@@ -32,6 +32,7 @@ from .io import (
     read_columns,
     read_json,
     remove_stale_temps,
+    sha256_of,
     temp_prefix,
     write_error,
     write_json,
@@ -111,8 +112,9 @@ def _bands(text: str) -> tuple[int, ...]:
     return bands
 
 
-def _area_error(text: str | None) -> float | None:
-    """--area-error: a percentage, or the JSON written by `forestseg evaluate -o` (its area_bias_pct)."""
+def _area_error(text: str | None, checkpoint: Path, predictor: Predictor, opts: MapOptions) -> float | None:
+    """--area-error: a percentage, or the JSON written by `forestseg evaluate -o` (its area_bias_pct) of
+    this very model file; its reading settings other than this run's are noted."""
     if text is None:
         return None
     try:
@@ -126,15 +128,18 @@ def _area_error(text: str | None) -> float | None:
                 f"--area-error {text}: neither a percentage nor an evaluate JSON with area_bias_pct "
                 f"({type(e).__name__}: {e})"
             ) from None
-        if "split" in scored and scored["split"] is None:  # tiles scored without --split
-            print(
-                f"note: --area-error {text}: scored on every tile of {scored.get('data')}, training tiles "
-                "included (no --split), so its area bias is not one of unseen data"
-            )
-        elif scored.get("seen_scenes"):
+        _scored_by(text, scored, checkpoint, predictor, opts)
+        if scored.get("seen_scenes"):
             print(
                 f"note: --area-error {text}: {scored['seen_scenes']} of its scored scenes are scenes the model "
                 "trained on, so its area bias is not one of unseen data"
+            )
+        elif scored.get("model_train_scenes"):  # the model file lists its scenes, and none was scored
+            pass
+        elif "split" in scored and scored["split"] is None:  # tiles scored without --split
+            print(
+                f"note: --area-error {text}: scored on every tile of {scored.get('data')} (no --split), and the "
+                "model file does not list the scenes it trained on, so its area bias may not be one of unseen data"
             )
         elif scored.get("subset", "test") != "test":  # a split's other rows (rasters record no subset)
             print(
@@ -146,6 +151,50 @@ def _area_error(text: str | None) -> float | None:
     if not math.isfinite(value):
         raise ForestsegError(f"--area-error {text}: must be a finite percentage")
     return float(value)
+
+
+def _scored_by(text: str, scored: dict, checkpoint: Path, predictor: Predictor, opts: MapOptions) -> None:
+    """Refuse an evaluate JSON of another model file; note the ways its reading differs from this run's."""
+    digest = scored.get("model_sha256")
+    if digest is None:
+        print(
+            f"note: --area-error {text}: records no model digest (written before evaluate recorded one), so "
+            f"it cannot be checked to be of {checkpoint}; evaluate this model again to be sure"
+        )
+    elif digest != sha256_of(checkpoint):
+        raise ForestsegError(
+            f"--area-error {text}: is the area bias of another model file ({scored.get('checkpoint')}), not of "
+            f"{checkpoint}; evaluate this one: forestseg evaluate {shlex.quote(str(checkpoint))} DATA -o <json>"
+        )
+    ours = {
+        "dtype": "bf16" if predictor.bf16 else "fp32",
+        "tta": predictor.tta,
+        "adapt_bn": opts.adapt_bn,
+        "overlap": opts.overlap,
+        "resampled_to_m": predictor.pixel_size_m if opts.resample else None,
+        "reproject": opts.reproject,
+    }
+    differ = [
+        f"{key} {scored[key]!r} (here {value!r})"
+        for key, value in ours.items()
+        if key in scored and scored[key] != value
+    ]
+    if differ:
+        print(
+            f"note: --area-error {text}: scored with {', '.join(differ)}: its area bias is that of another "
+            "reading of the images; evaluate with this run's options for this run's bias"
+        )
+
+
+def _pictures_note(n: int, what: str, pixel_size_m: float) -> None:
+    """A note where images that carry no pixel size are read at a model's other than the Kaggle tiles'."""
+    if pixel_size_m != PIXEL_SIZE_M:
+        px = f"{pixel_size_m:g} m"
+        print(
+            f"note: the {n} {what} carry no pixel size and are read as if at the model's {px} pixels "
+            f"(Kaggle/DeepGlobe tiles are {PIXEL_SIZE_M:g} m); resample {what} of another resolution to {px} "
+            f"first, or give GeoTIFFs (resampled to {px} as they are read)"
+        )
 
 
 def _map_options(args: argparse.Namespace, predictor: Predictor) -> MapOptions:
@@ -200,7 +249,7 @@ def predict(args: argparse.Namespace) -> int:
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
-    area_error = _area_error(args.area_error)
+    area_error = _area_error(args.area_error, args.checkpoint, predictor, opts)
     unique: dict[Path, Path] = {}
     for f in _inputs(args.inputs):  # a file named twice is predicted once, where it first came
         unique.setdefault(f.resolve(), f)
@@ -257,14 +306,8 @@ def predict(args: argparse.Namespace) -> int:
             "picture), so it is predicted as a plain picture, without area; to map it: gdal_translate -a_srs "
             f"EPSG:<code> {shlex.quote(str(unplaced[0]))} {shlex.quote(str(unplaced[0].with_suffix('.tif')))}"
         )
-    if pictures and predictor.pixel_size_m != PIXEL_SIZE_M:
-        # a picture has no pixel size: run at the model's, which is not that of the Kaggle tiles
-        px = f"{predictor.pixel_size_m:g} m"
-        print(
-            f"note: the {len(pictures)} picture(s) carry no pixel size and are read as if at the model's {px} "
-            f"pixels (Kaggle/DeepGlobe tiles are {PIXEL_SIZE_M:g} m); resample pictures of another resolution "
-            f"to {px} first, or give GeoTIFFs (resampled to {px} as they are read)"
-        )
+    if pictures:
+        _pictures_note(len(pictures), "picture(s)", predictor.pixel_size_m)
     unused = opts.raster_flags()
     if pictures and unused:
         print(
@@ -545,14 +588,19 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ForestsegError(_as_flags(str(e))) from None
     result = {
         "checkpoint": str(args.checkpoint),
+        "model_sha256": sha256_of(args.checkpoint),  # predict --area-error takes only this model's bias
+        "model_train_scenes": len(predictor.train_scenes),  # 0: the model file does not list them
         "dtype": "bf16" if predictor.bf16 else "fp32",  # "precision" is a score here
         "tta": args.tta,
         "adapt_bn": opts.adapt_bn,
+        "overlap": args.overlap,  # null: the default, a quarter of the tile
         **result,
     }
     if args.output:  # before the summary: a reader that stops early (`| head`) still gets the file
         write_json(args.output, result)
     kind = "scene" if "scenes" in result else "raster"
+    if kind == "scene":  # their hectares are counted at the model's pixel size
+        _pictures_note(result["tiles"], "tiles", predictor.pixel_size_m)
     what = (
         f"{result['tiles']} tiles of {result['scenes']} scenes" if kind == "scene" else f"{result['rasters']} rasters"
     )

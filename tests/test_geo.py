@@ -1524,8 +1524,61 @@ def test_an_area_bias_scored_on_training_tiles_is_named_so(checkpoint: Path, sce
     src = write_raster(tmp_path / "in/o.tif", scene[0])
     assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 0
     printed = capsys.readouterr().out
-    assert "training tiles included (no --split), so its area bias is not one of unseen data" in printed
+    assert "(no --split), and the model file does not list the scenes it trained on, so its area bias may" in printed
     assert "area bias from --area-error:" in printed
+
+
+def test_an_area_bias_of_another_model_file_is_refused_and_other_readings_noted(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    """The bias of another model (or of this one read otherwise) is not this run's: refused, or noted."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    other = random_checkpoint(tmp_path / "other.pt", tile=64)
+    src = write_raster(tmp_path / "in/o.tif", scene[0])
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(other), str(data), "--overlap", "0", "-o", str(out)) == 0
+    scored = json.loads(out.read_text())
+    assert scored["overlap"] == 0 and scored["model_train_scenes"] == 0
+    capsys.readouterr()
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "o1"), "--area-error", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --area-error {out}: is the area bias of another model file ({other}), not of")
+    assert not (tmp_path / "o1" / "forest_area.csv").exists()
+    # the same model read otherwise: predicted, with a note naming each difference
+    argv = ["predict", str(other), str(src), "-o", str(tmp_path / "o2"), "--area-error", str(out)]
+    assert cli(*argv, "--precision", "fp32") == 0
+    printed = capsys.readouterr().out
+    assert f"note: --area-error {out}: scored with " in printed and "overlap 0 (here None)" in printed
+    assert cli(*argv, "--overlap", "0", "--precision", scored["dtype"]) == 0
+    assert "scored with" not in capsys.readouterr().out  # tiles record no resampling: nothing else to differ
+    # an older JSON without the digest: noted, not refused
+    del scored["model_sha256"]
+    out.write_text(json.dumps(scored))
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "o3"), "--area-error", str(out)) == 0
+    assert "records no model digest" in capsys.readouterr().out
+
+
+def test_an_area_bias_of_unseen_scenes_scored_without_split_gets_no_training_note(
+    scene, tmp_path: Path, capsys
+) -> None:
+    """The model file lists the scenes it trained on and none was scored: the bias is of unseen data."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    model = random_checkpoint(tmp_path / "m.pt", tile=64, train_scenes=["elsewhere"])
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(model), str(data), "-o", str(out)) == 0
+    capsys.readouterr()
+    src = write_raster(tmp_path / "in/o.tif", scene[0])
+    assert cli("predict", str(model), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 0
+    assert "unseen data" not in capsys.readouterr().out
+
+
+def test_evaluate_notes_tiles_read_at_a_models_other_pixel_size(tmp_path: Path, capsys) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    model = random_checkpoint(tmp_path / "m.pt", tile=64, pixel_size_m=2.0)
+    assert cli("evaluate", str(model), str(data)) == 0
+    assert (
+        "note: the 8 tiles carry no pixel size and are read as if at the model's 2 m pixels" in capsys.readouterr().out
+    )
 
 
 def test_an_area_bias_scored_on_a_splits_training_rows_is_named_so(

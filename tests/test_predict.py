@@ -178,11 +178,11 @@ def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(c
         ("threshold nan", "threshold nan is not a finite number"),
         ("loss unknown", "loss 'nosuch' is none of"),
         ("adapt_bn text", "adapt_bn 'x' is not a number from 0 to 1"),
-        ("tile_size 0", "tile_size 0 is not a positive whole number"),
+        ("tile_size 0", "tile_size 0 is not a whole number of pixels from 1 to 8192"),
         ("tile_size 8", "tile_size 8 is below its unet_half's smallest, 31 px"),
         ("normalizer junk", "normalizer {'junk': 1} is not a mean and std of 3 finite numbers each"),
         ("precision unknown", "precision 'fp8' is none of auto, fp32, bf16"),
-        ("pixel size 0", "pixel_size_m 0 is not a positive number of metres"),
+        ("pixel size 0", "pixel_size_m 0 is not a pixel side from 0.001 to 10000 m"),
         ("train_scenes text", "train_scenes 'abc' is not a list of scene names"),
         ("newer format", "not a forestseg-model/1 model file (forestseg-model/2); it was written by another forestseg"),
         ("no such file", "no such file; pass a model file"),
@@ -1021,7 +1021,12 @@ def test_scene_windows_of_the_sampled_images_equal_those_of_all() -> None:
     [
         ({"adapt_bn": 1.5}, r"adapt_bn 1\.5 is not a number from 0 to 1"),
         ({"adapt_bn": -0.1}, r"adapt_bn -0\.1 is not a number from 0 to 1"),
-        ({"normalizer": {"mean": [0.0] * 3, "std": [1.0, 0.0, 1.0]}}, r"normalizer std holds a value <= 0"),
+        ({"normalizer": {"mean": [0.0] * 3, "std": [1.0, 0.0, 1.0]}}, r"normalizer std holds a value below 0\.0001"),
+        ({"normalizer": {"mean": [0.0] * 3, "std": [1e-300, 1.0, 1.0]}}, r"normalizer std holds a value below"),
+        ({"normalizer": {"mean": [0.0] * 3, "std": [1.0] * 3, "per_tile": "yes"}}, r"per_tile 'yes' is not true or"),
+        ({"loss": ["bce"]}, r"loss \['bce'\] is none of"),
+        ({"tile_size": 100000}, r"tile_size 100000 is not a whole number of pixels from 1 to 8192"),
+        ({"pixel_size_m": 1e-300}, r"pixel_size_m 1e-300 is not a pixel side from 0\.001 to 10000 m"),
     ],
 )
 def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change: dict, says: str) -> None:
