@@ -932,6 +932,19 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
         quiet_stdout()
         sys.exit(BROKEN_PIPE)
+    except (MemoryError, RuntimeError) as e:  # CUDA's out of memory is a RuntimeError: torch.OutOfMemoryError
+        gpu = type(e).__name__ == "OutOfMemoryError"
+        if not (gpu or isinstance(e, MemoryError)):
+            raise
+        from .windows import TILE_BATCH
+
+        where = "on the GPU" if gpu else "in host memory"
+        print(
+            f"error: forestseg {args.command}: out of memory {where} (the model runs {TILE_BATCH} windows at a "
+            "time); free the device, or run on another with --device (e.g. --device cpu)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     finally:
         signal.signal(signal.SIGTERM, before)
 

@@ -59,11 +59,16 @@ def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
                     n += 1
         return n
 
-    # a run naming its GPU again holds one slot, not two: this process's own slot files say which it holds
-    if index is not None and any(
-        Path(f.name).parent == lock_dir and Path(f.name).stem == f"gpu-{names[index]}" for f in _CLAIMS
-    ):
-        return index
+    # this process's own slot files say which GPUs it holds: asked again (a run naming its GPU, or
+    # `auto` once more, as a notebook calling the CLI twice does), it keeps one slot on one GPU, where
+    # `auto` counted its own slot as another worker's and hopped to the next GPU, holding a slot on each
+    held = [
+        names.index(Path(f.name).stem[len("gpu-") :])
+        for f in _CLAIMS
+        if Path(f.name).parent == lock_dir and Path(f.name).stem[len("gpu-") :] in names
+    ]
+    if (index is None and held) or index in held:
+        return held[0] if index is None else index
     gpu = min(range(count), key=lambda i: (busy(i), i)) if index is None else index
     for slot in range(1024):
         f = open(lock_dir / f"gpu-{names[gpu]}.{slot}", "a")

@@ -133,8 +133,11 @@ class MixStyle(nn.Module):
             return x
         mu = x.mean(dim=(2, 3), keepdim=True).detach()  # (B, c, 1, 1)
         sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
-        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((len(x), 1, 1, 1)).to(x)  # (B, 1, 1, 1)
-        other = torch.randperm(len(x)).to(x.device)  # the CPU generator, which the resume file keeps
+        # drawn on the CPU (its generator is what the resume file keeps); copied without a wait, as the
+        # loader copies: a blocking copy to a GPU waits for all the work queued before it
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((len(x), 1, 1, 1))  # (B, 1, 1, 1)
+        lam = lam.to(device=x.device, dtype=x.dtype, non_blocking=True)
+        other = torch.randperm(len(x)).to(x.device, non_blocking=True)
         mu_mix, sig_mix = lam * mu + (1 - lam) * mu[other], lam * sig + (1 - lam) * sig[other]
         return (x - mu) / sig * sig_mix + mu_mix
 

@@ -12,13 +12,32 @@ import torch
 from forestseg import device
 
 
+def another_worker(kept: list) -> None:
+    """What follows claims as another process would: this one's slot files are set aside, still locked."""
+    kept += device._CLAIMS
+    device._CLAIMS.clear()
+
+
 def test_claims_spread_over_the_gpus_and_end_with_the_process(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(device, "_CLAIMS", [])
-    picks = [device.claim_gpu(3, tmp_path) for _ in range(4)]  # four workers, three GPUs
+    kept: list = []
+    picks = []
+    for _ in range(4):  # four workers, three GPUs
+        picks.append(device.claim_gpu(3, tmp_path))
+        another_worker(kept)
     assert picks == [0, 1, 2, 0]
-    for f in device._CLAIMS:  # the workers end
+    for f in kept:  # the workers end
         f.close()
     assert device.claim_gpu(3, tmp_path) == 0  # every GPU is free again
+
+
+def test_one_process_asking_again_keeps_its_gpu_and_one_slot(tmp_path: Path, monkeypatch) -> None:
+    """`auto` twice in one process (a notebook or bench calling the CLI again) stays on its GPU."""
+    monkeypatch.setattr(device, "_CLAIMS", [])
+    assert [device.claim_gpu(3, tmp_path) for _ in range(3)] == [0, 0, 0]
+    assert len(device._CLAIMS) == 1
+    assert device.claim_gpu(3, tmp_path, index=2) == 2  # naming another GPU claims it too
+    assert device.claim_gpu(3, tmp_path) == 0 and len(device._CLAIMS) == 2
 
 
 def test_a_killed_worker_frees_its_gpu(tmp_path: Path, monkeypatch) -> None:
@@ -31,7 +50,9 @@ def test_a_killed_worker_frees_its_gpu(tmp_path: Path, monkeypatch) -> None:
     assert device.claim_gpu(2, tmp_path) == 1  # GPU 0 is taken by the other worker
     other.kill()
     other.wait()
-    assert device.claim_gpu(2, tmp_path) == 0  # freed by the kill (GPU 1 is still ours)
+    kept: list = []
+    another_worker(kept)  # a third worker: GPU 1 is still ours
+    assert device.claim_gpu(2, tmp_path) == 0  # freed by the kill
 
 
 def test_auto_uses_the_claimed_gpu(tmp_path: Path, monkeypatch) -> None:
@@ -39,7 +60,10 @@ def test_auto_uses_the_claimed_gpu(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert [device.pick_device("auto") for _ in range(2)] == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    kept: list = []
+    first = device.pick_device("auto")
+    another_worker(kept)
+    assert [first, device.pick_device("auto")] == [torch.device("cuda", 0), torch.device("cuda", 1)]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # e.g. CUDA_VISIBLE_DEVICES=3 under Slurm
     assert device.pick_device("auto") == torch.device("cuda", 0)
 
@@ -47,10 +71,13 @@ def test_auto_uses_the_claimed_gpu(tmp_path: Path, monkeypatch) -> None:
 def test_a_gpu_visible_under_another_index_is_counted(tmp_path: Path, monkeypatch) -> None:
     """CUDA_VISIBLE_DEVICES '0,1' and '1,0' show the same two GPUs: a claim through either counts for both."""
     monkeypatch.setattr(device, "_CLAIMS", [])
+    kept: list = []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert device.claim_gpu(2, tmp_path) == 0  # physical GPU 0
+    another_worker(kept)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
     assert device.claim_gpu(2, tmp_path) == 0  # its cuda:0 is physical GPU 1, free
+    another_worker(kept)
     assert device.claim_gpu(2, tmp_path) == 0  # both have one worker: the lowest index
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-3f2a,GPU-77b0")
     assert device._physical(2) == ["GPU-3f2a", "GPU-77b0"]
@@ -66,6 +93,8 @@ def test_a_gpu_named_in_params_is_counted_by_the_workers_that_pick(tmp_path: Pat
     assert device.pick_device("cuda:0") == torch.device("cuda", 0)
     assert device.pick_device("cuda:0") == torch.device("cuda", 0)  # asked again: still one slot
     assert len(device._CLAIMS) == 1
+    kept: list = []
+    another_worker(kept)
     assert device.pick_device("auto") == torch.device("cuda", 1)  # cuda:0 is in use by the run that named it
 
 

@@ -873,6 +873,31 @@ def test_ctrl_c_is_one_line_and_exit_130(checkpoint, tmp_path, monkeypatch, caps
     assert err.count("\n") == 1 and err.startswith("forestseg predict: interrupted;"), err
 
 
+@pytest.mark.parametrize(
+    "error, says",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory on the GPU"),
+        (MemoryError(), "out of memory in host memory"),
+    ],
+)
+def test_out_of_memory_is_one_line(checkpoint, tmp_path, monkeypatch, capsys, error, says) -> None:
+    """A model of large tiles on a small GPU: one line saying what to do, not torch's traceback."""
+    import forestseg.cli
+
+    def runs_out(args):
+        raise error
+
+    monkeypatch.setattr(forestseg.cli, "evaluate", runs_out)
+    with pytest.raises(SystemExit) as done:
+        forestseg.cli.main(["evaluate", str(checkpoint), str(tmp_path)])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: forestseg evaluate: {says} (the model runs 32 windows")
+    monkeypatch.setattr(forestseg.cli, "evaluate", lambda args: [][1])  # any other error stays a traceback
+    with pytest.raises(IndexError):
+        forestseg.cli.main(["evaluate", str(checkpoint), str(tmp_path)])
+
+
 # --- the tiler's arithmetic, with models whose outputs are known ------------------------------------
 
 
