@@ -499,9 +499,10 @@ def test_cutmix_pastes_a_box_of_the_next_tile_with_its_mask(p: float) -> None:
     assert torch.equal(again[0], mx) and torch.equal(again[1], mm)
 
 
-def test_normalizer_fit_of_non_square_tiles_is_the_mean_and_std_of_every_pixel() -> None:
-    images = torch.randint(0, 256, (5, 6, 10, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    norm = Normalizer.fit(images, chunk=2)
+@pytest.mark.parametrize("shape, chunk", [((5, 6, 10, 3), 2), ((3, 2048, 2100, 3), None)])  # None: one tile a step
+def test_normalizer_fit_of_non_square_tiles_is_the_mean_and_std_of_every_pixel(shape, chunk) -> None:
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalizer.fit(images, chunk=chunk)
     x = images.reshape(-1, 3).double()
     assert norm.mean == pytest.approx(x.mean(0).tolist()) and norm.std == pytest.approx(
         x.std(0, unbiased=False).tolist()
