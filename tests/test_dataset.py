@@ -732,6 +732,17 @@ def test_three_scenes_give_train_val_and_test_whatever_the_test_share(scenes: in
         assert sorted(split_index(index, cfg)["subset"]) == ["test", "train", "val"]
 
 
+@pytest.mark.parametrize("scenes", [3, 4, 5, 6])
+@pytest.mark.parametrize("test_fraction, val_fraction", [(0.3, 0.5), (0.2, 0.7), (0.5, 0.4), (0.1, 0.1)])
+def test_every_subset_of_a_split_by_scene_keeps_a_scene(scenes: int, test_fraction: float, val_fraction: float):
+    """Validation takes at most all but one of the scenes test leaves: training never goes empty."""
+    index = pd.DataFrame(
+        {"image": [f"{s}_sat_00.jpg" for s in range(scenes)], "scene": [str(s) for s in range(scenes)]}
+    )
+    cfg = SplitConfig(by="scene", test_fraction=test_fraction, val_fraction=val_fraction)
+    assert set(split_index(index, cfg)["subset"]) == {"train", "val", "test"}
+
+
 def test_one_scene_cannot_be_split():
     index = pd.DataFrame({"image": [f"7_sat_0{i}.jpg" for i in range(4)], "scene": ["7"] * 4})
     with pytest.raises(DataError, match="need at least 2 scenes"):

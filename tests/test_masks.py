@@ -126,6 +126,20 @@ def test_a_mask_that_fits_no_declared_convention_names_its_values(convention, fo
         forest_of(mask, convention, forest)
 
 
+@pytest.mark.parametrize("grey, refused", [(31, False), (32, True), (223, True), (224, False)])
+def test_mid_grey_is_32_to_223_inclusive(grey: int, refused: bool) -> None:
+    """A 0/255 mask with 2 % of its pixels at one grey level: mid-grey (AMBIGUOUS, both ends in) is
+    refused beyond 1 %; 224 and up is 255-ish JPEG noise (forest), 31 and below 0-ish."""
+    mask = np.zeros((50, 50), np.uint8)
+    mask[:25] = 255
+    mask[25, :50] = grey  # 50 of 2500 pixels: 2 %
+    if refused:
+        with pytest.raises(MaskMismatch, match=r"not a 0/255 mask"):
+            forest_of(mask, "0/255", ())
+    else:
+        assert forest_of(mask, "0/255", ())[25].all() == (grey >= 128)
+
+
 # --- whole sets ----------------------------------------------------------------------------------
 
 
@@ -666,6 +680,17 @@ def test_a_jpeg_colour_mask_with_another_class_within_the_tolerance_is_refused()
     clean = mask.copy()
     clean[16:24] = mask[24:]  # without the shrub: noise within a few levels is forest or not, as before
     assert forest_of(clean, "colors", ((128, 255, 0),), jpeg=True).sum() == 16 * 32
+
+
+def test_a_jpeg_colour_mask_with_a_small_patch_off_its_colour_is_read_not_refused() -> None:
+    """A patch 25-40 levels off forest's colour under 1 % of the mask (a tiny blended area) is forest,
+    not taken for another class: the refusal needs over 1 % of the pixels as well as a share of the forest."""
+    mask = np.zeros((256, 256, 3), np.int16)
+    mask[:] = (230, 230, 77)
+    mask[:4, :16] = (128, 255, 0)  # 64 px of forest
+    mask[100:105, 100:105] = (158, 255, 0)  # 25 px, 30 off it: 0.04 % of the mask, 28 % of its forest
+    got = forest_of(mask.astype(np.uint8), "colors", ((128, 255, 0),), jpeg=True)
+    assert got[100:105, 100:105].all() and got.sum() == 64 + 25
 
 
 @pytest.mark.parametrize("quality", [75, 95])

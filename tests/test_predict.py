@@ -637,6 +637,10 @@ def test_sample_windows_is_a_seeded_sample_of_the_grid_keeping_usable_windows() 
     assert len(some) == 5 and not any(np.array_equal(w, image[y : y + 32, :32]) for w in some for y in (0, 32, 64, 68))
     assert np.array_equal(some, forestseg.windows.sample_windows(read, 100, 150, 32, n=5, usable=lambda y, x: x > 0))
     assert forestseg.windows.sample_windows(read, 100, 150, 128).shape == (0, 128, 128, 3)  # smaller than a window
+    # a sample spread over the image, not its first rows (batch-norm adapts to what it sees)
+    cells = np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8), np.ones((32, 32), np.uint8))[..., None].repeat(3, -1)
+    picked = forestseg.windows.sample_windows(lambda r0, r1, c0, c1: cells[r0:r1, c0:c1], 256, 256, 32, n=8)
+    assert [int(w[0, 0, 0]) for w in picked] == np.random.default_rng(0).permutation(64)[:8].tolist()
 
 
 def test_cli_predict_and_evaluate_with_adapt_bn(checkpoint, scene, tmp_path, capsys) -> None:
