@@ -287,6 +287,7 @@ def predict(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ForestsegError(f"-o {args.out}: cannot create the folder ({e.strerror or e})") from None
+    _check_name_lengths(args.out, pictures, rasters)
     stale = remove_stale_temps(args.out)
     if stale:
         print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {args.out}")
@@ -342,6 +343,25 @@ def predict(args: argparse.Namespace) -> int:
     if rasters:
         _map_rasters(predictor, rasters, args.out, opts, area_error)
     return 1 if failed else 0
+
+
+def _check_name_lengths(out: Path, pictures: list[Path], rasters: list) -> None:
+    """Refuse, before any prediction, an input whose longest output name the file system of `out`
+    would refuse (255 bytes on most): it failed after the whole prediction, with a traceback."""
+    try:
+        limit = os.pathconf(out, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    named = [(p, "_overlay.png") for p in pictures] + [(r.path, "_probability.tif") for r in rasters]
+    long = [(p, p.stem + end) for p, end in named if len(os.fsencode(p.stem + end)) > limit]
+    if long:
+        path, name = long[0]
+        raise ForestsegError(
+            f"{path}: its outputs' names would pass the {limit} bytes a file name may have in {out} "
+            f"({name}: {len(os.fsencode(name))} bytes)"
+            + (f", and {len(long) - 1} other input(s)" if len(long) > 1 else "")
+            + "; rename it shorter"
+        )
 
 
 def _scene_windows(pictures: list[Path], tile: int) -> np.ndarray:
@@ -483,15 +503,18 @@ def _say_dropped(out: Path, gone: list[Path]) -> None:
 
 def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_error: float | None) -> None:
     """Map every raster; forest_area.csv is rewritten after each, so a later failure keeps the finished rows."""
-    from .geo import map_forest
+    from .geo import map_forest, output_paths
 
-    kept = _earlier_rows(out / "forest_area.csv", {str(r.path) for r in rasters})
+    now = {_resolved(r.path) for r in rasters}
+    kept = _earlier_rows(
+        out / "forest_area.csv", now, {_resolved(output_paths(r.path, out, opts)["mask"]) for r in rasters}
+    )
     rows: list[dict] = []
     for raster in rasters:
         a = map_forest(predictor, raster, out, opts)
         rows.append(
             {
-                "file": a.file,
+                "file": _resolved(a.file),  # absolute: a later run from another folder finds it
                 "crs": a.crs,
                 "pixel_size_m": a.pixel_size_m,
                 "model_pixel_size_m": a.model_pixel_size_m,
@@ -500,7 +523,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
                 "forest_ha": round(a.forest_ha, 4),
                 "forest_share": None if a.forest_share is None else round(a.forest_share, 6),
                 "area_bias_pct": area_error,
-                "mask": a.mask,
+                "mask": _resolved(a.mask),
             }
         )
         write_rows(out / "forest_area.csv", AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept + rows))
@@ -524,9 +547,15 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
     )
 
 
-def _earlier_rows(csv_path: Path, mapped_now: set[str]) -> list[dict]:
-    """forest_area.csv's rows of inputs not mapped now whose mask files are still there: one call per
-    file in a shell loop sums to the folder's whole area. Rows of masks gone are dropped, and said."""
+def _resolved(path: str) -> str:
+    return str(Path(path).resolve())  # a row of an older version may hold a path relative to where it ran
+
+
+def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> list[dict]:
+    """forest_area.csv's rows of inputs not mapped now (`mapped_now`, resolved paths) whose masks this
+    run does not write (`masks_now`: another raster of the same name replaces it) and are still there:
+    one call per file in a shell loop sums to the folder's whole area, each mask counted once. Rows of
+    masks gone are dropped, and said."""
     if not csv_path.is_file():
         return []
     try:
@@ -535,7 +564,8 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str]) -> list[dict]:
         print(f"note: {e}; it is replaced by this run's rows", file=sys.stderr)
         return []
     rows = [dict(zip(AREA_COLUMNS, values)) for values in zip(*(columns[c] for c in AREA_COLUMNS))]
-    earlier = [r for r in rows if r["file"] not in mapped_now]
+    by_mask = {_resolved(r["mask"]): r for r in rows}  # one row per mask file: the last written
+    earlier = [r for m, r in by_mask.items() if _resolved(r["file"]) not in mapped_now and m not in masks_now]
     kept = [r for r in earlier if Path(r["mask"]).is_file()]
     gone = [r["file"] for r in earlier if r not in kept]
     if gone:
@@ -932,6 +962,18 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
         quiet_stdout()
         sys.exit(BROKEN_PIPE)
+    except UnicodeEncodeError as e:  # a path of bytes that are no UTF-8, given to GDAL (an -o folder, say)
+        print(
+            f"error: forestseg {args.command}: {e.object!r} is not UTF-8 text, which GDAL needs; rename it",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except OSError as e:  # what the file system refused that no check foresaw (a name too long): one line
+        print(
+            f"error: forestseg {args.command}: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except (MemoryError, RuntimeError) as e:  # CUDA's out of memory is a RuntimeError: torch.OutOfMemoryError
         gpu = type(e).__name__ == "OutOfMemoryError"
         if not (gpu or isinstance(e, MemoryError)):

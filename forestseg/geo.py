@@ -42,7 +42,7 @@ from tqdm import tqdm
 from .config import PLAUSIBLE_PIXEL_M, SAME_PIXEL_SIZE
 from .errors import ForestsegError
 from .images import MAP_SUFFIXES, PICTURE_SUFFIXES, WORLD_FILE_SUFFIXES
-from .io import atomic_path, replace_together, temp_prefix
+from .io import WRITE_ERRNOS, atomic_path, out_of_room, replace_together, temp_prefix, write_error
 from .windows import BLOCK, sample_windows
 
 if TYPE_CHECKING:  # `forestseg tile` reads rasters without torch
@@ -154,6 +154,9 @@ def _open(path: Path) -> Iterator[rasterio.io.DatasetReader]:
                 src = rasterio.open(path)
         except (RasterioError, OSError) as e:
             raise ForestsegError(f"{path}: cannot be read as a GeoTIFF ({_one_line(e)})") from None
+        except UnicodeEncodeError:  # bytes that are no UTF-8 in its name (a Latin-1 é): GDAL takes UTF-8 only
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # printable, the odd byte as \xe9
+            raise ForestsegError(f"{shown}: its name is not UTF-8 text, which GDAL needs; rename it") from None
         with src:
             yield src
 
@@ -849,7 +852,13 @@ def map_forest(
                     log(f"note: removed {old}: an earlier run's {name}, which this run does not write")
             replace_together({built[name]: paths[name] for name in paths})
     except (RasterioError, CPLE_BaseError, OSError, OverflowError) as e:
-        # a corrupt block, a full disk, a failed transform: GDAL's reason on one line, never a traceback
+        # a full disk or read-only folder, which GDAL reports as its own failure ("Failed to create mask."):
+        # said as such, of the output, not of the input
+        room = e if isinstance(e, OSError) and e.errno in WRITE_ERRNOS else out_of_room(out_dir)
+        if room is not None:
+            temp = out_dir / temp_prefix(path.stem)  # its temp folder's files: gone when this is read
+            raise write_error(out_dir / f"{path.stem}_mask.tif", room, f"the map of {path.name}", temp=temp) from None
+        # a corrupt block, a failed transform: GDAL's reason on one line, never a traceback
         raise ForestsegError(f"{path}: failed while mapping ({_one_line(e)})") from None
     pixel_m2 = out.pixel_area_m2(raster.unit_m)
     return ForestArea(

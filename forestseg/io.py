@@ -32,6 +32,22 @@ _WRITE_ERRORS = {
     errno.EFBIG: "the file would pass the largest size allowed (`ulimit -f`, or the file system's); raise it",
 }
 
+WRITE_ERRNOS = frozenset(_WRITE_ERRORS)  # the errors of the disk or folder, whose fix write_error says
+
+
+def out_of_room(folder: str | Path) -> OSError | None:
+    """Why nothing can be written in `folder` now (a full disk, a read-only file system), as the
+    OSError write_error words, or None: for libraries (GDAL) that report it as their own failure."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    if stat.f_flag & os.ST_RDONLY:
+        return OSError(errno.EROFS, os.strerror(errno.EROFS))
+    if stat.f_bavail * stat.f_frsize < 1 << 20:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
 
 def write_error(
     path: str | Path, e: OSError, what: str = "it", name: str | None = None, temp: str | Path | None = None
@@ -78,7 +94,12 @@ def usual_mode(bits: int) -> int:
 def temp_prefix(stem: str) -> str:
     """The name start of a temp file or folder beside an output: hidden, and naming its machine and
     process, so a later run can tell a killed run's leftovers (`remove_stale_temps`) from a live one's."""
-    kept = os.fsdecode(os.fsencode(stem)[:TEMP_STEM])  # the name's own bytes (any, not only UTF-8), cut
+    cut = os.fsencode(stem)[:TEMP_STEM]
+    try:  # a name of text: cut at a character's end (half a character is a lone surrogate, which GDAL refuses)
+        stem.encode("utf-8")
+        kept = cut.decode("utf-8", "ignore")
+    except UnicodeEncodeError:  # a name of bytes that are no UTF-8: its own bytes, cut
+        kept = os.fsdecode(cut)
     return f".{kept}.~{_host()}-{os.getpid()}."
 
 
@@ -258,7 +279,9 @@ def write_torch(path: str | Path, obj: Any) -> None:
 
     try:
         write_with(path, save)
-    except RuntimeError as e:  # torch's zip writer reports a full disk as "file write failed"
+    except RuntimeError as e:  # torch's zip writer: "file write failed", or "unexpected pos" after the OSError
+        if isinstance(e.__context__, OSError):  # what the disk said (ENOSPC, EFBIG, ...)
+            raise write_error(Path(path), e.__context__) from None
         if "write" not in str(e):
             raise
         raise write_error(Path(path), OSError(errno.ENOSPC, str(e))) from None

@@ -188,6 +188,81 @@ def test_forest_area_csv_keeps_earlier_runs_rows_while_their_masks_are_there(
     assert [Path(f).name for f in pd.read_csv(out / "forest_area.csv")["file"]] == ["b.tif"]
 
 
+def test_forest_area_csv_counts_each_mask_once_whatever_the_paths_were_typed(
+    checkpoint: Path, scene, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Rows are matched by resolved paths: a raster of the same name from another folder replaces the
+    mask, so its row too; one raster typed two ways is one row; a run from another folder keeps the rows."""
+    write_raster(tmp_path / "x/g.tif", scene[0])
+    write_raster(tmp_path / "y/g.tif", np.ascontiguousarray(scene[0][:200, :200]))
+    write_raster(tmp_path / "y/h.tif", scene[0])
+    monkeypatch.chdir(tmp_path)
+    out = "out"
+    for path in ("x/g.tif", "y/g.tif", str(tmp_path / "y/g.tif")):
+        assert cli("predict", str(checkpoint), path, "-o", out) == 0
+    table = pd.read_csv(tmp_path / "out/forest_area.csv")
+    assert list(table["file"]) == [str(tmp_path / "y/g.tif")]  # absolute, the raster whose mask is there
+    assert list(table["mask"]) == [str(tmp_path / "out/g_mask.tif")]
+    monkeypatch.chdir(tmp_path / "y")
+    capsys.readouterr()
+    assert cli("predict", str(checkpoint), "h.tif", "-o", "../out") == 0
+    assert "no longer there" not in capsys.readouterr().err
+    assert [Path(f).name for f in pd.read_csv(tmp_path / "out/forest_area.csv")["file"]] == ["g.tif", "h.tif"]
+
+
+def test_a_geotiff_whose_name_is_not_utf8_is_one_line(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """A Latin-1 'é' in the name: GDAL takes UTF-8 only (a UnicodeEncodeError traceback before)."""
+    src = write_raster(tmp_path / "in/g.tif", scene[0])
+    latin = Path(os.fsdecode(os.fsencode(tmp_path / "in") + b"/g\xe9.tif"))
+    src.rename(latin)
+    assert cli("predict", str(checkpoint), str(latin), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its name is not UTF-8 text, which GDAL needs; rename it" in err
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_gdal_failing_on_a_full_disk_names_the_output_and_the_space(
+    checkpoint: Path, scene, tmp_path: Path, monkeypatch, capsys, full: bool
+) -> None:
+    """GDAL says "Failed to create mask." where the disk is full: told as the output's full disk, not
+    as the input failing; with room left, GDAL's own reason of the input stays."""
+    import errno
+
+    from rasterio.errors import RasterioError
+
+    import forestseg.geo
+
+    src = write_raster(tmp_path / "in/g.tif", scene[0])
+
+    def cog(*a, **k):
+        raise RasterioError("Failed to create mask.")
+
+    monkeypatch.setattr(forestseg.geo, "_cog", cog)
+    room = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if full else None
+    monkeypatch.setattr(forestseg.geo, "out_of_room", lambda folder: room)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    if full:
+        assert err.startswith(f"error: {tmp_path / 'out/g_mask.tif'}: cannot write the map of g.tif: no space left")
+    else:
+        assert err.startswith(f"error: {src}: failed while mapping (Failed to create mask.)")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_out_of_room_reads_the_file_systems_state(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import types
+
+    from forestseg.io import out_of_room
+
+    assert out_of_room(tmp_path) is None  # the test's own temp folder has room
+    state = {"f_flag": 0, "f_bavail": 10, "f_frsize": 4096}
+    monkeypatch.setattr(os, "statvfs", lambda folder: types.SimpleNamespace(**state))
+    assert out_of_room(tmp_path).errno == errno.ENOSPC
+    state["f_flag"] = os.ST_RDONLY
+    assert out_of_room(tmp_path).errno == errno.EROFS
+
+
 def test_area_is_pixel_count_times_pixel_area(checkpoint: Path, scene, tmp_path: Path) -> None:
     image = with_nodata_corner(scene[0])
     write_raster(tmp_path / "in/metres.tif", image, pixel=0.5)

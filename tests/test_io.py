@@ -64,11 +64,18 @@ def test_a_writer_writes_through_a_temp_renamed_onto_the_file(tmp_path: Path, mo
 
 
 # names of 215-230 bytes (legal with .png), the last one's bytes not UTF-8 (Python reads them as surrogates)
-@pytest.mark.parametrize("stem", ["x" * 230, "é" * 115, os.fsdecode(b"Wald_M\xfcnchen" * 15 + b"x" * 5)])
+@pytest.mark.parametrize(
+    "stem", ["x" * 230, "é" * 115, "森" * 76, "a" + "é" * 114, os.fsdecode(b"Wald_M\xfcnchen" * 15 + b"x" * 5)]
+)
 def test_an_output_with_a_long_name_is_written(tmp_path: Path, stem: str) -> None:
-    """Its temp name (the stem, host, pid, random part and suffixes) must stay within 255 bytes too."""
+    """Its temp name (the stem, host, pid, random part and suffixes) must stay within 255 bytes too, and
+    a name of text gives a temp name of text: cut inside a character, GDAL refused it (a lone surrogate)."""
+    from forestseg.io import temp_prefix
+
     write_text(tmp_path / f"{stem}.png", "x")
     assert [p.name for p in tmp_path.iterdir()] == [f"{stem}.png"]
+    if "\udcfc" not in stem:  # not the name of bytes that are no UTF-8
+        temp_prefix(stem).encode("utf-8")
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -120,6 +127,25 @@ def test_torch_reports_a_full_disk_as_one_line(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(ForestsegError, match=r"last\.pt: cannot write it: no space left on the device"):
         write_torch(tmp_path / "last.pt", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "code, says", [(errno.ENOSPC, "no space left on the device"), (errno.EFBIG, "largest size allowed")]
+)
+def test_torch_after_the_disk_said_no_is_one_line_of_what_it_said(tmp_path: Path, monkeypatch, code, says) -> None:
+    """A nearly full disk: torch's writer hits the OSError, then raises "unexpected pos" without "write"."""
+    import torch
+
+    def full(obj, f, *a, **k):
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0") from None
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ForestsegError, match=rf"r\.pt: cannot write it: .*{says}"):
+        write_torch(tmp_path / "r.pt", {"a": 1})
     assert list(tmp_path.iterdir()) == []
 
 

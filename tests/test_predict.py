@@ -902,6 +902,23 @@ def test_out_of_memory_is_one_line(checkpoint, tmp_path, monkeypatch, capsys, er
         forestseg.cli.main(["evaluate", str(checkpoint), str(tmp_path)])
 
 
+def test_a_name_too_long_for_its_outputs_is_one_line_before_predicting(checkpoint, tmp_path, capsys) -> None:
+    """A 245-byte stem fits, its <stem>_overlay.png does not: refused before any prediction, not after it."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "in" / ("x" * 245 + ".png"))
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its outputs' names would pass the 255 bytes a file name may have" in err
+    assert not list((tmp_path / "out").iterdir())
+    with pytest.raises(SystemExit) as done:  # an -o the file system refuses: one line too
+        main(["evaluate", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / ("y" * 300 + ".json"))])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "File name too long" in err, err
+
+
 # --- the tiler's arithmetic, with models whose outputs are known ------------------------------------
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -898,3 +901,24 @@ def test_a_queued_loss_reads_as_the_loss(device: str) -> None:
         done.synchronize()
         assert held.is_pinned()
     assert held.item() == loss.item()
+
+
+def test_omp_dynamic_in_the_environment_does_not_hang_training(tmp_path: Path) -> None:
+    """OMP_DYNAMIC=true hung oneDNN's bf16 1x1 convolution backward forever (a stage deaf to SIGTERM):
+    importing forestseg first turns it off for the torch it loads."""
+    code = (
+        "import forestseg, torch\n"
+        "torch.set_num_threads(2)\n"
+        "m = torch.nn.Conv2d(4, 4, 1).to(memory_format=torch.channels_last)\n"
+        "x = torch.randn(8, 4, 16, 16).contiguous(memory_format=torch.channels_last)\n"
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "    for _ in range(5):\n"
+        "        m(x).float().sum().backward()\n"
+        "print('done')\n"
+    )
+    env = {**os.environ, "OMP_DYNAMIC": "TRUE"}
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a training step hung with OMP_DYNAMIC=TRUE in the environment")
+    assert out.stdout.strip() == "done", out.stderr
