@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import json
 import math
@@ -28,6 +29,7 @@ from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, Forestseg
 from .errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES
 from .io import (
+    WRITE_ERRNOS,
     plural,
     read_columns,
     read_json,
@@ -514,7 +516,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
         a = map_forest(predictor, raster, out, opts)
         rows.append(
             {
-                "file": _resolved(a.file),  # absolute: a later run from another folder finds it
+                "file": os.path.abspath(a.file),  # absolute (links kept): a later run from elsewhere finds it
                 "crs": a.crs,
                 "pixel_size_m": a.pixel_size_m,
                 "model_pixel_size_m": a.model_pixel_size_m,
@@ -523,7 +525,7 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
                 "forest_ha": round(a.forest_ha, 4),
                 "forest_share": None if a.forest_share is None else round(a.forest_share, 6),
                 "area_bias_pct": area_error,
-                "mask": _resolved(a.mask),
+                "mask": os.path.abspath(a.mask),
             }
         )
         write_rows(out / "forest_area.csv", AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept + rows))
@@ -547,15 +549,16 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
     )
 
 
-def _resolved(path: str) -> str:
-    return str(Path(path).resolve())  # a row of an older version may hold a path relative to where it ran
+def _resolved(path: str | Path) -> str:
+    return str(Path(path).resolve())  # for comparing: a row of an older version holds the path as typed
 
 
 def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> list[dict]:
     """forest_area.csv's rows of inputs not mapped now (`mapped_now`, resolved paths) whose masks this
     run does not write (`masks_now`: another raster of the same name replaces it) and are still there:
-    one call per file in a shell loop sums to the folder's whole area, each mask counted once. Rows of
-    masks gone are dropped, and said."""
+    one call per file in a shell loop sums to the folder's whole area, each mask counted once. A row's
+    mask is the file of its name in the CSV's folder, however its path was written (relative to where an
+    older version ran). Rows of masks gone are dropped, and said."""
     if not csv_path.is_file():
         return []
     try:
@@ -564,10 +567,10 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> 
         print(f"note: {e}; it is replaced by this run's rows", file=sys.stderr)
         return []
     rows = [dict(zip(AREA_COLUMNS, values)) for values in zip(*(columns[c] for c in AREA_COLUMNS))]
-    by_mask = {_resolved(r["mask"]): r for r in rows}  # one row per mask file: the last written
-    earlier = [r for m, r in by_mask.items() if _resolved(r["file"]) not in mapped_now and m not in masks_now]
-    kept = [r for r in earlier if Path(r["mask"]).is_file()]
-    gone = [r["file"] for r in earlier if r not in kept]
+    by_mask = {_resolved(csv_path.parent / Path(r["mask"]).name): r for r in rows}  # one row per mask: the last
+    earlier = [(m, r) for m, r in by_mask.items() if _resolved(r["file"]) not in mapped_now and m not in masks_now]
+    kept = [r for m, r in earlier if Path(m).is_file()]
+    gone = [r["file"] for _, r in earlier if r not in kept]
     if gone:
         print(
             f"note: {csv_path}: {plural(len(gone), 'row')} dropped, their masks no longer there: "
@@ -962,17 +965,18 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): nothing to say
         quiet_stdout()
         sys.exit(BROKEN_PIPE)
-    except UnicodeEncodeError as e:  # a path of bytes that are no UTF-8, given to GDAL (an -o folder, say)
+    except UnicodeEncodeError as e:  # a path of bytes that are no UTF-8 (surrogates), given to GDAL (an -o folder)
+        if not (e.encoding == "utf-8" and re.search("[\udc80-\udcff]", str(e.object))):
+            raise  # another encoding error (a print to an ASCII console, a bug): its traceback says where
         print(
             f"error: forestseg {args.command}: {e.object!r} is not UTF-8 text, which GDAL needs; rename it",
             file=sys.stderr,
         )
         sys.exit(2)
-    except OSError as e:  # what the file system refused that no check foresaw (a name too long): one line
-        print(
-            f"error: forestseg {args.command}: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}",
-            file=sys.stderr,
-        )
+    except OSError as e:  # what the file system refused that no check foresaw (a name too long, a full disk)
+        if not (e.filename and (e.errno == errno.ENAMETOOLONG or e.errno in WRITE_ERRNOS)):
+            raise  # not the user's to fix: its traceback says where it came from
+        print(f"error: forestseg {args.command}: {e.filename}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except (MemoryError, RuntimeError) as e:  # CUDA's out of memory is a RuntimeError: torch.OutOfMemoryError
         gpu = type(e).__name__ == "OutOfMemoryError"
@@ -981,11 +985,13 @@ def main(argv: list[str] | None = None) -> None:
         from .windows import TILE_BATCH
 
         where = "on the GPU" if gpu else "in host memory"
-        print(
-            f"error: forestseg {args.command}: out of memory {where} (the model runs {TILE_BATCH} windows at a "
-            "time); free the device, or run on another with --device (e.g. --device cpu)",
-            file=sys.stderr,
+        fix = (
+            f"the model runs {TILE_BATCH} windows at a time; free the device, or run on another with --device "
+            "(e.g. --device cpu)"
+            if args.command in ("predict", "evaluate")
+            else "it holds one scene at a time; free memory, or cut the largest scene into parts first"
         )
+        print(f"error: forestseg {args.command}: out of memory {where} ({fix})", file=sys.stderr)
         sys.exit(2)
     finally:
         signal.signal(signal.SIGTERM, before)

@@ -93,7 +93,8 @@ def _source_outside_outputs(source: str) -> None:
         )
         _fail(
             "data.source",
-            f"{source!r} {what} (DVC refuses a stage input that another stage writes); give the folder of "
+            f"{source!r} {what} (the index stage would read what the pipeline writes after it: DVC refuses "
+            "the cycle); give the folder of "
             "the Kaggle layout (images/, masks/, meta_data.csv), e.g. data/raw/kaggle",
         )
 

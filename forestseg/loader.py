@@ -66,7 +66,7 @@ class Normalizer:
     @classmethod
     def fit(cls, images: torch.Tensor, chunk: int | None = None) -> "Normalizer":
         """Mean and std of each channel over every pixel of (N, H, W, 3) uint8 images, `chunk` images
-        at a time (default: ~4 M pixels, 16 MB of squares, whatever the tile size)."""
+        at a time (default: ~4 M pixels, ~100 MB of int32 copies and squares, whatever the tile size)."""
         chunk = chunk or max(1, (1 << 22) // max(1, images.shape[1] * images.shape[2]))
         # exact integer sums (the float64 sums of before gave the same values, at 16 bytes a subpixel)
         total = torch.zeros(3, dtype=torch.int64)

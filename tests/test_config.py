@@ -170,7 +170,7 @@ BAD = [
         "source-holds-outputs",
         "data.source",
         "data/",
-        r"data\.source: 'data/' holds the pipeline's outputs \(DVC refuses",
+        r"data\.source: 'data/' holds the pipeline's outputs \(the index stage would read what",
     ),
     ("tile-size-not-x16", "synth.tile_size", 40, r"synth\.tile_size: must be a multiple of 16"),
     ("tile-size-too-small", "synth.tile_size", 0, r"synth\.tile_size: must be a multiple of 16"),

@@ -196,18 +196,31 @@ def test_forest_area_csv_counts_each_mask_once_whatever_the_paths_were_typed(
     write_raster(tmp_path / "x/g.tif", scene[0])
     write_raster(tmp_path / "y/g.tif", np.ascontiguousarray(scene[0][:200, :200]))
     write_raster(tmp_path / "y/h.tif", scene[0])
+    (tmp_path / "link.tif").symlink_to(tmp_path / "y/h.tif")
     monkeypatch.chdir(tmp_path)
     out = "out"
     for path in ("x/g.tif", "y/g.tif", str(tmp_path / "y/g.tif")):
         assert cli("predict", str(checkpoint), path, "-o", out) == 0
-    table = pd.read_csv(tmp_path / "out/forest_area.csv")
-    assert list(table["file"]) == [str(tmp_path / "y/g.tif")]  # absolute, the raster whose mask is there
+        table = pd.read_csv(tmp_path / "out/forest_area.csv")
+        # absolute, the raster whose mask is there (after x/g.tif's, y/g.tif's replaces it)
+        assert list(table["file"]) == [str(tmp_path / path)], path
     assert list(table["mask"]) == [str(tmp_path / "out/g_mask.tif")]
     monkeypatch.chdir(tmp_path / "y")
     capsys.readouterr()
     assert cli("predict", str(checkpoint), "h.tif", "-o", "../out") == 0
     assert "no longer there" not in capsys.readouterr().err
     assert [Path(f).name for f in pd.read_csv(tmp_path / "out/forest_area.csv")["file"]] == ["g.tif", "h.tif"]
+    # rows as an older version wrote them, relative to where it ran: still the masks of this folder
+    csv = tmp_path / "out/forest_area.csv"
+    table = pd.read_csv(csv)
+    table["file"], table["mask"] = ["y/g.tif", "y/h.tif"], ["out/g_mask.tif", "out/h_mask.tif"]
+    table.to_csv(csv, index=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli("predict", str(checkpoint), "link.tif", "-o", "out") == 0
+    assert "no longer there" not in capsys.readouterr().err
+    table = pd.read_csv(csv)
+    # the link is h.tif mapped again (its row goes; counted once) and keeps its own path
+    assert list(table["file"]) == ["y/g.tif", str(tmp_path / "link.tif")]
 
 
 def test_a_geotiff_whose_name_is_not_utf8_is_one_line(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
@@ -261,6 +274,16 @@ def test_out_of_room_reads_the_file_systems_state(tmp_path: Path, monkeypatch) -
     assert out_of_room(tmp_path).errno == errno.ENOSPC
     state["f_flag"] = os.ST_RDONLY
     assert out_of_room(tmp_path).errno == errno.EROFS
+
+
+@pytest.mark.parametrize("stem", ["g" * 240, "é" * 122])  # 240 + 16 and 244 + 16 bytes: over 255
+def test_a_geotiff_whose_outputs_names_would_be_too_long_is_refused_before_mapping(
+    checkpoint: Path, scene, tmp_path: Path, capsys, stem: str
+) -> None:
+    src = write_raster(tmp_path / f"in/{stem}.tif", scene[0])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"_probability.tif: {len(os.fsencode(stem)) + 16} bytes)" in err
 
 
 def test_area_is_pixel_count_times_pixel_area(checkpoint: Path, scene, tmp_path: Path) -> None:
@@ -1626,6 +1649,12 @@ def test_an_area_bias_of_another_model_file_is_refused_and_other_readings_noted(
     assert f"note: --area-error {out}: scored with " in printed and "overlap 0 (here None)" in printed
     assert cli(*argv, "--overlap", "0", "--precision", scored["dtype"]) == 0
     assert "scored with" not in capsys.readouterr().out  # tiles record no resampling: nothing else to differ
+    # a copy of the model file has its digest: its JSON is this model's
+    shutil.copy(other, tmp_path / "copy.pt")
+    assert (
+        cli("predict", str(tmp_path / "copy.pt"), str(src), "-o", str(tmp_path / "o4"), "--area-error", str(out)) == 0
+    )
+    assert "another model file" not in capsys.readouterr().err
     # an older JSON without the digest: noted, not refused
     del scored["model_sha256"]
     out.write_text(json.dumps(scored))

@@ -897,9 +897,23 @@ def test_out_of_memory_is_one_line(checkpoint, tmp_path, monkeypatch, capsys, er
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: forestseg evaluate: {says} (the model runs 32 windows")
-    monkeypatch.setattr(forestseg.cli, "evaluate", lambda args: [][1])  # any other error stays a traceback
-    with pytest.raises(IndexError):
-        forestseg.cli.main(["evaluate", str(checkpoint), str(tmp_path)])
+
+    def other(error):
+        def run(args):
+            raise error
+
+        return run
+
+    # any other error stays a traceback, which says where it came from
+    for error in (
+        IndexError("list index out of range"),
+        RuntimeError("shape mismatch"),  # not torch's OutOfMemoryError
+        FileNotFoundError(2, "No such file or directory"),  # no file named: not the user's to fix
+        UnicodeEncodeError("ascii", "forêt", 3, 4, "ordinal not in range(128)"),  # a print to an ASCII console
+    ):
+        monkeypatch.setattr(forestseg.cli, "evaluate", other(error))
+        with pytest.raises(type(error)):
+            forestseg.cli.main(["evaluate", str(checkpoint), str(tmp_path)])
 
 
 def test_a_name_too_long_for_its_outputs_is_one_line_before_predicting(checkpoint, tmp_path, capsys) -> None:

@@ -903,11 +903,12 @@ def test_a_queued_loss_reads_as_the_loss(device: str) -> None:
     assert held.item() == loss.item()
 
 
-def test_omp_dynamic_in_the_environment_does_not_hang_training(tmp_path: Path) -> None:
+@pytest.mark.parametrize("imports", ["import forestseg, torch", "import torch, forestseg"])
+def test_omp_dynamic_in_the_environment_does_not_hang_training(tmp_path: Path, imports: str) -> None:
     """OMP_DYNAMIC=true hung oneDNN's bf16 1x1 convolution backward forever (a stage deaf to SIGTERM):
-    importing forestseg first turns it off for the torch it loads."""
+    forestseg turns it off, before torch loads or in the OpenMP of a torch imported first."""
     code = (
-        "import forestseg, torch\n"
+        f"{imports}\n"
         "torch.set_num_threads(2)\n"
         "m = torch.nn.Conv2d(4, 4, 1).to(memory_format=torch.channels_last)\n"
         "x = torch.randn(8, 4, 16, 16).contiguous(memory_format=torch.channels_last)\n"
