@@ -93,15 +93,24 @@ def test_a_data_change_that_leaves_the_scores_equal_is_ranked_where_the_lock_pro
     assert {e.name: e.state for e in rank.experiments(shown)}["lucky-knap"] == state
 
 
+HEADLINE = b'{"best_iou": 0.5}'
+
+
+def serve_lock(monkeypatch, stages: str) -> None:
+    """rank._git_show answering with a commit's dvc.lock, the YAML entries `stages` (aggregate's last,
+    completed here with its headline output), and HEADLINE as its headline.json."""
+    lock = (
+        f"schema: '2.0'\nstages:\n{stages}    outs:\n    - path: metrics/headline.json\n"
+        f"      md5: {hashlib.md5(HEADLINE).hexdigest()}\n"
+    )
+    files = {"dvc.lock": lock.encode(), "metrics/headline.json": HEADLINE}
+    monkeypatch.setattr(rank, "_git_show", lambda rev, path: files.get(path))
+
+
 @pytest.mark.parametrize("index_md5, own", [("aaa", True), ("bbb", False)])
 def test_aggregated_needs_the_files_it_read_to_be_the_ones_this_lock_wrote(monkeypatch, index_md5, own) -> None:
     """A train-only slice whose data params changed what index wrote: aggregate's entry read another file."""
-    import hashlib
-
-    headline = b'{"best_iou": 0.5}'
-    lock = f"""schema: '2.0'
-stages:
-  index:
+    stages = f"""  index:
     outs:
     - path: metrics/index.json
       md5: {index_md5}
@@ -114,12 +123,8 @@ stages:
     params:
       params.yaml:
         grid.seed: [0]
-    outs:
-    - path: metrics/headline.json
-      md5: {hashlib.md5(headline).hexdigest()}
 """
-    files = {"dvc.lock": lock.encode(), "metrics/headline.json": headline}
-    monkeypatch.setattr(rank, "_git_show", lambda rev, path: files.get(path))
+    serve_lock(monkeypatch, stages)
     assert rank.aggregated("abc", {"grid.seed": [0]}) is own
 
 
@@ -344,22 +349,15 @@ def test_an_experiment_whose_lock_says_aggregate_did_not_write_its_headline_is_s
     ],
 )
 def test_aggregated_compares_params_both_ways(monkeypatch, params, own) -> None:
-    headline = b'{"best_iou": 0.5}'
-    lock = f"""schema: '2.0'
-stages:
-  aggregate:
+    stages = """  aggregate:
     params:
       params.yaml:
         optimizer:
           lr: 0.001
-          lr_overrides: {{}}
+          lr_overrides: {}
         split.by: scene
-    outs:
-    - path: metrics/headline.json
-      md5: {hashlib.md5(headline).hexdigest()}
 """
-    files = {"dvc.lock": lock.encode(), "metrics/headline.json": headline}
-    monkeypatch.setattr(rank, "_git_show", lambda rev, path: files.get(path))
+    serve_lock(monkeypatch, stages)
     assert rank.aggregated("abc", params) is own
 
 
