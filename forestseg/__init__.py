@@ -20,12 +20,16 @@ def _omp_static() -> None:
         return
     import ctypes
 
-    for name in os.listdir(os.path.join(os.path.dirname(torch.__file__), "lib")):
-        if name.startswith("libgomp"):
-            try:
-                ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", name)).omp_set_dynamic(0)
-            except (OSError, AttributeError):  # not a loadable OpenMP: nothing to tell
-                pass
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    try:
+        names = [n for n in os.listdir(lib) if n.startswith("libgomp")]
+    except OSError:  # a torch without its own libraries folder: its OpenMP is not ours to find
+        return
+    for name in names:
+        try:
+            ctypes.CDLL(os.path.join(lib, name)).omp_set_dynamic(0)
+        except (OSError, AttributeError):  # not a loadable OpenMP: nothing to tell
+            pass
 
 
 _omp_static()
