@@ -168,14 +168,9 @@ def _scored_by(text: str, scored: dict, checkpoint: Path, predictor: Predictor, 
             f"--area-error {text}: is the area bias of another model file ({scored.get('checkpoint')}), not of "
             f"{checkpoint}; evaluate this one: forestseg evaluate {shlex.quote(str(checkpoint))} DATA -o <json>"
         )
-    ours = {
-        "dtype": "bf16" if predictor.bf16 else "fp32",
-        "tta": predictor.tta,
-        "adapt_bn": opts.adapt_bn,
-        "overlap": opts.overlap,
-        "resampled_to_m": predictor.pixel_size_m if opts.resample else None,
-        "reproject": opts.reproject,
-    }
+    from .evaluate import raster_reading
+
+    ours = {**_reading(predictor, opts), **raster_reading(predictor, opts)}
     differ = [
         f"{key} {scored[key]!r} (here {value!r})"
         for key, value in ours.items()
@@ -186,6 +181,16 @@ def _scored_by(text: str, scored: dict, checkpoint: Path, predictor: Predictor, 
             f"note: --area-error {text}: scored with {', '.join(differ)}: its area bias is that of another "
             "reading of the images; evaluate with this run's options for this run's bias"
         )
+
+
+def _reading(predictor: Predictor, opts: MapOptions) -> dict:
+    """How a run reads images, as evaluate's JSON records it (with evaluate.raster_reading for rasters)."""
+    return {
+        "dtype": "bf16" if predictor.bf16 else "fp32",  # "precision" is a score there
+        "tta": predictor.tta,
+        "adapt_bn": opts.adapt_bn,
+        "overlap": opts.overlap,  # null: the default, a quarter of the tile
+    }
 
 
 def _pictures_note(n: int, what: str, pixel_size_m: float) -> None:
@@ -354,8 +359,11 @@ def _check_name_lengths(out: Path, pictures: list[Path], rasters: list) -> None:
         limit = os.pathconf(out, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
-    named = [(p, "_overlay.png") for p in pictures] + [(r.path, "_probability.tif") for r in rasters]
-    long = [(p, p.stem + end) for p, end in named if len(os.fsencode(p.stem + end)) > limit]
+    from .geo import every_output
+
+    outputs = [(p, _picture_outputs(out, p)) for p in pictures] + [(r.path, every_output(r.path, out)) for r in rasters]
+    longest = [(p, max((o.name for o in named.values()), key=lambda n: len(os.fsencode(n)))) for p, named in outputs]
+    long = [(p, name) for p, name in longest if len(os.fsencode(name)) > limit]
     if long:
         path, name = long[0]
         raise ForestsegError(
@@ -440,8 +448,9 @@ def _predict_pictures(
         # zlib level 1: a third of the default's time for ~1.4x the bytes (a 256-px tile: 0.5 against 1.5 ms
         # on a core that the forward passes share; bench/speed.py's "predict on files")
         mask_png = Image.fromarray((mask * 255).astype(np.uint8))
-        write_with(args.out / f"{path.stem}_mask.png", lambda p: mask_png.save(p, compress_level=1))
-        overlay_png = args.out / f"{path.stem}_overlay.png"
+        named = _picture_outputs(args.out, path)
+        write_with(named["mask"], lambda p: mask_png.save(p, compress_level=1))
+        overlay_png = named["overlay"]
         if args.overlay:
             write_with(overlay_png, lambda p: Image.fromarray(overlay(image, mask)).save(p))
         elif overlay_png.exists():  # an earlier run's, of another mask: never left beside this one
@@ -482,14 +491,19 @@ def _predict_pictures(
     return failed, transparent
 
 
+def _picture_outputs(out: Path, path: Path) -> dict[str, Path]:
+    """What predict writes in `out` for a picture: its mask and, with --overlay, its overlay."""
+    return {"mask": out / f"{path.stem}_mask.png", "overlay": out / f"{path.stem}_overlay.png"}
+
+
 def _drop_outputs(out: Path, path: Path) -> list[Path]:
     """Remove an earlier run's outputs in `out` of `path`, an input that failed now: never left beside
     this run's (nor its forest_area.csv row, which goes with its mask); the files removed. Any of them:
     a picture's mask and overlay, a raster's as map_forest names them with every option on."""
-    from .geo import MapOptions, output_paths
+    from .geo import every_output
 
-    mapped = output_paths(path, out, MapOptions(probability="uint8", polygons=True)).values()
-    gone = [old for old in (out / f"{path.stem}_mask.png", out / f"{path.stem}_overlay.png", *mapped) if old.is_file()]
+    every = [*_picture_outputs(out, path).values(), *every_output(path, out).values()]
+    gone = [old for old in every if old.is_file()]
     for old in gone:
         old.unlink(missing_ok=True)
     return gone
@@ -623,10 +637,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "checkpoint": str(args.checkpoint),
         "model_sha256": sha256_of(args.checkpoint),  # predict --area-error takes only this model's bias
         "model_train_scenes": len(predictor.train_scenes),  # 0: the model file does not list them
-        "dtype": "bf16" if predictor.bf16 else "fp32",  # "precision" is a score here
-        "tta": args.tta,
-        "adapt_bn": opts.adapt_bn,
-        "overlap": args.overlap,  # null: the default, a quarter of the tile
+        **_reading(predictor, opts),
         **result,
     }
     if args.output:  # before the summary: a reader that stops early (`| head`) still gets the file

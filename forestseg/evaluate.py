@@ -332,9 +332,14 @@ def evaluate_rasters(
         )
     for note in notes:  # a raster of no forest among others with forest can be right (an open field)
         log(f"note: {note}")
-    # how the rasters were read: two JSONs scored otherwise must not look alike (predict --area-error reads them)
-    read = {"resampled_to_m": predictor.pixel_size_m if opts.resample else None, "reproject": opts.reproject}
+    read = raster_reading(predictor, opts)
     return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **read, **summarize(units, "raster")}
+
+
+def raster_reading(predictor: Predictor, opts: MapOptions) -> dict:
+    """How rasters are read, as the JSON of their scores records it: two JSONs scored otherwise must not
+    look alike (predict --area-error compares them with its own reading)."""
+    return {"resampled_to_m": predictor.pixel_size_m if opts.resample else None, "reproject": opts.reproject}
 
 
 _NAN = float("nan")  # the key of NaN pixels in TruthValues.counts

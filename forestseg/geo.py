@@ -754,6 +754,11 @@ def output_paths(path: Path, out_dir: Path, opts: MapOptions) -> dict[str, Path]
     return paths
 
 
+def every_output(path: Path, out_dir: Path) -> dict[str, Path]:
+    """Every file map_forest may write for `path`, whatever the options (an earlier run's may be there)."""
+    return output_paths(path, out_dir, MapOptions(probability="uint8", polygons=True))
+
+
 def map_forest(
     predictor: Predictor, raster: Raster, out_dir: Path, opts: MapOptions, log: Callable[[str], None] = print
 ) -> ForestArea:
@@ -845,8 +850,9 @@ def map_forest(
                 polygons = write_polygons(
                     built["mask"], built["polygons"], opts.min_area_m2, raster.unit_m, paths["polygons"].stem
                 )
-            every = output_paths(path, out_dir, dataclasses.replace(opts, probability="uint8", polygons=True))
-            for name, old in every.items():  # an earlier run's, of another mask: never left beside this one
+            for name, old in every_output(
+                path, out_dir
+            ).items():  # an earlier run's, of another mask: never left beside this one
                 if name not in paths and old.exists():
                     old.unlink()
                     log(f"note: removed {old}: an earlier run's {name}, which this run does not write")
@@ -857,7 +863,8 @@ def map_forest(
         room = e if isinstance(e, OSError) and e.errno in WRITE_ERRNOS else out_of_room(out_dir)
         if room is not None:
             temp = out_dir / temp_prefix(path.stem)  # its temp folder's files: gone when this is read
-            raise write_error(out_dir / f"{path.stem}_mask.tif", room, f"the map of {path.name}", temp=temp) from None
+            mask = output_paths(path, out_dir, opts)["mask"]
+            raise write_error(mask, room, f"the map of {path.name}", temp=temp) from None
         # a corrupt block, a failed transform: GDAL's reason on one line, never a traceback
         raise ForestsegError(f"{path}: failed while mapping ({_one_line(e)})") from None
     pixel_m2 = out.pixel_area_m2(raster.unit_m)
