@@ -263,7 +263,9 @@ def main() -> None:
         setting = ["--study", "--batch", "160", "--auto-only", "--nchw"] if device.type == "cuda" else ["--batch", "16"]
         batch = [] if args.tiny else setting
         # its lines as they come (not captured): a device call stopped at its time limit keeps what was measured
-        speed = subprocess.run([sys.executable, str(REPO / "bench/speed.py"), *batch, *tiny], cwd=REPO)
+        speed = subprocess.run(
+            [sys.executable, str(REPO / "bench/speed.py"), "--device", str(device), *batch, *tiny], cwd=REPO
+        )
         if speed.returncode:
             raise SystemExit(f"bench/speed.py failed (exit status {speed.returncode}): its error is above")
     if args.skip_grid:

@@ -56,6 +56,7 @@ from forestseg.config import (  # noqa: E402
 )
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import exact_fp32, keep_freed_memory, pick_device, use_bf16  # noqa: E402
+from forestseg.errors import ForestsegError  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import Normalizer, Tiles, batches, load_tiles, to_input  # noqa: E402
 from forestseg.losses import bce  # noqa: E402
@@ -322,7 +323,13 @@ def predict_speeds(
 
 
 def files_speeds(
-    model_path: Path, images: np.ndarray, folder: Path, repeats: int, precision: str, copies: int = 4
+    model_path: Path,
+    images: np.ndarray,
+    folder: Path,
+    repeats: int,
+    precision: str,
+    device: torch.device,
+    copies: int = 4,
 ) -> list[float]:
     """Images/s of `forestseg predict` as a user calls it on a folder of JPEG tiles (`copies` x the
     images, quality 95), in this process: decoding, the batched forward passes, the PNG masks written,
@@ -336,6 +343,7 @@ def files_speeds(
             Image.fromarray(image).save(inputs / f"{k}_{i:04d}.jpg", quality=95)
     n = copies * len(images)
     argv = ["predict", str(model_path), str(inputs), "-o", str(folder / "masks"), "--precision", precision]
+    argv += ["--device", str(device)]  # the device the rest of the bench measures, not the CLI's own pick
     rates = []
     for r in range(repeats + 1):  # the first call warms up (allocator, kernel choice), untimed
         t0 = time.perf_counter()
@@ -375,11 +383,15 @@ def main() -> None:
         action="store_true",
         help="time training only in the precision auto picks (exact fp32 of the study's UNet takes minutes on a GPU)",
     )
+    ap.add_argument("--device", default="auto", help="auto (a GPU where torch sees one), cpu, cuda or cuda:<index>")
     args = ap.parse_args()
     if min(args.width, args.depth, args.batch, args.steps, args.repeats) < 1:
         ap.error("--width, --depth, --batch, --steps and --repeats must be at least 1")
     kept = False if args.default_malloc else keep_freed_memory()
-    device = pick_device("auto")
+    try:
+        device = pick_device(args.device, key="--device")
+    except ForestsegError as e:
+        ap.error(str(e))
     tmp = Path(tempfile.mkdtemp(prefix="forestseg-bench-"))
     try:
         measure(args, device, kept, tmp)
@@ -499,7 +511,12 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"its forward passes alone (batches already on the device): {spread(forwards)}"
     )
     on_files = files_speeds(
-        models[auto] if timed else models["fp32"], images, tmp / "files", args.repeats, "auto" if timed else "fp32"
+        models[auto] if timed else models["fp32"],
+        images,
+        tmp / "files",
+        args.repeats,
+        "auto" if timed else "fp32",
+        device,
     )
 
     second = device_peaks(device)

@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError
-from .errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate
+from .errors import BROKEN_PIPE, Terminated, one_line, out_of_memory, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES
 from .io import (
     WRITE_ERRNOS,
@@ -268,6 +268,7 @@ def predict(args: argparse.Namespace) -> int:
             f"several inputs would write the same <name>_mask output: {twice[:5]}; predict them separately, "
             "each into its own -o folder (into one, the later run's mask replaces the earlier's)"
         )
+    _no_dangling_link(args.out, "create that folder, or give another -o")
     if args.out.exists() and not args.out.is_dir():
         raise ForestsegError(f"-o {args.out}: is a file; give a folder for the masks")
     input_dirs = {p.resolve() for p in args.inputs if p.is_dir()} | {f.parent.resolve() for f in files}
@@ -346,7 +347,7 @@ def predict(args: argparse.Namespace) -> int:
             + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else "")
         )
     for message in failed:  # before the rasters: a raster that fails stops the run
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(message)}", file=sys.stderr)
     if rasters:
         _map_rasters(predictor, rasters, args.out, opts, area_error)
     return 1 if failed else 0
@@ -640,8 +641,16 @@ def evaluate(args: argparse.Namespace) -> int:
         **_reading(predictor, opts),
         **result,
     }
+    unsaved = None
     if args.output:  # before the summary: a reader that stops early (`| head`) still gets the file
-        write_json(args.output, result)
+        made = [p for p in (args.output.parent, *args.output.parent.parents) if not p.exists()]  # deepest first
+        try:
+            write_json(args.output, result)
+        except ForestsegError as e:  # a disk that filled while scoring: the scores still shown, then the reason
+            unsaved = e
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     kind = "scene" if "scenes" in result else "raster"
     if kind == "scene":  # their hectares are counted at the model's pixel size
         _pictures_note(result["tiles"], "tiles", predictor.pixel_size_m)
@@ -666,6 +675,8 @@ def evaluate(args: argparse.Namespace) -> int:
         f"  per {kind}: forest share off by {share['mean_abs']:.2f} percentage points on average "
         f"(at most {share['max_abs']:.2f})"
     )
+    if unsaved is not None:
+        raise ForestsegError(f"{unsaved} (the scores above were not saved)")
     if args.output:
         print(f"evaluate: wrote {args.output} (pass it to `forestseg predict --area-error`)")
     return 0
@@ -697,6 +708,7 @@ def tile(args: argparse.Namespace) -> int:
         reproject=args.reproject,
         first_scene=args.first_scene,
     )
+    _no_dangling_link(args.out, "remove the link, or give another -o (tile makes a new folder)")
     if args.out.parent.is_dir():  # a killed run's temp folder, whether or not this run gets further
         remove_stale_temps(args.out.parent)
     kind, pairs = find_pairs(args.data)
@@ -742,6 +754,13 @@ def tile(args: argparse.Namespace) -> int:
 def _project_of(folder: Path) -> Path | None:
     """The DVC project folder holds, if any: the nearest folder up from it with a .dvc folder."""
     return next((d for d in (folder, *folder.parents) if (d / ".dvc").is_dir()), None)
+
+
+def _no_dangling_link(out: Path, fix: str) -> None:
+    """-o a symbolic link to nothing: said as that, with `fix`, before any work (mkdir read it as "File
+    exists", and tile's rename as "a file is where a folder goes", after the cutting)."""
+    if out.is_symlink() and not out.exists():
+        raise ForestsegError(f"-o {out}: is a link to {os.readlink(out)}, which does not exist; {fix}")
 
 
 def _check_output_file(path: Path, inputs: list[Path] = ()) -> None:
@@ -964,7 +983,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sys.exit({"predict": predict, "evaluate": evaluate, "tile": tile}[args.command](args))
     except ForestsegError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, Terminated) as e:  # outputs are written atomically: the finished ones stand
         how, code = stopped(e)
@@ -987,15 +1006,14 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:  # what the file system refused that no check foresaw (a name too long, a full disk)
         if not (e.filename and (e.errno == errno.ENAMETOOLONG or e.errno in WRITE_ERRNOS)):
             raise  # not the user's to fix: its traceback says where it came from
-        print(f"error: forestseg {args.command}: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        print(f"error: forestseg {args.command}: {one_line(f'{e.filename}: {e.strerror or e}')}", file=sys.stderr)
         sys.exit(2)
     except (MemoryError, RuntimeError) as e:  # CUDA's out of memory is a RuntimeError: torch.OutOfMemoryError
-        gpu = type(e).__name__ == "OutOfMemoryError"
-        if not (gpu or isinstance(e, MemoryError)):
+        where = out_of_memory(e)
+        if where is None:
             raise
         from .windows import TILE_BATCH
 
-        where = "on the GPU" if gpu else "in host memory"
         fix = (
             f"the model runs {TILE_BATCH} windows at a time; free the device, or run on another with --device "
             "(e.g. --device cpu)"

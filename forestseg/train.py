@@ -40,6 +40,7 @@ from .config import (
     check_warmup,
 )
 from .device import apply_precision, cpu_kernels, keep_freed_memory, pick_device, use_bf16
+from .errors import out_of_memory
 from .layout import DataLayout
 from .loader import INPUTS, Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
@@ -614,11 +615,12 @@ def out_of_memory_as_one_line(what: str, model_cfg: ModelConfig, train_cfg: Trai
     """CUDA's out-of-memory error, and the CPU allocator's (a RuntimeError), as one line saying what to lower."""
     try:
         yield
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "can't allocate" not in str(e):
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        where = out_of_memory(e)
+        if where is None:
             raise  # another RuntimeError: not a memory error
         raise ForestsegError(
-            f"{what}: out of memory with train.batch_size {train_cfg.batch_size} (test_batch_size "
+            f"{what}: out of memory {where} with train.batch_size {train_cfg.batch_size} (test_batch_size "
             f"{train_cfg.test_batch_size}) and {model_cfg.arch} of width {model_cfg.width}, depth {model_cfg.depth}; "
             "lower train.batch_size or train.test_batch_size (or model.width), or free the device"
         ) from None

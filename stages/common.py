@@ -46,7 +46,7 @@ if Path(getattr(sys.modules["__main__"], "__file__", None) or "").resolve().pare
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from forestseg.config import SECTIONS, ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
-from forestseg.errors import BROKEN_PIPE, Terminated, quiet_stdout, stopped, terminate  # noqa: E402
+from forestseg.errors import BROKEN_PIPE, Terminated, one_line, quiet_stdout, stopped, terminate  # noqa: E402
 from forestseg.io import load_yaml, read_utf8, remove_stale_runs, remove_stale_temps  # noqa: E402
 
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
@@ -190,7 +190,7 @@ def stage(fn: Callable[[list[str]], None]) -> Callable[[], None]:
             fn(sys.argv[1:])
             _check_params_unchanged()
         except ForestsegError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
             code = 2
         except (KeyboardInterrupt, Terminated) as e:  # a traceback from inside torch says nothing useful
             how, code = stopped(e)

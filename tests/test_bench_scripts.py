@@ -16,7 +16,7 @@ import torch
 from conftest import random_predictor
 
 import forestseg.windows
-from bench import adabn, dropout, errors, repro_stages, speed, wgrad
+from bench import adabn, dropout, errors, gpu, repro_stages, speed, wgrad
 from bench import postprocess as post
 from bench import profile_train as profile
 from forestseg.predict import Predictor
@@ -179,6 +179,10 @@ def test_speed_prints_every_figure_from_one_run(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(sys, "argv", [*argv, "--default-malloc", "--auto-only"])
     got, predict_speeds, checked = {}, speed.predict_speeds, []
     monkeypatch.setattr(speed, "predict_speeds", lambda *a, **k: got.setdefault("rates", predict_speeds(*a, **k)))
+    import forestseg.cli
+
+    cli, calls = forestseg.cli.main, []
+    monkeypatch.setattr(forestseg.cli, "main", lambda argv: calls.append(argv) or cli(argv))
     monkeypatch.setattr(speed, "warn_if_busy", lambda rates: checked.append(rates) or print("<busy check>"))
     speed.main()
     out = capsys.readouterr().out
@@ -203,6 +207,27 @@ def test_speed_prints_every_figure_from_one_run(monkeypatch: pytest.MonkeyPatch,
         r"images/s, \d+\.\d\dx the training images/s",
         out,
     ), out
+    assert calls and all(argv[-2:] == ["--device", "cpu"] for argv in calls), calls  # the bench's device, not auto
+
+
+def test_speed_refuses_an_unknown_device_in_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--device", "gpu"])
+    with pytest.raises(SystemExit) as stopped:
+        speed.main()
+    assert stopped.value.code == 2
+    assert "--device: unknown value 'gpu'" in capsys.readouterr().err
+
+
+def test_gpu_acceptance_times_speed_on_its_own_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench/gpu.py --device cpu` on a machine with a GPU measured the speed bench on the GPU (auto)."""
+    ran = []
+    monkeypatch.setattr(gpu, "check_train_predict", lambda device, tiny: None)
+    monkeypatch.setattr(
+        gpu.subprocess, "run", lambda argv, **k: ran.append(argv) or subprocess.CompletedProcess(argv, 0)
+    )
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--device", "cpu", "--tiny", "--skip-grid"])
+    gpu.main()
+    assert len(ran) == 1 and ran[0][1].endswith("bench/speed.py") and ran[0][2:4] == ["--device", "cpu"], ran
 
 
 @pytest.mark.parametrize("values, says", [([3.0, 1.0, 2.0], "2.0 [1.0-3.0]"), ([4.0, 1.0, 2.0, 3.0], "2.5 [1.0-4.0]")])
@@ -380,4 +405,11 @@ def test_the_peak_probe_times_3x3_convolutions_too(monkeypatch) -> None:
 def test_predict_on_files_stops_when_the_command_fails(tmp_path: Path) -> None:
     images = np.zeros((2, 32, 32, 3), np.uint8)
     with pytest.raises(RuntimeError, match="forestseg predict exited 2"):
-        speed.files_speeds(tmp_path / "no_model.pt", images, tmp_path / "files", repeats=1, precision="fp32")
+        speed.files_speeds(
+            tmp_path / "no_model.pt",
+            images,
+            tmp_path / "files",
+            repeats=1,
+            precision="fp32",
+            device=torch.device("cpu"),
+        )

@@ -3,6 +3,7 @@ memory, resampling to the model's pixel size, bad rasters refused, evaluation of
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -1295,6 +1296,29 @@ def test_evaluate_tries_its_output_before_scoring(checkpoint: Path, tmp_path: Pa
     out_file = tmp_path / "new/deeper/eval.json"  # folders that do not exist yet: made, and the probe gone
     assert cli("evaluate", str(checkpoint), str(data), "-o", str(out_file)) == 0
     assert [p.name for p in out_file.parent.iterdir()] == ["eval.json"]
+
+
+def test_evaluate_shows_its_scores_when_the_disk_fills_before_its_file(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Minutes of scoring are not lost to a disk that filled meanwhile: the scores are printed, then one
+    line says the file was not written, and the folders made for it are gone."""
+    import forestseg.io
+
+    data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=64)
+
+    def full(path: Path, text: str) -> None:  # as atomic_path fails there: its folders made first
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        raise forestseg.io.write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)))
+
+    monkeypatch.setattr(forestseg.io, "write_text", full)
+    out_file = tmp_path / "new/deeper/eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "-o", str(out_file)) == 2
+    out, err = capsys.readouterr()
+    assert "forest IoU" in out and "wrote" not in out, out
+    assert err.count("\n") == 1 and err.startswith(f"error: {out_file}: cannot write it: "), err
+    assert err.rstrip().endswith("(the scores above were not saved)"), err
+    assert not (tmp_path / "new").exists()
 
 
 def test_evaluate_notes_files_without_a_row_of_meta_data(checkpoint: Path, tmp_path: Path, capsys) -> None:

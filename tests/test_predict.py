@@ -94,6 +94,27 @@ def test_cli_writes_masks_and_overlays_and_reports_unreadable_images(checkpoint,
     assert "broken.jpg: cannot be decoded: not a JPEG nor any image format Pillow reads" in err
 
 
+def test_an_error_naming_a_file_with_a_newline_stays_one_line(checkpoint, tmp_path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "two\nlines.jpg").write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(src / "two\nlines.jpg"), "-o", str(tmp_path / "out")])
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two\\nlines.jpg: cannot be decoded" in err, err
+
+
+def test_an_output_link_to_nothing_is_named_as_that(checkpoint, scene, tmp_path, capsys) -> None:
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
+    (tmp_path / "out").symlink_to(tmp_path / "gone/out")
+    assert run_cli(checkpoint, [tmp_path / "a.png"], tmp_path / "out") == 2
+    assert capsys.readouterr().err == (
+        f"error: -o {tmp_path / 'out'}: is a link to {tmp_path / 'gone/out'}, which does not exist; "
+        "create that folder, or give another -o\n"
+    )
+
+
 def test_a_rerun_without_overlay_removes_the_earlier_runs_overlays(checkpoint, scene, tmp_path, capsys) -> None:
     Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
     out = tmp_path / "out"
@@ -882,6 +903,10 @@ def test_ctrl_c_is_one_line_and_exit_130(checkpoint, tmp_path, monkeypatch, caps
     [
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory on the GPU"),
         (MemoryError(), "out of memory in host memory"),
+        (  # the CPU allocator's: a RuntimeError, not a MemoryError
+            RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried"),
+            "out of memory in host memory",
+        ),
     ],
 )
 def test_out_of_memory_is_one_line(checkpoint, tmp_path, monkeypatch, capsys, error, says) -> None:

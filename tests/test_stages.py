@@ -115,6 +115,8 @@ def main(argv):
     print("wrote", argv[0])  # block-buffered on a pipe: must still arrive
     if argv[0] == "bad":
         raise ForestsegError("bad input")
+    if argv[0] == "bad\\nname":  # a file name with a newline, as the stage names it
+        raise ForestsegError("data/bad\\nname.jpg: cannot be decoded")
     if argv[0] == "ctrl-c":
         raise KeyboardInterrupt  # what SIGINT raises in the main thread
     if argv[0] == "sigterm":
@@ -135,7 +137,13 @@ INTERRUPTED = (
 
 
 @pytest.mark.parametrize(
-    ("arg", "rc", "err"), [("out.csv", 0, ""), ("bad", 2, "error: bad input\n"), ("ctrl-c", 130, INTERRUPTED)]
+    ("arg", "rc", "err"),
+    [
+        ("out.csv", 0, ""),
+        ("bad", 2, "error: bad input\n"),
+        ("bad\nname", 2, "error: data/bad\\nname.jpg: cannot be decoded\n"),  # still one line
+        ("ctrl-c", 130, INTERRUPTED),
+    ],
 )
 def test_a_stage_process_ends_without_finalization_and_loses_no_output(tmp_path, arg, rc, err) -> None:
     """Python's finalization (about 1 s with torch loaded) is skipped; stdout on a pipe still arrives."""

@@ -162,6 +162,19 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks"] + (["tiles"] if case == "exists" else [])
 
 
+def test_cli_names_a_link_to_nothing_as_its_output_before_cutting(photo, tmp_path: Path, capsys) -> None:
+    Image.fromarray(photo).save(tmp_path / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "7_mask.png")
+    (tmp_path / "tiles").symlink_to(tmp_path / "gone/tiles")
+    assert cli("tile", str(tmp_path), "-o", str(tmp_path / "tiles")) == 2
+    out, err = capsys.readouterr()
+    assert err == (
+        f"error: -o {tmp_path / 'tiles'}: is a link to {tmp_path / 'gone/tiles'}, which does not exist; "
+        "remove the link, or give another -o (tile makes a new folder)\n"
+    )
+    assert out == "" and not (tmp_path / "gone").exists()  # nothing cut
+
+
 def test_cli_says_how_to_train_on_deepglobe_tiles_and_quotes_an_odd_path_for_dvc(
     photo, tmp_path: Path, capsys, monkeypatch
 ) -> None:

@@ -726,19 +726,22 @@ def test_a_model_file_loads_in_the_precision_it_was_scored_in(data, tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "error",
+    "error, where",
     [
-        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-        RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried"),
-        MemoryError(),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "on the GPU"),
+        (
+            RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried"),
+            "in host memory",
+        ),
+        (MemoryError(), "in host memory"),
     ],
 )
-def test_out_of_memory_is_one_line_saying_what_to_lower(error: Exception) -> None:
+def test_out_of_memory_is_one_line_saying_what_to_lower(error: Exception, where: str) -> None:
     with pytest.raises(ForestsegError) as raised:
         with out_of_memory_as_one_line("run bce-adam-0", MODEL, TRAIN):
             raise error
     assert str(raised.value) == (
-        f"run bce-adam-0: out of memory with train.batch_size {TRAIN.batch_size} (test_batch_size "
+        f"run bce-adam-0: out of memory {where} with train.batch_size {TRAIN.batch_size} (test_batch_size "
         f"{TRAIN.test_batch_size}) and unet of width 4, depth 2; lower train.batch_size or train.test_batch_size "
         "(or model.width), or free the device"
     )
