@@ -208,11 +208,37 @@ def kaggle_folders_below(root: Path) -> list[Path]:
     return sorted({p.parent for depth in (1, 2, 3) for p in root.glob("*/" * depth + "meta_data.csv")})
 
 
+MACOS_ZIP = "__MACOSX"  # what a zip made on a Mac unpacks beside the files: ._<name> metadata of each
+
+
 def _no_meta(meta: Path) -> str:
     what = "a folder, not a CSV file" if meta.is_dir() else "missing"
     root = meta.parent
     if meta.is_symlink() and not meta.exists():  # DVC's symlink cache after `dvc gc`, say
         return f"{meta}: a symlink to no file ({os.readlink(meta)}); restore it (dvc checkout, or dvc pull)"
+    if not meta.exists() and MACOS_ZIP in root.parts:
+        cut = root.parts.index(MACOS_ZIP)
+        beside = Path(*root.parts[:cut], *root.parts[cut + 1 :])  # where the zip put the files themselves
+        return (
+            f"{root} is inside {MACOS_ZIP}, the folder of macOS metadata (AppleDouble ._ files, no photos) that "
+            "a zip made on a Mac holds: "
+            + (
+                f"set data.source to {beside}"
+                if (beside / "meta_data.csv").is_file()
+                else "set data.source to the set's own folder, beside it"
+            )
+        )
+    # a CSV of another spelling (Meta_Data.csv, metadata.csv): the index reads one name only
+    near = sorted(
+        p.name
+        for p in (root.iterdir() if root.is_dir() else ())
+        if p.name != meta.name and re.sub(r"[-_ ]", "", p.name.lower()) == "metadata.csv"
+    )
+    if not meta.exists() and near:
+        return (
+            f"{meta}: missing, but {root / near[0]} is there: the index reads meta_data.csv, spelt so (names "
+            "are case-sensitive); rename it"
+        )
     tiles = (root / "images").is_dir() and any(tile_of(p.name) for p in (root / "images").iterdir())
     if not meta.exists() and tiles and (root / "masks").is_dir():
         return (
@@ -410,10 +436,14 @@ def _load_pair(
         summary = summarize(msk)
         resampled = convention != "resampled" and misfit_reads_as_resampled(msk, summary)
         raise Misfit(f"mask does not fit data.masks {convention!r}: {e}", summary, jpeg, resampled) from None
-    if convention in ("0/1", "classes") and jpeg:
-        raise BadPair(
-            f"{mask} is a JPEG: its lossy compression moves class values (a forest 255 read as 251-254), and "
-            f"data.masks {convention!r} reads values exactly; save the masks lossless (PNG)"
+    if convention in ("0/1", "classes") and jpeg:  # a misfit: counted towards the set's verdict and advice
+        raise Misfit(
+            f"mask does not fit data.masks {convention!r}: {mask} is a JPEG: its lossy compression moves class "
+            f"values (a forest 255 read as 251-254), and {convention!r} reads values exactly; save the masks "
+            "lossless (PNG) from their source, not from these JPEGs (whose values have moved)",
+            summarize(msk),
+            jpeg,
+            False,
         )
     return img.pixels, forest_map, summarize(msk), jpeg
 
@@ -568,6 +598,7 @@ def build_index(
     stats, misfits = Stats(), 0
     light: dict[str, np.ndarray] = collections.defaultdict(lambda: np.zeros(4))  # per scene: forest, other
     misfit_stats = Stats()  # the masks that did not fit alone: what they look like, for the report's advice
+    kept_stats = Stats()  # and those that did: whether the set mixes two conventions
     # One context per array, so a full disk is reported against the array being written.
     with atomic_path(images_out) as img_tmp:
         images = _packed(img_tmp, (n, *size, 3))
@@ -601,6 +632,7 @@ def build_index(
                     k = len(kept)
                     images[k], packed_masks[k], summary, jpeg = result
                     stats.add_summary(summary, jpeg)
+                    kept_stats.add_summary(summary, jpeg)
                     forest_px = int(result[1].sum())
                     grey, is_forest = result[0].mean(axis=-1, dtype=np.float32), result[1].astype(bool)
                     scene = scene_of(image)
@@ -632,6 +664,7 @@ def build_index(
                 forest,
                 stats,
                 misfit_stats,
+                kept_stats,
                 len(kept),
                 misfits,
                 skipped,
@@ -658,7 +691,7 @@ def build_index(
         "forest_fraction": round(float(index["forest_pixels"].sum() / index["pixels"].sum()), 6),
         "misfits": misfits,
         # what the masks that did not fit look like: a resized set loses its edge-rich tiles otherwise
-        "misfit_advice": misfit_stats.suggest(masks, forest) if misfits else None,
+        "misfit_advice": misfit_advice(misfit_stats, kept_stats, masks, forest) if misfits else None,
         "unlisted_images": len(unlisted),
         "unlisted_masks": len(unlisted_masks),
         "notes": notes,
@@ -670,12 +703,18 @@ def build_index(
     return index, report
 
 
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}  # what Windows' Explorer leaves in a folder of pictures
+
+
 def _unlisted(folder: Path, listed: set[str]) -> list[str]:
-    """Files of `folder` that no row of meta_data.csv names (hidden files and subfolders aside), sorted."""
+    """Files of `folder` that no row of meta_data.csv names (hidden files, the system's own files and
+    subfolders aside), sorted."""
     if not folder.is_dir():
         return []
     return sorted(
-        p.name for p in folder.glob("*") if p.name not in listed and not p.name.startswith(".") and not p.is_dir()
+        p.name
+        for p in folder.glob("*")
+        if p.name not in listed and not p.name.startswith(".") and p.name.lower() not in SYSTEM_FILES and not p.is_dir()
     )
 
 
@@ -683,7 +722,8 @@ def _kind(s: dict) -> str:
     """A skipped pair's kind of reason: without the pair's file names and the details."""
     text = s["reason"]
     for name, shown in ((s["image"], "<image>"), (s["mask"], "<mask>")):
-        text = text.replace(name, shown) if name else text
+        # as a reason quotes it (repr doubles a backslash, images\\x.jpg), then as it is
+        text = text.replace(repr(name), f"'{shown}'").replace(name, shown) if name else text
     # one kind whatever the sizes or values: "values up to 46003" and "up to 25186" are one reason;
     # a quoted name stays as it is ('0/255', a mask convention)
     return re.sub(r"'[^']*'|\d+", lambda m: m[0] if m[0][0] == "'" else "<n>", text.split(" (")[0].split(":")[0])
@@ -703,12 +743,29 @@ def _common_reasons(skipped: list[dict], k: int) -> str:
     )
 
 
+def misfit_advice(misfit_stats: Stats, kept_stats: Stats, masks: str, forest: tuple) -> str:
+    """What the masks that did not fit data.masks look like, and which params would read them; where the
+    masks that did fit (`kept_stats`) look like another convention than those, that the set mixes
+    conventions: the params that read the misfits would refuse the others (a set half 0/1, half 0/255
+    was sent from one setting to the other and back)."""
+    advice = misfit_stats.suggest(masks, forest)
+    guess = misfit_stats.guess()
+    kept = kept_stats.grey_masks + kept_stats.colour_masks
+    if not kept or guess in (masks, "blurred", "lossy ids") or kept_stats.guess() == guess:
+        return advice
+    return (
+        f"{advice}; but the other {kept} mask(s) fit {masks!r}: the set mixes conventions, so no one "
+        "data.masks reads it; convert one group to the other's convention (saved lossless, e.g. PNG) first"
+    )
+
+
 def _check_convention(
     root: Path,
     masks: str,
     forest: tuple,
     stats: Stats,
     misfit_stats: Stats,
+    kept_stats: Stats,
     kept: int,
     misfits: int,
     skipped: list[dict],
@@ -727,7 +784,7 @@ def _check_convention(
         raise DataError(
             f"{where}, but {misfits} of {kept + misfits} masks do not fit it (e.g. {example}"
             + (f"; {others} other pair(s) skipped for other reasons" if others else "")
-            + f"); {misfit_stats.suggest(masks, forest)}"
+            + f"); {misfit_advice(misfit_stats, kept_stats, masks, forest)}"
         )
     if masks == "colors" and stats.colour_masks == 0:
         raise DataError(f"{where}, but every mask is grey ({stats.found()}); {stats.suggest(masks, forest)}")

@@ -35,6 +35,7 @@ COLOR_TOLERANCE = 40  # max per-channel distance of a (JPEG) colour-mask pixel t
 COLOR_FAR_SHARE = 0.1
 GREY_SPREAD = 24  # channels closer than this count as grey (JPEG chroma noise)
 MAX_CLASSES = 16  # a class-id mask with more distinct values is not class ids (JPEG-compressed?)
+NOISE_SHARE = 0.05  # at most this share of a mask at 1-31 and 224-254 beside 0 and 255: JPEG noise, not classes
 LEVEL = 4  # grey levels: neighbours within this of a pixel are level with it (JPEG noise included)
 # Shares of pixels a resampled mask may hold at mid-grey in flat 3x3 patches, and on 1-2 px lines
 # level along and lower (or higher) on both sides across: interpolation ramps through mid-greys
@@ -175,19 +176,10 @@ class Stats:
         low = self.grey[LOW[0] : LOW[1] + 1].sum()
         return not self.jpeg_masks and low > 0.01 * max(1, self.grey.sum())
 
-    def suggest(self, current: str, forest: tuple = ()) -> str:
-        """Which params would fit these masks (never `current`, the convention they did not fit, whose
-        data.forest was `forest`)."""
+    def guess(self) -> str:
+        """The convention these masks look like: one of data.masks' values, "blurred" (none reads them),
+        or "lossy ids" (class ids stored as JPEG: none reads them exactly)."""
         values = self.grey.nonzero()[0]
-        if not self.colour_masks and values.tolist() == [0]:
-            # a 0/1 mask saved as a JPEG can decode to 0 everywhere: its 1s fall below JPEG's quantisation
-            lost = (
-                "; if they are 0/1 masks saved as JPEG, the compression can round every 1 to 0: save them "
-                "lossless (PNG) from their source"
-                if 2 * self.jpeg_masks > self.grey_masks
-                else ""
-            )
-            return f"every mask is 0 everywhere (empty): check that masks/ holds this set's forest masks{lost}"
         if self.colour_masks > self.grey_masks:
             guess = "colors"
         elif values.max(initial=0) <= 1:
@@ -204,7 +196,24 @@ class Stats:
         else:
             guess = "0/255"
         if guess in ("0/1", "classes") and 2 * self.jpeg_masks > self.grey_masks + self.colour_masks:
-            # JPEG noise spreads 0/1 over 0-3: no convention reads class values exactly from a lossy file
+            return "lossy ids"  # JPEG noise spreads 0/1 over 0-3: no convention reads class values exactly
+        return guess
+
+    def suggest(self, current: str, forest: tuple = ()) -> str:
+        """Which params would fit these masks (never `current`, the convention they did not fit, whose
+        data.forest was `forest`)."""
+        values = self.grey.nonzero()[0]
+        if not self.colour_masks and values.tolist() == [0]:
+            # a 0/1 mask saved as a JPEG can decode to 0 everywhere: its 1s fall below JPEG's quantisation
+            lost = (
+                "; if they are 0/1 masks saved as JPEG, the compression can round every 1 to 0: save them "
+                "lossless (PNG) from their source"
+                if 2 * self.jpeg_masks > self.grey_masks
+                else ""
+            )
+            return f"every mask is 0 everywhere (empty): check that masks/ holds this set's forest masks{lost}"
+        guess = self.guess()
+        if guess == "lossy ids":
             return (
                 "they look like class ids (0/1 or a few classes) stored as JPEG, whose lossy compression moves "
                 "values: save the masks lossless (PNG), then set data.masks: '0/1' or classes"
@@ -381,6 +390,14 @@ def _classes(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
         raise MaskMismatch(
             f"more than {MAX_CLASSES} distinct values, not class ids (class masks must be "
             f"lossless, e.g. PNG, not JPEG); values found: {describe(mask)}"
+        )
+    counts = np.bincount(grey.ravel(), minlength=256)
+    near_0, near_255 = counts[LOW[0] : LOW[1] + 1].sum(), counts[224:255].sum()
+    if counts[0] and counts[255] and near_0 and near_255 and near_0 + near_255 <= NOISE_SHARE * grey.size:
+        # a 0/255 mask once saved as JPEG (the Kaggle set's), then lossless: a forest 251 would read as background
+        raise MaskMismatch(
+            "0 and 255 with a few pixels just off each (1-31 and 224-254), as JPEG compression leaves in a "
+            f"0/255 mask: not class ids; values found: {describe(mask)}"
         )
     return np.isin(grey, np.array(forest, dtype=grey.dtype))
 

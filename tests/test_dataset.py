@@ -361,6 +361,60 @@ def test_jpeg_masks_are_refused_where_values_are_read_exactly(tiny_set, tmp_path
     assert report["valid"] == ROWS - 1
 
 
+def test_a_jpeg_mask_counts_as_a_misfit_where_values_are_read_exactly(tiny_set, tmp_path) -> None:
+    """Under 0/1 or classes a JPEG mask is a misfit of the convention: counted towards the set's stop
+    (half a set of 0/1 masks saved as JPEG was skipped pair by pair, and the run went on)."""
+    for k, (_, m) in enumerate(rows_of(tiny_set)):
+        Image.fromarray(decode_mask(tiny_set / "masks" / m)).save(
+            tiny_set / "masks" / m, format="JPEG" if k % 2 == 0 else "PNG", quality=95
+        )
+    with pytest.raises(DataError) as err:
+        build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", "classes", (1,))
+    message = str(err.value)
+    assert f"but {ROWS // 2} of {ROWS} masks do not fit it" in message, message
+    assert "is a JPEG: its lossy compression moves class values" in message, message
+    lossless = "stored as JPEG, whose lossy compression moves values: save the masks lossless (PNG), then set"
+    assert message.endswith(f"{lossless} data.masks: '0/1' or classes"), message  # not called a mix of conventions
+
+
+@pytest.mark.parametrize("convention, other", [("0/255", "0/1"), ("0/1", "0/255")])
+def test_a_set_of_two_mask_conventions_is_said_to_be_mixed(tiny_set, tmp_path, convention, other) -> None:
+    """Half 0/1, half 0/255 (lossless): each setting's advice named the other, and back again."""
+    for k, (_, m) in enumerate(rows_of(tiny_set)):
+        values = decode_mask(tiny_set / "masks" / m) * (1 if k % 2 else 255)
+        Image.fromarray(values.astype(np.uint8)).save(tiny_set / "masks" / m, format="PNG")
+    with pytest.raises(DataError) as err:
+        build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", convention, ())
+    message = str(err.value)
+    assert f"they look like {other} masks: set data.masks: '{other}'; but the other {ROWS // 2} mask(s) fit " in message
+    assert f"fit '{convention}': the set mixes conventions, so no one data.masks reads it" in message, message
+
+
+def test_a_few_masks_of_another_convention_are_reported_as_a_mixed_set(tiny_set, tmp_path) -> None:
+    """Below the stop, the report's advice must not send the whole set to the few masks' convention."""
+    _, m = rows_of(tiny_set)[BAD_ROW]
+    Image.fromarray(decode_mask(tiny_set / "masks" / m)).save(tiny_set / "masks" / m, format="PNG")  # one 0/1 mask
+    index, report = build(tiny_set, tmp_path / "out")
+    assert report["misfits"] == 1 and report["valid"] == ROWS - 1
+    assert f"but the other {ROWS - 1} mask(s) fit '0/255': the set mixes conventions" in format_report(report)
+
+
+def test_0_255_masks_with_jpeg_noise_saved_lossless_are_not_read_as_classes(tiny_set, tmp_path) -> None:
+    """The Kaggle JPEG masks saved as PNG keep their noise: as classes [255] a forest 251 read as
+    background (~1 % of the forest), without a word."""
+    for _, m in rows_of(tiny_set):
+        values = decode_mask(tiny_set / "masks" / m) * 255
+        values[0, :4], values[-1, :4] = (2, 5, 250, 253), (1, 30, 224, 254)  # JPEG's noise near 0 and 255
+        Image.fromarray(values.astype(np.uint8)).save(tiny_set / "masks" / m, format="PNG")
+    with pytest.raises(DataError) as err:
+        build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", "classes", (255,))
+    message = str(err.value)
+    assert "as JPEG compression leaves in a 0/255 mask: not class ids" in message, message
+    assert message.endswith("they look like 0/255 masks: set data.masks: '0/255'"), message
+    index, report = build(tiny_set, tmp_path / "out")  # as 0/255 they are read, noise and all
+    assert report["valid"] == ROWS
+
+
 def test_an_all_forest_set_can_be_scored_though_not_trained_on(tiny_set, tmp_path):
     all_masks_forest(tiny_set)
     index, report = build_index(tiny_set, tmp_path / "images.npy", tmp_path / "masks.npy", training=False)
@@ -379,7 +433,7 @@ def test_tif_tiles_are_indexed(tiny_set, tmp_path):
 
 
 def test_hidden_files_and_subfolders_in_images_are_not_unlisted_images(tiny_set, tmp_path):
-    for name in (".DS_Store", "._1_sat_00.jpg"):
+    for name in (".DS_Store", "._1_sat_00.jpg", "Thumbs.db", "desktop.ini"):  # macOS's and Windows' own
         (tiny_set / "images" / name).write_bytes(b"\x00\x05\x16\x07")
     (tiny_set / "images" / "thumbnails").mkdir()
     _, report = build(tiny_set, tmp_path / "out")
@@ -451,6 +505,10 @@ def no_folder(root: Path) -> None:
 
 def no_meta(root: Path) -> None:
     (root / "meta_data.csv").unlink()
+
+
+def meta_spelt_otherwise(root: Path) -> None:
+    (root / "meta_data.csv").rename(root / "Meta_Data.csv")
 
 
 def header_only(root: Path) -> None:
@@ -537,6 +595,11 @@ def all_names_bad(root: Path) -> None:
 FATAL = [
     ("no-folder", no_folder, r"does not exist\. Get the Kaggle set with `kaggle datasets download"),
     ("no-meta", no_meta, r"meta_data\.csv: missing"),
+    (
+        "meta-spelt-otherwise",
+        meta_spelt_otherwise,
+        r"meta_data\.csv: missing, but .*/Meta_Data\.csv is there: the index reads meta_data\.csv, spelt so",
+    ),
     ("header-only", header_only, r"lists no usable pair \(0 rows\)"),
     ("empty-file", empty_file, r"meta_data\.csv: is empty\. Get the Kaggle set"),
     ("not-utf8", latin1, r"meta_data\.csv: not UTF-8 text"),
@@ -568,6 +631,29 @@ FATAL = [
         r"read with data.masks: classes and data.forest: \[0\], JPEG ones must be inverted first",
     ),
 ]
+
+
+def test_a_folder_inside_macos_zip_metadata_is_named_as_that(tiny_set, tmp_path) -> None:
+    junk = tmp_path / "__MACOSX" / tiny_set.name
+    for folder in ("images", "masks"):
+        (junk / folder).mkdir(parents=True)
+        for p in (tiny_set / folder).iterdir():
+            (junk / folder / f"._{p.name}").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble metadata
+    with pytest.raises(DataError) as err:
+        build(junk, tmp_path / "out")
+    assert str(err.value) == (
+        f"{junk} is inside __MACOSX, the folder of macOS metadata (AppleDouble ._ files, no photos) that a zip "
+        f"made on a Mac holds: set data.source to {tiny_set}"
+    )
+
+
+def test_backslash_paths_in_meta_data_are_one_kind_of_reason(tiny_set, tmp_path) -> None:
+    """A CSV written on Windows (images\\<name>): every row skipped for one reason, said once with its count."""
+    edit_meta(tiny_set, lambda lines: [lines[0], *(f"images\\{line}" for line in lines[1:] if line)])
+    with pytest.raises(
+        DataError, match=rf"lists no usable pair \({ROWS} rows; most common reasons: {ROWS} pair\(s\) like"
+    ):
+        build(tiny_set, tmp_path / "out")
 
 
 @pytest.mark.parametrize("opaque", ["rgba", "colour-key"])
