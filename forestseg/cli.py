@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError
+from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError, forest_values
 from .errors import BROKEN_PIPE, Terminated, one_line, out_of_memory, quiet_stdout, stopped, terminate
-from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES
+from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, visible_files
 from .io import (
     WRITE_ERRNOS,
     plural,
@@ -42,7 +42,7 @@ from .io import (
     write_with,
 )
 from .metrics import METRICS
-from .windows import ADAPT_WINDOWS, BLOCK, sample_of, sample_windows, share
+from .windows import BLOCK, scene_windows
 
 if TYPE_CHECKING:  # torch is imported by the commands that run a model, not by `tile` or --help (~2 s)
     from .geo import MapOptions
@@ -69,10 +69,8 @@ def _inputs(paths: list[Path]) -> list[Path]:
     files, skipped, folders = [], [], []
     for p in paths:
         if p.is_dir():
-            for f in sorted(p.iterdir()):
+            for f in visible_files(p):
                 suffix = f.suffix.lower()
-                if f.name.startswith("."):
-                    continue
                 if f.is_dir():
                     folders.append(f)
                 elif suffix in IMAGE_SUFFIXES:
@@ -130,13 +128,15 @@ def _area_error(text: str | None, checkpoint: Path, predictor: Predictor, opts: 
                 f"--area-error {text}: neither a percentage nor an evaluate JSON with area_bias_pct "
                 f"({type(e).__name__}: {e})"
             ) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):  # before any note on the file
+            raise ForestsegError(f"--area-error {text}: its area_bias_pct is {value!r}, not a number")
         _scored_by(text, scored, checkpoint, predictor, opts)
         if scored.get("seen_scenes"):
             print(
                 f"note: --area-error {text}: {scored['seen_scenes']} of its scored scenes are scenes the model "
                 "trained on, so its area bias is not one of unseen data"
             )
-        elif scored.get("model_train_scenes"):  # the model file lists its scenes, and none was scored
+        elif scored.get("model_train_scenes"):  # the model file lists its scenes, and none was scored: no note
             pass
         elif "split" in scored and scored["split"] is None:  # tiles scored without --split
             print(
@@ -148,8 +148,6 @@ def _area_error(text: str | None, checkpoint: Path, predictor: Predictor, opts: 
                 f"note: --area-error {text}: scored on the {scored['subset']!r} rows of {scored.get('split')}, "
                 "not its test rows, so its area bias is not one of unseen data"
             )
-        if not isinstance(value, (int, float)):
-            raise ForestsegError(f"--area-error {text}: its area_bias_pct is {value!r}, not a number")
     if not math.isfinite(value):
         raise ForestsegError(f"--area-error {text}: must be a finite percentage")
     return float(value)
@@ -376,30 +374,18 @@ def _check_name_lengths(out: Path, pictures: list[Path], rasters: list) -> None:
 
 
 def _scene_windows(pictures: list[Path], tile: int) -> np.ndarray:
-    """`scene_windows` of the pictures, one scene: of `sample_of` them, those that can be read (the
-    others are left to predict, which reports them) and have no transparent pixel (no photo there).
-    Each picture is decoded, its windows kept and the picture dropped, so memory holds one picture
-    and the windows, not 64 drone photos; a second pass over the pictures kept, only where some were
-    left out, takes the larger `share` each then gets."""
+    """`scene_windows` of the pictures, one scene: those that can be read (the others are left to
+    predict, which reports them) and have no transparent pixel (no photo there), decoded one at a time."""
     from .predict import read_rgb
 
-    def windows(indices: list[int], each: int) -> tuple[list[int], list[np.ndarray]]:
-        kept, out = [], []
-        for i in indices:
-            try:
-                image, opaque = read_rgb(pictures[i])
-            except ForestsegError:
-                continue
-            if opaque is None or opaque.all():
-                kept.append(i)
-                out += list(sample_windows(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], *image.shape[:2], tile, each))
-        return kept, out
+    def load(i: int) -> np.ndarray | None:
+        try:
+            image, opaque = read_rgb(pictures[i])
+        except ForestsegError:
+            return None
+        return image if opaque is None or opaque.all() else None
 
-    sample = sample_of(len(pictures))
-    kept, out = windows(sample, share(len(sample)))
-    if kept and len(kept) < len(sample):
-        kept, out = windows(kept, share(len(kept)))
-    return np.stack(out[:ADAPT_WINDOWS]) if out else np.zeros((0, tile, tile, 3), np.uint8)
+    return scene_windows(len(pictures), tile, load=load)
 
 
 CHUNK_PIXELS = 32 * 1024 * 1024  # pixels of the pictures decoded in one step (two steps are held: read-ahead)
@@ -643,7 +629,7 @@ def evaluate(args: argparse.Namespace) -> int:
     }
     unsaved = None
     if args.output:  # before the summary: a reader that stops early (`| head`) still gets the file
-        made = [p for p in (args.output.parent, *args.output.parent.parents) if not p.exists()]  # deepest first
+        made = _missing_folders(args.output)
         try:
             write_json(args.output, result)
         except ForestsegError as e:  # a disk that filled while scoring: the scores still shown, then the reason
@@ -687,13 +673,16 @@ def _as_flags(text: str) -> str:
     params.yaml's data.source, data.masks and data.forest, without the index's advice on getting a data set."""
     from .dataset import GET_DATA
 
-    text = text.replace(f" {GET_DATA}", "").replace("data.source", "DATA")
+    # "set data.source to X" (a params.yaml line) becomes "give X as DATA" (the argument)
+    text = re.sub(r"set data\.source to ([^;)]+?)(?=[;)]|$)", r"give \1 as DATA", text.replace(f" {GET_DATA}", ""))
+    text = text.replace("data.source", "DATA")
     text = text.replace("set data.check_inverted: false", "pass --forest-brighter")
     for key, flag in (("data.masks", "--masks"), ("data.forest", "--forest")):
-        # "set data.masks: '0/1'" (a params.yaml line) becomes "pass --masks '0/1'" (a command line)
+        # "set data.masks: '0/1'" (a params.yaml line) becomes "pass --masks '0/1'" (a command line), and
+        # "read with data.masks: classes" "read with --masks classes"
         text = re.sub(rf"\bset {re.escape(key)}: ", f"pass {flag} ", text)
-        text = re.sub(rf"\band {re.escape(key)}: ", f"and {flag} ", text)
-        text = text.replace(f"params.yaml: {key}", flag).replace(key, flag)
+        text = text.replace(f"params.yaml: {key}", flag)
+        text = text.replace(f"{key}: ", f"{flag} ").replace(key, flag)
     return text
 
 
@@ -763,6 +752,11 @@ def _no_dangling_link(out: Path, fix: str) -> None:
         raise ForestsegError(f"-o {out}: is a link to {os.readlink(out)}, which does not exist; {fix}")
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first (the order to remove them in)."""
+    return [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+
+
 def _check_output_file(path: Path, inputs: list[Path] = ()) -> None:
     """-o must be a file path that can be written: not a folder, no file where a folder should be, and
     none of the `inputs` (files, or folders it would land in)."""
@@ -777,10 +771,9 @@ def _check_output_file(path: Path, inputs: list[Path] = ()) -> None:
     # a file written there now, not after minutes of scoring: its folders made, a temp file, both removed
     made: list[Path] = []
     try:
-        for folder in reversed([path.parent, *path.parent.parents]):
-            if not folder.exists():
-                folder.mkdir()
-                made.append(folder)
+        for folder in reversed(_missing_folders(path)):
+            folder.mkdir()
+            made.append(folder)
         fd, probe = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix("forestseg-probe"))
         os.close(fd)
         os.unlink(probe)
@@ -797,18 +790,11 @@ def _forest(text: str | None) -> tuple:
     if text is None:
         return ()
     try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    ok = isinstance(value, list) and all(
-        isinstance(v, int) or (isinstance(v, list) and len(v) == 3 and all(isinstance(c, int) for c in v))
-        for v in value
-    )
-    if not ok:
+        return forest_values(json.loads(text))  # read as params.yaml's value is
+    except (ValueError, ConfigError):  # not JSON, or not a list of ids or colours
         raise ForestsegError(
             f"--forest {text}: give a JSON list of class ids, e.g. [2], or of colours, e.g. [[0,255,0]]"
-        )
-    return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        ) from None
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -839,18 +825,23 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _raster_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("GeoTIFF inputs")
+def _reading_flags(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How a raster's pixels are read: predict's and evaluate's GeoTIFFs, and tile's."""
     g.add_argument(
         "--bands", default="1,2,3", help="band numbers read as red,green,blue (default 1,2,3; 3,2,1 for BGR)"
     )
     g.add_argument(
+        "--reproject", metavar="EPSG:CODE", help="warp to this projected CRS first (needed for geographic rasters)"
+    )
+
+
+def _raster_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("GeoTIFF inputs")
+    _reading_flags(g)
+    g.add_argument(
         "--no-resample",
         action="store_true",
         help="predict at the raster's own pixel size instead of the model's (the checkpoint's pixel_size_m)",
-    )
-    g.add_argument(
-        "--reproject", metavar="EPSG:CODE", help="warp to this projected CRS first (needed for geographic rasters)"
     )
     g.add_argument(
         "--block",
@@ -962,12 +953,7 @@ def main(argv: list[str] | None = None) -> None:
         help="scene id of the first scene, one id per scene (default: each image's own number where all are "
         "named by one, as DeepGlobe's, else 1, 2, ...)",
     )
-    t.add_argument(
-        "--bands", default="1,2,3", help="band numbers read as red,green,blue (default 1,2,3; 3,2,1 for BGR)"
-    )
-    t.add_argument(
-        "--reproject", metavar="EPSG:CODE", help="warp to this projected CRS first (needed for geographic rasters)"
-    )
+    _reading_flags(t)
     args = ap.parse_args(argv)
     _bundled_proj_data()
     # the command's libraries, seconds on a slow CPU (torch), while console.py's start-up handler

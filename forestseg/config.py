@@ -467,6 +467,12 @@ FLOAT_EXACT = 2**53  # from here on a float is not exact: 2**53 + 1 reads as 2**
 _NUMBER_TEXT = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
 
 
+def forest_values(value: Any) -> tuple:
+    """data.forest as a tuple of class ids or (r, g, b) colours, from its YAML or JSON value (a
+    ConfigError where it is none: a value true or 2.5, a colour of two numbers); ranges are DataConfig's."""
+    return _coerce("data.forest", value, tuple)
+
+
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Convert a YAML value to the field's type; a number in quotes is parsed (YAML 1.1 tools write
     1e-3 as the string "1e-3"), anything else of the wrong type refused."""

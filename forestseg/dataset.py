@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from .config import DataConfig, ForestsegError, SplitConfig, override_value
-from .images import EXIF_ORIENTATION, ImageError, Picture, decode, drawn_as_shown
+from .images import EXIF_ORIENTATION, ImageError, Picture, decode, drawn_as_shown, visible_files
 from .io import atomic_path, plural, sha256_of, untracked_in_project, write_csv, write_json, write_npy
 from .layout import DataLayout
 from .masks import MaskMismatch, Stats, describe_convention, forest_of, misfit_reads_as_resampled, summarize
@@ -56,6 +56,10 @@ INVERTED_COVER = 0.05
 
 class DataError(ForestsegError):
     pass
+
+
+class NoDataSet(DataError):
+    """A folder with nothing of a data set in it (no meta_data.csv, nor anything that explains why)."""
 
 
 class BadPair(Exception):
@@ -200,7 +204,7 @@ def find_source(root: str | Path) -> tuple[Path, list[str]]:
             f"{root / 'meta_data.csv'}: missing, but {root.parent} has one: data.source names a folder inside a "
             f"Kaggle-layout folder; set it to that one: dvc exp run {set_source(root.parent)}"
         )
-    raise DataError(_no_meta(root / "meta_data.csv"))
+    raise _no_meta(root / "meta_data.csv")
 
 
 def kaggle_folders_below(root: Path) -> list[Path]:
@@ -211,15 +215,17 @@ def kaggle_folders_below(root: Path) -> list[Path]:
 MACOS_ZIP = "__MACOSX"  # what a zip made on a Mac unpacks beside the files: ._<name> metadata of each
 
 
-def _no_meta(meta: Path) -> str:
+def _no_meta(meta: Path) -> DataError:
+    """Why `meta` (a folder's meta_data.csv) is not there, as the error to raise: what the folder holds
+    instead where that says more (NoDataSet where nothing does)."""
     what = "a folder, not a CSV file" if meta.is_dir() else "missing"
     root = meta.parent
     if meta.is_symlink() and not meta.exists():  # DVC's symlink cache after `dvc gc`, say
-        return f"{meta}: a symlink to no file ({os.readlink(meta)}); restore it (dvc checkout, or dvc pull)"
+        return DataError(f"{meta}: a symlink to no file ({os.readlink(meta)}); restore it (dvc checkout, or dvc pull)")
     if not meta.exists() and MACOS_ZIP in root.parts:
         cut = root.parts.index(MACOS_ZIP)
         beside = Path(*root.parts[:cut], *root.parts[cut + 1 :])  # where the zip put the files themselves
-        return (
+        return DataError(
             f"{root} is inside {MACOS_ZIP}, the folder of macOS metadata (AppleDouble ._ files, no photos) that "
             "a zip made on a Mac holds: "
             + (
@@ -235,13 +241,13 @@ def _no_meta(meta: Path) -> str:
         if p.name != meta.name and re.sub(r"[-_ ]", "", p.name.lower()) == "metadata.csv"
     )
     if not meta.exists() and near:
-        return (
+        return DataError(
             f"{meta}: missing, but {root / near[0]} is there: the index reads meta_data.csv, spelt so (names "
             "are case-sensitive); rename it"
         )
     tiles = (root / "images").is_dir() and any(tile_of(p.name) for p in (root / "images").iterdir())
     if not meta.exists() and tiles and (root / "masks").is_dir():
-        return (
+        return DataError(
             f"{meta}: missing from a folder of Kaggle-named tiles ({root / 'images'}): restore it, or write it "
             "with the columns image,mask, one row per pair (README: Real data)"
         )
@@ -250,12 +256,12 @@ def _no_meta(meta: Path) -> str:
 
     deepglobe = any((m := DEEPGLOBE.match(p.stem)) and m["part"] == "sat" for p in root.iterdir())
     if not meta.exists() and (((root / "images").is_dir() and (root / "masks").is_dir()) or deepglobe):
-        return (
+        return DataError(
             f"{meta}: missing, and {root} holds scenes to cut into tiles (images/ with masks/, or DeepGlobe's "
             f"<id>_sat.jpg): cut them with `forestseg tile {root} -o <new folder>` (README: Real data, Large "
             "scenes), then set data.source to that folder"
         )
-    return f"{meta}: {what}; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}"
+    return NoDataSet(f"{meta}: {what}; a Kaggle-layout folder has meta_data.csv (columns image,mask). {GET_DATA}")
 
 
 def check_tracked(source: str | Path, project: str | Path = ".") -> None:
@@ -297,7 +303,7 @@ def read_meta(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     root = Path(root)
     meta = root / "meta_data.csv"
     if not meta.is_file():
-        raise DataError(_no_meta(meta))
+        raise _no_meta(meta)
     try:
         lines = _check_row_lengths(meta)
         # index_col=False: a trailing comma on the rows must not turn the image column into the index
@@ -703,19 +709,9 @@ def build_index(
     return index, report
 
 
-SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}  # what Windows' Explorer leaves in a folder of pictures
-
-
 def _unlisted(folder: Path, listed: set[str]) -> list[str]:
-    """Files of `folder` that no row of meta_data.csv names (hidden files, the system's own files and
-    subfolders aside), sorted."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in folder.glob("*")
-        if p.name not in listed and not p.name.startswith(".") and p.name.lower() not in SYSTEM_FILES and not p.is_dir()
-    )
+    """Files of `folder` that no row of meta_data.csv names (hidden and system files and subfolders aside), sorted."""
+    return sorted(p.name for p in visible_files(folder) if p.name not in listed and not p.is_dir())
 
 
 def _kind(s: dict) -> str:

@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import DataConfig
-from .dataset import DataError, build_index, find_source, kaggle_folders_below
+from .dataset import DataError, NoDataSet, build_index, find_source, kaggle_folders_below
 from .errors import ForestsegError
 from .io import remove_stale_temps, temp_prefix
 from .metrics import scores
@@ -231,9 +231,11 @@ def check_truth(truth_path: Path) -> None:
     with _open(truth_path) as truth:
         classes = [b for b, c in enumerate(truth.colorinterp, 1) if c != ColorInterp.alpha]  # alpha: nodata
         if classes != [1]:
+            alpha = f" (and {truth.count - len(classes)} alpha)" if truth.count > len(classes) else ""
             raise ForestsegError(
-                f"{truth_path}: has {len(classes)} bands besides an alpha band; a truth is band 1 (0 = not forest, "
-                f"one other value forest): write the forest class as one band (gdal_calc.py or QGIS's raster calculator)"
+                f"{truth_path}: has {len(classes)} class band(s), band(s) {', '.join(map(str, classes)) or 'none'}"
+                f"{alpha}; a truth is band 1 (0 = not forest, one other value forest): write the forest class as "
+                "one band (gdal_calc.py or QGIS's raster calculator)"
             )
         if truth.nodata in (0, 1):  # a class value: its pixels would silently leave the score
             raise ForestsegError(
@@ -333,7 +335,7 @@ def evaluate_rasters(
     for note in notes:  # a raster of no forest among others with forest can be right (an open field)
         log(f"note: {note}")
     read = raster_reading(predictor, opts)
-    return {"data": str(pairs[0][0].parent.parent), "rasters_scored": len(pairs), **read, **summarize(units, "raster")}
+    return {"data": str(pairs[0][0].parent.parent), **read, **summarize(units, "raster")}
 
 
 def raster_reading(predictor: Predictor, opts: MapOptions) -> dict:
@@ -429,10 +431,15 @@ def evaluate(
     stale = remove_stale_temps(Path(tempfile.gettempdir()))  # what killed evaluations left there
     if stale:
         log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")
+    if not (data / "meta_data.csv").exists() and (data.parent / "meta_data.csv").exists():
+        raise ForestsegError(f"{data}: a folder inside the Kaggle-layout folder {data.parent}; give that one")
+    why = None  # what find_source said, where it says more than "no data set here"
     try:
         source, _ = find_source(data)
-    except DataError:
+    except NoDataSet:
         source = None
+    except DataError as e:  # Meta_Data.csv, a link to no file, pictures to cut into tiles, ...
+        source, why = None, e
     if source != data:  # no meta_data.csv in `data` itself: labelled GeoTIFFs, or tiles found below it
         if (data / "images").is_dir() and (data / "masks").is_dir():
             pairs = raster_pairs(data)
@@ -457,8 +464,8 @@ def evaluate(
                         f"{', '.join(ignored)} apply to Kaggle-layout tiles only: leave them out"
                     )
 
-                from .images import IMAGE_SUFFIXES, RASTER_SUFFIXES
-                from .tiles import masks_alone, visible_files
+                from .images import IMAGE_SUFFIXES, RASTER_SUFFIXES, visible_files
+                from .tiles import masks_alone
 
                 unscored = IMAGE_SUFFIXES - RASTER_SUFFIXES
                 listed = visible_files(data / "images")  # as the pairs are found: macOS's ._a.jp2 is no image
@@ -477,11 +484,13 @@ def evaluate(
                         f"({', '.join(alone[:3])}{' ...' if len(alone) > 3 else ''})"
                     )
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log, allow_no_forest)
+    if why is not None:
+        raise why
     if source is None:
         raise ForestsegError(
             f"{data}: neither a Kaggle-layout folder (meta_data.csv, images/, masks/) nor a folder "
             "of labelled GeoTIFFs (images/<name>.tif with masks/<name>.tif)"
-        ) from None
+        )
     from .geo import MapOptions
 
     ignored = (opts or MapOptions()).raster_flags()

@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # `forestseg tile` reads rasters without torch
 
 # files beside a picture that can georeference it for GDAL: a world file or GDAL's .aux.xml
 PICTURE_SIDECARS = (*WORLD_FILE_SUFFIXES, ".aux.xml")
-NOT_FOREST, FOREST, NODATA = 0, 1, 255  # the values of a forest mask
+FOREST, NODATA = 1, 255  # the values of a forest mask besides 0, not forest
 TIFF_BLOCK = 256  # block of the intermediate GTiffs; panels are whole multiples of it, so writes fill whole blocks
 COARSE = 4  # a raster this many times coarser than the model's pixels gets a note: little detail to predict from
 AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than 1% on the raster is refused
@@ -191,10 +191,7 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                     "RGB images"
                 )
             if bands != ["uint8"]:  # Pillow would only say it cannot decode it
-                raise PictureError(
-                    f"{path}: its bands are {'/'.join(bands)}; the model learned 8-bit colour: convert "
-                    f"with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
-                )
+                raise PictureError(f"{path}: its bands are {'/'.join(bands)}; {_eight_bit(path)}")
             if src.count >= 3 and src.colorinterp[0] == ColorInterp.gray:  # Pillow reads no 3-band grey TIFF
                 raise PictureError(
                     f"{path}: its {src.count} bands are tagged grey (TIFF photometric MINISBLACK), which the "
@@ -254,10 +251,7 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
             )
         dtypes = {src.dtypes[b - 1] for b in opts.bands}
         if dtypes != {"uint8"}:
-            raise ForestsegError(
-                f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; the model learned 8-bit colour: "
-                f"convert with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
-            )
+            raise ForestsegError(f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; {_eight_bit(path)}")
         t = src.transform
         if not all(math.isfinite(v) for v in tuple(t)[:6]):
             raise ForestsegError(
@@ -291,9 +285,9 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 "or another projected CRS"
             )
         try:
-            unit_name, unit_m = crs.linear_units_factor
+            _, unit_m = crs.linear_units_factor
         except CRSError:  # an engineering (local) CRS has no projection, but has its unit
-            unit_name, unit_m = _local_unit(crs)
+            unit_m = _local_unit(crs)
             if opts.polygons and unit_m is not None:
                 notes.append(
                     f"{path.name}: its CRS is a local grid ({_crs_name(crs)}), which no transformation links to "
@@ -389,13 +383,18 @@ def _check_pixels(path: Path, src: Any, crs: CRS, unit_m: float, model_px: float
         )
 
 
-def _local_unit(crs: Any) -> tuple[str, float | None]:
-    """The unit of an engineering (LOCAL_CS) CRS in metres, or (name, None) where it has none."""
+def _eight_bit(path: Path) -> str:
+    """What to do with a raster of wider bands than 8 bits."""
+    return f"the model learned 8-bit colour: convert with gdal_translate -ot Byte -scale <min> <max> 0 255 {path.name} out.tif"
+
+
+def _local_unit(crs: Any) -> float | None:
+    """The unit of an engineering (LOCAL_CS) CRS in metres, or None where it has none."""
     try:
-        name, factor = crs.units_factor
+        _, factor = crs.units_factor
     except CRSError:
-        return "unknown", None
-    return name, float(factor) if factor else None
+        return None
+    return float(factor) if factor else None
 
 
 def _not_an_alpha(src: Any, band: int, side: int = 256) -> bool:
@@ -680,10 +679,14 @@ class _MapWriter:
             self.files["probability"] = folder / "probability.tif"
             # uint8 uses all 256 values for probabilities, so its nodata is an internal mask band
             nodata = None if probability == "uint8" else float("nan")
-            self.prob = _Strips(
-                rasterio.open(self.files["probability"], "w", **_profile(grid, probability, nodata)),
-                with_mask=probability == "uint8",
-            )
+            try:
+                self.prob = _Strips(
+                    rasterio.open(self.files["probability"], "w", **_profile(grid, probability, nodata)),
+                    with_mask=probability == "uint8",
+                )
+            except BaseException:  # the caller's `finally` has no writer to close yet: the mask's file is ours
+                self.mask.ds.close()
+                raise
 
     def put(self, r0: int, c0: int, logits: np.ndarray, valid: np.ndarray) -> None:
         forest = (logits > self.predictor.cut) & valid

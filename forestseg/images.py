@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import simplejpeg
@@ -96,6 +97,20 @@ def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
         bits = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit"}.get(mode, mode)
         raise WideGreyError(f"a {bits} grey image with values up to {top}")
     return array.astype(np.uint8)  # 16-bit class ids or 0/1 values that fit 8 bits
+
+
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}  # what Windows' Explorer leaves among pictures
+
+
+def hidden(name: str) -> bool:
+    """A file that the system or a file manager keeps beside pictures, none of the user's: a hidden one
+    (.DS_Store, macOS's ._a.png beside a.png) or Windows' Thumbs.db and desktop.ini."""
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """A folder's entries in name order, `hidden` ones left out (none where it is no folder)."""
+    return [p for p in sorted(folder.iterdir()) if not hidden(p.name)] if folder.is_dir() else []
 
 
 RASTER_SUFFIXES = {".tif", ".tiff"}  # GeoTIFFs: forest maps, labelled rasters, `forestseg tile`

@@ -41,6 +41,7 @@ from .images import (
     Picture,
     decode,
     drawn_as_shown,
+    visible_files,
 )
 from .io import fsync_dir, fsync_tree, plural, temp_prefix, write_error
 
@@ -83,11 +84,6 @@ def _one_each(found: dict[str, list[Path]], where: str, what: str) -> dict[str, 
     if two:
         raise ForestsegError(f"{where}: {' and '.join(f.name for f in two)} are each {what}; keep one of them")
     return {key: files[0] for key, files in found.items()}
-
-
-def visible_files(folder: Path) -> list[Path]:
-    """A folder's files in name order, hidden ones left out (.DS_Store, macOS's ._a.png beside a.png)."""
-    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")] if folder.is_dir() else []
 
 
 def stem_pairs(data: Path, images: set[str]) -> list[tuple[Path, Path]]:

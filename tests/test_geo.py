@@ -19,7 +19,7 @@ import rasterio
 import rasterio.shutil
 import torch
 from affine import Affine
-from conftest import make_set, train_small_model
+from conftest import make_set, random_predictor, train_small_model
 from PIL import Image
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
@@ -1560,7 +1560,7 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
     err = capsys.readouterr().err
     says = {
         "elsewhere": "masks/a.tif: no pixel of it with data lies on a pixel of a.tif with data",
-        "three bands": "masks/a.tif: has 3 bands besides an alpha band; a truth is band 1",
+        "three bands": "masks/a.tif: has 3 class band(s), band(s) 1, 2, 3; a truth is band 1",
         "truncated": "masks/a.tif: failed while reading",
         "second image geographic": "images/b.tif: its CRS (EPSG:4326) is geographic",
     }[case]
@@ -1686,6 +1686,51 @@ def test_an_area_bias_of_another_model_file_is_refused_and_other_readings_noted(
     assert "records no model digest" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("bias", [None, True])
+def test_an_area_bias_that_is_no_number_is_refused_before_any_note(
+    checkpoint: Path, scene, tmp_path: Path, capsys, bias
+) -> None:
+    """null (scored where no pixel is forest) or true: refused in one line, without notes on the file first."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "-o", str(out)) == 0
+    out.write_text(json.dumps({**json.loads(out.read_text()), "area_bias_pct": bias}))
+    capsys.readouterr()
+    src = write_raster(tmp_path / "in/o.tif", scene[0])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 2
+    printed, err = capsys.readouterr()
+    assert err == f"error: --area-error {out}: its area_bias_pct is {bias!r}, not a number\n"
+    assert "note:" not in printed, printed
+
+
+@pytest.mark.parametrize(
+    "folder, says",
+    [
+        ("Meta_Data.csv", "meta_data.csv: missing, but {data}/Meta_Data.csv is there: the index reads meta_data.csv"),
+        ("pictures", "holds scenes to cut into tiles (images/ with masks/, or DeepGlobe's <id>_sat.jpg): cut them"),
+        ("inside", "{data}: a folder inside the Kaggle-layout folder {set}; give that one"),
+        ("empty", "{data}: neither a Kaggle-layout folder (meta_data.csv, images/, masks/) nor a folder of labelled"),
+    ],
+)
+def test_evaluate_says_why_a_folder_is_no_data_set(checkpoint: Path, tmp_path: Path, capsys, folder, says) -> None:
+    """What the index knows about the folder (a CSV spelt otherwise, scenes to cut) reaches evaluate's user."""
+    kaggle = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    data = {"inside": kaggle / "images", "empty": tmp_path / "empty"}.get(folder, kaggle)
+    if folder == "Meta_Data.csv":
+        (kaggle / "meta_data.csv").rename(kaggle / "Meta_Data.csv")
+    elif folder == "pictures":  # large pictures (PNG) in images/ and masks/: for `forestseg tile`
+        for sub in ("images", "masks"):
+            shutil.rmtree(kaggle / sub)
+            (kaggle / sub).mkdir()
+            Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(kaggle / sub / "a.png")
+        (kaggle / "meta_data.csv").unlink()
+    data.mkdir(exist_ok=True)
+    assert cli("evaluate", str(checkpoint), str(data)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says.format(data=data, set=kaggle) in err, err
+    assert "data.source" not in err and "kaggle datasets download" not in err, err
+
+
 def test_an_area_bias_of_unseen_scenes_scored_without_split_gets_no_training_note(
     scene, tmp_path: Path, capsys
 ) -> None:
@@ -1779,6 +1824,29 @@ def test_a_pixels_area_is_the_transforms_determinant_on_rotated_and_sheared_grid
     assert grid.pixel_area_m2(0.3048) == pytest.approx(0.25 * 0.3048**2, rel=1e-9)
     if shear == 0:
         assert grid.pixel_sides(1.0) == pytest.approx((0.5, 0.5), rel=1e-9)
+
+
+def test_a_map_writer_that_cannot_open_its_probability_closes_its_mask(tmp_path: Path, monkeypatch) -> None:
+    """Its caller's `finally` has no writer to close yet: the mask's open dataset was left behind."""
+    from affine import Affine
+
+    from forestseg.geo import _MapWriter
+
+    opened, real_open = [], rasterio.open
+
+    def open_(path, *args, **kwargs):
+        if Path(path).name == "probability.tif":
+            raise rasterio.errors.RasterioIOError("probability.tif: No space left on device")
+        opened.append(real_open(path, *args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr("forestseg.geo.rasterio.open", open_)
+    grid = Grid(
+        rasterio.crs.CRS.from_string(UTM), Affine.translation(500000, 5000000) * Affine.scale(0.5, -0.5), 64, 64
+    )
+    with pytest.raises(rasterio.errors.RasterioIOError):
+        _MapWriter(random_predictor(), grid, tmp_path, "float32")
+    assert len(opened) == 1 and opened[0].closed
 
 
 # --- areas and cuts with numbers worked by hand ------------------------------------------------------

@@ -821,8 +821,45 @@ def test_evaluates_data_advice_names_its_argument(checkpoint, tmp_path, capsys, 
     out, err = capsys.readouterr()
     said = out if linked == "one" else err
     assert done.value.code == (0 if linked == "one" else 2) and (linked == "one" or err.count("\n") == 1), err
-    assert "links outside DATA (" in said and "or set DATA to a folder" in said, said
+    assert "links outside DATA (" in said and "or give a folder that holds them as DATA" in said, said
     assert "data.source" not in said and "kaggle datasets download" not in said, said
+
+
+@pytest.mark.parametrize(
+    "said, says",
+    [
+        ("they look like 0/1 masks: set data.masks: '0/1'", "they look like 0/1 masks: pass --masks '0/1'"),
+        (
+            "read with data.masks: classes and data.forest: [0], JPEG",
+            "read with --masks classes and --forest [0], JPEG",
+        ),
+        ("params.yaml: data.masks: unknown value 'x'", "--masks: unknown value 'x'"),
+        ("cut them (README), then set data.source to that folder", "cut them (README), then give that folder as DATA"),
+        ("a Mac holds: set data.source to /d/Forest Segmented", "a Mac holds: give /d/Forest Segmented as DATA"),
+    ],
+)
+def test_the_index_advice_is_told_in_evaluates_flags(said: str, says: str) -> None:
+    from forestseg.cli import _as_flags
+
+    assert _as_flags(said) == says
+
+
+@pytest.mark.parametrize(
+    "text, value", [("[2]", (2,)), ("[2, 3]", (2, 3)), ("[[0, 255, 0]]", ((0, 255, 0),)), ('["2"]', (2,))]
+)
+def test_forest_flag_reads_as_params_yaml_does(text: str, value: tuple) -> None:
+    from forestseg.cli import _forest
+
+    assert _forest(text) == value
+
+
+@pytest.mark.parametrize("text", ["[true]", "[[0, 255, true]]", "[2.5]", "2", "{}", "x"])
+def test_forest_flag_refuses_what_params_yaml_refuses(text: str) -> None:
+    """`--forest [true]` read as class 1 (a bool is an int to Python), where params.yaml refuses it."""
+    from forestseg.cli import _forest
+
+    with pytest.raises(ForestsegError, match=r"give a JSON list of class ids, e\.g\. \[2\], or of colours"):
+        _forest(text)
 
 
 def test_a_folders_files_of_other_types_are_listed_as_skipped(checkpoint, tmp_path, capsys) -> None:
@@ -833,7 +870,15 @@ def test_a_folders_files_of_other_types_are_listed_as_skipped(checkpoint, tmp_pa
     pixels = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     for name in ("a.png", "b.webp", "c.gif"):
         Image.fromarray(pixels).save(src / name)
-    for name in ("a.pgw", ".DS_Store", "a.png.aux.xml", "z.tif.msk", "a.qml"):  # .msk: GDAL's external mask
+    for name in (
+        "a.pgw",
+        ".DS_Store",
+        "Thumbs.db",
+        "desktop.ini",
+        "a.png.aux.xml",
+        "z.tif.msk",
+        "a.qml",
+    ):  # .msk: GDAL mask
         (src / name).write_text("x")
     for name in ("sheet_2", ".git"):
         (src / name).mkdir()
