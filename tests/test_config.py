@@ -216,6 +216,8 @@ BAD = [
     # torch.set_num_threads raised a ValueError traceback from 2**31 up, in the train stage after index and split
     ("threads-past-a-c-int", "train.threads", 2**31, r"train\.threads: must be in 1\.\.1024 .*, got 2147483648$"),
     ("threads-huge", "train.threads", 100000, r"train\.threads: must be in 1\.\.1024"),
+    ("jitter-one", "train.color_jitter", 1.0, r"train\.color_jitter: must be in \[0, 1\), got 1\.0"),  # black tiles
+    ("examples-17", "report.examples", 17, r"report\.examples: must be in 1\.\.16, got 17"),
     # str.isdigit() took a non-ASCII digit, which torch.device refuses with a traceback
     ("device-index-not-ascii", "train.device", "cuda:\u0663", r"train\.device: unknown value 'cuda:\u0663'"),
 ]
@@ -229,6 +231,7 @@ BAD = [
         ("classes", [256], r"data\.forest: 256 is not a value in 0\.\.255"),
         ("classes", [[0, 255, 0]], r"data\.forest: \[0, 255, 0\] is not a value in 0\.\.255"),
         ("colors", [[0, 255]], r"data\.forest: \[0, 255\] is not an RGB colour \[r, g, b\]"),
+        ("colors", [[0, 255, 0, 255]], r"data\.forest: \[0, 255, 0, 255\] is not an RGB colour"),  # RGBA: no
         ("colors", [3], r"data\.forest: 3 is not an RGB colour"),
         ("colors", [["a", 0, 0]], r"data\.forest\[0\]\[0\]: must be an integer"),
     ],

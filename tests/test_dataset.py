@@ -254,17 +254,20 @@ def test_duplicate_row_is_skipped_once(tiny_set, tmp_path):
     assert_accounted(report, index)
 
 
-@pytest.mark.parametrize("other", ["png", "zero-padded"])
+@pytest.mark.parametrize("other", ["png", "zero-padded", "tile-unpadded"])
 def test_a_tile_listed_again_under_another_name_is_skipped_once(tiny_set, tmp_path, other: str) -> None:
-    """10452_sat_18.png beside 10452_sat_18.jpg, or 010452_sat_18.jpg: the same tile, which weighed twice
-    and, as scene 010452, could land on the other side of the scene split than scene 10452."""
+    """10452_sat_18.png beside 10452_sat_18.jpg, or 010452_sat_18.jpg, or 10452_sat_0.jpg beside
+    10452_sat_00.jpg: the same tile, which weighed twice and, as scene 010452, could land on the other
+    side of the scene split than scene 10452."""
     import shutil
 
-    image, mask = rows_of(tiny_set)[BAD_ROW]
+    image, mask = next((i, m) for i, m in rows_of(tiny_set) if i.endswith("_00.jpg"))  # tile 0: 00 or 0
     if other == "png":
         again = (image.replace(".jpg", ".png"), mask.replace(".jpg", ".png"))
-    else:
+    elif other == "zero-padded":
         again = (f"0{image}", f"0{mask}")
+    else:
+        again = (image.replace("_00.jpg", "_0.jpg"), mask.replace("_00.jpg", "_0.jpg"))
     for folder, old, new in (("images", image, again[0]), ("masks", mask, again[1])):
         shutil.copy(tiny_set / folder / old, tiny_set / folder / new)
     edit_meta(tiny_set, lambda lines: [*lines, ",".join(again)])
@@ -333,6 +336,41 @@ def test_a_row_that_fails_to_load_does_not_make_a_later_good_row_a_duplicate(tin
     reasons = {s["mask"]: s["reason"] for s in report["skipped_pairs"]}
     assert "duplicate" not in reasons[gone] and reasons[mask].startswith("duplicate row of meta_data.csv")
     assert_accounted(report, index)
+
+
+def test_an_empty_mask_is_named_as_the_mask(tiny_set, tmp_path) -> None:
+    """'is empty (0 bytes)' must say which file of the pair is: here the mask, not the image."""
+    _, mask = rows_of(tiny_set)[BAD_ROW]
+    (tiny_set / "masks" / mask).write_bytes(b"")
+    index, report = build(tiny_set, tmp_path / "out")
+    [skipped] = report["skipped_pairs"]
+    assert skipped["reason"].startswith(f"{mask} is empty"), skipped["reason"]
+
+
+def test_a_tenth_of_the_masks_in_another_convention_is_left_out_not_a_stop(tmp_path) -> None:
+    """MISFIT_STOP is 'more than a tenth': 2 misfits of 20 masks are skipped and counted, the rest indexed."""
+    root = make_set(tmp_path / "Forest Segmented", scenes=5, grid=2)
+    for _, m in rows_of(root)[:2]:
+        Image.fromarray(decode_mask(root / "masks" / m)).save(root / "masks" / m, format="PNG")  # 0/1 masks
+    index, report = build(root, tmp_path / "out")
+    assert (report["rows"], report["valid"], report["misfits"]) == (20, 18, 2)
+    _, m = rows_of(root)[2]
+    Image.fromarray(decode_mask(root / "masks" / m)).save(root / "masks" / m, format="PNG")
+    with pytest.raises(DataError, match=r"but 3 of 20 masks do not fit it"):
+        build(root, tmp_path / "out2")
+
+
+def test_scenes_with_almost_no_forest_have_no_say_on_inversion(tiny_set, tmp_path) -> None:
+    """Forest on under 5 % of a scene (here its brightest 2 %) says nothing on whether masks are inverted."""
+    scenes = sorted({i.split("_sat_")[0] for i, _ in rows_of(tiny_set)})
+    for image, mask in rows_of(tiny_set):
+        if image.startswith(scenes[0] + "_"):
+            continue
+        grey = decode_image(tiny_set / "images" / image).mean(-1)
+        forest = grey >= np.quantile(grey, 0.98)
+        Image.fromarray((forest * 255).astype(np.uint8)).save(tiny_set / "masks" / mask, format="PNG")
+    index, report = build(tiny_set, tmp_path / "out")
+    assert report["valid"] == ROWS and report["notes"] == [], report["notes"]
 
 
 def test_a_cell_with_a_trailing_space_says_so(tiny_set, tmp_path):
@@ -578,6 +616,11 @@ def names_upper_case(root: Path) -> None:
     edit_meta(root, lambda lines: [lines[0]] + [line.upper() for line in lines[1:]])
 
 
+def files_upper_case(root: Path) -> None:
+    for p in (root / "images").iterdir():
+        p.rename(p.with_name(p.name.upper()))
+
+
 def all_masks_empty(root: Path) -> None:
     for p in (root / "masks").iterdir():
         Image.new("L", (32, 32), 0).save(p, format="PNG")
@@ -620,6 +663,11 @@ FATAL = [
         r"e\.g\. images/\d+_SAT_\d+\.JPG: missing \(images/ has \d+_sat_\d+\.jpg; names are case-sensitive\)",
     ),
     (
+        "files-upper-case",
+        files_upper_case,
+        r"e\.g\. images/\d+_sat_\d+\.jpg: missing \(images/ has \d+_SAT_\d+\.JPG; names are case-sensitive\)",
+    ),
+    (
         "all-masks-empty",
         all_masks_empty,
         r"no pixel of any mask is forest under it .*every mask is 0 everywhere \(empty\)",
@@ -652,8 +700,9 @@ def test_backslash_paths_in_meta_data_are_one_kind_of_reason(tiny_set, tmp_path)
     edit_meta(tiny_set, lambda lines: [lines[0], *(f"images\\{line}" for line in lines[1:] if line)])
     with pytest.raises(
         DataError, match=rf"lists no usable pair \({ROWS} rows; most common reasons: {ROWS} pair\(s\) like"
-    ):
+    ) as stopped:
         build(tiny_set, tmp_path / "out")
+    assert "is a path; meta_data.csv must name a file inside images/" in str(stopped.value)
 
 
 @pytest.mark.parametrize("opaque", ["rgba", "colour-key"])

@@ -252,3 +252,63 @@ def test_a_progressive_jpeg_cut_between_two_scans_is_refused_not_decoded_from_th
     for cut in scans[1:]:  # libjpeg decodes the scans before the cut without a warning
         with pytest.raises(ImageError, match="cannot be decoded"):
             decode(data[:cut])
+
+
+def test_a_camera_jpeg_without_jfif_keeps_its_orientation() -> None:
+    """Cameras write Exif (APP1) and no JFIF (APP0): the orientation is found there too."""
+    data = jpeg(picture(), 6)
+    assert data[2:4] == b"\xff\xe0"  # Pillow writes JFIF first: cut it, as a camera's file lacks it
+    camera = data[:2] + data[4 + int.from_bytes(data[4:6], "big") :]
+    decoded = decode(camera)
+    assert decoded.orientation == 6 and decoded.pixels.shape == (40, 24, 3)
+
+
+@pytest.mark.parametrize("orientation", [0, 9])
+def test_an_out_of_range_orientation_of_a_png_reads_as_none(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    out = io.BytesIO()
+    Image.fromarray(picture()).save(out, format="PNG", exif=exif)
+    decoded = decode(out.getvalue())
+    assert decoded.orientation == 1 and np.array_equal(decoded.pixels, picture())
+
+
+def palette_with_holes(mode: str) -> Image.Image:
+    """An 8x8 palette picture whose first two rows are index 0, transparent (16 pixels)."""
+    index = np.ones((8, 8), np.uint8)
+    index[:2] = 0
+    im = Image.fromarray(index, "P")
+    im.putpalette([0, 0, 0, 20, 120, 40] + [0] * 762)
+    if mode == "PA":
+        im = im.convert("PA")
+        im.putalpha(Image.fromarray(np.where(index == 0, 0, 255).astype(np.uint8)))
+    return im
+
+
+@pytest.mark.parametrize("mode, fmt", [("P", "PNG"), ("PA", "TIFF")])
+def test_a_palette_pictures_transparency_is_kept(mode: str, fmt: str) -> None:
+    """A transparent palette index (PNG tRNS) or a palette+alpha TIFF: its holes stay holes, never RGB."""
+    out = io.BytesIO()
+    im = palette_with_holes(mode)
+    im.save(out, format=fmt, **({"transparency": 0} if mode == "P" else {}))
+    decoded = decode(out.getvalue())
+    assert decoded.alpha is not None and int((decoded.alpha < 255).sum()) == 16
+    assert decoded.pixels.shape == (8, 8, 3) and tuple(decoded.pixels[7, 7]) == (20, 120, 40)
+
+
+def test_a_cmyk_tiff_is_refused_with_its_own_reason() -> None:
+    out = io.BytesIO()
+    Image.new("CMYK", (8, 8), (200, 0, 0, 255)).save(out, format="TIFF")
+    with pytest.raises(ImageError, match="is a CMYK TIFF; convert it to RGB"):
+        decode(out.getvalue())
+
+
+@pytest.mark.parametrize("orientation, drawn", [(3, False), (2, False), (6, True), (8, True)])
+def test_only_a_quarter_turn_of_an_oblong_tile_tells_which_grid_a_mask_was_drawn_on(orientation, drawn) -> None:
+    """Turned 180° or mirrored, a 32x48 picture keeps its shape: an untagged mask fits both grids."""
+    from forestseg.images import Picture, drawn_as_shown
+
+    shown = (48, 32) if orientation >= 5 else (32, 48)
+    tagged = Picture(np.zeros((*shown, 3), np.uint8), None, "RGB JPEG", orientation)
+    plain = Picture(np.zeros(shown, np.uint8), None, "L PNG", 1)
+    assert drawn_as_shown(tagged, plain) is drawn
