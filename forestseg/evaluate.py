@@ -263,9 +263,19 @@ def evaluate_rasters(
     the image's nodata are left out), read on the mask's grid (nearest neighbour if it differs).
     Every pair is checked from its headers before the first is mapped."""
     import rasterio
-    from rasterio.enums import Resampling
 
-    from .geo import FOREST, GDAL_ENV, NODATA, CPLE_BaseError, Grid, _blocks, _one_line, _warp, check_raster, map_forest
+    from .geo import (
+        FOREST,
+        GDAL_ENV,
+        NODATA,
+        CPLE_BaseError,
+        Grid,
+        _blocks,
+        _one_line,
+        check_raster,
+        map_forest,
+        truth_on,
+    )
     from .geo import has_data as data_in
 
     rasters = []
@@ -286,28 +296,17 @@ def evaluate_rasters(
             with rasterio.Env(**GDAL_ENV), rasterio.open(area.mask) as pred_ds:
                 grid = Grid(pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
                 try:
-                    with rasterio.open(truth_path) as truth_ds:
-                        same = (
-                            truth_ds.crs == grid.crs
-                            and truth_ds.transform.almost_equals(grid.transform)
-                            and truth_ds.shape == pred_ds.shape
-                        )
+                    with rasterio.open(truth_path) as truth_ds, truth_on(truth_ds, grid) as view:
                         truth_nodata = truth_ds.nodata
-                        view = truth_ds if same else _warp(truth_ds, grid, Resampling.nearest, alpha=True)
-                        try:
-                            for window in _blocks(grid, 2048):
-                                pred = pred_ds.read(1, window=window)
-                                has_data = data_in(view, window)
-                                values = view.read(1, window=window)
-                                seen.add(values[has_data])
-                                valid = (pred != NODATA) & has_data
-                                counts += _counts(
-                                    (pred == FOREST)[valid], values[valid] != 0
-                                )  # any non-zero value, as tile reads it
-                                nodata_px += int((~has_data).sum()) if truth_nodata else 0
-                        finally:
-                            if view is not truth_ds:
-                                view.close()
+                        for window in _blocks(grid, 2048):
+                            pred = pred_ds.read(1, window=window)
+                            has_data = data_in(view, window)
+                            values = view.read(1, window=window)
+                            seen.add(values[has_data])
+                            valid = (pred != NODATA) & has_data
+                            # any non-zero value is forest, as tile reads it
+                            counts += _counts((pred == FOREST)[valid], values[valid] != 0)
+                            nodata_px += int((~has_data).sum()) if truth_nodata is not None else 0
                 except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as e:
                     raise ForestsegError(f"{truth_path}: failed while reading ({_one_line(e)})") from None
             if not counts.sum():
@@ -318,7 +317,7 @@ def evaluate_rasters(
             problem = seen.problem(truth_path)
             if problem:
                 raise ForestsegError(problem)
-            if truth_nodata and nodata_px and not seen.forest():
+            if truth_nodata is not None and nodata_px and not seen.forest():
                 notes.append(seen.nodata_note(truth_path, truth_nodata, nodata_px))
             elif truth_nodata is not None and nodata_px and seen.forest_only():
                 log(

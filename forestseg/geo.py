@@ -366,7 +366,7 @@ def _check_pixels(path: Path, src: Any, crs: CRS, unit_m: float, model_px: float
     """Refuse pixels no aerial or satellite image has (a geotransform in degrees under a metre CRS gives
     micrometres), and, with `model_px` (resampling on), a raster smaller than one model pixel: its data
     would fall between the model grid's pixel centres and map as all nodata."""
-    out = _regrid(src, crs) if crs != src.crs else Grid(crs, src.transform, src.width, src.height)
+    out = own_grid(src, crs)
     sides = out.pixel_sides(unit_m)
     if not (PLAUSIBLE_PIXEL_M[0] <= min(sides) and max(sides) <= PLAUSIBLE_PIXEL_M[1]):
         raise ForestsegError(
@@ -544,6 +544,11 @@ def _footprint(src: rasterio.io.DatasetReader) -> tuple[float, float, float, flo
     return min(xs), min(ys), max(xs), max(ys)
 
 
+def own_grid(src: rasterio.io.DatasetReader, crs: CRS) -> Grid:
+    """`src`'s own pixels under `crs`: its grid, or that grid warped to `crs` where it has another CRS."""
+    return _regrid(src, crs) if crs != src.crs else Grid(src.crs, src.transform, src.width, src.height)
+
+
 def _regrid(src: rasterio.io.DatasetReader, crs: CRS, resolution: float | None = None) -> Grid:
     """A north-up grid in `crs` covering the raster: at `resolution` (CRS units), or at GDAL's choice
     (about the raster's own) when None."""
@@ -569,6 +574,21 @@ def _warp(src: Any, grid: Grid, resampling: Resampling, alpha: bool = False) -> 
     )
 
 
+@contextlib.contextmanager
+def truth_on(truth: Any, grid: Grid) -> Iterator[Any]:
+    """A truth raster read on `grid`: itself where it lies on that grid, else warped by nearest
+    neighbour (class values stay classes), with an alpha band where it has no data (`has_data`)."""
+    if (
+        truth.crs == grid.crs
+        and truth.transform.almost_equals(grid.transform)
+        and (truth.height, truth.width) == (grid.height, grid.width)
+    ):
+        yield truth
+    else:
+        with _warp(truth, grid, Resampling.nearest, alpha=True) as view:
+            yield view
+
+
 def has_data(ds: Any, window: Window) -> np.ndarray:
     """Where `ds` (a raster or a `_warp` view) has data in `window`. An alpha band decides where there is
     one: GDAL's dataset mask follows an alpha band of Byte or UInt16 bands only, so a warped Float32 or
@@ -584,8 +604,7 @@ def grids(src: Any, raster: Raster, pixel_size_m: float | None) -> tuple[Grid, G
     the grid warped to raster.crs; the grid read, that one at `pixel_size_m` unless its pixels are within
     1 % of it and not sheared; whether that resamples; the resampling: averaging to coarser pixels, no
     aliasing, bilinear to finer ones). Shared by forest maps and `forestseg tile`."""
-    reproject = raster.crs != src.crs
-    out = _regrid(src, raster.crs) if reproject else Grid(src.crs, src.transform, src.width, src.height)
+    out = own_grid(src, raster.crs)
     sides = out.pixel_sides(raster.unit_m)
     # sheared pixels are not the model's squares even where their sides are its size
     resample = pixel_size_m is not None and (

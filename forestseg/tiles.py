@@ -384,11 +384,10 @@ def _check_square(raster: "Raster", opts: TileOptions) -> None:
 def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts: TileOptions) -> dict:
     """Tiles of one raster into dest/images and dest/masks: counts and the meta_data rows."""
     import rasterio
-    from rasterio.enums import Resampling
     from rasterio.windows import Window
 
     from .evaluate import TruthValues
-    from .geo import CPLE_BaseError, _one_line, _open, _warp, grids, has_data
+    from .geo import CPLE_BaseError, _one_line, _open, _warp, grids, has_data, truth_on
 
     s = opts.size
     with _open(raster.path) as src, contextlib.ExitStack() as stack:
@@ -397,12 +396,7 @@ def _cut_raster(raster: "Raster", truth_path: Path, scene: int, dest: Path, opts
         # the image on the tile grid; where it has data: its nodata, alpha or mask (warped: an added alpha)
         view = stack.enter_context(_warp(src, grid, pixels, alpha=True)) if (resample or reproject) else src
         truth_ds = stack.enter_context(_open(truth_path))
-        same = (
-            truth_ds.crs == grid.crs
-            and truth_ds.transform.almost_equals(grid.transform)
-            and (truth_ds.height, truth_ds.width) == (grid.height, grid.width)
-        )
-        truth = truth_ds if same else stack.enter_context(_warp(truth_ds, grid, Resampling.nearest, alpha=True))
+        truth = stack.enter_context(truth_on(truth_ds, grid))
         seen, rows = TruthValues(), []
         tiles = skipped = truth_gaps = forest = 0
         truth_anywhere = False
