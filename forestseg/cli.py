@@ -673,9 +673,7 @@ def _as_flags(text: str) -> str:
     params.yaml's data.source, data.masks and data.forest, without the index's advice on getting a data set."""
     from .dataset import GET_DATA
 
-    # "set data.source to X" (a params.yaml line) becomes "give X as DATA" (the argument)
-    text = re.sub(r"set data\.source to ([^;)]+?)(?=[;)]|$)", r"give \1 as DATA", text.replace(f" {GET_DATA}", ""))
-    text = text.replace("data.source", "DATA")
+    text = text.replace(f" {GET_DATA}", "").replace("data.source", "DATA")
     text = text.replace("set data.check_inverted: false", "pass --forest-brighter")
     for key, flag in (("data.masks", "--masks"), ("data.forest", "--forest")):
         # "set data.masks: '0/1'" (a params.yaml line) becomes "pass --masks '0/1'" (a command line), and
@@ -1000,12 +998,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         from .windows import TILE_BATCH
 
-        fix = (
-            f"the model runs {TILE_BATCH} windows at a time; free the device, or run on another with --device "
-            "(e.g. --device cpu)"
-            if args.command in ("predict", "evaluate")
-            else "it holds one scene at a time; free memory, or cut the largest scene into parts first"
-        )
+        if args.command == "tile":
+            fix = "it holds one scene at a time; free memory, or cut the largest scene into parts first"
+        elif where == "on the GPU":
+            fix = f"the model runs {TILE_BATCH} windows at a time; free the device, or run on another with --device (e.g. --device cpu)"
+        else:  # on the CPU already: another device is no advice
+            fix = (
+                f"the model runs {TILE_BATCH} windows at a time; free memory, or give a large GeoTIFF a smaller --block"
+            )
         print(f"error: forestseg {args.command}: out of memory {where} ({fix})", file=sys.stderr)
         sys.exit(2)
     finally:

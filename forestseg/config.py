@@ -468,8 +468,8 @@ _NUMBER_TEXT = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|i
 
 
 def forest_values(value: Any) -> tuple:
-    """data.forest as a tuple of class ids or (r, g, b) colours, from its YAML or JSON value (a
-    ConfigError where it is none: a value true or 2.5, a colour of two numbers); ranges are DataConfig's."""
+    """data.forest as a tuple of class ids or colours (tuples), from its YAML or JSON value (a ConfigError
+    where it is none: true, 2.5, a dict); ranges and a colour's three numbers are DataConfig's checks."""
     return _coerce("data.forest", value, tuple)
 
 

@@ -638,7 +638,8 @@ def build_index(
                     k = len(kept)
                     images[k], packed_masks[k], summary, jpeg = result
                     stats.add_summary(summary, jpeg)
-                    kept_stats.add_summary(summary, jpeg)
+                    if not summary[0] or summary[1][1:].any():  # an empty (all-0) mask fits any grey convention
+                        kept_stats.add_summary(summary, jpeg)
                     forest_px = int(result[1].sum())
                     grey, is_forest = result[0].mean(axis=-1, dtype=np.float32), result[1].astype(bool)
                     scene = scene_of(image)
@@ -739,15 +740,19 @@ def _common_reasons(skipped: list[dict], k: int) -> str:
     )
 
 
+# the conventions whose masks a convention reads too: resampled reads 0/255 masks, classes 0/1 ones
+READS = {"resampled": {"resampled", "0/255"}, "classes": {"classes", "0/1"}}
+
+
 def misfit_advice(misfit_stats: Stats, kept_stats: Stats, masks: str, forest: tuple) -> str:
     """What the masks that did not fit data.masks look like, and which params would read them; where the
-    masks that did fit (`kept_stats`) look like another convention than those, that the set mixes
-    conventions: the params that read the misfits would refuse the others (a set half 0/1, half 0/255
-    was sent from one setting to the other and back)."""
+    masks that did fit (`kept_stats`, empty ones aside) look like a convention the misfits' one does not
+    read, that the set mixes conventions: the params that read the misfits would refuse the others (a
+    set half 0/1, half 0/255 was sent from one setting to the other and back)."""
     advice = misfit_stats.suggest(masks, forest)
     guess = misfit_stats.guess()
     kept = kept_stats.grey_masks + kept_stats.colour_masks
-    if not kept or guess in (masks, "blurred", "lossy ids") or kept_stats.guess() == guess:
+    if not kept or guess in (masks, "blurred", "lossy ids") or kept_stats.guess() in READS.get(guess, {guess}):
         return advice
     return (
         f"{advice}; but the other {kept} mask(s) fit {masks!r}: the set mixes conventions, so no one "

@@ -430,8 +430,6 @@ def evaluate(
     stale = remove_stale_temps(Path(tempfile.gettempdir()))  # what killed evaluations left there
     if stale:
         log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")
-    if not (data / "meta_data.csv").exists() and (data.parent / "meta_data.csv").exists():
-        raise ForestsegError(f"{data}: a folder inside the Kaggle-layout folder {data.parent}; give that one")
     why = None  # what find_source said, where it says more than "no data set here"
     try:
         source, _ = find_source(data)
@@ -483,6 +481,8 @@ def evaluate(
                         f"({', '.join(alone[:3])}{' ...' if len(alone) > 3 else ''})"
                     )
                 return evaluate_rasters(predictor, pairs, opts or MapOptions(), log, allow_no_forest)
+    if source is None and (data.parent / "meta_data.csv").exists():  # after the rasters: they may lie there
+        raise ForestsegError(f"{data}: a folder inside the Kaggle-layout folder {data.parent}; give that one")
     if why is not None:
         raise why
     if source is None:

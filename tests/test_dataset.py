@@ -428,6 +428,50 @@ def test_a_set_of_two_mask_conventions_is_said_to_be_mixed(tiny_set, tmp_path, c
     assert f"fit '{convention}': the set mixes conventions, so no one data.masks reads it" in message, message
 
 
+def masks_empty_0_255(root: Path) -> None:
+    """0/255 masks (PNG), a quarter of them empty: those fit '0/1' as well."""
+    for k, (_, m) in enumerate(rows_of(root)):
+        values = decode_mask(root / "masks" / m) * (0 if k % 4 == 0 else 255)
+        Image.fromarray(values.astype(np.uint8)).save(root / "masks" / m, format="PNG")
+
+
+def masks_half_resized(root: Path) -> None:
+    """0/255 masks, half of them resized down and up with bilinear interpolation (mid-grey edges)."""
+    for k, (_, m) in enumerate(rows_of(root)):
+        values = Image.fromarray((decode_mask(root / "masks" / m) * 255).astype(np.uint8))
+        if k % 2:
+            values = values.resize((24, 24), Image.BILINEAR).resize((32, 32), Image.BILINEAR)
+        values.save(root / "masks" / m, format="PNG")
+
+
+def masks_classes_some_0_1(root: Path) -> None:
+    """Class ids 0-3 (forest 1), half the tiles holding only 0 and 1."""
+    for k, (_, m) in enumerate(rows_of(root)):
+        values = decode_mask(root / "masks" / m)
+        if k % 2:
+            values[:8] = 2
+            values[-8:] = 3
+        Image.fromarray(values.astype(np.uint8)).save(root / "masks" / m, format="PNG")
+
+
+@pytest.mark.parametrize(
+    "make, convention, advice",
+    [
+        (masks_empty_0_255, "0/1", "they look like 0/255 masks: set data.masks: '0/255'"),
+        (masks_half_resized, "0/255", "set data.masks: resampled (forest >= 128)"),
+        (masks_classes_some_0_1, "0/1", "if they are class ids, set data.masks: classes and data.forest:"),
+    ],
+)
+def test_a_set_one_setting_reads_whole_is_not_called_mixed(tiny_set, tmp_path, make, convention, advice) -> None:
+    """Empty masks fit any grey convention, resampled reads 0/255 masks, classes reads 0/1 ones: none of
+    these sets mixes conventions, and the advice must not say so."""
+    make(tiny_set)
+    with pytest.raises(DataError) as err:
+        build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", convention, ())
+    message = str(err.value)
+    assert advice in message and "mixes conventions" not in message, message
+
+
 def test_a_few_masks_of_another_convention_are_reported_as_a_mixed_set(tiny_set, tmp_path) -> None:
     """Below the stop, the report's advice must not send the whole set to the few masks' convention."""
     _, m = rows_of(tiny_set)[BAD_ROW]
@@ -549,6 +593,10 @@ def meta_spelt_otherwise(root: Path) -> None:
     (root / "meta_data.csv").rename(root / "Meta_Data.csv")
 
 
+def meta_spelt_without_underscore(root: Path) -> None:
+    (root / "meta_data.csv").rename(root / "meta-data.csv")
+
+
 def header_only(root: Path) -> None:
     (root / "meta_data.csv").write_text("image,mask\n")
 
@@ -643,6 +691,11 @@ FATAL = [
         meta_spelt_otherwise,
         r"meta_data\.csv: missing, but .*/Meta_Data\.csv is there: the index reads meta_data\.csv, spelt so",
     ),
+    (
+        "meta-spelt-with-a-dash",
+        meta_spelt_without_underscore,
+        r"meta_data\.csv: missing, but .*/meta-data\.csv is there: the index reads meta_data\.csv, spelt so",
+    ),
     ("header-only", header_only, r"lists no usable pair \(0 rows\)"),
     ("empty-file", empty_file, r"meta_data\.csv: is empty\. Get the Kaggle set"),
     ("not-utf8", latin1, r"meta_data\.csv: not UTF-8 text"),
@@ -681,17 +734,21 @@ FATAL = [
 ]
 
 
-def test_a_folder_inside_macos_zip_metadata_is_named_as_that(tiny_set, tmp_path) -> None:
+@pytest.mark.parametrize("beside", [True, False])
+def test_a_folder_inside_macos_zip_metadata_is_named_as_that(tiny_set, tmp_path, beside: bool) -> None:
     junk = tmp_path / "__MACOSX" / tiny_set.name
     for folder in ("images", "masks"):
         (junk / folder).mkdir(parents=True)
         for p in (tiny_set / folder).iterdir():
             (junk / folder / f"._{p.name}").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble metadata
+    if not beside:  # the set itself moved elsewhere: no folder to name
+        (tiny_set / "meta_data.csv").unlink()
     with pytest.raises(DataError) as err:
         build(junk, tmp_path / "out")
     assert str(err.value) == (
         f"{junk} is inside __MACOSX, the folder of macOS metadata (AppleDouble ._ files, no photos) that a zip "
-        f"made on a Mac holds: set data.source to {tiny_set}"
+        "made on a Mac holds: "
+        + (f"set data.source to {tiny_set}" if beside else "set data.source to the set's own folder, beside it")
     )
 
 

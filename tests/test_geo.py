@@ -1341,6 +1341,15 @@ def test_evaluate_notes_files_without_a_row_of_meta_data(checkpoint: Path, tmp_p
     assert (result["tiles"], result["skipped"]["unlisted_images"], result["skipped"]["unlisted_masks"]) == (2, 6, 6)
 
 
+def test_labelled_rasters_inside_a_kaggle_folder_are_scored(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """A folder of GeoTIFFs below a Kaggle folder's meta_data.csv is no folder inside the tile set."""
+    kaggle = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    write_raster(kaggle / "geo/images/a.tif", scene[0])
+    write_raster(kaggle / "geo/masks/a.tif", scene[1].astype(np.uint8), nodata=255)
+    assert cli("evaluate", str(checkpoint), str(kaggle / "geo"), "-o", str(tmp_path / "e.json")) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["rasters"] == 1
+
+
 def test_evaluate_labelled_rasters(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
     """Scored against its own mask the model is perfect; against an all-forest truth its recall is
     its forest share and its area bias the share minus 100%."""

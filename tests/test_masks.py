@@ -725,3 +725,33 @@ def test_class_masks_hold_at_most_16_values(values: int, refused: bool) -> None:
             forest_of(mask, "classes", (3,))
     else:
         assert np.array_equal(forest_of(mask, "classes", (3,)), (mask == 3).astype(np.uint8))
+
+
+def grey_mask(shares: dict[int, float], side: int = 100) -> np.ndarray:
+    """A side x side grey mask holding each value on its share of the pixels (0 on the rest)."""
+    flat = np.zeros(side * side, np.uint8)
+    start = 0
+    for value, share in shares.items():
+        n = round(share * side * side)
+        flat[start : start + n] = value
+        start += n
+    return flat.reshape(side, side)
+
+
+@pytest.mark.parametrize(
+    "shares, refused",
+    [
+        ({255: 0.5, 2: 0.005, 250: 0.005}, True),  # a 0/255 mask with JPEG's noise, saved lossless
+        ({255: 0.5, 1: 0.03}, False),  # 0/1 with 255 for "no label": class ids, a few 1s
+        ({255: 0.4, 3: 0.1, 240: 0.1}, False),  # classes at 3 and 240 on a fifth of the pixels: no noise
+        ({1: 0.5, 2: 0.2, 230: 0.1}, False),  # no 0 and 255 at all
+        ({255: 0.5, 250: 0.01}, False),  # noise on one side only
+    ],
+)
+def test_classes_refuse_only_the_noise_a_jpeg_left_beside_0_and_255(shares: dict, refused: bool) -> None:
+    mask = grey_mask(shares)
+    if refused:
+        with pytest.raises(MaskMismatch, match="as JPEG compression leaves in a 0/255 mask: not class ids"):
+            forest_of(mask, "classes", (1,), False)
+    else:
+        assert forest_of(mask, "classes", (1,), False).sum() == (mask == 1).sum()

@@ -105,6 +105,21 @@ def test_an_error_naming_a_file_with_a_newline_stays_one_line(checkpoint, tmp_pa
     assert err.count("\n") == 1 and "two\\nlines.jpg: cannot be decoded" in err, err
 
 
+def test_an_output_link_to_a_folder_is_written_through(checkpoint, scene, tmp_path) -> None:
+    """-o a symlink to a real folder (outputs on a larger disk) is fine: only a link to nothing is refused."""
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
+    (tmp_path / "big").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "big")
+    assert run_cli(checkpoint, [tmp_path / "a.png"], tmp_path / "out") == 0
+    assert (tmp_path / "big/a_mask.png").is_file()
+
+
+def test_a_missing_input_with_a_newline_in_its_name_is_one_line(checkpoint, tmp_path, capsys) -> None:
+    assert run_cli(checkpoint, [tmp_path / "two\nlines.jpg"], tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("two\\nlines.jpg: no such file or folder\n"), err
+
+
 def test_an_output_link_to_nothing_is_named_as_that(checkpoint, scene, tmp_path, capsys) -> None:
     Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
     (tmp_path / "out").symlink_to(tmp_path / "gone/out")
@@ -821,7 +836,7 @@ def test_evaluates_data_advice_names_its_argument(checkpoint, tmp_path, capsys, 
     out, err = capsys.readouterr()
     said = out if linked == "one" else err
     assert done.value.code == (0 if linked == "one" else 2) and (linked == "one" or err.count("\n") == 1), err
-    assert "links outside DATA (" in said and "or give a folder that holds them as DATA" in said, said
+    assert "links outside DATA (" in said and "or set DATA to a folder that holds them" in said, said
     assert "data.source" not in said and "kaggle datasets download" not in said, said
 
 
@@ -834,8 +849,8 @@ def test_evaluates_data_advice_names_its_argument(checkpoint, tmp_path, capsys, 
             "read with --masks classes and --forest [0], JPEG",
         ),
         ("params.yaml: data.masks: unknown value 'x'", "--masks: unknown value 'x'"),
-        ("cut them (README), then set data.source to that folder", "cut them (README), then give that folder as DATA"),
-        ("a Mac holds: set data.source to /d/Forest Segmented", "a Mac holds: give /d/Forest Segmented as DATA"),
+        ("cut them (README), then set data.source to that folder", "cut them (README), then set DATA to that folder"),
+        ("a Mac holds: set data.source to /d/Forest (1)", "a Mac holds: set DATA to /d/Forest (1)"),  # as it is
     ],
 )
 def test_the_index_advice_is_told_in_evaluates_flags(said: str, says: str) -> None:
@@ -967,6 +982,7 @@ def test_out_of_memory_is_one_line(checkpoint, tmp_path, monkeypatch, capsys, er
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: forestseg evaluate: {says} (the model runs 32 windows")
+    assert ("--device" in err) == (says == "out of memory on the GPU"), err  # on the CPU already: no other device
 
     def other(error):
         def run(args):
