@@ -316,3 +316,116 @@ def test_a_file_too_large_met_mid_write_is_one_line_and_no_litter(tmp_path: Path
         with atomic_path(tmp_path / "a.bin"):
             raise OSError(errno.EFBIG, "File too large")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_files_digest_covers_every_chunk(tmp_path: Path) -> None:
+    """Two files differing in their last byte, read in chunks shorter than the file: other digests."""
+    import hashlib
+
+    from forestseg.io import sha256_of
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"x" * 10 + b"1")
+    b.write_bytes(b"x" * 10 + b"2")
+    assert sha256_of(a, chunk=4) != sha256_of(b, chunk=4)
+    assert sha256_of(a, chunk=4) == hashlib.sha256(a.read_bytes()).hexdigest()
+
+
+def test_an_array_is_written_whole_under_its_own_name(tmp_path: Path) -> None:
+    """np.save adds .npy to a name without it: the temp must end in .npy, or the file stays empty."""
+    from forestseg.io import write_npy
+
+    write_npy(tmp_path / "images.npy", np.arange(6))
+    assert np.array_equal(np.load(tmp_path / "images.npy"), np.arange(6))
+    assert [p.name for p in tmp_path.iterdir()] == ["images.npy"]
+
+
+def test_a_set_of_outputs_is_replaced_all_or_none(tmp_path: Path) -> None:
+    """A folder where the set's last file goes: every old file of the set stays (no new mask beside an
+    old probability), checked before the first rename."""
+    from forestseg.io import replace_together
+
+    old = {name: tmp_path / name for name in ("mask.tif", "prob.tif")}
+    for p in old.values():
+        p.write_text("old")
+    (tmp_path / "forest.geojson").mkdir()  # in the way
+    new = {tmp_path / f"new.{p.name}": p for p in old.values()}
+    for src in new:
+        src.write_text("new")
+    new[tmp_path / "new.geojson"] = tmp_path / "forest.geojson"
+    (tmp_path / "new.geojson").write_text("new")
+    with pytest.raises(ForestsegError):
+        replace_together(new)
+    assert [p.read_text() for p in old.values()] == ["old", "old"]
+
+
+def test_a_written_file_is_flushed_before_its_rename(tmp_path: Path, monkeypatch) -> None:
+    """fsync, then rename: a crash after the rename never shows an empty file under the output's name."""
+    from forestseg import io
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: events.append("fsync") or fsync(fd))
+    monkeypatch.setattr(io.os, "replace", lambda a, b: events.append("replace") or replace(a, b))
+    io.write_text(tmp_path / "a.txt", "x")
+    assert events[:2] == ["fsync", "replace"], events
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_mode_a_plain_open_would(tmp_path: Path, umask: int) -> None:
+    from forestseg.io import write_text
+
+    before = os.umask(umask)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_json_refuses_nan_and_writes_nothing(tmp_path: Path) -> None:
+    from forestseg.io import write_json
+
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", {"iou": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_columns_returns_each_name_its_own_column(tmp_path: Path) -> None:
+    from forestseg.io import read_columns
+
+    (tmp_path / "s.csv").write_text("note,scene\na,0102\nb,7\n")
+    assert read_columns(tmp_path / "s.csv", "scene", "note") == {"scene": ["0102", "7"], "note": ["a", "b"]}
+
+
+def test_a_removal_a_kill_interrupted_is_finished_by_the_next(tmp_path: Path) -> None:
+    from forestseg.io import remove_tree
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / ".run.removing").mkdir()
+    (tmp_path / ".run.removing/x").write_text("left by a kill")
+    remove_tree(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_outside_any_git_repo_is_nothing_git_would_commit(tmp_path: Path) -> None:
+    from forestseg.io import untracked_in_project
+
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init/m.pt").write_bytes(b"x")
+    assert untracked_in_project(tmp_path / "init/m.pt", tmp_path) is None  # git: 128, not a repository
+
+
+def test_torchs_other_errors_keep_their_traceback(tmp_path: Path, monkeypatch) -> None:
+    """Only a write that failed is a disk's problem: an object torch cannot save is a bug, said as one."""
+    import torch
+
+    from forestseg.io import write_torch
+
+    def refuse(obj, f):
+        raise RuntimeError("unsupported type")
+
+    monkeypatch.setattr(torch, "save", refuse)
+    with pytest.raises(RuntimeError, match="unsupported type"):
+        write_torch(tmp_path / "m.pt", {})
+    assert list(tmp_path.iterdir()) == []

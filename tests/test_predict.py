@@ -396,9 +396,13 @@ def test_masks_cut_on_the_device_equal_the_host_blend_at_float32_boundaries(tta:
     for a cut between two float32 values and one at an output exactly."""
     p = random_predictor(seed=2, tta=tta)
     images = list(np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
-    z = np.sort(p.windows_logits(np.stack(images)).ravel())
+    y = p.windows_logits(np.stack(images))
+    z = np.sort(y.ravel())
     at = float(z[len(z) // 2])
-    for cut in (at, (at + float(np.nextafter(np.float32(at), np.float32(np.inf)))) / 2, 0.1):
+    weight = forestseg.predict._window_weight(32)
+    moved = y[(y * weight) / weight != y]  # outputs the blend's float32 arithmetic moves by an ulp
+    assert moved.size
+    for cut in (at, (at + float(np.nextafter(np.float32(at), np.float32(np.inf)))) / 2, 0.1, float(moved[0])):
         q = dataclasses.replace(p, cut=cut)
         got = q.masks(images, batch=1)
         assert all(np.array_equal(a, q.mask(image)) for a, image in zip(got, images, strict=True)), cut
@@ -410,6 +414,7 @@ def test_masks_of_several_images_equal_one_by_one(checkpoint, scene) -> None:
     image = scene[0]
     images = [np.ascontiguousarray(image[y : y + TILE, x : x + TILE]) for y, x in [(0, 0), (64, 100), (200, 300)]]
     images += [np.ascontiguousarray(image[:100, :150]), np.ascontiguousarray(image[:40, :50])]  # tiled, padded
+    images += [np.ascontiguousarray(image[:TILE, : 2 * TILE])]  # a tile high, two wide: tiled, not batched
     together = predictor.masks(images, batch=2)
     for one, image_ in zip(together, images):
         assert np.array_equal(one, predictor.mask(image_))
@@ -1062,7 +1067,14 @@ def test_a_raw_output_exactly_at_the_cut_is_not_forest(cut: float, shape: tuple[
 
 @pytest.mark.parametrize(
     "h, w, overlap, block",
-    [(100, 150, None, 2048), (100, 150, 0, 64), (70, 200, 10, 40), (32, 33, None, 16), (20, 50, None, 2048)],
+    [
+        (100, 150, None, 2048),
+        (100, 150, 0, 64),
+        (70, 200, 10, 40),
+        (32, 33, None, 16),
+        (20, 50, None, 2048),
+        (200, 200, None, 2048),  # where a wrong default overlap runs another number of windows
+    ],
 )
 def test_windows_counts_the_windows_stream_runs(h: int, w: int, overlap, block: int) -> None:
     """The progress bar's total (`windows`) is what `stream` runs, with the default overlap too."""
@@ -1091,6 +1103,18 @@ def test_a_mirrored_image_gives_mirrored_logits(axis: int) -> None:
     mirrored = p.logits(np.ascontiguousarray(np.flip(image, axis)))
     assert np.allclose(mirrored, np.flip(logits, axis), atol=1e-3)
     assert logits.max() - logits.min() > 10
+
+
+def test_four_windows_blend_by_the_nearest_edge_of_each() -> None:
+    """Tile 32, overlap 8, a 56 x 56 image: pixel (28, 28) lies in four windows, 4 px from the nearest edge
+    of three (weight 4) and 5 px into the fourth on both axes (weight 5): a window's weight at a pixel is
+    its distance to the window's nearest edge, not a product of the two axes' ramps."""
+    p = known_predictor(WindowMean())
+    image = np.zeros((56, 56, 3), np.uint8)
+    for k, (r, c) in enumerate([(0, 0), (0, 28), (28, 0), (28, 28)]):
+        image[r : r + 28, c : c + 28, 0] = 30 + 50 * k
+    a, b, c, d = (p.logits(image[r : r + 32, c : c + 32].copy())[0, 0] for r, c in [(0, 0), (0, 24), (24, 0), (24, 24)])
+    assert p.logits(image)[28, 28] == pytest.approx((4 * a + 4 * b + 4 * c + 5 * d) / 17, rel=1e-5)
 
 
 def test_overlapping_windows_blend_by_their_weight_at_the_pixel() -> None:
@@ -1173,6 +1197,11 @@ def test_scene_windows_of_the_sampled_images_equal_those_of_all() -> None:
         ({"loss": ["bce"]}, r"loss \['bce'\] is none of"),
         ({"tile_size": 100000}, r"tile_size 100000 is not a whole number of pixels from 1 to 8192"),
         ({"pixel_size_m": 1e-300}, r"pixel_size_m 1e-300 is not a pixel side from 0\.001 to 10000 m"),
+        ({"pixel_size_m": 1e5}, r"pixel_size_m 100000\.0 is not a pixel side from 0\.001 to 10000 m"),
+        ({"threshold": True}, r"threshold True is not a finite number"),  # a bool is an int to Python
+        ({"adapt_bn": True}, r"adapt_bn True is not a number from 0 to 1"),
+        ({"train_scenes": [1, 2]}, r"train_scenes \[1, 2\] is not a list of scene names"),
+        ({"normalizer": {"mean": [0.0] * 4, "std": [1.0] * 4}}, r"is not a mean and std of 3 finite numbers each"),
     ],
 )
 def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change: dict, says: str) -> None:
@@ -1187,6 +1216,21 @@ def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change
     read_model(tmp_path / "ok.pt")
     write_model(tmp_path / "m.pt", build_model(cfg).state_dict(), {**meta, **change})
     with pytest.raises(ForestsegError, match=says):
+        read_model(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("field", ["model", "normalizer", "tile_size", "threshold", "loss"])
+def test_a_model_file_without_a_field_is_named_so(tmp_path: Path, field: str) -> None:
+    from forestseg.checkpoint import read_model, write_model
+    from forestseg.config import ModelConfig, asdict
+    from forestseg.model import build_model
+
+    cfg = ModelConfig(width=4, depth=1)
+    meta = {"run": "r", "loss": "bce", "threshold": 0.0, "model": asdict(cfg), "tile_size": 32}
+    meta["normalizer"] = {"mean": [0.0] * 3, "std": [1.0] * 3}
+    del meta[field]
+    write_model(tmp_path / "m.pt", build_model(cfg).state_dict(), meta)
+    with pytest.raises(ForestsegError, match=rf"file without {field}; it was not written by forestseg's training"):
         read_model(tmp_path / "m.pt")
 
 
@@ -1247,6 +1291,19 @@ def test_init_from_keeps_the_advice_for_another_versions_file(checkpoint, tmp_pa
         read_init(tmp_path / "v2.pt", state["model"])
     assert "written by another forestseg version: read it with that version" in str(e.value)
     assert "copy a finished run's model file" not in str(e.value)  # what the user already did
+
+
+@pytest.mark.parametrize("pixel, refused", [(0.504, False), (0.496, False), (0.506, True), (0.494, True)])
+def test_init_from_takes_data_within_a_percent_of_its_pixels(checkpoint, pixel: float, refused: bool) -> None:
+    from forestseg.checkpoint import read_model
+
+    state = read_model(checkpoint)
+    assert state["pixel_size_m"] == 0.5
+    if refused:
+        with pytest.raises(ForestsegError, match=r"learned from 0\.5 m pixels, and data\.pixel_size_m says"):
+            read_init(checkpoint, state["model"], pixel)
+    else:
+        assert read_init(checkpoint, state["model"], pixel)["pixel_size_m"] == 0.5
 
 
 def test_init_from_compares_only_what_shapes_the_archs_weights(checkpoint, tmp_path) -> None:
