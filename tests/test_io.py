@@ -67,11 +67,15 @@ def test_a_writer_writes_through_a_temp_renamed_onto_the_file(tmp_path: Path, mo
 @pytest.mark.parametrize(
     "stem", ["x" * 230, "é" * 115, "森" * 76, "a" + "é" * 114, os.fsdecode(b"Wald_M\xfcnchen" * 15 + b"x" * 5)]
 )
-def test_an_output_with_a_long_name_is_written(tmp_path: Path, stem: str) -> None:
-    """Its temp name (the stem, host, pid, random part and suffixes) must stay within 255 bytes too, and
-    a name of text gives a temp name of text: cut inside a character, GDAL refused it (a lone surrogate)."""
+@pytest.mark.parametrize("host", ["short", "h" * 63])  # 64 bytes: the longest host name Linux allows, less one
+def test_an_output_with_a_long_name_is_written(tmp_path: Path, stem: str, host: str, monkeypatch) -> None:
+    """Its temp name (the stem, host, pid, random part and suffixes) must stay within 255 bytes too, on a
+    machine of a long name as well, and a name of text gives a temp name of text: cut inside a character,
+    GDAL refused it (a lone surrogate)."""
+    from forestseg import io
     from forestseg.io import temp_prefix
 
+    monkeypatch.setattr(io, "_host", lambda: host)
     write_text(tmp_path / f"{stem}.png", "x")
     assert [p.name for p in tmp_path.iterdir()] == [f"{stem}.png"]
     if "\udcfc" not in stem:  # not the name of bytes that are no UTF-8
@@ -186,7 +190,9 @@ def test_a_killed_runs_temps_are_removed_and_a_live_ones_kept(tmp_path: Path) ->
     (tmp_path / f"{dead}x2" / "logits.tif").write_text("...")
     live = tmp_path / f"{temp_prefix('b_mask')}x3.tmp.tif"  # this process: running
     live.write_text("being written")
-    other = tmp_path / ".c_mask.~another-host-1.x4.tmp.tif"  # another machine's, on a shared folder
+    # another machine's, on a shared folder, whose pid has no process here: its machine may still run it
+    gone = int(dead_temp_prefix("x").split("-")[-1].rstrip("."))
+    other = tmp_path / f".c_mask.~another-host-{gone}.x4.tmp.tif"
     other.write_text("?")
     (tmp_path / ".hidden").write_text("the user's")
     assert remove_stale_temps(tmp_path) == 2

@@ -1306,6 +1306,25 @@ def test_init_from_takes_data_within_a_percent_of_its_pixels(checkpoint, pixel: 
         assert read_init(checkpoint, state["model"], pixel)["pixel_size_m"] == 0.5
 
 
+def test_init_from_with_a_dvc_file_but_not_ignored_by_git_is_not_tracked(checkpoint, tmp_path, monkeypatch) -> None:
+    """A .dvc file beside the model but no .gitignore for it: git would commit the model file too."""
+    import shutil
+    import subprocess
+
+    from forestseg.checkpoint import check_init, read_model
+
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    (tmp_path / "init").mkdir()
+    shutil.copy(checkpoint, tmp_path / "init/m.pt")
+    (tmp_path / "init/m.pt.dvc").write_text("outs:\n- path: m.pt\n")
+    model = read_model(checkpoint)["model"]
+    with pytest.raises(ForestsegError, match=r"init/m\.pt is not tracked by DVC \(no init/m\.pt\.dvc\)"):
+        check_init("init/m.pt", model)
+    (tmp_path / "init/.gitignore").write_text("/m.pt\n")  # as `dvc add` writes it
+    check_init("init/m.pt", model)
+
+
 def test_init_from_compares_only_what_shapes_the_archs_weights(checkpoint, tmp_path) -> None:
     """study_unet's fixed layers read no width, depth or batch_norm: a file differing there fine-tunes."""
     state = torch.load(checkpoint, weights_only=True)
