@@ -1440,6 +1440,34 @@ def test_a_truth_of_forest_on_nodata_is_said_to_count_no_false_forest(
     write_raster(tmp_path / "data/masks/a.tif", truth, nodata=255)
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
     assert "every pixel with data is forest (1 (100.0%)) and its nodata covers" in capsys.readouterr().out
+    # forest and not forest where it has data, and nodata elsewhere: no such note
+    truth = np.where(scene[1][:128, :128, None] > 0, 1, 0).astype(np.uint8)
+    truth[:16] = 255
+    write_raster(tmp_path / "data/masks/a.tif", truth, nodata=255)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
+    assert "every pixel with data is forest" not in capsys.readouterr().out
+
+
+def test_evaluate_counts_hectares_in_a_crs_of_feet(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """The same pixels on a 0.5 m grid in UTM and in New York's State Plane (US survey feet): the same
+    hectares, a pixel's area taken in metres (in feet it would read 10.76x as much)."""
+    feet = 0.5 / 0.3048006096  # a 0.5 m pixel in US survey feet
+    for name, crs, pixel, origin in (("m", UTM, 0.5, (500000, 5000000)), ("ft", "EPSG:2263", feet, (1e6, 2e5))):
+        write_raster(
+            tmp_path / name / "images/a.tif", scene[0][:128, :128], crs=crs, pixel=pixel, origin=origin, nodata=None
+        )
+        write_raster(
+            tmp_path / name / "masks/a.tif",
+            np.ones((128, 128, 1), np.uint8),
+            crs=crs,
+            pixel=pixel,
+            origin=origin,
+            nodata=None,
+        )
+        assert cli("evaluate", str(checkpoint), str(tmp_path / name), "-o", str(tmp_path / f"{name}.json")) == 0
+    m, ft = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("m", "ft"))
+    assert m["true_forest_ha"] == pytest.approx(128 * 128 * 0.25 / 1e4)
+    assert ft["true_forest_ha"] == pytest.approx(m["true_forest_ha"], rel=1e-4)
 
 
 def test_evaluate_says_the_raster_headers_notes_as_predict_does(

@@ -64,6 +64,8 @@ def test_tiles_hold_the_rasters_pixels_and_truth_and_skip_nodata(photo, truth, t
         assert np.array_equal(png(out / "masks" / f"1_mask_{k:04d}.png"), np.where(truth[rows, cols, 0], 255, 0))
     (r,) = done["scenes"]
     assert (r["tiles"], r["skipped_nodata"], r["scene"]) == (3, 1, 1)
+    written = [truth[r0 : r0 + 256, c0 : c0 + 256, 0] for r0, c0 in ((0, 256), (256, 0), (256, 256))]
+    assert r["forest_share"] == pytest.approx(sum(int((t != 0).sum()) for t in written) / (3 * 256**2))
     assert r["edge_share"] == pytest.approx(1 - 4 * 256**2 / (H * W))
     assert r["pixel_size_m"] == pytest.approx(0.5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "masks", "tiles"]  # no temp folder left
@@ -289,6 +291,32 @@ def test_tiles_are_checked_before_any_is_cut(photo, truth, tmp_path: Path) -> No
     assert not (tmp_path / "tiles").exists()
 
 
+def test_a_raster_of_square_but_sheared_pixels_is_refused(photo, truth, tmp_path: Path) -> None:
+    """0.5 m sides but sheared 30°: not the model's squares, so not cut at its own pixels."""
+    from affine import Affine
+
+    found = pairs(tmp_path, photo, truth)
+    write_raster(found[0][0], photo, transform=Affine(0.5, 0.25, 500000, 0, -0.433, 5000000))
+    with pytest.raises(ForestsegError, match=r"a.tif: its pixels are 0.5 x 0.5 m and sheared"):
+        tile_pairs("raster", found, tmp_path / "tiles", TileOptions(), log=lambda s: None)
+
+
+def test_a_reprojected_raster_keeps_its_truth_on_its_pixels(tmp_path: Path) -> None:
+    """--reproject without --pixel-size: image and truth warped alike, so each tile's mask lies on its
+    photo (the image read unwarped on the new grid was off by up to a pixel in 4302 of 65536)."""
+    h, w = 600, 700
+    cols = np.broadcast_to(np.arange(w) % 250 + 1, (h, w)).astype(np.uint8)
+    image = np.dstack([cols, cols, cols])
+    truth = (cols[..., None] > 125).astype(np.uint8)  # forest where the photo's value is above 125
+    opts = TileOptions(reproject="EPSG:32634")
+    tile_pairs("raster", pairs(tmp_path, image, truth), tmp_path / "tiles", opts, log=lambda s: None)
+    meta = pd.read_csv(tmp_path / "tiles/meta_data.csv")
+    assert len(meta)
+    for name, mask in zip(meta["image"], meta["mask"]):
+        photo_, forest = png(tmp_path / "tiles/images" / name)[..., 0], png(tmp_path / "tiles/masks" / mask) > 0
+        assert np.array_equal(forest, photo_ > 125), name
+
+
 def test_a_rasters_pixels_are_checked_square_before_any_is_cut(photo, truth, tmp_path: Path) -> None:
     good = pairs(tmp_path / "a", photo, truth)
     image = write_raster(tmp_path / "b" / "images" / "b.tif", photo, transform=from_origin(500000, 5000000, 0.5, 0.6))
@@ -391,9 +419,10 @@ def test_a_jpeg_mask_is_cut_into_jpegs_that_the_index_reads_as_the_source(photo,
     assert (forest[3] != source[256:512, 256:512]).mean() < 0.001  # q100 re-encoding moves almost no pixel
 
 
-def test_transparent_pixels_of_a_picture_skip_their_tiles(photo, tmp_path: Path) -> None:
+@pytest.mark.parametrize("alpha", [0, 128])  # half-transparent is no whole photo either
+def test_transparent_pixels_of_a_picture_skip_their_tiles(photo, tmp_path: Path, alpha: int) -> None:
     rgba = np.dstack([photo, np.full((H, W), 255, np.uint8)])
-    rgba[300:310, 500:510, 3] = 0  # in the bottom-right tile
+    rgba[300:310, 500:510, 3] = alpha  # in the bottom-right tile
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     Image.fromarray(rgba).save(tmp_path / "images" / "a.png")
