@@ -872,9 +872,8 @@ def map_forest(
                 polygons = write_polygons(
                     built["mask"], built["polygons"], opts.min_area_m2, raster.unit_m, paths["polygons"].stem
                 )
-            for name, old in every_output(
-                path, out_dir
-            ).items():  # an earlier run's, of another mask: never left beside this one
+            # an earlier run's output of another mask: never left beside this one
+            for name, old in every_output(path, out_dir).items():
                 if name not in paths and old.exists():
                     old.unlink()
                     log(f"note: removed {old}: an earlier run's {name}, which this run does not write")

@@ -386,12 +386,12 @@ def _binary01(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
 
 def _classes(mask: np.ndarray, forest: tuple, jpeg: bool) -> np.ndarray:
     grey = _grey(mask)
-    if len(np.unique(grey)) > MAX_CLASSES:
+    counts = np.bincount(grey.ravel(), minlength=256)  # one pass for both checks below
+    if np.count_nonzero(counts) > MAX_CLASSES:
         raise MaskMismatch(
             f"more than {MAX_CLASSES} distinct values, not class ids (class masks must be "
             f"lossless, e.g. PNG, not JPEG); values found: {describe(mask)}"
         )
-    counts = np.bincount(grey.ravel(), minlength=256)
     near_0, near_255 = counts[LOW[0] : LOW[1] + 1].sum(), counts[224:255].sum()
     if counts[0] and counts[255] and near_0 and near_255 and near_0 + near_255 <= NOISE_SHARE * grey.size:
         # a 0/255 mask once saved as JPEG (the Kaggle set's), then lossless: a forest 251 would read as background
