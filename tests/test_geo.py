@@ -2187,3 +2187,46 @@ def test_adapt_bn_on_a_model_without_batch_norm_is_refused_or_left_out(tmp_path:
     assert cli("predict", str(ckpt), str(tmp_path / "a.png"), "-o", str(tmp_path / "o2")) == 0
     assert "batch-norm adapted" not in capsys.readouterr().out
     assert (tmp_path / "o2" / "a_mask.png").is_file()
+
+
+@pytest.mark.parametrize("pixel, values", [(2.0, 2), (0.25, None)])
+def test_a_mask_is_warped_back_by_block_means_where_its_pixels_are_coarser(
+    tmp_path: Path, monkeypatch, pixel: float, values: int | None
+) -> None:
+    """Back from the model's 0.5 m grid, a 2 m pixel takes the mean of the 4x4 model pixels it holds
+    (a bilinear warp, whose kernel spans the neighbours' blocks, gave logit 0.75 where all 16 say 3);
+    a 0.25 m pixel takes values between its model pixels' (an average warp gave each the one model
+    pixel under it: two values only)."""
+    # a checkerboard of 2 m squares (one pixel at 2 m, 8x8 at 0.25 m); the model calls forest where red
+    # is above the middle, so every model pixel inside a square says what the square is (the bilinear
+    # input of a 2 m raster keeps each square's side of the middle inside it)
+    monkeypatch.setattr(Predictor, "windows_logits", lambda self, t: np.where(t[..., 0] > 130, 3.0, -3.0))
+    image = np.full((24, 24, 3), 60, np.uint8)
+    squares = np.arange(24) // (1 if values else 8)
+    image[..., 0] = np.where((squares[:, None] + squares) % 2 == 0, 240, 20)
+    src = write_raster(tmp_path / "in/r.tif", image, pixel=pixel, nodata=None)
+    ck = random_checkpoint(tmp_path / "m.pt", tile=64, depth=1)
+    assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out"), "--probability", "float32") == 0
+    probability, _ = read(tmp_path / "out/r_probability.tif")
+    if values:  # every pixel's 16 model pixels agree: sigmoid(+-3), to the int16 logits' 1/256
+        forest = image[..., 0] == 240
+        assert np.allclose(probability[forest], 1 / (1 + np.exp(-3)), atol=1e-3), np.unique(probability)
+        assert np.allclose(probability[~forest], 1 / (1 + np.exp(3)), atol=1e-3), np.unique(probability)
+    else:  # bilinear: sigmoid(+-3) inside the squares, and values between them at their edges
+        assert len(np.unique(np.round(probability, 3))) > 2, np.unique(probability)
+
+
+def test_a_data_pixel_no_model_pixel_reaches_is_nodata(tmp_path: Path, monkeypatch) -> None:
+    """A lone 0.1 m pixel with data, 7 m from any other and under no model pixel's centre, has no
+    prediction: it is nodata in the mask and not in valid_ha (it was mapped as valid, from nothing)."""
+    monkeypatch.setattr(Predictor, "windows_logits", lambda self, t: np.full(t.shape[:3], 3.0, np.float32))
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[:, :100] = 150
+    image[100, 180] = 150  # model pixel centres fall on raster columns 2, 7, 12, ...: not on 180
+    src = write_raster(tmp_path / "in/r.tif", image, pixel=0.1, nodata=0)
+    ck = random_checkpoint(tmp_path / "m.pt", tile=64, depth=1)
+    assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out")) == 0
+    mask, _ = read(tmp_path / "out/r_mask.tif")
+    assert mask[100, 180] == 255 and (mask[:, :100] == 1).all()
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    assert row["valid_ha"] == pytest.approx(200 * 100 * 0.01 / 1e4, abs=1e-6)
