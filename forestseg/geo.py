@@ -175,106 +175,11 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
     with _open(path) as src:
         gcps, _ = src.gcps
         if src.transform.is_identity and src.crs is None and not gcps and src.rpcs is None:
-            compression = src.compression.name if src.compression else None
-            if src.driver == "VRT" or compression in PICTURE_READER_LACKS:  # GDAL reads it, Pillow cannot
-                what = "a VRT" if src.driver == "VRT" else f"a {compression.upper()}-compressed TIFF"
-                raise PictureError(
-                    f"{path}: {what} without a georeference, so it would be read as a plain picture, and the "
-                    f"picture reader cannot decode it; give it its CRS and pixel grid to map it as a raster "
-                    f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {path.name}), or convert "
-                    f"it to a picture (gdal_translate -of PNG {path.name} out.png)"
-                )
-            bands = sorted(set(src.dtypes))
-            if src.count < 3 and not (src.count == 1 and _has_colormap(src)):  # said first: 8 bits would not help
-                raise PictureError(
-                    f"{path}: is a {'/'.join(bands)} TIFF of {src.count} band(s) without colour; forestseg needs "
-                    "RGB images"
-                )
-            if bands != ["uint8"]:  # Pillow would only say it cannot decode it
-                raise PictureError(f"{path}: its bands are {'/'.join(bands)}; {_eight_bit(path)}")
-            if src.count >= 3 and src.colorinterp[0] == ColorInterp.gray:  # Pillow reads no 3-band grey TIFF
-                raise PictureError(
-                    f"{path}: its {src.count} bands are tagged grey (TIFF photometric MINISBLACK), which the "
-                    f"picture reader cannot read as colour; tag them RGB: gdal_translate -co PHOTOMETRIC=RGB "
-                    f"{path.name} out.tif"
-                )
-            flags = src.mask_flag_enums[0]
-            if src.nodata is not None or (MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags):
-                # the picture reader honours an alpha band, not GDAL's nodata value or internal mask
-                what = "a mask of invalid pixels" if src.nodata is None else f"nodata value {src.nodata:g}"
-                raise PictureError(
-                    f"{path}: has {what} but no georeference, so as a plain picture its invalid pixels would "
-                    "be predicted as ground; give it its CRS and pixel grid to map it as a raster "
-                    f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
-                )
+            _check_picture(path, src)
             return None
-        if src.transform.is_identity and src.rpcs is not None and not gcps:
-            raise ForestsegError(
-                f"{path}: is georeferenced by RPCs (a raw satellite scene), not by a grid; orthorectify it "
-                f"first (gdalwarp -rpc -t_srs EPSG:<code> {path.name} out.tif)"
-            )
-        if src.transform.is_identity and not gcps:
-            raise ForestsegError(
-                f"{path}: has a CRS but no pixel grid (geotransform); set one "
-                f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
-            )
-        if src.transform.is_identity:
-            raise ForestsegError(
-                f"{path}: is georeferenced by ground control points only, not by a grid; warp it "
-                f"onto one first (gdalwarp -t_srs EPSG:<code> {path.name} out.tif)"
-            )
-        if src.crs is None:
-            raise ForestsegError(
-                f"{path}: has a pixel grid but no CRS, so its pixels have no size on the ground; "
-                f"assign the CRS it was made in (gdal_edit.py -a_srs EPSG:<code> {path.name})"
-            )
-        if src.count < 3:
-            palette = (
-                " (a palette image: expand it with gdal_translate -expand rgb)"
-                if src.count == 1 and _has_colormap(src)
-                else ""
-            )
-            raise ForestsegError(
-                f"{path}: has {src.count} band(s){palette}; forest maps need 3 colour bands (red, green, blue)"
-            )
-        bands = ",".join(map(str, opts.bands))
-        outside = [b for b in opts.bands if not 1 <= b <= src.count]
-        if outside:
-            raise ForestsegError(
-                f"--bands {bands}: {path} has {src.count} bands (1..{src.count}), no band {outside[0]}"
-            )
-        alpha = [b for b in opts.bands if src.colorinterp[b - 1] == ColorInterp.alpha]
-        if alpha:
-            raise ForestsegError(
-                f"--bands {bands}: band {alpha[0]} of {path} is its alpha (transparency) band, not a colour; if it "
-                f"is a colour or near-infrared band, untag it: gdal_edit.py -colorinterp_{alpha[0]} undefined {path.name}"
-            )
-        dtypes = {src.dtypes[b - 1] for b in opts.bands}
-        if dtypes != {"uint8"}:
-            raise ForestsegError(f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; {_eight_bit(path)}")
-        t = src.transform
-        if not all(math.isfinite(v) for v in tuple(t)[:6]):
-            raise ForestsegError(
-                f"{path}: its geotransform {tuple(t)[:6]} is not numbers throughout; fix it "
-                f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
-            )
-        bounds = src.bounds  # bottom > top where rows run south to north (a positive y step)
-        xs, ys = sorted((bounds.left, bounds.right)), sorted((bounds.bottom, bounds.top))
-        if src.crs.is_geographic and not (-361 <= xs[0] and xs[1] <= 361 and -91 <= ys[0] and ys[1] <= 91):
-            # metres tagged EPSG:4326, a common slip: no UTM zone or --reproject can place them
-            raise ForestsegError(
-                f"{path}: its CRS ({_crs_name(src.crs)}) is geographic (degrees), but its bounds "
-                f"({xs[0]:.6g}, {ys[0]:.6g}, {xs[1]:.6g}, {ys[1]:.6g}) are no longitudes and latitudes: "
-                f"the CRS tag is wrong; assign the CRS its coordinates are in (gdal_edit.py -a_srs EPSG:<code> "
-                f"{path.name})"
-            )
-        if src.crs.is_geographic and not (-180 - 1e-9 <= xs[0] and xs[1] <= 180 + 1e-9):
-            # GDAL's warp places only the part within -180..180: the rest would map as nodata
-            raise ForestsegError(
-                f"{path}: its longitudes run from {xs[0]:.7g} to {xs[1]:.7g}, past ±180 (0-360 degrees, or "
-                "across the antimeridian), which the warp cannot place whole; warp it to its UTM zone first "
-                f"(gdalwarp -t_srs {utm_suggestion(sum(xs) / 2, sum(ys) / 2)} {path.name} utm.tif) and map that"
-            )
+        _check_georeference(path, src, gcps)
+        _check_bands(path, src, opts.bands)
+        xs, ys = _check_bounds(path, src)
         crs = target or src.crs
         notes = []
         if crs.is_geographic:
@@ -299,26 +204,147 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 f"{path}: the linear unit of its CRS ({_crs_name(crs)}) is unknown, so areas cannot be "
                 "computed; reproject it with --reproject EPSG:<code>"
             ) from None
+        t = src.transform
         if t.a * t.e - t.b * t.d == 0:
             raise ForestsegError(
                 f"{path}: its geotransform {tuple(t)[:6]} is degenerate (pixels of no area); fix it "
                 f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
             )
-        for b in range(1, src.count + 1):
-            if b not in opts.bands and src.colorinterp[b - 1] == ColorInterp.alpha and _not_an_alpha(src, b):
-                notes.append(
-                    f"{path.name}: band {b} is tagged alpha (transparency) but holds values other than 0 and 255; "
-                    f"if it is a near-infrared band, its 0 pixels were left out as nodata: untag it with "
-                    f"gdal_edit.py -colorinterp_{b} undefined {path.name}"
-                )
-        chosen = [src.colorinterp[b - 1] for b in opts.bands]
-        if chosen == [ColorInterp.blue, ColorInterp.green, ColorInterp.red]:
-            order = ",".join(str(opts.bands[i]) for i in (2, 1, 0))
-            notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
-        notes += _invalid_pixel_notes(path, src, opts.bands)
+        notes += _band_notes(path, src, opts.bands)
         _check_scale(path, src, crs, float(unit_m))
         _check_pixels(path, src, crs, float(unit_m), model_px if opts.resample else None)
         return Raster(path, crs, float(unit_m), tuple(notes))
+
+
+def _check_picture(path: Path, src: rasterio.io.DatasetReader) -> None:
+    """A TIFF without any georeference is read as a plain picture: refuse what the picture reader cannot
+    decode or would read wrongly (PictureError)."""
+    compression = src.compression.name if src.compression else None
+    if src.driver == "VRT" or compression in PICTURE_READER_LACKS:  # GDAL reads it, Pillow cannot
+        what = "a VRT" if src.driver == "VRT" else f"a {compression.upper()}-compressed TIFF"
+        raise PictureError(
+            f"{path}: {what} without a georeference, so it would be read as a plain picture, and the "
+            f"picture reader cannot decode it; give it its CRS and pixel grid to map it as a raster "
+            f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {path.name}), or convert "
+            f"it to a picture (gdal_translate -of PNG {path.name} out.png)"
+        )
+    bands = sorted(set(src.dtypes))
+    if src.count < 3 and not (src.count == 1 and _has_colormap(src)):  # said first: 8 bits would not help
+        raise PictureError(
+            f"{path}: is a {'/'.join(bands)} TIFF of {src.count} band(s) without colour; forestseg needs RGB images"
+        )
+    if bands != ["uint8"]:  # Pillow would only say it cannot decode it
+        raise PictureError(f"{path}: its bands are {'/'.join(bands)}; {_eight_bit(path)}")
+    if src.count >= 3 and src.colorinterp[0] == ColorInterp.gray:  # Pillow reads no 3-band grey TIFF
+        raise PictureError(
+            f"{path}: its {src.count} bands are tagged grey (TIFF photometric MINISBLACK), which the "
+            f"picture reader cannot read as colour; tag them RGB: gdal_translate -co PHOTOMETRIC=RGB "
+            f"{path.name} out.tif"
+        )
+    flags = src.mask_flag_enums[0]
+    if src.nodata is not None or (MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags):
+        # the picture reader honours an alpha band, not GDAL's nodata value or internal mask
+        what = "a mask of invalid pixels" if src.nodata is None else f"nodata value {src.nodata:g}"
+        raise PictureError(
+            f"{path}: has {what} but no georeference, so as a plain picture its invalid pixels would "
+            "be predicted as ground; give it its CRS and pixel grid to map it as a raster "
+            f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
+        )
+
+
+def _check_georeference(path: Path, src: rasterio.io.DatasetReader, gcps: list) -> None:
+    """A georeference forestseg can map: a pixel grid (not RPCs or ground control points only) and a CRS."""
+    if src.transform.is_identity and src.rpcs is not None and not gcps:
+        raise ForestsegError(
+            f"{path}: is georeferenced by RPCs (a raw satellite scene), not by a grid; orthorectify it "
+            f"first (gdalwarp -rpc -t_srs EPSG:<code> {path.name} out.tif)"
+        )
+    if src.transform.is_identity and not gcps:
+        raise ForestsegError(
+            f"{path}: has a CRS but no pixel grid (geotransform); set one "
+            f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
+        )
+    if src.transform.is_identity:
+        raise ForestsegError(
+            f"{path}: is georeferenced by ground control points only, not by a grid; warp it "
+            f"onto one first (gdalwarp -t_srs EPSG:<code> {path.name} out.tif)"
+        )
+    if src.crs is None:
+        raise ForestsegError(
+            f"{path}: has a pixel grid but no CRS, so its pixels have no size on the ground; "
+            f"assign the CRS it was made in (gdal_edit.py -a_srs EPSG:<code> {path.name})"
+        )
+
+
+def _check_bands(path: Path, src: rasterio.io.DatasetReader, chosen: tuple[int, ...]) -> None:
+    """The `--bands` exist, are no alpha band and are 8-bit."""
+    if src.count < 3:
+        palette = (
+            " (a palette image: expand it with gdal_translate -expand rgb)"
+            if src.count == 1 and _has_colormap(src)
+            else ""
+        )
+        raise ForestsegError(
+            f"{path}: has {src.count} band(s){palette}; forest maps need 3 colour bands (red, green, blue)"
+        )
+    bands = ",".join(map(str, chosen))
+    outside = [b for b in chosen if not 1 <= b <= src.count]
+    if outside:
+        raise ForestsegError(f"--bands {bands}: {path} has {src.count} bands (1..{src.count}), no band {outside[0]}")
+    alpha = [b for b in chosen if src.colorinterp[b - 1] == ColorInterp.alpha]
+    if alpha:
+        raise ForestsegError(
+            f"--bands {bands}: band {alpha[0]} of {path} is its alpha (transparency) band, not a colour; if it "
+            f"is a colour or near-infrared band, untag it: gdal_edit.py -colorinterp_{alpha[0]} undefined {path.name}"
+        )
+    dtypes = {src.dtypes[b - 1] for b in chosen}
+    if dtypes != {"uint8"}:
+        raise ForestsegError(f"{path}: bands {bands} are {'/'.join(sorted(dtypes))}; {_eight_bit(path)}")
+
+
+def _check_bounds(path: Path, src: rasterio.io.DatasetReader) -> tuple[list[float], list[float]]:
+    """A geotransform of numbers whose bounds a warp can place; returns the bounds' sorted x and y."""
+    t = src.transform
+    if not all(math.isfinite(v) for v in tuple(t)[:6]):
+        raise ForestsegError(
+            f"{path}: its geotransform {tuple(t)[:6]} is not numbers throughout; fix it "
+            f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
+        )
+    bounds = src.bounds  # bottom > top where rows run south to north (a positive y step)
+    xs, ys = sorted((bounds.left, bounds.right)), sorted((bounds.bottom, bounds.top))
+    if src.crs.is_geographic and not (-361 <= xs[0] and xs[1] <= 361 and -91 <= ys[0] and ys[1] <= 91):
+        # metres tagged EPSG:4326, a common slip: no UTM zone or --reproject can place them
+        raise ForestsegError(
+            f"{path}: its CRS ({_crs_name(src.crs)}) is geographic (degrees), but its bounds "
+            f"({xs[0]:.6g}, {ys[0]:.6g}, {xs[1]:.6g}, {ys[1]:.6g}) are no longitudes and latitudes: "
+            f"the CRS tag is wrong; assign the CRS its coordinates are in (gdal_edit.py -a_srs EPSG:<code> "
+            f"{path.name})"
+        )
+    if src.crs.is_geographic and not (-180 - 1e-9 <= xs[0] and xs[1] <= 180 + 1e-9):
+        # GDAL's warp places only the part within -180..180: the rest would map as nodata
+        raise ForestsegError(
+            f"{path}: its longitudes run from {xs[0]:.7g} to {xs[1]:.7g}, past ±180 (0-360 degrees, or "
+            "across the antimeridian), which the warp cannot place whole; warp it to its UTM zone first "
+            f"(gdalwarp -t_srs {utm_suggestion(sum(xs) / 2, sum(ys) / 2)} {path.name} utm.tif) and map that"
+        )
+    return xs, ys
+
+
+def _band_notes(path: Path, src: rasterio.io.DatasetReader, chosen: tuple[int, ...]) -> list[str]:
+    """Notes on bands that are likely mistagged (an alpha of other values, blue-green-red) and on invalid
+    pixels."""
+    notes, bands = [], ",".join(map(str, chosen))
+    for b in range(1, src.count + 1):
+        if b not in chosen and src.colorinterp[b - 1] == ColorInterp.alpha and _not_an_alpha(src, b):
+            notes.append(
+                f"{path.name}: band {b} is tagged alpha (transparency) but holds values other than 0 and 255; "
+                f"if it is a near-infrared band, its 0 pixels were left out as nodata: untag it with "
+                f"gdal_edit.py -colorinterp_{b} undefined {path.name}"
+            )
+    if [src.colorinterp[b - 1] for b in chosen] == [ColorInterp.blue, ColorInterp.green, ColorInterp.red]:
+        order = ",".join(str(chosen[i]) for i in (2, 1, 0))
+        notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
+    return notes + _invalid_pixel_notes(path, src, chosen)
 
 
 # TIFF compressions GDAL reads and Pillow's libtiff, as its wheels are built, does not
