@@ -837,18 +837,8 @@ def map_forest(
                 has_data = _CentreMask(src, model)
             else:
                 has_data = stack.enter_context(_warp(src, model, pixels, alpha=True))
-            if opts.adapt_bn:  # the raster is one scene: windows with data only, on the model's grid
-                t = predictor.tile
-
-                def full(y: int, x: int) -> bool:
-                    return bool((has_data.dataset_mask(window=Window(x, y, t, t)) > 0).all())
-
-                windows = sample_windows(_reader(view, opts.bands), model.height, model.width, t, usable=full)
-                if not len(windows):
-                    log(
-                        f"note: {path.name}: no whole {t}-px window with data to adapt batch-norm to; mapped as trained"
-                    )
-                predictor = predictor.adapted(windows, opts.adapt_bn)
+            if opts.adapt_bn:
+                predictor = _adapted(predictor, view, has_data, model, opts, path.name, log)
             # panels of whole intermediate blocks, so every write fills whole blocks
             opts = dataclasses.replace(opts, block=-(-max(opts.block, 1) // TIFF_BLOCK) * TIFF_BLOCK)
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=temp_prefix(path.stem))))
@@ -865,45 +855,14 @@ def map_forest(
             writer = _MapWriter(predictor, out, folder, opts.probability)
             try:
                 if not resample:
-
-                    def sink(r0: int, c0: int, logits: np.ndarray) -> None:
-                        window = Window(c0, r0, logits.shape[1], logits.shape[0])
-                        writer.put(r0, c0, logits, valid_view.dataset_mask(window=window) > 0)
-
-                    predictor.stream(
-                        _reader(view, opts.bands),
-                        model.height,
-                        model.width,
-                        sink,
-                        opts.overlap,
-                        opts.block,
-                        opts.batch,
-                        bar.update,
-                    )
+                    _direct(predictor, view, model, valid_view, writer, opts, bar.update)
                 else:
                     _resampled(predictor, view, has_data, model, out, valid_view, writer, folder, opts, bar.update)
             finally:
                 writer.close()
             bar.close()
             paths = output_paths(path, out_dir, opts)
-            # every output finished in the temp folder first, then all moved into place one right after
-            # another (replace_together): a new mask beside an old probability or polygons only for a
-            # kill within the milliseconds of the renames, never for the seconds the probability's COG takes
-            built = {name: folder / f"{name}.out{paths[name].suffix}" for name in paths}
-            _cog(writer.files["mask"], built["mask"], "MODE")
-            if opts.probability:
-                _cog(writer.files["probability"], built["probability"], "AVERAGE")
-            polygons = None
-            if opts.polygons:
-                polygons = write_polygons(
-                    built["mask"], built["polygons"], opts.min_area_m2, raster.unit_m, paths["polygons"].stem
-                )
-            # an earlier run's output of another mask: never left beside this one
-            for name, old in every_output(path, out_dir).items():
-                if name not in paths and old.exists():
-                    old.unlink()
-                    log(f"note: removed {old}: an earlier run's {name}, which this run does not write")
-            replace_together({built[name]: paths[name] for name in paths})
+            polygons = _publish(writer, folder, out_dir, raster, opts, log)
     except (RasterioError, CPLE_BaseError, OSError, OverflowError) as e:
         # a full disk or read-only folder, which GDAL reports as its own failure ("Failed to create mask."):
         # said as such, of the output, not of the input
@@ -928,6 +887,69 @@ def map_forest(
         polygons=polygons,
         reprojected=reproject,
     )
+
+
+def _adapted(
+    predictor: Predictor, view: Any, has_data: Any, model: Grid, opts: MapOptions, name: str, log: Callable
+) -> Predictor:
+    """The predictor adapted by opts.adapt_bn to the raster, one scene: to windows with data only, on
+    the model's grid (a raster with no whole window of data is mapped as trained, with a note)."""
+    t = predictor.tile
+
+    def full(y: int, x: int) -> bool:
+        return bool((has_data.dataset_mask(window=Window(x, y, t, t)) > 0).all())
+
+    windows = sample_windows(_reader(view, opts.bands), model.height, model.width, t, usable=full)
+    if not len(windows):
+        log(f"note: {name}: no whole {t}-px window with data to adapt batch-norm to; mapped as trained")
+    return predictor.adapted(windows, opts.adapt_bn)
+
+
+def _direct(
+    predictor: Predictor,
+    view: Any,
+    model: Grid,
+    valid_view: Any,
+    writer: _MapWriter,
+    opts: MapOptions,
+    progress: Callable[[int], None],
+) -> None:
+    """Predict on the output's own grid (the model's), each window's mask valid where the input is."""
+
+    def sink(r0: int, c0: int, logits: np.ndarray) -> None:
+        window = Window(c0, r0, logits.shape[1], logits.shape[0])
+        writer.put(r0, c0, logits, valid_view.dataset_mask(window=window) > 0)
+
+    predictor.stream(
+        _reader(view, opts.bands), model.height, model.width, sink, opts.overlap, opts.block, opts.batch, progress
+    )
+
+
+def _publish(
+    writer: _MapWriter, folder: Path, out_dir: Path, raster: Raster, opts: MapOptions, log: Callable
+) -> int | None:
+    """Finish the written map's outputs in the temp `folder` (COGs, polygons), remove an earlier run's
+    outputs this run does not write, and move them all into out_dir; returns the polygons written.
+    Everything is finished first and then moved in one right after another (replace_together): a new
+    mask beside an old probability or polygons only for a kill within the milliseconds of the renames,
+    never for the seconds the probability's COG takes."""
+    paths = output_paths(raster.path, out_dir, opts)
+    built = {name: folder / f"{name}.out{paths[name].suffix}" for name in paths}
+    _cog(writer.files["mask"], built["mask"], "MODE")
+    if opts.probability:
+        _cog(writer.files["probability"], built["probability"], "AVERAGE")
+    polygons = None
+    if opts.polygons:
+        polygons = write_polygons(
+            built["mask"], built["polygons"], opts.min_area_m2, raster.unit_m, paths["polygons"].stem
+        )
+    # an earlier run's output of another mask: never left beside this one
+    for name, old in every_output(raster.path, out_dir).items():
+        if name not in paths and old.exists():
+            old.unlink()
+            log(f"note: removed {old}: an earlier run's {name}, which this run does not write")
+    replace_together({built[name]: paths[name] for name in paths})
+    return polygons
 
 
 class _CentreMask:
