@@ -255,26 +255,7 @@ def predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     opts = _map_options(args, predictor)
     area_error = _area_error(args.area_error, args.checkpoint, predictor, opts)
-    unique: dict[Path, Path] = {}
-    for f in _inputs(args.inputs):  # a file named twice is predicted once, where it first came
-        unique.setdefault(f.resolve(), f)
-    files = list(unique.values())
-    stems = [f.stem for f in files]
-    twice = sorted({s for s in stems if stems.count(s) > 1})
-    if twice:
-        raise ForestsegError(
-            f"several inputs would write the same <name>_mask output: {twice[:5]}; predict them separately, "
-            "each into its own -o folder (into one, the later run's mask replaces the earlier's)"
-        )
-    _no_dangling_link(args.out, "create that folder, or give another -o")
-    if args.out.exists() and not args.out.is_dir():
-        raise ForestsegError(f"-o {args.out}: is a file; give a folder for the masks")
-    input_dirs = {p.resolve() for p in args.inputs if p.is_dir()} | {f.parent.resolve() for f in files}
-    if args.out.resolve() in input_dirs:
-        raise ForestsegError(
-            f"-o {args.out}: is a folder of input images; the masks would land among them "
-            "(and be read as inputs next time): choose another output folder"
-        )
+    files = _predict_inputs(args.inputs, args.out)
     # GeoTIFFs are checked before anything runs: a bad one stops the run (exit 2) rather than
     # leaving a forest-area table with an orthophoto silently missing; a TIFF without georeference is a
     # picture, listed as failed with the others (exit 1)
@@ -298,6 +279,63 @@ def predict(args: argparse.Namespace) -> int:
     if stale:
         print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {args.out}")
     _say_dropped(args.out, [old for f, _ in refused for old in _drop_outputs(args.out, f)])
+    _input_notes(args, predictor, opts, rasters, pictures, unplaced, area_error)
+    # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
+    adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
+    scene = predictor.adapted(_scene_windows(pictures, predictor.tile), opts.adapt_bn) if adapt else predictor
+    if adapt and scene is predictor:
+        print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
+    failed, transparent = _predict_pictures(scene, pictures, args)
+    written, failed = len(pictures) - len(failed), [message for _, message in refused] + failed
+    if pictures or refused:
+        print(
+            f"predict: wrote {written} mask(s) to {args.out}; {len(failed)} image(s) failed"
+            + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else "")
+        )
+    for message in failed:  # before the rasters: a raster that fails stops the run
+        print(f"error: {one_line(message)}", file=sys.stderr)
+    if rasters:
+        _map_rasters(predictor, rasters, args.out, opts, area_error)
+    return 1 if failed else 0
+
+
+def _predict_inputs(inputs: list[Path], out: Path) -> list[Path]:
+    """The input files, each once, where it first came; refused where two would write one output name or
+    `out` is no folder for the outputs (a file, a dangling link, a folder of the inputs)."""
+    unique: dict[Path, Path] = {}
+    for f in _inputs(inputs):  # a file named twice is predicted once, where it first came
+        unique.setdefault(f.resolve(), f)
+    files = list(unique.values())
+    stems = [f.stem for f in files]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise ForestsegError(
+            f"several inputs would write the same <name>_mask output: {twice[:5]}; predict them separately, "
+            "each into its own -o folder (into one, the later run's mask replaces the earlier's)"
+        )
+    _no_dangling_link(out, "create that folder, or give another -o")
+    if out.exists() and not out.is_dir():
+        raise ForestsegError(f"-o {out}: is a file; give a folder for the masks")
+    input_dirs = {p.resolve() for p in inputs if p.is_dir()} | {f.parent.resolve() for f in files}
+    if out.resolve() in input_dirs:
+        raise ForestsegError(
+            f"-o {out}: is a folder of input images; the masks would land among them "
+            "(and be read as inputs next time): choose another output folder"
+        )
+    return files
+
+
+def _input_notes(
+    args: argparse.Namespace,
+    predictor: Predictor,
+    opts: MapOptions,
+    rasters: list,
+    pictures: list[Path],
+    unplaced: list[Path],
+    area_error: float | None,
+) -> None:
+    """What predict says before it runs: the GeoTIFFs' notes, options that do not apply to the inputs
+    given, pictures with a world file but no CRS, and what batch-norm is adapted to."""
     if rasters:
         _pixel_note(args.checkpoint, predictor)
         for note in (n for r in rasters for n in r.notes):
@@ -332,23 +370,6 @@ def predict(args: argparse.Namespace) -> int:
         print(
             f"note: batch-norm adapted by {opts.adapt_bn:g}, the model file's: {' and '.join(to)} (--adapt-bn 0: off)"
         )
-    # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
-    adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
-    scene = predictor.adapted(_scene_windows(pictures, predictor.tile), opts.adapt_bn) if adapt else predictor
-    if adapt and scene is predictor:
-        print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
-    failed, transparent = _predict_pictures(scene, pictures, args)
-    written, failed = len(pictures) - len(failed), [message for _, message in refused] + failed
-    if pictures or refused:
-        print(
-            f"predict: wrote {written} mask(s) to {args.out}; {len(failed)} image(s) failed"
-            + (f"; {transparent} image(s) had an alpha band: transparent pixels are not forest" if transparent else "")
-        )
-    for message in failed:  # before the rasters: a raster that fails stops the run
-        print(f"error: {one_line(message)}", file=sys.stderr)
-    if rasters:
-        _map_rasters(predictor, rasters, args.out, opts, area_error)
-    return 1 if failed else 0
 
 
 def _check_name_lengths(out: Path, pictures: list[Path], rasters: list) -> None:
