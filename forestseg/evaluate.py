@@ -115,49 +115,10 @@ def evaluate_tiles(
             check_inverted=check_inverted,
             allow_no_forest=allow_no_forest,
         )
-        for note in report["notes"]:  # as the index says them: meta_data.csv found below `data`, extra columns
-            log(f"note: {note}")
-        if report["skipped"]:
-            first = report["skipped_pairs"][0]
-            log(
-                f"evaluate: {report['skipped']} pair(s) of {data} skipped as the index skips them "
-                f"({', '.join(f'{k}: {v}' for k, v in report['skipped_by_reason'].items())}; "
-                f"e.g. {first['image']}: {first['reason']})"
-            )
-        for kind in ("image", "mask"):
-            if report[f"unlisted_{kind}s"]:
-                log(
-                    f"note: {report[f'unlisted_{kind}s']} {kind}(s) in {kind}s/ have no row in meta_data.csv and are "
-                    f"not scored, e.g. {', '.join(report[f'unlisted_{kind}_names'][:3])}"
-                )
+        _say_skipped(report, data, log)
         rows, missing = np.arange(len(index)), 0
         if split is not None:
-            try:
-                table = pd.read_csv(split, dtype=str, keep_default_na=False)
-            except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-                raise ForestsegError(
-                    f"--split {split}: cannot be read as a UTF-8 CSV ({' '.join(str(e).split())}); "
-                    "give the pipeline's data/split.csv"
-                ) from None
-            if not {"image", "subset"} <= set(table.columns):
-                raise ForestsegError(f"--split {split}: needs columns image,subset (data/split.csv of the pipeline)")
-            chosen = set(table.loc[table["subset"] == subset, "image"])
-            if not chosen:
-                raise ForestsegError(
-                    f"--split {split}: no rows with subset {subset!r} "
-                    f"(subsets: {', '.join(sorted(set(table['subset'])))})"
-                )
-            rows = np.flatnonzero(index["image"].isin(chosen).to_numpy())
-            missing = len(chosen) - len(rows)
-            if not len(rows):
-                raise ForestsegError(
-                    f"--split {split}: none of its {subset} images are valid pairs of {data}; "
-                    "is it the split of this data set?"
-                )
-            if missing:
-                log(
-                    f"evaluate: {missing} {subset} image(s) of {split} are not valid pairs of {data}; scored the other {len(rows)}"
-                )
+            rows, missing = _split_rows(split, subset, index, data, log)
         scenes = index["scene"].astype(str).to_numpy()
         scored = sorted(set(scenes[rows]))
         seen = [s for s in scored if s in predictor.train_scenes]
@@ -211,6 +172,56 @@ def evaluate_tiles(
         "pixel_size_m": predictor.pixel_size_m,
         **out,
     }
+
+
+def _say_skipped(report: dict, data: Path, log: Callable[[str], None]) -> None:
+    """What the index left out of `data` (skipped pairs by reason, unlisted files), and its notes."""
+    for note in report["notes"]:  # as the index says them: meta_data.csv found below `data`, extra columns
+        log(f"note: {note}")
+    if report["skipped"]:
+        first = report["skipped_pairs"][0]
+        log(
+            f"evaluate: {report['skipped']} pair(s) of {data} skipped as the index skips them "
+            f"({', '.join(f'{k}: {v}' for k, v in report['skipped_by_reason'].items())}; "
+            f"e.g. {first['image']}: {first['reason']})"
+        )
+    for kind in ("image", "mask"):
+        if report[f"unlisted_{kind}s"]:
+            log(
+                f"note: {report[f'unlisted_{kind}s']} {kind}(s) in {kind}s/ have no row in meta_data.csv and are "
+                f"not scored, e.g. {', '.join(report[f'unlisted_{kind}_names'][:3])}"
+            )
+
+
+def _split_rows(
+    split: Path, subset: str, index: pd.DataFrame, data: Path, log: Callable[[str], None]
+) -> tuple[np.ndarray, int]:
+    """The index rows of `subset` in a split.csv, and how many of its rows are no valid pair of `data`."""
+    try:
+        table = pd.read_csv(split, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ForestsegError(
+            f"--split {split}: cannot be read as a UTF-8 CSV ({' '.join(str(e).split())}); "
+            "give the pipeline's data/split.csv"
+        ) from None
+    if not {"image", "subset"} <= set(table.columns):
+        raise ForestsegError(f"--split {split}: needs columns image,subset (data/split.csv of the pipeline)")
+    chosen = set(table.loc[table["subset"] == subset, "image"])
+    if not chosen:
+        raise ForestsegError(
+            f"--split {split}: no rows with subset {subset!r} (subsets: {', '.join(sorted(set(table['subset'])))})"
+        )
+    rows = np.flatnonzero(index["image"].isin(chosen).to_numpy())
+    missing = len(chosen) - len(rows)
+    if not len(rows):
+        raise ForestsegError(
+            f"--split {split}: none of its {subset} images are valid pairs of {data}; is it the split of this data set?"
+        )
+    if missing:
+        log(
+            f"evaluate: {missing} {subset} image(s) of {split} are not valid pairs of {data}; scored the other {len(rows)}"
+        )
+    return rows, missing
 
 
 def raster_pairs(data: Path) -> list[tuple[Path, Path]]:
