@@ -25,7 +25,7 @@ from .metrics import scores
 from .windows import TILE_BATCH
 
 if TYPE_CHECKING:  # geo imports rasterio, which tiles do not need; predict torch
-    from .geo import MapOptions
+    from .geo import Grid, MapOptions
     from .predict import Predictor
 
 
@@ -273,21 +273,7 @@ def evaluate_rasters(
     compared with the truth raster (0 = not forest, one other value = forest; the truth's nodata and
     the image's nodata are left out), read on the mask's grid (nearest neighbour if it differs).
     Every pair is checked from its headers before the first is mapped."""
-    import rasterio
-
-    from .geo import (
-        FOREST,
-        GDAL_ENV,
-        NODATA,
-        CPLE_BaseError,
-        Grid,
-        _blocks,
-        _one_line,
-        check_raster,
-        map_forest,
-        truth_on,
-    )
-    from .geo import has_data as data_in
+    from .geo import check_raster, map_forest
 
     rasters = []
     for image, truth_path in pairs:
@@ -303,23 +289,7 @@ def evaluate_rasters(
     with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
         for raster, (image, truth_path) in zip(rasters, pairs):
             area = map_forest(predictor, raster, Path(tmp), opts, log)
-            counts, seen, nodata_px, truth_nodata = np.zeros(4, np.int64), TruthValues(), 0, None
-            with rasterio.Env(**GDAL_ENV), rasterio.open(area.mask) as pred_ds:
-                grid = Grid(pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
-                try:
-                    with rasterio.open(truth_path) as truth_ds, truth_on(truth_ds, grid) as view:
-                        truth_nodata = truth_ds.nodata
-                        for window in _blocks(grid, 2048):
-                            pred = pred_ds.read(1, window=window)
-                            has_data = data_in(view, window)
-                            values = view.read(1, window=window)
-                            seen.add(values[has_data])
-                            valid = (pred != NODATA) & has_data
-                            # any non-zero value is forest, as tile reads it
-                            counts += _counts((pred == FOREST)[valid], values[valid] != 0)
-                            nodata_px += int((~has_data).sum()) if truth_nodata is not None else 0
-                except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as e:
-                    raise ForestsegError(f"{truth_path}: failed while reading ({_one_line(e)})") from None
+            counts, seen, nodata_px, truth_nodata, grid = _compare(Path(area.mask), truth_path)
             if not counts.sum():
                 raise ForestsegError(
                     f"{truth_path}: no pixel of it with data lies on a pixel of {image.name} with data; "
@@ -346,6 +316,34 @@ def evaluate_rasters(
         log(f"note: {note}")
     read = raster_reading(predictor, opts)
     return {"data": str(pairs[0][0].parent.parent), **read, **summarize(units, "raster")}
+
+
+def _compare(mask: Path, truth_path: Path) -> tuple[np.ndarray, TruthValues, int, float | None, Grid]:
+    """A map's mask against its truth raster read on the mask's grid: the summed TP/FP/FN/TN of the
+    pixels with data in both, the truth's values seen, its nodata pixels and nodata value, the grid."""
+    import rasterio
+
+    from .geo import FOREST, GDAL_ENV, NODATA, CPLE_BaseError, Grid, _blocks, _one_line, truth_on
+    from .geo import has_data as data_in
+
+    counts, seen, nodata_px, truth_nodata = np.zeros(4, np.int64), TruthValues(), 0, None
+    with rasterio.Env(**GDAL_ENV), rasterio.open(mask) as pred_ds:
+        grid = Grid(pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
+        try:
+            with rasterio.open(truth_path) as truth_ds, truth_on(truth_ds, grid) as view:
+                truth_nodata = truth_ds.nodata
+                for window in _blocks(grid, 2048):
+                    pred = pred_ds.read(1, window=window)
+                    has_data = data_in(view, window)
+                    values = view.read(1, window=window)
+                    seen.add(values[has_data])
+                    valid = (pred != NODATA) & has_data
+                    # any non-zero value is forest, as tile reads it
+                    counts += _counts((pred == FOREST)[valid], values[valid] != 0)
+                    nodata_px += int((~has_data).sum()) if truth_nodata is not None else 0
+        except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as e:
+            raise ForestsegError(f"{truth_path}: failed while reading ({_one_line(e)})") from None
+    return counts, seen, nodata_px, truth_nodata, grid
 
 
 def raster_reading(predictor: Predictor, opts: MapOptions) -> dict:
