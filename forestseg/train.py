@@ -411,21 +411,8 @@ def train_run(
     model params, gives the starting weights and the input normaliser (fine-tuning).
     """
     device = train.images.device
-    arch = ARCHS[model_cfg.arch]
-    tile, smallest = min(train.images.shape[1:3]), arch.smallest_tile(model_cfg)
-    larger = "give larger tiles (synth.tile_size for the synthetic set)"
-    if tile < smallest and "depth" not in arch.uses:
-        raise ForestsegError(
-            f"params.yaml: model: {model_cfg.arch} needs tiles of at least {smallest} px (its layers are fixed), "
-            f"the data's are {tile} px; {larger} or another model.arch"
-        )
-    if tile < smallest:
-        raise ForestsegError(
-            f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least {smallest} px"
-            + (" (batch norm needs 2x2 px at the deepest level)" if model_cfg.batch_norm else "")
-            + f", the data's are {tile} px; "
-            + ("lower model.depth" if arch.smallest_tile(replace(model_cfg, depth=1)) <= tile else larger)
-        )
+    tile = min(train.images.shape[1:3])
+    _check_tile(model_cfg, tile)
     check_warmup(opt_cfg, train_cfg)
     check_model_train(model_cfg, train_cfg)
     check_threshold(train_cfg, has_val=val is not None)
@@ -556,6 +543,43 @@ def train_run(
         )
         scenes = s.test_scores.pop("scenes", {})
     scenes = scenes or {}
+    _write_models(s, final, run, portable, model_dir, train_cfg, val, test, eval_args)
+    metrics = _run_metrics(s, lr, len(train), device, bf16, portable["threshold"])
+    return Result(s.history, metrics, scenes)
+
+
+def _check_tile(model_cfg: ModelConfig, tile: int) -> None:
+    """The data's tiles are large enough for the model (its fixed layers, or its depth's poolings)."""
+    arch = ARCHS[model_cfg.arch]
+    smallest = arch.smallest_tile(model_cfg)
+    larger = "give larger tiles (synth.tile_size for the synthetic set)"
+    if tile < smallest and "depth" not in arch.uses:
+        raise ForestsegError(
+            f"params.yaml: model: {model_cfg.arch} needs tiles of at least {smallest} px (its layers are fixed), "
+            f"the data's are {tile} px; {larger} or another model.arch"
+        )
+    if tile < smallest:
+        raise ForestsegError(
+            f"params.yaml: model: {model_cfg.arch} with depth {model_cfg.depth} needs tiles of at least {smallest} px"
+            + (" (batch norm needs 2x2 px at the deepest level)" if model_cfg.batch_norm else "")
+            + f", the data's are {tile} px; "
+            + ("lower model.depth" if arch.smallest_tile(replace(model_cfg, depth=1)) <= tile else larger)
+        )
+
+
+def _write_models(
+    s: RunState,
+    final: torch.nn.Module,
+    run: Run,
+    portable: dict,
+    model_dir: Path,
+    train_cfg: TrainConfig,
+    val: Tiles | None,
+    test: Tiles,
+    eval_args: tuple,
+) -> None:
+    """model.pt of the final weights and, with validation, best.pt of the best val epoch's (its cut
+    chosen and its test scores taken as predict takes them)."""
     write_model(model_dir / "model.pt", final.state_dict(), portable, epoch=s.epoch)
     if s.best:
         best = {**portable}
@@ -570,8 +594,6 @@ def train_run(
                 chosen, test, *eval_args, cut=best["threshold"], adapt_bn=train_cfg.adapt_bn
             )
         write_model(model_dir / "best.pt", s.best["weights"], best, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
-    metrics = _run_metrics(s, lr, len(train), device, bf16, portable["threshold"])
-    return Result(s.history, metrics, scenes)
 
 
 def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16: bool, threshold: float) -> dict:
