@@ -124,23 +124,11 @@ def _seed_ties(table: pd.DataFrame) -> str:
     return f" Best seeds that tie, the first in the grid's order shown: {'; '.join(ties)}." if ties else ""
 
 
-def write_report(
-    path: Path,
-    out: dict,
-    summary: pd.DataFrame,
-    ranked: pd.DataFrame,
-    table: pd.DataFrame,
-    epoch_tables: dict[str, pd.DataFrame],
-    setup: dict,
-    plots_rel: str,
-    per_scene: dict | None = None,
-) -> None:
-    """REPORT.md: setup, the winner and by how much (`ranked`: the combinations best first, as
-    report.rank gives them), tables and figures, for a reader who opens no CSV. `per_scene`: the
-    best combination's scores per test scene, as report.aggregate passes them."""
-    idx, split, base = setup["index"], out["split"], out["baseline_all_forest"]
+def _setup_lines(out: dict, table: pd.DataFrame, setup: dict) -> list[str]:
+    """REPORT.md's title and Setup section: the data, split, model, grid, device and how scores are read."""
     from .losses import LOSSES  # here, not at the top: `recipes/rank.py` tables need no torch (2 s to import)
 
+    idx, split = setup["index"], out["split"]
     per_batch = [x for x in dict.fromkeys(table["loss"]) if x in LOSSES and LOSSES[x].per_batch]
     lines = [
         "# forestseg report",
@@ -184,86 +172,82 @@ def write_report(
             else "."
         ),
         "",
-        "## Result",
-        "",
     ]
-    if len(ranked):
-        top = ranked.iloc[0]
-        failed = (
-            ""
-            if not top["diverged"]
-            else f", over the {plural(top['seeds'] - top['diverged'], 'seed')} of {top['seeds']} that did not diverge"
-        )
-        scores = (
-            f"{_pm(top['test_miou_mean'], top['test_miou_std'])} "
-            f"(forest IoU {_pm(top['test_iou_mean'], top['test_iou_std'])}{failed})"
-        )
-        # report.rank puts combinations with a diverged seed last: the top one may not have the highest mean
-        higher = ranked[(ranked["diverged"] > 0) & (ranked["test_miou_mean"] > top["test_miou_mean"])]
-        rest = ranked.iloc[1:]
-        same = rest[rest["test_miou_mean"] == top["test_miou_mean"]]  # every combination tied with the top
-        # a tie under report.rank: the same mean and, like the top, a diverged seed or none
-        tied = same[(same["diverged"] > 0) == (top["diverged"] > 0)]
-        if len(higher):
-            text = (
-                f"**{top['combination']}** ranks first, with test mIoU {scores}: no seed of it diverged, while "
-                + ", ".join(
-                    f"{r['combination']} ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged) has a higher mean "
-                    f"over the rest, {r['test_miou_mean']:.4f}"
-                    for _, r in higher.iterrows()
-                )
+    return lines
+
+
+def _result_text(ranked: pd.DataFrame, base: dict) -> str:
+    """The Result sentence: the top combination (`ranked`: best first, as report.rank gives them), how it
+    ranks against higher means of diverged ones, ties, the gap to the next and to the all-forest baseline."""
+    top = ranked.iloc[0]
+    failed = (
+        ""
+        if not top["diverged"]
+        else f", over the {plural(top['seeds'] - top['diverged'], 'seed')} of {top['seeds']} that did not diverge"
+    )
+    scores = (
+        f"{_pm(top['test_miou_mean'], top['test_miou_std'])} "
+        f"(forest IoU {_pm(top['test_iou_mean'], top['test_iou_std'])}{failed})"
+    )
+    # report.rank puts combinations with a diverged seed last: the top one may not have the highest mean
+    higher = ranked[(ranked["diverged"] > 0) & (ranked["test_miou_mean"] > top["test_miou_mean"])]
+    rest = ranked.iloc[1:]
+    same = rest[rest["test_miou_mean"] == top["test_miou_mean"]]  # every combination tied with the top
+    # a tie under report.rank: the same mean and, like the top, a diverged seed or none
+    tied = same[(same["diverged"] > 0) == (top["diverged"] > 0)]
+    if len(higher):
+        text = (
+            f"**{top['combination']}** ranks first, with test mIoU {scores}: no seed of it diverged, while "
+            + ", ".join(
+                f"{r['combination']} ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged) has a higher mean "
+                f"over the rest, {r['test_miou_mean']:.4f}"
+                for _, r in higher.iterrows()
             )
-        elif len(tied):
-            text = f"**{top['combination']}** (first in the grid's order) ties for the highest mean test mIoU, {scores}"
-        else:
-            text = f"**{top['combination']}** has the highest mean test mIoU, {scores}"
-        others = rest.drop(higher.index)  # those scoring at most the top's mean: the gap to weigh
-        # after the sentence on higher means, the comparison names the top again
-        then = f"; {top['combination']} " if len(higher) else ", "
-        if len(others):
-            if len(same):
-                clauses = [f"{'ties ' if len(higher) else ''}with {_names(tied['combination'])}"] if len(tied) else []
-                clauses += [  # the same mean over fewer seeds: ranked after (report.rank)
-                    f"{'scores ' if len(higher) and not clauses else ''}as high as {r['combination']} over its "
-                    f"seeds that did not diverge ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
-                    for _, r in same.drop(tied.index).iterrows()
-                ]
-                text += then + ", ".join(clauses)
-            else:
-                # the next-highest mean, not the next in rank: one with a diverged seed may score between
-                runners = others[others["test_miou_mean"] == others["test_miou_mean"].max()]  # tied for second
-                gap = top["test_miou_mean"] - runners.iloc[0]["test_miou_mean"]
-                text += f"{then}{'scores ' if len(higher) else ''}{gap:+.4f} mIoU over " + _names(
-                    r["combination"]
-                    + (
-                        f" ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
-                        if r["diverged"] and not top["diverged"]
-                        else ""
-                    )
-                    for _, r in runners.iterrows()
-                )
-                stds = [top["test_miou_std"], *runners["test_miou_std"]]
-                if any(pd.isna(x) for x in stds):
-                    text += " (one finished seed: no spread over seeds to weigh the gap against)"
-                elif gap <= max(stds):
-                    text += " (within the spread over seeds: no clear winner)"
-        lead = top["test_iou_mean"] - base["test_iou"]
-        text += (
-            f"; the all-forest baseline scores forest IoU {base['test_iou']:.4f} and mIoU {base['test_miou']:.4f}, "
-            f"so {top['combination']} is {abs(lead):.4f} forest IoU {'above' if lead >= 0 else 'below'} it."
         )
-        lines += [
-            text,
-            "",
-            "The ranking, each combination's best seed and the predictions shown below are chosen on these "
-            "test scores, as the study's tables rank them: the top score is optimistic. To choose a model, use "
-            "validation scenes (`split.val_fraction`: `models/<run>/best.pt` is the epoch of best val mIoU); no "
-            "file of this pipeline is chosen on test." + _seed_ties(table),
-            "",
-        ]
-    diverged = table[table["status"] != "ok"]["run"].tolist()
-    if diverged:
-        lines += [f"Diverged runs (excluded from the means): {', '.join(diverged)}.", ""]
+    elif len(tied):
+        text = f"**{top['combination']}** (first in the grid's order) ties for the highest mean test mIoU, {scores}"
+    else:
+        text = f"**{top['combination']}** has the highest mean test mIoU, {scores}"
+    others = rest.drop(higher.index)  # those scoring at most the top's mean: the gap to weigh
+    # after the sentence on higher means, the comparison names the top again
+    then = f"; {top['combination']} " if len(higher) else ", "
+    if len(others):
+        if len(same):
+            clauses = [f"{'ties ' if len(higher) else ''}with {_names(tied['combination'])}"] if len(tied) else []
+            clauses += [  # the same mean over fewer seeds: ranked after (report.rank)
+                f"{'scores ' if len(higher) and not clauses else ''}as high as {r['combination']} over its "
+                f"seeds that did not diverge ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
+                for _, r in same.drop(tied.index).iterrows()
+            ]
+            text += then + ", ".join(clauses)
+        else:
+            # the next-highest mean, not the next in rank: one with a diverged seed may score between
+            runners = others[others["test_miou_mean"] == others["test_miou_mean"].max()]  # tied for second
+            gap = top["test_miou_mean"] - runners.iloc[0]["test_miou_mean"]
+            text += f"{then}{'scores ' if len(higher) else ''}{gap:+.4f} mIoU over " + _names(
+                r["combination"]
+                + (
+                    f" ({r['diverged']} of {plural(r['seeds'], 'seed')} diverged: ranked after)"
+                    if r["diverged"] and not top["diverged"]
+                    else ""
+                )
+                for _, r in runners.iterrows()
+            )
+            stds = [top["test_miou_std"], *runners["test_miou_std"]]
+            if any(pd.isna(x) for x in stds):
+                text += " (one finished seed: no spread over seeds to weigh the gap against)"
+            elif gap <= max(stds):
+                text += " (within the spread over seeds: no clear winner)"
+    lead = top["test_iou_mean"] - base["test_iou"]
+    text += (
+        f"; the all-forest baseline scores forest IoU {base['test_iou']:.4f} and mIoU {base['test_miou']:.4f}, "
+        f"so {top['combination']} is {abs(lead):.4f} forest IoU {'above' if lead >= 0 else 'below'} it."
+    )
+    return text
+
+
+def _summary_rows(summary: pd.DataFrame, base: dict) -> list[dict]:
+    """The Result table's rows: each combination's mean ± std over seeds, then the all-forest baseline."""
     rows = [
         {
             "combination": r["combination"],
@@ -287,8 +271,40 @@ def write_report(
             "best seed": "",
         }
     )
+    return rows
+
+
+def write_report(
+    path: Path,
+    out: dict,
+    summary: pd.DataFrame,
+    ranked: pd.DataFrame,
+    table: pd.DataFrame,
+    epoch_tables: dict[str, pd.DataFrame],
+    setup: dict,
+    plots_rel: str,
+    per_scene: dict | None = None,
+) -> None:
+    """REPORT.md: setup, the winner and by how much (`ranked`: the combinations best first, as
+    report.rank gives them), tables and figures, for a reader who opens no CSV. `per_scene`: the
+    best combination's scores per test scene, as report.aggregate passes them."""
+    base = out["baseline_all_forest"]
+    lines = _setup_lines(out, table, setup) + ["## Result", ""]
+    if len(ranked):
+        lines += [
+            _result_text(ranked, base),
+            "",
+            "The ranking, each combination's best seed and the predictions shown below are chosen on these "
+            "test scores, as the study's tables rank them: the top score is optimistic. To choose a model, use "
+            "validation scenes (`split.val_fraction`: `models/<run>/best.pt` is the epoch of best val mIoU); no "
+            "file of this pipeline is chosen on test." + _seed_ties(table),
+            "",
+        ]
+    diverged = table[table["status"] != "ok"]["run"].tolist()
+    if diverged:
+        lines += [f"Diverged runs (excluded from the means): {', '.join(diverged)}.", ""]
     lines += [
-        markdown_table(pd.DataFrame(rows)),
+        markdown_table(pd.DataFrame(_summary_rows(summary, base))),
         "",
         f"![train and test loss of the best seed per combination]({plots_rel}/{FIGURES[0]})",
         "",
