@@ -41,8 +41,9 @@ def out_of_memory(e: BaseException) -> str | None:
 
 def one_line(text: str) -> str:
     """`text` with its control characters escaped (a newline as \\n): a file name holding one must not
-    split the one line an error is, nor move a terminal's cursor."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+    split the one line an error is, nor move a terminal's cursor. C1 controls and the Unicode line and
+    paragraph separators too: Python's splitlines, and some terminals, break lines at them."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
 
 
 def quiet_stdout() -> None:

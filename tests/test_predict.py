@@ -114,10 +114,17 @@ def test_an_output_link_to_a_folder_is_written_through(checkpoint, scene, tmp_pa
     assert (tmp_path / "big/a_mask.png").is_file()
 
 
-def test_a_missing_input_with_a_newline_in_its_name_is_one_line(checkpoint, tmp_path, capsys) -> None:
-    assert run_cli(checkpoint, [tmp_path / "two\nlines.jpg"], tmp_path / "out") == 2
+@pytest.mark.parametrize(
+    "breaks, shown", [("\n", "\\n"), ("\r", "\\r"), ("\x85", "\\x85"), ("\u2028", "\\u2028"), ("\x1b[2J", "\\x1b[2J")]
+)
+def test_a_missing_input_with_a_line_break_in_its_name_is_one_line(
+    checkpoint, tmp_path, capsys, breaks: str, shown: str
+) -> None:
+    """A newline, a carriage return, a C1 next-line, a Unicode line separator (Python's splitlines breaks
+    at each) or a terminal's escape sequence in a file name is shown escaped, on the error's one line."""
+    assert run_cli(checkpoint, [tmp_path / f"two{breaks}lines.jpg"], tmp_path / "out") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.endswith("two\\nlines.jpg: no such file or folder\n"), err
+    assert len(err.splitlines()) == 1 and err.endswith(f"two{shown}lines.jpg: no such file or folder\n"), err
 
 
 def test_an_output_link_to_nothing_is_named_as_that(checkpoint, scene, tmp_path, capsys) -> None:
