@@ -136,15 +136,14 @@ def _area_error(text: str | None, checkpoint: Path, predictor: Predictor, opts: 
                 f"note: --area-error {text}: {scored['seen_scenes']} of its scored scenes are scenes the model "
                 "trained on, so its area bias is not one of unseen data"
             )
-        elif scored.get("model_train_scenes"):  # the model file lists its scenes, and none was scored: no note
-            pass
-        elif "split" in scored and scored["split"] is None:  # tiles scored without --split
-            print(
+        # where the model file lists its scenes and none of them was scored: unseen data, no note
+        elif not scored.get("model_train_scenes") and "split" in scored and scored["split"] is None:
+            print(  # tiles scored without --split
                 f"note: --area-error {text}: scored on every tile of {scored.get('data')} (no --split), and the "
                 "model file does not list the scenes it trained on, so its area bias may not be one of unseen data"
             )
-        elif scored.get("subset", "test") != "test":  # a split's other rows (rasters record no subset)
-            print(
+        elif not scored.get("model_train_scenes") and scored.get("subset", "test") != "test":
+            print(  # a split's other rows (rasters record no subset)
                 f"note: --area-error {text}: scored on the {scored['subset']!r} rows of {scored.get('split')}, "
                 "not its test rows, so its area bias is not one of unseen data"
             )
