@@ -632,8 +632,6 @@ def evaluate(args: argparse.Namespace) -> int:
             forest=forest,
             split=args.split,
             subset=args.subset or "test",
-            overlap=args.overlap,
-            adapt_bn=opts.adapt_bn,
             allow_no_forest=args.allow_no_forest,
             check_inverted=not args.forest_brighter,
             log=lambda line: print(_as_flags(line)),  # its notes on skipped pairs quote the index's reasons

@@ -435,7 +435,9 @@ def evaluate(
     **tile_args,
 ) -> dict:
     """Score on `data`: a Kaggle-layout folder of tiles, or a folder of labelled GeoTIFFs (with
-    `allow_no_forest`, also tiles or truths that hold no forest at all: false forest on farmland)."""
+    `allow_no_forest`, also tiles or truths that hold no forest at all: false forest on farmland).
+    `opts` reads both (window overlap, batch-norm adaptation); `tile_args` are `evaluate_tiles`'s
+    reading of tiles (masks, forest, split, subset, check_inverted)."""
     stale = remove_stale_temps(Path(tempfile.gettempdir()))  # what killed evaluations left there
     if stale:
         log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")
@@ -501,10 +503,20 @@ def evaluate(
         )
     from .geo import MapOptions
 
-    ignored = (opts or MapOptions()).raster_flags()
+    opts = opts or MapOptions()
+    ignored = opts.raster_flags()
     if ignored:
         raise ForestsegError(
             f"{data}: Kaggle-layout tiles (taken at the model's pixel size); {', '.join(ignored)} apply to "
             "labelled GeoTIFFs only: leave them out"
         )
-    return evaluate_tiles(predictor, data, log=log, allow_no_forest=allow_no_forest, **tile_args)
+    # tiles are scored with the maps' window overlap and batch-norm adaptation
+    return evaluate_tiles(
+        predictor,
+        data,
+        overlap=opts.overlap,
+        adapt_bn=opts.adapt_bn,
+        log=log,
+        allow_no_forest=allow_no_forest,
+        **tile_args,
+    )

@@ -21,7 +21,7 @@ import forestseg.windows
 from forestseg.checkpoint import RESUME_FORMAT, read_init
 from forestseg.cli import main
 from forestseg.config import ForestsegError, ReportConfig
-from forestseg.evaluate import evaluate
+from forestseg.evaluate import evaluate, evaluate_tiles
 from forestseg.layout import DataLayout
 from forestseg.predict import Predictor, error_map, scored_masks, write_worst_scenes
 from forestseg.synthetic import render_scene
@@ -652,6 +652,21 @@ def test_cli_predict_and_evaluate_with_tta(checkpoint, scene, tmp_path, capsys) 
     assert result["dtype"] == ("bf16" if tta.bf16 else "fp32")  # what auto picked on this machine
     assert result["iou"] == round(evaluate(tta, data, log=lambda s: None)["iou"], 6)  # the TTA predictor's scores
     assert result["iou"] != round(evaluate(dataclasses.replace(tta, tta=False), data, log=lambda s: None)["iou"], 6)
+
+
+def test_cli_evaluate_scores_tiles_larger_than_the_model_s_with_its_overlap(checkpoint, tmp_path, capsys) -> None:
+    """Tiles larger than the model's are predicted window by window as predict does, with --overlap."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=2 * TILE + 16)
+    plain, scores = Predictor.load(checkpoint, torch.device("cpu")), {}
+    for overlap in (0, TILE // 2):
+        with pytest.raises(SystemExit) as done:
+            out = str(tmp_path / f"e{overlap}.json")
+            main(["evaluate", str(checkpoint), str(data), "--overlap", str(overlap), "--device", "cpu", "-o", out])
+        assert done.value.code == 0
+        scores[overlap] = json.loads((tmp_path / f"e{overlap}.json").read_text())["iou"]
+        assert scores[overlap] == round(evaluate_tiles(plain, data, overlap=overlap, log=lambda s: None)["iou"], 6)
+    assert scores[0] != scores[TILE // 2]
+    capsys.readouterr()
 
 
 # --- batch-norm statistics adapted to the imagery (--adapt-bn) ------------------------------------
