@@ -263,20 +263,6 @@ def test_gdal_failing_on_a_full_disk_names_the_output_and_the_space(
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
-def test_out_of_room_reads_the_file_systems_state(tmp_path: Path, monkeypatch) -> None:
-    import errno
-    import types
-
-    from forestseg.io import out_of_room
-
-    assert out_of_room(tmp_path) is None  # the test's own temp folder has room
-    state = {"f_flag": 0, "f_bavail": 10, "f_frsize": 4096}
-    monkeypatch.setattr(os, "statvfs", lambda folder: types.SimpleNamespace(**state))
-    assert out_of_room(tmp_path).errno == errno.ENOSPC
-    state["f_flag"] = os.ST_RDONLY
-    assert out_of_room(tmp_path).errno == errno.EROFS
-
-
 @pytest.mark.parametrize("stem", ["g" * 240, "é" * 122])  # 240 + 16 and 244 + 16 bytes: over 255
 def test_a_geotiff_whose_outputs_names_would_be_too_long_is_refused_before_mapping(
     checkpoint: Path, scene, tmp_path: Path, capsys, stem: str

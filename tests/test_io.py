@@ -435,3 +435,20 @@ def test_torchs_other_errors_keep_their_traceback(tmp_path: Path, monkeypatch) -
     with pytest.raises(RuntimeError, match="unsupported type"):
         write_torch(tmp_path / "m.pt", {})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("blocks, full", [(255, True), (256, False)])  # of 4096 bytes: a MiB is left or not
+def test_out_of_room_reads_the_file_systems_state(tmp_path: Path, monkeypatch, blocks: int, full: bool) -> None:
+    """Under 1 MiB free is a full disk (GDAL says "Failed to create mask." there), a read-only file
+    system is one whatever its room; the test's own temp folder has room."""
+    import errno
+    import types
+
+    from forestseg.io import out_of_room
+
+    assert out_of_room(tmp_path) is None
+    state = {"f_flag": 0, "f_bavail": blocks, "f_frsize": 4096}
+    monkeypatch.setattr(os, "statvfs", lambda folder: types.SimpleNamespace(**state))
+    assert (out_of_room(tmp_path).errno if full else out_of_room(tmp_path)) == (errno.ENOSPC if full else None)
+    state["f_flag"] = os.ST_RDONLY
+    assert out_of_room(tmp_path).errno == errno.EROFS
