@@ -17,11 +17,13 @@ from forestseg.loader import (
     augment,
     batches,
     cutmix,
+    flip_turn,
     gaussian_blur,
     load_split,
     load_tiles,
     photometric,
     to_input,
+    unflip_turn,
     zoom,
 )
 
@@ -515,3 +517,55 @@ def test_a_nearly_flat_tile_is_not_blown_up_by_per_tile_normalisation() -> None:
     x[..., ::2, :] = 101.0
     out = Normalizer(per_tile=True)(x)
     assert out.abs().max().item() == pytest.approx(0.5)
+
+
+def test_jitter_gains_stay_in_their_documented_ranges() -> None:
+    j = 0.4
+    grey = torch.full((400, 4, 4, 3), 100, dtype=torch.uint8)
+    x = to_input(grey, Normalizer(), jitter=j, generator=torch.Generator().manual_seed(0))[:, :, 0, 0]
+    ratio = x.amax(1) / x.amin(1)  # the channels' gains: within 1 +- j/2 of each other
+    assert ratio.max() <= (1 + j / 2) / (1 - j / 2) + 1e-4
+    assert ratio.max() > 1 + j / 2
+    assert x.min() >= 100 * (1 - j) * (1 - j / 2) - 1e-3 and x.max() <= 100 * (1 + j) * (1 + j / 2) + 1e-3
+
+
+@pytest.mark.parametrize("p", [0.2, 0.8])
+def test_blur_blurs_a_share_of_the_tiles_near_its_probability(p: float) -> None:
+    x = torch.rand(400, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255
+    out = photometric(x.clone(), 0.0, p, None, torch.Generator().manual_seed(1))
+    assert (out != x).flatten(1).any(1).double().mean().item() == pytest.approx(p, abs=0.07)
+
+
+def test_zoom_moves_its_centre_about_the_tile() -> None:
+    ramp = torch.arange(32.0).expand(64, 3, 32, 32).contiguous()
+    zx, _ = zoom(ramp, torch.zeros(64, 32, 32, dtype=torch.uint8), 1.0, torch.Generator().manual_seed(0))
+    moved = zx.mean((1, 2, 3)) - ramp.mean()
+    assert moved.min() < -1 and moved.max() > 1
+
+
+def test_scene_batches_come_in_a_shuffled_order_of_scenes() -> None:
+    scenes = torch.arange(6).repeat_interleave(4)
+    tiles = make_tiles(len(scenes))
+    tiles = Tiles(tiles.images, tiles.masks, scenes)
+    g = torch.Generator().manual_seed(0)
+    orders = [
+        [int(scenes[imgs[0, 0, 0, 0].long()]) for imgs, _ in batches(tiles, 2, g, sampling="scene_batch")]
+        for _ in range(3)
+    ]
+    assert all(o != sorted(o) for o in orders)
+    assert len({o[-1] for o in orders}) > 1  # not the same scene last every epoch
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("mirror", [False, True])
+def test_unflip_turn_undoes_flip_turn(k: int, mirror: bool) -> None:
+    x = torch.arange(2 * 5 * 5.0).view(2, 5, 5)
+    assert torch.equal(unflip_turn(flip_turn(x, k, mirror), k, mirror), x)
+    assert torch.equal(flip_turn(x, k, mirror), dihedral(x, k + 4 * mirror))
+
+
+def test_zoom_keeps_a_full_mask_full_at_the_largest_scale() -> None:
+    x = torch.full((4096, 3, 2, 2), 100.0)  # 2x2 tiles: every sample is near a corner
+    masks = torch.ones(4096, 2, 2, dtype=torch.uint8)
+    zx, zm = zoom(x, masks, 1.99, torch.Generator().manual_seed(0))
+    assert torch.allclose(zx, x) and torch.equal(zm, masks)

@@ -222,3 +222,15 @@ def test_focal_equals_its_formula(gamma) -> None:
     p_t = torch.where(t > 0, torch.sigmoid(y), 1 - torch.sigmoid(y))
     ((1 - p_t) ** g * -torch.log(p_t)).mean().backward()
     assert torch.allclose(x.grad, y.grad, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_loss_not_marked_per_batch_is_the_mean_of_its_tiles_losses(name: str) -> None:
+    """evaluate() weights a loss not marked per_batch by the batch's tile count: that is only right
+    where the loss of a batch is the mean of its tiles' own losses (bce_trimmed's is not)."""
+    g = torch.Generator().manual_seed(3)
+    t = (torch.rand(5, 8, 8, generator=g) > 0.5).to(torch.uint8)
+    logits = 3 * torch.randn(5, 8, 8, generator=g)
+    whole = LOSSES[name](logits, t).item()
+    tiles = sum(LOSSES[name](logits[i : i + 1], t[i : i + 1]).item() for i in range(5)) / 5
+    assert LOSSES[name].per_batch == (whole != pytest.approx(tiles, rel=1e-5)), name

@@ -276,3 +276,60 @@ def test_smallest_tile_is_the_smallest_a_batch_of_one_trains_on(arch: str, depth
     else:  # without batch-norm the bound is 1x1 px at the deepest level: one pixel less pools to nothing
         with pytest.raises(RuntimeError, match="Output size is too small"):
             model(torch.rand(1, 3, smallest - 1, smallest - 1))
+
+
+def test_adapt_batchnorm_moves_the_statistics_by_mix_of_the_scenes() -> None:
+    """At mix 0.25 (not 0.5, where mix and 1 - mix agree) the running mean moves a quarter of the way."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="unet", width=4, depth=1)).eval()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.running_mean.fill_(1.0)
+    x = torch.rand(3, 3, 16, 16) + 2
+    seen: list[torch.Tensor] = []
+    h = model.stem[0].register_forward_hook(lambda m, i, o: seen.append(o.mean((0, 2, 3))))
+    adapted = adapt_batchnorm(model, x, 0.25)
+    h.remove()
+    got = next(m for m in adapted.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+    torch.testing.assert_close(got, 0.75 * torch.ones(4) + 0.25 * seen[0])
+    assert torch.equal(bn.running_mean, torch.ones(4))  # the model itself is untouched
+
+
+def test_an_up_on_an_odd_skip_joins_the_same_channels_as_on_an_even_one() -> None:
+    """Where the skip is odd the Up pads: it must still join [skip, upsampled], as the even path does,
+    or a model trained on even tiles reads swapped channels on an image not a multiple of 2**depth."""
+    torch.manual_seed(0)
+    up = Up(8, 4, batch_norm=False)
+    x, skip = torch.randn(2, 8, 6, 6), torch.randn(2, 4, 13, 13)
+    with torch.no_grad():
+        odd, even = up(x, skip), up(x, skip[..., :12, :12])
+    torch.testing.assert_close(odd[..., :10, :10], even[..., :10, :10])  # two 3x3 convs: 2 px from the cut
+
+
+@pytest.mark.parametrize("path", ["s1", "s2"])
+def test_study_unet_joins_each_skip_at_the_pixels_of_the_deeper_path(path: str, monkeypatch) -> None:
+    """Through each skip alone, with positive weights, output pixel f depends on input pixels centred on
+    f + 20 (the valid convolutions' crop): a skip cropped a pixel off joins pixels 2 input px apart."""
+    from forestseg.model import StudyUNet
+
+    torch.manual_seed(0)
+    net = StudyUNet(widths=(4, 4, 4)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.bias.zero_()
+        if path == "s2":
+            net.up2.weight.zero_()
+            net.dec1[0].weight[:, :4].zero_()
+        else:
+            net.dec1[0].weight[:, 4:].zero_()
+    monkeypatch.setattr(F, "interpolate", lambda y, **kw: y)
+    x = torch.ones(1, 3, 64, 64, requires_grad=True)
+    out = net(x)[0]
+    for f in (10, 11):
+        (grad,) = torch.autograd.grad(out[f, f], x, retain_graph=True)
+        weight = grad[0].sum((0, 2))
+        centre = float((weight * torch.arange(64.0)).sum() / weight.sum())
+        assert abs(centre - (f + 20)) < 0.75, (f, centre)

@@ -926,3 +926,52 @@ def test_omp_dynamic_in_the_environment_does_not_hang_training(tmp_path: Path, i
     except subprocess.TimeoutExpired:
         pytest.fail("a training step hung with OMP_DYNAMIC=TRUE in the environment")
     assert out.stdout.strip() == "done", out.stderr
+
+
+def test_a_mixstyle_run_resumes_bit_identically(data, tmp_path: Path) -> None:
+    """MixStyle draws from torch's global generator: its state is in the resume file."""
+    model = dataclasses.replace(MODEL, mixstyle=1.0)
+    straight, _ = go(data, tmp_path / "a.pt", model=model)
+    with pytest.raises(Killed):
+        go(data, tmp_path / "b.pt", model=model, log=kill_at("epoch 1/3", []))
+    resumed, _ = go(data, tmp_path / "b.pt", model=model)
+    assert strip(resumed) == strip(straight)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_per_scene_counts_do_not_depend_on_the_test_batch_size(batch_size: int) -> None:
+    values = torch.tensor([[0, 20], [20, 20], [0, 0], [20, 0], [20, 20], [0, 20]], dtype=torch.uint8)
+    images = torch.zeros(6, 1, 2, 3, dtype=torch.uint8)
+    images[:, 0, :, 0] = values
+    masks = torch.tensor([[0, 1], [1, 1], [1, 0], [1, 0], [0, 0], [0, 1]], dtype=torch.uint8).view(6, 1, 2)
+    tiles = Tiles(images, masks, torch.tensor([0, 0, 1, 1, 2, 2]), ("a", "b", "c"))
+    out = evaluate(RedChannel(), tiles, "bce", batch_size, Normalizer(), False, False, per_scene=True)
+    assert out["scenes"] == {"a": [3, 0, 0, 1], "b": [1, 0, 1, 2], "c": [1, 2, 0, 1]}
+
+
+def test_an_earlier_best_epoch_is_scored_and_cut_with_its_own_weights(data, tmp_path: Path, monkeypatch) -> None:
+    """best.pt's cut is chosen, and its test scores taken, with the best epoch's weights, not the last's."""
+    import forestseg.train
+
+    real = forestseg.train.evaluate
+    # every epoch ties on val mIoU: the best is the first
+    monkeypatch.setattr(forestseg.train, "evaluate", lambda *a, **k: {**real(*a, **k), "miou": 0.5})
+    val = scene_tiles(2, 1)
+    result, _ = go(data, tmp_path / "last.pt", train=dataclasses.replace(TRAIN, threshold="val"), val=val)
+    assert result.metrics["best_epoch"] == 1 and len(result.history) == 3
+    p = Predictor.load(tmp_path / "last" / "best.pt", torch.device("cpu"), "fp32")
+    cut = choose_threshold(p.model, val, TRAIN.test_batch_size, p.norm, True, False, losses.LOSSES["bce"].threshold)
+    assert p.cut == pytest.approx(cut, abs=1e-6)
+    want = real(p.model, data[1], "bce", TRAIN.test_batch_size, p.norm, True, False, cut=p.cut)
+    assert result.metrics["best_test_iou"] == pytest.approx(want["iou"], abs=1e-9)
+    assert result.metrics["best_test_iou"] != pytest.approx(result.metrics["test_iou"], abs=1e-9)
+
+
+def test_the_moving_average_takes_in_each_step_s_updated_weights(data, tmp_path: Path) -> None:
+    train = dataclasses.replace(TRAIN, epochs=1, batch_size=8, ema=0.5, augment=False)  # one step
+    go(data, tmp_path / "last.pt", train=train)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    torch.manual_seed(RUN.seed)  # as train_run seeds before it builds the model
+    init = build_model(MODEL).state_dict()
+    for name in ("stem.0.weight", "head.weight", "head.bias"):
+        torch.testing.assert_close(state["ema"][name], 0.1 * init[name] + 0.9 * state["model"][name])
