@@ -137,16 +137,18 @@ def _area_error(text: str | None, checkpoint: Path, predictor: Predictor, opts: 
                 "trained on, so its area bias is not one of unseen data"
             )
         # where the model file lists its scenes and none of them was scored: unseen data, no note
-        elif not scored.get("model_train_scenes") and "split" in scored and scored["split"] is None:
-            print(  # tiles scored without --split
-                f"note: --area-error {text}: scored on every tile of {scored.get('data')} (no --split), and the "
-                "model file does not list the scenes it trained on, so its area bias may not be one of unseen data"
-            )
-        elif not scored.get("model_train_scenes") and scored.get("subset", "test") != "test":
-            print(  # a split's other rows (rasters record no subset)
-                f"note: --area-error {text}: scored on the {scored['subset']!r} rows of {scored.get('split')}, "
-                "not its test rows, so its area bias is not one of unseen data"
-            )
+        elif not scored.get("model_train_scenes"):
+            if "split" in scored and scored["split"] is None:  # tiles scored without --split
+                print(
+                    f"note: --area-error {text}: scored on every tile of {scored.get('data')} (no --split), and "
+                    "the model file does not list the scenes it trained on, so its area bias may not be one of "
+                    "unseen data"
+                )
+            elif scored.get("subset", "test") != "test":  # a split's other rows (rasters record no subset)
+                print(
+                    f"note: --area-error {text}: scored on the {scored['subset']!r} rows of {scored.get('split')}, "
+                    "not its test rows, so its area bias is not one of unseen data"
+                )
     if not math.isfinite(value):
         raise ForestsegError(f"--area-error {text}: must be a finite percentage")
     return float(value)

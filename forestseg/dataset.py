@@ -17,7 +17,6 @@ import shlex
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -563,12 +562,11 @@ def build_index(
     root, notes = find_source(root)
     meta, more_notes = read_meta(root)
     notes += more_notes
-    skipped: list[dict] = []
+    rows, later, skipped = _pairs_to_load(meta)
 
     def skip(image: str, mask: str, reason: str) -> None:
-        skipped.append({"image": image, "mask": mask, "reason": reason})
+        skipped.append(_skip(image, mask, reason))
 
-    rows, later = _pairs_to_load(meta, skip)
     unlisted = _unlisted(root / "images", {image for image, _ in meta.itertuples(index=False)})
     unlisted_masks = _unlisted(root / "masks", {mask for _, mask in meta.itertuples(index=False)})
     if not rows:
@@ -690,23 +688,30 @@ def build_index(
     return index, report
 
 
-def _pairs_to_load(meta: pd.DataFrame, skip: Callable[[str, str, str], None]) -> tuple[list, dict]:
-    """The (image, mask) rows of meta_data.csv to decode, in order, and for each the later rows of the
-    same tile to try where it fails; rows that are no pair or repeat one are `skip`ped with their reason."""
+def _skip(image: str, mask: str, reason: str) -> dict:
+    """A skipped pair as the report lists it."""
+    return {"image": image, "mask": mask, "reason": reason}
+
+
+def _pairs_to_load(meta: pd.DataFrame) -> tuple[list, dict, list[dict]]:
+    """The (image, mask) rows of meta_data.csv to decode, in order; for each, the later rows of the same
+    tile to try where it fails; and the rows skipped (no pair, or a repeat of one) with their reason."""
     # The same image listed twice with another mask: the first row that loads is kept, so a row that
     # fails (say, its mask is missing) does not make a later good one a duplicate. A repeat of a whole
     # row is the same pair again: never decoded (nor counted as a misfit) twice.
     # A tile under another name (10452_sat_18.png beside .jpg, 010452_sat_18.jpg) is the same tile, kept
     # once the same way (it would weigh twice, and could sit on both sides of a tile split).
-    rows, later, seen, tiles = [], {}, set(), {}
+    rows, later, seen, tiles, skipped = [], {}, set(), {}, []
     for line, image, mask in meta.itertuples():
         problem = pair_problem(image, mask)
         if problem:
             # a row of empty cells is found by its line (the index counts rows from 0 where not known)
             where = f"line {line}" if meta.index.name == "line" else f"data row {line + 1}, after the header,"
-            skip(image, mask, problem + (f" ({where} of meta_data.csv)" if not (image and mask) else ""))
+            skipped.append(
+                _skip(image, mask, problem + (f" ({where} of meta_data.csv)" if not (image and mask) else ""))
+            )
         elif (image, mask) in seen:
-            skip(image, mask, DUPLICATE)
+            skipped.append(_skip(image, mask, DUPLICATE))
         elif (first := tiles.setdefault(tile_of(image), image)) != image:
             later[first].append((image, mask))
         elif image in later:
@@ -715,7 +720,7 @@ def _pairs_to_load(meta: pd.DataFrame, skip: Callable[[str, str, str], None]) ->
             rows.append((image, mask))
             later[image] = []
         seen.add((image, mask))
-    return rows, later
+    return rows, later, skipped
 
 
 def _unlisted(folder: Path, listed: set[str]) -> list[str]:

@@ -436,8 +436,8 @@ def evaluate(
 ) -> dict:
     """Score on `data`: a Kaggle-layout folder of tiles, or a folder of labelled GeoTIFFs (with
     `allow_no_forest`, also tiles or truths that hold no forest at all: false forest on farmland).
-    `opts` reads both (window overlap, batch-norm adaptation); `tile_args` are `evaluate_tiles`'s
-    reading of tiles (masks, forest, split, subset, check_inverted)."""
+    `opts` reads both (window overlap and batch-norm adaptation come from it alone); `tile_args` are
+    `evaluate_tiles`'s reading of tiles (masks, forest, split, subset, check_inverted)."""
     stale = remove_stale_temps(Path(tempfile.gettempdir()))  # what killed evaluations left there
     if stale:
         log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")

@@ -277,7 +277,7 @@ def _check_georeference(path: Path, src: rasterio.io.DatasetReader, gcps: list) 
 
 
 def _check_bands(path: Path, src: rasterio.io.DatasetReader, chosen: tuple[int, ...]) -> None:
-    """The `--bands` exist, are no alpha band and are 8-bit."""
+    """The raster has 3 bands or more, and the `--bands` exist, are no alpha band and are 8-bit."""
     if src.count < 3:
         palette = (
             " (a palette image: expand it with gdal_translate -expand rgb)"
@@ -861,8 +861,7 @@ def map_forest(
             finally:
                 writer.close()
             bar.close()
-            paths = output_paths(path, out_dir, opts)
-            polygons = _publish(writer, folder, out_dir, raster, opts, log)
+            paths, polygons = _publish(writer, folder, out_dir, raster, opts, log)
     except (RasterioError, CPLE_BaseError, OSError, OverflowError) as e:
         # a full disk or read-only folder, which GDAL reports as its own failure ("Failed to create mask."):
         # said as such, of the output, not of the input
@@ -927,9 +926,10 @@ def _direct(
 
 def _publish(
     writer: _MapWriter, folder: Path, out_dir: Path, raster: Raster, opts: MapOptions, log: Callable
-) -> int | None:
+) -> tuple[dict[str, Path], int | None]:
     """Finish the written map's outputs in the temp `folder` (COGs, polygons), remove an earlier run's
-    outputs this run does not write, and move them all into out_dir; returns the polygons written.
+    outputs this run does not write, and move them all into out_dir; returns their paths and the
+    polygons written.
     Everything is finished first and then moved in one right after another (replace_together): a new
     mask beside an old probability or polygons only for a kill within the milliseconds of the renames,
     never for the seconds the probability's COG takes."""
@@ -949,7 +949,7 @@ def _publish(
             old.unlink()
             log(f"note: removed {old}: an earlier run's {name}, which this run does not write")
     replace_together({built[name]: paths[name] for name in paths})
-    return polygons
+    return paths, polygons
 
 
 class _CentreMask:

@@ -578,8 +578,9 @@ def _write_models(
     test: Tiles,
     eval_args: tuple,
 ) -> None:
-    """model.pt of the final weights and, with validation, best.pt of the best val epoch's (its cut
-    chosen and its test scores taken as predict takes them)."""
+    """model.pt of the final weights and, with validation, best.pt of the best val epoch's: its cut
+    chosen and its test scores taken as predict takes them (into s.best["test_scores"], for the run's
+    metrics)."""
     write_model(model_dir / "model.pt", final.state_dict(), portable, epoch=s.epoch)
     if s.best:
         best = {**portable}

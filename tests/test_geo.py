@@ -2175,9 +2175,9 @@ def test_adapt_bn_on_a_model_without_batch_norm_is_refused_or_left_out(tmp_path:
     assert (tmp_path / "o2" / "a_mask.png").is_file()
 
 
-@pytest.mark.parametrize("pixel, values", [(2.0, 2), (0.25, None)])
+@pytest.mark.parametrize("pixel, coarse", [(2.0, True), (0.25, False)])
 def test_a_mask_is_warped_back_by_block_means_where_its_pixels_are_coarser(
-    tmp_path: Path, monkeypatch, pixel: float, values: int | None
+    tmp_path: Path, monkeypatch, pixel: float, coarse: bool
 ) -> None:
     """Back from the model's 0.5 m grid, a 2 m pixel takes the mean of the 4x4 model pixels it holds
     (a bilinear warp, whose kernel spans the neighbours' blocks, gave logit 0.75 where all 16 say 3);
@@ -2188,13 +2188,13 @@ def test_a_mask_is_warped_back_by_block_means_where_its_pixels_are_coarser(
     # input of a 2 m raster keeps each square's side of the middle inside it)
     monkeypatch.setattr(Predictor, "windows_logits", lambda self, t: np.where(t[..., 0] > 130, 3.0, -3.0))
     image = np.full((24, 24, 3), 60, np.uint8)
-    squares = np.arange(24) // (1 if values else 8)
+    squares = np.arange(24) // (1 if coarse else 8)
     image[..., 0] = np.where((squares[:, None] + squares) % 2 == 0, 240, 20)
     src = write_raster(tmp_path / "in/r.tif", image, pixel=pixel, nodata=None)
     ck = random_checkpoint(tmp_path / "m.pt", tile=64, depth=1)
     assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out"), "--probability", "float32") == 0
     probability, _ = read(tmp_path / "out/r_probability.tif")
-    if values:  # every pixel's 16 model pixels agree: sigmoid(+-3), to the int16 logits' 1/256
+    if coarse:  # every pixel's 16 model pixels agree: sigmoid(+-3), to the int16 logits' 1/256
         forest = image[..., 0] == 240
         assert np.allclose(probability[forest], 1 / (1 + np.exp(-3)), atol=1e-3), np.unique(probability)
         assert np.allclose(probability[~forest], 1 / (1 + np.exp(3)), atol=1e-3), np.unique(probability)

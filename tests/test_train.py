@@ -973,5 +973,6 @@ def test_the_moving_average_takes_in_each_step_s_updated_weights(data, tmp_path:
     state = torch.load(tmp_path / "last.pt", weights_only=False)
     torch.manual_seed(RUN.seed)  # as train_run seeds before it builds the model
     init = build_model(MODEL).state_dict()
+    # the first step's decay is the warm-up's, min(ema, (1 + 0) / (10 + 0)) = 0.1, not ema itself
     for name in ("stem.0.weight", "head.weight", "head.bias"):
         torch.testing.assert_close(state["ema"][name], 0.1 * init[name] + 0.9 * state["model"][name])
