@@ -928,3 +928,22 @@ def test_the_largest_seed_numpy_takes_is_valid() -> None:
     from forestseg.config import GridConfig
 
     assert GridConfig(seed=(2**32 - 1,)).seed == (2**32 - 1,)
+
+
+def test_run_py_notes_only_the_uncommitted_edits_the_experiment_keeps(tmp_path) -> None:
+    """Keys the recipe sets are overridden by it: the note on uncommitted edits names only the others."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "recipes", repo / "recipes")
+    shutil.copytree(REPO / "forestseg", repo / "forestseg")
+    text = (REPO / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=repo, check=True)
+    (repo / "params.yaml").write_text(
+        text.replace("  epochs: 5", "  epochs: 7").replace("  scenes: 24", "  scenes: 12")
+    )
+    run = subprocess.run([sys.executable, "recipes/run.py", "cpu", "--print"], cwd=repo, capture_output=True, text=True)
+    assert run.returncode == 0 and "-S train.epochs=15" in run.stdout, run.stderr
+    assert "params.yaml differs from the last commit in synth.scenes, which this recipe" in run.stderr, run.stderr

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from forestseg import device
+from forestseg.config import ForestsegError
 
 
 def another_worker(kept: list) -> None:
@@ -218,3 +219,44 @@ def test_the_cpu_kernel_identity_names_the_instruction_sets_and_their_caps(tmp_p
     assert device.cpu_kernels(info) != plain
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert device.cpu_kernels(info).endswith("ONEDNN_MAX_CPU_ISA=AVX2")
+
+
+def test_a_gpu_named_by_a_nonzero_index_is_the_one_counted(tmp_path: Path, monkeypatch) -> None:
+    """A run on cuda:1 claims cuda:1's slot: an `auto` worker beside it takes cuda:0, not cuda:1."""
+    monkeypatch.setattr(device, "_CLAIMS", [])
+    monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device.pick_device("cuda:1") == torch.device("cuda", 1)
+    kept: list = []  # its slot file stays open, locked
+    another_worker(kept)
+    assert device.pick_device("auto") == torch.device("cuda", 0)
+
+
+def test_a_gpu_index_one_past_the_last_is_one_line(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ForestsegError, match=r"^params.yaml: train.device: cuda:2, but torch sees 2 CUDA device\(s\)"):
+        device.pick_device("cuda:2")
+
+
+def test_cuda_asked_for_where_torch_sees_none_is_one_line(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for pref in ("cuda", "cuda:0"):
+        with pytest.raises(
+            ForestsegError, match=rf"^params.yaml: train.device: {pref} asked for, but torch sees no CUDA"
+        ):
+            device.pick_device(pref)
+
+
+@pytest.mark.parametrize("capability, bf16", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_auto_on_cuda_is_bf16_from_ampere_on(monkeypatch, capability, bf16) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    assert device.use_bf16("auto", torch.device("cuda", 0)) is bf16
+
+
+def test_a_named_gpu_is_kept_where_the_lock_folder_cannot_be_made(tmp_path: Path, capsys) -> None:
+    (tmp_path / "locks").write_text("a file where the folder should be")
+    assert device.claim_gpu(2, tmp_path / "locks", index=1) == 1
+    assert "using cuda:1" in capsys.readouterr().out
+    assert device.claim_gpu(2, tmp_path / "locks") == 0

@@ -407,3 +407,63 @@ def test_an_empty_mapping_adds_no_column_beside_its_keys() -> None:
     assert [c for c in table.columns if "lr_overrides" in c] == ["optimizer.lr_overrides.mse-adam"]
     assert table["optimizer.lr_overrides.mse-adam"].tolist() == ["0.001", ""]
     assert rank._flat({"optimizer": {"lr": 0.1, "lr_overrides": {}}}, "") == {"optimizer.lr": 0.1}
+
+
+def test_a_non_number_best_miou_is_marked_when_ranking_by_it() -> None:
+    shown = copy.deepcopy(SHOWN)
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["miou_bce-adam"] = "high"
+    rows = rank.ranking(rank.experiments(shown), "best_miou").set_index("experiment")
+    assert list(rows.columns).count("best_miou") == 1
+    assert rows.loc["lucky-knap", ["rank", "best_miou"]].tolist() == ["-", "no best_miou"]
+    assert rows.loc["dried-sink", "rank"] == "1"
+
+
+def test_a_running_experiment_is_not_ranked_by_the_metrics_it_shows() -> None:
+    shown = copy.deepcopy(SHOWN)
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    exp["executor"] = {**(exp.get("executor") or {}), "state": "running"}
+    exps = {e.name: e for e in rank.experiments(shown)}
+    assert exps["lucky-knap"].state == "running" and exps["lucky-knap"].headline == {}
+    rows = rank.ranking(list(exps.values()), "best_iou").set_index("experiment")
+    assert rows.loc["lucky-knap", ["rank", "best_iou"]].tolist() == ["-", "running"]
+
+
+def test_ranking_by_a_combination_whose_every_seed_diverged_marks_it() -> None:
+    shown = copy.deepcopy(SHOWN)
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["iou_bce-adam"] = None
+    rows = rank.ranking(rank.experiments(shown), "iou_bce-adam").set_index("experiment")
+    assert list(rows.columns).count("iou_bce-adam") == 1
+    assert rows.loc["lucky-knap", ["rank", "iou_bce-adam"]].tolist() == ["-", "no iou_bce-adam"]
+    assert rows.loc["dried-sink", "rank"] == "1"
+
+
+def test_unranked_experiments_are_grouped_by_why_then_named() -> None:
+    shown = copy.deepcopy(SHOWN)
+    next(x for x in shown[1]["experiments"] if x["name"] == "waiting")["name"] = "a-waiting"
+    table = rank.ranking(rank.experiments(shown), "best_iou")
+    assert table["experiment"].tolist()[4:] == ["diverged", "a-waiting"]  # failed before queued
+
+
+def test_the_table_file_counts_only_the_ranked_experiments(tmp_path: Path) -> None:
+    assert rank.main(["--json", str(REPO / "tests/fixtures/exp_show.json"), "-o", str(tmp_path)]) == 0
+    assert ": 4 ranked, higher is better" in (tmp_path / "ranking.md").read_text()
+
+
+def test_params_of_another_params_file_are_named_after_it() -> None:
+    shown = copy.deepcopy(SHOWN)
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    exp["revs"][0]["data"]["params"]["extra.yaml"] = {"data": {"model": {"width": 99}}}
+    exps = {e.name: e for e in rank.experiments(shown)}
+    assert exps["lucky-knap"].params["model.width"] == 8 and exps["lucky-knap"].params["extra.yaml:model.width"] == 99
+    table = rank.ranking(list(exps.values()), "best_iou").set_index("experiment")
+    assert table.loc["lucky-knap", ["model.width", "extra.yaml:model.width"]].tolist() == ["8", "99"]
+
+
+def test_a_null_best_reads_all_diverged() -> None:
+    shown = copy.deepcopy(SHOWN)
+    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["best"] = None
+    rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
+    assert rows.loc["lucky-knap", "best"] == "all diverged"

@@ -943,3 +943,79 @@ def test_per_scene_results_of_a_tile_split_say_the_scenes_also_trained(split_by:
     per_scene = {"combination": "a-b", "runs": ["a-b-0"], "missing": [], "scenes": scenes}
     text = "\n".join(scene_section(per_scene, "plots", split_by))
     assert ("are no unseen scenes" in text) == (split_by == "tile")
+
+
+def test_the_report_table_counts_finished_seeds_shows_each_spread_and_links_a_partly_diverged_overlay(
+    tmp_path: Path,
+) -> None:
+    runs_dir = write_tree(tmp_path, diverged=("bce-sgd-1",))
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup_dict())
+    text = report.read_text()
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert rows["| mse-adam"][1] == "2/2" and rows["| bce-sgd"][1] == "1/2"
+    iou = f"{mean(0.5, 0.75):.4f} ± {std(0.5, 0.75):.4f}"
+    assert iou in rows["| mse-adam"], rows["| mse-adam"]
+    train, test = (f"{mean(a, b):.4f} ± {std(a, b):.4f}" for a, b in ((0.125, 0.0625), (0.25, 0.1875)))
+    assert rows["| mse-adam"][2:4] == [train, test]
+    assert "overlays/bce-sgd.png" in text and "bce-sgd: every seed diverged" not in text
+
+
+def test_a_winner_below_the_all_forest_baseline_is_said_to_be_below_it_by_a_positive_gap(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    split = {**SPLIT, "baseline_all_forest": {**SPLIT["baseline_all_forest"], "iou": 0.75}}
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, split, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup_dict())
+    assert "so mse-adam is 0.1250 forest IoU below it." in report.read_text()
+
+
+def test_a_gap_within_the_larger_spread_is_no_clear_winner(tmp_path: Path) -> None:
+    runs_dir = write_tree(tmp_path)
+    for name, miou in (("bce-sgd-0", 0.625), ("bce-sgd-1", 0.6875)):
+        m = json.loads((runs_dir / name / "metrics.json").read_text())
+        (runs_dir / name / "metrics.json").write_text(json.dumps({**m, "test_miou": miou}))
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup_dict())
+    assert "+0.0625 mIoU over bce-sgd (within the spread over seeds: no clear winner)" in report.read_text()
+
+
+def test_the_lead_over_a_runner_up_that_also_lost_a_seed_does_not_call_it_ranked_after_for_that(
+    tmp_path: Path,
+) -> None:
+    runs_dir = write_tree(tmp_path, diverged=("mse-adam-1", "bce-sgd-1"))
+    report = tmp_path / "REPORT.md"
+    aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup_dict())
+    text = report.read_text()
+    assert "+0.0625 mIoU over bce-sgd (one finished seed" in text and "diverged: ranked after" not in text
+
+
+def test_the_ranking_figure_draws_the_first_experiment_at_the_top(tmp_path: Path, monkeypatch) -> None:
+    import forestseg.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.setdefault("fig", fig))
+    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    figures.fig_ranking(["best", "second"], [0.7, 0.5], "best_iou", tmp_path / "ranking.png")
+    ax = drawn["fig"].axes[0]
+    assert ax.yaxis_inverted() and [t.get_text() for t in ax.get_yticklabels()] == ["best", "second"]
+
+
+def test_the_stage_summary_counts_the_seeds_that_finished(tmp_path: Path) -> None:
+    from forestseg.report import format_summary
+
+    out, _, _ = run_aggregate(tmp_path, diverged=("bce-sgd-1",))
+    lines = format_summary(out).splitlines()
+    assert lines[1] == "     bce-sgd: test IoU 0.3750 over 1/2 seeds, best seed 0"
+    assert lines[0].startswith("    mse-adam: test IoU 0.6250 ± 0.1768 over 2/2 seeds")
+
+
+def test_the_loss_figure_draws_the_best_seed_of_each_combination(tmp_path: Path, monkeypatch) -> None:
+    import forestseg.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({Path(path).name: fig}))
+    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    run_aggregate(tmp_path)
+    ax = drawn[FIGURES[0]].axes[0]  # mse-adam: best seed 1
+    assert ax.get_title() == "mse-adam, seed 1"
+    assert list(ax.get_lines()[0].get_ydata()) == list(history(0.01 * 1)["train_loss"])

@@ -463,3 +463,12 @@ def test_a_slurm_task_needs_one_commit_and_its_place_on_the_array(
     assert out.returncode == 2 and out.stderr.startswith(says), out.stderr
     assert "\n" not in out.stderr.strip(), out.stderr  # one line
     assert not list(tmp_path.glob("forestseg-7-*"))  # the task's clone is removed, failed or not
+
+
+@pytest.mark.parametrize("name", ["bce-adam", "adam-0", "e-adam-"])
+def test_a_worker_refuses_part_of_a_member_name(repo: Path, name: str) -> None:
+    set_params(repo, GRID)
+    commit(repo, "tiny grid")
+    out = sh(repo, "bash", "cluster/worker.sh", name, check=False)
+    assert out.returncode == 2 and not ran(out), out.stdout
+    assert out.stderr.startswith(f"error: worker: {name} is not a member of the grid in params.yaml"), out.stderr

@@ -12,6 +12,8 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "stages"))
 import common  # noqa: E402
 
+from forestseg.config import ForestsegError  # noqa: E402
+
 
 @pytest.fixture
 def params_file(tmp_path, monkeypatch):
@@ -275,3 +277,43 @@ def test_a_params_file_not_in_utf8_is_one_line(params_file, capsys) -> None:
         run_stage(lambda argv: common.params("train"))
     assert done.value.code == 2
     assert capsys.readouterr().err == "error: params.yaml: not UTF-8 text (byte 0xe9 on line 1); save it as UTF-8\n"
+
+
+def test_the_aggregate_stage_clears_what_killed_or_shrunk_runs_left_before_it_aggregates(
+    params_file, monkeypatch, capsys
+) -> None:
+    """Run folders of members that left the grid, resume files of finished runs and killed writes' temps
+    are gone before the runs are aggregated."""
+    import aggregate as stage_module
+
+    tmp = params_file.parent
+    edit(params_file, "grid", "seed", [0])
+    (tmp / "runs/bce-adam-0").mkdir(parents=True)
+    (tmp / "runs/bce-adam-0/metrics.json").write_text("{}")
+    (tmp / "runs/gone-adam-0").mkdir()  # a member no longer in the grid
+    (tmp / ".resume").mkdir()
+    (tmp / ".resume/bce-adam-0.pt").write_bytes(b"resume")
+    cleared = []
+    monkeypatch.setattr(stage_module, "clear_temps", lambda *paths: cleared.extend(map(str, paths)))
+    monkeypatch.setattr(stage_module, "read_json", lambda path: {})
+    monkeypatch.setattr(stage_module, "describe_setup", lambda *a: {})
+    seen = {}
+
+    def aggregate(runs, runs_dir, *rest):
+        seen["runs"] = sorted(p.name for p in (tmp / runs_dir).iterdir())
+        seen["resume"] = sorted(p.name for p in (tmp / ".resume").iterdir())
+        return {}
+
+    monkeypatch.setattr(stage_module, "aggregate", aggregate)
+    monkeypatch.setattr(stage_module, "format_summary", lambda summary: "done")
+    monkeypatch.setattr(sys, "argv", ["aggregate.py", "runs", "index.json", "split.json", "metrics", "plots", "R.md"])
+    stage_module.main()
+    assert seen == {"runs": ["bce-adam-0"], "resume": []}
+    assert cleared[:3] == ["metrics", "plots", "R.md"] and "runs/bce-adam-0" in cleared
+
+
+def test_a_stage_given_too_many_arguments_says_its_usage() -> None:
+    assert common.args(["a", "b"], "IN", "OUT") == ["a", "b"]
+    for argv in (["a"], ["a", "b", "c"]):
+        with pytest.raises(ForestsegError, match=rf"^usage: .* IN OUT \(got {len(argv)} arguments\)$"):
+            common.args(argv, "IN", "OUT")
