@@ -56,11 +56,17 @@ def test_a_killed_worker_frees_its_gpu(tmp_path: Path, monkeypatch) -> None:
     assert device.claim_gpu(2, tmp_path) == 0  # freed by the kill
 
 
-def test_auto_uses_the_claimed_gpu(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def two_gpus(tmp_path: Path, monkeypatch) -> Path:
+    """torch sees two CUDA devices; this process has claimed none; GPU slots are locked in tmp_path."""
     monkeypatch.setattr(device, "_CLAIMS", [])
     monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    return tmp_path
+
+
+def test_auto_uses_the_claimed_gpu(two_gpus: Path, monkeypatch) -> None:
     kept: list = []
     first = device.pick_device("auto")
     another_worker(kept)
@@ -86,11 +92,7 @@ def test_a_gpu_visible_under_another_index_is_counted(tmp_path: Path, monkeypatc
     assert device._physical(3) == ["0", "1", "2"]
 
 
-def test_a_gpu_named_in_params_is_counted_by_the_workers_that_pick(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(device, "_CLAIMS", [])
-    monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+def test_a_gpu_named_in_params_is_counted_by_the_workers_that_pick(two_gpus: Path) -> None:
     assert device.pick_device("cuda:0") == torch.device("cuda", 0)
     assert device.pick_device("cuda:0") == torch.device("cuda", 0)  # asked again: still one slot
     assert len(device._CLAIMS) == 1
@@ -221,12 +223,8 @@ def test_the_cpu_kernel_identity_names_the_instruction_sets_and_their_caps(tmp_p
     assert device.cpu_kernels(info).endswith("ONEDNN_MAX_CPU_ISA=AVX2")
 
 
-def test_a_gpu_named_by_a_nonzero_index_is_the_one_counted(tmp_path: Path, monkeypatch) -> None:
+def test_a_gpu_named_by_a_nonzero_index_is_the_one_counted(two_gpus: Path) -> None:
     """A run on cuda:1 claims cuda:1's slot: an `auto` worker beside it takes cuda:0, not cuda:1."""
-    monkeypatch.setattr(device, "_CLAIMS", [])
-    monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert device.pick_device("cuda:1") == torch.device("cuda", 1)
     kept: list = []  # its slot file stays open, locked
     another_worker(kept)

@@ -31,6 +31,16 @@ spec.loader.exec_module(rank)
 SHOWN = json.loads((REPO / "tests" / "fixtures" / "exp_show.json").read_text())
 
 
+def shown_with(name: str) -> tuple[list, dict]:
+    """A copy of the fixture's `dvc exp show --json` and, in it, the experiment `name` to edit."""
+    shown = copy.deepcopy(SHOWN)
+    return shown, next(x for x in shown[1]["experiments"] if x["name"] == name)
+
+
+def headline_of(exp: dict) -> dict:
+    return exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]
+
+
 def test_experiments_are_ranked_best_first_with_the_params_that_differ() -> None:
     table = rank.ranking(rank.experiments(SHOWN), "best_iou")
     assert list(table.columns) == [
@@ -237,9 +247,8 @@ def test_a_queued_sweep_runs_two_at_a_time_without_clobbering_and_is_ranked(repo
     [(float("nan"), "not finite"), (float("inf"), "not finite"), ("high", "no best_iou"), (True, "no best_iou")],
 )
 def test_a_value_that_is_not_a_finite_number_is_not_ranked(value, mark, tmp_path: Path) -> None:
-    shown = copy.deepcopy(SHOWN)
-    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
-    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["best_iou"] = value
+    shown, exp = shown_with("lucky-knap")
+    headline_of(exp)["best_iou"] = value
     rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
     assert rows.loc["lucky-knap", "best_iou"] == mark and rows.loc["lucky-knap", "rank"] == "-"
     assert rows.loc["dried-sink", "rank"] == "1"
@@ -281,8 +290,7 @@ def test_the_table_goes_to_the_projects_sweeps_wherever_rank_is_run_from(tmp_pat
 
 
 def test_a_headline_that_is_not_a_mapping_counts_as_no_metrics() -> None:
-    shown = copy.deepcopy(SHOWN)
-    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    shown, exp = shown_with("lucky-knap")
     exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"] = [0.9]
     assert {e.name: e.state for e in rank.experiments(shown)}["lucky-knap"] == "no metrics"
 
@@ -409,34 +417,29 @@ def test_an_empty_mapping_adds_no_column_beside_its_keys() -> None:
     assert rank._flat({"optimizer": {"lr": 0.1, "lr_overrides": {}}}, "") == {"optimizer.lr": 0.1}
 
 
-def test_a_non_number_best_miou_is_marked_when_ranking_by_it() -> None:
-    shown = copy.deepcopy(SHOWN)
-    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
-    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["miou_bce-adam"] = "high"
-    rows = rank.ranking(rank.experiments(shown), "best_miou").set_index("experiment")
-    assert list(rows.columns).count("best_miou") == 1
-    assert rows.loc["lucky-knap", ["rank", "best_miou"]].tolist() == ["-", "no best_miou"]
+@pytest.mark.parametrize(
+    "key, value, metric",
+    [("miou_bce-adam", "high", "best_miou"), ("iou_bce-adam", None, "iou_bce-adam")],
+    ids=["best_miou-from-a-non-number", "a-combination-every-seed-of-which-diverged"],
+)
+def test_an_experiment_without_the_metric_ranked_by_is_marked(key: str, value, metric: str) -> None:
+    """best_miou is read from the headline's miou_<combination> cells; a null cell is aggregate's
+    mark of a combination whose every seed diverged. Either way one column, marked, not a crashed sort."""
+    shown, exp = shown_with("lucky-knap")
+    headline_of(exp)[key] = value
+    rows = rank.ranking(rank.experiments(shown), metric).set_index("experiment")
+    assert list(rows.columns).count(metric) == 1
+    assert rows.loc["lucky-knap", ["rank", metric]].tolist() == ["-", f"no {metric}"]
     assert rows.loc["dried-sink", "rank"] == "1"
 
 
 def test_a_running_experiment_is_not_ranked_by_the_metrics_it_shows() -> None:
-    shown = copy.deepcopy(SHOWN)
-    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    shown, exp = shown_with("lucky-knap")
     exp["executor"] = {**(exp.get("executor") or {}), "state": "running"}
     exps = {e.name: e for e in rank.experiments(shown)}
     assert exps["lucky-knap"].state == "running" and exps["lucky-knap"].headline == {}
     rows = rank.ranking(list(exps.values()), "best_iou").set_index("experiment")
     assert rows.loc["lucky-knap", ["rank", "best_iou"]].tolist() == ["-", "running"]
-
-
-def test_ranking_by_a_combination_whose_every_seed_diverged_marks_it() -> None:
-    shown = copy.deepcopy(SHOWN)
-    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
-    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["iou_bce-adam"] = None
-    rows = rank.ranking(rank.experiments(shown), "iou_bce-adam").set_index("experiment")
-    assert list(rows.columns).count("iou_bce-adam") == 1
-    assert rows.loc["lucky-knap", ["rank", "iou_bce-adam"]].tolist() == ["-", "no iou_bce-adam"]
-    assert rows.loc["dried-sink", "rank"] == "1"
 
 
 def test_unranked_experiments_are_grouped_by_why_then_named() -> None:
@@ -452,8 +455,7 @@ def test_the_table_file_counts_only_the_ranked_experiments(tmp_path: Path) -> No
 
 
 def test_params_of_another_params_file_are_named_after_it() -> None:
-    shown = copy.deepcopy(SHOWN)
-    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
+    shown, exp = shown_with("lucky-knap")
     exp["revs"][0]["data"]["params"]["extra.yaml"] = {"data": {"model": {"width": 99}}}
     exps = {e.name: e for e in rank.experiments(shown)}
     assert exps["lucky-knap"].params["model.width"] == 8 and exps["lucky-knap"].params["extra.yaml:model.width"] == 99
@@ -462,8 +464,7 @@ def test_params_of_another_params_file_are_named_after_it() -> None:
 
 
 def test_a_null_best_reads_all_diverged() -> None:
-    shown = copy.deepcopy(SHOWN)
-    exp = next(x for x in shown[1]["experiments"] if x["name"] == "lucky-knap")
-    exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["best"] = None
+    shown, exp = shown_with("lucky-knap")
+    headline_of(exp)["best"] = None
     rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
     assert rows.loc["lucky-knap", "best"] == "all diverged"
