@@ -312,3 +312,28 @@ def test_only_a_quarter_turn_of_an_oblong_tile_tells_which_grid_a_mask_was_drawn
     tagged = Picture(np.zeros((*shown, 3), np.uint8), None, "RGB JPEG", orientation)
     plain = Picture(np.zeros(shown, np.uint8), None, "L PNG", 1)
     assert drawn_as_shown(tagged, plain) is drawn
+
+
+def test_a_16_bit_rgba_tiff_with_its_alpha_band_is_refused(tmp_path) -> None:
+    """With ExtraSamples marking band 4 as alpha, Pillow opens a 16-bit TIFF as RGBA of the high bytes."""
+    import rasterio
+
+    values = np.repeat(picture().astype(np.uint16)[..., :1] * 16, 4, axis=-1)
+    path = tmp_path / "t.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=40, height=24, count=4, dtype="uint16", photometric="RGB", alpha="YES"
+    ) as ds:
+        ds.write(values.transpose(2, 0, 1))
+    assert Image.open(path).mode == "RGBA"  # what Pillow makes of it
+    with pytest.raises(ImageError, match="is a 16-bit colour TIFF; save it with 8 bits per channel"):
+        decode(path.read_bytes())
+
+
+def test_a_grey_and_alpha_png_decodes_its_grey_band_and_its_alpha_apart() -> None:
+    grey = np.where(np.arange(40)[None, :] < 20, 255, 0).repeat(24, 0).astype(np.uint8)  # a 0/255 mask
+    alpha = np.full((24, 40), 255, np.uint8)
+    alpha[:4] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([grey, alpha]), mode="LA").save(buffer, format="PNG")
+    got = decode(buffer.getvalue())
+    assert np.array_equal(got.pixels, grey) and np.array_equal(got.alpha, alpha)

@@ -755,3 +755,131 @@ def test_classes_refuse_only_the_noise_a_jpeg_left_beside_0_and_255(shares: dict
             forest_of(mask, "classes", (1,), False)
     else:
         assert forest_of(mask, "classes", (1,), False).sum() == (mask == 1).sum()
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_a_thin_class_every_64_px_is_not_read_as_resized_edges(width):
+    """Roads 1-2 px wide every 64 px put 1.6-3 % of pixels on class lines: far above a resize's 0.17 %,
+    so refused as resampled (read as one, a road at 128 would turn forest)."""
+    yy, xx = np.mgrid[:128, :128]
+    mask = np.where((xx // 8 + yy // 12) % 2 == 0, 255, 0).astype(np.uint8)
+    mask[(yy % 64 >= 5) & (yy % 64 < 5 + width)] = 128
+    with pytest.raises(MaskMismatch, match=r"mid-greys draw 1-2 px lines \([23]% of pixels\)"):
+        forest_of(mask, "resampled")
+
+
+def test_a_mask_with_a_few_percent_of_coloured_pixels_is_colour_coded_not_grey():
+    """5 % of pixels pure green among black and white: a colour-coded mask (its red plane would read the
+    green forest as background), not a grey one with chroma noise."""
+    mask = np.zeros((100, 100, 3), np.uint8)
+    mask[:, 50:] = 255
+    mask[:10, :50] = (0, 255, 0)  # 5 % of pixels
+    with pytest.raises(MaskMismatch, match="colour-coded mask"):
+        forest_of(mask, "0/255")
+    with pytest.raises(MaskMismatch, match="colour-coded mask"):
+        forest_of(mask, "resampled")
+
+
+def test_forest_coded_1_on_3_percent_flat_beside_255_lines_is_no_resampled_mask():
+    """1s filling 81 cells of 7x7 between 255 no-label lines: 3 % of pixels flat at 1, above the 2 % a
+    resize's plateaus reach; read as resampled the forest would be background."""
+    mask = np.zeros((256, 256), np.uint8)
+    mask[::8, :] = mask[:, ::8] = 255
+    region = mask[96:168, 96:168]
+    region[region == 0] = 1
+    with pytest.raises(MaskMismatch, match=r"values 1-31 fill flat regions \(3% of pixels\)"):
+        forest_of(mask, "resampled")
+
+
+def test_lossless_0_1_masks_with_255_and_5_percent_1s_are_advised_as_classes():
+    stats = Stats()
+    counts = np.zeros(256, np.int64)
+    counts[[0, 1, 255]] = [800, 50, 150]
+    stats.add_summary((True, counts))
+    assert "set data.masks: classes" in stats.suggest("0/1")
+
+
+def test_a_mask_with_a_third_class_2_is_no_0_1_mask():
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, 10:20] = 1
+    mask[:, 20:] = 2  # a third class: read as 0/1 it would be background without a word
+    with pytest.raises(MaskMismatch, match=r"not a 0/1 mask, values found: 2 \("):
+        forest_of(mask, "0/1")
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_a_bright_thin_class_on_background_is_not_read_as_resized_edges(diagonal):
+    """Roads at 128, 1 px wide every 16 px (straight or at 45 degrees) over background 0 beside a forest
+    block of 255: lines brighter than both sides; read as resampled the roads would turn forest."""
+    yy, xx = np.mgrid[:128, :128]
+    mask = np.zeros((128, 128), np.uint8)
+    on = ((xx + yy) % 16 == 5) if diagonal else (yy % 16 == 5)
+    mask[on & (xx < 96)] = 128
+    mask[:, 100:] = 255
+    with pytest.raises(MaskMismatch, match=r"mid-greys draw 1-2 px lines"):
+        forest_of(mask, "resampled")
+
+
+def test_a_thin_forest_strip_shrunk_below_128_keeps_its_low_tails_as_resampling_s():
+    """A resize leaves a 1 px forest strip as a ramp peaking at 100: its tails at 5-20 (2 % of pixels) lie
+    beside mid-greys, not beside any >= 128, and are still a resize's, not 0/1 values."""
+    mask = np.zeros((128, 128), np.uint8)
+    mask[:, 96:] = 255
+    mask[:, 95] = 128
+    profile = [5, 10, 20, 40, 80, 100, 80, 40, 20, 10, 5]
+    mask[20 : 20 + len(profile), :64] = np.array(profile, np.uint8)[:, None]
+    assert np.array_equal(forest_of(mask, "resampled"), (mask >= 128).astype(np.uint8))
+
+
+def _stats(*summaries) -> Stats:
+    stats = Stats()
+    for values, jpeg in summaries:
+        counts = np.zeros(256, np.int64)
+        counts[list(values)] = list(values.values())
+        stats.add_summary((True, counts), jpeg=jpeg)
+    return stats
+
+
+LOSSY = "they look like class ids (0/1 or a few classes) stored as JPEG"
+
+
+@pytest.mark.parametrize("jpegs, lossy", [(2, False), (3, True)])
+def test_0_1_masks_are_told_to_be_saved_lossless_where_most_are_jpegs(jpegs, lossy):
+    ids = {0: 500, 1: 400, 2: 60, 3: 40}  # 0/1 as JPEG noise spreads it
+    stats = _stats(*[(ids, True)] * jpegs, *[({0: 500, 1: 500}, False)] * (5 - jpegs))
+    assert (LOSSY in stats.suggest("0/255")) == lossy
+
+
+def test_jpeg_class_ids_with_more_low_values_than_white_are_ids_not_0_255():
+    """Ids 0-2 beside 255 for no label, 1.5 pixels at 1-31 per pixel at 224-255 (a JPEG 0/255 mask: 0.01)."""
+    stats = _stats(*[({0: 500, 1: 200, 2: 100, 255: 200}, True)] * 4)
+    assert LOSSY in stats.suggest("0/255")
+
+
+def test_class_ids_with_a_large_class_at_250_are_read_not_taken_for_jpeg_noise():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[:, 40:42] = 3  # 2 %
+    mask[:, 42:70] = 250  # 28 %: a class, far more than JPEG noise
+    mask[:, 70:] = 255
+    assert forest_of(mask, "classes", (250,)).sum() == 100 * 28
+
+
+def test_a_jpeg_colour_mask_with_another_class_on_7_percent_of_it_is_refused():
+    """Shrub 38 off forest's green on a 16x50 block (8 % of the mask, 7 % inside the block's rim): read
+    within the tolerance, it would be forest."""
+    mask = np.zeros((100, 100, 3), np.uint8)
+    mask[:] = (255, 255, 0)
+    mask[:20] = (0, 255, 0)  # forest, 20 %
+    mask[40:56, 20:70] = (0, 217, 0)  # shrub
+    with pytest.raises(MaskMismatch, match=r"over 20 off it \(around \(0, 217, 0\)\)"):
+        forest_of(mask, "colors", ((0, 255, 0),), jpeg=True)
+
+
+def test_a_quarter_of_the_masks_resized_among_clean_0_255_ones_is_advised_as_resampled():
+    soft = {0: 600, 255: 300, **{v: 2 for v in range(1, 255)}}
+    stats = Stats()
+    for values, resampled in [(soft, True)] * 4 + [({0: 600, 255: 400}, False)] * 12:
+        counts = np.zeros(256, np.int64)
+        counts[list(values)] = list(values.values())
+        stats.add_summary((True, counts), resampled=resampled)
+    assert "set data.masks: resampled" in stats.suggest("0/255")

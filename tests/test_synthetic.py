@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, dead_temp_prefix, make_set
-from PIL import Image
+from PIL import Image, ImageDraw
 
+import forestseg.synthetic
 from forestseg.config import SynthConfig
 from forestseg.errors import ForestsegError
-from forestseg.synthetic import generate
+from forestseg.synthetic import generate, render_scene, scene_tiles
 
 IMAGE = re.compile(r"^(\d+)_sat_(\d\d)\.jpg$")
 MASK = re.compile(r"^(\d+)_mask_(\d\d)\.jpg$")
@@ -162,3 +163,46 @@ def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
         match=r"data/synthetic: cannot write the synthetic set \(.*data\): a file is where a folder goes; choose another",
     ):
         generate(tmp_path / "data" / "synthetic", SynthConfig(scenes=1, grid=1, tile_size=16))
+
+
+def test_scene_tiles_are_the_seeded_scenes_cut_in_2x2_tiles_with_their_own_masks():
+    images, masks = scene_tiles(5, 2, 32)
+    assert images.shape == (8, 32, 32, 3) and masks.shape == (8, 32, 32)
+    for s, stream in enumerate(np.random.SeedSequence(5).spawn(2)):
+        image, mask = render_scene(np.random.default_rng(stream), 64)
+        for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            cut = np.s_[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32]
+            assert np.array_equal(images[4 * s + k], image[cut]) and np.array_equal(masks[4 * s + k], mask[cut])
+    assert not np.array_equal(scene_tiles(6, 2, 32)[0], images)  # another seed, other scenes
+
+
+def test_roads_are_never_forest(monkeypatch):
+    """Every road drawn across the scene (here: a band along row 32) is cut out of the forest mask."""
+    drawn, real_draw = [], ImageDraw.Draw
+
+    def draw(im):
+        real = real_draw(im)
+
+        class Road:
+            def line(self, xy, fill, width):
+                drawn.append(xy)
+                real.line([(0, 32), (63, 32)], fill=fill, width=4)
+
+        return Road()
+
+    monkeypatch.setattr(forestseg.synthetic.ImageDraw, "Draw", draw)
+    forest_under_road = 0
+    for seed in range(8):
+        before = len(drawn)
+        _, mask = render_scene(np.random.default_rng(seed), 64)
+        if len(drawn) > before:
+            forest_under_road += 1
+            assert not mask[31:34].any(), seed
+    assert forest_under_road  # some seed drew a road
+
+
+def test_masks_are_3_channel_like_the_kaggle_set_s(tmp_path: Path):
+    root = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=32)
+    for path in (root / "masks").iterdir():
+        with Image.open(path) as mk:
+            assert (mk.format, mk.mode) == ("JPEG", "RGB")
