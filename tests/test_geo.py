@@ -2216,3 +2216,137 @@ def test_a_data_pixel_no_model_pixel_reaches_is_nodata(tmp_path: Path, monkeypat
     assert mask[100, 180] == 255 and (mask[:, :100] == 1).all()
     row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
     assert row["valid_ha"] == pytest.approx(200 * 100 * 0.01 / 1e4, abs=1e-6)
+
+
+def test_an_area_bias_scored_on_rasters_gets_no_note_on_rows(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """Rasters record no subset (nor split): their JSON is no split's other rows, whatever the model lists."""
+    write_raster(tmp_path / "data/images/a.tif", scene[0])
+    write_raster(tmp_path / "data/masks/a.tif", scene[1].astype(np.uint8), nodata=255)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(out)) == 0
+    scored = json.loads(out.read_text())
+    assert "subset" not in scored and "split" not in scored and scored["model_train_scenes"] == 0
+    capsys.readouterr()
+    src = write_raster(tmp_path / "in/o.tif", scene[0])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--area-error", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "rows of" not in printed and "unseen data" not in printed, printed
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_an_area_bias_that_is_not_finite_is_refused(checkpoint: Path, scene, tmp_path: Path, capsys, value) -> None:
+    """forest_area.csv's area_bias_pct is a finite percentage: inf and nan are refused before any mapping."""
+    src = write_raster(tmp_path / "in/o.tif", scene[0][:96, :128])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), f"--area-error={value}") == 2
+    assert capsys.readouterr().err == f"error: --area-error {value}: must be a finite percentage\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_reproject_target_is_refused_with_pictures_only(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    """--reproject is checked before any input is read, even where no GeoTIFF would use it (a typo is no note)."""
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
+    argv = ["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out")]
+    assert cli(*argv, "--reproject", "EPSG:999999") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --reproject EPSG:999999: not a CRS GDAL knows") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_min_area_drops_the_polygons_under_it(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """--min-area-m2 reaches the polygon writer: a threshold between the polygons' areas keeps only the larger."""
+    src = write_raster(tmp_path / "in/o.tif", with_nodata_corner(scene[0]))
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "all"), "--polygons") == 0
+    areas = sorted(
+        f["properties"]["area_m2"] for f in json.loads((tmp_path / "all/o_forest.geojson").read_text())["features"]
+    )
+    assert len(set(areas)) >= 2
+    cut = (areas[0] + areas[-1]) / 2
+    argv = ["predict", str(checkpoint), str(src), "-o", str(tmp_path / "big"), "--polygons", "--min-area-m2", str(cut)]
+    assert cli(*argv) == 0
+    kept = sorted(
+        f["properties"]["area_m2"] for f in json.loads((tmp_path / "big/o_forest.geojson").read_text())["features"]
+    )
+    assert kept == [a for a in areas if a >= cut] and 0 < len(kept) < len(areas)
+
+
+@pytest.mark.parametrize("block", ["0", "-64"])
+def test_a_block_of_no_pixels_is_refused(checkpoint: Path, scene, tmp_path: Path, capsys, block: str) -> None:
+    src = write_raster(tmp_path / "in/o.tif", scene[0][:96, :128])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), f"--block={block}") == 2
+    assert capsys.readouterr().err == f"error: --block {block}: must be a positive number of pixels\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_adapt_bn_with_geotiffs_only_says_nothing_of_pictures(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """Each GeoTIFF adapts to itself: with no picture given, nothing is said of pictures' windows."""
+    src = write_raster(tmp_path / "in/ortho.tif", scene[0], nodata=None)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--adapt-bn", "0.5") == 0
+    printed = capsys.readouterr().out
+    assert "picture" not in printed, printed
+
+
+def test_a_jpeg_mapped_through_its_sidecars_gets_no_world_file_note(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    """A world file and a CRS in .aux.xml: mapped with its area; the note of a world file without a CRS is
+    for pictures predicted as pictures only."""
+    tif = write_raster(tmp_path / "src/ortho.tif", scene[0][:128, :128])
+    jpg = tmp_path / "in/ortho.jpg"
+    jpg.parent.mkdir()
+    rasterio.shutil.copy(tif, jpg, driver="JPEG", WORLDFILE="YES")
+    assert cli("predict", str(checkpoint), str(jpg), "-o", str(tmp_path / "out")) == 0
+    printed = capsys.readouterr().out
+    assert "world file" not in printed and "mapped 1 GeoTIFF(s)" in printed, printed
+
+
+def test_a_run_of_refused_tiffs_only_still_counts_them(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """A TIFF GDAL decodes but cannot place fails as a picture: the summary counts it though no picture ran."""
+    import warnings
+
+    src = tmp_path / "in/a.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        write_raster(src, scene[0][:64, :64], crs=None, nodata=None, transform=Affine.identity(), compress="lerc")
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 1
+    assert f"predict: wrote 0 mask(s) to {tmp_path / 'out'}; 1 image(s) failed" in capsys.readouterr().out
+
+
+def test_options_for_the_other_kind_of_input_are_noted(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """--overlay with GeoTIFFs, and --area-error with pictures only, do nothing: each said in a note."""
+    src = write_raster(tmp_path / "in/o.tif", scene[0][:96, :128])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "o1"), "--overlay") == 0
+    assert "note: --overlay: GeoTIFF inputs get no overlay PNG" in capsys.readouterr().out
+    assert not list((tmp_path / "o1").glob("*overlay*"))
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
+    assert (
+        cli("predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "o2"), "--area-error", "5") == 0
+    )
+    printed = capsys.readouterr().out
+    assert "note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none" in printed
+    assert not (tmp_path / "o2/forest_area.csv").exists()
+
+
+def test_raster_flags_with_geotiffs_only_get_no_pictures_note(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    src = write_raster(tmp_path / "in/o.tif", scene[0][:96, :128])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--bands", "3,2,1") == 0
+    printed = capsys.readouterr().out
+    assert "georeferenced inputs only" not in printed and "picture" not in printed, printed
+
+
+def test_probability_without_a_value_is_uint8(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """A bare --probability writes the documented default, uint8 0-255."""
+    src = write_raster(tmp_path / "in/o.tif", scene[0][:96, :128])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--probability") == 0
+    with rasterio.open(tmp_path / "out/o_probability.tif") as ds:
+        assert ds.dtypes == ("uint8",)
+
+
+def test_an_output_folder_whose_name_is_not_utf8_is_one_line(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """GDAL writes UTF-8 paths only: an -o of Latin-1 bytes is exit 2 and one line, not a traceback."""
+    src = write_raster(tmp_path / "in/g.tif", scene[0][:96, :128])
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/out\xe9"))
+    assert cli("predict", str(checkpoint), str(src), "-o", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: forestseg predict: ") and "is not UTF-8 text" in err, err

@@ -325,7 +325,7 @@ def test_palette_png_is_read_as_its_colours(checkpoint, scene, tmp_path) -> None
     assert np.array_equal(read_mask(tmp_path / "out/palette_mask.png"), read_mask(tmp_path / "out/rgb_mask.png"))
 
 
-def test_transparent_pixels_are_never_forest(checkpoint, scene, tmp_path) -> None:
+def test_transparent_pixels_are_never_forest(checkpoint, scene, tmp_path, capsys) -> None:
     image = scene[0][:128, :128]
     alpha = np.full((128, 128), 255, np.uint8)
     alpha[:, :64] = 0
@@ -337,6 +337,7 @@ def test_transparent_pixels_are_never_forest(checkpoint, scene, tmp_path) -> Non
     a, b = read_mask(tmp_path / "out/a_mask.png"), read_mask(tmp_path / "out/b_mask.png")
     assert not a[:, :64].any() and b[:, :64].any()
     assert np.array_equal(a[:, 64:], b[:, 64:])  # the opaque half is predicted from the same pixels
+    assert "; 1 image(s) had an alpha band: transparent pixels are not forest" in capsys.readouterr().out
 
 
 def test_exif_rotated_jpeg_gives_a_mask_as_the_viewer_shows_it(checkpoint, scene, tmp_path) -> None:
@@ -1364,3 +1365,98 @@ def test_init_from_compares_only_what_shapes_the_archs_weights(checkpoint, tmp_p
         ForestsegError, match=r"holds a model with width 16, depth 3; this run's params say model.width 8"
     ):
         read_init(tmp_path / "unet.pt", {**run, "arch": "unet", "batch_norm": True})
+
+
+def test_a_run_without_adapt_bn_says_nothing_of_adapting(checkpoint, scene, tmp_path, capsys) -> None:
+    """The model file adapts nothing (train.adapt_bn 0) and no --adapt-bn: no note on batch-norm windows."""
+    Image.fromarray(scene[0][:100, :150]).save(tmp_path / "a.png")
+    assert Predictor.load(checkpoint, torch.device("cpu")).adapt_bn == 0
+    assert run_cli(checkpoint, [tmp_path / "a.png"], tmp_path / "out") == 0
+    assert "batch-norm" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_the_device_asked_for_reaches_the_model(checkpoint, scene, tmp_path, monkeypatch, command: str) -> None:
+    """--device (default auto) is what the model is loaded on, for predict and evaluate alike."""
+    import forestseg.device
+
+    asked = []
+    monkeypatch.setattr(
+        forestseg.device, "pick_device", lambda pref, key: asked.append((pref, key)) or torch.device("cpu")
+    )
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
+    data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=TILE)
+    given = [str(tmp_path / "a.png"), "-o", str(tmp_path / "out")] if command == "predict" else [str(data)]
+    for flags, pref in (([], "auto"), (["--device", "cuda:3"], "cuda:3")):
+        with pytest.raises(SystemExit) as done:
+            main([command, str(checkpoint), *given, *flags])
+        assert done.value.code == 0 and asked.pop() == (pref, "--device")
+
+
+def test_two_inputs_of_one_name_are_refused_before_predicting(checkpoint, tmp_path, capsys) -> None:
+    """a.png and a.jpg (or two folders' a.png) would write one a_mask.png: the later's replacing the earlier's."""
+    for name in ("x/a.png", "y/a.png", "y/a.jpg", "y/b.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / name)
+    for inputs in (
+        [tmp_path / "x/a.png", tmp_path / "y/a.jpg"],
+        [tmp_path / "x", tmp_path / "y/a.png", tmp_path / "y/b.png"],
+    ):
+        assert run_cli(checkpoint, inputs, tmp_path / "out") == 2
+        assert "several inputs would write the same <name>_mask output: ['a']" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+
+
+def test_the_folder_of_a_named_input_is_refused_as_output(checkpoint, tmp_path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src / "a.png")
+    assert run_cli(checkpoint, [src / "a.png"], src) == 2
+    assert f"error: -o {src}: is a folder of input images" in capsys.readouterr().err
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+
+
+def test_an_output_name_of_exactly_the_longest_length_is_written(checkpoint, tmp_path, capsys) -> None:
+    """<stem>_overlay.png of exactly PC_NAME_MAX bytes (255 on most file systems) is a name the limit allows."""
+    import os
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    (tmp_path / "in").mkdir()
+    stem = "x" * (limit - len("_overlay.png"))
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "in" / f"{stem}.png")
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--overlay"])
+    assert done.value.code == 0, capsys.readouterr().err
+    assert len(os.fsencode(f"{stem}_overlay.png")) == limit and (tmp_path / "out" / f"{stem}_overlay.png").is_file()
+
+
+def test_cli_predict_tiles_pictures_with_the_overlap_asked_for(checkpoint, scene, tmp_path) -> None:
+    image = np.ascontiguousarray(scene[0][:200, :300])
+    Image.fromarray(image).save(tmp_path / "a.png")
+    predictor = Predictor.load(checkpoint, torch.device("cpu"))
+    with_0 = predictor.mask(image, overlap=0)
+    assert not np.array_equal(with_0, predictor.mask(image))  # the default, TILE // 4, tiles it otherwise
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--overlap", "0"])
+    assert done.value.code == 0 and np.array_equal(read_mask(tmp_path / "out/a_mask.png"), with_0)
+
+
+def test_a_folder_without_images_is_refused(checkpoint, tmp_path, capsys) -> None:
+    """An empty folder, or one of other files only: exit 2 and why, not a silent run that wrote nothing."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/readme.txt").write_text("x")
+    for folder in ("empty", "notes"):
+        assert run_cli(checkpoint, [tmp_path / folder], tmp_path / "out") == 2
+        assert "error: no images (" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_puts_back_the_sigterm_handler_it_found(checkpoint, tmp_path) -> None:
+    """main() run in-process (bench scripts, a notebook) leaves SIGTERM as it was, not raising Terminated later."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    assert run_cli(checkpoint, [tmp_path / "a.png"], tmp_path / "out") == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -670,3 +670,45 @@ def test_a_turned_picture_with_an_untagged_mask_of_its_shown_shape_is_cut_as_the
     assert cli("tile", str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0, capsys.readouterr().err
     masks = sorted((tmp_path / "out/masks").iterdir())
     assert len(masks) == 2 and [np.asarray(Image.open(m)).mean() > 127 for m in masks] == [True, False]
+
+
+def test_cli_removes_the_temp_folder_a_killed_tile_run_left_beside_its_output(photo, truth, tmp_path: Path) -> None:
+    from conftest import dead_temp_prefix
+
+    pairs(tmp_path / "region", photo, truth)
+    (tmp_path / "data").mkdir()
+    dead = tmp_path / "data" / f"{dead_temp_prefix('tiles')}tmp"  # as tile_pairs names its temp folder
+    (dead / "images").mkdir(parents=True)
+    assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "data/tiles")) == 0
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["tiles"]
+
+
+def test_cli_advises_the_pixel_size_only_where_the_rasters_share_one(photo, truth, tmp_path: Path, capsys) -> None:
+    """One pixel size: -S data.pixel_size_m=it, no note; two: no -S (neither is every tile's), and a note."""
+    pairs(tmp_path / "one", photo, truth)
+    assert cli("tile", str(tmp_path / "one"), "-o", str(tmp_path / "t1")) == 0
+    said = capsys.readouterr().out
+    assert "-S data.pixel_size_m=0.5" in said and "pixel sizes differ" not in said, said
+    write_raster(tmp_path / "two/images/a.tif", photo)
+    write_raster(tmp_path / "two/masks/a.tif", truth, nodata=None)
+    write_raster(tmp_path / "two/images/b.tif", photo, pixel=1.0)
+    write_raster(tmp_path / "two/masks/b.tif", truth, pixel=1.0, nodata=None)
+    assert cli("tile", str(tmp_path / "two"), "-o", str(tmp_path / "t2")) == 0
+    said = capsys.readouterr().out
+    assert "data.pixel_size_m" not in said and "note: the rasters' pixel sizes differ" in said, said
+
+
+def test_cli_passes_each_of_its_flags_to_the_cutting(photo, truth, tmp_path: Path, monkeypatch, capsys) -> None:
+    """--size, --pixel-size, --bands, --reproject and --first-scene reach tile_pairs; the tiles show two of them."""
+    import forestseg.tiles
+
+    seen, real = [], forestseg.tiles.tile_pairs
+    monkeypatch.setattr(forestseg.tiles, "tile_pairs", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    pairs(tmp_path / "region", photo, truth)
+    flags = "--size 128 --pixel-size 1 --bands 3,2,1 --reproject EPSG:32632 --first-scene 900".split()
+    assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "tiles"), *flags) == 0
+    assert seen == [TileOptions(size=128, pixel_size_m=1.0, bands=(3, 2, 1), reproject="EPSG:32632", first_scene=900)]
+    meta = pd.read_csv(tmp_path / "tiles/meta_data.csv")
+    assert meta["image"].str.startswith("900_sat_").all()
+    assert png(tmp_path / "tiles/images" / meta["image"][0]).shape == (128, 128, 3)
+    assert "(scene ids 900;" in capsys.readouterr().out
