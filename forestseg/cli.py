@@ -19,7 +19,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
@@ -283,7 +283,7 @@ def predict(args: argparse.Namespace) -> int:
     _input_notes(args, predictor, opts, rasters, pictures, unplaced, area_error)
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
     adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
-    scene = predictor.adapted(_scene_windows(pictures, predictor.tile), opts.adapt_bn) if adapt else predictor
+    scene = predictor.adapted(scene_windows(_Opaque(pictures), predictor.tile), opts.adapt_bn) if adapt else predictor
     if adapt and scene is predictor:
         print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
     failed, transparent = _predict_pictures(scene, pictures, args)
@@ -395,19 +395,25 @@ def _check_name_lengths(out: Path, pictures: list[Path], rasters: list) -> None:
         )
 
 
-def _scene_windows(pictures: list[Path], tile: int) -> np.ndarray:
-    """`scene_windows` of the pictures, one scene: those that can be read (the others are left to
-    predict, which reports them) and have no transparent pixel (no photo there), decoded one at a time."""
-    from .predict import read_rgb
+class _Opaque(Sequence):
+    """Pictures decoded on access, one at a time (64 drone photos held at once were GBs): a picture
+    that cannot be read (left to predict, which reports it) or has a transparent pixel (no photo
+    there) is None."""
 
-    def load(i: int) -> np.ndarray | None:
+    def __init__(self, pictures: list[Path]) -> None:
+        self.pictures = pictures
+
+    def __len__(self) -> int:
+        return len(self.pictures)
+
+    def __getitem__(self, i: int) -> np.ndarray | None:
+        from .predict import read_rgb
+
         try:
-            image, opaque = read_rgb(pictures[i])
+            image, opaque = read_rgb(self.pictures[i])
         except ForestsegError:
             return None
         return image if opaque is None or opaque.all() else None
-
-    return scene_windows(len(pictures), tile, load=load)
 
 
 CHUNK_PIXELS = 32 * 1024 * 1024  # pixels of the pictures decoded in one step (two steps are held: read-ahead)

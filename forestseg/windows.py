@@ -4,7 +4,7 @@ the same sample as predict without importing it."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,30 +50,23 @@ def share(count: int, n: int = ADAPT_WINDOWS) -> int:
     return -(-n // max(1, count))
 
 
-def scene_windows(
-    images: list[np.ndarray] | int,
-    tile: int,
-    n: int = ADAPT_WINDOWS,
-    load: Callable[[int], np.ndarray | None] | None = None,
-) -> np.ndarray:
+def scene_windows(images: Sequence[np.ndarray | None], tile: int, n: int = ADAPT_WINDOWS) -> np.ndarray:
     """Up to `n` windows of the images of one scene for `Predictor.adapted`: `sample_of` up to n
-    of the images, ceil(n / that many) windows of each (`sample_windows`). Given a count and `load`
-    (image i, or None where it cannot serve), each image is loaded, its windows kept and the image
-    dropped, so memory holds one image and the windows; where some sampled ones cannot serve, a second
-    pass over those that can takes the larger `share` each then gets."""
-    count = images if isinstance(images, int) else len(images)
-    get = load or (lambda i: images[i])
+    of the images, ceil(n / that many) windows of each (`sample_windows`). An item may be None (an
+    image that cannot serve) and may be read on access, so a lazy sequence keeps one image in memory
+    with the windows; where some sampled ones cannot serve, a second pass over those that can takes
+    the larger `share` each then gets."""
 
     def windows(indices: list[int], each: int) -> tuple[list[int], list[np.ndarray]]:
         kept, out = [], []
         for i in indices:
-            image = get(i)
+            image = images[i]
             if image is not None:
                 kept.append(i)
                 out += list(sample_windows(lambda r0, r1, c0, c1: image[r0:r1, c0:c1], *image.shape[:2], tile, each))
         return kept, out
 
-    sample = sample_of(count, n)
+    sample = sample_of(len(images), n)
     kept, out = windows(sample, share(len(sample), n))
     if kept and len(kept) < len(sample):
         kept, out = windows(kept, share(len(kept), n))

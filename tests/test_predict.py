@@ -1282,9 +1282,9 @@ def test_ctrl_c_while_the_command_loads_its_libraries_is_one_line(tmp_path: Path
 
 @pytest.mark.parametrize("count", [3, 70])
 def test_adapt_bn_windows_of_pictures_are_taken_one_picture_at_a_time_as_before(count: int, tmp_path: Path) -> None:
-    """cli._scene_windows decodes one picture at a time (64 drone photos held at once were GBs) and
-    gives the windows `scene_windows` gives over the readable, opaque pictures of the sample."""
-    from forestseg.cli import _scene_windows
+    """predict --adapt-bn decodes one picture at a time (cli._Opaque: 64 drone photos held at once
+    were GBs) and gets the windows `scene_windows` gives over the readable, opaque pictures of the sample."""
+    from forestseg.cli import _Opaque
     from forestseg.windows import sample_of, scene_windows
 
     rng = np.random.default_rng(0)
@@ -1303,7 +1303,7 @@ def test_adapt_bn_windows_of_pictures_are_taken_one_picture_at_a_time_as_before(
             images[i] = image
         paths.append(path)
     usable = [images[i] for i in sample_of(count) if i in images]
-    assert np.array_equal(_scene_windows(paths, 8), scene_windows(usable, 8))  # 30-42 windows a picture
+    assert np.array_equal(scene_windows(_Opaque(paths), 8), scene_windows(usable, 8))  # 30-42 windows a picture
 
 
 def test_init_from_keeps_the_advice_for_another_versions_file(checkpoint, tmp_path) -> None:
