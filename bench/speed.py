@@ -65,8 +65,7 @@ from forestseg.synthetic import generate  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
 
 SAMPLE = Path(os.environ.get("FORESTSEG_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "forest-sample"))
-# dense (not 2:4 sparse) bf16 tensor-core FLOP/s from NVIDIA's datasheets; the longest name inside the
-# device's wins, so "H100 PCIe" is not read as the SXM "H100"
+# dense (not 2:4 sparse) bf16 tensor-core FLOP/s from NVIDIA's datasheets (datasheet_peak)
 PEAK_BF16 = {
     "H100": 989e12,
     "H100 PCIe": 756e12,
@@ -78,6 +77,12 @@ PEAK_BF16 = {
     "L40": 181e12,
     "L40S": 362e12,
 }
+
+
+def datasheet_peak(name: str) -> float | None:
+    """PEAK_BF16 of the longest table name inside the device's `name` (the SXM "H100" only where no
+    longer name such as "H100 PCIe" is in it); None for a device not in the table."""
+    return next((PEAK_BF16[k] for k in sorted(PEAK_BF16, key=len, reverse=True) if k in name), None)
 
 
 def study_style_steps(
@@ -577,7 +582,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     print(f"batch assembly (gather, cast, normalise): {share:.1%} of a training step of {fastest}")
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        table = next((PEAK_BF16[k] for k in sorted(PEAK_BF16, key=len, reverse=True) if k in name), None)
+        table = datasheet_peak(name)
         print(
             f"{name}: datasheet bf16 dense peak {table / 1e12:.0f} TFLOP/s" if table else f"{name}: no datasheet peak"
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -304,7 +305,8 @@ def test_the_sample_digest_follows_its_files_not_only_meta_data(tmp_path: Path) 
     assert quality.sample_digest(tmp_path) != before
 
 
-def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2)])  # of three members, the mean is no median
+def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path, seeds: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)
     layout = DataLayout(tmp_path)
     layout.packed.mkdir()
@@ -314,7 +316,7 @@ def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path
     np.save(layout.masks, masks)
     scene = np.array(["a", "a", "b", "b", "b"])
     sample = quality.Sample(layout, scene, masks.sum(axis=(1, 2)), np.full(5, 32 * 32))
-    members = [random_predictor(seed, depth=1, centre_on=images) for seed in (0, 1)]
+    members = [random_predictor(seed, depth=1, centre_on=images) for seed in seeds]
     mean = np.mean([p.windows_logits(images) for p in members], axis=0)
     expected = {s: sum(_counts(mean[i] > 0, masks[i] > 0) for i in np.flatnonzero(scene == s)) for s in "ab"}
     trade_off: dict = {}
@@ -323,7 +325,7 @@ def test_an_ensemble_is_scored_on_the_mean_of_its_members_outputs(tmp_path: Path
     assert {s: c.tolist() for s, c in got.items()} == {s: c.tolist() for s, c in expected.items()}
     assert trade_off[0.5].tolist() == sum(expected.values()).tolist()  # p 0.5 is the cut at logit 0
     # Each member alone, counted from the same forward pass, as if it were scored by itself.
-    assert len(alone) == 2
+    assert len(alone) == len(seeds)
     for member, counts in zip(members, alone):
         by_itself = quality.score_rows([member], sample, np.arange(5))
         assert {s: c.tolist() for s, c in counts.items()} == {s: c.tolist() for s, c in by_itself.items()}
@@ -359,3 +361,174 @@ def test_a_predictor_with_adapt_bn_scores_each_scene_adapted_to_its_own_tiles(tm
     alone = quality.score_rows([mixed], sample, np.arange(2, 5))  # rows of one scene: adapted all the same
     assert {s: c.tolist() for s, c in alone.items()} == {"b": expected["b"]}
     assert {s: c.tolist() for s, c in quality.score_rows([plain], sample, np.arange(5)).items()} != expected
+
+
+def test_scene_folds_balance_tile_counts_not_scene_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 10-tile scene and ten 1-tile ones in 2 folds: largest scene first, each to the lighter fold,
+    gives 10 and 10 tiles; counting scenes, or filling smallest first, gives 15 and 5. Each fold's scenes
+    sorted, as merge compares them."""
+    sample = scenes_of([10] + [1] * 10)
+    monkeypatch.setattr(quality, "holdout_scenes", lambda _: [])
+    folds = quality.folds(sample, 2)
+    assert sorted(len(quality.rows_of(sample, f)) for f in folds) == [10, 10]
+    assert all(f == sorted(f) for f in folds)
+
+
+@pytest.mark.parametrize("mode", ["cv", "curve", "final"])
+def test_no_mode_trains_on_its_test_scenes_or_scores_the_set_aside_ones_in_cv(
+    results_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """What each mode trains and scores, its training stubbed: cv tests every other scene once, each by a
+    model that never saw it; curve trains on a subset of the other folds; final trains on every cv
+    scene and tests the set-aside ones only."""
+    sample = scenes_of([5, 4, 3, 3, 2, 2, 1, 1])
+    held = ["s01", "s05"]
+    cv_scenes = sorted(set(sample.scene) - set(held))
+    monkeypatch.setattr(quality, "load_sample", lambda: sample)
+    monkeypatch.setattr(quality, "holdout_scenes", lambda _: held)
+    monkeypatch.setattr(quality, "keep_freed_memory", lambda: None)
+    monkeypatch.setattr(quality.torch, "set_num_threads", lambda n: None)
+    calls: list[tuple[list[str], list[str]]] = []
+
+    def train_and_score(params: dict, train: list[str], test: list[str], *args: object) -> dict:
+        calls.append((list(train), list(test)))
+        return {**part(0), "scenes": {s: 0.5 for s in test}, "trade_off": {}}
+
+    monkeypatch.setattr(quality, "train_and_score", train_and_score)
+    # curve: 6 training scenes are more than the other folds hold, so each trains on all of them
+    monkeypatch.setattr("sys.argv", ["quality.py", mode, "cpu", "--folds", "3", "--scenes", "2,6", "--name", "t"])
+    quality.main()
+    folds = quality.folds(sample, 3)
+    for train, test in calls:
+        assert not set(train) & set(test) and not set(held) & set(train), (train, test)
+        assert set(train) <= set(cv_scenes)
+    if mode == "final":
+        assert [(sorted(train), test) for train, test in calls] == [(cv_scenes, held)]
+        return
+    assert [test for _, test in calls] == folds * (2 if mode == "curve" else 1)
+    if mode == "cv":  # every cv scene tested once, trained on in the other folds
+        assert sorted(s for _, test in calls for s in test) == cv_scenes
+        assert all(sorted(train + test) == cv_scenes for train, test in calls)
+    else:
+        assert all(sorted(train + test) == cv_scenes for train, test in calls[3:])
+
+
+def test_train_and_score_reports_each_scenes_iou_and_the_all_forest_baseline_of_its_test_tiles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training stubbed (a fixed model): the fold's scores are of the counts summed over the test scenes,
+    each scene's IoU of its own counts, and the baseline calls every test pixel forest."""
+    rng = np.random.default_rng(2)
+    layout = DataLayout(tmp_path)
+    layout.packed.mkdir()
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((6, 32, 32), np.uint8)
+    for i, rows in enumerate((4, 8, 16, 20, 2, 30)):  # another forest share in every tile
+        masks[i, :rows] = 1
+    np.save(layout.images, images)
+    np.save(layout.masks, masks)
+    scene = np.array(["a", "a", "b", "b", "c", "c"])
+    sample = quality.Sample(layout, scene, masks.sum(axis=(1, 2)), np.full(6, 32 * 32))
+    model = random_predictor(0, depth=1, centre_on=images)
+    logits = model.windows_logits(images)
+    counts = {s: sum(_counts(logits[i] > 0, masks[i] > 0) for i in np.flatnonzero(scene == s)) for s in "bc"}
+    history = [{"epoch": 1, "train_loss": 0.5, "test_iou": 0.1, "seconds": 1.0}]
+    monkeypatch.setattr(quality, "train_run", lambda *a, **k: SimpleNamespace(history=history))
+    monkeypatch.setattr(quality.Predictor, "load", lambda *a, **k: model)
+    params = quality.recipe_params("cpu", [])
+    got = quality.train_and_score(params, ["a"], ["b", "c"], sample, torch.device("cpu"), tta=False)
+    assert got["scenes"] == {s: quality.scores(c)["iou"] for s, c in counts.items()}
+    assert got["scores"] == quality.scores(counts["b"] + counts["c"])
+    forest = (16 + 20 + 2 + 30) * 32
+    assert got["baseline"]["iou"] == pytest.approx(forest / (4 * 32 * 32))
+    assert (got["train_scenes"], got["train_tiles"], got["test_tiles"]) == (1, 2, 4)
+
+
+def test_the_summary_spread_counts_each_scene_once_over_all_folds() -> None:
+    """Ten scenes of IoU 0.1-0.8 (0.6 and 0.7 twice) in folds of 3 and 7: median 0.55 (mean 0.49), 10th
+    percentile 0.19 of the ten (not of the folds' means), the worst scene by name; minutes from seconds;
+    the baseline its own."""
+    parts = [
+        {**part(0), "scenes": {f"s{i}": i / 10 for i in (3, 1, 2)}, "seconds": 90.0, "baseline": {"iou": 0.3}},
+        {
+            **part(1),
+            "scenes": {f"s{i}": min(i, 16 - i) / 10 for i in range(4, 11)},
+            "seconds": 30.0,
+            "baseline": {"iou": 0.4},
+        },
+    ]
+    s = quality.summarize(parts)
+    assert s["scene_iou_median"] == pytest.approx(0.55) and s["scene_iou_p10"] == pytest.approx(0.19)
+    assert s["worst_scene"] == ("s1", 0.1)
+    assert s["train_minutes"] == [1.5, 0.5] and s["baseline_iou"] == [0.3, 0.4]
+
+
+def test_mean_std_is_the_mean_and_the_population_std() -> None:
+    """Over folds: 0.1, 0.2, 0.6 are 0.300 +- 0.216 (numpy's std, ddof 0), not the median 0.2."""
+    assert quality.mean_std([0.1, 0.2, 0.6]) == "0.300 ± 0.216"
+    assert quality.mean_std([0.7]) == "0.700"
+
+
+def scored(fold: int, iou: float, miou: float, dice: float, precision: float, recall: float) -> dict:
+    return {**part(fold), "scores": {"iou": iou, "miou": miou, "dice": dice, "precision": precision, "recall": recall}}
+
+
+def test_the_table_row_puts_each_number_in_its_column() -> None:
+    """Every column a different value, so a swapped or wrongly averaged column shows; the paired change
+    against a reference: the mean of the per-fold deltas (+0.1, 0, +0.5) and their std."""
+    parts = [
+        {**scored(0, 0.6, 0.5, 0.9, 0.85, 0.3), "scenes": {"s0": 0.2}, "seconds": 90.0, "baseline": {"iou": 0.3}},
+        {**scored(1, 0.8, 0.5, 0.7, 0.95, 0.5), "scenes": {"s1": 0.6}, "seconds": 30.0, "baseline": {"iou": 0.4}},
+        {**scored(2, 0.7, 0.5, 0.8, 0.9, 0.4), "scenes": {"s2": 0.3}, "seconds": 60.0, "baseline": {"iou": 0.35}},
+    ]
+    r = {**result("t"), "parts": parts, "summary": quality.summarize(parts)}
+    ref_parts = [{**p, "scores": {**p["scores"], "iou": p["scores"]["iou"] - d}} for p, d in zip(parts, (0.1, 0, 0.5))]
+    ref = {**result("ref"), "parts": ref_parts}
+    row = quality.table([r], ref).splitlines()[2]
+    assert row == (
+        "| t | cv | 3 | 0.700 ± 0.082 | 0.500 ± 0.000 | 0.800 ± 0.082 | 0.900 ± 0.041 | 0.400 ± 0.082 "
+        "| 0.300 / 0.220 | 0.350 ± 0.041 | 1.0 | +0.200 ± 0.216 | +0.000 ± 0.000 |"
+    )
+
+
+def test_the_trade_off_table_puts_each_metric_under_its_header() -> None:
+    """The trade-off row in its header's order: forest IoU, mIoU, precision, recall."""
+    cut = {"iou": 0.1, "miou": 0.2, "precision": 0.3, "recall": 0.4}
+    parts = [{**part(0), "trade_off": {"0.5": cut}}]
+    r = {**result("t"), "parts": parts, "summary": quality.summarize(parts)}
+    assert quality.trade_off_table(r).splitlines()[2] == "| 0.5 | 0.100 | 0.200 | 0.300 | 0.400 |"
+
+
+def test_save_reports_tta_gain_as_with_minus_without(results_dir: Path) -> None:
+    """TTA's paired change is the scores with it minus those without: +0.100 where TTA raised IoU 0.6 to 0.7."""
+    parts = [{**part(0), "without_tta": {**part(0)["scores"], "iou": 0.6}}]
+    quality.save({**result("t"), "parts": parts, "summary": quality.summarize(parts)}, quiet=True)
+    assert "iou +0.1000 ± 0.0000, miou +0.0000" in (results_dir / "t.md").read_text()
+
+
+def test_merge_summarises_every_fold_of_every_part_and_refuses_a_fold_twice(
+    results_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a (folds 0 and 2) and b (fold 1) merged: the three folds, and the summary of all three; two parts
+    with the same fold would count it twice in the mean, and are refused."""
+    fake_sample(monkeypatch, results_dir)
+    a = [scored(0, 0.6, 0.5, 0.9, 0.85, 0.3), scored(2, 0.7, 0.5, 0.8, 0.9, 0.4)]
+    b = [scored(1, 0.8, 0.5, 0.7, 0.95, 0.5)]
+    for name, parts in (("a", a), ("b", b), ("c", [part(0)])):
+        quality.save({**result(name), "parts": parts, "summary": quality.summarize(parts)}, quiet=True)
+    monkeypatch.setattr("sys.argv", ["quality.py", "merge", "--name", "ab", "--parts", "a,b"])
+    quality.main()
+    saved = json.loads((results_dir / "ab.json").read_text())
+    assert [p["fold"] for p in saved["parts"]] == [0, 2, 1] and saved["summary"]["iou"] == [0.6, 0.7, 0.8]
+    monkeypatch.setattr("sys.argv", ["quality.py", "merge", "--name", "ac", "--parts", "a,c"])
+    with pytest.raises(SystemExit, match="merge: the parts share a fold"):
+        quality.main()
+
+
+def test_the_table_command_lists_every_saved_result(results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("a", "b"):
+        quality.save({**result(name), "parts": [part(0)], "summary": quality.summarize([part(0)])}, quiet=True)
+    monkeypatch.setattr("sys.argv", ["quality.py", "table"])
+    quality.main()
+    rows = (results_dir / "README.md").read_text().splitlines()[4:]
+    assert [row.split(" | ")[0] for row in rows] == ["| a", "| b"]

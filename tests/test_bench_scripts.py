@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -22,6 +25,24 @@ from bench import profile_train as profile
 from forestseg.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L40", 181e12),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_the_datasheet_peak_is_the_longest_table_name_in_the_devices(name: str, peak: float | None) -> None:
+    """A table name inside a longer one ("H100" in "H100 PCIe", "L40" in "L40S") must not give the
+    longer one's device its peak: MFU against the wrong datasheet would be off by a third."""
+    assert speed.datasheet_peak(name) == peak
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -230,7 +251,15 @@ def test_gpu_acceptance_times_speed_on_its_own_device(monkeypatch: pytest.Monkey
     assert len(ran) == 1 and ran[0][1].endswith("bench/speed.py") and ran[0][2:4] == ["--device", "cpu"], ran
 
 
-@pytest.mark.parametrize("values, says", [([3.0, 1.0, 2.0], "2.0 [1.0-3.0]"), ([4.0, 1.0, 2.0, 3.0], "2.5 [1.0-4.0]")])
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        ([3.0, 1.0, 2.0], "2.0 [1.0-3.0]"),
+        ([4.0, 1.0, 2.0, 3.0], "2.5 [1.0-4.0]"),
+        ([9.0, 1.0, 2.0], "2.0 [1.0-9.0]"),  # the median, not the mean (4.0)
+        ([9.0, 1.0, 2.0, 3.0], "2.5 [1.0-9.0]"),  # the middle two's mean, not the upper middle (3.0)
+    ],
+)
 def test_spread_is_the_median_and_the_range(values: list[float], says: str) -> None:
     assert speed.spread(values) == says  # an even count: the mean of the middle two, as the ratios use
 
@@ -413,3 +442,256 @@ def test_predict_on_files_stops_when_the_command_fails(tmp_path: Path) -> None:
             precision="fp32",
             device=torch.device("cpu"),
         )
+
+
+def ticking(step: Callable[[], float] = lambda: 1.0) -> SimpleNamespace:
+    """A stand-in for the `time` module: each perf_counter call moves the clock on by `step()` seconds, so
+    a timed span is `step()` at its end, whatever the work inside took."""
+    now = [0.0]
+
+    def perf_counter() -> float:
+        now[0] += step()
+        return now[0]
+
+    return SimpleNamespace(perf_counter=perf_counter)
+
+
+def test_flops_are_of_one_image_and_training_adds_the_backward() -> None:
+    """speed.flops counts a batch of 2 and halves it: one image's FLOPs, as FlopCounterMode counts a batch
+    of 1; training adds the backward's two products per convolution (not the image's own gradient), so
+    between 2x and 3x the forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from forestseg.config import ModelConfig
+    from forestseg.model import build_model
+
+    cfg = ModelConfig(arch="unet", width=4, depth=2)
+    with FlopCounterMode(display=False) as counter:
+        build_model(cfg)(torch.randn(1, 3, 32, 32))
+    forward = speed.flops(cfg, 32, torch.device("cpu"), backward=False)
+    assert forward == counter.get_total_flops()
+    assert 2 * forward < speed.flops(cfg, 32, torch.device("cpu"), backward=True) < 3 * forward
+
+
+def test_the_peak_of_an_emulated_dtype_is_a_512_matmuls_flops_over_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every timed call 1 s: the rate is the FLOPs of one 512 x 512 matmul, 2 x 512^3 (a multiply and an add)."""
+    monkeypatch.setattr(speed, "time", ticking())
+    assert speed.dense_peak(torch.device("cpu"), torch.float32, sizes=(64,), emulated_below=1e18) == (
+        2 * 512**3,
+        "512x512 matmul",
+    )
+
+
+def test_one_slow_probe_of_three_does_not_make_a_dtype_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulation probe takes the fastest of its three 512 matmuls: 1 ms then two slowed to 100 s is a
+    fast dtype (every product timed), not an emulated one (a 512 matmul alone)."""
+    spans = iter([1.0, 1e-3, 1.0, 100.0, 1.0, 100.0])  # (start, span) per call: the probe's three spans
+    monkeypatch.setattr(speed, "time", ticking(lambda: next(spans, 1.0)))
+    _, what = speed.dense_peak(torch.device("cpu"), torch.float32, sizes=(64,), emulated_below=1e10)
+    assert what != "512x512 matmul"
+
+
+@pytest.mark.parametrize(
+    "slow, best",
+    [
+        (3, (2 * 16 * 64 * 64 * 8 * 8, "8-channel 1x1 convolution")),
+        (1, (2 * 16 * 64 * 64 * 2 * 2 * 9, "2-channel 3x3 convolution")),
+    ],
+)
+def test_a_convolutions_flops_are_its_multiply_adds_over_every_output_pixel(
+    monkeypatch: pytest.MonkeyPatch, slow: int, best: tuple[float, str]
+) -> None:
+    """Each product timed at 1 s but the convolutions of one kernel size at 100 s: the peak is the other
+    size's FLOPs, 2 x 16 images x 64 x 64 px x channels in x out x k x k (size 64: 8 channels 1x1, 2 channels
+    3x3; the 64 x 64 matmul's 2 x 64^3 is less than either)."""
+    last = [0]
+    conv2d = speed.F.conv2d
+    monkeypatch.setattr(speed.F, "conv2d", lambda x, w, **k: last.__setitem__(0, w.shape[-1]) or conv2d(x, w, **k))
+    monkeypatch.setattr(speed, "time", ticking(lambda: 100.0 if last[0] == slow else 1.0))
+    assert speed.dense_peak(torch.device("cpu"), torch.float32, sizes=(64,), emulated_below=0.0) == best
+
+
+def test_predict_rates_are_images_over_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass over 5 images (3 batches of 2) timed at 1 s: every rate, the forward passes' too, is 5 images/s."""
+    monkeypatch.setattr(Predictor, "load", lambda *a, **k: random_predictor())
+    monkeypatch.setattr(forestseg.windows, "TILE_BATCH", 2)
+    monkeypatch.setattr(speed, "time", ticking())
+    images = np.zeros((5, 32, 32, 3), np.uint8)
+    whole, sequential, forward, _ = speed.predict_speeds(Path("unused"), images, torch.device("cpu"), 2)
+    assert whole == sequential == forward == [5.0, 5.0]
+
+
+def test_predict_on_files_counts_every_copy_and_leaves_the_warm_up_call_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 images written 4 times: each call, 1 s, predicts 12 tiles; the first call warms up, untimed."""
+    import forestseg.cli
+
+    calls = []
+    monkeypatch.setattr(forestseg.cli, "main", calls.append)
+    monkeypatch.setattr(speed, "time", ticking())
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    rates = speed.files_speeds(tmp_path / "m.pt", images, tmp_path / "files", 2, "fp32", torch.device("cpu"))
+    assert rates == [12.0, 12.0] and len(calls) == 3 and len(list((tmp_path / "files/jpeg").iterdir())) == 12
+
+
+def test_the_study_loop_rate_is_images_of_its_steps_over_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 steps of batch 2 in 1 s: 4 images/s each round; assembly: 1 s over 3 batches, 1/3 s a batch."""
+    from PIL import Image
+
+    from forestseg.config import ModelConfig
+    from forestseg.loader import Normalizer, Tiles
+
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "images/a.jpg")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "masks/a.png")
+    monkeypatch.setattr(speed, "time", ticking())
+    cfg = ModelConfig(arch="unet", width=4, depth=1)
+    assert speed.study_style_steps(tmp_path, [("a.jpg", "a.png")], cfg, 2, 2, torch.device("cpu"), 2) == [4.0, 4.0]
+    tiles = Tiles(torch.zeros(8, 32, 32, 3, dtype=torch.uint8), torch.zeros(8, 32, 32, dtype=torch.uint8))
+    assert speed.assembly_seconds(tiles, 2, 3, Normalizer()) == pytest.approx(1 / 3)
+
+
+def test_speed_reports_the_utilisations_and_ratios_of_the_rates_it_measured(
+    monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+) -> None:
+    """Every timing stubbed with known rates (8 tiles an epoch; the warm-up epoch's 9 s left out): training
+    32 [8-64] images/s in bf16 and 16 [4-32] in fp32 (auto), predict 48, on files 8, the study loop 4 (the
+    median of 3, 4, 8); 1e11 FLOPs a training image, 2.5e8 a predicted one; peaks the faster of two probes
+    (bf16 1e12 then 2e12, fp32 5e11 then 5e10). MFU = rate x FLOPs / peak, ratios of medians."""
+    from forestseg.config import SynthConfig
+
+    bf16, fp32 = torch.bfloat16, torch.float32
+    monkeypatch.setattr(speed, "SAMPLE", tmp_path / "absent")
+    generate = speed.generate
+    monkeypatch.setattr(speed, "generate", lambda root, _: generate(root, SynthConfig(scenes=2, grid=2, tile_size=32)))
+    monkeypatch.setattr(speed, "flops", lambda cfg, size, device, backward: 1e11 if backward else 2.5e8)
+    probes = iter([{bf16: (1e12, "a"), fp32: (5e11, "b")}, {bf16: (2e12, "c"), fp32: (5e10, "d")}])
+    monkeypatch.setattr(speed, "device_peaks", lambda device: next(probes))
+    monkeypatch.setattr(speed, "use_bf16", lambda precision, device: False)  # auto: fp32
+    seconds = {"bf16": [9.0, 0.25, 0.125, 1.0], "fp32": [9.0, 0.5, 0.25, 2.0]}
+    monkeypatch.setattr(
+        speed,
+        "train_run",
+        lambda run, m, o, cfg, *a, **k: SimpleNamespace(history=[{"train_seconds": s} for s in seconds[cfg.precision]]),
+    )
+    monkeypatch.setattr(speed, "predict_speeds", lambda *a, **k: ([48.0, 64.0, 32.0], [24.0] * 3, [80.0] * 3, False))
+    monkeypatch.setattr(speed, "files_speeds", lambda *a, **k: [8.0] * 3)
+    monkeypatch.setattr(speed, "study_style_steps", lambda *a, **k: [3.0, 4.0, 8.0])
+    monkeypatch.setattr(speed, "assembly_seconds", lambda *a, **k: 0.0125)
+    argv = ["speed.py", "--width", "4", "--depth", "1", "--batch", "4", "--steps", "2", "--repeats", "3"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--default-malloc", "--device", "cpu"])
+    speed.main()
+    out = capsys.readouterr().out
+    for line in [
+        "forestseg train: 32.0 [8.0-64.0] images/s (bf16)",
+        "forestseg train: 16.0 [4.0-32.0] images/s (fp32)",
+        "device limit: 2000 GFLOP/s bfloat16 (the faster of two probes, before training and after predict: "
+        "1000 / 2000; c), 500 GFLOP/s float32 (the faster of two probes, before training and after predict: "
+        "500 / 50; b)",
+        "forestseg train: MFU 160.0 [40.0-320.0] % of the bf16 peak, 160.0 [40.0-320.0] % of the device's best "
+        "peak (bf16)",
+        "forestseg train: MFU 320.0 [80.0-640.0] % of the fp32 peak, 80.0 [20.0-160.0] % of the device's best "
+        "peak (fp32)",
+        "forestseg predict: MFU 2.4 [1.6-3.2] % of the fp32 peak, 0.6 [0.4-0.8] % of the best; 3.00x the training "
+        "images/s at precision auto (goal >= 3x); its forward passes alone: MFU 4.0 [4.0-4.0] %",
+        "forestseg predict on files (the command on a folder of 32 JPEG tiles, PNG masks written): "
+        "8.0 [8.0-8.0] images/s, 0.50x the training images/s",
+        "speed-up:    8.00x (bf16, forestseg's fastest setting, over the study-style loop)",
+        "speed-up:    4.00x (fp32, forestseg's, at the study loop's precision)",
+        "batch assembly (gather, cast, normalise): 10.0% of a training step of bf16",
+    ]:
+        assert line in out.splitlines(), f"{line}\n{out}"
+    assert "warning: an MFU above 100 %" in out  # the training's, though predict's are below
+
+
+def test_device_peaks_reads_each_dtypes_own_peak_from_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child prints both dtypes' peaks on its last line: each dtype gets its own rate and product."""
+    found = '{"torch.bfloat16": [2e12, "4096x4096 matmul"], "torch.float32": [5e11, "512-channel 1x1 convolution"]}'
+    ran = []
+    monkeypatch.setattr(
+        speed.subprocess,
+        "run",
+        lambda argv, **k: ran.append(argv) or subprocess.CompletedProcess(argv, 0, f"x\n{found}\n", ""),
+    )
+    peaks = speed.device_peaks(torch.device("cpu"), sizes=(256, 512))
+    assert peaks == {torch.bfloat16: (2e12, "4096x4096 matmul"), torch.float32: (5e11, "512-channel 1x1 convolution")}
+    assert ran[0][-3:] == ["cpu", str(torch.get_num_threads()), "256,512"]
+
+
+class Masks:
+    """A stand-in Predictor whose masks are all background but for `off` pixels of the first one."""
+
+    def __init__(self, off: int) -> None:
+        self.off = off
+
+    def mask(self, image: np.ndarray) -> np.ndarray:
+        return self.masks([image])[0]
+
+    def masks(self, images: list[np.ndarray], batch: int = 0) -> list[np.ndarray]:
+        out = [np.zeros(image.shape[:2], bool) for image in images]
+        out[0].flat[: self.off] = True
+        return out
+
+
+@pytest.mark.parametrize(
+    "drift, off, says",
+    [
+        (0.0, 1, "99.9023% of pixels agree in windows of an image, 99.9756% in 4 tiles"),  # 1 of 1024, 1 of 4096
+        (0.0, 2, "99.8047% of pixels agree in windows of an image, 99.9512% in 4 tiles"),  # the image under 99.9 %
+        (1e-6, 0, "100.0000% of pixels agree in windows of an image, 100.0000% in 4 tiles"),  # a CPU resume off
+    ],
+)
+def test_gpu_acceptance_fails_below_999_per_mille_of_pixels_or_a_cpu_resume_off_at_all(
+    monkeypatch: pytest.MonkeyPatch, capsys, drift: float, off: int, says: str
+) -> None:
+    """Training stubbed; the model on the device differs from the CPU's in `off` pixels of the first tile:
+    the share of agreeing pixels over every pixel (not of whole tiles), both ways at least 99.9 %, and
+    both loaded in fp32; on the CPU a resumed run's test losses must be bit-identical."""
+    losses = [[0.5, 0.4, 0.3], [0.5, 0.4], [0.5, 0.4, 0.3 * (1 + drift)]]  # straight, stopped, resumed
+    monkeypatch.setattr(
+        gpu,
+        "train_run",
+        lambda *a, **k: SimpleNamespace(
+            history=[{"test_loss": v} for v in losses.pop(0)], metrics={"test_iou": 0.5, "precision": "fp32"}
+        ),
+    )
+    loaded = []
+    monkeypatch.setattr(
+        gpu.Predictor,
+        "load",
+        lambda path, d, precision: loaded.append(precision) or Masks(off if not loaded[1:] else 0),
+    )
+    fails = off > 1 or drift > 0
+    with pytest.raises(SystemExit, match="FAILED") if fails else contextlib.nullcontext():
+        gpu.check_train_predict(torch.device("cpu"), tiny=True)
+    assert says in capsys.readouterr().out and loaded == ["fp32", "fp32"]
+
+
+class TorchOnCuda:
+    """torch as dense_peak sees it on a CUDA device, run on the CPU: 2-wide tensors whatever size it asks
+    for (the FLOPs it counts come from the sizes, not the tensors), and nothing to synchronise."""
+
+    cuda = SimpleNamespace(synchronize=lambda device: None)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(torch, name)
+
+    @staticmethod
+    def randn(*shape: int, device: object = None) -> torch.Tensor:
+        return torch.randn(*(min(n, 2) for n in shape))
+
+
+def test_a_cuda_peak_is_20_calls_flops_over_their_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA each timing spans 20 calls and an 8192 matmul joins the sizes: at 1 s a span, the peak is
+    20 x 2 x 8192^3 FLOP/s (counting one call's FLOPs over 20 calls' time read the peak 20x low)."""
+    monkeypatch.setattr(speed, "torch", TorchOnCuda())
+    monkeypatch.setattr(speed, "time", ticking())
+    cuda = SimpleNamespace(type="cuda")
+    assert speed.dense_peak(cuda, torch.float32, sizes=(64,), emulated_below=0.0) == (
+        20 * 2 * 8192**3,
+        "8192x8192 matmul",
+    )
