@@ -1019,3 +1019,129 @@ def test_the_loss_figure_draws_the_best_seed_of_each_combination(tmp_path: Path,
     ax = drawn[FIGURES[0]].axes[0]  # mse-adam: best seed 1
     assert ax.get_title() == "mse-adam, seed 1"
     assert list(ax.get_lines()[0].get_ydata()) == list(history(0.01 * 1)["train_loss"])
+
+
+def drawn_figures(monkeypatch) -> dict:
+    """The figures forestseg.figures draws, by file name, kept open instead of written."""
+    import forestseg.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({Path(path).name: fig}))
+    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    return drawn
+
+
+def test_the_loss_figure_draws_test_loss_and_learning_rate_of_the_best_seed_and_names_the_rule(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Each panel: the best seed's train and test loss on the loss's own axis, its learning rate on a log
+    axis named in the legend; a combination whose every seed diverged is a titled frame without ticks;
+    a panel left over is hidden; the title says by which test score the best seed was picked."""
+    drawn = drawn_figures(monkeypatch)
+    runs_dir = write_tree(tmp_path, diverged=("bce-sgd-0", "bce-sgd-1"))
+    for seed in (0, 1):  # a third combination: two rows of panels, the fourth one unused
+        folder = runs_dir / f"mse-sgd-{seed}"
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"status": "ok", **METRICS[f"mse-adam-{seed}"], "epochs": 3}))
+        history(0.5 + seed).to_csv(folder / "history.csv", index=False)
+    aggregate([*RUNS, Run("mse", "sgd", 0), Run("mse", "sgd", 1)], runs_dir, SPLIT, tmp_path / "m", tmp_path / "p")
+    fig = drawn[FIGURES[0]]
+    mse_adam, bce_sgd, mse_sgd, unused = fig.axes[:4]
+    best = history(0.01 * 1)  # mse-adam's best seed: 1
+    train, test = mse_adam.get_lines()
+    assert list(test.get_ydata()) == list(best["test_loss"]) and list(train.get_ydata()) == list(best["train_loss"])
+    assert mse_adam.get_ylabel() == "mse loss"
+    lr_ax = next(ax for ax in fig.axes[4:] if ax.get_shared_x_axes().joined(ax, mse_adam))
+    (lr,) = lr_ax.get_lines()
+    assert lr_ax.get_yscale() == "log" and list(lr.get_ydata()) == list(best["lr"])
+    assert lr.get_drawstyle() == "steps-pre"  # epoch k's lr spans k-1..k, where it trained
+    labels = [t.get_text() for t in mse_adam.get_legend().get_texts()]
+    assert labels[-1] == "learning rate" and len(labels) == 3
+    assert bce_sgd.get_title() == "bce-sgd: every seed diverged" and list(bce_sgd.get_xticks()) == []
+    assert mse_sgd.get_title() == "mse-sgd, seed 1" and mse_sgd.axison and not unused.axison
+    assert fig.get_suptitle().endswith("(by test mIoU)")
+
+
+def test_the_test_iou_figure_draws_each_finished_seed_named_the_mean_and_the_baseline(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """One dot per finished seed, labelled with its own seed (not a diverged one's), a bar at their mean,
+    a note of how many seeds diverged where a dot is missing, and the all-forest baseline at its value."""
+    from forestseg import figures
+
+    drawn = drawn_figures(monkeypatch)
+    runs = pd.DataFrame(
+        [
+            {"combination": "bce-adam", "optimizer": "adam", "status": status, "test_iou": iou, "seed": seed}
+            for seed, status, iou in [(0, "diverged", None), (1, "ok", 0.25), (2, "ok", 0.5), (3, "ok", 1.0)]
+        ]
+        + [{"combination": "bce-sgd", "optimizer": "sgd", "status": "diverged", "test_iou": None, "seed": 0}]
+    )
+    figures.fig_test_iou(runs, 0.625, tmp_path / "iou.png")
+    ax = drawn["iou.png"].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["1", "2", "3", "1 of 4\nseeds diverged", "every seed\ndiverged"]
+    assert [t.xy[1] for t in ax.texts[:3]] == [0.25, 0.5, 1.0]
+    (bar,) = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+    assert list(bar.get_segments()[0][:, 1]) == pytest.approx([1.75 / 3] * 2)  # the mean (not the median) of the dots
+    baseline = next(line for line in ax.get_lines() if line.get_label().startswith("all-forest"))
+    assert list(baseline.get_ydata()) == [0.625, 0.625]
+
+
+def test_the_optimizers_figure_draws_the_mean_over_seeds_in_a_min_to_max_band(tmp_path: Path, monkeypatch) -> None:
+    """The line is the mean test loss over the finished seeds, the band (in the line's colour) spans their
+    min and max."""
+    import numpy as np
+    from matplotlib.colors import to_hex
+
+    from forestseg import figures
+
+    drawn = drawn_figures(monkeypatch)
+    runs = pd.DataFrame(
+        [{"run": f"bce-adam-{s}", "loss": "bce", "optimizer": "adam", "status": "ok"} for s in range(3)]
+        + [{"run": "bce-sgd-0", "loss": "bce", "optimizer": "sgd", "status": "ok"}]
+    )
+    histories = {f"bce-adam-{s}": history(offset) for s, offset in enumerate((0.0, 0.125, 0.5))}
+    losses = np.array([list(h["test_loss"]) for h in histories.values()])
+    histories["bce-sgd-0"] = history(0.25)
+    figures.fig_optimizers(runs, histories, tmp_path / "opt.png")
+    ax = drawn["opt.png"].axes[0]
+    lines, bands = ax.get_lines(), ax.collections
+    assert list(lines[0].get_ydata()) == pytest.approx(losses.mean(axis=0))
+    ys = bands[0].get_paths()[0].vertices[:, 1]
+    assert min(ys) == pytest.approx(losses.min()) and max(ys) == pytest.approx(losses.max())
+    assert [to_hex(b.get_facecolor()[0]) for b in bands] == [to_hex(line.get_color()) for line in lines]
+
+
+def test_the_test_iou_figure_colours_each_optimizer_as_the_optimizers_figure_does(tmp_path: Path, monkeypatch) -> None:
+    """The two figures sit side by side in REPORT.md: an optimizer's dots and its curves share one colour,
+    given by the grid's order (sgd first here), not by name."""
+    from matplotlib.colors import to_hex
+
+    from forestseg import figures
+
+    drawn = drawn_figures(monkeypatch)
+    runs = pd.DataFrame(
+        [
+            {"run": f"bce-{opt}-0", "combination": f"bce-{opt}", "loss": "bce", "optimizer": opt}
+            | {"status": "ok", "test_iou": 0.5, "seed": 0}
+            for opt in ("sgd", "adam")
+        ]
+    )
+    figures.fig_optimizers(runs, {r: history(0.0) for r in runs["run"]}, tmp_path / "opt.png")
+    figures.fig_test_iou(runs, 0.6, tmp_path / "iou.png")
+    curves = {line.get_label().split()[0]: to_hex(line.get_color()) for line in drawn["opt.png"].axes[0].get_lines()}
+    legend = drawn["iou.png"].axes[0].get_legend()
+    dots = {t.get_text(): to_hex(h.get_color()) for t, h in zip(legend.get_texts(), legend.legend_handles[:2])}
+    assert curves == dots and curves["sgd"] == to_hex("C0")
+
+
+def test_the_ranking_figure_labels_each_bar_with_its_score_on_a_0_to_1_axis(tmp_path: Path, monkeypatch) -> None:
+    """Scores to 4 decimals as REPORT.md gives them, on an axis from 0 to 1 at least (IoUs), so that
+    rankings of two recipes' experiments compare by eye."""
+    from forestseg import figures
+
+    drawn = drawn_figures(monkeypatch)
+    figures.fig_ranking(["best", "second"], [0.7, 0.5], "best_iou", tmp_path / "ranking.png")
+    ax = drawn["ranking.png"].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0.7000", "0.5000"]
+    assert ax.get_xlim() == (0, 1.0)

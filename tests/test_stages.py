@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -288,6 +291,8 @@ def test_the_aggregate_stage_clears_what_killed_or_shrunk_runs_left_before_it_ag
 
     tmp = params_file.parent
     edit(params_file, "grid", "seed", [0])
+    edit(params_file, "grid", "optimizer", ["adam"])
+    edit(params_file, "optimizer", "momentum", 0.9)  # said, not refused: no optimizer of the grid uses it
     (tmp / "runs/bce-adam-0").mkdir(parents=True)
     (tmp / "runs/bce-adam-0/metrics.json").write_text("{}")
     (tmp / "runs/gone-adam-0").mkdir()  # a member no longer in the grid
@@ -310,6 +315,9 @@ def test_the_aggregate_stage_clears_what_killed_or_shrunk_runs_left_before_it_ag
     stage_module.main()
     assert seen == {"runs": ["bce-adam-0"], "resume": []}
     assert cleared[:3] == ["metrics", "plots", "R.md"] and "runs/bce-adam-0" in cleared
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "note: optimizer.momentum 0.9 has no effect: no optimizer of grid.optimizer uses it"
+    assert out[-1] == "done; report in R.md"  # the stage's summary, then where the report is
 
 
 def test_a_stage_given_too_many_arguments_says_its_usage() -> None:
@@ -317,3 +325,232 @@ def test_a_stage_given_too_many_arguments_says_its_usage() -> None:
     for argv in (["a"], ["a", "b", "c"]):
         with pytest.raises(ForestsegError, match=rf"^usage: .* IN OUT \(got {len(argv)} arguments\)$"):
             common.args(argv, "IN", "OUT")
+
+
+TINY_SYNTH = {"scenes": 4, "grid": 2, "tile_size": 32}  # 16 pairs of 32 px tiles: a second to index
+
+
+def run_script(module: ModuleType, *argv: str) -> None:
+    """Stage `module`'s main run in-process, as `python stages/<name>.py ARGV...` would run it."""
+    old = sys.argv
+    sys.argv = [f"{module.__name__}.py", *argv]
+    try:
+        module.main()
+    finally:
+        sys.argv = old
+
+
+def litter(*folders: Path) -> list[Path]:
+    """A killed write's temp file in each folder (a process of this machine that has ended made it)."""
+    from conftest import dead_temp_prefix
+
+    paths = []
+    for i, folder in enumerate(folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        paths.append(folder / (dead_temp_prefix("out") + f"x{i}.tmp.json"))
+        paths[-1].write_text("{")
+    return paths
+
+
+@pytest.fixture
+def synthetic(params_file: Path, capsys: pytest.CaptureFixture) -> Path:
+    """params.yaml with a tiny synthetic set, which the synth stage has written to data/synthetic."""
+    import synth
+
+    for key, value in TINY_SYNTH.items():
+        edit(params_file, "synth", key, value)
+    run_script(synth, "data/synthetic")
+    return params_file.parent
+
+
+def test_the_synth_stage_says_how_many_pairs_it_wrote(synthetic, capsys) -> None:
+    """The count is the pairs written (scenes x grid x grid), not the scenes."""
+    assert capsys.readouterr().out == "synth: wrote 16 pairs from 4 scenes to data/synthetic\n"
+    assert len(list((synthetic / "data/synthetic/images").iterdir())) == 16
+
+
+def test_the_index_and_split_stages_write_their_reports_and_clear_killed_writes(synthetic, capsys) -> None:
+    """Each stage removes what a killed run of it left beside and in its outputs (index: data/, its packed/
+    and metrics/; split: data/ and metrics/), writes its report json and says what it found."""
+    import index
+    import split
+
+    from forestseg.dataset import format_report, format_split
+
+    tmp = synthetic
+    capsys.readouterr()
+    dead = litter(tmp / "data", tmp / "data/packed", tmp / "metrics")
+    run_script(index, "data/synthetic", "data", "metrics/index.json")
+    report = json.loads((tmp / "metrics/index.json").read_text())
+    assert report["valid"] == 16 and (tmp / "data/packed/images.npy").is_file()
+    assert capsys.readouterr().out == format_report(report) + "\n"
+    assert [p.exists() for p in dead] == [False] * 3
+
+    dead = litter(tmp / "data", tmp / "metrics")
+    run_script(split, "data", "metrics/split.json")
+    summary = json.loads((tmp / "metrics/split.json").read_text())
+    assert summary["train"]["tiles"] + summary["test"]["tiles"] + summary.get("val", {}).get("tiles", 0) == 16
+    (cfg,) = common.params("split")
+    assert capsys.readouterr().out == format_split(summary, cfg) + "\n"
+    assert [p.exists() for p in dead] == [False] * 2
+
+
+def test_the_index_stage_refuses_untracked_data_before_it_writes_anything(synthetic, monkeypatch, capsys) -> None:
+    """data.source inside the project and not tracked by DVC is refused with one line, and the stage
+    writes nothing first (no packed arrays, no index.json for DVC to take as a result)."""
+    import index
+
+    from forestseg.dataset import DataError
+
+    def refuse(source) -> None:
+        raise DataError(f"data.source {source} is inside the project but not tracked by DVC")
+
+    monkeypatch.setattr(index, "check_tracked", refuse)
+    with pytest.raises(SystemExit) as done:
+        run_script(index, "data/synthetic", "data", "metrics/index.json")
+    assert done.value.code == 2
+    assert capsys.readouterr().err == "error: data.source data/synthetic is inside the project but not tracked by DVC\n"
+    assert not (synthetic / "metrics/index.json").exists() and not (synthetic / "data/packed").exists()
+
+
+def test_the_check_stage_refuses_a_section_no_other_stage_reads(params_file, capsys) -> None:
+    """check is the only stage that reads all of params.yaml: a misspelt section must fail it (else
+    `dvc repro` says "up to date" with the edit ignored)."""
+    import check
+
+    run_script(check)
+    assert capsys.readouterr().out == (
+        "check: every section of params.yaml is valid (data, synth, split, model, optimizer, train, grid, report)\n"
+    )
+    params_file.write_text(params_file.read_text() + "trian:\n  epochs: 3\n")
+    with pytest.raises(SystemExit) as done:
+        run_script(check)
+    assert done.value.code == 2
+    assert capsys.readouterr().err.startswith("error: params.yaml: trian: unknown section; valid sections: data,")
+
+
+@pytest.mark.parametrize(
+    ("name", "usage"),
+    [
+        ("check", ""),
+        ("synth", "OUT_DIR"),
+        ("index", "SOURCE DATA_DIR REPORT_JSON"),
+        ("split", "DATA_DIR SUMMARY_JSON"),
+        ("train", "LOSS OPTIMIZER SEED DATA_DIR RUNS_DIR MODELS_DIR"),
+        ("aggregate", "RUNS_DIR INDEX_JSON SPLIT_JSON METRICS_DIR PLOTS_DIR REPORT_MD"),
+        ("overlays", "MODELS_DIR DATA_DIR SUMMARY_JSON SCENES_CSV OUT_DIR"),
+    ],
+)
+def test_every_stage_given_an_argument_too_many_says_its_usage_and_writes_nothing(
+    params_file, capsys, name: str, usage: str
+) -> None:
+    """A stage run by hand (`python stages/<name>.py ...`) with the wrong arguments says its usage in one
+    line before it reads or writes anything, not a traceback or a run on the first few of them."""
+    import importlib
+
+    argv = [*usage.split(), "extra"]
+    with pytest.raises(SystemExit) as done:
+        run_script(importlib.import_module(name), *argv)
+    assert done.value.code == 2
+    assert capsys.readouterr().err == f"error: usage: {name}.py {usage} (got {len(argv)} arguments)\n"
+    assert [p.name for p in params_file.parent.iterdir()] == ["params.yaml"]
+
+
+@pytest.mark.parametrize("worst", [["12", "7"], []])
+def test_the_overlays_stage_drops_models_not_in_the_grid_and_draws_on_the_runs_device(
+    params_file, monkeypatch, capsys, worst: list[str]
+) -> None:
+    """Model folders of members that left the grid are gone before it draws (its `models` dependency then
+    holds the grid's alone, as in a clone); killed writes' temps of the output folder and of each model
+    folder are cleared; both figures are drawn with the device the runs trained on; it says what it drew."""
+    import overlays
+
+    from forestseg.device import here_or_auto
+
+    tmp = params_file.parent
+    edit(params_file, "grid", "seed", [0])
+    (tmp / "models/bce-adam-0").mkdir(parents=True)
+    (tmp / "models/gone-adam-0").mkdir()
+    (tmp / "models/gone-adam-0/model.pt").write_bytes(b"model")
+    cleared = []
+    monkeypatch.setattr(overlays, "clear_temps", lambda *paths: cleared.extend(map(str, paths)))
+    monkeypatch.setattr(overlays, "read_json", lambda path: {"combinations": {"bce-adam": {}}})
+    monkeypatch.setattr(overlays, "pick_device", lambda pref: f"device {pref}")
+    seen = {}
+
+    def write_overlays(models_dir: Path, layout, combinations: dict, cfg, out_dir: Path, device) -> int:
+        seen["models"] = sorted(p.name for p in models_dir.iterdir())
+        seen["overlays"] = (combinations, str(out_dir), device)
+        return 3
+
+    def write_worst_scenes(models_dir: Path, layout, summary: dict, scenes_csv: Path, cfg, path: Path, device):
+        seen["worst"] = (str(scenes_csv), str(path), device)
+        return worst
+
+    monkeypatch.setattr(overlays, "write_overlays", write_overlays)
+    monkeypatch.setattr(overlays, "write_worst_scenes", write_worst_scenes)
+    run_script(overlays, "models", "data", "metrics/summary.json", "metrics/scenes.csv", "plots/overlays")
+    device = f"device {here_or_auto(common.params('train')[0].device)}"
+    assert seen == {
+        "models": ["bce-adam-0"],
+        "overlays": ({"bce-adam": {}}, "plots/overlays", device),
+        "worst": ("metrics/scenes.csv", "plots/overlays/worst_scenes.png", device),
+    }
+    assert cleared == ["plots/overlays", "models/bce-adam-0"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "removed 1 model folder(s) of models not in the grid: gone-adam-0"
+    assert out[1] == "overlays: wrote plots/overlays/<combination>.png for 3 test tiles"
+    assert out[2] == (
+        "overlays: wrote plots/overlays/worst_scenes.png for scenes 12, 7"
+        if worst
+        else "overlays: metrics/scenes.csv has no scene (no per-scene counts of the best runs): no worst_scenes.png"
+    )
+
+
+@pytest.mark.parametrize(
+    ("member", "first", "epochs"),
+    [(["mse", "adam", "0"], True, 2), (["bce", "adam", "1"], False, 0)],  # 0: diverged in its first epoch
+)
+def test_the_train_stage_writes_its_runs_outputs_then_drops_its_resume_file(
+    params_file, monkeypatch, capsys, member: list[str], first: bool, epochs: int
+) -> None:
+    """history.csv without the wall-clock columns (the same numbers give the same bytes), metrics.json and
+    scenes.csv in the member's own run folder, the model in its own model folder, the stage's own code in
+    the resume fingerprint, killed writes' temps cleared, the init file checked, the resume file gone once
+    the outputs exist; the grid's notes said once, by its first member."""
+    import train
+
+    from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, TIMING_COLUMNS
+
+    tmp = params_file.parent
+    edit(params_file, "grid", "optimizer", ["adam"])
+    edit(params_file, "optimizer", "momentum", 0.9)  # no optimizer of the grid uses it: a note
+    edit(params_file, "train", "init_from", "init/start.pt")
+    name = "-".join(member)
+    (tmp / ".resume").mkdir()
+    (tmp / f".resume/{name}.pt").write_bytes(b"resume")
+    checked, cleared, seen = [], [], {}
+    monkeypatch.setattr(train, "check_init", lambda path, model: checked.append(path))
+    monkeypatch.setattr(train, "clear_temps", lambda *paths: cleared.extend(map(str, paths)))
+    row = {c: i / 8 for i, c in enumerate(HISTORY_COLUMNS)} | {c: 1.5 for c in TIMING_COLUMNS}
+    scenes = [["007", 2, 10, 2, 4, 16]]
+
+    def train_member(run, model_cfg, opt_cfg, train_cfg, layout, model_dir: Path, resume: Path, code: list[Path]):
+        seen.update(run=run.name, model_dir=str(model_dir), resume=str(resume), code=code)
+        return [row] * epochs, {"status": "ok", "test_iou": 0.5}, scenes
+
+    monkeypatch.setattr(train, "train_member", train_member)
+    run_script(train, *member, "data", "runs", "models")
+    assert seen["run"] == name and seen["model_dir"] == f"models/{name}" and seen["resume"] == f".resume/{name}.pt"
+    assert Path(train.__file__) in seen["code"]
+    assert cleared == [f"runs/{name}", f"models/{name}", ".resume"] and checked == ["init/start.pt"]
+    out = tmp / "runs" / name
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0] == ",".join(HISTORY_COLUMNS) and len(history) == 1 + epochs
+    assert json.loads((out / "metrics.json").read_text()) == {"status": "ok", "test_iou": 0.5}
+    assert (out / "scenes.csv").read_text().splitlines() == [",".join(SCENE_COLUMNS), "007,2,10,2,4,16"]
+    assert list((tmp / ".resume").iterdir()) == []
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert notes == (
+        ["note: optimizer.momentum 0.9 has no effect: no optimizer of grid.optimizer uses it"] if first else []
+    )
