@@ -63,7 +63,7 @@ def tent(p: Predictor, windows: np.ndarray, steps: int, lr: float = 1e-3) -> Pre
 
 
 def otsu_cut(p: Predictor, windows: np.ndarray) -> float:
-    """Otsu's cut of the logits of `windows` (64 bins over logits -8..8), clipped to -1..1."""
+    """Otsu's cut of the logits of `windows` (64 bins over their range, logits clipped to -8..8), clipped to -1..1."""
     z = np.clip(p.windows_logits(np.ascontiguousarray(windows)).ravel(), -8, 8)
     hist, edges = np.histogram(z, 64)
     centre = (edges[:-1] + edges[1:]) / 2
@@ -104,6 +104,26 @@ def methods(
             lambda a: dataclasses.replace(a, model=Smoothed(a.model, sigma).eval())
         )(p.adapted(w, base))
     return out
+
+
+def paired(got: dict[str, dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Each method's change of forest IoU and mIoU against the plain model's ("mix 0") on the same part."""
+    return {
+        name: (s["iou"] - got["mix 0"]["iou"], s["miou"] - got["mix 0"]["miou"])
+        for name, s in got.items()
+        if name != "mix 0"
+    }
+
+
+def summary(deltas: dict[str, list[tuple[float, float]]]) -> str:
+    """One line per method: the mean paired change of forest IoU (and each part's), and of mIoU."""
+    lines = []
+    for name, d in deltas.items():
+        iou, miou = np.array(d).T
+        lines.append(
+            f"{name}: forest IoU {iou.mean():+.4f} (per fold {', '.join(f'{x:+.3f}' for x in iou)}), mIoU {miou.mean():+.4f}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -161,13 +181,9 @@ def main() -> None:
             ),
             flush=True,
         )
-        for name in deltas:
-            deltas[name].append((got[name]["iou"] - got["mix 0"]["iou"], got[name]["miou"] - got["mix 0"]["miou"]))
-    for name, d in deltas.items():
-        iou, miou = np.array(d).T
-        print(
-            f"{name}: forest IoU {iou.mean():+.4f} (per fold {', '.join(f'{x:+.3f}' for x in iou)}), mIoU {miou.mean():+.4f}"
-        )
+        for name, change in paired(got).items():
+            deltas[name].append(change)
+    print(summary(deltas))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Each CV fold's model of the `cpu` recipe (or `--recipe`, `-S`) scores its test s
 scores them (the model file's threshold and batch-norm adaptation), and its wrong pixels are split
 two ways:
   - by distance to the nearest edge of the ground-truth mask (within 4, 8, 16, 32 px): what a
-    coarser or shifted outline explains, with the forest IoU if those pixels were forgiven;
+    coarser or shifted outline explains, with the forest IoU if those pixels were forgiven (left out
+    of the union, a missed one not counted as a hit: the lower reading of forgiving them);
   - by tile: tiles more than 30 % wrong (a whole region called the other class) and their share of
     all wrong pixels.
 Per scene: forest IoU, false-forest and missed-forest pixels, worst scene first. The tables go to

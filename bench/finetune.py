@@ -36,13 +36,41 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.quality import holdout_scenes, load_sample, recipe_params, rows_of, score_rows, total_scores  # noqa: E402
+from bench.quality import (  # noqa: E402
+    Sample,
+    holdout_scenes,
+    load_sample,
+    recipe_params,
+    rows_of,
+    score_rows,
+    total_scores,
+)
 from forestseg.config import ForestsegError, Run, load_sections  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
+
+
+def split_region(sample: Sample, names: np.ndarray, region: list[str], tiles: int) -> tuple[list[int], np.ndarray]:
+    """Of each region scene, its first `tiles` tiles in name order (`names`: each row's image file), the
+    labelled ones, and its other tiles, the scored ones (sorted)."""
+    labelled, scored = [], []
+    for scene in region:
+        rows = rows_of(sample, [scene])
+        rows = rows[np.argsort(names[rows], kind="stable")]
+        if len(rows) <= tiles:
+            sys.exit(f"bench/finetune.py: --tiles {tiles}: scene {scene} has only {len(rows)} tiles")
+        labelled += rows[:tiles].tolist()
+        scored += rows[tiles:].tolist()
+    return labelled, np.array(sorted(scored))
+
+
+def all_forest(sample: Sample, rows: np.ndarray) -> dict:
+    """The scores of calling every pixel of `rows` forest."""
+    forest = int(sample.forest[rows].sum())
+    return scores([forest, int(sample.pixels[rows].sum()) - forest, 0, 0])
 
 
 def main() -> None:
@@ -84,15 +112,7 @@ def main() -> None:
         sys.exit(f"bench/finetune.py: --scenes {args.scenes}: only {len(pool)} scenes outside {sorted(held)}")
     region = sorted(np.random.default_rng(args.seed).choice(pool, args.scenes, replace=False).tolist())
     names = pd.read_csv(sample.layout.index_csv, usecols=["image"])["image"].to_numpy()
-    labelled, scored = [], []
-    for scene in region:
-        rows = rows_of(sample, [scene])
-        rows = rows[np.argsort(names[rows], kind="stable")]
-        if len(rows) <= args.tiles:
-            sys.exit(f"bench/finetune.py: --tiles {args.tiles}: scene {scene} has only {len(rows)} tiles")
-        labelled += rows[: args.tiles].tolist()
-        scored += rows[args.tiles :].tolist()
-    scored = np.array(sorted(scored))
+    labelled, scored = split_region(sample, names, region, args.tiles)
     source_rows = rows_of(sample, [s for s in pool if s not in region])
     test = load_tiles(sample.layout, scored, device)  # reported each epoch, never used to choose anything
     print(
@@ -131,12 +151,11 @@ def main() -> None:
         print(f"source model trained in {source_seconds:.0f} s")
         tuned, tuned_seconds = fit("finetuned", np.array(labelled), args.epochs, lr, init=source)
         scratch, scratch_seconds = fit("scratch", np.array(labelled), args.epochs, lr)
-        forest = int(sample.forest[scored].sum())
         rows = [
             ("(a) source model as is", score(source), 0.0),
             (f"(b) fine-tuned, {args.epochs} epochs, lr {lr:g}", score(tuned), tuned_seconds),
             (f"(c) from scratch, {args.epochs} epochs, lr {lr:g}", score(scratch), scratch_seconds),
-            ("all-forest baseline", scores([forest, int(sample.pixels[scored].sum()) - forest, 0, 0]), 0.0),
+            ("all-forest baseline", all_forest(sample, scored), 0.0),
         ]
     print(
         f"{'model' + (' (scored with TTA)' if args.tta else ''):<40} {'forest IoU':>10} {'mIoU':>8} "

@@ -35,6 +35,7 @@ from forestseg.synthetic import render_scene  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
 
 SCENE = 1024  # the raster is filled with flipped/turned copies of a few scenes this size
+TIMER = "/usr/bin/time"  # GNU time: its -v prints the child's peak RSS (else getrusage)
 
 
 def write_raster(path: Path, size: int, pixel: float = 0.5, seed: int = 0) -> None:
@@ -145,7 +146,7 @@ def main() -> None:
         "--device",
         args.device,
     ]
-    timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
+    timer = [TIMER, "-v"] if Path(TIMER).exists() else []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     t0 = time.perf_counter()
     done = subprocess.run(timer + cmd, capture_output=True, text=True, env=env)
@@ -156,11 +157,17 @@ def main() -> None:
         peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
     else:
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # the same interpreter with torch and forestseg imported, doing nothing: the fixed part of the peak
-    idle = subprocess.run(
-        timer + [sys.executable, "-c", "import forestseg.cli, forestseg.geo"], capture_output=True, text=True, env=env
-    )
-    idle_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", idle.stderr).group(1)) if timer else 0
+    # the same interpreter with torch and forestseg imported, doing nothing: the fixed part of the peak,
+    # measured by GNU time only (getrusage keeps the largest child's peak, the predict's: none is said)
+    idle_kib = None
+    if timer:
+        idle = subprocess.run(
+            timer + [sys.executable, "-c", "import forestseg.cli, forestseg.geo"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        idle_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", idle.stderr).group(1))
     model_pixels = round(args.size * args.pixel / 0.5) ** 2  # predicted at the model's 0.5 m
     # what the in-memory path holds at the model's resolution: the image, its padded copy, then
     # total, weight sum and result in float32
@@ -174,7 +181,7 @@ def main() -> None:
         "device": args.device,
         "wall_s": round(wall, 1),
         "peak_rss_mib": round(peak_kib / 1024),
-        "idle_rss_mib": round(idle_kib / 1024),
+        "idle_rss_mib": None if idle_kib is None else round(idle_kib / 1024),
         "in_memory_estimate_mib": round(in_memory / 2**20),
         "model_megapixels_per_s": round(model_pixels / 1e6 / wall, 2),
         "forest_area_csv": area,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import json
 import os
 import re
 import subprocess
@@ -19,9 +21,10 @@ import torch
 from conftest import random_predictor
 
 import forestseg.windows
-from bench import adabn, dropout, errors, gpu, repro_stages, speed, wgrad
+from bench import adabn, context, dropout, errors, finetune, geo, gpu, repro_stages, speed, wgrad
 from bench import postprocess as post
 from bench import profile_train as profile
+from forestseg.loader import to_input
 from forestseg.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +113,21 @@ def test_smoothed_logits_keep_a_constant_and_blur_an_edge() -> None:
     assert z.shape == (1, 32, 32)
     torch.testing.assert_close(z[..., :4], torch.full((1, 32, 4), -4.0))  # far from the edge: as it was
     assert -4.0 < z[0, 0, 15] < 0.0 < z[0, 0, 16] < 4.0  # at the edge: blurred, the cut in the same place
+
+
+@pytest.mark.parametrize("sigma", [2.0, 4.0])
+def test_smoothed_logits_are_blurred_by_a_gaussian_of_sigma_px(sigma: float) -> None:
+    """A single logit of 1 in zeros comes out at the centre as a 2-D Gaussian's peak, 1 / (2 pi sigma^2)."""
+
+    class Dot(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = torch.zeros(x.shape[:1] + x.shape[-2:])
+            z[:, 32, 32] = 1.0
+            return z
+
+    z = adabn.Smoothed(Dot(), sigma)(torch.zeros(1, 3, 64, 64))
+    assert float(z[0, 32, 32]) == pytest.approx(1 / (2 * np.pi * sigma**2), rel=0.02)
+    assert float(z.sum()) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_error_bands_are_the_pixels_within_d_px_of_the_mask_edge() -> None:
@@ -695,3 +713,492 @@ def test_a_cuda_peak_is_20_calls_flops_over_their_time(monkeypatch: pytest.Monke
         20 * 2 * 8192**3,
         "8192x8192 matmul",
     )
+
+
+def test_error_anatomy_counts_false_and_missed_forest_each_in_its_own_bands() -> None:
+    """A 2-px strip of forest missed at the mask's edge (30 px, within 4 px of it) and a 3x3 false-forest
+    blob 5-7 px from it: missed and false forest are told apart, each in the bands it lies in."""
+    truth = np.zeros((40, 40), bool)
+    truth[10:25, 5:20] = True
+    pred = truth.copy()
+    pred[10:25, 5:7] = False
+    pred[30:33, 22:25] = True
+    assert errors.anatomy(truth, pred).tolist() == [195, 9, 30, 1600 - 195 - 9 - 30, 0, 30, 9, 30, 9, 30, 9, 30]
+
+
+def test_errors_report_splits_the_wrong_pixels_by_edge_distance_and_by_tile() -> None:
+    """Four 100-px tiles of hand-made counts ([tp, fp, fn, tn, then fp and fn within 4, 8, 16, 32 px]):
+    fold 0 = scenes a (28 % wrong) and b (30 % wrong: not more than 30 %), fold 1 = scene c, a tile 50 %
+    wrong and a right one. Each share is of the group's wrong pixels, each IoU if forgiven leaves those
+    out of the union; the tiles more than 30 % wrong are counted over the group's tiles, their share over
+    its wrong pixels; the scenes worst first, their rates over their pixels."""
+    counts = [
+        [32, 8, 20, 40, 2, 4, 4, 8, 6, 12, 8, 20],
+        [10, 20, 10, 60, 5, 0, 10, 5, 15, 5, 20, 10],
+        [0, 0, 50, 50, 0, 10, 0, 20, 0, 30, 0, 40],
+        [10, 0, 0, 90, 0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    per_tile = {r: np.array(c, np.int64) for r, c in enumerate(counts)}
+    sample = SimpleNamespace(scene=np.array(["a", "b", "c", "c"]))
+    lines = errors.report(per_tile, sample, {0: 0, 1: 0, 2: 1, 3: 1}).splitlines()
+    assert lines[2:5] == [
+        # fold 0: 58 wrong; within 4 px 2 + 4 + 5 + 0 = 11 of them: 19.0 %, IoU 42 / (100 - 11)
+        "| fold 0 | 0.420 | 28 / 30 | 19.0% (0.472) | 46.6% (0.575) | 65.5% (0.677) | 100.0% (1.000) | 0.0% (0.0%) |",
+        "| fold 1 | 0.167 | 0 / 50 | 20.0% (0.200) | 40.0% (0.250) | 60.0% (0.333) | 80.0% (0.500) | 50.0% (100.0%) |",
+        "| all (pooled) | 0.325 | 28 / 80 | 19.4% (0.374) | 43.5% (0.460) | 63.0% (0.565) | 90.7% (0.839) "
+        "| 25.0% (46.3%) |",
+    ]
+    assert lines[-3:] == [
+        "| c | 1 | 2 | 0.167 | 0.300 | 0.0% | 25.0% |",  # 10 / 60; 60 of 200 px forest; 50 missed
+        "| b | 0 | 1 | 0.250 | 0.200 | 20.0% | 10.0% |",
+        "| a | 0 | 1 | 0.533 | 0.520 | 8.0% | 20.0% |",
+    ]
+
+
+@pytest.mark.parametrize("gnu_time", [True, False])
+def test_geo_reports_the_predict_commands_wall_time_peak_rss_and_in_memory_size(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path, gnu_time: bool
+) -> None:
+    """The raster, the training and both child processes stubbed on a clock that only they move: the
+    raster 12 s (30 MiB on disk), the training 5 s, predict 40.3 s at a peak of 3 GiB, the idle
+    interpreter 7 s at 512 MiB. A 10000-px raster at 2 m is predicted at 0.5 m: 40000^2 px, 18 bytes each
+    in memory, 1600 Mpx in 40.3 s. Without GNU time the peak is getrusage's of the children (KiB), and the
+    idle interpreter's is not measured."""
+    clock = [100.0]
+    monkeypatch.setattr(geo, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def write_raster(path: Path, size: int, pixel: float) -> None:
+        clock[0] += 12.0
+        with open(path, "wb") as f:
+            f.truncate(30 * 2**20)
+
+    def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        predict = "predict" in argv
+        if predict:
+            out = Path(argv[argv.index("-o") + 1])
+            out.mkdir()
+            (out / "forest_area.csv").write_text("file,forest_ha\northo.tif,12.5\n")
+        clock[0] += 40.3 if predict else 7.0
+        kib = 3 * 2**20 if predict else 2**19
+        return subprocess.CompletedProcess(argv, 0, "", f"\tMaximum resident set size (kbytes): {kib}\n")
+
+    children = SimpleNamespace(ru_maxrss=3 * 2**20)
+    monkeypatch.setattr(geo, "write_raster", write_raster)
+    monkeypatch.setattr(geo, "train_model", lambda path, width, epochs: clock.__setitem__(0, clock[0] + 5.0))
+    monkeypatch.setattr(geo, "subprocess", SimpleNamespace(run=run))
+    monkeypatch.setattr(
+        geo,
+        "resource",
+        SimpleNamespace(
+            RUSAGE_CHILDREN=-1, getrusage=lambda who: children if who == -1 else SimpleNamespace(ru_maxrss=1)
+        ),
+    )
+    timer = tmp_path / "time"
+    if gnu_time:
+        timer.touch()
+    monkeypatch.setattr(geo, "TIMER", str(timer))
+    monkeypatch.setattr(sys, "argv", ["geo.py", "--size", "10000", "--pixel", "2", "--work", str(tmp_path / "w")])
+    geo.main()
+    out = capsys.readouterr().out
+    assert "(10000x10000 at 2 m, 30 MiB on disk) in 12 s" in out
+    assert "UNet width 4, depth 3, 256-px tiles, 8 epochs in 5 s" in out
+    result = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert result == {
+        "size": 10000,
+        "pixel_m": 2.0,
+        "block": 2048,
+        "width": 4,
+        "device": "auto",
+        "wall_s": 40.3,
+        "peak_rss_mib": 3072,
+        "idle_rss_mib": 512 if gnu_time else None,  # without GNU time: not measured, none said
+        "in_memory_estimate_mib": round(40000**2 * 18 / 2**20),  # 27466
+        "model_megapixels_per_s": 39.7,  # 1600 / 40.3
+        "forest_area_csv": ["file,forest_ha", "ortho.tif,12.5"],
+    }
+    assert not (tmp_path / "w").exists()  # made by the script, removed with what it wrote
+
+
+@pytest.mark.parametrize("stage_lines", [True, False])
+def test_repro_stages_times_from_the_scripts_start_not_the_clocks_zero(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, stage_lines: bool
+) -> None:
+    """perf_counter starts anywhere (1000 s here): every row is a difference of two readings, the total
+    the whole run's; a run that reached no stage (DVC failed first: its output shown) spent all of it
+    before the first stage."""
+    lines = ["Running stage 'synth':\n", "Running stage 'train':\n"] if stage_lines else ["ERROR: bad dvc.yaml\n"]
+
+    class FakeDvc:
+        def __init__(self, cmd: list[str], **kwargs: object) -> None:
+            self.stdout = iter(lines)
+
+        def wait(self) -> int:
+            return 0 if stage_lines else 1
+
+    clock = iter([1000.0, 1000.5, 1002.0, 1009.25] if stage_lines else [1000.0, 1003.0, 1004.0])
+    monkeypatch.setattr(repro_stages.subprocess, "Popen", FakeDvc)
+    monkeypatch.setattr(repro_stages.time, "perf_counter", lambda: next(clock))
+    assert repro_stages.main([]) == (0 if stage_lines else 1)
+    out = capsys.readouterr().out.splitlines()
+    if stage_lines:
+        assert out[-5:] == [
+            "stage                     seconds",
+            "synth                         1.5",
+            "train                         7.2",  # 7.25 s
+            "before the first stage        0.5",
+            "total (dvc repro)             9.2  exit 0",  # 9.25 s
+        ]
+    else:
+        assert out == [
+            "ERROR: bad dvc.yaml",
+            "stage                     seconds",
+            "before the first stage        4.0",
+            "total (dvc repro)             4.0  exit 1",
+        ]
+
+
+def test_conv_kernels_rates_and_shares_are_each_kernels_flops_over_its_own_seconds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Every forward timed at 1 us, backward to the input 2 us, to the weights 4 us; three 3x3 convolutions
+    of 8x8 px: 3 -> 4 channels (13824 FLOPs, the image's: no backward to the input) and twice 4 -> 4 (18432
+    each, one row counted twice). Each cell is its FLOPs over its seconds, against a 15 GFLOP/s peak; the
+    totals weigh each row by its count and the backward to the input by the rows that run it."""
+
+    def seconds(fn: Callable[[], object], repeats: int = 3, device: object = None) -> float:
+        out = fn()
+        return 1e-6 if isinstance(out, torch.Tensor) else 2e-6 if out[0] is not None else 4e-6
+
+    monkeypatch.setattr(profile, "best_seconds", seconds)
+    model = torch.nn.Sequential(*(torch.nn.Conv2d(i, 4, 3, padding=1) for i in (3, 4, 4)))
+    got = profile.conv_kernels(model, torch.randn(1, 3, 8, 8), peak=15e9)
+    assert got == pytest.approx((13824 + 2 * 18432, 3e-6, 4e-6, 12e-6))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(", 3x3")[1].replace("(", " ").replace(")", " ").split() for line in lines[1:3]] == [
+        ["1", "13.8", "92%", "not", "run", "3.5", "23%"],  # count, then GFLOP/s and % of the peak of each kernel
+        ["2", "18.4", "123%", "9.2", "61%", "4.6", "31%"],
+    ]
+    assert lines[3] == "warning: a convolution ran at 123% of the measured peak: the peak probe was slowed; rerun"
+    assert lines[4] == (
+        # forward 50688 FLOPs in 3 us; backward to the input 36864 in 4 us; to the weights 50688 in 12 us
+        "every convolution of a step, GFLOP/s (% of the float32 peak): forward 16.9 (113%), backward to the input "
+        "9.2 (61%), backward to the weights 4.2 (28%); the three together 7.3 (49%), 0.00 s per step (forward 16%, "
+        "backward to the input 21%, to the weights 63%)"
+    )
+
+
+def test_profile_train_reports_a_steps_milliseconds_and_cpu_seconds_of_the_profiled_steps_alone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """2 warm-up steps, then 4 profiled ones in 1 s (the clock stubbed): 250 ms a step; the CPU seconds
+    are the profiled steps' (after minus before), user 12.5 - 10 and system 3.5 - 3."""
+    usage = iter([SimpleNamespace(ru_utime=10.0, ru_stime=3.0), SimpleNamespace(ru_utime=12.5, ru_stime=3.5)])
+    monkeypatch.setattr(profile, "resource", SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: next(usage)))
+    monkeypatch.setattr(profile, "time", ticking())
+    losses = []
+    bce = profile.bce
+    monkeypatch.setattr(profile, "bce", lambda *a: losses.append(1) or bce(*a))
+    argv = "--width 4 --depth 1 --size 32 --batch 2 --steps 4 --precision fp32 --default-malloc --device cpu"
+    monkeypatch.setattr(sys, "argv", ["profile_train.py", *argv.split()])
+    profile.main()
+    out = capsys.readouterr().out
+    assert ": 250.0 ms a step under the profiler, 2.5 s user, 0.5 s system CPU" in out
+    assert len(losses) == 2 + 4
+
+
+def test_snapping_leaves_a_tile_at_exactly_either_share_as_called() -> None:
+    """Snap below 10 % / above 90 %: 90 and 10 of 100 px stay as called, 91 becomes all forest, 9 none."""
+    logits = np.full((4, 10, 10), -1.0, np.float32)
+    for tile, forest in enumerate((90, 10, 91, 9)):
+        logits[tile].flat[:forest] = 1.0
+    snap = post.snapped(0.1, 0.9)(logits, 0.0)
+    assert snap.sum(axis=(1, 2)).tolist() == [90, 10, 100, 0]
+
+
+def test_sieving_merges_8_connected_regions_of_fewer_than_n_pixels() -> None:
+    """Two diagonal pixels are one 2-px region (8-connected); a 2x2 block 4 px: each kept at its size, merged
+    into the background at one more."""
+    logits = np.full((1, 6, 6), -1.0, np.float32)
+    logits[0, 1, 1] = logits[0, 2, 2] = 1.0
+    logits[0, 4:, 4:] = 1.0
+    assert [post.sieved(n)(logits, 0.0).sum() for n in (2, 3, 4, 5)] == [6, 4, 4, 0]
+
+
+def test_a_blurred_call_cuts_at_the_models_threshold() -> None:
+    flat = np.full((1, 8, 8), 0.5, np.float32)
+    assert not post.blurred(2.0)(flat, 1.0).any() and post.blurred(2.0)(flat, 0.25).all()
+
+
+def test_post_processing_fold_scores_pool_each_tiles_counts_against_its_own_mask() -> None:
+    """Cut at 0.5, 64-px tiles: tile 0 forest on its left 32 columns (logits 1; 0.25, not forest, elsewhere)
+    of a mask forest on its left 48; tile 1 one false-forest pixel on an empty mask. Pooled: tp 2048, fp 1,
+    fn 1024, tn 5119; snapping removes tile 1's 1/4096 (fp 0, tn 5120)."""
+    logits = np.full((2, 64, 64), 0.25, np.float32)
+    logits[0, :, :32] = 1.0
+    logits[1] = -1.0
+    logits[1, 0, 0] = 1.0
+    truth = np.zeros((2, 64, 64), bool)
+    truth[0, :, :48] = True
+    got = post.fold_scores(logits, truth, 0.5)
+    assert got["plain"] == pytest.approx({"iou": 2048 / 3073, "miou": (2048 / 3073 + 5119 / 6144) / 2})
+    snap = {"iou": 2048 / 3072, "miou": (2048 / 3072 + 5120 / 6144) / 2}
+    assert got["snap below 0.1 / above 0.9"] == pytest.approx(snap)
+    assert set(got) == set(post.CALLS)
+
+
+def test_post_processing_report_gives_each_calls_mean_and_its_paired_change_against_plain() -> None:
+    """Three folds; every call scores as plain (IoU 0.5, 0.6, 0.7; mIoU 0.6, 0.7, 0.8) but sieve 16 (IoU 0.5,
+    0.6, 1.0; mIoU 0.6, 0.8, 0.8): its changes 0, 0, +0.3 (mean +0.1, not the median 0; population std
+    0.1414) and 0, +0.1, 0."""
+    per_fold: dict[int, dict[str, dict[str, float]]] = {}
+    for f, (iou, miou, sieved_iou, sieved_miou) in enumerate(
+        [(0.5, 0.6, 0.5, 0.6), (0.6, 0.7, 0.6, 0.8), (0.7, 0.8, 1.0, 0.8)]
+    ):
+        per_fold[f] = {name: {"iou": iou, "miou": miou} for name in post.CALLS}
+        per_fold[f]["sieve 16 px"] = {"iou": sieved_iou, "miou": sieved_miou}
+    lines = post.report(per_fold).splitlines()
+    assert (
+        lines[2]
+        == "| plain | 0.600 ± 0.082 | 0.700 ± 0.082 | +0.0000 ± 0.0000 | +0.0000 ± 0.0000 | 0.500 / 0.600 / 0.700 |"
+    )
+    assert (
+        "| sieve 16 px | 0.700 ± 0.216 | 0.733 ± 0.094 | +0.1000 ± 0.1414 | +0.0333 ± 0.0471 | 0.500 / 0.600 / 1.000 |"
+        in lines
+    )
+
+
+@dataclasses.dataclass
+class Scorer:
+    """A stand-in Predictor: its logits are the windows themselves; `mix` what it was adapted with."""
+
+    cut: float = 0.0
+    mix: float = 0.0
+    model: object = None
+
+    def adapted(self, windows: np.ndarray, mix: float) -> Scorer:
+        return dataclasses.replace(self, mix=mix)
+
+    def windows_logits(self, windows: np.ndarray) -> np.ndarray:
+        return np.asarray(windows, np.float64)
+
+
+@pytest.mark.parametrize(
+    "values, cut",
+    [
+        # 64 bins over -0.6..0.6 (1.2/64 wide): split after -0.6 (30 | 20 at mean 0.3: 30 x 20 x 0.9^2 = 486)
+        # beats after 0.0 (40 at mean -0.45 | 10: 40 x 10 x 1.05^2 = 441): the first bin's centre
+        ([-0.6] * 30 + [0.0] * 10 + [0.6] * 10, -0.6 + 1.2 / 128),
+        ([-0.6] * 10 + [0.0] * 10 + [0.6] * 30, 1.2 / 128),  # mirrored: after 0.0 (its bin 32's centre)
+        ([-6.0] * 10 + [4.0] * 10, -1.0),  # a cut below -1 (the first bin's centre): clipped to -1
+        ([-4.0] * 10 + [6.0] * 10, -1.0),
+        # -10 clipped to -8: bins over -8..7 (15/64 wide); after 0.3's bin 35 (50 at mean -1.36 | 30 at 7:
+        # 50 x 30 x 8.36^2) beats after the -8 bin (10 | 70 at mean 3.17: 10 x 70 x 11.17^2)
+        ([-10.0] * 10 + [0.3] * 40 + [7.0] * 30, -8 + 35.5 * 15 / 64),
+    ],
+)
+def test_otsu_cut_is_the_centre_of_the_bin_with_the_largest_between_class_variance(
+    values: list[float], cut: float
+) -> None:
+    assert adabn.otsu_cut(Scorer(), np.array(values)) == pytest.approx(cut)
+
+
+def test_adabn_methods_adapt_on_top_of_the_first_mix() -> None:
+    """Every mix scored, mix 0 (the model as trained) first; tent, otsu and smooth adapt with the first mix."""
+    got = adabn.methods([0.25, 1.0], [3], True, (2.0,))
+    assert list(got) == ["mix 0", "mix 0.25", "mix 1", "mix 0.25 + tent 3", "mix 0.25 + otsu", "mix 0.25 + smooth 2"]
+    windows = np.array([-0.6] * 30 + [0.0] * 10 + [0.6] * 10)
+    assert [got[name](Scorer(), windows).mix for name in ("mix 0", "mix 0.25", "mix 1")] == [0.0, 0.25, 1.0]
+    otsu = got["mix 0.25 + otsu"](Scorer(), windows)
+    assert otsu.mix == 0.25 and otsu.cut == pytest.approx(-0.6 + 1.2 / 128)
+    smooth = got["mix 0.25 + smooth 2"](Scorer(), windows)
+    assert smooth.mix == 0.25 and smooth.model.sigma == 2.0
+
+
+def test_tent_steps_the_batch_norm_scale_and_shift_down_the_entropy() -> None:
+    """One Adam step: every batch-norm weight and bias moves, nothing else, and the outputs' mean binary
+    entropy falls; the predictor passed in is left as it was."""
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    p = random_predictor(0, depth=1, centre_on=images)
+    before = {k: v.clone() for k, v in p.model.state_dict().items()}
+
+    def entropy(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            q = torch.sigmoid(model(to_input(torch.from_numpy(images), p.norm)))
+        return float(-(q * q.clamp_min(1e-12).log() + (1 - q) * (1 - q).clamp_min(1e-12).log()).mean())
+
+    tuned = adabn.tent(p, images, 1)
+    after = tuned.model.state_dict()
+    bn = {
+        f"{name}.{x}"
+        for name, m in p.model.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for x in ("weight", "bias")
+    }
+    assert bn and {k for k in before if not torch.equal(before[k], after[k])} == bn
+    assert all(torch.equal(v, p.model.state_dict()[k]) for k, v in before.items())
+    assert entropy(tuned.model) < entropy(p.model)
+
+
+def test_adabn_summary_is_the_mean_paired_change_against_the_plain_model() -> None:
+    """Three folds: mix 1 changes forest IoU by +0.1, -0.3 and +0.05 (mean -0.05, not the median +0.05) and
+    mIoU by 0, +0.1 and 0; each change is against the same fold's plain model (mix 0)."""
+    folds = [
+        {"mix 0": {"iou": 0.5, "miou": 0.6}, "mix 1": {"iou": 0.6, "miou": 0.6}},
+        {"mix 0": {"iou": 0.7, "miou": 0.7}, "mix 1": {"iou": 0.4, "miou": 0.8}},
+        {"mix 0": {"iou": 0.5, "miou": 0.5}, "mix 1": {"iou": 0.55, "miou": 0.5}},
+    ]
+    changes = [adabn.paired(got) for got in folds]
+    assert [list(c) for c in changes] == [["mix 1"]] * 3
+    assert [c["mix 1"] for c in changes] == [pytest.approx(x) for x in ((0.1, 0.0), (-0.3, 0.1), (0.05, 0.0))]
+    summary = adabn.summary({"mix 1": [c["mix 1"] for c in changes]})
+    assert summary == "mix 1: forest IoU -0.0500 (per fold +0.100, -0.300, +0.050), mIoU +0.0333"
+
+
+def test_wgrad_rates_are_the_layers_flops_over_each_ways_best_time_and_differences_relative(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The 256 -> 256-channel layer at 16 px, batch 2: 2 x 2 x 16^2 px x 256 x 256 x 9 = 0.604 GFLOP; the five
+    ways timed at 1, 2, 4, 8 and 16 ms give 604, 302, 151, 75 and 38 GFLOP/s. The shifted GEMMs made 0.1 %
+    high: their difference is 1e-03 of the largest value, not of 1."""
+    times = iter([1e-3, 2e-3, 4e-3, 8e-3, 16e-3])
+    monkeypatch.setattr(wgrad, "best_of", lambda fn, reps: next(times))
+    monkeypatch.setattr(wgrad, "shifted", lambda x, g, w: wgrad.onednn(x, g, w) * 1.001)
+    monkeypatch.setattr(wgrad, "keep_freed_memory", lambda: None)
+    threads = str(torch.get_num_threads())  # as it is: the script sets it for the process
+    monkeypatch.setattr(
+        sys, "argv", ["wgrad.py", "--batch", "2", "--reps", "1", "--max-size", "16", "--threads", threads]
+    )
+    wgrad.main()
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if "256 ch,  16 px" in ln]
+    assert line.startswith("256 -> 256 ch,  16 px (0.60 GFLOP): oneDNN channels_last 604 (")
+    for cell in (
+        "; oneDNN NCHW 302 (",
+        "; native (im2col + GEMM) 151 (",
+        "; 9 shifted GEMMs 75 (1e-03);",
+        "; unfold + GEMM 38 (",
+    ):
+        assert cell in line, line
+
+
+@pytest.mark.parametrize("module", [wgrad, profile])
+def test_a_kernels_time_is_its_fastest_repeat(monkeypatch: pytest.MonkeyPatch, module: object) -> None:
+    """Repeats of 3 s, 1 s and 2 s (the untimed warm-up call aside): 1 s."""
+    spans = iter([0.0, 3.0, 0.0, 1.0, 0.0, 2.0])  # each repeat: its start, then its end
+    monkeypatch.setattr(module, "time", ticking(lambda: next(spans)))
+    calls = []
+    if module is wgrad:
+        assert wgrad.best_of(lambda: calls.append(1), 3) == 1.0
+    else:
+        assert profile.best_seconds(lambda: calls.append(1), 3) == 1.0
+    assert len(calls) == 4
+
+
+def test_dropout_screen_drops_whole_channels_with_the_probability_asked() -> None:
+    from forestseg.config import ModelConfig
+    from forestseg.model import build_model
+
+    model = dropout.with_dropout(build_model, 0.25)(ModelConfig(arch="unet", width=4, depth=2))
+    assert type(model.context) is torch.nn.Dropout2d and model.context.p == 0.25
+
+
+@pytest.mark.parametrize("p", ["0", "1"])
+def test_dropout_refuses_a_probability_of_0_or_1(monkeypatch: pytest.MonkeyPatch, p: str) -> None:
+    """Refused before anything runs: were it not, the stand-in bench would fail the test, not run for hours."""
+    import forestseg.train
+
+    monkeypatch.setattr(forestseg.train, "build_model", forestseg.train.build_model)  # put back whatever main does
+    monkeypatch.setattr(dropout.quality, "SCREEN", dropout.quality.SCREEN)
+    monkeypatch.setattr(dropout.quality, "main", lambda: pytest.fail("the bench ran with P " + p))
+    monkeypatch.setattr(sys, "argv", ["dropout.py", p, "cv", "cpu"])
+    with pytest.raises(SystemExit, match=r"P must be in \(0, 1\)"):
+        dropout.main()
+
+
+def test_finetune_labels_each_region_scenes_first_tiles_by_name_and_scores_the_rest(tmp_path: Path) -> None:
+    """Region scenes a and b, one labelled tile each: a's a_sat_11 (row 3) and b's b_sat_11 (row 2), whatever
+    the rows' order; their other tiles are scored, and scene c is neither."""
+    from bench.quality import Sample
+    from forestseg.dataset import DataLayout
+
+    sample = Sample(
+        DataLayout(tmp_path),
+        np.array(["b", "a", "b", "a", "b", "c"]),
+        np.array([10, 20, 30, 40, 50, 60]),
+        np.full(6, 100),
+    )
+    names = np.array(["b_sat_21", "a_sat_12", "b_sat_11", "a_sat_11", "b_sat_13", "c_sat_11"])
+    labelled, scored = finetune.split_region(sample, names, ["a", "b"], 1)
+    assert labelled == [3, 2] and scored.tolist() == [0, 1, 4]
+    with pytest.raises(SystemExit, match="--tiles 2: scene a has only 2 tiles"):
+        finetune.split_region(sample, names, ["a", "b"], 2)
+    # all forest on rows 0, 1, 4: 80 of 300 px forest, 220 false forest, nothing missed, no true background
+    base = finetune.all_forest(sample, scored)
+    assert base["iou"] == pytest.approx(80 / 300) and base["precision"] == pytest.approx(80 / 300)
+    assert base["recall"] == 1.0 and base["miou"] == pytest.approx(80 / 300 / 2)
+
+
+def test_context_scores_count_every_tile_and_the_inner_ones_alone_and_in_the_mosaic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model that calls forest where red > 128; scene s a 4 x 5 grid of 32-px tiles without its (0, 2)
+    and (3, 0) tiles, scene t one tile at (0, 2) (another scene's: no neighbour of s's tiles). Every tile
+    is counted in both scores (a per-pixel model: the mosaic's cut equals the tile's where each tile sits
+    in it), and in the inner ones the tiles with all 8 neighbours: (2, 2) and (2, 3), not (1, 2) (its
+    diagonal ones all there) nor (2, 1) (its own and right-hand columns all there)."""
+    from forestseg.loader import Normalizer
+    from forestseg.metrics import scores
+
+    grid = [(r, c) for r in range(4) for c in range(5) if (r, c) not in ((0, 2), (3, 0))]
+    rng = np.random.default_rng(0)
+    n = len(grid) + 1
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    truths = rng.integers(0, 2, (n, 32, 32), dtype=np.uint8)
+    monkeypatch.setattr(context, "T", 32)
+    monkeypatch.setattr(context, "SAMPLE", SimpleNamespace(scene=np.array(["s"] * len(grid) + ["t"])), raising=False)
+    monkeypatch.setattr(context, "IMAGES", images, raising=False)
+    monkeypatch.setattr(context, "TRUTHS", truths, raising=False)
+    monkeypatch.setattr(context, "R", np.array([r for r, _ in grid] + [0]), raising=False)
+    monkeypatch.setattr(context, "C", np.array([c for _, c in grid] + [2]), raising=False)
+
+    class Red(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 0]
+
+    got = context.score(Red(), Normalizer((128.0, 128.0, 128.0), (1.0, 1.0, 1.0)), ["s", "t"])
+
+    def counts(rows: list[int]) -> dict:
+        pred, truth = images[rows, ..., 0] > 128, truths[rows] > 0
+        return scores([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum(), (~pred & ~truth).sum()])
+
+    every, inner = counts(list(range(n))), counts([grid.index((2, 2)), grid.index((2, 3))])
+    assert got == {"tile": every, "mosaic": every, "tile inner": inner, "mosaic inner": inner}
+
+
+def context_fold(iou: float, inner: bool) -> dict:
+    """A fold's context scores: forest IoU `iou` scored alone, half that in its mosaic; the inner tiles'
+    scored alone only where `inner`."""
+    s = {"iou": iou, "miou": iou + 0.1}
+    return {"tile": s, "mosaic": {"iou": iou / 2, "miou": 0.5}, "tile inner": s if inner else None, "mosaic inner": s}
+
+
+def test_context_lines_give_a_folds_scores_alone_and_in_the_mosaic() -> None:
+    """Each score in its place; the inner tiles' scores where the fold has some."""
+
+    outs = [context_fold(0.5, True), context_fold(0.6, True), context_fold(1.0, False)]
+    assert context.line(outs[0]) == (
+        "scored alone: forest IoU 0.5000 mIoU 0.6000 (with 8 neighbours: 0.5000 / 0.6000); "
+        "scored in its mosaic: forest IoU 0.2500 mIoU 0.5000 (with 8 neighbours: 0.5000 / 0.6000)"
+    )
+    assert context.line(outs[2]).startswith("scored alone: forest IoU 1.0000 mIoU 1.1000; scored in its mosaic")
+
+
+def test_context_summary_prints_the_mean_over_folds(capsys: pytest.CaptureFixture) -> None:
+    """Three folds, forest IoU 0.5, 0.6 and 1.0 scored alone: the mean 0.7, not the median 0.6; the inner
+    tiles' line only where every fold has some (scored alone, the first fold alone has)."""
+
+    context.summary([context_fold(0.5, True), context_fold(0.6, False), context_fold(1.0, False)], "x")
+    assert capsys.readouterr().out.splitlines() == [
+        "mean over x, scored alone, all tiles: forest IoU 0.7000 mIoU 0.8000",
+        "mean over x, scored in its mosaic, all tiles: forest IoU 0.3500 mIoU 0.5000",
+        "mean over x, scored in its mosaic, tiles with 8 neighbours: forest IoU 0.7000 mIoU 0.8000",
+    ]
