@@ -503,9 +503,9 @@ def test_resampled_edges_and_nodata_borders_keep_their_prediction(
         image[:, ::3] = image[:, 1::3] = 0
     transform = (
         Affine.translation(500000, 5000000)
-        * Affine.rotation(rotation)
-        * Affine.shear(shear, 0)
-        * Affine.scale(pixel, -pixel)
+        @ Affine.rotation(rotation)
+        @ Affine.shear(shear, 0)
+        @ Affine.scale(pixel, -pixel)
     )
     src = write_raster(tmp_path / "in/r.tif", image, nodata=0 if nodata else None, transform=transform)
     ck = random_checkpoint(tmp_path / "m.pt", tile=64, depth=1)
@@ -1841,7 +1841,7 @@ def test_a_pixels_area_is_the_transforms_determinant_on_rotated_and_sheared_grid
     keep the determinant), where a * e would give 0.25 cos(angle)**2."""
     from affine import Affine
 
-    t = Affine.translation(500000, 5000000) * Affine.rotation(angle) * Affine.shear(0, shear) * Affine.scale(0.5, -0.5)
+    t = Affine.translation(500000, 5000000) @ Affine.rotation(angle) @ Affine.shear(0, shear) @ Affine.scale(0.5, -0.5)
     grid = Grid(rasterio.crs.CRS.from_string(UTM), t, 10, 10)
     assert grid.pixel_area_m2(1.0) == pytest.approx(0.25, rel=1e-9)
     assert grid.pixel_area_m2(0.3048) == pytest.approx(0.25 * 0.3048**2, rel=1e-9)
@@ -1865,7 +1865,7 @@ def test_a_map_writer_that_cannot_open_its_probability_closes_its_mask(tmp_path:
 
     monkeypatch.setattr("forestseg.geo.rasterio.open", open_)
     grid = Grid(
-        rasterio.crs.CRS.from_string(UTM), Affine.translation(500000, 5000000) * Affine.scale(0.5, -0.5), 64, 64
+        rasterio.crs.CRS.from_string(UTM), Affine.translation(500000, 5000000) @ Affine.scale(0.5, -0.5), 64, 64
     )
     with pytest.raises(rasterio.errors.RasterioIOError):
         _MapWriter(random_predictor(), grid, tmp_path, "float32")
