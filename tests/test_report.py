@@ -153,6 +153,16 @@ def check_figures(plots_dir: Path) -> None:
             assert im.width > 100 and im.height > 100
 
 
+def drawn_figures(monkeypatch) -> dict:
+    """The figures forestseg.figures draws, by file name, kept open instead of written."""
+    import forestseg.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({Path(path).name: fig}))
+    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    return drawn
+
+
 def test_summary_means_stds_and_best_seed(tmp_path: Path) -> None:
     out, metrics_dir, plots_dir = run_aggregate(tmp_path)
     saved = json.loads((metrics_dir / "summary.json").read_text())
@@ -388,9 +398,7 @@ def test_the_report_says_its_ranking_is_chosen_on_test_and_a_single_seed_has_no_
 def test_the_optimizers_figure_keeps_each_optimizers_colour_in_every_panel(tmp_path: Path, monkeypatch) -> None:
     import forestseg.figures as figures
 
-    drawn = {}
-    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.setdefault("fig", fig))
-    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    drawn = drawn_figures(monkeypatch)
     runs = pd.DataFrame(
         [
             {
@@ -406,19 +414,17 @@ def test_the_optimizers_figure_keeps_each_optimizers_colour_in_every_panel(tmp_p
     histories = {r: history(0.0) for r in runs["run"]}
     figures.fig_optimizers(runs, histories, tmp_path / "f.png")
     colours = {}
-    for ax in drawn["fig"].axes:
+    for ax in drawn["f.png"].axes:
         for line in ax.get_lines():
             colours.setdefault(line.get_label().split()[0], set()).add(line.get_color())
     assert colours.keys() == {"sgd", "adam"} and all(len(c) == 1 for c in colours.values()), colours
-    assert "mean of 1 seed)" in " ".join(line.get_label() for ax in drawn["fig"].axes for line in ax.get_lines())
+    assert "mean of 1 seed)" in " ".join(line.get_label() for ax in drawn["f.png"].axes for line in ax.get_lines())
 
 
 def test_the_optimizers_figure_says_how_many_seeds_its_mean_left_out(tmp_path: Path, monkeypatch) -> None:
     import forestseg.figures as figures
 
-    drawn = {}
-    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.setdefault("fig", fig))
-    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    drawn = drawn_figures(monkeypatch)
     runs = pd.DataFrame(
         [
             {"run": f"bce-{opt}-{seed}", "loss": "bce", "optimizer": opt, "status": status}
@@ -426,7 +432,7 @@ def test_the_optimizers_figure_says_how_many_seeds_its_mean_left_out(tmp_path: P
         ]
     )
     figures.fig_optimizers(runs, {r: history(0.0) for r in runs["run"]}, tmp_path / "f.png")
-    labels = {line.get_label() for ax in drawn["fig"].axes for line in ax.get_lines()}
+    labels = {line.get_label() for ax in drawn["f.png"].axes for line in ax.get_lines()}
     assert {"adam (mean of 1 seed; 1 of 2 diverged)", "sgd (mean of 2 seeds)"} <= labels, labels
 
 
@@ -825,8 +831,7 @@ def test_figures_name_an_optimizer_whose_every_seed_diverged_and_tick_a_single_e
     """A missing line would read as an optimizer never run; one epoch gets a whole tick, not 0.95..1.05."""
     from forestseg import figures
 
-    drawn = {}
-    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({Path(path).name: fig}))
+    drawn = drawn_figures(monkeypatch)
     one = pd.DataFrame({"epoch": [1], "train_loss": [0.5], "test_loss": [0.6], "lr": [1e-3]})
     runs = pd.DataFrame(
         [
@@ -914,8 +919,7 @@ def test_a_scene_without_forest_ranks_by_its_false_forest_share_not_its_iou_of_0
 def test_the_test_iou_figure_names_the_optimizer_of_each_dot_colour(monkeypatch, tmp_path) -> None:
     from forestseg import figures
 
-    drawn = {}
-    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({"fig": fig}))
+    drawn = drawn_figures(monkeypatch)
     runs = pd.DataFrame(
         [
             {"combination": f"bce-{opt}", "optimizer": opt, "status": "ok", "test_iou": 0.7, "seed": 0}
@@ -923,7 +927,7 @@ def test_the_test_iou_figure_names_the_optimizer_of_each_dot_colour(monkeypatch,
         ]
     )
     figures.fig_test_iou(runs, 0.6, tmp_path / "iou.png")
-    legend = drawn["fig"].axes[0].get_legend()
+    legend = drawn["iou.png"].axes[0].get_legend()
     labels = [t.get_text() for t in legend.get_texts()]
     assert labels == ["sgd", "adam", "all-forest baseline 0.600"]
     from matplotlib.colors import to_hex
@@ -931,7 +935,7 @@ def test_the_test_iou_figure_names_the_optimizer_of_each_dot_colour(monkeypatch,
     named = [to_hex(h.get_color()) for h in legend.legend_handles[:2]]
     from matplotlib.collections import PathCollection
 
-    dots = [to_hex(c.get_facecolor()[0]) for c in drawn["fig"].axes[0].collections if isinstance(c, PathCollection)]
+    dots = [to_hex(c.get_facecolor()[0]) for c in drawn["iou.png"].axes[0].collections if isinstance(c, PathCollection)]
     assert named == dots[:2] and named[0] != named[1]  # the dots of bce-sgd, then bce-adam
 
 
@@ -992,11 +996,9 @@ def test_the_lead_over_a_runner_up_that_also_lost_a_seed_does_not_call_it_ranked
 def test_the_ranking_figure_draws_the_first_experiment_at_the_top(tmp_path: Path, monkeypatch) -> None:
     import forestseg.figures as figures
 
-    drawn = {}
-    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.setdefault("fig", fig))
-    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    drawn = drawn_figures(monkeypatch)
     figures.fig_ranking(["best", "second"], [0.7, 0.5], "best_iou", tmp_path / "ranking.png")
-    ax = drawn["fig"].axes[0]
+    ax = drawn["ranking.png"].axes[0]
     assert ax.yaxis_inverted() and [t.get_text() for t in ax.get_yticklabels()] == ["best", "second"]
 
 
@@ -1010,25 +1012,11 @@ def test_the_stage_summary_counts_the_seeds_that_finished(tmp_path: Path) -> Non
 
 
 def test_the_loss_figure_draws_the_best_seed_of_each_combination(tmp_path: Path, monkeypatch) -> None:
-    import forestseg.figures as figures
-
-    drawn = {}
-    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({Path(path).name: fig}))
-    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
+    drawn = drawn_figures(monkeypatch)
     run_aggregate(tmp_path)
     ax = drawn[FIGURES[0]].axes[0]  # mse-adam: best seed 1
     assert ax.get_title() == "mse-adam, seed 1"
     assert list(ax.get_lines()[0].get_ydata()) == list(history(0.01 * 1)["train_loss"])
-
-
-def drawn_figures(monkeypatch) -> dict:
-    """The figures forestseg.figures draws, by file name, kept open instead of written."""
-    import forestseg.figures as figures
-
-    drawn = {}
-    monkeypatch.setattr(figures, "write_figure", lambda path, fig: drawn.update({Path(path).name: fig}))
-    monkeypatch.setattr(figures.plt, "close", lambda fig: None)
-    return drawn
 
 
 def test_the_loss_figure_draws_test_loss_and_learning_rate_of_the_best_seed_and_names_the_rule(

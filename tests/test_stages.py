@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import pytest
 import yaml
@@ -32,13 +33,18 @@ def edit(path, section: str, key: str, value) -> None:
     path.write_text(yaml.safe_dump(params))
 
 
-def run_stage(fn) -> None:
-    argv = sys.argv
-    sys.argv = ["stage.py"]
+def with_argv(call: Callable[[], None], *argv: str) -> None:
+    """`call()` with sys.argv set to `argv` (as a stage script sees its command line), restored after."""
+    old = sys.argv
+    sys.argv = list(argv)
     try:
-        common.stage(fn)()
+        call()
     finally:
-        sys.argv = argv
+        sys.argv = old
+
+
+def run_stage(fn) -> None:
+    with_argv(common.stage(fn), "stage.py")
 
 
 def test_params_changed_while_a_stage_runs_fail_it(params_file, capsys) -> None:
@@ -332,12 +338,7 @@ TINY_SYNTH = {"scenes": 4, "grid": 2, "tile_size": 32}  # 16 pairs of 32 px tile
 
 def run_script(module: ModuleType, *argv: str) -> None:
     """Stage `module`'s main run in-process, as `python stages/<name>.py ARGV...` would run it."""
-    old = sys.argv
-    sys.argv = [f"{module.__name__}.py", *argv]
-    try:
-        module.main()
-    finally:
-        sys.argv = old
+    with_argv(module.main, f"{module.__name__}.py", *argv)
 
 
 def litter(*folders: Path) -> list[Path]:
