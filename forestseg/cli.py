@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError, forest_values
+from .config import MAX_THREADS, PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError, forest_values
+from .cores import CpuClock, busy_note, cpu_clock
 from .errors import BROKEN_PIPE, Terminated, one_line, out_of_memory, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, visible_files
 from .io import (
@@ -45,6 +46,8 @@ from .metrics import METRICS
 from .windows import BLOCK, scene_windows
 
 if TYPE_CHECKING:  # torch is imported by the commands that run a model, not by `tile` or --help (~2 s)
+    import torch
+
     from .geo import MapOptions
     from .predict import Predictor
 
@@ -248,12 +251,34 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
         )
 
 
+def _sharing_note(started: CpuClock | None, device: torch.device) -> None:
+    """A note where other processes kept busy, since `started`, the cores this CPU run's threads need."""
+    import torch
+
+    note = busy_note(started, torch.get_num_threads()) if device.type == "cpu" else None
+    if note:
+        print(f"note: {note}")
+
+
+def _on_threads(n: int | None) -> contextlib.AbstractContextManager:
+    """torch's CPU threads for a command that runs a model: --threads, restored after (tests run many
+    commands in one process)."""
+    from .device import cpu_threads
+
+    if n is not None and not 1 <= n <= MAX_THREADS:
+        raise ForestsegError(
+            f"--threads {n}: must be in 1..{MAX_THREADS} (torch's CPU threads: the cores this run should use)"
+        )
+    return cpu_threads(n)
+
+
 def predict(args: argparse.Namespace) -> int:
     from .device import pick_device
     from .geo import PictureError, check_raster, has_world_file, is_map
     from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
+    _sharing_note(args.started, predictor.device)
     opts = _map_options(args, predictor)
     area_error = _area_error(args.area_error, args.checkpoint, predictor, opts)
     files = _predict_inputs(args.inputs, args.out)
@@ -616,6 +641,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
+    _sharing_note(args.started, predictor.device)
     opts = _map_options(args, predictor)
     forest = _forest(args.forest)
     try:
@@ -826,6 +852,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring windows (default tile/4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
     p.add_argument(
+        "--threads",
+        type=int,
+        help="torch's CPU threads (default: torch's, one per core); beside a training or another predict on "
+        "the same cores, so few that all torch threads together fit the cores (sharing cores slows each several-fold)",
+    )
+    p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="auto",
@@ -979,6 +1011,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     _reading_flags(t)
     args = ap.parse_args(argv)
+    args.started = cpu_clock()  # before torch loads: the seconds that measure what else keeps the cores busy
     _bundled_proj_data()
     # the command's libraries, seconds on a slow CPU (torch), while console.py's start-up handler
     # answers Ctrl-C; from here on the command handles it
@@ -991,7 +1024,9 @@ def main(argv: list[str] | None = None) -> None:
     # of the raster being mapped goes with it
     before = signal.signal(signal.SIGTERM, terminate)
     try:
-        sys.exit({"predict": predict, "evaluate": evaluate, "tile": tile}[args.command](args))
+        command = {"predict": predict, "evaluate": evaluate, "tile": tile}[args.command]
+        with contextlib.nullcontext() if args.command == "tile" else _on_threads(args.threads):
+            sys.exit(command(args))
     except ForestsegError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -113,6 +115,18 @@ def here_or_auto(pref: str) -> str:
     if torch.cuda.is_available() and (torch.device(pref).index or 0) < torch.cuda.device_count():
         return pref
     return "auto"
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's CPU threads set to n (None: left as they are) for the block, restored after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

@@ -39,7 +39,7 @@ from .config import (
     check_threshold,
     check_warmup,
 )
-from .device import apply_precision, cpu_kernels, keep_freed_memory, pick_device, use_bf16
+from .device import apply_precision, cpu_kernels, cpu_threads, keep_freed_memory, pick_device, use_bf16
 from .errors import out_of_memory
 from .layout import DataLayout
 from .loader import INPUTS, Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
@@ -624,16 +624,6 @@ def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16:
 
 
 @contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
 def out_of_memory_as_one_line(what: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Iterator[None]:
     """CUDA's out-of-memory error, and the CPU allocator's (a RuntimeError), as one line saying what to lower."""
     try:
@@ -667,7 +657,7 @@ def train_member(
     its metrics say `"status": "diverged"` and its model file holds no weights. torch runs on
     train_cfg.threads CPU threads, restored after.
     """
-    with _threads(train_cfg.threads):
+    with cpu_threads(train_cfg.threads):
         device = pick_device(train_cfg.device)
         if device.type == "cpu":
             keep_freed_memory()  # no allocator churn between steps (see bench/speed.py --default-malloc)

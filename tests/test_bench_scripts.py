@@ -21,7 +21,7 @@ import torch
 from conftest import random_predictor
 
 import forestseg.windows
-from bench import adabn, context, dropout, errors, finetune, geo, gpu, repro_stages, speed, wgrad
+from bench import adabn, contention, context, dropout, errors, finetune, geo, gpu, repro_stages, speed, wgrad
 from bench import postprocess as post
 from bench import profile_train as profile
 from forestseg.loader import to_input
@@ -1202,3 +1202,50 @@ def test_context_summary_prints_the_mean_over_folds(capsys: pytest.CaptureFixtur
         "mean over x, scored in its mosaic, all tiles: forest IoU 0.3500 mIoU 0.5000",
         "mean over x, scored in its mosaic, tiles with 8 neighbours: forest IoU 0.7000 mIoU 0.8000",
     ]
+
+
+def test_contention_table_compares_each_row_with_its_command_alone() -> None:
+    rows = [
+        ("repro alone", {"repro": 30.0}),
+        ("evaluate alone", {"evaluate": 15.0, "stopped": False, "note": False}),
+        ("side by side", {"repro": 480.0, "evaluate": 120.0, "stopped": True, "note": True}),
+        ("side by side, 1 thread", {"repro": 45.0, "evaluate": 22.5, "stopped": False, "note": False}),
+    ]
+    lines = contention.table(rows, cap=120).splitlines()
+    assert lines[0].split() == ["what", "repro", "s", "x", "alone", "evaluate", "s", "x", "alone", "note"]
+    assert lines[1].split()[-5:] == ["30.0", "1.0", "-", "-", "-"]
+    assert lines[2].split()[-5:] == ["-", "-", "15.0", "1.0", "no"]
+    assert lines[3].split()[-8:] == ["480.0", "16.0", ">", "120", "(stopped)", ">", "8.0", "yes"]
+    assert lines[4].split()[-5:] == ["45.0", "1.5", "22.5", "1.5", "no"]
+
+
+def _fake_commands(monkeypatch: pytest.MonkeyPatch, repro_s: float, evaluate: str) -> list[subprocess.Popen]:
+    """contention.start running a sleep of repro_s for the repro and `evaluate` (python code) for evaluate."""
+    started = []
+
+    def start(cmd, cwd):
+        code = f"import time; time.sleep({repro_s})" if cmd[0] == "dvc" else evaluate
+        started.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True))
+        return started[-1]
+
+    monkeypatch.setattr(contention, "start", start)
+    return started
+
+
+def test_contention_stops_evaluate_at_the_cap_and_times_both(monkeypatch, tmp_path) -> None:
+    started = _fake_commands(monkeypatch, 1.5, f"import time; print({contention.NOTE!r}); time.sleep(30)")
+    row = contention.timed(tmp_path, True, ["evaluate"], delay=0.3, cap=0.5)
+    assert row["stopped"] and row["note"] and 0.5 <= row["evaluate"] < 5  # stopped at the cap, not after 30 s
+    assert 1.5 <= row["repro"] < 5 and started[1].returncode == -15  # SIGTERM, as a user's Ctrl-C ends it
+    started = _fake_commands(monkeypatch, 30, "print('done')")
+    t0 = time.perf_counter()
+    row = contention.timed(tmp_path, False, ["evaluate"], delay=10.0, cap=60)  # alone: no repro, no delay
+    assert len(started) == 1 and set(row) == {"evaluate", "stopped", "note"} and not row["stopped"] | row["note"]
+    assert time.perf_counter() - t0 < 5
+
+
+def test_contention_stops_when_evaluate_fails_and_leaves_no_repro_running(monkeypatch, tmp_path) -> None:
+    started = _fake_commands(monkeypatch, 30, "raise SystemExit(3)")
+    with pytest.raises(SystemExit, match=r"failed \(exit 3\)"):
+        contention.timed(tmp_path, True, ["evaluate"], delay=0.0, cap=60)
+    assert started[0].poll() is not None  # the repro ended with the bench

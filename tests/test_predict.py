@@ -1460,3 +1460,36 @@ def test_the_command_puts_back_the_sigterm_handler_it_found(checkpoint, tmp_path
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
     assert run_cli(checkpoint, [tmp_path / "a.png"], tmp_path / "out") == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_threads_set_torchs_threads_for_the_command_and_the_sharing_note_is_told(
+    command, checkpoint, tmp_path, capsys, monkeypatch
+) -> None:
+    data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=TILE)
+    seen = []
+
+    def note(started, threads):  # what the command measured its threads against
+        seen.append((started is not None, threads, torch.get_num_threads()))
+        return "other processes kept 1.2 of this process's 2 cores busy"
+
+    monkeypatch.setattr(forestseg.cli, "busy_note", note)
+    before = torch.get_num_threads()
+    args = [str(data / "images"), "-o", str(tmp_path / "out")] if command == "predict" else [str(data)]
+    with pytest.raises(SystemExit) as done:
+        main([command, str(checkpoint), *args, "--threads", "1"])
+    assert done.value.code == 0
+    assert seen == [(True, 1, 1)]  # measured from the start, with the thread the command runs on
+    assert torch.get_num_threads() == before  # put back: the caller's threads are the caller's
+    assert "note: other processes kept 1.2 of this process's 2 cores busy\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "1025"])
+def test_threads_out_of_range_is_one_line(threads, checkpoint, tmp_path, capsys) -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(tmp_path), "-o", str(tmp_path / "out"), "--threads", threads])
+    assert done.value.code == 2 and torch.get_num_threads() == before
+    assert capsys.readouterr().err == (
+        f"error: --threads {threads}: must be in 1..1024 (torch's CPU threads: the cores this run should use)\n"
+    )
