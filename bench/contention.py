@@ -1,18 +1,19 @@
 """Two torch processes on the same cores (a script, not a test): the default pipeline's `dvc repro
 --force` with a `forestseg evaluate` started beside it, against each alone.
 
-    python bench/contention.py [DATA] [--threads 1] [--delay 8] [--cap 120]
+    python bench/contention.py [DATA] [--threads 1] [--delay 8] [--cap 120] [--repeats 3]
 
 DATA is a labelled folder to evaluate (default $FORESTSEG_SAMPLE, else the clone's synthetic set). In
 a clone of HEAD, after one `dvc repro` that makes the data and the models, it times:
 
   1. `dvc repro --force` alone, `forestseg evaluate` alone on torch's threads and with --threads
-  2. both at once: evaluate started --delay seconds into the repro (into its training), on torch's
-     threads, then with --threads
+  2. both at once, --repeats times: evaluate started --delay seconds into the repro (into its
+     training), on torch's threads, then with --threads (how much sharing costs varies from run to
+     run: each repeat is a row)
 
 An evaluate still running after --cap seconds is stopped (SIGTERM) and reported as "> cap"; the repro
-then finishes alone, so its time beside it is a lower bound. Each row says whether evaluate printed its
-note that other processes kept its cores busy.
+then finishes alone, so its time beside it is a lower bound. Each row says whether evaluate, and any train
+stage of the repro, printed the note that other processes kept its cores busy.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def finish(proc: subprocess.Popen, t0: float, cap: float | None = None) -> tuple
 def timed(work: Path, repro: bool, evaluate: list[str] | None, delay: float, cap: float) -> dict:
     """Seconds of `dvc repro --force` and of `evaluate`, which starts `delay` s into the repro where both run."""
     row: dict = {}
-    proc = start(["dvc", "repro", "--force", "-q"], work) if repro else None
+    proc = start(["dvc", "repro", "--force"], work) if repro else None
     t_repro = time.perf_counter()
     try:
         if evaluate is not None:
@@ -69,7 +70,8 @@ def timed(work: Path, repro: bool, evaluate: list[str] | None, delay: float, cap
             row["evaluate"], row["stopped"], out = finish(start(evaluate, work), t_eval, cap)
             row["note"] = NOTE in out
         if proc is not None:
-            row["repro"] = finish(proc, t_repro)[0]
+            row["repro"], _, out = finish(proc, t_repro)
+            row["repro_note"] = NOTE in out  # the train stages' note
     finally:
         if proc is not None and proc.poll() is None:  # evaluate failed: no repro left running in a deleted folder
             proc.kill()
@@ -88,7 +90,7 @@ def cell(row: dict, key: str, cap: float) -> str:
 def table(rows: list[tuple[str, dict]], cap: float) -> str:
     """Each row's seconds and its slowdown against the first row that ran the same command (alone)."""
     alone = {key: next(r[key] for name, r in rows if key in r) for key in ("repro", "evaluate")}
-    lines = [f"{'what':<46} {'repro s':>9} {'x alone':>8} {'evaluate s':>16} {'x alone':>8}  note"]
+    lines = [f"{'what':<46} {'repro s':>9} {'x alone':>8} {'evaluate s':>16} {'x alone':>8}  notes (evaluate/repro)"]
     for name, r in rows:
         times = []
         for key in ("repro", "evaluate"):
@@ -96,7 +98,7 @@ def table(rows: list[tuple[str, dict]], cap: float) -> str:
             if key == "evaluate" and r.get("stopped"):
                 slower = f"> {slower}"
             times += [cell(r, key, cap), slower]
-        note = ("yes" if r["note"] else "no") if "note" in r else "-"
+        note = "/".join(("yes" if r[k] else "no") if k in r else "-" for k in ("note", "repro_note"))
         lines.append(f"{name:<46} {times[0]:>9} {times[1]:>8} {times[2]:>16} {times[3]:>8}  {note}")
     return "\n".join(lines)
 
@@ -109,23 +111,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="evaluate's --threads in the second pair (default 1)")
     ap.add_argument("--delay", type=float, default=8.0, help="seconds into the repro that evaluate starts")
     ap.add_argument("--cap", type=float, default=120.0, help="seconds after which evaluate is stopped")
+    ap.add_argument("--repeats", type=int, default=3, help="times each side-by-side pair runs")
     args = ap.parse_args(argv)
     sample = os.environ.get("FORESTSEG_SAMPLE")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "repo"
         subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
-        subprocess.run(["dvc", "repro", "-q"], cwd=work, env=env(), check=True, capture_output=True)
+        finish(start(["dvc", "repro"], work), time.perf_counter())
         data = (args.data or (Path(sample) if sample else work / "data" / "synthetic")).resolve()
         evaluate = [sys.executable, "-m", "forestseg", "evaluate", "models/bce-adam-0/model.pt", str(data)]
         few = [*evaluate, "--threads", str(args.threads)]
         print(f"evaluate: {data}; dvc repro --force: the default pipeline of {REPO.name} at HEAD", flush=True)
         rows = []
+        pairs = [
+            ("side by side, evaluate on torch's threads", True, evaluate),
+            (f"side by side, evaluate --threads {args.threads}", True, few),
+        ]
         for name, repro, cmd in [
             ("dvc repro --force alone", True, None),
             ("evaluate alone (torch's threads)", False, evaluate),
             (f"evaluate alone (--threads {args.threads})", False, few),
-            ("side by side, evaluate on torch's threads", True, evaluate),
-            (f"side by side, evaluate --threads {args.threads}", True, few),
+            *((f"{name} #{i + 1}", repro, cmd) for i in range(args.repeats) for name, repro, cmd in pairs),
         ]:
             rows.append((name, timed(work, repro, cmd, args.delay, args.cap)))
             print(f"{name}: {rows[-1][1]}", flush=True)

@@ -1,6 +1,6 @@
 """How busy other processes keep this process's CPU cores. torch's threads that share cores with
 another process's threads slow both several-fold, far more than halving (bench/contention.py), so
-predict and evaluate say so where they start beside other work. Reads Linux's /proc/stat, without torch
+predict, evaluate and the train stage say so where they start beside other work. Reads Linux's /proc/stat, without torch
 (sampled before torch loads)."""
 
 from __future__ import annotations
@@ -45,22 +45,23 @@ def others_busy(since: CpuClock | None, now: CpuClock | None) -> float | None:
     return max(0.0, others / (now.wall - since.wall))
 
 
-def sharing_note(others: float | None, threads: int, cores: int) -> str | None:
+def sharing_note(others: float | None, threads: int, cores: int, fix: str = "give --threads {}") -> str | None:
     """A note where `threads` torch threads and the other processes' busy cores together exceed the
-    cores: each process then waits on threads the other has descheduled."""
+    cores: each process then waits on threads the other has descheduled. `fix` says what to set, with
+    {} for the threads that would fit (at least 1)."""
     if others is None or round(others) < 1 or threads + round(others) <= cores:
         return None
     return (
         f"other processes kept {others:.1f} of this process's {cores} cores busy while it started: its "
-        f"{threads} torch threads share cores with them, which slows both several-fold; wait for them, or give "
-        f"--threads {max(1, cores - round(others))} (all torch threads together no more than the cores)"
+        f"{threads} torch threads share cores with them, which slows both several-fold; wait for them, or "
+        f"{fix.format(max(1, cores - round(others)))} (all torch threads together no more than the cores)"
     )
 
 
-def busy_note(since: CpuClock | None, threads: int) -> str | None:
+def busy_note(since: CpuClock | None, threads: int, fix: str = "give --threads {}") -> str | None:
     """sharing_note for the time since `since` on this process's cores."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity (not Linux): no /proc/stat either, so nothing measured
         return None
-    return sharing_note(others_busy(since, cpu_clock()), threads, cores)
+    return sharing_note(others_busy(since, cpu_clock()), threads, cores, fix)

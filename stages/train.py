@@ -5,12 +5,16 @@ from pathlib import Path
 
 from common import RESUME_DIR, ForestsegError, args, check_all, clear_temps, params, stage
 
-import forestseg
-from forestseg.checkpoint import check_init
-from forestseg.config import load_sections, unused_by_grid
-from forestseg.io import write_json, write_rows
-from forestseg.layout import DataLayout
-from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, TIMING_COLUMNS, train_member
+from forestseg.cores import busy_note, cpu_clock
+
+STARTED = cpu_clock()  # before torch loads: the seconds that measure what else keeps the cores busy
+
+import forestseg  # noqa: E402
+from forestseg.checkpoint import check_init  # noqa: E402
+from forestseg.config import load_sections, unused_by_grid  # noqa: E402
+from forestseg.io import write_json, write_rows  # noqa: E402
+from forestseg.layout import DataLayout  # noqa: E402
+from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, TIMING_COLUMNS, train_member  # noqa: E402
 
 
 @stage
@@ -43,6 +47,9 @@ def main(argv: list[str]) -> None:
         raise ForestsegError(f"{RESUME_DIR}: is a file where the train stage keeps its resume files; remove it")
     out, model_dir = Path(runs_dir) / run.name, Path(models_dir) / run.name
     clear_temps(out, model_dir, RESUME_DIR)
+    sharing = busy_note(STARTED, train_cfg.threads, "set train.threads: {} for runs beside them (README: Scale-out)")
+    if sharing:  # a log line: the numbers do not depend on it
+        print(f"note: {sharing}")
     history, metrics, scenes = train_member(
         run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), model_dir, resume, code
     )

@@ -1206,17 +1206,20 @@ def test_context_summary_prints_the_mean_over_folds(capsys: pytest.CaptureFixtur
 
 def test_contention_table_compares_each_row_with_its_command_alone() -> None:
     rows = [
-        ("repro alone", {"repro": 30.0}),
+        ("repro alone", {"repro": 30.0, "repro_note": False}),
         ("evaluate alone", {"evaluate": 15.0, "stopped": False, "note": False}),
-        ("side by side", {"repro": 480.0, "evaluate": 120.0, "stopped": True, "note": True}),
-        ("side by side, 1 thread", {"repro": 45.0, "evaluate": 22.5, "stopped": False, "note": False}),
+        ("side by side", {"repro": 480.0, "evaluate": 120.0, "stopped": True, "note": True, "repro_note": True}),
+        (
+            "side by side, 1 thread",
+            {"repro": 45.0, "evaluate": 22.5, "stopped": False, "note": False, "repro_note": False},
+        ),
     ]
     lines = contention.table(rows, cap=120).splitlines()
-    assert lines[0].split() == ["what", "repro", "s", "x", "alone", "evaluate", "s", "x", "alone", "note"]
-    assert lines[1].split()[-5:] == ["30.0", "1.0", "-", "-", "-"]
-    assert lines[2].split()[-5:] == ["-", "-", "15.0", "1.0", "no"]
-    assert lines[3].split()[-8:] == ["480.0", "16.0", ">", "120", "(stopped)", ">", "8.0", "yes"]
-    assert lines[4].split()[-5:] == ["45.0", "1.5", "22.5", "1.5", "no"]
+    assert lines[0].split()[:10] == ["what", "repro", "s", "x", "alone", "evaluate", "s", "x", "alone", "notes"]
+    assert lines[1].split()[-5:] == ["30.0", "1.0", "-", "-", "-/no"]
+    assert lines[2].split()[-5:] == ["-", "-", "15.0", "1.0", "no/-"]
+    assert lines[3].split()[-8:] == ["480.0", "16.0", ">", "120", "(stopped)", ">", "8.0", "yes/yes"]
+    assert lines[4].split()[-5:] == ["45.0", "1.5", "22.5", "1.5", "no/no"]
 
 
 def _fake_commands(monkeypatch: pytest.MonkeyPatch, repro_s: float, evaluate: str) -> list[subprocess.Popen]:
@@ -1233,9 +1236,10 @@ def _fake_commands(monkeypatch: pytest.MonkeyPatch, repro_s: float, evaluate: st
 
 
 def test_contention_stops_evaluate_at_the_cap_and_times_both(monkeypatch, tmp_path) -> None:
-    started = _fake_commands(monkeypatch, 1.5, f"import time; print({contention.NOTE!r}); time.sleep(30)")
+    started = _fake_commands(monkeypatch, 1.5, f"import time; print({contention.NOTE!r}, flush=True); time.sleep(30)")
     row = contention.timed(tmp_path, True, ["evaluate"], delay=0.3, cap=0.5)
     assert row["stopped"] and row["note"] and 0.5 <= row["evaluate"] < 5  # stopped at the cap, not after 30 s
+    assert row["repro_note"] is False
     assert 1.5 <= row["repro"] < 5 and started[1].returncode == -15  # SIGTERM, as a user's Ctrl-C ends it
     started = _fake_commands(monkeypatch, 30, "print('done')")
     t0 = time.perf_counter()

@@ -107,3 +107,10 @@ def test_busy_note_of_a_process_beside_a_spinning_one() -> None:
             s.wait()
     assert note is not None and f"its {cores} torch threads share cores" in note, note
     assert busy_note(cpu_clock(), threads=1) is None  # no time passed: nothing measured
+
+
+def test_sharing_note_names_what_to_set() -> None:
+    note = sharing_note(1.0, 4, 4, fix="set train.threads: {} for runs beside them")
+    assert note.endswith(
+        "or set train.threads: 3 for runs beside them (all torch threads together no more than the cores)"
+    )

@@ -555,3 +555,23 @@ def test_the_train_stage_writes_its_runs_outputs_then_drops_its_resume_file(
     assert notes == (
         ["note: optimizer.momentum 0.9 has no effect: no optimizer of grid.optimizer uses it"] if first else []
     )
+
+
+def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trains(params_file, monkeypatch, capsys):
+    """Measured from the stage's start (before torch loads) with train.threads, told as a note before the
+    first epoch, naming the param to set (the numbers depend on it: no flag changes it for one run)."""
+    import train
+
+    edit(params_file, "train", "threads", 1)
+    told = []
+
+    def busy_note(since, threads, fix):
+        told.append((since, threads, fix.format(1)))
+        return "other processes kept 1.9 of this process's 2 cores busy"
+
+    monkeypatch.setattr(train, "busy_note", busy_note)
+    monkeypatch.setattr(train, "train_member", lambda *a: print("training") or ([], {"status": "ok"}, []))
+    run_script(train, "mse", "adam", "0", "data", "runs", "models")
+    out = capsys.readouterr().out
+    assert told == [(train.STARTED, 1, "set train.threads: 1 for runs beside them (README: Scale-out)")]
+    assert out.index("note: other processes kept 1.9 of this process's 2 cores busy\n") < out.index("training")
