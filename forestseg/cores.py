@@ -1,7 +1,8 @@
-"""How busy other processes keep this process's CPU cores. torch's threads that share cores with
-another process's threads slow both several-fold, far more than halving (bench/contention.py), so
-predict, evaluate and the train stage say so where they start beside other work. Reads Linux's /proc/stat, without torch
-(sampled before torch loads)."""
+"""How busy other processes keep this process's CPU cores. torch's threads that, with another
+process's, outnumber the cores slow both far more than sharing the cores explains (a pipeline beside
+an evaluate on 2 cores: 2.5x-16x, bench/contention.py), so predict, evaluate and the train stage say
+so where they start beside other work. Reads Linux's /proc/stat, without torch (sampled before torch
+loads)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def sharing_note(others: float | None, threads: int, cores: int, fix: str = "giv
         return None
     return (
         f"other processes kept {others:.1f} of this process's {cores} cores busy while it started: its "
-        f"{threads} torch threads share cores with them, which slows both several-fold; wait for them, or "
+        f"{threads} torch threads share cores with them, which can slow both several-fold; wait for them, or "
         f"{fix.format(max(1, cores - round(others)))} (all torch threads together no more than the cores)"
     )
 
