@@ -107,6 +107,12 @@ def pick_device(pref: str, key: str = "params.yaml: train.device") -> torch.devi
     return device
 
 
+def on_cpu(pref: str) -> bool:
+    """Whether a run of device `pref` (train.device, --device) runs on the CPU: cpu, or auto where torch
+    sees no CUDA device. Nothing is claimed (pick_device claims a GPU)."""
+    return pref == "cpu" or (pref == "auto" and not torch.cuda.is_available())
+
+
 def here_or_auto(pref: str) -> str:
     """`pref` where this machine has that device, else auto: for work that follows a run trained
     elsewhere (a scale-out coordinator without the grid's GPUs, or with fewer of them)."""

@@ -12,6 +12,7 @@ STARTED = cpu_clock()  # before torch loads: the seconds that measure what else 
 import forestseg  # noqa: E402
 from forestseg.checkpoint import check_init  # noqa: E402
 from forestseg.config import load_sections, unused_by_grid  # noqa: E402
+from forestseg.device import on_cpu  # noqa: E402
 from forestseg.io import write_json, write_rows  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.train import HISTORY_COLUMNS, SCENE_COLUMNS, TIMING_COLUMNS, train_member  # noqa: E402
@@ -47,7 +48,8 @@ def main(argv: list[str]) -> None:
         raise ForestsegError(f"{RESUME_DIR}: is a file where the train stage keeps its resume files; remove it")
     out, model_dir = Path(runs_dir) / run.name, Path(models_dir) / run.name
     clear_temps(out, model_dir, RESUME_DIR)
-    sharing = busy_note(STARTED, train_cfg.threads, "set train.threads: {} for runs beside them (README: Scale-out)")
+    fix = "set train.threads: {} for runs beside them (README: Scale-out)"
+    sharing = busy_note(STARTED, train_cfg.threads, fix) if on_cpu(train_cfg.device) else None
     if sharing:  # a log line: the numbers do not depend on it
         print(f"note: {sharing}")
     history, metrics, scenes = train_member(

@@ -258,3 +258,12 @@ def test_a_named_gpu_is_kept_where_the_lock_folder_cannot_be_made(tmp_path: Path
     assert device.claim_gpu(2, tmp_path / "locks", index=1) == 1
     assert "using cuda:1" in capsys.readouterr().out
     assert device.claim_gpu(2, tmp_path / "locks") == 0
+
+
+@pytest.mark.parametrize(
+    ("pref", "cuda", "expected"),
+    [("cpu", True, True), ("auto", False, True), ("auto", True, False), ("cuda", True, False), ("cuda:1", True, False)],
+)
+def test_on_cpu_is_the_cpu_or_auto_without_cuda(pref, cuda, expected, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert device.on_cpu(pref) is expected

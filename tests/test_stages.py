@@ -557,12 +557,17 @@ def test_the_train_stage_writes_its_runs_outputs_then_drops_its_resume_file(
     )
 
 
-def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trains(params_file, monkeypatch, capsys):
+@pytest.mark.parametrize("on", ["cpu", "cuda"])
+def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trains(
+    on, params_file, monkeypatch, capsys
+):
     """Measured from the stage's start (before torch loads) with train.threads, told as a note before the
-    first epoch, naming the param to set (the numbers depend on it: no flag changes it for one run)."""
+    first epoch, naming the param to set (the numbers depend on it: no flag changes it for one run); not
+    for a run on a GPU, whose threads only feed it."""
     import train
 
     edit(params_file, "train", "threads", 1)
+    edit(params_file, "train", "device", on)
     told = []
 
     def busy_note(since, threads, fix):
@@ -570,8 +575,12 @@ def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trai
         return "other processes kept 1.9 of this process's 2 cores busy"
 
     monkeypatch.setattr(train, "busy_note", busy_note)
+    monkeypatch.setattr(train, "on_cpu", lambda pref: pref == "cpu")  # this machine may have no GPU
     monkeypatch.setattr(train, "train_member", lambda *a: print("training") or ([], {"status": "ok"}, []))
     run_script(train, "mse", "adam", "0", "data", "runs", "models")
     out = capsys.readouterr().out
+    if on == "cuda":
+        assert told == [] and "note: other" not in out
+        return
     assert told == [(train.STARTED, 1, "set train.threads: 1 for runs beside them (README: Scale-out)")]
     assert out.index("note: other processes kept 1.9 of this process's 2 cores busy\n") < out.index("training")
