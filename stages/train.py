@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
         raise ForestsegError(f"{RESUME_DIR}: is a file where the train stage keeps its resume files; remove it")
     out, model_dir = Path(runs_dir) / run.name, Path(models_dir) / run.name
     clear_temps(out, model_dir, RESUME_DIR)
-    fix = "set train.threads: {} for runs beside them (README: Scale-out)"
+    fix = "set train.threads: {} for runs beside them"
     sharing = busy_note(STARTED, train_cfg.threads, fix) if on_cpu(train_cfg.device) else None
     if sharing:  # a log line: the numbers do not depend on it
         print(f"note: {sharing}")

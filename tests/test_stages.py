@@ -582,5 +582,5 @@ def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trai
     if on == "cuda":
         assert told == [] and "note: other" not in out
         return
-    assert told == [(train.STARTED, 1, "set train.threads: 1 for runs beside them (README: Scale-out)")]
+    assert told == [(train.STARTED, 1, "set train.threads: 1 for runs beside them")]
     assert out.index("note: other processes kept 1.9 of this process's 2 cores busy\n") < out.index("training")
