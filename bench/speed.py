@@ -54,6 +54,7 @@ from forestseg.config import (  # noqa: E402
     SynthConfig,
     TrainConfig,
 )
+from forestseg.cores import CpuClock, cpu_clock, others_busy  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import exact_fp32, keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.errors import ForestsegError  # noqa: E402
@@ -275,6 +276,21 @@ def warn_if_busy(rates: list[list[float]]) -> None:
         )
 
 
+def others_line(started: CpuClock | None, cores: int) -> str:
+    """How busy other processes kept the bench's cores on average since `started` (this process's and
+    its children's CPU time left out), with a warning from a tenth of a core on: a quiet machine
+    measured 0.003 over 10 s, and a test run or a second bench beside it is worth a core."""
+    others = others_busy(started, cpu_clock())
+    if others is None:
+        return "other processes: not measured (no /proc/stat)"
+    line = f"other processes: {others:.2f} of the {cores} cores busy on average over the bench"
+    if others >= 0.1:
+        line += (
+            "\nwarning: other processes kept the bench's cores busy (above): rerun on a quiet machine before quoting"
+        )
+    return line
+
+
 def spread(values: list[float]) -> str:
     """median [min-max]; the median of an even count is the mean of the middle two, as np.median."""
     v = sorted(values)
@@ -398,10 +414,12 @@ def main() -> None:
     except ForestsegError as e:
         ap.error(str(e))
     tmp = Path(tempfile.mkdtemp(prefix="forestseg-bench-"))
+    started = cpu_clock()
     try:
         measure(args, device, kept, tmp)
     finally:  # the packed sample and the model files: ~300 MiB a run
         shutil.rmtree(tmp, ignore_errors=True)
+    print(others_line(started, len(os.sched_getaffinity(0))))
 
 
 def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Path) -> None:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 class CpuClock(NamedTuple):
     wall: float  # seconds, monotonic
     cores_busy: float  # CPU seconds spent on this process's cores by anything
-    own: float  # this process's own CPU seconds (its threads, user and system)
+    own: float  # this process's own CPU seconds (its threads, user and system, and its waited-for children's)
 
 
 def cpu_clock() -> CpuClock | None:
@@ -33,8 +33,8 @@ def cpu_clock() -> CpuClock | None:
         if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
             ticks = [int(t) for t in fields[:8]]  # user nice system idle iowait irq softirq steal (guest is in user)
             busy += sum(ticks) - ticks[3] - ticks[4]
-    times = os.times()
-    return CpuClock(time.monotonic(), busy / hz, times.user + times.system)
+    t = os.times()
+    return CpuClock(time.monotonic(), busy / hz, t.user + t.system + t.children_user + t.children_system)
 
 
 def others_busy(since: CpuClock | None, now: CpuClock | None) -> float | None:

@@ -1253,3 +1253,19 @@ def test_contention_stops_when_evaluate_fails_and_leaves_no_repro_running(monkey
     with pytest.raises(SystemExit, match=r"failed \(exit 3\)"):
         contention.timed(tmp_path, True, ["evaluate"], delay=0.0, cap=60)
     assert started[0].poll() is not None  # the repro ended with the bench
+
+
+@pytest.mark.parametrize(("others", "warned"), [(None, False), (0.0, False), (0.09, False), (0.1, True), (1.3, True)])
+def test_speed_says_how_busy_other_processes_kept_the_cores(others, warned, monkeypatch) -> None:
+    monkeypatch.setattr(speed, "others_busy", lambda since, now: others)
+    line = speed.others_line(None, 2)
+    if others is None:
+        assert line == "other processes: not measured (no /proc/stat)"
+        return
+    first, *rest = line.split("\n")
+    assert first == f"other processes: {others:.2f} of the 2 cores busy on average over the bench"
+    assert rest == (
+        ["warning: other processes kept the bench's cores busy (above): rerun on a quiet machine before quoting"]
+        if warned
+        else []
+    )

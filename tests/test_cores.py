@@ -114,3 +114,12 @@ def test_sharing_note_names_what_to_set() -> None:
     assert note.endswith(
         "or set train.threads: 3 for runs beside them (all torch threads together no more than the cores)"
     )
+
+
+@pytest.mark.skipif(cpu_clock() is None, reason="no /proc/stat (not Linux)")
+def test_a_waited_for_childs_cpu_time_is_its_own() -> None:
+    """A bench's child processes (bench/speed.py probes the peak in one) are its own work, not another's."""
+    since = cpu_clock()
+    subprocess.run([sys.executable, "-c", SPIN.replace("< 30", "< 0.8")], check=True)
+    others = others_busy(since, cpu_clock())
+    assert others is not None and others < 0.3, others  # the child's ~0.8 s counted as others: ~0.8
