@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.speed import SAMPLE  # noqa: E402
 from forestseg.config import ForestsegError, Run, SplitConfig, load_sections  # noqa: E402
+from forestseg.cores import cpu_clock, others_busy  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
@@ -413,6 +414,7 @@ def train_and_score(
     # with its scenes, so the val-chosen cut is chosen on val scenes adapted alike (train.adapt_bn), as in the pipeline
     val = load_tiles(sample.layout, rows_of(sample, val_scenes), device, sample.scene) if val_scenes else None
     predictors, histories, seconds = [], [], 0.0
+    clock = cpu_clock()  # the training's minutes are only a cost where nothing else ran beside it
     for seed in grid.seed if ensemble else grid.seed[:1]:
         with tempfile.TemporaryDirectory(prefix="forestseg-quality-") as tmp:
             t0 = time.perf_counter()
@@ -435,6 +437,7 @@ def train_and_score(
             histories.append(
                 [{k: h[k] for k in ("epoch", "train_loss", "test_iou", "seconds")} for h in result.history]
             )
+    busy = others_busy(clock, cpu_clock())
     plain = unadapted = None
     if tta:  # the same model scored both ways: TTA's own gain, paired
         plain = total_scores(score_rows(predictors, sample, test_rows))
@@ -458,6 +461,7 @@ def train_and_score(
         "train_tiles": len(train),
         "test_tiles": len(test_rows),
         "seconds": round(seconds, 1),
+        "others_busy": None if busy is None else round(busy, 2),  # cores' worth other processes used meanwhile
         "threshold": predictors[0].cut,
         "scores": total_scores(per_scene),
         "baseline": scores(np.array([forest, int(sample.pixels[test_rows].sum()) - forest, 0, 0])),
@@ -484,6 +488,8 @@ def summarize(parts: list[dict]) -> dict:
         "scene_iou_p10": float(np.percentile(scene_iou, 10)),
         "worst_scene": min(((v, s) for p in parts for s, v in p["scenes"].items()))[::-1],
         "train_minutes": [p["seconds"] / 60 for p in parts],
+        # the most any fold's training shared its cores (results from before 2026-12-05 did not measure it)
+        "others_busy": max((p["others_busy"] for p in parts if p.get("others_busy") is not None), default=None),
         # the folds' scores at each probability cut (the model's own threshold aside)
         "trade_off": {
             c: {m: [p["trade_off"][c][m] for p in parts] for m in ("iou", "miou", "precision", "recall")}
@@ -510,6 +516,12 @@ def paired(result: dict, ref: dict, metric: str) -> str:
     return f"{np.mean(deltas):+.3f} ± {np.std(deltas):.3f}{some}"
 
 
+def shared(others: float | None) -> str:
+    """What the minutes cell adds where other processes kept a tenth of a core or more busy in a fold's
+    training: its minutes are then not the recipe's cost alone."""
+    return f" (shared: {others:.1f} cores busy)" if others is not None and others >= 0.1 else ""
+
+
 def table(results: list[dict], ref: dict | None = None) -> str:
     """Markdown: one row per saved result (with `ref`, also each one's paired change of forest IoU and mIoU)."""
     head = "| result | mode | folds | forest IoU | mIoU | Dice | precision | recall | scene IoU median / p10 | all-forest IoU | train min/fold |"
@@ -528,7 +540,7 @@ def table(results: list[dict], ref: dict | None = None) -> str:
                 else f" | {s['scene_iou_median']:.3f} / {s['scene_iou_p10']:.3f}"
             )
             + f" | {mean_std(s['baseline_iou'])}"
-            + f" | {np.mean(s['train_minutes']):.1f} |"
+            + f" | {np.mean(s['train_minutes']):.1f}{shared(s.get('others_busy'))} |"
             + (f" {paired(r, ref, 'iou')} | {paired(r, ref, 'miou')} |" if ref else "")
         )
     return "\n".join(lines)

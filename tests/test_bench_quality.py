@@ -435,8 +435,12 @@ def test_train_and_score_reports_each_scenes_iou_and_the_all_forest_baseline_of_
     history = [{"epoch": 1, "train_loss": 0.5, "test_iou": 0.1, "seconds": 1.0}]
     monkeypatch.setattr(quality, "train_run", lambda *a, **k: SimpleNamespace(history=history))
     monkeypatch.setattr(quality.Predictor, "load", lambda *a, **k: model)
+    clocks = []
+    monkeypatch.setattr(quality, "cpu_clock", lambda: clocks.append(len(clocks)) or clocks[-1])
+    monkeypatch.setattr(quality, "others_busy", lambda since, now: 0.123 if (since, now) == (0, 1) else None)
     params = quality.recipe_params("cpu", [])
     got = quality.train_and_score(params, ["a"], ["b", "c"], sample, torch.device("cpu"), tta=False)
+    assert got["others_busy"] == 0.12  # over the training: the clocks before it and after it
     assert got["scenes"] == {s: quality.scores(c)["iou"] for s, c in counts.items()}
     assert got["scores"] == quality.scores(counts["b"] + counts["c"])
     forest = (16 + 20 + 2 + 30) * 32
@@ -532,3 +536,14 @@ def test_the_table_command_lists_every_saved_result(results_dir: Path, monkeypat
     quality.main()
     rows = (results_dir / "README.md").read_text().splitlines()[4:]
     assert [row.split(" | ")[0] for row in rows] == ["| a", "| b"]
+
+
+def test_the_minutes_say_where_other_processes_shared_a_folds_training() -> None:
+    """The most busy fold counts (a tenth of a core on); results saved before it was measured show plain minutes."""
+    parts = [{**part(0), "others_busy": 0.05}, {**part(1), "others_busy": 0.84}, {**part(2), "others_busy": None}]
+    r = {**result("t"), "parts": parts, "summary": quality.summarize(parts)}
+    assert r["summary"]["others_busy"] == 0.84
+    assert quality.table([r]).splitlines()[2].endswith("| 1.0 (shared: 0.8 cores busy) |")
+    quiet = [{**part(0), "others_busy": 0.09}, part(1)]  # part(1): an older result without the field
+    r = {**result("t"), "parts": quiet, "summary": quality.summarize(quiet)}
+    assert r["summary"]["others_busy"] == 0.09 and quality.table([r]).splitlines()[2].endswith("| 1.0 |")
