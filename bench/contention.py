@@ -88,15 +88,16 @@ def cell(row: dict, key: str, cap: float) -> str:
 
 
 def table(rows: list[tuple[str, dict]], cap: float) -> str:
-    """Each row's seconds and its slowdown against the first row that ran the same command (alone)."""
+    """Each row's seconds and its slowdown against the first row that ran the same command: the repro
+    alone, evaluate alone on torch's threads (a stopped evaluate: the cap's)."""
     alone = {key: next(r[key] for name, r in rows if key in r) for key in ("repro", "evaluate")}
     lines = [f"{'what':<46} {'repro s':>9} {'x alone':>8} {'evaluate s':>16} {'x alone':>8}  notes (evaluate/repro)"]
     for name, r in rows:
         times = []
         for key in ("repro", "evaluate"):
             slower = f"{r[key] / alone[key]:.1f}" if key in r else "-"
-            if key == "evaluate" and r.get("stopped"):
-                slower = f"> {slower}"
+            if key == "evaluate" and r.get("stopped"):  # it ran past the cap until SIGTERM ended it
+                slower = f"> {cap / alone[key]:.1f}"
             times += [cell(r, key, cap), slower]
         note = "/".join(("yes" if r[k] else "no") if k in r else "-" for k in ("note", "repro_note"))
         lines.append(f"{name:<46} {times[0]:>9} {times[1]:>8} {times[2]:>16} {times[3]:>8}  {note}")

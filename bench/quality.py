@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.speed import SAMPLE  # noqa: E402
 from forestseg.config import ForestsegError, Run, SplitConfig, load_sections  # noqa: E402
-from forestseg.cores import cpu_clock, others_busy  # noqa: E402
+from forestseg.cores import QUIET, cpu_clock, others_busy  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
@@ -517,9 +517,9 @@ def paired(result: dict, ref: dict, metric: str) -> str:
 
 
 def shared(others: float | None) -> str:
-    """What the minutes cell adds where other processes kept a tenth of a core or more busy in a fold's
+    """What the minutes cell adds where other processes kept QUIET of a core or more busy in a fold's
     training: its minutes are then not the recipe's cost alone."""
-    return f" (shared: {others:.1f} cores busy)" if others is not None and others >= 0.1 else ""
+    return f" (shared: {others:.1f} cores busy)" if others is not None and others >= QUIET else ""
 
 
 def table(results: list[dict], ref: dict | None = None) -> str:

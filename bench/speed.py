@@ -54,7 +54,7 @@ from forestseg.config import (  # noqa: E402
     SynthConfig,
     TrainConfig,
 )
-from forestseg.cores import CpuClock, cpu_clock, others_busy  # noqa: E402
+from forestseg.cores import QUIET, CpuClock, cpu_clock, others_busy  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import exact_fp32, keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.errors import ForestsegError  # noqa: E402
@@ -276,15 +276,15 @@ def warn_if_busy(rates: list[list[float]]) -> None:
         )
 
 
-def others_line(started: CpuClock | None, cores: int) -> str:
+def others_line(started: CpuClock | None) -> str:
     """How busy other processes kept the bench's cores on average since `started` (this process's and
-    its children's CPU time left out), with a warning from a tenth of a core on: a quiet machine
-    measured 0.003 over 10 s, and a test run or a second bench beside it is worth a core."""
+    its children's CPU time left out), with a warning from QUIET on: a quiet machine measured 0.003
+    over 10 s, and a test run or a second bench beside it is worth a core."""
     others = others_busy(started, cpu_clock())
     if others is None:
         return "other processes: not measured (no /proc/stat)"
-    line = f"other processes: {others:.2f} of the {cores} cores busy on average over the bench"
-    if others >= 0.1:
+    line = f"other processes: {others:.2f} of the {len(started.busy)} cores busy on average over the bench"
+    if others >= QUIET:
         line += (
             "\nwarning: other processes kept the bench's cores busy (above): rerun on a quiet machine before quoting"
         )
@@ -419,7 +419,7 @@ def main() -> None:
         measure(args, device, kept, tmp)
     finally:  # the packed sample and the model files: ~300 MiB a run
         shutil.rmtree(tmp, ignore_errors=True)
-    print(others_line(started, len(os.sched_getaffinity(0))))
+    print(others_line(started))
 
 
 def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Path) -> None:

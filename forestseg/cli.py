@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .config import MAX_THREADS, PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError, forest_values
+from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError, forest_values, threads_range
 from .cores import CpuClock, busy_note, cpu_clock
 from .errors import BROKEN_PIPE, Terminated, one_line, out_of_memory, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, visible_files
@@ -260,15 +260,13 @@ def _sharing_note(started: CpuClock | None, device: torch.device) -> None:
         print(f"note: {note}")
 
 
-def _on_threads(n: int | None) -> contextlib.AbstractContextManager:
+def _on_threads(n: int | None) -> contextlib.AbstractContextManager[None]:
     """torch's CPU threads for a command that runs a model: --threads, restored after (tests run many
     commands in one process)."""
     from .device import cpu_threads
 
-    if n is not None and not 1 <= n <= MAX_THREADS:
-        raise ForestsegError(
-            f"--threads {n}: must be in 1..{MAX_THREADS} (torch's CPU threads: the cores this run should use)"
-        )
+    if n is not None and (wrong := threads_range(n)):
+        raise ForestsegError(f"--threads {n}: {wrong}")
     return cpu_threads(n)
 
 

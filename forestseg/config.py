@@ -68,6 +68,13 @@ def _optimizers():
     return OPTIMIZERS
 
 
+def threads_range(n: int) -> str | None:
+    """What is wrong with `n` torch CPU threads (train.threads, predict's --threads), or None."""
+    if not 1 <= n <= MAX_THREADS:
+        return f"must be in 1..{MAX_THREADS} (torch's CPU threads: the cores a run should use)"
+    return None
+
+
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         _fail(key, f"must be > 0, got {value!r}")
@@ -331,11 +338,8 @@ class TrainConfig:
         for key in ("batch_size", "test_batch_size"):
             if getattr(self, key) > MAX_BATCH:  # torch's split and index take a 64-bit size
                 _fail(f"train.{key}", f"must be in 1..{MAX_BATCH} tiles, got {getattr(self, key)}")
-        if self.threads > MAX_THREADS:
-            _fail(
-                "train.threads",
-                f"must be in 1..{MAX_THREADS} (torch's CPU threads; the cores a run should use), got {self.threads}",
-            )
+        if wrong := threads_range(self.threads):
+            _fail("train.threads", f"{wrong}, got {self.threads}")
         if not self.diverge_factor > 1:  # a loss above this multiple of the first one is divergence
             _fail("train.diverge_factor", f"must be > 1 (a multiple of the first loss), got {self.diverge_factor}")
         for key in ("scale", "saturation", "ema"):

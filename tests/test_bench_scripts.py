@@ -1208,7 +1208,7 @@ def test_contention_table_compares_each_row_with_its_command_alone() -> None:
     rows = [
         ("repro alone", {"repro": 30.0, "repro_note": False}),
         ("evaluate alone", {"evaluate": 15.0, "stopped": False, "note": False}),
-        ("side by side", {"repro": 480.0, "evaluate": 120.0, "stopped": True, "note": True, "repro_note": True}),
+        ("side by side", {"repro": 480.0, "evaluate": 121.0, "stopped": True, "note": True, "repro_note": True}),
         (
             "side by side, 1 thread",
             {"repro": 45.0, "evaluate": 22.5, "stopped": False, "note": False, "repro_note": False},
@@ -1236,11 +1236,11 @@ def _fake_commands(monkeypatch: pytest.MonkeyPatch, repro_s: float, evaluate: st
 
 
 def test_contention_stops_evaluate_at_the_cap_and_times_both(monkeypatch, tmp_path) -> None:
-    started = _fake_commands(monkeypatch, 1.5, f"import time; print({contention.NOTE!r}, flush=True); time.sleep(30)")
-    row = contention.timed(tmp_path, True, ["evaluate"], delay=0.3, cap=0.5)
-    assert row["stopped"] and row["note"] and 0.5 <= row["evaluate"] < 5  # stopped at the cap, not after 30 s
+    started = _fake_commands(monkeypatch, 3.0, f"import time; print({contention.NOTE!r}, flush=True); time.sleep(30)")
+    row = contention.timed(tmp_path, True, ["evaluate"], delay=0.3, cap=2.0)
+    assert row["stopped"] and row["note"] and 2.0 <= row["evaluate"] < 10  # stopped at the cap, not after 30 s
     assert row["repro_note"] is False
-    assert 1.5 <= row["repro"] < 5 and started[1].returncode == -15  # SIGTERM, as a user's Ctrl-C ends it
+    assert 3.0 <= row["repro"] < 10 and started[1].returncode == -15  # SIGTERM, as a user's Ctrl-C ends it
     started = _fake_commands(monkeypatch, 30, "print('done')")
     t0 = time.perf_counter()
     row = contention.timed(tmp_path, False, ["evaluate"], delay=10.0, cap=60)  # alone: no repro, no delay
@@ -1258,7 +1258,7 @@ def test_contention_stops_when_evaluate_fails_and_leaves_no_repro_running(monkey
 @pytest.mark.parametrize(("others", "warned"), [(None, False), (0.0, False), (0.09, False), (0.1, True), (1.3, True)])
 def test_speed_says_how_busy_other_processes_kept_the_cores(others, warned, monkeypatch) -> None:
     monkeypatch.setattr(speed, "others_busy", lambda since, now: others)
-    line = speed.others_line(None, 2)
+    line = speed.others_line(speed.CpuClock(0.0, {0: 0.0, 1: 0.0}, 0.0))
     if others is None:
         assert line == "other processes: not measured (no /proc/stat)"
         return

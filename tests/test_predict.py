@@ -1491,5 +1491,5 @@ def test_threads_out_of_range_is_one_line(threads, checkpoint, tmp_path, capsys)
         main(["predict", str(checkpoint), str(tmp_path), "-o", str(tmp_path / "out"), "--threads", threads])
     assert done.value.code == 2 and torch.get_num_threads() == before
     assert capsys.readouterr().err == (
-        f"error: --threads {threads}: must be in 1..1024 (torch's CPU threads: the cores this run should use)\n"
+        f"error: --threads {threads}: must be in 1..1024 (torch's CPU threads: the cores a run should use)\n"
     )
