@@ -30,6 +30,7 @@ from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestseg.config import ModelConfig, OptimizerConfig, Run, TrainConfig  # noqa: E402
+from forestseg.cores import QUIET, cpu_clock, others_busy  # noqa: E402
 from forestseg.loader import Tiles  # noqa: E402
 from forestseg.synthetic import render_scene  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
@@ -148,9 +149,10 @@ def main() -> None:
     ]
     timer = [TIMER, "-v"] if Path(TIMER).exists() else []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), cpu_clock()
     done = subprocess.run(timer + cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
+    others = others_busy(started, cpu_clock())  # the predict is a waited-for child: its CPU time is ours
     if done.returncode != 0:
         sys.exit(f"forestseg predict failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     if timer:
@@ -184,10 +186,15 @@ def main() -> None:
         "idle_rss_mib": None if idle_kib is None else round(idle_kib / 1024),
         "in_memory_estimate_mib": round(in_memory / 2**20),
         "model_megapixels_per_s": round(model_pixels / 1e6 / wall, 2),
+        "others_busy_cores": None if others is None else round(others, 2),  # other processes, during the predict
         "forest_area_csv": area,
     }
     print(done.stdout.strip())
     print(json.dumps(result, indent=2))
+    if others is not None and others >= QUIET:
+        print(
+            f"warning: other processes kept {others:.2f} cores busy during the predict: rerun on a quiet machine before quoting"
+        )
     if not args.keep:  # only what this script wrote: --work may be a folder of the user's
         raster.unlink(missing_ok=True)
         model.unlink(missing_ok=True)

@@ -798,8 +798,15 @@ def test_geo_reports_the_predict_commands_wall_time_peak_rss_and_in_memory_size(
         timer.touch()
     monkeypatch.setattr(geo, "TIMER", str(timer))
     monkeypatch.setattr(sys, "argv", ["geo.py", "--size", "10000", "--pixel", "2", "--work", str(tmp_path / "w")])
+    clocks = []  # the predict's: read right before and after it
+    monkeypatch.setattr(geo, "cpu_clock", lambda: clocks.append(clock[0]) or len(clocks))
+    monkeypatch.setattr(geo, "others_busy", lambda since, now: 0.6 if (since, now) == (1, 2) else None)
     geo.main()
+    assert clocks == [117.0, 157.3]
     out = capsys.readouterr().out
+    assert out.endswith(
+        "warning: other processes kept 0.60 cores busy during the predict: rerun on a quiet machine before quoting\n"
+    )
     assert "(10000x10000 at 2 m, 30 MiB on disk) in 12 s" in out
     assert "UNet width 4, depth 3, 256-px tiles, 8 epochs in 5 s" in out
     result = json.loads(out[out.index("{") : out.rindex("}") + 1])
@@ -814,6 +821,7 @@ def test_geo_reports_the_predict_commands_wall_time_peak_rss_and_in_memory_size(
         "idle_rss_mib": 512 if gnu_time else None,  # without GNU time: not measured, none said
         "in_memory_estimate_mib": round(40000**2 * 18 / 2**20),  # 27466
         "model_megapixels_per_s": 39.7,  # 1600 / 40.3
+        "others_busy_cores": 0.6,
         "forest_area_csv": ["file,forest_ha", "ortho.tif,12.5"],
     }
     assert not (tmp_path / "w").exists()  # made by the script, removed with what it wrote
