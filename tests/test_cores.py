@@ -112,8 +112,9 @@ def test_cpu_clock_counts_its_own_cpu_time_on_its_cores() -> None:
     while time.process_time() - t < 0.3:  # this process's CPU time, whoever else runs
         pass
     after = cpu_clock()
-    assert after.own - before.own >= 0.29
-    assert sum(after.busy.values()) - sum(before.busy.values()) >= after.own - before.own - 0.05  # on its cores
+    ticks = 0.01 * (len(before.busy) + 1)  # each count truncated to 10 ms ticks, per core and per process
+    assert after.own - before.own >= 0.3 - ticks  # (0.29 read as 0.2899... once)
+    assert sum(after.busy.values()) - sum(before.busy.values()) >= after.own - before.own - 2 * ticks  # on its cores
 
 
 @pytest.mark.skipif(cpu_clock() is None, reason="no /proc/stat (not Linux)")
