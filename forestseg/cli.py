@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError, forest_values, threads_range
-from .cores import CpuClock, busy_note, cpu_clock
+from .cores import busy_note, cpu_clock
 from .errors import BROKEN_PIPE, Terminated, one_line, out_of_memory, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, visible_files
 from .io import (
@@ -46,8 +46,6 @@ from .metrics import METRICS
 from .windows import BLOCK, scene_windows
 
 if TYPE_CHECKING:  # torch is imported by the commands that run a model, not by `tile` or --help (~2 s)
-    import torch
-
     from .geo import MapOptions
     from .predict import Predictor
 
@@ -251,13 +249,19 @@ def _pixel_note(checkpoint: Path, predictor: Predictor) -> None:
         )
 
 
-def _sharing_note(started: CpuClock | None, device: torch.device) -> None:
-    """A note where other processes kept busy, since `started`, the cores this CPU run's threads need."""
+def _predictor(args: argparse.Namespace) -> Predictor:
+    """The model of predict and evaluate (--device, --precision, --tta), with a note where other processes
+    kept busy, since the command started, the cores a CPU run's threads need."""
     import torch
 
-    note = busy_note(started, torch.get_num_threads()) if device.type == "cpu" else None
+    from .device import pick_device
+    from .predict import Predictor
+
+    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
+    note = busy_note(args.started, torch.get_num_threads()) if predictor.device.type == "cpu" else None
     if note:
         print(f"note: {note}")
+    return predictor
 
 
 def _on_threads(n: int | None) -> contextlib.AbstractContextManager[None]:
@@ -271,12 +275,9 @@ def _on_threads(n: int | None) -> contextlib.AbstractContextManager[None]:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .device import pick_device
     from .geo import PictureError, check_raster, has_world_file, is_map
-    from .predict import Predictor
 
-    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
-    _sharing_note(args.started, predictor.device)
+    predictor = _predictor(args)
     opts = _map_options(args, predictor)
     area_error = _area_error(args.area_error, args.checkpoint, predictor, opts)
     files = _predict_inputs(args.inputs, args.out)
@@ -634,12 +635,9 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> 
 
 def evaluate(args: argparse.Namespace) -> int:
     from .dataset import DataError  # with pandas (~0.5 s): evaluate's alone, not predict's
-    from .device import pick_device
     from .evaluate import evaluate as score
-    from .predict import Predictor
 
-    predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
-    _sharing_note(args.started, predictor.device)
+    predictor = _predictor(args)
     opts = _map_options(args, predictor)
     forest = _forest(args.forest)
     try:
