@@ -28,16 +28,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.repro_stages import env  # noqa: E402
+
 NOTE = "other processes kept"  # the start of forestseg's note that the cores are shared
-
-
-def env() -> dict[str, str]:
-    """This interpreter's folder first on PATH (dvc, and the stages' `python`), DVC offline."""
-    return {
-        **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
 
 
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import forestseg.train  # noqa: E402
+from bench.repro_stages import env as repro_env  # noqa: E402
 from forestseg.config import ModelConfig, OptimizerConfig, Run, TrainConfig  # noqa: E402
 from forestseg.loader import Tiles  # noqa: E402
 from forestseg.predict import Predictor  # noqa: E402
@@ -146,9 +146,7 @@ def check_train_predict(device: torch.device, tiny: bool) -> None:
 
 def sh(cwd: Path, *cmd: str) -> str:
     env = {
-        **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **repro_env(),
         "GIT_AUTHOR_NAME": "bench",
         "GIT_AUTHOR_EMAIL": "bench@forestseg",
         "GIT_COMMITTER_NAME": "bench",

@@ -16,6 +16,16 @@ import sys
 import time
 
 
+def env() -> dict[str, str]:
+    """The environment with this interpreter's folder first on PATH: dvc, and the `python` of the stages'
+    commands, of this environment; DVC offline."""
+    return {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+    }
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
@@ -23,9 +33,7 @@ def main(argv: list[str]) -> int:
     cmd = ["dvc", "repro", *(argv[1:] if argv[:1] == ["--"] else argv)]
     t0 = time.perf_counter()
     stages: list[tuple[str, float]] = []
-    # the interpreter's folder first: dvc, and the `python` of the stages' commands, of this environment
-    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env())
     lines = []
     for line in proc.stdout:
         now = time.perf_counter() - t0
