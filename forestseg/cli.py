@@ -60,6 +60,7 @@ AREA_COLUMNS = [
     "forest_share",
     "area_bias_pct",
     "mask",
+    "model_sha256",  # the model file that mapped it: one folder's total from one model
 ]
 
 
@@ -320,7 +321,7 @@ def predict(args: argparse.Namespace) -> int:
     for message in failed:  # before the rasters: a raster that fails stops the run
         print(f"error: {one_line(message)}", file=sys.stderr)
     if rasters:
-        _map_rasters(predictor, rasters, args.out, opts, area_error)
+        _map_rasters(predictor, rasters, args.out, opts, area_error, sha256_of(args.checkpoint))
     return 1 if failed else 0
 
 
@@ -369,6 +370,11 @@ def _input_notes(
             print("note: --overlay: GeoTIFF inputs get no overlay PNG; open <name>_mask.tif over the image in QGIS")
     elif opts.polygons or opts.probability or area_error is not None:
         print("note: --polygons, --probability and --area-error apply to GeoTIFF inputs only; there are none")
+    if rasters and opts.min_area_m2 and not opts.polygons:
+        print(
+            f"note: --min-area-m2 {opts.min_area_m2:g} drops small polygons of --polygons only, which is not given; "
+            "forest_area.csv counts every forest pixel either way"
+        )
     if unplaced:
         print(
             f"note: {unplaced[0].name}{f' and {len(unplaced) - 1} other(s)' if len(unplaced) > 1 else ''}: a world "
@@ -556,17 +562,38 @@ def _say_dropped(out: Path, gone: list[Path]) -> None:
         )
 
 
-def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_error: float | None) -> None:
-    """Map every raster; forest_area.csv is rewritten after each, so a later failure keeps the finished rows."""
+def _map_rasters(
+    predictor: Predictor, rasters: list, out: Path, opts, area_error: float | None, model_sha256: str
+) -> None:
+    """Map every raster; forest_area.csv is rewritten after each, so a failure keeps the finished rows,
+    and the earlier runs' rows of the raster that failed and of those not reached yet: a map's outputs
+    change together or not at all, and the table counts every mask in the folder."""
     from .geo import map_forest, output_paths
 
-    now = {_resolved(r.path) for r in rasters}
-    kept = _earlier_rows(
-        out / "forest_area.csv", now, {_resolved(output_paths(r.path, out, opts)["mask"]) for r in rasters}
-    )
+    csv_path = out / "forest_area.csv"
+    masks = {r.path: _resolved(output_paths(r.path, out, opts)["mask"]) for r in rasters}
+    earlier = _earlier_rows(csv_path, {_resolved(r.path) for r in rasters}, set(masks.values()))
+    files_done: set[str] = set()  # mapped by this call: their earlier rows are replaced
+    masks_done: set[str] = set()  # masks this call wrote (also another raster's of the same name)
     rows: list[dict] = []
+
+    def kept() -> list[dict]:
+        return [r for m, r in earlier if _resolved(r["file"]) not in files_done and m not in masks_done]
+
+    def write() -> None:
+        write_rows(csv_path, AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept() + rows))
+
     for raster in rasters:
-        a = map_forest(predictor, raster, out, opts)
+        try:
+            a = map_forest(predictor, raster, out, opts)
+        except ForestsegError:
+            if Path(masks[raster.path]).is_file():
+                print(f"note: {raster.path.name}: the map of an earlier run stays in {out}, with its row")
+            if rows or csv_path.is_file():  # no table where no map was ever written
+                write()
+            raise
+        files_done.add(_resolved(raster.path))
+        masks_done.add(masks[raster.path])
         rows.append(
             {
                 "file": os.path.abspath(a.file),  # absolute (links kept): a later run from elsewhere finds it
@@ -579,9 +606,10 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
                 "forest_share": None if a.forest_share is None else round(a.forest_share, 6),
                 "area_bias_pct": area_error,
                 "mask": os.path.abspath(a.mask),
+                "model_sha256": model_sha256,
             }
         )
-        write_rows(out / "forest_area.csv", AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept + rows))
+        write()
         share = (
             "no valid pixels" if a.forest_share is None else f"{a.forest_share:.1%} of {a.valid_ha:.2f} ha with data"
         )
@@ -595,42 +623,57 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
             f"{raster.path.name}: forest {a.forest_ha:.2f} ha ({share}; {a.crs}, {grid}) -> {a.mask}"
             + (f"; {a.polygons} forest polygon(s)" if a.polygons is not None else "")
         )
+    older = kept()
     print(
-        f"predict: mapped {len(rows)} GeoTIFF(s); areas in {out / 'forest_area.csv'}"
+        f"predict: mapped {len(rows)} GeoTIFF(s); areas in {csv_path}"
         + (f" (area bias from --area-error: {area_error:+.1f}%)" if area_error is not None else "")
-        + (f", with {plural(len(kept), 'row')} of earlier runs whose masks are still there" if kept else "")
+        + (f", with {plural(len(older), 'row')} of earlier runs whose masks are still there" if older else "")
     )
+    others = [r["file"] for r in older if r["model_sha256"] != model_sha256]
+    if others:
+        print(
+            f"note: {csv_path}: {plural(len(others), 'row')} of earlier runs mapped by another model file (or by "
+            f"a forestseg that did not record it), so its total mixes models: {', '.join(others[:3])}"
+            f"{' ...' if len(others) > 3 else ''}; map them again with this model, or map into a new folder"
+        )
 
 
 def _resolved(path: str | Path) -> str:
     return str(Path(path).resolve())  # for comparing: a row of an older version holds the path as typed
 
 
-def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> list[dict]:
-    """forest_area.csv's rows of inputs not mapped now (`mapped_now`, resolved paths) whose masks this
-    run does not write (`masks_now`: another raster of the same name replaces it) and are still there:
-    one call per file in a shell loop sums to the folder's whole area, each mask counted once. A row's
-    mask is the file of its name in the CSV's folder, however its path was written (relative to where an
-    older version ran). Rows of masks gone are dropped, and said."""
+def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> list[tuple[str, dict]]:
+    """forest_area.csv's rows whose masks are still there, each with its mask's resolved path: one call
+    per file in a shell loop sums to the folder's whole area, each mask counted once. A row's mask is
+    the file of its name in the CSV's folder, however its path was written (relative to where an older
+    version ran). Rows of masks gone are dropped, and said where this run maps neither their input
+    (`mapped_now`, resolved paths) nor their mask (`masks_now`)."""
     if not csv_path.is_file():
         return []
     try:
-        columns = read_columns(csv_path, *AREA_COLUMNS)
+        try:
+            columns = read_columns(csv_path, *AREA_COLUMNS)
+        except ForestsegError:  # a table of a forestseg before model_sha256, if not another program's
+            columns = {**read_columns(csv_path, *AREA_COLUMNS[:-1]), "model_sha256": None}
     except ForestsegError as e:  # another program's file, or an older layout: replaced, and said
         print(f"note: {e}; it is replaced by this run's rows", file=sys.stderr)
         return []
-    rows = [dict(zip(AREA_COLUMNS, values)) for values in zip(*(columns[c] for c in AREA_COLUMNS))]
+    n = len(columns["file"])
+    rows = [{c: (columns[c] or [""] * n)[i] for c in AREA_COLUMNS} for i in range(n)]
     by_mask = {_resolved(csv_path.parent / Path(r["mask"]).name): r for r in rows}  # one row per mask: the last
-    earlier = [(m, r) for m, r in by_mask.items() if _resolved(r["file"]) not in mapped_now and m not in masks_now]
-    kept = [r for m, r in earlier if Path(m).is_file()]
-    gone = [r["file"] for _, r in earlier if r not in kept]
+    there = [(m, r) for m, r in by_mask.items() if Path(m).is_file()]
+    gone = [
+        r["file"]
+        for m, r in by_mask.items()
+        if not Path(m).is_file() and _resolved(r["file"]) not in mapped_now and m not in masks_now
+    ]
     if gone:
         print(
             f"note: {csv_path}: {plural(len(gone), 'row')} dropped, their masks no longer there: "
             f"{', '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}",
             file=sys.stderr,
         )
-    return kept
+    return there
 
 
 def evaluate(args: argparse.Namespace) -> int:

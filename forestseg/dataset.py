@@ -616,8 +616,8 @@ def build_index(
                     k = len(kept)
                     images[k], packed_masks[k], summary, jpeg = result
                     stats.add_summary(summary, jpeg)
-                    if not summary[0] or summary[1][1:].any():  # an empty (all-0) mask fits any grey convention
-                        kept_stats.add_summary(summary, jpeg)
+                    if np.count_nonzero(summary[1]) > 1:  # a mask of one value (all 0, all 255, all white)
+                        kept_stats.add_summary(summary, jpeg)  # fits several conventions: no sign of a mix
                     forest_px = int(result[1].sum())
                     grey, is_forest = result[0].mean(axis=-1, dtype=np.float32), result[1].astype(bool)
                     scene = scene_of(image)
@@ -759,7 +759,7 @@ READS = {"resampled": {"resampled", "0/255"}, "classes": {"classes", "0/1"}}
 
 def misfit_advice(misfit_stats: Stats, kept_stats: Stats, masks: str, forest: tuple) -> str:
     """What the masks that did not fit data.masks look like, and which params would read them; where the
-    masks that did fit (`kept_stats`, empty ones aside) look like a convention the misfits' one does not
+    masks that did fit (`kept_stats`, masks of one value aside) look like a convention the misfits' one does not
     read, that the set mixes conventions: the params that read the misfits would refuse the others (a
     set half 0/1, half 0/255 was sent from one setting to the other and back)."""
     advice = misfit_stats.suggest(masks, forest)
@@ -768,8 +768,8 @@ def misfit_advice(misfit_stats: Stats, kept_stats: Stats, masks: str, forest: tu
     if not kept or guess in (masks, "blurred", "lossy ids") or kept_stats.guess() in READS.get(guess, {guess}):
         return advice
     return (
-        f"{advice}; but the other {kept} mask(s) fit {masks!r}: the set mixes conventions, so no one "
-        "data.masks reads it; convert one group to the other's convention (saved lossless, e.g. PNG) first"
+        f"{advice}; but {kept} other mask(s) of more than one value fit {masks!r}: the set mixes conventions, so "
+        "no one data.masks reads it; convert one group to the other's convention (saved lossless, e.g. PNG) first"
     )
 
 

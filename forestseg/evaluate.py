@@ -257,7 +257,8 @@ def check_truth(truth_path: Path) -> None:
         if truth.crs is None:
             raise ForestsegError(
                 f"{truth_path}: has no CRS; the truth must be georeferenced like its image: give it the image's "
-                "(gdal_edit.py -a_srs and -a_ullr, or a world file and .prj beside it); to cut pictures of one "
+                f"(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {truth_path.name}; GDAL reads no "
+                "CRS from a .prj beside it); to cut pictures of one "
                 "grid for training, `forestseg tile` takes both as .png"
             )
 

@@ -210,7 +210,12 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
                 f"{path}: its geotransform {tuple(t)[:6]} is degenerate (pixels of no area); fix it "
                 f"(gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path.name})"
             )
-        notes += _band_notes(path, src, opts.bands)
+        try:  # the one check that reads pixels (the edges, a decimated alpha band)
+            notes += _band_notes(path, src, opts.bands)
+        except (RasterioError, CPLE_BaseError) as e:
+            raise ForestsegError(
+                f"{path}: cannot be read as a GeoTIFF ({_one_line(e)}); damaged or cut short?"
+            ) from None
         _check_scale(path, src, crs, float(unit_m))
         _check_pixels(path, src, crs, float(unit_m), model_px if opts.resample else None)
         return Raster(path, crs, float(unit_m), tuple(notes))

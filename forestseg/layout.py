@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ForestsegError
 from .io import read_columns
 
 
@@ -58,7 +59,14 @@ class DataLayout:
         return Split(*(np.array(columns[c], dtype=str) for c in ("image", "scene", "subset")))
 
     def pixel_size_m(self) -> float:
-        return float(json.loads(self.digest.read_text())["pixel_size_m"])
+        """The ground size of a pixel, as the index stage recorded it."""
+        try:
+            return float(json.loads(self.digest.read_text())["pixel_size_m"])
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged or hand-edited file
+            raise ForestsegError(
+                f"{self.digest}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())}); "
+                "rerun `dvc repro index`"
+            ) from None
 
     def content(self) -> list[Path]:
         """Small files that together pin the data's content: the index, the split and the arrays' digest."""

@@ -424,7 +424,10 @@ def test_a_set_of_two_mask_conventions_is_said_to_be_mixed(tiny_set, tmp_path, c
     with pytest.raises(DataError) as err:
         build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", convention, ())
     message = str(err.value)
-    assert f"they look like {other} masks: set data.masks: '{other}'; but the other {ROWS // 2} mask(s) fit " in message
+    assert (
+        f"they look like {other} masks: set data.masks: '{other}'; but {ROWS // 2} other mask(s) of more than one value fit "
+        in message
+    )
     assert f"fit '{convention}': the set mixes conventions, so no one data.masks reads it" in message, message
 
 
@@ -454,17 +457,27 @@ def masks_classes_some_0_1(root: Path) -> None:
         Image.fromarray(values.astype(np.uint8)).save(root / "masks" / m, format="PNG")
 
 
+def masks_colours_some_white(root: Path) -> None:
+    """DeepGlobe-style colour masks (forest green, the rest agriculture yellow), two tiles all white
+    (barren land): a white tile reads as an all-forest 0/255 mask, but colors reads it too."""
+    for k, (_, m) in enumerate(rows_of(root)):
+        forest = decode_mask(root / "masks" / m).astype(bool) & (k >= 2)
+        rgb = np.where(forest[..., None], (0, 255, 0), (255, 255, 255) if k < 2 else (255, 255, 0))
+        Image.fromarray(rgb.astype(np.uint8)).save(root / "masks" / m, format="PNG")
+
+
 @pytest.mark.parametrize(
     "make, convention, advice",
     [
         (masks_empty_0_255, "0/1", "they look like 0/255 masks: set data.masks: '0/255'"),
+        (masks_colours_some_white, "0/255", "if they are colour-coded classes, set data.masks: colors"),
         (masks_half_resized, "0/255", "set data.masks: resampled (forest >= 128)"),
         (masks_classes_some_0_1, "0/1", "if they are class ids, set data.masks: classes and data.forest:"),
     ],
 )
 def test_a_set_one_setting_reads_whole_is_not_called_mixed(tiny_set, tmp_path, make, convention, advice) -> None:
-    """Empty masks fit any grey convention, resampled reads 0/255 masks, classes reads 0/1 ones: none of
-    these sets mixes conventions, and the advice must not say so."""
+    """Masks of one value (empty, all white) fit several conventions, resampled reads 0/255 masks, classes
+    reads 0/1 ones: none of these sets mixes conventions, and the advice must not say so."""
     make(tiny_set)
     with pytest.raises(DataError) as err:
         build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", convention, ())
@@ -478,7 +491,7 @@ def test_a_few_masks_of_another_convention_are_reported_as_a_mixed_set(tiny_set,
     Image.fromarray(decode_mask(tiny_set / "masks" / m)).save(tiny_set / "masks" / m, format="PNG")  # one 0/1 mask
     index, report = build(tiny_set, tmp_path / "out")
     assert report["misfits"] == 1 and report["valid"] == ROWS - 1
-    assert f"but the other {ROWS - 1} mask(s) fit '0/255': the set mixes conventions" in format_report(report)
+    assert f"but {ROWS - 1} other mask(s) of more than one value fit '0/255': the set mixes" in format_report(report)
 
 
 def test_0_255_masks_with_jpeg_noise_saved_lossless_are_not_read_as_classes(tiny_set, tmp_path) -> None:

@@ -31,6 +31,7 @@ from forestseg.cli import main
 from forestseg.config import ModelConfig, asdict
 from forestseg.errors import ForestsegError
 from forestseg.geo import Grid, MapOptions, check_raster, map_forest, polygon_area
+from forestseg.io import sha256_of
 from forestseg.metrics import METRICS
 from forestseg.model import build_model
 from forestseg.predict import Predictor
@@ -189,6 +190,57 @@ def test_forest_area_csv_keeps_earlier_runs_rows_while_their_masks_are_there(
     assert [Path(f).name for f in pd.read_csv(out / "forest_area.csv")["file"]] == ["b.tif"]
 
 
+def test_forest_area_csv_names_each_row_s_model_and_says_where_models_mix(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    """A folder's total is one model's: rows of another model (or of a table without the column) are
+    said, and each row names its model file's digest."""
+    for name in ("a", "b"):
+        write_raster(tmp_path / f"in/{name}.tif", scene[0])
+    other = random_checkpoint(tmp_path / "other.pt", tile=TILE)
+    out, csv = tmp_path / "out", tmp_path / "out/forest_area.csv"
+    assert cli("predict", str(checkpoint), str(tmp_path / "in/a.tif"), "-o", str(out)) == 0
+    assert "mixes models" not in capsys.readouterr().out
+    assert cli("predict", str(other), str(tmp_path / "in/b.tif"), "-o", str(out)) == 0
+    said = capsys.readouterr().out
+    assert (
+        f"1 row of earlier runs mapped by another model file (or by a forestseg that did not record it), so its "
+        f"total mixes models: {tmp_path / 'in/a.tif'}; map them again with this model" in said
+    ), said
+    assert list(pd.read_csv(csv)["model_sha256"]) == [sha256_of(checkpoint), sha256_of(other)]
+    assert cli("predict", str(other), str(tmp_path / "in/a.tif"), "-o", str(out)) == 0  # all one model again
+    assert "mixes models" not in capsys.readouterr().out
+    pd.read_csv(csv).drop(columns="model_sha256").to_csv(csv, index=False)  # as a forestseg before the column wrote it
+    assert cli("predict", str(other), str(tmp_path / "in/b.tif"), "-o", str(out)) == 0
+    said = capsys.readouterr().out
+    assert "with 1 row of earlier runs" in said and "so its total mixes models" in said, said
+    assert list(pd.read_csv(csv, keep_default_na=False)["model_sha256"]) == ["", sha256_of(other)]
+
+
+def test_a_raster_that_fails_when_mapped_again_keeps_its_old_map_and_row(
+    checkpoint: Path, scene, tmp_path: Path, capsys
+) -> None:
+    """A call dropped every row of its rasters before mapping any: one that failed kept its old mask
+    without a row, and so did those not reached, so the table no longer counted every mask in the folder."""
+    for name in ("a", "b", "c"):
+        write_raster(tmp_path / f"in/{name}.tif", scene[0], tiled=True, compress="deflate")
+    out, csv = tmp_path / "out", tmp_path / "out/forest_area.csv"
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(out)) == 0
+    before = pd.read_csv(csv)
+    whole = (tmp_path / "in/b.tif").read_bytes()
+    (tmp_path / "in/b.tif").write_bytes(whole[: len(whole) // 2])  # its header is read, its pixels fail
+    capsys.readouterr()
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(out)) == 2
+    said = capsys.readouterr()
+    assert "b.tif: failed while mapping" in said.err, said.err
+    assert f"note: b.tif: the map of an earlier run stays in {out}, with its row" in said.out, said.out
+    after = pd.read_csv(csv).set_index("file")
+    assert sorted(Path(f).name for f in after.index) == ["a.tif", "b.tif", "c.tif"]
+    for f in after.index:  # b's and c's rows are the first call's; a's is new, with the same numbers
+        assert after.loc[f].equals(before.set_index("file").loc[f])
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.tif", "b_mask.tif", "c_mask.tif", "forest_area.csv"]
+
+
 def test_forest_area_csv_counts_each_mask_once_whatever_the_paths_were_typed(
     checkpoint: Path, scene, tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -291,7 +343,9 @@ def test_area_is_pixel_count_times_pixel_area(checkpoint: Path, scene, tmp_path:
         "forest_share",
         "area_bias_pct",
         "mask",
+        "model_sha256",
     ]
+    assert set(table["model_sha256"]) == {sha256_of(checkpoint)}
     table = table.set_index("crs")
     for crs, side_m in (("EPSG:32633", 0.5), ("EPSG:2263", 2.0 * 1200 / 3937)):
         row = table.loc[crs]
@@ -778,6 +832,7 @@ def no_crs(path: Path) -> Path:
         ("one band", [], "has 1 band(s); forest maps need 3 colour bands"),
         ("corrupt", [], "cannot be read as a GeoTIFF"),
         ("truncated", [], "x.tif: "),
+        ("cut short", [], "x.tif: cannot be read as a GeoTIFF ("),  # its edges' blocks, read by the checks
         ("band 4 of 3", ["--bands", "1,2,4"], "--bands 1,2,4: "),
         ("two bands given", ["--bands", "1,2"], "--bands 1,2: give three band numbers"),
         ("alpha as colour", ["--bands", "2,3,4"], "is its alpha (transparency) band"),
@@ -798,8 +853,10 @@ def test_bad_rasters_stop_with_one_line(checkpoint: Path, scene, tmp_path: Path,
     elif case == "corrupt":
         src.parent.mkdir(parents=True)
         src.write_bytes(b"II*\x00" + b"\x17" * 500)  # a TIFF signature, then junk
-    elif case == "truncated":
-        write_raster(tmp_path / "whole.tif", scene[0], tiled=True, compress="deflate")
+    elif case in ("truncated", "cut short"):
+        # without nodata the checks read its edges (the collar check), with it only mapping reads pixels
+        nodata = 0 if case == "truncated" else None
+        write_raster(tmp_path / "whole.tif", scene[0], tiled=True, compress="deflate", nodata=nodata)
         src.parent.mkdir(parents=True)
         data = (tmp_path / "whole.tif").read_bytes()
         src.write_bytes(data[: len(data) // 2])
@@ -1554,7 +1611,7 @@ def test_evaluate_scores_a_grey_truth_with_an_alpha_band_leaving_transparent_pix
     assert scored["iou"] == 1.0 and scored["valid_ha"] == pytest.approx((mask[:, 100:] != 255).sum() * 0.25 / 1e4)
 
 
-@pytest.mark.parametrize("case", ["elsewhere", "three bands", "truncated", "second image geographic"])
+@pytest.mark.parametrize("case", ["elsewhere", "three bands", "truncated", "second image geographic", "no crs"])
 def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
     checkpoint: Path, scene, tmp_path: Path, capsys, monkeypatch, case
 ) -> None:
@@ -1572,6 +1629,10 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
         write_raster(tmp_path / "whole.tif", truth * 255, nodata=None, tiled=True, compress="deflate")
         data = (tmp_path / "whole.tif").read_bytes()
         (tmp_path / "data/masks/a.tif").write_bytes(data[: len(data) // 2])
+    elif case == "no crs":  # a world file gives GDAL the grid, and the .prj beside it no CRS
+        write_raster(tmp_path / "data/masks/a.tif", truth, crs=None, nodata=255, transform=Affine.identity())
+        (tmp_path / "data/masks/a.tfw").write_text("0.5\n0\n0\n-0.5\n500000.25\n4999999.75\n")
+        (tmp_path / "data/masks/a.prj").write_text(rasterio.crs.CRS.from_string(UTM).to_wkt(version="WKT1_ESRI"))
     elif case == "second image geographic":
         write_raster(tmp_path / "data/images/b.tif", scene[0], crs="EPSG:4326", pixel=4e-6, origin=(15, 50))
         write_raster(tmp_path / "data/masks/b.tif", truth, crs="EPSG:4326", pixel=4e-6, origin=(15, 50), nodata=255)
@@ -1586,6 +1647,8 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
         "three bands": "masks/a.tif: has 3 class band(s), band(s) 1, 2, 3; a truth is band 1",
         "truncated": "masks/a.tif: failed while reading",
         "second image geographic": "images/b.tif: its CRS (EPSG:4326) is geographic",
+        "no crs": "masks/a.tif: has no CRS; the truth must be georeferenced like its image: give it the image's "
+        "(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> a.tif; GDAL reads no CRS from a .prj",
     }[case]
     assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
     assert not mapped and not (tmp_path / "e.json").exists()
@@ -2317,10 +2380,13 @@ def test_a_run_of_refused_tiffs_only_still_counts_them(checkpoint: Path, scene, 
 
 
 def test_options_for_the_other_kind_of_input_are_noted(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
-    """--overlay with GeoTIFFs, and --area-error with pictures only, do nothing: each said in a note."""
+    """--overlay with GeoTIFFs, --min-area-m2 without --polygons, and --area-error with pictures only, do
+    nothing: each said in a note."""
     src = write_raster(tmp_path / "in/o.tif", scene[0][:96, :128])
-    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "o1"), "--overlay") == 0
-    assert "note: --overlay: GeoTIFF inputs get no overlay PNG" in capsys.readouterr().out
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "o1"), "--overlay", "--min-area-m2", "9") == 0
+    printed = capsys.readouterr().out
+    assert "note: --overlay: GeoTIFF inputs get no overlay PNG" in printed
+    assert "note: --min-area-m2 9 drops small polygons of --polygons only, which is not given" in printed
     assert not list((tmp_path / "o1").glob("*overlay*"))
     Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
     assert (

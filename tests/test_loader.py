@@ -304,6 +304,18 @@ def test_load_split_refuses_arrays_that_are_not_the_index_s(tmp_path: Path, dama
         load_split(DataLayout(tmp_path), CPU)
 
 
+@pytest.mark.parametrize(
+    "text, says", [('{"images.npy": "ab', "JSONDecodeError"), ('{"images.npy": "ab"}', "KeyError"), ("[]", "TypeError")]
+)
+def test_a_damaged_digest_is_one_line_naming_it(tmp_path: Path, text: str, says: str) -> None:
+    """A hand-edited or half-copied sha256.json was a traceback where the train stage reads the pixel size."""
+    write_packed(tmp_path, SUBSETS)
+    assert DataLayout(tmp_path).pixel_size_m() == 0.5
+    (tmp_path / "packed/sha256.json").write_text(text)
+    with pytest.raises(ForestsegError, match=f"sha256.json: cannot be read \\({says}: .*; rerun `dvc repro index`"):
+        DataLayout(tmp_path).pixel_size_m()
+
+
 def test_augment_keeps_the_shape_of_non_square_tiles() -> None:
     n, h, w = 64, 6, 10
     g = torch.Generator().manual_seed(0)
