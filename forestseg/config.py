@@ -565,11 +565,20 @@ def build(cls: type, name: str, raw: Any) -> Any:
 
 def unused_by_grid(opt: "OptimizerConfig", grid: "GridConfig") -> list[str]:
     """Optimizer settings that no run of the grid acts on (a momentum without sgd, an lr override of a
-    combination the grid does not train), one sentence each. Said, not refused: a recipe's settings
-    stay valid when a user narrows its grid (`-S 'grid.optimizer=[adam]'`)."""
+    combination the grid does not train, a step schedule's gamma under cosine), one sentence each.
+    Said, not refused: a recipe's settings stay valid when a user narrows its grid (`-S
+    'grid.optimizer=[adam]'`) or switches its schedule."""
+    from .optim import SCHEDULES
+
     said = []
     if opt.momentum and not grid.reads("momentum"):
         said.append(f"optimizer.momentum {opt.momentum:g} has no effect: no optimizer of grid.optimizer uses it")
+    default = OptimizerConfig()
+    for key in sorted(set().union(*(spec.uses for spec in SCHEDULES.values())) - SCHEDULES[opt.schedule].uses):
+        if getattr(opt, key) != getattr(default, key):  # the default is there whether anyone set it or not
+            said.append(
+                f"optimizer.{key} {getattr(opt, key):g} has no effect: optimizer.schedule {opt.schedule} does not use it"
+            )
     combos = {run.combination for run in grid.runs()}
     for key in opt.lr_overrides:
         if key not in combos:

@@ -166,7 +166,7 @@ def _setup_lines(out: dict, table: pd.DataFrame, setup: dict) -> list[str]:
         "that of the model at the epoch's end, so the train loss can sit above the test loss. Both are each "
         "run's own loss, so compare them only between runs of the same loss"
         + (
-            f"; for {', '.join(per_batch)} (a loss of the whole batch) the train loss is a mean over batches and "
+            f"; for {', '.join(per_batch)} (a loss of the whole batch) the train loss is a mean of the batches' losses, each weighted by its tiles, and "
             "the test loss a mean over tiles, so the two are not the same measure either."
             if per_batch
             else "."

@@ -123,11 +123,20 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "adamw": OptimizerSpec(lambda p, lr, cfg: Adam(p, lr, weight_decay=cfg.weight_decay, decoupled=True)),
 }
 
-# Every schedule of optimizer.schedule: (0-based epoch after warmup, optimizer section, epochs after
-# warmup) -> multiplier of the base lr.
-SCHEDULES: dict[str, Callable[[int, "OptimizerConfig", int], float]] = {
-    "step": lambda e, cfg, span: cfg.gamma ** (e // cfg.step_epochs),
-    "cosine": lambda e, cfg, span: 0.5 * (1 + math.cos(math.pi * e / max(1, span))),
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A schedule of the registry: (0-based epoch after warmup, optimizer section, epochs after warmup)
+    -> multiplier of the base lr, and the optimizer-section keys it reads (others are said unused)."""
+
+    factor: Callable[[int, "OptimizerConfig", int], float]
+    uses: frozenset[str] = frozenset()
+
+
+# Every schedule of optimizer.schedule.
+SCHEDULES: dict[str, ScheduleSpec] = {
+    "step": ScheduleSpec(lambda e, cfg, span: cfg.gamma ** (e // cfg.step_epochs), frozenset({"gamma", "step_epochs"})),
+    "cosine": ScheduleSpec(lambda e, cfg, span: 0.5 * (1 + math.cos(math.pi * e / max(1, span)))),
 }
 
 
@@ -140,4 +149,4 @@ def lr_factor(epoch: int, cfg: "OptimizerConfig", epochs: int) -> float:
     """Multiplier of the base lr in 0-based `epoch`: optional linear warmup from lr/10, then the schedule."""
     if epoch < cfg.warmup_epochs:
         return 0.1 + 0.9 * epoch / cfg.warmup_epochs
-    return SCHEDULES[cfg.schedule](epoch - cfg.warmup_epochs, cfg, epochs - cfg.warmup_epochs)
+    return SCHEDULES[cfg.schedule].factor(epoch - cfg.warmup_epochs, cfg, epochs - cfg.warmup_epochs)

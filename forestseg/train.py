@@ -594,6 +594,7 @@ def _write_models(
             s.best["test_scores"] = evaluate(
                 chosen, test, *eval_args, cut=best["threshold"], adapt_bn=train_cfg.adapt_bn
             )
+        s.best["threshold"] = best["threshold"]  # its own cut where chosen on val: metrics.json says it
         write_model(model_dir / "best.pt", s.best["weights"], best, epoch=s.best["epoch"], val_miou=s.best["val_miou"])
 
 
@@ -617,6 +618,7 @@ def _run_metrics(s: RunState, lr: float, tiles: int, device: torch.device, bf16:
             {
                 "best_epoch": s.best["epoch"],
                 "best_val_miou": s.best["val_miou"],
+                "best_threshold": s.best["threshold"],  # best_test_* are scored at it
                 **{f"best_test_{k}": v for k, v in s.best["test_scores"].items()},
             }
         )

@@ -830,6 +830,16 @@ def test_a_recipe_key_that_params_yaml_lacks_is_added_not_overridden() -> None:
             ("adam",),
             ["optimizer.lr_overrides.bce-sgd has no effect: the grid trains no bce-sgd run"],
         ),
+        (
+            {"schedule": "cosine", "gamma": 0.5, "step_epochs": 5},
+            ("adam",),
+            [
+                "optimizer.gamma 0.5 has no effect: optimizer.schedule cosine does not use it",
+                "optimizer.step_epochs 5 has no effect: optimizer.schedule cosine does not use it",
+            ],
+        ),
+        ({"schedule": "cosine"}, ("adam",), []),  # the step schedule's defaults are there either way
+        ({"schedule": "step", "gamma": 0.5, "step_epochs": 5}, ("adam",), []),
     ],
 )
 def test_optimizer_settings_no_run_of_the_grid_reads_are_said(opt: dict, optimizers: tuple, said: list) -> None:

@@ -962,6 +962,7 @@ def test_an_earlier_best_epoch_is_scored_and_cut_with_its_own_weights(data, tmp_
     p = Predictor.load(tmp_path / "last" / "best.pt", torch.device("cpu"), "fp32")
     cut = choose_threshold(p.model, val, TRAIN.test_batch_size, p.norm, True, False, losses.LOSSES["bce"].threshold)
     assert p.cut == pytest.approx(cut, abs=1e-6)
+    assert result.metrics["best_threshold"] == p.cut  # the cut best_test_* are scored at, beside model.pt's
     want = real(p.model, data[1], "bce", TRAIN.test_batch_size, p.norm, True, False, cut=p.cut)
     assert result.metrics["best_test_iou"] == pytest.approx(want["iou"], abs=1e-9)
     assert result.metrics["best_test_iou"] != pytest.approx(result.metrics["test_iou"], abs=1e-9)
