@@ -83,15 +83,18 @@ def cell(row: dict, key: str, cap: float) -> str:
 
 def table(rows: list[tuple[str, dict]], cap: float) -> str:
     """Each row's seconds and its slowdown against the first row that ran the same command: the repro
-    alone, evaluate alone on torch's threads (a stopped evaluate: the cap's)."""
-    alone = {key: next(r[key] for name, r in rows if key in r) for key in ("repro", "evaluate")}
+    alone, evaluate alone with the same --threads (`cmd`; a stopped evaluate: the cap's)."""
+    repro_alone = next(r["repro"] for _, r in rows if "repro" in r)
     lines = [f"{'what':<46} {'repro s':>9} {'x alone':>8} {'evaluate s':>16} {'x alone':>8}  notes (evaluate/repro)"]
     for name, r in rows:
         times = []
         for key in ("repro", "evaluate"):
-            slower = f"{r[key] / alone[key]:.1f}" if key in r else "-"
+            alone = repro_alone
+            if key == "evaluate" and key in r:
+                alone = next(o[key] for _, o in rows if key in o and o.get("cmd") == r.get("cmd"))
+            slower = f"{r[key] / alone:.1f}" if key in r else "-"
             if key == "evaluate" and r.get("stopped"):  # it ran past the cap until SIGTERM ended it
-                slower = f"> {cap / alone[key]:.1f}"
+                slower = f"> {cap / alone:.1f}"
             times += [cell(r, key, cap), slower]
         note = "/".join(("yes" if r[k] else "no") if k in r else "-" for k in ("note", "repro_note"))
         lines.append(f"{name:<46} {times[0]:>9} {times[1]:>8} {times[2]:>16} {times[3]:>8}  {note}")
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             (f"evaluate alone (--threads {args.threads})", False, few),
             *((f"{name} #{i + 1}", repro, cmd) for i in range(args.repeats) for name, repro, cmd in pairs),
         ]:
-            rows.append((name, timed(work, repro, cmd, args.delay, args.cap)))
+            rows.append((name, {**timed(work, repro, cmd, args.delay, args.cap), "cmd": cmd and " ".join(cmd)}))
             print(f"{name}: {rows[-1][1]}", flush=True)
     print(table(rows, args.cap))
 

@@ -118,10 +118,13 @@ def load_sample() -> Sample:
         layout = DataLayout(tmp)
         try:
             index, report = build_index(SAMPLE, layout.images, layout.masks)
+            index.to_csv(layout.index_csv, index=False)
         except ForestsegError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             sys.exit(f"error: {e}")
-        index.to_csv(layout.index_csv, index=False)
+        except BaseException:  # Ctrl-C, a kill's SIGTERM, a full disk: no half-decoded folder of ~270 MB left
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             tmp.rename(folder)
             print(f"sample decoded into {folder}: {report['valid']} pairs, {report['skipped']} skipped")
@@ -728,6 +731,16 @@ def main() -> None:
         by_tile = tile_folds(sample, args.folds) if args.split == "tile" else None
         if by_tile is not None:  # every fold holds tiles of (nearly) every scene
             all_folds = [sorted(set(sample.scene[rows])) for rows in by_tile]
+        # the saved folds that --only leaves out stay in the result (a killed run's folds 0-2, rerun with
+        # --only 3,4 under its --name, were overwritten by folds 3 and 4 alone)
+        others = [
+            done[i] for i in sorted(done) if i not in chosen and sorted(done[i]["scenes"]) == sorted(all_folds[i])
+        ]
+        if others:
+            print(
+                f"folds {', '.join(str(p['fold']) for p in others)}: kept from the unfinished run saved in "
+                f"bench/results/{name}.json (not in --only)"
+            )
         for i in chosen:
             if i in done and sorted(done[i]["scenes"]) == sorted(all_folds[i]):
                 parts.append(done[i])
@@ -744,8 +757,9 @@ def main() -> None:
             print(f"fold {i}: forest IoU {parts[-1]['scores']['iou']:.4f} mIoU {parts[-1]['scores']['miou']:.4f}")
             left = chosen[len(parts) :]
             if left:  # a killed bench (e.g. a session's end) keeps its finished folds; the same command resumes
-                save({**result, "parts": parts, "summary": summarize(parts), "unfinished": left}, quiet=True)
-        result["parts"] = parts
+                so_far = sorted(parts + others, key=lambda p: p["fold"])
+                save({**result, "parts": so_far, "summary": summarize(so_far), "unfinished": left}, quiet=True)
+        result["parts"] = sorted(parts + others, key=lambda p: p["fold"])
     else:  # curve
         all_folds = folds(sample, args.folds)
         chosen = [int(i) for i in args.only.split(",")] if args.only else range(args.folds)

@@ -301,8 +301,9 @@ def main(argv: list[str]) -> int:
     unchecked = [e.name for e in exps if not e.checked]
     if unchecked:
         print(
-            f"note: the commits of {', '.join(unchecked)} are not in this repository (`dvc exp pull`), so "
-            "whether their headline is their own (aggregate ran with their params) was not checked",
+            f"note: the commits of {', '.join(unchecked)} are not in this repository (`dvc exp pull`) or their "
+            "dvc.lock holds no readable aggregate entry, so whether their headline is their own (aggregate ran "
+            "with their params) was not checked",
             file=sys.stderr,
         )
     text = markdown_table(table)

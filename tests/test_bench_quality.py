@@ -413,6 +413,36 @@ def test_no_mode_trains_on_its_test_scenes_or_scores_the_set_aside_ones_in_cv(
         assert all(sorted(train + test) == cv_scenes for train, test in calls[3:])
 
 
+def test_a_rerun_with_only_the_folds_left_keeps_the_saved_ones(results_dir: Path, monkeypatch) -> None:
+    """A killed `cv --name X` saved folds 0-1; `--name X --only 2` wrote fold 2 alone over them."""
+    sample = scenes_of([3, 2, 2, 1, 1, 1])
+    monkeypatch.setattr(quality, "load_sample", lambda: sample)
+    monkeypatch.setattr(quality, "holdout_scenes", lambda _: [])
+    monkeypatch.setattr(quality, "keep_freed_memory", lambda: None)
+    monkeypatch.setattr(quality.torch, "set_num_threads", lambda n: None)
+    trained: list[list[str]] = []
+
+    def train_and_score(params: dict, train: list[str], test: list[str], *args: object) -> dict:
+        trained.append(list(test))
+        scored = {k: v for k, v in part(0).items() if k != "fold"}  # main numbers the fold
+        return {**scored, "scenes": {s: 0.5 for s in test}, "trade_off": {}}
+
+    monkeypatch.setattr(quality, "train_and_score", train_and_score)
+    monkeypatch.setattr(quality, "code_digest", lambda: "c")
+    argv = ["quality.py", "cv", "cpu", "--folds", "3", "--name", "x"]
+    monkeypatch.setattr("sys.argv", argv)
+    quality.main()
+    saved = json.loads((results_dir / "x.json").read_text())
+    killed = {**saved, "parts": saved["parts"][:2], "unfinished": [2]}  # as a run killed in fold 2 leaves it
+    (results_dir / "x.json").write_text(json.dumps(killed))
+    trained.clear()
+    monkeypatch.setattr("sys.argv", [*argv, "--only", "2"])
+    quality.main()
+    saved = json.loads((results_dir / "x.json").read_text())
+    assert trained == [quality.folds(sample, 3)[2]]  # fold 2 alone trained
+    assert [p["fold"] for p in saved["parts"]] == [0, 1, 2] and "unfinished" not in saved
+
+
 def test_train_and_score_reports_each_scenes_iou_and_the_all_forest_baseline_of_its_test_tiles(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

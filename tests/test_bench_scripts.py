@@ -1213,21 +1213,25 @@ def test_context_summary_prints_the_mean_over_folds(capsys: pytest.CaptureFixtur
 
 
 def test_contention_table_compares_each_row_with_its_command_alone() -> None:
+    """Evaluate on 1 thread against its own time alone on 1 thread (it was divided by the 2-thread time)."""
+    two, one = {"cmd": "evaluate"}, {"cmd": "evaluate --threads 1"}
     rows = [
-        ("repro alone", {"repro": 30.0, "repro_note": False}),
-        ("evaluate alone", {"evaluate": 15.0, "stopped": False, "note": False}),
-        ("side by side", {"repro": 480.0, "evaluate": 121.0, "stopped": True, "note": True, "repro_note": True}),
+        ("repro alone", {"repro": 30.0, "repro_note": False, "cmd": None}),
+        ("evaluate alone", {"evaluate": 15.0, "stopped": False, "note": False, **two}),
+        ("evaluate alone, 1 thread", {"evaluate": 18.0, "stopped": False, "note": False, **one}),
+        ("side by side", {"repro": 480.0, "evaluate": 121.0, "stopped": True, "note": True, "repro_note": True, **two}),
         (
             "side by side, 1 thread",
-            {"repro": 45.0, "evaluate": 22.5, "stopped": False, "note": False, "repro_note": False},
+            {"repro": 45.0, "evaluate": 27.0, "stopped": False, "note": False, "repro_note": False, **one},
         ),
     ]
     lines = contention.table(rows, cap=120).splitlines()
     assert lines[0].split()[:10] == ["what", "repro", "s", "x", "alone", "evaluate", "s", "x", "alone", "notes"]
     assert lines[1].split()[-5:] == ["30.0", "1.0", "-", "-", "-/no"]
     assert lines[2].split()[-5:] == ["-", "-", "15.0", "1.0", "no/-"]
-    assert lines[3].split()[-8:] == ["480.0", "16.0", ">", "120", "(stopped)", ">", "8.0", "yes/yes"]
-    assert lines[4].split()[-5:] == ["45.0", "1.5", "22.5", "1.5", "no/no"]
+    assert lines[3].split()[-5:] == ["-", "-", "18.0", "1.0", "no/-"]
+    assert lines[4].split()[-8:] == ["480.0", "16.0", ">", "120", "(stopped)", ">", "8.0", "yes/yes"]
+    assert lines[5].split()[-5:] == ["45.0", "1.5", "27.0", "1.5", "no/no"]
 
 
 def _fake_commands(monkeypatch: pytest.MonkeyPatch, repro_s: float, evaluate: str) -> list[subprocess.Popen]:
