@@ -587,10 +587,11 @@ def _map_rasters(
         try:
             a = map_forest(predictor, raster, out, opts)
         except ForestsegError:
-            if Path(masks[raster.path]).is_file():
+            if any(m == masks[raster.path] for m, _ in earlier):
                 print(f"note: {raster.path.name}: the map of an earlier run stays in {out}, with its row")
             if rows or csv_path.is_file():  # no table where no map was ever written
-                write()
+                with contextlib.suppress(OSError, ForestsegError):  # a full disk: the map's error is the one said
+                    write()
             raise
         files_done.add(_resolved(raster.path))
         masks_done.add(masks[raster.path])
