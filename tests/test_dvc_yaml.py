@@ -109,8 +109,9 @@ def test_the_committed_lock_records_every_code_file_as_it_is() -> None:
     assert not stale, f"dvc.lock is not the code's (run `dvc repro` and commit dvc.lock): {stale}"
 
 
-def test_data_source_is_refused_where_the_pipeline_writes() -> None:
-    """config.PIPELINE_OUTPUTS holds every stage output but the synth stage's data/synthetic (the default source)."""
+def test_pipeline_outputs_lists_every_stage_output_data_source_may_not_name() -> None:
+    """config.PIPELINE_OUTPUTS holds every stage output but the synth stage's data/synthetic (the default source):
+    data.source is refused there (tests/test_config.py, source-an-output)."""
     from forestseg.config import PIPELINE_OUTPUTS
 
     outs = {next(iter(o)) if isinstance(o, dict) else o for s in STAGES.values() for o in s.get("outs", [])}
