@@ -135,8 +135,8 @@ def _area_error(text: str | None, checkpoint: Path, predictor: Predictor, opts: 
         _scored_by(text, scored, checkpoint, predictor, opts)
         if scored.get("seen_scenes"):
             print(
-                f"note: --area-error {text}: {scored['seen_scenes']} of its scored scenes are scenes the model "
-                "trained on, so its area bias is not one of unseen data"
+                f"note: --area-error {text}: {scored['seen_scenes']} of its scored scenes have the ids of scenes "
+                "the model trained on, so its area bias may not be one of unseen data"
             )
         # where the model file lists its scenes and none of them was scored: unseen data, no note
         elif not scored.get("model_train_scenes"):

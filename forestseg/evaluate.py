@@ -125,8 +125,9 @@ def evaluate_tiles(
         if seen:
             log(
                 f"note: {len(seen)} of the {len(scored)} scored scene(s) ({', '.join(seen[:5])}"
-                f"{', ...' if len(seen) > 5 else ''}) are scenes this model trained on (its model file's "
-                "train_scenes): their scores are not of unseen data"
+                f"{', ...' if len(seen) > 5 else ''}) have the ids of scenes this model trained on (its model "
+                "file's train_scenes): if they are those scenes, their scores are not of unseen data (ids are "
+                "per data set: `forestseg tile --first-scene` keeps another region's apart)"
             )
         images = np.load(Path(tmp) / "images.npy", mmap_mode="r")
         truths = np.load(Path(tmp) / "masks.npy", mmap_mode="r")
@@ -287,9 +288,16 @@ def evaluate_rasters(
         log(f"note: {note}")
     units: dict[str, tuple[np.ndarray, float]] = {}
     notes: list[str] = []
+    adapted = 0  # rasters whose batch-norm was adapted (one with no whole window with data is not)
     with tempfile.TemporaryDirectory(prefix=temp_prefix("forestseg-evaluate")) as tmp:
         for raster, (image, truth_path) in zip(rasters, pairs):
             area = map_forest(predictor, raster, Path(tmp), opts, log)
+            adapted += area.adapted
+            if not area.valid_ha:  # said of the image, not of its truth
+                raise ForestsegError(
+                    f"{image}: has no pixel with data (its nodata value, alpha band or mask covers it all); "
+                    "nothing to score: leave it out"
+                )
             counts, seen, nodata_px, truth_nodata, grid = _compare(Path(area.mask), truth_path)
             if not counts.sum():
                 raise ForestsegError(
@@ -316,7 +324,7 @@ def evaluate_rasters(
     for note in notes:  # a raster of no forest among others with forest can be right (an open field)
         log(f"note: {note}")
     read = raster_reading(predictor, opts)
-    return {"data": str(pairs[0][0].parent.parent), **read, **summarize(units, "raster")}
+    return {"data": str(pairs[0][0].parent.parent), **read, **summarize(units, "raster"), "adapted_scenes": adapted}
 
 
 def _compare(mask: Path, truth_path: Path) -> tuple[np.ndarray, TruthValues, int, float | None, Grid]:

@@ -110,6 +110,7 @@ class ForestArea:
     mask: str
     polygons: int | None = None  # forest polygons written (with --polygons)
     reprojected: bool = False  # the mask is on a grid warped to another CRS (--reproject to another one)
+    adapted: bool = False  # batch-norm adapted to it (--adapt-bn and a whole window with data)
 
 
 def parse_crs(text: str) -> CRS:
@@ -817,7 +818,7 @@ def map_forest(
 ) -> ForestArea:
     """Predict forest on a raster checked by `check_raster`, window by window; write the mask (and the
     probability, the polygons) into out_dir and return its areas."""
-    path = raster.path
+    path, plain = raster.path, predictor
     try:
         with _open(path) as src, contextlib.ExitStack() as stack:
             reproject = raster.crs != src.crs
@@ -890,6 +891,7 @@ def map_forest(
         mask=str(paths["mask"]),
         polygons=polygons,
         reprojected=reproject,
+        adapted=predictor is not plain,
     )
 
 

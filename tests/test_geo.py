@@ -1611,7 +1611,9 @@ def test_evaluate_scores_a_grey_truth_with_an_alpha_band_leaving_transparent_pix
     assert scored["iou"] == 1.0 and scored["valid_ha"] == pytest.approx((mask[:, 100:] != 255).sum() * 0.25 / 1e4)
 
 
-@pytest.mark.parametrize("case", ["elsewhere", "three bands", "truncated", "second image geographic", "no crs"])
+@pytest.mark.parametrize(
+    "case", ["elsewhere", "three bands", "truncated", "second image geographic", "no crs", "image all nodata"]
+)
 def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
     checkpoint: Path, scene, tmp_path: Path, capsys, monkeypatch, case
 ) -> None:
@@ -1629,6 +1631,8 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
         write_raster(tmp_path / "whole.tif", truth * 255, nodata=None, tiled=True, compress="deflate")
         data = (tmp_path / "whole.tif").read_bytes()
         (tmp_path / "data/masks/a.tif").write_bytes(data[: len(data) // 2])
+    elif case == "image all nodata":  # the truth has data; its image none: said of the image, not the truth
+        write_raster(tmp_path / "data/images/a.tif", np.zeros_like(scene[0]))
     elif case == "no crs":  # a world file gives GDAL the grid, and the .prj beside it no CRS
         write_raster(tmp_path / "data/masks/a.tif", truth, crs=None, nodata=255, transform=Affine.identity())
         (tmp_path / "data/masks/a.tfw").write_text("0.5\n0\n0\n-0.5\n500000.25\n4999999.75\n")
@@ -1638,7 +1642,7 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
         write_raster(tmp_path / "data/masks/b.tif", truth, crs="EPSG:4326", pixel=4e-6, origin=(15, 50), nodata=255)
     mapped = []
     monkeypatch.setattr("forestseg.geo.map_forest", lambda *a, **k: mapped.append(a) or pytest.fail("mapped"))
-    if case in ("elsewhere", "truncated"):  # their headers are fine: only mapping and reading tell
+    if case in ("elsewhere", "truncated", "image all nodata"):  # their headers are fine: only mapping and reading tell
         monkeypatch.undo()
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "e.json")) == 2
     err = capsys.readouterr().err
@@ -1647,6 +1651,8 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
         "three bands": "masks/a.tif: has 3 class band(s), band(s) 1, 2, 3; a truth is band 1",
         "truncated": "masks/a.tif: failed while reading",
         "second image geographic": "images/b.tif: its CRS (EPSG:4326) is geographic",
+        "image all nodata": "images/a.tif: has no pixel with data (its nodata value, alpha band or mask covers it "
+        "all); nothing to score",
         "no crs": "masks/a.tif: has no CRS; the truth must be georeferenced like its image: give it the image's "
         "(gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> a.tif; GDAL reads no CRS from a .prj",
     }[case]
@@ -1875,7 +1881,9 @@ def test_evaluate_notes_scenes_the_model_trained_on(tmp_path: Path, capsys) -> N
     )
     out = tmp_path / "eval.json"
     assert cli("evaluate", str(model), str(data), "-o", str(out)) == 0
-    assert f"note: 1 of the 2 scored scene(s) ({scenes[0]}) are scenes this model trained on" in capsys.readouterr().out
+    assert f"note: 1 of the 2 scored scene(s) ({scenes[0]}) have the ids of scenes this model trained on" in (
+        capsys.readouterr().out
+    )
     assert json.loads(out.read_text())["seen_scenes"] == 1
 
 
@@ -1887,6 +1895,20 @@ def test_evaluate_says_when_adapt_bn_finds_no_window(tmp_path: Path, capsys) -> 
     assert cli("evaluate", str(model), str(data), "--adapt-bn", "0.5", "-o", str(out)) == 0
     assert "note: --adapt-bn 0.5: 2 of 2 scene(s) hold no whole 128-px window" in capsys.readouterr().out
     assert json.loads(out.read_text())["adapted_scenes"] == 0
+
+
+@pytest.mark.parametrize("side, adapted", [(40, 0), (150, 1)])
+def test_evaluate_counts_the_rasters_adapt_bn_adapted(scene, tmp_path: Path, capsys, side: int, adapted: int) -> None:
+    """A raster with no whole window is mapped as trained: its JSON said adapt_bn 0.25 and nothing more, so
+    `predict --area-error` took the bias for an adapted reading."""
+    truth = (scene[1][:side, :side] > 0).astype(np.uint8)
+    write_raster(tmp_path / "r/images/a.tif", np.ascontiguousarray(scene[0][:side, :side]), nodata=None)
+    write_raster(tmp_path / "r/masks/a.tif", truth, nodata=255)
+    model = random_checkpoint(tmp_path / "m.pt", tile=64)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(model), str(tmp_path / "r"), "--adapt-bn", "0.25", "-o", str(out)) == 0
+    assert ("no whole 64-px window with data to adapt batch-norm to" in capsys.readouterr().out) == (not adapted)
+    assert json.loads(out.read_text())["adapted_scenes"] == adapted
 
 
 def test_evaluate_refuses_subset_without_split(checkpoint: Path, tmp_path: Path, capsys) -> None:
