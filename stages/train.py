@@ -52,10 +52,12 @@ def main(argv: list[str]) -> None:
     sharing = busy_note(STARTED, train_cfg.threads, fix) if on_cpu(train_cfg.device) else None
     if sharing:  # a log line: the numbers do not depend on it
         print(f"note: {sharing}")
-    history, metrics, scenes = train_member(
-        run, model_cfg, opt_cfg, train_cfg, DataLayout(Path(data_dir)), model_dir, resume, code
-    )
-    columns = [c for c in history[0] if c not in TIMING_COLUMNS] if history else HISTORY_COLUMNS  # val_miou too
+    layout = DataLayout(Path(data_dir))
+    history, metrics, scenes = train_member(run, model_cfg, opt_cfg, train_cfg, layout, model_dir, resume, code)
+    if history:
+        columns = [c for c in history[0] if c not in TIMING_COLUMNS]  # val_miou too, with a val split
+    else:  # diverged in its first epoch: the header its epochs would have had
+        columns = HISTORY_COLUMNS + (["val_miou"] if "val" in set(layout.split().subset) else [])
     write_rows(out / "history.csv", columns, ([row[c] for c in columns] for row in history))
     write_json(out / "metrics.json", metrics)
     write_rows(out / "scenes.csv", SCENE_COLUMNS, scenes)

@@ -541,13 +541,16 @@ def test_the_train_stage_writes_its_runs_outputs_then_drops_its_resume_file(
         return [row] * epochs, {"status": "ok", "test_iou": 0.5}, scenes
 
     monkeypatch.setattr(train, "train_member", train_member)
+    (tmp / "data").mkdir()  # a split with val scenes: a run diverged in its first epoch writes val_miou's header too
+    (tmp / "data/split.csv").write_text("image,scene,subset\na.jpg,1,train\nb.jpg,2,val\nc.jpg,3,test\n")
     run_script(train, *member, "data", "runs", "models")
     assert seen["run"] == name and seen["model_dir"] == f"models/{name}" and seen["resume"] == f".resume/{name}.pt"
     assert Path(train.__file__) in seen["code"]
     assert cleared == [f"runs/{name}", f"models/{name}", ".resume"] and checked == ["init/start.pt"]
     out = tmp / "runs" / name
     history = (out / "history.csv").read_text().splitlines()
-    assert history[0] == ",".join(HISTORY_COLUMNS) and len(history) == 1 + epochs
+    header = HISTORY_COLUMNS + ([] if epochs else ["val_miou"])  # rows name their own columns
+    assert history[0] == ",".join(header) and len(history) == 1 + epochs
     assert json.loads((out / "metrics.json").read_text()) == {"status": "ok", "test_iou": 0.5}
     assert (out / "scenes.csv").read_text().splitlines() == [",".join(SCENE_COLUMNS), "007,2,10,2,4,16"]
     assert list((tmp / ".resume").iterdir()) == []
@@ -576,7 +579,8 @@ def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trai
 
     monkeypatch.setattr(train, "busy_note", busy_note)
     monkeypatch.setattr(train, "on_cpu", lambda pref: pref == "cpu")  # this machine may have no GPU
-    monkeypatch.setattr(train, "train_member", lambda *a: print("training") or ([], {"status": "ok"}, []))
+    row = dict.fromkeys(train.HISTORY_COLUMNS, 0.5)  # one epoch
+    monkeypatch.setattr(train, "train_member", lambda *a: print("training") or ([row], {"status": "ok"}, []))
     run_script(train, "mse", "adam", "0", "data", "runs", "models")
     out = capsys.readouterr().out
     if on == "cuda":
