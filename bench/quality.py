@@ -736,6 +736,8 @@ def main() -> None:
         others = [
             done[i] for i in sorted(done) if i not in chosen and sorted(done[i]["scenes"]) == sorted(all_folds[i])
         ]
+        # folds neither saved nor chosen: the result stays unfinished, so the plain command trains only them
+        never = sorted(set(range(len(all_folds))) - set(chosen) - {p["fold"] for p in others}) if others else []
         if others:
             print(
                 f"folds {', '.join(str(p['fold']) for p in others)}: kept from the unfinished run saved in "
@@ -758,8 +760,11 @@ def main() -> None:
             left = chosen[len(parts) :]
             if left:  # a killed bench (e.g. a session's end) keeps its finished folds; the same command resumes
                 so_far = sorted(parts + others, key=lambda p: p["fold"])
-                save({**result, "parts": so_far, "summary": summarize(so_far), "unfinished": left}, quiet=True)
+                unfinished = sorted(set(left) | set(never))
+                save({**result, "parts": so_far, "summary": summarize(so_far), "unfinished": unfinished}, quiet=True)
         result["parts"] = sorted(parts + others, key=lambda p: p["fold"])
+        if never:
+            result["unfinished"] = never
     else:  # curve
         all_folds = folds(sample, args.folds)
         chosen = [int(i) for i in args.only.split(",")] if args.only else range(args.folds)

@@ -565,9 +565,10 @@ def _say_dropped(out: Path, gone: list[Path]) -> None:
 def _map_rasters(
     predictor: Predictor, rasters: list, out: Path, opts, area_error: float | None, model_sha256: str
 ) -> None:
-    """Map every raster; forest_area.csv is rewritten after each, so a failure keeps the finished rows,
-    and the earlier runs' rows of the raster that failed and of those not reached yet: a map's outputs
-    change together or not at all, and the table counts every mask in the folder."""
+    """Map every raster; forest_area.csv is rewritten after each, keeping the earlier runs' rows of the
+    rasters not mapped yet, so a failure leaves the finished rows and those of the raster that failed and
+    of those not reached: a map's outputs change together or not at all, and the table counts every mask
+    in the folder."""
     from .geo import map_forest, output_paths
 
     csv_path = out / "forest_area.csv"
@@ -587,11 +588,8 @@ def _map_rasters(
         try:
             a = map_forest(predictor, raster, out, opts)
         except ForestsegError:
-            if any(m == masks[raster.path] for m, _ in earlier):
+            if any(m == masks[raster.path] for m, _ in earlier):  # the table as last written still holds it
                 print(f"note: {raster.path.name}: the map of an earlier run stays in {out}, with its row")
-            if rows or csv_path.is_file():  # no table where no map was ever written
-                with contextlib.suppress(OSError, ForestsegError):  # a full disk: the map's error is the one said
-                    write()
             raise
         files_done.add(_resolved(raster.path))
         masks_done.add(masks[raster.path])

@@ -397,9 +397,9 @@ def _read(root: Path, folder: str, name: str) -> Picture:
 
 def _load_pair(
     root: Path, image: str, mask: str, size: tuple[int, int], convention: str, forest: tuple
-) -> tuple[np.ndarray, np.ndarray, tuple[bool, np.ndarray], bool]:
-    """(RGB image, forest map in {0, 1}, the mask's value counts, whether the mask is a JPEG) of one
-    pair; raises BadPair."""
+) -> tuple[np.ndarray, np.ndarray, tuple[bool, np.ndarray], bool, np.ndarray]:
+    """(RGB image, forest map in {0, 1}, the mask's value counts, whether the mask is a JPEG, its top-left
+    pixel as a 1x1 mask) of one pair; raises BadPair."""
     img = _read(root, "images", image)
     if img.pixels.ndim != 3:
         raise BadPair(f"{image} is a {img.kind}; convert it to RGB")
@@ -451,7 +451,7 @@ def _load_pair(
             jpeg,
             False,
         )
-    return img.pixels, forest_map, summarize(msk), jpeg
+    return img.pixels, forest_map, summarize(msk), jpeg, msk[:1, :1].copy()
 
 
 def _turn(orientation: int) -> str:
@@ -614,10 +614,12 @@ def build_index(
                     if isinstance(result, BadPair):
                         continue
                     k = len(kept)
-                    images[k], packed_masks[k], summary, jpeg = result
+                    images[k], packed_masks[k], summary, jpeg, corner = result
                     stats.add_summary(summary, jpeg)
-                    if np.count_nonzero(summary[1]) > 1:  # a mask of one value (all 0, all 255, all white)
-                        kept_stats.add_summary(summary, jpeg)  # fits several conventions: no sign of a mix
+                    if len(summary[2]) > 1 if len(summary) > 2 else np.count_nonzero(summary[1]) > 1:
+                        kept_stats.add_summary(summary, jpeg)
+                    else:  # one value (all 0, all 255, all white) fits several conventions: asked of each
+                        kept_stats.add_one_value(corner, jpeg)
                     forest_px = int(result[1].sum())
                     grey, is_forest = result[0].mean(axis=-1, dtype=np.float32), result[1].astype(bool)
                     scene = scene_of(image)
@@ -759,17 +761,23 @@ READS = {"resampled": {"resampled", "0/255"}, "classes": {"classes", "0/1"}}
 
 def misfit_advice(misfit_stats: Stats, kept_stats: Stats, masks: str, forest: tuple) -> str:
     """What the masks that did not fit data.masks look like, and which params would read them; where the
-    masks that did fit (`kept_stats`, masks of one value aside) look like a convention the misfits' one does not
-    read, that the set mixes conventions: the params that read the misfits would refuse the others (a
-    set half 0/1, half 0/255 was sent from one setting to the other and back)."""
+    masks that did fit (`kept_stats`) look like a convention the misfits' one does not read, or some of
+    them hold one value that it refuses (an all-1 mask beside 0/255 ones), that the set mixes conventions:
+    the params that read the misfits would refuse the others (a set half 0/1, half 0/255 was sent from one
+    setting to the other and back). A mask of one value that it reads (an all-white tile of a colour-coded
+    set) is no sign of a mix."""
     advice = misfit_stats.suggest(masks, forest)
     guess = misfit_stats.guess()
+    if guess in (masks, "blurred", "lossy ids"):
+        return advice
     kept = kept_stats.grey_masks + kept_stats.colour_masks
-    if not kept or guess in (masks, "blurred", "lossy ids") or kept_stats.guess() in READS.get(guess, {guess}):
+    other = kept if kept and kept_stats.guess() not in READS.get(guess, {guess}) else 0
+    other += kept_stats.refused_by(guess)
+    if not other:
         return advice
     return (
-        f"{advice}; but {kept} other mask(s) of more than one value fit {masks!r}: the set mixes conventions, so "
-        "no one data.masks reads it; convert one group to the other's convention (saved lossless, e.g. PNG) first"
+        f"{advice}; but {other} other mask(s) fit {masks!r}: the set mixes conventions, so no one data.masks "
+        "reads it; convert one group to the other's convention (saved lossless, e.g. PNG) first"
     )
 
 

@@ -144,6 +144,26 @@ class Stats:
     jpeg_masks: int = 0
     midtone_masks: int = 0  # grey masks with more mid-greys than a 0/255 mask holds
     resampled_masks: int = 0  # masks that did not fit but would as resampled ones
+    # masks of one value (all 0, all 255, all white), which fit several conventions: {(value, shape, jpeg):
+    # [a 1x1 sample, jpeg, count]}, so whether another convention reads them is asked of it (refused_by)
+    one_value: dict = field(default_factory=dict)
+
+    def add_one_value(self, sample: np.ndarray, jpeg: bool) -> None:
+        """A mask of one value, by a 1x1 sample of it that keeps its bands ((1, 1) or (1, 1, 3))."""
+        self.one_value.setdefault((sample.tobytes(), sample.shape, jpeg), [sample, jpeg, 0])[2] += 1
+
+    def refused_by(self, convention: str) -> int:
+        """How many of the masks of one value `convention` would not read (an all-1 mask under 0/255, an
+        all-255 one under 0/1, a grey one under colors); 0 for a guess that is no convention."""
+        if convention not in CONVENTIONS:
+            return 0
+        refused = 0
+        for sample, jpeg, count in self.one_value.values():
+            try:
+                forest_of(sample, convention, (), jpeg)
+            except MaskMismatch:
+                refused += count
+        return refused
 
     def add_summary(self, summary: tuple, jpeg: bool = False, resampled: bool = False) -> None:
         grey, counts, *exact = summary

@@ -432,15 +432,22 @@ def test_a_rerun_with_only_the_folds_left_keeps_the_saved_ones(results_dir: Path
     argv = ["quality.py", "cv", "cpu", "--folds", "3", "--name", "x"]
     monkeypatch.setattr("sys.argv", argv)
     quality.main()
-    saved = json.loads((results_dir / "x.json").read_text())
-    killed = {**saved, "parts": saved["parts"][:2], "unfinished": [2]}  # as a run killed in fold 2 leaves it
-    (results_dir / "x.json").write_text(json.dumps(killed))
-    trained.clear()
-    monkeypatch.setattr("sys.argv", [*argv, "--only", "2"])
+    whole = json.loads((results_dir / "x.json").read_text())
+    folds = quality.folds(sample, 3)
+    for kept, left in (([0, 1], None), ([0], [1])):  # killed in fold 2; in fold 1 (then --only 2 leaves fold 1)
+        killed = {**whole, "parts": whole["parts"][: len(kept)], "unfinished": [2] if len(kept) == 2 else [1, 2]}
+        (results_dir / "x.json").write_text(json.dumps(killed))
+        trained.clear()
+        monkeypatch.setattr("sys.argv", [*argv, "--only", "2"])
+        quality.main()
+        saved = json.loads((results_dir / "x.json").read_text())
+        assert trained == [folds[2]]  # fold 2 alone trained
+        assert [p["fold"] for p in saved["parts"]] == sorted(kept + [2]) and saved.get("unfinished") == left
+    trained.clear()  # the plain command then trains only the fold still missing
+    monkeypatch.setattr("sys.argv", argv)
     quality.main()
     saved = json.loads((results_dir / "x.json").read_text())
-    assert trained == [quality.folds(sample, 3)[2]]  # fold 2 alone trained
-    assert [p["fold"] for p in saved["parts"]] == [0, 1, 2] and "unfinished" not in saved
+    assert trained == [folds[1]] and [p["fold"] for p in saved["parts"]] == [0, 1, 2] and "unfinished" not in saved
 
 
 def test_train_and_score_reports_each_scenes_iou_and_the_all_forest_baseline_of_its_test_tiles(

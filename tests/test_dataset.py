@@ -424,11 +424,38 @@ def test_a_set_of_two_mask_conventions_is_said_to_be_mixed(tiny_set, tmp_path, c
     with pytest.raises(DataError) as err:
         build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", convention, ())
     message = str(err.value)
-    assert (
-        f"they look like {other} masks: set data.masks: '{other}'; but {ROWS // 2} other mask(s) of more than one value fit "
-        in message
-    )
+    assert f"they look like {other} masks: set data.masks: '{other}'; but {ROWS // 2} other mask(s) fit " in message
     assert f"fit '{convention}': the set mixes conventions, so no one data.masks reads it" in message, message
+
+
+@pytest.mark.parametrize(
+    "convention, one_value, others, other",
+    [
+        ("0/1", 1, 255, "0/255"),  # all-forest 0/1 tiles beside 0/255 masks: '0/255' would refuse them
+        ("0/255", 255, 1, "0/1"),  # all-forest 0/255 tiles beside 0/1 masks
+        ("colors", (0, 255, 0), 255, "0/255"),  # all-forest DeepGlobe tiles beside grey 0/255 masks
+    ],
+)
+def test_masks_of_one_value_the_other_convention_refuses_show_a_mix(
+    tiny_set, tmp_path, convention, one_value, others, other
+) -> None:
+    """Masks of one value are evidence of a mix only where the misfits' convention would not read them (an
+    all-white tile reads under colors and 0/255 alike: not called mixed, the test above)."""
+    for k, (_, m) in enumerate(rows_of(tiny_set)):
+        values = decode_mask(tiny_set / "masks" / m)
+        if k < 4:
+            shape = values.shape + ((3,) if isinstance(one_value, tuple) else ())
+            values = np.broadcast_to(np.array(one_value, np.uint8), shape)
+        else:
+            values = values * others
+        Image.fromarray(np.ascontiguousarray(values, np.uint8)).save(tiny_set / "masks" / m, format="PNG")
+    forest = ((0, 255, 0),) if convention == "colors" else ()
+    with pytest.raises(DataError) as err:
+        build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", convention, forest)
+    message = str(err.value)
+    assert f"set data.masks: '{other}'; but 4 other mask(s) fit '{convention}': the set mixes conventions" in message, (
+        message
+    )
 
 
 def masks_empty_0_255(root: Path) -> None:
@@ -491,7 +518,7 @@ def test_a_few_masks_of_another_convention_are_reported_as_a_mixed_set(tiny_set,
     Image.fromarray(decode_mask(tiny_set / "masks" / m)).save(tiny_set / "masks" / m, format="PNG")  # one 0/1 mask
     index, report = build(tiny_set, tmp_path / "out")
     assert report["misfits"] == 1 and report["valid"] == ROWS - 1
-    assert f"but {ROWS - 1} other mask(s) of more than one value fit '0/255': the set mixes" in format_report(report)
+    assert f"but {ROWS - 1} other mask(s) fit '0/255': the set mixes" in format_report(report)
 
 
 def test_0_255_masks_with_jpeg_noise_saved_lossless_are_not_read_as_classes(tiny_set, tmp_path) -> None:

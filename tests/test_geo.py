@@ -241,6 +241,21 @@ def test_a_raster_that_fails_when_mapped_again_keeps_its_old_map_and_row(
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.tif", "b_mask.tif", "c_mask.tif", "forest_area.csv"]
 
 
+def test_a_call_that_maps_nothing_leaves_another_program_s_table_as_it_was(
+    checkpoint: Path, scene, tmp_path: Path
+) -> None:
+    """forest_area.csv is rewritten only after a raster is mapped: a first raster that fails left a
+    header-only table where another program's file had been."""
+    write_raster(tmp_path / "whole.tif", scene[0], tiled=True, compress="deflate")
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/b.tif").write_bytes(data[: len(data) // 2])  # its header is read, its pixels fail
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/forest_area.csv").write_text("id,hectares\nparcel7,12.5\n")
+    assert cli("predict", str(checkpoint), str(tmp_path / "in/b.tif"), "-o", str(tmp_path / "out")) == 2
+    assert (tmp_path / "out/forest_area.csv").read_text() == "id,hectares\nparcel7,12.5\n"
+
+
 def test_forest_area_csv_counts_each_mask_once_whatever_the_paths_were_typed(
     checkpoint: Path, scene, tmp_path: Path, monkeypatch, capsys
 ) -> None:
