@@ -731,11 +731,10 @@ def main() -> None:
         by_tile = tile_folds(sample, args.folds) if args.split == "tile" else None
         if by_tile is not None:  # every fold holds tiles of (nearly) every scene
             all_folds = [sorted(set(sample.scene[rows])) for rows in by_tile]
+        done = {i: p for i, p in done.items() if sorted(p["scenes"]) == sorted(all_folds[i])}  # of these folds
         # the saved folds that --only leaves out stay in the result (a killed run's folds 0-2, rerun with
         # --only 3,4 under its --name, were overwritten by folds 3 and 4 alone)
-        others = [
-            done[i] for i in sorted(done) if i not in chosen and sorted(done[i]["scenes"]) == sorted(all_folds[i])
-        ]
+        others = [done[i] for i in sorted(done) if i not in chosen]
         # folds neither saved nor chosen: the result stays unfinished, so the plain command trains only them
         never = sorted(set(range(len(all_folds))) - set(chosen) - {p["fold"] for p in others}) if others else []
         if others:
@@ -744,7 +743,7 @@ def main() -> None:
                 f"bench/results/{name}.json (not in --only)"
             )
         for i in chosen:
-            if i in done and sorted(done[i]["scenes"]) == sorted(all_folds[i]):
+            if i in done:
                 parts.append(done[i])
                 print(f"fold {i}: kept from the unfinished run saved in bench/results/{name}.json")
                 continue

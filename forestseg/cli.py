@@ -573,13 +573,16 @@ def _map_rasters(
 
     csv_path = out / "forest_area.csv"
     masks = {r.path: _resolved(output_paths(r.path, out, opts)["mask"]) for r in rasters}
-    earlier = _earlier_rows(csv_path, {_resolved(r.path) for r in rasters}, set(masks.values()))
+    earlier = [  # (its mask, its input, the row), the paths resolved once
+        (m, _resolved(r["file"]), r)
+        for m, r in _earlier_rows(csv_path, {_resolved(r.path) for r in rasters}, set(masks.values()))
+    ]
     files_done: set[str] = set()  # mapped by this call: their earlier rows are replaced
     masks_done: set[str] = set()  # masks this call wrote (also another raster's of the same name)
     rows: list[dict] = []
 
     def kept() -> list[dict]:
-        return [r for m, r in earlier if _resolved(r["file"]) not in files_done and m not in masks_done]
+        return [r for m, f, r in earlier if f not in files_done and m not in masks_done]
 
     def write() -> None:
         write_rows(csv_path, AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept() + rows))
@@ -588,7 +591,7 @@ def _map_rasters(
         try:
             a = map_forest(predictor, raster, out, opts)
         except ForestsegError:
-            if any(m == masks[raster.path] for m, _ in earlier):  # the table as last written still holds it
+            if any(m == masks[raster.path] for m, _, _ in earlier):  # the table as last written still holds it
                 print(f"note: {raster.path.name}: the map of an earlier run stays in {out}, with its row")
             raise
         files_done.add(_resolved(raster.path))
@@ -653,12 +656,12 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> 
         try:
             columns = read_columns(csv_path, *AREA_COLUMNS)
         except ForestsegError:  # a table of a forestseg before model_sha256, if not another program's
-            columns = {**read_columns(csv_path, *AREA_COLUMNS[:-1]), "model_sha256": None}
+            columns = read_columns(csv_path, *AREA_COLUMNS[:-1])
+            columns["model_sha256"] = [""] * len(columns["file"])
     except ForestsegError as e:  # another program's file, or an older layout: replaced, and said
         print(f"note: {e}; it is replaced by this run's rows", file=sys.stderr)
         return []
-    n = len(columns["file"])
-    rows = [{c: (columns[c] or [""] * n)[i] for c in AREA_COLUMNS} for i in range(n)]
+    rows = [dict(zip(AREA_COLUMNS, values)) for values in zip(*(columns[c] for c in AREA_COLUMNS))]
     by_mask = {_resolved(csv_path.parent / Path(r["mask"]).name): r for r in rows}  # one row per mask: the last
     there = [(m, r) for m, r in by_mask.items() if Path(m).is_file()]
     gone = [

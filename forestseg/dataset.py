@@ -26,7 +26,15 @@ from .config import DataConfig, ForestsegError, SplitConfig, override_value
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode, drawn_as_shown, visible_files
 from .io import atomic_path, plural, sha256_of, untracked_in_project, write_csv, write_json, write_npy
 from .layout import DataLayout
-from .masks import MaskMismatch, Stats, describe_convention, forest_of, misfit_reads_as_resampled, summarize
+from .masks import (
+    MaskMismatch,
+    Stats,
+    describe_convention,
+    forest_of,
+    is_one_value,
+    misfit_reads_as_resampled,
+    summarize,
+)
 from .metrics import scores
 
 GET_DATA = (
@@ -616,10 +624,10 @@ def build_index(
                     k = len(kept)
                     images[k], packed_masks[k], summary, jpeg, corner = result
                     stats.add_summary(summary, jpeg)
-                    if len(summary[2]) > 1 if len(summary) > 2 else np.count_nonzero(summary[1]) > 1:
-                        kept_stats.add_summary(summary, jpeg)
-                    else:  # one value (all 0, all 255, all white) fits several conventions: asked of each
+                    if is_one_value(summary):  # all 0, all 255, all white: fits several conventions, asked of each
                         kept_stats.add_one_value(corner, jpeg)
+                    else:
+                        kept_stats.add_summary(summary, jpeg)
                     forest_px = int(result[1].sum())
                     grey, is_forest = result[0].mean(axis=-1, dtype=np.float32), result[1].astype(bool)
                     scene = scene_of(image)

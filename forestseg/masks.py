@@ -121,6 +121,12 @@ def summarize(mask: np.ndarray) -> tuple:
     )
 
 
+def is_one_value(summary: tuple) -> bool:
+    """Whether the mask `summarize` summed up holds one value: one grey level, or one exact colour."""
+    grey, counts, *exact = summary
+    return np.count_nonzero(counts) == 1 if grey else len(exact[0]) == 1
+
+
 def mid_share(counts: np.ndarray) -> float:
     """Share of a mask's pixels (grey-level counts) at mid-grey, neither 0- nor 255-ish."""
     return float(counts[AMBIGUOUS[0] : AMBIGUOUS[1] + 1].sum() / max(1, counts.sum()))
@@ -145,12 +151,12 @@ class Stats:
     midtone_masks: int = 0  # grey masks with more mid-greys than a 0/255 mask holds
     resampled_masks: int = 0  # masks that did not fit but would as resampled ones
     # masks of one value (all 0, all 255, all white), which fit several conventions: {(value, shape, jpeg):
-    # [a 1x1 sample, jpeg, count]}, so whether another convention reads them is asked of it (refused_by)
+    # [a 1x1 sample, count]}, so whether another convention reads them is asked of it (refused_by)
     one_value: dict = field(default_factory=dict)
 
     def add_one_value(self, sample: np.ndarray, jpeg: bool) -> None:
         """A mask of one value, by a 1x1 sample of it that keeps its bands ((1, 1) or (1, 1, 3))."""
-        self.one_value.setdefault((sample.tobytes(), sample.shape, jpeg), [sample, jpeg, 0])[2] += 1
+        self.one_value.setdefault((sample.tobytes(), sample.shape, jpeg), [sample, 0])[1] += 1
 
     def refused_by(self, convention: str) -> int:
         """How many of the masks of one value `convention` would not read (an all-1 mask under 0/255, an
@@ -158,7 +164,7 @@ class Stats:
         if convention not in CONVENTIONS:
             return 0
         refused = 0
-        for sample, jpeg, count in self.one_value.values():
+        for (_, _, jpeg), (sample, count) in self.one_value.items():
             try:
                 forest_of(sample, convention, (), jpeg)
             except MaskMismatch:
