@@ -182,6 +182,14 @@ def _scored_by(text: str, scored: dict, checkpoint: Path, predictor: Predictor, 
             f"note: --area-error {text}: scored with {', '.join(differ)}: its area bias is that of another "
             "reading of the images; evaluate with this run's options for this run's bias"
         )
+    units = scored.get("scenes", scored.get("rasters"))
+    adapted = scored.get("adapted_scenes")
+    if scored.get("adapt_bn") and isinstance(units, int) and isinstance(adapted, int) and adapted < units:
+        print(
+            f"note: --area-error {text}: {units - adapted} of its {units} scored scene(s) held no whole window "
+            "to adapt batch-norm to and were scored as trained, so its area bias is partly that of the "
+            "unadapted model"
+        )
 
 
 def _reading(predictor: Predictor, opts: MapOptions) -> dict:

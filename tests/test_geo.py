@@ -1924,6 +1924,10 @@ def test_evaluate_counts_the_rasters_adapt_bn_adapted(scene, tmp_path: Path, cap
     assert cli("evaluate", str(model), str(tmp_path / "r"), "--adapt-bn", "0.25", "-o", str(out)) == 0
     assert ("no whole 64-px window with data to adapt batch-norm to" in capsys.readouterr().out) == (not adapted)
     assert json.loads(out.read_text())["adapted_scenes"] == adapted
+    argv = ["predict", str(model), str(tmp_path / "r/images/a.tif"), "-o", str(tmp_path / "out")]
+    assert cli(*argv, "--adapt-bn", "0.25", "--area-error", str(out)) == 0
+    note = f"note: --area-error {out}: 1 of its 1 scored scene(s) held no whole window to adapt batch-norm to"
+    assert (note in capsys.readouterr().out) == (not adapted)
 
 
 def test_evaluate_refuses_subset_without_split(checkpoint: Path, tmp_path: Path, capsys) -> None:
