@@ -31,6 +31,7 @@ from rasterio.windows import Window
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestseg.config import ModelConfig, OptimizerConfig, Run, TrainConfig  # noqa: E402
 from forestseg.cores import QUIET, cpu_clock, others_busy  # noqa: E402
+from forestseg.io import write_with  # noqa: E402
 from forestseg.loader import Tiles  # noqa: E402
 from forestseg.synthetic import render_scene  # noqa: E402
 from forestseg.train import train_run  # noqa: E402
@@ -122,7 +123,7 @@ def main() -> None:
     raster, model, out = args.work / f"ortho_{args.size}_{args.pixel:g}m.tif", args.work / "model.pt", args.work / "out"
     t0 = time.perf_counter()
     if not raster.exists():
-        write_raster(raster, args.size, args.pixel)
+        write_with(raster, lambda p: write_raster(p, args.size, args.pixel))  # a killed write leaves no raster to reuse
     print(
         f"raster: {raster} ({args.size}x{args.size} at {args.pixel:g} m, {raster.stat().st_size / 2**20:.0f} MiB on disk) "
         f"in {time.perf_counter() - t0:.0f} s"

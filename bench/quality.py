@@ -61,7 +61,7 @@ from forestseg.cores import QUIET, cpu_clock, others_busy  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
-from forestseg.io import write_json, write_text  # noqa: E402
+from forestseg.io import write_json, write_text, write_with  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
@@ -322,7 +322,7 @@ def kept_predictor(
         train_run(run, model_cfg, opt_cfg, train_cfg, train, test, out, out / "r.pt", "bench", lambda s: None)
         if keep is not None:
             keep.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(out / "model.pt", keep)
+            write_with(keep, lambda p: shutil.copyfile(out / "model.pt", p))  # never a truncated model to load
         return Predictor.load(out / "model.pt", device, train_cfg.precision)
 
 

@@ -131,9 +131,14 @@ def _generate(out_dir: Path, cfg: SynthConfig) -> int:
         (tmp / "meta_data.csv").write_text("\n".join(rows) + "\n")
         old = out_dir.with_name(f"{temp_prefix(out_dir.name)}old")
         shutil.rmtree(old, ignore_errors=True)  # a killed run's of the same pid (reused in a container)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            if out_dir.exists():
+                os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+        except BaseException:  # a stop between the two renames: the old set goes back, never neither set
+            if old.exists() and not out_dir.exists():
+                os.replace(old, out_dir)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -295,6 +295,29 @@ def test_a_kept_model_is_named_by_what_trained_it(tmp_path: Path, monkeypatch: p
     assert name != quality.kept_name("fold 0", 0, "cpu", [], sample, torch.device("cuda"))
 
 
+def test_a_kept_model_is_never_left_half_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--keep reuses the file it finds: a copy stopped halfway left a truncated model there to load."""
+
+    def train_run(*args: object) -> None:
+        out = args[6]
+        (out / "model.pt").write_bytes(b"a whole model file")
+
+    def copyfile(src: Path, dst: Path, **kwargs: object) -> None:
+        Path(dst).write_bytes(b"a whole")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quality, "load_tiles", lambda *args: None)
+    monkeypatch.setattr(quality, "rows_of", lambda *args: None)
+    monkeypatch.setattr(quality, "train_run", train_run)
+    monkeypatch.setattr(quality.shutil, "copyfile", copyfile)
+    sample = SimpleNamespace(layout=None, scene=None)
+    keep = tmp_path / "kept/fold0.pt"
+    train = SimpleNamespace(threads=torch.get_num_threads(), precision="fp32")  # left as it is
+    with pytest.raises(KeyboardInterrupt):
+        quality.kept_predictor(sample, None, (None, None, train), [], [], torch.device("cpu"), keep)
+    assert list(keep.parent.iterdir()) == []
+
+
 def test_the_sample_digest_follows_its_files_not_only_meta_data(tmp_path: Path) -> None:
     for sub in ("images", "masks"):
         (tmp_path / sub).mkdir()

@@ -755,6 +755,21 @@ def test_errors_report_splits_the_wrong_pixels_by_edge_distance_and_by_tile() ->
     ]
 
 
+def test_geo_leaves_no_raster_when_its_write_is_stopped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The raster is reused when it exists: one stopped halfway, its unwritten blocks nodata, was timed
+    as if whole on the next run."""
+
+    def write_raster(path: Path, size: int, pixel: float) -> None:
+        Path(path).write_bytes(b"II*\x00 half a raster")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(geo, "write_raster", write_raster)
+    monkeypatch.setattr(sys, "argv", ["geo.py", "--size", "1000", "--work", str(tmp_path / "w")])
+    with pytest.raises(KeyboardInterrupt):
+        geo.main()
+    assert list((tmp_path / "w").iterdir()) == []
+
+
 @pytest.mark.parametrize("gnu_time", [True, False])
 def test_geo_reports_the_predict_commands_wall_time_peak_rss_and_in_memory_size(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path, gnu_time: bool

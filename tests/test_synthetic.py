@@ -206,3 +206,24 @@ def test_masks_are_3_channel_like_the_kaggle_set_s(tmp_path: Path):
     for path in (root / "masks").iterdir():
         with Image.open(path) as mk:
             assert (mk.format, mk.mode) == ("JPEG", "RGB")
+
+
+def test_a_stop_between_the_two_renames_puts_the_old_set_back(tmp_path, monkeypatch):
+    """The old set is moved aside, then the new one in: a Ctrl-C or the stage's SIGTERM between the two
+    had the `finally` delete the new set, leaving neither at the folder (the old one then went as litter)."""
+    root = make_set(tmp_path / "set", scenes=2, grid=2, seed=0)
+    before = snapshot(root)
+    real, calls = forestseg.synthetic.os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new set's rename
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(forestseg.synthetic.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        make_set(root, scenes=3, grid=2, seed=1)
+    monkeypatch.undo()
+    assert snapshot(root) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
