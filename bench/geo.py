@@ -110,6 +110,9 @@ def main() -> None:
         "--work", type=Path, default=Path("/tmp/forestseg-bench-geo"), help="a folder for the raster, model and maps"
     )
     ap.add_argument("--keep", action="store_true", help="keep the raster and outputs (else only they are removed)")
+    ap.add_argument(
+        "--polygons", action="store_true", help="forestseg predict --polygons: the forest traced as GeoJSON too"
+    )
     args = ap.parse_args()
     if args.size < 256 or args.block < 1 or args.width < 1 or args.epochs < 1 or not args.pixel > 0:
         ap.error("--size must be at least 256 (one model tile), --block, --width and --epochs at least 1, --pixel > 0")
@@ -147,7 +150,7 @@ def main() -> None:
         str(args.block),
         "--device",
         args.device,
-    ]
+    ] + (["--polygons"] if args.polygons else [])
     timer = [TIMER, "-v"] if Path(TIMER).exists() else []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     t0, started = time.perf_counter(), cpu_clock()
@@ -182,6 +185,7 @@ def main() -> None:
         "block": args.block,
         "width": args.width,
         "device": args.device,
+        "polygons": args.polygons,
         "wall_s": round(wall, 1),
         "peak_rss_mib": round(peak_kib / 1024),
         "idle_rss_mib": None if idle_kib is None else round(idle_kib / 1024),

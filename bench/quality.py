@@ -44,6 +44,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -60,8 +61,9 @@ from forestseg.config import ForestsegError, Run, SplitConfig, load_sections  # 
 from forestseg.cores import QUIET, cpu_clock, others_busy  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
+from forestseg.errors import terminate  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
-from forestseg.io import write_json, write_text, write_with  # noqa: E402
+from forestseg.io import remove_stale_temps, temp_prefix, write_json, write_text, write_with  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
 from forestseg.loader import load_tiles  # noqa: E402
 from forestseg.metrics import scores  # noqa: E402
@@ -114,7 +116,8 @@ def load_sample() -> Sample:
     folder = CACHE / f"{digest}-{decoder.hexdigest()[:16]}"
     if not (folder / "index.csv").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=f".{folder.name}.~"))
+        remove_stale_temps(CACHE)  # a killed decode's folder (SIGKILL runs no except), by its dead pid
+        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=temp_prefix(folder.name)))
         layout = DataLayout(tmp)
         try:
             index, report = build_index(SAMPLE, layout.images, layout.masks)
@@ -613,6 +616,7 @@ def _check_numbers(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, terminate)  # a kill runs the clean-ups (the cache's temp folder), as Ctrl-C does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=("cv", "final", "curve", "table", "merge"))
     ap.add_argument("recipe", nargs="?", help="recipes/<name>.yaml")

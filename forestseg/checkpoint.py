@@ -117,6 +117,8 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
             "not a forestseg model file; it is not opened, as unpickling runs code",
             "pass models/<run>/model.pt",
         ) from None
+    except PermissionError as e:  # the file's mode, not its bytes: no copy would mend it
+        raise fail(f"cannot be read ({e.strerror})", "check its permissions (chmod a+r)") from None
     except Exception as e:
         raise fail(
             f"cannot be read as a forestseg model file ({type(e).__name__}: {' '.join(str(e).split())}): "

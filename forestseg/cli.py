@@ -79,8 +79,10 @@ def _inputs(paths: list[Path]) -> list[Path]:
                     files.append(f)
                 elif f.is_file() and suffix not in SIDECAR_SUFFIXES:
                     skipped.append(f)
-        elif p.exists():
+        elif p.is_file():
             files.append(p)
+        elif p.exists():  # read once by the probes before the decoder: it would look empty there
+            raise ForestsegError(f"{p}: not a regular file (a pipe or a device); save it to a file first")
         else:
             raise ForestsegError(f"{p}: no such file or folder")
     if skipped:
@@ -304,10 +306,14 @@ def predict(args: argparse.Namespace) -> int:
         (rasters if raster else pictures).append(raster or f)
         if not mapped and has_world_file(f):
             unplaced.append(f)
+    if rasters:
+        _utf8_out(args.out, "GDAL needs to write the GeoTIFFs' maps")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ForestsegError(f"-o {args.out}: cannot create the folder ({e.strerror or e})") from None
+        raise ForestsegError(
+            f"-o {args.out}: cannot create the folder ({_in_the_way(args.out) or e.strerror or e})"
+        ) from None
     _check_name_lengths(args.out, pictures, rasters)
     stale = remove_stale_temps(args.out)
     if stale:
@@ -333,12 +339,19 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _folders_of(f: Path) -> set[Path]:
+    """The folder a file is named in and the one it is in, through its links."""
+    return {f.parent.resolve(), f.resolve().parent}
+
+
 def _predict_inputs(inputs: list[Path], out: Path) -> list[Path]:
     """The input files, each once, where it first came; refused where two would write one output name or
     `out` is no folder for the outputs (a file, a dangling link, a folder of the inputs)."""
     unique: dict[Path, Path] = {}
     for f in _inputs(inputs):  # a file named twice is predicted once, where it first came
-        unique.setdefault(f.resolve(), f)
+        first = unique.setdefault(f.resolve(), f)
+        if first.stem != f.stem:  # a link under another name: its mask would have had that name
+            print(f"note: {f} is the same file as {first}: predicted once, as {first.stem}_mask")
     files = list(unique.values())
     stems = [f.stem for f in files]
     twice = sorted({s for s in stems if stems.count(s) > 1})
@@ -350,7 +363,8 @@ def _predict_inputs(inputs: list[Path], out: Path) -> list[Path]:
     _no_dangling_link(out, "create that folder, or give another -o")
     if out.exists() and not out.is_dir():
         raise ForestsegError(f"-o {out}: is a file; give a folder for the masks")
-    input_dirs = {p.resolve() for p in inputs if p.is_dir()} | {f.parent.resolve() for f in files}
+    # a linked input's own folder too: there its mask would replace the file itself, or land beside it
+    input_dirs = {p.resolve() for p in inputs if p.is_dir()} | {d for f in files for d in _folders_of(f)}
     if out.resolve() in input_dirs:
         raise ForestsegError(
             f"-o {out}: is a folder of input images; the masks would land among them "
@@ -660,6 +674,12 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> 
     (`mapped_now`, resolved paths) nor their mask (`masks_now`)."""
     if not csv_path.is_file():
         return []
+    try:  # unreadable is no other program's table: replacing it would drop the rows of masks still there
+        open(csv_path, "rb").close()
+    except OSError as e:
+        raise ForestsegError(
+            f"{csv_path}: cannot be read ({e.strerror}); make it readable, or move it away to start a new table"
+        ) from None
     try:
         try:
             columns = read_columns(csv_path, *AREA_COLUMNS)
@@ -698,7 +718,10 @@ def evaluate(args: argparse.Namespace) -> int:
     except ConfigError as e:  # the params.yaml checks, named by the flags here
         raise ForestsegError(_as_flags(str(e))) from None
     if not args.data.is_dir():
-        raise ForestsegError(f"{args.data}: no such folder")
+        what = "is a file, not a folder" if args.data.exists() else "no such folder"
+        raise ForestsegError(
+            f"{args.data}: {what}; give the data folder (images/, masks/ and meta_data.csv, or of GeoTIFFs)"
+        )
     if args.subset is not None and args.split is None:
         raise ForestsegError(f"--subset {args.subset}: picks rows of a --split file; give one (e.g. data/split.csv)")
     if args.split is not None and not args.split.is_file():  # before the index, which may take minutes
@@ -797,6 +820,7 @@ def tile(args: argparse.Namespace) -> int:
         first_scene=args.first_scene,
     )
     _no_dangling_link(args.out, "remove the link, or give another -o (tile makes a new folder)")
+    _utf8_out(args.out, "params.yaml needs for data.source (and GDAL for GeoTIFFs)")
     if args.out.parent.is_dir():  # a killed run's temp folder, whether or not this run gets further
         remove_stale_temps(args.out.parent)
     kind, pairs = find_pairs(args.data)
@@ -842,6 +866,28 @@ def tile(args: argparse.Namespace) -> int:
 def _project_of(folder: Path) -> Path | None:
     """The DVC project folder holds, if any: the nearest folder up from it with a .dvc folder."""
     return next((d for d in (folder, *folder.parents) if (d / ".dvc").is_dir()), None)
+
+
+def _in_the_way(out: Path) -> str | None:
+    """What stops a folder being made at `out`: a link to nothing or a file at it or above it (mkdir
+    says only "File exists" or "Not a directory")."""
+    for p in (out, *out.parents):
+        if p.is_symlink() and not p.exists():
+            return f"{p} is a link to {os.readlink(p)}, which does not exist"
+        if p.exists():
+            return None if p.is_dir() else f"{p} is a file, where a folder goes"
+    return None
+
+
+def _utf8_out(out: Path, needs: str) -> None:
+    """-o whose name holds bytes that are no UTF-8 (a Latin-1 é), refused before any work: GDAL named an
+    internal temp file of it after the work, and a tile folder's path cannot go into params.yaml."""
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ForestsegError(
+            f"-o {str(out)!r}: its name is not UTF-8 text, which {needs}; choose another folder"
+        ) from None
 
 
 def _no_dangling_link(out: Path, fix: str) -> None:

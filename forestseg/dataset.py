@@ -24,7 +24,7 @@ from PIL import Image
 
 from .config import DataConfig, ForestsegError, SplitConfig, override_value
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode, drawn_as_shown, visible_files
-from .io import atomic_path, plural, sha256_of, untracked_in_project, write_csv, write_json, write_npy
+from .io import atomic_path, atomic_paths, plural, sha256_of, untracked_in_project, write_csv, write_json, write_npy
 from .layout import DataLayout
 from .masks import (
     MaskMismatch,
@@ -838,15 +838,11 @@ def _check_convention(
 
 def index_folder(source: str | Path, layout: DataLayout, cfg: DataConfig) -> dict:
     """Index `source` into the data folder of `layout` (index.csv, packed arrays and their digest);
-    returns the index report. All four are written under temp names and put in place one right after
-    another: a kill leaves the old set or the new one, never one set's arrays under another's index
-    (hashing the arrays takes seconds, which were a window for that)."""
-    with (
-        atomic_path(layout.images) as images,
-        atomic_path(layout.masks) as masks,
-        atomic_path(layout.digest) as digest,
-        atomic_path(layout.index_csv) as index_csv,
-    ):
+    returns the index report. All four are written under temp names, flushed, then put in place one
+    right after another: a kill leaves the old set or the new one, never one set's arrays under another's
+    index (hashing the arrays takes seconds, and flushing them too, which were windows for that)."""
+    with atomic_paths(layout.images, layout.masks, layout.digest, layout.index_csv) as temps:
+        images, masks, digest, index_csv = temps
         index, report = build_index(source, images, masks, cfg.masks, cfg.forest, check_inverted=cfg.check_inverted)
         # content digest of the arrays: the train stage's resume fingerprint, without re-reading hundreds of MB
         arrays = {final.name: sha256_of(tmp) for final, tmp in ((layout.images, images), (layout.masks, masks))}

@@ -136,26 +136,43 @@ def remove_stale_temps(folder: Path) -> int:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is fsynced and renamed onto `path`."""
-    path = Path(path)
-    temps = path.parent / temp_prefix(path.stem)  # how this write's temp file is named: never the one to blame
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temps.name, suffix=f".tmp{path.suffix}")
-    except OSError as e:
-        raise write_error(path, e, temp=temps) from None
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, usual_mode(0o666))  # mkstemp makes files owner-only; outputs get the usual mode
-    try:
+    with atomic_paths(path) as (tmp,):
         yield tmp
-        replace_together({tmp: path})
+
+
+def _temps_of(path: Path) -> Path:
+    """How a write's temp files beside `path` are named (a prefix): never the file to blame."""
+    return path.parent / temp_prefix(path.stem)
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
+    """Yield a temp path beside each of `paths`; on success all are fsynced first, then renamed onto
+    theirs one right after another (replace_together): files that belong together change within
+    microseconds, never one while another is still being flushed (seconds for a large array)."""
+    finals, temps = [Path(p) for p in paths], []
+    try:
+        for path in finals:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temps_of(path).name, suffix=f".tmp{path.suffix}")
+            except OSError as e:
+                raise write_error(path, e, temp=_temps_of(path)) from None
+            os.close(fd)
+            temps.append(Path(tmp))
+            os.chmod(tmp, usual_mode(0o666))  # mkstemp makes files owner-only; outputs get the usual mode
+        yield tuple(temps)
+        replace_together(dict(zip(temps, finals)))
     except OSError as e:
         if e.errno in _WRITE_ERRORS:  # a full disk or a read-only folder mid-write: one line, no litter
-            raise write_error(path, e, temp=temps) from None
+            failed = str(e.filename or "")
+            path = next((p for p in finals if failed.startswith(str(_temps_of(p)))), finals[0])
+            raise write_error(path, e, temp=_temps_of(path)) from None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 def replace_together(moves: dict[Path, Path]) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import cpu_threads
 from .errors import ForestsegError
 
 if TYPE_CHECKING:
@@ -305,7 +306,10 @@ def adapt_batchnorm(model: nn.Module, x: torch.Tensor, mix: float) -> nn.Module:
     for m in _batchnorms(adapted):
         m.momentum = mix  # one training-mode forward: running = (1 - mix) x running + mix x the batch's
     try:
-        adapted.train()(x)
+        # one thread on the CPU: batch-norm sums its batch statistics in an order that follows the thread
+        # count, and the scores flipped pixels with it (the same numbers on any machine; a fraction of a second)
+        with cpu_threads(1 if x.device.type == "cpu" else None):
+            adapted.train()(x)
     except ValueError as e:  # a batch-norm layer that would see one value per channel
         raise ForestsegError(
             f"cannot adapt batch-norm to {len(x)} window(s) of {x.shape[-2]}x{x.shape[-1]} px: the deepest "

@@ -142,7 +142,8 @@ def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
     """("raster" or "picture", (image, mask) pairs in name order) of a folder: images/ and masks/
     holding files of the same stem (stem_pairs), or DeepGlobe's flat <id>_sat.* and <id>_mask.*."""
     if not data.is_dir():
-        raise ForestsegError(f"{data}: no such folder; give a folder with images/ and masks/ (README: Real data)")
+        what = "is a file, not a folder" if data.exists() else "no such folder"
+        raise ForestsegError(f"{data}: {what}; give a folder with images/ and masks/ (README: Real data)")
     if (data / "images").is_dir():
         try:
             pairs = stem_pairs(data, CUT_SUFFIXES)

@@ -72,7 +72,13 @@ def _read(name: str) -> dict:
         if name.endswith(".yaml") and name[: -len(".yaml")] in names():
             what = f"give the recipe's name, {name[: -len('.yaml')]}"
         raise ForestsegError(f"recipe {name!r}: {what}; recipes: {', '.join(names())}")
-    recipe = load_yaml(read_utf8(path, str(path.relative_to(ROOT))), str(path.relative_to(ROOT)))
+    try:  # a dangling link, a folder of that name, no permission
+        text = read_utf8(path, str(path.relative_to(ROOT)))
+    except OSError as e:
+        raise ForestsegError(
+            f"{path.relative_to(ROOT)}: cannot be read ({e.strerror or e}); fix it or move it out of recipes/"
+        ) from None
+    recipe = load_yaml(text, str(path.relative_to(ROOT)))
     if recipe is None:
         return {}
     if not isinstance(recipe, dict):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import random_predictor
+from conftest import dead_temp_prefix, random_predictor
 
 from bench import quality
 from forestseg.evaluate import _counts
@@ -213,6 +213,23 @@ def test_the_decoded_sample_is_cached_per_decoding_code(tmp_path: Path, monkeypa
     assert quality.load_sample().layout.root == first and len(decoded) == 1  # decoded once
     (tmp_path / "root/forestseg/masks.py").write_text("FOREST = 250\n")
     assert quality.load_sample().layout.root != first and len(decoded) == 2
+
+
+def test_a_killed_decode_s_folder_is_removed_by_the_next_decode(tmp_path: Path, monkeypatch) -> None:
+    """A SIGKILL runs no `except`: its ~270 MB half-decoded folder, named as no clean-up knew, stayed."""
+    import pandas as pd
+
+    monkeypatch.setattr(quality, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(quality, "SAMPLE", tmp_path / "sample")
+    monkeypatch.setattr(quality, "sample_digest", lambda folder: "d")
+    (tmp_path / "sample").mkdir()
+    (tmp_path / "sample/meta_data.csv").write_text("image,mask\n")
+    killed = tmp_path / "cache" / f"{dead_temp_prefix('d-x')}abc"
+    (killed / "data").mkdir(parents=True)
+    index = pd.DataFrame({"scene": ["1"], "forest_pixels": [1], "pixels": [4]})
+    monkeypatch.setattr(quality, "build_index", lambda root, images, masks: (index, {"valid": 1, "skipped": 0}))
+    folder = quality.load_sample().layout.root
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]
 
 
 def test_paired_deltas_pair_only_folds_that_hold_the_same_scenes() -> None:

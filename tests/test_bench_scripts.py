@@ -790,6 +790,7 @@ def test_geo_reports_the_predict_commands_wall_time_peak_rss_and_in_memory_size(
     def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
         predict = "predict" in argv
         if predict:
+            assert ("--polygons" in argv) == gnu_time
             out = Path(argv[argv.index("-o") + 1])
             out.mkdir()
             (out / "forest_area.csv").write_text("file,forest_ha\northo.tif,12.5\n")
@@ -812,7 +813,10 @@ def test_geo_reports_the_predict_commands_wall_time_peak_rss_and_in_memory_size(
     if gnu_time:
         timer.touch()
     monkeypatch.setattr(geo, "TIMER", str(timer))
-    monkeypatch.setattr(sys, "argv", ["geo.py", "--size", "10000", "--pixel", "2", "--work", str(tmp_path / "w")])
+    polygons = ["--polygons"] if gnu_time else []  # either way, in one run or the other
+    monkeypatch.setattr(
+        sys, "argv", ["geo.py", "--size", "10000", "--pixel", "2", "--work", str(tmp_path / "w"), *polygons]
+    )
     clocks = []  # the predict's: read right before and after it
     monkeypatch.setattr(geo, "cpu_clock", lambda: clocks.append(clock[0]) or len(clocks))
     monkeypatch.setattr(geo, "others_busy", lambda since, now: 0.6 if (since, now) == (1, 2) else None)
@@ -831,6 +835,7 @@ def test_geo_reports_the_predict_commands_wall_time_peak_rss_and_in_memory_size(
         "block": 2048,
         "width": 4,
         "device": "auto",
+        "polygons": gnu_time,
         "wall_s": 40.3,
         "peak_rss_mib": 3072,
         "idle_rss_mib": 512 if gnu_time else None,  # without GNU time: not measured, none said

@@ -600,6 +600,27 @@ def test_a_broken_recipe_file_loading_another_recipe_says_why_it_is_read(tmp_pat
         run.load("good")
 
 
+@pytest.mark.parametrize("kind", ["dangling link", "folder"])
+def test_a_recipe_file_that_cannot_be_read_is_one_line_for_every_recipe(tmp_path, monkeypatch, kind):
+    """Each recipe reads every other: a dangling recipes/zz.yaml was a FileNotFoundError traceback for all."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes/good.yaml").write_text("model: {width: 8}\n")
+    if kind == "folder":
+        (tmp_path / "recipes/zz.yaml").mkdir()
+    else:
+        (tmp_path / "recipes/zz.yaml").symlink_to("nowhere.yaml")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    reason = "Is a directory" if kind == "folder" else "No such file or directory"
+    with pytest.raises(
+        ForestsegError,
+        match=rf"^recipes/zz.yaml: cannot be read \({reason}\); fix it or move it out of recipes/ \(read for recipe 'good'",
+    ):
+        run.load("good")
+
+
 @pytest.mark.parametrize(
     "item, message",
     [

@@ -1620,3 +1620,33 @@ def test_an_index_run_stopped_before_its_end_leaves_the_old_data_folder_whole(tm
         dataset.index_folder(make_set(tmp_path / "b", scenes=3, grid=2, tile_size=32), layout, DataConfig())
     assert {p: p.read_bytes() for p in files} == before
     assert sorted(p.name for p in layout.root.rglob("*") if p.is_file()) == sorted(p.name for p in files)
+
+
+def test_an_index_run_stopped_while_its_arrays_are_flushed_leaves_the_old_data_folder_whole(
+    tmp_path, monkeypatch
+) -> None:
+    """Each of the four was fsynced and renamed in turn: index.csv and the digest were already the new
+    set's while images.npy was flushed (seconds for a real set's GB), and a stop there left them over
+    the old arrays. Now all are flushed before the first rename."""
+    import forestseg.dataset as dataset
+    import forestseg.io
+    from forestseg.config import DataConfig
+    from forestseg.layout import DataLayout
+
+    layout = DataLayout(tmp_path / "data")
+    dataset.index_folder(make_set(tmp_path / "a", scenes=2, grid=2, tile_size=32), layout, DataConfig())
+    files = [layout.images, layout.masks, layout.digest, layout.index_csv]
+    before = {p: p.read_bytes() for p in files}
+    real = forestseg.io.os.fsync
+
+    def fsync(fd: int) -> None:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(".images."):  # index_folder's own temp
+            raise KeyboardInterrupt
+        real(fd)
+
+    monkeypatch.setattr(forestseg.io.os, "fsync", fsync)
+    with pytest.raises(KeyboardInterrupt):
+        dataset.index_folder(make_set(tmp_path / "b", scenes=3, grid=2, tile_size=32), layout, DataConfig())
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in files} == before
+    assert sorted(p.name for p in layout.root.rglob("*") if p.is_file()) == sorted(p.name for p in files)

@@ -241,6 +241,18 @@ def test_a_raster_that_fails_when_mapped_again_keeps_its_old_map_and_row(
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.tif", "b_mask.tif", "c_mask.tif", "forest_area.csv"]
 
 
+def test_gdal_s_block_cache_holds_blocks_while_forestseg_reads() -> None:
+    """rasterio hands an int GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: 128, meant as MB, cached no
+    block, so each scanline of a tiled, compressed mask decoded its blocks again (the polygons of a
+    10000-px map: 266 s against 15 s, bench/SPEED.md). A whole row of 512-px blocks of an RGB
+    40000-px raster must fit, and the bound must stay far below the machine's memory."""
+    from forestseg.geo import GDAL_ENV
+
+    with rasterio.Env(**GDAL_ENV):
+        cache = int(rasterio.env.getenv()["GDAL_CACHEMAX"])
+    assert 40000 // 512 * 512 * 512 * 3 <= cache <= 512 * 2**20
+
+
 def test_a_call_that_maps_nothing_leaves_another_program_s_table_as_it_was(
     checkpoint: Path, scene, tmp_path: Path
 ) -> None:
@@ -254,6 +266,32 @@ def test_a_call_that_maps_nothing_leaves_another_program_s_table_as_it_was(
     (tmp_path / "out/forest_area.csv").write_text("id,hectares\nparcel7,12.5\n")
     assert cli("predict", str(checkpoint), str(tmp_path / "in/b.tif"), "-o", str(tmp_path / "out")) == 2
     assert (tmp_path / "out/forest_area.csv").read_text() == "id,hectares\nparcel7,12.5\n"
+
+
+def test_an_unreadable_forest_area_csv_stops_before_its_rows_are_lost(
+    checkpoint: Path, scene, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A table that cannot be opened (its permissions) is no other program's file to replace: its rows
+    of masks still in the folder were dropped, so the folder's total fell short. Stopped, nothing mapped."""
+    write_raster(tmp_path / "in/a.tif", scene[0])
+    write_raster(tmp_path / "in/b.tif", scene[0])
+    assert cli("predict", str(checkpoint), str(tmp_path / "in/a.tif"), "-o", str(tmp_path / "out")) == 0
+    table = (tmp_path / "out/forest_area.csv").read_bytes()
+    capsys.readouterr()
+    real = open
+
+    def open_(path, *args, **kwargs):  # root reads a file of mode 000, so the refusal is made here
+        if Path(path).name == "forest_area.csv":
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr("forestseg.cli.open", open_, raising=False)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in/b.tif"), "-o", str(tmp_path / "out")) == 2
+    csv_path = tmp_path / "out/forest_area.csv"
+    assert capsys.readouterr().err == (
+        f"error: {csv_path}: cannot be read (Permission denied); make it readable, or move it away to start a new table\n"
+    )
+    assert csv_path.read_bytes() == table and not (tmp_path / "out/b_mask.tif").exists()
 
 
 def test_forest_area_csv_counts_each_mask_once_whatever_the_paths_were_typed(
@@ -2459,4 +2497,9 @@ def test_an_output_folder_whose_name_is_not_utf8_is_one_line(checkpoint: Path, s
     out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/out\xe9"))
     assert cli("predict", str(checkpoint), str(src), "-o", str(out)) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: forestseg predict: ") and "is not UTF-8 text" in err, err
+    # the folder named as given, before any work (GDAL named an internal temp file of it, after the map)
+    assert (
+        err
+        == f"error: -o {str(out)!r}: its name is not UTF-8 text, which GDAL needs to write the GeoTIFFs' maps; choose another folder\n"
+    )
+    assert not out.exists()

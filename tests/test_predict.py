@@ -286,6 +286,37 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_model_file_without_read_permission_is_said_as_that(checkpoint, tmp_path, capsys, monkeypatch) -> None:
+    """It was called damaged or cut short, with "copy it again" (root reads a mode-000 file: refused here)."""
+    import forestseg.checkpoint
+
+    def no_permission(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(forestseg.checkpoint.zipfile, "ZipFile", no_permission)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out")])
+    assert done.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: {checkpoint}: cannot be read (Permission denied); check its permissions (chmod a+r)\n"
+    )
+
+
+@pytest.mark.parametrize("above", ["a link to nothing", "a file"])
+def test_an_output_folder_under_a_dangling_link_or_a_file_says_which(checkpoint, tmp_path, capsys, above) -> None:
+    """mkdir says only "File exists" (under a link to nothing) or "Not a directory": name what is in the way."""
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    if above == "a file":
+        (tmp_path / "up").write_text("x")
+        why = f"{tmp_path / 'up'} is a file, where a folder goes"
+    else:
+        (tmp_path / "up").symlink_to(tmp_path / "gone")
+        why = f"{tmp_path / 'up'} is a link to {tmp_path / 'gone'}, which does not exist"
+    assert run_cli(checkpoint, [tmp_path / "a.png"], tmp_path / "up/out") == 2
+    assert capsys.readouterr().err == f"error: -o {tmp_path / 'up/out'}: cannot create the folder ({why})\n"
+
+
 class _RunsCode:
     """Pickled as a call that touches `path` when loaded: what a malicious model file holds."""
 
@@ -1414,6 +1445,46 @@ def test_the_folder_of_a_named_input_is_refused_as_output(checkpoint, tmp_path, 
     assert run_cli(checkpoint, [src / "a.png"], src) == 2
     assert f"error: -o {src}: is a folder of input images" in capsys.readouterr().err
     assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+
+
+def test_the_folder_a_linked_input_lies_in_is_refused_as_output(checkpoint, tmp_path, capsys) -> None:
+    """links/a.png -> ../out/a_mask.png with -o out: the input's mask would replace the input itself."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "links").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "out/a_mask.png")
+    before = (tmp_path / "out/a_mask.png").read_bytes()
+    (tmp_path / "links/a.png").symlink_to("../out/a_mask.png")
+    assert run_cli(checkpoint, [tmp_path / "links"], tmp_path / "out") == 2
+    assert f"error: -o {tmp_path / 'out'}: is a folder of input images" in capsys.readouterr().err
+    assert (tmp_path / "out/a_mask.png").read_bytes() == before
+
+
+def test_a_link_to_an_input_under_another_name_is_said(checkpoint, tmp_path, capsys) -> None:
+    """Predicted once (its area would count twice), but its own mask name is not written: say so."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "in/a.png")
+    (tmp_path / "in/c.png").symlink_to("a.png")
+    assert (
+        run_cli(checkpoint, [tmp_path / "in/a.png", tmp_path / "in/c.png", tmp_path / "in/a.png"], tmp_path / "o") == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("is the same file as") == 1  # not for the same name given twice
+    assert (
+        f"note: {tmp_path / 'in/c.png'} is the same file as {tmp_path / 'in/a.png'}: predicted once, as a_mask" in out
+    )
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_mask.png"]
+
+
+def test_a_pipe_as_input_is_refused_as_no_regular_file(checkpoint, tmp_path, capsys) -> None:
+    """The probes read a pipe's bytes before the decoder, which then called it empty (0 bytes)."""
+    import os
+
+    os.mkfifo(tmp_path / "p.png")
+    assert run_cli(checkpoint, [tmp_path / "p.png"], tmp_path / "o") == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'p.png'}: not a regular file (a pipe or a device); save it to a file first\n"
+    )
 
 
 def test_an_output_name_of_exactly_the_longest_length_is_written(checkpoint, tmp_path, capsys) -> None:

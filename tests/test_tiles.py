@@ -17,7 +17,7 @@ import rasterio
 from PIL import Image
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
-from test_geo import cli, with_nodata_corner, write_raster
+from test_geo import cli, random_checkpoint, with_nodata_corner, write_raster
 
 from forestseg.dataset import build_index, scene_of
 from forestseg.errors import ForestsegError
@@ -175,6 +175,33 @@ def test_cli_names_a_link_to_nothing_as_its_output_before_cutting(photo, tmp_pat
         "remove the link, or give another -o (tile makes a new folder)\n"
     )
     assert out == "" and not (tmp_path / "gone").exists()  # nothing cut
+
+
+@pytest.mark.parametrize("command", ["tile", "evaluate"])
+def test_a_file_given_as_the_data_folder_is_said_as_a_file(tmp_path: Path, capsys, command: str) -> None:
+    """It was "no such folder", of a file that is there."""
+    (tmp_path / "meta_data.csv").write_text("image,mask\n")
+    argv = ["tile", str(tmp_path / "meta_data.csv"), "-o", str(tmp_path / "t")]
+    if command == "evaluate":
+        argv = ["evaluate", str(tmp_path / "model.pt"), str(tmp_path / "meta_data.csv")]
+        random_checkpoint(tmp_path / "model.pt")
+    assert cli(*argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'meta_data.csv'}: is a file, not a folder; give ")
+
+
+def test_cli_refuses_an_output_name_that_is_not_utf8_before_cutting(photo, tmp_path: Path, capsys) -> None:
+    """Its path goes into params.yaml as data.source, which must be UTF-8: it was cut, then the printed
+    `dvc exp run -S data.source=...` could not be run."""
+    Image.fromarray(photo).save(tmp_path / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "7_mask.png")
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/tiles\xe9"))
+    assert cli("tile", str(tmp_path), "-o", str(out)) == 2
+    printed, err = capsys.readouterr()
+    assert err == (
+        f"error: -o {str(out)!r}: its name is not UTF-8 text, which params.yaml needs for data.source (and GDAL "
+        "for GeoTIFFs); choose another folder\n"
+    )
+    assert printed == "" and not out.exists()
 
 
 def test_cli_says_how_to_train_on_deepglobe_tiles_and_quotes_an_odd_path_for_dvc(
