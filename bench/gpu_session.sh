@@ -48,7 +48,10 @@ prepare() {
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$tmp/whl" "${wheels[@]}"
     # the old folder goes aside whole before it is deleted: a kill never leaves a partial sample at $GPU_DIR
-    rm -rf "$GPU_DIR.~old" && { [ ! -e "$GPU_DIR" ] || mv "$GPU_DIR" "$GPU_DIR.~old"; } && mv "$tmp" "$GPU_DIR" && rm -rf "$GPU_DIR.~old"
+    rm -rf "$GPU_DIR.~old"
+    if [ -e "$GPU_DIR" ]; then mv "$GPU_DIR" "$GPU_DIR.~old"; fi
+    mv "$tmp" "$GPU_DIR"
+    rm -rf "$GPU_DIR.~old"
     local mib
     mib=$(du -sm "$GPU_DIR" | cut -f1)
     echo "gpu_session: $GPU_DIR holds the sample and $(ls "$GPU_DIR/whl" | wc -l) wheels, $mib MiB (a call carries at most 64 MiB with the tree)"

@@ -61,7 +61,7 @@ from forestseg.config import ForestsegError, Run, SplitConfig, load_sections  # 
 from forestseg.cores import QUIET, cpu_clock, others_busy  # noqa: E402
 from forestseg.dataset import build_index  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
-from forestseg.errors import terminate  # noqa: E402
+from forestseg.errors import Terminated, stopped, terminate  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
 from forestseg.io import remove_stale_temps, temp_prefix, write_json, write_text, write_with  # noqa: E402
 from forestseg.layout import DataLayout  # noqa: E402
@@ -616,7 +616,6 @@ def _check_numbers(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, terminate)  # a kill runs the clean-ups (the cache's temp folder), as Ctrl-C does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=("cv", "final", "curve", "table", "merge"))
     ap.add_argument("recipe", nargs="?", help="recipes/<name>.yaml")
@@ -791,7 +790,14 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # a kill runs the clean-ups (the cache's temp folder), as Ctrl-C does; set here, not in main(), which
+    # tests call in their own process
+    signal.signal(signal.SIGTERM, terminate)
     try:
         main()
     except ForestsegError as e:
         sys.exit(f"error: {e}")
+    except Terminated as e:
+        message, status = stopped(e)
+        print(f"quality.py: {message}", file=sys.stderr)
+        sys.exit(status)

@@ -118,7 +118,7 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
             "pass models/<run>/model.pt",
         ) from None
     except PermissionError as e:  # the file's mode, not its bytes: no copy would mend it
-        raise fail(f"cannot be read ({e.strerror})", "check its permissions (chmod a+r)") from None
+        raise fail(f"cannot be read ({e.strerror})", "check its permissions (chmod a+r)", own=True) from None
     except Exception as e:
         raise fail(
             f"cannot be read as a forestseg model file ({type(e).__name__}: {' '.join(str(e).split())}): "

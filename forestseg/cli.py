@@ -76,6 +76,8 @@ def _inputs(paths: list[Path]) -> list[Path]:
                 if f.is_dir():
                     folders.append(f)
                 elif suffix in IMAGE_SUFFIXES:
+                    if f.exists() and not f.is_file():  # a pipe named x.png: opening it waits for a writer
+                        raise ForestsegError(f"{f}: not a regular file (a pipe or a device); move it out of {p}")
                     files.append(f)
                 elif f.is_file() and suffix not in SIDECAR_SUFFIXES:
                     skipped.append(f)
@@ -315,6 +317,8 @@ def predict(args: argparse.Namespace) -> int:
             f"-o {args.out}: cannot create the folder ({_in_the_way(args.out) or e.strerror or e})"
         ) from None
     _check_name_lengths(args.out, pictures, rasters)
+    if rasters:
+        _readable_table(args.out / "forest_area.csv")
     stale = remove_stale_temps(args.out)
     if stale:
         print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {args.out}")
@@ -666,6 +670,18 @@ def _resolved(path: str | Path) -> str:
     return str(Path(path).resolve())  # for comparing: a row of an older version holds the path as typed
 
 
+def _readable_table(csv_path: Path) -> None:
+    """A forest_area.csv that cannot be opened (its permissions) stops the call before anything is written:
+    it is no other program's table to replace, and replacing it would drop the rows of masks still there."""
+    try:
+        if csv_path.is_file():
+            open(csv_path, "rb").close()
+    except OSError as e:
+        raise ForestsegError(
+            f"{csv_path}: cannot be read ({e.strerror}); make it readable, or move it away to start a new table"
+        ) from None
+
+
 def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> list[tuple[str, dict]]:
     """forest_area.csv's rows whose masks are still there, each with its mask's resolved path: one call
     per file in a shell loop sums to the folder's whole area, each mask counted once. A row's mask is
@@ -674,12 +690,6 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> 
     (`mapped_now`, resolved paths) nor their mask (`masks_now`)."""
     if not csv_path.is_file():
         return []
-    try:  # unreadable is no other program's table: replacing it would drop the rows of masks still there
-        open(csv_path, "rb").close()
-    except OSError as e:
-        raise ForestsegError(
-            f"{csv_path}: cannot be read ({e.strerror}); make it readable, or move it away to start a new table"
-        ) from None
     try:
         try:
             columns = read_columns(csv_path, *AREA_COLUMNS)

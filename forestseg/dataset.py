@@ -838,9 +838,10 @@ def _check_convention(
 
 def index_folder(source: str | Path, layout: DataLayout, cfg: DataConfig) -> dict:
     """Index `source` into the data folder of `layout` (index.csv, packed arrays and their digest);
-    returns the index report. All four are written under temp names, flushed, then put in place one
+    returns the index report. All four are written under temp names, all flushed, then put in place one
     right after another: a kill leaves the old set or the new one, never one set's arrays under another's
-    index (hashing the arrays takes seconds, and flushing them too, which were windows for that)."""
+    index (hashing the arrays takes seconds, which was a window for that, and so was each file's flush
+    between the renames)."""
     with atomic_paths(layout.images, layout.masks, layout.digest, layout.index_csv) as temps:
         images, masks, digest, index_csv = temps
         index, report = build_index(source, images, masks, cfg.masks, cfg.forest, check_inverted=cfg.check_inverted)

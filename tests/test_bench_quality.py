@@ -215,6 +215,36 @@ def test_the_decoded_sample_is_cached_per_decoding_code(tmp_path: Path, monkeypa
     assert quality.load_sample().layout.root != first and len(decoded) == 2
 
 
+def test_main_leaves_sigterm_as_it_was(monkeypatch) -> None:
+    """Tests and other scripts call main() in their own process: a handler it left there turned a kill
+    of pytest into one failed test."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr("sys.argv", ["quality.py", "nosuchmode"])
+    with pytest.raises(SystemExit):
+        quality.main()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_script_ends_on_sigterm_with_one_line_and_143(tmp_path: Path) -> None:
+    """Run as a script, a kill runs the clean-ups and says so, with the shell's status for SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    # the script as it is, its main() a kill from outside as soon as it starts
+    code = (
+        "from pathlib import Path; path = Path('bench/quality.py').resolve(); source = path.read_text().replace("
+        "'def main() -> None:\\n', 'def main() -> None:\\n    signal.raise_signal(signal.SIGTERM)\\n', 1);"
+        "exec(compile(source, str(path), 'exec'), {'__name__': '__main__', '__file__': str(path)})"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGTERM, "quality.py: terminated (SIGTERM)\n")
+
+
 def test_a_killed_decode_s_folder_is_removed_by_the_next_decode(tmp_path: Path, monkeypatch) -> None:
     """A SIGKILL runs no `except`: its ~270 MB half-decoded folder, named as no clean-up knew, stayed."""
     import pandas as pd

@@ -1626,8 +1626,8 @@ def test_an_index_run_stopped_while_its_arrays_are_flushed_leaves_the_old_data_f
     tmp_path, monkeypatch
 ) -> None:
     """Each of the four was fsynced and renamed in turn: index.csv and the digest were already the new
-    set's while images.npy was flushed (seconds for a real set's GB), and a stop there left them over
-    the old arrays. Now all are flushed before the first rename."""
+    set's while images.npy was flushed, and a stop there left them over the old arrays. Now all are
+    flushed before the first rename."""
     import forestseg.dataset as dataset
     import forestseg.io
     from forestseg.config import DataConfig

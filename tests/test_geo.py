@@ -243,8 +243,8 @@ def test_a_raster_that_fails_when_mapped_again_keeps_its_old_map_and_row(
 
 def test_gdal_s_block_cache_holds_blocks_while_forestseg_reads() -> None:
     """rasterio hands an int GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: 128, meant as MB, cached no
-    block, so each scanline of a tiled, compressed mask decoded its blocks again (the polygons of a
-    10000-px map: 266 s against 15 s, bench/SPEED.md). A whole row of 512-px blocks of an RGB
+    block, so each scanline of a tiled, compressed mask decoded its blocks again (`predict --polygons`
+    on a 10000-px map: 266 s against 15 s, bench/SPEED.md). A whole row of 512-px blocks of an RGB
     40000-px raster must fit, and the bound must stay far below the machine's memory."""
     from forestseg.geo import GDAL_ENV
 
@@ -286,12 +286,15 @@ def test_an_unreadable_forest_area_csv_stops_before_its_rows_are_lost(
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr("forestseg.cli.open", open_, raising=False)
-    assert cli("predict", str(checkpoint), str(tmp_path / "in/b.tif"), "-o", str(tmp_path / "out")) == 2
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/c.png")  # a picture too: nor is its mask written
+    argv = [str(tmp_path / "in/b.tif"), str(tmp_path / "in/c.png")]
+    assert cli("predict", str(checkpoint), *argv, "-o", str(tmp_path / "out")) == 2
     csv_path = tmp_path / "out/forest_area.csv"
     assert capsys.readouterr().err == (
         f"error: {csv_path}: cannot be read (Permission denied); make it readable, or move it away to start a new table\n"
     )
     assert csv_path.read_bytes() == table and not (tmp_path / "out/b_mask.tif").exists()
+    assert not (tmp_path / "out/c_mask.png").exists()
 
 
 def test_forest_area_csv_counts_each_mask_once_whatever_the_paths_were_typed(

@@ -301,6 +301,11 @@ def test_a_model_file_without_read_permission_is_said_as_that(checkpoint, tmp_pa
     assert capsys.readouterr().err == (
         f"error: {checkpoint}: cannot be read (Permission denied); check its permissions (chmod a+r)\n"
     )
+    # as train.init_from too: its own advice, not "copy a finished run's model file into init/"
+    with pytest.raises(
+        ForestsegError, match=r"cannot be read \(Permission denied\); check its permissions \(chmod a\+r\)$"
+    ):
+        read_init(checkpoint, {})
 
 
 @pytest.mark.parametrize("above", ["a link to nothing", "a file"])
@@ -1484,6 +1489,11 @@ def test_a_pipe_as_input_is_refused_as_no_regular_file(checkpoint, tmp_path, cap
     assert (
         capsys.readouterr().err
         == f"error: {tmp_path / 'p.png'}: not a regular file (a pipe or a device); save it to a file first\n"
+    )
+    # and in an input folder, where predict waited for a writer
+    assert run_cli(checkpoint, [tmp_path], tmp_path / "o") == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'p.png'}: not a regular file (a pipe or a device); move it out of {tmp_path}\n"
     )
 
 
