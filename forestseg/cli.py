@@ -869,6 +869,12 @@ def tile(args: argparse.Namespace) -> int:
     )
     if len(px) > 1:
         print("note: the rasters' pixel sizes differ; pass --pixel-size to cut them all at the model's")
+    if sum(1 for r in done["scenes"] if r["tiles"]) == 1:  # the default split.by: scene stops at the split stage
+        then += " -S split.by=tile"
+        print(
+            "note: one scene: a split by scene (the default) needs 2, so the command splits its tiles (their test "
+            "tiles lie beside training tiles of the same scene, so the scores flatter); cut more scenes to test on unseen ones"
+        )
     print(f"train on them: {go}{add}dvc exp run {source}{then}")
     return 0
 

@@ -215,8 +215,22 @@ def test_cli_says_how_to_train_on_deepglobe_tiles_and_quotes_an_odd_path_for_dvc
     *_, last = capsys.readouterr().out.splitlines()
     assert last == (
         "train on them: dvc add 'data/my é tiles' && dvc exp run -S \"data.source='data/my é tiles'\" "
-        "-S data.masks=colors -S 'data.forest=[[0, 255, 0]]'"
+        "-S data.masks=colors -S 'data.forest=[[0, 255, 0]]' -S split.by=tile"  # one scene: see the test below
     )
+
+
+def test_one_scene_is_trained_on_with_a_split_of_its_tiles_and_a_note(photo, tmp_path: Path, capsys) -> None:
+    """The printed command stopped at the split stage: split.by scene needs 2 scenes. Two get no note."""
+    for scenes in (1, 2):
+        raw = tmp_path / f"raw{scenes}"
+        raw.mkdir()
+        for s in range(scenes):
+            Image.fromarray(photo).save(raw / f"{s + 7}_sat.jpg")
+            Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(raw / f"{s + 7}_mask.png")
+        assert cli("tile", str(raw), "-o", str(tmp_path / f"tiles{scenes}")) == 0
+        out = capsys.readouterr().out
+        assert ("note: one scene: a split by scene (the default) needs 2" in out) == (scenes == 1)
+        assert out.splitlines()[-1].endswith(" -S split.by=tile") == (scenes == 1)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +252,7 @@ def test_tile_run_from_a_subfolder_names_the_output_from_the_project_root(
     monkeypatch.chdir(project / "raw")
     assert cli("tile", ".", "-o", out) == 0
     *_, last = capsys.readouterr().out.splitlines()
-    deepglobe = " -S data.masks=colors -S 'data.forest=[[0, 255, 0]]'"
+    deepglobe = " -S data.masks=colors -S 'data.forest=[[0, 255, 0]]' -S split.by=tile"  # one scene
     assert last == "train on them: " + train.format(tmp=tmp_path.resolve()) + deepglobe
 
 
