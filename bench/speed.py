@@ -533,15 +533,6 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"one chunk at a time, cut on the host (as before 5a61907): {spread(sequential)}; "
         f"its forward passes alone (batches already on the device): {spread(forwards)}"
     )
-    on_files = files_speeds(
-        models[auto] if timed else models["fp32"],
-        images,
-        tmp / "files",
-        args.repeats,
-        "auto" if timed else "fp32",
-        device,
-    )
-
     second = device_peaks(device)
     peaks = {d: max(peaks[d], second[d][0]) for d in peaks}
     print(
@@ -572,6 +563,15 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"{spread([100 * v * fwd_flops / best_peak for v in predicted])} % of the best; "
         f"{np.median(predicted) / trained:.2f}x the training images/s at precision auto (goal >= 3x); "
         f"its forward passes alone: MFU {spread(forward_mfu)} %"
+    )
+    # after the MFU lines: on a GPU call's time limit, the files' thousands of JPEGs and PNGs come last
+    on_files = files_speeds(
+        models[auto] if timed else models["fp32"],
+        images,
+        tmp / "files",
+        args.repeats,
+        "auto" if timed else "fp32",
+        device,
     )
     print(
         f"forestseg predict on files (the command on a folder of {4 * len(images)} JPEG tiles, PNG masks written): "

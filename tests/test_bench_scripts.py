@@ -412,7 +412,11 @@ def test_gpu_acceptance_checks_train_resume_and_predict_without_the_grid() -> No
     out = script("bench/gpu.py", "--device", "cpu", "--tiny", "--skip-speed", "--skip-grid")
     assert out.returncode == 0, out.stderr
     assert "resumed run: test losses within 0.0e+00 relative (bit-identical" in out.stdout
-    assert "100.0000% of pixels agree in windows of an image, 100.0000% in 4 tiles, 3 to a forward" in out.stdout
+    assert (
+        "100.0000% of pixels agree in windows of an image, 100.0000% in 4 tiles, 3 to a forward, 100.0000% with TTA, "
+        "100.0000% with batch-norm adapted by 0.25" in out.stdout
+    )
+    assert "MixStyle 0.5 on cpu: 1 epoch, train loss " in out.stdout
     assert "study grid: skipped (--skip-grid)" in out.stdout and "dvc" not in out.stdout
 
 
@@ -597,7 +601,7 @@ def test_speed_reports_the_utilisations_and_ratios_of_the_rates_it_measured(
         lambda run, m, o, cfg, *a, **k: SimpleNamespace(history=[{"train_seconds": s} for s in seconds[cfg.precision]]),
     )
     monkeypatch.setattr(speed, "predict_speeds", lambda *a, **k: ([48.0, 64.0, 32.0], [24.0] * 3, [80.0] * 3, False))
-    monkeypatch.setattr(speed, "files_speeds", lambda *a, **k: [8.0] * 3)
+    monkeypatch.setattr(speed, "files_speeds", lambda *a, **k: print("(files timed)") or [8.0] * 3)
     monkeypatch.setattr(speed, "study_style_steps", lambda *a, **k: [3.0, 4.0, 8.0])
     monkeypatch.setattr(speed, "assembly_seconds", lambda *a, **k: 0.0125)
     argv = ["speed.py", "--width", "4", "--depth", "1", "--batch", "4", "--steps", "2", "--repeats", "3"]
@@ -624,6 +628,11 @@ def test_speed_reports_the_utilisations_and_ratios_of_the_rates_it_measured(
     ]:
         assert line in out.splitlines(), f"{line}\n{out}"
     assert "warning: an MFU above 100 %" in out  # the training's, though predict's are below
+    # the files' thousands of JPEGs after every MFU line: a GPU call's time limit cut them off before
+    lines = out.splitlines()
+    assert max(i for i, s in enumerate(lines) if re.match(r"forestseg (train|predict): MFU", s)) < lines.index(
+        "(files timed)"
+    )
 
 
 def test_device_peaks_reads_each_dtypes_own_peak_from_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -640,19 +649,26 @@ def test_device_peaks_reads_each_dtypes_own_peak_from_the_child(monkeypatch: pyt
     assert ran[0][-3:] == ["cpu", str(torch.get_num_threads()), "256,512"]
 
 
+@dataclasses.dataclass(frozen=True)
 class Masks:
-    """A stand-in Predictor whose masks are all background but for `off` pixels of the first one."""
+    """A stand-in Predictor whose masks are all background but for `off` pixels of the first one (and
+    `tta_off` more with TTA, `adapted_off` more once adapted)."""
 
-    def __init__(self, off: int) -> None:
-        self.off = off
+    off: int
+    tta_off: int = 0
+    adapted_off: int = 0
+    tta: bool = False
 
     def mask(self, image: np.ndarray) -> np.ndarray:
         return self.masks([image])[0]
 
     def masks(self, images: list[np.ndarray], batch: int = 0) -> list[np.ndarray]:
         out = [np.zeros(image.shape[:2], bool) for image in images]
-        out[0].flat[: self.off] = True
+        out[0].flat[: self.off + (self.tta_off if self.tta else 0)] = True
         return out
+
+    def adapted(self, tiles: np.ndarray, mix: float) -> "Masks":
+        return dataclasses.replace(self, off=self.off + self.adapted_off)
 
 
 @pytest.mark.parametrize(
@@ -661,6 +677,8 @@ class Masks:
         (0.0, 1, "99.9023% of pixels agree in windows of an image, 99.9756% in 4 tiles"),  # 1 of 1024, 1 of 4096
         (0.0, 2, "99.8047% of pixels agree in windows of an image, 99.9512% in 4 tiles"),  # the image under 99.9 %
         (1e-6, 0, "100.0000% of pixels agree in windows of an image, 100.0000% in 4 tiles"),  # a CPU resume off
+        (0.0, (0, 5, 0), "4 tiles, 3 to a forward, 99.8779% with TTA, 100.0000% with batch-norm adapted"),  # TTA's own
+        (0.0, (0, 0, 5), "3 to a forward, 100.0000% with TTA, 99.8779% with batch-norm adapted by 0.25"),  # adapted's
     ],
 )
 def test_gpu_acceptance_fails_below_999_per_mille_of_pixels_or_a_cpu_resume_off_at_all(
@@ -669,21 +687,25 @@ def test_gpu_acceptance_fails_below_999_per_mille_of_pixels_or_a_cpu_resume_off_
     """Training stubbed; the model on the device differs from the CPU's in `off` pixels of the first tile:
     the share of agreeing pixels over every pixel (not of whole tiles), both ways at least 99.9 %, and
     both loaded in fp32; on the CPU a resumed run's test losses must be bit-identical."""
-    losses = [[0.5, 0.4, 0.3], [0.5, 0.4], [0.5, 0.4, 0.3 * (1 + drift)]]  # straight, stopped, resumed
+    losses = [[0.5, 0.4, 0.3], [0.5, 0.4], [0.5, 0.4, 0.3 * (1 + drift)], [0.6]]  # straight, stopped, resumed, MixStyle
     monkeypatch.setattr(
         gpu,
         "train_run",
         lambda *a, **k: SimpleNamespace(
-            history=[{"test_loss": v} for v in losses.pop(0)], metrics={"test_iou": 0.5, "precision": "fp32"}
+            history=[{"test_loss": v, "train_loss": v} for v in losses.pop(0)],
+            metrics={"test_iou": 0.5, "precision": "fp32"},
         ),
     )
     loaded = []
+    off, tta_off, adapted_off = off if isinstance(off, tuple) else (off, 0, 0)
     monkeypatch.setattr(
         gpu.Predictor,
         "load",
-        lambda path, d, precision: loaded.append(precision) or Masks(off if not loaded[1:] else 0),
+        lambda path, d, precision: (
+            loaded.append(precision) or (Masks(off, tta_off, adapted_off) if not loaded[1:] else Masks(0))
+        ),
     )
-    fails = off > 1 or drift > 0
+    fails = off > 1 or drift > 0 or tta_off or adapted_off
     with pytest.raises(SystemExit, match="FAILED") if fails else contextlib.nullcontext():
         gpu.check_train_predict(torch.device("cpu"), tiny=True)
     assert says in capsys.readouterr().out and loaded == ["fp32", "fp32"]
