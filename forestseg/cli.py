@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError, forest_values, threads_range
-from .cores import busy_note, cpu_clock
+from .cores import busy_note, cpu_clock, quota_note
 from .errors import BROKEN_PIPE, Terminated, one_line, out_of_memory, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, visible_files
 from .io import (
@@ -271,9 +271,10 @@ def _predictor(args: argparse.Namespace) -> Predictor:
     from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
-    note = busy_note(args.started, torch.get_num_threads()) if predictor.device.type == "cpu" else None
-    if note:
-        print(f"note: {note}")
+    if predictor.device.type == "cpu":
+        for note in (busy_note(args.started, torch.get_num_threads()), quota_note(torch.get_num_threads())):
+            if note:
+                print(f"note: {note}")
     return predictor
 
 

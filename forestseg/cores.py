@@ -3,15 +3,18 @@ process's, outnumber the cores slow both far more than sharing the cores explain
 an evaluate on 2 cores: 2.5x-16x, bench/contention.py), so predict, evaluate and the train stage say
 so where they start beside other work. Reads Linux's /proc/stat, without torch (sampled before torch
 loads). The cores are those the process may run on (taskset, Slurm's cpusets); a CPU quota without a
-cpuset (`docker --cpus`) is not seen."""
+cpuset (`docker --cpus`, a Kubernetes CPU limit), which torch's default threads do not see either, is read
+from the process's cgroups (`cpu_quota`) and said where the threads exceed it."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
+from pathlib import Path
 from typing import NamedTuple
 
+CGROUP = Path("/sys/fs/cgroup")
 QUIET = 0.1  # cores' worth of other processes' work under which a bench's machine counts as quiet
 BUSY_CORE = 0.75  # of a core's time, from which another process counts as holding that core
 
@@ -85,3 +88,54 @@ def busy_note(since: CpuClock | None, threads: int, fix: str = "give --threads {
     if since is None:
         return None
     return sharing_note(others_busy(since, cpu_clock()), threads, len(since.busy), fix)
+
+
+def cpu_quota(root: Path = CGROUP, cgroups: str | None = None) -> float | None:
+    """CPUs' worth of time this process's cgroups allow it, the least along its cgroup's path up to the
+    hierarchy's root (cgroup v2's cpu.max, v1's cpu.cfs_quota_us / cpu.cfs_period_us); None where none is
+    set or none can be read. `cgroups`: /proc/self/cgroup's text (read where not given)."""
+    try:
+        text = Path("/proc/self/cgroup").read_text() if cgroups is None else cgroups
+    except OSError:
+        return None
+    limits = []
+    for line in text.splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if not controllers:  # v2: "0::/its/path"
+            base, files = root, ("cpu.max",)
+        elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/its/path"
+            base, files = root / controllers, ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        # in a container the path may be the host's while the mount is the container's own: its
+        # folders up to the root are read as far as they exist
+        folder = base / path.strip().lstrip("/")
+        for d in (folder, *(p for p in folder.parents if p.is_relative_to(base))):
+            limits.append(_limit(d, files))
+    found = [x for x in limits if x is not None]
+    return min(found) if found else None
+
+
+def _limit(folder: Path, files: tuple[str, ...]) -> float | None:
+    """One cgroup's CPU quota in CPUs, or None (no limit, or not readable there)."""
+    try:
+        if len(files) == 1:
+            quota, period = (folder / files[0]).read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota, period = (int((folder / f).read_text()) for f in files)
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def quota_note(threads: int, fix: str = "give --threads {}", quota: float | None = None) -> str | None:
+    """A note where `threads` torch threads exceed the CPU quota (`cpu_quota` unless given): torch sizes
+    its threads by the cores it sees, and the quota then throttles them in turn. `fix` as for sharing_note."""
+    quota = cpu_quota() if quota is None else quota
+    if quota is None or threads <= math.ceil(quota):
+        return None
+    return (
+        f"this process's cgroup allows {quota:g} CPUs' worth of time (a CPU quota: docker --cpus, a Kubernetes "
+        f"limit) and it runs {threads} torch threads, which the quota throttles in turn; "
+        f"{fix.format(max(1, math.floor(quota)))}"
+    )

@@ -133,3 +133,56 @@ def test_busy_note_of_a_process_beside_spinning_ones() -> None:
             s.wait()
     assert note is not None and f"its {n + 1} torch threads share cores" in note, note
     assert busy_note(None, threads=n + 1) is None  # not measured at the start: nothing to tell
+
+
+def cgroup_files(root, files: dict[str, str]):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    "files, cgroups, quota",
+    [
+        ({"cpu.max": "max 100000\n"}, "0::/\n", None),  # v2, no limit
+        ({"cpu.max": "200000 100000\n"}, "0::/\n", 2.0),  # docker --cpus 2, in the container's own namespace
+        # nested: the least along the path counts (a pod's 1.5 over a container's 4)
+        (
+            {"cpu.max": "max 100000\n", "kube/cpu.max": "150000 100000\n", "kube/c1/cpu.max": "400000 100000\n"},
+            "0::/kube/c1\n",
+            1.5,
+        ),
+        # the host's path in /proc/self/cgroup, the container's own mount: its root is read
+        ({"cpu.max": "50000 100000\n"}, "0::/docker/abc123\n", 0.5),
+        # v1, its controllers in one folder; -1 is no limit
+        (
+            {"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+            "4:cpu,cpuacct:/\n2:memory:/x\n",
+            3.0,
+        ),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n", None),
+        ({"cpu.max": "junk\n"}, "0::/\n", None),  # unreadable: said as nothing, never an error
+        ({}, "0::/\n", None),  # no cgroup files at all (not Linux, or not mounted)
+    ],
+)
+def test_cpu_quota_is_the_least_along_the_cgroup_path(tmp_path, files, cgroups, quota) -> None:
+    assert cores.cpu_quota(cgroup_files(tmp_path, files), cgroups) == quota
+
+
+@pytest.mark.parametrize(
+    "quota, threads, suggested",
+    [(2.0, 64, 2), (1.5, 4, 1), (0.5, 2, 1), (2.0, 2, None), (1.5, 2, None), (None, 64, None)],
+)
+def test_quota_note_where_torch_threads_exceed_the_cpu_quota(monkeypatch, quota, threads, suggested) -> None:
+    """torch sizes its threads by the cores it sees, not the quota: more threads than the quota's
+    CPUs (rounded up) are throttled in turn."""
+    monkeypatch.setattr(cores, "cpu_quota", lambda: quota)
+    note = cores.quota_note(threads, "set train.threads: {}")
+    if suggested is None:
+        assert note is None
+        return
+    assert note == (
+        f"this process's cgroup allows {quota:g} CPUs' worth of time (a CPU quota: docker --cpus, a Kubernetes "
+        f"limit) and it runs {threads} torch threads, which the quota throttles in turn; set train.threads: {suggested}"
+    )

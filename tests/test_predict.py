@@ -322,6 +322,20 @@ def test_an_output_folder_under_a_dangling_link_or_a_file_says_which(checkpoint,
     assert capsys.readouterr().err == f"error: -o {tmp_path / 'up/out'}: cannot create the folder ({why})\n"
 
 
+def test_predict_says_where_its_threads_exceed_the_cpu_quota(checkpoint, tmp_path, capsys, monkeypatch) -> None:
+    """docker --cpus 1 on a machine of many cores: torch's threads, one per core it sees, are throttled."""
+    monkeypatch.setattr("forestseg.cores.cpu_quota", lambda: 1.0)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    argv = ["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out")]
+    for threads, noted in (("2", True), ("1", False)):
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--threads", threads])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert ("note: this process's cgroup allows 1 CPUs' worth of time" in out) == noted, out
+        assert ("and it runs 2 torch threads, which the quota throttles in turn; give --threads 1" in out) == noted
+
+
 class _RunsCode:
     """Pickled as a call that touches `path` when loaded: what a malicious model file holds."""
 

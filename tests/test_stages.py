@@ -578,6 +578,7 @@ def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trai
         return "other processes kept 1.9 of this process's 2 cores busy"
 
     monkeypatch.setattr(train, "busy_note", busy_note)
+    monkeypatch.setattr("forestseg.cores.cpu_quota", lambda: 0.5)  # half a CPU: 1 thread is within it, no note
     monkeypatch.setattr(train, "on_cpu", lambda pref: pref == "cpu")  # this machine may have no GPU
     row = dict.fromkeys(train.HISTORY_COLUMNS, 0.5)  # one epoch
     monkeypatch.setattr(train, "train_member", lambda *a: print("training") or ([row], {"status": "ok"}, []))
@@ -588,3 +589,22 @@ def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trai
         return
     assert told == [(train.STARTED, 1, "set train.threads: 1 for runs beside them")]
     assert out.index("note: other processes kept 1.9 of this process's 2 cores busy\n") < out.index("training")
+    assert "cgroup" not in out  # one thread is no more than a quota of half a CPU rounded up
+
+
+def test_the_train_stage_tells_of_threads_beyond_its_cpu_quota(params_file, monkeypatch, capsys):
+    """A container limited to 1 CPU (docker --cpus 1) running train.threads 2: said before training."""
+    import train
+
+    edit(params_file, "train", "threads", 2)
+    edit(params_file, "train", "device", "cpu")
+    monkeypatch.setattr("forestseg.cores.cpu_quota", lambda: 1.0)
+    row = dict.fromkeys(train.HISTORY_COLUMNS, 0.5)
+    monkeypatch.setattr(train, "train_member", lambda *a: print("training") or ([row], {"status": "ok"}, []))
+    run_script(train, "mse", "adam", "0", "data", "runs", "models")
+    out = capsys.readouterr().out
+    note = (
+        "note: this process's cgroup allows 1 CPUs' worth of time (a CPU quota: docker --cpus, a Kubernetes limit) "
+        "and it runs 2 torch threads, which the quota throttles in turn; set train.threads: 1\n"
+    )
+    assert note in out and out.index(note) < out.index("training")
