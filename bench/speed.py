@@ -564,6 +564,14 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"{np.median(predicted) / trained:.2f}x the training images/s at precision auto (goal >= 3x); "
         f"its forward passes alone: MFU {spread(forward_mfu)} %"
     )
+    # here, not only at the end: on a GPU the files and the study-style loop can outlast the time a call
+    # gives the bench, and these warnings void the lines above
+    warn_if_busy([*(per_epoch for _, per_epoch in trained_rates.values()), predicted, sequential, forwards])
+    if max(utilisations) > 100:
+        print(
+            "warning: an MFU above 100 % means both probes of the peak ran slower than the device can: "
+            "the machine was busy; these utilisations do not count, rerun on a quiet machine"
+        )
     # after the MFU lines: on a GPU call's time limit, the files' thousands of JPEGs and PNGs come last
     on_files = files_speeds(
         models[auto] if timed else models["fp32"],
@@ -577,13 +585,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"forestseg predict on files (the command on a folder of {4 * len(images)} JPEG tiles, PNG masks written): "
         f"{spread(on_files)} images/s, {np.median(on_files) / trained:.2f}x the training images/s"
     )
-    # here, not only at the end: on a GPU the study-style loop can outlast the time a call gives the bench
-    warn_if_busy([*(per_epoch for _, per_epoch in trained_rates.values()), predicted, sequential, forwards, on_files])
-    if max(utilisations) > 100:
-        print(
-            "warning: an MFU above 100 % means both probes of the peak ran slower than the device can: "
-            "the machine was busy; these utilisations do not count, rerun on a quiet machine"
-        )
+    warn_if_busy([on_files])
 
     names = list(zip(index["image"], index["mask"]))
     study = study_style_steps(root, names, model_cfg, args.batch, args.steps, device, args.repeats)

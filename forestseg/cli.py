@@ -870,7 +870,9 @@ def tile(args: argparse.Namespace) -> int:
     )
     if len(px) > 1:
         print("note: the rasters' pixel sizes differ; pass --pixel-size to cut them all at the model's")
-    if sum(1 for r in done["scenes"] if r["tiles"]) == 1:  # the default split.by: scene stops at the split stage
+    if done["tiles"] < 2:  # no split of any kind: one tile cannot be both trained on and tested
+        print("note: one tile: a split needs 2 at least; cut more (a smaller --size, or more scenes)")
+    elif sum(1 for r in done["scenes"] if r["tiles"]) == 1:  # the default split.by: scene stops at the split stage
         then += " -S split.by=tile"
         print(
             "note: one scene: a split by scene (the default) needs 2, so the command splits its tiles (their test "

@@ -96,20 +96,23 @@ def cpu_quota(root: Path = CGROUP, cgroups: str | None = None) -> float | None:
     set or none can be read. `cgroups`: /proc/self/cgroup's text (read where not given)."""
     try:
         text = Path("/proc/self/cgroup").read_text() if cgroups is None else cgroups
-    except OSError:
+    except (OSError, ValueError):  # a cgroup name of bytes that are no UTF-8
         return None
     limits = []
     for line in text.splitlines():
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if not controllers:  # v2: "0::/its/path"
             base, files = root, ("cpu.max",)
-        elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/its/path"
-            base, files = root / controllers, ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/its/path" (CentOS 7: "cpuacct,cpu")
+            mounts = (root / "cpu", root / controllers, root / "cpu,cpuacct")  # 'cpu' is a link to the joint mount
+            base, files = next((m for m in mounts if m.is_dir()), mounts[0]), ("cpu.cfs_quota_us", "cpu.cfs_period_us")
         else:
             continue
         # in a container the path may be the host's while the mount is the container's own: its
-        # folders up to the root are read as far as they exist
-        folder = base / path.strip().lstrip("/")
+        # folders up to the root are read as far as they exist; a path outside the namespace's root
+        # ("/../x") is read at the root only
+        parts = [p for p in path.strip().split("/") if p]
+        folder = base.joinpath(*parts) if ".." not in parts else base
         for d in (folder, *(p for p in folder.parents if p.is_relative_to(base))):
             limits.append(_limit(d, files))
     found = [x for x in limits if x is not None]
@@ -120,9 +123,12 @@ def _limit(folder: Path, files: tuple[str, ...]) -> float | None:
     """One cgroup's CPU quota in CPUs, or None (no limit, or not readable there)."""
     try:
         if len(files) == 1:
-            quota, period = (folder / files[0]).read_text().split()[:2]
-            return None if quota == "max" else int(quota) / int(period)
-        quota, period = (int((folder / f).read_text()) for f in files)
+            text = (folder / files[0]).read_text().split()[:2]
+            if text[:1] == ["max"]:
+                return None
+            quota, period = (int(t) for t in text)
+        else:
+            quota, period = (int((folder / f).read_text()) for f in files)
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None

@@ -163,11 +163,15 @@ def cgroup_files(root, files: dict[str, str]):
         ),
         ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n", None),
         ({"cpu.max": "junk\n"}, "0::/\n", None),  # unreadable: said as nothing, never an error
+        ({"cpu.max": "100000 0\n"}, "0::/\n", None),  # a period of 0: no division by it
+        ({"cpu.max": "-100000 100000\n"}, "0::/\n", None),
+        # outside the namespace's root (the kernel writes "/../x"): the mount's root only, never above it
+        ({"cpu.max": "max 100000\n", "../x/cpu.max": "50000 100000\n"}, "0::/../x\n", None),
         ({}, "0::/\n", None),  # no cgroup files at all (not Linux, or not mounted)
     ],
 )
 def test_cpu_quota_is_the_least_along_the_cgroup_path(tmp_path, files, cgroups, quota) -> None:
-    assert cores.cpu_quota(cgroup_files(tmp_path, files), cgroups) == quota
+    assert cores.cpu_quota(cgroup_files(tmp_path / "cg", files), cgroups) == quota  # "../x" lands in tmp_path
 
 
 @pytest.mark.parametrize(
@@ -186,3 +190,11 @@ def test_quota_note_where_torch_threads_exceed_the_cpu_quota(monkeypatch, quota,
         f"this process's cgroup allows {quota:g} CPUs' worth of time (a CPU quota: docker --cpus, a Kubernetes "
         f"limit) and it runs {threads} torch threads, which the quota throttles in turn; set train.threads: {suggested}"
     )
+
+
+def test_cpu_quota_finds_a_v1_mount_whose_name_lists_the_controllers_in_another_order(tmp_path) -> None:
+    """CentOS 7 writes "cpuacct,cpu" in /proc/self/cgroup; the mount is cpu,cpuacct, with cpu a link to it."""
+    cgroup_files(tmp_path, {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    (tmp_path / "cpu").symlink_to("cpu,cpuacct")
+    (tmp_path / "cpuacct").symlink_to("cpu,cpuacct")
+    assert cores.cpu_quota(tmp_path, "3:cpuacct,cpu:/\n") == 2.0

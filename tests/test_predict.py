@@ -326,7 +326,7 @@ def test_predict_says_where_its_threads_exceed_the_cpu_quota(checkpoint, tmp_pat
     """docker --cpus 1 on a machine of many cores: torch's threads, one per core it sees, are throttled."""
     monkeypatch.setattr("forestseg.cores.cpu_quota", lambda: 1.0)
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
-    argv = ["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out")]
+    argv = ["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--device", "cpu"]
     for threads, noted in (("2", True), ("1", False)):
         with pytest.raises(SystemExit) as done:
             main([*argv, "--threads", threads])

@@ -231,6 +231,13 @@ def test_one_scene_is_trained_on_with_a_split_of_its_tiles_and_a_note(photo, tmp
         out = capsys.readouterr().out
         assert ("note: one scene: a split by scene (the default) needs 2" in out) == (scenes == 1)
         assert out.splitlines()[-1].endswith(" -S split.by=tile") == (scenes == 1)
+    # a single tile cannot be split at all: no split.by=tile, said instead
+    (tmp_path / "one").mkdir()
+    Image.fromarray(photo[:256, :256]).save(tmp_path / "one/7_sat.jpg")
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(tmp_path / "one/7_mask.png")
+    assert cli("tile", str(tmp_path / "one"), "-o", str(tmp_path / "tiles_one")) == 0
+    out = capsys.readouterr().out
+    assert "note: one tile: a split needs 2 at least" in out and "split.by=tile" not in out
 
 
 @pytest.mark.parametrize(
