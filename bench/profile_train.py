@@ -26,7 +26,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -139,6 +139,19 @@ def conv_kernels(
     return flop, fwd, bin_, bw
 
 
+def device_busy_seconds(events: Any) -> float:
+    """Seconds the device ran the profiled kernels and copies: their own rows only (an op's row repeats
+    its kernels' time, and a user annotation spans others)."""
+    return (
+        sum(
+            e.self_device_time_total
+            for e in events
+            if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation
+        )
+        / 1e6
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--default-malloc", action="store_true")
@@ -205,15 +218,7 @@ def main() -> None:
     )
     events = prof.key_averages()
     if cuda:  # what the device spends its time on, and how much of the step it is busy at all
-        # the kernels' (and copies') own rows: an op's row repeats its kernels' time
-        busy = (
-            sum(
-                e.self_device_time_total
-                for e in events
-                if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation
-            )
-            / 1e6
-        )
+        busy = device_busy_seconds(events)
         print(f"device busy {busy / seconds:.0%} of the profiled steps' wall time (kernels and copies, summed)")
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(events.table(sort_by=key, row_limit=12, max_name_column_width=40))

@@ -956,6 +956,19 @@ def test_profile_train_reports_a_steps_milliseconds_and_cpu_seconds_of_the_profi
     assert len(losses) == 2 + 4
 
 
+def test_the_device_s_busy_time_sums_kernels_and_copies_once() -> None:
+    """The CUDA rows' own times (kernels, copies): a CPU op's row and a user annotation spanning the step
+    would count the same time again. 0.3 + 0.2 s."""
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [
+        SimpleNamespace(device_type=cuda, is_user_annotation=False, self_device_time_total=3e5),
+        SimpleNamespace(device_type=cuda, is_user_annotation=False, self_device_time_total=2e5),
+        SimpleNamespace(device_type=cuda, is_user_annotation=True, self_device_time_total=7e5),
+        SimpleNamespace(device_type=cpu, is_user_annotation=False, self_device_time_total=9e5),
+    ]
+    assert profile.device_busy_seconds(events) == pytest.approx(0.5)
+
+
 def test_snapping_leaves_a_tile_at_exactly_either_share_as_called() -> None:
     """Snap below 10 % / above 90 %: 90 and 10 of 100 px stay as called, 91 becomes all forest, 9 none."""
     logits = np.full((4, 10, 10), -1.0, np.float32)
