@@ -379,6 +379,9 @@ def test_a_slurm_task_trains_its_place_of_the_array(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "worker: task 3 of 4 has no member of the grid; nothing to train" in out.stdout
     assert not list(tmp_path.glob("forestseg-7-*"))
+    # a rerun says so in the job's output, where a leftover export would otherwise go unseen
+    rerun = "note: FORESTSEG_TASKS=4: task 3 reruns its share of an earlier --array=0-3; for a new grid, unset"
+    assert (rerun in out.stdout) == bool(tasks)
 
 
 @pytest.mark.parametrize("repo_env, says", [("/nonexistent", "fatal: repository '/nonexistent' does not exist")])
