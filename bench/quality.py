@@ -324,7 +324,6 @@ def kept_predictor(
         out = Path(tmp)
         train_run(run, model_cfg, opt_cfg, train_cfg, train, test, out, out / "r.pt", "bench", lambda s: None)
         if keep is not None:
-            keep.parent.mkdir(parents=True, exist_ok=True)
             write_with(keep, lambda p: shutil.copyfile(out / "model.pt", p))  # never a truncated model to load
         return Predictor.load(out / "model.pt", device, train_cfg.precision)
 
