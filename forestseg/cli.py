@@ -26,11 +26,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PIXEL_SIZE_M, PRECISIONS, ConfigError, DataConfig, ForestsegError, forest_values, threads_range
-from .cores import busy_note, cpu_clock, quota_note
+from .cores import cpu_clock, thread_notes
 from .errors import BROKEN_PIPE, Terminated, one_line, out_of_memory, quiet_stdout, stopped, terminate
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, visible_files
 from .io import (
     WRITE_ERRNOS,
+    need_folder,
     plural,
     read_columns,
     read_json,
@@ -272,9 +273,8 @@ def _predictor(args: argparse.Namespace) -> Predictor:
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
     if predictor.device.type == "cpu":
-        for note in (busy_note(args.started, torch.get_num_threads()), quota_note(torch.get_num_threads())):
-            if note:
-                print(f"note: {note}")
+        for note in thread_notes(args.started, torch.get_num_threads()):
+            print(f"note: {note}")
     return predictor
 
 
@@ -728,11 +728,7 @@ def evaluate(args: argparse.Namespace) -> int:
         DataConfig(masks=args.masks, forest=forest)
     except ConfigError as e:  # the params.yaml checks, named by the flags here
         raise ForestsegError(_as_flags(str(e))) from None
-    if not args.data.is_dir():
-        what = "is a file, not a folder" if args.data.exists() else "no such folder"
-        raise ForestsegError(
-            f"{args.data}: {what}; give the data folder (images/, masks/ and meta_data.csv, or of GeoTIFFs)"
-        )
+    need_folder(args.data, "give the data folder (images/, masks/ and meta_data.csv, or of GeoTIFFs)")
     if args.subset is not None and args.split is None:
         raise ForestsegError(f"--subset {args.subset}: picks rows of a --split file; give one (e.g. data/split.csv)")
     if args.split is not None and not args.split.is_file():  # before the index, which may take minutes

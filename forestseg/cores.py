@@ -145,3 +145,11 @@ def quota_note(threads: int, fix: str = "give --threads {}", quota: float | None
         f"limit) and it runs {threads} torch threads, which the quota throttles in turn; "
         f"{fix.format(max(1, math.floor(quota)))}"
     )
+
+
+def thread_notes(
+    since: CpuClock | None, threads: int, fix: str = "give --threads {}", quota_fix: str | None = None
+) -> list[str]:
+    """What a process about to run `threads` torch threads on the CPU tells first: busy_note (since
+    `since`, with `fix`) and quota_note (with `quota_fix`, else `fix`), those that apply."""
+    return [n for n in (busy_note(since, threads, fix), quota_note(threads, quota_fix or fix)) if n]

@@ -71,6 +71,13 @@ def write_error(
     return ForestsegError(f"{head}: {_WRITE_ERRORS[e.errno].format(free=free)}")
 
 
+def need_folder(path: Path, fix: str) -> None:
+    """A ForestsegError where `path` is no folder, said as what is there (a file, or nothing), then `fix`."""
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "no such folder"
+        raise ForestsegError(f"{path}: {what}; {fix}")
+
+
 _TEMP = re.compile(r"^\..*\.~(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.")  # what temp_prefix makes
 
 

@@ -43,7 +43,7 @@ from .images import (
     drawn_as_shown,
     visible_files,
 )
-from .io import fsync_dir, fsync_tree, plural, temp_prefix, write_error
+from .io import fsync_dir, fsync_tree, need_folder, plural, temp_prefix, write_error
 
 if TYPE_CHECKING:  # geo imports rasterio, which picture tiles do not need
     from .geo import Raster
@@ -141,9 +141,7 @@ def _paired(pairs: list, where: str) -> list[tuple[Path, Path]]:
 def find_pairs(data: Path) -> tuple[str, list[tuple[Path, Path]]]:
     """("raster" or "picture", (image, mask) pairs in name order) of a folder: images/ and masks/
     holding files of the same stem (stem_pairs), or DeepGlobe's flat <id>_sat.* and <id>_mask.*."""
-    if not data.is_dir():
-        what = "is a file, not a folder" if data.exists() else "no such folder"
-        raise ForestsegError(f"{data}: {what}; give a folder with images/ and masks/ (README: Real data)")
+    need_folder(data, "give a folder with images/ and masks/ (README: Real data)")
     if (data / "images").is_dir():
         try:
             pairs = stem_pairs(data, CUT_SUFFIXES)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from common import RESUME_DIR, ForestsegError, args, check_all, clear_temps, params, stage
 
-from forestseg.cores import busy_note, cpu_clock, quota_note
+from forestseg.cores import cpu_clock, thread_notes
 
 STARTED = cpu_clock()  # before torch loads: the seconds that measure what else keeps the cores busy
 
@@ -50,12 +50,8 @@ def main(argv: list[str]) -> None:
     clear_temps(out, model_dir, RESUME_DIR)
     fix = "set train.threads: {} for runs beside them"
     if on_cpu(train_cfg.device):  # log lines: the numbers do not depend on them
-        for note in (
-            busy_note(STARTED, train_cfg.threads, fix),
-            quota_note(train_cfg.threads, "set train.threads: {}"),
-        ):
-            if note:
-                print(f"note: {note}")
+        for note in thread_notes(STARTED, train_cfg.threads, fix, "set train.threads: {}"):
+            print(f"note: {note}")
     layout = DataLayout(Path(data_dir))
     history, metrics, scenes = train_member(run, model_cfg, opt_cfg, train_cfg, layout, model_dir, resume, code)
     if history:

@@ -15,6 +15,7 @@ import torch
 from conftest import BIN, flip_a_bit_in_the_largest_tensor, make_set, random_predictor, train_small_model
 from PIL import Image
 
+import forestseg.cores
 import forestseg.io
 import forestseg.predict
 import forestseg.windows
@@ -681,6 +682,20 @@ def test_evaluate_refuses_a_missing_split_file_before_reading_the_data(
     assert (
         capsys.readouterr().err
         == f"error: --split {tmp_path / 'no.csv'}: no such file; give a split.csv (e.g. data/split.csv)\n"
+    )
+
+
+@pytest.mark.parametrize("there", ["file", "nothing"])
+def test_evaluates_data_that_is_no_folder_is_said_as_what_is_there(checkpoint, tmp_path, capsys, there) -> None:
+    data = tmp_path / "meta_data.csv"
+    if there == "file":
+        data.write_text("image,mask\n")
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(checkpoint), str(data)])
+    what = "is a file, not a folder" if there == "file" else "no such folder"
+    assert done.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: {data}: {what}; give the data folder (images/, masks/ and meta_data.csv, or of GeoTIFFs)\n"
     )
 
 
@@ -1564,11 +1579,11 @@ def test_threads_set_torchs_threads_for_the_command_and_the_sharing_note_is_told
     data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=TILE)
     seen = []
 
-    def note(started, threads):  # what the command measured its threads against
+    def note(started, threads, fix):  # what the command measured its threads against
         seen.append((started is not None, threads, torch.get_num_threads()))
         return "other processes kept 1.2 of this process's 2 cores busy"
 
-    monkeypatch.setattr(forestseg.cli, "busy_note", note)
+    monkeypatch.setattr(forestseg.cores, "busy_note", note)
     before = torch.get_num_threads()
     args = [str(data / "images"), "-o", str(tmp_path / "out")] if command == "predict" else [str(data)]
     with pytest.raises(SystemExit) as done:

@@ -577,7 +577,7 @@ def test_the_train_stage_tells_of_cores_other_processes_keep_busy_before_it_trai
         told.append((since, threads, fix.format(1)))
         return "other processes kept 1.9 of this process's 2 cores busy"
 
-    monkeypatch.setattr(train, "busy_note", busy_note)
+    monkeypatch.setattr("forestseg.cores.busy_note", busy_note)
     monkeypatch.setattr("forestseg.cores.cpu_quota", lambda: 0.5)  # half a CPU: 1 thread is within it, no note
     monkeypatch.setattr(train, "on_cpu", lambda pref: pref == "cpu")  # this machine may have no GPU
     row = dict.fromkeys(train.HISTORY_COLUMNS, 0.5)  # one epoch
