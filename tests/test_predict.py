@@ -1445,17 +1445,23 @@ def test_the_device_asked_for_reaches_the_model(checkpoint, scene, tmp_path, mon
     """--device (default auto) is what the model is loaded on, for predict and evaluate alike."""
     import forestseg.device
 
-    asked = []
-    monkeypatch.setattr(
-        forestseg.device, "pick_device", lambda pref, key: asked.append((pref, key)) or torch.device("cpu")
-    )
+    asked, loaded = [], []
+    picked = torch.device("cpu", 0)  # not the plain "cpu" a path that ignores the pick would load on
+    monkeypatch.setattr(forestseg.device, "pick_device", lambda pref, key: asked.append((pref, key)) or picked)
+    load = Predictor.load
+
+    def spy(checkpoint, device, *a, **k):
+        loaded.append(device)
+        return load(checkpoint, device, *a, **k)
+
+    monkeypatch.setattr(Predictor, "load", staticmethod(spy))
     Image.fromarray(scene[0][:64, :64]).save(tmp_path / "a.png")
     data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=TILE)
     given = [str(tmp_path / "a.png"), "-o", str(tmp_path / "out")] if command == "predict" else [str(data)]
     for flags, pref in (([], "auto"), (["--device", "cuda:3"], "cuda:3")):
         with pytest.raises(SystemExit) as done:
             main([command, str(checkpoint), *given, *flags])
-        assert done.value.code == 0 and asked.pop() == (pref, "--device")
+        assert done.value.code == 0 and asked.pop() == (pref, "--device") and loaded.pop() == picked
 
 
 def test_two_inputs_of_one_name_are_refused_before_predicting(checkpoint, tmp_path, capsys) -> None:
