@@ -1065,8 +1065,10 @@ def test_otsu_cut_is_the_centre_of_the_bin_with_the_largest_between_class_varian
     assert adabn.otsu_cut(Scorer(), np.array(values)) == pytest.approx(cut)
 
 
-def test_adabn_methods_adapt_on_top_of_the_first_mix() -> None:
+def test_adabn_methods_adapt_on_top_of_the_first_mix(monkeypatch) -> None:
     """Every mix scored, mix 0 (the model as trained) first; tent, otsu and smooth adapt with the first mix."""
+    tented = []
+    monkeypatch.setattr(adabn, "tent", lambda p, w, n: tented.append((p.mix, n)) or p)
     got = adabn.methods([0.25, 1.0], [3], True, (2.0,))
     assert list(got) == ["mix 0", "mix 0.25", "mix 1", "mix 0.25 + tent 3", "mix 0.25 + otsu", "mix 0.25 + smooth 2"]
     windows = np.array([-0.6] * 30 + [0.0] * 10 + [0.6] * 10)
@@ -1075,6 +1077,7 @@ def test_adabn_methods_adapt_on_top_of_the_first_mix() -> None:
     assert otsu.mix == 0.25 and otsu.cut == pytest.approx(-0.6 + 1.2 / 128)
     smooth = got["mix 0.25 + smooth 2"](Scorer(), windows)
     assert smooth.mix == 0.25 and smooth.model.sigma == 2.0
+    assert got["mix 0.25 + tent 3"](Scorer(), windows).mix == 0.25 and tented == [(0.25, 3)]
 
 
 def test_tent_steps_the_batch_norm_scale_and_shift_down_the_entropy() -> None:

@@ -2300,11 +2300,20 @@ def test_output_piped_into_a_reader_that_stops_is_no_traceback(checkpoint: Path,
 
 
 def test_a_folder_in_the_way_of_one_output_leaves_every_old_output(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """An earlier run's outputs stay as they were, not rewritten (their inodes) nor removed; nothing new."""
     src = write_raster(tmp_path / "in/x.tif", scene[0][:100, :150])
     out = tmp_path / "out"
-    (out / "x_probability.tif").mkdir(parents=True)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(out), "--probability") == 0
+
+    def outputs() -> dict[str, tuple[int, bytes]]:
+        return {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir() if p.name != "x_probability.tif"}
+
+    before = outputs()
+    assert "x_mask.tif" in before
+    (out / "x_probability.tif").unlink()
+    (out / "x_probability.tif").mkdir()
     assert cli("predict", str(checkpoint), str(src), "-o", str(out), "--probability") == 2
-    assert sorted(p.name for p in out.iterdir()) == ["x_probability.tif"]  # no new mask beside it
+    assert outputs() == before and (out / "x_probability.tif").is_dir()
 
 
 def test_adapt_bn_on_a_model_without_batch_norm_is_refused_or_left_out(tmp_path: Path, capsys) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -1368,7 +1369,23 @@ def test_adapt_bn_windows_of_pictures_are_taken_one_picture_at_a_time_as_before(
             images[i] = image
         paths.append(path)
     usable = [images[i] for i in sample_of(count) if i in images]
-    assert np.array_equal(scene_windows(_Opaque(paths), 8), scene_windows(usable, 8))  # 30-42 windows a picture
+
+    class Counted(_Opaque):  # which pictures are decoded, and how many decoded ones are alive at each decode
+        def __init__(self, pictures: list[Path]) -> None:
+            super().__init__(pictures)
+            self.read, self.alive, self.most = [], [], 0
+
+        def __getitem__(self, i: int) -> np.ndarray | None:
+            self.most = max(self.most, sum(ref() is not None for ref in self.alive))
+            self.read.append(i)
+            image = super().__getitem__(i)
+            if image is not None:
+                self.alive.append(weakref.ref(image))
+            return image
+
+    lazy = Counted(paths)
+    assert np.array_equal(scene_windows(lazy, 8), scene_windows(usable, 8))  # 30-42 windows a picture
+    assert lazy.most <= 1 and set(lazy.read) <= set(sample_of(count))  # the last one's windows are copies
 
 
 def test_init_from_keeps_the_advice_for_another_versions_file(checkpoint, tmp_path) -> None:
