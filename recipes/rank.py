@@ -30,6 +30,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from forestseg.config import combination_of  # noqa: E402
 from forestseg.errors import ForestsegError  # noqa: E402
 from forestseg.figures import fig_ranking  # noqa: E402
 from forestseg.io import load_yaml, write_text  # noqa: E402
@@ -182,27 +183,52 @@ def _finite(v: Any) -> bool:
     return _number(v) and math.isfinite(v)
 
 
-def _mark(state: str, value: Any, metric: str) -> str:
+def _grid(e: Experiment) -> set[str]:
+    """The combinations of the experiment's grid (none where its params do not say)."""
+    losses, optimizers = e.params.get("grid.loss"), e.params.get("grid.optimizer")
+    if not isinstance(losses, list) or not isinstance(optimizers, list):
+        return set()
+    return {combination_of(str(loss), str(opt)) for loss in losses for opt in optimizers}
+
+
+def _diverged(e: Experiment, key: str) -> str | None:
+    """ "diverged" for a combination's value (iou_*, miou_*) every seed of which diverged, "all diverged" for
+    `best` and best_* where all did, else None. aggregate writes null there, which `dvc exp show` leaves out
+    of its output (it keeps numbers and strings): a key missing for a combination of the experiment's grid
+    is one, a key missing beside no combination's value the other."""
+    if e.state != "ok" or e.headline.get(key) is not None:
+        return None
+    head, _, combination = key.partition("_")
+    if head in ("iou", "miou") and combination:
+        return "diverged" if key in e.headline or combination in _grid(e) else None
+    if key == "best" or key.startswith("best_"):
+        values = [e.headline.get(f"iou_{c}") for c in _grid(e)]
+        return "all diverged" if key in e.headline or (values and all(v is None for v in values)) else None
+    return None
+
+
+def _mark(e: Experiment, metric: str) -> str:
     """Why an experiment is not ranked by `metric` ("" where it is)."""
-    if state != "ok":
-        return state
+    if e.state != "ok":
+        return e.state
+    value = e.headline.get(metric)
     if _finite(value):
         return ""
-    return "not finite" if _number(value) else f"no {metric}"
+    return "not finite" if _number(value) else _diverged(e, metric) or f"no {metric}"
 
 
 def _headline_cell(e: Experiment, key: str) -> Any:
-    """A headline value as a cell: aggregate writes null for a combination every seed of which diverged
-    (for `best`: when that holds for all of them), said so; blank stays for one not in the grid."""
-    if e.state == "ok" and key in e.headline and e.headline[key] is None:
-        return "diverged" if key.startswith("iou_") else "all diverged"
-    return e.headline.get(key)
+    """A headline value as a cell: "diverged" or "all diverged" (`_diverged`); blank stays for a combination
+    not in the experiment's grid."""
+    return _diverged(e, key) or e.headline.get(key)
 
 
 def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
     """The table: rank, experiment, `metric`, best combination, forest IoU per combination, the params
     that differ between the experiments; ranked best first, ties sharing a rank, unranked ones last."""
     numeric = {k for e in exps for k, v in e.headline.items() if _number(v)}
+    # a combination every seed of which diverged is left out of `dvc exp show`: its grid names it
+    numeric |= {f"iou_{c}" for e in exps if e.state == "ok" for c in _grid(e)} if numeric else set()
     if not numeric:
         states = sorted(Counter(e.state for e in exps).items())
         raise ForestsegError(
@@ -221,7 +247,7 @@ def ranking(exps: list[Experiment], metric: str) -> pd.DataFrame:
     rows = []
     for e in exps:
         value = e.headline.get(metric)
-        mark = _mark(e.state, value, metric)
+        mark = _mark(e, metric)
         rows.append(
             {
                 "experiment": e.name,

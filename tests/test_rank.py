@@ -418,18 +418,18 @@ def test_an_empty_mapping_adds_no_column_beside_its_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    "key, value, metric",
-    [("miou_bce-adam", "high", "best_miou"), ("iou_bce-adam", None, "iou_bce-adam")],
+    "key, value, metric, mark",
+    [("miou_bce-adam", "high", "best_miou", "no best_miou"), ("iou_bce-adam", None, "iou_bce-adam", "diverged")],
     ids=["best_miou-from-a-non-number", "a-combination-every-seed-of-which-diverged"],
 )
-def test_an_experiment_without_the_metric_ranked_by_is_marked(key: str, value, metric: str) -> None:
+def test_an_experiment_without_the_metric_ranked_by_is_marked(key: str, value, metric: str, mark: str) -> None:
     """best_miou is read from the headline's miou_<combination> cells; a null cell is aggregate's
     mark of a combination whose every seed diverged. Either way one column, marked, not a crashed sort."""
     shown, exp = shown_with("lucky-knap")
     headline_of(exp)[key] = value
     rows = rank.ranking(rank.experiments(shown), metric).set_index("experiment")
     assert list(rows.columns).count(metric) == 1
-    assert rows.loc["lucky-knap", ["rank", metric]].tolist() == ["-", f"no {metric}"]
+    assert rows.loc["lucky-knap", ["rank", metric]].tolist() == ["-", mark]
     assert rows.loc["dried-sink", "rank"] == "1"
 
 
@@ -468,3 +468,25 @@ def test_a_null_best_reads_all_diverged() -> None:
     headline_of(exp)["best"] = None
     rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
     assert rows.loc["lucky-knap", "best"] == "all diverged"
+
+
+@pytest.mark.parametrize("alone", [False, True])
+def test_a_diverged_combination_reads_so_as_dvc_exp_show_gives_it(alone: bool) -> None:
+    """aggregate's nulls are left out of `dvc exp show --json` (it keeps numbers and strings), so a
+    combination every seed of which diverged has no key at all: one of the experiment's grid reads
+    "diverged", not blank as one outside it, and keeps its column where no other experiment has a value
+    there. (Where all diverge aggregate fails: a failed experiment.)"""
+    shown, exp = shown_with("lucky-knap")
+    exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["grid"]["loss"] = ["bce", "mse"]
+    headline = headline_of(exp)
+    headline.update({"iou_mse-adam": 0.61, "miou_mse-adam": 0.55, "best": "mse-adam", "best_iou": 0.61})
+    del headline["iou_bce-adam"], headline["miou_bce-adam"]
+    if alone:
+        shown[1]["experiments"] = [exp]
+    rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
+    assert rows.loc["lucky-knap", ["best_iou", "iou_bce-adam", "iou_mse-adam"]].tolist() == [0.61, "diverged", 0.61]
+    assert rows.loc["lucky-knap", "rank"] != "-"  # ranked by its best combination, as before
+    by_combination = rank.ranking(rank.experiments(shown), "iou_bce-adam").set_index("experiment")
+    assert by_combination.loc["lucky-knap", ["rank", "iou_bce-adam"]].tolist() == ["-", "diverged"]
+    if not alone:  # another experiment's grid lacks mse-adam: blank there
+        assert pd.isna(rows.loc["dried-sink", "iou_mse-adam"])
