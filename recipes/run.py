@@ -243,6 +243,20 @@ def _note_edits(workspace: dict, set_here: set[str]) -> None:
         )
 
 
+def taken(name: str, root: Path = ROOT) -> bool:
+    """Whether the commit checked out in `root` has an experiment `name` already (DVC keeps it as
+    refs/exps/<commit's first 2 hex digits>/<the other 38>/<name>, and refuses another of that name)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    except FileNotFoundError:  # no git: DVC says what it needs
+        return False
+    sha = head.stdout.strip()
+    if head.returncode != 0 or len(sha) < 3:
+        return False
+    ref = f"refs/exps/{sha[:2]}/{sha[2:]}/{name}"
+    return subprocess.run(["git", "show-ref", "--verify", "--quiet", ref], cwd=root).returncode == 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description="run a named recipe as one DVC experiment")
     ap.add_argument("recipe", help=f"one of: {', '.join(names())}")
@@ -282,6 +296,11 @@ def main(argv: list[str]) -> int:
     if args.print:
         print(shlex.join(cmd))
         return 0
+    if not args.force and taken(name):  # DVC's own refusal names `dvc exp run -f`
+        raise ForestsegError(
+            f"experiment {name} exists on this commit (this recipe ran with these values before): "
+            "add -f to replace it, or -n NAME to keep both"
+        )
     try:
         return subprocess.call(cmd, cwd=ROOT)
     except FileNotFoundError:  # the venv not activated

@@ -755,6 +755,43 @@ def test_recipes_run_refuses_a_data_source_that_is_not_there_and_passes_force(mo
     assert capsys.readouterr().out.startswith("dvc exp run -n demo -f -S ")
 
 
+def test_an_experiment_name_taken_on_this_commit_is_found_as_dvc_keeps_it(tmp_path) -> None:
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    assert not run.taken("demo", tmp_path)  # no commit yet
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "base"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run([*git, "update-ref", f"refs/exps/{sha[:2]}/{sha[2:]}/demo-8a2969", sha], check=True)
+    assert run.taken("demo-8a2969", tmp_path) and not run.taken("demo", tmp_path)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "next"], check=True)
+    assert not run.taken("demo-8a2969", tmp_path)  # another commit's: DVC runs it
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_recipes_run_says_a_taken_name_in_its_own_flags(monkeypatch, force: bool) -> None:
+    """DVC's refusal says `dvc exp run -f`; here it is -f, or -n for another name, before DVC starts."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(run, "taken", lambda name: name == "demo")
+    called = []
+    monkeypatch.setattr(run.subprocess, "call", lambda cmd, cwd: called.append(cmd) or 0)
+    if force:
+        assert run.main(["demo", "-f"]) == 0 and called[0][:6] == ["dvc", "exp", "run", "-n", "demo", "-f"]
+        return
+    with pytest.raises(ForestsegError) as refused:
+        run.main(["demo"])
+    assert str(refused.value) == (
+        "experiment demo exists on this commit (this recipe ran with these values before): "
+        "add -f to replace it, or -n NAME to keep both"
+    )
+    assert called == []
+
+
 @pytest.mark.parametrize("key", ["blur", "cutmix"])
 def test_a_probability_of_one_is_every_tile(key: str) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
