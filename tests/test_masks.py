@@ -11,7 +11,7 @@ from conftest import make_set
 from PIL import Image
 
 from forestseg.dataset import DataError, build_index
-from forestseg.masks import MaskMismatch, Stats, describe, far_low_share, flat_low_share, forest_of
+from forestseg.masks import MaskMismatch, Stats, describe, far_low_share, flat_low_share, forest_of, is_grey
 
 # DeepGlobe land-cover colours; forest is green
 DEEPGLOBE = {
@@ -746,6 +746,8 @@ def grey_mask(shares: dict[int, float], side: int = 100) -> np.ndarray:
         ({255: 0.4, 3: 0.1, 240: 0.1}, False),  # classes at 3 and 240 on a fifth of the pixels: no noise
         ({1: 0.5, 2: 0.2, 230: 0.1}, False),  # no 0 and 255 at all
         ({255: 0.5, 250: 0.01}, False),  # noise on one side only
+        ({100: 0.5, 255: 0.4998, 5: 0.0001, 250: 0.0001}, False),  # no 0: classes 100 and 255, two odd pixels
+        ({100: 0.5, 5: 0.0001, 250: 0.0001}, False),  # no 255: classes 0 and 100
     ],
 )
 def test_classes_refuse_only_the_noise_a_jpeg_left_beside_0_and_255(shares: dict, refused: bool) -> None:
@@ -883,3 +885,48 @@ def test_a_quarter_of_the_masks_resized_among_clean_0_255_ones_is_advised_as_res
         counts[list(values)] = list(values.values())
         stats.add_summary((True, counts), resampled=resampled)
     assert "set data.masks: resampled" in stats.suggest("0/255")
+
+
+@pytest.mark.parametrize("jpeg", [False, True])
+def test_a_colour_mask_counts_every_forest_colour_declared(jpeg: bool) -> None:
+    """Two forest classes (e.g. broadleaf and conifer colours): a pixel near either is forest."""
+    mask = np.zeros((32, 32, 3), np.uint8)
+    mask[:, :16] = (0, 255, 0)
+    mask[:, 16:24] = (255, 255, 0)
+    assert forest_of(mask, "colors", ((0, 255, 0), (255, 255, 0)), jpeg=jpeg).sum() == 32 * 24
+
+
+def test_channels_that_agree_in_two_bands_only_are_colour_not_grey() -> None:
+    """DeepGlobe's agriculture (255, 255, 0) beside barren (255, 255, 255): R and G agree everywhere, B
+    does not; read as grey, a 0/255 convention would call it all forest."""
+    mask = np.full((8, 8, 3), 255, np.uint8)
+    mask[:, :4] = (255, 255, 0)
+    assert not is_grey(mask)
+    with pytest.raises(MaskMismatch, match="^colour-coded mask"):
+        forest_of(mask, "0/255")
+
+
+def test_a_grey_rgb_mask_with_a_jpegs_small_chroma_noise_stays_grey() -> None:
+    """Channels within GREY_SPREAD of each other on 6 % of the pixels (JPEG's chroma noise) are grey."""
+    mask = np.zeros((50, 50, 3), np.int16)
+    mask[:, :25] = 255
+    mask[::4, ::4, 2] += np.where(mask[::4, ::4, 2] == 255, -3, 3)  # 169 of 2500 px, 3 off in blue
+    mask = mask.astype(np.uint8)
+    assert is_grey(mask) and forest_of(mask, "0/255").sum() == 50 * 25
+
+
+def test_low_values_right_of_an_edged_block_are_within_reach() -> None:
+    """far_low_share(reach=1) grows the edged blocks one block each way: here to the right."""
+    grey = np.zeros((16, 48), np.uint8)
+    grey[:, :16] = 255  # block (0, 0) holds an edge
+    grey[:, 16:32] = 3  # block (0, 1), right of it: JPEG noise of that edge
+    assert far_low_share(grey, block=16, reach=1) == 0.0 and far_low_share(grey, block=16) == 256 / grey.size
+
+
+def test_a_jpeg_colour_patch_over_1_percent_of_the_mask_but_a_small_share_of_its_forest_is_read() -> None:
+    """A 10x10 patch 30 off the forest colour on 2.4 % of a forest mask: both conditions of the refusal
+    must hold (over 1 % of the pixels, and over COLOR_FAR_SHARE of the forest), the second does not."""
+    mask = np.zeros((64, 64, 3), np.int16)
+    mask[:] = (128, 255, 0)
+    mask[20:30, 20:30] = (158, 255, 0)
+    assert forest_of(mask.astype(np.uint8), "colors", ((128, 255, 0),), jpeg=True).all()
