@@ -92,10 +92,10 @@ def _eight_bit(array: np.ndarray, mode: str) -> np.ndarray:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
-    top = int(array.max(initial=0))
-    if array.min(initial=0) < 0 or top > 255:
+    low, top = int(array.min(initial=0)), int(array.max(initial=0))
+    if low < 0 or top > 255:
         bits = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit"}.get(mode, mode)
-        raise WideGreyError(f"a {bits} grey image with values up to {top}")
+        raise WideGreyError(f"a {bits} grey image with values {f'from {low} to' if low < 0 else 'up to'} {top}")
     return array.astype(np.uint8)  # 16-bit class ids or 0/1 values that fit 8 bits
 
 

@@ -233,6 +233,8 @@ BAD = [
         ("colors", [[0, 255]], r"data\.forest: \[0, 255\] is not an RGB colour \[r, g, b\]"),
         ("colors", [[0, 255, 0, 255]], r"data\.forest: \[0, 255, 0, 255\] is not an RGB colour"),  # RGBA: no
         ("colors", [3], r"data\.forest: 3 is not an RGB colour"),
+        ("colors", [[0, 256, 0]], r"data\.forest: \[0, 256, 0\] is not an RGB colour"),  # 256 packs to (1, 0, 0)
+        ("colors", [[0, -1, 0]], r"data\.forest: \[0, -1, 0\] is not an RGB colour"),
         ("colors", [["a", 0, 0]], r"data\.forest\[0\]\[0\]: must be an integer"),
     ],
 )

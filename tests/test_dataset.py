@@ -15,7 +15,7 @@ from conftest import make_set
 from PIL import Image
 
 from forestseg.config import SplitConfig
-from forestseg.dataset import DataError, build_index, format_report, split_index, split_summary
+from forestseg.dataset import DUPLICATE, DataError, build_index, format_report, split_index, split_summary
 
 ROWS = 16  # tiny_set: 4 scenes x 2x2 tiles of 32x32
 BAD_ROW = 5  # the pair a bad-input test damages: mid-list, so later rows must shift up in the arrays
@@ -802,6 +802,31 @@ def test_backslash_paths_in_meta_data_are_one_kind_of_reason(tiny_set, tmp_path)
     assert "is a path; meta_data.csv must name a file inside images/" in str(stopped.value)
 
 
+@pytest.mark.parametrize("alpha", [0, 128, 254])
+def test_an_image_with_any_pixel_not_fully_opaque_is_skipped(tiny_set, tmp_path, alpha: int):
+    """Half-transparent is no whole photo either (a feathered mosaic edge): skipped, named, counted."""
+    image, _ = rows_of(tiny_set)[BAD_ROW]
+    path = tiny_set / "images" / image
+    rgba = np.dstack([np.asarray(Image.open(path).convert("RGB")), np.full((32, 32), 255, np.uint8)])
+    rgba[:4, :4, 3] = alpha
+    Image.fromarray(rgba).save(path, format="PNG")
+    index, report = build(tiny_set, tmp_path / "out")
+    assert image not in set(index["image"]) and report["skipped"] == 1
+    assert report["skipped_pairs"][0]["reason"].startswith(f"{image} has transparent pixels")
+
+
+@pytest.mark.parametrize(
+    "image, mask", [("10452_sat_08.jpg", "10452_mask_8.png"), ("010452_sat_8.jpg", "10452_mask_08.tif")]
+)
+def test_a_tile_numbered_with_other_zero_padding_in_its_mask_is_its_pair(image: str, mask: str) -> None:
+    from forestseg.dataset import pair_problem
+
+    assert pair_problem(image, mask) is None
+    assert pair_problem(image, mask.replace("10452", "10453")).startswith(
+        f"mask {mask.replace('10452', '10453')!r} is not"
+    )
+
+
 @pytest.mark.parametrize("opaque", ["rgba", "colour-key"])
 def test_an_opaque_image_with_an_alpha_band_or_colour_key_is_indexed(tiny_set, tmp_path, opaque):
     """GDAL writes a colour key (tRNS) for nodata: no pixel of this image has it, so nothing is lost."""
@@ -1051,6 +1076,22 @@ def test_image_listed_twice_with_another_mask_is_indexed_once(tiny_set, tmp_path
     index, report = build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy")
     assert len(index) == len(rows) and index["image"].is_unique
     assert report["skipped"] == 1 and report["skipped_pairs"][0]["image"] == rows[0][0]
+
+
+def test_image_listed_twice_with_two_masks_of_its_tile_keeps_the_first_and_skips_the_second(tiny_set, tmp_path):
+    """Both pairs load (the tile's mask as .png and again as .tif): one row is the tile, the other a
+    DUPLICATE; decoding both would weigh the tile twice, and could put it on both sides of a split."""
+    rows = rows_of(tiny_set)
+    image, mask = rows[0]
+    again = Path(mask).with_suffix(".tif").name
+    with Image.open(tiny_set / "masks" / mask) as im:
+        im.save(tiny_set / "masks" / again)
+    (tiny_set / "meta_data.csv").write_text(
+        "image,mask\n" + "".join(f"{i},{m}\n" for i, m in rows) + f"{image},{again}\n"
+    )
+    index, report = build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy")
+    assert len(index) == len(rows) and index["image"].is_unique
+    assert report["skipped_pairs"] == [{"image": image, "mask": again, "reason": DUPLICATE}]
 
 
 # --- pairs, strictly -----------------------------------------------------------------------------
@@ -1518,6 +1559,7 @@ def test_non_square_tiles_count_forest_over_height_times_width(tmp_path: Path, o
     index, report = build(root, tmp_path / "out")
     assert report["valid"] == 3 and report["tile_size"] == [24, 40]
     assert index["forest_fraction"].tolist() == [round(10 * s * 24 / (24 * 40), 6) for s in (1, 2, 3)]
+    assert index["pixels"].tolist() == [24 * 40] * 3  # the split's and summaries' denominators
 
 
 @pytest.mark.parametrize(
@@ -1578,6 +1620,8 @@ GOOD_INDEX = "image,mask,scene,forest_pixels,pixels\n1_sat_0.jpg,1_mask_0.jpg,1,
         (lambda t: t.replace(",1,3,4", ",1,many,4"), r"data row 1: forest_pixels and pixels must be counts"),
         (lambda t: t.replace(",2,1,4", ",2,1,0"), r"data row 2: forest_pixels and pixels must be counts"),
         (lambda t: t.replace(",2,1,4", ",2,5,4"), r"data row 2: forest_pixels and pixels must be counts"),
+        (lambda t: t.replace(",2,1,4", ",2,0,0"), r"data row 2: forest_pixels and pixels must be counts"),  # 0 / 0
+        (lambda t: t.replace(",2,1,4", ",2,-1,4"), r"data row 2: forest_pixels and pixels must be counts"),
     ],
 )
 def test_split_of_a_hand_broken_index_is_one_line(tmp_path, edit, says):

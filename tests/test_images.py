@@ -184,6 +184,21 @@ def test_a_1_bit_image_decodes_to_0_and_255() -> None:
     assert np.array_equal(got.pixels, np.where(bits, 255, 0).astype(np.uint8))
 
 
+@pytest.mark.parametrize("values, says", [((-1, 0), "from -1 to 0"), ((-5, 300), "from -5 to 300"), ((0, 3), None)])
+def test_32_bit_grey_with_negative_values_is_refused_not_wrapped(values: tuple, says: str | None) -> None:
+    """-1 as uint8 is 255: a mask of 0 and -1 (nodata) would read -1 as forest under 0/255."""
+    array = np.zeros((6, 7), np.int32)
+    array[:3] = values[0]
+    array[3:] = values[1]
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="TIFF")
+    if says:
+        with pytest.raises(ImageError, match=f"^is a 32-bit grey image with values {says}; save it with 8 bits"):
+            decode(out.getvalue())
+    else:
+        assert np.array_equal(decode(out.getvalue()).pixels, array.astype(np.uint8))
+
+
 @pytest.mark.parametrize("top, refused", [(255, False), (256, True), (1000, True)])
 def test_16_bit_grey_is_accepted_only_where_its_values_fit_8_bits(top: int, refused: bool) -> None:
     """256 would wrap to 0 as uint8: the first value that does not fit is refused, not read as another."""
@@ -314,6 +329,10 @@ def test_only_a_quarter_turn_of_an_oblong_tile_tells_which_grid_a_mask_was_drawn
     tagged = Picture(np.zeros((*shown, 3), np.uint8), None, "RGB JPEG", orientation)
     plain = Picture(np.zeros(shown, np.uint8), None, "L PNG", 1)
     assert drawn_as_shown(tagged, plain) is drawn
+    # both tagged (another turn each): neither is a plain file drawn on the other's grid as shown; the
+    # index refuses such a pair for its differing orientations
+    other = Picture(np.zeros(shown, np.uint8), None, "L JPEG", 3 if orientation >= 5 else 6)
+    assert drawn_as_shown(tagged, other) is False and drawn_as_shown(other, tagged) is False
 
 
 def test_a_16_bit_rgba_tiff_with_its_alpha_band_is_refused(tmp_path) -> None:

@@ -197,6 +197,22 @@ def test_some_scenes_inverted_stop_only_past_the_share(tmp_path, scenes, inverte
         ), report["notes"]
 
 
+@pytest.mark.parametrize("brighter, stops", [(2, False), (12, True)])
+def test_forest_a_few_grey_levels_brighter_is_no_inverted_set(tmp_path, brighter: int, stops: bool):
+    """INVERTED_MARGIN: photos whose forest is 2 levels brighter than the rest in every scene are
+    imagery within noise, not masks coding the background as forest; 12 levels in every scene are."""
+    root = make_set(tmp_path / "set", scenes=4, grid=2, tile_size=32)
+    for name, truth in truths(root).items():
+        photo = np.where(truth, 100 + brighter, 100).astype(np.uint8)
+        Image.fromarray(np.dstack([photo] * 3)).save(root / "images" / name.replace("_mask_", "_sat_"), "PNG")
+    if stops:
+        with pytest.raises(DataError, match=r"brighter than the rest in 4 of 4 scenes"):
+            index(root, tmp_path / "a")
+    else:
+        report = index(root, tmp_path / "a")[1]
+        assert report["valid"] == 16 and not any("brighter" in n for n in report["notes"]), report["notes"]
+
+
 def test_0_1_masks_train_the_same_targets_as_0_255(kaggle_like, tmp_path):
     t = truths(kaggle_like)
     idx255, _, packed255 = index(kaggle_like, tmp_path / "a")
@@ -596,6 +612,8 @@ def test_one_odd_mask_is_skipped_with_its_values_not_the_set(kaggle_like, tmp_pa
     assert "128" in skipped["reason"]
     # its kind keeps the convention's name: the numbers of a quoted name are not sizes or values
     assert report["skipped_by_reason"] == {"mask does not fit data.masks '0/255'": 1}
+    # the values found count every mask read, the skipped one too: what the set holds, not what fits
+    assert report["mask_values"].startswith("16 grey mask(s): ")
 
 
 def test_report_states_convention_and_values(kaggle_like, tmp_path):

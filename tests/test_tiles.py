@@ -484,6 +484,7 @@ def test_transparent_pixels_of_a_picture_skip_their_tiles(photo, tmp_path: Path,
     "case, message",
     [
         ("mask size", r"masks/a.png: is 600x500 px, its image a.png 600x520 px"),
+        ("mask width", r"masks/a.png: is 500x520 px, its image a.png 600x520 px"),  # the height alone agrees
         ("transparent mask", r"masks/a.png: has transparent pixels"),
         ("pixel size", r"--pixel-size: for GeoTIFFs; pictures are cut as they are"),
         ("no mask", r"/masks: no mask for a.png"),
@@ -495,7 +496,7 @@ def test_bad_pictures_stop_with_one_line(case: str, message: str, photo, tmp_pat
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     Image.fromarray(photo[..., 0] if case == "grey photo" else photo).save(tmp_path / "images" / "a.png")
-    mask = np.zeros((500 if case == "mask size" else H, W), np.uint8)
+    mask = np.zeros((500 if case == "mask size" else H, 500 if case == "mask width" else W), np.uint8)
     if case == "transparent mask":
         mask = np.dstack([mask, mask, mask, np.zeros_like(mask)])
     if case != "no mask":
@@ -760,3 +761,69 @@ def test_cli_passes_each_of_its_flags_to_the_cutting(photo, truth, tmp_path: Pat
     assert meta["image"].str.startswith("900_sat_").all()
     assert png(tmp_path / "tiles/images" / meta["image"][0]).shape == (128, 128, 3)
     assert "(scene ids 900;" in capsys.readouterr().out
+
+
+def test_an_oblong_picture_is_cut_row_by_row_into_tiles_of_their_own(tmp_path: Path) -> None:
+    """3 tiles across and 2 down: tile k is row k // 3, column k % 3, each its own file (numbered with the
+    rows' count instead, two tiles shared a name and one overwrote the other)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    picture = np.random.default_rng(1).integers(1, 256, (32, 48, 3), dtype=np.uint8)
+    mask = np.arange(32 * 48, dtype=np.uint16).reshape(32, 48) % 251  # every pixel of its own value
+    Image.fromarray(picture).save(tmp_path / "images" / "a.png")
+    Image.fromarray(mask.astype(np.uint8)).save(tmp_path / "masks" / "a.png")
+    out = tmp_path / "tiles"
+    done = tile_pairs(*find_pairs(tmp_path), out, TileOptions(size=16), log=lambda s: None)
+    assert done["tiles"] == 6 and len(list((out / "images").iterdir())) == 6
+    for k in range(6):
+        r, c = divmod(k, 3)
+        window = np.s_[16 * r : 16 * r + 16, 16 * c : 16 * c + 16]
+        assert np.array_equal(png(out / "images" / f"1_sat_{k:04d}.png"), picture[window])
+        assert np.array_equal(png(out / "masks" / f"1_mask_{k:04d}.png"), mask[window].astype(np.uint8))
+
+
+def test_picture_pairs_with_other_exif_turns_stop_before_cutting(tmp_path: Path) -> None:
+    """A photo tagged 180° beside an untagged mask: which grid the mask was drawn on is unknown."""
+    from forestseg.images import EXIF_ORIENTATION
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 3
+    Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(tmp_path / "images" / "a.jpg", exif=exif)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(ForestsegError, match=r"a\.jpg and .*a\.png: EXIF orientations differ \(3 and 1\)"):
+        tile_pairs(*find_pairs(tmp_path), tmp_path / "tiles", TileOptions(size=16), log=lambda s: None)
+    assert not (tmp_path / "tiles").exists()
+
+
+def test_upper_case_suffixes_pair_as_lower_case_ones(tmp_path: Path) -> None:
+    """A camera's 7.JPG and a mask saved as 7.PNG are one pair."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "images" / "7.JPG", format="JPEG")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "masks" / "7.PNG", format="PNG")
+    assert find_pairs(tmp_path) == ("picture", [(tmp_path / "images" / "7.JPG", tmp_path / "masks" / "7.PNG")])
+
+
+@pytest.mark.parametrize("first", [-1, -100])
+def test_a_negative_first_scene_is_refused(first: int) -> None:
+    with pytest.raises(ForestsegError, match=rf"^--first-scene {first}: scene ids are numbers >= 0$"):
+        TileOptions(first_scene=first)
+
+
+def test_a_jpeg_masks_tiles_keep_its_values_within_a_level(tmp_path: Path) -> None:
+    """Cut at quality 100 without chroma subsampling: a tile's values are the source's to +-1 (the
+    rounding of one more encoding), where quality 75 moved them by tens of levels."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (32, 48), dtype=np.uint8)).save(tmp_path / "masks" / "a.jpg", quality=95)
+    out = tmp_path / "tiles"
+    tile_pairs(*find_pairs(tmp_path), out, TileOptions(size=16), log=lambda s: None)
+    source = png(tmp_path / "masks" / "a.jpg").astype(int)
+    for k in range(6):
+        r, c = divmod(k, 3)
+        cut = png(out / "masks" / f"1_mask_{k:04d}.jpg").astype(int)
+        assert np.abs(cut - source[16 * r : 16 * r + 16, 16 * c : 16 * c + 16]).max() <= 1, k
