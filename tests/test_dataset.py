@@ -1511,6 +1511,15 @@ def test_skipped_pairs_are_counted_by_kind_of_reason(tiny_set, tmp_path):
     assert sum(report["skipped_by_reason"].values()) == 4 and len(report["skipped_by_reason"]) == 2
 
 
+@pytest.mark.parametrize("missing", [20, 21])
+def test_the_printed_report_lists_20_skipped_pairs_then_counts_the_rest(tiny_set, tmp_path, missing: int):
+    edit_meta(tiny_set, lambda lines: lines + [f"9{k}_sat_0.png,9{k}_mask_0.png" for k in range(missing)])
+    _, report = build(tiny_set, tmp_path / "out")
+    lines = format_report(report).splitlines()
+    assert report["skipped"] == missing and sum(line.startswith("  skipped ") for line in lines) == 20
+    assert lines.count("  ... and 1 more (see the index report)") == (missing == 21)
+
+
 def test_skipped_pairs_of_one_kind_with_other_numbers_count_as_one_kind(tiny_set, tmp_path):
     rows = rows_of(tiny_set)
     for (image, _), side in zip(rows[:2], (48, 40)):  # two sizes, one reason
