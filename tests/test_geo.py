@@ -2515,3 +2515,94 @@ def test_an_output_folder_whose_name_is_not_utf8_is_one_line(checkpoint: Path, s
         == f"error: -o {str(out)!r}: its name is not UTF-8 text, which GDAL needs to write the GeoTIFFs' maps; choose another folder\n"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "crs, pixel, unit_m, origin",
+    [
+        ("EPSG:2263", 1.0, 1200 / 3937, (988000, 213000)),  # 1 US survey foot (0.305 m) a pixel
+        (UTM, 0.2, 1.0, (500000, 5000000)),
+        (UTM, 0.7, 1.0, (500000, 5000000)),
+    ],
+)
+def test_the_grid_read_has_the_models_pixel_in_metres_whatever_the_crs_unit(
+    tmp_path: Path, crs: str, pixel: float, unit_m: float, origin: tuple
+) -> None:
+    """A raster in feet is read on a grid of 0.5 m pixels, i.e. 1.64 ft (0.5 CRS units would be 0.15 m
+    pixels: the model at 3.3x its resolution); averaged where the model's pixel is the coarser, so
+    nothing aliases, bilinear where it is the finer."""
+    from forestseg.geo import grids
+
+    image = np.full((60, 60, 3), 90, np.uint8)
+    path = write_raster(tmp_path / "a.tif", image, crs=crs, pixel=pixel, nodata=None, origin=origin)
+    raster = check_raster(path, MapOptions(), 0.5)
+    with rasterio.open(path) as src:
+        _, read, resample, how = grids(src, raster, 0.5)
+    assert resample and read.pixel_sides(raster.unit_m) == pytest.approx((0.5, 0.5), rel=1e-3)
+    assert raster.unit_m == pytest.approx(unit_m) and how.name == ("average" if pixel * unit_m < 0.5 else "bilinear")
+
+
+def test_oblong_pixels_coarser_on_one_side_are_averaged(tmp_path: Path) -> None:
+    """0.4 x 0.6 m pixels to the model's 0.5 m: the 0.4 m side is finer than the model's pixel and would
+    alias under bilinear: averaged, as soon as one side is finer."""
+    from forestseg.geo import grids
+
+    path = tmp_path / "a.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=60,
+        height=60,
+        count=3,
+        dtype="uint8",
+        crs=UTM,
+        transform=from_origin(500000, 5000000, 0.4, 0.6),
+    ) as ds:
+        ds.write(np.full((3, 60, 60), 90, np.uint8))
+    with rasterio.open(path) as src:
+        _, _, resample, how = grids(src, check_raster(path, MapOptions(), 0.5), 0.5)
+    assert resample and how.name == "average"
+
+
+def test_a_float_probability_marks_the_inputs_nodata_as_nan(checkpoint: Path, scene, tmp_path: Path) -> None:
+    src = write_raster(tmp_path / "in/x.tif", with_nodata_corner(scene[0][:100, :150]))
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--probability", "float32") == 0
+    with rasterio.open(tmp_path / "out/x_probability.tif") as ds:
+        values, valid = ds.read(1), ds.dataset_mask()
+        assert ds.dtypes[0] == "float32" and math.isnan(ds.nodata)
+    assert (valid == 0).any() and np.isnan(values[valid == 0]).all() and not np.isnan(values[valid > 0]).any()
+
+
+@pytest.mark.parametrize("how, kept", [("MODE", True), ("AVERAGE", False)])
+def test_mask_overviews_by_mode_keep_a_fine_grained_forest_share(tmp_path: Path, how: str, kept: bool) -> None:
+    """GDAL's AVERAGE rounds a 2x2 of two forest pixels up: scattered forest at 45 % reads 61 % in the
+    overviews a GIS shows zoomed out; MODE keeps it within a few %."""
+    mask = (np.random.default_rng(0).random((1100, 1100)) < 0.45).astype(np.uint8)
+    mask[:37, :53] = 255  # nodata
+    write_raster(tmp_path / "m.tif", mask, nodata=255)
+    geo._cog(tmp_path / "m.tif", tmp_path / "c.tif", how)
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        f = ds.overviews(1)[0]
+        small = ds.read(1, out_shape=(ds.height // f, ds.width // f))
+    share = lambda m: (m == 1).sum() / ((m == 0) | (m == 1)).sum()  # noqa: E731
+    assert bool(abs(share(small) - share(mask)) < 0.05) == kept
+
+
+def test_predict_builds_the_masks_overviews_by_mode_and_the_probabilitys_by_average(
+    checkpoint: Path, scene, tmp_path: Path, monkeypatch
+) -> None:
+    made = {}
+    cog = geo._cog
+    monkeypatch.setattr(geo, "_cog", lambda src, dst, how: made.setdefault(Path(dst).name, how) and cog(src, dst, how))
+    src = write_raster(tmp_path / "in/x.tif", scene[0][:100, :150])
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out"), "--probability") == 0
+    assert sorted(made.values()) == ["AVERAGE", "MODE"]
+    assert next(how for name, how in made.items() if "mask" in name) == "MODE"
+
+
+def test_an_all_nodata_raster_has_no_forest_share(checkpoint: Path, tmp_path: Path) -> None:
+    src = write_raster(tmp_path / "in/x.tif", np.zeros((64, 64, 3), np.uint8))  # 0 is its nodata
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 0
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    assert row["valid_ha"] == 0 and pd.isna(row["forest_share"])

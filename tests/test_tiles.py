@@ -827,3 +827,38 @@ def test_a_jpeg_masks_tiles_keep_its_values_within_a_level(tmp_path: Path) -> No
         r, c = divmod(k, 3)
         cut = png(out / "masks" / f"1_mask_{k:04d}.jpg").astype(int)
         assert np.abs(cut - source[16 * r : 16 * r + 16, 16 * c : 16 * c + 16]).max() <= 1, k
+
+
+def test_bands_are_written_in_the_order_given(truth, tmp_path: Path) -> None:
+    """--bands 3,2,1 of a BGR orthophoto: band 3 is the tiles' red."""
+    bgr = np.empty((H, W, 3), np.uint8)
+    bgr[...] = (10, 100, 200)
+    out = tmp_path / "tiles"
+    tile_pairs("raster", pairs(tmp_path, bgr, truth), out, TileOptions(bands=(3, 2, 1)), log=lambda s: None)
+    assert tuple(png(out / "images" / "1_sat_0000.png")[0, 0]) == (200, 100, 10)
+
+
+def test_an_internal_mask_skips_its_tiles_when_resampled_too(photo, truth, tmp_path: Path) -> None:
+    """A raster whose nodata is an internal mask (no nodata value), cut at --pixel-size 1.0: the masked
+    half's tiles are skipped as at its own pixels, not cut from the black under the mask."""
+    [(image, mask)] = pairs(tmp_path, photo, truth)
+    with rasterio.open(image, "r+") as ds:
+        ds.nodata = None
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(image, "r+") as ds:
+        valid = np.full((H, W), 255, np.uint8)
+        valid[:, :256] = 0  # the first column of 256-px tiles
+        ds.write_mask(valid)
+    for opts, tiles in ((TileOptions(), 2), (TileOptions(pixel_size_m=0.25), 8)):  # of 2 x 2, of 4 x 4
+        out = tmp_path / f"tiles{tiles}"
+        done = tile_pairs("raster", [(image, mask)], out, opts, log=lambda s: None)
+        assert (done["tiles"], done["scenes"][0]["skipped_nodata"]) == (tiles, tiles), opts
+
+
+def test_a_signed_truth_marking_forest_with_a_negative_value_gives_forest_tiles(photo, tmp_path: Path) -> None:
+    """Forest is any value but 0 in a truth, -1 too."""
+    values = np.zeros((H, W, 1), np.int16)
+    values[:256, :256] = -1
+    out = tmp_path / "tiles"
+    done = tile_pairs("raster", pairs(tmp_path, photo, values), out, TileOptions(), log=lambda s: None)
+    assert (png(out / "masks" / "1_mask_0000.png") == 255).all() and not png(out / "masks" / "1_mask_0001.png").any()
+    assert done["scenes"][0]["forest_share"] == pytest.approx(0.25)
