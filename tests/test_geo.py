@@ -583,6 +583,7 @@ def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(
         (0.5, 30, -30, ""),
         (1.3, 0, 0, "hole"),
         (0.3, 0, 0, "strips"),
+        (0.7, 180, 0, ""),
     ],
     ids=[
         "0.7m",
@@ -592,6 +593,7 @@ def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(
         "0.5m-sheared",
         "1.3m-nodata-hole",
         "0.3m-data-in-every-third-column",
+        "0.7m-east-to-west-and-south-up",
     ],
 )
 def test_resampled_edges_and_nodata_borders_keep_their_prediction(
@@ -2606,3 +2608,22 @@ def test_an_all_nodata_raster_has_no_forest_share(checkpoint: Path, tmp_path: Pa
     assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 0
     row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
     assert row["valid_ha"] == 0 and pd.isna(row["forest_share"])
+
+
+@pytest.mark.parametrize("above", [0.6, -0.6])  # in steps of the stored logits (1 / LOGIT_SCALE)
+def test_a_logit_just_past_the_cut_keeps_its_side_through_the_resampled_map(
+    tmp_path: Path, monkeypatch, above: float
+) -> None:
+    """Logits are stored as int16 steps of 1/LOGIT_SCALE around the cut on the model's grid: rounded, not
+    truncated, so a logit 0.6 step above the cut maps forest (truncated to 0 it read as the cut: ground)."""
+    cut = 0.0
+    monkeypatch.setattr(
+        Predictor,
+        "windows_logits",
+        lambda self, tiles: np.full(tiles.shape[:3], cut + above / geo.LOGIT_SCALE, np.float32),
+    )
+    src = write_raster(tmp_path / "in/r.tif", np.full((40, 60, 3), 90, np.uint8), pixel=0.7, nodata=None)
+    ck = random_checkpoint(tmp_path / "m.pt", tile=32, depth=1)
+    assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out")) == 0
+    mask, _ = read(tmp_path / "out/r_mask.tif")
+    assert (mask == (1 if above > 0 else 0)).all()
