@@ -656,13 +656,31 @@ def test_pixels_no_image_has_are_refused_before_mapping(
         assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-resample") == 0
 
 
-def test_a_degenerate_geotransform_is_refused_before_mapping(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "transform",
+    [
+        rasterio.Affine(0.5, 0.0, 500000, 0.0, 0.0, 5000000),  # every row on one line
+        rasterio.Affine(0.5, 0.5, 500000, -0.5, -0.5, 5000000),  # rows and columns along one diagonal
+    ],
+    ids=["rows-on-a-line", "collinear"],
+)
+def test_a_degenerate_geotransform_is_refused_before_mapping(
+    checkpoint: Path, scene, tmp_path: Path, capsys, transform
+) -> None:
     src = write_raster(tmp_path / "in/x.tif", scene[0][:40, :40])
     with rasterio.open(src, "r+") as ds:
-        ds.transform = rasterio.Affine(0.5, 0.0, 500000, 0.0, 0.0, 5000000)  # every row on one line
+        ds.transform = transform
     assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is degenerate (pixels of no area)" in err, err
+
+
+def test_a_grid_turned_a_quarter_is_no_degenerate_one(tmp_path: Path) -> None:
+    """a = e = 0 (x runs down the rows): its pixels have area, so it is mapped."""
+    src = write_raster(tmp_path / "x.tif", np.full((40, 40, 3), 90, np.uint8), nodata=None)
+    with rasterio.open(src, "r+") as ds:
+        ds.transform = rasterio.Affine(0.0, 0.5, 500000, 0.5, 0.0, 5000000)
+    assert check_raster(src, MapOptions(), 0.5) is not None
 
 
 @pytest.mark.parametrize(
