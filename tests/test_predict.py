@@ -1626,3 +1626,46 @@ def test_threads_out_of_range_is_one_line(threads, checkpoint, tmp_path, capsys)
     assert capsys.readouterr().err == (
         f"error: --threads {threads}: must be in 1..1024 (torch's CPU threads: the cores a run should use)\n"
     )
+
+
+@pytest.mark.parametrize("batch", [2, 8])
+def test_a_tall_image_streams_in_groups_of_rows_as_it_would_in_one(batch: int) -> None:
+    """`stream` carries each group of window rows' partial sums (and their weights) into the next: a
+    constant model gives its constant everywhere, and any model the logits of one group of all rows."""
+    image = np.repeat(np.linspace(0, 255, 400).astype(np.uint8)[:, None, None], 40, axis=1).repeat(3, axis=2)
+    flat = known_predictor(Constant(2.0), cut=1.5).logits(image, batch=batch)
+    assert np.allclose(flat, 2.0, atol=1e-6)  # weights summed with stale ones gave 0.1 below the first group
+    mean = known_predictor(WindowMean())
+    assert np.array_equal(mean.logits(image, batch=batch), mean.logits(image, batch=64))  # 64: one group
+
+
+@pytest.mark.parametrize("tile", [8, 32])
+def test_window_starts_cover_every_pixel_at_most_a_stride_apart(tile: int) -> None:
+    from forestseg.windows import window_starts
+
+    for stride in range(1, tile + 1):
+        for size in range(tile, tile + 3 * stride + 3):
+            starts = window_starts(size, tile, stride)
+            covered = np.zeros(size, bool)
+            for s in starts:
+                covered[s : s + tile] = True
+            assert starts[0] == 0 and starts[-1] == size - tile and covered.all(), (size, stride, starts)
+            assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:])), (size, stride, starts)
+
+
+def test_a_scene_adapts_on_up_to_64_windows_of_its_images(monkeypatch) -> None:
+    """for_scene samples as scene_windows does: two 128-px images of 16 windows each give 32, not fewer."""
+    got = []
+    monkeypatch.setattr(Predictor, "adapted", lambda self, windows, mix: got.append((len(windows), mix)) or self)
+    images = [np.full((128, 128, 3), v, np.uint8) for v in (10, 200)]
+    known_predictor(Constant(0.0)).for_scene(images, 0.25)
+    assert got == [(32, 0.25)]
+
+
+def test_scene_windows_share_the_64_windows_evenly_over_the_images() -> None:
+    """ceil(64 / 3) = 22 from each image in turn, the last taking what is left."""
+    from forestseg.windows import scene_windows
+
+    images = [np.full((256, 256, 3), k, np.uint8) for k in range(3)]  # 64 windows of 32 px each
+    windows = scene_windows(images, 32)
+    assert [int((windows[:, 0, 0, 0] == k).sum()) for k in range(3)] == [22, 22, 20]
