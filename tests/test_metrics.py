@@ -134,3 +134,9 @@ def test_confusion_per_item_rows_add_up_to_the_whole() -> None:
     assert rows.shape == (5, 4) and rows.sum(1).tolist() == [42] * 5
     assert rows[2].tolist() == confusion(output[2], target[2], 0.2).tolist()
     assert rows.sum(0).tolist() == confusion(output, target, 0.2).tolist()
+
+
+def test_a_soft_target_is_forest_only_above_one_half() -> None:
+    """Targets are 0/1; a soft one (a resized or smoothed mask) counts as forest above 0.5, not above 0."""
+    counts = confusion(torch.tensor([1.0, 1.0, -1.0, -1.0]), torch.tensor([1.0, 0.3, 0.3, 0.7]))
+    assert counts.tolist() == [1, 1, 1, 1]

@@ -1669,3 +1669,21 @@ def test_scene_windows_share_the_64_windows_evenly_over_the_images() -> None:
     images = [np.full((256, 256, 3), k, np.uint8) for k in range(3)]  # 64 windows of 32 px each
     windows = scene_windows(images, 32)
     assert [int((windows[:, 0, 0, 0] == k).sum()) for k in range(3)] == [22, 22, 20]
+
+
+def test_an_overlay_tints_forest_45_percent_green_and_leaves_the_rest() -> None:
+    from forestseg.predict import overlay
+
+    image = np.full((1, 2, 3), 200, np.uint8)
+    out = overlay(image, np.array([[True, False]]))
+    assert out[0, 0].tolist() == [110, 224, 110] and out[0, 1].tolist() == [200, 200, 200]  # 0.55 x 200 + 0.45 x 255
+
+
+def test_truth_values_already_kept_keep_counting_past_the_limit() -> None:
+    from forestseg.evaluate import TruthValues
+
+    seen = TruthValues()
+    seen.add(np.arange(TruthValues.KEEP, dtype=np.uint8))  # as many values as it keeps, one pixel each
+    seen.add(np.zeros(6, np.uint8))  # more of one it has, then a value past the limit
+    seen.add(np.full(3, 250, np.uint8))
+    assert seen.counts[0] == 7 and 250 not in seen.counts and seen.others == 3
