@@ -1017,3 +1017,20 @@ def test_run_py_notes_only_the_uncommitted_edits_the_experiment_keeps(tmp_path) 
     run = subprocess.run([sys.executable, "recipes/run.py", "cpu", "--print"], cwd=repo, capture_output=True, text=True)
     assert run.returncode == 0 and "-S train.epochs=15" in run.stdout, run.stderr
     assert "params.yaml differs from the last commit in synth.scenes, which this recipe" in run.stderr, run.stderr
+
+
+def test_grid_runs_are_loss_major_as_dvc_yamls_matrix_expands() -> None:
+    """DVC's matrix expands loss, then optimizer, then seed; the order ties break in and tables follow."""
+    from forestseg.config import GridConfig
+
+    runs = GridConfig(loss=("mse", "bce"), optimizer=("sgd", "adam"), seed=(0, 1)).runs()
+    assert [r.name for r in runs] == [
+        "mse-sgd-0",
+        "mse-sgd-1",
+        "mse-adam-0",
+        "mse-adam-1",
+        "bce-sgd-0",
+        "bce-sgd-1",
+        "bce-adam-0",
+        "bce-adam-1",
+    ]

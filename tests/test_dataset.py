@@ -1703,3 +1703,12 @@ def test_an_index_run_stopped_while_its_arrays_are_flushed_leaves_the_old_data_f
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in files} == before
     assert sorted(p.name for p in layout.root.rglob("*") if p.is_file()) == sorted(p.name for p in files)
+
+
+def test_the_all_forest_baseline_is_scored_on_the_test_scenes_alone() -> None:
+    """Not on val too: val's forest share is another (here 10 %), and the baseline is the test's."""
+    index = pd.DataFrame({"scene": ["1", "2", "3"], "forest_pixels": [50, 10, 60], "pixels": [100, 100, 100]})
+    split = pd.DataFrame({"scene": ["1", "2", "3"], "subset": ["train", "val", "test"]})
+    summary = split_summary(index, split)
+    assert summary["baseline_all_forest"]["iou"] == pytest.approx(0.6)
+    assert [summary[k]["forest_fraction"] for k in ("train", "val", "test")] == [0.5, 0.1, 0.6]

@@ -200,6 +200,10 @@ def test_tables_and_summary_csv(tmp_path: Path) -> None:
         epochs = pd.read_csv(metrics_dir / "tables" / f"{combo}_epochs.csv")
         assert epochs["epoch"].tolist() == [1, 2, 3]
         assert {"train_loss seed 0", "test_loss seed 0", "train_loss seed 1", "test_loss seed 1"} <= set(epochs.columns)
+        for seed in (0, 1):  # each column is its run's history.csv column
+            h = pd.read_csv(metrics_dir / "runs" / f"{combo}-{seed}" / "history.csv")
+            for k in ("train_loss", "test_loss"):
+                assert epochs[f"{k} seed {seed}"].tolist() == h[k].tolist(), (combo, seed, k)
 
     summary = pd.read_csv(metrics_dir / "summary.csv")
     assert summary["combination"].tolist() == ["mse-adam", "bce-sgd", "all-forest baseline"]
@@ -1133,3 +1137,33 @@ def test_the_ranking_figure_labels_each_bar_with_its_score_on_a_0_to_1_axis(tmp_
     ax = drawn["ranking.png"].axes[0]
     assert [t.get_text() for t in ax.texts] == ["0.7000", "0.5000"]
     assert ax.get_xlim() == (0, 1.0)
+
+
+def test_three_seeds_are_averaged_and_the_first_of_tied_best_seeds_is_shown() -> None:
+    """The mean over seeds (not the median, which equals it for 2 seeds), and of seeds tied on test
+    mIoU the first in the grid's order, as REPORT.md says."""
+    rows = []
+    for combo, mious in (("bce-adam", (0.5, 0.6, 0.9)), ("mse-sgd", (0.7, 0.7, 0.5))):
+        for seed, miou in enumerate(mious):
+            rows.append(
+                {
+                    "run": f"{combo}-{seed}",
+                    "combination": combo,
+                    "seed": seed,
+                    "status": "ok",
+                    **dict.fromkeys(SCORES, 0.5),
+                }
+                | {"test_miou": miou, "test_iou": miou}
+            )
+    summary = summarize(pd.DataFrame(rows)).set_index("combination")
+    assert summary.loc["bce-adam", "test_miou_mean"] == pytest.approx(2.0 / 3, abs=1e-15)
+    assert summary.loc["mse-sgd", "test_miou_mean"] == pytest.approx(1.9 / 3, abs=1e-15)
+    assert headline(summarize(pd.DataFrame(rows)))["best"] == "bce-adam"
+    assert summary.loc["mse-sgd", "best_seed"] == 0  # seeds 0 and 1 tie at 0.7
+
+
+def test_the_printed_summary_ends_with_the_baselines_forest_iou(tmp_path: Path) -> None:
+    from forestseg.report import format_summary
+
+    out, _, _ = run_aggregate(tmp_path)
+    assert format_summary(out).splitlines()[-1] == "  all-forest: test IoU 0.6000 (baseline)"  # not its mIoU 0.3
