@@ -1712,3 +1712,20 @@ def test_the_all_forest_baseline_is_scored_on_the_test_scenes_alone() -> None:
     summary = split_summary(index, split)
     assert summary["baseline_all_forest"]["iou"] == pytest.approx(0.6)
     assert [summary[k]["forest_fraction"] for k in ("train", "val", "test")] == [0.5, 0.1, 0.6]
+
+
+@pytest.mark.parametrize("seed, val, test", [(0, ["2", "7"], ["4", "6"]), (7, ["1", "7"], ["0", "8"])])
+def test_a_split_seed_puts_the_same_scenes_in_val_and_test_on_every_version(seed: int, val: list, test: list) -> None:
+    """Pinned: which scenes split.seed sends where is part of every result's meaning (a change to how the
+    split draws would move scenes between train and test under the same params, and DVC's cache would
+    hold both as one); change these only with a note that every earlier number is off."""
+    index = pd.DataFrame(
+        {
+            "image": [f"{s}_sat_{t}.jpg" for s in range(10) for t in range(2)],
+            "scene": [str(s) for s in range(10) for t in range(2)],
+            "forest_pixels": 1,
+            "pixels": 4,
+        }
+    )
+    split = split_index(index, SplitConfig(by="scene", test_fraction=0.2, val_fraction=0.2, seed=seed))
+    assert sorted(scenes_of(split, "val"), key=int) == val and sorted(scenes_of(split, "test"), key=int) == test

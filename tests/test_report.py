@@ -1167,3 +1167,14 @@ def test_the_printed_summary_ends_with_the_baselines_forest_iou(tmp_path: Path) 
 
     out, _, _ = run_aggregate(tmp_path)
     assert format_summary(out).splitlines()[-1] == "  all-forest: test IoU 0.6000 (baseline)"  # not its mIoU 0.3
+
+
+def test_a_tie_among_the_worst_seeds_is_no_best_seed_tie() -> None:
+    from forestseg.markdown import _seed_ties
+
+    table = pd.DataFrame(
+        {"combination": ["bce-adam"] * 3, "seed": [0, 1, 2], "status": ["ok"] * 3, "test_miou": [0.5, 0.5, 0.8]}
+    )
+    assert _seed_ties(table) == ""
+    table.loc[2, "test_miou"] = 0.5
+    assert _seed_ties(table).endswith("bce-adam (seeds 0, 1, 2).")
