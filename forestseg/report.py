@@ -337,14 +337,14 @@ def describe_setup(
     model: ModelConfig,
     opt: OptimizerConfig,
     train: TrainConfig,
-    grid: GridConfig | None = None,
+    grid: GridConfig,
 ) -> dict:
     """The setup REPORT.md states: the index report, the split unit and the params in one sentence
-    (lr overrides only of combinations in `grid`, and momentum only where an optimizer of it uses it,
-    where given: the others act on no run)."""
-    combos = None if grid is None else {run.combination for run in grid.runs()}
-    momentum = grid is None or grid.reads("momentum")
-    overrides = {k: v for k, v in opt.lr_overrides.items() if combos is None or k in combos}
+    (lr overrides only of combinations in `grid`, and momentum only where an optimizer of it uses it:
+    the others act on no run)."""
+    combos = {run.combination for run in grid.runs()}
+    momentum = grid.reads("momentum")
+    overrides = {k: v for k, v in opt.lr_overrides.items() if k in combos}
     lrs = f"lr {opt.lr:g}" + "".join(f", {k} {v:g}" for k, v in overrides.items())
     schedule = _schedule_text(opt, train.epochs)
     return {

@@ -692,10 +692,12 @@ def test_a_pipe_in_a_cell_or_header_stays_in_its_cell() -> None:
 
 @pytest.mark.parametrize("threshold, says", [("val", True), ("loss", False)])
 def test_the_setup_says_when_the_final_cut_is_not_the_curves(threshold: str, says: bool) -> None:
-    from forestseg.config import ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
+    from forestseg.config import GridConfig, ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
     from forestseg.report import describe_setup
 
-    setup = describe_setup({}, SplitConfig(), ModelConfig(), OptimizerConfig(), TrainConfig(threshold=threshold))
+    setup = describe_setup(
+        {}, SplitConfig(), ModelConfig(), OptimizerConfig(), TrainConfig(threshold=threshold), GridConfig()
+    )
     assert ("chosen on the validation scenes (train.threshold: val" in setup["params"]) == says
 
 
@@ -705,10 +707,10 @@ def test_the_setup_says_when_the_final_cut_is_not_the_curves(threshold: str, say
 )
 def test_the_setup_names_only_the_model_params_the_arch_reads(arch: str, says: str) -> None:
     """study_unet's layers are fixed: REPORT.md must not credit it with params.yaml's width and depth."""
-    from forestseg.config import ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
+    from forestseg.config import GridConfig, ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
     from forestseg.report import describe_setup
 
-    setup = describe_setup({}, SplitConfig(), ModelConfig(arch=arch), OptimizerConfig(), TrainConfig())
+    setup = describe_setup({}, SplitConfig(), ModelConfig(arch=arch), OptimizerConfig(), TrainConfig(), GridConfig())
     assert setup["params"].startswith(f"{says}, normalized input;")
 
 

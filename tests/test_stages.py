@@ -16,7 +16,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "stages"))
 import common  # noqa: E402
 
-from forestseg.config import ForestsegError  # noqa: E402
+from forestseg.config import ForestsegError, Run  # noqa: E402
 
 
 @pytest.fixture
@@ -307,7 +307,8 @@ def test_the_aggregate_stage_clears_what_killed_or_shrunk_runs_left_before_it_ag
     cleared = []
     monkeypatch.setattr(stage_module, "clear_temps", lambda *paths: cleared.extend(map(str, paths)))
     monkeypatch.setattr(stage_module, "read_json", lambda path: {})
-    monkeypatch.setattr(stage_module, "describe_setup", lambda *a: {})
+    setups = []
+    monkeypatch.setattr(stage_module, "describe_setup", lambda *a: setups.append(a) or {})
     seen = {}
 
     def aggregate(runs, runs_dir, *rest):
@@ -320,6 +321,8 @@ def test_the_aggregate_stage_clears_what_killed_or_shrunk_runs_left_before_it_ag
     monkeypatch.setattr(sys, "argv", ["aggregate.py", "runs", "index.json", "split.json", "metrics", "plots", "R.md"])
     stage_module.main()
     assert seen == {"runs": ["bce-adam-0"], "resume": []}
+    # REPORT.md's setup names only what the grid's runs used (its momentum is left out here)
+    assert [a[-1].runs() for a in setups] == [[Run("mse", "adam", 0), Run("bce", "adam", 0)]]
     assert cleared[:3] == ["metrics", "plots", "R.md"] and "runs/bce-adam-0" in cleared
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "note: optimizer.momentum 0.9 has no effect: no optimizer of grid.optimizer uses it"
