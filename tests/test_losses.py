@@ -234,3 +234,13 @@ def test_a_loss_not_marked_per_batch_is_the_mean_of_its_tiles_losses(name: str) 
     whole = LOSSES[name](logits, t).item()
     tiles = sum(LOSSES[name](logits[i : i + 1], t[i : i + 1]).item() for i in range(5)) / 5
     assert LOSSES[name].per_batch == (whole != pytest.approx(tiles, rel=1e-5)), name
+
+
+def test_the_registrys_bce_trimmed_keeps_the_easiest_80_percent() -> None:
+    """What grid.loss bce_trimmed trains with: 7 of 8 tiles (ceil(0.8 x 8)), the hardest left out."""
+    from forestseg.losses import LOSSES
+
+    t = torch.ones(8, 4, 4, dtype=torch.uint8)
+    logits = torch.arange(8, 0, -1, dtype=torch.float32).view(8, 1, 1).expand(8, 4, 4) - 4.0  # tile 7 the hardest
+    expected = bce(logits[:7], t[:7])
+    assert LOSSES["bce_trimmed"].fn(logits, t).item() == pytest.approx(expected.item(), rel=1e-6)

@@ -277,19 +277,23 @@ def test_validation_keeps_the_best_model(data, tmp_path: Path, ema: float) -> No
     assert _val_miou(tmp_path / "last" / "model.pt", data[1]) != pytest.approx(result.history[-1]["val_miou"], abs=1e-3)
 
 
-def test_a_tie_in_val_miou_keeps_the_earlier_epoch(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """best.pt changes only for a better score: equal later epochs do not replace it."""
+@pytest.mark.parametrize("miou", [0.5, 0.0])  # 0: every val scene scored 0 (all called forest, none there)
+def test_a_tie_in_val_miou_keeps_the_earlier_epoch(
+    data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, miou: float
+) -> None:
+    """best.pt changes only for a better score: equal later epochs do not replace it; an mIoU of 0 is
+    a score too, so its first epoch is best (and best.pt, its best_* metrics, are written)."""
     import forestseg.train
 
     real = forestseg.train.evaluate
 
     def level(*args, **kwargs) -> dict:
-        return {**real(*args, **kwargs), "miou": 0.5}
+        return {**real(*args, **kwargs), "miou": miou}
 
     monkeypatch.setattr(forestseg.train, "evaluate", level)
     result, _ = go(data, tmp_path / "last.pt", val=scene_tiles(2, 1))
-    assert [row["val_miou"] for row in result.history] == [0.5] * len(result.history) and len(result.history) > 1
-    assert result.metrics["best_epoch"] == 1
+    assert [row["val_miou"] for row in result.history] == [miou] * len(result.history) and len(result.history) > 1
+    assert result.metrics["best_epoch"] == 1 and "best_val_miou" in result.metrics
 
 
 @pytest.mark.parametrize("lr, override", [(1e6, False), (1e8, False), (1e6, True)])
@@ -840,6 +844,19 @@ def test_the_weights_moving_average_ramps_its_decay_up_from_a_tenth() -> None:
         s.update_ema(0.99)
         assert torch.allclose(s.ema.weight, d * before + (1 - d) * model.weight, atol=1e-6), step
         assert s.ema_steps == step + 1
+
+
+def test_the_ema_copies_integer_buffers_from_the_model() -> None:
+    """Batch-norm's num_batches_tracked is a count, not averaged: the saved EMA model carries the model's."""
+    import copy
+
+    from forestseg.train import RunState
+
+    model = torch.nn.BatchNorm2d(2)
+    s = RunState(model, None, {}, ema=copy.deepcopy(model))
+    model(torch.randn(4, 2, 3, 3))  # one training batch: the count goes to 1
+    s.update_ema(0.99)
+    assert s.ema.num_batches_tracked.item() == model.num_batches_tracked.item() == 1
 
 
 def test_a_run_state_loads_every_field_it_saved() -> None:
