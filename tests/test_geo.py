@@ -2645,3 +2645,14 @@ def test_a_logit_just_past_the_cut_keeps_its_side_through_the_resampled_map(
     assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out")) == 0
     mask, _ = read(tmp_path / "out/r_mask.tif")
     assert (mask == (1 if above > 0 else 0)).all()
+
+
+@pytest.mark.parametrize("sides", [(1e-4, 0.5), (0.5, 1e-4), (0.5, 1e7)])
+def test_one_implausible_side_of_a_pixel_is_refused(tmp_path: Path, sides: tuple) -> None:
+    """Each side of a pixel must be one an aerial or satellite image has, not only the other."""
+    transform = Affine(sides[0], 0, 500000, 0, -sides[1], 5000000)
+    src = write_raster(tmp_path / "x.tif", np.full((40, 40, 3), 90, np.uint8), nodata=None, transform=transform)
+    with pytest.raises(
+        ForestsegError, match=re.escape(f"its pixels are {sides[0]:.3g} x {sides[1]:.3g} m under EPSG:32633")
+    ):
+        check_raster(src, MapOptions(resample=False), 0.5)

@@ -356,3 +356,15 @@ def test_study_unet_joins_each_skip_at_the_pixels_of_the_deeper_path(path: str, 
         weight = grad[0].sum((0, 2))
         centre = float((weight * torch.arange(64.0)).sum() / weight.sum())
         assert abs(centre - (f + 20)) < 0.75, (f, centre)
+
+
+def test_global_context_adds_a_map_of_the_tiles_mean_features() -> None:
+    """Each position gets proj(mean over the tile): with proj the identity, x + its channel means."""
+    from forestseg.model import GlobalContext
+
+    g = GlobalContext(2)
+    with torch.no_grad():
+        g.proj.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+    x = torch.tensor([[[[0.0, 0.0], [0.0, 4.0]], [[1.0, 2.0], [3.0, 6.0]]]])
+    assert torch.equal(g(x), x + x.mean(dim=(2, 3), keepdim=True))
+    assert g(x)[0, 0].flatten().tolist() == [1.0, 1.0, 1.0, 5.0]

@@ -1180,3 +1180,11 @@ def test_a_tie_among_the_worst_seeds_is_no_best_seed_tie() -> None:
     assert _seed_ties(table) == ""
     table.loc[2, "test_miou"] = 0.5
     assert _seed_ties(table).endswith("bce-adam (seeds 0, 1, 2).")
+
+
+def test_the_test_iou_figure_draws_the_baselines_forest_iou(tmp_path: Path, monkeypatch) -> None:
+    """aggregate passes the all-forest baseline's forest IoU (0.6), not its mIoU (0.3), to test_iou.png."""
+    drawn = drawn_figures(monkeypatch)
+    run_aggregate(tmp_path)
+    [line] = [ln for ln in drawn["test_iou.png"].axes[0].get_lines() if ln.get_label().startswith("all-forest")]
+    assert list(line.get_ydata()) == [0.6, 0.6] and line.get_label() == "all-forest baseline 0.600"

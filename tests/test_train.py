@@ -330,6 +330,9 @@ def test_the_study_recipe_trains_through_the_spike_its_mse_with_adam_makes(tmp_p
     with pytest.raises(Diverged, match=r"diverged at step 2: loss 8\d\.\d+ \(reference 0\.7") as e:
         go(dataclasses.replace(train, diverge_factor=100.0), tmp_path / "guarded")
     assert str(e.value).endswith(", or raise train.diverge_factor (100)")  # a loss just over the bound
+    with pytest.raises(Diverged, match=r"diverged at step 2: loss 8\d\.\d+ ") as e:
+        go(dataclasses.replace(train, diverge_factor=2.0), tmp_path / "tight")
+    assert "diverge_factor" not in str(e.value)  # ~60x over the bound: a blow-up, not a bound too tight
     history = go(train, tmp_path / "study").history
     assert len(history) == 1 and math.isfinite(history[0]["test_loss"])
 
