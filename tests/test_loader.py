@@ -581,3 +581,39 @@ def test_zoom_keeps_a_full_mask_full_at_the_largest_scale() -> None:
     masks = torch.ones(4096, 2, 2, dtype=torch.uint8)
     zx, zm = zoom(x, masks, 1.99, torch.Generator().manual_seed(0))
     assert torch.allclose(zx, x) and torch.equal(zm, masks)
+
+
+def test_cutmix_boxes_reach_the_far_corner_of_the_tile() -> None:
+    """A box lies anywhere inside the tile: over many draws the bottom-right quarter is mixed often."""
+    from forestseg.loader import cutmix
+
+    b, h = 2000, 32
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, h, h).contiguous()  # each tile its index
+    masks = torch.zeros(b, h, h, dtype=torch.uint8)
+    mixed, _ = cutmix(x, masks, 1.0, torch.Generator().manual_seed(0))
+    pasted = mixed[:, 0] != x[:, 0]
+    assert pasted[:, h - 9, h - 9].float().mean() > 0.15 and pasted[:, 8, 8].float().mean() > 0.15
+
+
+def test_blur_draws_its_sigma_from_half_to_one_and_a_half_pixels(monkeypatch) -> None:
+    import forestseg.loader as loader
+
+    sigmas = []
+    real = loader.gaussian_blur
+    monkeypatch.setattr(loader, "gaussian_blur", lambda x, sigma: sigmas.append(sigma) or real(x, sigma))
+    x = torch.zeros(2, 3, 8, 8)
+    for seed in range(40):
+        loader.photometric(x, 0.0, 1.0, None, torch.Generator().manual_seed(seed))
+    assert len(sigmas) == 40 and 0.5 <= min(sigmas) < 0.6 and 1.4 < max(sigmas) <= 1.5
+
+
+def test_zoomed_views_reach_the_far_side_of_the_tile() -> None:
+    """The centre moves as far as the view stays inside: at factors up to 2 a view's left edge reaches
+    nearly half the tile's width (W (1 - 1 / factor))."""
+    from forestseg.loader import zoom
+
+    b, w = 2000, 16
+    x = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w).expand(b, 1, w, w).contiguous()  # value = column
+    out, _ = zoom(x, torch.zeros(b, w, w, dtype=torch.uint8), 1.0, torch.Generator().manual_seed(0))
+    left = out[:, 0, 0, 0]
+    assert left.max() > 7.0 and left.min() == 0.0
