@@ -524,9 +524,9 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
     images = tiles.images[: min(len(tiles), 4 * args.batch)].cpu().numpy()
     # predict's precision: as Predictor.load picks it for this device (what `forestseg predict` runs)
     # (auto's model; where bf16 proved emulated and was not timed, fp32's, predicting in fp32 as it trained)
-    timed = auto in models
+    model_file, predict_precision = (models[auto], "auto") if auto in models else (models["fp32"], "fp32")
     predicted, sequential, forwards, bf16_predict = predict_speeds(
-        models[auto] if timed else models["fp32"], images, device, args.repeats, "auto" if timed else "fp32"
+        model_file, images, device, args.repeats, predict_precision
     )
     print(
         f"forestseg predict: {spread(predicted)} images/s ({'bf16' if bf16_predict else 'fp32'}, {len(images)} images); "
@@ -573,14 +573,7 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
             "the machine was busy; these utilisations do not count, rerun on a quiet machine"
         )
     # after the MFU lines: on a GPU call's time limit, the files' thousands of JPEGs and PNGs come last
-    on_files = files_speeds(
-        models[auto] if timed else models["fp32"],
-        images,
-        tmp / "files",
-        args.repeats,
-        "auto" if timed else "fp32",
-        device,
-    )
+    on_files = files_speeds(model_file, images, tmp / "files", args.repeats, predict_precision, device)
     print(
         f"forestseg predict on files (the command on a folder of {4 * len(images)} JPEG tiles, PNG masks written): "
         f"{spread(on_files)} images/s, {np.median(on_files) / trained:.2f}x the training images/s"

@@ -600,14 +600,27 @@ def test_speed_reports_the_utilisations_and_ratios_of_the_rates_it_measured(
         "train_run",
         lambda run, m, o, cfg, *a, **k: SimpleNamespace(history=[{"train_seconds": s} for s in seconds[cfg.precision]]),
     )
-    monkeypatch.setattr(speed, "predict_speeds", lambda *a, **k: ([48.0, 64.0, 32.0], [24.0] * 3, [80.0] * 3, False))
-    monkeypatch.setattr(speed, "files_speeds", lambda *a, **k: print("(files timed)") or [8.0] * 3)
+    asked = {}  # the model file and precision each predict timing ran: auto's, as `forestseg predict` would
+    monkeypatch.setattr(
+        speed,
+        "predict_speeds",
+        lambda *a, **k: (
+            asked.setdefault("memory", (a[0].parent.name, a[4])) and ([48.0, 64.0, 32.0], [24.0] * 3, [80.0] * 3, False)
+        ),
+    )
+    monkeypatch.setattr(
+        speed,
+        "files_speeds",
+        lambda *a, **k: asked.setdefault("files", (a[0].parent.name, a[4])) and (print("(files timed)") or [8.0] * 3),
+    )
     monkeypatch.setattr(speed, "study_style_steps", lambda *a, **k: [3.0, 4.0, 8.0])
     monkeypatch.setattr(speed, "assembly_seconds", lambda *a, **k: 0.0125)
     argv = ["speed.py", "--width", "4", "--depth", "1", "--batch", "4", "--steps", "2", "--repeats", "3"]
     monkeypatch.setattr(sys, "argv", [*argv, "--default-malloc", "--device", "cpu"])
     speed.main()
     out = capsys.readouterr().out
+    # auto (fp32 here) trained its model; predict timed it in precision auto, in memory and on files alike
+    assert asked == {"memory": ("fp32FalseTrue", "auto"), "files": ("fp32FalseTrue", "auto")}
     for line in [
         "forestseg train: 32.0 [8.0-64.0] images/s (bf16)",
         "forestseg train: 16.0 [4.0-32.0] images/s (fp32)",
