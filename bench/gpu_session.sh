@@ -20,7 +20,8 @@
 #      bench/quality.py final gpu (`run final`): trained on the CV scenes, scored on the 8 set-aside scenes
 #      (issue #12's GPU goal: forest IoU >= 0.85). Both are on record (H200, 2026-12-04:
 #      bench/results/final_gpu_nvidia_h200.* and cv_gpu_nvidia_h200.*): a plain `run` leaves this step out and
-#      gives its time to the others (steps 1, 4 and 5 get 170, 110 and 165 s instead of 120, 70 and 30)
+#      gives its time to the others (steps 1, 4 and 5 get 170, 110 and 165 s instead of 120, 70 and 30), and a final
+#      (150 s against the CV's 265) gives the cuDNN search 145 s
 #   4. bench/speed.py --study --batch 160 --auto-only --compile-only: the same training with torch.compile
 #      alone (where C and C++ compilers and Python.h are there: Inductor and Triton build C at run time)
 #      (on the H200 eager bf16 reached 26.8 % of the peak, compiled 43.6 %: what fusing the memory-bound ops buys)
@@ -127,18 +128,20 @@ run() {
         # step at worst 600 s, the call's limit. On the H200 (2026-12-04 18:31): gpu.py printed its last MFU
         # line at 83 s (then the study-style loop, which no step's time finished), the profile took 32 s, the
         # CV 246 s (a final 62 s), the compiled bench its MFU lines at 55 s; the cuDNN search outlasted 30 s.
-        # Both quality results are on record, so without cv or final the quality step's time goes to the others
+        # Both quality results are on record, so without cv or final the quality step's time goes to the others,
+        # and a final (62 s there) leaves the CV's other 115 s to the cuDNN search
         local quality=$([[ -n $mode ]] && echo 1)
         step "$([[ -n $quality ]] && echo 120 || echo 170)" "gpu.py" python3 bench/gpu.py --skip-grid
         step 45 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
         if [[ -n $quality ]]; then
             # a CV saves its result after every fold: a step cut at its limit still leaves the folds it finished
-            step 265 "quality $mode gpu" python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
+            step "$([[ $mode == cv ]] && echo 265 || echo 150)" "quality $mode gpu" \
+                python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
             results "$mode" "$tag"  # before the last steps: a call cut at its limit still brings the quality result back
         fi
         compile_step "$([[ -n $quality ]] && echo 70 || echo 110)" --study --batch 160
         # does cuDNN hold faster kernels than the 10 algorithms torch tries per convolution?
-        step "$([[ -n $quality ]] && echo 30 || echo 165)" "profile, every cuDNN algorithm" \
+        step "$(case $mode in cv) echo 30 ;; final) echo 145 ;; *) echo 165 ;; esac)" "profile, every cuDNN algorithm" \
             python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
