@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #12 and #14 as one call of a borrowed GPU machine (the device tool).
+# The GPU checks of issues #12 and #14 as two calls of a borrowed GPU machine (the device tool).
 # Such a machine has its own Python 3.12 and torch but no network, lacks simplejpeg and ruamel.yaml
 # (forestseg imports them) and dvc, and gets only the working tree plus carried ignored paths.
 #
 #   bash bench/gpu_session.sh prepare      here, once: .gpu/sample (the real sample, ~41 MB) and
 #                                          .gpu/whl (wheels for the GPU machine's Python 3.12), ~43 MB
-#   device run: command "bash bench/gpu_session.sh run", carry [".gpu"], timeout_s 600
+#   device run: command "bash bench/gpu_session.sh run" (or "run cv", "run final"), carry [".gpu"], timeout_s 600
+#   device run: then, on the warm machine, "bash bench/gpu_session.sh run compile", carry [".gpu"], timeout_s 600
 #   bash bench/gpu_session.sh run --cpu-check   the same steps at tiny sizes on this CPU (checks the script)
 #
 # `run` writes session.log, and with cv or final the quality result (<mode>_gpu_<device>.md/.json), to $OUT (here by default
-# /tmp/forestseg-gpu-session), in this order,
-# each step under its own time limit so the call ends inside its 600 s:
+# /tmp/forestseg-gpu-session), in this order, each step under its own time limit so the call ends well inside
+# its 600 s (steps 1 to 3; `run compile` steps 4 and 5). Two calls, not one: on an H100 (2026-12-05 19:41) a call
+# of all five steps ended with the machine not answering after ~467 s of device time, and nothing came back.
+# Split, the checks' results come back before the exploratory steps run, and each call leaves time to rerun:
 #   1. bench/gpu.py --skip-grid: train (counting the host-device synchronisations of its training steps),
 #      kill-like stop and resume on CUDA, CPU/CUDA prediction agreement, then bench/speed.py --study
 #      --batch 160 --auto-only --nchw (training and predict MFU against the measured bf16 peak)
@@ -20,13 +23,12 @@
 #      bench/quality.py final gpu (`run final`): trained on the CV scenes, scored on the 8 set-aside scenes
 #      (issue #12's GPU goal: forest IoU >= 0.85). Both are on record (H200, 2026-12-04:
 #      bench/results/final_gpu_nvidia_h200.* and cv_gpu_nvidia_h200.*): a plain `run` leaves this step out and
-#      gives its time to the others (steps 1, 4 and 5 get 170, 110 and 165 s instead of 120, 70 and 30), and a final
-#      (150 s against the CV's 265) gives the cuDNN search 145 s
-#   4. bench/speed.py --study --batch 160 --auto-only --compile-only: the same training with torch.compile
+#      gives step 1 170 s instead of 120
+#   4. `run compile`: bench/speed.py --study --batch 160 --auto-only --compile-only: the same training with torch.compile
 #      alone (where C and C++ compilers and Python.h are there: Inductor and Triton build C at run time)
 #      (on the H200 eager bf16 reached 26.8 % of the peak, compiled 43.6 %: what fusing the memory-bound ops buys)
-#   5. bench/profile_train.py --study --batch 160 --cudnn-limit 0: the step's time with cuDNN trying every
-#      convolution algorithm, not torch's 10
+#   5. `run compile`: bench/profile_train.py --study --batch 160 --cudnn-limit 0: the step's time with cuDNN
+#      trying every convolution algorithm, not torch's 10
 # The queued study grid (bench/gpu.py without --skip-grid) needs dvc and its dependencies as wheels,
 # which do not fit in one call beside the sample.
 set -euo pipefail
@@ -92,8 +94,8 @@ run() {
     for arg in "$@"; do
         case $arg in
             --cpu-check) cpu_check=1 ;;
-            cv | final) mode=$arg ;;
-            *) echo "gpu_session: run takes cv or final (the quality step; none: the speed steps alone), and --cpu-check; not '$arg'" >&2; exit 2 ;;
+            cv | final | compile) mode=$arg ;;
+            *) echo "gpu_session: run takes cv or final (the quality step; none: the checks alone) or compile (the second call), and --cpu-check; not '$arg'" >&2; exit 2 ;;
         esac
     done
     export OUT=${OUT:-/tmp/forestseg-gpu-session} PYTHONUNBUFFERED=1  # not in .gpu, which travels to the device
@@ -111,7 +113,7 @@ run() {
     local tag
     if [[ -n $cpu_check ]]; then
         tag=cpu_check
-        mode=${mode:-cv}  # every step is checked, the quality step too
+        [[ $mode == cv || $mode == final ]] || mode=cv  # every step of both calls is checked, the quality step too
         step 300 "gpu.py" python3 bench/gpu.py --device cpu --tiny --skip-grid
         step 300 "profile" python3 bench/profile_train.py --study --batch 2 --size 96 --steps 1 --kernels --device cpu
         # a CV's first fold alone: the script's steps, in minutes
@@ -124,25 +126,27 @@ run() {
             --cudnn-limit 0 --device cpu
     elif python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         tag=$(python3 -c "import re, torch; print(re.sub('[^a-z0-9]+', '_', torch.cuda.get_device_name().lower()).strip('_'))")
-        # ~20 s before the steps (wheels, torch imports), at most 530 s of steps: with the 10 s grace of each
-        # step at worst 600 s, the call's limit. On the H200 (2026-12-04 18:31): gpu.py printed its last MFU
-        # line at 83 s (then the study-style loop, which no step's time finished), the profile took 32 s, the
-        # CV 246 s (a final 62 s), the compiled bench its MFU lines at 55 s; the cuDNN search outlasted 30 s.
-        # Both quality results are on record, so without cv or final the quality step's time goes to the others,
-        # and a final (62 s there) leaves the CV's other 115 s to the cuDNN search
-        local quality=$([[ -n $mode ]] && echo 1)
-        step "$([[ -n $quality ]] && echo 120 || echo 170)" "gpu.py" python3 bench/gpu.py --skip-grid
-        step 45 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
-        if [[ -n $quality ]]; then
-            # a CV saves its result after every fold: a step cut at its limit still leaves the folds it finished
-            step "$([[ $mode == cv ]] && echo 265 || echo 150)" "quality $mode gpu" \
-                python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
-            results "$mode" "$tag"  # before the last steps: a call cut at its limit still brings the quality result back
+        # ~20 s before the steps (wheels, torch imports), then at most 430 s of steps (run cv; run final 315,
+        # run 215, run compile 275), with the 10 s grace of each step well inside the call's 600 s. On the H200
+        # (2026-12-04 18:31): gpu.py printed its last MFU line at 83 s (then the study-style loop, which no
+        # step's time finished), the profile took 32 s, the CV 246 s (a final 62 s), the compiled bench its
+        # MFU lines at 55 s; the cuDNN search outlasted 30 s. Both quality results are on record, so without
+        # cv or final the quality step's time goes to gpu.py
+        if [[ $mode == compile ]]; then
+            compile_step 110 --study --batch 160
+            # does cuDNN hold faster kernels than the 10 algorithms torch tries per convolution?
+            step 165 "profile, every cuDNN algorithm" \
+                python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
+        else
+            step "$([[ -n $mode ]] && echo 120 || echo 170)" "gpu.py" python3 bench/gpu.py --skip-grid
+            step 45 "profile" python3 bench/profile_train.py --study --batch 160 --steps 4 --kernels
+            if [[ -n $mode ]]; then
+                # a CV saves its result after every fold: a step cut at its limit still leaves the folds it finished
+                step "$([[ $mode == cv ]] && echo 265 || echo 150)" "quality $mode gpu" \
+                    python3 bench/quality.py "$mode" gpu --name "${mode}_gpu_$tag"
+                results "$mode" "$tag"
+            fi
         fi
-        compile_step "$([[ -n $quality ]] && echo 70 || echo 110)" --study --batch 160
-        # does cuDNN hold faster kernels than the 10 algorithms torch tries per convolution?
-        step "$(case $mode in cv) echo 30 ;; final) echo 145 ;; *) echo 165 ;; esac)" "profile, every cuDNN algorithm" \
-            python3 bench/profile_train.py --study --batch 160 --steps 4 --cudnn-limit 0
     else
         echo "gpu_session: torch sees no CUDA device here; for a check of this script on a CPU: run --cpu-check"
         exit 1
@@ -153,5 +157,5 @@ run() {
 case ${1:-} in
     prepare) prepare ;;
     run) shift; run "$@" ;;
-    *) echo "usage: bash bench/gpu_session.sh prepare | run [cv|final] [--cpu-check]" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu_session.sh prepare | run [cv|final|compile] [--cpu-check]" >&2; exit 2 ;;
 esac

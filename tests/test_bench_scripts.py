@@ -434,12 +434,15 @@ def test_gpu_session_says_what_to_prepare_before_a_call(tmp_path: Path) -> None:
     prepare = subprocess.run(["bash", str(script), "prepare"], env=env, capture_output=True, text=True, timeout=60)
     assert prepare.returncode == 1 and prepare.stderr.startswith("gpu_session: no sample at")
     usage = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert usage.returncode == 2 and usage.stderr.startswith("usage: bash bench/gpu_session.sh prepare | run")
+    assert usage.returncode == 2 and usage.stderr.startswith(
+        "usage: bash bench/gpu_session.sh prepare | run [cv|final|compile]"
+    )
     bad = subprocess.run(["bash", str(script), "run", "finale"], env=env, capture_output=True, text=True, timeout=60)
     assert (
         bad.returncode == 2
         and bad.stderr
-        == "gpu_session: run takes cv or final (the quality step; none: the speed steps alone), and --cpu-check; "
+        == "gpu_session: run takes cv or final (the quality step; none: the checks alone) or compile (the second call), "
+        "and --cpu-check; "
         "not 'finale'\n"
     )
 
