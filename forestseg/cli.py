@@ -884,8 +884,8 @@ def _project_of(folder: Path) -> Path | None:
 
 
 def _in_the_way(out: Path) -> str | None:
-    """What stops a folder being made at `out`: a link to nothing or a file at it or above it (mkdir
-    says only "File exists" or "Not a directory")."""
+    """What stops a folder being made at `out` (or a file in it): a link to nothing or a file at it or
+    above it (mkdir says only "File exists" or "Not a directory")."""
     for p in (out, *out.parents):
         if p.is_symlink() and not p.exists():
             return f"{p} is a link to {os.readlink(p)}, which does not exist"
@@ -925,9 +925,9 @@ def _check_output_file(path: Path, inputs: list[Path] = ()) -> None:
             raise ForestsegError(f"-o {path}: would overwrite an input ({given}); choose another path")
     if path.is_dir():
         raise ForestsegError(f"-o {path}: is a folder; give a file name, e.g. {path / 'eval.json'}")
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    blocking = _in_the_way(path.parent)
     if blocking is not None:
-        raise ForestsegError(f"-o {path}: {blocking} is a file, not a folder; choose another path")
+        raise ForestsegError(f"-o {path}: {blocking}; choose another path")
     # a file written there now, not after minutes of scoring: its folders made, a temp file, both removed
     made: list[Path] = []
     try:

@@ -2656,3 +2656,23 @@ def test_one_implausible_side_of_a_pixel_is_refused(tmp_path: Path, sides: tuple
         ForestsegError, match=re.escape(f"its pixels are {sides[0]:.3g} x {sides[1]:.3g} m under EPSG:32633")
     ):
         check_raster(src, MapOptions(resample=False), 0.5)
+
+
+@pytest.mark.parametrize("above", ["a file", "a link to nothing"])
+def test_evaluate_names_what_is_in_the_way_of_its_output_before_scoring(
+    checkpoint: Path, tmp_path: Path, capsys, above: str
+) -> None:
+    """-o under a file or under a link to nothing: one line naming it, before any tile is scored (a link
+    to nothing read as "a file is where a folder goes", from the probe's mkdir)."""
+    data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=64)
+    if above == "a file":
+        (tmp_path / "up").write_text("x")
+        why = f"{tmp_path / 'up'} is a file, where a folder goes"
+    else:
+        (tmp_path / "up").symlink_to(tmp_path / "gone")
+        why = f"{tmp_path / 'up'} is a link to {tmp_path / 'gone'}, which does not exist"
+    out_file = tmp_path / "up/deeper/eval.json"
+    assert cli("evaluate", str(checkpoint), str(data), "-o", str(out_file)) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: -o {out_file}: {why}; choose another path\n"
+    assert "evaluate:" not in out and not (tmp_path / "gone").exists()
