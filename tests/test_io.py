@@ -455,3 +455,62 @@ def test_out_of_room_reads_the_file_systems_state(tmp_path: Path, monkeypatch, b
         assert out_of_room(tmp_path) is None
     state["f_flag"] = os.ST_RDONLY
     assert out_of_room(tmp_path).errno == errno.EROFS
+
+
+def test_a_temp_of_another_users_live_process_stays(tmp_path: Path, monkeypatch) -> None:
+    """os.kill(pid, 0) of another user's process raises PermissionError: that process runs, so its temp
+    stays (as root, the suite's user, kill never says so: it is made to here)."""
+    from conftest import dead_temp_prefix
+
+    from forestseg import io
+    from forestseg.io import remove_stale_temps
+
+    (tmp_path / f"{dead_temp_prefix('a_mask')}x.tmp.png").write_text("being written")
+
+    def not_yours(pid: int, signal: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(io.os, "kill", not_yours)
+    assert remove_stale_temps(tmp_path) == 0 and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_killed_runs_temps_are_removed_on_a_machine_of_a_dotted_name(tmp_path: Path, monkeypatch) -> None:
+    """node01.cluster.local: the temp name carries the host with its dots made '_', which the stale-temp
+    pattern reads back (a dot in it, the killed run's leftovers were never removed)."""
+    from conftest import dead_temp_prefix
+
+    from forestseg.io import remove_stale_temps
+
+    monkeypatch.setattr("socket.gethostname", lambda: "node01.cluster.local")
+    dead = tmp_path / f"{dead_temp_prefix('x_mask')}abc.tmp.tif"
+    dead.write_text("half")
+    assert ".~node01_cluster_local-" in dead.name
+    assert remove_stale_temps(tmp_path) == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_on_a_sets_second_file_names_that_file(tmp_path: Path) -> None:
+    from forestseg.io import atomic_paths
+
+    with pytest.raises(ForestsegError) as e:
+        with atomic_paths(tmp_path / "a.tif", tmp_path / "b.tif") as (_, second):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(second))
+    assert str(e.value).startswith(f"{tmp_path / 'b.tif'}: cannot write it: no space left on the device"), e.value
+    assert not list(tmp_path.iterdir())
+
+
+def test_read_columns_skips_blank_lines(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("image,scene\n0102,1\n\n0103,2\n")
+    assert read_columns(tmp_path / "t.csv", "image", "scene") == {"image": ["0102", "0103"], "scene": ["1", "2"]}
+
+
+def test_the_project_folder_itself_is_not_an_untracked_path_in_it(tmp_path: Path) -> None:
+    """data.source '.' (the project): git would commit files in it, but the folder is the project, not a
+    data folder to `dvc add`."""
+    import subprocess
+
+    from forestseg.io import untracked_in_project
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.txt").write_text("x")
+    assert untracked_in_project(tmp_path, tmp_path) is None
+    assert untracked_in_project(tmp_path / "a.txt", tmp_path) == Path("a.txt")  # a file in it is
