@@ -162,6 +162,12 @@ def cgroup_files(root, files: dict[str, str]):
             3.0,
         ),
         ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n", None),
+        # v1's cpuset controller is not cpu: its path is no CPU quota's
+        (
+            {"cpu/x/cpu.cfs_quota_us": "50000\n", "cpu/x/cpu.cfs_period_us": "100000\n"},
+            "3:cpuset:/x\n4:cpu,cpuacct:/y\n",
+            None,
+        ),
         ({"cpu.max": "junk\n"}, "0::/\n", None),  # unreadable: said as nothing, never an error
         ({"cpu.max": "100000 0\n"}, "0::/\n", None),  # a period of 0: no division by it
         ({"cpu.max": "-100000 100000\n"}, "0::/\n", None),

@@ -267,3 +267,16 @@ def test_a_named_gpu_is_kept_where_the_lock_folder_cannot_be_made(tmp_path: Path
 def test_on_cpu_is_the_cpu_or_auto_without_cuda(pref, cuda, expected, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert device.on_cpu(pref) is expected
+
+
+def test_auto_on_one_visible_gpu_claims_no_slot(tmp_path: Path, monkeypatch, capsys) -> None:
+    """One GPU (a Slurm job's CUDA_VISIBLE_DEVICES=3): nothing to spread over, so no lock files and no
+    warning where the lock folder cannot be made."""
+    monkeypatch.setattr(device, "_CLAIMS", [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("FORESTSEG_GPU_LOCKS", str(tmp_path / "locks"))
+    assert device.pick_device("auto") == torch.device("cuda", 0)
+    (tmp_path / "locks").write_text("a file where the lock folder goes")
+    assert device.pick_device("auto") == torch.device("cuda", 0)
+    assert device._CLAIMS == [] and capsys.readouterr().out == ""

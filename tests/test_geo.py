@@ -911,6 +911,7 @@ def no_crs(path: Path) -> Path:
         ("cut short", [], "x.tif: cannot be read as a GeoTIFF ("),  # its edges' blocks, read by the checks
         ("band 4 of 3", ["--bands", "1,2,4"], "--bands 1,2,4: "),
         ("two bands given", ["--bands", "1,2"], "--bands 1,2: give three band numbers"),
+        ("band 0", ["--bands", "0,1,2"], "--bands 0,1,2: give three band numbers"),  # GDAL counts from 1
         ("alpha as colour", ["--bands", "2,3,4"], "is its alpha (transparency) band"),
         ("16 bit", [], "uint16; the model learned 8-bit colour"),
         ("geographic target", ["--reproject", "EPSG:4326"], "is not a projected CRS"),
