@@ -617,3 +617,34 @@ def test_zoomed_views_reach_the_far_side_of_the_tile() -> None:
     out, _ = zoom(x, torch.zeros(b, w, w, dtype=torch.uint8), 1.0, torch.Generator().manual_seed(0))
     left = out[:, 0, 0, 0]
     assert left.max() > 7.0 and left.min() == 0.0
+
+
+@pytest.mark.parametrize("sigma, reach", [(0.5, 2), (1.0, 3), (1.5, 5)])
+def test_the_blur_kernel_reaches_three_sigma_rounded(sigma: float, reach: int) -> None:
+    """Cut at 3 sigma rounded, not truncated (0.5 px: 2 px, not 1; 1.5 px: 5, not 4)."""
+    x = torch.zeros(1, 1, 1, 21)
+    x[..., 10] = 1.0
+    profile = gaussian_blur(x.expand(1, 1, 21, 21).contiguous(), sigma)[0, 0, 10]
+    assert profile[10 + reach] > 0 and profile[10 - reach] > 0
+    assert profile[10 + reach + 1] == 0 and profile[10 - reach - 1] == 0
+
+
+def test_a_zoomed_mask_sampled_half_way_is_not_forest() -> None:
+    """The cut is 'above 0.5': a mask and its complement, zoomed alike, never both call a pixel forest."""
+    masks = (torch.arange(256) % 2).to(torch.uint8).expand(1, 2, 256).contiguous()  # forest every other column
+    _, forest = zoom(masks[:, None].float(), masks, 0.3, torch.Generator().manual_seed(248))
+    _, other = zoom(masks[:, None].float(), 1 - masks, 0.3, torch.Generator().manual_seed(248))
+    assert (forest & other).sum() == 0
+    assert (forest | other).sum() < forest.numel()  # this draw samples some pixels at exactly 0.5
+
+
+def test_scene_batches_keep_each_scenes_tiles_in_the_epochs_shuffled_order() -> None:
+    """Grouped by a stable sort of the shuffled tiles: each scene's batches are its tiles in the shuffle's
+    order, cut every batch_size (an unstable sort reordered them on sets of thousands of tiles)."""
+    from forestseg.loader import scene_batches
+
+    scenes = torch.randint(0, 3, (5000,), generator=torch.Generator().manual_seed(1))
+    got = scene_batches(scenes, 16, torch.Generator().manual_seed(0))
+    shuffled = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(0))  # the first draw
+    expected = [tuple(c.tolist()) for s in range(3) for c in shuffled[scenes[shuffled] == s].split(16)]
+    assert sorted(tuple(b.tolist()) for b in got) == sorted(expected)

@@ -244,3 +244,11 @@ def test_the_registrys_bce_trimmed_keeps_the_easiest_80_percent() -> None:
     logits = torch.arange(8, 0, -1, dtype=torch.float32).view(8, 1, 1).expand(8, 4, 4) - 4.0  # tile 7 the hardest
     expected = bce(logits[:7], t[:7])
     assert LOSSES["bce_trimmed"].fn(logits, t).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_bce_bootstrap_reads_a_logit_of_0_as_no_forest() -> None:
+    """The model's own call is forest above logit 0, as predict cuts it: at 0 it pulls with bce's full
+    force towards a mask of no forest (gradient 0.5 per pixel, over 4 pixels)."""
+    logits = torch.zeros(1, 2, 2, requires_grad=True)
+    bce_bootstrap(logits, torch.zeros(1, 2, 2, dtype=torch.uint8)).backward()
+    assert torch.allclose(logits.grad, torch.full((1, 2, 2), 0.125))

@@ -119,3 +119,16 @@ def test_lr_factor_warms_up_from_a_tenth_then_follows_the_schedule(schedule, war
 
     cfg = OptimizerConfig(schedule=schedule, warmup_epochs=warmup, gamma=0.5, step_epochs=2)
     assert [lr_factor(e, cfg, 6) for e in range(6)] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_frozen_parameters_are_left_out(name: str) -> None:
+    """A model with a frozen layer steps its other parameters (the frozen ones have no gradient)."""
+    model = net(0)
+    model[0].requires_grad_(False)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = make_optimizer(name, model.parameters(), 1e-2, OptimizerConfig())
+    model(torch.rand(2, 3, 6, 6)).sum().backward()
+    opt.step()
+    moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
+    assert moved[:2] == [False, False] and any(moved[2:])

@@ -1308,6 +1308,25 @@ def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change
         read_model(tmp_path / "m.pt")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"adapt_bn": 0.0}, {"adapt_bn": 1.0}, {"pixel_size_m": 1e-3}, {"pixel_size_m": 1e4}, {"tile_size": 1}]
+    + [{"tile_size": 8192}],
+)
+def test_a_model_file_at_the_ends_of_its_ranges_is_read(tmp_path: Path, change: dict) -> None:
+    """The ranges the refusals name ("from 0 to 1", "from 0.001 to 10000 m", "from 1 to 8192") hold their ends."""
+    from forestseg.checkpoint import read_model, write_model
+    from forestseg.config import ModelConfig, asdict
+    from forestseg.model import build_model
+
+    cfg = ModelConfig(width=4, depth=1)
+    meta = {"run": "r", "loss": "bce", "threshold": 0.0, "model": asdict(cfg), "tile_size": 32}
+    meta["normalizer"] = {"mean": [0.0] * 3, "std": [1.0] * 3}
+    write_model(tmp_path / "m.pt", build_model(cfg).state_dict(), {**meta, **change})
+    state = read_model(tmp_path / "m.pt")
+    assert all(state[k] == v for k, v in change.items())
+
+
 @pytest.mark.parametrize("field", ["model", "normalizer", "tile_size", "threshold", "loss"])
 def test_a_model_file_without_a_field_is_named_so(tmp_path: Path, field: str) -> None:
     from forestseg.checkpoint import read_model, write_model
@@ -1398,7 +1417,11 @@ def test_init_from_keeps_the_advice_for_another_versions_file(checkpoint, tmp_pa
     assert "copy a finished run's model file" not in str(e.value)  # what the user already did
 
 
-@pytest.mark.parametrize("pixel, refused", [(0.504, False), (0.496, False), (0.506, True), (0.494, True)])
+# within a percent of the data's pixel: 0.5 / 0.50502 - 1 = -0.99 %, 0.5 / 0.49502 - 1 = +1.006 %
+@pytest.mark.parametrize(
+    "pixel, refused",
+    [(0.504, False), (0.496, False), (0.506, True), (0.494, True), (0.50502, False), (0.49502, True)],
+)
 def test_init_from_takes_data_within_a_percent_of_its_pixels(checkpoint, pixel: float, refused: bool) -> None:
     from forestseg.checkpoint import read_model
 
