@@ -1622,7 +1622,7 @@ def test_evaluate_refuses_what_it_would_score_wrong_on_rasters(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["jpeg noise", "classes", "forest as nodata"])
+@pytest.mark.parametrize("case", ["jpeg noise", "classes", "forest as nodata", "undeclared nan", "negative class"])
 def test_evaluate_refuses_a_truth_whose_values_it_would_misread(
     checkpoint: Path, scene, tmp_path: Path, capsys, case
 ) -> None:
@@ -1633,7 +1633,13 @@ def test_evaluate_refuses_a_truth_whose_values_it_would_misread(
         "jpeg noise": np.where(forest, 255, 0).astype(np.uint8),
         "classes": np.where(forest, 1, 2).astype(np.uint8),  # 2: water, say
         "forest as nodata": np.where(forest, 255, 0).astype(np.uint8),
+        "undeclared nan": forest.astype(np.float32),  # NaN outside its area, not declared nodata
+        "negative class": forest.astype(np.int16),
     }[case]
+    if case == "undeclared nan":
+        truth[:, -100:] = np.nan  # scored as forest, NaN being no 0
+    elif case == "negative class":
+        truth[:, -100:] = -5  # a class below 0 is a value besides 0 too
     if case == "jpeg noise":
         truth[::7, ::5] = np.where(truth[::7, ::5] == 0, 3, 252)  # what a JPEG round trip leaves near 0 and 255
     write_raster(tmp_path / "data/images/a.tif", scene[0])
@@ -1646,6 +1652,9 @@ def test_evaluate_refuses_a_truth_whose_values_it_would_misread(
         "classes": r"masks/a\.tif: holds 2 values besides 0 \(",
         "forest as nodata": r"masks/a\.tif: no forest pixel with data \(values 0 \(100\.0%\)\), but its nodata value 255 "
         r"covers \d+ pixel\(s\): if 255 is its forest, unset the nodata \(gdal_edit\.py -unsetnodata",
+        "undeclared nan": r"masks/a\.tif: holds NaN pixels \(.*nan \(25\.0%\).*\) that are not its nodata; declare them "
+        r"nodata: gdal_edit\.py -a_nodata nan",
+        "negative class": r"masks/a\.tif: holds 2 values besides 0 \(.*-5 \(25\.0%\)",
     }[case]
     assert err.count("\n") == 1 and re.search(says, err), err
     assert not (tmp_path / "e.json").exists()
@@ -1660,9 +1669,9 @@ def test_evaluate_scores_truths_of_no_forest_beside_a_nodata_when_told_to(
     write_raster(tmp_path / "data/images/a.tif", scene[0])
     write_raster(tmp_path / "data/masks/a.tif", truth, nodata=255)
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 2
-    assert "; if they hold no forest indeed (false forest on farmland, say), pass --allow-no-forest" in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "; if they hold no forest indeed (false forest on farmland, say), pass --allow-no-forest" in err
+    assert f"its nodata value 255 covers {(truth == 255).sum()} pixel(s)" in err
     out = tmp_path / "e.json"
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "--allow-no-forest", "-o", str(out)) == 0
     assert "note: " in capsys.readouterr().out
@@ -1689,7 +1698,8 @@ def test_evaluate_scores_a_grey_truth_with_an_alpha_band_leaving_transparent_pix
 
 
 @pytest.mark.parametrize(
-    "case", ["elsewhere", "three bands", "truncated", "second image geographic", "no crs", "image all nodata"]
+    "case",
+    ["elsewhere", "three bands", "alpha first", "truncated", "second image geographic", "no crs", "image all nodata"],
 )
 def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
     checkpoint: Path, scene, tmp_path: Path, capsys, monkeypatch, case
@@ -1704,6 +1714,10 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
     )
     if case == "three bands":
         write_raster(tmp_path / "data/masks/a.tif", np.dstack([truth] * 3), nodata=None)
+    elif case == "alpha first":  # its class band is band 2, and band 1 is what would be read
+        write_raster(tmp_path / "data/masks/a.tif", np.dstack([np.full_like(truth, 255), truth]), nodata=None)
+        with rasterio.open(tmp_path / "data/masks/a.tif", "r+") as ds:
+            ds.colorinterp = [ColorInterp.alpha, ColorInterp.gray]
     elif case == "truncated":
         write_raster(tmp_path / "whole.tif", truth * 255, nodata=None, tiled=True, compress="deflate")
         data = (tmp_path / "whole.tif").read_bytes()
@@ -1726,6 +1740,7 @@ def test_evaluate_refuses_truths_it_cannot_score_with_one_line(
     says = {
         "elsewhere": "masks/a.tif: no pixel of it with data lies on a pixel of a.tif with data",
         "three bands": "masks/a.tif: has 3 class band(s), band(s) 1, 2, 3; a truth is band 1",
+        "alpha first": "masks/a.tif: has 1 class band(s), band(s) 2 (and 1 alpha); a truth is band 1",
         "truncated": "masks/a.tif: failed while reading",
         "second image geographic": "images/b.tif: its CRS (EPSG:4326) is geographic",
         "image all nodata": "images/a.tif: has no pixel with data (its nodata value, alpha band or mask covers it "
@@ -2062,6 +2077,9 @@ def test_evaluate_summary_rows_by_hand() -> None:
     }
     assert (out["true_forest_ha"], out["predicted_forest_ha"], out["valid_ha"]) == (0.5, 0.5, 1.5)
     assert out["area_bias_pct"] == 0.0
+    # share errors of 0, 0 and 30 points: "off by 10 on average", their mean (the median would say 0)
+    units = {k: (np.array([10, 0, 0, 90]), 1.0) for k in "ab"} | {"c": (np.array([10, 30, 0, 60]), 1.0)}
+    assert summarize(units, "scene")["scene_share_error_pp"] == {"mean_abs": 10.0, "max_abs": 30.0}
 
 
 @pytest.mark.parametrize("pixel_size_m", [0.5, 2.0])
@@ -2677,3 +2695,68 @@ def test_evaluate_names_what_is_in_the_way_of_its_output_before_scoring(
     out, err = capsys.readouterr()
     assert err == f"error: -o {out_file}: {why}; choose another path\n"
     assert "evaluate:" not in out and not (tmp_path / "gone").exists()
+
+
+def test_evaluate_without_true_forest_on_one_raster_scores_it_beside_one_with_forest(
+    scene, tmp_path: Path, capsys
+) -> None:
+    """A raster of no forest (an open field beside its nodata) among rasters with forest is scored, with
+    a note, even where the model finds no forest anywhere: true forest is tp + fn, not tp alone."""
+    none = random_checkpoint(tmp_path / "none.pt", tile=64, threshold=1e6)  # a cut no logit passes: no forest
+    field = np.zeros(scene[1].shape, np.uint8)
+    field[:, :50] = 255  # outside the parcel
+    for name, truth, nodata in (("a", field, 255), ("b", np.ones_like(field), None)):
+        write_raster(tmp_path / f"data/images/{name}.tif", scene[0])
+        write_raster(tmp_path / f"data/masks/{name}.tif", truth, nodata=nodata)
+    out = tmp_path / "e.json"
+    assert cli("evaluate", str(none), str(tmp_path / "data"), "-o", str(out)) == 0
+    assert "masks/a.tif: no forest pixel with data" in capsys.readouterr().out
+    scored = json.loads(out.read_text())
+    assert scored["iou"] == 0.0 and scored["true_forest_ha"] == pytest.approx(field.size * 0.25 / 1e4)
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_a_declared_nodata_that_covers_no_pixel_changes_nothing(
+    checkpoint: Path, scene, tmp_path: Path, capsys, value: int
+) -> None:
+    """nodata 255 declared, no pixel of 255: a truth of no forest is scored (no --allow-no-forest asked), and
+    one of forest only gets no note of forest burnt on nodata."""
+    write_raster(tmp_path / "data/images/a.tif", scene[0])
+    write_raster(tmp_path / "data/masks/a.tif", np.full(scene[1].shape, value, np.uint8), nodata=255)
+    assert cli("evaluate", str(checkpoint), str(tmp_path / "data"), "-o", str(tmp_path / "e.json")) == 0
+    assert "note: " not in capsys.readouterr().out
+    assert json.loads((tmp_path / "e.json").read_text())["true_forest_ha"] == (0 if value == 0 else pytest.approx(3.0))
+
+
+def test_evaluate_on_a_split_notes_only_the_scored_scenes_the_model_trained_on(tmp_path: Path, capsys) -> None:
+    """The model trained on scene A; A is in the split's train rows, B in its test rows: scoring the test
+    subset scores no scene the model saw."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    images = pd.read_csv(data / "meta_data.csv")["image"]
+    scenes = sorted({name.split("_")[0] for name in images})
+    model = random_checkpoint(tmp_path / "m.pt", tile=64, train_scenes=scenes[:1])
+    split = pd.DataFrame({"image": images, "subset": ["train" if i.startswith(scenes[0]) else "test" for i in images]})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(model), str(data), "--split", str(tmp_path / "split.csv"), "-o", str(out)) == 0
+    assert "trained on" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["seen_scenes"] == 0
+
+
+def test_evaluate_on_tiles_lists_scenes_sorted_and_names_its_subset(tmp_path: Path, capsys) -> None:
+    """Per-scene rows by scene id whatever the index's order; without --split the subset scored is 'all';
+    a split none of whose rows are this set's is one line."""
+    data = make_set(tmp_path / "set", scenes=3, grid=1, tile_size=64)
+    meta = (data / "meta_data.csv").read_text().splitlines()
+    (data / "meta_data.csv").write_text("\n".join([meta[0], *reversed(meta[1:])]) + "\n")
+    model = random_checkpoint(tmp_path / "m.pt", tile=64)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(model), str(data), "-o", str(out)) == 0
+    scored = json.loads(out.read_text())
+    ids = [r["scene"] for r in scored["per_scene"]]
+    assert ids == sorted(ids) and len(ids) == 3 and scored["subset"] == "all"
+    (tmp_path / "split.csv").write_text("image,subset\nnot_in_this_set.jpg,test\n")
+    capsys.readouterr()
+    assert cli("evaluate", str(model), str(data), "--split", str(tmp_path / "split.csv")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none of its test images are valid pairs of" in err, err

@@ -140,3 +140,5 @@ def test_a_soft_target_is_forest_only_above_one_half() -> None:
     """Targets are 0/1; a soft one (a resized or smoothed mask) counts as forest above 0.5, not above 0."""
     counts = confusion(torch.tensor([1.0, 1.0, -1.0, -1.0]), torch.tensor([1.0, 0.3, 0.3, 0.7]))
     assert counts.tolist() == [1, 1, 1, 1]
+    half = confusion(torch.tensor([1.0, 1.0, -1.0, -1.0]), torch.tensor([1.0, 0.5, 0.5, 0.0]))  # 0.5: not above
+    assert half.tolist() == [1, 1, 0, 2]

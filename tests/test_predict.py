@@ -1710,3 +1710,18 @@ def test_truth_values_already_kept_keep_counting_past_the_limit() -> None:
     seen.add(np.zeros(6, np.uint8))  # more of one it has, then a value past the limit
     seen.add(np.full(3, 250, np.uint8))
     assert seen.counts[0] == 7 and 250 not in seen.counts and seen.others == 3
+
+
+def test_truth_values_text_shares_every_pixel_and_names_the_first_four() -> None:
+    """100 values one pixel each: 64 kept, 36 counted past them; each value is 1 % of all 100 pixels."""
+    from forestseg.evaluate import TruthValues
+
+    seen = TruthValues()
+    seen.add(np.arange(100, dtype=np.float32))
+    assert seen.problem(Path("t.tif")).startswith(
+        "t.tif: holds 63 values besides 0 (0 (1.0%), 1 (1.0%), 2 (1.0%), 3 (1.0%) and 60+ more); "
+    )
+
+
+def test_no_images_give_no_windows_to_adapt_to() -> None:
+    assert forestseg.windows.scene_windows([], 64).shape == (0, 64, 64, 3)
