@@ -2760,3 +2760,26 @@ def test_evaluate_on_tiles_lists_scenes_sorted_and_names_its_subset(tmp_path: Pa
     assert cli("evaluate", str(model), str(data), "--split", str(tmp_path / "split.csv")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none of its test images are valid pairs of" in err, err
+
+
+@pytest.mark.parametrize("crs, digits", [(UTM, 3), ("+proj=tmerc +lon_0=15.5 +k=0.9996 +x_0=500000 +datum=WGS84", 8)])
+def test_polygon_coordinates_keep_a_millimetre(tmp_path: Path, crs: str, digits: int) -> None:
+    """Map units to 3 decimals (mm in metres); lon/lat, for a CRS of no EPSG code, to 8 (about 1 mm):
+    a coarser rounding moves polygon edges off the mask's pixel edges."""
+    from rasterio.warp import transform
+
+    from forestseg.geo import write_polygons
+
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1:3, 1:3] = 1
+    origin = (500000.123456, 5000000.654321)
+    path = write_raster(tmp_path / "mask.tif", mask, crs=crs, pixel=0.5, nodata=255, origin=origin)
+    assert write_polygons(path, tmp_path / "f.geojson", 0.0, 1.0) == 1
+    collection = json.loads((tmp_path / "f.geojson").read_text())
+    ring = collection["features"][0]["geometry"]["coordinates"][0]
+    corners = {(origin[0] + 0.5 * i, origin[1] - 0.5 * j) for i in (1, 3) for j in (1, 3)}
+    if digits == 8:
+        assert "crs" not in collection  # lon/lat, GeoJSON's default
+        xs, ys = transform(crs, "EPSG:4326", *zip(*sorted(corners)))
+        corners = set(zip(xs, ys))
+    assert {(round(x, digits), round(y, digits)) for x, y in corners} == {tuple(p) for p in ring}
