@@ -368,3 +368,43 @@ def test_global_context_adds_a_map_of_the_tiles_mean_features() -> None:
     x = torch.tensor([[[[0.0, 0.0], [0.0, 4.0]], [[1.0, 2.0], [3.0, 6.0]]]])
     assert torch.equal(g(x), x + x.mean(dim=(2, 3), keepdim=True))
     assert g(x)[0, 0].flatten().tolist() == [1.0, 1.0, 1.0, 5.0]
+
+
+def test_mixstyle_treats_the_statistics_as_constants_in_the_backward() -> None:
+    """Detached mean and std (MixStyle's): each tile's gradient is the upstream one scaled per channel by
+    mixed std / own std, whatever the pixel; through the statistics it would vary from pixel to pixel."""
+    x = (torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 3 + 1).requires_grad_()
+    w = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    (MixStyle(p=1.0).train()(x) * w).sum().backward()
+    ratio = x.grad / w  # (B, C, H, W): one value per tile and channel
+    torch.testing.assert_close(ratio, ratio[:, :, :1, :1].expand_as(ratio))
+    assert not torch.allclose(ratio, torch.ones_like(ratio))  # it did mix
+    assert MixStyle(p=1.0).alpha == 0.1  # Beta(0.1, 0.1), the paper's: mostly near one tile's own style
+
+
+def test_unet_mixes_the_style_of_its_first_two_levels() -> None:
+    """mixstyle > 0: the stem's features (level 0) and the first down level's, skips included; no deeper."""
+    model = UNet(4, 3, mixstyle=1.0).train()
+    calls: list[int] = []
+    for level, style in enumerate(model.styles):
+        style.register_forward_hook(lambda m, i, o, level=level: calls.append(level) if o is not i[0] else None)
+    torch.manual_seed(0)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert calls == [0, 1]
+
+
+def test_unet_downsamples_by_max_pooling() -> None:
+    pools = [type(m) for m in UNet(4, 2).modules() if isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d))]
+    assert pools == [torch.nn.MaxPool2d] * 2
+
+
+def test_study_unet_resizes_its_map_by_pixel_centres(monkeypatch) -> None:
+    """The output map is stretched back over the input with align_corners=False (pixel centres, as the
+    study's resize did); align_corners=True would move every output pixel."""
+    seen = []
+    real = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda *a, **k: seen.append(k) or real(*a, **k))
+    torch.manual_seed(0)
+    ARCHS["study_unet"].build(ModelConfig(arch="study_unet")).eval()(torch.zeros(1, 3, 48, 48))
+    assert [k.get("align_corners") for k in seen] == [False] and seen[0]["mode"] == "bilinear"

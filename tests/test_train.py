@@ -986,6 +986,7 @@ def test_an_earlier_best_epoch_is_scored_and_cut_with_its_own_weights(data, tmp_
     want = real(p.model, data[1], "bce", TRAIN.test_batch_size, p.norm, True, False, cut=p.cut)
     assert result.metrics["best_test_iou"] == pytest.approx(want["iou"], abs=1e-9)
     assert result.metrics["best_test_iou"] != pytest.approx(result.metrics["test_iou"], abs=1e-9)
+    assert read_model(tmp_path / "last" / "best.pt")["epoch"] == 1  # the weights' epoch, not the last
 
 
 def test_the_moving_average_takes_in_each_step_s_updated_weights(data, tmp_path: Path) -> None:
@@ -997,3 +998,47 @@ def test_the_moving_average_takes_in_each_step_s_updated_weights(data, tmp_path:
     # the first step's decay is the warm-up's, min(ema, (1 + 0) / (10 + 0)) = 0.1, not ema itself
     for name in ("stem.0.weight", "head.weight", "head.bias"):
         torch.testing.assert_close(state["ema"][name], 0.1 * init[name] + 0.9 * state["model"][name])
+
+
+def test_choose_threshold_takes_the_percentiles_of_every_output() -> None:
+    """2101 outputs: the candidates are percentiles of all of them (only past a million are they thinned,
+    for quantile's size limit); here the 1st, 2, is the one cut that separates the classes, and no
+    percentile of every other output falls in [2, 3)."""
+    values = torch.randint(0, 256, (2101,), generator=torch.Generator().manual_seed(0))
+    assert torch.quantile(values.float(), 0.01) == 2
+    val = red_tiles(values.tolist(), (values > 2).tolist())
+    assert choose_threshold(RedChannel(), val, 8, Normalizer(), False, False, 0.0) == 2
+
+
+@pytest.mark.parametrize(
+    "knobs", [{"threshold": "val", "adapt_bn": 0.5}, {"adapt_bn": 0.5}, {"ema": 0.9}], ids=["val+adapt", "adapt", "ema"]
+)
+def test_every_reported_score_is_its_model_files_as_evaluate_scores_it(data, tmp_path: Path, knobs: dict) -> None:
+    """test_* and best_test_* are model.pt's and best.pt's scores at their stored cuts, each test scene by
+    the model adapted to it as `forestseg evaluate --adapt-bn` adapts; the cuts are chosen on val likewise;
+    the per-epoch val mIoU is the evaluated (EMA) weights' without adaptation, as the per-epoch test curve."""
+    test = scene_tiles(1, 2)
+    test = Tiles(test.images, test.masks, torch.tensor([0] * 4 + [1] * 4), ("s1", "s2"))
+    val = scene_tiles(2, 2)
+    val = Tiles(val.images, val.masks, torch.tensor([0] * 4 + [1] * 4), ("v1", "v2"))
+    train = dataclasses.replace(TRAIN, epochs=2, **knobs)
+    result, _ = go((data[0], test), tmp_path / "last.pt", train=train, val=val)
+    adapt = knobs.get("adapt_bn", 0.0)
+    for name, prefix in (("model.pt", "test_"), ("best.pt", "best_test_")):
+        p = Predictor.load(tmp_path / "last" / name, torch.device("cpu"), "fp32")
+        args = (TRAIN.test_batch_size, p.norm, True, False)
+        if knobs.get("threshold") == "val":
+            assert p.cut == choose_threshold(p.model, val, *args, losses.LOSSES["bce"].threshold, adapt_bn=adapt)
+        want = evaluate(p.model, test, "bce", *args, cut=p.cut, adapt_bn=adapt)
+        assert result.metrics[f"{prefix}iou"] == pytest.approx(want["iou"], abs=1e-9), name
+        assert result.metrics[f"{prefix}miou"] == pytest.approx(want["miou"], abs=1e-9), name
+    final = Predictor.load(tmp_path / "last" / "model.pt", torch.device("cpu"), "fp32")
+    unadapted = evaluate(final.model, val, "bce", TRAIN.test_batch_size, final.norm, True, False)["miou"]
+    assert result.history[-1]["val_miou"] == pytest.approx(unadapted, abs=1e-9)
+
+
+def test_bf16_runs_choose_their_cut_on_val(data, tmp_path: Path) -> None:
+    """Evaluation's outputs leave autocast as fp32: quantile() takes no bf16."""
+    train = dataclasses.replace(TRAIN, epochs=1, precision="bf16", threshold="val")
+    result, _ = go(data, tmp_path / "last.pt", train=train, val=scene_tiles(2, 1))
+    assert math.isfinite(result.metrics["threshold"]) and result.metrics["threshold"] != 0.0
