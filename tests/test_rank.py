@@ -185,6 +185,7 @@ def test_main_writes_the_table_and_figure_and_prints_the_table(tmp_path: Path, c
             ["--json", "bad.json"],
             "error: bad.json: not the output of `dvc exp show --json` (an experiment without revs)",
         ),
+        (["--json", "list.json"], "error: list.json: not the output of `dvc exp show --json` (a list of commits)"),
         (["--json", "tests/fixtures/exp_show.json", "--metric", "best"], "error: --metric best: not a numeric"),
         (
             ["--json", "tests/fixtures/exp_show.json", "-o", "a-file.md"],
@@ -195,6 +196,7 @@ def test_main_writes_the_table_and_figure_and_prints_the_table(tmp_path: Path, c
 def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('[{"rev": "workspace", "experiments": [{"revs": []}]}]')
     (tmp_path / "a-file.md").write_text("mine\n")
+    (tmp_path / "list.json").write_text("[1]")
     args = [str(REPO / a) if (REPO / a).is_file() else a for a in args]
     out = subprocess.run(
         [sys.executable, str(REPO / "recipes/rank.py"), *(args if "-o" in args else [*args, "-o", "out"])],
@@ -307,8 +309,9 @@ def test_experiments_from_elsewhere_are_ranked_with_a_note(capsys, tmp_path: Pat
     )
 
 
-def test_a_train_only_slice_of_other_data_showing_its_baselines_headline_is_stale() -> None:
-    """`dvc exp run -S split.seed=1 train`: aggregate does not read split.seed, so its entry and the
+@pytest.mark.parametrize("section", ["split", "synth"])
+def test_a_train_only_slice_of_other_data_showing_its_baselines_headline_is_stale(section: str) -> None:
+    """`dvc exp run -S split.seed=1 train` (or synth.seed): aggregate does not read it, so its entry and the
     headline stay the baseline's; the headline unchanged beside other training data gives it away."""
     shown = copy.deepcopy(SHOWN)
     base = shown[1]["data"]
@@ -316,14 +319,14 @@ def test_a_train_only_slice_of_other_data_showing_its_baselines_headline_is_stal
     data = exp["revs"][0]["data"]
     data["metrics"]["metrics/headline.json"]["data"] = dict(base["metrics"]["metrics/headline.json"]["data"])
     assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "ok"
-    data["params"]["params.yaml"]["data"]["split"]["seed"] += 1
+    data["params"]["params.yaml"]["data"][section]["seed"] += 1
     assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "stale"
     # its own headline beside the other data: aggregate ran for it
     data["metrics"]["metrics/headline.json"]["data"]["best_iou"] = 0.5
     assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "ok"
     # split.by is aggregate's own param (its dvc.lock entry tells): the baseline's headline is no sign there
     data["metrics"]["metrics/headline.json"]["data"] = dict(base["metrics"]["metrics/headline.json"]["data"])
-    data["params"]["params.yaml"]["data"]["split"]["seed"] -= 1
+    data["params"]["params.yaml"]["data"][section]["seed"] -= 1
     data["params"]["params.yaml"]["data"]["split"]["by"] = "tile"
     assert {e.name: e.state for e in rank.experiments(shown)}["rummy-ruin"] == "ok"
 
@@ -490,3 +493,35 @@ def test_a_diverged_combination_reads_so_as_dvc_exp_show_gives_it(alone: bool) -
     assert by_combination.loc["lucky-knap", ["rank", "iou_bce-adam"]].tolist() == ["-", "diverged"]
     if not alone:  # another experiment's grid lacks mse-adam: blank there
         assert pd.isna(rows.loc["dried-sink", "iou_mse-adam"])
+
+
+def test_an_explicit_null_reads_diverged_without_a_grid_to_tell() -> None:
+    """A `dvc exp show --json` that keeps aggregate's nulls (or an experiment without grid params): the
+    null itself says diverged, for a combination and for best; a missing best beside no grid is blank."""
+    shown, exp = shown_with("lucky-knap")
+    del exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["grid"]
+    headline_of(exp)["iou_mse-sgd"] = None
+    del headline_of(exp)["best"]
+    headline_of(next(x for x in shown[1]["experiments"] if x["name"] == "dried-sink"))["iou_mse-sgd"] = 0.5
+    rows = rank.ranking(rank.experiments(shown), "best_iou").set_index("experiment")
+    assert rows.loc["lucky-knap", "iou_mse-sgd"] == "diverged" and pd.isna(rows.loc["lucky-knap", "best"])
+
+
+def test_a_headline_of_no_number_says_none_finished_with_metrics() -> None:
+    shown = copy.deepcopy(SHOWN)
+    for b in shown:
+        for x in b["experiments"] or []:
+            for rev in x["revs"]:
+                metrics = (rev.get("data") or {}).get("metrics") or {}
+                if "metrics/headline.json" in metrics:
+                    metrics["metrics/headline.json"]["data"] = {"best": "bce-adam"}
+    with pytest.raises(ForestsegError, match=r"^no finished experiment has metrics/headline.json \("):
+        rank.ranking(rank.experiments(shown), "best_iou")
+
+
+def test_best_miou_is_left_out_where_the_best_combination_has_no_miou() -> None:
+    shown, exp = shown_with("lucky-knap")
+    del headline_of(exp)["miou_bce-adam"]
+    table = rank.ranking(rank.experiments(shown), "best_iou")
+    assert table["experiment"].tolist()[:4] == ["lucky-knap", "dried-sink", "loony-grub", "rummy-ruin"]
+    assert pd.isna(table.set_index("experiment").loc["lucky-knap", "best_miou"])
