@@ -1034,3 +1034,64 @@ def test_grid_runs_are_loss_major_as_dvc_yamls_matrix_expands() -> None:
         "bce-adam-0",
         "bce-adam-1",
     ]
+
+
+def test_recipes_run_names_an_experiment_by_its_recipe_and_its_s_values(monkeypatch, capsys) -> None:
+    """-S values without -n: the recipe's name and 6 hex digits of their sha1, so other values run beside
+    it; -n names it as given."""
+    import hashlib
+
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    monkeypatch.chdir(REPO)
+    digest = hashlib.sha1(b"model.width=8").hexdigest()[:6]
+    assert run.main(["demo", "-S", "model.width=8", "--print"]) == 0
+    assert capsys.readouterr().out.startswith(f"dvc exp run -n demo-{digest} -S ")
+    assert run.main(["demo", "-n", "mine", "-S", "model.width=8", "--print"]) == 0
+    assert capsys.readouterr().out.startswith("dvc exp run -n mine -S ")
+
+
+def test_a_mapping_is_deleted_before_it_is_added_only_where_params_yaml_holds_it() -> None:
+    """DVC refuses `-S ~key` of a key params.yaml lacks; a key added once is held for the next -S of it."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    held: set[str] = set()
+    first = run.set_args({"optimizer": {"lr_overrides": {"bce-adam": 0.01}}}, held)
+    assert first == ["-S", "+optimizer.lr_overrides={bce-adam: 0.01}"]
+    again = run.set_args({"optimizer": {"lr_overrides": {"mse-adam": 0.1}}}, held)
+    assert again == ["-S", "~optimizer.lr_overrides", "-S", "+optimizer.lr_overrides={mse-adam: 0.1}"]
+
+
+def test_an_s_mapping_replaces_params_yamls_whole(monkeypatch, capsys) -> None:
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    monkeypatch.chdir(REPO)
+    assert run.main(["study", "-S", "optimizer.lr_overrides={bce-adam: 0.01}", "--print"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith("-S '~optimizer.lr_overrides' -S '+optimizer.lr_overrides={bce-adam: 0.01}'")
+
+
+def test_recipes_run_takes_a_list_value_and_refuses_an_unknown_section() -> None:
+    """A comma inside brackets is one YAML list, not DVC's sweep; a section params.yaml lacks is one line."""
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    assert run.with_sets("cpu", ["grid.seed=[0,1]"])["grid"]["seed"] == [0, 1]
+    with pytest.raises(ForestsegError, match=r"^-S foo\.\.\.: unknown params section; valid: data, synth, "):
+        run.with_sets("cpu", ["foo.bar=1"])
+
+
+def test_params_yaml_without_a_section_says_it_is_missing(base) -> None:
+    sys.path.insert(0, str(REPO))
+    from recipes import run
+
+    params = {k: v for k, v in copy.deepcopy(base).items() if k != "synth"}
+    with pytest.raises(ForestsegError, match=r"^params.yaml: synth: missing section \(see the default params.yaml\)$"):
+        run.merged("demo", base=params)
+    with pytest.raises(ForestsegError, match=r"^params.yaml: synth: must be a mapping$"):
+        run.merged("demo", base={**params, "synth": 3})
+    with pytest.raises(ForestsegError, match=r"^recipe '\.\.': not a recipe name; recipes: "):
+        run.load("..")
