@@ -1188,3 +1188,54 @@ def test_the_test_iou_figure_draws_the_baselines_forest_iou(tmp_path: Path, monk
     run_aggregate(tmp_path)
     [line] = [ln for ln in drawn["test_iou.png"].axes[0].get_lines() if ln.get_label().startswith("all-forest")]
     assert list(line.get_ydata()) == [0.6, 0.6] and line.get_label() == "all-forest baseline 0.600"
+
+
+def result_rows(*rows: tuple) -> pd.DataFrame:
+    """report.rank's rows for markdown._result_text: (combination, mIoU mean, its std, forest IoU mean)."""
+    return pd.DataFrame(
+        [
+            {"combination": c, "test_miou_mean": m, "test_miou_std": s, "test_iou_mean": i, "test_iou_std": 0.01}
+            | {"diverged": 0, "seeds": 2}
+            for c, m, s, i in rows
+        ]
+    )
+
+
+def test_the_result_sentence_at_its_boundaries() -> None:
+    """A gap equal to the spread is within it; a lead of 0 over the baseline reads 'above'; three tied
+    runners-up are listed 'a, b and c'."""
+    from forestseg.markdown import _result_text
+
+    base = {"test_iou": 0.5, "test_miou": 0.3}
+    text = _result_text(result_rows(("bce-adam", 0.75, 0.25, 0.5), ("mse-adam", 0.5, 0.25, 0.4)), base)
+    assert "+0.2500 mIoU over mse-adam (within the spread over seeds: no clear winner)" in text, text
+    assert text.endswith("so bce-adam is 0.0000 forest IoU above it."), text
+    three = result_rows(("a-adam", 0.7, 0.01, 0.6), *((f"{c}-adam", 0.6, 0.01, 0.5) for c in "bcd"))
+    assert "+0.1000 mIoU over b-adam, c-adam and d-adam;" in _result_text(three, base)
+
+
+def test_a_mean_of_one_seed_shows_no_spread() -> None:
+    from forestseg.markdown import _pm
+
+    assert (_pm(0.5, float("nan")), _pm(0.5, None), _pm(0.5, 0.01), _pm(float("nan"), 0.1)) == (
+        "0.5000",
+        "0.5000",
+        "0.5000 ± 0.0100",
+        "n/a",
+    )
+
+
+def test_a_scene_with_a_trace_of_forest_is_no_scene_without_forest() -> None:
+    """Only a forest share of exactly 0 sets a scene apart; six such scenes are named five and '...'."""
+    scenes = pd.DataFrame(
+        {"scene": ["s0", "s1"], "tiles": [2, 2], "forest_share": [0.0005, 0.3]}
+        | {"iou": [0.0, 0.8], "precision": [0.0, 0.9], "recall": [0.0, 0.9]}
+    )
+    section = "\n".join(scene_section({"combination": "a-b", "runs": ["a-b-0"], "missing": [], "scenes": scenes}, "p"))
+    assert "- 2 test scenes; forest IoU per scene: median 0.4000" in section and "worst 0.0000 (scene s0)" in section
+    bare = pd.DataFrame(
+        {"scene": [f"b{i}" for i in range(6)] + ["w"], "tiles": [2] * 7, "forest_share": [0.0] * 6 + [0.5]}
+        | {"iou": [0.0] * 6 + [0.7], "precision": [0.0] * 7, "recall": [0.0] * 7}
+    )
+    section = "\n".join(scene_section({"combination": "a-b", "runs": ["a-b-0"], "missing": [], "scenes": bare}, "p"))
+    assert "- 6 scenes hold no forest (b0, b1, b2, b3, b4, ...): forest IoU is 0" in section
