@@ -580,22 +580,26 @@ def test_the_study_loop_rate_is_images_of_its_steps_over_seconds(
     assert speed.assembly_seconds(tiles, 2, 3, Normalizer()) == pytest.approx(1 / 3)
 
 
-def test_speed_reports_the_utilisations_and_ratios_of_the_rates_it_measured(
-    monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
-) -> None:
-    """Every timing stubbed with known rates (8 tiles an epoch; the warm-up epoch's 9 s left out): training
-    32 [8-64] images/s in bf16 and 16 [4-32] in fp32 (auto), predict 48, on files 8, the study loop 4 (the
-    median of 3, 4, 8); 1e11 FLOPs a training image, 2.5e8 a predicted one; peaks the faster of two probes
-    (bf16 1e12 then 2e12, fp32 5e11 then 5e10). MFU = rate x FLOPs / peak, ratios of medians."""
+def stubbed_speed(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    probes: list[dict],
+    predicted: list[float],
+    forwards: list[float],
+    on_files: list[float],
+) -> tuple[str, dict]:
+    """bench/speed.py's main with every timing stubbed: 8 tiles an epoch (the warm-up epoch's 9 s left
+    out), training 32 [8-64] images/s in bf16 and 16 [4-32] in fp32 (auto), the study loop 4 (the median
+    of 3, 4, 8); 1e11 FLOPs a training image, 2.5e8 a predicted one; `probes` the two peak probes, the
+    predict rates as given. Returns what it printed and the model file and precision each predict timing ran."""
     from forestseg.config import SynthConfig
 
-    bf16, fp32 = torch.bfloat16, torch.float32
     monkeypatch.setattr(speed, "SAMPLE", tmp_path / "absent")
     generate = speed.generate
     monkeypatch.setattr(speed, "generate", lambda root, _: generate(root, SynthConfig(scenes=2, grid=2, tile_size=32)))
     monkeypatch.setattr(speed, "flops", lambda cfg, size, device, backward: 1e11 if backward else 2.5e8)
-    probes = iter([{bf16: (1e12, "a"), fp32: (5e11, "b")}, {bf16: (2e12, "c"), fp32: (5e10, "d")}])
-    monkeypatch.setattr(speed, "device_peaks", lambda device: next(probes))
+    probed = iter(probes)
+    monkeypatch.setattr(speed, "device_peaks", lambda device: next(probed))
     monkeypatch.setattr(speed, "use_bf16", lambda precision, device: False)  # auto: fp32
     seconds = {"bf16": [9.0, 0.25, 0.125, 1.0], "fp32": [9.0, 0.5, 0.25, 2.0]}
     monkeypatch.setattr(
@@ -608,23 +612,36 @@ def test_speed_reports_the_utilisations_and_ratios_of_the_rates_it_measured(
         speed,
         "predict_speeds",
         lambda *a, **k: (
-            asked.setdefault("memory", (a[0].parent.name, a[4])) and ([48.0, 64.0, 32.0], [24.0] * 3, [80.0] * 3, False)
+            asked.setdefault("memory", (a[0].parent.name, a[4])) and (predicted, [24.0] * 3, forwards, False)
         ),
     )
     monkeypatch.setattr(
         speed,
         "files_speeds",
-        lambda *a, **k: asked.setdefault("files", (a[0].parent.name, a[4])) and (print("(files timed)") or [8.0] * 3),
+        lambda *a, **k: asked.setdefault("files", (a[0].parent.name, a[4])) and (print("(files timed)") or on_files),
     )
     monkeypatch.setattr(speed, "study_style_steps", lambda *a, **k: [3.0, 4.0, 8.0])
     monkeypatch.setattr(speed, "assembly_seconds", lambda *a, **k: 0.0125)
     argv = ["speed.py", "--width", "4", "--depth", "1", "--batch", "4", "--steps", "2", "--repeats", "3"]
     monkeypatch.setattr(sys, "argv", [*argv, "--default-malloc", "--device", "cpu"])
     speed.main()
+    return "", asked
+
+
+def test_speed_reports_the_utilisations_and_ratios_of_the_rates_it_measured(
+    monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+) -> None:
+    """Peaks the faster of two probes (bf16 1e12 then 2e12, fp32 5e11 then 5e10); predict 48 (the median
+    of 48, 64, 40: their mean is 50.7), on files 8 (of 8, 8, 11). MFU = rate x FLOPs / peak, ratios of medians."""
+    bf16, fp32 = torch.bfloat16, torch.float32
+    probes = [{bf16: (1e12, "a"), fp32: (5e11, "b")}, {bf16: (2e12, "c"), fp32: (5e10, "d")}]
+    _, asked = stubbed_speed(monkeypatch, tmp_path, probes, [48.0, 64.0, 40.0], [80.0] * 3, [8.0, 8.0, 11.0])
     out = capsys.readouterr().out
     # auto (fp32 here) trained its model; predict timed it in precision auto, in memory and on files alike
     assert asked == {"memory": ("fp32FalseTrue", "auto"), "files": ("fp32FalseTrue", "auto")}
     for line in [
+        "model: UNet width 4 depth 1, batch 4, 0.00 M params, 8 tiles per epoch; 100.0 GFLOP per training image "
+        "(forward + backward), 0.2 GFLOP per predicted image (counted)",
         "forestseg train: 32.0 [8.0-64.0] images/s (bf16)",
         "forestseg train: 16.0 [4.0-32.0] images/s (fp32)",
         "device limit: 2000 GFLOP/s bfloat16 (the faster of two probes, before training and after predict: "
@@ -634,21 +651,39 @@ def test_speed_reports_the_utilisations_and_ratios_of_the_rates_it_measured(
         "peak (bf16)",
         "forestseg train: MFU 320.0 [80.0-640.0] % of the fp32 peak, 80.0 [20.0-160.0] % of the device's best "
         "peak (fp32)",
-        "forestseg predict: MFU 2.4 [1.6-3.2] % of the fp32 peak, 0.6 [0.4-0.8] % of the best; 3.00x the training "
+        "forestseg predict: MFU 2.4 [2.0-3.2] % of the fp32 peak, 0.6 [0.5-0.8] % of the best; 3.00x the training "
         "images/s at precision auto (goal >= 3x); its forward passes alone: MFU 4.0 [4.0-4.0] %",
         "forestseg predict on files (the command on a folder of 32 JPEG tiles, PNG masks written): "
-        "8.0 [8.0-8.0] images/s, 0.50x the training images/s",
+        "8.0 [8.0-11.0] images/s, 0.50x the training images/s",
         "speed-up:    8.00x (bf16, forestseg's fastest setting, over the study-style loop)",
         "speed-up:    4.00x (fp32, forestseg's, at the study loop's precision)",
         "batch assembly (gather, cast, normalise): 10.0% of a training step of bf16",
     ]:
         assert line in out.splitlines(), f"{line}\n{out}"
+    pack = next(s for s in out.splitlines() if s.startswith("pack: "))
+    rate, extrapolated = map(
+        float, re.match(r"pack: [\d.]+ s for 8 pairs \((\d+) pairs/s\) -> ([\d.]+) s", pack).groups()
+    )
+    assert rate * extrapolated == pytest.approx(5108, rel=0.02), pack  # pairs/s x the seconds of 5108 pairs
     assert "warning: an MFU above 100 %" in out  # the training's, though predict's are below
     # the files' thousands of JPEGs after every MFU line and the warning that voids them: a GPU call's
     # time limit cut them off before
     lines = out.splitlines()
     mfu = [i for i, s in enumerate(lines) if re.match(r"forestseg (train|predict): MFU|warning: an MFU above", s)]
     assert len(mfu) == 4 and max(mfu) < lines.index("(files timed)")
+
+
+def test_speed_warns_of_a_forward_mfu_above_100_and_times_bf16_at_a_third_of_fp32(
+    monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+) -> None:
+    """Peaks of 3e13 (bf16) and 1e14 put training at 3-21 % and predict at 0.01 %, but its forward passes alone at 125 %:
+    a peak read low, warned of. bf16 at 0.3 of fp32's peak is slow, not emulated (under a quarter): timed."""
+    bf16, fp32 = torch.bfloat16, torch.float32
+    probes = [{bf16: (3e13, "a"), fp32: (1e14, "b")}, {bf16: (3e13, "c"), fp32: (1e14, "d")}]
+    stubbed_speed(monkeypatch, tmp_path, probes, [48.0] * 3, [5e5] * 3, [8.0] * 3)
+    out = capsys.readouterr().out
+    assert "warning: an MFU above 100 %" in out and "bf16 is emulated" not in out
+    assert "forestseg train: 32.0 [8.0-64.0] images/s (bf16)" in out.splitlines()
 
 
 def test_device_peaks_reads_each_dtypes_own_peak_from_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1354,4 +1389,17 @@ def test_speed_says_how_busy_other_processes_kept_the_cores(others, warned, monk
         ["warning: other processes kept the bench's cores busy (above): rerun on a quiet machine before quoting"]
         if warned
         else []
+    )
+
+
+@pytest.mark.parametrize("below, emulated", [(2e8, False), (3e8, True)])
+def test_the_emulation_probe_counts_a_512_matmuls_multiply_adds(
+    monkeypatch: pytest.MonkeyPatch, below: float, emulated: bool
+) -> None:
+    """Every timed call 1 s: the probe runs at 2 x 512^3 = 2.7e8 FLOP/s, fast above a bound of 2e8 (every
+    product timed: the 8-channel 1x1 convolution's FLOPs the best), emulated under one of 3e8."""
+    monkeypatch.setattr(speed, "time", ticking())
+    best = speed.dense_peak(torch.device("cpu"), torch.float32, sizes=(64,), emulated_below=below)
+    assert best == (
+        (2 * 512**3, "512x512 matmul") if emulated else (2 * 16 * 64 * 64 * 8 * 8, "8-channel 1x1 convolution")
     )
