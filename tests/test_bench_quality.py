@@ -100,7 +100,7 @@ def test_scene_folds_hold_every_cv_scene_once_and_no_set_aside_scene(monkeypatch
     assert quality.folds(sample, k) == folds  # seeded: every recipe is scored on the same folds
 
 
-@pytest.mark.parametrize("fraction, n_val", [(0.0, 0), (0.1, 1), (0.25, 2), (0.5, 5)])
+@pytest.mark.parametrize("fraction, n_val", [(0.0, 0), (0.1, 1), (0.15, 2), (0.25, 2), (0.5, 5)])
 def test_validation_scenes_are_drawn_from_the_training_scenes_only(fraction: float, n_val: int) -> None:
     train = [f"s{i}" for i in range(10)]
     split_cfg = quality.SplitConfig(val_fraction=fraction, seed=3)
@@ -118,6 +118,9 @@ def test_the_learning_curve_trains_as_many_tiles_at_every_size_validation_scenes
     params = {"split": {**split, "val_fraction": 0.25}, "train": {"epochs": 6}}
     assert quality.curve_epochs(params, sample, train, pool) == 16
     assert quality.curve_epochs({**params, "split": {**split, "val_fraction": 0.0}}, sample, train, pool) == 15
+    # 5 epochs of 100 tiles are 16.7 of a 3-scene set's 30: rounded, 17
+    three = {**params, "split": {**split, "val_fraction": 0.0}, "train": {"epochs": 5}}
+    assert quality.curve_epochs(three, sample, ["s00", "s01", "s02"], pool) == 17
 
 
 def test_nothing_saved_nothing_resumed(results_dir: Path) -> None:
@@ -539,11 +542,13 @@ def test_a_rerun_with_only_the_folds_left_keeps_the_saved_ones(results_dir: Path
     assert trained == [folds[1]] and [p["fold"] for p in saved["parts"]] == [0, 1, 2] and "unfinished" not in saved
 
 
+@pytest.mark.parametrize("adapt_bn", [0.0, 0.25])
 def test_train_and_score_reports_each_scenes_iou_and_the_all_forest_baseline_of_its_test_tiles(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapt_bn: float
 ) -> None:
     """Training stubbed (a fixed model): the fold's scores are of the counts summed over the test scenes,
-    each scene's IoU of its own counts, and the baseline calls every test pixel forest."""
+    each scene's IoU of its own counts, and the baseline calls every test pixel forest. A model adapting
+    batch-norm: its paired 'without' scores are the same model's unadapted ones."""
     rng = np.random.default_rng(2)
     layout = DataLayout(tmp_path)
     layout.packed.mkdir()
@@ -560,17 +565,22 @@ def test_train_and_score_reports_each_scenes_iou_and_the_all_forest_baseline_of_
     counts = {s: sum(_counts(logits[i] > 0, masks[i] > 0) for i in np.flatnonzero(scene == s)) for s in "bc"}
     history = [{"epoch": 1, "train_loss": 0.5, "test_iou": 0.1, "seconds": 1.0}]
     monkeypatch.setattr(quality, "train_run", lambda *a, **k: SimpleNamespace(history=history))
-    monkeypatch.setattr(quality.Predictor, "load", lambda *a, **k: model)
+    monkeypatch.setattr(quality.Predictor, "load", lambda *a, **k: dataclasses.replace(model, adapt_bn=adapt_bn))
     clocks = []
     monkeypatch.setattr(quality, "cpu_clock", lambda: clocks.append(len(clocks)) or clocks[-1])
     monkeypatch.setattr(quality, "others_busy", lambda since, now: 0.123 if (since, now) == (0, 1) else None)
     params = quality.recipe_params("cpu", [])
     got = quality.train_and_score(params, ["a"], ["b", "c"], sample, torch.device("cpu"), tta=False)
+    if adapt_bn:
+        assert got["without_adapt_bn"] == quality.scores(counts["b"] + counts["c"]) != got["scores"]
+        return
+    assert "without_adapt_bn" not in got
     assert got["others_busy"] == 0.12  # over the training: the clocks before it and after it
     assert got["scenes"] == {s: quality.scores(c)["iou"] for s, c in counts.items()}
     assert got["scores"] == quality.scores(counts["b"] + counts["c"])
     forest = (16 + 20 + 2 + 30) * 32
     assert got["baseline"]["iou"] == pytest.approx(forest / (4 * 32 * 32))
+    assert got["baseline"]["precision"] == pytest.approx(forest / (4 * 32 * 32)) and got["baseline"]["recall"] == 1.0
     assert (got["train_scenes"], got["train_tiles"], got["test_tiles"]) == (1, 2, 4)
 
 
@@ -604,12 +614,13 @@ def scored(fold: int, iou: float, miou: float, dice: float, precision: float, re
 
 
 def test_the_table_row_puts_each_number_in_its_column() -> None:
-    """Every column a different value, so a swapped or wrongly averaged column shows; the paired change
+    """Every column a different value, so a swapped or wrongly averaged column shows (the minutes 1.5, 0.5
+    and 0.4: their mean 0.8, not the median 0.5); the paired change
     against a reference: the mean of the per-fold deltas (+0.1, 0, +0.5) and their std."""
     parts = [
         {**scored(0, 0.6, 0.5, 0.9, 0.85, 0.3), "scenes": {"s0": 0.2}, "seconds": 90.0, "baseline": {"iou": 0.3}},
         {**scored(1, 0.8, 0.5, 0.7, 0.95, 0.5), "scenes": {"s1": 0.6}, "seconds": 30.0, "baseline": {"iou": 0.4}},
-        {**scored(2, 0.7, 0.5, 0.8, 0.9, 0.4), "scenes": {"s2": 0.3}, "seconds": 60.0, "baseline": {"iou": 0.35}},
+        {**scored(2, 0.7, 0.5, 0.8, 0.9, 0.4), "scenes": {"s2": 0.3}, "seconds": 24.0, "baseline": {"iou": 0.35}},
     ]
     r = {**result("t"), "parts": parts, "summary": quality.summarize(parts)}
     ref_parts = [{**p, "scores": {**p["scores"], "iou": p["scores"]["iou"] - d}} for p, d in zip(parts, (0.1, 0, 0.5))]
@@ -617,7 +628,7 @@ def test_the_table_row_puts_each_number_in_its_column() -> None:
     row = quality.table([r], ref).splitlines()[2]
     assert row == (
         "| t | cv | 3 | 0.700 ± 0.082 | 0.500 ± 0.000 | 0.800 ± 0.082 | 0.900 ± 0.041 | 0.400 ± 0.082 "
-        "| 0.300 / 0.220 | 0.350 ± 0.041 | 1.0 | +0.200 ± 0.216 | +0.000 ± 0.000 |"
+        "| 0.300 / 0.220 | 0.350 ± 0.041 | 0.8 | +0.200 ± 0.216 | +0.000 ± 0.000 |"
     )
 
 
@@ -634,6 +645,10 @@ def test_save_reports_tta_gain_as_with_minus_without(results_dir: Path) -> None:
     parts = [{**part(0), "without_tta": {**part(0)["scores"], "iou": 0.6}}]
     quality.save({**result("t"), "parts": parts, "summary": quality.summarize(parts)}, quiet=True)
     assert "iou +0.1000 ± 0.0000, miou +0.0000" in (results_dir / "t.md").read_text()
+    # over folds: gains 0, 0.01 and 0.05 are their mean and population std, +0.0200 ± 0.0216
+    parts = [{**part(f), "without_tta": {**part(f)["scores"], "iou": 0.7 - g}} for f, g in enumerate((0, 0.01, 0.05))]
+    quality.save({**result("t3"), "parts": parts, "summary": quality.summarize(parts)}, quiet=True)
+    assert "iou +0.0200 ± 0.0216, miou +0.0000" in (results_dir / "t3.md").read_text()
 
 
 def test_merge_summarises_every_fold_of_every_part_and_refuses_a_fold_twice(
@@ -670,6 +685,21 @@ def test_the_minutes_say_where_other_processes_shared_a_folds_training() -> None
     r = {**result("t"), "parts": parts, "summary": quality.summarize(parts)}
     assert r["summary"]["others_busy"] == 0.84
     assert quality.table([r]).splitlines()[2].endswith("| 1.0 (shared: 0.8 cores busy) |")
+    tenth = [{**part(0), "others_busy": 0.1}]  # a tenth of a core (saved to two decimals): shared
+    assert (
+        quality.table([{**result("t"), "parts": tenth, "summary": quality.summarize(tenth)}])
+        .splitlines()[2]
+        .endswith("| 1.0 (shared: 0.1 cores busy) |")
+    )
     quiet = [{**part(0), "others_busy": 0.09}, part(1)]  # part(1): an older result without the field
     r = {**result("t"), "parts": quiet, "summary": quality.summarize(quiet)}
     assert r["summary"]["others_busy"] == 0.09 and quality.table([r]).splitlines()[2].endswith("| 1.0 |")
+
+
+def test_the_folds_of_a_sample_are_pinned_by_their_seed(monkeypatch) -> None:
+    """Which scene tests in which fold decides every cross-validated number: a change to the draw, the
+    tie order or the fold seed would move scenes between folds under the same recipe unseen."""
+    monkeypatch.setattr(quality, "holdout_scenes", lambda _: [])
+    sample = scenes_of([6, 3, 3, 3, 3, 2, 2])
+    assert quality.folds(sample, 2) == [["s00", "s03", "s06"], ["s01", "s02", "s04", "s05"]]
+    assert [f.tolist() for f in quality.tile_folds(scenes_of([2, 2, 2]), 2)] == [[2, 3, 5], [0, 1, 4]]
