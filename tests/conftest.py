@@ -123,6 +123,16 @@ def ran(out: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out.stdout + out.stderr))
 
 
+def in_the_way(folder: Path, above: str) -> str:
+    """`folder`/up made "a file" or "a link to nothing" (above an output), and how forestseg names it."""
+    up = folder / "up"
+    if above == "a file":
+        up.write_text("x")
+        return f"{up} is a file, where a folder goes"
+    up.symlink_to(folder / "gone")
+    return f"{up} is a link to {folder / 'gone'}, which does not exist"
+
+
 def dead_temp_prefix(stem: str) -> str:
     """`io.temp_prefix(stem)` as a process of this machine that has ended would have made it."""
     from forestseg.io import temp_prefix

@@ -19,7 +19,7 @@ import rasterio
 import rasterio.shutil
 import torch
 from affine import Affine
-from conftest import make_set, random_predictor, train_small_model
+from conftest import in_the_way, make_set, random_predictor, train_small_model
 from PIL import Image
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
@@ -2684,12 +2684,7 @@ def test_evaluate_names_what_is_in_the_way_of_its_output_before_scoring(
     """-o under a file or under a link to nothing: one line naming it, before any tile is scored (a link
     to nothing read as "a file is where a folder goes", from the probe's mkdir)."""
     data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=64)
-    if above == "a file":
-        (tmp_path / "up").write_text("x")
-        why = f"{tmp_path / 'up'} is a file, where a folder goes"
-    else:
-        (tmp_path / "up").symlink_to(tmp_path / "gone")
-        why = f"{tmp_path / 'up'} is a link to {tmp_path / 'gone'}, which does not exist"
+    why = in_the_way(tmp_path, above)
     out_file = tmp_path / "up/deeper/eval.json"
     assert cli("evaluate", str(checkpoint), str(data), "-o", str(out_file)) == 2
     out, err = capsys.readouterr()

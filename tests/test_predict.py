@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import BIN, flip_a_bit_in_the_largest_tensor, make_set, random_predictor, train_small_model
+from conftest import BIN, flip_a_bit_in_the_largest_tensor, in_the_way, make_set, random_predictor, train_small_model
 from PIL import Image
 
 import forestseg.cores
@@ -314,12 +314,7 @@ def test_a_model_file_without_read_permission_is_said_as_that(checkpoint, tmp_pa
 def test_an_output_folder_under_a_dangling_link_or_a_file_says_which(checkpoint, tmp_path, capsys, above) -> None:
     """mkdir says only "File exists" (under a link to nothing) or "Not a directory": name what is in the way."""
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
-    if above == "a file":
-        (tmp_path / "up").write_text("x")
-        why = f"{tmp_path / 'up'} is a file, where a folder goes"
-    else:
-        (tmp_path / "up").symlink_to(tmp_path / "gone")
-        why = f"{tmp_path / 'up'} is a link to {tmp_path / 'gone'}, which does not exist"
+    why = in_the_way(tmp_path, above)
     assert run_cli(checkpoint, [tmp_path / "a.png"], tmp_path / "up/out") == 2
     assert capsys.readouterr().err == f"error: -o {tmp_path / 'up/out'}: cannot create the folder ({why})\n"
 
