@@ -484,7 +484,8 @@ def test_no_mode_trains_on_its_test_scenes_or_scores_the_set_aside_ones_in_cv(
 
     def train_and_score(params: dict, train: list[str], test: list[str], *args: object) -> dict:
         calls.append((list(train), list(test)))
-        return {**part(0), "scenes": {s: 0.5 for s in test}, "trade_off": {}}
+        scores = {**part(0)["scores"], "iou": len(train) / 10}  # more scenes, more IoU: which size is which shows
+        return {**part(0), "scores": scores, "scenes": {s: 0.5 for s in test}, "trade_off": {}}
 
     monkeypatch.setattr(quality, "train_and_score", train_and_score)
     # curve: 6 training scenes are more than the other folds hold, so each trains on all of them
@@ -503,6 +504,13 @@ def test_no_mode_trains_on_its_test_scenes_or_scores_the_set_aside_ones_in_cv(
         assert all(sorted(train + test) == cv_scenes for train, test in calls)
     else:
         assert all(sorted(train + test) == cv_scenes for train, test in calls[3:])
+        # the result's summary (its table row) is the largest size's, every scene of the other folds
+        saved = json.loads((results_dir / "t.json").read_text())
+        assert (
+            saved["summary"]["iou"]
+            == [len(train) / 10 for train, _ in calls[3:]]
+            != saved["curve"]["2"]["summary"]["iou"]
+        )
 
 
 def test_a_rerun_with_only_the_folds_left_keeps_the_saved_ones(results_dir: Path, monkeypatch) -> None:

@@ -1042,3 +1042,18 @@ def test_bf16_runs_choose_their_cut_on_val(data, tmp_path: Path) -> None:
     train = dataclasses.replace(TRAIN, epochs=1, precision="bf16", threshold="val")
     result, _ = go(data, tmp_path / "last.pt", train=train, val=scene_tiles(2, 1))
     assert math.isfinite(result.metrics["threshold"]) and result.metrics["threshold"] != 0.0
+
+
+def test_a_bf16_runs_evaluation_runs_in_bf16_as_predict_does() -> None:
+    """The scores of a bf16 run are of bf16 outputs, as its model file predicts (precision stored), not fp32."""
+    from forestseg.train import outputs
+
+    tiles = scene_tiles(1, 1)
+    torch.manual_seed(0)
+    model = build_model(MODEL).eval()
+    norm = Normalizer()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(to_input(tiles.images, norm, False)).float()
+    got = torch.cat([o for o, _ in outputs(model, tiles, 8, norm, False, bf16=True)])
+    fp32 = torch.cat([o for o, _ in outputs(model, tiles, 8, norm, False, bf16=False)])
+    assert torch.equal(got, want) and not torch.equal(fp32, want)
