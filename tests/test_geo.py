@@ -164,6 +164,12 @@ def test_mask_keeps_crs_transform_and_nodata_and_is_a_cog(checkpoint: Path, scen
     assert meta["crs"] == rasterio.crs.CRS.from_string(UTM)
     assert meta["transform"] == from_origin(500000, 5000000, 0.5, 0.5) and meta["shape"] == (300, 400)
     assert meta["nodata"] == 255 and meta["layout"] == "COG"
+    with rasterio.open(tmp_path / "out/ortho_mask.tif") as ds:  # 512 px blocks, deflated: no overview under 512 px
+        assert (ds.block_shapes, ds.compression, ds.overviews(1)) == (
+            [(512, 512)],
+            rasterio.enums.Compression.deflate,
+            [],
+        )
     assert set(np.unique(mask)) == {0, 1, 255}
     assert np.array_equal(mask == 255, (image == 0).all(axis=2))  # nodata exactly where the input has none
     assert not list((tmp_path / "out").glob(".*"))  # no temp files left
@@ -1251,6 +1257,7 @@ def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> No
     mask, _ = read(tmp_path / "uint8/o_mask.tif")
     with rasterio.open(tmp_path / "uint8/o_probability.tif") as ds:
         p8, valid = ds.read(1), ds.dataset_mask() > 0
+        assert ds.nodata is None  # an internal mask: a nodata 0 would hide the pixels of probability 0
     with rasterio.open(tmp_path / "float32/o_probability.tif") as ds:
         p32 = ds.read(1)
     assert np.array_equal(valid, mask != 255) and np.isnan(p32[mask == 255]).all()
@@ -2778,3 +2785,38 @@ def test_polygon_coordinates_keep_a_millimetre(tmp_path: Path, crs: str, digits:
         xs, ys = transform(crs, "EPSG:4326", *zip(*sorted(corners)))
         corners = set(zip(xs, ys))
     assert {(round(x, digits), round(y, digits)) for x, y in corners} == {tuple(p) for p in ring}
+
+
+def test_forest_pixels_touching_at_a_corner_are_separate_polygons(tmp_path: Path) -> None:
+    """4-connected, as the mask's areas are counted: a diagonal pair is two polygons, not one bow tie."""
+    from forestseg.geo import write_polygons
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2, 2] = mask[3, 3] = 1
+    mask[2:4, 5] = 1
+    path = write_raster(tmp_path / "mask.tif", mask, nodata=255)
+    assert write_polygons(path, tmp_path / "f.geojson", 0.0, 1.0) == 3
+    areas = sorted(f["properties"]["area_m2"] for f in json.loads((tmp_path / "f.geojson").read_text())["features"])
+    assert areas == [0.25, 0.25, 0.5]
+
+
+@pytest.mark.parametrize(
+    "sides, note",
+    [
+        ((2.0, 2.0), None),
+        ((1.0, 2.5), None),
+        ((2.5, 3.0), "its 2.5 m pixels are 5x the model's 0.5 m: each is predicted as 30 model pixels"),
+    ],
+)
+def test_the_coarse_note_reads_the_finer_side_and_counts_model_pixels_by_area(
+    checkpoint: Path, scene, tmp_path: Path, capsys, sides: tuple, note: str | None
+) -> None:
+    """Noted above 4x the model's pixel on the finer side (2 m, exactly 4x, is not; 1 x 2.5 m is not);
+    the model pixels per raster pixel are the areas' ratio (2.5 x 3 m: 30, not 25)."""
+    transform = Affine(sides[0], 0, 500000, 0, -sides[1], 5000000)
+    src = write_raster(tmp_path / "in/o.tif", scene[0][:40, :40], nodata=None, transform=transform)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(tmp_path / "out")) == 0
+    out = capsys.readouterr().out
+    assert (f"note: o.tif: {note}" in out) if note else ("predicted as" not in out), out
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    assert row["pixel_size_m"] == pytest.approx(math.sqrt(sides[0] * sides[1]), abs=1e-6)  # the side of its area
