@@ -948,3 +948,35 @@ def test_a_jpeg_colour_patch_over_1_percent_of_the_mask_but_a_small_share_of_its
     mask[:] = (128, 255, 0)
     mask[20:30, 20:30] = (158, 255, 0)
     assert forest_of(mask.astype(np.uint8), "colors", ((128, 255, 0),), jpeg=True).all()
+
+
+def light(*scenes: tuple[float, int, float, int]) -> dict:
+    """_check_not_inverted's sums per scene "1", "2", ...: (forest grey mean, forest px, other mean, other px)."""
+    return {str(i): np.array([f * nf, nf, o * no, no], float) for i, (f, nf, o, no) in enumerate(scenes, 1)}
+
+
+@pytest.mark.parametrize(
+    "scenes, says",
+    [
+        # 5 % forest is cover enough to count; two of four brighter: a note naming both
+        (
+            [(200, 20, 50, 380), (200, 200, 50, 200), (50, 200, 200, 200), (50, 200, 200, 200)],
+            "in 2 of 4 scenes (1, 2)",
+        ),
+        # forest 7 grey levels brighter is brighter (more than 5)
+        ([(107, 200, 100, 200), (50, 200, 200, 200), (50, 200, 200, 200)], "in 1 of 3 scenes (1),"),
+        # six of ten: a note naming five
+        ([(200, 200, 50, 200)] * 6 + [(50, 200, 200, 200)] * 4, "in 6 of 10 scenes (1, 2, 3, 4, 5 ...)"),
+        # three brighter of the three with forest (two have none): the share is of the scenes with cover, a stop
+        ([(200, 200, 50, 200)] * 3 + [(0, 0, 100, 400)] * 2, None),
+    ],
+)
+def test_the_inverted_check_counts_scenes_with_cover_and_a_margin(scenes: list, says: str | None) -> None:
+    from forestseg.dataset import _check_not_inverted
+
+    if says is None:
+        with pytest.raises(DataError, match=r"brighter than the rest in 3 of 3 scenes"):
+            _check_not_inverted(Path("."), "0/255", (), light(*scenes))
+        return
+    (note,) = _check_not_inverted(Path("."), "0/255", (), light(*scenes))
+    assert f"is brighter than the rest {says}" in note, note
