@@ -519,6 +519,7 @@ def test_bad_pictures_stop_with_one_line(case: str, message: str, photo, tmp_pat
         (["north.tif", "855.tif"], None, [1, 2]),  # not every one a number
         (["010.tif", "10.tif"], None, [1, 2]),  # one number twice
         (["10452.tif", "855.tif"], 900, [900, 901]),
+        (["１２.png", "3.png"], None, [1, 2]),  # full-width digits are no ASCII id: numbered in order
     ],
 )
 def test_scene_ids(names: list[str], first: int | None, ids: list[int]) -> None:
@@ -863,3 +864,32 @@ def test_a_signed_truth_marking_forest_with_a_negative_value_gives_forest_tiles(
     done = tile_pairs("raster", pairs(tmp_path, photo, values), out, TileOptions(), log=lambda s: None)
     assert (png(out / "masks" / "1_mask_0000.png") == 255).all() and not png(out / "masks" / "1_mask_0001.png").any()
     assert done["scenes"][0]["forest_share"] == pytest.approx(0.25)
+
+
+def test_an_oblong_pictures_edge_strips_are_a_share_of_its_area(tmp_path: Path) -> None:
+    """300 wide, 600 high, 256 px tiles: 1 x 2 tiles cut, 1 - 2 x 256^2 / (300 x 600) of it in edge strips."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((600, 300, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.zeros((600, 300), np.uint8)).save(tmp_path / "masks" / "a.png")
+    done = tile_pairs(*find_pairs(tmp_path), tmp_path / "tiles", TileOptions(size=256), log=lambda s: None)
+    assert done["scenes"][0]["edge_share"] == pytest.approx(1 - 2 * 256**2 / (300 * 600))
+
+
+def test_a_colour_jpeg_masks_tiles_keep_its_class_colours(tmp_path: Path) -> None:
+    """A colour-coded JPEG mask (DeepGlobe's) cut at quality 100 without chroma subsampling: each tile keeps
+    the source's colours to a few levels; with subsampling a class's colour bled into its neighbour's."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    mask = np.zeros((64, 64, 3), np.uint8)
+    mask[:, :32] = (0, 255, 0)
+    mask[::8, ::8] = (255, 0, 255)  # single-pixel dots of another class
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.jpg", quality=100, subsampling=0)
+    out = tmp_path / "tiles"
+    tile_pairs(*find_pairs(tmp_path), out, TileOptions(size=32), log=lambda s: None)
+    source = png(tmp_path / "masks" / "a.jpg").astype(int)
+    for k in range(4):
+        r, c = divmod(k, 2)
+        cut = png(out / "masks" / f"1_mask_{k:04d}.jpg").astype(int)
+        assert np.abs(cut - source[32 * r : 32 * r + 32, 32 * c : 32 * c + 32]).max() <= 3, k
