@@ -1729,3 +1729,21 @@ def test_a_split_seed_puts_the_same_scenes_in_val_and_test_on_every_version(seed
     )
     split = split_index(index, SplitConfig(by="scene", test_fraction=0.2, val_fraction=0.2, seed=seed))
     assert sorted(scenes_of(split, "val"), key=int) == val and sorted(scenes_of(split, "test"), key=int) == test
+
+
+def test_a_row_repeated_under_a_tiles_other_name_is_a_duplicate_row_once(tiny_set, tmp_path) -> None:
+    """The first tile listed again twice as 0<name>: the first repeat is the same tile under another name,
+    the second an exact duplicate row of it, each counted under its own reason."""
+    import shutil
+
+    image, mask = next((i, m) for i, m in rows_of(tiny_set) if i.endswith("_00.jpg"))
+    again = (f"0{image}", f"0{mask}")
+    for folder, old, new in (("images", image, again[0]), ("masks", mask, again[1])):
+        shutil.copy(tiny_set / folder / old, tiny_set / folder / new)
+    edit_meta(tiny_set, lambda lines: [*lines, ",".join(again), ",".join(again)])
+    index, report = build(tiny_set, tmp_path / "out")
+    assert report["skipped_by_reason"] == {
+        "duplicate row of meta_data.csv": 1,
+        "the same tile as the image listed before under another name": 1,
+    }
+    assert_accounted(report, index)
