@@ -2820,3 +2820,41 @@ def test_the_coarse_note_reads_the_finer_side_and_counts_model_pixels_by_area(
     assert (f"note: o.tif: {note}" in out) if note else ("predicted as" not in out), out
     row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
     assert row["pixel_size_m"] == pytest.approx(math.sqrt(sides[0] * sides[1]), abs=1e-6)  # the side of its area
+
+
+def test_evaluates_printed_summary_says_what_its_json_holds(tmp_path: Path, capsys) -> None:
+    """The subset scored, the model's assumed pixel size (a file without one), the bias with its sign, the
+    per-scene share error's mean and its maximum."""
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    model = random_checkpoint(tmp_path / "m.pt", tile=64, pixel_size_m=None)
+    images = pd.read_csv(data / "meta_data.csv")["image"]
+    pd.DataFrame({"image": images, "subset": "train"}).to_csv(tmp_path / "split.csv", index=False)
+    out = tmp_path / "e.json"
+    split = ["--split", str(tmp_path / "split.csv"), "--subset", "train"]
+    assert cli("evaluate", str(model), str(data), *split, "-o", str(out)) == 0
+    printed, r = capsys.readouterr().out, json.loads(out.read_text())
+    share = r["scene_share_error_pp"]
+    assert r["area_bias_pct"] and share["mean_abs"] != share["max_abs"]  # the input tells them apart
+    for line in (
+        f"evaluate: 8 tiles of 2 scenes (train) of {data}",
+        f"forest area at the model's assumed {r['pixel_size_m']:g} m pixels: ",
+        f"area bias {r['area_bias_pct']:+.2f}%",
+        f"forest share off by {share['mean_abs']:.2f} percentage points on average (at most {share['max_abs']:.2f})",
+    ):
+        assert line in printed, (line, printed)
+
+
+def test_predict_notes_an_area_error_scored_on_scenes_the_model_trained_on(scene, tmp_path: Path, capsys) -> None:
+    data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+    first = sorted({name.split("_")[0] for name in pd.read_csv(data / "meta_data.csv")["image"]})[0]
+    model = random_checkpoint(tmp_path / "m.pt", tile=64, train_scenes=[first])
+    assert cli("evaluate", str(model), str(data), "-o", str(tmp_path / "e.json")) == 0
+    src = write_raster(tmp_path / "in/o.tif", scene[0])
+    capsys.readouterr()
+    assert (
+        cli("predict", str(model), str(src), "-o", str(tmp_path / "out"), "--area-error", str(tmp_path / "e.json")) == 0
+    )
+    assert (
+        f"note: --area-error {tmp_path / 'e.json'}: 1 of its scored scenes have the ids of scenes the model trained "
+        "on, so its area bias may not be one of unseen data"
+    ) in capsys.readouterr().out

@@ -893,3 +893,17 @@ def test_a_colour_jpeg_masks_tiles_keep_its_class_colours(tmp_path: Path) -> Non
         r, c = divmod(k, 2)
         cut = png(out / "masks" / f"1_mask_{k:04d}.jpg").astype(int)
         assert np.abs(cut - source[32 * r : 32 * r + 32, 32 * c : 32 * c + 32]).max() <= 3, k
+
+
+def test_a_raster_too_small_for_a_tile_counts_for_neither_pixel_size_nor_scenes(photo, tmp_path: Path, capsys) -> None:
+    """a.tif cuts 4 tiles at 0.5 m, b.tif (100 px at 1 m) none: one scene of one pixel size, so the advice
+    sets data.pixel_size_m and split.by=tile, with no note of pixel sizes that differ."""
+    raw = tmp_path / "raw"
+    write_raster(raw / "images" / "a.tif", photo)
+    write_raster(raw / "masks" / "a.tif", np.zeros((H, W), np.uint8), nodata=None)
+    write_raster(raw / "images" / "b.tif", photo[:100, :100], pixel=1.0)
+    write_raster(raw / "masks" / "b.tif", np.zeros((100, 100), np.uint8), nodata=None, pixel=1.0)
+    assert cli("tile", str(raw), "-o", str(tmp_path / "tiles")) == 0
+    out = capsys.readouterr().out
+    assert "pixel sizes differ" not in out and "note: one scene: a split by scene (the default) needs 2" in out
+    assert out.splitlines()[-1].endswith(" -S data.pixel_size_m=0.5 -S split.by=tile"), out
