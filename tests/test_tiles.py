@@ -814,21 +814,38 @@ def test_a_negative_first_scene_is_refused(first: int) -> None:
         TileOptions(first_scene=first)
 
 
-def test_a_jpeg_masks_tiles_keep_its_values_within_a_level(tmp_path: Path) -> None:
+def colour_mask() -> np.ndarray:
+    """DeepGlobe-like: one class's colour on the left half, single-pixel dots of another every 8 px."""
+    mask = np.zeros((64, 64, 3), np.uint8)
+    mask[:, :32] = (0, 255, 0)
+    mask[::8, ::8] = (255, 0, 255)
+    return mask
+
+
+@pytest.mark.parametrize(
+    "mask, saved, size, most",
+    [
+        (np.random.default_rng(0).integers(0, 256, (32, 48), dtype=np.uint8), {"quality": 95}, 16, 1),
+        (colour_mask(), {"quality": 100, "subsampling": 0}, 32, 3),
+    ],
+    ids=["grey", "colour"],
+)
+def test_a_jpeg_masks_tiles_keep_its_values_within_a_level(tmp_path: Path, mask, saved, size: int, most: int) -> None:
     """Cut at quality 100 without chroma subsampling: a tile's values are the source's to +-1 (the
-    rounding of one more encoding), where quality 75 moved them by tens of levels."""
+    rounding of one more encoding), where quality 75 moved them by tens of levels; a colour-coded mask
+    keeps its class colours to a few levels, where subsampling bled one class's colour into its neighbour's."""
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "images" / "a.png")
-    Image.fromarray(rng.integers(0, 256, (32, 48), dtype=np.uint8)).save(tmp_path / "masks" / "a.jpg", quality=95)
+    Image.fromarray(np.zeros((*mask.shape[:2], 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.jpg", **saved)
     out = tmp_path / "tiles"
-    tile_pairs(*find_pairs(tmp_path), out, TileOptions(size=16), log=lambda s: None)
+    tile_pairs(*find_pairs(tmp_path), out, TileOptions(size=size), log=lambda s: None)
     source = png(tmp_path / "masks" / "a.jpg").astype(int)
-    for k in range(6):
-        r, c = divmod(k, 3)
+    across = mask.shape[1] // size
+    for k in range(across * (mask.shape[0] // size)):
+        r, c = divmod(k, across)
         cut = png(out / "masks" / f"1_mask_{k:04d}.jpg").astype(int)
-        assert np.abs(cut - source[16 * r : 16 * r + 16, 16 * c : 16 * c + 16]).max() <= 1, k
+        assert np.abs(cut - source[size * r : size * r + size, size * c : size * c + size]).max() <= most, k
 
 
 def test_bands_are_written_in_the_order_given(truth, tmp_path: Path) -> None:
@@ -874,25 +891,6 @@ def test_an_oblong_pictures_edge_strips_are_a_share_of_its_area(tmp_path: Path) 
     Image.fromarray(np.zeros((600, 300), np.uint8)).save(tmp_path / "masks" / "a.png")
     done = tile_pairs(*find_pairs(tmp_path), tmp_path / "tiles", TileOptions(size=256), log=lambda s: None)
     assert done["scenes"][0]["edge_share"] == pytest.approx(1 - 2 * 256**2 / (300 * 600))
-
-
-def test_a_colour_jpeg_masks_tiles_keep_its_class_colours(tmp_path: Path) -> None:
-    """A colour-coded JPEG mask (DeepGlobe's) cut at quality 100 without chroma subsampling: each tile keeps
-    the source's colours to a few levels; with subsampling a class's colour bled into its neighbour's."""
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "images" / "a.png")
-    mask = np.zeros((64, 64, 3), np.uint8)
-    mask[:, :32] = (0, 255, 0)
-    mask[::8, ::8] = (255, 0, 255)  # single-pixel dots of another class
-    Image.fromarray(mask).save(tmp_path / "masks" / "a.jpg", quality=100, subsampling=0)
-    out = tmp_path / "tiles"
-    tile_pairs(*find_pairs(tmp_path), out, TileOptions(size=32), log=lambda s: None)
-    source = png(tmp_path / "masks" / "a.jpg").astype(int)
-    for k in range(4):
-        r, c = divmod(k, 2)
-        cut = png(out / "masks" / f"1_mask_{k:04d}.jpg").astype(int)
-        assert np.abs(cut - source[32 * r : 32 * r + 32, 32 * c : 32 * c + 32]).max() <= 3, k
 
 
 def test_a_raster_too_small_for_a_tile_counts_for_neither_pixel_size_nor_scenes(photo, tmp_path: Path, capsys) -> None:
