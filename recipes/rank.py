@@ -193,9 +193,10 @@ def _grid(e: Experiment) -> set[str]:
 
 def _diverged(e: Experiment, key: str) -> str | None:
     """The mark of a headline value that diverged: "diverged" for a combination's (iou_*, miou_*) every
-    seed of which diverged, "all diverged" for `best` and best_* where all did, else None. aggregate writes null there, which `dvc exp show` leaves out
-    of its output (it keeps numbers and strings): a key missing for a combination of the experiment's grid
-    is one, a key missing beside no combination's value the other."""
+    seed of which diverged, "all diverged" for `best` and best_* where all did, else None. aggregate
+    writes null there, which `dvc exp show` leaves out of its output (it keeps numbers and strings): a
+    key missing for a combination of the experiment's grid is one, a key missing beside no
+    combination's value the other."""
     if e.state != "ok" or e.headline.get(key) is not None:
         return None
     head, _, combination = key.partition("_")

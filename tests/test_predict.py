@@ -1270,6 +1270,22 @@ def test_scene_windows_of_the_sampled_images_equal_those_of_all() -> None:
     assert forestseg.windows.sample_of(10) == list(range(10))  # fewer than n: every one
 
 
+def write_tiny_model(path: Path, change: dict | None = None, drop: str | None = None) -> Path:
+    """A valid model file of a width-4 depth-1 UNet, its fields changed by `change` or one dropped."""
+    from forestseg.checkpoint import write_model
+    from forestseg.config import ModelConfig, asdict
+    from forestseg.model import build_model
+
+    cfg = ModelConfig(width=4, depth=1)
+    meta = {"run": "r", "loss": "bce", "threshold": 0.0, "model": asdict(cfg), "tile_size": 32}
+    meta["normalizer"] = {"mean": [0.0] * 3, "std": [1.0] * 3}
+    meta |= change or {}
+    if drop:
+        del meta[drop]
+    write_model(path, build_model(cfg).state_dict(), meta)
+    return path
+
+
 @pytest.mark.parametrize(
     "change, says",
     [
@@ -1289,18 +1305,11 @@ def test_scene_windows_of_the_sampled_images_equal_those_of_all() -> None:
     ],
 )
 def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change: dict, says: str) -> None:
-    from forestseg.checkpoint import read_model, write_model
-    from forestseg.config import ModelConfig, asdict
-    from forestseg.model import build_model
+    from forestseg.checkpoint import read_model
 
-    cfg = ModelConfig(width=4, depth=1)
-    meta = {"run": "r", "loss": "bce", "threshold": 0.0, "model": asdict(cfg), "tile_size": 32}
-    meta["normalizer"] = {"mean": [0.0] * 3, "std": [1.0] * 3}
-    write_model(tmp_path / "ok.pt", build_model(cfg).state_dict(), meta)
-    read_model(tmp_path / "ok.pt")
-    write_model(tmp_path / "m.pt", build_model(cfg).state_dict(), {**meta, **change})
+    read_model(write_tiny_model(tmp_path / "ok.pt"))
     with pytest.raises(ForestsegError, match=says):
-        read_model(tmp_path / "m.pt")
+        read_model(write_tiny_model(tmp_path / "m.pt", change))
 
 
 @pytest.mark.parametrize(
@@ -1310,31 +1319,18 @@ def test_a_model_file_with_fields_out_of_range_is_refused(tmp_path: Path, change
 )
 def test_a_model_file_at_the_ends_of_its_ranges_is_read(tmp_path: Path, change: dict) -> None:
     """The ranges the refusals name ("from 0 to 1", "from 0.001 to 10000 m", "from 1 to 8192") hold their ends."""
-    from forestseg.checkpoint import read_model, write_model
-    from forestseg.config import ModelConfig, asdict
-    from forestseg.model import build_model
+    from forestseg.checkpoint import read_model
 
-    cfg = ModelConfig(width=4, depth=1)
-    meta = {"run": "r", "loss": "bce", "threshold": 0.0, "model": asdict(cfg), "tile_size": 32}
-    meta["normalizer"] = {"mean": [0.0] * 3, "std": [1.0] * 3}
-    write_model(tmp_path / "m.pt", build_model(cfg).state_dict(), {**meta, **change})
-    state = read_model(tmp_path / "m.pt")
+    state = read_model(write_tiny_model(tmp_path / "m.pt", change))
     assert all(state[k] == v for k, v in change.items())
 
 
 @pytest.mark.parametrize("field", ["model", "normalizer", "tile_size", "threshold", "loss"])
 def test_a_model_file_without_a_field_is_named_so(tmp_path: Path, field: str) -> None:
-    from forestseg.checkpoint import read_model, write_model
-    from forestseg.config import ModelConfig, asdict
-    from forestseg.model import build_model
+    from forestseg.checkpoint import read_model
 
-    cfg = ModelConfig(width=4, depth=1)
-    meta = {"run": "r", "loss": "bce", "threshold": 0.0, "model": asdict(cfg), "tile_size": 32}
-    meta["normalizer"] = {"mean": [0.0] * 3, "std": [1.0] * 3}
-    del meta[field]
-    write_model(tmp_path / "m.pt", build_model(cfg).state_dict(), meta)
     with pytest.raises(ForestsegError, match=rf"file without {field}; it was not written by forestseg's training"):
-        read_model(tmp_path / "m.pt")
+        read_model(write_tiny_model(tmp_path / "m.pt", drop=field))
 
 
 @pytest.mark.parametrize("command", [[str(BIN / "forestseg")], [sys.executable, "-m", "forestseg"]])

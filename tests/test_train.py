@@ -56,6 +56,12 @@ def scene_tiles(seed: int, scenes: int, size: int = 32) -> Tiles:
     return Tiles(images=torch.from_numpy(images), masks=torch.from_numpy(masks))
 
 
+def named_scenes(seed: int, *names: str) -> Tiles:
+    """scene_tiles of one synthetic scene per name, 4 tiles each, with their scene ids and names."""
+    tiles = scene_tiles(seed, len(names))
+    return Tiles(tiles.images, tiles.masks, torch.arange(len(names)).repeat_interleave(4), names)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny tensors gain nothing from threads, and with another CPU-bound process on a 2-core
@@ -452,8 +458,7 @@ def test_ema_weights_are_evaluated_and_saved(data, tmp_path: Path) -> None:
 
 
 def test_adapt_bn_scores_each_test_scene_as_predict_does_and_is_stored(data, tmp_path: Path) -> None:
-    test = scene_tiles(1, 2)  # 2 scenes of 4 tiles
-    test = Tiles(test.images, test.masks, torch.tensor([0] * 4 + [1] * 4), ("s1", "s2"))
+    test = named_scenes(1, "s1", "s2")
     plain, _ = go((data[0], test), tmp_path / "plain.pt")
     adapted, _ = go((data[0], test), tmp_path / "adapted.pt", train=dataclasses.replace(TRAIN, adapt_bn=0.5))
     assert strip(plain)[0] == strip(adapted)[0]  # the same training; only the written model's scoring differs
@@ -1017,10 +1022,7 @@ def test_every_reported_score_is_its_model_files_as_evaluate_scores_it(data, tmp
     """test_* and best_test_* are model.pt's and best.pt's scores at their stored cuts, each test scene by
     the model adapted to it as `forestseg evaluate --adapt-bn` adapts; the cuts are chosen on val likewise;
     the per-epoch val mIoU is the evaluated (EMA) weights' without adaptation, as the per-epoch test curve."""
-    test = scene_tiles(1, 2)
-    test = Tiles(test.images, test.masks, torch.tensor([0] * 4 + [1] * 4), ("s1", "s2"))
-    val = scene_tiles(2, 2)
-    val = Tiles(val.images, val.masks, torch.tensor([0] * 4 + [1] * 4), ("v1", "v2"))
+    test, val = named_scenes(1, "s1", "s2"), named_scenes(2, "v1", "v2")
     train = dataclasses.replace(TRAIN, epochs=2, **knobs)
     result, _ = go((data[0], test), tmp_path / "last.pt", train=train, val=val)
     adapt = knobs.get("adapt_bn", 0.0)
