@@ -21,7 +21,7 @@ import torch
 from affine import Affine
 from conftest import in_the_way, make_set, random_predictor, train_small_model
 from PIL import Image
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.transform import from_origin
 
@@ -589,7 +589,11 @@ def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(
         (0.5, 30, -30, ""),
         (1.3, 0, 0, "hole"),
         (0.3, 0, 0, "strips"),
+        (0.25, 0, 0, "every-fourth-0"),
+        (0.2, 0, 0, "every-fourth-0"),
+        (0.1, 0, 0, "every-fourth-3"),
         (0.7, 180, 0, ""),
+        (0.25, 180, 0, "every-fourth-1"),
     ],
     ids=[
         "0.7m",
@@ -599,7 +603,11 @@ def test_coarser_raster_is_resampled_and_mapped_on_its_own_grid(
         "0.5m-sheared",
         "1.3m-nodata-hole",
         "0.3m-data-in-every-third-column",
+        "0.25m-data-in-every-fourth-column",
+        "0.2m-data-in-every-fourth-column",
+        "0.1m-data-in-the-last-column-of-four",
         "0.7m-east-to-west-and-south-up",
+        "0.25m-east-to-west-and-south-up-every-fourth-column",
     ],
 )
 def test_resampled_edges_and_nodata_borders_keep_their_prediction(
@@ -611,7 +619,11 @@ def test_resampled_edges_and_nodata_borders_keep_their_prediction(
     or sheared footprint's edge the warper gave some pixels no value (142 of 30351 sheared, 3 rotated
     by 30 degrees): they were nodata, and valid_ha too small. Columns of data one pixel wide between
     nodata ones (a 0.3 m raster) have model pixels mostly of nodata: 5200 of 13333 pixels with data
-    were nodata when their neighbours' values could only spread through pixels with data."""
+    were nodata when their neighbours' values could only spread through pixels with data. Data in every
+    fourth column of a 0.25 m raster lies under no 0.5 m model pixel's centre: counted by centres, as
+    GDAL's alpha counts them for bilinear but not for average resampling, the whole raster was mapped
+    as no valid pixels (exit 0, forest 0.00 ha); a 0.2 m one lost its first data column, a 0.1 m one
+    its last."""
     monkeypatch.setattr(Predictor, "windows_logits", lambda self, tiles: (tiles[..., 0] - np.float32(128)) / 8)
     image = np.full((151, 201, 3), 60, np.uint8)
     image[..., 0] = 220  # forest at logit 11.5 everywhere
@@ -619,6 +631,8 @@ def test_resampled_edges_and_nodata_borders_keep_their_prediction(
         image[60:90, 80:120] = 0  # nodata 0 in every band
     if nodata == "strips":
         image[:, ::3] = image[:, 1::3] = 0
+    if nodata.startswith("every-fourth"):  # data in columns k, k + 4, ...
+        image[:, np.arange(image.shape[1]) % 4 != int(nodata[-1])] = 0
     transform = (
         Affine.translation(500000, 5000000)
         @ Affine.rotation(rotation)
@@ -2200,7 +2214,7 @@ def test_polygons_areas_are_in_square_metres_and_only_smaller_ones_are_dropped(
 
 @pytest.mark.parametrize("rows, refused", [(3, True), (6, False)])  # 0.3 m or 0.6 m high at 0.1 m pixels
 def test_a_strip_thinner_than_one_model_pixel_is_refused(tmp_path: Path, rows: int, refused: bool) -> None:
-    """Its thinnest side decides: 10 m long but 0.3 m high holds no 0.5 m model pixel centre."""
+    """Its thinnest side decides: 10 m long but 0.3 m high holds no whole 0.5 m model pixel."""
     src = write_raster(tmp_path / "strip.tif", np.full((rows, 100, 3), 90, np.uint8), pixel=0.1, nodata=None)
     if refused:
         with pytest.raises(
@@ -2405,9 +2419,42 @@ def test_a_mask_is_warped_back_by_block_means_where_its_pixels_are_coarser(
         assert len(np.unique(np.round(probability, 3))) > 2, np.unique(probability)
 
 
-def test_a_data_pixel_no_model_pixel_reaches_is_nodata(tmp_path: Path, monkeypatch) -> None:
-    """A lone 0.1 m pixel with data, 7 m from any other and under no model pixel's centre, has no
-    prediction: it is nodata in the mask and not in valid_ha (it was mapped as valid, from nothing)."""
+@pytest.mark.parametrize(
+    "pixel, flip, resampling",
+    [(0.2, 1, "average"), (0.2, -1, "average"), (0.6, 1, "average"), (0.7, 1, "bilinear"), (1.3, -1, "bilinear")],
+)
+@pytest.mark.parametrize("holes", [True, False])
+@pytest.mark.parametrize("rows", [geo._AlignedMask.ROWS, 7])
+def test_the_model_grid_has_data_where_gdal_s_warped_alpha_says(
+    tmp_path: Path, monkeypatch, pixel: float, flip: int, resampling: str, rows: int, holes: bool
+) -> None:
+    """Where a raster aligned with the model's grid has data on that grid is read from its own mask, not
+    warped: the same pixels as the warper's alpha band, which counts any pixel with data under a model
+    pixel for average resampling and the one under its centre for bilinear. Also when the raster's rows
+    are read a few at a time, where it runs east to west and south up, and where only its edges bound
+    its data (no nodata declared)."""
+    monkeypatch.setattr(geo._AlignedMask, "ROWS", rows)
+    image = np.full((151, 201, 3), 90, np.uint8)
+    image[np.random.default_rng(0).random((151, 201)) < 0.3] = 0  # nodata 0 at random pixels
+    transform = Affine.translation(500000, 5000000) @ Affine.scale(flip * pixel, -flip * pixel)
+    src_path = write_raster(tmp_path / "r.tif", image, nodata=0 if holes else None, transform=transform)
+    pixels = Resampling[resampling]
+    with rasterio.open(src_path) as src, geo._warp(src, grid := geo._regrid(src, src.crs, 0.5), pixels, True) as view:
+        window = rasterio.windows.Window(0, 0, grid.width, grid.height)
+        ours = geo._AlignedMask(src, grid, spans=pixels == Resampling.average).dataset_mask(window)
+        assert np.array_equal(ours > 0, geo.has_data(view, window)), (ours > 0).mean()
+        assert 0.6 < (ours > 0).mean() < 1 if holes else (ours > 0).mean() > 0.97  # no mask of nothing or all
+        part = rasterio.windows.Window(5, 9, 40, 30)  # a window of the grid: the same pixels
+        assert np.array_equal(
+            geo._AlignedMask(src, grid, spans=pixels == Resampling.average).dataset_mask(part), ours[9:39, 5:45]
+        )
+
+
+def test_a_lone_data_pixel_is_mapped_from_the_model_pixel_it_lies_in(tmp_path: Path, monkeypatch) -> None:
+    """A lone 0.1 m pixel with data, 7 m from any other and under no model pixel's centre, is predicted
+    from the 0.5 m model pixel it lies in (GDAL averages the pixels with data under it): forest in the
+    mask. Once it was mapped as valid from nothing; then, counted by model pixels'
+    centres, it was nodata."""
     monkeypatch.setattr(Predictor, "windows_logits", lambda self, t: np.full(t.shape[:3], 3.0, np.float32))
     image = np.zeros((200, 200, 3), np.uint8)
     image[:, :100] = 150
@@ -2416,8 +2463,8 @@ def test_a_data_pixel_no_model_pixel_reaches_is_nodata(tmp_path: Path, monkeypat
     ck = random_checkpoint(tmp_path / "m.pt", tile=64, depth=1)
     assert cli("predict", str(ck), str(src), "-o", str(tmp_path / "out")) == 0
     mask, _ = read(tmp_path / "out/r_mask.tif")
-    assert mask[100, 180] == 255 and (mask[:, :100] == 1).all()
-    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]
+    assert mask[100, 180] == 1 and (mask[:, :100] == 1).all() and (mask[:, 100:] == 255).sum() == 200 * 100 - 1
+    row = pd.read_csv(tmp_path / "out/forest_area.csv").iloc[0]  # valid_ha to 4 decimals: 1 m2 a unit
     assert row["valid_ha"] == pytest.approx(200 * 100 * 0.01 / 1e4, abs=1e-6)
 
 
