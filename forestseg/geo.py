@@ -57,6 +57,7 @@ AREA_SCALE = 0.01  # a CRS whose map areas differ from the ground's by more than
 WGS84_A, WGS84_E2 = 6378137.0, (2 - 1 / 298.257223563) / 298.257223563  # semi-major axis, eccentricity squared
 LOGIT_SCALE = 256  # resampled logits are stored as int16 (logit - cut) * 256: 1/256 steps, half the disk of float32
 LOGIT_NODATA = -32768  # where the model's grid has no data; stored logits stay within +-127 * 256
+EDGE = 1e-6  # of a raster pixel: a grid edge or centre this close to a raster pixel's edge lies on it
 # GDAL keeps written blocks in its cache (5% of RAM by default) until the file closes: bound it, or
 # a large mask would sit in memory. In bytes: rasterio hands an int to GDALSetCacheMax64, so 128 meant
 # 128 bytes, no block cached, and every read of a tiled, compressed raster decoded its blocks again
@@ -966,8 +967,11 @@ class _AlignedMask:
     CRS), as a view warped with an alpha band gives it (without warping the bands a second time, which
     took 70% longer for a 1 m raster mapped at 0.5 m: bench/geo.py --pixel 1.0): 255 where the grid's
     pixel has data (the raster's nodata, alpha or mask) under its centre, or with `spans` (GDAL's
-    average resampling, to coarser pixels) anywhere under it, else 0. With centres only, a 0.25 m raster
-    with data in every fourth column had no 0.5 m pixel with data: mapped as no valid pixels at all."""
+    average resampling, to coarser pixels) anywhere under it, else 0. Never 255 where the warper may
+    have written no data: a centre on a raster pixel's edge needs data on both sides (floor() took one
+    side, GDAL's rounding the other, and logits of black spread into a south-up raster's pixels with
+    data), and a span that only touches a pixel is not over it. With centres only, a 0.25 m raster with
+    data in every fourth column had no 0.5 m pixel with data: mapped as no valid pixels at all."""
 
     ROWS = 1024  # raster rows read at a time: a 0.1 m raster's 2048-px block is 10240 of them
 
@@ -978,13 +982,20 @@ class _AlignedMask:
 
     def _under(self, edges: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The first and last raster pixel under each grid pixel between `edges` (in raster pixels);
-        first > last where none is."""
+        first > last where none is. A centre within rounding of a raster pixel's edge has both pixels
+        beside the edge (the warper's rounding may have taken either), and none where one is outside."""
         lo, hi = np.minimum(edges[:-1], edges[1:]), np.maximum(edges[:-1], edges[1:])
         if self.spans:  # a pixel only touching a grid pixel's edge is not under it
-            first, last = np.floor(lo + 1e-6), np.ceil(hi - 1e-6) - 1
+            first, last = np.maximum(np.floor(lo + EDGE), 0), np.minimum(np.ceil(hi - EDGE) - 1, size - 1)
         else:
-            first = last = np.floor((lo + hi) / 2)
-        return np.maximum(first, 0).astype(np.int64), np.minimum(last, size - 1).astype(np.int64)
+            centre = (lo + hi) / 2
+            first, last = np.floor(centre - EDGE), np.floor(centre + EDGE)
+            first = np.where((first < 0) | (last > size - 1), last + 1, first)
+        return first.astype(np.int64), last.astype(np.int64)
+
+    def _has(self, with_data: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """Whether a grid pixel has data, from how many of the `pixels` under it have (uint16)."""
+        return with_data > 0 if self.spans else with_data == pixels.astype(np.uint16)
 
     def dataset_mask(self, window: Window) -> np.ndarray:
         r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
@@ -1008,11 +1019,14 @@ class _AlignedMask:
             r_first, r_last = int(rows[0][chunk].min()), int(rows[1][chunk].max())
             box = Window(c_first, r_first, c_last - c_first + 1, r_last - r_first + 1)
             data = self.src.dataset_mask(window=box) > 0
-            # any raster pixel with data under a grid pixel: running counts differ across it, columns then
-            # rows (uint16 wraps, but no grid pixel spans 65536 raster pixels, so a difference stays a difference)
+            # running counts of pixels with data, columns then rows (uint16 wraps, but no grid pixel spans
+            # 65536 raster pixels, so a count across one stays exact): any pixel under a grid pixel has data
+            # (spans), or every one (centres: never data where the warper may have written none)
             counts = np.pad(np.cumsum(data, axis=1, dtype=np.uint16), ((0, 0), (1, 0)))
-            across = np.pad(np.cumsum(counts[:, last] != counts[:, first], axis=0, dtype=np.uint16), ((1, 0), (0, 0)))
-            under = across[rows[1][chunk] - r_first + 1] != across[rows[0][chunk] - r_first]
+            across = self._has(counts[:, last] - counts[:, first], last - first)
+            counts = np.pad(np.cumsum(across, axis=0, dtype=np.uint16), ((1, 0), (0, 0)))
+            lo, hi = rows[0][chunk] - r_first, rows[1][chunk] - r_first + 1
+            under = self._has(counts[hi] - counts[lo], (hi - lo)[:, None])
             out[np.ix_(chunk, np.flatnonzero(inside_c))] = np.where(under, 255, 0)
         return out
 
