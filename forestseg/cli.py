@@ -837,7 +837,8 @@ def tile(args: argparse.Namespace) -> int:
     if kind == "raster":
         then = f" -S data.pixel_size_m={next(iter(px)):g}" if len(px) == 1 else ""
         masks = "masks 0/255: data.masks' default"
-    elif not (args.data / "images").is_dir():  # DeepGlobe's flat layout: its land-cover colours
+    elif not (args.data / "images").is_dir() and all(r["colour_mask"] for r in done["scenes"] if r["tiles"]):
+        # DeepGlobe's flat layout with its masks in colour: its land-cover colours (grey ones are no guess)
         then = " -S data.masks=colors -S 'data.forest=[[0, 255, 0]]'"
         masks = "masks kept as they are, read as DeepGlobe's colours with forest (0, 255, 0): README: Masks"
     else:

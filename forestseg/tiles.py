@@ -343,6 +343,7 @@ def _cut_picture(image: Path, mask: Path, scene: int, dest: Path, opts: TileOpti
         "edge_share": 1 - across * down * s * s / (w * h),
         "pixel_size_m": None,
         "forest_share": None,  # the mask's convention is the index's to read
+        "colour_mask": msk.pixels.ndim == 3,  # stored in colour (DeepGlobe's land-cover classes), not grey
         "grid": [h, w],
         "rows": rows,
     }

@@ -219,6 +219,16 @@ def test_cli_says_how_to_train_on_deepglobe_tiles_and_quotes_an_odd_path_for_dvc
     )
 
 
+def test_deepglobe_named_tiles_of_grey_masks_are_not_told_deepglobe_s_colours(photo, tmp_path: Path, capsys) -> None:
+    """DeepGlobe's file names with grey 0/255 masks: the last line adds no data.masks=colors (the index
+    would have refused the grey masks read as colours), and says the masks are kept as they are."""
+    Image.fromarray(photo).save(tmp_path / "7_sat.jpg")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "7_mask.png")
+    assert cli("tile", str(tmp_path), "-o", str(tmp_path / "tiles")) == 0
+    out = capsys.readouterr().out
+    assert "data.masks=colors" not in out and "masks kept as they are: add -S data.masks=" in out, out
+
+
 def test_one_scene_is_trained_on_with_a_split_of_its_tiles_and_a_note(photo, tmp_path: Path, capsys) -> None:
     """The printed command stopped at the split stage: split.by scene needs 2 scenes. Two get no note."""
     for scenes in (1, 2):
