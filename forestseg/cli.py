@@ -325,9 +325,11 @@ def predict(args: argparse.Namespace) -> int:
         print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {args.out}")
     _say_dropped(args.out, [old for f, _ in refused for old in _drop_outputs(args.out, f)])
     _input_notes(args, predictor, opts, rasters, pictures, unplaced, area_error)
-    # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model)
+    # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model).
+    # Sampled in the order of their paths, not as named: `predict m b.jpg a.jpg` is `predict m a.jpg b.jpg`
     adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
-    scene = predictor.adapted(scene_windows(_Opaque(pictures), predictor.tile), opts.adapt_bn) if adapt else predictor
+    ordered = sorted(pictures, key=lambda p: str(p.resolve()))
+    scene = predictor.adapted(scene_windows(_Opaque(ordered), predictor.tile), opts.adapt_bn) if adapt else predictor
     if adapt and scene is predictor:
         print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
     failed, transparent = _predict_pictures(scene, pictures, args)
