@@ -328,8 +328,10 @@ def predict(args: argparse.Namespace) -> int:
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model).
     # Sampled in the order of their paths, not as named: `predict m b.jpg a.jpg` is `predict m a.jpg b.jpg`
     adapt = pictures and opts.adapt_bn  # decoding the sample costs time: only when asked for
-    ordered = sorted(pictures, key=lambda p: str(p.resolve()))
-    scene = predictor.adapted(scene_windows(_Opaque(ordered), predictor.tile), opts.adapt_bn) if adapt else predictor
+    scene = predictor
+    if adapt:
+        ordered = sorted(pictures, key=lambda p: str(p.resolve()))
+        scene = predictor.adapted(scene_windows(_Opaque(ordered), predictor.tile), opts.adapt_bn)
     if adapt and scene is predictor:
         print(f"note: no picture holds a whole {predictor.tile}-px window to adapt batch-norm to; predicted as trained")
     failed, transparent = _predict_pictures(scene, pictures, args)

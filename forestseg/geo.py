@@ -1076,17 +1076,19 @@ def _resampled(
             r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
             top = left = 0
             margin = back.read(1, window=window, masked=True)
-            if _spreads_across(~np.ma.getmaskarray(margin), window, out, reach):
+            known = ~np.ma.getmaskarray(margin)
+            if _spreads_across(known, window, out, reach):
                 # read `reach` pixels around the block: values spread across its edges as they would
                 # with no blocks, so the map does not depend on --block
                 top, left = min(reach, r0), min(reach, c0)
                 bottom, right = min(reach, out.height - r0 - h), min(reach, out.width - c0 - w)
                 around = Window(c0 - left, r0 - top, left + w + right, top + h + bottom)
                 margin = back.read(1, window=around, masked=True)
+                known = ~np.ma.getmaskarray(margin)
             # at a rotated or sheared footprint's edge the warper may give a pixel with data no value
             # (the model pixels under it lie mostly outside): it takes its neighbours' margin. Values
             # spread through nodata pixels too, or a column of data between nodata ones is never reached
-            values, known = _grow(margin.filled(0).astype(np.float32), ~np.ma.getmaskarray(margin), reach)
+            values, known = _grow(margin.filled(0).astype(np.float32), known, reach)
             values, known = values[top : top + h, left : left + w], known[top : top + h, left : left + w]
             logits = values / LOGIT_SCALE + np.float32(predictor.cut)
             # a pixel with data that no model pixel with data reaches has no prediction: nodata
