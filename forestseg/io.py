@@ -11,10 +11,10 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -86,16 +86,26 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
 
 
-TEMP_STEM = 100  # bytes of an output's stem a temp name keeps: with the host (<= 64), the pid, mkstemp's 8
+TEMP_STEM = 100  # bytes of an output's stem a temp name keeps: with the host (<= 64), the pid, 8
 # random characters and forestseg's short suffixes it stays within a file system's 255 bytes
 
 
-def usual_mode(bits: int) -> int:
-    """`bits` (0o666 for a file, 0o777 for a folder) less the process's umask: the mode open() and
-    mkdir() give, for the temp files and folders that mkstemp and mkdtemp make owner-only."""
-    umask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
-    return bits & ~umask
+def new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> Path:
+    """A new file (or folder) of a unique name in `parent`, with the mode a plain open() (mkdir()) gives:
+    0o666 (0o777) less the umask, which the system applies. Not mkstemp, whose files are owner-only:
+    changing their mode after needs the umask, which a process reads only by setting it, and two
+    threads doing so at once can leave it at 0 (every later output world-writable)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            if folder:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, flags, 0o666))
+            return path
+        except FileExistsError:  # another writer's name: draw again
+            continue
 
 
 def temp_prefix(stem: str) -> str:
@@ -163,12 +173,9 @@ def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temps_of(path).name, suffix=f".tmp{path.suffix}")
+                temps.append(new_temp(path.parent, _temps_of(path).name, f".tmp{path.suffix}"))
             except OSError as e:
                 raise write_error(path, e, temp=_temps_of(path)) from None
-            os.close(fd)
-            temps.append(Path(tmp))
-            os.chmod(tmp, usual_mode(0o666))  # mkstemp makes files owner-only; outputs get the usual mode
         yield tuple(temps)
         replace_together(dict(zip(temps, finals)))
     except OSError as e:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .config import SynthConfig
-from .io import remove_stale_temps, temp_prefix, usual_mode, write_error
+from .io import new_temp, remove_stale_temps, temp_prefix, write_error
 
 # Parcel colours (RGB, 0-1): soil, ripe crop, pale grass, green crop (forest-like mean colour).
 _PARCELS = np.array(
@@ -109,8 +108,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
 def _generate(out_dir: Path, cfg: SynthConfig) -> int:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir.parent)  # what a killed generate left (named by host and pid, git-ignored)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temp_prefix(out_dir.name)))
-    tmp.chmod(usual_mode(0o777))  # mkdtemp's 0700 would stay on the set
+    tmp = new_temp(out_dir.parent, temp_prefix(out_dir.name), folder=True)  # not mkdtemp's 0700: others read the set
     try:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()

@@ -6,7 +6,6 @@ import errno
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -102,10 +101,12 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) ->
     ],
 )
 def test_write_errors_name_the_file_and_what_to_do(tmp_path: Path, monkeypatch, code, says) -> None:
-    def refuse(*args, **kwargs):  # as a real refusal: naming the temp file it could not make, which is not news
-        raise OSError(code, os.strerror(code), os.path.join(kwargs["dir"], f"{kwargs['prefix']}x1y2{kwargs['suffix']}"))
+    from forestseg import io
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # the folder refuses new files
+    def refuse(parent, prefix, suffix="", folder=False):  # as a real refusal: naming the temp it could not make
+        raise OSError(code, os.strerror(code), os.path.join(parent, f"{prefix}x1y2{suffix}"))
+
+    monkeypatch.setattr(io, "new_temp", refuse)  # the folder refuses new files
     with pytest.raises(ForestsegError, match=rf"^{tmp_path}/a\.npy: {says}"):
         write_npy(tmp_path / "a.npy", np.zeros(3))
 
@@ -387,6 +388,24 @@ def test_outputs_get_the_mode_a_plain_open_would(tmp_path: Path, umask: int) -> 
     finally:
         os.umask(before)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_writes_never_set_the_umask(tmp_path: Path, monkeypatch) -> None:
+    """predict writes masks in two threads. A process reads its umask only by setting it (to 0, then back),
+    so two threads doing that at once can leave it at 0, every later output world-writable: two threads
+    calling the old mode helper 20000 times each at a switch interval of 1e-6 s left 21873 wrong modes
+    and the umask 0. Outputs get their mode from the system as open() and mkdir() do, never from it."""
+    from forestseg.config import SynthConfig
+    from forestseg.io import write_text
+    from forestseg.synthetic import generate
+
+    def no(*args):
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", no)
+    write_text(tmp_path / "a.txt", "x")
+    generate(tmp_path / "synthetic", SynthConfig(scenes=1, grid=1, tile_size=16))
+    assert (tmp_path / "a.txt").read_text() == "x"
 
 
 def test_json_refuses_nan_and_writes_nothing(tmp_path: Path) -> None:
