@@ -14,7 +14,9 @@ import re
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -286,6 +288,31 @@ def read_columns(path: str | Path, *names: str) -> dict[str, list[str]]:
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:
     write_with(path, lambda p: np.save(p, array))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A (H, W) bool mask as the bytes of an 8-bit grey PNG of 0 and 255. Encoded here, not by Pillow,
+    which tries five filters on every row: rows left unfiltered and deflated as runs (a mask is runs of
+    two values) take a third of its time at zlib level 1 for ~60 % of its bytes (0.2 against 0.65 ms a
+    256-px tile, on cores that predict's forward passes share)."""
+    height, width = mask.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # each row: its filter type (0: none), then its pixels
+    np.multiply(mask, 255, out=rows[:, 1:], casting="unsafe")
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    # 8 bits, grey (colour type 0), deflate, filter method 0, no interlace
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", deflate.compress(rows.tobytes()) + deflate.flush()),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
 
 
 def plural(n: int, noun: str) -> str:

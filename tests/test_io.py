@@ -533,3 +533,34 @@ def test_the_project_folder_itself_is_not_an_untracked_path_in_it(tmp_path: Path
     (tmp_path / "a.txt").write_text("x")
     assert untracked_in_project(tmp_path, tmp_path) is None
     assert untracked_in_project(tmp_path / "a.txt", tmp_path) == Path("a.txt")  # a file in it is
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.ones((1, 1), bool),
+        np.zeros((3, 7), bool),
+        np.ones((5, 2), bool),
+        np.random.default_rng(0).random((256, 256)) > 0.5,
+        (np.random.default_rng(1).random((40, 60)) > 0.3)[::2, 1::3],  # a view, not contiguous
+    ],
+    ids=["1x1", "empty", "full", "noise", "view"],
+)
+def test_mask_png_reads_back_as_0_and_255_grey(tmp_path: Path, mask: np.ndarray) -> None:
+    """predict's masks are encoded by forestseg: Pillow, GDAL and forestseg's own reader agree on them."""
+    import io as stdio
+
+    import rasterio
+    from PIL import Image
+
+    from forestseg.images import decode
+    from forestseg.io import mask_png
+
+    data = mask_png(mask)
+    with Image.open(stdio.BytesIO(data)) as im:
+        assert (im.mode, im.size) == ("L", mask.shape[::-1])
+        assert np.array_equal(np.asarray(im), mask * np.uint8(255))
+    (tmp_path / "m.png").write_bytes(data)
+    with rasterio.open(tmp_path / "m.png") as src:  # GDAL checks every chunk's CRC
+        assert np.array_equal(src.read(1), mask * np.uint8(255))
+    assert np.array_equal(decode(data).pixels, mask * np.uint8(255))
