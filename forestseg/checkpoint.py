@@ -57,14 +57,16 @@ def model_meta(
     adapt_bn: float,
     model: dict,
     normalizer: dict,
-    tile_size: int,
+    tile_shape: tuple[int, int],
     bf16: bool,
     pixel_size_m: float,
     seen: Iterable[str],
 ) -> dict:
     """A model file's fields beside its weights, what predict needs (read_model checks them):
     `threshold` the raw output above which a pixel is forest, `adapt_bn` predict's default
-    --adapt-bn, `tile_size` the square window side predict takes, the precision the run scored in
+    --adapt-bn, `tile_shape` the training tiles' (height, width): predict runs an image of that shape
+    whole, as training scored its tiles, and others in square windows of its shorter side (`tile_size`),
+    the precision the run scored in
     (the overlays draw its calls), and the scenes the model has seen (evaluate notes any it is asked
     to score as unseen)."""
     return {
@@ -74,7 +76,8 @@ def model_meta(
         "adapt_bn": adapt_bn,
         "model": model,
         "normalizer": normalizer,
-        "tile_size": int(tile_size),
+        "tile_size": int(min(tile_shape)),
+        "tile_shape": [int(tile_shape[0]), int(tile_shape[1])],
         "precision": "bf16" if bf16 else "fp32",
         "pixel_size_m": float(pixel_size_m),
         "train_scenes": sorted(set(seen)),
@@ -157,6 +160,7 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
     problem = _field_problem(state)
     if problem:
         raise fail(f"{problem}; damaged or edited", "copy it again, or retrain (`dvc repro`)")
+    state.setdefault("tile_shape", [state["tile_size"]] * 2)  # files older than it: square tiles
     return state
 
 
@@ -194,6 +198,14 @@ def _field_problem(state: dict) -> str | None:
         return f"train_scenes {state['train_scenes']!r} is not a list of scene names"
     if not (isinstance(state["tile_size"], int) and 0 < state["tile_size"] <= MAX_TILE):
         return f"tile_size {state['tile_size']!r} is not a whole number of pixels from 1 to {MAX_TILE}"
+    shape = state.get("tile_shape", [state["tile_size"]] * 2)
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 2
+        and all(isinstance(v, int) and 0 < v <= MAX_TILE for v in shape)
+        and min(shape) == state["tile_size"]
+    ):
+        return f"tile_shape {shape!r} is not a tile's height and width in pixels, the shorter tile_size"
     norm = state["normalizer"]
     stats = [norm.get(k) for k in ("mean", "std")] if isinstance(norm, dict) else [None]
     if not all(isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_number, v)) for v in stats):

@@ -46,16 +46,16 @@ Reader = Callable[[int, int, int, int], np.ndarray]
 Sink = Callable[[int, int, np.ndarray], None]
 
 
-def _window_weight(t: int) -> np.ndarray:
-    """(t, t) blending weight of a window: highest in its centre, low at its edges."""
-    ramp = np.minimum(np.arange(t) + 1, np.arange(t)[::-1] + 1).astype(np.float32)
-    return np.minimum(ramp[:, None], ramp[None, :])
+def _window_weight(t: int, w: int | None = None) -> np.ndarray:
+    """(t, t) (or (t, w)) blending weight of a window: highest in its centre, low at its edges."""
+    rows, cols = (np.minimum(np.arange(n) + 1, np.arange(n)[::-1] + 1).astype(np.float32) for n in (t, w or t))
+    return np.minimum(rows[:, None], cols[None, :])
 
 
 @functools.lru_cache(maxsize=8)
-def _weight_on(t: int, device: torch.device) -> torch.Tensor:
-    """`_window_weight` on `device`, sent once per tile size and device."""
-    return torch.from_numpy(_window_weight(t)).to(device)
+def _weight_on(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """`_window_weight` of a window's (height, width) on `device`, sent once per shape and device."""
+    return torch.from_numpy(_window_weight(*shape)).to(device)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,9 @@ class Predictor:
     tta: bool = False  # test-time augmentation: mean raw output over the 8 flips/rotations (8x the compute)
     adapt_bn: float = 0.0  # the model file's batch-norm adaptation to each scene (train.adapt_bn), the CLI's default
     train_scenes: frozenset[str] = frozenset()  # scenes the model saw in training (older model files: unknown)
+    # the training tiles' (height, width) where they are not square: an image of that shape runs whole,
+    # as training scored its tiles, not in tile x tile windows (None: square tiles)
+    oblong: tuple[int, int] | None = None
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device, precision: str = "auto", tta: bool = False) -> "Predictor":
@@ -118,6 +121,7 @@ class Predictor:
             tta,
             float(state["adapt_bn"]),
             frozenset(state["train_scenes"]),
+            tuple(state["tile_shape"]) if state["tile_shape"][0] != state["tile_shape"][1] else None,
         )
 
     def adapted(self, tiles: np.ndarray, mix: float) -> "Predictor":
@@ -142,6 +146,8 @@ class Predictor:
 
     def windows(self, height: int, width: int, overlap: int | None = None, block: int = BLOCK) -> int:
         """How many model windows `stream` runs on an image of this size (for progress bars)."""
+        if (height, width) == self.oblong:
+            return 1
         t = self.tile
         if height < t or width < t:
             return self.windows(max(height, t), max(width, t), overlap, block)
@@ -173,7 +179,7 @@ class Predictor:
                 y += unflip_turn(self._forward(flip_turn(x, k, mirror).contiguous()), k, mirror)
             y /= len(VIEWS)
         if cut:
-            weight = _weight_on(self.tile, self.device)
+            weight = _weight_on(tuple(x.shape[1:3]), self.device)
             y = (y * weight) / weight > self.cut  # float32 throughout, as numpy computes it in `stream`
         if self.device.type != "cuda":
             out = y.cpu().numpy()
@@ -195,13 +201,13 @@ class Predictor:
         return out.float()
 
     def masks(self, images: list[np.ndarray], overlap: int | None = None, batch: int = TILE_BATCH) -> list[np.ndarray]:
-        """(H, W) bool forest masks of several images. Images of exactly one tile run `batch` at a
-        time in one forward pass (the Kaggle case: a window per image); others are tiled one by one.
-        Each mask equals `mask(image)` (to the last bit of the forward pass, which on some devices
+        """(H, W) bool forest masks of several images. Images of exactly one training tile run `batch`
+        at a time in one forward pass (the Kaggle case: a window per image); others are tiled one by
+        one. Each mask equals `mask(image)` (to the last bit of the forward pass, which on some devices
         moves with the batch's size)."""
-        t = self.tile
+        shape = self.oblong or (self.tile, self.tile)
         out: list[np.ndarray | None] = [None] * len(images)
-        whole = [i for i, im in enumerate(images) if im.shape[:2] == (t, t)]
+        whole = [i for i, im in enumerate(images) if im.shape[:2] == shape]
 
         def collect(chunk: list[int], made: Callable[[], np.ndarray]) -> None:
             for i, m in zip(chunk, made()):
@@ -242,7 +248,14 @@ class Predictor:
         (group by group, column by column, row by row), so the result is the same, bit for bit,
         whatever `block` is: reading a raster by windows gives exactly the in-memory prediction.
         Memory: two float32 buffers of ((batch - 1) * stride + tile) x (block + 2 * tile) pixels.
+        An image of the training tiles' shape where they are not square (`oblong`) is one window.
         """
+        if (height, width) == self.oblong:
+            weight = _window_weight(height, width)
+            sink(0, 0, (self.windows_logits(read(0, height, 0, width)[None])[0] * weight) / weight)  # as one window
+            if progress is not None:
+                progress(1)
+            return
         t = self.tile
         overlap = t // 4 if overlap is None else overlap
         if height < t or width < t:

@@ -433,7 +433,7 @@ def train_run(
         adapt_bn=train_cfg.adapt_bn,
         model=asdict(model_cfg),
         normalizer=asdict(norm),
-        tile_size=tile,
+        tile_shape=tuple(train.images.shape[1:3]),
         bf16=bf16,
         pixel_size_m=pixel_size_m,
         # the scenes this model has seen (trained on, chose its epoch or cut on, or its init_from did)

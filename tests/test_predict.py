@@ -176,19 +176,21 @@ def test_an_image_that_no_longer_reads_loses_the_earlier_runs_outputs(checkpoint
 
 
 def test_a_model_file_older_than_its_fields_reads_as_their_absence_meant(checkpoint, tmp_path) -> None:
-    """Files written before precision, adapt_bn, train_scenes and pixel_size_m were recorded: read_model
-    fills in what their absence meant, in one place, and predict takes it from there."""
+    """Files written before precision, adapt_bn, train_scenes, pixel_size_m and tile_shape were recorded:
+    read_model fills in what their absence meant, in one place, and predict takes it from there."""
     from forestseg.checkpoint import OLDER_FILES, read_model
     from forestseg.device import use_bf16
 
     state = torch.load(checkpoint, weights_only=True)
     old = tmp_path / "old.pt"
-    torch.save({k: v for k, v in state.items() if k not in OLDER_FILES}, old)
+    torch.save({k: v for k, v in state.items() if k not in {*OLDER_FILES, "tile_shape"}}, old)
     read = read_model(old)
     assert [read[k] for k in ("precision", "adapt_bn", "train_scenes", "pixel_size_m")] == ["auto", 0.0, (), None]
+    assert read["tile_shape"] == [state["tile_size"]] * 2  # square tiles, all there were
     predictor = Predictor.load(old, torch.device("cpu"), "trained")
     assert (predictor.pixel_size_m, predictor.pixel_size_recorded, predictor.adapt_bn) == (0.5, False, 0.0)
     assert predictor.train_scenes == frozenset() and predictor.bf16 == use_bf16("auto", torch.device("cpu"))
+    assert predictor.oblong is None
 
 
 def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(checkpoint, tmp_path) -> None:
@@ -225,6 +227,8 @@ def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(c
         ("adapt_bn text", "adapt_bn 'x' is not a number from 0 to 1"),
         ("tile_size 0", "tile_size 0 is not a whole number of pixels from 1 to 8192"),
         ("tile_size 8", "tile_size 8 is below its unet_half's smallest, 31 px"),
+        ("tile_shape one side", "tile_shape [64] is not a tile's height and width in pixels, the shorter tile_size"),
+        ("tile_shape off", "tile_shape [70, 80] is not a tile's height and width in pixels, the shorter tile_size"),
         ("normalizer junk", "normalizer {'junk': 1} is not a mean and std of 3 finite numbers each"),
         ("precision unknown", "precision 'fp8' is none of auto, fp32, bf16"),
         ("pixel size 0", "pixel_size_m 0 is not a pixel side from 0.001 to 10000 m"),
@@ -244,8 +248,10 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         "adapt_bn text": lambda st: st.update(adapt_bn="x"),
         "tile_size 0": lambda st: st.update(tile_size=0),
         "tile_size 8": lambda st: (
-            st["model"].update(arch="unet_half", depth=3, batch_norm=True) or st.update(tile_size=8)
+            st["model"].update(arch="unet_half", depth=3, batch_norm=True) or st.update(tile_size=8, tile_shape=[8, 8])
         ),
+        "tile_shape one side": lambda st: st.update(tile_shape=[64]),
+        "tile_shape off": lambda st: st.update(tile_shape=[70, 80]),
         "normalizer junk": lambda st: st.update(normalizer={"junk": 1}),
         "precision unknown": lambda st: st.update(precision="fp8"),
         "pixel size 0": lambda st: st.update(pixel_size_m=0),
@@ -462,6 +468,28 @@ def test_masks_cut_on_the_device_equal_the_host_blend_at_float32_boundaries(tta:
         got = q.masks(images, batch=1)
         assert all(np.array_equal(a, q.mask(image)) for a, image in zip(got, images, strict=True)), cut
         assert all(a.base is None for a in got)  # each its own array
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_an_image_of_the_oblong_training_tiles_shape_runs_whole(tta: bool, monkeypatch) -> None:
+    """A model trained on 32 x 48 tiles predicts a 32 x 48 image in one window, as training scored its
+    tiles, in masks() and mask() alike; other shapes (48 x 32 too) in square windows of the short side."""
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(32, 48, 3)] * 3 + [(48, 32, 3), (40, 48, 3)]]
+    square = random_predictor(seed=4, tta=tta, centre_on=np.stack([image[:, :32] for image in images[:3]]))
+    p = dataclasses.replace(square, oblong=(32, 48))
+    got = p.masks(images)
+    assert all(np.array_equal(m, p.mask(image)) for m, image in zip(got, images, strict=True))
+    weight = forestseg.predict._window_weight(32, 48)
+    whole = p.windows_logits(np.stack(images[:3]))
+    assert all(np.array_equal(got[i], (whole[i] * weight) / weight > p.cut) for i in range(3))
+    assert not all(np.array_equal(got[i], square.mask(images[i])) for i in range(3))  # windows would differ
+    assert all(np.array_equal(got[i], square.mask(images[i])) for i in (3, 4))
+    assert [p.windows(*image.shape[:2]) for image in images] == [1, 1, 1, 2, 4]
+    batches, launch = [], Predictor._launch
+    monkeypatch.setattr(Predictor, "_launch", lambda self, x, cut=False: batches.append(len(x)) or launch(self, x, cut))
+    p.masks(images[:3])
+    assert batches == [3]  # one forward pass for the three, as for square tiles
 
 
 def test_masks_of_several_images_equal_one_by_one(checkpoint, scene) -> None:
