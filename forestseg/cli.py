@@ -973,10 +973,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=(*PRECISIONS, "trained"),
         default="auto",
         help="auto: bf16 where the device multiplies it faster than fp32, as training picks it (CUDA from "
-        "Ampere, CPUs with AMX or AMD's AVX512-BF16); fp32 for outputs that do not depend on the CPU",
+        "Ampere, CPUs with AMX or AMD's AVX512-BF16); fp32 for outputs that do not depend on the CPU; "
+        "trained: the precision the run scored its test tiles in (its model file's), to reproduce its scores",
     )
     p.add_argument(
         "--tta",

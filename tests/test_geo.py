@@ -1454,6 +1454,20 @@ def test_evaluate_records_what_it_left_out_in_its_json(checkpoint: Path, tmp_pat
     assert pair["mask"] == index["mask"][0] and pair["reason"].startswith("missing file masks/")
 
 
+@pytest.mark.parametrize("recorded", ["fp32", "bf16"])
+def test_evaluate_runs_in_the_runs_own_precision_when_told(checkpoint: Path, tmp_path: Path, recorded: str) -> None:
+    """--precision trained: the precision the run scored its test tiles in, from its model file, so
+    evaluate reproduces the run's scores whatever `auto` picks on this machine."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["precision"] = recorded
+    model = tmp_path / f"{recorded}.pt"
+    torch.save(state, model)
+    data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=64)
+    out = tmp_path / "eval.json"
+    assert cli("evaluate", str(model), str(data), "--precision", "trained", "-o", str(out)) == 0
+    assert json.loads(out.read_text())["dtype"] == recorded
+
+
 def test_evaluate_tries_its_output_before_scoring(checkpoint: Path, tmp_path: Path, capsys) -> None:
     """A folder that takes no file (here one under /proc, which refuses root too) is said before any
     tile is scored, and the folders made to try it are removed."""
