@@ -92,13 +92,16 @@ TEMP_STEM = 100  # bytes of an output's stem a temp name keeps: with the host (<
 # random characters and forestseg's short suffixes it stays within a file system's 255 bytes
 
 
+TEMP_TRIES = 10000  # names new_temp draws before it gives up, as mkstemp does: never a loop without end
+
+
 def new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> Path:
     """A new file (or folder) of a unique name in `parent`, with the mode a plain open() (mkdir()) gives:
     0o666 (0o777) less the umask, which the system applies. Not mkstemp, whose files are owner-only:
     changing their mode after needs the umask, which a process reads only by setting it, and two
     threads doing so at once can leave it at 0 (every later output world-writable)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    while True:
+    for _ in range(TEMP_TRIES):
         path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
         try:
             if folder:
@@ -108,6 +111,7 @@ def new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False) 
             return path
         except FileExistsError:  # another writer's name: draw again
             continue
+    raise FileExistsError(errno.EEXIST, f"no free temp name after {TEMP_TRIES} tries", str(parent / prefix))
 
 
 def temp_prefix(stem: str) -> str:

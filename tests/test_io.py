@@ -564,3 +564,17 @@ def test_mask_png_reads_back_as_0_and_255_grey(tmp_path: Path, mask: np.ndarray)
     with rasterio.open(tmp_path / "m.png") as src:  # GDAL checks every chunk's CRC
         assert np.array_equal(src.read(1), mask * np.uint8(255))
     assert np.array_equal(decode(data).pixels, mask * np.uint8(255))
+
+
+def test_new_temp_draws_again_where_a_name_is_taken_and_gives_up_in_the_end(tmp_path: Path, monkeypatch) -> None:
+    from forestseg import io
+
+    names = iter(["taken", "taken", "free"])
+    monkeypatch.setattr(io.secrets, "token_hex", lambda n: next(names))
+    (tmp_path / ".a.taken.tmp").write_text("another writer's")
+    assert io.new_temp(tmp_path, ".a.", ".tmp") == tmp_path / ".a.free.tmp"
+    assert (tmp_path / ".a.taken.tmp").read_text() == "another writer's"
+    monkeypatch.setattr(io.secrets, "token_hex", lambda n: "taken")
+    monkeypatch.setattr(io, "TEMP_TRIES", 3)
+    with pytest.raises(FileExistsError, match="no free temp name after 3 tries"):
+        io.new_temp(tmp_path, ".a.", ".tmp")
