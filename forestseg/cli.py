@@ -269,10 +269,16 @@ def _predictor(args: argparse.Namespace) -> Predictor:
     kept busy, since the command started, the cores a CPU run's threads need."""
     import torch
 
+    from .checkpoint import read_model
     from .device import pick_device
     from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
+    if args.precision == "trained" and read_model(args.checkpoint)["precision"] == "auto":  # OLDER_FILES' value
+        print(
+            f"note: --precision trained: {args.checkpoint} records no precision (a model file older than that "
+            f"record), so it runs as auto picks here: {'bf16' if predictor.bf16 else 'fp32'}"
+        )
     if predictor.device.type == "cpu":
         for note in thread_notes(args.started, torch.get_num_threads()):
             print(f"note: {note}")

@@ -1454,18 +1454,28 @@ def test_evaluate_records_what_it_left_out_in_its_json(checkpoint: Path, tmp_pat
     assert pair["mask"] == index["mask"][0] and pair["reason"].startswith("missing file masks/")
 
 
-@pytest.mark.parametrize("recorded", ["fp32", "bf16"])
-def test_evaluate_runs_in_the_runs_own_precision_when_told(checkpoint: Path, tmp_path: Path, recorded: str) -> None:
+@pytest.mark.parametrize("recorded", ["fp32", "bf16", None])
+def test_evaluate_runs_in_the_runs_own_precision_when_told(
+    checkpoint: Path, tmp_path: Path, capsys, recorded: str | None
+) -> None:
     """--precision trained: the precision the run scored its test tiles in, from its model file, so
-    evaluate reproduces the run's scores whatever `auto` picks on this machine."""
+    evaluate reproduces the run's scores whatever `auto` picks on this machine; a file older than that
+    record runs as auto, and says so."""
+    from forestseg.device import use_bf16
+
     state = torch.load(checkpoint, weights_only=True)
-    state["precision"] = recorded
+    state.pop("precision")
+    if recorded is not None:
+        state["precision"] = recorded
     model = tmp_path / f"{recorded}.pt"
     torch.save(state, model)
     data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=64)
     out = tmp_path / "eval.json"
     assert cli("evaluate", str(model), str(data), "--precision", "trained", "-o", str(out)) == 0
-    assert json.loads(out.read_text())["dtype"] == recorded
+    auto = "bf16" if use_bf16("auto", torch.device("cpu")) else "fp32"
+    assert json.loads(out.read_text())["dtype"] == (recorded or auto)
+    noted = f"records no precision (a model file older than that record), so it runs as auto picks here: {auto}"
+    assert (noted in capsys.readouterr().out) == (recorded is None)
 
 
 def test_evaluate_tries_its_output_before_scoring(checkpoint: Path, tmp_path: Path, capsys) -> None:
