@@ -183,7 +183,9 @@ def main() -> None:
     images, masks = scene_tiles(0, (args.batch + 3) // 4, args.size // 2 * 2)
     x_u8, y = torch.from_numpy(images[: args.batch]).to(device), torch.from_numpy(masks[: args.batch]).to(device)
     # the bench model (full resolution), or the study's
-    model_cfg = ModelConfig(arch="study_unet" if args.study else "unet", width=args.width, depth=args.depth)
+    model_cfg = (  # the study's UNet has fixed layers: width and depth are the unet's alone
+        ModelConfig(arch="study_unet") if args.study else ModelConfig(arch="unet", width=args.width, depth=args.depth)
+    )
     layout = torch.contiguous_format if args.nchw else torch.channels_last
     model = build_model(model_cfg).to(device, memory_format=layout)
     opt = make_optimizer("adam", model.parameters(), 1e-3, OptimizerConfig())

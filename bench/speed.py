@@ -442,12 +442,11 @@ def measure(args: argparse.Namespace, device: torch.device, kept: bool, tmp: Pat
         f"packed size {DataLayout(tmp).images.stat().st_size / 2**20 + DataLayout(tmp).masks.stat().st_size / 2**20:.0f} MiB"
     )
 
-    model_cfg = ModelConfig(
-        arch="study_unet" if args.study else "unet",
-        width=args.width,
-        depth=args.depth,
-        batch_norm=True,
-        input="normalized",
+    # the study's UNet has fixed layers: width, depth and batch-norm are the unet's alone
+    model_cfg = (
+        ModelConfig(arch="study_unet", input="normalized")
+        if args.study
+        else ModelConfig(arch="unet", width=args.width, depth=args.depth, batch_norm=True, input="normalized")
     )
     # batch x steps rows, the set cycled where it is smaller (the sample's 1035 pairs at the study's
     # batch 160 and 12 steps): every timed step a full batch, as --steps says

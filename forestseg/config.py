@@ -41,6 +41,11 @@ class ConfigError(ForestsegError):
     pass
 
 
+def _yaml(value: object) -> str:
+    """A scalar as params.yaml writes it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _fail(key: str, msg: str) -> typing.NoReturn:
     raise ConfigError(f"params.yaml: {key}: {msg}")
 
@@ -242,6 +247,17 @@ class ModelConfig:
             _fail("model.mixstyle", f"must be in [0, 1], got {self.mixstyle}")
         if self.mixstyle and "mixstyle" not in ARCHS[self.arch].uses:
             _fail("model.mixstyle", f"{self.arch} has no MixStyle layer (its layers are fixed); set it to 0")
+        for key in FIXED_BY_ARCH:  # a value the arch ignores would name an experiment it is not
+            default = ModelConfig.__dataclass_fields__[key].default
+            if key not in ARCHS[self.arch].uses and getattr(self, key) != default:
+                _fail(
+                    f"model.{key}",
+                    f"{self.arch}'s layers are fixed, so it takes no {key}; leave it at {_yaml(default)} "
+                    f"(got {_yaml(getattr(self, key))})",
+                )
+
+
+FIXED_BY_ARCH = ("width", "depth", "batch_norm")  # model params an arch of fixed layers leaves at their defaults
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_weights, read_model
-from .config import PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig, Run
+from .config import FIXED_BY_ARCH, PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig, Run
 from .device import apply_precision
 from .images import ImageError, WideGreyError, decode
 from .io import read_columns
@@ -91,8 +91,13 @@ class Predictor:
             precision = state["precision"]
         try:
             # MixStyle has no weights and acts only in training: a file that recorded one for an arch
-            # without the layer (allowed before config refused it) predicts as any other
-            cfg = ModelConfig(**{**state["model"], "mixstyle": 0.0})
+            # without the layer (allowed before config refused it) predicts as any other; so does one
+            # that recorded a width, depth or batch-norm an arch of fixed layers ignored
+            recorded = {**state["model"], "mixstyle": 0.0}
+            if recorded.get("arch") in ARCHS:
+                ignored = [k for k in FIXED_BY_ARCH if k not in ARCHS[recorded["arch"]].uses]
+                recorded.update({k: ModelConfig.__dataclass_fields__[k].default for k in ignored})
+            cfg = ModelConfig(**recorded)
             model = build_model(cfg)
         except (ConfigError, TypeError) as e:  # its own model params, not params.yaml's
             reason = str(e).replace("params.yaml: ", "", 1)

@@ -157,6 +157,11 @@ def _item(item: str) -> tuple[str, str, object]:
     section, _, field = key.partition(".")
     if not field and not key.startswith(("+", "~")):
         raise ForestsegError(f"-S {item}: give SECTION.KEY=VALUE, one key at a time, e.g. -S model.width=16")
+    if key.startswith(("+", "~")) and field and "." not in field:  # DVC's add or delete of a key: +train.epochs=3
+        raise ForestsegError(
+            f"-S {item}: recipes/run.py sets keys that params.yaml has; drop the {key[0]!r} "
+            f"(-S {key.lstrip('+~')}{eq}{value})"
+        )
     if key.startswith(("+", "~")) or "." in field:  # DVC's grammar for one entry of a mapping (optimizer.lr_overrides)
         raise ForestsegError(
             f"-S {item}: recipes/run.py sets a params key whole (a mapping replaces the one params.yaml "

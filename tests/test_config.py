@@ -306,6 +306,30 @@ def test_bad_value_is_rejected_naming_its_key(base, key, value, match):
         load_sections(changed(base, key, value), *SECTIONS)
 
 
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        (
+            "model.width",
+            32,
+            "model.width: study_unet's layers are fixed, so it takes no width; leave it at 16 (got 32)",
+        ),
+        ("model.depth", 5, "model.depth: study_unet's layers are fixed, so it takes no depth; leave it at 3 (got 5)"),
+        ("model.batch_norm", False, "model.batch_norm: .* takes no batch_norm; leave it at true (got false)"),
+        ("model.width", 16, None),  # the default: nothing to ignore
+    ],
+)
+def test_a_width_depth_or_batch_norm_asked_of_fixed_layers_is_refused(base, key: str, value, says: str | None) -> None:
+    """study_unet ignores them: `-S model.width=32` would train the same network under another name."""
+    params = changed(changed(base, "model.arch", "study_unet"), key, value)
+    if says:
+        with pytest.raises(ConfigError, match=rf"^params\.yaml: {says.replace('(', '[(]').replace(')', '[)]')}$"):
+            load_sections(params, "model")
+    else:
+        assert load_sections(params, "model")[0].arch == "study_unet"
+    assert load_sections(changed(base, key, value), "model")[0].arch == "unet_half"  # the unet takes them
+
+
 @pytest.mark.parametrize("mixstyle, refused", [(0.5, True), (0.0, False)])
 def test_a_mixstyle_asked_of_fixed_layers_is_refused(base, mixstyle: float, refused: bool) -> None:
     """study_unet has no MixStyle layer: a probability for it would silently do nothing."""
@@ -438,6 +462,20 @@ def test_an_unclosed_quote_is_placed_where_it_opens_not_only_at_the_end_of_the_f
         f"params.yaml: not valid YAML at line {end}, column 1: found unexpected end of stream "
         f"(while scanning a quoted scalar at line {line}, column 7)"
     )
+
+
+@pytest.mark.parametrize("version, refused", [("1.1", True), ("1.2", False)])
+def test_a_yaml_directive_dvc_ignores_is_refused(version: str, refused: bool) -> None:
+    """`%YAML 1.1` made ruamel read `010` as 8 where DVC (which ignores the directive) records 10."""
+    from forestseg.io import load_yaml
+
+    text = f"%YAML {version}\n---\n" + (REPO / "params.yaml").read_text().replace("  width: 16\n", "  width: 010\n")
+    if refused:
+        with pytest.raises(ForestsegError) as err:
+            load_yaml(text, "params.yaml")
+        assert str(err.value).startswith("params.yaml: line 1: a %YAML 1.1 directive would have the stages read")
+    else:
+        assert load_yaml(text, "params.yaml")["model"]["width"] == 10
 
 
 def test_a_duplicate_key_in_params_yaml_is_one_line(tmp_path):
@@ -639,6 +677,13 @@ def test_a_recipe_file_that_cannot_be_read_is_one_line_for_every_recipe(tmp_path
                 r": recipes/run.py sets a params key whole .* give all of it",
             )
             for sign in ("", "+")
+        ),
+        *(
+            (
+                f"{sign}train.epochs=3",
+                rf"^-S \{sign}train.epochs=3: recipes/run.py sets keys that params.yaml has; drop",
+            )
+            for sign in ("+", "~")
         ),
     ],
 )

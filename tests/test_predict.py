@@ -194,8 +194,8 @@ def test_a_model_file_older_than_its_fields_reads_as_their_absence_meant(checkpo
 
 
 def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(checkpoint, tmp_path) -> None:
-    """Before config refused it, model.mixstyle 0.5 with study_unet trained (the layer absent) and its
-    model file recorded it: MixStyle holds no weights and acts only in training, so it predicts."""
+    """Before config refused them, model.mixstyle 0.5, width 32, depth 5 or batch_norm false with study_unet
+    trained (its layers fixed) and its model file recorded them: they shape nothing, so it predicts."""
     from forestseg.checkpoint import write_model
     from forestseg.config import ModelConfig, asdict
     from forestseg.model import build_model
@@ -203,7 +203,7 @@ def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(c
     cfg = ModelConfig(arch="study_unet", input="raw")
     state = torch.load(checkpoint, weights_only=True)
     meta = {k: v for k, v in state.items() if k not in ("format", "weights")}
-    meta.update(model={**asdict(cfg), "mixstyle": 0.5}, tile_size=64)
+    meta.update(model={**asdict(cfg), "mixstyle": 0.5, "width": 32, "depth": 5, "batch_norm": False}, tile_size=64)
     write_model(tmp_path / "study.pt", build_model(cfg).state_dict(), meta)
     assert Predictor.load(tmp_path / "study.pt", torch.device("cpu")).mask(np.zeros((64, 64, 3), np.uint8)).shape == (
         64,
