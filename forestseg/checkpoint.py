@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,7 +34,7 @@ from .model import ARCHS
 MODEL_FORMAT = "forestseg-model/1"
 # What a model file written before a field existed means by its absence (read_model fills them in):
 # the precision picked on the device, no batch-norm adaptation, unknown seen scenes, an unrecorded pixel size
-OLDER_FILES = {"precision": "auto", "adapt_bn": 0.0, "train_scenes": (), "pixel_size_m": None}
+OLDER_FILES = {"precision": "auto", "adapt_bn": 0.0, "train_scenes": (), "pixel_size_m": None, "init_from": None}
 RESUME_FORMAT = "forestseg-resume/3"  # 3: numpy's RNG state as numbers (weights_only); 2: forestseg.optim's state
 
 
@@ -61,14 +62,16 @@ def model_meta(
     bf16: bool,
     pixel_size_m: float,
     seen: Iterable[str],
+    init_from: dict | None = None,
 ) -> dict:
     """A model file's fields beside its weights, what predict needs (read_model checks them):
     `threshold` the raw output above which a pixel is forest, `adapt_bn` predict's default
     --adapt-bn, `tile_shape` the training tiles' (height, width): predict runs an image of that shape
     whole, as training scored its tiles, and others in square windows of its shorter side (`tile_size`),
     the precision the run scored in
-    (the overlays draw its calls), and the scenes the model has seen (evaluate notes any it is asked
-    to score as unseen)."""
+    (the overlays draw its calls), the scenes the model has seen (evaluate notes any it is asked
+    to score as unseen), and `init_from`, the model file it was fine-tuned from (its path as params
+    named it and its SHA-256; None: trained from scratch)."""
     return {
         "run": run,
         "loss": loss,
@@ -81,6 +84,7 @@ def model_meta(
         "precision": "bf16" if bf16 else "fp32",
         "pixel_size_m": float(pixel_size_m),
         "train_scenes": sorted(set(seen)),
+        "init_from": init_from,
     }
 
 
@@ -198,6 +202,14 @@ def _field_problem(state: dict) -> str | None:
         return f"train_scenes {state['train_scenes']!r} is not a list of scene names"
     if not (isinstance(state["tile_size"], int) and 0 < state["tile_size"] <= MAX_TILE):
         return f"tile_size {state['tile_size']!r} is not a whole number of pixels from 1 to {MAX_TILE}"
+    source = state["init_from"]
+    if source is not None and not (
+        isinstance(source, dict)
+        and isinstance(source.get("path"), str)
+        and isinstance(source.get("sha256"), str)
+        and re.fullmatch(r"[0-9a-f]{64}", source["sha256"])
+    ):
+        return f"init_from {source!r} is not the path and SHA-256 of a model file"
     shape = state.get("tile_shape", [state["tile_size"]] * 2)
     if not (
         isinstance(shape, (list, tuple))

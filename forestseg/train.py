@@ -41,6 +41,7 @@ from .config import (
 )
 from .device import apply_precision, cpu_kernels, cpu_threads, keep_freed_memory, pick_device, use_bf16
 from .errors import out_of_memory
+from .io import sha256_of
 from .layout import DataLayout
 from .loader import INPUTS, Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
@@ -442,6 +443,7 @@ def train_run(
             *(val.scene_names if val is not None else ()),
             *(source["train_scenes"] if source else ()),
         ],
+        init_from={"path": str(init), "sha256": sha256_of(init)} if source is not None else None,
     )
 
     model = build_model(model_cfg).to(device)

@@ -176,7 +176,7 @@ def test_an_image_that_no_longer_reads_loses_the_earlier_runs_outputs(checkpoint
 
 
 def test_a_model_file_older_than_its_fields_reads_as_their_absence_meant(checkpoint, tmp_path) -> None:
-    """Files written before precision, adapt_bn, train_scenes, pixel_size_m and tile_shape were recorded:
+    """Files written before precision, adapt_bn, train_scenes, pixel_size_m, init_from and tile_shape were recorded:
     read_model fills in what their absence meant, in one place, and predict takes it from there."""
     from forestseg.checkpoint import OLDER_FILES, read_model
     from forestseg.device import use_bf16
@@ -185,7 +185,13 @@ def test_a_model_file_older_than_its_fields_reads_as_their_absence_meant(checkpo
     old = tmp_path / "old.pt"
     torch.save({k: v for k, v in state.items() if k not in {*OLDER_FILES, "tile_shape"}}, old)
     read = read_model(old)
-    assert [read[k] for k in ("precision", "adapt_bn", "train_scenes", "pixel_size_m")] == ["auto", 0.0, (), None]
+    assert [read[k] for k in ("precision", "adapt_bn", "train_scenes", "pixel_size_m", "init_from")] == [
+        "auto",
+        0.0,
+        (),
+        None,
+        None,
+    ]
     assert read["tile_shape"] == [state["tile_size"]] * 2  # square tiles, all there were
     predictor = Predictor.load(old, torch.device("cpu"), "trained")
     assert (predictor.pixel_size_m, predictor.pixel_size_recorded, predictor.adapt_bn) == (0.5, False, 0.0)
@@ -233,6 +239,7 @@ def test_a_model_file_that_recorded_a_mixstyle_for_fixed_layers_still_predicts(c
         ("precision unknown", "precision 'fp8' is none of auto, fp32, bf16"),
         ("pixel size 0", "pixel_size_m 0 is not a pixel side from 0.001 to 10000 m"),
         ("train_scenes text", "train_scenes 'abc' is not a list of scene names"),
+        ("init_from text", "init_from 'a.pt' is not the path and SHA-256 of a model file"),
         ("newer format", "not a forestseg-model/1 model file (forestseg-model/2); it was written by another forestseg"),
         ("no such file", "no such file; pass a model file"),
         ("a pipeline's, not made yet", "no such file; run `dvc repro` in the project to train it"),
@@ -256,6 +263,7 @@ def test_cli_rejects_a_checkpoint_that_does_not_match(checkpoint, tmp_path, chan
         "precision unknown": lambda st: st.update(precision="fp8"),
         "pixel size 0": lambda st: st.update(pixel_size_m=0),
         "train_scenes text": lambda st: st.update(train_scenes="abc"),
+        "init_from text": lambda st: st.update(init_from="a.pt"),
         "runs code": lambda st: st.update(note=_RunsCode(tmp_path / "ran")),
         "arch unknown": lambda st: st["model"].update(arch="resnet"),
         "newer format": lambda st: st.update(format="forestseg-model/2"),

@@ -17,6 +17,7 @@ from forestseg import losses, metrics, synthetic
 from forestseg.checkpoint import read_model
 from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
 from forestseg.errors import ForestsegError
+from forestseg.io import sha256_of
 from forestseg.loader import Normalizer, Tiles, to_input
 from forestseg.model import adapt_batchnorm, build_model
 from forestseg.predict import Predictor
@@ -616,6 +617,9 @@ def test_fine_tuning_starts_from_the_file_s_weights_and_normaliser(data, source,
         assert torch.allclose(ft["weights"][k], v, atol=1e-6), k
     assert any(not torch.allclose(scratch["weights"][k], v, atol=1e-3) for k, v in weights(src["weights"]).items())
     assert ft["normalizer"] == src["normalizer"] != scratch["normalizer"]
+    # the file names where its weights came from; one trained from scratch names none
+    assert ft["init_from"] == {"path": str(source), "sha256": sha256_of(source)}
+    assert scratch["init_from"] is None and src["init_from"] is None
 
 
 def test_fine_tuning_starts_with_a_far_lower_loss_than_scratch(data, source, tmp_path: Path) -> None:
@@ -723,7 +727,7 @@ def test_a_tile_whose_deepest_level_is_1_px_stops_with_one_line(data, tmp_path: 
 
 
 def test_the_study_model_on_small_tiles_is_not_told_to_lower_a_depth_it_ignores(data, tmp_path: Path) -> None:
-    model = dataclasses.replace(MODEL, arch="study_unet", depth=1)  # 32-px tiles; its valid convs need 48
+    model = ModelConfig(arch="study_unet")  # 32-px tiles; its valid convs need 48, whatever model.depth says
     with pytest.raises(ForestsegError) as refused:
         go(data, tmp_path / "last.pt", model=model)
     assert str(refused.value) == (
