@@ -1579,6 +1579,8 @@ def test_non_square_tiles_count_forest_over_height_times_width(tmp_path: Path, o
         (3, 0.6, 0.3, {"test": 1, "val": 1, "train": 1}),  # each side keeps one
         (4, 0.05, 0.0, {"test": 1, "train": 3}),  # at least one test scene
         (8, 0.25, 0.05, {"test": 2, "val": 1, "train": 5}),  # 0.4 val scenes: a val split asked for keeps one
+        (45, 0.7, 0.0, {"test": 32, "train": 13}),  # 31.5 to even; in floats 31.4999... gave 31
+        (110, 0.1, 0.55, {"test": 11, "val": 60, "train": 39}),  # 60.5 to even; in floats 60.5000...1 gave 61
     ],
 )
 def test_the_split_gives_each_subset_its_rounded_share_of_scenes(scenes: int, test: float, val: float, counts) -> None:
