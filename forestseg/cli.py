@@ -327,9 +327,7 @@ def predict(args: argparse.Namespace) -> int:
     _check_name_lengths(args.out, pictures, rasters)
     if rasters:
         _readable_table(args.out / "forest_area.csv")
-    stale = remove_stale_temps(args.out)
-    if stale:
-        print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {args.out}")
+    _remove_stale(args.out)
     _say_dropped(args.out, [old for f, _ in refused for old in _drop_outputs(args.out, f)])
     _input_notes(args, predictor, opts, rasters, pictures, unplaced, area_error)
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model).
@@ -353,6 +351,13 @@ def predict(args: argparse.Namespace) -> int:
     if rasters:
         _map_rasters(predictor, rasters, args.out, opts, area_error, sha256_of(args.checkpoint))
     return 1 if failed else 0
+
+
+def _remove_stale(folder: Path) -> None:
+    """Remove, with a note, the temp files and folders that killed runs left in an output folder."""
+    stale = remove_stale_temps(folder)
+    if stale:
+        print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {folder}")
 
 
 def _folders_of(f: Path) -> set[Path]:
@@ -744,6 +749,8 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ForestsegError(f"--split {args.split}: no such file; give a split.csv (e.g. data/split.csv)")
     if args.output is not None:  # checked before the scoring, which may take long, not after
         _check_output_file(args.output, inputs=[args.checkpoint, args.data, *([args.split] if args.split else [])])
+        if args.output.parent.is_dir():
+            _remove_stale(args.output.parent)
     _pixel_note(args.checkpoint, predictor)
     try:
         result = score(

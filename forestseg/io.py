@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -168,6 +169,23 @@ def _temps_of(path: Path) -> Path:
     return path.parent / temp_prefix(path.stem)
 
 
+HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # Ctrl-C and SIGTERM (errors.terminate): exceptions in Python
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back in this thread while the block runs, delivered (and their Python
+    handlers run) right after it; as it is where a platform has no signal masks."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 @contextlib.contextmanager
 def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
     """Yield a temp path beside each of `paths`; on success all are fsynced first, then renamed onto
@@ -179,7 +197,8 @@ def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
-                temps.append(new_temp(path.parent, _temps_of(path).name, f".tmp{path.suffix}"))
+                with _signals_held():  # a Ctrl-C or SIGTERM between making it and listing it left it for good
+                    temps.append(new_temp(path.parent, _temps_of(path).name, f".tmp{path.suffix}"))
             except OSError as e:
                 raise write_error(path, e, temp=_temps_of(path)) from None
         yield tuple(temps)

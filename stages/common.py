@@ -102,8 +102,8 @@ def clear_temps(*paths: str | Path) -> None:
     and, for a folder, in it: hidden and git-ignored, they would stay for good otherwise."""
     for path in map(Path, paths):
         for folder in (path.parent, path):
-            if folder.is_dir():
-                remove_stale_temps(folder)
+            if folder.is_dir() and (stale := remove_stale_temps(folder)):
+                print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {folder}")
 
 
 def drop_resume_files(grid: GridConfig, runs_dir: str | Path) -> None:

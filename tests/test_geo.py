@@ -1864,6 +1864,23 @@ def test_evaluate_removes_what_killed_evaluations_left_in_the_temp_folder(
     assert not list((tmp_path / "tmp").iterdir())
 
 
+def test_evaluate_removes_what_a_killed_evaluation_left_beside_its_output(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    """A SIGTERM during `evaluate -o out/eval.json` can leave the JSON's temp file; the next run removes it
+    and says so, as predict does in its -o folder (no evaluate ever did: a kill fuzz found one for good)."""
+    from conftest import dead_temp_prefix
+
+    stale = tmp_path / "out" / (dead_temp_prefix("eval") + "x1.tmp.json")
+    stale.parent.mkdir()
+    stale.write_text("{")
+    data = make_set(tmp_path / "set", scenes=1, grid=2, tile_size=64)
+    assert cli("evaluate", str(checkpoint), str(data), "-o", str(tmp_path / "out/eval.json")) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval.json"]
+    said = f"note: removed 1 temp file(s) or folder(s) that a killed earlier run left in {tmp_path / 'out'}"
+    assert said in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("where", ["a folder", "under a file", "the model file", "the split", "inside the data"])
 def test_evaluate_checks_its_output_path_before_scoring(checkpoint: Path, tmp_path: Path, capsys, where) -> None:
     data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)

@@ -578,3 +578,28 @@ def test_new_temp_draws_again_where_a_name_is_taken_and_gives_up_in_the_end(tmp_
     monkeypatch.setattr(io, "TEMP_TRIES", 3)
     with pytest.raises(FileExistsError, match="no free temp name after 3 tries"):
         io.new_temp(tmp_path, ".a.", ".tmp")
+
+
+def test_a_signal_as_a_temp_is_made_leaves_no_temp(tmp_path: Path, monkeypatch) -> None:
+    """A SIGTERM right after the temp file exists: it was raised before the write had listed the file
+    to remove, which stayed beside the output for good (a kill fuzz of `evaluate -o` found one)."""
+    import signal
+
+    from forestseg import io
+    from forestseg.errors import Terminated, terminate
+
+    made = io.new_temp
+
+    def then_signalled(*args, **kwargs):
+        path = made(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return path
+
+    monkeypatch.setattr(io, "new_temp", then_signalled)
+    before = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with pytest.raises(Terminated):
+            io.write_text(tmp_path / "a.txt", "x")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert list(tmp_path.iterdir()) == []

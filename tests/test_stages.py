@@ -238,9 +238,9 @@ def test_aggregate_removes_the_resume_files_of_finished_runs(tmp_path, monkeypat
     assert capsys.readouterr().out == "removed the resume files of 1 finished run(s) in .resume: bce-adam-0\n"
 
 
-def test_clear_temps_removes_killed_writes_beside_and_in_the_outputs(tmp_path) -> None:
+def test_clear_temps_removes_killed_writes_beside_and_in_the_outputs(tmp_path, capsys) -> None:
     """A killed aggregate leaves hidden temps of REPORT.md, metrics/*.json and plots/*.png; the next
-    stage run removes them (its own live ones, and other files, stay)."""
+    stage run removes them, and says so (its own live ones, and other files, stay)."""
     from conftest import dead_temp_prefix
 
     from forestseg.io import temp_prefix
@@ -261,6 +261,11 @@ def test_clear_temps_removes_killed_writes_beside_and_in_the_outputs(tmp_path) -
         path.write_text("?")
     common.clear_temps(tmp_path / "metrics", tmp_path / "plots", tmp_path / "REPORT.md")
     assert [p.exists() for p in dead] == [False] * 3 and all(p.exists() for p in kept)
+    said = capsys.readouterr().out.splitlines()
+    assert sorted(said) == sorted(
+        f"note: removed 1 temp file(s) or folder(s) that a killed earlier run left in {folder}"
+        for folder in (tmp_path, tmp_path / "metrics", tmp_path / "plots")
+    )
 
 
 @pytest.mark.parametrize(
@@ -387,7 +392,10 @@ def test_the_index_and_split_stages_write_their_reports_and_clear_killed_writes(
     run_script(index, "data/synthetic", "data", "metrics/index.json")
     report = json.loads((tmp / "metrics/index.json").read_text())
     assert report["valid"] == 16 and (tmp / "data/packed/images.npy").is_file()
-    assert capsys.readouterr().out == format_report(report) + "\n"
+    noted = "note: removed 1 temp file(s) or folder(s) that a killed earlier run left in {}\n".format
+    said = capsys.readouterr().out
+    assert said.endswith(format_report(report) + "\n")
+    assert sorted(said.splitlines(keepends=True)[:-1]) == sorted(map(noted, ("data", "data/packed", "metrics")))
     assert [p.exists() for p in dead] == [False] * 3
 
     dead = litter(tmp / "data", tmp / "metrics")
@@ -395,7 +403,7 @@ def test_the_index_and_split_stages_write_their_reports_and_clear_killed_writes(
     summary = json.loads((tmp / "metrics/split.json").read_text())
     assert summary["train"]["tiles"] + summary["test"]["tiles"] + summary.get("val", {}).get("tiles", 0) == 16
     (cfg,) = common.params("split")
-    assert capsys.readouterr().out == format_split(summary, cfg) + "\n"
+    assert capsys.readouterr().out == "".join(map(noted, ("data", "metrics"))) + format_split(summary, cfg) + "\n"
     assert [p.exists() for p in dead] == [False] * 2
 
 
