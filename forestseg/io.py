@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -96,22 +95,26 @@ TEMP_STEM = 100  # bytes of an output's stem a temp name keeps: with the host (<
 TEMP_TRIES = 10000  # names new_temp draws before it gives up, as mkstemp does: never a loop without end
 
 
-def new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> Path:
+def new_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False, listed: list | None = None) -> Path:
     """A new file (or folder) of a unique name in `parent`, with the mode a plain open() (mkdir()) gives:
     0o666 (0o777) less the umask, which the system applies. Not mkstemp, whose files are owner-only:
     changing their mode after needs the umask, which a process reads only by setting it, and two
-    threads doing so at once can leave it at 0 (every later output world-writable)."""
+    threads doing so at once can leave it at 0 (every later output world-writable). With `listed`, the
+    path is appended to it before the file exists: a Ctrl-C or SIGTERM (raised between any two Python
+    instructions) right after it is made can no longer leave it out of the caller's clean-up."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    listed = [] if listed is None else listed
     for _ in range(TEMP_TRIES):
         path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        listed.append(path)
         try:
             if folder:
                 os.mkdir(path, 0o777)
             else:
                 os.close(os.open(path, flags, 0o666))
             return path
-        except FileExistsError:  # another writer's name: draw again
-            continue
+        except FileExistsError:  # taken (this process's own temps carry its host and pid): draw again
+            listed.pop()
     raise FileExistsError(errno.EEXIST, f"no free temp name after {TEMP_TRIES} tries", str(parent / prefix))
 
 
@@ -169,23 +172,6 @@ def _temps_of(path: Path) -> Path:
     return path.parent / temp_prefix(path.stem)
 
 
-HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # Ctrl-C and SIGTERM (errors.terminate): exceptions in Python
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM held back in this thread while the block runs, delivered (and their Python
-    handlers run) right after it; as it is where a platform has no signal masks."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
 @contextlib.contextmanager
 def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
     """Yield a temp path beside each of `paths`; on success all are fsynced first, then renamed onto
@@ -197,8 +183,7 @@ def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # Keep the real suffix last: numpy, matplotlib and PIL pick the format from it.
-                with _signals_held():  # a Ctrl-C or SIGTERM between making it and listing it left it for good
-                    temps.append(new_temp(path.parent, _temps_of(path).name, f".tmp{path.suffix}"))
+                new_temp(path.parent, _temps_of(path).name, f".tmp{path.suffix}", listed=temps)
             except OSError as e:
                 raise write_error(path, e, temp=_temps_of(path)) from None
         yield tuple(temps)

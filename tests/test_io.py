@@ -103,7 +103,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) ->
 def test_write_errors_name_the_file_and_what_to_do(tmp_path: Path, monkeypatch, code, says) -> None:
     from forestseg import io
 
-    def refuse(parent, prefix, suffix="", folder=False):  # as a real refusal: naming the temp it could not make
+    def refuse(parent, prefix, suffix="", folder=False, listed=None):  # as a real refusal, naming the temp
         raise OSError(code, os.strerror(code), os.path.join(parent, f"{prefix}x1y2{suffix}"))
 
     monkeypatch.setattr(io, "new_temp", refuse)  # the folder refuses new files
@@ -581,21 +581,23 @@ def test_new_temp_draws_again_where_a_name_is_taken_and_gives_up_in_the_end(tmp_
 
 
 def test_a_signal_as_a_temp_is_made_leaves_no_temp(tmp_path: Path, monkeypatch) -> None:
-    """A SIGTERM right after the temp file exists: it was raised before the write had listed the file
-    to remove, which stayed beside the output for good (a kill fuzz of `evaluate -o` found one)."""
+    """A SIGTERM right after the temp file exists, before its writer had listed it for clean-up, left it
+    for good (a kill fuzz of `evaluate -o` found one): the path is listed before the file is made."""
     import signal
 
     from forestseg import io
     from forestseg.errors import Terminated, terminate
 
-    made = io.new_temp
+    class SignalledAsMade:  # forestseg.io's os, whose open makes the file and then takes a SIGTERM
+        def __getattr__(self, name: str):
+            return getattr(os, name)
 
-    def then_signalled(*args, **kwargs):
-        path = made(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return path
+        def open(self, path, *args):
+            os.close(os.open(path, *args))
+            os.kill(os.getpid(), signal.SIGTERM)
+            return -1  # never reached: the handler raises at once
 
-    monkeypatch.setattr(io, "new_temp", then_signalled)
+    monkeypatch.setattr(io, "os", SignalledAsMade())
     before = signal.signal(signal.SIGTERM, terminate)
     try:
         with pytest.raises(Terminated):
