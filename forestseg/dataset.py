@@ -780,14 +780,7 @@ def misfit_advice(misfit_stats: Stats, kept_stats: Stats, masks: str, forest: tu
     if guess in (masks, "blurred", "lossy ids"):
         return advice
     kept = kept_stats.grey_masks + kept_stats.colour_masks
-    # lossless grey masks holding only values the misfits hold are of their convention, whatever they fit
-    # (class ids 255/128, a few nearly all-255 tiles fitting 0/255): classes or 0/1 reads them all
-    same_values = (
-        guess in READS["classes"]
-        and not (kept_stats.colour_masks or kept_stats.jpeg_masks)
-        and set(kept_stats.grey.nonzero()[0]) <= set(misfit_stats.grey.nonzero()[0])
-    )
-    other = kept if kept and not same_values and kept_stats.guess() not in READS.get(guess, {guess}) else 0
+    other = kept if kept and kept_stats.guess() not in READS.get(guess, {guess}) else 0
     other += kept_stats.refused_by(guess)
     if not other:
         return advice

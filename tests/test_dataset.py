@@ -493,26 +493,10 @@ def masks_colours_some_white(root: Path) -> None:
         Image.fromarray(rgb.astype(np.uint8)).save(root / "masks" / m, format="PNG")
 
 
-def masks_two_levels_some_nearly_whole(root: Path) -> None:
-    """Class ids 255 (forest) and 128 (other land), lossless; four tiles nearly all forest (a few 128
-    pixels, within 0/255's tolerance of mid-greys), so those fit 0/255 too: classes [255] reads them all."""
-    for k, (_, m) in enumerate(rows_of(root)):
-        values = np.where(decode_mask(root / "masks" / m) > 0, 255, 128).astype(np.uint8)
-        if k < 4:
-            values[:] = 255
-            values[0, :3] = 128
-        Image.fromarray(values).save(root / "masks" / m, format="PNG")
-
-
 @pytest.mark.parametrize(
     "make, convention, advice",
     [
         (masks_empty_0_255, "0/1", "they look like 0/255 masks: set data.masks: '0/255'"),
-        (
-            masks_two_levels_some_nearly_whole,
-            "0/255",
-            "if they are class ids, set data.masks: classes and data.forest:",
-        ),
         (masks_colours_some_white, "0/255", "if they are colour-coded classes, set data.masks: colors"),
         (masks_half_resized, "0/255", "set data.masks: resampled (forest >= 128)"),
         (masks_classes_some_0_1, "0/1", "if they are class ids, set data.masks: classes and data.forest:"),
