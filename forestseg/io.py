@@ -437,14 +437,16 @@ def load_yaml(text: str, what: str) -> Any:
     from ruamel.yaml import YAML, YAMLError
     from ruamel.yaml.error import MarkedYAMLError
 
-    directive = re.search(r"^%YAML[ \t]+(\S+)", text, re.MULTILINE)
-    if directive and directive.group(1) != "1.2":  # ruamel obeys it, DVC's reader does not
-        line = text.count("\n", 0, directive.start()) + 1
-        raise ForestsegError(
-            f"{what}: line {line}: a %YAML {directive.group(1)} directive would have the stages read values "
-            "otherwise than DVC records them (DVC reads YAML 1.2 whatever it says: 010 as 10, yes as the "
-            "text 'yes'); remove that line"
-        )
+    for line, text_line in enumerate(text.lstrip("\ufeff").splitlines(), 1):  # the directives: before any content
+        if text_line.strip() and not text_line.startswith(("#", "%")):
+            break
+        version = text_line.split()[1] if text_line.startswith("%YAML") and len(text_line.split()) > 1 else "1.2"
+        if version != "1.2":  # ruamel obeys the directive, DVC's reader does not
+            raise ForestsegError(
+                f"{what}: line {line}: a %YAML {version} directive would have the stages read values "
+                "otherwise than DVC records them (DVC reads YAML 1.2 whatever it says: 010 as 10, yes as the "
+                "text 'yes'); remove that line"
+            )
     try:
         return YAML(typ="safe", pure=True).load(text)
     except MarkedYAMLError as e:  # ruamel's own text spans lines, quotes the YAML and links its docs

@@ -464,18 +464,27 @@ def test_an_unclosed_quote_is_placed_where_it_opens_not_only_at_the_end_of_the_f
     )
 
 
-@pytest.mark.parametrize("version, refused", [("1.1", True), ("1.2", False)])
-def test_a_yaml_directive_dvc_ignores_is_refused(version: str, refused: bool) -> None:
-    """`%YAML 1.1` made ruamel read `010` as 8 where DVC (which ignores the directive) records 10."""
+@pytest.mark.parametrize("version, bom, refused", [("1.1", "", True), ("1.1", "\ufeff", True), ("1.2", "", False)])
+def test_a_yaml_directive_dvc_ignores_is_refused(version: str, bom: str, refused: bool) -> None:
+    """`%YAML 1.1` made ruamel read `010` as 8 where DVC (which ignores the directive) records 10; also
+    behind a byte-order mark, which the file's UTF-8 reading keeps."""
     from forestseg.io import load_yaml
 
-    text = f"%YAML {version}\n---\n" + (REPO / "params.yaml").read_text().replace("  width: 16\n", "  width: 010\n")
+    text = f"{bom}%YAML {version}\n---\n" + (REPO / "params.yaml").read_text().replace(
+        "  width: 16\n", "  width: 010\n"
+    )
     if refused:
         with pytest.raises(ForestsegError) as err:
             load_yaml(text, "params.yaml")
         assert str(err.value).startswith("params.yaml: line 1: a %YAML 1.1 directive would have the stages read")
     else:
         assert load_yaml(text, "params.yaml")["model"]["width"] == 10
+
+
+def test_a_quoted_line_that_starts_with_yaml_is_no_directive() -> None:
+    from forestseg.io import load_yaml
+
+    assert load_yaml('a: "x\n%YAML 1.1 y"\n', "params.yaml") == {"a": "x %YAML 1.1 y"}
 
 
 def test_a_duplicate_key_in_params_yaml_is_one_line(tmp_path):
