@@ -160,11 +160,11 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
             "forestseg's training",
             "pass models/<run>/model.pt, or retrain (`dvc repro`)",
         )
-    state = {**OLDER_FILES, **state}
+    # files older than a field: what its absence meant (tile_shape: square tiles of tile_size)
+    state = {**OLDER_FILES, "tile_shape": [state["tile_size"]] * 2, **state}
     problem = _field_problem(state)
     if problem:
         raise fail(f"{problem}; damaged or edited", "copy it again, or retrain (`dvc repro`)")
-    state.setdefault("tile_shape", [state["tile_size"]] * 2)  # files older than it: square tiles
     return state
 
 
@@ -210,7 +210,7 @@ def _field_problem(state: dict) -> str | None:
         and re.fullmatch(r"[0-9a-f]{64}", source["sha256"])
     ):
         return f"init_from {source!r} is not the path and SHA-256 of a model file"
-    shape = state.get("tile_shape", [state["tile_size"]] * 2)
+    shape = state["tile_shape"]
     if not (
         isinstance(shape, (list, tuple))
         and len(shape) == 2

@@ -31,6 +31,7 @@ from .errors import BROKEN_PIPE, Terminated, one_line, out_of_memory, quiet_stdo
 from .images import IMAGE_SUFFIXES, SIDECAR_SUFFIXES, visible_files
 from .io import (
     WRITE_ERRNOS,
+    clear_stale_temps,
     mask_png,
     need_folder,
     plural,
@@ -269,12 +270,11 @@ def _predictor(args: argparse.Namespace) -> Predictor:
     kept busy, since the command started, the cores a CPU run's threads need."""
     import torch
 
-    from .checkpoint import read_model
     from .device import pick_device
     from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
-    if args.precision == "trained" and read_model(args.checkpoint)["precision"] == "auto":  # OLDER_FILES' value
+    if args.precision == "trained" and not predictor.precision_recorded:
         print(
             f"note: --precision trained: {args.checkpoint} records no precision (a model file older than that "
             f"record), so it runs as auto picks here: {'bf16' if predictor.bf16 else 'fp32'}"
@@ -327,7 +327,7 @@ def predict(args: argparse.Namespace) -> int:
     _check_name_lengths(args.out, pictures, rasters)
     if rasters:
         _readable_table(args.out / "forest_area.csv")
-    _remove_stale(args.out)
+    clear_stale_temps(args.out)
     _say_dropped(args.out, [old for f, _ in refused for old in _drop_outputs(args.out, f)])
     _input_notes(args, predictor, opts, rasters, pictures, unplaced, area_error)
     # the pictures of one call are one scene; each GeoTIFF is its own (map_forest adapts the plain model).
@@ -351,13 +351,6 @@ def predict(args: argparse.Namespace) -> int:
     if rasters:
         _map_rasters(predictor, rasters, args.out, opts, area_error, sha256_of(args.checkpoint))
     return 1 if failed else 0
-
-
-def _remove_stale(folder: Path) -> None:
-    """Remove, with a note, the temp files and folders that killed runs left in an output folder."""
-    stale = remove_stale_temps(folder)
-    if stale:
-        print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {folder}")
 
 
 def _folders_of(f: Path) -> set[Path]:
@@ -750,7 +743,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.output is not None:  # checked before the scoring, which may take long, not after
         _check_output_file(args.output, inputs=[args.checkpoint, args.data, *([args.split] if args.split else [])])
         if args.output.parent.is_dir():
-            _remove_stale(args.output.parent)
+            clear_stale_temps(args.output.parent)
     _pixel_note(args.checkpoint, predictor)
     try:
         result = score(

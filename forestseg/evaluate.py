@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .config import DataConfig
 from .dataset import DataError, NoDataSet, build_index, find_source, kaggle_folders_below
 from .errors import ForestsegError
-from .io import remove_stale_temps, temp_prefix
+from .io import clear_stale_temps, temp_prefix
 from .metrics import scores
 from .windows import TILE_BATCH
 
@@ -447,9 +447,7 @@ def evaluate(
     `allow_no_forest`, also tiles or truths that hold no forest at all: false forest on farmland).
     `opts` reads both (window overlap and batch-norm adaptation come from it alone); `tile_args` are
     `evaluate_tiles`'s reading of tiles (masks, forest, split, subset, check_inverted)."""
-    stale = remove_stale_temps(Path(tempfile.gettempdir()))  # what killed evaluations left there
-    if stale:
-        log(f"note: removed {stale} temp file(s) or folder(s) that killed earlier runs left in {tempfile.gettempdir()}")
+    clear_stale_temps(Path(tempfile.gettempdir()), log)  # what killed evaluations left there
     why = None  # what find_source said, where it says more than "no data set here"
     try:
         source, _ = find_source(data)

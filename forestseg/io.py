@@ -160,6 +160,14 @@ def remove_stale_temps(folder: Path) -> int:
     return removed
 
 
+def clear_stale_temps(folder: Path, log: Callable[[str], Any] = print) -> int:
+    """`remove_stale_temps`, saying through `log` what it removed: no file of a folder goes unsaid."""
+    removed = remove_stale_temps(folder)
+    if removed:
+        log(f"note: removed {removed} temp file(s) or folder(s) that a killed earlier run left in {folder}")
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is fsynced and renamed onto `path`."""

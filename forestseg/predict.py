@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import load_weights, read_model
+from .checkpoint import OLDER_FILES, load_weights, read_model
 from .config import FIXED_BY_ARCH, PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig, Run
 from .device import apply_precision
 from .images import ImageError, WideGreyError, decode
@@ -79,6 +79,7 @@ class Predictor:
     # the training tiles' (height, width) where they are not square: an image of that shape runs whole,
     # as training scored its tiles, not in tile x tile windows (None: square tiles)
     oblong: tuple[int, int] | None = None
+    precision_recorded: bool = True  # False: an older model file, whose precision `trained` takes as auto
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device, precision: str = "auto", tta: bool = False) -> "Predictor":
@@ -127,6 +128,7 @@ class Predictor:
             float(state["adapt_bn"]),
             frozenset(state["train_scenes"]),
             tuple(state["tile_shape"]) if state["tile_shape"][0] != state["tile_shape"][1] else None,
+            state["precision"] != OLDER_FILES["precision"],
         )
 
     def adapted(self, tiles: np.ndarray, mix: float) -> "Predictor":

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from forestseg.config import SECTIONS, ConfigError, ForestsegError, GridConfig, load_sections  # noqa: E402
 from forestseg.errors import BROKEN_PIPE, Terminated, one_line, quiet_stdout, stopped, terminate  # noqa: E402
-from forestseg.io import load_yaml, read_utf8, remove_stale_runs, remove_stale_temps  # noqa: E402
+from forestseg.io import clear_stale_temps, load_yaml, read_utf8, remove_stale_runs  # noqa: E402
 
 RESUME_DIR = Path(".resume")  # train's scratch: git- and dvc-ignored, never a DVC output
 
@@ -102,8 +102,8 @@ def clear_temps(*paths: str | Path) -> None:
     and, for a folder, in it: hidden and git-ignored, they would stay for good otherwise."""
     for path in map(Path, paths):
         for folder in (path.parent, path):
-            if folder.is_dir() and (stale := remove_stale_temps(folder)):
-                print(f"note: removed {stale} temp file(s) or folder(s) that a killed earlier run left in {folder}")
+            if folder.is_dir():
+                clear_stale_temps(folder)
 
 
 def drop_resume_files(grid: GridConfig, runs_dir: str | Path) -> None:
