@@ -37,7 +37,6 @@ from .io import (
     plural,
     read_columns,
     read_json,
-    remove_stale_temps,
     sha256_of,
     temp_prefix,
     write_error,
@@ -838,7 +837,7 @@ def tile(args: argparse.Namespace) -> int:
     _no_dangling_link(args.out, "remove the link, or give another -o (tile makes a new folder)")
     _utf8_out(args.out, "params.yaml needs for data.source (and GDAL for GeoTIFFs)")
     if args.out.parent.is_dir():  # a killed run's temp folder, whether or not this run gets further
-        remove_stale_temps(args.out.parent)
+        clear_stale_temps(args.out.parent)
     kind, pairs = find_pairs(args.data)
     done = tile_pairs(kind, pairs, args.out, opts)
     ids = [r["scene"] for r in done["scenes"]]

@@ -780,7 +780,11 @@ def misfit_advice(misfit_stats: Stats, kept_stats: Stats, masks: str, forest: tu
     if guess in (masks, "blurred", "lossy ids"):
         return advice
     kept = kept_stats.grey_masks + kept_stats.colour_masks
-    other = kept if kept and kept_stats.guess() not in READS.get(guess, {guess}) else 0
+    other = (
+        kept
+        if kept and kept_stats.guess() not in READS.get(guess, {guess}) and not _same_ids(misfit_stats, kept_stats)
+        else 0
+    )
     other += kept_stats.refused_by(guess)
     if not other:
         return advice
@@ -788,6 +792,15 @@ def misfit_advice(misfit_stats: Stats, kept_stats: Stats, masks: str, forest: tu
         f"{advice}; but {other} other mask(s) fit {masks!r}: the set mixes conventions, so no one data.masks "
         "reads it; convert one group to the other's convention (saved lossless, e.g. PNG) first"
     )
+
+
+def _same_ids(misfit_stats: Stats, kept_stats: Stats) -> bool:
+    """Whether the grey masks that fit are class ids of the misfits' set: they hold a value besides
+    0 and 255 (a 0/255 mask fits with a few, as 255/128 ids nearly all 255 do) and only values the misfits
+    hold. Exactly 0/255 masks beside 0/1 ones with 255 for 'no label' stay a mix: nothing tells their 255s
+    apart, and classes would read them as no forest."""
+    values = set(kept_stats.grey.nonzero()[0].tolist())
+    return bool(values - {0, 255}) and values <= set(misfit_stats.grey.nonzero()[0].tolist())
 
 
 def _check_convention(

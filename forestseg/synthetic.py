@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .config import SynthConfig
-from .io import new_temp, remove_stale_temps, temp_prefix, write_error
+from .io import clear_stale_temps, new_temp, temp_prefix, write_error
 
 # Parcel colours (RGB, 0-1): soil, ripe crop, pale grass, green crop (forest-like mean colour).
 _PARCELS = np.array(
@@ -107,7 +107,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig) -> int:
 
 def _generate(out_dir: Path, cfg: SynthConfig) -> int:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir.parent)  # what a killed generate left (named by host and pid, git-ignored)
+    clear_stale_temps(out_dir.parent)  # what a killed generate left (named by host and pid, git-ignored)
     tmp = new_temp(out_dir.parent, temp_prefix(out_dir.name), folder=True)  # not mkdtemp's 0700: others read the set
     try:
         (tmp / "images").mkdir()

@@ -458,6 +458,27 @@ def test_masks_of_one_value_the_other_convention_refuses_show_a_mix(
     )
 
 
+@pytest.mark.parametrize("stray", [None, 128])
+def test_0_255_masks_beside_0_1_ones_with_255_for_no_label_are_a_mix(tiny_set, tmp_path, stray) -> None:
+    """Exactly 0/255 masks hold only values that 0/1 masks with 255 for 'no label' hold too, but classes [1]
+    would read them as no forest: still a mix (a rule that took shared values for one convention hid it);
+    so are 0/255 masks with a few stray mid-greys, a value the 0/1 masks do not hold."""
+    for k, (_, m) in enumerate(rows_of(tiny_set)):
+        values = decode_mask(tiny_set / "masks" / m).astype(np.uint8)
+        if k < 4:
+            values = values * 255
+            if stray:
+                values[0, :3] = stray
+        else:
+            values[:4] = 255  # no label
+        Image.fromarray(values).save(tiny_set / "masks" / m, format="PNG")
+    with pytest.raises(DataError) as err:
+        build_index(tiny_set, tmp_path / "i.npy", tmp_path / "m.npy", "0/255", ())
+    message = str(err.value)
+    assert "if they are class ids, set data.masks: classes" in message, message
+    assert "but 4 other mask(s) fit '0/255': the set mixes conventions" in message, message
+
+
 def masks_empty_0_255(root: Path) -> None:
     """0/255 masks (PNG), a quarter of them empty: those fit '0/1' as well."""
     for k, (_, m) in enumerate(rows_of(root)):
@@ -493,10 +514,22 @@ def masks_colours_some_white(root: Path) -> None:
         Image.fromarray(rgb.astype(np.uint8)).save(root / "masks" / m, format="PNG")
 
 
+def masks_two_ids_some_nearly_whole(root: Path) -> None:
+    """Class ids 255 (forest) and 128 (other land), lossless; four tiles nearly all forest (three 128 pixels,
+    within 0/255's tolerance of mid-greys), so those fit 0/255 too: classes [255] reads them all."""
+    for k, (_, m) in enumerate(rows_of(root)):
+        values = np.where(decode_mask(root / "masks" / m) > 0, 255, 128).astype(np.uint8)
+        if k < 4:
+            values[:] = 255
+            values[0, :3] = 128
+        Image.fromarray(values).save(root / "masks" / m, format="PNG")
+
+
 @pytest.mark.parametrize(
     "make, convention, advice",
     [
         (masks_empty_0_255, "0/1", "they look like 0/255 masks: set data.masks: '0/255'"),
+        (masks_two_ids_some_nearly_whole, "0/255", "if they are class ids, set data.masks: classes and data.forest:"),
         (masks_colours_some_white, "0/255", "if they are colour-coded classes, set data.masks: colors"),
         (masks_half_resized, "0/255", "set data.masks: resampled (forest >= 128)"),
         (masks_classes_some_0_1, "0/1", "if they are class ids, set data.masks: classes and data.forest:"),

@@ -134,13 +134,15 @@ def test_an_old_set_left_under_this_processs_own_pid_does_not_stop_generate(tmp_
 
 
 @pytest.mark.parametrize("left", ["tmpabc123", "old"])  # killed while writing, or while swapping the folders
-def test_what_a_killed_generate_left_is_git_ignored_and_removed_next_time(tmp_path, left):
+def test_what_a_killed_generate_left_is_git_ignored_and_removed_next_time(tmp_path, left, capsys):
     leftover = tmp_path / f"{dead_temp_prefix('set')}{left}"
     (leftover / "images").mkdir(parents=True)
     ignored = subprocess.run(["git", "check-ignore", "-q", f"data/{leftover.name}"], cwd=REPO)
     assert ignored.returncode == 0  # never shown by git status, never committed by dvc exp run
     make_set(tmp_path / "set", seed=0)
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
+    said = f"note: removed 1 temp file(s) or folder(s) that a killed earlier run left in {tmp_path}"
+    assert said in capsys.readouterr().out  # said, as the stages say what they removed
 
 
 def test_the_set_gets_the_usual_folder_mode(tmp_path: Path) -> None:

@@ -733,7 +733,10 @@ def test_a_turned_picture_with_an_untagged_mask_of_its_shown_shape_is_cut_as_the
     assert len(masks) == 2 and [np.asarray(Image.open(m)).mean() > 127 for m in masks] == [True, False]
 
 
-def test_cli_removes_the_temp_folder_a_killed_tile_run_left_beside_its_output(photo, truth, tmp_path: Path) -> None:
+def test_cli_removes_the_temp_folder_a_killed_tile_run_left_beside_its_output(
+    photo, truth, tmp_path: Path, capsys
+) -> None:
+    """Removed with a note, as predict and the stages say what they removed."""
     from conftest import dead_temp_prefix
 
     pairs(tmp_path / "region", photo, truth)
@@ -742,6 +745,8 @@ def test_cli_removes_the_temp_folder_a_killed_tile_run_left_beside_its_output(ph
     (dead / "images").mkdir(parents=True)
     assert cli("tile", str(tmp_path / "region"), "-o", str(tmp_path / "data/tiles")) == 0
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["tiles"]
+    said = f"note: removed 1 temp file(s) or folder(s) that a killed earlier run left in {tmp_path / 'data'}"
+    assert said in capsys.readouterr().out
 
 
 def test_cli_advises_the_pixel_size_only_where_the_rasters_share_one(photo, truth, tmp_path: Path, capsys) -> None:
