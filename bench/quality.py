@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 from bench.speed import SAMPLE  # noqa: E402
 from forestseg.config import ForestsegError, Run, SplitConfig, load_sections  # noqa: E402
 from forestseg.cores import QUIET, cpu_clock, others_busy  # noqa: E402
-from forestseg.dataset import build_index  # noqa: E402
+from forestseg.dataset import build_index, share_of  # noqa: E402
 from forestseg.device import keep_freed_memory, pick_device, use_bf16  # noqa: E402
 from forestseg.errors import Terminated, stopped, terminate  # noqa: E402
 from forestseg.evaluate import _counts  # noqa: E402
@@ -218,7 +218,7 @@ def hold_out_val(scenes: list[str], split_cfg: SplitConfig) -> tuple[list[str], 
         return list(scenes), []
     if len(scenes) < 2:  # one scene trains: none is left to validate on
         return list(scenes), []
-    n_val = min(max(1, round(split_cfg.val_fraction * len(scenes))), len(scenes) - 1)
+    n_val = min(max(1, share_of(split_cfg.val_fraction, len(scenes))), len(scenes) - 1)  # rounded as the split
     val = sorted(np.random.default_rng(split_cfg.seed).choice(scenes, n_val, replace=False).tolist())
     return [s for s in scenes if s not in val], val
 

@@ -907,8 +907,8 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
         )
     order = np.random.default_rng(cfg.seed).permutation(len(unique))
     others = 2 if cfg.val_fraction > 0 else 1  # train, and val if asked, keep at least one each
-    n_test = min(len(unique) - others, max(1, _share(cfg.test_fraction, len(unique))))
-    n_val = _share(cfg.val_fraction, len(unique)) if cfg.val_fraction > 0 else 0
+    n_test = min(len(unique) - others, max(1, share_of(cfg.test_fraction, len(unique))))
+    n_val = share_of(cfg.val_fraction, len(unique)) if cfg.val_fraction > 0 else 0
     n_val = min(len(unique) - n_test - 1, max(1, n_val)) if cfg.val_fraction > 0 else 0
     subset_of = {}
     for rank, i in enumerate(order):
@@ -916,7 +916,7 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     return pd.DataFrame({"image": index["image"], "scene": index["scene"], "subset": units.map(subset_of).to_numpy()})
 
 
-def _share(fraction: float, n: int) -> int:
+def share_of(fraction: float, n: int) -> int:
     """`fraction` of `n`, rounded half to even on the decimal params.yaml gives: in binary floats 45 x 0.7
     is 31.4999... and 110 x 0.55 is 60.5000...1, which rounded to 31 and 61 where half to even gives 32 and 60."""
     return round(fractions.Fraction(repr(fraction)) * n)

@@ -100,9 +100,13 @@ def test_scene_folds_hold_every_cv_scene_once_and_no_set_aside_scene(monkeypatch
     assert quality.folds(sample, k) == folds  # seeded: every recipe is scored on the same folds
 
 
-@pytest.mark.parametrize("fraction, n_val", [(0.0, 0), (0.1, 1), (0.15, 2), (0.25, 2), (0.5, 5)])
-def test_validation_scenes_are_drawn_from_the_training_scenes_only(fraction: float, n_val: int) -> None:
-    train = [f"s{i}" for i in range(10)]
+@pytest.mark.parametrize(
+    "fraction, scenes, n_val",
+    # rounded half to even on the decimal, as the split rounds (45 x 0.7 is 31.4999... in binary floats)
+    [(0.0, 10, 0), (0.1, 10, 1), (0.15, 10, 2), (0.25, 10, 2), (0.5, 10, 5), (0.7, 45, 32), (0.55, 110, 60)],
+)
+def test_validation_scenes_are_drawn_from_the_training_scenes_only(fraction: float, scenes: int, n_val: int) -> None:
+    train = [f"s{i}" for i in range(scenes)]
     split_cfg = quality.SplitConfig(val_fraction=fraction, seed=3)
     fit, val = quality.hold_out_val(train, split_cfg)
     assert len(val) == n_val and not set(fit) & set(val) and sorted(fit + val) == sorted(train)
