@@ -230,10 +230,21 @@ def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None
         return Raster(path, crs, float(unit_m), tuple(notes))
 
 
+def _compression(src: rasterio.io.DatasetReader) -> str | None:
+    """The TIFF's compression in lower case ('jpeg', 'lzw', ...), or None. GDAL calls JPEG of YCbCr pixels
+    (orthophotos' usual `-co PHOTOMETRIC=YCBCR`) 'YCbCr JPEG', which rasterio gives as text, not as a
+    Compression: JPEG all the same."""
+    found = src.compression
+    if found is None:
+        return None
+    name = found.name if isinstance(found, rasterio.enums.Compression) else str(found).lower()
+    return "jpeg" if name == "ycbcr jpeg" else name
+
+
 def _check_picture(path: Path, src: rasterio.io.DatasetReader) -> None:
     """A TIFF without any georeference is read as a plain picture: refuse what the picture reader cannot
     decode or would read wrongly (PictureError)."""
-    compression = src.compression.name if src.compression else None
+    compression = _compression(src)
     if src.driver == "VRT" or compression in PICTURE_READER_LACKS:  # GDAL reads it, Pillow cannot
         what = "a VRT" if src.driver == "VRT" else f"a {compression.upper()}-compressed TIFF"
         raise PictureError(
@@ -390,7 +401,7 @@ def _invalid_pixel_notes(path: Path, src: Any, bands: tuple[int, ...]) -> list[s
                     f"nodata: a collar left by a warp? it is mapped as ground, forest areas included; to leave it "
                     f"out, declare it: gdal_edit.py -a_nodata {value} {path.name}"
                 )
-    jpeg = src.compression == rasterio.enums.Compression.jpeg
+    jpeg = _compression(src) == "jpeg"
     kind = "JPEG" if jpeg else {"JP2OpenJPEG": "JPEG 2000", "JPEG": "JPEG"}.get(src.driver)
     if kind and src.nodata is not None:
         notes.append(

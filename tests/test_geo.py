@@ -464,6 +464,8 @@ def test_a_raster_only_gdal_decodes_without_a_georeference_is_told_what_to_do(
         ("collar, nodata 0", None),
         ("no collar", None),
         ("collar, nodata 0, JPEG", "nodata value 0 under JPEG compression, lossy as a rule"),
+        # GDAL names it 'YCbCr JPEG', which rasterio gives as text, not a Compression
+        ("collar, nodata 0, YCbCr JPEG", "nodata value 0 under JPEG compression, lossy as a rule"),
     ],
 )
 def test_invalid_pixels_that_would_map_as_ground_are_noted(scene, tmp_path: Path, case: str, says: str | None) -> None:
@@ -472,6 +474,7 @@ def test_invalid_pixels_that_would_map_as_ground_are_noted(scene, tmp_path: Path
     if "collar" in case and case != "no collar":
         image[:60] = 255 if "white" in case else 0  # the top rows: 400 + 2 x 60 of the 1400 edge pixels
     extra = {"compress": "jpeg", "tiled": True} if "JPEG" in case else {}
+    extra |= {"photometric": "YCBCR"} if "YCbCr" in case else {}
     src = write_raster(tmp_path / "in.tif", image, nodata=0 if "nodata 0" in case else None, **extra)
     notes = check_raster(src, MapOptions(), 0.5).notes
     assert [n for n in notes if says and says in n] if says else not notes, notes
@@ -1265,6 +1268,32 @@ def test_tiff_without_any_georeference_is_a_plain_picture(checkpoint: Path, scen
     mask = np.asarray(Image.open(tmp_path / "out/scan_mask.png")) > 0
     assert np.array_equal(mask, Predictor.load(checkpoint, torch.device("cpu")).mask(scene[0]))
     assert not (tmp_path / "out/forest_area.csv").exists()
+
+
+def test_a_ycbcr_jpeg_tiff_without_a_georeference_is_a_plain_picture(checkpoint: Path, scene, tmp_path: Path) -> None:
+    """GDAL's `-co COMPRESS=JPEG -co PHOTOMETRIC=YCBCR` of orthophotos: its compression, 'YCbCr JPEG', came
+    from rasterio as text, and reading it as a Compression stopped the whole call with a traceback."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        src = write_raster(
+            tmp_path / "in/scan.tif",
+            scene[0],
+            crs=None,
+            transform=None,
+            nodata=None,
+            compress="jpeg",
+            photometric="YCBCR",
+        )
+    from forestseg.images import decode
+
+    assert cli("predict", str(checkpoint), str(src.parent), "-o", str(tmp_path / "out")) == 0
+    pixels = decode(src.read_bytes()).pixels
+    with rasterio.open(src) as ds:  # GDAL turns YCbCr into RGB
+        assert np.abs(pixels.astype(int) - ds.read().transpose(1, 2, 0)).mean() < 1  # chroma upsampled otherwise
+    mask = np.asarray(Image.open(tmp_path / "out/scan_mask.png")) > 0
+    assert np.array_equal(mask, Predictor.load(checkpoint, torch.device("cpu")).mask(pixels))
 
 
 @pytest.mark.parametrize(
