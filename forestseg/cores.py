@@ -147,9 +147,28 @@ def quota_note(threads: int, fix: str = "give --threads {}", quota: float | None
     )
 
 
+def cores_note(threads: int, fix: str = "give --threads {}", cores: int | None = None) -> str | None:
+    """A note where `threads` torch threads exceed the cores this process may run on (`cores`, else its
+    affinity: taskset, a Slurm or container cpuset), with nothing else running there: the threads take
+    turns on the cores, and each step waits on the ones descheduled. `fix` as for sharing_note."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not Linux
+            return None
+    if threads <= cores:
+        return None
+    return (
+        f"this process may run on {cores} core(s) (taskset, a Slurm or container cpuset) and it runs {threads} "
+        f"torch threads, which take turns on them and wait on each other; {fix.format(cores)}"
+    )
+
+
 def thread_notes(
     since: CpuClock | None, threads: int, fix: str = "give --threads {}", quota_fix: str | None = None
 ) -> list[str]:
-    """What a process about to run `threads` torch threads on the CPU tells first: busy_note (since
-    `since`, with `fix`) and quota_note (with `quota_fix`, else `fix`), those that apply."""
-    return [n for n in (busy_note(since, threads, fix), quota_note(threads, quota_fix or fix)) if n]
+    """What a process about to run `threads` torch threads on the CPU tells first: cores_note, else
+    busy_note (since `since`, with `fix`), and quota_note (these two with `quota_fix`, else `fix`), those
+    that apply."""
+    over = cores_note(threads, quota_fix or fix)
+    return [n for n in (over or busy_note(since, threads, fix), quota_note(threads, quota_fix or fix)) if n]

@@ -10,6 +10,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -25,10 +26,11 @@ def claim_gpu(count: int, lock_dir: Path | None = None, index: int | None = None
     parallel queue workers spread over the GPUs instead of all landing on cuda:0. With `index` (a
     run that named cuda:<i>), that GPU is claimed and returned, so the others count it."""
     default = Path(tempfile.gettempdir()) / f"forestseg-gpus-{os.getuid()}"  # per user: no shared, unwritable files
-    lock_dir = lock_dir or Path(os.environ.get("FORESTSEG_GPU_LOCKS", default))
+    # an empty value is unset (it was the working directory: lock files in the repository)
+    lock_dir = lock_dir or Path(os.environ.get("FORESTSEG_GPU_LOCKS") or default)
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / ".choose", "a") as choosing:
+        with _lock_file(lock_dir / ".choose") as choosing:
             fcntl.flock(choosing, fcntl.LOCK_EX)  # count and claim as one step: two workers never pick the same GPU
             return _claim(lock_dir, count, index)
     except OSError as e:
@@ -53,7 +55,7 @@ def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
     def busy(i: int) -> int:
         n = 0
         for slot in lock_dir.glob(f"gpu-{names[i]}.*"):
-            with open(slot, "a") as f:
+            with _lock_file(slot) as f:
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     fcntl.flock(f, fcntl.LOCK_UN)
@@ -73,7 +75,7 @@ def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
         return held[0] if index is None else index
     gpu = min(range(count), key=lambda i: (busy(i), i)) if index is None else index
     for slot in range(1024):
-        f = open(lock_dir / f"gpu-{names[gpu]}.{slot}", "a")
+        f = _lock_file(lock_dir / f"gpu-{names[gpu]}.{slot}")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -82,6 +84,20 @@ def _claim(lock_dir: Path, count: int, index: int | None = None) -> int:
         _CLAIMS.append(f)
         return gpu
     return gpu
+
+
+def _lock_file(path: Path) -> BinaryIO:
+    """`path` opened to flock, made where missing: read-only, since a flock needs no write access, so
+    workers of other users share a folder of FORESTSEG_GPU_LOCKS (opened to append, another user's 0644
+    file failed, and the worker fell back to cuda:0, busy or not). Not opened with O_CREAT where it
+    exists: Linux's protected_regular refuses that for another user's file in a sticky folder."""
+    for _ in range(2):
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):  # another worker made it first
+                os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return open(path, "rb")
 
 
 def pick_device(pref: str, key: str = "params.yaml: train.device") -> torch.device:
@@ -173,7 +189,11 @@ def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     run them at full width: on a 2-core EPYC of Zen 5 (family 26), bf16 1x1 convolutions 1021 vs
     fp32 526 GFLOP/s, UNet training 30.8 vs 18.2 img/s. With AMX bf16 runs ~6x fp32's peak."""
     words = _cpuinfo_words(cpuinfo)  # the flags, and the vendor_id's value among them
-    return "amx_bf16" in words or ("avx512_bf16" in words and "AuthenticAMD" in words)
+    cap = next((os.environ[k].strip().upper() for k in ONEDNN_CAPS if os.environ.get(k, "").strip()), "ALL")
+    uncapped = cap in ("ALL", "DEFAULT")
+    if "amx_bf16" in words and (uncapped or "AMX" in cap):
+        return True
+    return "avx512_bf16" in words and "AuthenticAMD" in words and (uncapped or "AMX" in cap or cap in BF16_ISAS)
 
 
 def _cpuinfo_words(cpuinfo: Path) -> set[str]:
@@ -184,10 +204,17 @@ def _cpuinfo_words(cpuinfo: Path) -> set[str]:
         return set()
 
 
+# oneDNN's variables that cap its kernels' instruction set (the first set counts), and the caps under
+# which its bf16 kernels keep their bf16 dot products (AMX's names hold "AMX"): capped lower (a user's
+# ONEDNN_MAX_CPU_ISA=AVX2, say, for numbers comparable across CPUs), bf16 convolutions ran 5.8-9.7x slower
+# than fp32 ones on the Zen 5, so `auto` picks fp32 there
+ONEDNN_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+BF16_ISAS = frozenset({"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2_512"})
+
 # the instruction sets that pick oneDNN's and ATen's CPU kernels, and the variables that cap them
 KERNEL_FLAGS = ("fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16")
 KERNEL_FLAGS += ("avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-KERNEL_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+KERNEL_CAPS = (*ONEDNN_CAPS, "ATEN_CPU_CAPABILITY")
 
 
 def cpu_kernels(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

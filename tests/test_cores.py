@@ -204,3 +204,24 @@ def test_cpu_quota_finds_a_v1_mount_whose_name_lists_the_controllers_in_another_
     (tmp_path / "cpu").symlink_to("cpu,cpuacct")
     (tmp_path / "cpuacct").symlink_to("cpu,cpuacct")
     assert cores.cpu_quota(tmp_path, "3:cpuacct,cpu:/\n") == 2.0
+
+
+@pytest.mark.parametrize("threads, allowed, said", [(2, 1, True), (8, 2, True), (2, 2, False), (1, 4, False)])
+def test_cores_note_where_torch_threads_exceed_the_cores_allowed(threads, allowed, said) -> None:
+    note = cores.cores_note(threads, "set train.threads: {}", cores=allowed)
+    assert note == (
+        f"this process may run on {allowed} core(s) (taskset, a Slurm or container cpuset) and it runs {threads} "
+        f"torch threads, which take turns on them and wait on each other; set train.threads: {allowed}"
+        if said
+        else None
+    )
+
+
+def test_thread_notes_say_when_a_cpuset_holds_fewer_cores_than_the_threads(monkeypatch) -> None:
+    """2 threads under `taskset -c 0` with nothing else running said nothing: the note on other
+    processes counts only their work, and torch's threads alone outnumbered the core."""
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(cores, "cpu_quota", lambda: None)
+    monkeypatch.setattr(cores, "busy_note", lambda since, threads, fix: "busy")
+    assert cores.thread_notes(None, 2) == [cores.cores_note(2, cores=1)]  # said once, as the cores' note
+    assert cores.thread_notes(None, 1) == ["busy"]
