@@ -30,6 +30,41 @@ class Block(nn.Sequential):
                 layers.append(nn.BatchNorm2d(cout))
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+        self.batch_norm = batch_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not (self.batch_norm and _fused_here(x)):
+            return super().forward(x)
+        for conv, norm in ((self[0], self[1]), (self[3], self[4])):
+            x = _conv_norm_relu(x, conv, norm)  # (B, cin, H, W) -> (B, cout, H, W), bf16
+        return x
+
+
+def _fused_here(x: torch.Tensor) -> bool:
+    """Whether a Block in eval mode runs each conv + batch-norm + ReLU as one oneDNN convolution: on the
+    CPU under bf16 autocast, where torch has oneDNN's fused op. Each norm's pass over the feature map and
+    ReLU's go (predict's forward passes ran 11-20 % faster on the Zen 5, README: Benchmarks)."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and _FUSED_OP is not None
+    )
+
+
+_FUSED_OP = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def _conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> torch.Tensor:
+    """relu(norm(conv(x))) in eval mode as one bf16 convolution, the norm folded into its weights and
+    bias. The bias stays fp32, added in the convolution's fp32 sums before they are rounded to bf16: a
+    bias rounded to bf16 (what autocast does to F.conv2d's) doubled the pixels that differ from fp32."""
+    scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)  # (cout,)
+    bias = norm.bias.float() - norm.running_mean.float() * scale  # the conv has none: Block's norm shifts
+    weight = (conv.weight.float() * scale[:, None, None, None]).to(torch.bfloat16).contiguous(memory_format=_layout(x))
+    return _FUSED_OP(
+        x.to(torch.bfloat16), weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, "relu", [], ""
+    )
 
 
 class Down(nn.Sequential):

@@ -408,3 +408,69 @@ def test_study_unet_resizes_its_map_by_pixel_centres(monkeypatch) -> None:
     torch.manual_seed(0)
     ARCHS["study_unet"].build(ModelConfig(arch="study_unet")).eval()(torch.zeros(1, 3, 48, 48))
     assert [k.get("align_corners") for k in seen] == [False] and seen[0]["mode"] == "bilinear"
+
+
+def _block_with_statistics(seed: int, near_constant: bool = False) -> torch.nn.Module:
+    """A Block in eval mode whose norms hold spread statistics, as a trained one's do (`near_constant`:
+    four features of variance 1e-5, where the norm's eps counts)."""
+    from forestseg.model import Block
+
+    torch.manual_seed(seed)
+    block = Block(8, 16).eval()
+    with torch.no_grad():
+        for norm in (block[1], block[4]):
+            norm.running_mean.uniform_(-2, 2)
+            norm.running_var.uniform_(0.3, 3)
+            if near_constant:
+                norm.running_var[:4] = 1e-5
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-1, 1)
+    return block
+
+
+@pytest.mark.parametrize("channels_last, near_constant", [(True, False), (False, False), (True, True)])
+def test_eval_block_under_cpu_bf16_runs_one_fused_convolution_per_layer(
+    channels_last: bool, near_constant: bool, monkeypatch
+) -> None:
+    """conv + batch-norm + ReLU as one oneDNN call each, no further from fp32 than torch's three ops:
+    its bias is added in fp32 before the one rounding to bf16 (a bias rounded to bf16 is not)."""
+    from forestseg import model
+
+    if model._FUSED_OP is None:
+        pytest.skip("this torch has no oneDNN fused convolution")
+    block = _block_with_statistics(0, near_constant)
+    x = torch.randn(2, 8, 24, 24)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    calls = []
+    monkeypatch.setattr(
+        model, "_FUSED_OP", lambda *a: calls.append(a[7]) or model.torch.ops.mkldnn._convolution_pointwise(*a)
+    )
+    with torch.no_grad():
+        exact = block(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            fused = block(x).float()
+            monkeypatch.setattr(model, "_FUSED_OP", None)
+            ops = block(x).float()
+    assert calls == ["relu", "relu"]
+    if not near_constant:  # there the few huge features' errors outweigh the rest
+        assert (fused - exact).abs().mean() <= (ops - exact).abs().mean() * 1.1
+    assert (fused - exact).abs().max() <= 0.02 * exact.abs().max()
+
+
+def test_fused_block_runs_only_in_eval_mode_and_under_cpu_bf16(monkeypatch) -> None:
+    """Training (batch statistics), fp32, and CUDA keep torch's own ops."""
+    from forestseg import model
+
+    block = _block_with_statistics(1)
+    calls = []
+    monkeypatch.setattr(model, "_FUSED_OP", lambda *a: calls.append(1) or torch.zeros(()))
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        block(x)  # eval, fp32
+        with torch.autocast("cpu", torch.bfloat16):
+            block.train()
+            block(x)
+            block.eval()
+            block(x)
+    assert calls == [1, 1]  # the two layers of the one eval forward under bf16
+    assert not model.Block(8, 16, batch_norm=False).eval().batch_norm  # no norm to fold: torch's ops

