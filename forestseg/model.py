@@ -52,7 +52,17 @@ def _fused_here(x: torch.Tensor) -> bool:
     )
 
 
-_FUSED_OP = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+def _fused_op() -> Callable | None:
+    """oneDNN's convolution with a post-op, where this CPU runs it in bf16: torch refuses it without
+    AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, where its own bf16 convolution falls back to a slow one."""
+    op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+    try:
+        return op if op is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):  # a torch without the check
+        return None
+
+
+_FUSED_OP = _fused_op()
 
 
 def _conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> torch.Tensor:

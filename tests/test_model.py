@@ -474,3 +474,15 @@ def test_fused_block_runs_only_in_eval_mode_and_under_cpu_bf16(monkeypatch) -> N
             block(x)
     assert calls == [1, 1]  # the two layers of the one eval forward under bf16
     assert not model.Block(8, 16, batch_norm=False).eval().batch_norm  # no norm to fold: torch's ops
+
+
+@pytest.mark.parametrize("bf16_kernels", [True, False])
+def test_no_fused_convolution_where_onednn_has_no_bf16_kernels(bf16_kernels: bool, monkeypatch) -> None:
+    """torch refuses oneDNN's bf16 convolution on a CPU without AVX-512 BW/VL/DQ or AVX-NE-CONVERT (an
+    AVX2 CPU given precision bf16), where its own conv falls back to a slow kernel: the Block does too."""
+    from forestseg import model
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_kernels)
+    assert (model._fused_op() is not None) is bf16_kernels
