@@ -43,9 +43,10 @@ class Block(nn.Sequential):
 def _fused_here(x: torch.Tensor) -> bool:
     """Whether a Block in eval mode runs each conv + batch-norm + ReLU as one oneDNN convolution: on the
     CPU under bf16 autocast, where torch has oneDNN's fused op. Each norm's pass over the feature map and
-    ReLU's go (predict's forward passes ran 11-20 % faster on the Zen 5, README: Benchmarks)."""
+    ReLU's go (predict's forward passes ran 12-15 % faster on the Zen 5, README: Benchmarks)."""
     return (
         x.device.type == "cpu"
+        and not torch.is_grad_enabled()  # the fused op has no backward: a gradient through eval mode keeps torch's
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and _FUSED_OP is not None

@@ -457,23 +457,27 @@ def test_eval_block_under_cpu_bf16_runs_one_fused_convolution_per_layer(
     assert (fused - exact).abs().max() <= 0.02 * exact.abs().max()
 
 
-def test_fused_block_runs_only_in_eval_mode_and_under_cpu_bf16(monkeypatch) -> None:
-    """Training (batch statistics), fp32, and CUDA keep torch's own ops."""
+def test_fused_block_runs_only_in_eval_mode_without_gradients_under_cpu_bf16(monkeypatch) -> None:
+    """Training (batch statistics), fp32, a gradient through eval mode (the op has no backward), and
+    CUDA keep torch's own ops; so does a Block without batch-norm (no norm to fold)."""
     from forestseg import model
 
     block = _block_with_statistics(1)
     calls = []
     monkeypatch.setattr(model, "_FUSED_OP", lambda *a: calls.append(1) or torch.zeros(()))
     x = torch.randn(2, 8, 16, 16)
-    with torch.no_grad():
-        block(x)  # eval, fp32
-        with torch.autocast("cpu", torch.bfloat16):
+    with torch.autocast("cpu", torch.bfloat16):
+        assert block(x.requires_grad_()).requires_grad  # eval, with gradients
+        with torch.no_grad():
             block.train()
             block(x)
             block.eval()
             block(x)
-    assert calls == [1, 1]  # the two layers of the one eval forward under bf16
-    assert not model.Block(8, 16, batch_norm=False).eval().batch_norm  # no norm to fold: torch's ops
+            plain = model.Block(8, 16, batch_norm=False).eval()
+            assert torch.equal(plain(x), torch.nn.Sequential(*plain)(x))
+    with torch.no_grad():
+        block(x)  # eval, fp32
+    assert calls == [1, 1]  # the two layers of the one eval forward without gradients under bf16
 
 
 @pytest.mark.parametrize("bf16_kernels", [True, False])
