@@ -194,7 +194,15 @@ def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
                 new_temp(path.parent, _temps_of(path).name, f".tmp{path.suffix}", listed=temps)
             except OSError as e:
                 raise write_error(path, e, temp=_temps_of(path)) from None
-        yield tuple(temps)
+        try:
+            yield tuple(temps)
+        except ForestsegError as e:  # a writer that wraps a temp in a write of its own names it: say the output
+            said = str(e)
+            for tmp, final in zip(temps, finals):
+                said = said.replace(str(tmp), str(final))
+            if said == str(e):
+                raise
+            raise ForestsegError(said) from None
         replace_together(dict(zip(temps, finals)))
     except OSError as e:
         if e.errno in _WRITE_ERRORS:  # a full disk or a read-only folder mid-write: one line, no litter

@@ -1486,6 +1486,28 @@ def test_a_full_disk_during_index_is_one_line_and_leaves_no_temp_files(tiny_set,
     assert list(out.iterdir()) == []  # no temp arrays left behind
 
 
+def test_a_full_disk_during_the_index_stage_names_the_array_not_its_temp(tiny_set, tmp_path, monkeypatch):
+    """index_folder writes the arrays to temps that build_index wraps in writes of its own: the line named
+    the outer temp (data/packed/.images.~host-pid.x.tmp.npy, hidden and gone), not images.npy (a review)."""
+    import errno
+    import os
+
+    from forestseg.config import DataConfig
+    from forestseg.dataset import index_folder
+    from forestseg.errors import ForestsegError
+    from forestseg.layout import DataLayout
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    layout = DataLayout(tmp_path / "data")
+    with pytest.raises(ForestsegError) as err:
+        index_folder(tiny_set, layout, DataConfig())
+    assert str(err.value).startswith(f"{layout.images}: cannot write it: no space left on the device"), err.value
+    assert not [p for p in layout.root.rglob("*") if p.is_file()]  # no temp arrays left behind
+
+
 def test_untracked_data_inside_the_project_is_refused(tiny_set, tmp_path):
     import subprocess
 

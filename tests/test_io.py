@@ -605,3 +605,20 @@ def test_a_signal_as_a_temp_is_made_leaves_no_temp(tmp_path: Path, monkeypatch) 
     finally:
         signal.signal(signal.SIGTERM, before)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_error_inside_an_atomic_write_names_its_output_not_the_temp(tmp_path) -> None:
+    """A writer that wraps atomic_paths' temp in an atomic write of its own reports that temp: the
+    outer one says its output instead; other errors pass unchanged."""
+    from forestseg.io import atomic_paths
+
+    final = tmp_path / "images.npy"
+    with pytest.raises(ForestsegError) as err:
+        with atomic_paths(final) as (tmp,):
+            raise ForestsegError(f"{tmp}: cannot write it: no space left on the device (0 MiB free)")
+    assert str(err.value) == f"{final}: cannot write it: no space left on the device (0 MiB free)"
+    other = ForestsegError("data row 3: an empty cell")
+    with pytest.raises(ForestsegError) as err:
+        with atomic_paths(final):
+            raise other
+    assert err.value is other and not list(tmp_path.iterdir())
