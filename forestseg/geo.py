@@ -356,8 +356,8 @@ def _check_bounds(path: Path, src: rasterio.io.DatasetReader) -> tuple[list[floa
 
 
 def _band_notes(path: Path, src: rasterio.io.DatasetReader, chosen: tuple[int, ...]) -> list[str]:
-    """Notes on bands that are likely mistagged (an alpha of other values, blue-green-red) and on invalid
-    pixels."""
+    """Notes on bands that are likely mistagged (an alpha of other values) or read as colours they are not
+    tagged as (blue-green-red, near-infrared-red-green-blue), and on invalid pixels."""
     notes, bands = [], ",".join(map(str, chosen))
     for b in range(1, src.count + 1):
         if b not in chosen and src.colorinterp[b - 1] == ColorInterp.alpha and _not_an_alpha(src, b):
@@ -366,10 +366,20 @@ def _band_notes(path: Path, src: rasterio.io.DatasetReader, chosen: tuple[int, .
                 f"if it is a near-infrared band, its 0 pixels were left out as nodata: untag it with "
                 f"gdal_edit.py -colorinterp_{b} undefined {path.name}"
             )
-    if [src.colorinterp[b - 1] for b in chosen] == [ColorInterp.blue, ColorInterp.green, ColorInterp.red]:
-        order = ",".join(str(chosen[i]) for i in (2, 1, 0))
-        notes.append(f"{path.name}: bands {bands} are tagged blue, green, red; if so, pass --bands {order}")
+    # the bands tagged red, green and blue (one each) are others than those read as them: BGR, or NRGB
+    # read as 1,2,3 (near-infrared as red, without a word)
+    tagged = [[b for b in range(1, src.count + 1) if src.colorinterp[b - 1] == c] for c in RGB_TAGS]
+    order = ",".join(str(b[0]) for b in tagged) if all(len(b) == 1 for b in tagged) else bands
+    if order != bands:
+        names = ", ".join(src.colorinterp[b - 1].name for b in chosen)
+        notes.append(
+            f"{path.name}: bands {bands} are tagged {names}, and bands {order} red, green, blue; if so, "
+            f"pass --bands {order}"
+        )
     return notes + _invalid_pixel_notes(path, src, chosen)
+
+
+RGB_TAGS = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
 
 
 # TIFF compressions GDAL reads and Pillow's libtiff, as its wheels are built, does not

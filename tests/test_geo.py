@@ -1700,7 +1700,10 @@ def test_evaluate_says_the_raster_headers_notes_as_predict_does(
         ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
     write_raster(tmp_path / "data/masks/a.tif", scene[1][..., None].astype(np.uint8), nodata=None)
     assert cli("evaluate", str(checkpoint), str(tmp_path / "data")) == 0
-    assert "note: a.tif: bands 1,2,3 are tagged blue, green, red; if so, pass --bands 3,2,1" in capsys.readouterr().out
+    assert (
+        "note: a.tif: bands 1,2,3 are tagged blue, green, red, and bands 3,2,1 red, green, blue; if so, pass --bands 3,2,1"
+        in capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(
@@ -2323,20 +2326,32 @@ def test_a_strip_thinner_than_one_model_pixel_is_refused(tmp_path: Path, rows: i
         assert check_raster(src, MapOptions(), 0.5).path == src
 
 
+B, G, R, N, U = ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined, ColorInterp.gray
+
+
 @pytest.mark.parametrize(
-    "tags, noted",
+    "tags, bands, says",
     [
-        ((ColorInterp.blue, ColorInterp.green, ColorInterp.red), True),
-        ((ColorInterp.red, ColorInterp.green, ColorInterp.blue), False),
+        ((B, G, R), "1,2,3", "bands 1,2,3 are tagged blue, green, red, and bands 3,2,1 red, green, blue"),
+        ((R, G, B), "1,2,3", None),
+        ((R, G, B), "3,2,1", "bands 3,2,1 are tagged blue, green, red, and bands 1,2,3 red, green, blue"),
+        # NRGB read as 1,2,3: near-infrared as red, green as blue, without a word (a review)
+        ((N, R, G, B), "1,2,3", "bands 1,2,3 are tagged undefined, red, green, and bands 2,3,4 red, green, blue"),
+        ((N, R, G, B), "2,3,4", None),
+        ((R, G, B, N), "1,2,3", None),  # RGBN: the colours are the first three
+        ((U, U, U), "1,2,3", None),  # no colour tags: nothing to go by
+        ((N, N, N, N), "1,2,3", None),
     ],
 )
-def test_bands_tagged_blue_green_red_get_the_bands_that_turn_them(tmp_path: Path, tags, noted: bool) -> None:
-    src = write_raster(tmp_path / "bgr.tif", np.full((64, 64, 3), 90, np.uint8), nodata=None)
+def test_bands_read_as_colours_they_are_not_tagged_as_get_the_tagged_ones(
+    tmp_path: Path, tags, bands: str, says: str | None
+) -> None:
+    src = write_raster(tmp_path / "o.tif", np.full((64, 64, len(tags)), 90, np.uint8), nodata=None)
     with rasterio.open(src, "r+") as ds:
         ds.colorinterp = tags
-    notes = check_raster(src, MapOptions(), 0.5).notes
-    says = "bgr.tif: bands 1,2,3 are tagged blue, green, red; if so, pass --bands 3,2,1"
-    assert (says in notes) == noted, notes
+    notes = check_raster(src, MapOptions(bands=tuple(map(int, bands.split(",")))), 0.5).notes
+    order = says.split("and bands ")[1].split(" ")[0] if says else None
+    assert list(notes) == ([f"o.tif: {says}; if so, pass --bands {order}"] if says else []), notes
 
 
 @pytest.mark.parametrize("lat, refused", [(10, True), (1, False)])

@@ -338,7 +338,10 @@ def test_the_rasters_header_notes_are_said_as_predict_says_them(photo, truth, tm
         ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
     said: list[str] = []
     tile_pairs("raster", found, tmp_path / "tiles", TileOptions(), log=said.append)
-    assert "note: a.tif: bands 1,2,3 are tagged blue, green, red; if so, pass --bands 3,2,1" in said
+    assert (
+        "note: a.tif: bands 1,2,3 are tagged blue, green, red, and bands 3,2,1 red, green, blue; if so, pass --bands 3,2,1"
+        in said
+    )
 
 
 def test_tiles_are_checked_before_any_is_cut(photo, truth, tmp_path: Path) -> None:
