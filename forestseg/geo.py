@@ -266,6 +266,21 @@ def _check_picture(path: Path, src: rasterio.io.DatasetReader) -> None:
             f"picture reader cannot read as colour; tag them RGB: gdal_translate -co PHOTOMETRIC=RGB "
             f"{path.name} out.tif"
         )
+    tagged = _tagged_rgb(src)
+    if tagged not in (None, "1,2,3"):  # the picture reader takes bands 1, 2, 3 as red, green, blue
+        b = tagged.split(",")
+        raise PictureError(
+            f"{path}: its bands {tagged} are tagged red, green, blue, but without a georeference it is read as a "
+            f"plain picture, bands 1,2,3 as red, green, blue; reorder them (gdal_translate -b {b[0]} -b {b[1]} "
+            f"-b {b[2]} {path.name} out.tif), or give it its CRS and pixel grid and map it with --bands {tagged}"
+        )
+    for band in range(4, src.count + 1):
+        if src.colorinterp[band - 1] == ColorInterp.alpha and _not_an_alpha(src, band):
+            raise PictureError(
+                f"{path}: band {band} is tagged alpha (transparency) but holds values other than 0 and 255 "
+                f"(near-infrared?); as a plain picture its 0 pixels would be read as transparent: untag it "
+                f"(gdal_edit.py -colorinterp_{band} undefined {path.name})"
+            )
     flags = src.mask_flag_enums[0]
     if src.nodata is not None or (MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags):
         # the picture reader honours an alpha band, not GDAL's nodata value or internal mask
@@ -368,8 +383,7 @@ def _band_notes(path: Path, src: rasterio.io.DatasetReader, chosen: tuple[int, .
             )
     # the bands tagged red, green and blue (one each) are others than those read as them: BGR, or NRGB
     # read as 1,2,3 (near-infrared as red, without a word)
-    tagged = [[b for b in range(1, src.count + 1) if src.colorinterp[b - 1] == c] for c in RGB_TAGS]
-    order = ",".join(str(b[0]) for b in tagged) if all(len(b) == 1 for b in tagged) else bands
+    order = _tagged_rgb(src) or bands
     if order != bands:
         names = ", ".join(src.colorinterp[b - 1].name for b in chosen)
         notes.append(
@@ -377,6 +391,12 @@ def _band_notes(path: Path, src: rasterio.io.DatasetReader, chosen: tuple[int, .
             f"pass --bands {order}"
         )
     return notes + _invalid_pixel_notes(path, src, chosen)
+
+
+def _tagged_rgb(src: Any) -> str | None:
+    """The bands tagged red, green and blue, as --bands takes them ("3,2,1"), where one band each is."""
+    tagged = [[b for b in range(1, src.count + 1) if src.colorinterp[b - 1] == c] for c in RGB_TAGS]
+    return ",".join(str(b[0]) for b in tagged) if all(len(b) == 1 for b in tagged) else None
 
 
 RGB_TAGS = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)

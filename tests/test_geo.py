@@ -1317,6 +1317,46 @@ def test_a_plain_tiff_that_the_picture_reader_would_misread_is_refused(
     assert cli("predict", str(checkpoint), str(tmp_path / "ok"), "-o", str(tmp_path / "out")) == 0
 
 
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("bgr", "its bands 3,2,1 are tagged red, green, blue, but without a georeference it is read as a plain"),
+        ("nrgb", "its bands 2,3,4 are tagged red, green, blue, but without a georeference"),
+        ("nir as alpha", "band 4 is tagged alpha (transparency) but holds values other than 0 and 255"),
+        ("rgb", None),
+        ("rgba", None),  # a real alpha: 0 and 255
+    ],
+)
+def test_a_plain_tiff_whose_band_tags_the_picture_reader_ignores_is_refused(
+    checkpoint: Path, scene, tmp_path: Path, capsys, case: str, says: str | None
+) -> None:
+    """Without a georeference a TIFF is read as a picture, bands 1, 2, 3 as red, green, blue and a 4th
+    tagged alpha as transparency, whatever GDAL's tags say: a BGR one was predicted with blue as red, an
+    NRGB one with near-infrared as red, an RGBN one's near-infrared 0 pixels as transparent (a review)."""
+    import warnings
+
+    rgb = scene[0][:64, :64]
+    bands = {
+        "bgr": rgb,
+        "nrgb": np.dstack([rgb[..., 0] // 2 + 1, rgb]),
+        "nir as alpha": np.dstack([rgb, (np.arange(64 * 64) % 200).reshape(64, 64).astype(np.uint8)]),
+        "rgb": rgb,
+        "rgba": np.dstack([rgb, np.full((64, 64), 255, np.uint8)]),
+    }[case]
+    extra = {"photometric": "RGB", "alpha": "YES"} if case in ("nir as alpha", "rgba") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        src = write_raster(tmp_path / "in/scan.tif", bands, crs=None, transform=None, nodata=None, **extra)
+        tags = {"bgr": [B, G, R], "nrgb": [N, R, G, B]}.get(case)
+        if tags:
+            with rasterio.open(src, "r+") as ds:
+                ds.colorinterp = tags
+    code = cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert (code, says is None or f"scan.tif: {says}" in err) == (1 if says else 0, True), err
+    assert says is None or err.count("\n") == 1, err
+
+
 def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> None:
     image = with_nodata_corner(scene[0])
     src = write_raster(tmp_path / "in/o.tif", image)
