@@ -229,18 +229,30 @@ def _field_problem(state: dict) -> str | None:
     return None
 
 
-def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+def load_weights(model: torch.nn.Module, state: dict, path: str | Path, fix: str | None = None) -> None:
     """The weights of model file `state` (read from `path`) into `model`, built from its model params;
-    one line if they do not fit."""
+    one line if they do not fit, ending in `fix` (else: copy it again, or retrain)."""
     try:
         model.load_state_dict(state["weights"])
     except (RuntimeError, TypeError, KeyError, AttributeError) as e:
         # torch lists every layer that does not fit, one per line: the first and how many more
         problems = [" ".join(line.split()) for line in str(e).split("\n\t")[1:]] or [" ".join(str(e).split())]
         more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+        # a prefix that torch.compile or DataParallel put on every name: said first, or it is cut off below
+        names = [str(k) for k in state["weights"]] if isinstance(state.get("weights"), dict) else []
+        wrapped = sorted({k.split(".")[0] for k in names if k.split(".")[0] in WRAPPER_PREFIXES})
+        why = (
+            f"its weights' names start {wrapped[0]!r}: saved from a torch.compile'd or DataParallel model"
+            if wrapped  # the cause, which the list below would cut off
+            else f"{problems[0][:300]}{more}"
+        )
         raise ForestsegError(
-            f"{path}: the weights do not match the model its params describe ({problems[0][:300]}{more})"
+            f"{path}: the weights do not match the model its params describe ({why}); "
+            f"{fix or 'damaged or edited: copy it again, or retrain (`dvc repro`)'}"
         ) from None
+
+
+WRAPPER_PREFIXES = ("_orig_mod", "module")  # torch.compile's and DataParallel's
 
 
 def init_dvc_files(path: str | Path) -> list[Path]:

@@ -102,7 +102,10 @@ class Predictor:
             model = build_model(cfg)
         except (ConfigError, TypeError) as e:  # its own model params, not params.yaml's
             reason = str(e).replace("params.yaml: ", "", 1)
-            raise ForestsegError(f"{path}: its model params are not a model of this version ({reason})") from None
+            raise ForestsegError(
+                f"{path}: its model params are not a model of this version ({reason}); a file of another "
+                "forestseg version, or edited: predict with the version that trained it, or retrain (`dvc repro`)"
+            ) from None
         smallest = ARCHS[cfg.arch].smallest_tile(cfg)  # a forward pass on less fails deep inside torch
         if state["tile_size"] < smallest:
             raise ForestsegError(

@@ -449,9 +449,9 @@ def train_run(
     model = build_model(model_cfg).to(device)
     if source is not None:  # before the optimizer is built; a resume file below still takes precedence
         try:
-            load_weights(model, source, init)
+            load_weights(model, source, init, fix=INIT_FIX)
         except ForestsegError as e:  # model params that match and weights that do not: edited or foreign
-            raise ForestsegError(f"params.yaml: train.init_from: {e}; {INIT_FIX}") from None
+            raise ForestsegError(f"params.yaml: train.init_from: {e}") from None
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     lr, lr_param = opt_cfg.lr_for(run.loss, run.optimizer), opt_cfg.lr_param(run.loss, run.optimizer)
