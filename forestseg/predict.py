@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import OLDER_FILES, load_weights, read_model
-from .config import FIXED_BY_ARCH, PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig, Run
+from .config import FIXED_BY_ARCH, PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig, Run, build
 from .device import apply_precision
 from .images import ImageError, WideGreyError, decode
 from .io import read_columns
@@ -98,7 +98,9 @@ class Predictor:
             if recorded.get("arch") in ARCHS:
                 ignored = [k for k in FIXED_BY_ARCH if k not in ARCHS[recorded["arch"]].uses]
                 recorded.update({k: ModelConfig.__dataclass_fields__[k].default for k in ignored})
-            cfg = ModelConfig(**recorded)
+            # as params.yaml's model section is read: `batch_norm: "no"` is refused, not taken as true
+            defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+            cfg = build(ModelConfig, "model", {**defaults, **recorded})
             model = build_model(cfg)
         except (ConfigError, TypeError) as e:  # its own model params, not params.yaml's
             reason = str(e).replace("params.yaml: ", "", 1)

@@ -909,6 +909,11 @@ def test_predict_removes_what_a_killed_run_left_in_its_folder(checkpoint, tmp_pa
             r"torch.compile'd or DataParallel model\); damaged or edited",
         ),
         (lambda s: {**s, "model": {**s["model"], "arch": "resnet"}}, r"predict with the version that trained it"),
+        # read as params.yaml's model section is: predicted with batch-norm, as truthy text (a review)
+        (
+            lambda s: {**s, "model": {**s["model"], "batch_norm": "no"}},
+            r"its model params are not a model of this version \(model.batch_norm: must be true or false, got 'no'",
+        ),
     ],
 )
 def test_a_damaged_model_file_is_one_short_line(checkpoint, tmp_path, capsys, damage, says) -> None:
