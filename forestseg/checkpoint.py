@@ -246,6 +246,8 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, fix: str
             if wrapped  # the cause, which the list below would cut off
             else f"{problems[0][:300]}{more}"
         )
+        if wrapped:  # not damaged: the names of another program's save
+            fix = f"remove {wrapped[0] + '.'!r} from the start of its weights' names (forestseg writes none)"
         raise ForestsegError(
             f"{path}: the weights do not match the model its params describe ({why}); "
             f"{fix or 'damaged or edited: copy it again, or retrain (`dvc repro`)'}"

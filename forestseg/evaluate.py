@@ -279,7 +279,7 @@ def evaluate_rasters(
 
     rasters = []
     for image, truth_path in pairs:
-        raster = check_raster(image, opts, predictor.pixel_size_m)
+        raster = check_raster(image, opts, predictor.pixel_size_m, pictures=False)
         if raster is None:
             raise ForestsegError(f"{image}: has no georeference; labelled rasters must be GeoTIFFs")
         check_truth(truth_path)

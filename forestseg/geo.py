@@ -175,16 +175,18 @@ class PictureError(ForestsegError):
     alone, as a picture does, where a raster that cannot be mapped stops the run."""
 
 
-def check_raster(path: Path, opts: MapOptions, model_px: float) -> Raster | None:
+def check_raster(path: Path, opts: MapOptions, model_px: float, pictures: bool = True) -> Raster | None:
     """Check, from its header, that `path` can be mapped with `opts` by a model of `model_px` m pixels;
     raises ForestsegError (one line) naming the file and the fix, PictureError where it has no
-    georeference. Returns None for a TIFF with no georeference at all, which is read as a plain
-    picture like a PNG."""
+    georeference and the picture reader would misread it. Returns None for a TIFF with no georeference
+    at all, which predict reads as a plain picture like a PNG (`pictures`; tile and evaluate, which
+    take GeoTIFFs only, say so themselves)."""
     target = parse_crs(opts.reproject) if opts.reproject else None
     with _open(path) as src:
         gcps, _ = src.gcps
         if src.transform.is_identity and src.crs is None and not gcps and src.rpcs is None:
-            _check_picture(path, src)
+            if pictures:
+                _check_picture(path, src)
             return None
         _check_georeference(path, src, gcps)
         _check_bands(path, src, opts.bands)
@@ -273,14 +275,7 @@ def _check_picture(path: Path, src: rasterio.io.DatasetReader) -> None:
             f"{path}: its bands {tagged} are tagged red, green, blue, but without a georeference it is read as a "
             f"plain picture, bands 1,2,3 as red, green, blue; reorder them (gdal_translate -b {b[0]} -b {b[1]} "
             f"-b {b[2]} {path.name} out.tif), or give it its CRS and pixel grid and map it with --bands {tagged}"
-        )
-    for band in range(4, src.count + 1):
-        if src.colorinterp[band - 1] == ColorInterp.alpha and _not_an_alpha(src, band):
-            raise PictureError(
-                f"{path}: band {band} is tagged alpha (transparency) but holds values other than 0 and 255 "
-                f"(near-infrared?); as a plain picture its 0 pixels would be read as transparent: untag it "
-                f"(gdal_edit.py -colorinterp_{band} undefined {path.name})"
-            )
+        )  # tags only: its pixels are the picture reader's to decode (a damaged one fails there, alone)
     flags = src.mask_flag_enums[0]
     if src.nodata is not None or (MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags):
         # the picture reader honours an alpha band, not GDAL's nodata value or internal mask

@@ -223,7 +223,7 @@ def tile_pairs(
         map_opts = MapOptions(bands=opts.bands, resample=opts.pixel_size_m is not None, reproject=opts.reproject)
         rasters = {}
         for image, truth in pairs:
-            raster = check_raster(image, map_opts, opts.pixel_size_m or 1.0)
+            raster = check_raster(image, map_opts, opts.pixel_size_m or 1.0, pictures=False)
             if raster is None:
                 raise ForestsegError(
                     f"{image}: has no georeference; give it its CRS and grid, or save it as a .png to cut it as a picture"

@@ -1322,28 +1322,29 @@ def test_a_plain_tiff_that_the_picture_reader_would_misread_is_refused(
     [
         ("bgr", "its bands 3,2,1 are tagged red, green, blue, but without a georeference it is read as a plain"),
         ("nrgb", "its bands 2,3,4 are tagged red, green, blue, but without a georeference"),
-        ("nir as alpha", "band 4 is tagged alpha (transparency) but holds values other than 0 and 255"),
         ("rgb", None),
         ("rgba", None),  # a real alpha: 0 and 255
+        ("soft alpha", None),  # an antialiased cut-out's edge: the picture reader keeps any alpha above 0
     ],
 )
 def test_a_plain_tiff_whose_band_tags_the_picture_reader_ignores_is_refused(
     checkpoint: Path, scene, tmp_path: Path, capsys, case: str, says: str | None
 ) -> None:
-    """Without a georeference a TIFF is read as a picture, bands 1, 2, 3 as red, green, blue and a 4th
-    tagged alpha as transparency, whatever GDAL's tags say: a BGR one was predicted with blue as red, an
-    NRGB one with near-infrared as red, an RGBN one's near-infrared 0 pixels as transparent (a review)."""
+    """Without a georeference a TIFF is read as a picture, bands 1, 2, 3 as red, green, blue, whatever
+    GDAL's tags say: a BGR one was predicted with blue as red, an NRGB one with near-infrared as red (a
+    review). A 4th band tagged alpha is transparency, soft edges included (a near-infrared band tagged
+    so was refused once, and so were antialiased cut-outs: not any more)."""
     import warnings
 
     rgb = scene[0][:64, :64]
     bands = {
         "bgr": rgb,
         "nrgb": np.dstack([rgb[..., 0] // 2 + 1, rgb]),
-        "nir as alpha": np.dstack([rgb, (np.arange(64 * 64) % 200).reshape(64, 64).astype(np.uint8)]),
         "rgb": rgb,
         "rgba": np.dstack([rgb, np.full((64, 64), 255, np.uint8)]),
+        "soft alpha": np.dstack([rgb, np.clip(np.arange(64 * 64).reshape(64, 64) // 8, 1, 255).astype(np.uint8)]),
     }[case]
-    extra = {"photometric": "RGB", "alpha": "YES"} if case in ("nir as alpha", "rgba") else {}
+    extra = {"photometric": "RGB", "alpha": "YES"} if "alpha" in case else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         src = write_raster(tmp_path / "in/scan.tif", bands, crs=None, transform=None, nodata=None, **extra)
@@ -1355,6 +1356,22 @@ def test_a_plain_tiff_whose_band_tags_the_picture_reader_ignores_is_refused(
     err = capsys.readouterr().err
     assert (code, says is None or f"scan.tif: {says}" in err) == (1 if says else 0, True), err
     assert says is None or err.count("\n") == 1, err
+
+
+def test_a_damaged_plain_tiff_fails_alone(checkpoint: Path, scene, tmp_path: Path, capsys) -> None:
+    """Its header reads, its pixels do not: the picture reader says so for it alone, and the other
+    pictures are written (a check that read its alpha band raised GDAL's error for the whole call)."""
+    rgba = np.dstack([scene[0][:64, :64], np.full((64, 64), 255, np.uint8)])
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgba).save(tmp_path / "in/damaged.tif", compression="tiff_adobe_deflate")
+    data = bytearray((tmp_path / "in/damaged.tif").read_bytes())  # the strips first, the header's IFD last
+    data[100:300] = np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8).tobytes()
+    (tmp_path / "in/damaged.tif").write_bytes(bytes(data))
+    Image.fromarray(scene[0][:64, :64]).save(tmp_path / "in/good.png")
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'in/damaged.tif'}: ") and err.count("\n") == 1, err
+    assert (tmp_path / "out/good_mask.png").is_file()
 
 
 def test_probability_and_polygons(checkpoint: Path, scene, tmp_path: Path) -> None:

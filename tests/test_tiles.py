@@ -136,7 +136,9 @@ def test_a_no_forest_raster_whose_nodata_hides_its_forest_stops(photo, tmp_path:
     [
         ("classes", r"masks/a.tif: holds 2 values besides 0"),
         ("exists", r"-o .*tiles: already exists"),
-        ("no crs", r"images/a.tif: has no georeference"),
+        ("no crs", r"images/a.tif: has no georeference; give it its CRS and grid, or save it as a .png"),
+        # said the same whatever the picture reader would make of it: tile never reads a TIFF as a picture
+        ("no crs, tagged bgr", r"images/a.tif: has no georeference; give it its CRS and grid, or save it as a .png"),
         ("oblong", r"pixels are 0.5 x 0.6 m, not square .* --pixel-size"),
         ("small", r"no whole 256-px tile with data in 1 scene"),
         ("size", r"--size 8: a tile needs at least 16 pixels"),
@@ -153,8 +155,11 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(
     if case == "small":
         photo, truth = photo[:200, :200], truth[:200, :200]
     found = pairs(tmp_path, photo, truth)
-    if case == "no crs":
+    if case.startswith("no crs"):
         Image.fromarray(photo).save(found[0][0])  # a TIFF with no georeference
+    if case == "no crs, tagged bgr":
+        with rasterio.open(found[0][0], "r+") as ds:
+            ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
     if case == "oblong":
         for path in found[0]:
             with rasterio.open(path, "r+") as ds:
