@@ -231,7 +231,8 @@ def _field_problem(state: dict) -> str | None:
 
 def load_weights(model: torch.nn.Module, state: dict, path: str | Path, fix: str | None = None) -> None:
     """The weights of model file `state` (read from `path`) into `model`, built from its model params;
-    one line if they do not fit, ending in `fix` (else: copy it again, or retrain)."""
+    one line if they do not fit, ending in `fix` (else: copy it again, or retrain), or for weights saved
+    from a wrapped model in removing the wrappers' prefix."""
     try:
         model.load_state_dict(state["weights"])
     except (RuntimeError, TypeError, KeyError, AttributeError) as e:
@@ -240,14 +241,14 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, fix: str
         more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
         # a prefix that torch.compile or DataParallel put on every name: said first, or it is cut off below
         names = [str(k) for k in state["weights"]] if isinstance(state.get("weights"), dict) else []
-        wrapped = sorted({k.split(".")[0] for k in names if k.split(".")[0] in WRAPPER_PREFIXES})
+        wrapped = sorted({p for p in map(_wrapper_prefix, names) if p})  # "_orig_mod.module." for both
         why = (
             f"its weights' names start {wrapped[0]!r}: saved from a torch.compile'd or DataParallel model"
             if wrapped  # the cause, which the list below would cut off
             else f"{problems[0][:300]}{more}"
         )
         if wrapped:  # not damaged: the names of another program's save
-            fix = f"remove {wrapped[0] + '.'!r} from the start of its weights' names (forestseg writes none)"
+            fix = f"remove {wrapped[0]!r} from the start of its weights' names (forestseg writes none)"
         raise ForestsegError(
             f"{path}: the weights do not match the model its params describe ({why}); "
             f"{fix or 'damaged or edited: copy it again, or retrain (`dvc repro`)'}"
@@ -255,6 +256,15 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, fix: str
 
 
 WRAPPER_PREFIXES = ("_orig_mod", "module")  # torch.compile's and DataParallel's
+
+
+def _wrapper_prefix(name: str) -> str:
+    """The wrappers' prefix of a weight's name ("_orig_mod.module." of a compiled DataParallel model), or ""."""
+    parts = name.split(".")
+    k = 0
+    while k < len(parts) - 1 and parts[k] in WRAPPER_PREFIXES:
+        k += 1
+    return "".join(f"{p}." for p in parts[:k])
 
 
 def init_dvc_files(path: str | Path) -> list[Path]:

@@ -905,8 +905,12 @@ def test_predict_removes_what_a_killed_run_left_in_its_folder(checkpoint, tmp_pa
         # saved from a torch.compile'd model: the cause is the prefix, which the cut list left out
         (
             lambda s: {**s, "weights": {f"_orig_mod.{k}": v for k, v in s["weights"].items()}},
-            r"do not match the model its params describe \(its weights' names start '_orig_mod': saved from a "
+            r"do not match the model its params describe \(its weights' names start '_orig_mod.': saved from a "
             r"torch.compile'd or DataParallel model\); remove '_orig_mod.' from the start of its weights' names",
+        ),
+        (  # a compiled DataParallel model: both prefixes at once, not one per try
+            lambda s: {**s, "weights": {f"_orig_mod.module.{k}": v for k, v in s["weights"].items()}},
+            r"remove '_orig_mod.module.' from the start of its weights' names",
         ),
         (lambda s: {**s, "model": {**s["model"], "arch": "resnet"}}, r"predict with the version that trained it"),
         # read as params.yaml's model section is: predicted with batch-norm, as truthy text (a review)
