@@ -1232,14 +1232,15 @@ def write_polygons(mask_path: Path, out: Path, min_area_m2: float, unit_m: float
             if value != FOREST:
                 continue
             area = polygon_area(geometry["coordinates"]) * unit_m**2
-            if area < min_area_m2:
+            if area < min_area_m2 * (1 - 1e-9):  # the coordinates' sum can fall a hair short of a patch's exact area
                 continue
             if epsg or not (ds.crs.is_projected or ds.crs.is_geographic):
                 geometry = {"type": "Polygon", "coordinates": _rounded(_right_hand(geometry["coordinates"]), 3)}
             else:
                 geometry = transform_geom(ds.crs, "EPSG:4326", geometry)
                 geometry = {"type": "Polygon", "coordinates": _rounded(_right_hand(geometry["coordinates"]), 8)}
-            feature = {"type": "Feature", "properties": {"area_m2": round(area, 2)}, "geometry": geometry}
+            # 10 significant digits: pixels of 5 cm hold 0.0025 m2, which two decimals read as 0
+            feature = {"type": "Feature", "properties": {"area_m2": float(f"{area:.10g}")}, "geometry": geometry}
             f.write((",\n" if written else "") + json.dumps(feature))
             written += 1
         f.write("\n]}\n")

@@ -2352,22 +2352,25 @@ def test_utm_suggestion_names_the_zone_and_hemisphere(lon: float, lat: float, ep
 
 
 @pytest.mark.parametrize("unit_m", [1.0, 1200 / 3937])  # metres, US survey feet
-@pytest.mark.parametrize("min_area_px, kept", [(0, 2), (4, 2), (5, 1), (9, 1), (10, 0)])
+@pytest.mark.parametrize("min_area_px, kept", [(0, 2), (3, 2), (4, 1), (9, 1), (10, 0)])
+@pytest.mark.parametrize("pixel", [2.0, 0.3, 0.05])
 def test_polygons_areas_are_in_square_metres_and_only_smaller_ones_are_dropped(
-    tmp_path: Path, unit_m: float, min_area_px: int, kept: int
+    tmp_path: Path, unit_m: float, min_area_px: int, kept: int, pixel: float
 ) -> None:
-    """Two forest blobs of 4 and 9 pixels of 2 x 2 CRS units; --min-area keeps polygons of exactly that area."""
+    """Two forest blobs of 3 and 9 pixels of `pixel` x `pixel` CRS units; --min-area keeps polygons of
+    exactly that area (at 0.3 m a 3-pixel patch summed to 0.26999999984 m2 and was dropped at 0.27), and
+    areas keep 10 significant digits (two decimals read 5-cm pixels' 0.0075 m2 as 0.01, 0.0025 as 0)."""
     from forestseg.geo import write_polygons
 
     mask = np.zeros((10, 10), np.uint8)
-    mask[1:3, 1:3] = 1
+    mask[1, 1:3] = mask[2, 1] = 1  # an L of 3 pixels
     mask[5:8, 5:8] = 1
     mask[0, 9] = 255  # nodata is never a polygon
-    path = write_raster(tmp_path / "mask.tif", mask, crs="EPSG:2263" if unit_m != 1.0 else UTM, pixel=2.0, nodata=255)
-    px_m2 = (2.0 * unit_m) ** 2
+    path = write_raster(tmp_path / "mask.tif", mask, crs="EPSG:2263" if unit_m != 1.0 else UTM, pixel=pixel, nodata=255)
+    px_m2 = (pixel * unit_m) ** 2
     assert write_polygons(path, tmp_path / "f.geojson", min_area_px * px_m2, unit_m) == kept
     areas = sorted(f["properties"]["area_m2"] for f in json.loads((tmp_path / "f.geojson").read_text())["features"])
-    assert areas == pytest.approx([a * px_m2 for a in (4, 9)][2 - kept :], abs=0.01)
+    assert areas == pytest.approx([a * px_m2 for a in (3, 9)][2 - kept :], rel=1e-8)
 
 
 @pytest.mark.parametrize("rows, refused", [(3, True), (6, False)])  # 0.3 m or 0.6 m high at 0.1 m pixels
