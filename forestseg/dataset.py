@@ -25,7 +25,17 @@ from PIL import Image
 
 from .config import DataConfig, ForestsegError, SplitConfig, override_value
 from .images import EXIF_ORIENTATION, ImageError, Picture, decode, drawn_as_shown, visible_files
-from .io import atomic_path, atomic_paths, plural, sha256_of, untracked_in_project, write_csv, write_json, write_npy
+from .io import (
+    atomic_path,
+    atomic_paths,
+    link_in_project,
+    plural,
+    sha256_of,
+    untracked_in_project,
+    write_csv,
+    write_json,
+    write_npy,
+)
 from .layout import DataLayout
 from .masks import (
     MaskMismatch,
@@ -278,6 +288,15 @@ def check_tracked(source: str | Path, project: str | Path = ".") -> None:
     `dvc exp run` would commit its images to git, and queued experiments would not see it."""
     if not Path(source).is_dir():  # missing, a file, a link to nothing: find_source says which
         return
+    link = link_in_project(source, project)
+    if link is not None:
+        target = (Path(project) / link).resolve()
+        raise DataError(
+            f"data.source {source}: {link} is a link inside the project (to {target}) that git does not ignore: "
+            f"every `dvc exp run` would commit the files it shows to git; set data.source to the folder itself "
+            f"(`dvc exp run {set_source(Path(source).resolve())}`), or put "
+            f"{shlex.quote('/' + link.name)} in {shlex.quote(str(link.parent / '.gitignore'))}"
+        )
     rel = untracked_in_project(source, project)
     if rel is None:
         return
@@ -869,7 +888,7 @@ def index_folder(source: str | Path, layout: DataLayout, cfg: DataConfig) -> dic
 def format_report(report: dict) -> str:
     """The index report as a few human lines."""
     lines = [
-        f"index: {report['valid']} valid pairs from {report['scenes']} scenes in {report['source']} "
+        f"index: {report['valid']} valid pairs from {plural(report['scenes'], 'scene')} in {report['source']} "
         f"({report['rows']} rows in meta_data.csv, {report['skipped']} skipped, "
         f"forest {report['forest_fraction']:.1%} of pixels)"
     ]
@@ -903,7 +922,9 @@ def split_index(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
         )
     if cfg.val_fraction > 0 and len(unique) < 3:
         raise DataError(
-            f"split.val_fraction={cfg.val_fraction}: too few {cfg.by}s ({len(unique)}) for train, val and test"
+            f"split.val_fraction={cfg.val_fraction}: too few {cfg.by}s ({len(unique)}) for train, val and test; "
+            f"set split.val_fraction: 0, or give at least 3 {cfg.by}s"
+            + (" (or split.by: tile)" if cfg.by == "scene" else "")
         )
     order = np.random.default_rng(cfg.seed).permutation(len(unique))
     others = 2 if cfg.val_fraction > 0 else 1  # train, and val if asked, keep at least one each

@@ -481,6 +481,27 @@ def load_yaml(text: str, what: str) -> Any:
         raise ForestsegError(f"{what}: not valid YAML ({' '.join(str(e).split())})") from None
 
 
+def link_in_project(path: str | Path, project: str | Path = ".") -> Path | None:
+    """The link that `path` goes through inside `project` (itself or a folder above it, relative to the
+    project) where git would commit it (not ignored): `dvc exp run`'s commit takes the files it shows
+    (a review: a link to the real sample put its 2072 files in an experiment's commit); None otherwise."""
+    project = Path(project).resolve()
+    given = Path(os.path.abspath(path))  # '..' folded, links kept
+    try:
+        rel = given.relative_to(project)
+    except ValueError:
+        return None
+    for k in range(1, len(rel.parts) + 1):
+        link = Path(*rel.parts[:k])
+        if (project / link).is_symlink():
+            try:
+                out = subprocess.run(["git", "check-ignore", "-q", str(link)], cwd=project, capture_output=True)
+            except OSError:  # no git: nothing would commit it
+                return None
+            return link if out.returncode == 1 else None
+    return None
+
+
 def untracked_in_project(path: str | Path, project: str | Path = ".") -> Path | None:
     """`path` relative to `project` if it lies inside the project and git would commit it (neither
     DVC-tracked nor ignored: `dvc exp run` would put it in git, and queued experiments would not see

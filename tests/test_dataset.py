@@ -1016,7 +1016,10 @@ def test_three_scenes_give_train_val_and_test_whatever_the_test_share(scenes: in
     )
     cfg = SplitConfig(by="scene", test_fraction=0.5, val_fraction=0.4)  # 2 test scenes of 3 would leave no val
     if fails:
-        with pytest.raises(DataError, match=r"too few scenes \(2\) for train, val and test"):
+        with pytest.raises(
+            DataError,
+            match=r"too few scenes \(2\) for train, val and test; set split.val_fraction: 0, or give at least 3 scenes \(or split.by: tile\)$",
+        ):
             split_index(index, cfg)
     else:
         assert sorted(split_index(index, cfg)["subset"]) == ["test", "train", "val"]
@@ -1527,6 +1530,38 @@ def test_untracked_data_inside_the_project_is_refused(tiny_set, tmp_path):
     (project / "data" / "raw" / ".gitignore").write_text("/kaggle\n")  # what `dvc add` writes
     check_tracked(inside, project)
     check_tracked(tmp_path / "elsewhere", project)  # outside the project: nothing to commit by mistake
+
+
+@pytest.mark.parametrize("link", ["data/raw/kaggle", "data/raw"])  # the folder itself, or a folder above it
+def test_a_link_inside_the_project_to_data_outside_it_is_refused(tiny_set, tmp_path, link):
+    """git sees the link, and `dvc exp run`'s commit took the files it shows: a link to the real sample
+    put its 2072 files in an experiment's commit (a review). Ignored, it is fine."""
+    import subprocess
+
+    from forestseg.dataset import check_tracked
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    outside = tmp_path / "outside"
+    (outside / "kaggle").parent.mkdir()
+    tiny_set.rename(outside / "kaggle")
+    if link == "data/raw":
+        (project / "data" / "raw").symlink_to(outside)
+    else:
+        (project / "data" / "raw").mkdir()
+        (project / link).symlink_to(outside / "kaggle")
+    source = project / "data" / "raw" / "kaggle"
+    with pytest.raises(DataError) as err:
+        check_tracked(source, project)
+    assert str(err.value) == (
+        f"data.source {source}: {link} is a link inside the project (to {(project / link).resolve()}) that git "
+        f"does not ignore: every `dvc exp run` would commit the files it shows to git; set data.source to the "
+        f"folder itself (`dvc exp run -S data.source={outside / 'kaggle'}`), or put /{Path(link).name} in "
+        f"{Path(link).parent / '.gitignore'}"
+    )
+    (project / Path(link).parent / ".gitignore").write_text(f"/{Path(link).name}\n")
+    check_tracked(source, project)
 
 
 @pytest.mark.parametrize(
