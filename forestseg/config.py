@@ -95,6 +95,13 @@ def _source_outside_outputs(source: str) -> None:
     path = PurePosixPath(os.path.normpath(source.replace(os.sep, "/")))
     if path.is_absolute():  # the project's root is not known here; DVC's own check covers these
         return
+    if path.parts[:1] == ("..",):  # found from the workspace, not from a queued or --temp run's copy of it
+        _fail(
+            "data.source",
+            f"{source!r} leads out of the project by a relative path, which each queued or --temp experiment "
+            f"resolves inside its own copy of the project, where nothing is; write the full path, e.g. "
+            f"{os.path.abspath(source)!r}",
+        )
     outs = [PurePosixPath(o) for o in PIPELINE_OUTPUTS]
     inside = next((o for o in outs if path == o or o in path.parents), None)
     if inside is not None or any(path in o.parents for o in outs):

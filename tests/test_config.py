@@ -159,6 +159,13 @@ BAD = [
         "~/forest",
         r"data\.source: '~/forest': ~ is not expanded here; write the full path, e\.g\. '/",
     ),
+    (  # found from the workspace, not from a queued or --temp run's copy of the project (a review)
+        "relative-out-of-the-project",
+        "data.source",
+        "../zip/Forest Segmented",
+        r"data\.source: '\.\./zip/Forest Segmented' leads out of the project by a relative path, .* write the full "
+        r"path, e\.g\. '/",
+    ),
     ("source-an-output", "data.source", "data/packed", r"data\.source: 'data/packed' is the pipeline's output data/pa"),
     (
         "source-in-an-output",
