@@ -200,9 +200,8 @@ def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
             said = str(e)
             for tmp, final in zip(temps, finals):
                 said = said.replace(str(tmp), str(final))
-            if said == str(e):
-                raise
-            raise ForestsegError(said) from None
+            e.args = (said, *e.args[1:])  # the same error, its kind (DataError, ...) and fields kept
+            raise
         replace_together(dict(zip(temps, finals)))
     except OSError as e:
         if e.errno in _WRITE_ERRORS:  # a full disk or a read-only folder mid-write: one line, no litter
@@ -494,12 +493,18 @@ def link_in_project(path: str | Path, project: str | Path = ".") -> Path | None:
     for k in range(1, len(rel.parts) + 1):
         link = Path(*rel.parts[:k])
         if (project / link).is_symlink():
-            try:
-                out = subprocess.run(["git", "check-ignore", "-q", str(link)], cwd=project, capture_output=True)
-            except OSError:  # no git: nothing would commit it
-                return None
-            return link if out.returncode == 1 else None
+            return link if _git_would_commit(link, project) else None
     return None
+
+
+def _git_would_commit(path: Path, project: Path) -> bool:
+    """Whether git in `project` would commit `path`: neither ignored (DVC-tracked or generated) nor
+    outside a git repo, and git there at all."""
+    try:
+        out = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=project, capture_output=True)
+    except OSError:  # no git: nothing would commit it
+        return False
+    return out.returncode == 1  # 0: ignored; 128: not a git repo
 
 
 def untracked_in_project(path: str | Path, project: str | Path = ".") -> Path | None:
@@ -512,9 +517,4 @@ def untracked_in_project(path: str | Path, project: str | Path = ".") -> Path | 
         return None
     if not path.is_relative_to(project) or path == project:
         return None
-    try:
-        out = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=project, capture_output=True)
-    except OSError:  # no git: nothing would commit it
-        return None
-    # 0: ignored (DVC-tracked or generated); 128: not a git repo
-    return path.relative_to(project) if out.returncode == 1 else None
+    return path.relative_to(project) if _git_would_commit(path, project) else None

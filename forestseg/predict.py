@@ -94,13 +94,12 @@ class Predictor:
             # MixStyle has no weights and acts only in training: a file that recorded one for an arch
             # without the layer (allowed before config refused it) predicts as any other; so does one
             # that recorded a width, depth or batch-norm an arch of fixed layers ignored
-            recorded = {**state["model"], "mixstyle": 0.0}
-            if recorded.get("arch") in ARCHS:
-                ignored = [k for k in FIXED_BY_ARCH if k not in ARCHS[recorded["arch"]].uses]
-                recorded.update({k: ModelConfig.__dataclass_fields__[k].default for k in ignored})
-            # as params.yaml's model section is read: `batch_norm: "no"` is refused, not taken as true
             defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-            cfg = build(ModelConfig, "model", {**defaults, **recorded})
+            recorded = {**defaults, **state["model"], "mixstyle": 0.0}
+            if recorded["arch"] in ARCHS:
+                recorded.update({k: defaults[k] for k in FIXED_BY_ARCH if k not in ARCHS[recorded["arch"]].uses})
+            # as params.yaml's model section is read: `batch_norm: "no"` is refused, not taken as true
+            cfg = build(ModelConfig, "model", recorded)
             model = build_model(cfg)
         except (ConfigError, TypeError) as e:  # its own model params, not params.yaml's
             reason = str(e).replace("params.yaml: ", "", 1)

@@ -617,6 +617,14 @@ def test_a_write_error_inside_an_atomic_write_names_its_output_not_the_temp(tmp_
         with atomic_paths(final) as (tmp,):
             raise ForestsegError(f"{tmp}: cannot write it: no space left on the device (0 MiB free)")
     assert str(err.value) == f"{final}: cannot write it: no space left on the device (0 MiB free)"
+
+    class Kind(ForestsegError):  # a DataError, a PictureError: callers catch those by kind
+        pass
+
+    with pytest.raises(Kind) as err:
+        with atomic_paths(final) as (tmp,):
+            raise Kind(f"{tmp}: cannot write it")
+    assert str(err.value) == f"{final}: cannot write it"
     other = ForestsegError("data row 3: an empty cell")
     with pytest.raises(ForestsegError) as err:
         with atomic_paths(final):
