@@ -269,7 +269,7 @@ def _predictor(args: argparse.Namespace) -> Predictor:
     kept busy, since the command started, the cores a CPU run's threads need."""
     import torch
 
-    from .device import pick_device
+    from .device import emulated_bf16_note, pick_device
     from .predict import Predictor
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, "--device"), args.precision, args.tta)
@@ -278,6 +278,8 @@ def _predictor(args: argparse.Namespace) -> Predictor:
             f"note: --precision trained: {args.checkpoint} records no precision (a model file older than that "
             f"record), so it runs as auto picks here: {'bf16' if predictor.bf16 else 'fp32'}"
         )
+    if note := emulated_bf16_note(predictor.bf16, predictor.device):
+        print(f"note: --precision {args.precision}: {note}")
     if predictor.device.type == "cpu":
         for note in thread_notes(args.started, torch.get_num_threads()):
             print(f"note: {note}")
@@ -856,11 +858,9 @@ def tile(args: argparse.Namespace) -> int:
     # the project to train in: the one run from, else (run from outside any) the one the tiles went into
     root = _project_of(here) or _project_of(args.out.resolve().parent)
     inside = root is not None and args.out.resolve().is_relative_to(root)
-    out = args.out  # data.source is read from the project root, where DVC runs the stages: named from there
-    if inside:
-        out = args.out.resolve().relative_to(root)
-    elif root != here:  # another project, or none: a path typed relative to here means nothing from its root
-        out = args.out.resolve()
+    # data.source is read from the project root, where DVC runs the stages: named from there inside it;
+    # outside it by a full path, as config refuses a relative one (a queued experiment's copy resolves it in itself)
+    out = args.out.resolve().relative_to(root) if inside else args.out if args.out.is_absolute() else args.out.resolve()
     go = ""
     if root is not None and root != here:  # the shell's cd goes up from the path typed: absolute under a symlink
         typed = os.environ.get("PWD", "")

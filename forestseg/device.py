@@ -161,6 +161,27 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return cpu_has_fast_bf16() and torch.backends.mkldnn.is_available()
 
 
+def cpu_bf16_kernels() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU in bf16 instructions: torch refuses its bf16
+    kernels without AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, and bf16 falls back to a slow convolution."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check
+        return False
+
+
+def emulated_bf16_note(bf16: bool, device: torch.device) -> str | None:
+    """A note where bf16 was asked for (train.precision, --precision, a bf16 run's `trained`) on a CPU
+    without oneDNN's bf16 kernels, or None."""
+    if not bf16 or device.type != "cpu" or cpu_bf16_kernels():
+        return None
+    return (
+        "bf16 on a CPU without oneDNN's bf16 kernels (no AVX-512 or AVX-NE-CONVERT): emulated, many times "
+        "slower than fp32, and rounded otherwise than on a CPU with them, so a run's bf16 scores from such a "
+        "CPU repeat here only to about the 3rd decimal; fp32 is faster here"
+    )
+
+
 def apply_precision(precision: str, device: torch.device) -> bool:
     """use_bf16, for a run or prediction about to start: where it is fp32, also exact_fp32."""
     bf16 = use_bf16(precision, device)

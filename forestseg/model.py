@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .device import cpu_threads
+from .device import cpu_bf16_kernels, cpu_threads
 from .errors import ForestsegError
 
 if TYPE_CHECKING:
@@ -56,11 +56,7 @@ def _fused_here(x: torch.Tensor) -> bool:
 def _fused_op() -> Callable | None:
     """oneDNN's convolution with a post-op, where this CPU runs it in bf16: torch refuses it without
     AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, where its own bf16 convolution falls back to a slow one."""
-    op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
-    try:
-        return op if op is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    except (AttributeError, RuntimeError):  # a torch without the check
-        return None
+    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if cpu_bf16_kernels() else None
 
 
 _FUSED_OP = _fused_op()

@@ -39,7 +39,15 @@ from .config import (
     check_threshold,
     check_warmup,
 )
-from .device import apply_precision, cpu_kernels, cpu_threads, keep_freed_memory, pick_device, use_bf16
+from .device import (
+    apply_precision,
+    cpu_kernels,
+    cpu_threads,
+    emulated_bf16_note,
+    keep_freed_memory,
+    pick_device,
+    use_bf16,
+)
 from .errors import out_of_memory
 from .io import sha256_of
 from .layout import DataLayout
@@ -418,6 +426,8 @@ def train_run(
     check_model_train(model_cfg, train_cfg)
     check_threshold(train_cfg, has_val=val is not None)
     bf16 = apply_precision(train_cfg.precision, device)
+    if note := emulated_bf16_note(bf16, device):
+        log(f"note: train.precision {train_cfg.precision}: {note}")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed tile size: pick the fastest conv kernels once
     gens = _generators(run.seed, train_cfg)

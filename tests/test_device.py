@@ -244,6 +244,25 @@ def test_an_explicit_precision_is_used_as_is(precision: str, bf16: bool) -> None
     assert device.use_bf16(precision, torch.device("cpu")) is bf16
 
 
+@pytest.mark.parametrize(
+    "bf16, kind, kernels, noted",
+    [
+        (True, "cpu", False, True),
+        (True, "cpu", True, False),
+        (False, "cpu", False, False),
+        (True, "cuda", False, False),
+    ],
+)
+def test_bf16_without_onednn_bf16_kernels_is_noted(monkeypatch, bf16, kind, kernels, noted) -> None:
+    """An AVX2 CPU given bf16: emulated, and not the rounding of a CPU with those kernels."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: kernels)
+    assert device.cpu_bf16_kernels() is (kernels and torch.backends.mkldnn.is_available())
+    note = device.emulated_bf16_note(bf16, torch.device(kind))
+    assert (note is not None and "emulated" in note and "fp32 is faster here" in note) is (
+        noted or (bf16 and kind == "cpu" and not torch.backends.mkldnn.is_available())
+    )
+
+
 def test_auto_on_cpu_follows_the_bf16_speed(monkeypatch) -> None:
     for fast in (False, True):
         monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda fast=fast: fast)

@@ -437,7 +437,7 @@ def test_eval_block_under_cpu_bf16_runs_one_fused_convolution_per_layer(
     from forestseg import model
 
     if model._FUSED_OP is None:
-        pytest.skip("this torch has no oneDNN fused convolution")
+        pytest.skip("oneDNN runs no bf16 convolution on this CPU or torch (model._fused_op)")
     block = _block_with_statistics(0, near_constant)
     x = torch.randn(2, 8, 24, 24)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -677,12 +677,18 @@ def test_tta_windowed_prediction_equals_the_in_memory_one(checkpoint, scene) -> 
         assert np.array_equal(one, predictor.mask(tile))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cli_predict_runs_in_the_precision_asked_for(checkpoint, scene, tmp_path, monkeypatch, precision: str) -> None:
+@pytest.mark.parametrize("precision, kernels", [("fp32", False), ("bf16", True), ("bf16", False)])
+def test_cli_predict_runs_in_the_precision_asked_for(
+    checkpoint, scene, tmp_path, monkeypatch, capsys, precision: str, kernels: bool
+) -> None:
+    """And says where bf16 runs on a CPU without oneDNN's bf16 kernels (an AVX2 CPU): emulated."""
+    import forestseg.device
+
     image = np.ascontiguousarray(scene[0][:100, :150])
     Image.fromarray(image).save(tmp_path / "a.png")
     loaded, load = [], Predictor.load
     monkeypatch.setattr(Predictor, "load", lambda *a: loaded.append(load(*a)) or loaded[-1])
+    monkeypatch.setattr(forestseg.device, "cpu_bf16_kernels", lambda: kernels)
     with pytest.raises(SystemExit) as done:
         main(
             ["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--precision", precision]
@@ -690,6 +696,8 @@ def test_cli_predict_runs_in_the_precision_asked_for(checkpoint, scene, tmp_path
     assert done.value.code == 0
     assert [p.bf16 for p in loaded] == [precision == "bf16"]
     assert np.array_equal(read_mask(tmp_path / "out/a_mask.png"), loaded[0].mask(image))
+    noted = f"note: --precision {precision}: bf16 on a CPU without oneDNN's bf16 kernels" in capsys.readouterr().out
+    assert noted is (precision == "bf16" and not kernels)
 
 
 def test_evaluate_writes_its_file_before_a_reader_that_stops_early(checkpoint, tmp_path, monkeypatch) -> None:

@@ -19,6 +19,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from test_geo import cli, random_checkpoint, with_nodata_corner, write_raster
 
+from forestseg.config import DataConfig
 from forestseg.dataset import build_index, scene_of
 from forestseg.errors import ForestsegError
 from forestseg.layout import DataLayout
@@ -292,16 +293,24 @@ def test_tile_run_from_outside_any_project_into_one_names_it_from_that_root(
     )
 
 
-def test_tile_run_outside_any_project_names_the_output_by_its_absolute_path(
-    photo, tmp_path: Path, capsys, monkeypatch
+@pytest.mark.parametrize("project", [False, True])
+def test_tile_output_outside_the_project_is_named_by_its_absolute_path(
+    project: bool, photo, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    """The printed command is pasted in some project: a path relative to here would mean nothing there."""
+    """The printed command is pasted in some project: a path relative to here would mean nothing there,
+    and run from a project's root, a relative '../' data.source is refused (config: a queued experiment's
+    copy would resolve it inside itself)."""
     Image.fromarray(photo).save((tmp_path / "raw").mkdir() or tmp_path / "raw" / "7_sat.jpg")
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "raw" / "7_mask.png")
+    if project:
+        (tmp_path / "raw" / ".dvc").mkdir()
     monkeypatch.chdir(tmp_path / "raw")
-    assert cli("tile", ".", "-o", "tiles") == 0
+    assert cli("tile", ".", "-o", "../tiles" if project else "tiles") == 0
     *_, last = capsys.readouterr().out.splitlines()
-    assert last.startswith(f"train on them: dvc exp run -S data.source={(tmp_path / 'raw' / 'tiles').resolve()}")
+    out = (tmp_path / ("tiles" if project else "raw/tiles")).resolve()
+    assert last.startswith(f"train on them: dvc exp run -S data.source={out}")
+    source = last.split("data.source=")[1].split()[0]
+    assert DataConfig(source=source).source == source  # what check and index accept
 
 
 def test_cli_tiles_a_folder_and_says_how_to_train(photo, truth, tmp_path: Path, capsys) -> None:

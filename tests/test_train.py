@@ -16,6 +16,7 @@ import torch
 from forestseg import losses, metrics, synthetic
 from forestseg.checkpoint import read_model
 from forestseg.config import ModelConfig, OptimizerConfig, TrainConfig
+from forestseg.device import cpu_bf16_kernels
 from forestseg.errors import ForestsegError
 from forestseg.io import sha256_of
 from forestseg.loader import Normalizer, Tiles, to_input
@@ -392,9 +393,14 @@ def test_bf16_and_fp32_first_step_losses_agree(data, tmp_path: Path) -> None:
     # loss moves by well under 1%, so rel 5e-2 is a loose bound that still catches a wrong cast
     # (e.g. a loss computed on garbage or a different model).
     one_step = dataclasses.replace(TRAIN, epochs=1, batch_size=len(data[0]), augment=False)
-    fp32, _ = go(data, tmp_path / "fp32.pt", train=one_step)
-    bf16, _ = go(data, tmp_path / "bf16.pt", train=dataclasses.replace(one_step, precision="bf16"))
+    fp32, fp32_log = go(data, tmp_path / "fp32.pt", train=one_step)
+    bf16, bf16_log = go(data, tmp_path / "bf16.pt", train=dataclasses.replace(one_step, precision="bf16"))
     assert fp32.metrics["precision"] == "fp32" and bf16.metrics["precision"] == "bf16"
+    # said where bf16 runs emulated (an AVX2 CPU), and only there
+    noted = [
+        [line for line in log if "bf16 on a CPU without oneDNN's bf16 kernels" in line] for log in (fp32_log, bf16_log)
+    ]
+    assert noted[0] == [] and len(noted[1]) == (0 if cpu_bf16_kernels() else 1)
     a, b = fp32.history[0]["train_loss"], bf16.history[0]["train_loss"]
     assert b == pytest.approx(a, rel=5e-2)
     assert a != b  # autocast really ran in bf16
