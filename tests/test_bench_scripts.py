@@ -298,15 +298,16 @@ def test_a_rate_whose_repeats_differ_by_over_30_percent_is_flagged(rates, busy: 
 
 def test_predict_speeds_times_the_chunks_one_at_a_time_on_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """The sequential rate is its own work (every chunk's forward outside masks' _launch), not masks'
-    timed twice: slowing masks alone slows the whole-path rate alone."""
+    timed twice: slowing masks alone slows the whole-path rate alone. On a clock of the test's own, so
+    a busy machine cannot reorder the rates: a launch takes 1 s of it, a forward 1 ms."""
     p = random_predictor()
     monkeypatch.setattr(Predictor, "load", lambda *a, **k: p)
     monkeypatch.setattr(forestseg.windows, "TILE_BATCH", 2)
-    calls, inside, launch, forward = [], [], Predictor._launch, Predictor._forward
+    calls, inside, launch, forward, now = [], [], Predictor._launch, Predictor._forward, [0.0]
 
     def launched(self, tiles, cut=False):
         inside.append(1)
-        time.sleep(0.05)
+        now[0] += 1.0
         try:
             return launch(self, tiles, cut)
         finally:
@@ -315,10 +316,12 @@ def test_predict_speeds_times_the_chunks_one_at_a_time_on_their_own(monkeypatch:
     def forwarded(self, x):
         if not inside:
             calls.append(len(x))
+        now[0] += 0.001
         return forward(self, x)
 
     monkeypatch.setattr(Predictor, "_launch", launched)
     monkeypatch.setattr(Predictor, "_forward", forwarded)
+    monkeypatch.setattr(speed, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     whole, sequential, forward_rates, bf16 = speed.predict_speeds(Path("unused"), images, torch.device("cpu"), 2)
     # the warm-up's sequential pass, then each repeat's sequential pass and forward-alone pass
