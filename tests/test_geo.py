@@ -2133,13 +2133,23 @@ def test_an_area_bias_scored_on_a_splits_training_rows_is_named_so(
     assert "scored on the 'train' rows of" in capsys.readouterr().out
 
 
-def test_a_split_that_is_not_utf8_text_is_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        (b"image,subset\n\xff\xfe\x00junk,test\n", "cannot be read as a UTF-8 CSV"),
+        (b"image,part\n1_sat_0000.png,test\n", "needs columns image,subset (data/split.csv of the pipeline)"),
+        (b"image,subset\n1_sat_0000.png,train\n", "no rows with subset 'test' (subsets: train)"),
+    ],
+)
+def test_a_split_evaluate_cannot_use_is_one_line(
+    content: bytes, said: str, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
     data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
     split = tmp_path / "split.csv"
-    split.write_bytes(b"image,subset\n\xff\xfe\x00junk,test\n")
+    split.write_bytes(content)
     assert cli("evaluate", str(checkpoint), str(data), "--split", str(split)) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --split {split}: cannot be read as a UTF-8 CSV") and err.count("\n") == 1
+    assert err.startswith(f"error: --split {split}: {said}") and err.count("\n") == 1
 
 
 def test_evaluate_notes_scenes_the_model_trained_on(tmp_path: Path, capsys) -> None:
