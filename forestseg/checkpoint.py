@@ -15,6 +15,7 @@ Each carries a format tag, so an older or foreign file is refused with one line.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import pickle
@@ -32,22 +33,26 @@ from .losses import LOSSES
 from .model import ARCHS
 
 MODEL_FORMAT = "forestseg-model/1"
+FILE_SHA256 = "file_sha256"  # read_model's digest of the bytes it read: not a field of the file
 # What a model file written before a field existed means by its absence (read_model fills them in):
 # the precision picked on the device, no batch-norm adaptation, unknown seen scenes, an unrecorded pixel size
 OLDER_FILES = {"precision": "auto", "adapt_bn": 0.0, "train_scenes": (), "pixel_size_m": None, "init_from": None}
 RESUME_FORMAT = "forestseg-resume/3"  # 3: numpy's RNG state as numbers (weights_only); 2: forestseg.optim's state
 
 
-def _load(path: Path) -> Any:
-    """torch.load of a file of ours, intact and safe: torch's reader skips the zip's checksums (a
-    flipped bit would load as other weights), so they are checked first; weights_only, since a model
-    file may come from anyone and a full pickle runs code when it is opened (ours hold only tensors,
-    containers, numbers and strings). On the CPU: RNG states must stay there."""
-    with zipfile.ZipFile(path) as archive:
+def _load(path: Path) -> tuple[Any, str]:
+    """torch.load of a file of ours, intact and safe, and the SHA-256 of the bytes it was read from:
+    read once, so a file replaced meanwhile (`dvc repro` retraining it, a copy over it) cannot pair one
+    model's weights with another's digest. torch's reader skips the zip's checksums (a flipped bit would
+    load as other weights), so they are checked first; weights_only, since a model file may come from
+    anyone and a full pickle runs code when it is opened (ours hold only tensors, containers, numbers
+    and strings). On the CPU: RNG states must stay there."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         bad = archive.testzip()
     if bad is not None:
         raise ValueError(f"its part {bad} fails its checksum")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(data).hexdigest()
 
 
 def model_meta(
@@ -117,7 +122,7 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
         )
         raise fail("is a folder" if path.is_dir() else "no such file", advice)
     try:
-        state = _load(path)
+        state, digest = _load(path)
     except pickle.UnpicklingError:  # torch's own text is a page of advice on unsafe loading, in ANSI bold
         raise fail(
             "holds pickled Python objects beyond weights (a whole model saved with torch.save(model)?), "
@@ -165,7 +170,7 @@ def read_model(path: str | Path, fix: str | None = None) -> dict:
     problem = _field_problem(state)
     if problem:
         raise fail(f"{problem}; damaged or edited", "copy it again, or retrain (`dvc repro`)")
-    return state
+    return {**state, FILE_SHA256: digest}
 
 
 MAX_TILE = 8192  # a model window's side: one such window's input is 0.8 GB in fp32
@@ -347,7 +352,7 @@ def read_resume(path: str | Path, log: Callable[[str], None] = print) -> dict | 
     if not path.is_file():  # the run could never write its resume file there
         raise ForestsegError(f"{path}: is a folder where this run's resume file goes; remove it and rerun")
     try:
-        state = _load(path)
+        state, _ = _load(path)
     except pickle.UnpicklingError:  # torch's text is a page of unsafe-loading advice: not for a scratch file
         log(f"{path} holds objects beyond a {RESUME_FORMAT} file (an older forestseg's resume file?); starting afresh")
         return None

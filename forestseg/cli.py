@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import importlib.util
 import json
 import math
@@ -19,7 +20,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,7 +38,6 @@ from .io import (
     plural,
     read_columns,
     read_json,
-    sha256_of,
     temp_prefix,
     write_error,
     write_json,
@@ -170,7 +170,7 @@ def _scored_by(text: str, scored: dict, checkpoint: Path, predictor: Predictor, 
             f"note: --area-error {text}: records no model digest (written before evaluate recorded one), so "
             f"it cannot be checked to be of {checkpoint}; evaluate this model again to be sure"
         )
-    elif digest != sha256_of(checkpoint):
+    elif digest != predictor.sha256:
         raise ForestsegError(
             f"--area-error {text}: is the area bias of another model file ({scored.get('checkpoint')}), not of "
             f"{checkpoint}; evaluate this one: forestseg evaluate {shlex.quote(str(checkpoint))} DATA -o <json>"
@@ -350,7 +350,7 @@ def predict(args: argparse.Namespace) -> int:
     for message in failed:  # before the rasters: a raster that fails stops the run
         print(f"error: {one_line(message)}", file=sys.stderr)
     if rasters:
-        _map_rasters(predictor, rasters, args.out, opts, area_error, sha256_of(args.checkpoint))
+        _map_rasters(predictor, rasters, args.out, opts, area_error)
     return 1 if failed else 0
 
 
@@ -597,9 +597,7 @@ def _say_dropped(out: Path, gone: list[Path]) -> None:
         )
 
 
-def _map_rasters(
-    predictor: Predictor, rasters: list, out: Path, opts, area_error: float | None, model_sha256: str
-) -> None:
+def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_error: float | None) -> None:
     """Map every raster; forest_area.csv is rewritten after each, keeping the earlier runs' rows of the
     rasters not mapped yet, so a failure leaves the finished rows and those of the raster that failed and
     of those not reached: a map's outputs change together or not at all, and the table counts every mask
@@ -608,10 +606,12 @@ def _map_rasters(
 
     csv_path = out / "forest_area.csv"
     masks = {r.path: _resolved(output_paths(r.path, out, opts)["mask"]) for r in rasters}
-    earlier = [  # (its mask, its input, the row), the paths resolved once
-        (m, _resolved(r["file"]), r)
-        for m, r in _earlier_rows(csv_path, {_resolved(r.path) for r in rasters}, set(masks.values()))
-    ]
+    inputs = {_resolved(r.path) for r in rasters}
+
+    def earlier_rows(say: bool) -> list[tuple[str, str, dict]]:  # (its mask, its input, the row), resolved once
+        return [(m, _resolved(r["file"]), r) for m, r in _earlier_rows(csv_path, inputs, set(masks.values()), say)]
+
+    earlier = earlier_rows(say=True)
     files_done: set[str] = set()  # mapped by this call: their earlier rows are replaced
     masks_done: set[str] = set()  # masks this call wrote (also another raster's of the same name)
     rows: list[dict] = []
@@ -620,7 +620,12 @@ def _map_rasters(
         return [r for m, f, r in earlier if f not in files_done and m not in masks_done]
 
     def write() -> None:
-        write_rows(csv_path, AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept() + rows))
+        nonlocal earlier
+        # another predict into this folder (a shell loop's `&`, xargs -P) rewrites the table too: read
+        # again under a lock, or the later writer drops the other's rows
+        with _folder_locked(out):
+            earlier = earlier_rows(say=False)
+            write_rows(csv_path, AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept() + rows))
 
     for raster in rasters:
         try:
@@ -643,7 +648,7 @@ def _map_rasters(
                 "forest_share": None if a.forest_share is None else round(a.forest_share, 6),
                 "area_bias_pct": area_error,
                 "mask": os.path.abspath(a.mask),
-                "model_sha256": model_sha256,
+                "model_sha256": predictor.sha256,
             }
         )
         write()
@@ -666,7 +671,7 @@ def _map_rasters(
         + (f" (area bias from --area-error: {area_error:+.1f}%)" if area_error is not None else "")
         + (f", with {plural(len(older), 'row')} of earlier runs whose masks are still there" if older else "")
     )
-    others = [r["file"] for r in older if r["model_sha256"] != model_sha256]
+    others = [r["file"] for r in older if r["model_sha256"] != predictor.sha256]
     if others:
         print(
             f"note: {csv_path}: {plural(len(others), 'row')} of earlier runs mapped by another model file (or by "
@@ -691,12 +696,25 @@ def _readable_table(csv_path: Path) -> None:
         ) from None
 
 
-def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> list[tuple[str, dict]]:
+@contextlib.contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `folder` itself, so no lock file is left in it; where its
+    file system refuses one (some network mounts), none."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
+
+
+def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str], say: bool) -> list[tuple[str, dict]]:
     """forest_area.csv's rows whose masks are still there, each with its mask's resolved path: one call
     per file in a shell loop sums to the folder's whole area, each mask counted once. A row's mask is
     the file of its name in the CSV's folder, however its path was written (relative to where an older
-    version ran). Rows of masks gone are dropped, and said where this run maps neither their input
-    (`mapped_now`, resolved paths) nor their mask (`masks_now`)."""
+    version ran). Rows of masks gone are dropped, and said (`say`) where this run maps neither their
+    input (`mapped_now`, resolved paths) nor their mask (`masks_now`)."""
     if not csv_path.is_file():
         return []
     try:
@@ -706,7 +724,8 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> 
             columns = read_columns(csv_path, *AREA_COLUMNS[:-1])
             columns["model_sha256"] = [""] * len(columns["file"])
     except ForestsegError as e:  # another program's file, or an older layout: replaced, and said
-        print(f"note: {e}; it is replaced by this run's rows", file=sys.stderr)
+        if say:
+            print(f"note: {e}; it is replaced by this run's rows", file=sys.stderr)
         return []
     rows = [dict(zip(AREA_COLUMNS, values)) for values in zip(*(columns[c] for c in AREA_COLUMNS))]
     by_mask = {_resolved(csv_path.parent / Path(r["mask"]).name): r for r in rows}  # one row per mask: the last
@@ -716,7 +735,7 @@ def _earlier_rows(csv_path: Path, mapped_now: set[str], masks_now: set[str]) -> 
         for m, r in by_mask.items()
         if not Path(m).is_file() and _resolved(r["file"]) not in mapped_now and m not in masks_now
     ]
-    if gone:
+    if gone and say:
         print(
             f"note: {csv_path}: {plural(len(gone), 'row')} dropped, their masks no longer there: "
             f"{', '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}",
@@ -763,7 +782,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ForestsegError(_as_flags(str(e))) from None
     result = {
         "checkpoint": str(args.checkpoint),
-        "model_sha256": sha256_of(args.checkpoint),  # predict --area-error takes only this model's bias
+        "model_sha256": predictor.sha256,  # predict --area-error takes only this model's bias
         "model_train_scenes": len(predictor.train_scenes),  # 0: the model file does not list them
         **_reading(predictor, opts),
         **result,

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import OLDER_FILES, load_weights, read_model
+from .checkpoint import FILE_SHA256, OLDER_FILES, load_weights, read_model
 from .config import FIXED_BY_ARCH, PIXEL_SIZE_M, ConfigError, ForestsegError, ModelConfig, ReportConfig, Run, build
 from .device import apply_precision
 from .images import ImageError, WideGreyError, decode
@@ -80,6 +80,7 @@ class Predictor:
     # as training scored its tiles, not in tile x tile windows (None: square tiles)
     oblong: tuple[int, int] | None = None
     precision_recorded: bool = True  # False: an older model file, whose precision `trained` takes as auto
+    sha256: str = ""  # of the model file's bytes its weights were read from (evaluate and forest_area.csv record it)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device, precision: str = "auto", tta: bool = False) -> "Predictor":
@@ -133,6 +134,7 @@ class Predictor:
             frozenset(state["train_scenes"]),
             tuple(state["tile_shape"]) if state["tile_shape"][0] != state["tile_shape"][1] else None,
             state["precision"] != OLDER_FILES["precision"],
+            state[FILE_SHA256],
         )
 
     def adapted(self, tiles: np.ndarray, mix: float) -> "Predictor":

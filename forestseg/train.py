@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import (
+    FILE_SHA256,
     INIT_FIX,
     fingerprint,
     load_weights,
@@ -49,7 +50,6 @@ from .device import (
     use_bf16,
 )
 from .errors import out_of_memory
-from .io import sha256_of
 from .layout import DataLayout
 from .loader import INPUTS, Normalizer, Tiles, batches, cutmix, load_split, to_input, zoom
 from .losses import LOSSES
@@ -453,7 +453,7 @@ def train_run(
             *(val.scene_names if val is not None else ()),
             *(source["train_scenes"] if source else ()),
         ],
-        init_from={"path": str(init), "sha256": sha256_of(init)} if source is not None else None,
+        init_from={"path": str(init), "sha256": source[FILE_SHA256]} if source is not None else None,
     )
 
     model = build_model(model_cfg).to(device)

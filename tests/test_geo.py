@@ -224,6 +224,61 @@ def test_forest_area_csv_names_each_row_s_model_and_says_where_models_mix(
     assert list(pd.read_csv(csv, keep_default_na=False)["model_sha256"]) == ["", sha256_of(other)]
 
 
+def test_two_predicts_mapping_into_one_folder_at_once_keep_both_rows(
+    checkpoint: Path, scene, tmp_path: Path, monkeypatch
+) -> None:
+    """A shell loop's `&` (or xargs -P): a call that read the table before another one wrote its row
+    rewrote the table without it, while both masks stayed. Here the second call runs, whole, while
+    the first maps its raster."""
+    import forestseg.geo
+
+    for name in ("a", "b"):
+        write_raster(tmp_path / f"in/{name}.tif", scene[0])
+    out, mapping, other = tmp_path / "out", forestseg.geo.map_forest, []
+
+    def beside(predictor, raster, *args, **kwargs):
+        if raster.path.name == "a.tif" and not other:  # the first call's: the other maps b.tif meanwhile
+            other.append(None)
+            other[0] = cli("predict", str(checkpoint), str(tmp_path / "in/b.tif"), "-o", str(out))
+        return mapping(predictor, raster, *args, **kwargs)
+
+    monkeypatch.setattr(forestseg.geo, "map_forest", beside)
+    assert cli("predict", str(checkpoint), str(tmp_path / "in/a.tif"), "-o", str(out)) == 0 and other == [0]
+    assert sorted(Path(f).name for f in pd.read_csv(out / "forest_area.csv")["file"]) == ["a.tif", "b.tif"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_model_file_replaced_mid_call_is_recorded_by_the_digest_of_the_one_that_ran(
+    command: str, checkpoint: Path, scene, tmp_path: Path, monkeypatch
+) -> None:
+    """`dvc repro` retraining the run, or a copy over its file, while predict or evaluate works: the
+    digest was taken at the end, so one model's scores or areas went under another's (and predict
+    --area-error then took that bias for the other model)."""
+    import forestseg.evaluate
+    import forestseg.geo
+
+    model = tmp_path / "m.pt"
+    shutil.copy(checkpoint, model)
+    ran = sha256_of(model)
+    module, name = (forestseg.evaluate, "evaluate") if command == "evaluate" else (forestseg.geo, "check_raster")
+    work = getattr(module, name)
+
+    def replaced(*args, **kwargs):
+        shutil.copy(random_checkpoint(tmp_path / "other.pt", tile=TILE), model)
+        return work(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, replaced)
+    src = write_raster(tmp_path / "in/a.tif", scene[0])
+    if command == "evaluate":
+        data = make_set(tmp_path / "set", scenes=2, grid=2, tile_size=64)
+        assert cli("evaluate", str(model), str(data), "-o", str(tmp_path / "e.json")) == 0
+        digest = json.loads((tmp_path / "e.json").read_text())["model_sha256"]
+    else:
+        assert cli("predict", str(model), str(src), "-o", str(tmp_path / "out")) == 0
+        (digest,) = pd.read_csv(tmp_path / "out/forest_area.csv")["model_sha256"]
+    assert sha256_of(model) != ran and digest == ran
+
+
 def test_a_raster_that_fails_when_mapped_again_keeps_its_old_map_and_row(
     checkpoint: Path, scene, tmp_path: Path, capsys
 ) -> None:
