@@ -609,8 +609,9 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
     inputs = {_resolved(r.path) for r in rasters}
 
     def earlier_rows(say: bool) -> list[tuple[str, str, dict]]:  # (its mask, its input, the row), resolved once
-        return [(m, _resolved(r["file"]), r) for m, r in _earlier_rows(csv_path, inputs, set(masks.values()), say)]
+        return [(m, _resolved(r["file"]), r) for m, r in _earlier_rows(csv_path, inputs, set(masks.values()), say=say)]
 
+    seen = _stat_of(csv_path)  # the table as this call last read or wrote it (before reading: never newer)
     earlier = earlier_rows(say=True)
     files_done: set[str] = set()  # mapped by this call: their earlier rows are replaced
     masks_done: set[str] = set()  # masks this call wrote (also another raster's of the same name)
@@ -620,12 +621,14 @@ def _map_rasters(predictor: Predictor, rasters: list, out: Path, opts, area_erro
         return [r for m, f, r in earlier if f not in files_done and m not in masks_done]
 
     def write() -> None:
-        nonlocal earlier
+        nonlocal earlier, seen
         # another predict into this folder (a shell loop's `&`, xargs -P) rewrites the table too: read
-        # again under a lock, or the later writer drops the other's rows
+        # again under a lock where it changed since, or the later writer drops the other's rows
         with _folder_locked(out):
-            earlier = earlier_rows(say=False)
+            if _stat_of(csv_path) != seen:
+                earlier = earlier_rows(say=False)
             write_rows(csv_path, AREA_COLUMNS, ([row[c] for c in AREA_COLUMNS] for row in kept() + rows))
+            seen = _stat_of(csv_path)
 
     for raster in rasters:
         try:
@@ -696,11 +699,24 @@ def _readable_table(csv_path: Path) -> None:
         ) from None
 
 
+def _stat_of(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file's versions apart (inode, mtime, size: a rewrite renames a new inode in), or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 @contextlib.contextmanager
 def _folder_locked(folder: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) on `folder` itself, so no lock file is left in it; where its
-    file system refuses one (some network mounts), none."""
-    fd = os.open(folder, os.O_RDONLY)
+    """An exclusive advisory lock (flock) on `folder` itself, so no lock file is left in it; where it
+    cannot be opened or its file system refuses one (some network mounts), none."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder that may be written, not read (mode 0333): unlocked, as before
+        yield
+        return
     try:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -243,8 +243,73 @@ def test_two_predicts_mapping_into_one_folder_at_once_keep_both_rows(
         return mapping(predictor, raster, *args, **kwargs)
 
     monkeypatch.setattr(forestseg.geo, "map_forest", beside)
+    reads, read = [], forestseg.cli._earlier_rows
+    monkeypatch.setattr(forestseg.cli, "_earlier_rows", lambda *a, say: reads.append(say) or read(*a, say=say))
     assert cli("predict", str(checkpoint), str(tmp_path / "in/a.tif"), "-o", str(out)) == 0 and other == [0]
     assert sorted(Path(f).name for f in pd.read_csv(out / "forest_area.csv")["file"]) == ["a.tif", "b.tif"]
+    # each call read the table once, and the first once more: the other had rewritten it meanwhile
+    assert reads == [True, True, False]
+    reads.clear()
+    assert cli("predict", str(checkpoint), str(tmp_path / "in"), "-o", str(out)) == 0  # nothing beside it now
+    assert reads == [True]  # a table of thousands of rows is not read again after each raster
+
+
+def test_the_folder_lock_of_forest_area_csv_excludes_another_process(tmp_path: Path) -> None:
+    """Two calls' rewrites of the table never overlap: one waits while another process holds the lock."""
+    import subprocess
+    import sys
+    import threading
+
+    from forestseg.cli import _folder_locked
+
+    release = tmp_path / "release"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(tmp_path)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print(flush=True)\n"
+            f"while not os.path.exists({str(release)!r}): time.sleep(0.02)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        holder.stdout.readline()  # it holds the lock
+        acquired = threading.Event()
+
+        def lock() -> None:
+            with _folder_locked(tmp_path):
+                acquired.set()
+
+        waiter = threading.Thread(target=lock, daemon=True)
+        waiter.start()
+        assert not acquired.wait(0.5)  # blocked while the other process holds it
+        release.touch()
+        assert acquired.wait(30)
+        waiter.join(30)
+    finally:
+        release.touch()
+        holder.wait(30)
+
+
+def test_an_output_folder_that_cannot_be_read_still_gets_its_table(
+    checkpoint: Path, scene, tmp_path: Path, monkeypatch
+) -> None:
+    """A drop-box folder (mode 0333: written, not listed) cannot be opened to lock: mapped unlocked, as before."""
+    out = tmp_path / "out"
+    out.mkdir()
+    src = write_raster(tmp_path / "in/a.tif", scene[0])
+    opened = os.open
+
+    def refused(path, *args, **kwargs):
+        if os.fspath(path) == str(out):
+            raise PermissionError(13, "Permission denied", str(out))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    assert cli("predict", str(checkpoint), str(src), "-o", str(out)) == 0
+    assert [Path(f).name for f in pd.read_csv(out / "forest_area.csv")["file"]] == ["a.tif"]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
