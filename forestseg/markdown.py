@@ -162,7 +162,7 @@ def _setup_lines(out: dict, table: pd.DataFrame, setup: dict) -> list[str]:
         "- Metrics come from confusion counts summed over the whole test set; mIoU averages forest and "
         "background IoU; ± is the sample standard deviation over seeds (n - 1). Scores are those of each run's "
         "final model (`models/<run>/model.pt`, its last epoch). The train loss is the mean over an epoch's "
-        "training steps (augmented tiles, batch-norm in training mode, weights still moving), the test loss "
+        f"training steps ({setup['train_steps']}), the test loss "
         "that of the model at the epoch's end, so the train loss can sit above the test loss. Both are each "
         "run's own loss, so compare them only between runs of the same loss"
         + (

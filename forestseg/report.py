@@ -331,6 +331,20 @@ def _extras_text(model: ModelConfig, train: TrainConfig) -> str:
     return "".join(f", {x}" for x in on if x)
 
 
+def _train_steps_text(model: ModelConfig, train: TrainConfig) -> str:
+    """How a training step differs from scoring the test tiles: what makes the train loss another measure."""
+    from .model import ARCHS
+
+    augmented = train.augment or any((train.color_jitter, train.scale, train.saturation, train.blur, train.cutmix))
+    on = [
+        "augmented tiles" if augmented else "",
+        "MixStyle" if model.mixstyle else "",
+        "batch-norm in training mode" if model.batch_norm and "batch_norm" in ARCHS[model.arch].uses else "",
+        "weights still moving",
+    ]
+    return ", ".join(x for x in on if x)
+
+
 def describe_setup(
     index: dict,
     split: SplitConfig,
@@ -350,6 +364,7 @@ def describe_setup(
     return {
         "index": index,
         "split_by": split.by,
+        "train_steps": _train_steps_text(model, train),
         "params": (
             f"{_model_text(model)}, "
             f"{model.input} input; {plural(train.epochs, 'epoch')}, batch {train.batch_size} (test {train.test_batch_size}), "

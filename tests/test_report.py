@@ -287,6 +287,7 @@ def test_the_report_links_no_overlay_of_a_combination_whose_every_seed_diverged(
     setup = {
         "index": {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5},
         "split_by": "scene",
+        "train_steps": "weights still moving",
         "params": "p",
     }
     aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
@@ -299,7 +300,7 @@ def test_a_combination_diverged_in_its_first_epoch_says_so_instead_of_an_empty_t
     runs_dir = write_tree(tmp_path, diverged=("bce-sgd-0", "bce-sgd-1"), diverged_epochs=0)
     report = tmp_path / "REPORT.md"
     index = {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5}
-    setup = {"index": index, "split_by": "scene", "params": "p"}
+    setup = {"index": index, "split_by": "scene", "train_steps": "weights still moving", "params": "p"}
     aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     section = report.read_text().split("### bce-sgd\n")[1].split("###")[0]
     assert section.strip() == "Every seed diverged before finishing an epoch: no losses."
@@ -318,6 +319,7 @@ def test_report_markdown(tmp_path: Path) -> None:
     setup = {
         "index": {"valid": 14, "scenes": 3, "source": "data/synthetic", "skipped": 0, "forest_fraction": 0.5},
         "split_by": "scene",
+        "train_steps": "weights still moving",
         "params": "width 4, depth 2",
     }
     report = tmp_path / "REPORT.md"
@@ -336,7 +338,7 @@ def test_the_setup_counts_files_without_a_row_of_meta_data_csv(tmp_path: Path) -
     runs_dir = write_tree(tmp_path)
     index = {"valid": 14, "scenes": 3, "source": "s", "skipped": 2, "forest_fraction": 0.5, "unlisted_images": 5}
     report = tmp_path / "REPORT.md"
-    setup = {"index": index, "split_by": "scene", "params": "width 4"}
+    setup = {"index": index, "split_by": "scene", "train_steps": "weights still moving", "params": "width 4"}
     aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     assert "(2 skipped, 5 image(s) without a row in meta_data.csv, see `metrics/index.json`)" in report.read_text()
 
@@ -353,7 +355,7 @@ def test_an_exact_tie_is_called_a_tie_not_a_lead_of_zero(tmp_path: Path, diverge
             json.dumps({"status": "ok", **metrics, "epochs": 3, "lr": 1e-2})
         )
     index = {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5}
-    setup = {"index": index, "split_by": "scene", "params": "p"}
+    setup = {"index": index, "split_by": "scene", "train_steps": "weights still moving", "params": "p"}
     report = tmp_path / "REPORT.md"
     aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     text = report.read_text()
@@ -379,6 +381,7 @@ def test_the_report_says_its_ranking_is_chosen_on_test_and_a_single_seed_has_no_
     setup = {
         "index": {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5},
         "split_by": "scene",
+        "train_steps": "weights still moving",
         "params": "p",
     }
     one_seed = [r for r in RUNS if r.seed == 0]
@@ -536,6 +539,7 @@ def setup_dict() -> dict:
     return {
         "index": {"valid": 14, "scenes": 3, "source": "data/synthetic", "skipped": 0, "forest_fraction": 0.5},
         "split_by": "scene",
+        "train_steps": "weights still moving",
         "params": "width 4, depth 2",
     }
 
@@ -729,7 +733,7 @@ def test_every_combination_tied_at_the_top_or_for_second_is_named(tmp_path: Path
         history(0.05).to_csv(folder / "history.csv", index=False)
     runs = [*RUNS, Run("mse", "sgd", 0), Run("mse", "sgd", 1)]
     index = {"valid": 14, "scenes": 3, "source": "s", "skipped": 0, "forest_fraction": 0.5}
-    setup = {"index": index, "split_by": "scene", "params": "p"}
+    setup = {"index": index, "split_by": "scene", "train_steps": "weights still moving", "params": "p"}
     report = tmp_path / "REPORT.md"
     aggregate(runs, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     text = report.read_text()
@@ -758,7 +762,7 @@ def test_a_top_ranked_before_a_higher_mean_is_still_weighed_against_the_next(tmp
         (folder / "metrics.json").write_text(json.dumps({"status": "ok", **below, "epochs": 3}))
         history(0.05).to_csv(folder / "history.csv", index=False)
     runs = [*RUNS, Run("mse", "sgd", 0), Run("mse", "sgd", 1)]
-    setup = {"index": INDEX, "split_by": "scene", "params": "p"}
+    setup = {"index": INDEX, "split_by": "scene", "train_steps": "weights still moving", "params": "p"}
     report = tmp_path / "REPORT.md"
     aggregate(runs, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     text = report.read_text()
@@ -784,7 +788,7 @@ def test_a_same_mean_over_fewer_seeds_after_a_higher_mean_is_said_of_the_top(tmp
         history(0.05, rows=3 if seed == 0 else 1).to_csv(folder / "history.csv", index=False)
     runs = [*RUNS, Run("mse", "sgd", 0), Run("mse", "sgd", 1)]
     report = tmp_path / "REPORT.md"
-    setup = {"index": INDEX, "split_by": "scene", "params": "p"}
+    setup = {"index": INDEX, "split_by": "scene", "train_steps": "weights still moving", "params": "p"}
     aggregate(runs, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     assert (
         "has a higher mean over the rest, 0.9900; mse-adam scores as high as mse-sgd over its seeds that did not "
@@ -796,7 +800,7 @@ def test_best_seeds_that_tie_are_named(tmp_path: Path) -> None:
     runs_dir = write_tree(tmp_path)
     tied = {**METRICS["mse-adam-1"], "test_miou": METRICS["mse-adam-0"]["test_miou"]}
     (runs_dir / "mse-adam-1/metrics.json").write_text(json.dumps({"status": "ok", **tied, "epochs": 3}))
-    setup = {"index": INDEX, "split_by": "scene", "params": "p"}
+    setup = {"index": INDEX, "split_by": "scene", "train_steps": "weights still moving", "params": "p"}
     report = tmp_path / "REPORT.md"
     aggregate(RUNS, runs_dir, SPLIT, tmp_path / "metrics", tmp_path / "plots", report=report, setup=setup)
     assert "Best seeds that tie, the first in the grid's order shown: mse-adam (seeds 0, 1)." in report.read_text()
@@ -1239,3 +1243,31 @@ def test_a_scene_with_a_trace_of_forest_is_no_scene_without_forest() -> None:
     )
     section = "\n".join(scene_section({"combination": "a-b", "runs": ["a-b-0"], "missing": [], "scenes": bare}, "p"))
     assert "- 6 scenes hold no forest (b0, b1, b2, b3, b4, ...): forest IoU is 0" in section
+
+
+@pytest.mark.parametrize(
+    "model, train, steps",
+    [
+        ({}, {}, "augmented tiles, batch-norm in training mode, weights still moving"),  # the demo's
+        ({"arch": "study_unet"}, {"augment": False, "color_jitter": 0.0}, "weights still moving"),  # the study's
+        (
+            {"batch_norm": False},
+            {"augment": False, "color_jitter": 0.0, "blur": 0.5},
+            "augmented tiles, weights still moving",
+        ),
+        (
+            {"mixstyle": 0.5},
+            {"augment": False, "color_jitter": 0.0},
+            "MixStyle, batch-norm in training mode, weights still moving",
+        ),
+    ],
+)
+def test_report_says_what_a_training_step_differs_in(model: dict, train: dict, steps: str) -> None:
+    """REPORT.md said 'augmented tiles, batch-norm in training mode' of the study's runs, which have neither."""
+    from forestseg.config import GridConfig, ModelConfig, OptimizerConfig, SplitConfig, TrainConfig
+    from forestseg.report import describe_setup
+
+    setup = describe_setup(
+        INDEX, SplitConfig(), ModelConfig(**model), OptimizerConfig(), TrainConfig(**train), GridConfig()
+    )
+    assert setup["train_steps"] == steps
