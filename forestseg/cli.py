@@ -895,7 +895,10 @@ def tile(args: argparse.Namespace) -> int:
     inside = root is not None and args.out.resolve().is_relative_to(root)
     # data.source is read from the project root, where DVC runs the stages: named from there inside it;
     # outside it by a full path, as config refuses a relative one (a queued experiment's copy resolves it in itself)
-    out = args.out.resolve().relative_to(root) if inside else args.out if args.out.is_absolute() else args.out.resolve()
+    if inside:
+        out = args.out.resolve().relative_to(root)
+    else:
+        out = args.out if args.out.is_absolute() else args.out.resolve()
     go = ""
     if root is not None and root != here:  # the shell's cd goes up from the path typed: absolute under a symlink
         typed = os.environ.get("PWD", "")

@@ -241,6 +241,14 @@ class ModelConfig:
         only while training (a model file fine-tunes with or without it)."""
         return {k: v for k, v in asdict(self).items() if k != "mixstyle"}
 
+    @property
+    def has_batch_norm(self) -> bool:
+        """Whether the model has batch-norm layers: model.batch_norm, and an arch that builds them (not
+        study_unet's fixed layers)."""
+        from .model import ARCHS
+
+        return self.batch_norm and "batch_norm" in ARCHS[self.arch].uses
+
     def __post_init__(self) -> None:
         from .model import ARCHS
 
@@ -644,7 +652,7 @@ def check_model_train(model: "ModelConfig", train: "TrainConfig") -> None:
     """Rules across the model and train sections: a train setting the model would silently not act on."""
     from .model import ARCHS
 
-    if train.adapt_bn and not (model.batch_norm and "batch_norm" in ARCHS[model.arch].uses):
+    if train.adapt_bn and not model.has_batch_norm:
         fixed = "batch_norm" not in ARCHS[model.arch].uses
         why = "its layers are fixed" if fixed else "model.batch_norm: false"
         _fail(

@@ -333,13 +333,11 @@ def _extras_text(model: ModelConfig, train: TrainConfig) -> str:
 
 def _train_steps_text(model: ModelConfig, train: TrainConfig) -> str:
     """How a training step differs from scoring the test tiles: what makes the train loss another measure."""
-    from .model import ARCHS
-
     augmented = train.augment or any((train.color_jitter, train.scale, train.saturation, train.blur, train.cutmix))
     on = [
         "augmented tiles" if augmented else "",
         "MixStyle" if model.mixstyle else "",
-        "batch-norm in training mode" if model.batch_norm and "batch_norm" in ARCHS[model.arch].uses else "",
+        "batch-norm in training mode" if model.has_batch_norm else "",
         "weights still moving",
     ]
     return ", ".join(x for x in on if x)
